@@ -1,0 +1,110 @@
+"""The callable set as ``flow.response.stream``: forwards every chunk, meters on the side."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from addon.content_decoding import StreamDecoder
+from addon.providers import Provider, StreamParser
+from addon.sse import SSEDecoder
+from addon.usage import Metered
+
+log = logging.getLogger("tokometer")
+
+
+class StreamTap:
+    """Reads usage from a streamed response without holding it back.
+
+    Each chunk is passed on as it arrives. Metering runs on a decoded copy;
+    if that fails (corrupt encoding, a bug), metering stops for this flow and
+    the stream goes on untouched.
+
+    With ``drop_usage_chunk`` (the proxy added ``stream_options.include_usage``
+    to the request), the stream is forwarded event by event, minus the usage-only
+    chunk the client did not ask for. Forwarding whole events only holds back
+    the incomplete tail of an event, which no SSE client can use anyway. A
+    compressed stream is then forwarded decoded (the caller drops
+    Content-Encoding from the response headers).
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_drop",
+        "_failed",
+        "_is_usage_only",
+        "_parser",
+        "_sse",
+        "finished",
+        "first_chunk_at",
+    )
+
+    def __init__(
+        self,
+        provider: Provider,
+        flavor: str,
+        content_encoding: str | None,
+        drop_usage_chunk: bool = False,
+    ) -> None:
+        self._parser: StreamParser = provider.stream_parser(flavor)
+        self._decoder = StreamDecoder(content_encoding)
+        self._sse = SSEDecoder()
+        self._drop = drop_usage_chunk and provider.is_usage_only_chunk is not None
+        self._is_usage_only = provider.is_usage_only_chunk
+        self._failed: str | None = None
+        self.first_chunk_at: float | None = None
+        self.finished = False
+
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        if data:
+            if self.first_chunk_at is None:
+                self.first_chunk_at = time.time()
+            return self._chunk(data)
+        self.finished = True
+        return self._end()
+
+    def _chunk(self, data: bytes) -> bytes | list[bytes]:
+        if self._failed is not None:
+            return data
+        try:
+            events = self._sse.feed(self._decoder.decode(data))
+            for event in events:
+                self._parser.feed(event)
+        except Exception as exc:  # metering must never break the stream
+            return self._fail(exc, data)
+        if not self._drop:
+            return data
+        # Never return b"" mid-stream: mitmproxy would send it as the last chunk.
+        return [e.raw for e in events if not self._is_usage_only(e)]  # type: ignore[misc]
+
+    def _end(self) -> bytes | list[bytes]:
+        if self._failed is not None:
+            return []
+        try:
+            tail = self._decoder.flush()
+            events = self._sse.feed(tail) + self._sse.close()
+            for event in events:
+                self._parser.feed(event)
+        except Exception as exc:
+            self._fail(exc, b"")
+            return []
+        if not self._drop:
+            return []
+        return [e.raw for e in events if not self._is_usage_only(e)]  # type: ignore[misc]
+
+    def _fail(self, exc: Exception, data: bytes) -> bytes:
+        self._failed = f"stream not metered: {type(exc).__name__}: {exc}"[:300]
+        log.warning("tokometer: %s", self._failed)
+        # When events were being regrouped, what the decoder still holds is lost
+        # for the client; forwarding the raw chunk from here on is the best left.
+        return data
+
+    def result(self) -> Metered:
+        """Usage seen so far (the whole stream once ``finished``)."""
+        try:
+            metered = self._parser.result()
+        except Exception as exc:
+            metered = Metered(error=f"stream parser failed: {exc}")
+        if self._failed is not None:
+            metered.error = self._failed if metered.error is None else f"{metered.error}; {self._failed}"
+        return metered

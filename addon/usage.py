@@ -1,0 +1,31 @@
+"""Normalised token usage: the one shape every provider parser returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call, normalised across providers.
+
+    ``input_tokens`` is ALL input: uncached, cache reads and cache writes.
+    ``output_tokens`` is all billed output, reasoning included.
+    Each bucket is priced exactly once: cached tokens are a subset of input,
+    reasoning tokens a subset of output.
+    """
+
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Metered:
+    """What a parser learned from a response: usage, the reported model, problems."""
+
+    usage: Usage | None = None
+    model: str | None = None
+    error: str | None = None

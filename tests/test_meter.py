@@ -1,0 +1,253 @@
+"""Unit tests of the addon's hooks with mitmproxy.test.taddons and tflow (no network, no process)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from mitmproxy import http
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons, tflow
+
+from addon.api_keys import key_fingerprint
+from addon.interception import Interception
+from addon.meter import STATE_KEY, Meter
+from addon.record import CallRecord
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OPENAI_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123"
+
+
+class CollectingStore:
+    """Stands in for addon.store.Store: keeps submitted records."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    def submit(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def meter(tmp_path: Path):
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+def make_flow(
+    url: str, body: bytes | dict, *, method: str = "POST", headers: dict | None = None
+) -> http.HTTPFlow:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    hdrs = {"content-type": "application/json", "authorization": f"Bearer {OPENAI_KEY}", **(headers or {})}
+    flow = tflow.tflow(req=http.Request.make(method, url, content, hdrs))
+    flow.request.timestamp_start = 1_764_321_600.0
+    return flow
+
+
+async def run_request(meter: Meter, flow: http.HTTPFlow) -> None:
+    meter.requestheaders(flow)
+    await meter.request(flow)
+
+
+def stream_response(flow: http.HTTPFlow, meter: Meter, headers: dict | None = None) -> None:
+    flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream", **(headers or {})})
+    flow.response.stream = False
+    meter.responseheaders(flow)
+
+
+def feed(flow: http.HTTPFlow, data: bytes, piece: int) -> bytes:
+    """Feeds ``data`` to the stream callable in pieces; returns what the client would get."""
+    out = bytearray()
+    stream = flow.response.stream
+    assert callable(stream)
+    for i in range(0, len(data), piece):
+        result = stream(data[i : i + piece])
+        out += result if isinstance(result, bytes) else b"".join(result)
+        assert result != b"", "an empty chunk mid-stream ends a chunked HTTP/1.1 response"
+    end = stream(b"")
+    out += end if isinstance(end, bytes) else b"".join(end)
+    return bytes(out)
+
+
+async def test_non_streaming_chat_is_metered(meter: Meter) -> None:
+    flow = make_flow("https://api.openai.com/v1/chat/completions", {"model": "gpt-4o-mini", "messages": []})
+    body = (FIXTURES / "openai_chat_reasoning.json").read_bytes()
+    await run_request(meter, flow)
+    flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    data = json.loads(body)["usage"]
+    assert rec.provider == "openai" and rec.api_flavor == "chat" and rec.host == "api.openai.com"
+    assert rec.model_requested == rec.model_sent == "gpt-4o-mini"
+    assert rec.model_reported == json.loads(body)["model"]
+    assert rec.input_tokens == data["prompt_tokens"]
+    assert rec.cache_read_tokens == data["prompt_tokens_details"]["cached_tokens"]
+    assert rec.output_tokens == data["completion_tokens"]
+    assert rec.reasoning_tokens == data["completion_tokens_details"]["reasoning_tokens"]
+    assert rec.usage_source == "reported" and rec.streamed is False and rec.status_code == 200
+    assert rec.key_fingerprint == key_fingerprint(OPENAI_KEY) and OPENAI_KEY not in rec.to_json()
+    assert rec.error is None and rec.action == "allowed" and rec.environment == "development"
+    assert rec.ts.timestamp() == 1_764_321_600.0
+
+
+@pytest.mark.parametrize("piece", [1, 7, 10_000])
+async def test_chat_stream_gets_usage_injected_and_client_never_sees_it(meter: Meter, piece: int) -> None:
+    flow = make_flow(
+        "https://api.openai.com/v1/chat/completions", {"model": "gpt-4o-mini", "stream": True, "messages": []}
+    )
+    await run_request(meter, flow)
+    sent = json.loads(flow.request.content)
+    assert sent["stream_options"] == {"include_usage": True}
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    client_bytes = feed(flow, upstream, piece)
+    await meter.response(flow)
+    events = [e for e in client_bytes.split(b"\n\n") if e]
+    upstream_events = [e for e in upstream.split(b"\n\n") if e]
+    # exactly one event (the usage-only chunk) is gone, everything else byte-identical
+    assert len(events) == len(upstream_events) - 1
+    assert all(b'"choices":[]' not in e for e in events)
+    assert client_bytes == upstream.replace(upstream_events[-2] + b"\n\n", b"")
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.input_tokens, rec.output_tokens, rec.streamed, rec.aborted) == (21, 14, True, False)
+    assert rec.ttft_ms is not None
+
+
+async def test_stream_that_asked_for_usage_is_untouched(meter: Meter) -> None:
+    body = {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
+    flow = make_flow("https://api.openai.com/v1/chat/completions", body)
+    original = flow.request.content
+    await run_request(meter, flow)
+    assert flow.request.content == original
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    assert feed(flow, upstream, 13) == upstream
+    await meter.response(flow)
+    assert meter.store.records[0].input_tokens == 21  # type: ignore[union-attr]
+
+
+async def test_responses_stream_never_gets_stream_options(meter: Meter) -> None:
+    flow = make_flow(
+        "https://api.openai.com/v1/responses", {"model": "gpt-4o", "stream": True, "input": "hi"}
+    )
+    original = flow.request.content
+    await run_request(meter, flow)
+    assert flow.request.content == original
+
+
+async def test_gzip_stream_with_injection_is_forwarded_decoded(meter: Meter) -> None:
+    flow = make_flow(
+        "https://api.openai.com/v1/chat/completions", {"model": "gpt-4o-mini", "stream": True, "messages": []}
+    )
+    await run_request(meter, flow)
+    stream_response(flow, meter, {"content-encoding": "gzip"})
+    assert "content-encoding" not in flow.response.headers
+    upstream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    client_bytes = feed(flow, gzip.compress(upstream), 5)
+    await meter.response(flow)
+    assert client_bytes.startswith(upstream[:50]) and b'"choices":[]' not in client_bytes
+    assert meter.store.records[0].output_tokens == 14  # type: ignore[union-attr]
+
+
+async def test_gzip_stream_without_injection_passes_raw_bytes(meter: Meter) -> None:
+    body = {"model": "claude-haiku-4-5", "stream": True, "max_tokens": 10, "messages": []}
+    flow = make_flow("https://api.anthropic.com/v1/messages", body, headers={"x-api-key": "sk-ant-xyz"})
+    await run_request(meter, flow)
+    stream_response(flow, meter, {"content-encoding": "gzip"})
+    upstream = gzip.compress((FIXTURES / "anthropic_stream.sse").read_bytes())
+    assert feed(flow, upstream, 3) == upstream
+    assert flow.response.headers["content-encoding"] == "gzip"
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.provider == "anthropic" and rec.api_flavor == "messages" and rec.input_tokens > 0
+    assert rec.key_fingerprint == key_fingerprint("sk-ant-xyz")
+
+
+async def test_client_abort_records_usage_so_far(meter: Meter) -> None:
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "anthropic_stream.sse").read_bytes()
+    half = upstream[: upstream.index(b"event: message_delta")]
+    flow.response.stream(half)
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.aborted is True and rec.streamed is True
+    assert rec.input_tokens is not None and rec.input_tokens > 0
+    assert "Client disconnected." in (rec.error or "")
+
+
+@pytest.mark.parametrize(
+    ("url", "method"),
+    [
+        ("https://example.org/v1/chat/completions", "POST"),
+        ("https://api.openai.com/v1/models", "GET"),
+        ("https://api.openai.com/v1/files", "POST"),
+        ("https://api.anthropic.com/v1/messages/count_tokens", "POST"),
+    ],
+)
+async def test_non_billable_requests_are_left_alone(meter: Meter, url: str, method: str) -> None:
+    flow = make_flow(url, {"model": "gpt-4o", "stream": True}, method=method)
+    original = flow.request.content
+    await run_request(meter, flow)
+    flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    await meter.response(flow)
+    assert STATE_KEY not in flow.metadata
+    assert flow.request.content == original
+    assert meter.store.records == []  # type: ignore[union-attr]
+
+
+async def test_non_json_request_and_response_pass_and_say_why(meter: Meter) -> None:
+    flow = make_flow("https://api.openai.com/v1/chat/completions", b"\x00not json")
+    await run_request(meter, flow)
+    assert flow.request.content == b"\x00not json"
+    flow.response = http.Response.make(200, b"<html>oops</html>", {"content-type": "text/html"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.input_tokens is None and rec.usage_source == "none"
+    assert "request body is not JSON" in (rec.error or "")
+
+
+async def test_upstream_error_is_recorded_unbilled_status(meter: Meter) -> None:
+    flow = make_flow("https://api.openai.com/v1/chat/completions", {"model": "gpt-4o", "messages": []})
+    await run_request(meter, flow)
+    flow.response = http.Response.make(
+        429, b'{"error":{"message":"slow down"}}', {"content-type": "application/json"}
+    )
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.status_code == 429 and rec.input_tokens is None
+    assert "429" in (rec.error or "")
+
+
+async def test_upstream_unreachable_is_recorded_not_billed(meter: Meter) -> None:
+    flow = make_flow("https://api.openai.com/v1/chat/completions", {"model": "gpt-4o", "messages": []})
+    await run_request(meter, flow)
+    flow.error = tflow.terr("Connection refused")
+    meter.error(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.status_code is None and rec.price_status == "not_billed" and rec.cost_usd == 0
+
+
+def test_interception_only_provider_hosts_lazy_and_loopback() -> None:
+    addon = Interception()
+    with taddons.context(Proxyserver(), addon) as tctx:
+        tctx.configure(addon, allow_hosts=["^internal\\.example:443$"])
+        opts = tctx.options
+        assert opts.allow_hosts[0] == "^internal\\.example:443$"
+        assert "^api\\.openai\\.com:443$" in opts.allow_hosts
+        assert "^api\\.anthropic\\.com:443$" in opts.allow_hosts
+        assert opts.connection_strategy == "lazy"
+        assert opts.listen_host == "127.0.0.1"
