@@ -39,7 +39,7 @@ class CallRecord:
     reasoning_tokens: int | None = None
     usage_source: str = "none"  # reported | estimated | none
     cost_usd: Decimal | None = None
-    price_status: str | None = None  # priced | unknown_model | no_usage | no_model | not_billed
+    price_status: str | None = None  # priced | unknown_model | no_usage | no_model | not_billed | error
     price_source: str | None = None
     price_model: str | None = None
     key_fingerprint: str | None = None
@@ -71,7 +71,7 @@ class CallRecord:
 
     def to_json(self) -> str:
         """One journal line (no newline)."""
-        data = dataclasses.asdict(self)
+        data = {name: getattr(self, name) for name in COLUMNS}
         data["ts"] = self.ts.isoformat()
         data["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
         return json.dumps(data, separators=(",", ":"))

@@ -1,9 +1,10 @@
 # Sourced by scripts/*: finds Python >= 3.12, creates .venv, installs the project when needed.
-# Usage: . scripts/_venv.sh [extra]   (extra: "test" installs the test extras too)
+# Usage: TOKOMETER_EXTRA=test . scripts/_venv.sh   (TOKOMETER_EXTRA=test installs the test extras too).
+# Takes no arguments: a sourced file would see the calling script's arguments as its own.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-EXTRA="${1:-}"
+EXTRA="${TOKOMETER_EXTRA:-}"
 
 _python_ok() {
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1

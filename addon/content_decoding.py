@@ -1,0 +1,158 @@
+"""Incremental HTTP content decoding (Content-Encoding) for streamed bodies."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Protocol
+
+import brotli
+
+try:  # Python 3.14+
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the interpreter
+    try:
+        from backports import zstd  # type: ignore[no-redef]
+    except ImportError:
+        zstd = None  # type: ignore[assignment]
+
+
+class DecodeError(Exception):
+    """Unsupported content-encoding, or corrupt compressed data."""
+
+
+class _Decoder(Protocol):
+    def decode(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _Gzip:
+    """gzip, several members allowed; trailing NUL padding ignored."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def decode(self, data: bytes) -> bytes:
+        out = b""
+        while data:
+            if self._obj.eof:
+                if not data.strip(b"\x00"):
+                    break
+                self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += self._obj.decompress(data)
+            data = self._obj.unused_data if self._obj.eof else b""
+        return out
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+class _Deflate:
+    """HTTP "deflate": zlib-wrapped as the RFC says, or raw deflate as some servers send it."""
+
+    def __init__(self) -> None:
+        self._obj: zlib._Decompress | None = None
+        self._head = b""
+
+    def decode(self, data: bytes) -> bytes:
+        if self._obj is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            b0, b1 = self._head[0], self._head[1]
+            is_zlib = b0 & 0x0F == 8 and (b0 << 8 | b1) % 31 == 0
+            self._obj = zlib.decompressobj(zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS)
+            data, self._head = self._head, b""
+        if self._obj.eof:
+            return b""  # trailing bytes after the stream: ignored
+        return self._obj.decompress(data)
+
+    def flush(self) -> bytes:
+        return b"" if self._obj is None else self._obj.flush()
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._obj = brotli.Decompressor()
+
+    def decode(self, data: bytes) -> bytes:
+        if not data or self._obj.is_finished():
+            return b""  # trailing bytes after the stream: ignored
+        return self._obj.process(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _Zstd:
+    """zstd, several frames allowed."""
+
+    def __init__(self) -> None:
+        if zstd is None:
+            raise DecodeError("zstd content-encoding needs backports.zstd (Python < 3.14)")
+        self._obj = zstd.ZstdDecompressor()
+
+    def decode(self, data: bytes) -> bytes:
+        out = b""
+        while data:
+            if self._obj.eof:
+                self._obj = zstd.ZstdDecompressor()
+            out += self._obj.decompress(data)
+            data = self._obj.unused_data if self._obj.eof else b""
+        return out
+
+    def flush(self) -> bytes:
+        return b""
+
+
+_DECODERS: dict[str, type[_Decoder]] = {
+    "gzip": _Gzip,
+    "x-gzip": _Gzip,
+    "deflate": _Deflate,
+    "br": _Brotli,
+    "zstd": _Zstd,
+}
+_ERRORS: tuple[type[Exception], ...] = (zlib.error, brotli.error, EOFError) + (
+    (zstd.ZstdError,) if zstd is not None else ()
+)
+
+
+class StreamDecoder:
+    """Decode a body chunk by chunk. ``"gzip, br"`` is undone in reverse order (br, then gzip)."""
+
+    def __init__(self, content_encoding: str | None) -> None:
+        names = [n.strip().lower() for n in (content_encoding or "").split(",")]
+        chain: list[_Decoder] = []
+        for name in reversed(names):
+            if name in ("", "identity"):
+                continue
+            factory = _DECODERS.get(name)
+            if factory is None:
+                raise DecodeError(f"unsupported content-encoding: {name!r}")
+            chain.append(factory())
+        self._chain = chain
+
+    @property
+    def passthrough(self) -> bool:
+        """True when the body is not encoded (``decode`` returns its input)."""
+        return not self._chain
+
+    def decode(self, chunk: bytes) -> bytes:
+        """Decode the next piece of the body; raise ``DecodeError`` on corrupt data."""
+        try:
+            for d in self._chain:
+                if not chunk:
+                    return b""
+                chunk = d.decode(chunk)
+        except _ERRORS as e:
+            raise DecodeError(f"corrupt encoded body: {e}") from e
+        return chunk
+
+    def flush(self) -> bytes:
+        """End of body: return whatever the decoders still hold (a truncated body is not an error)."""
+        data = b""
+        try:
+            for d in self._chain:
+                data = (d.decode(data) if data else b"") + d.flush()
+        except _ERRORS as e:
+            raise DecodeError(f"corrupt encoded body: {e}") from e
+        return data

@@ -1,0 +1,98 @@
+"""Schema changes: an ordered list of small functions, each applied once, in a transaction.
+
+Never edit a migration that has shipped: add a new one at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration (its name is its id)."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    """Tables ``calls`` (columns in addon.record.COLUMNS order) and ``sessions``."""
+    con.execute(
+        """
+        CREATE TABLE calls (
+            id VARCHAR PRIMARY KEY,
+            ts TIMESTAMP,
+            session_id VARCHAR,
+            environment VARCHAR,
+            provider VARCHAR,
+            host VARCHAR,
+            path VARCHAR,
+            api_flavor VARCHAR,
+            duration_ms DOUBLE,
+            ttft_ms DOUBLE,
+            model_requested VARCHAR,
+            model_sent VARCHAR,
+            model_reported VARCHAR,
+            action VARCHAR,
+            status_code INTEGER,
+            streamed BOOLEAN,
+            aborted BOOLEAN,
+            input_tokens BIGINT,
+            cache_read_tokens BIGINT,
+            cache_write_tokens BIGINT,
+            output_tokens BIGINT,
+            reasoning_tokens BIGINT,
+            usage_source VARCHAR,
+            cost_usd DECIMAL(18, 10),
+            price_status VARCHAR,
+            price_source VARCHAR,
+            price_model VARCHAR,
+            key_fingerprint VARCHAR,
+            error VARCHAR
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE sessions (
+            session_id VARCHAR PRIMARY KEY,
+            started_at TIMESTAMP,
+            ended_at TIMESTAMP,
+            pid INTEGER,
+            hostname VARCHAR,
+            version VARCHAR
+        )
+        """
+    )
+
+
+def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the migrations already applied (empty for a new database)."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    return {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Apply, in order, every migration not yet applied, each in its own transaction."""
+    done = applied(con)
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        con.begin()
+        try:
+            fn(con)
+            con.execute(
+                "INSERT INTO _migrations VALUES (?, ?)",
+                [fn.__name__, datetime.now(UTC).replace(tzinfo=None)],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise

@@ -1,0 +1,183 @@
+"""Anthropic Messages API responses -> normalised usage.
+
+Pure functions over bytes; no mitmproxy. Anthropic's ``input_tokens`` EXCLUDES cache
+reads and writes, so normalised input is the sum of the three. In streams,
+``message_start`` carries input and cache counts, and every ``message_delta`` carries
+CUMULATIVE counts: each count present overwrites the previous one, never adds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from addon.sse import SSEEvent
+from addon.usage import Metered, Usage
+
+FLAVORS: tuple[str, ...] = ("messages",)
+
+_PARSED = frozenset({"message_start", "message_delta", "error"})
+_IGNORED = frozenset({"ping", "content_block_start", "content_block_delta", "content_block_stop"})
+_COUNT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+_MAX_ERROR = 300
+
+
+def flavor_for_path(path: str) -> str | None:
+    """``"messages"`` for ``.../v1/messages`` (query string allowed); None otherwise.
+
+    ``/v1/messages/count_tokens`` and ``/v1/messages/batches...`` are not metered calls.
+    """
+    path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return "messages" if path.endswith("/v1/messages") else None
+
+
+def merge_usage(counts: dict[str, int], usage: Any) -> bool:
+    """Overwrite ``counts`` with every count present (non-null) in an Anthropic ``usage`` object.
+
+    Returns whether ``usage`` was a usage object. The one place that knows the field
+    names; ``thinking`` comes from ``output_tokens_details.thinking_tokens`` when sent.
+    """
+    if not isinstance(usage, dict):
+        return False
+    for key in _COUNT_KEYS:
+        value = _count(usage.get(key))
+        if value is not None:
+            counts[key] = value
+    details = usage.get("output_tokens_details")
+    if isinstance(details, dict):
+        thinking = _count(details.get("thinking_tokens"))
+        if thinking is not None:
+            counts["thinking"] = thinking
+    return True
+
+
+def usage_from_counts(counts: dict[str, int]) -> Usage:
+    """Normalise merged Anthropic counts."""
+    cache_write = counts.get("cache_creation_input_tokens", 0)
+    cache_read = counts.get("cache_read_input_tokens", 0)
+    return Usage(
+        input_tokens=counts.get("input_tokens", 0) + cache_write + cache_read,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=counts.get("output_tokens", 0),
+        reasoning_tokens=counts.get("thinking", 0),
+    )
+
+
+def extract_usage(usage: Any) -> Usage | None:
+    """Normalise one Anthropic ``usage`` object, or None if it is not one."""
+    counts: dict[str, int] = {}
+    return usage_from_counts(counts) if merge_usage(counts, usage) else None
+
+
+def parse_response(flavor: str, body: bytes) -> Metered:
+    """Usage, model and error of a complete, content-decoded JSON response body. Never raises."""
+    if not body.strip():
+        return Metered(error="empty response body")
+    obj = _loads(body)
+    if obj is None:
+        return Metered(error="response body is not JSON")
+    if not isinstance(obj, dict):
+        return Metered(error="response body is not a JSON object")
+    usage = extract_usage(obj.get("usage"))
+    error = error_message(obj.get("error"))
+    if usage is None and error is None:
+        error = "no usage in response"
+    return Metered(usage=usage, model=_str(obj.get("model")), error=error)
+
+
+class StreamParser:
+    """Feed the SSE events of one streamed Messages response; ``result()`` at any time."""
+
+    __slots__ = ("_bad", "_counts", "_done", "_error", "_model", "_seen", "flavor")
+
+    def __init__(self, flavor: str = "messages") -> None:
+        self.flavor = flavor
+        self._counts: dict[str, int] = {}
+        self._seen = False  # a usage object was seen
+        self._model: str | None = None
+        self._error: str | None = None
+        self._done = False
+        self._bad = 0
+
+    @property
+    def done(self) -> bool:
+        """``message_stop`` was seen."""
+        return self._done
+
+    def feed(self, event: SSEEvent) -> None:
+        """Take one event; only ``message_start``, ``message_delta`` and ``error`` are decoded."""
+        name = event.event
+        data = event.data
+        if name in _IGNORED or not data:
+            return
+        if name == "message_stop":
+            self._done = True
+            return
+        if name not in _PARSED and not (b'"usage"' in data or b'"error"' in data):
+            return
+        obj = _loads(data)
+        if not isinstance(obj, dict):
+            self._bad += 1
+            return
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            kind = name
+        if kind == "error":
+            self._error = error_message(obj.get("error") or obj) or "error event"
+            return
+        if kind == "message_start":
+            message = obj.get("message")
+            if isinstance(message, dict):
+                model = _str(message.get("model"))
+                if model is not None:
+                    self._model = model
+                self._seen |= merge_usage(self._counts, message.get("usage"))
+            return
+        self._seen |= merge_usage(self._counts, obj.get("usage"))
+
+    def result(self) -> Metered:
+        """Usage seen so far (None if none), the reported model, and an error if any."""
+        usage = usage_from_counts(self._counts) if self._seen else None
+        error = self._error
+        if usage is None and error is None:
+            error = (
+                f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
+            )
+        return Metered(usage=usage, model=self._model, error=error)
+
+
+def error_message(err: Any) -> str | None:
+    """A short text for an API error object (``{"type", "message"}``), a string, or None."""
+    if err is None or err == {} or err == "":
+        return None
+    if isinstance(err, dict):
+        kind = err.get("type")
+        if kind == "error":
+            kind = None
+        message = err.get("message")
+        text = f"{kind}: {message}" if kind and message else str(message or kind or err)
+    else:
+        text = str(err)
+    return text[:_MAX_ERROR]
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads`` that returns None instead of raising."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _count(value: Any) -> int | None:
+    """A token count, or None for null / missing / not a number."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value == value and abs(value) != float("inf"):
+        return int(value)
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,564 @@
+"""Stores finished calls in DuckDB without ever holding the file open, and never loses one.
+
+DuckDB lets one process hold a file read-write and then refuses every other open, so the
+proxy queues finished calls in memory and a writer thread flushes them about once a second
+(open, one multi-row INSERT, close), retrying while someone else holds the file. Each call
+is also appended to a per-session journal (``<db>.journal/<session_id>.jsonl``, flock-ed by
+its owner) before it is queued; a later session replays the journals of dead sessions with
+``INSERT OR IGNORE`` (the ``id`` primary key makes replay exactly-once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from addon.migrations import migrate
+from addon.pricing import price_record
+from addon.record import COLUMNS, CallRecord
+
+log = logging.getLogger("tokometer")
+
+Listener = Callable[[list[CallRecord]], None]
+
+MAX_ROWS_PER_INSERT = 500
+BUSY_LOG_AFTER = 10.0  # seconds the file may stay locked by others before we say so
+_TS_INDEX = COLUMNS.index("ts")
+_ROW_SQL = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+_INSERT_SQL = f"INSERT OR IGNORE INTO calls ({', '.join(COLUMNS)}) VALUES "
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """True for "someone else has the file open" errors, which clear up by themselves."""
+    msg = str(exc)
+    if isinstance(exc, duckdb.IOException) and "Could not set lock" in msg:
+        return True
+    # The same process already holds the file with another read_only setting.
+    return isinstance(exc, duckdb.ConnectionException) and "different configuration" in msg
+
+
+def _backoff(attempt: int, cap: float = 0.5) -> float:
+    """A random pause that starts at 5-20 ms and doubles up to ``cap`` seconds."""
+    high = min(cap, 0.02 * 2 ** min(attempt, 10))
+    return random.uniform(min(0.005, high), high)
+
+
+def _utc_naive(ts: datetime) -> datetime:
+    """Naive UTC (naive input is taken as UTC already)."""
+    return ts if ts.tzinfo is None else ts.astimezone(UTC).replace(tzinfo=None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _row(record: CallRecord) -> list[Any]:
+    values = [getattr(record, name) for name in COLUMNS]
+    values[_TS_INDEX] = _utc_naive(record.ts)
+    return values
+
+
+def open_readonly(db_path: Path, *, timeout: float = 5.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection, retrying with back-off while a writer holds the file."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no tokometer database", str(db_path))
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            return duckdb.connect(str(db_path), read_only=True)
+        except duckdb.Error as exc:
+            remaining = deadline - time.monotonic()
+            if not is_busy_error(exc) or remaining <= 0:
+                raise
+            time.sleep(min(_backoff(attempt), remaining))
+            attempt += 1
+
+
+@contextmanager
+def reading(db_path: Path, timeout: float = 5.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``with reading(path) as con:`` a read-only connection, closed as soon as the block ends."""
+    con = open_readonly(db_path, timeout=timeout)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counters: submitted here, stored (own and replayed), pending, replayed from dead journals."""
+
+    submitted: int
+    stored: int
+    pending: int
+    replayed: int
+
+
+@dataclass(slots=True)
+class _Adopted:
+    """A dead session's journal we hold locked until its records are stored."""
+
+    path: Path
+    fd: int
+    records: list[CallRecord] = field(default_factory=list)
+
+
+def parse_journal(data: bytes, path: Path | str = "journal") -> list[CallRecord]:
+    """Records of a journal's bytes; unreadable (corrupt or truncated) lines are logged and skipped."""
+    records: list[CallRecord] = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(CallRecord.from_json(line))
+        except Exception as exc:
+            log.warning("tokometer: skipped unreadable line %d of journal %s: %s", number, path, exc)
+    return records
+
+
+def _read_fd(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+class Store:
+    """Queue, journal and batch-write finished calls (see the module docstring).
+
+    ``submit`` runs on mitmproxy's event loop; pricing and DuckDB run in a writer thread.
+    After ``submit`` the store owns the record: the writer fills its price fields.
+    """
+
+    def __init__(
+        self, db_path: Path, session_id: str, *, flush_interval: float = 1.0, version: str = ""
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.session_id = session_id
+        self.flush_interval = flush_interval
+        self.version = version
+        self.journal_dir = self.db_path.with_name(self.db_path.name + ".journal")
+        self.journal_path = self.journal_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", session_id) + ".jsonl")
+        self.start_timeout = 5.0
+
+        self._lock = threading.Lock()  # queue, journal fd, counters: shared with submit
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._queue: list[CallRecord] = []
+        self._inflight = 0
+        self._fd: int | None = None
+        self._journal_bytes = 0
+        self._journal_failed = False
+        self._adopted: list[_Adopted] = []
+        self._listeners: list[Listener] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._started_at = _now()
+        self._migrated = False
+        self._session_recorded = False
+        self._problems: set[str] = set()
+        self._started = False
+        self._busy_since: float | None = None
+        self._busy_logged = False
+        self._submitted = 0
+        self._stored = 0
+        self._replayed = 0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the folders, own and replay journals, create/migrate the db, start the writer."""
+        self._started = True
+        self._started_at = _now()
+        self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._open_journal()
+        self._adopt_dead_journals()
+        if not self._flush_until(time.monotonic() + self.start_timeout, ending=False):
+            log.warning(
+                "tokometer: could not open %s yet (%s); calls are kept and the writer keeps trying",
+                self.db_path,
+                "; ".join(sorted(self._problems)) or "locked by another process",
+            )
+        self._thread = threading.Thread(target=self._run, name="tokometer-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: CallRecord) -> None:
+        """Journal and queue one finished call. Costs microseconds, never raises."""
+        try:
+            try:
+                line: bytes | None = (record.to_json() + "\n").encode()
+            except Exception as exc:
+                line = None
+                log.warning("tokometer: call %s cannot be journaled: %s", record.id, exc)
+            with self._lock:
+                self._submitted += 1
+                if self._closed:
+                    self._late_submit(record, line)
+                    return
+                if line is not None and self._fd is not None:
+                    self._journal_write(line)
+                self._queue.append(record)
+                full = len(self._queue) >= MAX_ROWS_PER_INSERT
+            if full:
+                self._wake.set()
+        except Exception:
+            log.exception("tokometer: could not queue call %s", getattr(record, "id", "?"))
+
+    def add_listener(self, fn: Listener) -> None:
+        """Call ``fn(batch)`` after each batch of this session's calls is stored (writer thread)."""
+        self._listeners.append(fn)
+
+    @property
+    def stats(self) -> StoreStats:
+        """Counters for tests and logs."""
+        with self._lock:
+            return StoreStats(
+                submitted=self._submitted,
+                stored=self._stored,
+                pending=len(self._queue) + self._inflight,
+                replayed=self._replayed,
+            )
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Store everything queued now, retrying on lock until ``timeout``; True if it all went in."""
+        return self._flush_until(time.monotonic() + timeout, ending=False) and self.stats.pending == 0
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the writer, final flush and ``sessions.ended_at``; drop the journal if all is stored."""
+        if self._closed:
+            return
+        if not self._started:
+            with self._lock:
+                self._closed = True
+                if self._queue:
+                    log.warning("tokometer: store closed before start: %d call(s) dropped", len(self._queue))
+            return
+        deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._flush_until(deadline, ending=True)
+        with self._lock:
+            self._closed = True
+            left = len(self._queue) + self._inflight
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            if left == 0:
+                with contextlib.suppress(OSError):
+                    self.journal_path.unlink()
+            else:
+                log.warning(
+                    "tokometer: %d call(s) not stored in %s; kept in %s for the next start",
+                    left,
+                    self.db_path,
+                    self.journal_path,
+                )
+            os.close(fd)
+        for adopted in self._adopted:
+            os.close(adopted.fd)
+        self._adopted = []
+
+    # -- journal --------------------------------------------------------------------------------
+
+    def _open_journal(self) -> None:
+        try:
+            self.journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("tokometer: no journal (%s): unstored calls would be lost in a crash", exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.fchmod(fd, 0o600)
+            reader = os.open(self.journal_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                leftover = _read_fd(reader)
+            finally:
+                os.close(reader)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("tokometer: journal %s unusable (%s): running without one", self.journal_path, exc)
+            return
+        self._fd = fd
+        self._journal_bytes = len(leftover)
+        if leftover:  # an earlier process with this session id died: its lines are ours now
+            records = parse_journal(leftover, self.journal_path)
+            with self._lock:
+                self._queue[:0] = records
+                self._replayed += len(records)
+
+    def _journal_write(self, line: bytes) -> None:
+        """Append one line with one write (caller holds ``_lock``); a failure is logged once."""
+        assert self._fd is not None
+        try:
+            view = memoryview(line)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._journal_bytes += len(line)
+            self._journal_failed = False
+        except OSError as exc:
+            if not self._journal_failed:
+                log.warning("tokometer: journal write failed (%s): calls are kept in memory", exc)
+                self._journal_failed = True
+
+    def _late_submit(self, record: CallRecord, line: bytes | None) -> None:
+        """A call finished after ``close``: leave it in a journal for the next start to replay."""
+        if line is None:
+            log.warning("tokometer: call %s finished after shutdown and could not be kept", record.id)
+            return
+        if self._fd is None:
+            try:
+                self.journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                fd = os.open(self.journal_path, flags, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                log.warning("tokometer: call %s finished after shutdown, not kept: %s", record.id, exc)
+                return
+            self._fd = fd  # stays open (and locked) until the process exits
+        self._journal_write(line)
+
+    def _adopt_dead_journals(self) -> None:
+        """Lock and read every other journal whose owner is gone (its flock can be taken)."""
+        try:
+            paths = sorted(self.journal_dir.glob("*.jsonl"))
+        except OSError:
+            return
+        for path in paths:
+            if path == self.journal_path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink == 0:  # replayed and removed meanwhile by another session
+                    os.close(fd)
+                    continue
+                data = _read_fd(fd)
+            except OSError:  # owner alive (lock held) or unreadable
+                os.close(fd)
+                continue
+            records = parse_journal(data, path)
+            log.info("tokometer: replaying %d call(s) from %s", len(records), path)
+            self._adopted.append(_Adopted(path, fd, records))
+            with self._lock:
+                self._replayed += len(records)
+
+    # -- writer -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self.flush_interval
+        attempt = 0
+        while not self._stopping:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                ok = self._flush_once(ending=False)
+            except Exception:
+                log.exception("tokometer: store writer error")
+                ok = False
+            if ok:
+                attempt, delay = 0, self.flush_interval
+            else:
+                attempt += 1
+                delay = _backoff(attempt, cap=self.flush_interval)
+
+    def _flush_until(self, deadline: float, *, ending: bool) -> bool:
+        attempt = 0
+        while True:
+            try:
+                if self._flush_once(ending=ending):
+                    return True
+            except Exception:
+                log.exception("tokometer: store flush error")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(_backoff(attempt), remaining))
+            attempt += 1
+
+    def _flush_once(self, *, ending: bool) -> bool:
+        """One attempt to store everything queued; False if the database could not be written."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                self._inflight = len(batch)
+            adopted = list(self._adopted)
+            replay = [r for a in adopted for r in a.records]
+            if not (batch or replay or ending or not self._migrated or not self._session_recorded):
+                with self._lock:
+                    self._inflight = 0
+                return True
+            for record in (*replay, *batch):
+                try:
+                    price_record(record)
+                except Exception as exc:  # never lose the batch over a price
+                    self._note_problem(exc, "pricing failed for", f"call {record.id}")
+            try:
+                failed = self._write([*replay, *batch], ending)
+            except Exception as exc:
+                with self._lock:
+                    self._queue[:0] = batch
+                    self._inflight = 0
+                self._note_problem(exc)
+                return False
+            stored = [r for r in batch if r.id not in failed]
+            replayed = [r for r in replay if r.id not in failed]
+            for a in adopted:
+                a.records = [r for r in a.records if r.id in failed]
+                if not a.records:
+                    with contextlib.suppress(OSError):
+                        a.path.unlink()
+                    os.close(a.fd)
+                    self._adopted.remove(a)
+            with self._lock:
+                self._queue[:0] = [r for r in batch if r.id in failed]
+                self._inflight = 0
+                self._stored += len(stored) + len(replayed)
+                if not self._queue and self._fd is not None and self._journal_bytes:
+                    try:
+                        os.ftruncate(self._fd, 0)
+                        self._journal_bytes = 0
+                    except OSError as exc:
+                        log.warning("tokometer: could not truncate journal: %s", exc)
+            if not failed:
+                self._recovered()
+        if stored:
+            for fn in list(self._listeners):
+                try:
+                    fn(stored)
+                except Exception:
+                    log.exception("tokometer: store listener %r failed", fn)
+        return True
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        existed = self.db_path.exists()
+        con = duckdb.connect(str(self.db_path))
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.chmod(self.db_path, 0o600)
+        return con
+
+    def _write(self, records: list[CallRecord], ending: bool) -> set[str]:
+        """Write in one transaction; if it fails, row by row. Returns the ids that would not go in."""
+        con = self._connect()
+        try:
+            if not self._migrated:
+                migrate(con)
+                self._migrated = True
+            try:
+                con.begin()
+                self._write_session(con)
+                self._insert(con, records)
+                if ending:
+                    self._end_session(con)
+                con.commit()
+            except Exception as exc:
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
+                if is_busy_error(exc) or not records:
+                    raise
+                return self._write_one_by_one(con, records, ending)
+            self._session_recorded = True
+            return set()
+        finally:
+            con.close()
+
+    def _write_one_by_one(
+        self, con: duckdb.DuckDBPyConnection, records: list[CallRecord], ending: bool
+    ) -> set[str]:
+        """Isolate the calls DuckDB rejects so the others are stored (the rejected stay queued)."""
+        self._write_session(con)
+        self._session_recorded = True
+        failed: set[str] = set()
+        for record in records:
+            try:
+                self._insert(con, [record])
+            except Exception as exc:
+                failed.add(record.id)
+                self._note_problem(exc, "rejected by", f"call {record.id}")
+        if ending:
+            self._end_session(con)
+        return failed
+
+    def _write_session(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self._session_recorded:
+            return
+        con.execute(
+            "INSERT OR IGNORE INTO sessions (session_id, started_at, ended_at, pid, hostname, version) "
+            "VALUES (?, ?, NULL, ?, ?, ?)",
+            [self.session_id, self._started_at, os.getpid(), socket.gethostname(), self.version],
+        )
+
+    def _end_session(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("UPDATE sessions SET ended_at = ? WHERE session_id = ?", [_now(), self.session_id])
+
+    @staticmethod
+    def _insert(con: duckdb.DuckDBPyConnection, records: list[CallRecord]) -> None:
+        for i in range(0, len(records), MAX_ROWS_PER_INSERT):
+            chunk = records[i : i + MAX_ROWS_PER_INSERT]
+            params = [value for record in chunk for value in _row(record)]
+            con.execute(_INSERT_SQL + ", ".join([_ROW_SQL] * len(chunk)), params)
+
+    # -- problems are logged once, not per retry ---------------------------------------------------
+
+    def _note_problem(self, exc: BaseException, what: str = "cannot write", subject: str = "") -> None:
+        """Log a problem the first time it is seen (``subject``, e.g. a call id, is not part of it)."""
+        if is_busy_error(exc):
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+            elif not self._busy_logged and now - self._busy_since >= BUSY_LOG_AFTER:
+                self._busy_logged = True
+                log.warning(
+                    "tokometer: %s locked by another process for %.0f s; calls are kept and retried",
+                    self.db_path,
+                    now - self._busy_since,
+                )
+            return
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        summary = f"{type(exc).__name__}: {first_line}"
+        if f"{what} {summary}" not in self._problems:
+            self._problems.add(f"{what} {summary}")
+            who = f"{subject} " if subject else ""
+            log.warning(
+                "tokometer: %s%s %s (%s); calls are kept and retried", who, what, self.db_path, summary
+            )
+
+    def _recovered(self) -> None:
+        if self._problems or self._busy_logged:
+            log.info("tokometer: writing to %s works again", self.db_path)
+        self._problems.clear()
+        self._busy_since = None
+        self._busy_logged = False

@@ -1,0 +1,290 @@
+"""Anthropic parser: paths, JSON bodies, streams split anywhere and content-encoded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import brotli
+import pytest
+
+from addon.content_decoding import StreamDecoder
+from addon.providers import anthropic_api
+from addon.providers.anthropic_api import StreamParser, extract_usage, flavor_for_path, parse_response
+from addon.sse import SSEDecoder, SSEEvent
+from addon.usage import Metered, Usage
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STREAM = (FIXTURES / "anthropic_stream.sse").read_bytes()
+# input 25 + cache write 1100 + cache read 4800; output 91 from the LAST message_delta (not 38 + 91)
+STREAM_RESULT = Metered(
+    Usage(input_tokens=5925, cache_read_tokens=4800, cache_write_tokens=1100, output_tokens=91),
+    "claude-haiku-4-5-20251001",
+    None,
+)
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.compress, "br": brotli.compress}
+
+
+def events_of(data: bytes) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    return decoder.feed(data) + decoder.close()
+
+
+def run(pieces: Iterable[bytes], encoding: str | None = None) -> tuple[Metered, bytes]:
+    """Pieces -> content decoding -> SSE -> parser, as the addon does. Returns (result, decoded raw)."""
+    content = StreamDecoder(encoding)
+    sse = SSEDecoder()
+    parser = StreamParser("messages")
+    raw = bytearray()
+
+    def take(events: list[SSEEvent]) -> None:
+        for event in events:
+            raw.extend(event.raw)
+            parser.feed(event)
+
+    for piece in pieces:
+        take(sse.feed(content.decode(piece)))
+    take(sse.feed(content.flush()))
+    take(sse.close())
+    return parser.result(), bytes(raw)
+
+
+def sse(kind: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def message_start(usage: dict[str, Any], model: str = "claude-sonnet-4-5-20250929") -> bytes:
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "usage": usage,
+    }
+    return sse("message_start", {"type": "message_start", "message": message})
+
+
+def message_delta(usage: dict[str, Any]) -> bytes:
+    delta = {"stop_reason": "end_turn", "stop_sequence": None}
+    return sse("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
+
+
+# --- paths -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "flavor"),
+    [
+        ("/v1/messages", "messages"),
+        ("/v1/messages?beta=true", "messages"),
+        ("/v1/messages/", "messages"),
+        ("/anthropic/v1/messages", "messages"),
+        ("/api/v1/messages", "messages"),
+        ("/v1/messages/count_tokens", None),
+        ("/v1/messages/count_tokens?beta=true", None),
+        ("/v1/messages/batches", None),
+        ("/v1/messages/batches/msgbatch_01/results", None),
+        ("/v1/models", None),
+        ("/v1/complete", None),
+        ("/messages", None),
+        ("", None),
+    ],
+)
+def test_flavor_for_path(path: str, flavor: str | None) -> None:
+    assert flavor_for_path(path) == flavor
+
+
+# --- complete bodies ---------------------------------------------------------------------
+
+
+def test_body_with_cache_fields() -> None:
+    # input 10 + cache write 200 + cache read 3000 -> 3210
+    assert parse_response("messages", (FIXTURES / "anthropic_message.json").read_bytes()) == Metered(
+        Usage(input_tokens=3210, cache_read_tokens=3000, cache_write_tokens=200, output_tokens=42),
+        "claude-sonnet-4-5-20250929",
+        None,
+    )
+
+
+def test_body_without_cache_fields_and_with_nulls() -> None:
+    body = {"type": "message", "model": "claude-haiku-4-5", "usage": {"input_tokens": 12, "output_tokens": 5}}
+    assert parse_response("messages", json.dumps(body).encode()) == Metered(
+        Usage(input_tokens=12, output_tokens=5), "claude-haiku-4-5", None
+    )
+    nulls = {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": None,
+        "cache_read_input_tokens": None,
+        "cache_creation": None,
+        "output_tokens": 5,
+        "output_tokens_details": None,
+    }
+    assert extract_usage(nulls) == Usage(input_tokens=12, output_tokens=5)
+    assert extract_usage(None) is None
+
+
+def test_thinking_tokens_are_reported_as_reasoning_when_sent() -> None:
+    usage = {"input_tokens": 50, "output_tokens": 700, "output_tokens_details": {"thinking_tokens": 640}}
+    assert extract_usage(usage) == Usage(input_tokens=50, output_tokens=700, reasoning_tokens=640)
+
+
+def test_error_body() -> None:
+    body = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}'
+    assert parse_response("messages", body) == Metered(None, None, "overloaded_error: Overloaded")
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"", "empty response body"),
+        (b"upstream connect error", "response body is not JSON"),
+        (b'{"usage": {"input_tokens": 1', "response body is not JSON"),
+        (b'"just a string"', "response body is not a JSON object"),
+        (b'{"type": "message", "model": "claude-haiku-4-5"}', "no usage in response"),
+    ],
+)
+def test_bodies_without_usage_never_raise(raw: bytes, error: str) -> None:
+    result = parse_response("messages", raw)
+    assert result.usage is None
+    assert result.error == error
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+def test_stream_whole() -> None:
+    assert run([STREAM]) == (STREAM_RESULT, STREAM)
+    events = events_of(STREAM)
+    assert [e.event for e in events].count("message_delta") == 2
+    assert [e.event for e in events].count("ping") == 1
+
+
+def test_stream_split_in_two_at_every_byte_and_one_byte_at_a_time() -> None:
+    for i in range(len(STREAM) + 1):
+        assert run([STREAM[:i], STREAM[i:]]) == (STREAM_RESULT, STREAM), i
+    assert run(STREAM[i : i + 1] for i in range(len(STREAM))) == (STREAM_RESULT, STREAM)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_encoded_stream_split_at_every_byte(encoding: str) -> None:
+    encoded = ENCODERS[encoding](STREAM)
+    for i in range(len(encoded) + 1):
+        assert run([encoded[:i], encoded[i:]], encoding) == (STREAM_RESULT, STREAM), i
+    assert run((encoded[i : i + 1] for i in range(len(encoded))), encoding) == (STREAM_RESULT, STREAM)
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\r"])
+def test_stream_with_other_line_endings(eol: bytes) -> None:
+    data = STREAM.replace(b"\n", eol)
+    assert run([data]) == (STREAM_RESULT, data)
+    assert run(data[i : i + 5] for i in range(0, len(data), 5)) == (STREAM_RESULT, data)
+
+
+def test_stream_with_comments() -> None:
+    data = b": hello\n\n" + STREAM.replace(b"\n\n", b"\n\n: keep-alive\n\n", 4)
+    assert run([data]) == (STREAM_RESULT, data)
+
+
+def test_json_is_decoded_only_for_usage_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            calls.append(data)
+            return json.loads(data)
+
+    monkeypatch.setattr(anthropic_api, "json", CountingJson)
+    assert run([STREAM])[0] == STREAM_RESULT
+    assert [json.loads(c)["type"] for c in calls] == ["message_start", "message_delta", "message_delta"]
+
+
+def test_stream_truncated_after_first_message_delta() -> None:
+    cut = STREAM.index(b'"usage":{"output_tokens":91}') + 10  # inside the second message_delta
+    parser = StreamParser("messages")
+    decoder = SSEDecoder()
+    for event in decoder.feed(STREAM[:cut]):
+        parser.feed(event)
+    tail = decoder.close()
+    assert [e.event for e in tail] == ["message_delta"]
+    parser.feed(tail[0])
+    assert parser.done is False
+    assert parser.result() == Metered(
+        Usage(input_tokens=5925, cache_read_tokens=4800, cache_write_tokens=1100, output_tokens=38),
+        "claude-haiku-4-5-20251001",
+        None,
+    )
+
+
+def test_stream_truncated_inside_message_start() -> None:
+    result, _ = run([STREAM[:200]])
+    assert result == Metered(None, None, "no usage in stream (1 event(s) not JSON)")
+
+
+def test_done_after_message_stop() -> None:
+    parser = StreamParser("messages")
+    for event in events_of(STREAM):
+        parser.feed(event)
+    assert parser.done is True
+
+
+def test_message_delta_overwrites_counts_it_carries() -> None:
+    data = (
+        message_start(
+            {
+                "input_tokens": 10,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 70,
+                "output_tokens": 1,
+            }
+        )
+        + message_delta({"output_tokens": 5})
+        + message_delta(
+            {
+                "input_tokens": 12,
+                "cache_creation_input_tokens": 300,
+                "cache_read_input_tokens": None,  # null: keep the earlier value
+                "output_tokens": 20,
+                "output_tokens_details": {"thinking_tokens": 11},
+            }
+        )
+    )
+    assert run([data])[0] == Metered(
+        Usage(
+            input_tokens=382,
+            cache_read_tokens=70,
+            cache_write_tokens=300,
+            output_tokens=20,
+            reasoning_tokens=11,
+        ),
+        "claude-sonnet-4-5-20250929",
+        None,
+    )
+
+
+def test_error_event_mid_stream_keeps_usage_seen_so_far() -> None:
+    data = message_start({"input_tokens": 40, "output_tokens": 1}) + sse(
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    )
+    assert run([data])[0] == Metered(
+        Usage(input_tokens=40, output_tokens=1), "claude-sonnet-4-5-20250929", "overloaded_error: Overloaded"
+    )
+
+
+def test_events_without_event_names() -> None:
+    # Some gateways drop the `event:` lines; the "type" in the data still decides.
+    data = b"".join(e.raw.split(b"\n", 1)[1] for e in events_of(STREAM))
+    assert b"event:" not in data
+    assert run([data])[0] == STREAM_RESULT
+
+
+def test_garbage_stream_does_not_raise() -> None:
+    garbage = bytes((i * 7919 + 13) % 256 for i in range(4000))
+    garbage += b'\n\nevent: message_start\ndata: {"usage": \n\nevent: message_delta\ndata: nope\n\n'
+    result, raw = run(garbage[i : i + 3] for i in range(0, len(garbage), 3))
+    assert raw == garbage
+    assert result == Metered(None, None, "no usage in stream (2 event(s) not JSON)")

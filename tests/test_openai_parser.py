@@ -1,0 +1,447 @@
+"""OpenAI parsers: paths, JSON bodies, streams split anywhere and content-encoded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import brotli
+import pytest
+
+from addon.content_decoding import StreamDecoder
+from addon.providers import openai_api
+from addon.providers.openai_api import (
+    StreamParser,
+    extract_usage,
+    flavor_for_path,
+    has_usage,
+    is_usage_only_chunk,
+    parse_response,
+)
+from addon.sse import SSEDecoder, SSEEvent
+from addon.usage import Metered, Usage
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# fixture -> (flavor, expected result of the whole stream)
+STREAMS: dict[str, tuple[str, Metered]] = {
+    "openai_chat_stream.sse": (
+        "chat",
+        Metered(Usage(input_tokens=21, output_tokens=14), "gpt-4o-mini-2024-07-18", None),
+    ),
+    "openai_chat_reasoning_stream.sse": (
+        "chat",
+        Metered(
+            Usage(input_tokens=2048, cache_read_tokens=1792, output_tokens=917, reasoning_tokens=896),
+            "o4-mini-2025-04-16",
+            None,
+        ),
+    ),
+    "openai_responses_stream.sse": (
+        "responses",
+        Metered(
+            Usage(input_tokens=1536, cache_read_tokens=1280, output_tokens=215, reasoning_tokens=192),
+            "gpt-5-mini-2025-08-07",
+            None,
+        ),
+    ),
+}
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.compress, "br": brotli.compress}
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def events_of(data: bytes) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    return decoder.feed(data) + decoder.close()
+
+
+def run(flavor: str, pieces: Iterable[bytes], encoding: str | None = None) -> tuple[Metered, bytes]:
+    """Pieces -> content decoding -> SSE -> parser, as the addon does. Returns (result, decoded raw)."""
+    content = StreamDecoder(encoding)
+    sse = SSEDecoder()
+    parser = StreamParser(flavor)
+    raw = bytearray()
+
+    def take(events: list[SSEEvent]) -> None:
+        for event in events:
+            raw.extend(event.raw)
+            parser.feed(event)
+
+    for piece in pieces:
+        take(sse.feed(content.decode(piece)))
+    take(sse.feed(content.flush()))
+    take(sse.close())
+    return parser.result(), bytes(raw)
+
+
+# --- paths -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "flavor"),
+    [
+        ("/v1/chat/completions", "chat"),
+        ("/v1/chat/completions?api-version=2024-10-21", "chat"),
+        ("/v1/chat/completions/", "chat"),
+        ("/openai/v1/chat/completions", "chat"),
+        ("/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21", "chat"),
+        ("/v1beta/openai/chat/completions", "chat"),
+        ("/v1/responses", "responses"),
+        ("/v1/responses?stream=true", "responses"),
+        ("/v1/embeddings", "embeddings"),
+        ("/api/v1/embeddings", "embeddings"),
+        ("/v1/models", None),
+        ("/v1/models/gpt-4o", None),
+        ("/v1/responses/resp_123", None),
+        ("/v1/responses/resp_123/input_items", None),
+        ("/v1/responses/resp_123/cancel", None),
+        ("/v1/chat/completions/chatcmpl-123", None),
+        ("/v1/files", None),
+        ("/v1/completions", None),
+        ("/", None),
+        ("", None),
+    ],
+)
+def test_flavor_for_path(path: str, flavor: str | None) -> None:
+    assert flavor_for_path(path) == flavor
+
+
+# --- complete bodies ---------------------------------------------------------------------
+
+
+def test_chat_body_with_cached_and_reasoning_tokens() -> None:
+    assert parse_response("chat", fixture("openai_chat_reasoning.json")) == Metered(
+        Usage(input_tokens=5120, cache_read_tokens=4864, output_tokens=1410, reasoning_tokens=1344),
+        "o3-2025-04-16",
+        None,
+    )
+
+
+def test_responses_body() -> None:
+    assert parse_response("responses", fixture("openai_responses.json")) == Metered(
+        Usage(input_tokens=36, output_tokens=3), "gpt-4.1-2025-04-14", None
+    )
+
+
+def test_embeddings_body() -> None:
+    assert parse_response("embeddings", fixture("openai_embeddings.json")) == Metered(
+        Usage(input_tokens=57), "text-embedding-3-small", None
+    )
+
+
+def body(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_error_body() -> None:
+    error = {
+        "error": {
+            "message": "Incorrect API key provided: sk-abc.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert parse_response("chat", body(error)) == Metered(
+        None, None, "invalid_api_key: Incorrect API key provided: sk-abc."
+    )
+    no_code = {"error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": None}}
+    assert parse_response("chat", body(no_code)).error == "requests: Rate limit reached"
+
+
+def test_failed_responses_body_keeps_usage_and_sets_error() -> None:
+    failed = {
+        "object": "response",
+        "status": "failed",
+        "model": "gpt-4.1",
+        "error": {"code": "server_error", "message": "The model failed."},
+        "usage": {"input_tokens": 12, "output_tokens": 0},
+    }
+    assert parse_response("responses", body(failed)) == Metered(
+        Usage(input_tokens=12), "gpt-4.1", "server_error: The model failed."
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"", "empty response body"),
+        (b"  \n", "empty response body"),
+        (b"<html>502 Bad Gateway</html>", "response body is not JSON"),
+        (b'{"usage": {"prompt_tokens": 1', "response body is not JSON"),
+        (b"\xff\xfe\x00garbage", "response body is not JSON"),
+        (b"[1, 2]", "response body is not a JSON object"),
+        (b'{"id": "chatcmpl-1", "model": "gpt-4o"}', "no usage in response"),
+        (b'{"model": "gpt-4o", "usage": null}', "no usage in response"),
+        (b'{"model": "gpt-4o", "usage": {}}', "no usage in response"),
+    ],
+)
+def test_bodies_without_usage_never_raise(raw: bytes, error: str) -> None:
+    result = parse_response("chat", raw)
+    assert result.usage is None
+    assert result.error == error
+
+
+def test_missing_and_null_details_are_tolerated() -> None:
+    assert extract_usage(
+        {
+            "prompt_tokens": 9,
+            "completion_tokens": 4,
+            "prompt_tokens_details": None,
+            "completion_tokens_details": None,
+        }
+    ) == Usage(input_tokens=9, output_tokens=4)
+    assert extract_usage({"prompt_tokens": 9, "completion_tokens": None}) == Usage(input_tokens=9)
+    assert extract_usage(
+        {"input_tokens": 30, "output_tokens": 5, "input_tokens_details": None, "output_tokens_details": {}}
+    ) == Usage(input_tokens=30, output_tokens=5)
+    assert extract_usage({"prompt_tokens": "9", "completion_tokens": True}) == Usage()
+    assert extract_usage(None) is None
+    assert extract_usage([1]) is None
+
+
+def test_cache_write_tokens_are_taken_when_reported() -> None:
+    chat = {
+        "prompt_tokens": 3000,
+        "completion_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 2900},
+    }
+    assert extract_usage(chat) == Usage(input_tokens=3000, cache_write_tokens=2900, output_tokens=10)
+    responses = {
+        "input_tokens": 3000,
+        "input_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 2800},
+        "output_tokens": 7,
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    assert extract_usage(responses) == Usage(
+        input_tokens=3000, cache_read_tokens=100, cache_write_tokens=2800, output_tokens=7
+    )
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_stream_whole(name: str) -> None:
+    flavor, expected = STREAMS[name]
+    data = fixture(name)
+    result, raw = run(flavor, [data])
+    assert result == expected
+    assert raw == data
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_stream_split_in_two_at_every_byte_and_one_byte_at_a_time(name: str) -> None:
+    flavor, expected = STREAMS[name]
+    data = fixture(name)
+    for i in range(len(data) + 1):
+        assert run(flavor, [data[:i], data[i:]]) == (expected, data), i
+    assert run(flavor, (data[i : i + 1] for i in range(len(data)))) == (expected, data)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_encoded_stream_split_at_every_byte(name: str, encoding: str) -> None:
+    flavor, expected = STREAMS[name]
+    data = fixture(name)
+    encoded = ENCODERS[encoding](data)
+    for i in range(len(encoded) + 1):
+        assert run(flavor, [encoded[:i], encoded[i:]], encoding) == (expected, data), i
+    assert run(flavor, (encoded[i : i + 1] for i in range(len(encoded))), encoding) == (expected, data)
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_stream_with_other_line_endings(name: str, eol: bytes) -> None:
+    flavor, expected = STREAMS[name]
+    data = fixture(name).replace(b"\n", eol)
+    assert run(flavor, [data]) == (expected, data)
+    assert run(flavor, (data[i : i + 7] for i in range(0, len(data), 7))) == (expected, data)
+
+
+def test_stream_with_comments_and_keepalives() -> None:
+    flavor, expected = STREAMS["openai_chat_stream.sse"]
+    data = b": OPENROUTER PROCESSING\n\n" + fixture("openai_chat_stream.sse").replace(
+        b"\n\n", b"\n\n: keep-alive\n\n", 3
+    )
+    assert run(flavor, [data]) == (expected, data)
+
+
+def test_json_is_decoded_only_for_events_that_matter(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            calls.append(data)
+            return json.loads(data)
+
+    monkeypatch.setattr(openai_api, "json", CountingJson)
+    # chat: the first chunk (for the model) and the usage chunk; not the 4 chunks with "usage":null
+    assert run("chat", [fixture("openai_chat_stream.sse")])[0] == STREAMS["openai_chat_stream.sse"][1]
+    assert len(calls) == 2
+    calls.clear()
+    # responses: response.created (model) and response.completed; not in_progress nor the deltas
+    assert run("responses", [fixture("openai_responses_stream.sse")])[0].usage is not None
+    assert [json.loads(c)["type"] for c in calls] == ["response.created", "response.completed"]
+
+
+def test_chat_stream_truncated_in_the_usage_chunk() -> None:
+    data = fixture("openai_chat_stream.sse")
+    cut = data.index(b'"usage":{"prompt_tokens"') + 20
+    sse = SSEDecoder()
+    parser = StreamParser("chat")
+    for event in sse.feed(data[:cut]):
+        parser.feed(event)
+    tail = sse.close()
+    assert len(tail) == 1
+    assert tail[0].data.endswith(b'"usage":{"prompt_tok')
+    parser.feed(tail[0])
+    assert parser.result() == Metered(
+        None, "gpt-4o-mini-2024-07-18", "no usage in stream (1 event(s) not JSON)"
+    )
+    assert parser.done is False
+
+
+def test_chat_stream_cut_before_done_keeps_the_usage() -> None:
+    flavor, expected = STREAMS["openai_chat_stream.sse"]
+    data = fixture("openai_chat_stream.sse")
+    result, _ = run(flavor, [data[: data.index(b"data: [DONE]")]])
+    assert result == expected
+
+
+def test_chat_stream_without_include_usage() -> None:
+    data = b"".join(
+        e.raw for e in events_of(fixture("openai_chat_stream.sse")) if b'"choices":[]' not in e.data
+    )
+    parser = StreamParser("chat")
+    for event in events_of(data):
+        parser.feed(event)
+    assert parser.done is True
+    assert parser.result() == Metered(
+        None, "gpt-4o-mini-2024-07-18", "stream ended without usage (stream_options.include_usage not set?)"
+    )
+
+
+def test_chat_stream_error_event() -> None:
+    data = (
+        b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,'
+        b'"delta":{"content":"Hi"},"finish_reason":null}],"usage":null}\n\n'
+        b'data: {"error":{"message":"The server had an error","type":"server_error",'
+        b'"param":null,"code":null}}\n\n'
+    )
+    assert run("chat", [data])[0] == Metered(None, "gpt-4o", "server_error: The server had an error")
+
+
+def test_responses_stream_truncated_after_deltas() -> None:
+    data = fixture("openai_responses_stream.sse")
+    result, _ = run("responses", [data[: data.index(b"event: response.output_text.done")]])
+    assert result == Metered(None, "gpt-5-mini-2025-08-07", "no usage in stream")
+
+
+def responses_event(kind: str, response: dict[str, Any] | None = None, **extra: Any) -> bytes:
+    payload: dict[str, Any] = {"type": kind, "sequence_number": 1, **extra}
+    if response is not None:
+        payload["response"] = response
+    return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def test_responses_incomplete_has_usage_and_no_error() -> None:
+    response = {
+        "status": "incomplete",
+        "model": "gpt-5-2025-08-07",
+        "incomplete_details": {"reason": "max_output_tokens"},
+        "usage": {"input_tokens": 80, "output_tokens": 64, "output_tokens_details": {"reasoning_tokens": 64}},
+    }
+    parser = StreamParser("responses")
+    for event in events_of(responses_event("response.incomplete", response)):
+        parser.feed(event)
+    assert parser.done is True
+    assert parser.result() == Metered(
+        Usage(input_tokens=80, output_tokens=64, reasoning_tokens=64), "gpt-5-2025-08-07", None
+    )
+
+
+def test_responses_failed_sets_error_and_keeps_usage() -> None:
+    response = {
+        "status": "failed",
+        "model": "gpt-5-2025-08-07",
+        "error": {"code": "server_error", "message": "An error occurred while processing your request."},
+        "usage": {"input_tokens": 80, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3},
+    }
+    data = responses_event(
+        "response.created", {"status": "in_progress", "model": "gpt-5-2025-08-07", "usage": None}
+    )
+    data += responses_event("response.failed", response)
+    assert run("responses", [data])[0] == Metered(
+        Usage(input_tokens=80, output_tokens=3),
+        "gpt-5-2025-08-07",
+        "server_error: An error occurred while processing your request.",
+    )
+
+
+def test_responses_error_event() -> None:
+    data = responses_event("error", code="rate_limit_exceeded", message="Slow down", param=None)
+    assert run("responses", [data])[0] == Metered(None, None, "rate_limit_exceeded: Slow down")
+
+
+def test_responses_events_without_event_names() -> None:
+    # Some gateways drop the `event:` lines; the "type" in the data still decides.
+    flavor, expected = STREAMS["openai_responses_stream.sse"]
+    data = b"".join(e.raw.split(b"\n", 1)[1] for e in events_of(fixture("openai_responses_stream.sse")))
+    assert b"event:" not in data
+    result, _ = run(flavor, [data])
+    assert result == expected
+
+
+@pytest.mark.parametrize("flavor", ["chat", "responses"])
+def test_garbage_stream_does_not_raise(flavor: str) -> None:
+    garbage = bytes((i * 7919 + 13) % 256 for i in range(4000))
+    garbage += b'\n\ndata: {"usage": {"prompt_tokens": 1\n\nevent: response.completed\ndata: {\n\n'
+    result, raw = run(flavor, (garbage[i : i + 3] for i in range(0, len(garbage), 3)))
+    assert raw == garbage
+    assert result.usage is None
+    assert result.error is not None
+    assert result.error.startswith("no usage in stream (")
+
+
+# --- the include_usage chunk ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["openai_chat_stream.sse", "openai_chat_reasoning_stream.sse"])
+def test_is_usage_only_chunk(name: str) -> None:
+    events = events_of(fixture(name))
+    flags = [is_usage_only_chunk(e) for e in events]
+    assert flags == [False] * (len(events) - 2) + [True, False]  # ..., usage chunk, [DONE]
+    assert json.loads(events[-2].data)["choices"] == []
+
+
+def test_is_usage_only_chunk_edge_cases() -> None:
+    def event(data: bytes) -> SSEEvent:
+        return SSEEvent(None, data, b"data: " + data + b"\n\n")
+
+    assert (
+        is_usage_only_chunk(event(b'{"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}'))
+        is False
+    )
+    assert is_usage_only_chunk(event(b'{"choices": [], "usage": null}')) is False
+    assert is_usage_only_chunk(event(b'{"choices": [], "usage" : {"prompt_tokens": 1}}')) is True
+    assert is_usage_only_chunk(event(b'{"usage": {"prompt_tokens": 1}}')) is True
+    assert is_usage_only_chunk(event(b'{"choices":[], "usage": {"prompt_tokens": 1')) is False
+    assert is_usage_only_chunk(SSEEvent(None, b"", b": ping\n\n")) is False
+
+
+def test_has_usage_substring_test() -> None:
+    assert has_usage(b'{"usage":{"a":1}}') is True
+    assert has_usage(b'{"usage" :  {"a":1}}') is True
+    assert has_usage(b'{"usage":null}') is False
+    assert has_usage(b'{"usage": null, "x": 1}') is False
+    assert has_usage(b'{"delta":{"content":"\\"usage\\": 12"},"usage":null}') is False
+    assert has_usage(b'{"usage":null,"x":{"usage":{"a":1}}}') is True
+    assert has_usage(b"") is False

@@ -1,0 +1,164 @@
+"""Pricing: hand-computed figures from list prices (per 1M tokens), exact Decimals."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from addon import pricing
+from addon.pricing import Price, price, price_record
+from addon.record import CallRecord
+from addon.usage import Usage
+
+WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+SOURCE = "genai-prices 0.2.3"
+
+
+def test_gpt4o_with_cache_reads() -> None:
+    # 800 uncached x 2.50 + 200 cached x 1.25 + 500 output x 10, per 1M tokens
+    # = 0.002 + 0.00025 + 0.005
+    got = price("openai", "gpt-4o", Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500), WHEN)
+    assert got == Price(Decimal("0.00725"), "priced", SOURCE, "gpt-4o")
+
+
+def test_anthropic_cache_reads_and_writes() -> None:
+    # input 10,000 in total = 4,000 uncached + 4,000 cache reads + 2,000 cache writes
+    # 4,000 x 3 + 4,000 x 0.30 + 2,000 x 3.75 + 1,000 output x 15, per 1M
+    # = 0.012 + 0.0012 + 0.0075 + 0.015
+    usage = Usage(input_tokens=10_000, cache_read_tokens=4_000, cache_write_tokens=2_000, output_tokens=1_000)
+    got = price("anthropic", "claude-sonnet-4-5", usage, WHEN)
+    assert got.cost_usd == Decimal("0.0357")
+    assert got.status == "priced"
+    assert got.model == "claude-sonnet-4-5"
+
+
+def test_reasoning_is_priced_once_as_output() -> None:
+    # claude-haiku-4-5: 1 in / 5 out. Output 3,000 of which 2,000 thinking: 3,000 x 5, not 5,000 x 5.
+    # 1,000 x 1 + 3,000 x 5 = 0.001 + 0.015
+    usage = Usage(input_tokens=1_000, output_tokens=3_000, reasoning_tokens=2_000)
+    assert price("anthropic", "claude-haiku-4-5", usage, WHEN).cost_usd == Decimal("0.016")
+
+
+def test_dated_model_name_resolves_to_its_model() -> None:
+    usage = Usage(input_tokens=10_000, cache_read_tokens=4_000, cache_write_tokens=2_000, output_tokens=1_000)
+    got = price("anthropic", "claude-sonnet-4-5-20250929", usage, WHEN)
+    assert got == Price(Decimal("0.0357"), "priced", SOURCE, "claude-sonnet-4-5")
+    # a dated OpenAI snapshot with the same price as the alias
+    got = price(
+        "openai",
+        "gpt-4o-2024-08-06",
+        Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500),
+        WHEN,
+    )
+    assert (got.cost_usd, got.model) == (Decimal("0.00725"), "gpt-4o")
+
+
+def test_dated_snapshot_with_its_own_price_is_not_collapsed() -> None:
+    # gpt-4o-2024-05-13 is 5 in / 15 out with no cache discount: 1,000 x 5 + 500 x 15
+    got = price(
+        "openai",
+        "gpt-4o-2024-05-13",
+        Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500),
+        WHEN,
+    )
+    assert (got.cost_usd, got.model) == (Decimal("0.0125"), "gpt-4o-2024-05-13")
+
+
+def test_long_context_tier() -> None:
+    # claude-sonnet-4-5 above 200k input: 6 in / 22.5 out. 300,000 x 6 + 1,000 x 22.5
+    got = price("anthropic", "claude-sonnet-4-5", Usage(input_tokens=300_000, output_tokens=1_000), WHEN)
+    assert got.cost_usd == Decimal("1.8225")
+
+
+def test_gemini_models_prefix_is_stripped() -> None:
+    # gemini-2.5-flash 0.30 in / 2.50 out: 1,000 x 0.30 + 1,000 x 2.50
+    got = price("google", "models/gemini-2.5-flash", Usage(input_tokens=1000, output_tokens=1000), WHEN)
+    assert got == Price(Decimal("0.0028"), "priced", SOURCE, "gemini-2.5-flash")
+
+
+def test_unknown_model_is_never_priced_zero() -> None:
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    first = price("openai", "gpt-9-imaginary", usage, WHEN)
+    assert first == Price(None, "unknown_model", SOURCE, None)
+    # the cached miss answers the same
+    assert price("openai", "gpt-9-imaginary", usage, WHEN) == first
+    # a provider genai-prices does not know
+    assert price("nosuchprovider", "gpt-4o", usage, WHEN).status == "unknown_model"
+
+
+def test_no_usage_no_model_not_billed_and_error() -> None:
+    usage = Usage(input_tokens=10, output_tokens=5)
+    assert price("openai", "gpt-4o", None, WHEN) == Price(None, "no_usage", None, None)
+    assert price("openai", "gpt-4o", None, WHEN, status_code=200) == Price(None, "no_usage", None, None)
+    assert price("openai", "gpt-4o", None, WHEN, status_code=429) == Price(
+        Decimal(0), "not_billed", None, None
+    )
+    assert price("openai", None, usage, WHEN) == Price(None, "no_model", None, None)
+    assert price("openai", "", usage, WHEN).status == "no_model"
+    # impossible usage (more cache reads than input): genai-prices raises, we never do
+    bad = price("openai", "gpt-4o", Usage(input_tokens=100, cache_read_tokens=200, output_tokens=5), WHEN)
+    assert bad == Price(None, "error", SOURCE, None)
+
+
+def test_unexpected_exception_is_status_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pricing, "calc_price", boom)
+    got = price("openai", "gpt-4o", Usage(input_tokens=1, output_tokens=1), WHEN)
+    assert (got.cost_usd, got.status) == (None, "error")
+
+
+def test_naive_timestamp_is_taken_as_utc() -> None:
+    usage = Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500)
+    assert price("openai", "gpt-4o", usage, datetime(2026, 11, 1, 12, 0)).cost_usd == Decimal("0.00725")
+
+
+def _record(**kwargs: object) -> CallRecord:
+    base: dict[str, object] = {
+        "id": "c1",
+        "ts": WHEN,
+        "session_id": "s",
+        "environment": "dev",
+        "provider": "openai",
+        "host": "api.openai.com",
+        "path": "/v1/chat/completions",
+        "api_flavor": "chat",
+        "status_code": 200,
+    }
+    base.update(kwargs)
+    return CallRecord(**base)  # type: ignore[arg-type]
+
+
+def test_price_record_prefers_reported_model() -> None:
+    record = _record(model_sent="gpt-4o", model_reported="gpt-4o-2024-05-13")
+    record.set_usage(Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500))
+    price_record(record)
+    assert record.cost_usd == Decimal("0.0125")
+    assert (record.price_status, record.price_source, record.price_model) == (
+        "priced",
+        SOURCE,
+        "gpt-4o-2024-05-13",
+    )
+
+
+def test_price_record_falls_back_to_model_sent() -> None:
+    record = _record(model_sent="gpt-4o")
+    record.set_usage(Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500))
+    price_record(record)
+    assert (record.cost_usd, record.price_model) == (Decimal("0.00725"), "gpt-4o")
+
+
+def test_price_record_error_without_usage_is_not_billed() -> None:
+    record = _record(model_sent="gpt-4o", status_code=500)
+    price_record(record)
+    assert (record.cost_usd, record.price_status) == (Decimal(0), "not_billed")
+
+
+def test_price_record_keeps_a_status_already_set() -> None:
+    record = _record(model_sent="gpt-4o", price_status="not_billed", cost_usd=Decimal(0))
+    record.set_usage(Usage(input_tokens=1000, output_tokens=500))
+    price_record(record)
+    assert (record.cost_usd, record.price_status, record.price_source) == (Decimal(0), "not_billed", None)

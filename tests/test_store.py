@@ -1,0 +1,448 @@
+"""Store: batched DuckDB writes, lock retries, crash journal replay, permissions, listeners."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from addon.migrations import MIGRATIONS, migrate
+from addon.record import COLUMNS, CallRecord
+from addon.store import Store, StoreStats, reading
+from addon.usage import Usage
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+GPT4O_COST = Decimal("0.00725")  # 1000 in (200 cached), 500 out: see test_pricing
+
+READER = """
+import sys, time, duckdb
+while True:
+    try:
+        con = duckdb.connect(sys.argv[1], read_only=True)
+        break
+    except duckdb.IOException:
+        time.sleep(0.01)
+print("ready", flush=True)
+sys.stdin.readline()
+con.close()
+"""
+
+
+def make_record(i: int, session_id: str = "s1", model: str = "gpt-4o", **kwargs: object) -> CallRecord:
+    fields: dict[str, object] = {
+        "id": f"{session_id}-{i:04d}",
+        "ts": T0 + timedelta(seconds=i),
+        "session_id": session_id,
+        "environment": "dev",
+        "provider": "openai",
+        "host": "api.openai.com",
+        "path": "/v1/chat/completions",
+        "api_flavor": "chat",
+        "model_sent": model,
+        "status_code": 200,
+    }
+    record = CallRecord(**(fields | kwargs))  # type: ignore[arg-type]
+    record.set_usage(Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500))
+    return record
+
+
+def rows(db: Path, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+    with reading(db) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@contextmanager
+def reader_process(db: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the database open read-only (which blocks every writer)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", READER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            proc.wait(10)
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(10)
+
+
+def crash(store: Store) -> None:
+    """What a killed proxy leaves: the thread gone, the journal's flock released, no close()."""
+    store._stopping = True
+    store._wake.set()
+    assert store._thread is not None
+    store._thread.join(5)
+    assert store._fd is not None
+    os.close(store._fd)
+    store._fd = None
+    store._closed = True
+
+
+@pytest.fixture(autouse=True)
+def _close_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every started store even when a test fails (no writer thread outlives its test)."""
+    started: list[Store] = []
+    original = Store.start
+
+    def start(self: Store) -> None:
+        started.append(self)
+        original(self)
+
+    monkeypatch.setattr(Store, "start", start)
+    yield
+    for store in started:
+        store.close(timeout=1)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "spend.duckdb"
+
+
+def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=0.05, version="9.9")
+    store.start()
+    for i in range(50):
+        store.submit(make_record(i))
+    # a call at +02:00 is stored as naive UTC
+    local = make_record(50, model="gpt-9-imaginary")
+    local.ts = datetime(2026, 11, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
+    store.submit(local)
+    failed = make_record(51, status_code=429)
+    failed.input_tokens = failed.output_tokens = None
+    store.submit(failed)
+    store.close()
+
+    assert store.stats == StoreStats(submitted=52, stored=52, pending=0, replayed=0)
+    assert rows(db, "SELECT count(*), count(DISTINCT id) FROM calls") == [(52, 52)]
+    assert rows(db, "SELECT sum(cost_usd) FROM calls WHERE price_status = 'priced'") == [(Decimal("0.3625"),)]
+    assert rows(db, "SELECT ts, cost_usd, price_status, price_model FROM calls WHERE id = 's1-0050'") == [
+        (datetime(2026, 11, 1, 12, 30), None, "unknown_model", None)
+    ]
+    assert rows(db, "SELECT cost_usd, price_status FROM calls WHERE id = 's1-0051'") == [
+        (Decimal(0), "not_billed")
+    ]
+    with reading(db) as con:
+        cur = con.execute("SELECT * FROM calls WHERE id = 's1-0007'")
+        row = dict(zip([d[0] for d in cur.description], cur.fetchone() or (), strict=True))
+    assert row == {
+        "id": "s1-0007",
+        "ts": datetime(2026, 11, 1, 12, 0, 7),
+        "session_id": "s1",
+        "environment": "dev",
+        "provider": "openai",
+        "host": "api.openai.com",
+        "path": "/v1/chat/completions",
+        "api_flavor": "chat",
+        "duration_ms": None,
+        "ttft_ms": None,
+        "model_requested": None,
+        "model_sent": "gpt-4o",
+        "model_reported": None,
+        "action": "allowed",
+        "status_code": 200,
+        "streamed": False,
+        "aborted": False,
+        "input_tokens": 1000,
+        "cache_read_tokens": 200,
+        "cache_write_tokens": 0,
+        "output_tokens": 500,
+        "reasoning_tokens": 0,
+        "usage_source": "reported",
+        "cost_usd": GPT4O_COST,
+        "price_status": "priced",
+        "price_source": "genai-prices 0.2.3",
+        "price_model": "gpt-4o",
+        "key_fingerprint": None,
+        "error": None,
+    }
+    ((sid, started, ended, pid, version),) = rows(
+        db, "SELECT session_id, started_at, ended_at, pid, version FROM sessions"
+    )
+    assert (sid, pid, version) == ("s1", os.getpid(), "9.9")
+    assert started is not None and ended is not None and ended >= started
+    assert not store.journal_path.exists()  # everything stored: journal dropped
+
+
+def test_permissions(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=0.05)
+    store.start()
+    store.submit(make_record(1))
+    try:
+        assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert stat.S_IMODE(store.journal_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(store.journal_path.stat().st_mode) == 0o600
+    finally:
+        store.close()
+
+
+def test_writer_retries_while_another_process_reads(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=0.05)
+    store.start()
+    with reader_process(db) as proc:
+        for i in range(10):
+            store.submit(make_record(i))
+        time.sleep(0.5)  # ~10 flush attempts, all refused by the lock
+        assert store.stats == StoreStats(submitted=10, stored=0, pending=10, replayed=0)
+        assert len(store.journal_path.read_bytes().splitlines()) == 10
+        release(proc)
+        wait_for(lambda: store.stats.pending == 0)
+    assert store.stats.stored == 10
+    wait_for(lambda: store.journal_path.stat().st_size == 0)  # all stored: journal truncated
+    store.submit(make_record(10))  # the journal keeps working after truncation
+    assert len(store.journal_path.read_bytes().splitlines()) == 1
+    store.close()
+    assert rows(db, "SELECT count(*), count(DISTINCT id) FROM calls") == [(11, 11)]
+
+
+def test_reading_waits_for_the_writer(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    store.close()
+    with reader_process(db) as proc:
+        # the read-only reader does not block other readers
+        assert rows(db, "SELECT count(*) FROM sessions") == [(1,)]
+        release(proc)
+    with pytest.raises(FileNotFoundError), reading(db.with_name("missing.duckdb")):
+        pass
+
+
+def test_crash_journal_is_replayed_exactly_once(db: Path) -> None:
+    dead = Store(db, "dead", flush_interval=3600)
+    dead.start()
+    for i in range(3):
+        dead.submit(make_record(i, "dead"))
+    assert dead.flush()
+    assert dead.journal_path.stat().st_size == 0
+    dead.submit(make_record(3, "dead"))
+    dead.submit(make_record(4, "dead"))
+    crash(dead)
+    # lines already in the db come back too (e.g. flushed, then killed before the truncation),
+    # and the process died in the middle of writing its last line
+    with dead.journal_path.open("a") as f:
+        f.write(make_record(0, "dead").to_json() + "\n")
+        f.write(make_record(5, "dead").to_json()[:40])
+    assert rows(db, "SELECT count(*) FROM calls") == [(3,)]
+
+    fresh = Store(db, "fresh", flush_interval=0.05)
+    fresh.start()
+    assert not dead.journal_path.exists()
+    assert fresh.stats == StoreStats(submitted=0, stored=3, pending=0, replayed=3)
+    fresh.close()
+    assert rows(db, "SELECT id, cost_usd FROM calls ORDER BY id") == [
+        (f"dead-{i:04d}", GPT4O_COST) for i in range(5)
+    ]
+
+
+def test_hand_written_journal_with_a_corrupt_line(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    journal_dir = db.with_name(db.name + ".journal")
+    journal_dir.mkdir(parents=True)
+    lines = [make_record(1, "gone").to_json(), "{not json", make_record(2, "gone").to_json()]
+    (journal_dir / "gone.jsonl").write_text("\n".join(lines) + "\n")
+    store = Store(db, "s1", flush_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="tokometer"):
+        store.start()
+    store.close()
+    assert rows(db, "SELECT id FROM calls ORDER BY id") == [("gone-0001",), ("gone-0002",)]
+    assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()] == [
+        f"tokometer: skipped unreadable line 2 of journal {journal_dir / 'gone.jsonl'}: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    ]
+
+
+def test_a_live_sessions_journal_is_left_alone(db: Path) -> None:
+    live = Store(db, "live", flush_interval=3600)
+    live.start()
+    live.submit(make_record(1, "live"))
+    other = Store(db, "other", flush_interval=0.05)
+    other.start()
+    other.close()
+    assert other.stats.replayed == 0
+    assert live.journal_path.exists()
+    assert rows(db, "SELECT count(*) FROM calls") == [(0,)]
+    live.close()
+    assert rows(db, "SELECT id FROM calls") == [("live-0001",)]
+
+
+def test_close_keeps_the_journal_when_the_db_stays_locked(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=0.05)
+    store.start()
+    with reader_process(db):
+        store.submit(make_record(1))
+        store.submit(make_record(2))
+        store.close(timeout=0.3)
+        assert store.stats == StoreStats(submitted=2, stored=0, pending=2, replayed=0)
+        assert len(store.journal_path.read_bytes().splitlines()) == 2
+    nxt = Store(db, "s2", flush_interval=0.05)
+    nxt.start()
+    nxt.close()
+    assert rows(db, "SELECT id, cost_usd FROM calls ORDER BY id") == [
+        ("s1-0001", GPT4O_COST),
+        ("s1-0002", GPT4O_COST),
+    ]
+    assert not store.journal_path.exists()
+
+
+def test_a_call_finishing_after_close_is_kept_for_the_next_start(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=0.05)
+    store.start()
+    store.close()
+    store.submit(make_record(1))  # e.g. a stream aborted after mitmproxy's done
+    assert len(store.journal_path.read_bytes().splitlines()) == 1
+    os.close(store._fd or -1)  # the process exits
+    nxt = Store(db, "s2", flush_interval=0.05)
+    nxt.start()
+    nxt.close()
+    assert rows(db, "SELECT id FROM calls") == [("s1-0001",)]
+
+
+def test_a_rejected_call_does_not_block_the_others(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    bad = make_record(2)
+    bad.input_tokens = "lots"  # type: ignore[assignment]  # a parser bug
+    bad.price_status = "no_usage"
+    for record in (make_record(1), bad, make_record(3)):
+        store.submit(record)
+    with caplog.at_level(logging.WARNING, logger="tokometer"):
+        for _ in range(3):
+            assert not store.flush(timeout=1)
+    assert store.stats == StoreStats(submitted=3, stored=2, pending=1, replayed=0)
+    assert rows(db, "SELECT id FROM calls ORDER BY id") == [("s1-0001",), ("s1-0003",)]
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected) == 1  # once, not per retry
+    assert rejected[0].startswith(f"tokometer: call s1-0002 rejected by {db} (ConversionException: ")
+    store.close(timeout=0.5)
+    assert len(store.journal_path.read_bytes().splitlines()) == 3  # kept for the next start
+
+
+def test_listeners_get_each_stored_batch(db: Path) -> None:
+    batches: list[list[str]] = []
+
+    def broken(batch: list[CallRecord]) -> None:
+        raise RuntimeError("listener bug")
+
+    def collect(batch: list[CallRecord]) -> None:
+        assert all(r.cost_usd == GPT4O_COST for r in batch)  # priced before listeners see them
+        batches.append([r.id for r in batch])
+
+    store = Store(db, "s1", flush_interval=3600)
+    store.add_listener(broken)
+    store.add_listener(collect)
+    store.start()
+    store.submit(make_record(1))
+    store.submit(make_record(2))
+    assert store.flush()
+    store.submit(make_record(3))
+    store.close()
+    assert batches == [["s1-0001", "s1-0002"], ["s1-0003"]]
+
+
+def test_migrations_create_the_schema_once(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    try:
+        migrate(con)
+        migrate(con)
+        cols = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'calls' ORDER BY column_index"
+            ).fetchall()
+        ]
+        assert tuple(cols) == COLUMNS
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'calls'"
+            ).fetchall()
+        )
+        assert (types["ts"], types["cost_usd"], types["input_tokens"], types["aborted"]) == (
+            "TIMESTAMP",
+            "DECIMAL(18,10)",
+            "BIGINT",
+            "BOOLEAN",
+        )
+        assert [r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()] == [
+            fn.__name__ for fn in MIGRATIONS
+        ]
+        sessions = con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'sessions' ORDER BY column_index"
+        ).fetchall()
+        assert [r[0] for r in sessions] == [
+            "session_id",
+            "started_at",
+            "ended_at",
+            "pid",
+            "hostname",
+            "version",
+        ]
+    finally:
+        con.close()
+
+
+KILLED = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from addon.record import CallRecord
+from addon.store import Store
+from addon.usage import Usage
+store = Store(Path(sys.argv[1]), "killed", flush_interval=3600)
+store.start()
+for i in range(5):
+    record = CallRecord(id=f"k{i}", ts=datetime.now(UTC), session_id="killed", environment="dev",
+                        provider="openai", host="api.openai.com", path="/v1/chat/completions",
+                        api_flavor="chat", model_sent="gpt-4o", status_code=200)
+    record.set_usage(Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=500))
+    store.submit(record)
+print("submitted", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_proxy_loses_nothing(db: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "submitted"
+        journal = db.with_name(db.name + ".journal") / "killed.jsonl"
+        assert len(journal.read_bytes().splitlines()) == 5
+        nxt = Store(db, "next", flush_interval=0.05)
+        nxt.start()  # the owner is alive: its journal is not touched
+        assert nxt.stats.replayed == 0
+        nxt.close()
+    finally:
+        proc.kill()  # SIGKILL: no close(), no atexit
+        proc.wait(10)
+    after = Store(db, "after", flush_interval=0.05)
+    after.start()
+    after.close()
+    assert after.stats.replayed == 5
+    assert not journal.exists()
+    assert rows(db, "SELECT count(*), sum(cost_usd) FROM calls") == [(5, 5 * GPT4O_COST)]
