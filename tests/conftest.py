@@ -1,0 +1,332 @@
+"""Shared fixtures: the fake provider and a real ``mitmdump`` running the tokometer addon."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from fakeprovider import FakeProvider, OtherSite, port_is_open  # noqa: E402
+
+ROOT = TESTS_DIR.parent
+ADDON = ROOT / "addon" / "tokometer.py"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+CLIENTS = TESTS_DIR / "clients"
+
+OPENAI_KEY = "sk-proj-e2eTESTkey0000111122223333444455556666"
+ANTHROPIC_KEY = "sk-ant-api03-e2eTESTkey7777888899990000aaaabbbbcccc"
+
+SESSION_RE = re.compile(r"tokometer: session ")
+STARTUP_TIMEOUT_S = 20.0
+
+# Variables that would make a client or the proxy leave the sandbox.
+_SCRUB = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_DIR",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_PROFILE",
+    "ANTHROPIC_CONFIG_DIR",
+    "ANTHROPIC_IDENTITY_TOKEN",
+    "ANTHROPIC_IDENTITY_TOKEN_FILE",
+    "TOKOMETER_DB",
+    "TOKOMETER_ENV",
+    "TOKOMETER_POLICIES",
+)
+
+
+def free_port() -> int:
+    """A TCP port the OS reports free on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProxyProcess:
+    """A ``mitmdump -s addon/tokometer.py`` process with its own confdir, home and database."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        fake_port: int,
+        script: Path | None = ADDON,
+        extra_args: tuple[str, ...] = (),
+        require_session_line: bool = True,
+    ) -> None:
+        self.tmp = tmp
+        self.confdir = tmp / "confdir"
+        self.home = tmp / "home"
+        self.client_home = tmp / "client-home"
+        self.db_path = tmp / "spend.duckdb"
+        self.log_path = tmp / "mitmdump.log"
+        self.ca_path = self.confdir / "mitmproxy-ca-cert.pem"
+        for d in (self.confdir, self.home, self.client_home):
+            d.mkdir(parents=True, exist_ok=True)
+        self.fake_port = fake_port
+        self.script = script
+        self.extra_args = extra_args
+        self.require_session_line = require_session_line
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.session_lines: list[str] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _argv(self) -> list[str]:
+        argv = [str(MITMDUMP)]
+        if self.script is not None:
+            argv += ["-s", str(self.script)]
+        fake = f"127.0.0.1:{self.fake_port}"
+        argv += [
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(self.port),
+            "--set",
+            f"confdir={self.confdir}",
+            "--set",
+            "ssl_insecure=true",
+        ]
+        if self.script is not None:
+            argv += ["--set", f"tokometer_db={self.db_path}"]
+        argv += [
+            "--map-remote",
+            rf"|//api\.openai\.com/|//{fake}/",
+            "--map-remote",
+            rf"|//api\.anthropic\.com/|//{fake}/",
+            *self.extra_args,
+        ]
+        return argv
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env.update(
+            HOME=str(self.home),
+            XDG_DATA_HOME=str(self.home / ".local" / "share"),
+            XDG_CONFIG_HOME=str(self.home / ".config"),
+            XDG_STATE_HOME=str(self.home / ".local" / "state"),
+            XDG_CACHE_HOME=str(self.home / ".cache"),
+            TOKOMETER_DB=str(self.db_path),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self) -> None:
+        """Start mitmdump and wait until it listens, has its CA and (with the addon) logged its session."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        sessions_before = len(self._session_lines())
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {' '.join(self._argv())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                cwd=self.tmp,
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log_text()}")
+            ready = port_is_open(self.port) and self.ca_path.exists()
+            if ready and self.require_session_line:
+                ready = len(self._session_lines()) > sessions_before
+            if ready:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mitmdump not ready after {STARTUP_TIMEOUT_S} s:\n{self.log_text()}")
+            time.sleep(0.05)
+        self.session_lines = self._session_lines()
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (the addon flushes on shutdown) and wait; SIGKILL if it hangs."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise RuntimeError(f"mitmdump ignored SIGTERM for {timeout} s:\n{self.log_text()}") from None
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        """SIGKILL at once, no shutdown hooks."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Start again on the same port, confdir and database (stops a running process first)."""
+        if self.alive():
+            self.terminate()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Teardown: never leave the process behind."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.terminate(timeout=8.0)
+        except RuntimeError:
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    # ------------------------------------------------------------ logs
+
+    def log_text(self) -> str:
+        """Everything mitmdump printed so far (all starts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _session_lines(self) -> list[str]:
+        return [line for line in self.log_text().splitlines() if SESSION_RE.search(line)]
+
+    @property
+    def session_line(self) -> str:
+        """The ``tokometer: session ...`` line of the latest start."""
+        assert self.session_lines, "no session line logged"
+        return self.session_lines[-1]
+
+    # ------------------------------------------------------------ clients
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a client subprocess that goes through this proxy like a developer's would."""
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        proxy = f"http://127.0.0.1:{self.port}"
+        env.update(
+            HTTPS_PROXY=proxy,
+            https_proxy=proxy,
+            SSL_CERT_FILE=str(self.ca_path),
+            CURL_CA_BUNDLE=str(self.ca_path),
+            REQUESTS_CA_BUNDLE=str(self.ca_path),
+            HOME=str(self.client_home),
+            OPENAI_API_KEY=OPENAI_KEY,
+            ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    # ------------------------------------------------------------ database
+
+    def rows(
+        self,
+        sql: str = "SELECT * FROM calls ORDER BY ts",
+        params: list[Any] | None = None,
+        timeout: float = 10.0,
+    ) -> list[dict[str, Any]]:
+        """Run a query on a read-only connection, retrying while the writer holds the lock."""
+        import duckdb
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=True)
+                try:
+                    cur = con.execute(sql, params or [])
+                    names = [d[0] for d in cur.description]
+                    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+                finally:
+                    con.close()
+            except (duckdb.IOException, duckdb.CatalogException, duckdb.ConnectionException) as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"cannot query {self.db_path}: {exc}") from exc
+                time.sleep(0.1)
+
+    def count(self) -> int:
+        """Rows in ``calls`` now (0 when the file or table does not exist yet)."""
+        if not self.db_path.exists():
+            return 0
+        try:
+            return int(self.rows("SELECT count(*) AS n FROM calls", timeout=3.0)[0]["n"])
+        except AssertionError:
+            return 0
+
+    def wait_rows(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Poll until ``calls`` has at least ``n`` rows; return all rows ordered by ts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            have = self.count()
+            if have >= n:
+                return self.rows()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected >= {n} rows in calls, found {have} after {timeout} s")
+            time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def fake_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
+    """The fake OpenAI + Anthropic HTTPS API on 127.0.0.1."""
+    fake = FakeProvider(tmp_path_factory.mktemp("fakeprovider"))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="session")
+def other_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OtherSite]:
+    """A non-LLM HTTPS site with its own self-signed certificate."""
+    site = OtherSite(tmp_path_factory.mktemp("othersite"))
+    yield site
+    site.close()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, fake_provider: FakeProvider) -> Iterator[ProxyProcess]:
+    """A fresh mitmdump running the tokometer addon, with its own confdir and database."""
+    p = ProxyProcess(tmp_path, fake_provider.port)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.cleanup()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Attach the mitmdump log to the report of a failed test that used ``proxy``."""
+    rep = yield
+    if rep.failed:
+        p = getattr(item, "funcargs", {}).get("proxy")
+        if isinstance(p, ProxyProcess):
+            rep.sections.append((f"mitmdump log ({rep.when})", p.log_text()))
+    return rep

@@ -1,0 +1,753 @@
+"""A fake OpenAI + Anthropic API over HTTPS on 127.0.0.1, for end-to-end tests.
+
+Tests steer each call with request headers (they pass through the proxy):
+
+- ``X-Fake-Usage``: the usage object to report, in the provider's own wire format (JSON).
+- ``X-Fake-Status``: answer with this error status and the provider's error JSON.
+- ``X-Fake-Gzip: 1``: gzip the body or stream when the request accepts gzip.
+- ``X-Fake-Gate: NAME``: a stream sends its first events, then waits until the test
+  releases ``FakeProvider.gate(NAME)``.
+- ``X-Fake-Gate-After``: content deltas sent before the gate (default 2).
+- ``X-Fake-Chunks``: number of content deltas in a stream (default 5).
+- ``X-Fake-Model``: the model name to report (default: the dated snapshot of the request's).
+- ``X-Fake-Deltas``: Anthropic streams send this many ``message_delta`` events (cumulative).
+- ``X-Test-Tag``: a label to find the recorded request again.
+
+Every request is recorded (``FakeProvider.requests``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import socket
+import ssl
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+GATE_TIMEOUT_S = 30.0
+
+# What the real APIs report for an alias: a dated snapshot.
+SNAPSHOTS = {
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "claude-haiku-4-5": "claude-haiku-4-5-20251001",
+}
+
+DEFAULT_USAGE: dict[str, dict[str, Any]] = {
+    "chat": {
+        "prompt_tokens": 100,
+        "completion_tokens": 20,
+        "total_tokens": 120,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    },
+    "responses": {
+        "input_tokens": 100,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 20,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 120,
+    },
+    "embeddings": {"prompt_tokens": 8, "total_tokens": 8},
+    "messages": {
+        "input_tokens": 100,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 20,
+        "service_tier": "standard",
+    },
+}
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def make_cert(directory: Path, name: str, hosts: list[str]) -> tuple[Path, Path]:
+    """Write a self-signed certificate (CA:true, so it can be trusted directly) and its key.
+
+    Returns ``(cert_path, key_path)``.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path = directory / f"{name}-cert.pem"
+    key_path = directory / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+# ---------------------------------------------------------------- recording
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    json: Any = None
+    gzipped: bool = False  # the fake compressed its answer
+    stream_outcome: str | None = None  # "completed" | "client_gone" | "gate_timeout"
+    done: threading.Event = field(default_factory=threading.Event)  # answer finished or failed
+
+    @property
+    def tag(self) -> str | None:
+        """The ``X-Test-Tag`` header."""
+        return self.headers.get("x-test-tag")
+
+
+class _Gate:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.reached = threading.Event()
+
+
+# ---------------------------------------------------------------- servers
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """A threading HTTP server doing the TLS handshake in the request's own thread."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], ctx: ssl.SSLContext, owner: Any) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.ctx = ctx
+        self.owner = owner
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            tls = self.ctx.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet: clients that go away are part of the tests."""
+
+
+def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class _BaseHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _TLSServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr."""
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _record(self) -> RecordedRequest:
+        body = self._read_body()
+        parsed: Any = None
+        if body:
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(body)
+        rec = RecordedRequest(
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            json=parsed,
+        )
+        self.server.owner._add(rec)
+        return rec
+
+    def _send_body(
+        self,
+        rec: RecordedRequest,
+        status: int,
+        payload: bytes,
+        content_type: str = "application/json",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        gz = _wants_gzip(rec)
+        if gz:
+            comp = zlib.compressobj(wbits=31)
+            payload = comp.compress(payload) + comp.flush()
+            rec.gzipped = True
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        if gz:
+            self.send_header("Content-Encoding", "gzip")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+        rec.done.set()
+
+
+def _wants_gzip(rec: RecordedRequest) -> bool:
+    return rec.headers.get("x-fake-gzip") == "1" and "gzip" in rec.headers.get("accept-encoding", "")
+
+
+class _ProviderHandler(_BaseHandler):
+    """Routes to the fake OpenAI or Anthropic endpoints."""
+
+    def do_GET(self) -> None:
+        rec = self._record()
+        if self.path.split("?")[0] == "/v1/models":
+            models = [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
+                for m in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+            ]
+            self._send_body(rec, 200, _dumps({"object": "list", "data": models}))
+            return
+        self._send_body(rec, 404, _dumps(_openai_error(404, "Unknown path")))
+
+    def do_POST(self) -> None:
+        rec = self._record()
+        try:
+            self._dispatch(rec)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            rec.stream_outcome = rec.stream_outcome or "client_gone"
+            self.close_connection = True
+        finally:
+            rec.done.set()
+
+    def _dispatch(self, rec: RecordedRequest) -> None:
+        path = self.path.split("?")[0]
+        anthropic = path == "/v1/messages"
+        status = int(rec.headers.get("x-fake-status") or 200)
+        if status >= 400:
+            body = _anthropic_error(status) if anthropic else _openai_error(status)
+            self._send_body(rec, status, _dumps(body), extra=_error_headers(anthropic))
+            return
+        req = rec.json if isinstance(rec.json, dict) else {}
+        flavor = {
+            "/v1/chat/completions": "chat",
+            "/v1/responses": "responses",
+            "/v1/embeddings": "embeddings",
+            "/v1/messages": "messages",
+        }.get(path)
+        if flavor is None:
+            self._send_body(rec, 404, _dumps(_openai_error(404, f"Unknown path {path}")))
+            return
+        usage = DEFAULT_USAGE[flavor]
+        if "x-fake-usage" in rec.headers:
+            usage = json.loads(rec.headers["x-fake-usage"])
+        requested = str(req.get("model") or "unknown-model")
+        model = rec.headers.get("x-fake-model") or SNAPSHOTS.get(requested, requested)
+        n_chunks = int(rec.headers.get("x-fake-chunks") or 5)
+        words = [f"w{i} " for i in range(n_chunks)]
+        if flavor == "embeddings":
+            self._send_body(rec, 200, _dumps(_embeddings_body(req, model, usage)))
+            return
+        if not req.get("stream"):
+            text = "".join(words)
+            body = {
+                "chat": _chat_body,
+                "responses": _responses_body,
+                "messages": _messages_body,
+            }[flavor](model, text, usage)
+            self._send_body(rec, 200, _dumps(body), extra=_ok_headers(flavor == "messages"))
+            return
+        events = {
+            "chat": _chat_events,
+            "responses": _responses_events,
+            "messages": _messages_events,
+        }[flavor](req, rec, model, words, usage)
+        self._stream(rec, events, anthropic)
+
+    def _stream(self, rec: RecordedRequest, events: Iterator[bytes | None], anthropic: bool) -> None:
+        """Send SSE events with chunked transfer encoding, one flushed chunk per event.
+
+        ``None`` in ``events`` marks the gate position.
+        """
+        gz = _wants_gzip(rec)
+        comp = zlib.compressobj(wbits=31) if gz else None
+        rec.gzipped = gz
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache")
+        if gz:
+            self.send_header("Content-Encoding", "gzip")
+        for k, v in _ok_headers(anthropic).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.flush()
+
+        def send(data: bytes) -> None:
+            if comp is not None:
+                data = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
+            if data:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+        gate_name = rec.headers.get("x-fake-gate")
+        for event in events:
+            if event is None:
+                if gate_name:
+                    gate = self.server.owner._gate(gate_name)
+                    gate.reached.set()
+                    if not gate.release.wait(GATE_TIMEOUT_S):
+                        rec.stream_outcome = "gate_timeout"
+                        self.close_connection = True
+                        return
+                continue
+            send(event)
+        if comp is not None:
+            tail = comp.flush()
+            if tail:
+                self.wfile.write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        rec.stream_outcome = "completed"
+
+
+class _PlainHandler(_BaseHandler):
+    """ "Some other site": answers every GET with a small page."""
+
+    def do_GET(self) -> None:
+        rec = self._record()
+        self._send_body(rec, 200, b"hello from the other site\n", content_type="text/plain")
+
+
+# ---------------------------------------------------------------- wire formats
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _sse(obj: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+def _openai_error(status: int, message: str | None = None) -> dict[str, Any]:
+    if status == 429:
+        return {
+            "error": {
+                "message": message or "Rate limit reached for gpt-4o-mini on requests per min (RPM).",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+    return {
+        "error": {
+            "message": message or f"fake error {status}",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+def _anthropic_error(status: int) -> dict[str, Any]:
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
+    return {
+        "type": "error",
+        "error": {"type": kind, "message": f"fake {kind}"},
+        "request_id": "req_fake0001",
+    }
+
+
+def _error_headers(anthropic: bool) -> dict[str, str]:
+    return {"request-id": "req_fake0001"} if anthropic else {"x-request-id": "req_fake0001"}
+
+
+def _ok_headers(anthropic: bool) -> dict[str, str]:
+    if anthropic:
+        return {"request-id": "req_fake0002"}
+    return {"x-request-id": "req_fake0002", "openai-processing-ms": "12"}
+
+
+def _chat_body(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake0001",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage,
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def _chat_events(
+    req: dict[str, Any], rec: RecordedRequest, model: str, words: list[str], usage: dict[str, Any]
+) -> Iterator[bytes | None]:
+    include = bool((req.get("stream_options") or {}).get("include_usage"))
+    gate_after = int(rec.headers.get("x-fake-gate-after") or 2)
+    base = {
+        "id": "chatcmpl-fake0002",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        obj = {
+            **base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include:
+            obj["usage"] = None
+        return _sse(obj)
+
+    yield chunk({"role": "assistant", "content": "", "refusal": None})
+    for i, word in enumerate(words):
+        if i == gate_after:
+            yield None
+        yield chunk({"content": word})
+    if len(words) <= gate_after:
+        yield None
+    yield chunk({}, "stop")
+    if include:
+        yield _sse({**base, "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+def _response_obj(model: str, status: str, text: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:
+    output = []
+    if text is not None:
+        output = [
+            {
+                "type": "message",
+                "id": "msg_fake0001",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+            }
+        ]
+    return {
+        "id": "resp_fake0001",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def _responses_body(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return _response_obj(model, "completed", text, usage)
+
+
+def _responses_events(
+    req: dict[str, Any], rec: RecordedRequest, model: str, words: list[str], usage: dict[str, Any]
+) -> Iterator[bytes | None]:
+    gate_after = int(rec.headers.get("x-fake-gate-after") or 2)
+    seq = 0
+
+    def ev(kind: str, **fields: Any) -> bytes:
+        nonlocal seq
+        obj = {"type": kind, "sequence_number": seq, **fields}
+        seq += 1
+        return _sse(obj, kind)
+
+    item = {
+        "id": "msg_fake0001",
+        "type": "message",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
+    ids = {"item_id": "msg_fake0001", "output_index": 0, "content_index": 0}
+    yield ev("response.created", response=_response_obj(model, "in_progress", None, None))
+    yield ev("response.in_progress", response=_response_obj(model, "in_progress", None, None))
+    yield ev("response.output_item.added", output_index=0, item=item)
+    yield ev(
+        "response.content_part.added",
+        **ids,
+        part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+    )
+    for i, word in enumerate(words):
+        if i == gate_after:
+            yield None
+        yield ev("response.output_text.delta", **ids, delta=word, logprobs=[])
+    if len(words) <= gate_after:
+        yield None
+    text = "".join(words)
+    yield ev("response.output_text.done", **ids, text=text, logprobs=[])
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    yield ev("response.content_part.done", **ids, part=part)
+    done_item = {**item, "status": "completed", "content": [part]}
+    yield ev("response.output_item.done", output_index=0, item=done_item)
+    yield ev("response.completed", response=_response_obj(model, "completed", text, usage))
+
+
+def _embeddings_body(req: dict[str, Any], model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    inputs = req.get("input")
+    count = len(inputs) if isinstance(inputs, list) and inputs and isinstance(inputs[0], str) else 1
+    vector = [0.25, -0.5, 0.125, 1.0]
+    data = []
+    for i in range(count):
+        emb: Any = vector
+        if req.get("encoding_format") == "base64":
+            emb = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def _messages_body(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "msg_fake0001",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def _messages_events(
+    req: dict[str, Any], rec: RecordedRequest, model: str, words: list[str], usage: dict[str, Any]
+) -> Iterator[bytes | None]:
+    gate_after = int(rec.headers.get("x-fake-gate-after") or 2)
+    n_deltas = int(rec.headers.get("x-fake-deltas") or 1)
+    final_out = int(usage.get("output_tokens", 0))
+    start_usage = {**usage, "output_tokens": 1}
+    message = {
+        "id": "msg_fake0002",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": start_usage,
+    }
+    yield _sse({"type": "message_start", "message": message}, "message_start")
+    yield _sse(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        "content_block_start",
+    )
+    yield _sse({"type": "ping"}, "ping")
+    for i, word in enumerate(words):
+        if i == gate_after:
+            yield None
+        yield _sse(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+            "content_block_delta",
+        )
+    if len(words) <= gate_after:
+        yield None
+    yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    # Several message_delta events carry CUMULATIVE output_tokens: the last one is the total.
+    for k in range(n_deltas, 0, -1):
+        out = max(final_out - 10 * (k - 1), 1)
+        yield _sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn" if k == 1 else None, "stop_sequence": None},
+                "usage": {"output_tokens": out},
+            },
+            "message_delta",
+        )
+    yield _sse({"type": "message_stop"}, "message_stop")
+
+
+# ---------------------------------------------------------------- public API
+
+
+class _Base:
+    handler: type[BaseHTTPRequestHandler]
+
+    def __init__(self, directory: Path, name: str, hosts: list[str]) -> None:
+        self.cert_path, self.key_path = make_cert(directory, name, hosts)
+        self._server = _TLSServer(self.handler, _server_context(self.cert_path, self.key_path), self)
+        self.port: int = self._server.server_address[1]
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._gates: dict[str, _Gate] = {}
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"fake-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def cert_der(self) -> bytes:
+        """The server certificate, DER."""
+        return ssl.PEM_cert_to_DER_cert(self.cert_path.read_text())
+
+    def _add(self, rec: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(rec)
+
+    def _gate(self, name: str) -> _Gate:
+        with self._lock:
+            return self._gates.setdefault(name, _Gate())
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """All requests received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, tag: str) -> list[RecordedRequest]:
+        """Requests whose ``X-Test-Tag`` header is ``tag``."""
+        return [r for r in self.requests if r.tag == tag]
+
+    def close(self) -> None:
+        """Stop serving and release every gate."""
+        with self._lock:
+            gates = list(self._gates.values())
+        for gate in gates:
+            gate.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class FakeProvider(_Base):
+    """The fake OpenAI + Anthropic API (one HTTPS port, routed by path)."""
+
+    handler = _ProviderHandler
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(
+            directory, "fakeprovider", ["127.0.0.1", "localhost", "api.openai.com", "api.anthropic.com"]
+        )
+
+    def gate(self, name: str) -> threading.Event:
+        """The event a stream sent with ``X-Fake-Gate: name`` waits on (set it to release)."""
+        return self._gate(name).release
+
+    def wait_gate_reached(self, name: str, timeout: float = 10.0) -> bool:
+        """Wait until a stream with this gate has sent its first events and is holding."""
+        return self._gate(name).reached.wait(timeout)
+
+
+class OtherSite(_Base):
+    """A separate HTTPS server with its own, distinct self-signed certificate."""
+
+    handler = _PlainHandler
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, "othersite", ["localhost", "127.0.0.1"])
+
+
+def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
