@@ -73,6 +73,25 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m002_attribution(con: duckdb.DuckDBPyConnection) -> None:
+    """Who and what made each call: environment source, team, feature, tags, client process."""
+    for column, sql_type in (
+        ("environment_source", "VARCHAR"),
+        ("team", "VARCHAR"),
+        ("feature", "VARCHAR"),
+        ("tags", "VARCHAR"),
+        ("user_name", "VARCHAR"),
+        ("client_pid", "INTEGER"),
+        ("client_process", "VARCHAR"),
+        ("client_cwd", "VARCHAR"),
+        ("repo", "VARCHAR"),
+        ("git_branch", "VARCHAR"),
+        ("key_name", "VARCHAR"),
+    ):
+        con.execute(f"ALTER TABLE calls ADD COLUMN {column} {sql_type}")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

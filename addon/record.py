@@ -44,6 +44,18 @@ class CallRecord:
     price_model: str | None = None
     key_fingerprint: str | None = None
     error: str | None = None
+    # attribution (who and what made the call; see addon.attribution)
+    environment_source: str | None = None  # header | key | process | host | forced | default
+    team: str | None = None
+    feature: str | None = None
+    tags: str | None = None  # JSON object of the X-Metering-Tags keys beyond env/team/feature
+    user_name: str | None = None
+    client_pid: int | None = None
+    client_process: str | None = None
+    client_cwd: str | None = None
+    repo: str | None = None
+    git_branch: str | None = None
+    key_name: str | None = None  # the policies.yaml `keys:` entry the API key matched
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""

@@ -182,6 +182,21 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
         "price_model": "gpt-4o",
         "key_fingerprint": None,
         "error": None,
+        **dict.fromkeys(
+            (
+                "environment_source",
+                "team",
+                "feature",
+                "tags",
+                "user_name",
+                "client_pid",
+                "client_process",
+                "client_cwd",
+                "repo",
+                "git_branch",
+                "key_name",
+            )
+        ),
     }
     ((sid, started, ended, pid, version),) = rows(
         db, "SELECT session_id, started_at, ended_at, pid, version FROM sessions"
