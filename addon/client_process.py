@@ -9,6 +9,7 @@ missing (macOS), psutil is used if it is installed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import pwd
@@ -110,7 +111,11 @@ def read_environ(pid: int, names: frozenset[str], proc: Path = PROC) -> dict[str
 
 
 def git_checkout(directory: str) -> GitCheckout | None:
-    """The checkout containing ``directory``, read from files (no git process)."""
+    """The checkout containing ``directory``, read from files (no git process).
+
+    The repo name is the last part of the ``origin`` remote's URL where there is
+    one, else the name of the checkout's main folder (for a worktree too).
+    """
     path = Path(directory)
     for candidate in (path, *path.parents):
         dotgit = candidate / ".git"
@@ -128,8 +133,31 @@ def git_checkout(directory: str) -> GitCheckout | None:
         except OSError:
             return None
         branch = head.removeprefix("ref: refs/heads/") if head.startswith("ref: refs/heads/") else None
-        return GitCheckout(repo=candidate.name, branch=branch)
+        return GitCheckout(repo=_repo_name(candidate, gitdir), branch=branch)
     return None
+
+
+def _repo_name(worktree: Path, gitdir: Path) -> str:
+    common = gitdir
+    with contextlib.suppress(OSError):
+        common = (gitdir / (gitdir / "commondir").read_text(encoding="utf-8").strip()).resolve()
+    try:
+        config = (common / "config").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        config = ""
+    in_origin = False
+    for line in config.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_origin = stripped.replace(" ", "") == '[remote"origin"]'
+        elif in_origin and stripped.startswith("url") and "=" in stripped:
+            url = stripped.split("=", 1)[1].strip().rstrip("/")
+            name = url.rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
+            if name:
+                return name
+    if common != gitdir or common.name == ".git":
+        return common.parent.name if common.name == ".git" else common.name.removesuffix(".git")
+    return worktree.name
 
 
 def _user_name(uid: int) -> str:

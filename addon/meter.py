@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import secrets
+import socket
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,19 +29,26 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import find_api_key, key_fingerprint
+from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
+from addon.budgets import alert_event, policy_event
+from addon.client_process import ClientProcess, lookup_client_process
+from addon.enforcement import Enforcer
 from addon.paths import resolve_db_path
-from addon.policies import Policies, PolicyError, load_policies
+from addon.policies import Policies, PolicyError, PolicyFile
 from addon.providers import Provider, provider_for_host
 from addon.record import CallRecord
-from addon.store import Store
+from addon.store import Store, reading
 from addon.stream_tap import StreamTap
 from addon.usage import Metered
 
 log = logging.getLogger("tokometer")
 
-STATE_KEY = "tokometer"
 # Bodies larger than this are parsed in a worker thread, off mitmproxy's event loop.
 INLINE_PARSE_LIMIT = 128 * 1024
+# How long a request may wait for the lookup of its calling process (normally 3-15 ms).
+PROCESS_LOOKUP_TIMEOUT = 1.0
+NOTICE_HEADER = "X-Tokometer-Notice"
+POLICY_CHECK_INTERVAL = 1.0
 DEFAULT_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
 
 
@@ -50,12 +59,21 @@ def new_session_id() -> str:
 
 @dataclass(slots=True)
 class CallState:
-    """What the addon knows about one LLM call in flight (``flow.metadata``)."""
+    """What the addon knows about one LLM call in flight.
+
+    Kept in a weak map keyed by the flow, not in ``flow.metadata``, which
+    mitmproxy serialises (``-w``) and deep-copies: the API key must never go there.
+    """
 
     provider: Provider
     record: CallRecord
+    api_key: str | None = None
+    tags_header: str | None = None
+    process: asyncio.Future[ClientProcess] | None = None
     errors: list[str] = field(default_factory=list)
     injected_usage: bool = False
+    notice: str | None = None  # X-Tokometer-Notice for the client (a downgrade)
+    refusal: str | None = None  # why the proxy answered the call itself
     tap: StreamTap | None = None
     finished: bool = False
 
@@ -83,8 +101,13 @@ def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-async def _off_loop_if_large[T](func: Callable[[bytes], T], data: bytes) -> T:
-    if len(data) > INLINE_PARSE_LIMIT:
+def _dump_json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+async def _off_loop_if_large[A, T](func: Callable[[A], T], data: A, size: int | None = None) -> T:
+    """Run ``func(data)`` inline when small, in a worker thread when large."""
+    if (len(data) if size is None else size) > INLINE_PARSE_LIMIT:  # type: ignore[arg-type]
         return await asyncio.to_thread(func, data)
     return func(data)
 
@@ -94,11 +117,27 @@ class Meter:
 
     def __init__(self) -> None:
         self.session_id = new_session_id()
-        self.policies = Policies()
+        self.enforcer = Enforcer(Policies())
         self.policies_path = DEFAULT_POLICIES
+        self.policy_file: PolicyFile | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self.db_path: Path | None = None
         self.store: Store | None = None
         self._running = False
+        self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
+        # One process lookup per client connection, shared by its requests.
+        self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
+        self.hostname = socket.gethostname()
+        self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
+
+    @property
+    def policies(self) -> Policies:
+        """The policies in force."""
+        return self.enforcer.policies
+
+    def call_state(self, flow: http.HTTPFlow) -> CallState | None:
+        """The metering state of ``flow``, if it is an LLM call being metered."""
+        return self._calls.get(flow)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -121,11 +160,16 @@ class Meter:
         if "tokometer_policies" in updated:
             raw = ctx.options.tokometer_policies or os.environ.get("TOKOMETER_POLICIES", "")
             path = Path(raw).expanduser() if raw else DEFAULT_POLICIES
+            policy_file = PolicyFile(path)
             try:
-                self.policies = load_policies(path)
+                policies = policy_file.load()
             except PolicyError as exc:
+                log.error("tokometer: %s is invalid; not starting:\n%s", path, exc)
+                if not self._running:
+                    ctx.master.shutdown()
                 raise exceptions.OptionsError(str(exc)) from exc
-            self.policies_path = path
+            self.policy_file, self.policies_path = policy_file, path
+            self.enforcer.set_policies(policies)
         if "tokometer_db" in updated:
             db_path = resolve_db_path(ctx.options.tokometer_db)
             if self.store is not None and db_path != self.db_path:
@@ -145,14 +189,42 @@ class Meter:
             self.session_id,
             self.db_path,
             self.policies_path,
-            "" if self.policies.source else " (missing: defaults apply)",
+            "" if self.policies.enforcing else " (missing: metering only, nothing enforced)",
             ca,
         )
+        if self._watch_task is None:
+            self._watch_task = asyncio.ensure_future(self._watch_policies())
 
     def done(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    async def _watch_policies(self) -> None:
+        """Pick up edits of policies.yaml; an invalid edit leaves the last good policy in force."""
+        while True:
+            await asyncio.sleep(POLICY_CHECK_INTERVAL)
+            policy_file = self.policy_file
+            if policy_file is None:
+                continue
+            try:
+                policies, problem = await asyncio.to_thread(policy_file.check)
+            except Exception:
+                log.exception("tokometer: checking %s failed", policy_file.path)
+                continue
+            if policies is not None and policy_file is self.policy_file:
+                self.enforcer.set_policies(policies)
+                if problem is not None:
+                    log.warning("tokometer: %s", problem)
+                else:
+                    log.info("tokometer: %s reloaded", policy_file.path)
+            elif problem is not None:
+                log.error(
+                    "tokometer: %s: the last good policy stays in force:\n%s", policy_file.path, problem
+                )
 
     def _open_store(self) -> None:
         assert self.db_path is not None
@@ -160,16 +232,44 @@ class Meter:
 
         store = Store(self.db_path, self.session_id, version=__version__)
         store.start()
+        try:  # spend so far in each budget's period: loaded once, then kept up by the listener
+            with reading(self.db_path) as con:
+                self.enforcer.budgets.load(con)
+        except Exception as exc:  # budgets then count from this session on
+            log.warning("tokometer: could not load spend for budgets from %s: %s", self.db_path, exc)
+        store.add_listener(self._on_stored)
         self.store = store
 
+    def _on_stored(self, records: list[CallRecord]) -> None:
+        """Writer thread: count stored calls against budgets; announce thresholds crossed."""
+        alerts = self.enforcer.record_spend(records)
+        if not alerts:
+            return
+        now = datetime.now(UTC)
+        for alert in alerts:
+            log.warning("tokometer: %s", alert.message())
+            if self.store is not None:
+                self.store.submit_event(alert_event(alert, self.session_id, now))
+
+    def _policy_event(self, kind: str, message: str) -> None:
+        if self.store is not None:
+            self.store.submit_event(policy_event(kind, self.session_id, datetime.now(UTC), message))
+
     # -- hooks ---------------------------------------------------------------
+
+    def client_disconnected(self, client: Any) -> None:
+        self._processes.pop(client.id, None)
 
     @_never_raises
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Runs before map_remote and friends: pretty_host is the host the client asked for.
         host = flow.request.pretty_host
         provider = provider_for_host(host)
-        if provider is None or flow.request.method != "POST":
+        if provider is None:
+            return
+        # Our header never goes upstream, whatever the path.
+        tags_header = flow.request.headers.pop(TAGS_HEADER, None)
+        if flow.request.method != "POST":
             return
         path = flow.request.path.split("?", 1)[0]
         flavor = provider.flavor_for_path(path)
@@ -187,40 +287,126 @@ class Meter:
             api_flavor=flavor,
             key_fingerprint=key_fingerprint(key) if key else None,
         )
-        flow.metadata[STATE_KEY] = CallState(provider=provider, record=record)
+        self._calls[flow] = CallState(
+            provider=provider,
+            record=record,
+            api_key=key,
+            tags_header=tags_header,
+            process=self._client_process(flow),
+        )
+
+    def _client_process(self, flow: http.HTTPFlow) -> asyncio.Future[ClientProcess] | None:
+        """Start (once per client connection) the lookup of the calling process, off the loop."""
+        client = flow.client_conn
+        future = self._processes.get(client.id)
+        if future is None and client.peername:
+            ip, port = client.peername[0], client.peername[1]
+            names = frozenset(self._process_env_names())
+            future = asyncio.ensure_future(asyncio.to_thread(lookup_client_process, ip, port, names))
+            self._processes[client.id] = future
+        return future
+
+    def _process_env_names(self) -> tuple[str, ...]:
+        settings = self.policies.attribution
+        return (*settings.environment_vars, *settings.team_vars, *settings.feature_vars)
+
+    async def _attribute(self, state: CallState) -> None:
+        """Fill the row's environment, team, feature, user and process fields."""
+        process: ClientProcess | None = None
+        if state.process is not None:
+            try:
+                process = await asyncio.wait_for(asyncio.shield(state.process), PROCESS_LOOKUP_TIMEOUT)
+            except TimeoutError:
+                state.errors.append("calling process not identified in time")
+            except Exception as exc:
+                state.errors.append(f"calling process lookup failed: {exc}")
+        decided = attribute(
+            policies=self.policies,
+            header=state.tags_header,
+            api_key=state.api_key,
+            fingerprint=state.record.key_fingerprint,
+            process=process,
+            hostname=self.hostname,
+            forced_environment=self.forced_environment,
+        )
+        state.api_key = None  # not needed any more: keep it in memory no longer than that
+        record = state.record
+        record.environment = decided.environment
+        record.environment_source = decided.environment_source
+        record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
+        record.key_name = decided.key_name
+        state.errors.extend(decided.problems)
+        if process is not None:
+            record.user_name = process.user
+            record.client_pid = process.pid
+            record.client_process = process.name
+            record.client_cwd = process.cwd
+            record.repo = process.repo
+            record.git_branch = process.git_branch
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
-        state: CallState | None = flow.metadata.get(STATE_KEY)
+        state = self._calls.get(flow)
         if state is None or flow.response is not None:
             return
+        await self._attribute(state)
         record = state.record
+        body = await self._request_json(flow, state)
+        if body is not None:
+            model = body.get("model")
+            if isinstance(model, str):
+                record.model_requested = record.model_sent = model
+            record.streamed = body.get("stream") is True
+
+        decision = self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=record.model_requested,
+        )
+        record.action = decision.action
+        if decision.refusal is not None:
+            flow.response = decision.refusal  # answered here: upstream is never contacted
+            state.refusal = decision.message
+            return
+        if body is None:
+            return
+        rewrite = False
+        if decision.action == "downgraded" and decision.model_sent:
+            body["model"] = record.model_sent = decision.model_sent
+            state.notice = decision.notice
+            rewrite = True
+        if record.streamed and record.api_flavor in state.provider.usage_opt_in_flavors:
+            options = body.get("stream_options")
+            if options is None or (isinstance(options, dict) and options.get("include_usage") is not True):
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                state.injected_usage = rewrite = True
+        if rewrite:
+            flow.request.content = await _off_loop_if_large(_dump_json, body)
+
+    @staticmethod
+    async def _request_json(flow: http.HTTPFlow, state: CallState) -> dict[str, Any] | None:
+        """The request's JSON object, or None (with the reason on the row)."""
         try:
             content = flow.request.get_content()
             body = await _off_loop_if_large(json.loads, content or b"")
         except (ValueError, UnicodeDecodeError) as exc:
             state.errors.append(f"request body is not JSON ({type(exc).__name__})")
-            return
+            return None
         if not isinstance(body, dict):
             state.errors.append("request body is not a JSON object")
-            return
-        model = body.get("model")
-        if isinstance(model, str):
-            record.model_requested = record.model_sent = model
-        record.streamed = body.get("stream") is True
-        if record.streamed and record.api_flavor in state.provider.usage_opt_in_flavors:
-            options = body.get("stream_options")
-            if options is None or (isinstance(options, dict) and options.get("include_usage") is not True):
-                body["stream_options"] = {**(options or {}), "include_usage": True}
-                flow.request.content = json.dumps(body, ensure_ascii=False).encode()
-                state.injected_usage = True
+            return None
+        return body
 
     @_never_raises
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        state: CallState | None = flow.metadata.get(STATE_KEY)
+        state = self._calls.get(flow)
         response = flow.response
         if state is None or response is None:
             return
+        if state.notice:
+            response.headers[NOTICE_HEADER] = state.notice
         if "text/event-stream" not in response.headers.get("content-type", "").lower():
             return  # a JSON body: buffered by mitmproxy, parsed in `response`
         encoding = response.headers.get("content-encoding")
@@ -239,7 +425,7 @@ class Meter:
 
     @_never_raises
     async def response(self, flow: http.HTTPFlow) -> None:
-        state: CallState | None = flow.metadata.get(STATE_KEY)
+        state = self._calls.get(flow)
         if state is None or state.finished:
             return
         response = flow.response
@@ -260,7 +446,7 @@ class Meter:
 
     @_never_raises
     def error(self, flow: http.HTTPFlow) -> None:
-        state: CallState | None = flow.metadata.get(STATE_KEY)
+        state = self._calls.get(flow)
         if state is None or state.finished:
             return
         metered = state.tap.result() if state.tap is not None else Metered()
@@ -278,7 +464,9 @@ class Meter:
         response = flow.response
         if response is not None:
             record.status_code = response.status_code
-            if response.status_code >= 400:
+            if state.refusal is not None:
+                state.errors.append(state.refusal)
+            elif response.status_code >= 400:
                 state.errors.append(f"upstream answered {response.status_code}")
         tap = state.tap
         if tap is not None:

@@ -92,6 +92,26 @@ def m002_attribution(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE calls ADD COLUMN {column} {sql_type}")
 
 
+@migration
+def m003_events(con: duckdb.DuckDBPyConnection) -> None:
+    """Table ``events``: budget alerts and policy reloads (columns in addon.budgets.EVENT_COLUMNS order)."""
+    con.execute(
+        """
+        CREATE TABLE events (
+            id VARCHAR PRIMARY KEY,
+            ts TIMESTAMP,
+            session_id VARCHAR,
+            kind VARCHAR,
+            scope_kind VARCHAR,
+            scope_name VARCHAR,
+            period_start TIMESTAMP,
+            data VARCHAR,
+            message VARCHAR
+        )
+        """
+    )
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

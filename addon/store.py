@@ -20,7 +20,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 
+from addon.budgets import Event, insert_events
 from addon.migrations import migrate
 from addon.pricing import price_record
 from addon.record import COLUMNS, CallRecord
@@ -168,6 +169,7 @@ class Store:
         self._lock = threading.Lock()  # queue, journal fd, counters: shared with submit
         self._flush_lock = threading.Lock()  # one flush at a time
         self._queue: list[CallRecord] = []
+        self._events: list[Event] = []
         self._inflight = 0
         self._fd: int | None = None
         self._journal_bytes = 0
@@ -228,6 +230,12 @@ class Store:
                 self._wake.set()
         except Exception:
             log.exception("tokometer: could not queue call %s", getattr(record, "id", "?"))
+
+    def submit_event(self, event: Event) -> None:
+        """Queue an event row (budget alert, policy reload) for the next flush; any thread."""
+        with self._lock:
+            self._events.append(event)
+        self._wake.set()
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(batch)`` after each batch of this session's calls is stored (writer thread)."""
@@ -413,10 +421,11 @@ class Store:
         with self._flush_lock:
             with self._lock:
                 batch, self._queue = self._queue, []
+                events, self._events = self._events, []
                 self._inflight = len(batch)
             adopted = list(self._adopted)
             replay = [r for a in adopted for r in a.records]
-            if not (batch or replay or ending or not self._migrated or not self._session_recorded):
+            if not (batch or events or replay or ending or not self._migrated or not self._session_recorded):
                 with self._lock:
                     self._inflight = 0
                 return True
@@ -426,10 +435,11 @@ class Store:
                 except Exception as exc:  # never lose the batch over a price
                     self._note_problem(exc, "pricing failed for", f"call {record.id}")
             try:
-                failed = self._write([*replay, *batch], ending)
+                failed = self._write([*replay, *batch], ending, events)
             except Exception as exc:
                 with self._lock:
                     self._queue[:0] = batch
+                    self._events[:0] = events
                     self._inflight = 0
                 self._note_problem(exc)
                 return False
@@ -470,8 +480,11 @@ class Store:
                 os.chmod(self.db_path, 0o600)
         return con
 
-    def _write(self, records: list[CallRecord], ending: bool) -> set[str]:
-        """Write in one transaction; if it fails, row by row. Returns the ids that would not go in."""
+    def _write(self, records: list[CallRecord], ending: bool, events: Sequence[Event] = ()) -> set[str]:
+        """Write in one transaction; if it fails, row by row. Returns the ids that would not go in.
+
+        Events go in with the first transaction; they are idempotent (INSERT OR IGNORE by id).
+        """
         con = self._connect()
         try:
             if not self._migrated:
@@ -481,6 +494,8 @@ class Store:
                 con.begin()
                 self._write_session(con)
                 self._insert(con, records)
+                if events:
+                    insert_events(con, events)
                 if ending:
                     self._end_session(con)
                 con.commit()
@@ -489,18 +504,27 @@ class Store:
                     con.rollback()
                 if is_busy_error(exc) or not records:
                     raise
-                return self._write_one_by_one(con, records, ending)
+                return self._write_one_by_one(con, records, ending, events)
             self._session_recorded = True
             return set()
         finally:
             con.close()
 
     def _write_one_by_one(
-        self, con: duckdb.DuckDBPyConnection, records: list[CallRecord], ending: bool
+        self,
+        con: duckdb.DuckDBPyConnection,
+        records: list[CallRecord],
+        ending: bool,
+        events: Sequence[Event] = (),
     ) -> set[str]:
         """Isolate the calls DuckDB rejects so the others are stored (the rejected stay queued)."""
         self._write_session(con)
         self._session_recorded = True
+        if events:
+            try:
+                insert_events(con, events)
+            except Exception as exc:  # an event is worth less than a call: log and go on
+                self._note_problem(exc, "events rejected by")
         failed: set[str] = set()
         for record in records:
             try:

@@ -34,6 +34,15 @@ STARTUP_TIMEOUT_S = 20.0
 
 # Variables that would make a client or the proxy leave the sandbox.
 _SCRUB = (
+    "APP_ENV",
+    "TEAM",
+    "FEATURE",
+    "TOKOMETER_ENVIRONMENT",
+    "TOKOMETER_POLICIES",
+    "TOKOMETER_SET_APP_ENV",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
@@ -76,6 +85,8 @@ class ProxyProcess:
         script: Path | None = ADDON,
         extra_args: tuple[str, ...] = (),
         require_session_line: bool = True,
+        policies: str = "default_environment: development\n",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.confdir = tmp / "confdir"
@@ -83,6 +94,11 @@ class ProxyProcess:
         self.client_home = tmp / "client-home"
         self.db_path = tmp / "spend.duckdb"
         self.log_path = tmp / "mitmdump.log"
+        # Each proxy gets its own policies file: the checkout's example must not change what tests see.
+        self.policies_path = tmp / "policies.yaml"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.policies_path.write_text(policies)
+        self.extra_env = env or {}
         self.ca_path = self.confdir / "mitmproxy-ca-cert.pem"
         for d in (self.confdir, self.home, self.client_home):
             d.mkdir(parents=True, exist_ok=True)
@@ -91,13 +107,14 @@ class ProxyProcess:
         self.extra_args = extra_args
         self.require_session_line = require_session_line
         self.port = free_port()
+        self.command_prefix: tuple[str, ...] = ()  # e.g. setpriv, to run as another user
         self.proc: subprocess.Popen[bytes] | None = None
         self.session_lines: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
 
     def _argv(self) -> list[str]:
-        argv = [str(MITMDUMP)]
+        argv = [*self.command_prefix, str(MITMDUMP)]
         if self.script is not None:
             argv += ["-s", str(self.script)]
         fake = f"127.0.0.1:{self.fake_port}"
@@ -112,7 +129,12 @@ class ProxyProcess:
             "ssl_insecure=true",
         ]
         if self.script is not None:
-            argv += ["--set", f"tokometer_db={self.db_path}"]
+            argv += [
+                "--set",
+                f"tokometer_db={self.db_path}",
+                "--set",
+                f"tokometer_policies={self.policies_path}",
+            ]
         argv += [
             "--map-remote",
             rf"|//api\.openai\.com/|//{fake}/",
@@ -133,6 +155,7 @@ class ProxyProcess:
             TOKOMETER_DB=str(self.db_path),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

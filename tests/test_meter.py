@@ -13,7 +13,7 @@ from mitmproxy.test import taddons, tflow
 
 from addon.api_keys import key_fingerprint
 from addon.interception import Interception
-from addon.meter import STATE_KEY, Meter
+from addon.meter import Meter
 from addon.record import CallRecord
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -202,7 +202,7 @@ async def test_non_billable_requests_are_left_alone(meter: Meter, url: str, meth
     await run_request(meter, flow)
     flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
     await meter.response(flow)
-    assert STATE_KEY not in flow.metadata
+    assert meter.call_state(flow) is None
     assert flow.request.content == original
     assert meter.store.records == []  # type: ignore[union-attr]
 

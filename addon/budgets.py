@@ -1,0 +1,458 @@
+"""Hard budget caps: spend per environment, key and user in UTC day / week / month periods.
+
+``BudgetTracker`` keeps, for every scope it has seen, the spend of the current day,
+week and month (so a reloaded policy that changes a period is still exact). It is
+loaded from DuckDB at start and fed each finished call's cost; ``check`` is a dict
+lookup and a compare, safe to run on mitmproxy's event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import duckdb
+
+from addon.policies import PERIODS, Budget, Policies, normalize_environment
+
+SCOPE_KINDS = ("environment", "key", "user")
+_SCOPE_COLUMNS = {"environment": "environment", "key": "key_name", "user": "user_name"}
+ALERT_KINDS = ("budget_alert", "budget_exhausted")
+EVENT_KINDS = ("budget_alert", "budget_exhausted", "policy_reloaded", "policy_invalid")
+EVENT_COLUMNS = (
+    "id",
+    "ts",
+    "session_id",
+    "kind",
+    "scope_kind",
+    "scope_name",
+    "period_start",
+    "data",
+    "message",
+)
+_ZERO = Decimal(0)
+
+
+def _utc(ts: datetime) -> datetime:
+    """Aware UTC (naive input is taken as UTC already)."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _naive(ts: datetime) -> datetime:
+    """Naive UTC, as DuckDB TIMESTAMP columns hold it."""
+    return _utc(ts).replace(tzinfo=None)
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """UTC ``[start, end)`` of the day, ISO week (from Monday 00:00) or calendar month containing ``now``."""
+    now = _utc(now)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    if period == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if period == "month":
+        start = day.replace(day=1)
+        end = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else start.replace(month=start.month + 1)
+        )
+        return start, end
+    raise ValueError(f"unknown budget period {period!r} (day, week or month)")
+
+
+def format_usd(amount: Decimal) -> str:
+    """``$150.02``; amounts under a cent keep up to six decimals (``$0.0004``)."""
+    if amount != 0 and abs(amount) < Decimal("0.01"):
+        small = amount.quantize(Decimal("0.000001"), ROUND_HALF_UP)
+        if small != 0:
+            return f"${small.normalize():f}"
+    return f"${amount.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
+
+
+def format_duration(seconds: int) -> str:
+    """``3d 4h``, ``2h 5m``, ``7m 3s`` or ``42s``."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _fraction_text(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a budget applies to: kind ``environment`` | ``key`` | ``user``, and its name."""
+
+    kind: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        """``development``, ``key ci-openai`` or ``user build-bot``."""
+        return self.name if self.kind == "environment" else f"{self.kind} {self.name}"
+
+
+def scopes_for(
+    environment: str | None, key_name: str | None = None, user_name: str | None = None
+) -> tuple[Scope, ...]:
+    """The budget scopes of one call (pass these to ``check`` and ``record`` for EVERY call)."""
+    scopes: list[Scope] = []
+    if environment:
+        scopes.append(Scope("environment", normalize_environment(environment)))
+    if key_name:
+        scopes.append(Scope("key", key_name))
+    if user_name:
+        scopes.append(Scope("user", user_name))
+    return tuple(scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRefusal:
+    """A budget whose spend has reached its cap: the call must be refused (429)."""
+
+    scope: Scope
+    budget: Budget
+    spent: Decimal
+    period_start: datetime
+    period_end: datetime
+    retry_after: int  # whole seconds until the period ends
+
+    def message(self) -> str:
+        """One line naming the budget, its cap, the spend, the period and when it resets."""
+        return (
+            f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} is spent: "
+            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC); "
+            f"resets in {format_duration(self.retry_after)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    """Spend crossed a fraction of a budget (1.0: the budget is exhausted)."""
+
+    scope: Scope
+    budget: Budget
+    fraction: float
+    spent: Decimal
+    period_start: datetime
+
+    @property
+    def kind(self) -> str:
+        """The event kind: ``budget_exhausted`` at 100%, else ``budget_alert``."""
+        return "budget_exhausted" if self.fraction >= 1 else "budget_alert"
+
+    @property
+    def period_end(self) -> datetime:
+        """End of the period the alert belongs to."""
+        return period_bounds(self.budget.period, self.period_start)[1]
+
+    def message(self) -> str:
+        """One line for the log and the ``events`` table."""
+        cap = format_usd(self.budget.usd)
+        since = f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC)"
+        if self.fraction >= 1:
+            return (
+                f"{self.scope.label} budget of {cap} per {self.budget.period} is spent: {since}; "
+                f"calls are refused until {self.period_end:%Y-%m-%d %H:%M} UTC"
+            )
+        return (
+            f"{self.scope.label} budget: {_fraction_text(self.fraction)} of {cap} per "
+            f"{self.budget.period} reached: {since}"
+        )
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A row of table ``events`` (columns in ``EVENT_COLUMNS`` order)."""
+
+    id: str
+    ts: datetime
+    session_id: str
+    kind: str
+    scope_kind: str | None
+    scope_name: str | None
+    period_start: datetime | None
+    data: str | None  # JSON object
+    message: str
+
+    def row(self) -> list[Any]:
+        """Values for an INSERT, timestamps as naive UTC."""
+        return [
+            self.id,
+            _naive(self.ts),
+            self.session_id,
+            self.kind,
+            self.scope_kind,
+            self.scope_name,
+            None if self.period_start is None else _naive(self.period_start),
+            self.data,
+            self.message,
+        ]
+
+
+def alert_id(scope: Scope, period: str, period_start: datetime, fraction: float) -> str:
+    """A deterministic event id: the same alert is stored once, even across restarts."""
+    return f"alert:{scope.kind}:{scope.name}:{period}:{_naive(period_start):%Y-%m-%dT%H:%M:%S}:{fraction:g}"
+
+
+def alert_event(alert: BudgetAlert, session_id: str, now: datetime) -> Event:
+    """The ``events`` row of a budget alert."""
+    data = {
+        "fraction": alert.fraction,
+        "period": alert.budget.period,
+        "usd": str(alert.budget.usd),
+        "spent": str(alert.spent),
+    }
+    return Event(
+        id=alert_id(alert.scope, alert.budget.period, alert.period_start, alert.fraction),
+        ts=_utc(now),
+        session_id=session_id,
+        kind=alert.kind,
+        scope_kind=alert.scope.kind,
+        scope_name=alert.scope.name,
+        period_start=_utc(alert.period_start),
+        data=json.dumps(data, sort_keys=True),
+        message=alert.message(),
+    )
+
+
+def policy_event(
+    kind: str, session_id: str, now: datetime, message: str, data: dict[str, Any] | None = None
+) -> Event:
+    """An ``events`` row for ``policy_reloaded`` / ``policy_invalid`` (or another kind)."""
+    return Event(
+        id=uuid.uuid4().hex,
+        ts=_utc(now),
+        session_id=session_id,
+        kind=kind,
+        scope_kind=None,
+        scope_name=None,
+        period_start=None,
+        data=None if data is None else json.dumps(data, sort_keys=True, default=str),
+        message=message,
+    )
+
+
+def insert_events(con: duckdb.DuckDBPyConnection, events: Sequence[Event]) -> None:
+    """Insert ``events`` (an id already stored is skipped), in the caller's transaction."""
+    if not events:
+        return
+    row_sql = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+    params = [value for event in events for value in event.row()]
+    con.execute(
+        f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
+        + ", ".join([row_sql] * len(events)),
+        params,
+    )
+
+
+# -- the tracker -----------------------------------------------------------------------------------
+
+
+def _budgets_of(policies: Policies) -> dict[Scope, Budget]:
+    found: dict[Scope, Budget] = {}
+    for name, env in policies.environments.items():
+        if env.budget is not None:
+            found[Scope("environment", name)] = env.budget
+    for key in policies.keys:
+        if key.budget is not None:
+            found[Scope("key", key.name)] = key.budget
+    for name, user in policies.users.items():
+        if user.budget is not None:
+            found[Scope("user", name)] = user.budget
+    return found
+
+
+def _as_decimal(value: Any) -> Decimal:
+    if value is None:
+        return _ZERO
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+class BudgetTracker:
+    """Spend per scope and period, with budget checks and alerts. Thread-safe.
+
+    ``record`` runs on the store's writer thread, ``check`` on the event loop.
+    Pass every scope of every call (``scopes_for``), budgeted or not: spend is kept
+    for all of them, so a budget added by a reload starts from the true spend.
+    """
+
+    def __init__(self, policies: Policies) -> None:
+        self._lock = threading.Lock()
+        self._budgets = _budgets_of(policies)
+        # (scope, period) -> (start of the period the sum belongs to, sum)
+        self._spent: dict[tuple[Scope, str], tuple[datetime, Decimal]] = {}
+        # (scope, period, period start, fraction) of alerts already fired
+        self._fired: set[tuple[Scope, str, datetime, float]] = set()
+        self._bounds: dict[str, tuple[datetime, datetime]] = {}
+
+    def set_policies(self, policies: Policies) -> None:
+        """Use new budgets; the spend already counted is kept."""
+        budgets = _budgets_of(policies)
+        with self._lock:
+            self._budgets = budgets
+
+    def budgets(self) -> dict[Scope, Budget]:
+        """The budgets in force, by scope."""
+        with self._lock:
+            return dict(self._budgets)
+
+    def load(self, con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> None:
+        """Replace the in-memory spend with the current periods' totals from ``calls``.
+
+        Also reads the alerts already fired this period from ``events``. Run it before
+        ``record`` starts being fed (at start), or from the store's writer thread.
+        """
+        now = _utc(now or datetime.now(UTC))
+        bounds = {period: period_bounds(period, now) for period in PERIODS}
+        earliest = min(start for start, _ in bounds.values())
+        spent: dict[tuple[Scope, str], tuple[datetime, Decimal]] = {}
+        filters = ", ".join("coalesce(sum(cost_usd) FILTER (WHERE ts >= ? AND ts < ?), 0)" for _ in PERIODS)
+        params: list[Any] = [_naive(t) for period in PERIODS for t in bounds[period]]
+        for kind, column in _SCOPE_COLUMNS.items():
+            sql = (
+                f"SELECT {column}, {filters} FROM calls "
+                f"WHERE ts >= ? AND {column} IS NOT NULL AND {column} <> '' GROUP BY {column}"
+            )
+            try:
+                rows = con.execute(sql, [*params, _naive(earliest)]).fetchall()
+            except (duckdb.CatalogException, duckdb.BinderException):
+                continue  # no calls table, or a database from before the column existed
+            for name, *sums in rows:
+                scope = Scope(kind, normalize_environment(name) if kind == "environment" else name)
+                for period, total in zip(PERIODS, sums, strict=True):
+                    start = bounds[period][0]
+                    previous = spent.get((scope, period), (start, _ZERO))[1]
+                    spent[(scope, period)] = (start, previous + _as_decimal(total))
+        fired: set[tuple[Scope, str, datetime, float]] = set()
+        try:
+            rows = con.execute(
+                "SELECT scope_kind, scope_name, period_start, data FROM events "
+                "WHERE kind IN (?, ?) AND period_start >= ?",
+                [*ALERT_KINDS, _naive(earliest)],
+            ).fetchall()
+        except (duckdb.CatalogException, duckdb.BinderException):
+            rows = []
+        for scope_kind, scope_name, period_start, data in rows:
+            try:
+                info = json.loads(data or "{}")
+                period, fraction = str(info["period"]), float(info["fraction"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if period in bounds and period_start is not None and _utc(period_start) == bounds[period][0]:
+                fired.add((Scope(scope_kind, scope_name), period, bounds[period][0], fraction))
+        with self._lock:
+            self._spent = spent
+            self._fired |= fired
+
+    def _current(self, period: str, now: datetime) -> tuple[datetime, datetime]:
+        """Bounds of the period containing ``now``, cached until it ends (lock held)."""
+        cached = self._bounds.get(period)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached
+        cached = period_bounds(period, now)
+        self._bounds[period] = cached
+        return cached
+
+    def _spent_in(self, scope: Scope, period: str, start: datetime) -> Decimal:
+        found = self._spent.get((scope, period))
+        return found[1] if found is not None and found[0] == start else _ZERO
+
+    def check(self, scopes: Sequence[Scope], now: datetime) -> BudgetRefusal | None:
+        """The first budget of ``scopes`` whose spend this period has reached its cap, else None."""
+        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+        with self._lock:
+            for scope in scopes:
+                budget = self._budgets.get(scope)
+                if budget is None:
+                    continue
+                start, end = self._current(budget.period, now)
+                spent = self._spent_in(scope, budget.period, start)
+                if spent >= budget.usd:
+                    retry_after = max(1, math.ceil((end - now).total_seconds()))
+                    return BudgetRefusal(scope, budget, spent, start, end, retry_after)
+        return None
+
+    def record(self, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime) -> list[BudgetAlert]:
+        """Add a call's cost (None counts 0) at ``ts``; return the alerts it newly crossed."""
+        ts = _utc(ts)
+        amount = _as_decimal(cost)
+        starts = {period: period_bounds(period, ts)[0] for period in PERIODS}
+        alerts: list[BudgetAlert] = []
+        with self._lock:
+            for scope in scopes:
+                for period, start in starts.items():
+                    key = (scope, period)
+                    found = self._spent.get(key)
+                    if found is None or found[0] < start:
+                        self._spent[key] = (start, amount)
+                    elif found[0] == start:
+                        self._spent[key] = (start, found[1] + amount)
+                    # else: a late call from a period already over; it no longer counts
+                budget = self._budgets.get(scope)
+                if budget is not None:
+                    alerts.extend(self._crossed(scope, budget, starts[budget.period]))
+        return alerts
+
+    def _crossed(self, scope: Scope, budget: Budget, start: datetime) -> list[BudgetAlert]:
+        """Alerts of ``budget`` reached and not yet fired in the period from ``start`` (lock held)."""
+        spent = self._spent_in(scope, budget.period, start)
+        if spent <= 0:
+            return []
+        found: list[BudgetAlert] = []
+        for fraction in sorted({*budget.alert_at, 1.0}):
+            mark = (scope, budget.period, start, fraction)
+            if mark in self._fired or spent < budget.usd * Decimal(str(fraction)):
+                continue
+            self._fired.add(mark)
+            found.append(BudgetAlert(scope, budget, fraction, spent, start))
+        return found
+
+    def status(self, now: datetime) -> list[dict[str, Any]]:
+        """Every budget in force: scope, cap, period, start, end, spent, fraction used."""
+        now = _utc(now)
+        order = {kind: i for i, kind in enumerate(SCOPE_KINDS)}
+        result: list[dict[str, Any]] = []
+        with self._lock:
+            items = sorted(self._budgets.items(), key=lambda item: (order[item[0].kind], item[0].name))
+            for scope, budget in items:
+                start, end = period_bounds(budget.period, now)
+                spent = self._spent_in(scope, budget.period, start)
+                result.append(
+                    {
+                        "scope": scope,
+                        "scope_kind": scope.kind,
+                        "scope_name": scope.name,
+                        "cap": budget.usd,
+                        "period": budget.period,
+                        "start": start,
+                        "end": end,
+                        "spent": spent,
+                        "fraction": float(spent / budget.usd) if budget.usd else None,
+                        "alert_at": budget.alert_at,
+                        "exhausted": spent >= budget.usd,
+                    }
+                )
+        return result

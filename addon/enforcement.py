@@ -1,0 +1,118 @@
+"""The decision on one call before it goes upstream: allow, downgrade or refuse.
+
+Checks, in order: the model allowlist of the call's environment (a disallowed
+model is downgraded to its mapped target, or blocked), the budgets of its
+environment, API key and user (hard caps), and the request rates of its key
+and environment. A refused call never reaches upstream; the client gets an
+error in the provider's own format.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mitmproxy import http
+
+from addon.budgets import BudgetAlert, BudgetTracker, scopes_for
+from addon.policies import Policies
+from addon.rate_limits import RateLimiter, limits_for, retry_after_seconds
+from addon.record import CallRecord
+from addon.refusals import blocked_message, downgrade_notice, rate_limit_message, refusal_response
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to do with one call."""
+
+    action: str  # allowed | downgraded | blocked | over_budget | rate_limited
+    model_sent: str | None
+    notice: str | None = None  # for the X-Tokometer-Notice response header
+    refusal: http.Response | None = None  # the answer when the call is refused
+    message: str | None = None  # why it was refused (also on the row)
+
+
+class Enforcer:
+    """Holds the policies in force, the spend per budget and the request windows."""
+
+    def __init__(self, policies: Policies) -> None:
+        self.policies = policies
+        self.budgets = BudgetTracker(policies)
+        self.rates = RateLimiter()
+
+    def set_policies(self, policies: Policies) -> None:
+        """Put new policies in force, keeping the spend and windows counted so far."""
+        self.policies = policies
+        self.budgets.set_policies(policies)
+
+    def decide(
+        self,
+        *,
+        provider: str,
+        environment: str,
+        key_name: str | None,
+        user_name: str | None,
+        model: str | None,
+        now: float | None = None,
+    ) -> Decision:
+        """Allow, downgrade or refuse one call (microseconds: dict lookups and compares)."""
+        if not self.policies.enforcing:
+            return Decision("allowed", model)
+        now = time.time() if now is None else now
+        env_policy = self.policies.environment(environment)
+        decision = Decision("allowed", model)
+
+        if model is not None and not env_policy.models.is_allowed(model):
+            rules = env_policy.models
+            target = rules.downgrade_target(model) if rules.on_disallowed == "downgrade" else None
+            if target is None:
+                message = blocked_message(environment, model, list(rules.allow))
+                return Decision(
+                    "blocked",
+                    model,
+                    refusal=refusal_response(provider, 403, message, kind="blocked"),
+                    message=message,
+                )
+            decision = Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
+
+        refusal = self.budgets.check(
+            scopes_for(environment, key_name, user_name), datetime.fromtimestamp(now, UTC)
+        )
+        if refusal is not None:
+            message = refusal.message()
+            return Decision(
+                "over_budget",
+                decision.model_sent,
+                refusal=refusal_response(
+                    provider, 429, message, kind="over_budget", retry_after=refusal.retry_after
+                ),
+                message=message,
+            )
+
+        limits = limits_for(self.policies, environment, key_name, user_name)
+        wait = self.rates.check_and_record_many(limits, now)
+        if wait is not None:
+            retry_after = retry_after_seconds(wait)
+            refusing = self.rates.refusing(limits, now)
+            key, limit = refusing if refusing is not None else limits[0]
+            kind, name = key.split(":", 1)
+            label = name if kind == "environment" else f"{kind} {name}"
+            message = rate_limit_message(label, limit.requests_per_minute, retry_after)
+            return Decision(
+                "rate_limited",
+                decision.model_sent,
+                refusal=refusal_response(
+                    provider, 429, message, kind="rate_limited", retry_after=retry_after
+                ),
+                message=message,
+            )
+        return decision
+
+    def record_spend(self, records: list[CallRecord]) -> list[BudgetAlert]:
+        """Count finished calls against their budgets (the store's writer thread calls this)."""
+        alerts: list[BudgetAlert] = []
+        for record in records:
+            scopes = scopes_for(record.environment, record.key_name, record.user_name)
+            alerts.extend(self.budgets.record(scopes, record.cost_usd, record.ts))
+        return alerts

@@ -1,0 +1,102 @@
+"""Answers the proxy gives instead of forwarding a call, in each provider's own error format.
+
+SDKs then raise their usual error (openai ``PermissionDeniedError`` / ``RateLimitError``,
+anthropic the same names) with our message in ``str(exc)``. The body message always
+starts with ``tokometer:`` so a developer knows who refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from mitmproxy import http
+
+REFUSAL_KINDS = ("blocked", "over_budget", "rate_limited")
+REFUSED_HEADER = "X-Tokometer-Refused"
+NOTICE_HEADER = "X-Tokometer-Notice"
+_PREFIX = "tokometer: "
+_MAX_NAME = 120
+
+# kind -> (OpenAI error type, OpenAI error code)
+_OPENAI_TYPES = {
+    "blocked": ("permission_error", "model_not_allowed"),
+    "over_budget": ("insufficient_quota", "budget_exceeded"),
+    "rate_limited": ("rate_limit_exceeded", "rate_limit_exceeded"),
+}
+_ANTHROPIC_TYPES = {
+    "blocked": "permission_error",
+    "over_budget": "rate_limit_error",
+    "rate_limited": "rate_limit_error",
+}
+# Google's canonical status names (Gemini's error body)
+_GOOGLE_STATUS = {403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
+
+
+def _clean(text: str, limit: int = _MAX_NAME) -> str:
+    """Printable ASCII on one line, at most ``limit`` characters (model names come from clients)."""
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def error_body(provider: str, status: int, message: str, kind: str) -> dict[str, object]:
+    """The JSON error object a ``provider`` would send (anything OpenAI-compatible gets OpenAI's)."""
+    if kind not in REFUSAL_KINDS:
+        raise ValueError(f"unknown refusal kind {kind!r}")
+    if not message.startswith(_PREFIX):
+        message = _PREFIX + message
+    if provider == "anthropic":
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES[kind], "message": message}}
+    if provider in ("gemini", "google", "vertex"):
+        return {
+            "error": {"code": status, "message": message, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}
+        }
+    error_type, code = _OPENAI_TYPES[kind]
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
+def refusal_response(
+    provider: str, status: int, message: str, *, kind: str, retry_after: int | None = None
+) -> http.Response:
+    """A complete response refusing the call (``kind``: blocked | over_budget | rate_limited).
+
+    Headers: JSON content type, ``X-Tokometer-Refused: <kind>``, ``Retry-After`` when
+    given, and ``x-should-retry: false`` for blocked and over-budget calls so the SDKs do
+    not retry something that cannot succeed before the period ends.
+    """
+    body = json.dumps(error_body(provider, status, message, kind)).encode()
+    headers = {"content-type": "application/json", REFUSED_HEADER: kind}
+    if retry_after is not None:
+        headers["retry-after"] = str(max(0, int(retry_after)))
+    if kind in ("blocked", "over_budget"):
+        headers["x-should-retry"] = "false"
+    return http.Response.make(status, body, headers)
+
+
+def blocked_message(environment: str, model: str, allowed_patterns: Sequence[str]) -> str:
+    """Why a model was refused, naming the environment and what it allows."""
+    allowed = ", ".join(_clean(p, 60) for p in allowed_patterns[:20])
+    if len(allowed_patterns) > 20:
+        allowed += f", ... ({len(allowed_patterns)} patterns)"
+    what = f"allowed there: {allowed}" if allowed_patterns else "no model is allowed there"
+    return (
+        f"model {_clean(model)} is not allowed in environment {_clean(environment, 60)} "
+        f"({what}; see policies.yaml)"
+    )
+
+
+def downgrade_notice(environment: str, requested: str, sent: str) -> str:
+    """The ``X-Tokometer-Notice`` header of a downgraded call: one ASCII line."""
+    requested, sent = _clean(requested), _clean(sent)
+    return (
+        f"downgraded {requested} -> {sent}: {requested} is not allowed in "
+        f"{_clean(environment, 60)} (policies.yaml)"
+    )
+
+
+def rate_limit_message(scope_label: str, requests_per_minute: int, retry_after: int) -> str:
+    """Why a call was refused for its rate, e.g. for scope ``development`` or ``key ci-openai``."""
+    return (
+        f"rate limit of {requests_per_minute} requests per minute for {_clean(scope_label, 60)} reached; "
+        f"retry in {retry_after} s (policies.yaml)"
+    )

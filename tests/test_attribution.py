@@ -1,0 +1,106 @@
+"""Attribution rules: which rule decides the environment, team and feature of a call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from addon.api_keys import key_fingerprint
+from addon.attribution import attribute, parse_tags_header
+from addon.client_process import ClientProcess
+from addon.policies import Policies, parse_policies
+
+KEY = "sk-proj-abcdefghijklmnop0123456789WXYZ"
+POLICIES = parse_policies(
+    f"""
+default_environment: development
+keys:
+  ci-openai:
+    fingerprint: {key_fingerprint(KEY)}
+    environment: staging
+    team: platform
+  batch:
+    last4: "9999"
+    environment: production
+attribution:
+  process_env:
+    environment: [DEPLOY_ENV, APP_ENV]
+    team: [TEAM]
+    feature: [FEATURE]
+  hosts:
+    "ci-*": staging
+"""
+)
+
+
+def proc(**env: str) -> ClientProcess:
+    return ClientProcess(pid=42, name="python", user="dev", env=env)
+
+
+def test_header_decides_first_and_keeps_other_keys() -> None:
+    got = attribute(
+        policies=POLICIES,
+        header='{"env": "prod", "team": "backend", "feature": "search", "ticket": "T-1", "n": 2}',
+        api_key=KEY,
+        fingerprint=key_fingerprint(KEY),
+        process=proc(APP_ENV="staging", TEAM="ops"),
+        hostname="ci-runner-1",
+    )
+    assert (got.environment, got.environment_source) == ("production", "header")
+    assert (got.team, got.feature) == ("backend", "search")
+    assert json.loads(got.tags or "") == {"n": 2, "ticket": "T-1"}
+    assert got.key_name == "ci-openai" and got.problems == []
+
+
+def test_key_by_fingerprint_then_by_last_four() -> None:
+    by_fp = attribute(
+        policies=POLICIES, api_key=KEY, fingerprint=key_fingerprint(KEY), process=proc(APP_ENV="prod")
+    )
+    assert (by_fp.environment, by_fp.environment_source, by_fp.team) == ("staging", "key", "platform")
+    other = "sk-other-9999"
+    by_last4 = attribute(policies=POLICIES, api_key=other, fingerprint=key_fingerprint(other))
+    assert (by_last4.environment, by_last4.key_name) == ("production", "batch")
+
+
+def test_process_variables_in_configured_order() -> None:
+    got = attribute(
+        policies=POLICIES, process=proc(APP_ENV="staging", DEPLOY_ENV="production", FEATURE="rag")
+    )
+    assert (got.environment, got.environment_source, got.feature) == ("production", "process", "rag")
+    assert attribute(policies=POLICIES, process=proc(APP_ENV=" stg ")).environment == "staging"
+
+
+def test_forced_then_host_then_default() -> None:
+    forced = attribute(policies=POLICIES, hostname="ci-runner-1", forced_environment="production")
+    assert (forced.environment, forced.environment_source) == ("production", "forced")
+    host = attribute(policies=POLICIES, hostname="ci-runner-1")
+    assert (host.environment, host.environment_source) == ("staging", "host")
+    default = attribute(policies=POLICIES, hostname="laptop", process=proc())
+    assert (default.environment, default.environment_source) == ("development", "default")
+    assert attribute(policies=Policies()).environment == "development"
+
+
+def test_team_falls_back_from_header_to_key_to_process() -> None:
+    got = attribute(policies=POLICIES, header='{"feature": "x"}', process=proc(TEAM="ops"))
+    assert (got.team, got.feature, got.environment_source) == ("ops", "x", "default")
+    keyed = attribute(
+        policies=POLICIES, fingerprint=key_fingerprint(KEY), api_key=KEY, process=proc(TEAM="ops")
+    )
+    assert keyed.team == "platform"
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        ("{env: production", "not valid JSON"),
+        ('["production"]', "a JSON object is expected, not list"),
+        ('{"env": {"name": "x"}}', "environment must be a string"),
+        ("{" * 5000, "longer than 4096"),
+    ],
+)
+def test_bad_header_is_ignored_with_a_reason(header: str, why: str) -> None:
+    got = attribute(policies=POLICIES, header=header, process=proc(APP_ENV="staging"))
+    assert (got.environment, got.environment_source) == ("staging", "process")
+    assert len(got.problems) == 1 and why in got.problems[0]
+    assert parse_tags_header(header).problem == got.problems[0]

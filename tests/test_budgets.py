@@ -1,0 +1,407 @@
+"""Budgets: UTC periods, exact spend, refusals, alerts once per period, loading from DuckDB."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from addon.budgets import (
+    EVENT_COLUMNS,
+    BudgetAlert,
+    BudgetRefusal,
+    BudgetTracker,
+    Scope,
+    alert_event,
+    format_duration,
+    format_usd,
+    insert_events,
+    period_bounds,
+    policy_event,
+    scopes_for,
+)
+from addon.migrations import migrate
+from addon.policies import Budget, parse_policies
+
+POLICIES = parse_policies(
+    """\
+environments:
+  development:
+    budget: {usd: 150, period: month, alert_at: [0.5, 0.8]}
+  staging:
+    budget: {usd: 10, period: day}
+keys:
+  ci: {fingerprint: 3f9a0c11b2de, budget: {usd: 20, period: day}}
+users:
+  bob: {budget: {usd: 5, period: week}}
+"""
+)
+DEV = Scope("environment", "development")
+STAGING = Scope("environment", "staging")
+PROD = Scope("environment", "production")
+CI = Scope("key", "ci")
+BOB = Scope("user", "bob")
+DEV_BUDGET = Budget(usd=Decimal("150"), period="month", alert_at=(0.5, 0.8))
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+# -- periods ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end"),
+    [
+        ("day", utc(2026, 11, 28, 0, 0, 0), utc(2026, 11, 28), utc(2026, 11, 29)),
+        ("day", utc(2026, 11, 28, 23, 59, 59, 999999), utc(2026, 11, 28), utc(2026, 11, 29)),
+        ("day", utc(2026, 12, 31, 12), utc(2026, 12, 31), utc(2027, 1, 1)),
+        ("week", utc(2026, 11, 23, 0, 0, 0), utc(2026, 11, 23), utc(2026, 11, 30)),  # Monday 00:00
+        ("week", utc(2026, 11, 22, 23, 59, 59), utc(2026, 11, 16), utc(2026, 11, 23)),  # Sunday night
+        ("week", utc(2026, 12, 31, 8), utc(2026, 12, 28), utc(2027, 1, 4)),  # across the new year
+        ("week", utc(2028, 2, 29, 10), utc(2028, 2, 28), utc(2028, 3, 6)),  # leap day
+        ("month", utc(2026, 1, 31, 23, 59, 59), utc(2026, 1, 1), utc(2026, 2, 1)),  # month end
+        ("month", utc(2026, 2, 1, 0, 0, 0), utc(2026, 2, 1), utc(2026, 3, 1)),
+        ("month", utc(2026, 12, 15), utc(2026, 12, 1), utc(2027, 1, 1)),  # Dec -> Jan
+        ("month", utc(2028, 2, 29, 23), utc(2028, 2, 1), utc(2028, 3, 1)),  # leap day
+        ("month", datetime(2026, 11, 30, 22), utc(2026, 11, 1), utc(2026, 12, 1)),  # naive = UTC
+        # 01:00 on Dec 1 in UTC+2 is still November in UTC
+        (
+            "month",
+            datetime(2026, 12, 1, 1, tzinfo=timezone(timedelta(hours=2))),
+            utc(2026, 11, 1),
+            utc(2026, 12, 1),
+        ),
+    ],
+)
+def test_period_bounds(period: str, now: datetime, start: datetime, end: datetime) -> None:
+    assert period_bounds(period, now) == (start, end)
+    assert period_bounds(period, now)[0].tzinfo is UTC
+
+
+def test_unknown_period_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown budget period 'year'"):
+        period_bounds("year", utc(2026, 1, 1))
+
+
+def test_formatting() -> None:
+    assert [
+        format_usd(Decimal(v)) for v in ("150", "150.015", "1234.5", "0", "0.0004", "0.00123456", "0.01")
+    ] == [
+        "$150.00",
+        "$150.02",
+        "$1,234.50",
+        "$0.00",
+        "$0.0004",
+        "$0.001235",
+        "$0.01",
+    ]
+    assert [format_duration(s) for s in (273600, 90061, 3660, 125, 42, 0)] == [
+        "3d 4h",
+        "1d 1h",
+        "1h 1m",
+        "2m 5s",
+        "42s",
+        "0s",
+    ]
+
+
+def test_scopes_for() -> None:
+    assert scopes_for("dev", "ci", "bob") == (DEV, CI, BOB)
+    assert scopes_for("production") == (PROD,)
+    assert scopes_for(None, None, None) == ()
+
+
+# -- check and record ------------------------------------------------------------------------------
+
+
+def test_check_refuses_at_the_cap_with_exact_numbers() -> None:
+    tracker = BudgetTracker(POLICIES)
+    now = utc(2026, 11, 27, 20, 0, 0)
+    assert tracker.check([DEV], now) is None
+    tracker.record([DEV], Decimal("149.99"), utc(2026, 11, 20, 9))
+    assert tracker.check([DEV], now) is None
+    tracker.record([DEV], Decimal("0.03"), utc(2026, 11, 27, 19))
+    refusal = tracker.check([DEV], now)
+    assert refusal == BudgetRefusal(
+        scope=DEV,
+        budget=DEV_BUDGET,
+        spent=Decimal("150.02"),
+        period_start=utc(2026, 11, 1),
+        period_end=utc(2026, 12, 1),
+        retry_after=273600,
+    )
+    assert refusal.message() == (
+        "development budget of $150.00 per month is spent: $150.02 used since 2026-11-01 (UTC); "
+        "resets in 3d 4h"
+    )
+    # a new month starts from zero
+    assert tracker.check([DEV], utc(2026, 12, 1, 0, 0, 0)) is None
+
+
+def test_spend_exactly_at_the_cap_is_refused_and_retry_after_rounds_up() -> None:
+    tracker = BudgetTracker(POLICIES)
+    tracker.record([STAGING], Decimal("9.99"), utc(2026, 11, 28, 1))
+    assert tracker.check([STAGING], utc(2026, 11, 28, 2)) is None
+    tracker.record([STAGING], Decimal("0.01"), utc(2026, 11, 28, 2))
+    refusal = tracker.check([STAGING], utc(2026, 11, 28, 23, 59, 58, 500000))
+    assert refusal is not None
+    assert (refusal.spent, refusal.retry_after) == (Decimal("10.00"), 2)
+    assert refusal.message() == (
+        "staging budget of $10.00 per day is spent: $10.00 used since 2026-11-28 (UTC); resets in 2s"
+    )
+    assert tracker.check([STAGING], utc(2026, 11, 29)) is None
+
+
+def test_the_first_exhausted_scope_in_order_is_reported() -> None:
+    tracker = BudgetTracker(POLICIES)
+    ts = utc(2026, 11, 26, 10)
+    scopes = scopes_for("development", "ci", "bob")
+    tracker.record(scopes, Decimal("5"), ts)
+    refusal = tracker.check(scopes, ts)
+    assert refusal is not None and refusal.scope == BOB
+    assert refusal.message() == (
+        "user bob budget of $5.00 per week is spent: $5.00 used since 2026-11-23 (UTC); resets in 3d 14h"
+    )
+    tracker.record(scopes, Decimal("15"), ts)  # key ci: 20 of 20
+    assert tracker.check(scopes, ts).scope == CI
+    assert tracker.check([PROD], ts) is None  # no budget: never refused
+    assert tracker.check([], ts) is None
+
+
+def test_none_cost_counts_zero_and_late_calls_from_an_old_period_are_dropped() -> None:
+    tracker = BudgetTracker(POLICIES)
+    tracker.record([STAGING], None, utc(2026, 11, 28, 1))
+    tracker.record([STAGING], Decimal("4"), utc(2026, 11, 28, 2))
+    tracker.record([STAGING], Decimal("100"), utc(2026, 11, 27, 23, 59))  # yesterday's call, stored late
+    status = {s["scope"]: s for s in tracker.status(utc(2026, 11, 28, 3))}
+    assert status[STAGING]["spent"] == Decimal("4")
+
+
+def test_alerts_fire_once_per_fraction_per_period() -> None:
+    tracker = BudgetTracker(POLICIES)
+    nov = utc(2026, 11, 1)
+    assert tracker.record([DEV], Decimal("74.99"), utc(2026, 11, 3)) == []
+    assert tracker.record([DEV], Decimal("0.01"), utc(2026, 11, 4)) == [
+        BudgetAlert(DEV, DEV_BUDGET, 0.5, Decimal("75.00"), nov)
+    ]
+    assert tracker.record([DEV], Decimal("1"), utc(2026, 11, 5)) == []
+    alerts = tracker.record([DEV], Decimal("44"), utc(2026, 11, 6))
+    assert alerts == [BudgetAlert(DEV, DEV_BUDGET, 0.8, Decimal("120.00"), nov)]
+    assert alerts[0].kind == "budget_alert"
+    assert alerts[0].message() == (
+        "development budget: 80% of $150.00 per month reached: $120.00 used since 2026-11-01 (UTC)"
+    )
+    exhausted = tracker.record([DEV], Decimal("30.5"), utc(2026, 11, 7))
+    assert exhausted == [BudgetAlert(DEV, DEV_BUDGET, 1.0, Decimal("150.50"), nov)]
+    assert exhausted[0].kind == "budget_exhausted"
+    assert exhausted[0].message() == (
+        "development budget of $150.00 per month is spent: $150.50 used since 2026-11-01 (UTC); "
+        "calls are refused until 2026-12-01 00:00 UTC"
+    )
+    assert tracker.record([DEV], Decimal("10"), utc(2026, 11, 8)) == []
+    # December: everything again, and one big call crosses two fractions at once
+    dec = utc(2026, 12, 1)
+    assert tracker.record([DEV], Decimal("130"), utc(2026, 12, 2)) == [
+        BudgetAlert(DEV, DEV_BUDGET, 0.5, Decimal("130"), dec),
+        BudgetAlert(DEV, DEV_BUDGET, 0.8, Decimal("130"), dec),
+    ]
+
+
+def test_set_policies_keeps_spend_and_sees_spend_of_newly_budgeted_scopes() -> None:
+    tracker = BudgetTracker(POLICIES)
+    ts = utc(2026, 11, 26, 10)
+    tracker.record([PROD], Decimal("3"), utc(2026, 11, 2))
+    tracker.record([PROD], Decimal("2"), utc(2026, 11, 25))
+    tracker.record([PROD], Decimal("1"), utc(2026, 11, 26, 9))
+    tracker.record([DEV], Decimal("149"), utc(2026, 11, 2))
+    assert tracker.check([PROD], ts) is None
+    for period, expected in (("month", "6"), ("week", "3"), ("day", "1")):
+        tracker.set_policies(
+            parse_policies(
+                f"environments:\n  production: {{budget: {{usd: {expected}, period: {period}}}}}\n"
+                "  development: {budget: {usd: 150, period: month}}\n"
+            )
+        )
+        refusal = tracker.check([PROD], ts)
+        assert refusal is not None and refusal.spent == Decimal(expected), period
+    assert tracker.check([DEV], ts) is None
+    tracker.record([DEV], Decimal("1"), ts)
+    assert tracker.check([DEV], ts).spent == Decimal("150")
+    tracker.set_policies(parse_policies("{}"))
+    assert tracker.check([DEV, PROD], ts) is None
+    assert tracker.status(ts) == []
+
+
+def test_status_lists_every_budget() -> None:
+    tracker = BudgetTracker(POLICIES)
+    now = utc(2026, 11, 26, 10)
+    tracker.record(scopes_for("development", "ci", "bob"), Decimal("3"), now)
+    rows = tracker.status(now)
+    assert [(r["scope_kind"], r["scope_name"], r["cap"], r["period"], r["spent"]) for r in rows] == [
+        ("environment", "development", Decimal("150"), "month", Decimal("3")),
+        ("environment", "staging", Decimal("10"), "day", Decimal("0")),
+        ("key", "ci", Decimal("20"), "day", Decimal("3")),
+        ("user", "bob", Decimal("5"), "week", Decimal("3")),
+    ]
+    assert rows[0]["start"] == utc(2026, 11, 1) and rows[0]["end"] == utc(2026, 12, 1)
+    assert rows[0]["fraction"] == pytest.approx(0.02)
+    assert rows[3]["fraction"] == pytest.approx(0.6)
+    assert rows[0]["alert_at"] == (0.5, 0.8)
+    assert [r["exhausted"] for r in rows] == [False, False, False, False]
+
+
+def test_record_and_check_from_threads_add_up_exactly() -> None:
+    tracker = BudgetTracker(POLICIES)
+    ts = utc(2026, 11, 26, 10)
+
+    def work() -> None:
+        for _ in range(500):
+            tracker.record([DEV], Decimal("0.01"), ts)
+            tracker.check([DEV], ts)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tracker.status(ts)[0]["spent"] == Decimal("40.00")
+
+
+# -- DuckDB ----------------------------------------------------------------------------------------
+
+CALLS = [
+    # id, ts, environment, cost, key_name, user_name
+    ("c1", datetime(2026, 10, 31, 23, 59, 59), "development", "100", None, None),  # last month
+    ("c2", datetime(2026, 11, 1, 0, 0, 0), "development", "40", None, None),
+    ("c3", datetime(2026, 11, 23, 0, 0, 0), "development", "30", None, None),  # Monday
+    ("c4", datetime(2026, 11, 26, 0, 0, 0), "development", "10", None, None),  # today
+    ("c5", datetime(2026, 11, 26, 11, 0, 0), "development", None, None, None),  # unpriced
+    ("c6", datetime(2026, 11, 24, 8, 0, 0), "dev", "2", None, "bob"),
+    ("c7", datetime(2026, 11, 25, 8, 0, 0), "prod", "7", None, None),
+    ("c8", datetime(2026, 11, 25, 9, 0, 0), "production", "3", None, None),
+    ("c9", datetime(2026, 11, 26, 1, 0, 0), "staging", "4.5", "ci", None),
+    ("c10", datetime(2026, 11, 22, 23, 0, 0), "staging", "1000", "ci", "bob"),  # last week
+]
+NOW = utc(2026, 11, 26, 12)
+
+
+def make_db(path: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    migrate(con)
+    for call_id, ts, env, cost, key_name, user_name in CALLS:
+        con.execute(
+            "INSERT INTO calls (id, ts, session_id, environment, provider, host, path, api_flavor, "
+            "cost_usd, key_name, user_name) VALUES (?, ?, 's1', ?, 'openai', 'api.openai.com', "
+            "'/v1/chat/completions', 'chat', ?, ?, ?)",
+            [call_id, ts, env, None if cost is None else Decimal(cost), key_name, user_name],
+        )
+    return con
+
+
+def test_load_from_duckdb(tmp_path: Path) -> None:
+    con = make_db(tmp_path / "t.duckdb")
+    insert_events(
+        con,
+        [
+            alert_event(
+                BudgetAlert(DEV, DEV_BUDGET, 0.5, Decimal("76"), utc(2026, 11, 1)), "s1", utc(2026, 11, 20)
+            ),
+            alert_event(
+                BudgetAlert(DEV, DEV_BUDGET, 0.8, Decimal("121"), utc(2026, 10, 1)), "s1", utc(2026, 10, 20)
+            ),
+        ],
+    )
+    tracker = BudgetTracker(
+        parse_policies(
+            """\
+environments:
+  development: {budget: {usd: 150, period: month, alert_at: [0.5, 0.8]}}
+  production: {budget: {usd: 10, period: week}}
+  staging: {budget: {usd: 10, period: day}}
+keys:
+  ci: {last4: "abcd", budget: {usd: 20, period: day}}
+users:
+  bob: {budget: {usd: 5, period: week}}
+"""
+        )
+    )
+    tracker.load(con, now=NOW)
+    spent = {(r["scope_kind"], r["scope_name"]): r["spent"] for r in tracker.status(NOW)}
+    assert spent == {
+        ("environment", "development"): Decimal("82"),  # 40 + 30 + 10 + 2 (dev is an alias)
+        ("environment", "production"): Decimal("10"),  # prod + production
+        ("environment", "staging"): Decimal("4.5"),
+        ("key", "ci"): Decimal("4.5"),
+        ("user", "bob"): Decimal("2"),
+    }
+    assert tracker.check([PROD], NOW).spent == Decimal("10")
+    # 0.5 already fired this month (events): not again; 0.8 fired LAST month only: fires now
+    assert tracker.record([DEV], Decimal("38"), NOW) == [
+        BudgetAlert(DEV, DEV_BUDGET, 0.8, Decimal("120"), utc(2026, 11, 1))
+    ]
+    # the week and day of the development scope were loaded too (a reload may switch periods)
+    tracker.set_policies(parse_policies("environments:\n  development: {budget: {usd: 80, period: week}}\n"))
+    assert tracker.check([DEV], NOW).spent == Decimal("80")  # 30 + 10 + 2 + 38
+    con.close()
+
+
+def test_load_without_events_table_and_reload_replaces_spend(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute("CREATE TABLE calls (ts TIMESTAMP, environment VARCHAR, cost_usd DECIMAL(18, 10))")
+    con.execute("INSERT INTO calls VALUES ('2026-11-26 01:00:00', 'staging', 9.5)")
+    tracker = BudgetTracker(POLICIES)
+    tracker.record([STAGING], Decimal("100"), NOW)  # replaced by the load
+    tracker.load(con, now=NOW)  # no key_name / user_name columns, no events table
+    assert tracker.check([STAGING], NOW) is None
+    # the exhausted alert already fired this period (before the load): not again
+    assert tracker.record([STAGING], Decimal("0.5"), NOW) == []
+    assert tracker.check([STAGING], NOW).spent == Decimal("10.0")
+    fresh = BudgetTracker(POLICIES)
+    fresh.load(con, now=NOW)
+    assert fresh.record([STAGING], Decimal("0.5"), NOW) == [
+        BudgetAlert(STAGING, Budget(usd=Decimal("10"), period="day"), 1.0, Decimal("10.0"), utc(2026, 11, 26))
+    ]
+    con.close()
+
+
+def test_events_rows_round_trip(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "e.duckdb"))
+    migrate(con)
+    alert = BudgetAlert(DEV, DEV_BUDGET, 0.8, Decimal("120.5"), utc(2026, 11, 1))
+    event = alert_event(alert, "sess", utc(2026, 11, 26, 12, 30))
+    assert event.id == "alert:environment:development:month:2026-11-01T00:00:00:0.8"
+    insert_events(
+        con, [event, policy_event("policy_reloaded", "sess", NOW, "policies.yaml reloaded", {"n": 2})]
+    )
+    insert_events(con, [event])  # the same alert again (e.g. replayed): stored once
+    insert_events(con, [])
+    rows = con.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY ts").fetchall()
+    assert len(rows) == 2
+    assert rows[0][1:] == (
+        datetime(2026, 11, 26, 12, 0),
+        "sess",
+        "policy_reloaded",
+        None,
+        None,
+        None,
+        '{"n": 2}',
+        "policies.yaml reloaded",
+    )
+    assert rows[1] == (
+        "alert:environment:development:month:2026-11-01T00:00:00:0.8",
+        datetime(2026, 11, 26, 12, 30),
+        "sess",
+        "budget_alert",
+        "environment",
+        "development",
+        datetime(2026, 11, 1),
+        '{"fraction": 0.8, "period": "month", "spent": "120.5", "usd": "150"}',
+        "development budget: 80% of $150.00 per month reached: $120.50 used since 2026-11-01 (UTC)",
+    )
+    con.close()

@@ -1,0 +1,139 @@
+"""The calling process lookup: against this machine's real /proc and a fake /proc tree."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from addon.client_process import (
+    _proc_hex_address,
+    find_socket,
+    git_checkout,
+    lookup_client_process,
+)
+
+NAMES = frozenset({"APP_ENV", "TEAM", "FEATURE"})
+linux_only = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+
+
+def test_proc_hex_addresses() -> None:
+    assert _proc_hex_address("127.0.0.1", 8080) == ("tcp", "0100007F:1F90")
+    assert _proc_hex_address("::1", 443) == ("tcp6", "00000000000000000000000001000000:01BB")
+    assert _proc_hex_address("::ffff:127.0.0.1", 1) == ("tcp6", "0000000000000000FFFF00000100007F:0001")
+
+
+@linux_only
+def test_real_client_process_is_found_with_its_environment(tmp_path: Path) -> None:
+    repo = tmp_path / "shop-api"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/feature/cheaper-models\n")
+    (repo / "src").mkdir()
+    server = socket.create_server(("127.0.0.1", 0))
+    code = (
+        "import socket, sys, time\n"
+        f"s = socket.create_connection(('127.0.0.1', {server.getsockname()[1]}))\n"
+        "sys.stdin.read()\n"
+    )
+    env = {**os.environ, "APP_ENV": "staging", "TEAM": "checkout", "SECRET": "not-read"}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=repo / "src", stdin=subprocess.PIPE)
+    try:
+        conn, (ip, port) = server.accept()
+        found = lookup_client_process(ip, port, NAMES)
+        assert found.pid == child.pid
+        assert found.env == {"APP_ENV": "staging", "TEAM": "checkout"}
+        assert found.cwd == str(repo / "src")
+        assert (found.repo, found.git_branch) == ("shop-api", "feature/cheaper-models")
+        assert found.name and found.name.startswith("python")
+        assert found.user == __import__("pwd").getpwuid(os.getuid()).pw_name
+        assert found.problem is None
+        conn.close()
+    finally:
+        child.communicate(b"")
+        server.close()
+
+
+@linux_only
+def test_exited_client_falls_back_cleanly() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import socket; socket.create_connection(('127.0.0.1', {server.getsockname()[1]}))",
+        ],
+        check=True,
+    )
+    assert child.returncode == 0
+    conn, (ip, port) = server.accept()
+    found = lookup_client_process(ip, port, NAMES)
+    assert found.pid is None and found.env == {}
+    assert found.problem is not None
+    conn.close()
+    server.close()
+
+
+def _fake_proc(tmp_path: Path, *, environ_readable: bool) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    header = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    )
+    line = "   0: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 1000 0 424242 1\n"
+    (proc / "net" / "tcp").write_text(header + line)
+    (proc / "net" / "tcp6").write_text(header)
+    pid_dir = proc / "4321"
+    (pid_dir / "fd").mkdir(parents=True)
+    os.symlink("socket:[424242]", pid_dir / "fd" / "7")
+    (pid_dir / "comm").write_text("node\n")
+    os.symlink(str(tmp_path), pid_dir / "cwd")
+    environ = pid_dir / "environ"
+    if environ_readable:
+        environ.write_bytes(b"PATH=/bin\0APP_ENV=production\0FEATURE=search\0")
+    else:
+        os.mkdir(environ)  # reading it fails like another user's would (EISDIR / EACCES)
+    return proc
+
+
+def test_fake_proc_lookup(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, environ_readable=True)
+    assert find_socket("127.0.0.1", 0xD431, proc) == (424242, 1000)
+    found = lookup_client_process("127.0.0.1", 0xD431, NAMES, proc)
+    assert (found.pid, found.name, found.cwd) == (4321, "node", str(tmp_path))
+    assert found.env == {"APP_ENV": "production", "FEATURE": "search"}
+
+
+def test_unreadable_environment_falls_back_cleanly(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, environ_readable=False)
+    found = lookup_client_process("127.0.0.1", 0xD431, NAMES, proc)
+    assert found.pid == 4321 and found.env == {}
+    assert "environment unreadable" in (found.problem or "")
+
+
+def test_unknown_connection(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, environ_readable=True)
+    found = lookup_client_process("127.0.0.1", 1, NAMES, proc)
+    assert found.pid is None and "not found" in (found.problem or "")
+
+
+def test_git_checkout_of_a_worktree(tmp_path: Path) -> None:
+    main = tmp_path / "main" / ".git" / "worktrees" / "wt"
+    main.mkdir(parents=True)
+    (main / "HEAD").write_text("ref: refs/heads/spike\n")
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / ".git").write_text(f"gitdir: {main}\n")
+    assert git_checkout(str(wt)) is not None
+    (tmp_path / "main" / ".git" / "worktrees" / "wt" / "commondir").write_text("../..\n")
+    checkout = git_checkout(str(wt))
+    assert checkout is not None and (checkout.repo, checkout.branch) == ("main", "spike")
+    (tmp_path / "main" / ".git" / "config").write_text(
+        '[core]\n\tbare = false\n[remote "origin"]\n\turl = git@github.com:acme/shop-api.git\n'
+    )
+    checkout = git_checkout(str(wt))
+    assert checkout is not None and checkout.repo == "shop-api"
+    assert git_checkout(str(tmp_path / "elsewhere")) is None
