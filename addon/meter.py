@@ -124,6 +124,7 @@ class Meter:
         self.db_path: Path | None = None
         self.store: Store | None = None
         self._running = False
+        self._refused_start = False  # policies.yaml was invalid at start
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
@@ -164,10 +165,12 @@ class Meter:
             try:
                 policies = policy_file.load()
             except PolicyError as exc:
-                log.error("tokometer: %s is invalid; not starting:\n%s", path, exc)
-                if not self._running:
-                    ctx.master.shutdown()
-                raise exceptions.OptionsError(str(exc)) from exc
+                if self._running:  # a new path set at run time: refuse it, keep the old one
+                    raise exceptions.OptionsError(str(exc)) from exc
+                # An error logged during start-up makes mitmdump exit with status 1 (errorcheck addon).
+                log.error("tokometer: %s is invalid, so the proxy does not start:\n%s", path, exc)
+                self._refused_start = True
+                return
             self.policy_file, self.policies_path = policy_file, path
             self.enforcer.set_policies(policies)
         if "tokometer_db" in updated:
@@ -180,6 +183,8 @@ class Meter:
                 self._open_store()
 
     def running(self) -> None:
+        if self._refused_start:
+            return
         self._running = True
         if self.store is None:
             self._open_store()
@@ -217,14 +222,12 @@ class Meter:
                 continue
             if policies is not None and policy_file is self.policy_file:
                 self.enforcer.set_policies(policies)
-                if problem is not None:
-                    log.warning("tokometer: %s", problem)
-                else:
-                    log.info("tokometer: %s reloaded", policy_file.path)
+                message = problem or f"{policy_file.path} reloaded"
+                log.log(logging.WARNING if problem else logging.INFO, "tokometer: %s", message)
+                self._policy_event("policy_reloaded", message)
             elif problem is not None:
-                log.error(
-                    "tokometer: %s: the last good policy stays in force:\n%s", policy_file.path, problem
-                )
+                log.error("tokometer: the last good policy stays in force:\n%s", problem)
+                self._policy_event("policy_invalid", problem)
 
     def _open_store(self) -> None:
         assert self.db_path is not None

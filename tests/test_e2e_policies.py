@@ -1,0 +1,231 @@
+"""End to end: policies.yaml enforced by a real mitmdump in front of the fake provider.
+
+Downgrades, blocks, budgets, rate limits and live reload, seen from real clients
+(openai and anthropic SDKs, curl) and asserted on the rows and on what upstream received.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import MITMDUMP, ProxyProcess
+from fakeprovider import FakeProvider
+from test_e2e import anthropic_usage, chat_usage, curl_openai_chat, fake_headers, run_client, tag
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEV_POLICY = """
+default_environment: development
+environments:
+  development:
+    models:
+      allow: [gpt-4o-mini, claude-haiku-4-5]
+      on_disallowed: downgrade
+      downgrade:
+        gpt-4o: gpt-4o-mini
+        claude-sonnet-4-5*: claude-haiku-4-5
+  production:
+    models: {allow: ["*"]}
+"""
+
+
+def start_proxy(tmp_path: Path, fake: FakeProvider, policies: str, name: str = "p") -> ProxyProcess:
+    proxy = ProxyProcess(tmp_path / name, fake.port, policies=policies)
+    proxy.start()
+    return proxy
+
+
+@pytest.fixture
+def proxies(tmp_path: Path, fake_provider: FakeProvider):
+    started: list[ProxyProcess] = []
+
+    def start(policies: str, name: str = "p") -> ProxyProcess:
+        p = start_proxy(tmp_path, fake_provider, policies, name)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.cleanup()
+
+
+def split_response(curl_output: str) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) of the last response in ``curl -D -`` output (after the CONNECT one)."""
+    blocks = curl_output.replace("\r\n", "\n").split("\n\n")
+    last = max(i for i, block in enumerate(blocks) if block.startswith("HTTP/"))
+    status_line, *lines = blocks[last].split("\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+    return int(status_line.split()[1]), headers, "\n\n".join(blocks[last + 1 :])
+
+
+def headers_of(curl_output: str) -> dict[str, str]:
+    return split_response(curl_output)[1]
+
+
+def wait_for_log(proxy: ProxyProcess, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proxy.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{proxy.log_text()}"
+        time.sleep(0.1)
+
+
+def test_disallowed_model_is_downgraded(proxies, fake_provider: FakeProvider) -> None:
+    proxy = proxies(DEV_POLICY)
+    t_sdk, t_curl, t_ant = tag(), tag(), tag()
+    rc, events = run_client(
+        proxy, "openai_client.py", "chat", "--model", "gpt-4o", "--stream",
+        headers=fake_headers(t_sdk, chat_usage(1000, 100)),
+    )  # fmt: skip
+    assert rc == 0 and events[-1]["event"] == "result"
+    res = curl_openai_chat(proxy, t_curl, chat_usage(10, 5), model="gpt-4o-2024-08-06", extra=["-D", "-"])
+    assert res.returncode == 0, res.stderr
+    notice = headers_of(res.stdout)["x-tokometer-notice"]
+    assert notice.startswith("downgraded gpt-4o-2024-08-06 -> gpt-4o-mini")
+    assert "development" in notice
+    rc, _ = run_client(
+        proxy, "anthropic_client.py", "--model", "claude-sonnet-4-5",
+        headers=fake_headers(t_ant, anthropic_usage(100, 0, 0, 10)),
+    )  # fmt: skip
+    assert rc == 0
+    assert fake_provider.requests_for(t_sdk)[0].json["model"] == "gpt-4o-mini"
+    assert fake_provider.requests_for(t_curl)[0].json["model"] == "gpt-4o-mini"
+    assert fake_provider.requests_for(t_ant)[0].json["model"] == "claude-haiku-4-5"
+    proxy.terminate()
+    rows = {r["model_requested"]: r for r in proxy.rows()}
+    assert set(rows) == {"gpt-4o", "gpt-4o-2024-08-06", "claude-sonnet-4-5"}
+    for requested, sent in [
+        ("gpt-4o", "gpt-4o-mini"),
+        ("gpt-4o-2024-08-06", "gpt-4o-mini"),
+        ("claude-sonnet-4-5", "claude-haiku-4-5"),
+    ]:
+        assert (rows[requested]["action"], rows[requested]["model_sent"]) == ("downgraded", sent)
+    # priced as what was really used: gpt-4o-mini at 0.15 / 0.60 per 1M
+    assert rows["gpt-4o"]["cost_usd"] == Decimal("0.00021")
+
+
+def test_blocked_model_gets_403_and_upstream_sees_nothing(proxies, fake_provider: FakeProvider) -> None:
+    policy = DEV_POLICY.replace("on_disallowed: downgrade", "on_disallowed: block")
+    proxy = proxies(policy)
+    t = tag()
+    rc, events = run_client(proxy, "openai_client.py", "chat", "--model", "o3", headers=fake_headers(t))
+    assert rc == 3
+    error = events[-1]
+    assert error["status"] == 403
+    message = error["body"]["message"] if "message" in error["body"] else error["body"]["error"]["message"]
+    assert "o3" in message and "development" in message and "gpt-4o-mini" in message
+    t_ant = tag()
+    rc, events = run_client(
+        proxy, "anthropic_client.py", "--model", "claude-opus-4-1", headers=fake_headers(t_ant)
+    )
+    assert rc == 3 and events[-1]["status"] == 403
+    assert fake_provider.requests_for(t) == [] and fake_provider.requests_for(t_ant) == []
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["action"], r["status_code"], r["cost_usd"]) for r in rows] == [
+        ("blocked", 403, Decimal(0)),
+        ("blocked", 403, Decimal(0)),
+    ]
+    assert all("not allowed" in r["error"] for r in rows)
+
+
+def test_budget_is_a_hard_cap(proxies, fake_provider: FakeProvider) -> None:
+    policy = """
+default_environment: development
+environments:
+  development:
+    budget: {usd: 0.0005, period: day, alert_at: [0.5]}
+"""
+    proxy = proxies(policy)
+    t1, t2 = tag(), tag()
+    # gpt-4o-mini, 1000 in + 1000 out = 0.00015 + 0.0006 = $0.00075: over the $0.0005 cap
+    res = curl_openai_chat(proxy, t1, chat_usage(1000, 1000))
+    assert res.returncode == 0, res.stderr
+    proxy.wait_rows(1)
+    wait_for_log(proxy, "budget")
+    res = curl_openai_chat(proxy, t2, chat_usage(10, 10), extra=["-D", "-"])
+    assert res.returncode != 0
+    status, headers, text = split_response(res.stdout)
+    assert status == 429
+    assert 0 < int(headers["retry-after"]) <= 86400
+    body = json.loads(text)
+    assert "development budget of $0.0005 per day" in body["error"]["message"]
+    assert fake_provider.requests_for(t2) == []
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["action"], r["status_code"]) for r in rows] == [("allowed", 200), ("over_budget", 429)]
+    assert rows[0]["cost_usd"] == Decimal("0.00075") and rows[1]["cost_usd"] == Decimal(0)
+    kinds = [e["kind"] for e in proxy.rows("SELECT kind FROM events ORDER BY kind")]
+    assert "budget_alert" in kinds or "budget_exhausted" in kinds
+
+
+def test_rate_limit_answers_429(proxies, fake_provider: FakeProvider) -> None:
+    policy = """
+default_environment: development
+environments:
+  development:
+    rate_limit: {requests_per_minute: 2}
+"""
+    proxy = proxies(policy)
+    results = [curl_openai_chat(proxy, tag(), chat_usage(5, 5), extra=["-D", "-"]) for _ in range(3)]
+    assert [r.returncode for r in results[:2]] == [0, 0]
+    assert results[2].returncode != 0
+    assert 1 <= int(headers_of(results[2].stdout)["retry-after"]) <= 60
+    proxy.terminate()
+    actions = [r["action"] for r in proxy.rows()]
+    assert actions == ["allowed", "allowed", "rate_limited"]
+
+
+def test_edits_apply_without_restart_and_invalid_edits_keep_the_last_good(
+    proxies, fake_provider: FakeProvider
+) -> None:
+    policy = DEV_POLICY.replace("on_disallowed: downgrade", "on_disallowed: block")
+    proxy = proxies(policy)
+    blocked = curl_openai_chat(proxy, tag(), chat_usage(5, 5), model="gpt-4.1")
+    assert blocked.returncode != 0 and "not allowed" in blocked.stdout
+
+    proxy.policies_path.write_text(policy.replace("allow: [gpt-4o-mini, claude-haiku-4-5]", 'allow: ["*"]'))
+    wait_for_log(proxy, "reloaded")
+    t = tag()
+    assert curl_openai_chat(proxy, t, chat_usage(5, 5), model="gpt-4.1").returncode == 0
+    assert fake_provider.requests_for(t)[0].json["model"] == "gpt-4.1"
+
+    proxy.policies_path.write_text("environments:\n  development:\n    models: {allow: 5}\n")
+    wait_for_log(proxy, "the last good policy stays in force")
+    assert curl_openai_chat(proxy, tag(), chat_usage(5, 5), model="gpt-4.1").returncode == 0
+    proxy.terminate()
+    assert [r["action"] for r in proxy.rows()] == ["blocked", "allowed", "allowed"]
+    kinds = sorted(e["kind"] for e in proxy.rows("SELECT kind FROM events"))
+    assert kinds == ["policy_invalid", "policy_reloaded"]
+
+
+def test_invalid_policies_at_start_refuse_to_start(tmp_path: Path) -> None:
+    bad = tmp_path / "policies.yaml"
+    bad.write_text("default_environment: development\nenvironments:\n  development:\n    budget: {usd: -1}\n")
+    res = subprocess.run(
+        [str(MITMDUMP), "-s", str(ROOT / "addon" / "tokometer.py"), "--listen-host", "127.0.0.1",
+         "--listen-port", "0", "--set", f"confdir={tmp_path / 'conf'}",
+         "--set", f"tokometer_policies={bad}", "--set", f"tokometer_db={tmp_path / 'db.duckdb'}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "policies.yaml:4: environments.development.budget.usd" in res.stdout + res.stderr
+    assert not (tmp_path / "db.duckdb").exists()
+
+
+def test_no_policies_file_meters_only(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    proxy = ProxyProcess(tmp_path / "p", fake_provider.port)
+    proxy.policies_path.unlink()
+    try:
+        proxy.start()
+        assert "metering only, nothing enforced" in proxy.session_line
+        assert curl_openai_chat(proxy, tag(), chat_usage(5, 5), model="o3").returncode == 0
+        proxy.terminate()
+        [row] = proxy.rows()
+        assert (row["action"], row["environment"]) == ("allowed", "development")
+    finally:
+        proxy.cleanup()
