@@ -240,11 +240,11 @@ class Meter:
                 self.enforcer.budgets.load(con)
         except Exception as exc:  # budgets then count from this session on
             log.warning("tokometer: could not load spend for budgets from %s: %s", self.db_path, exc)
-        store.add_listener(self._on_stored)
+        store.add_listener(self._on_finished)
         self.store = store
 
-    def _on_stored(self, records: list[CallRecord]) -> None:
-        """Writer thread: count stored calls against budgets; announce thresholds crossed."""
+    def _on_finished(self, records: list[CallRecord]) -> None:
+        """Writer thread, right after pricing: count calls against budgets; announce thresholds."""
         alerts = self.enforcer.record_spend(records)
         if not alerts:
             return

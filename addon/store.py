@@ -169,6 +169,7 @@ class Store:
         self._lock = threading.Lock()  # queue, journal fd, counters: shared with submit
         self._flush_lock = threading.Lock()  # one flush at a time
         self._queue: list[CallRecord] = []
+        self._unpriced: list[CallRecord] = []  # submitted, not yet priced nor shown to listeners
         self._events: list[Event] = []
         self._inflight = 0
         self._fd: int | None = None
@@ -225,9 +226,8 @@ class Store:
                 if line is not None and self._fd is not None:
                     self._journal_write(line)
                 self._queue.append(record)
-                full = len(self._queue) >= MAX_ROWS_PER_INSERT
-            if full:
-                self._wake.set()
+                self._unpriced.append(record)
+            self._wake.set()  # the writer prices it now (listeners see it at once); stores it in batches
         except Exception:
             log.exception("tokometer: could not queue call %s", getattr(record, "id", "?"))
 
@@ -238,7 +238,10 @@ class Store:
         self._wake.set()
 
     def add_listener(self, fn: Listener) -> None:
-        """Call ``fn(batch)`` after each batch of this session's calls is stored (writer thread)."""
+        """Call ``fn(batch)`` with this session's calls as soon as they are priced (writer thread).
+
+        That is right after ``submit``, before they reach DuckDB (which happens in batches).
+        """
         self._listeners.append(fn)
 
     @property
@@ -384,23 +387,49 @@ class Store:
     # -- writer -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = self.flush_interval
         attempt = 0
+        next_flush = time.monotonic() + self.flush_interval
         while not self._stopping:
-            self._wake.wait(delay)
+            self._wake.wait(max(0.0, next_flush - time.monotonic()))
             self._wake.clear()
             if self._stopping:
                 break
+            try:
+                self._price_pending()
+            except Exception:
+                log.exception("tokometer: store pricing error")
+            with self._lock:
+                full = len(self._queue) >= MAX_ROWS_PER_INSERT
+            if not full and time.monotonic() < next_flush:
+                continue
             try:
                 ok = self._flush_once(ending=False)
             except Exception:
                 log.exception("tokometer: store writer error")
                 ok = False
             if ok:
-                attempt, delay = 0, self.flush_interval
+                attempt = 0
+                next_flush = time.monotonic() + self.flush_interval
             else:
                 attempt += 1
-                delay = _backoff(attempt, cap=self.flush_interval)
+                next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
+
+    def _price_pending(self) -> None:
+        """Price the calls submitted since last time and hand them to the listeners (once each)."""
+        with self._lock:
+            batch, self._unpriced = self._unpriced, []
+        if not batch:
+            return
+        for record in batch:
+            try:
+                price_record(record)
+            except Exception as exc:  # a price problem never loses the call
+                self._note_problem(exc, "pricing failed for", f"call {record.id}")
+        for fn in list(self._listeners):
+            try:
+                fn(batch)
+            except Exception:
+                log.exception("tokometer: store listener %r failed", fn)
 
     def _flush_until(self, deadline: float, *, ending: bool) -> bool:
         attempt = 0
@@ -418,6 +447,7 @@ class Store:
 
     def _flush_once(self, *, ending: bool) -> bool:
         """One attempt to store everything queued; False if the database could not be written."""
+        self._price_pending()
         with self._flush_lock:
             with self._lock:
                 batch, self._queue = self._queue, []
@@ -464,12 +494,6 @@ class Store:
                         log.warning("tokometer: could not truncate journal: %s", exc)
             if not failed:
                 self._recovered()
-        if stored:
-            for fn in list(self._listeners):
-                try:
-                    fn(stored)
-                except Exception:
-                    log.exception("tokometer: store listener %r failed", fn)
         return True
 
     def _connect(self) -> duckdb.DuckDBPyConnection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +30,8 @@ class Metered:
     usage: Usage | None = None
     model: str | None = None
     error: str | None = None
+    # A cost the provider itself reported for the call (OpenRouter's usage.cost), in USD.
+    provider_cost: Decimal | None = None
+    # The completion text seen, kept in memory only (never stored), for an offline token
+    # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
+    output_text: str | None = None

@@ -359,15 +359,17 @@ def test_a_rejected_call_does_not_block_the_others(db: Path, caplog: pytest.LogC
     assert len(store.journal_path.read_bytes().splitlines()) == 3  # kept for the next start
 
 
-def test_listeners_get_each_stored_batch(db: Path) -> None:
-    batches: list[list[str]] = []
+def test_listeners_get_each_call_once_priced_before_it_is_stored(db: Path) -> None:
+    seen: list[str] = []
+    stored_when_seen: list[int] = []
 
     def broken(batch: list[CallRecord]) -> None:
         raise RuntimeError("listener bug")
 
     def collect(batch: list[CallRecord]) -> None:
         assert all(r.cost_usd == GPT4O_COST for r in batch)  # priced before listeners see them
-        batches.append([r.id for r in batch])
+        seen.extend(r.id for r in batch)
+        stored_when_seen.append(store.stats.stored)
 
     store = Store(db, "s1", flush_interval=3600)
     store.add_listener(broken)
@@ -375,10 +377,15 @@ def test_listeners_get_each_stored_batch(db: Path) -> None:
     store.start()
     store.submit(make_record(1))
     store.submit(make_record(2))
-    assert store.flush()
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == ["s1-0001", "s1-0002"]  # at once, long before the hourly flush
+    assert set(stored_when_seen) == {0}
     store.submit(make_record(3))
     store.close()
-    assert batches == [["s1-0001", "s1-0002"], ["s1-0003"]]
+    assert seen == ["s1-0001", "s1-0002", "s1-0003"]
+    assert rows(db, "SELECT count(*) FROM calls") == [(3,)]
 
 
 def test_migrations_create_the_schema_once(tmp_path: Path) -> None:
