@@ -33,7 +33,7 @@ from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.budgets import alert_event, policy_event
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Enforcer
-from addon.paths import resolve_db_path
+from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import Policies, PolicyError, PolicyFile
 from addon.providers import Provider, provider_for_host
 from addon.record import CallRecord
@@ -49,7 +49,6 @@ INLINE_PARSE_LIMIT = 128 * 1024
 PROCESS_LOOKUP_TIMEOUT = 1.0
 NOTICE_HEADER = "X-Tokometer-Notice"
 POLICY_CHECK_INTERVAL = 1.0
-DEFAULT_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
 
 
 def new_session_id() -> str:
@@ -118,7 +117,7 @@ class Meter:
     def __init__(self) -> None:
         self.session_id = new_session_id()
         self.enforcer = Enforcer(Policies())
-        self.policies_path = DEFAULT_POLICIES
+        self.policies_path = default_policies_path()
         self.policy_file: PolicyFile | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.db_path: Path | None = None
@@ -159,8 +158,7 @@ class Meter:
 
     def configure(self, updated: set[str]) -> None:
         if "tokometer_policies" in updated:
-            raw = ctx.options.tokometer_policies or os.environ.get("TOKOMETER_POLICIES", "")
-            path = Path(raw).expanduser() if raw else DEFAULT_POLICIES
+            path = resolve_policies_path(ctx.options.tokometer_policies)
             policy_file = PolicyFile(path)
             try:
                 policies = policy_file.load()

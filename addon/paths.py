@@ -21,3 +21,16 @@ def resolve_db_path(option_value: str = "") -> Path:
         if value and value.strip():
             return Path(value.strip()).expanduser()
     return data_dir() / DB_FILENAME
+
+
+def default_policies_path() -> Path:
+    """The checkout's ``policies.yaml`` (next to ``addon/``), what the proxy uses by default."""
+    return Path(__file__).resolve().parent.parent / "policies.yaml"
+
+
+def resolve_policies_path(option_value: str = "") -> Path:
+    """The policy file: the option if set, else ``$TOKOMETER_POLICIES``, else ``default_policies_path()``."""
+    for value in (option_value, os.environ.get("TOKOMETER_POLICIES", "")):
+        if value and value.strip():
+            return Path(value.strip()).expanduser()
+    return default_policies_path()

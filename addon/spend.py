@@ -1,319 +1,198 @@
-"""``scripts/spend``: what the metered calls cost. Reports are SQL in DuckDB, read-only.
+"""``scripts/spend``: where the money goes. Reports are SQL in DuckDB over a read-only open.
 
-Usage: ``spend [--db PATH] [--json] [session [--session ID]]``. With no subcommand it
-reports the latest session (the newest ``sessions.started_at``; a session known only from
-``calls`` counts from its first call).
+Usage::
 
-``--json`` prints one object (stable; fields are only ever added)::
+    spend [session [ID]]            the latest (or a given) session: by model and by environment
+    spend sessions [--limit N]      the newest sessions
+    spend summary [RANGE]           environments side by side (default range: --since 7d)
+    spend by DIMENSION [RANGE]      DIMENSION: env model provider team feature user key repo
+                                    day week month  (--chart FILE with day, week, month)
+    spend ratio [RANGE]             non-production : production cost per month (--chart FILE)
+    spend models [--week|--weeks N] weekly model use by environment and user, premium flagged
+                                    (--flagged: only premium use outside production)
+    spend savings [RANGE]           what-if: the calls re-priced with the downgrade targets
+    spend budgets                   each budget: cap, spent, used, end-of-period projection
 
-    {
-      "schema": 1,
-      "db": "/path/spend.duckdb",
-      "session": null | {"session_id": str, "started_at": str|null, "ended_at": str|null,
-                         "hostname": str|null, "pid": int|null, "version": str|null},
-      "total": TOTALS,
-      "by_model": [{"model": str, ...TOTALS}, ...]   # by cost, then calls, descending
-    }
+RANGE: ``--since 7d`` (m, h, d, w) or ``--from DATE --to DATE`` (UTC; a date-only ``--to``
+includes that day). Filters (repeatable; several values of one filter are OR-ed):
+``--env --model (glob) --provider --team --feature --user --key --repo``. Every report:
+``--db PATH``, ``--format table|json|csv`` (``--json`` = ``--format json``), ``--now ISO``
+(report as of that UTC time). ``models``, ``savings`` and ``budgets`` read the policy file:
+``--policies PATH``, else ``$TOKOMETER_POLICIES``, else the checkout's ``policies.yaml``.
 
-where TOTALS is ``{"calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
-"output_tokens", "reasoning_tokens", "unpriced_calls", "no_usage_calls": int,
-"cost_usd": str|null}``. ``input_tokens`` is all input (cache reads and writes included),
-``output_tokens`` all output (reasoning included). ``cost_usd`` is an exact decimal string,
-the sum of the calls whose price is known, or null when none is. ``unpriced_calls``: calls
-with usage but no known price (their cost is not in ``cost_usd``). ``no_usage_calls``:
-calls whose usage is unknown (for example an aborted stream), errors not billed aside.
-Times are ISO 8601 UTC. ``model`` is the reported model, else the one sent, else "(unknown)".
+JSON (stable: fields are only ever added). Every report is one object with ``"schema": 1``,
+``"report": NAME`` and ``"db": PATH``; the range-based ones (summary, by, ratio, models,
+savings) also ``"range": {"from": TIME|null, "to": TIME|null}`` ([from, to)) and
+``"filters": {"environment", "model", "provider", "team", "feature", "user", "key",
+"repo": [str]}``. Times are ISO 8601 UTC (``+00:00``); money is an exact decimal string
+(null when unknown); shares and ratios are numbers rounded to 4 places (null when undefined).
 
-Exit status: 0 report printed, 1 no database, no such session or the file cannot be read,
-2 bad arguments.
+TOTALS is ``{"calls", "refused_calls", "input_tokens", "cache_read_tokens",
+"cache_write_tokens", "output_tokens", "reasoning_tokens", "unpriced_calls",
+"no_usage_calls": int, "cost_usd": str|null}``: ``input_tokens`` is all input (cache reads
+and writes included), ``output_tokens`` all output (reasoning included); ``cost_usd`` sums the
+calls whose price is known (null when none is); ``unpriced_calls`` have usage but no known
+price; ``no_usage_calls`` have no usage (aborted, unreadable), errors and refusals aside;
+``refused_calls`` were blocked, over budget or rate limited (cost 0).
+
+The model of a call is the genai-prices id it was priced under (``price_model``: dated
+snapshots such as ``gpt-4o-2024-08-06`` fold into ``gpt-4o``), else the reported model, else
+the one sent, else the one requested, else ``"(unknown)"``. Production is the environment
+``production`` (or ``prod``); all others are non-production.
+
+- session: ``{"session": null | {"session_id", "started_at", "ended_at", "hostname", "pid",
+  "version"}, "total": TOTALS, "by_model": [{"model", ...TOTALS}], "by_environment":
+  [{"environment", ...TOTALS}]}``; by_model by cost then calls, descending.
+- sessions: ``{"sessions": [{"session_id", "started_at", "ended_at", "last_call_at",
+  "hostname", "pid", "version", "calls", "cost_usd"}]}``, newest first.
+- by: ``{"dimension": str, "rows": [{"key": str|null, ...TOTALS, "share": float|null}],
+  "total": TOTALS}``; ``share`` is the row's part of the total cost; rows by cost (time
+  dimensions: chronological, keys ``YYYY-MM-DD`` or ``YYYY-MM`` for months; weeks start Monday).
+- summary: ``{"environments": [{"environment", ...SUMMARY}], "total": SUMMARY}`` where
+  SUMMARY is TOTALS plus ``"usage_calls"`` (calls with usage), ``"avg_input_tokens"``,
+  ``"avg_output_tokens"`` (per call with usage), ``"cache_hit_rate"`` (cache reads / input
+  tokens), ``"cost_per_call_usd"`` (cost / calls with usage and a known price), ``"models":
+  [{"model", "calls", "share" (of the calls), "cost_usd"}]``; environments in the order
+  development, ..., staging, others, production.
+- ratio: ``{"production": [names], "flag_above": 0.5, "months": [{"month": "YYYY-MM",
+  "nonprod_cost_usd", "prod_cost_usd", "nonprod_calls", "prod_calls", "ratio" (non-prod /
+  prod cost, null without production cost), "one_to" (x of 1:x, null without non-prod cost),
+  "flagged" (worse than 1:2), "change" (ratio minus the previous month's)}], "trend":
+  {"direction": "improving"|"worsening"|"steady"|null, "slope_per_month": float|null}}``.
+- models: ``{"premium_usd_per_mtok": str|null, "rows": [{"week", "environment", "user",
+  "provider", "model", "calls", "refused_calls", "input_tokens", "output_tokens",
+  "cost_usd", "output_usd_per_mtok", "premium": bool, "premium_reasons": ["not_allowed",
+  "price"], "flagged": bool (premium outside production)}], "flagged": {"calls",
+  "cost_usd", "by_user": [{"user", "calls", "cost_usd"}]}}``.
+- savings: ``{"environments": [{"environment", ...SAVING, "models": [{"model", "provider",
+  "outcome": "keep"|"downgrade"|"block", "target", "calls", "cost_usd", "whatif_cost_usd",
+  "savings_usd", "unpriced_calls"}]}], "total": SAVING}`` where SAVING is ``{"calls",
+  "cost_usd", "whatif_cost_usd", "savings_usd", "savings_share", "downgraded_calls",
+  "blocked_calls", "blocked_cost_usd", "unpriced_calls"}`` (calls with usage and a price).
+- budgets: ``{"policies": PATH|null, "now": TIME, "budgets": [{"scope":
+  "environment"|"key"|"user", "name", "usd", "period", "period_start", "period_end",
+  "calls", "spent_usd", "used", "projected_usd", "projected_used", "alert_at": [float],
+  "status": "ok"|"alert"|"projected_over"|"over"}]}``.
+
+CSV: the report's rows with a header line and no total line (session: one line per model
+and per environment with a ``group`` column).
+
+Exit status: 0 report printed (an empty database prints an empty report), 1 no database, no
+such session, an unreadable file or policy file, 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from addon.paths import resolve_db_path
+from addon import spend_render as render
+from addon import spend_reports as reports
+from addon.paths import resolve_db_path, resolve_policies_path
+from addon.spend_render import render_session
+from addon.spend_reports import SCHEMA, TOTAL_KEYS, Selection, session_report
 from addon.store import reading
 
-SCHEMA = 1
-WIDTH = 80
-TOTAL_KEYS = (
-    "calls",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "unpriced_calls",
-    "no_usage_calls",
-    "cost_usd",
-)
+if TYPE_CHECKING:
+    from addon.policies import Policies
 
-LATEST_SESSION_SQL = """
-SELECT session_id FROM (
-    SELECT session_id, started_at AS t FROM sessions
-    UNION ALL
-    SELECT session_id, min(ts) AS t FROM calls
-    WHERE session_id NOT IN (SELECT session_id FROM sessions)
-    GROUP BY session_id
-)
-ORDER BY t DESC NULLS LAST, session_id DESC
-LIMIT 1
-"""
+__all__ = ["SCHEMA", "TOTAL_KEYS", "main", "render_session", "session_report"]
 
-SESSION_SQL = """
-SELECT ?::VARCHAR AS session_id,
-       coalesce(s.started_at, (SELECT min(ts) FROM calls WHERE session_id = ?)) AS started_at,
-       s.ended_at, s.hostname, s.pid, s.version
-FROM (SELECT 1) AS one
-LEFT JOIN sessions AS s ON s.session_id = ?
-"""
-
-# One pass: a row per model plus the grand total (GROUPING SETS).
-TOTALS_SQL = """
-SELECT
-    grouping(model) = 1 AS is_total,
-    model,
-    count(*) AS calls,
-    coalesce(sum(input_tokens), 0) AS input_tokens,
-    coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
-    coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
-    coalesce(sum(output_tokens), 0) AS output_tokens,
-    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-    count(*) FILTER (
-        WHERE cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)
-    ) AS unpriced_calls,
-    count(*) FILTER (
-        WHERE input_tokens IS NULL AND output_tokens IS NULL
-          AND coalesce(price_status, '') <> 'not_billed'
-    ) AS no_usage_calls,
-    sum(cost_usd) AS cost_usd
-FROM (
-    SELECT coalesce(model_reported, model_sent, '(unknown)') AS model, *
-    FROM calls
-    WHERE session_id = ?
-)
-GROUP BY GROUPING SETS ((model), ())
-ORDER BY is_total DESC, cost_usd DESC NULLS LAST, calls DESC, model
-"""
+CHART_DIMENSIONS = ("day", "week", "month")
 
 
-# -- helpers ------------------------------------------------------------------------------------
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit 2)."""
 
 
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.replace(tzinfo=UTC).isoformat()
+@dataclass(slots=True)
+class Job:
+    """One report: how to build it (database open), render it and, maybe, chart it."""
+
+    build: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]]
+    text: Callable[[dict[str, Any]], str]
+    csv: Callable[[dict[str, Any]], str]
+    chart_data: Callable[[duckdb.DuckDBPyConnection], Any] | None = None
+    chart: Callable[[dict[str, Any], Any, Path], None] | None = None
 
 
-def _decimal_str(value: Decimal | None) -> str | None:
-    """Exact, without trailing zeros or exponent: Decimal('0.0100350000') -> '0.010035'."""
-    if value is None:
-        return None
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "") else text
+# -- arguments ------------------------------------------------------------------------------------
 
 
-def _money(value: Decimal | None) -> str:
-    """For people: 6 decimals under $1, else 4 ('?' when unknown)."""
-    if value is None:
-        return "?"
-    places = Decimal("0.000001") if abs(value) < 1 else Decimal("0.0001")
-    return f"{value.quantize(places, rounding=ROUND_HALF_UP):,}"
-
-
-def _int(value: int) -> str:
-    return f"{value:,}"
-
-
-def _tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name IN ('calls', 'sessions')"
-    ).fetchone()
-    return bool(found and found[0] == 2)
-
-
-# -- reports (data) -----------------------------------------------------------------------------
-
-
-def _empty_totals() -> dict[str, Any]:
-    return {key: (None if key == "cost_usd" else 0) for key in TOTAL_KEYS}
-
-
-def session_report(con: duckdb.DuckDBPyConnection, db: Path, session_id: str | None) -> dict[str, Any]:
-    """The JSON-ready report of one session (the latest when ``session_id`` is None)."""
-    report: dict[str, Any] = {
-        "schema": SCHEMA,
-        "db": str(db),
-        "session": None,
-        "total": _empty_totals(),
-        "by_model": [],
-    }
-    if not _tables_exist(con):
-        return report
-    if session_id is None:
-        row = con.execute(LATEST_SESSION_SQL).fetchone()
-        if row is None:
-            return report
-        session_id = row[0]
-    srow = con.execute(SESSION_SQL, [session_id, session_id, session_id]).fetchone()
-    assert srow is not None
-    if srow[1] is None and srow[2] is None:  # no sessions row, no call
-        raise LookupError(f"no session {session_id!r} in {db}")
-    report["session"] = {
-        "session_id": srow[0],
-        "started_at": _iso(srow[1]),
-        "ended_at": _iso(srow[2]),
-        "hostname": srow[3],
-        "pid": srow[4],
-        "version": srow[5],
-    }
-    cur = con.execute(TOTALS_SQL, [session_id])
-    names = [d[0] for d in cur.description]
-    for values in cur.fetchall():
-        row_map = dict(zip(names, values, strict=True))
-        totals = {key: row_map[key] for key in TOTAL_KEYS}
-        totals["cost_usd"] = _decimal_str(totals["cost_usd"])
-        if row_map["is_total"]:
-            report["total"] = totals
-        else:
-            report["by_model"].append({"model": row_map["model"], **totals})
-    return report
-
-
-# -- reports (text) -----------------------------------------------------------------------------
-
-_HEADERS = ("calls", "input", "cached", "cache-w", "output", "reason", "cost $")
-
-
-def _cells(row: dict[str, Any]) -> list[str]:
-    cost = None if row["cost_usd"] is None else Decimal(row["cost_usd"])
-    money = _money(cost)
-    if cost is not None and row["unpriced_calls"]:
-        money += "*"  # some calls of the group have no known price
-    return [
-        _int(row["calls"]),
-        _int(row["input_tokens"]),
-        _int(row["cache_read_tokens"]),
-        _int(row["cache_write_tokens"]),
-        _int(row["output_tokens"]),
-        _int(row["reasoning_tokens"]),
-        money,
-    ]
-
-
-def _session_line(session: dict[str, Any]) -> str:
-    started = (session["started_at"] or "?")[:19].replace("T", " ")
-    if session["ended_at"]:
-        state = f"ended {session['ended_at'][:19].replace('T', ' ')} UTC"
-    elif _alive(session):
-        state = "running"
-    else:
-        state = "not closed (running elsewhere, or it stopped abruptly)"
-    return f"started {started} UTC, {state}"
-
-
-def _alive(session: dict[str, Any]) -> bool:
-    pid, host = session.get("pid"), session.get("hostname")
-    if not pid or host != socket.gethostname():
-        return False
+def _utc_naive(text: str, *, end: bool) -> datetime:
+    """A date or ISO time (UTC unless it says otherwise); a date-only end includes that day."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{text!r} is not a date (YYYY-MM-DD) or ISO time") from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    if end and len(text.strip()) == 10:
+        value += timedelta(days=1)
+    return value
 
 
-def render_session(report: dict[str, Any]) -> str:
-    """An aligned table in 80 columns (unless the numbers alone are wider).
-
-    Cost: ``?`` when no call of the row has a known price, a ``*`` suffix when some lack one.
-    """
-    lines = [f"database: {report['db']}"]
-    session = report["session"]
-    if session is None:
-        lines.append("No calls recorded yet.")
-        return "\n".join(lines) + "\n"
-    lines.insert(0, f"session {session['session_id']}")
-    lines.insert(1, _session_line(session))
-    total = report["total"]
-    if total["calls"] == 0:
-        lines.append("No calls in this session yet.")
-        return "\n".join(lines) + "\n"
-
-    body = [(row["model"], _cells(row)) for row in report["by_model"]]
-    footer = ("total", _cells(total))
-    if any(cells[-1].endswith("*") for _, cells in [*body, footer]):  # keep the decimals aligned
-        for _, cells in [*body, footer]:
-            cells[-1] = cells[-1] if cells[-1].endswith("*") else cells[-1] + " "
-    widths = [
-        max(len(_HEADERS[i]), *(len(cells[i]) for _, cells in [*body, footer])) for i in range(len(_HEADERS))
-    ]
-    longest = max(len(name) for name, _ in [*body, footer, ("model", [])])
-
-    # Two spaces between columns, one if that makes it fit; names still too long for the line
-    # go on a line of their own above their numbers (never cut).
-    def numbers_width(gap: int) -> int:
-        return 2 + sum(widths) + gap * (len(widths) - 1)
-
-    wrapped = longest + numbers_width(1) > WIDTH
-    model_width = len("model") if wrapped else longest
-    gap = 2 if model_width + numbers_width(2) <= WIDTH else 1
-
-    def fmt(name: str, cells: Sequence[str]) -> str:
-        numbers = (" " * gap).join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True))
-        return (name.ljust(model_width) + "  " + numbers).rstrip()
-
-    lines.append("")
-    lines.append(fmt("model", _HEADERS))
-    for name, cells in body:
-        if wrapped:
-            lines.append(name)
-            name = ""
-        lines.append(fmt(name, cells))
-    lines.append("-" * (model_width + numbers_width(gap)))
-    lines.append(fmt(*footer))
-    if total["unpriced_calls"]:
-        unknown = ", ".join(
-            f"{row['model']} ({row['unpriced_calls']})" for row in report["by_model"] if row["unpriced_calls"]
-        )
-        lines.append("")
-        lines.append(f"{total['unpriced_calls']} call(s) with no known price, not in the cost: {unknown}")
-    if total["no_usage_calls"]:
-        lines.append(
-            f"{total['no_usage_calls']} call(s) without usage (aborted or unreadable), not in the cost"
-        )
-    return "\n".join(lines) + "\n"
+def _now(args: argparse.Namespace) -> datetime:
+    raw = getattr(args, "now", None)
+    return _utc_naive(raw, end=False) if raw else datetime.now(UTC).replace(tzinfo=None)
 
 
-# -- command line -------------------------------------------------------------------------------
+def _selection(args: argparse.Namespace, now: datetime, default_since: str | None = None) -> Selection:
+    since, start_text, end_text = args.since, args.from_, args.to
+    if since and (start_text or end_text):
+        raise UsageError("use --since or --from/--to, not both")
+    start = end = None
+    if start_text:
+        start = _utc_naive(start_text, end=False)
+    if end_text:
+        end = _utc_naive(end_text, end=True)
+    if not (since or start_text or end_text) and default_since:
+        since = default_since
+    if since:
+        try:
+            start = now - reports.since_delta(since)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if end is None and getattr(args, "now", None):
+        end = now  # --now: the report as of then
+    if start is not None and end is not None and end <= start:
+        raise UsageError("--to must be after --from")
+
+    def values(attr: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in getattr(args, attr, None) or () if v.strip())
+
+    environments = values("env")
+    if environments:
+        from addon.policies import normalize_environment
+
+        environments = tuple(normalize_environment(e) for e in environments)
+    return Selection(
+        start=start,
+        end=end,
+        environments=environments,
+        models=values("model"),
+        providers=tuple(p.lower() for p in values("provider")),
+        teams=values("team"),
+        features=values("feature"),
+        users=values("user"),
+        keys=values("key"),
+        repos=values("repo"),
+    )
 
 
-def _cmd_session(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> dict[str, Any]:
-    return session_report(con, args.db_path, getattr(args, "session", None))
+def _policies(args: argparse.Namespace) -> Policies:
+    from addon.policies import load_policies
 
-
-COMMANDS: dict[
-    str,
-    tuple[
-        Callable[[duckdb.DuckDBPyConnection, argparse.Namespace], dict[str, Any]],
-        Callable[[dict[str, Any]], str],
-    ],
-] = {
-    "session": (_cmd_session, render_session),
-}
+    return load_policies(resolve_policies_path(getattr(args, "policies", "") or ""))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -323,28 +202,199 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="database file (default: $TOKOMETER_DB, else $XDG_DATA_HOME/tokometer/spend.duckdb)",
     )
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     common.add_argument(
+        "--format", choices=("table", "json", "csv"), default=argparse.SUPPRESS, help="output format"
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="= --format json")
+    common.add_argument("--now", metavar="TIME", default=argparse.SUPPRESS, help="report as of this UTC time")
+
+    session_opt = argparse.ArgumentParser(add_help=False)
+    session_opt.add_argument(
         "--session", metavar="ID", default=argparse.SUPPRESS, help="this session instead of the latest"
     )
+
+    span = argparse.ArgumentParser(add_help=False)
+    span.add_argument("--since", metavar="AGE", help="the last AGE: 30m, 24h, 7d, 2w")
+    span.add_argument("--from", dest="from_", metavar="DATE", help="from this date or time (UTC)")
+    span.add_argument("--to", metavar="DATE", help="to this date (included) or time (UTC)")
+
+    def filters(with_env: bool = True) -> argparse.ArgumentParser:
+        parent = argparse.ArgumentParser(add_help=False)
+        if with_env:
+            parent.add_argument("--env", action="append", metavar="NAME", help="only this environment")
+        parent.add_argument("--model", action="append", metavar="GLOB", help="only models matching")
+        parent.add_argument("--provider", action="append", metavar="NAME")
+        parent.add_argument("--team", action="append", metavar="NAME")
+        parent.add_argument("--feature", action="append", metavar="NAME")
+        parent.add_argument("--user", action="append", metavar="NAME", help="OS user of the caller")
+        parent.add_argument("--key", action="append", metavar="NAME", help="key name or fingerprint")
+        parent.add_argument("--repo", action="append", metavar="NAME")
+        return parent
+
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument(
+        "--policies",
+        metavar="PATH",
+        default="",
+        help="policy file (default: $TOKOMETER_POLICIES, else the checkout's policies.yaml)",
+    )
+    chart = argparse.ArgumentParser(add_help=False)
+    chart.add_argument("--chart", metavar="FILE.png", type=Path, help="also write a PNG chart")
+
     parser = argparse.ArgumentParser(
-        prog="spend", description="What your metered LLM calls cost.", parents=[common]
+        prog="spend", description="What your metered LLM calls cost.", parents=[common, session_opt]
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("session", parents=[common], help="one session's calls, tokens and cost (default)")
+    s = sub.add_parser(
+        "session", parents=[common, session_opt], help="one session's calls, tokens and cost (default)"
+    )
+    s.add_argument("id", nargs="?", metavar="ID", help="session id (default: the latest)")
+    s = sub.add_parser("sessions", parents=[common], help="the newest sessions")
+    s.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    sub.add_parser(
+        "summary", parents=[common, span, filters()], help="environments side by side (default: last 7 days)"
+    )
+    s = sub.add_parser("by", parents=[common, span, filters(), chart], help="totals per env, model, ..., day")
+    s.add_argument(
+        "dimension",
+        choices=tuple(reports.DIMENSIONS),
+        metavar="DIMENSION",
+        help=", ".join(reports.DIMENSIONS),
+    )
+    sub.add_parser(
+        "ratio", parents=[common, span, filters(with_env=False), chart], help="non-prod : prod cost per month"
+    )
+    s = sub.add_parser(
+        "models", parents=[common, span, filters(), policy], help="weekly model use, premium flagged"
+    )
+    s.add_argument("--week", action="store_true", help="this week (the default)")
+    s.add_argument("--weeks", type=int, metavar="N", help="the last N weeks, this one included")
+    s.add_argument(
+        "--premium-above",
+        metavar="USD",
+        help="premium: output above USD per million tokens (overrides policies)",
+    )
+    s.add_argument("--flagged", action="store_true", help="only premium use outside production")
+    sub.add_parser(
+        "savings", parents=[common, span, filters(), policy], help="what the downgrade targets would save"
+    )
+    sub.add_parser("budgets", parents=[common, policy], help="budgets: cap, spent, projection")
     return parser
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
+
+
+def _job(command: str, args: argparse.Namespace) -> Job:
+    """Everything that needs no database: arguments checked, the policy file read."""
+    db = args.db_path
+    now = _now(args)
+    if (
+        getattr(args, "chart", None) is not None
+        and command == "by"
+        and args.dimension not in CHART_DIMENSIONS
+    ):
+        raise UsageError("--chart draws spend per day, week or month: use it with by day|week|month")
+    if command == "session":
+        given = getattr(args, "id", None)
+        option = getattr(args, "session", None)
+        if given and option and given != option:
+            raise UsageError("give the session id once")
+        session_id = given or option
+        return Job(lambda con: session_report(con, db, session_id), render.render_session, render.csv_session)
+    if command == "sessions":
+        if args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        return Job(
+            lambda con: reports.sessions_report(con, db, args.limit),
+            render.render_sessions,
+            render.csv_sessions,
+        )
+    if command == "summary":
+        sel = _selection(args, now, default_since="7d")
+        return Job(
+            lambda con: reports.summary_report(con, db, sel), render.render_summary, render.csv_summary
+        )
+    if command == "by":
+        sel = _selection(args, now)
+        unit = args.dimension
+        return Job(
+            lambda con: reports.by_report(con, db, unit, sel),
+            render.render_by,
+            render.csv_by,
+            chart_data=lambda con: reports.spend_by_period_and_environment(con, unit, sel),
+            chart=lambda report, data, path: render.chart_stacked(data, unit, path),
+        )
+    if command == "ratio":
+        sel = _selection(args, now)
+        return Job(
+            lambda con: reports.ratio_report(con, db, sel),
+            render.render_ratio,
+            render.csv_ratio,
+            chart=lambda report, data, path: render.chart_ratio(report, path),
+        )
+    if command == "models":
+        if args.weeks is not None and args.weeks < 1:
+            raise UsageError("--weeks must be at least 1")
+        if not (args.since or args.from_ or args.to):
+            monday = datetime(now.year, now.month, now.day) - timedelta(days=now.weekday())
+            args.from_ = (monday - timedelta(weeks=(args.weeks or 1) - 1)).isoformat()
+        elif args.week or args.weeks:
+            raise UsageError("use --week/--weeks or --since/--from/--to, not both")
+        sel = _selection(args, now)
+        policies = _policies(args)
+        threshold = policies.premium_usd_per_mtok
+        if args.premium_above is not None:
+            try:
+                threshold = Decimal(args.premium_above)
+            except InvalidOperation:
+                raise UsageError(f"--premium-above {args.premium_above!r} is not a number") from None
+        return Job(
+            lambda con: reports.models_report(
+                con, db, sel, policies, threshold, now, flagged_only=args.flagged
+            ),
+            render.render_models,
+            render.csv_models,
+        )
+    if command == "savings":
+        sel = _selection(args, now)
+        policies = _policies(args)
+        return Job(
+            lambda con: reports.savings_report(con, db, sel, policies),
+            render.render_savings,
+            render.csv_savings,
+        )
+    if command == "budgets":
+        policies = _policies(args)
+        return Job(
+            lambda con: reports.budgets_report(con, db, policies, now),
+            render.render_budgets,
+            render.csv_budgets,
+        )
+    raise UsageError(f"unknown command {command!r}")  # pragma: no cover (argparse checks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``spend``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     command = args.command or "session"
     args.db_path = resolve_db_path(getattr(args, "db", "") or "").absolute()
-    as_json = getattr(args, "json", False)
-    build, render = COMMANDS[command]
+    fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
+    chart_path: Path | None = getattr(args, "chart", None)
     try:
-        with reading(args.db_path) as con:
-            report = build(con, args)
+        job = _job(command, args)
+    except UsageError as exc:
+        parser.error(str(exc))
+    except ValueError as exc:  # PolicyError
+        print(f"spend: policies: {exc}", file=sys.stderr)
+        return 1
+    chart_data = None
+    try:
+        with reading(args.db_path) as con:  # closed at once: the proxy's writer waits meanwhile
+            report = job.build(con)
+            if chart_path is not None and job.chart_data is not None:
+                chart_data = job.chart_data(con)
     except FileNotFoundError:
         print(
             f"spend: no database at {args.db_path}\n"
@@ -358,10 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LookupError as exc:
         print(f"spend: {exc.args[0]}", file=sys.stderr)
         return 1
-    if as_json:
-        print(json.dumps(report, indent=2))
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    elif fmt == "csv":
+        sys.stdout.write(job.csv(report))
     else:
-        sys.stdout.write(render(report))
+        sys.stdout.write(job.text(report))
+    if chart_path is not None and job.chart is not None:
+        try:
+            job.chart(report, chart_data, chart_path)
+        except OSError as exc:
+            print(f"spend: cannot write the chart {chart_path}: {exc}", file=sys.stderr)
+            return 1
+        print(f"spend: chart written to {chart_path}", file=sys.stderr)
     return 0
 
 
