@@ -4,7 +4,9 @@ The environment is decided by the first rule that gives one, and the row
 records which rule decided (``environment_source``):
 
 1. ``header``: the X-Metering-Tags request header, a JSON object such as
-   ``{"env": "development", "team": "backend", "feature": "search"}``;
+   ``{"env": "development", "team": "backend", "feature": "search"}``, unless
+   the API key is mapped to another environment or the claimed environment
+   forbids header claims (``allow_header_claims: false``): no escalation by header;
 2. ``key``: the API key's entry in policies.yaml ``keys:``;
 3. ``process``: the calling process's APP_ENV (names configurable);
 4. ``forced`` (the proxy's own TOKOMETER_ENVIRONMENT) or ``host`` (a
@@ -116,8 +118,21 @@ def attribute(
     key = policies.key_for(fingerprint, api_key)
     process_env = _first_var(process, settings.environment_vars)
 
-    if tags.environment:
-        environment, source = tags.environment, "header"
+    claimed = tags.environment
+    if claimed and key is not None and key.environment and claimed != key.environment:
+        problems.append(
+            f"{TAGS_HEADER} env {claimed!r} ignored: the API key {key.name!r} belongs to "
+            f"{key.environment} (policies.yaml)"
+        )
+        claimed = None
+    elif claimed and not policies.environment(claimed).allow_header_claims:
+        problems.append(
+            f"{TAGS_HEADER} env {claimed!r} ignored: {claimed} does not allow header claims (policies.yaml)"
+        )
+        claimed = None
+
+    if claimed:
+        environment, source = claimed, "header"
     elif key is not None and key.environment:
         environment, source = key.environment, "key"
     elif process_env:

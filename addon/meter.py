@@ -9,6 +9,7 @@ the store. Any failure here is logged and the traffic passes unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -39,6 +40,7 @@ from addon.providers import Provider, provider_for_host
 from addon.record import CallRecord
 from addon.store import Store, reading
 from addon.stream_tap import StreamTap
+from addon.token_estimate import estimate_usage
 from addon.usage import Metered
 
 log = logging.getLogger("tokometer")
@@ -70,6 +72,7 @@ class CallState:
     tags_header: str | None = None
     process: asyncio.Future[ClientProcess] | None = None
     errors: list[str] = field(default_factory=list)
+    request_body: dict[str, Any] | None = None
     injected_usage: bool = False
     notice: str | None = None  # X-Tokometer-Notice for the client (a downgrade)
     refusal: str | None = None  # why the proxy answered the call itself
@@ -100,8 +103,25 @@ def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _billable(record: CallRecord) -> bool:
+    """Whether the provider likely billed a call (it was sent and not answered with an error)."""
+    sent = record.action in ("allowed", "downgraded")
+    return sent and (record.status_code is None or record.status_code < 400)
+
+
+def _reached_upstream(flow: http.HTTPFlow) -> bool:
+    """True once the request may have reached the provider (a connection to it was set up)."""
+    server = flow.server_conn
+    return (
+        server is not None
+        and server.timestamp_tcp_setup is not None
+        and flow.request.timestamp_end is not None
+    )
+
+
 def _dump_json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()
+    # ensure_ascii (the default) also carries lone surrogates ("\ud83d") through as escapes.
+    return json.dumps(body).encode()
 
 
 async def _off_loop_if_large[A, T](func: Callable[[A], T], data: A, size: int | None = None) -> T:
@@ -127,6 +147,7 @@ class Meter:
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
+        self._estimates: set[asyncio.Future[None]] = set()  # estimates under way (kept referenced)
         self.hostname = socket.gethostname()
         self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
 
@@ -202,9 +223,15 @@ class Meter:
         if self._watch_task is not None:
             self._watch_task.cancel()
             self._watch_task = None
+        # mitmproxy calls `done` before `error` for flows still streaming: record them now.
+        for flow, state in list(self._calls.items()):
+            if not state.finished and state.tap is not None:
+                with contextlib.suppress(Exception):
+                    state.errors.append("proxy shut down mid-call")
+                    metered = state.tap.result() if state.tap else Metered()
+                    self._finish(flow, state, metered, aborted=True, now=True)
         if self.store is not None:
-            self.store.close()
-            self.store = None
+            self.store.close()  # a call finishing after this lands in the journal, replayed at next start
 
     async def _watch_policies(self) -> None:
         """Pick up edits of policies.yaml; an invalid edit leaves the last good policy in force."""
@@ -353,6 +380,7 @@ class Meter:
         await self._attribute(state)
         record = state.record
         body = await self._request_json(flow, state)
+        state.request_body = body  # in memory only: an offline estimate if no usage comes back
         if body is not None:
             model = body.get("model")
             if isinstance(model, str):
@@ -370,21 +398,30 @@ class Meter:
         if decision.refusal is not None:
             flow.response = decision.refusal  # answered here: upstream is never contacted
             state.refusal = decision.message
+            record.model_sent = None  # nothing was sent
             return
         if body is None:
             return
-        rewrite = False
-        if decision.action == "downgraded" and decision.model_sent:
-            body["model"] = record.model_sent = decision.model_sent
-            state.notice = decision.notice
-            rewrite = True
-        if record.streamed and record.api_flavor in state.provider.usage_opt_in_flavors:
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
+        inject = record.streamed and record.api_flavor in state.provider.usage_opt_in_flavors
+        if inject:
             options = body.get("stream_options")
-            if options is None or (isinstance(options, dict) and options.get("include_usage") is not True):
-                body["stream_options"] = {**(options or {}), "include_usage": True}
-                state.injected_usage = rewrite = True
-        if rewrite:
-            flow.request.content = await _off_loop_if_large(_dump_json, body)
+            inject = options is None or (
+                isinstance(options, dict) and options.get("include_usage") is not True
+            )
+        if not (downgrade or inject):
+            return
+        if downgrade:
+            body["model"] = downgrade
+        if inject:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        # Only once the new body is in place does the row (and the client's notice) say so.
+        flow.request.content = await _off_loop_if_large(
+            _dump_json, body, len(flow.request.raw_content or b"")
+        )
+        if downgrade:
+            record.model_sent, state.notice = downgrade, decision.notice
+        state.injected_usage = inject
 
     @staticmethod
     async def _request_json(flow: http.HTTPFlow, state: CallState) -> dict[str, Any] | None:
@@ -457,7 +494,9 @@ class Meter:
 
     # -- finishing -----------------------------------------------------------
 
-    def _finish(self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool) -> None:
+    def _finish(
+        self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool, now: bool = False
+    ) -> None:
         state.finished = True
         record = state.record
         start = flow.request.timestamp_start
@@ -482,12 +521,42 @@ class Meter:
         record.set_usage(metered.usage)
         if metered.error:
             state.errors.append(metered.error)
-        if response is None and metered.usage is None:
-            # No answer from upstream at all: nothing was billed.
+        if response is None and metered.usage is None and not _reached_upstream(flow):
+            # The request never went out (no connection, refused connect): nothing was billed.
             record.cost_usd, record.price_status = Decimal(0), "not_billed"
         if state.errors:
             record.error = "; ".join(state.errors)[:1000]
+        body, state.request_body = state.request_body, None
+        if metered.usage is None and record.price_status is None and _billable(record) and body is not None:
+            # No usage reported, yet the provider likely billed: count the tokens ourselves.
+            if now:
+                self._estimate(record, body, metered.output_text)
+                self._submit(record)
+            else:
+                task = asyncio.ensure_future(self._estimate_then_submit(record, body, metered.output_text))
+                self._estimates.add(task)
+                task.add_done_callback(self._estimates.discard)
+            return
+        self._submit(record)
+
+    def _submit(self, record: CallRecord) -> None:
         if self.store is None:
             log.error("tokometer: no store; call %s not recorded", record.id)
             return
-        self.store.submit(record)
+        self.store.submit(record)  # after close() this goes to a journal for the next start
+
+    async def _estimate_then_submit(self, record: CallRecord, body: dict[str, Any], text: str | None) -> None:
+        try:
+            await asyncio.to_thread(self._estimate, record, body, text)
+        finally:
+            self._submit(record)
+
+    @staticmethod
+    def _estimate(record: CallRecord, body: dict[str, Any], text: str | None) -> None:
+        """Fill the row's usage with tiktoken counts (usage_source 'estimated'); never raises."""
+        try:
+            usage = estimate_usage(record.api_flavor, body, text, record.model_sent)
+        except Exception as exc:
+            log.debug("tokometer: no estimate for call %s: %s", record.id, exc)
+            return
+        record.set_usage(usage, source="estimated")

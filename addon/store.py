@@ -39,6 +39,8 @@ log = logging.getLogger("tokometer")
 Listener = Callable[[list[CallRecord]], None]
 
 MAX_ROWS_PER_INSERT = 500
+# Past this size the journal is rewritten with only the calls still queued after a flush.
+JOURNAL_COMPACT_BYTES = 1 << 20
 BUSY_LOG_AFTER = 10.0  # seconds the file may stay locked by others before we say so
 _TS_INDEX = COLUMNS.index("ts")
 _ROW_SQL = "(" + ", ".join("?" * len(COLUMNS)) + ")"
@@ -339,6 +341,36 @@ class Store:
                 log.warning("tokometer: journal write failed (%s): calls are kept in memory", exc)
                 self._journal_failed = True
 
+    def _compact_journal(self) -> None:
+        """Rewrite the journal with only the calls still queued (caller holds ``_lock``).
+
+        Under steady traffic the queue is never empty right after a flush, so the
+        journal would only grow. The new file is written and locked first, then
+        renamed over the old one: a crash at any point leaves a complete journal.
+        """
+        assert self._fd is not None
+        tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("tokometer: could not compact journal: %s", exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            data = "".join(record.to_json() + "\n" for record in self._queue).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.replace(tmp, self.journal_path)
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("tokometer: could not compact journal: %s", exc)
+            return
+        os.close(self._fd)
+        self._fd, self._journal_bytes = fd, len(data)
+
     def _late_submit(self, record: CallRecord, line: bytes | None) -> None:
         """A call finished after ``close``: leave it in a journal for the next start to replay."""
         if line is None:
@@ -492,6 +524,8 @@ class Store:
                         self._journal_bytes = 0
                     except OSError as exc:
                         log.warning("tokometer: could not truncate journal: %s", exc)
+                elif self._journal_bytes > JOURNAL_COMPACT_BYTES:
+                    self._compact_journal()
             if not failed:
                 self._recovered()
         return True

@@ -42,15 +42,15 @@ def test_header_decides_first_and_keeps_other_keys() -> None:
     got = attribute(
         policies=POLICIES,
         header='{"env": "prod", "team": "backend", "feature": "search", "ticket": "T-1", "n": 2}',
-        api_key=KEY,
-        fingerprint=key_fingerprint(KEY),
+        api_key="sk-unmapped",
+        fingerprint=key_fingerprint("sk-unmapped"),
         process=proc(APP_ENV="staging", TEAM="ops"),
         hostname="ci-runner-1",
     )
     assert (got.environment, got.environment_source) == ("production", "header")
     assert (got.team, got.feature) == ("backend", "search")
     assert json.loads(got.tags or "") == {"n": 2, "ticket": "T-1"}
-    assert got.key_name == "ci-openai" and got.problems == []
+    assert got.key_name is None and got.problems == []
 
 
 def test_key_by_fingerprint_then_by_last_four() -> None:
@@ -104,3 +104,28 @@ def test_bad_header_is_ignored_with_a_reason(header: str, why: str) -> None:
     assert (got.environment, got.environment_source) == ("staging", "process")
     assert len(got.problems) == 1 and why in got.problems[0]
     assert parse_tags_header(header).problem == got.problems[0]
+
+
+def test_a_header_cannot_move_a_mapped_key_elsewhere() -> None:
+    got = attribute(
+        policies=POLICIES,
+        header='{"env": "production", "team": "x"}',
+        api_key=KEY,
+        fingerprint=key_fingerprint(KEY),
+    )
+    assert (got.environment, got.environment_source) == ("staging", "key")
+    assert got.team == "x"  # team and feature may still come from the header
+    assert got.problems == [
+        "X-Metering-Tags env 'production' ignored: the API key 'ci-openai' belongs to staging (policies.yaml)"
+    ]
+
+
+def test_environments_can_forbid_header_claims() -> None:
+    policies = parse_policies("environments:\n  production:\n    allow_header_claims: false\n  staging: {}\n")
+    denied = attribute(policies=policies, header='{"env": "production"}', process=proc(APP_ENV="dev"))
+    assert (denied.environment, denied.environment_source) == ("development", "process")
+    assert denied.problems == [
+        "X-Metering-Tags env 'production' ignored: production does not allow header claims (policies.yaml)"
+    ]
+    allowed = attribute(policies=policies, header='{"env": "staging"}')
+    assert (allowed.environment, allowed.environment_source, allowed.problems) == ("staging", "header", [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ from addon.api_keys import key_fingerprint
 from addon.interception import Interception
 from addon.meter import Meter
 from addon.record import CallRecord
+from addon.token_estimate import estimate_input
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPENAI_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123"
@@ -154,7 +156,8 @@ async def test_gzip_stream_with_injection_is_forwarded_decoded(meter: Meter) -> 
     upstream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
     client_bytes = feed(flow, gzip.compress(upstream), 5)
     await meter.response(flow)
-    assert client_bytes.startswith(upstream[:50]) and b'"choices":[]' not in client_bytes
+    upstream_events = [e for e in upstream.split(b"\n\n") if e]
+    assert client_bytes == upstream.replace(upstream_events[-2] + b"\n\n", b"")
     assert meter.store.records[0].output_tokens == 14  # type: ignore[union-attr]
 
 
@@ -235,10 +238,41 @@ async def test_upstream_error_is_recorded_unbilled_status(meter: Meter) -> None:
 async def test_upstream_unreachable_is_recorded_not_billed(meter: Meter) -> None:
     flow = make_flow("https://api.openai.com/v1/chat/completions", {"model": "gpt-4o", "messages": []})
     await run_request(meter, flow)
+    flow.server_conn.timestamp_tcp_setup = None  # never connected
     flow.error = tflow.terr("Connection refused")
     meter.error(flow)
     [rec] = meter.store.records  # type: ignore[union-attr]
     assert rec.status_code is None and rec.price_status == "not_billed" and rec.cost_usd == 0
+
+
+async def test_abort_after_the_request_went_out_is_estimated_not_called_free(meter: Meter) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Count the stars tonight."}]}
+    flow = make_flow("https://api.openai.com/v1/chat/completions", body)
+    await run_request(meter, flow)
+    assert flow.server_conn.timestamp_tcp_setup is not None and flow.request.timestamp_end is not None
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)
+    records = meter.store.records  # type: ignore[union-attr]
+    for _ in range(300):  # the estimate runs in a worker thread, then the row is submitted
+        if records:
+            break
+        await asyncio.sleep(0.01)
+    [rec] = records
+    assert rec.aborted is True and rec.price_status is None  # priced by the store like any call
+    assert rec.usage_source == "estimated"
+    assert rec.input_tokens == estimate_input("chat", body, "gpt-4o") and rec.output_tokens == 0
+
+
+async def test_rewritten_body_keeps_lone_surrogates_and_the_row_tells_the_truth(meter: Meter) -> None:
+    raw = (
+        b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "cut \\ud83d"}]}'
+    )
+    flow = make_flow("https://api.openai.com/v1/chat/completions", raw)
+    await run_request(meter, flow)
+    sent = json.loads(flow.request.content)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["messages"][0]["content"] == "cut \ud83d"
+    assert meter.call_state(flow).injected_usage is True  # type: ignore[union-attr]
 
 
 def test_interception_only_provider_hosts_lazy_and_loopback() -> None:

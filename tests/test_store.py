@@ -468,3 +468,25 @@ def test_a_killed_proxy_loses_nothing(db: Path) -> None:
     assert after.stats.replayed == 5
     assert not journal.exists()
     assert rows(db, "SELECT count(*), sum(cost_usd) FROM calls") == [(5, 5 * GPT4O_COST)]
+
+
+def test_journal_is_compacted_to_the_calls_still_queued(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    for i in range(5):
+        store.submit(make_record(i))
+    assert store.flush()
+    assert store.journal_path.read_bytes() == b""  # all stored: truncated
+    for i in range(5, 8):
+        store.submit(make_record(i))
+    before = store.journal_path.stat().st_ino
+    with store._lock:
+        store._compact_journal()
+    lines = store.journal_path.read_bytes().splitlines()
+    assert [CallRecord.from_json(line).id for line in lines] == ["s1-0005", "s1-0006", "s1-0007"]
+    assert store.journal_path.stat().st_ino != before  # a new file, renamed into place
+    assert oct(store.journal_path.stat().st_mode & 0o777) == "0o600"
+    store.submit(make_record(8))  # appends to the new journal
+    assert len(store.journal_path.read_bytes().splitlines()) == 4
+    store.close()
+    assert rows(db, "SELECT count(*) FROM calls") == [(9,)]

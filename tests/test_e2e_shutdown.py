@@ -1,0 +1,38 @@
+"""End to end: what happens to calls in flight when the proxy stops."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import CLIENTS, ProxyProcess
+from fakeprovider import FakeProvider
+from test_e2e import chat_usage, fake_headers, tag
+
+
+def test_sigterm_mid_stream_keeps_the_call(proxy: ProxyProcess, fake_provider: FakeProvider) -> None:
+    """mitmproxy calls `done` before `error` for a stream still running: the row must not be lost."""
+    t = tag()
+    gate_name = f"gate-{t}"
+    gate = fake_provider.gate(gate_name)
+    argv = [sys.executable, str(CLIENTS / "openai_client.py"), "chat", "--stream"]
+    for h in fake_headers(t, chat_usage(300, 50), gate=gate_name):
+        argv += ["--header", h]
+    client = subprocess.Popen(
+        argv, env=proxy.client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert client.stdout is not None
+        first = json.loads(client.stdout.readline())
+        assert first["event"] == "chunk"  # the stream is running, upstream holds the rest
+        assert proxy.terminate() is not None
+    finally:
+        gate.set()
+        client.kill()
+        client.communicate()
+    [row] = proxy.rows()
+    assert (row["streamed"], row["aborted"], row["status_code"]) == (True, True, 200)
+    assert "proxy shut down mid-call" in row["error"]
+    # No usage chunk arrived before the stop: the row carries tiktoken's estimate of the prompt.
+    assert row["usage_source"] == "estimated" and row["input_tokens"] > 0
