@@ -109,6 +109,17 @@ class Enforcer:
             )
         return decision
 
+    def refuse_model(self, provider: str, environment: str, model: str, reason: str) -> Decision:
+        """A model that would be downgraded but cannot be rewritten: refused, saying why."""
+        allowed = list(self.policies.environment(environment).models.allow)
+        message = f"{blocked_message(environment, model, allowed)} ({reason})"
+        return Decision(
+            "blocked",
+            model,
+            refusal=refusal_response(provider, 403, message, kind="blocked"),
+            message=message,
+        )
+
     def record_spend(self, records: list[CallRecord]) -> list[BudgetAlert]:
         """Count finished calls against their budgets (the store's writer thread calls this)."""
         alerts: list[BudgetAlert] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 
 from mitmproxy import ctx
 
@@ -32,6 +33,13 @@ class Interception:
     actual listener is not loopback; scripts/proxy passes --listen-host).
     """
 
+    def __init__(self, patterns: Callable[[], list[str]] = allow_host_patterns) -> None:
+        self._patterns = patterns  # the provider hosts in force (policies.yaml may add some)
+
+    def refresh(self) -> None:
+        """Intercept any provider host added since (policies.yaml ``providers:`` edited)."""
+        self.configure(set())
+
     def running(self) -> None:
         """Warn when the proxy actually listens beyond loopback."""
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -47,7 +55,7 @@ class Interception:
     def configure(self, updated: set[str]) -> None:
         changes: dict[str, object] = {}
         current = list(ctx.options.allow_hosts)
-        missing = [p for p in allow_host_patterns() if p not in current]
+        missing = [p for p in self._patterns() if p not in current]
         if missing:
             changes["allow_hosts"] = current + missing
         if ctx.options.connection_strategy != "lazy":

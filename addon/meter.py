@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 import uuid
 import weakref
@@ -32,11 +33,15 @@ from mitmproxy import ctx, exceptions, http
 from addon.api_keys import find_api_key, key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.budgets import alert_event, policy_event
+from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Enforcer
+from addon.live_state import LiveState, live_path, today_baseline
+from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
-from addon.policies import Policies, PolicyError, PolicyFile
-from addon.providers import Provider, provider_for_host
+from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
+from addon.pricing import Pricer
+from addon.providers import Provider, Registry, custom_provider
 from addon.record import CallRecord
 from addon.store import Store, reading
 from addon.stream_tap import StreamTap
@@ -103,6 +108,10 @@ def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _parse_body(provider: Provider, flavor: str, headers: dict[str, str], body: bytes) -> Metered:
+    return provider.parse_response(flavor, body, headers)
+
+
 def _billable(record: CallRecord) -> bool:
     """Whether the provider likely billed a call (it was sent and not answered with an error)."""
     sent = record.action in ("allowed", "downgraded")
@@ -137,6 +146,12 @@ class Meter:
     def __init__(self) -> None:
         self.session_id = new_session_id()
         self.enforcer = Enforcer(Policies())
+        self.registry = Registry()
+        self.pricer = Pricer(price_provider=self.registry.price_provider)
+        self.on_providers_changed: Callable[[], None] | None = None  # set by the entry script
+        self.call_log = CallLog(log.info, color=use_color(sys.stdout))
+        self.notifier = Notifier(NotificationSettings())
+        self.live: LiveState | None = None
         self.policies_path = default_policies_path()
         self.policy_file: PolicyFile | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -176,8 +191,18 @@ class Meter:
             "",
             "policies.yaml to enforce (default: $TOKOMETER_POLICIES, else policies.yaml of the checkout).",
         )
+        loader.add_option(
+            "tokometer_log",
+            str,
+            DEFAULT_LOG_LEVEL,
+            "Per-call lines in the proxy's terminal: quiet (none), calls (one line per call), "
+            "debug (also how each call was attributed).",
+            choices=LOG_LEVELS,
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "tokometer_log" in updated:
+            self.call_log.level = ctx.options.tokometer_log
         if "tokometer_policies" in updated:
             path = resolve_policies_path(ctx.options.tokometer_policies)
             policy_file = PolicyFile(path)
@@ -191,7 +216,7 @@ class Meter:
                 self._refused_start = True
                 return
             self.policy_file, self.policies_path = policy_file, path
-            self.enforcer.set_policies(policies)
+            self._apply(policies)
         if "tokometer_db" in updated:
             db_path = resolve_db_path(ctx.options.tokometer_db)
             if self.store is not None and db_path != self.db_path:
@@ -232,6 +257,29 @@ class Meter:
                     self._finish(flow, state, metered, aborted=True, now=True)
         if self.store is not None:
             self.store.close()  # a call finishing after this lands in the journal, replayed at next start
+        if self.live is not None:
+            self.live.close()
+        self.notifier.close(2.0)
+
+    def _apply(self, policies: Policies) -> None:
+        """Put policies in force: rules, provider hosts, Azure deployments and prices."""
+        self.enforcer.set_policies(policies)
+        self.notifier.set_settings(policies.notifications)
+        registry = Registry(
+            custom=tuple(
+                custom_provider(p.name, p.host, p.port, p.api, p.pricing_provider)
+                for p in getattr(policies, "providers", ())
+            ),
+            azure_deployments=getattr(policies, "azure_deployments", None),
+        )
+        self.registry = registry
+        self.pricer = Pricer(getattr(policies, "prices", ()), price_provider=registry.price_provider)
+        if self.on_providers_changed is not None:
+            self.on_providers_changed()
+
+    def _price(self, record: CallRecord) -> None:
+        """The store's pricer (writer thread): whatever prices are in force now."""
+        self.pricer(record)
 
     async def _watch_policies(self) -> None:
         """Pick up edits of policies.yaml; an invalid edit leaves the last good policy in force."""
@@ -246,7 +294,7 @@ class Meter:
                 log.exception("tokometer: checking %s failed", policy_file.path)
                 continue
             if policies is not None and policy_file is self.policy_file:
-                self.enforcer.set_policies(policies)
+                self._apply(policies)
                 message = problem or f"{policy_file.path} reloaded"
                 log.log(logging.WARNING if problem else logging.INFO, "tokometer: %s", message)
                 self._policy_event("policy_reloaded", message)
@@ -258,26 +306,35 @@ class Meter:
         assert self.db_path is not None
         from addon import __version__
 
-        store = Store(self.db_path, self.session_id, version=__version__)
-        store.start()
+        store = Store(self.db_path, self.session_id, version=__version__, pricer=self._price)
+        store.start()  # replays journals left by a crash first, so the loads below see them
+        live = LiveState(live_path(self.db_path), self.session_id)
+        now = datetime.now(UTC)
         try:  # spend so far in each budget's period: loaded once, then kept up by the listener
             with reading(self.db_path) as con:
                 self.enforcer.budgets.load(con)
+                live.load_baseline(today_baseline(con, now), now.date())
         except Exception as exc:  # budgets then count from this session on
             log.warning("tokometer: could not load spend for budgets from %s: %s", self.db_path, exc)
+        live.set_budgets(self.enforcer.budgets.status(now))
+        live.start()
+        self.live = live
         store.add_listener(self._on_finished)
+        store.add_listener(self.call_log)
         self.store = store
 
     def _on_finished(self, records: list[CallRecord]) -> None:
-        """Writer thread, right after pricing: count calls against budgets; announce thresholds."""
+        """Writer thread, right after pricing: budgets, their alerts, the live-state file."""
         alerts = self.enforcer.record_spend(records)
-        if not alerts:
-            return
         now = datetime.now(UTC)
         for alert in alerts:
             log.warning("tokometer: %s", alert.message())
+            self.notifier.notify_alert(alert)
             if self.store is not None:
                 self.store.submit_event(alert_event(alert, self.session_id, now))
+        if self.live is not None:
+            self.live.record(records)
+            self.live.set_budgets(self.enforcer.budgets.status(now))
 
     def _policy_event(self, kind: str, message: str) -> None:
         if self.store is not None:
@@ -292,18 +349,18 @@ class Meter:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Runs before map_remote and friends: pretty_host is the host the client asked for.
         host = flow.request.pretty_host
-        provider = provider_for_host(host)
+        provider = self.registry.for_host(host, flow.request.port)
         if provider is None:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
         if flow.request.method != "POST":
             return
-        path = flow.request.path.split("?", 1)[0]
-        flavor = provider.flavor_for_path(path)
+        path, _, query = flow.request.path.partition("?")
+        flavor = provider.flavor_for_path(flow.request.path)
         if flavor is None:
             return
-        key = find_api_key(flow.request.headers, provider.key_headers)
+        key = self._api_key(provider, flow.request.headers, query)
         record = CallRecord(
             id=uuid.uuid4().hex,
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -311,7 +368,7 @@ class Meter:
             environment=self.policies.default_environment,
             provider=provider.name,
             host=host.lower(),
-            path=path,
+            path=path,  # never the query string: Gemini may carry the key there
             api_flavor=flavor,
             key_fingerprint=key_fingerprint(key) if key else None,
         )
@@ -322,6 +379,14 @@ class Meter:
             tags_header=tags_header,
             process=self._client_process(flow),
         )
+
+    @staticmethod
+    def _api_key(provider: Provider, headers: http.Headers, query: str) -> str | None:
+        """The caller's API key (or, for signed requests, its stable key id)."""
+        if provider.key_from_header is not None:
+            raw = headers.get("authorization")
+            return provider.key_from_header(raw) if raw else None
+        return find_api_key(headers, provider.key_headers) or provider.key_in_query(query)
 
     def _client_process(self, flow: http.HTTPFlow) -> asyncio.Future[ClientProcess] | None:
         """Start (once per client connection) the lookup of the calling process, off the loop."""
@@ -381,10 +446,9 @@ class Meter:
         record = state.record
         body = await self._request_json(flow, state)
         state.request_body = body  # in memory only: an offline estimate if no usage comes back
+        provider = state.provider
+        record.model_requested = record.model_sent = provider.request_model(flow.request.path, body)
         if body is not None:
-            model = body.get("model")
-            if isinstance(model, str):
-                record.model_requested = record.model_sent = model
             record.streamed = body.get("stream") is True
 
         decision = self.enforcer.decide(
@@ -394,31 +458,43 @@ class Meter:
             user_name=record.user_name,
             model=record.model_requested,
         )
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
+        new_path, new_body = flow.request.path, body
+        if downgrade:
+            try:
+                if provider.with_model is None:
+                    raise ValueError(
+                        f"{provider.name} requests are signed over their path and body, so the proxy "
+                        "cannot rewrite the model: refused instead of downgraded"
+                    )
+                new_path, new_body = provider.with_model(flow.request.path, body, downgrade)
+            except ValueError as exc:
+                decision = self.enforcer.refuse_model(
+                    record.provider, record.environment, record.model_requested or "?", str(exc)
+                )
         record.action = decision.action
         if decision.refusal is not None:
             flow.response = decision.refusal  # answered here: upstream is never contacted
             state.refusal = decision.message
             record.model_sent = None  # nothing was sent
             return
-        if body is None:
-            return
-        downgrade = decision.model_sent if decision.action == "downgraded" else None
-        inject = record.streamed and record.api_flavor in state.provider.usage_opt_in_flavors
+        inject = record.streamed and record.api_flavor in provider.usage_opt_in_flavors and body is not None
         if inject:
-            options = body.get("stream_options")
+            options = body.get("stream_options")  # type: ignore[union-attr]
             inject = options is None or (
                 isinstance(options, dict) and options.get("include_usage") is not True
             )
         if not (downgrade or inject):
             return
-        if downgrade:
-            body["model"] = downgrade
-        if inject:
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        # Only once the new body is in place does the row (and the client's notice) say so.
-        flow.request.content = await _off_loop_if_large(
-            _dump_json, body, len(flow.request.raw_content or b"")
-        )
+        if inject and new_body is not None:
+            options = {**(new_body.get("stream_options") or {}), "include_usage": True}
+            new_body = {**new_body, "stream_options": options}
+        # Only once the new request is in place does the row (and the client's notice) say so.
+        if new_body is not body and new_body is not None:
+            size = len(flow.request.raw_content or b"")
+            flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
+        if new_path != flow.request.path:
+            flow.request.path = new_path
         if downgrade:
             record.model_sent, state.notice = downgrade, decision.notice
         state.injected_usage = inject
@@ -445,11 +521,15 @@ class Meter:
             return
         if state.notice:
             response.headers[NOTICE_HEADER] = state.notice
-        if "text/event-stream" not in response.headers.get("content-type", "").lower():
-            return  # a JSON body: buffered by mitmproxy, parsed in `response`
+        content_type = response.headers.get("content-type", "")
+        framing = state.provider.stream_framing(flow.request.path, content_type)
+        if framing is None or response.status_code >= 400:
+            return  # a whole body (JSON): buffered by mitmproxy, parsed in `response`
         encoding = response.headers.get("content-encoding")
         try:
-            tap = StreamTap(state.provider, state.record.api_flavor, encoding, state.injected_usage)
+            tap = StreamTap(
+                state.provider, state.record.api_flavor, encoding, state.injected_usage, framing=framing
+            )
         except Exception as exc:
             state.errors.append(f"stream not metered: {exc}")
             response.stream = True  # still never buffer a stream
@@ -476,7 +556,9 @@ class Meter:
             except ValueError as exc:
                 metered = Metered(error=f"response body not decodable: {exc}")
             else:
-                parse = functools.partial(state.provider.parse_response, state.record.api_flavor)
+                parse = functools.partial(
+                    _parse_body, state.provider, state.record.api_flavor, dict(response.headers)
+                )
                 metered = await _off_loop_if_large(parse, content or b"")
         else:
             metered = Metered()
@@ -519,6 +601,10 @@ class Meter:
             record.aborted = aborted
         record.model_reported = metered.model
         record.set_usage(metered.usage)
+        if metered.provider_cost is not None and metered.usage is not None:
+            # The provider said what it charged (OpenRouter): that beats any price list.
+            record.cost_usd, record.price_status = metered.provider_cost, "provider_reported"
+            record.price_source = f"{record.provider} usage.cost"
         if metered.error:
             state.errors.append(metered.error)
         if response is None and metered.usage is None and not _reached_upstream(flow):

@@ -19,6 +19,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -141,6 +142,22 @@ class AttributionSettings:
     host_rules: tuple[tuple[str, str], ...] = ()  # (hostname glob, environment), first match wins
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationSettings:
+    """Where budget alerts go: a desktop notification and, optionally, a webhook (JSON POST)."""
+
+    desktop: bool = True
+    webhook: str | None = None  # http(s) URL; receives {"text": ..., "kind": ..., ...}
+    timeout_s: float = 5.0
+
+    def webhook_label(self) -> str | None:
+        """The webhook as it may be logged: scheme and host only (its path is often a secret)."""
+        if not self.webhook:
+            return None
+        parts = urlsplit(self.webhook)
+        return f"{parts.scheme}://{parts.hostname or '?'}{f':{parts.port}' if parts.port else ''}"
+
+
 def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
@@ -155,6 +172,7 @@ class Policies:
     users: Mapping[str, UserPolicy] = field(default_factory=_empty)
     attribution: AttributionSettings = AttributionSettings()
     premium_usd_per_mtok: Decimal | None = None
+    notifications: NotificationSettings = NotificationSettings()
     source: Path | None = None
     enforcing: bool = False
 
@@ -255,6 +273,7 @@ _TOP_KEYS = (
     "users",
     "attribution",
     "premium_usd_per_mtok",
+    "notifications",
 )
 _ENV_KEYS = ("models", "budget", "rate_limit", "allow_header_claims")
 _MODELS_KEYS = ("allow", "on_disallowed", "downgrade")
@@ -264,6 +283,8 @@ _KEY_KEYS = ("fingerprint", "last4", "environment", "team", "feature", "budget",
 _USER_KEYS = ("budget", "rate_limit")
 _ATTRIBUTION_KEYS = ("process_env", "hosts")
 _PROCESS_ENV_KEYS = ("environment", "team", "feature")
+_NOTIFICATION_KEYS = ("desktop", "webhook", "timeout_s")
+MAX_NOTIFY_TIMEOUT_S = 60
 
 
 def _kind(value: Any) -> str:
@@ -742,6 +763,62 @@ class _Validator:
             host_rules=tuple(rules),
         )
 
+    def notifications(self, value: Any, line: int) -> NotificationSettings:
+        data = self.mapping(value, line, "notifications", _NOTIFICATION_KEYS)
+        defaults = NotificationSettings()
+        desktop, webhook, timeout = defaults.desktop, defaults.webhook, defaults.timeout_s
+        if "desktop" in data:
+            raw = data["desktop"]
+            if isinstance(raw, bool):
+                desktop = raw
+            else:
+                self.error(
+                    _line_of(data, "desktop", line),
+                    "notifications.desktop",
+                    f"must be true or false, not {_kind(raw)}",
+                )
+        if data.get("webhook") is not None:
+            raw = data["webhook"]
+            hook_line = _line_of(data, "webhook", line)
+            # The URL is not echoed: a webhook's path is often its secret (Slack's is).
+            if not isinstance(raw, str) or not raw.strip():
+                self.error(hook_line, "notifications.webhook", f"must be an http(s) URL, not {_kind(raw)}")
+            else:
+                url = raw.strip()
+                try:
+                    parts = urlsplit(url)
+                    host = parts.hostname
+                    parts.port  # noqa: B018 (raises ValueError on a bad port)
+                except ValueError:
+                    parts, host = None, None
+                if parts is None or parts.scheme.lower() not in ("http", "https"):
+                    scheme = parts.scheme if parts is not None and parts.scheme else "none"
+                    self.error(
+                        hook_line,
+                        "notifications.webhook",
+                        f"must start with http:// or https:// (scheme: {_show(scheme)[:20]})",
+                    )
+                elif not host or any(ch.isspace() for ch in url):
+                    self.error(hook_line, "notifications.webhook", "must be a URL with a host and no spaces")
+                else:
+                    webhook = url
+        if "timeout_s" in data:
+            raw = data["timeout_s"]
+            t_line = _line_of(data, "timeout_s", line)
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                self.error(
+                    t_line, "notifications.timeout_s", f"must be a number of seconds, not {_kind(raw)}"
+                )
+            elif not 0 < raw <= MAX_NOTIFY_TIMEOUT_S:
+                self.error(
+                    t_line,
+                    "notifications.timeout_s",
+                    f"must be more than 0 and at most {MAX_NOTIFY_TIMEOUT_S} seconds (got {raw})",
+                )
+            else:
+                timeout = float(raw)
+        return NotificationSettings(desktop=desktop, webhook=webhook, timeout_s=timeout)
+
     def document(self, data: Any, source: Path | None) -> Policies:
         if data is None:
             data = _Map()
@@ -764,6 +841,9 @@ class _Validator:
         keys = self.keys(data.get("keys"), _line_of(data, "keys", 1))
         users = self.users(data.get("users"), _line_of(data, "users", 1))
         attribution = self.attribution(data.get("attribution"), _line_of(data, "attribution", 1))
+        notifications = NotificationSettings()
+        if "notifications" in data:
+            notifications = self.notifications(data["notifications"], _line_of(data, "notifications", 1))
         premium = None
         if data.get("premium_usd_per_mtok") is not None:
             premium = self.decimal(
@@ -778,6 +858,7 @@ class _Validator:
             users=MappingProxyType(users),
             attribution=attribution,
             premium_usd_per_mtok=premium,
+            notifications=notifications,
             source=source,
             enforcing=True,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -105,3 +106,86 @@ def price_record(record: CallRecord) -> None:
     record.price_status = p.status
     record.price_source = p.source
     record.price_model = p.model
+
+
+# --- policies.yaml `prices:` and provider-specific names -----------------------------------------
+
+PER_MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """A price from policies.yaml, in USD per million tokens (self-hosted models, negotiated rates)."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None  # default: the input price
+    cache_write: Decimal | None = None  # default: the input price
+
+    def cost(self, usage: Usage) -> Decimal:
+        """Each bucket priced once: uncached input, cache reads, cache writes, output."""
+        uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
+        cached = self.input if self.cached_input is None else self.cached_input
+        write = self.input if self.cache_write is None else self.cache_write
+        total = (
+            uncached * self.input
+            + usage.cache_read_tokens * cached
+            + usage.cache_write_tokens * write
+            + usage.output_tokens * self.output
+        )
+        return total / PER_MILLION
+
+
+OVERRIDE_SOURCE = "policies.yaml prices"
+
+
+class Pricer:
+    """Prices calls for the store: policies.yaml ``prices:`` first, then genai-prices.
+
+    ``overrides`` maps a model pattern, or ``provider/model`` pattern, to a price;
+    the first match in order wins (a dated name matches its base pattern).
+    ``price_provider`` maps a row's provider to the genai-prices id and the
+    function turning its model ids into genai-prices names (Bedrock's ARNs).
+    """
+
+    def __init__(
+        self,
+        overrides: Sequence[tuple[str, PriceOverride]] = (),
+        price_provider: Callable[[str], tuple[str, Callable[[str], str] | None]] | None = None,
+    ) -> None:
+        self.overrides = tuple(overrides)
+        self._price_provider = price_provider
+
+    def override_for(self, provider: str, model: str) -> PriceOverride | None:
+        from addon.model_rules import model_matches
+
+        for pattern, override in self.overrides:
+            if "/" in pattern and not pattern.startswith("models/"):
+                scope, _, model_pattern = pattern.partition("/")
+                if scope == provider and model_matches(model_pattern, model):
+                    return override
+            elif model_matches(pattern, model):
+                return override
+        return None
+
+    def __call__(self, record: CallRecord) -> None:
+        if record.price_status is not None:
+            return
+        model = record.model_reported or record.model_sent
+        usage = record.usage
+        if usage is not None:
+            for candidate in dict.fromkeys(m for m in (model, record.model_sent) if m):
+                override = self.override_for(record.provider, candidate)
+                if override is not None:
+                    record.cost_usd = override.cost(usage)
+                    record.price_status, record.price_source = PRICED, OVERRIDE_SOURCE
+                    record.price_model = candidate
+                    return
+        provider, to_name = (record.provider, None)
+        if self._price_provider is not None:
+            provider, to_name = self._price_provider(record.provider)
+        if model and to_name is not None:
+            model = to_name(model)
+        p = price(provider, model, usage, record.ts, record.status_code)
+        record.cost_usd, record.price_status = p.cost_usd, p.status
+        record.price_source, record.price_model = p.source, p.model

@@ -1,7 +1,10 @@
 """``scripts/shell-env``: the shell lines that point a shell at the proxy.
 
 ``eval "$(scripts/shell-env)"`` sets the proxy variables and makes the usual
-clients trust mitmproxy's CA; ``--unset`` prints the reverse. Trust variables
+clients trust mitmproxy's CA; ``--unset`` prints the reverse;
+``--exec [--env NAME] -- CMD ARGS...`` runs one command with those variables set
+instead (it replaces this process: CMD's exit status and signals are the caller's).
+Trust variables
 that REPLACE a client's trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
 CURL_CA_BUNDLE) get a combined bundle, the public roots plus mitmproxy's CA,
 so hosts the proxy tunnels untouched still verify as before; Node's
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -60,8 +64,8 @@ def combined_bundle(ca_pem: Path, target: Path) -> Path:
     return target
 
 
-def export_lines(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> list[str]:
-    """``export`` lines for bash and zsh."""
+def proxy_variables(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> dict[str, str]:
+    """The variables that point a process at the proxy (what ``export_lines`` exports)."""
     values: dict[str, str] = {name: proxy_url for name in PROXY_VARS}
     values.update({name: NO_PROXY_HOSTS for name in NO_PROXY_VARS})
     values.update({name: str(bundle) for name in BUNDLE_VARS})
@@ -69,6 +73,12 @@ def export_lines(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -
     if env_name:
         values[ENV_VAR] = env_name
         values[MARK_VAR] = "1"  # so --unset knows APP_ENV was ours to remove
+    return values
+
+
+def export_lines(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> list[str]:
+    """``export`` lines for bash and zsh."""
+    values = proxy_variables(proxy_url, bundle, ca, env_name)
     return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
@@ -103,11 +113,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--env", metavar="NAME", help="also set APP_ENV=NAME for this shell's calls")
     parser.add_argument("--unset", action="store_true", help="print the lines that undo it")
+    parser.add_argument(
+        "--exec",
+        dest="exec_",
+        action="store_true",
+        help="run the command after -- with the variables set (nothing is printed): "
+        "scripts/shell-env --exec [--env NAME] -- CMD ARGS...",
+    )
     return parser
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``(options, command)``: the arguments before the first ``--`` and those after it (None if none)."""
+    if "--" not in argv:
+        return argv, None
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
+
+
+def find_command(name: str, path: str | None) -> str | None:
+    """Where ``name`` would be executed from (``path``: the PATH the command gets), else None."""
+    if os.sep in name:
+        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    return shutil.which(name, path=path)
+
+
+def exec_command(command: list[str], variables: dict[str, str]) -> int:
+    """Replace this process with ``command`` run with ``variables`` added; returns only on failure."""
+    env = {**os.environ, **variables}
+    if find_command(command[0], env.get("PATH", os.defpath)) is None:
+        print(f"shell-env: command not found: {command[0]}", file=sys.stderr)
+        return 127
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        print(f"shell-env: cannot run {command[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 126
+    return 126  # pragma: no cover (execvpe does not return)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    options, command = split_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(options)
+    if command is not None and not args.exec_:
+        parser.error("a command after -- needs --exec: scripts/shell-env --exec -- CMD ARGS...")
+    if args.exec_:
+        if args.unset:
+            parser.error("--exec and --unset do not go together")
+        if not command:
+            parser.error("--exec needs a command: scripts/shell-env --exec [--env NAME] -- CMD ARGS...")
     if args.unset:
         print("\n".join(unset_lines()))
         return 0
@@ -126,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             "or calls from this shell will fail to connect.",
             file=sys.stderr,
         )
-    print("\n".join(export_lines(f"http://{args.host}:{args.port}", bundle, ca, args.env)))
+    proxy_url = f"http://{args.host}:{args.port}"
+    if args.exec_ and command:
+        return exec_command(command, proxy_variables(proxy_url, bundle, ca, args.env))
+    print("\n".join(export_lines(proxy_url, bundle, ca, args.env)))
     return 0
 
 

@@ -12,6 +12,9 @@ Usage::
                                     (--flagged: only premium use outside production)
     spend savings [RANGE]           what-if: the calls re-priced with the downgrade targets
     spend budgets                   each budget: cap, spent, used, end-of-period projection
+    spend watch [--once]            live full-screen view: session, burn rate, budgets, last calls
+    spend statusline [--env NAME]   one short line for a prompt, from the proxy's live file
+                                    (no DuckDB; see addon.spend_watch)
 
 RANGE: ``--since 7d`` (m, h, d, w) or ``--from DATE --to DATE`` (UTC; a date-only ``--to``
 includes that day). Filters (repeatable; several values of one filter are OR-ed):
@@ -279,6 +282,10 @@ def _parser() -> argparse.ArgumentParser:
         "savings", parents=[common, span, filters(), policy], help="what the downgrade targets would save"
     )
     sub.add_parser("budgets", parents=[common, policy], help="budgets: cap, spent, projection")
+    from addon.spend_watch import add_statusline_arguments, add_watch_arguments
+
+    add_watch_arguments(sub.add_parser("watch", help="live view: session, burn rate, budgets, last calls"))
+    add_statusline_arguments(sub.add_parser("statusline", help="one short line for a shell prompt"))
     return parser
 
 
@@ -379,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     command = args.command or "session"
+    if command in ("watch", "statusline"):  # their own options; scripts/spend runs statusline directly
+        from addon import spend_watch
+
+        return spend_watch.run_watch(args) if command == "watch" else spend_watch.run_statusline(args)
     args.db_path = resolve_db_path(getattr(args, "db", "") or "").absolute()
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
     chart_path: Path | None = getattr(args, "chart", None)

@@ -158,10 +158,17 @@ class Store:
     """
 
     def __init__(
-        self, db_path: Path, session_id: str, *, flush_interval: float = 1.0, version: str = ""
+        self,
+        db_path: Path,
+        session_id: str,
+        *,
+        flush_interval: float = 1.0,
+        version: str = "",
+        pricer: Callable[[CallRecord], None] = price_record,
     ) -> None:
         self.db_path = Path(db_path)
         self.session_id = session_id
+        self.pricer = pricer  # fills a record's price fields (policies.yaml prices, genai-prices)
         self.flush_interval = flush_interval
         self.version = version
         self.journal_dir = self.db_path.with_name(self.db_path.name + ".journal")
@@ -454,7 +461,7 @@ class Store:
             return
         for record in batch:
             try:
-                price_record(record)
+                self.pricer(record)
             except Exception as exc:  # a price problem never loses the call
                 self._note_problem(exc, "pricing failed for", f"call {record.id}")
         for fn in list(self._listeners):
@@ -493,7 +500,7 @@ class Store:
                 return True
             for record in (*replay, *batch):
                 try:
-                    price_record(record)
+                    self.pricer(record)
                 except Exception as exc:  # never lose the batch over a price
                     self._note_problem(exc, "pricing failed for", f"call {record.id}")
             try:

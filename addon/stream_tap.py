@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Protocol
 
+from addon.aws_eventstream import EventStreamDecoder
 from addon.content_decoding import StreamDecoder
+from addon.json_stream import JSONArrayDecoder
 from addon.providers import Provider, StreamParser
 from addon.sse import SSEDecoder
 from addon.usage import Metered
 
 log = logging.getLogger("tokometer")
+
+
+class Framer(Protocol):
+    """Splits a decoded byte stream into the events a provider's parser reads."""
+
+    def feed(self, chunk: bytes) -> list[Any]: ...
+
+    def close(self) -> list[Any]: ...
+
+
+FRAMERS: dict[str, type[Framer]] = {
+    "sse": SSEDecoder,
+    "json_array": JSONArrayDecoder,  # Gemini's streamGenerateContent without alt=sse
+    "aws_eventstream": EventStreamDecoder,  # Bedrock's binary application/vnd.amazon.eventstream
+}
 
 
 class StreamTap:
@@ -32,9 +50,9 @@ class StreamTap:
         "_decoder",
         "_drop",
         "_failed",
+        "_framer",
         "_is_usage_only",
         "_parser",
-        "_sse",
         "finished",
         "first_chunk_at",
     )
@@ -45,11 +63,13 @@ class StreamTap:
         flavor: str,
         content_encoding: str | None,
         drop_usage_chunk: bool = False,
+        framing: str = "sse",
     ) -> None:
         self._parser: StreamParser = provider.stream_parser(flavor)
         self._decoder = StreamDecoder(content_encoding)
-        self._sse = SSEDecoder()
-        self._drop = drop_usage_chunk and provider.is_usage_only_chunk is not None
+        self._framer: Framer = FRAMERS[framing]()
+        # Only SSE events are regrouped (their raw bytes are kept); other framings pass through.
+        self._drop = drop_usage_chunk and framing == "sse" and provider.is_usage_only_chunk is not None
         self._is_usage_only = provider.is_usage_only_chunk
         self._failed: str | None = None
         self.first_chunk_at: float | None = None
@@ -67,7 +87,7 @@ class StreamTap:
         if self._failed is not None:
             return data
         try:
-            events = self._sse.feed(self._decoder.decode(data))
+            events = self._framer.feed(self._decoder.decode(data))
             for event in events:
                 self._parser.feed(event)
         except Exception as exc:  # metering must never break the stream
@@ -82,7 +102,7 @@ class StreamTap:
             return []
         try:
             tail = self._decoder.flush()
-            events = self._sse.feed(tail) + self._sse.close()
+            events = self._framer.feed(tail) + self._framer.close()
             for event in events:
                 self._parser.feed(event)
         except Exception as exc:

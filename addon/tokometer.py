@@ -15,4 +15,7 @@ if _CHECKOUT not in sys.path:
 from addon.interception import Interception  # noqa: E402
 from addon.meter import Meter  # noqa: E402
 
-addons = [Interception(), Meter()]
+meter = Meter()
+interception = Interception(lambda: meter.registry.allow_host_patterns())
+meter.on_providers_changed = interception.refresh
+addons = [interception, meter]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 
@@ -34,4 +34,4 @@ class Metered:
     provider_cost: Decimal | None = None
     # The completion text seen, kept in memory only (never stored), for an offline token
     # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
-    output_text: str | None = None
+    output_text: str | None = field(default=None, compare=False)

@@ -1,74 +1,295 @@
 """The provider registry: which hosts are LLM APIs, and which parser reads each.
 
 Each provider family is a pure module (request/response bytes in, normalised
-usage out); this registry only ties hosts and paths to them.
+usage out); this registry only ties hosts, paths, keys and stream framings to
+them. Built-in providers are fixed; policies.yaml adds custom hosts
+(``providers:``) and Azure deployment names (``azure_deployments:``), so the
+addon builds a ``Registry`` from the policies in force.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
-from addon.providers import anthropic_api, openai_api
-from addon.sse import SSEEvent
+from addon.providers import anthropic_api, bedrock_api, gemini_api, openai_api
 from addon.usage import Metered
 
 
 class StreamParser(Protocol):
-    """Incremental reader of one provider's Server-Sent Events."""
+    """Incremental reader of one provider's stream events (SSE events, JSON elements or frames)."""
 
-    def feed(self, event: SSEEvent) -> None: ...
+    def feed(self, event: Any) -> None: ...
 
     def result(self) -> Metered: ...
+
+
+ParseResponse = Callable[[str, bytes, Mapping[str, str]], Metered]
+RequestModel = Callable[[str, dict[str, Any] | None], str | None]
+WithModel = Callable[[str, dict[str, Any] | None, str], tuple[str, dict[str, Any] | None]]
+
+
+def _body_model(path: str, body: dict[str, Any] | None) -> str | None:
+    model = body.get("model") if body else None
+    return model if isinstance(model, str) else None
+
+
+def _with_body_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
+    if body is None:
+        raise ValueError("no JSON body to rewrite")
+    return path, {**body, "model": model}
+
+
+def _sse_only(path: str, content_type: str) -> str | None:
+    return "sse" if "text/event-stream" in content_type.lower() else None
+
+
+def _bedrock_framing(path: str, content_type: str) -> str | None:
+    return "aws_eventstream" if bedrock_api.STREAM_CONTENT_TYPE in content_type.lower() else None
+
+
+def _gemini_framing(path: str, content_type: str) -> str | None:
+    return (
+        gemini_api.stream_framing(path, content_type)
+        if gemini_api.flavor_for_path(path) == "stream"
+        else None
+    )
+
+
+def _ignore_headers(
+    parse: Callable[[str, bytes], Metered],
+) -> Callable[[str, bytes, Mapping[str, str]], Metered]:
+    def parse_response(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
+        return parse(flavor, body)
+
+    return parse_response
 
 
 @dataclass(frozen=True, slots=True)
 class Provider:
     """One LLM API family on a set of hosts."""
 
-    name: str  # also the genai-prices provider id
-    hosts: tuple[str, ...]
+    name: str  # the row's provider; also the genai-prices provider id unless pricing_id says otherwise
     flavor_for_path: Callable[[str], str | None]
-    parse_response: Callable[[str, bytes], Metered]
+    parse_response: ParseResponse
     stream_parser: Callable[[str], StreamParser]
-    # Request headers that carry the API key, in order of preference.
+    hosts: tuple[str, ...] = ()
+    host_pattern: str | None = None  # regex (no anchors) for a family of hosts, e.g. Azure resources
+    port: int = 443
+    pricing_id: str | None = None
+    # How a streamed response is framed, from (path, content type): "sse", "json_array", "aws_eventstream".
+    stream_framing: Callable[[str, str], str | None] = _sse_only
+    request_model: RequestModel = _body_model
+    # Rewrites (path, body) to ask for another model; None: requests are signed, never rewritten.
+    with_model: WithModel | None = _with_body_model
     key_headers: tuple[str, ...] = ("authorization",)
+    key_query: tuple[str, ...] = ()  # query parameters that carry the key (Gemini's ?key=)
+    key_from_header: Callable[[str], str | None] | None = None  # e.g. SigV4: the access key id only
     # Flavors whose streams report usage only when asked (OpenAI chat's stream_options).
     usage_opt_in_flavors: frozenset[str] = frozenset()
-    is_usage_only_chunk: Callable[[SSEEvent], bool] | None = None
+    is_usage_only_chunk: Callable[[Any], bool] | None = None
+    pricing_model: Callable[[str], str] | None = None  # provider model id -> genai-prices name
+    deployments: Mapping[str, str] = field(default_factory=dict)  # Azure: deployment -> model
+
+    @property
+    def price_provider(self) -> str:
+        """The genai-prices provider id to price this provider's calls under."""
+        return self.pricing_id or self.name
+
+    def matches(self, host: str) -> bool:
+        return host in self.hosts or (
+            self.host_pattern is not None and re.fullmatch(self.host_pattern, host) is not None
+        )
+
+    def allow_host_patterns(self) -> list[str]:
+        """Anchored ``allow_hosts`` regexes for this provider's hosts."""
+        found = [f"^{re.escape(host)}:{self.port}$" for host in self.hosts]
+        if self.host_pattern is not None:
+            found.append(f"^(?:{self.host_pattern}):{self.port}$")
+        return found
+
+    def key_in_query(self, query: str) -> str | None:
+        if not self.key_query or not query:
+            return None
+        params = parse_qs(query)
+        for name in self.key_query:
+            if params.get(name):
+                return params[name][-1]
+        return None
 
 
-PROVIDERS: tuple[Provider, ...] = (
-    Provider(
-        name="openai",
-        hosts=("api.openai.com",),
+def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
+    return Provider(
+        name=name,
+        hosts=hosts,
         flavor_for_path=openai_api.flavor_for_path,
-        parse_response=openai_api.parse_response,
+        parse_response=_ignore_headers(openai_api.parse_response),
         stream_parser=openai_api.StreamParser,
-        key_headers=("authorization",),
-        usage_opt_in_flavors=frozenset({"chat"}),
         is_usage_only_chunk=openai_api.is_usage_only_chunk,
+        **kw,
+    )
+
+
+# --- Azure OpenAI: the deployment in the path stands for a model -------------------------------
+
+_AZURE_DEPLOYMENT = re.compile(r"^(?P<prefix>/openai/deployments/)(?P<name>[^/?#]+)(?P<rest>.*)$")
+
+
+def _azure_request_model(
+    deployments: Mapping[str, str],
+) -> Callable[[str, dict[str, Any] | None], str | None]:
+    def request_model(path: str, body: dict[str, Any] | None) -> str | None:
+        m = _AZURE_DEPLOYMENT.match(path)
+        if m is None:  # the v1 API carries the model in the body
+            return _body_model(path, body)
+        return deployments.get(m["name"], m["name"])
+
+    return request_model
+
+
+def _azure_with_model(deployments: Mapping[str, str]) -> WithModel:
+    def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
+        m = _AZURE_DEPLOYMENT.match(path)
+        if m is None:
+            return _with_body_model(path, body, model)
+        target = next((name for name, served in deployments.items() if served == model), None)
+        if target is None:
+            raise ValueError(f"no Azure deployment serves {model} (policies.yaml azure_deployments)")
+        return f"{m['prefix']}{target}{m['rest']}", body
+
+    return with_model
+
+
+AZURE = _openai_compatible(
+    "azure",
+    host_pattern=r"[a-z0-9][a-z0-9-]*\.(?:openai\.azure\.com|cognitiveservices\.azure\.com)",
+    key_headers=("api-key", "authorization"),
+)
+
+BUILTIN: tuple[Provider, ...] = (
+    _openai_compatible(
+        "openai",
+        "api.openai.com",
+        usage_opt_in_flavors=frozenset({"chat"}),
     ),
     Provider(
         name="anthropic",
         hosts=("api.anthropic.com",),
         flavor_for_path=anthropic_api.flavor_for_path,
-        parse_response=anthropic_api.parse_response,
+        parse_response=_ignore_headers(anthropic_api.parse_response),
         stream_parser=anthropic_api.StreamParser,
         key_headers=("x-api-key", "authorization"),
     ),
+    Provider(
+        name="google",
+        hosts=("generativelanguage.googleapis.com",),
+        flavor_for_path=gemini_api.flavor_for_path,
+        parse_response=_ignore_headers(gemini_api.parse_response),
+        stream_parser=gemini_api.StreamParser,
+        stream_framing=_gemini_framing,
+        request_model=gemini_api.request_model,
+        with_model=gemini_api.with_model,
+        key_headers=("x-goog-api-key", "authorization"),
+        key_query=("key",),
+    ),
+    Provider(
+        name="aws",
+        host_pattern=r"bedrock-runtime(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?",
+        flavor_for_path=bedrock_api.flavor_for_path,
+        parse_response=bedrock_api.parse_response,
+        stream_parser=bedrock_api.StreamParser,
+        stream_framing=_bedrock_framing,
+        request_model=bedrock_api.request_model,
+        with_model=None,  # SigV4 signs the path and body: a rewrite would break the call
+        key_from_header=bedrock_api.credential_of,
+        pricing_model=bedrock_api.pricing_model,
+    ),
+    AZURE,
+    _openai_compatible("deepseek", "api.deepseek.com"),
+    _openai_compatible("mistral", "api.mistral.ai"),
+    _openai_compatible("groq", "api.groq.com"),
+    _openai_compatible("openrouter", "openrouter.ai"),
+    _openai_compatible("x-ai", "api.x.ai"),
+    _openai_compatible("together", "api.together.xyz", "api.together.ai"),
+    _openai_compatible("fireworks", "api.fireworks.ai"),
+    _openai_compatible("cerebras", "api.cerebras.ai"),
+    _openai_compatible("perplexity", "api.perplexity.ai"),
 )
 
-_BY_HOST: dict[str, Provider] = {host: p for p in PROVIDERS for host in p.hosts}
+API_FAMILIES = ("openai", "anthropic")  # what a custom host in policies.yaml may speak
+
+
+def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str | None = None) -> Provider:
+    """A host from policies.yaml ``providers:`` speaking an OpenAI- or Anthropic-compatible API."""
+    base = next(p for p in BUILTIN if p.name == api)
+    return replace(
+        base,
+        name=name,
+        hosts=(host.lower(),),
+        host_pattern=None,
+        port=port,
+        pricing_id=pricing_id or name,
+        usage_opt_in_flavors=frozenset(),  # never add stream_options to an API we do not know
+    )
+
+
+class Registry:
+    """The providers in force: the built-in ones plus policies.yaml's custom hosts."""
+
+    def __init__(
+        self, custom: tuple[Provider, ...] = (), azure_deployments: Mapping[str, str] | None = None
+    ) -> None:
+        deployments = dict(azure_deployments or {})
+        azure = replace(
+            AZURE,
+            deployments=deployments,
+            request_model=_azure_request_model(deployments),
+            with_model=_azure_with_model(deployments),
+        )
+        builtin = tuple(azure if p is AZURE else p for p in BUILTIN)
+        self.providers: tuple[Provider, ...] = (*custom, *builtin)
+        # A custom host is bound to its port (a local server); built-in hosts to their name.
+        self._custom = {(host, p.port): p for p in custom for host in p.hosts}
+        self._builtin = {host: p for p in builtin for host in p.hosts}
+        self._patterns = [p for p in builtin if p.host_pattern is not None]
+        self._by_name: dict[str, Provider] = {}
+        for p in self.providers:
+            self._by_name.setdefault(p.name, p)
+
+    def by_name(self, name: str) -> Provider | None:
+        """The provider whose calls are recorded under ``name``."""
+        return self._by_name.get(name)
+
+    def price_provider(self, name: str) -> tuple[str, Callable[[str], str] | None]:
+        """(genai-prices provider id, model-name mapping) for a row's provider."""
+        provider = self._by_name.get(name)
+        return (provider.price_provider, provider.pricing_model) if provider else (name, None)
+
+    def for_host(self, host: str, port: int | None = None) -> Provider | None:
+        """The provider serving ``host`` (case-insensitive) on ``port``, if any."""
+        host = host.lower().rstrip(".")
+        if port is not None and (found := self._custom.get((host, port))) is not None:
+            return found
+        if (found := self._builtin.get(host)) is not None:
+            return found
+        return next((p for p in self._patterns if p.matches(host)), None)
+
+    def allow_host_patterns(self) -> list[str]:
+        """Anchored ``allow_hosts`` regexes for every provider host."""
+        return [pattern for p in self.providers for pattern in p.allow_host_patterns()]
+
+
+DEFAULT_REGISTRY = Registry()
 
 
 def provider_for_host(host: str) -> Provider | None:
-    """The provider serving ``host`` (case-insensitive, no port), if any."""
-    return _BY_HOST.get(host.lower().rstrip("."))
+    """The built-in provider serving ``host``, if any."""
+    return DEFAULT_REGISTRY.for_host(host)
 
 
-def allow_host_patterns(port: int = 443) -> list[str]:
-    """Anchored ``allow_hosts`` regexes for every provider host on ``port``."""
-    return [f"^{re.escape(host)}:{port}$" for p in PROVIDERS for host in p.hosts]
+def allow_host_patterns() -> list[str]:
+    """Anchored ``allow_hosts`` regexes for every built-in provider host."""
+    return DEFAULT_REGISTRY.allow_host_patterns()

@@ -4,6 +4,8 @@ Pure functions over bytes; no mitmproxy. Anthropic's ``input_tokens`` EXCLUDES c
 reads and writes, so normalised input is the sum of the three. In streams,
 ``message_start`` carries input and cache counts, and every ``message_delta`` carries
 CUMULATIVE counts: each count present overwrites the previous one, never adds.
+The completion text (``content_block_delta`` events) is kept raw and decoded only when
+no usage came (``Metered.output_text``, for an offline estimate).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from addon.providers.openai_api import TextCollector
 from addon.sse import SSEEvent
 from addon.usage import Metered, Usage
 
 FLAVORS: tuple[str, ...] = ("messages",)
 
 _PARSED = frozenset({"message_start", "message_delta", "error"})
-_IGNORED = frozenset({"ping", "content_block_start", "content_block_delta", "content_block_stop"})
+_IGNORED = frozenset({"ping", "content_block_start", "content_block_stop"})
 _COUNT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 _MAX_ERROR = 300
+_dumps = json.dumps  # bound once: tests swap the module's ``json`` to count decodes
 
 
 def flavor_for_path(path: str) -> str | None:
@@ -83,13 +87,14 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     error = error_message(obj.get("error"))
     if usage is None and error is None:
         error = "no usage in response"
-    return Metered(usage=usage, model=_str(obj.get("model")), error=error)
+    text = None if usage is not None else "".join(_content_texts(obj.get("content"))) or None
+    return Metered(usage=usage, model=_str(obj.get("model")), error=error, output_text=text)
 
 
 class StreamParser:
     """Feed the SSE events of one streamed Messages response; ``result()`` at any time."""
 
-    __slots__ = ("_bad", "_counts", "_done", "_error", "_model", "_seen", "flavor")
+    __slots__ = ("_bad", "_counts", "_done", "_error", "_model", "_seen", "_text", "flavor")
 
     def __init__(self, flavor: str = "messages") -> None:
         self.flavor = flavor
@@ -99,6 +104,7 @@ class StreamParser:
         self._error: str | None = None
         self._done = False
         self._bad = 0
+        self._text = TextCollector(_delta_texts)
 
     @property
     def done(self) -> bool:
@@ -110,6 +116,9 @@ class StreamParser:
         name = event.event
         data = event.data
         if name in _IGNORED or not data:
+            return
+        if name == "content_block_delta" or (name is None and b'"content_block_delta"' in data[:64]):
+            self._text.add(data)
             return
         if name == "message_stop":
             self._done = True
@@ -144,7 +153,33 @@ class StreamParser:
             error = (
                 f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
             )
-        return Metered(usage=usage, model=self._model, error=error)
+        text = self._text.text() if usage is None else None
+        return Metered(usage=usage, model=self._model, error=error, output_text=text)
+
+
+def _delta_texts(data: bytes) -> list[str]:
+    """The text of one ``content_block_delta`` (text, thinking, or tool input JSON)."""
+    obj = _loads(data)
+    delta = obj.get("delta") if isinstance(obj, dict) else None
+    if not isinstance(delta, dict):
+        return []
+    return [v for k in ("text", "thinking", "partial_json") if isinstance(v := delta.get(k), str) and v]
+
+
+def _content_texts(content: Any) -> list[str]:
+    """The text of a complete message's ``content`` blocks (tool inputs as JSON)."""
+    out: list[str] = []
+    if not isinstance(content, list):
+        return out
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        for key in ("text", "thinking"):
+            if isinstance(value := block.get(key), str) and value:
+                out.append(value)
+        if block.get("type") == "tool_use" and "input" in block:
+            out.append(_dumps(block["input"], ensure_ascii=False))
+    return out
 
 
 def error_message(err: Any) -> str | None:

@@ -1,12 +1,21 @@
 """OpenAI API responses -> normalised usage: chat completions, Responses API, embeddings.
 
-Pure functions over bytes; no mitmproxy. Stream parsing is cheap per chunk: JSON is
-decoded only for events that can carry usage, a model name or an error.
+Also the OpenAI-compatible dialects (DeepSeek, Groq, OpenRouter, Mistral, xAI, Together,
+Fireworks, Cerebras, Perplexity, Azure OpenAI): ``extract_usage`` is the one place that
+knows their usage fields.
+
+Pure functions over bytes; no mitmproxy. Stream parsing is cheap per chunk: a chunk is
+JSON-decoded while streaming only to learn the model (first chunks) or an error; the
+chunk(s) carrying usage are remembered and decoded once, in ``result()``; the completion
+text is extracted from the remembered chunks only when no usage came at all.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from addon.sse import SSEEvent
@@ -25,6 +34,12 @@ _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "resp
 _RESPONSES_START = frozenset({"response.created", "response.in_progress", "response.queued"})
 _MODEL_TRIES = 3  # chat chunks JSON-decoded at most this many times just to learn the model
 _MAX_ERROR = 300
+# Completion text for an offline estimate: raw chunks kept at most (bytes), text returned at most (chars).
+RAW_TEXT_CAP = 8 * 1024 * 1024
+TEXT_CAP = 4 * 1024 * 1024
+_NUMBER = rb"(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
+_COST_TEXT = re.compile(rb'"cost"\s*:\s*' + _NUMBER)
+_TOTAL_COST_TEXT = re.compile(rb'"total_cost"\s*:\s*' + _NUMBER)
 
 
 def flavor_for_path(path: str) -> str | None:
@@ -39,19 +54,40 @@ def flavor_for_path(path: str) -> str | None:
 def extract_usage(usage: Any) -> Usage | None:
     """Normalise an OpenAI-style ``usage`` object (chat/embeddings or Responses shape).
 
-    The one place that knows usage field names; provider dialects grow here.
+    The one place that knows usage field names; provider dialects grow here:
+
+    - DeepSeek: ``prompt_cache_hit_tokens`` + ``prompt_cache_miss_tokens`` = ``prompt_tokens``;
+      the hits are the cache reads when ``prompt_tokens_details`` is absent.
+    - Together: a top-level ``cached_tokens``.
+    - xAI: ``completion_tokens`` EXCLUDES ``completion_tokens_details.reasoning_tokens``
+      (its ``total_tokens`` = prompt + completion + reasoning); seen from the total, the
+      reasoning is added to the output. OpenAI's completion already includes it.
+    - Perplexity's ``citation_tokens``, ``num_search_queries`` and top-level
+      ``reasoning_tokens`` are billed apart, not as tokens here (its ``cost`` says it all).
     """
     if not isinstance(usage, dict):
         return None
-    if "prompt_tokens" in usage or "completion_tokens" in usage:  # chat, embeddings
+    if "prompt_tokens" in usage or "completion_tokens" in usage or "prompt_cache_hit_tokens" in usage:
         details_in = _dict(usage.get("prompt_tokens_details"))
         details_out = _dict(usage.get("completion_tokens_details"))
+        hits = usage.get("prompt_cache_hit_tokens")
+        prompt = _int(usage.get("prompt_tokens"))
+        if usage.get("prompt_tokens") is None and (hits is not None or "prompt_cache_miss_tokens" in usage):
+            prompt = _int(hits) + _int(usage.get("prompt_cache_miss_tokens"))
+        cached = details_in.get("cached_tokens")
+        if cached is None:
+            cached = hits if hits is not None else usage.get("cached_tokens")
+        output = _int(usage.get("completion_tokens"))
+        reasoning = _int(details_out.get("reasoning_tokens"))
+        total = usage.get("total_tokens")
+        if reasoning and type(total) is int and total == prompt + output + reasoning:
+            output += reasoning  # xAI: reasoning reported beside the completion, not in it
         return Usage(
-            input_tokens=_int(usage.get("prompt_tokens")),
-            cache_read_tokens=_int(details_in.get("cached_tokens")),
+            input_tokens=prompt,
+            cache_read_tokens=_int(cached),
             cache_write_tokens=_int(details_in.get("cache_write_tokens")),
-            output_tokens=_int(usage.get("completion_tokens")),
-            reasoning_tokens=_int(details_out.get("reasoning_tokens")),
+            output_tokens=output,
+            reasoning_tokens=reasoning,
         )
     if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
         details_in = _dict(usage.get("input_tokens_details"))
@@ -66,8 +102,48 @@ def extract_usage(usage: Any) -> Usage | None:
     return None
 
 
+def usage_of(obj: dict[str, Any]) -> Any:
+    """The usage object of a response / chunk: ``usage``, or Groq's ``x_groq.usage`` in streams."""
+    usage = obj.get("usage")
+    if isinstance(usage, dict) and usage:
+        return usage
+    x_groq = obj.get("x_groq")
+    if isinstance(x_groq, dict) and isinstance(x_groq.get("usage"), dict):
+        return x_groq["usage"]
+    return usage
+
+
+def extract_cost(usage: Any, raw: bytes | None = None) -> Decimal | None:
+    """The cost the provider reported in ``usage``, in USD, or None.
+
+    OpenRouter: ``usage.cost`` (a number); Perplexity: ``usage.cost.total_cost``. The
+    Decimal is read from the number's text in ``raw`` (the JSON the object was decoded
+    from) when found there, so ``0.0000945`` stays exactly that.
+    """
+    if not isinstance(usage, dict):
+        return None
+    cost = usage.get("cost")
+    pattern = _COST_TEXT
+    if isinstance(cost, dict):
+        cost = cost.get("total_cost")
+        pattern = _TOTAL_COST_TEXT
+    if type(cost) is not int and type(cost) is not float:
+        return None
+    if cost != cost or abs(cost) == float("inf"):
+        return None
+    if raw is not None:
+        for m in pattern.finditer(raw):
+            text = m.group(1)
+            if float(text) == cost:
+                try:
+                    return Decimal(text.decode("ascii"))
+                except InvalidOperation:  # pragma: no cover - the pattern only matches numbers
+                    break
+    return Decimal(repr(cost)) if type(cost) is float else Decimal(cost)
+
+
 def parse_response(flavor: str, body: bytes) -> Metered:
-    """Usage, model and error of a complete, content-decoded JSON response body. Never raises."""
+    """Usage, model, error, provider cost (text if no usage) of a complete JSON body. Never raises."""
     if not body.strip():
         return Metered(error="empty response body")
     obj = _loads(body)
@@ -75,25 +151,34 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
         return Metered(error="response body is not a JSON object")
-    usage = extract_usage(obj.get("usage"))
+    raw_usage = usage_of(obj)
+    usage = extract_usage(raw_usage)
     error = error_message(obj.get("error"))
     if error is None and obj.get("status") == "failed":
         error = "response failed"
     if usage is None and error is None:
         error = "no usage in response"
-    return Metered(usage=usage, model=_str(obj.get("model")), error=error)
+    return Metered(
+        usage=usage,
+        model=_str(obj.get("model")),
+        error=error,
+        provider_cost=extract_cost(raw_usage, body),
+        output_text=None if usage is not None else _cap(_texts_of_body(obj)),
+    )
 
 
 def is_usage_only_chunk(event: SSEEvent) -> bool:
     """True for the extra chat chunk sent for ``stream_options.include_usage``.
 
-    That is a JSON chunk with a non-null ``usage`` and an empty (or absent) ``choices``.
+    That is a JSON chunk with a non-null ``usage`` (or Groq's ``x_groq.usage``) and an
+    empty (or absent) ``choices``. A last content chunk that also carries usage (Mistral,
+    Together, Cerebras, Groq's ``x_groq``: it has the ``finish_reason``) is not one.
     Ordinary chunks are rejected by a substring test, without JSON decoding.
     """
     if not has_usage(event.data):
         return False
     obj = _loads(event.data)
-    return isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and obj.get("choices", []) == []
+    return isinstance(obj, dict) and isinstance(usage_of(obj), dict) and obj.get("choices", []) in ([], None)
 
 
 def has_usage(data: bytes) -> bool:
@@ -108,19 +193,91 @@ def has_usage(data: bytes) -> bool:
     return False
 
 
+class TextCollector:
+    """The completion text of a stream, for an offline estimate when no usage comes.
+
+    Streams keep the raw JSON of their content chunks (a list append per chunk, up to
+    ``RAW_TEXT_CAP`` bytes) and decode them only if ``text()`` is asked for, which
+    callers do only when usage is missing. ``text()`` may be called again later: it
+    extracts only what arrived since. At most ``TEXT_CAP`` characters are returned.
+    """
+
+    __slots__ = ("_extract", "_parts", "_raw", "_raw_size", "_text_size", "truncated")
+
+    def __init__(self, extract: Callable[[bytes], list[str]]) -> None:
+        self._extract = extract
+        self._raw: list[bytes] = []
+        self._raw_size = 0
+        self._parts: list[str] = []
+        self._text_size = 0
+        self.truncated = False  # a cap was reached: the text is a prefix of the completion
+
+    def add(self, data: bytes) -> None:
+        """Keep one chunk's raw JSON for later."""
+        size = self._raw_size + len(data)
+        if size > RAW_TEXT_CAP:
+            self.truncated = True
+            return
+        self._raw.append(data)
+        self._raw_size = size
+
+    def text(self) -> str | None:
+        """All text so far (None if there is none)."""
+        if self._raw:
+            raw, self._raw, self._raw_size = self._raw, [], 0
+            for data in raw:
+                self._take(self._extract(data))
+        if not self._parts:
+            return None
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0]
+
+    def _take(self, parts: list[str]) -> None:
+        for part in parts:
+            room = TEXT_CAP - self._text_size
+            if room <= 0:
+                self.truncated = True
+                return
+            if len(part) > room:
+                part = part[:room]
+                self.truncated = True
+            self._parts.append(part)
+            self._text_size += len(part)
+
+
 class StreamParser:
     """Feed the SSE events of one streamed response; ``result()`` at any time."""
 
-    __slots__ = ("_bad", "_done", "_error", "_model", "_model_tries", "_usage", "flavor")
+    __slots__ = (
+        "_bad",
+        "_cost",
+        "_done",
+        "_error",
+        "_lazy",
+        "_model",
+        "_model_tries",
+        "_prev_usage_data",
+        "_text",
+        "_usage",
+        "_usage_data",
+        "flavor",
+    )
 
     def __init__(self, flavor: str) -> None:
         self.flavor = flavor
         self._usage: Usage | None = None
+        self._cost: Decimal | None = None
         self._model: str | None = None
         self._error: str | None = None
         self._done = False
         self._bad = 0  # events that looked relevant but were not JSON objects
         self._model_tries = 0
+        # chat: the last two chunks that carry usage, decoded in result() (last valid one wins)
+        self._usage_data: bytes | None = None
+        self._prev_usage_data: bytes | None = None
+        self._lazy: tuple[Usage | None, str | None, Decimal | None, int] | None = None
+        self._text = TextCollector(_delta_texts if flavor == "responses" else _chat_texts)
 
     @property
     def done(self) -> bool:
@@ -137,30 +294,65 @@ class StreamParser:
             self._feed_chat(event.data)
 
     def result(self) -> Metered:
-        """Usage seen so far (None if none), the reported model, and an error if any."""
+        """Usage seen so far (None if none), the reported model, the provider's cost, an error if any.
+
+        ``output_text`` is filled only when there is no usage.
+        """
+        usage, model, cost, bad = self._usage, self._model, self._cost, self._bad
+        if self._usage_data is not None:
+            if self._lazy is None:
+                self._lazy = self._resolve()
+            lazy_usage, lazy_model, lazy_cost, lazy_bad = self._lazy
+            bad += lazy_bad
+            if lazy_usage is not None:
+                usage, cost = lazy_usage, lazy_cost
+                model = lazy_model or model
         error = self._error
-        if self._usage is None and error is None:
+        if usage is None and error is None:
             if self._done and self.flavor == "chat":
                 error = "stream ended without usage (stream_options.include_usage not set?)"
-            elif self._bad:
-                error = f"no usage in stream ({self._bad} event(s) not JSON)"
+            elif bad:
+                error = f"no usage in stream ({bad} event(s) not JSON)"
             else:
                 error = "no usage in stream"
-        return Metered(usage=self._usage, model=self._model, error=error)
+        text = self._text.text() if usage is None else None
+        return Metered(usage=usage, model=model, error=error, provider_cost=cost, output_text=text)
+
+    def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int]:
+        """Decode the remembered usage chunk(s): the last one that holds usage wins."""
+        bad = 0
+        for data in (self._usage_data, self._prev_usage_data):
+            if data is None:
+                continue
+            obj = _loads(data)
+            if not isinstance(obj, dict):
+                bad += 1
+                continue
+            raw_usage = usage_of(obj)
+            usage = extract_usage(raw_usage)
+            if usage is not None:
+                return usage, _str(obj.get("model")), extract_cost(raw_usage, data), bad
+        return None, None, None, bad
 
     def _feed_chat(self, data: bytes) -> None:
         if data == b"[DONE]":
             self._done = True
             return
+        self._text.add(data)
+        if has_usage(data):
+            self._prev_usage_data, self._usage_data = self._usage_data, data
+            self._lazy = None
         want_model = self._model is None and self._model_tries < _MODEL_TRIES
-        if not (want_model or has_usage(data) or b'"error"' in data):
+        if not (want_model or b'"error"' in data):
             return
         self._model_tries += want_model
         obj = _loads(data)
         if not isinstance(obj, dict):
             self._bad += 1
             return
-        self._take(obj)
+        model = _str(obj.get("model"))
+        if model is not None:
+            self._model = model
         error = error_message(obj.get("error"))
         if error is not None:
             self._error = error
@@ -168,6 +360,13 @@ class StreamParser:
     def _feed_responses(self, event: SSEEvent) -> None:
         name = event.event
         data = event.data
+        if name is not None and name.endswith(".delta"):  # text, reasoning summary, arguments
+            if name != "response.audio.delta":
+                self._text.add(data)
+            return
+        if (name is None or name == "message") and _delta_type(data):  # a gateway dropped "event:"
+            self._text.add(data)
+            return
         if not (
             name in _RESPONSES_FINAL
             or name == "error"
@@ -188,20 +387,100 @@ class StreamParser:
         response = obj.get("response")
         if not isinstance(response, dict):
             return
-        self._take(response)
+        model = _str(response.get("model"))
+        if model is not None:
+            self._model = model
+        usage = extract_usage(response.get("usage"))
+        if usage is not None:
+            self._usage = usage
+            self._cost = extract_cost(response.get("usage"), data)
         if kind in _RESPONSES_FINAL:
             self._done = True
         if kind == "response.failed" or response.get("status") == "failed":
             self._error = error_message(response.get("error")) or "response failed"
 
-    def _take(self, obj: dict[str, Any]) -> None:
-        """Remember the model and usage of a decoded chunk / response object (last wins)."""
-        model = _str(obj.get("model"))
-        if model is not None:
-            self._model = model
-        usage = extract_usage(obj.get("usage"))
-        if usage is not None:
-            self._usage = usage
+
+def _delta_type(data: bytes) -> bool:
+    """Is this nameless Responses event a ``*.delta`` with text (judged from its leading ``type``)?"""
+    end = data.find(b'.delta"', 0, 96)
+    start = data.rfind(b'"', 0, end) if end > 0 else -1
+    return start >= 0 and data[start : end + 7] != b'"response.audio.delta"'
+
+
+def _chat_texts(data: bytes) -> list[str]:
+    """The text of one chat chunk (content, reasoning, refusal, tool-call arguments)."""
+    obj = _loads(data)
+    return _choice_texts(obj.get("choices"), streamed=True) if isinstance(obj, dict) else []
+
+
+def _choice_texts(choices: Any, streamed: bool = False) -> list[str]:
+    """Texts of chat ``choices``: their ``delta`` in a stream, their ``message`` in a body.
+
+    (Perplexity sends both in both; in its streams ``message`` is the text so far.)
+    """
+    out: list[str] = []
+    if not isinstance(choices, list):
+        return out
+    keys = ("delta", "message") if streamed else ("message", "delta")
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get(keys[0])
+        if not isinstance(message, dict):
+            message = choice.get(keys[1])
+        if not isinstance(message, dict):
+            text = choice.get("text")  # legacy completions shape
+            if isinstance(text, str) and text:
+                out.append(text)
+            continue
+        for key in ("reasoning_content", "reasoning", "content", "refusal"):
+            value = message.get(key)
+            if isinstance(value, str):
+                if value:
+                    out.append(value)
+            elif isinstance(value, list):  # content parts
+                out.extend(p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str))
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    out.extend(
+                        v for k in ("name", "arguments") if isinstance(v := function.get(k), str) and v
+                    )
+    return out
+
+
+def _delta_texts(data: bytes) -> list[str]:
+    """The ``delta`` of one Responses ``*.delta`` event (text, reasoning summary, arguments)."""
+    obj = _loads(data)
+    delta = obj.get("delta") if isinstance(obj, dict) else None
+    return [delta] if isinstance(delta, str) and delta else []
+
+
+def _texts_of_body(obj: dict[str, Any]) -> list[str]:
+    """The completion text of a complete chat or Responses body."""
+    out = _choice_texts(obj.get("choices"))
+    output = obj.get("output")
+    if isinstance(output, list):
+        for item in output:
+            if not isinstance(item, dict):
+                continue
+            for key in ("content", "summary"):
+                parts = item.get(key)
+                if isinstance(parts, list):
+                    out.extend(
+                        p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+                    )
+            if isinstance(item.get("arguments"), str):
+                out.append(item["arguments"])
+    return out
+
+
+def _cap(parts: list[str]) -> str | None:
+    """Join texts, at most ``TEXT_CAP`` characters; None if empty."""
+    text = "".join(parts)[:TEXT_CAP]
+    return text or None
 
 
 def error_message(err: Any) -> str | None:

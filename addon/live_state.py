@@ -1,0 +1,379 @@
+"""A small JSON file next to the database that says what the running proxy has metered.
+
+``scripts/spend statusline`` reads it instead of DuckDB, so a shell prompt never waits for
+the database (nor locks it). The proxy keeps a ``LiveState``: fed every priced call
+(``record``, a store listener) and the budgets' status (``set_budgets``), it rewrites
+``<db>.live.json`` atomically (temp file + ``os.replace``, mode 0600) at most every
+``min_interval`` seconds, from a daemon thread, and once more at ``close``.
+
+The JSON (``"version": 1``; fields are only ever added)::
+
+    {
+      "version": 1,
+      "running": true,                  # false once the proxy closed it
+      "pid": 4242,                      # the proxy's pid
+      "pid_start": 1234567,             # its start time (Linux /proc/PID/stat field 22) or null
+      "session_id": "20261128T152500Z-3f9a",
+      "started_at": "2026-11-28T15:25:00+00:00",
+      "updated_at": "2026-11-28T15:40:12.345678+00:00",  # when this file was written
+      "last_call_at": "2026-11-28T15:40:11+00:00" | null,
+      "session": {"calls": 42, "refused_calls": 3, "unpriced_calls": 0, "cost_usd": "1.2345",
+                  "input_tokens": 123456, "cache_read_tokens": 2000, "output_tokens": 7890},
+      "today": {"date": "2026-11-28",   # UTC day
+                "environments": {"development": {"calls": 18, "refused_calls": 1,
+                                                 "cost_usd": "0.42"}}},
+      "budgets": [{"scope_kind": "environment", "scope_name": "development",
+                   "cap_usd": "150", "period": "month",
+                   "period_start": "2026-11-01T00:00:00+00:00",
+                   "period_end": "2026-12-01T00:00:00+00:00",
+                   "spent_usd": "93.1", "fraction": 0.6207, "alert_at": [0.5, 0.8],
+                   "exhausted": false}],
+      "budgets_updated_at": "..." | null
+    }
+
+Money is an exact decimal string. ``today`` counts the calls of the UTC day (from the
+database at start, via ``load_baseline``, then every call metered); a reader should treat a
+``today.date`` other than its own UTC date as nothing spent yet today. Readers: ``read``,
+``proxy_alive``. This module's readers import only the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+# Not ``typing.TYPE_CHECKING``: the status line imports this module on every shell prompt,
+# and typing (like logging) costs milliseconds to import. Type checkers treat this the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    import duckdb
+
+    from addon.record import CallRecord
+
+VERSION = 1
+SUFFIX = ".live.json"
+REFUSED_ACTIONS = ("blocked", "over_budget", "rate_limited")
+
+
+def _log() -> Any:
+    import logging
+
+    return logging.getLogger("tokometer")
+
+
+def live_path(db_path: Path | str) -> Path:
+    """``<db>.live.json`` next to the database file."""
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + SUFFIX)
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: split after the last ")"
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def proxy_alive(state: Mapping[str, Any]) -> bool:
+    """Is the proxy that wrote ``state`` still running (same pid, same process)?"""
+    if not state.get("running", False):
+        return False
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    except OSError:
+        return False
+    recorded = state.get("pid_start")
+    if isinstance(recorded, int):
+        current = process_start(pid)
+        if current is not None and current != recorded:
+            return False  # the pid was reused by another process
+    return True
+
+
+def read(path: Path | str) -> dict[str, Any] | None:
+    """The live state at ``path``, or None if missing, unreadable or not version 1-compatible."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+        return None
+    return data
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return (ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)).isoformat()
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def today_baseline(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, tuple[Decimal, int, int]]:
+    """Today's (UTC) spend per environment in the database: ``{env: (cost, calls, refused_calls)}``.
+
+    For ``LiveState.load_baseline`` at start; an empty or new database gives ``{}``.
+    """
+    import duckdb
+
+    start = _utc(now).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    refused = ", ".join(f"'{a}'" for a in REFUSED_ACTIONS)
+    try:
+        rows = con.execute(
+            "SELECT environment, coalesce(sum(cost_usd), 0), count(*), "
+            f"count(*) FILTER (WHERE action IN ({refused})) "
+            "FROM calls WHERE ts >= ? GROUP BY environment",
+            [start],
+        ).fetchall()
+    except (duckdb.CatalogException, duckdb.BinderException):
+        return {}
+    return {str(env): (Decimal(str(cost)), int(calls), int(ref)) for env, cost, calls, ref in rows}
+
+
+class LiveState:
+    """The proxy's side: counts calls, writes ``path`` (see the module docstring). Thread-safe."""
+
+    read = staticmethod(read)
+
+    def __init__(
+        self,
+        path: Path | str,
+        session_id: str,
+        *,
+        min_interval: float = 0.5,
+        pid: int | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.session_id = session_id
+        self.min_interval = min_interval
+        self.pid = os.getpid() if pid is None else pid
+        self._pid_start = process_start(self.pid)
+        self._now = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._started_at = self._now()
+        self._calls = 0
+        self._refused = 0
+        self._unpriced = 0
+        self._cost = Decimal(0)
+        self._tokens = {"input_tokens": 0, "cache_read_tokens": 0, "output_tokens": 0}
+        self._last_call: datetime | None = None
+        self._day: date = self._started_at.astimezone(UTC).date()
+        self._today: dict[str, list[Any]] = {}  # env -> [cost, calls, refused]
+        self._budgets: list[dict[str, Any]] = []
+        self._budgets_at: datetime | None = None
+        self._running = True
+        self._dirty = True
+        self._last_write = 0.0  # time.monotonic() of the last write
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._write_failed = False
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def load_baseline(self, today: Mapping[str, Sequence[Any]], day: date) -> None:
+        """Today's spend per environment already in the database (``today_baseline``), for UTC ``day``.
+
+        Replaces what was counted for that day; call it at start, before calls are recorded.
+        """
+        with self._lock:
+            self._day = day
+            self._today = {}
+            for env, values in today.items():
+                cost, calls, *rest = values
+                self._today[env] = [Decimal(cost), int(calls), int(rest[0]) if rest else 0]
+            self._dirty = True
+            self._wake.notify()
+
+    def record(self, records: Iterable[CallRecord]) -> None:
+        """Count priced calls (a store listener: ``store.add_listener(live.record)``)."""
+        with self._lock:
+            for record in records:
+                refused = record.action in REFUSED_ACTIONS
+                cost = record.cost_usd
+                self._calls += 1
+                self._refused += refused
+                if cost is not None:
+                    self._cost += cost
+                elif not refused and record.usage is not None:
+                    self._unpriced += 1
+                self._tokens["input_tokens"] += record.input_tokens or 0
+                self._tokens["cache_read_tokens"] += record.cache_read_tokens or 0
+                self._tokens["output_tokens"] += record.output_tokens or 0
+                ts = _utc(record.ts)
+                if self._last_call is None or ts > self._last_call:
+                    self._last_call = ts
+                day = ts.date()
+                if day > self._day:  # a new UTC day: yesterday's spend no longer counts as today's
+                    self._day, self._today = day, {}
+                if day == self._day:
+                    entry = self._today.setdefault(record.environment or "", [Decimal(0), 0, 0])
+                    entry[0] += cost or 0
+                    entry[1] += 1
+                    entry[2] += refused
+            self._dirty = True
+            self._wake.notify()
+
+    def set_budgets(self, status: Sequence[Mapping[str, Any]]) -> None:
+        """The budgets in force and their spend (``BudgetTracker.status(now)``)."""
+        budgets = []
+        for item in status:
+            fraction = item.get("fraction")
+            budgets.append(
+                {
+                    "scope_kind": item["scope_kind"],
+                    "scope_name": item["scope_name"],
+                    "cap_usd": str(item["cap"]),
+                    "period": item["period"],
+                    "period_start": _iso(item["start"]),
+                    "period_end": _iso(item["end"]),
+                    "spent_usd": str(item["spent"]),
+                    "fraction": None if fraction is None else round(float(fraction), 4),
+                    "alert_at": [float(a) for a in item.get("alert_at", ())],
+                    "exhausted": bool(item.get("exhausted", False)),
+                }
+            )
+        with self._lock:
+            self._budgets = budgets
+            self._budgets_at = self._now()
+            self._dirty = True
+            self._wake.notify()
+
+    # -- output ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The document as it would be written now."""
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "running": self._running,
+            "pid": self.pid,
+            "pid_start": self._pid_start,
+            "session_id": self.session_id,
+            "started_at": _iso(self._started_at),
+            "updated_at": _iso(self._now()),
+            "last_call_at": _iso(self._last_call),
+            "session": {
+                "calls": self._calls,
+                "refused_calls": self._refused,
+                "unpriced_calls": self._unpriced,
+                "cost_usd": str(self._cost),
+                **self._tokens,
+            },
+            "today": {
+                "date": self._day.isoformat(),
+                "environments": {
+                    env: {"calls": calls, "refused_calls": refused, "cost_usd": str(cost)}
+                    for env, (cost, calls, refused) in sorted(self._today.items())
+                },
+            },
+            "budgets": [dict(b) for b in self._budgets],
+            "budgets_updated_at": _iso(self._budgets_at),
+        }
+
+    def flush(self, min_interval: float | None = None) -> bool:
+        """Write the file if something changed and ``min_interval`` passed since the last write.
+
+        Returns True if it wrote. ``min_interval`` defaults to the instance's (0.5 s).
+        """
+        interval = self.min_interval if min_interval is None else min_interval
+        with self._lock:
+            if not self._dirty or time.monotonic() - self._last_write < interval:
+                return False
+            document = self._snapshot()
+            self._dirty = False
+            self._last_write = time.monotonic()
+        ok = self._write(document)
+        if not ok:
+            with self._lock:
+                self._dirty = True
+        return ok
+
+    def _write(self, document: dict[str, Any]) -> bool:
+        data = json.dumps(document, separators=(",", ":")).encode()
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if not self._write_failed:
+                self._write_failed = True
+                _log().warning("tokometer: cannot write the live state %s: %s", self.path, exc)
+            return False
+        if self._write_failed:
+            self._write_failed = False
+            _log().info("tokometer: writing the live state %s works again", self.path)
+        return True
+
+    # -- background writer -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Write now, then keep the file current from a daemon thread (every ``min_interval`` at most)."""
+        self.flush(0)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tokometer-live", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._dirty and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                wait = self._last_write + self.min_interval - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+            self.flush()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the thread and write the final state, marked ``"running": false``."""
+        with self._lock:
+            self._stopping = True
+            self._running = False
+            self._dirty = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.flush(0)

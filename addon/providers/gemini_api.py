@@ -1,0 +1,305 @@
+"""Google Gemini API (generativelanguage.googleapis.com) responses -> normalised usage.
+
+Pure functions over bytes; no mitmproxy. The model is in the URL path
+(``/v1beta/models/{model}:generateContent``, ``/v1/...``, ``tunedModels/{name}``), so a
+downgrade rewrites the path. Usage comes from ``usageMetadata``:
+``promptTokenCount`` INCLUDES ``cachedContentTokenCount``; billed output is
+``candidatesTokenCount`` + ``thoughtsTokenCount``; ``toolUsePromptTokenCount`` is input too.
+
+Streams (``:streamGenerateContent``) come as SSE (``?alt=sse``) or as one JSON array
+streamed element by element (see ``addon.json_stream``). Every chunk carries a
+``usageMetadata``; the LAST one is final. Per chunk the parser only runs substring
+tests and keeps a reference to the chunk: the last usage chunk is decoded once, in
+``result()``, and the text only when no usage came.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote
+
+from addon.json_stream import JSONArrayDecoder
+from addon.providers.openai_api import TextCollector
+from addon.sse import SSEDecoder, SSEEvent
+from addon.usage import Metered, Usage
+
+HOSTS: tuple[str, ...] = ("generativelanguage.googleapis.com",)
+FLAVORS: tuple[str, ...] = ("generate", "stream")
+# Request headers that carry the API key (it may also be in the ``key`` query parameter).
+KEY_HEADERS: tuple[str, ...] = ("x-goog-api-key", "authorization")
+
+_METHODS = {"generateContent": "generate", "streamGenerateContent": "stream"}
+# ".../models/{name}:{method}" at the end of the path; ":" may arrive percent-encoded.
+_PATH = re.compile(
+    r"/(?P<kind>models|tunedModels)/(?P<name>[^/:%]+(?:%(?!3[aA])[^/:%]*)*)(?::|%3[aA])(?P<method>\w+)$"
+)
+_COUNT_KEYS = (
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "cachedContentTokenCount",
+    "toolUsePromptTokenCount",
+    "totalTokenCount",
+)
+_MAX_ERROR = 300
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(path part, the rest: ``?query`` and/or ``#fragment``, kept verbatim)."""
+    cut = len(path)
+    for sep in ("?", "#"):
+        i = path.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    return path[:cut], path[cut:]
+
+
+def _match(path: str) -> re.Match[str] | None:
+    return _PATH.search(_split(path)[0].rstrip("/"))
+
+
+def flavor_for_path(path: str) -> str | None:
+    """``"generate"`` / ``"stream"`` for ``models/{m}:generateContent`` / ``:streamGenerateContent``.
+
+    Other methods (``countTokens``, ``embedContent``, ``batchGenerateContent``...) are not
+    metered: None.
+    """
+    m = _match(path)
+    return _METHODS.get(m["method"]) if m else None
+
+
+def request_model(path: str, body: dict[str, Any] | None = None) -> str | None:
+    """The model named in the URL: ``gemini-2.5-flash`` (no ``models/``), or ``tunedModels/{name}``."""
+    m = _match(path)
+    if m is None:
+        return None
+    name = unquote(m["name"])
+    return f"tunedModels/{name}" if m["kind"] == "tunedModels" else name
+
+
+def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
+    """The request path naming ``model`` instead (query string kept verbatim); the body is unchanged.
+
+    ``model`` may be ``gemini-2.5-flash``, ``models/gemini-2.5-flash`` or ``tunedModels/x``.
+    Raises ``ValueError`` if the path names no model.
+    """
+    part, rest = _split(path)
+    trailing = part[len(part.rstrip("/")) :]
+    part = part.rstrip("/")
+    m = _PATH.search(part)
+    if m is None:
+        raise ValueError(f"no model in Gemini path {path!r}")
+    model = model.strip()
+    kind = "models"
+    if model.startswith("tunedModels/"):
+        kind, model = "tunedModels", model[len("tunedModels/") :]
+    else:
+        model = model.removeprefix("models/")
+    if not model:
+        raise ValueError("empty model name")
+    sep = part[m.end("name") : m.start("method")]
+    new = f"{part[: m.start()]}/{kind}/{quote(model, safe='-._~@')}{sep}{m['method']}"
+    return new + trailing + rest, body
+
+
+def stream_framing(path: str, content_type: str) -> str:
+    """How a stream is framed: ``"sse"`` (``alt=sse``) or ``"json_array"`` (the default).
+
+    The response's Content-Type decides when it says; else the request's ``alt`` parameter.
+    """
+    ct = content_type.split(";", 1)[0].strip().lower()
+    if ct == "text/event-stream":
+        return "sse"
+    if ct in ("application/json", "application/x-ndjson", "text/json"):
+        return "json_array"
+    query = _split(path)[1].split("#", 1)[0].lstrip("?")
+    alt = parse_qs(query).get("alt", [])
+    return "sse" if alt and alt[-1].lower() == "sse" else "json_array"
+
+
+def extract_usage(meta: Any) -> Usage | None:
+    """Normalise a ``usageMetadata`` object, or None if it holds no count."""
+    if not isinstance(meta, dict) or not any(k in meta for k in _COUNT_KEYS):
+        return None
+    thoughts = _int(meta.get("thoughtsTokenCount"))
+    return Usage(
+        input_tokens=_int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount")),
+        cache_read_tokens=_int(meta.get("cachedContentTokenCount")),
+        output_tokens=_int(meta.get("candidatesTokenCount")) + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+def parse_response(flavor: str, body: bytes) -> Metered:
+    """Usage, model and error of a complete, content-decoded body. Never raises.
+
+    A stream body read whole (a JSON array, or SSE text) is parsed as the stream it is.
+    """
+    head = body.lstrip()[:6]
+    if not head:
+        return Metered(error="empty response body")
+    if head[:1] == b"[" or head.startswith((b"data:", b":", b"event:")):
+        parser = StreamParser(flavor)
+        if head[:1] == b"[":
+            decoder = JSONArrayDecoder()
+            for element in decoder.feed(body) + decoder.close():
+                parser.feed(element)
+        else:
+            sse = SSEDecoder()
+            for event in sse.feed(body) + sse.close():
+                parser.feed(event)
+        return parser.result()
+    obj = _loads(body)
+    if obj is None:
+        return Metered(error="response body is not JSON")
+    if not isinstance(obj, dict):
+        return Metered(error="response body is not a JSON object")
+    usage = extract_usage(obj.get("usageMetadata"))
+    error = error_message(obj.get("error"))
+    if usage is None and error is None:
+        error = "no usage in response"
+    text = None if usage is not None else "".join(_candidate_texts(obj)) or None
+    return Metered(usage=usage, model=_str(obj.get("modelVersion")), error=error, output_text=text)
+
+
+class StreamParser:
+    """Feed the chunks of one streamed response; ``result()`` at any time.
+
+    A chunk is an ``SSEEvent`` (``alt=sse``) or one JSON array element's text (bytes,
+    from ``JSONArrayDecoder``).
+    """
+
+    __slots__ = ("_bad", "_done", "_error", "_last", "_lazy", "_model", "_prev", "_text", "flavor")
+
+    def __init__(self, flavor: str = "stream") -> None:
+        self.flavor = flavor
+        self._last: bytes | None = None  # the last chunk holding a usageMetadata
+        self._prev: bytes | None = None  # the one before (used if the last is cut)
+        self._lazy: tuple[Usage | None, str | None, int] | None = None
+        self._model: str | None = None
+        self._error: str | None = None
+        self._done = False
+        self._bad = 0
+        self._text = TextCollector(self._chunk_texts)
+
+    @property
+    def done(self) -> bool:
+        """A chunk with a ``finishReason`` was seen."""
+        return self._done
+
+    def feed(self, event: SSEEvent | bytes) -> None:
+        """Take one chunk (empty events and comments are ignored)."""
+        data = event.data if isinstance(event, SSEEvent) else event
+        if not data or data.isspace():
+            return
+        self._text.add(data)
+        if b'"usageMetadata"' in data:
+            self._prev, self._last = self._last, data
+            self._lazy = None
+        if b'"finishReason"' in data:
+            self._done = True
+        if b'"error"' in data:
+            obj = _loads(data)
+            if not isinstance(obj, dict):
+                self._bad += 1
+                return
+            error = error_message(obj.get("error"))
+            if error is not None:
+                self._error = error
+
+    def result(self) -> Metered:
+        """Usage of the last chunk that had one (None if none), the model, an error if any."""
+        if self._lazy is None:
+            self._lazy = self._resolve()
+        usage, model, bad = self._lazy
+        bad += self._bad
+        text = self._text.text() if usage is None else None
+        error = self._error
+        if usage is None and error is None:
+            error = f"no usage in stream ({bad} event(s) not JSON)" if bad else "no usage in stream"
+        return Metered(usage=usage, model=model or self._model, error=error, output_text=text)
+
+    def _resolve(self) -> tuple[Usage | None, str | None, int]:
+        """Decode the last usage chunk (or, if it is cut, the one before): overwrite, never add."""
+        bad = 0
+        for data in (self._last, self._prev):
+            if data is None:
+                continue
+            obj = _loads(data)
+            if not isinstance(obj, dict):
+                bad += 1
+                continue
+            usage = extract_usage(obj.get("usageMetadata"))
+            if usage is not None:
+                return usage, _str(obj.get("modelVersion")), bad
+        return None, None, bad
+
+    def _chunk_texts(self, data: bytes) -> list[str]:
+        """The text of one chunk (noting its ``modelVersion``)."""
+        obj = _loads(data)
+        if not isinstance(obj, dict):
+            return []
+        model = _str(obj.get("modelVersion"))
+        if model is not None:
+            self._model = model
+        return _candidate_texts(obj)
+
+
+def _candidate_texts(obj: dict[str, Any]) -> list[str]:
+    """Texts of ``candidates[].content.parts[]`` (thoughts included; function calls as JSON)."""
+    out: list[str] = []
+    candidates = obj.get("candidates")
+    if not isinstance(candidates, list):
+        return out
+    for candidate in candidates:
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list):
+            continue
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            if isinstance(text := part.get("text"), str) and text:
+                out.append(text)
+            elif isinstance(call := part.get("functionCall"), dict):
+                out.append(_dumps(call, ensure_ascii=False))
+    return out
+
+
+def error_message(err: Any) -> str | None:
+    """A short text for a Google API error (``{"code", "message", "status"}``), or None."""
+    if err is None or err == {} or err == "":
+        return None
+    if isinstance(err, dict):
+        kind = err.get("status") or err.get("code")
+        message = err.get("message")
+        text = f"{kind}: {message}" if kind and message else str(message or kind or err)
+    else:
+        text = str(err)
+    return text[:_MAX_ERROR]
+
+
+_dumps = json.dumps  # bound once: tests swap the module's ``json`` to count decodes
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads`` that returns None instead of raising."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _int(value: Any) -> int:
+    """A token count: ints as they are, floats truncated, anything else (null, bool) 0."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value == value and abs(value) != float("inf"):
+        return int(value)
+    return 0
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

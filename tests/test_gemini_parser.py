@@ -1,0 +1,391 @@
+"""Gemini parser: paths and model rewrite, bodies, SSE and JSON-array streams split anywhere, prices."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from addon import pricing
+from addon.content_decoding import StreamDecoder
+from addon.json_stream import JSONArrayDecoder
+from addon.providers import gemini_api
+from addon.providers.gemini_api import (
+    StreamParser,
+    extract_usage,
+    flavor_for_path,
+    parse_response,
+    request_model,
+    stream_framing,
+    with_model,
+)
+from addon.sse import SSEDecoder
+from addon.usage import Metered, Usage
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SSE_STREAM = (FIXTURES / "gemini_stream_sse.crlf").read_bytes()
+ARRAY_STREAM = (FIXTURES / "gemini_stream.json").read_bytes()
+# the LAST chunk's usageMetadata: prompt 27; candidates 22 + thoughts 118 (never summed over chunks)
+STREAM_RESULT = Metered(
+    Usage(input_tokens=27, output_tokens=140, reasoning_tokens=118), "gemini-2.5-flash-lite", None
+)
+STREAM_TEXT = 'Why did the proxy cross the road? To intercept the "usageMetadata" on the other side. ["}"]'
+WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _compare_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``==`` on results checks ``output_text`` too, even if ``Metered`` leaves it out of comparisons."""
+
+    def eq(a: Metered, b: object) -> bool:
+        return type(b) is Metered and dataclasses.astuple(a) == dataclasses.astuple(b)
+
+    monkeypatch.setattr(Metered, "__eq__", eq)
+
+
+def run(pieces: Iterable[bytes], framing: str, encoding: str | None = None) -> tuple[Metered, bytes]:
+    """Pieces -> content decoding -> SSE or JSON array -> parser, as the addon would. (result, decoded)"""
+    content = StreamDecoder(encoding)
+    parser = StreamParser("stream")
+    decoded = bytearray()
+    if framing == "sse":
+        sse = SSEDecoder()
+
+        def take(data: bytes, final: bool = False) -> None:
+            for event in sse.feed(data) + (sse.close() if final else []):
+                decoded.extend(event.raw)
+                parser.feed(event)
+    else:
+        array = JSONArrayDecoder()
+
+        def take(data: bytes, final: bool = False) -> None:
+            decoded.extend(data)
+            for element in array.feed(data) + (array.close() if final else []):
+                parser.feed(element)
+
+    for piece in pieces:
+        take(content.decode(piece))
+    take(content.flush(), final=True)
+    return parser.result(), bytes(decoded)
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "flavor", "model"),
+    [
+        ("/v1beta/models/gemini-2.5-flash:generateContent", "generate", "gemini-2.5-flash"),
+        ("/v1/models/gemini-2.5-flash:generateContent", "generate", "gemini-2.5-flash"),
+        ("/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", "stream", "gemini-2.5-pro"),
+        ("/v1beta/models/gemini-2.5-pro:streamGenerateContent?key=AIzaSy-x", "stream", "gemini-2.5-pro"),
+        ("/v1beta/models/gemini-2.0-flash-001%3AgenerateContent", "generate", "gemini-2.0-flash-001"),
+        (
+            "/v1alpha/models/gemini-2.5-flash-preview-05-20:generateContent/",
+            "generate",
+            "gemini-2.5-flash-preview-05-20",
+        ),
+        (
+            "/v1beta/tunedModels/my-support-bot-7k2:generateContent",
+            "generate",
+            "tunedModels/my-support-bot-7k2",
+        ),
+        ("/v1beta/models/gemini-2.5-flash:countTokens", None, "gemini-2.5-flash"),
+        ("/v1beta/models/gemini-embedding-001:embedContent", None, "gemini-embedding-001"),
+        ("/v1beta/models/gemini-embedding-001:batchEmbedContents", None, "gemini-embedding-001"),
+        ("/v1beta/models/gemini-2.5-flash:batchGenerateContent", None, "gemini-2.5-flash"),
+        ("/v1beta/models/gemini-2.5-flash", None, None),
+        ("/v1beta/models", None, None),
+        ("/v1beta/openai/chat/completions", None, None),
+        ("/v1beta/cachedContents", None, None),
+        ("/upload/v1beta/files", None, None),
+        ("", None, None),
+    ],
+)
+def test_flavor_and_model_from_path(path: str, flavor: str | None, model: str | None) -> None:
+    assert flavor_for_path(path) == flavor
+    assert request_model(path, {"contents": []}) == model
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "rewritten"),
+    [
+        (
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&key=AIzaSyD-x_y%2Fz",
+            "gemini-2.5-flash",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key=AIzaSyD-x_y%2Fz",
+        ),
+        (
+            "/v1/models/gemini-2.5-pro:generateContent",
+            "models/gemini-2.5-flash-lite",
+            "/v1/models/gemini-2.5-flash-lite:generateContent",
+        ),
+        (
+            "/v1beta/models/gemini-2.5-pro%3AgenerateContent?key=k#frag",
+            "gemini-2.0-flash",
+            "/v1beta/models/gemini-2.0-flash%3AgenerateContent?key=k#frag",
+        ),
+        (
+            "/v1beta/tunedModels/my-bot:generateContent?key=k",
+            "gemini-2.5-flash",
+            "/v1beta/models/gemini-2.5-flash:generateContent?key=k",
+        ),
+        (
+            "/v1beta/models/gemini-2.5-pro:generateContent/",
+            "tunedModels/cheap-bot",
+            "/v1beta/tunedModels/cheap-bot:generateContent/",
+        ),
+    ],
+)
+def test_with_model_rewrites_only_the_model(path: str, model: str, rewritten: str) -> None:
+    body: dict[str, Any] = {"contents": [{"parts": [{"text": "hi"}]}]}
+    new_path, new_body = with_model(path, body, model)
+    assert new_path == rewritten
+    assert new_body is body
+    assert request_model(new_path, new_body) == model.removeprefix("models/")
+    assert flavor_for_path(new_path) == flavor_for_path(path)
+
+
+def test_with_model_refuses_a_path_without_a_model() -> None:
+    with pytest.raises(ValueError, match="no model"):
+        with_model("/v1beta/models", None, "gemini-2.5-flash")
+    with pytest.raises(ValueError, match="empty model"):
+        with_model("/v1/models/gemini-2.5-pro:generateContent", None, "models/")
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "framing"),
+    [
+        ("/v1beta/models/m:streamGenerateContent?alt=sse", "text/event-stream", "sse"),
+        ("/v1beta/models/m:streamGenerateContent?alt=sse", "", "sse"),
+        ("/v1beta/models/m:streamGenerateContent?key=k&alt=SSE", "", "sse"),
+        ("/v1beta/models/m:streamGenerateContent", "text/event-stream; charset=utf-8", "sse"),
+        ("/v1beta/models/m:streamGenerateContent", "application/json; charset=UTF-8", "json_array"),
+        ("/v1beta/models/m:streamGenerateContent?alt=sse", "application/json", "json_array"),
+        ("/v1beta/models/m:streamGenerateContent?alt=json", "", "json_array"),
+        ("/v1beta/models/m:streamGenerateContent", "", "json_array"),
+    ],
+)
+def test_stream_framing(path: str, content_type: str, framing: str) -> None:
+    assert stream_framing(path, content_type) == framing
+
+
+# --- usage and bodies ------------------------------------------------------------------------
+
+
+def test_generate_body_with_cache_and_thoughts() -> None:
+    # prompt 2113 includes the 2037 cached; output = candidates 41 + thoughts 360
+    assert parse_response("generate", (FIXTURES / "gemini_generate.json").read_bytes()) == Metered(
+        Usage(input_tokens=2113, cache_read_tokens=2037, output_tokens=401, reasoning_tokens=360),
+        "gemini-2.5-flash",
+        None,
+    )
+
+
+def test_tool_use_prompt_tokens_are_input() -> None:
+    meta = {
+        "promptTokenCount": 100,
+        "toolUsePromptTokenCount": 40,
+        "candidatesTokenCount": 20,
+        "totalTokenCount": 160,
+    }
+    assert extract_usage(meta) == Usage(input_tokens=140, output_tokens=20)
+    assert extract_usage({"promptTokenCount": 9, "totalTokenCount": 9}) == Usage(input_tokens=9)
+    assert extract_usage({"promptTokensDetails": []}) is None
+    assert extract_usage(None) is None
+
+
+def test_blocked_prompt_has_usage_and_no_text() -> None:
+    body = {
+        "promptFeedback": {"blockReason": "SAFETY"},
+        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+        "modelVersion": "gemini-2.5-flash",
+    }
+    assert parse_response("generate", json.dumps(body).encode()) == Metered(
+        Usage(input_tokens=8), "gemini-2.5-flash", None
+    )
+
+
+def test_error_body() -> None:
+    assert parse_response("generate", (FIXTURES / "gemini_error.json").read_bytes()) == Metered(
+        None,
+        None,
+        "RESOURCE_EXHAUSTED: You exceeded your current quota, please check your plan and billing details.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"", "empty response body"),
+        (b"<html>502</html>", "response body is not JSON"),
+        (b'"x"', "response body is not a JSON object"),
+        (b'{"candidates": []}', "no usage in response"),
+    ],
+)
+def test_bodies_without_usage_never_raise(raw: bytes, error: str) -> None:
+    result = parse_response("generate", raw)
+    assert (result.usage, result.error) == (None, error)
+
+
+def test_body_without_usage_gives_its_text() -> None:
+    body = {
+        "candidates": [
+            {
+                "content": {
+                    "parts": [
+                        {"text": "Thinking it over.", "thought": True},
+                        {"text": "Answer: 4."},
+                        {"functionCall": {"name": "add", "args": {"a": 2, "b": 2}}},
+                    ]
+                }
+            }
+        ],
+        "modelVersion": "gemini-2.5-flash",
+    }
+    result = parse_response("generate", json.dumps(body).encode())
+    assert result.usage is None
+    assert result.output_text == 'Thinking it over.Answer: 4.{"name": "add", "args": {"a": 2, "b": 2}}'
+
+
+@pytest.mark.parametrize("name", ["gemini_stream_sse.crlf", "gemini_stream.json"])
+def test_stream_body_read_whole(name: str) -> None:
+    assert parse_response("stream", (FIXTURES / name).read_bytes()) == STREAM_RESULT
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+def test_sse_fixture_is_crlf_framed() -> None:
+    assert SSE_STREAM.count(b"\r\n\r\n") == 3 and b"\n\n" not in SSE_STREAM
+
+
+@pytest.mark.parametrize(("data", "framing"), [(SSE_STREAM, "sse"), (ARRAY_STREAM, "json_array")])
+def test_stream_whole_and_split_at_every_byte(data: bytes, framing: str) -> None:
+    assert run([data], framing) == (STREAM_RESULT, data)
+    for i in range(len(data) + 1):
+        assert run([data[:i], data[i:]], framing) == (STREAM_RESULT, data), i
+    assert run((data[i : i + 1] for i in range(len(data))), framing) == (STREAM_RESULT, data)
+
+
+@pytest.mark.parametrize(("data", "framing"), [(SSE_STREAM, "sse"), (ARRAY_STREAM, "json_array")])
+def test_gzipped_stream_split_at_every_byte(data: bytes, framing: str) -> None:
+    encoded = gzip.compress(data)
+    for i in range(len(encoded) + 1):
+        assert run([encoded[:i], encoded[i:]], framing, "gzip") == (STREAM_RESULT, data), i
+
+
+@pytest.mark.parametrize(("data", "framing"), [(SSE_STREAM, "sse"), (ARRAY_STREAM, "json_array")])
+def test_usage_is_the_last_chunks_not_a_sum(data: bytes, framing: str) -> None:
+    parser = StreamParser("stream")
+    if framing == "sse":
+        sse = SSEDecoder()
+        chunks: list[Any] = sse.feed(data) + sse.close()
+    else:
+        array = JSONArrayDecoder()
+        chunks = array.feed(data) + array.close()
+    assert len(chunks) == 3
+    expected_outputs = [118, 127, 140]  # thoughts 118 + candidates 0, 9, 22
+    for chunk, output in zip(chunks, expected_outputs, strict=True):
+        parser.feed(chunk)
+        assert parser.result().usage == Usage(input_tokens=27, output_tokens=output, reasoning_tokens=118)
+    assert parser.done is True
+
+
+def test_stream_cut_inside_the_last_chunk_keeps_the_one_before() -> None:
+    cut = ARRAY_STREAM.rindex(b'"candidatesTokenCount": 22')
+    result, _ = run([ARRAY_STREAM[:cut]], "json_array")
+    # the cut chunk is not JSON; the second chunk's usage stands, and nothing is added up
+    assert result == Metered(
+        Usage(input_tokens=27, output_tokens=127, reasoning_tokens=118), "gemini-2.5-flash-lite", None
+    )
+
+
+def test_stream_cut_inside_the_first_chunk() -> None:
+    first = ARRAY_STREAM.index(b'"usageMetadata"')
+    result, _ = run([ARRAY_STREAM[:first]], "json_array")
+    assert result == Metered(None, None, "no usage in stream")  # and no text: the only chunk is cut
+
+
+def test_stream_without_usage_gives_the_text_and_model() -> None:
+    chunks = [json.loads(e) for e in JSONArrayDecoder().feed(ARRAY_STREAM)]
+    for chunk in chunks:
+        del chunk["usageMetadata"]
+    data = ("[" + ",\r\n".join(json.dumps(c) for c in chunks) + "]").encode()
+    result, _ = run([data], "json_array")
+    assert result.usage is None
+    assert result.model == "gemini-2.5-flash-lite"
+    assert result.error == "no usage in stream"
+    assert result.output_text == STREAM_TEXT
+
+
+def test_error_chunk_mid_stream() -> None:
+    error = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+    data = ARRAY_STREAM[: ARRAY_STREAM.index(b",\r\n")] + b",\r\n" + json.dumps(error).encode() + b"]"
+    result, _ = run([data], "json_array")
+    assert result == Metered(
+        Usage(input_tokens=27, output_tokens=118, reasoning_tokens=118),
+        "gemini-2.5-flash-lite",
+        "UNAVAILABLE: The model is overloaded.",
+    )
+
+
+def test_an_error_object_instead_of_the_array() -> None:
+    result, _ = run([(FIXTURES / "gemini_error.json").read_bytes()], "json_array")
+    assert result.usage is None
+    assert result.error is not None and result.error.startswith("RESOURCE_EXHAUSTED: You exceeded")
+
+
+def test_json_is_decoded_once_per_stream_when_usage_came(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            calls.append(data)
+            return json.loads(data)
+
+    monkeypatch.setattr(gemini_api, "json", CountingJson)
+    for data, framing in ((SSE_STREAM, "sse"), (ARRAY_STREAM, "json_array")):
+        calls.clear()
+        assert run([data], framing)[0] == STREAM_RESULT
+        assert len(calls) == 1  # the last chunk only, in result()
+        assert b'"candidatesTokenCount":22' in calls[0].replace(b" ", b"")
+
+
+def test_garbage_stream_does_not_raise() -> None:
+    garbage = bytes((i * 7919 + 13) % 256 for i in range(3000)) + b'\n\ndata: {"usageMetadata": {\n\n'
+    result, raw = run((garbage[i : i + 3] for i in range(0, len(garbage), 3)), "sse")
+    assert raw == garbage
+    assert result.usage is None
+    assert result.error is not None and result.error.startswith("no usage in stream (")
+
+
+# --- prices ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "model"),
+    [
+        (parse_response("generate", (FIXTURES / "gemini_generate.json").read_bytes()), "gemini-2.5-flash"),
+        (STREAM_RESULT, "gemini-2.5-flash-lite"),
+    ],
+)
+def test_fixtures_price_under_google(result: Metered, model: str) -> None:
+    price = pricing.price("google", result.model, result.usage, WHEN)
+    assert (price.status, price.model) == ("priced", model)
+    assert price.cost_usd is not None and price.cost_usd > 0
+
+
+def test_generate_fixture_price_is_exact() -> None:
+    # gemini-2.5-flash: 76 uncached x $0.30/M + 2037 cached x $0.03/M + 401 output x $2.50/M
+    # = (22.8 + 61.11 + 1002.5) / 1e6
+    result = parse_response("generate", (FIXTURES / "gemini_generate.json").read_bytes())
+    price = pricing.price("google", "models/gemini-2.5-flash", result.usage, WHEN)
+    assert str(price.cost_usd) == "0.00108641"

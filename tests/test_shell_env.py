@@ -1,0 +1,141 @@
+"""scripts/shell-env --exec: one command run with the proxy's variables, the process replaced."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from addon.shell_env import export_lines, proxy_variables, split_command
+
+ROOT = Path(__file__).resolve().parent.parent
+PRINT_VARS = (
+    "import os; names = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'NO_PROXY', 'SSL_CERT_FILE', "
+    "'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'NODE_EXTRA_CA_CERTS', 'APP_ENV', 'KEEP_ME']; "
+    "print('\\n'.join(f'{n}={os.environ.get(n)}' for n in names)); print(os.getpid())"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
+    """A confdir with a dummy CA, a temp XDG_DATA_HOME, a port nobody listens on."""
+    confdir = tmp_path / "mitmproxy"
+    confdir.mkdir()
+    (confdir / "mitmproxy-ca-cert.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ("HTTPS_PROXY", "HTTP_PROXY", "APP_ENV")}
+    env |= {"XDG_DATA_HOME": str(tmp_path / "xdg"), "KEEP_ME": "kept", "PYTHONPATH": str(ROOT)}
+    return confdir, env, free_port()
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_exec_runs_the_command_with_the_variables_in_place_of_itself(
+    setup: tuple[Path, dict[str, str], int], tmp_path: Path
+) -> None:
+    confdir, env, port = setup
+    args = [sys.executable, "-m", "addon.shell_env", "--confdir", str(confdir), "--port", str(port)]
+    proc = run([*args, "--env", "staging", "--exec", "--", sys.executable, "-c", PRINT_VARS], env)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    bundle = tmp_path / "xdg" / "tokometer" / "ca-bundle.pem"
+    lines = out.splitlines()
+    assert lines[:-1] == [
+        f"HTTPS_PROXY=http://127.0.0.1:{port}",
+        f"https_proxy=http://127.0.0.1:{port}",
+        f"HTTP_PROXY=http://127.0.0.1:{port}",
+        "NO_PROXY=localhost,127.0.0.1,::1",
+        f"SSL_CERT_FILE={bundle}",
+        f"REQUESTS_CA_BUNDLE={bundle}",
+        f"CURL_CA_BUNDLE={bundle}",
+        f"NODE_EXTRA_CA_CERTS={confdir / 'mitmproxy-ca-cert.pem'}",
+        "APP_ENV=staging",
+        "KEEP_ME=kept",
+    ]
+    assert int(lines[-1]) == proc.pid  # exec'd: the same process, so signals reach the command
+    assert bundle.read_text().endswith("-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n")
+    assert f"nothing listens on 127.0.0.1:{port}" in err  # a warning only
+
+
+def test_exec_passes_the_exit_status_through(setup: tuple[Path, dict[str, str], int]) -> None:
+    confdir, env, port = setup
+    args = [sys.executable, "-m", "addon.shell_env", "--confdir", str(confdir), "--port", str(port), "--exec"]
+    proc = run([*args, "--", sys.executable, "-c", "import sys; sys.exit(7)"], env)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 7
+
+
+def test_exec_through_the_scripts_wrapper(setup: tuple[Path, dict[str, str], int]) -> None:
+    confdir, env, port = setup
+    wrapper = str(ROOT / "scripts" / "shell-env")
+    proc = run(
+        [
+            wrapper,
+            "--confdir",
+            str(confdir),
+            "--port",
+            str(port),
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            'echo "$HTTPS_PROXY"',
+        ],
+        env,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out == f"http://127.0.0.1:{port}\n"
+
+
+def test_exec_errors(setup: tuple[Path, dict[str, str], int], tmp_path: Path) -> None:
+    confdir, env, port = setup
+    base = [sys.executable, "-m", "addon.shell_env", "--port", str(port)]
+
+    proc = run([*base, "--confdir", str(tmp_path / "none"), "--exec", "--", "true"], env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "mitmproxy's CA certificate does not exist yet" in err
+
+    proc = run([*base, "--confdir", str(confdir), "--exec", "--", "no-such-command-xyz", "a"], env)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (127, "")
+    assert err.endswith("shell-env: command not found: no-such-command-xyz\n")
+
+    proc = run([*base, "--confdir", str(confdir), "--exec"], env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--exec needs a command" in err
+
+    proc = run([*base, "--confdir", str(confdir), "--", "true"], env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "a command after -- needs --exec" in err
+
+    proc = run([*base, "--exec", "--unset", "--", "true"], env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--exec and --unset do not go together" in err
+
+
+def test_split_command_and_the_eval_lines_share_the_variables(tmp_path: Path) -> None:
+    assert split_command(["--env", "dev", "--exec", "--", "curl", "--", "x"]) == (
+        ["--env", "dev", "--exec"],
+        ["curl", "--", "x"],
+    )
+    assert split_command(["--env", "dev"]) == (["--env", "dev"], None)
+    values = proxy_variables("http://127.0.0.1:8080", tmp_path / "b.pem", tmp_path / "ca.pem", "dev")
+    lines = export_lines("http://127.0.0.1:8080", tmp_path / "b.pem", tmp_path / "ca.pem", "dev")
+    assert lines == [f"export {name}={value}" for name, value in values.items()]
+    assert values["TOKOMETER_SET_APP_ENV"] == "1" and values["APP_ENV"] == "dev"
+    assert "APP_ENV" not in proxy_variables("http://h:1", tmp_path / "b.pem", tmp_path / "ca.pem", None)
