@@ -158,6 +158,28 @@ class NotificationSettings:
         return f"{parts.scheme}://{parts.hostname or '?'}{f':{parts.port}' if parts.port else ''}"
 
 
+@dataclass(frozen=True, slots=True)
+class CustomProvider:
+    """A host from ``providers:`` speaking an OpenAI- or Anthropic-compatible API (vLLM, Ollama...)."""
+
+    name: str  # recorded as the call's provider
+    host: str
+    port: int
+    scheme: str  # http | https
+    api: str  # openai | anthropic
+    pricing_provider: str | None = None  # genai-prices provider id to look prices up under
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """A price from ``prices:``, in USD per million tokens (self-hosted models, negotiated rates)."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None  # default: the input price
+    cache_write: Decimal | None = None  # default: the input price
+
+
 def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
@@ -173,6 +195,9 @@ class Policies:
     attribution: AttributionSettings = AttributionSettings()
     premium_usd_per_mtok: Decimal | None = None
     notifications: NotificationSettings = NotificationSettings()
+    providers: tuple[CustomProvider, ...] = ()
+    azure_deployments: Mapping[str, str] = field(default_factory=_empty)
+    prices: tuple[tuple[str, PriceOverride], ...] = ()  # (model or provider/model pattern, price), in order
     source: Path | None = None
     enforcing: bool = False
 
@@ -274,7 +299,13 @@ _TOP_KEYS = (
     "attribution",
     "premium_usd_per_mtok",
     "notifications",
+    "providers",
+    "azure_deployments",
+    "prices",
 )
+_PROVIDER_KEYS = ("url", "api", "pricing_provider")
+_PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
+API_FAMILIES = ("openai", "anthropic")
 _ENV_KEYS = ("models", "budget", "rate_limit", "allow_header_claims")
 _MODELS_KEYS = ("allow", "on_disallowed", "downgrade")
 _BUDGET_KEYS = ("usd", "period", "alert_at")
@@ -819,6 +850,82 @@ class _Validator:
                 timeout = float(raw)
         return NotificationSettings(desktop=desktop, webhook=webhook, timeout_s=timeout)
 
+    def providers(self, value: Any, line: int) -> tuple[CustomProvider, ...]:
+        found: list[CustomProvider] = []
+        seen: dict[tuple[str, int], str] = {}
+        for name, entry in self.named_entries(value, line, "providers").items():
+            path = f"providers.{_show(name)}"
+            entry_line = _line_of(value, name, line)
+            data = self.mapping(entry, entry_line, path, _PROVIDER_KEYS)
+            url = self.text(data.get("url"), _line_of(data, "url", entry_line), f"{path}.url")
+            api = data.get("api", "openai")
+            if api not in API_FAMILIES:
+                self.error(
+                    _line_of(data, "api", entry_line),
+                    f"{path}.api",
+                    f"must be one of {', '.join(API_FAMILIES)}",
+                )
+                continue
+            pricing = data.get("pricing_provider")
+            if pricing is not None:
+                pricing = self.text(
+                    pricing, _line_of(data, "pricing_provider", entry_line), f"{path}.pricing_provider"
+                )
+            if url is None:
+                continue
+            try:
+                parts = urlsplit(url if "://" in url else f"http://{url}")
+                host, port = parts.hostname, parts.port
+            except ValueError:
+                host, port, parts = None, None, None
+            if parts is None or parts.scheme not in ("http", "https") or not host:
+                self.error(_line_of(data, "url", entry_line), f"{path}.url", "must be http(s)://host[:port]")
+                continue
+            port = port or (443 if parts.scheme == "https" else 80)
+            if (host, port) in seen:
+                self.error(entry_line, path, f"{host}:{port} is already provider {seen[(host, port)]}")
+                continue
+            seen[(host, port)] = str(name)
+            found.append(CustomProvider(str(name), host.lower(), port, parts.scheme, api, pricing))
+        return tuple(found)
+
+    def azure_deployments(self, value: Any, line: int) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name, model in self.named_entries(value, line, "azure_deployments").items():
+            text = self.text(model, _line_of(value, name, line), f"azure_deployments.{_show(name)}")
+            if text is not None:
+                found[str(name)] = text
+        return found
+
+    def prices(self, value: Any, line: int) -> tuple[tuple[str, PriceOverride], ...]:
+        found: list[tuple[str, PriceOverride]] = []
+        for pattern, entry in self.named_entries(value, line, "prices").items():
+            path = f"prices.{_show(pattern)}"
+            entry_line = _line_of(value, pattern, line)
+            data = self.mapping(entry, entry_line, path, _PRICE_KEYS)
+            amounts: dict[str, Decimal | None] = {}
+            for key in _PRICE_KEYS:
+                if data.get(key) is None:
+                    if key in ("input", "output"):
+                        self.error(entry_line, f"{path}.{key}", "is required (USD per million tokens)")
+                    amounts[key] = None
+                    continue
+                amounts[key] = self.decimal(data[key], _line_of(data, key, entry_line), f"{path}.{key}")
+            if amounts["input"] is None or amounts["output"] is None:
+                continue
+            found.append(
+                (
+                    str(pattern),
+                    PriceOverride(
+                        input=amounts["input"],
+                        output=amounts["output"],
+                        cached_input=amounts["cached_input"],
+                        cache_write=amounts["cache_write"],
+                    ),
+                )
+            )
+        return tuple(found)
+
     def document(self, data: Any, source: Path | None) -> Policies:
         if data is None:
             data = _Map()
@@ -844,6 +951,11 @@ class _Validator:
         notifications = NotificationSettings()
         if "notifications" in data:
             notifications = self.notifications(data["notifications"], _line_of(data, "notifications", 1))
+        providers = self.providers(data.get("providers"), _line_of(data, "providers", 1))
+        deployments = self.azure_deployments(
+            data.get("azure_deployments"), _line_of(data, "azure_deployments", 1)
+        )
+        prices = self.prices(data.get("prices"), _line_of(data, "prices", 1))
         premium = None
         if data.get("premium_usd_per_mtok") is not None:
             premium = self.decimal(
@@ -859,6 +971,9 @@ class _Validator:
             attribution=attribution,
             premium_usd_per_mtok=premium,
             notifications=notifications,
+            providers=providers,
+            azure_deployments=MappingProxyType(deployments),
+            prices=prices,
             source=source,
             enforcing=True,
         )

@@ -13,6 +13,7 @@ from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 
+from addon.policies import PriceOverride
 from addon.record import CallRecord
 from addon.usage import Usage
 
@@ -113,27 +114,18 @@ def price_record(record: CallRecord) -> None:
 PER_MILLION = Decimal(1_000_000)
 
 
-@dataclass(frozen=True, slots=True)
-class PriceOverride:
-    """A price from policies.yaml, in USD per million tokens (self-hosted models, negotiated rates)."""
-
-    input: Decimal
-    output: Decimal
-    cached_input: Decimal | None = None  # default: the input price
-    cache_write: Decimal | None = None  # default: the input price
-
-    def cost(self, usage: Usage) -> Decimal:
-        """Each bucket priced once: uncached input, cache reads, cache writes, output."""
-        uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
-        cached = self.input if self.cached_input is None else self.cached_input
-        write = self.input if self.cache_write is None else self.cache_write
-        total = (
-            uncached * self.input
-            + usage.cache_read_tokens * cached
-            + usage.cache_write_tokens * write
-            + usage.output_tokens * self.output
-        )
-        return total / PER_MILLION
+def override_cost(override: PriceOverride, usage: Usage) -> Decimal:
+    """Each bucket priced once: uncached input, cache reads, cache writes, output."""
+    uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
+    cached = override.input if override.cached_input is None else override.cached_input
+    write = override.input if override.cache_write is None else override.cache_write
+    total = (
+        uncached * override.input
+        + usage.cache_read_tokens * cached
+        + usage.cache_write_tokens * write
+        + usage.output_tokens * override.output
+    )
+    return total / PER_MILLION
 
 
 OVERRIDE_SOURCE = "policies.yaml prices"
@@ -177,7 +169,7 @@ class Pricer:
             for candidate in dict.fromkeys(m for m in (model, record.model_sent) if m):
                 override = self.override_for(record.provider, candidate)
                 if override is not None:
-                    record.cost_usd = override.cost(usage)
+                    record.cost_usd = override_cost(override, usage)
                     record.price_status, record.price_source = PRICED, OVERRIDE_SOURCE
                     record.price_model = candidate
                     return

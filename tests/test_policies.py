@@ -359,7 +359,8 @@ def test_every_problem_of_a_file_with_its_line() -> None:
         (
             "- a\n- b\n",
             "policies.yaml:1: (top level): must be a mapping of the keys default_environment, environments, "
-            "keys, users, attribution, premium_usd_per_mtok, notifications, not a list",
+            "keys, users, attribution, premium_usd_per_mtok, notifications, providers, azure_deployments, "
+            "prices, not a list",
         ),
         (
             "environments:\n  development: {models: {allow: [a, b]}\n",

@@ -1,0 +1,169 @@
+"""End to end: Gemini with the google-genai SDK, and an OpenAI-compatible custom host from policies.yaml.
+
+Real clients -> mitmdump + tokometer -> fake providers over HTTPS on 127.0.0.1; rows asserted in DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import CLIENTS, ProxyProcess
+from fake_gemini import FakeGemini
+from fakeprovider import FakeProvider
+from test_e2e import chat_usage, curl, fake_headers, run_client, tag
+
+# gemini-2.5-flash, per 1M: input 0.30, cached input 0.03, output 2.50 (thinking billed as output).
+# 100 input of which 20 cached, 50 candidates + 10 thoughts:
+GEMINI_COST = (
+    Decimal(80) * Decimal("0.30") + Decimal(20) * Decimal("0.03") + Decimal(60) * Decimal("2.50")
+) / 10**6
+
+
+@pytest.fixture(scope="module")
+def gemini(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGemini]:
+    fake = FakeGemini(tmp_path_factory.mktemp("gemini"))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def gproxy(tmp_path: Path, fake_provider: FakeProvider, gemini: FakeGemini):
+    started: list[ProxyProcess] = []
+
+    def start(policies: str = "default_environment: development\n") -> ProxyProcess:
+        remap = ("--map-remote", rf"|//generativelanguage\.googleapis\.com/|//127.0.0.1:{gemini.port}/")
+        p = ProxyProcess(
+            tmp_path / f"p{len(started)}", fake_provider.port, extra_args=remap, policies=policies
+        )
+        started.append(p)
+        p.start()
+        return p
+
+    yield start
+    for p in started:
+        p.cleanup()
+
+
+def gemini_client(proxy: ProxyProcess, *args: str) -> list[dict]:
+    res = subprocess.run(
+        [sys.executable, str(CLIENTS / "gemini_client.py"), *args],
+        env=proxy.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def test_gemini_sdk_plain_and_streamed(gproxy, gemini: FakeGemini) -> None:
+    proxy = gproxy()
+    plain = gemini_client(proxy)
+    assert plain[-1]["text"] == "Hello!"
+    streamed = gemini_client(proxy, "--stream")
+    assert [e["text"] for e in streamed if e["event"] == "chunk"] == ["Hel", "lo", "!"]
+    assert "alt=sse" in gemini.requests[-1][0]
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["provider"], r["api_flavor"], r["streamed"]) for r in rows] == [
+        ("google", "generate", False),
+        ("google", "stream", True),
+    ]
+    for row in rows:
+        assert row["host"] == "generativelanguage.googleapis.com"
+        assert row["model_requested"] == "gemini-2.5-flash" and row["model_reported"] == "gemini-2.5-flash"
+        assert (
+            row["input_tokens"],
+            row["cache_read_tokens"],
+            row["output_tokens"],
+            row["reasoning_tokens"],
+        ) == (
+            100,
+            20,
+            60,
+            10,
+        )
+        assert row["cost_usd"] == GEMINI_COST and row["price_status"] == "priced"
+        assert row["key_fingerprint"] is not None and "?" not in row["path"]
+
+
+def test_gemini_json_array_stream_with_the_key_in_the_query(gproxy, gemini: FakeGemini) -> None:
+    proxy = gproxy()
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?key=AIza-q"
+    res = curl(proxy, url, {"contents": [{"parts": [{"text": "hi"}]}]})
+    assert res.returncode == 0, res.stderr
+    assert [c["candidates"][0]["content"]["parts"][0]["text"] for c in json.loads(res.stdout)] == [
+        "Hel",
+        "lo",
+        "!",
+    ]
+    proxy.terminate()
+    [row] = proxy.rows()
+    assert (row["api_flavor"], row["streamed"], row["input_tokens"], row["output_tokens"]) == (
+        "stream",
+        True,
+        100,
+        60,
+    )
+    assert row["path"] == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"  # no key in the row
+    assert row["key_fingerprint"] is not None
+
+
+def test_gemini_downgrade_rewrites_the_path(gproxy, gemini: FakeGemini) -> None:
+    proxy = gproxy(
+        "default_environment: development\nenvironments:\n  development:\n    models:\n"
+        "      allow: [gemini-2.5-flash]\n      downgrade: {gemini-2.5-pro: gemini-2.5-flash}\n"
+    )
+    gemini_client(proxy, "--model", "gemini-2.5-pro", "--stream")
+    assert re.match(r"^/v1(beta)?/models/gemini-2\.5-flash:streamGenerateContent\?", gemini.requests[-1][0])
+    assert "alt=sse" in gemini.requests[-1][0]
+    proxy.terminate()
+    [row] = proxy.rows()
+    assert (row["action"], row["model_requested"], row["model_sent"]) == (
+        "downgraded",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+    )
+
+
+def test_custom_openai_compatible_host_with_its_own_prices(gproxy, fake_provider: FakeProvider) -> None:
+    policies = f"""
+default_environment: development
+providers:
+  local-llm: {{url: "https://127.0.0.1:{fake_provider.port}", api: openai}}
+prices:
+  "local-llm/llama-3.1-8b*": {{input: 0.10, output: 0.20}}
+"""
+    proxy = gproxy(policies)
+    t = tag()
+    res = curl(
+        proxy,
+        f"https://127.0.0.1:{fake_provider.port}/v1/chat/completions",
+        {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "hi"}]},
+        headers=[
+            f"X-Test-Tag: {t}",
+            "X-Fake-Usage: " + json.dumps(chat_usage(1000, 500)),
+            "Authorization: Bearer x",
+        ],
+    )
+    assert res.returncode == 0, res.stderr
+    rc, _ = run_client(proxy, "openai_client.py", "chat", headers=fake_headers(tag(), chat_usage(10, 5)))
+    assert rc == 0
+    proxy.terminate()
+    rows = {r["provider"]: r for r in proxy.rows()}
+    local = rows["local-llm"]
+    assert (local["host"], local["model_requested"], local["input_tokens"], local["output_tokens"]) == (
+        "127.0.0.1",
+        "llama-3.1-8b-instruct",
+        1000,
+        500,
+    )
+    assert local["cost_usd"] == Decimal("0.0002") and local["price_source"] == "policies.yaml prices"
+    assert rows["openai"]["price_source"].startswith("genai-prices")  # the built-in host is unaffected
