@@ -268,12 +268,12 @@ class Meter:
         registry = Registry(
             custom=tuple(
                 custom_provider(p.name, p.host, p.port, p.api, p.pricing_provider)
-                for p in getattr(policies, "providers", ())
+                for p in policies.providers
             ),
-            azure_deployments=getattr(policies, "azure_deployments", None),
+            azure_deployments=policies.azure_deployments,
         )
         self.registry = registry
-        self.pricer = Pricer(getattr(policies, "prices", ()), price_provider=registry.price_provider)
+        self.pricer = Pricer(policies.prices, price_provider=registry.price_provider)
         if self.on_providers_changed is not None:
             self.on_providers_changed()
 

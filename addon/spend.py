@@ -282,6 +282,9 @@ def _parser() -> argparse.ArgumentParser:
         "savings", parents=[common, span, filters(), policy], help="what the downgrade targets would save"
     )
     sub.add_parser("budgets", parents=[common, policy], help="budgets: cap, spent, projection")
+    sub.add_parser(
+        "unpriced", parents=[common, span, filters()], help="calls no price list knows, and how to price them"
+    )
     from addon.spend_watch import add_statusline_arguments, add_watch_arguments
 
     add_watch_arguments(sub.add_parser("watch", help="live view: session, burn rate, budgets, last calls"))
@@ -309,6 +312,11 @@ def _job(command: str, args: argparse.Namespace) -> Job:
             raise UsageError("give the session id once")
         session_id = given or option
         return Job(lambda con: session_report(con, db, session_id), render.render_session, render.csv_session)
+    if command == "unpriced":
+        sel = _selection(args, now)
+        return Job(
+            lambda con: reports.unpriced_report(con, db, sel), render.render_unpriced, render.csv_unpriced
+        )
     if command == "sessions":
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")

@@ -864,3 +864,55 @@ def chart_ratio(report: Mapping[str, Any], path: Path) -> None:
     ax.set_ylabel(r"non-production \$ per production \$")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, format="png")
+
+
+# -- unpriced -------------------------------------------------------------------------------------
+
+
+def render_unpriced(report: Mapping[str, Any]) -> str:
+    """The calls no price list knows, and how to give them a price."""
+    head = _head("calls with no known price", report)
+    rows_in = report["rows"]
+    if not rows_in:
+        return "\n".join([*head, "Every call with usage has a price."]) + "\n"
+    rows = [
+        [r["provider"], r["model"], r["price_status"] or "-", count(r["calls"]), count(r["input_tokens"]),
+         count(r["output_tokens"]), (r["last_at"] or "-")[:10]]
+        for r in rows_in
+    ]  # fmt: skip
+    columns = [
+        Column("provider", right=False, shrink=True, min_width=6),
+        Column("model", right=False, shrink=True, min_width=12),
+        Column("why", right=False, shrink=True, min_width=7),
+        Column("calls"),
+        Column("input"),
+        Column("output"),
+        Column("last", right=False),
+    ]
+    first = rows_in[0]
+    hint = [
+        "",
+        "These calls are in no cost total. Give their models a price in",
+        "policies.yaml (USD per million tokens; cached_input, cache_write optional):",
+        "",
+        "prices:",
+        f'  "{first["provider"]}/{first["model"]}": {{input: 0.50, cached_input: 0.05, output: 1.50}}',
+        "",
+        "New calls are priced with it at once; stored calls keep their empty cost.",
+    ]
+    return "\n".join([*head, *table(columns, rows), *hint]) + "\n"
+
+
+def csv_unpriced(report: Mapping[str, Any]) -> str:
+    """One line per provider and model."""
+    keys = [
+        "provider",
+        "model",
+        "price_status",
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        "first_at",
+        "last_at",
+    ]
+    return csv_text(keys, [[r[k] for k in keys] for r in report["rows"]])

@@ -920,3 +920,38 @@ def since_delta(text: str) -> timedelta:
     if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
         raise ValueError(f"{text!r} is not a duration like 7d, 24h, 2w or 30m")
     return timedelta(**{units[text[-1]]: int(text[:-1])})
+
+
+# -- unpriced -------------------------------------------------------------------------------------
+
+
+def unpriced_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection) -> dict[str, Any]:
+    """Calls with usage but no known price, per provider and model: they are not in any cost."""
+    report = _envelope("unpriced", db, selection) | {"rows": []}
+    if not tables_exist(con):
+        return report
+    where, params = selection.where()
+    sql = f"""
+        SELECT provider, coalesce(model_reported, model_sent, model_requested, '(unknown)') AS model,
+               price_status, count(*) AS calls,
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+               min(ts) AS first_ts, max(ts) AS last_ts
+        FROM calls
+        WHERE ({where}) AND cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)
+        GROUP BY ALL
+        ORDER BY calls DESC, provider, model
+    """
+    for row in _rows(con.execute(sql, params)):
+        report["rows"].append(
+            {
+                "provider": row["provider"],
+                "model": row["model"],
+                "price_status": row["price_status"],
+                "calls": row["calls"],
+                "input_tokens": int(row["input_tokens"] or 0),
+                "output_tokens": int(row["output_tokens"] or 0),
+                "first_at": iso(row["first_ts"]),
+                "last_at": iso(row["last_ts"]),
+            }
+        )
+    return report

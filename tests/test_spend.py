@@ -1410,3 +1410,20 @@ def test_reports_while_a_writer_flushes(tmp_path: Path, capsys: pytest.CaptureFi
     assert seen == sorted(seen) and 0 < seen[len(seen) // 2] < n
     final = report(capsys, "--db", str(path), "by", "env")["total"]
     assert (final["calls"], final["cost_usd"]) == (n, str(Decimal("0.0021") * n).rstrip("0"))
+
+
+def test_unpriced_lists_calls_no_price_list_knows(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report(capsys, "unpriced", "--db", str(db))
+    assert data["report"] == "unpriced"
+    assert [
+        (r["provider"], r["model"], r["price_status"], r["calls"], r["input_tokens"]) for r in data["rows"]
+    ] == [("openai", "gpt-9-imaginary", "unknown_model", 1, 100)]
+    code, out, _ = run(capsys, "unpriced", "--db", str(db))
+    assert code == 0
+    assert "gpt-9-imaginary" in out and "unknown_model" in out
+    assert '  "openai/gpt-9-imaginary": {input: 0.50, cached_input: 0.05, output: 1.50}' in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    code, out, _ = run(capsys, "unpriced", "--db", str(db), "--format", "csv")
+    assert (
+        out.splitlines()[0] == "provider,model,price_status,calls,input_tokens,output_tokens,first_at,last_at"
+    )
