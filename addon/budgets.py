@@ -12,7 +12,7 @@ import json
 import math
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -307,6 +307,10 @@ class BudgetTracker:
         # (scope, period, period start, fraction) of alerts already fired
         self._fired: set[tuple[Scope, str, datetime, float]] = set()
         self._bounds: dict[str, tuple[datetime, datetime]] = {}
+        # Calls in flight hold a reservation of their estimated cost until they are recorded,
+        # so calls started together cannot all slip under a nearly spent cap.
+        self._reservations: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
+        self._reserved: dict[Scope, Decimal] = {}
 
     def set_policies(self, policies: Policies) -> None:
         """Use new budgets; the spend already counted is kept."""
@@ -380,20 +384,59 @@ class BudgetTracker:
         found = self._spent.get((scope, period))
         return found[1] if found is not None and found[0] == start else _ZERO
 
-    def check(self, scopes: Sequence[Scope], now: datetime) -> BudgetRefusal | None:
-        """The first budget of ``scopes`` whose spend this period has reached its cap, else None."""
+    def check(
+        self,
+        scopes: Sequence[Scope],
+        now: datetime,
+        *,
+        reserve: tuple[str, Callable[[], Decimal]] | None = None,
+    ) -> BudgetRefusal | None:
+        """The first budget of ``scopes`` whose spend this period has reached its cap, else None.
+
+        Spend counts the reservations of calls still in flight. With ``reserve`` =
+        (call id, estimated cost), an allowed call reserves its estimate in every
+        budgeted scope until ``settle`` (atomically with the check): of calls started
+        together against a nearly spent cap, only as many pass as the cap leaves room for.
+        """
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
         with self._lock:
+            budgeted: list[Scope] = []
             for scope in scopes:
                 budget = self._budgets.get(scope)
                 if budget is None:
                     continue
+                budgeted.append(scope)
                 start, end = self._current(budget.period, now)
                 spent = self._spent_in(scope, budget.period, start)
-                if spent >= budget.usd:
+                if spent + self._reserved.get(scope, _ZERO) >= budget.usd:
                     retry_after = max(1, math.ceil((end - now).total_seconds()))
                     return BudgetRefusal(scope, budget, spent, start, end, retry_after)
+            if reserve is not None and budgeted:
+                call_id, estimate = reserve
+                amount = max(_ZERO, estimate())
+                self._reservations[call_id] = (tuple(budgeted), amount)
+                for scope in budgeted:
+                    self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
         return None
+
+    def settle(self, call_id: str) -> None:
+        """Release a finished call's reservation (its real cost is then ``record``-ed)."""
+        with self._lock:
+            found = self._reservations.pop(call_id, None)
+            if found is None:
+                return
+            scopes, amount = found
+            for scope in scopes:
+                left = self._reserved.get(scope, _ZERO) - amount
+                if left > 0:
+                    self._reserved[scope] = left
+                else:
+                    self._reserved.pop(scope, None)
+
+    def reserved(self) -> dict[Scope, Decimal]:
+        """What calls in flight hold, per scope."""
+        with self._lock:
+            return dict(self._reserved)
 
     def record(self, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime) -> list[BudgetAlert]:
         """Add a call's cost (None counts 0) at ``ts``; return the alerts it newly crossed."""

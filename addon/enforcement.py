@@ -10,8 +10,10 @@ error in the provider's own format.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from mitmproxy import http
 
@@ -55,6 +57,8 @@ class Enforcer:
         user_name: str | None,
         model: str | None,
         now: float | None = None,
+        call_id: str | None = None,
+        estimate: Callable[[str | None], Decimal] | None = None,
     ) -> Decision:
         """Allow, downgrade or refuse one call (microseconds: dict lookups and compares)."""
         if not self.policies.enforcing:
@@ -76,8 +80,12 @@ class Enforcer:
                 )
             decision = Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
 
+        reserve = None
+        if call_id is not None and estimate is not None:
+            sent = decision.model_sent
+            reserve = (call_id, lambda: estimate(sent))
         refusal = self.budgets.check(
-            scopes_for(environment, key_name, user_name), datetime.fromtimestamp(now, UTC)
+            scopes_for(environment, key_name, user_name), datetime.fromtimestamp(now, UTC), reserve=reserve
         )
         if refusal is not None:
             message = refusal.message()
@@ -93,6 +101,8 @@ class Enforcer:
         limits = limits_for(self.policies, environment, key_name, user_name)
         wait = self.rates.check_and_record_many(limits, now)
         if wait is not None:
+            if call_id is not None:
+                self.budgets.settle(call_id)  # refused after all: nothing in flight
             retry_after = retry_after_seconds(wait)
             refusing = self.rates.refusing(limits, now)
             key, limit = refusing if refusing is not None else limits[0]
@@ -124,6 +134,7 @@ class Enforcer:
         """Count finished calls against their budgets (the store's writer thread calls this)."""
         alerts: list[BudgetAlert] = []
         for record in records:
+            self.budgets.settle(record.id)
             scopes = scopes_for(record.environment, record.key_name, record.user_name)
             alerts.extend(self.budgets.record(scopes, record.cost_usd, record.ts))
         return alerts

@@ -55,6 +55,10 @@ INLINE_PARSE_LIMIT = 128 * 1024
 # How long a request may wait for the lookup of its calling process (normally 3-15 ms).
 PROCESS_LOOKUP_TIMEOUT = 1.0
 NOTICE_HEADER = "X-Tokometer-Notice"
+# A budget reservation counts a request's bytes / 4 as input tokens (JSON makes that generous)
+# and its max-tokens setting, else this many, as output.
+BYTES_PER_TOKEN = 4
+RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 
 
@@ -110,6 +114,23 @@ def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
 
 def _parse_body(provider: Provider, flavor: str, headers: dict[str, str], body: bytes) -> Metered:
     return provider.parse_response(flavor, body, headers)
+
+
+def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
+    """The output cap a request sets, in any provider's spelling."""
+    if not body:
+        return None
+    for holder, name in (
+        (body, "max_completion_tokens"),
+        (body, "max_tokens"),
+        (body, "max_output_tokens"),
+        (body.get("generationConfig"), "maxOutputTokens"),
+        (body.get("inferenceConfig"), "maxTokens"),
+    ):
+        value = holder.get(name) if isinstance(holder, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _billable(record: CallRecord) -> bool:
@@ -267,8 +288,7 @@ class Meter:
         self.notifier.set_settings(policies.notifications)
         registry = Registry(
             custom=tuple(
-                custom_provider(p.name, p.host, p.port, p.api, p.pricing_provider)
-                for p in policies.providers
+                custom_provider(p.name, p.host, p.port, p.api, p.pricing_provider) for p in policies.providers
             ),
             azure_deployments=policies.azure_deployments,
         )
@@ -457,6 +477,8 @@ class Meter:
             key_name=record.key_name,
             user_name=record.user_name,
             model=record.model_requested,
+            call_id=record.id,
+            estimate=self._cost_estimate(record.provider, len(flow.request.raw_content or b""), body),
         )
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_path, new_body = flow.request.path, body
@@ -469,6 +491,7 @@ class Meter:
                     )
                 new_path, new_body = provider.with_model(flow.request.path, body, downgrade)
             except ValueError as exc:
+                self.enforcer.budgets.settle(record.id)
                 decision = self.enforcer.refuse_model(
                     record.provider, record.environment, record.model_requested or "?", str(exc)
                 )
@@ -498,6 +521,18 @@ class Meter:
         if downgrade:
             record.model_sent, state.notice = downgrade, decision.notice
         state.injected_usage = inject
+
+    def _cost_estimate(
+        self, provider: str, size: int, body: dict[str, Any] | None
+    ) -> Callable[[str | None], Decimal]:
+        """What a call may cost, for its budget reservation: input from the body's size, output
+        from its max-tokens setting (or a default). Only evaluated when a budget applies."""
+
+        def estimate(model: str | None) -> Decimal:
+            output = _max_output_tokens(body) or RESERVED_OUTPUT_TOKENS
+            return self.pricer.estimate(provider, model, size // BYTES_PER_TOKEN, output)
+
+        return estimate
 
     @staticmethod
     async def _request_json(flow: http.HTTPFlow, state: CallState) -> dict[str, Any] | None:

@@ -147,6 +147,31 @@ class Pricer:
     ) -> None:
         self.overrides = tuple(overrides)
         self._price_provider = price_provider
+        self._unit_prices: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+
+    def estimate(self, provider: str, model: str | None, input_tokens: int, output_tokens: int) -> Decimal:
+        """A quick cost estimate (a budget reservation): microseconds once a model's prices are cached."""
+        if not model:
+            return Decimal(0)
+        units = self._unit_prices.get((provider, model))
+        if units is None:
+            units = self._units(provider, model)
+            if len(self._unit_prices) > 10_000:
+                self._unit_prices.clear()
+            self._unit_prices[(provider, model)] = units
+        return input_tokens * units[0] + output_tokens * units[1]
+
+    def _units(self, provider: str, model: str) -> tuple[Decimal, Decimal]:
+        """(USD per input token, USD per output token); zeros when no price is known."""
+        override = self.override_for(provider, model)
+        if override is not None:
+            return override.input / PER_MILLION, override.output / PER_MILLION
+        price_id, to_name = self._price_provider(provider) if self._price_provider else (provider, None)
+        name = to_name(model) if to_name is not None else model
+        now = datetime.now(UTC)
+        per_input = price(price_id, name, Usage(input_tokens=1_000_000), now).cost_usd
+        per_output = price(price_id, name, Usage(output_tokens=1_000_000), now).cost_usd
+        return (per_input or Decimal(0)) / PER_MILLION, (per_output or Decimal(0)) / PER_MILLION
 
     def override_for(self, provider: str, model: str) -> PriceOverride | None:
         from addon.model_rules import model_matches

@@ -405,3 +405,35 @@ def test_events_rows_round_trip(tmp_path: Path) -> None:
         "development budget: 80% of $150.00 per month reached: $120.50 used since 2026-11-01 (UTC)",
     )
     con.close()
+
+
+def test_calls_in_flight_reserve_their_estimate_so_a_cap_holds_under_concurrency() -> None:
+    import threading
+
+    from addon.policies import parse_policies
+
+    tracker = BudgetTracker(parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n"))
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    scopes = scopes_for("development")
+    tracker.record(scopes, Decimal("0.90"), now)  # nearly spent
+    admitted: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        if tracker.check(scopes, now, reserve=(f"c{i}", lambda: Decimal("0.25"))) is None:
+            admitted.append(f"c{i}")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 1  # the others saw 0.90 + 0.25 reserved >= 1
+    assert tracker.reserved() == {Scope("environment", "development"): Decimal("0.25")}
+    tracker.settle(admitted[0])
+    tracker.record(scopes, Decimal("0.30"), now)  # its real cost
+    assert tracker.reserved() == {}
+    refusal = tracker.check(scopes, now)
+    assert refusal is not None and refusal.spent == Decimal("1.20")  # over by at most one call
+    tracker.settle("never-reserved")  # harmless

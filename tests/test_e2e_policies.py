@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import MITMDUMP, ProxyProcess
 from fakeprovider import FakeProvider
-from test_e2e import anthropic_usage, chat_usage, curl_openai_chat, fake_headers, run_client, tag
+from test_e2e import anthropic_usage, chat_usage, curl, curl_openai_chat, fake_headers, run_client, tag
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,3 +229,51 @@ def test_no_policies_file_meters_only(tmp_path: Path, fake_provider: FakeProvide
         assert (row["action"], row["environment"]) == ("allowed", "development")
     finally:
         proxy.cleanup()
+
+
+def test_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:
+    """20 calls started together against a nearly spent cap overshoot it by at most one call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proxy = proxies(
+        "default_environment: development\nenvironments:\n  development:\n"
+        "    budget: {usd: 0.001, period: day}\n"
+    )
+    # $0.00075 spent of $0.001
+    assert curl_openai_chat(proxy, tag(), chat_usage(1000, 1000)).returncode == 0
+    proxy.wait_rows(1)
+    time.sleep(0.3)  # priced and counted by the writer thread right after it is journaled
+    gate_name = f"gate-{tag()}"
+    gate = fake_provider.gate(gate_name)
+
+    def one(i: int) -> subprocess.CompletedProcess[str]:
+        body = {
+            "model": "gpt-4o-mini",
+            "max_tokens": 1000,
+            "messages": [{"role": "user", "content": f"n{i}"}],
+        }
+        headers = [
+            "Authorization: Bearer sk-x",
+            f"X-Test-Tag: conc-{i}-{gate_name}",
+            "X-Fake-Usage: " + json.dumps(chat_usage(1000, 1000)),
+            f"X-Fake-Gate: {gate_name}",
+        ]
+        return curl(proxy, "https://api.openai.com/v1/chat/completions", {**body, "stream": True}, headers)
+
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            futures = [pool.submit(one, i) for i in range(20)]
+            # the refusals come back at once, while the admitted call waits at the gate
+            deadline = time.monotonic() + 30
+            while sum(f.done() for f in futures) < 19 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            gate.set()
+            results = [f.result() for f in futures]
+    finally:
+        gate.set()
+    assert sum(r.returncode == 0 for r in results) == 1
+    proxy.terminate()
+    rows = proxy.rows("SELECT action, cost_usd FROM calls ORDER BY ts")
+    assert sorted(r["action"] for r in rows).count("over_budget") == 19
+    spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)
+    assert spent == Decimal("0.0015")  # the cap plus at most one call's $0.00075
