@@ -445,3 +445,18 @@ def test_has_usage_substring_test() -> None:
     assert has_usage(b'{"delta":{"content":"\\"usage\\": 12"},"usage":null}') is False
     assert has_usage(b'{"usage":null,"x":{"usage":{"a":1}}}') is True
     assert has_usage(b"") is False
+
+
+def test_large_embeddings_bodies_are_read_from_their_tail() -> None:
+    data = [{"object": "embedding", "index": i, "embedding": [0.0123456789] * 1536} for i in range(50)]
+    usage = {"prompt_tokens": 812, "total_tokens": 812}
+    tail_last = json.dumps(
+        {"object": "list", "data": data, "model": "text-embedding-3-small", "usage": usage}
+    )
+    usage_first = json.dumps(
+        {"usage": usage, "model": "text-embedding-3-small", "object": "list", "data": data}
+    )
+    for body in (tail_last.encode(), usage_first.encode()):
+        assert len(body) > openai_api.EMBEDDINGS_TAIL_PARSE
+        got = openai_api.parse_response("embeddings", body)
+        assert got.usage == Usage(input_tokens=812) and got.model == "text-embedding-3-small"

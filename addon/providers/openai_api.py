@@ -142,10 +142,40 @@ def extract_cost(usage: Any, raw: bytes | None = None) -> Decimal | None:
     return Decimal(repr(cost)) if type(cost) is float else Decimal(cost)
 
 
+# Embeddings answers carry every vector: past this size only their tail is parsed.
+EMBEDDINGS_TAIL_PARSE = 64 * 1024
+_USAGE_TAIL = re.compile(rb'"usage"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
+_MODEL_TAIL = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _embeddings_tail(body: bytes) -> Metered | None:
+    """Usage and model of a large embeddings body without decoding its vectors (None: parse it all)."""
+    tail = body[-4096:]
+    usage_json = _last_group(_USAGE_TAIL, tail)
+    usage = extract_usage(_loads(usage_json)) if usage_json is not None else None
+    if usage is None:
+        return None
+    model_json = _last_group(_MODEL_TAIL, tail)
+    model = _loads(model_json) if model_json is not None else None
+    return Metered(usage=usage, model=_str(model))
+
+
+def _last_group(pattern: re.Pattern[bytes], data: bytes) -> bytes | None:
+    """Group 1 of the last match of ``pattern`` in ``data``."""
+    found = None
+    for match in pattern.finditer(data):
+        found = match.group(1)
+    return found
+
+
 def parse_response(flavor: str, body: bytes) -> Metered:
     """Usage, model, error, provider cost (text if no usage) of a complete JSON body. Never raises."""
     if not body.strip():
         return Metered(error="empty response body")
+    if flavor == "embeddings" and len(body) > EMBEDDINGS_TAIL_PARSE:
+        found = _embeddings_tail(body)
+        if found is not None:
+            return found
     obj = _loads(body)
     if obj is None:
         return Metered(error="response body is not JSON")
