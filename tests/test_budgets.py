@@ -412,7 +412,9 @@ def test_calls_in_flight_reserve_their_estimate_so_a_cap_holds_under_concurrency
 
     from addon.policies import parse_policies
 
-    tracker = BudgetTracker(parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n"))
+    tracker = BudgetTracker(
+        parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+    )
     now = datetime(2026, 11, 28, 12, tzinfo=UTC)
     scopes = scopes_for("development")
     tracker.record(scopes, Decimal("0.90"), now)  # nearly spent
