@@ -35,7 +35,7 @@ from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.budgets import alert_event, policy_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, use_color
 from addon.client_process import ClientProcess, lookup_client_process
-from addon.enforcement import Enforcer
+from addon.enforcement import Decision, Enforcer
 from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
@@ -480,6 +480,8 @@ class Meter:
             call_id=record.id,
             estimate=self._cost_estimate(record.provider, len(flow.request.raw_content or b""), body),
         )
+        if decision.refusal is None and record.model_requested is None:
+            decision = self._unknown_model(record) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_path, new_body = flow.request.path, body
         if downgrade:
@@ -522,6 +524,19 @@ class Meter:
             record.model_sent, state.notice = downgrade, decision.notice
         state.injected_usage = inject
 
+    def _unknown_model(self, record: CallRecord) -> Decision | None:
+        """Fail closed: a call whose model cannot be read is refused where models are restricted."""
+        rules = self.policies.environment(record.environment).models
+        if not self.policies.enforcing or "*" in rules.allow:
+            return None
+        self.enforcer.budgets.settle(record.id)
+        return self.enforcer.refuse_model(
+            record.provider,
+            record.environment,
+            "(unreadable)",
+            "the request's model could not be read, so it cannot be checked against the allowlist",
+        )
+
     def _cost_estimate(
         self, provider: str, size: int, body: dict[str, Any] | None
     ) -> Callable[[str | None], Decimal]:
@@ -540,7 +555,7 @@ class Meter:
         try:
             content = flow.request.get_content()
             body = await _off_loop_if_large(json.loads, content or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             state.errors.append(f"request body is not JSON ({type(exc).__name__})")
             return None
         if not isinstance(body, dict):

@@ -87,7 +87,7 @@ class StreamTap:
         if self._failed is not None:
             return data
         try:
-            events = self._framer.feed(self._decoder.decode(data))
+            events = self._framed(self._decoder.decode(data))
             for event in events:
                 self._parser.feed(event)
         except Exception as exc:  # metering must never break the stream
@@ -102,7 +102,7 @@ class StreamTap:
             return []
         try:
             tail = self._decoder.flush()
-            events = self._framer.feed(tail) + self._framer.close()
+            events = self._framed(tail) + self._framer.close()
             for event in events:
                 self._parser.feed(event)
         except Exception as exc:
@@ -111,6 +111,15 @@ class StreamTap:
         if not self._drop:
             return []
         return [e.raw for e in events if not self._is_usage_only(e)]  # type: ignore[misc]
+
+    def _framed(self, data: bytes) -> list[Any]:
+        """The framer's events; a framing error still hands over the good events before it."""
+        try:
+            return self._framer.feed(data)
+        except Exception as exc:
+            for event in getattr(exc, "messages", ()):  # EventStreamError keeps what it decoded
+                self._parser.feed(event)
+            raise
 
     def _fail(self, exc: Exception, data: bytes) -> bytes:
         self._failed = f"stream not metered: {type(exc).__name__}: {exc}"[:300]

@@ -13,15 +13,33 @@ Tests steer each call with request headers (they pass through the proxy):
 - ``X-Fake-Deltas``: Anthropic streams send this many ``message_delta`` events (cumulative).
 - ``X-Test-Tag``: a label to find the recorded request again.
 
-Every request is recorded (``FakeProvider.requests``).
+Bad upstream behaviour (tests/test_e2e_bad_input.py):
+
+- ``X-Fake-Close-After: N``: a stream sends its first N events, then the connection is
+  closed without ending the chunked body; ``X-Fake-Close-Partial: K`` first sends the
+  first K bytes of the next event.
+- ``X-Fake-Raw-Stream: BASE64``: answer 200 with exactly these bytes as a chunked stream
+  (``Content-Type: text/event-stream`` unless ``X-Fake-Content-Type`` says otherwise),
+  cut into chunks at the offsets in ``X-Fake-Raw-Splits`` ("3,10,57"), labelled with
+  ``X-Fake-Content-Encoding`` if given (the bytes are sent as they are, never encoded).
+- ``X-Fake-Echo: 1``: any method on any path answers 200 with a JSON description of the
+  request (method, path, body length and sha256).
+- A GET with ``Upgrade: websocket`` on any path is accepted (101) and every message the
+  client sends is echoed back (``RecordedRequest.ws_messages``) until it closes.
+
+Every request is recorded (``FakeProvider.requests``), with the bytes of a streamed answer
+(``RecordedRequest.sent``, before any gzip).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
+import itertools
 import json
 import socket
 import ssl
@@ -154,7 +172,10 @@ class RecordedRequest:
     body: bytes
     json: Any = None
     gzipped: bool = False  # the fake compressed its answer
-    stream_outcome: str | None = None  # "completed" | "client_gone" | "gate_timeout"
+    stream_outcome: str | None = None  # "completed" | "client_gone" | "gate_timeout" | "closed_mid_stream"
+    http_version: str = ""  # the request line's version, e.g. "HTTP/1.1"
+    sent: bytearray = field(default_factory=bytearray)  # a streamed answer's bytes, before gzip
+    ws_messages: list[tuple[int, bytes]] = field(default_factory=list)  # (opcode, payload) received
     done: threading.Event = field(default_factory=threading.Event)  # answer finished or failed
 
     @property
@@ -231,7 +252,7 @@ class _BaseHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         parsed: Any = None
         if body:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 parsed = json.loads(body)
         rec = RecordedRequest(
             method=self.command,
@@ -239,6 +260,7 @@ class _BaseHandler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
             json=parsed,
+            http_version=self.request_version,
         )
         self.server.owner._add(rec)
         return rec
@@ -277,7 +299,13 @@ class _ProviderHandler(_BaseHandler):
     """Routes to the fake OpenAI or Anthropic endpoints."""
 
     def do_GET(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self._websocket(self._record())
+            return
         rec = self._record()
+        if rec.headers.get("x-fake-echo") == "1":
+            self._echo(rec)
+            return
         if self.path.split("?")[0] == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
@@ -287,8 +315,82 @@ class _ProviderHandler(_BaseHandler):
             return
         self._send_body(rec, 404, _dumps(_openai_error(404, "Unknown path")))
 
+    def do_DELETE(self) -> None:
+        self._other_method()
+
+    def do_PUT(self) -> None:
+        self._other_method()
+
+    def do_PATCH(self) -> None:
+        self._other_method()
+
+    def _other_method(self) -> None:
+        """Only ``X-Fake-Echo`` answers other methods; else 501 as before."""
+        if self.headers.get("X-Fake-Echo") != "1":
+            self.send_error(501, f"Unsupported method ({self.command!r})")
+            return
+        self._echo(self._record())
+
+    def _echo(self, rec: RecordedRequest) -> None:
+        """``X-Fake-Echo``: describe the request back to the client."""
+        body = {
+            "echo": True,
+            "method": rec.method,
+            "path": rec.path,
+            "length": len(rec.body),
+            "sha256": hashlib.sha256(rec.body).hexdigest(),
+        }
+        self._send_body(rec, 200, _dumps(body))
+
+    def _websocket(self, rec: RecordedRequest) -> None:
+        """Accept a WebSocket upgrade (RFC 6455) and echo every message until the client closes."""
+        key = rec.headers.get("sec-websocket-key", "")
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            while True:
+                frame = ws_read(self.rfile)
+                if frame is None:
+                    break
+                opcode, payload = frame
+                if opcode == 0x8:  # close: answer with the same code, then stop
+                    self.wfile.write(ws_frame(0x8, payload[:2]))
+                    self.wfile.flush()
+                    break
+                if opcode == 0x9:  # ping
+                    self.wfile.write(ws_frame(0xA, payload))
+                    self.wfile.flush()
+                    continue
+                rec.ws_messages.append((opcode, payload))
+                self.wfile.write(ws_frame(opcode, payload))
+                self.wfile.flush()
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            rec.done.set()
+
     def do_POST(self) -> None:
         rec = self._record()
+        if rec.headers.get("x-fake-echo") == "1":
+            self._echo(rec)
+            return
+        if "x-fake-raw-stream" in rec.headers:
+            try:
+                self._raw_stream(rec)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+                rec.stream_outcome = rec.stream_outcome or "client_gone"
+                self.close_connection = True
+            finally:
+                rec.done.set()
+            return
         try:
             self._dispatch(rec)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
@@ -341,11 +443,37 @@ class _ProviderHandler(_BaseHandler):
         }[flavor](req, rec, model, words, usage)
         self._stream(rec, events, anthropic)
 
+    def _raw_stream(self, rec: RecordedRequest) -> None:
+        """``X-Fake-Raw-Stream``: exactly the given bytes, chunked at the given offsets."""
+        try:
+            data = base64.b64decode(rec.headers["x-fake-raw-stream"], validate=True)
+        except (binascii.Error, ValueError):
+            self._send_body(rec, 400, _dumps(_openai_error(400, "bad X-Fake-Raw-Stream")))
+            return
+        cuts = sorted({int(c) for c in rec.headers.get("x-fake-raw-splits", "").split(",") if c.strip()})
+        bounds = [0, *(c for c in cuts if 0 < c < len(data)), len(data)]
+        self.send_response(200)
+        self.send_header("Content-Type", rec.headers.get("x-fake-content-type", "text/event-stream"))
+        self.send_header("Transfer-Encoding", "chunked")
+        if "x-fake-content-encoding" in rec.headers:
+            self.send_header("Content-Encoding", rec.headers["x-fake-content-encoding"])
+        self.end_headers()
+        for a, b in itertools.pairwise(bounds):
+            if b > a:
+                self.wfile.write(f"{b - a:x}\r\n".encode() + data[a:b] + b"\r\n")
+                self.wfile.flush()
+                rec.sent += data[a:b]
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        rec.stream_outcome = "completed"
+
     def _stream(self, rec: RecordedRequest, events: Iterator[bytes | None], anthropic: bool) -> None:
         """Send SSE events with chunked transfer encoding, one flushed chunk per event.
 
         ``None`` in ``events`` marks the gate position.
         """
+        close_after = rec.headers.get("x-fake-close-after")
+        close_partial = int(rec.headers.get("x-fake-close-partial") or 0)
         gz = _wants_gzip(rec)
         comp = zlib.compressobj(wbits=31) if gz else None
         rec.gzipped = gz
@@ -361,6 +489,7 @@ class _ProviderHandler(_BaseHandler):
         self.wfile.flush()
 
         def send(data: bytes) -> None:
+            rec.sent += data
             if comp is not None:
                 data = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
             if data:
@@ -368,7 +497,16 @@ class _ProviderHandler(_BaseHandler):
                 self.wfile.flush()
 
         gate_name = rec.headers.get("x-fake-gate")
+        n_sent = 0
         for event in events:
+            if close_after is not None and event is not None and n_sent == int(close_after):
+                if close_partial:
+                    send(event[:close_partial])
+                rec.stream_outcome = "closed_mid_stream"
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if event is None:
                 if gate_name:
                     gate = self.server.owner._gate(gate_name)
@@ -379,6 +517,7 @@ class _ProviderHandler(_BaseHandler):
                         return
                 continue
             send(event)
+            n_sent += 1
         if comp is not None:
             tail = comp.flush()
             if tail:
@@ -397,6 +536,39 @@ class _PlainHandler(_BaseHandler):
 
 
 # ---------------------------------------------------------------- wire formats
+
+
+def ws_read(rfile: Any) -> tuple[int, bytes] | None:
+    """One WebSocket frame from the client (masked); None at end of input. No fragmentation."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    opcode, length = head[0] & 0x0F, head[1] & 0x7F
+    if length == 126:
+        (length,) = struct.unpack(">H", rfile.read(2))
+    elif length == 127:
+        (length,) = struct.unpack(">Q", rfile.read(8))
+    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = rfile.read(length)
+    if len(data) < length:
+        return None
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final WebSocket frame (masked when ``mask`` is given, as a client must)."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack(">Q", n)
+    if mask:
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + payload
 
 
 def _dumps(obj: Any) -> bytes:

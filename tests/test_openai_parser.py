@@ -325,7 +325,7 @@ def test_chat_stream_without_include_usage() -> None:
         parser.feed(event)
     assert parser.done is True
     assert parser.result() == Metered(
-        None, "gpt-4o-mini-2024-07-18", "stream ended without usage (stream_options.include_usage not set?)"
+        None, "gpt-4o-mini-2024-07-18", "stream ended without usage"
     )
 
 

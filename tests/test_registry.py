@@ -161,3 +161,17 @@ async def test_signed_bedrock_calls_are_refused_not_rewritten(tmp_path) -> None:
         [row] = submitted
         assert (row.provider, row.action, row.model_sent) == ("aws", "blocked", None)
         assert row.model_requested == "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+async def test_unreadable_model_fails_closed_where_models_are_restricted(tmp_path) -> None:
+    meter = Meter()
+    with taddons.context(meter) as tctx:
+        policy = tmp_path / "p.yaml"
+        policy.write_text("environments:\n  development:\n    models: {allow: [gpt-4o-mini]}\n")
+        tctx.configure(meter, tokometer_db=str(tmp_path / "db.duckdb"), tokometer_policies=str(policy))
+        deep = b'{"model": "o3", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        flow = tflow.tflow(req=http.Request.make("POST", "https://api.openai.com/v1/chat/completions", deep))
+        meter.requestheaders(flow)
+        await meter.request(flow)
+        assert flow.response is not None and flow.response.status_code == 403
+        assert "could not be read" in flow.response.text

@@ -181,8 +181,10 @@ def header_usage(headers: Mapping[str, str]) -> Usage | None:
     counts: dict[str, int] = {}
     for name, key in _HEADER_COUNTS:
         value = _header(headers, name)
-        if value is not None and value.strip().isdigit():
-            counts[key] = int(value)
+        text = value.strip() if value is not None else ""
+        # isascii: "²" is a digit to isdigit() but not to int(); 18 digits: no absurd numbers.
+        if text.isascii() and text.isdigit() and len(text) <= 18:
+            counts[key] = int(text)
     if "input" not in counts and "output" not in counts:
         return None
     cache_read = counts.get("cache_read", 0)

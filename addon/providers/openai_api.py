@@ -340,7 +340,7 @@ class StreamParser:
         error = self._error
         if usage is None and error is None:
             if self._done and self.flavor == "chat":
-                error = "stream ended without usage (stream_options.include_usage not set?)"
+                error = "stream ended without usage"
             elif bad:
                 error = f"no usage in stream ({bad} event(s) not JSON)"
             else:

@@ -1,0 +1,1002 @@
+"""Bad input, fuzzed (hypothesis): every parser the addon runs on bytes from the network.
+
+Properties:
+
+- nothing raises out of what the addon calls: each provider's ``parse_response``,
+  ``StreamParser.feed`` / ``result``, and ``StreamTap.__call__`` / ``result`` (driven as
+  mitmproxy drives it: chunk by chunk, then ``b""``);
+- the decoders underneath raise only their own documented error (``DecodeError``,
+  ``EventStreamError``) or nothing (``SSEDecoder``, ``JSONArrayDecoder``);
+- the bytes ``StreamTap`` hands to the client are exactly the bytes upstream sent, however
+  the network split them (minus the injected usage chunk when it drops one), and never an
+  empty chunk mid-stream (mitmproxy would send it as the end of an HTTP/1.1 chunked body);
+- metering does not depend on the split: a stream read in any pieces meters the same as
+  read whole.
+
+Inputs: random bytes, real recorded streams (tests/fixtures) truncated, cut, spliced and
+corrupted, random JSON shaped like provider payloads, valid and invalid gzip / deflate /
+br / zstd, random AWS event-stream frames; each split at random points.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import string
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import brotli
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from addon.aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
+from addon.content_decoding import DecodeError, StreamDecoder, zstd
+from addon.json_stream import JSONArrayDecoder
+from addon.providers import Provider, Registry, anthropic_api, bedrock_api, gemini_api, openai_api
+from addon.sse import SSEDecoder, SSEEvent
+from addon.stream_tap import StreamTap
+from addon.usage import Metered, Usage
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REGISTRY = Registry()
+
+# Modest example counts keep the file near 20 s; no example database is written into the tree.
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FUZZ_SMALL = settings(FUZZ, max_examples=150)
+
+
+def provider(name: str) -> Provider:
+    """A provider of the default registry, by row name."""
+    found = REGISTRY.by_name(name)
+    assert found is not None, name
+    return found
+
+
+# ---------------------------------------------------------------- AWS event-stream frames
+
+
+def _header(name: str, kind: int, value: Any) -> bytes:
+    raw_name = name.encode()
+    out = bytes([len(raw_name)]) + raw_name + bytes([kind])
+    if kind in (0, 1):
+        return out
+    if kind in (2, 3, 4, 5, 8):
+        return out + struct.pack({2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}[kind], value)
+    if kind == 9:
+        return out + value
+    data = value.encode() if isinstance(value, str) else value
+    return out + struct.pack(">H", len(data)) + data
+
+
+def frame(headers: list[tuple[str, int, Any]], payload: bytes) -> bytes:
+    """One event-stream message with both CRCs."""
+    block = b"".join(_header(n, k, v) for n, k, v in headers)
+    prelude = struct.pack(">II", 16 + len(block) + len(payload), len(block))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    body = prelude + block + payload
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def aws_event(event_type: str, payload: dict[str, Any]) -> bytes:
+    headers = [
+        (":event-type", 7, event_type),
+        (":content-type", 7, "application/json"),
+        (":message-type", 7, "event"),
+    ]
+    return frame(headers, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def aws_chunk(inner: dict[str, Any]) -> bytes:
+    """An InvokeModelWithResponseStream ``chunk``: the model's event, base64 in ``bytes``."""
+    raw = base64.b64encode(json.dumps(inner, separators=(",", ":")).encode()).decode()
+    return aws_event("chunk", {"bytes": raw, "p": "abcdefgh"})
+
+
+CONVERSE_STREAM = b"".join(
+    [
+        aws_event("messageStart", {"role": "assistant"}),
+        aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
+        aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " there"}}),
+        aws_event("contentBlockStop", {"contentBlockIndex": 0}),
+        aws_event("messageStop", {"stopReason": "end_turn"}),
+        aws_event(
+            "metadata",
+            {
+                "usage": {
+                    "inputTokens": 25,
+                    "outputTokens": 7,
+                    "totalTokens": 32,
+                    "cacheReadInputTokens": 100,
+                },
+                "metrics": {"latencyMs": 300},
+            },
+        ),
+    ]
+)
+CONVERSE_USAGE = Usage(input_tokens=125, cache_read_tokens=100, output_tokens=7)
+
+INVOKE_STREAM = b"".join(
+    [
+        aws_chunk(
+            {
+                "type": "message_start",
+                "message": {"model": "claude", "usage": {"input_tokens": 30, "output_tokens": 1}},
+            }
+        ),
+        aws_chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        aws_chunk(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}
+        ),
+        aws_chunk(
+            {
+                "type": "message_stop",
+                "amazon-bedrock-invocationMetrics": {
+                    "inputTokenCount": 30,
+                    "outputTokenCount": 9,
+                    "invocationLatency": 400,
+                    "firstByteLatency": 100,
+                },
+            }
+        ),
+    ]
+)
+
+
+# ---------------------------------------------------------------- seeds and cases
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@dataclass(frozen=True)
+class StreamCase:
+    """A provider, flavor and framing the addon may build a ``StreamTap`` for, with real streams."""
+
+    provider: str
+    flavor: str
+    framing: str
+    seeds: tuple[bytes, ...]
+
+    def __repr__(self) -> str:
+        return f"StreamCase({self.provider}, {self.flavor}, {self.framing})"
+
+
+CHAT_SEEDS = tuple(
+    fixture(n)
+    for n in (
+        "openai_chat_stream.sse",
+        "openai_chat_reasoning_stream.sse",
+        "groq_stream.sse",
+        "openrouter_stream.sse",
+        "deepseek_reasoner_stream.sse",
+        "perplexity_stream.sse",
+    )
+)
+STREAM_CASES: tuple[StreamCase, ...] = (
+    StreamCase("openai", "chat", "sse", CHAT_SEEDS),
+    StreamCase("groq", "chat", "sse", (fixture("groq_stream.sse"),)),
+    StreamCase("openrouter", "chat", "sse", (fixture("openrouter_stream.sse"),)),
+    StreamCase("perplexity", "chat", "sse", (fixture("perplexity_stream.sse"),)),
+    StreamCase("openai", "responses", "sse", (fixture("openai_responses_stream.sse"),)),
+    StreamCase("azure", "chat", "sse", (fixture("azure_chat_stream.sse"),)),
+    StreamCase("openai", "embeddings", "sse", CHAT_SEEDS[:1]),
+    StreamCase("anthropic", "messages", "sse", (fixture("anthropic_stream.sse"),)),
+    StreamCase("google", "stream", "sse", (fixture("gemini_stream_sse.crlf"),)),
+    StreamCase("google", "stream", "json_array", (fixture("gemini_stream.json"),)),
+    StreamCase("aws", "converse_stream", "aws_eventstream", (CONVERSE_STREAM,)),
+    StreamCase("aws", "invoke_stream", "aws_eventstream", (INVOKE_STREAM,)),
+    StreamCase("aws", "converse", "aws_eventstream", (CONVERSE_STREAM,)),
+    StreamCase("aws", "invoke", "aws_eventstream", (INVOKE_STREAM,)),
+)
+ALL_SEEDS: tuple[bytes, ...] = tuple(sorted({s for c in STREAM_CASES for s in c.seeds}))
+# Providers whose streams the proxy regroups to drop the usage chunk it asked for.
+DROP_PROVIDERS = tuple(p.name for p in REGISTRY.providers if p.is_usage_only_chunk is not None)
+
+BODY_FIXTURES = tuple(
+    fixture(p.name) for p in sorted(FIXTURES.iterdir()) if p.suffix == ".json" and p.is_file()
+)
+FLAVORS: dict[str, tuple[str, ...]] = {
+    "openai": openai_api.FLAVORS,
+    "anthropic": anthropic_api.FLAVORS,
+    "google": gemini_api.FLAVORS,
+    "aws": bedrock_api.FLAVORS,
+}
+PARSE_CASES: tuple[tuple[str, str], ...] = tuple(
+    (p.name, flavor)
+    for p in REGISTRY.providers
+    for flavor in FLAVORS.get(p.name, openai_api.FLAVORS)
+    if REGISTRY.by_name(p.name) is p
+)
+BEDROCK_HEADERS = (
+    *(name for name, _ in bedrock_api._HEADER_COUNTS),
+    "x-amzn-errortype",
+    "x-amzn-requestid",
+)
+
+
+# ---------------------------------------------------------------- content encodings
+
+
+def _encode_one(data: bytes, name: str) -> bytes:
+    if name == "gzip":
+        comp = zlib.compressobj(wbits=31)
+        return comp.compress(data) + comp.flush()
+    if name == "deflate":
+        return zlib.compress(data)
+    if name == "deflate-raw":
+        comp = zlib.compressobj(wbits=-15)
+        return comp.compress(data) + comp.flush()
+    if name == "br":
+        return brotli.compress(data)
+    if name == "zstd":
+        assert zstd is not None
+        return zstd.compress(data)
+    raise AssertionError(name)
+
+
+# (label used to encode, Content-Encoding header value)
+ENCODINGS: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    ((), None),
+    ((), "identity"),
+    (("gzip",), "gzip"),
+    (("deflate",), "deflate"),
+    (("deflate-raw",), "deflate"),
+    (("br",), "br"),
+    (("gzip", "br"), "gzip, br"),
+    (("gzip",), "x-gzip"),
+    *([(("zstd",), "zstd")] if zstd is not None else []),
+)
+
+
+def encode(data: bytes, steps: tuple[str, ...]) -> bytes:
+    """Apply content codings in order (``("gzip", "br")`` is ``Content-Encoding: gzip, br``)."""
+    for name in steps:
+        data = _encode_one(data, name)
+    return data
+
+
+# ---------------------------------------------------------------- strategies
+
+JSON_KEYS = (
+    "usage",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "cached_tokens",
+    "reasoning_tokens",
+    "prompt_cache_hit_tokens",
+    "prompt_cache_miss_tokens",
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cost",
+    "total_cost",
+    "x_groq",
+    "choices",
+    "delta",
+    "message",
+    "content",
+    "text",
+    "model",
+    "error",
+    "type",
+    "status",
+    "response",
+    "usageMetadata",
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "cachedContentTokenCount",
+    "candidates",
+    "parts",
+    "modelVersion",
+    "finishReason",
+    "inputTokens",
+    "outputTokens",
+    "metrics",
+    "amazon-bedrock-invocationMetrics",
+    "inputTokenCount",
+    "outputTokenCount",
+    "bytes",
+    "output",
+    "results",
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "message_start",
+            "message_delta",
+            "response.completed",
+            "response.failed",
+            "error",
+            "failed",
+            "chat.completion.chunk",
+        ]
+    ),
+)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(JSON_KEYS), st.text(max_size=6)), children, max_size=5),
+    ),
+    max_leaves=25,
+)
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@st.composite
+def mutated(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` kept, truncated, cut, spliced with random bytes, corrupted or doubled."""
+    kind = draw(st.sampled_from(["keep", "keep", "truncate", "delete", "insert", "flip", "splice", "double"]))
+    n = len(data)
+    if kind == "keep" or (n == 0 and kind not in ("insert", "splice")):
+        return data
+    if kind == "truncate":
+        return data[: draw(st.integers(0, n))]
+    if kind == "double":
+        return data + data
+    i = draw(st.integers(0, n))
+    if kind == "delete":
+        j = draw(st.integers(i, min(n, i + 200)))
+        return data[:i] + data[j:]
+    if kind == "insert":
+        return data[:i] + draw(st.binary(min_size=1, max_size=40)) + data[i:]
+    if kind == "splice":
+        other = draw(st.sampled_from(ALL_SEEDS))
+        j = draw(st.integers(0, len(other)))
+        return data[:i] + other[j:]
+    i = min(i, n - 1)  # flip
+    return data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1 :]
+
+
+@st.composite
+def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """``data`` cut into non-empty pieces at random points (sometimes one byte at a time)."""
+    n = len(data)
+    if n == 0:
+        return []
+    if n <= 3000 and draw(st.integers(0, 9)) == 0:
+        return [data[i : i + 1] for i in range(n)]
+    if n == 1:
+        return [data]
+    cuts = sorted(set(draw(st.lists(st.integers(1, n - 1), max_size=24))))
+    bounds = [0, *cuts, n]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@st.composite
+def stream_bodies(draw: st.DrawFn, seeds: tuple[bytes, ...]) -> bytes:
+    """A stream body: one of the case's real streams, another provider's, or random bytes, mutated."""
+    base = draw(
+        st.one_of(
+            st.sampled_from(seeds),
+            st.sampled_from(seeds),
+            st.sampled_from(ALL_SEEDS),
+            st.binary(max_size=400),
+            st.lists(JSON_VALUES, max_size=4).map(
+                lambda vs: b"".join(b"data: " + dumps(v) + b"\n\n" for v in vs)
+            ),
+        )
+    )
+    return draw(mutated(base))
+
+
+SSE_NOISE = st.lists(
+    st.sampled_from(
+        [
+            b"data: ",
+            b"data:",
+            b"event: ",
+            b"id: 1",
+            b": comment",
+            b"retry: 10",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\xef\xbb\xbf",
+            b"{",
+            b"}",
+            b'"usage"',
+            b":",
+            b" ",
+            b"[DONE]",
+            b"\x00",
+            b"\xff",
+        ]
+    )
+    | st.binary(max_size=6),
+    max_size=60,
+).map(b"".join)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def run_tap(tap: StreamTap, chunks: list[bytes]) -> bytes:
+    """Drive a tap as mitmproxy does; return what the client receives. Checks the chunk contract."""
+    sent: list[bytes] = []
+    for chunk in chunks:
+        got = tap(chunk)
+        if isinstance(got, bytes):
+            assert got != b"", "an empty chunk mid-stream is written as the end of an HTTP/1.1 body"
+            sent.append(got)
+        else:
+            got = list(got)
+            assert all(isinstance(p, bytes) and p for p in got), got
+            sent.extend(got)
+    assert not tap.finished
+    end = tap(b"")
+    assert tap.finished
+    if isinstance(end, bytes):
+        sent.append(end)
+    else:
+        end = list(end)
+        assert all(isinstance(p, bytes) and p for p in end), end
+        sent.extend(end)
+    return b"".join(sent)
+
+
+def check_metered(m: Metered) -> None:
+    """What ``Meter._finish`` relies on: a Metered with int counts, a str model and error."""
+    assert isinstance(m, Metered)
+    if m.usage is not None:
+        for value in (
+            m.usage.input_tokens,
+            m.usage.cache_read_tokens,
+            m.usage.cache_write_tokens,
+            m.usage.output_tokens,
+            m.usage.reasoning_tokens,
+        ):
+            assert type(value) is int
+    assert m.model is None or isinstance(m.model, str)
+    assert m.error is None or isinstance(m.error, str)
+    assert m.output_text is None or isinstance(m.output_text, str)
+
+
+def summary(m: Metered) -> tuple[Any, ...]:
+    return (m.usage, m.model, m.error, m.provider_cost, m.output_text)
+
+
+def meter_stream(case: StreamCase, chunks: list[bytes], encoding: str | None = None) -> Metered:
+    tap = StreamTap(provider(case.provider), case.flavor, encoding, framing=case.framing)
+    run_tap(tap, chunks)
+    return tap.result()
+
+
+# ---------------------------------------------------------------- StreamTap: what the addon calls
+
+
+@FUZZ
+@given(data=st.data())
+def test_stream_tap_forwards_exactly_what_upstream_sent(data: st.DataObject) -> None:
+    case = data.draw(st.sampled_from(STREAM_CASES), label="case")
+    body = data.draw(stream_bodies(case.seeds), label="body")
+    steps, header = data.draw(st.sampled_from(ENCODINGS), label="encoding")
+    wire = encode(body, steps)
+    if steps and data.draw(st.booleans(), label="corrupt the encoding"):
+        wire = data.draw(mutated(wire))
+    chunks = data.draw(splits(wire), label="chunks")
+
+    tap = StreamTap(provider(case.provider), case.flavor, header, framing=case.framing)
+    assert run_tap(tap, chunks) == wire
+    check_metered(tap.result())
+
+
+@FUZZ
+@given(data=st.data())
+def test_stream_tap_drops_only_the_injected_usage_chunk(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(DROP_PROVIDERS), label="provider")
+    p = provider(name)
+    body = data.draw(stream_bodies(CHAT_SEEDS), label="body")
+    steps, header = data.draw(st.sampled_from(ENCODINGS), label="encoding")
+    chunks = data.draw(splits(encode(body, steps)), label="chunks")
+
+    tap = StreamTap(p, "chat", header, drop_usage_chunk=True, framing="sse")
+    sent = run_tap(tap, chunks)
+    decoder = SSEDecoder()
+    events = decoder.feed(body) + decoder.close()
+    assert p.is_usage_only_chunk is not None
+    # Decoded (the proxy drops Content-Encoding), event by event, minus the usage-only chunk.
+    assert sent == b"".join(e.raw for e in events if not p.is_usage_only_chunk(e))
+    check_metered(tap.result())
+
+
+@FUZZ_SMALL
+@given(data=st.data())
+def test_stream_tap_survives_corrupt_encoding_while_dropping(data: st.DataObject) -> None:
+    steps, header = data.draw(st.sampled_from([e for e in ENCODINGS if e[0]]), label="encoding")
+    wire = data.draw(mutated(encode(data.draw(stream_bodies(CHAT_SEEDS)), steps)), label="wire")
+    chunks = data.draw(splits(wire), label="chunks")
+    tap = StreamTap(provider("openai"), "chat", header, drop_usage_chunk=True, framing="sse")
+    run_tap(tap, chunks)  # the chunk contract holds; nothing raises
+    check_metered(tap.result())
+
+
+@FUZZ
+@given(data=st.data())
+def test_metering_does_not_depend_on_how_the_stream_was_split(data: st.DataObject) -> None:
+    case = data.draw(st.sampled_from(STREAM_CASES), label="case")
+    body = data.draw(stream_bodies(case.seeds), label="body")
+    if case.framing == "aws_eventstream":
+        # A corrupt frame stops the decoder: what was read before it depends on the split.
+        body = data.draw(st.sampled_from(case.seeds))
+        body = body[: data.draw(st.integers(0, len(body)))]
+    steps, header = data.draw(st.sampled_from(ENCODINGS), label="encoding")
+    chunks = data.draw(splits(encode(body, steps)), label="chunks")
+    whole = meter_stream(case, [body] if body else [])
+    got = meter_stream(case, chunks, header)
+    check_metered(got)
+    assert summary(got) == summary(whole)
+
+
+@pytest.mark.parametrize("header", [None, "gzip", "br"])
+def test_stream_tap_strips_the_usage_chunk_byte_by_byte(header: str | None) -> None:
+    body = fixture("openai_chat_stream.sse")
+    usage_event = next(e for e in SSEDecoder().feed(body) if b'"choices":[]' in e.data)
+    steps = () if header is None else (header,)
+    chunks = [bytes([b]) for b in encode(body, steps)]
+    tap = StreamTap(provider("openai"), "chat", header, drop_usage_chunk=True)
+    sent = run_tap(tap, chunks)
+    assert sent == body.replace(usage_event.raw, b"")
+    assert sent.endswith(b"data: [DONE]\n\n")
+    m = tap.result()
+    assert m.usage == Usage(input_tokens=21, output_tokens=14)
+    assert m.model == "gpt-4o-mini-2024-07-18"
+    assert m.error is None
+
+
+@pytest.mark.parametrize(
+    ("case", "usage"),
+    [
+        (StreamCase("aws", "converse_stream", "aws_eventstream", (CONVERSE_STREAM,)), CONVERSE_USAGE),
+        (
+            StreamCase("aws", "invoke_stream", "aws_eventstream", (INVOKE_STREAM,)),
+            Usage(input_tokens=30, output_tokens=9),
+        ),
+    ],
+    ids=["converse_stream", "invoke_stream"],
+)
+def test_stream_tap_meters_event_stream_frames_before_a_corrupt_one(case: StreamCase, usage: Usage) -> None:
+    """A corrupt frame after the usage frame, in the same network chunk, must not lose the usage.
+
+    ``EventStreamDecoder.feed`` raises with the valid messages it decoded before the corrupt
+    one in ``EventStreamError.messages``; the tap must meter them.
+    """
+    good = case.seeds[0]
+    corrupt = b"\x00\x00\x00\x20\x00\x00\x00\x00" + b"\xde\xad\xbe\xef" + b"x" * 20  # bad prelude CRC
+    # Sanity: read in two pieces (the corrupt frame alone), the usage is there.
+    assert meter_stream(case, [good, corrupt]).usage == usage
+    tap = StreamTap(provider(case.provider), case.flavor, None, framing=case.framing)
+    assert run_tap(tap, [good + corrupt]) == good + corrupt
+    m = tap.result()
+    assert "EventStreamError" in (m.error or "")
+    assert m.usage == usage
+
+
+@FUZZ_SMALL
+@given(encoding=st.text(max_size=20))
+def test_stream_tap_with_any_content_encoding_header(encoding: str) -> None:
+    """An unknown coding refuses the tap with ``DecodeError`` (the addon then streams unmetered)."""
+    try:
+        tap = StreamTap(provider("anthropic"), "messages", encoding)
+    except DecodeError:
+        return
+    body = fixture("anthropic_stream.sse")
+    assert run_tap(tap, [body[:100], body[100:]]) == body
+    check_metered(tap.result())
+
+
+# ---------------------------------------------------------------- parse_response and StreamParser
+
+
+@st.composite
+def response_bodies(draw: st.DrawFn) -> bytes:
+    base = draw(
+        st.one_of(
+            st.sampled_from(BODY_FIXTURES),
+            st.sampled_from(ALL_SEEDS),
+            JSON_VALUES.map(dumps),
+            st.dictionaries(st.sampled_from(JSON_KEYS), JSON_VALUES, max_size=6).map(dumps),
+            st.binary(max_size=300),
+        )
+    )
+    return draw(mutated(base))
+
+
+HEADER_VALUES = st.one_of(
+    st.text(max_size=8),
+    st.integers(-(10**6), 10**6).map(str),
+    st.sampled_from(["\u00b2", "\u0663", "9" * 5000, " 12 ", "", "-1", "1e3"]),
+)
+
+
+@FUZZ
+@given(
+    case=st.sampled_from(PARSE_CASES),
+    body=response_bodies(),
+    headers=st.dictionaries(st.sampled_from(BEDROCK_HEADERS), HEADER_VALUES, max_size=4),
+)
+@example(case=("aws", "invoke"), body=b"{}", headers={"x-amzn-bedrock-input-token-count": "\u00b2"})
+@example(case=("aws", "invoke"), body=b"", headers={"x-amzn-bedrock-output-token-count": "9" * 5000})
+def test_parse_response_never_raises(case: tuple[str, str], body: bytes, headers: dict[str, str]) -> None:
+    name, flavor = case
+    check_metered(provider(name).parse_response(flavor, body, headers))
+
+
+def _json_deep(depth: int) -> bytes:
+    return b'{"usage":' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize("case", PARSE_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_parse_response_on_pathological_json(case: tuple[str, str]) -> None:
+    name, flavor = case
+    p = provider(name)
+    for body in (
+        _json_deep(100_000),
+        b"[" * 100_000,
+        b'{"usage":{"prompt_tokens":' + b"9" * 5000 + b"}}",
+        b'{"usage":{"prompt_tokens":1e999,"completion_tokens":-1e999}}',
+        b'{"usage":{"prompt_tokens":NaN}}',
+        b"\xef\xbb\xbf" + fixture("openai_chat_reasoning.json"),
+        b"\x00" * 1000,
+    ):
+        check_metered(p.parse_response(flavor, body, {}))
+
+
+@st.composite
+def sse_events(draw: st.DrawFn) -> SSEEvent:
+    name = draw(
+        st.one_of(
+            st.none(),
+            st.sampled_from(
+                [
+                    "message",
+                    "message_start",
+                    "message_delta",
+                    "error",
+                    "response.completed",
+                    "response.output_text.delta",
+                    "response.created",
+                    "response.failed",
+                ]
+            ),
+            st.text(max_size=10),
+        )
+    )
+    data = draw(
+        st.one_of(
+            JSON_VALUES.map(dumps),
+            st.dictionaries(st.sampled_from(JSON_KEYS), JSON_VALUES, max_size=6).map(dumps),
+            st.binary(max_size=80),
+            st.just(b"[DONE]"),
+        )
+    )
+    return SSEEvent(event=name, data=data, raw=b"data: " + data + b"\n\n")
+
+
+@st.composite
+def aws_messages(draw: st.DrawFn) -> EventMessage:
+    kind = draw(st.sampled_from(["event", "exception", "error", "other"]))
+    event_type = draw(
+        st.one_of(
+            st.sampled_from(["chunk", "contentBlockDelta", "metadata", "messageStop"]), st.text(max_size=8)
+        )
+    )
+    headers: dict[str, Any] = {":message-type": kind, ":event-type": event_type}
+    if draw(st.booleans()):
+        headers[":exception-type"] = draw(
+            st.one_of(st.text(max_size=10), st.integers(), st.binary(max_size=4))
+        )
+    if draw(st.booleans()):
+        headers[":error-message"] = draw(st.one_of(st.text(max_size=10), st.booleans()))
+    inner = draw(st.one_of(JSON_VALUES.map(dumps), st.binary(max_size=60)))
+    payload = draw(
+        st.one_of(
+            st.just(dumps({"bytes": base64.b64encode(inner).decode()})),
+            st.just(b'{"bytes":"' + inner + b'"}'),
+            JSON_VALUES.map(dumps),
+            st.binary(max_size=60),
+        )
+    )
+    return EventMessage(headers, payload)
+
+
+@FUZZ
+@given(
+    case=st.sampled_from(STREAM_CASES), events=st.lists(st.one_of(sse_events(), aws_messages()), max_size=12)
+)
+def test_stream_parsers_never_raise(case: StreamCase, events: list[Any]) -> None:
+    """Any event the framers can hand over, in any order, any number of times."""
+    parser = provider(case.provider).stream_parser(case.flavor)
+    for event in events:
+        if case.framing == "json_array":
+            event = event.data if isinstance(event, SSEEvent) else event.payload
+        elif case.framing == "sse" and isinstance(event, EventMessage):
+            event = SSEEvent(event=event.event_type, data=event.payload, raw=event.payload)
+        elif case.framing == "aws_eventstream" and isinstance(event, SSEEvent):
+            event = EventMessage(
+                {":message-type": "event", ":event-type": event.event or "chunk"}, event.data
+            )
+        parser.feed(event)
+        check_metered(parser.result())
+    check_metered(parser.result())
+
+
+_URL_CHARS = string.ascii_letters + string.digits + "/:?#&=%._-~@+ "
+PATHS = st.one_of(
+    st.text(alphabet=_URL_CHARS, max_size=60),
+    st.builds(
+        lambda a, b, c: f"/v1beta/models/{a}:{b}{c}",
+        st.text(alphabet=_URL_CHARS, max_size=15),
+        st.sampled_from(["generateContent", "streamGenerateContent", "x"]),
+        st.sampled_from(["", "?alt=sse", "?key=k&alt=", "#frag"]),
+    ),
+    st.builds(
+        lambda a, b: f"/model/{a}/{b}",
+        st.text(alphabet=_URL_CHARS, max_size=15),
+        st.sampled_from(["converse", "converse-stream", "invoke", "invoke-with-response-stream"]),
+    ),
+    st.text(max_size=30),
+)
+
+
+@FUZZ
+@given(
+    name=st.sampled_from([p.name for p in REGISTRY.providers]),
+    path=PATHS,
+    content_type=st.text(max_size=30),
+    body=st.one_of(st.none(), st.dictionaries(st.sampled_from(["model", "stream"]), JSON_VALUES, max_size=2)),
+    authorization=st.text(max_size=60),
+)
+def test_request_side_helpers_never_raise(
+    name: str, path: str, content_type: str, body: dict[str, Any] | None, authorization: str
+) -> None:
+    """What ``Meter.requestheaders`` / ``request`` / ``responseheaders`` ask of any request."""
+    p = provider(name)
+    flavor = p.flavor_for_path(path)
+    assert flavor is None or isinstance(flavor, str)
+    model = p.request_model(path, body)
+    assert model is None or isinstance(model, str)
+    assert p.stream_framing(path, content_type) in (None, "sse", "json_array", "aws_eventstream")
+    p.key_in_query(path.partition("?")[2])
+    if p.key_from_header is not None:
+        p.key_from_header(authorization)
+    if p.with_model is not None:
+        with contextlib.suppress(ValueError):  # documented: the addon refuses instead of downgrading
+            p.with_model(path, body, "gpt-4o-mini")
+
+
+# ---------------------------------------------------------------- the decoders underneath
+
+
+@FUZZ
+@given(data=st.data())
+def test_sse_decoder_is_lossless_and_split_invariant(data: st.DataObject) -> None:
+    body = data.draw(st.one_of(stream_bodies(ALL_SEEDS), SSE_NOISE), label="body")
+    chunks = data.draw(splits(body), label="chunks")
+    whole = SSEDecoder()
+    expected = whole.feed(body) + whole.close()
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        events += decoder.feed(chunk)
+    events += decoder.close()
+    assert b"".join(e.raw for e in events) == body
+    assert events == expected
+
+
+JSON_ELEMENTS = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=10),
+    ),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=15,
+)
+
+
+@FUZZ
+@given(
+    elements=st.lists(JSON_ELEMENTS, max_size=6),
+    indent=st.sampled_from([None, 0, 2]),
+    ensure_ascii=st.booleans(),
+    data=st.data(),
+)
+def test_json_array_decoder_yields_each_element(
+    elements: list[Any], indent: int | None, ensure_ascii: bool, data: st.DataObject
+) -> None:
+    body = json.dumps(elements, indent=indent, ensure_ascii=ensure_ascii).encode()
+    decoder = JSONArrayDecoder()
+    got: list[bytes] = []
+    for chunk in data.draw(splits(body), label="chunks"):
+        got += decoder.feed(chunk)
+    got += decoder.close()
+    assert [json.loads(e) for e in got] == elements
+
+
+@FUZZ
+@given(data=st.data())
+def test_json_array_decoder_never_raises_and_is_split_invariant(data: st.DataObject) -> None:
+    body = data.draw(
+        st.one_of(
+            stream_bodies(ALL_SEEDS),
+            st.lists(
+                st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b",", b" ", b"1", b"\xef\xbb"])
+            ).map(b"".join),
+        ),
+        label="body",
+    )
+    whole = JSONArrayDecoder()
+    expected = whole.feed(body) + whole.close()
+    decoder = JSONArrayDecoder()
+    got: list[bytes] = []
+    for chunk in data.draw(splits(body), label="chunks"):
+        got += decoder.feed(chunk)
+    got += decoder.close()
+    assert got == expected
+
+
+HEADER_SPECS = st.one_of(
+    st.tuples(st.just(0), st.just(True)),
+    st.tuples(st.just(1), st.just(False)),
+    st.tuples(st.just(2), st.integers(-(2**7), 2**7 - 1)),
+    st.tuples(st.just(3), st.integers(-(2**15), 2**15 - 1)),
+    st.tuples(st.just(4), st.integers(-(2**31), 2**31 - 1)),
+    st.tuples(st.just(5), st.integers(-(2**63), 2**63 - 1)),
+    st.tuples(st.just(8), st.integers(-(2**63), 2**63 - 1)),
+    st.tuples(st.just(6), st.binary(max_size=20)),
+    st.tuples(st.just(7), st.text(max_size=20)),
+    st.tuples(st.just(9), st.binary(min_size=16, max_size=16)),
+)
+AWS_MESSAGES = st.lists(
+    st.tuples(
+        st.dictionaries(
+            st.text(min_size=1, max_size=12).filter(lambda s: len(s.encode()) < 256), HEADER_SPECS, max_size=4
+        ),
+        st.binary(max_size=200),
+    ),
+    max_size=5,
+)
+
+
+@FUZZ
+@given(messages=AWS_MESSAGES, data=st.data())
+def test_event_stream_decoder_round_trips_any_split(
+    messages: list[tuple[dict[str, tuple[int, Any]], bytes]], data: st.DataObject
+) -> None:
+    wire = b"".join(frame([(n, k, v) for n, (k, v) in h.items()], p) for h, p in messages)
+    decoder = EventStreamDecoder()
+    got: list[EventMessage] = []
+    for chunk in data.draw(splits(wire), label="chunks"):
+        got += decoder.feed(chunk)
+    got += decoder.close()
+    assert decoder.error is None and decoder.buffered == 0
+    assert [(m.headers, m.payload) for m in got] == [
+        ({n: v for n, (_, v) in h.items()}, p) for h, p in messages
+    ]
+
+
+@FUZZ
+@given(messages=AWS_MESSAGES.filter(bool), data=st.data())
+def test_event_stream_decoder_rejects_any_corrupted_byte(
+    messages: list[tuple[dict[str, tuple[int, Any]], bytes]], data: st.DataObject
+) -> None:
+    """CRC32 catches every single-byte corruption; the messages before it still come out."""
+    frames = [frame([(n, k, v) for n, (k, v) in h.items()], p) for h, p in messages]
+    wire = b"".join(frames)
+    i = data.draw(st.integers(0, len(wire) - 1), label="corrupted byte")
+    bad = wire[:i] + bytes([wire[i] ^ data.draw(st.integers(1, 255))]) + wire[i + 1 :]
+    before = 0  # messages wholly before the corrupted byte
+    end = 0
+    for f in frames:
+        end += len(f)
+        if end > i:
+            break
+        before += 1
+    decoder = EventStreamDecoder()
+    got: list[EventMessage] = []
+    raised = 0
+    for chunk in data.draw(splits(bad), label="chunks"):
+        try:
+            got += decoder.feed(chunk)
+        except EventStreamError as e:
+            raised += 1
+            got += e.messages
+    got += decoder.close()
+    assert raised == 1
+    assert len(got) == before
+    assert decoder.error is not None
+    assert decoder.feed(wire) == []  # stopped for good
+
+
+@FUZZ
+@given(body=st.one_of(st.binary(max_size=500), st.sampled_from(ALL_SEEDS)), data=st.data())
+def test_event_stream_decoder_raises_only_its_error(body: bytes, data: st.DataObject) -> None:
+    decoder = EventStreamDecoder()
+    for chunk in data.draw(splits(data.draw(mutated(body)))):
+        try:
+            for message in decoder.feed(chunk):
+                assert isinstance(message, EventMessage)
+        except EventStreamError:
+            pass
+    assert decoder.close() == []
+
+
+@FUZZ
+@given(body=st.one_of(st.binary(max_size=2000), st.sampled_from(ALL_SEEDS)), data=st.data())
+def test_stream_decoder_round_trips_any_split(body: bytes, data: st.DataObject) -> None:
+    steps, header = data.draw(st.sampled_from(ENCODINGS), label="encoding")
+    decoder = StreamDecoder(header)
+    assert decoder.passthrough is (not steps)
+    out = b"".join(decoder.decode(c) for c in data.draw(splits(encode(body, steps)), label="chunks"))
+    assert out + decoder.flush() == body
+
+
+@FUZZ
+@given(body=st.one_of(st.binary(max_size=800), st.sampled_from(ALL_SEEDS)), data=st.data())
+def test_stream_decoder_on_truncated_input_yields_a_prefix(body: bytes, data: st.DataObject) -> None:
+    steps, header = data.draw(st.sampled_from([e for e in ENCODINGS if e[0]]), label="encoding")
+    wire = encode(body, steps)
+    wire = wire[: data.draw(st.integers(0, len(wire)))]
+    decoder = StreamDecoder(header)
+    out = b"".join(decoder.decode(c) for c in data.draw(splits(wire), label="chunks"))
+    out += decoder.flush()  # a cut body is not an error: what arrived is decoded
+    assert body.startswith(out)
+
+
+@FUZZ
+@given(data=st.data())
+def test_stream_decoder_raises_only_decode_error(data: st.DataObject) -> None:
+    steps, header = data.draw(st.sampled_from([e for e in ENCODINGS if e[0]]), label="encoding")
+    wire = data.draw(
+        st.one_of(
+            st.binary(max_size=300),
+            st.sampled_from(ALL_SEEDS).flatmap(lambda b: mutated(encode(b, steps))),
+        ),
+        label="wire",
+    )
+    decoder = StreamDecoder(header)
+    try:
+        for chunk in data.draw(splits(wire), label="chunks"):
+            assert isinstance(decoder.decode(chunk), bytes)
+        assert isinstance(decoder.flush(), bytes)
+    except DecodeError:
+        pass
+
+
+def test_stream_decoder_refuses_unknown_codings() -> None:
+    for header in ("compress", "gzip, snappy", "x-bogus"):
+        with pytest.raises(DecodeError, match="unsupported content-encoding"):
+            StreamDecoder(header)
