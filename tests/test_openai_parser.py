@@ -324,9 +324,7 @@ def test_chat_stream_without_include_usage() -> None:
     for event in events_of(data):
         parser.feed(event)
     assert parser.done is True
-    assert parser.result() == Metered(
-        None, "gpt-4o-mini-2024-07-18", "stream ended without usage"
-    )
+    assert parser.result() == Metered(None, "gpt-4o-mini-2024-07-18", "stream ended without usage")
 
 
 def test_chat_stream_error_event() -> None:
