@@ -27,30 +27,46 @@ class Interception:
 
     Sets mitmproxy's ``allow_hosts`` to anchored patterns of the provider
     registry (kept alongside any the user gave), ``connection_strategy=lazy``
-    so a call the proxy answers itself never opens an upstream connection. An
-    unset ``listen_host`` becomes 127.0.0.1 (mitmproxy may already have bound
-    its listener by the time a script loads, so ``running`` also warns when the
-    actual listener is not loopback; scripts/proxy passes --listen-host).
+    so a call the proxy answers itself never opens an upstream connection, and
+    listens on 127.0.0.1 unless told otherwise: mitmproxy binds its listener
+    before it loads a script, so when the addon had to change an unset
+    ``listen_host`` it rebinds the listener at ``running``. A listener the user
+    put on another interface is kept, with a warning. mitmdump's own flow dump
+    is turned off (the addon prints one line per LLM call; mitmproxy's line
+    would show a Gemini ``?key=``) unless a more detailed one is asked for.
     """
 
     def __init__(self, patterns: Callable[[], list[str]] = allow_host_patterns) -> None:
         self._patterns = patterns  # the provider hosts in force (policies.yaml may add some)
+        self._chose_listen_host = False
+        self._flow_detail_set = False  # only the first configure may turn mitmdump's flow dump off
 
     def refresh(self) -> None:
         """Intercept any provider host added since (policies.yaml ``providers:`` edited)."""
         self.configure(set())
 
-    def running(self) -> None:
-        """Warn when the proxy actually listens beyond loopback."""
+    async def running(self) -> None:
         proxyserver = ctx.master.addons.get("proxyserver")
-        addrs = proxyserver.listen_addrs() if proxyserver is not None else []
-        exposed = sorted({addr[0] or "*" for addr in addrs if not _is_loopback(addr[0])})
+        if proxyserver is None:
+            return
+        if self._chose_listen_host and self._exposed(proxyserver):
+            try:  # bound before this script loaded: bind again, now on 127.0.0.1
+                await proxyserver.servers.update([])
+                await proxyserver.setup_servers()
+            except Exception as exc:
+                log.warning("tokometer: could not move the listener to 127.0.0.1: %s", exc)
+        exposed = self._exposed(proxyserver)
         if exposed:
             log.warning(
                 "tokometer: listening on %s, not loopback: other machines can use this proxy "
                 "and meter calls as you. Pass --listen-host 127.0.0.1 (scripts/proxy does).",
                 ", ".join(exposed),
             )
+
+    @staticmethod
+    def _exposed(proxyserver: object) -> list[str]:
+        addrs = proxyserver.listen_addrs()  # type: ignore[attr-defined]
+        return sorted({addr[0] or "*" for addr in addrs if not _is_loopback(addr[0])})
 
     def configure(self, updated: set[str]) -> None:
         changes: dict[str, object] = {}
@@ -62,5 +78,9 @@ class Interception:
             changes["connection_strategy"] = "lazy"
         if ctx.options.listen_host == "":
             changes["listen_host"] = "127.0.0.1"
+            self._chose_listen_host = True
+        if "flow_detail" in ctx.options and ctx.options.flow_detail == 1 and not self._flow_detail_set:
+            changes["flow_detail"] = 0
+        self._flow_detail_set = True
         if changes:
             ctx.options.update(**changes)

@@ -251,6 +251,9 @@ class Meter:
         if self._refused_start:
             return
         self._running = True
+        # Files the proxy creates from now on are private: DuckDB recreates its write-ahead
+        # log (which holds the rows being written) with the process umask at every write.
+        os.umask(os.umask(0o077) | 0o077)
         if self.store is None:
             self._open_store()
         ca = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"
