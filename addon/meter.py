@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,7 +53,7 @@ log = logging.getLogger("tokometer")
 # Bodies larger than this are parsed in a worker thread, off mitmproxy's event loop.
 INLINE_PARSE_LIMIT = 128 * 1024
 # How long a request may wait for the lookup of its calling process (normally 3-15 ms).
-PROCESS_LOOKUP_TIMEOUT = 1.0
+PROCESS_LOOKUP_TIMEOUT = 2.0
 NOTICE_HEADER = "X-Tokometer-Notice"
 # A budget reservation counts a request's bytes / 4 as input tokens (JSON makes that generous)
 # and its max-tokens setting, else this many, as output.
@@ -112,8 +112,17 @@ def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-def _parse_body(provider: Provider, flavor: str, headers: dict[str, str], body: bytes) -> Metered:
+def _parse_body(provider: Provider, flavor: str, headers: Mapping[str, str], body: bytes) -> Metered:
     return provider.parse_response(flavor, body, headers)
+
+
+def _describe_client(record: CallRecord, process: ClientProcess) -> None:
+    record.user_name = process.user
+    record.client_pid = process.pid
+    record.client_process = process.name
+    record.client_cwd = process.cwd
+    record.repo = process.repo
+    record.git_branch = process.git_branch
 
 
 def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
@@ -431,7 +440,10 @@ class Meter:
         process: ClientProcess | None = None
         if state.process is not None:
             try:
-                process = await asyncio.wait_for(asyncio.shield(state.process), PROCESS_LOOKUP_TIMEOUT)
+                if state.process.done():  # the connection's lookup is over: no wait_for/shield
+                    process = state.process.result()
+                else:
+                    process = await asyncio.wait_for(asyncio.shield(state.process), PROCESS_LOOKUP_TIMEOUT)
             except TimeoutError:
                 state.errors.append("calling process not identified in time")
             except Exception as exc:
@@ -453,12 +465,7 @@ class Meter:
         record.key_name = decided.key_name
         state.errors.extend(decided.problems)
         if process is not None:
-            record.user_name = process.user
-            record.client_pid = process.pid
-            record.client_process = process.name
-            record.client_cwd = process.cwd
-            record.repo = process.repo
-            record.git_branch = process.git_branch
+            _describe_client(record, process)
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -610,7 +617,7 @@ class Meter:
                 metered = Metered(error=f"response body not decodable: {exc}")
             else:
                 parse = functools.partial(
-                    _parse_body, state.provider, state.record.api_flavor, dict(response.headers)
+                    _parse_body, state.provider, state.record.api_flavor, response.headers
                 )
                 metered = await _off_loop_if_large(parse, content or b"")
         else:
@@ -634,6 +641,10 @@ class Meter:
     ) -> None:
         state.finished = True
         record = state.record
+        lookup = state.process
+        if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
+            with contextlib.suppress(Exception):  # late at request time: describe the caller now
+                _describe_client(record, lookup.result())
         start = flow.request.timestamp_start
         record.duration_ms = round((time.time() - start) * 1000, 3)
         response = flow.response

@@ -88,7 +88,9 @@ def test_processes_are_attributed_by_their_own_environment(
     pid3 = openai_call(proxy, t3)
     proxy.terminate()
     rows = {r["client_pid"]: r for r in proxy.rows()}
-    assert set(rows) == {pid1, pid2, pid3}
+    assert set(rows) == {pid1, pid2, pid3}, [
+        (r["client_pid"], r["error"], r["user_name"]) for r in rows.values()
+    ]
     staging, production, default = rows[pid1], rows[pid2], rows[pid3]
     assert (staging["environment"], staging["environment_source"]) == ("staging", "process")
     assert (staging["team"], staging["feature"]) == ("checkout", "cart")
