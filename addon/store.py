@@ -39,6 +39,7 @@ log = logging.getLogger("tokometer")
 Listener = Callable[[list[CallRecord]], None]
 
 MAX_ROWS_PER_INSERT = 500
+MAX_ROWS_PER_FLUSH = 5_000  # rows per transaction (a burst is written in several)
 # How often the writer prices new calls and hands them to the listeners (budgets, live file, log).
 # submit() does not wake it: a wake-up per call (futex + GIL handoff) cost the event loop ~0.5 ms.
 # Budgets stay exact meanwhile: a call in flight holds a reservation until its price is counted.
@@ -495,10 +496,17 @@ class Store:
 
     def _flush_until(self, deadline: float, *, ending: bool) -> bool:
         attempt = 0
+        left_before: int | None = None
         while True:
             try:
                 if self._flush_once(ending=ending):
-                    return True
+                    with self._lock:
+                        left = len(self._queue)
+                    # Done; or only calls DuckDB rejects are left (they stay queued and journaled).
+                    if left == 0 or (left_before is not None and left >= left_before):
+                        return True
+                    left_before, attempt = left, 0
+                    continue
             except Exception:
                 log.exception("tokometer: store flush error")
             remaining = deadline - time.monotonic()
@@ -512,7 +520,8 @@ class Store:
         self._price_pending()
         with self._flush_lock:
             with self._lock:
-                batch, self._queue = self._queue, []
+                # A bounded batch: one transaction holds DuckDB's lock, and readers wait for it.
+                batch, self._queue = self._queue[:MAX_ROWS_PER_FLUSH], self._queue[MAX_ROWS_PER_FLUSH:]
                 events, self._events = self._events, []
                 self._inflight = len(batch)
             adopted = list(self._adopted)

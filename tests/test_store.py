@@ -490,3 +490,17 @@ def test_journal_is_compacted_to_the_calls_still_queued(db: Path) -> None:
     assert len(store.journal_path.read_bytes().splitlines()) == 4
     store.close()
     assert rows(db, "SELECT count(*) FROM calls") == [(9,)]
+
+
+def test_a_burst_is_written_in_bounded_transactions_and_all_of_it_is_stored(db: Path, monkeypatch) -> None:
+    import addon.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_ROWS_PER_FLUSH", 7)
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    for i in range(30):
+        store.submit(make_record(i))
+    assert store.flush()
+    assert store.stats.pending == 0
+    assert rows(db, "SELECT count(*) FROM calls") == [(30,)]
+    store.close()
