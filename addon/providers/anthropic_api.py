@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from addon.providers.openai_api import TextCollector
+from addon.providers.values import text as _str
 from addon.sse import SSEEvent
 from addon.usage import Metered, Usage
 
@@ -212,7 +213,3 @@ def _count(value: Any) -> int | None:
     if type(value) is float and value == value and abs(value) != float("inf"):
         return int(value)
     return None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None

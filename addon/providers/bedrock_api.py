@@ -39,6 +39,7 @@ from urllib.parse import unquote
 from addon.aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from addon.providers import anthropic_api, openai_api
 from addon.providers.openai_api import TextCollector
+from addon.providers.values import token_count as _int
 from addon.usage import Metered, Usage
 
 FLAVORS: tuple[str, ...] = ("converse", "converse_stream", "invoke", "invoke_stream")
@@ -526,12 +527,3 @@ def _loads(data: bytes) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
-
-
-def _int(value: Any) -> int:
-    """A token count: ints as they are, floats truncated, anything else (null, bool) 0."""
-    if type(value) is int:
-        return value
-    if type(value) is float and value == value and abs(value) != float("inf"):
-        return int(value)
-    return 0

@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, quote, unquote
 
 from addon.json_stream import JSONArrayDecoder
 from addon.providers.openai_api import TextCollector
+from addon.providers.values import text as _str
+from addon.providers.values import token_count as _int
 from addon.sse import SSEDecoder, SSEEvent
 from addon.usage import Metered, Usage
 
@@ -290,16 +292,3 @@ def _loads(data: bytes) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
-
-
-def _int(value: Any) -> int:
-    """A token count: ints as they are, floats truncated, anything else (null, bool) 0."""
-    if type(value) is int:
-        return value
-    if type(value) is float and value == value and abs(value) != float("inf"):
-        return int(value)
-    return 0
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from addon.providers.values import text as _str
+from addon.providers.values import token_count as _int
 from addon.sse import SSEEvent
 from addon.usage import Metered, Usage
 
@@ -538,16 +540,3 @@ def _loads(data: bytes) -> Any:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    """A token count: ints as they are, floats truncated, anything else (null, bool) 0."""
-    if type(value) is int:
-        return value
-    if type(value) is float and value == value and abs(value) != float("inf"):
-        return int(value)
-    return 0
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None

@@ -1,0 +1,19 @@
+"""Reading values out of decoded provider JSON, the same way in every parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def token_count(value: Any) -> int:
+    """A token count: ints as they are, floats truncated, anything else (null, bool, NaN, inf) 0."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value == value and abs(value) != float("inf"):
+        return int(value)
+    return 0
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string, else None."""
+    return value if isinstance(value, str) and value else None
