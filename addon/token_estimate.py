@@ -477,16 +477,7 @@ def _anthropic(t: _Tally, body: dict[str, Any]) -> None:
     The per-turn overhead is an approximation of Claude's own format; tools add their JSON
     plus the tool-use system prompt Anthropic documents.
     """
-    system = body.get("system")
-    if system:
-        t.add(TOKENS_PER_MESSAGE)
-        _content(t, system)
-    messages = body.get("messages")
-    for msg in messages if isinstance(messages, list) else ():
-        if isinstance(msg, dict):
-            t.add(TOKENS_PER_MESSAGE)
-            _content(t, msg.get("content"))
-    t.add(REPLY_PRIMING)
+    _system_and_turns(t, body)
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
         for tool in tools:
@@ -497,8 +488,8 @@ def _anthropic(t: _Tally, body: dict[str, Any]) -> None:
         t.add(ANTHROPIC_TOOL_PROMPT_FORCED if forced else ANTHROPIC_TOOL_PROMPT_AUTO)
 
 
-def _converse(t: _Tally, body: dict[str, Any]) -> None:
-    """Bedrock Converse: ``system`` and ``messages`` blocks, ``toolConfig`` as JSON (3 per turn)."""
+def _system_and_turns(t: _Tally, body: dict[str, Any]) -> None:
+    """A ``system`` prompt and ``messages`` (Anthropic, Bedrock Converse): 3 per turn, 3 priming."""
     system = body.get("system")
     if system:
         t.add(TOKENS_PER_MESSAGE)
@@ -509,6 +500,11 @@ def _converse(t: _Tally, body: dict[str, Any]) -> None:
             t.add(TOKENS_PER_MESSAGE)
             _content(t, msg.get("content"))
     t.add(REPLY_PRIMING)
+
+
+def _converse(t: _Tally, body: dict[str, Any]) -> None:
+    """Bedrock Converse: ``system`` and ``messages`` blocks, ``toolConfig`` as JSON (3 per turn)."""
+    _system_and_turns(t, body)
     config = body.get("toolConfig")
     if isinstance(config, dict):
         t.json(config.get("tools"))

@@ -219,8 +219,6 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible("perplexity", "api.perplexity.ai"),
 )
 
-API_FAMILIES = ("openai", "anthropic")  # what a custom host in policies.yaml may speak
-
 
 def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str | None = None) -> Provider:
     """A host from policies.yaml ``providers:`` speaking an OpenAI- or Anthropic-compatible API."""
@@ -283,11 +281,6 @@ class Registry:
 
 
 DEFAULT_REGISTRY = Registry()
-
-
-def provider_for_host(host: str) -> Provider | None:
-    """The built-in provider serving ``host``, if any."""
-    return DEFAULT_REGISTRY.for_host(host)
 
 
 def allow_host_patterns() -> list[str]:
