@@ -318,6 +318,11 @@ class BudgetTracker:
         with self._lock:
             self._budgets = budgets
 
+    @property
+    def has_budgets(self) -> bool:
+        """Is any budget in force? (Without one, a call has nothing to check or reserve.)"""
+        return bool(self._budgets)
+
     def budgets(self) -> dict[Scope, Budget]:
         """The budgets in force, by scope."""
         with self._lock:

@@ -42,11 +42,13 @@ class Enforcer:
         self.policies = policies
         self.budgets = BudgetTracker(policies)
         self.rates = RateLimiter()
+        self._rate_limited = policies.has_rate_limits
 
     def set_policies(self, policies: Policies) -> None:
         """Put new policies in force, keeping the spend and windows counted so far."""
         self.policies = policies
         self.budgets.set_policies(policies)
+        self._rate_limited = policies.has_rate_limits
 
     def decide(
         self,
@@ -80,13 +82,14 @@ class Enforcer:
                 )
             decision = Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
 
-        reserve = None
-        if call_id is not None and estimate is not None:
-            sent = decision.model_sent
-            reserve = (call_id, lambda: estimate(sent))
-        refusal = self.budgets.check(
-            scopes_for(environment, key_name, user_name), datetime.fromtimestamp(now, UTC), reserve=reserve
-        )
+        refusal = None
+        if self.budgets.has_budgets:
+            reserve = None
+            if call_id is not None and estimate is not None:
+                sent = decision.model_sent
+                reserve = (call_id, lambda: estimate(sent))
+            scopes = scopes_for(environment, key_name, user_name)
+            refusal = self.budgets.check(scopes, datetime.fromtimestamp(now, UTC), reserve=reserve)
         if refusal is not None:
             message = refusal.message()
             return Decision(
@@ -98,6 +101,8 @@ class Enforcer:
                 message=message,
             )
 
+        if not self._rate_limited:
+            return decision
         limits = limits_for(self.policies, environment, key_name, user_name)
         wait = self.rates.check_and_record_many(limits, now)
         if wait is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -19,7 +20,6 @@ import secrets
 import socket
 import sys
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +28,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import find_api_key, key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.budgets import alert_event, policy_event
-from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, use_color
+from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, terminal_logger, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
 from addon.live_state import LiveState, live_path, today_baseline
@@ -43,7 +44,7 @@ from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFi
 from addon.pricing import Pricer
 from addon.providers import Provider, Registry, custom_provider
 from addon.record import CallRecord
-from addon.store import Store, reading
+from addon.store import Store
 from addon.stream_tap import StreamTap
 from addon.token_estimate import estimate_usage
 from addon.usage import Metered
@@ -175,11 +176,16 @@ class Meter:
 
     def __init__(self) -> None:
         self.session_id = new_session_id()
+        # Call ids: a random 64-bit prefix per proxy run and a counter (32 hex digits, like a
+        # uuid4's hex, unique across runs; a uuid4 per call reads os.urandom each time).
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count()
         self.enforcer = Enforcer(Policies())
         self.registry = Registry()
         self.pricer = Pricer(price_provider=self.registry.price_provider)
         self.on_providers_changed: Callable[[], None] | None = None  # set by the entry script
-        self.call_log = CallLog(log.info, color=use_color(sys.stdout))
+        self._call_lines = log  # terminal_logger() once mitmproxy's handlers are installed
+        self.call_log = CallLog(self._emit_call_line, color=use_color(sys.stdout))
         self.notifier = Notifier(NotificationSettings())
         self.live: LiveState | None = None
         self.policies_path = default_policies_path()
@@ -200,6 +206,12 @@ class Meter:
     def policies(self) -> Policies:
         """The policies in force."""
         return self.enforcer.policies
+
+    def _emit_call_line(self, line: str) -> None:
+        self._call_lines.info(line)
+
+    def _next_call_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     def call_state(self, flow: http.HTTPFlow) -> CallState | None:
         """The metering state of ``flow``, if it is an LLM call being metered."""
@@ -263,6 +275,7 @@ class Meter:
         # Files the proxy creates from now on are private: DuckDB recreates its write-ahead
         # log (which holds the rows being written) with the process umask at every write.
         os.umask(os.umask(0o077) | 0o077)
+        self._call_lines = terminal_logger()
         if self.store is None:
             self._open_store()
         ca = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"
@@ -343,9 +356,12 @@ class Meter:
         live = LiveState(live_path(self.db_path), self.session_id)
         now = datetime.now(UTC)
         try:  # spend so far in each budget's period: loaded once, then kept up by the listener
-            with reading(self.db_path) as con:
+
+            def load(con: duckdb.DuckDBPyConnection) -> None:
                 self.enforcer.budgets.load(con)
                 live.load_baseline(today_baseline(con, now), now.date())
+
+            store.read(load)
         except Exception as exc:  # budgets then count from this session on
             log.warning("tokometer: could not load spend for budgets from %s: %s", self.db_path, exc)
         live.set_budgets(self.enforcer.budgets.status(now))
@@ -394,7 +410,7 @@ class Meter:
             return
         key = self._api_key(provider, flow.request.headers, query)
         record = CallRecord(
-            id=uuid.uuid4().hex,
+            id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
             session_id=self.session_id,
             environment=self.policies.default_environment,

@@ -81,7 +81,7 @@ class ModelRules:
 
     def is_allowed(self, model: str) -> bool:
         """Does ``model`` match an ``allow`` pattern (dated names match their base)?"""
-        return matches_any(self.allow, model)
+        return "*" in self.allow or matches_any(self.allow, model)
 
     def downgrade_target(self, model: str) -> str | None:
         """The mapped target of the first ``downgrade`` pattern matching ``model``, or None."""
@@ -200,6 +200,15 @@ class Policies:
     prices: tuple[tuple[str, PriceOverride], ...] = ()  # (model or provider/model pattern, price), in order
     source: Path | None = None
     enforcing: bool = False
+
+    @property
+    def has_rate_limits(self) -> bool:
+        """Does any environment, key or user have a ``rate_limit``?"""
+        return any(
+            entry.rate_limit is not None
+            for entries in (self.environments.values(), self.keys, self.users.values())
+            for entry in entries
+        )
 
     def environment(self, name: str) -> EnvironmentPolicy:
         """The declared policy of ``name`` (aliases resolved), else an unrestricted one."""

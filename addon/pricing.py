@@ -12,6 +12,7 @@ import genai_prices
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices
 
 from addon.policies import PriceOverride
 from addon.record import CallRecord
@@ -31,6 +32,99 @@ ERROR = "error"
 # (snapshot id, provider, model) pairs genai-prices could not resolve: a miss costs ~230 µs.
 _misses: set[tuple[int, str, str]] = set()
 _MAX_MISSES = 10_000
+
+
+PER_MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearPrice:
+    """A model's price as a plain sum of per-token rates, for prompts up to ``max_input_tokens``.
+
+    Rates are USD per million tokens; ``per_call`` is a fixed price per request, if any.
+    Above ``max_input_tokens`` a tier's rates apply (genai-prices decides); ``None``: no tiers.
+    Taken from genai-prices' own results for small amounts, then checked against it.
+    """
+
+    model_id: str
+    per_call: Decimal
+    uncached_input: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    output: Decimal
+    max_input_tokens: int | None = None
+
+    def cost(self, usage: Usage) -> Decimal | None:
+        """The price of ``usage``, or None when it is not this price's to say (genai-prices decides)."""
+        if self.max_input_tokens is not None and usage.input_tokens > self.max_input_tokens:
+            return None
+        uncached = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
+        if min(uncached, usage.cache_read_tokens, usage.cache_write_tokens, usage.output_tokens) < 0:
+            return None
+        total = (
+            uncached * self.uncached_input
+            + usage.cache_read_tokens * self.cache_read
+            + usage.cache_write_tokens * self.cache_write
+            + usage.output_tokens * self.output
+        )
+        return self.per_call + total / PER_MILLION
+
+
+_BASIS_TOKENS = 1_000  # the amounts the rates are read from: below every tier's start
+_CHECK_USAGE = Usage(input_tokens=777, cache_read_tokens=211, cache_write_tokens=97, output_tokens=389)
+
+
+def linear_price(calc: PriceCalculation, usage: Usage) -> LinearPrice | None:
+    """The linear form of the price genai-prices just used, if it has one; None otherwise.
+
+    Prices that change with the time of day or the date (a list of conditional prices) have
+    none; tiered prices have one up to the first tier. It must reproduce genai-prices exactly.
+    """
+    prices = calc.model.prices
+    if not isinstance(prices, ModelPrice) or calc.model_price is not prices:
+        return None
+    tiered = [value for value in vars(prices).values() if isinstance(value, TieredPrices)]
+    tier_starts = [tier.start for value in tiered for tier in value.tiers]
+    limit = min(tier_starts, default=None)
+    if limit is not None and limit < 2 * _BASIS_TOKENS:
+        return None
+
+    def total(**counts: int) -> Decimal:
+        return prices.calc_price(GPUsage(**counts))["total_price"]
+
+    def per_million(**counts: int) -> Decimal:
+        return (total(**counts) - per_call) * (1_000_000 // _BASIS_TOKENS)
+
+    n = _BASIS_TOKENS
+    per_call = total()
+    linear = LinearPrice(
+        model_id=calc.model.id,
+        per_call=per_call,
+        uncached_input=per_million(input_tokens=n),
+        cache_read=per_million(input_tokens=n, cache_read_tokens=n),
+        cache_write=per_million(input_tokens=n, cache_write_tokens=n),
+        output=per_million(output_tokens=n),
+        max_input_tokens=limit,
+    )
+    check = _CHECK_USAGE
+    expected = total(
+        input_tokens=check.input_tokens,
+        cache_read_tokens=check.cache_read_tokens,
+        cache_write_tokens=check.cache_write_tokens,
+        output_tokens=check.output_tokens,
+    )
+    if linear.cost(check) != expected:
+        return None
+    own = linear.cost(usage)
+    if own is not None and own != calc.total_price:
+        return None
+    return linear
+
+
+# (snapshot id, provider, model) -> its linear price, or None when it has none (calc_price each time).
+# calc_price costs ~100 µs a call (unit registry, validation); a linear price ~2 µs.
+_linear: dict[tuple[int, str, str], LinearPrice | None] = {}
+_MAX_LINEAR = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +164,14 @@ def price(
         if not model or not model.strip():
             return Price(None, NO_MODEL, None, None)
         ref = _model_ref(model)
-        miss_key = (id(get_snapshot()), provider.lower(), ref.lower())
+        snapshot = id(get_snapshot())
+        linear_key = (snapshot, provider, ref)
+        known = _linear.get(linear_key)
+        if known is not None:
+            cost = known.cost(usage)
+            if cost is not None:
+                return Price(cost, PRICED, SOURCE, known.model_id)
+        miss_key = (snapshot, provider.lower(), ref.lower())
         if miss_key in _misses:
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
         gp_usage = GPUsage(
@@ -86,6 +187,13 @@ def price(
                 _misses.clear()
             _misses.add(miss_key)
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
+        if linear_key not in _linear:
+            if len(_linear) >= _MAX_LINEAR:
+                _linear.clear()
+            try:
+                _linear[linear_key] = linear_price(calc, usage)
+            except Exception:  # no shortcut, still a price
+                _linear[linear_key] = None
         return Price(calc.total_price, PRICED, SOURCE, calc.model.id)
     except Exception as exc:
         log.warning("tokometer: pricing %s/%s failed: %s", provider, model, exc)
@@ -110,8 +218,6 @@ def price_record(record: CallRecord) -> None:
 
 
 # --- policies.yaml `prices:` and provider-specific names -----------------------------------------
-
-PER_MILLION = Decimal(1_000_000)
 
 
 def override_cost(override: PriceOverride, usage: Usage) -> Decimal:

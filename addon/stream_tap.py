@@ -94,8 +94,7 @@ class StreamTap:
             return self._fail(exc, data)
         if not self._drop:
             return data
-        # Never return b"" mid-stream: mitmproxy would send it as the last chunk.
-        return [e.raw for e in events if not self._is_usage_only(e)]  # type: ignore[misc]
+        return self._forward(events)
 
     def _end(self) -> bytes | list[bytes]:
         if self._failed is not None:
@@ -110,7 +109,15 @@ class StreamTap:
             return []
         if not self._drop:
             return []
-        return [e.raw for e in events if not self._is_usage_only(e)]  # type: ignore[misc]
+        return self._forward(events)
+
+    def _forward(self, events: list[Any]) -> list[bytes]:
+        """The events' bytes, minus the usage-only chunk, as one piece (one write to the client).
+
+        Never ``b""`` mid-stream: mitmproxy would send it as the last chunk; ``[]`` sends nothing.
+        """
+        kept = b"".join([e.raw for e in events if not self._is_usage_only(e)])  # type: ignore[misc]
+        return [kept] if kept else []
 
     def _framed(self, data: bytes) -> list[Any]:
         """The framer's events; a framing error still hands over the good events before it."""

@@ -257,3 +257,46 @@ def test_use_color_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR")
     monkeypatch.setenv("TERM", "dumb")
     assert use_color(Tty()) is False
+
+
+def test_terminal_logger_prints_through_mitmproxys_terminal_handler_only() -> None:
+    """The per-call line skips mitmproxy's add_log hook (a loop wake-up per line), not the terminal."""
+    import logging
+
+    from addon.call_log import terminal_logger
+
+    class TermLogHandler(logging.Handler):  # stands in for mitmproxy.addons.termlog's
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    class LegacyLogEvents(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.count += 1
+
+    root = logging.getLogger()
+    terminal, events = TermLogHandler(), LegacyLogEvents()
+    root.addHandler(terminal)
+    root.addHandler(events)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        calls = terminal_logger("tokometer.test-calls")
+        calls.info("one line")
+        assert terminal.lines == ["one line"]
+        assert events.count == 0
+        root.removeHandler(terminal)
+        calls = terminal_logger("tokometer.test-calls")  # no terminal handler: propagates as usual
+        calls.info("two")
+        assert events.count == 1
+    finally:
+        root.removeHandler(terminal)
+        root.removeHandler(events)
+        root.setLevel(level)

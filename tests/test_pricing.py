@@ -107,6 +107,7 @@ def test_unexpected_exception_is_status_error(monkeypatch: pytest.MonkeyPatch) -
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pricing, "calc_price", boom)
+    monkeypatch.setattr(pricing, "_linear", {})  # no cached rates: genai-prices is asked
     got = price("openai", "gpt-4o", Usage(input_tokens=1, output_tokens=1), WHEN)
     assert (got.cost_usd, got.status) == (None, "error")
 
@@ -162,3 +163,62 @@ def test_price_record_keeps_a_status_already_set() -> None:
     record.set_usage(Usage(input_tokens=1000, output_tokens=500))
     price_record(record)
     assert (record.cost_usd, record.price_status, record.price_source) == (Decimal(0), "not_billed", None)
+
+
+def test_linear_shortcut_matches_genai_prices_for_every_model_in_the_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cached per-model rates give exactly what calc_price gives, for every model it knows,
+    below and above tier thresholds; time-of-day and tiered models keep being exact."""
+    from genai_prices import Usage as GPUsage
+    from genai_prices import calc_price
+    from genai_prices.data_snapshot import get_snapshot
+
+    monkeypatch.setattr(pricing, "_linear", {})
+    usages = [
+        Usage(input_tokens=1_000, cache_read_tokens=100, output_tokens=50),
+        Usage(input_tokens=12_345, cache_read_tokens=2_000, cache_write_tokens=345, output_tokens=6_789),
+        Usage(input_tokens=250_000, cache_read_tokens=10_000, output_tokens=1_000),  # above 200k tiers
+        Usage(input_tokens=0, output_tokens=0),
+    ]
+    compared = shortcut = 0
+    for provider in get_snapshot().providers:
+        for model in provider.models:
+            for usage in usages:
+                try:
+                    expected = calc_price(
+                        GPUsage(
+                            input_tokens=usage.input_tokens,
+                            cache_read_tokens=usage.cache_read_tokens,
+                            cache_write_tokens=usage.cache_write_tokens,
+                            output_tokens=usage.output_tokens,
+                        ),
+                        model.id,
+                        provider_id=provider.id,
+                        genai_request_timestamp=WHEN,
+                    ).total_price
+                except Exception:
+                    continue
+                got = price(provider.id, model.id, usage, WHEN)
+                assert got.cost_usd == expected, (provider.id, model.id, usage)
+                compared += 1
+            shortcut += pricing._linear.get((id(get_snapshot()), provider.id, model.id)) is not None
+    assert compared > 5_000
+    assert shortcut > 1_500  # most models have plain per-token prices
+
+
+def test_linear_shortcut_is_not_used_for_prices_by_time_of_day_or_above_a_tier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pricing, "_linear", {})
+    usage = Usage(input_tokens=1_000, output_tokens=100)
+    price("deepseek", "deepseek-chat", usage, WHEN)
+    key = (id(pricing.get_snapshot()), "deepseek", "deepseek-chat")
+    assert key in pricing._linear and pricing._linear[key] is None  # time-of-day prices
+    price("anthropic", "claude-sonnet-4-5", usage, WHEN)
+    linear = pricing._linear[(id(pricing.get_snapshot()), "anthropic", "claude-sonnet-4-5")]
+    assert linear is not None and linear.max_input_tokens == 200_000
+    assert linear.cost(Usage(input_tokens=200_001, output_tokens=1)) is None
+    # 300k in x 6 + 1k out x 22.50 per 1M: the >200k tier, priced by genai-prices
+    big = price("anthropic", "claude-sonnet-4-5", Usage(input_tokens=300_000, output_tokens=1_000), WHEN)
+    assert big.cost_usd == Decimal("1.8225")
