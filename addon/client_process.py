@@ -13,6 +13,8 @@ import contextlib
 import ipaddress
 import os
 import pwd
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,24 +80,60 @@ def find_socket(ip: str, port: int, proc: Path = PROC) -> tuple[int, int] | None
     return None
 
 
-def find_pid_of_socket(inode: int, proc: Path = PROC) -> int | None:
-    """The pid of a process holding socket ``inode`` (scans /proc/*/fd)."""
-    target = f"socket:[{inode}]"
-    own = os.getpid()
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit() or int(entry.name) == own:
-            continue
-        fd_dir = f"{entry.path}/fd"
+# The processes whose connections were found last: a client opening a new connection is most
+# often one seen before (an SDK's pool, an agent), and checking its fds first skips the scan.
+_RECENT_MAX = 16
+_recent: OrderedDict[int, None] = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def _holds_socket(fd_dir: str, target: str) -> bool:
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
         try:
-            fds = os.listdir(fd_dir)
+            if os.readlink(f"{fd_dir}/{fd}") == target:
+                return True
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(f"{fd_dir}/{fd}") == target:
-                    return int(entry.name)
-            except OSError:
-                continue
+    return False
+
+
+def _remember(pid: int) -> None:
+    with _recent_lock:
+        _recent[pid] = None
+        _recent.move_to_end(pid)
+        while len(_recent) > _RECENT_MAX:
+            _recent.popitem(last=False)
+
+
+def find_pid_of_socket(inode: int, proc: Path = PROC) -> int | None:
+    """The pid of a process holding socket ``inode``.
+
+    Checks the processes found last first, then scans /proc/*/fd, newest pids first
+    (a client that just started has one of the highest).
+    """
+    target = f"socket:[{inode}]"
+    own = os.getpid()
+    with _recent_lock:
+        recent = list(reversed(_recent))
+    for pid in recent:
+        if _holds_socket(f"{proc}/{pid}/fd", target):
+            _remember(pid)
+            return pid
+    try:
+        pids = sorted((int(e.name) for e in os.scandir(proc) if e.name.isdigit()), reverse=True)
+    except OSError:
+        return None
+    checked = set(recent)
+    for pid in pids:
+        if pid == own or pid in checked:
+            continue
+        if _holds_socket(f"{proc}/{pid}/fd", target):
+            _remember(pid)
+            return pid
     return None
 
 

@@ -137,3 +137,42 @@ def test_git_checkout_of_a_worktree(tmp_path: Path) -> None:
     checkout = git_checkout(str(wt))
     assert checkout is not None and checkout.repo == "shop-api"
     assert git_checkout(str(tmp_path / "elsewhere")) is None
+
+
+@linux_only
+def test_a_process_seen_before_is_checked_first_and_found_again() -> None:
+    """A client's second connection is matched from the recently seen pids, without a /proc scan."""
+    import addon.client_process as cp
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    code = (
+        "import socket, sys\n"
+        f"a = socket.create_connection(('127.0.0.1', {port}))\n"
+        f"b = socket.create_connection(('127.0.0.1', {port}))\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    try:
+        first, (ip1, port1) = server.accept()
+        second, (ip2, port2) = server.accept()
+        assert lookup_client_process(ip1, port1, NAMES).pid == child.pid
+        assert list(cp._recent)[-1] == child.pid
+        scans: list[object] = []
+        real_scandir = os.scandir
+
+        def counting_scandir(path: object) -> object:
+            scans.append(path)
+            return real_scandir(path)  # type: ignore[arg-type]
+
+        cp.os.scandir = counting_scandir  # type: ignore[assignment]
+        try:
+            assert lookup_client_process(ip2, port2, NAMES).pid == child.pid
+        finally:
+            cp.os.scandir = real_scandir
+        assert scans == []  # found among the recent pids: /proc was not listed
+        first.close()
+        second.close()
+    finally:
+        child.communicate(b"")
+        server.close()
