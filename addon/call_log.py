@@ -178,31 +178,60 @@ def format_call_details(record: CallRecord) -> str:
     return "    " + " | ".join(items)
 
 
-def terminal_logger(name: str = "tokometer.calls") -> logging.Logger:
-    """A logger that prints through mitmproxy's terminal handler only, if it has one.
+class TerminalLines:
+    """Prints a batch of per-call lines to mitmproxy's terminal in one write.
 
-    A record that reaches the root logger also goes to mitmproxy's ``LegacyLogEvents``,
-    which wakes the event loop and runs an ``add_log`` hook on every addon: ~170 µs of
-    CPU per call for the per-call line (scripts/bench-overhead). The line looks the same.
-    Without a terminal handler (mitmweb, tests) the records propagate as usual.
+    The lines look as mitmproxy's own log lines do (its terminal handler formats them), but
+    skip the rest of logging: a record that reaches the root logger also goes to mitmproxy's
+    ``LegacyLogEvents``, which wakes the event loop and runs an ``add_log`` hook on every
+    addon (~170 µs of CPU per call), and a ``print`` per line makes two writes, each handing
+    the GIL to the event loop and back (scripts/bench-overhead, strace). Without mitmproxy's
+    terminal handler (mitmweb, tests) each line is logged to ``fallback`` as usual.
     """
-    logger = logging.getLogger(name)
-    terminal = [h for h in logging.getLogger().handlers if type(h).__name__ == "TermLogHandler"]
-    logger.handlers = terminal[:1]
-    logger.propagate = not terminal
-    return logger
+
+    def __init__(self, fallback: logging.Logger) -> None:
+        self.fallback = fallback
+        self._terminal: logging.Handler | None = None
+
+    def attach(self) -> None:
+        """Find mitmproxy's terminal handler (installed on the root logger when it starts)."""
+        found = [h for h in logging.getLogger().handlers if type(h).__name__ == "TermLogHandler"]
+        self._terminal = found[0] if found and hasattr(found[0], "file") else None
+
+    def __call__(self, lines: list[str]) -> None:
+        terminal = self._terminal
+        if terminal is None:
+            for line in lines:
+                self.fallback.info(line)
+            return
+        if terminal.level > logging.INFO:
+            return
+        text = "".join(terminal.format(self._record(line)) + "\n" for line in lines)
+        terminal.acquire()
+        try:
+            stream: IO[str] = terminal.file  # type: ignore[attr-defined]
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken terminal never stops the metering
+            pass
+        finally:
+            terminal.release()
+
+    def _record(self, line: str) -> logging.LogRecord:
+        return self.fallback.makeRecord(self.fallback.name, logging.INFO, __file__, 0, line, None, None)
 
 
 class CallLog:
     """A store listener (``Store.add_listener``) that emits one line per finished call.
 
     Keeps the session's running total (the calls with a known cost). ``level`` may be
-    changed at any time (``--set tokometer_log=...``); ``emit`` receives each line.
+    changed at any time (``--set tokometer_log=...``); ``emit`` receives the lines of a
+    batch of calls, all at once (``TerminalLines`` prints them in one write).
     """
 
     def __init__(
         self,
-        emit: Callable[[str], None],
+        emit: Callable[[list[str]], None],
         *,
         level: str = DEFAULT_LOG_LEVEL,
         color: bool = False,
@@ -225,13 +254,16 @@ class CallLog:
 
     def __call__(self, records: Iterable[CallRecord]) -> None:
         """Count ``records`` and emit their lines (none at ``quiet``)."""
-        for record in records:
-            with self._lock:
+        lines: list[str] = []
+        level = self.level
+        with self._lock:
+            for record in records:
                 if record.cost_usd is not None:
                     self._total += record.cost_usd
-                total = self._total
-            if self.level == "quiet":
-                continue
-            self.emit(format_call_line(record, total, color=self.color, tz=self.tz))
-            if self.level == "debug":
-                self.emit(format_call_details(record))
+                if level == "quiet":
+                    continue
+                lines.append(format_call_line(record, self._total, color=self.color, tz=self.tz))
+                if level == "debug":
+                    lines.append(format_call_details(record))
+        if lines:
+            self.emit(lines)

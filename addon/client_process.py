@@ -73,7 +73,9 @@ def find_socket(ip: str, port: int, proc: Path = PROC) -> tuple[int, int] | None
                 next(f, None)
                 for line in f:
                     parts = line.split()
-                    if len(parts) > 9 and parts[1] == want:
+                    # Inode 0: a closed connection (TIME_WAIT) that used the same local port
+                    # before; the live socket is listed too.
+                    if len(parts) > 9 and parts[1] == want and parts[9] != "0":
                         return int(parts[9]), int(parts[7])
         except OSError:
             continue

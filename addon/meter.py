@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions, http
 from addon.api_keys import find_api_key, key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.budgets import alert_event, policy_event
-from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, terminal_logger, use_color
+from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
 from addon.live_state import LiveState, live_path, today_baseline
@@ -184,8 +184,8 @@ class Meter:
         self.registry = Registry()
         self.pricer = Pricer(price_provider=self.registry.price_provider)
         self.on_providers_changed: Callable[[], None] | None = None  # set by the entry script
-        self._call_lines = log  # terminal_logger() once mitmproxy's handlers are installed
-        self.call_log = CallLog(self._emit_call_line, color=use_color(sys.stdout))
+        self.call_lines = TerminalLines(log)  # attached to mitmproxy's terminal at `running`
+        self.call_log = CallLog(self.call_lines, color=use_color(sys.stdout))
         self.notifier = Notifier(NotificationSettings())
         self.live: LiveState | None = None
         self.policies_path = default_policies_path()
@@ -206,9 +206,6 @@ class Meter:
     def policies(self) -> Policies:
         """The policies in force."""
         return self.enforcer.policies
-
-    def _emit_call_line(self, line: str) -> None:
-        self._call_lines.info(line)
 
     def _next_call_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
@@ -275,7 +272,7 @@ class Meter:
         # Files the proxy creates from now on are private: DuckDB recreates its write-ahead
         # log (which holds the rows being written) with the process umask at every write.
         os.umask(os.umask(0o077) | 0o077)
-        self._call_lines = terminal_logger()
+        self.call_lines.attach()
         if self.store is None:
             self._open_store()
         ca = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -82,21 +83,41 @@ class CallRecord:
         )
 
     def to_json(self) -> str:
-        """One journal line (no newline)."""
-        data = {name: getattr(self, name) for name in COLUMNS}
-        data["ts"] = self.ts.isoformat()
-        data["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
-        return json.dumps(data, separators=(",", ":"))
+        """One journal line (no newline): a JSON array of the values in ``COLUMNS`` order.
+
+        An array, not an object: half the CPU of naming 40 keys on every call's line.
+        """
+        values = list(_values(self))
+        values[_TS] = self.ts.isoformat()
+        if self.cost_usd is not None:
+            values[_COST] = str(self.cost_usd)
+        return _encode(values)
 
     @classmethod
     def from_json(cls, line: str | bytes) -> CallRecord:
-        """Parse a journal line written by ``to_json``."""
-        data = json.loads(line)
+        """Parse a journal line written by ``to_json`` (or by versions that wrote an object).
+
+        An array shorter than ``COLUMNS`` (written before columns were added) leaves the
+        later fields at their defaults.
+        """
+        parsed = json.loads(line)
+        if isinstance(parsed, list):
+            if len(parsed) > len(COLUMNS):
+                raise ValueError(f"{len(parsed)} values for {len(COLUMNS)} columns (a newer version's?)")
+            data = dict(zip(COLUMNS, parsed, strict=False))
+        elif isinstance(parsed, dict):
+            known = set(COLUMNS)
+            data = {k: v for k, v in parsed.items() if k in known}
+        else:
+            raise ValueError("a journal line is a JSON array or object")
         data["ts"] = datetime.fromisoformat(data["ts"])
         if data.get("cost_usd") is not None:
             data["cost_usd"] = Decimal(data["cost_usd"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**data)
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CallRecord))
+_values = operator.attrgetter(*COLUMNS)
+_TS = COLUMNS.index("ts")
+_COST = COLUMNS.index("cost_usd")
+_encode = json.JSONEncoder(separators=(",", ":")).encode

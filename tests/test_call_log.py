@@ -222,7 +222,13 @@ def test_details_line_for_debug() -> None:
 
 def test_call_log_levels_and_running_total() -> None:
     lines: list[str] = []
-    log = CallLog(lines.append, level="quiet", tz=UTC)
+    batches: list[int] = []
+
+    def emit(batch: list[str]) -> None:
+        batches.append(len(batch))
+        lines.extend(batch)
+
+    log = CallLog(emit, level="quiet", tz=UTC)
     log([rec(id="a"), rec(id="b", cost_usd=None, price_status="unknown_model")])
     assert lines == []
     assert log.session_total == Decimal("0.000345")
@@ -237,9 +243,13 @@ def test_call_log_levels_and_running_total() -> None:
     assert lines[1].endswith("session $0.001035")
     assert lines[2] == "    env from header | id d"
     assert log.session_total == Decimal("0.001035")
+    log.level = "calls"
+    log([rec(id="e"), rec(id="f"), rec(id="g")])
+    assert batches == [1, 2, 3]  # one emit per batch of calls: line and details, then three lines
+    assert lines[-1].endswith("session $0.00207")
     assert LOG_LEVELS == ("quiet", "calls", "debug")
     with pytest.raises(ValueError, match="quiet, calls, debug"):
-        CallLog(lines.append, level="loud")
+        CallLog(emit, level="loud")
 
 
 def test_use_color_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,27 +269,37 @@ def test_use_color_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert use_color(Tty()) is False
 
 
-def test_terminal_logger_prints_through_mitmproxys_terminal_handler_only() -> None:
-    """The per-call line skips mitmproxy's add_log hook (a loop wake-up per line), not the terminal."""
+def test_terminal_lines_print_a_batch_in_one_write_as_mitmproxy_formats_them() -> None:
+    """The per-call lines skip mitmproxy's add_log hook (a loop wake-up per line), not the terminal."""
     import logging
 
-    from addon.call_log import terminal_logger
+    from addon.call_log import TerminalLines
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
 
     class TermLogHandler(logging.Handler):  # stands in for mitmproxy.addons.termlog's
         def __init__(self) -> None:
             super().__init__()
-            self.lines: list[str] = []
+            self.file = Writes()
+            self.setFormatter(logging.Formatter("[t] %(message)s"))
 
         def emit(self, record: logging.LogRecord) -> None:
-            self.lines.append(record.getMessage())
+            print(self.format(record), file=self.file)
 
     class LegacyLogEvents(logging.Handler):
         def __init__(self) -> None:
             super().__init__()
-            self.count = 0
+            self.messages: list[str] = []
 
         def emit(self, record: logging.LogRecord) -> None:
-            self.count += 1
+            self.messages.append(record.getMessage())
 
     root = logging.getLogger()
     terminal, events = TermLogHandler(), LegacyLogEvents()
@@ -288,14 +308,19 @@ def test_terminal_logger_prints_through_mitmproxys_terminal_handler_only() -> No
     level = root.level
     root.setLevel(logging.INFO)
     try:
-        calls = terminal_logger("tokometer.test-calls")
-        calls.info("one line")
-        assert terminal.lines == ["one line"]
-        assert events.count == 0
+        lines = TerminalLines(logging.getLogger("tokometer.test-calls"))
+        lines.attach()
+        lines(["one", "two", "three"])
+        assert terminal.file.getvalue() == "[t] one\n[t] two\n[t] three\n"
+        assert terminal.file.writes == 1
+        assert events.messages == []
+        terminal.setLevel(logging.WARNING)  # --set termlog_verbosity=warn
+        lines(["hidden"])
+        assert "hidden" not in terminal.file.getvalue()
         root.removeHandler(terminal)
-        calls = terminal_logger("tokometer.test-calls")  # no terminal handler: propagates as usual
-        calls.info("two")
-        assert events.count == 1
+        lines.attach()  # no terminal handler (mitmweb): logged as usual, a record per line
+        lines(["four", "five"])
+        assert events.messages == ["four", "five"]
     finally:
         root.removeHandler(terminal)
         root.removeHandler(events)

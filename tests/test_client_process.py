@@ -107,6 +107,17 @@ def test_fake_proc_lookup(tmp_path: Path) -> None:
     assert found.env == {"APP_ENV": "production", "FEATURE": "search"}
 
 
+def test_a_closed_connection_on_the_same_local_port_is_skipped(tmp_path: Path) -> None:
+    """/proc/net/tcp may list a TIME_WAIT entry (inode 0, uid 0) for the client's port before
+    the live socket: matching it lost the caller (a flaky lookup seen under load)."""
+    proc = _fake_proc(tmp_path, environ_readable=True)
+    table = (proc / "net" / "tcp").read_text().splitlines(keepends=True)
+    time_wait = "   0: 0100007F:D431 0100007F:01BB 06 00000000:00000000 03:00000A3F 00000000 0 0 0 3\n"
+    (proc / "net" / "tcp").write_text(table[0] + time_wait + table[1])
+    assert find_socket("127.0.0.1", 0xD431, proc) == (424242, 1000)
+    assert lookup_client_process("127.0.0.1", 0xD431, NAMES, proc).pid == 4321
+
+
 def test_unreadable_environment_falls_back_cleanly(tmp_path: Path) -> None:
     proc = _fake_proc(tmp_path, environ_readable=False)
     found = lookup_client_process("127.0.0.1", 0xD431, NAMES, proc)

@@ -504,3 +504,24 @@ def test_a_burst_is_written_in_bounded_transactions_and_all_of_it_is_stored(db: 
     assert store.stats.pending == 0
     assert rows(db, "SELECT count(*) FROM calls") == [(30,)]
     store.close()
+
+
+def test_journal_line_round_trip_and_the_object_lines_of_earlier_versions() -> None:
+    """A journal line is an array in column order; object lines (earlier versions) still replay."""
+    import json as _json
+
+    record = make_record(7, cost_usd=Decimal("0.0012345"), price_status="priced", client_pid=42)
+    line = record.to_json()
+    values = _json.loads(line)
+    assert isinstance(values, list) and len(values) == len(COLUMNS)
+    assert values[COLUMNS.index("cost_usd")] == "0.0012345"
+    assert CallRecord.from_json(line) == record
+    # written by an earlier version: an object, with a key this version no longer knows
+    old = {name: getattr(record, name) for name in COLUMNS}
+    old |= {"ts": record.ts.isoformat(), "cost_usd": "0.0012345", "retired_column": 1}
+    assert CallRecord.from_json(_json.dumps(old)) == record
+    # an array from before later columns were added: those take their defaults
+    short = CallRecord.from_json(_json.dumps(values[: COLUMNS.index("environment_source")]))
+    assert short.id == record.id and short.output_tokens == 500 and short.client_pid is None
+    with pytest.raises(ValueError, match="values for"):
+        CallRecord.from_json(_json.dumps([*values, "extra"]))
