@@ -185,8 +185,10 @@ class TerminalLines:
     skip the rest of logging: a record that reaches the root logger also goes to mitmproxy's
     ``LegacyLogEvents``, which wakes the event loop and runs an ``add_log`` hook on every
     addon (~170 µs of CPU per call), and a ``print`` per line makes two writes, each handing
-    the GIL to the event loop and back (scripts/bench-overhead, strace). Without mitmproxy's
-    terminal handler (mitmweb, tests) each line is logged to ``fallback`` as usual.
+    the GIL to the event loop and back (scripts/bench-overhead, strace). So the lines reach
+    mitmdump's and mitmweb's terminal, not mitmweb's event list. Without a terminal handler
+    (tests, other hosts) each line is logged to ``fallback`` as usual. ``fallback``'s level
+    applies either way.
     """
 
     def __init__(self, fallback: logging.Logger) -> None:
@@ -200,6 +202,8 @@ class TerminalLines:
 
     def __call__(self, lines: list[str]) -> None:
         terminal = self._terminal
+        if not self.fallback.isEnabledFor(logging.INFO):
+            return
         if terminal is None:
             for line in lines:
                 self.fallback.info(line)

@@ -14,7 +14,11 @@ from addon.usage import Usage
 
 @dataclass(slots=True)
 class CallRecord:
-    """A row of ``calls``. Field names are the column names, a contract."""
+    """A row of ``calls``. Field names are the column names, a contract.
+
+    New fields go at the end only (as migrations add columns): journal lines are arrays in
+    field order, and a test checks that order against the migrated table's.
+    """
 
     id: str
     ts: datetime  # UTC, when the request started

@@ -610,7 +610,12 @@ class Store:
         con = self._instance
         existed = self.db_path.exists()
         path = str(self.db_path).replace("'", "''")
-        con.execute(f"ATTACH '{path}' AS {_ALIAS}" + (" (READ_ONLY)" if read_only else ""))
+        try:
+            con.execute(f"ATTACH '{path}' AS {_ALIAS}" + (" (READ_ONLY)" if read_only else ""))
+        except duckdb.Error as exc:
+            if not (isinstance(exc, duckdb.IOException) and "Could not set lock" in str(exc)):
+                self._drop_instance()  # not another process's lock: start from a clean instance
+            raise
         try:
             if not existed:
                 with contextlib.suppress(OSError):
@@ -619,6 +624,10 @@ class Store:
             yield con
         finally:
             try:
+                # A transaction left open (an exception between BEGIN and COMMIT) would keep the
+                # file open and locked past DETACH: end it first.
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
                 con.execute("USE memory")
                 con.execute(f"DETACH {_ALIAS}")
             except duckdb.Error as exc:  # a fresh instance next time; never keep the file locked

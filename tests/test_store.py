@@ -525,3 +525,31 @@ def test_journal_line_round_trip_and_the_object_lines_of_earlier_versions() -> N
     assert short.id == record.id and short.output_tokens == 500 and short.client_pid is None
     with pytest.raises(ValueError, match="values for"):
         CallRecord.from_json(_json.dumps([*values, "extra"]))
+
+
+def test_a_transaction_left_open_never_keeps_the_file_locked(db: Path) -> None:
+    """DETACH inside an open transaction keeps the file open and locked: the store ends it first."""
+    store = Store(db, "s1")
+    store.start()
+    try:
+        store.submit(make_record(1))
+        assert store.flush()
+
+        def begin_and_fail(con: duckdb.DuckDBPyConnection) -> None:
+            con.begin()
+            con.execute("SELECT count(*) FROM calls").fetchall()
+            raise ValueError("a query that stops half-way")
+
+        with pytest.raises(ValueError, match="half-way"):
+            store.read(begin_and_fail)
+        # another process can open the file for writing at once, and the store goes on writing
+        opened = subprocess.run(
+            [sys.executable, "-c", f"import duckdb; duckdb.connect({str(db)!r}).close()"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert opened.returncode == 0, opened.stderr
+        store.submit(make_record(2))
+        assert store.flush(timeout=5)
+    finally:
+        store.close()
+    assert rows(db, "SELECT count(*) FROM calls") == [(2,)]
