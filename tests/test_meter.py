@@ -285,3 +285,16 @@ def test_interception_only_provider_hosts_lazy_and_loopback() -> None:
         assert "^api\\.anthropic\\.com:443$" in opts.allow_hosts
         assert opts.connection_strategy == "lazy"
         assert opts.listen_host == "127.0.0.1"
+
+
+def test_the_startup_heap_is_frozen_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full collections skip what start-up left alive (a ~55 ms stop of the loop before)."""
+    import addon.meter as meter_module
+
+    calls: list[str] = []
+    monkeypatch.setattr(meter_module, "_startup_heap_frozen", False)
+    monkeypatch.setattr(meter_module.gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(meter_module.gc, "freeze", lambda: calls.append("freeze"))
+    meter_module.freeze_startup_heap()
+    meter_module.freeze_startup_heap()
+    assert calls == ["collect", "freeze"]  # garbage first, so none is kept for good; only once
