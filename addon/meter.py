@@ -716,6 +716,8 @@ class Meter:
                 self._estimate(record, body, metered.output_text)
                 self._submit(record)
             else:
+                if self.store is not None:
+                    self.store.journal(record)  # kept even if the proxy dies during the estimate
                 task = asyncio.ensure_future(self._estimate_then_submit(record, body, metered.output_text))
                 self._estimates.add(task)
                 task.add_done_callback(self._estimates.discard)

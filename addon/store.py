@@ -158,16 +158,22 @@ class _Adopted:
 
 
 def parse_journal(data: bytes, path: Path | str = "journal") -> list[CallRecord]:
-    """Records of a journal's bytes; unreadable (corrupt or truncated) lines are logged and skipped."""
-    records: list[CallRecord] = []
+    """Records of a journal's bytes; unreadable (corrupt or truncated) lines are logged and skipped.
+
+    A call journaled twice (first as it finished, then with its offline estimate) is the last line.
+    """
+    records: dict[str, CallRecord] = {}
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            records.append(CallRecord.from_json(line))
+            record = CallRecord.from_json(line)
         except Exception as exc:
             log.warning("tokometer: skipped unreadable line %d of journal %s: %s", number, path, exc)
-    return records
+            continue
+        records.pop(record.id, None)
+        records[record.id] = record
+    return list(records.values())
 
 
 def _read_fd(fd: int) -> bytes:
@@ -211,6 +217,8 @@ class Store:
         self._lock = threading.Lock()  # queue, journal fd, counters: shared with submit
         self._flush_lock = threading.Lock()  # one flush at a time
         self._queue: list[CallRecord] = []
+        # Journaled by ``journal`` and not submitted yet (an offline estimate is being made).
+        self._journaled_only: dict[str, CallRecord] = {}
         self._unpriced: list[CallRecord] = []  # submitted, not yet priced nor shown to listeners
         self._events: list[Event] = []
         self._inflight = 0
@@ -263,6 +271,7 @@ class Store:
                 log.warning("tokometer: call %s cannot be journaled: %s", record.id, exc)
             with self._lock:
                 self._submitted += 1
+                self._journaled_only.pop(record.id, None)
                 if self._closed:
                     self._late_submit(record, line)
                     return
@@ -273,6 +282,22 @@ class Store:
             # No wake-up: the writer prices new calls every PRICE_INTERVAL and stores them in batches.
         except Exception:
             log.exception("tokometer: could not queue call %s", getattr(record, "id", "?"))
+
+    def journal(self, record: CallRecord) -> None:
+        """Journal a finished call now; ``submit`` it later (after work off the loop). Never raises.
+
+        A call without reported usage is submitted only once its tokens are counted in a thread;
+        journaled first, a crash in between still leaves it (without the estimate) for replay.
+        """
+        try:
+            line = (record.to_json() + "\n").encode()
+            with self._lock:
+                if self._closed or self._fd is None:
+                    return  # submit() will keep it (after close: in a journal for the next start)
+                self._journal_write(line)
+                self._journaled_only[record.id] = record
+        except Exception:
+            log.exception("tokometer: could not journal call %s", getattr(record, "id", "?"))
 
     def submit_event(self, event: Event) -> None:
         """Queue an event row (budget alert, policy reload) for the next flush; any thread."""
@@ -320,7 +345,7 @@ class Store:
         self._flush_until(deadline, ending=True)
         with self._lock:
             self._closed = True
-            left = len(self._queue) + self._inflight
+            left = len(self._queue) + self._inflight + len(self._journaled_only)
             fd, self._fd = self._fd, None
         if fd is not None:
             if left == 0:
@@ -385,7 +410,9 @@ class Store:
                 self._journal_failed = True
 
     def _compact_journal(self) -> None:
-        """Rewrite the journal with only the calls still queued (caller holds ``_lock``).
+        """Rewrite the journal with only the calls not stored yet (caller holds ``_lock``).
+
+        Those are the queued calls and the ones journaled ahead of their ``submit``.
 
         Under steady traffic the queue is never empty right after a flush, so the
         journal would only grow. The new file is written and locked first, then
@@ -400,7 +427,8 @@ class Store:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            data = "".join(record.to_json() + "\n" for record in self._queue).encode()
+            kept = [*self._queue, *self._journaled_only.values()]
+            data = "".join(record.to_json() + "\n" for record in kept).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -569,7 +597,7 @@ class Store:
                 self._queue[:0] = [r for r in batch if r.id in failed]
                 self._inflight = 0
                 self._stored += len(stored) + len(replayed)
-                if not self._queue and self._fd is not None and self._journal_bytes:
+                if not (self._queue or self._journaled_only) and self._fd is not None and self._journal_bytes:
                     try:
                         os.ftruncate(self._fd, 0)
                         self._journal_bytes = 0

@@ -23,10 +23,14 @@ OPENAI_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123"
 
 
 class CollectingStore:
-    """Stands in for addon.store.Store: keeps submitted records."""
+    """Stands in for addon.store.Store: keeps submitted records (and the ids journaled ahead)."""
 
     def __init__(self) -> None:
         self.records: list[CallRecord] = []
+        self.journaled: list[str] = []
+
+    def journal(self, record: CallRecord) -> None:
+        self.journaled.append(record.id)
 
     def submit(self, record: CallRecord) -> None:
         self.records.append(record)
@@ -258,6 +262,7 @@ async def test_abort_after_the_request_went_out_is_estimated_not_called_free(met
             break
         await asyncio.sleep(0.01)
     [rec] = records
+    assert meter.store.journaled == [rec.id]  # type: ignore[union-attr]  # journaled before the estimate
     assert rec.aborted is True and rec.price_status is None  # priced by the store like any call
     assert rec.usage_source == "estimated"
     assert rec.input_tokens == estimate_input("chat", body, "gpt-4o") and rec.output_tokens == 0

@@ -584,3 +584,69 @@ def test_calls_go_in_with_a_plain_insert_and_a_stored_one_falls_back_to_or_ignor
         store.close()
     assert rows(db, "SELECT id FROM calls ORDER BY id") == [("s1-0001",), ("s1-0002",)]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+JOURNALED_THEN_KILLED = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from addon.record import CallRecord
+from addon.store import Store
+store = Store(Path(sys.argv[1]), "estimating", flush_interval=3600)
+store.start()
+record = CallRecord(id="e1", ts=datetime.now(UTC), session_id="estimating", environment="dev",
+                    provider="openai", host="api.openai.com", path="/v1/chat/completions",
+                    api_flavor="chat", model_sent="gpt-4o", status_code=200)
+store.journal(record)  # the offline estimate would run now, in a thread
+print("journaled", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_call_journaled_ahead_of_its_estimate_survives_a_kill(db: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", JOURNALED_THEN_KILLED, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "journaled"
+    finally:
+        proc.kill()  # SIGKILL while the estimate "runs": no submit, no close
+        proc.wait(10)
+    after = Store(db, "after", flush_interval=0.05)
+    after.start()
+    after.close()
+    assert after.stats.replayed == 1
+    assert rows(db, "SELECT id, usage_source FROM calls") == [("e1", "none")]
+
+
+def test_journaled_ahead_then_submitted_is_stored_once_with_its_estimate(db: Path) -> None:
+    from addon.store import parse_journal
+
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        early = make_record(1)
+        early.input_tokens = early.output_tokens = None
+        store.journal(early)
+        store.submit(make_record(2))
+        assert store.flush()
+        # not truncated after the flush: the call still being estimated is only in the journal
+        assert "s1-0001" in [r.id for r in parse_journal(store.journal_path.read_bytes())]
+        # compacted: the stored call goes, the one still being estimated stays
+        with store._lock:
+            store._compact_journal()
+        assert [r.id for r in parse_journal(store.journal_path.read_bytes())] == ["s1-0001"]
+        early.set_usage(Usage(input_tokens=10, output_tokens=5), source="estimated")
+        store.submit(early)
+        # a crash now would replay both lines of s1-0001: the last one wins
+        assert [(r.id, r.usage_source) for r in parse_journal(store.journal_path.read_bytes())] == [
+            ("s1-0001", "estimated")
+        ]
+        assert store.flush()
+        assert store.journal_path.read_bytes() == b""
+    finally:
+        store.close()
+    assert rows(db, "SELECT id, usage_source, input_tokens FROM calls ORDER BY id") == [
+        ("s1-0001", "estimated", 10),
+        ("s1-0002", "reported", 1000),
+    ]
