@@ -12,7 +12,7 @@ import brotli
 import pytest
 
 from addon.content_decoding import StreamDecoder
-from addon.providers import anthropic_api
+from addon.providers import values
 from addon.providers.anthropic_api import StreamParser, extract_usage, flavor_for_path, parse_response
 from addon.sse import SSEDecoder, SSEEvent
 from addon.usage import Metered, Usage
@@ -198,7 +198,7 @@ def test_json_is_decoded_only_for_usage_events(monkeypatch: pytest.MonkeyPatch) 
             calls.append(data)
             return json.loads(data)
 
-    monkeypatch.setattr(anthropic_api, "json", CountingJson)
+    monkeypatch.setattr(values, "json", CountingJson)  # every parser decodes through values.loads
     assert run([STREAM])[0] == STREAM_RESULT
     assert [json.loads(c)["type"] for c in calls] == ["message_start", "message_delta", "message_delta"]
 

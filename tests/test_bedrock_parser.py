@@ -18,7 +18,7 @@ import pytest
 
 from addon import pricing
 from addon.aws_eventstream import EventStreamDecoder
-from addon.providers import bedrock_api
+from addon.providers import values
 from addon.providers.bedrock_api import (
     StreamParser,
     allow_host_pattern,
@@ -539,7 +539,7 @@ def test_json_is_decoded_only_for_usage_events(monkeypatch: pytest.MonkeyPatch) 
             calls.append(data)
             return json.loads(data)
 
-    monkeypatch.setattr(bedrock_api, "json", CountingJson)
+    monkeypatch.setattr(values, "json", CountingJson)  # every parser decodes through values.loads
     assert run("converse_stream", [CONVERSE_STREAM]) == CONVERSE_STREAM_RESULT
     assert [json.loads(c).get("usage", {}).get("inputTokens") for c in calls] == [4]  # the metadata event
     calls.clear()

@@ -15,7 +15,7 @@ import pytest
 from addon import pricing
 from addon.content_decoding import StreamDecoder
 from addon.json_stream import JSONArrayDecoder
-from addon.providers import gemini_api
+from addon.providers import values
 from addon.providers.gemini_api import (
     StreamParser,
     extract_usage,
@@ -351,7 +351,7 @@ def test_json_is_decoded_once_per_stream_when_usage_came(monkeypatch: pytest.Mon
             calls.append(data)
             return json.loads(data)
 
-    monkeypatch.setattr(gemini_api, "json", CountingJson)
+    monkeypatch.setattr(values, "json", CountingJson)  # every parser decodes through values.loads
     for data, framing in ((SSE_STREAM, "sse"), (ARRAY_STREAM, "json_array")):
         calls.clear()
         assert run([data], framing)[0] == STREAM_RESULT

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from addon import pricing
-from addon.providers import openai_api
+from addon.providers import openai_api, values
 from addon.providers.openai_api import (
     StreamParser,
     extract_cost,
@@ -389,7 +389,7 @@ def test_stream_with_usage_on_every_chunk_decodes_only_the_last(monkeypatch: pyt
             calls.append(data)
             return json.loads(data)
 
-    monkeypatch.setattr(openai_api, "json", CountingJson)
+    monkeypatch.setattr(values, "json", CountingJson)  # every parser decodes through values.loads
     for name in ("xai_stream.sse", "perplexity_stream.sse"):
         calls.clear()
         _, expected, _ = STREAMS[name]
@@ -499,7 +499,7 @@ def test_text_is_extracted_once_even_if_result_is_asked_again(monkeypatch: pytes
             calls.append(data)
             return json.loads(data)
 
-    monkeypatch.setattr(openai_api, "json", CountingJson)
+    monkeypatch.setattr(values, "json", CountingJson)  # every parser decodes through values.loads
     events = events_of(without_usage(fixture("cerebras_stream.sse")))
     parser = StreamParser("chat")
     for e in events[:2]:

@@ -12,7 +12,7 @@ import brotli
 import pytest
 
 from addon.content_decoding import StreamDecoder
-from addon.providers import openai_api
+from addon.providers import openai_api, values
 from addon.providers.openai_api import (
     StreamParser,
     extract_usage,
@@ -282,7 +282,7 @@ def test_json_is_decoded_only_for_events_that_matter(monkeypatch: pytest.MonkeyP
             calls.append(data)
             return json.loads(data)
 
-    monkeypatch.setattr(openai_api, "json", CountingJson)
+    monkeypatch.setattr(values, "json", CountingJson)  # every parser decodes through values.loads
     # chat: the first chunk (for the model) and the usage chunk; not the 4 chunks with "usage":null
     assert run("chat", [fixture("openai_chat_stream.sse")])[0] == STREAMS["openai_chat_stream.sse"][1]
     assert len(calls) == 2

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from addon.providers.openai_api import TextCollector
+from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.sse import SSEEvent
 from addon.usage import Metered, Usage
@@ -24,7 +25,6 @@ _PARSED = frozenset({"message_start", "message_delta", "error"})
 _IGNORED = frozenset({"ping", "content_block_start", "content_block_stop"})
 _COUNT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 _MAX_ERROR = 300
-_dumps = json.dumps  # bound once: tests swap the module's ``json`` to count decodes
 
 
 def flavor_for_path(path: str) -> str | None:
@@ -79,7 +79,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     """Usage, model and error of a complete, content-decoded JSON response body. Never raises."""
     if not body.strip():
         return Metered(error="empty response body")
-    obj = _loads(body)
+    obj = loads(body)
     if obj is None:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
@@ -126,7 +126,7 @@ class StreamParser:
             return
         if name not in _PARSED and not (b'"usage"' in data or b'"error"' in data):
             return
-        obj = _loads(data)
+        obj = loads(data)
         if not isinstance(obj, dict):
             self._bad += 1
             return
@@ -160,7 +160,7 @@ class StreamParser:
 
 def _delta_texts(data: bytes) -> list[str]:
     """The text of one ``content_block_delta`` (text, thinking, or tool input JSON)."""
-    obj = _loads(data)
+    obj = loads(data)
     delta = obj.get("delta") if isinstance(obj, dict) else None
     if not isinstance(delta, dict):
         return []
@@ -179,7 +179,7 @@ def _content_texts(content: Any) -> list[str]:
             if isinstance(value := block.get(key), str) and value:
                 out.append(value)
         if block.get("type") == "tool_use" and "input" in block:
-            out.append(_dumps(block["input"], ensure_ascii=False))
+            out.append(json.dumps(block["input"], ensure_ascii=False))
     return out
 
 
@@ -196,14 +196,6 @@ def error_message(err: Any) -> str | None:
     else:
         text = str(err)
     return text[:_MAX_ERROR]
-
-
-def _loads(data: bytes) -> Any:
-    """``json.loads`` that returns None instead of raising."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _count(value: Any) -> int | None:

@@ -39,6 +39,7 @@ from urllib.parse import unquote
 from addon.aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from addon.providers import anthropic_api, openai_api
 from addon.providers.openai_api import TextCollector
+from addon.providers.values import loads
 from addon.providers.values import token_count as _int
 from addon.usage import Metered, Usage
 
@@ -242,7 +243,7 @@ def parse_response(flavor: str, body: bytes, headers: Mapping[str, str] | None =
         if usage is not None:
             return Metered(usage=usage)
         return Metered(error=_error_from_headers(headers) or "empty response body")
-    obj = _loads(body)
+    obj = loads(body)
     if not isinstance(obj, dict):
         if usage is not None:
             return Metered(usage=usage)
@@ -319,7 +320,7 @@ def _converse_content_texts(content: Any) -> list[str]:
             out.append(text)
         tool = block.get("toolUse")
         if isinstance(tool, dict) and "input" in tool:
-            out.append(_dumps(tool["input"], ensure_ascii=False))
+            out.append(json.dumps(tool["input"], ensure_ascii=False))
     return out
 
 
@@ -412,7 +413,7 @@ class StreamParser:
         elif event == "contentBlockDelta":
             self._text.add(payload)
         elif event == "metadata":
-            obj = _loads(payload)
+            obj = loads(payload)
             if not isinstance(obj, dict):
                 self._bad += 1
                 return
@@ -450,7 +451,7 @@ class StreamParser:
         if not (has_metrics or b'"usage"' in inner or b'"error"' in inner):
             self._text.add(inner)
             return
-        obj = _loads(inner)
+        obj = loads(inner)
         if not isinstance(obj, dict):
             self._bad += 1
             return
@@ -480,7 +481,7 @@ def _stream_error(message: EventMessage) -> str:
     kind = headers.get(":exception-type") or headers.get(":error-code")
     text = headers.get(":error-message")
     if not isinstance(text, str):
-        obj = _loads(message.payload)
+        obj = loads(message.payload)
         text = obj.get("message") or obj.get("Message") if isinstance(obj, dict) else None
     kind = kind if isinstance(kind, str) and kind else None
     text = text if isinstance(text, str) and text else None
@@ -489,7 +490,7 @@ def _stream_error(message: EventMessage) -> str:
 
 def _event_texts(data: bytes) -> list[str]:
     """Text of a ConverseStream ``contentBlockDelta`` payload or a native stream event."""
-    obj = _loads(data)
+    obj = loads(data)
     if not isinstance(obj, dict):
         return []
     delta = obj.get("delta")
@@ -516,14 +517,3 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
             if key.lower() == name:
                 return v
     return value
-
-
-_dumps = json.dumps  # bound once: tests swap the module's ``json`` to count decodes
-
-
-def _loads(data: bytes) -> Any:
-    """``json.loads`` that returns None instead of raising."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 from addon.json_stream import JSONArrayDecoder
 from addon.providers.openai_api import TextCollector
+from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.sse import SSEDecoder, SSEEvent
@@ -153,7 +154,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
             for event in sse.feed(body) + sse.close():
                 parser.feed(event)
         return parser.result()
-    obj = _loads(body)
+    obj = loads(body)
     if obj is None:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
@@ -203,7 +204,7 @@ class StreamParser:
         if b'"finishReason"' in data:
             self._done = True
         if b'"error"' in data:
-            obj = _loads(data)
+            obj = loads(data)
             if not isinstance(obj, dict):
                 self._bad += 1
                 return
@@ -229,7 +230,7 @@ class StreamParser:
         for data in (self._last, self._prev):
             if data is None:
                 continue
-            obj = _loads(data)
+            obj = loads(data)
             if not isinstance(obj, dict):
                 bad += 1
                 continue
@@ -240,7 +241,7 @@ class StreamParser:
 
     def _chunk_texts(self, data: bytes) -> list[str]:
         """The text of one chunk (noting its ``modelVersion``)."""
-        obj = _loads(data)
+        obj = loads(data)
         if not isinstance(obj, dict):
             return []
         model = _str(obj.get("modelVersion"))
@@ -266,7 +267,7 @@ def _candidate_texts(obj: dict[str, Any]) -> list[str]:
             if isinstance(text := part.get("text"), str) and text:
                 out.append(text)
             elif isinstance(call := part.get("functionCall"), dict):
-                out.append(_dumps(call, ensure_ascii=False))
+                out.append(json.dumps(call, ensure_ascii=False))
     return out
 
 
@@ -281,14 +282,3 @@ def error_message(err: Any) -> str | None:
     else:
         text = str(err)
     return text[:_MAX_ERROR]
-
-
-_dumps = json.dumps  # bound once: tests swap the module's ``json`` to count decodes
-
-
-def _loads(data: bytes) -> Any:
-    """``json.loads`` that returns None instead of raising."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None

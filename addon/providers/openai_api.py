@@ -12,12 +12,12 @@ text is extracted from the remembered chunks only when no usage came at all.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.sse import SSEEvent
@@ -154,11 +154,11 @@ def _embeddings_tail(body: bytes) -> Metered | None:
     """Usage and model of a large embeddings body without decoding its vectors (None: parse it all)."""
     tail = body[-4096:]
     usage_json = _last_group(_USAGE_TAIL, tail)
-    usage = extract_usage(_loads(usage_json)) if usage_json is not None else None
+    usage = extract_usage(loads(usage_json)) if usage_json is not None else None
     if usage is None:
         return None
     model_json = _last_group(_MODEL_TAIL, tail)
-    model = _loads(model_json) if model_json is not None else None
+    model = loads(model_json) if model_json is not None else None
     return Metered(usage=usage, model=_str(model))
 
 
@@ -178,7 +178,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         found = _embeddings_tail(body)
         if found is not None:
             return found
-    obj = _loads(body)
+    obj = loads(body)
     if obj is None:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
@@ -209,7 +209,7 @@ def is_usage_only_chunk(event: SSEEvent) -> bool:
     """
     if not has_usage(event.data):
         return False
-    obj = _loads(event.data)
+    obj = loads(event.data)
     return isinstance(obj, dict) and isinstance(usage_of(obj), dict) and obj.get("choices", []) in ([], None)
 
 
@@ -356,7 +356,7 @@ class StreamParser:
         for data in (self._usage_data, self._prev_usage_data):
             if data is None:
                 continue
-            obj = _loads(data)
+            obj = loads(data)
             if not isinstance(obj, dict):
                 bad += 1
                 continue
@@ -378,7 +378,7 @@ class StreamParser:
         if not (want_model or b'"error"' in data):
             return
         self._model_tries += want_model
-        obj = _loads(data)
+        obj = loads(data)
         if not isinstance(obj, dict):
             self._bad += 1
             return
@@ -406,7 +406,7 @@ class StreamParser:
             or ((name is None or name == "message") and (has_usage(data) or b'"error"' in data))
         ):
             return
-        obj = _loads(data)
+        obj = loads(data)
         if not isinstance(obj, dict):
             self._bad += 1
             return
@@ -441,7 +441,7 @@ def _delta_type(data: bytes) -> bool:
 
 def _chat_texts(data: bytes) -> list[str]:
     """The text of one chat chunk (content, reasoning, refusal, tool-call arguments)."""
-    obj = _loads(data)
+    obj = loads(data)
     return _choice_texts(obj.get("choices"), streamed=True) if isinstance(obj, dict) else []
 
 
@@ -485,7 +485,7 @@ def _choice_texts(choices: Any, streamed: bool = False) -> list[str]:
 
 def _delta_texts(data: bytes) -> list[str]:
     """The ``delta`` of one Responses ``*.delta`` event (text, reasoning summary, arguments)."""
-    obj = _loads(data)
+    obj = loads(data)
     delta = obj.get("delta") if isinstance(obj, dict) else None
     return [delta] if isinstance(delta, str) and delta else []
 
@@ -528,14 +528,6 @@ def error_message(err: Any) -> str | None:
     else:
         text = str(err)
     return text[:_MAX_ERROR]
-
-
-def _loads(data: bytes) -> Any:
-    """``json.loads`` that returns None instead of raising."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _dict(value: Any) -> dict[str, Any]:

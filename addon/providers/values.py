@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+
+def loads(data: bytes) -> Any:
+    """``json.loads`` that returns None instead of raising (every parser decodes through here)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def token_count(value: Any) -> int:
