@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -311,6 +311,7 @@ class BudgetTracker:
         # so calls started together cannot all slip under a nearly spent cap.
         self._reservations: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
         self._reserved: dict[Scope, Decimal] = {}
+        self._period_starts: tuple[date, dict[str, datetime]] | None = None  # for ``record``
 
     def set_policies(self, policies: Policies) -> None:
         """Use new budgets; the spend already counted is kept."""
@@ -447,7 +448,13 @@ class BudgetTracker:
         """Add a call's cost (None counts 0) at ``ts``; return the alerts it newly crossed."""
         ts = _utc(ts)
         amount = _as_decimal(cost)
-        starts = {period: period_bounds(period, ts)[0] for period in PERIODS}
+        day = ts.date()
+        cached = self._period_starts
+        if cached is not None and cached[0] == day:
+            starts = cached[1]
+        else:  # once a day: the calls of one day share their periods' starts
+            starts = {period: period_bounds(period, ts)[0] for period in PERIODS}
+            self._period_starts = (day, starts)
         alerts: list[BudgetAlert] = []
         with self._lock:
             for scope in scopes:

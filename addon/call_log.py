@@ -52,6 +52,7 @@ _MAGENTA = "35"
 _CYAN = "36"
 
 _CENT = Decimal("0.01")
+_PLACEHOLDER = "\x00tokometer-line\x00"  # stands for a line in TerminalLines' template
 
 
 def use_color(stream: IO[str] | None) -> bool:
@@ -83,7 +84,10 @@ def format_usd(amount: Decimal) -> str:
 
 def clean(text: str, limit: int) -> str:
     """Printable characters only, on one line, at most ``limit`` long (``...`` marks a cut)."""
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text.replace("\n", " "))
+    if text.isprintable():  # the usual case, without a loop over the characters
+        cleaned = text
+    else:
+        cleaned = "".join(ch if ch.isprintable() else "?" for ch in text.replace("\n", " "))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
@@ -210,7 +214,12 @@ class TerminalLines:
             return
         if terminal.level > logging.INFO:
             return
-        text = "".join(terminal.format(self._record(line)) + "\n" for line in lines)
+        # Formatted once for the batch (its time stamp and colours), then filled with each line.
+        head, placeholder, tail = terminal.format(self._record(_PLACEHOLDER)).partition(_PLACEHOLDER)
+        if placeholder:
+            text = "".join(f"{head}{line}{tail}\n" for line in lines)
+        else:  # a formatter that does not show the message as it is
+            text = "".join(terminal.format(self._record(line)) + "\n" for line in lines)
         terminal.acquire()
         try:
             stream: IO[str] = terminal.file  # type: ignore[attr-defined]

@@ -325,3 +325,31 @@ def test_terminal_lines_print_a_batch_in_one_write_as_mitmproxy_formats_them() -
         root.removeHandler(terminal)
         root.removeHandler(events)
         root.setLevel(level)
+
+
+def test_terminal_lines_look_as_mitmproxys_formatter_makes_each_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch is formatted once and filled with each line: same text as a format() per line."""
+    import logging
+
+    from mitmproxy.log import MitmFormatter
+
+    from addon.call_log import TerminalLines
+
+    for colorize in (False, True):
+        formatter = MitmFormatter(colorize)
+        monkeypatch.setattr(formatter, "formatTime", lambda record, datefmt=None: "12:00:00.000")
+
+        terminal = logging.Handler()  # stands in for mitmproxy's TermLogHandler
+        terminal.setFormatter(formatter)
+        terminal.file = io.StringIO()  # type: ignore[attr-defined]
+        logger = logging.getLogger("tokometer.test-format")
+        logger.setLevel(logging.INFO)
+        lines = TerminalLines(logger)
+        lines._terminal = terminal
+        batch = ["15:25:00 staging  openai gpt-4o  $0.01", "\x1b[1mbold\x1b[0m 100%s %(x)s"]
+        lines(batch)
+        expected = "".join(
+            formatter.format(logger.makeRecord(logger.name, logging.INFO, "f", 0, line, None, None)) + "\n"
+            for line in batch
+        )
+        assert terminal.file.getvalue() == expected  # type: ignore[attr-defined]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -562,10 +563,16 @@ def test_calls_go_in_with_a_plain_insert_and_a_stored_one_falls_back_to_or_ignor
     modes: list[bool] = []
     real_insert = Store._insert
 
-    def spying(con: duckdb.DuckDBPyConnection, records: list[CallRecord], *, ignore_existing: bool) -> None:
+    def spying(
+        con: duckdb.DuckDBPyConnection,
+        records: list[CallRecord],
+        *,
+        ignore_existing: bool,
+        lines: Mapping[str, str] | None = None,
+    ) -> None:
         if records:
             modes.append(ignore_existing)
-        real_insert(con, records, ignore_existing=ignore_existing)
+        real_insert(con, records, ignore_existing=ignore_existing, lines=lines)
 
     monkeypatch.setattr(Store, "_insert", staticmethod(spying))
     store = Store(db, "s1")
@@ -650,3 +657,70 @@ def test_journaled_ahead_then_submitted_is_stored_once_with_its_estimate(db: Pat
         ("s1-0001", "estimated", 10),
         ("s1-0002", "reported", 1000),
     ]
+
+
+def _every_field_record(call_id: str) -> CallRecord:
+    """A call with every column set, awkward values included (a non-UTC time, escapes, a big count)."""
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(CallRecord):
+        values[f.name] = {
+            "id": call_id,
+            "ts": datetime(2026, 11, 28, 14, 30, 5, 123456, tzinfo=timezone(timedelta(hours=2))),
+            "duration_ms": 1234.567,
+            "ttft_ms": 0.001,
+            "status_code": 429,
+            "streamed": True,
+            "aborted": True,
+            "input_tokens": 2_000_000_000,
+            "cache_read_tokens": 7,
+            "cache_write_tokens": 0,
+            "output_tokens": 1,
+            "reasoning_tokens": 3,
+            "cost_usd": Decimal("0.0000012345"),
+            "client_pid": 4_000_000,
+            "tags": '{"a": "b\\"c", "é": "😀"}',
+            "error": 'a "quoted", \\ back\nslash \x00 nul \u2028 line',
+        }.get(f.name, f'{f.name} ✓ "x"')
+    return CallRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_call_stored_from_its_journal_line_equals_one_bound_value_by_value(
+    db: Path, tmp_path: Path
+) -> None:
+    """The flush inserts from the journal lines; every column must come out as binding each value would."""
+    store = Store(db, "s1", pricer=lambda record: None)  # keep the record's own price fields
+    store.start()
+    try:
+        store.submit(_every_field_record("via-line"))
+        assert store._lines  # the line is kept for the flush
+        assert store.flush()
+        assert not store._lines
+    finally:
+        store.close()
+    other = tmp_path / "other.duckdb"
+    with duckdb.connect(str(other)) as con:
+        migrate(con)
+        Store._insert(con, [_every_field_record("by-value")], ignore_existing=False)
+    via_line = rows(db, "SELECT * EXCLUDE (id) FROM calls")
+    by_value = rows(other, "SELECT * EXCLUDE (id) FROM calls")
+    assert via_line == by_value
+    assert via_line[0][0] == datetime(2026, 11, 28, 12, 30, 5, 123456)  # UTC
+    prices = rows(db, "SELECT cost_usd, price_status FROM calls")
+    assert prices == [(Decimal("0.0000012345"), 'price_status ✓ "x"')]
+
+
+def test_a_line_duckdb_cannot_read_still_stores_its_call(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch whose insert from lines fails is written row by row, each value bound from the record."""
+    store = Store(db, "s1")
+    store.start()
+    try:
+        store.submit(make_record(1, duration_ms=12.5))
+        store.submit(make_record(2))
+        with store._lock:
+            store._lines["s1-0001"] = '["s1-0001", "not a time"]'
+        assert store.flush()
+    finally:
+        store.close()
+    stored = rows(db, "SELECT id, duration_ms, input_tokens, cost_usd > 0 FROM calls ORDER BY id")
+    assert stored == [("s1-0001", 12.5, 1000, True), ("s1-0002", None, 1000, True)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
