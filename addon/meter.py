@@ -631,6 +631,8 @@ class Meter:
             # Events are regrouped (minus the injected usage chunk): forward them decoded.
             response.headers.pop("content-encoding", None)
             response.headers.pop("content-length", None)
+        if self.store is not None:
+            tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
         state.tap = tap
         response.stream = tap
 
@@ -673,42 +675,8 @@ class Meter:
         self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool, now: bool = False
     ) -> None:
         state.finished = True
+        self._fill_record(flow, state, metered, state.errors, aborted=aborted)
         record = state.record
-        lookup = state.process
-        if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
-            with contextlib.suppress(Exception):  # late at request time: describe the caller now
-                _describe_client(record, lookup.result())
-        start = flow.request.timestamp_start
-        record.duration_ms = round((time.time() - start) * 1000, 3)
-        response = flow.response
-        if response is not None:
-            record.status_code = response.status_code
-            if state.refusal is not None:
-                state.errors.append(state.refusal)
-            elif response.status_code >= 400:
-                state.errors.append(f"upstream answered {response.status_code}")
-        tap = state.tap
-        if tap is not None:
-            record.streamed = True
-            if tap.first_chunk_at is not None:
-                record.ttft_ms = round((tap.first_chunk_at - start) * 1000, 3)
-            record.aborted = aborted or not tap.finished
-        else:
-            record.streamed = False if response is not None and not aborted else record.streamed
-            record.aborted = aborted
-        record.model_reported = metered.model
-        record.set_usage(metered.usage)
-        if metered.provider_cost is not None and metered.usage is not None:
-            # The provider said what it charged (OpenRouter): that beats any price list.
-            record.cost_usd, record.price_status = metered.provider_cost, "provider_reported"
-            record.price_source = f"{record.provider} usage.cost"
-        if metered.error:
-            state.errors.append(metered.error)
-        if response is None and metered.usage is None and not _reached_upstream(flow):
-            # The request never went out (no connection, refused connect): nothing was billed.
-            record.cost_usd, record.price_status = Decimal(0), "not_billed"
-        if state.errors:
-            record.error = "; ".join(state.errors)[:1000]
         body, state.request_body = state.request_body, None
         if metered.usage is None and record.price_status is None and _billable(record) and body is not None:
             # No usage reported, yet the provider likely billed: count the tokens ourselves.
@@ -723,6 +691,68 @@ class Meter:
                 task.add_done_callback(self._estimates.discard)
             return
         self._submit(record)
+
+    @staticmethod
+    def _fill_record(
+        flow: http.HTTPFlow,
+        state: CallState,
+        metered: Metered,
+        errors: list[str],
+        *,
+        aborted: bool,
+        final_event: bool = False,
+    ) -> None:
+        """Set the row's outcome: status, timings, usage, errors (appended to ``errors``).
+
+        ``final_event``: the stream's last event went by, though its body has not ended yet.
+        """
+        record = state.record
+        lookup = state.process
+        if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
+            with contextlib.suppress(Exception):  # late at request time: describe the caller now
+                _describe_client(record, lookup.result())
+        start = flow.request.timestamp_start
+        record.duration_ms = round((time.time() - start) * 1000, 3)
+        response = flow.response
+        if response is not None:
+            record.status_code = response.status_code
+            if state.refusal is not None:
+                errors.append(state.refusal)
+            elif response.status_code >= 400:
+                errors.append(f"upstream answered {response.status_code}")
+        tap = state.tap
+        if tap is not None:
+            record.streamed = True
+            if tap.first_chunk_at is not None:
+                record.ttft_ms = round((tap.first_chunk_at - start) * 1000, 3)
+            record.aborted = aborted or not (tap.finished or final_event)
+        else:
+            record.streamed = False if response is not None and not aborted else record.streamed
+            record.aborted = aborted
+        record.model_reported = metered.model
+        record.set_usage(metered.usage)
+        if metered.provider_cost is not None and metered.usage is not None:
+            # The provider said what it charged (OpenRouter): that beats any price list.
+            record.cost_usd, record.price_status = metered.provider_cost, "provider_reported"
+            record.price_source = f"{record.provider} usage.cost"
+        if metered.error:
+            errors.append(metered.error)
+        if response is None and metered.usage is None and not _reached_upstream(flow):
+            # The request never went out (no connection, refused connect): nothing was billed.
+            record.cost_usd, record.price_status = Decimal(0), "not_billed"
+        record.error = "; ".join(errors)[:1000] if errors else None
+
+    def _journal_stream_end(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """A stream's final event is about to reach the client: journal the call as it stands.
+
+        The call is finished (and submitted) when the body ends; a kill -9 in between, which a
+        client that stops reading at ``[DONE]`` leaves open for as long as upstream holds the
+        body, then still leaves the call, its usage included, in the journal for replay.
+        """
+        if state.finished or self.store is None or state.tap is None:
+            return
+        self._fill_record(flow, state, state.tap.result(), [*state.errors], aborted=False, final_event=True)
+        self.store.journal(state.record)
 
     def _submit(self, record: CallRecord) -> None:
         if self.store is None:

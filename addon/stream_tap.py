@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from addon.aws_eventstream import EventStreamDecoder
@@ -55,6 +56,7 @@ class StreamTap:
         "_parser",
         "finished",
         "first_chunk_at",
+        "on_final_event",
     )
 
     def __init__(
@@ -74,6 +76,8 @@ class StreamTap:
         self._failed: str | None = None
         self.first_chunk_at: float | None = None
         self.finished = False
+        # Called once, before the chunk holding the stream's final event is passed on.
+        self.on_final_event: Callable[[], None] | None = None
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         if data:
@@ -92,6 +96,8 @@ class StreamTap:
                 self._parser.feed(event)
         except Exception as exc:  # metering must never break the stream
             return self._fail(exc, data)
+        if self.on_final_event is not None and self._parser.done:
+            self._final_event()
         if not self._drop:
             return data
         return self._forward(events)
@@ -110,6 +116,13 @@ class StreamTap:
         if not self._drop:
             return []
         return self._forward(events)
+
+    def _final_event(self) -> None:
+        callback, self.on_final_event = self.on_final_event, None
+        try:
+            callback()  # type: ignore[misc]
+        except Exception:  # the stream goes on whatever happens here
+            log.exception("tokometer: could not journal a stream at its final event")
 
     def _forward(self, events: list[Any]) -> list[bytes]:
         """The events' bytes, minus the usage-only chunk, as one piece (one write to the client).

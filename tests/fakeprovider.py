@@ -7,7 +7,8 @@ Tests steer each call with request headers (they pass through the proxy):
 - ``X-Fake-Gzip: 1``: gzip the body or stream when the request accepts gzip.
 - ``X-Fake-Gate: NAME``: a stream sends its first events, then waits until the test
   releases ``FakeProvider.gate(NAME)``.
-- ``X-Fake-Gate-After``: content deltas sent before the gate (default 2).
+- ``X-Fake-Gate-After``: content deltas sent before the gate (default 2); ``end`` (chat only):
+  after ``[DONE]``, before the body ends.
 - ``X-Fake-Chunks``: number of content deltas in a stream (default 5).
 - ``X-Fake-Model``: the model name to report (default: the dated snapshot of the request's).
 - ``X-Fake-Deltas``: Anthropic streams send this many ``message_delta`` events (cumulative).
@@ -649,7 +650,8 @@ def _chat_events(
     req: dict[str, Any], rec: RecordedRequest, model: str, words: list[str], usage: dict[str, Any]
 ) -> Iterator[bytes | None]:
     include = bool((req.get("stream_options") or {}).get("include_usage"))
-    gate_after = int(rec.headers.get("x-fake-gate-after") or 2)
+    gate_at_end = rec.headers.get("x-fake-gate-after") == "end"
+    gate_after = -1 if gate_at_end else int(rec.headers.get("x-fake-gate-after") or 2)
     base = {
         "id": "chatcmpl-fake0002",
         "object": "chat.completion.chunk",
@@ -679,6 +681,8 @@ def _chat_events(
     if include:
         yield _sse({**base, "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
+    if gate_at_end:
+        yield None
 
 
 def _response_obj(model: str, status: str, text: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:

@@ -790,6 +790,44 @@ def test_rows_survive_kill9(proxy: ProxyProcess, fake_provider: FakeProvider) ->
     ]
 
 
+def test_a_stream_killed_after_its_final_event_keeps_its_row(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """Upstream holds the body open after [DONE] (the client has all it needs and may stop reading):
+    the call is journaled before [DONE] reaches the client, so a kill -9 then still keeps it."""
+    t, gate = tag(), f"gate-{tag()}"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {t}"}], "stream": True}
+    out = proxy.tmp / f"stream-{t}.txt"
+    argv = ["curl", "-sS", "-N", "--max-time", "30", "-o", str(out), "-H", "content-type: application/json"]
+    for h in (
+        f"Authorization: Bearer {OPENAI_KEY}",
+        f"X-Test-Tag: {t}",
+        "X-Fake-Usage: " + json.dumps(chat_usage(1234, 56), separators=(",", ":")),
+        f"X-Fake-Gate: {gate}",
+        "X-Fake-Gate-After: end",
+    ):
+        argv += ["-H", h]
+    argv += ["--data-binary", json.dumps(body), "https://api.openai.com/v1/chat/completions"]
+    client = subprocess.Popen(argv, env=proxy.client_env(), cwd=proxy.tmp)
+    try:
+        assert fake_provider.wait_gate_reached(gate)
+        deadline = time.monotonic() + 10
+        while b"[DONE]" not in (out.read_bytes() if out.exists() else b""):
+            assert time.monotonic() < deadline, "the client never got [DONE]"
+            time.sleep(0.02)
+        proxy.kill9()  # the body has not ended: the call is not finished, only journaled
+    finally:
+        fake_provider.gate(gate).set()
+        client.wait(10)
+    assert b"prompt_tokens" not in out.read_bytes()  # the injected usage chunk never reached the client
+    proxy.restart()
+    [row] = settle(proxy, 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (1234, 56)
+    assert (row["streamed"], row["aborted"], row["usage_source"]) == (True, False, "reported")
+    # gpt-4o-mini: 1234 * 0.15 + 56 * 0.60, per 1M
+    assert money(row["cost_usd"]) == round(Decimal("218.7") / 10**6, 10)
+
+
 # ---------------------------------------------------------------- 12. GET /v1/models
 
 

@@ -1000,3 +1000,26 @@ def test_stream_decoder_refuses_unknown_codings() -> None:
     for header in ("compress", "gzip, snappy", "x-bogus"):
         with pytest.raises(DecodeError, match="unsupported content-encoding"):
             StreamDecoder(header)
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_stream_tap_reports_the_final_event_once_before_passing_it_on(failing: bool) -> None:
+    """on_final_event runs (once) while the chunk holding [DONE] is still in the tap's hands."""
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\n'
+    chunks = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n', usage + b"data: [DONE]\n\n", b"\n"]
+    tap = StreamTap(provider("openai"), "chat", None, framing="sse")
+    calls: list[tuple[int, int | None]] = []
+
+    def on_final_event() -> None:
+        usage_now = tap.result().usage
+        calls.append((len(sent), usage_now.input_tokens if usage_now else None))
+        if failing:
+            raise RuntimeError("journal full")
+
+    tap.on_final_event = on_final_event
+    sent: list[bytes | list[bytes]] = []
+    for chunk in chunks:
+        sent.append(tap(chunk))
+    sent.append(tap(b""))
+    assert calls == [(1, 7)]  # during the second chunk, with the usage read
+    assert sent == [*chunks, []]  # passed on unchanged, failing callback or not

@@ -43,6 +43,7 @@ from conftest import ROOT, ProxyProcess
 from fakeprovider import FakeProvider
 
 from addon.api_keys import key_fingerprint
+from addon.record import COLUMNS
 
 NS_ADDR = "198.18.0.1"  # a non-loopback address inside the proxy's own network namespace
 NS_SETUP = f"ip link set lo up && ip addr add {NS_ADDR}/32 dev lo"
@@ -471,6 +472,13 @@ def _anthropic(
     )
 
 
+def _journaled(journal: str) -> tuple[int, bool]:
+    """How many calls the journal text holds, and whether one has an estimate (replay keeps the last line)."""
+    lines = [json.loads(line) for line in journal.splitlines() if line.strip()]
+    source = COLUMNS.index("usage_source")
+    return len({line[0] for line in lines}), any(line[source] == "estimated" for line in lines)
+
+
 def test_no_key_or_prompt_in_any_file(tmp_path: Path, fake_provider: FakeProvider) -> None:
     core = uuid.uuid4().hex  # every secret carries a unique core; the search looks for the core too
     openai_key = f"sk-proj-LEAKo{core}Q"
@@ -571,8 +579,9 @@ def test_no_key_or_prompt_in_any_file(tmp_path: Path, fake_provider: FakeProvide
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 journal = "".join(j.read_text() for j in journal_dir.glob("*.jsonl"))
-                # the aborted call is journaled as it ends, then again with its estimate
-                if len(journal.splitlines()) >= calls + 1:
+                # every call is journaled (a stream also at its final event), and the aborted
+                # one again with its estimate
+                if _journaled(journal) == (calls, True):
                     break
                 time.sleep(0.1)
             proxy.kill9()
@@ -582,7 +591,7 @@ def test_no_key_or_prompt_in_any_file(tmp_path: Path, fake_provider: FakeProvide
 
         # The journal holds every call (positive control: the key fingerprints are in it) ...
         journal = "".join(j.read_text() for j in journal_dir.glob("*.jsonl"))
-        assert len(journal.splitlines()) == calls + 1, journal
+        assert _journaled(journal) == (calls, True), journal
         assert key_fingerprint(openai_key) in journal and key_fingerprint(anthropic_key) in journal
         # ... and no file may hold a secret, journal and log included (checked at the end).
         leaks_after_kill = _leaks(tmp_path, secrets)

@@ -26,6 +26,11 @@ class StreamParser(Protocol):
 
     def result(self) -> Metered: ...
 
+    @property
+    def done(self) -> bool:
+        """The stream's final event was seen (usage is complete)."""
+        ...
+
 
 ParseResponse = Callable[[str, bytes, Mapping[str, str]], Metered]
 RequestModel = Callable[[str, dict[str, Any] | None], str | None]
