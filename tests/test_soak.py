@@ -11,8 +11,10 @@ Every attempt carries a unique marker: the fake reports it as the call's input t
 ``X-Test-Tag: soak-MARKER``), so a row is matched to its attempt by ``input_tokens`` without
 storing prompts. Checked: every attempt the client saw finish completely (200, whole body or
 stream with its final event, the marker in the usage the client received) has exactly one
-row; no row is duplicated (``count(*) = count(DISTINCT id)``, each marker once); no row has a
-marker that was never sent; ``spend`` never fails and never reports fewer calls than before.
+row; so has every stream whose events all reached the client before a kill cut the end of its
+body (a client that stops at ``[DONE]`` counts it as finished); no row is duplicated
+(``count(*) = count(DISTINCT id)``, each marker once); no row has a marker that was never sent;
+``spend`` never fails and never reports fewer calls than before.
 
 ``scripts/soak`` runs ``main()`` (defaults: 10,000 calls, 50 concurrent, 10 kills);
 ``test_soak_kill9`` is the short version for the suite.
@@ -166,10 +168,13 @@ class SoakResult:
             "failed_attempts_reached_upstream": len(reached),
             "failed_attempts_metered": metered_failed,
             "streams_all_events_but_no_end": len(unframed),
-            # of those, without a row: what a client that stops at [DONE] / message_stop would lose
+            # of those, without a row (a failure: the stream is journaled at its final event)
             "streams_all_events_but_no_end_unmetered": sum(
                 1 for a in unframed if not self.marker_counts[a.marker]
             ),
+            "streams_all_events_but_no_end_unmetered_detail": [
+                self._lost_detail(a) for a in unframed if not self.marker_counts[a.marker]
+            ][:20],
             "journal_lines_replayed": self.replayed_lines,
             "restart_s_max": round(max(self.restart_s, default=0.0), 2),
             "queries_run": self.queries_ok + len(self.queries_failed),
@@ -182,7 +187,7 @@ class SoakResult:
         since = [a.ended - k for k in self.kill_times if k >= a.started - 1]
         near = min(since, key=abs, default=None)
         when = f"finished {near * 1000:+.1f} ms from a kill" if near is not None else "no kill near"
-        return f"{a.kind} marker {a.marker}: {when}"
+        return f"{a.kind} marker {a.marker}: {when}" + (f" ({a.failure})" if a.failure else "")
 
 
 # ---------------------------------------------------------------- one call, raw HTTP/1.1
@@ -214,12 +219,12 @@ class _Conn:
     async def request(self, path: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
         """Send one POST; return the status and the whole body (raises unless it ended properly)."""
         conn = self.h11
+        chunks = self.received = []  # first: a send that fails must not leave the last answer here
         out = conn.send(h11.Request(method="POST", target=path, headers=headers))
         out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         self.writer.write(out)
         await self.writer.drain()
         status = 0
-        chunks = self.received = []
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -545,9 +550,9 @@ def failures(result: SoakResult) -> list[str]:
     No finished call may be missing, streamed or not: mitmproxy 12 runs the ``response`` hook
     (where the journal line is written, synchronously) BEFORE it sends the end of a streamed
     body to the client (``HttpStream.send_response`` then ``flow_done``), so a client that reads
-    to the end of the chunked body cannot have its call lost by a kill. A client that stops at
-    the final SSE event (``[DONE]``, ``message_stop``) can: that window is measured, not failed
-    (``streams_all_events_but_no_end`` and how many of those were metered).
+    to the end of the chunked body cannot have its call lost by a kill. Nor can a client that
+    stops at the final SSE event (``[DONE]``, ``message_stop``): the stream is journaled before
+    that event is passed on (``streams_all_events_but_no_end`` must all be metered).
     """
     s = result.summary()
     out: list[str] = []
@@ -559,6 +564,9 @@ def failures(result: SoakResult) -> list[str]:
         out.append(f"markers stored more than once: {result.duplicated[:10]}")
     if s["lost"]:
         out.append(f"{s['lost']} finished call(s) without a row: {s['lost_detail']}")
+    if s["streams_all_events_but_no_end_unmetered"]:
+        detail = s["streams_all_events_but_no_end_unmetered_detail"]
+        out.append(f"streams with every event at the client but no row: {detail}")
     if s["phantom_rows"]:
         out.append(f"rows with markers never sent: {result.phantom[:10]}")
     if result.bad_rows:
