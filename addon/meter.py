@@ -178,6 +178,24 @@ def _reached_upstream(flow: http.HTTPFlow) -> bool:
     )
 
 
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+
+
+def _with_usage_requested(raw: bytes) -> bytes | None:
+    """``raw``, a JSON object without ``stream_options``, with ``stream_options.include_usage`` added.
+
+    The member goes in before the closing brace and every other byte stays as the client sent
+    it: no re-encoding of a body that may be megabytes of prompt. None when the body does not
+    end in ``}`` (UTF-16, say): the caller re-encodes the parsed body instead.
+    """
+    end = len(raw.rstrip(b" \t\r\n"))
+    if not end or raw[end - 1] != ord("}"):
+        return None
+    head = raw[: end - 1].rstrip(b" \t\r\n")
+    comma = b"" if head.endswith(b"{") else b","  # ``{}``: the only object whose head ends in {
+    return head + comma + _INCLUDE_USAGE + raw[end - 1 :]
+
+
 def _dump_json(body: dict[str, Any]) -> bytes:
     # ensure_ascii (the default) also carries lone surrogates ("\ud83d") through as escapes.
     return json.dumps(body).encode()
@@ -558,7 +576,12 @@ class Meter:
             options = {**(new_body.get("stream_options") or {}), "include_usage": True}
             new_body = {**new_body, "stream_options": options}
         # Only once the new request is in place does the row (and the client's notice) say so.
-        if new_body is not body and new_body is not None:
+        spliced = None
+        if inject and not downgrade and "stream_options" not in body:  # type: ignore[operator]
+            spliced = _with_usage_requested(flow.request.get_content() or b"")
+        if spliced is not None:
+            flow.request.content = spliced
+        elif new_body is not body and new_body is not None:
             size = len(flow.request.raw_content or b"")
             flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
         if new_path != flow.request.path:

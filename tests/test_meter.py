@@ -14,7 +14,7 @@ from mitmproxy.test import taddons, tflow
 
 from addon.api_keys import key_fingerprint
 from addon.interception import Interception
-from addon.meter import Meter
+from addon.meter import Meter, _with_usage_requested
 from addon.record import CallRecord
 from addon.token_estimate import estimate_input
 
@@ -278,6 +278,43 @@ async def test_rewritten_body_keeps_lone_surrogates_and_the_row_tells_the_truth(
     assert sent["stream_options"] == {"include_usage": True}
     assert sent["messages"][0]["content"] == "cut \ud83d"
     assert meter.call_state(flow).injected_usage is True  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [
+        (b'{"a":1}', b'{"a":1,"stream_options":{"include_usage":true}}'),
+        (b'{ "a" : {"b": "}"} }\r\n', b'{ "a" : {"b": "}"},"stream_options":{"include_usage":true}}\r\n'),
+        (b"{}", b'{"stream_options":{"include_usage":true}}'),
+        (b"\n{ \t}\n", b'\n{"stream_options":{"include_usage":true}}\n'),
+        (b'{"x": "{"}', b'{"x": "{","stream_options":{"include_usage":true}}'),
+    ],
+)
+def test_usage_request_is_spliced_into_the_clients_bytes(raw: bytes, sent: bytes) -> None:
+    assert _with_usage_requested(raw) == sent
+    assert json.loads(sent) == {**json.loads(raw), "stream_options": {"include_usage": True}}
+
+
+def test_a_body_that_does_not_end_in_a_brace_is_not_spliced() -> None:
+    assert _with_usage_requested('{"a": 1}'.encode("utf-16-le")) is None
+    assert _with_usage_requested(b"") is None
+
+
+async def test_injected_usage_keeps_every_byte_the_client_sent(meter: Meter) -> None:
+    """A prompt may be megabytes: the member is added, nothing re-encoded (é stays UTF-8, spacing stays)."""
+    raw = '{"model" : "gpt-4o-mini",\n "stream": true, '
+    raw += '"messages": [{"role": "user", "content": "é \\u00e9"}]}\n'
+    flow = make_flow("https://api.openai.com/v1/chat/completions", raw.encode())
+    await run_request(meter, flow)
+    assert flow.request.content == raw.encode()[:-2] + b',"stream_options":{"include_usage":true}}\n'
+    assert flow.request.headers["content-length"] == str(len(flow.request.content))
+
+
+async def test_a_stream_options_without_usage_is_rewritten(meter: Meter) -> None:
+    body = {"model": "gpt-4o-mini", "stream": True, "stream_options": None, "messages": []}
+    flow = make_flow("https://api.openai.com/v1/chat/completions", body)
+    await run_request(meter, flow)
+    assert json.loads(flow.request.content) == {**body, "stream_options": {"include_usage": True}}
 
 
 def test_interception_only_provider_hosts_lazy_and_loopback() -> None:
