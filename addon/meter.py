@@ -185,12 +185,15 @@ def _with_usage_requested(raw: bytes) -> bytes | None:
     """``raw``, a JSON object without ``stream_options``, with ``stream_options.include_usage`` added.
 
     The member goes in before the closing brace and every other byte stays as the client sent
-    it: no re-encoding of a body that may be megabytes of prompt. None when the body does not
-    end in ``}`` (UTF-16, say): the caller re-encodes the parsed body instead.
+    it: no re-encoding of a body that may be megabytes of prompt. None when the body is not
+    a UTF-8 ``{...}`` (json.loads also reads UTF-16 and -32): the caller re-encodes it instead.
     """
     end = len(raw.rstrip(b" \t\r\n"))
-    if not end or raw[end - 1] != ord("}"):
-        return None
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    while start < end and raw[start] in b" \t\r\n":
+        start += 1
+    if raw[start : start + 1] != b"{" or raw[end - 1 : end] != b"}":
+        return None  # UTF-16-BE, for one, ends in "}" too
     head = raw[: end - 1].rstrip(b" \t\r\n")
     comma = b"" if head.endswith(b"{") else b","  # ``{}``: the only object whose head ends in {
     return head + comma + _INCLUDE_USAGE + raw[end - 1 :]
@@ -698,6 +701,8 @@ class Meter:
         self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool, now: bool = False
     ) -> None:
         state.finished = True
+        if state.tap is not None:
+            state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
         self._fill_record(flow, state, metered, state.errors, aborted=aborted)
         record = state.record
         body, state.request_body = state.request_body, None
@@ -723,12 +728,8 @@ class Meter:
         errors: list[str],
         *,
         aborted: bool,
-        final_event: bool = False,
     ) -> None:
-        """Set the row's outcome: status, timings, usage, errors (appended to ``errors``).
-
-        ``final_event``: the stream's last event went by, though its body has not ended yet.
-        """
+        """Set the row's outcome: status, timings, usage, errors (appended to ``errors``)."""
         record = state.record
         lookup = state.process
         if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
@@ -748,7 +749,9 @@ class Meter:
             record.streamed = True
             if tap.first_chunk_at is not None:
                 record.ttft_ms = round((tap.first_chunk_at - start) * 1000, 3)
-            record.aborted = aborted or not (tap.finished or final_event)
+            # Aborted: the client did not get the whole answer. Past the final event it has,
+            # whatever happens to the rest of the body (a client that hangs up at [DONE]).
+            record.aborted = (aborted or not tap.finished) and not tap.final_event_seen
         else:
             record.streamed = False if response is not None and not aborted else record.streamed
             record.aborted = aborted
@@ -774,7 +777,7 @@ class Meter:
         """
         if state.finished or self.store is None or state.tap is None:
             return
-        self._fill_record(flow, state, state.tap.result(), [*state.errors], aborted=False, final_event=True)
+        self._fill_record(flow, state, state.tap.result(), [*state.errors], aborted=False)
         self.store.journal(state.record)
 
     def _submit(self, record: CallRecord) -> None:

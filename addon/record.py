@@ -86,6 +86,17 @@ class CallRecord:
             reasoning_tokens=self.reasoning_tokens or 0,
         )
 
+    def make_storable(self) -> None:
+        """Escape what DuckDB cannot store: lone surrogates, from a JSON ``"\\udc80"`` in a request
+        or a path that is not UTF-8 (``os.readlink``), become ``\\udc80`` text. Never raises."""
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    setattr(self, name, value.encode("utf-8", "backslashreplace").decode("utf-8"))
+
     def to_json(self) -> str:
         """One journal line (no newline): a JSON array of the values in ``COLUMNS`` order.
 
@@ -125,6 +136,9 @@ class CallRecord:
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CallRecord))
 _values = operator.attrgetter(*COLUMNS)
+_TEXT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(CallRecord) if f.type in ("str", "str | None")
+)
 _TS = COLUMNS.index("ts")
 _COST = COLUMNS.index("cost_usd")
 _encode = json.JSONEncoder(separators=(",", ":")).encode

@@ -204,6 +204,7 @@ def parse_journal(data: bytes, path: Path | str = "journal") -> list[CallRecord]
         except Exception as exc:
             log.warning("tokometer: skipped unreadable line %d of journal %s: %s", number, path, exc)
             continue
+        record.make_storable()  # a line written before make_storable existed
         records.pop(record.id, None)
         records[record.id] = record
     return list(records.values())
@@ -252,8 +253,9 @@ class Store:
         self._queue: list[CallRecord] = []
         # The journal line (no newline) of each queued call, by id: the flush inserts from it.
         self._lines: dict[str, str] = {}
-        # Journaled by ``journal`` and not submitted yet (an offline estimate is being made).
-        self._journaled_only: dict[str, CallRecord] = {}
+        # Journaled by ``journal`` and not submitted yet (an offline estimate is being made, a
+        # stream is past its final event): the line written, by id.
+        self._journaled_only: dict[str, str] = {}
         self._unpriced: list[CallRecord] = []  # submitted, not yet priced nor shown to listeners
         self._events: list[Event] = []
         self._inflight = 0
@@ -300,6 +302,7 @@ class Store:
         """Journal and queue one finished call. Costs microseconds, never raises."""
         try:
             try:
+                record.make_storable()
                 text: str | None = record.to_json()  # ASCII only (JSON escapes)
             except Exception as exc:
                 text = None
@@ -328,12 +331,13 @@ class Store:
         journaled first, a crash in between still leaves it (without the estimate) for replay.
         """
         try:
-            line = (record.to_json() + "\n").encode()
+            record.make_storable()
+            text = record.to_json()
             with self._lock:
                 if self._closed or self._fd is None:
                     return  # submit() will keep it (after close: in a journal for the next start)
-                self._journal_write(line)
-                self._journaled_only[record.id] = record
+                self._journal_write((text + "\n").encode())
+                self._journaled_only[record.id] = text  # compaction copies it as written
         except Exception:
             log.exception("tokometer: could not journal call %s", getattr(record, "id", "?"))
 
@@ -465,8 +469,8 @@ class Store:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            kept = [*self._queue, *self._journaled_only.values()]
-            data = "".join(record.to_json() + "\n" for record in kept).encode()
+            kept = [self._lines.get(r.id) or r.to_json() for r in self._queue]
+            data = "".join(text + "\n" for text in (*kept, *self._journaled_only.values())).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

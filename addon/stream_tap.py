@@ -113,6 +113,9 @@ class StreamTap:
         except Exception as exc:
             self._fail(exc, b"")
             return []
+        if self.on_final_event is not None and self._parser.done:  # an event without its blank line
+            self._final_event()
+        self.on_final_event = None
         if not self._drop:
             return []
         return self._forward(events)
@@ -144,9 +147,17 @@ class StreamTap:
     def _fail(self, exc: Exception, data: bytes) -> bytes:
         self._failed = f"stream not metered: {type(exc).__name__}: {exc}"[:300]
         log.warning("tokometer: %s", self._failed)
+        if self.on_final_event is not None and self._parser.done:  # what it read is complete
+            self._final_event()
+        self.on_final_event = None
         # When events were being regrouped, what the decoder still holds is lost
         # for the client; forwarding the raw chunk from here on is the best left.
         return data
+
+    @property
+    def final_event_seen(self) -> bool:
+        """The stream's final event went by: the client has the whole answer, body end or not."""
+        return self._parser.done
 
     def result(self) -> Metered:
         """Usage seen so far (the whole stream once ``finished``)."""

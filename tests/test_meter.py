@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -194,6 +196,37 @@ async def test_client_abort_records_usage_so_far(meter: Meter) -> None:
     assert "Client disconnected." in (rec.error or "")
 
 
+async def test_a_stream_abandoned_before_its_final_event_leaves_nothing_behind(meter: Meter) -> None:
+    """The tap's final-event callback holds the flow; once the call is finished it must let go."""
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "anthropic_stream.sse").read_bytes()
+    flow.response.stream(upstream[: upstream.index(b"event: message_delta")])
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)
+    assert meter.store.journaled == []  # type: ignore[union-attr]  # the final event never came
+    gone = weakref.ref(flow)
+    del flow
+    gc.collect()
+    assert gone() is None and len(meter._calls) == 0
+
+
+async def test_a_client_that_hangs_up_after_the_final_event_got_the_whole_answer(meter: Meter) -> None:
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "anthropic_stream.sse").read_bytes()
+    assert flow.response.stream(upstream) == upstream  # message_stop went by: journaled first
+    [early] = meter.store.journaled  # type: ignore[union-attr]
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)  # the body never ended
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.id == early
+    assert rec.aborted is False and rec.streamed is True and rec.output_tokens is not None
+    assert "Client disconnected." in (rec.error or "")
+
+
 @pytest.mark.parametrize(
     ("url", "method"),
     [
@@ -295,9 +328,19 @@ def test_usage_request_is_spliced_into_the_clients_bytes(raw: bytes, sent: bytes
     assert json.loads(sent) == {**json.loads(raw), "stream_options": {"include_usage": True}}
 
 
-def test_a_body_that_does_not_end_in_a_brace_is_not_spliced() -> None:
-    assert _with_usage_requested('{"a": 1}'.encode("utf-16-le")) is None
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-16"])
+def test_a_body_json_reads_but_not_as_utf8_is_not_spliced(encoding: str) -> None:
+    raw = '{"a": 1}'.encode(encoding)
+    assert json.loads(raw) == {"a": 1}
+    assert _with_usage_requested(raw) is None
+
+
+def test_a_utf8_bom_is_kept_and_an_empty_body_is_not_spliced() -> None:
+    bom = b"\xef\xbb\xbf"
+    spliced = _with_usage_requested(bom + b' {"a":1}')
+    assert spliced == bom + b' {"a":1,"stream_options":{"include_usage":true}}'
     assert _with_usage_requested(b"") is None
+    assert _with_usage_requested(b"  ") is None
 
 
 async def test_injected_usage_keeps_every_byte_the_client_sent(meter: Meter) -> None:

@@ -416,7 +416,10 @@ class _Soak:
                     # Every event arrived, only the end of the chunked body did not: a client
                     # that stops reading at its final event would count this call as finished.
                     partial = b"".join(conn.received)
-                    attempt.events_complete = check_answer(kind, marker, 200, partial) is None
+                    # Complete events only: an SSE event ends at its blank line (a line-based
+                    # client may stop at "data: [DONE]\n" before that: not counted here).
+                    complete = partial.endswith((b"\n\n", b"\r\n\r\n"))
+                    attempt.events_complete = complete and check_answer(kind, marker, 200, partial) is None
             attempt.ended = time.monotonic()
             if not reuse or attempt.failure is not None:
                 old = conns.pop(host, None)

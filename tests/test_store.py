@@ -724,3 +724,30 @@ def test_a_line_duckdb_cannot_read_still_stores_its_call(db: Path, caplog: pytes
     stored = rows(db, "SELECT id, duration_ms, input_tokens, cost_usd > 0 FROM calls ORDER BY id")
     assert stored == [("s1-0001", 12.5, 1000, True), ("s1-0002", None, 1000, True)]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_text_duckdb_cannot_store_is_escaped_not_left_to_block_the_queue(db: Path) -> None:
+    """A lone surrogate (a JSON "\\udc80" in a request, a cwd that is not UTF-8) is no valid UTF-8."""
+    store = Store(db, "s1")
+    store.start()
+    try:
+        store.submit(make_record(1, model="gpt-\udc80", client_cwd="/home/\udcff/x", user_name="é"))
+        store.submit(make_record(2))
+        assert store.flush()
+        assert store.stats.pending == 0
+    finally:
+        store.close()
+    stored = rows(db, "SELECT id, model_sent, client_cwd, user_name FROM calls ORDER BY id")
+    assert stored == [("s1-0001", "gpt-\\udc80", "/home/\\udcff/x", "é"), ("s1-0002", "gpt-4o", None, None)]
+
+
+def test_a_journal_line_with_a_lone_surrogate_is_replayed(db: Path) -> None:
+    journal = db.with_name(db.name + ".journal")
+    journal.mkdir(mode=0o700, parents=True)
+    record = make_record(1, session_id="dead", model="x")
+    line = record.to_json().replace('"x"', '"\\udc80x"')  # as an earlier version wrote it
+    (journal / "dead.jsonl").write_text(line + "\n")
+    store = Store(db, "s2")
+    store.start()
+    store.close()
+    assert rows(db, "SELECT id, model_sent FROM calls") == [("dead-0001", "\\udc80x")]
