@@ -481,7 +481,9 @@ class Meter:
         if future is None and client.peername:
             ip, port = client.peername[0], client.peername[1]
             names = frozenset(self._process_env_names())
-            future = asyncio.ensure_future(asyncio.to_thread(lookup_client_process, ip, port, names))
+            server = (client.sockname[0], client.sockname[1]) if client.sockname else None
+            lookup = functools.partial(lookup_client_process, ip, port, names, server=server)
+            future = asyncio.ensure_future(asyncio.to_thread(lookup))
             self._processes[client.id] = future
         return future
 

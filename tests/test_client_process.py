@@ -187,3 +187,72 @@ def test_a_process_seen_before_is_checked_first_and_found_again() -> None:
     finally:
         child.communicate(b"")
         server.close()
+
+
+def _connected_pair(listen: tuple[str, int], family: int, *, dual: bool = False) -> tuple[socket.socket, ...]:
+    server = socket.socket(family)
+    if dual:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.bind(listen)
+    server.listen()
+    target = "127.0.0.1" if dual else listen[0]
+    client = socket.create_connection((target, server.getsockname()[1]))
+    accepted, _ = server.accept()
+    return server, client, accepted
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("listen", "family", "dual"),
+    [
+        (("127.0.0.1", 0), socket.AF_INET, False),
+        (("::1", 0), socket.AF_INET6, False),
+        (("::", 0), socket.AF_INET6, True),  # an IPv4 client, seen as ::ffff:127.0.0.1
+    ],
+)
+def test_netlink_and_proc_net_find_the_same_socket(listen: tuple[str, int], family: int, dual: bool) -> None:
+    from addon.client_process import find_socket_netlink
+
+    server, client, accepted = _connected_pair(listen, family, dual=dual)
+    try:
+        peer, here = accepted.getpeername(), accepted.getsockname()
+        expected = os.fstat(client.fileno()).st_ino, os.getuid()
+        assert find_socket(peer[0], peer[1]) == expected
+        assert find_socket_netlink(peer[0], peer[1], here[0], here[1]) == expected
+        assert find_socket_netlink(peer[0], peer[1], here[0], here[1] + 1) is None  # no such connection
+    finally:
+        for s in (client, accepted, server):
+            s.close()
+
+
+@linux_only
+def test_with_the_servers_address_the_socket_is_asked_of_the_kernel_not_read_from_proc_net(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import addon.client_process as cp
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    code = f"import socket, sys\ns = socket.create_connection(('127.0.0.1', {port}))\nsys.stdin.read()\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    try:
+        conn, (ip, client_port) = server.accept()
+        here = conn.getsockname()
+        read_proc_net: list[tuple[object, ...]] = []
+        monkeypatch.setattr(cp, "_netlink_usable", True)
+        monkeypatch.setattr(cp, "find_socket", lambda *a: read_proc_net.append(a))
+        assert lookup_client_process(ip, client_port, NAMES, server=here).pid == child.pid
+        assert read_proc_net == []
+        # Where netlink is refused (a sandbox), /proc/net is read instead.
+
+        def refused(*args: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(cp, "find_socket_netlink", refused)
+        monkeypatch.setattr(cp, "find_socket", find_socket)
+        assert lookup_client_process(ip, client_port, NAMES, server=here).pid == child.pid
+        assert cp._netlink_usable is False
+        conn.close()
+    finally:
+        child.communicate(b"")
+        server.close()
