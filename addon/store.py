@@ -1,12 +1,11 @@
 """Stores finished calls in DuckDB without ever holding the file open, and never loses one.
 
 DuckDB lets one process hold a file read-write and then refuses every other open, so the
-proxy queues finished calls in memory and a writer thread flushes them about once a second,
-every few seconds under load (open, one multi-row INSERT, close), retrying while someone else
-holds the file. Each call is also appended to a per-session journal
-(``<db>.journal/<session_id>.jsonl``, flock-ed by its owner) before it is queued; a later
-session replays the journals of dead sessions with ``INSERT OR IGNORE`` (the ``id`` primary
-key makes replay exactly-once).
+proxy queues finished calls in memory and a writer thread flushes them about once a second
+(open, one multi-row INSERT, close), retrying while someone else holds the file. Each call
+is also appended to a per-session journal (``<db>.journal/<session_id>.jsonl``, flock-ed by
+its owner) before it is queued; a later session replays the journals of dead sessions with
+``INSERT OR IGNORE`` (the ``id`` primary key makes replay exactly-once).
 """
 
 from __future__ import annotations
@@ -39,11 +38,7 @@ log = logging.getLogger("tokometer")
 
 Listener = Callable[[list[CallRecord]], None]
 
-MAX_ROWS_PER_INSERT = 500  # also: this many queued calls are flushed without waiting
-# The wait between flushes grows with what a flush costs: FLUSH_COST_FACTOR times its CPU time
-# (the writer spends at most ~1% of a core on flushing), from flush_interval up to this many times it.
-FLUSH_COST_FACTOR = 100
-MAX_FLUSH_STRETCH = 5
+MAX_ROWS_PER_INSERT = 500
 MAX_ROWS_PER_FLUSH = 5_000  # rows per transaction (a burst is written in several)
 # How often the writer prices new calls and hands them to the listeners (budgets, live file, log).
 # submit() does not wake it: a wake-up per call (futex + GIL handoff) cost the event loop ~0.5 ms.
@@ -552,7 +547,6 @@ class Store:
                 full = len(self._queue) >= MAX_ROWS_PER_INSERT
             if not full and time.monotonic() < next_flush:
                 continue
-            cpu = time.thread_time()
             try:
                 ok = self._flush_once(ending=False)
             except Exception:
@@ -560,21 +554,10 @@ class Store:
                 ok = False
             if ok:
                 attempt = 0
-                next_flush = time.monotonic() + self._flush_gap(time.thread_time() - cpu)
+                next_flush = time.monotonic() + self.flush_interval
             else:
                 attempt += 1
                 next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
-
-    def _flush_gap(self, flush_cpu: float) -> float:
-        """Seconds to the next flush: ``flush_interval``, longer when a flush costs more.
-
-        Most of a flush is fixed cost (attach, checkpoint at detach: ~10 ms of CPU), so under load
-        the writer waits ``FLUSH_COST_FACTOR`` times its last flush's CPU (at most
-        ``MAX_FLUSH_STRETCH`` times ``flush_interval``, and only until ``MAX_ROWS_PER_INSERT``
-        calls are queued) to store more calls at once.
-        """
-        longest = MAX_FLUSH_STRETCH * self.flush_interval
-        return min(longest, max(self.flush_interval, FLUSH_COST_FACTOR * flush_cpu))
 
     def _price_pending(self) -> None:
         """Price the calls submitted since last time and hand them to the listeners (once each)."""
