@@ -148,11 +148,16 @@ def open_readonly(db_path: Path, *, timeout: float = 5.0) -> duckdb.DuckDBPyConn
     db_path = Path(db_path)
     if not db_path.exists():
         raise FileNotFoundError(errno.ENOENT, "no tokometer database", str(db_path))
+    return _retry_while_busy(lambda: duckdb.connect(str(db_path), read_only=True), timeout)
+
+
+def _retry_while_busy[T](attempt_once: Callable[[], T], timeout: float) -> T:
+    """``attempt_once()``, again after a back-off while the file is busy, for up to ``timeout`` s."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
         try:
-            return duckdb.connect(str(db_path), read_only=True)
+            return attempt_once()
         except duckdb.Error as exc:
             remaining = deadline - time.monotonic()
             if not is_busy_error(exc) or remaining <= 0:
@@ -663,18 +668,12 @@ class Store:
 
         A second DuckDB open of the file in this process would conflict with the writer's.
         """
-        deadline = time.monotonic() + timeout
-        attempt = 0
-        while True:
-            try:
-                with self._flush_lock, self._attached(read_only=True) as con:
-                    return query(con)
-            except duckdb.Error as exc:
-                remaining = deadline - time.monotonic()
-                if not is_busy_error(exc) or remaining <= 0:
-                    raise
-                time.sleep(min(_backoff(attempt), remaining))
-                attempt += 1
+
+        def attempt_once() -> T:
+            with self._flush_lock, self._attached(read_only=True) as con:
+                return query(con)
+
+        return _retry_while_busy(attempt_once, timeout)
 
     @contextmanager
     def _attached(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
