@@ -299,8 +299,12 @@ def _socket_of(client_ip: str, client_port: int, server: tuple[str, int]) -> tup
         return None
     try:
         return find_socket_netlink(client_ip, client_port, server[0], server[1])
-    except (OSError, ValueError, struct.error):
+    except TimeoutError:
+        return None
+    except OSError:  # refused here (a sandbox, no sock_diag): /proc/net from now on
         _netlink_usable = False
+        return None
+    except (ValueError, struct.error):  # an address it cannot pack (a scope id): /proc/net this once
         return None
 
 
