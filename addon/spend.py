@@ -410,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     chart_data = None
     try:
-        with reading(args.db_path) as con:  # closed at once: the proxy's writer waits meanwhile
+        with reading(args.db_path, fresh=True) as con:  # closed at once: the proxy's writer waits meanwhile
             report = job.build(con)
             if chart_path is not None and job.chart_data is not None:
                 chart_data = job.chart_data(con)

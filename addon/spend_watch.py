@@ -597,7 +597,7 @@ class Watcher:
         session_id = state.get("session_id") if state and proxy_alive(state) else None
         problem_text = self.policy_problem
         try:
-            with reading(self.db, timeout=0.5) as con:
+            with reading(self.db, timeout=0.5, fresh=True) as con:
                 self.last = collect(
                     con, self.db, self.policy_file.policies, now, session_id=session_id, limit=self.limit
                 )

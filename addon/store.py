@@ -1,11 +1,17 @@
 """Stores finished calls in DuckDB without ever holding the file open, and never loses one.
 
 DuckDB lets one process hold a file read-write and then refuses every other open, so the
-proxy queues finished calls in memory and a writer thread flushes them about once a second
+proxy queues finished calls in memory and a writer thread flushes them every few seconds
 (open, one multi-row INSERT, close), retrying while someone else holds the file. Each call
 is also appended to a per-session journal (``<db>.journal/<session_id>.jsonl``, flock-ed by
 its owner) before it is queued; a later session replays the journals of dead sessions with
 ``INSERT OR IGNORE`` (the ``id`` primary key makes replay exactly-once).
+
+A flush costs about 10 ms of CPU whatever its size (attach, insert, commit, the checkpoint at
+detach), so the writer batches: every ``FLUSH_INTERVAL`` seconds, or sooner when 500 calls are
+queued. A reader that wants every finished call asks for a flush first (``request_flush``,
+which ``reading(fresh=True)`` does): it touches ``<db>.journal/flush-requested``, each live
+writer sees it within ``PRICE_INTERVAL``, flushes, and answers in ``<session_id>.flushed``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ log = logging.getLogger("tokometer")
 
 Listener = Callable[[list[CallRecord]], None]
 
+# Seconds a finished call may wait in memory (and the journal) before it is written to DuckDB,
+# unless a reader asks for it sooner (request_flush) or MAX_ROWS_PER_INSERT calls are queued.
+FLUSH_INTERVAL = 5.0
+FLUSH_REQUEST = "flush-requested"  # in the journal folder; its mtime is the request
+FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the last request (mtime_ns) the writer served
 MAX_ROWS_PER_INSERT = 500
 MAX_ROWS_PER_FLUSH = 5_000  # rows per transaction (a burst is written in several)
 # How often the writer prices new calls and hands them to the listeners (budgets, live file, log).
@@ -166,9 +177,73 @@ def _retry_while_busy[T](attempt_once: Callable[[], T], timeout: float) -> T:
             attempt += 1
 
 
+def journal_dir_of(db_path: Path) -> Path:
+    """The folder of the journals of the proxies writing ``db_path``."""
+    return db_path.with_name(db_path.name + ".journal")
+
+
+def _owner_alive(journal: Path) -> bool:
+    """A journal's owner is alive while it holds the file's flock."""
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def _served(journal: Path) -> int:
+    """The last flush request (its mtime_ns) the journal's writer has served; 0 if none."""
+    try:
+        return int(journal.with_suffix(FLUSHED_SUFFIX).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
+    """Ask the running proxies writing ``db_path`` to store the calls they hold; wait for them.
+
+    True when every live writer answered within ``timeout`` (or none runs); False otherwise,
+    and the caller reads what is stored so far. Never raises.
+    """
+    journal_dir = journal_dir_of(Path(db_path))
+    try:
+        live = [path for path in journal_dir.glob("*.jsonl") if _owner_alive(path)]
+        if not live:
+            return True
+        request = journal_dir / FLUSH_REQUEST
+        os.close(os.open(request, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.utime(request)
+        stamp = os.stat(request).st_mtime_ns
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while True:
+        live = [path for path in live if _served(path) < stamp and path.exists()]
+        if not live:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
 @contextmanager
-def reading(db_path: Path, timeout: float = 5.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``with reading(path) as con:`` a read-only connection, closed as soon as the block ends."""
+def reading(
+    db_path: Path, timeout: float = 5.0, *, fresh: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``with reading(path) as con:`` a read-only connection, closed as soon as the block ends.
+
+    ``fresh``: first ask running proxies to store the calls they hold (``request_flush``).
+    """
+    if fresh and Path(db_path).exists():
+        request_flush(Path(db_path), timeout=min(1.0, timeout))
     con = open_readonly(db_path, timeout=timeout)
     try:
         yield con
@@ -240,7 +315,7 @@ class Store:
         db_path: Path,
         session_id: str,
         *,
-        flush_interval: float = 1.0,
+        flush_interval: float = FLUSH_INTERVAL,
         version: str = "",
         pricer: Callable[[CallRecord], None] = price_record,
     ) -> None:
@@ -249,7 +324,7 @@ class Store:
         self.pricer = pricer  # fills a record's price fields (policies.yaml prices, genai-prices)
         self.flush_interval = flush_interval
         self.version = version
-        self.journal_dir = self.db_path.with_name(self.db_path.name + ".journal")
+        self.journal_dir = journal_dir_of(self.db_path)
         self.journal_path = self.journal_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", session_id) + ".jsonl")
         self.start_timeout = 5.0
 
@@ -284,6 +359,8 @@ class Store:
         self._submitted = 0
         self._stored = 0
         self._replayed = 0
+        self._flush_request = self.journal_dir / FLUSH_REQUEST
+        self._served_request = 0  # mtime_ns of the last flush request answered
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -395,6 +472,8 @@ class Store:
             left = len(self._queue) + self._inflight + len(self._journaled_only)
             fd, self._fd = self._fd, None
         if fd is not None:
+            with contextlib.suppress(OSError):
+                self.journal_path.with_suffix(FLUSHED_SUFFIX).unlink()
             if left == 0:
                 with contextlib.suppress(OSError):
                     self.journal_path.unlink()
@@ -550,7 +629,8 @@ class Store:
                 log.exception("tokometer: store pricing error")
             with self._lock:
                 full = len(self._queue) >= MAX_ROWS_PER_INSERT
-            if not full and time.monotonic() < next_flush:
+            requested = self._new_flush_request()
+            if not (full or requested) and time.monotonic() < next_flush:
                 continue
             try:
                 ok = self._flush_once(ending=False)
@@ -560,9 +640,34 @@ class Store:
             if ok:
                 attempt = 0
                 next_flush = time.monotonic() + self.flush_interval
+                if requested:
+                    self._answer_flush_request(requested)
             else:
                 attempt += 1
                 next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
+
+    def _new_flush_request(self) -> int:
+        """The mtime_ns of a reader's flush request not answered yet, else 0 (one stat)."""
+        try:
+            stamp = os.stat(self._flush_request).st_mtime_ns
+        except OSError:
+            return 0
+        return stamp if stamp > self._served_request else 0
+
+    def _answer_flush_request(self, stamp: int) -> None:
+        """Tell the reader waiting in ``request_flush`` that the calls queued at ``stamp`` are stored."""
+        self._served_request = stamp
+        answer = self.journal_path.with_suffix(FLUSHED_SUFFIX)
+        temporary = answer.with_name(answer.name + ".tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, str(stamp).encode())
+            finally:
+                os.close(fd)
+            os.replace(temporary, answer)
+        except OSError as exc:
+            log.debug("tokometer: cannot answer a flush request: %s", exc)
 
     def _price_pending(self) -> None:
         """Price the calls submitted since last time and hand them to the listeners (once each)."""
@@ -645,6 +750,8 @@ class Store:
                 if not a.records:
                     with contextlib.suppress(OSError):
                         a.path.unlink()
+                    with contextlib.suppress(OSError):
+                        a.path.with_suffix(FLUSHED_SUFFIX).unlink()
                     os.close(a.fd)
                     self._adopted.remove(a)
             with self._lock:

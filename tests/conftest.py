@@ -275,9 +275,15 @@ class ProxyProcess:
         params: list[Any] | None = None,
         timeout: float = 10.0,
     ) -> list[dict[str, Any]]:
-        """Run a query on a read-only connection, retrying while the writer holds the lock."""
+        """Run a query on a read-only connection, retrying while the writer holds the lock.
+
+        First asks the proxy to store the calls it holds, as ``scripts/spend`` does.
+        """
         import duckdb
 
+        from addon.store import request_flush
+
+        request_flush(self.db_path, timeout=min(timeout, 2.0))
         deadline = time.monotonic() + timeout
         while True:
             try:

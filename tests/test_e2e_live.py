@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,11 +68,22 @@ notifications: {{desktop: false, webhook: "{url}"}}
         assert curl_openai_chat(proxy, tag(), chat_usage(1000, 1000, cached=200)).returncode == 0
         assert curl_openai_chat(proxy, tag(), chat_usage(1000, 1000), model="gpt-4o").returncode == 0
         proxy.wait_rows(2)
-        status = subprocess.run(
-            [str(ROOT / "scripts" / "spend"), "statusline", "--db", str(proxy.db_path), "--format", "json"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        line = json.loads(status.stdout)
+        # The live file the statusline reads is rewritten at most every 0.5 s.
+        deadline = time.monotonic() + 5
+        statusline = [
+            str(ROOT / "scripts" / "spend"),
+            "statusline",
+            "--db",
+            str(proxy.db_path),
+            "--format",
+            "json",
+        ]
+        while True:
+            status = subprocess.run(statusline, capture_output=True, text=True, timeout=30)
+            line = json.loads(status.stdout)
+            if line["calls"] == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert (line["status"], line["environment"], line["calls"]) == ("on", "development", 2)
         assert Decimal(line["today_usd"]) == Decimal("0.000735") + Decimal("0.00075")
         assert curl_openai_chat(proxy, tag(), chat_usage(1000, 1000)).returncode == 0  # crosses the cap

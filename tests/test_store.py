@@ -20,7 +20,7 @@ import pytest
 
 from addon.migrations import MIGRATIONS, migrate
 from addon.record import COLUMNS, CallRecord
-from addon.store import Store, StoreStats, reading
+from addon.store import FLUSH_REQUEST, FLUSHED_SUFFIX, Store, StoreStats, reading, request_flush
 from addon.usage import Usage
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -249,6 +249,59 @@ def test_reading_waits_for_the_writer(db: Path) -> None:
         release(proc)
     with pytest.raises(FileNotFoundError), reading(db.with_name("missing.duckdb")):
         pass
+
+
+def test_a_reader_asks_the_writer_to_flush_and_waits_for_it(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=3600)  # would not flush on its own for an hour
+    store.start()
+    try:
+        for i in range(3):
+            store.submit(make_record(i))
+        time.sleep(0.3)
+        assert rows(db, "SELECT count(*) FROM calls") == [(0,)]  # a plain read does not ask
+        started = time.monotonic()
+        assert request_flush(db, timeout=5.0)
+        assert time.monotonic() - started < 2.0
+        assert rows(db, "SELECT count(*) FROM calls") == [(3,)]
+        answer = store.journal_path.with_suffix(FLUSHED_SUFFIX)
+        request = store.journal_dir / FLUSH_REQUEST
+        assert int(answer.read_text()) == request.stat().st_mtime_ns
+        assert stat.S_IMODE(answer.stat().st_mode) == 0o600
+        store.submit(make_record(3))
+        with reading(db, fresh=True) as con:  # what scripts/spend does
+            assert con.execute("SELECT count(*) FROM calls").fetchone() == (4,)
+        assert store.stats.pending == 0
+    finally:
+        store.close()
+    assert not store.journal_path.with_suffix(FLUSHED_SUFFIX).exists()
+
+
+def test_a_flush_request_does_not_wait_for_dead_or_absent_writers(db: Path) -> None:
+    assert request_flush(db, timeout=5.0)  # no journal folder at all
+    dead = Store(db, "dead", flush_interval=3600)
+    dead.start()
+    dead.submit(make_record(0, "dead"))
+    journal = dead.journal_path.read_bytes()
+    dead.close()
+    dead.journal_path.write_bytes(journal)  # left by a proxy that died: nobody holds its lock
+    started = time.monotonic()
+    assert request_flush(db, timeout=5.0)
+    assert time.monotonic() - started < 0.5
+    assert not (dead.journal_dir / FLUSH_REQUEST).exists()  # nobody to ask
+
+
+def test_a_flush_request_times_out_when_the_writer_cannot_write(db: Path) -> None:
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        store.submit(make_record(0))
+        with reader_process(db) as proc:  # holds the file: the writer's flush fails
+            assert not request_flush(db, timeout=0.5)
+            release(proc)
+        assert request_flush(db, timeout=5.0)  # answered once the file is free
+        assert rows(db, "SELECT count(*) FROM calls") == [(1,)]
+    finally:
+        store.close()
 
 
 def test_crash_journal_is_replayed_exactly_once(db: Path) -> None:
