@@ -1040,6 +1040,7 @@ class PolicyFile:
         self._signature: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) last read
         self._digest: bytes | None = None  # sha256 of the content last processed
         self._present = False
+        self._missing_once = False  # the file was missing at the last check (see ``_removed``)
 
     def load(self) -> Policies:
         """Read the file now (at start); raise ``PolicyError`` when it is invalid."""
@@ -1066,6 +1067,7 @@ class PolicyFile:
             return self._removed()
         except OSError:
             return None, None
+        self._missing_once = False
         if (st.st_mtime_ns, st.st_size, st.st_ino) == self._signature:
             return None, None
         try:
@@ -1093,8 +1095,17 @@ class PolicyFile:
         return policies, None
 
     def _removed(self) -> tuple[Policies | None, str | None]:
+        """Meter only once the file is missing at two checks in a row.
+
+        An editor or tool that saves by deleting the file and writing it anew leaves it
+        missing for a moment: one check in that moment must not lift every policy.
+        """
         if not self._present:
             return None, None
+        if not self._missing_once:
+            self._missing_once = True
+            return None, None
+        self._missing_once = False
         self._present, self._signature, self._digest = False, None, None
         self.policies = Policies()
         return self.policies, f"{self.path} was removed: metering only, no policy is enforced"

@@ -502,7 +502,9 @@ def test_policy_file_reload_cycle(tmp_path: Path) -> None:
     clock.write(path, GOOD2)  # touched, same content: nothing to do
     assert watched.check() == (None, None)
 
-    path.unlink()  # deleted: meter only
+    path.unlink()  # deleted: meter only, once it is still missing at the next check
+    in_force = watched.policies
+    assert watched.check() == (None, None) and watched.policies is in_force
     gone, message = watched.check()
     assert gone == Policies() and gone.enforcing is False
     assert message == f"{path} was removed: metering only, no policy is enforced"
@@ -512,6 +514,29 @@ def test_policy_file_reload_cycle(tmp_path: Path) -> None:
     back, error = watched.check()
     assert error is None and back is not None and back.enforcing is True
     assert back.environment("development").models.allow == ("gpt-4o-mini",)
+
+
+def test_policy_file_saved_by_delete_then_write_never_lifts_the_policy(tmp_path: Path) -> None:
+    """Editors and tools that save by removing the file first: a check in between keeps the policy."""
+    path = tmp_path / "policies.yaml"
+    clock = Clock()
+    clock.write(path, GOOD)
+    watched = PolicyFile(path)
+    in_force = watched.load()
+    assert in_force.enforcing
+    path.unlink()
+    assert watched.check() == (None, None) and watched.policies is in_force
+    clock.write(path, GOOD)  # the same content back
+    assert watched.check() == (None, None) and watched.policies is in_force
+    path.unlink()
+    assert watched.check() == (None, None) and watched.policies is in_force
+    clock.write(path, GOOD2)  # an edit saved that way
+    new, error = watched.check()
+    assert error is None and new is not None and new.enforcing and watched.policies is new
+    path.unlink()  # a missing file at one check, then at the next: removed for real
+    assert watched.check() == (None, None) and watched.policies is new
+    gone, message = watched.check()
+    assert gone is not None and not gone.enforcing and message is not None and "was removed" in message
 
 
 def test_policy_file_same_size_edit_is_seen(tmp_path: Path) -> None:
