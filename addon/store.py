@@ -8,10 +8,14 @@ its owner) before it is queued; a later session replays the journals of dead ses
 ``INSERT OR IGNORE`` (the ``id`` primary key makes replay exactly-once).
 
 A flush costs about 10 ms of CPU whatever its size (attach, insert, commit, the checkpoint at
-detach), so the writer batches: every ``FLUSH_INTERVAL`` seconds, or sooner when 500 calls are
-queued. A reader that wants every finished call asks for a flush first (``request_flush``,
-which ``reading(fresh=True)`` does): it touches ``<db>.journal/flush-requested``, each live
-writer sees it within ``PRICE_INTERVAL``, flushes, and answers in ``<session_id>.flushed``.
+detach), so the writer batches: every ``FLUSH_INTERVAL`` seconds, or sooner when
+``FLUSH_AT_QUEUED`` calls are queued. A reader that wants every finished call asks for a flush
+first (``request_flush``, which ``reading(fresh=True)`` does): it appends one byte to
+``<db>.journal/flush-requested``, and the file's size after its append is its ticket. Each live
+writer looks at the size whenever it wakes (every ``PRICE_INTERVAL``), and when it grew, stores
+everything queued and writes the size it saw to ``<session_id>.flushed`` (and to the answer of
+each dead session's journal it is replaying). The reader waits until every live journal's answer
+reaches its ticket. Sizes only grow, so no clock is involved.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ log = logging.getLogger("tokometer")
 Listener = Callable[[list[CallRecord]], None]
 
 # Seconds a finished call may wait in memory (and the journal) before it is written to DuckDB,
-# unless a reader asks for it sooner (request_flush) or MAX_ROWS_PER_INSERT calls are queued.
+# unless a reader asks for it sooner (request_flush) or FLUSH_AT_QUEUED calls are queued.
 FLUSH_INTERVAL = 5.0
-FLUSH_REQUEST = "flush-requested"  # in the journal folder; its mtime is the request
-FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the last request (mtime_ns) the writer served
+FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended per request
+FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
+REQUESTED_FLUSH_TIMEOUT = 2.0  # seconds a writer keeps trying to store everything for a reader
 MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
 # Flush before FLUSH_INTERVAL when this many calls are queued: under load a flush's fixed ~10 ms
 # is shared by this many calls (~5 us each), and the queue stays bounded.
@@ -203,7 +208,7 @@ def _owner_alive(journal: Path) -> bool:
 
 
 def _served(journal: Path) -> int:
-    """The last flush request (its mtime_ns) the journal's writer has served; 0 if none."""
+    """The flush requests the journal's writer has served (the request file's size); 0 if none."""
     try:
         return int(journal.with_suffix(FLUSHED_SUFFIX).read_text() or 0)
     except (OSError, ValueError):
@@ -221,10 +226,14 @@ def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
         live = [path for path in journal_dir.glob("*.jsonl") if _owner_alive(path)]
         if not live:
             return True
-        request = journal_dir / FLUSH_REQUEST
-        os.close(os.open(request, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        os.utime(request)
-        stamp = os.stat(request).st_mtime_ns
+        fd = os.open(
+            journal_dir / FLUSH_REQUEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            os.write(fd, b".")
+            stamp = os.lseek(fd, 0, os.SEEK_CUR)  # our append's end: no later request has a smaller one
+        finally:
+            os.close(fd)
     except OSError:
         return False
     deadline = time.monotonic() + timeout
@@ -363,7 +372,7 @@ class Store:
         self._stored = 0
         self._replayed = 0
         self._flush_request = self.journal_dir / FLUSH_REQUEST
-        self._served_request = 0  # mtime_ns of the last flush request answered
+        self._served_request = 0  # the request file's size at the last flush done for readers
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -634,11 +643,14 @@ class Store:
                 log.exception("tokometer: store pricing error")
             with self._lock:
                 full = len(self._queue) >= FLUSH_AT_QUEUED
-            requested = self._new_flush_request()
+            requested = self._new_flush_request()  # before the flush takes the queue
             if not (full or requested) and time.monotonic() < next_flush:
                 continue
             try:
-                ok = self._flush_once(ending=False)
+                if requested:  # everything, in as many transactions as it takes
+                    ok = self._flush_until(time.monotonic() + REQUESTED_FLUSH_TIMEOUT, ending=False)
+                else:
+                    ok = self._flush_once(ending=False)
             except Exception:
                 log.exception("tokometer: store writer error")
                 ok = False
@@ -652,27 +664,32 @@ class Store:
                 next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
 
     def _new_flush_request(self) -> int:
-        """The mtime_ns of a reader's flush request not answered yet, else 0 (one stat)."""
+        """The request file's size when readers asked for a flush since the last one, else 0 (one stat)."""
         try:
-            stamp = os.stat(self._flush_request).st_mtime_ns
+            size = os.stat(self._flush_request).st_size
         except OSError:
             return 0
-        return stamp if stamp > self._served_request else 0
+        return size if size > self._served_request else 0
 
-    def _answer_flush_request(self, stamp: int) -> None:
-        """Tell the reader waiting in ``request_flush`` that the calls queued at ``stamp`` are stored."""
-        self._served_request = stamp
-        answer = self.journal_path.with_suffix(FLUSHED_SUFFIX)
-        temporary = answer.with_name(answer.name + ".tmp")
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    def _answer_flush_request(self, size: int) -> None:
+        """Tell the readers waiting in ``request_flush`` that what was queued at ``size`` is stored.
+
+        Also for each dead session's journal this store holds locked (replaying it): readers
+        see those as live, and a call DuckDB refuses keeps one locked for the proxy's life.
+        """
+        self._served_request = size
+        for journal in (self.journal_path, *(a.path for a in list(self._adopted))):
+            answer = journal.with_suffix(FLUSHED_SUFFIX)
+            temporary = answer.with_name(answer.name + ".tmp")
             try:
-                os.write(fd, str(stamp).encode())
-            finally:
-                os.close(fd)
-            os.replace(temporary, answer)
-        except OSError as exc:
-            log.debug("tokometer: cannot answer a flush request: %s", exc)
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, str(size).encode())
+                finally:
+                    os.close(fd)
+                os.replace(temporary, answer)
+            except OSError as exc:
+                log.debug("tokometer: cannot answer a flush request: %s", exc)
 
     def _price_pending(self) -> None:
         """Price the calls submitted since last time and hand them to the listeners (once each)."""

@@ -265,8 +265,8 @@ def test_a_reader_asks_the_writer_to_flush_and_waits_for_it(db: Path) -> None:
         assert rows(db, "SELECT count(*) FROM calls") == [(3,)]
         answer = store.journal_path.with_suffix(FLUSHED_SUFFIX)
         request = store.journal_dir / FLUSH_REQUEST
-        assert int(answer.read_text()) == request.stat().st_mtime_ns
-        assert stat.S_IMODE(answer.stat().st_mode) == 0o600
+        assert int(answer.read_text()) == request.stat().st_size == 1  # one request, one byte
+        assert stat.S_IMODE(answer.stat().st_mode) == stat.S_IMODE(request.stat().st_mode) == 0o600
         store.submit(make_record(3))
         with reading(db, fresh=True) as con:  # what scripts/spend does
             assert con.execute("SELECT count(*) FROM calls").fetchone() == (4,)
@@ -274,6 +274,44 @@ def test_a_reader_asks_the_writer_to_flush_and_waits_for_it(db: Path) -> None:
     finally:
         store.close()
     assert not store.journal_path.with_suffix(FLUSHED_SUFFIX).exists()
+
+
+def test_a_flush_request_is_answered_only_when_everything_queued_is_stored(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More calls than one transaction takes: the reader is answered after the last of them."""
+    monkeypatch.setattr("addon.store.MAX_ROWS_PER_FLUSH", 50)
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        for i in range(180):
+            store.submit(make_record(i))
+        assert request_flush(db, timeout=5.0)
+        assert rows(db, "SELECT count(*) FROM calls") == [(180,)]
+    finally:
+        store.close()
+
+
+def test_a_dead_sessions_journal_being_replayed_does_not_hold_readers(db: Path) -> None:
+    """A journal adopted from a dead session stays locked while a call in it is refused by DuckDB."""
+    dead = Store(db, "dead", flush_interval=3600)
+    dead.start()
+    dead.submit(make_record(0, "dead"))
+    refused = make_record(1, "dead")
+    refused.input_tokens = "lots"  # type: ignore[assignment]  # DuckDB rejects it, for ever
+    dead.submit(refused)
+    crash(dead)
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        store.submit(make_record(2))
+        for _ in range(3):
+            started = time.monotonic()
+            assert request_flush(db, timeout=3.0)
+            assert time.monotonic() - started < 1.0
+        assert rows(db, "SELECT id FROM calls ORDER BY id") == [("dead-0000",), ("s1-0002",)]
+    finally:
+        store.close()
 
 
 def test_a_flush_request_does_not_wait_for_dead_or_absent_writers(db: Path) -> None:
