@@ -5,7 +5,8 @@ On Linux the kernel is asked for the client's socket (its inode and owner) over 
 allowed, /proc/net/tcp(6) is read (the kernel prints every socket: ~0.4 ms and more with
 many connections). Then /proc/*/fd is scanned for the process holding that socket. Callers
 run it once per client connection, in a worker thread (see ``addon.attribution``). Where
-/proc is missing (macOS), psutil is used if it is installed.
+/proc is missing (macOS), psutil is used if it is installed. A process that opens several
+connections (an SDK's pool) is described once every ``DESCRIBED_FOR`` seconds, not per connection.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import pwd
 import socket
 import struct
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROC = Path("/proc")
+# How long a process's description (name, cwd, environment, git checkout: ~0.2 ms to read) is
+# reused for its next connections. The environment cannot change; cwd and branch may, rarely.
+DESCRIBED_FOR = 5.0
+_DESCRIBED_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +292,34 @@ def lookup_client_process(
     pid = find_pid_of_socket(inode, proc)
     if pid is None:
         return ClientProcess(user=user, problem="process not found (exited, or not visible to the proxy)")
-    return _describe(pid, user, env_names, proc)
+    started = _start_time(pid, proc)
+    if started is None:  # cannot tell this process from a later one with its pid: no reuse
+        return _describe(pid, user, env_names, proc)
+    key = (pid, started, user, env_names)
+    now = time.monotonic()
+    remembered = _described.get(key)
+    if remembered is not None and now - remembered[0] < DESCRIBED_FOR:
+        return remembered[1]
+    process = _describe(pid, user, env_names, proc)
+    if len(_described) >= _DESCRIBED_MAX:
+        _described.clear()
+    _described[key] = (now, process)
+    return process
+
+
+# (pid, start time, user, variables asked for) -> (when described, the description); any thread.
+_described: dict[tuple[int, int, str | None, frozenset[str]], tuple[float, ClientProcess]] = {}
+
+
+def _start_time(pid: int, proc: Path) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, an
+    identity no later process shares. None when unreadable."""
+    try:
+        with open(proc / str(pid) / "stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 _netlink_usable = True  # until the kernel (or a sandbox) says no

@@ -58,6 +58,51 @@ def test_real_client_process_is_found_with_its_environment(tmp_path: Path) -> No
 
 
 @linux_only
+def test_a_process_with_several_connections_is_described_once_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SDK's connection pool: the second connection reuses the description, within DESCRIBED_FOR."""
+    from addon import client_process
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    code = (
+        "import socket, sys\n"
+        f"a = socket.create_connection(('127.0.0.1', {port}))\n"
+        f"b = socket.create_connection(('127.0.0.1', {port}))\n"
+        f"c = socket.create_connection(('127.0.0.1', {port}))\n"
+        "sys.stdin.read()\n"
+    )
+    env = {**os.environ, "APP_ENV": "staging"}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdin=subprocess.PIPE)
+    described: list[int] = []
+    real_describe = client_process._describe
+
+    def counting_describe(pid: int, *args: object) -> client_process.ClientProcess:
+        described.append(pid)
+        return real_describe(pid, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client_process, "_describe", counting_describe)
+    monkeypatch.setattr(client_process, "_described", {})
+    conns = [server.accept() for _ in range(3)]
+    try:
+        first = lookup_client_process(*conns[0][1], NAMES)
+        second = lookup_client_process(*conns[1][1], NAMES)
+        assert first.pid == child.pid and first.env == {"APP_ENV": "staging"} and first.cwd == str(tmp_path)
+        assert second is first and described == [child.pid]
+        assert lookup_client_process(*conns[1][1], frozenset({"TEAM"})).env == {}  # other names asked
+        assert described == [child.pid, child.pid]
+        monkeypatch.setattr(client_process, "DESCRIBED_FOR", 0.0)  # expired: read again
+        third = lookup_client_process(*conns[2][1], NAMES)
+        assert third is not first and third == first and len(described) == 3
+    finally:
+        for conn, _ in conns:
+            conn.close()
+        child.communicate(b"")
+        server.close()
+
+
+@linux_only
 def test_exited_client_falls_back_cleanly() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     child = subprocess.run(
