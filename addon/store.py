@@ -11,11 +11,12 @@ A flush costs about 10 ms of CPU whatever its size (attach, insert, commit, the 
 detach), so the writer batches: every ``FLUSH_INTERVAL`` seconds, or sooner when
 ``FLUSH_AT_QUEUED`` calls are queued. A reader that wants every finished call asks for a flush
 first (``request_flush``, which ``reading(fresh=True)`` does): it appends one byte to
-``<db>.journal/flush-requested``, and the file's size after its append is its ticket. Each live
-writer looks at the size whenever it wakes (every ``PRICE_INTERVAL``), and when it grew, stores
-everything queued and writes the size it saw to ``<session_id>.flushed`` (and to the answer of
-each dead session's journal it is replaying). The reader waits until every live journal's answer
-reaches its ticket. Sizes only grow, so no clock is involved.
+``<db>.journal/flush-requested``, and the file's size after its append is its ticket. It then
+rings each live writer's doorbell (``<session_id>.wake``, a FIFO the writer sleeps on). The
+writer looks at the size whenever it wakes, and when it grew, stores everything queued and
+writes the size it saw to ``<session_id>.flushed`` (and to the answer of each dead session's
+journal it is replaying). The reader waits until every live journal's answer reaches its ticket.
+Sizes only grow, so no clock is involved.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import logging
 import os
 import random
 import re
+import select
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +56,7 @@ Listener = Callable[[list[CallRecord]], None]
 FLUSH_INTERVAL = 5.0
 FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended per request
 FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
+DOORBELL_SUFFIX = ".wake"  # <session>.wake: a FIFO; a byte written to it wakes that writer
 REQUESTED_FLUSH_TIMEOUT = 2.0  # seconds a writer keeps trying to store everything for a reader
 MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
 # Flush before FLUSH_INTERVAL when this many calls are queued: under load a flush's fixed ~10 ms
@@ -60,9 +64,11 @@ MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
 FLUSH_AT_QUEUED = 2_000
 MAX_ROWS_PER_FLUSH = 5_000  # rows per transaction (a burst is written in several)
 # How often the writer prices new calls and hands them to the listeners (budgets, live file, log).
-# submit() does not wake it: a wake-up per call (futex + GIL handoff) cost the event loop ~0.5 ms.
-# Budgets stay exact meanwhile: a call in flight holds a reservation until its price is counted.
-PRICE_INTERVAL = 0.1
+# submit() does not wake it: a wake-up per call (futex + GIL handoff) cost the event loop ~0.5 ms,
+# and waking every 0.1 s instead of 0.5 s cost it ~40-80 us a call at 400 calls/s
+# (scripts/bench-overhead). Budgets stay exact meanwhile: a call in flight holds a reservation
+# until its price is counted. Readers asking for a flush ring the doorbell: no wait for this.
+PRICE_INTERVAL = 0.5
 # Past this size the journal is rewritten with only the calls still queued after a flush.
 JOURNAL_COMPACT_BYTES = 1 << 20
 BUSY_LOG_AFTER = 10.0  # seconds the file may stay locked by others before we say so
@@ -207,6 +213,72 @@ def _owner_alive(journal: Path) -> bool:
     return False
 
 
+def _ring(doorbell: Path) -> None:
+    """Wake the writer sleeping on ``doorbell`` (a FIFO); nothing if there is none or nobody reads."""
+    try:
+        fd = os.open(doorbell, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing (an older proxy), or no reader (ENXIO): it sees the request later
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, b".")
+    except OSError:  # full: it is being woken anyway
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Doorbell:
+    """What the writer thread sleeps on: a pipe rung from this process, a FIFO rung by readers.
+
+    The thread wakes only when rung or when its timeout ends, and holds no GIL meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._read_end, select.POLLIN)
+        self._fifo: int | None = None
+        self.path: Path | None = None
+
+    def open_fifo(self, path: Path) -> None:
+        """Let other processes ring too (``_ring(path)``); without it they wait for the timeout."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # left by a killed process with this session id
+            os.mkfifo(path, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)  # read-write: never at EOF
+        except OSError as exc:
+            log.debug(
+                "tokometer: no doorbell %s (%s): flush requests wait for the writer's next wake", path, exc
+            )
+            return
+        self._fifo, self.path = fd, path
+        self._poll.register(fd, select.POLLIN)
+
+    def ring(self) -> None:
+        """Wake the writer (any thread of this process)."""
+        with contextlib.suppress(OSError):
+            os.write(self._write_end, b".")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until rung or ``timeout`` seconds passed; swallow the rings."""
+        for fd, _ in self._poll.poll(max(0, int(timeout * 1000))):
+            with contextlib.suppress(OSError):
+                while os.read(fd, 4096):
+                    pass
+
+    def close(self) -> None:
+        for fd in (self._read_end, self._write_end, self._fifo):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fifo = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
 def _served(journal: Path) -> int:
     """The flush requests the journal's writer has served (the request file's size); 0 if none."""
     try:
@@ -236,6 +308,8 @@ def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
             os.close(fd)
     except OSError:
         return False
+    for path in live:
+        _ring(path.with_suffix(DOORBELL_SUFFIX))
     deadline = time.monotonic() + timeout
     while True:
         live = [path for path in live if _served(path) < stamp and path.exists()]
@@ -356,7 +430,7 @@ class Store:
         self._journal_failed = False
         self._adopted: list[_Adopted] = []
         self._listeners: list[Listener] = []
-        self._wake = threading.Event()
+        self._doorbell: _Doorbell | None = None  # from start() to close()
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -389,6 +463,9 @@ class Store:
                 self.db_path,
                 "; ".join(sorted(self._problems)) or "locked by another process",
             )
+        self._doorbell = _Doorbell()
+        if self._fd is not None:  # a journal of ours: readers see us as live and may ring
+            self._doorbell.open_fifo(self.journal_path.with_suffix(DOORBELL_SUFFIX))
         self._thread = threading.Thread(target=self._run, name="tokometer-store", daemon=True)
         self._thread.start()
 
@@ -441,7 +518,7 @@ class Store:
         """Queue an event row (budget alert, policy reload) for the next flush; any thread."""
         with self._lock:
             self._events.append(event)
-        self._wake.set()
+        self._wake()
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(batch)`` with this session's calls as soon as they are priced (writer thread).
@@ -477,9 +554,12 @@ class Store:
             return
         deadline = time.monotonic() + timeout
         self._stopping = True
-        self._wake.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._doorbell is not None and not (self._thread is not None and self._thread.is_alive()):
+            self._doorbell.close()
+            self._doorbell = None
         self._flush_until(deadline, ending=True)
         with self._lock:
             self._closed = True
@@ -621,6 +701,8 @@ class Store:
             except OSError:  # owner alive (lock held) or unreadable
                 os.close(fd)
                 continue
+            with contextlib.suppress(OSError):
+                path.with_suffix(DOORBELL_SUFFIX).unlink()  # its owner is gone: nobody answers it
             records = parse_journal(data, path)
             log.info("tokometer: replaying %d call(s) from %s", len(records), path)
             self._adopted.append(_Adopted(path, fd, records))
@@ -633,8 +715,8 @@ class Store:
         attempt = 0
         next_flush = time.monotonic() + self.flush_interval
         while not self._stopping:
-            self._wake.wait(min(PRICE_INTERVAL, max(0.0, next_flush - time.monotonic())))
-            self._wake.clear()
+            assert self._doorbell is not None
+            self._doorbell.wait(min(PRICE_INTERVAL, max(0.0, next_flush - time.monotonic())))
             if self._stopping:
                 break
             try:
@@ -662,6 +744,12 @@ class Store:
             else:
                 attempt += 1
                 next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
+
+    def _wake(self) -> None:
+        """Wake the writer thread now (any thread)."""
+        doorbell = self._doorbell
+        if doorbell is not None:
+            doorbell.ring()
 
     def _new_flush_request(self) -> int:
         """The request file's size when readers asked for a flush since the last one, else 0 (one stat)."""

@@ -20,7 +20,15 @@ import pytest
 
 from addon.migrations import MIGRATIONS, migrate
 from addon.record import COLUMNS, CallRecord
-from addon.store import FLUSH_REQUEST, FLUSHED_SUFFIX, Store, StoreStats, reading, request_flush
+from addon.store import (
+    DOORBELL_SUFFIX,
+    FLUSH_REQUEST,
+    FLUSHED_SUFFIX,
+    Store,
+    StoreStats,
+    reading,
+    request_flush,
+)
 from addon.usage import Usage
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -97,9 +105,14 @@ def release(proc: subprocess.Popen[str]) -> None:
 def crash(store: Store) -> None:
     """What a killed proxy leaves: the thread gone, the journal's flock released, no close()."""
     store._stopping = True
-    store._wake.set()
+    store._wake()
     assert store._thread is not None
     store._thread.join(5)
+    doorbell, store._doorbell = store._doorbell, None  # its FIFO stays, with no reader
+    assert doorbell is not None and doorbell.path is not None and doorbell.path.exists()
+    for fd in (doorbell._read_end, doorbell._write_end, doorbell._fifo):
+        assert fd is not None
+        os.close(fd)
     assert store._fd is not None
     os.close(store._fd)
     store._fd = None
@@ -276,6 +289,23 @@ def test_a_reader_asks_the_writer_to_flush_and_waits_for_it(db: Path) -> None:
     assert not store.journal_path.with_suffix(FLUSHED_SUFFIX).exists()
 
 
+def test_a_flush_request_rings_the_writer_awake(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer sleeps between price rounds; a reader's request wakes it through its doorbell."""
+    monkeypatch.setattr("addon.store.PRICE_INTERVAL", 60.0)  # it would not look for a minute
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    doorbell = store.journal_path.with_suffix(DOORBELL_SUFFIX)
+    try:
+        time.sleep(0.2)  # the writer is asleep now
+        assert stat.S_ISFIFO(doorbell.stat().st_mode) and stat.S_IMODE(doorbell.stat().st_mode) == 0o600
+        store.submit(make_record(0))
+        assert request_flush(db, timeout=5.0)
+        assert rows(db, "SELECT count(*) FROM calls") == [(1,)]
+    finally:
+        store.close()
+    assert not doorbell.exists()
+
+
 def test_a_flush_request_is_answered_only_when_everything_queued_is_stored(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,6 +334,7 @@ def test_a_dead_sessions_journal_being_replayed_does_not_hold_readers(db: Path) 
     store = Store(db, "s1", flush_interval=3600)
     store.start()
     try:
+        assert not dead.journal_path.with_suffix(DOORBELL_SUFFIX).exists()  # nobody answers it
         store.submit(make_record(2))
         for _ in range(3):
             started = time.monotonic()
