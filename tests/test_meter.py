@@ -383,3 +383,36 @@ def test_the_startup_heap_is_frozen_once_per_process(monkeypatch: pytest.MonkeyP
     meter_module.freeze_startup_heap()
     meter_module.freeze_startup_heap()
     assert calls == ["collect", "freeze"]  # garbage first, so none is kept for good; only once
+
+
+def test_remembered_fingerprints_hold_no_key_and_match_sha256() -> None:
+    from addon import api_keys
+
+    keys = [f"sk-test-{i:04d}-abcdefghijklmnopqrstuvwxyz" for i in range(300)]  # more than it keeps
+    for key in keys + keys[-5:]:
+        assert api_keys.recent_key_fingerprint(key) == key_fingerprint(key)
+    remembered = api_keys._recent_fingerprints
+    assert 0 < len(remembered) <= 256
+    assert all(isinstance(k, int) for k in remembered)  # Python's hash of a key, never the key
+    assert not any(key in repr(remembered) for key in keys)
+
+
+async def test_the_remembered_host_follows_each_requests_host_header(meter: Meter) -> None:
+    """One connection, several Host headers (and none): each request goes by its own."""
+    client = tflow.tclient_conn()
+    seen = []
+    paths = {"api.anthropic.com": "/v1/messages"}
+    for host in ("api.openai.com", "api.anthropic.com", "api.openai.com", "example.com"):
+        path = paths.get(host, "/v1/chat/completions")
+        flow = make_flow(f"https://api.openai.com{path}", {"model": "gpt-4o-mini", "messages": []})
+        flow.client_conn = client
+        flow.request.headers["host"] = host
+        meter.requestheaders(flow)
+        state = meter.call_state(flow)
+        seen.append(state.record.provider if state is not None else None)
+    assert seen == ["openai", "anthropic", "openai", None]
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "messages": []})
+    assert "host" not in flow.request.headers  # no Host header: the request's own host
+    meter.requestheaders(flow)
+    state = meter.call_state(flow)
+    assert state is not None and state.record.host == "api.anthropic.com"
