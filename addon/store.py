@@ -297,10 +297,6 @@ def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
     try:
         live = [path for path in journal_dir.glob("*.jsonl") if _owner_alive(path)]
         if not live:
-            # Nobody to ask, so nobody holds a count of past requests: the file (a byte per
-            # request) can start again. A writer starting now begins at 0 whatever it finds.
-            with contextlib.suppress(FileNotFoundError):
-                (journal_dir / FLUSH_REQUEST).unlink()
             return True
         fd = os.open(
             journal_dir / FLUSH_REQUEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
