@@ -216,7 +216,7 @@ def _owner_alive(journal: Path) -> bool:
 def _ring(doorbell: Path) -> None:
     """Wake the writer sleeping on ``doorbell`` (a FIFO); nothing if there is none or nobody reads."""
     try:
-        fd = os.open(doorbell, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(doorbell, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY)
     except OSError:  # missing (an older proxy), or no reader (ENXIO): it sees the request later
         return
     try:
@@ -235,6 +235,8 @@ class _Doorbell:
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # ring() against close(): never write to a closed (reused) fd
+        self._closed = False
         self._read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._read_end, select.POLLIN)
@@ -257,9 +259,10 @@ class _Doorbell:
         self._poll.register(fd, select.POLLIN)
 
     def ring(self) -> None:
-        """Wake the writer (any thread of this process)."""
-        with contextlib.suppress(OSError):
-            os.write(self._write_end, b".")
+        """Wake the writer (any thread of this process); nothing once closed."""
+        with self._lock, contextlib.suppress(OSError):
+            if not self._closed:
+                os.write(self._write_end, b".")
 
     def wait(self, timeout: float) -> None:
         """Sleep until rung or ``timeout`` seconds passed; swallow the rings."""
@@ -269,6 +272,11 @@ class _Doorbell:
                     pass
 
     def close(self) -> None:
+        """Close the pipe and the FIFO and remove the FIFO (once; the writer no longer waits on it)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         for fd in (self._read_end, self._write_end, self._fifo):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -431,6 +439,7 @@ class Store:
         self._adopted: list[_Adopted] = []
         self._listeners: list[Listener] = []
         self._doorbell: _Doorbell | None = None  # from start() to close()
+        self._closing = False  # close() has begun
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -553,13 +562,13 @@ class Store:
                     log.warning("tokometer: store closed before start: %d call(s) dropped", len(self._queue))
             return
         deadline = time.monotonic() + timeout
+        self._closing = True  # the writer thread closes the doorbell as it ends, if it outlives join
         self._stopping = True
         self._wake()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._doorbell is not None and not (self._thread is not None and self._thread.is_alive()):
-            self._doorbell.close()
-            self._doorbell = None
+        if not (self._thread is not None and self._thread.is_alive()):
+            self._close_doorbell()
         self._flush_until(deadline, ending=True)
         with self._lock:
             self._closed = True
@@ -712,11 +721,19 @@ class Store:
     # -- writer -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        doorbell = self._doorbell
+        assert doorbell is not None
+        try:
+            self._write_until_stopped(doorbell)
+        finally:
+            if self._closing:  # close() gave up waiting for this thread: the doorbell is ours to close
+                self._close_doorbell()
+
+    def _write_until_stopped(self, doorbell: _Doorbell) -> None:
         attempt = 0
         next_flush = time.monotonic() + self.flush_interval
         while not self._stopping:
-            assert self._doorbell is not None
-            self._doorbell.wait(min(PRICE_INTERVAL, max(0.0, next_flush - time.monotonic())))
+            doorbell.wait(min(PRICE_INTERVAL, max(0.0, next_flush - time.monotonic())))
             if self._stopping:
                 break
             try:
@@ -744,6 +761,13 @@ class Store:
             else:
                 attempt += 1
                 next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
+
+    def _close_doorbell(self) -> None:
+        """Close the doorbell once, from close() or from the writer thread as it ends."""
+        with self._lock:
+            doorbell, self._doorbell = self._doorbell, None
+        if doorbell is not None:
+            doorbell.close()
 
     def _wake(self) -> None:
         """Wake the writer thread now (any thread)."""

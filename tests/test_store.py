@@ -306,6 +306,31 @@ def test_a_flush_request_rings_the_writer_awake(db: Path, monkeypatch: pytest.Mo
     assert not doorbell.exists()
 
 
+def test_a_close_that_times_out_still_closes_the_doorbell_when_the_writer_ends(db: Path) -> None:
+    """close() gives up on a busy writer; the writer closes its pipe and FIFO as it ends."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def slow_listener(batch: list[CallRecord]) -> None:
+        time.sleep(1.5)
+
+    before = open_fds()
+    store = Store(db, "slow", flush_interval=3600)
+    store.add_listener(slow_listener)
+    store.start()
+    doorbell = store.journal_path.with_suffix(DOORBELL_SUFFIX)
+    store.submit(make_record(0, "slow"))
+    store._wake()  # the writer goes into the slow listener now
+    time.sleep(0.2)
+    store.close(timeout=0.3)
+    assert store._thread is not None
+    store._thread.join(10)
+    assert not store._thread.is_alive()
+    assert not doorbell.exists()
+    assert open_fds() == before
+
+
 def test_a_flush_request_is_answered_only_when_everything_queued_is_stored(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
