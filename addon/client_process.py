@@ -25,7 +25,8 @@ from pathlib import Path
 
 PROC = Path("/proc")
 # How long a process's description (name, cwd, environment, git checkout: ~0.2 ms to read) is
-# reused for its next connections. The environment cannot change; cwd and branch may, rarely.
+# reused for its next connections. An exec is a new description (see _identity); a chdir or a
+# git checkout within these seconds is not seen.
 DESCRIBED_FOR = 5.0
 _DESCRIBED_MAX = 256
 
@@ -292,10 +293,10 @@ def lookup_client_process(
     pid = find_pid_of_socket(inode, proc)
     if pid is None:
         return ClientProcess(user=user, problem="process not found (exited, or not visible to the proxy)")
-    started = _start_time(pid, proc)
-    if started is None:  # cannot tell this process from a later one with its pid: no reuse
+    identity = _identity(pid, proc)
+    if identity is None:  # cannot tell this program from a later one with its pid: no reuse
         return _describe(pid, user, env_names, proc)
-    key = (pid, started, user, env_names)
+    key = (pid, identity, user, env_names)
     now = time.monotonic()
     remembered = _described.get(key)
     if remembered is not None and now - remembered[0] < DESCRIBED_FOR:
@@ -307,17 +308,23 @@ def lookup_client_process(
     return process
 
 
-# (pid, start time, user, variables asked for) -> (when described, the description); any thread.
-_described: dict[tuple[int, int, str | None, frozenset[str]], tuple[float, ClientProcess]] = {}
+# (pid, its identity, user, variables asked for) -> (when described, the description); any thread.
+_described: dict[
+    tuple[int, tuple[int, int, bytes], str | None, frozenset[str]], tuple[float, ClientProcess]
+] = {}
 
 
-def _start_time(pid: int, proc: Path) -> int | None:
-    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, an
-    identity no later process shares. None when unreadable."""
+def _identity(pid: int, proc: Path) -> tuple[int, int, bytes] | None:
+    """What tells this program from any other with the pid, from /proc/PID/stat: its start time
+    (field 22: a later process with the pid starts later), the address of its environment (field
+    50) and its name (field 2), both new after an ``exec``, which keeps pid and start time. None
+    when unreadable."""
     try:
         with open(proc / str(pid) / "stat", "rb") as f:
             stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+        end = stat.rindex(b")")
+        fields = stat[end + 2 :].split()
+        return int(fields[19]), int(fields[47]), stat[stat.index(b"(") + 1 : end]
     except (OSError, ValueError, IndexError):
         return None
 

@@ -103,6 +103,41 @@ def test_a_process_with_several_connections_is_described_once_for_a_while(
 
 
 @linux_only
+def test_a_process_that_execs_another_program_is_described_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exec keeps the pid and the start time, not the program, its name or its environment."""
+    from addon import client_process
+
+    monkeypatch.setattr(client_process, "_described", {})
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    second = f"import socket, sys; s = socket.create_connection(('127.0.0.1', {port})); sys.stdin.read()"
+    first = (
+        "import os, socket, sys\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+        "sys.stdin.readline()\n"
+        "env = {**os.environ, 'APP_ENV': 'prod'}\n"
+        f"os.execve(sys.executable, [sys.executable, '-c', {second!r}], env)\n"
+    )
+    env = {**os.environ, "APP_ENV": "dev"}
+    child = subprocess.Popen([sys.executable, "-c", first], env=env, stdin=subprocess.PIPE)
+    try:
+        conn_a, addr_a = server.accept()
+        before = lookup_client_process(*addr_a, NAMES)
+        assert before.pid == child.pid and before.env == {"APP_ENV": "dev"}
+        assert child.stdin is not None
+        child.stdin.write(b"exec\n")
+        child.stdin.flush()
+        conn_b, addr_b = server.accept()
+        after = lookup_client_process(*addr_b, NAMES)
+        assert after.pid == child.pid and after.env == {"APP_ENV": "prod"}
+        conn_a.close()
+        conn_b.close()
+    finally:
+        child.communicate(b"")
+        server.close()
+
+
+@linux_only
 def test_exited_client_falls_back_cleanly() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     child = subprocess.run(
