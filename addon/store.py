@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import re
-import select
+import selectors
 import socket
 import stat
 import threading
@@ -237,9 +237,11 @@ class _Doorbell:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # ring() against close(): never write to a closed (reused) fd
         self._closed = False
-        self._read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poll = select.poll()
-        self._poll.register(self._read_end, select.POLLIN)
+        self._read_end, self._write_end = os.pipe()  # not inherited; pipe2 is Linux only
+        os.set_blocking(self._read_end, False)
+        os.set_blocking(self._write_end, False)
+        self._selector = selectors.DefaultSelector()  # epoll here, kqueue on macOS
+        self._selector.register(self._read_end, selectors.EVENT_READ)
         self._fifo: int | None = None
         self.path: Path | None = None
 
@@ -255,8 +257,13 @@ class _Doorbell:
                 "tokometer: no doorbell %s (%s): flush requests wait for the writer's next wake", path, exc
             )
             return
+        try:
+            self._selector.register(fd, selectors.EVENT_READ)
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            log.debug("tokometer: no doorbell %s (%s)", path, exc)
+            return
         self._fifo, self.path = fd, path
-        self._poll.register(fd, select.POLLIN)
 
     def ring(self) -> None:
         """Wake the writer (any thread of this process); nothing once closed."""
@@ -266,9 +273,9 @@ class _Doorbell:
 
     def wait(self, timeout: float) -> None:
         """Sleep until rung or ``timeout`` seconds passed; swallow the rings."""
-        for fd, _ in self._poll.poll(max(0, int(timeout * 1000))):
+        for key, _ in self._selector.select(max(0.0, timeout)):
             with contextlib.suppress(OSError):
-                while os.read(fd, 4096):
+                while os.read(key.fd, 4096):
                     pass
 
     def close(self) -> None:
@@ -277,6 +284,7 @@ class _Doorbell:
             if self._closed:
                 return
             self._closed = True
+        self._selector.close()
         for fd in (self._read_end, self._write_end, self._fifo):
             if fd is not None:
                 with contextlib.suppress(OSError):

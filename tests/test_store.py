@@ -110,6 +110,7 @@ def crash(store: Store) -> None:
     store._thread.join(5)
     doorbell, store._doorbell = store._doorbell, None  # its FIFO stays, with no reader
     assert doorbell is not None and doorbell.path is not None and doorbell.path.exists()
+    doorbell._selector.close()
     for fd in (doorbell._read_end, doorbell._write_end, doorbell._fifo):
         assert fd is not None
         os.close(fd)
