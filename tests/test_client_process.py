@@ -21,6 +21,14 @@ NAMES = frozenset({"APP_ENV", "TEAM", "FEATURE"})
 linux_only = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 
 
+def connecting_client(port: int, connections: int = 1, **popen: object) -> subprocess.Popen[bytes]:
+    """A Python child that opens ``connections`` to 127.0.0.1:``port`` and holds them until stdin ends."""
+    code = "import socket, sys\n"
+    code += f"held = [socket.create_connection(('127.0.0.1', {port})) for _ in range({connections})]\n"
+    code += "sys.stdin.read()\n"
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+
+
 def test_proc_hex_addresses() -> None:
     assert _proc_hex_address("127.0.0.1", 8080) == ("tcp", "0100007F:1F90")
     assert _proc_hex_address("::1", 443) == ("tcp6", "00000000000000000000000001000000:01BB")
@@ -34,13 +42,8 @@ def test_real_client_process_is_found_with_its_environment(tmp_path: Path) -> No
     (repo / ".git" / "HEAD").write_text("ref: refs/heads/feature/cheaper-models\n")
     (repo / "src").mkdir()
     server = socket.create_server(("127.0.0.1", 0))
-    code = (
-        "import socket, sys, time\n"
-        f"s = socket.create_connection(('127.0.0.1', {server.getsockname()[1]}))\n"
-        "sys.stdin.read()\n"
-    )
     env = {**os.environ, "APP_ENV": "staging", "TEAM": "checkout", "SECRET": "not-read"}
-    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=repo / "src", stdin=subprocess.PIPE)
+    child = connecting_client(server.getsockname()[1], env=env, cwd=repo / "src")
     try:
         conn, (ip, port) = server.accept()
         found = lookup_client_process(ip, port, NAMES)
@@ -65,16 +68,8 @@ def test_a_process_with_several_connections_is_described_once_for_a_while(
     from addon import client_process
 
     server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    code = (
-        "import socket, sys\n"
-        f"a = socket.create_connection(('127.0.0.1', {port}))\n"
-        f"b = socket.create_connection(('127.0.0.1', {port}))\n"
-        f"c = socket.create_connection(('127.0.0.1', {port}))\n"
-        "sys.stdin.read()\n"
-    )
     env = {**os.environ, "APP_ENV": "staging"}
-    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdin=subprocess.PIPE)
+    child = connecting_client(server.getsockname()[1], 3, env=env, cwd=tmp_path)
     described: list[int] = []
     real_describe = client_process._describe
 
@@ -236,14 +231,7 @@ def test_a_process_seen_before_is_checked_first_and_found_again() -> None:
     import addon.client_process as cp
 
     server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    code = (
-        "import socket, sys\n"
-        f"a = socket.create_connection(('127.0.0.1', {port}))\n"
-        f"b = socket.create_connection(('127.0.0.1', {port}))\n"
-        "sys.stdin.read()\n"
-    )
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    child = connecting_client(server.getsockname()[1], 2)
     try:
         first, (ip1, port1) = server.accept()
         second, (ip2, port2) = server.accept()
@@ -340,8 +328,7 @@ def test_with_the_servers_address_the_socket_is_asked_of_the_kernel_not_read_fro
 
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    code = f"import socket, sys\ns = socket.create_connection(('127.0.0.1', {port}))\nsys.stdin.read()\n"
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    child = connecting_client(port)
     try:
         conn, (ip, client_port) = server.accept()
         here = conn.getsockname()
