@@ -25,17 +25,29 @@ class _Decoder(Protocol):
     def flush(self) -> bytes: ...
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 class _Gzip:
-    """gzip, several members allowed; trailing NUL padding ignored."""
+    """gzip, several members allowed, with NUL padding between them (as ``gzip.decompress``).
+
+    Bytes after a member that cannot start another (a stray CRLF) end the body, as HTTP
+    clients such as urllib3 read it: ignored, not an error.
+    """
 
     def __init__(self) -> None:
         self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._ended = False
 
     def decode(self, data: bytes) -> bytes:
         out = b""
-        while data:
+        while data and not self._ended:
             if self._obj.eof:
-                if not data.strip(b"\x00"):
+                data = data.lstrip(b"\x00")
+                if not data:
+                    break
+                if not _GZIP_MAGIC.startswith(data[:2]):
+                    self._ended = True
                     break
                 self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
             out += self._obj.decompress(data)

@@ -288,3 +288,23 @@ def test_garbage_stream_does_not_raise() -> None:
     result, raw = run(garbage[i : i + 3] for i in range(0, len(garbage), 3))
     assert raw == garbage
     assert result == Metered(None, None, "no usage in stream (2 event(s) not JSON)")
+
+
+def test_a_message_stop_without_its_event_line_ends_the_stream() -> None:
+    """Gateways that drop ``event:`` lines: the unnamed ``message_stop`` is still the final event."""
+    parser = StreamParser()
+    body = (
+        b'data: {"type":"message_start","message":{"model":"claude-haiku-4-5",'
+        b'"usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
+        b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}\n\n'
+    )
+    for event in SSEDecoder().feed(body):
+        parser.feed(event)
+    assert not parser.done
+    parser.feed(
+        SSEEvent(None, b'{"type": "content_block_delta", "delta": {"text": "\\"message_stop\\""}}', b"")
+    )
+    assert not parser.done  # the words in a text are not the event
+    parser.feed(SSEEvent(None, b'{"type":"message_stop"}', b""))
+    assert parser.done
+    assert parser.result().usage == Usage(input_tokens=10, output_tokens=5)

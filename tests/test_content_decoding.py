@@ -141,6 +141,21 @@ def test_gzip_with_several_members_and_zero_padding() -> None:
     assert run("gzip", (encoded[i : i + 1] for i in range(len(encoded)))) == b"first second"
 
 
+def test_gzip_zero_padding_between_members_at_any_split() -> None:
+    """Padding and the next member in one chunk, or split anywhere: read as gzip.decompress does."""
+    encoded = gzip.compress(BODY[:300]) + b"\x00\x00" + gzip.compress(BODY[300:]) + b"\x00"
+    assert gzip.decompress(encoded) == BODY
+    for cut in range(len(encoded) + 1):
+        assert run("gzip", [encoded[:cut], encoded[cut:]]) == BODY, cut
+
+
+def test_bytes_after_a_gzip_member_that_start_no_other_are_ignored() -> None:
+    """A stray CRLF after the last member ends the body (as urllib3 reads it), not the metering."""
+    encoded = gzip.compress(b"done") + b"\r\n"
+    assert run("gzip", [encoded]) == b"done"
+    assert run("gzip", (encoded[i : i + 1] for i in range(len(encoded)))) == b"done"
+
+
 def test_zstd_with_several_frames() -> None:
     encoded = zstd.compress(b"first ") + zstd.compress(b"second")
     assert run("zstd", [encoded]) == b"first second"

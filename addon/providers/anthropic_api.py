@@ -121,7 +121,7 @@ class StreamParser:
         if name == "content_block_delta" or (name is None and b'"content_block_delta"' in data[:64]):
             self._text.add(data)
             return
-        if name == "message_stop":
+        if name == "message_stop" or (name is None and b'"message_stop"' in data[:64] and _is_stop(data)):
             self._done = True
             return
         if name not in _PARSED and not (b'"usage"' in data or b'"error"' in data):
@@ -156,6 +156,12 @@ class StreamParser:
             )
         text = self._text.text() if usage is None else None
         return Metered(usage=usage, model=self._model, error=error, output_text=text)
+
+
+def _is_stop(data: bytes) -> bool:
+    """An event without an ``event:`` line (some gateways drop it) that is ``message_stop``."""
+    obj = loads(data)
+    return isinstance(obj, dict) and obj.get("type") == "message_stop"
 
 
 def _delta_texts(data: bytes) -> list[str]:
