@@ -426,18 +426,32 @@ class BudgetTracker:
         return None
 
     def settle(self, call_id: str) -> None:
-        """Release a finished call's reservation (its real cost is then ``record``-ed)."""
+        """Release the reservation of a call that was not sent after all (see also ``finish``)."""
         with self._lock:
-            found = self._reservations.pop(call_id, None)
-            if found is None:
-                return
-            scopes, amount = found
-            for scope in scopes:
-                left = self._reserved.get(scope, _ZERO) - amount
-                if left > 0:
-                    self._reserved[scope] = left
-                else:
-                    self._reserved.pop(scope, None)
+            self._settle(call_id)
+
+    def _settle(self, call_id: str) -> None:
+        """Release ``call_id``'s reservation (lock held)."""
+        found = self._reservations.pop(call_id, None)
+        if found is None:
+            return
+        scopes, amount = found
+        for scope in scopes:
+            left = self._reserved.get(scope, _ZERO) - amount
+            if left > 0:
+                self._reserved[scope] = left
+            else:
+                self._reserved.pop(scope, None)
+
+    def finish(
+        self, call_id: str, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime
+    ) -> list[BudgetAlert]:
+        """A call is priced: its reservation gives way to its cost in one step (``record``'s alerts).
+
+        One step, because a ``check`` in between would see the call neither reserved nor spent,
+        and let through calls the cap has no room for.
+        """
+        return self._record(scopes, cost, ts, settling=call_id)
 
     def reserved(self) -> dict[Scope, Decimal]:
         """What calls in flight hold, per scope."""
@@ -446,6 +460,11 @@ class BudgetTracker:
 
     def record(self, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime) -> list[BudgetAlert]:
         """Add a call's cost (None counts 0) at ``ts``; return the alerts it newly crossed."""
+        return self._record(scopes, cost, ts)
+
+    def _record(
+        self, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime, settling: str | None = None
+    ) -> list[BudgetAlert]:
         ts = _utc(ts)
         amount = _as_decimal(cost)
         day = ts.date()
@@ -457,6 +476,8 @@ class BudgetTracker:
             self._period_starts = (day, starts)
         alerts: list[BudgetAlert] = []
         with self._lock:
+            if settling is not None:
+                self._settle(settling)
             for scope in scopes:
                 for period, start in starts.items():
                     key = (scope, period)

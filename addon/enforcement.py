@@ -33,6 +33,7 @@ class Decision:
     notice: str | None = None  # for the X-Tokometer-Notice response header
     refusal: http.Response | None = None  # the answer when the call is refused
     message: str | None = None  # why it was refused (also on the row)
+    counted: tuple[tuple[str, ...], float] | None = None  # rate-limit scopes it was counted in, and when
 
 
 class Enforcer:
@@ -105,6 +106,8 @@ class Enforcer:
             return decision
         limits = limits_for(self.policies, environment, key_name, user_name)
         wait = self.rates.check_and_record_many(limits, now)
+        if wait is None and limits:
+            decision.counted = (tuple(key for key, _ in limits), now)
         if wait is not None:
             if call_id is not None:
                 self.budgets.settle(call_id)  # refused after all: nothing in flight
@@ -139,7 +142,16 @@ class Enforcer:
         """Count finished calls against their budgets (the store's writer thread calls this)."""
         alerts: list[BudgetAlert] = []
         for record in records:
-            self.budgets.settle(record.id)
             scopes = scopes_for(record.environment, record.key_name, record.user_name)
-            alerts.extend(self.budgets.record(scopes, record.cost_usd, record.ts))
+            alerts.extend(self.budgets.finish(record.id, scopes, record.cost_usd, record.ts))
         return alerts
+
+    def withdraw(self, decision: Decision, call_id: str | None) -> None:
+        """Take back what ``decide`` counted for a call the proxy then refuses itself (its model
+        cannot be read or rewritten): the budget reservation and the rate-limit hits."""
+        if call_id is not None:
+            self.budgets.settle(call_id)
+        if decision.counted is not None:
+            keys, when = decision.counted
+            self.rates.forget(keys, when)
+            decision.counted = None

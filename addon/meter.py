@@ -103,6 +103,7 @@ class CallState:
     process: asyncio.Future[ClientProcess] | None = None
     errors: list[str] = field(default_factory=list)
     request_body: dict[str, Any] | None = None
+    request_size: int = 0  # bytes of the request body, decoded (its budget reservation's input)
     injected_usage: bool = False
     notice: str | None = None  # X-Tokometer-Notice for the client (a downgrade)
     refusal: str | None = None  # why the proxy answered the call itself
@@ -198,6 +199,15 @@ def _with_usage_requested(raw: bytes) -> bytes | None:
     head = raw[: end - 1].rstrip(b" \t\r\n")
     comma = b"" if head.endswith(b"{") else b","  # ``{}``: the only object whose head ends in {
     return head + comma + _INCLUDE_USAGE + raw[end - 1 :]
+
+
+_STREAM_TYPES = ("text/event-stream", "application/vnd.amazon.eventstream", "application/x-ndjson")
+
+
+def _is_stream(response: http.Response) -> bool:
+    """A response whose body is a stream of events by its content type."""
+    content_type = response.headers.get("content-type", "").lower()
+    return content_type.startswith(_STREAM_TYPES)
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:
@@ -402,6 +412,12 @@ class Meter:
             def load(con: duckdb.DuckDBPyConnection) -> None:
                 self.enforcer.budgets.load(con)
                 live.load_baseline(today_baseline(con, now), now.date())
+                # A crashed session's calls the start could not store yet (another process held
+                # the file): stored later by the writer, they count against budgets now.
+                unstored = store.unstored_replay()
+                for record in unstored:
+                    self._price(record)
+                self.enforcer.record_spend(unstored)
 
             store.read(load)
         except Exception as exc:  # budgets then count from this session on
@@ -482,6 +498,9 @@ class Meter:
             self._pretty_hosts[key] = host
         return host
 
+    def _is_provider_host(self, request: http.Request) -> bool:
+        return self.registry.for_host(self._pretty_host(request), request.port) is not None
+
     @staticmethod
     def _api_key(provider: Provider, headers: http.Headers, query: str) -> str | None:
         """The caller's API key (or, for signed requests, its stable key id)."""
@@ -560,10 +579,10 @@ class Meter:
             user_name=record.user_name,
             model=record.model_requested,
             call_id=record.id,
-            estimate=self._cost_estimate(record.provider, len(flow.request.raw_content or b""), body),
+            estimate=self._cost_estimate(record.provider, state.request_size, body),
         )
         if decision.refusal is None and record.model_requested is None:
-            decision = self._unknown_model(record) or decision
+            decision = self._unknown_model(record, decision) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_path, new_body = flow.request.path, body
         if downgrade:
@@ -575,7 +594,7 @@ class Meter:
                     )
                 new_path, new_body = provider.with_model(flow.request.path, body, downgrade)
             except ValueError as exc:
-                self.enforcer.budgets.settle(record.id)
+                self.enforcer.withdraw(decision, record.id)
                 decision = self.enforcer.refuse_model(
                     record.provider, record.environment, record.model_requested or "?", str(exc)
                 )
@@ -611,12 +630,12 @@ class Meter:
             record.model_sent, state.notice = downgrade, decision.notice
         state.injected_usage = inject
 
-    def _unknown_model(self, record: CallRecord) -> Decision | None:
+    def _unknown_model(self, record: CallRecord, decision: Decision) -> Decision | None:
         """Fail closed: a call whose model cannot be read is refused where models are restricted."""
         rules = self.policies.environment(record.environment).models
         if not self.policies.enforcing or "*" in rules.allow:
             return None
-        self.enforcer.budgets.settle(record.id)
+        self.enforcer.withdraw(decision, record.id)
         return self.enforcer.refuse_model(
             record.provider,
             record.environment,
@@ -639,8 +658,10 @@ class Meter:
     @staticmethod
     async def _request_json(flow: http.HTTPFlow, state: CallState) -> dict[str, Any] | None:
         """The request's JSON object, or None (with the reason on the row)."""
+        state.request_size = len(flow.request.raw_content or b"")  # if it cannot be decoded
         try:
             content = flow.request.get_content()
+            state.request_size = len(content or b"")  # decoded: a gzip body's prompt is its cost
             body = await _off_loop_if_large(json.loads, content or b"")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             state.errors.append(f"request body is not JSON ({type(exc).__name__})")
@@ -654,13 +675,21 @@ class Meter:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = self._calls.get(flow)
         response = flow.response
-        if state is None or response is None:
+        if response is None:
+            return
+        if state is None:
+            # Not metered (another path, a GET), yet intercepted because the host is a provider's:
+            # a stream must still pass on as it comes, which mitmproxy does not do by default.
+            if _is_stream(response) and self._is_provider_host(flow.request):
+                response.stream = True
             return
         if state.notice:
             response.headers[NOTICE_HEADER] = state.notice
         content_type = response.headers.get("content-type", "")
         framing = state.provider.stream_framing(flow.request.path, content_type)
         if framing is None or response.status_code >= 400:
+            if _is_stream(response):
+                response.stream = True  # not metered as a stream (an error, say): never held back
             return  # a whole body (JSON): buffered by mitmproxy, parsed in `response`
         encoding = response.headers.get("content-encoding")
         try:
@@ -688,6 +717,8 @@ class Meter:
         response = flow.response
         metered: Metered
         if state.tap is not None:
+            if not state.tap.finished:  # an empty body: mitmproxy never called the tap
+                state.tap(b"")
             metered = state.tap.result()
         elif response is not None and response.status_code < 400:
             try:
@@ -801,6 +832,12 @@ class Meter:
     def _submit(self, record: CallRecord) -> None:
         if self.store is None:
             log.error("tokometer: no store; call %s not recorded", record.id)
+            try:  # its spend still counts: budgets would otherwise hold its reservation for ever
+                self._price(record)
+                self._on_finished([record])
+            except Exception:
+                self.enforcer.budgets.settle(record.id)
+                log.exception("tokometer: could not count call %s against its budgets", record.id)
             return
         self.store.submit(record)  # after close() this goes to a journal for the next start
 

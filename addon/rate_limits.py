@@ -6,6 +6,7 @@ made exactly 60 s ago no longer counts. Only allowed requests are counted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import deque
@@ -111,6 +112,15 @@ class RateLimiter:
             for key, _ in limits:
                 self._hits.setdefault(key, deque()).append(now)
             return None
+
+    def forget(self, keys: Sequence[str], when: float) -> None:
+        """Take back one request counted at ``when`` in each of ``keys`` (it was refused after all)."""
+        with self._lock:
+            for key in keys:
+                hits = self._hits.get(key)
+                if hits is not None:
+                    with contextlib.suppress(ValueError):  # gone already: out of the window
+                        hits.remove(when)
 
     def _sweep(self, now: float) -> None:
         """Forget scopes whose newest request left the window (at most once per SWEEP_EVERY_S)."""

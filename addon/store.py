@@ -912,6 +912,14 @@ class Store:
                 self._recovered()
         return True
 
+    def unstored_replay(self) -> list[CallRecord]:
+        """Calls replayed from dead sessions' journals that are not in the database yet.
+
+        Only from inside a ``read`` query, where no flush can run: the database and this list
+        then hold each call exactly once. Nothing reports these calls to the listeners.
+        """
+        return [record for adopted in self._adopted for record in adopted.records]
+
     def read[T](self, query: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 5.0) -> T:
         """Run ``query`` on the database from this process, between two flushes (any thread).
 

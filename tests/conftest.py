@@ -323,6 +323,16 @@ class ProxyProcess:
 # ---------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(autouse=True)
+def process_umask_kept() -> Iterator[None]:
+    """A test that runs the addon's ``running`` in this process narrows its umask, as the proxy
+    does for itself (0o077): every later test's files and child processes would inherit that."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
+
+
 @pytest.fixture(scope="session")
 def fake_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
     """The fake OpenAI + Anthropic HTTPS API on 127.0.0.1."""

@@ -9,6 +9,7 @@ from decimal import Decimal
 from addon.budgets import scopes_for
 from addon.enforcement import Enforcer
 from addon.policies import Policies, parse_policies
+from addon.record import CallRecord
 
 POLICIES = parse_policies(
     """
@@ -84,3 +85,54 @@ def test_rate_limits_per_key_and_environment() -> None:
 def test_nothing_enforced_without_a_policy_file() -> None:
     e = Enforcer(Policies())
     assert [decide(e, "o3", key_name="ci", user_name=None).action for _ in range(5)] == ["allowed"] * 5
+
+
+def test_a_finished_call_goes_from_reserved_to_spent_in_one_step() -> None:
+    """The writer thread settles a call and records its cost; a decision on the event loop in
+    between must not see the call neither reserved nor spent (and admit one call too many)."""
+    e = Enforcer(parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n"))
+    admitted: list[str] = []
+
+    def start(call_id: str) -> None:
+        d = decide(e, key_name=None, user_name=None, call_id=call_id, estimate=lambda _m: Decimal("0.3"))
+        if d.refusal is None:
+            admitted.append(call_id)
+
+    for i in range(5):
+        start(f"c{i}")
+    assert admitted == ["c0", "c1", "c2", "c3"]  # 0.9 reserved: a fourth fits under $1, a fifth not
+    lock = e.budgets._lock
+    seen: list[Decimal] = []
+
+    class Watching:  # the tracker's lock, checking what a decision would see each time it is taken
+        def __enter__(self) -> None:
+            lock.acquire()
+            spent = e.budgets._spent.get((scopes_for("development")[0], "day"), (None, Decimal(0)))[1]
+            seen.append(spent + sum(e.budgets._reserved.values(), Decimal(0)))
+
+        def __exit__(self, *exc: object) -> None:
+            lock.release()
+
+    e.budgets._lock = Watching()  # type: ignore[assignment]
+    record = CallRecord(
+        id="c0", ts=datetime.fromtimestamp(NOW, UTC), session_id="s", environment="development",
+        provider="openai", host="api.openai.com", path="/v1/chat/completions", api_flavor="chat",
+        cost_usd=Decimal("0.3"),
+    )  # fmt: skip
+    e.record_spend([record])
+    e.budgets._lock = lock
+    assert seen and min(seen) >= Decimal("1.2")  # 0.3 spent + 0.9 reserved, at every look
+    start("c99")
+    assert "c99" not in admitted
+
+
+def test_withdraw_gives_back_the_reservation_and_the_rate_limit_hit() -> None:
+    e = Enforcer(POLICIES)
+    d = decide(e, key_name=None, user_name=None, call_id="a", estimate=lambda _m: Decimal("0.2"))
+    assert d.refusal is None and d.counted is not None and e.budgets.reserved()
+    e.withdraw(d, "a")
+    assert e.budgets.reserved() == {} and d.counted is None
+    e.withdraw(d, "a")  # twice: nothing more to give back
+    for i in range(3):  # the environment's 3 a minute are all there again
+        assert decide(e, key_name=None, user_name=None, call_id=f"b{i}").refusal is None
+    assert decide(e, key_name=None, user_name=None, call_id="b3").action == "rate_limited"

@@ -7,6 +7,8 @@ import gc
 import gzip
 import json
 import weakref
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,16 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
 from addon.api_keys import key_fingerprint
+from addon.budgets import Scope
 from addon.interception import Interception
 from addon.meter import Meter, _with_usage_requested
+from addon.policies import parse_policies
 from addon.record import CallRecord
 from addon.token_estimate import estimate_input
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPENAI_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123"
+CHAT_URL = "https://api.openai.com/v1/chat/completions"
 
 
 class CollectingStore:
@@ -416,3 +421,157 @@ async def test_the_remembered_host_follows_each_requests_host_header(meter: Mete
     meter.requestheaders(flow)
     state = meter.call_state(flow)
     assert state is not None and state.record.host == "api.anthropic.com"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        (
+            "POST",
+            "https://api.openai.com/v1/completions",
+            {"model": "gpt-3.5-turbo-instruct", "stream": True},
+        ),
+        ("GET", "https://api.openai.com/v1/responses/resp_1?stream=true", b""),
+    ],
+)
+async def test_a_stream_on_a_provider_host_that_is_not_metered_still_passes_as_it_comes(
+    meter: Meter, method: str, url: str, body: bytes | dict
+) -> None:
+    """The host is intercepted because it is a provider's; mitmproxy would hold the body whole."""
+    flow = make_flow(url, body, method=method)
+    await run_request(meter, flow)
+    assert meter.call_state(flow) is None
+    stream_response(flow, meter)
+    assert flow.response.stream is True
+    flow = make_flow(url, body, method=method)
+    await run_request(meter, flow)
+    flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    assert flow.response.stream is False  # a whole body stays buffered, as mitmproxy does it
+
+
+async def test_a_metered_stream_answered_with_an_error_status_is_not_held_back(meter: Meter) -> None:
+    flow = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "stream": True, "messages": []})
+    await run_request(meter, flow)
+    flow.response = http.Response.make(503, b"", {"content-type": "text/event-stream"})
+    flow.response.stream = False
+    meter.responseheaders(flow)
+    assert flow.response.stream is True
+    await meter.response(flow)
+    [record] = meter.store.records  # type: ignore[union-attr]
+    assert (record.status_code, record.error) == (503, "upstream answered 503")
+
+
+async def test_a_stream_with_an_empty_body_was_not_aborted(meter: Meter) -> None:
+    """Upstream ends the response with its headers (Content-Length: 0, HTTP/2 END_STREAM):
+    mitmproxy never calls the stream callable, only the response hook."""
+    flow = make_flow(
+        "https://api.anthropic.com/v1/messages",
+        {"model": "claude-haiku-4-5", "stream": True, "max_tokens": 5, "messages": []},
+        headers={"x-api-key": "sk-ant-test-0123456789abcdefghij"},
+    )
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    await meter.response(flow)
+    await asyncio.gather(*meter._estimates)
+    [record] = meter.store.records  # type: ignore[union-attr]
+    assert (record.streamed, record.aborted, record.status_code) == (True, False, 200)
+
+
+async def test_a_gzip_stream_padded_between_members_is_metered_and_forwarded_decoded(meter: Meter) -> None:
+    flow = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "stream": True, "messages": []})
+    await run_request(meter, flow)
+    stream_response(flow, meter, {"content-encoding": "gzip"})
+    assert "content-encoding" not in flow.response.headers  # injected usage: forwarded decoded
+    upstream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    wire = gzip.compress(upstream[:300]) + b"\x00\x00" + gzip.compress(upstream[300:])
+    out = feed(flow, wire, 10_000)
+    await meter.response(flow)
+    [record] = meter.store.records  # type: ignore[union-attr]
+    assert record.usage_source == "reported" and record.error is None
+    assert out.startswith(b"data: ") and b"[DONE]" in out
+
+
+HAIKU, SONNET = "anthropic.claude-3-haiku-20240307-v1:0", "anthropic.claude-3-5-sonnet-20240620-v1:0"
+LIMITED = f"""
+environments:
+  development:
+    models:
+      allow: [gpt-4o-mini, {HAIKU}]
+      downgrade: {{gpt-4o: gpt-4o-mini, {SONNET}: {HAIKU}}}
+    rate_limit: {{requests_per_minute: 1}}
+"""
+BEDROCK_SIGNATURE = "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEKEY000001/20261128/us-east-1/bedrock/aws4_request"
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "headers"),
+    [
+        (CHAT_URL, {"messages": []}, {}),  # no model: refused where models are restricted
+        (  # a downgrade the proxy cannot make: SigV4 signs the body
+            f"https://bedrock-runtime.us-east-1.amazonaws.com/model/{SONNET}/converse",
+            {"messages": []},
+            {"authorization": BEDROCK_SIGNATURE},
+        ),
+    ],
+)
+async def test_a_call_the_proxy_refuses_after_deciding_takes_no_rate_limit_slot(
+    meter: Meter, url: str, body: dict, headers: dict
+) -> None:
+    meter._apply(parse_policies(LIMITED))
+    refused = make_flow(url, body, headers=headers)
+    await run_request(meter, refused)
+    assert refused.response is not None and refused.response.status_code == 403
+    allowed = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "messages": []})
+    await run_request(meter, allowed)
+    assert allowed.response is None  # the minute's one call: the refused one never went upstream
+    again = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "messages": []})
+    await run_request(meter, again)
+    assert again.response is not None and again.response.status_code == 429
+
+
+async def test_a_gzip_request_reserves_on_its_decoded_size(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 100, period: day}\n"))
+    body = {"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": "hello " * 50000}]}
+    plain = make_flow(CHAT_URL, body)
+    await run_request(meter, plain)
+    dev = Scope("environment", "development")
+    one = meter.enforcer.budgets.reserved()[dev]
+    raw = json.dumps(body).encode()
+    zipped = make_flow(CHAT_URL, raw, headers={"content-encoding": "gzip"})
+    zipped.request.raw_content = gzip.compress(raw)
+    await run_request(meter, zipped)
+    assert zipped.response is None
+    assert meter.enforcer.budgets.reserved()[dev] == 2 * one  # the same prompt, the same estimate
+
+
+async def test_calls_finished_without_a_store_release_their_reservations(tmp_path: Path) -> None:
+    """tokometer_db switched at run time to a path that cannot be created: no store; the calls
+    still pass, and what they reserved must not stay reserved for the proxy's life."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        policies = tmp_path / "policies.yaml"
+        policies.write_text("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+        tctx.configure(addon, tokometer_db=str(tmp_path / "a.duckdb"), tokometer_policies=str(policies))
+        addon.running()
+        try:
+            blocked = tmp_path / "a-file"
+            blocked.write_text("")
+            tctx.configure(addon, tokometer_db=str(blocked / "spend.duckdb"))  # logged by mitmproxy
+            assert addon.store is None
+            for usage in (None, {"prompt_tokens": 1000, "completion_tokens": 100}):
+                flow = make_flow(CHAT_URL, {"model": "gpt-4o", "max_tokens": 20000, "messages": []})
+                flow.request.timestamp_start = datetime.now(UTC).timestamp()  # today's budget
+                await run_request(addon, flow)
+                assert flow.response is None and addon.enforcer.budgets.reserved()
+                answer = {"model": "gpt-4o", "choices": []} | ({"usage": usage} if usage else {})
+                flow.response = http.Response.make(
+                    200, json.dumps(answer), {"content-type": "application/json"}
+                )
+                await addon.response(flow)
+                await asyncio.gather(*addon._estimates)
+                assert addon.enforcer.budgets.reserved() == {}
+            [budget] = addon.enforcer.budgets.status(datetime.now(UTC))
+            assert budget["spent"] >= Decimal("0.0035")  # 1,000 in + 100 out of gpt-4o
+        finally:
+            addon.done()

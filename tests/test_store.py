@@ -26,6 +26,7 @@ from addon.store import (
     FLUSHED_SUFFIX,
     Store,
     StoreStats,
+    journal_dir_of,
     reading,
     request_flush,
 )
@@ -899,3 +900,49 @@ def test_a_journal_line_with_a_lone_surrogate_is_replayed(db: Path) -> None:
     store.start()
     store.close()
     assert rows(db, "SELECT id, model_sent FROM calls") == [("dead-0001", "\\udc80x")]
+
+
+async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_start_cannot_store_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At start the proxy replays a dead session's journal, then loads the budgets' spend from the
+    database. With another process reading the file, the replay waits for the writer thread;
+    the budgets count those calls at once all the same, and once only when they land."""
+    from mitmproxy.test import taddons
+
+    import addon.meter
+    from addon.budgets import Scope
+    from addon.meter import Meter
+
+    class QuickStore(Store):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.start_timeout = 0.3
+
+    monkeypatch.setattr(addon.meter, "Store", QuickStore)
+    db = tmp_path / "spend.duckdb"
+    first = Store(db, "first")
+    first.start()
+    first.close()
+    crashed = make_record(0, "crashed", ts=datetime.now(UTC), environment="development")
+    crashed.set_usage(Usage(input_tokens=1_000_000))  # gpt-4o: $2.50
+    journal_dir_of(db).mkdir(exist_ok=True)
+    (journal_dir_of(db) / "crashed.jsonl").write_text(crashed.to_json() + "\n")  # killed before a flush
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+    meter = Meter()
+    with taddons.context(meter) as tctx:
+        with reader_process(db):
+            tctx.configure(meter, tokometer_db=str(db), tokometer_policies=str(policies))
+            meter.running()
+            assert rows(db, "SELECT count(*) FROM calls") == [(0,)]  # not stored: the reader holds the file
+            [budget] = meter.enforcer.budgets.status(datetime.now(UTC))
+            assert (budget["scope"], budget["spent"]) == (Scope("environment", "development"), Decimal("2.5"))
+        try:
+            assert meter.store is not None
+            assert request_flush(db, timeout=5.0)  # as scripts/spend asks: the writer stores it now
+            assert rows(db, "SELECT count(*) FROM calls WHERE session_id = 'crashed'") == [(1,)]
+            [budget] = meter.enforcer.budgets.status(datetime.now(UTC))
+            assert budget["spent"] == Decimal("2.5")  # stored now, and still counted once
+        finally:
+            meter.done()
