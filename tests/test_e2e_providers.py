@@ -38,7 +38,12 @@ def gproxy(tmp_path: Path, fake_provider: FakeProvider, gemini: FakeGemini):
     started: list[ProxyProcess] = []
 
     def start(policies: str = "default_environment: development\n") -> ProxyProcess:
-        remap = ("--map-remote", rf"|//generativelanguage\.googleapis\.com/|//127.0.0.1:{gemini.port}/")
+        remap = (  # Gemini's OpenAI compatibility to the OpenAI fake, the rest to the Gemini one
+            "--map-remote",
+            rf"|//generativelanguage\.googleapis\.com/v1beta/openai/|//127.0.0.1:{fake_provider.port}/v1/",
+            "--map-remote",
+            rf"|//generativelanguage\.googleapis\.com/|//127.0.0.1:{gemini.port}/",
+        )
         p = ProxyProcess(
             tmp_path / f"p{len(started)}", fake_provider.port, extra_args=remap, policies=policies
         )
@@ -61,6 +66,56 @@ def gemini_client(proxy: ProxyProcess, *args: str) -> list[dict]:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def test_the_openai_sdk_pointed_at_anthropic_or_gemini_is_metered(
+    gproxy, fake_provider: FakeProvider
+) -> None:
+    """Their OpenAI compatibility (base_url .../v1/ and .../v1beta/openai/): OpenAI-shaped calls on
+    their hosts, priced as their models. Anthropic documents stream_options, so a stream that did
+    not ask for usage gets it added (and hidden); Gemini's is left as the client sent it."""
+    proxy = gproxy()
+    label = tag()
+    for base, model in (
+        ("https://api.anthropic.com/v1/", "claude-haiku-4-5"),
+        ("https://generativelanguage.googleapis.com/v1beta/openai/", "gemini-2.5-flash"),
+    ):
+        for stream in ((), ("--stream",)):
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    str(CLIENTS / "openai_client.py"),
+                    "chat",
+                    "--model",
+                    model,
+                    *stream,
+                    "--header",
+                    f"X-Test-Tag={label}",
+                ],
+                env=proxy.client_env() | {"OPENAI_BASE_URL": base},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+            events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+            if stream:  # what the client asked for: no usage chunk
+                assert all(e["data"].get("usage") is None for e in events if e["event"] == "chunk")
+    sent = fake_provider.requests_for(label)
+    assert [r.path for r in sent] == ["/v1/chat/completions"] * 4
+    assert [r.json.get("stream_options") for r in sent] == [None, {"include_usage": True}, None, None]
+    rows = proxy.wait_rows(4)  # the last one's tokens are counted offline first
+    assert [(r["provider"], r["host"], r["api_flavor"], r["streamed"], r["usage_source"]) for r in rows] == [
+        ("anthropic", "api.anthropic.com", "chat", False, "reported"),
+        ("anthropic", "api.anthropic.com", "chat", True, "reported"),
+        ("google", "generativelanguage.googleapis.com", "chat", False, "reported"),
+        ("google", "generativelanguage.googleapis.com", "chat", True, "estimated"),
+    ]
+    # 100 in, 20 out: claude-haiku-4-5 at $1 / $5 per 1M, gemini-2.5-flash at $0.30 / $2.50
+    haiku, flash = Decimal("0.0002"), Decimal("0.00008")
+    assert [r["cost_usd"] for r in rows[:3]] == [haiku, haiku, flash]
+    assert rows[2]["path"] == "/v1beta/openai/chat/completions" and rows[3]["price_status"] == "priced"
+    assert [r["model_requested"] for r in rows] == ["claude-haiku-4-5"] * 2 + ["gemini-2.5-flash"] * 2
 
 
 def test_gemini_sdk_plain_and_streamed(gproxy, gemini: FakeGemini) -> None:

@@ -175,3 +175,44 @@ async def test_unreadable_model_fails_closed_where_models_are_restricted(tmp_pat
         await meter.request(flow)
         assert flow.response is not None and flow.response.status_code == 403
         assert "could not be read" in flow.response.text
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "flavor"),
+    [
+        ("api.anthropic.com", "/v1/messages", "messages"),
+        ("api.anthropic.com", "/v1/chat/completions", "chat"),  # its OpenAI SDK compatibility
+        ("api.anthropic.com", "/v1/embeddings", None),  # not served there
+        ("api.anthropic.com", "/v1/messages/count_tokens", None),
+        ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent", "generate"),
+        ("generativelanguage.googleapis.com", "/v1beta/openai/chat/completions", "chat"),
+        ("generativelanguage.googleapis.com", "/v1beta/openai/embeddings", "embeddings"),
+        ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:countTokens", None),
+        ("generativelanguage.googleapis.com", "/v1beta/openai/models", None),
+    ],
+)
+def test_openai_shaped_paths_on_anthropic_and_gemini_hosts(host: str, path: str, flavor: str | None) -> None:
+    provider = Registry().for_host(host)
+    assert provider is not None and provider.flavor_for_path(path) == flavor
+
+
+def test_an_openai_shaped_call_on_the_gemini_host_reads_and_rewrites_its_body() -> None:
+    google = Registry().by_name("google")
+    assert google is not None and google.with_model is not None
+    path, body = "/v1beta/openai/chat/completions", {"model": "gemini-2.5-pro", "messages": []}
+    assert google.request_model(path, body) == "gemini-2.5-pro"
+    assert google.with_model(path, body, "gemini-2.5-flash") == (
+        path,
+        {"model": "gemini-2.5-flash", "messages": []},
+    )
+    native = "/v1beta/models/gemini-2.5-pro:generateContent"
+    assert google.request_model(native, {"model": "ignored"}) == "gemini-2.5-pro"
+    assert (
+        google.with_model(native, {}, "gemini-2.5-flash")[0]
+        == "/v1beta/models/gemini-2.5-flash:generateContent"
+    )
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+    chat = json.dumps({"model": "gemini-2.5-pro", "choices": [], "usage": usage}).encode()
+    assert google.parse_response("chat", chat, {}).usage == Usage(input_tokens=100, output_tokens=20)
+    assert google.stream_framing(path, "text/event-stream") == "sse"
+    assert google.stream_parser("chat").__class__.__module__ == "addon.providers.openai_api"

@@ -138,6 +138,72 @@ def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
     )
 
 
+# --- OpenAI-shaped paths on another family's host ----------------------------------------------
+
+# The OpenAI request and response shapes another family's host also serves, for the OpenAI SDK
+# pointed at it (Anthropic's /v1/chat/completions, Gemini's /v1beta/openai/...). The flavor names
+# differ from every native one ("messages", "generate", "stream"), so the flavor picks the parser.
+OPENAI_SHAPED = frozenset({"chat", "embeddings"})
+
+
+def _serving_openai_too(
+    native: Provider, is_openai_path: Callable[[str], bool], flavors: frozenset[str], **kw: Any
+) -> Provider:
+    """``native``, with ``is_openai_path`` paths metered as OpenAI's ``flavors``."""
+
+    def flavor_for_path(path: str) -> str | None:
+        if not is_openai_path(path):
+            return native.flavor_for_path(path)
+        flavor = openai_api.flavor_for_path(path)
+        return flavor if flavor in flavors else None
+
+    def parse_response(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
+        if flavor in OPENAI_SHAPED:
+            return openai_api.parse_response(flavor, body)
+        return native.parse_response(flavor, body, headers)
+
+    def stream_parser(flavor: str) -> StreamParser:
+        return openai_api.StreamParser(flavor) if flavor in OPENAI_SHAPED else native.stream_parser(flavor)
+
+    def stream_framing(path: str, content_type: str) -> str | None:
+        return (_sse_only if is_openai_path(path) else native.stream_framing)(path, content_type)
+
+    def request_model(path: str, body: dict[str, Any] | None) -> str | None:
+        return (_body_model if is_openai_path(path) else native.request_model)(path, body)
+
+    native_with_model = native.with_model
+
+    def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
+        if is_openai_path(path):
+            return _with_body_model(path, body, model)
+        if native_with_model is None:
+            raise ValueError(f"{native.name} requests cannot be rewritten")
+        return native_with_model(path, body, model)
+
+    return replace(
+        native,
+        flavor_for_path=flavor_for_path,
+        parse_response=parse_response,
+        stream_parser=stream_parser,
+        stream_framing=stream_framing,
+        request_model=request_model,
+        with_model=with_model,
+        is_usage_only_chunk=openai_api.is_usage_only_chunk,
+        **kw,
+    )
+
+
+def _gemini_openai_path(path: str) -> bool:
+    """Gemini's OpenAI compatibility (``/v1beta/openai/chat/completions``, ``.../embeddings``):
+    any path that names no ``models/{model}:method``."""
+    return not gemini_api.names_a_model(path)
+
+
+def _anthropic_openai_path(path: str) -> bool:
+    """Anthropic's OpenAI SDK compatibility: ``/v1/chat/completions`` beside ``/v1/messages``."""
+    return anthropic_api.flavor_for_path(path) is None
+
+
 # --- Azure OpenAI: the deployment in the path stands for a model -------------------------------
 
 _AZURE_DEPLOYMENT = re.compile(r"^(?P<prefix>/openai/deployments/)(?P<name>[^/?#]+)(?P<rest>.*)$")
@@ -180,25 +246,34 @@ BUILTIN: tuple[Provider, ...] = (
         "api.openai.com",
         usage_opt_in_flavors=frozenset({"chat"}),
     ),
-    Provider(
-        name="anthropic",
-        hosts=("api.anthropic.com",),
-        flavor_for_path=anthropic_api.flavor_for_path,
-        parse_response=_ignore_headers(anthropic_api.parse_response),
-        stream_parser=anthropic_api.StreamParser,
-        key_headers=("x-api-key", "authorization"),
+    _serving_openai_too(
+        Provider(
+            name="anthropic",
+            hosts=("api.anthropic.com",),
+            flavor_for_path=anthropic_api.flavor_for_path,
+            parse_response=_ignore_headers(anthropic_api.parse_response),
+            stream_parser=anthropic_api.StreamParser,
+            key_headers=("x-api-key", "authorization"),
+        ),
+        _anthropic_openai_path,
+        frozenset({"chat"}),
+        usage_opt_in_flavors=frozenset({"chat"}),  # its docs: stream_options fully supported
     ),
-    Provider(
-        name="google",
-        hosts=("generativelanguage.googleapis.com",),
-        flavor_for_path=gemini_api.flavor_for_path,
-        parse_response=_ignore_headers(gemini_api.parse_response),
-        stream_parser=gemini_api.StreamParser,
-        stream_framing=_gemini_framing,
-        request_model=gemini_api.request_model,
-        with_model=gemini_api.with_model,
-        key_headers=("x-goog-api-key", "authorization"),
-        key_query=("key",),
+    _serving_openai_too(
+        Provider(
+            name="google",
+            hosts=("generativelanguage.googleapis.com",),
+            flavor_for_path=gemini_api.flavor_for_path,
+            parse_response=_ignore_headers(gemini_api.parse_response),
+            stream_parser=gemini_api.StreamParser,
+            stream_framing=_gemini_framing,
+            request_model=gemini_api.request_model,
+            with_model=gemini_api.with_model,
+            key_headers=("x-goog-api-key", "authorization"),
+            key_query=("key",),
+        ),
+        _gemini_openai_path,
+        OPENAI_SHAPED,
     ),
     Provider(
         name="aws",

@@ -63,6 +63,11 @@ def _match(path: str) -> re.Match[str] | None:
     return _PATH.search(_split(path)[0].rstrip("/"))
 
 
+def names_a_model(path: str) -> bool:
+    """Whether ``path`` is a native ``models/{model}:method`` (or ``tunedModels/...``) call."""
+    return _match(path) is not None
+
+
 def flavor_for_path(path: str) -> str | None:
     """``"generate"`` / ``"stream"`` for ``models/{m}:generateContent`` / ``:streamGenerateContent``.
 
