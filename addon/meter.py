@@ -43,7 +43,7 @@ from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
 from addon.pricing import Pricer
-from addon.providers import Provider, Registry, custom_provider
+from addon.providers import Provider, Registry, registry_for
 from addon.record import CallRecord
 from addon.store import Store
 from addon.stream_tap import StreamTap
@@ -363,12 +363,7 @@ class Meter:
         """Put policies in force: rules, provider hosts, Azure deployments and prices."""
         self.enforcer.set_policies(policies)
         self.notifier.set_settings(policies.notifications)
-        registry = Registry(
-            custom=tuple(
-                custom_provider(p.name, p.host, p.port, p.api, p.pricing_provider) for p in policies.providers
-            ),
-            azure_deployments=policies.azure_deployments,
-        )
+        registry = registry_for(policies)
         self.registry = registry
         self.pricer = Pricer(policies.prices, price_provider=registry.price_provider)
         if self.on_providers_changed is not None:
@@ -805,6 +800,7 @@ class Meter:
             record.streamed = False if response is not None and not aborted else record.streamed
             record.aborted = aborted
         record.model_reported = metered.model
+        record.service_tier = metered.service_tier
         record.set_usage(metered.usage)
         if metered.provider_cost is not None and metered.usage is not None:
             # The provider said what it charged (OpenRouter): that beats any price list.

@@ -112,6 +112,17 @@ def m003_events(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m004_priced_apart(con: duckdb.DuckDBPyConnection) -> None:
+    """What is priced apart from tokens: one-hour cache writes, web searches, the service tier."""
+    for column, sql_type in (
+        ("cache_write_1h_tokens", "BIGINT"),
+        ("web_searches", "BIGINT"),
+        ("service_tier", "VARCHAR"),
+    ):
+        con.execute(f"ALTER TABLE calls ADD COLUMN {column} {sql_type}")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -14,7 +14,7 @@ from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices
 
-from addon.policies import PriceOverride
+from addon.policies import Policies, PriceOverride
 from addon.record import CallRecord
 from addon.usage import Usage
 
@@ -148,14 +148,23 @@ def _model_ref(model: str) -> str:
     return model.removeprefix("models/")
 
 
+# Service tiers priced as the model's own prices (no variant): the linear shortcut applies.
+_BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
+
+
 def price(
     provider: str,
     model: str | None,
     usage: Usage | None,
     when: datetime,
     status_code: int | None = None,
+    service_tier: str | None = None,
 ) -> Price:
-    """Price one call; never raises. An unknown model is never priced 0."""
+    """Price one call; never raises. An unknown model is never priced 0.
+
+    One-hour cache writes, web searches and a service tier other than the default (OpenAI's
+    flex and priority) are priced by genai-prices itself, not by the linear shortcut.
+    """
     try:
         if usage is None:
             if status_code is not None and status_code >= 400:
@@ -166,7 +175,8 @@ def price(
         ref = _model_ref(model)
         snapshot = id(get_snapshot())
         linear_key = (snapshot, provider, ref)
-        known = _linear.get(linear_key)
+        plain = service_tier in _BASE_TIERS and not (usage.cache_write_1h_tokens or usage.web_searches)
+        known = _linear.get(linear_key) if plain else None
         if known is not None:
             cost = known.cost(usage)
             if cost is not None:
@@ -174,20 +184,31 @@ def price(
         miss_key = (snapshot, provider.lower(), ref.lower())
         if miss_key in _misses:
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
-        gp_usage = GPUsage(
-            input_tokens=usage.input_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            output_tokens=usage.output_tokens,
-        )
+        counts = {
+            "input_tokens": usage.input_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        if usage.cache_write_1h_tokens:
+            counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+        if usage.web_searches:
+            counts["web_searches"] = usage.web_searches
+        context = None if service_tier in _BASE_TIERS else {"service_tier": service_tier}
         try:
-            calc = calc_price(gp_usage, ref, provider_id=provider, genai_request_timestamp=_utc(when))
+            calc = calc_price(
+                GPUsage(**counts),
+                ref,
+                provider_id=provider,
+                genai_request_timestamp=_utc(when),
+                price_context=context,  # type: ignore[arg-type]
+            )
         except LookupError:
             if len(_misses) >= _MAX_MISSES:
                 _misses.clear()
             _misses.add(miss_key)
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
-        if linear_key not in _linear:
+        if plain and linear_key not in _linear:
             if len(_linear) >= _MAX_LINEAR:
                 _linear.clear()
             try:
@@ -210,6 +231,7 @@ def price_record(record: CallRecord) -> None:
         record.usage,
         record.ts,
         record.status_code,
+        record.service_tier,
     )
     record.cost_usd = p.cost_usd
     record.price_status = p.status
@@ -291,24 +313,47 @@ class Pricer:
                 return override
         return None
 
+    @classmethod
+    def for_policies(cls, policies: Policies) -> Pricer:
+        """The pricer the proxy uses under ``policies``: its ``prices:``, its providers' price ids."""
+        from addon.providers import registry_for
+
+        return cls(policies.prices, price_provider=registry_for(policies).price_provider)
+
     def __call__(self, record: CallRecord) -> None:
         if record.price_status is not None:
             return
-        model = record.model_reported or record.model_sent
-        usage = record.usage
-        if usage is not None:
-            for candidate in dict.fromkeys(m for m in (model, record.model_sent) if m):
-                override = self.override_for(record.provider, candidate)
-                if override is not None:
-                    record.cost_usd = override_cost(override, usage)
-                    record.price_status, record.price_source = PRICED, OVERRIDE_SOURCE
-                    record.price_model = candidate
-                    return
-        provider, to_name = (record.provider, None)
-        if self._price_provider is not None:
-            provider, to_name = self._price_provider(record.provider)
-        if model and to_name is not None:
-            model = to_name(model)
-        p = price(provider, model, usage, record.ts, record.status_code)
+        p = self.price_usage(
+            record.provider,
+            (record.model_reported or record.model_sent, record.model_sent),
+            record.usage,
+            record.ts,
+            record.status_code,
+            record.service_tier,
+        )
         record.cost_usd, record.price_status = p.cost_usd, p.status
         record.price_source, record.price_model = p.source, p.model
+
+    def price_usage(
+        self,
+        provider: str,
+        models: Sequence[str | None],
+        usage: Usage | None,
+        when: datetime,
+        status_code: int | None = None,
+        service_tier: str | None = None,
+    ) -> Price:
+        """A call's price: a ``prices:`` entry matching one of ``models`` (in order), else
+        genai-prices for the first, under the provider's price id and model name."""
+        if usage is not None:
+            for candidate in dict.fromkeys(m for m in models if m):
+                override = self.override_for(provider, candidate)
+                if override is not None:
+                    return Price(override_cost(override, usage), PRICED, OVERRIDE_SOURCE, candidate)
+        model = models[0] if models else None
+        price_id, to_name = (provider, None)
+        if self._price_provider is not None:
+            price_id, to_name = self._price_provider(provider)
+        if model and to_name is not None:
+            model = to_name(model)
+        return price(price_id, model, usage, when, status_code, service_tier)

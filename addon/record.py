@@ -61,6 +61,10 @@ class CallRecord:
     repo: str | None = None
     git_branch: str | None = None
     key_name: str | None = None  # the policies.yaml `keys:` entry the API key matched
+    # priced apart (migration m004): a subset of cache_write_tokens, searches, the service tier
+    cache_write_1h_tokens: int | None = None
+    web_searches: int | None = None
+    service_tier: str | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""
@@ -71,6 +75,8 @@ class CallRecord:
         self.cache_write_tokens = usage.cache_write_tokens
         self.output_tokens = usage.output_tokens
         self.reasoning_tokens = usage.reasoning_tokens
+        self.cache_write_1h_tokens = usage.cache_write_1h_tokens or None
+        self.web_searches = usage.web_searches or None
         self.usage_source = source
 
     @property
@@ -84,6 +90,8 @@ class CallRecord:
             cache_write_tokens=self.cache_write_tokens or 0,
             output_tokens=self.output_tokens or 0,
             reasoning_tokens=self.reasoning_tokens or 0,
+            cache_write_1h_tokens=self.cache_write_1h_tokens or 0,
+            web_searches=self.web_searches or 0,
         )
 
     def make_storable(self) -> None:

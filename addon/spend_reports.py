@@ -30,6 +30,7 @@ import duckdb
 
 if TYPE_CHECKING:
     from addon.policies import Budget, Policies
+    from addon.pricing import Pricer
 
 SCHEMA = 1
 REFUSED_ACTIONS = ("blocked", "over_budget", "rate_limited")
@@ -541,12 +542,11 @@ def _trend(points: Sequence[tuple[int, float]]) -> dict[str, Any]:
 # -- models (premium use outside production) -----------------------------------------------------
 
 
-def output_usd_per_mtok(provider: str, model: str, when: datetime) -> Decimal | None:
-    """The price of one million output tokens of ``model`` (None when genai-prices lacks it)."""
-    from addon.pricing import price
+def output_usd_per_mtok(pricer: Pricer, provider: str, model: str, when: datetime) -> Decimal | None:
+    """The price of one million output tokens of ``model``, as the proxy prices it (None: unknown)."""
     from addon.usage import Usage
 
-    return price(provider, model, Usage(output_tokens=1_000_000), when).cost_usd
+    return pricer.price_usage(provider, (model,), Usage(output_tokens=1_000_000), when).cost_usd
 
 
 def models_report(
@@ -581,6 +581,9 @@ def models_report(
         FROM c GROUP BY ALL
         ORDER BY week DESC, environment, user_name NULLS LAST, cost_usd DESC NULLS LAST, calls DESC, model
     """
+    from addon.pricing import Pricer
+
+    pricer = Pricer.for_policies(policies)
     prices: dict[tuple[str, str], Decimal | None] = {}
     flagged_users: dict[str | None, list[Any]] = {}
     flagged_calls = 0
@@ -593,7 +596,7 @@ def models_report(
             if not policies.environment(env or policies.default_environment).models.is_allowed(model):
                 reasons.append("not_allowed")
             if (provider, model) not in prices:
-                prices[provider, model] = output_usd_per_mtok(provider, model, now)
+                prices[provider, model] = output_usd_per_mtok(pricer, provider, model, now)
             out_price = prices[provider, model]
             if (
                 premium_usd_per_mtok is not None
@@ -642,14 +645,16 @@ def models_report(
 # -- savings (what-if with the downgrade targets) ------------------------------------------------
 
 
-def _reprice(provider: str, model: str, calls: int, sums: Sequence[int], when: datetime) -> Decimal | None:
-    """The price of ``calls`` calls that total ``sums`` (input, cache read, cache write, output).
+def _reprice(
+    pricer: Pricer, provider: str, model: str, calls: int, sums: Sequence[int], when: datetime
+) -> Decimal | None:
+    """The price of ``calls`` calls that total ``sums`` (input, cache read, cache write, output),
+    as the proxy would price them (policies.yaml ``prices:`` first, the provider's price id).
 
     Priced as ``calls`` calls of the average size, so a per-call tier (>200k input) applies as
     it would to the average call, plus the tokens left over by the integer average at that
     call's marginal price per token of each bucket: exact for flat prices.
     """
-    from addon.pricing import price
     from addon.usage import Usage
 
     read, write = sums[1], sums[2]
@@ -664,7 +669,7 @@ def _reprice(provider: str, model: str, calls: int, sums: Sequence[int], when: d
             cache_write_tokens=b[2],
             output_tokens=b[3],
         )
-        return price(provider, model, usage, when).cost_usd
+        return pricer.price_usage(provider, (model,), usage, when).cost_usd
 
     typical = cost(base)
     if typical is None:
@@ -733,6 +738,9 @@ def savings_report(
         FROM c WHERE {_HAS_USAGE_SQL}
         GROUP BY ALL ORDER BY environment, provider, model, month, large
     """
+    from addon.pricing import Pricer
+
+    pricer = Pricer.for_policies(policies)
     envs: dict[str | None, _Saving] = {}
     total = _Saving()
     for row in _rows(con.execute(sql, params)):
@@ -751,7 +759,7 @@ def savings_report(
             else:
                 sums = [row[k] for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")]
                 repriced = _reprice(
-                    provider, target, row["calls"], [*sums, row["output_tokens"]], row["first_ts"]
+                    pricer, provider, target, row["calls"], [*sums, row["output_tokens"]], row["first_ts"]
                 )
                 if repriced is None:
                     unpriced, priced_calls, cost, whatif = row["calls"], 0, Decimal(0), Decimal(0)

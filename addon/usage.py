@@ -13,7 +13,9 @@ class Usage:
     ``input_tokens`` is ALL input: uncached, cache reads and cache writes.
     ``output_tokens`` is all billed output, reasoning included.
     Each bucket is priced exactly once: cached tokens are a subset of input,
-    reasoning tokens a subset of output.
+    reasoning tokens a subset of output. ``cache_write_1h_tokens`` are the cache
+    writes kept for an hour (Anthropic), a subset of ``cache_write_tokens`` priced
+    higher; ``web_searches`` counts server-side web searches, priced per search.
     """
 
     input_tokens: int = 0
@@ -21,6 +23,8 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_searches: int = 0
 
 
 @dataclass(slots=True)
@@ -32,6 +36,8 @@ class Metered:
     error: str | None = None
     # A cost the provider itself reported for the call (OpenRouter's usage.cost), in USD.
     provider_cost: Decimal | None = None
+    # The service tier the provider says served the call (OpenAI's "flex", "priority"...): its price.
+    service_tier: str | None = field(default=None, compare=False)
     # The completion text seen, kept in memory only (never stored), for an offline token
     # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
     output_text: str | None = field(default=None, compare=False)

@@ -308,3 +308,42 @@ def test_a_message_stop_without_its_event_line_ends_the_stream() -> None:
     parser.feed(SSEEvent(None, b'{"type":"message_stop"}', b""))
     assert parser.done
     assert parser.result().usage == Usage(input_tokens=10, output_tokens=5)
+
+
+def test_one_hour_cache_writes_and_web_searches_are_read_from_bodies_and_streams() -> None:
+    usage = {
+        "input_tokens": 100,
+        "cache_creation_input_tokens": 12_000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2_000, "ephemeral_1h_input_tokens": 10_000},
+        "output_tokens": 50,
+        "server_tool_use": {"web_search_requests": 3},
+    }
+    expected = Usage(
+        input_tokens=12_100,
+        cache_write_tokens=12_000,
+        output_tokens=50,
+        cache_write_1h_tokens=10_000,
+        web_searches=3,
+    )
+    body = json.dumps({"model": "claude-sonnet-4-5", "usage": usage}).encode()
+    assert parse_response("messages", body).usage == expected
+    parser = StreamParser()
+    start = {k: v for k, v in usage.items() if k != "server_tool_use"} | {"output_tokens": 1}
+    events = (
+        b"event: message_start\ndata: "
+        + json.dumps(
+            {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": start}}
+        ).encode()
+        + b"\n\nevent: message_delta\ndata: "
+        + json.dumps(
+            {
+                "type": "message_delta",
+                "usage": {"output_tokens": 50, "server_tool_use": {"web_search_requests": 3}},
+            }
+        ).encode()
+        + b"\n\n"
+    )
+    for event in SSEDecoder().feed(events):
+        parser.feed(event)
+    assert parser.result().usage == expected

@@ -44,7 +44,12 @@ BODIES: dict[str, tuple[str, Metered]] = {
     # usage with queue/prompt/completion times; reasoning inside completion (total = 81 + 23)
     "groq_chat.json": (
         "groq",
-        Metered(Usage(input_tokens=81, output_tokens=23, reasoning_tokens=15), "openai/gpt-oss-20b", None),
+        Metered(
+            Usage(input_tokens=81, output_tokens=23, reasoning_tokens=15),
+            "openai/gpt-oss-20b",
+            None,
+            service_tier="on_demand",  # Groq's default tier: priced as the model's own prices
+        ),
     ),
     # the routed model, OpenRouter's own cost
     "openrouter_chat.json": (

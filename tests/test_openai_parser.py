@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -458,3 +459,37 @@ def test_large_embeddings_bodies_are_read_from_their_tail() -> None:
         assert len(body) > openai_api.EMBEDDINGS_TAIL_PARSE
         got = openai_api.parse_response("embeddings", body)
         assert got.usage == Usage(input_tokens=812) and got.model == "text-embedding-3-small"
+
+
+def test_the_service_tier_is_read_from_bodies_and_streams() -> None:
+    """The tier that served the call prices it (flex is half, priority double, for gpt-5)."""
+    body = {"model": "gpt-5", "service_tier": "flex", "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+    assert parse_response("chat", json.dumps(body).encode()).service_tier == "flex"
+    assert parse_response("chat", json.dumps({**body, "service_tier": None}).encode()).service_tier is None
+    for name, flavor, tier in (
+        ("openai_chat_stream.sse", "chat", "default"),
+        ("openai_responses_stream.sse", "responses", "default"),  # the final event's, not "auto"
+    ):
+        parser = StreamParser(flavor)
+        for event in SSEDecoder().feed((FIXTURES / name).read_bytes()):
+            parser.feed(event)
+        assert parser.result().service_tier == tier
+    chunk = {"model": "gpt-5", "choices": [], "service_tier": "priority", "usage": body["usage"]}
+    parser = StreamParser("chat")
+    for event in SSEDecoder().feed(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"):
+        parser.feed(event)
+    assert parser.result().service_tier == "priority"
+
+
+def test_a_large_embeddings_body_keeps_the_cost_the_provider_reported() -> None:
+    """OpenRouter's usage.cost, read from the tail of a body too large to decode whole."""
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.0123456] * 9000}],
+        "model": "openai/text-embedding-3-small",
+        "usage": {"prompt_tokens": 1000, "total_tokens": 1000, "cost": 0.00002},
+    }
+    raw = json.dumps(body).encode()
+    assert len(raw) > openai_api.EMBEDDINGS_TAIL_PARSE
+    metered = parse_response("embeddings", raw)
+    assert (metered.usage, metered.provider_cost) == (Usage(input_tokens=1000), Decimal("0.00002"))

@@ -222,3 +222,30 @@ def test_linear_shortcut_is_not_used_for_prices_by_time_of_day_or_above_a_tier(
     # 300k in x 6 + 1k out x 22.50 per 1M: the >200k tier, priced by genai-prices
     big = price("anthropic", "claude-sonnet-4-5", Usage(input_tokens=300_000, output_tokens=1_000), WHEN)
     assert big.cost_usd == Decimal("1.8225")
+
+
+def test_one_hour_cache_writes_web_searches_and_service_tiers_are_priced_as_genai_prices_does() -> None:
+    """Each against genai-prices' own numbers: claude-sonnet-4-5 input $3, 5m writes $3.75, 1h
+    writes $6, output $15 per 1M, web searches $10 per 1,000; gpt-5 $1.25 / $10, flex half."""
+    sonnet = Usage(
+        input_tokens=10_100, cache_write_tokens=10_000, cache_write_1h_tokens=10_000, output_tokens=50
+    )
+    assert price("anthropic", "claude-sonnet-4-5", sonnet, WHEN).cost_usd == Decimal("0.06105")
+    five_minutes = Usage(input_tokens=10_100, cache_write_tokens=10_000, output_tokens=50)
+    assert price("anthropic", "claude-sonnet-4-5", five_minutes, WHEN).cost_usd == Decimal("0.03855")
+    searching = Usage(input_tokens=100, output_tokens=50, web_searches=3)
+    assert price("anthropic", "claude-sonnet-4-5", searching, WHEN).cost_usd == Decimal("0.03105")
+    gpt5 = Usage(input_tokens=1000, output_tokens=1000)
+    assert price("openai", "gpt-5", gpt5, WHEN).cost_usd == Decimal("0.01125")
+    assert price("openai", "gpt-5", gpt5, WHEN, service_tier="default").cost_usd == Decimal("0.01125")
+    assert price("openai", "gpt-5", gpt5, WHEN, service_tier="flex").cost_usd == Decimal("0.005625")
+    assert price("openai", "gpt-5", gpt5, WHEN, service_tier="priority").cost_usd == Decimal("0.0225")
+    assert price("openai", "gpt-5", gpt5, WHEN).cost_usd == Decimal("0.01125")  # the shortcut is untouched
+    record = CallRecord(
+        id="t", ts=WHEN, session_id="s", environment="development", provider="openai",
+        host="api.openai.com", path="/v1/chat/completions", api_flavor="chat", model_sent="gpt-5",
+        service_tier="flex",
+    )  # fmt: skip
+    record.set_usage(gpt5)
+    price_record(record)
+    assert (record.cost_usd, record.price_status) == (Decimal("0.005625"), "priced")

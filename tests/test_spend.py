@@ -24,7 +24,7 @@ import pytest
 
 from addon.migrations import migrate
 from addon.paths import data_dir, default_policies_path, resolve_db_path, resolve_policies_path
-from addon.pricing import price, price_record
+from addon.pricing import Pricer, price, price_record
 from addon.record import COLUMNS, CallRecord
 from addon.spend import main, render_session
 from addon.spend_render import Column, count, money_column, table
@@ -1047,15 +1047,55 @@ def test_savings_blocked_models_keep_their_cost(
 
 def test_reprice_is_exact_for_flat_prices_and_per_call_for_tiers() -> None:
     when = datetime(2026, 11, 3)
+    pricer = Pricer()
     # 3 calls, 10,000,001 input and 2 output tokens in all: the remainder goes on one call
     flat = price("openai", "gpt-4o-mini", Usage(input_tokens=10_000_001, output_tokens=2), when).cost_usd
-    assert _reprice("openai", "gpt-4o-mini", 3, [10_000_001, 0, 0, 2], when) == flat
+    assert _reprice(pricer, "openai", "gpt-4o-mini", 3, [10_000_001, 0, 0, 2], when) == flat
     # three 100k-input calls: the >200k tier of claude-sonnet-4-5 must not apply to their sum
-    assert _reprice("anthropic", "claude-sonnet-4-5", 3, [300_000, 0, 0, 0], when) == Decimal("0.9")
+    assert _reprice(pricer, "anthropic", "claude-sonnet-4-5", 3, [300_000, 0, 0, 0], when) == Decimal("0.9")
     assert price("anthropic", "claude-sonnet-4-5", Usage(input_tokens=300_000), when).cost_usd == Decimal(
         "1.8"
     )
-    assert _reprice("openai", "gpt-9-imaginary", 2, [10, 0, 0, 1], when) is None
+    assert _reprice(pricer, "openai", "gpt-9-imaginary", 2, [10, 0, 0, 1], when) is None
+
+
+@pytest.mark.parametrize(
+    ("provider", "extra", "whatif"),
+    [
+        # policies.yaml prices the target as the proxy would: $0.10 / $0.40 per 1M, not the list $0.15 / $0.60
+        ("openai", "prices:\n  gpt-4o-mini: {input: 0.10, output: 0.40}\n", "0.5"),
+        # a custom host priced under openai (pricing_provider): re-priced there, not dropped as unknown
+        (
+            "gw",
+            "providers:\n  gw: {url: 'https://llm.example', api: openai, pricing_provider: openai}\n",
+            "0.75",
+        ),
+    ],
+)
+def test_savings_prices_the_downgrade_target_as_the_proxy_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], provider: str, extra: str, whatif: str
+) -> None:
+    db = tmp_path / "spend.duckdb"
+    record = CallRecord(
+        id="one", ts=datetime(2026, 11, 3, 12, tzinfo=UTC), session_id="s", environment="development",
+        provider=provider, host="h", path="/v1/chat/completions", api_flavor="chat", model_sent="gpt-4o",
+        status_code=200,
+    )  # fmt: skip
+    record.set_usage(Usage(input_tokens=1_000_000, output_tokens=1_000_000))
+    record.cost_usd, record.price_status = Decimal("12.5"), "priced"  # gpt-4o: $2.50 + $10
+    store = Store(db, "s", pricer=lambda r: None)
+    store.start()
+    store.submit(record)
+    store.close()
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(
+        "environments:\n  development:\n"
+        "    models: {allow: [gpt-4o-mini], on_disallowed: downgrade, downgrade: {gpt-4o: gpt-4o-mini}}\n"
+        + extra
+    )
+    data = report(capsys, "--db", str(db), "savings", "--policies", str(policy), *NOV)
+    assert (data["total"]["cost_usd"], data["total"]["whatif_cost_usd"]) == ("12.5", whatif)
+    assert data["total"]["unpriced_calls"] == 0
 
 
 # -- budgets ------------------------------------------------------------------------------------------

@@ -211,6 +211,9 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "repo",
                 "git_branch",
                 "key_name",
+                "cache_write_1h_tokens",
+                "web_searches",
+                "service_tier",
             )
         ),
     }
@@ -827,6 +830,8 @@ def _every_field_record(call_id: str) -> CallRecord:
             "reasoning_tokens": 3,
             "cost_usd": Decimal("0.0000012345"),
             "client_pid": 4_000_000,
+            "cache_write_1h_tokens": 5,
+            "web_searches": 2,
             "tags": '{"a": "b\\"c", "é": "😀"}',
             "error": 'a "quoted", \\ back\nslash \x00 nul \u2028 line',
         }.get(f.name, f'{f.name} ✓ "x"')

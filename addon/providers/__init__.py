@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from addon.providers import anthropic_api, bedrock_api, gemini_api, openai_api
 from addon.usage import Metered
+
+if TYPE_CHECKING:
+    from addon.policies import Policies
 
 
 class StreamParser(Protocol):
@@ -358,6 +361,16 @@ class Registry:
     def allow_host_patterns(self) -> list[str]:
         """Anchored ``allow_hosts`` regexes for every provider host."""
         return [pattern for p in self.providers for pattern in p.allow_host_patterns()]
+
+
+def registry_for(policies: Policies) -> Registry:
+    """The providers a policies.yaml puts in force: the built-in ones, its hosts, its Azure deployments."""
+    return Registry(
+        custom=tuple(
+            custom_provider(p.name, p.host, p.port, p.api, p.pricing_provider) for p in policies.providers
+        ),
+        azure_deployments=policies.azure_deployments,
+    )
 
 
 DEFAULT_REGISTRY = Registry()

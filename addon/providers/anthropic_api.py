@@ -40,7 +40,10 @@ def merge_usage(counts: dict[str, int], usage: Any) -> bool:
     """Overwrite ``counts`` with every count present (non-null) in an Anthropic ``usage`` object.
 
     Returns whether ``usage`` was a usage object. The one place that knows the field
-    names; ``thinking`` comes from ``output_tokens_details.thinking_tokens`` when sent.
+    names; ``thinking`` comes from ``output_tokens_details.thinking_tokens`` when sent,
+    ``cache_write_1h`` from ``cache_creation.ephemeral_1h_input_tokens`` (the writes kept an
+    hour, part of ``cache_creation_input_tokens``), ``web_searches`` from
+    ``server_tool_use.web_search_requests``.
     """
     if not isinstance(usage, dict):
         return False
@@ -48,11 +51,15 @@ def merge_usage(counts: dict[str, int], usage: Any) -> bool:
         value = _count(usage.get(key))
         if value is not None:
             counts[key] = value
-    details = usage.get("output_tokens_details")
-    if isinstance(details, dict):
-        thinking = _count(details.get("thinking_tokens"))
-        if thinking is not None:
-            counts["thinking"] = thinking
+    for name, holder, key in (
+        ("thinking", "output_tokens_details", "thinking_tokens"),
+        ("cache_write_1h", "cache_creation", "ephemeral_1h_input_tokens"),
+        ("web_searches", "server_tool_use", "web_search_requests"),
+    ):
+        inner = usage.get(holder)
+        value = _count(inner.get(key)) if isinstance(inner, dict) else None
+        if value is not None:
+            counts[name] = value
     return True
 
 
@@ -66,6 +73,8 @@ def usage_from_counts(counts: dict[str, int]) -> Usage:
         cache_write_tokens=cache_write,
         output_tokens=counts.get("output_tokens", 0),
         reasoning_tokens=counts.get("thinking", 0),
+        cache_write_1h_tokens=min(counts.get("cache_write_1h", 0), cache_write),
+        web_searches=counts.get("web_searches", 0),
     )
 
 

@@ -154,12 +154,13 @@ def _embeddings_tail(body: bytes) -> Metered | None:
     """Usage and model of a large embeddings body without decoding its vectors (None: parse it all)."""
     tail = body[-4096:]
     usage_json = _last_group(_USAGE_TAIL, tail)
-    usage = extract_usage(loads(usage_json)) if usage_json is not None else None
+    raw_usage = loads(usage_json) if usage_json is not None else None
+    usage = extract_usage(raw_usage)
     if usage is None:
         return None
     model_json = _last_group(_MODEL_TAIL, tail)
     model = loads(model_json) if model_json is not None else None
-    return Metered(usage=usage, model=_str(model))
+    return Metered(usage=usage, model=_str(model), provider_cost=extract_cost(raw_usage, usage_json))
 
 
 def _last_group(pattern: re.Pattern[bytes], data: bytes) -> bytes | None:
@@ -190,12 +191,15 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         error = "response failed"
     if usage is None and error is None:
         error = "no usage in response"
+    response = obj.get("response")  # a Responses event saved as a body (background mode)
+    tier = obj.get("service_tier") or (response.get("service_tier") if isinstance(response, dict) else None)
     return Metered(
         usage=usage,
         model=_str(obj.get("model")),
         error=error,
         provider_cost=extract_cost(raw_usage, body),
         output_text=None if usage is not None else _cap(_texts_of_body(obj)),
+        service_tier=_str(tier),
     )
 
 
@@ -291,6 +295,7 @@ class StreamParser:
         "_model_tries",
         "_prev_usage_data",
         "_text",
+        "_tier",
         "_usage",
         "_usage_data",
         "flavor",
@@ -308,7 +313,8 @@ class StreamParser:
         # chat: the last two chunks that carry usage, decoded in result() (last valid one wins)
         self._usage_data: bytes | None = None
         self._prev_usage_data: bytes | None = None
-        self._lazy: tuple[Usage | None, str | None, Decimal | None, int] | None = None
+        self._lazy: tuple[Usage | None, str | None, Decimal | None, int, str | None] | None = None
+        self._tier: str | None = None  # the service tier (Responses: from the final event)
         self._text = TextCollector(_delta_texts if flavor == "responses" else _chat_texts)
 
     @property
@@ -330,15 +336,16 @@ class StreamParser:
 
         ``output_text`` is filled only when there is no usage.
         """
-        usage, model, cost, bad = self._usage, self._model, self._cost, self._bad
+        usage, model, cost, bad, tier = self._usage, self._model, self._cost, self._bad, self._tier
         if self._usage_data is not None:
             if self._lazy is None:
                 self._lazy = self._resolve()
-            lazy_usage, lazy_model, lazy_cost, lazy_bad = self._lazy
+            lazy_usage, lazy_model, lazy_cost, lazy_bad, lazy_tier = self._lazy
             bad += lazy_bad
             if lazy_usage is not None:
                 usage, cost = lazy_usage, lazy_cost
                 model = lazy_model or model
+                tier = lazy_tier or tier
         error = self._error
         if usage is None and error is None:
             if self._done and self.flavor == "chat":
@@ -348,9 +355,11 @@ class StreamParser:
             else:
                 error = "no usage in stream"
         text = self._text.text() if usage is None else None
-        return Metered(usage=usage, model=model, error=error, provider_cost=cost, output_text=text)
+        return Metered(
+            usage=usage, model=model, error=error, provider_cost=cost, output_text=text, service_tier=tier
+        )
 
-    def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int]:
+    def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int, str | None]:
         """Decode the remembered usage chunk(s): the last one that holds usage wins."""
         bad = 0
         for data in (self._usage_data, self._prev_usage_data):
@@ -363,8 +372,9 @@ class StreamParser:
             raw_usage = usage_of(obj)
             usage = extract_usage(raw_usage)
             if usage is not None:
-                return usage, _str(obj.get("model")), extract_cost(raw_usage, data), bad
-        return None, None, None, bad
+                tier = _str(obj.get("service_tier"))
+                return usage, _str(obj.get("model")), extract_cost(raw_usage, data), bad, tier
+        return None, None, None, bad, None
 
     def _feed_chat(self, data: bytes) -> None:
         if data == b"[DONE]":
@@ -422,6 +432,9 @@ class StreamParser:
         model = _str(response.get("model"))
         if model is not None:
             self._model = model
+        tier = _str(response.get("service_tier"))
+        if tier is not None:
+            self._tier = tier
         usage = extract_usage(response.get("usage"))
         if usage is not None:
             self._usage = usage
