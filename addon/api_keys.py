@@ -34,11 +34,15 @@ def find_api_key(headers: Mapping[str, str], names: Iterable[str]) -> str | None
     """The API key in the first of ``names`` present (``Bearer`` stripped)."""
     for name in names:
         value = headers.get(name)
-        if not value:
-            continue
-        value = value.strip()
-        if value[:7].lower() == "bearer ":
-            value = value[7:].strip()
-        if value:
-            return value
+        key = key_of_header(value) if value else None
+        if key:
+            return key
     return None
+
+
+def key_of_header(value: str) -> str | None:
+    """The key a credential header's value holds (``Bearer`` stripped), or None."""
+    value = value.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    return value or None

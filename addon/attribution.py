@@ -130,6 +130,14 @@ def attribute(
             f"{TAGS_HEADER} env {claimed!r} ignored: {claimed} does not allow header claims (policies.yaml)"
         )
         claimed = None
+    elif claimed and not policies.declares(claimed):
+        # An environment policies.yaml does not name has no rules at all: claiming one would
+        # leave the caller's own environment's allowlist, budget and rate limit behind.
+        problems.append(
+            f"{TAGS_HEADER} env {claimed!r} ignored: policies.yaml declares no such environment "
+            f"({', '.join(sorted(policies.environments))})"
+        )
+        claimed = None
 
     if claimed:
         environment, source = claimed, "header"

@@ -212,9 +212,13 @@ class Event:
         ]
 
 
-def alert_id(scope: Scope, period: str, period_start: datetime, fraction: float) -> str:
-    """A deterministic event id: the same alert is stored once, even across restarts."""
-    return f"alert:{scope.kind}:{scope.name}:{period}:{_naive(period_start):%Y-%m-%dT%H:%M:%S}:{fraction:g}"
+def alert_id(scope: Scope, period: str, period_start: datetime, fraction: float, usd: Decimal) -> str:
+    """A deterministic event id: the same alert is stored once, even across restarts; a cap
+    changed during the period (policies.yaml) fires its alerts again, for the new amount."""
+    return (
+        f"alert:{scope.kind}:{scope.name}:{period}:{_naive(period_start):%Y-%m-%dT%H:%M:%S}:{fraction:g}"
+        f":{usd.normalize():f}"
+    )
 
 
 def alert_event(alert: BudgetAlert, session_id: str, now: datetime) -> Event:
@@ -226,7 +230,7 @@ def alert_event(alert: BudgetAlert, session_id: str, now: datetime) -> Event:
         "spent": str(alert.spent),
     }
     return Event(
-        id=alert_id(alert.scope, alert.budget.period, alert.period_start, alert.fraction),
+        id=alert_id(alert.scope, alert.budget.period, alert.period_start, alert.fraction, alert.budget.usd),
         ts=_utc(now),
         session_id=session_id,
         kind=alert.kind,
@@ -304,8 +308,8 @@ class BudgetTracker:
         self._budgets = _budgets_of(policies)
         # (scope, period) -> (start of the period the sum belongs to, sum)
         self._spent: dict[tuple[Scope, str], tuple[datetime, Decimal]] = {}
-        # (scope, period, period start, fraction) of alerts already fired
-        self._fired: set[tuple[Scope, str, datetime, float]] = set()
+        # (scope, period, period start, fraction, cap) of alerts already fired
+        self._fired: set[tuple[Scope, str, datetime, float, Decimal]] = set()
         self._bounds: dict[str, tuple[datetime, datetime]] = {}
         # Calls in flight hold a reservation of their estimated cost until they are recorded,
         # so calls started together cannot all slip under a nearly spent cap.
@@ -356,7 +360,7 @@ class BudgetTracker:
                     start = bounds[period][0]
                     previous = spent.get((scope, period), (start, _ZERO))[1]
                     spent[(scope, period)] = (start, previous + _as_decimal(total))
-        fired: set[tuple[Scope, str, datetime, float]] = set()
+        fired: set[tuple[Scope, str, datetime, float, Decimal]] = set()
         try:
             rows = con.execute(
                 "SELECT scope_kind, scope_name, period_start, data FROM events "
@@ -369,10 +373,11 @@ class BudgetTracker:
             try:
                 info = json.loads(data or "{}")
                 period, fraction = str(info["period"]), float(info["fraction"])
-            except (ValueError, KeyError, TypeError):
+                usd = Decimal(str(info["usd"]))
+            except (ValueError, KeyError, TypeError, ArithmeticError):
                 continue
             if period in bounds and period_start is not None and _utc(period_start) == bounds[period][0]:
-                fired.add((Scope(scope_kind, scope_name), period, bounds[period][0], fraction))
+                fired.add((Scope(scope_kind, scope_name), period, bounds[period][0], fraction, usd))
         with self._lock:
             self._spent = spent
             self._fired |= fired
@@ -499,7 +504,7 @@ class BudgetTracker:
             return []
         found: list[BudgetAlert] = []
         for fraction in sorted({*budget.alert_at, 1.0}):
-            mark = (scope, budget.period, start, fraction)
+            mark = (scope, budget.period, start, fraction, budget.usd)
             if mark in self._fired or spent < budget.usd * Decimal(str(fraction)):
                 continue
             self._fired.add(mark)

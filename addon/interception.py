@@ -40,9 +40,10 @@ class Interception:
         self._patterns = patterns  # the provider hosts in force (policies.yaml may add some)
         self._chose_listen_host = False
         self._flow_detail_set = False  # only the first configure may turn mitmdump's flow dump off
+        self._added: set[str] = set()  # allow_hosts patterns this addon put there (not the user's)
 
     def refresh(self) -> None:
-        """Intercept any provider host added since (policies.yaml ``providers:`` edited)."""
+        """Intercept the provider hosts in force now (policies.yaml ``providers:`` edited)."""
         self.configure(set())
 
     async def running(self) -> None:
@@ -71,9 +72,14 @@ class Interception:
     def configure(self, updated: set[str]) -> None:
         changes: dict[str, object] = {}
         current = list(ctx.options.allow_hosts)
-        missing = [p for p in self._patterns() if p not in current]
-        if missing:
-            changes["allow_hosts"] = current + missing
+        wanted = self._patterns()
+        # A provider removed from policies.yaml: stop intercepting its host (unless the user asked).
+        stale = self._added.difference(wanted)
+        kept = [p for p in current if p not in stale]
+        missing = [p for p in wanted if p not in kept]
+        self._added = (self._added - stale) | set(missing)
+        if missing or stale:
+            changes["allow_hosts"] = kept + missing
         if ctx.options.connection_strategy != "lazy":
             changes["connection_strategy"] = "lazy"
         if ctx.options.listen_host == "":

@@ -32,7 +32,7 @@ from typing import Any
 import duckdb
 from mitmproxy import ctx, exceptions, http
 
-from addon.api_keys import find_api_key, recent_key_fingerprint
+from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.budgets import alert_event, policy_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
@@ -361,7 +361,14 @@ class Meter:
 
     def _apply(self, policies: Policies) -> None:
         """Put policies in force: rules, provider hosts, Azure deployments and prices."""
+        names_before = self._process_env_names()
         self.enforcer.set_policies(policies)
+        if self._process_env_names() != names_before:
+            # Each connection's calling process was read for the variable names then in force:
+            # look again (at each connection's next request) for the new ones.
+            self._processes.clear()
+        if self.live is not None:  # the status line shows the new caps now, not at the next call
+            self.live.set_budgets(self.enforcer.budgets.status(datetime.now(UTC)))
         self.notifier.set_settings(policies.notifications)
         registry = registry_for(policies)
         self.registry = registry
@@ -461,7 +468,7 @@ class Meter:
         flavor = provider.flavor_for_path(flow.request.path)
         if flavor is None:
             return
-        key = self._api_key(provider, flow.request.headers, query)
+        key, key_problem = self._api_key(provider, flow.request.headers, query)
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -479,6 +486,7 @@ class Meter:
             api_key=key,
             tags_header=tags_header,
             process=self._client_process(flow),
+            errors=[key_problem] if key_problem else [],
         )
 
     def _pretty_host(self, request: http.Request) -> str:
@@ -496,13 +504,36 @@ class Meter:
     def _is_provider_host(self, request: http.Request) -> bool:
         return self.registry.for_host(self._pretty_host(request), request.port) is not None
 
-    @staticmethod
-    def _api_key(provider: Provider, headers: http.Headers, query: str) -> str | None:
-        """The caller's API key (or, for signed requests, its stable key id)."""
+    def _api_key(
+        self, provider: Provider, headers: http.Headers, query: str
+    ) -> tuple[str | None, str | None]:
+        """The caller's API key (or, for signed requests, its stable key id), and a problem.
+
+        A request that carries several different keys (repeated headers, a header and ``?key=``)
+        is attributed to the one policies.yaml maps, if any: whichever the provider reads, the
+        call cannot leave the environment its key is bound to that way.
+        """
         if provider.key_from_header is not None:
-            raw = headers.get("authorization")
-            return provider.key_from_header(raw) if raw else None
-        return find_api_key(headers, provider.key_headers) or provider.key_in_query(query)
+            found = [
+                k for raw in headers.get_all("authorization") if raw and (k := provider.key_from_header(raw))
+            ]
+        else:
+            found = [
+                k
+                for name in provider.key_headers
+                for raw in headers.get_all(name)
+                if (k := key_of_header(raw))
+            ]
+            if provider.key_query:
+                found += reversed(provider.keys_in_query(query))  # the last one first, as read
+        if len(found) <= 1 or len(keys := list(dict.fromkeys(found))) == 1:
+            return (found[0] if found else None), None
+        policies = self.policies
+        mapped = next((k for k in keys if policies.key_for(recent_key_fingerprint(k), k) is not None), None)
+        problem = f"{len(keys)} different API keys in one request"
+        if mapped is not None:
+            return mapped, f"{problem}: attributed by the one policies.yaml knows"
+        return keys[0], problem
 
     def _client_process(self, flow: http.HTTPFlow) -> asyncio.Future[ClientProcess] | None:
         """Start (once per client connection) the lookup of the calling process, off the loop."""

@@ -12,6 +12,8 @@ import difflib
 import hashlib
 import os
 import re
+import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -47,8 +49,14 @@ class PolicyError(ValueError):
 
 
 def normalize_environment(name: str) -> str:
-    """Lower-cased, stripped, with aliases resolved (dev, prod, stage, stg). Never raises."""
-    key = name.strip().lower()
+    """Case-folded, stripped, with aliases resolved (dev, prod, stage, stg). Never raises.
+
+    Text that is not ASCII is NFKC-normalised first, so a look-alike (``production`` in
+    full-width letters) is the same environment as ``production``, not another one.
+    """
+    if not name.isascii():
+        name = unicodedata.normalize("NFKC", name)
+    key = name.strip().casefold()
     return ENVIRONMENT_ALIASES.get(key, key)
 
 
@@ -209,6 +217,14 @@ class Policies:
             for entries in (self.environments.values(), self.keys, self.users.values())
             for entry in entries
         )
+
+    def declares(self, name: str) -> bool:
+        """May ``name`` be claimed? Any name when nothing is enforced or no environment is
+        declared; else one declared in policies.yaml, or the default environment."""
+        if not self.enforcing or not self.environments:
+            return True
+        name = normalize_environment(name)
+        return name in self.environments or name == self.default_environment
 
     def environment(self, name: str) -> EnvironmentPolicy:
         """The declared policy of ``name`` (aliases resolved), else an unrestricted one."""
@@ -1027,6 +1043,9 @@ def load_policies(path: Path) -> Policies:
 # -- live reload ---------------------------------------------------------------------------------
 
 
+SETTLE_S = 0.05  # a changed policies.yaml is read twice this far apart before it is applied
+
+
 class PolicyFile:
     """policies.yaml watched for edits; ``check()`` costs one ``stat`` when nothing changed.
 
@@ -1041,6 +1060,7 @@ class PolicyFile:
         self._digest: bytes | None = None  # sha256 of the content last processed
         self._present = False
         self._missing_once = False  # the file was missing at the last check (see ``_removed``)
+        self._empty_once = False  # the file was empty at the last check (see ``_settled``)
 
     def load(self) -> Policies:
         """Read the file now (at start); raise ``PolicyError`` when it is invalid."""
@@ -1081,9 +1101,11 @@ class PolicyFile:
         signature, data = found
         if signature is None:  # changed while being read: read it again next time
             return None, None
+        digest = hashlib.sha256(data).digest()
+        if digest != self._digest and not self._settled(data):
+            return None, None  # caught in the middle of a save: read it again next time
         self._signature = signature
         self._present = True
-        digest = hashlib.sha256(data).digest()
         if digest == self._digest:
             return None, None
         self._digest = digest
@@ -1093,6 +1115,24 @@ class PolicyFile:
             return None, str(exc)
         self.policies = policies
         return policies, None
+
+    def _settled(self, data: bytes) -> bool:
+        """Is ``data`` the file as saved, not a moment of the save? An editor that truncates the
+        file and then writes it can be caught in between: empty, or cut off (and maybe still
+        valid YAML). The same content a moment later is the saved one; an empty file must also
+        be seen at two checks running (a moment can fall between a truncation and a write)."""
+        time.sleep(SETTLE_S)
+        try:
+            again = self._read()
+        except PolicyError:  # unreadable a moment later: still being written
+            return False
+        if again is None or again[1] != data:
+            return False
+        if data.strip():
+            self._empty_once = False
+            return True
+        settled, self._empty_once = self._empty_once, not self._empty_once
+        return settled
 
     def _removed(self) -> tuple[Policies | None, str | None]:
         """Meter only once the file is missing at two checks in a row.

@@ -375,7 +375,7 @@ def test_events_rows_round_trip(tmp_path: Path) -> None:
     migrate(con)
     alert = BudgetAlert(DEV, DEV_BUDGET, 0.8, Decimal("120.5"), utc(2026, 11, 1))
     event = alert_event(alert, "sess", utc(2026, 11, 26, 12, 30))
-    assert event.id == "alert:environment:development:month:2026-11-01T00:00:00:0.8"
+    assert event.id == "alert:environment:development:month:2026-11-01T00:00:00:0.8:150"
     insert_events(
         con, [event, policy_event("policy_reloaded", "sess", NOW, "policies.yaml reloaded", {"n": 2})]
     )
@@ -394,7 +394,7 @@ def test_events_rows_round_trip(tmp_path: Path) -> None:
         "policies.yaml reloaded",
     )
     assert rows[1] == (
-        "alert:environment:development:month:2026-11-01T00:00:00:0.8",
+        "alert:environment:development:month:2026-11-01T00:00:00:0.8:150",
         datetime(2026, 11, 26, 12, 30),
         "sess",
         "budget_alert",

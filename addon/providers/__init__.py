@@ -120,13 +120,16 @@ class Provider:
         return found
 
     def key_in_query(self, query: str) -> str | None:
+        """The key a query string carries (the last value, as the provider reads it)."""
+        keys = self.keys_in_query(query)
+        return keys[-1] if keys else None
+
+    def keys_in_query(self, query: str) -> list[str]:
+        """Every key value the query string carries, in order."""
         if not self.key_query or not query:
-            return None
+            return []
         params = parse_qs(query)
-        for name in self.key_query:
-            if params.get(name):
-                return params[name][-1]
-        return None
+        return [value for name in self.key_query for value in params.get(name, ()) if value]
 
 
 def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:

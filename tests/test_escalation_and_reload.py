@@ -1,0 +1,195 @@
+"""Attribution that a client cannot bend, and live reloads of policies.yaml that leave nothing stale.
+
+Found by an independent review; each test fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from mitmproxy import http
+from mitmproxy.addons.next_layer import NextLayer
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons, tflow
+
+import addon.meter as meter_module
+from addon.attribution import attribute
+from addon.budgets import BudgetTracker, Scope
+from addon.client_process import ClientProcess
+from addon.interception import Interception
+from addon.live_state import LiveState
+from addon.meter import Meter
+from addon.policies import PolicyFile, parse_policies
+from tests.test_meter import CHAT_URL, OPENAI_KEY, CollectingStore
+
+DEV_BLOCK = """
+environments:
+  development:
+    models: {allow: ["*-mini"], on_disallowed: block}
+  production:
+    allow_header_claims: false
+"""
+
+
+@pytest.fixture
+def meter(tmp_path: Path):
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+async def run(meter: Meter, flow: http.HTTPFlow) -> None:
+    meter.requestheaders(flow)
+    await meter.request(flow)
+
+
+def chat(headers: http.Headers | dict[str, str] | None = None, model: str = "gpt-4o-mini") -> http.HTTPFlow:
+    body = json.dumps({"model": model, "messages": []}).encode()
+    if headers is None:
+        headers = {"content-type": "application/json", "authorization": f"Bearer {OPENAI_KEY}"}
+    return tflow.tflow(req=http.Request.make("POST", CHAT_URL, body, headers))
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expected", "ignored"),
+    [
+        ("anything", "development", True),  # declared nowhere: no rules to leave development's for
+        ("ｐｒｏｄｕｃｔｉｏｎ", "development", True),  # noqa: RUF001 - a full-width look-alike of a closed one
+        ("PRODUCTION", "development", True),
+        ("Development", "development", False),
+        ("dev", "development", False),  # an alias of a declared one
+    ],
+)
+def test_a_header_claims_only_environments_policies_yaml_declares(
+    claimed: str, expected: str, ignored: bool
+) -> None:
+    decided = attribute(policies=parse_policies(DEV_BLOCK), header=json.dumps({"env": claimed}))
+    assert decided.environment == expected
+    assert bool(decided.problems) is ignored
+
+
+def test_any_claim_goes_when_no_environment_is_declared() -> None:
+    decided = attribute(policies=parse_policies("default_environment: development\n"), header='{"env": "qa"}')
+    assert (decided.environment, decided.environment_source, decided.problems) == ("qa", "header", [])
+
+
+async def test_several_api_keys_in_one_request_are_attributed_by_the_mapped_one(meter: Meter) -> None:
+    """Two Authorization headers reached the key lookup joined ("k1, Bearer k2"): the mapped key
+    went unrecognised, and the header's environment won."""
+    meter._apply(parse_policies(DEV_BLOCK + 'keys: {laptop: {last4: "0123", environment: development}}\n'))
+    flow = chat(
+        http.Headers(
+            [
+                (b"content-type", b"application/json"),
+                (b"authorization", b"Bearer sk-x-9999"),
+                (b"authorization", f"Bearer {OPENAI_KEY}".encode()),
+                (b"x-metering-tags", b'{"env":"production"}'),
+            ]
+        )
+    )
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    assert (state.record.environment, state.record.key_name) == ("development", "laptop")
+    assert "2 different API keys in one request" in state.errors[0]
+
+
+async def test_process_variables_renamed_in_policies_reach_open_connections(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variables = {"APP_ENV": "development", "DEPLOY_ENV": "production"}
+
+    def lookup(ip: str, port: int, names: frozenset[str], server: object = None) -> ClientProcess:
+        return ClientProcess(pid=1, env={n: v for n, v in variables.items() if n in names})
+
+    monkeypatch.setattr(meter_module, "lookup_client_process", lookup)
+    meter._apply(parse_policies("environments: {development: {}, production: {}}"))
+    first = chat()
+    await run(meter, first)
+    assert meter.call_state(first).record.environment == "development"  # type: ignore[union-attr]
+    meter._apply(
+        parse_policies(
+            "environments: {development: {}, production: {}}\n"
+            "attribution: {process_env: {environment: [DEPLOY_ENV]}}\n"
+        )
+    )
+    second = chat()
+    second.client_conn = first.client_conn  # the same keep-alive connection
+    await run(meter, second)
+    record = meter.call_state(second).record  # type: ignore[union-attr]
+    assert (record.environment, record.environment_source) == ("production", "process")
+
+
+def test_a_raised_cap_fires_its_alerts_again() -> None:
+    now = datetime(2026, 11, 10, tzinfo=UTC)
+    budget = "environments: {{development: {{budget: {{usd: {}, period: month, alert_at: [0.8]}}}}}}"
+    tracker = BudgetTracker(parse_policies(budget.format(10)))
+    dev = (Scope("environment", "development"),)
+    assert [a.fraction for a in tracker.record(dev, Decimal(10), now)] == [0.8, 1.0]
+    assert tracker.record(dev, Decimal(1), now) == []  # fired once per cap and period
+    tracker.set_policies(parse_policies(budget.format(100)))
+    assert [a.fraction for a in tracker.record(dev, Decimal(74), now)] == [0.8]  # $85 of $100
+
+
+async def test_the_live_file_shows_reloaded_budgets_at_once(meter: Meter, tmp_path: Path) -> None:
+    live = LiveState(tmp_path / "spend.duckdb.live.json", meter.session_id)
+    meter.live = live
+    meter._apply(parse_policies("environments: {development: {budget: {usd: 100, period: month}}}"))
+    meter._apply(parse_policies("environments: {development: {budget: {usd: 5, period: day}}}"))
+    [budget] = live.snapshot()["budgets"]
+    assert (budget["cap_usd"], budget["period"]) == ("5", "day")
+
+
+@pytest.mark.parametrize("moment", ["", "environments:\n  development:\n"])
+def test_a_policies_file_caught_in_the_middle_of_a_save_is_not_applied(tmp_path: Path, moment: str) -> None:
+    """An editor that truncates and then writes: empty, or cut off yet valid YAML, for a moment."""
+    path = tmp_path / "policies.yaml"
+    path.write_text(DEV_BLOCK)
+    policy_file = PolicyFile(path)
+    assert "development" in policy_file.load().environments
+
+    class SavedDuringTheCheck(PolicyFile):
+        def _settled(self, data: bytes) -> bool:
+            path.write_text(DEV_BLOCK.replace("*-mini", "gpt-4o-mini"))  # the save completes
+            return super()._settled(data)
+
+    policy_file.__class__ = SavedDuringTheCheck
+    path.write_text(moment)
+    assert policy_file.check() == (None, None)  # not applied; the next check reads the saved file
+    policy_file.__class__ = PolicyFile
+    new, problem = policy_file.check()
+    assert problem is None and new is not None
+    assert new.environment("development").models.allow == ("gpt-4o-mini",)
+
+
+def test_an_emptied_policies_file_applies_at_the_second_check(tmp_path: Path) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text(DEV_BLOCK)
+    policy_file = PolicyFile(path)
+    policy_file.load()
+    path.write_text("")
+    assert policy_file.check() == (None, None)
+    new, problem = policy_file.check()
+    assert problem is None and new is not None and dict(new.environments) == {}
+
+
+async def test_a_provider_removed_from_policies_is_no_longer_intercepted() -> None:
+    meter = Meter()
+    interception = Interception(lambda: meter.registry.allow_host_patterns())
+    meter.on_providers_changed = interception.refresh
+    with taddons.context(Proxyserver(), NextLayer(), interception, meter) as tctx:
+        tctx.configure(interception, allow_hosts=[r"^mine\.example:443$"])  # the user's own
+        meter._apply(
+            parse_policies('providers: {gw: {url: "https://llm.internal.example:8443", api: openai}}')
+        )
+        assert r"^llm\.internal\.example:8443$" in tctx.options.allow_hosts
+        meter._apply(parse_policies("providers: {}"))
+        assert not [p for p in tctx.options.allow_hosts if "internal" in p]
+        assert r"^mine\.example:443$" in tctx.options.allow_hosts
+        assert r"^api\.openai\.com:443$" in tctx.options.allow_hosts
