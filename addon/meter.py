@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
-from addon.budgets import alert_event, policy_event
+from addon.budgets import BudgetAlert, alert_event, policy_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
@@ -63,6 +63,7 @@ BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
+MAX_KEYS_EXAMINED = 8  # API keys of one request looked up in policies.yaml (a request may carry more)
 
 
 _startup_heap_frozen = False
@@ -409,6 +410,7 @@ class Meter:
         store.start()  # replays journals left by a crash first, so the loads below see them
         live = LiveState(live_path(self.db_path), self.session_id)
         now = datetime.now(UTC)
+        alerts: list[BudgetAlert] = []
         try:  # spend so far in each budget's period: loaded once, then kept up by the listener
 
             def load(con: duckdb.DuckDBPyConnection) -> None:
@@ -416,10 +418,10 @@ class Meter:
                 live.load_baseline(today_baseline(con, now), now.date())
                 # A crashed session's calls the start could not store yet (another process held
                 # the file): stored later by the writer, they count against budgets now.
-                unstored = store.unstored_replay()
+                unstored = store.unstored_replay(con)
                 for record in unstored:
                     self._price(record)
-                self.enforcer.record_spend(unstored)
+                alerts.extend(self.enforcer.record_spend(unstored))
 
             store.read(load)
         except Exception as exc:  # budgets then count from this session on
@@ -430,19 +432,25 @@ class Meter:
         store.add_listener(self._on_finished)
         store.add_listener(self.call_log)
         self.store = store
+        self._raise_alerts(alerts)
 
     def _on_finished(self, records: list[CallRecord]) -> None:
         """Writer thread, right after pricing: budgets, their alerts, the live-state file."""
         alerts = self.enforcer.record_spend(records)
         now = datetime.now(UTC)
+        self._raise_alerts(alerts, now)
+        if self.live is not None:
+            self.live.record(records)
+            self.live.set_budgets(self.enforcer.budgets.status(now))
+
+    def _raise_alerts(self, alerts: list[BudgetAlert], now: datetime | None = None) -> None:
+        """Log, notify and store budget alerts (an event row each)."""
+        now = now or datetime.now(UTC)
         for alert in alerts:
             log.warning("tokometer: %s", alert.message())
             self.notifier.notify_alert(alert)
             if self.store is not None:
                 self.store.submit_event(alert_event(alert, self.session_id, now))
-        if self.live is not None:
-            self.live.record(records)
-            self.live.set_budgets(self.enforcer.budgets.status(now))
 
     def _policy_event(self, kind: str, message: str) -> None:
         if self.store is not None:
@@ -528,9 +536,16 @@ class Meter:
                 found += reversed(provider.keys_in_query(query))  # the last one first, as read
         if len(found) <= 1 or len(keys := list(dict.fromkeys(found))) == 1:
             return (found[0] if found else None), None
-        policies = self.policies
-        mapped = next((k for k in keys if policies.key_for(recent_key_fingerprint(k), k) is not None), None)
         problem = f"{len(keys)} different API keys in one request"
+        if len(keys) > MAX_KEYS_EXAMINED:
+            problem += f" (the first {MAX_KEYS_EXAMINED} looked at)"
+            keys = keys[:MAX_KEYS_EXAMINED]
+        # A fingerprint match takes the whole key, a secret; anyone can write a key ending in
+        # some entry's last four characters: the first kind wins.
+        policies = self.policies
+        prints = [(key, recent_key_fingerprint(key)) for key in keys]
+        mapped = next((k for k, fp in prints if policies.key_for(fp, None) is not None), None)
+        mapped = mapped or next((k for k in keys if policies.key_for(None, k) is not None), None)
         if mapped is not None:
             return mapped, f"{problem}: attributed by the one policies.yaml knows"
         return keys[0], problem
@@ -714,9 +729,11 @@ class Meter:
         content_type = response.headers.get("content-type", "")
         framing = state.provider.stream_framing(flow.request.path, content_type)
         if framing is None or response.status_code >= 400:
-            if _is_stream(response):
-                response.stream = True  # not metered as a stream (an error, say): never held back
-            return  # a whole body (JSON): buffered by mitmproxy, parsed in `response`
+            if response.status_code >= 400 and _is_stream(response):
+                response.stream = True  # an error answered as a stream: nothing to meter, never held back
+            # A whole body, buffered by mitmproxy and parsed in `response`: JSON, or SSE a parser
+            # reads whole (Gemini's :generateContent?alt=sse).
+            return
         encoding = response.headers.get("content-encoding")
         try:
             tap = StreamTap(

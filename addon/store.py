@@ -912,13 +912,23 @@ class Store:
                 self._recovered()
         return True
 
-    def unstored_replay(self) -> list[CallRecord]:
-        """Calls replayed from dead sessions' journals that are not in the database yet.
+    def unstored_replay(self, con: duckdb.DuckDBPyConnection) -> list[CallRecord]:
+        """Calls of dead sessions' journals that are not in the database (``con``) yet, once each.
 
-        Only from inside a ``read`` query, where no flush can run: the database and this list
-        then hold each call exactly once. Nothing reports these calls to the listeners.
+        A journal holds calls stored already too (it is emptied only when nothing is queued),
+        and a call twice when a stream was journaled at its final event: the later line wins.
+        Only from inside a ``read`` query, where no flush can run, so the database and this
+        list hold each call exactly once. Nothing reports these calls to the listeners.
         """
-        return [record for adopted in self._adopted for record in adopted.records]
+        latest = {record.id: record for adopted in self._adopted for record in adopted.records}
+        if not latest:
+            return []
+        stored = con.execute(
+            "SELECT id FROM calls WHERE id IN (SELECT unnest($1::VARCHAR[]))", [list(latest)]
+        ).fetchall()
+        for (call_id,) in stored:
+            latest.pop(call_id, None)
+        return list(latest.values())
 
     def read[T](self, query: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 5.0) -> T:
         """Run ``query`` on the database from this process, between two flushes (any thread).

@@ -575,3 +575,19 @@ async def test_calls_finished_without_a_store_release_their_reservations(tmp_pat
             assert budget["spent"] >= Decimal("0.0035")  # 1,000 in + 100 out of gpt-4o
         finally:
             addon.done()
+
+
+async def test_a_whole_gemini_answer_sent_as_sse_is_buffered_and_metered(meter: Meter) -> None:
+    """:generateContent?alt=sse is no stream to tap: mitmproxy keeps the body, the parser reads it whole."""
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent?alt=sse"
+    flow = make_flow(url, {"contents": []}, headers={"x-goog-api-key": "AIza-test-0123456789"})
+    await run_request(meter, flow)
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}
+    sse = b"data: " + json.dumps({"candidates": [], "usageMetadata": usage}).encode() + b"\r\n\r\n"
+    flow.response = http.Response.make(200, sse, {"content-type": "text/event-stream"})
+    flow.response.stream = False
+    meter.responseheaders(flow)
+    assert flow.response.stream is False
+    await meter.response(flow)
+    [record] = meter.store.records  # type: ignore[union-attr]
+    assert (record.api_flavor, record.input_tokens, record.output_tokens) == ("generate", 10, 5)

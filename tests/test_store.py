@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import stat
@@ -949,5 +950,56 @@ async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_star
             assert rows(db, "SELECT count(*) FROM calls WHERE session_id = 'crashed'") == [(1,)]
             [budget] = meter.enforcer.budgets.status(datetime.now(UTC))
             assert budget["spent"] == Decimal("2.5")  # stored now, and still counted once
+        finally:
+            meter.done()
+
+
+async def test_a_crashed_journal_counts_each_call_once_and_raises_its_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal holds calls stored already too, and a stream twice (at its final event and at its
+    end): only the calls the database lacks are added, once each, and the alerts they cross fire."""
+    from mitmproxy.test import taddons
+
+    import addon.meter
+    from addon.meter import Meter
+
+    class QuickStore(Store):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.start_timeout = 0.3
+
+    monkeypatch.setattr(addon.meter, "Store", QuickStore)
+    db = tmp_path / "spend.duckdb"
+    now = datetime.now(UTC)
+    stored, streamed = (make_record(i, "crashed", ts=now, environment="development") for i in (0, 1))
+    stored.set_usage(Usage(input_tokens=200_000))  # gpt-4o: $0.50
+    streamed.set_usage(Usage(input_tokens=400_000))  # $1.00
+    first = Store(db, "first")
+    first.start()
+    first.submit(stored)  # in the database ...
+    first.close()
+    lines = [stored.to_json(), streamed.to_json(), streamed.to_json()]  # ... and still journaled
+    journal_dir_of(db).mkdir(exist_ok=True)
+    (journal_dir_of(db) / "crashed.jsonl").write_text("\n".join(lines) + "\n")
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        "environments:\n  development:\n    budget: {usd: 1.2, period: day, alert_at: [0.5]}\n"
+    )
+    meter = Meter()
+    with taddons.context(meter) as tctx:
+        with reader_process(db):
+            tctx.configure(meter, tokometer_db=str(db), tokometer_policies=str(policies))
+            meter.running()
+            [budget] = meter.enforcer.budgets.status(now)
+            assert budget["spent"] == Decimal("1.5")  # $0.50 from the database + $1.00 replayed
+        try:
+            assert request_flush(db, timeout=5.0)
+            assert rows(db, "SELECT count(*) FROM calls WHERE session_id = 'crashed'") == [(2,)]
+            kinds = rows(db, "SELECT kind, data FROM events ORDER BY kind")
+            assert [(k, json.loads(d)["fraction"]) for k, d in kinds] == [
+                ("budget_alert", 0.5),
+                ("budget_exhausted", 1.0),
+            ]
         finally:
             meter.done()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 from addon.providers import anthropic_api, bedrock_api, gemini_api, openai_api
 from addon.usage import Metered
@@ -125,11 +125,15 @@ class Provider:
         return keys[-1] if keys else None
 
     def keys_in_query(self, query: str) -> list[str]:
-        """Every key value the query string carries, in order."""
+        """Every key value the query string carries, in order (a regex: a long query is cheap)."""
         if not self.key_query or not query:
             return []
-        params = parse_qs(query)
-        return [value for name in self.key_query for value in params.get(name, ()) if value]
+        found: list[str] = []
+        for name in self.key_query:
+            if f"{name}=" in query:
+                pattern = rf"(?:^|&){re.escape(name)}=([^&]*)"
+                found += [v for raw in re.findall(pattern, query) if (v := unquote_plus(raw))]
+        return found
 
 
 def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
