@@ -24,7 +24,10 @@ from addon.interception import Interception
 from addon.live_state import LiveState
 from addon.meter import Meter
 from addon.policies import PolicyFile, parse_policies
-from tests.test_meter import CHAT_URL, OPENAI_KEY, CollectingStore
+from tests import test_meter
+from tests.test_meter import CHAT_URL, OPENAI_KEY
+
+meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 DEV_BLOCK = """
 environments:
@@ -33,15 +36,6 @@ environments:
   production:
     allow_header_claims: false
 """
-
-
-@pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def run(meter: Meter, flow: http.HTTPFlow) -> None:

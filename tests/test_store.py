@@ -908,17 +908,11 @@ def test_a_journal_line_with_a_lone_surrogate_is_replayed(db: Path) -> None:
     assert rows(db, "SELECT id, model_sent FROM calls") == [("dead-0001", "\\udc80x")]
 
 
-async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_start_cannot_store_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """At start the proxy replays a dead session's journal, then loads the budgets' spend from the
-    database. With another process reading the file, the replay waits for the writer thread;
-    the budgets count those calls at once all the same, and once only when they land."""
-    from mitmproxy.test import taddons
-
+@pytest.fixture
+def proxy_store_gives_up_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy's store gives up its first flush at start after 0.3 s, not 5 (another process
+    holds the file); its writer thread keeps trying."""
     import addon.meter
-    from addon.budgets import Scope
-    from addon.meter import Meter
 
     class QuickStore(Store):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -926,6 +920,20 @@ async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_star
             self.start_timeout = 0.3
 
     monkeypatch.setattr(addon.meter, "Store", QuickStore)
+
+
+@pytest.mark.usefixtures("proxy_store_gives_up_soon")
+async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_start_cannot_store_them(
+    tmp_path: Path,
+) -> None:
+    """At start the proxy replays a dead session's journal, then loads the budgets' spend from the
+    database. With another process reading the file, the replay waits for the writer thread;
+    the budgets count those calls at once all the same, and once only when they land."""
+    from mitmproxy.test import taddons
+
+    from addon.budgets import Scope
+    from addon.meter import Meter
+
     db = tmp_path / "spend.duckdb"
     first = Store(db, "first")
     first.start()
@@ -954,22 +962,14 @@ async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_star
             meter.done()
 
 
-async def test_a_crashed_journal_counts_each_call_once_and_raises_its_alerts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("proxy_store_gives_up_soon")
+async def test_a_crashed_journal_counts_each_call_once_and_raises_its_alerts(tmp_path: Path) -> None:
     """A journal holds calls stored already too, and a stream twice (at its final event and at its
     end): only the calls the database lacks are added, once each, and the alerts they cross fire."""
     from mitmproxy.test import taddons
 
-    import addon.meter
     from addon.meter import Meter
 
-    class QuickStore(Store):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self.start_timeout = 0.3
-
-    monkeypatch.setattr(addon.meter, "Store", QuickStore)
     db = tmp_path / "spend.duckdb"
     now = datetime.now(UTC)
     stored, streamed = (make_record(i, "crashed", ts=now, environment="development") for i in (0, 1))
