@@ -287,8 +287,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     from addon.spend_watch import add_statusline_arguments, add_watch_arguments
 
-    add_watch_arguments(sub.add_parser("watch", help="live view: session, burn rate, budgets, last calls"))
-    add_statusline_arguments(sub.add_parser("statusline", help="one short line for a shell prompt"))
+    add_watch_arguments(
+        sub.add_parser("watch", help="live view: session, burn rate, budgets, last calls"), defaults=False
+    )
+    add_statusline_arguments(
+        sub.add_parser("statusline", help="one short line for a shell prompt"), defaults=False
+    )
     return parser
 
 
@@ -397,7 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("watch", "statusline"):  # their own options; scripts/spend runs statusline directly
         from addon import spend_watch
 
-        return spend_watch.run_watch(args) if command == "watch" else spend_watch.run_statusline(args)
+        if command == "watch":
+            return spend_watch.run_watch(spend_watch.with_defaults(args, spend_watch.WATCH_DEFAULTS))
+        return spend_watch.run_statusline(spend_watch.with_defaults(args, spend_watch.STATUSLINE_DEFAULTS))
     args.db_path = resolve_db_path(getattr(args, "db", "") or "").absolute()
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
     chart_path: Path | None = getattr(args, "chart", None)

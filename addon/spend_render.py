@@ -670,7 +670,8 @@ def render_savings(report: Mapping[str, Any]) -> str:
         entries.append((name(e["environment"]), e))
         for m in e["models"]:
             if m["outcome"] == "downgrade":
-                entries.append((f"  {m['model']} -> {m['target']}", m))
+                unknown = " (no price for it: no saving counted)" if m.get("target_unpriced") else ""
+                entries.append((f"  {m['model']} -> {m['target']}{unknown}", m))
             elif m["outcome"] == "block" and m["calls"]:
                 entries.append((f"  {m['model']}: would be blocked", m))
     amounts = [*(x for _, x in entries), total]

@@ -750,6 +750,7 @@ def savings_report(
         outcome, target = ("keep", None) if model == "(unknown)" else rules.resolve(model)
         outcome = {"allowed": "keep", "downgraded": "downgrade", "blocked": "block"}.get(outcome, outcome)
         priced_calls = row["calls"] - row["unpriced"]
+        target_unpriced = False
         cost = row["cost_usd"] or Decimal(0)
         whatif = cost
         unpriced = row["unpriced"]
@@ -761,8 +762,8 @@ def savings_report(
                 repriced = _reprice(
                     pricer, provider, target, row["calls"], [*sums, row["output_tokens"]], row["first_ts"]
                 )
-                if repriced is None:
-                    unpriced, priced_calls, cost, whatif = row["calls"], 0, Decimal(0), Decimal(0)
+                if repriced is None:  # the target has no price: the calls stay priced, no saving claimed
+                    target_unpriced = True
                 else:
                     whatif = repriced
         saving = envs.setdefault(env_name, _Saving())
@@ -787,8 +788,10 @@ def savings_report(
                 "cost": Decimal(0),
                 "whatif": Decimal(0),
                 "unpriced_calls": 0,
+                "target_unpriced": False,
             },
         )
+        detail["target_unpriced"] |= target_unpriced
         detail["calls"] += priced_calls
         detail["cost"] += cost
         detail["whatif"] += whatif
@@ -813,6 +816,7 @@ def savings_report(
                         "whatif_cost_usd": decimal_str(d["whatif"]),
                         "savings_usd": decimal_str(d["cost"] - d["whatif"]),
                         "unpriced_calls": d["unpriced_calls"],
+                        "target_unpriced": d["target_unpriced"],  # no price for the target: no saving
                     }
                     for d in models
                 ],

@@ -97,9 +97,11 @@ def _money(text: Any) -> str:
         return "$?"
     if value == 0:
         return "$0.00"
-    if abs(value) < Decimal("0.01"):
-        return f"${value.quantize(Decimal('0.0001'), ROUND_HALF_UP):f}".rstrip("0")
-    return f"${value.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value < Decimal("0.01"):
+        small = value.quantize(Decimal("0.0001"), ROUND_HALF_UP)
+        return f"{sign}${small:f}".rstrip("0") if small else f"{sign}<$0.0001"
+    return f"{sign}${value.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
 
 
 # -- statusline ------------------------------------------------------------------------------------
@@ -214,18 +216,44 @@ def _want_color(flag: bool | None) -> bool:
     return sys.stdout.isatty()
 
 
-def add_statusline_arguments(parser: argparse.ArgumentParser) -> None:
-    """The statusline options (shared with ``addon.spend``)."""
+STATUSLINE_DEFAULTS: dict[str, Any] = {"env": None, "format": "text", "color": None, "db": "", "live": ""}
+
+
+def add_statusline_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The statusline options (shared with ``addon.spend``, which passes ``defaults=False`` so that
+    its own ``--db``/``--format`` before the command are not overwritten: see ``with_defaults``)."""
+    import argparse
+
+    def default(name: str) -> Any:
+        return STATUSLINE_DEFAULTS[name] if defaults else argparse.SUPPRESS
+
     parser.add_argument(
-        "--env", metavar="NAME", help="environment (default: $APP_ENV, else the busiest today)"
+        "--env",
+        default=default("env"),
+        metavar="NAME",
+        help="environment (default: $APP_ENV, else the busiest today)",
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    parser.add_argument("--color", dest="color", action="store_true", default=None, help="always colour")
+    parser.add_argument("--format", choices=("text", "json"), default=default("format"), help="output format")
+    parser.add_argument(
+        "--color", dest="color", action="store_true", default=default("color"), help="always colour"
+    )
     parser.add_argument("--no-color", dest="color", action="store_false", help="never colour")
     parser.add_argument(
-        "--db", default="", help="database whose live file to read (default: $TOKOMETER_DB, else the usual)"
+        "--db",
+        default=default("db"),
+        help="database whose live file to read (default: $TOKOMETER_DB, else the usual)",
     )
-    parser.add_argument("--live", default="", metavar="PATH", help="the live-state file itself")
+    parser.add_argument("--live", default=default("live"), metavar="PATH", help="the live-state file itself")
+
+
+def with_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
+    """``args`` with every option it lacks at its default (``addon.spend``'s shared options win)."""
+    import argparse
+
+    values = {**defaults, **vars(args)}
+    if "format" in defaults:  # statusline: text or json; ``spend --json`` / ``--format json`` say json
+        values["format"] = "json" if values.get("json") or values["format"] == "json" else "text"
+    return argparse.Namespace(**values)
 
 
 def run_statusline(args: argparse.Namespace) -> int:
@@ -627,23 +655,48 @@ class Watcher:
         return render({**data, "now": now}, tz=self.tz, problem=problem_text)
 
 
-def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The watch options (shared with ``addon.spend``)."""
-    parser.add_argument("--db", default="", help="database file (default: $TOKOMETER_DB, else the usual)")
+WATCH_DEFAULTS: dict[str, Any] = {
+    "db": "",
+    "policies": "",
+    "interval": 1.0,
+    "once": False,
+    "limit": RECENT_CALLS,
+    "now": None,
+}
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The watch options (shared with ``addon.spend``: ``defaults=False``, see ``with_defaults``)."""
+    import argparse
+
+    def default(name: str) -> Any:
+        return WATCH_DEFAULTS[name] if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--db", default=default("db"), help="database file (default: $TOKOMETER_DB, else the usual)"
+    )
     parser.add_argument(
         "--policies",
-        default="",
+        default=default("policies"),
         metavar="PATH",
         help="policy file (default: $TOKOMETER_POLICIES, else the checkout's)",
     )
     parser.add_argument(
-        "--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes (default 1)"
+        "--interval",
+        type=float,
+        default=default("interval"),
+        metavar="S",
+        help="seconds between refreshes (default 1)",
     )
-    parser.add_argument("--once", action="store_true", help="print one frame and exit")
     parser.add_argument(
-        "--limit", type=int, default=RECENT_CALLS, metavar="N", help="last calls shown (default 10)"
+        "--once", action="store_true", default=default("once"), help="print one frame and exit"
     )
-    parser.add_argument("--now", metavar="TIME", help="as of this UTC time (with --once)")
+    parser.add_argument(
+        "--limit", type=int, default=default("limit"), metavar="N", help="last calls shown (default 10)"
+    )
+    parser.add_argument(
+        "--now", default=default("now"), metavar="TIME", help="as of this UTC time (with --once)"
+    )
 
 
 def run_watch(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -673,6 +726,10 @@ def run_watch(args: argparse.Namespace, console: Console | None = None) -> int:
         console.print(watcher.frame(now))
         return 0
     try:
+        if not console.is_terminal:  # a pipe or a log: a full-screen view would print nothing
+            while True:
+                console.print(watcher.frame())
+                time.sleep(args.interval)
         with Live(watcher.frame(), console=console, screen=True, auto_refresh=False) as live:
             while True:
                 time.sleep(args.interval)
@@ -700,7 +757,7 @@ def fast_statusline_args(argv: Sequence[str]) -> argparse.Namespace | None:
     """Parse statusline options without argparse (milliseconds on every prompt); None: let argparse."""
     from types import SimpleNamespace
 
-    values: dict[str, Any] = {"env": None, "format": "text", "color": None, "db": "", "live": ""}
+    values: dict[str, Any] = dict(STATUSLINE_DEFAULTS)
     items = list(argv)
     while items:
         item = items.pop(0)

@@ -953,6 +953,7 @@ def test_savings(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "whatif_cost_usd": "0.0255",
             "savings_usd": "0.051",
             "unpriced_calls": 0,
+            "target_unpriced": False,
         },
         {
             "model": "gpt-4o",
@@ -964,6 +965,7 @@ def test_savings(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "whatif_cost_usd": "0.00195",
             "savings_usd": "0.03055",
             "unpriced_calls": 0,
+            "target_unpriced": False,
         },
         {
             "model": "gpt-4o-mini",
@@ -975,6 +977,7 @@ def test_savings(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "whatif_cost_usd": "0.0021",
             "savings_usd": "0",
             "unpriced_calls": 0,
+            "target_unpriced": False,
         },
         {
             "model": "gpt-9-imaginary",
@@ -986,6 +989,7 @@ def test_savings(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "whatif_cost_usd": "0",
             "savings_usd": "0",
             "unpriced_calls": 1,
+            "target_unpriced": False,
         },
     ]
     assert envs["production"]["savings_usd"] == "0" and envs["production"]["cost_usd"] == "0.1415"
@@ -1467,3 +1471,34 @@ def test_unpriced_lists_calls_no_price_list_knows(db: Path, capsys: pytest.Captu
     assert (
         out.splitlines()[0] == "provider,model,price_status,calls,input_tokens,output_tokens,first_at,last_at"
     )
+
+
+def test_savings_with_a_target_without_a_price_keeps_the_calls_and_claims_no_saving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "spend.duckdb"
+    record = CallRecord(
+        id="one", ts=datetime(2026, 11, 3, 12, tzinfo=UTC), session_id="s", environment="development",
+        provider="openai", host="h", path="/v1/chat/completions", api_flavor="chat", model_sent="gpt-4o",
+        status_code=200,
+    )  # fmt: skip
+    record.set_usage(Usage(input_tokens=1_000_000, output_tokens=1_000_000))
+    store = Store(db, "s")
+    store.start()
+    store.submit(record)  # priced by genai-prices: $12.50
+    store.close()
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(
+        "environments:\n  development:\n"
+        "    models: {allow: [my-local-model], on_disallowed: downgrade,\n"
+        "             downgrade: {gpt-4o: my-local-model}}\n"
+    )
+    data = report(capsys, "--db", str(db), "savings", "--policies", str(policy), *NOV)
+    assert (data["total"]["calls"], data["total"]["cost_usd"], data["total"]["whatif_cost_usd"]) == (
+        1,
+        "12.5",
+        "12.5",
+    )
+    assert data["total"]["unpriced_calls"] == 0
+    [model] = data["environments"][0]["models"]
+    assert (model["target"], model["target_unpriced"], model["savings_usd"]) == ("my-local-model", True, "0")

@@ -495,3 +495,76 @@ def test_watch_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
         "spend watch: --limit must be at least 1",
         "spend watch: --now 'yesterday' is not an ISO time",
     ]
+
+
+def test_options_before_the_command_reach_statusline_and_watch(
+    tmp_path: Path, known: tuple[Path, Path]
+) -> None:
+    """``spend --db X statusline``: the subcommand's own defaults overwrote --db and --format."""
+    db = tmp_path / "spend.duckdb"
+    today = datetime.now(UTC).date().isoformat()
+    doc = live_doc(budgets=[])
+    doc["today"]["date"] = today
+    write_live(db, doc)
+    env = cli_env(tmp_path / "elsewhere.duckdb")
+    for argv, expected in (
+        (["--db", str(db), "statusline", "--no-color"], "dev · $0.42 today · 18 calls\n"),
+        (["statusline", "--db", str(db), "--no-color"], "dev · $0.42 today · 18 calls\n"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "addon.spend", *argv], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert (run.returncode, run.stdout) == (0, expected)
+    as_json = subprocess.run(
+        [sys.executable, "-m", "addon.spend", "--db", str(db), "--format", "json", "statusline"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(as_json.stdout)["text"] == "dev · $0.42 today · 18 calls"
+    known_db, policies_path = known
+    once = subprocess.run(
+        [
+            *(sys.executable, "-m", "addon.spend", "--db", str(known_db), "watch", "--once"),
+            *("--policies", str(policies_path), "--now", "2026-11-28T12:00:00"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert once.returncode == 0 and "Session s1" in once.stdout
+
+
+def test_watch_off_a_terminal_prints_each_frame(
+    known: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full-screen view prints nothing into a pipe or a log: frames are printed one after another."""
+    db, policies_path = known
+    ticks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        ticks.append(seconds)
+        if len(ticks) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", sleep)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=100)
+    args = build_parser().parse_args(["watch", "--db", str(db), "--policies", str(policies_path)])
+    assert run_watch(args, console=console) == 0
+    assert out.getvalue().count("tokometer watch") == 2 and "\x1b[?1049h" not in out.getvalue()
+
+
+def test_amounts_under_a_hundredth_of_a_cent_are_not_shown_as_nothing() -> None:
+    from addon.spend_watch import _money
+
+    assert [_money(v) for v in ("0.000027", "0.0031", "0.003", "-0.00001", "-2.5", "0")] == [
+        "<$0.0001",
+        "$0.0031",
+        "$0.003",
+        "-<$0.0001",
+        "-$2.50",
+        "$0.00",
+    ]
