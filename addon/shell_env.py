@@ -39,8 +39,16 @@ SYSTEM_BUNDLES = (
 )
 
 
-def public_roots() -> bytes:
-    """The machine's public root certificates (certifi's when the system has none)."""
+SAVED_PREFIX = "TOKOMETER_SAVED_"  # the values a shell had before: --unset puts them back
+
+
+def public_roots(own_bundle: Path | None = None) -> bytes:
+    """The roots the shell trusts now: a bundle it already points a client at (a company's CA
+    in SSL_CERT_FILE, say; not ours), else the machine's public roots (certifi's if none)."""
+    for name in BUNDLE_VARS:
+        value = os.environ.get(SAVED_PREFIX + name) or os.environ.get(name)
+        if value and Path(value).is_file() and (own_bundle is None or Path(value) != own_bundle):
+            return Path(value).read_bytes()
     for candidate in SYSTEM_BUNDLES:
         path = Path(candidate)
         if path.is_file():
@@ -53,7 +61,7 @@ def public_roots() -> bytes:
 def combined_bundle(ca_pem: Path, target: Path) -> Path:
     """Write public roots + mitmproxy's CA to ``target`` if it is missing or stale."""
     ca = ca_pem.read_bytes()
-    content = public_roots().rstrip(b"\n") + b"\n\n# mitmproxy CA (tokometer)\n" + ca
+    content = public_roots(target).rstrip(b"\n") + b"\n\n# mitmproxy CA (tokometer)\n" + ca
     if not target.exists() or target.read_bytes() != content:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
@@ -64,10 +72,17 @@ def combined_bundle(ca_pem: Path, target: Path) -> Path:
     return target
 
 
+def no_proxy_value(name: str) -> str:
+    """The shell's own NO_PROXY entries (a company's hosts) with the loopback names added."""
+    current = os.environ.get(SAVED_PREFIX + name, os.environ.get(name, ""))
+    entries = [e.strip() for e in current.split(",") if e.strip()]
+    return ",".join(dict.fromkeys([*entries, *NO_PROXY_HOSTS.split(",")]))
+
+
 def proxy_variables(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> dict[str, str]:
     """The variables that point a process at the proxy (what ``export_lines`` exports)."""
     values: dict[str, str] = {name: proxy_url for name in PROXY_VARS}
-    values.update({name: NO_PROXY_HOSTS for name in NO_PROXY_VARS})
+    values.update({name: no_proxy_value(name) for name in NO_PROXY_VARS})
     values.update({name: str(bundle) for name in BUNDLE_VARS})
     values[NODE_VAR] = str(ca)
     if env_name:
@@ -76,18 +91,30 @@ def proxy_variables(proxy_url: str, bundle: Path, ca: Path, env_name: str | None
     return values
 
 
+_RESTORED = (*PROXY_VARS, *NO_PROXY_VARS, *BUNDLE_VARS, NODE_VAR)
+
+
 def export_lines(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> list[str]:
-    """``export`` lines for bash and zsh."""
+    """``export`` lines for bash and zsh; a value the shell had is kept aside for ``--unset``."""
     values = proxy_variables(proxy_url, bundle, ca, env_name)
-    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    saved = {
+        SAVED_PREFIX + name: current
+        for name in _RESTORED
+        if SAVED_PREFIX + name not in os.environ  # run twice: the first run kept the shell's own
+        and (current := os.environ.get(name)) is not None
+        and current != values.get(name)
+    }
+    return [f"export {name}={shlex.quote(value)}" for name, value in {**saved, **values}.items()]
 
 
 def unset_lines() -> list[str]:
-    names = [*PROXY_VARS, *NO_PROXY_VARS, *BUNDLE_VARS, NODE_VAR]
-    return [
-        "unset " + " ".join(names),
-        f'if [ -n "${{{MARK_VAR}:-}}" ]; then unset {ENV_VAR} {MARK_VAR}; fi',
+    """Undo ``export_lines``: each variable back to what the shell had, else unset."""
+    lines = [
+        f'if [ -n "${{{SAVED_PREFIX}{name}+x}}" ]; then export {name}="${SAVED_PREFIX}{name}"; '
+        f"unset {SAVED_PREFIX}{name}; else unset {name}; fi"
+        for name in _RESTORED
     ]
+    return [*lines, f'if [ -n "${{{MARK_VAR}:-}}" ]; then unset {ENV_VAR} {MARK_VAR}; fi']
 
 
 def proxy_listening(host: str, port: int) -> bool:
@@ -158,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options, command = split_command(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(options)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port} is not a TCP port (1-65535)")
     if command is not None and not args.exec_:
         parser.error("a command after -- needs --exec: scripts/shell-env --exec -- CMD ARGS...")
     if args.exec_:
@@ -176,14 +205,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    bundle = combined_bundle(ca, data_dir() / "ca-bundle.pem")
+    try:
+        bundle = combined_bundle(ca, data_dir() / "ca-bundle.pem")
+    except OSError as exc:
+        print(
+            f"shell-env: cannot write the CA bundle under {data_dir()}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     if not proxy_listening(args.host, args.port):
         print(
             f"shell-env: nothing listens on {args.host}:{args.port} yet: start scripts/proxy, "
             "or calls from this shell will fail to connect.",
             file=sys.stderr,
         )
-    proxy_url = f"http://{args.host}:{args.port}"
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    proxy_url = f"http://{host}:{args.port}"  # an IPv6 address goes in brackets in a URL
     if args.exec_ and command:
         return exec_command(command, proxy_variables(proxy_url, bundle, ca, args.env))
     print("\n".join(export_lines(proxy_url, bundle, ca, args.env)))

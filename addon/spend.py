@@ -88,6 +88,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +130,9 @@ class Job:
     chart: Callable[[dict[str, Any], Any, Path], None] | None = None
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
+
+
 # -- arguments ------------------------------------------------------------------------------------
 
 
@@ -139,9 +144,15 @@ def _utc_naive(text: str, *, end: bool) -> datetime:
         raise UsageError(f"{text!r} is not a date (YYYY-MM-DD) or ISO time") from None
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    if end and len(text.strip()) == 10:
-        value += timedelta(days=1)
+    if end and value == datetime.combine(value.date(), datetime.min.time()) and _is_date(text):
+        value += timedelta(days=1)  # a date (2026-11-20 or 20261120) includes that day
     return value
+
+
+def _is_date(text: str) -> bool:
+    """A date without a time of day: ``2026-11-20``, ``20261120``, ``2026-W47-5``..."""
+    text = text.strip()
+    return not any(sep in text for sep in ("T", " ", ":")) and "t" not in text
 
 
 def _now(args: argparse.Namespace) -> datetime:
@@ -165,6 +176,8 @@ def _selection(args: argparse.Namespace, now: datetime, default_since: str | Non
             start = now - reports.since_delta(since)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        except OverflowError:
+            raise UsageError(f"--since {since!r} reaches past the year 1") from None
     if end is None and getattr(args, "now", None):
         end = now  # --now: the report as of then
     if start is not None and end is not None and end <= start:
@@ -368,6 +381,8 @@ def _job(command: str, args: argparse.Namespace) -> Job:
                 threshold = Decimal(args.premium_above)
             except InvalidOperation:
                 raise UsageError(f"--premium-above {args.premium_above!r} is not a number") from None
+            if not threshold.is_finite() or threshold < 0:
+                raise UsageError(f"--premium-above {args.premium_above!r} is not a price (USD per 1M tokens)")
         return Job(
             lambda con: reports.models_report(
                 con, db, sel, policies, threshold, now, flagged_only=args.flagged
@@ -430,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except duckdb.Error as exc:
         print(f"spend: cannot read {args.db_path}: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # DuckDB on a path that is not UTF-8 ("std::bad_cast")
+        shown = os.fsencode(args.db_path).decode("utf-8", "backslashreplace")
+        print(f"spend: cannot read {shown}: {exc} (DuckDB needs a UTF-8 path)", file=sys.stderr)
+        return 1
     except LookupError as exc:
         print(f"spend: {exc.args[0]}", file=sys.stderr)
         return 1
@@ -437,8 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif fmt == "csv":
         sys.stdout.write(job.csv(report))
-    else:
-        sys.stdout.write(job.text(report))
+    else:  # model names and errors come from clients: no escape sequence reaches the terminal
+        sys.stdout.write(_CONTROL.sub("?", job.text(report)))
     if chart_path is not None and job.chart is not None:
         try:
             job.chart(report, chart_data, chart_path)

@@ -102,6 +102,12 @@ class Column:
     min_width: int = 6
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters: model names and the like come from clients and
+    providers, and an escape sequence must not reach the terminal."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def table(
     columns: Sequence[Column],
     rows: Sequence[Sequence[str]],
@@ -109,6 +115,8 @@ def table(
     width: int = WIDTH,
 ) -> list[str]:
     """Aligned lines (no trailing spaces), at most ``width`` wide when the shrinkable columns allow."""
+    rows = [[printable(cell) for cell in row] for row in rows]
+    footer = None if footer is None else [printable(cell) for cell in footer]
     every = [*rows, *([footer] if footer is not None else [])]
     widths = [max([len(c.header), *(len(r[i]) for r in every)]) for i, c in enumerate(columns)]
 
@@ -126,7 +134,7 @@ def table(
     def line(cells: Sequence[str]) -> str:
         out = []
         for cell, col, w in zip(cells, columns, widths, strict=True):
-            text = cut(cell, w)
+            text = cut(cell, w)  # cells are printable (``printable``): widths count characters
             out.append(text.rjust(w) if col.right else text.ljust(w))
         return (" " * gap).join(out).rstrip()
 

@@ -706,7 +706,7 @@ def run_watch(args: argparse.Namespace, console: Console | None = None) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    if args.interval < 0.1:
+    if not args.interval >= 0.1:  # nan too
         print("spend watch: --interval must be at least 0.1 seconds", file=sys.stderr)
         return 2
     if args.limit < 1:

@@ -34,7 +34,13 @@ def setup(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
     (confdir / "mitmproxy-ca-cert.pem").write_text(
         "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
     )
-    env = {k: v for k, v in os.environ.items() if k.upper() not in ("HTTPS_PROXY", "HTTP_PROXY", "APP_ENV")}
+    theirs = ("HTTPS_PROXY", "HTTP_PROXY", "APP_ENV", "NO_PROXY", "NODE_EXTRA_CA_CERTS")
+    theirs += ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in theirs and not k.startswith("TOKOMETER_SAVED_")
+    }
     env |= {"XDG_DATA_HOME": str(tmp_path / "xdg"), "KEEP_ME": "kept", "PYTHONPATH": str(ROOT)}
     return confdir, env, free_port()
 
@@ -128,7 +134,13 @@ def test_exec_errors(setup: tuple[Path, dict[str, str], int], tmp_path: Path) ->
     assert proc.returncode == 2 and "--exec and --unset do not go together" in err
 
 
-def test_split_command_and_the_eval_lines_share_the_variables(tmp_path: Path) -> None:
+def test_split_command_and_the_eval_lines_share_the_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NODE_EXTRA_CA_CERTS"):
+        monkeypatch.delenv(name, raising=False)
     assert split_command(["--env", "dev", "--exec", "--", "curl", "--", "x"]) == (
         ["--env", "dev", "--exec"],
         ["curl", "--", "x"],
@@ -139,3 +151,47 @@ def test_split_command_and_the_eval_lines_share_the_variables(tmp_path: Path) ->
     assert lines == [f"export {name}={value}" for name, value in values.items()]
     assert values["TOKOMETER_SET_APP_ENV"] == "1" and values["APP_ENV"] == "dev"
     assert "APP_ENV" not in proxy_variables("http://h:1", tmp_path / "b.pem", tmp_path / "ca.pem", None)
+
+
+def test_the_shell_keeps_its_own_settings_and_gets_them_back(
+    setup: tuple[Path, dict[str, str], int], tmp_path: Path
+) -> None:
+    """A company's NO_PROXY hosts and CA bundle stay in force beside the proxy; --unset restores them."""
+    confdir, env, port = setup
+    corp_ca = tmp_path / "corp-ca.pem"
+    corp_ca.write_text("-----BEGIN CERTIFICATE-----\nMIIBcorp\n-----END CERTIFICATE-----\n")
+    shell_env = f"{sys.executable} -m addon.shell_env --confdir {confdir} --port {port}"
+    script = (
+        f"export NO_PROXY=corp.internal SSL_CERT_FILE={corp_ca}; unset CURL_CA_BUNDLE REQUESTS_CA_BUNDLE; "
+        f'eval "$({shell_env})"; eval "$({shell_env})"; '  # twice: the shell's own values are kept once
+        'echo "during $NO_PROXY $SSL_CERT_FILE"; grep -c MIIBcorp "$SSL_CERT_FILE"; '
+        f'eval "$({shell_env} --unset)"; '
+        'echo "after $NO_PROXY $SSL_CERT_FILE ${HTTPS_PROXY-unset} ${CURL_CA_BUNDLE-unset}"'
+    )
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    bundle = tmp_path / "xdg" / "tokometer" / "ca-bundle.pem"
+    assert out.stdout.splitlines() == [
+        f"during corp.internal,localhost,127.0.0.1,::1 {bundle}",
+        "1",  # the company's CA is in the bundle the clients now trust
+        f"after corp.internal {corp_ca} unset unset",
+    ], out.stderr
+
+
+def test_an_ipv6_host_is_bracketed_and_the_port_checked(setup: tuple[Path, dict[str, str], int]) -> None:
+    confdir, env, port = setup
+    base = [sys.executable, "-m", "addon.shell_env", "--confdir", str(confdir)]
+    out = subprocess.run(
+        [*base, "--host", "::1", "--port", str(port)], env=env, capture_output=True, text=True
+    )
+    assert f"export HTTPS_PROXY='http://[::1]:{port}'" in out.stdout.splitlines()
+    bad = subprocess.run([*base, "--port", "99999"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--port 99999 is not a TCP port" in bad.stderr
+    blocked = Path(env["XDG_DATA_HOME"]).parent / "not-a-dir"
+    blocked.write_text("")
+    unwritable = subprocess.run(
+        [*base, "--port", str(port)],
+        env=env | {"XDG_DATA_HOME": str(blocked)},
+        capture_output=True,
+        text=True,
+    )
+    assert unwritable.returncode == 1 and "shell-env: cannot write the CA bundle" in unwritable.stderr

@@ -1502,3 +1502,46 @@ def test_savings_with_a_target_without_a_price_keeps_the_calls_and_claims_no_sav
     assert data["total"]["unpriced_calls"] == 0
     [model] = data["environments"][0]["models"]
     assert (model["target"], model["target_unpriced"], model["savings_usd"]) == ("my-local-model", True, "0")
+
+
+def test_bad_input_is_a_usage_error_not_a_traceback(
+    known: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args, message in (
+        (("summary", "--since", "99999999d"), "reaches past the year 1"),
+        (("models", "--premium-above", "nan"), "is not a price"),
+        (("models", "--premium-above", "-1"), "is not a price"),
+    ):
+        code, _, err = run(capsys, "--db", str(known), *args)
+        assert code == 2 and message in err, (args, err)
+    # a database under a path that is not UTF-8: DuckDB cannot open it, and says so once
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/n\xffu"))
+    odd.mkdir()
+    (odd / "spend.duckdb").write_bytes(known.read_bytes())
+    code, _, err = run(capsys, "--db", str(odd / "spend.duckdb"), "summary")
+    assert code == 1 and "DuckDB needs a UTF-8 path" in err and "Traceback" not in err
+
+
+def test_a_compact_date_in_to_is_a_whole_day(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dashed = report(capsys, "--db", str(known), "by", "day", "--from", "2026-11-03", "--to", "2026-11-03")
+    compact = report(capsys, "--db", str(known), "by", "day", "--from", "20261103", "--to", "20261103")
+    assert compact["rows"] == dashed["rows"] and dashed["rows"]
+
+
+def test_control_characters_from_clients_never_reach_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "spend.duckdb"
+    record = CallRecord(
+        id="esc", ts=datetime(2026, 11, 3, 12, tzinfo=UTC), session_id="s", environment="development",
+        provider="openai", host="h", path="/v1/chat/completions", api_flavor="chat",
+        model_sent="gpt\x1b]0;owned\x07-4o", status_code=200,
+    )  # fmt: skip
+    record.set_usage(Usage(input_tokens=10, output_tokens=1))
+    store = Store(db, "s")
+    store.start()
+    store.submit(record)
+    store.close()
+    for args in (("by", "model", *NOV), ("session", "s")):
+        code, out, _ = run(capsys, "--db", str(db), *args)
+        assert code == 0 and "\x1b" not in out and "\x07" not in out and "gpt?]0;owned?-4o" in out
