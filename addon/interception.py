@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from mitmproxy import ctx
 
@@ -46,16 +47,28 @@ class Interception:
         """Intercept the provider hosts in force now (policies.yaml ``providers:`` edited)."""
         self.configure(set())
 
-    async def running(self) -> None:
+    def running(self) -> Coroutine[Any, Any, None] | None:
+        """Check (and at start, move) the listener. A plain method that returns a coroutine only
+        when the listener must be bound again: when mitmproxy reloads the script it calls
+        ``running`` from sync code, which refuses a coroutine function and then skips the
+        addons after it (the Meter, whose store would never open)."""
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is None:
-            return
+            return None
         if self._chose_listen_host and self._exposed(proxyserver):
-            try:  # bound before this script loaded: bind again, now on 127.0.0.1
-                await proxyserver.servers.update([])
-                await proxyserver.setup_servers()
-            except Exception as exc:
-                log.warning("tokometer: could not move the listener to 127.0.0.1: %s", exc)
+            return self._rebind(proxyserver)
+        self._warn_if_exposed(proxyserver)
+        return None
+
+    async def _rebind(self, proxyserver: Any) -> None:
+        try:  # bound before this script loaded: bind again, now on 127.0.0.1
+            await proxyserver.servers.update([])
+            await proxyserver.setup_servers()
+        except Exception as exc:
+            log.warning("tokometer: could not move the listener to 127.0.0.1: %s", exc)
+        self._warn_if_exposed(proxyserver)
+
+    def _warn_if_exposed(self, proxyserver: Any) -> None:
         exposed = self._exposed(proxyserver)
         if exposed:
             log.warning(

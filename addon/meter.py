@@ -110,6 +110,7 @@ class CallState:
     refusal: str | None = None  # why the proxy answered the call itself
     tap: StreamTap | None = None
     finished: bool = False
+    journaled_in: Store | None = None  # the store that journaled it ahead (see _finish)
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -309,13 +310,20 @@ class Meter:
                 log.error("tokometer: %s is invalid, so the proxy does not start:\n%s", path, exc)
                 self._refused_start = True
                 return
+            if self._running and not policies.enforcing and self.policies.enforcing:
+                # A mistyped path reads as "no file": metering only. Say so, loudly.
+                log.warning("tokometer: %s does not exist: metering only, no policy is enforced", path)
+                self._policy_event("policy_invalid", f"{path} does not exist: metering only")
             self.policy_file, self.policies_path = policy_file, path
             self._apply(policies)
         if "tokometer_db" in updated:
             db_path = resolve_db_path(ctx.options.tokometer_db)
             if self.store is not None and db_path != self.db_path:
-                self.store.close()
+                self.store.close()  # calls finishing later go to its journal (see _finish)
                 self.store = None
+                if self.live is not None:  # "running": false, and its thread ends
+                    self.live.close()
+                    self.live = None
             self.db_path = db_path
             if self.store is None and self._running:
                 self._open_store()
@@ -798,19 +806,24 @@ class Meter:
         self._fill_record(flow, state, metered, state.errors, aborted=aborted)
         record = state.record
         body, state.request_body = state.request_body, None
+        # The store that journaled the call ahead (its stream's final event) keeps it: a
+        # tokometer_db switched meanwhile must not put it in two databases.
+        store = state.journaled_in or self.store
         if metered.usage is None and record.price_status is None and _billable(record) and body is not None:
             # No usage reported, yet the provider likely billed: count the tokens ourselves.
             if now:
                 self._estimate(record, body, metered.output_text)
-                self._submit(record)
+                self._submit(record, store)
             else:
-                if self.store is not None:
-                    self.store.journal(record)  # kept even if the proxy dies during the estimate
-                task = asyncio.ensure_future(self._estimate_then_submit(record, body, metered.output_text))
+                if store is not None:
+                    store.journal(record)  # kept even if the proxy dies during the estimate
+                task = asyncio.ensure_future(
+                    self._estimate_then_submit(record, body, metered.output_text, store)
+                )
                 self._estimates.add(task)
                 task.add_done_callback(self._estimates.discard)
             return
-        self._submit(record)
+        self._submit(record, store)
 
     @staticmethod
     def _fill_record(
@@ -871,10 +884,13 @@ class Meter:
         if state.finished or self.store is None or state.tap is None:
             return
         self._fill_record(flow, state, state.tap.result(), [*state.errors], aborted=False)
+        state.journaled_in = self.store
         self.store.journal(state.record)
 
-    def _submit(self, record: CallRecord) -> None:
-        if self.store is None:
+    def _submit(self, record: CallRecord, store: Store | None = None) -> None:
+        """Hand the call to ``store`` (the one that journaled it, else the one in use now)."""
+        store = store or self.store
+        if store is None:
             log.error("tokometer: no store; call %s not recorded", record.id)
             try:  # its spend still counts: budgets would otherwise hold its reservation for ever
                 self._price(record)
@@ -883,13 +899,15 @@ class Meter:
                 self.enforcer.budgets.settle(record.id)
                 log.exception("tokometer: could not count call %s against its budgets", record.id)
             return
-        self.store.submit(record)  # after close() this goes to a journal for the next start
+        store.submit(record)  # after close() this goes to a journal for the next start
 
-    async def _estimate_then_submit(self, record: CallRecord, body: dict[str, Any], text: str | None) -> None:
+    async def _estimate_then_submit(
+        self, record: CallRecord, body: dict[str, Any], text: str | None, store: Store | None
+    ) -> None:
         try:
             await asyncio.to_thread(self._estimate, record, body, text)
         finally:
-            self._submit(record)
+            self._submit(record, store)
 
     @staticmethod
     def _estimate(record: CallRecord, body: dict[str, Any], text: str | None) -> None:

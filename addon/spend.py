@@ -93,7 +93,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,17 +142,18 @@ def _utc_naive(text: str, *, end: bool) -> datetime:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"{text!r} is not a date (YYYY-MM-DD) or ISO time") from None
+    if end and _is_date(text) and value.date() == date.max:
+        raise UsageError(f"{text!r} is past the last day a report can end on")
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    if end and value == datetime.combine(value.date(), datetime.min.time()) and _is_date(text):
+    if end and _is_date(text):
         value += timedelta(days=1)  # a date (2026-11-20 or 20261120) includes that day
     return value
 
 
 def _is_date(text: str) -> bool:
-    """A date without a time of day: ``2026-11-20``, ``20261120``, ``2026-W47-5``..."""
-    text = text.strip()
-    return not any(sep in text for sep in ("T", " ", ":")) and "t" not in text
+    """A calendar date without a time of day: ``2026-11-20`` or ``20261120``."""
+    return re.fullmatch(r"\d{4}-\d{2}-\d{2}|\d{8}", text.strip()) is not None
 
 
 def _now(args: argparse.Namespace) -> datetime:

@@ -731,11 +731,13 @@ def csv_savings(report: Mapping[str, Any]) -> str:
             m["outcome"],
             m["target"],
             *(m[k] for k in _SAVING_KEYS),
+            m.get("target_unpriced", False),
         ]
         for e in report["environments"]
         for m in e["models"]
     ]
-    return csv_text(["environment", "provider", "model", "outcome", "target", *_SAVING_KEYS], rows)
+    header = ["environment", "provider", "model", "outcome", "target", *_SAVING_KEYS, "target_unpriced"]
+    return csv_text(header, rows)
 
 
 # -- budgets --------------------------------------------------------------------------------------

@@ -237,7 +237,9 @@ def add_statusline_arguments(parser: argparse.ArgumentParser, *, defaults: bool 
     parser.add_argument(
         "--color", dest="color", action="store_true", default=default("color"), help="always colour"
     )
-    parser.add_argument("--no-color", dest="color", action="store_false", help="never colour")
+    parser.add_argument(
+        "--no-color", dest="color", action="store_false", default=default("color"), help="never colour"
+    )
     parser.add_argument(
         "--db",
         default=default("db"),
@@ -706,8 +708,8 @@ def run_watch(args: argparse.Namespace, console: Console | None = None) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    if not args.interval >= 0.1:  # nan too
-        print("spend watch: --interval must be at least 0.1 seconds", file=sys.stderr)
+    if not 0.1 <= args.interval <= 3600:  # nan and inf too
+        print("spend watch: --interval must be from 0.1 to 3600 seconds", file=sys.stderr)
         return 2
     if args.limit < 1:
         print("spend watch: --limit must be at least 1", file=sys.stderr)

@@ -488,10 +488,12 @@ def test_watch_loop_exits_cleanly_on_ctrl_c(
 
 def test_watch_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_watch(build_parser().parse_args(["watch", "--interval", "0.01"])) == 2
+    assert run_watch(build_parser().parse_args(["watch", "--interval", "nan"])) == 2
+    assert run_watch(build_parser().parse_args(["watch", "--interval", "inf"])) == 2
     assert run_watch(build_parser().parse_args(["watch", "--limit", "0"])) == 2
     assert run_watch(build_parser().parse_args(["watch", "--now", "yesterday"])) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "spend watch: --interval must be at least 0.1 seconds",
+        *["spend watch: --interval must be from 0.1 to 3600 seconds"] * 3,
         "spend watch: --limit must be at least 1",
         "spend watch: --now 'yesterday' is not an ISO time",
     ]

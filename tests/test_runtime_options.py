@@ -1,0 +1,87 @@
+"""Options changed while the proxy runs (mitmweb's options, ``ctx.options.update``): nothing stale,
+nothing counted twice, nothing switched off without a word. Found by an independent review; each
+test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from pathlib import Path
+
+import duckdb
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons
+
+from addon.live_state import live_path
+from addon.meter import Meter
+from addon.store import journal_dir_of
+from tests.test_meter import CHAT_URL, make_flow, run_request
+
+
+def call_ids(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with duckdb.connect(str(db), read_only=True) as con:
+        return [row[0] for row in con.execute("SELECT id FROM calls").fetchall()]
+
+
+async def test_a_new_database_closes_the_old_live_file(tmp_path: Path) -> None:
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "a.duckdb"))
+        addon.running()
+        try:
+            tctx.configure(addon, tokometer_db=str(tmp_path / "b.duckdb"))
+            old = json.loads(live_path(tmp_path / "a.duckdb").read_text())
+            new = json.loads(live_path(tmp_path / "b.duckdb").read_text())
+            assert (old["running"], new["running"]) == (False, True)
+            assert len([t for t in threading.enumerate() if t.name == "tokometer-live"]) == 1
+        finally:
+            addon.done()
+
+
+async def test_a_call_estimated_across_a_database_switch_lands_in_one_database(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(a))
+        addon.running()
+        try:
+            flow = make_flow(CHAT_URL, {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+            await run_request(addon, flow)
+            no_usage = {"model": "gpt-4o", "choices": []}  # no usage: counted offline, off the loop
+            flow.response = http.Response.make(
+                200, json.dumps(no_usage), {"content-type": "application/json"}
+            )
+            await addon.response(flow)  # journaled in a's journal, the estimate under way
+            tctx.configure(addon, tokometer_db=str(b))
+            await asyncio.gather(*addon._estimates)
+            call_id = addon.call_state(flow).record.id  # type: ignore[union-attr]
+        finally:
+            addon.done()
+    # In a's journal, for the next proxy on a.duckdb to replay (this process holds it until it
+    # exits), and nowhere in b.
+    journaled = "".join(p.read_text() for p in journal_dir_of(a).glob("*.jsonl"))
+    assert journaled.count(call_id) >= 1
+    assert call_ids(b) == [] and not list(journal_dir_of(b).glob("*.jsonl"))
+
+
+async def test_a_policies_path_that_does_not_exist_is_said_out_loud(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mistyped path reads as "no file", which means metering only: every rule lifted."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "a.duckdb"), tokometer_policies=str(policies))
+        addon.running()
+        try:
+            with caplog.at_level(logging.WARNING, logger="tokometer"):
+                tctx.configure(addon, tokometer_policies=str(tmp_path / "polices.yaml"))
+            assert any("polices.yaml does not exist: metering only" in r.getMessage() for r in caplog.records)
+        finally:
+            addon.done()
