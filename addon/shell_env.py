@@ -14,7 +14,9 @@ NODE_EXTRA_CA_CERTS adds to its store, so it gets the CA alone.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -40,15 +42,38 @@ SYSTEM_BUNDLES = (
 
 
 SAVED_PREFIX = "TOKOMETER_SAVED_"  # the values a shell had before: --unset puts them back
+OURS_VAR = "TOKOMETER_SHELL_ENV"  # the variables shell-env set in this shell, comma-separated
 
 
-def public_roots(own_bundle: Path | None = None) -> bytes:
-    """The roots the shell trusts now: a bundle it already points a client at (a company's CA
-    in SSL_CERT_FILE, say; not ours), else the machine's public roots (certifi's if none)."""
+def _before(name: str) -> str | None:
+    """What the shell had in ``name`` before shell-env first set it (now, if it never did)."""
+    if name in _ours():
+        return os.environ.get(SAVED_PREFIX + name)
+    return os.environ.get(name)
+
+
+def _ours() -> list[str]:
+    return [n for n in os.environ.get(OURS_VAR, "").split(",") if n]
+
+
+def _own_bundle(path: Path) -> bool:
+    return path.parent == data_dir() and path.name.startswith("ca-bundle")
+
+
+def public_roots() -> tuple[bytes, bool]:
+    """The roots the shell trusted before: a bundle it pointed a client at (a company's CA in
+    SSL_CERT_FILE, say), else the machine's public roots (certifi's if none); and whether they
+    are the shell's own choice."""
+    system = _system_roots()
     for name in BUNDLE_VARS:
-        value = os.environ.get(SAVED_PREFIX + name) or os.environ.get(name)
-        if value and Path(value).is_file() and (own_bundle is None or Path(value) != own_bundle):
-            return Path(value).read_bytes()
+        value = _before(name)
+        if value and Path(value).is_file() and not _own_bundle(Path(value)):
+            roots = Path(value).read_bytes()
+            return roots, roots != system  # the machine's own bundle, named: not a choice
+    return system, False
+
+
+def _system_roots() -> bytes:
     for candidate in SYSTEM_BUNDLES:
         path = Path(candidate)
         if path.is_file():
@@ -58,10 +83,16 @@ def public_roots(own_bundle: Path | None = None) -> bytes:
     return Path(certifi.where()).read_bytes()
 
 
-def combined_bundle(ca_pem: Path, target: Path) -> Path:
-    """Write public roots + mitmproxy's CA to ``target`` if it is missing or stale."""
-    ca = ca_pem.read_bytes()
-    content = public_roots(target).rstrip(b"\n") + b"\n\n# mitmproxy CA (tokometer)\n" + ca
+def combined_bundle(ca_pem: Path, folder: Path) -> Path:
+    """Write the roots + mitmproxy's CA to a bundle in ``folder`` if it is missing or stale.
+
+    ``ca-bundle.pem`` holds the machine's roots; a shell with roots of its own gets a bundle
+    named after them, so shells that trust different roots never rewrite each other's.
+    """
+    roots, own = public_roots()
+    content = roots.rstrip(b"\n") + b"\n\n# mitmproxy CA (tokometer)\n" + ca_pem.read_bytes()
+    name = f"ca-bundle-{hashlib.sha256(roots).hexdigest()[:12]}.pem" if own else "ca-bundle.pem"
+    target = folder / name
     if not target.exists() or target.read_bytes() != content:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
@@ -72,49 +103,50 @@ def combined_bundle(ca_pem: Path, target: Path) -> Path:
     return target
 
 
-def no_proxy_value(name: str) -> str:
-    """The shell's own NO_PROXY entries (a company's hosts) with the loopback names added."""
-    current = os.environ.get(SAVED_PREFIX + name, os.environ.get(name, ""))
-    entries = [e.strip() for e in current.split(",") if e.strip()]
+def no_proxy_value() -> str:
+    """The shell's own NO_PROXY and no_proxy entries (a company's hosts), loopback names added."""
+    entries = [e.strip() for name in NO_PROXY_VARS for e in (_before(name) or "").split(",") if e.strip()]
     return ",".join(dict.fromkeys([*entries, *NO_PROXY_HOSTS.split(",")]))
 
 
 def proxy_variables(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> dict[str, str]:
     """The variables that point a process at the proxy (what ``export_lines`` exports)."""
     values: dict[str, str] = {name: proxy_url for name in PROXY_VARS}
-    values.update({name: no_proxy_value(name) for name in NO_PROXY_VARS})
+    values.update(dict.fromkeys(NO_PROXY_VARS, no_proxy_value()))
     values.update({name: str(bundle) for name in BUNDLE_VARS})
     values[NODE_VAR] = str(ca)
     if env_name:
         values[ENV_VAR] = env_name
-        values[MARK_VAR] = "1"  # so --unset knows APP_ENV was ours to remove
     return values
 
 
-_RESTORED = (*PROXY_VARS, *NO_PROXY_VARS, *BUNDLE_VARS, NODE_VAR)
-
-
 def export_lines(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> list[str]:
-    """``export`` lines for bash and zsh; a value the shell had is kept aside for ``--unset``."""
+    """``export`` lines for bash and zsh. The first time shell-env sets a variable in a shell, the
+    value the shell had is kept aside (``TOKOMETER_SAVED_<NAME>``) for ``--unset``."""
     values = proxy_variables(proxy_url, bundle, ca, env_name)
+    ours = _ours()
     saved = {
         SAVED_PREFIX + name: current
-        for name in _RESTORED
-        if SAVED_PREFIX + name not in os.environ  # run twice: the first run kept the shell's own
-        and (current := os.environ.get(name)) is not None
-        and current != values.get(name)
+        for name in values
+        if name not in ours and (current := os.environ.get(name)) is not None
     }
-    return [f"export {name}={shlex.quote(value)}" for name, value in {**saved, **values}.items()]
+    marker = {OURS_VAR: ",".join(dict.fromkeys([*ours, *values]))}
+    return [f"export {name}={shlex.quote(value)}" for name, value in {**saved, **values, **marker}.items()]
 
 
 def unset_lines() -> list[str]:
-    """Undo ``export_lines``: each variable back to what the shell had, else unset."""
+    """Undo ``export_lines``: each variable shell-env set back to what the shell had, else unset.
+
+    Nothing else is touched: without a shell-env before, the shell's own settings stay.
+    """
     lines = [
         f'if [ -n "${{{SAVED_PREFIX}{name}+x}}" ]; then export {name}="${SAVED_PREFIX}{name}"; '
         f"unset {SAVED_PREFIX}{name}; else unset {name}; fi"
-        for name in _RESTORED
+        for name in _ours()
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)
     ]
-    return [*lines, f'if [ -n "${{{MARK_VAR}:-}}" ]; then unset {ENV_VAR} {MARK_VAR}; fi']
+    legacy = f'if [ -n "${{{MARK_VAR}:-}}" ]; then unset {ENV_VAR} {MARK_VAR}; fi'  # an older shell-env
+    return [*lines, f"unset {OURS_VAR}", legacy]
 
 
 def proxy_listening(host: str, port: int) -> bool:
@@ -206,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        bundle = combined_bundle(ca, data_dir() / "ca-bundle.pem")
+        bundle = combined_bundle(ca, data_dir())
     except OSError as exc:
         print(
             f"shell-env: cannot write the CA bundle under {data_dir()}: {exc.strerror or exc}",

@@ -147,9 +147,12 @@ def test_split_command_and_the_eval_lines_share_the_variables(
     )
     assert split_command(["--env", "dev"]) == (["--env", "dev"], None)
     values = proxy_variables("http://127.0.0.1:8080", tmp_path / "b.pem", tmp_path / "ca.pem", "dev")
+    monkeypatch.delenv("TOKOMETER_SHELL_ENV", raising=False)
+    monkeypatch.delenv("APP_ENV", raising=False)
     lines = export_lines("http://127.0.0.1:8080", tmp_path / "b.pem", tmp_path / "ca.pem", "dev")
-    assert lines == [f"export {name}={value}" for name, value in values.items()]
-    assert values["TOKOMETER_SET_APP_ENV"] == "1" and values["APP_ENV"] == "dev"
+    assert lines[:-1] == [f"export {name}={value}" for name, value in values.items()]
+    assert lines[-1] == "export TOKOMETER_SHELL_ENV=" + ",".join(values)  # what --unset undoes
+    assert values["APP_ENV"] == "dev"
     assert "APP_ENV" not in proxy_variables("http://h:1", tmp_path / "b.pem", tmp_path / "ca.pem", None)
 
 
@@ -169,12 +172,15 @@ def test_the_shell_keeps_its_own_settings_and_gets_them_back(
         'echo "after $NO_PROXY $SSL_CERT_FILE ${HTTPS_PROXY-unset} ${CURL_CA_BUNDLE-unset}"'
     )
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    bundle = tmp_path / "xdg" / "tokometer" / "ca-bundle.pem"
-    assert out.stdout.splitlines() == [
-        f"during corp.internal,localhost,127.0.0.1,::1 {bundle}",
-        "1",  # the company's CA is in the bundle the clients now trust
-        f"after corp.internal {corp_ca} unset unset",
-    ], out.stderr
+    during, count, after = out.stdout.splitlines()
+    no_proxy, bundle = during.removeprefix("during ").split(" ")
+    assert no_proxy == "corp.internal,localhost,127.0.0.1,::1"
+    # a bundle of its own (named after its roots): a shell without the company's CA never rewrites it
+    assert Path(bundle).parent == tmp_path / "xdg" / "tokometer" and Path(bundle).name.startswith(
+        "ca-bundle-"
+    )
+    assert count == "1"  # the company's CA is in the bundle the clients now trust
+    assert after == f"after corp.internal {corp_ca} unset unset", out.stderr
 
 
 def test_an_ipv6_host_is_bracketed_and_the_port_checked(setup: tuple[Path, dict[str, str], int]) -> None:
@@ -195,3 +201,24 @@ def test_an_ipv6_host_is_bracketed_and_the_port_checked(setup: tuple[Path, dict[
         text=True,
     )
     assert unwritable.returncode == 1 and "shell-env: cannot write the CA bundle" in unwritable.stderr
+
+
+def test_unset_undoes_only_what_shell_env_did(setup: tuple[Path, dict[str, str], int]) -> None:
+    """Without an eval before, --unset touches nothing; after two evals with different options it
+    still restores what the shell had before the first; APP_ENV too."""
+    confdir, env, port = setup
+    shell_env = f"{sys.executable} -m addon.shell_env --confdir {confdir}"
+    script = (
+        "export HTTPS_PROXY=http://corp:3128 APP_ENV=staging; "
+        f'eval "$({shell_env} --unset)"; echo "untouched $HTTPS_PROXY $APP_ENV"; '
+        f'eval "$({shell_env} --port {port})"; eval "$({shell_env} --port 1 --env dev)"; '
+        'echo "during $HTTPS_PROXY $APP_ENV"; '
+        f'eval "$({shell_env} --unset)"; '
+        'echo "after $HTTPS_PROXY $APP_ENV ${NODE_EXTRA_CA_CERTS-unset} ${TOKOMETER_SHELL_ENV-unset}"'
+    )
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == [
+        "untouched http://corp:3128 staging",
+        "during http://127.0.0.1:1 dev",
+        "after http://corp:3128 staging unset unset",
+    ], out.stderr
