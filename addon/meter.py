@@ -431,9 +431,17 @@ class Meter:
                     self._price(record)
                 alerts.extend(self.enforcer.record_spend(unstored))
 
-            store.read(load)
-        except Exception as exc:  # budgets then count from this session on
-            log.warning("tokometer: could not load spend for budgets from %s: %s", self.db_path, exc)
+            # The start could not write: the file is held, and waiting another 5 s for it here
+            # would hold mitmproxy's event loop with it.
+            store.read(load, timeout=5.0 if store.started_stored else 0.5)
+        except Exception as exc:  # loaded by the writer once it can read the file
+            log.warning(
+                "tokometer: could not load spend for budgets from %s yet (%s): budgets count this "
+                "session's calls until it can be read",
+                self.db_path,
+                exc,
+            )
+            store.after_next_write(functools.partial(self._load_budgets_late, store))
         live.set_budgets(self.enforcer.budgets.status(now))
         live.start()
         self.live = live
@@ -441,6 +449,21 @@ class Meter:
         store.add_listener(self.call_log)
         self.store = store
         self._raise_alerts(alerts)
+
+    def _load_budgets_late(
+        self, store: Store, con: duckdb.DuckDBPyConnection, queued: list[CallRecord]
+    ) -> None:
+        """Writer thread, the database readable at last: the budgets' spend from it, plus the
+        calls counted already but not stored yet (``queued``) and a crashed session's calls."""
+        self.enforcer.budgets.load(con)
+        unstored = store.unstored_replay(con)
+        for record in unstored:
+            self._price(record)
+        alerts = self.enforcer.record_spend([*queued, *unstored])
+        self._raise_alerts(alerts)
+        if self.live is not None:
+            self.live.set_budgets(self.enforcer.budgets.status(datetime.now(UTC)))
+        log.info("tokometer: spend for budgets loaded from %s", self.db_path)
 
     def _on_finished(self, records: list[CallRecord]) -> None:
         """Writer thread, right after pricing: budgets, their alerts, the live-state file."""

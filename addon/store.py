@@ -446,6 +446,8 @@ class Store:
         self._journal_failed = False
         self._adopted: list[_Adopted] = []
         self._listeners: list[Listener] = []
+        self._after_write: list[Callable[[duckdb.DuckDBPyConnection, list[CallRecord]], None]] = []
+        self.started_stored = True  # False: the start could not write (another process held the file)
         self._doorbell: _Doorbell | None = None  # from start() to close()
         self._closing = False  # close() has begun
         self._stopping = False
@@ -474,7 +476,8 @@ class Store:
         self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._open_journal()
         self._adopt_dead_journals()
-        if not self._flush_until(time.monotonic() + self.start_timeout, ending=False):
+        self.started_stored = self._flush_until(time.monotonic() + self.start_timeout, ending=False)
+        if not self.started_stored:
             log.warning(
                 "tokometer: could not open %s yet (%s); calls are kept and the writer keeps trying",
                 self.db_path,
@@ -864,6 +867,8 @@ class Store:
             if not (batch or events or replay or ending or not self._migrated or not self._session_recorded):
                 with self._lock:
                     self._inflight = 0
+                if self._after_write:  # nothing to write: the database is read all the same
+                    self._run_after_write()
                 return True
             for record in replay:
                 if record.id not in lines:
@@ -910,7 +915,35 @@ class Store:
                     self._compact_journal()
             if not failed:
                 self._recovered()
+            if self._after_write:
+                self._run_after_write()
         return True
+
+    def after_next_write(self, fn: Callable[[duckdb.DuckDBPyConnection, list[CallRecord]], None]) -> None:
+        """Call ``fn(con, queued)`` once, in the writer thread, after its next flush:
+        ``con`` reads the database, ``queued`` are the calls priced (and shown to the listeners)
+        but not in it yet. Nothing else writes or prices meanwhile. Used to load what a start
+        could not read (the file was held by another process)."""
+        with self._lock:
+            self._after_write.append(fn)
+        self._wake()
+
+    def _run_after_write(self) -> None:
+        """The ``after_next_write`` callbacks (the caller holds ``_flush_lock``)."""
+        with self._lock:
+            callbacks, self._after_write = self._after_write, []
+            unpriced = {id(r) for r in self._unpriced}
+            queued = [r for r in self._queue if id(r) not in unpriced]
+        try:
+            with self._attached(read_only=True) as con:
+                for fn in callbacks:
+                    try:
+                        fn(con, queued)
+                    except Exception:
+                        log.exception("tokometer: a callback after a write failed")
+        except duckdb.Error:  # held by someone else again: after the next write, then
+            with self._lock:
+                self._after_write[:0] = callbacks
 
     def unstored_replay(self, con: duckdb.DuckDBPyConnection) -> list[CallRecord]:
         """Calls of dead sessions' journals that are not in the database (``con``) yet, once each.

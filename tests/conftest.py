@@ -323,6 +323,21 @@ class ProxyProcess:
 # ---------------------------------------------------------------- fixtures
 
 
+@pytest.fixture
+def proxy_store_gives_up_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy's store gives up its first flush at start after 0.3 s, not 5 (another process
+    holds the file); its writer thread keeps trying."""
+    import addon.meter
+    from addon.store import Store
+
+    class QuickStore(Store):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.start_timeout = 0.3
+
+    monkeypatch.setattr(addon.meter, "Store", QuickStore)
+
+
 @pytest.fixture(autouse=True)
 def process_umask_kept() -> Iterator[None]:
     """A test that runs the addon's ``running`` in this process narrows its umask, as the proxy

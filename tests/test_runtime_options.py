@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -85,3 +86,74 @@ async def test_a_policies_path_that_does_not_exist_is_said_out_loud(
             assert any("polices.yaml does not exist: metering only" in r.getMessage() for r in caplog.records)
         finally:
             addon.done()
+
+
+HOLDER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])  # read-write: nobody else may open the file
+print("holding", flush=True)
+sys.stdin.readline()
+con.close()
+"""
+
+
+@pytest.mark.usefixtures("proxy_store_gives_up_soon")
+async def test_budgets_are_loaded_once_a_database_held_at_start_is_free(tmp_path: Path) -> None:
+    """A duckdb shell or notebook holds the file while the proxy starts: the start cannot read
+    the day's spend. It used to stall the event loop ~10 s and then lift every budget for the
+    whole run; the writer now loads the spend as soon as it can read the file."""
+    import subprocess
+    import sys
+    import time
+    from datetime import UTC, datetime
+
+    from addon.store import request_flush
+
+    db = tmp_path / "spend.duckdb"
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+
+    async def one_call(addon: Meter, prompt_tokens: int) -> int | None:
+        flow = make_flow(CHAT_URL, {"model": "gpt-4o", "max_tokens": 10, "messages": []})
+        flow.request.timestamp_start = datetime.now(UTC).timestamp()
+        await run_request(addon, flow)
+        if flow.response is not None:
+            return flow.response.status_code
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0}
+        answer = json.dumps({"model": "gpt-4o", "choices": [], "usage": usage})
+        flow.response = http.Response.make(200, answer, {"content-type": "application/json"})
+        await addon.response(flow)
+        return None
+
+    first = Meter()
+    with taddons.context(first) as tctx:
+        tctx.configure(first, tokometer_db=str(db), tokometer_policies=str(policies))
+        first.running()
+        assert await one_call(first, 1_000_000) is None  # $2.50 today, over the $1 cap
+        first.done()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        addon = Meter()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, tokometer_db=str(db), tokometer_policies=str(policies))
+            started = time.monotonic()
+            addon.running()
+            assert time.monotonic() - started < 3  # not the 10 s it was
+            try:
+                assert await one_call(addon, 100) is None  # the day's spend unknown yet: let through
+                assert holder.stdin is not None
+                holder.stdin.write("\n")
+                holder.stdin.flush()
+                holder.wait(10)
+                assert await asyncio.to_thread(request_flush, db, 5.0)  # the writer stores and loads
+                assert await one_call(addon, 100) == 429  # $2.50 + this session's of a $1 cap
+                [budget] = addon.enforcer.budgets.status(datetime.now(UTC))
+                assert budget["spent"] == Decimal("2.50025")  # 1M + 100 gpt-4o input tokens, once each
+            finally:
+                addon.done()
+    finally:
+        if holder.poll() is None:
+            holder.kill()

@@ -908,20 +908,6 @@ def test_a_journal_line_with_a_lone_surrogate_is_replayed(db: Path) -> None:
     assert rows(db, "SELECT id, model_sent FROM calls") == [("dead-0001", "\\udc80x")]
 
 
-@pytest.fixture
-def proxy_store_gives_up_soon(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The proxy's store gives up its first flush at start after 0.3 s, not 5 (another process
-    holds the file); its writer thread keeps trying."""
-    import addon.meter
-
-    class QuickStore(Store):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self.start_timeout = 0.3
-
-    monkeypatch.setattr(addon.meter, "Store", QuickStore)
-
-
 @pytest.mark.usefixtures("proxy_store_gives_up_soon")
 async def test_a_crashed_sessions_calls_count_against_budgets_even_when_the_start_cannot_store_them(
     tmp_path: Path,
