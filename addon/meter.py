@@ -66,6 +66,19 @@ MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_ho
 MAX_KEYS_EXAMINED = 8  # API keys of one request looked up in policies.yaml (a request may carry more)
 
 
+# Calls in flight when mitmproxy reloaded the script, for the new Meter to finish: this module
+# is imported once per process (the script is what mitmproxy reloads).
+_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
+
+
+def _shutting_down() -> bool:
+    """Is mitmproxy shutting down (``done`` at exit), rather than reloading the script?"""
+    try:
+        return ctx.master.should_exit.is_set()
+    except Exception:  # no master: take it as the end
+        return True
+
+
 _startup_heap_frozen = False
 
 
@@ -268,7 +281,19 @@ class Meter:
 
     def call_state(self, flow: http.HTTPFlow) -> CallState | None:
         """The metering state of ``flow``, if it is an LLM call being metered."""
-        return self._calls.get(flow)
+        return self._state(flow)
+
+    def _state(self, flow: http.HTTPFlow) -> CallState | None:
+        """``flow``'s state, taking over one an instance before a script reload left in flight."""
+        state = self._calls.get(flow)
+        if state is None and _HANDED_OVER:
+            state = _HANDED_OVER.pop(flow, None)
+            if state is not None:
+                self._calls[flow] = state
+                tap = state.tap
+                if tap is not None and tap.on_final_event is not None:
+                    tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
+        return state
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -355,6 +380,13 @@ class Meter:
         if self._watch_task is not None:
             self._watch_task.cancel()
             self._watch_task = None
+        if not _shutting_down():
+            # mitmproxy reloads the script (its file changed): the calls in flight go on, and
+            # the new instance's hooks finish them (see _state).
+            for flow, state in list(self._calls.items()):
+                if not state.finished:
+                    _HANDED_OVER[flow] = state
+            self._calls.clear()
         # mitmproxy calls `done` before `error` for flows still streaming: record them now.
         for flow, state in list(self._calls.items()):
             if not state.finished and state.tap is not None:
@@ -632,7 +664,7 @@ class Meter:
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
-        state = self._calls.get(flow)
+        state = self._state(flow)
         if state is None or flow.response is not None:
             return
         await self._attribute(state)
@@ -745,7 +777,7 @@ class Meter:
 
     @_never_raises
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        state = self._calls.get(flow)
+        state = self._state(flow)
         response = flow.response
         if response is None:
             return
@@ -785,7 +817,7 @@ class Meter:
 
     @_never_raises
     async def response(self, flow: http.HTTPFlow) -> None:
-        state = self._calls.get(flow)
+        state = self._state(flow)
         if state is None or state.finished:
             return
         response = flow.response
@@ -810,7 +842,7 @@ class Meter:
 
     @_never_raises
     def error(self, flow: http.HTTPFlow) -> None:
-        state = self._calls.get(flow)
+        state = self._state(flow)
         if state is None or state.finished:
             return
         metered = state.tap.result() if state.tap is not None else Metered()
@@ -907,8 +939,8 @@ class Meter:
         if state.finished or self.store is None or state.tap is None:
             return
         self._fill_record(flow, state, state.tap.result(), [*state.errors], aborted=False)
-        state.journaled_in = self.store
-        self.store.journal(state.record)
+        if self.store.journal(state.record):
+            state.journaled_in = self.store
 
     def _submit(self, record: CallRecord, store: Store | None = None) -> None:
         """Hand the call to ``store`` (the one that journaled it, else the one in use now)."""

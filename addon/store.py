@@ -517,22 +517,25 @@ class Store:
         except Exception:
             log.exception("tokometer: could not queue call %s", getattr(record, "id", "?"))
 
-    def journal(self, record: CallRecord) -> None:
+    def journal(self, record: CallRecord) -> bool:
         """Journal a finished call now; ``submit`` it later (after work off the loop). Never raises.
 
         A call without reported usage is submitted only once its tokens are counted in a thread;
         journaled first, a crash in between still leaves it (without the estimate) for replay.
+        False when it was not journaled (closed, no journal): the later ``submit`` keeps it.
         """
         try:
             record.make_storable()
             text = record.to_json()
             with self._lock:
                 if self._closed or self._fd is None:
-                    return  # submit() will keep it (after close: in a journal for the next start)
+                    return False  # submit() will keep it (after close: in a journal for the next start)
                 self._journal_write((text + "\n").encode())
                 self._journaled_only[record.id] = text  # compaction copies it as written
+            return True
         except Exception:
             log.exception("tokometer: could not journal call %s", getattr(record, "id", "?"))
+            return False
 
     def submit_event(self, event: Event) -> None:
         """Queue an event row (budget alert, policy reload) for the next flush; any thread."""

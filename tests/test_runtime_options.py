@@ -157,3 +157,55 @@ async def test_budgets_are_loaded_once_a_database_held_at_start_is_free(tmp_path
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+async def test_a_call_in_flight_when_mitmproxy_reloads_the_script_is_finished_by_the_new_addon(
+    tmp_path: Path,
+) -> None:
+    """A reload calls ``done`` on the old addon and hands the flow's later hooks to the new one:
+    the old addon leaves its calls in flight to the new one instead of losing them (a plain call)
+    or recording them as aborted at shutdown (a stream)."""
+    from addon.store import request_flush
+
+    db = tmp_path / "spend.duckdb"
+    old = Meter()
+    with taddons.context(old) as tctx:
+        tctx.configure(old, tokometer_db=str(db))
+        old.running()
+        plain = make_flow(CHAT_URL, {"model": "gpt-4o", "messages": []})
+        await run_request(old, plain)
+        streamed = make_flow(CHAT_URL, {"model": "gpt-4o", "stream": True, "messages": []})
+        await run_request(old, streamed)
+        streamed.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+        streamed.response.stream = False
+        old.responseheaders(streamed)
+        stream = streamed.response.stream
+        assert callable(stream)
+        stream(b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n')
+        old.done()  # the script reloads: mitmproxy is not shutting down
+        new = Meter()
+        new.configure({"tokometer_db", "tokometer_policies", "tokometer_log"})
+        new.running()
+        try:
+            answer = {
+                "model": "gpt-4o",
+                "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            }
+            plain.response = http.Response.make(200, json.dumps(answer), {"content-type": "application/json"})
+            await new.response(plain)
+            usage = (
+                b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":2}}'
+            )
+            usage += b"\n\n"
+            stream(usage + b"data: [DONE]\n\n")
+            stream(b"")
+            await new.response(streamed)
+            assert await asyncio.to_thread(request_flush, db, 5.0)
+        finally:
+            new.done()
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT streamed, aborted, input_tokens, usage_source FROM calls ORDER BY streamed"
+        ).fetchall()
+    assert rows == [(False, False, 10, "reported"), (True, False, 20, "reported")]
