@@ -1473,20 +1473,26 @@ def test_unpriced_lists_calls_no_price_list_knows(db: Path, capsys: pytest.Captu
     )
 
 
-def test_savings_with_a_target_without_a_price_keeps_the_calls_and_claims_no_saving(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def one_call_database(tmp_path: Path, model: str, usage: Usage) -> Path:
+    """A database holding one development call on 3 Nov 2026, priced by genai-prices."""
     db = tmp_path / "spend.duckdb"
     record = CallRecord(
         id="one", ts=datetime(2026, 11, 3, 12, tzinfo=UTC), session_id="s", environment="development",
-        provider="openai", host="h", path="/v1/chat/completions", api_flavor="chat", model_sent="gpt-4o",
+        provider="openai", host="h", path="/v1/chat/completions", api_flavor="chat", model_sent=model,
         status_code=200,
     )  # fmt: skip
-    record.set_usage(Usage(input_tokens=1_000_000, output_tokens=1_000_000))
+    record.set_usage(usage)
     store = Store(db, "s")
     store.start()
-    store.submit(record)  # priced by genai-prices: $12.50
+    store.submit(record)
     store.close()
+    return db
+
+
+def test_savings_with_a_target_without_a_price_keeps_the_calls_and_claims_no_saving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = one_call_database(tmp_path, "gpt-4o", Usage(input_tokens=1_000_000, output_tokens=1_000_000))
     policy = tmp_path / "policies.yaml"
     policy.write_text(
         "environments:\n  development:\n"
@@ -1531,17 +1537,7 @@ def test_a_compact_date_in_to_is_a_whole_day(known: Path, capsys: pytest.Capture
 def test_control_characters_from_clients_never_reach_the_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "spend.duckdb"
-    record = CallRecord(
-        id="esc", ts=datetime(2026, 11, 3, 12, tzinfo=UTC), session_id="s", environment="development",
-        provider="openai", host="h", path="/v1/chat/completions", api_flavor="chat",
-        model_sent="gpt\x1b]0;owned\x07-4o", status_code=200,
-    )  # fmt: skip
-    record.set_usage(Usage(input_tokens=10, output_tokens=1))
-    store = Store(db, "s")
-    store.start()
-    store.submit(record)
-    store.close()
+    db = one_call_database(tmp_path, "gpt\x1b]0;owned\x07-4o", Usage(input_tokens=10, output_tokens=1))
     for args in (("by", "model", *NOV), ("session", "s")):
         code, out, _ = run(capsys, "--db", str(db), *args)
         assert code == 0 and "\x1b" not in out and "\x07" not in out and "gpt?]0;owned?-4o" in out

@@ -461,11 +461,9 @@ def test_watch_reports_an_invalid_policy_file(known: tuple[Path, Path], tmp_path
     assert "none" in text  # development has no budget then
 
 
-def test_watch_loop_exits_cleanly_on_ctrl_c(
-    known: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db, policies_path = known
-    ticks = []
+def ctrl_c_at_the_second_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``time.sleep`` records its argument and raises KeyboardInterrupt the second time."""
+    ticks: list[float] = []
 
     def sleep(seconds: float) -> None:
         ticks.append(seconds)
@@ -473,6 +471,14 @@ def test_watch_loop_exits_cleanly_on_ctrl_c(
             raise KeyboardInterrupt
 
     monkeypatch.setattr("time.sleep", sleep)
+    return ticks
+
+
+def test_watch_loop_exits_cleanly_on_ctrl_c(
+    known: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, policies_path = known
+    ticks = ctrl_c_at_the_second_sleep(monkeypatch)
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, height=40)
     args = build_parser().parse_args(
@@ -544,14 +550,7 @@ def test_watch_off_a_terminal_prints_each_frame(
 ) -> None:
     """A full-screen view prints nothing into a pipe or a log: frames are printed one after another."""
     db, policies_path = known
-    ticks: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        ticks.append(seconds)
-        if len(ticks) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr("time.sleep", sleep)
+    ctrl_c_at_the_second_sleep(monkeypatch)
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=100)
     args = build_parser().parse_args(["watch", "--db", str(db), "--policies", str(policies_path)])
