@@ -289,11 +289,16 @@ class Meter:
         if state is None and _HANDED_OVER:
             state = _HANDED_OVER.pop(flow, None)
             if state is not None:
-                self._calls[flow] = state
-                tap = state.tap
-                if tap is not None and tap.on_final_event is not None:
-                    tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
+                self._take_over(flow, state)
         return state
+
+    def _take_over(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """Finish a call the instance before a script reload left in flight (its stream's final
+        event now journaled by this instance's store)."""
+        self._calls[flow] = state
+        tap = state.tap
+        if tap is not None and tap.on_final_event is not None:
+            tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -374,6 +379,9 @@ class Meter:
         )
         if self._watch_task is None:
             self._watch_task = asyncio.ensure_future(self._watch_policies())
+        for flow, state in list(_HANDED_OVER.items()):  # a script reload: its calls in flight
+            if _HANDED_OVER.pop(flow, None) is not None:
+                self._take_over(flow, state)
         freeze_startup_heap()
 
     def done(self) -> None:

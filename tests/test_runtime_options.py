@@ -199,6 +199,8 @@ async def test_a_call_in_flight_when_mitmproxy_reloads_the_script_is_finished_by
             )
             usage += b"\n\n"
             stream(usage + b"data: [DONE]\n\n")
+            state = new.call_state(streamed)
+            assert state is not None and state.journaled_in is new.store  # journaled at its final event
             stream(b"")
             await new.response(streamed)
             assert await asyncio.to_thread(request_flush, db, 5.0)
