@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
 
 
 def key_fingerprint(key: str) -> str:
@@ -28,16 +27,6 @@ def recent_key_fingerprint(key: str) -> str:
             _recent_fingerprints.clear()
         _recent_fingerprints[digest] = found
     return found
-
-
-def find_api_key(headers: Mapping[str, str], names: Iterable[str]) -> str | None:
-    """The API key in the first of ``names`` present (``Bearer`` stripped)."""
-    for name in names:
-        value = headers.get(name)
-        key = key_of_header(value) if value else None
-        if key:
-            return key
-    return None
 
 
 def key_of_header(value: str) -> str | None:

@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
@@ -219,13 +219,17 @@ def _want_color(flag: bool | None) -> bool:
 STATUSLINE_DEFAULTS: dict[str, Any] = {"env": None, "format": "text", "color": None, "db": "", "live": ""}
 
 
+def _defaults(table: dict[str, Any], given: bool) -> Callable[[str], Any]:
+    """An option's default from ``table``, or none at all (``argparse.SUPPRESS``) when not ``given``."""
+    import argparse
+
+    return (lambda name: table[name]) if given else (lambda name: argparse.SUPPRESS)
+
+
 def add_statusline_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
     """The statusline options (shared with ``addon.spend``, which passes ``defaults=False`` so that
     its own ``--db``/``--format`` before the command are not overwritten: see ``with_defaults``)."""
-    import argparse
-
-    def default(name: str) -> Any:
-        return STATUSLINE_DEFAULTS[name] if defaults else argparse.SUPPRESS
+    default = _defaults(STATUSLINE_DEFAULTS, defaults)
 
     parser.add_argument(
         "--env",
@@ -669,10 +673,7 @@ WATCH_DEFAULTS: dict[str, Any] = {
 
 def add_watch_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
     """The watch options (shared with ``addon.spend``: ``defaults=False``, see ``with_defaults``)."""
-    import argparse
-
-    def default(name: str) -> Any:
-        return WATCH_DEFAULTS[name] if defaults else argparse.SUPPRESS
+    default = _defaults(WATCH_DEFAULTS, defaults)
 
     parser.add_argument(
         "--db", default=default("db"), help="database file (default: $TOKOMETER_DB, else the usual)"

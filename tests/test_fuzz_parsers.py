@@ -785,7 +785,7 @@ def test_request_side_helpers_never_raise(
     model = p.request_model(path, body)
     assert model is None or isinstance(model, str)
     assert p.stream_framing(path, content_type) in (None, "sse", "json_array", "aws_eventstream")
-    p.key_in_query(path.partition("?")[2])
+    assert all(isinstance(k, str) and k for k in p.keys_in_query(path.partition("?")[2]))
     if p.key_from_header is not None:
         p.key_from_header(authorization)
     if p.with_model is not None:

@@ -119,11 +119,6 @@ class Provider:
             found.append(f"^(?:{self.host_pattern}):{self.port}$")
         return found
 
-    def key_in_query(self, query: str) -> str | None:
-        """The key a query string carries (the last value, as the provider reads it)."""
-        keys = self.keys_in_query(query)
-        return keys[-1] if keys else None
-
     def keys_in_query(self, query: str) -> list[str]:
         """Every key value the query string carries, in order (a regex: a long query is cheap)."""
         if not self.key_query or not query:
