@@ -535,9 +535,23 @@ def _spend_table(data: Mapping[str, Any]) -> Any:
             calls,
             f"{_cap(budget['usd'])}/{budget['period']}",
             _money(budget["spent_usd"]),
-            Text.assemble((bar(used), style), f" {pct:>4}", (status, style)),
+            # The share first: a narrow terminal cuts the bar, never the number.
+            Text.assemble(f"{pct:>4} ", (bar(used), style), (status, style)),
         )
+    _keep_whole(table, 1, 2, 3, 4, 5)
     return table
+
+
+def _keep_whole(table: Any, *columns: int) -> None:
+    """Never shrink these columns below their widest cell: in a narrow terminal the text
+    columns (scope, model, notes) are cut with an ellipsis, never an amount or a count."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    for index in columns:
+        column = table.columns[index]
+        widths = [c.cell_len if isinstance(c, Text) else cell_len(str(c)) for c in column.cells]
+        column.min_width = max(widths, default=0)
 
 
 def _recent_table(recent: Sequence[Mapping[str, Any]], tz: tzinfo | None) -> Any:
@@ -594,6 +608,7 @@ def _recent_table(recent: Sequence[Mapping[str, Any]], tz: tzinfo | None) -> Any
         table.add_row(
             f"{ts.astimezone(tz):%H:%M:%S}", clean(call["environment"] or "-", 16), model, tokens, cost, note
         )
+    _keep_whole(table, 0, 3, 4, 5)
     return table
 
 

@@ -395,10 +395,10 @@ def test_watch_frame_from_a_known_database(known: tuple[Path, Path]) -> None:
         "",
         " Scope        Today  Calls      Budget   Spent  Used",
         # month: $35 yesterday + $0.39 today = $35.39 of $150: 23.6%, 4 of 15 cells
-        " development  $0.39      4  $150/month  $35.39  " + "\u2588" * 4 + "\u2591" * 11 + "  24%",
+        " development  $0.39      4  $150/month  $35.39   24% " + "\u2588" * 4 + "\u2591" * 11,
         # $0.35 of $1 a day: past alert_at 0.3
-        " staging      $0.35      1      $1/day   $0.35  " + "\u2588" * 5 + "\u2591" * 10 + "  35% alert",
-        " user alice       -      -      $1/day   $0.35  " + "\u2588" * 5 + "\u2591" * 10 + "  35%",
+        " staging      $0.35      1      $1/day   $0.35   35% " + "\u2588" * 5 + "\u2591" * 10 + " alert",
+        " user alice       -      -      $1/day   $0.35   35% " + "\u2588" * 5 + "\u2591" * 10,
     ]
     recent = lines[lines.index("Last calls (newest first)") :]
     assert recent[2].split() == ["Time", "Env", "Model", "Tokens", "in/cached/out", "Cost"]
@@ -413,6 +413,30 @@ def test_watch_frame_from_a_known_database(known: tuple[Path, Path]) -> None:
     assert lines[-1] == "Ctrl-C quits"
 
 
+def test_watch_in_an_80_column_terminal_cuts_names_never_amounts(known: tuple[Path, Path]) -> None:
+    """A long model name or scope gives up width first: every amount, count and share stays whole."""
+    db, policies_path = known
+    with reading(db) as con:
+        data = collect(con, db, load_policies(policies_path), NOW)
+    data["recent"][2]["model_requested"] = "claude-sonnet-4-5-20250929-with-a-long-suffix"
+    data["budgets"][-1]["name"] = "alice-from-the-platform-infrastructure-team"
+    console = Console(record=True, width=80, file=io.StringIO())
+    console.print(render(data, tz=UTC))
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert max(len(line) for line in lines) <= 80
+    table = lines[lines.index("Today (UTC) and budgets") :]
+    assert [line.split()[:6] for line in table[4:6]] == [
+        ["development", "$0.39", "4", "$150/month", "$35.39", "24%"],
+        ["staging", "$0.35", "1", "$1/day", "$0.35", "35%"],
+    ]
+    assert table[6].split()[-5:-1] == ["-", "$1/day", "$0.35", "35%"]
+    assert "\u2026" in table[6].split()[1]  # the scope is cut
+    recent = lines[lines.index("Last calls (newest first)") :]
+    assert recent[6].split()[-2:] == ["100,000/0/10,000", "$0.35"]
+    assert "\u2026" in recent[6]  # the model is cut
+    assert [line.split()[-1] for line in recent[7:10]] == ["$0.21", "$0.18", "$35.00"]
+
+
 def test_watch_once_cli_and_the_database_is_not_held(known: tuple[Path, Path]) -> None:
     db, policies_path = known
     console = Console(record=True, width=100, file=io.StringIO())
@@ -422,7 +446,7 @@ def test_watch_once_cli_and_the_database_is_not_held(known: tuple[Path, Path]) -
     assert run_watch(args, console=console) == 0
     text = console.export_text()
     assert "Session s1  running 2h 00m  $0.74  5 calls (1 refused)" in text
-    assert "  35% alert" in text
+    assert "  35% " + "\u2588" * 5 + "\u2591" * 10 + " alert" in text
     con = duckdb.connect(str(db))  # a writer gets in at once: the view closed its connection
     con.close()
 
