@@ -218,15 +218,14 @@ def is_usage_only_chunk(event: SSEEvent) -> bool:
 
 
 def has_usage(data: bytes) -> bool:
-    """Cheap test: does this JSON text hold a ``"usage"`` key whose value is not null?"""
-    i = data.find(b'"usage"')
-    while i >= 0:
-        i += 7
-        rest = data[i : i + 64].lstrip()
-        if rest[:1] == b":" and not rest[1:].lstrip().startswith(b"null"):
-            return True
-        i = data.find(b'"usage"', i)
-    return False
+    """Cheap test: does this JSON text hold a ``"usage"`` key whose value is not null?
+
+    One regex search (C): OpenAI sends ``"usage":null`` on every chunk of a stream.
+    """
+    return _USAGE_NOT_NULL.search(data) is not None
+
+
+_USAGE_NOT_NULL = re.compile(rb'"usage"\s*:(?!\s*null)')
 
 
 class TextCollector:
