@@ -62,8 +62,13 @@ class Enforcer:
         now: float | None = None,
         call_id: str | None = None,
         estimate: Callable[[str | None], Decimal] | None = None,
+        budgeted: bool = True,
     ) -> Decision:
-        """Allow, downgrade or refuse one call (microseconds: dict lookups and compares)."""
+        """Allow, downgrade or refuse one call (microseconds: dict lookups and compares).
+
+        ``budgeted=False``: a call that costs nothing per token (a flat-fee plan's key) is
+        held to the model rules and rate limits, not to the dollar budgets.
+        """
         if not self.policies.enforcing:
             return Decision("allowed", model)
         now = time.time() if now is None else now
@@ -84,7 +89,7 @@ class Enforcer:
             decision = Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
 
         refusal = None
-        if self.budgets.has_budgets:
+        if budgeted and self.budgets.has_budgets:
             reserve = None
             if call_id is not None and estimate is not None:
                 sent = decision.model_sent

@@ -42,7 +42,7 @@ from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
-from addon.pricing import Pricer
+from addon.pricing import SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
 from addon.providers import Provider, Registry, registry_for
 from addon.record import CallRecord
 from addon.store import Store
@@ -121,6 +121,7 @@ class CallState:
     injected_usage: bool = False
     notice: str | None = None  # X-Tokometer-Notice for the client (a downgrade)
     refusal: str | None = None  # why the proxy answered the call itself
+    subscription: bool = False  # a flat-fee plan's key: $0 per call, outside the budgets
     tap: StreamTap | None = None
     finished: bool = False
     journaled_in: Store | None = None  # the store that journaled it ahead (see _finish)
@@ -566,6 +567,8 @@ class Meter:
             tags_header=tags_header,
             process=self._client_process(flow),
             errors=[key_problem] if key_problem else [],
+            subscription=bool(key and provider.subscription_key_prefixes)
+            and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
         )
 
     def _pretty_host(self, request: http.Request) -> str:
@@ -692,6 +695,7 @@ class Meter:
             model=record.model_requested,
             call_id=record.id,
             estimate=self._cost_estimate(record.provider, state.request_size, body),
+            budgeted=not state.subscription,
         )
         if decision.refusal is None and record.model_requested is None:
             decision = self._unknown_model(record, decision) or decision
@@ -935,6 +939,9 @@ class Meter:
         if response is None and metered.usage is None and not _reached_upstream(flow):
             # The request never went out (no connection, refused connect): nothing was billed.
             record.cost_usd, record.price_status = Decimal(0), "not_billed"
+        elif state.subscription:
+            record.cost_usd, record.price_status = Decimal(0), SUBSCRIPTION
+            record.price_source = SUBSCRIPTION_SOURCE
         record.error = "; ".join(errors)[:1000] if errors else None
 
     def _journal_stream_end(self, flow: http.HTTPFlow, state: CallState) -> None:

@@ -27,6 +27,9 @@ UNKNOWN_MODEL = "unknown_model"
 NO_USAGE = "no_usage"
 NO_MODEL = "no_model"
 NOT_BILLED = "not_billed"
+# A call made with a flat-fee plan's key (Claude Pro/Max): $0 per call, its tokens still counted.
+SUBSCRIPTION = "subscription"
+SUBSCRIPTION_SOURCE = "subscription plan (OAuth token): no per-token charge"
 ERROR = "error"
 
 # (snapshot id, provider, model) pairs genai-prices could not resolve: a miss costs ~230 µs.

@@ -44,7 +44,8 @@ class CallRecord:
     reasoning_tokens: int | None = None
     usage_source: str = "none"  # reported | estimated | none
     cost_usd: Decimal | None = None
-    price_status: str | None = None  # priced | unknown_model | no_usage | no_model | not_billed | error
+    # priced | unknown_model | no_usage | no_model | not_billed | subscription | error
+    price_status: str | None = None
     price_source: str | None = None
     price_model: str | None = None
     key_fingerprint: str | None = None

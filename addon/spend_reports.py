@@ -69,7 +69,8 @@ METRICS_SQL = f"""
     coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
     count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls,
     count(*) FILTER (
-        WHERE NOT {_HAS_USAGE_SQL} AND coalesce(price_status, '') <> 'not_billed' AND NOT {_REFUSED_SQL}
+        WHERE NOT {_HAS_USAGE_SQL} AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription')
+            AND NOT {_REFUSED_SQL}
     ) AS no_usage_calls,
     sum(cost_usd) AS cost_usd
 """
@@ -735,7 +736,7 @@ def savings_report(
                coalesce(sum(output_tokens), 0) AS output_tokens,
                sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
                min(ts) AS first_ts
-        FROM c WHERE {_HAS_USAGE_SQL}
+        FROM c WHERE {_HAS_USAGE_SQL} AND coalesce(price_status, '') <> 'subscription'
         GROUP BY ALL ORDER BY environment, provider, model, month, large
     """
     from addon.pricing import Pricer

@@ -1473,8 +1473,8 @@ def test_unpriced_lists_calls_no_price_list_knows(db: Path, capsys: pytest.Captu
     )
 
 
-def one_call_database(tmp_path: Path, model: str, usage: Usage) -> Path:
-    """A database holding one development call on 3 Nov 2026, priced by genai-prices."""
+def one_call_database(tmp_path: Path, model: str, usage: Usage, *, subscription: bool = False) -> Path:
+    """A database holding one development call on 3 Nov 2026, priced by genai-prices (or a plan's)."""
     db = tmp_path / "spend.duckdb"
     record = CallRecord(
         id="one", ts=datetime(2026, 11, 3, 12, tzinfo=UTC), session_id="s", environment="development",
@@ -1482,6 +1482,8 @@ def one_call_database(tmp_path: Path, model: str, usage: Usage) -> Path:
         status_code=200,
     )  # fmt: skip
     record.set_usage(usage)
+    if subscription:
+        record.cost_usd, record.price_status = Decimal(0), "subscription"
     store = Store(db, "s")
     store.start()
     store.submit(record)
@@ -1508,6 +1510,23 @@ def test_savings_with_a_target_without_a_price_keeps_the_calls_and_claims_no_sav
     assert data["total"]["unpriced_calls"] == 0
     [model] = data["environments"][0]["models"]
     assert (model["target"], model["target_unpriced"], model["savings_usd"]) == ("my-local-model", True, "0")
+
+
+def test_savings_leave_out_calls_a_subscription_plan_paid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan's call cost $0: re-pricing it at the downgrade target would claim a negative saving."""
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    db = one_call_database(tmp_path, "gpt-4o", usage, subscription=True)
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(
+        "environments:\n  development:\n"
+        "    models: {allow: [gpt-4o-mini], on_disallowed: downgrade, downgrade: {gpt-4o: gpt-4o-mini}}\n"
+    )
+    data = report(capsys, "--db", str(db), "savings", "--policies", str(policy), *NOV)
+    assert (data["total"]["calls"], data["total"]["savings_usd"], data["environments"]) == (0, "0", [])
+    summary = report(capsys, "--db", str(db), "summary", *NOV)
+    assert (summary["total"]["no_usage_calls"], summary["total"]["unpriced_calls"]) == (0, 0)
 
 
 def test_bad_input_is_a_usage_error_not_a_traceback(

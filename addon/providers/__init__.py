@@ -96,6 +96,8 @@ class Provider:
     key_headers: tuple[str, ...] = ("authorization",)
     key_query: tuple[str, ...] = ()  # query parameters that carry the key (Gemini's ?key=)
     key_from_header: Callable[[str], str | None] | None = None  # e.g. SigV4: the access key id only
+    # Keys of a flat-fee plan (Claude Pro/Max's OAuth tokens): their calls cost nothing per token.
+    subscription_key_prefixes: tuple[str, ...] = ()
     # Flavors whose streams report usage only when asked (OpenAI chat's stream_options).
     usage_opt_in_flavors: frozenset[str] = frozenset()
     is_usage_only_chunk: Callable[[Any], bool] | None = None
@@ -259,6 +261,9 @@ BUILTIN: tuple[Provider, ...] = (
             parse_response=_ignore_headers(anthropic_api.parse_response),
             stream_parser=anthropic_api.StreamParser,
             key_headers=("x-api-key", "authorization"),
+            # Claude Code logged in to a Pro/Max plan (`claude setup-token`, CLAUDE_CODE_OAUTH_TOKEN)
+            # sends `Authorization: Bearer sk-ant-oat01-...`: the plan's quota, not API credits.
+            subscription_key_prefixes=("sk-ant-oat",),
         ),
         _anthropic_openai_path,
         frozenset({"chat"}),
