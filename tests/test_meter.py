@@ -591,3 +591,39 @@ async def test_a_whole_gemini_answer_sent_as_sse_is_buffered_and_metered(meter: 
     await meter.response(flow)
     [record] = meter.store.records  # type: ignore[union-attr]
     assert (record.api_flavor, record.input_tokens, record.output_tokens) == ("generate", 10, 5)
+
+
+async def test_a_codex_compaction_is_metered(meter: Meter) -> None:
+    """POST /v1/responses/compact (Codex CLI's /compact and auto-compaction) runs the model over the
+    whole history and answers with a Responses usage."""
+    flow = make_flow(
+        "https://api.openai.com/v1/responses/compact",
+        {"model": "gpt-5-codex", "input": [{"role": "user", "content": "a long history"}]},
+    )
+    await run_request(meter, flow)
+    answer = {
+        "id": "cmp_1",
+        "object": "response.compaction",
+        "output": [{"type": "compaction", "encrypted_content": "..."}],
+        "usage": {
+            "input_tokens": 180_000,
+            "input_tokens_details": {"cached_tokens": 20_000},
+            "output_tokens": 4_000,
+            "output_tokens_details": {"reasoning_tokens": 1_000},
+        },
+    }
+    flow.response = http.Response.make(200, json.dumps(answer), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [record] = meter.store.records  # type: ignore[union-attr]
+    assert (record.api_flavor, record.model_requested, record.usage_source) == (
+        "responses",
+        "gpt-5-codex",
+        "reported",
+    )
+    assert (record.input_tokens, record.cache_read_tokens, record.output_tokens, record.reasoning_tokens) == (
+        180_000,
+        20_000,
+        4_000,
+        1_000,
+    )

@@ -95,6 +95,7 @@ def run(flavor: str, pieces: Iterable[bytes], encoding: str | None = None) -> tu
         ("/v1beta/openai/chat/completions", "chat"),
         ("/v1/responses", "responses"),
         ("/v1/responses?stream=true", "responses"),
+        ("/v1/responses/compact", "responses"),  # Codex CLI's compaction: billed
         ("/v1/embeddings", "embeddings"),
         ("/api/v1/embeddings", "embeddings"),
         ("/v1/models", None),

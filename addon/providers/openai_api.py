@@ -30,6 +30,8 @@ FLAVORS: tuple[str, ...] = ("chat", "responses", "embeddings")
 _PATH_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("/chat/completions", "chat"),
     ("/responses", "responses"),
+    # Codex CLI's /compact and auto-compaction: the model reads the whole history (a Responses usage).
+    ("/responses/compact", "responses"),
     ("/embeddings", "embeddings"),
 )
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
