@@ -305,15 +305,26 @@ class Pricer:
         return (per_input or Decimal(0)) / PER_MILLION, (per_output or Decimal(0)) / PER_MILLION
 
     def override_for(self, provider: str, model: str) -> PriceOverride | None:
-        from addon.model_rules import model_matches
+        found = self._override_match(provider, model)
+        return found[1] if found is not None else None
+
+    def _override_match(self, provider: str, model: str) -> tuple[str, PriceOverride] | None:
+        """The first ``prices:`` entry matching ``model``: (the model it is priced under, its price).
+
+        That model is the entry's own name (a dated snapshot folds into it, as genai-prices'
+        calls do), or the model's base name when the entry is a glob.
+        """
+        from addon.model_rules import base_model, is_pattern, model_matches, strip_prefix
 
         for pattern, override in self.overrides:
+            model_pattern = pattern
             if "/" in pattern and not pattern.startswith("models/"):
                 scope, _, model_pattern = pattern.partition("/")
-                if scope == provider and model_matches(model_pattern, model):
-                    return override
-            elif model_matches(pattern, model):
-                return override
+                if scope != provider:
+                    continue
+            if model_matches(model_pattern, model):
+                priced_as = base_model(model) if is_pattern(model_pattern) else strip_prefix(model_pattern)
+                return priced_as, override
         return None
 
     @classmethod
@@ -350,9 +361,10 @@ class Pricer:
         genai-prices for the first, under the provider's price id and model name."""
         if usage is not None:
             for candidate in dict.fromkeys(m for m in models if m):
-                override = self.override_for(provider, candidate)
-                if override is not None:
-                    return Price(override_cost(override, usage), PRICED, OVERRIDE_SOURCE, candidate)
+                found = self._override_match(provider, candidate)
+                if found is not None:
+                    priced_as, override = found
+                    return Price(override_cost(override, usage), PRICED, OVERRIDE_SOURCE, priced_as)
         model = models[0] if models else None
         price_id, to_name = (provider, None)
         if self._price_provider is not None:

@@ -93,9 +93,11 @@ prices:
     pricer(negotiated)
     # (700 * 2 + 200 * 1 + 100 * 3 + 500 * 8) / 1M
     assert negotiated.cost_usd == Decimal("0.0059") and negotiated.price_source == "policies.yaml prices"
+    # priced under the entry's name: the dated snapshot folds into it, as genai-prices' calls do
+    assert negotiated.price_model == "gpt-4o"
     local = record("ollama", "llama3.1:8b", Usage(5000, 0, 0, 100, 0))
     pricer(local)
-    assert (local.cost_usd, local.price_status) == (Decimal(0), "priced")
+    assert (local.cost_usd, local.price_status, local.price_model) == (Decimal(0), "priced", "llama3.1:8b")
     listed = record("openai", "gpt-4o-mini", Usage(1000, 0, 0, 1000, 0))
     pricer(listed)
     assert listed.cost_usd == Decimal("0.00075") and (listed.price_source or "").startswith("genai-prices")
