@@ -207,9 +207,15 @@ def _selection(args: argparse.Namespace, now: datetime, default_since: str | Non
 
 
 def _policies(args: argparse.Namespace) -> Policies:
-    from addon.policies import load_policies
+    """The policies a report applies. A file named by ``--policies`` or ``$TOKOMETER_POLICIES``
+    must exist (a typo must not read as "no budgets"); the checkout's default may be absent."""
+    from addon.policies import PolicyError, load_policies
 
-    return load_policies(resolve_policies_path(getattr(args, "policies", "") or ""))
+    given = (getattr(args, "policies", "") or os.environ.get("TOKOMETER_POLICIES", "")).strip()
+    path = resolve_policies_path(getattr(args, "policies", "") or "")
+    if given and not path.exists():
+        raise PolicyError(f"{path}: no such file")
+    return load_policies(path)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1529,6 +1529,24 @@ def test_savings_leave_out_calls_a_subscription_plan_paid(
     assert (summary["total"]["no_usage_calls"], summary["total"]["unpriced_calls"]) == (0, 0)
 
 
+def test_a_policy_file_named_but_missing_is_an_error_not_no_budgets(
+    known: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in --policies (or $TOKOMETER_POLICIES) must not read as "No budgets are set."."""
+    typo = tmp_path / "polices.yaml"
+    for command in ("budgets", "models", "savings"):
+        code, out, err = run(capsys, "--db", str(known), command, "--policies", str(typo))
+        assert (code, out) == (1, ""), command
+        assert err == f"spend: policies: {typo}: no such file\n"
+    monkeypatch.setenv("TOKOMETER_POLICIES", str(typo))
+    code, _, err = run(capsys, "--db", str(known), "budgets")
+    assert code == 1 and "no such file" in err
+    monkeypatch.delenv("TOKOMETER_POLICIES")
+    monkeypatch.setattr("addon.paths.default_policies_path", lambda: tmp_path / "absent.yaml")
+    code, out, _ = run(capsys, "--db", str(known), "budgets")  # no policy file at its default place
+    assert code == 0 and "No budgets are set." in out
+
+
 def test_bad_input_is_a_usage_error_not_a_traceback(
     known: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
