@@ -91,6 +91,13 @@ def is_busy_error(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.ConnectionException) and "different configuration" in msg
 
 
+def _cannot_write(exc: BaseException) -> bool:
+    """True for errors of the file, not of the rows (no space, I/O error, an invalidated database)."""
+    if isinstance(exc, duckdb.IOException | duckdb.FatalException):
+        return True
+    return isinstance(exc, duckdb.TransactionException) and "Could not write" in str(exc)
+
+
 def _backoff(attempt: int, cap: float = 0.5) -> float:
     """A random pause that starts at 5-20 ms and doubles up to ``cap`` seconds."""
     high = min(cap, 0.02 * 2 ** min(attempt, 10))
@@ -444,6 +451,8 @@ class Store:
         self._fd: int | None = None
         self._journal_bytes = 0
         self._journal_failed = False
+        self._journal_incomplete = False  # a line could not be written: journal again from memory
+        self._db_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file migrated
         self._adopted: list[_Adopted] = []
         self._listeners: list[Listener] = []
         self._after_write: list[Callable[[duckdb.DuckDBPyConnection, list[CallRecord]], None]] = []
@@ -648,11 +657,33 @@ class Store:
             self._journal_bytes += len(line)
             self._journal_failed = False
         except OSError as exc:
+            # A short write (disk full) leaves part of a line: cut it off, or the next line,
+            # appended to it, would read as one unreadable line. The call is journaled again
+            # from memory (``_check_journal``) once there is room.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._journal_bytes)
+            self._journal_incomplete = True
             if not self._journal_failed:
                 log.warning("tokometer: journal write failed (%s): calls are kept in memory", exc)
                 self._journal_failed = True
 
-    def _compact_journal(self) -> None:
+    def _check_journal(self) -> None:
+        """Journal again what the journal lacks (caller holds ``_lock``): calls a failed write left
+        in memory only, or all of them when the journal file was removed (its folder deleted)."""
+        if self._fd is None:
+            return
+        try:
+            removed = os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            removed = False
+        if not (removed or self._journal_incomplete):
+            return
+        with contextlib.suppress(OSError):
+            self.journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._compact_journal():
+            self._journal_incomplete = False
+
+    def _compact_journal(self) -> bool:
         """Rewrite the journal with only the calls not stored yet (caller holds ``_lock``).
 
         Those are the queued calls and the ones journaled ahead of their ``submit``.
@@ -667,7 +698,7 @@ class Store:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             log.warning("tokometer: could not compact journal: %s", exc)
-            return
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             kept = [self._lines.get(r.id) or r.to_json() for r in self._queue]
@@ -681,9 +712,10 @@ class Store:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             log.warning("tokometer: could not compact journal: %s", exc)
-            return
+            return False
         os.close(self._fd)
         self._fd, self._journal_bytes = fd, len(data)
+        return True
 
     def _late_submit(self, record: CallRecord, line: bytes | None) -> None:
         """A call finished after ``close``: leave it in a journal for the next start to replay."""
@@ -860,6 +892,7 @@ class Store:
         self._price_pending()
         with self._flush_lock:
             with self._lock:
+                self._check_journal()
                 # A bounded batch: one transaction holds DuckDB's lock, and readers wait for it.
                 batch, self._queue = self._queue[:MAX_ROWS_PER_FLUSH], self._queue[MAX_ROWS_PER_FLUSH:]
                 lines = {r.id: line for r in batch if (line := self._lines.pop(r.id, None)) is not None}
@@ -989,6 +1022,9 @@ class Store:
             self._instance = duckdb.connect(":memory:", config={"threads": 1})
         con = self._instance
         existed = self.db_path.exists()
+        if not (existed or read_only):  # its folder may have been deleted under us
+            with contextlib.suppress(OSError):
+                self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = str(self.db_path).replace("'", "''")
         try:
             con.execute(f"ATTACH '{path}' AS {_ALIAS}" + (" (READ_ONLY)" if read_only else ""))
@@ -1000,6 +1036,12 @@ class Store:
             if not existed:
                 with contextlib.suppress(OSError):
                     os.chmod(self.db_path, 0o600)
+            with contextlib.suppress(OSError):
+                st = os.stat(self.db_path)
+                # Created now (deleted under us) or replaced by another file: migrate it.
+                if not existed or (st.st_dev, st.st_ino) != self._db_identity:
+                    self._db_identity = (st.st_dev, st.st_ino)
+                    self._migrated = self._session_recorded = False
             con.execute(f"USE {_ALIAS}")
             yield con
         finally:
@@ -1044,7 +1086,9 @@ class Store:
                 except duckdb.ConstraintException:  # a call stored already: a journal replayed
                     self._transaction(con, records, ending, events, lines, ignore_existing=True)
             except Exception as exc:
-                if is_busy_error(exc) or not records:
+                # Only a call DuckDB rejects is worth isolating, not a file it cannot write
+                # (a full disk): row by row, that costs ~7 ms a call, whatever the timeout.
+                if is_busy_error(exc) or not records or _cannot_write(exc):
                     raise
                 return self._write_one_by_one(con, records, ending, events)
             self._session_recorded = True
