@@ -903,19 +903,16 @@ def test_models_several_weeks_and_csv(
     ]
 
 
-def test_models_without_policies_uses_price_only(
-    known: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = report(
-        capsys,
-        "--db",
-        str(known),
-        "models",
-        "--policies",
-        str(tmp_path / "none.yaml"),
-        "--now",
-        "2026-11-05T12:00",
-    )
+@pytest.fixture
+def no_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No policies.yaml at its default place (the checkout's), none named by option or variable."""
+    monkeypatch.delenv("TOKOMETER_POLICIES", raising=False)
+    monkeypatch.setattr("addon.paths.default_policies_path", lambda: tmp_path / "absent.yaml")
+
+
+@pytest.mark.usefixtures("no_policy_file")
+def test_models_without_policies_uses_price_only(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report(capsys, "--db", str(known), "models", "--now", "2026-11-05T12:00")
     assert data["premium_usd_per_mtok"] is None
     assert not any(r["premium"] for r in data["rows"])
     assert data["flagged"] == {"calls": 0, "cost_usd": None, "by_user": []}
@@ -1188,12 +1185,11 @@ def test_budgets_early_in_a_period_project_from_one_hour(
     assert (key["spent_usd"], key["projected_usd"], key["status"]) == ("0", "0", "ok")
 
 
-def test_budgets_without_a_policy_file(
-    known: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = report(capsys, "--db", str(known), "budgets", "--policies", str(tmp_path / "absent.yaml"))
+@pytest.mark.usefixtures("no_policy_file")
+def test_budgets_without_a_policy_file(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report(capsys, "--db", str(known), "budgets")
     assert (data["policies"], data["budgets"]) == (None, [])
-    code, out, _ = run(capsys, "--db", str(known), "budgets", "--policies", str(tmp_path / "absent.yaml"))
+    code, out, _ = run(capsys, "--db", str(known), "budgets")
     assert (code, out.splitlines()[-2:]) == (0, ["policies: no policy file", "No budgets are set."])
 
 
@@ -1365,15 +1361,11 @@ def test_empty_database(
     )
 
 
+@pytest.mark.usefixtures("no_policy_file")
 def test_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nothing" / "spend.duckdb"
     for args in REPORTS:
-        policy = (
-            ["--policies", str(tmp_path / "absent.yaml")]
-            if args[0] in ("models", "savings", "budgets")
-            else []
-        )
-        code, out, err = run(capsys, "--db", str(missing), *args, *policy, "--json")
+        code, out, err = run(capsys, "--db", str(missing), *args, "--json")
         assert (code, out) == (1, ""), args
         assert err == (
             f"spend: no database at {missing}\n"
