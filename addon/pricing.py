@@ -166,7 +166,8 @@ def price(
     """Price one call; never raises. An unknown model is never priced 0.
 
     One-hour cache writes, web searches and a service tier other than the default (OpenAI's
-    flex and priority) are priced by genai-prices itself, not by the linear shortcut.
+    flex and priority, Anthropic's fast mode) are priced by genai-prices itself, not by the
+    linear shortcut.
     """
     try:
         if usage is None:
@@ -197,7 +198,10 @@ def price(
             counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         if usage.web_searches:
             counts["web_searches"] = usage.web_searches
-        context = None if service_tier in _BASE_TIERS else {"service_tier": service_tier}
+        # OpenAI's tiers are priced by `service_tier`, Anthropic's fast mode by `speed`.
+        context = (
+            None if service_tier in _BASE_TIERS else {"service_tier": service_tier, "speed": service_tier}
+        )
         try:
             calc = calc_price(
                 GPUsage(**counts),

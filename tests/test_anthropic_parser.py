@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import brotli
 import pytest
 
 from addon.content_decoding import StreamDecoder
+from addon.pricing import price
 from addon.providers import values
 from addon.providers.anthropic_api import StreamParser, extract_usage, flavor_for_path, parse_response
 from addon.sse import SSEDecoder, SSEEvent
@@ -347,3 +350,44 @@ def test_one_hour_cache_writes_and_web_searches_are_read_from_bodies_and_streams
     for event in SSEDecoder().feed(events):
         parser.feed(event)
     assert parser.result().usage == expected
+
+
+def test_fast_mode_is_read_as_the_service_tier_and_priced_at_fast_rates() -> None:
+    """Fast mode (``speed: "fast"``, Claude Code's /fast): Opus 4.8 at $10 / $50 per 1M against $5 / $25.
+    The usage says ``speed``; a body or stream without it is the standard speed."""
+    body = {
+        "type": "message",
+        "model": "claude-opus-4-8",
+        "content": [],
+        "usage": {
+            "input_tokens": 10_000,
+            "output_tokens": 1_000,
+            "service_tier": "standard",
+            "speed": "fast",
+        },
+    }
+    fast = parse_response("messages", json.dumps(body).encode())
+    assert fast.service_tier == "fast"
+    assert price("anthropic", "claude-opus-4-8", fast.usage, WHEN, service_tier="fast").cost_usd == Decimal(
+        "0.15"
+    )
+    del body["usage"]["speed"]  # type: ignore[attr-defined]
+    standard = parse_response("messages", json.dumps(body).encode())
+    assert standard.service_tier == "standard"
+    assert price(
+        "anthropic", "claude-opus-4-8", standard.usage, WHEN, service_tier="standard"
+    ).cost_usd == Decimal("0.075")
+    start = {"type": "message_start", "message": {"model": "claude-opus-4-8", "usage": body["usage"]}}
+    delta = {"type": "message_delta", "usage": {"output_tokens": 1_000, "speed": "fast"}}
+    stream = (
+        f"event: message_start\ndata: {json.dumps(start)}\n\n"
+        f"event: message_delta\ndata: {json.dumps(delta)}\n\n"
+        'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    ).encode()
+    parser = StreamParser()
+    for event in SSEDecoder().feed(stream):
+        parser.feed(event)
+    assert parser.result().service_tier == "fast"
+
+
+WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

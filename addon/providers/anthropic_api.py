@@ -78,6 +78,16 @@ def usage_from_counts(counts: dict[str, int]) -> Usage:
     )
 
 
+def service_tier_of(usage: Any) -> str | None:
+    """The tier a ``usage`` object says served the call: ``"fast"`` for fast mode (``speed``,
+    priced apart), else its ``service_tier`` (``standard``, ``priority``, ``batch``)."""
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("speed") == "fast":
+        return "fast"
+    return _str(usage.get("service_tier"))
+
+
 def extract_usage(usage: Any) -> Usage | None:
     """Normalise one Anthropic ``usage`` object, or None if it is not one."""
     counts: dict[str, int] = {}
@@ -98,13 +108,16 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     if usage is None and error is None:
         error = "no usage in response"
     text = None if usage is not None else "".join(_content_texts(obj.get("content"))) or None
-    return Metered(usage=usage, model=_str(obj.get("model")), error=error, output_text=text)
+    tier = service_tier_of(obj.get("usage"))
+    return Metered(
+        usage=usage, model=_str(obj.get("model")), error=error, output_text=text, service_tier=tier
+    )
 
 
 class StreamParser:
     """Feed the SSE events of one streamed Messages response; ``result()`` at any time."""
 
-    __slots__ = ("_bad", "_counts", "_done", "_error", "_model", "_seen", "_text", "flavor")
+    __slots__ = ("_bad", "_counts", "_done", "_error", "_model", "_seen", "_text", "_tier", "flavor")
 
     def __init__(self, flavor: str = "messages") -> None:
         self.flavor = flavor
@@ -114,6 +127,7 @@ class StreamParser:
         self._error: str | None = None
         self._done = False
         self._bad = 0
+        self._tier: str | None = None
         self._text = TextCollector(_delta_texts)
 
     @property
@@ -151,9 +165,15 @@ class StreamParser:
                 model = _str(message.get("model"))
                 if model is not None:
                     self._model = model
-                self._seen |= merge_usage(self._counts, message.get("usage"))
+                self._take_usage(message.get("usage"))
             return
-        self._seen |= merge_usage(self._counts, obj.get("usage"))
+        self._take_usage(obj.get("usage"))
+
+    def _take_usage(self, usage: Any) -> None:
+        self._seen |= merge_usage(self._counts, usage)
+        tier = service_tier_of(usage)
+        if tier is not None and self._tier != "fast":  # fast mode, once said, is the price
+            self._tier = tier
 
     def result(self) -> Metered:
         """Usage seen so far (None if none), the reported model, and an error if any."""
@@ -164,7 +184,7 @@ class StreamParser:
                 f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
             )
         text = self._text.text() if usage is None else None
-        return Metered(usage=usage, model=self._model, error=error, output_text=text)
+        return Metered(usage=usage, model=self._model, error=error, output_text=text, service_tier=self._tier)
 
 
 def _is_stop(data: bytes) -> bool:
