@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import brotli
 import pytest
 
 from addon.content_decoding import StreamDecoder
+from addon.pricing import price
 from addon.providers import openai_api, values
 from addon.providers.openai_api import (
     StreamParser,
@@ -494,3 +496,39 @@ def test_a_large_embeddings_body_keeps_the_cost_the_provider_reported() -> None:
     assert len(raw) > openai_api.EMBEDDINGS_TAIL_PARSE
     metered = parse_response("embeddings", raw)
     assert (metered.usage, metered.provider_cost) == (Usage(input_tokens=1000), Decimal("0.00002"))
+
+
+def test_hosted_web_searches_in_a_responses_output_are_counted_and_priced() -> None:
+    """Each web_search_call item that searched is one billed search ($10 per 1,000 for gpt-5);
+    opening a page or finding in it is part of a search already counted."""
+    usage = {"input_tokens": 1_000, "output_tokens": 100, "output_tokens_details": {"reasoning_tokens": 0}}
+    output = [
+        {
+            "type": "web_search_call",
+            "id": "ws_1",
+            "status": "completed",
+            "action": {"type": "search", "query": "a"},
+        },
+        {"type": "web_search_call", "id": "ws_2", "status": "completed", "action": {"type": "open_page"}},
+        {
+            "type": "web_search_call",
+            "id": "ws_3",
+            "status": "completed",
+            "action": {"type": "search", "query": "b"},
+        },
+        {"type": "web_search_call", "id": "ws_4", "status": "completed"},  # older: no action
+        {"type": "message", "content": [{"type": "output_text", "text": "..."}]},
+    ]
+    body = {"object": "response", "model": "gpt-5", "status": "completed", "output": output, "usage": usage}
+    metered = parse_response("responses", json.dumps(body).encode())
+    assert metered.usage is not None and metered.usage.web_searches == 3
+    # 1,000 in at $1.25 and 100 out at $10 per 1M (0.00225), 3 searches at $10 per 1,000 (0.03)
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    assert price("openai", "gpt-5", metered.usage, when).cost_usd == Decimal("0.03225")
+    parser = StreamParser("responses")
+    final = {"type": "response.completed", "response": body}
+    parser.feed(SSEEvent("response.completed", json.dumps(final).encode(), b""))
+    streamed = parser.result().usage
+    assert streamed is not None and streamed.web_searches == 3
+    plain = parse_response("responses", json.dumps(body | {"output": output[-1:]}).encode())
+    assert plain.usage is not None and plain.usage.web_searches == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -106,6 +107,22 @@ def extract_usage(usage: Any) -> Usage | None:
     return None
 
 
+def with_web_searches(usage: Usage | None, output: Any) -> Usage | None:
+    """``usage`` plus the hosted web searches a Responses ``output`` list holds, priced per call.
+
+    Each ``web_search_call`` item whose action is a search (or that names no action) is one;
+    opening a page or finding in it is part of a search already made.
+    """
+    if usage is None or not isinstance(output, list):
+        return usage
+    searches = 0
+    for item in output:
+        if isinstance(item, dict) and item.get("type") == "web_search_call":
+            action = item.get("action")
+            searches += not isinstance(action, dict) or action.get("type") in (None, "search")
+    return replace(usage, web_searches=usage.web_searches + searches) if searches else usage
+
+
 def usage_of(obj: dict[str, Any]) -> Any:
     """The usage object of a response / chunk: ``usage``, or Groq's ``x_groq.usage`` in streams."""
     usage = obj.get("usage")
@@ -187,7 +204,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     if not isinstance(obj, dict):
         return Metered(error="response body is not a JSON object")
     raw_usage = usage_of(obj)
-    usage = extract_usage(raw_usage)
+    usage = with_web_searches(extract_usage(raw_usage), obj.get("output"))
     error = error_message(obj.get("error"))
     if error is None and obj.get("status") == "failed":
         error = "response failed"
@@ -436,7 +453,7 @@ class StreamParser:
         tier = _str(response.get("service_tier"))
         if tier is not None:
             self._tier = tier
-        usage = extract_usage(response.get("usage"))
+        usage = with_web_searches(extract_usage(response.get("usage")), response.get("output"))
         if usage is not None:
             self._usage = usage
             self._cost = extract_cost(response.get("usage"), data)
