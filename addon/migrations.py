@@ -123,6 +123,19 @@ def m004_priced_apart(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE calls ADD COLUMN {column} {sql_type}")
 
 
+@migration
+def m005_tokens_by_modality(con: duckdb.DuckDBPyConnection) -> None:
+    """Audio and image tokens, subsets of the input, output and cache-read counts, priced apart."""
+    for column in (
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
+        "cache_audio_read_tokens",
+    ):
+        con.execute(f"ALTER TABLE calls ADD COLUMN {column} BIGINT")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -151,6 +151,15 @@ def _model_ref(model: str) -> str:
     return model.removeprefix("models/")
 
 
+# Audio and image counts, handed to genai-prices under the same names (subsets it prices apart).
+_MODALITY_COUNTS = (
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "cache_audio_read_tokens",
+)
+
 # Service tiers priced as the model's own prices (no variant): the linear shortcut applies.
 _BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
 
@@ -179,7 +188,9 @@ def price(
         ref = _model_ref(model)
         snapshot = id(get_snapshot())
         linear_key = (snapshot, provider, ref)
-        plain = service_tier in _BASE_TIERS and not (usage.cache_write_1h_tokens or usage.web_searches)
+        plain = service_tier in _BASE_TIERS and not (
+            usage.cache_write_1h_tokens or usage.web_searches or usage.has_modalities
+        )
         known = _linear.get(linear_key) if plain else None
         if known is not None:
             cost = known.cost(usage)
@@ -198,6 +209,9 @@ def price(
             counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         if usage.web_searches:
             counts["web_searches"] = usage.web_searches
+        for name in _MODALITY_COUNTS:
+            if value := getattr(usage, name):
+                counts[name] = value
         # OpenAI's tiers are priced by `service_tier`, Anthropic's fast mode by `speed`.
         context = (
             None if service_tier in _BASE_TIERS else {"service_tier": service_tier, "speed": service_tier}

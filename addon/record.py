@@ -66,6 +66,12 @@ class CallRecord:
     cache_write_1h_tokens: int | None = None
     web_searches: int | None = None
     service_tier: str | None = None
+    # by modality (migration m005): subsets of the input, output and cache-read counts
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_image_tokens: int | None = None
+    cache_audio_read_tokens: int | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""
@@ -78,6 +84,11 @@ class CallRecord:
         self.reasoning_tokens = usage.reasoning_tokens
         self.cache_write_1h_tokens = usage.cache_write_1h_tokens or None
         self.web_searches = usage.web_searches or None
+        self.input_audio_tokens = usage.input_audio_tokens or None
+        self.output_audio_tokens = usage.output_audio_tokens or None
+        self.input_image_tokens = usage.input_image_tokens or None
+        self.output_image_tokens = usage.output_image_tokens or None
+        self.cache_audio_read_tokens = usage.cache_audio_read_tokens or None
         self.usage_source = source
 
     @property
@@ -93,6 +104,11 @@ class CallRecord:
             reasoning_tokens=self.reasoning_tokens or 0,
             cache_write_1h_tokens=self.cache_write_1h_tokens or 0,
             web_searches=self.web_searches or 0,
+            input_audio_tokens=self.input_audio_tokens or 0,
+            output_audio_tokens=self.output_audio_tokens or 0,
+            input_image_tokens=self.input_image_tokens or 0,
+            output_image_tokens=self.output_image_tokens or 0,
+            cache_audio_read_tokens=self.cache_audio_read_tokens or 0,
         )
 
     def make_storable(self) -> None:

@@ -16,6 +16,8 @@ class Usage:
     reasoning tokens a subset of output. ``cache_write_1h_tokens`` are the cache
     writes kept for an hour (Anthropic), a subset of ``cache_write_tokens`` priced
     higher; ``web_searches`` counts server-side web searches, priced per search.
+    The audio and image counts are subsets too (of input, output, cache reads),
+    priced at their own rates where a model has them (speech, image generation).
     """
 
     input_tokens: int = 0
@@ -25,6 +27,22 @@ class Usage:
     reasoning_tokens: int = 0
     cache_write_1h_tokens: int = 0
     web_searches: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    cache_audio_read_tokens: int = 0
+
+    @property
+    def has_modalities(self) -> bool:
+        """Audio or image tokens are among the counts (priced apart from text)."""
+        return bool(
+            self.input_audio_tokens
+            or self.output_audio_tokens
+            or self.input_image_tokens
+            or self.output_image_tokens
+            or self.cache_audio_read_tokens
+        )
 
 
 @dataclass(slots=True)

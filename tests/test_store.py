@@ -215,6 +215,11 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "cache_write_1h_tokens",
                 "web_searches",
                 "service_tier",
+                "input_audio_tokens",
+                "output_audio_tokens",
+                "input_image_tokens",
+                "output_image_tokens",
+                "cache_audio_read_tokens",
             )
         ),
     }
@@ -833,6 +838,11 @@ def _every_field_record(call_id: str) -> CallRecord:
             "client_pid": 4_000_000,
             "cache_write_1h_tokens": 5,
             "web_searches": 2,
+            "input_audio_tokens": 11,
+            "output_audio_tokens": 13,
+            "input_image_tokens": 17,
+            "output_image_tokens": 19,
+            "cache_audio_read_tokens": 23,
             "tags": '{"a": "b\\"c", "é": "😀"}',
             "error": 'a "quoted", \\ back\nslash \x00 nul \u2028 line',
         }.get(f.name, f'{f.name} ✓ "x"')

@@ -132,12 +132,32 @@ def extract_usage(meta: Any) -> Usage | None:
     if not isinstance(meta, dict) or not any(k in meta for k in _COUNT_KEYS):
         return None
     thoughts = _int(meta.get("thoughtsTokenCount"))
+    prompt = _by_modality(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
+    answer = _by_modality(meta.get("candidatesTokensDetails"))
+    cached = _by_modality(meta.get("cacheTokensDetails"))
     return Usage(
         input_tokens=_int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount")),
         cache_read_tokens=_int(meta.get("cachedContentTokenCount")),
         output_tokens=_int(meta.get("candidatesTokenCount")) + thoughts,
         reasoning_tokens=thoughts,
+        input_audio_tokens=prompt.get("AUDIO", 0),
+        output_audio_tokens=answer.get("AUDIO", 0),
+        input_image_tokens=prompt.get("IMAGE", 0),
+        output_image_tokens=answer.get("IMAGE", 0),
+        cache_audio_read_tokens=cached.get("AUDIO", 0),
     )
+
+
+def _by_modality(*details: Any) -> dict[str, int]:
+    """Token counts by modality (``TEXT``, ``IMAGE``, ``AUDIO``...) of ``*TokensDetails`` lists."""
+    counts: dict[str, int] = {}
+    for entries in details:
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(modality := entry.get("modality"), str):
+                counts[modality.upper()] = counts.get(modality.upper(), 0) + _int(entry.get("tokenCount"))
+    return counts
 
 
 def parse_response(flavor: str, body: bytes) -> Metered:

@@ -93,6 +93,10 @@ def extract_usage(usage: Any) -> Usage | None:
             cache_write_tokens=_int(details_in.get("cache_write_tokens")),
             output_tokens=output,
             reasoning_tokens=reasoning,
+            # gpt-audio / gpt-4o-audio: speech in and out, priced apart from text
+            input_audio_tokens=_int(details_in.get("audio_tokens")),
+            output_audio_tokens=_int(details_out.get("audio_tokens")),
+            input_image_tokens=_int(details_in.get("image_tokens")),
         )
     if "input_tokens" in usage or "output_tokens" in usage:  # Responses API
         details_in = _dict(usage.get("input_tokens_details"))
@@ -103,6 +107,9 @@ def extract_usage(usage: Any) -> Usage | None:
             cache_write_tokens=_int(details_in.get("cache_write_tokens")),
             output_tokens=_int(usage.get("output_tokens")),
             reasoning_tokens=_int(details_out.get("reasoning_tokens")),
+            input_audio_tokens=_int(details_in.get("audio_tokens")),
+            output_audio_tokens=_int(details_out.get("audio_tokens")),
+            input_image_tokens=_int(details_in.get("image_tokens")),
         )
     return None
 
