@@ -21,7 +21,7 @@ The JSON (``"version": 1``; fields are only ever added)::
                   "input_tokens": 123456, "cache_read_tokens": 2000, "output_tokens": 7890},
       "today": {"date": "2026-11-28",   # UTC day
                 "environments": {"development": {"calls": 18, "refused_calls": 1,
-                                                 "cost_usd": "0.42"}}},
+                                                 "unpriced_calls": 0, "cost_usd": "0.42"}}},
       "budgets": [{"scope_kind": "environment", "scope_name": "development",
                    "cap_usd": "150", "period": "month",
                    "period_start": "2026-11-01T00:00:00+00:00",
@@ -134,8 +134,9 @@ def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def today_baseline(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, tuple[Decimal, int, int]]:
-    """Today's (UTC) spend per environment in the database: ``{env: (cost, calls, refused_calls)}``.
+def today_baseline(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, tuple[Decimal, int, int, int]]:
+    """Today's (UTC) spend per environment in the database:
+    ``{env: (cost, calls, refused_calls, unpriced_calls)}`` (unpriced: with usage, no known price).
 
     For ``LiveState.load_baseline`` at start; an empty or new database gives ``{}``.
     """
@@ -146,13 +147,18 @@ def today_baseline(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, t
     try:
         rows = con.execute(
             "SELECT environment, coalesce(sum(cost_usd), 0), count(*), "
-            f"count(*) FILTER (WHERE action IN ({refused})) "
+            f"count(*) FILTER (WHERE action IN ({refused})), "
+            f"count(*) FILTER (WHERE cost_usd IS NULL AND action NOT IN ({refused}) "
+            "AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)) "
             "FROM calls WHERE ts >= ? GROUP BY environment",
             [start],
         ).fetchall()
     except (duckdb.CatalogException, duckdb.BinderException):
         return {}
-    return {str(env): (Decimal(str(cost)), int(calls), int(ref)) for env, cost, calls, ref in rows}
+    return {
+        str(env): (Decimal(str(cost)), int(calls), int(ref), int(unpriced))
+        for env, cost, calls, ref, unpriced in rows
+    }
 
 
 class LiveState:
@@ -207,7 +213,8 @@ class LiveState:
             self._today = {}
             for env, values in today.items():
                 cost, calls, *rest = values
-                self._today[env] = [Decimal(cost), int(calls), int(rest[0]) if rest else 0]
+                refused, unpriced = (*(int(n) for n in rest), 0, 0)[:2]
+                self._today[env] = [Decimal(cost), int(calls), refused, unpriced]
             self._dirty = True
             self._wake.notify()
 
@@ -219,10 +226,10 @@ class LiveState:
                 cost = record.cost_usd
                 self._calls += 1
                 self._refused += refused
+                unpriced = cost is None and not refused and record.usage is not None
                 if cost is not None:
                     self._cost += cost
-                elif not refused and record.usage is not None:
-                    self._unpriced += 1
+                self._unpriced += unpriced
                 self._tokens["input_tokens"] += record.input_tokens or 0
                 self._tokens["cache_read_tokens"] += record.cache_read_tokens or 0
                 self._tokens["output_tokens"] += record.output_tokens or 0
@@ -233,10 +240,11 @@ class LiveState:
                 if day > self._day:  # a new UTC day: yesterday's spend no longer counts as today's
                     self._day, self._today = day, {}
                 if day == self._day:
-                    entry = self._today.setdefault(record.environment or "", [Decimal(0), 0, 0])
+                    entry = self._today.setdefault(record.environment or "", [Decimal(0), 0, 0, 0])
                     entry[0] += cost or 0
                     entry[1] += 1
                     entry[2] += refused
+                    entry[3] += unpriced
             self._dirty = True
             self._wake.notify()
 
@@ -292,8 +300,13 @@ class LiveState:
             "today": {
                 "date": self._day.isoformat(),
                 "environments": {
-                    env: {"calls": calls, "refused_calls": refused, "cost_usd": str(cost)}
-                    for env, (cost, calls, refused) in sorted(self._today.items())
+                    env: {
+                        "calls": calls,
+                        "refused_calls": refused,
+                        "unpriced_calls": unpriced,
+                        "cost_usd": str(cost),
+                    }
+                    for env, (cost, calls, refused, unpriced) in sorted(self._today.items())
                 },
             },
             "budgets": [dict(b) for b in self._budgets],

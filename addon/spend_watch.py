@@ -132,6 +132,7 @@ def statusline_json(
     ``{"schema": 1, "status": "off", "reason": "no live state" | "proxy not running",
     "text": "tokometer: off"}`` or ``{"schema": 1, "status": "on", "environment": NAME | null,
     "today": "YYYY-MM-DD", "today_usd": str, "calls": int, "refused_calls": int,
+    "unpriced_calls": int (calls with usage but no known price: ``today_usd`` leaves them out),
     "budget": null | {"period", "cap_usd", "spent_usd", "fraction", "exhausted",
     "alert_at"}, "session_id", "session_usd", "session_calls", "updated_at", "text": LINE}``.
     ``alive`` overrides the pid check (tests).
@@ -160,6 +161,7 @@ def statusline_json(
         "today_usd": str(entry.get("cost_usd", "0")),
         "calls": int(entry.get("calls", 0)),
         "refused_calls": int(entry.get("refused_calls", 0)),
+        "unpriced_calls": int(entry.get("unpriced_calls", 0)),
         "budget": None,
         "session_id": state.get("session_id"),
         "session_usd": str(session.get("cost_usd", "0")),
@@ -192,7 +194,8 @@ def statusline_text(data: Mapping[str, Any], *, color: bool) -> str:
     calls = data.get("calls", 0)
     parts = [
         SHORT_NAMES.get(env, env) if env else "tokometer",
-        f"{_money(data.get('today_usd'))} today",
+        # "+?": some of today's calls have no known price, so the sum is a floor (as in the reports)
+        f"{_money(data.get('today_usd'))}{'+?' if data.get('unpriced_calls') else ''} today",
         f"{calls} call" if calls == 1 else f"{calls} calls",
     ]
     budget = data.get("budget")

@@ -70,8 +70,8 @@ def test_record_counts_session_and_today_per_environment(tmp_path: Path) -> None
     assert snap["today"] == {
         "date": "2026-11-28",
         "environments": {
-            "development": {"calls": 4, "refused_calls": 1, "cost_usd": "0.35"},
-            "staging": {"calls": 1, "refused_calls": 0, "cost_usd": "1.5"},
+            "development": {"calls": 4, "refused_calls": 1, "unpriced_calls": 1, "cost_usd": "0.35"},
+            "staging": {"calls": 1, "refused_calls": 0, "unpriced_calls": 0, "cost_usd": "1.5"},
         },
     }
     assert snap["last_call_at"] == "2026-11-28T15:05:00+00:00"
@@ -83,12 +83,12 @@ def test_record_counts_session_and_today_per_environment(tmp_path: Path) -> None
 def test_baseline_then_calls_and_a_new_utc_day(tmp_path: Path) -> None:
     live = state(tmp_path)
     live.load_baseline(
-        {"development": (Decimal("3.5"), 10, 2), "staging": (Decimal("1"), 1)}, date(2026, 11, 28)
+        {"development": (Decimal("3.5"), 10, 2, 1), "staging": (Decimal("1"), 1)}, date(2026, 11, 28)
     )
     live.record([rec(1)])
     assert live.snapshot()["today"]["environments"] == {
-        "development": {"calls": 11, "refused_calls": 2, "cost_usd": "3.75"},
-        "staging": {"calls": 1, "refused_calls": 0, "cost_usd": "1"},
+        "development": {"calls": 11, "refused_calls": 2, "unpriced_calls": 1, "cost_usd": "3.75"},
+        "staging": {"calls": 1, "refused_calls": 0, "unpriced_calls": 0, "cost_usd": "1"},
     }
     # a call of the next UTC day starts a new day; a late call of the old day no longer counts as today's
     live.record([rec(60 * 9 + 1, env="staging", cost="0.5")])  # 2026-11-29 00:01
@@ -96,7 +96,7 @@ def test_baseline_then_calls_and_a_new_utc_day(tmp_path: Path) -> None:
     snap = live.snapshot()
     assert snap["today"] == {
         "date": "2026-11-29",
-        "environments": {"staging": {"calls": 1, "refused_calls": 0, "cost_usd": "0.5"}},
+        "environments": {"staging": {"calls": 1, "refused_calls": 0, "unpriced_calls": 0, "cost_usd": "0.5"}},
     }
     assert snap["session"]["calls"] == 3
     assert snap["session"]["cost_usd"] == "9.75"
@@ -250,8 +250,8 @@ def test_today_baseline_from_the_database(tmp_path: Path) -> None:
                 f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values
             )
         assert today_baseline(con, NOW) == {
-            "development": (Decimal("0.75"), 2, 1),
-            "staging": (Decimal("0"), 1, 0),
+            "development": (Decimal("0.75"), 2, 1, 0),
+            "staging": (Decimal("0"), 1, 0, 1),  # a call with usage and no known price
         }
     finally:
         con.close()

@@ -113,6 +113,7 @@ def test_statusline_from_a_known_state() -> None:
         "today_usd": "0.42",
         "calls": 18,
         "refused_calls": 1,
+        "unpriced_calls": 0,
         "budget": {
             "period": "month",
             "cap_usd": "150",
@@ -141,6 +142,11 @@ def test_statusline_environment_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APP_ENV", "STG")
     staging = statusline_json(live_doc(), now=NOW, alive=True)
     assert staging["text"] == "staging · $2.50 today · 7 calls · day budget spent"
+    doc = live_doc()
+    doc["today"]["environments"]["staging"]["unpriced_calls"] = 2  # spend unknown: the sum is a floor
+    unknown = statusline_json(doc, env="staging", now=NOW, alive=True)
+    assert unknown["unpriced_calls"] == 2
+    assert unknown["text"] == "staging · $2.50+? today · 7 calls · day budget spent"
     assert (
         statusline_text(staging, color=True)
         == f"staging · $2.50 today · 7 calls · {RED}day budget spent{RESET}"
