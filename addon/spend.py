@@ -329,6 +329,8 @@ def _job(command: str, args: argparse.Namespace) -> Job:
         and args.dimension not in CHART_DIMENSIONS
     ):
         raise UsageError("--chart draws spend per day, week or month: use it with by day|week|month")
+    if command in ("session", "sessions") and getattr(args, "now", None):
+        raise UsageError(f"--now does not apply to {command}: it shows sessions as stored")
     if command == "session":
         given = getattr(args, "id", None)
         option = getattr(args, "session", None)

@@ -1340,7 +1340,8 @@ def test_empty_database(
     con.close()
     for args in REPORTS:
         policy = ["--policies", str(policies)] if args[0] in ("models", "savings", "budgets") else []
-        common = ["--db", str(path), *args, *policy, "--now", "2026-11-05T12:00"]
+        now = [] if args[0] in ("session", "sessions") else ["--now", "2026-11-05T12:00"]
+        common = ["--db", str(path), *args, *policy, *now]
         for fmt in ("table", "csv"):
             code, out, err = run(capsys, *common, "--format", fmt)
             assert (code, err) == (0, ""), (args, fmt)
@@ -1546,6 +1547,8 @@ def test_bad_input_is_a_usage_error_not_a_traceback(
         (("summary", "--since", "99999999d"), "reaches past the year 1"),
         (("models", "--premium-above", "nan"), "is not a price"),
         (("models", "--premium-above", "-1"), "is not a price"),
+        (("sessions", "--now", "2026-11-05T12:00"), "--now does not apply to sessions"),
+        (("session", "--now", "2026-11-05T12:00"), "--now does not apply to session"),
     ):
         code, _, err = run(capsys, "--db", str(known), *args)
         assert code == 2 and message in err, (args, err)
