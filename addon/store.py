@@ -57,6 +57,7 @@ FLUSH_INTERVAL = 5.0
 FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended per request
 FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
 DOORBELL_SUFFIX = ".wake"  # <session>.wake: a FIFO; a byte written to it wakes that writer
+UNREADABLE_SUFFIX = ".unreadable"  # <session>.unreadable: replayed lines this version could not read
 REQUESTED_FLUSH_TIMEOUT = 2.0  # seconds a writer keeps trying to store everything for a reader
 MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
 # Flush before FLUSH_INTERVAL when this many calls are queued: under load a flush's fixed ~10 ms
@@ -379,24 +380,52 @@ class _Adopted:
     records: list[CallRecord] = field(default_factory=list)
 
 
-def parse_journal(data: bytes, path: Path | str = "journal") -> list[CallRecord]:
+def parse_journal(
+    data: bytes, path: Path | str = "journal", unreadable: list[bytes] | None = None
+) -> list[CallRecord]:
     """Records of a journal's bytes; unreadable (corrupt or truncated) lines are logged and skipped.
 
     A call journaled twice (first as it finished, then with its offline estimate) is the last line.
+    The complete lines (newline-terminated) that cannot be read are added to ``unreadable``: a
+    newer version's line, kept for that version. A last line without its newline is a write cut
+    short by a crash, never a finished call's.
     """
     records: dict[str, CallRecord] = {}
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = CallRecord.from_json(line)
         except Exception as exc:
             log.warning("tokometer: skipped unreadable line %d of journal %s: %s", number, path, exc)
+            if unreadable is not None and number < len(lines):
+                unreadable.append(line)
             continue
         record.make_storable()  # a line written before make_storable existed
         records.pop(record.id, None)
         records[record.id] = record
     return list(records.values())
+
+
+def _keep_unreadable(journal: Path, lines: list[bytes]) -> None:
+    """Keep a replayed journal's complete lines this version cannot read (a newer version's, after
+    a downgrade) in ``<journal>.unreadable`` (owner only): the journal itself goes once replayed."""
+    target = journal.with_suffix(UNREADABLE_SUFFIX)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"".join(line + b"\n" for line in lines))
+        finally:
+            os.close(fd)
+        log.warning(
+            "tokometer: %d line(s) of %s cannot be read by this version; kept in %s",
+            len(lines),
+            journal,
+            target,
+        )
+    except OSError as exc:
+        log.warning("tokometer: could not keep the unreadable lines of %s: %s", journal, exc)
 
 
 def _read_fd(fd: int) -> bytes:
@@ -758,7 +787,10 @@ class Store:
                 continue
             with contextlib.suppress(OSError):
                 path.with_suffix(DOORBELL_SUFFIX).unlink()  # its owner is gone: nobody answers it
-            records = parse_journal(data, path)
+            unreadable: list[bytes] = []
+            records = parse_journal(data, path, unreadable)
+            if unreadable:
+                _keep_unreadable(path, unreadable)
             log.info("tokometer: replaying %d call(s) from %s", len(records), path)
             self._adopted.append(_Adopted(path, fd, records))
             with self._lock:

@@ -448,8 +448,11 @@ def test_hand_written_journal_with_a_corrupt_line(db: Path, caplog: pytest.LogCa
     assert rows(db, "SELECT id FROM calls ORDER BY id") == [("gone-0001",), ("gone-0002",)]
     assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()] == [
         f"tokometer: skipped unreadable line 2 of journal {journal_dir / 'gone.jsonl'}: "
-        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        f"tokometer: 1 line(s) of {journal_dir / 'gone.jsonl'} cannot be read by this version; "
+        f"kept in {journal_dir / 'gone.unreadable'}",
     ]
+    assert (journal_dir / "gone.unreadable").read_text() == "{not json\n"
 
 
 def test_a_live_sessions_journal_is_left_alone(db: Path) -> None:
