@@ -349,7 +349,9 @@ def _kind(value: Any) -> str:
         return "empty"
     if isinstance(value, bool):
         return "true/false"
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return f"{value:g}"  # "must be a whole number, not 1.5"
+    if isinstance(value, int):
         return "a number"
     if isinstance(value, str):
         return "a string"

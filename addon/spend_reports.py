@@ -315,7 +315,8 @@ WITH per AS (
 )
 SELECT coalesce(s.session_id, per.session_id) AS session_id,
        coalesce(s.started_at, per.first_ts) AS started_at, s.ended_at, s.hostname, s.pid, s.version,
-       coalesce(per.calls, 0) AS calls, per.cost_usd, per.last_ts
+       coalesce(per.calls, 0) AS calls,
+       CASE WHEN per.calls IS NULL THEN 0 ELSE per.cost_usd END AS cost_usd, per.last_ts
 FROM sessions AS s FULL OUTER JOIN per ON per.session_id = s.session_id
 ORDER BY started_at DESC NULLS LAST, session_id DESC
 LIMIT ?

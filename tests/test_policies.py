@@ -258,7 +258,7 @@ def test_every_problem_of_a_file_with_its_line() -> None:
         "policies.yaml:14: environments.dev: the same environment as environments.development",
         "policies.yaml:16: environments.staging.budget: usd is missing (the cap in US dollars)",
         "policies.yaml:17: environments.staging.rate_limit.requests_per_minute: must be a whole number, "
-        "not a number",
+        "not 2.5",
         "policies.yaml:18: environments.staging.allow_header_claims: must be true or false, not a string",
         "policies.yaml:20: keys.a: has both fingerprint and last4: give exactly one of the two",
         "policies.yaml:20: keys.a.fingerprint: must be written in lowercase hex",

@@ -373,6 +373,15 @@ def test_sessions(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[4].startswith("old ") and lines[4].endswith("     1  0.007250")
 
 
+def test_a_session_without_calls_cost_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "spend.duckdb"
+    store = Store(db, "idle")
+    store.start()
+    store.close()
+    [session] = report(capsys, "--db", str(db), "sessions")["sessions"]
+    assert (session["session_id"], session["calls"], session["cost_usd"]) == ("idle", 0, "0")
+
+
 # -- the known dataset of the other reports ---------------------------------------------------------
 
 U_MINI = Usage(input_tokens=10_000, output_tokens=1_000)  # gpt-4o-mini: $0.0021
