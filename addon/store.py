@@ -303,12 +303,17 @@ class _Doorbell:
                 self.path.unlink()
 
 
-def _served(journal: Path) -> int:
-    """The flush requests the journal's writer has served (the request file's size); 0 if none."""
+def _served(journal: Path, stamp: int, size_now: int) -> bool:
+    """Has the journal's writer served the request that made the request file ``stamp`` bytes long?
+
+    Its answer is the request file's size when it flushed. An answer larger than the file is now
+    is about an older request file (the folder was deleted and the file made again): not ours.
+    """
     try:
-        return int(journal.with_suffix(FLUSHED_SUFFIX).read_text() or 0)
+        served = int(journal.with_suffix(FLUSHED_SUFFIX).read_text() or 0)
     except (OSError, ValueError):
-        return 0
+        return False
+    return stamp <= served <= size_now
 
 
 def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
@@ -336,7 +341,11 @@ def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
         _ring(path.with_suffix(DOORBELL_SUFFIX))
     deadline = time.monotonic() + timeout
     while True:
-        live = [path for path in live if _served(path) < stamp and path.exists()]
+        try:
+            size_now = os.stat(journal_dir / FLUSH_REQUEST).st_size
+        except OSError:
+            size_now = stamp
+        live = [path for path in live if not _served(path, stamp, size_now) and path.exists()]
         if not live:
             return True
         if time.monotonic() >= deadline:
@@ -481,6 +490,7 @@ class Store:
         self._journal_bytes = 0
         self._journal_failed = False
         self._journal_incomplete = False  # a line could not be written: journal again from memory
+        self._compact_failed = False  # the last journal rewrite failed (logged once)
         self._db_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file migrated
         self._adopted: list[_Adopted] = []
         self._listeners: list[Listener] = []
@@ -726,7 +736,7 @@ class Store:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            log.warning("tokometer: could not compact journal: %s", exc)
+            self._compact_problem(exc)
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -740,11 +750,20 @@ class Store:
             os.close(fd)
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            log.warning("tokometer: could not compact journal: %s", exc)
+            self._compact_problem(exc)
             return False
         os.close(self._fd)
         self._fd, self._journal_bytes = fd, len(data)
+        if self._compact_failed:
+            log.info("tokometer: journal written again")
+            self._compact_failed = False
         return True
+
+    def _compact_problem(self, exc: BaseException) -> None:
+        """Log a failed rewrite once (a full disk fails it at every flush until there is room)."""
+        if not self._compact_failed:
+            log.warning("tokometer: could not compact journal: %s", exc)
+            self._compact_failed = True
 
     def _late_submit(self, record: CallRecord, line: bytes | None) -> None:
         """A call finished after ``close``: leave it in a journal for the next start to replay."""
@@ -859,6 +878,8 @@ class Store:
             size = os.stat(self._flush_request).st_size
         except OSError:
             return 0
+        if size < self._served_request:  # made again (its folder deleted): its sizes start over
+            self._served_request = 0
         return size if size > self._served_request else 0
 
     def _answer_flush_request(self, size: int) -> None:

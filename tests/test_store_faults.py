@@ -4,6 +4,7 @@ running proxy, journals this version cannot read. Each test fails on the reviewe
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from test_e2e import chat_usage, curl_openai_chat, tag
 from test_store import _close_stores as _close_stores  # autouse: no writer thread outlives its test
 from test_store import make_record, reader_process, release, rows
 
-from addon.store import Store, journal_dir_of
+from addon.store import Store, journal_dir_of, request_flush
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,3 +250,46 @@ def test_a_journal_line_this_version_cannot_read_is_not_deleted(db: Path) -> Non
     kept = [p for p in journal_dir.iterdir() if p.is_file() and newer in p.read_text()]
     assert [p.name for p in kept] == ["newer.unreadable"]
     assert kept[0].read_text() == newer + "\n" and kept[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_a_journal_rewrite_that_keeps_failing_is_logged_once(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the disk stays full every flush retries the rewrite: one warning, then one line when it works."""
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        blocker = store.journal_path.with_name(store.journal_path.name + ".tmp")
+        blocker.mkdir()  # the rewrite's temporary file cannot be made
+        store.submit(make_record(1))
+        with caplog.at_level(logging.INFO, logger="tokometer"):
+            for _ in range(3):
+                store._journal_incomplete = True  # as a failed write leaves it
+                assert store.flush()
+            blocker.rmdir()
+            store._journal_incomplete = True
+            assert store.flush()
+        messages = [r.getMessage() for r in caplog.records if "journal" in r.getMessage()]
+        assert [m.split(":")[1].strip() for m in messages] == [
+            "could not compact journal",
+            "journal written again",
+        ]
+    finally:
+        store.close()
+
+
+def test_a_flush_request_file_made_again_is_answered(db: Path) -> None:
+    """Its folder deleted while the proxy runs: the new request file starts small, yet is answered."""
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        store.submit(make_record(1))
+        for _ in range(3):  # the request file is 3 bytes long, and so is the last answer
+            assert request_flush(db, timeout=5)
+        assert rows(db, "SELECT id FROM calls") == [("s1-0001",)]
+        (journal_dir_of(db) / "flush-requested").unlink()  # made again by the next request, 1 byte long
+        store.submit(make_record(2))
+        assert request_flush(db, timeout=5)
+        assert rows(db, "SELECT id FROM calls ORDER BY id") == [("s1-0001",), ("s1-0002",)]
+    finally:
+        store.close()
