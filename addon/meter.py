@@ -876,7 +876,8 @@ class Meter:
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store
-        if metered.usage is None and record.price_status is None and _billable(record) and body is not None:
+        counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
+        if metered.usage is None and counted and _billable(record) and body is not None:
             # No usage reported, yet the provider likely billed: count the tokens ourselves.
             if now:
                 self._estimate(record, body, metered.output_text)

@@ -209,21 +209,34 @@ def price(
             counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         if usage.web_searches:
             counts["web_searches"] = usage.web_searches
-        for name in _MODALITY_COUNTS:
-            if value := getattr(usage, name):
-                counts[name] = value
+        if usage.has_modalities:
+            # All of them, zeros too: genai-prices will not guess how cache reads split by modality.
+            counts.update((name, getattr(usage, name)) for name in _MODALITY_COUNTS)
         # OpenAI's tiers are priced by `service_tier`, Anthropic's fast mode by `speed`.
         context = (
             None if service_tier in _BASE_TIERS else {"service_tier": service_tier, "speed": service_tier}
         )
-        try:
-            calc = calc_price(
+
+        def calculate(counts: dict[str, int]) -> PriceCalculation:
+            return calc_price(
                 GPUsage(**counts),
                 ref,
                 provider_id=provider,
                 genai_request_timestamp=_utc(when),
                 price_context=context,  # type: ignore[arg-type]
             )
+
+        try:
+            try:
+                calc = calculate(counts)
+            except LookupError:
+                raise
+            except Exception as exc:
+                if not usage.has_modalities:
+                    raise
+                # A split genai-prices cannot price (image input with cache hits, say): as text.
+                log.debug("tokometer: %s/%s priced as text: %s", provider, model, exc)
+                calc = calculate({k: v for k, v in counts.items() if k not in _MODALITY_COUNTS})
         except LookupError:
             if len(_misses) >= _MAX_MISSES:
                 _misses.clear()

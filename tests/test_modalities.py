@@ -9,6 +9,7 @@ from decimal import Decimal
 from addon.pricing import price, price_record
 from addon.providers import gemini_api, openai_api
 from addon.record import CallRecord
+from addon.usage import Usage
 
 WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -88,3 +89,39 @@ def test_text_only_calls_keep_the_linear_shortcut() -> None:
     text = openai_api.extract_usage({"prompt_tokens": 32_000, "completion_tokens": 10})
     assert text is not None and not text.has_modalities
     assert price("openai", "gpt-4o", text, WHEN).cost_usd == Decimal("0.0801")
+
+
+def test_audio_input_beside_a_text_only_cache_hit_is_priced() -> None:
+    """Implicit caching of a text prefix with new audio input: cacheTokensDetails lists TEXT only."""
+    usage = gemini_api.extract_usage(
+        {
+            "promptTokenCount": 6000,
+            "cachedContentTokenCount": 4000,
+            "candidatesTokenCount": 100,
+            "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": 5000},
+                {"modality": "AUDIO", "tokenCount": 1000},
+            ],
+            "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 4000}],
+        }
+    )
+    got = price("google", "gemini-2.5-flash", usage, WHEN)
+    # 1,000 text at $0.30, 1,000 audio at $1.00, 4,000 cached text at $0.03, 100 out at $2.50 (per 1M)
+    assert (got.status, got.cost_usd) == ("priced", Decimal("0.00167"))
+
+
+def test_a_split_genai_prices_cannot_price_falls_back_to_text() -> None:
+    """gpt-4o image input with cache hits (no cached-image count): priced as text, never an error."""
+    usage = openai_api.extract_usage(
+        {
+            "prompt_tokens": 10_000,
+            "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 5_000, "image_tokens": 2_000},
+        }
+    )
+    assert usage is not None and usage.input_image_tokens == 2_000
+    got = price("openai", "gpt-4o", usage, WHEN)
+    text = price(
+        "openai", "gpt-4o", Usage(input_tokens=10_000, cache_read_tokens=5_000, output_tokens=10), WHEN
+    )
+    assert (got.status, got.cost_usd) == ("priced", text.cost_usd)

@@ -293,3 +293,21 @@ def test_a_flush_request_file_made_again_is_answered(db: Path) -> None:
         assert rows(db, "SELECT id FROM calls ORDER BY id") == [("s1-0001",), ("s1-0002",)]
     finally:
         store.close()
+
+
+def test_flush_requests_are_answered_after_the_data_folder_was_made_again(db: Path) -> None:
+    """The whole folder deleted: the writer makes it again at its next flush, and readers start a
+    new request file at 1 byte, below the 3 the writer had served."""
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        for _ in range(3):
+            assert request_flush(db, timeout=3)
+        shutil.rmtree(db.parent)
+        store.submit(make_record(1))
+        assert store.flush()  # the periodic flush: folder, database and journal made again
+        store.submit(make_record(2))
+        assert request_flush(db, timeout=3)
+        assert rows(db, "SELECT id FROM calls ORDER BY id") == [("s1-0001",), ("s1-0002",)]
+    finally:
+        store.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons
 
@@ -77,3 +79,57 @@ async def test_api_key_calls_are_still_priced(tmp_path: Path) -> None:
         addon._price(record)
         # 10 in at $3, 50,000 cached reads at $0.30, 2,000 out at $15 (per million)
         assert (record.cost_usd, record.price_status) == (Decimal("0.04503"), "priced")
+
+
+async def test_a_plan_token_sent_to_a_gateway_is_priced_as_the_gateway_bills(tmp_path: Path) -> None:
+    """A policies.yaml host with ``api: anthropic`` bills per token whatever key Claude Code sends it."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        policies = tmp_path / "policies.yaml"
+        policies.write_text(
+            "providers:\n"
+            '  gateway: {url: "https://llm.internal.example", api: anthropic, pricing_provider: anthropic}\n'
+        )
+        tctx.configure(addon, tokometer_db=str(tmp_path / "a.duckdb"), tokometer_policies=str(policies))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        body = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 1000, "messages": []}
+        flow = make_flow("https://llm.internal.example/v1/messages", body, headers=OAUTH)
+        await run_request(addon, flow)
+        flow.response = http.Response.make(200, json.dumps(ANSWER), {"content-type": "application/json"})
+        addon.responseheaders(flow)
+        await addon.response(flow)
+        [record] = addon.store.records  # type: ignore[union-attr]
+        addon._price(record)
+        assert (record.provider, record.price_status, record.cost_usd) == (
+            "gateway",
+            "priced",
+            Decimal("0.04503"),
+        )
+
+
+@pytest.mark.parametrize("headers", [API_KEY, OAUTH], ids=["api_key", "plan"])
+async def test_a_call_without_reported_usage_gets_its_tokens_counted(tmp_path: Path, headers: dict) -> None:
+    """No usage in the answer: counted offline, for a plan's call too ("stored with their tokens")."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "a.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        prompt = [{"role": "user", "content": "Count the tokens of this prompt, please. " * 20}]
+        body = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 1000, "messages": prompt}
+        flow = make_flow(MESSAGES_URL, body, headers=headers)
+        await run_request(addon, flow)
+        answer = {
+            "type": "message",
+            "model": body["model"],
+            "content": [{"type": "text", "text": "An answer."}],
+        }
+        flow.response = http.Response.make(200, json.dumps(answer), {"content-type": "application/json"})
+        addon.responseheaders(flow)
+        await addon.response(flow)
+        await asyncio.gather(*addon._estimates)
+        [record] = addon.store.records  # type: ignore[union-attr]
+        assert record.usage_source == "estimated"
+        assert record.input_tokens is not None and record.input_tokens > 100
+        addon._price(record)
+        plan = headers is OAUTH
+        assert (record.price_status == "subscription", record.cost_usd == 0) == (plan, plan)

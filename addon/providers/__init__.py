@@ -321,6 +321,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         port=port,
         pricing_id=pricing_id or name,
         usage_opt_in_flavors=frozenset(),  # never add stream_options to an API we do not know
+        subscription_key_prefixes=(),  # a plan's token means a plan on the provider's own host only
     )
 
 
