@@ -541,20 +541,49 @@ def _spend_table(data: Mapping[str, Any]) -> Any:
             # The share first: a narrow terminal cuts the bar, never the number.
             Text.assemble(f"{pct:>4} ", (bar(used), style), (status, style)),
         )
-    _keep_whole(table, 1, 2, 3, 4, 5)
-    return table
+    return _Fitted(table, keep=(1, 2, 3, 4), shrink={0: 8, 5: 4})
 
 
-def _keep_whole(table: Any, *columns: int) -> None:
-    """Never shrink these columns below their widest cell: in a narrow terminal the text
-    columns (scope, model, notes) are cut with an ellipsis, never an amount or a count."""
+def _cell_width(cell: Any) -> int:
     from rich.cells import cell_len
     from rich.text import Text
 
-    for index in columns:
-        column = table.columns[index]
-        widths = [c.cell_len if isinstance(c, Text) else cell_len(str(c)) for c in column.cells]
-        column.min_width = max(widths, default=0)
+    return cell.cell_len if isinstance(cell, Text) else cell_len(str(cell))
+
+
+class _Fitted:
+    """A table that fits the terminal by cutting its text columns, never its numbers.
+
+    ``keep`` columns (amounts, counts) are never narrower than their widest cell; when the
+    table is too wide, the ``shrink`` columns (index: least width) give up width, the widest
+    first (a model name before an environment), and are cut with an ellipsis.
+    """
+
+    def __init__(self, table: Any, *, keep: tuple[int, ...], shrink: dict[int, int]) -> None:
+        self.table = table
+        self.keep = keep
+        self.shrink = shrink
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        columns = self.table.columns
+        widths = []
+        for column in columns:
+            width = max([_cell_width(c) for c in column.cells] + [_cell_width(column.header)])
+            widths.append(min(width, column.max_width) if column.max_width else width)
+        for index in self.keep:
+            columns[index].min_width = widths[index]
+        # Each column but the last is followed by two spaces; the table has an edge on each side.
+        excess = sum(widths) + 2 * (len(columns) - 1) + 2 - options.max_width
+        while excess > 0:
+            room = [i for i, least in self.shrink.items() if widths[i] > least]
+            if not room:
+                break
+            widest = max(room, key=lambda i: widths[i] - self.shrink[i])
+            widths[widest] -= 1
+            excess -= 1
+        for index in self.shrink:
+            columns[index].max_width = widths[index]
+        yield self.table
 
 
 def _recent_table(recent: Sequence[Mapping[str, Any]], tz: tzinfo | None) -> Any:
@@ -611,8 +640,7 @@ def _recent_table(recent: Sequence[Mapping[str, Any]], tz: tzinfo | None) -> Any
         table.add_row(
             f"{ts.astimezone(tz):%H:%M:%S}", clean(call["environment"] or "-", 16), model, tokens, cost, note
         )
-    _keep_whole(table, 0, 3, 4, 5)
-    return table
+    return _Fitted(table, keep=(0, 3, 4), shrink={1: 4, 2: 10, 5: 7})
 
 
 # -- watch: the loop -------------------------------------------------------------------------------

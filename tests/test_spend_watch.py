@@ -443,6 +443,20 @@ def test_watch_in_an_80_column_terminal_cuts_names_never_amounts(known: tuple[Pa
     assert [line.split()[-1] for line in recent[7:10]] == ["$0.21", "$0.18", "$35.00"]
 
 
+def test_watch_in_a_70_column_terminal_never_cuts_a_cost(known: tuple[Path, Path]) -> None:
+    """Narrower still: the names give up more width; every cost stays whole (independent review)."""
+    db, policies_path = known
+    with reading(db) as con:
+        data = collect(con, db, load_policies(policies_path), NOW)
+    console = Console(record=True, width=70, file=io.StringIO())
+    console.print(render(data, tz=UTC))
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert max(len(line) for line in lines) <= 70
+    recent = lines[lines.index("Last calls (newest first)") :]
+    assert [line.split()[-1] for line in recent[6:10]] == ["$0.35", "$0.21", "$0.18", "$35.00"]
+    assert recent[4].split()[-2] == "$?" and recent[4].split()[-1].startswith("unkno")  # the note: cut
+
+
 def test_watch_once_cli_and_the_database_is_not_held(known: tuple[Path, Path]) -> None:
     db, policies_path = known
     console = Console(record=True, width=100, file=io.StringIO())
