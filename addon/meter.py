@@ -17,11 +17,13 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sys
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,8 +44,9 @@ from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
-from addon.pricing import SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
+from addon.pricing import BACKGROUND, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
 from addon.providers import Provider, Registry, registry_for
+from addon.providers.openai_api import RUNNING
 from addon.record import CallRecord
 from addon.store import Store
 from addon.stream_tap import StreamTap
@@ -63,6 +66,27 @@ BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
+# OpenAI background responses still running (answered "queued"): their usage comes with a GET.
+MAX_BACKGROUND_RESPONSES = 10_000
+_RESPONSE_PATH = re.compile(r"/responses/([^/]+)$")
+# What a background response's retrieval row takes from the row of the call that started it.
+_STARTED_BY = (
+    "environment",
+    "environment_source",
+    "team",
+    "feature",
+    "tags",
+    "user_name",
+    "client_pid",
+    "client_process",
+    "client_cwd",
+    "repo",
+    "git_branch",
+    "key_name",
+    "key_fingerprint",
+    "model_requested",
+    "model_sent",
+)
 MAX_KEYS_EXAMINED = 8  # API keys of one request looked up in policies.yaml (a request may carry more)
 
 
@@ -121,6 +145,7 @@ class CallState:
     injected_usage: bool = False
     notice: str | None = None  # X-Tokometer-Notice for the client (a downgrade)
     refusal: str | None = None  # why the proxy answered the call itself
+    retrieval: str | None = None  # a GET of this background response (its usage is billed here)
     subscription: bool = False  # a flat-fee plan's key: $0 per call, outside the budgets
     tap: StreamTap | None = None
     finished: bool = False
@@ -268,6 +293,9 @@ class Meter:
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
+        # Background responses started through this proxy and not yet retrieved: id -> the
+        # attribution of the call that started them (see _finish and _start_retrieval).
+        self._background: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._estimates: set[asyncio.Future[None]] = set()  # estimates under way (kept referenced)
         self.hostname = socket.gethostname()
         self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
@@ -542,6 +570,9 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
+        if flow.request.method == "GET" and self._background:
+            self._start_retrieval(flow, provider, host)
+            return
         if flow.request.method != "POST":
             return
         path, _, query = flow.request.path.partition("?")
@@ -570,6 +601,32 @@ class Meter:
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
         )
+
+    def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str) -> None:
+        """A GET of a background response this proxy saw start: meter it, as its call's."""
+        path = flow.request.path.partition("?")[0]
+        found = _RESPONSE_PATH.search(path)
+        started = self._background.get(found.group(1)) if found else None
+        if started is None or provider.flavor_for_path(path.rsplit("/", 1)[0]) != "responses":
+            return
+        record = CallRecord(
+            id=self._next_call_id(),
+            ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
+            session_id=self.session_id,
+            provider=provider.name,
+            host=host.lower(),
+            path=path,
+            api_flavor="responses",
+            **started,  # environment, team, ..., the key's fingerprint: the starting call's
+        )
+        self._calls[flow] = CallState(provider=provider, record=record, retrieval=found.group(1))  # type: ignore[union-attr]
+
+    def _remember_background(self, response_id: str, record: CallRecord) -> None:
+        """A background response started: its retrieval will be billed as this call's."""
+        self._background[response_id] = {name: getattr(record, name) for name in _STARTED_BY}
+        self._background.move_to_end(response_id)
+        while len(self._background) > MAX_BACKGROUND_RESPONSES:
+            self._background.popitem(last=False)
 
     def _pretty_host(self, request: http.Request) -> str:
         """``request.pretty_host``, remembered: parsing the Host header (regex, validation) costs
@@ -676,8 +733,8 @@ class Meter:
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if state is None or flow.response is not None:
-            return
+        if state is None or flow.response is not None or state.retrieval is not None:
+            return  # a retrieval was attributed when its response started, and is never refused
         await self._attribute(state)
         record = state.record
         body = await self._request_json(flow, state)
@@ -870,8 +927,19 @@ class Meter:
         state.finished = True
         if state.tap is not None:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
+        if state.retrieval is not None and not self._retrieved(state.retrieval, metered):
+            return  # still running (or ended unbilled): no row
         self._fill_record(flow, state, metered, state.errors, aborted=aborted)
         record = state.record
+        if (
+            metered.response_id is not None
+            and metered.usage is None
+            and metered.response_status in RUNNING
+            and state.retrieval is None
+        ):
+            # Background mode: billed when it finishes, on the row of its retrieval.
+            record.cost_usd, record.price_status, record.price_source = Decimal(0), BACKGROUND, None
+            self._remember_background(metered.response_id, record)
         body, state.request_body = state.request_body, None
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
@@ -944,6 +1012,13 @@ class Meter:
             record.cost_usd, record.price_status = Decimal(0), SUBSCRIPTION
             record.price_source = SUBSCRIPTION_SOURCE
         record.error = "; ".join(errors)[:1000] if errors else None
+
+    def _retrieved(self, response_id: str, metered: Metered) -> bool:
+        """Is this GET the one that bills a background response? Its usage has come (or it ended
+        without any: forgotten, no row); a response still running waits for a later GET."""
+        if metered.usage is not None or metered.response_status not in (None, *RUNNING):
+            self._background.pop(response_id, None)
+        return metered.usage is not None
 
     def _journal_stream_end(self, flow: http.HTTPFlow, state: CallState) -> None:
         """A stream's final event is about to reach the client: journal the call as it stands.

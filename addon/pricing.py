@@ -29,6 +29,8 @@ NO_MODEL = "no_model"
 NOT_BILLED = "not_billed"
 # A call made with a flat-fee plan's key (Claude Pro/Max): $0 per call, its tokens still counted.
 SUBSCRIPTION = "subscription"
+# An OpenAI background response's start ("queued"): $0 here, billed on the row of its retrieval.
+BACKGROUND = "background"
 SUBSCRIPTION_SOURCE = "subscription plan (OAuth token): no per-token charge"
 ERROR = "error"
 

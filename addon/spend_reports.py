@@ -69,7 +69,8 @@ METRICS_SQL = f"""
     coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
     count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls,
     count(*) FILTER (
-        WHERE NOT {_HAS_USAGE_SQL} AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription')
+        WHERE NOT {_HAS_USAGE_SQL}
+            AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription', 'background')
             AND NOT {_REFUSED_SQL}
     ) AS no_usage_calls,
     sum(cost_usd) AS cost_usd

@@ -56,6 +56,10 @@ class Metered:
     provider_cost: Decimal | None = None
     # The service tier the provider says served the call (OpenAI's "flex", "priority"...): its price.
     service_tier: str | None = field(default=None, compare=False)
+    # An OpenAI Responses object's id and status, when the body is one (background mode: the
+    # POST answers "queued", the usage comes with a later GET of that id).
+    response_id: str | None = field(default=None, compare=False)
+    response_status: str | None = field(default=None, compare=False)
     # The completion text seen, kept in memory only (never stored), for an offline token
     # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
     output_text: str | None = field(default=None, compare=False)

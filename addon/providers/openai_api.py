@@ -36,6 +36,8 @@ _PATH_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("/embeddings", "embeddings"),
 )
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# A background response still running: its usage comes with a later GET /v1/responses/{id}.
+RUNNING = frozenset({"queued", "in_progress"})
 _RESPONSES_START = frozenset({"response.created", "response.in_progress", "response.queued"})
 _MODEL_TRIES = 3  # chat chunks JSON-decoded at most this many times just to learn the model
 _MAX_ERROR = 300
@@ -215,7 +217,8 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     error = error_message(obj.get("error"))
     if error is None and obj.get("status") == "failed":
         error = "response failed"
-    if usage is None and error is None:
+    status = _str(obj.get("status")) if obj.get("object") == "response" else None
+    if usage is None and error is None and not (obj.get("background") is True and status in RUNNING):
         error = "no usage in response"
     response = obj.get("response")  # a Responses event saved as a body (background mode)
     tier = obj.get("service_tier") or (response.get("service_tier") if isinstance(response, dict) else None)
@@ -226,6 +229,8 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         provider_cost=extract_cost(raw_usage, body),
         output_text=None if usage is not None else _cap(_texts_of_body(obj)),
         service_tier=_str(tier),
+        response_id=_str(obj.get("id")) if status is not None and obj.get("background") is True else None,
+        response_status=status,
     )
 
 
@@ -319,6 +324,7 @@ class StreamParser:
         "_model",
         "_model_tries",
         "_prev_usage_data",
+        "_status",
         "_text",
         "_tier",
         "_usage",
@@ -340,6 +346,7 @@ class StreamParser:
         self._prev_usage_data: bytes | None = None
         self._lazy: tuple[Usage | None, str | None, Decimal | None, int, str | None] | None = None
         self._tier: str | None = None  # the service tier (Responses: from the final event)
+        self._status: str | None = None  # the Responses object's status (its last event's)
         self._text = TextCollector(_delta_texts if flavor == "responses" else _chat_texts)
 
     @property
@@ -381,7 +388,13 @@ class StreamParser:
                 error = "no usage in stream"
         text = self._text.text() if usage is None else None
         return Metered(
-            usage=usage, model=model, error=error, provider_cost=cost, output_text=text, service_tier=tier
+            usage=usage,
+            model=model,
+            error=error,
+            provider_cost=cost,
+            output_text=text,
+            service_tier=tier,
+            response_status=self._status,
         )
 
     def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int, str | None]:
@@ -460,6 +473,7 @@ class StreamParser:
         tier = _str(response.get("service_tier"))
         if tier is not None:
             self._tier = tier
+        self._status = _str(response.get("status")) or self._status
         usage = with_web_searches(extract_usage(response.get("usage")), response.get("output"))
         if usage is not None:
             self._usage = usage
