@@ -23,7 +23,6 @@ import socket
 import sys
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +35,8 @@ from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
+from addon.background_responses import FILE_NAME as BACKGROUND_FILE
+from addon.background_responses import PendingResponses
 from addon.budgets import BudgetAlert, alert_event, policy_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
@@ -48,7 +49,7 @@ from addon.pricing import BACKGROUND, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
 from addon.providers import Provider, Registry, registry_for
 from addon.providers.openai_api import RUNNING
 from addon.record import CallRecord
-from addon.store import Store
+from addon.store import Store, journal_dir_of
 from addon.stream_tap import StreamTap
 from addon.token_estimate import estimate_usage
 from addon.usage import Metered
@@ -66,8 +67,7 @@ BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
-# OpenAI background responses still running (answered "queued"): their usage comes with a GET.
-MAX_BACKGROUND_RESPONSES = 10_000
+# A GET of an OpenAI background response (answered "queued"): its usage comes with one of these.
 _RESPONSE_PATH = re.compile(r"/responses/([^/]+)$")
 # What a background response's retrieval row takes from the row of the call that started it.
 _STARTED_BY = (
@@ -146,6 +146,7 @@ class CallState:
     notice: str | None = None  # X-Tokometer-Notice for the client (a downgrade)
     refusal: str | None = None  # why the proxy answered the call itself
     retrieval: str | None = None  # a GET of this background response (its usage is billed here)
+    claimed: bool = False  # this retrieval took the response off the pending list: it bills it
     subscription: bool = False  # a flat-fee plan's key: $0 per call, outside the budgets
     tap: StreamTap | None = None
     finished: bool = False
@@ -293,9 +294,9 @@ class Meter:
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
-        # Background responses started through this proxy and not yet retrieved: id -> the
-        # attribution of the call that started them (see _finish and _start_retrieval).
-        self._background: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Background responses started and not yet retrieved (see _finish and _start_retrieval):
+        # in memory until the store opens, then in a file beside its journals.
+        self._background = PendingResponses()
         self._estimates: set[asyncio.Future[None]] = set()  # estimates under way (kept referenced)
         self.hostname = socket.gethostname()
         self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
@@ -485,6 +486,8 @@ class Meter:
 
         store = Store(self.db_path, self.session_id, version=__version__, pricer=self._price)
         store.start()  # replays journals left by a crash first, so the loads below see them
+        self._background = PendingResponses(journal_dir_of(self.db_path) / BACKGROUND_FILE)
+        self._background.load()
         live = LiveState(live_path(self.db_path), self.session_id)
         now = datetime.now(UTC)
         alerts: list[BudgetAlert] = []
@@ -606,7 +609,7 @@ class Meter:
         """A GET of a background response this proxy saw start: meter it, as its call's."""
         path = flow.request.path.partition("?")[0]
         found = _RESPONSE_PATH.search(path)
-        started = self._background.get(found.group(1)) if found else None
+        started = self._background.get(found.group(1)) if found else None  # type: ignore[union-attr]
         if started is None or provider.flavor_for_path(path.rsplit("/", 1)[0]) != "responses":
             return
         record = CallRecord(
@@ -621,12 +624,17 @@ class Meter:
         )
         self._calls[flow] = CallState(provider=provider, record=record, retrieval=found.group(1))  # type: ignore[union-attr]
 
-    def _remember_background(self, response_id: str, record: CallRecord) -> None:
-        """A background response started: its retrieval will be billed as this call's."""
-        self._background[response_id] = {name: getattr(record, name) for name in _STARTED_BY}
-        self._background.move_to_end(response_id)
-        while len(self._background) > MAX_BACKGROUND_RESPONSES:
-            self._background.popitem(last=False)
+    def _claim(self, state: CallState, metered: Metered) -> bool:
+        """Does this retrieval bill its background response? The first one to see it finished,
+        with usage, takes it off the pending list; one that sees it ended without usage drops
+        it; while it runs, it stays for a later GET."""
+        assert state.retrieval is not None
+        if not state.claimed:
+            if metered.usage is not None:
+                state.claimed = self._background.claim(state.retrieval)
+            elif metered.response_status not in (None, *RUNNING):
+                self._background.claim(state.retrieval)
+        return state.claimed
 
     def _pretty_host(self, request: http.Request) -> str:
         """``request.pretty_host``, remembered: parsing the Host header (regex, validation) costs
@@ -927,8 +935,8 @@ class Meter:
         state.finished = True
         if state.tap is not None:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
-        if state.retrieval is not None and not self._retrieved(state.retrieval, metered):
-            return  # still running (or ended unbilled): no row
+        if state.retrieval is not None and not self._claim(state, metered):
+            return  # still running, ended unbilled, or billed by another GET: no row
         self._fill_record(flow, state, metered, state.errors, aborted=aborted)
         record = state.record
         if (
@@ -939,7 +947,7 @@ class Meter:
         ):
             # Background mode: billed when it finishes, on the row of its retrieval.
             record.cost_usd, record.price_status, record.price_source = Decimal(0), BACKGROUND, None
-            self._remember_background(metered.response_id, record)
+            self._background.add(metered.response_id, {name: getattr(record, name) for name in _STARTED_BY})
         body, state.request_body = state.request_body, None
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
@@ -1013,13 +1021,6 @@ class Meter:
             record.price_source = SUBSCRIPTION_SOURCE
         record.error = "; ".join(errors)[:1000] if errors else None
 
-    def _retrieved(self, response_id: str, metered: Metered) -> bool:
-        """Is this GET the one that bills a background response? Its usage has come (or it ended
-        without any: forgotten, no row); a response still running waits for a later GET."""
-        if metered.usage is not None or metered.response_status not in (None, *RUNNING):
-            self._background.pop(response_id, None)
-        return metered.usage is not None
-
     def _journal_stream_end(self, flow: http.HTTPFlow, state: CallState) -> None:
         """A stream's final event is about to reach the client: journal the call as it stands.
 
@@ -1029,7 +1030,10 @@ class Meter:
         """
         if state.finished or self.store is None or state.tap is None:
             return
-        self._fill_record(flow, state, state.tap.result(), [*state.errors], aborted=False)
+        metered = state.tap.result()
+        if state.retrieval is not None and not self._claim(state, metered):
+            return  # no row for this GET: nothing to journal
+        self._fill_record(flow, state, metered, [*state.errors], aborted=False)
         if self.store.journal(state.record):
             state.journaled_in = self.store
 

@@ -6,9 +6,11 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 from mitmproxy import http
 from mitmproxy.test import taddons
 
+from addon.background_responses import PendingResponses
 from addon.meter import Meter
 from tests.test_meter import CollectingStore, make_flow, run_request, stream_response
 
@@ -90,7 +92,7 @@ async def test_the_usage_of_a_background_response_is_billed_once_when_retrieved(
         addon._price(retrieved)
         assert retrieved.price_status == "priced" and retrieved.cost_usd is not None
         assert retrieved.cost_usd > Decimal("1")  # 30,000 o3-pro output tokens: $80 per 1M
-        assert addon._background == {}
+        assert not addon._background
 
 
 async def test_a_background_response_retrieved_as_a_stream_is_billed(tmp_path: Path) -> None:
@@ -115,7 +117,7 @@ async def test_a_background_response_that_failed_is_forgotten_without_a_row(tmp_
         meter_with_store(tmp_path, tctx, addon)
         await start(addon)
         await poll(addon, QUEUED | {"status": "failed", "error": {"message": "boom"}})
-        assert len(addon.store.records) == 1 and addon._background == {}  # type: ignore[union-attr]
+        assert len(addon.store.records) == 1 and not addon._background  # type: ignore[union-attr]
 
 
 async def test_a_plain_response_is_billed_as_it_comes(tmp_path: Path) -> None:
@@ -129,3 +131,84 @@ async def test_a_plain_response_is_billed_as_it_comes(tmp_path: Path) -> None:
         await poll(addon, DONE | {"background": False})
         [record] = addon.store.records  # type: ignore[union-attr]
         assert (record.path, record.output_tokens) == ("/v1/responses", 30_000)
+
+
+async def test_a_response_pending_at_a_restart_is_billed_by_the_next_proxy(tmp_path: Path) -> None:
+    """The pending list lives in a file beside the journals: a new instance (a script reload, a
+    restart, another proxy on the same database) bills the retrieval."""
+    db = tmp_path / "a.duckdb"
+    first = Meter()
+    with taddons.context(first) as tctx:
+        tctx.configure(first, tokometer_db=str(db))
+        first.running()  # opens the store, and with it the pending list beside its journals
+        try:
+            await start(first)
+        finally:
+            first.done()
+    pending = db.with_name("a.duckdb.journal") / "background-responses.json"
+    assert pending.stat().st_mode & 0o777 == 0o600 and "resp_bg" in json.loads(pending.read_text())
+    second = Meter()
+    with taddons.context(second) as tctx:
+        tctx.configure(second, tokometer_db=str(db))
+        second.running()
+        try:
+            await poll(second, DONE)
+        finally:
+            second.done()
+    assert json.loads(pending.read_text()) == {}
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT path, price_status, environment, team, output_tokens FROM calls ORDER BY path"
+        ).fetchall()
+    assert rows == [
+        ("/v1/responses", "background", "staging", "research", None),
+        ("/v1/responses/resp_bg", "priced", "staging", "research", 30_000),
+    ]
+
+
+async def test_two_retrievals_in_flight_bill_the_response_once(tmp_path: Path) -> None:
+    """A client streaming the response while another polls it: both see it finished."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        meter_with_store(tmp_path, tctx, addon)
+        await start(addon)
+        gets = [make_flow(RESPONSES_URL + "/resp_bg", b"", method="GET") for _ in range(2)]
+        for get in gets:
+            await run_request(addon, get)
+        for get in gets:
+            await answer(addon, get, DONE)
+        assert [r.path for r in addon.store.records] == ["/v1/responses", "/v1/responses/resp_bg"]  # type: ignore[union-attr]
+
+
+async def test_a_streamed_retrieval_that_failed_is_not_journaled(tmp_path: Path) -> None:
+    """No usage at its final event: no row, so nothing journaled ahead for a later start to store."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        meter_with_store(tmp_path, tctx, addon)
+        await start(addon)
+        get = make_flow(RESPONSES_URL + "/resp_bg?stream=true", b"", method="GET")
+        await run_request(addon, get)
+        stream_response(get, addon)
+        failed = QUEUED | {"status": "failed", "error": {"code": "server_error", "message": "boom"}}
+        event = {"type": "response.failed", "response": failed}
+        get.response.stream(f"event: response.failed\ndata: {json.dumps(event)}\n\n".encode())  # type: ignore[operator,union-attr]
+        get.response.stream(b"")  # type: ignore[operator,union-attr]
+        await addon.response(get)
+        assert addon.store.journaled == [] and len(addon.store.records) == 1  # type: ignore[union-attr]
+        assert not addon._background
+
+
+def test_the_pending_list_survives_a_bad_file_and_forgets_old_entries(tmp_path: Path) -> None:
+    path = tmp_path / "journal" / "background-responses.json"
+    path.parent.mkdir()
+    path.write_text("{not json")
+    pending = PendingResponses(path)
+    pending.load()  # logged, started over
+    assert not pending
+    pending.add("resp_1", {"environment": "development"})
+    assert PendingResponses(path).claim("resp_1") is True  # another instance takes it
+    assert pending.claim("resp_1") is False  # taken already: not billed twice
+    data = {"resp_old": {"at": 0, "started": {}}, "resp_new": {"at": 4e9, "started": {"team": "a"}}}
+    path.write_text(json.dumps(data))
+    pending.load()
+    assert (pending.get("resp_old"), pending.get("resp_new")) == (None, {"team": "a"})
