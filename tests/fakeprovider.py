@@ -308,6 +308,10 @@ class _ProviderHandler(_BaseHandler):
         if rec.headers.get("x-fake-echo") == "1":
             self._echo(rec)
             return
+        background = self.server.owner.background_response(self.path.split("?")[0])
+        if background is not None:  # GET /v1/responses/{id} of a background response
+            self._send_body(rec, 200, _dumps(background))
+            return
         if self.path.split("?")[0] == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
@@ -428,6 +432,11 @@ class _ProviderHandler(_BaseHandler):
         words = [f"w{i} " for i in range(n_chunks)]
         if flavor == "embeddings":
             self._send_body(rec, 200, _dumps(_embeddings_body(req, model, usage)))
+            return
+        if flavor == "responses" and req.get("background") is True and not req.get("stream"):
+            # Background mode: "queued" now; GET /v1/responses/{id} says in_progress once, then done.
+            body = self.server.owner.start_background(model, "".join(words), usage)
+            self._send_body(rec, 200, _dumps(body))
             return
         if not req.get("stream"):
             text = "".join(words)
@@ -898,7 +907,30 @@ class FakeProvider(_Base):
 
     handler = _ProviderHandler
 
+    def start_background(self, model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
+        """A Responses call in background mode: its queued answer (the usage comes on GET)."""
+        with self._lock:
+            response_id = f"resp_bg{len(self._background) + 1:04d}"
+            self._background[response_id] = [model, text, usage, 1]
+        return _response_obj(model, "queued", None, None) | {"id": response_id, "background": True}
+
+    def background_response(self, path: str) -> dict[str, Any] | None:
+        """``GET /v1/responses/{id}`` of a background response: in progress once, then completed."""
+        response_id = path.rsplit("/", 1)[-1]
+        with self._lock:
+            entry = self._background.get(response_id) if path.startswith("/v1/responses/") else None
+            if entry is None:
+                return None
+            model, text, usage, running = entry
+            entry[3] = max(0, running - 1)
+        if running:
+            body = _response_obj(model, "in_progress", None, None)
+        else:
+            body = _response_obj(model, "completed", text, usage)
+        return body | {"id": response_id, "background": True}
+
     def __init__(self, directory: Path) -> None:
+        self._background: dict[str, list[Any]] = {}  # id -> [model, text, usage, GETs left running]
         super().__init__(
             directory, "fakeprovider", ["127.0.0.1", "localhost", "api.openai.com", "api.anthropic.com"]
         )

@@ -391,6 +391,35 @@ def test_openai_sdk_responses(proxy: ProxyProcess, fake_provider: FakeProvider, 
     assert money(row["cost_usd"]) == Decimal("0.005125")
 
 
+def test_openai_sdk_background_response_is_billed_on_its_retrieval(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """client.responses.create(background=True), then client.responses.retrieve() until done: the
+    start is stored at $0, the retrieval that returns it finished carries its usage and cost."""
+    t = tag()
+    args = ["responses", "--model", "gpt-4o", "--background"]
+    rc, events = run_client(proxy, "openai_client.py", *args, headers=fake_headers(t, RESPONSES_USAGE))
+    assert rc == 0, events
+    assert [e.get("status") for e in events if e["event"] == "polled"] == ["in_progress", "completed"]
+    assert events[-1]["data"]["usage"]["output_tokens"] == 200
+    started, polled, done = fake_provider.requests_for(t)
+    assert (started.method, polled.method, done.method) == ("POST", "GET", "GET")
+
+    start, retrieval = sorted(settle(proxy, 2), key=lambda row: row["path"])
+    assert (start["path"], start["action"], start["status_code"]) == ("/v1/responses", "allowed", 200)
+    assert (start["price_status"], money(start["cost_usd"]), start["usage_source"]) == (
+        "background",
+        0,
+        "none",
+    )
+    response_id = events[0]["data"]["id"]
+    assert_allowed(retrieval, proxy, "openai", f"/v1/responses/{response_id}", "responses")
+    assert retrieval["model_requested"] == "gpt-4o"
+    assert retrieval["key_fingerprint"] == start["key_fingerprint"] is not None
+    assert_tokens(retrieval, 1500, 500, 0, 200, 50)
+    assert money(retrieval["cost_usd"]) == Decimal("0.005125")  # as the same call answered at once
+
+
 def test_openai_sdk_embeddings(proxy: ProxyProcess, fake_provider: FakeProvider) -> None:
     t = tag()
     usage = {"prompt_tokens": 5000, "total_tokens": 5000}

@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--abort-after", type=int, default=0, help="close the stream after N items")
     ap.add_argument("--header", action="append", default=[], help="NAME=VALUE extra request header")
     ap.add_argument("--input", default="Say hello")
+    ap.add_argument("--background", action="store_true", help="responses: background mode, polled to the end")
     args = ap.parse_args()
 
     headers = dict(h.split("=", 1) for h in args.header)
@@ -54,6 +55,17 @@ def main() -> int:
                 extra_headers=headers,
                 **kwargs,
             )
+        elif args.background:
+            started = client.responses.create(
+                model=args.model, input=args.input, background=True, extra_headers=headers
+            )
+            emit({"event": "started", "data": started.model_dump()})
+            response = started
+            while response.status in ("queued", "in_progress"):  # the SDK's own polling call
+                response = client.responses.retrieve(started.id, extra_headers=headers)
+                emit({"event": "polled", "status": response.status})
+            emit({"event": "result", "data": response.model_dump()})
+            return 0
         else:
             call = client.responses.create(
                 model=args.model, input=args.input, stream=args.stream, extra_headers=headers
