@@ -493,6 +493,29 @@ def test_anthropic_sdk_messages_with_cache(
     assert money(row["cost_usd"]) == Decimal("0.0049")
 
 
+def test_anthropic_sdk_on_a_claude_plan_costs_nothing_and_keeps_its_tokens(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """The SDK with an OAuth token (Claude Code logged in to Pro/Max): billed by the plan."""
+    t = tag()
+    token = "sk-ant-oat01-e2ePLANtoken" + "x" * 70
+    usage = anthropic_usage(inp=100, cache_write=0, cache_read=3000, out=400)
+    rc, events = run_client(
+        proxy, "anthropic_client.py", "--auth-token", token, headers=fake_headers(t, usage)
+    )
+    assert rc == 0, events
+    rec = one_request(fake_provider, t)
+    assert rec.headers.get("authorization") == f"Bearer {token}" and "x-api-key" not in rec.headers
+    [row] = settle(proxy, 1)
+    assert (row["price_status"], money(row["cost_usd"]), row["usage_source"]) == (
+        "subscription",
+        0,
+        "reported",
+    )
+    assert_tokens(row, 3100, 3000, 0, 400, 0)
+    assert row["key_fingerprint"] and token not in json.dumps(row, default=str)
+
+
 # ---------------------------------------------------------------- 6. curl
 
 

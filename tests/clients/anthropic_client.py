@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -27,10 +28,15 @@ def main() -> int:
     ap.add_argument("--abort-after", type=int, default=0, help="close the stream after N events")
     ap.add_argument("--header", action="append", default=[], help="NAME=VALUE extra request header")
     ap.add_argument("--input", default="Say hello")
+    ap.add_argument("--auth-token", help="an OAuth token (Authorization: Bearer) instead of the API key")
     args = ap.parse_args()
 
     headers = dict(h.split("=", 1) for h in args.header)
-    client = anthropic.Anthropic(max_retries=0, timeout=30.0)
+    if args.auth_token:  # as Claude Code logged in to a plan: the token only, no x-api-key
+        os.environ.pop("ANTHROPIC_API_KEY", None)
+        client = anthropic.Anthropic(auth_token=args.auth_token, max_retries=0, timeout=30.0)
+    else:
+        client = anthropic.Anthropic(max_retries=0, timeout=30.0)
     try:
         call = client.messages.create(
             model=args.model,
