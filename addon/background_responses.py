@@ -33,14 +33,28 @@ class PendingResponses:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._pending: dict[str, dict[str, Any]] = {}
+        self._seen: tuple[int, int] | None = None  # (mtime_ns, size) of the file when last read
 
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        """Might a GET be a retrieval? Some are pending here, or the list is shared (another
+        proxy on the same database may have added one since)."""
+        return self.path is not None or bool(self._pending)
 
     def get(self, response_id: str) -> dict[str, Any] | None:
-        """The attribution of a pending response (from what this process last read or wrote)."""
+        """The attribution of a pending response; the file is read again when it has changed."""
         entry = self._pending.get(response_id)
+        if entry is None and self.path is not None and self._stat() != self._seen:
+            self.load()
+            entry = self._pending.get(response_id)
         return None if entry is None else entry["started"]
+
+    def _stat(self) -> tuple[int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def add(self, response_id: str, started: dict[str, Any]) -> None:
         """A background response started: remember who started it."""
@@ -60,6 +74,7 @@ class PendingResponses:
         if self.path is None:
             return
         with self._locked():
+            self._seen = self._stat()
             self._pending = self._read()
 
     @contextlib.contextmanager
@@ -73,6 +88,7 @@ class PendingResponses:
             yield pending
             self._pending = pending
             self._write(pending)
+            self._seen = self._stat()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -204,7 +204,7 @@ def test_the_pending_list_survives_a_bad_file_and_forgets_old_entries(tmp_path: 
     path.write_text("{not json")
     pending = PendingResponses(path)
     pending.load()  # logged, started over
-    assert not pending
+    assert pending.get("resp_1") is None
     pending.add("resp_1", {"environment": "development"})
     assert PendingResponses(path).claim("resp_1") is True  # another instance takes it
     assert pending.claim("resp_1") is False  # taken already: not billed twice
@@ -212,3 +212,14 @@ def test_the_pending_list_survives_a_bad_file_and_forgets_old_entries(tmp_path: 
     path.write_text(json.dumps(data))
     pending.load()
     assert (pending.get("resp_old"), pending.get("resp_new")) == (None, {"team": "a"})
+
+
+def test_a_proxy_sees_the_responses_another_proxy_started_since(tmp_path: Path) -> None:
+    """Two proxies on one database: a retrieval through the second bills what the first started."""
+    path = tmp_path / "journal" / "background-responses.json"
+    first, second = PendingResponses(path), PendingResponses(path)
+    second.load()  # started before the first added anything
+    assert second  # a shared list: a GET may be a retrieval even with nothing pending here
+    first.add("resp_1", {"team": "a"})
+    assert second.get("resp_1") == {"team": "a"}  # the file changed: read again
+    assert second.claim("resp_1") and not first.claim("resp_1")
