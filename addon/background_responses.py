@@ -2,140 +2,118 @@
 
 A Responses call with ``"background": true`` is answered ``queued``, without usage; the usage
 comes with a later ``GET /v1/responses/{id}``, which is billed as the call that started it.
-Which ids are pending, and the attribution of the call that started each, is kept in a small
-file beside the journals (owner only), so a script reload, a restart or another proxy on the
-same database still bills the retrieval. Each change is read-modify-write under a lock: a
-background call is rare, and a change costs well under a millisecond.
+Each pending response is one small file, ``<folder>/<id>.json`` (owner only), holding the
+attribution of the call that started it, so a script reload, a restart or another proxy on the
+same database still bills the retrieval. Adding one is a write and a rename; taking one (the
+retrieval that bills it) is an unlink, which exactly one caller wins: constant work, no lock,
+and no space needed. When a file cannot be written (a full disk), the entry is kept in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("tokometer")
 
-FILE_NAME = "background-responses.json"
-MAX_PENDING = 10_000  # the oldest are forgotten first
-MAX_AGE_S = 30 * 24 * 3600  # a response not retrieved within 30 days is forgotten
+FOLDER_NAME = "background-responses"
+MAX_AGE_S = 30 * 24 * 3600  # a response not retrieved within 30 days is forgotten (at start)
+MAX_IN_MEMORY = 10_000  # entries kept in memory when their file could not be written
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # a file name: anything else is kept in memory
 
 
 class PendingResponses:
-    """``{response id: attribution of the call that started it}``, kept in ``path`` (or memory)."""
+    """``{response id: attribution of the call that started it}``, one file each in ``folder``."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._seen: tuple[int, int] | None = None  # (mtime_ns, size) of the file when last read
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._memory: dict[str, dict[str, Any]] = {}  # no folder, or its file could not be written
+        self._taken_here: set[str] = set()  # claimed, yet their file could not be removed
 
     def __bool__(self) -> bool:
-        """Might a GET be a retrieval? Some are pending here, or the list is shared (another
-        proxy on the same database may have added one since)."""
-        return self.path is not None or bool(self._pending)
-
-    def get(self, response_id: str) -> dict[str, Any] | None:
-        """The attribution of a pending response; the file is read again when it has changed."""
-        entry = self._pending.get(response_id)
-        if entry is None and self.path is not None and self._stat() != self._seen:
-            self.load()
-            entry = self._pending.get(response_id)
-        return None if entry is None else entry["started"]
-
-    def _stat(self) -> tuple[int, int] | None:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size
+        """Might a GET be a retrieval? The folder is shared with other proxies on the database."""
+        return self.folder is not None or bool(self._memory)
 
     def add(self, response_id: str, started: dict[str, Any]) -> None:
         """A background response started: remember who started it."""
-        with self._changing() as pending:
-            pending.pop(response_id, None)
-            pending[response_id] = {"at": time.time(), "started": started}
-            while len(pending) > MAX_PENDING:
-                del pending[next(iter(pending))]
+        path = self._path(response_id)
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:
+                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # type: ignore[union-attr]
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, json.dumps(started, separators=(",", ":")).encode())
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+                return
+            except OSError as exc:
+                log.warning("tokometer: cannot write %s (%s): kept in memory", path, exc)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        self._memory[response_id] = started
+        while len(self._memory) > MAX_IN_MEMORY:
+            del self._memory[next(iter(self._memory))]
+
+    def get(self, response_id: str) -> dict[str, Any] | None:
+        """The attribution of a pending response, or None."""
+        if response_id in self._memory:
+            return self._memory[response_id]
+        path = self._path(response_id)
+        if path is None:
+            return None
+        try:
+            started = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("tokometer: cannot read %s: %s", path, exc)
+            return None
+        return started if isinstance(started, dict) else None
 
     def claim(self, response_id: str) -> bool:
-        """Take a pending response off the list: True for the one caller that took it (it bills)."""
-        with self._changing() as pending:
-            return pending.pop(response_id, None) is not None
+        """Take a pending response: True for the one caller that took it (it bills)."""
+        if self._memory.pop(response_id, None) is not None:
+            return True
+        path = self._path(response_id)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:  # cannot be taken off (a read-only folder): billed here, once
+            if response_id in self._taken_here:
+                return False
+            log.warning("tokometer: cannot remove %s (%s): billed by this proxy only", path, exc)
+            if len(self._taken_here) >= MAX_IN_MEMORY:
+                self._taken_here.clear()
+            self._taken_here.add(response_id)
+            return True
+        return True
 
-    def load(self) -> None:
-        """Read the file (at start, after a reload, when the database changes)."""
-        if self.path is None:
+    def forget_old(self, now: float | None = None) -> None:
+        """Remove the files of responses started more than ``MAX_AGE_S`` ago (at start)."""
+        if self.folder is None:
             return
-        with self._locked():
-            self._seen = self._stat()
-            self._pending = self._read()
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict[str, dict[str, Any]]]:
-        """The current list to change in place; written back (atomically) afterwards."""
-        if self.path is None:
-            yield self._pending
+        oldest = (time.time() if now is None else now) - MAX_AGE_S
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError:
             return
-        with self._locked():
-            pending = self._read()
-            yield pending
-            self._pending = pending
-            self._write(pending)
-            self._seen = self._stat()
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < oldest:
+                    os.unlink(entry.path)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        assert self.path is not None
-        fd = None
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            log.warning("tokometer: background responses not shared (%s): kept in memory", exc)
-        try:
-            yield
-        finally:
-            if fd is not None:
-                os.close(fd)  # releases the lock
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        assert self.path is not None
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("tokometer: cannot read %s (%s): starting it over", self.path, exc)
-            return {}
-        oldest = time.time() - MAX_AGE_S
-        if not isinstance(data, dict):
-            return {}
-        return {
-            key: entry
-            for key, entry in data.items()
-            if isinstance(entry, dict)
-            and isinstance(entry.get("started"), dict)
-            and isinstance(entry.get("at"), int | float)
-            and entry["at"] >= oldest
-        }
-
-    def _write(self, pending: dict[str, dict[str, Any]]) -> None:
-        assert self.path is not None
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(pending, separators=(",", ":")).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("tokometer: cannot write %s (%s): kept in memory", self.path, exc)
+    def _path(self, response_id: str) -> Path | None:
+        if self.folder is None or not _SAFE_ID.fullmatch(response_id):
+            return None
+        return self.folder / f"{response_id}.json"

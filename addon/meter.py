@@ -35,7 +35,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
-from addon.background_responses import FILE_NAME as BACKGROUND_FILE
+from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
 from addon.background_responses import PendingResponses
 from addon.budgets import BudgetAlert, alert_event, policy_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
@@ -147,6 +147,7 @@ class CallState:
     refusal: str | None = None  # why the proxy answered the call itself
     retrieval: str | None = None  # a GET of this background response (its usage is billed here)
     claimed: bool = False  # this retrieval took the response off the pending list: it bills it
+    pending_in: PendingResponses | None = None  # the list the retrieval's response was found in
     subscription: bool = False  # a flat-fee plan's key: $0 per call, outside the budgets
     tap: StreamTap | None = None
     finished: bool = False
@@ -295,8 +296,10 @@ class Meter:
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
         # Background responses started and not yet retrieved (see _finish and _start_retrieval):
-        # in memory until the store opens, then in a file beside its journals.
+        # in memory until the store opens, then one file each beside its journals. The lists of
+        # databases used before a tokometer_db switch are still looked in.
         self._background = PendingResponses()
+        self._earlier_background: list[PendingResponses] = []
         self._estimates: set[asyncio.Future[None]] = set()  # estimates under way (kept referenced)
         self.hostname = socket.gethostname()
         self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
@@ -486,8 +489,9 @@ class Meter:
 
         store = Store(self.db_path, self.session_id, version=__version__, pricer=self._price)
         store.start()  # replays journals left by a crash first, so the loads below see them
-        self._background = PendingResponses(journal_dir_of(self.db_path) / BACKGROUND_FILE)
-        self._background.load()
+        self._earlier_background = [self._background, *self._earlier_background][:4]
+        self._background = PendingResponses(journal_dir_of(self.db_path) / BACKGROUND_FOLDER)
+        self._background.forget_old()
         live = LiveState(live_path(self.db_path), self.session_id)
         now = datetime.now(UTC)
         alerts: list[BudgetAlert] = []
@@ -573,7 +577,7 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
-        if flow.request.method == "GET" and self._background:
+        if flow.request.method == "GET" and (self._background or self._earlier_background):
             self._start_retrieval(flow, provider, host)
             return
         if flow.request.method != "POST":
@@ -609,8 +613,15 @@ class Meter:
         """A GET of a background response this proxy saw start: meter it, as its call's."""
         path = flow.request.path.partition("?")[0]
         found = _RESPONSE_PATH.search(path)
-        started = self._background.get(found.group(1)) if found else None  # type: ignore[union-attr]
-        if started is None or provider.flavor_for_path(path.rsplit("/", 1)[0]) != "responses":
+        if found is None or provider.flavor_for_path(path.rsplit("/", 1)[0]) != "responses":
+            return
+        response_id = found.group(1)
+        started, pending_in = None, None
+        for pending in (self._background, *self._earlier_background):
+            if (started := pending.get(response_id)) is not None:
+                pending_in = pending
+                break
+        if started is None:
             return
         record = CallRecord(
             id=self._next_call_id(),
@@ -620,20 +631,27 @@ class Meter:
             host=host.lower(),
             path=path,
             api_flavor="responses",
-            **started,  # environment, team, ..., the key's fingerprint: the starting call's
+            # environment, team, ..., the key's fingerprint: the starting call's (the fields this
+            # version knows: another version may have written the entry)
+            **(
+                {"environment": self.policies.default_environment}
+                | {name: started[name] for name in _STARTED_BY if name in started}
+            ),
         )
-        self._calls[flow] = CallState(provider=provider, record=record, retrieval=found.group(1))  # type: ignore[union-attr]
+        state = CallState(provider=provider, record=record, retrieval=response_id, pending_in=pending_in)
+        self._calls[flow] = state
 
     def _claim(self, state: CallState, metered: Metered) -> bool:
         """Does this retrieval bill its background response? The first one to see it finished,
         with usage, takes it off the pending list; one that sees it ended without usage drops
         it; while it runs, it stays for a later GET."""
         assert state.retrieval is not None
+        pending = state.pending_in or self._background
         if not state.claimed:
             if metered.usage is not None:
-                state.claimed = self._background.claim(state.retrieval)
+                state.claimed = pending.claim(state.retrieval)
             elif metered.response_status not in (None, *RUNNING):
-                self._background.claim(state.retrieval)
+                pending.claim(state.retrieval)
         return state.claimed
 
     def _pretty_host(self, request: http.Request) -> str:

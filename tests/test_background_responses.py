@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons
 
@@ -134,7 +136,7 @@ async def test_a_plain_response_is_billed_as_it_comes(tmp_path: Path) -> None:
 
 
 async def test_a_response_pending_at_a_restart_is_billed_by_the_next_proxy(tmp_path: Path) -> None:
-    """The pending list lives in a file beside the journals: a new instance (a script reload, a
+    """The pending responses live in files beside the journals: a new instance (a script reload, a
     restart, another proxy on the same database) bills the retrieval."""
     db = tmp_path / "a.duckdb"
     first = Meter()
@@ -145,8 +147,9 @@ async def test_a_response_pending_at_a_restart_is_billed_by_the_next_proxy(tmp_p
             await start(first)
         finally:
             first.done()
-    pending = db.with_name("a.duckdb.journal") / "background-responses.json"
-    assert pending.stat().st_mode & 0o777 == 0o600 and "resp_bg" in json.loads(pending.read_text())
+    pending = db.with_name("a.duckdb.journal") / "background-responses" / "resp_bg.json"
+    assert pending.stat().st_mode & 0o777 == 0o600 and pending.parent.stat().st_mode & 0o777 == 0o700
+    assert json.loads(pending.read_text())["team"] == "research"  # the attribution, never the key
     second = Meter()
     with taddons.context(second) as tctx:
         tctx.configure(second, tokometer_db=str(db))
@@ -155,7 +158,7 @@ async def test_a_response_pending_at_a_restart_is_billed_by_the_next_proxy(tmp_p
             await poll(second, DONE)
         finally:
             second.done()
-    assert json.loads(pending.read_text()) == {}
+    assert not pending.exists()  # billed: taken off
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(
             "SELECT path, price_status, environment, team, output_tokens FROM calls ORDER BY path"
@@ -198,28 +201,77 @@ async def test_a_streamed_retrieval_that_failed_is_not_journaled(tmp_path: Path)
         assert not addon._background
 
 
-def test_the_pending_list_survives_a_bad_file_and_forgets_old_entries(tmp_path: Path) -> None:
-    path = tmp_path / "journal" / "background-responses.json"
-    path.parent.mkdir()
-    path.write_text("{not json")
-    pending = PendingResponses(path)
-    pending.load()  # logged, started over
-    assert pending.get("resp_1") is None
-    pending.add("resp_1", {"environment": "development"})
-    assert PendingResponses(path).claim("resp_1") is True  # another instance takes it
-    assert pending.claim("resp_1") is False  # taken already: not billed twice
-    data = {"resp_old": {"at": 0, "started": {}}, "resp_new": {"at": 4e9, "started": {"team": "a"}}}
-    path.write_text(json.dumps(data))
-    pending.load()
-    assert (pending.get("resp_old"), pending.get("resp_new")) == (None, {"team": "a"})
-
-
-def test_a_proxy_sees_the_responses_another_proxy_started_since(tmp_path: Path) -> None:
-    """Two proxies on one database: a retrieval through the second bills what the first started."""
-    path = tmp_path / "journal" / "background-responses.json"
-    first, second = PendingResponses(path), PendingResponses(path)
-    second.load()  # started before the first added anything
-    assert second  # a shared list: a GET may be a retrieval even with nothing pending here
+def test_a_pending_entry_is_taken_once_and_old_ones_are_forgotten(tmp_path: Path) -> None:
+    folder = tmp_path / "journal" / "background-responses"
+    first, second = PendingResponses(folder), PendingResponses(folder)
+    assert second  # a shared folder: a GET may be a retrieval even with nothing added here
     first.add("resp_1", {"team": "a"})
-    assert second.get("resp_1") == {"team": "a"}  # the file changed: read again
-    assert second.claim("resp_1") and not first.claim("resp_1")
+    assert second.get("resp_1") == {"team": "a"}  # another proxy sees it at once
+    assert second.claim("resp_1") and not first.claim("resp_1")  # billed once
+    (folder / "resp_bad.json").write_text("{not json")
+    assert first.get("resp_bad") is None  # logged
+    first.add("resp_old", {})
+    first.add("resp_new", {})
+    os.utime(folder / "resp_old.json", (0, 0))
+    first.forget_old()
+    assert (first.get("resp_old"), first.get("resp_new")) == (None, {})
+    first.add("../escape", {"team": "x"})  # not a file name: kept in memory only
+    assert not (tmp_path / "journal" / "escape.json").exists() and first.get("../escape") == {"team": "x"}
+
+
+def test_on_a_full_disk_a_pending_entry_is_kept_in_memory_and_billed_once(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")  # the folder cannot be made: every write fails, as on a full disk
+    pending = PendingResponses(blocked / "background-responses")
+    pending.add("resp_1", {"team": "a"})
+    assert pending.get("resp_1") == {"team": "a"}
+    assert pending.claim("resp_1") and not pending.claim("resp_1")
+
+
+async def test_a_response_started_before_a_database_switch_is_billed(tmp_path: Path) -> None:
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "a.duckdb"))
+        addon.running()
+        try:
+            await start(addon)
+            tctx.configure(addon, tokometer_db=str(tmp_path / "b.duckdb"))  # a new store and list
+            await poll(addon, DONE)
+        finally:
+            addon.done()
+    with duckdb.connect(str(tmp_path / "b.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT path, output_tokens FROM calls").fetchall() == [
+            ("/v1/responses/resp_bg", 30_000)
+        ]
+
+
+async def test_an_entry_written_by_another_version_is_still_billed(tmp_path: Path) -> None:
+    """A field this version does not know (a newer proxy on the same database) is left out."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        meter_with_store(tmp_path, tctx, addon)
+        folder = tmp_path / "background-responses"
+        addon._background = PendingResponses(folder)
+        folder.mkdir()
+        (folder / "resp_bg.json").write_text(json.dumps({"team": "research", "a_new_field": 1}))
+        await poll(addon, DONE)
+        [retrieved] = addon.store.records  # type: ignore[union-attr]
+        assert (retrieved.team, retrieved.environment, retrieved.output_tokens) == (
+            "research",
+            "development",
+            30_000,
+        )
+
+
+def test_a_response_whose_file_cannot_be_removed_is_billed_once_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder: the claim cannot take the file off; this proxy bills it once, not every poll."""
+    pending = PendingResponses(tmp_path / "background-responses")
+    pending.add("resp_1", {})
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert pending.claim("resp_1") and not pending.claim("resp_1")
