@@ -47,6 +47,11 @@ class SSEDecoder:
         self._data: list[bytes] = []
         self._seen_line = False  # a first line was parsed (BOM handling)
 
+    @property
+    def idle(self) -> bool:
+        """Between events: no bytes held, no event begun (a chunk of whole events may go by)."""
+        return not self._buf and not self._data and self._event is None and self._seen_line
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Add bytes; return the events they complete (the incomplete tail is kept)."""
         if not chunk:

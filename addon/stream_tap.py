@@ -54,6 +54,7 @@ class StreamTap:
         "_framer",
         "_is_usage_only",
         "_parser",
+        "_plain",
         "finished",
         "first_chunk_at",
         "on_final_event",
@@ -73,6 +74,11 @@ class StreamTap:
         # Only SSE events are regrouped (their raw bytes are kept); other framings pass through.
         self._drop = drop_usage_chunk and framing == "sse" and provider.is_usage_only_chunk is not None
         self._is_usage_only = provider.is_usage_only_chunk
+        # Chunks of whole events that carry only text go by without framing (most of a long
+        # stream): an uncompressed SSE stream whose parser can tell them (take_plain).
+        take_plain = getattr(self._parser, "take_plain", None)
+        plain_ok = framing == "sse" and self._decoder.passthrough
+        self._plain: Callable[[bytes], bool] | None = take_plain if plain_ok else None
         self._failed: str | None = None
         self.first_chunk_at: float | None = None
         self.finished = False
@@ -90,6 +96,15 @@ class StreamTap:
     def _chunk(self, data: bytes) -> bytes | list[bytes]:
         if self._failed is not None:
             return data
+        plain = self._plain
+        if (
+            plain is not None
+            and data.endswith(b"\n\n")
+            and self._framer.idle  # type: ignore[attr-defined]
+            and b"\r" not in data
+            and plain(data)
+        ):
+            return [data] if self._drop else data  # whole events, as the framer would pass them
         try:
             events = self._framed(self._decoder.decode(data))
             for event in events:

@@ -135,6 +135,15 @@ class StreamParser:
         """``message_stop`` was seen."""
         return self._done
 
+    def take_plain(self, block: bytes) -> bool:
+        """Take a block of whole events that can only carry text (content blocks, pings), kept raw
+        for a later estimate; False (nothing taken) when it may hold a message event, usage or
+        an error: it is then fed event by event."""
+        if b"message_" in block or b"usage" in block or b'"error"' in block:
+            return False
+        self._text.add_events(block)
+        return True
+
     def feed(self, event: SSEEvent) -> None:
         """Take one event; only ``message_start``, ``message_delta`` and ``error`` are decoded."""
         name = event.event

@@ -21,7 +21,7 @@ from typing import Any
 from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
-from addon.sse import SSEEvent
+from addon.sse import SSEDecoder, SSEEvent
 from addon.usage import Metered, Usage
 
 FLAVORS: tuple[str, ...] = ("chat", "responses", "embeddings")
@@ -259,6 +259,10 @@ def has_usage(data: bytes) -> bool:
 _USAGE_NOT_NULL = re.compile(rb'"usage"\s*:(?!\s*null)')
 
 
+class _SSEBlock(bytes):
+    """Whole SSE events kept raw by ``TextCollector.add_events`` (not one event's data)."""
+
+
 class TextCollector:
     """The completion text of a stream, for an offline estimate when no usage comes.
 
@@ -287,12 +291,21 @@ class TextCollector:
         self._raw.append(data)
         self._raw_size = size
 
+    def add_events(self, block: bytes) -> None:
+        """Keep a block of whole SSE events (framed only if the text is ever asked for)."""
+        self.add(_SSEBlock(block))
+
     def text(self) -> str | None:
         """All text so far (None if there is none)."""
         if self._raw:
             raw, self._raw, self._raw_size = self._raw, [], 0
             for data in raw:
-                self._take(self._extract(data))
+                if isinstance(data, _SSEBlock):
+                    for event in SSEDecoder().feed(data):
+                        if event.data:
+                            self._take(self._extract(event.data))
+                else:
+                    self._take(self._extract(data))
         if not self._parts:
             return None
         if len(self._parts) > 1:
@@ -353,6 +366,17 @@ class StreamParser:
     def done(self) -> bool:
         """The stream said it is finished (``[DONE]`` or a final Responses event)."""
         return self._done
+
+    def take_plain(self, block: bytes) -> bool:
+        """Take a block of whole events that can only carry completion text (kept raw for a later
+        estimate): no usage, no ``[DONE]``, no error, the model known. False (nothing taken) when
+        the block may carry more: it is then fed event by event."""
+        if self.flavor != "chat" or (self._model is None and self._model_tries < _MODEL_TRIES):
+            return False
+        if b'"error"' in block or b"[DONE]" in block or has_usage(block):
+            return False
+        self._text.add_events(block)
+        return True
 
     def feed(self, event: SSEEvent) -> None:
         """Take one event (comments and empty events are ignored)."""
