@@ -128,7 +128,7 @@ class StreamParser:
         self._done = False
         self._bad = 0
         self._tier: str | None = None
-        self._text = TextCollector(_delta_texts)
+        self._text = TextCollector(_delta_texts, keep=_is_delta)
 
     @property
     def done(self) -> bool:
@@ -139,7 +139,7 @@ class StreamParser:
         """Take a block of whole events that can only carry text (content blocks, pings), kept raw
         for a later estimate; False (nothing taken) when it may hold a message event, usage or
         an error: it is then fed event by event."""
-        if b"message_" in block or b"usage" in block or b'"error"' in block:
+        if b"message_" in block or b"usage" in block or b"error" in block:
             return False
         self._text.add_events(block)
         return True
@@ -150,7 +150,7 @@ class StreamParser:
         data = event.data
         if name in _IGNORED or not data:
             return
-        if name == "content_block_delta" or (name is None and b'"content_block_delta"' in data[:64]):
+        if _is_delta(name, data):
             self._text.add(data)
             return
         if name == "message_stop" or (name is None and b'"message_stop"' in data[:64] and _is_stop(data)):
@@ -194,6 +194,11 @@ class StreamParser:
             )
         text = self._text.text() if usage is None else None
         return Metered(usage=usage, model=self._model, error=error, output_text=text, service_tier=self._tier)
+
+
+def _is_delta(name: str | None, data: bytes) -> bool:
+    """A ``content_block_delta`` event (named, or nameless with its type up front)."""
+    return name == "content_block_delta" or (name is None and b'"content_block_delta"' in data[:64])
 
 
 def _is_stop(data: bytes) -> bool:

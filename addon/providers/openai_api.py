@@ -257,6 +257,7 @@ def has_usage(data: bytes) -> bool:
 
 
 _USAGE_NOT_NULL = re.compile(rb'"usage"\s*:(?!\s*null)')
+_DATA_CONTINUED = re.compile(rb"[^\n]\ndata")  # an event of several data lines (joined before parsing)
 
 
 class _SSEBlock(bytes):
@@ -272,10 +273,13 @@ class TextCollector:
     extracts only what arrived since. At most ``TEXT_CAP`` characters are returned.
     """
 
-    __slots__ = ("_extract", "_parts", "_raw", "_raw_size", "_text_size", "truncated")
+    __slots__ = ("_extract", "_keep", "_parts", "_raw", "_raw_size", "_text_size", "truncated")
 
-    def __init__(self, extract: Callable[[bytes], list[str]]) -> None:
+    def __init__(
+        self, extract: Callable[[bytes], list[str]], keep: Callable[[str | None, bytes], bool] | None = None
+    ) -> None:
         self._extract = extract
+        self._keep = keep  # which events of a kept block hold text (as the parser's feed judges)
         self._raw: list[bytes] = []
         self._raw_size = 0
         self._parts: list[str] = []
@@ -284,10 +288,12 @@ class TextCollector:
 
     def add(self, data: bytes) -> None:
         """Keep one chunk's raw JSON for later."""
+        if self.truncated:  # the text is at its cap already: nothing more is kept
+            return
         size = self._raw_size + len(data)
         if size > RAW_TEXT_CAP:
-            self.truncated = True
-            return
+            self.text()  # decode what is held: only TEXT_CAP (characters) cuts, however it was chunked
+            size = len(data)
         self._raw.append(data)
         self._raw_size = size
 
@@ -302,7 +308,7 @@ class TextCollector:
             for data in raw:
                 if isinstance(data, _SSEBlock):
                     for event in SSEDecoder().feed(data):
-                        if event.data:
+                        if event.data and (self._keep is None or self._keep(event.event, event.data)):
                             self._take(self._extract(event.data))
                 else:
                     self._take(self._extract(data))
@@ -373,7 +379,7 @@ class StreamParser:
         the block may carry more: it is then fed event by event."""
         if self.flavor != "chat" or (self._model is None and self._model_tries < _MODEL_TRIES):
             return False
-        if b'"error"' in block or b"[DONE]" in block or has_usage(block):
+        if b'"error"' in block or b"[DONE]" in block or has_usage(block) or _DATA_CONTINUED.search(block):
             return False
         self._text.add_events(block)
         return True
