@@ -257,7 +257,6 @@ def has_usage(data: bytes) -> bool:
 
 
 _USAGE_NOT_NULL = re.compile(rb'"usage"\s*:(?!\s*null)')
-_DATA_CONTINUED = re.compile(rb"[^\n]\ndata")  # an event of several data lines (joined before parsing)
 
 
 class _SSEBlock(bytes):
@@ -379,7 +378,9 @@ class StreamParser:
         the block may carry more: it is then fed event by event."""
         if self.flavor != "chat" or (self._model is None and self._model_tries < _MODEL_TRIES):
             return False
-        if b'"error"' in block or b"[DONE]" in block or has_usage(block) or _DATA_CONTINUED.search(block):
+        if b'"error"' in block or b"[DONE]" in block or has_usage(block):
+            return False
+        if block.count(b"\ndata") != block.count(b"\n\ndata"):  # an event of several lines: joined first
             return False
         self._text.add_events(block)
         return True
