@@ -97,15 +97,15 @@ class StreamTap:
         if self._failed is not None:
             return data
         plain = self._plain
-        if (
-            plain is not None
-            and data.endswith(b"\n\n")
-            and self._framer.idle  # type: ignore[attr-defined]
-            and b"\r" not in data
-            and plain(data)
-        ):
-            return [data] if self._drop else data  # whole events, as the framer would pass them
         try:
+            if (
+                plain is not None
+                and data.endswith(b"\n\n")
+                and self._framer.idle  # type: ignore[attr-defined]
+                and b"\r" not in data
+                and plain(data)
+            ):
+                return [data] if self._drop else data  # whole events, as the framer would pass them
             events = self._framed(self._decoder.decode(data))
             for event in events:
                 self._parser.feed(event)

@@ -123,3 +123,17 @@ def test_a_chunk_that_is_not_whole_events_is_framed() -> None:
     assert decoder.idle
     decoder.feed(b"data: 2")
     assert not decoder.idle
+
+
+def test_a_failure_in_the_plain_lane_never_breaks_the_stream() -> None:
+    tap = StreamTap(DEFAULT_REGISTRY.by_name("openai"), "chat", None)  # type: ignore[arg-type]
+    events = openai_events(3, usage=True)
+    assert tap(events[0]) == events[0]  # the model: the ordinary lane
+
+    def broken(block: bytes) -> bool:
+        raise RuntimeError("a bug")
+
+    tap._plain = broken
+    assert tap(events[1]) == events[1]  # passed on as it came
+    assert tap(events[2]) == events[2]
+    assert "stream not metered: RuntimeError: a bug" in (tap.result().error or "")
