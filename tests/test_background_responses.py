@@ -6,6 +6,7 @@ import json
 import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -275,3 +276,35 @@ def test_a_response_whose_file_cannot_be_removed_is_billed_once_here(
 
     monkeypatch.setattr(Path, "unlink", read_only)
     assert pending.claim("resp_1") and not pending.claim("resp_1")
+
+
+async def test_a_background_stream_the_client_left_is_billed_on_its_resumed_retrieval(tmp_path: Path) -> None:
+    """background=True with stream=True: the client leaves after response.created; the response
+    runs on, and the stream resumed with GET ?stream=true&starting_after=N carries its usage."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        meter_with_store(tmp_path, tctx, addon)
+        body = {"model": "o3-pro", "input": "A long report.", "background": True, "stream": True}
+        post = make_flow(RESPONSES_URL, body)
+        await run_request(addon, post)
+        stream_response(post, addon)
+        created = {"type": "response.created", "sequence_number": 0, "response": QUEUED}
+        post.response.stream(f"event: response.created\ndata: {json.dumps(created)}\n\n".encode())  # type: ignore[operator,union-attr]
+        post.error = flow_error()
+        addon.error(post)  # the client hung up
+        get = make_flow(RESPONSES_URL + "/resp_bg?stream=true&starting_after=0", b"", method="GET")
+        await run_request(addon, get)
+        stream_response(get, addon)
+        done = {"type": "response.completed", "sequence_number": 9, "response": DONE}
+        get.response.stream(f"event: response.completed\ndata: {json.dumps(done)}\n\n".encode())  # type: ignore[operator,union-attr]
+        get.response.stream(b"")  # type: ignore[operator,union-attr]
+        await addon.response(get)
+        started, retrieved = addon.store.records  # type: ignore[union-attr]
+        assert (started.aborted, started.price_status, started.usage_source) == (True, "background", "none")
+        assert (retrieved.output_tokens, retrieved.team) == (30_000, started.team)
+
+
+def flow_error() -> Any:
+    from mitmproxy.flow import Error
+
+    return Error("client disconnected")

@@ -342,6 +342,7 @@ class StreamParser:
         "_model",
         "_model_tries",
         "_prev_usage_data",
+        "_response_id",
         "_status",
         "_text",
         "_tier",
@@ -365,6 +366,7 @@ class StreamParser:
         self._lazy: tuple[Usage | None, str | None, Decimal | None, int, str | None] | None = None
         self._tier: str | None = None  # the service tier (Responses: from the final event)
         self._status: str | None = None  # the Responses object's status (its last event's)
+        self._response_id: str | None = None  # a background response's id (followed if cut short)
         self._text = TextCollector(_delta_texts if flavor == "responses" else _chat_texts)
 
     @property
@@ -425,6 +427,7 @@ class StreamParser:
             provider_cost=cost,
             output_text=text,
             service_tier=tier,
+            response_id=self._response_id,
             response_status=self._status,
         )
 
@@ -505,6 +508,8 @@ class StreamParser:
         if tier is not None:
             self._tier = tier
         self._status = _str(response.get("status")) or self._status
+        if response.get("background") is True:
+            self._response_id = _str(response.get("id")) or self._response_id
         usage = with_web_searches(extract_usage(response.get("usage")), response.get("output"))
         if usage is not None:
             self._usage = usage
