@@ -229,21 +229,18 @@ def price(
             )
 
         try:
-            try:
-                calc = calculate(counts)
-            except LookupError:
-                raise
-            except Exception as exc:
-                if not usage.has_modalities:
-                    raise
-                # A split genai-prices cannot price (image input with cache hits, say): as text.
-                log.debug("tokometer: %s/%s priced as text: %s", provider, model, exc)
-                calc = calculate({k: v for k, v in counts.items() if k not in _MODALITY_COUNTS})
+            calc = calculate(counts)
         except LookupError:
             if len(_misses) >= _MAX_MISSES:
                 _misses.clear()
             _misses.add(miss_key)
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
+        except Exception as exc:
+            if not usage.has_modalities:
+                raise
+            # A split genai-prices cannot price (image input with cache hits, say): as text.
+            log.debug("tokometer: %s/%s priced as text: %s", provider, model, exc)
+            calc = calculate({k: v for k, v in counts.items() if k not in _MODALITY_COUNTS})
         if plain and linear_key not in _linear:
             if len(_linear) >= _MAX_LINEAR:
                 _linear.clear()

@@ -6,11 +6,11 @@ import json
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 from mitmproxy import http
+from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
 from addon.background_responses import PendingResponses
@@ -53,6 +53,17 @@ async def start(meter: Meter) -> None:
     post = make_flow(RESPONSES_URL, body, headers=headers)
     await run_request(meter, post)
     await answer(meter, post, QUEUED)
+
+
+async def stream_retrieval(meter: Meter, query: str, kind: str, response: dict) -> None:
+    """GET /v1/responses/resp_bg?QUERY answered as a stream ending with one ``kind`` event."""
+    get = make_flow(f"{RESPONSES_URL}/resp_bg?{query}", b"", method="GET")
+    await run_request(meter, get)
+    stream_response(get, meter)
+    event = {"type": kind, "sequence_number": 9, "response": response}
+    get.response.stream(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())  # type: ignore[operator,union-attr]
+    get.response.stream(b"")  # type: ignore[operator,union-attr]
+    await meter.response(get)
 
 
 async def poll(meter: Meter, body: dict, path: str = "/resp_bg") -> http.HTTPFlow:
@@ -103,13 +114,7 @@ async def test_a_background_response_retrieved_as_a_stream_is_billed(tmp_path: P
     with taddons.context(addon) as tctx:
         meter_with_store(tmp_path, tctx, addon)
         await start(addon)
-        get = make_flow(RESPONSES_URL + "/resp_bg?stream=true&starting_after=3", b"", method="GET")
-        await run_request(addon, get)
-        stream_response(get, addon)
-        event = {"type": "response.completed", "sequence_number": 9, "response": DONE}
-        get.response.stream(f"event: response.completed\ndata: {json.dumps(event)}\n\n".encode())  # type: ignore[operator,union-attr]
-        get.response.stream(b"")  # type: ignore[operator,union-attr]
-        await addon.response(get)
+        await stream_retrieval(addon, "stream=true&starting_after=3", "response.completed", DONE)
         _, retrieved = addon.store.records  # type: ignore[union-attr]
         assert (retrieved.streamed, retrieved.output_tokens) == (True, 30_000)
 
@@ -190,14 +195,8 @@ async def test_a_streamed_retrieval_that_failed_is_not_journaled(tmp_path: Path)
     with taddons.context(addon) as tctx:
         meter_with_store(tmp_path, tctx, addon)
         await start(addon)
-        get = make_flow(RESPONSES_URL + "/resp_bg?stream=true", b"", method="GET")
-        await run_request(addon, get)
-        stream_response(get, addon)
         failed = QUEUED | {"status": "failed", "error": {"code": "server_error", "message": "boom"}}
-        event = {"type": "response.failed", "response": failed}
-        get.response.stream(f"event: response.failed\ndata: {json.dumps(event)}\n\n".encode())  # type: ignore[operator,union-attr]
-        get.response.stream(b"")  # type: ignore[operator,union-attr]
-        await addon.response(get)
+        await stream_retrieval(addon, "stream=true", "response.failed", failed)
         assert addon.store.journaled == [] and len(addon.store.records) == 1  # type: ignore[union-attr]
         assert not addon._background
 
@@ -290,21 +289,9 @@ async def test_a_background_stream_the_client_left_is_billed_on_its_resumed_retr
         stream_response(post, addon)
         created = {"type": "response.created", "sequence_number": 0, "response": QUEUED}
         post.response.stream(f"event: response.created\ndata: {json.dumps(created)}\n\n".encode())  # type: ignore[operator,union-attr]
-        post.error = flow_error()
+        post.error = Error("client disconnected")
         addon.error(post)  # the client hung up
-        get = make_flow(RESPONSES_URL + "/resp_bg?stream=true&starting_after=0", b"", method="GET")
-        await run_request(addon, get)
-        stream_response(get, addon)
-        done = {"type": "response.completed", "sequence_number": 9, "response": DONE}
-        get.response.stream(f"event: response.completed\ndata: {json.dumps(done)}\n\n".encode())  # type: ignore[operator,union-attr]
-        get.response.stream(b"")  # type: ignore[operator,union-attr]
-        await addon.response(get)
+        await stream_retrieval(addon, "stream=true&starting_after=0", "response.completed", DONE)
         started, retrieved = addon.store.records  # type: ignore[union-attr]
         assert (started.aborted, started.price_status, started.usage_source) == (True, "background", "none")
         assert (retrieved.output_tokens, retrieved.team) == (30_000, started.team)
-
-
-def flow_error() -> Any:
-    from mitmproxy.flow import Error
-
-    return Error("client disconnected")
