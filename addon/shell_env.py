@@ -4,11 +4,15 @@
 clients trust mitmproxy's CA; ``--unset`` prints the reverse;
 ``--exec [--env NAME] -- CMD ARGS...`` runs one command with those variables set
 instead (it replaces this process: CMD's exit status and signals are the caller's).
-Trust variables
-that REPLACE a client's trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
-CURL_CA_BUNDLE) get a combined bundle, the public roots plus mitmproxy's CA,
-so hosts the proxy tunnels untouched still verify as before; Node's
-NODE_EXTRA_CA_CERTS adds to its store, so it gets the CA alone.
+
+Trust variables that REPLACE a client's trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+CURL_CA_BUNDLE, boto3's AWS_CA_BUNDLE, gRPC's GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, Codex's
+CODEX_CA_CERTIFICATE) get a combined bundle, the roots the shell trusted plus mitmproxy's CA,
+so hosts the proxy tunnels untouched still verify as before. Those that ADD to a store
+(NODE_EXTRA_CA_CERTS, Deno's DENO_CERT) get mitmproxy's CA plus the extra certificates the
+shell gave Node before. Clients that ignore the proxy variables unless told: Node's own
+``fetch`` and ``https`` (NODE_USE_ENV_PROXY=1, Node 22.21+ / 24+) and aiohttp as litellm uses
+it (AIOHTTP_TRUST_ENV).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +32,24 @@ from addon.paths import data_dir
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
-BUNDLE_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-NODE_VAR = "NODE_EXTRA_CA_CERTS"
+# Each replaces its client's roots: they get the combined bundle.
+BUNDLE_VARS = (
+    "SSL_CERT_FILE",  # OpenSSL, Python's ssl, httpx (openai, anthropic, google-genai), Go and Rust on Linux
+    "REQUESTS_CA_BUNDLE",  # requests
+    "CURL_CA_BUNDLE",  # curl
+    "AWS_CA_BUNDLE",  # boto3 / the AWS CLI (Bedrock): they read no other variable
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",  # gRPC clients (google-generativeai's default transport)
+    "CODEX_CA_CERTIFICATE",  # OpenAI's Codex CLI reads it before SSL_CERT_FILE
+)
+NODE_VAR = "NODE_EXTRA_CA_CERTS"  # adds to Node's (and Bun's) roots
+EXTRA_CA_VARS = (NODE_VAR, "DENO_CERT")  # add to their runtime's roots: the CA, plus the shell's extras
+# Clients that ignore HTTPS_PROXY unless told: Node's built-in fetch and https (the OpenAI and
+# Anthropic Node SDKs, the Vercel AI SDK; Node 22.21+ / 24+ read this), and aiohttp sessions that
+# litellm opens for async calls.
+OPT_IN_VARS = {"NODE_USE_ENV_PROXY": "1", "AIOHTTP_TRUST_ENV": "True"}
+# Node releases that read NODE_USE_ENV_PROXY for fetch: 22.21 and later 22.x, and 24.0 on.
+NODE_PROXY_SINCE_22 = 21
+NODE_PROXY_MAJOR = 24
 ENV_VAR = "APP_ENV"
 MARK_VAR = "TOKOMETER_SET_APP_ENV"
 NO_PROXY_HOSTS = "localhost,127.0.0.1,::1"
@@ -61,16 +82,21 @@ def _own_bundle(path: Path) -> bool:
 
 
 def public_roots() -> tuple[bytes, bool]:
-    """The roots the shell trusted before: a bundle it pointed a client at (a company's CA in
-    SSL_CERT_FILE, say), else the machine's public roots (certifi's if none); and whether they
-    are the shell's own choice."""
+    """The roots the shell trusted before: every bundle it pointed a client at (a company's CA
+    in SSL_CERT_FILE, another in REQUESTS_CA_BUNDLE, say), else the machine's public roots
+    (certifi's if none); and whether they are the shell's own choice."""
     system = _system_roots()
+    chosen: list[bytes] = []
     for name in BUNDLE_VARS:
         value = _before(name)
         if value and Path(value).is_file() and not _own_bundle(Path(value)):
             roots = Path(value).read_bytes()
-            return roots, roots != system  # the machine's own bundle, named: not a choice
-    return system, False
+            if roots not in chosen:
+                chosen.append(roots)
+    if not chosen:
+        return system, False
+    roots = b"\n".join(r.rstrip(b"\n") + b"\n" for r in chosen)
+    return roots, roots != system  # the machine's own bundle, named: not a choice
 
 
 def _system_roots() -> bytes:
@@ -103,6 +129,50 @@ def combined_bundle(ca_pem: Path, folder: Path) -> Path:
     return target
 
 
+def extra_ca_file(ca_pem: Path, folder: Path) -> Path:
+    """What the variables that add to a store get: mitmproxy's CA alone, or, when the shell gave
+    Node extra certificates of its own (a company's CA), a file with those and the CA."""
+    extras: list[bytes] = []
+    for name in EXTRA_CA_VARS:
+        value = _before(name)
+        if value and Path(value).is_file() and not _own_bundle(Path(value)) and Path(value) != ca_pem:
+            content = Path(value).read_bytes()
+            if content not in extras:
+                extras.append(content)
+    if not extras:
+        return ca_pem
+    own = b"\n".join(e.rstrip(b"\n") + b"\n" for e in extras)
+    content = own + b"\n# mitmproxy CA (tokometer)\n" + ca_pem.read_bytes()
+    target = folder / f"ca-bundle-extra-{hashlib.sha256(own).hexdigest()[:12]}.pem"
+    if not target.exists() or target.read_bytes() != content:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        tmp.replace(target)
+    return target
+
+
+def node_without_proxy_support(path: str | None = None) -> str | None:
+    """The version of the ``node`` on PATH when it ignores NODE_USE_ENV_PROXY (older than 22.21,
+    or 23.x), else None (none on PATH, or one that reads it)."""
+    node = shutil.which("node", path=path)
+    if node is None:
+        return None
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.fullmatch(r"v(\d+)\.(\d+)\.\d+.*", out)
+    if found is None:
+        return None
+    major, minor = int(found[1]), int(found[2])
+    if major >= NODE_PROXY_MAJOR or (major == 22 and minor >= NODE_PROXY_SINCE_22):
+        return None
+    return out
+
+
 def no_proxy_value() -> str:
     """The shell's own NO_PROXY and no_proxy entries (a company's hosts), loopback names added."""
     entries = [e.strip() for name in NO_PROXY_VARS for e in (_before(name) or "").split(",") if e.strip()]
@@ -110,11 +180,15 @@ def no_proxy_value() -> str:
 
 
 def proxy_variables(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> dict[str, str]:
-    """The variables that point a process at the proxy (what ``export_lines`` exports)."""
+    """The variables that point a process at the proxy (what ``export_lines`` exports).
+
+    ``bundle``: the combined bundle (``combined_bundle``); ``ca``: what adds to a store (``extra_ca_file``).
+    """
     values: dict[str, str] = {name: proxy_url for name in PROXY_VARS}
     values.update(dict.fromkeys(NO_PROXY_VARS, no_proxy_value()))
     values.update({name: str(bundle) for name in BUNDLE_VARS})
-    values[NODE_VAR] = str(ca)
+    values.update({name: str(ca) for name in EXTRA_CA_VARS})
+    values.update(OPT_IN_VARS)
     if env_name:
         values[ENV_VAR] = env_name
     return values
@@ -239,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         bundle = combined_bundle(ca, data_dir())
+        extra = extra_ca_file(ca, data_dir())
     except OSError as exc:
         print(
             f"shell-env: cannot write the CA bundle under {data_dir()}: {exc.strerror or exc}",
@@ -251,11 +326,19 @@ def main(argv: list[str] | None = None) -> int:
             "or calls from this shell will fail to connect.",
             file=sys.stderr,
         )
+    old_node = node_without_proxy_support()
+    if old_node is not None:
+        print(
+            f"shell-env: node {old_node} on PATH ignores HTTPS_PROXY in its own fetch and https "
+            "(NODE_USE_ENV_PROXY needs Node 22.21+ or 24+): Node programs using them (the OpenAI and "
+            "Anthropic Node SDKs) reach providers directly, unmetered.",
+            file=sys.stderr,
+        )
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
     proxy_url = f"http://{host}:{args.port}"  # an IPv6 address goes in brackets in a URL
     if args.exec_ and command:
-        return exec_command(command, proxy_variables(proxy_url, bundle, ca, args.env))
-    print("\n".join(export_lines(proxy_url, bundle, ca, args.env)))
+        return exec_command(command, proxy_variables(proxy_url, bundle, extra, args.env))
+    print("\n".join(export_lines(proxy_url, bundle, extra, args.env)))
     return 0
 
 

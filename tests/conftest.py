@@ -43,6 +43,8 @@ _SCRUB = (
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
+    "AWS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",

@@ -10,14 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from addon.shell_env import export_lines, proxy_variables, split_command
+from addon.shell_env import (
+    BUNDLE_VARS,
+    EXTRA_CA_VARS,
+    NO_PROXY_VARS,
+    OPT_IN_VARS,
+    PROXY_VARS,
+    export_lines,
+    proxy_variables,
+    split_command,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRINT_VARS = (
     "import os; names = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'NO_PROXY', 'SSL_CERT_FILE', "
-    "'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'NODE_EXTRA_CA_CERTS', 'APP_ENV', 'KEEP_ME']; "
+    "'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'AWS_CA_BUNDLE', 'GRPC_DEFAULT_SSL_ROOTS_FILE_PATH', "
+    "'CODEX_CA_CERTIFICATE', 'NODE_EXTRA_CA_CERTS', 'DENO_CERT', 'NODE_USE_ENV_PROXY', "
+    "'AIOHTTP_TRUST_ENV', 'APP_ENV', 'KEEP_ME']; "
     "print('\\n'.join(f'{n}={os.environ.get(n)}' for n in names)); print(os.getpid())"
 )
+# Every variable shell-env sets: the outer environment's (this machine sets several) must not leak in.
+SET_BY_SHELL_ENV = {*PROXY_VARS, *NO_PROXY_VARS, *BUNDLE_VARS, *EXTRA_CA_VARS, *OPT_IN_VARS, "APP_ENV"}
 
 
 def free_port() -> int:
@@ -34,12 +47,10 @@ def setup(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
     (confdir / "mitmproxy-ca-cert.pem").write_text(
         "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
     )
-    theirs = ("HTTPS_PROXY", "HTTP_PROXY", "APP_ENV", "NO_PROXY", "NODE_EXTRA_CA_CERTS")
-    theirs += ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
     env = {
         k: v
         for k, v in os.environ.items()
-        if k.upper() not in theirs and not k.startswith("TOKOMETER_SAVED_")
+        if k not in SET_BY_SHELL_ENV and k.upper() not in SET_BY_SHELL_ENV and not k.startswith("TOKOMETER_")
     }
     env |= {"XDG_DATA_HOME": str(tmp_path / "xdg"), "KEEP_ME": "kept", "PYTHONPATH": str(ROOT)}
     return confdir, env, free_port()
@@ -67,7 +78,13 @@ def test_exec_runs_the_command_with_the_variables_in_place_of_itself(
         f"SSL_CERT_FILE={bundle}",
         f"REQUESTS_CA_BUNDLE={bundle}",
         f"CURL_CA_BUNDLE={bundle}",
+        f"AWS_CA_BUNDLE={bundle}",
+        f"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={bundle}",
+        f"CODEX_CA_CERTIFICATE={bundle}",
         f"NODE_EXTRA_CA_CERTS={confdir / 'mitmproxy-ca-cert.pem'}",
+        f"DENO_CERT={confdir / 'mitmproxy-ca-cert.pem'}",
+        "NODE_USE_ENV_PROXY=1",
+        "AIOHTTP_TRUST_ENV=True",
         "APP_ENV=staging",
         "KEEP_ME=kept",
     ]
@@ -137,9 +154,7 @@ def test_exec_errors(setup: tuple[Path, dict[str, str], int], tmp_path: Path) ->
 def test_split_command_and_the_eval_lines_share_the_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("NO_PROXY", "no_proxy", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NODE_EXTRA_CA_CERTS"):
+    for name in SET_BY_SHELL_ENV:
         monkeypatch.delenv(name, raising=False)
     assert split_command(["--env", "dev", "--exec", "--", "curl", "--", "x"]) == (
         ["--env", "dev", "--exec"],
@@ -181,6 +196,66 @@ def test_the_shell_keeps_its_own_settings_and_gets_them_back(
     )
     assert count == "1"  # the company's CA is in the bundle the clients now trust
     assert after == f"after corp.internal {corp_ca} unset unset", out.stderr
+
+
+def test_company_certificates_in_any_trust_variable_are_kept(
+    setup: tuple[Path, dict[str, str], int], tmp_path: Path
+) -> None:
+    """A company CA only in REQUESTS_CA_BUNDLE while SSL_CERT_FILE names another bundle, and extra
+    certificates given to Node: all stay trusted beside mitmproxy's CA, and --unset restores them."""
+    confdir, env, port = setup
+    certs = {}
+    for name in ("roots", "corp", "node"):
+        certs[name] = tmp_path / f"{name}.pem"
+        certs[name].write_text(f"-----BEGIN CERTIFICATE-----\nMIIB{name}\n-----END CERTIFICATE-----\n")
+    shell_env = f"{sys.executable} -m addon.shell_env --confdir {confdir} --port {port}"
+    script = (
+        f"export SSL_CERT_FILE={certs['roots']} REQUESTS_CA_BUNDLE={certs['corp']} "
+        f"NODE_EXTRA_CA_CERTS={certs['node']}; "
+        f'eval "$({shell_env})"; '
+        'for f in "$SSL_CERT_FILE" "$AWS_CA_BUNDLE" "$NODE_EXTRA_CA_CERTS" "$DENO_CERT"; do '
+        'echo "$(grep -c MIIBroots "$f") $(grep -c MIIBcorp "$f") $(grep -c MIIBnode "$f") '
+        '$(grep -c MIIBdummy "$f")"; done; '
+        f'eval "$({shell_env} --unset)"; '
+        'echo "$SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS ${AWS_CA_BUNDLE-unset} '
+        '${NODE_USE_ENV_PROXY-unset} ${DENO_CERT-unset}"'
+    )
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    *counts, after = out.stdout.splitlines()
+    # roots, corp, node's extras, mitmproxy's CA (the dummy) in: the bundle (twice), Node's and Deno's file
+    assert counts == ["1 1 0 1", "1 1 0 1", "0 0 1 1", "0 0 1 1"]
+    assert after == f"{certs['roots']} {certs['corp']} {certs['node']} unset unset unset"
+
+
+def test_an_old_node_on_path_is_reported(setup: tuple[Path, dict[str, str], int], tmp_path: Path) -> None:
+    """Node before 22.21 (and 23.x) ignores NODE_USE_ENV_PROXY: its fetch goes around the proxy."""
+    confdir, env, port = setup
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    node = bin_dir / "node"
+    warned = {}
+    for version in ("v20.20.2", "v22.20.0", "v23.11.1", "v22.21.0", "v24.5.0", "v26.1.0"):
+        node.write_text(f"#!/bin/sh\necho {version}\n")
+        node.chmod(0o755)
+        res = subprocess.run(
+            [sys.executable, "-m", "addon.shell_env", "--confdir", str(confdir), "--port", str(port)],
+            env=env | {"PATH": f"{bin_dir}:{env['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        warned[version] = f"node {version} on PATH ignores HTTPS_PROXY" in res.stderr
+        assert "export NODE_USE_ENV_PROXY=1" in res.stdout.splitlines()
+    assert warned == {
+        "v20.20.2": True,
+        "v22.20.0": True,
+        "v23.11.1": True,
+        "v22.21.0": False,
+        "v24.5.0": False,
+        "v26.1.0": False,
+    }
 
 
 def test_an_ipv6_host_is_bracketed_and_the_port_checked(setup: tuple[Path, dict[str, str], int]) -> None:
