@@ -1,7 +1,8 @@
 """Answers the proxy gives instead of forwarding a call, in each provider's own error format.
 
 SDKs then raise their usual error (openai ``PermissionDeniedError`` / ``RateLimitError``,
-anthropic the same names) with our message in ``str(exc)``. The body message always
+anthropic the same names, boto3 a ``ClientError`` with the Bedrock error code) with our
+message in ``str(exc)``. The body message always
 starts with ``tokometer:`` so a developer knows who refused.
 """
 
@@ -29,6 +30,14 @@ _ANTHROPIC_TYPES = {
     "over_budget": "rate_limit_error",
     "rate_limited": "rate_limit_error",
 }
+# Bedrock's error codes (``x-amzn-ErrorType``), which botocore reads to choose the exception and
+# whether to retry: its standard retry mode retries ThrottlingException and a 429 whose code the
+# operation does not model, but not a modeled AccessDeniedException (every runtime operation models it).
+_AWS_CODES = {
+    "blocked": "AccessDeniedException",
+    "over_budget": "AccessDeniedException",
+    "rate_limited": "ThrottlingException",
+}
 # Google's canonical status names (Gemini's error body)
 _GOOGLE_STATUS = {403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
 
@@ -47,6 +56,8 @@ def error_body(provider: str, status: int, message: str, kind: str) -> dict[str,
         message = _PREFIX + message
     if provider == "anthropic":
         return {"type": "error", "error": {"type": _ANTHROPIC_TYPES[kind], "message": message}}
+    if provider == "aws":  # Bedrock (restJson): botocore takes the message from ``message``
+        return {"__type": _AWS_CODES[kind], "message": message}
     if provider in ("gemini", "google", "vertex"):
         return {
             "error": {"code": status, "message": message, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}
@@ -62,10 +73,13 @@ def refusal_response(
 
     Headers: JSON content type, ``X-Tokometer-Refused: <kind>``, ``Retry-After`` when
     given, and ``x-should-retry: false`` for blocked and over-budget calls so the SDKs do
-    not retry something that cannot succeed before the period ends.
+    not retry something that cannot succeed before the period ends (Bedrock's error code
+    does that for boto3).
     """
     body = json.dumps(error_body(provider, status, message, kind)).encode()
     headers = {"content-type": "application/json", REFUSED_HEADER: kind}
+    if provider == "aws":
+        headers["x-amzn-ErrorType"] = _AWS_CODES[kind]
     if retry_after is not None:
         headers["retry-after"] = str(max(0, int(retry_after)))
     if kind in ("blocked", "over_budget"):

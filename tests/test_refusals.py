@@ -207,3 +207,32 @@ def test_anthropic_sdk_blocked_and_over_budget() -> None:
         assert "tokometer: " + OVER_BUDGET in str(info2.value)
         assert info2.value.type == "rate_limit_error"
     assert len(seen) == 2  # one each: neither was retried
+
+
+def test_boto3_reads_a_bedrock_refusal() -> None:
+    """botocore's own rest-json parser and standard retry rules on the proxy's Bedrock answers:
+    the message is ours, blocked and over-budget calls are not retried, rate limits are."""
+    import botocore.session
+    from botocore.parsers import RestJSONParser
+    from botocore.retries.standard import RetryContext, StandardRetryConditions
+
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    cases = [
+        (403, BLOCKED, "blocked", "AccessDeniedException", False),
+        (429, OVER_BUDGET, "over_budget", "AccessDeniedException", False),
+        (429, "slow down", "rate_limited", "ThrottlingException", True),
+    ]
+    for status, message, kind, code, retried in cases:
+        response = refusal_response("aws", status, message, kind=kind)
+        raw = {"status_code": status, "headers": dict(response.headers), "body": response.content}
+        for operation in ("Converse", "ConverseStream", "InvokeModel", "InvokeModelWithResponseStream"):
+            op = model.operation_model(operation)
+            parsed = RestJSONParser().parse(raw, op.output_shape)
+            assert parsed["Error"] == {"Code": code, "Message": "tokometer: " + message}
+            context = RetryContext(
+                attempt_number=1,
+                operation_model=op,
+                parsed_response=parsed,
+                http_response=type("R", (), {"status_code": status})(),
+            )
+            assert StandardRetryConditions().is_retryable(context) is retried, (kind, operation)
