@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mitmproxy import ctx
 
 from addon.providers import allow_host_patterns
+from addon.upstream_proxy import UPSTREAM_AUTH_VAR
 
 log = logging.getLogger("tokometer")
 
@@ -34,7 +36,9 @@ class Interception:
     ``listen_host`` it rebinds the listener at ``running``. A listener the user
     put on another interface is kept, with a warning. mitmdump's own flow dump
     is turned off (the addon prints one line per LLM call; mitmproxy's line
-    would show a Gemini ``?key=``) unless a more detailed one is asked for.
+    would show a Gemini ``?key=``) unless a more detailed one is asked for. The
+    credentials of a company proxy scripts/proxy chains to come from
+    ``$TOKOMETER_UPSTREAM_AUTH`` into ``upstream_auth``.
     """
 
     def __init__(self, patterns: Callable[[], list[str]] = allow_host_patterns) -> None:
@@ -101,5 +105,8 @@ class Interception:
         if "flow_detail" in ctx.options and ctx.options.flow_detail == 1 and not self._flow_detail_set:
             changes["flow_detail"] = 0
         self._flow_detail_set = True
+        upstream_auth = os.environ.get(UPSTREAM_AUTH_VAR)
+        if upstream_auth and "upstream_auth" in ctx.options and not ctx.options.upstream_auth:
+            changes["upstream_auth"] = upstream_auth
         if changes:
             ctx.options.update(**changes)

@@ -1,0 +1,195 @@
+"""Behind a company proxy: scripts/proxy chains tokometer to it (mitmproxy's upstream mode).
+
+Unit tests of the choice (addon.upstream_proxy), and end to end: scripts/proxy started with
+HTTPS_PROXY naming a small CONNECT proxy on 127.0.0.1 that wants credentials; a metered call and a
+tunneled one both go through it, the credentials reach it and never mitmdump's command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, ProxyProcess
+from fakeprovider import FakeProvider, OtherSite
+from test_e2e import chat_usage, curl, curl_openai_chat, tag
+
+from addon.upstream_proxy import UPSTREAM_AUTH_VAR, Upstream, upstream_from_env
+
+
+@pytest.mark.parametrize(
+    ("environ", "args", "expected"),
+    [
+        ({}, [], None),
+        (
+            {"HTTPS_PROXY": "http://proxy.corp:3128"},
+            [],
+            Upstream("upstream:http://proxy.corp:3128", None, "HTTPS_PROXY"),
+        ),
+        (
+            {"https_proxy": "proxy.corp:3128"},
+            [],
+            Upstream("upstream:http://proxy.corp:3128", None, "https_proxy"),
+        ),
+        (
+            {"ALL_PROXY": "https://proxy.corp"},
+            [],
+            Upstream("upstream:https://proxy.corp:443", None, "ALL_PROXY"),
+        ),
+        (
+            {"HTTPS_PROXY": "http://me%40corp:p%3Ass@proxy.corp:8080"},
+            [],
+            Upstream("upstream:http://proxy.corp:8080", "me@corp:p:ss", "HTTPS_PROXY"),
+        ),
+        (
+            {"HTTPS_PROXY": "http://[fd00::1]:3128"},
+            [],
+            Upstream("upstream:http://[fd00::1]:3128", None, "HTTPS_PROXY"),
+        ),
+        # itself (scripts/proxy's default listener), on any loopback spelling
+        ({"HTTPS_PROXY": "http://127.0.0.1:8080"}, [], None),
+        ({"HTTPS_PROXY": "http://localhost:8080"}, [], None),
+        ({"HTTPS_PROXY": "http://localhost:9090"}, ["--listen-port", "9090"], None),
+        ({"HTTPS_PROXY": "http://127.0.0.1:9090"}, ["--listen-port=9090"], None),
+        # another local proxy (a company's agent on the laptop) is chained to
+        (
+            {"HTTPS_PROXY": "http://127.0.0.1:3128"},
+            [],
+            Upstream("upstream:http://127.0.0.1:3128", None, "HTTPS_PROXY"),
+        ),
+        # a shell shell-env pointed at tokometer: its own value, kept aside
+        (
+            {
+                "TOKOMETER_SHELL_ENV": "HTTPS_PROXY,https_proxy,HTTP_PROXY,http_proxy",
+                "HTTPS_PROXY": "http://127.0.0.1:9999",
+                "https_proxy": "http://127.0.0.1:9999",
+                "TOKOMETER_SAVED_HTTPS_PROXY": "http://proxy.corp:3128",
+            },
+            [],
+            Upstream("upstream:http://proxy.corp:3128", None, "TOKOMETER_SAVED_HTTPS_PROXY"),
+        ),
+        (
+            {"TOKOMETER_SHELL_ENV": "HTTPS_PROXY,https_proxy", "HTTPS_PROXY": "http://127.0.0.1:9999"},
+            [],
+            None,
+        ),
+        # not chainable, or the user chose a mode
+        ({"HTTPS_PROXY": "socks5://proxy.corp:1080"}, [], None),
+        ({"HTTPS_PROXY": "http://proxy.corp:3128"}, ["--mode", "regular"], None),
+        ({"HTTPS_PROXY": "http://proxy.corp:3128"}, ["--mode=transparent"], None),
+    ],
+)
+def test_which_proxy_is_chained_to(
+    environ: dict[str, str], args: list[str], expected: Upstream | None
+) -> None:
+    assert upstream_from_env(environ, args) == expected
+
+
+class ConnectProxy:
+    """A company proxy: CONNECT only, Basic credentials required; records what it was asked."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.connects: list[tuple[str, str | None]] = []  # (target, Proxy-Authorization)
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.closing(conn):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            auth = next((v for k, v in headers.items() if k.lower() == "proxy-authorization"), None)
+            self.connects.append((target, auth))
+            if method != "CONNECT" or auth != self.expected:
+                conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                return
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._relay(conn, upstream)
+
+    @staticmethod
+    def _relay(a: socket.socket, b: socket.socket) -> None:
+        while True:
+            ready, _, _ = select.select([a, b], [], [], 30)
+            if not ready:
+                return
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (b if s is a else a).sendall(data)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class LauncherProxy(ProxyProcess):
+    """``scripts/proxy`` instead of mitmdump (it adds -s and its defaults; later options win)."""
+
+    def _argv(self) -> list[str]:
+        argv = super()._argv()
+        j = argv.index("-s")
+        argv[j - 1 : j + 2] = [str(ROOT / "scripts" / "proxy")]
+        return argv
+
+
+@pytest.fixture
+def company_proxy() -> Iterator[ConnectProxy]:
+    proxy = ConnectProxy("me@corp", "s3cret:pw")
+    yield proxy
+    proxy.close()
+
+
+def test_scripts_proxy_goes_on_through_the_company_proxy(
+    tmp_path: Path, fake_provider: FakeProvider, company_proxy: ConnectProxy, other_site: OtherSite
+) -> None:
+    env = {"HTTPS_PROXY": f"http://me%40corp:s3cret%3Apw@127.0.0.1:{company_proxy.port}"}
+    proxy = LauncherProxy(tmp_path / "p", fake_provider.port, env=env)
+    try:
+        proxy.start()
+        assert f"calls go on through the proxy http://127.0.0.1:{company_proxy.port}" in proxy.log_text()
+        cmdline = Path(f"/proc/{proxy.proc.pid}/cmdline").read_bytes()  # type: ignore[union-attr]
+        assert (
+            b"s3cret" not in cmdline and f"upstream:http://127.0.0.1:{company_proxy.port}".encode() in cmdline
+        )
+        t = tag()
+        res = curl_openai_chat(proxy, t, chat_usage(30, 5))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert len(fake_provider.requests_for(t)) == 1
+        assert company_proxy.connects == [(f"127.0.0.1:{fake_provider.port}", company_proxy.expected)]
+        # Another host is tunneled untouched (its own certificate), through the company proxy too.
+        res = curl(
+            proxy, f"https://localhost:{other_site.port}/", extra=["--cacert", str(other_site.cert_path)]
+        )
+        assert (res.returncode, res.stdout) == (0, "hello from the other site\n"), res.stderr
+        assert company_proxy.connects[1] == (f"localhost:{other_site.port}", company_proxy.expected)
+        proxy.terminate()
+        [row] = proxy.rows()
+        assert (row["input_tokens"], row["output_tokens"], row["status_code"]) == (30, 5, 200)
+        assert row["cost_usd"] is not None
+    finally:
+        proxy.cleanup()
+    assert UPSTREAM_AUTH_VAR not in env  # handed to mitmdump by scripts/proxy, not set here
