@@ -176,9 +176,9 @@ def price(
 ) -> Price:
     """Price one call; never raises. An unknown model is never priced 0.
 
-    One-hour cache writes, web searches and a service tier other than the default (OpenAI's
-    flex and priority, Anthropic's fast mode) are priced by genai-prices itself, not by the
-    linear shortcut.
+    One-hour cache writes, web searches (Anthropic's, OpenAI's, Gemini's grounding) and a
+    service tier other than the default (OpenAI's flex and priority, Anthropic's fast mode) are
+    priced by genai-prices itself, not by the linear shortcut.
     """
     try:
         if usage is None:

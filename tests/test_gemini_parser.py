@@ -7,10 +7,13 @@ import gzip
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 
 from addon import pricing
 from addon.content_decoding import StreamDecoder
@@ -389,3 +392,79 @@ def test_generate_fixture_price_is_exact() -> None:
     result = parse_response("generate", (FIXTURES / "gemini_generate.json").read_bytes())
     price = pricing.price("google", "models/gemini-2.5-flash", result.usage, WHEN)
     assert str(price.cost_usd) == "0.00108641"
+
+
+# --- Google Search grounding -----------------------------------------------------------------
+
+
+def _grounded(model: str, queries: list[str], usage: bool = True) -> dict[str, Any]:
+    """A generateContent answer (or its last stream chunk) that ran Google Search."""
+    obj: dict[str, Any] = {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": "Spain won Euro 2024."}], "role": "model"},
+                "finishReason": "STOP",
+                "groundingMetadata": {
+                    "webSearchQueries": queries,
+                    "searchEntryPoint": {"renderedContent": "<div>...</div>"},
+                    "groundingChunks": [{"web": {"uri": "https://vertexaisearch.cloud.google.com/x"}}],
+                },
+            }
+        ],
+        "modelVersion": model,
+    }
+    if usage:
+        obj["usageMetadata"] = {"promptTokenCount": 1000, "candidatesTokenCount": 200}
+    return obj
+
+
+def _streamed(model: str, queries: list[str]) -> dict[str, bytes]:
+    """The same answer as an SSE stream and as a JSON array stream: a text chunk, then the grounded one."""
+    first = {"candidates": [{"content": {"parts": [{"text": "Spain"}]}}], "modelVersion": model}
+    chunks = [json.dumps(first), json.dumps(_grounded(model, queries))]
+    return {
+        "sse": b"".join(f"data: {c}\r\n\r\n".encode() for c in chunks),
+        "json_array": ("[" + ",\r\n".join(chunks) + "]").encode(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "queries", "searches", "cost"),
+    [
+        # Gemini 3: $14 per 1,000 distinct non-empty queries; tokens 1,000 x $0.75/M + 200 x $3.75/M
+        ("gemini-3.8-flash", ["euro 2024 winner", "", "euro 2024 score", "euro 2024 winner"], 2, "0.0295"),
+        # Gemini 2.5: $35 per 1,000 grounded prompts, however many queries; 1,000 x $0.30/M + 200 x $2.50/M
+        ("gemini-2.5-flash", ["a", "b", "c"], 1, "0.0358"),
+        ("gemini-2.5-flash", [], 1, "0.0358"),  # grounded (a search entry point), no query listed
+        ("gemini-3.8-flash", ["", " "], 0, "0.0015"),  # only empty queries: nothing billed
+    ],
+)
+def test_google_search_grounding_is_counted_and_priced(
+    model: str, queries: list[str], searches: int, cost: str
+) -> None:
+    """Bodies and both stream framings count the same searches; the price is genai-prices' own."""
+    results = [parse_response("generate", json.dumps(_grounded(model, queries)).encode())]
+    for framing, data in _streamed(model, queries).items():
+        results.append(run([data], framing)[0])
+        results.append(run([data[i : i + 7] for i in range(0, len(data), 7)], framing)[0])
+    for result in results:
+        assert result.usage is not None and result.usage.web_searches == searches
+        assert pricing.price("google", result.model, result.usage, WHEN).cost_usd == Decimal(cost)
+    expected = calc_price(
+        GPUsage(input_tokens=1000, output_tokens=200, web_searches=searches),
+        model,
+        provider_id="google",
+        genai_request_timestamp=WHEN,
+    )
+    assert expected.total_price == Decimal(cost)
+
+
+def test_an_answer_without_google_search_counts_no_search() -> None:
+    """Maps grounding (no webSearchQueries, no searchEntryPoint) is not a Google Search."""
+    obj = _grounded("gemini-3.8-flash", [])
+    del obj["candidates"][0]["groundingMetadata"]["searchEntryPoint"]
+    del obj["candidates"][0]["groundingMetadata"]["webSearchQueries"]
+    result = parse_response("generate", json.dumps(obj).encode())
+    assert result.usage == Usage(input_tokens=1000, output_tokens=200)
+    for bad in ({"candidates": [{"groundingMetadata": {"webSearchQueries": "x"}}]}, {"candidates": "x"}):
+        assert parse_response("generate", json.dumps(bad).encode()).usage is None

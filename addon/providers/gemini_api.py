@@ -11,12 +11,17 @@ streamed element by element (see ``addon.json_stream``). Every chunk carries a
 ``usageMetadata``; the LAST one is final. Per chunk the parser only runs substring
 tests and keeps a reference to the chunk: the last usage chunk is decoded once, in
 ``result()``, and the text only when no usage came.
+
+Google Search grounding is billed apart (``Usage.web_searches``): Gemini 3 and later per
+distinct non-empty query in ``candidates[].groundingMetadata.webSearchQueries``, Gemini 2.5
+and older once per grounded answer (ai.google.dev/gemini-api/docs/google-search, pricing).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
@@ -47,6 +52,9 @@ _COUNT_KEYS = (
     "totalTokenCount",
 )
 _MAX_ERROR = 300
+# "gemini-2.5-flash", "models/gemini-3.8-flash": the major version decides how grounding is billed.
+_GEMINI_MAJOR = re.compile(r"(?:^|/)gemini-(\d+)")
+_MAX_QUERIES = 1000  # distinct search queries kept per response (a bound, never reached in practice)
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -160,6 +168,40 @@ def _by_modality(*details: Any) -> dict[str, int]:
     return counts
 
 
+def grounding_queries(obj: dict[str, Any], into: set[str] | None = None) -> set[str] | None:
+    """The Google Search queries of a response or chunk's ``groundingMetadata``, added to ``into``.
+
+    None (or ``into`` unchanged) when no candidate shows a Google Search: a non-empty query or
+    a ``searchEntryPoint``. Empty queries are not billed ("we ignore the empty web search
+    queries"), so a grounded answer listing none gives an empty set.
+    """
+    candidates = obj.get("candidates")
+    if not isinstance(candidates, list):
+        return into
+    for candidate in candidates:
+        meta = candidate.get("groundingMetadata") if isinstance(candidate, dict) else None
+        if not isinstance(meta, dict):
+            continue
+        queries = meta.get("webSearchQueries")
+        queries = queries if isinstance(queries, list) else []
+        texts = [q.strip() for q in queries if isinstance(q, str) and q.strip()]
+        if not texts and not isinstance(meta.get("searchEntryPoint"), dict):
+            continue  # no search made (Maps or retrieval grounding, an empty block)
+        into = into if into is not None else set()
+        into.update(texts[: max(0, _MAX_QUERIES - len(into))])
+    return into
+
+
+def with_grounding(usage: Usage | None, queries: set[str] | None, model: str | None) -> Usage | None:
+    """``usage`` plus the billed Google Searches: one per query (Gemini 3+), one per answer (older)."""
+    if usage is None or queries is None:
+        return usage
+    match = _GEMINI_MAJOR.search(model or "")
+    per_answer = match is not None and int(match.group(1)) < 3
+    searches = 1 if per_answer else len(queries)
+    return replace(usage, web_searches=usage.web_searches + searches) if searches else usage
+
+
 def parse_response(flavor: str, body: bytes) -> Metered:
     """Usage, model and error of a complete, content-decoded body. Never raises.
 
@@ -184,12 +226,13 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
         return Metered(error="response body is not a JSON object")
-    usage = extract_usage(obj.get("usageMetadata"))
+    model = _str(obj.get("modelVersion"))
+    usage = with_grounding(extract_usage(obj.get("usageMetadata")), grounding_queries(obj), model)
     error = error_message(obj.get("error"))
     if usage is None and error is None:
         error = "no usage in response"
     text = None if usage is not None else "".join(_candidate_texts(obj)) or None
-    return Metered(usage=usage, model=_str(obj.get("modelVersion")), error=error, output_text=text)
+    return Metered(usage=usage, model=model, error=error, output_text=text)
 
 
 class StreamParser:
@@ -199,7 +242,18 @@ class StreamParser:
     from ``JSONArrayDecoder``).
     """
 
-    __slots__ = ("_bad", "_done", "_error", "_last", "_lazy", "_model", "_prev", "_text", "flavor")
+    __slots__ = (
+        "_bad",
+        "_done",
+        "_error",
+        "_last",
+        "_lazy",
+        "_model",
+        "_prev",
+        "_queries",
+        "_text",
+        "flavor",
+    )
 
     def __init__(self, flavor: str = "stream") -> None:
         self.flavor = flavor
@@ -210,6 +264,7 @@ class StreamParser:
         self._error: str | None = None
         self._done = False
         self._bad = 0
+        self._queries: set[str] | None = None  # Google Search queries of grounded chunks
         self._text = TextCollector(self._chunk_texts)
 
     @property
@@ -228,6 +283,11 @@ class StreamParser:
             self._lazy = None
         if b'"finishReason"' in data:
             self._done = True
+        if b'"groundingMetadata"' in data:  # rare: decoded at once, its queries kept
+            obj = loads(data)
+            if isinstance(obj, dict):
+                self._queries = grounding_queries(obj, self._queries)
+                self._model = _str(obj.get("modelVersion")) or self._model
         if b'"error"' in data:
             obj = loads(data)
             if not isinstance(obj, dict):
@@ -247,7 +307,9 @@ class StreamParser:
         error = self._error
         if usage is None and error is None:
             error = f"no usage in stream ({bad} event(s) not JSON)" if bad else "no usage in stream"
-        return Metered(usage=usage, model=model or self._model, error=error, output_text=text)
+        model = model or self._model
+        usage = with_grounding(usage, self._queries, model)
+        return Metered(usage=usage, model=model, error=error, output_text=text)
 
     def _resolve(self) -> tuple[Usage | None, str | None, int]:
         """Decode the last usage chunk (or, if it is cut, the one before): overwrite, never add."""
