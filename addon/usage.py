@@ -52,7 +52,7 @@ class Metered:
     usage: Usage | None = None
     model: str | None = None
     error: str | None = None
-    # A cost the provider itself reported for the call (OpenRouter's usage.cost), in USD.
+    # A cost the provider itself reported for the call (OpenRouter's usage.cost, xAI's ticks), in USD.
     provider_cost: Decimal | None = None
     # The service tier the provider says served the call (OpenAI's "flex", "priority"...): its price.
     service_tier: str | None = field(default=None, compare=False)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 
 from addon import pricing
 from addon.providers import openai_api, values
@@ -519,3 +521,46 @@ def test_text_is_extracted_once_even_if_result_is_asked_again(monkeypatch: pytes
     assert parser.result().output_text == "Wafer-scale chips."
     assert parser.result().output_text == "Wafer-scale chips."
     assert len(calls) == first + 2  # only the two new chunks ([DONE] is not JSON)
+
+
+def test_xai_cost_in_usd_ticks_is_the_provider_cost() -> None:
+    """docs.x.ai cost tracking: usage.cost_in_usd_ticks is the amount billed, tools included; 10^10 ticks
+    a dollar. Priced from tokens alone (genai-prices has no x-ai tool prices) the call is $0.01575."""
+    usage = {
+        "prompt_tokens": 12000, "completion_tokens": 300, "total_tokens": 12300,
+        "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0},
+        "num_sources_used": 0, "server_side_tool_usage": {"web_search": 3}, "cost_in_usd_ticks": 317500000,
+    }  # fmt: skip
+    body = {"id": "c1", "object": "chat.completion", "model": "grok-4.3", "usage": usage, "choices": []}
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "grok-4.3",
+        "choices": [],
+        "usage": usage,
+    }
+    stream = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    response = {"type": "response.completed", "response": {"model": "grok-4.3", "status": "completed"}}
+    response["response"]["usage"] = {
+        "input_tokens": 12000,
+        "output_tokens": 300,
+        "cost_in_usd_ticks": 317500000,
+    }
+    events = f"event: response.completed\ndata: {json.dumps(response)}\n\n".encode()
+    for result in (
+        parse_response("chat", json.dumps(body).encode()),
+        run([stream[i : i + 5] for i in range(0, len(stream), 5)])[0],
+        run([events], "responses")[0],
+    ):
+        assert result.provider_cost == Decimal("0.03175")
+    tokens = GPUsage(input_tokens=12000, output_tokens=300)
+    before = calc_price(tokens, "grok-4.3", provider_id="x-ai", genai_request_timestamp=DAY).total_price
+    assert before == Decimal("0.01575")  # what was stored before: half the bill
+
+
+@pytest.mark.parametrize(
+    ("ticks", "cost"),
+    [(0, Decimal(0)), (1, Decimal("1E-10")), (2.0e10, Decimal(2)), (-5, None), (1.5, None), ("9", None)],
+)
+def test_xai_ticks_are_exact_and_only_whole_numbers(ticks: object, cost: Decimal | None) -> None:
+    assert extract_cost({"prompt_tokens": 1, "cost_in_usd_ticks": ticks}) == cost

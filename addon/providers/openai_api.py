@@ -47,6 +47,7 @@ TEXT_CAP = 4 * 1024 * 1024
 _NUMBER = rb"(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
 _COST_TEXT = re.compile(rb'"cost"\s*:\s*' + _NUMBER)
 _TOTAL_COST_TEXT = re.compile(rb'"total_cost"\s*:\s*' + _NUMBER)
+USD_TICKS_EXPONENT = 10  # xAI's usage.cost_in_usd_ticks: 1 USD = 10^10 ticks
 
 
 def flavor_for_path(path: str) -> str | None:
@@ -146,12 +147,18 @@ def usage_of(obj: dict[str, Any]) -> Any:
 def extract_cost(usage: Any, raw: bytes | None = None) -> Decimal | None:
     """The cost the provider reported in ``usage``, in USD, or None.
 
-    OpenRouter: ``usage.cost`` (a number); Perplexity: ``usage.cost.total_cost``. The
+    OpenRouter: ``usage.cost`` (a number); Perplexity: ``usage.cost.total_cost``; xAI:
+    ``usage.cost_in_usd_ticks`` (an integer, 10^10 ticks to the dollar, exact). The
     Decimal is read from the number's text in ``raw`` (the JSON the object was decoded
     from) when found there, so ``0.0000945`` stays exactly that.
     """
     if not isinstance(usage, dict):
         return None
+    ticks = usage.get("cost_in_usd_ticks")
+    if type(ticks) is float and ticks.is_integer():
+        ticks = int(ticks)
+    if type(ticks) is int and ticks >= 0:
+        return Decimal(ticks).scaleb(-USD_TICKS_EXPONENT)
     cost = usage.get("cost")
     pattern = _COST_TEXT
     if isinstance(cost, dict):
