@@ -14,7 +14,7 @@ class Usage:
     ``output_tokens`` is all billed output, reasoning included.
     Each bucket is priced exactly once: cached tokens are a subset of input,
     reasoning tokens a subset of output. ``cache_write_1h_tokens`` are the cache
-    writes kept for an hour (Anthropic), a subset of ``cache_write_tokens`` priced
+    writes kept for an hour (Anthropic, Bedrock), a subset of ``cache_write_tokens`` priced
     higher; ``web_searches`` counts server-side web searches, priced per search.
     The audio and image counts are subsets too (of input, output, cache reads),
     priced at their own rates where a model has them (speech, image generation).

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 
 from addon import pricing
 from addon.aws_eventstream import EventStreamDecoder
@@ -22,6 +24,7 @@ from addon.providers import values
 from addon.providers.bedrock_api import (
     StreamParser,
     allow_host_pattern,
+    converse_usage,
     credential_of,
     flavor_for_path,
     is_bedrock_host,
@@ -587,3 +590,45 @@ def test_fixtures_price_under_aws(path: str, result: Metered, cost: str) -> None
     price = pricing.price("aws", pricing_model(model), result.usage, WHEN)
     assert price.status == "priced"
     assert str(price.cost_usd) == cost
+
+
+def test_one_hour_cache_writes_are_read_from_cache_details_and_priced_at_the_1h_rate() -> None:
+    """API_runtime_TokenUsage: cacheDetails splits the cache writes by TTL (5m | 1h). Sonnet 4.5 global:
+    100 x $3 + 90,000 x $6 (1h) + 10,000 x $3.75 (5m) + 50 x $15 per M = $0.57855; all as 5m: $0.37605."""
+    usage = {
+        "inputTokens": 100, "outputTokens": 50, "totalTokens": 100_150,
+        "cacheReadInputTokens": 0, "cacheWriteInputTokens": 100_000,
+        "cacheDetails": [{"ttl": "1h", "inputTokens": 90_000}, {"ttl": "5m", "inputTokens": 10_000}],
+    }  # fmt: skip
+    body = {"output": {"message": {"role": "assistant", "content": [{"text": "."}]}}, "usage": usage}
+    stream = event("metadata", {"metrics": {"latencyMs": 900}, "usage": usage})
+    expected = Usage(
+        input_tokens=100_100, cache_write_tokens=100_000, cache_write_1h_tokens=90_000, output_tokens=50
+    )
+    for result in (
+        parse_response("converse", json.dumps(body).encode(), {}),
+        run("converse_stream", [stream[i : i + 9] for i in range(0, len(stream), 9)]),
+    ):
+        assert result.usage == expected
+        cost = pricing.price("aws", pricing_model(SONNET_GLOBAL), result.usage, WHEN).cost_usd
+        assert cost == Decimal("0.57855")
+    counts = GPUsage(
+        input_tokens=100_100, cache_write_tokens=100_000, cache_write_1h_tokens=90_000, output_tokens=50
+    )
+    own = calc_price(counts, pricing_model(SONNET_GLOBAL), provider_id="aws", genai_request_timestamp=WHEN)
+    assert own.total_price == Decimal("0.57855")
+
+
+@pytest.mark.parametrize(
+    ("details", "written", "one_hour"),
+    [
+        ([{"ttl": "1h", "inputTokens": 500}], 500, 500),  # no cacheWriteInputTokens: the details say
+        ([{"ttl": "1h", "inputTokens": -5}, {"ttl": "1h"}, "x", {"ttl": 1, "inputTokens": 7}], 7, 0),
+        ("1h", 0, 0),
+    ],
+)
+def test_cache_details_alone_or_malformed(details: Any, written: int, one_hour: int) -> None:
+    result = converse_usage({"inputTokens": 1, "outputTokens": 1, "cacheDetails": details})
+    assert result == Usage(
+        input_tokens=1 + written, cache_write_tokens=written, cache_write_1h_tokens=one_hour, output_tokens=1
+    )

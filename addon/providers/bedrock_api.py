@@ -8,9 +8,10 @@ the path: ``/model/{modelId}/converse``, ``/converse-stream``, ``/invoke``,
 Where the counts are:
 
 - Converse: ``usage: {inputTokens, outputTokens, totalTokens, cacheReadInputTokens,
-  cacheWriteInputTokens}``. ``inputTokens`` EXCLUDES the cache reads and writes (AWS's
-  prompt-caching guide: total input = inputTokens + cacheRead + cacheWrite), so the
-  normalised input is the sum of the three.
+  cacheWriteInputTokens, cacheDetails}``. ``inputTokens`` EXCLUDES the cache reads and writes
+  (AWS's prompt-caching guide: total input = inputTokens + cacheRead + cacheWrite), so the
+  normalised input is the sum of the three. ``cacheDetails`` splits the writes by TTL
+  (``[{ttl: "5m" | "1h", inputTokens}]``): the ``1h`` ones are priced higher.
 - InvokeModel: the response headers ``X-Amzn-Bedrock-Input-Token-Count``,
   ``-Output-Token-Count``, ``-Cache-Read-Input-Token-Count``,
   ``-Cache-Write-Input-Token-Count`` (input again without the cache); else the model's
@@ -156,12 +157,27 @@ def converse_usage(usage: Any) -> Usage | None:
         return None
     cache_read = _int(usage.get("cacheReadInputTokens", usage.get("cacheReadInputTokenCount")))
     cache_write = _int(usage.get("cacheWriteInputTokens", usage.get("cacheWriteInputTokenCount")))
+    written, one_hour = _cache_details(usage.get("cacheDetails"))
+    cache_write = cache_write or written
     return Usage(
         input_tokens=_int(usage.get("inputTokens")) + cache_read + cache_write,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         output_tokens=_int(usage.get("outputTokens")),
+        cache_write_1h_tokens=min(one_hour, cache_write),
     )
+
+
+def _cache_details(details: Any) -> tuple[int, int]:
+    """(all cache writes, those kept one hour) of Converse's ``cacheDetails`` ([{ttl, inputTokens}])."""
+    written = one_hour = 0
+    if isinstance(details, list):
+        for detail in details:
+            if isinstance(detail, dict):
+                count = max(0, _int(detail.get("inputTokens")))
+                written += count
+                one_hour += count if detail.get("ttl") == "1h" else 0
+    return written, one_hour
 
 
 def metrics_usage(metrics: Any) -> Usage | None:
