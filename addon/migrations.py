@@ -136,6 +136,12 @@ def m005_tokens_by_modality(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE calls ADD COLUMN {column} BIGINT")
 
 
+@migration
+def m006_file_searches(con: duckdb.DuckDBPyConnection) -> None:
+    """Hosted file searches (OpenAI Responses' ``file_search_call`` items), priced per call."""
+    con.execute("ALTER TABLE calls ADD COLUMN file_searches BIGINT")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -191,7 +191,7 @@ def price(
         snapshot = id(get_snapshot())
         linear_key = (snapshot, provider, ref)
         plain = service_tier in _BASE_TIERS and not (
-            usage.cache_write_1h_tokens or usage.web_searches or usage.has_modalities
+            usage.cache_write_1h_tokens or usage.web_searches or usage.file_searches or usage.has_modalities
         )
         known = _linear.get(linear_key) if plain else None
         if known is not None:
@@ -211,6 +211,8 @@ def price(
             counts["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         if usage.web_searches:
             counts["web_searches"] = usage.web_searches
+        if usage.file_searches:  # genai-prices' "storage searches" (storage_searches_kcount)
+            counts["storage_searches"] = usage.file_searches
         if usage.has_modalities:
             # All of them, zeros too: genai-prices will not guess how cache reads split by modality.
             counts.update((name, getattr(usage, name)) for name in _MODALITY_COUNTS)

@@ -72,6 +72,8 @@ class CallRecord:
     input_image_tokens: int | None = None
     output_image_tokens: int | None = None
     cache_audio_read_tokens: int | None = None
+    # priced apart (migration m006): hosted file searches (OpenAI's file_search tool calls)
+    file_searches: int | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""
@@ -89,6 +91,7 @@ class CallRecord:
         self.input_image_tokens = usage.input_image_tokens or None
         self.output_image_tokens = usage.output_image_tokens or None
         self.cache_audio_read_tokens = usage.cache_audio_read_tokens or None
+        self.file_searches = usage.file_searches or None
         self.usage_source = source
 
     @property
@@ -109,6 +112,7 @@ class CallRecord:
             input_image_tokens=self.input_image_tokens or 0,
             output_image_tokens=self.output_image_tokens or 0,
             cache_audio_read_tokens=self.cache_audio_read_tokens or 0,
+            file_searches=self.file_searches or 0,
         )
 
     def make_storable(self) -> None:

@@ -15,7 +15,8 @@ class Usage:
     Each bucket is priced exactly once: cached tokens are a subset of input,
     reasoning tokens a subset of output. ``cache_write_1h_tokens`` are the cache
     writes kept for an hour (Anthropic, Bedrock), a subset of ``cache_write_tokens`` priced
-    higher; ``web_searches`` counts server-side web searches, priced per search.
+    higher; ``web_searches`` counts server-side web searches, priced per search;
+    ``file_searches`` the hosted file (vector store) searches, priced per call.
     The audio and image counts are subsets too (of input, output, cache reads),
     priced at their own rates where a model has them (speech, image generation).
     """
@@ -32,6 +33,7 @@ class Usage:
     input_image_tokens: int = 0
     output_image_tokens: int = 0
     cache_audio_read_tokens: int = 0
+    file_searches: int = 0
 
     @property
     def has_modalities(self) -> bool:

@@ -12,6 +12,8 @@ from typing import Any
 
 import brotli
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 
 from addon.content_decoding import StreamDecoder
 from addon.pricing import price
@@ -24,6 +26,7 @@ from addon.providers.openai_api import (
     is_usage_only_chunk,
     parse_response,
 )
+from addon.record import CallRecord
 from addon.sse import SSEDecoder, SSEEvent
 from addon.usage import Metered, Usage
 
@@ -532,3 +535,36 @@ def test_hosted_web_searches_in_a_responses_output_are_counted_and_priced() -> N
     assert streamed is not None and streamed.web_searches == 3
     plain = parse_response("responses", json.dumps(body | {"output": output[-1:]}).encode())
     assert plain.usage is not None and plain.usage.web_searches == 0
+
+
+def test_hosted_file_searches_in_a_responses_output_are_counted_and_priced() -> None:
+    """Each file_search_call item is one billed tool call ($2.50 per 1,000; genai-prices'
+    storage_searches_kcount), however many queries it ran; stored as file_searches."""
+    usage = {"input_tokens": 1_000, "output_tokens": 100, "input_tokens_details": {"cached_tokens": 0}}
+    output = [
+        {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["a", "b"]},
+        {"type": "file_search_call", "id": "fs_2", "status": "completed", "queries": ["c"]},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}},
+        {"type": "message", "content": [{"type": "output_text", "text": "..."}]},
+    ]
+    body = {"object": "response", "model": "gpt-4.1-2025-04-14", "status": "completed", "output": output}
+    body["usage"] = usage
+    parser = StreamParser("responses")
+    final = {"type": "response.completed", "response": body}
+    parser.feed(SSEEvent("response.completed", json.dumps(final).encode(), b""))
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    expected = Usage(input_tokens=1_000, output_tokens=100, web_searches=1, file_searches=2)
+    for metered in (parse_response("responses", json.dumps(body).encode()), parser.result()):
+        assert metered.usage == expected
+        # gpt-4.1: 1,000 x $2 + 100 x $8 per 1M (0.0028), 1 web search $0.01 (gpt-4.1: $10 per 1,000),
+        # 2 file searches at $2.50 per 1,000 (0.005)
+        assert price("openai", "gpt-4.1", metered.usage, when).cost_usd == Decimal("0.0178")
+    counts = GPUsage(input_tokens=1_000, output_tokens=100, web_searches=1, storage_searches=2)
+    own = calc_price(counts, "gpt-4.1", provider_id="openai", genai_request_timestamp=when)
+    assert own.total_price == Decimal("0.0178")
+    record = CallRecord(
+        id="t", ts=when, session_id="s", environment="development", provider="openai",
+        host="api.openai.com", path="/v1/responses", api_flavor="responses", model_sent="gpt-4.1",
+    )  # fmt: skip
+    record.set_usage(expected)
+    assert record.file_searches == 2 and record.usage == expected

@@ -220,6 +220,7 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "input_image_tokens",
                 "output_image_tokens",
                 "cache_audio_read_tokens",
+                "file_searches",
             )
         ),
     }
@@ -841,6 +842,7 @@ def _every_field_record(call_id: str) -> CallRecord:
             "client_pid": 4_000_000,
             "cache_write_1h_tokens": 5,
             "web_searches": 2,
+            "file_searches": 29,
             "input_audio_tokens": 11,
             "output_audio_tokens": 13,
             "input_image_tokens": 17,

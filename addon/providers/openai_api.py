@@ -118,19 +118,29 @@ def extract_usage(usage: Any) -> Usage | None:
 
 
 def with_web_searches(usage: Usage | None, output: Any) -> Usage | None:
-    """``usage`` plus the hosted web searches a Responses ``output`` list holds, priced per call.
+    """``usage`` plus the hosted web and file searches a Responses ``output`` list holds, priced per call.
 
     Each ``web_search_call`` item whose action is a search (or that names no action) is one;
-    opening a page or finding in it is part of a search already made.
+    opening a page or finding in it is part of a search already made. Each ``file_search_call``
+    item is one file search ($2.50 per 1,000 tool calls, however many queries it ran).
     """
     if usage is None or not isinstance(output, list):
         return usage
-    searches = 0
+    searches = files = 0
     for item in output:
-        if isinstance(item, dict) and item.get("type") == "web_search_call":
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "web_search_call":
             action = item.get("action")
             searches += not isinstance(action, dict) or action.get("type") in (None, "search")
-    return replace(usage, web_searches=usage.web_searches + searches) if searches else usage
+        elif kind == "file_search_call":
+            files += 1
+    if not (searches or files):
+        return usage
+    return replace(
+        usage, web_searches=usage.web_searches + searches, file_searches=usage.file_searches + files
+    )
 
 
 def usage_of(obj: dict[str, Any]) -> Any:
