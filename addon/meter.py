@@ -1024,6 +1024,7 @@ class Meter:
             record.aborted = aborted
         record.model_reported = metered.model
         record.service_tier = metered.service_tier
+        record.inference_geo = metered.inference_geo
         record.set_usage(metered.usage)
         if metered.provider_cost is not None and metered.usage is not None:
             # The provider said what it charged (OpenRouter): that beats any price list.

@@ -142,6 +142,12 @@ def m006_file_searches(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN file_searches BIGINT")
 
 
+@migration
+def m007_inference_geo(con: duckdb.DuckDBPyConnection) -> None:
+    """Where inference ran (Anthropic's ``usage.inference_geo``): US-only inference costs 1.1x."""
+    con.execute("ALTER TABLE calls ADD COLUMN inference_geo VARCHAR")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -162,6 +162,11 @@ _MODALITY_COUNTS = (
     "cache_audio_read_tokens",
 )
 
+# Anthropic's US-only inference (usage.inference_geo "us", Opus 4.6 and later: older models refuse
+# the parameter) costs 1.1x on every token price; per-search fees are not tokens and stay as they are.
+US_INFERENCE = Decimal("1.1")
+US_INFERENCE_SOURCE = f"{SOURCE} x1.1 (inference_geo us)"
+
 # Service tiers priced as the model's own prices (no variant): the linear shortcut applies.
 _BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
 
@@ -173,8 +178,12 @@ def price(
     when: datetime,
     status_code: int | None = None,
     service_tier: str | None = None,
+    inference_geo: str | None = None,
 ) -> Price:
     """Price one call; never raises. An unknown model is never priced 0.
+
+    Anthropic calls whose ``inference_geo`` is ``"us"`` cost 1.1x on their tokens
+    (``price_source`` says so).
 
     One-hour cache writes, web searches (Anthropic's, OpenAI's, Gemini's grounding) and a
     service tier other than the default (OpenAI's flex and priority, Anthropic's fast mode) are
@@ -190,8 +199,16 @@ def price(
         ref = _model_ref(model)
         snapshot = id(get_snapshot())
         linear_key = (snapshot, provider, ref)
-        plain = service_tier in _BASE_TIERS and not (
-            usage.cache_write_1h_tokens or usage.web_searches or usage.file_searches or usage.has_modalities
+        us_only = inference_geo == "us" and provider == "anthropic"
+        plain = (
+            not us_only
+            and service_tier in _BASE_TIERS
+            and not (
+                usage.cache_write_1h_tokens
+                or usage.web_searches
+                or usage.file_searches
+                or usage.has_modalities
+            )
         )
         known = _linear.get(linear_key) if plain else None
         if known is not None:
@@ -250,6 +267,17 @@ def price(
                 _linear[linear_key] = linear_price(calc, usage)
             except Exception:  # no shortcut, still a price
                 _linear[linear_key] = None
+        if us_only:
+            fees = {"web_searches", "storage_searches"}
+            token_counts = {k: v for k, v in counts.items() if k not in fees}
+            try:
+                tokens = calculate(token_counts).total_price
+            except Exception:  # the split calc itself fell back to text on: the same here
+                tokens = calculate(
+                    {k: v for k, v in token_counts.items() if k not in _MODALITY_COUNTS}
+                ).total_price
+            total = tokens * US_INFERENCE + (calc.total_price - tokens)
+            return Price(total, PRICED, US_INFERENCE_SOURCE, calc.model.id)
         return Price(calc.total_price, PRICED, SOURCE, calc.model.id)
     except Exception as exc:
         log.warning("tokometer: pricing %s/%s failed: %s", provider, model, exc)
@@ -267,6 +295,7 @@ def price_record(record: CallRecord) -> None:
         record.ts,
         record.status_code,
         record.service_tier,
+        record.inference_geo,
     )
     record.cost_usd = p.cost_usd
     record.price_status = p.status
@@ -376,6 +405,7 @@ class Pricer:
             record.ts,
             record.status_code,
             record.service_tier,
+            record.inference_geo,
         )
         record.cost_usd, record.price_status = p.cost_usd, p.status
         record.price_source, record.price_model = p.source, p.model
@@ -388,6 +418,7 @@ class Pricer:
         when: datetime,
         status_code: int | None = None,
         service_tier: str | None = None,
+        inference_geo: str | None = None,
     ) -> Price:
         """A call's price: a ``prices:`` entry matching one of ``models`` (in order), else
         genai-prices for the first, under the provider's price id and model name."""
@@ -403,4 +434,4 @@ class Pricer:
             price_id, to_name = self._price_provider(provider)
         if model and to_name is not None:
             model = to_name(model)
-        return price(price_id, model, usage, when, status_code, service_tier)
+        return price(price_id, model, usage, when, status_code, service_tier, inference_geo)

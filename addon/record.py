@@ -74,6 +74,8 @@ class CallRecord:
     cache_audio_read_tokens: int | None = None
     # priced apart (migration m006): hosted file searches (OpenAI's file_search tool calls)
     file_searches: int | None = None
+    # where inference ran (migration m007): Anthropic's usage.inference_geo, "us" costs 1.1x
+    inference_geo: str | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""

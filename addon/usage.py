@@ -58,6 +58,8 @@ class Metered:
     provider_cost: Decimal | None = None
     # The service tier the provider says served the call (OpenAI's "flex", "priority"...): its price.
     service_tier: str | None = field(default=None, compare=False)
+    # Where inference ran, when the provider says (Anthropic's usage.inference_geo: "us", "global").
+    inference_geo: str | None = field(default=None, compare=False)
     # An OpenAI Responses object's id and status, when the body is one (background mode: the
     # POST answers "queued", the usage comes with a later GET of that id).
     response_id: str | None = field(default=None, compare=False)

@@ -12,11 +12,14 @@ from typing import Any
 
 import brotli
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 
 from addon.content_decoding import StreamDecoder
-from addon.pricing import price
+from addon.pricing import Pricer, price
 from addon.providers import values
 from addon.providers.anthropic_api import StreamParser, extract_usage, flavor_for_path, parse_response
+from addon.record import CallRecord
 from addon.sse import SSEDecoder, SSEEvent
 from addon.usage import Metered, Usage
 
@@ -391,3 +394,53 @@ def test_fast_mode_is_read_as_the_service_tier_and_priced_at_fast_rates() -> Non
 
 
 WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def test_us_only_inference_costs_1_1x_on_the_tokens() -> None:
+    """usage.inference_geo "us" (Opus 4.6 and later; older models refuse the parameter): 1.1x on every
+    token price (docs.aws.amazon.com/claude-platform/.../data-residency.html: "A 1.1x pricing
+    multiplier applies"); web searches keep their $10 per 1,000. The row keeps the geo and says why."""
+    usage = {
+        "input_tokens": 10_000, "output_tokens": 1_000, "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0, "service_tier": "standard", "inference_geo": "us",
+        "server_tool_use": {"web_search_requests": 2},
+    }  # fmt: skip
+    body = json.dumps({"type": "message", "model": "claude-opus-4-6", "usage": usage}).encode()
+    start = {
+        "type": "message_start",
+        "message": {"model": "claude-opus-4-6", "usage": usage | {"output_tokens": 1}},
+    }
+    delta = {
+        "type": "message_delta",
+        "usage": {"output_tokens": 1_000, "server_tool_use": {"web_search_requests": 2}},
+    }
+    stream = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in (start, delta))
+    parser = StreamParser()
+    for event in SSEDecoder().feed(stream.encode()):
+        parser.feed(event)
+    own = calc_price(
+        GPUsage(input_tokens=10_000, output_tokens=1_000), "claude-opus-4-6", provider_id="anthropic",
+        genai_request_timestamp=WHEN,
+    )  # fmt: skip
+    assert own.total_price == Decimal("0.075")  # 10,000 x $5 + 1,000 x $25 per 1M
+    for metered in (parse_response("messages", body), parser.result()):
+        assert metered.inference_geo == "us"
+        record = CallRecord(
+            id="t", ts=WHEN, session_id="s", environment="development", provider="anthropic",
+            host="api.anthropic.com", path="/v1/messages", api_flavor="messages",
+            model_sent="claude-opus-4-6", service_tier=metered.service_tier,
+            inference_geo=metered.inference_geo,
+        )  # fmt: skip
+        record.set_usage(metered.usage)
+        Pricer()(record)
+        # $0.075 x 1.1 + 2 searches x $0.01
+        assert (record.cost_usd, record.price_status) == (Decimal("0.1025"), "priced")
+        assert record.price_source == "genai-prices 0.2.3 x1.1 (inference_geo us)"
+    global_usage = usage | {"inference_geo": "global"}
+    metered = parse_response(
+        "messages", json.dumps({"model": "claude-opus-4-6", "usage": global_usage}).encode()
+    )
+    assert metered.inference_geo == "global"
+    assert price(
+        "anthropic", "claude-opus-4-6", metered.usage, WHEN, inference_geo="global"
+    ).cost_usd == Decimal("0.095")

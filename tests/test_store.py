@@ -221,6 +221,7 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "output_image_tokens",
                 "cache_audio_read_tokens",
                 "file_searches",
+                "inference_geo",
             )
         ),
     }

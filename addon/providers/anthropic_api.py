@@ -88,6 +88,11 @@ def service_tier_of(usage: Any) -> str | None:
     return _str(usage.get("service_tier"))
 
 
+def inference_geo_of(usage: Any) -> str | None:
+    """Where inference ran, as a ``usage`` object says (``"us"``, ``"global"``), or None."""
+    return _str(usage.get("inference_geo")) if isinstance(usage, dict) else None
+
+
 def extract_usage(usage: Any) -> Usage | None:
     """Normalise one Anthropic ``usage`` object, or None if it is not one."""
     counts: dict[str, int] = {}
@@ -110,14 +115,19 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     text = None if usage is not None else "".join(_content_texts(obj.get("content"))) or None
     tier = service_tier_of(obj.get("usage"))
     return Metered(
-        usage=usage, model=_str(obj.get("model")), error=error, output_text=text, service_tier=tier
+        usage=usage,
+        model=_str(obj.get("model")),
+        error=error,
+        output_text=text,
+        service_tier=tier,
+        inference_geo=inference_geo_of(obj.get("usage")),
     )
 
 
 class StreamParser:
     """Feed the SSE events of one streamed Messages response; ``result()`` at any time."""
 
-    __slots__ = ("_bad", "_counts", "_done", "_error", "_model", "_seen", "_text", "_tier", "flavor")
+    __slots__ = ("_bad", "_counts", "_done", "_error", "_geo", "_model", "_seen", "_text", "_tier", "flavor")
 
     def __init__(self, flavor: str = "messages") -> None:
         self.flavor = flavor
@@ -128,6 +138,7 @@ class StreamParser:
         self._done = False
         self._bad = 0
         self._tier: str | None = None
+        self._geo: str | None = None  # usage.inference_geo
         self._text = TextCollector(_delta_texts, keep=_is_delta)
 
     @property
@@ -183,6 +194,7 @@ class StreamParser:
         tier = service_tier_of(usage)
         if tier is not None and self._tier != "fast":  # fast mode, once said, is the price
             self._tier = tier
+        self._geo = inference_geo_of(usage) or self._geo
 
     def result(self) -> Metered:
         """Usage seen so far (None if none), the reported model, and an error if any."""
@@ -193,7 +205,14 @@ class StreamParser:
                 f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
             )
         text = self._text.text() if usage is None else None
-        return Metered(usage=usage, model=self._model, error=error, output_text=text, service_tier=self._tier)
+        return Metered(
+            usage=usage,
+            model=self._model,
+            error=error,
+            output_text=text,
+            service_tier=self._tier,
+            inference_geo=self._geo,
+        )
 
 
 def _is_delta(name: str | None, data: bytes) -> bool:
