@@ -169,6 +169,11 @@ US_INFERENCE_SOURCE = f"{SOURCE} x1.1 (inference_geo us)"
 
 # Service tiers priced as the model's own prices (no variant): the linear shortcut applies.
 _BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
+# A tier genai-prices has no price for, at a factor the provider documents exactly (Gemini's Flex
+# inference: "50% discount", ai.google.dev/gemini-api/docs/optimization). Any other such tier (Gemini
+# priority, "75% to 100% more"; Bedrock's flex and priority) keeps the standard price, and its
+# price_source says "(<tier> tier: standard rate)" so a report can tell.
+_TIER_FACTORS = {("google", "flex"): Decimal("0.5")}
 
 
 def price(
@@ -238,13 +243,13 @@ def price(
             None if service_tier in _BASE_TIERS else {"service_tier": service_tier, "speed": service_tier}
         )
 
-        def calculate(counts: dict[str, int]) -> PriceCalculation:
+        def calculate(counts: dict[str, int], tiered: bool = True) -> PriceCalculation:
             return calc_price(
                 GPUsage(**counts),
                 ref,
                 provider_id=provider,
                 genai_request_timestamp=_utc(when),
-                price_context=context,  # type: ignore[arg-type]
+                price_context=context if tiered else None,  # type: ignore[arg-type]
             )
 
         try:
@@ -278,6 +283,14 @@ def price(
                 ).total_price
             total = tokens * US_INFERENCE + (calc.total_price - tokens)
             return Price(total, PRICED, US_INFERENCE_SOURCE, calc.model.id)
+        if context is not None and calc.total_price == calculate(counts, tiered=False).total_price:
+            # genai-prices has no price for this tier of this model: the standard one came back.
+            exact = _TIER_FACTORS.get((provider, str(service_tier).lower()))
+            if exact is not None:
+                source = f"{SOURCE} x{exact} ({service_tier})"
+                return Price(calc.total_price * exact, PRICED, source, calc.model.id)
+            source = f"{SOURCE} ({service_tier} tier: standard rate)"
+            return Price(calc.total_price, PRICED, source, calc.model.id)
         return Price(calc.total_price, PRICED, SOURCE, calc.model.id)
     except Exception as exc:
         log.warning("tokometer: pricing %s/%s failed: %s", provider, model, exc)

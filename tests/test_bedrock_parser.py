@@ -632,3 +632,27 @@ def test_cache_details_alone_or_malformed(details: Any, written: int, one_hour: 
     assert result == Usage(
         input_tokens=1 + written, cache_write_tokens=written, cache_write_1h_tokens=one_hour, output_tokens=1
     )
+
+
+def test_service_tier_is_read_from_converse_streams_and_invoke_headers() -> None:
+    """Converse's serviceTier.type, ConverseStream's metadata serviceTier, InvokeModel's
+    X-Amzn-Bedrock-Service-Tier header (Bedrock API reference, API_runtime_ServiceTier).
+    genai-prices has no Bedrock tier prices: the standard price is kept and the source says so."""
+    usage = {"inputTokens": 1000, "outputTokens": 100, "totalTokens": 1100}
+    body = {"output": {"message": {"role": "assistant", "content": [{"text": "..."}]}}, "usage": usage}
+    assert parse_response("converse", json.dumps(body).encode(), {}).service_tier is None
+    flex = parse_response("converse", json.dumps({**body, "serviceTier": {"type": "flex"}}).encode(), {})
+    assert flex.service_tier == "flex"
+    invoke = {"content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 10, "output_tokens": 2}}
+    headers = {"X-Amzn-Bedrock-Service-Tier": "Priority"}
+    assert parse_response("invoke", json.dumps(invoke).encode(), headers).service_tier == "priority"
+    metadata = {"usage": usage, "metrics": {"latencyMs": 1}, "serviceTier": {"type": "priority"}}
+    assert run("converse_stream", [event("metadata", metadata)]).service_tier == "priority"
+    when = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    model = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+    standard = pricing.price("aws", model, flex.usage, when)
+    flexed = pricing.price("aws", model, flex.usage, when, service_tier="flex")
+    assert (
+        flexed.cost_usd == standard.cost_usd
+        and flexed.source == "genai-prices 0.2.3 (flex tier: standard rate)"
+    )

@@ -468,3 +468,44 @@ def test_an_answer_without_google_search_counts_no_search() -> None:
     assert result.usage == Usage(input_tokens=1000, output_tokens=200)
     for bad in ({"candidates": [{"groundingMetadata": {"webSearchQueries": "x"}}]}, {"candidates": "x"}):
         assert parse_response("generate", json.dumps(bad).encode()).usage is None
+
+
+def test_service_tier_is_read_and_flex_costs_half() -> None:
+    """usageMetadata.serviceTier names the tier that served the call. Flex is documented at exactly
+    50% off (ai.google.dev/gemini-api/docs/optimization) and genai-prices has no flex price for
+    gemini-2.5-flash, so tokometer halves the standard price; priority ("75% to 100% more") keeps the
+    standard price and price_source says so."""
+
+    def body(tier: str | None) -> bytes:
+        meta: dict[str, object] = {
+            "promptTokenCount": 10_000,
+            "candidatesTokenCount": 1_000,
+            "totalTokenCount": 11_000,
+        }
+        if tier:
+            meta["serviceTier"] = tier
+        chunk = {
+            "candidates": [{"content": {"parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+            "usageMetadata": meta,
+        }
+        return json.dumps({**chunk, "modelVersion": "gemini-2.5-flash"}).encode()
+
+    when = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    standard = calc_price(
+        GPUsage(input_tokens=10_000, output_tokens=1_000), "gemini-2.5-flash", provider_id="google"
+    ).total_price
+    assert standard == Decimal("0.0055")  # 10k x $0.30 + 1k x $2.50 per 1M
+    results = {}
+    for tier in (None, "standard", "FLEX", "priority"):
+        metered = parse_response("generate", body(tier))
+        stream = StreamParser("stream")
+        stream.feed(body(tier))
+        assert stream.result().service_tier == metered.service_tier
+        p = pricing.price(
+            "google", "gemini-2.5-flash", metered.usage, when, service_tier=metered.service_tier
+        )
+        results[tier] = (metered.service_tier, p.cost_usd, p.source)
+    assert results[None] == (None, standard, "genai-prices 0.2.3")
+    assert results["standard"] == ("standard", standard, "genai-prices 0.2.3")
+    assert results["FLEX"] == ("flex", standard / 2, "genai-prices 0.2.3 x0.5 (flex)")
+    assert results["priority"] == ("priority", standard, "genai-prices 0.2.3 (priority tier: standard rate)")

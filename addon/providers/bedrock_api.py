@@ -272,7 +272,15 @@ def parse_response(flavor: str, body: bytes, headers: Mapping[str, str] | None =
     if usage is None:
         error = _error_of(obj, headers) or "no usage in response"
     text = None if usage is not None else "".join(_body_texts(obj)) or None
-    return Metered(usage=usage, error=error, output_text=text)
+    tier = service_tier_of(obj) or (_header(headers, "x-amzn-bedrock-service-tier") or "").lower() or None
+    return Metered(usage=usage, error=error, output_text=text, service_tier=tier)
+
+
+def service_tier_of(obj: dict[str, Any]) -> str | None:
+    """Converse's ``serviceTier.type`` (priority, default, flex, reserved): the tier that served it."""
+    tier = obj.get("serviceTier")
+    kind = tier.get("type") if isinstance(tier, dict) else None
+    return kind.lower() if isinstance(kind, str) and kind else None
 
 
 def _parse_stream_body(flavor: str, body: bytes) -> Metered:
@@ -395,6 +403,7 @@ class StreamParser:
         "_native",
         "_seen",
         "_text",
+        "_tier",
         "_usage",
         "flavor",
     )
@@ -402,6 +411,7 @@ class StreamParser:
     def __init__(self, flavor: str = "converse_stream") -> None:
         self.flavor = flavor
         self._usage: Usage | None = None  # from ConverseStream's metadata
+        self._tier: str | None = None  # the service tier its metadata names
         self._metrics: Usage | None = None  # from amazon-bedrock-invocationMetrics
         self._counts: dict[str, int] = {}  # Anthropic native counts (a fallback)
         self._seen = False
@@ -436,6 +446,7 @@ class StreamParser:
             usage = converse_usage(obj.get("usage"))
             if usage is not None:
                 self._usage = usage
+            self._tier = service_tier_of(obj) or self._tier
             self._done = True
 
     def result(self) -> Metered:
@@ -451,7 +462,7 @@ class StreamParser:
                 f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
             )
         text = self._text.text() if usage is None else None
-        return Metered(usage=usage, error=error, output_text=text)
+        return Metered(usage=usage, error=error, output_text=text, service_tier=self._tier)
 
     def _feed_chunk(self, payload: bytes) -> None:
         m = _BYTES.search(payload)

@@ -232,7 +232,14 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     if usage is None and error is None:
         error = "no usage in response"
     text = None if usage is not None else "".join(_candidate_texts(obj)) or None
-    return Metered(usage=usage, model=model, error=error, output_text=text)
+    tier = service_tier_of(obj.get("usageMetadata"))
+    return Metered(usage=usage, model=model, error=error, output_text=text, service_tier=tier)
+
+
+def service_tier_of(meta: Any) -> str | None:
+    """The tier that served the call (``usageMetadata.serviceTier``: standard, flex, priority), lower-case."""
+    tier = meta.get("serviceTier") if isinstance(meta, dict) else None
+    return tier.lower() if isinstance(tier, str) and tier else None
 
 
 class StreamParser:
@@ -259,7 +266,7 @@ class StreamParser:
         self.flavor = flavor
         self._last: bytes | None = None  # the last chunk holding a usageMetadata
         self._prev: bytes | None = None  # the one before (used if the last is cut)
-        self._lazy: tuple[Usage | None, str | None, int] | None = None
+        self._lazy: tuple[Usage | None, str | None, int, str | None] | None = None
         self._model: str | None = None
         self._error: str | None = None
         self._done = False
@@ -301,7 +308,7 @@ class StreamParser:
         """Usage of the last chunk that had one (None if none), the model, an error if any."""
         if self._lazy is None:
             self._lazy = self._resolve()
-        usage, model, bad = self._lazy
+        usage, model, bad, tier = self._lazy
         bad += self._bad
         text = self._text.text() if usage is None else None
         error = self._error
@@ -309,10 +316,11 @@ class StreamParser:
             error = f"no usage in stream ({bad} event(s) not JSON)" if bad else "no usage in stream"
         model = model or self._model
         usage = with_grounding(usage, self._queries, model)
-        return Metered(usage=usage, model=model, error=error, output_text=text)
+        return Metered(usage=usage, model=model, error=error, output_text=text, service_tier=tier)
 
-    def _resolve(self) -> tuple[Usage | None, str | None, int]:
-        """Decode the last usage chunk (or, if it is cut, the one before): overwrite, never add."""
+    def _resolve(self) -> tuple[Usage | None, str | None, int, str | None]:
+        """Decode the last usage chunk (or, if it is cut, the one before): overwrite, never add.
+        (usage, model, chunks not JSON, service tier)."""
         bad = 0
         for data in (self._last, self._prev):
             if data is None:
@@ -321,10 +329,11 @@ class StreamParser:
             if not isinstance(obj, dict):
                 bad += 1
                 continue
-            usage = extract_usage(obj.get("usageMetadata"))
+            meta = obj.get("usageMetadata")
+            usage = extract_usage(meta)
             if usage is not None:
-                return usage, _str(obj.get("modelVersion")), bad
-        return None, None, bad
+                return usage, _str(obj.get("modelVersion")), bad, service_tier_of(meta)
+        return None, None, bad, None
 
     def _chunk_texts(self, data: bytes) -> list[str]:
         """The text of one chunk (noting its ``modelVersion``)."""
