@@ -718,10 +718,10 @@ def savings_report(
     """What the calls would have cost with each environment's downgrade targets.
 
     Tokens are summed in SQL per (environment, provider, model, month, call size over or under
-    200k input), and each group that the environment's rules would downgrade is re-priced
-    with genai-prices as that many calls of the group's average size. Approximate: per-call
-    tiered prices (>200k input) apply to the average call of a group, not to each call, and
-    time-of-day prices to the group's first call. Models the rules would block (disallowed,
+    200k input, price known or not), and each priced group that the environment's rules would
+    downgrade is re-priced with genai-prices as that many calls of the group's average size.
+    Approximate: per-call tiered prices (>200k input) apply to the average call of a group, not
+    to each call, and time-of-day prices to the group's first call. Models the rules would block (disallowed,
     no target) are not re-priced; their cost is in ``blocked_cost_usd``. Calls without usage
     and calls whose own price is unknown are left out of the sums (``unpriced_calls``).
     """
@@ -736,10 +736,9 @@ def savings_report(
                coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
                coalesce(sum(output_tokens), 0) AS output_tokens,
-               sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
-               min(ts) AS first_ts
+               cost_usd IS NULL AS unpriced_group, sum(cost_usd) AS cost_usd, min(ts) AS first_ts
         FROM c WHERE {_HAS_USAGE_SQL} AND coalesce(price_status, '') <> 'subscription'
-        GROUP BY ALL ORDER BY environment, provider, model, month, large
+        GROUP BY ALL ORDER BY environment, provider, model, month, large, unpriced_group
     """
     from addon.pricing import Pricer
 
@@ -752,23 +751,22 @@ def savings_report(
         model, provider = row["model"], row["provider"] or ""
         outcome, target = ("keep", None) if model == "(unknown)" else rules.resolve(model)
         outcome = {"allowed": "keep", "downgraded": "downgrade", "blocked": "block"}.get(outcome, outcome)
-        priced_calls = row["calls"] - row["unpriced"]
+        # A group is all priced or all unpriced (cost_usd IS NULL is a grouping key): only
+        # priced calls are re-priced; the unpriced ones are counted and left out of the sums.
+        unpriced = row["calls"] if row["unpriced_group"] else 0
+        priced_calls = row["calls"] - unpriced
         target_unpriced = False
         cost = row["cost_usd"] or Decimal(0)
         whatif = cost
-        unpriced = row["unpriced"]
         if outcome == "downgrade" and target is not None and priced_calls:
-            if unpriced:  # only part of the group has a price: re-pricing the sums would mix them
-                unpriced, priced_calls, cost, whatif = row["calls"], 0, Decimal(0), Decimal(0)
+            sums = [row[k] for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")]
+            repriced = _reprice(
+                pricer, provider, target, priced_calls, [*sums, row["output_tokens"]], row["first_ts"]
+            )
+            if repriced is None:  # the target has no price: the calls stay priced, no saving claimed
+                target_unpriced = True
             else:
-                sums = [row[k] for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")]
-                repriced = _reprice(
-                    pricer, provider, target, row["calls"], [*sums, row["output_tokens"]], row["first_ts"]
-                )
-                if repriced is None:  # the target has no price: the calls stay priced, no saving claimed
-                    target_unpriced = True
-                else:
-                    whatif = repriced
+                whatif = repriced
         saving = envs.setdefault(env_name, _Saving())
         for acc in (saving, total):
             acc.calls += priced_calls

@@ -1531,6 +1531,31 @@ def test_savings_leave_out_calls_a_subscription_plan_paid(
     assert (summary["total"]["no_usage_calls"], summary["total"]["unpriced_calls"]) == (0, 0)
 
 
+def test_savings_keep_the_priced_calls_of_a_group_that_also_has_unpriced_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A self-hosted model first unpriced, then priced through policies.yaml ``prices:`` (as
+    ``spend unpriced`` advises), in one month: the priced call is re-priced at the target and
+    only the unpriced one is left out (``by env`` counts them the same way)."""
+    db = tmp_path / "spend.duckdb"
+    usage = Usage(input_tokens=1000, output_tokens=500)  # $0.0015 at $1/M, $0.00015 at $0.10/M
+    priced = call(2, "s", "llama-big", usage, ts=datetime(2026, 11, 20, tzinfo=UTC))
+    priced.cost_usd, priced.price_status, priced.price_model = Decimal("0.0015"), "priced", "llama-big"
+    write(db, [call(1, "s", "llama-big", usage, ts=datetime(2026, 11, 2, tzinfo=UTC)), priced])
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(
+        "prices:\n  llama-big: {input: 1, output: 1}\n  llama-small: {input: 0.1, output: 0.1}\n"
+        "environments:\n  development:\n"
+        "    models: {allow: [llama-small], downgrade: {llama-big: llama-small}}\n"
+    )
+    by_env = report(capsys, "--db", str(db), "by", "env")["total"]
+    assert (by_env["calls"], by_env["unpriced_calls"], by_env["cost_usd"]) == (2, 1, "0.0015")
+    total = report(capsys, "--db", str(db), "savings", "--policies", str(policy))["total"]
+    assert (total["calls"], total["unpriced_calls"], total["downgraded_calls"]) == (1, 1, 1)
+    money = (total["cost_usd"], total["whatif_cost_usd"], total["savings_usd"])
+    assert money == ("0.0015", "0.00015", "0.00135")
+
+
 def test_a_policy_file_named_but_missing_is_an_error_not_no_budgets(
     known: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
