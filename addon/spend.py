@@ -60,8 +60,10 @@ the one sent, else the one requested, else ``"(unknown)"``. Production is the en
 - ratio: ``{"production": [names], "flag_above": 0.5, "months": [{"month": "YYYY-MM",
   "nonprod_cost_usd", "prod_cost_usd", "nonprod_calls", "prod_calls", "ratio" (non-prod /
   prod cost, null without production cost), "one_to" (x of 1:x, null without non-prod cost),
-  "flagged" (worse than 1:2), "change" (ratio minus the previous month's)}], "trend":
-  {"direction": "improving"|"worsening"|"steady"|null, "slope_per_month": float|null}}``.
+  "flagged" (worse than 1:2), "change" (ratio minus the previous calendar month's, null when
+  that month has no ratio)}], "trend": {"direction": "improving"|"worsening"|"steady"|null,
+  "slope_per_month": float|null}}``: the slope is per calendar month, over the months with a
+  ratio (a month without calls or without production cost is a gap, not a step).
 - models: ``{"premium_usd_per_mtok": str|null, "rows": [{"week", "environment", "user",
   "provider", "model", "calls", "refused_calls", "input_tokens", "output_tokens",
   "cost_usd", "output_usd_per_mtok", "premium": bool, "premium_reasons": ["not_allowed",

@@ -20,7 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from addon.spend_reports import TOTAL_KEYS
+from addon.spend_reports import TOTAL_KEYS, month_number
 
 WIDTH = 80
 ELLIPSIS = "…"
@@ -861,12 +861,12 @@ def chart_ratio(report: Mapping[str, Any], path: Path) -> None:
     ax.axhspan(0.2, 1 / 3, color="tab:green", alpha=0.15, label="healthy (1:5 to 1:3)")
     ax.axhline(0.5, color="tab:red", linestyle="--", label="1:2")
     if months:
-        xs = range(len(months))
+        xs = [month_number(m["month"]) for m in months]  # calendar spacing, as the trend's slope
         ax.plot(xs, [m["ratio"] for m in months], marker="o", color="tab:blue", label="non-prod / prod cost")
-        flagged = [(i, m["ratio"]) for i, m in enumerate(months) if m["flagged"]]
+        flagged = [(x, m["ratio"]) for x, m in zip(xs, months, strict=True) if m["flagged"]]
         if flagged:
-            ax.scatter([i for i, _ in flagged], [r for _, r in flagged], color="tab:red", zorder=3, s=60)
-        ax.set_xticks(list(xs), [m["month"] for m in months], rotation=45, ha="right")
+            ax.scatter([x for x, _ in flagged], [r for _, r in flagged], color="tab:red", zorder=3, s=60)
+        ax.set_xticks(xs, [m["month"] for m in months], rotation=45, ha="right")
     else:
         ax.text(0.5, 0.5, "no month with production spend", ha="center", va="center", transform=ax.transAxes)
     top = max([0.6, *(m["ratio"] for m in months)])

@@ -501,13 +501,14 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
         FROM calls WHERE {where}
         GROUP BY month ORDER BY month
     """
-    previous: float | None = None
-    points: list[tuple[int, float]] = []
-    for index, row in enumerate(_rows(con.execute(sql, params))):
+    ratio_by_month: dict[int, float] = {}  # calendar month number (year * 12 + month) -> ratio
+    for row in _rows(con.execute(sql, params)):
         nonprod, prod = row["nonprod"], row["prod"]
         ratio = _ratio(nonprod, prod)
         flagged = nonprod > 0 and (prod == 0 or nonprod / prod > RATIO_FLAG_ABOVE)
         one_to = None if nonprod == 0 else round(float(prod / nonprod), 2)
+        month_x = month_number(row["month"])
+        previous = ratio_by_month.get(month_x - 1)  # None: no calls or no production cost then
         change = None if ratio is None or previous is None else round(ratio - previous, 4)
         report["months"].append(
             {
@@ -523,14 +524,20 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
             }
         )
         if ratio is not None:
-            points.append((index, ratio))
-            previous = ratio
-    report["trend"] = _trend(points)
+            ratio_by_month[month_x] = ratio
+    report["trend"] = _trend(sorted(ratio_by_month.items()))
     return report
 
 
+def month_number(month: str) -> int:
+    """``YYYY-MM`` as a count of calendar months (``year * 12 + month``): consecutive months differ by 1."""
+    year, number = month.split("-")
+    return int(year) * 12 + int(number)
+
+
 def _trend(points: Sequence[tuple[int, float]]) -> dict[str, Any]:
-    """Least-squares slope of the monthly ratio: improving (falling), worsening (rising), steady."""
+    """Least-squares slope of the monthly ratio over ``(calendar month number, ratio)`` points:
+    improving (falling), worsening (rising), steady."""
     if len(points) < 2:
         return {"direction": None, "slope_per_month": None}
     n = len(points)

@@ -811,6 +811,29 @@ def test_ratio_without_production_is_flagged(tmp_path: Path, capsys: pytest.Capt
     assert (month["ratio"], month["one_to"], month["flagged"]) == (None, 0.0, True)
 
 
+def test_ratio_trend_and_change_count_calendar_months(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """January 0.20, no calls February to June, July without production cost, August 0.27:
+    +0.01 per calendar month ("steady"), and August has no change (July has no ratio)."""
+    costs = [(1, "production", "10"), (1, "development", "2"), (7, "development", "1")]
+    costs += [(8, "production", "10"), (8, "development", "2.7")]
+    records = []
+    for n, (month, env, cost) in enumerate(costs):
+        record = call(n, "s", "gpt-4o", U_MINI, environment=env, ts=datetime(2026, month, 10, tzinfo=UTC))
+        record.cost_usd, record.price_status, record.price_model = Decimal(cost), "priced", "gpt-4o"
+        records.append(record)
+    path = tmp_path / "gaps.duckdb"
+    write(path, records)
+    data = report(capsys, "--db", str(path), "ratio")
+    assert [(m["month"], m["ratio"], m["change"]) for m in data["months"]] == [
+        ("2026-01", 0.2, None),
+        ("2026-07", None, None),
+        ("2026-08", 0.27, None),
+    ]
+    assert data["trend"] == {"direction": "steady", "slope_per_month": 0.01}
+
+
 # -- models --------------------------------------------------------------------------------------------
 
 
