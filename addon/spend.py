@@ -54,9 +54,9 @@ the one sent, else the one requested, else ``"(unknown)"``. Production is the en
 - summary: ``{"environments": [{"environment", ...SUMMARY}], "total": SUMMARY}`` where
   SUMMARY is TOTALS plus ``"usage_calls"`` (calls with usage), ``"avg_input_tokens"``,
   ``"avg_output_tokens"`` (per call with usage), ``"cache_hit_rate"`` (cache reads / input
-  tokens), ``"cost_per_call_usd"`` (cost / calls with usage and a known price), ``"models":
-  [{"model", "calls", "share" (of the calls), "cost_usd"}]``; environments in the order
-  development, ..., staging, others, production.
+  tokens), ``"cost_per_call_usd"`` (cost / calls with usage and a known price, calls a
+  subscription plan paid aside), ``"models": [{"model", "calls", "share" (of the calls),
+  "cost_usd"}]``; environments in the order development, ..., staging, others, production.
 - ratio: ``{"production": [names], "flag_above": 0.5, "months": [{"month": "YYYY-MM",
   "nonprod_cost_usd", "prod_cost_usd", "nonprod_calls", "prod_calls", "ratio" (non-prod /
   prod cost, null without production cost), "one_to" (x of 1:x, null without non-prod cost),

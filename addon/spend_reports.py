@@ -398,14 +398,21 @@ def spend_by_period_and_environment(
 
 _SUMMARY_EXTRA_SQL = f"""
     count(*) FILTER (WHERE {_HAS_USAGE_SQL}) AS usage_calls,
-    count(*) FILTER (WHERE {_HAS_USAGE_SQL} AND cost_usd IS NOT NULL) AS priced_calls,
+    count(*) FILTER (
+        WHERE {_HAS_USAGE_SQL} AND cost_usd IS NOT NULL AND coalesce(price_status, '') <> 'subscription'
+    ) AS api_priced_calls,  -- a subscription plan's $0 calls aside
     sum(input_tokens) AS usage_input,
     sum(output_tokens) AS usage_output
 """
 
 
 def summary_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection) -> dict[str, Any]:
-    """Environments side by side: model mix, average tokens, cache hit rate, cost per call, totals."""
+    """Environments side by side: model mix, average tokens, cache hit rate, cost per call, totals.
+
+    Cost per call divides the cost by the calls with usage and a known price, leaving out the
+    calls a subscription plan paid (stored at $0, they would dilute it), as savings and
+    budgets leave them out.
+    """
     report = _envelope("summary", db, selection) | {"environments": [], "total": _summary_entry(None, None)}
     if not tables_exist(con):
         return report
@@ -457,8 +464,8 @@ def _summary_entry(row: Mapping[str, Any] | None, mix: Sequence[Mapping[str, Any
     usage_calls = row["usage_calls"]
     cost = row["cost_usd"]
     per_call = None
-    if cost is not None and row["priced_calls"]:
-        per_call = (cost / row["priced_calls"]).quantize(Decimal("1e-10"))
+    if cost is not None and row["api_priced_calls"]:
+        per_call = (cost / row["api_priced_calls"]).quantize(Decimal("1e-10"))
     return {
         **_totals(row),
         "usage_calls": usage_calls,

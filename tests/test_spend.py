@@ -704,6 +704,24 @@ def test_summary_default_range_is_seven_days(known: Path, capsys: pytest.Capture
     assert data["total"]["calls"] == 5  # 2 and 3 November
 
 
+def test_summary_cost_per_call_leaves_out_calls_a_subscription_paid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two API calls at $0.0021 and two Claude Max calls ($0, the plan paid): an API call costs
+    $0.0021, not $0.00105 (the plan's calls are not $0 calls to average in)."""
+    api = [call(n, "s", "gpt-4o-mini", U_MINI) for n in (1, 2)]
+    plan = [call(n, "s", "claude-sonnet-4-5", U_CLAUDE, provider="anthropic") for n in (3, 4)]
+    for record in plan:
+        record.cost_usd, record.price_status = Decimal(0), "subscription"
+    path = tmp_path / "plan.duckdb"
+    write(path, api + plan)
+    data = report(capsys, "--db", str(path), "summary", *NOV)
+    [dev] = data["environments"]
+    for entry in (dev, data["total"]):
+        assert (entry["calls"], entry["usage_calls"], entry["cost_usd"]) == (4, 4, "0.0042")
+        assert entry["cost_per_call_usd"] == "0.0021"
+
+
 def test_summary_many_environments_wrap_into_blocks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
