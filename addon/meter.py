@@ -67,8 +67,11 @@ BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
-# A GET of an OpenAI background response (answered "queued"): its usage comes with one of these.
-_RESPONSE_PATH = re.compile(r"/responses/([^/]+)$")
+# A GET of an OpenAI background response (answered "queued") or of a Gemini background
+# interaction (answered "in_progress"): its usage comes with one of these.
+_RESPONSE_PATH = re.compile(r"/(?:responses|interactions)/([^/]+)$")
+# The flavors of the calls such a GET retrieves (the flavor of the path it was POSTed to).
+_BACKGROUND_FLAVORS = frozenset({"responses", "interactions"})
 # What a background response's retrieval row takes from the row of the call that started it.
 _STARTED_BY = (
     "environment",
@@ -613,7 +616,10 @@ class Meter:
         """A GET of a background response this proxy saw start: meter it, as its call's."""
         path = flow.request.path.partition("?")[0]
         found = _RESPONSE_PATH.search(path)
-        if found is None or provider.flavor_for_path(path.rsplit("/", 1)[0]) != "responses":
+        if found is None:
+            return
+        flavor = provider.flavor_for_path(path.rsplit("/", 1)[0])
+        if flavor is None or flavor not in _BACKGROUND_FLAVORS:
             return
         response_id = found.group(1)
         started, pending_in = None, None
@@ -630,7 +636,7 @@ class Meter:
             provider=provider.name,
             host=host.lower(),
             path=path,
-            api_flavor="responses",
+            api_flavor=flavor,
             # environment, team, ..., the key's fingerprint: the starting call's (the fields this
             # version knows: another version may have written the entry)
             **(
@@ -962,6 +968,9 @@ class Meter:
             and metered.usage is None
             and metered.response_status in RUNNING
             and state.retrieval is None
+            # A stream cut short runs on upstream only if it was asked for in the background (an
+            # Interactions stream says so only in its request).
+            and (state.request_body is None or state.request_body.get("background") is True)
         ):
             # Background mode: billed when it finishes, on the row of its retrieval.
             record.cost_usd, record.price_status, record.price_source = Decimal(0), BACKGROUND, None

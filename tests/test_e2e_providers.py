@@ -222,3 +222,112 @@ prices:
     )
     assert local["cost_usd"] == Decimal("0.0002") and local["price_source"] == "policies.yaml prices"
     assert rows["openai"]["price_source"].startswith("genai-prices")  # the built-in host is unaffected
+
+
+# --- The Interactions API (client.interactions.create) ------------------------------------------
+
+
+def interactions_client(proxy: ProxyProcess, *args: str, ok: bool = True) -> list[dict]:
+    res = subprocess.run(
+        [sys.executable, str(CLIENTS / "gemini_interactions_client.py"), *args],
+        env=proxy.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (res.returncode == 0) is ok, res.stdout + res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def _interaction_counts(row: dict) -> tuple[int, int, int, int]:
+    return row["input_tokens"], row["cache_read_tokens"], row["output_tokens"], row["reasoning_tokens"]
+
+
+def test_gemini_interactions_sdk_plain_and_streamed(gproxy, gemini: FakeGemini) -> None:
+    """client.interactions.create, plain and stream=True: one row each, with the interaction's
+    usage (input with its cached part, output with the thoughts) and gemini-2.5-flash's price."""
+    proxy = gproxy()
+    [plain] = interactions_client(proxy)
+    assert (plain["status"], plain["text"]) == ("completed", "Hello!")
+    streamed = interactions_client(proxy, "--stream")
+    assert [e["text"] for e in streamed if e["event"] == "step.delta" and e["text"]] == ["Hel", "lo", "!"]
+    assert streamed[-1]["usage"]["total_input_tokens"] == 100  # the client got the final event
+    # The SDK calls the GA path, /v1/interactions; /v1beta/interactions is the same API.
+    sent = [r[0] for r in gemini.requests[-2:]]
+    assert all(re.fullmatch(r"/v1(beta)?/interactions", path) for path in sent), sent
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["provider"], r["api_flavor"], r["streamed"], r["aborted"]) for r in rows] == [
+        ("google", "interactions", False, False),
+        ("google", "interactions", True, False),
+    ]
+    for row in rows:
+        assert (row["host"], row["path"]) == ("generativelanguage.googleapis.com", sent[0])
+        assert row["model_requested"] == "gemini-2.5-flash" and row["model_reported"] == "gemini-2.5-flash"
+        assert _interaction_counts(row) == (100, 20, 60, 10)
+        assert row["cost_usd"] == GEMINI_COST and row["price_status"] == "priced"
+        assert row["usage_source"] == "reported" and row["key_fingerprint"] is not None
+
+
+def test_gemini_interactions_background_is_billed_once_when_finished(gproxy, gemini: FakeGemini) -> None:
+    """background=True: the POST answers in_progress ($0, 'background'); of the polls (in
+    progress, completed, completed again) only the first to see it completed is billed, as the
+    call that started it."""
+    proxy = gproxy()
+    [done] = interactions_client(proxy, "--background")
+    assert done["status"] == "completed" and done["text"] == "Hello!"
+    gets = [r[0] for r in gemini.requests if "/interactions/" in r[0]]
+    assert len(gets) == 3
+    retrieved = gets[-1].partition("?")[0]  # the SDK sends ?stream=false
+    assert re.fullmatch(rf"/v1(beta)?/interactions/{done['id']}", retrieved), retrieved
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["api_flavor"], r["price_status"]) for r in rows] == [
+        ("interactions", "background"),
+        ("interactions", "priced"),
+    ]
+    start, billed = rows
+    assert start["cost_usd"] == 0 and start["input_tokens"] is None
+    assert billed["path"] == retrieved
+    assert _interaction_counts(billed) == (100, 20, 60, 10) and billed["cost_usd"] == GEMINI_COST
+    assert billed["model_requested"] == "gemini-2.5-flash"
+    assert billed["key_fingerprint"] == start["key_fingerprint"] is not None
+
+
+def test_gemini_interactions_error_is_recorded_unbilled(gproxy) -> None:
+    proxy = gproxy()
+    [error] = interactions_client(proxy, "--model", "gemini-9-missing", ok=False)
+    assert error["status"] == 404, error
+    proxy.terminate()
+    [row] = proxy.rows()
+    assert (row["api_flavor"], row["status_code"], row["price_status"], row["cost_usd"]) == (
+        "interactions",
+        404,
+        "not_billed",
+        0,
+    )
+
+
+def test_gemini_interactions_model_outside_the_allowlist(gproxy, gemini: FakeGemini) -> None:
+    """A disallowed model is downgraded in the body (plain and streamed); a disallowed agent has
+    no model to be swapped for and is refused with the API's error shape, never sent."""
+    proxy = gproxy(
+        "default_environment: development\nenvironments:\n  development:\n    models:\n"
+        "      allow: [gemini-2.5-flash]\n      downgrade: {gemini-2.5-pro: gemini-2.5-flash, "
+        "'deep-research-*': gemini-2.5-flash}\n"
+    )
+    for stream in ((), ("--stream",)):
+        interactions_client(proxy, "--model", "gemini-2.5-pro", *stream)
+        assert gemini.requests[-1][2]["model"] == "gemini-2.5-flash"
+    sent = len(gemini.requests)
+    [refused] = interactions_client(proxy, "--agent", "deep-research-pro-preview-12-2025", ok=False)
+    assert refused["status"] == 403 and "tokometer:" in refused["message"]
+    assert len(gemini.requests) == sent  # never reached the provider
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["action"], r["model_requested"], r["model_sent"]) for r in rows] == [
+        ("downgraded", "gemini-2.5-pro", "gemini-2.5-flash"),
+        ("downgraded", "gemini-2.5-pro", "gemini-2.5-flash"),
+        ("blocked", "deep-research-pro-preview-12-2025", None),
+    ]
+    assert [r["cost_usd"] for r in rows] == [GEMINI_COST, GEMINI_COST, 0]

@@ -39,7 +39,15 @@ from hypothesis import strategies as st
 from addon.aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from addon.content_decoding import DecodeError, StreamDecoder, zstd
 from addon.json_stream import JSONArrayDecoder
-from addon.providers import Provider, Registry, anthropic_api, bedrock_api, gemini_api, openai_api
+from addon.providers import (
+    Provider,
+    Registry,
+    anthropic_api,
+    bedrock_api,
+    gemini_api,
+    gemini_interactions,
+    openai_api,
+)
 from addon.sse import SSEDecoder, SSEEvent
 from addon.stream_tap import StreamTap
 from addon.usage import Metered, Usage
@@ -195,6 +203,7 @@ STREAM_CASES: tuple[StreamCase, ...] = (
     StreamCase("openai", "embeddings", "sse", CHAT_SEEDS[:1]),
     StreamCase("anthropic", "messages", "sse", (fixture("anthropic_stream.sse"),)),
     StreamCase("google", "stream", "sse", (fixture("gemini_stream_sse.crlf"),)),
+    StreamCase("google", "interactions", "sse", (fixture("gemini_interactions_stream.sse"),)),
     StreamCase("google", "stream", "json_array", (fixture("gemini_stream.json"),)),
     StreamCase("aws", "converse_stream", "aws_eventstream", (CONVERSE_STREAM,)),
     StreamCase("aws", "invoke_stream", "aws_eventstream", (INVOKE_STREAM,)),
@@ -211,7 +220,7 @@ BODY_FIXTURES = tuple(
 FLAVORS: dict[str, tuple[str, ...]] = {
     "openai": openai_api.FLAVORS,
     "anthropic": anthropic_api.FLAVORS,
-    "google": gemini_api.FLAVORS,
+    "google": (*gemini_api.FLAVORS, gemini_interactions.FLAVOR),
     "aws": bedrock_api.FLAVORS,
 }
 PARSE_CASES: tuple[tuple[str, str], ...] = tuple(

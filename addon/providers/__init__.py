@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
-from addon.providers import anthropic_api, bedrock_api, gemini_api, openai_api
+from addon.providers import anthropic_api, bedrock_api, gemini_api, gemini_interactions, openai_api
 from addon.usage import Metered
 
 if TYPE_CHECKING:
@@ -202,8 +202,47 @@ def _serving_openai_too(
 
 def _gemini_openai_path(path: str) -> bool:
     """Gemini's OpenAI compatibility (``/v1beta/openai/chat/completions``, ``.../embeddings``):
-    any path that names no ``models/{model}:method``."""
-    return not gemini_api.names_a_model(path)
+    any path that names no ``models/{model}:method`` and is not the Interactions API."""
+    return not (gemini_api.names_a_model(path) or gemini_interactions.is_interactions_path(path))
+
+
+# --- Gemini: generateContent (the model in the path) and the Interactions API (in the body) ----
+
+
+def _gemini_flavor(path: str) -> str | None:
+    return gemini_interactions.flavor_for_path(path) or gemini_api.flavor_for_path(path)
+
+
+def _gemini_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
+    if flavor == gemini_interactions.FLAVOR:
+        return gemini_interactions.parse_response(flavor, body)
+    return gemini_api.parse_response(flavor, body)
+
+
+def _gemini_stream_parser(flavor: str) -> StreamParser:
+    if flavor == gemini_interactions.FLAVOR:
+        return gemini_interactions.StreamParser(flavor)
+    return gemini_api.StreamParser(flavor)
+
+
+def _gemini_any_framing(path: str, content_type: str) -> str | None:
+    if gemini_interactions.is_interactions_path(path):  # a create, or a GET of one (?stream=true)
+        return gemini_interactions.stream_framing(path, content_type)
+    return _gemini_framing(path, content_type)
+
+
+def _gemini_request_model(path: str, body: dict[str, Any] | None) -> str | None:
+    if gemini_interactions.is_interactions_path(path):
+        return gemini_interactions.request_model(path, body)
+    return gemini_api.request_model(path, body)
+
+
+def _gemini_with_model(
+    path: str, body: dict[str, Any] | None, model: str
+) -> tuple[str, dict[str, Any] | None]:
+    if gemini_interactions.is_interactions_path(path):
+        return gemini_interactions.with_model(path, body, model)
+    return gemini_api.with_model(path, body, model)
 
 
 def _anthropic_openai_path(path: str) -> bool:
@@ -273,12 +312,12 @@ BUILTIN: tuple[Provider, ...] = (
         Provider(
             name="google",
             hosts=("generativelanguage.googleapis.com",),
-            flavor_for_path=gemini_api.flavor_for_path,
-            parse_response=_ignore_headers(gemini_api.parse_response),
-            stream_parser=gemini_api.StreamParser,
-            stream_framing=_gemini_framing,
-            request_model=gemini_api.request_model,
-            with_model=gemini_api.with_model,
+            flavor_for_path=_gemini_flavor,
+            parse_response=_gemini_parse,
+            stream_parser=_gemini_stream_parser,
+            stream_framing=_gemini_any_framing,
+            request_model=_gemini_request_model,
+            with_model=_gemini_with_model,
             key_headers=("x-goog-api-key", "authorization"),
             key_query=("key",),
         ),
