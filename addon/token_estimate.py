@@ -539,6 +539,23 @@ def _gemini(t: _Tally, body: dict[str, Any]) -> None:
                 t.json(tool.get("functionDeclarations", tool.get("function_declarations", tool)))
 
 
+def _interactions(t: _Tally, body: dict[str, Any]) -> None:
+    """Gemini's Interactions API: ``system_instruction`` and ``input`` (a string, content parts, or
+    turns of ``{role, content}``), tools as JSON; no per-turn overhead, as for generateContent."""
+    t.image_tokens = GEMINI_IMAGE_TOKENS
+    _content(t, body.get("system_instruction"))
+    items = body.get("input")
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, dict) and "content" in item and "type" not in item:
+            _content(t, item["content"])  # a turn
+        else:
+            _content(t, item)
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            t.json(tool)
+
+
 _FLAVORS: dict[str, Callable[[_Tally, dict[str, Any]], None]] = {
     "chat": _chat,
     "completions": _chat,
@@ -555,6 +572,7 @@ _FLAVORS: dict[str, Callable[[_Tally, dict[str, Any]], None]] = {
     "converse": _converse,
     "converse_stream": _converse,
     "conversestream": _converse,
+    "interactions": _interactions,
 }
 
 
@@ -584,7 +602,8 @@ def estimate_input(flavor: str, body: dict[str, Any], model: str | None) -> int:
     """Estimated input tokens of a request ``body`` of API ``flavor``.
 
     Flavors: ``chat``, ``responses``, ``embeddings``, ``messages`` (Anthropic), ``gemini``
-    (also ``generate``/``generateContent``...), ``converse`` (Bedrock); any other flavor is
+    (also ``generate``/``generateContent``...), ``interactions`` (Gemini's Interactions API),
+    ``converse`` (Bedrock); any other flavor is
     recognised from the body's shape. ``model`` (else ``body["model"]``) picks the encoding.
     """
     if not isinstance(body, dict):

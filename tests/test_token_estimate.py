@@ -131,6 +131,33 @@ def test_gemini_published_count() -> None:
     assert te.estimate_input("gemini", body, "gemini-1.5-flash") == 10
 
 
+def test_gemini_interactions_inputs_are_counted_like_generate_content() -> None:
+    """The Interactions API's ``input`` in each of its shapes (a string, content parts, turns) and its
+    ``system_instruction`` count as the same text would in generateContent (10 for the sentence)."""
+    sentence = "The quick brown fox jumps over the lazy dog."
+    shapes = [
+        sentence,
+        [{"type": "text", "text": sentence}],
+        [{"role": "user", "content": [{"type": "text", "text": sentence}]}],
+        [{"role": "user", "content": sentence}],
+    ]
+    for shape in shapes:
+        assert te.estimate_input("interactions", {"model": "gemini-2.5-flash", "input": shape}, None) == 10, (
+            shape
+        )
+    two = {
+        "input": [
+            {"role": "user", "content": sentence},
+            {"role": "model", "content": [{"type": "text", "text": sentence}]},
+        ]
+    }
+    assert (
+        te.estimate_input("interactions", {**two, "system_instruction": sentence}, "gemini-2.5-flash") == 30
+    )
+    image = {"input": [{"type": "image", "data": "aGk=", "mime_type": "image/png"}]}
+    assert te.estimate_input("interactions", image, "gemini-2.5-flash") == te.GEMINI_IMAGE_TOKENS
+
+
 @pytest.mark.parametrize(
     ("text", "cl100k", "o200k"),
     [
