@@ -165,7 +165,6 @@ _MODALITY_COUNTS = (
 # Anthropic's US-only inference (usage.inference_geo "us", Opus 4.6 and later: older models refuse
 # the parameter) costs 1.1x on every token price; per-search fees are not tokens and stay as they are.
 US_INFERENCE = Decimal("1.1")
-US_INFERENCE_SOURCE = f"{SOURCE} x1.1 (inference_geo us)"
 
 # Service tiers priced as the model's own prices (no variant): the linear shortcut applies.
 _BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
@@ -174,6 +173,28 @@ _BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
 # priority, "75% to 100% more"; Bedrock's flex and priority) keeps the standard price, and its
 # price_source says "(<tier> tier: standard rate)" so a report can tell.
 _TIER_FACTORS = {("google", "flex"): Decimal("0.5")}
+_FEE_COUNTS = frozenset({"web_searches", "storage_searches"})  # per call, not per token
+# (snapshot, provider, model ref, tier) -> whether genai-prices prices that tier apart
+_tier_prices: dict[tuple[int, str, str, str], bool] = {}
+_TIER_PROBE = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+
+
+def _tier_priced(
+    snapshot: int, provider: str, ref: str, tier: str, calculate: Callable[..., PriceCalculation]
+) -> bool:
+    """Whether genai-prices has a price of its own for ``tier`` on this model (known once per model)."""
+    key = (snapshot, provider, ref, tier)
+    known = _tier_prices.get(key)
+    if known is None:
+        try:
+            probe = dict(_TIER_PROBE)
+            known = calculate(probe).total_price != calculate(probe, tiered=False).total_price
+        except Exception:  # cannot tell: take genai-prices' price as it is
+            known = True
+        if len(_tier_prices) >= _MAX_LINEAR:
+            _tier_prices.clear()
+        _tier_prices[key] = known
+    return known
 
 
 def price(
@@ -252,6 +273,7 @@ def price(
                 price_context=context if tiered else None,  # type: ignore[arg-type]
             )
 
+        used = counts  # the counts genai-prices priced (text only if it could not split them)
         try:
             calc = calculate(counts)
         except LookupError:
@@ -264,7 +286,8 @@ def price(
                 raise
             # A split genai-prices cannot price (image input with cache hits, say): as text.
             log.debug("tokometer: %s/%s priced as text: %s", provider, model, exc)
-            calc = calculate({k: v for k, v in counts.items() if k not in _MODALITY_COUNTS})
+            used = {k: v for k, v in counts.items() if k not in _MODALITY_COUNTS}
+            calc = calculate(used)
         if plain and linear_key not in _linear:
             if len(_linear) >= _MAX_LINEAR:
                 _linear.clear()
@@ -272,26 +295,22 @@ def price(
                 _linear[linear_key] = linear_price(calc, usage)
             except Exception:  # no shortcut, still a price
                 _linear[linear_key] = None
-        if us_only:
-            fees = {"web_searches", "storage_searches"}
-            token_counts = {k: v for k, v in counts.items() if k not in fees}
-            try:
-                tokens = calculate(token_counts).total_price
-            except Exception:  # the split calc itself fell back to text on: the same here
-                tokens = calculate(
-                    {k: v for k, v in token_counts.items() if k not in _MODALITY_COUNTS}
-                ).total_price
-            total = tokens * US_INFERENCE + (calc.total_price - tokens)
-            return Price(total, PRICED, US_INFERENCE_SOURCE, calc.model.id)
-        if context is not None and calc.total_price == calculate(counts, tiered=False).total_price:
-            # genai-prices has no price for this tier of this model: the standard one came back.
+        factor, notes = Decimal(1), []
+        if context is not None and not _tier_priced(snapshot, provider, ref, str(service_tier), calculate):
+            # genai-prices has no price for this tier of this model: it gave the standard one.
             exact = _TIER_FACTORS.get((provider, str(service_tier).lower()))
             if exact is not None:
-                source = f"{SOURCE} x{exact} ({service_tier})"
-                return Price(calc.total_price * exact, PRICED, source, calc.model.id)
-            source = f"{SOURCE} ({service_tier} tier: standard rate)"
-            return Price(calc.total_price, PRICED, source, calc.model.id)
-        return Price(calc.total_price, PRICED, SOURCE, calc.model.id)
+                factor, notes = exact, [f"x{exact} ({service_tier})"]
+            else:
+                notes = [f"({service_tier} tier: standard rate)"]
+        if us_only:
+            factor *= US_INFERENCE
+            notes.insert(0, "x1.1 (inference_geo us)")
+        total = calc.total_price
+        if factor != 1:  # on the tokens only: per-search fees are not tokens
+            tokens = calculate({k: v for k, v in used.items() if k not in _FEE_COUNTS}).total_price
+            total = tokens * factor + (calc.total_price - tokens)
+        return Price(total, PRICED, " ".join([SOURCE, *notes]), calc.model.id)
     except Exception as exc:
         log.warning("tokometer: pricing %s/%s failed: %s", provider, model, exc)
         return Price(None, ERROR, SOURCE, None)
@@ -434,17 +453,26 @@ class Pricer:
         inference_geo: str | None = None,
     ) -> Price:
         """A call's price: a ``prices:`` entry matching one of ``models`` (in order), else
-        genai-prices for the first, under the provider's price id and model name."""
+        genai-prices for the first, under the provider's price id and model name. Anthropic's
+        US-only inference costs 1.1x on a ``prices:`` rate too (its rates are the global ones)."""
+        price_id, to_name = (provider, None)
+        if self._price_provider is not None:
+            price_id, to_name = self._price_provider(provider)
         if usage is not None:
             for candidate in dict.fromkeys(m for m in models if m):
                 found = self._override_match(provider, candidate)
                 if found is not None:
                     priced_as, override = found
-                    return Price(override_cost(override, usage), PRICED, OVERRIDE_SOURCE, priced_as)
+                    cost = override_cost(override, usage)
+                    if inference_geo == "us" and price_id == "anthropic":
+                        return Price(
+                            cost * US_INFERENCE,
+                            PRICED,
+                            f"{OVERRIDE_SOURCE} x1.1 (inference_geo us)",
+                            priced_as,
+                        )
+                    return Price(cost, PRICED, OVERRIDE_SOURCE, priced_as)
         model = models[0] if models else None
-        price_id, to_name = (provider, None)
-        if self._price_provider is not None:
-            price_id, to_name = self._price_provider(provider)
         if model and to_name is not None:
             model = to_name(model)
         return price(price_id, model, usage, when, status_code, service_tier, inference_geo)

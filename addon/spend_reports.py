@@ -187,6 +187,15 @@ def _ratio(part: Decimal | int | None, whole: Decimal | int | None, places: int 
     return round(float(Decimal(part) / Decimal(whole)), places)
 
 
+def _call_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The columns of ``calls`` in the database read."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_name = 'calls' AND table_catalog = current_database()"
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
 def tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
     """True once the proxy has created the tables (a new file may have none yet)."""
     found = con.execute(
@@ -662,42 +671,63 @@ def models_report(
 # -- savings (what-if with the downgrade targets) ------------------------------------------------
 
 
+# Per-call amounts summed for a re-price, besides the token buckets: they are billed whatever the
+# model (a search costs its fee on the target too), so a downgrade keeps paying them.
+_REPRICE_EXTRAS = ("cache_write_1h_tokens", "web_searches", "file_searches")
+
+
 def _reprice(
-    pricer: Pricer, provider: str, model: str, calls: int, sums: Sequence[int], when: datetime
+    pricer: Pricer,
+    provider: str,
+    model: str,
+    calls: int,
+    sums: Sequence[int],
+    when: datetime,
+    service_tier: str | None = None,
+    inference_geo: str | None = None,
 ) -> Decimal | None:
-    """The price of ``calls`` calls that total ``sums`` (input, cache read, cache write, output),
-    as the proxy would price them (policies.yaml ``prices:`` first, the provider's price id).
+    """The price of ``calls`` calls that total ``sums`` (input, cache read, cache write, output,
+    then one-hour cache writes, web searches, file searches: zeros if not given), as the proxy
+    would price them (policies.yaml ``prices:`` first, the provider's price id, the call's
+    service tier and inference geo).
 
     Priced as ``calls`` calls of the average size, so a per-call tier (>200k input) applies as
-    it would to the average call, plus the tokens left over by the integer average at that
-    call's marginal price per token of each bucket: exact for flat prices.
+    it would to the average call, plus what is left over by the integer average at that
+    call's marginal price of each bucket: exact for flat prices.
     """
     from addon.usage import Usage
 
-    read, write = sums[1], sums[2]
-    buckets = (sums[0] - read - write, read, write, sums[3])  # uncached input, read, write, output
+    totals = [*sums, 0, 0, 0][:7]
+    read, write, one_hour = totals[1], totals[2], min(totals[4], totals[2])
+    # Disjoint buckets: uncached input, read, 5-minute writes, output, 1-hour writes, searches.
+    buckets = (totals[0] - read - write, read, write - one_hour, totals[3], one_hour, totals[5], totals[6])
     base = [total // calls for total in buckets]
     left = [total - b * calls for b, total in zip(base, buckets, strict=True)]
 
     def cost(b: Sequence[int]) -> Decimal | None:
         usage = Usage(
-            input_tokens=b[0] + b[1] + b[2],
+            input_tokens=b[0] + b[1] + b[2] + b[4],
             cache_read_tokens=b[1],
-            cache_write_tokens=b[2],
+            cache_write_tokens=b[2] + b[4],
             output_tokens=b[3],
+            cache_write_1h_tokens=b[4],
+            web_searches=b[5],
+            file_searches=b[6],
         )
-        return pricer.price_usage(provider, (model,), usage, when).cost_usd
+        return pricer.price_usage(
+            provider, (model,), usage, when, service_tier=service_tier, inference_geo=inference_geo
+        ).cost_usd
 
     typical = cost(base)
     if typical is None:
         return None
     total = typical * calls
-    for i, tokens in enumerate(left):
-        if tokens:
+    for i, amount in enumerate(left):
+        if amount:
             one_more = cost([b + (1 if j == i else 0) for j, b in enumerate(base)])
             if one_more is None:
                 return None
-            total += (one_more - typical) * tokens
+            total += (one_more - typical) * amount
     return total
 
 
@@ -732,8 +762,9 @@ def savings_report(
     """What the calls would have cost with each environment's downgrade targets.
 
     Tokens are summed in SQL per (environment, provider, model, month, call size over or under
-    200k input, price known or not), and each priced group that the environment's rules would
-    downgrade is re-priced with genai-prices as that many calls of the group's average size.
+    200k input, service tier, inference geo, price known or not), and each priced group that the
+    environment's rules would downgrade is re-priced with genai-prices as that many calls of the
+    group's average size, its searches and one-hour cache writes included (billed on any model).
     Approximate: per-call tiered prices (>200k input) apply to the average call of a group, not
     to each call, and time-of-day prices to the group's first call. Models the rules would block (disallowed,
     no target) are not re-priced; their cost is in ``blocked_cost_usd``. Calls without usage
@@ -743,13 +774,22 @@ def savings_report(
     if not tables_exist(con):
         return report
     base, params = _base(selection)
+    # Columns later migrations added may be missing from a database an older proxy still writes.
+    present = _call_columns(con)
+    extras = ", ".join(
+        f"coalesce(sum({name}), 0) AS {name}" if name in present else f"0 AS {name}"
+        for name in _REPRICE_EXTRAS
+    )
+    keys = ", ".join(
+        name if name in present else f"NULL AS {name}" for name in ("service_tier", "inference_geo")
+    )
     sql = f"""{base}
         SELECT environment, provider, model, date_trunc('month', ts) AS month,
-               input_tokens > 200000 AS large, count(*) AS calls,
+               input_tokens > 200000 AS large, {keys}, count(*) AS calls,
                coalesce(sum(input_tokens), 0) AS input_tokens,
                coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
-               coalesce(sum(output_tokens), 0) AS output_tokens,
+               coalesce(sum(output_tokens), 0) AS output_tokens, {extras},
                cost_usd IS NULL AS unpriced_group, sum(cost_usd) AS cost_usd, min(ts) AS first_ts
         FROM c WHERE {_HAS_USAGE_SQL} AND coalesce(price_status, '') <> 'subscription'
         GROUP BY ALL ORDER BY environment, provider, model, month, large, unpriced_group
@@ -773,9 +813,22 @@ def savings_report(
         cost = row["cost_usd"] or Decimal(0)
         whatif = cost
         if outcome == "downgrade" and target is not None and priced_calls:
-            sums = [row[k] for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")]
+            names = (
+                "input_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "output_tokens",
+                *_REPRICE_EXTRAS,
+            )
             repriced = _reprice(
-                pricer, provider, target, priced_calls, [*sums, row["output_tokens"]], row["first_ts"]
+                pricer,
+                provider,
+                target,
+                priced_calls,
+                [row[k] for k in names],
+                row["first_ts"],
+                service_tier=row["service_tier"],
+                inference_geo=row["inference_geo"],
             )
             if repriced is None:  # the target has no price: the calls stay priced, no saving claimed
                 target_unpriced = True

@@ -496,7 +496,7 @@ def test_service_tier_is_read_and_flex_costs_half() -> None:
     ).total_price
     assert standard == Decimal("0.0055")  # 10k x $0.30 + 1k x $2.50 per 1M
     results = {}
-    for tier in (None, "standard", "FLEX", "priority"):
+    for tier in (None, "standard", "FLEX", "priority", "SERVICE_TIER_FLEX"):
         metered = parse_response("generate", body(tier))
         stream = StreamParser("stream")
         stream.feed(body(tier))
@@ -509,3 +509,4 @@ def test_service_tier_is_read_and_flex_costs_half() -> None:
     assert results["standard"] == ("standard", standard, "genai-prices 0.2.3")
     assert results["FLEX"] == ("flex", standard / 2, "genai-prices 0.2.3 x0.5 (flex)")
     assert results["priority"] == ("priority", standard, "genai-prices 0.2.3 (priority tier: standard rate)")
+    assert results["SERVICE_TIER_FLEX"] == results["FLEX"]  # the API's enum spelling

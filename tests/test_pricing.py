@@ -249,3 +249,54 @@ def test_one_hour_cache_writes_web_searches_and_service_tiers_are_priced_as_gena
     record.set_usage(gpt5)
     price_record(record)
     assert (record.cost_usd, record.price_status) == (Decimal("0.005625"), "priced")
+
+
+# -- tiers, fallbacks and the US geo together (review of the tier fallback) ---------------------
+
+REVIEW_WHEN = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def test_gemini_flex_halves_the_tokens_not_the_grounding_fee() -> None:
+    """gemini-2.5-flash, 10k in / 1k out, one grounded prompt, served flex: the tokens' $0.0055 is
+    halved, the $35 per 1,000 grounded prompts is a fee per request and stays ($0.035)."""
+    usage = Usage(input_tokens=10_000, output_tokens=1_000, web_searches=1)
+    got = price("google", "gemini-2.5-flash", usage, REVIEW_WHEN, service_tier="flex")
+    assert got.cost_usd == Decimal("0.00275") + Decimal("0.035")
+    assert got.source == f"{pricing.SOURCE} x0.5 (flex)"
+
+
+def test_a_tiered_call_priced_as_text_is_still_priced() -> None:
+    """Image input with cache hits that genai-prices cannot split is priced as text; with a service
+    tier genai-prices has no price for, the same (it was stored as an error, cost NULL)."""
+    usage = Usage(input_tokens=10_000, cache_read_tokens=5_000, output_tokens=1_000, input_image_tokens=2_000)
+    plain = price("openai", "gpt-image-1", usage, REVIEW_WHEN)
+    tiered = price("openai", "gpt-image-1", usage, REVIEW_WHEN, service_tier="priority")
+    assert plain.status == "priced" and plain.cost_usd is not None
+    assert (tiered.status, tiered.cost_usd) == ("priced", plain.cost_usd)
+    assert tiered.source == f"{pricing.SOURCE} (priority tier: standard rate)"
+
+
+def test_a_tier_with_its_own_price_is_found_once_per_model() -> None:
+    """Whether genai-prices prices a tier apart is asked once per (model, tier), not on every call."""
+    pricing._tier_prices.clear()
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    flex = price("openai", "gpt-5", usage, REVIEW_WHEN, service_tier="flex")
+    standard = price("openai", "gpt-5", usage, REVIEW_WHEN)
+    assert flex.cost_usd == standard.cost_usd / 2 and flex.source == pricing.SOURCE  # genai-prices' own
+    assert list(pricing._tier_prices.values()) == [True]
+    price("openai", "gpt-5", usage, REVIEW_WHEN, service_tier="flex")
+    assert len(pricing._tier_prices) == 1
+
+
+def test_us_only_inference_costs_more_under_a_prices_entry_too() -> None:
+    """A policies.yaml rate for claude-opus-4-6 ($5 / $25) is the global rate: US-only is 1.1x."""
+    from addon.policies import PriceOverride
+    from addon.pricing import Pricer
+
+    pricer = Pricer([("claude-opus-4-6", PriceOverride(input=Decimal(5), output=Decimal(25)))])
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    got = pricer.price_usage("anthropic", ("claude-opus-4-6",), usage, REVIEW_WHEN, inference_geo="us")
+    assert got.cost_usd == Decimal("0.0825")
+    assert got.source == "policies.yaml prices x1.1 (inference_geo us)"
+    plain = pricer.price_usage("anthropic", ("claude-opus-4-6",), usage, REVIEW_WHEN)
+    assert (plain.cost_usd, plain.source) == (Decimal("0.075"), "policies.yaml prices")

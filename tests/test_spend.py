@@ -1648,3 +1648,68 @@ def test_control_characters_from_clients_never_reach_the_terminal(
     for args in (("by", "model", *NOV), ("session", "s")):
         code, out, _ = run(capsys, "--db", str(db), *args)
         assert code == 0 and "\x1b" not in out and "\x07" not in out and "gpt?]0;owned?-4o" in out
+
+
+def _grounded_pro_call(db: Path, **fields: object) -> CallRecord:
+    """One gemini-2.5-pro call, 10k in / 1k out with one grounded prompt: $0.0225 + $0.035."""
+    usage = Usage(input_tokens=10_000, output_tokens=1_000, web_searches=1)
+    record = call(
+        1, "s", "gemini-2.5-pro", usage, provider="google", host="generativelanguage.googleapis.com",
+        path="/v1beta/models/gemini-2.5-pro:generateContent", api_flavor="generate",
+        ts=datetime(2026, 11, 3, 12, tzinfo=UTC), **fields,
+    )  # fmt: skip
+    write(db, [record])
+    return record
+
+
+def _pro_to_flash(tmp_path: Path) -> Path:
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(
+        "environments:\n  development:\n"
+        "    models: {allow: [gemini-2.5-flash], on_disallowed: downgrade,\n"
+        "             downgrade: {gemini-2.5-pro: gemini-2.5-flash}}\n"
+    )
+    return policy
+
+
+def test_savings_keep_the_fees_and_tier_a_downgrade_still_pays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A downgraded call still pays its search fees, at its tier: gemini-2.5-pro -> flash with one
+    grounded prompt ($0.035 either way) saves $0.017, not the $0.052 of its tokens alone; served
+    flex, the tokens are halved on both sides (the fee is not)."""
+    db = tmp_path / "spend.duckdb"
+    record = _grounded_pro_call(db)
+    assert record.cost_usd == Decimal("0.0575")
+    policy = _pro_to_flash(tmp_path)
+    assert main(["--db", str(db), "savings", "--policies", str(policy), "--format", "json"]) in (0, None)
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert (total["cost_usd"], total["whatif_cost_usd"], total["savings_usd"]) == (
+        "0.0575",
+        "0.0405",
+        "0.017",
+    )
+
+    flex_db = tmp_path / "flex.duckdb"
+    flexed = _grounded_pro_call(flex_db, service_tier="flex")
+    assert flexed.cost_usd == Decimal("0.01125") + Decimal("0.035")
+    assert main(["--db", str(flex_db), "savings", "--policies", str(policy), "--format", "json"]) in (0, None)
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert (total["whatif_cost_usd"], total["savings_usd"]) == ("0.03775", "0.0085")
+
+
+def test_savings_read_a_database_an_older_proxy_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Columns a later migration adds may be missing (an older proxy still has the file): savings
+    still answers, from what the file has."""
+    db = tmp_path / "spend.duckdb"
+    _grounded_pro_call(db)
+    con = duckdb.connect(str(db))
+    for name in ("inference_geo", "file_searches", "web_searches", "cache_write_1h_tokens", "service_tier"):
+        con.execute(f"ALTER TABLE calls DROP COLUMN {name}")
+    con.close()
+    policy = _pro_to_flash(tmp_path)
+    assert main(["--db", str(db), "savings", "--policies", str(policy), "--format", "json"]) in (0, None)
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert (total["cost_usd"], total["whatif_cost_usd"]) == ("0.0575", "0.0055")  # no searches known

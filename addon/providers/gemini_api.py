@@ -237,9 +237,16 @@ def parse_response(flavor: str, body: bytes) -> Metered:
 
 
 def service_tier_of(meta: Any) -> str | None:
-    """The tier that served the call (``usageMetadata.serviceTier``: standard, flex, priority), lower-case."""
-    tier = meta.get("serviceTier") if isinstance(meta, dict) else None
-    return tier.lower() if isinstance(tier, str) and tier else None
+    """The tier that served the call (``usageMetadata.serviceTier``: standard, flex, priority)."""
+    return normalise_tier(meta.get("serviceTier") if isinstance(meta, dict) else None)
+
+
+def normalise_tier(tier: Any) -> str | None:
+    """A service tier as stored: lower-case, the enum spelling's prefix off (``SERVICE_TIER_FLEX``: flex)."""
+    if not isinstance(tier, str) or not tier:
+        return None
+    tier = tier.lower()
+    return tier.removeprefix("service_tier_") or None
 
 
 class StreamParser:

@@ -30,7 +30,7 @@ import json
 import re
 from typing import Any
 
-from addon.providers.gemini_api import error_message
+from addon.providers.gemini_api import error_message, normalise_tier
 from addon.providers.openai_api import TextCollector
 from addon.providers.values import loads
 from addon.providers.values import text as _str
@@ -221,7 +221,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         usage=usage,
         model=model,
         error=error,
-        service_tier=_str(obj.get("service_tier")),
+        service_tier=normalise_tier(obj.get("service_tier")),
         response_id=_str(obj.get("id")) if running else None,
         response_status=status,
         output_text=text,
@@ -295,7 +295,7 @@ class StreamParser:
             self._id = _str(interaction.get("id")) or self._id
             self._status = _str(interaction.get("status")) or self._status
             self._model = _model_of(interaction) or self._model
-            self._tier = _str(interaction.get("service_tier")) or self._tier
+            self._tier = normalise_tier(interaction.get("service_tier")) or self._tier
             if isinstance(interaction.get("usage"), dict):
                 self._usage = interaction["usage"]
             error = _interaction_error(interaction)
