@@ -21,7 +21,13 @@ from addon.budgets import BudgetAlert, BudgetTracker, scopes_for
 from addon.policies import Policies
 from addon.rate_limits import RateLimiter, limits_for, retry_after_seconds
 from addon.record import CallRecord
-from addon.refusals import blocked_message, downgrade_notice, rate_limit_message, refusal_response
+from addon.refusals import (
+    blocked_message,
+    budget_refusal_status,
+    downgrade_notice,
+    rate_limit_message,
+    refusal_response,
+)
 
 
 @dataclass(slots=True)
@@ -102,7 +108,11 @@ class Enforcer:
                 "over_budget",
                 decision.model_sent,
                 refusal=refusal_response(
-                    provider, 429, message, kind="over_budget", retry_after=refusal.retry_after
+                    provider,
+                    budget_refusal_status(provider),
+                    message,
+                    kind="over_budget",
+                    retry_after=refusal.retry_after,
                 ),
                 message=message,
             )

@@ -32,7 +32,9 @@ _ANTHROPIC_TYPES = {
 }
 # Bedrock's error codes (``x-amzn-ErrorType``), which botocore reads to choose the exception and
 # whether to retry: its standard retry mode retries ThrottlingException and a 429 whose code the
-# operation does not model, but not a modeled AccessDeniedException (every runtime operation models it).
+# operation does not model, but not a modeled AccessDeniedException (every runtime operation models
+# it). Its legacy mode (AWS_RETRY_MODE=legacy, older botocore's default) retries any 429: a spent
+# budget is answered 403 there, as Bedrock itself answers AccessDeniedException.
 _AWS_CODES = {
     "blocked": "AccessDeniedException",
     "over_budget": "AccessDeniedException",
@@ -64,6 +66,11 @@ def error_body(provider: str, status: int, message: str, kind: str) -> dict[str,
         }
     error_type, code = _OPENAI_TYPES[kind]
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
+def budget_refusal_status(provider: str) -> int:
+    """The status a spent budget is answered with: 429, or 403 for Bedrock (see ``_AWS_CODES``)."""
+    return 403 if provider == "aws" else 429
 
 
 def refusal_response(

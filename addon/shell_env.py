@@ -6,11 +6,11 @@ clients trust mitmproxy's CA; ``--unset`` prints the reverse;
 instead (it replaces this process: CMD's exit status and signals are the caller's).
 
 Trust variables that REPLACE a client's trust store (SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
-CURL_CA_BUNDLE, boto3's AWS_CA_BUNDLE, gRPC's GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, Codex's
-CODEX_CA_CERTIFICATE) get a combined bundle, the roots the shell trusted plus mitmproxy's CA,
-so hosts the proxy tunnels untouched still verify as before. Those that ADD to a store
-(NODE_EXTRA_CA_CERTS, Deno's DENO_CERT) get mitmproxy's CA plus the extra certificates the
-shell gave Node before. Clients that ignore the proxy variables unless told: Node's own
+CURL_CA_BUNDLE, boto3's AWS_CA_BUNDLE, gRPC's GRPC_DEFAULT_SSL_ROOTS_FILE_PATH) get a combined
+bundle, the roots the shell trusted plus mitmproxy's CA, so hosts the proxy tunnels untouched
+still verify as before. Those that ADD to a store (NODE_EXTRA_CA_CERTS, Deno's DENO_CERT,
+Codex's CODEX_CA_CERTIFICATE) get mitmproxy's CA plus the extra certificates the shell gave
+them before. Clients that ignore the proxy variables unless told: Node's own
 ``fetch`` and ``https`` (NODE_USE_ENV_PROXY=1, Node 22.21+ / 24+) and aiohttp as litellm uses
 it (AIOHTTP_TRUST_ENV).
 """
@@ -18,6 +18,7 @@ it (AIOHTTP_TRUST_ENV).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -26,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from addon.paths import data_dir
@@ -39,17 +41,19 @@ BUNDLE_VARS = (
     "CURL_CA_BUNDLE",  # curl
     "AWS_CA_BUNDLE",  # boto3 / the AWS CLI (Bedrock): they read no other variable
     "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",  # gRPC clients (google-generativeai's default transport)
-    "CODEX_CA_CERTIFICATE",  # OpenAI's Codex CLI reads it before SSL_CERT_FILE
 )
 NODE_VAR = "NODE_EXTRA_CA_CERTS"  # adds to Node's (and Bun's) roots
-EXTRA_CA_VARS = (NODE_VAR, "DENO_CERT")  # add to their runtime's roots: the CA, plus the shell's extras
-# Clients that ignore HTTPS_PROXY unless told: Node's built-in fetch and https (the OpenAI and
-# Anthropic Node SDKs, the Vercel AI SDK; Node 22.21+ / 24+ read this), and aiohttp sessions that
-# litellm opens for async calls.
+# Each adds to its runtime's roots: they get the CA, plus the extra certificates the shell gave them.
+# Codex CLI adds CODEX_CA_CERTIFICATE to its roots (and reads it before SSL_CERT_FILE).
+EXTRA_CA_VARS = (NODE_VAR, "DENO_CERT", "CODEX_CA_CERTIFICATE")
+# Clients that ignore HTTPS_PROXY unless told: Node's built-in fetch (the OpenAI and Anthropic Node
+# SDKs, the Vercel AI SDK; Node 22.21+ and 24+ read this) and https (22.21+, 24.5+), and aiohttp
+# sessions that litellm opens for async calls.
 OPT_IN_VARS = {"NODE_USE_ENV_PROXY": "1", "AIOHTTP_TRUST_ENV": "True"}
 # Node releases that read NODE_USE_ENV_PROXY for fetch: 22.21 and later 22.x, and 24.0 on.
 NODE_PROXY_SINCE_22 = 21
 NODE_PROXY_MAJOR = 24
+NODE_CHECK_TIMEOUT = 0.5  # seconds: a version manager's shim may block (installing, prompting)
 ENV_VAR = "APP_ENV"
 MARK_VAR = "TOKOMETER_SET_APP_ENV"
 NO_PROXY_HOSTS = "localhost,127.0.0.1,::1"
@@ -109,29 +113,41 @@ def _system_roots() -> bytes:
     return Path(certifi.where()).read_bytes()
 
 
+def write_file(target: Path, content: bytes) -> None:
+    """Write ``target`` whole unless it holds ``content`` already: a temporary file of its own, then
+    a rename, so shells evaluating at once never see half a file nor each other's temporary."""
+    if target.exists() and target.read_bytes() == content:
+        return
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def combined_bundle(ca_pem: Path, folder: Path) -> Path:
     """Write the roots + mitmproxy's CA to a bundle in ``folder`` if it is missing or stale.
 
-    ``ca-bundle.pem`` holds the machine's roots; a shell with roots of its own gets a bundle
-    named after them, so shells that trust different roots never rewrite each other's.
+    Named after both (``ca-bundle-<hash>.pem``): shells that trust different roots, or point at
+    proxies with different CAs (another ``--confdir``), never rewrite each other's bundle.
     """
-    roots, own = public_roots()
-    content = roots.rstrip(b"\n") + b"\n\n# mitmproxy CA (tokometer)\n" + ca_pem.read_bytes()
-    name = f"ca-bundle-{hashlib.sha256(roots).hexdigest()[:12]}.pem" if own else "ca-bundle.pem"
-    target = folder / name
-    if not target.exists() or target.read_bytes() != content:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        tmp.replace(target)
+    roots, _ = public_roots()
+    ca = ca_pem.read_bytes()
+    content = roots.rstrip(b"\n") + b"\n\n# mitmproxy CA (tokometer)\n" + ca
+    target = folder / f"ca-bundle-{hashlib.sha256(roots + ca).hexdigest()[:12]}.pem"
+    write_file(target, content)
     return target
 
 
 def extra_ca_file(ca_pem: Path, folder: Path) -> Path:
     """What the variables that add to a store get: mitmproxy's CA alone, or, when the shell gave
-    Node extra certificates of its own (a company's CA), a file with those and the CA."""
+    them extra certificates of its own (a company's CA), a file with those and the CA."""
     extras: list[bytes] = []
     for name in EXTRA_CA_VARS:
         value = _before(name)
@@ -142,15 +158,9 @@ def extra_ca_file(ca_pem: Path, folder: Path) -> Path:
     if not extras:
         return ca_pem
     own = b"\n".join(e.rstrip(b"\n") + b"\n" for e in extras)
-    content = own + b"\n# mitmproxy CA (tokometer)\n" + ca_pem.read_bytes()
-    target = folder / f"ca-bundle-extra-{hashlib.sha256(own).hexdigest()[:12]}.pem"
-    if not target.exists() or target.read_bytes() != content:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        tmp.replace(target)
+    ca = ca_pem.read_bytes()
+    target = folder / f"ca-bundle-extra-{hashlib.sha256(own + ca).hexdigest()[:12]}.pem"
+    write_file(target, own + b"\n# mitmproxy CA (tokometer)\n" + ca)
     return target
 
 
@@ -160,9 +170,15 @@ def node_without_proxy_support(path: str | None = None) -> str | None:
     node = shutil.which("node", path=path)
     if node is None:
         return None
-    try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    try:  # never the terminal: a shim must not read what the user types
+        out = subprocess.run(
+            [node, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=NODE_CHECK_TIMEOUT,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # a shim too slow to answer: no warning
         return None
     found = re.fullmatch(r"v(\d+)\.(\d+)\.\d+.*", out)
     if found is None:

@@ -8,20 +8,31 @@ in the URL go to mitmproxy's ``upstream_auth`` through ``$TOKOMETER_UPSTREAM_AUT
 command line): the shell's own value when it was started from a shell pointed at tokometer
 already, else the one in its environment; never tokometer itself.
 
+mitmproxy verifies providers against certifi's roots. A shell that trusts roots of its own (a company
+CA that inspects TLS, in SSL_CERT_FILE or another bundle variable, kept aside by shell-env in a
+shell pointed at tokometer) gets them passed on too (``ssl_verify_upstream_trusted_ca``, a copy in
+the data folder), chained or not: what its clients verified before, the proxy verifies now.
+
 ``python -m addon.upstream_proxy [MITMDUMP ARGS...]`` prints the arguments, one per line, then
 ``TOKOMETER_UPSTREAM_AUTH=user:password`` when there are credentials (nothing when there is no such
-proxy, or the arguments choose a ``--mode`` already), and says on stderr what it chose.
+proxy and no roots of the shell's own, or the arguments choose them already), and says on stderr
+what it chose.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from addon.shell_env import OURS_VAR, SAVED_PREFIX
+from addon.paths import data_dir
+from addon.shell_env import OURS_VAR, SAVED_PREFIX, public_roots, write_file
 
 PROXY_NAMES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 # Credentials of the company proxy, for mitmproxy's upstream_auth (Interception reads it): passed in
@@ -44,18 +55,26 @@ class Upstream:
 
 
 def _listen_address(args: Sequence[str]) -> tuple[str, int]:
-    """The address ``mitmdump`` will listen on with ``args`` after scripts/proxy's own (the last wins)."""
+    """The address ``mitmdump`` will listen on with ``args`` after scripts/proxy's own (the last
+    wins), in every spelling it takes: ``--listen-port N``, ``--listen-port=N``, ``-p N``, ``-pN``,
+    ``--set listen_port=N`` (the same for the host). A value that is not a port is left to mitmdump."""
     host, port = DEFAULT_LISTEN
     for i, arg in enumerate(args):
-        value = args[i + 1] if i + 1 < len(args) else None
-        if arg.startswith("--listen-host="):
-            host = arg.split("=", 1)[1]
-        elif arg.startswith("--listen-port="):
-            port = int(arg.split("=", 1)[1])
-        elif arg == "--listen-host" and value is not None:
-            host = value
-        elif arg == "--listen-port" and value is not None and value.isdigit():
-            port = int(value)
+        value = args[i + 1] if i + 1 < len(args) else ""
+        name, given = None, None
+        if arg in ("--listen-host", "--listen-port", "-p"):
+            name, given = arg, value
+        elif arg.startswith(("--listen-host=", "--listen-port=")):
+            name, given = arg.split("=", 1)
+        elif arg.startswith("-p") and not arg.startswith("--"):
+            name, given = "-p", arg[2:]
+        elif arg == "--set" and value.startswith(("listen_host=", "listen_port=")):
+            option, given = value.split("=", 1)
+            name = "--" + option.replace("_", "-")
+        if name == "--listen-host":
+            host = given or ""
+        elif name in ("--listen-port", "-p") and given and given.isdigit():
+            port = int(given)
     return host, port
 
 
@@ -63,7 +82,7 @@ def _chooses_mode(args: Sequence[str]) -> bool:
     return any(a in ("--mode", "-m") or a.startswith(("--mode=", "-m")) for a in args)
 
 
-def _is_local(host: str) -> bool:
+def _is_loopback_or_any(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain", ""):
         return True
     try:
@@ -71,6 +90,28 @@ def _is_local(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_unspecified
+
+
+def _this_machine(host: str) -> bool:
+    """Whether ``host`` names this machine (its name, or an address of its own)."""
+    if _is_loopback_or_any(host) or host.lower() in (socket.gethostname().lower(), socket.getfqdn().lower()):
+        return True
+    try:
+        own = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return False
+    return host.strip("[]") in own
+
+
+def _is_itself(proxy_host: str, proxy_port: int, listen_host: str, listen_port: int) -> bool:
+    """Whether a proxy at ``proxy_host:proxy_port`` is this proxy, listening on ``listen_host``."""
+    if proxy_port != listen_port:
+        return False
+    if _is_loopback_or_any(proxy_host) and (_is_loopback_or_any(listen_host) or listen_host == proxy_host):
+        return True
+    if listen_host in ("", "0.0.0.0", "::", "[::]"):  # every interface: any name of this machine
+        return _this_machine(proxy_host)
+    return proxy_host.strip("[]") == listen_host.strip("[]")
 
 
 def upstream_from_env(environ: Mapping[str, str], args: Sequence[str] = ()) -> Upstream | None:
@@ -89,8 +130,12 @@ def upstream_from_env(environ: Mapping[str, str], args: Sequence[str] = ()) -> U
         if parts.scheme not in ("http", "https") or not parts.hostname:
             print(f"tokometer: {source}={value} is not an HTTP proxy mitmproxy can chain to", file=sys.stderr)
             continue
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if port == listen_port and (_is_local(parts.hostname) or parts.hostname == listen_host):
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # a port that is not one
+            print(f"tokometer: {source}={value} has no valid port", file=sys.stderr)
+            continue
+        if _is_itself(parts.hostname, port, listen_host, listen_port):
             continue  # this proxy itself
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         auth = None
@@ -100,15 +145,40 @@ def upstream_from_env(environ: Mapping[str, str], args: Sequence[str] = ()) -> U
     return None
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    import os
+def trusted_roots(args: Sequence[str], folder: Path) -> Path | None:
+    """A copy of the roots the shell trusts, when they are its own choice (not the machine's public
+    roots) and the arguments do not choose mitmproxy's upstream roots already; else None."""
+    if any("ssl_verify_upstream_trusted" in arg for arg in args):
+        return None
+    roots, own = public_roots()
+    if not own:
+        return None
+    target = folder / f"upstream-roots-{hashlib.sha256(roots).hexdigest()[:12]}.pem"
+    write_file(target, roots)
+    return target
 
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     upstream = upstream_from_env(os.environ if environ is None else environ, args)
+    lines: list[str] = []
     if upstream is not None:
         shown = upstream.mode.removeprefix("upstream:")
         print(f"tokometer: calls go on through the proxy {shown} (from {upstream.source})", file=sys.stderr)
-        print("\n".join(upstream.lines()))
+        lines += upstream.lines()
+    try:
+        roots = trusted_roots(args, data_dir())
+    except OSError as exc:
+        print(f"tokometer: cannot copy this shell's roots for the proxy: {exc}", file=sys.stderr)
+        roots = None
+    if roots is not None:
+        print(
+            f"tokometer: providers are verified against the roots this shell trusts ({roots})",
+            file=sys.stderr,
+        )
+        lines[:0] = ["--set", f"ssl_verify_upstream_trusted_ca={roots}"]
+    if lines:
+        print("\n".join(lines))
     return 0
 
 

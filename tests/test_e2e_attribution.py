@@ -242,7 +242,9 @@ echo "after: ${{HTTPS_PROXY:-unset}} ${{SSL_CERT_FILE:-unset}} ${{APP_ENV:-unset
     env["XDG_DATA_HOME"] = str(xdg)
     res = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
-    bundle = xdg / "tokometer" / "ca-bundle.pem"
+    [bundle] = (xdg / "tokometer").glob(
+        "ca-bundle-" + "[0-9a-f]" * 12 + ".pem"
+    )  # named after the roots and the CA
     proxy_url = f"http://127.0.0.1:{proxy.port}"
     lines = res.stdout.splitlines()
     assert lines[0] == f"vars: {proxy_url} {proxy_url} localhost,127.0.0.1,::1 staging"

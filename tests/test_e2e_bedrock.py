@@ -168,7 +168,7 @@ environments:
     code, events = bedrock_client(env, "converse-stream", *nova)
     assert code == 3
     [error] = [e for e in events if e["event"] == "error"]
-    assert (error["code"], error["status"]) == ("AccessDeniedException", 429)
+    assert (error["code"], error["status"]) == ("AccessDeniedException", 403)  # a 429 boto3 legacy retries
     assert error["message"].startswith("tokometer: production budget of $0.00002 per day is spent")
     assert {"event": "attempts", "n": 1} in events  # not retried: one row, not three
     assert len(bedrock.requests) == sent + 2
@@ -178,6 +178,6 @@ environments:
         ("blocked", 403),
         ("allowed", 200),
         ("allowed", 200),
-        ("over_budget", 429),
+        ("over_budget", 403),
     ]
     assert [r["cost_usd"] for r in rows] == [0, NOVA_COST, NOVA_COST, 0]

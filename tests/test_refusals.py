@@ -236,3 +236,31 @@ def test_boto3_reads_a_bedrock_refusal() -> None:
                 http_response=type("R", (), {"status_code": status})(),
             )
             assert StandardRetryConditions().is_retryable(context) is retried, (kind, operation)
+
+
+def test_boto3_legacy_retries_leave_a_spent_budget_alone() -> None:
+    """botocore's legacy retry mode (AWS_RETRY_MODE=legacy, older botocore's default) resends any
+    429: a Bedrock budget refusal is a 403 AccessDeniedException, as Bedrock's own."""
+    import botocore.session
+    from botocore import retryhandler, translate
+    from botocore.loaders import Loader
+    from botocore.parsers import RestJSONParser
+
+    from addon.refusals import budget_refusal_status
+
+    assert (budget_refusal_status("aws"), budget_refusal_status("openai")) == (403, 429)
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    original = Loader().load_data("_retry")
+    config = translate.build_retry_config(
+        "bedrock-runtime", original["retry"], original.get("definitions", {}), None
+    )
+    handler = retryhandler.create_retry_handler(config, "bedrock-runtime")
+    for status, kind, retried in ((403, "over_budget", False), (429, "rate_limited", True)):
+        response = refusal_response("aws", status, "no", kind=kind)
+        raw = {"status_code": status, "headers": dict(response.headers), "body": response.content}
+        parsed = RestJSONParser().parse(raw, model.operation_model("Converse").output_shape)
+        http_response = type("R", (), {"status_code": status, "headers": raw["headers"]})()
+        delay = handler(
+            response=(http_response, parsed), attempts=1, caught_exception=None, request_dict={"context": {}}
+        )
+        assert (delay is not None) is retried, kind

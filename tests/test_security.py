@@ -401,7 +401,7 @@ def test_ca_private_key_is_owner_only_and_bundle_is_public_only(proxy: ProxyProc
         timeout=30,
     )
     assert res.returncode == 0, res.stderr
-    bundle = home / "data" / "tokometer" / "ca-bundle.pem"
+    [bundle] = (home / "data" / "tokometer").glob("ca-bundle-" + "[0-9a-f]" * 12 + ".pem")
     assert f"SSL_CERT_FILE={bundle}" in res.stdout
     content = bundle.read_bytes()
     assert content.rstrip().endswith(ca_cert.rstrip())  # mitmproxy's CA certificate is in it

@@ -68,7 +68,9 @@ def test_exec_runs_the_command_with_the_variables_in_place_of_itself(
     proc = run([*args, "--env", "staging", "--exec", "--", sys.executable, "-c", PRINT_VARS], env)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    bundle = tmp_path / "xdg" / "tokometer" / "ca-bundle.pem"
+    [bundle] = (tmp_path / "xdg" / "tokometer").glob(
+        "ca-bundle-" + "[0-9a-f]" * 12 + ".pem"
+    )  # named after roots and CA
     lines = out.splitlines()
     assert lines[:-1] == [
         f"HTTPS_PROXY=http://127.0.0.1:{port}",
@@ -80,7 +82,7 @@ def test_exec_runs_the_command_with_the_variables_in_place_of_itself(
         f"CURL_CA_BUNDLE={bundle}",
         f"AWS_CA_BUNDLE={bundle}",
         f"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={bundle}",
-        f"CODEX_CA_CERTIFICATE={bundle}",
+        f"CODEX_CA_CERTIFICATE={confdir / 'mitmproxy-ca-cert.pem'}",
         f"NODE_EXTRA_CA_CERTS={confdir / 'mitmproxy-ca-cert.pem'}",
         f"DENO_CERT={confdir / 'mitmproxy-ca-cert.pem'}",
         "NODE_USE_ENV_PROXY=1",
@@ -297,3 +299,89 @@ def test_unset_undoes_only_what_shell_env_did(setup: tuple[Path, dict[str, str],
         "during http://127.0.0.1:1 dev",
         "after http://corp:3128 staging unset unset",
     ], out.stderr
+
+
+# -- review of the trust variables (each fails before its fix) -----------------------------------
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB{}\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture
+def trust_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No trust variable from the outer environment; the data folder in tmp_path."""
+    for name in (*SET_BY_SHELL_ENV, "TOKOMETER_SHELL_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path
+
+
+def test_codex_ca_certificate_adds_to_the_roots(trust_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codex adds CODEX_CA_CERTIFICATE to its roots, so it usually names one CA: it must not become
+    the whole trust store of every other client (the public roots stay), and Codex gets it back
+    beside mitmproxy's CA."""
+    from addon import shell_env
+
+    corp, ca = trust_env / "corp.pem", trust_env / "ca.pem"
+    corp.write_text(CERT.format("corp"))
+    ca.write_text(CERT.format("mitm"))
+    monkeypatch.setenv("CODEX_CA_CERTIFICATE", str(corp))
+    roots, own = shell_env.public_roots()
+    assert (roots, own) == (shell_env._system_roots(), False)
+    extra = shell_env.extra_ca_file(ca, trust_env / "xdg" / "tokometer")
+    assert "MIIBcorp" in extra.read_text() and "MIIBmitm" in extra.read_text()
+
+
+def test_proxies_with_other_cas_do_not_rewrite_each_others_bundle(trust_env: Path) -> None:
+    from addon.shell_env import combined_bundle
+
+    folder = trust_env / "xdg" / "tokometer"
+    ca_a, ca_b = trust_env / "a.pem", trust_env / "b.pem"
+    ca_a.write_text(CERT.format("caA"))
+    ca_b.write_text(CERT.format("caB"))
+    bundle_a = combined_bundle(ca_a, folder)
+    bundle_b = combined_bundle(ca_b, folder)
+    assert bundle_a != bundle_b
+    assert "MIIBcaA" in bundle_a.read_text() and "MIIBcaB" not in bundle_a.read_text()
+    assert combined_bundle(ca_a, folder) == bundle_a  # the same roots and CA: the same file
+
+
+def test_two_evals_writing_the_bundle_at_once_both_succeed(
+    trust_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another shell's eval writes the same bundle between this one's write and its rename."""
+    from addon import shell_env
+
+    folder = trust_env / "xdg" / "tokometer"
+    ca = trust_env / "ca.pem"
+    ca.write_text(CERT.format("ca"))
+    real_replace = os.replace
+    nested: list[int] = []
+
+    def replace(src: str, dst: object) -> None:
+        if not nested:
+            nested.append(1)
+            folder.joinpath("x").touch()  # the other shell's bundle must be written from scratch
+            for stale in folder.glob("ca-bundle-" + "[0-9a-f]" * 12 + ".pem"):
+                stale.unlink()
+            shell_env.combined_bundle(ca, folder)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(shell_env.os, "replace", replace)
+    bundle = shell_env.combined_bundle(ca, folder)
+    assert bundle.read_text().endswith(CERT.format("ca"))
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
+
+
+def test_a_hanging_node_shim_does_not_stall_the_eval(tmp_path: Path) -> None:
+    """A version manager's shim that blocks (installing, prompting) is given half a second, and
+    never the terminal: no warning rather than a stalled shell."""
+    import time
+
+    from addon.shell_env import node_without_proxy_support
+
+    node = tmp_path / "node"
+    node.write_text("#!/bin/sh\nread answer\nsleep 3\necho v20.0.0\n")
+    node.chmod(0o755)
+    start = time.monotonic()
+    assert node_without_proxy_support(str(tmp_path)) is None
+    assert time.monotonic() - start < 1.5

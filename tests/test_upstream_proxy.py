@@ -193,3 +193,64 @@ def test_scripts_proxy_goes_on_through_the_company_proxy(
     finally:
         proxy.cleanup()
     assert UPSTREAM_AUTH_VAR not in env  # handed to mitmdump by scripts/proxy, not set here
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-p", "9090"],
+        ["-p9090"],
+        ["--set", "listen_port=9090"],
+        ["--listen-port=9090"],
+        ["--listen-port", "9090"],
+    ],
+)
+def test_every_spelling_of_the_listen_port_is_seen_as_itself(args: list[str]) -> None:
+    """scripts/proxy -p 9090 with HTTPS_PROXY=http://localhost:9090 chained to itself (502s)."""
+    assert upstream_from_env({"HTTPS_PROXY": "http://localhost:9090"}, args) is None
+
+
+def test_a_malformed_listen_port_is_left_to_mitmdump() -> None:
+    chosen = upstream_from_env({"HTTPS_PROXY": "http://proxy.corp:3128"}, ["--listen-port=abc"])
+    assert chosen is not None and chosen.mode == "upstream:http://proxy.corp:3128"
+    assert upstream_from_env({"HTTPS_PROXY": "http://proxy.corp:notaport"}, []) is None
+
+
+def test_listening_on_every_interface_this_machines_name_is_itself() -> None:
+    import socket
+
+    args = ["--listen-host", "0.0.0.0", "--listen-port", "9090"]
+    assert upstream_from_env({"HTTPS_PROXY": f"http://{socket.gethostname()}:9090"}, args) is None
+    assert upstream_from_env({"HTTPS_PROXY": "http://127.0.0.1:9090"}, args) is None
+    assert upstream_from_env({"HTTPS_PROXY": "http://proxy.corp:9090"}, args) is not None
+
+
+def test_the_roots_the_shell_trusts_are_the_proxys_for_providers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Behind a company proxy that inspects TLS (its CA in the shell's bundle, kept aside by shell-env),
+    mitmproxy verified providers against certifi: every call failed. The shell's roots are passed on."""
+    from addon import shell_env, upstream_proxy
+
+    for name in (*shell_env.BUNDLE_VARS, *shell_env.EXTRA_CA_VARS, "TOKOMETER_SHELL_ENV", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    corp = tmp_path / "corp-bundle.pem"
+    corp.write_text("-----BEGIN CERTIFICATE-----\nMIIBcorp\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("TOKOMETER_SHELL_ENV", "HTTPS_PROXY,SSL_CERT_FILE")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "xdg" / "tokometer" / "ca-bundle-x.pem"))
+    monkeypatch.setenv("TOKOMETER_SAVED_SSL_CERT_FILE", str(corp))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:8080")
+    monkeypatch.setenv("TOKOMETER_SAVED_HTTPS_PROXY", "http://proxy.corp:3128")
+    assert upstream_proxy.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["--set", lines[1]] and lines[1].startswith("ssl_verify_upstream_trusted_ca=")
+    assert Path(lines[1].split("=", 1)[1]).read_text() == corp.read_text()
+    assert lines[2:] == ["--mode", "upstream:http://proxy.corp:3128"]
+    # the machine's own roots: nothing to pass (certifi is as good); a choice of the user's own wins
+    monkeypatch.delenv("TOKOMETER_SAVED_SSL_CERT_FILE")
+    assert upstream_proxy.main([]) == 0
+    assert capsys.readouterr().out.splitlines() == ["--mode", "upstream:http://proxy.corp:3128"]
+    monkeypatch.setenv("TOKOMETER_SAVED_SSL_CERT_FILE", str(corp))
+    assert upstream_proxy.main(["--set", "ssl_verify_upstream_trusted_ca=/mine.pem"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["--mode", "upstream:http://proxy.corp:3128"]
