@@ -190,6 +190,10 @@ def test_scripts_proxy_goes_on_through_the_company_proxy(
         [row] = proxy.rows()
         assert (row["input_tokens"], row["output_tokens"], row["status_code"]) == (30, 5, 200)
         assert row["cost_usd"] is not None
+        # The credentials are nowhere tokometer or mitmproxy wrote (database, journal, log, confdir).
+        written = [p for p in proxy.tmp.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".duckdb" for p in written) and proxy.log_path in written
+        assert not [p for p in written if b"s3cret" in p.read_bytes()]
     finally:
         proxy.cleanup()
     assert UPSTREAM_AUTH_VAR not in env  # handed to mitmdump by scripts/proxy, not set here
