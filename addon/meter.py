@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import inspect
@@ -650,13 +651,14 @@ class Meter:
     def _claim(self, state: CallState, metered: Metered) -> bool:
         """Does this retrieval bill its background response? The first one to see it finished,
         with usage, takes it off the pending list; one that sees it ended without usage drops
-        it; while it runs, it stays for a later GET."""
+        it; while it runs (a Gemini interaction's usage so far is a running total), it stays for
+        a later GET."""
         assert state.retrieval is not None
         pending = state.pending_in or self._background
-        if not state.claimed:
+        if not state.claimed and metered.response_status not in RUNNING:
             if metered.usage is not None:
                 state.claimed = pending.claim(state.retrieval)
-            elif metered.response_status not in (None, *RUNNING):
+            elif metered.response_status is not None:
                 pending.claim(state.retrieval)
         return state.claimed
 
@@ -961,18 +963,22 @@ class Meter:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
         if state.retrieval is not None and not self._claim(state, metered):
             return  # still running, ended unbilled, or billed by another GET: no row
-        self._fill_record(flow, state, metered, state.errors, aborted=aborted)
-        record = state.record
-        if (
+        background = (
             metered.response_id is not None
-            and metered.usage is None
             and metered.response_status in RUNNING
             and state.retrieval is None
             # A stream cut short runs on upstream only if it was asked for in the background (an
             # Interactions stream says so only in its request).
             and (state.request_body is None or state.request_body.get("background") is True)
-        ):
+        )
+        if background and metered.usage is not None:
+            # A running total so far (a Gemini interaction): the retrieval's row bills it all.
+            metered = dataclasses.replace(metered, usage=None)
+        self._fill_record(flow, state, metered, state.errors, aborted=aborted)
+        record = state.record
+        if background:
             # Background mode: billed when it finishes, on the row of its retrieval.
+            assert metered.response_id is not None
             record.cost_usd, record.price_status, record.price_source = Decimal(0), BACKGROUND, None
             self._background.add(metered.response_id, {name: getattr(record, name) for name in _STARTED_BY})
         body, state.request_body = state.request_body, None

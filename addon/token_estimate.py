@@ -540,14 +540,28 @@ def _gemini(t: _Tally, body: dict[str, Any]) -> None:
 
 
 def _interactions(t: _Tally, body: dict[str, Any]) -> None:
-    """Gemini's Interactions API: ``system_instruction`` and ``input`` (a string, content parts, or
-    turns of ``{role, content}``), tools as JSON; no per-turn overhead, as for generateContent."""
+    """Gemini's Interactions API: ``system_instruction`` and ``input`` (a string, content parts,
+    turns of ``{role, content}``, or the steps of an earlier interaction sent back: user_input,
+    model_output, thought, ``*_call`` and ``*_result``), tools as JSON; no per-turn overhead, as
+    for generateContent."""
     t.image_tokens = GEMINI_IMAGE_TOKENS
     _content(t, body.get("system_instruction"))
     items = body.get("input")
     for item in items if isinstance(items, list) else [items]:
-        if isinstance(item, dict) and "content" in item and "type" not in item:
-            _content(t, item["content"])  # a turn
+        kind = item.get("type") if isinstance(item, dict) else None
+        if isinstance(item, dict) and "content" in item and (kind is None or kind in _INTERACTION_TURNS):
+            _content(t, item["content"])  # a turn, or a user_input / model_output step
+        elif isinstance(kind, str) and kind.endswith("_call"):
+            t.text(item.get("name"))
+            t.json(item.get("arguments"))
+        elif isinstance(kind, str) and kind.endswith("_result"):
+            result = item.get("result")
+            if isinstance(result, str | list):
+                _content(t, result)
+            else:
+                t.json(result)
+        elif kind == "thought":
+            _content(t, item.get("summary"))
         else:
             _content(t, item)
     tools = body.get("tools")
@@ -555,6 +569,8 @@ def _interactions(t: _Tally, body: dict[str, Any]) -> None:
         for tool in tools:
             t.json(tool)
 
+
+_INTERACTION_TURNS = frozenset({"user_input", "model_output"})
 
 _FLAVORS: dict[str, Callable[[_Tally, dict[str, Any]], None]] = {
     "chat": _chat,

@@ -579,3 +579,85 @@ async def test_a_plain_stream_the_client_left_is_not_taken_for_a_background_one(
         assert row.aborted and row.price_status != "background"
         assert row.input_tokens == 2113 and row.output_tokens == 3  # the last running total seen
         assert not addon._background.get(ID)
+
+
+# -- review: running totals of a background interaction, steps as input ------------------------
+
+
+async def test_background_stream_left_after_a_running_total_is_still_followed(tmp_path: Path) -> None:
+    """A background stream cut after a step.stop's running total: the interaction runs on
+    upstream, so the POST must stay $0 'background' and the resumed GET bill the whole usage."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        store = _meter(tmp_path, tctx, addon)
+        body = {"model": "gemini-2.5-flash", "input": "Research.", "background": True, "stream": True}
+        post = make_flow(URL, body, headers={"x-goog-api-key": "AIza-bg-key"})
+        await run_request(addon, post)
+        stream_response(post, addon)
+        post.response.stream(_sse(_events()[:6], done=False))  # through the first step.stop (usage)
+        post.error = Error("client disconnected")
+        addon.error(post)
+        for task in list(addon._estimates):
+            await task
+        started = store.records[0]
+        assert (started.price_status, addon._background.get(ID) is not None) == ("background", True), (
+            started.price_status,
+            started.input_tokens,
+            started.output_tokens,
+        )
+        get = make_flow(f"{URL}/{ID}?stream=true&last_event_id=evt-5", b"", method="GET")
+        await run_request(addon, get)
+        stream_response(get, addon)
+        get.response.stream(_sse(_events()[6:]))
+        get.response.stream(b"")
+        await addon.response(get)
+        for task in list(addon._estimates):
+            await task
+        rows = store.records
+        assert rows[0].price_status == "background", [(r.path, r.price_status, r.output_tokens) for r in rows]
+        assert len(rows) == 2 and rows[1].output_tokens == 401
+
+
+async def test_a_retrieval_stream_cut_mid_way_does_not_claim_the_interaction(tmp_path: Path) -> None:
+    """GET ?stream=true of a background interaction, cut after a running total while it still
+    runs: a partial total must not claim (and close) it; the later GET that sees it finished bills."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        store = _meter(tmp_path, tctx, addon)
+        post = make_flow(URL, {"model": "gemini-2.5-flash", "input": "x", "background": True})
+        await run_request(addon, post)
+        running = {"id": ID, "object": "interaction", "model": "gemini-2.5-flash", "status": "in_progress"}
+        await _answer(addon, post, running)
+        get = make_flow(f"{URL}/{ID}?stream=true", b"", method="GET")
+        await run_request(addon, get)
+        stream_response(get, addon)
+        get.response.stream(_sse(_events()[:6], done=False))
+        get.error = Error("client disconnected")
+        addon.error(get)
+        poll = make_flow(f"{URL}/{ID}", b"", method="GET")
+        await run_request(addon, poll)
+        await _answer(addon, poll, COMPLETED)
+        billed = [r for r in store.records if r.price_status != "background"]
+        assert [r.output_tokens for r in billed] == [401], [(r.path, r.output_tokens) for r in billed]
+
+
+def test_offline_estimate_counts_an_input_of_steps() -> None:
+    """The SDK's InteractionsInput is Content | list[Step] | list[Content] | str
+    (_gaos/types/interactions/interactionsinput.py); a stateless multi-turn conversation sends the
+    steps (user_input, model_output, function_call, function_result) back as input."""
+    from addon.token_estimate import estimate_input
+
+    text = "The quick brown fox jumps over the lazy dog. " * 50
+    as_string = estimate_input("interactions", {"model": "gemini-2.5-flash", "input": text}, None)
+    steps = [{"type": "user_input", "content": [{"type": "text", "text": text}]}]
+    assert estimate_input("interactions", {"model": "gemini-2.5-flash", "input": steps}, None) == as_string
+    history = [
+        {"type": "user_input", "content": [{"type": "text", "text": "Weather?"}]},
+        {"type": "function_call", "id": "c1", "name": "get_weather", "arguments": {"city": text}},
+        {"type": "function_result", "call_id": "c1", "name": "get_weather", "result": text},
+        {"type": "model_output", "content": [{"type": "text", "text": text}]},
+    ]
+    assert (
+        estimate_input("interactions", {"model": "gemini-2.5-flash", "input": history}, None)
+        >= 3 * as_string * 0.9
+    )

@@ -213,7 +213,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     status = _str(obj.get("status"))
     usage = extract_usage(obj.get("usage"), model)
     error = _interaction_error(obj)
-    running = usage is None and status in RUNNING
+    running = status in RUNNING  # any usage is a running total: billed once it is seen finished
     if usage is None and error is None and not running:
         error = "no usage in response"
     text = None if usage is not None else "".join(_interaction_texts(obj)) or None
@@ -326,7 +326,9 @@ class StreamParser:
             model=self._model,
             error=error,
             service_tier=self._tier,
-            response_id=self._id if usage is None and self._status in RUNNING else None,
+            # Still running when the stream ended (cut short, or a background stream left): the
+            # usage so far is a running total; the interaction is billed when it is seen finished.
+            response_id=self._id if self._status in RUNNING and not self._done else None,
             response_status=self._status,
             output_text=self._text.text() if usage is None else None,
         )
