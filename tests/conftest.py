@@ -67,7 +67,29 @@ _SCRUB = (
     "TOKOMETER_DB",
     "TOKOMETER_ENV",
     "TOKOMETER_POLICIES",
+    # what shell-env sets or keeps aside in a shell pointed at a proxy, and trust it reads
+    "TOKOMETER_SHELL_ENV",
+    "TOKOMETER_UPSTREAM_AUTH",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "DENO_CERT",
+    "CODEX_CA_CERTIFICATE",
+    "NODE_USE_ENV_PROXY",
+    "AIOHTTP_TRUST_ENV",
+    # boto3's retries, endpoint and profile
+    "AWS_RETRY_MODE",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_PROFILE",
 )
+_SCRUB_PREFIXES = ("TOKOMETER_SAVED_",)
+
+
+def scrubbed_environ() -> dict[str, str]:
+    """This process's environment without what could route a test's traffic or trust elsewhere."""
+    return {k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)}
 
 
 def free_port() -> int:
@@ -147,7 +169,7 @@ class ProxyProcess:
         return argv
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env = scrubbed_environ()
         env.update(
             HOME=str(self.home),
             XDG_DATA_HOME=str(self.home / ".local" / "share"),
@@ -254,7 +276,7 @@ class ProxyProcess:
 
     def client_env(self) -> dict[str, str]:
         """Environment for a client subprocess that goes through this proxy like a developer's would."""
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env = scrubbed_environ()
         proxy = f"http://127.0.0.1:{self.port}"
         env.update(
             HTTPS_PROXY=proxy,

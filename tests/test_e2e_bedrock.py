@@ -162,9 +162,12 @@ environments:
     assert error["message"].startswith(f"tokometer: model {MODEL} is not allowed in environment production")
     assert {"event": "attempts", "n": 1} in events
     nova = ("--model", "amazon.nova-lite-v1:0")
-    for _ in range(2):  # $0.0000118 each: the second starts under the cap and ends over it
+    for stored in (2, 3):  # $0.0000118 each: the second starts under the cap and ends over it
         code, events = bedrock_client(env, "converse", *nova)
         assert code == 0, events
+        # Priced and counted: until then the call's reservation (1,000 output tokens: $0.00024)
+        # holds the cap, and the next one would be refused for it.
+        proxy.wait_rows(stored)
     code, events = bedrock_client(env, "converse-stream", *nova)
     assert code == 3
     [error] = [e for e in events if e["event"] == "error"]

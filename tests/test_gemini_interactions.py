@@ -661,3 +661,34 @@ def test_offline_estimate_counts_an_input_of_steps() -> None:
         estimate_input("interactions", {"model": "gemini-2.5-flash", "input": history}, None)
         >= 3 * as_string * 0.9
     )
+
+
+def test_tool_use_prompts_count_by_modality_too() -> None:
+    """Tool-use prompt tokens are input, in their modality: audio a tool returned is audio input."""
+    usage = {
+        "total_input_tokens": 100,
+        "total_output_tokens": 10,
+        "total_tool_use_tokens": 40,
+        "input_tokens_by_modality": [{"modality": "text", "tokens": 100}],
+        "tool_use_tokens_by_modality": [{"modality": "audio", "tokens": 40}],
+    }
+    assert extract_usage(usage, "gemini-2.5-flash") == Usage(
+        input_tokens=140, output_tokens=10, input_audio_tokens=40
+    )
+
+
+def test_offline_estimate_counts_the_tools_declared() -> None:
+    """Declared tools are prompt tokens: the same body with a tool estimates higher by its JSON."""
+    from addon.token_estimate import estimate_input
+
+    body = {"model": "gemini-2.5-flash", "input": "What is the weather in Paris?"}
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The current weather of a city, in degrees Celsius.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    bare = estimate_input("interactions", body, None)
+    with_tool = estimate_input("interactions", {**body, "tools": [tool]}, None)
+    compact = json.dumps(tool, separators=(",", ":"))  # tools are counted as compact JSON
+    assert with_tool - bare == estimate_input("interactions", {"input": compact}, "gemini-2.5-flash") > 20

@@ -300,3 +300,66 @@ def test_us_only_inference_costs_more_under_a_prices_entry_too() -> None:
     assert got.source == "policies.yaml prices x1.1 (inference_geo us)"
     plain = pricer.price_usage("anthropic", ("claude-opus-4-6",), usage, REVIEW_WHEN)
     assert (plain.cost_usd, plain.source) == (Decimal("0.075"), "policies.yaml prices")
+
+
+def test_file_searches_never_take_the_token_only_shortcut() -> None:
+    """A model priced once (its per-token shortcut cached) still charges a later call's file
+    searches ($2.50 per 1,000): gpt-4.1, 1,000 in / 100 out + 2 searches = $0.0028 + $0.005."""
+    usage = Usage(input_tokens=1_000, output_tokens=100)
+    assert price("openai", "gpt-4.1", usage, REVIEW_WHEN).cost_usd == Decimal("0.0028")
+    searched = Usage(input_tokens=1_000, output_tokens=100, file_searches=2)
+    assert price("openai", "gpt-4.1", searched, REVIEW_WHEN).cost_usd == Decimal("0.0078")
+
+
+def test_a_call_priced_as_text_keeps_its_tier_and_geo_factors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A modality split genai-prices cannot price falls back to text; a Gemini flex call is then
+    halved and a US-only Anthropic call 1.1x on those text prices (the fallback's own counts)."""
+    real = pricing.calc_price
+
+    def no_splits(usage: object, *args: object, **kwargs: object) -> object:
+        if getattr(usage, "input_audio_tokens", None):
+            raise ValueError("cannot split audio and cache reads")
+        return real(usage, *args, **kwargs)
+
+    monkeypatch.setattr(pricing, "calc_price", no_splits)
+    audio = Usage(input_tokens=10_000, cache_read_tokens=5_000, output_tokens=1_000, input_audio_tokens=2_000)
+    text = Usage(input_tokens=10_000, cache_read_tokens=5_000, output_tokens=1_000)
+    for provider, model, extra, factor in (
+        ("google", "gemini-2.5-flash", {"service_tier": "flex"}, Decimal("0.5")),
+        ("anthropic", "claude-opus-4-6", {"inference_geo": "us"}, Decimal("1.1")),
+    ):
+        as_text = price(provider, model, text, REVIEW_WHEN).cost_usd
+        assert price(provider, model, audio, REVIEW_WHEN).cost_usd == as_text
+        got = price(provider, model, audio, REVIEW_WHEN, **extra)  # type: ignore[arg-type]
+        assert (got.status, got.cost_usd) == ("priced", as_text * factor), provider
+
+
+def test_the_tier_probe_runs_once_per_model_and_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether genai-prices prices a tier apart costs two calc_price calls the first time, none after."""
+    pricing._tier_prices.clear()
+    calls: list[object] = []
+    real = pricing.calc_price
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("price_context"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pricing, "calc_price", counting)
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    price("google", "gemini-2.5-flash", usage, REVIEW_WHEN, service_tier="priority")
+    first = len(calls)
+    price("google", "gemini-2.5-flash", usage, REVIEW_WHEN, service_tier="priority")
+    assert first == 3 and len(calls) - first == 1  # the call, then the probe's two; then the call alone
+
+
+def test_the_us_only_factor_is_anthropics_alone() -> None:
+    """inference_geo 'us' costs 1.1x on Anthropic only; another provider's call is priced as without."""
+    from addon.policies import PriceOverride
+    from addon.pricing import Pricer
+
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    plain = price("openai", "gpt-4.1", usage, REVIEW_WHEN)
+    assert price("openai", "gpt-4.1", usage, REVIEW_WHEN, inference_geo="us") == plain
+    pricer = Pricer([("gpt-4.1", PriceOverride(input=Decimal(2), output=Decimal(8)))])
+    overridden = pricer.price_usage("openai", ("gpt-4.1",), usage, REVIEW_WHEN, inference_geo="us")
+    assert (overridden.cost_usd, overridden.source) == (Decimal("0.028"), "policies.yaml prices")

@@ -1713,3 +1713,32 @@ def test_savings_read_a_database_an_older_proxy_writes(
     assert main(["--db", str(db), "savings", "--policies", str(policy), "--format", "json"]) in (0, None)
     total = json.loads(capsys.readouterr().out)["total"]
     assert (total["cost_usd"], total["whatif_cost_usd"]) == ("0.0575", "0.0055")  # no searches known
+
+
+def test_reprice_keeps_every_per_call_amount_of_the_calls() -> None:
+    """Re-pricing N calls from their sums equals pricing each call, with one-hour cache writes, web
+    and file searches, a tier and Anthropic's US-only geo (prices are flat per token and per search)."""
+    pricer = Pricer([])
+    when = datetime(2026, 11, 3, 12, tzinfo=UTC)
+    calls = [
+        Usage(input_tokens=9_001, cache_read_tokens=1_000, cache_write_tokens=600, output_tokens=700,
+              cache_write_1h_tokens=500, web_searches=2),
+        Usage(input_tokens=4_000, cache_read_tokens=0, cache_write_tokens=300, output_tokens=50,
+              cache_write_1h_tokens=100, web_searches=1),
+        Usage(input_tokens=12_345, cache_read_tokens=2_000, cache_write_tokens=0, output_tokens=999),
+    ]  # fmt: skip
+    each = sum(
+        pricer.price_usage("anthropic", ("claude-opus-4-6",), u, when, inference_geo="us").cost_usd
+        for u in calls
+    )
+    sums = [
+        sum(getattr(u, name) for u in calls)
+        for name in (
+            "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+            "cache_write_1h_tokens", "web_searches", "file_searches",
+        )
+    ]  # fmt: skip
+    assert _reprice(pricer, "anthropic", "claude-opus-4-6", 3, sums, when, inference_geo="us") == each
+    searches = [Usage(input_tokens=1_000, output_tokens=100, file_searches=n) for n in (1, 2, 4)]
+    each = sum(pricer.price_usage("openai", ("gpt-4.1",), u, when).cost_usd for u in searches)
+    assert _reprice(pricer, "openai", "gpt-4.1", 3, [3_000, 0, 0, 300, 0, 0, 7], when) == each

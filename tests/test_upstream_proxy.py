@@ -193,7 +193,8 @@ def test_scripts_proxy_goes_on_through_the_company_proxy(
         # The credentials are nowhere tokometer or mitmproxy wrote (database, journal, log, confdir).
         written = [p for p in proxy.tmp.rglob("*") if p.is_file()]
         assert any(p.suffix == ".duckdb" for p in written) and proxy.log_path in written
-        assert not [p for p in written if b"s3cret" in p.read_bytes()]
+        secrets = (b"s3cret", company_proxy.expected.split()[1].encode())  # as typed, and as sent
+        assert not [p for p in written if any(secret in p.read_bytes() for secret in secrets)]
     finally:
         proxy.cleanup()
     assert UPSTREAM_AUTH_VAR not in env  # handed to mitmdump by scripts/proxy, not set here
