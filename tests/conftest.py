@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,29 @@ class ProxyProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"expected >= {n} rows in calls, found {have} after {timeout} s")
             time.sleep(0.1)
+
+
+def remapped_proxies(
+    tmp: Path, fake_port: int, remap: dict[str, int | str]
+) -> Iterator[Callable[..., ProxyProcess]]:
+    """For a fixture: ``start(policies)`` starts a proxy that also sends each URL pattern of
+    ``remap`` (a ``--map-remote`` regex, e.g. ``//bedrock-runtime\\.us-east-1\\.amazonaws\\.com/``)
+    to a fake on 127.0.0.1 (its port, or a port and path: ``"PORT/v1/"``); all are stopped after."""
+    started: list[ProxyProcess] = []
+
+    def start(policies: str = "default_environment: development\n") -> ProxyProcess:
+        args: list[str] = []
+        for pattern, to in remap.items():
+            target = str(to) if "/" in str(to) else f"{to}/"
+            args += ["--map-remote", f"|{pattern}|//127.0.0.1:{target}"]
+        p = ProxyProcess(tmp / f"p{len(started)}", fake_port, extra_args=tuple(args), policies=policies)
+        started.append(p)
+        p.start()
+        return p
+
+    yield start
+    for p in started:
+        p.cleanup()
 
 
 # ---------------------------------------------------------------- fixtures

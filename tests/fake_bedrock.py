@@ -17,16 +17,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import ssl
 import struct
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from fakeprovider import make_cert
+from fakeprovider import RecordingHandler, TLSServer, make_cert
 
 HOST = "bedrock-runtime.us-east-1.amazonaws.com"
 # Converse counts: inputTokens excludes the cache reads and writes.
@@ -89,17 +86,10 @@ class FakeBedrock:
     def __init__(self, directory: Path) -> None:
         self.cert_path, key_path = make_cert(directory, "bedrock", [HOST])
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(RecordingHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-                fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.read_json()
                 m = _PATH.match(self.path.split("?")[0])
                 if m is None:
                     self._send(404, "application/json", b'{"message":"not found"}')
@@ -184,13 +174,8 @@ class FakeBedrock:
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.cert_path, key_path)
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = TLSServer(Handler, self, self.cert_path, key_path)
+        self.port = self._server.port
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from fakeprovider import make_cert
+from fakeprovider import RecordingHandler, TLSServer, make_cert
 
 USAGE = {
     "promptTokenCount": 100,
@@ -115,15 +112,9 @@ class FakeGemini:
         self.polled: set[str] = set()  # background interactions answered in progress once
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(RecordingHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-                fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                body = self.read_json()
                 if _INTERACTIONS.match(self.path):
                     self._create_interaction(body)
                     return
@@ -163,7 +154,7 @@ class FakeGemini:
                 self.wfile.write(b"0\r\n\r\n")
 
             def do_GET(self) -> None:
-                fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+                self.fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
                 m = _INTERACTIONS.match(self.path)
                 model = fake.background.get(m["id"] or "") if m else None
                 if m is None or model is None:
@@ -211,16 +202,11 @@ class FakeGemini:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.cert_path, key_path)
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = TLSServer(Handler, self, self.cert_path, key_path)
+        self.port = self._server.port
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
 
 def _not_found(what: str) -> bytes:

@@ -953,6 +953,39 @@ class OtherSite(_Base):
         super().__init__(directory, "othersite", ["localhost", "127.0.0.1"])
 
 
+class RecordingHandler(BaseHTTPRequestHandler):
+    """A small fake's request handler: HTTP/1.1, no access log, JSON bodies recorded on its fake."""
+
+    protocol_version = "HTTP/1.1"
+    fake: Any  # the fake whose ``requests`` list gets (path, lower-case headers, body); see serve_tls
+
+    def log_message(self, *args: Any) -> None:
+        """No access log on stderr."""
+
+    def read_json(self) -> Any:
+        """The request's JSON body (``{}`` if empty), recorded on the fake."""
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        self.fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        return body
+
+
+class TLSServer:
+    """``handler`` served over HTTPS on 127.0.0.1 (a free port) from a thread, for ``fake``."""
+
+    def __init__(self, handler: type[RecordingHandler], fake: Any, cert: Path, key: Path) -> None:
+        handler.fake = fake
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+        self.port: int = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
     """True when something accepts TCP connections on ``host:port``."""
     try:

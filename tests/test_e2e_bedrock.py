@@ -14,7 +14,7 @@ from pathlib import Path
 
 import certifi
 import pytest
-from conftest import CLIENTS, ROOT, ProxyProcess
+from conftest import CLIENTS, ROOT, remapped_proxies
 from fake_bedrock import HOST, USAGE, WORDS, FakeBedrock
 from fakeprovider import FakeProvider
 
@@ -36,23 +36,8 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeBedrock]:
 
 @pytest.fixture
 def bproxy(tmp_path: Path, fake_provider: FakeProvider, bedrock: FakeBedrock):
-    started: list[ProxyProcess] = []
-
-    def start(policies: str = "default_environment: development\n") -> ProxyProcess:
-        remap = (
-            "--map-remote",
-            rf"|//bedrock-runtime\.us-east-1\.amazonaws\.com/|//127.0.0.1:{bedrock.port}/",
-        )
-        p = ProxyProcess(
-            tmp_path / f"p{len(started)}", fake_provider.port, extra_args=remap, policies=policies
-        )
-        started.append(p)
-        p.start()
-        return p
-
-    yield start
-    for p in started:
-        p.cleanup()
+    remap = {r"//bedrock-runtime\.us-east-1\.amazonaws\.com/": bedrock.port}
+    yield from remapped_proxies(tmp_path, fake_provider.port, remap)
 
 
 def bedrock_client(

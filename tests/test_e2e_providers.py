@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import CLIENTS, ProxyProcess
+from conftest import CLIENTS, ProxyProcess, remapped_proxies
 from fake_gemini import FakeGemini
 from fakeprovider import FakeProvider
 from test_e2e import chat_usage, curl, fake_headers, run_client, tag
@@ -35,25 +35,12 @@ def gemini(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGemini]:
 
 @pytest.fixture
 def gproxy(tmp_path: Path, fake_provider: FakeProvider, gemini: FakeGemini):
-    started: list[ProxyProcess] = []
-
-    def start(policies: str = "default_environment: development\n") -> ProxyProcess:
-        remap = (  # Gemini's OpenAI compatibility to the OpenAI fake, the rest to the Gemini one
-            "--map-remote",
-            rf"|//generativelanguage\.googleapis\.com/v1beta/openai/|//127.0.0.1:{fake_provider.port}/v1/",
-            "--map-remote",
-            rf"|//generativelanguage\.googleapis\.com/|//127.0.0.1:{gemini.port}/",
-        )
-        p = ProxyProcess(
-            tmp_path / f"p{len(started)}", fake_provider.port, extra_args=remap, policies=policies
-        )
-        started.append(p)
-        p.start()
-        return p
-
-    yield start
-    for p in started:
-        p.cleanup()
+    # Gemini's OpenAI compatibility to the OpenAI fake, the rest to the Gemini one
+    remap = {
+        r"//generativelanguage\.googleapis\.com/v1beta/openai/": f"{fake_provider.port}/v1/",
+        r"//generativelanguage\.googleapis\.com/": gemini.port,
+    }
+    yield from remapped_proxies(tmp_path, fake_provider.port, remap)
 
 
 def gemini_client(proxy: ProxyProcess, *args: str) -> list[dict]:
