@@ -71,6 +71,9 @@ MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_ho
 # A GET of an OpenAI background response (answered "queued") or of a Gemini background
 # interaction (answered "in_progress"): its usage comes with one of these.
 _RESPONSE_PATH = re.compile(r"/(?:responses|interactions)/([^/]+)$")
+# ``POST .../{id}/cancel`` answers with the response or interaction as it stands when cancelled
+# (its usage so far, if the provider reports any): it settles the background call like a GET.
+_CANCEL = "/cancel"
 # The flavors of the calls such a GET retrieves (the flavor of the path it was POSTed to).
 _BACKGROUND_FLAVORS = frozenset({"responses", "interactions"})
 # What a background response's retrieval row takes from the row of the call that started it.
@@ -581,7 +584,9 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
-        if flow.request.method == "GET" and (self._background or self._earlier_background):
+        if (self._background or self._earlier_background) and (
+            flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
+        ):
             self._start_retrieval(flow, provider, host)
             return
         if flow.request.method != "POST":
@@ -614,12 +619,14 @@ class Meter:
         )
 
     def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str) -> None:
-        """A GET of a background response this proxy saw start: meter it, as its call's."""
+        """A GET of a background response this proxy saw start, or its cancel (a POST answered
+        with the response as it stands): meter it, as its call's."""
         path = flow.request.path.partition("?")[0]
-        found = _RESPONSE_PATH.search(path)
+        target = path.removesuffix(_CANCEL) if flow.request.method == "POST" else path
+        found = _RESPONSE_PATH.search(target)
         if found is None:
             return
-        flavor = provider.flavor_for_path(path.rsplit("/", 1)[0])
+        flavor = provider.flavor_for_path(target.rsplit("/", 1)[0])
         if flavor is None or flavor not in _BACKGROUND_FLAVORS:
             return
         response_id = found.group(1)

@@ -295,3 +295,32 @@ async def test_a_background_stream_the_client_left_is_billed_on_its_resumed_retr
         started, retrieved = addon.store.records  # type: ignore[union-attr]
         assert (started.aborted, started.price_status, started.usage_source) == (True, "background", "none")
         assert (retrieved.output_tokens, retrieved.team) == (30_000, started.team)
+
+
+async def test_a_cancelled_background_response_is_settled_by_its_cancel(tmp_path: Path) -> None:
+    """POST /v1/responses/{id}/cancel answers with the response as it stands: with usage, its row
+    bills it (once: a later GET adds nothing); without, it is forgotten without a row."""
+    for cancelled, rows in (
+        (DONE | {"status": "cancelled"}, 2),  # work done before the cancel, reported: billed
+        (QUEUED | {"status": "cancelled"}, 1),  # nothing reported: no row, the entry is gone
+    ):
+        addon = Meter()
+        with taddons.context(addon) as tctx:
+            meter_with_store(tmp_path / str(rows), tctx, addon)
+            await start(addon)
+            cancel = make_flow(f"{RESPONSES_URL}/resp_bg/cancel", b"", method="POST")
+            await run_request(addon, cancel)
+            await answer(addon, cancel, cancelled)
+            assert addon._background.get("resp_bg") is None
+            await poll(addon, DONE)  # read after the cancel: the response is settled already
+            store = addon.store
+            assert len(store.records) == rows  # type: ignore[union-attr]
+            if rows == 2:
+                billed = store.records[1]  # type: ignore[union-attr]
+                assert (billed.path, billed.output_tokens, billed.environment) == (
+                    "/v1/responses/resp_bg/cancel",
+                    30_000,
+                    "staging",
+                )
+                addon._price(billed)
+                assert billed.cost_usd is not None and billed.cost_usd > Decimal("1")  # $80 per 1M output

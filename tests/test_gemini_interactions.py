@@ -692,3 +692,32 @@ def test_offline_estimate_counts_the_tools_declared() -> None:
     with_tool = estimate_input("interactions", {**body, "tools": [tool]}, None)
     compact = json.dumps(tool, separators=(",", ":"))  # tools are counted as compact JSON
     assert with_tool - bare == estimate_input("interactions", {"input": compact}, "gemini-2.5-flash") > 20
+
+
+async def test_a_cancelled_background_interaction_is_settled_by_its_cancel(tmp_path: Path) -> None:
+    """POST /v1beta/interactions/{id}/cancel answers with the interaction as it stands: its usage
+    (work done before the cancel) is billed on the cancel's row, once."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        store = _meter(tmp_path, tctx, addon)
+        post = make_flow(URL, {"model": "gemini-2.5-flash", "input": "x", "background": True})
+        await run_request(addon, post)
+        await _answer(
+            addon,
+            post,
+            {"id": ID, "object": "interaction", "model": "gemini-2.5-flash", "status": "in_progress"},
+        )
+        cancel = make_flow(f"{URL}/{ID}/cancel", b"", method="POST")
+        await run_request(addon, cancel)
+        await _answer(addon, cancel, COMPLETED | {"status": "cancelled"})
+        poll = make_flow(f"{URL}/{ID}", b"", method="GET")
+        await run_request(addon, poll)
+        await _answer(addon, poll, COMPLETED)
+        assert [(r.path.rsplit("/", 1)[-1], r.price_status) for r in store.records] == [
+            ("interactions", "background"),
+            ("cancel", None),
+        ]
+        assert (
+            store.records[1].output_tokens
+            == extract_usage(COMPLETED["usage"], "gemini-2.5-flash").output_tokens
+        )
