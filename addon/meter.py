@@ -285,7 +285,9 @@ class Meter:
         self._id_counter = itertools.count()
         self.enforcer = Enforcer(Policies())
         self.registry = Registry()
-        self.pricer = Pricer(price_provider=self.registry.price_provider)
+        self.pricer = Pricer(
+            price_provider=self.registry.price_provider, geo_surcharge=self.registry.geo_surcharge
+        )
         self.on_providers_changed: Callable[[], None] | None = None  # set by the entry script
         self.call_lines = TerminalLines(log)  # attached to mitmproxy's terminal at `running`
         self.call_log = CallLog(self.call_lines, color=use_color(sys.stdout))
@@ -461,7 +463,9 @@ class Meter:
         self.notifier.set_settings(policies.notifications)
         registry = registry_for(policies)
         self.registry = registry
-        self.pricer = Pricer(policies.prices, price_provider=registry.price_provider)
+        self.pricer = Pricer(
+            policies.prices, price_provider=registry.price_provider, geo_surcharge=registry.geo_surcharge
+        )
         if self.on_providers_changed is not None:
             self.on_providers_changed()
 
@@ -596,6 +600,9 @@ class Meter:
         if flavor is None:
             return
         key, key_problem = self._api_key(provider, flow.request.headers, query)
+        facts = provider.path_facts(path) if provider.path_facts is not None else None
+        if key is None and facts is not None:
+            key = facts.credential  # Vertex: the project stands for an OAuth token that rotates
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -606,6 +613,7 @@ class Meter:
             path=path,  # never the query string: Gemini may carry the key there
             api_flavor=flavor,
             key_fingerprint=recent_key_fingerprint(key) if key else None,
+            inference_geo=facts.geo if facts is not None else None,
         )
         self._calls[flow] = CallState(
             provider=provider,
@@ -766,6 +774,14 @@ class Meter:
         record.environment = decided.environment
         record.environment_source = decided.environment_source
         record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
+        facts = state.provider.path_facts(record.path) if state.provider.path_facts is not None else None
+        if facts is not None and facts.tags:
+            # What the path says (Vertex's project) beats a header's claim of the same tag.
+            record.tags = json.dumps(
+                {**(json.loads(record.tags) if record.tags else {}), **facts.tags},
+                sort_keys=True,
+                ensure_ascii=False,
+            )
         record.key_name = decided.key_name
         state.errors.extend(decided.problems)
         if process is not None:
@@ -1046,7 +1062,8 @@ class Meter:
             record.aborted = aborted
         record.model_reported = metered.model
         record.service_tier = metered.service_tier
-        record.inference_geo = metered.inference_geo
+        # Where the path said it runs (Vertex's location) stands; else where the answer says.
+        record.inference_geo = record.inference_geo or metered.inference_geo
         record.set_usage(metered.usage)
         if metered.provider_cost is not None and metered.usage is not None:
             # The provider said what it charged (OpenRouter): that beats any price list.

@@ -40,6 +40,8 @@ _MAX_MISSES = 10_000
 
 
 PER_MILLION = Decimal(1_000_000)
+# A provider's own pricing by place: (model, inference_geo) -> (factor, price_source note), or None.
+GeoSurcharge = Callable[[str | None, str | None], tuple[Decimal, str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +207,13 @@ def price(
     status_code: int | None = None,
     service_tier: str | None = None,
     inference_geo: str | None = None,
+    surcharge: tuple[Decimal, str] | None = None,
 ) -> Price:
     """Price one call; never raises. An unknown model is never priced 0.
 
     Anthropic calls whose ``inference_geo`` is ``"us"`` cost 1.1x on their tokens
-    (``price_source`` says so).
+    (``price_source`` says so); so does a ``surcharge`` (factor, note), e.g. Vertex's regional
+    endpoints.
 
     One-hour cache writes, web searches (Anthropic's, OpenAI's, Gemini's grounding) and a
     service tier other than the default (OpenAI's flex and priority, Anthropic's fast mode) are
@@ -226,8 +230,11 @@ def price(
         snapshot = id(get_snapshot())
         linear_key = (snapshot, provider, ref)
         us_only = inference_geo == "us" and provider == "anthropic"
+        factor_of_place = surcharge[0] if surcharge is not None else Decimal(1)
+        place_notes = [surcharge[1]] if surcharge is not None else []
         plain = (
             not us_only
+            and factor_of_place == 1
             and service_tier in _BASE_TIERS
             and not (
                 usage.cache_write_1h_tokens
@@ -240,7 +247,7 @@ def price(
         if known is not None:
             cost = known.cost(usage)
             if cost is not None:
-                return Price(cost, PRICED, SOURCE, known.model_id)
+                return Price(cost, PRICED, " ".join([SOURCE, *place_notes]), known.model_id)
         miss_key = (snapshot, provider.lower(), ref.lower())
         if miss_key in _misses:
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
@@ -306,6 +313,8 @@ def price(
         if us_only:
             factor *= US_INFERENCE
             notes.insert(0, "x1.1 (inference_geo us)")
+        factor *= factor_of_place
+        notes[:0] = place_notes
         total = calc.total_price
         if factor != 1:  # on the tokens only: per-search fees are not tokens
             tokens = calculate({k: v for k, v in used.items() if k not in _FEE_COUNTS}).total_price
@@ -367,10 +376,12 @@ class Pricer:
     def __init__(
         self,
         overrides: Sequence[tuple[str, PriceOverride]] = (),
-        price_provider: Callable[[str], tuple[str, Callable[[str], str] | None]] | None = None,
+        price_provider: Callable[..., tuple[str, Callable[[str], str] | None]] | None = None,
+        geo_surcharge: Callable[[str], GeoSurcharge | None] | None = None,
     ) -> None:
         self.overrides = tuple(overrides)
-        self._price_provider = price_provider
+        self._price_provider = price_provider  # (row provider[, model]) -> (price id, name mapping)
+        self._geo_surcharge = geo_surcharge  # row provider -> its own geo pricing, if any
         self._unit_prices: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
 
     def estimate(self, provider: str, model: str | None, input_tokens: int, output_tokens: int) -> Decimal:
@@ -390,7 +401,9 @@ class Pricer:
         override = self.override_for(provider, model)
         if override is not None:
             return override.input / PER_MILLION, override.output / PER_MILLION
-        price_id, to_name = self._price_provider(provider) if self._price_provider else (provider, None)
+        price_id, to_name = (
+            self._price_provider(provider, model) if self._price_provider else (provider, None)
+        )
         name = to_name(model) if to_name is not None else model
         now = datetime.now(UTC)
         per_input = price(price_id, name, Usage(input_tokens=1_000_000), now).cost_usd
@@ -425,7 +438,10 @@ class Pricer:
         """The pricer the proxy uses under ``policies``: its ``prices:``, its providers' price ids."""
         from addon.providers import registry_for
 
-        return cls(policies.prices, price_provider=registry_for(policies).price_provider)
+        registry = registry_for(policies)
+        return cls(
+            policies.prices, price_provider=registry.price_provider, geo_surcharge=registry.geo_surcharge
+        )
 
     def __call__(self, record: CallRecord) -> None:
         if record.price_status is not None:
@@ -454,16 +470,31 @@ class Pricer:
     ) -> Price:
         """A call's price: a ``prices:`` entry matching one of ``models`` (in order), else
         genai-prices for the first, under the provider's price id and model name. Anthropic's
-        US-only inference costs 1.1x on a ``prices:`` rate too (its rates are the global ones)."""
+        US-only inference costs 1.1x on a ``prices:`` rate too (its rates are the global ones),
+        as does a provider's own geo surcharge (Vertex's regional endpoints)."""
         price_id, to_name = (provider, None)
+        first = next((m for m in models if m), None)
         if self._price_provider is not None:
-            price_id, to_name = self._price_provider(provider)
+            price_id, to_name = self._price_provider(provider, first)
+        surcharge, place = None, inference_geo
+        own_geo = self._geo_surcharge(provider) if self._geo_surcharge is not None else None
+        if own_geo is not None:
+            # The row's geo is where the provider ran it (Vertex: the endpoint's location), not
+            # Anthropic's inference_geo: only the provider's own rule applies.
+            surcharge, inference_geo = own_geo(first, place), None
         if usage is not None:
             for candidate in dict.fromkeys(m for m in models if m):
                 found = self._override_match(provider, candidate)
                 if found is not None:
                     priced_as, override = found
                     cost = override_cost(override, usage)
+                    if surcharge is not None and surcharge[0] != 1:
+                        return Price(
+                            cost * surcharge[0],
+                            PRICED,
+                            f"{OVERRIDE_SOURCE} x{surcharge[0]} ({provider} regional endpoint {place})",
+                            priced_as,
+                        )
                     if inference_geo == "us" and price_id == "anthropic":
                         return Price(
                             cost * US_INFERENCE,
@@ -475,4 +506,4 @@ class Pricer:
         model = models[0] if models else None
         if model and to_name is not None:
             model = to_name(model)
-        return price(price_id, model, usage, when, status_code, service_tier, inference_geo)
+        return price(price_id, model, usage, when, status_code, service_tier, inference_geo, surcharge)

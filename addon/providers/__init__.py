@@ -12,10 +12,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
-from addon.providers import anthropic_api, bedrock_api, gemini_api, gemini_interactions, openai_api
+from addon.providers import (
+    anthropic_api,
+    bedrock_api,
+    gemini_api,
+    gemini_interactions,
+    openai_api,
+    vertex_api,
+)
+from addon.providers.vertex_api import PathFacts
 from addon.usage import Metered
 
 if TYPE_CHECKING:
@@ -103,6 +112,14 @@ class Provider:
     is_usage_only_chunk: Callable[[Any], bool] | None = None
     pricing_model: Callable[[str], str] | None = None  # provider model id -> genai-prices name
     deployments: Mapping[str, str] = field(default_factory=dict)  # Azure: deployment -> model
+    # One host, several price lists (Vertex: Claude at Anthropic's, Gemini at Google's): model -> id.
+    pricing_id_for: Callable[[str], str] | None = None
+    # What the path says besides the model (Vertex: the project, a stable stand-in for an OAuth
+    # token that rotates hourly, and the location the call runs in).
+    path_facts: Callable[[str], PathFacts | None] | None = None
+    # A documented surcharge by (model, inference_geo): (factor, price_source note), or None. A
+    # provider that has one prices its geo itself (Anthropic's US-only 1.1x is not applied).
+    geo_surcharge: Callable[[str | None, str | None], tuple[Decimal, str] | None] | None = None
 
     @property
     def price_provider(self) -> str:
@@ -336,6 +353,22 @@ BUILTIN: tuple[Provider, ...] = (
         key_from_header=bedrock_api.credential_of,
         pricing_model=bedrock_api.pricing_model,
     ),
+    Provider(
+        name="vertex",
+        hosts=(vertex_api.HOST,),
+        host_pattern=vertex_api.HOST_PATTERN,
+        flavor_for_path=vertex_api.flavor_for_path,
+        parse_response=vertex_api.parse_response,
+        stream_parser=vertex_api.stream_parser,
+        stream_framing=vertex_api.stream_framing,
+        request_model=vertex_api.request_model,
+        with_model=vertex_api.with_model,
+        key_headers=vertex_api.KEY_HEADERS,  # express mode's API key; never the OAuth token
+        key_query=("key",),
+        pricing_id_for=vertex_api.pricing_id,
+        path_facts=vertex_api.path_facts,
+        geo_surcharge=vertex_api.geo_surcharge,
+    ),
     AZURE,
     _openai_compatible("deepseek", "api.deepseek.com"),
     _openai_compatible("mistral", "api.mistral.ai"),
@@ -391,10 +424,23 @@ class Registry:
         """The provider whose calls are recorded under ``name``."""
         return self._by_name.get(name)
 
-    def price_provider(self, name: str) -> tuple[str, Callable[[str], str] | None]:
-        """(genai-prices provider id, model-name mapping) for a row's provider."""
+    def price_provider(self, name: str, model: str | None = None) -> tuple[str, Callable[[str], str] | None]:
+        """(genai-prices provider id, model-name mapping) for a row's provider (and its model, for
+        a provider whose host serves several price lists)."""
         provider = self._by_name.get(name)
-        return (provider.price_provider, provider.pricing_model) if provider else (name, None)
+        if provider is None:
+            return name, None
+        price_id = provider.price_provider
+        if provider.pricing_id_for is not None and model:
+            price_id = provider.pricing_id_for(model)
+        return price_id, provider.pricing_model
+
+    def geo_surcharge(
+        self, name: str
+    ) -> Callable[[str | None, str | None], tuple[Decimal, str] | None] | None:
+        """The row provider's own geo pricing (Vertex's regional premium), if it has one."""
+        provider = self._by_name.get(name)
+        return provider.geo_surcharge if provider else None
 
     def for_host(self, host: str, port: int | None = None) -> Provider | None:
         """The provider serving ``host`` (case-insensitive) on ``port``, if any."""
