@@ -599,10 +599,10 @@ class Meter:
         flavor = provider.flavor_for_path(flow.request.path)
         if flavor is None:
             return
-        key, key_problem = self._api_key(provider, flow.request.headers, query)
         facts = provider.path_facts(path) if provider.path_facts is not None else None
-        if key is None and facts is not None:
-            key = facts.credential  # Vertex: the project stands for an OAuth token that rotates
+        # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
+        stand_in = facts.credential if facts is not None else None
+        key, key_problem = self._api_key(provider, flow.request.headers, query, stand_in)
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -693,13 +693,15 @@ class Meter:
         return self.registry.for_host(self._pretty_host(request), request.port) is not None
 
     def _api_key(
-        self, provider: Provider, headers: http.Headers, query: str
+        self, provider: Provider, headers: http.Headers, query: str, stand_in: str | None = None
     ) -> tuple[str | None, str | None]:
         """The caller's API key (or, for signed requests, its stable key id), and a problem.
 
         A request that carries several different keys (repeated headers, a header and ``?key=``)
         is attributed to the one policies.yaml maps, if any: whichever the provider reads, the
-        call cannot leave the environment its key is bound to that way.
+        call cannot leave the environment its key is bound to that way. ``stand_in`` (Vertex's
+        ``vertex:{project}``) is one more of them: an API key added to a call cannot unbind its
+        project.
         """
         if provider.key_from_header is not None:
             found = [
@@ -714,6 +716,8 @@ class Meter:
             ]
             if provider.key_query:
                 found += reversed(provider.keys_in_query(query))  # the last one first, as read
+        if stand_in is not None:
+            found.append(stand_in)
         if len(found) <= 1 or len(keys := list(dict.fromkeys(found))) == 1:
             return (found[0] if found else None), None
         problem = f"{len(keys)} different API keys in one request"

@@ -294,3 +294,137 @@ def test_registry_price_ids_follow_the_model() -> None:
     assert REGISTRY.price_provider("vertex", "gemini-2.5-pro")[0] == "google"
     assert REGISTRY.price_provider("vertex")[0] == "vertex"  # no model: nothing to look up
     assert REGISTRY.geo_surcharge("anthropic") is None and REGISTRY.geo_surcharge("vertex") is not None
+
+
+# -- review (each fails before its fix) ----------------------------------------------------------
+
+OPENAPI = "/v1beta1/projects/my-proj/locations/us-central1/endpoints/openapi/chat/completions"
+
+
+def test_flex_and_priority_paygo_are_read_from_vertex_traffic_type() -> None:
+    """Vertex reports Flex / Priority PayGo and provisioned throughput in usageMetadata.trafficType
+    (no serviceTier): flex costs half of the standard price (docs: "a 50% discount"), priority and
+    provisioned keep the standard price with a note."""
+
+    def body(traffic: str) -> bytes:
+        meta = {"promptTokenCount": 1_000_000, "candidatesTokenCount": 100_000, "trafficType": traffic}
+        return json.dumps({"candidates": [{"finishReason": "STOP"}], "usageMetadata": meta}).encode()
+
+    tiers = {t: VERTEX.parse_response("generate", body(t), {}).service_tier for t in (
+        "ON_DEMAND", "ON_DEMAND_FLEX", "ON_DEMAND_PRIORITY", "PROVISIONED_THROUGHPUT"
+    )}  # fmt: skip
+    assert tiers == {
+        "ON_DEMAND": None,
+        "ON_DEMAND_FLEX": "flex",
+        "ON_DEMAND_PRIORITY": "priority",
+        "PROVISIONED_THROUGHPUT": "provisioned",
+    }
+    stream = VERTEX.stream_parser("stream")
+    stream.feed(body("ON_DEMAND_FLEX"))
+    assert stream.result().service_tier == "flex"
+    usage = Usage(input_tokens=1_000_000, output_tokens=100_000)
+    standard = PRICER.price_usage("vertex", ("gemini-2.5-flash",), usage, WHEN, inference_geo="global")
+    flex = PRICER.price_usage(
+        "vertex", ("gemini-2.5-flash",), usage, WHEN, service_tier="flex", inference_geo="global"
+    )
+    provisioned = PRICER.price_usage(
+        "vertex", ("gemini-2.5-flash",), usage, WHEN, service_tier="provisioned", inference_geo="global"
+    )
+    assert standard.cost_usd == _exact(
+        "gemini-2.5-flash", "google", GPUsage(input_tokens=1_000_000, output_tokens=100_000)
+    )
+    assert flex.cost_usd == standard.cost_usd / 2  # type: ignore[operator]
+    assert (
+        provisioned.cost_usd == standard.cost_usd
+        and "(provisioned tier: standard rate)" in provisioned.source
+    )  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "model", ["claude-opus-4@20250514", "claude-sonnet-4@20250514", "claude-opus-4-1@20250805"]
+)
+def test_every_documented_vertex_claude_id_is_priced_and_reserved(model: str) -> None:
+    """Anthropic's Vertex table names Opus 4 claude-opus-4@20250514: genai-prices knows it only as
+    claude-opus-4-20250514, so the row was unknown_model and the budget reservation $0."""
+    p = PRICER.price_usage("vertex", (model,), CLAUDE_USAGE, WHEN)
+    assert p.status == "priced" and p.cost_usd == _exact(model.replace("@", "-"), "anthropic")
+    assert PRICER.estimate("vertex", model, 1_000, 100) > 0
+
+
+def test_the_openai_compatible_endpoint_is_metered() -> None:
+    """The openai SDK pointed at Vertex (endpoints/openapi/chat/completions): a billed chat call,
+    its model in the body with a publisher prefix, read and priced as Gemini's."""
+    body = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}
+    assert VERTEX.flavor_for_path(OPENAPI) == "chat"
+    assert VERTEX.flavor_for_path(OPENAPI.replace("/chat/completions", "/embeddings")) is None
+    assert VERTEX.request_model(OPENAPI, body) == "gemini-2.5-flash"
+    path, rewritten = VERTEX.with_model(OPENAPI, body, "gemini-2.5-flash-lite")
+    assert (path, rewritten["model"], rewritten["messages"]) == (
+        OPENAPI,
+        "google/gemini-2.5-flash-lite",
+        body["messages"],
+    )
+    with pytest.raises(ValueError):
+        VERTEX.with_model(OPENAPI, body, "claude-haiku-4-5")
+    facts = vertex_api.path_facts(OPENAPI)
+    assert facts is not None and (facts.credential, facts.geo) == ("vertex:my-proj", "us-central1")
+    choice = {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    answer = {
+        "id": "x", "object": "chat.completion", "model": "google/gemini-2.5-flash", "choices": [choice],
+        "usage": {"prompt_tokens": 1_000, "completion_tokens": 100, "total_tokens": 1_100},
+    }  # fmt: skip
+    metered = VERTEX.parse_response("chat", json.dumps(answer).encode(), {})
+    assert (metered.usage, metered.model) == (
+        Usage(input_tokens=1_000, output_tokens=100),
+        "google/gemini-2.5-flash",
+    )
+    p = PRICER.price_usage("vertex", (metered.model,), metered.usage, WHEN, inference_geo="us-central1")
+    expected = _exact("gemini-2.5-flash", "google", GPUsage(input_tokens=1_000, output_tokens=100))
+    assert (p.status, p.cost_usd) == ("priced", expected)
+    assert VERTEX.stream_framing(OPENAPI, "text/event-stream") == "sse"
+
+
+async def test_an_api_key_beside_the_oauth_token_cannot_unbind_the_project() -> None:
+    """A project bound in keys: stays bound when an API key is sent too (header or ?key=): the
+    header's claim of production cannot move the call out of development."""
+    from mitmproxy import http
+    from mitmproxy.test import taddons, tflow
+
+    from addon.api_keys import key_fingerprint
+    from addon.meter import Meter
+    from addon.policies import parse_policies
+
+    policies = f"""
+environments:
+  development:
+    models: {{allow: ["gemini-2.5-flash*"], on_disallowed: block}}
+  production: {{}}
+keys:
+  dev-project: {{fingerprint: '{key_fingerprint("vertex:dev-proj")}', environment: development}}
+"""
+    url = "https://us-central1-aiplatform.googleapis.com/v1beta1/projects/dev-proj/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+    for query, extra in (
+        ("", [(b"x-goog-api-key", b"AIza-any-key-at-all")]),
+        ("?key=AIza-any-key-at-all", []),
+    ):
+        meter = Meter()
+        with taddons.context(meter):
+            meter._apply(parse_policies(policies))
+            headers = http.Headers(
+                [
+                    (b"content-type", b"application/json"),
+                    (b"authorization", b"Bearer ya29.fake-oauth-token"),
+                    (b"x-metering-tags", b'{"env":"production"}'),
+                    *extra,
+                ]
+            )
+            flow = tflow.tflow(req=http.Request.make("POST", url + query, body, headers))
+            meter.requestheaders(flow)
+            await meter.request(flow)
+            state = meter.call_state(flow)
+            assert state is not None
+            assert (state.record.environment, state.record.key_name) == ("development", "dev-project")
+            assert (
+                flow.response is not None and flow.response.status_code == 403
+            )  # gemini-2.5-pro: not allowed

@@ -366,6 +366,7 @@ BUILTIN: tuple[Provider, ...] = (
         key_headers=vertex_api.KEY_HEADERS,  # express mode's API key; never the OAuth token
         key_query=("key",),
         pricing_id_for=vertex_api.pricing_id,
+        pricing_model=vertex_api.pricing_model,
         path_facts=vertex_api.path_facts,
         geo_surcharge=vertex_api.geo_surcharge,
     ),

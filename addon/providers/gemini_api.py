@@ -236,9 +236,27 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     return Metered(usage=usage, model=model, error=error, output_text=text, service_tier=tier)
 
 
+# Vertex AI says how a Gemini call was served in ``usageMetadata.trafficType`` (google-genai's
+# TrafficType): Flex and Priority PayGo are its service tiers; provisioned throughput is capacity
+# paid for apart (the list price overstates it: its own tier, so reports can tell).
+_TRAFFIC_TIERS = {
+    "on_demand": None,
+    "on_demand_flex": "flex",
+    "on_demand_priority": "priority",
+    "provisioned_throughput": "provisioned",
+}
+
+
 def service_tier_of(meta: Any) -> str | None:
-    """The tier that served the call (``usageMetadata.serviceTier``: standard, flex, priority)."""
-    return normalise_tier(meta.get("serviceTier") if isinstance(meta, dict) else None)
+    """The tier that served the call: ``usageMetadata.serviceTier`` (standard, flex, priority), or
+    Vertex's ``trafficType`` (ON_DEMAND_FLEX: flex, ON_DEMAND_PRIORITY: priority...)."""
+    if not isinstance(meta, dict):
+        return None
+    tier = normalise_tier(meta.get("serviceTier"))
+    if tier is None and isinstance(traffic := meta.get("trafficType"), str) and traffic:
+        traffic = traffic.lower().removeprefix("traffic_type_")
+        tier = _TRAFFIC_TIERS.get(traffic, traffic)
+    return tier
 
 
 def normalise_tier(tier: Any) -> str | None:

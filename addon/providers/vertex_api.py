@@ -9,6 +9,10 @@ Pure functions; no mitmproxy. Vertex names the model in the path:
   Anthropic Messages body without ``model`` (``anthropic_version: vertex-2023-10-16``), answered
   as Anthropic answers (``addon.providers.anthropic_api`` reads them).
 
+- Its OpenAI-compatible endpoint, ``.../projects/{p}/locations/{l}/endpoints/openapi/chat/completions``
+  (the openai SDK pointed at Vertex; the body names ``google/gemini-2.5-flash`` or a partner
+  model), answered as OpenAI's chat (``addon.providers.openai_api`` reads it; flavor ``chat``).
+
 Other methods (``countTokens``, Claude's ``count-tokens:rawPredict``, ``predict``, batch jobs,
 model listing) are not metered. Hosts: ``{location}-aiplatform.googleapis.com``, the global
 ``aiplatform.googleapis.com`` and the multi-region ``aiplatform.{us,eu}.rep.googleapis.com``.
@@ -30,13 +34,13 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
 
-from addon.providers import anthropic_api, gemini_api
+from addon.providers import anthropic_api, gemini_api, openai_api
 from addon.usage import Metered
 
 HOST = "aiplatform.googleapis.com"  # the global endpoint (and express mode)
 # Regional (us-central1-aiplatform...) and multi-region (aiplatform.us.rep...) hosts; no anchors.
 HOST_PATTERN = r"[a-z0-9][a-z0-9-]*-aiplatform\.googleapis\.com|aiplatform\.[a-z0-9-]+\.rep\.googleapis\.com"
-FLAVORS: tuple[str, ...] = ("generate", "stream", "messages")
+FLAVORS: tuple[str, ...] = ("generate", "stream", "messages", "chat")
 KEY_HEADERS: tuple[str, ...] = ("x-goog-api-key",)  # express mode; Authorization is an OAuth token
 
 _METHODS = {
@@ -51,6 +55,10 @@ _PATH = re.compile(
     r"/publishers/(?P<publisher>[^/]+)/models/(?P<model>[^/:%]+(?:%(?!3[aA])[^/:%]*)*)"
     r"(?::|%3[aA])(?P<method>[A-Za-z]+)$"
 )
+_OPENAPI = re.compile(
+    r"^/v1(?:beta1)?/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/endpoints/openapi/chat/completions$"
+)
 # Claude's token counting is a rawPredict on a model named "count-tokens": not a billed call.
 _NOT_MODELS = frozenset({"count-tokens"})
 GLOBAL = "global"
@@ -59,6 +67,7 @@ GLOBAL = "global"
 REGIONAL_PREMIUM = Decimal("1.1")
 _CLAUDE_VERSION = re.compile(r"^claude-(?:[a-z]+-)?(\d{1,2})(?:-(\d{1,2}))?(?=$|[-@.])")
 _DATED = re.compile(r"-(20\d\d[01]\d[0-3]\d)$")
+_AT_DATE = re.compile(r"@(20\d\d[01]\d[0-3]\d)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,18 @@ def _match(path: str) -> re.Match[str] | None:
     return _PATH.match(_path_part(path))
 
 
+def _openapi(path: str) -> re.Match[str] | None:
+    return _OPENAPI.match(_path_part(path))
+
+
+def _body_model(body: dict[str, Any] | None) -> str | None:
+    """The OpenAI-compatible body's model without its publisher (``google/gemini-2.5-flash``)."""
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model.strip():
+        return None
+    return model.strip().rsplit("/", 1)[-1]
+
+
 def publisher(path: str) -> str | None:
     """``google`` or ``anthropic`` (the publisher in the path), or None."""
     m = _match(path)
@@ -89,15 +110,20 @@ def publisher(path: str) -> str | None:
 def flavor_for_path(path: str) -> str | None:
     """``generate`` / ``stream`` (Gemini), ``messages`` (Claude's raw and stream predict), else None."""
     m = _match(path)
-    if m is None or unquote(m["model"]) in _NOT_MODELS:
+    if m is None:
+        return "chat" if _openapi(path) is not None else None
+    if unquote(m["model"]) in _NOT_MODELS:
         return None
     return _METHODS.get((m["publisher"], m["method"]))
 
 
 def request_model(path: str, body: dict[str, Any] | None = None) -> str | None:
-    """The model named in the path (``gemini-2.5-flash``, ``claude-sonnet-4-5@20250929``)."""
+    """The model named in the path (``gemini-2.5-flash``, ``claude-sonnet-4-5@20250929``), or in
+    the OpenAI-compatible body (without its ``google/`` publisher)."""
     m = _match(path)
-    return unquote(m["model"]) if m else None
+    if m is None:
+        return _body_model(body) if _openapi(path) is not None else None
+    return unquote(m["model"])
 
 
 def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
@@ -108,6 +134,12 @@ def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str,
     is written the Vertex way (``claude-haiku-4-5@20251001``).
     """
     m = _match(path)
+    if m is None and _openapi(path) is not None:
+        current = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(current, str) or model.strip().startswith("claude-"):
+            raise ValueError(f"{model} cannot be sent on Vertex's OpenAI-compatible endpoint")
+        publisher_prefix = current.rsplit("/", 1)[0] + "/" if "/" in current else ""
+        return path, {**body, "model": publisher_prefix + model.strip()}  # type: ignore[dict-item]
     if m is None:
         raise ValueError(f"no model in Vertex path {path!r}")
     model = model.strip().removeprefix("models/")
@@ -123,7 +155,7 @@ def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str,
 
 def path_facts(path: str) -> PathFacts | None:
     """The project (a stand-in credential and the ``gcp_project`` tag) and location of a call."""
-    m = _match(path)
+    m = _match(path) or _openapi(path)
     if m is None:
         return None
     project = unquote(m["project"]) if m["project"] else None
@@ -140,7 +172,7 @@ def stream_framing(path: str, content_type: str) -> str | None:
     flavor = flavor_for_path(path)
     if flavor == "stream":
         return gemini_api.stream_framing(path, content_type)
-    if flavor == "messages" and "text/event-stream" in content_type.lower():
+    if flavor in ("messages", "chat") and "text/event-stream" in content_type.lower():
         return "sse"
     return None
 
@@ -149,19 +181,32 @@ def parse_response(flavor: str, body: bytes, headers: Mapping[str, str]) -> Mete
     """A whole response: Anthropic's shape for ``messages``, Gemini's otherwise. Never raises."""
     if flavor == "messages":
         return anthropic_api.parse_response(flavor, body)
+    if flavor == "chat":
+        return openai_api.parse_response(flavor, body)
     return gemini_api.parse_response(flavor, body)
 
 
-def stream_parser(flavor: str) -> anthropic_api.StreamParser | gemini_api.StreamParser:
+def stream_parser(
+    flavor: str,
+) -> anthropic_api.StreamParser | gemini_api.StreamParser | openai_api.StreamParser:
     """The stream reader of the publisher's shape."""
     if flavor == "messages":
         return anthropic_api.StreamParser(flavor)
+    if flavor == "chat":
+        return openai_api.StreamParser(flavor)
     return gemini_api.StreamParser(flavor)
+
+
+def pricing_model(model: str) -> str:
+    """The name genai-prices knows: without the publisher the OpenAI-compatible endpoint reports
+    (``google/gemini-2.5-flash``), and a Claude snapshot's ``@YYYYMMDD`` as ``-YYYYMMDD``
+    (``claude-opus-4@20250514`` is ``claude-opus-4-20250514``)."""
+    return _AT_DATE.sub(r"-\1", model.strip().rsplit("/", 1)[-1])
 
 
 def pricing_id(model: str) -> str:
     """The genai-prices provider whose list prices Vertex charges: Anthropic's for Claude, else Google's."""
-    return "anthropic" if model.strip().startswith("claude-") else "google"
+    return "anthropic" if pricing_model(model).startswith("claude-") else "google"
 
 
 def _claude_from_4_5(model: str) -> bool:
