@@ -32,6 +32,7 @@ _PATH = re.compile(
     r"^/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
 )
 WORDS = ["Hel", "lo", "!"]
+_REQUEST_ID = {"x-amzn-requestid": "00000000-fake-0000-0000-000000000000"}
 
 
 def event_message(headers: dict[str, str], payload: bytes) -> bytes:
@@ -154,25 +155,10 @@ class FakeBedrock:
             def _send(
                 self, status: int, ctype: str, data: bytes, extra: dict[str, Any] | None = None
             ) -> None:
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(data)))
-                self.send_header("x-amzn-requestid", "00000000-fake-0000-0000-000000000000")
-                for name, value in (extra or {}).items():
-                    self.send_header(name, str(value))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_whole(status, ctype, data, {**_REQUEST_ID, **(extra or {})})
 
             def _stream(self, messages: list[bytes]) -> None:
-                self.send_response(200)
-                self.send_header("content-type", "application/vnd.amazon.eventstream")
-                self.send_header("x-amzn-requestid", "00000000-fake-0000-0000-000000000000")
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                for message in messages:
-                    self.wfile.write(f"{len(message):x}\r\n".encode() + message + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
+                self.send_chunked("application/vnd.amazon.eventstream", messages, _REQUEST_ID)
 
         self._server = TLSServer(Handler, self, self.cert_path, key_path)
         self.port = self._server.port

@@ -124,7 +124,7 @@ class FakeGemini:
                     return
                 model = m["model"]
                 if m["method"] == "generateContent":
-                    self._send(
+                    self.send_whole(
                         200, "application/json", json.dumps(_chunk(model, "Hello!", USAGE, True)).encode()
                     )
                     return
@@ -135,10 +135,6 @@ class FakeGemini:
                     _chunk(model, "!", USAGE, True),
                 ]
                 sse = "alt=sse" in self.path
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream" if sse else "application/json")
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
                 pieces = (
                     [f"data: {json.dumps(c)}\r\n\r\n".encode() for c in chunks]
                     if sse
@@ -148,17 +144,14 @@ class FakeGemini:
                         b"]",
                     ]
                 )
-                for piece in pieces:
-                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
+                self.send_chunked("text/event-stream" if sse else "application/json", pieces)
 
             def do_GET(self) -> None:
                 self.fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
                 m = _INTERACTIONS.match(self.path)
                 model = fake.background.get(m["id"] or "") if m else None
                 if m is None or model is None:
-                    self._send(404, "application/json", _not_found(f"interaction {self.path}"))
+                    self.send_whole(404, "application/json", _not_found(f"interaction {self.path}"))
                     return
                 if "stream=true" in self.path:
                     self._send_events(interaction_events(m["id"], model))
@@ -166,41 +159,27 @@ class FakeGemini:
                 status = "completed" if m["id"] in fake.polled else "in_progress"
                 fake.polled.add(m["id"])
                 answer = interaction(m["id"], model, status=status)
-                self._send(200, "application/json", json.dumps(answer).encode())
+                self.send_whole(200, "application/json", json.dumps(answer).encode())
 
             def _create_interaction(self, body: dict[str, Any]) -> None:
                 model = body.get("model") or body.get("agent")
                 if not isinstance(model, str) or model.endswith("-missing"):
-                    self._send(404, "application/json", _not_found(f"model {model}"))
+                    self.send_whole(404, "application/json", _not_found(f"model {model}"))
                     return
                 interaction_id = f"v1_fake-{len(fake.requests)}"
                 if body.get("background") is True:
                     fake.background[interaction_id] = model
                     running = interaction(interaction_id, model, status="in_progress")
-                    self._send(200, "application/json", json.dumps(running).encode())
+                    self.send_whole(200, "application/json", json.dumps(running).encode())
                 elif body.get("stream") is True:
                     self._send_events(interaction_events(interaction_id, model))
                 else:
                     answer = interaction(interaction_id, model)
-                    self._send(200, "application/json", json.dumps(answer).encode())
+                    self.send_whole(200, "application/json", json.dumps(answer).encode())
 
             def _send_events(self, events: list[dict[str, Any]]) -> None:
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
                 pieces = [f"event: {e['event_type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
-                for piece in [*pieces, b"data: [DONE]\n\n"]:
-                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-
-            def _send(self, status: int, ctype: str, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_chunked("text/event-stream", [*pieces, b"data: [DONE]\n\n"])
 
         self._server = TLSServer(Handler, self, self.cert_path, key_path)
         self.port = self._server.port

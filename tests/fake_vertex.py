@@ -102,29 +102,34 @@ class FakeVertex:
                 body = self.read_json()
                 m = _PATH.match(self.path)
                 if m is None:
-                    self._send(404, "application/json", b'{"error": {"code": 404, "status": "NOT_FOUND"}}')
+                    self.send_whole(
+                        404, "application/json", b'{"error": {"code": 404, "status": "NOT_FOUND"}}'
+                    )
                     return
                 model, method = m["model"].replace("%40", "@"), m["method"]
                 if m["publisher"] == "google":
                     self._gemini(model, method)
                 elif model == "count-tokens":
-                    self._send(200, "application/json", b'{"input_tokens": 42}')
+                    self.send_whole(200, "application/json", b'{"input_tokens": 42}')
                 elif method == "rawPredict" and not body.get("stream"):
-                    self._send(200, "application/json", json.dumps(_claude_message(model)).encode())
+                    self.send_whole(200, "application/json", json.dumps(_claude_message(model)).encode())
                 elif method == "streamRawPredict":
                     events = _claude_events(model)
-                    self._stream([f"event: {name}\ndata: {json.dumps(e)}\n\n".encode() for name, e in events])
+                    self.send_chunked(
+                        "text/event-stream",
+                        [f"event: {name}\ndata: {json.dumps(e)}\n\n".encode() for name, e in events],
+                    )
                 else:
-                    self._send(
+                    self.send_whole(
                         400, "application/json", b'{"error": {"code": 400, "status": "INVALID_ARGUMENT"}}'
                     )
 
             def _gemini(self, model: str, method: str) -> None:
                 if method == "countTokens":
-                    self._send(200, "application/json", b'{"totalTokens": 42}')
+                    self.send_whole(200, "application/json", b'{"totalTokens": 42}')
                 elif method == "generateContent":
                     chunk = _gemini_chunk(model, "".join(WORDS), GEMINI_USAGE, True)
-                    self._send(200, "application/json", json.dumps(chunk).encode())
+                    self.send_whole(200, "application/json", json.dumps(chunk).encode())
                 elif method == "streamGenerateContent":
                     partial = {"promptTokenCount": 100, "cachedContentTokenCount": 20, "totalTokenCount": 100}
                     chunks = [
@@ -132,26 +137,13 @@ class FakeVertex:
                         _gemini_chunk(model, WORDS[1], {**partial, "candidatesTokenCount": 20}, False),
                         _gemini_chunk(model, WORDS[2], GEMINI_USAGE, True),
                     ]
-                    self._stream([f"data: {json.dumps(c)}\r\n\r\n".encode() for c in chunks])
+                    self.send_chunked(
+                        "text/event-stream", [f"data: {json.dumps(c)}\r\n\r\n".encode() for c in chunks]
+                    )
                 else:
-                    self._send(404, "application/json", b'{"error": {"code": 404, "status": "NOT_FOUND"}}')
-
-            def _stream(self, pieces: list[bytes]) -> None:
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                for piece in pieces:
-                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-
-            def _send(self, status: int, ctype: str, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    self.send_whole(
+                        404, "application/json", b'{"error": {"code": 404, "status": "NOT_FOUND"}}'
+                    )
 
         self._server = TLSServer(Handler, self, self.cert_path, key_path)
         self.port = self._server.port

@@ -968,6 +968,29 @@ class RecordingHandler(BaseHTTPRequestHandler):
         self.fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         return body
 
+    def send_whole(self, status: int, ctype: str, data: bytes, extra: dict[str, Any] | None = None) -> None:
+        """One complete answer with a Content-Length (and ``extra`` headers)."""
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(data)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, str(value))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_chunked(self, ctype: str, pieces: list[bytes], extra: dict[str, Any] | None = None) -> None:
+        """A 200 answer streamed with chunked encoding, one flushed chunk per piece."""
+        self.send_response(200)
+        self.send_header("content-type", ctype)
+        for name, value in (extra or {}).items():
+            self.send_header(name, str(value))
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for piece in pieces:
+            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
 
 class TLSServer:
     """``handler`` served over HTTPS on 127.0.0.1 (a free port) from a thread, for ``fake``."""
