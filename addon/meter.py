@@ -159,6 +159,7 @@ class CallState:
     tap: StreamTap | None = None
     finished: bool = False
     journaled_in: Store | None = None  # the store that journaled it ahead (see _finish)
+    path_tags: Mapping[str, str] | None = None  # what the path says of the call (Vertex's project)
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -624,6 +625,7 @@ class Meter:
             errors=[key_problem] if key_problem else [],
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
+            path_tags=facts.tags if facts is not None and facts.tags else None,
         )
 
     def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str) -> None:
@@ -778,11 +780,10 @@ class Meter:
         record.environment = decided.environment
         record.environment_source = decided.environment_source
         record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
-        facts = state.provider.path_facts(record.path) if state.provider.path_facts is not None else None
-        if facts is not None and facts.tags:
+        if state.path_tags:
             # What the path says (Vertex's project) beats a header's claim of the same tag.
             record.tags = json.dumps(
-                {**(json.loads(record.tags) if record.tags else {}), **facts.tags},
+                {**(json.loads(record.tags) if record.tags else {}), **state.path_tags},
                 sort_keys=True,
                 ensure_ascii=False,
             )
