@@ -813,7 +813,7 @@ class Meter:
             user_name=record.user_name,
             model=record.model_requested,
             call_id=record.id,
-            estimate=self._cost_estimate(record.provider, state.request_size, body),
+            estimate=self._cost_estimate(record.provider, state.request_size, body, record.inference_geo),
             budgeted=not state.subscription,
         )
         if decision.refusal is None and record.model_requested is None:
@@ -879,14 +879,15 @@ class Meter:
         )
 
     def _cost_estimate(
-        self, provider: str, size: int, body: dict[str, Any] | None
+        self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
     ) -> Callable[[str | None], Decimal]:
         """What a call may cost, for its budget reservation: input from the body's size, output
-        from its max-tokens setting (or a default). Only evaluated when a budget applies."""
+        from its max-tokens setting (or a default), at the price where the path says it runs.
+        Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
             output = _max_output_tokens(body) or RESERVED_OUTPUT_TOKENS
-            return self.pricer.estimate(provider, model, size // BYTES_PER_TOKEN, output)
+            return self.pricer.estimate(provider, model, size // BYTES_PER_TOKEN, output, geo)
 
         return estimate
 

@@ -382,33 +382,27 @@ class Pricer:
         self.overrides = tuple(overrides)
         self._price_provider = price_provider  # (row provider[, model]) -> (price id, name mapping)
         self._geo_surcharge = geo_surcharge  # row provider -> its own geo pricing, if any
-        self._unit_prices: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
 
-    def estimate(self, provider: str, model: str | None, input_tokens: int, output_tokens: int) -> Decimal:
-        """A quick cost estimate (a budget reservation): microseconds once a model's prices are cached."""
+    def estimate(
+        self, provider: str, model: str | None, input_tokens: int, output_tokens: int, geo: str | None = None
+    ) -> Decimal:
+        """A quick cost estimate (a budget reservation): the list price of these tokens.
+
+        Priced as a call is (``prices:`` first, genai-prices' long-context tiers included):
+        microseconds once the model's linear price is known, a full calculation past its first
+        tier. ``geo`` is where the path says the call runs: a provider's own geo premium
+        (Vertex's regional endpoints) applies to the reservation as it will to the bill.
+        """
         if not model:
             return Decimal(0)
-        units = self._unit_prices.get((provider, model))
-        if units is None:
-            units = self._units(provider, model)
-            if len(self._unit_prices) > 10_000:
-                self._unit_prices.clear()
-            self._unit_prices[(provider, model)] = units
-        return input_tokens * units[0] + output_tokens * units[1]
-
-    def _units(self, provider: str, model: str) -> tuple[Decimal, Decimal]:
-        """(USD per input token, USD per output token); zeros when no price is known."""
-        override = self.override_for(provider, model)
-        if override is not None:
-            return override.input / PER_MILLION, override.output / PER_MILLION
-        price_id, to_name = (
-            self._price_provider(provider, model) if self._price_provider else (provider, None)
-        )
-        name = to_name(model) if to_name is not None else model
-        now = datetime.now(UTC)
-        per_input = price(price_id, name, Usage(input_tokens=1_000_000), now).cost_usd
-        per_output = price(price_id, name, Usage(output_tokens=1_000_000), now).cost_usd
-        return (per_input or Decimal(0)) / PER_MILLION, (per_output or Decimal(0)) / PER_MILLION
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+        cost = self.price_usage(provider, (model,), usage, datetime.now(UTC)).cost_usd or Decimal(0)
+        if geo is not None and self._geo_surcharge is not None:
+            own_geo = self._geo_surcharge(provider)
+            surcharge = own_geo(model, geo) if own_geo is not None else None
+            if surcharge is not None and surcharge[0] != 1:
+                cost *= surcharge[0]
+        return cost
 
     def override_for(self, provider: str, model: str) -> PriceOverride | None:
         found = self._override_match(provider, model)

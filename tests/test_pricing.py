@@ -363,3 +363,26 @@ def test_the_us_only_factor_is_anthropics_alone() -> None:
     pricer = Pricer([("gpt-4.1", PriceOverride(input=Decimal(2), output=Decimal(8)))])
     overridden = pricer.price_usage("openai", ("gpt-4.1",), usage, REVIEW_WHEN, inference_geo="us")
     assert (overridden.cost_usd, overridden.source) == (Decimal("0.028"), "policies.yaml prices")
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [("anthropic", "claude-sonnet-4-5"), ("google", "gemini-2.5-pro"), ("openai", "gpt-4o")],
+)
+@pytest.mark.parametrize(
+    ("input_tokens", "output_tokens"), [(1_000, 500), (150_000, 4_096), (300_000, 4_096)]
+)
+def test_a_budget_reservation_is_the_list_price_of_its_tokens(
+    provider: str, model: str, input_tokens: int, output_tokens: int
+) -> None:
+    """The reservation's per-token prices were read at a million input tokens: past a model's
+    long-context threshold (200k for Sonnet 4.5 and Gemini 2.5 Pro), so every reservation for
+    those models took twice the input price. It is now the price of the call's own tokens."""
+    from genai_prices import Usage as GPUsage
+    from genai_prices import calc_price
+
+    pricer = pricing.Pricer()
+    exact = calc_price(
+        GPUsage(input_tokens=input_tokens, output_tokens=output_tokens), model, provider_id=provider
+    ).total_price
+    assert pricer.estimate(provider, model, input_tokens, output_tokens) == exact

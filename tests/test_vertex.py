@@ -428,3 +428,18 @@ keys:
             assert (
                 flow.response is not None and flow.response.status_code == 403
             )  # gemini-2.5-pro: not allowed
+
+
+def test_a_budget_reservation_carries_the_regional_premium() -> None:
+    """Claude Sonnet 4.5 on a regional endpoint is billed 1.1x the list price: its budget
+    reservation was the global price, ~10% low, so a budget could be overshot by that much."""
+    model = "claude-sonnet-4-5@20250929"
+    regional = PRICER.estimate("vertex", model, 100_000, 10_000, geo="us-east5")
+    global_ = PRICER.estimate("vertex", model, 100_000, 10_000, geo="global")
+    assert global_ == Decimal("0.45")  # $3/M in, $15/M out
+    assert regional == global_ * Decimal("1.1")
+    # Older Claude and Gemini cost the same everywhere; no geo keeps the list price.
+    assert PRICER.estimate("vertex", "claude-sonnet-4@20250514", 100_000, 0, geo="us-east5") == Decimal("0.3")
+    assert PRICER.estimate("vertex", model, 100_000, 10_000) == global_
+    # Other providers ignore a geo they do not price by.
+    assert PRICER.estimate("openai", "gpt-4o", 100_000, 0, geo="us") == Decimal("0.25")
