@@ -59,6 +59,8 @@ log = logging.getLogger("tokometer")
 
 # Bodies larger than this are parsed in a worker thread, off mitmproxy's event loop.
 INLINE_PARSE_LIMIT = 128 * 1024
+# An unmetered answer on a provider host larger than this passes on as it comes (a download).
+PASS_ON_FROM = 1024 * 1024
 # How long a request may wait for the lookup of its calling process (normally 3-15 ms).
 PROCESS_LOOKUP_TIMEOUT = 2.0
 NOTICE_HEADER = "X-Tokometer-Notice"
@@ -259,6 +261,17 @@ def _is_stream(response: http.Response) -> bool:
     """A response whose body is a stream of events by its content type."""
     content_type = response.headers.get("content-type", "").lower()
     return content_type.startswith(_STREAM_TYPES)
+
+
+def _maybe_large(response: http.Response) -> bool:
+    """A body of unknown size (chunked) or over ``PASS_ON_FROM`` bytes: not one to hold whole."""
+    length = response.headers.get("content-length")
+    if length is None:
+        return True
+    try:
+        return int(length) > PASS_ON_FROM
+    except ValueError:
+        return True
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:
@@ -915,8 +928,9 @@ class Meter:
             return
         if state is None:
             # Not metered (another path, a GET), yet intercepted because the host is a provider's:
-            # a stream must still pass on as it comes, which mitmproxy does not do by default.
-            if _is_stream(response) and self._is_provider_host(flow.request):
+            # a stream, or a download that may be large (a file's content, batch results), must
+            # still pass on as it comes, which mitmproxy does not do by default.
+            if (_is_stream(response) or _maybe_large(response)) and self._is_provider_host(flow.request):
                 response.stream = True
             return
         if state.notice:

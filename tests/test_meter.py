@@ -450,6 +450,30 @@ async def test_a_stream_on_a_provider_host_that_is_not_metered_still_passes_as_i
     assert flow.response.stream is False  # a whole body stays buffered, as mitmproxy does it
 
 
+@pytest.mark.parametrize(
+    ("headers", "streamed"),
+    [
+        ({"content-type": "application/octet-stream", "content-length": str(64 * 1024 * 1024)}, True),
+        ({"content-type": "application/jsonl", "transfer-encoding": "chunked"}, True),  # size unknown
+        ({"content-type": "application/json", "content-length": "2048"}, False),
+    ],
+)
+async def test_a_large_download_on_a_provider_host_passes_as_it_comes(
+    meter: Meter, headers: dict[str, str], streamed: bool
+) -> None:
+    """A file's content (batch results: hundreds of MB) is nothing to meter: mitmproxy held it
+    whole in memory before the client got its first byte. A small JSON answer stays whole."""
+    flow = make_flow("https://api.openai.com/v1/files/file-abc/content", b"", method="GET")
+    await run_request(meter, flow)
+    assert meter.call_state(flow) is None
+    flow.response = http.Response.make(200)
+    flow.response.headers.clear()
+    flow.response.headers.update(headers)  # make() would set the length of its empty body
+    flow.response.stream = False
+    meter.responseheaders(flow)
+    assert flow.response.stream is streamed
+
+
 async def test_a_metered_stream_answered_with_an_error_status_is_not_held_back(meter: Meter) -> None:
     flow = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "stream": True, "messages": []})
     await run_request(meter, flow)
