@@ -315,6 +315,10 @@ class BudgetTracker:
         # so calls started together cannot all slip under a nearly spent cap.
         self._reservations: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
         self._reserved: dict[Scope, Decimal] = {}
+        # Calls priced as they ended (Realtime responses) hold their exact cost the same way until
+        # recorded: spent already, so a refusal counts it as used.
+        self._holds: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
+        self._held: dict[Scope, Decimal] = {}
         self._period_starts: tuple[date, dict[str, datetime]] | None = None  # for ``record``
 
     def set_policies(self, policies: Policies) -> None:
@@ -418,7 +422,7 @@ class BudgetTracker:
                     continue
                 budgeted.append(scope)
                 start, end = self._current(budget.period, now)
-                spent = self._spent_in(scope, budget.period, start)
+                spent = self._spent_in(scope, budget.period, start) + self._held.get(scope, _ZERO)
                 if spent + self._reserved.get(scope, _ZERO) >= budget.usd:
                     retry_after = max(1, math.ceil((end - now).total_seconds()))
                     return BudgetRefusal(scope, budget, spent, start, end, retry_after)
@@ -430,23 +434,37 @@ class BudgetTracker:
                     self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
         return None
 
+    def hold(self, call_id: str, scopes: Sequence[Scope], amount: Decimal) -> None:
+        """Count ``amount``, a call's known cost, against its budgeted scopes until ``finish``
+        records it (in one step, as for a reservation): a call priced as it ends (a Realtime
+        response) counts at once, not only when the store's writer gets to it."""
+        with self._lock:
+            self._settle(call_id)
+            budgeted = tuple(scope for scope in scopes if scope in self._budgets)
+            if not budgeted or amount <= 0:
+                return
+            self._holds[call_id] = (budgeted, amount)
+            for scope in budgeted:
+                self._held[scope] = self._held.get(scope, _ZERO) + amount
+
     def settle(self, call_id: str) -> None:
         """Release the reservation of a call that was not sent after all (see also ``finish``)."""
         with self._lock:
             self._settle(call_id)
 
     def _settle(self, call_id: str) -> None:
-        """Release ``call_id``'s reservation (lock held)."""
-        found = self._reservations.pop(call_id, None)
-        if found is None:
-            return
-        scopes, amount = found
-        for scope in scopes:
-            left = self._reserved.get(scope, _ZERO) - amount
-            if left > 0:
-                self._reserved[scope] = left
-            else:
-                self._reserved.pop(scope, None)
+        """Release ``call_id``'s reservation or hold (lock held)."""
+        for calls, totals in ((self._reservations, self._reserved), (self._holds, self._held)):
+            found = calls.pop(call_id, None)
+            if found is None:
+                continue
+            scopes, amount = found
+            for scope in scopes:
+                left = totals.get(scope, _ZERO) - amount
+                if left > 0:
+                    totals[scope] = left
+                else:
+                    totals.pop(scope, None)
 
     def finish(
         self, call_id: str, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime

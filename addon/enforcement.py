@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from mitmproxy import http
 
-from addon.budgets import BudgetAlert, BudgetTracker, scopes_for
+from addon.budgets import BudgetAlert, BudgetTracker, Scope, scopes_for
 from addon.policies import Policies
 from addon.rate_limits import RateLimiter, limits_for, retry_after_seconds
 from addon.record import CallRecord
@@ -141,6 +141,22 @@ class Enforcer:
                 message=message,
             )
         return decision
+
+    def spent_budget(self, scopes: tuple[Scope, ...], now: float | None = None) -> str | None:
+        """The message of an over-budget refusal if a budget of ``scopes`` is spent (what is in
+        flight counted), else None. Reserves nothing; microseconds. None when nothing is enforced."""
+        if not (self.policies.enforcing and self.budgets.has_budgets):
+            return None
+        when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+        refusal = self.budgets.check(scopes, when)
+        return None if refusal is None else refusal.message()
+
+    def hold(self, record: CallRecord) -> None:
+        """Count a priced call against its budgets now, until the store records it (see
+        ``BudgetTracker.hold``)."""
+        if record.cost_usd is not None and self.budgets.has_budgets:
+            scopes = scopes_for(record.environment, record.key_name, record.user_name)
+            self.budgets.hold(record.id, scopes, record.cost_usd)
 
     def refuse_model(self, provider: str, environment: str, model: str, reason: str) -> Decision:
         """A model that would be downgraded but cannot be rewritten: refused, saying why."""

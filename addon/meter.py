@@ -33,6 +33,8 @@ from typing import Any
 
 import duckdb
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import events as proxy_events
+from mitmproxy.websocket import WebSocketMessage
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
@@ -46,10 +48,12 @@ from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
-from addon.pricing import BACKGROUND, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
-from addon.providers import Provider, Registry, registry_for
+from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
+from addon.providers import Provider, Registry, openai_realtime, registry_for
 from addon.providers.openai_api import RUNNING
+from addon.realtime_sessions import RealtimeRow, RealtimeSession
 from addon.record import CallRecord
+from addon.refusals import budget_refusal_status, error_body
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import StreamTap
 from addon.token_estimate import estimate_usage
@@ -102,6 +106,8 @@ MAX_KEYS_EXAMINED = 8  # API keys of one request looked up in policies.yaml (a r
 # Calls in flight when mitmproxy reloaded the script, for the new Meter to finish: this module
 # is imported once per process (the script is what mitmproxy reloads).
 _HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
+# Realtime sessions open when mitmproxy reloaded the script, likewise.
+_SESSIONS_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, RealtimeSession] = weakref.WeakKeyDictionary()
 
 
 def _shutting_down() -> bool:
@@ -162,6 +168,7 @@ class CallState:
     finished: bool = False
     journaled_in: Store | None = None  # the store that journaled it ahead (see _finish)
     path_tags: Mapping[str, str] | None = None  # what the path says of the call (Vertex's project)
+    handshake: openai_realtime.Handshake | None = None  # an OpenAI Realtime WebSocket handshake
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -315,6 +322,11 @@ class Meter:
         self._running = False
         self._refused_start = False  # policies.yaml was invalid at start
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
+        # OpenAI Realtime WebSockets being metered (see websocket_message).
+        self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, RealtimeSession] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
@@ -438,6 +450,9 @@ class Meter:
         for flow, state in list(_HANDED_OVER.items()):  # a script reload: its calls in flight
             if _HANDED_OVER.pop(flow, None) is not None:
                 self._take_over(flow, state)
+        for flow, session in list(_SESSIONS_HANDED_OVER.items()):  # and its Realtime sessions
+            if _SESSIONS_HANDED_OVER.pop(flow, None) is not None:
+                self._sessions[flow] = session
         freeze_startup_heap()
 
     def done(self) -> None:
@@ -451,6 +466,8 @@ class Meter:
                 if not state.finished:
                     _HANDED_OVER[flow] = state
             self._calls.clear()
+            _SESSIONS_HANDED_OVER.update(self._sessions)
+            self._sessions.clear()
         # mitmproxy calls `done` before `error` for flows still streaming: record them now.
         for flow, state in list(self._calls.items()):
             if not state.finished and state.tap is not None:
@@ -458,6 +475,9 @@ class Meter:
                     state.errors.append("proxy shut down mid-call")
                     metered = state.tap.result() if state.tap else Metered()
                     self._finish(flow, state, metered, aborted=True, now=True)
+        for flow, session in list(self._sessions.items()):  # responses in flight: aborted rows
+            with contextlib.suppress(Exception):
+                self._end_session(flow, session, "proxy shut down mid-session")
         if self.store is not None:
             self.store.close()  # a call finishing after this lands in the journal, replayed at next start
         if self.live is not None:
@@ -602,6 +622,12 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
+        if provider.realtime is not None and flow.request.method == "GET":
+            path, _, query = flow.request.path.partition("?")
+            upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
+            if upgrade and provider.realtime.matches(path):
+                self._start_handshake(flow, provider, host, tags_header)
+                return
         if (self._background or self._earlier_background) and (
             flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
         ):
@@ -639,6 +665,39 @@ class Meter:
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
             path_tags=facts.tags if facts is not None and facts.tags else None,
+        )
+
+    def _start_handshake(
+        self, flow: http.HTTPFlow, provider: Provider, host: str, tags_header: str | None
+    ) -> None:
+        """An OpenAI Realtime WebSocket handshake: a call being started (attributed, checked); its
+        responses are metered as the session runs (see websocket_message)."""
+        path, _, query = flow.request.path.partition("?")
+        headers = flow.request.headers
+        key, key_problem = self._api_key(provider, headers, query)
+        if key is None:  # a browser's key rides in the subprotocols
+            key = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
+        record = CallRecord(
+            id=self._next_call_id(),
+            ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
+            session_id=self.session_id,
+            environment=self.policies.default_environment,
+            provider=provider.name,
+            host=host.lower(),
+            path=path.rstrip("/"),  # never the query string
+            api_flavor=openai_realtime.FLAVOR,
+            key_fingerprint=recent_key_fingerprint(key) if key else None,
+        )
+        self._calls[flow] = CallState(
+            provider=provider,
+            record=record,
+            api_key=key,
+            tags_header=tags_header,
+            process=self._client_process(flow),
+            errors=[key_problem] if key_problem else [],
+            subscription=bool(key and provider.subscription_key_prefixes)
+            and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
+            handshake=provider.realtime,
         )
 
     def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str) -> None:
@@ -810,6 +869,9 @@ class Meter:
         state = self._state(flow)
         if state is None or flow.response is not None or state.retrieval is not None:
             return  # a retrieval was attributed when its response started, and is never refused
+        if state.handshake is not None:
+            await self._handshake_request(flow, state, state.handshake)
+            return
         await self._attribute(state)
         record = state.record
         body = await self._request_json(flow, state)
@@ -877,6 +939,47 @@ class Meter:
         if downgrade:
             record.model_sent, state.notice = downgrade, decision.notice
         state.injected_usage = inject
+
+    async def _handshake_request(
+        self, flow: http.HTTPFlow, state: CallState, handshake: openai_realtime.Handshake
+    ) -> None:
+        """Check a Realtime handshake like any call: its model is the query's ``model`` (Azure: the
+        deployment). A downgrade rewrites that parameter; a refusal answers the handshake here.
+        Nothing is reserved against the budgets: the handshake is not billed, its responses are
+        (each counts as it ends, and a spent budget caps the session)."""
+        await self._attribute(state)  # drops the key
+        record = state.record
+        path, _, query = flow.request.path.partition("?")
+        record.model_requested = record.model_sent = handshake.model(query)
+        decision = self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=record.model_requested,
+            budgeted=not state.subscription,
+        )
+        if decision.refusal is None and record.model_requested is None and not handshake.is_sideband(query):
+            decision = self._unknown_model(record, decision) or decision
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
+        new_query = query
+        if downgrade:
+            try:
+                new_query = handshake.with_model(query, downgrade)
+            except ValueError as exc:
+                self.enforcer.withdraw(decision, record.id)
+                decision = self.enforcer.refuse_model(
+                    record.provider, record.environment, record.model_requested or "?", str(exc)
+                )
+        record.action = decision.action
+        if decision.refusal is not None:
+            flow.response = decision.refusal  # answered here: upstream is never contacted
+            state.refusal = decision.message
+            record.model_sent = None
+            return
+        if downgrade:
+            flow.request.path = f"{path}?{new_query}"
+            record.model_sent, state.notice = downgrade, decision.notice
 
     def _unknown_model(self, record: CallRecord, decision: Decision) -> Decision | None:
         """Fail closed: a call whose model cannot be read is refused where models are restricted."""
@@ -966,6 +1069,9 @@ class Meter:
         state = self._state(flow)
         if state is None or state.finished:
             return
+        if state.handshake is not None:
+            self._end_handshake(flow, state, aborted=False)
+            return
         response = flow.response
         metered: Metered
         if state.tap is not None:
@@ -988,13 +1094,143 @@ class Meter:
 
     @_never_raises
     def error(self, flow: http.HTTPFlow) -> None:
+        session = self._sessions.get(flow)
+        if session is not None:  # the WebSocket failed: websocket_end may not follow
+            self._end_session(flow, session, f"the WebSocket failed: {flow.error.msg if flow.error else '?'}")
+            return
         state = self._state(flow)
         if state is None or state.finished:
+            return
+        if state.handshake is not None:
+            if flow.error is not None:
+                state.errors.append(flow.error.msg)
+            self._end_handshake(flow, state, aborted=True)
             return
         metered = state.tap.result() if state.tap is not None else Metered()
         if flow.error is not None:
             state.errors.append(flow.error.msg)
         self._finish(flow, state, metered, aborted=True)
+
+    # -- OpenAI Realtime (WebSocket) ------------------------------------------
+
+    def _end_handshake(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
+        """A Realtime handshake is answered: an upgrade opens a session (no row: the handshake is
+        not billed); anything else (a refusal, 401, 404, a failure) is a row like any failed call,
+        not billed."""
+        state.finished = True
+        record = state.record
+        if flow.websocket is not None and not aborted and state.refusal is None:
+            self._calls.pop(flow, None)
+            self._fill_record(flow, state, Metered(), state.errors, aborted=False)
+            record.duration_ms = record.status_code = None  # each row gets its own
+            self._sessions[flow] = RealtimeSession(
+                handshake=record, next_id=self._next_call_id, opened_at=time.time()
+            )
+            return
+        self._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
+        if flow.response is not None and flow.response.status_code < 400:
+            record.error = f"{record.error}; " if record.error else ""
+            record.error += f"answered {flow.response.status_code} without upgrading to a WebSocket"
+        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
+        self._submit(record)
+
+    def _session(self, flow: http.HTTPFlow) -> RealtimeSession | None:
+        session = self._sessions.get(flow)
+        if session is None and _SESSIONS_HANDED_OVER:
+            session = _SESSIONS_HANDED_OVER.pop(flow, None)
+            if session is not None:
+                self._sessions[flow] = session
+        return session
+
+    @_never_raises
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """One WebSocket message: a server event that bills makes a row, stored before the client
+        gets it; a client message asking for work once a budget is spent caps the session."""
+        session = self._sessions.get(flow) if not _SESSIONS_HANDED_OVER else self._session(flow)
+        if session is None:
+            return
+        message = flow.websocket.messages[-1]  # type: ignore[union-attr]
+        if message.from_client:
+            if session.capped:
+                message.drop()  # the socket is closing: nothing more goes upstream
+            elif self.policies.enforcing and self.enforcer.budgets.has_budgets:
+                self._cap_if_spent(flow, session, message)
+            return
+        data = message.content
+        if message.injected or not message.is_text or not openai_realtime.might_bill(data):
+            return
+        event = await _off_loop_if_large(openai_realtime.read_server_event, data)
+        if event is None:
+            return
+        for row in session.take(event, time.time()):
+            self._record_realtime(row)
+
+    @_never_raises
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        session = self._session(flow)
+        if session is None:
+            return
+        code = flow.websocket.close_code if flow.websocket is not None else None
+        self._end_session(flow, session, f"the WebSocket closed ({code}) before response.done: usage unknown")
+
+    def _end_session(self, flow: http.HTTPFlow, session: RealtimeSession, reason: str) -> None:
+        """The session is over: responses still in flight get their aborted rows."""
+        self._sessions.pop(flow, None)
+        for row in session.end(time.time(), reason):
+            self._record_realtime(row)
+
+    def _record_realtime(self, row: RealtimeRow) -> None:
+        """Store one row of a session now, inside the hook (before the client gets the event).
+
+        Priced here when a budget applies (or it is billed by the second), so its cost counts
+        against the budgets at once: the session's next request sees it.
+        """
+        record = row.record
+        if row.audio_seconds is not None:
+            p = self.pricer.price_seconds(record.provider, record.model_sent, row.audio_seconds, record.ts)
+            record.cost_usd, record.price_status = p.cost_usd, p.status
+            record.price_source, record.price_model = p.source, p.model
+        elif self.enforcer.budgets.has_budgets:
+            self._price(record)
+        if record.cost_usd is not None:
+            self.enforcer.hold(record)
+        self._submit(record)
+
+    def _cap_if_spent(self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage) -> None:
+        """A client message asking for work once a budget of the session is spent: dropped; the
+        client gets an ``error`` event (the over-budget refusal's message) and the socket closes."""
+        spent = self.enforcer.spent_budget(session.scopes)
+        if spent is None or not openai_realtime.asks_for_work(message.content):
+            return
+        message.drop()
+        session.capped = True
+        provider = session.handshake.provider
+        text = error_body(provider, budget_refusal_status(provider), spent, "over_budget")
+        event = openai_realtime.budget_error_event(
+            text["error"]["message"],  # type: ignore[index]
+            f"event_tokometer_{secrets.token_hex(8)}",
+        )
+        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        log.warning("tokometer: Realtime session capped and closed: %s", spent)
+        if not self._close_websocket(flow):
+            log.error("tokometer: could not close a capped Realtime session; its requests are dropped")
+
+    def _close_websocket(self, flow: http.HTTPFlow) -> bool:
+        """Close a WebSocket from the addon, after what is queued for the client (the error event).
+
+        mitmproxy 12 has no command for it (mitmproxy issue #4773; ``flow.kill()`` does not reach
+        its WebSocket layer). The upstream side is reported closed to the flow's connection
+        handler, as when the provider hangs up: the layer sends the client a close frame (1000)
+        and closes both connections. Events are handled in order, so the error goes first.
+        """
+        server = ctx.master.addons.get("proxyserver")
+        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+        if handler is None or flow.server_conn is None:
+            return False
+        task = asyncio.ensure_future(handler.server_event(proxy_events.ConnectionClosed(flow.server_conn)))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
 
     # -- finishing -----------------------------------------------------------
 

@@ -439,3 +439,27 @@ def test_calls_in_flight_reserve_their_estimate_so_a_cap_holds_under_concurrency
     refusal = tracker.check(scopes, now)
     assert refusal is not None and refusal.spent == Decimal("1.20")  # over by at most one call
     tracker.settle("never-reserved")  # harmless
+
+
+def test_a_held_cost_counts_as_spent_until_the_call_is_recorded_once() -> None:
+    """A Realtime response is priced as it ends: its cost holds the budget at once (used, in the
+    refusal's words), and finish() swaps the hold for the recorded cost: never counted twice."""
+    tracker = BudgetTracker(
+        parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+    )
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    scopes = scopes_for("development", "ci-key")
+    tracker.record(scopes, Decimal("0.40"), now)
+    tracker.hold("r1", scopes, Decimal("0.35"))
+    assert tracker.check(scopes, now) is None
+    tracker.hold("r2", scopes, Decimal("0.25"))
+    refusal = tracker.check(scopes, now)
+    assert refusal is not None and refusal.spent == Decimal("1.00")  # 0.40 recorded + 0.60 held
+    assert tracker.reserved() == {}  # a hold is not an estimate
+    tracker.finish("r1", scopes, Decimal("0.35"), now)
+    tracker.finish("r2", scopes, Decimal("0.25"), now)
+    refusal = tracker.check(scopes, now)
+    assert refusal is not None and refusal.spent == Decimal("1.00")
+    tracker.hold("r3", scopes_for("staging"), Decimal("5"))  # no budget there: nothing held
+    tracker.hold("r4", scopes, Decimal(0))
+    assert tracker.check(scopes_for("staging"), now) is None

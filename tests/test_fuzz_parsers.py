@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import brotli
+import fake_realtime
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -47,6 +48,7 @@ from addon.providers import (
     gemini_api,
     gemini_interactions,
     openai_api,
+    openai_realtime,
 )
 from addon.sse import SSEDecoder, SSEEvent
 from addon.stream_tap import StreamTap
@@ -1032,3 +1034,127 @@ def test_stream_tap_reports_the_final_event_once_before_passing_it_on(failing: b
     sent.append(tap(b""))
     assert calls == [(1, 7)]  # during the second chunk, with the usage read
     assert sent == [*chunks, []]  # passed on unchanged, failing callback or not
+
+
+# ---------------------------------------------------------------- OpenAI Realtime (WebSocket messages)
+
+REALTIME_SEEDS: tuple[bytes, ...] = tuple(
+    fake_realtime.dumps(event)
+    for event in (
+        fake_realtime.session_event("session.created", "gpt-realtime", "gpt-4o-transcribe"),
+        fake_realtime.session_event("session.updated", "gpt-4o-realtime-preview", "whisper-1", beta=True),
+        fake_realtime.response_created("resp_1"),
+        fake_realtime.audio_delta("resp_1", 0, size=200),
+        fake_realtime.response_done("resp_1", fake_realtime.RESPONSE_USAGE),
+        fake_realtime.response_done("resp_2", fake_realtime.BETA_RESPONSE_USAGE, status="cancelled"),
+        fake_realtime.response_done("resp_3", None, status="failed"),
+        fake_realtime.transcription_completed("item_1", fake_realtime.TRANSCRIPTION_USAGE),
+        fake_realtime.transcription_completed("item_2", fake_realtime.DURATION_USAGE),
+    )
+)
+REALTIME_TYPES = st.sampled_from(
+    [
+        "response.done",
+        "response.created",
+        "session.created",
+        "session.updated",
+        "transcription_session.updated",
+        "conversation.item.input_audio_transcription.completed",
+        "response.output_audio.delta",
+        "response.create",
+        "input_audio_buffer.append",
+    ]
+)
+REALTIME_KEYS = st.sampled_from(
+    [
+        "type",
+        "response",
+        "usage",
+        "session",
+        "audio",
+        "input",
+        "transcription",
+        "model",
+        "status",
+        "status_details",
+        "error",
+        "input_tokens",
+        "output_tokens",
+        "input_token_details",
+        "cached_tokens",
+        "cached_tokens_details",
+        "audio_tokens",
+        "image_tokens",
+        "seconds",
+        "item_id",
+        "id",
+    ]
+)
+REALTIME_VALUES = st.recursive(
+    st.one_of(SCALARS, REALTIME_TYPES),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(REALTIME_KEYS, st.text(max_size=6)), children, max_size=6),
+    ),
+    max_leaves=30,
+)
+
+
+@st.composite
+def realtime_messages(draw: st.DrawFn) -> bytes:
+    """A server or client message: a real event, random bytes or random JSON shaped like events, mutated."""
+    base = draw(
+        st.one_of(
+            st.sampled_from(REALTIME_SEEDS),
+            st.binary(max_size=300),
+            st.builds(
+                lambda kind, rest: dumps({"type": kind, **rest}),
+                REALTIME_TYPES,
+                st.dictionaries(REALTIME_KEYS, REALTIME_VALUES, max_size=5),
+            ),
+            REALTIME_VALUES.map(dumps),
+        )
+    )
+    return draw(mutated(base))
+
+
+@FUZZ
+@given(data=realtime_messages())
+@example(data=b'{"type":"response.done","response":{"usage":{"input_tokens":1e400}}}')
+@example(data=b'{"type":"conversation.item.input_audio_transcription.completed","usage":{"seconds":1e999}}')
+def test_realtime_messages_never_raise(data: bytes) -> None:
+    """Any bytes a socket carries: the cheap test, the reader and the client check never raise,
+    and what they read is well formed."""
+    assert isinstance(openai_realtime.might_bill(data), bool)
+    event = openai_realtime.read_server_event(data)
+    assert event is None or isinstance(
+        event,
+        openai_realtime.SessionConfig
+        | openai_realtime.ResponseStarted
+        | openai_realtime.ResponseDone
+        | openai_realtime.TranscriptionDone,
+    )
+    if isinstance(event, openai_realtime.TranscriptionDone) and event.seconds is not None:
+        assert 0 <= event.seconds < float("inf")
+    if not openai_realtime.might_bill(data):
+        # What the cheap test lets pass unread never carries usage, nor is a transcription.
+        assert not isinstance(event, openai_realtime.TranscriptionDone)
+        assert not isinstance(event, openai_realtime.ResponseDone) or event.usage is None
+    assert isinstance(openai_realtime.asks_for_work(data), bool)
+
+
+@FUZZ_SMALL
+@given(query=st.text(max_size=80), model=st.text(min_size=1, max_size=20))
+def test_realtime_handshake_queries_never_raise(query: str, model: str) -> None:
+    handshake = REGISTRY.for_host("api.openai.com").realtime  # type: ignore[union-attr]
+    assert handshake is not None
+    found = handshake.model(query)
+    assert found is None or isinstance(found, str)
+    try:
+        rewritten = handshake.with_model(query, model)
+    except ValueError:
+        return
+    assert handshake.model(rewritten) == model
+    # Only the model's parameter changed.
+    keep = [p for p in query.split("&") if p.partition("=")[0] != "model"]
+    assert [p for p in rewritten.split("&") if p.partition("=")[0] != "model"] == keep

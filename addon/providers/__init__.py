@@ -22,6 +22,7 @@ from addon.providers import (
     gemini_api,
     gemini_interactions,
     openai_api,
+    openai_realtime,
     vertex_api,
 )
 from addon.providers.vertex_api import PathFacts
@@ -120,6 +121,8 @@ class Provider:
     # A documented surcharge by (model, inference_geo): (factor, price_source note), or None. A
     # provider that has one prices its geo itself (Anthropic's US-only 1.1x is not applied).
     geo_surcharge: Callable[[str | None, str | None], tuple[Decimal, str] | None] | None = None
+    # OpenAI Realtime over WebSocket: where its handshake is and how it names the model. None: none here.
+    realtime: openai_realtime.Handshake | None = None
 
     @property
     def price_provider(self) -> str:
@@ -297,6 +300,11 @@ def _azure_with_model(deployments: Mapping[str, str]) -> WithModel:
     return with_model
 
 
+OPENAI_REALTIME = openai_realtime.Handshake(frozenset({"/v1/realtime"}))
+# Azure OpenAI: the preview API names a deployment (``?api-version=..&deployment=``), the v1 API a
+# ``model`` that is a deployment's name too.
+AZURE_REALTIME_PATHS = frozenset({"/openai/realtime", "/openai/v1/realtime"})
+
 AZURE = _openai_compatible(
     "azure",
     host_pattern=r"[a-z0-9][a-z0-9-]*\.(?:openai\.azure\.com|cognitiveservices\.azure\.com)",
@@ -308,6 +316,7 @@ BUILTIN: tuple[Provider, ...] = (
         "openai",
         "api.openai.com",
         usage_opt_in_flavors=frozenset({"chat"}),
+        realtime=OPENAI_REALTIME,
     ),
     _serving_openai_too(
         Provider(
@@ -395,6 +404,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         pricing_id=pricing_id or name,
         usage_opt_in_flavors=frozenset(),  # never add stream_options to an API we do not know
         subscription_key_prefixes=(),  # a plan's token means a plan on the provider's own host only
+        realtime=None,  # Realtime is metered on the providers that serve it only
     )
 
 
@@ -410,6 +420,7 @@ class Registry:
             deployments=deployments,
             request_model=_azure_request_model(deployments),
             with_model=_azure_with_model(deployments),
+            realtime=openai_realtime.Handshake(AZURE_REALTIME_PATHS, ("deployment", "model"), deployments),
         )
         builtin = tuple(azure if p is AZURE else p for p in BUILTIN)
         self.providers: tuple[Provider, ...] = (*custom, *builtin)

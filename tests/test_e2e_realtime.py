@@ -1,0 +1,310 @@
+"""End to end: OpenAI Realtime over WebSocket, the real openai SDK through mitmdump + tokometer.
+
+Client (``AsyncOpenAI().realtime.connect``, HTTPS_PROXY, SSL_CERT_FILE = the proxy's CA) -> mitmdump
+with the addon -> a fake Realtime server over WSS on 127.0.0.1 (tests/fake_realtime.py); rows
+asserted in DuckDB. One proxy serves the file: each test has its own environment or tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from conftest import CLIENTS, OPENAI_KEY, ProxyProcess
+from fake_realtime import DELTA_BYTES, TRANSCRIPTION_USAGE, FakeRealtime
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+
+from addon.api_keys import key_fingerprint
+from addon.budgets import format_usd
+
+# The session's instructions (a prompt): never written by the proxy.
+SECRET_PROMPT = "tokometer-secret-prompt-7f3a: tell me about the weather in Zanzibar"
+
+POLICIES = """\
+default_environment: development
+environments:
+  development: {}
+  restricted:
+    models:
+      allow: [gpt-realtime-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-realtime: gpt-realtime-mini}
+  capped:
+    budget: {usd: 0.0001, period: day}
+"""
+# RESPONSE_USAGE: 1,000 input (300 audio) of which 400 cached (100 audio); 500 output (400 audio).
+RESPONSE_COUNTS = GPUsage(
+    input_tokens=1000,
+    cache_read_tokens=400,
+    output_tokens=500,
+    input_audio_tokens=300,
+    output_audio_tokens=400,
+    cache_audio_read_tokens=100,
+)
+TRANSCRIPTION_COUNTS = GPUsage(input_tokens=150, output_tokens=20, input_audio_tokens=120)
+
+
+def price_of(model: str, counts: GPUsage) -> Decimal:
+    return calc_price(counts, model, provider_id="openai").total_price
+
+
+@pytest.fixture(scope="module")
+def realtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRealtime]:
+    fake = FakeRealtime(tmp_path_factory.mktemp("fake-realtime"))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def rproxy(tmp_path_factory: pytest.TempPathFactory, realtime: FakeRealtime) -> Iterator[ProxyProcess]:
+    """mitmdump with the addon; api.openai.com goes to the fake Realtime server."""
+    proxy = ProxyProcess(tmp_path_factory.mktemp("rproxy"), realtime.port, policies=POLICIES)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.cleanup()
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def connect(
+    proxy: ProxyProcess,
+    *steps: str,
+    env: str,
+    t: str,
+    model: str = "gpt-realtime",
+    fake: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run the SDK client through the proxy; its exit code and JSON lines."""
+    headers = {"X-Metering-Tags": json.dumps({"env": env, "test": t}), "X-Test-Tag": t, **(fake or {})}
+    argv = [
+        sys.executable,
+        str(CLIENTS / "realtime_client.py"),
+        "--model",
+        model,
+        "--headers",
+        json.dumps(headers),
+        "--query",
+        json.dumps(query or {}),
+        "--instructions",
+        SECRET_PROMPT,
+        *steps,
+    ]
+    res = subprocess.run(argv, env=proxy.client_env(), capture_output=True, text=True, timeout=60)
+    if res.returncode not in (0, 3):
+        raise AssertionError(
+            f"client failed ({res.returncode}):\n{res.stdout}\n{res.stderr}\n{proxy.log_text()}"
+        )
+    return res.returncode, [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def rows_for(proxy: ProxyProcess, t: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The rows tagged ``t`` (X-Metering-Tags), once there are ``n``, oldest first."""
+    sql = "SELECT * FROM calls WHERE tags LIKE ? ORDER BY ts, id"
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = proxy.rows(sql, [f"%{t}%"]) if proxy.db_path.exists() else []
+        if len(rows) >= n or time.monotonic() > deadline:
+            assert len(rows) == n, f"expected {n} rows tagged {t}, got {len(rows)}: {rows}"
+            return rows
+        time.sleep(0.1)
+
+
+def received(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in lines if line["event"] == "recv"]
+
+
+def test_session_rows_tokens_costs_and_bytes(rproxy: ProxyProcess, realtime: FakeRealtime) -> None:
+    """A transcription and two responses: three rows, each priced as genai-prices prices it; every
+    message reaches the client byte for byte; neither the key nor the prompt is written anywhere."""
+    t = tag()
+    code, lines = connect(
+        rproxy, "transcribe:gpt-4o-transcribe", "speak", "respond", "respond", env="development", t=t
+    )
+    assert code == 0 and lines[-1] == {"event": "done", "notice": None}
+    [session] = realtime.sessions_for(t)
+    session.ended.wait(5)
+    assert session.path == "/v1/realtime?model=gpt-realtime"
+    assert session.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert "x-metering-tags" not in session.headers
+    # Every message the server sent reached the client, byte for byte (audio deltas included).
+    got = received(lines)
+    assert [line["sha256"] for line in got] == [hashlib.sha256(d).hexdigest() for d in session.sent]
+    assert sum(line["type"] == "response.output_audio.delta" for line in got) == 6
+    assert all(line["size"] > DELTA_BYTES for line in got if line["type"] == "response.output_audio.delta")
+    assert session.received_types() == [
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "response.create",
+        "response.create",
+    ]
+
+    transcription, first, second = rows_for(rproxy, t, 3)
+    for row in (transcription, first, second):
+        assert (row["provider"], row["host"], row["path"]) == ("openai", "api.openai.com", "/v1/realtime")
+        assert (row["api_flavor"], row["streamed"], row["status_code"]) == ("realtime", True, 101)
+        assert (row["environment"], row["environment_source"]) == ("development", "header")
+        assert json.loads(row["tags"]) == {"test": t}
+        assert row["key_fingerprint"] == key_fingerprint(OPENAI_KEY)
+        assert row["action"] == "allowed" and row["aborted"] is False
+        assert row["usage_source"] == "reported" and row["price_status"] == "priced"
+        assert row["client_pid"] is not None
+    assert len({row["id"] for row in (transcription, first, second)}) == 3
+    # The transcription: its own model, priced at its audio rates.
+    assert transcription["model_requested"] == transcription["model_sent"] == "gpt-4o-transcribe"
+    assert transcription["model_reported"] is None
+    assert (transcription["input_tokens"], transcription["output_tokens"]) == (150, 20)
+    assert transcription["input_audio_tokens"] == TRANSCRIPTION_USAGE["input_token_details"]["audio_tokens"]
+    assert transcription["cost_usd"] == price_of("gpt-4o-transcribe", TRANSCRIPTION_COUNTS)
+    assert transcription["cost_usd"] == Decimal("0.000995")  # 30 x $2.50 + 120 x $6 + 20 x $10 per 1M
+    # The responses: the session's model, priced at gpt-realtime's audio and cached-audio rates.
+    for row in (first, second):
+        assert (row["model_requested"], row["model_sent"]) == ("gpt-realtime", "gpt-realtime")
+        assert row["model_reported"] == "gpt-realtime-2025-08-28"
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (1000, 400, 500)
+        assert (row["input_audio_tokens"], row["cache_audio_read_tokens"], row["output_audio_tokens"]) == (
+            300,
+            100,
+            400,
+        )
+        assert row["input_image_tokens"] is None and row["reasoning_tokens"] == 0
+        assert row["cost_usd"] == price_of("gpt-realtime", RESPONSE_COUNTS) == Decimal("0.03536")
+        assert row["price_model"] == "gpt-realtime"
+        assert row["duration_ms"] is not None and 0 <= row["duration_ms"] < 10_000
+        assert row["error"] is None
+    assert first["ts"] <= second["ts"]
+    # Privacy: the key, the prompt (which session.updated echoes) and the transcripts are in no
+    # file the proxy wrote.
+    assert any(SECRET_PROMPT.encode() in data for data in session.sent)
+    rproxy.rows("SELECT 1")  # flushed
+    secrets = (OPENAI_KEY, SECRET_PROMPT, "Hello there, how can I help?", "What is the weather like?")
+    for f in rproxy.tmp.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, (f, secret)
+
+
+def test_disallowed_model_is_downgraded_in_the_query(rproxy: ProxyProcess, realtime: FakeRealtime) -> None:
+    t = tag()
+    code, lines = connect(rproxy, "respond", env="restricted", t=t, query={"trace": "a b/c"})
+    assert code == 0
+    notice = lines[-1]["notice"]
+    assert notice.startswith("downgraded gpt-realtime -> gpt-realtime-mini")
+    assert len(realtime.sessions_for(t)) == 1
+    [(path, _)] = realtime.handshakes_for(t)
+    assert parse_qs(urlsplit(path).query) == {"model": ["gpt-realtime-mini"], "trace": ["a b/c"]}
+    assert urlsplit(path).path == "/v1/realtime"
+    [row] = rows_for(rproxy, t, 1)
+    assert (row["environment"], row["action"]) == ("restricted", "downgraded")
+    assert (row["model_requested"], row["model_sent"]) == ("gpt-realtime", "gpt-realtime-mini")
+    assert row["model_reported"] == "gpt-realtime-mini-2025-10-06"
+    assert row["cost_usd"] == price_of("gpt-realtime-mini", RESPONSE_COUNTS)
+
+
+def test_blocked_model_is_refused_before_upstream(rproxy: ProxyProcess, realtime: FakeRealtime) -> None:
+    t = tag()
+    code, lines = connect(rproxy, "respond", env="restricted", t=t, model="gpt-4o-realtime-preview")
+    assert code == 3
+    [refused] = lines
+    assert refused["status"] == 403
+    error = json.loads(refused["body"])["error"]
+    assert error["code"] == "model_not_allowed"
+    assert error["message"].startswith(
+        "tokometer: model gpt-4o-realtime-preview is not allowed in environment"
+    )
+    assert realtime.handshakes_for(t) == []  # never contacted
+    [row] = rows_for(rproxy, t, 1)
+    assert (row["action"], row["status_code"], row["api_flavor"]) == ("blocked", 403, "realtime")
+    assert (row["model_requested"], row["model_sent"]) == ("gpt-4o-realtime-preview", None)
+    assert (row["cost_usd"], row["price_status"]) == (Decimal(0), "not_billed")
+    assert row["key_fingerprint"] == key_fingerprint(OPENAI_KEY)
+
+
+def test_upstream_refusing_the_handshake_is_a_row_not_billed(
+    rproxy: ProxyProcess, realtime: FakeRealtime
+) -> None:
+    t = tag()
+    code, lines = connect(rproxy, "respond", env="development", t=t, fake={"X-Fake-Status": "401"})
+    assert code == 3 and lines[0]["status"] == 401
+    assert len(realtime.handshakes_for(t)) == 1 and realtime.sessions_for(t) == []
+    [row] = rows_for(rproxy, t, 1)
+    assert (row["action"], row["status_code"], row["model_sent"]) == ("allowed", 401, "gpt-realtime")
+    assert (row["cost_usd"], row["price_status"], row["error"]) == (
+        Decimal(0),
+        "not_billed",
+        "upstream answered 401",
+    )
+
+
+def test_a_response_cut_by_the_client_is_an_aborted_row(rproxy: ProxyProcess, realtime: FakeRealtime) -> None:
+    t = tag()
+    code, _ = connect(rproxy, "respond-then-leave", env="development", t=t, fake={"X-Fake-Hold": "1"})
+    assert code == 0
+    [row] = rows_for(rproxy, t, 1)
+    assert (row["aborted"], row["streamed"], row["model_reported"]) == (True, True, "gpt-realtime-2025-08-28")
+    assert row["input_tokens"] is None and row["output_tokens"] is None and row["usage_source"] == "none"
+    assert (row["cost_usd"], row["price_status"]) == (None, "no_usage")
+    assert "before response.done: usage unknown" in row["error"]
+
+
+def test_spent_budget_caps_the_session(rproxy: ProxyProcess, realtime: FakeRealtime) -> None:
+    """The first response is metered and spends the budget; the next response.create never goes
+    upstream: the client gets an error event and the socket closes. A new session is refused."""
+    t = tag()
+    code, lines = connect(rproxy, "respond", "respond", env="capped", t=t)
+    assert code == 0
+    [session] = realtime.sessions_for(t)
+    assert session.ended.wait(5)
+    assert session.received_types() == ["response.create"]  # the second one never went upstream
+    got = received(lines)
+    assert got[-2]["type"] == "response.done"
+    error = got[-1]["data"]
+    assert error["type"] == "error"
+    assert (error["error"]["type"], error["error"]["code"]) == ("invalid_request_error", "budget_exceeded")
+    [row] = rows_for(rproxy, t, 1)
+    cost = price_of("gpt-realtime", RESPONSE_COUNTS)
+    assert row["cost_usd"] == cost
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert error["error"]["message"].startswith(
+        f"tokometer: capped budget of $0.0001 per day is spent: {format_usd(cost)} used since {today} (UTC); "
+        "resets in "
+    )
+    assert lines[-2] == {"event": "closed", "code": 1000}
+    # What the server sent before the cap reached the client unchanged; then only the error.
+    assert [line["sha256"] for line in got[:-1]] == [hashlib.sha256(d).hexdigest() for d in session.sent]
+    # A new session in that environment is refused at the handshake, like any call.
+    t2 = tag()
+    code, lines = connect(rproxy, "respond", env="capped", t=t2)
+    assert code == 3 and lines[0]["status"] == 429
+    assert json.loads(lines[0]["body"])["error"]["code"] == "budget_exceeded"
+    assert realtime.handshakes_for(t2) == []
+    [refused] = rows_for(rproxy, t2, 1)
+    assert (refused["action"], refused["status_code"], refused["cost_usd"]) == (
+        "over_budget",
+        429,
+        Decimal(0),
+    )
+
+
+def test_proxy_process_files(rproxy: ProxyProcess) -> None:
+    """Nothing above left the proxy in a bad state: it still runs and logged no traceback."""
+    assert rproxy.alive()
+    assert "Traceback" not in rproxy.log_text()

@@ -1,0 +1,332 @@
+"""The addon's Realtime hooks with mitmproxy.test.taddons and tflow (no network, no process)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_realtime import (
+    DURATION_USAGE,
+    RESPONSE_USAGE,
+    TRANSCRIPTION_USAGE,
+    audio_delta,
+    dumps,
+    response_created,
+    response_done,
+    session_event,
+    transcription_completed,
+)
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+import addon.meter as meter_module
+from addon.api_keys import key_fingerprint
+from addon.meter import NOTICE_HEADER, Meter
+from addon.policies import parse_policies
+from addon.providers import openai_realtime
+from addon.record import CallRecord
+
+KEY = "sk-proj-realtimeTESTkey000011112222333344445555"
+RESTRICTED = """\
+environments:
+  development:
+    models:
+      allow: [gpt-realtime-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-realtime: gpt-realtime-mini}
+"""
+BUDGETED = "environments:\n  development:\n    budget: {usd: 0.01, period: day}\n"
+RESPONSE_COST = Decimal("0.03536")  # RESPONSE_USAGE at gpt-realtime's rates
+
+
+class CollectingStore:
+    """Stands in for addon.store.Store: keeps submitted records."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    def journal(self, record: CallRecord) -> bool:
+        return True
+
+    def submit(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def meter(tmp_path: Path):
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+def records(meter: Meter) -> list[CallRecord]:
+    return meter.store.records  # type: ignore[union-attr]
+
+
+def handshake(query: str = "model=gpt-realtime", headers: dict[str, str] | None = None) -> http.HTTPFlow:
+    """A WebSocket flow as it is at requestheaders: the GET, no answer yet."""
+    flow = tflow.twebsocketflow()
+    flow.request.scheme, flow.request.host, flow.request.port = "https", "api.openai.com", 443
+    flow.request.headers["host"] = "api.openai.com"
+    flow.request.path = f"/v1/realtime?{query}"
+    flow.request.headers["authorization"] = f"Bearer {KEY}"
+    flow.request.headers["x-metering-tags"] = json.dumps({"env": "development", "team": "voice"})
+    for name, value in (headers or {}).items():
+        flow.request.headers[name] = value
+    flow.request.timestamp_start = 1_764_321_600.0
+    flow.response, flow.websocket = None, None
+    return flow
+
+
+async def open_session(meter: Meter, flow: http.HTTPFlow, status: int = 101) -> None:
+    """requestheaders, request, then upstream's answer (101: the socket opens)."""
+    meter.requestheaders(flow)
+    await meter.request(flow)
+    if flow.response is None:
+        flow.response = http.Response.make(status, b"", {"upgrade": "websocket", "connection": "upgrade"})
+        if status == 101:
+            flow.websocket = WebSocketData()
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+async def server_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
+    data = event if isinstance(event, bytes) else dumps(event)
+    message = WebSocketMessage(Opcode.TEXT, False, data)
+    flow.websocket.messages.append(message)  # type: ignore[union-attr]
+    await meter.websocket_message(flow)
+    return message
+
+
+async def client_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any]) -> WebSocketMessage:
+    message = WebSocketMessage(Opcode.TEXT, True, dumps(event))
+    flow.websocket.messages.append(message)  # type: ignore[union-attr]
+    await meter.websocket_message(flow)
+    return message
+
+
+async def test_upgrade_has_no_row_and_each_response_is_stored_inside_its_hook(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    assert records(meter) == [] and meter.call_state(flow) is None  # the key went with the state
+    await server_says(meter, flow, session_event("session.created", "gpt-realtime-2025-08-28", None))
+    await server_says(meter, flow, response_created("resp_1"))
+    for n in range(3):
+        await server_says(meter, flow, audio_delta("resp_1", n))
+    assert records(meter) == []
+    done = await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    # Stored within the hook: before mitmproxy forwards response.done to the client.
+    [row] = records(meter)
+    assert not done.dropped and done.content == dumps(response_done("resp_1", RESPONSE_USAGE))
+    assert (row.provider, row.path, row.api_flavor, row.status_code) == (
+        "openai",
+        "/v1/realtime",
+        "realtime",
+        101,
+    )
+    assert (row.environment, row.environment_source, row.team) == ("development", "header", "voice")
+    assert row.key_fingerprint == key_fingerprint(KEY) and KEY not in row.to_json()
+    assert (row.model_requested, row.model_sent, row.model_reported) == (
+        "gpt-realtime",
+        "gpt-realtime",
+        "gpt-realtime-2025-08-28",
+    )
+    assert (row.input_tokens, row.cache_read_tokens, row.output_tokens) == (1000, 400, 500)
+    assert (row.input_audio_tokens, row.cache_audio_read_tokens, row.output_audio_tokens) == (300, 100, 400)
+    assert (row.streamed, row.aborted, row.action, row.usage_source) == (True, False, "allowed", "reported")
+    assert row.ts.timestamp() >= flow.request.timestamp_start and row.duration_ms is not None
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 1  # nothing in flight: no more rows
+
+
+async def test_audio_deltas_and_odd_messages_pass_unread_and_unchanged(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    read: list[bytes] = []
+    original = openai_realtime.read_server_event
+
+    def counting(data: bytes) -> Any:
+        read.append(data)
+        return original(data)
+
+    monkeypatch.setattr(openai_realtime, "read_server_event", counting)
+    sent = [
+        dumps(audio_delta("resp_1", 0)),
+        dumps({"type": "response.output_text.delta", "delta": "x"}),
+        b"\x00\x01 not json",
+        b'{"type":"response.done","response":{"usage":{"input_tok',  # truncated
+        b"",
+    ]
+    for data in sent:
+        message = await server_says(meter, flow, data)
+        assert message.content == data and not message.dropped
+    binary = WebSocketMessage(Opcode.BINARY, False, b'{"type":"response.done","usage":1}')
+    flow.websocket.messages.append(binary)  # type: ignore[union-attr]
+    await meter.websocket_message(flow)
+    assert not binary.dropped
+    assert read == [sent[3]]  # deltas, binary frames and messages without usage are never decoded
+    assert records(meter) == []
+    audio_in = await client_says(meter, flow, {"type": "input_audio_buffer.append", "audio": "QUJD" * 10_000})
+    assert not audio_in.dropped and read == [sent[3]]
+
+
+async def test_transcriptions_in_tokens_and_in_seconds(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, session_event("session.created", "gpt-realtime", "gpt-4o-transcribe"))
+    await server_says(meter, flow, transcription_completed("item_1", TRANSCRIPTION_USAGE))
+    await server_says(meter, flow, session_event("session.updated", "gpt-realtime", "whisper-1", beta=True))
+    await server_says(meter, flow, transcription_completed("item_2", DURATION_USAGE))
+    tokens, seconds = records(meter)
+    assert (tokens.model_sent, tokens.input_tokens, tokens.input_audio_tokens, tokens.output_tokens) == (
+        "gpt-4o-transcribe",
+        150,
+        120,
+        20,
+    )
+    assert tokens.price_status is None  # priced by the store's writer, as any call
+    assert (seconds.model_sent, seconds.input_tokens, seconds.output_tokens) == ("whisper-1", None, None)
+    assert (seconds.cost_usd, seconds.price_status, seconds.price_source) == (
+        Decimal("0.009"),
+        "priced",
+        "genai-prices 0.2.3 (90 s of audio)",
+    )
+
+
+async def test_a_response_cut_by_the_close_is_aborted_without_usage(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, response_created("resp_1"))
+    await server_says(meter, flow, audio_delta("resp_1", 0))
+    flow.websocket.close_code = 1006  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    [row] = records(meter)
+    assert (row.aborted, row.usage, row.usage_source, row.cost_usd) == (True, None, "none", None)
+    assert row.error == "the WebSocket closed (1006) before response.done: usage unknown"
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 1
+
+
+async def test_downgrade_rewrites_the_model_parameter_and_says_so_on_the_101(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake("x=%2F%20a+b&model=gpt-realtime&y=%E2%82%AC")
+    await open_session(meter, flow)
+    assert flow.request.path == "/v1/realtime?x=%2F%20a+b&model=gpt-realtime-mini&y=%E2%82%AC"
+    assert flow.response.headers[NOTICE_HEADER].startswith("downgraded gpt-realtime -> gpt-realtime-mini")
+    await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == (
+        "downgraded",
+        "gpt-realtime",
+        "gpt-realtime-mini",
+    )
+
+
+async def test_refused_handshakes_get_their_row(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    blocked = handshake("model=gpt-4o-realtime-preview")
+    await open_session(meter, blocked)
+    assert blocked.response.status_code == 403
+    assert json.loads(blocked.response.content)["error"]["code"] == "model_not_allowed"
+    nameless = handshake("intent=transcription")  # no model: it cannot be checked
+    await open_session(meter, nameless)
+    assert nameless.response.status_code == 403
+    row, unread = records(meter)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent) == (
+        "blocked",
+        403,
+        "gpt-4o-realtime-preview",
+        None,
+    )
+    assert (row.cost_usd, row.price_status, row.api_flavor) == (Decimal(0), "not_billed", "realtime")
+    assert unread.action == "blocked" and "could not be read" in (unread.error or "")
+
+
+async def test_upstream_not_upgrading_is_a_row_not_billed(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow, status=404)
+    [row] = records(meter)
+    assert (row.status_code, row.cost_usd, row.price_status, row.error) == (
+        404,
+        Decimal(0),
+        "not_billed",
+        "upstream answered 404",
+    )
+
+
+async def test_spent_budget_caps_the_session(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
+    meter._apply(parse_policies(BUDGETED))
+    injected: list[tuple[Any, ...]] = []
+    closed: list[http.HTTPFlow] = []
+    monkeypatch.setattr(meter_module.ctx.master.commands, "call", lambda *a: injected.append(a))
+    monkeypatch.setattr(meter, "_close_websocket", lambda flow: closed.append(flow) or True)
+    flow = handshake()
+    await open_session(meter, flow)
+    first = await client_says(meter, flow, {"type": "response.create"})
+    assert not first.dropped and injected == []
+    await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    [row] = records(meter)
+    # Priced at once, and its cost counts against the budget before the store gets to it.
+    assert (row.cost_usd, row.price_status) == (RESPONSE_COST, "priced")
+    assert meter.enforcer.spent_budget(meter._sessions[flow].scopes) is not None
+    # Asking for nothing billable still passes; cancelling too.
+    for kind in ("session.update", "response.cancel"):
+        assert not (await client_says(meter, flow, {"type": kind})).dropped
+    second = await client_says(meter, flow, {"type": "response.create"})
+    assert second.dropped and closed == [flow]
+    [(command, target, to_client, payload, is_text)] = injected
+    assert (command, target, to_client, is_text) == ("inject.websocket", flow, True, True)
+    event = json.loads(payload)
+    assert (event["type"], event["error"]["code"], event["error"]["type"]) == (
+        "error",
+        "budget_exceeded",
+        "invalid_request_error",
+    )
+    assert event["error"]["message"].startswith(
+        "tokometer: development budget of $0.01 per day is spent: $0.04 used since"
+    )
+    # Anything else the client sends while the socket closes goes nowhere.
+    assert (await client_says(meter, flow, {"type": "session.update"})).dropped
+    assert len(injected) == 1
+
+
+async def test_no_budget_no_pricing_on_the_loop(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    [row] = records(meter)
+    assert row.price_status is None  # the store's writer prices it
+
+
+async def test_a_browser_key_in_the_subprotocol_is_fingerprinted(meter: Meter) -> None:
+    flow = handshake(headers={"sec-websocket-protocol": f"realtime, openai-insecure-api-key.{KEY}"})
+    del flow.request.headers["authorization"]
+    await open_session(meter, flow, status=401)
+    [row] = records(meter)
+    assert row.key_fingerprint == key_fingerprint(KEY) and KEY not in row.to_json()
+
+
+async def test_a_sideband_connection_has_no_model_to_check(meter: Meter) -> None:
+    """A server's sideband socket to a WebRTC call (``?call_id=``): the model was chosen when the
+    call was set up, so it is not refused for having none; its rows take the session's model."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake("call_id=rtc_abc123")
+    await open_session(meter, flow)
+    assert flow.websocket is not None and records(meter) == []
+    await server_says(meter, flow, session_event("session.updated", "gpt-realtime-mini", None))
+    await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    [row] = records(meter)
+    assert (row.model_requested, row.model_sent, row.model_reported) == (None, None, "gpt-realtime-mini")
+    assert row.path == "/v1/realtime" and "rtc_abc123" not in row.to_json()
