@@ -304,7 +304,7 @@ def test_spent_budget_caps_the_session(rproxy: ProxyProcess, realtime: FakeRealt
     )
 
 
-def test_proxy_process_files(rproxy: ProxyProcess) -> None:
+def test_the_proxy_logged_no_traceback(rproxy: ProxyProcess) -> None:
     """Nothing above left the proxy in a bad state: it still runs and logged no traceback."""
     assert rproxy.alive()
     assert "Traceback" not in rproxy.log_text()

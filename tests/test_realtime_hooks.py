@@ -330,3 +330,52 @@ async def test_a_sideband_connection_has_no_model_to_check(meter: Meter) -> None
     [row] = records(meter)
     assert (row.model_requested, row.model_sent, row.model_reported) == (None, None, "gpt-realtime-mini")
     assert row.path == "/v1/realtime" and "rtc_abc123" not in row.to_json()
+
+
+async def test_azure_realtime_names_a_deployment_and_a_downgrade_picks_another(meter: Meter) -> None:
+    deployments = "azure_deployments:\n  rt-big: gpt-realtime\n  rt-small: gpt-realtime-mini\n"
+    meter._apply(parse_policies(RESTRICTED + deployments))
+    flow = handshake()
+    flow.request.host = flow.request.headers["host"] = "myres.openai.azure.com"
+    flow.request.path = "/openai/realtime?api-version=2025-04-01-preview&deployment=rt-big"
+    del flow.request.headers["authorization"]
+    flow.request.headers["api-key"] = KEY
+    await open_session(meter, flow)
+    assert flow.request.path == "/openai/realtime?api-version=2025-04-01-preview&deployment=rt-small"
+    await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    [row] = records(meter)
+    assert (row.provider, row.host, row.path, row.action) == (
+        "azure",
+        "myres.openai.azure.com",
+        "/openai/realtime",
+        "downgraded",
+    )
+    assert (row.model_requested, row.model_sent) == ("gpt-realtime", "gpt-realtime-mini")
+    assert row.key_fingerprint == key_fingerprint(KEY)
+
+
+async def test_a_session_open_when_the_script_reloads_is_finished_by_the_new_addon(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, session_event("session.created", "gpt-realtime-2025-08-28", None))
+    await server_says(meter, flow, response_created("resp_1"))
+    meter.done()  # mitmproxy reloads the script: it is not shutting down
+    assert records(meter) == []
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    await server_says(new, flow, response_done("resp_1", RESPONSE_USAGE))
+    [row] = records(new)
+    assert (row.model_reported, row.input_tokens, row.aborted) == ("gpt-realtime-2025-08-28", 1000, False)
+    assert row.key_fingerprint == key_fingerprint(KEY)
+
+
+async def test_a_response_in_flight_at_shutdown_is_an_aborted_row(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, response_created("resp_1"))
+    meter_module.ctx.master.should_exit.set()  # SIGTERM: done runs before the flows end
+    meter.done()
+    [row] = records(meter)
+    assert (row.aborted, row.usage, row.error) == (True, None, "proxy shut down mid-session")
+    meter.websocket_end(flow)  # mitmproxy may still end the flow: no second row
+    assert len(records(meter)) == 1
