@@ -14,8 +14,9 @@ if _CHECKOUT not in sys.path:
 
 from addon.interception import Interception  # noqa: E402
 from addon.meter import Meter  # noqa: E402
+from addon.websocket_memory import WebSocketMemory  # noqa: E402
 
 meter = Meter()
 interception = Interception(lambda: meter.registry.allow_host_patterns())
 meter.on_providers_changed = interception.refresh
-addons = [interception, meter]
+addons = [interception, meter, WebSocketMemory()]
