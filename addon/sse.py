@@ -37,7 +37,7 @@ class SSEDecoder:
     lines, come out as events with ``event=None`` and ``data=b""``.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_line_start", "_scan", "_seen_line")
+    __slots__ = ("_buf", "_cr", "_data", "_event", "_line_start", "_scan", "_seen_line")
 
     def __init__(self) -> None:
         self._buf = bytearray()  # bytes of the unfinished event
@@ -46,6 +46,9 @@ class SSEDecoder:
         self._event: str | None = None
         self._data: list[bytes] = []
         self._seen_line = False  # a first line was parsed (BOM handling)
+        # A "\r" was ever fed: only then are "\r" line endings looked for. Checked on each new
+        # chunk, not on the held buffer, which a large event (a base64 image) makes megabytes long.
+        self._cr = False
 
     @property
     def idle(self) -> bool:
@@ -57,6 +60,8 @@ class SSEDecoder:
         if not chunk:
             return []
         self._buf += chunk
+        if not self._cr and b"\r" in chunk:
+            self._cr = True
         return self._run(final=False)
 
     def close(self) -> list[SSEEvent]:
@@ -79,7 +84,7 @@ class SSEDecoder:
         line_start = self._line_start
         start = 0  # start of the current event in buf
         events: list[SSEEvent] = []
-        if b"\r" not in buf:  # "\n" line endings only (nearly every stream): bytes.find, no regex
+        if not self._cr:  # "\n" line endings only (nearly every stream): bytes.find, no regex
             find = buf.find
             while (line_end := find(b"\n", pos)) >= 0:
                 end = line_end + 1
