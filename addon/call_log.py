@@ -96,9 +96,12 @@ def _paint(text: str, code: str, color: bool) -> str:
 
 
 def _tokens(record: CallRecord) -> str:
-    """``1,200 in / 200 cached / 300 out`` (``~`` when estimated), or ``no usage``."""
+    """``1,200 in / 200 cached / 300 out`` (``~`` when estimated), ``61 s of audio`` (whisper-1's
+    transcriptions, billed by the second), or ``no usage``."""
     if record.input_tokens is None and record.output_tokens is None:
         return "no usage"
+    if record.audio_seconds and not (record.input_tokens or record.output_tokens):
+        return f"{record.audio_seconds:g} s of audio"
     mark = "~" if record.usage_source == "estimated" else ""
     text = (
         f"{mark}{record.input_tokens or 0:,} in / {record.cache_read_tokens or 0:,} cached / "

@@ -51,6 +51,7 @@ from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFi
 from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
 from addon.providers import Provider, Registry, openai_realtime, registry_for
 from addon.providers.openai_api import RUNNING
+from addon.providers.openai_media import FORM_NOT_REWRITTEN, MEDIA_FLAVORS, FormFields, is_form, read_form
 from addon.realtime_sessions import RealtimeRow, RealtimeSession
 from addon.record import CallRecord
 from addon.refusals import budget_refusal_status, error_body
@@ -874,10 +875,15 @@ class Meter:
             return
         await self._attribute(state)
         record = state.record
-        body = await self._request_json(flow, state)
-        state.request_body = body  # in memory only: an offline estimate if no usage comes back
+        form = None
+        if record.api_flavor in MEDIA_FLAVORS:  # images, audio: never estimated offline, maybe an upload
+            body, form = await self._media_request(flow, state)
+        else:
+            body = await self._request_json(flow, state)
+            state.request_body = body  # in memory only: an offline estimate if no usage comes back
         provider = state.provider
-        record.model_requested = record.model_sent = provider.request_model(flow.request.path, body)
+        model = form.model if form is not None else provider.request_model(flow.request.path, body)
+        record.model_requested = record.model_sent = model
         if body is not None:
             record.streamed = body.get("stream") is True
 
@@ -902,6 +908,8 @@ class Meter:
                         f"{provider.name} requests are signed over their path and body, so the proxy "
                         "cannot rewrite the model: refused instead of downgraded"
                     )
+                if form is not None:
+                    raise ValueError(FORM_NOT_REWRITTEN)
                 new_path, new_body = provider.with_model(flow.request.path, body, downgrade)
             except ValueError as exc:
                 self.enforcer.withdraw(decision, record.id)
@@ -1022,6 +1030,26 @@ class Meter:
             state.errors.append("request body is not a JSON object")
             return None
         return body
+
+    @staticmethod
+    async def _media_request(
+        flow: http.HTTPFlow, state: CallState
+    ) -> tuple[dict[str, Any] | None, FormFields | None]:
+        """An image or transcription request: its JSON object, or the fields of a multipart upload
+        (read without decoding its files). Neither is kept for an offline estimate."""
+        content_type = flow.request.headers.get("content-type", "")
+        if not is_form(content_type):
+            return await Meter._request_json(flow, state), None
+        try:
+            content = flow.request.get_content() or b""
+        except ValueError as exc:
+            form = FormFields(error=f"upload not decodable: {exc}")
+        else:
+            form = await _off_loop_if_large(functools.partial(read_form, content_type=content_type), content)
+        state.request_size = form.text_bytes  # its files are no tokens a size could tell
+        if form.error is not None:
+            state.errors.append(form.error)
+        return None, form
 
     @_never_raises
     def responseheaders(self, flow: http.HTTPFlow) -> None:

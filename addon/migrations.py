@@ -148,6 +148,12 @@ def m007_inference_geo(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN inference_geo VARCHAR")
 
 
+@migration
+def m008_audio_seconds(con: duckdb.DuckDBPyConnection) -> None:
+    """Audio billed by its duration, not in tokens (whisper-1's transcriptions), in seconds."""
+    con.execute("ALTER TABLE calls ADD COLUMN audio_seconds DOUBLE")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -15,6 +15,7 @@ from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices
 
 from addon.policies import Policies, PriceOverride
+from addon.providers.openai_media import MEDIA_FLAVORS, unpriced_reason
 from addon.record import CallRecord
 from addon.usage import Usage
 
@@ -199,6 +200,12 @@ def _tier_priced(
     return known
 
 
+def _prices_audio_time(calc: PriceCalculation) -> bool:
+    """Whether the model's price has a rate per hour of audio (genai-prices' ``audio_hours``)."""
+    prices = calc.model_price
+    return any(getattr(prices, name, None) for name in ("audio_hours", "input_audio_hours"))
+
+
 def price(
     provider: str,
     model: str | None,
@@ -241,6 +248,7 @@ def price(
                 or usage.web_searches
                 or usage.file_searches
                 or usage.has_modalities
+                or usage.audio_seconds
             )
         )
         known = _linear.get(linear_key) if plain else None
@@ -251,7 +259,7 @@ def price(
         miss_key = (snapshot, provider.lower(), ref.lower())
         if miss_key in _misses:
             return Price(None, UNKNOWN_MODEL, SOURCE, None)
-        counts = {
+        counts: dict[str, float] = {
             "input_tokens": usage.input_tokens,
             "cache_read_tokens": usage.cache_read_tokens,
             "cache_write_tokens": usage.cache_write_tokens,
@@ -266,12 +274,14 @@ def price(
         if usage.has_modalities:
             # All of them, zeros too: genai-prices will not guess how cache reads split by modality.
             counts.update((name, getattr(usage, name)) for name in _MODALITY_COUNTS)
+        if usage.audio_seconds:  # genai-prices' per-hour audio price (whisper-1: $0.36)
+            counts["audio_seconds"] = usage.audio_seconds
         # OpenAI's tiers are priced by `service_tier`, Anthropic's fast mode by `speed`.
         context = (
             None if service_tier in _BASE_TIERS else {"service_tier": service_tier, "speed": service_tier}
         )
 
-        def calculate(counts: dict[str, int], tiered: bool = True) -> PriceCalculation:
+        def calculate(counts: dict[str, float], tiered: bool = True) -> PriceCalculation:
             return calc_price(
                 GPUsage(**counts),
                 ref,
@@ -295,6 +305,9 @@ def price(
             log.debug("tokometer: %s/%s priced as text: %s", provider, model, exc)
             used = {k: v for k, v in counts.items() if k not in _MODALITY_COUNTS}
             calc = calculate(used)
+        if usage.audio_seconds and not _prices_audio_time(calc):
+            # Seconds of audio, and no price per hour of it: 0 would be a guess, not a price.
+            return Price(None, UNKNOWN_MODEL, f"{SOURCE} (no price per hour of audio)", calc.model.id)
         if plain and linear_key not in _linear:
             if len(_linear) >= _MAX_LINEAR:
                 _linear.clear()
@@ -366,6 +379,14 @@ def price_record(record: CallRecord) -> None:
     record.price_status = p.status
     record.price_source = p.source
     record.price_model = p.model
+    _say_why_unpriced(record)
+
+
+def _say_why_unpriced(record: CallRecord) -> None:
+    """An image or transcription call without usage is never estimated offline: its
+    ``price_source`` says why it has no price (DALL·E's per-image billing, a text answer...)."""
+    if record.price_status == NO_USAGE and record.api_flavor in MEDIA_FLAVORS:
+        record.price_source = f"{SOURCE}: {unpriced_reason(record.api_flavor, record.model_sent)}"
 
 
 # --- policies.yaml `prices:` and provider-specific names -----------------------------------------
@@ -475,6 +496,7 @@ class Pricer:
         )
         record.cost_usd, record.price_status = p.cost_usd, p.status
         record.price_source, record.price_model = p.source, p.model
+        _say_why_unpriced(record)
 
     def price_seconds(self, provider: str, model: str | None, seconds: float, when: datetime) -> Price:
         """Audio billed by its length, under the provider's price id and model name (``prices:``
@@ -510,7 +532,7 @@ class Pricer:
             # The row's geo is where the provider ran it (Vertex: the endpoint's location), not
             # Anthropic's inference_geo: only the provider's own rule applies.
             surcharge, inference_geo = own_geo(first, place), None
-        if usage is not None:
+        if usage is not None and not usage.audio_seconds:  # an entry prices tokens, not seconds
             for candidate in dict.fromkeys(m for m in models if m):
                 found = self._override_match(provider, candidate)
                 if found is not None:

@@ -76,6 +76,8 @@ class CallRecord:
     file_searches: int | None = None
     # where inference ran (migration m007): Anthropic's usage.inference_geo, "us" costs 1.1x
     inference_geo: str | None = None
+    # audio billed by its duration (migration m008): whisper-1's transcriptions, in seconds
+    audio_seconds: float | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""
@@ -94,6 +96,7 @@ class CallRecord:
         self.output_image_tokens = usage.output_image_tokens or None
         self.cache_audio_read_tokens = usage.cache_audio_read_tokens or None
         self.file_searches = usage.file_searches or None
+        self.audio_seconds = usage.audio_seconds or None
         self.usage_source = source
 
     @property
@@ -115,6 +118,7 @@ class CallRecord:
             output_image_tokens=self.output_image_tokens or 0,
             cache_audio_read_tokens=self.cache_audio_read_tokens or 0,
             file_searches=self.file_searches or 0,
+            audio_seconds=self.audio_seconds or 0,
         )
 
     def make_storable(self) -> None:

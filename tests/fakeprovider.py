@@ -14,6 +14,14 @@ Tests steer each call with request headers (they pass through the proxy):
 - ``X-Fake-Deltas``: Anthropic streams send this many ``message_delta`` events (cumulative).
 - ``X-Test-Tag``: a label to find the recorded request again.
 
+Images and audio (``/v1/images/generations``, ``/v1/images/edits``, ``/v1/audio/transcriptions``,
+``/v1/audio/translations``; JSON or multipart/form-data, whose fields land in
+``RecordedRequest.form``): ``X-Fake-Usage`` as above (``null``: none, as DALL·E answers);
+``X-Fake-Image-Bytes``: base64 characters of each image (default 2000); a stream sends
+``partial_images`` partial images, then the completed event. A transcription answers in its
+``response_format`` (``text``, ``srt``, ``vtt`` as plain text) or streams ``transcript.text.delta``
+events, then ``transcript.text.done``.
+
 Bad upstream behaviour (tests/test_e2e_bad_input.py):
 
 - ``X-Fake-Close-After: N``: a stream sends its first N events, then the connection is
@@ -38,6 +46,8 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import email.parser
+import email.policy
 import hashlib
 import ipaddress
 import itertools
@@ -89,6 +99,19 @@ DEFAULT_USAGE: dict[str, dict[str, Any]] = {
         "total_tokens": 120,
     },
     "embeddings": {"prompt_tokens": 8, "total_tokens": 8},
+    "images": {
+        "input_tokens": 50,
+        "input_tokens_details": {"text_tokens": 40, "image_tokens": 10},
+        "output_tokens": 4160,
+        "total_tokens": 4210,
+    },
+    "transcription": {
+        "type": "tokens",
+        "input_tokens": 120,
+        "input_token_details": {"text_tokens": 20, "audio_tokens": 100},
+        "output_tokens": 30,
+        "total_tokens": 150,
+    },
     "messages": {
         "input_tokens": 100,
         "cache_creation_input_tokens": 0,
@@ -177,6 +200,7 @@ class RecordedRequest:
     http_version: str = ""  # the request line's version, e.g. "HTTP/1.1"
     sent: bytearray = field(default_factory=bytearray)  # a streamed answer's bytes, before gzip
     ws_messages: list[tuple[int, bytes]] = field(default_factory=list)  # (opcode, payload) received
+    form: dict[str, bytes] = field(default_factory=dict)  # a multipart/form-data body's fields
     done: threading.Event = field(default_factory=threading.Event)  # answer finished or failed
 
     @property
@@ -263,6 +287,7 @@ class _BaseHandler(BaseHTTPRequestHandler):
             body=body,
             json=parsed,
             http_version=self.request_version,
+            form=_form_fields(self.headers.get("Content-Type", ""), body),
         )
         self.server.owner._add(rec)
         return rec
@@ -414,6 +439,9 @@ class _ProviderHandler(_BaseHandler):
             self._send_body(rec, status, _dumps(body), extra=_error_headers(anthropic))
             return
         req = rec.json if isinstance(rec.json, dict) else {}
+        if path in _MEDIA_PATHS:
+            self._media(rec, path, req or {k: v.decode("utf-8", "replace") for k, v in rec.form.items()})
+            return
         flavor = {
             "/v1/chat/completions": "chat",
             "/v1/responses": "responses",
@@ -453,6 +481,38 @@ class _ProviderHandler(_BaseHandler):
             "messages": _messages_events,
         }[flavor](req, rec, model, words, usage)
         self._stream(rec, events, anthropic)
+
+    def _media(self, rec: RecordedRequest, path: str, req: dict[str, Any]) -> None:
+        """An image or transcription call, answered as OpenAI does (JSON, plain text or SSE)."""
+        flavor = "images" if path.startswith("/v1/images/") else "transcription"
+        usage: Any = DEFAULT_USAGE[flavor]
+        if "x-fake-usage" in rec.headers:
+            usage = json.loads(rec.headers["x-fake-usage"])
+        streamed = req.get("stream") in (True, "true", "True")
+        if flavor == "images":
+            image = int(rec.headers.get("x-fake-image-bytes") or 2000)
+            kind = "image_edit" if path == "/v1/images/edits" else "image_generation"
+            if streamed:
+                self._stream(
+                    rec, _image_events(kind, int(req.get("partial_images") or 0), image, usage), False
+                )
+                return
+            self._send_body(
+                rec, 200, _dumps(_with_usage(_image_body(image), usage)), extra=_ok_headers(False)
+            )
+            return
+        fmt = req.get("response_format") or "json"
+        text = "The quick brown fox."
+        if streamed:
+            self._stream(rec, _transcript_events(text, usage), False)
+        elif fmt in ("text", "srt", "vtt"):
+            self._send_body(rec, 200, (text + "\n").encode(), content_type="text/plain; charset=utf-8")
+        else:
+            body = {
+                "text": text,
+                **({"task": "transcribe", "duration": 9.0} if fmt == "verbose_json" else {}),
+            }
+            self._send_body(rec, 200, _dumps(_with_usage(body, usage)), extra=_ok_headers(False))
 
     def _raw_stream(self, rec: RecordedRequest) -> None:
         """``X-Fake-Raw-Stream``: exactly the given bytes, chunked at the given offsets."""
@@ -692,6 +752,54 @@ def _chat_events(
     yield b"data: [DONE]\n\n"
     if gate_at_end:
         yield None
+
+
+_MEDIA_PATHS = frozenset(
+    {"/v1/images/generations", "/v1/images/edits", "/v1/audio/transcriptions", "/v1/audio/translations"}
+)
+_IMAGE_FIELDS = {"background": "opaque", "output_format": "png", "quality": "high", "size": "1024x1024"}
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
+    """The fields of a multipart/form-data body (file contents included), else nothing."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return {}
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = part.get_payload(decode=True) or b""
+    return fields
+
+
+def _with_usage(body: dict[str, Any], usage: Any) -> dict[str, Any]:
+    return body if usage is None else {**body, "usage": usage}
+
+
+def _fake_b64(size: int) -> str:
+    """``size`` characters of base64 (an image's, as far as metering can tell)."""
+    return base64.b64encode(hashlib.sha256(str(size).encode()).digest() * (size // 24 + 1)).decode()[:size]
+
+
+def _image_body(size: int) -> dict[str, Any]:
+    return {"created": int(time.time()), "data": [{"b64_json": _fake_b64(size)}], **_IMAGE_FIELDS}
+
+
+def _image_events(kind: str, partials: int, size: int, usage: Any) -> Iterator[bytes | None]:
+    for i in range(partials):
+        event = {"type": f"{kind}.partial_image", "b64_json": _fake_b64(size), "partial_image_index": i}
+        yield _sse({**event, "created_at": int(time.time()), **_IMAGE_FIELDS}, f"{kind}.partial_image")
+    done = {"type": f"{kind}.completed", "b64_json": _fake_b64(size), "created_at": int(time.time())}
+    yield _sse(_with_usage({**done, **_IMAGE_FIELDS}, usage), f"{kind}.completed")
+
+
+def _transcript_events(text: str, usage: Any) -> Iterator[bytes | None]:
+    for word in text.split(" "):
+        yield _sse({"type": "transcript.text.delta", "delta": word + " ", "logprobs": None})
+    yield _sse(_with_usage({"type": "transcript.text.done", "text": text, "logprobs": None}, usage))
 
 
 def _response_obj(model: str, status: str, text: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:

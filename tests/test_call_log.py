@@ -164,6 +164,15 @@ def test_aborted_without_usage() -> None:
     )
 
 
+def test_audio_billed_by_the_second_shows_its_seconds() -> None:
+    record = rec(Usage(audio_seconds=61), model_requested="whisper-1", cost_usd=Decimal("0.0061"))
+    assert line(record, color=False) == (
+        "15:25:00 development  openai whisper-1  61 s of audio  $0.0061  session $1.23"
+    )
+    record = rec(Usage(audio_seconds=12.5), model_requested="whisper-1", cost_usd=Decimal("0.00125"))
+    assert "  12.5 s of audio  " in line(record, color=False)
+
+
 def test_long_model_names_are_cut_and_normal_lines_stay_short() -> None:
     record = rec(
         model_requested="x" * 60, model_sent="y" * 60, action="downgraded", cost_usd=Decimal("0.0123")

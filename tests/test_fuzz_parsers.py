@@ -48,6 +48,7 @@ from addon.providers import (
     gemini_api,
     gemini_interactions,
     openai_api,
+    openai_media,
     openai_realtime,
 )
 from addon.sse import SSEDecoder, SSEEvent
@@ -201,6 +202,8 @@ STREAM_CASES: tuple[StreamCase, ...] = (
     StreamCase("openrouter", "chat", "sse", (fixture("openrouter_stream.sse"),)),
     StreamCase("perplexity", "chat", "sse", (fixture("perplexity_stream.sse"),)),
     StreamCase("openai", "responses", "sse", (fixture("openai_responses_stream.sse"),)),
+    StreamCase("openai", "images", "sse", (fixture("openai_image_stream.sse"),)),
+    StreamCase("openai", "transcription", "sse", (fixture("openai_transcription_stream.sse"),)),
     StreamCase("azure", "chat", "sse", (fixture("azure_chat_stream.sse"),)),
     StreamCase("openai", "embeddings", "sse", CHAT_SEEDS[:1]),
     StreamCase("anthropic", "messages", "sse", (fixture("anthropic_stream.sse"),)),
@@ -220,7 +223,7 @@ BODY_FIXTURES = tuple(
     fixture(p.name) for p in sorted(FIXTURES.iterdir()) if p.suffix == ".json" and p.is_file()
 )
 FLAVORS: dict[str, tuple[str, ...]] = {
-    "openai": openai_api.FLAVORS,
+    "openai": (*openai_api.FLAVORS, *openai_media.FLAVORS),
     "anthropic": anthropic_api.FLAVORS,
     "google": (*gemini_api.FLAVORS, gemini_interactions.FLAVOR),
     "aws": bedrock_api.FLAVORS,
@@ -329,6 +332,12 @@ JSON_KEYS = (
     "bytes",
     "output",
     "results",
+    "seconds",
+    "duration",
+    "input_token_details",
+    "image_tokens",
+    "audio_tokens",
+    "b64_json",
 )
 SCALARS = st.one_of(
     st.none(),
@@ -345,6 +354,11 @@ SCALARS = st.one_of(
             "error",
             "failed",
             "chat.completion.chunk",
+            "image_generation.completed",
+            "image_edit.partial_image",
+            "transcript.text.done",
+            "tokens",
+            "duration",
         ]
     ),
 )
@@ -696,6 +710,11 @@ def sse_events(draw: st.DrawFn) -> SSEEvent:
                     "response.output_text.delta",
                     "response.created",
                     "response.failed",
+                    "image_generation.partial_image",
+                    "image_generation.completed",
+                    "image_edit.completed",
+                    "transcript.text.delta",
+                    "transcript.text.done",
                 ]
             ),
             st.text(max_size=10),
@@ -1158,3 +1177,57 @@ def test_realtime_handshake_queries_never_raise(query: str, model: str) -> None:
     # Only the model's parameter changed.
     keep = [p for p in query.split("&") if p.partition("=")[0] != "model"]
     assert [p for p in rewritten.split("&") if p.partition("=")[0] != "model"] == keep
+
+
+# ---------------------------------------------------------------- multipart uploads (images, audio)
+
+FORM_BOUNDARY = "fuzz-b0undary"
+FORM_CONTENT_TYPE = f"multipart/form-data; boundary={FORM_BOUNDARY}"
+
+
+def form_part(name: str, value: bytes, filename: str | None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--{FORM_BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+
+
+FILE_CONTENT = st.one_of(
+    st.binary(max_size=300),
+    st.lists(
+        st.sampled_from([b"\r\n", b"--", b"--fuzz-b0undar", b'name="model"', b"\r\n\r\n", b"gpt-image-1"]),
+        max_size=20,
+    ).map(b"".join),
+)
+
+
+@FUZZ
+@given(
+    files=st.lists(FILE_CONTENT, max_size=3),
+    model=st.text(alphabet=string.ascii_letters + string.digits + ".-", min_size=1, max_size=30),
+    at=st.integers(0, 3),
+)
+def test_a_forms_model_is_found_wherever_it_is_whatever_its_files_hold(
+    files: list[bytes], model: str, at: int
+) -> None:
+    parts = [form_part("image[]", content, f"{i}.png") for i, content in enumerate(files)]
+    parts.insert(min(at, len(parts)), form_part("model", model.encode(), None))
+    body = b"".join(parts) + f"--{FORM_BOUNDARY}--\r\n".encode()
+    fields = openai_media.read_form(body, FORM_CONTENT_TYPE)
+    assert (fields.model, fields.error, fields.text_bytes) == (model, None, len(model))
+
+
+@FUZZ
+@given(
+    body=st.one_of(
+        st.binary(max_size=400),
+        SSE_NOISE,
+        st.lists(
+            st.tuples(st.sampled_from(["model", "prompt", "x"]), FILE_CONTENT, st.booleans()), max_size=4
+        ).map(lambda ps: b"".join(form_part(n, v, "f" if f else None) for n, v, f in ps)),
+    ).flatmap(mutated),
+    content_type=st.one_of(st.just(FORM_CONTENT_TYPE), st.text(max_size=60)),
+)
+def test_reading_any_form_never_raises(body: bytes, content_type: str) -> None:
+    fields = openai_media.read_form(body, content_type)
+    assert fields.model is None or (isinstance(fields.model, str) and 0 < len(fields.model) <= 256)
+    assert (fields.model is None) == (fields.error is not None)
+    assert 0 <= fields.text_bytes <= len(body)

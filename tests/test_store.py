@@ -222,6 +222,7 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "cache_audio_read_tokens",
                 "file_searches",
                 "inference_geo",
+                "audio_seconds",
             )
         ),
     }
@@ -849,6 +850,7 @@ def _every_field_record(call_id: str) -> CallRecord:
             "input_image_tokens": 17,
             "output_image_tokens": 19,
             "cache_audio_read_tokens": 23,
+            "audio_seconds": 61.25,
             "tags": '{"a": "b\\"c", "é": "😀"}',
             "error": 'a "quoted", \\ back\nslash \x00 nul \u2028 line',
         }.get(f.name, f'{f.name} ✓ "x"')

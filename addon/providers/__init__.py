@@ -22,6 +22,7 @@ from addon.providers import (
     gemini_api,
     gemini_interactions,
     openai_api,
+    openai_media,
     openai_realtime,
     vertex_api,
 )
@@ -154,15 +155,33 @@ class Provider:
 
 
 def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
+    readers: dict[str, Any] = {
+        "flavor_for_path": openai_api.flavor_for_path,
+        "parse_response": _ignore_headers(openai_api.parse_response),
+        "stream_parser": openai_api.StreamParser,
+    }
     return Provider(
-        name=name,
-        hosts=hosts,
-        flavor_for_path=openai_api.flavor_for_path,
-        parse_response=_ignore_headers(openai_api.parse_response),
-        stream_parser=openai_api.StreamParser,
-        is_usage_only_chunk=openai_api.is_usage_only_chunk,
-        **kw,
+        name=name, hosts=hosts, is_usage_only_chunk=openai_api.is_usage_only_chunk, **(readers | kw)
     )
+
+
+# --- OpenAI's own API: also image generation and audio transcription ------------------------
+
+
+def _openai_flavor(path: str) -> str | None:
+    return openai_api.flavor_for_path(path) or openai_media.flavor_for_path(path)
+
+
+def _openai_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
+    if flavor in openai_media.MEDIA_FLAVORS:
+        return openai_media.parse_response(flavor, body)
+    return openai_api.parse_response(flavor, body)
+
+
+def _openai_stream_parser(flavor: str) -> StreamParser:
+    if flavor in openai_media.MEDIA_FLAVORS:
+        return openai_media.StreamParser(flavor)
+    return openai_api.StreamParser(flavor)
 
 
 # --- OpenAI-shaped paths on another family's host ----------------------------------------------
@@ -317,6 +336,10 @@ BUILTIN: tuple[Provider, ...] = (
         "api.openai.com",
         usage_opt_in_flavors=frozenset({"chat"}),
         realtime=OPENAI_REALTIME,
+        # images and transcriptions too (a custom host with `api: openai` takes these as well)
+        flavor_for_path=_openai_flavor,
+        parse_response=_openai_parse,
+        stream_parser=_openai_stream_parser,
     ),
     _serving_openai_too(
         Provider(

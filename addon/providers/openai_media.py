@@ -1,0 +1,352 @@
+"""OpenAI image generation and audio transcription answers -> normalised usage.
+
+Flavors: ``images`` (``POST /v1/images/generations``, ``/v1/images/edits``,
+``/v1/images/variations``) and ``transcription`` (``/v1/audio/transcriptions``,
+``/v1/audio/translations``). Pure functions over bytes; no mitmproxy.
+
+- GPT image models report token usage (``input_tokens_details.image_tokens``; output tokens
+  are image tokens unless ``output_tokens_details`` splits them). DALL·E models report none:
+  they are billed per image, which no price list here has.
+- Transcriptions report ``{"type": "tokens", ...}`` (gpt-4o-*-transcribe, audio input tokens
+  in ``input_token_details.audio_tokens``) or ``{"type": "duration", "seconds": N}``
+  (whisper-1, billed per second of audio); ``response_format`` text, srt and vtt answer plain
+  text without usage.
+- Streams (SSE): ``image_generation.partial_image`` / ``image_edit.partial_image`` events are
+  base64 images of megabytes, never JSON-decoded; ``image_generation.completed``,
+  ``image_edit.completed`` and ``transcript.text.done`` carry the usage, found without decoding
+  the image either.
+
+Uploads (edits, variations, audio) are multipart/form-data: ``read_form`` finds their small text
+fields (``model``) by walking the part boundaries, never decoding the files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from addon.providers.openai_api import error_message
+from addon.providers.values import loads
+from addon.providers.values import token_count as _int
+from addon.sse import SSEEvent
+from addon.usage import Metered, Usage
+
+FLAVORS: tuple[str, ...] = ("images", "transcription")
+MEDIA_FLAVORS = frozenset(FLAVORS)
+
+_PATH_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("/images/generations", "images"),
+    ("/images/edits", "images"),
+    ("/images/variations", "images"),  # dall-e-2 only
+    ("/audio/transcriptions", "transcription"),
+    ("/audio/translations", "transcription"),  # whisper-1 only
+)
+# The event that ends a stream, and carries its usage.
+_FINAL_EVENTS = frozenset({"image_generation.completed", "image_edit.completed", "transcript.text.done"})
+_FINAL_OF = {"images": "its completed event", "transcription": "transcript.text.done"}
+# Bodies and events above this size (base64 images) are searched for their usage member
+# instead of being decoded whole.
+SEARCH_FROM = 64 * 1024
+_HEAD = 512  # bytes of an event searched first for its "type"
+
+NO_IMAGE_USAGE = "no usage in the answer (DALL-E models report none: they are billed per image)"
+PLAIN_TEXT = "plain-text answer (response_format text, srt or vtt): it carries no usage"
+FROM_DURATION = "no usage object: the answer's duration taken as the billed audio seconds"
+# Why a multipart upload is refused rather than downgraded (the meter's refusal says so).
+FORM_NOT_REWRITTEN = (
+    "a multipart/form-data upload (an image or audio file) is never rewritten by the proxy, "
+    "so it is refused instead of downgraded: ask for an allowed model"
+)
+
+# "usage": the object (two levels of nesting at most, as OpenAI's details are) or null. Base64
+# has no quotes and a JSON string escapes its own, so in an image answer this only matches a key.
+_USAGE_MEMBER = re.compile(rb'"usage"\s*:\s*(null|\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
+_TYPE_MEMBER = re.compile(rb'"type"\s*:\s*"([^"\\]{1,100})"')
+
+
+def flavor_for_path(path: str) -> str | None:
+    """``images`` or ``transcription`` for such a request path (query allowed), else None."""
+    path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    for suffix, flavor in _PATH_SUFFIXES:
+        if path.endswith(suffix):
+            return flavor
+    return None
+
+
+def unpriced_reason(flavor: str, model: str | None) -> str:
+    """Why an image or transcription call without usage has no price (for its ``price_source``)."""
+    if flavor == "images" and model and model.startswith("dall-e"):
+        return f"{model} is billed per image, a price it does not have"
+    kind = "image" if flavor == "images" else "audio"
+    return f"no usage reported ({kind} calls are never estimated offline)"
+
+
+# --- usage objects ---------------------------------------------------------------------------
+
+
+def image_usage(usage: Any) -> Usage | None:
+    """Normalise a GPT image model's ``usage`` (image tokens as subsets of input and output)."""
+    if not isinstance(usage, dict) or not ("input_tokens" in usage or "output_tokens" in usage):
+        return None
+    details_in = usage.get("input_tokens_details")
+    details_out = usage.get("output_tokens_details")
+    input_tokens = _int(usage.get("input_tokens"))
+    output_tokens = _int(usage.get("output_tokens"))
+    image_in = _int(details_in.get("image_tokens")) if isinstance(details_in, dict) else 0
+    # Without a breakdown, every output token is an image token: these models write images only
+    # (priced at the image output rate where the model has one, e.g. gpt-image-1.5's $32/M).
+    image_out = _int(details_out.get("image_tokens")) if isinstance(details_out, dict) else output_tokens
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_image_tokens=max(0, min(image_in, input_tokens)),
+        output_image_tokens=max(0, min(image_out, output_tokens)),
+    )
+
+
+def _seconds(value: Any) -> float | int | None:
+    """A duration in seconds: a finite, non-negative number (not a bool), else None."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is float and math.isfinite(value) and value >= 0:
+        return int(value) if value.is_integer() else value
+    return None
+
+
+def transcription_usage(usage: Any) -> Usage | None:
+    """Normalise a transcription's ``usage``: tokens (audio input a subset) or audio seconds."""
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("type") == "duration" or ("seconds" in usage and "input_tokens" not in usage):
+        seconds = _seconds(usage.get("seconds"))
+        return Usage(audio_seconds=seconds) if seconds is not None else None
+    if "input_tokens" not in usage and "output_tokens" not in usage:
+        return None
+    details = usage.get("input_token_details")
+    if not isinstance(details, dict):
+        details = usage.get("input_tokens_details")
+    input_tokens = _int(usage.get("input_tokens"))
+    audio = _int(details.get("audio_tokens")) if isinstance(details, dict) else 0
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=_int(usage.get("output_tokens")),
+        input_audio_tokens=max(0, min(audio, input_tokens)),
+    )
+
+
+def _usage_of(flavor: str, usage: Any) -> Usage | None:
+    return image_usage(usage) if flavor == "images" else transcription_usage(usage)
+
+
+def _usage_member(data: bytes) -> tuple[bool, Any]:
+    """(found, raw usage) from the last ``"usage"`` member of a large JSON text, undecoded
+    elsewhere. ``(False, None)`` when it cannot tell (the caller decodes the whole text)."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return True, None
+    match = _USAGE_MEMBER.match(data, at)
+    if match is None:
+        return False, None
+    raw = match.group(1)
+    return True, None if raw == b"null" else loads(raw)
+
+
+# --- whole answers ---------------------------------------------------------------------------
+
+
+def parse_response(flavor: str, body: bytes) -> Metered:
+    """Usage (or why there is none) of a complete image or transcription answer. Never raises."""
+    if not body.strip():
+        return Metered(error="empty response body")
+    if flavor == "transcription":
+        return _transcription(body)
+    return _images(body)
+
+
+def _images(body: bytes) -> Metered:
+    if len(body) > SEARCH_FROM and body.lstrip()[:1] == b"{" and body.rstrip()[-1:] == b"}":
+        found, raw = _usage_member(body)  # megabytes of base64 images: not decoded
+        if found:
+            usage = image_usage(raw)
+            return Metered(usage=usage, error=None if usage is not None else NO_IMAGE_USAGE)
+    obj = loads(body)
+    if not isinstance(obj, dict):
+        return Metered(error="response body is not a JSON object")
+    usage = image_usage(obj.get("usage"))
+    error = error_message(obj.get("error"))
+    if usage is None and error is None:
+        error = NO_IMAGE_USAGE
+    return Metered(usage=usage, error=error)
+
+
+def _transcription(body: bytes) -> Metered:
+    obj = loads(body) if body.lstrip()[:1] == b"{" else None
+    if not isinstance(obj, dict):  # text, srt, vtt (a transcript may well start with "{" too)
+        return Metered(error=PLAIN_TEXT)
+    usage = transcription_usage(obj.get("usage"))
+    error = error_message(obj.get("error"))
+    if usage is None and error is None:
+        seconds = _seconds(obj.get("duration"))  # verbose_json of a translation: no usage member
+        if seconds is not None:
+            return Metered(usage=Usage(audio_seconds=seconds), error=FROM_DURATION)
+        error = "no usage in the answer"
+    return Metered(usage=usage, error=error)
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+def _event_type(data: bytes) -> str | None:
+    """A nameless event's ``type`` (the first one naming an event, ``x.y`` or ``error``: a nested
+    ``usage.type`` says ``tokens``), looked for in the event's head, then in all of it."""
+    for text in (data[:_HEAD], data) if len(data) > _HEAD else (data,):
+        for match in _TYPE_MEMBER.finditer(text):
+            kind = match.group(1).decode("ascii", "replace")
+            if "." in kind or kind == "error":
+                return kind
+    return None
+
+
+class StreamParser:
+    """Feed the SSE events of one image or transcription stream; ``result()`` at any time.
+
+    Partial images and text deltas are passed over by their name (or leading ``type``); only
+    the final event's usage member is decoded.
+    """
+
+    __slots__ = ("_bad", "_done", "_error", "_usage", "flavor")
+
+    def __init__(self, flavor: str) -> None:
+        self.flavor = flavor
+        self._usage: Usage | None = None
+        self._error: str | None = None
+        self._done = False
+        self._bad = 0  # final events that were not JSON objects
+
+    @property
+    def done(self) -> bool:
+        """The final event (``*.completed``, ``transcript.text.done``) was seen."""
+        return self._done
+
+    def feed(self, event: SSEEvent) -> None:
+        """Take one event (comments, empty events and ``[DONE]`` are ignored)."""
+        data = event.data
+        if not data or data == b"[DONE]":
+            return
+        kind = event.event if event.event not in (None, "message") else _event_type(data)
+        if kind in _FINAL_EVENTS:
+            self._final(data)
+        elif kind == "error" or (kind is not None and kind.endswith(".failed")):
+            obj = loads(data) if len(data) <= SEARCH_FROM else None
+            found = error_message(obj.get("error") or obj) if isinstance(obj, dict) else None
+            self._error = found or "error event"
+
+    def _final(self, data: bytes) -> None:
+        self._done = True
+        found, raw = _usage_member(data) if len(data) > SEARCH_FROM else (False, None)
+        if not found:
+            obj = loads(data)
+            if not isinstance(obj, dict):
+                self._bad += 1
+                return
+            raw = obj.get("usage")
+        usage = _usage_of(self.flavor, raw)
+        if usage is not None:
+            self._usage = usage  # one final event per stream (n=1): the last one stands
+
+    def result(self) -> Metered:
+        """Usage seen so far (None if none) and, without it, why."""
+        error = self._error
+        if self._usage is None and error is None:
+            final = _FINAL_OF.get(self.flavor, "final")
+            if self._bad:
+                error = f"no usage in stream ({self._bad} final event(s) not JSON)"
+            elif self._done:
+                error = "stream ended without usage"
+            else:
+                error = f"no usage in stream (it ended before {final})"
+        return Metered(usage=self._usage, error=error)
+
+
+# --- multipart/form-data uploads -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FormFields:
+    """What a multipart upload's small text fields say (its files are never decoded)."""
+
+    model: str | None = None
+    text_bytes: int = 0  # bytes of its text fields (a prompt): the budget reservation's input
+    error: str | None = None  # why the model could not be read
+
+
+_BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;,"]{1,200}))', re.IGNORECASE)
+_DISPOSITION = re.compile(rb"^content-disposition\s*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_NAME = re.compile(rb';\s*name\s*=\s*(?:"([^"]*)"|([^\s;]+))', re.IGNORECASE)
+_FILENAME = re.compile(rb";\s*filename\*?\s*=", re.IGNORECASE)
+MAX_PART_HEADERS = 8 * 1024
+MAX_FIELD = 64 * 1024  # a model field longer than this is not read (a model name is short)
+MAX_MODEL = 256
+
+
+def is_form(content_type: str) -> bool:
+    """A multipart/form-data request body, by its content type."""
+    return content_type.lstrip().lower().startswith("multipart/form-data")
+
+
+def read_form(body: bytes, content_type: str) -> FormFields:
+    """The ``model`` field of a multipart/form-data body, and its text fields' size. Never raises.
+
+    Walks the parts by their boundary (which, by definition, no content contains): each part's
+    headers are read, a file's content is skipped with one search for the next boundary.
+    """
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return FormFields(error="multipart body without a boundary: its model cannot be read")
+    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
+    separator = b"\r\n" + delimiter
+    models: list[str] = []
+    text_bytes = 0
+    pos = body.find(delimiter)
+    complete = False
+    while pos >= 0:
+        pos += len(delimiter)
+        if body.startswith(b"--", pos):
+            complete = True  # the closing delimiter
+            break
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0:
+            break
+        head_end = body.find(b"\r\n\r\n", line_end)
+        if head_end < 0 or head_end - line_end > MAX_PART_HEADERS:
+            break
+        start = head_end + 4
+        end = body.find(separator, start)
+        if end < 0:
+            break
+        headers = body[line_end + 2 : head_end]
+        disposition = _DISPOSITION.search(headers)
+        params = disposition.group(1) if disposition is not None else b""
+        is_file = _FILENAME.search(params) is not None
+        name_match = _NAME.search(params)
+        name = (name_match.group(1) or name_match.group(2) or b"") if name_match else b""
+        if not is_file:
+            text_bytes += end - start
+            if name == b"model" and end - start <= MAX_FIELD:
+                models.append(body[start:end].decode("utf-8", "replace").strip())
+        pos = end + 2
+    model, error = None, None
+    distinct = list(dict.fromkeys(models))
+    if len(distinct) == 1 and 0 < len(distinct[0]) <= MAX_MODEL and "\ufffd" not in distinct[0]:
+        model = distinct[0]
+    elif len(distinct) > 1:
+        error = f"{len(distinct)} different model fields in the form: its model cannot be read"
+    elif models:
+        error = "the form's model field is empty, too long or not UTF-8"
+    elif not complete:
+        error = "multipart body cut short or malformed: no model field found"
+    else:
+        error = "no model field in the form"
+    return FormFields(model=model, text_bytes=text_bytes, error=None if model else error)

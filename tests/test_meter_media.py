@@ -1,0 +1,216 @@
+"""The addon's hooks on image and transcription calls (mitmproxy.test.taddons and tflow, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons
+from test_meter import CollectingStore, feed, make_flow, run_request, stream_response
+from test_openai_media import IMAGE_USAGE, TOKENS_USAGE, form, image_stream
+
+import addon.meter
+from addon.budgets import Scope
+from addon.meter import INLINE_PARSE_LIMIT, Meter
+from addon.policies import parse_policies
+from addon.providers.openai_media import FORM_NOT_REWRITTEN, NO_IMAGE_USAGE, PLAIN_TEXT
+
+GENERATIONS = "https://api.openai.com/v1/images/generations"
+EDITS = "https://api.openai.com/v1/images/edits"
+TRANSCRIPTIONS = "https://api.openai.com/v1/audio/transcriptions"
+RESTRICTED = """
+environments:
+  development:
+    models:
+      allow: [gpt-image-1-mini, gpt-4o-mini-transcribe, whisper-1]
+      downgrade: {gpt-image-1: gpt-image-1-mini, gpt-4o-transcribe: gpt-4o-mini-transcribe}
+"""
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+def upload(url: str, parts: list[tuple[str, bytes, str | None]]) -> http.HTTPFlow:
+    body, ctype = form(parts)
+    return make_flow(url, body, headers={"content-type": ctype})
+
+
+async def answer(meter: Meter, flow: http.HTTPFlow, body: bytes, ctype: str = "application/json") -> None:
+    flow.response = http.Response.make(200, body, {"content-type": ctype})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+async def test_an_image_generation_is_metered_with_its_image_tokens(meter: Meter) -> None:
+    flow = make_flow(GENERATIONS, {"model": "gpt-image-1", "prompt": "a cat", "quality": "high"})
+    await run_request(meter, flow)
+    assert flow.response is None  # sent upstream
+    await answer(
+        meter, flow, json.dumps({"created": 1, "data": [{"b64_json": "iVBO"}], "usage": IMAGE_USAGE}).encode()
+    )
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.provider, rec.api_flavor, rec.path) == ("openai", "images", "/v1/images/generations")
+    assert rec.model_requested == rec.model_sent == "gpt-image-1" and rec.model_reported is None
+    assert (rec.input_tokens, rec.input_image_tokens, rec.output_tokens, rec.output_image_tokens) == (
+        50,
+        10,
+        4160,
+        4160,
+    )
+    assert rec.usage_source == "reported" and rec.error is None and rec.action == "allowed"
+
+
+async def test_an_upload_is_metered_by_its_form_model_without_an_estimate(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 100, period: day}\n"))
+    image = os.urandom(INLINE_PARSE_LIMIT * 4)  # its form is read off the event loop
+    threads: list[Any] = []
+    real = asyncio.to_thread
+    monkeypatch.setattr(addon.meter.asyncio, "to_thread", lambda f, *a: threads.append(f) or real(f, *a))
+    flow = upload(
+        EDITS, [("image", image, "a.png"), ("prompt", b"a hat", None), ("model", b"gpt-image-1", None)]
+    )
+    await run_request(meter, flow)
+    monkeypatch.undo()
+    assert flow.response is None
+    assert [f.func.__name__ for f in threads if isinstance(f, functools.partial)].count("read_form") == 1
+    # its budget reservation counts the text fields (bytes / 4 tokens), not the image's bytes
+    assert meter.enforcer.budgets.reserved()[Scope("environment", "development")] == meter.pricer.estimate(
+        "openai", "gpt-image-1", len(b"a hatgpt-image-1") // 4, 1000
+    )
+    await answer(meter, flow, b'{"created":1}')
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.model_requested == rec.model_sent == "gpt-image-1" and rec.api_flavor == "images"
+    assert rec.usage_source == "none" and rec.input_tokens is None and rec.error == NO_IMAGE_USAGE
+
+
+async def test_a_disallowed_model_on_an_upload_is_refused_saying_why(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    for url, model in ((EDITS, b"gpt-image-1"), (TRANSCRIPTIONS, b"gpt-4o-transcribe")):
+        flow = upload(
+            url, [("file", b"\x00" * 5000, "a.bin"), ("model", model, None), ("stream", b"true", None)]
+        )
+        sent = flow.request.content
+        await run_request(meter, flow)
+        assert flow.response is not None and flow.response.status_code == 403  # upstream never contacted
+        message = json.loads(flow.response.content)["error"]["message"]
+        assert message.startswith("tokometer:") and FORM_NOT_REWRITTEN in message
+        assert flow.request.content == sent  # not a byte changed
+        await meter.response(flow)
+    records = meter.store.records  # type: ignore[union-attr]
+    assert [(r.action, r.model_requested, r.model_sent, r.status_code, r.streamed) for r in records] == [
+        ("blocked", "gpt-image-1", None, 403, False),
+        ("blocked", "gpt-4o-transcribe", None, 403, False),
+    ]
+    assert all(FORM_NOT_REWRITTEN in (r.error or "") for r in records)
+
+
+async def test_a_json_image_request_is_downgraded_like_a_chat_call(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(GENERATIONS, {"model": "gpt-image-1", "prompt": "a cat", "n": 1})
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert json.loads(flow.request.content) == {"model": "gpt-image-1-mini", "prompt": "a cat", "n": 1}
+    await answer(meter, flow, json.dumps({"created": 1, "usage": IMAGE_USAGE}).encode())
+    assert flow.response.headers["X-Tokometer-Notice"].startswith(
+        "downgraded gpt-image-1 -> gpt-image-1-mini"
+    )
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.action, rec.model_requested, rec.model_sent, rec.output_tokens) == (
+        "downgraded",
+        "gpt-image-1",
+        "gpt-image-1-mini",
+        4160,
+    )
+
+
+async def test_an_image_request_without_a_model_is_refused_where_models_are_restricted(meter: Meter) -> None:
+    """OpenAI's reference asks for an explicit model now (its old default, dall-e-2, is retired):
+    a request without one cannot be checked, so it fails closed under an allowlist."""
+    flow = make_flow(GENERATIONS, {"prompt": "a cat"})
+    await run_request(meter, flow)
+    assert flow.response is None and meter.call_state(flow).record.model_requested is None
+    meter._apply(parse_policies(RESTRICTED))
+    for flow in (make_flow(GENERATIONS, {"prompt": "a cat"}), upload(EDITS, [("prompt", b"a cat", None)])):
+        await run_request(meter, flow)
+        assert flow.response is not None and flow.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "tokens", "seconds", "error"),
+    [
+        (
+            json.dumps({"text": "hi", "usage": TOKENS_USAGE}).encode(),
+            "application/json",
+            (120, 100, 30),
+            None,
+            None,
+        ),
+        (
+            b'{"text":"hi","usage":{"type":"duration","seconds":61}}',
+            "application/json",
+            (0, None, 0),
+            61,
+            None,
+        ),
+        (b"hi there\n", "text/plain; charset=utf-8", (None, None, None), None, PLAIN_TEXT),
+    ],
+)
+async def test_a_transcription_is_metered_from_its_answer_only(
+    meter: Meter, body: bytes, ctype: str, tokens: tuple, seconds: int | None, error: str | None
+) -> None:
+    flow = upload(TRANSCRIPTIONS, [("model", b"whisper-1", None), ("file", b"RIFF" + b"\x00" * 999, "a.wav")])
+    await run_request(meter, flow)
+    await answer(meter, flow, body, ctype)
+    await asyncio.sleep(0)  # an offline estimate, if one were started, would run now
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.api_flavor, rec.model_sent) == ("transcription", "whisper-1")
+    assert (rec.input_tokens, rec.input_audio_tokens, rec.output_tokens, rec.audio_seconds) == (
+        *tokens,
+        seconds,
+    )
+    assert rec.error == error and rec.usage_source == ("none" if error else "reported")
+
+
+async def test_an_image_stream_passes_byte_for_byte_and_is_metered(meter: Meter) -> None:
+    flow = make_flow(
+        GENERATIONS, {"model": "gpt-image-1", "prompt": "a cat", "stream": True, "partial_images": 2}
+    )
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    data = image_stream(image=400_000)
+    assert feed(flow, data, 16384) == data
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.streamed is True and rec.aborted is False and rec.ttft_ms is not None
+    assert (rec.input_tokens, rec.output_tokens, rec.output_image_tokens) == (50, 4160, 4160)
+    assert meter.store.journaled == [rec.id]  # type: ignore[union-attr]  # at image_generation.completed
+
+
+async def test_a_dalle_image_call_without_usage_gets_no_estimate(meter: Meter) -> None:
+    flow = make_flow(GENERATIONS, {"model": "dall-e-3", "prompt": "a cat " * 200})
+    await run_request(meter, flow)
+    await answer(meter, flow, b'{"created":1,"data":[{"url":"https://x/y.png","revised_prompt":"a cat"}]}')
+    await asyncio.sleep(0.05)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.usage_source, rec.input_tokens, rec.output_tokens, rec.error) == (
+        "none",
+        None,
+        None,
+        NO_IMAGE_USAGE,
+    )
+    assert not meter._estimates

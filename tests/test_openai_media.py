@@ -1,0 +1,457 @@
+"""OpenAI image generation and audio transcription: parsers, form reading and prices (no proxy)."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+
+from addon.policies import parse_policies
+from addon.pricing import Pricer, price_record
+from addon.providers import DEFAULT_REGISTRY, openai_media, registry_for
+from addon.providers.openai_media import (
+    FROM_DURATION,
+    NO_IMAGE_USAGE,
+    PLAIN_TEXT,
+    StreamParser,
+    flavor_for_path,
+    parse_response,
+    read_form,
+)
+from addon.record import CallRecord
+from addon.sse import SSEDecoder
+from addon.token_estimate import estimate_usage
+from addon.usage import Usage
+
+WHEN = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+IMAGE_USAGE = {
+    "input_tokens": 50,
+    "input_tokens_details": {"text_tokens": 40, "image_tokens": 10},
+    "output_tokens": 4160,
+    "total_tokens": 4210,
+}
+TOKENS_USAGE = {
+    "type": "tokens",
+    "input_tokens": 120,
+    "input_token_details": {"text_tokens": 20, "audio_tokens": 100},
+    "output_tokens": 30,
+    "total_tokens": 150,
+}
+
+
+def b64(size: int) -> str:
+    """Random base64 text of about ``size`` characters (an image's, for parsing purposes)."""
+    return base64.b64encode(os.urandom(size * 3 // 4)).decode()
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def sse(obj: dict[str, Any], named: bool = True) -> bytes:
+    head = f"event: {obj['type']}\n".encode() if named else b""
+    return head + b"data: " + dumps(obj) + b"\n\n"
+
+
+def image_stream(kind: str = "image_generation", image: int = 2000, usage: Any = IMAGE_USAGE) -> bytes:
+    """Two partial images then the completed event, as OpenAI streams a gpt-image answer."""
+    common = {"background": "opaque", "created_at": 1, "output_format": "png", "quality": "high"}
+    parts = [
+        sse({"type": f"{kind}.partial_image", "b64_json": b64(image), "partial_image_index": i, **common})
+        for i in range(2)
+    ]
+    done = {"type": f"{kind}.completed", "b64_json": b64(image), "size": "1024x1024", **common}
+    if usage is not None:
+        done["usage"] = usage
+    return b"".join([*parts, sse(done)])
+
+
+def transcript_stream(usage: Any = TOKENS_USAGE, named: bool = False) -> bytes:
+    deltas = [sse({"type": "transcript.text.delta", "delta": w}, named) for w in ("Hel", "lo ", "{there}")]
+    done = {"type": "transcript.text.done", "text": "Hello {there}"}
+    if usage is not None:
+        done["usage"] = usage
+    return b"".join([*deltas, sse(done, named)])
+
+
+def feed(flavor: str, data: bytes, cuts: list[int]) -> StreamParser:
+    """The stream read as the proxy reads it: SSE-framed, cut at ``cuts``."""
+    parser, decoder = StreamParser(flavor), SSEDecoder()
+    bounds = [0, *cuts, len(data)]
+    for a, b in itertools.pairwise(bounds):
+        for event in decoder.feed(data[a:b]):
+            parser.feed(event)
+    for event in decoder.close():
+        parser.feed(event)
+    return parser
+
+
+def form(parts: list[tuple[str, bytes, str | None]], boundary: str = "b0undary-xyz") -> tuple[bytes, str]:
+    """A multipart/form-data body (name, value, filename) and its content type."""
+    out = b""
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        ctype = "Content-Type: application/octet-stream\r\n" if filename else ""
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{ctype}\r\n".encode() + value + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def calc(model: str, **counts: float) -> Decimal:
+    """What genai-prices says OpenAI bills for these counts."""
+    return calc_price(
+        GPUsage(**counts), model, provider_id="openai", genai_request_timestamp=WHEN
+    ).total_price
+
+
+# ---------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    ("path", "flavor"),
+    [
+        ("/v1/images/generations", "images"),
+        ("/v1/images/edits", "images"),
+        ("/v1/images/variations?x=1", "images"),
+        ("/v1/audio/transcriptions", "transcription"),
+        ("/v1/audio/translations/", "transcription"),
+        ("/v1/audio/speech", None),  # TTS: binary audio, no usage, not metered
+        ("/v1/images", None),
+        ("/v1/chat/completions", "chat"),
+    ],
+)
+def test_openai_meters_image_and_transcription_paths(path: str, flavor: str | None) -> None:
+    openai = DEFAULT_REGISTRY.for_host("api.openai.com")
+    assert openai is not None and openai.flavor_for_path(path) == flavor
+    # other OpenAI-compatible providers keep their own paths: no images, no audio
+    groq = DEFAULT_REGISTRY.for_host("api.groq.com")
+    assert groq is not None and groq.flavor_for_path("/openai/v1/audio/transcriptions") is None
+    assert flavor_for_path("/v1/responses") is None
+
+
+def test_a_custom_openai_compatible_host_meters_them_too() -> None:
+    """A gateway in front of OpenAI (``api: openai``) forwards these paths as OpenAI answers them."""
+    policies = parse_policies('providers:\n  gateway: {url: "https://llm.internal.example", api: openai}\n')
+    gateway = registry_for(policies).for_host("llm.internal.example", 443)
+    assert gateway is not None and gateway.name == "gateway"
+    assert gateway.flavor_for_path("/v1/audio/transcriptions") == "transcription"
+    m = gateway.parse_response("transcription", b'{"text":"x","usage":{"type":"duration","seconds":3}}', {})
+    assert m.usage == Usage(audio_seconds=3)
+
+
+# ---------------------------------------------------------------- whole answers
+
+
+def test_a_gpt_image_answer_counts_its_output_as_image_tokens() -> None:
+    body = dumps({"created": 1, "data": [{"b64_json": b64(400)}], "usage": IMAGE_USAGE})
+    m = parse_response("images", body)
+    assert m.error is None and m.model is None
+    assert m.usage == Usage(
+        input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160
+    )
+
+
+def test_an_output_breakdown_splits_text_from_image_tokens() -> None:
+    usage = {**IMAGE_USAGE, "output_tokens_details": {"text_tokens": 60, "image_tokens": 4100}}
+    m = parse_response("images", dumps({"created": 1, "usage": usage}))
+    assert m.usage == Usage(
+        input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4100
+    )
+
+
+def test_a_large_image_answer_is_metered_without_decoding_its_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    real = openai_media.loads
+    monkeypatch.setattr(openai_media, "loads", lambda data: decoded.append(len(data)) or real(data))
+    body = dumps(
+        {"created": 1, "data": [{"b64_json": b64(3_000_000)} for _ in range(2)], "usage": IMAGE_USAGE}
+    )
+    m = parse_response("images", body)
+    assert m.usage == Usage(
+        input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160
+    )
+    assert len(body) > 6_000_000 and decoded and max(decoded) < 300  # only the usage member
+
+
+@pytest.mark.parametrize("size", [100, 300_000])
+def test_a_dalle_answer_has_no_usage_and_says_why(size: int) -> None:
+    body = dumps({"created": 1, "data": [{"b64_json": b64(size), "revised_prompt": 'a "usage": {} b'}]})
+    m = parse_response("images", body)
+    assert (m.usage, m.error) == (None, NO_IMAGE_USAGE)
+
+
+def test_a_usage_key_in_a_prompt_is_not_taken_for_usage() -> None:
+    # A revised prompt ending in "usage, then a colon: the fast search gives up, the full parse decides.
+    body = dumps({"created": 1, "data": [{"b64_json": b64(100_000), "revised_prompt": 'x "usage'}], "n": 1})
+    body = body.replace(b'"n":1', b'"k":"usage\\": 7"')
+    m = parse_response("images", body)
+    assert (m.usage, m.error) == (None, NO_IMAGE_USAGE)
+
+
+@pytest.mark.parametrize(
+    ("body", "usage", "error"),
+    [
+        (
+            b'{"text":"hi","usage":' + dumps(TOKENS_USAGE) + b"}",
+            Usage(120, 0, 0, 30, input_audio_tokens=100),
+            None,
+        ),
+        (b'{"text":"hi","usage":{"type":"duration","seconds":61}}', Usage(audio_seconds=61), None),
+        (b'{"text":"hi","usage":{"type":"duration","seconds":12.5}}', Usage(audio_seconds=12.5), None),
+        (b'{"text":"hi","duration":8.0,"segments":[]}', Usage(audio_seconds=8), FROM_DURATION),
+        (b"Hello there.\n", None, PLAIN_TEXT),
+        (b"1\n00:00:00,000 --> 00:00:01,000\nHello\n", None, PLAIN_TEXT),
+        (b"WEBVTT\n\n00:00.000 --> 00:01.000\nHello\n", None, PLAIN_TEXT),
+        (b"{curly} transcript\n", None, PLAIN_TEXT),
+        (b'{"text":"hi"}', None, "no usage in the answer"),
+        (b'{"text":"hi","usage":{"type":"duration","seconds":-3}}', None, "no usage in the answer"),
+        (b'{"text":"hi","usage":{"type":"duration","seconds":true}}', None, "no usage in the answer"),
+        (b"", None, "empty response body"),
+    ],
+)
+def test_transcription_answers(body: bytes, usage: Usage | None, error: str | None) -> None:
+    m = parse_response("transcription", body)
+    assert (m.usage, m.error) == (usage, error)
+
+
+def test_a_tokens_usage_caps_its_audio_part_at_the_input() -> None:
+    usage = {
+        "type": "tokens",
+        "input_tokens": 5,
+        "input_token_details": {"audio_tokens": 9},
+        "output_tokens": 1,
+    }
+    m = parse_response("transcription", dumps({"text": "", "usage": usage}))
+    assert m.usage == Usage(input_tokens=5, output_tokens=1, input_audio_tokens=5)
+
+
+# ---------------------------------------------------------------- streams
+
+
+@pytest.mark.parametrize("kind", ["image_generation", "image_edit"])
+def test_an_image_stream_split_anywhere_meters_the_same(kind: str) -> None:
+    data = image_stream(kind, image=300)
+    expected = Usage(input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160)
+    for cut in range(1, len(data)):
+        parser = feed("images", data, [cut])
+        assert parser.done and parser.result().usage == expected, cut
+    assert feed("images", data, list(range(1, len(data)))).result().usage == expected  # byte by byte
+
+
+def test_a_large_image_stream_never_decodes_a_partial_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    real = openai_media.loads
+    monkeypatch.setattr(openai_media, "loads", lambda data: decoded.append(len(data)) or real(data))
+    data = image_stream(image=2_000_000)
+    parser = feed("images", data, list(range(16384, len(data), 16384)))
+    assert parser.result().usage == Usage(50, 0, 0, 4160, input_image_tokens=10, output_image_tokens=4160)
+    assert decoded and max(decoded) < 300
+
+
+def test_an_image_stream_without_event_names_is_read_by_its_types() -> None:
+    named = image_stream(image=100_000)
+    nameless = b"".join(line + b"\n" for line in named.split(b"\n") if not line.startswith(b"event:"))[:-1]
+    assert b"event:" not in nameless
+    assert feed("images", nameless, [7, 70_000]).result().usage == feed("images", named, []).result().usage
+
+
+def test_an_image_stream_cut_before_completed_has_no_usage_and_says_so() -> None:
+    data = image_stream(image=500)
+    cut = data[: data.index(b"event: image_generation.completed")]
+    m = feed("images", cut, [33]).result()
+    assert m.usage is None and m.error == "no usage in stream (it ended before its completed event)"
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_transcription_stream_split_anywhere_meters_the_same(named: bool) -> None:
+    data = transcript_stream(named=named)
+    for cut in range(1, len(data)):
+        parser = feed("transcription", data, [cut])
+        assert parser.done and parser.result().usage == Usage(120, 0, 0, 30, input_audio_tokens=100), cut
+
+
+def test_a_stream_error_event_is_the_rows_error() -> None:
+    deltas = transcript_stream(usage=None).rsplit(b"data: ", 1)[0]
+    error = {"type": "error", "error": {"type": "server_error", "code": "x", "message": "boom"}}
+    m = feed("transcription", deltas + sse(error, named=False), [5]).result()
+    assert (m.usage, m.error) == (None, "x: boom")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b"data: [DONE]\n\n",
+        b"data: {\n\n",
+        b": ping\n\n",
+        b"event: image_generation.completed\ndata: nope\n\n",
+    ],
+)
+def test_stream_garbage_never_raises_and_says_what_it_saw(event: bytes) -> None:
+    m = feed("images", event * 3, [2]).result()
+    assert m.usage is None and m.error is not None
+
+
+# ---------------------------------------------------------------- multipart uploads
+
+
+def test_the_model_field_is_found_after_a_large_file_without_decoding_it() -> None:
+    image = os.urandom(3_000_000)
+    body, ctype = form(
+        [("image", image, "cat.png"), ("model", b"gpt-image-1", None), ("prompt", b"a hat", None)]
+    )
+    fields = read_form(body, ctype)
+    assert (fields.model, fields.error) == ("gpt-image-1", None)
+    assert fields.text_bytes == len(b"gpt-image-1") + len(b"a hat")
+
+
+def test_a_file_that_contains_a_model_part_does_not_fool_the_reader() -> None:
+    fake_part = b'\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
+    body, ctype = form([("model", b"gpt-image-1-mini", None), ("image", fake_part * 3, "x.png")])
+    assert read_form(body, ctype).model == "gpt-image-1-mini"
+    body, ctype = form([("image", fake_part, "x.png")])
+    assert read_form(body, ctype).model is None
+
+
+@pytest.mark.parametrize(
+    ("parts", "ctype_suffix", "model", "error"),
+    [
+        ([("model", b"whisper-1", None), ("stream", b"true", None)], "", "whisper-1", None),
+        ([("model", b"whisper-1", None)], '; charset="x"', "whisper-1", None),
+        ([("model", b"a", None), ("model", b"a", None)], "", "a", None),
+        ([("model", b"a", None), ("model", b"b", None)], "", None, "2 different model fields in the form"),
+        ([("prompt", b"x", None)], "", None, "no model field in the form"),
+        ([("model", b"gpt-image-1", "model.txt")], "", None, "no model field in the form"),
+        ([("model", b"", None)], "", None, "the form's model field is empty, too long or not UTF-8"),
+        ([("model", b"\xff\xfe", None)], "", None, "the form's model field is empty, too long or not UTF-8"),
+    ],
+)
+def test_form_fields(parts: list, ctype_suffix: str, model: str | None, error: str | None) -> None:
+    body, ctype = form(parts)
+    fields = read_form(body, ctype + ctype_suffix)
+    assert fields.model == model
+    assert fields.error is None if error is None else fields.error.startswith(error)
+
+
+def test_a_quoted_boundary_a_cut_body_and_no_boundary() -> None:
+    body, _ = form([("model", b"gpt-image-1", None)], boundary="a b:c")
+    assert read_form(body, 'multipart/form-data; boundary="a b:c"').model == "gpt-image-1"
+    cut, ctype = form([("image", b"x" * 100, "a.png"), ("model", b"gpt-image-1", None)])
+    fields = read_form(cut[:120], ctype)
+    assert (
+        fields.model is None and fields.error == "multipart body cut short or malformed: no model field found"
+    )
+    assert read_form(body, "multipart/form-data").error.startswith("multipart body without a boundary")
+
+
+# ---------------------------------------------------------------- prices and rows
+
+
+@pytest.mark.parametrize(
+    ("model", "counts"),
+    [
+        ("gpt-image-1", {"input_tokens": 50, "input_image_tokens": 10, "output_tokens": 4160}),
+        ("gpt-image-1.5", {"input_tokens": 50, "input_image_tokens": 10, "output_tokens": 4160}),
+        ("gpt-image-1-mini", {"input_tokens": 300, "input_image_tokens": 250, "output_tokens": 1056}),
+    ],
+)
+def test_a_gpt_image_call_costs_what_openai_bills(model: str, counts: dict[str, int]) -> None:
+    usage = {**IMAGE_USAGE, "input_tokens": counts["input_tokens"], "output_tokens": counts["output_tokens"]}
+    usage["input_tokens_details"] = {"text_tokens": 0, "image_tokens": counts["input_image_tokens"]}
+    m = parse_response("images", dumps({"created": 1, "usage": usage}))
+    record = row("images", model, m.usage)
+    price_record(record)
+    # OpenAI bills every output token of these models as an image token
+    billed = calc(model, **counts, output_image_tokens=counts["output_tokens"])
+    assert record.price_status == "priced" and record.cost_usd == billed
+    assert record.output_image_tokens == counts["output_tokens"]
+
+
+def test_gpt_image_15_output_is_priced_at_its_image_rate() -> None:
+    record = row(
+        "images", "gpt-image-1.5", Usage(input_tokens=50, output_tokens=4160, output_image_tokens=4160)
+    )
+    price_record(record)
+    # $5/M text input, $32/M image output (its text output rate is $10/M)
+    assert record.cost_usd == Decimal(50) * 5 / 10**6 + Decimal(4160) * 32 / 10**6 == Decimal("0.13337")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "gpt-4o-mini-transcribe"])
+def test_a_token_billed_transcription_costs_what_openai_bills(model: str) -> None:
+    record = row(
+        "transcription", model, parse_response("transcription", dumps({"usage": TOKENS_USAGE})).usage
+    )
+    price_record(record)
+    assert record.cost_usd == calc(model, input_tokens=120, input_audio_tokens=100, output_tokens=30)
+    assert (record.input_tokens, record.input_audio_tokens, record.output_tokens) == (120, 100, 30)
+
+
+@pytest.mark.parametrize("seconds", [61, 12.5])
+def test_whisper_is_priced_per_second_at_genai_prices_hourly_rate(seconds: float) -> None:
+    record = row("transcription", "whisper-1", Usage(audio_seconds=seconds))
+    price_record(record)
+    assert record.cost_usd == calc("whisper-1", audio_seconds=seconds)
+    assert record.cost_usd == Decimal(str(seconds)) * Decimal("0.36") / 3600  # $0.006 a minute
+    assert (record.audio_seconds, record.input_tokens, record.output_tokens) == (seconds, 0, 0)
+    assert record.price_status == "priced" and record.usage_source == "reported"
+    again = CallRecord.from_json(record.to_json())
+    assert again.audio_seconds == seconds and again.usage == record.usage
+
+
+def test_seconds_of_a_model_without_an_hourly_price_are_not_priced_zero() -> None:
+    record = row("transcription", "gpt-4o-transcribe", Usage(audio_seconds=30))
+    price_record(record)
+    assert (record.cost_usd, record.price_status) == (None, "unknown_model")
+    assert record.price_source == "genai-prices 0.2.3 (no price per hour of audio)"
+
+
+def test_a_prices_entry_prices_tokens_never_seconds() -> None:
+    pricer = Pricer(parse_policies('prices:\n  "whisper-*": {input: 1, output: 1}\n').prices)
+    record = row("transcription", "whisper-1", Usage(audio_seconds=60))
+    pricer(record)
+    assert record.cost_usd == Decimal("0.006") and record.price_source == "genai-prices 0.2.3"
+
+
+@pytest.mark.parametrize(
+    ("flavor", "model", "source"),
+    [
+        ("images", "dall-e-3", "genai-prices 0.2.3: dall-e-3 is billed per image, a price it does not have"),
+        (
+            "images",
+            "gpt-image-1",
+            "genai-prices 0.2.3: no usage reported (image calls are never estimated offline)",
+        ),
+        (
+            "transcription",
+            "whisper-1",
+            "genai-prices 0.2.3: no usage reported (audio calls are never estimated offline)",
+        ),
+    ],
+)
+def test_a_media_call_without_usage_is_unpriced_and_says_why(flavor: str, model: str, source: str) -> None:
+    for pricing in (price_record, Pricer()):
+        record = row(flavor, model, None)
+        pricing(record)
+        assert (record.cost_usd, record.price_status, record.price_source) == (None, "no_usage", source)
+        assert record.usage_source == "none" and record.input_tokens is None
+
+
+@pytest.mark.parametrize("flavor", ["images", "transcription"])
+def test_the_offline_estimate_never_counts_images_or_audio(flavor: str) -> None:
+    with pytest.raises(ValueError, match="not estimated offline"):
+        estimate_usage(flavor, {"model": "gpt-image-1", "prompt": "a cat " * 100}, None, "gpt-image-1")
+
+
+def row(flavor: str, model: str, usage: Usage | None) -> CallRecord:
+    record = CallRecord(
+        id="x", ts=WHEN, session_id="s", environment="development", provider="openai",
+        host="api.openai.com", path=f"/v1/{flavor}", api_flavor=flavor, model_sent=model, status_code=200,
+    )  # fmt: skip
+    record.set_usage(usage)
+    return record
