@@ -1210,15 +1210,11 @@ class Meter:
     def _record_realtime(self, row: RealtimeRow) -> None:
         """Store one row of a session now, inside the hook (before the client gets the event).
 
-        Priced here when a budget applies (or it is billed by the second), so its cost counts
-        against the budgets at once: the session's next request sees it.
+        Priced here when a budget applies, so its cost counts against the budgets at once: the
+        session's next request sees it.
         """
         record = row.record
-        if row.audio_seconds is not None:
-            p = self.pricer.price_seconds(record.provider, record.model_sent, row.audio_seconds, record.ts)
-            record.cost_usd, record.price_status = p.cost_usd, p.status
-            record.price_source, record.price_model = p.source, p.model
-        elif self.enforcer.budgets.has_budgets:
+        if self.enforcer.budgets.has_budgets:
             self._price(record)
         if record.cost_usd is not None:
             self.enforcer.hold(record)

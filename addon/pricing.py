@@ -338,30 +338,6 @@ def price(
         return Price(None, ERROR, SOURCE, None)
 
 
-def price_audio_seconds(provider: str, model: str | None, seconds: float, when: datetime) -> Price:
-    """Price audio billed by its length (whisper-1 transcriptions: $0.006 a minute), from
-    genai-prices' per-hour audio price; never raises. A model without such a price is not priced
-    0: ``unknown_model``, and ``price_source`` says it was billed by duration."""
-    note = f"({seconds:g} s of audio)"
-    try:
-        if not model or not model.strip():
-            return Price(None, NO_MODEL, f"{SOURCE} {note}", None)
-        calc = calc_price(
-            GPUsage(audio_seconds=seconds),
-            _model_ref(model),
-            provider_id=provider,
-            genai_request_timestamp=_utc(when),
-        )
-    except LookupError:
-        return Price(None, UNKNOWN_MODEL, f"{SOURCE} {note}", None)
-    except Exception as exc:
-        log.warning("tokometer: pricing %s/%s by duration failed: %s", provider, model, exc)
-        return Price(None, ERROR, f"{SOURCE} {note}", None)
-    if calc.total_price == 0 and seconds > 0:  # a model priced per token only
-        return Price(None, UNKNOWN_MODEL, f"{SOURCE} {note}: no per-second price", calc.model.id)
-    return Price(calc.total_price, PRICED, f"{SOURCE} {note}", calc.model.id)
-
-
 def price_record(record: CallRecord) -> None:
     """Fill the record's price fields, unless ``price_status`` is already set."""
     if record.price_status is not None:
@@ -497,16 +473,6 @@ class Pricer:
         record.cost_usd, record.price_status = p.cost_usd, p.status
         record.price_source, record.price_model = p.source, p.model
         _say_why_unpriced(record)
-
-    def price_seconds(self, provider: str, model: str | None, seconds: float, when: datetime) -> Price:
-        """Audio billed by its length, under the provider's price id and model name (``prices:``
-        entries are per token: they do not apply)."""
-        price_id, to_name = provider, None
-        if self._price_provider is not None:
-            price_id, to_name = self._price_provider(provider, model)
-        if model and to_name is not None:
-            model = to_name(model)
-        return price_audio_seconds(price_id, model, seconds, when)
 
     def price_usage(
         self,

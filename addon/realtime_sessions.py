@@ -30,10 +30,9 @@ UPGRADED = 101  # the status of every row of a session: its handshake's
 
 @dataclass(slots=True)
 class RealtimeRow:
-    """A finished row, and the audio seconds it is billed by (a duration-billed transcription)."""
+    """A finished row of a session (a response, a transcription, or a response cut short)."""
 
     record: CallRecord
-    audio_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -82,13 +81,11 @@ class RealtimeSession:
             model = self.transcription_model
             row = self._row(now, None, None, model=model, action="allowed")
             row.set_usage(event.usage)
-            if event.seconds is not None:
-                row.usage_source = "reported"
             row.error = _join(row.error, event.error)
             if model is None:
                 row.error = _join(row.error, "the session's transcription model was not seen")
             self.transcriptions += 1
-            return [RealtimeRow(row, event.seconds)]
+            return [RealtimeRow(row)]
         return []
 
     def end(self, now: float, reason: str) -> list[RealtimeRow]:

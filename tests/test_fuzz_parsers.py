@@ -1153,8 +1153,8 @@ def test_realtime_messages_never_raise(data: bytes) -> None:
         | openai_realtime.ResponseDone
         | openai_realtime.TranscriptionDone,
     )
-    if isinstance(event, openai_realtime.TranscriptionDone) and event.seconds is not None:
-        assert 0 <= event.seconds < float("inf")
+    if isinstance(event, openai_realtime.TranscriptionDone) and event.usage is not None:
+        assert 0 <= event.usage.audio_seconds < float("inf")
     if not openai_realtime.might_bill(data):
         # What the cheap test lets pass unread never carries usage, nor is a transcription.
         assert not isinstance(event, openai_realtime.TranscriptionDone)

@@ -38,7 +38,6 @@ from addon.providers.openai_realtime import (
     might_bill,
     read_server_event,
     response_usage,
-    transcription_usage,
 )
 from addon.realtime_sessions import RealtimeSession
 from addon.record import CallRecord
@@ -197,20 +196,22 @@ def test_response_priced_at_gpt_realtime_audio_rates() -> None:
 
 
 def test_transcription_usage_in_tokens_and_in_seconds() -> None:
+    """Read as a transcription's answer over HTTP is (one reader, openai_media's)."""
     tokens = read_server_event(dumps(transcription_completed("item_1", TRANSCRIPTION_USAGE)))
     assert tokens == TranscriptionDone(
-        "item_1", Usage(input_tokens=150, output_tokens=20, input_audio_tokens=120), None, None
+        "item_1", Usage(input_tokens=150, output_tokens=20, input_audio_tokens=120), None
     )
     seconds = read_server_event(dumps(transcription_completed("item_2", DURATION_USAGE)))
-    assert seconds == TranscriptionDone("item_2", None, 90.0, None)
-    assert transcription_usage({"type": "duration", "seconds": 2.5}) == (None, 2.5, None)
-    assert (
-        transcription_usage({"type": "duration", "seconds": -1})[2]
-        == "transcription usage without valid seconds"
-    )
-    assert transcription_usage({"type": "duration", "seconds": "9"})[1] is None
-    assert transcription_usage(None) == (None, None, "no usage in transcription")
-    assert transcription_usage({"type": "tokens"}) == (None, None, "no usage in transcription")
+    assert seconds == TranscriptionDone("item_2", Usage(audio_seconds=90), None)
+    for bad in (
+        {"type": "duration", "seconds": -1},
+        {"type": "duration", "seconds": "9"},
+        {"type": "tokens"},
+    ):
+        event = read_server_event(dumps(transcription_completed("item_3", bad)))
+        assert event == TranscriptionDone("item_3", None, "no usage in transcription")
+    event = read_server_event(dumps(transcription_completed("item_4", None)))
+    assert event == TranscriptionDone("item_4", None, "no usage in transcription")
 
 
 def test_session_events_give_the_models() -> None:
@@ -330,7 +331,7 @@ def test_one_row_per_response_with_the_handshakes_attribution() -> None:
     assert session.take(ResponseStarted("r1"), 1001.0) == []
     [row] = session.take(ResponseDone("r1", "completed", EXPECTED), 1003.5)
     record = row.record
-    assert row.audio_seconds is None
+    assert record.audio_seconds is None
     assert (record.id, record.ts.timestamp(), record.duration_ms) == ("id0", 1001.0, 2500.0)
     assert (record.model_requested, record.model_sent, record.model_reported) == (
         "gpt-realtime",
@@ -373,8 +374,12 @@ def test_transcriptions_take_the_sessions_transcription_model() -> None:
     )
     assert (record.input_tokens, record.output_tokens, record.duration_ms) == (150, 20, None)
     session.take(SessionConfig("gpt-realtime", "whisper-1"), 1003.0)
-    [row] = session.take(TranscriptionDone("i2", None, 12.5), 1004.0)
-    assert (row.audio_seconds, row.record.model_sent, row.record.input_tokens) == (12.5, "whisper-1", None)
+    [row] = session.take(TranscriptionDone("i2", Usage(audio_seconds=12.5)), 1004.0)
+    assert (row.record.audio_seconds, row.record.model_sent, row.record.input_tokens) == (
+        12.5,
+        "whisper-1",
+        0,
+    )
     assert row.record.usage_source == "reported"
     session.take(SessionConfig("gpt-realtime", None), 1005.0)
     [row] = session.take(TranscriptionDone("i3", Usage(input_tokens=1)), 1006.0)
@@ -400,17 +405,23 @@ def test_responses_in_flight_at_the_end_are_aborted_rows_without_usage() -> None
 
 
 def test_whisper_seconds_priced_by_the_minute() -> None:
-    p = Pricer().price_seconds("openai", "whisper-1", 90, NOW)
-    assert (p.cost_usd, p.status, p.source) == (
-        Decimal("0.009"),
-        "priced",
-        "genai-prices 0.2.3 (90 s of audio)",
+    """A whisper-1 transcription in a session is priced by the pricing every call takes."""
+    record = CallRecord(
+        id="x", ts=datetime.fromtimestamp(1000, UTC), session_id="s", environment="development",
+        provider="openai", host="h",
+        path="/v1/realtime", api_flavor="realtime", model_requested="whisper-1", model_sent="whisper-1",
+    )  # fmt: skip
+    record.set_usage(Usage(audio_seconds=90))
+    Pricer()(record)
+    assert (record.cost_usd, record.price_status) == (Decimal("0.009"), "priced")
+    assert (
+        record.cost_usd
+        == calc_price(GPUsage(audio_seconds=90), "whisper-1", provider_id="openai").total_price
     )
-    assert p.cost_usd == calc_price(GPUsage(audio_seconds=90), "whisper-1", provider_id="openai").total_price
-    none = Pricer().price_seconds("openai", "gpt-4o-transcribe", 90, NOW)
-    assert (none.cost_usd, none.status) == (None, "unknown_model")
-    assert none.source == "genai-prices 0.2.3 (90 s of audio): no per-second price"
-    assert Pricer().price_seconds("openai", None, 3, NOW).status == "no_model"
+    record.model_sent = record.model_requested = "gpt-4o-transcribe"
+    record.cost_usd = record.price_status = None
+    Pricer()(record)
+    assert (record.cost_usd, record.price_status) == (None, "unknown_model")
 
 
 def test_a_delta_is_known_by_its_type_not_by_text() -> None:

@@ -197,12 +197,15 @@ async def test_transcriptions_in_tokens_and_in_seconds(meter: Meter) -> None:
         20,
     )
     assert tokens.price_status is None  # priced by the store's writer, as any call
-    assert (seconds.model_sent, seconds.input_tokens, seconds.output_tokens) == ("whisper-1", None, None)
-    assert (seconds.cost_usd, seconds.price_status, seconds.price_source) == (
-        Decimal("0.009"),
-        "priced",
-        "genai-prices 0.2.3 (90 s of audio)",
+    assert (seconds.model_sent, seconds.audio_seconds, seconds.input_tokens, seconds.output_tokens) == (
+        "whisper-1",
+        90,
+        0,
+        0,
     )
+    assert seconds.price_status is None  # priced by the writer too, by genai-prices' price per hour
+    meter.pricer(seconds)
+    assert (seconds.cost_usd, seconds.price_status) == (Decimal("0.009"), "priced")
 
 
 async def test_a_response_cut_by_the_close_is_aborted_without_usage(meter: Meter) -> None:

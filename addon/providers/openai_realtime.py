@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
+from addon.providers.openai_media import transcription_usage
 from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
@@ -152,11 +153,11 @@ class ResponseDone:
 
 @dataclass(frozen=True, slots=True)
 class TranscriptionDone:
-    """``conversation.item.input_audio_transcription.completed``: billed in tokens or in seconds."""
+    """``conversation.item.input_audio_transcription.completed``: billed in tokens or in seconds
+    (``usage.audio_seconds``)."""
 
     item_id: str | None
     usage: Usage | None
-    seconds: float | None = None
     error: str | None = None
 
 
@@ -187,8 +188,9 @@ def read_server_event(data: bytes) -> ServerEvent | None:
         response = obj.get("response")
         return ResponseStarted(_str(response.get("id")) if isinstance(response, dict) else None)
     if kind == "conversation.item.input_audio_transcription.completed":
-        usage, seconds, error = transcription_usage(obj.get("usage"))
-        return TranscriptionDone(_str(obj.get("item_id")), usage, seconds, error)
+        usage = transcription_usage(obj.get("usage"))
+        error = None if usage is not None else "no usage in transcription"
+        return TranscriptionDone(_str(obj.get("item_id")), usage, error)
     if kind in (
         "session.created",
         "session.updated",
@@ -243,35 +245,6 @@ def response_usage(usage: Any) -> Usage | None:
         input_image_tokens=images,
         cache_audio_read_tokens=_int(cached_details.get("audio_tokens")),
     )
-
-
-def transcription_usage(usage: Any) -> tuple[Usage | None, float | None, str | None]:
-    """(token usage, billed seconds, problem) of a transcription's ``usage``.
-
-    ``{"type": "tokens", "input_tokens", "output_tokens", "input_token_details": {"text_tokens",
-    "audio_tokens"}}`` (gpt-4o-transcribe and the like) or ``{"type": "duration", "seconds": N}``
-    (whisper-1).
-    """
-    if not isinstance(usage, dict):
-        return None, None, "no usage in transcription"
-    kind = usage.get("type")
-    if kind == "duration" or (kind is None and "seconds" in usage):
-        seconds = usage.get("seconds")
-        if type(seconds) in (int, float) and seconds == seconds and 0 <= seconds < float("inf"):
-            return None, float(seconds), None
-        return None, None, "transcription usage without valid seconds"
-    if "input_tokens" in usage or "output_tokens" in usage:
-        details = _dict(usage.get("input_token_details"))
-        return (
-            Usage(
-                input_tokens=_int(usage.get("input_tokens")),
-                output_tokens=_int(usage.get("output_tokens")),
-                input_audio_tokens=_int(details.get("audio_tokens")),
-            ),
-            None,
-            None,
-        )
-    return None, None, "no usage in transcription"
 
 
 def _session_config(session: Any) -> SessionConfig | None:
