@@ -78,21 +78,9 @@ class Enforcer:
         if not self.policies.enforcing:
             return Decision("allowed", model)
         now = time.time() if now is None else now
-        env_policy = self.policies.environment(environment)
-        decision = Decision("allowed", model)
-
-        if model is not None and not env_policy.models.is_allowed(model):
-            rules = env_policy.models
-            target = rules.downgrade_target(model) if rules.on_disallowed == "downgrade" else None
-            if target is None:
-                message = blocked_message(environment, model, list(rules.allow))
-                return Decision(
-                    "blocked",
-                    model,
-                    refusal=refusal_response(provider, 403, message, kind="blocked"),
-                    message=message,
-                )
-            decision = Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
+        decision = self.decide_model(provider, environment, model)
+        if decision.refusal is not None:
+            return decision
 
         refusal = None
         if budgeted and self.budgets.has_budgets:
@@ -141,6 +129,28 @@ class Enforcer:
                 message=message,
             )
         return decision
+
+    def decide_model(self, provider: str, environment: str, model: str | None) -> Decision:
+        """The model allowlist alone: allowed, downgraded to the mapped target, or blocked.
+
+        ``decide`` starts with it; a session that names its model after it started (Gemini
+        Live's setup message) is checked with it then. No model (None): allowed here.
+        """
+        if not self.policies.enforcing or model is None:
+            return Decision("allowed", model)
+        rules = self.policies.environment(environment).models
+        if rules.is_allowed(model):
+            return Decision("allowed", model)
+        target = rules.downgrade_target(model) if rules.on_disallowed == "downgrade" else None
+        if target is None:
+            message = blocked_message(environment, model, list(rules.allow))
+            return Decision(
+                "blocked",
+                model,
+                refusal=refusal_response(provider, 403, message, kind="blocked"),
+                message=message,
+            )
+        return Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
 
     def spent_budget(self, scopes: tuple[Scope, ...], now: float | None = None) -> str | None:
         """The message of an over-budget refusal if a budget of ``scopes`` is spent (what is in

@@ -49,16 +49,17 @@ from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
 from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
-from addon.providers import Provider, Registry, openai_realtime, registry_for
+from addon.providers import Provider, Registry, gemini_live, keys_in_query, openai_realtime, registry_for
 from addon.providers.openai_api import RUNNING
 from addon.providers.openai_media import FORM_NOT_REWRITTEN, MEDIA_FLAVORS, FormFields, is_form, read_form
-from addon.realtime_sessions import RealtimeRow, RealtimeSession
+from addon.realtime_sessions import UPGRADED, LiveSession, RealtimeRow, RealtimeSession, SocketSession
 from addon.record import CallRecord
 from addon.refusals import budget_refusal_status, error_body
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import StreamTap
 from addon.token_estimate import estimate_usage
 from addon.usage import Metered
+from addon.websocket_close import close_websocket
 
 log = logging.getLogger("tokometer")
 
@@ -102,13 +103,20 @@ _STARTED_BY = (
     "model_sent",
 )
 MAX_KEYS_EXAMINED = 8  # API keys of one request looked up in policies.yaml (a request may carry more)
+# How the proxy closes a Gemini Live session it refuses, as Google closes one: a model it will not
+# serve (1008, policy violation), a quota spent (1011).
+LIVE_REFUSED = 1008
+LIVE_OVER_BUDGET = 1011
 
 
 # Calls in flight when mitmproxy reloaded the script, for the new Meter to finish: this module
 # is imported once per process (the script is what mitmproxy reloads).
 _HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
-# Realtime sessions open when mitmproxy reloaded the script, likewise.
-_SESSIONS_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, RealtimeSession] = weakref.WeakKeyDictionary()
+# WebSocket sessions (Realtime, Live) open when mitmproxy reloaded the script, likewise.
+_SESSIONS_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
+# WebSockets the proxy closed itself (with a close code): whatever still passes through them is
+# dropped, by this instance or the next (a script reload).
+_DROPPING: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 
 
 def _shutting_down() -> bool:
@@ -170,6 +178,7 @@ class CallState:
     journaled_in: Store | None = None  # the store that journaled it ahead (see _finish)
     path_tags: Mapping[str, str] | None = None  # what the path says of the call (Vertex's project)
     handshake: openai_realtime.Handshake | None = None  # an OpenAI Realtime WebSocket handshake
+    live: gemini_live.Endpoint | None = None  # a Gemini Live WebSocket handshake
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -206,6 +215,19 @@ def _describe_client(record: CallRecord, process: ClientProcess) -> None:
     record.client_cwd = process.cwd
     record.repo = process.repo
     record.git_branch = process.git_branch
+
+
+def _process_of(state: CallState) -> ClientProcess | None:
+    """The calling process of a call, if its lookup is over (it was awaited when attributed)."""
+    lookup = state.process
+    if lookup is None or not lookup.done() or lookup.cancelled() or lookup.exception() is not None:
+        return None
+    return lookup.result()
+
+
+def _with_tags(tags: str | None, extra: Mapping[str, str]) -> str:
+    """A row's ``tags`` JSON with ``extra`` added (what a path says beats a header's claim)."""
+    return json.dumps({**(json.loads(tags) if tags else {}), **extra}, sort_keys=True, ensure_ascii=False)
 
 
 def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
@@ -323,10 +345,8 @@ class Meter:
         self._running = False
         self._refused_start = False  # policies.yaml was invalid at start
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
-        # OpenAI Realtime WebSockets being metered (see websocket_message).
-        self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, RealtimeSession] = (
-            weakref.WeakKeyDictionary()
-        )
+        # OpenAI Realtime and Gemini Live WebSockets being metered (see websocket_message).
+        self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
         self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
@@ -451,7 +471,7 @@ class Meter:
         for flow, state in list(_HANDED_OVER.items()):  # a script reload: its calls in flight
             if _HANDED_OVER.pop(flow, None) is not None:
                 self._take_over(flow, state)
-        for flow, session in list(_SESSIONS_HANDED_OVER.items()):  # and its Realtime sessions
+        for flow, session in list(_SESSIONS_HANDED_OVER.items()):  # and its WebSocket sessions
             if _SESSIONS_HANDED_OVER.pop(flow, None) is not None:
                 self._sessions[flow] = session
         freeze_startup_heap()
@@ -623,12 +643,15 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
-        if provider.realtime is not None and flow.request.method == "GET":
-            path, _, query = flow.request.path.partition("?")
-            upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-            if upgrade and provider.realtime.matches(path):
-                self._start_handshake(flow, provider, host, tags_header)
-                return
+        if (provider.realtime is not None or provider.live is not None) and flow.request.method == "GET":
+            path = flow.request.path.partition("?")[0]
+            if flow.request.headers.get("upgrade", "").lower() == "websocket":
+                if provider.realtime is not None and provider.realtime.matches(path):
+                    self._start_handshake(flow, provider, host, tags_header)
+                    return
+                if provider.live is not None and provider.live.matches(path):
+                    self._start_handshake(flow, provider, host, tags_header, provider.live)
+                    return
         if (self._background or self._earlier_background) and (
             flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
         ):
@@ -669,15 +692,25 @@ class Meter:
         )
 
     def _start_handshake(
-        self, flow: http.HTTPFlow, provider: Provider, host: str, tags_header: str | None
+        self,
+        flow: http.HTTPFlow,
+        provider: Provider,
+        host: str,
+        tags_header: str | None,
+        live: gemini_live.Endpoint | None = None,
     ) -> None:
-        """An OpenAI Realtime WebSocket handshake: a call being started (attributed, checked); its
-        responses are metered as the session runs (see websocket_message)."""
+        """A WebSocket handshake, OpenAI Realtime's or (``live``) Gemini Live's: a call being started
+        (attributed, checked); its work is metered as the session runs (see websocket_message)."""
         path, _, query = flow.request.path.partition("?")
         headers = flow.request.headers
-        key, key_problem = self._api_key(provider, headers, query)
-        if key is None:  # a browser's key rides in the subprotocols
-            key = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
+        if live is None:
+            key, key_problem = self._api_key(provider, headers, query)
+            if key is None:  # a browser's key rides in the subprotocols
+                key = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
+            flavor, row_path = openai_realtime.FLAVOR, path.rstrip("/")
+        else:
+            key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
+            flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -685,8 +718,8 @@ class Meter:
             environment=self.policies.default_environment,
             provider=provider.name,
             host=host.lower(),
-            path=path.rstrip("/"),  # never the query string
-            api_flavor=openai_realtime.FLAVOR,
+            path=row_path,  # never the query string: it may hold the key
+            api_flavor=flavor,
             key_fingerprint=recent_key_fingerprint(key) if key else None,
         )
         self._calls[flow] = CallState(
@@ -698,8 +731,20 @@ class Meter:
             errors=[key_problem] if key_problem else [],
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
-            handshake=provider.realtime,
+            handshake=provider.realtime if live is None else None,
+            live=live,
         )
+
+    @staticmethod
+    def _live_credentials(live: gemini_live.Endpoint, headers: http.Headers, query: str) -> list[str]:
+        """The credentials of a Gemini Live handshake: API keys (``x-goog-api-key``, ``?key=``) and
+        ephemeral tokens (``Authorization: Token auth_tokens/...``, ``?access_token=``); on Vertex
+        never the OAuth token (``Authorization: Bearer``), which rotates."""
+        found = [k for raw in headers.get_all("x-goog-api-key") if (k := key_of_header(raw))]
+        if live.reads_authorization:
+            read = gemini_live.authorization_credential
+            found += [k for raw in headers.get_all("authorization") if (k := read(raw))]
+        return found + list(reversed(keys_in_query(query, live.key_query)))
 
     def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str) -> None:
         """A GET of a background response this proxy saw start, or its cancel (a POST answered
@@ -793,6 +838,11 @@ class Meter:
                 found += reversed(provider.keys_in_query(query))  # the last one first, as read
         if stand_in is not None:
             found.append(stand_in)
+        return self._pick_key(found)
+
+    def _pick_key(self, found: list[str]) -> tuple[str | None, str | None]:
+        """The credential that attributes a request carrying ``found`` (in the order read), and a
+        problem when they differ: the one policies.yaml maps, else the first."""
         if len(found) <= 1 or len(keys := list(dict.fromkeys(found))) == 1:
             return (found[0] if found else None), None
         problem = f"{len(keys)} different API keys in one request"
@@ -855,11 +905,7 @@ class Meter:
         record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
         if state.path_tags:
             # What the path says (Vertex's project) beats a header's claim of the same tag.
-            record.tags = json.dumps(
-                {**(json.loads(record.tags) if record.tags else {}), **state.path_tags},
-                sort_keys=True,
-                ensure_ascii=False,
-            )
+            record.tags = _with_tags(record.tags, state.path_tags)
         record.key_name = decided.key_name
         state.errors.extend(decided.problems)
         if process is not None:
@@ -872,6 +918,9 @@ class Meter:
             return  # a retrieval was attributed when its response started, and is never refused
         if state.handshake is not None:
             await self._handshake_request(flow, state, state.handshake)
+            return
+        if state.live is not None:
+            await self._live_handshake_request(flow, state)
             return
         await self._attribute(state)
         record = state.record
@@ -989,6 +1038,25 @@ class Meter:
             flow.request.path = f"{path}?{new_query}"
             record.model_sent, state.notice = downgrade, decision.notice
 
+    async def _live_handshake_request(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """Check a Gemini Live handshake like any call, but for its model: that is named by the
+        session's first message, and checked then (see _live_setup). A spent budget or a rate
+        limit refuses it here; nothing is reserved (its turns count as they end)."""
+        await self._attribute(state)  # drops the key
+        record = state.record
+        decision = self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=None,
+            budgeted=not state.subscription,
+        )
+        record.action = decision.action
+        if decision.refusal is not None:
+            flow.response = decision.refusal  # answered here: upstream is never contacted
+            state.refusal = decision.message
+
     def _unknown_model(self, record: CallRecord, decision: Decision) -> Decision | None:
         """Fail closed: a call whose model cannot be read is refused where models are restricted."""
         rules = self.policies.environment(record.environment).models
@@ -1097,7 +1165,7 @@ class Meter:
         state = self._state(flow)
         if state is None or state.finished:
             return
-        if state.handshake is not None:
+        if state.handshake is not None or state.live is not None:
             self._end_handshake(flow, state, aborted=False)
             return
         response = flow.response
@@ -1129,7 +1197,7 @@ class Meter:
         state = self._state(flow)
         if state is None or state.finished:
             return
-        if state.handshake is not None:
+        if state.handshake is not None or state.live is not None:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)
             self._end_handshake(flow, state, aborted=True)
@@ -1139,10 +1207,10 @@ class Meter:
             state.errors.append(flow.error.msg)
         self._finish(flow, state, metered, aborted=True)
 
-    # -- OpenAI Realtime (WebSocket) ------------------------------------------
+    # -- WebSocket sessions: OpenAI Realtime, Gemini Live ------------------------
 
     def _end_handshake(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
-        """A Realtime handshake is answered: an upgrade opens a session (no row: the handshake is
+        """A WebSocket handshake is answered: an upgrade opens a session (no row: the handshake is
         not billed); anything else (a refusal, 401, 404, a failure) is a row like any failed call,
         not billed."""
         state.finished = True
@@ -1151,9 +1219,18 @@ class Meter:
             self._calls.pop(flow, None)
             self._fill_record(flow, state, Metered(), state.errors, aborted=False)
             record.duration_ms = record.status_code = None  # each row gets its own
-            self._sessions[flow] = RealtimeSession(
-                handshake=record, next_id=self._next_call_id, opened_at=time.time()
-            )
+            session: SocketSession
+            if state.live is not None:
+                session = LiveSession(
+                    handshake=record,
+                    next_id=self._next_call_id,
+                    opened_at=time.time(),
+                    tags_header=state.tags_header,
+                    process=_process_of(state),
+                )
+            else:
+                session = RealtimeSession(handshake=record, next_id=self._next_call_id, opened_at=time.time())
+            self._sessions[flow] = session
             return
         self._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
         if flow.response is not None and flow.response.status_code < 400:
@@ -1162,7 +1239,7 @@ class Meter:
         record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
         self._submit(record)
 
-    def _session(self, flow: http.HTTPFlow) -> RealtimeSession | None:
+    def _session(self, flow: http.HTTPFlow) -> SocketSession | None:
         session = self._sessions.get(flow)
         if session is None and _SESSIONS_HANDED_OVER:
             session = _SESSIONS_HANDED_OVER.pop(flow, None)
@@ -1173,11 +1250,19 @@ class Meter:
     @_never_raises
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         """One WebSocket message: a server event that bills makes a row, stored before the client
-        gets it; a client message asking for work once a budget is spent caps the session."""
+        gets it; a client message asking for work once a budget is spent caps the session; a Gemini
+        Live session's first client message (its setup) is checked against the model rules."""
         session = self._sessions.get(flow) if not _SESSIONS_HANDED_OVER else self._session(flow)
         if session is None:
+            if _DROPPING and flow in _DROPPING:  # closed by the proxy: nothing more passes
+                flow.websocket.messages[-1].drop()  # type: ignore[union-attr]
             return
         message = flow.websocket.messages[-1]  # type: ignore[union-attr]
+        if isinstance(session, LiveSession):
+            await self._live_message(flow, session, message)
+            return
+        if not isinstance(session, RealtimeSession):
+            return
         if message.from_client:
             if session.capped:
                 message.drop()  # the socket is closing: nothing more goes upstream
@@ -1193,16 +1278,130 @@ class Meter:
         for row in session.take(event, time.time()):
             self._record_realtime(row)
 
+    async def _live_message(
+        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage
+    ) -> None:
+        """A Gemini Live message: audio both ways costs a substring test or two; the setup and
+        the messages with usage are decoded."""
+        if message.from_client:
+            if session.capped:
+                message.drop()  # the socket is closing: nothing more goes upstream
+            elif not session.setup_seen:
+                self._live_setup(flow, session, message)
+            elif self.policies.enforcing and self.enforcer.budgets.has_budgets:
+                self._cap_if_spent(flow, session, message)
+            return
+        if message.injected:
+            return
+        data = message.content
+        now = None
+        if session.turn_started is None and gemini_live.starts_turn(data):
+            now = time.time()
+            session.content(now)
+        if not gemini_live.might_bill(data):
+            return
+        found = await _off_loop_if_large(gemini_live.read_usage, data)
+        if found is not None:
+            self._record_realtime(session.take(found, now or time.time()))
+
+    def _live_setup(self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage) -> None:
+        """A Gemini Live session's first client message, its setup: the model it names is the
+        session's, checked now. A disallowed model is downgraded by rewriting ``setup.model`` in
+        the message, or refused: the message never goes upstream and the client gets a close 1008
+        with the reason, as Google refuses a model. On Vertex, the project in the model's path
+        stands for the credential (the OAuth token is never read): the session is attributed
+        again with it, before the check."""
+        session.setup_seen = True
+        data = message.content
+        setup = gemini_live.read_setup(data) if gemini_live.is_setup(data) else None
+        record = session.handshake
+        if setup is not None and setup.project is not None:
+            self._attribute_to_project(session, setup.project)
+        if setup is not None and setup.location is not None:
+            record.inference_geo = setup.location.lower()
+        model = setup.model if setup is not None else None
+        record.model_requested = record.model_sent = model
+        if not self.policies.enforcing:
+            return
+        decision = self.enforcer.decide_model(record.provider, record.environment, model)
+        if decision.refusal is None and model is None:
+            decision = self._unknown_model(record, decision) or decision
+        code = LIVE_REFUSED
+        if decision.refusal is None and (spent := self.enforcer.spent_budget(session.scopes)) is not None:
+            decision, code = Decision("over_budget", decision.model_sent, message=spent), LIVE_OVER_BUDGET
+        if decision.action == "downgraded" and decision.model_sent is not None:
+            try:
+                message.content = gemini_live.with_model(data, decision.model_sent)
+            except ValueError as exc:
+                decision = self.enforcer.refuse_model(
+                    record.provider, record.environment, model or "?", str(exc)
+                )
+            else:
+                record.model_sent = decision.model_sent
+                log.info("tokometer: Gemini Live session %s", decision.notice)
+        record.action = decision.action
+        if decision.message is not None and decision.action in ("blocked", "over_budget"):
+            self._refuse_live(flow, session, message, decision.message, code)
+
+    def _refuse_live(
+        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage, why: str, code: int
+    ) -> None:
+        """Refuse a Live session at its setup: the message is dropped, the session's row says why
+        (the handshake's, not billed) and the client gets a close ``code`` with the reason."""
+        message.drop()
+        session.capped = True
+        reason = why if why.startswith("tokometer: ") else f"tokometer: {why}"
+        record = session.handshake
+        record.model_sent = None  # nothing was sent
+        record.status_code = UPGRADED
+        record.duration_ms = round((time.time() - record.ts.timestamp()) * 1000, 3)
+        record.error = "; ".join(filter(None, (record.error, f"{why} (closed {code})")))[:1000]
+        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
+        self._submit(dataclasses.replace(record))
+        log.warning("tokometer: Gemini Live session refused at its setup: %s", why)
+        if not self._close_websocket(flow, code, reason):
+            log.error("tokometer: could not close a refused Gemini Live session; its messages are dropped")
+
+    def _attribute_to_project(self, session: LiveSession, project: str) -> None:
+        """A Vertex setup names its project: ``vertex:{project}`` is the session's credential,
+        unless the handshake carried one (express mode's API key) that policies.yaml maps and the
+        project is not mapped (as a call's path project and its key are weighed). The session is
+        then attributed again, as its handshake was (header, key, calling process)."""
+        record = session.handshake
+        stand_in = recent_key_fingerprint(f"vertex:{project}")
+        policies = self.policies
+        key_bound = policies.key_for(record.key_fingerprint, None) is not None
+        if record.key_fingerprint is None or (not key_bound and policies.key_for(stand_in, None) is not None):
+            record.key_fingerprint = stand_in
+            decided = attribute(
+                policies=policies,
+                header=session.tags_header,
+                fingerprint=stand_in,
+                process=session.process,
+                hostname=self.hostname,
+                forced_environment=self.forced_environment,
+            )
+            record.environment = decided.environment
+            record.environment_source = decided.environment_source
+            record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
+            record.key_name = decided.key_name
+            for problem in decided.problems:
+                if problem not in (record.error or ""):
+                    record.error = "; ".join(filter(None, (record.error, problem)))[:1000]
+        record.tags = _with_tags(record.tags, {"gcp_project": project})  # the path's claim wins
+        session.attributed()
+
     @_never_raises
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         session = self._session(flow)
         if session is None:
             return
         code = flow.websocket.close_code if flow.websocket is not None else None
-        self._end_session(flow, session, f"the WebSocket closed ({code}) before response.done: usage unknown")
+        before = "the turn's usage" if isinstance(session, LiveSession) else "response.done"
+        self._end_session(flow, session, f"the WebSocket closed ({code}) before {before}: usage unknown")
 
-    def _end_session(self, flow: http.HTTPFlow, session: RealtimeSession, reason: str) -> None:
-        """The session is over: responses still in flight get their aborted rows."""
+    def _end_session(self, flow: http.HTTPFlow, session: SocketSession, reason: str) -> None:
+        """The session is over: work still in flight gets its aborted rows."""
         self._sessions.pop(flow, None)
         for row in session.end(time.time(), reason):
             self._record_realtime(row)
@@ -1220,37 +1419,61 @@ class Meter:
             self.enforcer.hold(record)
         self._submit(record)
 
-    def _cap_if_spent(self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage) -> None:
-        """A client message asking for work once a budget of the session is spent: dropped; the
-        client gets an ``error`` event (the over-budget refusal's message) and the socket closes."""
+    def _cap_if_spent(self, flow: http.HTTPFlow, session: SocketSession, message: WebSocketMessage) -> None:
+        """A client message asking for work once a budget of the session is spent: dropped, and the
+        socket closed. A Realtime client first gets an ``error`` event (the over-budget refusal's
+        message); a Gemini Live client a close 1011 with that message, as Google closes a session
+        over its quota (every Live message after the setup asks for work: audio, text, a tool's
+        answer)."""
         spent = self.enforcer.spent_budget(session.scopes)
-        if spent is None or not openai_realtime.asks_for_work(message.content):
+        if spent is None:
+            return
+        live = isinstance(session, LiveSession)
+        if not live and not openai_realtime.asks_for_work(message.content):
             return
         message.drop()
         session.capped = True
         provider = session.handshake.provider
         text = error_body(provider, budget_refusal_status(provider), spent, "over_budget")
-        event = openai_realtime.budget_error_event(
-            text["error"]["message"],  # type: ignore[index]
-            f"event_tokometer_{secrets.token_hex(8)}",
-        )
+        reason = str(text["error"]["message"])  # type: ignore[index]
+        if live:
+            log.warning("tokometer: Gemini Live session capped and closed: %s", spent)
+            if not self._close_websocket(flow, LIVE_OVER_BUDGET, reason):
+                log.error("tokometer: could not close a capped Gemini Live session; its messages are dropped")
+            return
+        event = openai_realtime.budget_error_event(reason, f"event_tokometer_{secrets.token_hex(8)}")
         ctx.master.commands.call("inject.websocket", flow, True, event, True)
         log.warning("tokometer: Realtime session capped and closed: %s", spent)
         if not self._close_websocket(flow):
             log.error("tokometer: could not close a capped Realtime session; its requests are dropped")
 
-    def _close_websocket(self, flow: http.HTTPFlow) -> bool:
-        """Close a WebSocket from the addon, after what is queued for the client (the error event).
+    def _close_websocket(
+        self, flow: http.HTTPFlow, code: int | None = None, reason: str | None = None
+    ) -> bool:
+        """Close a WebSocket from the addon, after what is queued for the client (an error event).
 
         mitmproxy 12 has no command for it (mitmproxy issue #4773; ``flow.kill()`` does not reach
-        its WebSocket layer). The upstream side is reported closed to the flow's connection
-        handler, as when the provider hangs up: the layer sends the client a close frame (1000)
-        and closes both connections. Events are handled in order, so the error goes first.
+        its WebSocket layer). With a ``code``, both sides get a close frame with that code and
+        ``reason``, as if upstream had sent it (see addon.websocket_close); whatever still passes
+        is dropped. Without one, or if that cannot be done, the upstream side is reported closed to
+        the flow's connection handler, as when the provider hangs up: the layer sends the client
+        a close frame (1000) and closes both connections. Events are handled in order, so an
+        injected error goes first.
         """
         server = ctx.master.addons.get("proxyserver")
         handler = getattr(server, "connections", {}).get(flow.client_conn.id)
         if handler is None or flow.server_conn is None:
             return False
+        if code is not None:
+            try:
+                closed = close_websocket(handler, flow, code, reason or "")
+            except Exception:
+                log.exception("tokometer: could not send a close frame; closing the connections instead")
+                closed = False
+            if closed:
+                _DROPPING.add(flow)
+                ctx.master.commands.call("inject.websocket", flow, True, b"", False)  # see close_websocket
+                return True
         task = asyncio.ensure_future(handler.server_event(proxy_events.ConnectionClosed(flow.server_conn)))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

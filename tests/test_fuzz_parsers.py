@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import brotli
+import fake_gemini_live
 import fake_realtime
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -47,6 +48,7 @@ from addon.providers import (
     bedrock_api,
     gemini_api,
     gemini_interactions,
+    gemini_live,
     openai_api,
     openai_media,
     openai_realtime,
@@ -1231,3 +1233,115 @@ def test_reading_any_form_never_raises(body: bytes, content_type: str) -> None:
     assert fields.model is None or (isinstance(fields.model, str) and 0 < len(fields.model) <= 256)
     assert (fields.model is None) == (fields.error is not None)
     assert 0 <= fields.text_bytes <= len(body)
+
+
+# ---------------------------------------------------------------- Gemini Live (WebSocket messages)
+
+_LIVE_CHUNK = fake_gemini_live.audio_chunk(1, 0, size=200)
+LIVE_SEEDS: tuple[bytes, ...] = tuple(
+    fake_gemini_live.dumps(message)
+    for message in (
+        fake_gemini_live.setup_message("models/gemini-live-2.5-flash-preview"),
+        fake_gemini_live.setup_message(
+            "projects/p/locations/us-central1/publishers/google/models/gemini-live-2.5-flash", vertex=True
+        ),
+        fake_gemini_live.setup_complete(),
+        fake_gemini_live.transcription(),
+        _LIVE_CHUNK,
+        {**_LIVE_CHUNK, "usageMetadata": fake_gemini_live.TURN_USAGES[0]},
+        fake_gemini_live.turn_complete(fake_gemini_live.TURN_USAGES[1]),
+        fake_gemini_live.turn_complete(fake_gemini_live.vertex_usage(fake_gemini_live.TURN_USAGES[1])),
+        {"realtimeInput": {"audio": {"data": "QUJD", "mimeType": "audio/pcm;rate=16000"}}},
+    )
+)
+LIVE_KEYS = st.sampled_from(
+    [
+        "setup",
+        "model",
+        "serverContent",
+        "modelTurn",
+        "turnComplete",
+        "toolCall",
+        "usageMetadata",
+        "promptTokenCount",
+        "cachedContentTokenCount",
+        "responseTokenCount",
+        "candidatesTokenCount",
+        "thoughtsTokenCount",
+        "toolUsePromptTokenCount",
+        "promptTokensDetails",
+        "responseTokensDetails",
+        "candidatesTokensDetails",
+        "toolUsePromptTokensDetails",
+        "cacheTokensDetails",
+        "modality",
+        "tokenCount",
+        "trafficType",
+    ]
+)
+LIVE_VALUES = st.recursive(
+    st.one_of(
+        SCALARS,
+        st.sampled_from(["AUDIO", "TEXT", "IMAGE", "VIDEO", "models/gemini-live-2.5-flash", "models/"]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(LIVE_KEYS, st.text(max_size=6)), children, max_size=6),
+    ),
+    max_leaves=30,
+)
+
+
+@st.composite
+def live_messages(draw: st.DrawFn) -> bytes:
+    """A client or server message: a real one, random bytes or random JSON shaped like them, mutated."""
+    base = draw(
+        st.one_of(
+            st.sampled_from(LIVE_SEEDS),
+            st.binary(max_size=300),
+            st.builds(
+                lambda key, rest: dumps({key: rest}),
+                st.sampled_from(["setup", "usageMetadata", "serverContent"]),
+                st.dictionaries(LIVE_KEYS, LIVE_VALUES, max_size=5),
+            ),
+            LIVE_VALUES.map(dumps),
+        )
+    )
+    return draw(mutated(base))
+
+
+def _without_setup_model(data: bytes) -> str:
+    obj = json.loads(data)
+    obj["setup"] = {k: v for k, v in obj["setup"].items() if k != "model"}
+    return json.dumps(obj, sort_keys=True)
+
+
+@FUZZ
+@given(data=live_messages(), model=st.text(max_size=20))
+@example(
+    data=b'{"usageMetadata":{"promptTokenCount":1e400,"responseTokensDetails":[{"modality":null}]}}',
+    model="x",
+)
+@example(data=b'{"setup":{"model":"models/a","x":{"model":"models/a"}}}', model="models/b")
+def test_live_messages_never_raise(data: bytes, model: str) -> None:
+    """Any bytes a socket carries: the cheap tests, the readers and the setup's rewrite never raise
+    (the rewrite: only ValueError), and what they read is well formed."""
+    assert gemini_live.might_bill(data) == (b'"usageMetadata"' in data)  # its fast path is exact
+    quoted = b'"x"' * 40 + data  # more quotes than it hops over
+    assert gemini_live.might_bill(quoted) == (b'"usageMetadata"' in quoted)
+    assert isinstance(gemini_live.starts_turn(data), bool)
+    found = gemini_live.read_usage(data)
+    assert found is None or isinstance(found.usage, Usage)
+    if not gemini_live.might_bill(data):
+        assert found is None  # what the cheap test lets pass unread never carries usage
+    setup = gemini_live.read_setup(data)
+    assert setup is None or setup.model is None or (isinstance(setup.model, str) and setup.model)
+    if setup is not None:
+        assert gemini_live.is_setup(data)
+    try:
+        rewritten = gemini_live.with_model(data, model)
+    except ValueError:
+        return
+    # Only setup.model changed, and it names the model asked for.
+    assert json.loads(rewritten)["setup"]["model"].endswith(model.strip().removeprefix("models/"))
+    assert _without_setup_model(rewritten) == _without_setup_model(data)

@@ -21,6 +21,7 @@ from addon.providers import (
     bedrock_api,
     gemini_api,
     gemini_interactions,
+    gemini_live,
     openai_api,
     openai_media,
     openai_realtime,
@@ -124,6 +125,8 @@ class Provider:
     geo_surcharge: Callable[[str | None, str | None], tuple[Decimal, str] | None] | None = None
     # OpenAI Realtime over WebSocket: where its handshake is and how it names the model. None: none here.
     realtime: openai_realtime.Handshake | None = None
+    # Gemini Live over WebSocket (the model is named in the session's first message). None: none here.
+    live: gemini_live.Endpoint | None = None
 
     @property
     def price_provider(self) -> str:
@@ -144,14 +147,19 @@ class Provider:
 
     def keys_in_query(self, query: str) -> list[str]:
         """Every key value the query string carries, in order (a regex: a long query is cheap)."""
-        if not self.key_query or not query:
-            return []
-        found: list[str] = []
-        for name in self.key_query:
-            if f"{name}=" in query:
-                pattern = rf"(?:^|&){re.escape(name)}=([^&]*)"
-                found += [v for raw in re.findall(pattern, query) if (v := unquote_plus(raw))]
-        return found
+        return keys_in_query(query, self.key_query)
+
+
+def keys_in_query(query: str, names: tuple[str, ...]) -> list[str]:
+    """Every value of the parameters ``names`` in a query string, name by name, in order."""
+    if not names or not query:
+        return []
+    found: list[str] = []
+    for name in names:
+        if f"{name}=" in query:
+            pattern = rf"(?:^|&){re.escape(name)}=([^&]*)"
+            found += [v for raw in re.findall(pattern, query) if (v := unquote_plus(raw))]
+    return found
 
 
 def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
@@ -369,6 +377,7 @@ BUILTIN: tuple[Provider, ...] = (
             with_model=_gemini_with_model,
             key_headers=("x-goog-api-key", "authorization"),
             key_query=("key",),
+            live=gemini_live.DEVELOPER,
         ),
         _gemini_openai_path,
         OPENAI_SHAPED,
@@ -401,6 +410,7 @@ BUILTIN: tuple[Provider, ...] = (
         pricing_model=vertex_api.pricing_model,
         path_facts=vertex_api.path_facts,
         geo_surcharge=vertex_api.geo_surcharge,
+        live=gemini_live.VERTEX,
     ),
     AZURE,
     _openai_compatible("deepseek", "api.deepseek.com"),
@@ -427,7 +437,8 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         pricing_id=pricing_id or name,
         usage_opt_in_flavors=frozenset(),  # never add stream_options to an API we do not know
         subscription_key_prefixes=(),  # a plan's token means a plan on the provider's own host only
-        realtime=None,  # Realtime is metered on the providers that serve it only
+        realtime=None,  # Realtime and Live are metered on the providers that serve them only
+        live=None,
     )
 
 
