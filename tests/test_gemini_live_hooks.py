@@ -504,3 +504,28 @@ async def test_a_project_whose_budget_is_spent_is_refused_at_the_setup(
         "europe-west4",
     )
     assert (row.cost_usd, row.price_status) == (Decimal(0), "not_billed")
+
+
+async def test_a_downgraded_setup_in_non_ascii_text_reaches_upstream_intact(
+    meter: Meter, closes: list[tuple[Any, ...]]
+) -> None:
+    """A JavaScript client's setup is raw UTF-8 (JSON.stringify escapes nothing): once rewritten to
+    another length, mitmproxy sends a text message in 4,000-byte pieces, each decoded on its own
+    (Fragmentizer), so a character cut by a piece's end reached Google as U+FFFD."""
+    from mitmproxy.proxy.layers.websocket import Fragmentizer
+
+    shorter = RESTRICTED.replace("gemini-live-2.5-flash-preview}", "gemini-live-2.5-flash}")
+    meter._apply(parse_policies(shorter))  # a target of another length: the message is cut anew
+    flow = handshake()
+    await open_session(meter, flow)
+    instruction = "日本語で短く答えてください。" * 400  # ~16 KB of three-byte characters
+    original = json.dumps(
+        setup_message("models/gemini-3.1-flash-live-preview", instruction=instruction), ensure_ascii=False
+    ).encode()
+    setup = await client_says(meter, flow, original)
+    assert not setup.dropped and closes == []
+    sent = "".join(piece.data for piece in Fragmentizer([original], True)(setup.content))  # type: ignore[attr-defined]
+    assert "\ufffd" not in sent
+    got = json.loads(sent)
+    assert got["setup"]["model"] == "models/gemini-live-2.5-flash"
+    assert got["setup"]["systemInstruction"]["parts"][0]["text"] == instruction

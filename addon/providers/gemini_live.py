@@ -53,6 +53,7 @@ _END_KEYS = (b'"turnComplete"', b'"generationComplete"', b'"interrupted"')
 _USAGE_KEY = b'"usageMetadata"'
 _USAGE_TAIL = _USAGE_KEY[1:]
 _QUOTE_HOPS = 64  # quotes looked at one by one before a plain substring search
+_PIECE = 4000  # mitmproxy's Fragmentizer.FRAGMENT_SIZE: a changed message goes out in pieces this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,8 @@ def with_model(data: bytes, model: str) -> bytes:
 
     The model path's prefix (``models/``, Vertex's ``projects/.../models/``) is kept. Only the
     model's value changes when it can be found exactly once as ``"model": "<value>"``; otherwise
-    (a writer that escapes differently, the same pair twice) the message is encoded again.
+    (a writer that escapes differently, the same pair twice, non-ASCII text past one fragment) the
+    message is encoded again.
     """
     obj = loads(data)
     setup = obj.get("setup") if isinstance(obj, dict) else None
@@ -151,7 +153,10 @@ def with_model(data: bytes, model: str) -> bytes:
     if len(found) == 1:
         start, end = found[0].span(1)
         spliced = data[:start] + json.dumps(new).encode() + data[end:]
-        if loads(spliced) == wanted:
+        # mitmproxy sends a changed text message in pieces of its Fragmentizer's size, each decoded
+        # on its own: a character of several bytes cut by a piece's end would arrive as U+FFFD.
+        # Past one piece, non-ASCII text is written out again as escaped (ASCII) JSON instead.
+        if loads(spliced) == wanted and (len(spliced) <= _PIECE or spliced.isascii()):
             return spliced
     return json.dumps(wanted).encode()
 
