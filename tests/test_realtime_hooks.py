@@ -382,3 +382,31 @@ async def test_a_response_in_flight_at_shutdown_is_an_aborted_row(meter: Meter) 
     assert (row.aborted, row.usage, row.error) == (True, None, "proxy shut down mid-session")
     meter.websocket_end(flow)  # mitmproxy may still end the flow: no second row
     assert len(records(meter)) == 1
+
+
+async def test_azure_handshake_naming_a_deployment_and_another_model_is_not_read_as_the_first(
+    meter: Meter,
+) -> None:
+    """Azure's preview API reads ``deployment``, its v1 API ``model``: a query with both, naming
+    different models, was checked by its ``deployment`` alone, so ``/openai/v1/realtime`` went to a
+    model the environment does not allow (blocked here: nothing to downgrade to)."""
+    deployments = "azure_deployments:\n  rt-big: gpt-realtime\n  rt-small: gpt-realtime-mini\n"
+    blocking = "environments:\n  development:\n    models:\n      allow: [gpt-realtime-mini]\n"
+    meter._apply(parse_policies(blocking + "      on_disallowed: block\n" + deployments))
+    for path in (
+        "/openai/v1/realtime?deployment=rt-small&model=rt-big",
+        "/openai/realtime?model=rt-big&api-version=x&deployment=rt-small",
+    ):
+        flow = handshake()
+        flow.request.host = flow.request.headers["host"] = "myres.openai.azure.com"
+        flow.request.path = path
+        await open_session(meter, flow)
+        assert flow.response is not None and flow.response.status_code == 403, path
+        assert flow.websocket is None
+    # Both naming the same model stay readable, and a downgrade rewrites both.
+    meter._apply(parse_policies(RESTRICTED + deployments))
+    flow = handshake()
+    flow.request.host = flow.request.headers["host"] = "myres.openai.azure.com"
+    flow.request.path = "/openai/v1/realtime?deployment=rt-big&model=gpt-realtime"
+    await open_session(meter, flow)
+    assert flow.request.path == "/openai/v1/realtime?deployment=rt-small&model=rt-small"

@@ -60,14 +60,13 @@ class Handshake:
         return path.rstrip("/") in self.paths
 
     def model(self, query: str) -> str | None:
-        """The model the query asks for; None when it names none, or several different ones."""
-        found = _param_values(query, self.model_params)
-        if found is None:
+        """The model the query asks for; None when it names none, or several different ones (in
+        any of its parameters: Azure's preview API reads ``deployment``, its v1 API ``model``)."""
+        values = [value for _, value in _all_values(query, self.model_params)]
+        if not values or not all(values):
             return None
-        _, values = found
-        if len(set(values)) != 1 or not values[0]:
-            return None
-        return self.deployments.get(values[0], values[0])
+        models = {self.deployments.get(value, value) for value in values}
+        return models.pop() if len(models) == 1 else None
 
     @staticmethod
     def is_sideband(query: str) -> bool:
@@ -79,22 +78,21 @@ class Handshake:
         """``query`` asking for ``model`` instead: every occurrence of the model's parameter gets
         the new value, every other byte stays. ValueError when it cannot be said (no parameter,
         or no Azure deployment serves ``model``)."""
-        found = _param_values(query, self.model_params)
-        if found is None:
+        names = {name for name, _ in _all_values(query, self.model_params)}
+        if not names:
             raise ValueError("the handshake names no model to rewrite")
-        name, _ = found
         value = model
         if self.deployments:
             target = next((d for d, served in self.deployments.items() if served == model), None)
             if target is not None:
                 value = target
-            elif name == "deployment":
+            elif "deployment" in names:
                 raise ValueError(f"no Azure deployment serves {model} (policies.yaml azure_deployments)")
         encoded = quote(value, safe="")
         parts = query.split("&")
         for i, part in enumerate(parts):
             raw_name = part.partition("=")[0]
-            if unquote_plus(raw_name) == name:
+            if unquote_plus(raw_name) in names:
                 parts[i] = f"{raw_name}={encoded}"
         return "&".join(parts)
 
@@ -109,6 +107,14 @@ def _param_values(query: str, names: tuple[str, ...]) -> tuple[str, list[str]] |
         if values:
             return name, values
     return None
+
+
+def _all_values(query: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every (name, value) of the parameters ``names`` in the query, in order."""
+    if not query:
+        return []
+    pairs = [part.partition("=") for part in query.split("&") if part]
+    return [(name, unquote_plus(value)) for raw, _, value in pairs if (name := unquote_plus(raw)) in names]
 
 
 def key_in_subprotocols(header: str | None) -> str | None:
