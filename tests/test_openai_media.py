@@ -455,3 +455,30 @@ def row(flavor: str, model: str, usage: Usage | None) -> CallRecord:
     )  # fmt: skip
     record.set_usage(usage)
     return record
+
+
+def test_a_line_that_only_starts_with_the_boundary_makes_the_form_unreadable() -> None:
+    """RFC 2046: a delimiter line is the boundary then only whitespace (or ``--``, the last one).
+    ``--BOUNDARYx`` inside a part is content to a server's parser (werkzeug's: the model below is
+    gpt-image-1); the reader took it for a delimiter, so a form could show it an allowed model in
+    a text field's content and hide the one upstream reads in the headers of a made-up "file".
+    Parsers disagree on such lines (werkzeug takes one in the preamble as the first delimiter):
+    no client's random boundary starts a line of content, so the model counts as unreadable."""
+    b = "b0undary-xyz"
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhi\r\n'
+        f'--{b}x\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1-mini\r\n'
+        f'--{b}x\r\nContent-Disposition: form-data; name="f"; filename="a.png"\r\n'
+        f'--{b}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
+        f"--{b}--\r\n"
+    ).encode()
+    ctype = f"multipart/form-data; boundary={b}"
+    fields = read_form(body, ctype)
+    assert fields.model is None and fields.error is not None and "boundary" in fields.error
+    preamble = f'x--{b}x\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1-mini\r\n'
+    fields = read_form(preamble.encode() + body.replace(f"--{b}x".encode(), b"--other"), ctype)
+    assert fields.model is None and fields.error is not None and "boundary" in fields.error
+    # Transport padding after a delimiter is allowed, and a preamble without the boundary.
+    padded, ctype = form([("model", b"whisper-1", None)])
+    padded = b"preamble\r\n" + padded.replace(f"--{b}\r\n".encode(), f"--{b} \t\r\n".encode())
+    assert read_form(padded, ctype).model == "whisper-1"

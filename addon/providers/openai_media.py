@@ -286,6 +286,12 @@ _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;,"]{1,200}))', 
 _DISPOSITION = re.compile(rb"^content-disposition\s*:(.*)$", re.IGNORECASE | re.MULTILINE)
 _NAME = re.compile(rb';\s*name\s*=\s*(?:"([^"]*)"|([^\s;]+))', re.IGNORECASE)
 _FILENAME = re.compile(rb";\s*filename\*?\s*=", re.IGNORECASE)
+# What follows a delimiter (RFC 2046): ``--`` (the last one), or transport padding and CRLF.
+_DELIMITER_TAIL = re.compile(rb"--|[ \t]*\r\n")
+_NOT_A_DELIMITER = (
+    "a line of the form starts with its boundary without being a delimiter (parsers differ on it): "
+    "its model cannot be read"
+)
 MAX_PART_HEADERS = 8 * 1024
 MAX_FIELD = 64 * 1024  # a model field longer than this is not read (a model name is short)
 MAX_MODEL = 256
@@ -310,9 +316,14 @@ def read_form(body: bytes, content_type: str) -> FormFields:
     models: list[str] = []
     text_bytes = 0
     pos = body.find(delimiter)
+    if pos >= 0 and not (pos == 0 or body[pos - 2 : pos] == b"\r\n"):
+        return FormFields(error=_NOT_A_DELIMITER)
     complete = False
     while pos >= 0:
         pos += len(delimiter)
+        if _DELIMITER_TAIL.match(body, pos) is None:
+            # ``--BOUNDARYx``: content to a server's parser, a delimiter to a lax one.
+            return FormFields(text_bytes=text_bytes, error=_NOT_A_DELIMITER)
         if body.startswith(b"--", pos):
             complete = True  # the closing delimiter
             break
