@@ -482,3 +482,18 @@ def test_a_line_that_only_starts_with_the_boundary_makes_the_form_unreadable() -
     padded, ctype = form([("model", b"whisper-1", None)])
     padded = b"preamble\r\n" + padded.replace(f"--{b}\r\n".encode(), f"--{b} \t\r\n".encode())
     assert read_form(padded, ctype).model == "whisper-1"
+
+
+def test_a_part_with_two_content_dispositions_makes_the_form_unreadable() -> None:
+    """Parsers differ on a part naming itself twice (werkzeug takes the first Content-Disposition,
+    Starlette's the last): the reader took the first, so a form could hide a model field behind a
+    first ``name="prompt"``, for a server reading the last, next to an allowed one."""
+    b = "b0undary-xyz"
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1-mini\r\n'
+        f'--{b}\r\nContent-Disposition: form-data; name="prompt"\r\n'
+        f'content-disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
+        f"--{b}--\r\n"
+    ).encode()
+    fields = read_form(body, f"multipart/form-data; boundary={b}")
+    assert fields.model is None and fields.error is not None and "Content-Disposition" in fields.error

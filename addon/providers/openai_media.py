@@ -292,6 +292,7 @@ _NOT_A_DELIMITER = (
     "a line of the form starts with its boundary without being a delimiter (parsers differ on it): "
     "its model cannot be read"
 )
+_TWO_DISPOSITIONS = "a part of the form has two Content-Disposition headers: its model cannot be read"
 MAX_PART_HEADERS = 8 * 1024
 MAX_FIELD = 64 * 1024  # a model field longer than this is not read (a model name is short)
 MAX_MODEL = 256
@@ -338,6 +339,9 @@ def read_form(body: bytes, content_type: str) -> FormFields:
         if end < 0:
             break
         headers = body[line_end + 2 : head_end]
+        dispositions = _DISPOSITION.findall(headers)
+        if len(dispositions) > 1:  # parsers differ on which one names the part
+            return FormFields(text_bytes=text_bytes, error=_TWO_DISPOSITIONS)
         disposition = _DISPOSITION.search(headers)
         params = disposition.group(1) if disposition is not None else b""
         is_file = _FILENAME.search(params) is not None
