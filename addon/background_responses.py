@@ -1,7 +1,10 @@
-"""OpenAI background responses started through the proxy and not yet retrieved.
+"""Calls started through the proxy and billed later: background responses and batch jobs.
 
 A Responses call with ``"background": true`` is answered ``queued``, without usage; the usage
-comes with a later ``GET /v1/responses/{id}``, which is billed as the call that started it.
+comes with a later ``GET /v1/responses/{id}``, which is billed as the call that started it. A
+batch job (``POST /v1/batches``) likewise, by the ``GET /v1/batches/{id}`` that sees it ended.
+The same kind of list, never claimed, remembers what the batches' input files said
+(``BATCH_INPUTS_FOLDER``: their models and sizes, never their content).
 Each pending response is one small file, ``<folder>/<id>.json`` (owner only), holding the
 attribution of the call that started it, so a script reload, a restart or another proxy on the
 same database still bills the retrieval. Adding one is a write and a rename; taking one (the
@@ -23,6 +26,7 @@ from typing import Any
 log = logging.getLogger("tokometer")
 
 FOLDER_NAME = "background-responses"
+BATCH_INPUTS_FOLDER = "batch-input-files"
 MAX_AGE_S = 30 * 24 * 3600  # a response not retrieved within 30 days is forgotten (at start)
 MAX_IN_MEMORY = 10_000  # entries kept in memory when their file could not be written
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # a file name: anything else is kept in memory

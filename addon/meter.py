@@ -38,8 +38,8 @@ from mitmproxy.websocket import WebSocketMessage
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
+from addon.background_responses import BATCH_INPUTS_FOLDER, PendingResponses
 from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
-from addon.background_responses import PendingResponses
 from addon.budgets import BudgetAlert, alert_event, policy_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
@@ -49,8 +49,17 @@ from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
 from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
-from addon.providers import Provider, Registry, gemini_live, keys_in_query, openai_realtime, registry_for
-from addon.providers.openai_api import RUNNING
+from addon.providers import (
+    Provider,
+    Registry,
+    batches,
+    gemini_live,
+    keys_in_query,
+    openai_realtime,
+    registry_for,
+)
+from addon.providers.batches import BatchInput
+from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import FORM_NOT_REWRITTEN, MEDIA_FLAVORS, FormFields, is_form, read_form
 from addon.realtime_sessions import UPGRADED, LiveSession, RealtimeRow, RealtimeSession, SocketSession
 from addon.record import CallRecord
@@ -76,14 +85,21 @@ BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
-# A GET of an OpenAI background response (answered "queued") or of a Gemini background
-# interaction (answered "in_progress"): its usage comes with one of these.
-_RESPONSE_PATH = re.compile(r"/(?:responses|interactions)/([^/]+)$")
+# A GET of an OpenAI background response (answered "queued"), of a Gemini background
+# interaction (answered "in_progress") or of an OpenAI batch job: its usage comes with one of these.
+_RESPONSE_PATH = re.compile(r"/(?:responses|interactions|batches)/([^/]+)$")
 # ``POST .../{id}/cancel`` answers with the response or interaction as it stands when cancelled
 # (its usage so far, if the provider reports any): it settles the background call like a GET.
 _CANCEL = "/cancel"
 # The flavors of the calls such a GET retrieves (the flavor of the path it was POSTed to).
-_BACKGROUND_FLAVORS = frozenset({"responses", "interactions"})
+_BACKGROUND_FLAVORS = frozenset({"responses", "interactions", batches.FLAVOR})
+# A call still running upstream (a background response, a batch job): billed later.
+RUNNING = RESPONSE_RUNNING | batches.RUNNING
+# Why a batch whose input file names a disallowed model is refused rather than downgraded.
+BATCH_NOT_REWRITTEN = (
+    "a batch's requests are in its input file, uploaded already, which the proxy cannot rewrite, "
+    "so it is refused instead of downgraded: upload a file that asks for an allowed model"
+)
 # What a background response's retrieval row takes from the row of the call that started it.
 _STARTED_BY = (
     "environment",
@@ -356,6 +372,15 @@ class Meter:
         # databases used before a tokometer_db switch are still looked in.
         self._background = PendingResponses()
         self._earlier_background: list[PendingResponses] = []
+        # What the batch input files uploaded through the proxy said (their models and sizes), by
+        # file id: in memory until the store opens, then one file each beside its journals.
+        self._batch_inputs = PendingResponses()
+        self._earlier_batch_inputs: list[PendingResponses] = []
+        # Uploads being read for a batch's models: what was read (or is being read, off the event
+        # loop) until the upload's answer names its file id.
+        self._uploads: weakref.WeakKeyDictionary[
+            http.HTTPFlow, BatchInput | asyncio.Future[BatchInput | None] | None
+        ] = weakref.WeakKeyDictionary()
         self._estimates: set[asyncio.Future[None]] = set()  # estimates under way (kept referenced)
         self.hostname = socket.gethostname()
         self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
@@ -558,6 +583,9 @@ class Meter:
         self._earlier_background = [self._background, *self._earlier_background][:4]
         self._background = PendingResponses(journal_dir_of(self.db_path) / BACKGROUND_FOLDER)
         self._background.forget_old()
+        self._earlier_batch_inputs = [self._batch_inputs, *self._earlier_batch_inputs][:4]
+        self._batch_inputs = PendingResponses(journal_dir_of(self.db_path) / BATCH_INPUTS_FOLDER)
+        self._batch_inputs.forget_old()
         live = LiveState(live_path(self.db_path), self.session_id)
         now = datetime.now(UTC)
         alerts: list[BudgetAlert] = []
@@ -662,6 +690,8 @@ class Meter:
         path, _, query = flow.request.path.partition("?")
         flavor = provider.flavor_for_path(flow.request.path)
         if flavor is None:
+            if provider.batch_api and batches.is_upload_path(path):
+                self._uploads[flow] = None  # maybe a batch's input file: read in `request`
             return
         facts = provider.path_facts(path) if provider.path_facts is not None else None
         # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
@@ -790,7 +820,15 @@ class Meter:
         a later GET."""
         assert state.retrieval is not None
         pending = state.pending_in or self._background
-        if not state.claimed and metered.response_status not in RUNNING:
+        if not state.claimed and state.record.api_flavor == batches.FLAVOR:
+            # A batch: billed once ended, with or without a usage figure (a row says it is missing),
+            # unless it used nothing (failed, or cancelled before any work).
+            outcome = batches.outcome(metered)
+            if outcome == "bill":
+                state.claimed = pending.claim(state.retrieval)
+            elif outcome == "drop":
+                pending.claim(state.retrieval)
+        elif not state.claimed and metered.response_status not in RUNNING:
             if metered.usage is not None:
                 state.claimed = pending.claim(state.retrieval)
             elif metered.response_status is not None:
@@ -914,7 +952,11 @@ class Meter:
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if state is None or flow.response is not None or state.retrieval is not None:
+        if state is None:
+            if self._uploads and flow in self._uploads and flow.response is None:
+                await self._read_upload(flow)
+            return
+        if flow.response is not None or state.retrieval is not None:
             return  # a retrieval was attributed when its response started, and is never refused
         if state.handshake is not None:
             await self._handshake_request(flow, state, state.handshake)
@@ -924,6 +966,9 @@ class Meter:
             return
         await self._attribute(state)
         record = state.record
+        if record.api_flavor == batches.FLAVOR:
+            await self._batch_request(flow, state)
+            return
         form = None
         if record.api_flavor in MEDIA_FLAVORS:  # images, audio: never estimated offline, maybe an upload
             body, form = await self._media_request(flow, state)
@@ -1057,18 +1102,130 @@ class Meter:
             flow.response = decision.refusal  # answered here: upstream is never contacted
             state.refusal = decision.message
 
-    def _unknown_model(self, record: CallRecord, decision: Decision) -> Decision | None:
+    def _unknown_model(
+        self,
+        record: CallRecord,
+        decision: Decision,
+        reason: str = "the request's model could not be read, so it cannot be checked against the allowlist",
+    ) -> Decision | None:
         """Fail closed: a call whose model cannot be read is refused where models are restricted."""
         rules = self.policies.environment(record.environment).models
         if not self.policies.enforcing or "*" in rules.allow:
             return None
         self.enforcer.withdraw(decision, record.id)
-        return self.enforcer.refuse_model(
-            record.provider,
-            record.environment,
-            "(unreadable)",
-            "the request's model could not be read, so it cannot be checked against the allowlist",
+        return self.enforcer.refuse_model(record.provider, record.environment, "(unreadable)", reason)
+
+    # -- batch jobs (OpenAI's Batch API) ---------------------------------------
+
+    async def _read_upload(self, flow: http.HTTPFlow) -> None:
+        """``POST /v1/files``: a batch's input file (``purpose=batch``) is read for its models as the
+        upload goes on (off the event loop when large); nothing of its content is kept."""
+        content_type = flow.request.headers.get("content-type", "")
+        try:
+            content = flow.request.get_content() or b""
+        except ValueError:
+            self._uploads.pop(flow, None)  # an encoding we cannot decode: its file stays unseen
+            return
+        read = functools.partial(batches.read_upload, content_type=content_type)
+        if len(content) > INLINE_PARSE_LIMIT:
+            # Read while the upload travels: joined when its answer names the file (`response`).
+            self._uploads[flow] = asyncio.ensure_future(asyncio.to_thread(read, content))
+        else:
+            self._uploads[flow] = read(content)
+
+    async def _remember_upload(self, flow: http.HTTPFlow) -> None:
+        """The upload's answer names its file: remember what the file said, by that id."""
+        found = self._uploads.pop(flow, None)
+        if isinstance(found, asyncio.Future):
+            found = await found
+        response = flow.response
+        if found is None or response is None or response.status_code >= 400:
+            return
+        try:
+            file_id = batches.uploaded_file_id(response.get_content() or b"")
+        except ValueError:
+            file_id = None
+        if file_id is None:
+            log.warning("tokometer: a batch input file's upload was answered without a file id")
+            return
+        self._batch_inputs.add(file_id, found.to_entry())
+
+    def _batch_input(self, file_id: str) -> BatchInput | None:
+        """What the input file ``file_id`` said when it was uploaded through a proxy on this database."""
+        for remembered in (self._batch_inputs, *self._earlier_batch_inputs):
+            entry = remembered.get(file_id)
+            if entry is not None:
+                return BatchInput.from_entry(entry)
+        return None
+
+    async def _batch_request(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """``POST /v1/batches``: the models of its input file are checked as a call's would be (a
+        disallowed one refuses it: the file cannot be rewritten), its estimate reserved; the
+        creation is a $0 row, and the batch is billed by the retrieval that sees it ended."""
+        record = state.record
+        body = await self._request_json(flow, state)  # not kept: a batch is never estimated offline
+        file_id = batches.input_file_id(body)
+        found = self._batch_input(file_id) if file_id is not None else None
+        problem = None  # why not every model of the batch can be checked
+        if file_id is None:
+            problem = "the batch names no input_file_id, so its models cannot be checked"
+        elif found is None:
+            problem = (
+                f"its input file {file_id} was not uploaded through the proxy, so its models are "
+                "unknown: upload the batch's input file through the proxy"
+            )
+        elif found.unreadable or not found.models:
+            problem = (
+                f"{found.unreadable} of {found.lines} lines of its input file {file_id} have no "
+                "readable model, so they cannot be checked against the allowlist"
+            )
+            if found.error:
+                problem += f" ({found.error})"
+        models = found.models if found is not None else ()
+        if len(models) > 1:
+            state.errors.append(f"its input file asks for {len(models)} models: {', '.join(models)}")
+        rules = self.policies.environment(record.environment).models
+        refused = None
+        if self.policies.enforcing:
+            refused = next((m for m in models if not rules.is_allowed(m)), None)
+        model = refused or (models[0] if models else None)
+        record.model_requested = record.model_sent = model
+        if problem is not None:
+            state.errors.append(problem)
+
+        def estimate(model: str | None) -> Decimal:
+            if found is None:
+                return Decimal(0)
+            output = found.output_tokens(RESERVED_OUTPUT_TOKENS)
+            tokens = found.size // BYTES_PER_TOKEN
+            return self.pricer.estimate(record.provider, model, tokens, output, service_tier=batches.TIER)
+
+        decision = self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=model,
+            call_id=record.id,
+            estimate=estimate,
+            budgeted=not state.subscription,
         )
+        if refused is not None and decision.action in ("blocked", "downgraded"):
+            # Say where the model comes from; a downgrade cannot be made: the file is uploaded.
+            self.enforcer.withdraw(decision, record.id)
+            why = (
+                BATCH_NOT_REWRITTEN
+                if decision.action == "downgraded"
+                else f"its input file {file_id} asks for it"
+            )
+            decision = self.enforcer.refuse_model(record.provider, record.environment, refused, why)
+        elif decision.refusal is None and problem is not None:
+            decision = self._unknown_model(record, decision, problem) or decision
+        record.action = decision.action
+        if decision.refusal is not None:
+            flow.response = decision.refusal  # answered here: upstream is never contacted
+            state.refusal = decision.message
+            record.model_sent = None
 
     def _cost_estimate(
         self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
@@ -1163,7 +1320,11 @@ class Meter:
     @_never_raises
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if state is None or state.finished:
+        if state is None:
+            if self._uploads and flow in self._uploads:
+                await self._remember_upload(flow)
+            return
+        if state.finished:
             return
         if state.handshake is not None or state.live is not None:
             self._end_handshake(flow, state, aborted=False)

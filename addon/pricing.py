@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import genai_prices
@@ -171,22 +171,30 @@ US_INFERENCE = Decimal("1.1")
 
 # Service tiers priced as the model's own prices (no variant): the linear shortcut applies.
 _BASE_TIERS = frozenset({None, "", "default", "auto", "standard", "on_demand"})
+# A batch job's rows (OpenAI's Batch API, Anthropic's Message Batches): genai-prices prices them
+# with ``price_context={"processing": "batch"}`` where it has a batch price (from 2026-10-14 on).
+BATCH = "batch"
+HALF = Decimal("0.5")
 # A tier genai-prices has no price for, at a factor the provider documents exactly (Gemini's Flex
-# inference: "50% discount", ai.google.dev/gemini-api/docs/optimization). Any other such tier (Gemini
+# inference: "50% discount", ai.google.dev/gemini-api/docs/optimization; OpenAI's Batch API: "50%
+# cost discount vs. the synchronous APIs", help.openai.com Batch API FAQ; Anthropic's Message
+# Batches: "50% of the standard API prices", its batch-processing docs). Any other such tier (Gemini
 # priority, "75% to 100% more"; Bedrock's flex and priority) keeps the standard price, and its
 # price_source says "(<tier> tier: standard rate)" so a report can tell.
-_TIER_FACTORS = {("google", "flex"): Decimal("0.5")}
+_TIER_FACTORS = {("google", "flex"): HALF, ("openai", BATCH): HALF, ("anthropic", BATCH): HALF}
 _FEE_COUNTS = frozenset({"web_searches", "storage_searches"})  # per call, not per token
-# (snapshot, provider, model ref, tier) -> whether genai-prices prices that tier apart
-_tier_prices: dict[tuple[int, str, str, str], bool] = {}
+# (snapshot, provider, model ref, tier, UTC day) -> whether genai-prices prices that tier apart then
+# (a tier's price may start on a date: its batch and priority prices did in October 2026)
+_tier_prices: dict[tuple[int, str, str, str, date], bool] = {}
 _TIER_PROBE = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
 
 
 def _tier_priced(
-    snapshot: int, provider: str, ref: str, tier: str, calculate: Callable[..., PriceCalculation]
+    snapshot: int, provider: str, ref: str, tier: str, day: date, calculate: Callable[..., PriceCalculation]
 ) -> bool:
-    """Whether genai-prices has a price of its own for ``tier`` on this model (known once per model)."""
-    key = (snapshot, provider, ref, tier)
+    """Whether genai-prices has a price of its own for ``tier`` on this model on ``day`` (known once
+    per model and day)."""
+    key = (snapshot, provider, ref, tier, day)
     known = _tier_prices.get(key)
     if known is None:
         try:
@@ -198,6 +206,17 @@ def _tier_priced(
             _tier_prices.clear()
         _tier_prices[key] = known
     return known
+
+
+def _price_context(service_tier: str | None) -> dict[str, str] | None:
+    """genai-prices' price context of a tier: OpenAI's tiers are priced by ``service_tier``,
+    Anthropic's fast mode by ``speed``, batch jobs (either) by ``processing``."""
+    if service_tier in _BASE_TIERS:
+        return None
+    context = {"service_tier": str(service_tier), "speed": str(service_tier)}
+    if service_tier == BATCH:
+        context["processing"] = BATCH
+    return context
 
 
 def _prices_audio_time(calc: PriceCalculation) -> bool:
@@ -276,10 +295,7 @@ def price(
             counts.update((name, getattr(usage, name)) for name in _MODALITY_COUNTS)
         if usage.audio_seconds:  # genai-prices' per-hour audio price (whisper-1: $0.36)
             counts["audio_seconds"] = usage.audio_seconds
-        # OpenAI's tiers are priced by `service_tier`, Anthropic's fast mode by `speed`.
-        context = (
-            None if service_tier in _BASE_TIERS else {"service_tier": service_tier, "speed": service_tier}
-        )
+        context = _price_context(service_tier)
 
         def calculate(counts: dict[str, float], tiered: bool = True) -> PriceCalculation:
             return calc_price(
@@ -316,7 +332,10 @@ def price(
             except Exception:  # no shortcut, still a price
                 _linear[linear_key] = None
         factor, notes = Decimal(1), []
-        if context is not None and not _tier_priced(snapshot, provider, ref, str(service_tier), calculate):
+        tier_day = _utc(when).date()
+        if context is not None and not _tier_priced(
+            snapshot, provider, ref, str(service_tier), tier_day, calculate
+        ):
             # genai-prices has no price for this tier of this model: it gave the standard one.
             exact = _TIER_FACTORS.get((provider, str(service_tier).lower()))
             if exact is not None:
@@ -405,19 +424,27 @@ class Pricer:
         self._geo_surcharge = geo_surcharge  # row provider -> its own geo pricing, if any
 
     def estimate(
-        self, provider: str, model: str | None, input_tokens: int, output_tokens: int, geo: str | None = None
+        self,
+        provider: str,
+        model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        geo: str | None = None,
+        service_tier: str | None = None,
     ) -> Decimal:
         """A quick cost estimate (a budget reservation): the list price of these tokens.
 
         Priced as a call is (``prices:`` first, genai-prices' long-context tiers included):
         microseconds once the model's linear price is known, a full calculation past its first
         tier. ``geo`` is where the path says the call runs: a provider's own geo premium
-        (Vertex's regional endpoints) applies to the reservation as it will to the bill.
+        (Vertex's regional endpoints) applies to the reservation as it will to the bill; so does
+        ``service_tier`` (a batch job's price).
         """
         if not model:
             return Decimal(0)
         usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
-        cost = self.price_usage(provider, (model,), usage, datetime.now(UTC)).cost_usd or Decimal(0)
+        price = self.price_usage(provider, (model,), usage, datetime.now(UTC), service_tier=service_tier)
+        cost = price.cost_usd or Decimal(0)
         if geo is not None and self._geo_surcharge is not None:
             own_geo = self._geo_surcharge(provider)
             surcharge = own_geo(model, geo) if own_geo is not None else None
@@ -487,7 +514,8 @@ class Pricer:
         """A call's price: a ``prices:`` entry matching one of ``models`` (in order), else
         genai-prices for the first, under the provider's price id and model name. Anthropic's
         US-only inference costs 1.1x on a ``prices:`` rate too (its rates are the global ones),
-        as does a provider's own geo surcharge (Vertex's regional endpoints)."""
+        as does a provider's own geo surcharge (Vertex's regional endpoints); a batch job's row
+        costs half of it (the rate is the synchronous one)."""
         price_id, to_name = (provider, None)
         first = next((m for m in models if m), None)
         if self._price_provider is not None:
@@ -503,22 +531,17 @@ class Pricer:
                 found = self._override_match(provider, candidate)
                 if found is not None:
                     priced_as, override = found
-                    cost = override_cost(override, usage)
+                    cost, notes = override_cost(override, usage), []
                     if surcharge is not None and surcharge[0] != 1:
-                        return Price(
-                            cost * surcharge[0],
-                            PRICED,
-                            f"{OVERRIDE_SOURCE} x{surcharge[0]} ({provider} regional endpoint {place})",
-                            priced_as,
-                        )
-                    if inference_geo == "us" and price_id == "anthropic":
-                        return Price(
-                            cost * US_INFERENCE,
-                            PRICED,
-                            f"{OVERRIDE_SOURCE} x1.1 (inference_geo us)",
-                            priced_as,
-                        )
-                    return Price(cost, PRICED, OVERRIDE_SOURCE, priced_as)
+                        cost *= surcharge[0]
+                        notes.append(f"x{surcharge[0]} ({provider} regional endpoint {place})")
+                    elif inference_geo == "us" and price_id == "anthropic":
+                        cost *= US_INFERENCE
+                        notes.append("x1.1 (inference_geo us)")
+                    if service_tier == BATCH:  # an entry is the synchronous rate: a batch costs half
+                        cost *= HALF
+                        notes.append(f"x{HALF} (batch)")
+                    return Price(cost, PRICED, " ".join([OVERRIDE_SOURCE, *notes]), priced_as)
         model = models[0] if models else None
         if model and to_name is not None:
             model = to_name(model)

@@ -18,6 +18,7 @@ from urllib.parse import unquote_plus
 
 from addon.providers import (
     anthropic_api,
+    batches,
     bedrock_api,
     gemini_api,
     gemini_interactions,
@@ -127,6 +128,8 @@ class Provider:
     realtime: openai_realtime.Handshake | None = None
     # Gemini Live over WebSocket (the model is named in the session's first message). None: none here.
     live: gemini_live.Endpoint | None = None
+    # OpenAI's Batch API: a batch's input file, uploaded to /v1/files, is read for its models.
+    batch_api: bool = False
 
     @property
     def price_provider(self) -> str:
@@ -173,16 +176,19 @@ def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
     )
 
 
-# --- OpenAI's own API: also image generation and audio transcription ------------------------
+# --- OpenAI's own API: also image generation, audio transcription and batch jobs --------------
 
 
 def _openai_flavor(path: str) -> str | None:
-    return openai_api.flavor_for_path(path) or openai_media.flavor_for_path(path)
+    found = openai_api.flavor_for_path(path) or openai_media.flavor_for_path(path)
+    return found or batches.flavor_for_path(path)
 
 
 def _openai_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
     if flavor in openai_media.MEDIA_FLAVORS:
         return openai_media.parse_response(flavor, body)
+    if flavor == batches.FLAVOR:
+        return batches.parse_batch(body)
     return openai_api.parse_response(flavor, body)
 
 
@@ -344,7 +350,8 @@ BUILTIN: tuple[Provider, ...] = (
         "api.openai.com",
         usage_opt_in_flavors=frozenset({"chat"}),
         realtime=OPENAI_REALTIME,
-        # images and transcriptions too (a custom host with `api: openai` takes these as well)
+        batch_api=True,
+        # images, transcriptions and batches too (a custom host with `api: openai` takes these as well)
         flavor_for_path=_openai_flavor,
         parse_response=_openai_parse,
         stream_parser=_openai_stream_parser,

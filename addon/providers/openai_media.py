@@ -303,28 +303,46 @@ def is_form(content_type: str) -> bool:
     return content_type.lstrip().lower().startswith("multipart/form-data")
 
 
-def read_form(body: bytes, content_type: str) -> FormFields:
-    """The ``model`` field of a multipart/form-data body, and its text fields' size. Never raises.
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    """One part of a multipart/form-data body: its name, whether it is a file, where its content is."""
 
-    Walks the parts by their boundary (which, by definition, no content contains): each part's
-    headers are read, a file's content is skipped with one search for the next boundary.
-    """
+    name: bytes
+    is_file: bool
+    start: int  # content: body[start:end]
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class FormWalk:
+    """The parts of a multipart body, in order, and whether its closing delimiter was reached."""
+
+    parts: tuple[FormPart, ...] = ()
+    complete: bool = False
+    # Why the walk stopped short: no boundary, or a form parsers read differently (then the
+    # parts before are given, and nothing after them can be trusted).
+    error: str | None = None
+
+
+def form_parts(body: bytes, content_type: str) -> FormWalk:
+    """Walk a multipart/form-data body by its boundary (which, by definition, no content
+    contains): each part's headers are read, its content is skipped with one search for the
+    next boundary and never copied. Never raises."""
     found = _BOUNDARY.search(content_type)
     if found is None:
-        return FormFields(error="multipart body without a boundary: its model cannot be read")
+        return FormWalk(error="multipart body without a boundary: its model cannot be read")
     delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
     separator = b"\r\n" + delimiter
-    models: list[str] = []
-    text_bytes = 0
+    parts: list[FormPart] = []
     pos = body.find(delimiter)
     if pos >= 0 and not (pos == 0 or body[pos - 2 : pos] == b"\r\n"):
-        return FormFields(error=_NOT_A_DELIMITER)
+        return FormWalk(error=_NOT_A_DELIMITER)
     complete = False
     while pos >= 0:
         pos += len(delimiter)
         if _DELIMITER_TAIL.match(body, pos) is None:
             # ``--BOUNDARYx``: content to a server's parser, a delimiter to a lax one.
-            return FormFields(text_bytes=text_bytes, error=_NOT_A_DELIMITER)
+            return FormWalk(tuple(parts), error=_NOT_A_DELIMITER)
         if body.startswith(b"--", pos):
             complete = True  # the closing delimiter
             break
@@ -341,17 +359,32 @@ def read_form(body: bytes, content_type: str) -> FormFields:
         headers = body[line_end + 2 : head_end]
         dispositions = _DISPOSITION.findall(headers)
         if len(dispositions) > 1:  # parsers differ on which one names the part
-            return FormFields(text_bytes=text_bytes, error=_TWO_DISPOSITIONS)
+            return FormWalk(tuple(parts), error=_TWO_DISPOSITIONS)
         disposition = _DISPOSITION.search(headers)
         params = disposition.group(1) if disposition is not None else b""
-        is_file = _FILENAME.search(params) is not None
         name_match = _NAME.search(params)
         name = (name_match.group(1) or name_match.group(2) or b"") if name_match else b""
-        if not is_file:
-            text_bytes += end - start
-            if name == b"model" and end - start <= MAX_FIELD:
-                models.append(body[start:end].decode("utf-8", "replace").strip())
+        parts.append(FormPart(name, _FILENAME.search(params) is not None, start, end))
         pos = end + 2
+    return FormWalk(tuple(parts), complete)
+
+
+def read_form(body: bytes, content_type: str) -> FormFields:
+    """The ``model`` field of a multipart/form-data body, and its text fields' size. Never raises.
+
+    Its files are never decoded (see ``form_parts``).
+    """
+    walk = form_parts(body, content_type)
+    models: list[str] = []
+    text_bytes = 0
+    for part in walk.parts:
+        if part.is_file:
+            continue
+        text_bytes += part.end - part.start
+        if part.name == b"model" and part.end - part.start <= MAX_FIELD:
+            models.append(body[part.start : part.end].decode("utf-8", "replace").strip())
+    if walk.error is not None:
+        return FormFields(text_bytes=text_bytes, error=walk.error)
     model, error = None, None
     distinct = list(dict.fromkeys(models))
     if len(distinct) == 1 and 0 < len(distinct[0]) <= MAX_MODEL and "\ufffd" not in distinct[0]:
@@ -360,7 +393,7 @@ def read_form(body: bytes, content_type: str) -> FormFields:
         error = f"{len(distinct)} different model fields in the form: its model cannot be read"
     elif models:
         error = "the form's model field is empty, too long or not UTF-8"
-    elif not complete:
+    elif not walk.complete:
         error = "multipart body cut short or malformed: no model field found"
     else:
         error = "no model field in the form"

@@ -1,0 +1,349 @@
+"""The addon's hooks on OpenAI batch jobs (mitmproxy.test.taddons and tflow, no network).
+
+The input file's upload is read for its models; the creation is a $0 row that checks them and
+puts the batch on the pending list; the retrieval that first sees it ended bills it, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons
+from test_batches import CTYPE, form, line
+from test_meter import CollectingStore, make_flow, run_request
+
+import addon.meter
+from addon.budgets import Scope
+from addon.meter import INLINE_PARSE_LIMIT, RESERVED_OUTPUT_TOKENS, Meter
+from addon.policies import parse_policies
+from addon.providers import batches
+
+FILES = "https://api.openai.com/v1/files"
+BATCHES = "https://api.openai.com/v1/batches"
+TAGS = {"x-metering-tags": '{"env": "staging", "team": "evals"}'}
+RESTRICTED = """
+environments:
+  development:
+    models:
+      allow: [gpt-4o-mini]
+      downgrade: {gpt-4o: gpt-4o-mini}
+"""
+USAGE = {
+    "input_tokens": 40_000,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 9_000,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 49_000,
+}
+
+
+def batch_object(status: str, usage: dict | None = None, batch_id: str = "batch_1") -> dict[str, Any]:
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-1",
+        "completion_window": "24h",
+        "status": status,
+        "model": "gpt-4o-mini-2024-07-18" if usage else None,
+        "usage": usage,
+    }
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+async def answer(meter: Meter, flow: http.HTTPFlow, body: dict, status: int = 200) -> None:
+    flow.response = http.Response.make(status, json.dumps(body), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+async def upload(
+    meter: Meter, jsonl: bytes, file_id: str = "file-1", purpose: bytes = b"batch"
+) -> http.HTTPFlow:
+    """``client.files.create(file=..., purpose="batch")`` through the hooks."""
+    body = form(("purpose", purpose, None), ("file", jsonl, "requests.jsonl"))
+    flow = make_flow(FILES, body, headers={"content-type": CTYPE})
+    await run_request(meter, flow)
+    assert flow.response is None  # an upload always goes on
+    await answer(meter, flow, {"id": file_id, "object": "file", "bytes": len(jsonl), "purpose": "batch"})
+    return flow
+
+
+def requests_of(model: str, n: int = 3, max_tokens: int | None = 200) -> bytes:
+    return b"\n".join(line(model, max_tokens=max_tokens) for _ in range(n)) + b"\n"
+
+
+async def create(meter: Meter, file_id: str = "file-1", *, answered: bool = True) -> http.HTTPFlow:
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    flow = make_flow(BATCHES, body, headers=TAGS)
+    await run_request(meter, flow)
+    if answered and flow.response is None:
+        await answer(meter, flow, batch_object("validating"))
+    return flow
+
+
+async def poll(meter: Meter, body: dict, path: str = "/batch_1", method: str = "GET") -> http.HTTPFlow:
+    flow = make_flow(BATCHES + path, b"", method=method)
+    await run_request(meter, flow)
+    await answer(meter, flow, body)
+    return flow
+
+
+def records(meter: Meter) -> list:
+    return meter.store.records  # type: ignore[union-attr]
+
+
+async def test_a_batch_is_billed_once_on_the_retrieval_that_sees_it_ended(meter: Meter) -> None:
+    await upload(meter, requests_of("gpt-4o-mini"))
+    assert records(meter) == []  # an upload is no call
+    await create(meter)
+    await poll(meter, batch_object("in_progress"))
+    await poll(meter, batch_object("finalizing", USAGE))  # a running total: not yet
+    await poll(meter, batch_object("completed", USAGE))
+    await poll(meter, batch_object("completed", USAGE))  # read again later: billed already
+    await poll(meter, batch_object("completed", USAGE, "batch_other"), "/batch_other")  # not seen started
+    started, billed = records(meter)
+    assert (started.path, started.api_flavor, started.action, started.status_code) == (
+        "/v1/batches",
+        "batch",
+        "allowed",
+        200,
+    )
+    assert (started.model_requested, started.model_sent, started.service_tier) == (
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        "batch",
+    )
+    assert (started.price_status, started.cost_usd, started.usage_source) == (
+        "background",
+        Decimal(0),
+        "none",
+    )
+    assert (started.environment, started.team) == ("staging", "evals")
+    assert (billed.path, billed.api_flavor, billed.service_tier, billed.model_reported) == (
+        "/v1/batches/batch_1",
+        "batch",
+        "batch",
+        "gpt-4o-mini-2024-07-18",
+    )
+    assert (billed.input_tokens, billed.output_tokens, billed.usage_source) == (40_000, 9_000, "reported")
+    # attributed as the creation was
+    assert (billed.environment, billed.team, billed.model_requested) == ("staging", "evals", "gpt-4o-mini")
+    assert billed.key_fingerprint == started.key_fingerprint is not None
+    meter._price(billed)
+    assert billed.price_status == "priced"
+    assert (
+        billed.cost_usd
+        == meter.pricer.price_usage(
+            "openai", ("gpt-4o-mini-2024-07-18",), billed.usage, billed.ts, service_tier="batch"
+        ).cost_usd
+    )
+    assert not meter._background
+
+
+async def test_a_cancel_does_not_bill_until_the_batch_is_cancelled(meter: Meter) -> None:
+    """``POST .../cancel`` answers ``cancelling`` (not final); the work done before the cancel is
+    billed by the retrieval that sees it ``cancelled``."""
+    await upload(meter, requests_of("gpt-4o-mini"))
+    await create(meter)
+    await poll(meter, batch_object("cancelling", USAGE), "/batch_1/cancel", method="POST")
+    assert len(records(meter)) == 1 and meter._background.get("batch_1") is not None
+    await poll(meter, batch_object("cancelled", USAGE))
+    _, billed = records(meter)
+    assert (billed.path, billed.output_tokens, billed.team) == ("/v1/batches/batch_1", 9_000, "evals")
+
+
+async def test_a_batch_ended_without_usage_gets_a_row_saying_its_cost_is_unknown(meter: Meter) -> None:
+    await upload(meter, requests_of("gpt-4o-mini"))
+    await create(meter)
+    await poll(meter, batch_object("expired"))
+    await asyncio.sleep(0)  # no offline estimate is started for a batch
+    _, billed = records(meter)
+    assert (billed.usage_source, billed.input_tokens, billed.error) == ("none", None, batches.NO_USAGE)
+    meter._price(billed)
+    assert (billed.price_status, billed.cost_usd) == ("no_usage", None)
+    assert not meter._estimates
+
+
+async def test_a_failed_batch_is_forgotten_without_a_row(meter: Meter) -> None:
+    await upload(meter, requests_of("gpt-4o-mini"))
+    await create(meter)
+    await poll(meter, batch_object("failed"))
+    assert len(records(meter)) == 1 and meter._background.get("batch_1") is None
+
+
+async def test_a_disallowed_model_in_the_input_file_refuses_the_batch(meter: Meter) -> None:
+    """The file is uploaded already: the batch cannot be downgraded, it is refused, saying why."""
+    meter._apply(parse_policies(RESTRICTED))
+    await upload(meter, requests_of("gpt-4o-mini") + requests_of("gpt-4o"))
+    flow = await create(meter, answered=False)
+    assert flow.response is not None and flow.response.status_code == 403  # upstream never contacted
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert message.startswith(
+        "tokometer: model gpt-4o is not allowed in environment development (allowed there: gpt-4o-mini"
+    )
+    assert "input file" in message and "downgraded" in message
+    await meter.response(flow)
+    [refused] = records(meter)
+    assert (refused.action, refused.model_requested, refused.model_sent, refused.status_code) == (
+        "blocked",
+        "gpt-4o",
+        None,
+        403,
+    )
+    assert not meter._background
+    meter._apply(parse_policies(RESTRICTED.replace("downgrade", "on_disallowed: block\n      downgrade")))
+    flow = await create(meter, answered=False)
+    message = json.loads(flow.response.content)["error"]["message"]  # type: ignore[union-attr]
+    assert "model gpt-4o is not allowed" in message and "its input file file-1 asks for it" in message
+
+
+async def test_an_input_file_the_proxy_did_not_see_fails_closed_where_models_are_restricted(
+    meter: Meter,
+) -> None:
+    flow = await create(meter, "file-unseen")  # no allowlist: allowed, its model unknown
+    assert flow.response is not None and flow.response.status_code == 200
+    [allowed] = records(meter)
+    assert (allowed.action, allowed.model_requested, allowed.price_status) == ("allowed", None, "background")
+    assert "file-unseen" in (allowed.error or "")
+    meter._apply(parse_policies(RESTRICTED))
+    flow = await create(meter, "file-unseen-2", answered=False)
+    assert flow.response is not None and flow.response.status_code == 403
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "upload the batch's input file through the proxy" in message and "gpt-4o-mini" in message
+
+
+async def test_an_input_file_with_unreadable_lines_fails_closed_too(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    await upload(meter, requests_of("gpt-4o-mini") + b"{not json\n")
+    flow = await create(meter, answered=False)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "1 of 4 lines" in json.loads(flow.response.content)["error"]["message"]
+
+
+async def test_other_uploads_are_not_read(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    await upload(meter, requests_of("gpt-4o-mini"), purpose=b"fine-tune")
+    flow = await create(meter, answered=False)
+    assert flow.response is not None and flow.response.status_code == 403  # not a batch's: unseen
+
+
+async def test_a_failed_upload_is_not_remembered(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(
+        FILES,
+        form(("purpose", b"batch", None), ("file", requests_of("gpt-4o-mini"), "r.jsonl")),
+        headers={"content-type": CTYPE},
+    )
+    await run_request(meter, flow)
+    await answer(meter, flow, {"error": {"message": "bad file"}, "id": "file-1"}, status=400)
+    flow = await create(meter, answered=False)
+    assert flow.response is not None and flow.response.status_code == 403
+
+
+async def test_a_large_upload_is_read_off_the_event_loop(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[Any] = []
+    real = asyncio.to_thread
+    monkeypatch.setattr(addon.meter.asyncio, "to_thread", lambda f, *a: threads.append(f) or real(f, *a))
+    big = requests_of("gpt-4o-mini", n=1 + INLINE_PARSE_LIMIT // 100, max_tokens=None)
+    await upload(meter, big)
+    monkeypatch.undo()
+    assert [f.func.__name__ for f in threads if isinstance(f, functools.partial)] == ["read_upload"]
+    meter._apply(parse_policies(RESTRICTED))
+    flow = await create(meter)
+    assert flow.response.status_code == 200  # type: ignore[union-attr]
+
+
+async def test_the_creation_reserves_the_batch_estimate(meter: Meter) -> None:
+    """bytes / 4 input tokens and the lines' output caps (1,000 for a line without one), at the
+    batch price; a spent budget refuses the creation as it would any call."""
+    meter._apply(parse_policies("environments:\n  staging:\n    budget: {usd: 100, period: day}\n"))
+    jsonl = requests_of("gpt-4o", n=2, max_tokens=300) + requests_of("gpt-4o", n=1, max_tokens=None)
+    await upload(meter, jsonl)
+    await create(meter, answered=False)
+    reserved = meter.enforcer.budgets.reserved()[Scope("environment", "staging")]
+    expected = meter.pricer.estimate(
+        "openai", "gpt-4o", len(jsonl) // 4, 2 * 300 + RESERVED_OUTPUT_TOKENS, service_tier="batch"
+    )
+    assert reserved == expected and expected > 0
+    assert expected == meter.pricer.estimate("openai", "gpt-4o", len(jsonl) // 4, 1600) / 2
+    meter._apply(parse_policies("environments:\n  staging:\n    budget: {usd: 0, period: day}\n"))
+    flow = await create(meter, answered=False)
+    assert flow.response is not None and flow.response.status_code == 429
+    assert json.loads(flow.response.content)["error"]["message"].startswith("tokometer: staging budget")
+
+
+async def test_a_batch_pending_at_a_restart_is_billed_by_the_next_proxy_once(tmp_path: Path) -> None:
+    """The pending batch and the upload's models live in files beside the journals: a restart, a
+    reload or another proxy on the same database knows both, and only one bills the batch."""
+    db = tmp_path / "a.duckdb"
+    first = Meter()
+    with taddons.context(first) as tctx:
+        tctx.configure(first, tokometer_db=str(db))
+        first.running()
+        try:
+            await upload(first, requests_of("gpt-4o-mini"))
+        finally:
+            first.done()
+    remembered = db.with_name("a.duckdb.journal") / "batch-input-files" / "file-1.json"
+    assert remembered.stat().st_mode & 0o777 == 0o600
+    entry = json.loads(remembered.read_text())
+    assert entry["models"] == ["gpt-4o-mini"] and "hello" not in remembered.read_text()  # no content
+    second = Meter()
+    with taddons.context(second) as tctx:
+        tctx.configure(second, tokometer_db=str(db))
+        second.running()
+        try:
+            second._apply(parse_policies(RESTRICTED.replace("development", "staging")))
+            flow = await create(second)  # the upload, seen by the proxy before, is known here
+            assert flow.response.status_code == 200  # type: ignore[union-attr]
+            # two retrievals in flight at once (a poller and a dashboard) both see it ended
+            gets = [make_flow(BATCHES + "/batch_1", b"", method="GET") for _ in range(2)]
+            for get in gets:
+                await run_request(second, get)
+            for get in gets:
+                await answer(second, get, batch_object("completed", USAGE))
+        finally:
+            second.done()
+    third = Meter()  # another restart, or another proxy on the same database
+    with taddons.context(third) as tctx:
+        tctx.configure(third, tokometer_db=str(db))
+        third.running()
+        try:
+            await poll(third, batch_object("completed", USAGE))
+        finally:
+            third.done()
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT path, price_status, environment, team, model_requested, output_tokens, service_tier "
+            "FROM calls ORDER BY path"
+        ).fetchall()
+        cost = con.execute("SELECT cost_usd FROM calls WHERE path <> '/v1/batches'").fetchone()[0]
+    assert rows == [
+        ("/v1/batches", "background", "staging", "evals", "gpt-4o-mini", None, "batch"),
+        ("/v1/batches/batch_1", "priced", "staging", "evals", "gpt-4o-mini", 9_000, "batch"),
+    ]
+    usage = batches.parse_batch(json.dumps(batch_object("completed", USAGE)).encode()).usage
+    model, when = ("gpt-4o-mini-2024-07-18",), datetime.now(UTC)
+    expected = second.pricer.price_usage("openai", model, usage, when, service_tier="batch")
+    assert cost == expected.cost_usd

@@ -1,0 +1,314 @@
+"""Batch jobs: the pure readers of addon.providers.batches (OpenAI's Batch API).
+
+Input files are read for their models without keeping their content; Batch objects for their
+usage, which is billed once the batch has ended.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+
+from addon import pricing
+from addon.policies import PriceOverride
+from addon.pricing import Pricer, price
+from addon.providers import batches
+from addon.providers.batches import BatchInput, parse_batch, read_upload, scan_input, uploaded_file_id
+from addon.usage import Usage
+
+BOUNDARY = "----tokometerBoundary42"
+CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def line(
+    model: str | None = "gpt-4o-mini", *, max_tokens: int | None = 100, text: str = "hello", **more: object
+) -> bytes:
+    """One request of an input file (a chat completion)."""
+    body: dict[str, object] = {"messages": [{"role": "user", "content": text}]}
+    if model is not None:
+        body = {"model": model, **body}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    body.update(more)
+    request = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    return json.dumps(request).encode()
+
+
+def form(*parts: tuple[str, bytes, str | None]) -> bytes:
+    """A multipart body of (name, content, filename) parts, as the openai SDK sends one."""
+    out = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if filename:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + content + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+# ---------------------------------------------------------------- input files
+
+
+def test_the_models_lines_size_and_output_caps_of_an_input_file() -> None:
+    data = b"\n".join(
+        [
+            line("gpt-4o-mini", max_tokens=100),
+            line("gpt-4o-mini", max_tokens=None),
+            line("gpt-4o-mini", max_tokens=None, max_completion_tokens=250),
+            b"",  # blank lines are not requests
+            line("gpt-4o", max_tokens=7),
+        ]
+    )
+    found = scan_input(data + b"\n")
+    models = ("gpt-4o", "gpt-4o-mini")
+    assert found == BatchInput(models, lines=4, size=len(data) + 1, output_caps=357, uncapped=1, unreadable=0)
+    assert found.output_tokens(1000) == 1357
+    assert found.error is None
+
+
+def test_a_model_named_inside_a_prompt_or_a_nested_object_is_not_the_requests_model() -> None:
+    prompt = 'Reply as JSON: {"model": "gpt-5-pro"}'  # a string: its quotes are escaped in the line
+    tool = {"type": "image_generation", "model": "gpt-image-1"}  # nested: the body's own model wins
+    data = line("gpt-4o-mini", text=prompt) + b"\n" + line("gpt-4o-mini", tools=[tool])
+    assert scan_input(data).models == ("gpt-4o-mini",)
+
+
+def test_an_escaped_model_key_or_value_is_still_read() -> None:
+    """JSON may spell a key or value with \\u escapes: the model is the one OpenAI decodes."""
+    escaped_key = b'{"custom_id":"a","body":{"\\u006dodel":"gpt-5-pro","messages":[]}}'
+    escaped_value = b'{"custom_id":"b","body":{"model":"gpt\\u002d5-pro","messages":[]}}'
+    both = b'{"custom_id":"c","body":{"mod\\u0065l":"o3","tools":[{"type":"x","model":"gpt-4o-mini"}]}}'
+    assert scan_input(escaped_key).models == ("gpt-5-pro",)
+    assert scan_input(escaped_value).models == ("gpt-5-pro",)
+    assert scan_input(both).models == ("o3",)
+
+
+def test_lines_without_a_readable_model_are_counted() -> None:
+    data = b"\n".join([line("gpt-4o-mini"), line(None), b"{not json", b'{"body": {"model": 42}}'])
+    found = scan_input(data)
+    assert (found.models, found.lines, found.unreadable) == (("gpt-4o-mini",), 4, 3)
+
+
+def test_a_file_of_many_models_is_cut_short() -> None:
+    data = b"\n".join(line(f"model-{i}") for i in range(batches.MAX_MODELS + 5))
+    found = scan_input(data)
+    assert len(found.models) == batches.MAX_MODELS and found.unreadable == 5
+    assert found.error is not None and "models" in found.error
+
+
+def test_crlf_lines_and_a_last_line_without_newline() -> None:
+    data = line("gpt-4o-mini") + b"\r\n" + line("gpt-4o-mini", max_tokens=5)
+    found = scan_input(data)
+    assert (found.lines, found.output_caps, found.models) == (2, 105, ("gpt-4o-mini",))
+
+
+def test_an_entry_round_trips_and_a_bad_one_is_refused() -> None:
+    found = scan_input(line("gpt-4o-mini") + b"\n" + line(None))
+    assert BatchInput.from_entry(json.loads(json.dumps(found.to_entry()))) == found
+    for bad in ({}, {"models": "gpt-4o"}, {"models": [1], "lines": 1}, [], None, {"models": [], "lines": -1}):
+        assert BatchInput.from_entry(bad) is None
+
+
+# ---------------------------------------------------------------- uploads
+
+
+def test_a_batch_upload_is_read_and_other_purposes_are_not() -> None:
+    jsonl = line("gpt-4o-mini") + b"\n" + line("gpt-4o-mini") + b"\n"
+    body = form(("purpose", b"batch", None), ("file", jsonl, "requests.jsonl"))
+    found = read_upload(body, CTYPE)
+    assert found is not None and (found.models, found.lines, found.size) == (("gpt-4o-mini",), 2, len(jsonl))
+    # the purpose may come after the file
+    assert read_upload(form(("file", jsonl, "r.jsonl"), ("purpose", b"batch", None)), CTYPE) == found
+    assert read_upload(form(("purpose", b"fine-tune", None), ("file", jsonl, "r.jsonl")), CTYPE) is None
+    assert read_upload(form(("file", jsonl, "r.jsonl")), CTYPE) is None  # no purpose: not a batch's
+    assert read_upload(jsonl, "application/jsonl") is None  # not a form
+
+
+def test_a_batch_upload_without_its_file_says_so() -> None:
+    found = read_upload(form(("purpose", b"batch", None)), CTYPE)
+    assert found is not None and found.models == () and found.error is not None
+    cut = form(("purpose", b"batch", None), ("file", line(), "r.jsonl"))[:-60]
+    found = read_upload(cut, CTYPE)
+    assert found is not None and found.error is not None
+
+
+def test_the_file_id_of_an_upload_answer() -> None:
+    answer = {"id": "file-abc123", "object": "file", "bytes": 120, "purpose": "batch", "filename": "r.jsonl"}
+    assert uploaded_file_id(json.dumps(answer).encode()) == "file-abc123"
+    too_long = json.dumps({"id": "x" * 500}).encode()
+    for bad in (b"", b"{", b"[]", b'{"object": "file"}', b'{"id": 5}', too_long):
+        assert uploaded_file_id(bad) is None
+
+
+def test_the_input_file_of_a_creation() -> None:
+    assert batches.input_file_id({"input_file_id": "file-1", "endpoint": "/v1/chat/completions"}) == "file-1"
+    for bad in (None, {}, {"input_file_id": 3}, {"input_file_id": ""}):
+        assert batches.input_file_id(bad) is None
+
+
+# ---------------------------------------------------------------- Batch objects
+
+BATCH = {
+    "id": "batch_abc",
+    "object": "batch",
+    "endpoint": "/v1/chat/completions",
+    "input_file_id": "file-abc",
+    "completion_window": "24h",
+    "status": "validating",
+    "model": None,
+    "usage": None,
+}
+USAGE = {
+    "input_tokens": 1200,
+    "input_tokens_details": {"cached_tokens": 200},
+    "output_tokens": 900,
+    "output_tokens_details": {"reasoning_tokens": 300},
+    "total_tokens": 2100,
+}
+
+
+def test_a_batch_being_validated_has_no_usage_yet() -> None:
+    metered = parse_batch(json.dumps(BATCH).encode())
+    assert (metered.response_id, metered.response_status, metered.usage, metered.error) == (
+        "batch_abc",
+        "validating",
+        None,
+        None,
+    )
+    assert metered.service_tier == "batch"
+    assert batches.outcome(metered) == "wait"
+
+
+def test_a_completed_batch_carries_its_usage_and_model() -> None:
+    done = BATCH | {"status": "completed", "model": "gpt-4o-mini-2024-07-18", "usage": USAGE}
+    metered = parse_batch(json.dumps(done).encode())
+    assert metered.usage == Usage(
+        input_tokens=1200, cache_read_tokens=200, output_tokens=900, reasoning_tokens=300
+    )
+    assert (metered.model, metered.service_tier, metered.error) == ("gpt-4o-mini-2024-07-18", "batch", None)
+    assert batches.outcome(metered) == "bill"
+
+
+@pytest.mark.parametrize(
+    ("status", "usage", "outcome"),
+    [
+        ("in_progress", USAGE, "wait"),  # a running total: billed once the batch has ended
+        ("finalizing", USAGE, "wait"),
+        ("cancelling", None, "wait"),
+        ("cancelled", USAGE, "bill"),  # the work done before the cancel is billed
+        ("expired", USAGE, "bill"),  # likewise the work done within the window
+        ("completed", None, "bill"),  # ended, no usage reported: a row without usage says so
+        ("expired", None, "bill"),
+        ("failed", None, "drop"),  # validation failed: nothing ran
+        ("cancelled", {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}, "drop"),  # nothing ran
+    ],
+)
+def test_what_a_batch_status_means_for_its_bill(status: str, usage: dict | None, outcome: str) -> None:
+    metered = parse_batch(json.dumps(BATCH | {"status": status, "usage": usage}).encode())
+    assert batches.outcome(metered) == outcome
+    if outcome == "bill" and usage is None:
+        assert metered.error is not None and "no usage" in metered.error
+
+
+def test_a_failed_batch_says_why() -> None:
+    failed = BATCH | {
+        "status": "failed",
+        "errors": {"data": [{"code": "invalid_model", "message": "Model not found", "line": 1}]},
+    }
+    metered = parse_batch(json.dumps(failed).encode())
+    assert metered.error == "batch failed: invalid_model: Model not found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b'{"object": "list", "data": []}', b'{"error": {"message": "No such batch"}}'],
+)
+def test_anything_else_is_no_batch(body: bytes) -> None:
+    metered = parse_batch(body)
+    assert metered.response_id is None and metered.usage is None and metered.error
+    assert batches.outcome(metered) == "wait"  # nothing to go by: the entry stays
+
+
+def test_the_paths() -> None:
+    assert batches.flavor_for_path("/v1/batches") == "batch"
+    assert batches.flavor_for_path("/v1/batches?x=1") == "batch"
+    for other in ("/v1/batches/batch_1", "/v1/batches/batch_1/cancel", "/v1/messages/batches", "/v1/files"):
+        assert batches.flavor_for_path(other) is None
+    assert batches.is_upload_path("/v1/files") and not batches.is_upload_path("/v1/files/file-1/content")
+
+
+# ---------------------------------------------------------------- prices
+
+BEFORE_BATCH_PRICES = datetime(2026, 10, 1, 12, tzinfo=UTC)  # genai-prices' batch prices start 2026-10-14
+WITH_BATCH_PRICES = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def standard(model: str, when: datetime, provider: str = "openai", **counts: int) -> Decimal:
+    usage = GPUsage(**counts)
+    return calc_price(usage, model, provider_id=provider, genai_request_timestamp=when).total_price
+
+
+def batch_price(model: str, when: datetime, provider: str = "openai", **counts: int) -> Decimal:
+    context = {"processing": "batch"}
+    return calc_price(
+        GPUsage(**counts), model, provider_id=provider, genai_request_timestamp=when, price_context=context
+    ).total_price  # type: ignore[arg-type]
+
+
+def test_without_a_batch_price_in_genai_prices_a_batch_costs_exactly_half() -> None:
+    """OpenAI: "a 50% cost discount vs. the synchronous APIs" (its Batch API FAQ)."""
+    counts = {"input_tokens": 10_000, "cache_read_tokens": 2_000, "output_tokens": 3_000}
+    got = price("openai", "gpt-4o-mini", Usage(**counts), BEFORE_BATCH_PRICES, service_tier="batch")
+    assert got.cost_usd == standard("gpt-4o-mini", BEFORE_BATCH_PRICES, **counts) * Decimal("0.5")
+    assert (got.status, got.source) == ("priced", f"{pricing.SOURCE} x0.5 (batch)")
+    assert batch_price("gpt-4o-mini", BEFORE_BATCH_PRICES, **counts) == standard(
+        "gpt-4o-mini", BEFORE_BATCH_PRICES, **counts
+    )  # genai-prices has none then: its standard price
+
+
+def test_genai_prices_own_batch_price_wins_where_it_has_one() -> None:
+    """From 2026-10-14 genai-prices 0.2.3 prices batches itself (price_context processing=batch):
+    half of input and output; for gpt-4o-mini no batch rate for cached input, so cached tokens
+    cost the batch input rate, which the flat half would not say."""
+    counts = {"input_tokens": 10_000, "cache_read_tokens": 2_000, "output_tokens": 3_000}
+    got = price("openai", "gpt-4o-mini", Usage(**counts), WITH_BATCH_PRICES, service_tier="batch")
+    assert got.cost_usd == batch_price("gpt-4o-mini", WITH_BATCH_PRICES, **counts) == Decimal("0.00165")
+    assert got.source == pricing.SOURCE
+    plain = {"input_tokens": 10_000, "output_tokens": 3_000}  # without cache reads: exactly half
+    got = price("openai", "gpt-4o-mini", Usage(**plain), WITH_BATCH_PRICES, service_tier="batch")
+    assert got.cost_usd == standard("gpt-4o-mini", WITH_BATCH_PRICES, **plain) * Decimal("0.5")
+
+
+def test_whether_genai_prices_prices_a_batch_is_asked_per_day() -> None:
+    """The same model before and after genai-prices' batch prices start: each day asks again."""
+    pricing._tier_prices.clear()
+    counts = {"input_tokens": 10_000, "cache_read_tokens": 2_000, "output_tokens": 3_000}
+    before = price("openai", "gpt-4o-mini", Usage(**counts), BEFORE_BATCH_PRICES, service_tier="batch")
+    after = price("openai", "gpt-4o-mini", Usage(**counts), WITH_BATCH_PRICES, service_tier="batch")
+    assert before.source.endswith("x0.5 (batch)") and after.source == pricing.SOURCE  # type: ignore[union-attr]
+
+
+def test_an_anthropic_batch_is_priced_as_one_too() -> None:
+    counts = {"input_tokens": 10_000, "cache_read_tokens": 2_000, "cache_write_tokens": 1_000}
+    counts["output_tokens"] = 3_000
+    usage = Usage(**counts)
+    old = price("anthropic", "claude-3-5-haiku", usage, WITH_BATCH_PRICES, service_tier="batch")
+    half = standard("claude-3-5-haiku", WITH_BATCH_PRICES, "anthropic", **counts) * Decimal("0.5")
+    assert old.cost_usd == half and old.source == f"{pricing.SOURCE} x0.5 (batch)"
+    new = price("anthropic", "claude-haiku-4-5", usage, WITH_BATCH_PRICES, service_tier="batch")
+    assert new.cost_usd == batch_price("claude-haiku-4-5", WITH_BATCH_PRICES, "anthropic", **counts)
+
+
+def test_a_prices_entry_costs_half_in_a_batch_and_so_does_a_reservation() -> None:
+    pricer = Pricer([("gpt-4o-mini", PriceOverride(input=Decimal(1), output=Decimal(4)))])
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    got = pricer.price_usage("openai", ("gpt-4o-mini",), usage, WITH_BATCH_PRICES, service_tier="batch")
+    assert (got.cost_usd, got.source) == (Decimal("2.5"), "policies.yaml prices x0.5 (batch)")
+    million = 1_000_000
+    assert pricer.estimate("openai", "gpt-4o-mini", million, million, service_tier="batch") == Decimal("2.5")
+    assert Pricer().estimate("openai", "gpt-4o", million, million, service_tier="batch") == Decimal("6.25")
