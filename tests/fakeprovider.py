@@ -22,6 +22,12 @@ Images and audio (``/v1/images/generations``, ``/v1/images/edits``, ``/v1/audio/
 ``response_format`` (``text``, ``srt``, ``vtt`` as plain text) or streams ``transcript.text.delta``
 events, then ``transcript.text.done``.
 
+Batch jobs (OpenAI's Batch API): ``POST /v1/files`` (multipart, any purpose) keeps the file and
+answers its id; ``POST /v1/batches`` answers ``validating`` (404 for a file it does not have), its
+usage from ``X-Fake-Usage`` (Responses shape) and its model the first line's ``body.model``;
+``GET /v1/batches/{id}`` answers ``in_progress`` once, then ``completed`` with that usage;
+``POST /v1/batches/{id}/cancel`` answers ``cancelling``, and the next GET ``cancelled`` with it.
+
 Bad upstream behaviour (tests/test_e2e_bad_input.py):
 
 - ``X-Fake-Close-After: N``: a stream sends its first N events, then the connection is
@@ -337,6 +343,10 @@ class _ProviderHandler(_BaseHandler):
         if background is not None:  # GET /v1/responses/{id} of a background response
             self._send_body(rec, 200, _dumps(background))
             return
+        batch = self.server.owner.batch_object(self.path.split("?")[0])
+        if batch is not None:  # GET /v1/batches/{id}
+            self._send_body(rec, 200, _dumps(batch))
+            return
         if self.path.split("?")[0] == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
@@ -439,6 +449,9 @@ class _ProviderHandler(_BaseHandler):
             self._send_body(rec, status, _dumps(body), extra=_error_headers(anthropic))
             return
         req = rec.json if isinstance(rec.json, dict) else {}
+        if path == "/v1/files" or path == "/v1/batches" or path.startswith("/v1/batches/"):
+            self._batches(rec, path, req)
+            return
         if path in _MEDIA_PATHS:
             self._media(rec, path, req or {k: v.decode("utf-8", "replace") for k, v in rec.form.items()})
             return
@@ -513,6 +526,23 @@ class _ProviderHandler(_BaseHandler):
                 **({"task": "transcribe", "duration": 9.0} if fmt == "verbose_json" else {}),
             }
             self._send_body(rec, 200, _dumps(_with_usage(body, usage)), extra=_ok_headers(False))
+
+    def _batches(self, rec: RecordedRequest, path: str, req: dict[str, Any]) -> None:
+        """A file upload, a batch's creation or its cancel (OpenAI's Batch API)."""
+        owner = self.server.owner
+        if path == "/v1/files":
+            purpose = rec.form.get("purpose", b"").decode()
+            self._send_body(rec, 200, _dumps(owner.add_file(rec.form.get("file", b""), purpose)))
+            return
+        if path == "/v1/batches":
+            usage = json.loads(rec.headers.get("x-fake-usage") or "null") or DEFAULT_USAGE["responses"]
+            batch = owner.start_batch(str(req.get("input_file_id")), str(req.get("endpoint")), usage)
+        else:
+            batch = owner.cancel_batch(path.removesuffix("/cancel")) if path.endswith("/cancel") else None
+        if batch is None:
+            self._send_body(rec, 404, _dumps(_openai_error(404, f"No such object: {path}")))
+            return
+        self._send_body(rec, 200, _dumps(batch))
 
     def _raw_stream(self, rec: RecordedRequest) -> None:
         """``X-Fake-Raw-Stream``: exactly the given bytes, chunked at the given offsets."""
@@ -1037,8 +1067,68 @@ class FakeProvider(_Base):
             body = _response_obj(model, "completed", text, usage)
         return body | {"id": response_id, "background": True}
 
+    def add_file(self, content: bytes, purpose: str) -> dict[str, Any]:
+        """An uploaded file: kept, and answered as OpenAI's File object."""
+        with self._lock:
+            file_id = f"file-{len(self._files) + 1:04d}"
+            self._files[file_id] = content
+        created = int(time.time())
+        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": created} | {
+            "filename": "input.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    def start_batch(self, file_id: str, endpoint: str, usage: dict[str, Any]) -> dict[str, Any] | None:
+        """``POST /v1/batches``: the Batch object, validating (None: no such file)."""
+        with self._lock:
+            content = self._files.get(file_id)
+            if content is None:
+                return None
+            first = json.loads(content.splitlines()[0]) if content.strip() else {}
+            requested = str(first.get("body", {}).get("model"))
+            batch = {
+                "id": f"batch_{len(self._batches) + 1:04d}",
+                "object": "batch",
+                "endpoint": endpoint,
+                "input_file_id": file_id,
+                "completion_window": "24h",
+                "created_at": int(time.time()),
+                "status": "validating",
+                "model": None,
+                "usage": None,
+            }
+            self._batches[batch["id"]] = [batch, SNAPSHOTS.get(requested, requested), usage, 1]
+        return dict(batch)
+
+    def batch_object(self, path: str) -> dict[str, Any] | None:
+        """``GET /v1/batches/{id}``: in progress once, then ended (completed, or cancelled)."""
+        batch_id = path.rsplit("/", 1)[-1]
+        with self._lock:
+            entry = self._batches.get(batch_id) if path.startswith("/v1/batches/") else None
+            if entry is None:
+                return None
+            batch, model, usage, running = entry
+            entry[3] = max(0, running - 1)
+            if batch["status"] == "cancelling":
+                return batch | {"status": "cancelled", "model": model, "usage": usage}
+            if running:
+                return batch | {"status": "in_progress"}
+            return batch | {"status": "completed", "model": model, "usage": usage}
+
+    def cancel_batch(self, path: str) -> dict[str, Any] | None:
+        """``POST /v1/batches/{id}/cancel``: cancelling (not final)."""
+        with self._lock:
+            entry = self._batches.get(path.rsplit("/", 1)[-1]) if path.startswith("/v1/batches/") else None
+            if entry is None:
+                return None
+            entry[0]["status"] = "cancelling"
+            return dict(entry[0])
+
     def __init__(self, directory: Path) -> None:
         self._background: dict[str, list[Any]] = {}  # id -> [model, text, usage, GETs left running]
+        self._files: dict[str, bytes] = {}  # uploaded files, by id
+        self._batches: dict[str, list[Any]] = {}  # id -> [batch object, model, usage, GETs left running]
         super().__init__(
             directory, "fakeprovider", ["127.0.0.1", "localhost", "api.openai.com", "api.anthropic.com"]
         )

@@ -119,8 +119,8 @@ def scan_input(data: bytes, start: int = 0, end: int | None = None) -> BatchInpu
     A line's model is its ``body.model``. One key spelled ``model`` with a plain string value is
     taken as it is; anything else (none, several: a tool's own ``model``, escapes) is decoded.
     """
-    end = len(data) if end is None else min(end, len(data))
-    start = max(0, start)
+    end = len(data) if end is None else max(0, min(end, len(data)))
+    start = max(0, min(start, end))
     models: dict[str, None] = {}
     lines = caps = uncapped = unreadable = 0
     error = None

@@ -1,0 +1,234 @@
+"""End to end: OpenAI batch jobs with the real openai SDK.
+
+openai SDK (HTTPS_PROXY) -> mitmdump + tokometer -> the fake OpenAI over HTTPS: the input file is
+uploaded (``client.files.create(purpose="batch")``), the batch created and polled
+(``client.batches.retrieve``); rows asserted in DuckDB, costs against genai-prices' own
+calc_price. One proxy serves the module (each test's rows carry its own feature label).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ProxyProcess
+from fakeprovider import FakeProvider
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+from test_e2e import run_client, tag
+
+from addon.api_keys import key_fingerprint
+
+POLICIES = """
+default_environment: development
+environments:
+  development:
+    models:
+      allow: [gpt-4o-mini]
+      downgrade: {gpt-4o: gpt-4o-mini}
+  staging: {}
+"""
+USAGE = {
+    "input_tokens": 52_000,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 7_300,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 59_300,
+}
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[ProxyProcess]:
+    p = ProxyProcess(tmp_path_factory.mktemp("batches"), fake_provider.port, policies=POLICIES)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.cleanup()
+
+
+def input_file(proxy: ProxyProcess, model: str, lines: int = 3) -> Path:
+    path = proxy.tmp / f"requests-{tag()}.jsonl"
+    requests = [
+        {
+            "custom_id": f"request-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"Grade answer {i}."}]},
+        }
+        for i in range(lines)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    return path
+
+
+def batch_client(
+    proxy: ProxyProcess, label: str, *args: str, env: str | None = None
+) -> tuple[int, list[dict]]:
+    """The SDK's upload, create and polls; X-Metering-Tags (and the fake's usage) on the creation only."""
+    tags: dict[str, str] = {"feature": label} | ({"env": env, "team": "evals"} if env else {})
+    creation = ["X-Metering-Tags=" + json.dumps(tags), "X-Fake-Usage=" + json.dumps(USAGE)]
+    argv = [*args]
+    for header in creation:
+        argv += ["--creation-header", header]
+    return run_client(proxy, "openai_batch_client.py", *argv, headers=[f"X-Test-Tag={label}"])
+
+
+def rows_of(proxy: ProxyProcess, label: str) -> list[dict[str, Any]]:
+    return proxy.rows("SELECT * FROM calls WHERE feature = ? ORDER BY ts", [label])
+
+
+def batch_bill(model: str, row: dict[str, Any]) -> Decimal:
+    """What genai-prices says the batch costs: its own batch price (processing=batch)."""
+    usage = GPUsage(input_tokens=USAGE["input_tokens"], output_tokens=USAGE["output_tokens"])
+    when = row["ts"].replace(tzinfo=UTC)
+    context = {"processing": "batch"}
+    return calc_price(
+        usage,
+        model,
+        provider_id="openai",
+        genai_request_timestamp=when,
+        price_context=context,  # type: ignore[arg-type]
+    ).total_price
+
+
+def synchronous_bill(model: str, row: dict[str, Any]) -> Decimal:
+    usage = GPUsage(input_tokens=USAGE["input_tokens"], output_tokens=USAGE["output_tokens"])
+    when = row["ts"].replace(tzinfo=UTC)
+    return calc_price(usage, model, provider_id="openai", genai_request_timestamp=when).total_price
+
+
+def test_a_batch_is_billed_once_at_half_price_as_its_creation_was_attributed(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    label = tag()
+    code, events = batch_client(
+        proxy, label, "--file", str(input_file(proxy, "gpt-4o-mini")), "--polls", "4", env="staging"
+    )
+    assert code == 0, events
+    assert [e.get("status") for e in events if e["event"] == "polled"] == [
+        "in_progress",
+        "completed",
+        "completed",
+        "completed",
+    ]
+    sent = fake_provider.requests_for(label)
+    assert [(r.method, r.path.split("?")[0]) for r in sent][:2] == [
+        ("POST", "/v1/files"),
+        ("POST", "/v1/batches"),
+    ]
+    assert len(sent) == 6 and all("x-metering-tags" not in r.headers for r in sent)
+    batch_id = events[1]["data"]["id"]
+
+    started, billed = rows_of(proxy, label)
+    assert (started["path"], started["api_flavor"], started["action"], started["status_code"]) == (
+        "/v1/batches",
+        "batch",
+        "allowed",
+        200,
+    )
+    assert (started["price_status"], started["cost_usd"], started["service_tier"]) == (
+        "background",
+        0,
+        "batch",
+    )
+    assert (started["model_requested"], started["environment"], started["environment_source"]) == (
+        "gpt-4o-mini",
+        "staging",
+        "header",
+    )
+    assert (billed["path"], billed["api_flavor"], billed["status_code"], billed["service_tier"]) == (
+        f"/v1/batches/{batch_id}",
+        "batch",
+        200,
+        "batch",
+    )
+    # attributed as the creation was, though the retrievals carried no tags
+    assert (billed["environment"], billed["environment_source"], billed["team"]) == (
+        "staging",
+        "header",
+        "evals",
+    )
+    assert (
+        billed["key_fingerprint"]
+        == started["key_fingerprint"]
+        == key_fingerprint("sk-proj-e2eTESTkey0000111122223333444455556666")
+    )
+    assert (billed["model_requested"], billed["model_reported"]) == ("gpt-4o-mini", "gpt-4o-mini-2024-07-18")
+    assert (billed["input_tokens"], billed["output_tokens"], billed["usage_source"]) == (
+        52_000,
+        7_300,
+        "reported",
+    )
+    assert billed["price_status"] == "priced"
+    cost = Decimal(billed["cost_usd"])
+    assert (
+        cost
+        == batch_bill("gpt-4o-mini-2024-07-18", billed)
+        == synchronous_bill("gpt-4o-mini-2024-07-18", billed) * Decimal("0.5")
+    )
+    assert cost == Decimal("0.00609")  # 52,000 x $0.075 + 7,300 x $0.30, per 1M
+
+
+def test_a_cancelled_batch_is_billed_for_its_work_by_the_retrieval_that_sees_it_cancelled(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    label = tag()
+    args = ("--file", str(input_file(proxy, "gpt-4o-mini")), "--polls", "3", "--cancel")
+    code, events = batch_client(proxy, label, *args, env="staging")
+    assert code == 0, events
+    assert [e.get("status") or e["data"]["status"] for e in events[2:]] == [
+        "in_progress",
+        "cancelling",
+        "cancelled",
+        "cancelled",
+    ]
+    _, billed = rows_of(proxy, label)
+    batch_id = events[1]["data"]["id"]
+    assert (billed["path"], billed["output_tokens"], billed["team"]) == (
+        f"/v1/batches/{batch_id}",
+        7_300,
+        "evals",
+    )
+    assert Decimal(billed["cost_usd"]) == batch_bill("gpt-4o-mini-2024-07-18", billed)
+
+
+def test_a_disallowed_model_in_the_input_file_refuses_the_batch_before_it_reaches_openai(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    label = tag()
+    code, events = batch_client(proxy, label, "--file", str(input_file(proxy, "gpt-4o")), "--polls", "1")
+    assert code == 3
+    error = events[-1]
+    assert error["event"] == "error" and error["status"] == 403
+    assert (
+        "model gpt-4o is not allowed in environment development (allowed there: gpt-4o-mini"
+        in error["message"]
+    )
+    assert "input file" in error["message"]
+    assert [r.path for r in fake_provider.requests_for(label)] == ["/v1/files"]  # never the creation
+    [refused] = rows_of(proxy, label)
+    assert (refused["action"], refused["model_requested"], refused["model_sent"], refused["status_code"]) == (
+        "blocked",
+        "gpt-4o",
+        None,
+        403,
+    )
+    assert (refused["cost_usd"], refused["path"]) == (0, "/v1/batches")
+
+
+def test_a_batch_from_a_file_the_proxy_never_saw_is_refused_where_models_are_restricted(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    label = tag()
+    code, events = batch_client(proxy, label, "--input-file-id", "file-elsewhere", "--polls", "1")
+    assert code == 3 and events[-1]["status"] == 403
+    assert "upload the batch's input file through the proxy" in events[-1]["message"]
+    assert fake_provider.requests_for(label) == []
+    [refused] = rows_of(proxy, label)
+    assert (refused["action"], refused["model_requested"]) == ("blocked", None)
