@@ -381,6 +381,10 @@ class Meter:
         self._uploads: weakref.WeakKeyDictionary[
             http.HTTPFlow, BatchInput | asyncio.Future[BatchInput | None] | None
         ] = weakref.WeakKeyDictionary()
+        # Pages of batches being listed (GET /v1/batches), with the provider and host they came by.
+        self._batch_lists: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Provider, str]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._estimates: set[asyncio.Future[None]] = set()  # estimates under way (kept referenced)
         self.hostname = socket.gethostname()
         self.forced_environment = os.environ.get(FORCE_ENV_VAR, "").strip() or None
@@ -783,18 +787,28 @@ class Meter:
         target = path.removesuffix(_CANCEL) if flow.request.method == "POST" else path
         found = _RESPONSE_PATH.search(target)
         if found is None:
+            if provider.batch_api and flow.request.method == "GET" and batches.flavor_for_path(path):
+                self._batch_lists[flow] = (provider, host)  # a page of batches: read in `response`
             return
         flavor = provider.flavor_for_path(target.rsplit("/", 1)[0])
         if flavor is None or flavor not in _BACKGROUND_FLAVORS:
             return
-        response_id = found.group(1)
+        state = self._retrieval(flow, provider, host, flavor, found.group(1))
+        if state is not None:
+            self._calls[flow] = state
+
+    def _retrieval(
+        self, flow: http.HTTPFlow, provider: Provider, host: str, flavor: str, response_id: str
+    ) -> CallState | None:
+        """The state of a retrieval of ``response_id``, attributed as its call, if it is pending."""
         started, pending_in = None, None
         for pending in (self._background, *self._earlier_background):
             if (started := pending.get(response_id)) is not None:
                 pending_in = pending
                 break
         if started is None:
-            return
+            return None
+        path = flow.request.path.partition("?")[0]
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -810,8 +824,26 @@ class Meter:
                 | {name: started[name] for name in _STARTED_BY if name in started}
             ),
         )
-        state = CallState(provider=provider, record=record, retrieval=response_id, pending_in=pending_in)
-        self._calls[flow] = state
+        return CallState(provider=provider, record=record, retrieval=response_id, pending_in=pending_in)
+
+    async def _bill_listed_batches(self, flow: http.HTTPFlow) -> None:
+        """``GET /v1/batches``: each batch of the page that is pending and has ended is billed on a
+        row of its own, as a retrieval of it would be (the first to see it ended bills it)."""
+        provider, host = self._batch_lists.pop(flow)
+        response = flow.response
+        if response is None or response.status_code >= 400:
+            return
+        try:
+            content = response.get_content() or b""
+        except ValueError:
+            return
+        for metered in await _off_loop_if_large(batches.parse_list, content):
+            assert metered.response_id is not None
+            if batches.outcome(metered) == "wait":
+                continue
+            state = self._retrieval(flow, provider, host, batches.FLAVOR, metered.response_id)
+            if state is not None:
+                self._finish(flow, state, metered, aborted=False)
 
     def _claim(self, state: CallState, metered: Metered) -> bool:
         """Does this retrieval bill its background response? The first one to see it finished,
@@ -1285,7 +1317,11 @@ class Meter:
         if state is None:
             # Not metered (another path, a GET), yet intercepted because the host is a provider's:
             # a stream, or a download that may be large (a file's content, batch results), must
-            # still pass on as it comes, which mitmproxy does not do by default.
+            # still pass on as it comes, which mitmproxy does not do by default. A page of batches
+            # (at most 100 small objects) is held whole to be read.
+            listing = self._batch_lists and flow in self._batch_lists and not _is_stream(response)
+            if listing:
+                return
             if (_is_stream(response) or _maybe_large(response)) and self._is_provider_host(flow.request):
                 response.stream = True
             return
@@ -1323,6 +1359,8 @@ class Meter:
         if state is None:
             if self._uploads and flow in self._uploads:
                 await self._remember_upload(flow)
+            elif self._batch_lists and flow in self._batch_lists:
+                await self._bill_listed_batches(flow)
             return
         if state.finished:
             return

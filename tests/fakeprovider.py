@@ -26,7 +26,8 @@ Batch jobs (OpenAI's Batch API): ``POST /v1/files`` (multipart, any purpose) kee
 answers its id; ``POST /v1/batches`` answers ``validating`` (404 for a file it does not have), its
 usage from ``X-Fake-Usage`` (Responses shape) and its model the first line's ``body.model``;
 ``GET /v1/batches/{id}`` answers ``in_progress`` once, then ``completed`` with that usage;
-``POST /v1/batches/{id}/cancel`` answers ``cancelling``, and the next GET ``cancelled`` with it.
+``POST /v1/batches/{id}/cancel`` answers ``cancelling``, and the next GET ``cancelled`` with it;
+``GET /v1/batches`` lists every batch as it stands.
 
 Bad upstream behaviour (tests/test_e2e_bad_input.py):
 
@@ -344,7 +345,7 @@ class _ProviderHandler(_BaseHandler):
             self._send_body(rec, 200, _dumps(background))
             return
         batch = self.server.owner.batch_object(self.path.split("?")[0])
-        if batch is not None:  # GET /v1/batches/{id}
+        if batch is not None:  # GET /v1/batches/{id}, or the list
             self._send_body(rec, 200, _dumps(batch))
             return
         if self.path.split("?")[0] == "/v1/models":
@@ -1102,19 +1103,27 @@ class FakeProvider(_Base):
         return dict(batch)
 
     def batch_object(self, path: str) -> dict[str, Any] | None:
-        """``GET /v1/batches/{id}``: in progress once, then ended (completed, or cancelled)."""
-        batch_id = path.rsplit("/", 1)[-1]
+        """``GET /v1/batches/{id}``: in progress once, then ended (completed, or cancelled);
+        ``GET /v1/batches``: every batch as it stands, newest first."""
         with self._lock:
-            entry = self._batches.get(batch_id) if path.startswith("/v1/batches/") else None
+            if path == "/v1/batches":
+                data = [self._batch_now(entry) for entry in reversed(self._batches.values())]
+                return {"object": "list", "data": data, "has_more": False}
+            entry = self._batches.get(path.rsplit("/", 1)[-1]) if path.startswith("/v1/batches/") else None
             if entry is None:
                 return None
-            batch, model, usage, running = entry
-            entry[3] = max(0, running - 1)
-            if batch["status"] == "cancelling":
-                return batch | {"status": "cancelled", "model": model, "usage": usage}
-            if running:
-                return batch | {"status": "in_progress"}
-            return batch | {"status": "completed", "model": model, "usage": usage}
+            now = self._batch_now(entry)
+            entry[3] = max(0, entry[3] - 1)
+            return now
+
+    @staticmethod
+    def _batch_now(entry: list[Any]) -> dict[str, Any]:
+        batch, model, usage, running = entry
+        if batch["status"] == "cancelling":
+            return batch | {"status": "cancelled", "model": model, "usage": usage}
+        if running:
+            return batch | {"status": "in_progress"}
+        return batch | {"status": "completed", "model": model, "usage": usage}
 
     def cancel_batch(self, path: str) -> dict[str, Any] | None:
         """``POST /v1/batches/{id}/cancel``: cancelling (not final)."""

@@ -347,3 +347,36 @@ async def test_a_batch_pending_at_a_restart_is_billed_by_the_next_proxy_once(tmp
     model, when = ("gpt-4o-mini-2024-07-18",), datetime.now(UTC)
     expected = second.pricer.price_usage("openai", model, usage, when, service_tier="batch")
     assert cost == expected.cost_usd
+
+
+async def test_a_list_of_batches_bills_the_ended_ones_it_shows_once(meter: Meter) -> None:
+    """``client.batches.list()``: each pending batch it shows ended is billed on a row of its own
+    (path /v1/batches), attributed as its creation was; a later retrieval adds nothing."""
+    await upload(meter, requests_of("gpt-4o-mini"))
+    await create(meter)
+    page = {
+        "object": "list",
+        "data": [
+            batch_object("completed", USAGE),
+            batch_object("completed", USAGE, "batch_not_seen"),
+            batch_object("in_progress", None, "batch_running"),
+        ],
+        "has_more": False,
+    }
+    listing = make_flow(BATCHES + "?limit=20", b"", method="GET")
+    await run_request(meter, listing)
+    listing.response = http.Response.make(200, json.dumps(page), {"transfer-encoding": "chunked"})
+    meter.responseheaders(listing)
+    assert not listing.response.stream  # a list page is held whole to be read
+    await meter.response(listing)
+    await poll(meter, batch_object("completed", USAGE))
+    await poll(meter, page, "")  # listed again
+    _, billed = records(meter)
+    assert (billed.path, billed.api_flavor, billed.output_tokens, billed.team, billed.status_code) == (
+        "/v1/batches",
+        "batch",
+        9_000,
+        "evals",
+        200,
+    )
+    assert not meter._background

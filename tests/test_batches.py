@@ -312,3 +312,28 @@ def test_a_prices_entry_costs_half_in_a_batch_and_so_does_a_reservation() -> Non
     million = 1_000_000
     assert pricer.estimate("openai", "gpt-4o-mini", million, million, service_tier="batch") == Decimal("2.5")
     assert Pricer().estimate("openai", "gpt-4o", million, million, service_tier="batch") == Decimal("6.25")
+
+
+def test_a_list_of_batches_is_read_batch_by_batch() -> None:
+    page = {
+        "object": "list",
+        "data": [
+            BATCH | {"id": "batch_1", "status": "completed", "usage": USAGE},
+            BATCH | {"id": "batch_2", "status": "in_progress"},
+            {"id": "x", "object": "file"},
+            "junk",
+        ],
+        "first_id": "batch_1",
+        "has_more": False,
+    }
+    done, running = batches.parse_list(json.dumps(page).encode())
+    assert (done.response_id, batches.outcome(done), done.usage.output_tokens) == ("batch_1", "bill", 900)  # type: ignore[union-attr]
+    assert (running.response_id, batches.outcome(running)) == ("batch_2", "wait")
+    for bad in (
+        b"",
+        b"[]",
+        b'{"object": "list"}',
+        b'{"object": "list", "data": {}}',
+        json.dumps(BATCH).encode(),
+    ):
+        assert batches.parse_list(bad) == []

@@ -198,6 +198,27 @@ def test_a_cancelled_batch_is_billed_for_its_work_by_the_retrieval_that_sees_it_
     assert Decimal(billed["cost_usd"]) == batch_bill("gpt-4o-mini-2024-07-18", billed)
 
 
+def test_a_list_of_batches_bills_the_ended_ones_it_shows(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """``client.batches.list()`` shows the batch ended before any retrieval did: its row bills it;
+    the retrievals after add nothing."""
+    label = tag()
+    args = ("--file", str(input_file(proxy, "gpt-4o-mini")), "--polls", "3", "--list-after", "1")
+    code, events = batch_client(proxy, label, *args, env="staging")
+    assert code == 0, events
+    batch_id = events[1]["data"]["id"]
+    [listed] = [e for e in events if e["event"] == "listed"]
+    assert {"id": batch_id, "status": "completed"}.items() <= listed["data"][0].items()
+    _, billed = rows_of(proxy, label)
+    assert (billed["path"], billed["output_tokens"], billed["environment"]) == (
+        "/v1/batches",
+        7_300,
+        "staging",
+    )
+    assert Decimal(billed["cost_usd"]) == batch_bill("gpt-4o-mini-2024-07-18", billed)
+
+
 def test_a_disallowed_model_in_the_input_file_refuses_the_batch_before_it_reaches_openai(
     proxy: ProxyProcess, fake_provider: FakeProvider
 ) -> None:

@@ -8,8 +8,9 @@ Pure functions over bytes; no mitmproxy.
   a JSON decode only of a line they cannot settle.
 - ``POST /v1/batches`` (``{"input_file_id", "endpoint", "completion_window"}``) answers the Batch
   object (``status: validating``); ``GET /v1/batches/{id}`` and ``POST .../cancel`` answer it as
-  it stands. Once it has ended (``completed``, ``cancelled``, ``expired``) its ``usage`` holds what
-  was billed, at half the synchronous price (``service_tier`` "batch").
+  it stands, ``GET /v1/batches`` a page of them. Once it has ended (``completed``, ``cancelled``,
+  ``expired``) its ``usage`` holds what was billed, at half the synchronous price (``service_tier``
+  "batch").
 """
 
 from __future__ import annotations
@@ -211,6 +212,22 @@ def parse_batch(body: bytes) -> Metered:
     obj = loads(body)
     if not isinstance(obj, dict):
         return Metered(error="response body is not a JSON object")
+    return batch_metered(obj)
+
+
+def parse_list(body: bytes) -> list[Metered]:
+    """The Batch objects of a ``GET /v1/batches`` answer (``{"object": "list", "data": [...]}``),
+    each read as ``parse_batch`` reads one; those without an id are left out. Never raises."""
+    obj = loads(body) if body.lstrip()[:1] == b"{" else None
+    data = obj.get("data") if isinstance(obj, dict) and obj.get("object") == "list" else None
+    if not isinstance(data, list):
+        return []
+    found = (batch_metered(item) for item in data if isinstance(item, dict))
+    return [metered for metered in found if metered.response_id is not None]
+
+
+def batch_metered(obj: dict[str, Any]) -> Metered:
+    """A decoded Batch object, read."""
     batch_id = _str(obj.get("id"))
     if obj.get("object") != "batch" or batch_id is None:
         return Metered(error=error_message(obj.get("error")) or "not a Batch object")

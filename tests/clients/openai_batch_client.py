@@ -2,8 +2,9 @@
 
 Uploads a JSONL input file (``client.files.create(purpose="batch")``), creates a batch from it
 (``client.batches.create``, with ``--creation-header`` on that call only) and polls it
-(``client.batches.retrieve``) ``--polls`` times; ``--cancel`` cancels it after the first poll.
-Prints one JSON object per line: ``{"event": "file" | "created" | "polled" | "cancelled", "data": ...}``,
+(``client.batches.retrieve``) ``--polls`` times; ``--cancel`` cancels it after the first poll,
+``--list-after N`` lists the batches (``client.batches.list``) after N polls. Prints one JSON object
+per line: ``{"event": "file" | "created" | "polled" | "cancelled" | "listed", "data": ...}``,
 and ``{"event": "error", "status": N, "message": ...}`` (exit code 3) on an API error.
 """
 
@@ -30,6 +31,7 @@ def main() -> int:
     ap.add_argument("--input-file-id", help="create from this file id instead (no upload)")
     ap.add_argument("--polls", type=int, default=3)
     ap.add_argument("--cancel", action="store_true")
+    ap.add_argument("--list-after", type=int, default=None, help="list the batches after this many polls")
     ap.add_argument("--header", action="append", default=[], help="NAME=VALUE header on every request")
     ap.add_argument("--creation-header", action="append", default=[], help="NAME=VALUE on the creation only")
     args = ap.parse_args()
@@ -52,6 +54,9 @@ def main() -> int:
         )
         emit({"event": "created", "data": batch.model_dump()})
         for n in range(args.polls):
+            if args.list_after == n:
+                page = client.batches.list(limit=20, extra_headers=headers)
+                emit({"event": "listed", "data": [b.model_dump() for b in page.data]})
             if args.cancel and n == 1:
                 cancelled = client.batches.cancel(batch.id, extra_headers=headers)
                 emit({"event": "cancelled", "data": cancelled.model_dump()})
