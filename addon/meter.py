@@ -65,9 +65,9 @@ from addon.realtime_sessions import UPGRADED, LiveSession, RealtimeRow, Realtime
 from addon.record import CallRecord
 from addon.refusals import budget_refusal_status, error_body
 from addon.store import Store, journal_dir_of
-from addon.stream_tap import StreamTap
+from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_usage
-from addon.usage import Metered
+from addon.usage import Metered, Usage
 from addon.websocket_close import close_websocket
 
 log = logging.getLogger("tokometer")
@@ -100,6 +100,12 @@ BATCH_NOT_REWRITTEN = (
     "a batch's requests are in its input file, uploaded already, which the proxy cannot rewrite, "
     "so it is refused instead of downgraded: upload a file that asks for an allowed model"
 )
+# Why a Message Batch (requests inline) asking for a disallowed model is refused, not downgraded.
+INLINE_BATCH_NOT_REWRITTEN = (
+    "its requests ask for it; a batch is refused rather than rewritten request by request: "
+    "ask for an allowed model in each"
+)
+_RESULTS = "/results"  # GET .../messages/batches/{id}/results: a Message Batch's results (Anthropic)
 # What a background response's retrieval row takes from the row of the call that started it.
 _STARTED_BY = (
     "environment",
@@ -195,6 +201,8 @@ class CallState:
     path_tags: Mapping[str, str] | None = None  # what the path says of the call (Vertex's project)
     handshake: openai_realtime.Handshake | None = None  # an OpenAI Realtime WebSocket handshake
     live: gemini_live.Endpoint | None = None  # a Gemini Live WebSocket handshake
+    batch_results: bool = False  # a retrieval that downloads a Message Batch's results
+    results: ResultsTap | None = None  # reading that download (set at its response headers)
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -694,7 +702,7 @@ class Meter:
         path, _, query = flow.request.path.partition("?")
         flavor = provider.flavor_for_path(flow.request.path)
         if flavor is None:
-            if provider.batch_api and batches.is_upload_path(path):
+            if provider.batch_api == "openai" and batches.is_upload_path(path):
                 self._uploads[flow] = None  # maybe a batch's input file: read in `request`
             return
         facts = provider.path_facts(path) if provider.path_facts is not None else None
@@ -784,10 +792,14 @@ class Meter:
         """A GET of a background response this proxy saw start, or its cancel (a POST answered
         with the response as it stands): meter it, as its call's."""
         path = flow.request.path.partition("?")[0]
-        target = path.removesuffix(_CANCEL) if flow.request.method == "POST" else path
+        get = flow.request.method == "GET"
+        target = path if get else path.removesuffix(_CANCEL)
+        results = get and provider.batch_api == "anthropic" and path.endswith(_RESULTS)
+        if results:
+            target = path.removesuffix(_RESULTS)
         found = _RESPONSE_PATH.search(target)
         if found is None:
-            if provider.batch_api and flow.request.method == "GET" and batches.flavor_for_path(path):
+            if get and provider.batch_api == "openai" and batches.flavor_for_path(path):
                 self._batch_lists[flow] = (provider, host)  # a page of batches: read in `response`
             return
         flavor = provider.flavor_for_path(target.rsplit("/", 1)[0])
@@ -795,6 +807,7 @@ class Meter:
             return
         state = self._retrieval(flow, provider, host, flavor, found.group(1))
         if state is not None:
+            state.batch_results = results
             self._calls[flow] = state
 
     def _retrieval(
@@ -1149,6 +1162,48 @@ class Meter:
 
     # -- batch jobs (OpenAI's Batch API) ---------------------------------------
 
+    @staticmethod
+    async def _inline_batch(flow: http.HTTPFlow) -> BatchInput:
+        """The requests of an Anthropic Message Batch's creation, read for their models."""
+        try:
+            content = flow.request.get_content() or b""
+        except ValueError as exc:
+            return BatchInput(size=len(flow.request.raw_content or b""), error=f"body not decodable: {exc}")
+        return await _off_loop_if_large(batches.read_inline, content)
+
+    def _finish_results(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """A Message Batch's results downloaded to their end: the first download bills the batch,
+        one row per model (and inference geo) with the usage of its succeeded requests."""
+        tap = state.results
+        assert tap is not None and state.retrieval is not None
+        state.finished = True
+        if not tap.finished:  # an empty body: mitmproxy never called the tap
+            tap(b"")
+        pending = state.pending_in or self._background
+        if not pending.claim(state.retrieval):
+            return  # billed by another download already
+        reader = tap.reader
+        errors = list(state.errors)
+        if tap.failed is not None:
+            errors.append(f"the results were not read to their end ({tap.failed})")
+        if reader.unreadable:
+            errors.append(
+                f"{reader.unreadable} of {reader.lines} results lines could not be read: not billed"
+            )
+        rows: list[tuple[str | None, str | None, Usage | None]] = [
+            (model, geo, usage) for (model, geo), usage in sorted(reader.usage_by_model().items(), key=str)
+        ]
+        if not rows:
+            if not (tap.failed or reader.unreadable):
+                return  # no request succeeded: nothing billed
+            rows = [(None, None, None)]  # billed, but the proxy could not read for how much
+        base = dataclasses.replace(state.record)
+        for i, (model, geo, usage) in enumerate(rows):
+            state.record = dataclasses.replace(base, id=base.id if i == 0 else self._next_call_id())
+            metered = Metered(usage=usage, model=model, service_tier=batches.TIER, inference_geo=geo)
+            self._fill_record(flow, state, metered, [*errors], aborted=False)
+            self._submit(state.record)
+
     async def _read_upload(self, flow: http.HTTPFlow) -> None:
         """``POST /v1/files``: a batch's input file (``purpose=batch``) is read for its models as the
         upload goes on (off the event loop when large); nothing of its content is kept."""
@@ -1195,11 +1250,25 @@ class Meter:
         disallowed one refuses it: the file cannot be rewritten), its estimate reserved; the
         creation is a $0 row, and the batch is billed by the retrieval that sees it ended."""
         record = state.record
-        body = await self._request_json(flow, state)  # not kept: a batch is never estimated offline
-        file_id = batches.input_file_id(body)
-        found = self._batch_input(file_id) if file_id is not None else None
+        inline = state.provider.batch_api == "anthropic"
+        file_id: str | None = None
+        if inline:  # Anthropic: the requests are in the body (up to 256 MB), read one at a time
+            found: BatchInput | None = await self._inline_batch(flow)
+        else:
+            body = await self._request_json(flow, state)  # not kept: a batch is never estimated offline
+            file_id = batches.input_file_id(body)
+            found = self._batch_input(file_id) if file_id is not None else None
         problem = None  # why not every model of the batch can be checked
-        if file_id is None:
+        if inline:
+            assert found is not None
+            if found.error or found.unreadable or not found.models:
+                problem = (
+                    f"{found.unreadable} of {found.lines} requests of the batch have no readable "
+                    "params.model, so they cannot be checked against the allowlist"
+                )
+                if found.error:
+                    problem += f" ({found.error})"
+        elif file_id is None:
             problem = "the batch names no input_file_id, so its models cannot be checked"
         elif found is None:
             problem = (
@@ -1215,7 +1284,8 @@ class Meter:
                 problem += f" ({found.error})"
         models = found.models if found is not None else ()
         if len(models) > 1:
-            state.errors.append(f"its input file asks for {len(models)} models: {', '.join(models)}")
+            what = "its requests ask" if inline else "its input file asks"
+            state.errors.append(f"{what} for {len(models)} models: {', '.join(models)}")
         rules = self.policies.environment(record.environment).models
         refused = None
         if self.policies.enforcing:
@@ -1245,11 +1315,12 @@ class Meter:
         if refused is not None and decision.action in ("blocked", "downgraded"):
             # Say where the model comes from; a downgrade cannot be made: the file is uploaded.
             self.enforcer.withdraw(decision, record.id)
-            why = (
-                BATCH_NOT_REWRITTEN
-                if decision.action == "downgraded"
-                else f"its input file {file_id} asks for it"
-            )
+            if inline:
+                why = INLINE_BATCH_NOT_REWRITTEN
+            elif decision.action == "downgraded":
+                why = BATCH_NOT_REWRITTEN
+            else:
+                why = f"its input file {file_id} asks for it"
             decision = self.enforcer.refuse_model(record.provider, record.environment, refused, why)
         elif decision.refusal is None and problem is not None:
             decision = self._unknown_model(record, decision, problem) or decision
@@ -1325,6 +1396,11 @@ class Meter:
             if (_is_stream(response) or _maybe_large(response)) and self._is_provider_host(flow.request):
                 response.stream = True
             return
+        if state.batch_results and response.status_code < 400:
+            # A Message Batch's results (JSONL, maybe gigabytes): passed on as they come, read on the side.
+            state.results = ResultsTap(response.headers.get("content-encoding"))
+            response.stream = state.results
+            return
         if state.notice:
             response.headers[NOTICE_HEADER] = state.notice
         content_type = response.headers.get("content-type", "")
@@ -1366,6 +1442,9 @@ class Meter:
             return
         if state.handshake is not None or state.live is not None:
             self._end_handshake(flow, state, aborted=False)
+            return
+        if state.results is not None:
+            self._finish_results(flow, state)
             return
         response = flow.response
         metered: Metered

@@ -178,7 +178,7 @@ HALF = Decimal("0.5")
 # A tier genai-prices has no price for, at a factor the provider documents exactly (Gemini's Flex
 # inference: "50% discount", ai.google.dev/gemini-api/docs/optimization; OpenAI's Batch API: "50%
 # cost discount vs. the synchronous APIs", help.openai.com Batch API FAQ; Anthropic's Message
-# Batches: "50% of the standard API prices", its batch-processing docs). Any other such tier (Gemini
+# Batches, "reducing costs by 50%", its batch-processing guide). Any other such tier (Gemini
 # priority, "75% to 100% more"; Bedrock's flex and priority) keeps the standard price, and its
 # price_source says "(<tier> tier: standard rate)" so a report can tell.
 _TIER_FACTORS = {("google", "flex"): HALF, ("openai", BATCH): HALF, ("anthropic", BATCH): HALF}

@@ -11,6 +11,7 @@ from addon.aws_eventstream import EventStreamDecoder
 from addon.content_decoding import StreamDecoder
 from addon.json_stream import JSONArrayDecoder
 from addon.providers import Provider, StreamParser
+from addon.providers.batches import ResultsReader
 from addon.sse import SSEDecoder
 from addon.usage import Metered
 
@@ -183,3 +184,36 @@ class StreamTap:
         if self._failed is not None:
             metered.error = self._failed if metered.error is None else f"{metered.error}; {self._failed}"
         return metered
+
+
+class ResultsTap:
+    """The callable set as a batch results download's ``flow.response.stream`` (Anthropic's
+    Message Batch results, JSONL of any size): every chunk passes on as it came, and a decoded
+    copy is read line by line on the side. If reading fails, the download goes on untouched."""
+
+    __slots__ = ("_decoder", "failed", "finished", "reader")
+
+    def __init__(self, content_encoding: str | None) -> None:
+        self.reader = ResultsReader()
+        self.failed: str | None = None  # why the results were not read to the end
+        self.finished = False  # the download ended (mitmproxy's last call, with b"")
+        try:
+            self._decoder: StreamDecoder | None = StreamDecoder(content_encoding)
+        except Exception as exc:
+            self._decoder = None
+            self.failed = str(exc)
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.failed is None and self._decoder is not None:
+            try:
+                if data:
+                    self.reader.feed(self._decoder.decode(data))
+                else:
+                    self.reader.feed(self._decoder.flush())
+                    self.reader.close()
+            except Exception as exc:  # corrupt encoding, a bug: stop reading, never the download
+                self.failed = str(exc)[:300]
+                log.debug("tokometer: batch results not read: %s", exc)
+        if not data:
+            self.finished = True
+        return data

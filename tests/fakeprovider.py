@@ -27,7 +27,12 @@ answers its id; ``POST /v1/batches`` answers ``validating`` (404 for a file it d
 usage from ``X-Fake-Usage`` (Responses shape) and its model the first line's ``body.model``;
 ``GET /v1/batches/{id}`` answers ``in_progress`` once, then ``completed`` with that usage;
 ``POST /v1/batches/{id}/cancel`` answers ``cancelling``, and the next GET ``cancelled`` with it;
-``GET /v1/batches`` lists every batch as it stands.
+``GET /v1/batches`` lists every batch as it stands. Anthropic's Message Batches:
+``POST /v1/messages/batches`` answers ``in_progress``; ``GET /v1/messages/batches/{id}``
+``in_progress`` once, then ``ended`` with its ``results_url``; the results (JSONL, chunked in
+pieces of ``X-Fake-Results-Chunk`` bytes, gzip with ``X-Fake-Gzip``) have one line per request:
+``succeeded`` with ``X-Fake-Usage`` (given at the creation) and the model's snapshot, or ``errored``
+for a ``custom_id`` starting with ``fail``.
 
 Bad upstream behaviour (tests/test_e2e_bad_input.py):
 
@@ -348,6 +353,10 @@ class _ProviderHandler(_BaseHandler):
         if batch is not None:  # GET /v1/batches/{id}, or the list
             self._send_body(rec, 200, _dumps(batch))
             return
+        path = self.path.split("?")[0]
+        if path.startswith("/v1/messages/batches/"):
+            self._message_batch(rec, path)
+            return
         if self.path.split("?")[0] == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
@@ -453,6 +462,10 @@ class _ProviderHandler(_BaseHandler):
         if path == "/v1/files" or path == "/v1/batches" or path.startswith("/v1/batches/"):
             self._batches(rec, path, req)
             return
+        if path == "/v1/messages/batches":
+            usage = json.loads(rec.headers.get("x-fake-usage") or "null") or DEFAULT_USAGE["messages"]
+            self._send_body(rec, 200, _dumps(self.server.owner.start_message_batch(req, usage)))
+            return
         if path in _MEDIA_PATHS:
             self._media(rec, path, req or {k: v.decode("utf-8", "replace") for k, v in rec.form.items()})
             return
@@ -544,6 +557,43 @@ class _ProviderHandler(_BaseHandler):
             self._send_body(rec, 404, _dumps(_openai_error(404, f"No such object: {path}")))
             return
         self._send_body(rec, 200, _dumps(batch))
+
+    def _message_batch(self, rec: RecordedRequest, path: str) -> None:
+        """``GET /v1/messages/batches/{id}`` (in progress once, then ended) or ``.../results``."""
+        owner = self.server.owner
+        batch_id = path.removesuffix("/results").rsplit("/", 1)[-1]
+        if not path.endswith("/results"):
+            batch = owner.message_batch(batch_id)
+            if batch is None:
+                self._send_body(rec, 404, _dumps(_anthropic_error(404)), extra=_error_headers(True))
+                return
+            self._send_body(rec, 200, _dumps(batch), extra=_ok_headers(True))
+            return
+        lines = owner.message_batch_results(batch_id)
+        if lines is None:
+            self._send_body(rec, 404, _dumps(_anthropic_error(404)), extra=_error_headers(True))
+            return
+        data = b"".join(_dumps(line) + b"\n" for line in lines)
+        gz = _wants_gzip(rec)
+        if gz:
+            comp = zlib.compressobj(wbits=31)
+            data = comp.compress(data) + comp.flush()
+            rec.gzipped = True
+        piece = int(rec.headers.get("x-fake-results-chunk") or 1000)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/binary")
+        self.send_header("Transfer-Encoding", "chunked")
+        if gz:
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        for i in range(0, len(data), piece):
+            chunk = data[i : i + piece]
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        rec.sent += data
+        rec.done.set()
 
     def _raw_stream(self, rec: RecordedRequest) -> None:
         """``X-Fake-Raw-Stream``: exactly the given bytes, chunked at the given offsets."""
@@ -1134,8 +1184,72 @@ class FakeProvider(_Base):
             entry[0]["status"] = "cancelling"
             return dict(entry[0])
 
+    def start_message_batch(self, req: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/messages/batches``: the Message Batch, in progress."""
+        requests = [r for r in req.get("requests") or [] if isinstance(r, dict)]
+        with self._lock:
+            batch_id = f"msgbatch_{len(self._message_batches) + 1:04d}"
+            self._message_batches[batch_id] = [requests, usage, 1]
+        return self._message_batch_obj(batch_id, "in_progress", len(requests))
+
+    def message_batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._message_batches.get(batch_id)
+            if entry is None:
+                return None
+            running = entry[2]
+            entry[2] = max(0, running - 1)
+        return self._message_batch_obj(batch_id, "in_progress" if running else "ended", len(entry[0]))
+
+    def message_batch_results(self, batch_id: str) -> list[dict[str, Any]] | None:
+        with self._lock:
+            entry = self._message_batches.get(batch_id)
+        if entry is None:
+            return None
+        requests, usage, _ = entry
+        lines = []
+        for request in requests:
+            custom_id = str(request.get("custom_id"))
+            if custom_id.startswith("fail"):
+                error = {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "bad request"},
+                }
+                lines.append({"custom_id": custom_id, "result": {"type": "errored", "error": error}})
+                continue
+            requested = str((request.get("params") or {}).get("model"))
+            message = _messages_body(SNAPSHOTS.get(requested, requested), "w0 w1 ", usage)
+            lines.append({"custom_id": custom_id, "result": {"type": "succeeded", "message": message}})
+        return lines
+
+    @staticmethod
+    def _message_batch_obj(batch_id: str, status: str, n: int) -> dict[str, Any]:
+        now = dt.datetime.now(dt.UTC)
+        ended = status == "ended"
+        return {
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {
+                "processing": 0 if ended else n,
+                "succeeded": n if ended else 0,
+                "errored": 0,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": now.isoformat(),
+            "expires_at": (now + dt.timedelta(days=1)).isoformat(),
+            "ended_at": now.isoformat() if ended else None,
+            "cancel_initiated_at": None,
+            "archived_at": None,
+            "results_url": f"https://api.anthropic.com/v1/messages/batches/{batch_id}/results"
+            if ended
+            else None,
+        }
+
     def __init__(self, directory: Path) -> None:
         self._background: dict[str, list[Any]] = {}  # id -> [model, text, usage, GETs left running]
+        self._message_batches: dict[str, list[Any]] = {}  # id -> [requests, usage, GETs left running]
         self._files: dict[str, bytes] = {}  # uploaded files, by id
         self._batches: dict[str, list[Any]] = {}  # id -> [batch object, model, usage, GETs left running]
         super().__init__(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,9 +19,10 @@ from typing import Any
 import duckdb
 import pytest
 from mitmproxy import http
+from mitmproxy.flow import Error
 from mitmproxy.test import taddons
-from test_batches import CTYPE, form, line
-from test_meter import CollectingStore, make_flow, run_request
+from test_batches import CTYPE, form, line, result_line
+from test_meter import CollectingStore, feed, make_flow, run_request
 
 import addon.meter
 from addon.budgets import Scope
@@ -380,3 +382,149 @@ async def test_a_list_of_batches_bills_the_ended_ones_it_shows_once(meter: Meter
         200,
     )
     assert not meter._background
+
+
+# ---------------------------------------------------------------- Anthropic Message Batches
+
+MESSAGE_BATCHES = "https://api.anthropic.com/v1/messages/batches"
+
+
+def message_batch(status: str = "in_progress", batch_id: str = "msgbatch_1") -> dict[str, Any]:
+    return {
+        "id": batch_id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": {"processing": 0, "succeeded": 3, "errored": 1, "canceled": 0, "expired": 0},
+        "results_url": f"{MESSAGE_BATCHES}/{batch_id}/results" if status == "ended" else None,
+    }
+
+
+async def create_message_batch(meter: Meter, *models: str, answered: bool = True) -> http.HTTPFlow:
+    body = {
+        "requests": [
+            {"custom_id": f"q{i}", "params": {"model": m, "max_tokens": 700, "messages": []}}
+            for i, m in enumerate(models)
+        ]
+    }
+    flow = make_flow(MESSAGE_BATCHES, body, headers=TAGS)
+    await run_request(meter, flow)
+    if answered and flow.response is None:
+        await answer(meter, flow, message_batch())
+    return flow
+
+
+def results_body() -> bytes:
+    return (
+        b"\n".join(
+            [
+                result_line(),
+                result_line("errored"),
+                result_line(output_tokens=100),
+                result_line(model="claude-sonnet-4-5-20250929"),
+            ]
+        )
+        + b"\n"
+    )
+
+
+async def download(
+    meter: Meter, data: bytes, piece: int = 1000, **headers: str
+) -> tuple[http.HTTPFlow, bytes]:
+    """``client.messages.batches.results(id)``'s download, fed to the hooks in pieces."""
+    flow = make_flow(f"{MESSAGE_BATCHES}/msgbatch_1/results", b"", method="GET")
+    await run_request(meter, flow)
+    flow.response = http.Response.make(200, b"", {"content-type": "application/binary", **headers})
+    del flow.response.headers["content-length"]
+    flow.response.headers["transfer-encoding"] = "chunked"
+    flow.response.stream = False
+    meter.responseheaders(flow)
+    if flow.response.stream is True:  # not metered: passed on as it comes, as any download
+        return flow, data
+    sent = feed(flow, data, piece)
+    await meter.response(flow)
+    return flow, sent
+
+
+async def test_a_message_batch_is_billed_by_its_results_once_per_model(meter: Meter) -> None:
+    created = await create_message_batch(meter, "claude-haiku-4-5", "claude-sonnet-4-5")
+    assert created.response.status_code == 200  # type: ignore[union-attr]
+    await poll_anthropic(meter, message_batch("in_progress"))
+    await poll_anthropic(meter, message_batch("ended"))  # no usage in it: nothing billed yet
+    data = results_body()
+    _, sent = await download(meter, data, piece=333)
+    assert sent == data  # the client gets every byte as sent
+    await download(meter, data)  # downloaded again: billed already
+    started, *billed = records(meter)
+    assert (started.provider, started.path, started.api_flavor, started.price_status, started.cost_usd) == (
+        "anthropic",
+        "/v1/messages/batches",
+        "batch",
+        "background",
+        Decimal(0),
+    )
+    assert (started.model_requested, started.service_tier, started.environment) == (
+        "claude-haiku-4-5",
+        "batch",
+        "staging",
+    )
+    assert "2 models" in (started.error or "")
+    by_model = {r.model_reported: r for r in billed}
+    assert sorted(by_model) == ["claude-haiku-4-5-20251001", "claude-sonnet-4-5-20250929"]
+    haiku = by_model["claude-haiku-4-5-20251001"]
+    assert (haiku.path, haiku.api_flavor, haiku.service_tier, haiku.status_code) == (
+        "/v1/messages/batches/msgbatch_1/results",
+        "batch",
+        "batch",
+        200,
+    )
+    assert (haiku.input_tokens, haiku.cache_read_tokens, haiku.cache_write_tokens, haiku.output_tokens) == (
+        3000,
+        600,
+        400,
+        500,
+    )
+    assert (haiku.environment, haiku.team) == ("staging", "evals") and len({r.id for r in billed}) == 2
+    meter._price(haiku)
+    assert (
+        haiku.price_status == "priced"
+        and haiku.cost_usd
+        == meter.pricer.price_usage(
+            "anthropic", ("claude-haiku-4-5-20251001",), haiku.usage, haiku.ts, service_tier="batch"
+        ).cost_usd
+    )
+    assert not meter._background
+
+
+async def poll_anthropic(meter: Meter, body: dict) -> None:
+    flow = make_flow(f"{MESSAGE_BATCHES}/msgbatch_1", b"", method="GET")
+    await run_request(meter, flow)
+    await answer(meter, flow, body)
+
+
+async def test_a_results_download_cut_short_bills_nothing_until_one_ends(meter: Meter) -> None:
+    await create_message_batch(meter, "claude-haiku-4-5")
+    flow = make_flow(f"{MESSAGE_BATCHES}/msgbatch_1/results", b"", method="GET")
+    await run_request(meter, flow)
+    flow.response = http.Response.make(200, b"", {"content-type": "application/binary"})
+    flow.response.stream = False
+    meter.responseheaders(flow)
+    flow.response.stream(results_body()[:500])  # type: ignore[operator]
+    flow.error = Error("client disconnected")
+    meter.error(flow)
+    assert len(records(meter)) == 1 and meter._background.get("msgbatch_1") is not None
+    await download(meter, gzip.compress(results_body()), piece=50, **{"content-encoding": "gzip"})
+    assert [r.model_reported for r in records(meter)[1:]] == [
+        "claude-haiku-4-5-20251001",
+        "claude-sonnet-4-5-20250929",
+    ]
+
+
+async def test_a_disallowed_model_in_a_message_batch_refuses_it(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  staging:\n    models: {allow: [claude-haiku-4-5]}\n"))
+    flow = await create_message_batch(meter, "claude-haiku-4-5", "claude-opus-4-1", answered=False)
+    assert flow.response is not None and flow.response.status_code == 403
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "model claude-opus-4-1 is not allowed in environment staging" in message
+    assert "its requests ask for it" in message
+    flow = await create_message_batch(meter, "claude-haiku-4-5", answered=False)
+    assert flow.response is None  # allowed: sent upstream

@@ -337,3 +337,147 @@ def test_a_list_of_batches_is_read_batch_by_batch() -> None:
         json.dumps(BATCH).encode(),
     ):
         assert batches.parse_list(bad) == []
+
+
+# ---------------------------------------------------------------- Anthropic Message Batches
+
+ANTHROPIC_USAGE = {
+    "input_tokens": 1000,
+    "cache_creation_input_tokens": 200,
+    "cache_read_input_tokens": 300,
+    "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 0},
+    "output_tokens": 400,
+    "service_tier": "batch",
+}
+
+
+def anthropic_request(
+    model: object = "claude-haiku-4-5", max_tokens: object = 1024, **params: object
+) -> dict:
+    return {
+        "custom_id": "q1",
+        "params": {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "Hi"}]}
+        | params,
+    }
+
+
+def result_line(kind: str = "succeeded", model: str = "claude-haiku-4-5-20251001", **usage: object) -> bytes:
+    if kind != "succeeded":
+        result: dict[str, object] = {"type": kind}
+        if kind == "errored":
+            result["error"] = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
+        return json.dumps({"custom_id": "q", "result": result}).encode()
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": 'He said "usage": {"input_tokens": 9}'}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": ANTHROPIC_USAGE | usage,
+    }
+    return json.dumps({"custom_id": "q", "result": {"type": "succeeded", "message": message}}).encode()
+
+
+def test_the_requests_of_a_message_batch_are_read_one_by_one() -> None:
+    body = {
+        "requests": [
+            anthropic_request(),
+            anthropic_request("claude-sonnet-4-5", 500),
+            anthropic_request("claude-haiku-4-5", None),
+            anthropic_request(None),
+            {"custom_id": "x"},
+        ],
+        "other": {"requests": [anthropic_request("claude-opus-4-1")]},  # not the batch's
+    }
+    data = json.dumps(body).encode()
+    found = batches.read_inline(data)
+    assert found == BatchInput(
+        ("claude-haiku-4-5", "claude-sonnet-4-5"),
+        lines=5,
+        size=len(data),
+        output_caps=2048 + 500,
+        uncapped=2,
+        unreadable=2,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b"{",
+        b'{"requests": {}}',
+        b'{"requests": [1, 2',
+        "\ufeff{}".encode(),
+        b"\xff\xfe",
+        b'{"a" 1}',
+    ],
+)
+def test_a_message_batch_that_is_not_json_says_so(body: bytes) -> None:
+    found = batches.read_inline(body)
+    assert found.models == () and (found.error is not None or found.lines == 0)
+
+
+def test_a_message_batch_object() -> None:
+    obj = {
+        "id": "msgbatch_01",
+        "type": "message_batch",
+        "processing_status": "in_progress",
+        "request_counts": {"processing": 2, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
+        "results_url": None,
+    }
+    metered = batches.parse_message_batch(json.dumps(obj).encode())
+    assert (metered.response_id, metered.response_status, metered.service_tier) == (
+        "msgbatch_01",
+        "in_progress",
+        "batch",
+    )
+    assert batches.outcome(metered) == "wait"
+    ended = batches.parse_message_batch(json.dumps(obj | {"processing_status": "ended"}).encode())
+    assert batches.outcome(ended) == "wait"  # no usage in it: its results download bills it
+    assert batches.parse_message_batch(b'{"type": "error"}').response_id is None
+    assert batches.anthropic_flavor_for_path("/v1/messages/batches") == "batch"
+    assert batches.anthropic_flavor_for_path("/v1/messages/batches/msgbatch_01") is None
+
+
+def test_results_are_summed_per_model_and_only_succeeded_lines_count() -> None:
+    lines = [
+        result_line(),
+        result_line("errored"),
+        result_line(output_tokens=100),
+        result_line("canceled"),
+        result_line("expired"),
+        result_line(model="claude-sonnet-4-5-20250929", inference_geo="us"),
+    ]
+    reader = batches.ResultsReader()
+    data = b"\n".join(lines) + b"\n"
+    for i in range(0, len(data), 7):
+        reader.feed(data[i : i + 7])
+    reader.close()
+    usage = {(m, g): u for (m, g), u in reader.usage_by_model().items()}
+    haiku = usage[("claude-haiku-4-5-20251001", None)]
+    assert (haiku.input_tokens, haiku.cache_read_tokens, haiku.cache_write_tokens, haiku.output_tokens) == (
+        3000,
+        600,
+        400,
+        500,
+    )
+    sonnet = usage[("claude-sonnet-4-5-20250929", "us")]
+    assert (sonnet.input_tokens, sonnet.output_tokens) == (1500, 400)
+    assert (reader.lines, reader.succeeded, reader.unreadable) == (6, 3, 0)
+
+
+def test_a_results_line_the_quick_path_cannot_read_is_decoded() -> None:
+    """The model spelled with an escape, the usage nested deeper than usual: decoded whole."""
+    odd = result_line().replace(b'"model": "claude-haiku', b'"model": "claude\\u002dhaiku')
+    deep = json.loads(result_line())
+    deep["result"]["message"]["usage"]["extra"] = {"a": {"b": {"c": 1}}}
+    reader = batches.ResultsReader()
+    reader.feed(odd + b"\n" + json.dumps(deep).encode() + b"\n{broken\n")
+    reader.close()
+    [(key, usage)] = reader.usage_by_model().items()
+    assert key == ("claude-haiku-4-5-20251001", None) and usage.output_tokens == 800
+    assert (reader.lines, reader.succeeded, reader.unreadable) == (3, 2, 1)

@@ -253,3 +253,119 @@ def test_a_batch_from_a_file_the_proxy_never_saw_is_refused_where_models_are_res
     assert fake_provider.requests_for(label) == []
     [refused] = rows_of(proxy, label)
     assert (refused["action"], refused["model_requested"]) == ("blocked", None)
+
+
+# ---------------------------------------------------------------- Anthropic Message Batches
+
+ANTHROPIC_USAGE = {
+    "input_tokens": 1000,
+    "cache_creation_input_tokens": 100,
+    "cache_read_input_tokens": 300,
+    "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 0},
+    "output_tokens": 250,
+    "service_tier": "batch",
+}
+
+
+def message_batch_client(
+    proxy: ProxyProcess, label: str, *args: str, env: str | None = None, **fake: str
+) -> tuple[int, list[dict]]:
+    tags: dict[str, str] = {"feature": label} | ({"env": env, "team": "evals"} if env else {})
+    argv = [*args]
+    for header in ("X-Metering-Tags=" + json.dumps(tags), "X-Fake-Usage=" + json.dumps(ANTHROPIC_USAGE)):
+        argv += ["--creation-header", header]
+    headers = [f"X-Test-Tag={label}", *(f"X-Fake-{k.replace('_', '-').title()}={v}" for k, v in fake.items())]
+    return run_client(proxy, "anthropic_batch_client.py", *argv, headers=headers)
+
+
+def anthropic_batch_bill(model: str, row: dict[str, Any], requests: int) -> tuple[Decimal, Decimal]:
+    """genai-prices' batch price for ``requests`` replies of ANTHROPIC_USAGE, and half its standard one."""
+    counts = {"input_tokens": 1400, "cache_read_tokens": 300, "cache_write_tokens": 100, "output_tokens": 250}
+    usage = GPUsage(**{name: n * requests for name, n in counts.items()})
+    when = row["ts"].replace(tzinfo=UTC)
+    batch = calc_price(
+        usage,
+        model,
+        provider_id="anthropic",
+        genai_request_timestamp=when,
+        price_context={"processing": "batch"},
+    ).total_price
+    standard = calc_price(usage, model, provider_id="anthropic", genai_request_timestamp=when).total_price
+    return batch, standard * Decimal("0.5")
+
+
+def test_a_message_batch_is_billed_once_from_its_results_one_row_per_model(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    label = tag()
+    args = [
+        "--request",
+        "claude-haiku-4-5",
+        "--request",
+        "claude-haiku-4-5",
+        "--request",
+        "claude-sonnet-4-5",
+    ]
+    args += ["--fail", "claude-haiku-4-5", "--polls", "2", "--downloads", "2"]
+    code, events = message_batch_client(proxy, label, *args, env="staging", gzip="1", results_chunk="97")
+    assert code == 0, events
+    assert [e["status"] for e in events if e["event"] == "polled"] == ["in_progress", "ended"]
+    assert [e["types"] for e in events if e["event"] == "results"] == [["errored", *["succeeded"] * 3]] * 2
+    downloads = [r for r in fake_provider.requests_for(label) if r.path.endswith("/results")]
+    assert len(downloads) == 2 and all(r.gzipped for r in downloads)
+
+    started, *billed = rows_of(proxy, label)
+    assert (started["provider"], started["path"], started["api_flavor"], started["price_status"]) == (
+        "anthropic",
+        "/v1/messages/batches",
+        "batch",
+        "background",
+    )
+    assert (started["model_requested"], started["cost_usd"], started["environment"]) == (
+        "claude-haiku-4-5",
+        0,
+        "staging",
+    )
+    batch_id = events[0]["data"]["id"]
+    by_model = {row["model_reported"]: row for row in billed}
+    assert sorted(by_model) == [
+        "claude-haiku-4-5-20251001",
+        "claude-sonnet-4-5",
+    ]  # once each: not per download
+    for model, requests in (("claude-haiku-4-5-20251001", 2), ("claude-sonnet-4-5", 1)):
+        row = by_model[model]
+        assert (row["path"], row["service_tier"], row["environment"], row["team"]) == (
+            f"/v1/messages/batches/{batch_id}/results",
+            "batch",
+            "staging",
+            "evals",
+        )
+        assert (
+            row["input_tokens"],
+            row["cache_read_tokens"],
+            row["cache_write_tokens"],
+            row["output_tokens"],
+        ) == (
+            1400 * requests,
+            300 * requests,
+            100 * requests,
+            250 * requests,
+        )
+        batch, half = anthropic_batch_bill(model, row, requests)
+        assert Decimal(row["cost_usd"]) == batch == half
+
+
+def test_a_message_batch_asking_for_a_disallowed_model_is_refused(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    label = tag()
+    code, events = message_batch_client(proxy, label, "--request", "claude-opus-4-1", "--polls", "0")
+    assert code == 3 and events[-1]["status"] == 403
+    assert "model claude-opus-4-1 is not allowed in environment development" in events[-1]["message"]
+    assert fake_provider.requests_for(label) == []
+    [refused] = rows_of(proxy, label)
+    assert (refused["provider"], refused["action"], refused["model_requested"]) == (
+        "anthropic",
+        "blocked",
+        "claude-opus-4-1",
+    )

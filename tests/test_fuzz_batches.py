@@ -168,3 +168,128 @@ def test_any_batch_object_never_raises_and_cut_too(obj: dict[str, Any], data: st
         assert batches.outcome(metered) == "wait"
     cut = data.draw(st.integers(0, len(body)))
     batches.outcome(parse_batch(body[:cut]))
+
+
+# ---------------------------------------------------------------- Anthropic Message Batches
+
+
+@st.composite
+def message_batches(draw: st.DrawFn) -> tuple[bytes, set[str], int]:
+    """A Message Batch creation's body: (bytes, its requests' models, their max_tokens)."""
+    requests, models, caps = [], set(), 0
+    for i in range(draw(st.integers(0, 6))):
+        model = draw(MODELS)
+        cap = draw(st.integers(1, 64_000))
+        params = {"model": model, "max_tokens": cap, "messages": [{"role": "user", "content": draw(TEXT)}]}
+        if draw(st.booleans()):
+            params["metadata"] = draw(JSON_VALUES)
+        requests.append({"custom_id": f"q{i}", "params": params})
+        models.add(model)
+        caps += cap
+    body: dict[str, Any] = {"requests": requests}
+    if draw(st.booleans()):
+        body = {"extra": draw(JSON_VALUES), **body}
+    text = json.dumps(body, ensure_ascii=draw(st.booleans()), indent=draw(st.none() | st.integers(0, 2)))
+    return text.encode(), models, caps
+
+
+@FUZZ
+@given(case=message_batches(), cut=st.integers(0, 200))
+def test_a_message_batchs_models_are_its_requests_and_a_cut_one_says_so(
+    case: tuple[bytes, set[str], int], cut: int
+) -> None:
+    body, models, caps = case
+    found = batches.read_inline(body)
+    assert (set(found.models), found.output_caps, found.unreadable, found.error) == (models, caps, 0, None)
+    if 0 < cut < len(body):
+        cut_short = batches.read_inline(body[:-cut])
+        assert cut_short.error is not None and set(cut_short.models) <= models
+
+
+@FUZZ
+@given(body=st.binary(max_size=2000))
+def test_any_message_batch_body_never_raises(body: bytes) -> None:
+    batches.read_inline(body)
+    batches.read_inline(b'{"requests": [' + body)
+    batches.parse_message_batch(body)
+
+
+RESULT_USAGE = st.fixed_dictionaries(
+    {"input_tokens": st.integers(0, 10**6), "output_tokens": st.integers(0, 10**6)},
+    optional={
+        "cache_read_input_tokens": st.integers(0, 10**5),
+        "cache_creation_input_tokens": st.integers(0, 10**5),
+        "service_tier": st.just("batch"),
+    },
+)
+
+
+@st.composite
+def results(draw: st.DrawFn) -> bytes:
+    """A Message Batch's results: succeeded lines (some with tool inputs holding "usage" and
+    "model" keys), errored, canceled and expired ones, and now and then a broken one."""
+    lines = []
+    for i in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["succeeded", "succeeded", "errored", "canceled", "expired", "broken"]))
+        if kind == "broken":
+            lines.append(draw(st.binary(max_size=40)).replace(b"\n", b" "))
+            continue
+        result: dict[str, Any] = {"type": kind}
+        if kind == "succeeded":
+            content: list[Any] = [{"type": "text", "text": draw(TEXT)}]
+            if draw(st.booleans()):
+                content.append(
+                    {"type": "tool_use", "input": {"usage": draw(JSON_VALUES), "model": draw(MODELS)}}
+                )
+            result["message"] = {
+                "id": f"msg_{i}",
+                "type": "message",
+                "model": draw(st.sampled_from(["claude-haiku-4-5", "claude-sonnet-4-5"])),
+                "content": content,
+                "usage": draw(RESULT_USAGE),
+            }
+        lines.append(
+            json.dumps({"custom_id": f"q{i}", "result": result}, ensure_ascii=draw(st.booleans())).encode()
+        )
+    return b"\n".join(lines) + draw(st.sampled_from([b"", b"\n"]))
+
+
+def _read(data: bytes, splits: list[int]) -> batches.ResultsReader:
+    reader = batches.ResultsReader()
+    last = 0
+    for at in sorted(splits):
+        reader.feed(data[last:at])
+        last = at
+    reader.feed(data[last:])
+    reader.close()
+    return reader
+
+
+@FUZZ
+@given(data=results(), st_data=st.data())
+def test_results_read_the_same_however_they_are_split(data: bytes, st_data: st.DataObject) -> None:
+    whole = _read(data, [])
+    splits = st_data.draw(st.lists(st.integers(0, len(data)), max_size=12))
+    split = _read(data, splits)
+    assert split.usage_by_model() == whole.usage_by_model()
+    assert (split.lines, split.succeeded, split.unreadable) == (
+        whole.lines,
+        whole.succeeded,
+        whole.unreadable,
+    )
+    expected: dict[str, int] = {}
+    for line in data.splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            obj = json.loads(line)
+            if isinstance(obj, dict) and obj["result"]["type"] == "succeeded":
+                message = obj["result"]["message"]
+                expected[message["model"]] = (
+                    expected.get(message["model"], 0) + message["usage"]["output_tokens"]
+                )
+    assert {model: usage.output_tokens for (model, _), usage in whole.usage_by_model().items()} == expected
+
+
+@FUZZ
+@given(data=st.binary(max_size=3000), st_data=st.data())
+def test_random_results_never_raise(data: bytes, st_data: st.DataObject) -> None:
+    _read(data, st_data.draw(st.lists(st.integers(0, len(data)), max_size=8)))

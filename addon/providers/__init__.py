@@ -128,8 +128,9 @@ class Provider:
     realtime: openai_realtime.Handshake | None = None
     # Gemini Live over WebSocket (the model is named in the session's first message). None: none here.
     live: gemini_live.Endpoint | None = None
-    # OpenAI's Batch API: a batch's input file, uploaded to /v1/files, is read for its models.
-    batch_api: bool = False
+    # Batch jobs: "openai" (the Batch API: a batch's input file, uploaded to /v1/files, is read for
+    # its models) or "anthropic" (Message Batches: requests inline, usage in the results download).
+    batch_api: str | None = None
 
     @property
     def price_provider(self) -> str:
@@ -300,7 +301,17 @@ def _gemini_with_model(
 
 def _anthropic_openai_path(path: str) -> bool:
     """Anthropic's OpenAI SDK compatibility: ``/v1/chat/completions`` beside ``/v1/messages``."""
-    return anthropic_api.flavor_for_path(path) is None
+    return _anthropic_flavor(path) is None
+
+
+def _anthropic_flavor(path: str) -> str | None:
+    return anthropic_api.flavor_for_path(path) or batches.anthropic_flavor_for_path(path)
+
+
+def _anthropic_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
+    if flavor == batches.FLAVOR:
+        return batches.parse_message_batch(body)
+    return anthropic_api.parse_response(flavor, body)
 
 
 # --- Azure OpenAI: the deployment in the path stands for a model -------------------------------
@@ -350,7 +361,7 @@ BUILTIN: tuple[Provider, ...] = (
         "api.openai.com",
         usage_opt_in_flavors=frozenset({"chat"}),
         realtime=OPENAI_REALTIME,
-        batch_api=True,
+        batch_api="openai",
         # images, transcriptions and batches too (a custom host with `api: openai` takes these as well)
         flavor_for_path=_openai_flavor,
         parse_response=_openai_parse,
@@ -360,10 +371,11 @@ BUILTIN: tuple[Provider, ...] = (
         Provider(
             name="anthropic",
             hosts=("api.anthropic.com",),
-            flavor_for_path=anthropic_api.flavor_for_path,
-            parse_response=_ignore_headers(anthropic_api.parse_response),
+            flavor_for_path=_anthropic_flavor,
+            parse_response=_anthropic_parse,
             stream_parser=anthropic_api.StreamParser,
             key_headers=("x-api-key", "authorization"),
+            batch_api="anthropic",
             # Claude Code logged in to a Pro/Max plan (`claude setup-token`, CLAUDE_CODE_OAUTH_TOKEN)
             # sends `Authorization: Bearer sk-ant-oat01-...`: the plan's quota, not API credits.
             subscription_key_prefixes=("sk-ant-oat",),

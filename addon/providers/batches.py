@@ -1,4 +1,4 @@
-"""Batch jobs -> their models and their usage: OpenAI's Batch API.
+"""Batch jobs -> their models and their usage: OpenAI's Batch API, Anthropic's Message Batches.
 
 Pure functions over bytes; no mitmproxy.
 
@@ -11,25 +11,33 @@ Pure functions over bytes; no mitmproxy.
   it stands, ``GET /v1/batches`` a page of them. Once it has ended (``completed``, ``cancelled``,
   ``expired``) its ``usage`` holds what was billed, at half the synchronous price (``service_tier``
   "batch").
+- Anthropic: ``POST /v1/messages/batches`` carries its requests inline (``{"requests": [{"custom_id",
+  "params": {"model", "max_tokens", ...}}]}``: ``read_inline`` reads them one at a time); the
+  Message Batch object (``processing_status``: ``in_progress``, ``canceling``, ``ended``) carries
+  no usage. Its results, ``GET /v1/messages/batches/{id}/results`` (JSONL, possibly gigabytes),
+  do: ``ResultsReader`` sums the usage of the ``succeeded`` lines per model as they pass, decoding
+  only each line's usage object.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from addon.providers import anthropic_api
 from addon.providers.openai_api import error_message, extract_usage
 from addon.providers.openai_media import form_parts, is_form
 from addon.providers.values import loads
 from addon.providers.values import text as _str
-from addon.usage import Metered
+from addon.usage import Metered, Usage
 
 FLAVOR = "batch"
 # The service tier of a batch's rows: priced at the batch price (genai-prices' own, else half).
 TIER = "batch"
 # A batch not ended yet: its usage, if any, is a running total.
-RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling", "canceling"})
 ENDED = frozenset({"completed", "cancelled", "expired", "failed"})
 MAX_MODELS = 64  # distinct models remembered of one input file (more: the rest count as unreadable)
 MAX_MODEL = 256
@@ -263,3 +271,202 @@ def outcome(metered: Metered) -> Literal["wait", "bill", "drop"]:
     if usage is not None:
         return "bill" if usage.input_tokens or usage.output_tokens else "drop"
     return "drop" if status == "failed" else "bill"
+
+
+# --- Anthropic Message Batches ---------------------------------------------------------------
+
+_WHITESPACE = " \t\r\n"
+_DECODER = json.JSONDecoder()
+
+
+def anthropic_flavor_for_path(path: str) -> str | None:
+    """``batch`` for ``POST .../v1/messages/batches`` (query allowed), else None."""
+    path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return FLAVOR if path.endswith("/v1/messages/batches") else None
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WHITESPACE:
+        pos += 1
+    return pos
+
+
+def read_inline(body: bytes) -> BatchInput:
+    """A Message Batch's requests (``{"requests": [{"custom_id", "params": {...}}]}``): their models
+    and output caps. Never raises.
+
+    The body (up to 256 MB) is walked one request at a time, each decoded alone and let go, so
+    it is never held decoded whole.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return BatchInput(size=len(body), error="request body is not UTF-8 JSON")
+    models: dict[str, None] = {}
+    lines = caps = uncapped = unreadable = 0
+    error = None
+    try:
+        pos = _skip(text, 0)
+        if text[pos] != "{":
+            raise ValueError("not an object")
+        pos = _skip(text, pos + 1)
+        while text[pos] != "}":
+            key, pos = _DECODER.raw_decode(text, pos)
+            pos = _skip(text, pos)
+            if text[pos] != ":":
+                raise ValueError("no colon")
+            pos = _skip(text, pos + 1)
+            if key != "requests":
+                _, pos = _DECODER.raw_decode(text, pos)
+            else:
+                if text[pos] != "[":
+                    raise ValueError("requests is not a list")
+                pos = _skip(text, pos + 1)
+                while text[pos] != "]":
+                    item, pos = _DECODER.raw_decode(text, pos)
+                    lines += 1
+                    params = item.get("params") if isinstance(item, dict) else None
+                    model = params.get("model") if isinstance(params, dict) else None
+                    cap = _cap(params)
+                    if cap:
+                        caps += cap
+                    else:
+                        uncapped += 1
+                    if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL:
+                        unreadable += 1
+                    elif model not in models:
+                        if len(models) >= MAX_MODELS:
+                            unreadable += 1
+                            error = f"more than {MAX_MODELS} different models in the batch"
+                        else:
+                            models[model] = None
+                    pos = _skip(text, pos)
+                    if text[pos] == ",":
+                        pos = _skip(text, pos + 1)
+                    elif text[pos] != "]":
+                        raise ValueError("no comma")
+                pos += 1
+            pos = _skip(text, pos)
+            if text[pos] == ",":
+                pos = _skip(text, pos + 1)
+            elif text[pos] != "}":
+                raise ValueError("no comma")
+    except (ValueError, IndexError, RecursionError):
+        error = "request body is not JSON, or cut short"
+    return BatchInput(tuple(sorted(models)), lines, len(body), caps, uncapped, unreadable, error)
+
+
+def parse_message_batch(body: bytes) -> Metered:
+    """A Message Batch object: its id and ``processing_status`` (it carries no usage). Never raises."""
+    obj = loads(body) if body.lstrip()[:1] == b"{" else None
+    if not isinstance(obj, dict):
+        return Metered(error="response body is not a JSON object")
+    batch_id = _str(obj.get("id"))
+    if obj.get("type") != "message_batch" or batch_id is None:
+        return Metered(error=anthropic_api.error_message(obj.get("error")) or "not a Message Batch object")
+    status = _str(obj.get("processing_status"))
+    return Metered(service_tier=TIER, response_id=batch_id, response_status=status)
+
+
+# "usage": an object of at most two levels (Anthropic's cache_creation, server_tool_use).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
+_SUCCEEDED = re.compile(rb'"type"\s*:\s*"succeeded"')
+_NOT_BILLED = re.compile(rb'"type"\s*:\s*"(?:errored|canceled|expired)"')
+MAX_LINE = 32 * 1024 * 1024  # a results line longer than this is not read (it is passed on all the same)
+
+
+class ResultsReader:
+    """The results of a Message Batch (JSONL), fed as they arrive (split anywhere): per model
+    (and inference geo), the summed usage of its ``succeeded`` requests. ``errored``,
+    ``canceled`` and ``expired`` requests are not billed. A few microseconds a line: the line's
+    usage object is found from its end and decoded alone; a line that quick reading cannot
+    settle is decoded whole."""
+
+    __slots__ = ("_counts", "_partial", "_skipping", "lines", "succeeded", "unreadable")
+
+    def __init__(self) -> None:
+        self._partial = bytearray()
+        self._skipping = False  # inside a line longer than MAX_LINE
+        self._counts: dict[tuple[str, str | None], dict[str, int]] = {}
+        self.lines = 0
+        self.succeeded = 0
+        self.unreadable = 0
+
+    def feed(self, data: bytes) -> None:
+        """Take the next piece of the (decoded) results."""
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            if self._partial or self._skipping:
+                self._partial += data[start:newline]
+                self._end_partial()
+            else:
+                self._line(data, start, newline)
+            start = newline + 1
+        if start < len(data) and not self._skipping:
+            self._partial += data[start:]
+            if len(self._partial) > MAX_LINE:
+                self._partial.clear()
+                self._skipping = True
+
+    def close(self) -> None:
+        """The results ended: a last line without a newline is read too."""
+        if self._partial or self._skipping:
+            self._end_partial()
+
+    def _end_partial(self) -> None:
+        if self._skipping:
+            self.lines += 1
+            self.unreadable += 1
+            self._skipping = False
+        else:
+            line = bytes(self._partial)
+            self._line(line, 0, len(line))
+        self._partial.clear()
+
+    def _line(self, data: bytes, a: int, b: int) -> None:
+        if _NOT_BLANK.search(data, a, b) is None:
+            return
+        self.lines += 1
+        at = data.rfind(b'"usage"', a, b)
+        if at < 0:  # errored, canceled, expired: nothing billed (a reply always has usage)
+            if _NOT_BILLED.search(data, a, b) is None:
+                self.unreadable += 1
+            return
+        usage: Any = None
+        model: Any = None
+        found = _USAGE_OBJECT.match(data, at)
+        # The message's own model: Anthropic writes it before the content (whose tool inputs may
+        # hold a "model" of their own) and the usage. These lines are the provider's, not a user's.
+        plain = _PLAIN_MODEL.search(data, a, at)
+        if found is not None and plain is not None and _SUCCEEDED.search(data, a, at) is not None:
+            usage = loads(found.group(1))
+            model = plain.group(1).decode("utf-8", "replace")
+        if not (isinstance(usage, dict) and ("input_tokens" in usage or "output_tokens" in usage)):
+            obj = loads(data[a:b])
+            result = obj.get("result") if isinstance(obj, dict) else None
+            if not isinstance(result, dict) or result.get("type") != "succeeded":
+                if not isinstance(result, dict):
+                    self.unreadable += 1
+                return
+            message = result.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            model = message.get("model") if isinstance(message, dict) else None
+        counts: dict[str, int] = {}
+        if not anthropic_api.merge_usage(counts, usage) or not isinstance(model, str) or not model:
+            self.unreadable += 1
+            return
+        self.succeeded += 1
+        key = (model[:MAX_MODEL], anthropic_api.inference_geo_of(usage))
+        total = self._counts.get(key)
+        if total is None:
+            self._counts[key] = counts
+        else:  # Anthropic's counts, summed as they are: normalised once, at the end
+            for name, value in counts.items():
+                total[name] = total.get(name, 0) + value
+
+    def usage_by_model(self) -> dict[tuple[str, str | None], Usage]:
+        """(model, inference geo) -> the summed usage of its succeeded requests."""
+        return {key: anthropic_api.usage_from_counts(counts) for key, counts in self._counts.items()}
