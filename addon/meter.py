@@ -1160,7 +1160,7 @@ class Meter:
         self.enforcer.withdraw(decision, record.id)
         return self.enforcer.refuse_model(record.provider, record.environment, "(unreadable)", reason)
 
-    # -- batch jobs (OpenAI's Batch API) ---------------------------------------
+    # -- batch jobs (OpenAI's Batch API, Anthropic's Message Batches) ------------
 
     @staticmethod
     async def _inline_batch(flow: http.HTTPFlow) -> BatchInput:
@@ -1246,9 +1246,10 @@ class Meter:
         return None
 
     async def _batch_request(self, flow: http.HTTPFlow, state: CallState) -> None:
-        """``POST /v1/batches``: the models of its input file are checked as a call's would be (a
-        disallowed one refuses it: the file cannot be rewritten), its estimate reserved; the
-        creation is a $0 row, and the batch is billed by the retrieval that sees it ended."""
+        """``POST /v1/batches`` (or Anthropic's ``/v1/messages/batches``): the models of its input
+        file (of its inline requests) are checked as a call's would be (a disallowed one refuses
+        it: a batch is never rewritten), its estimate reserved; the creation is a $0 row, and the
+        batch is billed by the retrieval that sees it ended (Anthropic: its results download)."""
         record = state.record
         inline = state.provider.batch_api == "anthropic"
         file_id: str | None = None

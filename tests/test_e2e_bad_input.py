@@ -622,8 +622,13 @@ NON_BILLABLE: list[tuple[str, str, str, bytes]] = [
         "/v1/files",
         b"--x\r\nContent-Disposition: form-data; name=purpose\r\n\r\nbatch\r\n--x--\r\n",
     ),
+    # batches the proxy did not see created (their creation is metered: tests/test_e2e_batches.py)
+    (OPENAI, "GET", "/v1/batches/batch_123", b""),
+    (OPENAI, "POST", "/v1/batches/batch_123/cancel", b""),
+    (OPENAI, "GET", "/v1/batches?limit=2", b""),
     (ANTHROPIC, "POST", "/v1/messages/count_tokens", b'{"model":"claude-haiku-4-5","messages":[]}'),
-    (ANTHROPIC, "POST", "/v1/messages/batches", b'{"requests":[]}'),
+    (ANTHROPIC, "GET", "/v1/messages/batches/msgbatch_123", b""),
+    (ANTHROPIC, "GET", "/v1/messages/batches/msgbatch_123/results", b""),
     (ANTHROPIC, "GET", "/v1/models", b""),
 ]
 
