@@ -481,3 +481,21 @@ def test_a_results_line_the_quick_path_cannot_read_is_decoded() -> None:
     [(key, usage)] = reader.usage_by_model().items()
     assert key == ("claude-haiku-4-5-20251001", None) and usage.output_tokens == 800
     assert (reader.lines, reader.succeeded, reader.unreadable) == (3, 2, 1)
+
+
+def test_an_upload_parsers_could_read_differently_counts_as_unreadable() -> None:
+    """Two files, two purposes, a false delimiter, two Content-Disposition headers: OpenAI might
+    read another file than the proxy did, so the file's models count as unknown."""
+    good, bad = line("gpt-4o-mini") + b"\n", line("gpt-5-pro") + b"\n"
+    two_files = form(("purpose", b"batch", None), ("file", good, "a.jsonl"), ("file", bad, "b.jsonl"))
+    two_purposes = form(("purpose", b"batch", None), ("purpose", b"batch", None), ("file", good, "a.jsonl"))
+    fake_delimiter = form(("purpose", b"batch", None), ("file", good, "a.jsonl")).replace(
+        f"--{BOUNDARY}--".encode(), f"--{BOUNDARY}x\r\n\r\n{bad.decode()}\r\n--{BOUNDARY}--".encode()
+    )
+    two_dispositions = form(("purpose", b"batch", None), ("file", good, "a.jsonl")).replace(
+        b'name="file"; filename="a.jsonl"\r\n',
+        b'name="file"; filename="a.jsonl"\r\nContent-Disposition: form-data; name="x"\r\n',
+    )
+    for body in (two_files, two_purposes, fake_delimiter, two_dispositions):
+        found = read_upload(body, CTYPE)
+        assert found is not None and found.models == () and found.error is not None, body[:300]

@@ -186,18 +186,21 @@ def read_upload(body: bytes, content_type: str) -> BatchInput | None:
     if not is_form(content_type):
         return None
     walk = form_parts(body, content_type)
-    purpose = None
-    upload = None
-    for part in walk.parts:
-        if part.name == b"purpose" and not part.is_file and part.end - part.start <= 64:
-            purpose = body[part.start : part.end].strip()
-        elif part.name == b"file" and upload is None:
-            upload = part
-    if purpose != b"batch":
+    if walk.error is not None:  # a form parsers may read differently: OpenAI may see another file
+        return BatchInput(error=walk.error)
+    purposes = [
+        body[p.start : p.end].strip() for p in walk.parts if p.name == b"purpose" and p.end - p.start <= 64
+    ]
+    files = [part for part in walk.parts if part.name == b"file"]
+    if b"batch" not in purposes:
         return None
-    if upload is None:
+    if len(purposes) > 1 or len(files) > 1:
+        return BatchInput(
+            error="a batch upload with several purpose or file parts (parsers differ on which one counts)"
+        )
+    if not files:
         return BatchInput(error="a batch upload without its file (cut short or malformed)")
-    return scan_input(body, upload.start, upload.end)
+    return scan_input(body, files[0].start, files[0].end)
 
 
 def uploaded_file_id(body: bytes) -> str | None:
