@@ -56,12 +56,20 @@ from addon.providers import (
     gemini_live,
     keys_in_query,
     openai_realtime,
+    openai_responses_ws,
     registry_for,
 )
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import FORM_NOT_REWRITTEN, MEDIA_FLAVORS, FormFields, is_form, read_form
-from addon.realtime_sessions import UPGRADED, LiveSession, RealtimeRow, RealtimeSession, SocketSession
+from addon.realtime_sessions import (
+    UPGRADED,
+    LiveSession,
+    RealtimeRow,
+    RealtimeSession,
+    ResponsesSession,
+    SocketSession,
+)
 from addon.record import CallRecord
 from addon.refusals import budget_refusal_status, error_body
 from addon.store import Store, journal_dir_of
@@ -203,6 +211,12 @@ class CallState:
     live: gemini_live.Endpoint | None = None  # a Gemini Live WebSocket handshake
     batch_results: bool = False  # a retrieval that downloads a Message Batch's results
     results: ResultsTap | None = None  # reading that download (set at its response headers)
+    responses_ws: bool = False  # an OpenAI Responses WebSocket handshake
+
+    @property
+    def opens_socket(self) -> bool:
+        """A WebSocket handshake the meter follows (Realtime, Gemini Live, Responses)."""
+        return self.handshake is not None or self.live is not None or self.responses_ws
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -535,7 +549,7 @@ class Meter:
                     self._finish(flow, state, metered, aborted=True, now=True)
         for flow, session in list(self._sessions.items()):  # responses in flight: aborted rows
             with contextlib.suppress(Exception):
-                self._end_session(flow, session, "proxy shut down mid-session")
+                self._end_session(flow, session, "proxy shut down mid-session", now=True)
         if self.store is not None:
             self.store.close()  # a call finishing after this lands in the journal, replayed at next start
         if self.live is not None:
@@ -683,7 +697,9 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
-        if (provider.realtime is not None or provider.live is not None) and flow.request.method == "GET":
+        if (
+            provider.realtime is not None or provider.live is not None or provider.responses_ws is not None
+        ) and flow.request.method == "GET":
             path = flow.request.path.partition("?")[0]
             if flow.request.headers.get("upgrade", "").lower() == "websocket":
                 if provider.realtime is not None and provider.realtime.matches(path):
@@ -691,6 +707,9 @@ class Meter:
                     return
                 if provider.live is not None and provider.live.matches(path):
                     self._start_handshake(flow, provider, host, tags_header, provider.live)
+                    return
+                if provider.responses_ws is not None and provider.responses_ws.matches(path):
+                    self._start_handshake(flow, provider, host, tags_header, responses_ws=True)
                     return
         if (self._background or self._earlier_background) and (
             flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
@@ -740,9 +759,12 @@ class Meter:
         host: str,
         tags_header: str | None,
         live: gemini_live.Endpoint | None = None,
+        *,
+        responses_ws: bool = False,
     ) -> None:
-        """A WebSocket handshake, OpenAI Realtime's or (``live``) Gemini Live's: a call being started
-        (attributed, checked); its work is metered as the session runs (see websocket_message)."""
+        """A WebSocket handshake, OpenAI Realtime's, (``live``) Gemini Live's or (``responses_ws``)
+        OpenAI Responses': a call being started (attributed, checked); its work is metered as the
+        session runs (see websocket_message)."""
         path, _, query = flow.request.path.partition("?")
         headers = flow.request.headers
         if live is None:
@@ -750,6 +772,8 @@ class Meter:
             if key is None:  # a browser's key rides in the subprotocols
                 key = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
             flavor, row_path = openai_realtime.FLAVOR, path.rstrip("/")
+            if responses_ws:
+                flavor, row_path = openai_responses_ws.FLAVOR, openai_responses_ws.ROW_PATH
         else:
             key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
@@ -773,8 +797,9 @@ class Meter:
             errors=[key_problem] if key_problem else [],
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
-            handshake=provider.realtime if live is None else None,
+            handshake=provider.realtime if live is None and not responses_ws else None,
             live=live,
+            responses_ws=responses_ws,
         )
 
     @staticmethod
@@ -1006,8 +1031,10 @@ class Meter:
         if state.handshake is not None:
             await self._handshake_request(flow, state, state.handshake)
             return
-        if state.live is not None:
-            await self._live_handshake_request(flow, state)
+        if state.live is not None or state.responses_ws:
+            # Live names its model in its first message, Responses in each response.create; a
+            # rate limit counts each of those, not the socket.
+            await self._unnamed_model_handshake_request(flow, state, counted=state.live is not None)
             return
         await self._attribute(state)
         record = state.record
@@ -1128,10 +1155,14 @@ class Meter:
             flow.request.path = f"{path}?{new_query}"
             record.model_sent, state.notice = downgrade, decision.notice
 
-    async def _live_handshake_request(self, flow: http.HTTPFlow, state: CallState) -> None:
-        """Check a Gemini Live handshake like any call, but for its model: that is named by the
-        session's first message, and checked then (see _live_setup). A spent budget or a rate
-        limit refuses it here; nothing is reserved (its turns count as they end)."""
+    async def _unnamed_model_handshake_request(
+        self, flow: http.HTTPFlow, state: CallState, *, counted: bool
+    ) -> None:
+        """Check a handshake like any call, but for its model: a Gemini Live session names it in
+        its first message (checked then, see _live_setup), a Responses WebSocket in each
+        ``response.create`` (see _responses_create). A spent budget or a rate limit refuses it
+        here; nothing is reserved. ``counted=False``: a rate limit refuses it when reached, but
+        the handshake is not one of its requests (each create is)."""
         await self._attribute(state)  # drops the key
         record = state.record
         decision = self.enforcer.decide(
@@ -1142,6 +1173,8 @@ class Meter:
             model=None,
             budgeted=not state.subscription,
         )
+        if not counted:
+            self.enforcer.withdraw(decision, None)
         record.action = decision.action
         if decision.refusal is not None:
             flow.response = decision.refusal  # answered here: upstream is never contacted
@@ -1441,7 +1474,7 @@ class Meter:
             return
         if state.finished:
             return
-        if state.handshake is not None or state.live is not None:
+        if state.opens_socket:
             self._end_handshake(flow, state, aborted=False)
             return
         if state.results is not None:
@@ -1476,7 +1509,7 @@ class Meter:
         state = self._state(flow)
         if state is None or state.finished:
             return
-        if state.handshake is not None or state.live is not None:
+        if state.opens_socket:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)
             self._end_handshake(flow, state, aborted=True)
@@ -1506,6 +1539,13 @@ class Meter:
                     opened_at=time.time(),
                     tags_header=state.tags_header,
                     process=_process_of(state),
+                )
+            elif state.responses_ws:
+                session = ResponsesSession(
+                    handshake=record,
+                    next_id=self._next_call_id,
+                    opened_at=time.time(),
+                    subscription=state.subscription,
                 )
             else:
                 session = RealtimeSession(handshake=record, next_id=self._next_call_id, opened_at=time.time())
@@ -1540,6 +1580,9 @@ class Meter:
         if isinstance(session, LiveSession):
             await self._live_message(flow, session, message)
             return
+        if isinstance(session, ResponsesSession):
+            await self._responses_message(flow, session, message)
+            return
         if not isinstance(session, RealtimeSession):
             return
         if message.from_client:
@@ -1555,6 +1598,78 @@ class Meter:
         if event is None:
             return
         for row in session.take(event, time.time()):
+            self._record_realtime(row)
+
+    async def _responses_message(
+        self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage
+    ) -> None:
+        """A Responses WebSocket message: a delta costs a look at its first bytes; a client's
+        ``response.create`` is a call (checked, reserved: _responses_create); ``response.created``
+        and the terminal events are decoded (a row per response, stored before the client gets
+        its terminal event)."""
+        data = message.content
+        if message.from_client:
+            if openai_responses_ws.may_be_create(data):
+                await self._responses_create(flow, session, message, data)
+            return  # a response.steer adds input to a running response: no call, never refused
+        if message.injected or not openai_responses_ws.might_matter(data):
+            return
+        event = await _off_loop_if_large(openai_responses_ws.read_server_event, data)
+        if event is None:
+            return
+        for row in session.take(event, time.time()):
+            self._record_realtime(row)
+
+    async def _responses_create(
+        self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage, data: bytes
+    ) -> None:
+        """A ``response.create``: a call, decided as an HTTP call is (model rules, budgets with
+        its estimate reserved under its row's id, rate limits). Downgraded by rewriting its
+        ``model``; refused by dropping it and sending the client an ``error`` event on its lane
+        (the socket stays open), with a row not billed. Allowed, it waits for its response."""
+        create = await _off_loop_if_large(openai_responses_ws.read_create, data)
+        if create is None:
+            return
+        record = session.call(time.time(), create.model)
+        decision = self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=create.model,
+            call_id=record.id,
+            estimate=self._cost_estimate(record.provider, len(data), create.body, record.inference_geo),
+            budgeted=not session.subscription,
+        )
+        if decision.refusal is None and create.model is None:
+            decision = self._unknown_model(record, decision) or decision
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
+        rewritten = data
+        if downgrade:
+            try:
+                rewrite = functools.partial(openai_responses_ws.with_model, model=downgrade)
+                rewritten = await _off_loop_if_large(rewrite, data)
+            except ValueError as exc:
+                self.enforcer.withdraw(decision, record.id)
+                decision = self.enforcer.refuse_model(
+                    record.provider, record.environment, create.model or "?", str(exc)
+                )
+        record.action = decision.action
+        if decision.refusal is not None:
+            message.drop()
+            status = decision.refusal.status_code
+            error = json.loads(decision.refusal.content or b"{}").get("error") or {}
+            why = decision.message or str(error.get("message"))
+            event = openai_responses_ws.error_event(error, status, create.stream_id)
+            ctx.master.commands.call("inject.websocket", flow, True, event, True)
+            self._submit(session.refused(record, status, why))
+            log.warning("tokometer: response.create refused on a Responses WebSocket: %s", why)
+            return
+        if downgrade:
+            message.content = rewritten
+            record.model_sent = downgrade
+            log.info("tokometer: Responses WebSocket %s", decision.notice)
+        for row in session.sent(record, create.stream_id, data):
             self._record_realtime(row)
 
     async def _live_message(
@@ -1676,22 +1791,58 @@ class Meter:
         if session is None:
             return
         code = flow.websocket.close_code if flow.websocket is not None else None
+        closed = f"the WebSocket closed ({code})"
+        if isinstance(session, ResponsesSession):  # it says before what
+            self._end_session(flow, session, closed)
+            return
         before = "the turn's usage" if isinstance(session, LiveSession) else "response.done"
-        self._end_session(flow, session, f"the WebSocket closed ({code}) before {before}: usage unknown")
+        self._end_session(flow, session, f"{closed} before {before}: usage unknown")
 
-    def _end_session(self, flow: http.HTTPFlow, session: SocketSession, reason: str) -> None:
-        """The session is over: work still in flight gets its aborted rows."""
+    def _end_session(
+        self, flow: http.HTTPFlow, session: SocketSession, reason: str, *, now: bool = False
+    ) -> None:
+        """The session is over: work still in flight gets its aborted rows (``now``: at shutdown,
+        an offline estimate is made in the hook, not in a thread)."""
         self._sessions.pop(flow, None)
         for row in session.end(time.time(), reason):
-            self._record_realtime(row)
+            self._record_realtime(row, now=now)
 
-    def _record_realtime(self, row: RealtimeRow) -> None:
+    def _record_realtime(self, row: RealtimeRow, *, now: bool = False) -> None:
         """Store one row of a session now, inside the hook (before the client gets the event).
 
         Priced here when a budget applies, so its cost counts against the budgets at once: the
-        session's next request sees it.
+        session's next request sees it. A response cut short whose create is at hand has its
+        input counted offline first (in a thread, unless ``now``), as an HTTP call without usage.
         """
         record = row.record
+        create = row.estimate_from
+        if create is not None and record.usage is None and record.price_status is None and _billable(record):
+            if now:
+                self._estimate_create(record, create)
+            else:
+                task = asyncio.ensure_future(self._estimate_then_count(record, create))
+                self._estimates.add(task)
+                task.add_done_callback(self._estimates.discard)
+                return
+        self._count_and_submit(record)
+
+    async def _estimate_then_count(self, record: CallRecord, create: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._estimate_create, record, create)
+        finally:
+            self._count_and_submit(record)
+
+    @classmethod
+    def _estimate_create(cls, record: CallRecord, create: bytes) -> None:
+        """Count a cut response's input offline from its ``response.create`` (never raises)."""
+        try:
+            body = json.loads(create)
+        except (ValueError, RecursionError):
+            return
+        if isinstance(body, dict):
+            cls._estimate(record, body, None)
+
+    def _count_and_submit(self, record: CallRecord) -> None:
         if self.enforcer.budgets.has_budgets:
             self._price(record)
         if record.cost_usd is not None:

@@ -1,22 +1,28 @@
 """Sessions over WebSocket as the meter follows them: the rows their messages bill.
 
 An OpenAI Realtime session bills one row per response and per input transcription; a Gemini Live
-session one row per turn (each ``usageMetadata``). No mitmproxy here: the addon hands in what
-``addon.providers.openai_realtime`` and ``addon.providers.gemini_live`` read from the messages,
-and gets back finished rows to price and store. Per session it keeps the handshake's row
-(attribution, models) and when the work in flight started: a few fields, whatever the session's
-length (mitmproxy keeps the messages).
+session one row per turn (each ``usageMetadata``); a Responses WebSocket one row per response
+(each ``response.create`` is a call, checked and reserved as it goes up). No mitmproxy here: the
+addon hands in what ``addon.providers.openai_realtime``, ``gemini_live`` and ``openai_responses_ws``
+read from the messages, and gets back finished rows to price and store. Per session it keeps the
+handshake's row (attribution, models) and the work in flight: a few fields per response, whatever
+the session's length (mitmproxy keeps the messages; a Responses session also keeps each create
+event until its response ends, bounded, for an offline estimate if it is cut short).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from addon.budgets import Scope, scopes_for
 from addon.client_process import ClientProcess
+from addon.pricing import NOT_BILLED
+from addon.providers import openai_responses_ws
 from addon.providers.gemini_live import TurnUsage
 from addon.providers.openai_realtime import (
     ResponseDone,
@@ -32,11 +38,19 @@ MAX_IN_FLIGHT = 64
 UPGRADED = 101  # the status of every row of a session: its handshake's
 
 
+# Responses WebSocket: the create events kept for an offline estimate, at most (bytes, per session).
+MAX_KEPT_BYTES = 16 * 1024 * 1024
+MAX_LANES = 64  # lanes followed at most (OpenAI accepts 32 named ones per socket, and the default)
+
+
 @dataclass(slots=True)
 class RealtimeRow:
     """A finished row of a session (a response, a transcription, or a response cut short)."""
 
     record: CallRecord
+    # A response cut short: the create event that asked for it, for an offline estimate of its
+    # input (None: not kept, or nothing to estimate). Never stored.
+    estimate_from: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +198,157 @@ class LiveSession(SocketSession):
         row.aborted = True
         row.error = _join(row.error, reason)
         return [RealtimeRow(row)]
+
+
+@dataclass(slots=True)
+class ResponseCall:
+    """One response asked for on a Responses WebSocket: its row (id = its budget reservation's),
+    the create's bytes while it runs (an estimate if it is cut short), when it started."""
+
+    record: CallRecord
+    create: bytes | None = None
+    started: float | None = None
+
+
+@dataclass(slots=True)
+class ResponsesSession(SocketSession):
+    """The rows of one Responses WebSocket: one per response, from its create to its terminal event.
+
+    Responses run one after another on a lane (``stream_id``; None is the default lane) and lanes
+    run at once, so each lane's creates wait in order for their ``response.created``, which binds
+    the response id; the terminal event names that id. A ``response.created`` with no create
+    waiting is a response the server started by itself (the successor of a steered one): billed
+    with the model of the lane's latest create, which it inherits.
+    """
+
+    subscription: bool = False  # a flat-fee plan's key: no budget reservations
+    waiting: dict[str | None, deque[ResponseCall]] = field(default_factory=dict)  # per lane
+    in_flight: dict[str, ResponseCall] = field(default_factory=dict)  # response id -> its call
+    latest: dict[str | None, CallRecord] = field(default_factory=dict)  # per lane: its latest create's row
+    kept_bytes: int = 0  # of the create events kept (MAX_KEPT_BYTES)
+    responses: int = 0  # rows billed so far
+
+    def call(self, now: float, model: str | None) -> CallRecord:
+        """The row of a new ``response.create`` asking for ``model`` (a new id: its reservation's)."""
+        row = self._row(now, None, None)
+        row.model_requested = row.model_sent = model
+        return row
+
+    def refused(self, record: CallRecord, status: int, message: str) -> CallRecord:
+        """A create the proxy refused (dropped; the client got an error event): its row, not billed."""
+        record.status_code, record.model_sent, record.duration_ms = status, None, 0.0
+        record.error = _join(record.error, message)
+        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
+        return record
+
+    def sent(self, record: CallRecord, stream_id: str | None, create: bytes) -> list[RealtimeRow]:
+        """A create went upstream: it waits for its response on its lane. The rows of the calls no
+        longer followed to make room (none normally)."""
+        kept = None
+        if self.kept_bytes + len(create) <= MAX_KEPT_BYTES:
+            kept, self.kept_bytes = create, self.kept_bytes + len(create)
+        lane = self.waiting.get(stream_id)
+        dropped: list[ResponseCall] = []
+        if lane is None:
+            if len(self.waiting) >= MAX_LANES:
+                oldest = next(iter(self.waiting))
+                dropped.extend(self.waiting.pop(oldest))
+                self.latest.pop(oldest, None)
+            lane = self.waiting[stream_id] = deque()
+        if len(lane) >= MAX_IN_FLIGHT:
+            dropped.append(lane.popleft())
+        lane.append(ResponseCall(record, kept))
+        self.latest[stream_id] = record
+        return [self._forget(c, record.ts.timestamp()) for c in dropped]
+
+    def take(self, event: openai_responses_ws.ServerEvent, now: float) -> list[RealtimeRow]:
+        """Follow one server event; the rows it finishes."""
+        if isinstance(event, openai_responses_ws.Started):
+            call = self._next_waiting(event.stream_id) or self._successor(event.stream_id, now)
+            call.started = now
+            call.record.ts = datetime.fromtimestamp(now, UTC)
+            rows = []
+            if len(self.in_flight) >= MAX_IN_FLIGHT:
+                rows.append(self._forget(self.in_flight.pop(next(iter(self.in_flight))), now))
+            self.in_flight[event.response_id or ""] = call
+            return rows
+        if isinstance(event, openai_responses_ws.Ended):
+            call = self.in_flight.pop(event.response_id or "", None)
+            call = call or self._next_waiting(event.stream_id) or self._successor(event.stream_id, now)
+            started = call.started if call.started is not None else call.record.ts.timestamp()
+            self._release(call)
+            row = call.record
+            row.duration_ms = round((now - started) * 1000, 3)
+            metered = event.metered
+            row.model_reported = metered.model
+            row.service_tier = metered.service_tier
+            row.set_usage(metered.usage)
+            row.error = _join(row.error, metered.error)
+            self.responses += 1
+            return [RealtimeRow(row)]
+        if isinstance(event, openai_responses_ws.Rejected):
+            call = self._next_waiting(event.stream_id)
+            if call is None:
+                return []  # about no create of ours (the connection's own): nothing to bill
+            self._release(call)
+            row = call.record
+            row.duration_ms = round((now - row.ts.timestamp()) * 1000, 3)
+            row.status_code = event.status or row.status_code
+            row.error = _join(row.error, event.error)
+            row.cost_usd, row.price_status = Decimal(0), NOT_BILLED
+            return [RealtimeRow(row)]
+        return []
+
+    def end(self, now: float, reason: str) -> list[RealtimeRow]:
+        """The socket closed: each response started is an aborted row without usage (its create
+        kept for an estimate); each create whose response never started, a row not billed."""
+        rows = []
+        for call in self.in_flight.values():
+            row = call.record
+            started = call.started if call.started is not None else row.ts.timestamp()
+            row.duration_ms = round((now - started) * 1000, 3)
+            row.aborted = True
+            row.error = _join(row.error, f"{reason} before the response ended: usage unknown")
+            rows.append(RealtimeRow(row, call.create))
+        for lane in self.waiting.values():
+            for call in lane:
+                row = call.record
+                row.duration_ms = round((now - row.ts.timestamp()) * 1000, 3)
+                row.error = _join(row.error, f"{reason} before the response started")
+                row.cost_usd, row.price_status = Decimal(0), NOT_BILLED
+                rows.append(RealtimeRow(row))
+        self.in_flight.clear()
+        self.waiting.clear()
+        self.kept_bytes = 0
+        return rows
+
+    def _next_waiting(self, stream_id: str | None) -> ResponseCall | None:
+        lane = self.waiting.get(stream_id)
+        return lane.popleft() if lane else None
+
+    def _successor(self, stream_id: str | None, now: float) -> ResponseCall:
+        """A response no create waited for: the lane's latest create's models and action."""
+        row = self._row(now, None, None)
+        latest = self.latest.get(stream_id)
+        if latest is not None:
+            row.model_requested, row.model_sent = latest.model_requested, latest.model_sent
+            row.action = latest.action
+        else:
+            row.model_requested = row.model_sent = None
+        return ResponseCall(row, None, now)
+
+    def _release(self, call: ResponseCall) -> None:
+        if call.create is not None:
+            self.kept_bytes -= len(call.create)
+            call.create = None
+
+    def _forget(self, call: ResponseCall, now: float) -> RealtimeRow:
+        """A call no longer followed (too many at once): an aborted row, its usage unknown."""
+        self._release(call)
+        row = call.record
+        row.aborted = True
+        row.error = _join(row.error, f"over {MAX_IN_FLIGHT} responses in flight: no longer followed")
+        return RealtimeRow(row)
 
 
 def _join(first: str | None, second: str | None) -> str | None:

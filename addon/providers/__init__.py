@@ -26,6 +26,7 @@ from addon.providers import (
     openai_api,
     openai_media,
     openai_realtime,
+    openai_responses_ws,
     vertex_api,
 )
 from addon.providers.vertex_api import PathFacts
@@ -131,6 +132,8 @@ class Provider:
     # Batch jobs: "openai" (the Batch API: a batch's input file, uploaded to /v1/files, is read for
     # its models) or "anthropic" (Message Batches: requests inline, usage in the results download).
     batch_api: str | None = None
+    # OpenAI Responses over WebSocket (each response.create names its model). None: none here.
+    responses_ws: openai_responses_ws.Endpoint | None = None
 
     @property
     def price_provider(self) -> str:
@@ -362,6 +365,7 @@ BUILTIN: tuple[Provider, ...] = (
         usage_opt_in_flavors=frozenset({"chat"}),
         realtime=OPENAI_REALTIME,
         batch_api="openai",
+        responses_ws=openai_responses_ws.OPENAI,
         # images, transcriptions and batches too (a custom host with `api: openai` takes these as well)
         flavor_for_path=_openai_flavor,
         parse_response=_openai_parse,
@@ -458,6 +462,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         subscription_key_prefixes=(),  # a plan's token means a plan on the provider's own host only
         realtime=None,  # Realtime and Live are metered on the providers that serve them only
         live=None,
+        responses_ws=None,
     )
 
 

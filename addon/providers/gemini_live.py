@@ -25,13 +25,12 @@ a turn's start is told by ``"serverContent"`` or ``"toolCall"`` in its first byt
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from addon.providers import gemini_api
-from addon.providers.values import loads
+from addon.providers.values import loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.usage import Usage
@@ -53,7 +52,6 @@ _END_KEYS = (b'"turnComplete"', b'"generationComplete"', b'"interrupted"')
 _USAGE_KEY = b'"usageMetadata"'
 _USAGE_TAIL = _USAGE_KEY[1:]
 _QUOTE_HOPS = 64  # quotes looked at one by one before a plain substring search
-_PIECE = 4000  # mitmproxy's Fragmentizer.FRAGMENT_SIZE: a changed message goes out in pieces this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +146,7 @@ def with_model(data: bytes, model: str) -> bytes:
     cut = old.rfind("models/")
     new = (old[: cut + len("models/")] if cut >= 0 else "") + target
     wanted = {**obj, "setup": {**setup, "model": new}}  # type: ignore[dict-item]
-    pair = re.compile(rb'"model"\s*:\s*(' + re.escape(json.dumps(old).encode()) + rb")")
-    found = list(pair.finditer(data))
-    if len(found) == 1:
-        start, end = found[0].span(1)
-        spliced = data[:start] + json.dumps(new).encode() + data[end:]
-        # mitmproxy sends a changed text message in pieces of its Fragmentizer's size, each decoded
-        # on its own: a character of several bytes cut by a piece's end would arrive as U+FFFD.
-        # Past one piece, non-ASCII text is written out again as escaped (ASCII) JSON instead.
-        if loads(spliced) == wanted and (len(spliced) <= _PIECE or spliced.isascii()):
-            return spliced
-    return json.dumps(wanted).encode()
+    return rewritten_value(data, "model", old, new, wanted)
 
 
 # --- server messages ----------------------------------------------------------------------------

@@ -518,23 +518,37 @@ class StreamParser:
         response = obj.get("response")
         if not isinstance(response, dict):
             return
-        model = _str(response.get("model"))
-        if model is not None:
-            self._model = model
-        tier = _str(response.get("service_tier"))
-        if tier is not None:
-            self._tier = tier
-        self._status = _str(response.get("status")) or self._status
+        found = response_metered(kind, response, data)
+        self._model = found.model or self._model
+        self._tier = found.service_tier or self._tier
+        self._status = found.response_status or self._status
         if response.get("background") is True:
             self._response_id = _str(response.get("id")) or self._response_id
-        usage = with_web_searches(extract_usage(response.get("usage")), response.get("output"))
-        if usage is not None:
-            self._usage = usage
-            self._cost = extract_cost(response.get("usage"), data)
+        if found.usage is not None:
+            self._usage, self._cost = found.usage, found.provider_cost
         if kind in _RESPONSES_FINAL:
             self._done = True
-        if kind == "response.failed" or response.get("status") == "failed":
-            self._error = error_message(response.get("error")) or "response failed"
+        if found.error is not None:
+            self._error = found.error
+
+
+def response_metered(kind: str, response: dict[str, Any], raw: bytes) -> Metered:
+    """What one Responses event's ``response`` object says (a stream's ``response.created`` or its
+    final event; the WebSocket mode's events): its model, service tier and status, its usage with
+    the hosted web and file searches of its ``output``, the provider's cost (read from ``raw``,
+    the event's JSON) and, for a failed response, why. ``error`` is None when nothing failed."""
+    usage = with_web_searches(extract_usage(response.get("usage")), response.get("output"))
+    error = None
+    if kind == "response.failed" or response.get("status") == "failed":
+        error = error_message(response.get("error")) or "response failed"
+    return Metered(
+        usage=usage,
+        model=_str(response.get("model")),
+        error=error,
+        provider_cost=extract_cost(response.get("usage"), raw) if usage is not None else None,
+        service_tier=_str(response.get("service_tier")),
+        response_status=_str(response.get("status")),
+    )
 
 
 def _delta_type(data: bytes) -> bool:

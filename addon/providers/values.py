@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 
@@ -26,3 +27,29 @@ def token_count(value: Any) -> int:
 def text(value: Any) -> str | None:
     """A non-empty string, else None."""
     return value if isinstance(value, str) and value else None
+
+
+# mitmproxy's Fragmentizer.FRAGMENT_SIZE: a changed WebSocket message goes out in pieces this long.
+WS_PIECE = 4000
+
+
+def rewritten_value(data: bytes, key: str, old: str, new: str, wanted: Any) -> bytes:
+    """The JSON text ``data`` with the string ``old`` of ``key`` replaced by ``new``: ``wanted``, the
+    object it then decodes to, encoded as it must go out in a WebSocket message.
+
+    Only the value changes (every other byte as sent) when ``"key": <old>`` is found exactly once
+    as ``json.dumps`` writes ``old`` and the result decodes to ``wanted``; otherwise ``wanted`` is
+    written out again. mitmproxy sends a changed text message in pieces of ``WS_PIECE`` bytes,
+    each decoded on its own: a character of several bytes cut by a piece's end would arrive as
+    U+FFFD. Past one piece, a message with non-ASCII text is therefore written out again as
+    escaped (ASCII) JSON.
+    """
+    name, value = (re.escape(json.dumps(text).encode()) for text in (key, old))
+    pair = re.compile(name + rb"\s*:\s*(" + value + rb")")
+    found = list(pair.finditer(data))
+    if len(found) == 1:
+        start, end = found[0].span(1)
+        spliced = data[:start] + json.dumps(new).encode() + data[end:]
+        if (len(spliced) <= WS_PIECE or spliced.isascii()) and loads(spliced) == wanted:
+            return spliced
+    return json.dumps(wanted).encode()

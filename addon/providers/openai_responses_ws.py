@@ -1,0 +1,186 @@
+"""OpenAI Responses over WebSocket (``wss://api.openai.com/v1/responses``): the events that bill.
+
+Pure functions over bytes; no mitmproxy. A socket carries many responses, one after another on a
+lane and several lanes at once (``stream_id``). Each client ``response.create`` asks for one
+response (a call: its ``model`` is checked, and rewritten to downgrade it); the server answers it
+with ``response.created`` and, at its end, ``response.completed``, ``.incomplete`` or ``.failed``,
+each carrying the whole response with its ``usage`` (read by ``openai_api``, as an HTTP stream's
+final event). A request the server rejects before it starts gets an ``error`` event instead.
+A ``response.steer`` adds input to a running response: no call of its own.
+
+Speed: deltas are most of the messages. A server message is decoded only if a C-speed look at its
+bytes says it may matter: a ``*.delta`` type in its first bytes says it does not; otherwise only
+one that holds ``"usage"`` (every response object has it: ``response.created`` and the terminal
+events), ``response.created"`` or ``"error"``. A client message is decoded only if it holds
+``"response.create"``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from addon.providers import openai_api
+from addon.providers.values import loads, rewritten_value
+from addon.providers.values import text as _str
+from addon.usage import Metered
+
+FLAVOR = "responses"  # the same API as POST /v1/responses, billed the same: the rows say so
+ROW_PATH = "/v1/responses"
+_HEAD = 256  # how far into a server message its type is looked for
+_DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
+_CREATE = b'"response.create"'
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "response.cancelled"})
+_MAX_ERROR = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a provider serves Responses over WebSocket (the handshake: ``GET`` with an upgrade)."""
+
+    paths: frozenset[str]
+
+    def matches(self, path: str) -> bool:
+        """Is ``path`` (without its query) this endpoint's?"""
+        return path.rstrip("/") in self.paths
+
+
+OPENAI = Endpoint(frozenset({ROW_PATH}))
+
+
+# --- client events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    """A ``response.create``: the model it asks for (None: none readable), its lane, and the
+    event as an object (its ``max_output_tokens`` sizes the budget reservation)."""
+
+    model: str | None
+    stream_id: str | None
+    body: dict[str, Any]
+
+
+def may_be_create(data: bytes) -> bool:
+    """Cheap test: may this client message be a ``response.create``?"""
+    return _CREATE in data
+
+
+def read_create(data: bytes) -> Create | None:
+    """The ``response.create`` in a client message, else None. Never raises."""
+    obj = loads(data)
+    if not isinstance(obj, dict) or obj.get("type") != "response.create":
+        return None
+    model = obj.get("model")
+    model = model.strip() if isinstance(model, str) else None
+    return Create(model or None, _lane(obj.get("stream_id")), obj)
+
+
+def with_model(data: bytes, model: str) -> bytes:
+    """The ``response.create`` ``data`` asking for ``model`` instead; ValueError when it names none.
+
+    Only the model's value changes when it is found exactly once; otherwise (a writer that
+    escapes differently, the same pair elsewhere, non-ASCII text past one 4,000-byte fragment)
+    the event is written out again as ASCII JSON (see ``values.rewritten_value``).
+    """
+    obj = loads(data)
+    old = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(old, str) or not old.strip():
+        raise ValueError("the response.create names no model to rewrite")
+    if not model.strip():
+        raise ValueError("empty model name")
+    return rewritten_value(data, "model", old, model, {**obj, "model": model})  # type: ignore[dict-item]
+
+
+def error_event(error: dict[str, Any], status: int, stream_id: str | None) -> bytes:
+    """The ``error`` event a refused ``response.create``'s client gets: the Responses WebSocket
+    shape (the SDK's ``ResponseWsError``: ``error``, the HTTP ``status``, the lane's ``stream_id``,
+    so a lane's reader raises it), ``error`` as the proxy answers a refused HTTP call."""
+    event: dict[str, Any] = {"type": "error", "status": status, "error": error}
+    if stream_id is not None:
+        event["stream_id"] = stream_id
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+# --- server events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """``response.created``: a response of lane ``stream_id`` started."""
+
+    response_id: str | None
+    stream_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A terminal event: one response's usage, model, tier and status, read as HTTP's are."""
+
+    response_id: str | None
+    stream_id: str | None
+    metered: Metered
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An ``error`` event about a request (no ``sequence_number``: not from a response's stream):
+    the lane's oldest ``response.create`` not started was refused upstream."""
+
+    stream_id: str | None
+    error: str
+    status: int | None
+
+
+ServerEvent = Started | Ended | Rejected
+
+
+def might_matter(data: bytes) -> bool:
+    """Cheap test (C speed): may this server message be one ``read_server_event`` reads?"""
+    if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
+        return False
+    return b'"usage"' in data or b'response.created"' in data or b'"error"' in data
+
+
+def read_server_event(data: bytes) -> ServerEvent | None:
+    """The event in one server message if it is one the meter reads, else None. Never raises."""
+    obj = loads(data)
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("type")
+    lane = _lane(obj.get("stream_id"))
+    if kind == "error":
+        if obj.get("sequence_number") is not None:
+            return None  # from a response's stream: its terminal event (or the close) ends it
+        status = obj.get("status")
+        text = openai_api.error_message(obj.get("error")) or "error event"
+        return Rejected(lane, text, status if type(status) is int else None)
+    response = obj.get("response")
+    if not isinstance(response, dict):
+        return None
+    if kind == "response.created":
+        return Started(_str(response.get("id")), lane)
+    if kind not in TERMINAL:
+        return None
+    metered = openai_api.response_metered(kind, response, data)
+    if metered.usage is None and metered.error is None:
+        metered = replace(metered, error=f"no usage in {kind}")
+    status = metered.response_status
+    if status in ("incomplete", "cancelled") or (kind == "response.incomplete" and status is None):
+        details = response.get("incomplete_details")
+        reason = _str(details.get("reason")) if isinstance(details, dict) else None
+        why = f"response {status or 'incomplete'}" + (f": {reason}" if reason else "")
+        metered = _with_error(metered, why)
+    return Ended(_str(response.get("id")), lane, metered)
+
+
+def _with_error(metered: Metered, error: str) -> Metered:
+    joined = f"{metered.error}; {error}" if metered.error else error
+    return replace(metered, error=joined[:_MAX_ERROR])
+
+
+def _lane(value: Any) -> str | None:
+    """A ``stream_id`` (a lane's name), or None for the default lane."""
+    return value if isinstance(value, str) and value else None

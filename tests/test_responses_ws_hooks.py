@@ -1,0 +1,454 @@
+"""The addon's Responses-over-WebSocket hooks with mitmproxy.test.taddons and tflow (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_responses_ws import (
+    RESPONSE_USAGE,
+    create_event,
+    dumps,
+    request_error,
+    response_created,
+    response_terminal,
+    text_delta,
+    web_search_call,
+)
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+import addon.meter as meter_module
+from addon.api_keys import key_fingerprint
+from addon.budgets import Scope
+from addon.meter import Meter
+from addon.policies import parse_policies
+from addon.providers import openai_responses_ws
+from addon.record import CallRecord
+
+KEY = "sk-proj-responsesWSkey0000111122223333444455556666"
+RESTRICTED = """\
+environments:
+  development:
+    models:
+      allow: [gpt-5-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-5: gpt-5-mini}
+"""
+BLOCKING = (
+    "environments:\n  development:\n    models:\n      allow: [gpt-5-mini]\n      on_disallowed: block\n"
+)
+COUNTS = GPUsage(input_tokens=1200, cache_read_tokens=200, output_tokens=300)
+GPT5_COST = calc_price(COUNTS, "gpt-5", provider_id="openai").total_price
+DEV = Scope("environment", "development")
+
+
+class CollectingStore:
+    """Stands in for addon.store.Store: keeps submitted records."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    def journal(self, record: CallRecord) -> bool:
+        return True
+
+    def submit(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def meter(tmp_path: Path):
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+@pytest.fixture
+def injected(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The events the proxy injects to the client (decoded); closing a socket fails the test."""
+    sent: list[dict[str, Any]] = []
+
+    def call(command: str, flow: http.HTTPFlow, to_client: bool, payload: bytes, is_text: bool) -> None:
+        assert (command, to_client, is_text) == ("inject.websocket", True, True)
+        sent.append(json.loads(payload))
+
+    monkeypatch.setattr(meter_module.ctx.master.commands, "call", call)
+    monkeypatch.setattr(meter, "_close_websocket", lambda *a: pytest.fail("the socket must stay open"))
+    return sent
+
+
+def records(meter: Meter) -> list[CallRecord]:
+    return meter.store.records  # type: ignore[union-attr]
+
+
+def handshake(path: str = "/v1/responses") -> http.HTTPFlow:
+    flow = tflow.twebsocketflow()
+    flow.request.scheme, flow.request.host, flow.request.port = "https", "api.openai.com", 443
+    flow.request.headers["host"] = "api.openai.com"
+    flow.request.path = path
+    flow.request.headers["authorization"] = f"Bearer {KEY}"
+    flow.request.headers["x-metering-tags"] = json.dumps({"env": "development", "team": "agents"})
+    flow.request.timestamp_start = 1_764_321_600.0
+    flow.response, flow.websocket = None, None
+    return flow
+
+
+async def open_session(meter: Meter, flow: http.HTTPFlow, status: int = 101) -> None:
+    meter.requestheaders(flow)
+    await meter.request(flow)
+    if flow.response is None:
+        flow.response = http.Response.make(status, b"", {"upgrade": "websocket", "connection": "upgrade"})
+        if status == 101:
+            flow.websocket = WebSocketData()
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+async def server_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
+    data = event if isinstance(event, bytes) else dumps(event)
+    message = WebSocketMessage(Opcode.TEXT, False, data)
+    flow.websocket.messages.append(message)  # type: ignore[union-attr]
+    await meter.websocket_message(flow)
+    return message
+
+
+async def client_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
+    data = event if isinstance(event, bytes) else dumps(event)
+    message = WebSocketMessage(Opcode.TEXT, True, data)
+    flow.websocket.messages.append(message)  # type: ignore[union-attr]
+    await meter.websocket_message(flow)
+    return message
+
+
+async def test_two_lanes_at_once_one_row_per_response_stored_inside_its_hook(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    assert records(meter) == [] and meter.call_state(flow) is None  # no row for the upgrade; key gone
+    a = await client_says(meter, flow, create_event("gpt-5", "a"))
+    b = await client_says(meter, flow, create_event("gpt-5-mini", "b"))
+    assert not a.dropped and not b.dropped and a.content == dumps(create_event("gpt-5", "a"))
+    await server_says(meter, flow, response_created("resp_a", "gpt-5-2025-08-07", "a"))
+    await server_says(meter, flow, response_created("resp_b", "gpt-5-mini-2025-08-07", "b"))
+    for n in range(3):
+        await server_says(meter, flow, text_delta("resp_a", n, "a"))
+        await server_says(meter, flow, text_delta("resp_b", n, "b"))
+    assert records(meter) == []
+    done_b = response_terminal("resp_b", "gpt-5-mini-2025-08-07", RESPONSE_USAGE, "b", service_tier="flex")
+    message = await server_says(meter, flow, done_b)
+    [row_b] = records(meter)  # stored within the hook: before the client gets the event
+    assert not message.dropped and message.content == dumps(done_b)
+    output = [web_search_call(1), {"type": "file_search_call", "id": "fs_1"}]
+    await server_says(
+        meter, flow, response_terminal("resp_a", "gpt-5-2025-08-07", RESPONSE_USAGE, "a", output=output)
+    )
+    _, row_a = records(meter)
+    for row, model, reported in (
+        (row_a, "gpt-5", "gpt-5-2025-08-07"),
+        (row_b, "gpt-5-mini", "gpt-5-mini-2025-08-07"),
+    ):
+        assert (row.provider, row.host, row.path, row.api_flavor, row.status_code) == (
+            "openai",
+            "api.openai.com",
+            "/v1/responses",
+            "responses",
+            101,
+        )
+        assert (row.model_requested, row.model_sent, row.model_reported) == (model, model, reported)
+        assert (row.environment, row.environment_source, row.team) == ("development", "header", "agents")
+        assert row.key_fingerprint == key_fingerprint(KEY) and KEY not in row.to_json()
+        assert (row.input_tokens, row.cache_read_tokens, row.output_tokens, row.reasoning_tokens) == (
+            1200,
+            200,
+            300,
+            100,
+        )
+        assert (row.streamed, row.aborted, row.action, row.usage_source, row.error) == (
+            True,
+            False,
+            "allowed",
+            "reported",
+            None,
+        )
+        assert row.duration_ms is not None and row.duration_ms >= 0
+    assert (row_a.web_searches, row_a.file_searches, row_b.service_tier) == (1, 1, "flex")
+    assert row_a.id != row_b.id
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 2  # nothing in flight: no more rows
+
+
+async def test_deltas_and_client_chatter_are_never_decoded(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    read: list[bytes] = []
+    original = openai_responses_ws.read_server_event
+
+    def counting(data: bytes) -> Any:
+        read.append(data)
+        return original(data)
+
+    monkeypatch.setattr(openai_responses_ws, "read_server_event", counting)
+    for data in (dumps(text_delta("r", 0, text='say "usage" and "error"')), b"\x00 junk", b""):
+        message = await server_says(meter, flow, data)
+        assert message.content == data and not message.dropped
+    assert read == [] and records(meter) == []
+
+
+async def test_downgrade_rewrites_the_model_in_the_create(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    sent = b'{"type":"response.create","model":"gpt-5","input":"x","stream_id":"a"}'
+    message = await client_says(meter, flow, sent)
+    assert message.content == sent.replace(b'"gpt-5"', b'"gpt-5-mini"') and not message.dropped
+    await server_says(meter, flow, response_created("resp_1", "gpt-5-mini", "a"))
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5-mini-2025-08-07", RESPONSE_USAGE, "a"))
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.model_reported) == (
+        "downgraded",
+        "gpt-5",
+        "gpt-5-mini",
+        "gpt-5-mini-2025-08-07",
+    )
+    assert injected == []
+
+
+async def test_a_non_ascii_create_over_4000_bytes_is_downgraded_intact(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    text = "Grüße aus 東京 — " * 600
+    data = json.dumps(create_event("gpt-5", input=text), ensure_ascii=False).encode()
+    assert len(data) > 4000
+    message = await client_says(meter, flow, data)
+    # mitmproxy sends it in 4,000-byte fragments, each decoded on its own: ASCII survives that.
+    assert message.content.isascii()
+    pieces = [message.content[i : i + 4000].decode() for i in range(0, len(message.content), 4000)]
+    assert json.loads("".join(pieces)) == {**json.loads(data), "model": "gpt-5-mini"}
+
+
+async def test_a_refused_create_gets_an_error_event_and_the_socket_stays_open(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(BLOCKING))
+    flow = handshake()
+    await open_session(meter, flow)
+    refused = await client_says(meter, flow, create_event("gpt-5", "a"))
+    assert refused.dropped
+    [event] = injected
+    assert (event["type"], event["status"], event["stream_id"]) == ("error", 403, "a")
+    assert (event["error"]["code"], event["error"]["type"]) == ("model_not_allowed", "permission_error")
+    assert event["error"]["message"].startswith(
+        "tokometer: model gpt-5 is not allowed in environment development"
+    )
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent) == (
+        "blocked",
+        403,
+        "gpt-5",
+        None,
+    )
+    assert (row.cost_usd, row.price_status, row.path, row.api_flavor) == (
+        Decimal(0),
+        "not_billed",
+        "/v1/responses",
+        "responses",
+    )
+    assert event["error"]["message"] == f"tokometer: {row.error}"  # the row says why, as an HTTP refusal's
+    # The next, allowed, create goes through, and its response is metered as usual.
+    allowed = await client_says(meter, flow, create_event("gpt-5-mini", "a"))
+    assert not allowed.dropped and len(injected) == 1
+    await server_says(meter, flow, response_created("resp_1", "gpt-5-mini", "a"))
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5-mini", RESPONSE_USAGE, "a"))
+    assert [r.action for r in records(meter)] == ["blocked", "allowed"]
+    # A create without a readable model is refused where models are restricted (fail closed).
+    nameless = await client_says(meter, flow, create_event(None))
+    assert nameless.dropped and "stream_id" not in injected[-1]
+    assert "could not be read" in injected[-1]["error"]["message"]
+    assert records(meter)[-1].action == "blocked"
+
+
+async def test_unrestricted_a_nameless_create_passes(meter: Meter, injected: list[dict[str, Any]]) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    assert not (await client_says(meter, flow, create_event(None))).dropped
+    await server_says(meter, flow, response_created("resp_1", "gpt-5"))
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE))
+    [row] = records(meter)
+    assert (row.model_requested, row.model_reported, row.input_tokens) == (None, "gpt-5", 1200)
+
+
+async def test_budget_reserved_at_the_create_settled_at_its_end_and_refused_once_spent(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 0.004, period: day}\n"))
+    flow = handshake()
+    await open_session(meter, flow)
+    budgets = meter.enforcer.budgets
+    create = create_event("gpt-5", "a", max_output_tokens=400)
+    await client_says(meter, flow, create)
+    # Its estimate is reserved: the request's bytes / 4 in, its max_output_tokens out, at gpt-5's rates.
+    estimate = meter.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 400, None)
+    assert budgets.reserved() == {DEV: estimate} and estimate > 0
+    # A second create while the first is in flight: the reservation leaves no room.
+    second = await client_says(meter, flow, create_event("gpt-5", "b"))
+    assert second.dropped
+    assert (injected[-1]["status"], injected[-1]["error"]["code"], injected[-1]["stream_id"]) == (
+        429,
+        "budget_exceeded",
+        "b",
+    )
+    assert records(meter)[-1].action == "over_budget" and budgets.reserved() == {DEV: estimate}
+    await server_says(meter, flow, response_created("resp_1", "gpt-5", "a"))
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, "a"))
+    row = records(meter)[-1]
+    # Priced at once; its cost replaces the reservation (the store's writer records it).
+    assert (row.cost_usd, row.price_status) == (GPT5_COST, "priced")
+    assert Decimal("0.004275") == GPT5_COST  # 1,000 x $1.25 + 200 x $0.125 + 300 x $10 per 1M
+    assert budgets.reserved() == {}
+    third = await client_says(meter, flow, create_event("gpt-5-mini", "a"))
+    assert third.dropped and injected[-1]["error"]["code"] == "budget_exceeded"
+    assert injected[-1]["error"]["message"].startswith(
+        "tokometer: development budget of $0.004 per day is spent"
+    )
+    # Steering adds input to a running response: never refused.
+    steer = await client_says(
+        meter, flow, {"type": "response.steer", "previous_response_id": "resp_1", "input": "x"}
+    )
+    assert not steer.dropped and len(injected) == 2
+
+
+async def test_rate_limits_count_each_create_not_the_handshake(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    rate_limit: {requests_per_minute: 2}\n"))
+    flow = handshake()
+    await open_session(meter, flow)
+    assert flow.websocket is not None
+    for lane in ("a", "b"):
+        assert not (await client_says(meter, flow, create_event("gpt-5", lane))).dropped
+    third = await client_says(meter, flow, create_event("gpt-5", "c"))
+    assert third.dropped and (injected[-1]["status"], injected[-1]["error"]["code"]) == (
+        429,
+        "rate_limit_exceeded",
+    )
+    assert records(meter)[-1].action == "rate_limited"
+    # A new socket now: refused at its handshake with the usual 429.
+    again = handshake()
+    await open_session(meter, again)
+    assert again.response.status_code == 429 and again.websocket is None
+    assert records(meter)[-1].status_code == 429
+
+
+async def test_a_spent_budget_refuses_the_handshake(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 0.001, period: day}\n"))
+    meter.enforcer.budgets.hold("earlier", [DEV], Decimal("0.002"))
+    flow = handshake()
+    await open_session(meter, flow)
+    assert flow.response.status_code == 429 and flow.websocket is None
+    assert json.loads(flow.response.content)["error"]["code"] == "budget_exceeded"
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.api_flavor, row.cost_usd) == ("over_budget", 429, "responses", 0)
+
+
+async def test_a_request_the_server_rejects_is_a_row_not_billed(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 5, period: day}\n"))
+    flow = handshake()
+    await open_session(meter, flow)
+    await client_says(meter, flow, create_event("gpt-5", "a"))
+    await client_says(meter, flow, create_event("gpt-5", "b"))
+    assert len(meter.enforcer.budgets._reservations) == 2
+    await server_says(meter, flow, request_error("previous response not found", "b", 400))
+    [row] = records(meter)
+    assert (row.status_code, row.cost_usd, row.price_status, row.model_sent) == (
+        400,
+        0,
+        "not_billed",
+        "gpt-5",
+    )
+    assert row.error == "model_not_found: previous response not found"
+    # Lane a's create is still in flight, and bills as usual.
+    await server_says(meter, flow, response_created("resp_a", "gpt-5", "a"))
+    await server_says(meter, flow, response_terminal("resp_a", "gpt-5", RESPONSE_USAGE, "a"))
+    assert records(meter)[-1].input_tokens == 1200
+
+
+async def test_cut_by_the_close_an_aborted_row_estimated_from_its_create(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    prompt = "Write a long essay about the history of the WebSocket protocol. " * 20
+    await client_says(meter, flow, create_event("gpt-5", "a", input=prompt))
+    await client_says(meter, flow, create_event("gpt-5", "b"))  # never started
+    await server_says(meter, flow, response_created("resp_a", "gpt-5", "a"))
+    await server_says(meter, flow, text_delta("resp_a", 0, "a"))
+    flow.websocket.close_code = 1006  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    await asyncio.gather(*meter._estimates)
+    by_lane = sorted(records(meter), key=lambda r: r.aborted, reverse=True)
+    cut, unstarted = by_lane
+    assert (cut.aborted, cut.usage_source, cut.model_sent) == (True, "estimated", "gpt-5")
+    assert cut.input_tokens is not None and 200 < cut.input_tokens < 400  # ~20 x 13 tokens of prompt
+    assert cut.error == "the WebSocket closed (1006) before the response ended: usage unknown"
+    assert (unstarted.aborted, unstarted.cost_usd, unstarted.price_status, unstarted.usage_source) == (
+        False,
+        0,
+        "not_billed",
+        "none",
+    )
+    assert unstarted.error == "the WebSocket closed (1006) before the response started"
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 2
+
+
+async def test_an_automatic_successor_is_a_row_with_its_lanes_model(meter: Meter) -> None:
+    """Steering may end a response and start a successor without a create: billed, so metered."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    await client_says(meter, flow, create_event("gpt-5", "a"))
+    await server_says(meter, flow, response_created("resp_1", "gpt-5-mini", "a"))
+    await client_says(
+        meter, flow, {"type": "response.steer", "previous_response_id": "resp_1", "input": "more"}
+    )
+    await server_says(
+        meter, flow, response_terminal("resp_1", "gpt-5-mini", RESPONSE_USAGE, "a", status="incomplete")
+    )
+    await server_says(meter, flow, response_created("resp_2", "gpt-5-mini", "a"))
+    await server_says(meter, flow, response_terminal("resp_2", "gpt-5-mini", RESPONSE_USAGE, "a"))
+    first, successor = records(meter)
+    assert first.error == "response incomplete: max_output_tokens" and first.input_tokens == 1200
+    assert (successor.model_requested, successor.model_sent, successor.action) == (
+        "gpt-5",
+        "gpt-5-mini",
+        "downgraded",
+    )
+    assert successor.id != first.id and successor.input_tokens == 1200
+
+
+async def test_a_session_open_when_the_script_reloads_is_finished_by_the_new_addon(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await client_says(meter, flow, create_event("gpt-5", "a"))
+    await server_says(meter, flow, response_created("resp_1", "gpt-5", "a"))
+    meter.done()  # a script reload: mitmproxy is not shutting down
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    await server_says(new, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, "a"))
+    [row] = records(new)
+    assert (row.model_sent, row.input_tokens, row.key_fingerprint) == ("gpt-5", 1200, key_fingerprint(KEY))
