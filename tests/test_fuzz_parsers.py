@@ -34,6 +34,7 @@ from typing import Any
 import brotli
 import fake_gemini_live
 import fake_realtime
+import fake_responses_ws
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -52,6 +53,7 @@ from addon.providers import (
     openai_api,
     openai_media,
     openai_realtime,
+    openai_responses_ws,
 )
 from addon.sse import SSEDecoder, SSEEvent
 from addon.stream_tap import StreamTap
@@ -1345,3 +1347,113 @@ def test_live_messages_never_raise(data: bytes, model: str) -> None:
     # Only setup.model changed, and it names the model asked for.
     assert json.loads(rewritten)["setup"]["model"].endswith(model.strip().removeprefix("models/"))
     assert _without_setup_model(rewritten) == _without_setup_model(data)
+
+
+# ---------------------------------------------------------------- Responses over WebSocket
+
+RESPONSES_WS_SEEDS: tuple[bytes, ...] = tuple(
+    fake_responses_ws.dumps(event)
+    for event in (
+        fake_responses_ws.create_event("gpt-5", "a", max_output_tokens=10),
+        fake_responses_ws.create_event(None, input=[{"role": "user", "content": "Grüße"}]),
+        {"type": "response.steer", "previous_response_id": "resp_1", "input": "more"},
+        fake_responses_ws.response_created("resp_1", "gpt-5", "a"),
+        fake_responses_ws.text_delta("resp_1", 0, "a"),
+        fake_responses_ws.response_terminal("resp_1", "gpt-5", fake_responses_ws.RESPONSE_USAGE, "a"),
+        fake_responses_ws.response_terminal(
+            "resp_1", "gpt-5", None, status="failed", output=[fake_responses_ws.web_search_call(1)]
+        ),
+        fake_responses_ws.request_error("nope", "b"),
+    )
+)
+RESPONSES_WS_TYPES = st.sampled_from(
+    [
+        "response.create",
+        "response.steer",
+        "response.created",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "response.cancelled",
+        "response.output_text.delta",
+        "error",
+    ]
+)
+RESPONSES_WS_KEYS = st.sampled_from(
+    [
+        "type",
+        "model",
+        "stream_id",
+        "response",
+        "usage",
+        "input_tokens",
+        "output_tokens",
+        "input_tokens_details",
+        "cached_tokens",
+        "output",
+        "status",
+        "error",
+        "sequence_number",
+        "incomplete_details",
+        "reason",
+        "id",
+        "service_tier",
+    ]
+)
+RESPONSES_WS_VALUES = st.recursive(
+    st.one_of(SCALARS, RESPONSES_WS_TYPES),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(RESPONSES_WS_KEYS, st.text(max_size=6)), children, max_size=6),
+    ),
+    max_leaves=30,
+)
+
+
+@st.composite
+def responses_ws_messages(draw: st.DrawFn) -> bytes:
+    """A client or server message: a real one, random bytes or random JSON shaped like them, mutated."""
+    base = draw(
+        st.one_of(
+            st.sampled_from(RESPONSES_WS_SEEDS),
+            st.binary(max_size=300),
+            st.builds(
+                lambda kind, rest: dumps({"type": kind, **rest}),
+                RESPONSES_WS_TYPES,
+                st.dictionaries(RESPONSES_WS_KEYS, RESPONSES_WS_VALUES, max_size=5),
+            ),
+            RESPONSES_WS_VALUES.map(dumps),
+        )
+    )
+    return draw(mutated(base))
+
+
+@FUZZ
+@given(data=responses_ws_messages(), model=st.text(max_size=20), pad=st.sampled_from(["", "é" * 3000]))
+@example(data=b'{"type":"response.completed","response":{"usage":{"input_tokens":1e400}}}', model="x", pad="")
+@example(data=b'{"type":"response.create","model":"a","x":{"model":"a"}}', model="b", pad="")
+def test_responses_ws_messages_never_raise(data: bytes, model: str, pad: str) -> None:
+    """Any bytes a socket carries: the cheap tests, the readers and the create's rewrite never raise
+    (the rewrite: only ValueError), and what they read is well formed."""
+    event = openai_responses_ws.read_server_event(data)
+    assert event is None or isinstance(
+        event, openai_responses_ws.Started | openai_responses_ws.Ended | openai_responses_ws.Rejected
+    )
+    if isinstance(event, openai_responses_ws.Ended):
+        assert event.metered.usage is not None or event.metered.error
+    if event is not None and openai_responses_ws._DELTA_TYPE.search(data, 0, 256) is None:
+        assert openai_responses_ws.might_matter(data)  # what the cheap test lets pass unread is nothing
+    create = openai_responses_ws.read_create(data)
+    if create is None:
+        return
+    assert openai_responses_ws.may_be_create(data)
+    assert create.model is None or (isinstance(create.model, str) and create.model.strip())
+    if pad and isinstance(create.body.get("input"), str | None):  # a large non-ASCII create
+        data = json.dumps({**create.body, "input": pad}, ensure_ascii=False).encode()
+    try:
+        rewritten = openai_responses_ws.with_model(data, model)
+    except ValueError:
+        return
+    # Only the model changed, and a rewritten message past one fragment is ASCII.
+    assert json.loads(rewritten) == {**json.loads(data), "model": model}
+    assert len(rewritten) <= 4000 or rewritten == data or rewritten.isascii()

@@ -10,8 +10,8 @@ A ``response.steer`` adds input to a running response: no call of its own.
 
 Speed: deltas are most of the messages. A server message is decoded only if a C-speed look at its
 bytes says it may matter: a ``*.delta`` type in its first bytes says it does not; otherwise only
-one that holds ``"usage"`` (every response object has it: ``response.created`` and the terminal
-events), ``response.created"`` or ``"error"``. A client message is decoded only if it holds
+one that holds ``"usage"`` (every response object has it), ``"error"`` or the type of
+``response.created`` or of a terminal event. A client message is decoded only if it holds
 ``"response.create"``.
 """
 
@@ -34,6 +34,8 @@ _DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
 _CREATE = b'"response.create"'
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "response.cancelled"})
 _MAX_ERROR = 300
+# What a message the meter reads holds: its type (a response object always has "usage" too).
+_NEEDLES = (b'"usage"', b'"error"', b'response.created"', *(f'{kind}"'.encode() for kind in sorted(TERMINAL)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,7 @@ def might_matter(data: bytes) -> bool:
     """Cheap test (C speed): may this server message be one ``read_server_event`` reads?"""
     if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
         return False
-    return b'"usage"' in data or b'response.created"' in data or b'"error"' in data
+    return any(needle in data for needle in _NEEDLES)
 
 
 def read_server_event(data: bytes) -> ServerEvent | None:
