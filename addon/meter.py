@@ -342,6 +342,18 @@ def _maybe_large(response: http.Response) -> bool:
         return True
 
 
+_SLASHES = re.compile(r"/{2,}")
+
+
+def _asks_for_websocket(headers: http.Headers) -> bool:
+    """Does the request offer an upgrade to WebSocket (among other protocols, in any case)?"""
+    return any(
+        token.strip().lower() == "websocket"
+        for value in headers.get_all("upgrade")
+        for token in value.split(",")
+    )
+
+
 def _dump_json(body: dict[str, Any]) -> bytes:
     # ensure_ascii (the default) also carries lone surrogates ("\ud83d") through as escapes.
     return json.dumps(body).encode()
@@ -386,6 +398,7 @@ class Meter:
         # OpenAI Realtime and Gemini Live WebSockets being metered (see websocket_message).
         self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
         self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
+        self._unmetered_sockets: set[str] = set()  # host + path of WebSockets named in the log
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
@@ -700,8 +713,9 @@ class Meter:
         if (
             provider.realtime is not None or provider.live is not None or provider.responses_ws is not None
         ) and flow.request.method == "GET":
-            path = flow.request.path.partition("?")[0]
-            if flow.request.headers.get("upgrade", "").lower() == "websocket":
+            # Spelled as servers read it: doubled slashes merged, "websocket" among the protocols.
+            path = _SLASHES.sub("/", flow.request.path.partition("?")[0])
+            if _asks_for_websocket(flow.request.headers):
                 if provider.realtime is not None and provider.realtime.matches(path):
                     self._start_handshake(flow, provider, host, tags_header)
                     return
@@ -771,7 +785,7 @@ class Meter:
             key, key_problem = self._api_key(provider, headers, query)
             if key is None:  # a browser's key rides in the subprotocols
                 key = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
-            flavor, row_path = openai_realtime.FLAVOR, path.rstrip("/")
+            flavor, row_path = openai_realtime.FLAVOR, _SLASHES.sub("/", path).rstrip("/")
             if responses_ws:
                 flavor, row_path = openai_responses_ws.FLAVOR, openai_responses_ws.ROW_PATH
         else:
@@ -1784,6 +1798,18 @@ class Meter:
                     record.error = "; ".join(filter(None, (record.error, problem)))[:1000]
         record.tags = _with_tags(record.tags, {"gcp_project": project})  # the path's claim wins
         session.attributed()
+
+    @_never_raises
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        """A WebSocket on a provider's host that no session follows (an API the proxy does not
+        meter) passes untouched; the log names it, once per host and path."""
+        if self._session(flow) is not None or not self._is_provider_host(flow.request):
+            return
+        where = self._pretty_host(flow.request) + _SLASHES.sub("/", flow.request.path.partition("?")[0])
+        if where in self._unmetered_sockets or len(self._unmetered_sockets) >= MAX_REMEMBERED_HOSTS:
+            return
+        self._unmetered_sockets.add(where)
+        log.warning("tokometer: a WebSocket to %s passes unmetered (not an API the proxy meters)", where)
 
     @_never_raises
     def websocket_end(self, flow: http.HTTPFlow) -> None:

@@ -410,3 +410,48 @@ async def test_azure_handshake_naming_a_deployment_and_another_model_is_not_read
     flow.request.path = "/openai/v1/realtime?deployment=rt-big&model=gpt-realtime"
     await open_session(meter, flow)
     assert flow.request.path == "/openai/v1/realtime?deployment=rt-small&model=rt-small"
+
+
+@pytest.mark.parametrize(
+    ("path", "upgrade"),
+    [
+        ("/v1/realtime", "WebSocket, foo"),  # several protocols offered
+        ("//v1/realtime", "websocket"),  # doubled slashes: servers usually merge them
+        ("/v1//realtime/", "websocket"),
+    ],
+)
+async def test_a_handshake_spelled_otherwise_is_still_followed(meter: Meter, path: str, upgrade: str) -> None:
+    """mitmproxy relays a WebSocket whenever upstream answers 101, whatever the request's spelling:
+    an Upgrade header offering other protocols too, or a path with doubled slashes, passed
+    unmetered and unchecked."""
+    flow = handshake()
+    flow.request.path = f"{path}?model=gpt-realtime"
+    flow.request.headers["upgrade"] = upgrade
+    meter.requestheaders(flow)
+    state = meter.call_state(flow)
+    assert state is not None and state.opens_socket
+    assert state.record.path == "/v1/realtime"
+
+
+async def test_a_websocket_the_proxy_does_not_meter_is_named_in_the_log(
+    meter: Meter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WebSocket API on a provider's host that the proxy does not know (a new one) passes
+    untouched, but not silently: the log says which, once per host and path."""
+    for _ in range(3):
+        flow = handshake()
+        flow.request.path = "/v1/some-new-socket?model=gpt-realtime"
+        await open_session(meter, flow)
+        assert meter.call_state(flow) is None
+        with caplog.at_level("WARNING", logger="tokometer"):
+            meter.websocket_start(flow)
+    warnings = [r.getMessage() for r in caplog.records if "unmetered" in r.getMessage()]
+    assert warnings == [
+        "tokometer: a WebSocket to api.openai.com/v1/some-new-socket passes unmetered "
+        "(not an API the proxy meters)"
+    ]
+    flow = handshake()  # a session the proxy follows: nothing said
+    await open_session(meter, flow)
+    with caplog.at_level("WARNING", logger="tokometer"):
+        meter.websocket_start(flow)
+    assert len([r for r in caplog.records if "unmetered" in r.getMessage()]) == 1
