@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -219,6 +220,24 @@ def _price_context(service_tier: str | None) -> dict[str, str] | None:
     return context
 
 
+def _below_tiers(calc: PriceCalculation, counts: dict[str, float]) -> PriceCalculation:
+    """``calc`` at the rates below the model's long-context tiers: a batch's usage is the sum of
+    its requests, and a tier (over 200k input tokens) is one request's, not the sum's."""
+    prices = calc.model_price
+    values = vars(prices)
+    if not any(isinstance(value, TieredPrices) for value in values.values()):
+        return calc
+    flat = ModelPrice(**{k: v.base if isinstance(v, TieredPrices) else v for k, v in values.items()})
+    found = flat.calc_price(GPUsage(**counts))
+    return dataclasses.replace(
+        calc,
+        input_price=found["input_price"],
+        output_price=found["output_price"],
+        total_price=found["total_price"],
+        model_price=flat,
+    )
+
+
 def _prices_audio_time(calc: PriceCalculation) -> bool:
     """Whether the model's price has a rate per hour of audio (genai-prices' ``audio_hours``)."""
     prices = calc.model_price
@@ -298,13 +317,14 @@ def price(
         context = _price_context(service_tier)
 
         def calculate(counts: dict[str, float], tiered: bool = True) -> PriceCalculation:
-            return calc_price(
+            calc = calc_price(
                 GPUsage(**counts),
                 ref,
                 provider_id=provider,
                 genai_request_timestamp=_utc(when),
                 price_context=context if tiered else None,  # type: ignore[arg-type]
             )
+            return _below_tiers(calc, counts) if service_tier == BATCH else calc
 
         used = counts  # the counts genai-prices priced (text only if it could not split them)
         try:

@@ -304,6 +304,36 @@ def test_an_anthropic_batch_is_priced_as_one_too() -> None:
     assert new.cost_usd == batch_price("claude-haiku-4-5", WITH_BATCH_PRICES, "anthropic", **counts)
 
 
+@pytest.mark.parametrize(
+    ("provider", "model", "when"),
+    [
+        ("anthropic", "claude-sonnet-4-5", WITH_BATCH_PRICES),
+        ("anthropic", "claude-sonnet-4-5", BEFORE_BATCH_PRICES),
+        ("openai", "gpt-5.4", WITH_BATCH_PRICES),
+    ],
+)
+def test_a_batch_s_summed_usage_is_not_priced_at_a_long_context_tier(
+    provider: str, model: str, when: datetime
+) -> None:
+    """A batch's usage is the sum of its requests (OpenAI's Batch object; Anthropic's results,
+    summed per model): a long-context tier (over 200k input tokens a request, Sonnet 4.5 twice
+    the input rate) is a request's, so 100 requests of 50k tokens cost 100 times one of them."""
+    one = {"input_tokens": 50_000, "cache_read_tokens": 10_000, "cache_write_tokens": 5_000}
+    one["output_tokens"] = 2_000
+    if provider == "openai":
+        del one["cache_write_tokens"]
+    hundred = {name: 100 * n for name, n in one.items()}
+    single = price(provider, model, Usage(**one), when, service_tier="batch")
+    summed = price(provider, model, Usage(**hundred), when, service_tier="batch")
+    assert single.cost_usd is not None and summed.cost_usd == 100 * single.cost_usd
+    per_request = batch_price(model, WITH_BATCH_PRICES, provider, **one)
+    if when == WITH_BATCH_PRICES:
+        assert single.cost_usd == per_request  # genai-prices' own batch price, below its tier
+    assert Pricer().estimate(
+        provider, model, 5_000_000, 200_000, service_tier="batch"
+    ) == 100 * Pricer().estimate(provider, model, 50_000, 2_000, service_tier="batch")
+
+
 def test_a_prices_entry_costs_half_in_a_batch_and_so_does_a_reservation() -> None:
     pricer = Pricer([("gpt-4o-mini", PriceOverride(input=Decimal(1), output=Decimal(4)))])
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
