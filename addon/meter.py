@@ -1445,6 +1445,9 @@ class Meter:
                 response.stream = True
             return
         if state.batch_results and response.status_code < 400:
+            if response.status_code != 200:  # a part of them (206, a resumed download): never bills
+                response.stream = True
+                return
             # A Message Batch's results (JSONL, maybe gigabytes): passed on as they come, read on the side.
             state.results = ResultsTap(response.headers.get("content-encoding"))
             response.stream = state.results

@@ -528,3 +528,28 @@ async def test_a_disallowed_model_in_a_message_batch_refuses_it(meter: Meter) ->
     assert "its requests ask for it" in message
     flow = await create_message_batch(meter, "claude-haiku-4-5", answered=False)
     assert flow.response is None  # allowed: sent upstream
+
+
+async def test_a_partial_results_download_bills_nothing(meter: Meter) -> None:
+    """A resumed download (``Range: bytes=N-``, answered 206) holds only part of the results: it
+    must not bill the batch (a later download could not bill the rest)."""
+    await create_message_batch(meter, "claude-haiku-4-5")
+    data = results_body()
+    flow = make_flow(
+        f"{MESSAGE_BATCHES}/msgbatch_1/results", b"", method="GET", headers={"range": "bytes=700-"}
+    )
+    await run_request(meter, flow)
+    flow.response = http.Response.make(206, b"", {"content-type": "application/binary"})
+    flow.response.headers["content-range"] = f"bytes 700-{len(data) - 1}/{len(data)}"
+    flow.response.stream = False
+    meter.responseheaders(flow)
+    assert flow.response.stream  # passed on as it comes all the same
+    if callable(flow.response.stream):
+        assert feed(flow, data[700:], 100) == data[700:]
+    await meter.response(flow)
+    assert len(records(meter)) == 1 and meter._background.get("msgbatch_1") is not None
+    await download(meter, data)  # the whole results: billed
+    assert [r.model_reported for r in records(meter)[1:]] == [
+        "claude-haiku-4-5-20251001",
+        "claude-sonnet-4-5-20250929",
+    ]
