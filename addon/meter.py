@@ -1437,9 +1437,11 @@ class Meter:
             # Not metered (another path, a GET), yet intercepted because the host is a provider's:
             # a stream, or a download that may be large (a file's content, batch results), must
             # still pass on as it comes, which mitmproxy does not do by default. A page of batches
-            # (at most 100 small objects) is held whole to be read.
-            listing = self._batch_lists and flow in self._batch_lists and not _is_stream(response)
-            if listing:
+            # (at most 100 small objects), and the answer to a batch input file's upload (a file
+            # object: its id), are held whole to be read, whether their size is given or not.
+            listing = self._batch_lists and flow in self._batch_lists
+            uploaded = self._uploads and self._uploads.get(flow) is not None
+            if (listing or uploaded) and not _is_stream(response):
                 return
             if (_is_stream(response) or _maybe_large(response)) and self._is_provider_host(flow.request):
                 response.stream = True

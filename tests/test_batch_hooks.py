@@ -553,3 +553,24 @@ async def test_a_partial_results_download_bills_nothing(meter: Meter) -> None:
         "claude-haiku-4-5-20251001",
         "claude-sonnet-4-5-20250929",
     ]
+
+
+async def test_an_upload_answered_without_a_content_length_is_remembered(meter: Meter) -> None:
+    """The upload's answer names the file id; an answer of unknown size (chunked, or HTTP/2
+    without content-length) must still be held to be read, or the batch fails closed."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(
+        FILES,
+        form(("purpose", b"batch", None), ("file", requests_of("gpt-4o-mini"), "r.jsonl")),
+        headers={"content-type": CTYPE},
+    )
+    await run_request(meter, flow)
+    body = json.dumps({"id": "file-1", "object": "file", "purpose": "batch"})
+    flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+    del flow.response.headers["content-length"]
+    flow.response.headers["transfer-encoding"] = "chunked"
+    meter.responseheaders(flow)
+    assert not flow.response.stream  # a file object: held whole to be read
+    await meter.response(flow)
+    created = await create(meter, answered=False)
+    assert created.response is None  # its models are known: sent upstream
