@@ -742,6 +742,35 @@ class Meter:
         # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
         stand_in = facts.credential if facts is not None else None
         key, key_problem = self._api_key(provider, flow.request.headers, query, stand_in)
+        self._open_call(
+            flow,
+            provider,
+            host,
+            path,  # never the query string: Gemini may carry the key there
+            flavor,
+            key,
+            key_problem,
+            tags_header,
+            geo=facts.geo if facts is not None else None,
+            path_tags=facts.tags if facts is not None and facts.tags else None,
+        )
+
+    def _open_call(
+        self,
+        flow: http.HTTPFlow,
+        provider: Provider,
+        host: str,
+        path: str,
+        flavor: str,
+        key: str | None,
+        key_problem: str | None,
+        tags_header: str | None,
+        *,
+        geo: str | None = None,
+        **state: Any,
+    ) -> None:
+        """Start following ``flow`` as a call: its row (what the request line and key say) and
+        its state (``state``: the fields a kind of call adds)."""
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -749,10 +778,10 @@ class Meter:
             environment=self.policies.default_environment,
             provider=provider.name,
             host=host.lower(),
-            path=path,  # never the query string: Gemini may carry the key there
+            path=path,
             api_flavor=flavor,
             key_fingerprint=recent_key_fingerprint(key) if key else None,
-            inference_geo=facts.geo if facts is not None else None,
+            inference_geo=geo,
         )
         self._calls[flow] = CallState(
             provider=provider,
@@ -763,7 +792,7 @@ class Meter:
             errors=[key_problem] if key_problem else [],
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
-            path_tags=facts.tags if facts is not None and facts.tags else None,
+            **state,
         )
 
     def _start_handshake(
@@ -791,26 +820,15 @@ class Meter:
         else:
             key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
-        record = CallRecord(
-            id=self._next_call_id(),
-            ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
-            session_id=self.session_id,
-            environment=self.policies.default_environment,
-            provider=provider.name,
-            host=host.lower(),
-            path=row_path,  # never the query string: it may hold the key
-            api_flavor=flavor,
-            key_fingerprint=recent_key_fingerprint(key) if key else None,
-        )
-        self._calls[flow] = CallState(
-            provider=provider,
-            record=record,
-            api_key=key,
-            tags_header=tags_header,
-            process=self._client_process(flow),
-            errors=[key_problem] if key_problem else [],
-            subscription=bool(key and provider.subscription_key_prefixes)
-            and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
+        self._open_call(
+            flow,
+            provider,
+            host,
+            row_path,  # never the query string: it may hold the key
+            flavor,
+            key,
+            key_problem,
+            tags_header,
             handshake=provider.realtime if live is None and not responses_ws else None,
             live=live,
             responses_ws=responses_ws,

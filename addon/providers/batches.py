@@ -29,7 +29,7 @@ from typing import Any, Literal
 from addon.providers import anthropic_api
 from addon.providers.openai_api import error_message, extract_usage
 from addon.providers.openai_media import form_parts, is_form
-from addon.providers.values import loads
+from addon.providers.values import bare_path, loads
 from addon.providers.values import text as _str
 from addon.usage import Metered, Usage
 
@@ -103,13 +103,12 @@ class BatchInput:
 
 def flavor_for_path(path: str) -> str | None:
     """``batch`` for ``POST .../v1/batches`` (query allowed), else None."""
-    path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    return FLAVOR if path.endswith("/v1/batches") else None
+    return FLAVOR if bare_path(path).endswith("/v1/batches") else None
 
 
 def is_upload_path(path: str) -> bool:
     """``POST .../v1/files``: a file upload (a batch's input file among others)."""
-    return path.split("?", 1)[0].split("#", 1)[0].rstrip("/").endswith("/v1/files")
+    return bare_path(path).endswith("/v1/files")
 
 
 def _cap(body: Any) -> int | None:

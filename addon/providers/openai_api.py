@@ -18,7 +18,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from addon.providers.values import loads
+from addon.providers.values import flavor_by_suffix, loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.sse import SSEDecoder, SSEEvent
@@ -52,11 +52,7 @@ USD_TICKS_EXPONENT = 10  # xAI's usage.cost_in_usd_ticks: 1 USD = 10^10 ticks
 
 def flavor_for_path(path: str) -> str | None:
     """The API flavor of a request path (query string allowed), or None if not metered."""
-    path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    for suffix, flavor in _PATH_SUFFIXES:
-        if path.endswith(suffix):
-            return flavor
-    return None
+    return flavor_by_suffix(path, _PATH_SUFFIXES)
 
 
 def extract_usage(usage: Any) -> Usage | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addon.providers.openai_api import error_message
-from addon.providers.values import loads
+from addon.providers.values import flavor_by_suffix, loads
 from addon.providers.values import token_count as _int
 from addon.sse import SSEEvent
 from addon.usage import Metered, Usage
@@ -68,11 +68,7 @@ _TYPE_MEMBER = re.compile(rb'"type"\s*:\s*"([^"\\]{1,100})"')
 
 def flavor_for_path(path: str) -> str | None:
     """``images`` or ``transcription`` for such a request path (query allowed), else None."""
-    path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    for suffix, flavor in _PATH_SUFFIXES:
-        if path.endswith(suffix):
-            return flavor
-    return None
+    return flavor_by_suffix(path, _PATH_SUFFIXES)
 
 
 def unpriced_reason(flavor: str, model: str | None) -> str:

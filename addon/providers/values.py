@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -53,3 +54,14 @@ def rewritten_value(data: bytes, key: str, old: str, new: str, wanted: Any) -> b
         if (len(spliced) <= WS_PIECE or spliced.isascii()) and loads(spliced) == wanted:
             return spliced
     return json.dumps(wanted).encode()
+
+
+def bare_path(path: str) -> str:
+    """A request path without its query string, fragment or trailing slashes."""
+    return path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+
+
+def flavor_by_suffix(path: str, suffixes: Iterable[tuple[str, str]]) -> str | None:
+    """The flavor of the first ``(suffix, flavor)`` the bare ``path`` ends with, else None."""
+    path = bare_path(path)
+    return next((flavor for suffix, flavor in suffixes if path.endswith(suffix)), None)
