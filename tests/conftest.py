@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -365,6 +366,54 @@ def remapped_proxies(
     yield start
     for p in started:
         p.cleanup()
+
+
+def one_proxy(
+    tmp: Path, fake_port: int, policies: str, extra_args: tuple[str, ...] = ()
+) -> Iterator[ProxyProcess]:
+    """For a (module) fixture: a started proxy to the fake on ``fake_port``, cleaned up after."""
+    proxy = ProxyProcess(tmp, fake_port, extra_args=extra_args, policies=policies)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.cleanup()
+
+
+def tagged_headers(env: str, t: str, more: dict[str, str] | None = None) -> dict[str, str]:
+    """A test client's headers: the metering tags (environment ``env``, tag ``t``) and X-Test-Tag."""
+    return {"X-Metering-Tags": json.dumps({"env": env, "test": t}), "X-Test-Tag": t, **(more or {})}
+
+
+def run_json_client(
+    proxy: ProxyProcess, script: str, *args: str, codes: tuple[int, ...] = (0,)
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run ``tests/clients/<script>`` through the proxy; its exit code (one of ``codes``, or the
+    test fails with its output and the proxy's log) and the JSON lines it printed."""
+    argv = [sys.executable, str(CLIENTS / script), *args]
+    res = subprocess.run(argv, env=proxy.client_env(), capture_output=True, text=True, timeout=60)
+    if res.returncode not in codes:
+        raise AssertionError(
+            f"client failed ({res.returncode}):\n{res.stdout}\n{res.stderr}\n{proxy.log_text()}"
+        )
+    return res.returncode, [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def received(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A WebSocket test client's lines for the messages it received."""
+    return [line for line in lines if line["event"] == "recv"]
+
+
+def rows_for(proxy: ProxyProcess, t: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The rows tagged ``t`` (X-Metering-Tags), once there are ``n``, oldest first."""
+    sql = "SELECT * FROM calls WHERE tags LIKE ? ORDER BY ts, id"
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = proxy.rows(sql, [f"%{t}%"]) if proxy.db_path.exists() else []
+        if len(rows) >= n or time.monotonic() > deadline:
+            assert len(rows) == n, f"expected {n} rows tagged {t}, got {len(rows)}: {rows}"
+            return rows
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- fixtures

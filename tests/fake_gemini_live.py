@@ -27,22 +27,17 @@ client sent (parsed) and the exact bytes of every message sent to it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import copy
 import hashlib
 import json
-import ssl
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fakeprovider import make_cert
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
+from fake_websocket import FakeWebSocketServer, lower_headers
+from websockets.asyncio.server import ServerConnection
 
 CHUNK_BYTES = 48_000  # base64 characters per audio chunk (1 s of 24 kHz PCM16 is 64 KB of base64)
 DEV_PATH = "//ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -167,52 +162,20 @@ class FakeLiveSession:
         return [next(iter(m), "?") for m in self.received]
 
 
-class FakeGeminiLive:
-    """The fake WSS server, on its own event loop in a thread."""
+class FakeGeminiLive(FakeWebSocketServer):
+    """The fake Live server (tests/fake_websocket.py runs it)."""
 
     def __init__(self, directory: Path) -> None:
         hosts = ["127.0.0.1", "localhost", "generativelanguage.googleapis.com"]
-        cert, key = make_cert(directory, "fake-gemini-live", hosts)
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.load_cert_chain(cert, key)
-        self.sessions: list[FakeLiveSession] = []
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Future[None] | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=self._run, name="fake-gemini-live", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake Gemini Live server did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = self._loop.create_future()
         # permessage-deflate stays on (websockets' default, and the SDK's): mitmproxy must hand
         # the addon the messages inflated.
-        async with serve(
-            self._handle, "127.0.0.1", 0, ssl=self._ssl, max_size=None, ping_interval=None
-        ) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop
-
-    def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)
-        self._thread.join(10)
-
-    def sessions_for(self, tag: str) -> list[FakeLiveSession]:
-        with self._lock:
-            return [s for s in self.sessions if s.tag == tag]
+        super().__init__(
+            directory, "fake-gemini-live", hosts, "fake Gemini Live server", compression="deflate"
+        )
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        headers = _headers(ws.request.headers)
+        headers = lower_headers(ws.request.headers)
         session = FakeLiveSession(ws.request.path, headers)
         with self._lock:
             self.sessions.append(session)
@@ -269,14 +232,6 @@ def _field(message: dict[str, Any], name: str) -> Any:
     return message.get(name, message.get(snake))
 
 
-def _headers(headers: Headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.raw_items()}
-
-
-@contextlib.contextmanager
-def running_fake(directory: Path) -> Iterator[FakeGeminiLive]:
-    fake = FakeGeminiLive(directory)
-    try:
-        yield fake
-    finally:
-        fake.close()
+def running_fake(directory: Path) -> FakeGeminiLive:
+    """A started fake, for ``with``: closed after."""
+    return FakeGeminiLive(directory)

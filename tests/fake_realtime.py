@@ -21,23 +21,18 @@ client sent and the exact bytes of every message sent to it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import json
-import ssl
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fakeprovider import make_cert
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
+from fake_websocket import FakeWebSocketServer, dumps, lower_headers
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 # What the real API reports for an alias: a dated snapshot.
@@ -83,11 +78,6 @@ DURATION_USAGE: dict[str, Any] = {"type": "duration", "seconds": 90}
 
 
 # ---------------------------------------------------------------- events
-
-
-def dumps(event: dict[str, Any]) -> bytes:
-    """An event as the server sends it (compact JSON, ``type`` first)."""
-    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def session_event(
@@ -223,64 +213,20 @@ class FakeSession:
         return [str(e.get("type")) for e in self.received]
 
 
-class FakeRealtime:
-    """The fake WSS server, on its own event loop in a thread."""
+class FakeRealtime(FakeWebSocketServer):
+    """The fake Realtime server (tests/fake_websocket.py runs it)."""
 
     def __init__(self, directory: Path) -> None:
-        cert, key = make_cert(directory, "fake-realtime", ["127.0.0.1", "localhost", "api.openai.com"])
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.load_cert_chain(cert, key)
         self.handshakes: list[tuple[str, dict[str, str]]] = []
-        self.sessions: list[FakeSession] = []
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Future[None] | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=self._run, name="fake-realtime", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake Realtime server did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = self._loop.create_future()
-        async with serve(
-            self._handle,
-            "127.0.0.1",
-            0,
-            ssl=self._ssl,
-            process_request=self._process_request,
-            max_size=None,
-            compression=None,
-            ping_interval=None,
-        ) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop
-
-    def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)
-        self._thread.join(10)
-
-    def sessions_for(self, tag: str) -> list[FakeSession]:
-        with self._lock:
-            return [s for s in self.sessions if s.tag == tag]
+        hosts = ["127.0.0.1", "localhost", "api.openai.com"]
+        super().__init__(directory, "fake-realtime", hosts, "fake Realtime server")
 
     def handshakes_for(self, tag: str) -> list[tuple[str, dict[str, str]]]:
         with self._lock:
             return [h for h in self.handshakes if h[1].get("x-test-tag") == tag]
 
-    @staticmethod
-    def _headers(headers: Headers) -> dict[str, str]:
-        return {k.lower(): v for k, v in headers.raw_items()}
-
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        headers = self._headers(request.headers)
+        headers = lower_headers(request.headers)
         with self._lock:
             self.handshakes.append((request.path, headers))
         status = headers.get("x-fake-status")
@@ -291,7 +237,7 @@ class FakeRealtime:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        headers = self._headers(ws.request.headers)
+        headers = lower_headers(ws.request.headers)
         session = FakeSession(ws.request.path, headers)
         with self._lock:
             self.sessions.append(session)
@@ -343,10 +289,6 @@ class FakeRealtime:
             session.ended.set()
 
 
-@contextlib.contextmanager
-def running_fake(directory: Path) -> Iterator[FakeRealtime]:
-    fake = FakeRealtime(directory)
-    try:
-        yield fake
-    finally:
-        fake.close()
+def running_fake(directory: Path) -> FakeRealtime:
+    """A started fake, for ``with``: closed after."""
+    return FakeRealtime(directory)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fakeprovider import make_cert
-from websockets.asyncio.server import ServerConnection, serve
+from fake_websocket import FakeWebSocketServer, dumps, lower_headers
+from websockets.asyncio.server import ServerConnection
 
 # What the real API reports for an alias: a dated snapshot.
 SNAPSHOTS = {"gpt-5": "gpt-5-2025-08-07", "gpt-5-mini": "gpt-5-mini-2025-08-07"}
@@ -41,11 +40,6 @@ RESPONSE_USAGE: dict[str, Any] = {
     "output_tokens_details": {"reasoning_tokens": 100},
     "total_tokens": 1500,
 }
-
-
-def dumps(event: dict[str, Any]) -> bytes:
-    """An event as the server sends it (compact JSON, ``type`` first)."""
-    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def _lane(event: dict[str, Any], stream_id: str | None) -> dict[str, Any]:
@@ -193,50 +187,17 @@ class FakeSession:
         return [json.loads(data) for data in self.received]
 
 
-class FakeResponsesWS:
-    """The fake WSS server, on its own event loop in a thread."""
+class FakeResponsesWS(FakeWebSocketServer):
+    """The fake Responses WebSocket server (tests/fake_websocket.py runs it)."""
 
     def __init__(self, directory: Path) -> None:
-        cert, key = make_cert(directory, "fake-responses-ws", ["127.0.0.1", "localhost", "api.openai.com"])
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.load_cert_chain(cert, key)
         self.handshakes: list[tuple[str, dict[str, str]]] = []
-        self.sessions: list[FakeSession] = []
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Future[None] | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=self._run, name="fake-responses-ws", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake Responses WebSocket server did not start")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = self._loop.create_future()
-        async with serve(
-            self._handle, "127.0.0.1", 0, ssl=self._ssl, max_size=None, compression=None, ping_interval=None
-        ) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop
-
-    def close(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)
-        self._thread.join(10)
-
-    def sessions_for(self, tag: str) -> list[FakeSession]:
-        with self._lock:
-            return [s for s in self.sessions if s.tag == tag]
+        hosts = ["127.0.0.1", "localhost", "api.openai.com"]
+        super().__init__(directory, "fake-responses-ws", hosts, "fake Responses WebSocket server")
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        headers = {k.lower(): v for k, v in ws.request.headers.raw_items()}
+        headers = lower_headers(ws.request.headers)
         session = FakeSession(ws.request.path, headers)
         with self._lock:
             self.handshakes.append((ws.request.path, headers))

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import CLIENTS, ProxyProcess
+from conftest import ProxyProcess, one_proxy, received, rows_for, run_json_client, tagged_headers
 from fake_gemini_live import CHUNK_BYTES, DEV_PATH, TRANSCRIPT, VERTEX_PATH, FakeGeminiLive, FakeLiveSession
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
@@ -63,9 +60,8 @@ def price_of(model: str, counts: GPUsage) -> Decimal:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGeminiLive]:
-    fake = FakeGeminiLive(tmp_path_factory.mktemp("fake-gemini-live"))
-    yield fake
-    fake.close()
+    with FakeGeminiLive(tmp_path_factory.mktemp("fake-gemini-live")) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +70,7 @@ def lproxy(tmp_path_factory: pytest.TempPathFactory, live: FakeGeminiLive) -> It
     remap = []
     for host in (r"generativelanguage\.googleapis\.com", r"us-central1-aiplatform\.googleapis\.com"):
         remap += ["--map-remote", f"|//{host}/|//127.0.0.1:{live.port}/"]
-    proxy = ProxyProcess(
-        tmp_path_factory.mktemp("lproxy"), live.port, extra_args=tuple(remap), policies=POLICIES
-    )
-    try:
-        proxy.start()
-        yield proxy
-    finally:
-        proxy.cleanup()
+    yield from one_proxy(tmp_path_factory.mktemp("lproxy"), live.port, POLICIES, tuple(remap))
 
 
 def tag() -> str:
@@ -98,41 +87,19 @@ def connect(
     vertex: bool = False,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Run the SDK client through the proxy; its exit code and JSON lines."""
-    headers = {"X-Metering-Tags": json.dumps({"env": env, "test": t}), "X-Test-Tag": t, **(fake or {})}
-    argv = [
-        sys.executable,
-        str(CLIENTS / "gemini_live_client.py"),
+    return run_json_client(
+        proxy,
+        "gemini_live_client.py",
         "--model",
         model,
         "--headers",
-        json.dumps(headers),
+        json.dumps(tagged_headers(env, t, fake)),
         "--instruction",
         SECRET_INSTRUCTION,
         *(["--vertex"] if vertex else []),
         *steps,
-    ]
-    res = subprocess.run(argv, env=proxy.client_env(), capture_output=True, text=True, timeout=60)
-    if res.returncode not in (0, 3):
-        raise AssertionError(
-            f"client failed ({res.returncode}):\n{res.stdout}\n{res.stderr}\n{proxy.log_text()}"
-        )
-    return res.returncode, [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-
-
-def rows_for(proxy: ProxyProcess, t: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The rows tagged ``t`` (X-Metering-Tags), once there are ``n``, oldest first."""
-    sql = "SELECT * FROM calls WHERE tags LIKE ? ORDER BY ts, id"
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = proxy.rows(sql, [f"%{t}%"]) if proxy.db_path.exists() else []
-        if len(rows) >= n or time.monotonic() > deadline:
-            assert len(rows) == n, f"expected {n} rows tagged {t}, got {len(rows)}: {rows}"
-            return rows
-        time.sleep(0.1)
-
-
-def received(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [line for line in lines if line["event"] == "recv"]
+        codes=(0, 3),
+    )
 
 
 def session_of(live: FakeGeminiLive, t: str) -> FakeLiveSession:

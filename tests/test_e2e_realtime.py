@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import CLIENTS, OPENAI_KEY, ProxyProcess
+from conftest import OPENAI_KEY, ProxyProcess, one_proxy, received, rows_for, run_json_client, tagged_headers
 from fake_realtime import DELTA_BYTES, TRANSCRIPTION_USAGE, FakeRealtime
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
@@ -61,20 +58,14 @@ def price_of(model: str, counts: GPUsage) -> Decimal:
 
 @pytest.fixture(scope="module")
 def realtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRealtime]:
-    fake = FakeRealtime(tmp_path_factory.mktemp("fake-realtime"))
-    yield fake
-    fake.close()
+    with FakeRealtime(tmp_path_factory.mktemp("fake-realtime")) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def rproxy(tmp_path_factory: pytest.TempPathFactory, realtime: FakeRealtime) -> Iterator[ProxyProcess]:
     """mitmdump with the addon; api.openai.com goes to the fake Realtime server."""
-    proxy = ProxyProcess(tmp_path_factory.mktemp("rproxy"), realtime.port, policies=POLICIES)
-    try:
-        proxy.start()
-        yield proxy
-    finally:
-        proxy.cleanup()
+    yield from one_proxy(tmp_path_factory.mktemp("rproxy"), realtime.port, POLICIES)
 
 
 def tag() -> str:
@@ -91,42 +82,20 @@ def connect(
     query: dict[str, str] | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Run the SDK client through the proxy; its exit code and JSON lines."""
-    headers = {"X-Metering-Tags": json.dumps({"env": env, "test": t}), "X-Test-Tag": t, **(fake or {})}
-    argv = [
-        sys.executable,
-        str(CLIENTS / "realtime_client.py"),
+    return run_json_client(
+        proxy,
+        "realtime_client.py",
         "--model",
         model,
         "--headers",
-        json.dumps(headers),
+        json.dumps(tagged_headers(env, t, fake)),
         "--query",
         json.dumps(query or {}),
         "--instructions",
         SECRET_PROMPT,
         *steps,
-    ]
-    res = subprocess.run(argv, env=proxy.client_env(), capture_output=True, text=True, timeout=60)
-    if res.returncode not in (0, 3):
-        raise AssertionError(
-            f"client failed ({res.returncode}):\n{res.stdout}\n{res.stderr}\n{proxy.log_text()}"
-        )
-    return res.returncode, [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-
-
-def rows_for(proxy: ProxyProcess, t: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The rows tagged ``t`` (X-Metering-Tags), once there are ``n``, oldest first."""
-    sql = "SELECT * FROM calls WHERE tags LIKE ? ORDER BY ts, id"
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = proxy.rows(sql, [f"%{t}%"]) if proxy.db_path.exists() else []
-        if len(rows) >= n or time.monotonic() > deadline:
-            assert len(rows) == n, f"expected {n} rows tagged {t}, got {len(rows)}: {rows}"
-            return rows
-        time.sleep(0.1)
-
-
-def received(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [line for line in lines if line["event"] == "recv"]
+        codes=(0, 3),
+    )
 
 
 def test_session_rows_tokens_costs_and_bytes(rproxy: ProxyProcess, realtime: FakeRealtime) -> None:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import CLIENTS, OPENAI_KEY, ProxyProcess
+from conftest import OPENAI_KEY, ProxyProcess, one_proxy, rows_for, run_json_client, tagged_headers
 from fake_responses_ws import OUTPUT_TEXT, FakeResponsesWS
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
@@ -46,51 +43,23 @@ def price_of(model: str) -> Decimal:
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeResponsesWS]:
-    server = FakeResponsesWS(tmp_path_factory.mktemp("fake-responses-ws"))
-    yield server
-    server.close()
+    with FakeResponsesWS(tmp_path_factory.mktemp("fake-responses-ws")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def wproxy(tmp_path_factory: pytest.TempPathFactory, fake: FakeResponsesWS) -> Iterator[ProxyProcess]:
     """mitmdump with the addon; api.openai.com goes to the fake server."""
-    proxy = ProxyProcess(tmp_path_factory.mktemp("wproxy"), fake.port, policies=POLICIES)
-    try:
-        proxy.start()
-        yield proxy
-    finally:
-        proxy.cleanup()
+    yield from one_proxy(tmp_path_factory.mktemp("wproxy"), fake.port, POLICIES)
 
 
 def connect(proxy: ProxyProcess, *steps: str, env: str, t: str) -> list[dict[str, Any]]:
     """Run the SDK client through the proxy; its JSON lines."""
-    headers = {"X-Metering-Tags": json.dumps({"env": env, "test": t}), "X-Test-Tag": t}
-    argv = [
-        sys.executable,
-        str(CLIENTS / "responses_ws_client.py"),
-        "--headers",
-        json.dumps(headers),
-        "--input",
-        SECRET_PROMPT,
-        *steps,
-    ]
-    res = subprocess.run(argv, env=proxy.client_env(), capture_output=True, text=True, timeout=60)
-    if res.returncode != 0:
-        raise AssertionError(
-            f"client failed ({res.returncode}):\n{res.stdout}\n{res.stderr}\n{proxy.log_text()}"
-        )
-    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-
-
-def rows_for(proxy: ProxyProcess, t: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    sql = "SELECT * FROM calls WHERE tags LIKE ? ORDER BY ts, id"
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = proxy.rows(sql, [f"%{t}%"]) if proxy.db_path.exists() else []
-        if len(rows) >= n or time.monotonic() > deadline:
-            assert len(rows) == n, f"expected {n} rows tagged {t}, got {len(rows)}: {rows}"
-            return rows
-        time.sleep(0.1)
+    headers = json.dumps(tagged_headers(env, t))
+    _, lines = run_json_client(
+        proxy, "responses_ws_client.py", "--headers", headers, "--input", SECRET_PROMPT, *steps
+    )
+    return lines
 
 
 def test_two_lanes_then_a_third_response_on_one_socket(wproxy: ProxyProcess, fake: FakeResponsesWS) -> None:

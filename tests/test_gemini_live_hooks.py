@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket_hooks
 from fake_gemini_live import (
     DEV_PATH,
     TURN_USAGES,
@@ -22,9 +24,8 @@ from fake_gemini_live import (
     vertex_usage,
 )
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow
-from mitmproxy.websocket import WebSocketData, WebSocketMessage
-from wsproto.frame_protocol import Opcode
+from mitmproxy.websocket import WebSocketMessage
+from websocket_hooks import CollectingStore, handshake_flow, metered, open_session, records
 
 import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
@@ -32,7 +33,6 @@ from addon.budgets import scopes_for
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import gemini_live
-from addon.record import CallRecord
 
 KEY = "AIzaSyLiveTESTkey00001111222233334444555"
 HOST = "generativelanguage.googleapis.com"
@@ -49,29 +49,9 @@ environments:
 BUDGETED = "environments:\n  development:\n    budget: {usd: 0.0001, period: day}\n"
 
 
-class CollectingStore:
-    """Stands in for addon.store.Store: keeps submitted records."""
-
-    def __init__(self) -> None:
-        self.records: list[CallRecord] = []
-
-    def journal(self, record: CallRecord) -> bool:
-        return True
-
-    def submit(self, record: CallRecord) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    yield from metered(tmp_path)
 
 
 @pytest.fixture
@@ -87,49 +67,20 @@ def closes(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...
     return found
 
 
-def records(meter: Meter) -> list[CallRecord]:
-    return meter.store.records  # type: ignore[union-attr]
-
-
 def handshake(
     path: str = DEV_PATH, host: str = HOST, headers: dict[str, str] | None = None, key: str | None = KEY
 ) -> http.HTTPFlow:
     """A WebSocket flow as it is at requestheaders: the GET, no answer yet."""
-    flow = tflow.twebsocketflow()
-    flow.request.scheme, flow.request.host, flow.request.port = "https", host, 443
-    flow.request.headers["host"] = host
-    flow.request.path = path
-    flow.request.headers["upgrade"] = "websocket"
-    if key is not None:
-        flow.request.headers["x-goog-api-key"] = key
-    flow.request.headers["x-metering-tags"] = json.dumps({"env": "development", "team": "voice"})
-    for name, value in (headers or {}).items():
-        flow.request.headers[name] = value
-    flow.request.timestamp_start = time.time()
-    flow.response, flow.websocket = None, None
-    return flow
-
-
-async def open_session(meter: Meter, flow: http.HTTPFlow, status: int = 101) -> None:
-    """requestheaders, request, then upstream's answer (101: the socket opens)."""
-    meter.requestheaders(flow)
-    await meter.request(flow)
-    if flow.response is None:
-        flow.response = http.Response.make(status, b"", {"upgrade": "websocket", "connection": "upgrade"})
-        if status == 101:
-            flow.websocket = WebSocketData()
-    meter.responseheaders(flow)
-    await meter.response(flow)
+    ours = {"upgrade": "websocket", **({"x-goog-api-key": key} if key is not None else {})}
+    ours["x-metering-tags"] = json.dumps({"env": "development", "team": "voice"})
+    return handshake_flow(host, path, ours, headers, time.time())
 
 
 async def say(
     meter: Meter, flow: http.HTTPFlow, message: dict[str, Any] | bytes, *, client: bool, text: bool = False
 ) -> WebSocketMessage:
     data = message if isinstance(message, bytes) else dumps(message)
-    sent = WebSocketMessage(Opcode.TEXT if text else Opcode.BINARY, client, data)
-    flow.websocket.messages.append(sent)  # type: ignore[union-attr]
-    await meter.websocket_message(flow)
-    return sent
+    return await websocket_hooks.say(meter, flow, data, client=client, text=text)
 
 
 async def client_says(meter: Meter, flow: http.HTTPFlow, message: dict[str, Any] | bytes) -> WebSocketMessage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,16 @@ from fake_realtime import (
     transcription_completed,
 )
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow
-from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from mitmproxy.websocket import WebSocketMessage
+from websocket_hooks import (
+    CollectingStore,
+    client_says,
+    handshake_flow,
+    metered,
+    open_session,
+    records,
+    server_says,
+)
 from wsproto.frame_protocol import Opcode
 
 import addon.meter as meter_module
@@ -29,7 +38,6 @@ from addon.api_keys import key_fingerprint
 from addon.meter import NOTICE_HEADER, Meter
 from addon.policies import parse_policies
 from addon.providers import openai_realtime
-from addon.record import CallRecord
 
 KEY = "sk-proj-realtimeTESTkey000011112222333344445555"
 RESTRICTED = """\
@@ -44,75 +52,16 @@ BUDGETED = "environments:\n  development:\n    budget: {usd: 0.01, period: day}\
 RESPONSE_COST = Decimal("0.03536")  # RESPONSE_USAGE at gpt-realtime's rates
 
 
-class CollectingStore:
-    """Stands in for addon.store.Store: keeps submitted records."""
-
-    def __init__(self) -> None:
-        self.records: list[CallRecord] = []
-
-    def journal(self, record: CallRecord) -> bool:
-        return True
-
-    def submit(self, record: CallRecord) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
-
-
-def records(meter: Meter) -> list[CallRecord]:
-    return meter.store.records  # type: ignore[union-attr]
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    yield from metered(tmp_path)
 
 
 def handshake(query: str = "model=gpt-realtime", headers: dict[str, str] | None = None) -> http.HTTPFlow:
     """A WebSocket flow as it is at requestheaders: the GET, no answer yet."""
-    flow = tflow.twebsocketflow()
-    flow.request.scheme, flow.request.host, flow.request.port = "https", "api.openai.com", 443
-    flow.request.headers["host"] = "api.openai.com"
-    flow.request.path = f"/v1/realtime?{query}"
-    flow.request.headers["authorization"] = f"Bearer {KEY}"
-    flow.request.headers["x-metering-tags"] = json.dumps({"env": "development", "team": "voice"})
-    for name, value in (headers or {}).items():
-        flow.request.headers[name] = value
-    flow.request.timestamp_start = 1_764_321_600.0
-    flow.response, flow.websocket = None, None
-    return flow
-
-
-async def open_session(meter: Meter, flow: http.HTTPFlow, status: int = 101) -> None:
-    """requestheaders, request, then upstream's answer (101: the socket opens)."""
-    meter.requestheaders(flow)
-    await meter.request(flow)
-    if flow.response is None:
-        flow.response = http.Response.make(status, b"", {"upgrade": "websocket", "connection": "upgrade"})
-        if status == 101:
-            flow.websocket = WebSocketData()
-    meter.responseheaders(flow)
-    await meter.response(flow)
-
-
-async def server_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
-    data = event if isinstance(event, bytes) else dumps(event)
-    message = WebSocketMessage(Opcode.TEXT, False, data)
-    flow.websocket.messages.append(message)  # type: ignore[union-attr]
-    await meter.websocket_message(flow)
-    return message
-
-
-async def client_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any]) -> WebSocketMessage:
-    message = WebSocketMessage(Opcode.TEXT, True, dumps(event))
-    flow.websocket.messages.append(message)  # type: ignore[union-attr]
-    await meter.websocket_message(flow)
-    return message
+    tags = json.dumps({"env": "development", "team": "voice"})
+    auth = {"authorization": f"Bearer {KEY}", "x-metering-tags": tags}
+    return handshake_flow("api.openai.com", f"/v1/realtime?{query}", auth, headers, 1_764_321_600.0)
 
 
 async def test_upgrade_has_no_row_and_each_response_is_stored_inside_its_hook(meter: Meter) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,15 @@ from fake_responses_ws import (
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow
-from mitmproxy.websocket import WebSocketData, WebSocketMessage
-from wsproto.frame_protocol import Opcode
+from websocket_hooks import (
+    CollectingStore,
+    client_says,
+    handshake_flow,
+    metered,
+    open_session,
+    records,
+    server_says,
+)
 
 import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
@@ -32,7 +39,6 @@ from addon.budgets import Scope
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import openai_responses_ws
-from addon.record import CallRecord
 
 KEY = "sk-proj-responsesWSkey0000111122223333444455556666"
 RESTRICTED = """\
@@ -51,29 +57,9 @@ GPT5_COST = calc_price(COUNTS, "gpt-5", provider_id="openai").total_price
 DEV = Scope("environment", "development")
 
 
-class CollectingStore:
-    """Stands in for addon.store.Store: keeps submitted records."""
-
-    def __init__(self) -> None:
-        self.records: list[CallRecord] = []
-
-    def journal(self, record: CallRecord) -> bool:
-        return True
-
-    def submit(self, record: CallRecord) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    yield from metered(tmp_path)
 
 
 @pytest.fixture
@@ -90,47 +76,10 @@ def injected(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, An
     return sent
 
 
-def records(meter: Meter) -> list[CallRecord]:
-    return meter.store.records  # type: ignore[union-attr]
-
-
 def handshake(path: str = "/v1/responses") -> http.HTTPFlow:
-    flow = tflow.twebsocketflow()
-    flow.request.scheme, flow.request.host, flow.request.port = "https", "api.openai.com", 443
-    flow.request.headers["host"] = "api.openai.com"
-    flow.request.path = path
-    flow.request.headers["authorization"] = f"Bearer {KEY}"
-    flow.request.headers["x-metering-tags"] = json.dumps({"env": "development", "team": "agents"})
-    flow.request.timestamp_start = 1_764_321_600.0
-    flow.response, flow.websocket = None, None
-    return flow
-
-
-async def open_session(meter: Meter, flow: http.HTTPFlow, status: int = 101) -> None:
-    meter.requestheaders(flow)
-    await meter.request(flow)
-    if flow.response is None:
-        flow.response = http.Response.make(status, b"", {"upgrade": "websocket", "connection": "upgrade"})
-        if status == 101:
-            flow.websocket = WebSocketData()
-    meter.responseheaders(flow)
-    await meter.response(flow)
-
-
-async def server_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
-    data = event if isinstance(event, bytes) else dumps(event)
-    message = WebSocketMessage(Opcode.TEXT, False, data)
-    flow.websocket.messages.append(message)  # type: ignore[union-attr]
-    await meter.websocket_message(flow)
-    return message
-
-
-async def client_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
-    data = event if isinstance(event, bytes) else dumps(event)
-    message = WebSocketMessage(Opcode.TEXT, True, data)
-    flow.websocket.messages.append(message)  # type: ignore[union-attr]
-    await meter.websocket_message(flow)
-    return message
+    tags = json.dumps({"env": "development", "team": "agents"})
+    auth = {"authorization": f"Bearer {KEY}", "x-metering-tags": tags}
+    return handshake_flow("api.openai.com", path, auth, None, 1_764_321_600.0)
 
 
 async def test_two_lanes_at_once_one_row_per_response_stored_inside_its_hook(meter: Meter) -> None:

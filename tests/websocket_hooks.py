@@ -1,0 +1,95 @@
+"""What the WebSocket hook tests share (tests/test_*_hooks.py): a Meter with a collecting store,
+handshake flows, opening a session through the hooks, and messages said on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fake_websocket import dumps
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from addon.meter import Meter
+from addon.record import CallRecord
+
+
+class CollectingStore:
+    """Stands in for addon.store.Store: keeps submitted records."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    def journal(self, record: CallRecord) -> bool:
+        return True
+
+    def submit(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def metered(tmp_path: Path) -> Iterator[Meter]:
+    """For a ``meter`` fixture: the addon in a taddons context, its store a ``CollectingStore``."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+def records(meter: Meter) -> list[CallRecord]:
+    return meter.store.records  # type: ignore[union-attr]
+
+
+def handshake_flow(
+    host: str, path: str, headers: dict[str, str], more: dict[str, str] | None, timestamp: float
+) -> http.HTTPFlow:
+    """A WebSocket flow as it is at requestheaders: the GET (``headers``, then ``more``), no answer yet."""
+    flow = tflow.twebsocketflow()
+    flow.request.scheme, flow.request.host, flow.request.port = "https", host, 443
+    flow.request.headers["host"] = host
+    flow.request.path = path
+    for name, value in [*headers.items(), *(more or {}).items()]:
+        flow.request.headers[name] = value
+    flow.request.timestamp_start = timestamp
+    flow.response, flow.websocket = None, None
+    return flow
+
+
+async def open_session(meter: Meter, flow: http.HTTPFlow, status: int = 101) -> None:
+    """requestheaders, request, then upstream's answer (101: the socket opens)."""
+    meter.requestheaders(flow)
+    await meter.request(flow)
+    if flow.response is None:
+        flow.response = http.Response.make(status, b"", {"upgrade": "websocket", "connection": "upgrade"})
+        if status == 101:
+            flow.websocket = WebSocketData()
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+async def say(
+    meter: Meter, flow: http.HTTPFlow, data: bytes, *, client: bool, text: bool
+) -> WebSocketMessage:
+    """A message on the socket, through the websocket_message hook."""
+    message = WebSocketMessage(Opcode.TEXT if text else Opcode.BINARY, client, data)
+    flow.websocket.messages.append(message)  # type: ignore[union-attr]
+    await meter.websocket_message(flow)
+    return message
+
+
+async def server_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
+    """An OpenAI event (compact JSON) or raw bytes from the server, in a text frame."""
+    return await say(
+        meter, flow, event if isinstance(event, bytes) else dumps(event), client=False, text=True
+    )
+
+
+async def client_says(meter: Meter, flow: http.HTTPFlow, event: dict[str, Any] | bytes) -> WebSocketMessage:
+    """An OpenAI event (compact JSON) or raw bytes from the client, in a text frame."""
+    return await say(meter, flow, event if isinstance(event, bytes) else dumps(event), client=True, text=True)
