@@ -33,8 +33,6 @@ from typing import Any
 
 import duckdb
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import events as proxy_events
-from mitmproxy.websocket import WebSocketMessage
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
@@ -48,7 +46,7 @@ from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
-from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
+from addon.pricing import BACKGROUND, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
 from addon.providers import (
     Provider,
     Registry,
@@ -62,21 +60,13 @@ from addon.providers import (
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import FORM_NOT_REWRITTEN, MEDIA_FLAVORS, FormFields, is_form, read_form
-from addon.realtime_sessions import (
-    UPGRADED,
-    LiveSession,
-    RealtimeRow,
-    RealtimeSession,
-    ResponsesSession,
-    SocketSession,
-)
+from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
-from addon.refusals import budget_refusal_status, error_body
+from addon.socket_metering import SocketMeter
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_usage
 from addon.usage import Metered, Usage
-from addon.websocket_close import close_websocket
 
 log = logging.getLogger("tokometer")
 
@@ -133,20 +123,9 @@ _STARTED_BY = (
     "model_sent",
 )
 MAX_KEYS_EXAMINED = 8  # API keys of one request looked up in policies.yaml (a request may carry more)
-# How the proxy closes a Gemini Live session it refuses, as Google closes one: a model it will not
-# serve (1008, policy violation), a quota spent (1011).
-LIVE_REFUSED = 1008
-LIVE_OVER_BUDGET = 1011
-
-
 # Calls in flight when mitmproxy reloaded the script, for the new Meter to finish: this module
 # is imported once per process (the script is what mitmproxy reloads).
 _HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
-# WebSocket sessions (Realtime, Live) open when mitmproxy reloaded the script, likewise.
-_SESSIONS_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
-# WebSockets the proxy closed itself (with a close code): whatever still passes through them is
-# dropped, by this instance or the next (a script reload).
-_DROPPING: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 
 
 def _shutting_down() -> bool:
@@ -253,14 +232,6 @@ def _describe_client(record: CallRecord, process: ClientProcess) -> None:
     record.client_cwd = process.cwd
     record.repo = process.repo
     record.git_branch = process.git_branch
-
-
-def _process_of(state: CallState) -> ClientProcess | None:
-    """The calling process of a call, if its lookup is over (it was awaited when attributed)."""
-    lookup = state.process
-    if lookup is None or not lookup.done() or lookup.cancelled() or lookup.exception() is not None:
-        return None
-    return lookup.result()
 
 
 def _with_tags(tags: str | None, extra: Mapping[str, str]) -> str:
@@ -395,9 +366,10 @@ class Meter:
         self._running = False
         self._refused_start = False  # policies.yaml was invalid at start
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState] = weakref.WeakKeyDictionary()
-        # OpenAI Realtime and Gemini Live WebSockets being metered (see websocket_message).
-        self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
-        self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
+        # OpenAI Realtime, Gemini Live and Responses WebSockets being metered.
+        self.sockets = SocketMeter(
+            self, off_loop=_off_loop_if_large, billable=_billable, with_tags=_with_tags
+        )
         self._unmetered_sockets: set[str] = set()  # host + path of WebSockets named in the log
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
@@ -535,9 +507,7 @@ class Meter:
         for flow, state in list(_HANDED_OVER.items()):  # a script reload: its calls in flight
             if _HANDED_OVER.pop(flow, None) is not None:
                 self._take_over(flow, state)
-        for flow, session in list(_SESSIONS_HANDED_OVER.items()):  # and its WebSocket sessions
-            if _SESSIONS_HANDED_OVER.pop(flow, None) is not None:
-                self._sessions[flow] = session
+        self.sockets.take_over()  # and its WebSocket sessions
         freeze_startup_heap()
 
     def done(self) -> None:
@@ -551,8 +521,7 @@ class Meter:
                 if not state.finished:
                     _HANDED_OVER[flow] = state
             self._calls.clear()
-            _SESSIONS_HANDED_OVER.update(self._sessions)
-            self._sessions.clear()
+            self.sockets.hand_over()
         # mitmproxy calls `done` before `error` for flows still streaming: record them now.
         for flow, state in list(self._calls.items()):
             if not state.finished and state.tap is not None:
@@ -560,9 +529,9 @@ class Meter:
                     state.errors.append("proxy shut down mid-call")
                     metered = state.tap.result() if state.tap else Metered()
                     self._finish(flow, state, metered, aborted=True, now=True)
-        for flow, session in list(self._sessions.items()):  # responses in flight: aborted rows
+        for flow, session in list(self.sockets.sessions.items()):  # responses in flight: aborted rows
             with contextlib.suppress(Exception):
-                self._end_session(flow, session, "proxy shut down mid-session", now=True)
+                self.sockets.end_session(flow, session, "proxy shut down mid-session", now=True)
         if self.store is not None:
             self.store.close()  # a call finishing after this lands in the journal, replayed at next start
         if self.live is not None:
@@ -1512,7 +1481,7 @@ class Meter:
         if state.finished:
             return
         if state.opens_socket:
-            self._end_handshake(flow, state, aborted=False)
+            self.sockets.end_handshake(flow, state, aborted=False)
             return
         if state.results is not None:
             self._finish_results(flow, state)
@@ -1539,9 +1508,7 @@ class Meter:
 
     @_never_raises
     def error(self, flow: http.HTTPFlow) -> None:
-        session = self._sessions.get(flow)
-        if session is not None:  # the WebSocket failed: websocket_end may not follow
-            self._end_session(flow, session, f"the WebSocket failed: {flow.error.msg if flow.error else '?'}")
+        if self.sockets.failed(flow):  # the WebSocket failed: websocket_end may not follow
             return
         state = self._state(flow)
         if state is None or state.finished:
@@ -1549,284 +1516,39 @@ class Meter:
         if state.opens_socket:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)
-            self._end_handshake(flow, state, aborted=True)
+            self.sockets.end_handshake(flow, state, aborted=True)
             return
         metered = state.tap.result() if state.tap is not None else Metered()
         if flow.error is not None:
             state.errors.append(flow.error.msg)
         self._finish(flow, state, metered, aborted=True)
 
-    # -- WebSocket sessions: OpenAI Realtime, Gemini Live ------------------------
+    # -- WebSocket sessions: OpenAI Realtime, Gemini Live, Responses (addon.socket_metering) --
 
-    def _end_handshake(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
-        """A WebSocket handshake is answered: an upgrade opens a session (no row: the handshake is
-        not billed); anything else (a refusal, 401, 404, a failure) is a row like any failed call,
-        not billed."""
-        state.finished = True
-        record = state.record
-        if flow.websocket is not None and not aborted and state.refusal is None:
-            self._calls.pop(flow, None)
-            self._fill_record(flow, state, Metered(), state.errors, aborted=False)
-            record.duration_ms = record.status_code = None  # each row gets its own
-            session: SocketSession
-            if state.live is not None:
-                session = LiveSession(
-                    handshake=record,
-                    next_id=self._next_call_id,
-                    opened_at=time.time(),
-                    tags_header=state.tags_header,
-                    process=_process_of(state),
-                )
-            elif state.responses_ws:
-                session = ResponsesSession(
-                    handshake=record,
-                    next_id=self._next_call_id,
-                    opened_at=time.time(),
-                    subscription=state.subscription,
-                )
-            else:
-                session = RealtimeSession(handshake=record, next_id=self._next_call_id, opened_at=time.time())
-            self._sessions[flow] = session
-            return
-        self._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
-        if flow.response is not None and flow.response.status_code < 400:
-            record.error = f"{record.error}; " if record.error else ""
-            record.error += f"answered {flow.response.status_code} without upgrading to a WebSocket"
-        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
-        self._submit(record)
+    @property
+    def _sessions(self) -> weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession]:
+        """The WebSocket sessions being metered (the SocketMeter's)."""
+        return self.sockets.sessions
 
-    def _session(self, flow: http.HTTPFlow) -> SocketSession | None:
-        session = self._sessions.get(flow)
-        if session is None and _SESSIONS_HANDED_OVER:
-            session = _SESSIONS_HANDED_OVER.pop(flow, None)
-            if session is not None:
-                self._sessions[flow] = session
-        return session
+    @property
+    def _close_websocket(self) -> Callable[..., bool]:
+        """How the proxy closes a session it caps or refuses (SocketMeter.close_websocket)."""
+        return self.sockets.close_websocket
+
+    @_close_websocket.setter
+    def _close_websocket(self, close: Callable[..., bool]) -> None:
+        self.sockets.close_websocket = close  # type: ignore[method-assign]
 
     @_never_raises
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
-        """One WebSocket message: a server event that bills makes a row, stored before the client
-        gets it; a client message asking for work once a budget is spent caps the session; a Gemini
-        Live session's first client message (its setup) is checked against the model rules."""
-        session = self._sessions.get(flow) if not _SESSIONS_HANDED_OVER else self._session(flow)
-        if session is None:
-            if _DROPPING and flow in _DROPPING:  # closed by the proxy: nothing more passes
-                flow.websocket.messages[-1].drop()  # type: ignore[union-attr]
-            return
-        message = flow.websocket.messages[-1]  # type: ignore[union-attr]
-        if isinstance(session, LiveSession):
-            await self._live_message(flow, session, message)
-            return
-        if isinstance(session, ResponsesSession):
-            await self._responses_message(flow, session, message)
-            return
-        if not isinstance(session, RealtimeSession):
-            return
-        if message.from_client:
-            if session.capped:
-                message.drop()  # the socket is closing: nothing more goes upstream
-            elif self.policies.enforcing and self.enforcer.budgets.has_budgets:
-                self._cap_if_spent(flow, session, message)
-            return
-        data = message.content
-        if message.injected or not message.is_text or not openai_realtime.might_bill(data):
-            return
-        event = await _off_loop_if_large(openai_realtime.read_server_event, data)
-        if event is None:
-            return
-        for row in session.take(event, time.time()):
-            self._record_realtime(row)
-
-    async def _responses_message(
-        self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage
-    ) -> None:
-        """A Responses WebSocket message: a delta costs a look at its first bytes; a client's
-        ``response.create`` is a call (checked, reserved: _responses_create); ``response.created``
-        and the terminal events are decoded (a row per response, stored before the client gets
-        its terminal event)."""
-        data = message.content
-        if message.from_client:
-            if openai_responses_ws.may_be_create(data):
-                await self._responses_create(flow, session, message, data)
-            return  # a response.steer adds input to a running response: no call, never refused
-        if message.injected or not openai_responses_ws.might_matter(data):
-            return
-        event = await _off_loop_if_large(openai_responses_ws.read_server_event, data)
-        if event is None:
-            return
-        for row in session.take(event, time.time()):
-            self._record_realtime(row)
-
-    async def _responses_create(
-        self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage, data: bytes
-    ) -> None:
-        """A ``response.create``: a call, decided as an HTTP call is (model rules, budgets with
-        its estimate reserved under its row's id, rate limits). Downgraded by rewriting its
-        ``model``; refused by dropping it and sending the client an ``error`` event on its lane
-        (the socket stays open), with a row not billed. Allowed, it waits for its response."""
-        create = await _off_loop_if_large(openai_responses_ws.read_create, data)
-        if create is None:
-            return
-        record = session.call(time.time(), create.model)
-        decision = self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=create.model,
-            call_id=record.id,
-            estimate=self._cost_estimate(record.provider, len(data), create.body, record.inference_geo),
-            budgeted=not session.subscription,
-        )
-        if decision.refusal is None and create.model is None:
-            decision = self._unknown_model(record, decision) or decision
-        downgrade = decision.model_sent if decision.action == "downgraded" else None
-        rewritten = data
-        if downgrade:
-            try:
-                rewrite = functools.partial(openai_responses_ws.with_model, model=downgrade)
-                rewritten = await _off_loop_if_large(rewrite, data)
-            except ValueError as exc:
-                self.enforcer.withdraw(decision, record.id)
-                decision = self.enforcer.refuse_model(
-                    record.provider, record.environment, create.model or "?", str(exc)
-                )
-        record.action = decision.action
-        if decision.refusal is not None:
-            message.drop()
-            status = decision.refusal.status_code
-            error = json.loads(decision.refusal.content or b"{}").get("error") or {}
-            why = decision.message or str(error.get("message"))
-            event = openai_responses_ws.error_event(error, status, create.stream_id)
-            ctx.master.commands.call("inject.websocket", flow, True, event, True)
-            self._submit(session.refused(record, status, why))
-            log.warning("tokometer: response.create refused on a Responses WebSocket: %s", why)
-            return
-        if downgrade:
-            message.content = rewritten
-            record.model_sent = downgrade
-            log.info("tokometer: Responses WebSocket %s", decision.notice)
-        for row in session.sent(record, create.stream_id, data):
-            self._record_realtime(row)
-
-    async def _live_message(
-        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage
-    ) -> None:
-        """A Gemini Live message: audio both ways costs a substring test or two; the setup and
-        the messages with usage are decoded."""
-        if message.from_client:
-            if session.capped:
-                message.drop()  # the socket is closing: nothing more goes upstream
-            elif not session.setup_seen:
-                self._live_setup(flow, session, message)
-            elif self.policies.enforcing and self.enforcer.budgets.has_budgets:
-                self._cap_if_spent(flow, session, message)
-            return
-        if message.injected:
-            return
-        data = message.content
-        now = None
-        if session.turn_started is None and gemini_live.starts_turn(data):
-            now = time.time()
-            session.content(now)
-        if not gemini_live.might_bill(data):
-            return
-        found = await _off_loop_if_large(gemini_live.read_usage, data)
-        if found is not None:
-            self._record_realtime(session.take(found, now or time.time()))
-
-    def _live_setup(self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage) -> None:
-        """A Gemini Live session's first client message, its setup: the model it names is the
-        session's, checked now. A disallowed model is downgraded by rewriting ``setup.model`` in
-        the message, or refused: the message never goes upstream and the client gets a close 1008
-        with the reason, as Google refuses a model. On Vertex, the project in the model's path
-        stands for the credential (the OAuth token is never read): the session is attributed
-        again with it, before the check."""
-        session.setup_seen = True
-        data = message.content
-        setup = gemini_live.read_setup(data) if gemini_live.is_setup(data) else None
-        record = session.handshake
-        if setup is not None and setup.project is not None:
-            self._attribute_to_project(session, setup.project)
-        if setup is not None and setup.location is not None:
-            record.inference_geo = setup.location.lower()
-        model = setup.model if setup is not None else None
-        record.model_requested = record.model_sent = model
-        if not self.policies.enforcing:
-            return
-        decision = self.enforcer.decide_model(record.provider, record.environment, model)
-        if decision.refusal is None and model is None:
-            decision = self._unknown_model(record, decision) or decision
-        code = LIVE_REFUSED
-        if decision.refusal is None and (spent := self.enforcer.spent_budget(session.scopes)) is not None:
-            decision, code = Decision("over_budget", decision.model_sent, message=spent), LIVE_OVER_BUDGET
-        if decision.action == "downgraded" and decision.model_sent is not None:
-            try:
-                message.content = gemini_live.with_model(data, decision.model_sent)
-            except ValueError as exc:
-                decision = self.enforcer.refuse_model(
-                    record.provider, record.environment, model or "?", str(exc)
-                )
-            else:
-                record.model_sent = decision.model_sent
-                log.info("tokometer: Gemini Live session %s", decision.notice)
-        record.action = decision.action
-        if decision.message is not None and decision.action in ("blocked", "over_budget"):
-            self._refuse_live(flow, session, message, decision.message, code)
-
-    def _refuse_live(
-        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage, why: str, code: int
-    ) -> None:
-        """Refuse a Live session at its setup: the message is dropped, the session's row says why
-        (the handshake's, not billed) and the client gets a close ``code`` with the reason."""
-        message.drop()
-        session.capped = True
-        reason = why if why.startswith("tokometer: ") else f"tokometer: {why}"
-        record = session.handshake
-        record.model_sent = None  # nothing was sent
-        record.status_code = UPGRADED
-        record.duration_ms = round((time.time() - record.ts.timestamp()) * 1000, 3)
-        record.error = "; ".join(filter(None, (record.error, f"{why} (closed {code})")))[:1000]
-        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
-        self._submit(dataclasses.replace(record))
-        log.warning("tokometer: Gemini Live session refused at its setup: %s", why)
-        if not self._close_websocket(flow, code, reason):
-            log.error("tokometer: could not close a refused Gemini Live session; its messages are dropped")
-
-    def _attribute_to_project(self, session: LiveSession, project: str) -> None:
-        """A Vertex setup names its project: ``vertex:{project}`` is the session's credential,
-        unless the handshake carried one (express mode's API key) that policies.yaml maps and the
-        project is not mapped (as a call's path project and its key are weighed). The session is
-        then attributed again, as its handshake was (header, key, calling process)."""
-        record = session.handshake
-        stand_in = recent_key_fingerprint(f"vertex:{project}")
-        policies = self.policies
-        key_bound = policies.key_for(record.key_fingerprint, None) is not None
-        if record.key_fingerprint is None or (not key_bound and policies.key_for(stand_in, None) is not None):
-            record.key_fingerprint = stand_in
-            decided = attribute(
-                policies=policies,
-                header=session.tags_header,
-                fingerprint=stand_in,
-                process=session.process,
-                hostname=self.hostname,
-                forced_environment=self.forced_environment,
-            )
-            record.environment = decided.environment
-            record.environment_source = decided.environment_source
-            record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
-            record.key_name = decided.key_name
-            for problem in decided.problems:
-                if problem not in (record.error or ""):
-                    record.error = "; ".join(filter(None, (record.error, problem)))[:1000]
-        record.tags = _with_tags(record.tags, {"gcp_project": project})  # the path's claim wins
-        session.attributed()
+        """One WebSocket message: metered, checked, maybe dropped (SocketMeter.message)."""
+        await self.sockets.message(flow)
 
     @_never_raises
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         """A WebSocket on a provider's host that no session follows (an API the proxy does not
         meter) passes untouched; the log names it, once per host and path."""
-        if self._session(flow) is not None or not self._is_provider_host(flow.request):
+        if self.sockets.session(flow) is not None or not self._is_provider_host(flow.request):
             return
         where = self._pretty_host(flow.request) + _SLASHES.sub("/", flow.request.path.partition("?")[0])
         if where in self._unmetered_sockets or len(self._unmetered_sockets) >= MAX_REMEMBERED_HOSTS:
@@ -1836,127 +1558,8 @@ class Meter:
 
     @_never_raises
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        session = self._session(flow)
-        if session is None:
-            return
-        code = flow.websocket.close_code if flow.websocket is not None else None
-        closed = f"the WebSocket closed ({code})"
-        if isinstance(session, ResponsesSession):  # it says before what
-            self._end_session(flow, session, closed)
-            return
-        before = "the turn's usage" if isinstance(session, LiveSession) else "response.done"
-        self._end_session(flow, session, f"{closed} before {before}: usage unknown")
-
-    def _end_session(
-        self, flow: http.HTTPFlow, session: SocketSession, reason: str, *, now: bool = False
-    ) -> None:
-        """The session is over: work still in flight gets its aborted rows (``now``: at shutdown,
-        an offline estimate is made in the hook, not in a thread)."""
-        self._sessions.pop(flow, None)
-        for row in session.end(time.time(), reason):
-            self._record_realtime(row, now=now)
-
-    def _record_realtime(self, row: RealtimeRow, *, now: bool = False) -> None:
-        """Store one row of a session now, inside the hook (before the client gets the event).
-
-        Priced here when a budget applies, so its cost counts against the budgets at once: the
-        session's next request sees it. A response cut short whose create is at hand has its
-        input counted offline first (in a thread, unless ``now``), as an HTTP call without usage.
-        """
-        record = row.record
-        create = row.estimate_from
-        if create is not None and record.usage is None and record.price_status is None and _billable(record):
-            if now:
-                self._estimate_create(record, create)
-            else:
-                task = asyncio.ensure_future(self._estimate_then_count(record, create))
-                self._estimates.add(task)
-                task.add_done_callback(self._estimates.discard)
-                return
-        self._count_and_submit(record)
-
-    async def _estimate_then_count(self, record: CallRecord, create: bytes) -> None:
-        try:
-            await asyncio.to_thread(self._estimate_create, record, create)
-        finally:
-            self._count_and_submit(record)
-
-    @classmethod
-    def _estimate_create(cls, record: CallRecord, create: bytes) -> None:
-        """Count a cut response's input offline from its ``response.create`` (never raises)."""
-        try:
-            body = json.loads(create)
-        except (ValueError, RecursionError):
-            return
-        if isinstance(body, dict):
-            cls._estimate(record, body, None)
-
-    def _count_and_submit(self, record: CallRecord) -> None:
-        if self.enforcer.budgets.has_budgets:
-            self._price(record)
-        if record.cost_usd is not None:
-            self.enforcer.hold(record)
-        self._submit(record)
-
-    def _cap_if_spent(self, flow: http.HTTPFlow, session: SocketSession, message: WebSocketMessage) -> None:
-        """A client message asking for work once a budget of the session is spent: dropped, and the
-        socket closed. A Realtime client first gets an ``error`` event (the over-budget refusal's
-        message); a Gemini Live client a close 1011 with that message, as Google closes a session
-        over its quota (every Live message after the setup asks for work: audio, text, a tool's
-        answer)."""
-        spent = self.enforcer.spent_budget(session.scopes)
-        if spent is None:
-            return
-        live = isinstance(session, LiveSession)
-        if not live and not openai_realtime.asks_for_work(message.content):
-            return
-        message.drop()
-        session.capped = True
-        provider = session.handshake.provider
-        text = error_body(provider, budget_refusal_status(provider), spent, "over_budget")
-        reason = str(text["error"]["message"])  # type: ignore[index]
-        if live:
-            log.warning("tokometer: Gemini Live session capped and closed: %s", spent)
-            if not self._close_websocket(flow, LIVE_OVER_BUDGET, reason):
-                log.error("tokometer: could not close a capped Gemini Live session; its messages are dropped")
-            return
-        event = openai_realtime.budget_error_event(reason, f"event_tokometer_{secrets.token_hex(8)}")
-        ctx.master.commands.call("inject.websocket", flow, True, event, True)
-        log.warning("tokometer: Realtime session capped and closed: %s", spent)
-        if not self._close_websocket(flow):
-            log.error("tokometer: could not close a capped Realtime session; its requests are dropped")
-
-    def _close_websocket(
-        self, flow: http.HTTPFlow, code: int | None = None, reason: str | None = None
-    ) -> bool:
-        """Close a WebSocket from the addon, after what is queued for the client (an error event).
-
-        mitmproxy 12 has no command for it (mitmproxy issue #4773; ``flow.kill()`` does not reach
-        its WebSocket layer). With a ``code``, both sides get a close frame with that code and
-        ``reason``, as if upstream had sent it (see addon.websocket_close); whatever still passes
-        is dropped. Without one, or if that cannot be done, the upstream side is reported closed to
-        the flow's connection handler, as when the provider hangs up: the layer sends the client
-        a close frame (1000) and closes both connections. Events are handled in order, so an
-        injected error goes first.
-        """
-        server = ctx.master.addons.get("proxyserver")
-        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
-        if handler is None or flow.server_conn is None:
-            return False
-        if code is not None:
-            try:
-                closed = close_websocket(handler, flow, code, reason or "")
-            except Exception:
-                log.exception("tokometer: could not send a close frame; closing the connections instead")
-                closed = False
-            if closed:
-                _DROPPING.add(flow)
-                ctx.master.commands.call("inject.websocket", flow, True, b"", False)  # see close_websocket
-                return True
-        task = asyncio.ensure_future(handler.server_event(proxy_events.ConnectionClosed(flow.server_conn)))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-        return True
+        """A session's WebSocket closed: its work in flight gets its rows (SocketMeter.end)."""
+        self.sockets.end(flow)
 
     # -- finishing -----------------------------------------------------------
 

@@ -1,0 +1,546 @@
+"""WebSocket sessions the proxy meters: OpenAI Realtime, Gemini Live, OpenAI Responses.
+
+A session opens when its handshake (a call the Meter follows from request to answer) is upgraded;
+from then on each message passes through here: the rows of the work it bills are stored while the
+hook runs (before the client gets the event), a call or a setup is checked against the policies,
+and a session over its budget is capped and closed. The Meter owns one SocketMeter and delegates
+its WebSocket hooks to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import events as proxy_events
+from mitmproxy.websocket import WebSocketMessage
+
+from addon.api_keys import recent_key_fingerprint
+from addon.attribution import attribute
+from addon.client_process import ClientProcess
+from addon.enforcement import Decision, Enforcer
+from addon.policies import Policies
+from addon.pricing import NOT_BILLED
+from addon.providers import gemini_live, openai_realtime, openai_responses_ws
+from addon.realtime_sessions import (
+    UPGRADED,
+    LiveSession,
+    RealtimeRow,
+    RealtimeSession,
+    ResponsesSession,
+    SocketSession,
+)
+from addon.record import CallRecord
+from addon.refusals import budget_refusal_status, error_body
+from addon.usage import Metered
+from addon.websocket_close import close_websocket
+
+if TYPE_CHECKING:
+    from addon.meter import CallState
+    from addon.store import Store
+
+log = logging.getLogger("tokometer")
+
+# How the proxy closes a Gemini Live session it refuses, as Google closes one: a model it will not
+# serve (1008, policy violation), a quota spent (1011).
+LIVE_REFUSED = 1008
+LIVE_OVER_BUDGET = 1011
+
+# WebSocket sessions (Realtime, Live) open when mitmproxy reloaded the script, for the new Meter's
+# SocketMeter to go on with: this module is imported once per process (the script is what
+# mitmproxy reloads).
+_SESSIONS_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
+# WebSockets the proxy closed itself (with a close code): whatever still passes through them is
+# dropped, by this instance or the next (a script reload).
+_DROPPING: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+
+
+class MeterSide(Protocol):
+    """What a SocketMeter uses of the Meter that owns it, read as it is used (policies, prices
+    and the store change while the proxy runs)."""
+
+    enforcer: Enforcer
+    hostname: str
+    forced_environment: str | None
+    _calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState]  # the calls being followed
+    _estimates: set[asyncio.Future[None]]  # offline counts under way (kept referenced)
+
+    @property
+    def policies(self) -> Policies: ...
+
+    def _next_call_id(self) -> str: ...
+
+    def _submit(self, record: CallRecord, store: Store | None = None) -> None: ...
+
+    def _price(self, record: CallRecord) -> None: ...
+
+    def _cost_estimate(
+        self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
+    ) -> Callable[[str | None], Decimal]: ...
+
+    def _unknown_model(self, record: CallRecord, decision: Decision) -> Decision | None: ...
+
+    @staticmethod
+    def _fill_record(
+        flow: http.HTTPFlow, state: CallState, metered: Metered, errors: list[str], *, aborted: bool
+    ) -> None: ...
+
+    @staticmethod
+    def _estimate(record: CallRecord, body: dict[str, Any], text: str | None) -> None: ...
+
+
+def _process_of(state: CallState) -> ClientProcess | None:
+    """The calling process of a call, if its lookup is over (it was awaited when attributed)."""
+    lookup = state.process
+    if lookup is None or not lookup.done() or lookup.cancelled() or lookup.exception() is not None:
+        return None
+    return lookup.result()
+
+
+class SocketMeter:
+    """Meters the WebSocket sessions of one Meter: opens them at their upgrade, reads their
+    messages, records their rows, caps and closes them."""
+
+    def __init__(
+        self,
+        meter: MeterSide,
+        *,
+        off_loop: Callable[..., Awaitable[Any]],
+        billable: Callable[[CallRecord], bool],
+        with_tags: Callable[[str | None, Mapping[str, str]], str],
+    ) -> None:
+        self._meter = meter
+        self._off_loop = off_loop  # runs a parse in a worker thread when its input is large
+        self._billable = billable
+        self._with_tags = with_tags
+        # OpenAI Realtime and Gemini Live WebSockets being metered (see message).
+        self.sessions: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
+        self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
+
+    def take_over(self) -> None:
+        """A script reload: go on with the sessions the Meter before it left open."""
+        for flow, session in list(_SESSIONS_HANDED_OVER.items()):
+            if _SESSIONS_HANDED_OVER.pop(flow, None) is not None:
+                self.sessions[flow] = session
+
+    def hand_over(self) -> None:
+        """The script is reloaded: the open sessions go on, for the next Meter to follow."""
+        _SESSIONS_HANDED_OVER.update(self.sessions)
+        self.sessions.clear()
+
+    def failed(self, flow: http.HTTPFlow) -> bool:
+        """The flow failed: if a session followed it (websocket_end may not follow), it ends now."""
+        session = self.sessions.get(flow)
+        if session is None:
+            return False
+        self.end_session(flow, session, f"the WebSocket failed: {flow.error.msg if flow.error else '?'}")
+        return True
+
+    def end_handshake(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
+        """A WebSocket handshake is answered: an upgrade opens a session (no row: the handshake is
+        not billed); anything else (a refusal, 401, 404, a failure) is a row like any failed call,
+        not billed."""
+        state.finished = True
+        record = state.record
+        if flow.websocket is not None and not aborted and state.refusal is None:
+            self._meter._calls.pop(flow, None)
+            self._meter._fill_record(flow, state, Metered(), state.errors, aborted=False)
+            record.duration_ms = record.status_code = None  # each row gets its own
+            session: SocketSession
+            if state.live is not None:
+                session = LiveSession(
+                    handshake=record,
+                    next_id=self._meter._next_call_id,
+                    opened_at=time.time(),
+                    tags_header=state.tags_header,
+                    process=_process_of(state),
+                )
+            elif state.responses_ws:
+                session = ResponsesSession(
+                    handshake=record,
+                    next_id=self._meter._next_call_id,
+                    opened_at=time.time(),
+                    subscription=state.subscription,
+                )
+            else:
+                session = RealtimeSession(
+                    handshake=record, next_id=self._meter._next_call_id, opened_at=time.time()
+                )
+            self.sessions[flow] = session
+            return
+        self._meter._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
+        if flow.response is not None and flow.response.status_code < 400:
+            record.error = f"{record.error}; " if record.error else ""
+            record.error += f"answered {flow.response.status_code} without upgrading to a WebSocket"
+        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
+        self._meter._submit(record)
+
+    def session(self, flow: http.HTTPFlow) -> SocketSession | None:
+        """``flow``'s session, taking over one the Meter before a script reload left open."""
+        session = self.sessions.get(flow)
+        if session is None and _SESSIONS_HANDED_OVER:
+            session = _SESSIONS_HANDED_OVER.pop(flow, None)
+            if session is not None:
+                self.sessions[flow] = session
+        return session
+
+    async def message(self, flow: http.HTTPFlow) -> None:
+        """One WebSocket message: a server event that bills makes a row, stored before the client
+        gets it; a client message asking for work once a budget is spent caps the session; a Gemini
+        Live session's first client message (its setup) is checked against the model rules."""
+        session = self.sessions.get(flow) if not _SESSIONS_HANDED_OVER else self.session(flow)
+        if session is None:
+            if _DROPPING and flow in _DROPPING:  # closed by the proxy: nothing more passes
+                flow.websocket.messages[-1].drop()  # type: ignore[union-attr]
+            return
+        message = flow.websocket.messages[-1]  # type: ignore[union-attr]
+        if isinstance(session, LiveSession):
+            await self._live_message(flow, session, message)
+            return
+        if isinstance(session, ResponsesSession):
+            await self._responses_message(flow, session, message)
+            return
+        if not isinstance(session, RealtimeSession):
+            return
+        if message.from_client:
+            if session.capped:
+                message.drop()  # the socket is closing: nothing more goes upstream
+            elif self._meter.policies.enforcing and self._meter.enforcer.budgets.has_budgets:
+                self._cap_if_spent(flow, session, message)
+            return
+        data = message.content
+        if message.injected or not message.is_text or not openai_realtime.might_bill(data):
+            return
+        event = await self._off_loop(openai_realtime.read_server_event, data)
+        if event is None:
+            return
+        for row in session.take(event, time.time()):
+            self._record_realtime(row)
+
+    async def _responses_message(
+        self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage
+    ) -> None:
+        """A Responses WebSocket message: a delta costs a look at its first bytes; a client's
+        ``response.create`` is a call (checked, reserved: _responses_create); ``response.created``
+        and the terminal events are decoded (a row per response, stored before the client gets
+        its terminal event)."""
+        data = message.content
+        if message.from_client:
+            if openai_responses_ws.may_be_create(data):
+                await self._responses_create(flow, session, message, data)
+            return  # a response.steer adds input to a running response: no call, never refused
+        if message.injected or not openai_responses_ws.might_matter(data):
+            return
+        event = await self._off_loop(openai_responses_ws.read_server_event, data)
+        if event is None:
+            return
+        for row in session.take(event, time.time()):
+            self._record_realtime(row)
+
+    async def _responses_create(
+        self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage, data: bytes
+    ) -> None:
+        """A ``response.create``: a call, decided as an HTTP call is (model rules, budgets with
+        its estimate reserved under its row's id, rate limits). Downgraded by rewriting its
+        ``model``; refused by dropping it and sending the client an ``error`` event on its lane
+        (the socket stays open), with a row not billed. Allowed, it waits for its response."""
+        create = await self._off_loop(openai_responses_ws.read_create, data)
+        if create is None:
+            return
+        record = session.call(time.time(), create.model)
+        decision = self._meter.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=create.model,
+            call_id=record.id,
+            estimate=self._meter._cost_estimate(
+                record.provider, len(data), create.body, record.inference_geo
+            ),
+            budgeted=not session.subscription,
+        )
+        if decision.refusal is None and create.model is None:
+            decision = self._meter._unknown_model(record, decision) or decision
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
+        rewritten = data
+        if downgrade:
+            try:
+                rewrite = functools.partial(openai_responses_ws.with_model, model=downgrade)
+                rewritten = await self._off_loop(rewrite, data)
+            except ValueError as exc:
+                self._meter.enforcer.withdraw(decision, record.id)
+                decision = self._meter.enforcer.refuse_model(
+                    record.provider, record.environment, create.model or "?", str(exc)
+                )
+        record.action = decision.action
+        if decision.refusal is not None:
+            message.drop()
+            status = decision.refusal.status_code
+            error = json.loads(decision.refusal.content or b"{}").get("error") or {}
+            why = decision.message or str(error.get("message"))
+            event = openai_responses_ws.error_event(error, status, create.stream_id)
+            ctx.master.commands.call("inject.websocket", flow, True, event, True)
+            self._meter._submit(session.refused(record, status, why))
+            log.warning("tokometer: response.create refused on a Responses WebSocket: %s", why)
+            return
+        if downgrade:
+            message.content = rewritten
+            record.model_sent = downgrade
+            log.info("tokometer: Responses WebSocket %s", decision.notice)
+        for row in session.sent(record, create.stream_id, data):
+            self._record_realtime(row)
+
+    async def _live_message(
+        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage
+    ) -> None:
+        """A Gemini Live message: audio both ways costs a substring test or two; the setup and
+        the messages with usage are decoded."""
+        if message.from_client:
+            if session.capped:
+                message.drop()  # the socket is closing: nothing more goes upstream
+            elif not session.setup_seen:
+                self._live_setup(flow, session, message)
+            elif self._meter.policies.enforcing and self._meter.enforcer.budgets.has_budgets:
+                self._cap_if_spent(flow, session, message)
+            return
+        if message.injected:
+            return
+        data = message.content
+        now = None
+        if session.turn_started is None and gemini_live.starts_turn(data):
+            now = time.time()
+            session.content(now)
+        if not gemini_live.might_bill(data):
+            return
+        found = await self._off_loop(gemini_live.read_usage, data)
+        if found is not None:
+            self._record_realtime(session.take(found, now or time.time()))
+
+    def _live_setup(self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage) -> None:
+        """A Gemini Live session's first client message, its setup: the model it names is the
+        session's, checked now. A disallowed model is downgraded by rewriting ``setup.model`` in
+        the message, or refused: the message never goes upstream and the client gets a close 1008
+        with the reason, as Google refuses a model. On Vertex, the project in the model's path
+        stands for the credential (the OAuth token is never read): the session is attributed
+        again with it, before the check."""
+        session.setup_seen = True
+        data = message.content
+        setup = gemini_live.read_setup(data) if gemini_live.is_setup(data) else None
+        record = session.handshake
+        if setup is not None and setup.project is not None:
+            self._attribute_to_project(session, setup.project)
+        if setup is not None and setup.location is not None:
+            record.inference_geo = setup.location.lower()
+        model = setup.model if setup is not None else None
+        record.model_requested = record.model_sent = model
+        if not self._meter.policies.enforcing:
+            return
+        decision = self._meter.enforcer.decide_model(record.provider, record.environment, model)
+        if decision.refusal is None and model is None:
+            decision = self._meter._unknown_model(record, decision) or decision
+        code = LIVE_REFUSED
+        if (
+            decision.refusal is None
+            and (spent := self._meter.enforcer.spent_budget(session.scopes)) is not None
+        ):
+            decision, code = Decision("over_budget", decision.model_sent, message=spent), LIVE_OVER_BUDGET
+        if decision.action == "downgraded" and decision.model_sent is not None:
+            try:
+                message.content = gemini_live.with_model(data, decision.model_sent)
+            except ValueError as exc:
+                decision = self._meter.enforcer.refuse_model(
+                    record.provider, record.environment, model or "?", str(exc)
+                )
+            else:
+                record.model_sent = decision.model_sent
+                log.info("tokometer: Gemini Live session %s", decision.notice)
+        record.action = decision.action
+        if decision.message is not None and decision.action in ("blocked", "over_budget"):
+            self._refuse_live(flow, session, message, decision.message, code)
+
+    def _refuse_live(
+        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage, why: str, code: int
+    ) -> None:
+        """Refuse a Live session at its setup: the message is dropped, the session's row says why
+        (the handshake's, not billed) and the client gets a close ``code`` with the reason."""
+        message.drop()
+        session.capped = True
+        reason = why if why.startswith("tokometer: ") else f"tokometer: {why}"
+        record = session.handshake
+        record.model_sent = None  # nothing was sent
+        record.status_code = UPGRADED
+        record.duration_ms = round((time.time() - record.ts.timestamp()) * 1000, 3)
+        record.error = "; ".join(filter(None, (record.error, f"{why} (closed {code})")))[:1000]
+        record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
+        self._meter._submit(dataclasses.replace(record))
+        log.warning("tokometer: Gemini Live session refused at its setup: %s", why)
+        if not self.close_websocket(flow, code, reason):
+            log.error("tokometer: could not close a refused Gemini Live session; its messages are dropped")
+
+    def _attribute_to_project(self, session: LiveSession, project: str) -> None:
+        """A Vertex setup names its project: ``vertex:{project}`` is the session's credential,
+        unless the handshake carried one (express mode's API key) that policies.yaml maps and the
+        project is not mapped (as a call's path project and its key are weighed). The session is
+        then attributed again, as its handshake was (header, key, calling process)."""
+        record = session.handshake
+        stand_in = recent_key_fingerprint(f"vertex:{project}")
+        policies = self._meter.policies
+        key_bound = policies.key_for(record.key_fingerprint, None) is not None
+        if record.key_fingerprint is None or (not key_bound and policies.key_for(stand_in, None) is not None):
+            record.key_fingerprint = stand_in
+            decided = attribute(
+                policies=policies,
+                header=session.tags_header,
+                fingerprint=stand_in,
+                process=session.process,
+                hostname=self._meter.hostname,
+                forced_environment=self._meter.forced_environment,
+            )
+            record.environment = decided.environment
+            record.environment_source = decided.environment_source
+            record.team, record.feature, record.tags = decided.team, decided.feature, decided.tags
+            record.key_name = decided.key_name
+            for problem in decided.problems:
+                if problem not in (record.error or ""):
+                    record.error = "; ".join(filter(None, (record.error, problem)))[:1000]
+        record.tags = self._with_tags(record.tags, {"gcp_project": project})  # the path's claim wins
+        session.attributed()
+
+    def end(self, flow: http.HTTPFlow) -> None:
+        """The session's WebSocket closed: work still in flight is cut, its usage unknown."""
+        session = self.session(flow)
+        if session is None:
+            return
+        code = flow.websocket.close_code if flow.websocket is not None else None
+        closed = f"the WebSocket closed ({code})"
+        if isinstance(session, ResponsesSession):  # it says before what
+            self.end_session(flow, session, closed)
+            return
+        before = "the turn's usage" if isinstance(session, LiveSession) else "response.done"
+        self.end_session(flow, session, f"{closed} before {before}: usage unknown")
+
+    def end_session(
+        self, flow: http.HTTPFlow, session: SocketSession, reason: str, *, now: bool = False
+    ) -> None:
+        """The session is over: work still in flight gets its aborted rows (``now``: at shutdown,
+        an offline estimate is made in the hook, not in a thread)."""
+        self.sessions.pop(flow, None)
+        for row in session.end(time.time(), reason):
+            self._record_realtime(row, now=now)
+
+    def _record_realtime(self, row: RealtimeRow, *, now: bool = False) -> None:
+        """Store one row of a session now, inside the hook (before the client gets the event).
+
+        Priced here when a budget applies, so its cost counts against the budgets at once: the
+        session's next request sees it. A response cut short whose create is at hand has its
+        input counted offline first (in a thread, unless ``now``), as an HTTP call without usage.
+        """
+        record = row.record
+        create = row.estimate_from
+        if (
+            create is not None
+            and record.usage is None
+            and record.price_status is None
+            and self._billable(record)
+        ):
+            if now:
+                self._estimate_create(record, create)
+            else:
+                task = asyncio.ensure_future(self._estimate_then_count(record, create))
+                self._meter._estimates.add(task)
+                task.add_done_callback(self._meter._estimates.discard)
+                return
+        self._count_and_submit(record)
+
+    async def _estimate_then_count(self, record: CallRecord, create: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._estimate_create, record, create)
+        finally:
+            self._count_and_submit(record)
+
+    def _estimate_create(self, record: CallRecord, create: bytes) -> None:
+        """Count a cut response's input offline from its ``response.create`` (never raises)."""
+        try:
+            body = json.loads(create)
+        except (ValueError, RecursionError):
+            return
+        if isinstance(body, dict):
+            self._meter._estimate(record, body, None)
+
+    def _count_and_submit(self, record: CallRecord) -> None:
+        if self._meter.enforcer.budgets.has_budgets:
+            self._meter._price(record)
+        if record.cost_usd is not None:
+            self._meter.enforcer.hold(record)
+        self._meter._submit(record)
+
+    def _cap_if_spent(self, flow: http.HTTPFlow, session: SocketSession, message: WebSocketMessage) -> None:
+        """A client message asking for work once a budget of the session is spent: dropped, and the
+        socket closed. A Realtime client first gets an ``error`` event (the over-budget refusal's
+        message); a Gemini Live client a close 1011 with that message, as Google closes a session
+        over its quota (every Live message after the setup asks for work: audio, text, a tool's
+        answer)."""
+        spent = self._meter.enforcer.spent_budget(session.scopes)
+        if spent is None:
+            return
+        live = isinstance(session, LiveSession)
+        if not live and not openai_realtime.asks_for_work(message.content):
+            return
+        message.drop()
+        session.capped = True
+        provider = session.handshake.provider
+        text = error_body(provider, budget_refusal_status(provider), spent, "over_budget")
+        reason = str(text["error"]["message"])  # type: ignore[index]
+        if live:
+            log.warning("tokometer: Gemini Live session capped and closed: %s", spent)
+            if not self.close_websocket(flow, LIVE_OVER_BUDGET, reason):
+                log.error("tokometer: could not close a capped Gemini Live session; its messages are dropped")
+            return
+        event = openai_realtime.budget_error_event(reason, f"event_tokometer_{secrets.token_hex(8)}")
+        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        log.warning("tokometer: Realtime session capped and closed: %s", spent)
+        if not self.close_websocket(flow):
+            log.error("tokometer: could not close a capped Realtime session; its requests are dropped")
+
+    def close_websocket(
+        self, flow: http.HTTPFlow, code: int | None = None, reason: str | None = None
+    ) -> bool:
+        """Close a WebSocket from the addon, after what is queued for the client (an error event).
+
+        mitmproxy 12 has no command for it (mitmproxy issue #4773; ``flow.kill()`` does not reach
+        its WebSocket layer). With a ``code``, both sides get a close frame with that code and
+        ``reason``, as if upstream had sent it (see addon.websocket_close); whatever still passes
+        is dropped. Without one, or if that cannot be done, the upstream side is reported closed to
+        the flow's connection handler, as when the provider hangs up: the layer sends the client
+        a close frame (1000) and closes both connections. Events are handled in order, so an
+        injected error goes first.
+        """
+        server = ctx.master.addons.get("proxyserver")
+        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+        if handler is None or flow.server_conn is None:
+            return False
+        if code is not None:
+            try:
+                closed = close_websocket(handler, flow, code, reason or "")
+            except Exception:
+                log.exception("tokometer: could not send a close frame; closing the connections instead")
+                closed = False
+            if closed:
+                _DROPPING.add(flow)
+                ctx.master.commands.call("inject.websocket", flow, True, b"", False)  # see close_websocket
+                return True
+        task = asyncio.ensure_future(handler.server_event(proxy_events.ConnectionClosed(flow.server_conn)))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
