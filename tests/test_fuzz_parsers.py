@@ -1432,6 +1432,9 @@ def responses_ws_messages(draw: st.DrawFn) -> bytes:
 @given(data=responses_ws_messages(), model=st.text(max_size=20), pad=st.sampled_from(["", "é" * 3000]))
 @example(data=b'{"type":"response.completed","response":{"usage":{"input_tokens":1e400}}}', model="x", pad="")
 @example(data=b'{"type":"response.create","model":"a","x":{"model":"a"}}', model="b", pad="")
+@example(
+    data=b'{"type":[],"response":{}}', model="", pad=""
+)  # an unhashable type: a fresh clone's run found it
 def test_responses_ws_messages_never_raise(data: bytes, model: str, pad: str) -> None:
     """Any bytes a socket carries: the cheap tests, the readers and the create's rewrite never raise
     (the rewrite: only ValueError), and what they read is well formed."""

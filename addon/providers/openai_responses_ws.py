@@ -164,7 +164,7 @@ def read_server_event(data: bytes) -> ServerEvent | None:
         return None
     if kind == "response.created":
         return Started(_str(response.get("id")), lane)
-    if kind not in TERMINAL:
+    if not isinstance(kind, str) or kind not in TERMINAL:
         return None
     metered = openai_api.response_metered(kind, response, data)
     if metered.usage is None and metered.error is None:
