@@ -1079,15 +1079,8 @@ class Meter:
                     raise ValueError(FORM_NOT_REWRITTEN)
                 new_path, new_body = provider.with_model(flow.request.path, body, downgrade)
             except ValueError as exc:
-                self.enforcer.withdraw(decision, record.id)
-                decision = self.enforcer.refuse_model(
-                    record.provider, record.environment, record.model_requested or "?", str(exc)
-                )
-        record.action = decision.action
-        if decision.refusal is not None:
-            flow.response = decision.refusal  # answered here: upstream is never contacted
-            state.refusal = decision.message
-            record.model_sent = None  # nothing was sent
+                decision = self._refuse_instead(decision, record, record.model_requested or "?", str(exc))
+        if self._answer_if_refused(flow, state, decision):
             return
         inject = record.streamed and record.api_flavor in provider.usage_opt_in_flavors and body is not None
         if inject:
@@ -1142,15 +1135,8 @@ class Meter:
             try:
                 new_query = handshake.with_model(query, downgrade)
             except ValueError as exc:
-                self.enforcer.withdraw(decision, record.id)
-                decision = self.enforcer.refuse_model(
-                    record.provider, record.environment, record.model_requested or "?", str(exc)
-                )
-        record.action = decision.action
-        if decision.refusal is not None:
-            flow.response = decision.refusal  # answered here: upstream is never contacted
-            state.refusal = decision.message
-            record.model_sent = None
+                decision = self._refuse_instead(decision, record, record.model_requested or "?", str(exc))
+        if self._answer_if_refused(flow, state, decision):
             return
         if downgrade:
             flow.request.path = f"{path}?{new_query}"
@@ -1176,10 +1162,25 @@ class Meter:
         )
         if not counted:
             self.enforcer.withdraw(decision, None)
-        record.action = decision.action
-        if decision.refusal is not None:
-            flow.response = decision.refusal  # answered here: upstream is never contacted
-            state.refusal = decision.message
+        self._answer_if_refused(flow, state, decision)
+
+    def _refuse_instead(self, decision: Decision, record: CallRecord, model: str, reason: str) -> Decision:
+        """A decision that cannot stand (a model that cannot be rewritten or read): its slot and
+        reservation withdrawn, a refusal of ``model`` saying why instead."""
+        self.enforcer.withdraw(decision, record.id)
+        return self.enforcer.refuse_model(record.provider, record.environment, model, reason)
+
+    @staticmethod
+    def _answer_if_refused(flow: http.HTTPFlow, state: CallState, decision: Decision) -> bool:
+        """Put the decision on the row; a refusal is answered here (upstream is never contacted)
+        and nothing was sent. True when refused."""
+        state.record.action = decision.action
+        if decision.refusal is None:
+            return False
+        flow.response = decision.refusal
+        state.refusal = decision.message
+        state.record.model_sent = None
+        return True
 
     def _unknown_model(
         self,
@@ -1191,8 +1192,7 @@ class Meter:
         rules = self.policies.environment(record.environment).models
         if not self.policies.enforcing or "*" in rules.allow:
             return None
-        self.enforcer.withdraw(decision, record.id)
-        return self.enforcer.refuse_model(record.provider, record.environment, "(unreadable)", reason)
+        return self._refuse_instead(decision, record, "(unreadable)", reason)
 
     # -- batch jobs (OpenAI's Batch API, Anthropic's Message Batches) ------------
 
@@ -1349,21 +1349,16 @@ class Meter:
         )
         if refused is not None and decision.action in ("blocked", "downgraded"):
             # Say where the model comes from; a downgrade cannot be made: the file is uploaded.
-            self.enforcer.withdraw(decision, record.id)
             if inline:
                 why = INLINE_BATCH_NOT_REWRITTEN
             elif decision.action == "downgraded":
                 why = BATCH_NOT_REWRITTEN
             else:
                 why = f"its input file {file_id} asks for it"
-            decision = self.enforcer.refuse_model(record.provider, record.environment, refused, why)
+            decision = self._refuse_instead(decision, record, refused, why)
         elif decision.refusal is None and problem is not None:
             decision = self._unknown_model(record, decision, problem) or decision
-        record.action = decision.action
-        if decision.refusal is not None:
-            flow.response = decision.refusal  # answered here: upstream is never contacted
-            state.refusal = decision.message
-            record.model_sent = None
+        self._answer_if_refused(flow, state, decision)
 
     def _cost_estimate(
         self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from addon.providers import anthropic_api
@@ -121,6 +121,46 @@ def _cap(body: Any) -> int | None:
     return None
 
 
+@dataclass(slots=True)
+class _Requests:
+    """The requests of a batch as they are read one by one: models, caps, the unreadable."""
+
+    where: str  # "file" or "batch", for the error
+    models: dict[str, None] = field(default_factory=dict)
+    lines: int = 0
+    caps: int = 0
+    uncapped: int = 0
+    unreadable: int = 0
+    error: str | None = None
+
+    def add(self, model: Any, cap: int | None) -> None:
+        """Count one request asking for ``model`` (unreadable unless a plain, short string)."""
+        self.lines += 1
+        if cap:
+            self.caps += cap
+        else:
+            self.uncapped += 1
+        if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL:
+            self.unreadable += 1
+        elif model not in self.models:
+            if len(self.models) >= MAX_MODELS:
+                self.unreadable += 1
+                self.error = f"more than {MAX_MODELS} different models in the {self.where}"
+            else:
+                self.models[model] = None
+
+    def result(self, size: int, error: str | None = None) -> BatchInput:
+        return BatchInput(
+            models=tuple(sorted(self.models)),
+            lines=self.lines,
+            size=size,
+            output_caps=self.caps,
+            uncapped=self.uncapped,
+            unreadable=self.unreadable,
+            error=error or self.error,
+        )
+
+
 def scan_input(data: bytes, start: int = 0, end: int | None = None) -> BatchInput:
     """The models, requests and output caps of a JSONL input file in ``data[start:end]``. Never raises.
 
@@ -129,9 +169,7 @@ def scan_input(data: bytes, start: int = 0, end: int | None = None) -> BatchInpu
     """
     end = len(data) if end is None else max(0, min(end, len(data)))
     start = max(0, min(start, end))
-    models: dict[str, None] = {}
-    lines = caps = uncapped = unreadable = 0
-    error = None
+    requests = _Requests("file")
     pos = start
     while pos < end:
         newline = data.find(b"\n", pos, end)
@@ -139,14 +177,12 @@ def scan_input(data: bytes, start: int = 0, end: int | None = None) -> BatchInpu
         a, pos = pos, stop + 1
         if _NOT_BLANK.search(data, a, stop) is None:
             continue
-        lines += 1
         keys = 0
         for _ in _MODEL_KEY.finditer(data, a, stop):
             keys += 1
             if keys > 1:
                 break
         plain = _PLAIN_MODEL.search(data, a, stop) if keys == 1 else None
-        cap = None
         if plain is not None:
             model: Any = plain.group(1).decode("utf-8", "replace")
             found = _OUTPUT_CAP.search(data, a, stop)
@@ -156,27 +192,10 @@ def scan_input(data: bytes, start: int = 0, end: int | None = None) -> BatchInpu
             body = obj.get("body") if isinstance(obj, dict) else None
             model = body.get("model") if isinstance(body, dict) else None
             cap = _cap(body)
-        if cap:
-            caps += cap
-        else:
-            uncapped += 1
-        if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL or "\ufffd" in model:
-            unreadable += 1
-        elif model not in models:
-            if len(models) >= MAX_MODELS:
-                unreadable += 1
-                error = f"more than {MAX_MODELS} different models in the file"
-            else:
-                models[model] = None
-    return BatchInput(
-        models=tuple(sorted(models)),
-        lines=lines,
-        size=end - start,
-        output_caps=caps,
-        uncapped=uncapped,
-        unreadable=unreadable,
-        error=error,
-    )
+        if isinstance(model, str) and "\ufffd" in model:  # not UTF-8: not the name OpenAI reads
+            model = None
+        requests.add(model, cap)
+    return requests.result(end - start)
 
 
 def read_upload(body: bytes, content_type: str) -> BatchInput | None:
@@ -304,8 +323,7 @@ def read_inline(body: bytes) -> BatchInput:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return BatchInput(size=len(body), error="request body is not UTF-8 JSON")
-    models: dict[str, None] = {}
-    lines = caps = uncapped = unreadable = 0
+    requests = _Requests("batch")
     error = None
     try:
         pos = _skip(text, 0)
@@ -326,22 +344,8 @@ def read_inline(body: bytes) -> BatchInput:
                 pos = _skip(text, pos + 1)
                 while text[pos] != "]":
                     item, pos = _DECODER.raw_decode(text, pos)
-                    lines += 1
                     params = item.get("params") if isinstance(item, dict) else None
-                    model = params.get("model") if isinstance(params, dict) else None
-                    cap = _cap(params)
-                    if cap:
-                        caps += cap
-                    else:
-                        uncapped += 1
-                    if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL:
-                        unreadable += 1
-                    elif model not in models:
-                        if len(models) >= MAX_MODELS:
-                            unreadable += 1
-                            error = f"more than {MAX_MODELS} different models in the batch"
-                        else:
-                            models[model] = None
+                    requests.add(params.get("model") if isinstance(params, dict) else None, _cap(params))
                     pos = _skip(text, pos)
                     if text[pos] == ",":
                         pos = _skip(text, pos + 1)
@@ -355,7 +359,7 @@ def read_inline(body: bytes) -> BatchInput:
                 raise ValueError("no comma")
     except (ValueError, IndexError, RecursionError):
         error = "request body is not JSON, or cut short"
-    return BatchInput(tuple(sorted(models)), lines, len(body), caps, uncapped, unreadable, error)
+    return requests.result(len(body), error)
 
 
 def parse_message_batch(body: bytes) -> Metered:

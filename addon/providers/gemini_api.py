@@ -140,9 +140,9 @@ def extract_usage(meta: Any) -> Usage | None:
     if not isinstance(meta, dict) or not any(k in meta for k in _COUNT_KEYS):
         return None
     thoughts = _int(meta.get("thoughtsTokenCount"))
-    prompt = _by_modality(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
-    answer = _by_modality(meta.get("candidatesTokensDetails"))
-    cached = _by_modality(meta.get("cacheTokensDetails"))
+    prompt = by_modality(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
+    answer = by_modality(meta.get("candidatesTokensDetails"))
+    cached = by_modality(meta.get("cacheTokensDetails"))
     return Usage(
         input_tokens=_int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount")),
         cache_read_tokens=_int(meta.get("cachedContentTokenCount")),
@@ -156,15 +156,17 @@ def extract_usage(meta: Any) -> Usage | None:
     )
 
 
-def _by_modality(*details: Any) -> dict[str, int]:
-    """Token counts by modality (``TEXT``, ``IMAGE``, ``AUDIO``...) of ``*TokensDetails`` lists."""
+def by_modality(*details: Any, count: str = "tokenCount") -> dict[str, int]:
+    """Token counts by modality (upper case: ``TEXT``, ``IMAGE``, ``AUDIO``...) of ``*TokensDetails``
+    lists (``{"modality", "tokenCount"}``; the Interactions API's ``*_by_modality``: ``count="tokens"``)."""
     counts: dict[str, int] = {}
     for entries in details:
         if not isinstance(entries, list):
             continue
         for entry in entries:
             if isinstance(entry, dict) and isinstance(modality := entry.get("modality"), str):
-                counts[modality.upper()] = counts.get(modality.upper(), 0) + _int(entry.get("tokenCount"))
+                key = modality.upper()
+                counts[key] = counts.get(key, 0) + _int(entry.get(count))
     return counts
 
 

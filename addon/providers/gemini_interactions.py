@@ -30,7 +30,7 @@ import json
 import re
 from typing import Any
 
-from addon.providers.gemini_api import error_message, normalise_tier
+from addon.providers.gemini_api import by_modality, error_message, normalise_tier
 from addon.providers.openai_api import TextCollector
 from addon.providers.values import loads
 from addon.providers.values import text as _str
@@ -130,9 +130,11 @@ def extract_usage(usage: Any, model: str | None = None) -> Usage | None:
     if not isinstance(usage, dict) or not any(k in usage for k in _COUNT_KEYS):
         return None
     thoughts = _int(usage.get("total_thought_tokens")) or _int(usage.get("total_reasoning_tokens"))
-    prompt = _by_modality(usage.get("input_tokens_by_modality"), usage.get("tool_use_tokens_by_modality"))
-    answer = _by_modality(usage.get("output_tokens_by_modality"))
-    cached = _by_modality(usage.get("cached_tokens_by_modality"))
+    prompt = by_modality(
+        usage.get("input_tokens_by_modality"), usage.get("tool_use_tokens_by_modality"), count="tokens"
+    )
+    answer = by_modality(usage.get("output_tokens_by_modality"), count="tokens")
+    cached = by_modality(usage.get("cached_tokens_by_modality"), count="tokens")
     searches = _searches(usage.get("grounding_tool_count"))
     if searches and model is not None and _PER_PROMPT_GROUNDING.match(model):
         searches = 1
@@ -148,19 +150,6 @@ def extract_usage(usage: Any, model: str | None = None) -> Usage | None:
         output_image_tokens=answer.get("IMAGE", 0),
         cache_audio_read_tokens=cached.get("AUDIO", 0),
     )
-
-
-def _by_modality(*lists: Any) -> dict[str, int]:
-    """Token counts by modality (upper case: ``TEXT``, ``IMAGE``, ``AUDIO``...) of ``*_by_modality`` lists."""
-    counts: dict[str, int] = {}
-    for entries in lists:
-        if not isinstance(entries, list):
-            continue
-        for entry in entries:
-            if isinstance(entry, dict) and isinstance(modality := entry.get("modality"), str):
-                key = modality.upper()
-                counts[key] = counts.get(key, 0) + _int(entry.get("tokens"))
-    return counts
 
 
 def _searches(counts: Any) -> int:
