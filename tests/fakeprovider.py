@@ -18,9 +18,9 @@ Images and audio (``/v1/images/generations``, ``/v1/images/edits``, ``/v1/audio/
 ``/v1/audio/translations``; JSON or multipart/form-data, whose fields land in
 ``RecordedRequest.form``): ``X-Fake-Usage`` as above (``null``: none, as DALL·E answers);
 ``X-Fake-Image-Bytes``: base64 characters of each image (default 2000); a stream sends
-``partial_images`` partial images, then the completed event. A transcription answers in its
-``response_format`` (``text``, ``srt``, ``vtt`` as plain text) or streams ``transcript.text.delta``
-events, then ``transcript.text.done``.
+``partial_images`` partial images, then (past ``X-Fake-Gate``, if given) the completed event. A
+transcription answers in its ``response_format`` (``text``, ``srt``, ``vtt`` as plain text) or
+streams ``transcript.text.delta`` events, then ``transcript.text.done``.
 
 Batch jobs (OpenAI's Batch API): ``POST /v1/files`` (multipart, any purpose) keeps the file and
 answers its id; ``POST /v1/batches`` answers ``validating`` (404 for a file it does not have), its
@@ -873,6 +873,7 @@ def _image_events(kind: str, partials: int, size: int, usage: Any) -> Iterator[b
     for i in range(partials):
         event = {"type": f"{kind}.partial_image", "b64_json": _fake_b64(size), "partial_image_index": i}
         yield _sse({**event, "created_at": int(time.time()), **_IMAGE_FIELDS}, f"{kind}.partial_image")
+    yield None  # the gate (X-Fake-Gate): the completed event waits for it
     done = {"type": f"{kind}.completed", "b64_json": _fake_b64(size), "created_at": int(time.time())}
     yield _sse(_with_usage({**done, **_IMAGE_FIELDS}, usage), f"{kind}.completed")
 
