@@ -59,7 +59,14 @@ from addon.providers import (
 )
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
-from addon.providers.openai_media import FORM_NOT_REWRITTEN, MEDIA_FLAVORS, FormFields, is_form, read_form
+from addon.providers.openai_media import (
+    FORM_NOT_REWRITTEN,
+    MEDIA_FLAVORS,
+    FormFields,
+    is_form,
+    read_form,
+    reserved_image_tokens,
+)
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
 from addon.socket_metering import SocketMeter
@@ -1053,6 +1060,9 @@ class Meter:
         record.model_requested = record.model_sent = model
         if body is not None:
             record.streamed = body.get("stream") is True
+        image_request = None  # what an image call asks for: its reservation's output
+        if record.api_flavor == "images":
+            image_request = form.fields if form is not None else body
 
         decision = self.enforcer.decide(
             provider=record.provider,
@@ -1061,7 +1071,9 @@ class Meter:
             user_name=record.user_name,
             model=record.model_requested,
             call_id=record.id,
-            estimate=self._cost_estimate(record.provider, state.request_size, body, record.inference_geo),
+            estimate=self._cost_estimate(
+                record.provider, state.request_size, body, record.inference_geo, image_request
+            ),
             budgeted=not state.subscription,
         )
         if decision.refusal is None and record.model_requested is None:
@@ -1361,15 +1373,26 @@ class Meter:
         self._answer_if_refused(flow, state, decision)
 
     def _cost_estimate(
-        self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
+        self,
+        provider: str,
+        size: int,
+        body: dict[str, Any] | None,
+        geo: str | None = None,
+        image_request: Mapping[str, Any] | None = None,
     ) -> Callable[[str | None], Decimal]:
         """What a call may cost, for its budget reservation: input from the body's size, output
-        from its max-tokens setting (or a default), at the price where the path says it runs.
+        from its max-tokens setting (or a default), at the price where the path says it runs. An
+        image request (``image_request``: its JSON body or form fields) reserves the image tokens it
+        asks for at the image output rate of the model sent, where OpenAI documents them.
         Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
+            tokens = size // BYTES_PER_TOKEN
+            images = reserved_image_tokens(model, image_request) if image_request is not None else None
+            if images is not None:
+                return self.pricer.estimate(provider, model, tokens, images, geo, output_image_tokens=images)
             output = _max_output_tokens(body) or RESERVED_OUTPUT_TOKENS
-            return self.pricer.estimate(provider, model, size // BYTES_PER_TOKEN, output, geo)
+            return self.pricer.estimate(provider, model, tokens, output, geo)
 
         return estimate
 

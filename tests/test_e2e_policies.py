@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import MITMDUMP, ProxyProcess
-from fakeprovider import FakeProvider
+from fakeprovider import DEFAULT_USAGE, FakeProvider
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 from test_e2e import anthropic_usage, chat_usage, curl, curl_openai_chat, fake_headers, run_client, tag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,3 +279,51 @@ def test_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) ->
     assert sorted(r["action"] for r in rows).count("over_budget") == 19
     spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)
     assert spent == Decimal("0.0015")  # the cap plus at most one call's $0.00075
+
+
+def test_image_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:
+    """20 high-quality gpt-image-1 images started together against a nearly spent cap: each reserves
+    its image's 4160 output tokens at $40/M (not 1,000 text tokens), so one goes through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    usage = DEFAULT_USAGE["images"]  # 50 input (10 image), 4160 output: one 1024x1024 high image
+    one_call = calc_price(
+        GPUsage(input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160),
+        "gpt-image-1",
+        provider_id="openai",
+    ).total_price
+    cap = Decimal("0.30")  # one image spent: $0.13 left, less than one image
+    budget = f"    budget: {{usd: {cap}, period: day}}\n"
+    proxy = proxies("default_environment: development\nenvironments:\n  development:\n" + budget)
+    url = "https://api.openai.com/v1/images/generations"
+    image = {"model": "gpt-image-1", "prompt": "a cat", "quality": "high", "size": "1024x1024"}
+    headers = ["Authorization: Bearer sk-x", "X-Fake-Usage: " + json.dumps(usage)]
+    assert curl(proxy, url, image, [*headers, f"X-Test-Tag: spent-{tag()}"]).returncode == 0
+    proxy.wait_rows(1)
+    time.sleep(0.3)  # priced and counted by the writer thread right after it is journaled
+    gate_name = f"gate-{tag()}"
+    gate = fake_provider.gate(gate_name)
+
+    def one(i: int) -> subprocess.CompletedProcess[str]:
+        tagged = [*headers, f"X-Test-Tag: image-{i}-{gate_name}", f"X-Fake-Gate: {gate_name}"]
+        return curl(proxy, url, {**image, "prompt": f"cat {i}", "stream": True}, tagged)
+
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            futures = [pool.submit(one, i) for i in range(20)]
+            # the refusals come back at once, while the admitted image waits at the gate (if more
+            # than one were admitted, they are let through at the deadline, before curl's)
+            deadline = time.monotonic() + 15
+            while sum(f.done() for f in futures) < 19 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            gate.set()
+            results = [f.result() for f in futures]
+    finally:
+        gate.set()
+    proxy.terminate()
+    rows = proxy.rows("SELECT action, cost_usd FROM calls ORDER BY ts")
+    spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)
+    assert sum(r.returncode == 0 for r in results) == 1, f"{spent=} of {cap}"
+    assert sorted(r["action"] for r in rows).count("over_budget") == 19
+    assert spent == 2 * one_call == Decimal("0.3334")
+    assert spent - cap <= one_call  # the cap overshot by at most one call's cost

@@ -1235,6 +1235,15 @@ def test_reading_any_form_never_raises(body: bytes, content_type: str) -> None:
     assert fields.model is None or (isinstance(fields.model, str) and 0 < len(fields.model) <= 256)
     assert (fields.model is None) == (fields.error is not None)
     assert 0 <= fields.text_bytes <= len(body)
+    assert set(fields.fields) <= openai_media.RESERVATION_FIELDS
+    assert 272 <= openai_media.reserved_image_tokens("gpt-image-1", fields.fields) <= 10 * (6240 + 300)
+
+
+@FUZZ
+@given(request=st.dictionaries(st.sampled_from(sorted(openai_media.RESERVATION_FIELDS)), JSON_VALUES))
+def test_an_image_requests_reservation_never_raises(request: dict[str, Any]) -> None:
+    tokens = openai_media.reserved_image_tokens("gpt-image-1.5", request)
+    assert tokens is not None and 272 <= tokens <= 10 * (6240 + 300)
 
 
 # ---------------------------------------------------------------- Gemini Live (WebSocket messages)

@@ -7,10 +7,13 @@ import functools
 import json
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
 from mitmproxy import http
 from mitmproxy.test import taddons
 from test_meter import CollectingStore, feed, make_flow, run_request, stream_response
@@ -32,6 +35,17 @@ environments:
       allow: [gpt-image-1-mini, gpt-4o-mini-transcribe, whisper-1]
       downgrade: {gpt-image-1: gpt-image-1-mini, gpt-4o-transcribe: gpt-4o-mini-transcribe}
 """
+
+
+DEVELOPMENT = Scope("environment", "development")
+BUDGET = "environments:\n  development:\n    budget: {usd: 100, period: day}\n"
+
+
+def image_bill(model: str, input_tokens: int, image_tokens: int) -> Decimal:
+    """What genai-prices says a GPT image call costs, its usage read as OpenAI reports it (every
+    output token an image token)."""
+    usage = GPUsage(input_tokens=input_tokens, output_tokens=image_tokens, output_image_tokens=image_tokens)
+    return calc_price(usage, model, provider_id="openai").total_price
 
 
 @pytest.fixture
@@ -88,9 +102,10 @@ async def test_an_upload_is_metered_by_its_form_model_without_an_estimate(
     monkeypatch.undo()
     assert flow.response is None
     assert [f.func.__name__ for f in threads if isinstance(f, functools.partial)].count("read_form") == 1
-    # its budget reservation counts the text fields (bytes / 4 tokens), not the image's bytes
-    assert meter.enforcer.budgets.reserved()[Scope("environment", "development")] == meter.pricer.estimate(
-        "openai", "gpt-image-1", len(b"a hatgpt-image-1") // 4, 1000
+    # its budget reservation counts the text fields (bytes / 4 tokens), not the image's bytes, and
+    # the image it asks for: no quality or size given, so the largest (high, 1024x1536: 6240 tokens)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
+        "gpt-image-1", len(b"a hatgpt-image-1") // 4, 6240
     )
     await answer(meter, flow, b'{"created":1}')
     [rec] = meter.store.records  # type: ignore[union-attr]
@@ -214,3 +229,72 @@ async def test_a_dalle_image_call_without_usage_gets_no_estimate(meter: Meter) -
         NO_IMAGE_USAGE,
     )
     assert not meter._estimates
+
+
+# Image output tokens per image, from OpenAI's image generation guide ("Cost and latency", models
+# prior to gpt-image-2): quality x size (1024x1024, 1024x1536, 1536x1024); a partial image of a
+# stream adds 100. Without quality or size ("auto"), the largest the request allows.
+@pytest.mark.parametrize(
+    ("request_body", "image_tokens"),
+    [
+        ({"model": "gpt-image-1", "quality": "high", "size": "1024x1024"}, 4160),
+        ({"model": "gpt-image-1", "quality": "high", "size": "1024x1536", "n": 3}, 3 * 6240),
+        ({"model": "gpt-image-1", "quality": "low", "size": "1536x1024", "n": 10}, 10 * 400),
+        ({"model": "gpt-image-1.5", "quality": "medium", "size": "1536x1024", "n": 2}, 2 * 1568),
+        ({"model": "gpt-image-1.5-2025-12-16", "quality": "auto", "size": "1024x1024"}, 4160),
+        ({"model": "gpt-image-1-mini", "quality": "low", "size": "auto"}, 408),
+        ({"model": "gpt-image-1-mini", "quality": "medium"}, 1584),
+        ({"model": "gpt-image-1"}, 6240),
+        (
+            {
+                "model": "gpt-image-1.5",
+                "quality": "high",
+                "size": "1024x1024",
+                "stream": True,
+                "partial_images": 3,
+            },
+            4160 + 3 * 100,
+        ),
+        ({"model": "gpt-image-1.5", "quality": "low", "size": "1024x1024", "partial_images": 2}, 272),
+    ],
+)
+async def test_an_image_generation_reserves_the_images_it_asks_for(
+    meter: Meter, request_body: dict[str, Any], image_tokens: int
+) -> None:
+    """Its reservation is what it will cost as priced: the prompt (bytes / 4) at the text input
+    rate, its images' output tokens at the model's image output rate (gpt-image-1.5: $32/M)."""
+    meter._apply(parse_policies(BUDGET))
+    flow = make_flow(GENERATIONS, {**request_body, "prompt": "a cat in a hat"})
+    prompt_tokens = len(flow.request.content) // 4
+    await run_request(meter, flow)
+    assert flow.response is None
+    reserved = meter.enforcer.budgets.reserved()[DEVELOPMENT]
+    assert reserved == image_bill(request_body["model"], prompt_tokens, image_tokens)
+
+
+async def test_an_image_edit_upload_reserves_the_images_its_form_asks_for(meter: Meter) -> None:
+    """A multipart edit's n, quality and size are small text fields, read without its files."""
+    meter._apply(parse_policies(BUDGET))
+    fields = [("model", b"gpt-image-1-mini"), ("n", b"2"), ("quality", b"medium"), ("size", b"1024x1024")]
+    flow = upload(
+        EDITS,
+        [("image", os.urandom(50_000), "a.png"), ("prompt", b"a hat", None)]
+        + [(name, value, None) for name, value in fields],
+    )
+    await run_request(meter, flow)
+    assert flow.response is None
+    text_bytes = len(b"a hat") + sum(len(value) for _, value in fields)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
+        "gpt-image-1-mini", text_bytes // 4, 2 * 1056
+    )
+
+
+async def test_a_downgraded_image_request_reserves_at_the_model_sent(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED + "    budget: {usd: 100, period: day}\n"))
+    flow = make_flow(GENERATIONS, {"model": "gpt-image-1", "prompt": "a cat", "quality": "high", "n": 2})
+    prompt_tokens = len(flow.request.content) // 4
+    await run_request(meter, flow)
+    assert json.loads(flow.request.content)["model"] == "gpt-image-1-mini"
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
+        "gpt-image-1-mini", prompt_tokens, 2 * 6240
+    )

@@ -25,6 +25,7 @@ from addon.providers.openai_media import (
     flavor_for_path,
     parse_response,
     read_form,
+    reserved_image_tokens,
 )
 from addon.record import CallRecord
 from addon.sse import SSEDecoder
@@ -348,6 +349,60 @@ def test_a_quoted_boundary_a_cut_body_and_no_boundary() -> None:
         fields.model is None and fields.error == "multipart body cut short or malformed: no model field found"
     )
     assert read_form(body, "multipart/form-data").error.startswith("multipart body without a boundary")
+
+
+def test_an_image_forms_reservation_fields_are_read_as_often_as_given() -> None:
+    body, ctype = form(
+        [
+            ("n", b"3", None),
+            ("image", b"n=9 quality=high" * 100, "n"),  # a file named like a field: not read
+            ("quality", b" low ", None),
+            ("quality", b"medium", None),
+            ("size", b"1024x1024" * 10, None),  # longer than any size: not a value the API takes
+            ("model", b"gpt-image-1", None),
+        ]
+    )
+    fields = read_form(body, ctype)
+    assert fields.fields == {"n": ("3",), "quality": ("low", "medium")}
+    assert reserved_image_tokens("gpt-image-1", fields.fields) == 3 * 1584  # medium, the largest size
+
+
+# ---------------------------------------------------------------- image reservations
+
+
+@pytest.mark.parametrize(
+    ("model", "request_fields", "tokens"),
+    [
+        ("gpt-image-1", {"quality": "high", "size": "1536x1024"}, 6208),
+        ("gpt-image-1-mini-2025-10-06", {"quality": "medium", "size": "1024x1024"}, 1056),
+        ("gpt-image-1", {"n": 0}, 6240),  # an n the API refuses: one image
+        ("gpt-image-1", {"n": 50, "quality": "low", "size": "1024x1024"}, 10 * 272),  # at most 10
+        ("gpt-image-1", {"n": True, "quality": ["low"], "size": 1024}, 6240),  # not values: the largest
+        ("gpt-image-1", {"n": "2", "quality": "hd", "size": "1792x1024"}, 2 * 6240),
+        (
+            "gpt-image-1.5",
+            {"stream": "true", "partial_images": "9", "quality": "low", "size": "1024x1024"},
+            572,
+        ),
+        ("gpt-image-1.5", {"stream": "True", "partial_images": ("1", "2")}, 6240 + 200),
+        ("gpt-image-1.5", {"stream": False, "partial_images": 3, "quality": "low", "size": "1024x1024"}, 272),
+        ("gpt-image-1.5", {"stream": True, "partial_images": -5, "quality": "low", "size": "1024x1024"}, 272),
+        (
+            "gpt-image-1.5",
+            {"n": ("1", "4", "x"), "quality": ("low", "high"), "size": ("1024x1024",)},
+            4 * 4160,
+        ),
+        ("dall-e-3", {"quality": "hd"}, None),  # billed per image: genai-prices has no price
+        ("gpt-image-2", {"quality": "high", "size": "1024x1024"}, None),  # another formula
+        ("chatgpt-image-latest", {}, None),
+        ("gpt-image-10", {}, None),
+        (None, {}, None),
+        ("gpt-image-1", None, None),
+        ("gpt-image-1", [], None),
+    ],
+)
+def test_reserved_image_tokens(model: str | None, request_fields: Any, tokens: int | None) -> None:
+    assert reserved_image_tokens(model, request_fields) == tokens
 
 
 # ---------------------------------------------------------------- prices and rows

@@ -17,16 +17,22 @@ Flavors: ``images`` (``POST /v1/images/generations``, ``/v1/images/edits``,
   the image either.
 
 Uploads (edits, variations, audio) are multipart/form-data: ``read_form`` finds their small text
-fields (``model``) by walking the part boundaries, never decoding the files.
+fields (``model``, and ``n``, ``quality``, ``size``...) by walking the part boundaries, never
+decoding the files.
+
+A budget reservation of an image call counts the image output tokens its request asks for
+(``reserved_image_tokens``: quality, size, n, streamed partial images), from OpenAI's table.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from addon.model_rules import base_model
 from addon.providers.openai_api import error_message
 from addon.providers.values import flavor_by_suffix, loads
 from addon.providers.values import token_count as _int
@@ -266,6 +272,72 @@ class StreamParser:
         return Metered(usage=self._usage, error=error)
 
 
+# --- what an image request asks for (its budget reservation) -----------------------------------
+
+# Image output tokens of one image by quality and size: OpenAI's image generation guide, "Cost and
+# latency", for the GPT image models before gpt-image-2 (developers.openai.com/api/docs/guides/
+# image-generation#cost-and-latency). gpt-image-1.5's per-image prices there are these counts at
+# its $32/M image output rate. gpt-image-2 and later bill by another formula: not here.
+IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+TABLED_IMAGE_MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"})
+PARTIAL_IMAGE_TOKENS = 100  # each partial image of a stream ("Partial images cost", the same guide)
+MAX_IMAGES = 10  # n: 1 to 10 (the API reference)
+MAX_PARTIAL_IMAGES = 3  # partial_images: 0 to 3
+# The fields of an image request (JSON or form) its reservation reads.
+RESERVATION_FIELDS = frozenset({"n", "quality", "size", "stream", "partial_images"})
+_MAX_RESERVATION_FIELD = 64  # bytes of such a form field read (longer: not a value the API takes)
+
+
+def _values(value: Any) -> tuple[Any, ...]:
+    """A field's values: a form field given more than once has several (the largest counts)."""
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _count(value: Any) -> int | None:
+    """A whole number from JSON (not a bool) or from a form field's digits, else None."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _choices(value: Any, known: Mapping[str, Any]) -> set[str]:
+    """The keys of ``known`` a field allows: the one it names, else all (``auto``, absent, unknown)."""
+    chosen: set[str] = set()
+    for one in _values(value):
+        if isinstance(one, str) and one in known:
+            chosen.add(one)
+        else:
+            return set(known)
+    return chosen or set(known)
+
+
+def reserved_image_tokens(model: str | None, request: Mapping[str, Any] | None) -> int | None:
+    """The image output tokens an image request may be billed for: ``n`` images of its quality and
+    size (the largest when ``auto`` or absent: a reservation must not fall short), plus 100 for each
+    partial image of a stream. ``request`` is its JSON body or its form's fields. None for a model
+    without a documented table (DALL·E, gpt-image-2...). Never raises."""
+    if not model or not isinstance(request, Mapping) or base_model(model) not in TABLED_IMAGE_MODELS:
+        return None
+    qualities = _choices(request.get("quality"), IMAGE_OUTPUT_TOKENS)
+    sizes = _choices(request.get("size"), IMAGE_OUTPUT_TOKENS["high"])
+    per_image = max(IMAGE_OUTPUT_TOKENS[quality][size] for quality in qualities for size in sizes)
+    counts = [_count(value) for value in _values(request.get("n"))]
+    images = min(max((n for n in counts if n is not None and n > 0), default=1), MAX_IMAGES)
+    streamed = any(
+        v is True or (isinstance(v, str) and v.lower() == "true") for v in _values(request.get("stream"))
+    )
+    if streamed:
+        partials = [_count(value) or 0 for value in _values(request.get("partial_images"))]
+        per_image += min(max(0, *partials), MAX_PARTIAL_IMAGES) * PARTIAL_IMAGE_TOKENS
+    return images * per_image
+
+
 # --- multipart/form-data uploads -----------------------------------------------------------
 
 
@@ -276,6 +348,8 @@ class FormFields:
     model: str | None = None
     text_bytes: int = 0  # bytes of its text fields (a prompt): the budget reservation's input
     error: str | None = None  # why the model could not be read
+    # The values of its RESERVATION_FIELDS (n, quality, size...), each as often as it is given.
+    fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;,"]{1,200}))', re.IGNORECASE)
@@ -372,15 +446,21 @@ def read_form(body: bytes, content_type: str) -> FormFields:
     """
     walk = form_parts(body, content_type)
     models: list[str] = []
+    fields: dict[str, tuple[str, ...]] = {}
     text_bytes = 0
     for part in walk.parts:
         if part.is_file:
             continue
-        text_bytes += part.end - part.start
-        if part.name == b"model" and part.end - part.start <= MAX_FIELD:
+        size = part.end - part.start
+        text_bytes += size
+        if part.name == b"model" and size <= MAX_FIELD:
             models.append(body[part.start : part.end].decode("utf-8", "replace").strip())
+        name = part.name.decode("latin-1")
+        if name in RESERVATION_FIELDS and size <= _MAX_RESERVATION_FIELD:
+            value = body[part.start : part.end].decode("utf-8", "replace").strip()
+            fields[name] = (*fields.get(name, ()), value)
     if walk.error is not None:
-        return FormFields(text_bytes=text_bytes, error=walk.error)
+        return FormFields(text_bytes=text_bytes, error=walk.error, fields=fields)
     model, error = None, None
     distinct = list(dict.fromkeys(models))
     if len(distinct) == 1 and 0 < len(distinct[0]) <= MAX_MODEL and "\ufffd" not in distinct[0]:
@@ -393,4 +473,4 @@ def read_form(body: bytes, content_type: str) -> FormFields:
         error = "multipart body cut short or malformed: no model field found"
     else:
         error = "no model field in the form"
-    return FormFields(model=model, text_bytes=text_bytes, error=None if model else error)
+    return FormFields(model=model, text_bytes=text_bytes, error=None if model else error, fields=fields)
