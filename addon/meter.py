@@ -46,7 +46,7 @@ from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
-from addon.pricing import BACKGROUND, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
+from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
 from addon.providers import (
     Provider,
     Registry,
@@ -54,6 +54,7 @@ from addon.providers import (
     gemini_live,
     keys_in_query,
     openai_realtime,
+    openai_realtime_mints,
     openai_responses_ws,
     registry_for,
 )
@@ -198,6 +199,7 @@ class CallState:
     batch_results: bool = False  # a retrieval that downloads a Message Batch's results
     results: ResultsTap | None = None  # reading that download (set at its response headers)
     responses_ws: bool = False  # an OpenAI Responses WebSocket handshake
+    mint: str | None = None  # a Realtime session minted over HTTP: its kind (openai_realtime_mints)
 
     @property
     def opens_socket(self) -> bool:
@@ -709,6 +711,10 @@ class Meter:
         if flow.request.method != "POST":
             return
         path, _, query = flow.request.path.partition("?")
+        mints = provider.realtime_mints
+        if mints is not None and (kind := mints.kind(path)) is not None:
+            self._start_mint(flow, provider, host, mints, kind, query, tags_header)
+            return
         flavor = provider.flavor_for_path(flow.request.path)
         if flavor is None:
             if provider.batch_api == "openai" and batches.is_upload_path(path):
@@ -809,6 +815,27 @@ class Meter:
             live=live,
             responses_ws=responses_ws,
         )
+
+    def _start_mint(
+        self,
+        flow: http.HTTPFlow,
+        provider: Provider,
+        host: str,
+        mints: openai_realtime_mints.Mints,
+        kind: str,
+        query: str,
+        tags_header: str | None,
+    ) -> None:
+        """A Realtime session minted over HTTP: a call being started (attributed, checked in
+        _mint_request). A WebRTC offer of bare SDP passes unfollowed: its model was fixed when its
+        ephemeral key was minted."""
+        content_type = flow.request.headers.get("content-type", "")
+        if kind == openai_realtime_mints.CALL and content_type.lstrip().lower().startswith("application/sdp"):
+            return
+        key, key_problem = self._api_key(provider, flow.request.headers, query)
+        path = mints.row_path(flow.request.path)
+        flavor = openai_realtime.FLAVOR
+        self._open_call(flow, provider, host, path, flavor, key, key_problem, tags_header, mint=kind)
 
     @staticmethod
     def _live_credentials(live: gemini_live.Endpoint, headers: http.Headers, query: str) -> list[str]:
@@ -1044,6 +1071,9 @@ class Meter:
             # rate limit counts each of those, not the socket.
             await self._unnamed_model_handshake_request(flow, state, counted=state.live is not None)
             return
+        if state.mint is not None:
+            await self._mint_request(flow, state, state.mint)
+            return
         await self._attribute(state)
         record = state.record
         if record.api_flavor == batches.FLAVOR:
@@ -1175,6 +1205,96 @@ class Meter:
         if not counted:
             self.enforcer.withdraw(decision, None)
         self._answer_if_refused(flow, state, decision)
+
+    async def _mint_request(self, flow: http.HTTPFlow, state: CallState, kind: str) -> None:
+        """Check a Realtime session minted over HTTP (a client secret, a beta session, a WebRTC offer,
+        a SIP accept) like any call: its media go to the provider directly, so every model it names
+        (its model, its transcription model) is checked now. A disallowed one is downgraded by
+        rewriting it in the JSON body (every other member kept), or refused; a WebRTC offer's form
+        is never rewritten. A spent budget or a rate limit refuses it too. Nothing is reserved:
+        the mint is not billed (see _end_mint)."""
+        await self._attribute(state)  # drops the key
+        record = state.record
+        mints = state.provider.realtime_mints
+        assert mints is not None
+        content_type = flow.request.headers.get("content-type", "")
+        body: dict[str, Any] | None = None
+        if kind == openai_realtime_mints.CALL and is_form(content_type):
+            try:
+                content = flow.request.get_content() or b""
+            except ValueError as exc:
+                found = openai_realtime_mints.NamedModels(error=f"the offer is not decodable: {exc}")
+            else:
+                read = functools.partial(
+                    openai_realtime_mints.read_call_form,
+                    content_type=content_type,
+                    deployments=mints.deployments,
+                )
+                found = await _off_loop_if_large(read, content)
+        else:
+            body = await self._request_json(flow, state)
+            found = openai_realtime_mints.read_mint(kind, body, mints.deployments)
+        primary = found.models[0] if found.models else None
+        record.model_requested = record.model_sent = primary.model if primary is not None else None
+        decision = self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=record.model_requested,
+            budgeted=not state.subscription,
+        )
+        if decision.refusal is None and found.error is not None:
+            reason = f"{found.error}, so its models cannot all be checked against the allowlist"
+            decision = self._unknown_model(record, decision, reason) or decision
+        changes: dict[openai_realtime_mints.Where, str] = {}  # place -> the name written there
+        downgraded: list[tuple[str, str | None]] = []  # (model asked for, notice)
+        primary_sent = record.model_sent
+        for named in found.models:
+            if decision.refusal is not None:
+                break
+            ruled = decision
+            if named is not primary:
+                ruled = self.enforcer.decide_model(record.provider, record.environment, named.model)
+            if ruled.refusal is not None:  # a transcription model: the row names the model refused
+                self.enforcer.withdraw(decision, record.id)
+                decision, record.model_requested = ruled, named.model
+            elif ruled.action == "downgraded" and ruled.model_sent is not None:
+                changes[named.where] = mints.written_as(ruled.model_sent)
+                downgraded.append((named.model, ruled.notice))
+                primary_sent = ruled.model_sent if named is primary else primary_sent
+        new_body = body
+        if decision.refusal is None and changes:
+            try:
+                if body is None:
+                    raise ValueError(FORM_NOT_REWRITTEN)
+                new_body = openai_realtime_mints.with_models(body, changes)
+            except ValueError as exc:
+                decision = self._refuse_instead(decision, record, downgraded[0][0], str(exc))
+            else:
+                notice = "; ".join(n for _, n in downgraded if n)
+                decision = dataclasses.replace(decision, action="downgraded", notice=notice)
+        if self._answer_if_refused(flow, state, decision):
+            return
+        if new_body is not body and new_body is not None:
+            size = len(flow.request.raw_content or b"")
+            flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
+            record.model_sent, state.notice = primary_sent, decision.notice
+            log.info("tokometer: Realtime session minted at %s: %s", record.path, decision.notice)
+
+    def _end_mint(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
+        """A mint is answered. Minted (2xx, 3xx): no row, as an upgraded Realtime handshake has none:
+        the mint is not billed, and the session it opens goes to the provider over WebRTC or SIP,
+        unmetered here (a $0 row would read as that session's cost). Refused by the proxy, answered
+        with an error or failed: a row like any such call, not billed."""
+        state.finished = True
+        response = flow.response
+        if not aborted and state.refusal is None and response is not None and response.status_code < 400:
+            self._calls.pop(flow, None)
+            return
+        self._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
+        state.record.cost_usd, state.record.price_status = Decimal(0), NOT_BILLED
+        self._submit(state.record)
 
     def _refuse_instead(self, decision: Decision, record: CallRecord, model: str, reason: str) -> Decision:
         """A decision that cannot stand (a model that cannot be rewritten or read): its slot and
@@ -1501,6 +1621,9 @@ class Meter:
         if state.opens_socket:
             self.sockets.end_handshake(flow, state, aborted=False)
             return
+        if state.mint is not None:
+            self._end_mint(flow, state, aborted=False)
+            return
         if state.results is not None:
             self._finish_results(flow, state)
             return
@@ -1531,10 +1654,13 @@ class Meter:
         state = self._state(flow)
         if state is None or state.finished:
             return
-        if state.opens_socket:
+        if state.opens_socket or state.mint is not None:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)
-            self.sockets.end_handshake(flow, state, aborted=True)
+            if state.mint is not None:
+                self._end_mint(flow, state, aborted=True)
+            else:
+                self.sockets.end_handshake(flow, state, aborted=True)
             return
         metered = state.tap.result() if state.tap is not None else Metered()
         if flow.error is not None:

@@ -26,6 +26,7 @@ from addon.providers import (
     openai_api,
     openai_media,
     openai_realtime,
+    openai_realtime_mints,
     openai_responses_ws,
     vertex_api,
 )
@@ -134,6 +135,8 @@ class Provider:
     batch_api: str | None = None
     # OpenAI Responses over WebSocket (each response.create names its model). None: none here.
     responses_ws: openai_responses_ws.Endpoint | None = None
+    # Realtime sessions minted over HTTP (client secrets, WebRTC calls, SIP accepts). None: none here.
+    realtime_mints: openai_realtime_mints.Mints | None = None
 
     @property
     def price_provider(self) -> str:
@@ -364,6 +367,7 @@ BUILTIN: tuple[Provider, ...] = (
         "api.openai.com",
         usage_opt_in_flavors=frozenset({"chat"}),
         realtime=OPENAI_REALTIME,
+        realtime_mints=openai_realtime_mints.OPENAI,
         batch_api="openai",
         responses_ws=openai_responses_ws.OPENAI,
         # images, transcriptions and batches too (a custom host with `api: openai` takes these as well)
@@ -461,6 +465,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         usage_opt_in_flavors=frozenset(),  # never add stream_options to an API we do not know
         subscription_key_prefixes=(),  # a plan's token means a plan on the provider's own host only
         realtime=None,  # Realtime and Live are metered on the providers that serve them only
+        realtime_mints=None,
         live=None,
         responses_ws=None,
     )
@@ -479,6 +484,7 @@ class Registry:
             request_model=_azure_request_model(deployments),
             with_model=_azure_with_model(deployments),
             realtime=openai_realtime.Handshake(AZURE_REALTIME_PATHS, ("deployment", "model"), deployments),
+            realtime_mints=replace(openai_realtime_mints.AZURE, deployments=deployments),
         )
         builtin = tuple(azure if p is AZURE else p for p in BUILTIN)
         self.providers: tuple[Provider, ...] = (*custom, *builtin)

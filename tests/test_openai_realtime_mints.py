@@ -1,0 +1,123 @@
+"""addon.providers.openai_realtime_mints: the models a Realtime mint or session update names."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_openai_media import form
+
+from addon.providers.openai_realtime_mints import (
+    ACCEPT,
+    AZURE,
+    CALL,
+    CLIENT_SECRET,
+    OPENAI,
+    SESSION,
+    TRANSCRIPTION_SESSION,
+    NamedModel,
+    read_call_form,
+    read_mint,
+    read_session_update,
+)
+
+# JSON made of the keys the readers look for: nested objects of every shape, valid or not.
+KEYS = ["session", "model", "type", "audio", "input", "transcription", "input_audio_transcription"]
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["transcription"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.mark.parametrize(
+    ("mints", "path", "kind"),
+    [
+        (OPENAI, "/v1/realtime/client_secrets", CLIENT_SECRET),
+        (OPENAI, "//v1/realtime//client_secrets/?x=1", CLIENT_SECRET),
+        (OPENAI, "/v1/realtime/calls", CALL),
+        (OPENAI, "/v1/realtime/calls/rtc_123/accept", ACCEPT),
+        (OPENAI, "/v1/realtime/calls/rtc_123/hangup", None),
+        (OPENAI, "/v1/realtime/calls//accept", None),
+        (OPENAI, "/v1/realtime/sessions", SESSION),
+        (OPENAI, "/v1/realtime/transcription_sessions", TRANSCRIPTION_SESSION),
+        (OPENAI, "/v1/realtime/translations/client_secrets", None),
+        (OPENAI, "/v1/realtime", None),
+        (AZURE, "/openai/v1/realtime/client_secrets", CLIENT_SECRET),
+        (AZURE, "/openai/v1/realtime/calls/rtc_1/accept", ACCEPT),
+        (AZURE, "/openai/realtimeapi/sessions?api-version=2025-04-01-preview", SESSION),
+        (AZURE, "/v1/realtime/client_secrets", None),
+    ],
+)
+def test_kind_of_path(mints: Any, path: str, kind: str | None) -> None:
+    assert mints.kind(path) == kind
+
+
+def test_a_ga_session_names_its_model_and_its_transcription_model() -> None:
+    body = {
+        "session": {
+            "type": "realtime",
+            "model": "rt-big",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+        }
+    }
+    found = read_mint(CLIENT_SECRET, body, {"rt-big": "gpt-realtime"})
+    assert found.error is None
+    assert found.models == (
+        NamedModel(("session", "model"), "rt-big", "gpt-realtime"),
+        NamedModel(
+            ("session", "audio", "input", "transcription", "model"), "gpt-4o-transcribe", "gpt-4o-transcribe"
+        ),
+    )
+    assert found.models[1].param == "session.audio.input.transcription.model"
+    # Transcription off (null) is no model; a realtime session without a model names none.
+    off = read_mint(ACCEPT, {"type": "realtime", "audio": {"input": {"transcription": None}}})
+    assert (off.models, off.error) == ((), "the request names no model")
+    bad = read_mint(SESSION, {"model": "gpt-realtime", "input_audio_transcription": {"model": ["x"]}})
+    assert [m.model for m in bad.models] == ["gpt-realtime"]
+    assert bad.error == "the request's input_audio_transcription.model is not a model name"
+
+
+def test_a_webrtc_offer_is_read_from_its_session_field_only() -> None:
+    session = json.dumps({"type": "realtime", "model": "gpt-realtime"}).encode()
+    body, ctype = form([("sdp", b'v=0\r\n"model":"x"\r\n', None), ("session", session, None)])
+    assert [m.model for m in read_call_form(body, ctype).models] == ["gpt-realtime"]
+    body, ctype = form([("sdp", b"v=0\r\n", None)])
+    assert read_call_form(body, ctype).error == "the offer has no session field, so it names no model"
+    body, ctype = form([("session", session, None), ("session", session, None)])
+    assert (
+        read_call_form(body, ctype).error == "the offer has several session fields: its model cannot be read"
+    )
+
+
+def test_a_session_update_names_only_its_transcription_models() -> None:
+    update = read_session_update(
+        b'{"type":"session.update","event_id":"e1","session":{"model":"gpt-realtime",'
+        b'"audio":{"input":{"transcription":{"model":"whisper-1"}}}}}'
+    )
+    assert update is not None and update.event_id == "e1"
+    assert [(m.param, m.model) for m in update.models.models] == [
+        ("session.audio.input.transcription.model", "whisper-1")
+    ]
+    assert read_session_update(b'{"type":"response.create","model":"x"}') is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([CLIENT_SECRET, CALL, ACCEPT, SESSION, TRANSCRIPTION_SESSION, "other"]), body=JSON
+)
+def test_read_mint_never_raises(kind: str, body: Any) -> None:
+    found = read_mint(kind, body, {"a": "b"})
+    assert found.models or found.error
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), body=JSON)
+def test_readers_of_bytes_never_raise(data: bytes, body: Any) -> None:
+    read_call_form(data, "multipart/form-data; boundary=b0undary-xyz")
+    read_session_update(data)
+    update = read_session_update(json.dumps({"type": "session.update", "session": body}).encode())
+    assert update is not None

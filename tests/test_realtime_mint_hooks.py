@@ -1,0 +1,327 @@
+"""The addon's hooks on Realtime sessions minted over HTTP (client secrets, beta sessions, WebRTC
+calls, SIP accepts), with mitmproxy.test.taddons and tflow (no network, no process).
+
+The media of such a session go to the provider over WebRTC or SIP, never through the proxy: the
+mint is the one place where its models can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons
+from test_meter import OPENAI_KEY, CollectingStore, make_flow, run_request
+from test_openai_media import form
+
+from addon.api_keys import key_fingerprint
+from addon.budgets import scopes_for
+from addon.meter import NOTICE_HEADER, Meter
+from addon.policies import parse_policies
+from addon.providers.openai_media import FORM_NOT_REWRITTEN
+from addon.record import CallRecord
+from addon.refusals import REFUSED_HEADER
+
+OPENAI = "https://api.openai.com"
+CLIENT_SECRETS = f"{OPENAI}/v1/realtime/client_secrets"
+RESTRICTED = """\
+environments:
+  development:
+    models:
+      allow: [gpt-realtime-mini, gpt-4o-mini-transcribe]
+      on_disallowed: downgrade
+      downgrade: {gpt-realtime: gpt-realtime-mini, gpt-4o-transcribe: gpt-4o-mini-transcribe}
+"""
+TAGS = {"x-metering-tags": json.dumps({"env": "development", "team": "voice"})}
+SDP = b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        addon._apply(parse_policies(RESTRICTED))
+        yield addon
+
+
+def records(meter: Meter) -> list[CallRecord]:
+    return meter.store.records  # type: ignore[union-attr]
+
+
+def mint(url: str, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> http.HTTPFlow:
+    return make_flow(url, body, headers={**TAGS, **(headers or {})})
+
+
+async def answer(meter: Meter, flow: http.HTTPFlow, status: int = 200, body: bytes = b"{}") -> None:
+    """Upstream's answer (or the proxy's own, already set), through the response hooks."""
+    if flow.response is None:
+        flow.response = http.Response.make(status, body, {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+def ga_session(model: str | None = "gpt-realtime", transcription: str | None = None) -> dict[str, Any]:
+    session: dict[str, Any] = {"type": "realtime", "instructions": "Be brief, señor.", "tools": []}
+    if model is not None:
+        session["model"] = model
+    audio: dict[str, Any] = {"output": {"voice": "marin"}}
+    if transcription is not None:
+        audio["input"] = {"transcription": {"model": transcription, "language": "en"}, "format": None}
+    session["audio"] = audio
+    return session
+
+
+def refusal(flow: http.HTTPFlow) -> dict[str, Any]:
+    assert flow.response is not None
+    return json.loads(flow.response.content or b"{}")["error"]
+
+
+async def test_a_client_secret_is_downgraded_by_rewriting_both_models_and_makes_no_row(meter: Meter) -> None:
+    body = {
+        "expires_after": {"anchor": "created_at", "seconds": 600},
+        "session": ga_session("gpt-realtime", "gpt-4o-transcribe"),
+    }
+    flow = mint(CLIENT_SECRETS, body)
+    await run_request(meter, flow)
+    assert flow.response is None  # sent upstream
+    sent = json.loads(flow.request.content or b"")
+    wanted = json.loads(json.dumps(body))
+    wanted["session"]["model"] = "gpt-realtime-mini"
+    wanted["session"]["audio"]["input"]["transcription"]["model"] = "gpt-4o-mini-transcribe"
+    assert sent == wanted  # only the two models changed
+    await answer(meter, flow, body=b'{"value": "ek_123", "expires_at": 1, "session": {}}')
+    assert flow.response is not None
+    assert flow.response.headers[NOTICE_HEADER] == (
+        "downgraded gpt-realtime -> gpt-realtime-mini: gpt-realtime is not allowed in development "
+        "(policies.yaml); downgraded gpt-4o-transcribe -> gpt-4o-mini-transcribe: gpt-4o-transcribe "
+        "is not allowed in development (policies.yaml)"
+    )
+    # Minted: not billed, and the session it opens is not metered here: no row.
+    assert records(meter) == [] and meter.call_state(flow) is None
+
+
+async def test_a_blocked_session_model_is_refused_with_a_row(meter: Meter) -> None:
+    flow = mint(CLIENT_SECRETS, {"session": ga_session("gpt-4o-realtime-preview")})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403  # upstream never contacted
+    assert flow.response.headers[REFUSED_HEADER] == "blocked"
+    error = refusal(flow)
+    assert (error["type"], error["code"]) == ("permission_error", "model_not_allowed")
+    assert error["message"] == (
+        "tokometer: model gpt-4o-realtime-preview is not allowed in environment development "
+        "(allowed there: gpt-realtime-mini, gpt-4o-mini-transcribe; see policies.yaml)"
+    )
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.provider, row.path, row.api_flavor, row.status_code) == (
+        "openai",
+        "/v1/realtime/client_secrets",
+        "realtime",
+        403,
+    )
+    assert (row.action, row.model_requested, row.model_sent) == ("blocked", "gpt-4o-realtime-preview", None)
+    assert (row.cost_usd, row.price_status, row.usage) == (Decimal(0), "not_billed", None)
+    assert (row.environment, row.team) == ("development", "voice")
+    assert row.key_fingerprint == key_fingerprint(OPENAI_KEY) and OPENAI_KEY not in row.to_json()
+    assert row.error == error["message"].removeprefix("tokometer: ")
+
+
+async def test_a_blocked_transcription_model_refuses_the_mint(meter: Meter) -> None:
+    flow = mint(CLIENT_SECRETS, {"session": ga_session("gpt-realtime-mini", "whisper-1")})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert refusal(flow)["message"].startswith("tokometer: model whisper-1 is not allowed")
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.status_code) == (
+        "blocked",
+        "whisper-1",
+        None,
+        403,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "wanted"),
+    [
+        (  # GA transcription session: its model is the transcription model
+            CLIENT_SECRETS,
+            {
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+                }
+            },
+            {
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+                }
+            },
+        ),
+        (  # beta session
+            f"{OPENAI}/v1/realtime/sessions",
+            {
+                "model": "gpt-realtime",
+                "voice": "verse",
+                "input_audio_transcription": {"model": "gpt-4o-transcribe"},
+            },
+            {
+                "model": "gpt-realtime-mini",
+                "voice": "verse",
+                "input_audio_transcription": {"model": "gpt-4o-mini-transcribe"},
+            },
+        ),
+        (  # beta transcription session
+            f"{OPENAI}/v1/realtime/transcription_sessions",
+            {"input_audio_transcription": {"model": "gpt-4o-transcribe", "prompt": ""}, "include": []},
+            {"input_audio_transcription": {"model": "gpt-4o-mini-transcribe", "prompt": ""}, "include": []},
+        ),
+        (  # SIP: accepting a call configures its session
+            f"{OPENAI}/v1/realtime/calls/rtc_u1_9c65/accept",
+            {"type": "realtime", "model": "gpt-realtime", "instructions": "You are Alex."},
+            {"type": "realtime", "model": "gpt-realtime-mini", "instructions": "You are Alex."},
+        ),
+    ],
+)
+async def test_every_mint_shape_is_downgraded(
+    meter: Meter, url: str, body: dict[str, Any], wanted: dict[str, Any]
+) -> None:
+    flow = mint(url, body)
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert json.loads(flow.request.content or b"") == wanted
+    await answer(meter, flow)
+    assert flow.response is not None and flow.response.headers[NOTICE_HEADER].startswith("downgraded ")
+    assert records(meter) == []
+
+
+async def test_a_webrtc_offer_with_a_disallowed_model_is_refused_never_rewritten(meter: Meter) -> None:
+    session = json.dumps(ga_session("gpt-realtime")).encode()
+    body, ctype = form([("sdp", SDP, None), ("session", session, None)])
+    flow = mint(f"{OPENAI}/v1/realtime/calls", body, {"content-type": ctype})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert FORM_NOT_REWRITTEN in refusal(flow)["message"]
+    assert flow.request.content == body  # not a byte changed
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.path, row.action, row.model_requested, row.model_sent, row.status_code) == (
+        "/v1/realtime/calls",
+        "blocked",
+        "gpt-realtime",
+        None,
+        403,
+    )
+
+
+async def test_an_allowed_webrtc_offer_passes_and_a_bare_sdp_offer_is_not_followed(meter: Meter) -> None:
+    session = json.dumps(ga_session("gpt-realtime-mini", "gpt-4o-mini-transcribe")).encode()
+    body, ctype = form([("sdp", SDP, None), ("session", session, None)])
+    flow = mint(f"{OPENAI}/v1/realtime/calls", body, {"content-type": ctype})
+    await run_request(meter, flow)
+    assert flow.response is None and flow.request.content == body
+    await answer(meter, flow, 201, b"v=0\r\n")
+    assert records(meter) == []
+    # With an ephemeral key the offer is bare SDP: its model was fixed when the key was minted.
+    flow = mint(f"{OPENAI}/v1/realtime/calls", SDP, {"content-type": "application/sdp"})
+    await run_request(meter, flow)
+    assert meter.call_state(flow) is None and flow.response is None
+
+
+async def test_a_mint_naming_no_model_fails_closed_where_models_are_restricted(meter: Meter) -> None:
+    for url, body in (
+        (CLIENT_SECRETS, {"expires_after": {"seconds": 60}}),
+        (CLIENT_SECRETS, {"session": ga_session(None)}),
+        (CLIENT_SECRETS, {"session": {"type": "realtime", "model": 7}}),
+        (f"{OPENAI}/v1/realtime/transcription_sessions", {"include": []}),
+    ):
+        flow = mint(url, body)
+        await run_request(meter, flow)
+        assert flow.response is not None and flow.response.status_code == 403, body
+        assert "(unreadable) is not allowed" in refusal(flow)["message"]
+        await answer(meter, flow)
+    assert [r.action for r in records(meter)] == ["blocked"] * 4
+    # Unrestricted, it passes: nothing to check it against.
+    meter._apply(parse_policies("environments:\n  development: {}\n"))
+    flow = mint(CLIENT_SECRETS, {"expires_after": {"seconds": 60}})
+    await run_request(meter, flow)
+    assert flow.response is None
+
+
+async def test_a_spent_budget_or_a_rate_limit_refuses_the_mint(meter: Meter) -> None:
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n    budget: {usd: 0.01, period: day}\n"
+            "  staging:\n    rate_limit: {requests_per_minute: 1}\n"
+        )
+    )
+    meter.enforcer.budgets.record(scopes_for("development", None, None), Decimal("0.02"), datetime.now(UTC))
+    flow = mint(CLIENT_SECRETS, {"session": ga_session("gpt-realtime")})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 429
+    assert refusal(flow)["code"] == "budget_exceeded"
+    await answer(meter, flow)
+    staging = {"x-metering-tags": json.dumps({"env": "staging"})}
+    statuses = []
+    for _ in range(2):
+        flow = mint(CLIENT_SECRETS, {"session": ga_session("gpt-realtime")}, staging)
+        await run_request(meter, flow)
+        statuses.append(flow.response.status_code if flow.response is not None else None)
+        await answer(meter, flow)
+    assert statuses == [None, 429]
+    assert [(r.environment, r.action, r.status_code, r.price_status) for r in records(meter)] == [
+        ("development", "over_budget", 429, "not_billed"),
+        ("staging", "rate_limited", 429, "not_billed"),
+    ]
+
+
+async def test_a_mint_upstream_refuses_is_a_row_not_billed(meter: Meter) -> None:
+    flow = mint(CLIENT_SECRETS, {"session": ga_session("gpt-realtime-mini")})
+    await run_request(meter, flow)
+    await answer(meter, flow, 401, b'{"error": {"message": "bad key"}}')
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.model_sent, row.error) == (
+        "allowed",
+        401,
+        "gpt-realtime-mini",
+        "upstream answered 401",
+    )
+    assert (row.cost_usd, row.price_status) == (Decimal(0), "not_billed")
+
+
+async def test_azure_mints_name_deployments(meter: Meter) -> None:
+    meter._apply(
+        parse_policies(
+            RESTRICTED + "azure_deployments:\n  rt-big: gpt-realtime\n  rt-small: gpt-realtime-mini\n"
+        )
+    )
+    azure = "https://myres.openai.azure.com"
+    flow = mint(f"{azure}/openai/v1/realtime/client_secrets", {"session": ga_session("rt-big")})
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert json.loads(flow.request.content or b"")["session"]["model"] == "rt-small"
+    flow = mint(
+        f"{azure}/openai/realtimeapi/sessions?api-version=2025-04-01-preview",
+        {"model": "rt-big", "voice": "verse"},
+    )
+    await run_request(meter, flow)
+    assert json.loads(flow.request.content or b"") == {"model": "rt-small", "voice": "verse"}
+    flow = mint(f"{azure}/openai/v1/realtime/calls/rtc_1/accept", {"type": "realtime", "model": "rt-huge"})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.provider, row.path, row.model_requested) == (
+        "azure",
+        "/openai/v1/realtime/calls/rtc_1/accept",
+        "rt-huge",
+    )
