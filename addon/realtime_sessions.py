@@ -109,6 +109,8 @@ class RealtimeSession(SocketSession):
     last_end: float = 0.0  # when the latest response ended
     responses: int = 0  # rows billed so far
     transcriptions: int = 0
+    # Transcription models the proxy downgraded in a session.update: the one sent -> the one asked for.
+    transcription_downgrades: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         SocketSession.__post_init__(self)
@@ -138,6 +140,9 @@ class RealtimeSession(SocketSession):
         if isinstance(event, TranscriptionDone):
             model = self.transcription_model
             row = self._row(now, None, None, model=model, action="allowed")
+            asked = self.transcription_downgrades.get(model) if model is not None else None
+            if asked is not None:
+                row.model_requested, row.action = asked, "downgraded"
             row.set_usage(event.usage)
             row.error = _join(row.error, event.error)
             if model is None:
@@ -145,6 +150,20 @@ class RealtimeSession(SocketSession):
             self.transcriptions += 1
             return [RealtimeRow(row)]
         return []
+
+    def downgraded_transcription(self, asked: str, sent: str) -> None:
+        """A session.update asked for transcription model ``asked``; the proxy sent ``sent``."""
+        if len(self.transcription_downgrades) < MAX_IN_FLIGHT:
+            self.transcription_downgrades[sent] = asked
+
+    def refused_transcription(self, now: float, model: str, status: int, message: str) -> CallRecord:
+        """A session.update the proxy refused for its transcription ``model`` (dropped; the client got
+        an error event): its row, not billed."""
+        row = self._row(now, now, None, model=model, action="blocked")
+        row.model_sent, row.status_code = None, status
+        row.error = _join(row.error, message)
+        row.cost_usd, row.price_status = Decimal(0), NOT_BILLED
+        return row
 
     def end(self, now: float, reason: str) -> list[RealtimeRow]:
         """The socket closed: an aborted row, without usage, for each response still in flight."""

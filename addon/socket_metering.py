@@ -31,7 +31,7 @@ from addon.client_process import ClientProcess
 from addon.enforcement import Decision, Enforcer
 from addon.policies import Policies
 from addon.pricing import NOT_BILLED
-from addon.providers import gemini_live, openai_realtime, openai_responses_ws
+from addon.providers import gemini_live, openai_realtime, openai_realtime_mints, openai_responses_ws
 from addon.realtime_sessions import (
     UPGRADED,
     LiveSession,
@@ -215,7 +215,11 @@ class SocketMeter:
         if message.from_client:
             if session.capped:
                 message.drop()  # the socket is closing: nothing more goes upstream
-            elif self._meter.policies.enforcing and self._meter.enforcer.budgets.has_budgets:
+            elif not self._meter.policies.enforcing:
+                pass
+            elif message.is_text and openai_realtime_mints.may_update_session(message.content):
+                await self._realtime_session_update(flow, session, message)
+            elif self._meter.enforcer.budgets.has_budgets:
                 self._cap_if_spent(flow, session, message)
             return
         data = message.content
@@ -226,6 +230,67 @@ class SocketMeter:
             return
         for row in session.take(event, time.time()):
             self._record_realtime(row)
+
+    async def _realtime_session_update(
+        self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage
+    ) -> None:
+        """A client ``session.update`` (``transcription_session.update``): each transcription model
+        it names is checked against the allowlist of the session's environment. A disallowed one is
+        downgraded by rewriting it in the message, or refused: the message never goes upstream, the
+        client gets an ``error`` event (the session goes on as it was configured) and the refusal
+        is a row, not billed. A message that cannot be rewritten is refused too."""
+        data = message.content
+        update = await self._off_loop(openai_realtime_mints.read_session_update, data)
+        if update is None or not update.models.models:
+            return
+        record = session.handshake
+        enforcer = self._meter.enforcer
+        changes: dict[openai_realtime_mints.Where, str] = {}
+        downgrades: list[tuple[str, str, str | None]] = []  # (asked, sent, notice)
+        refused: tuple[openai_realtime_mints.NamedModel, Decision] | None = None
+        for named in update.models.models:
+            decision = enforcer.decide_model(record.provider, record.environment, named.model)
+            if decision.refusal is not None:
+                refused = named, decision
+                break
+            if decision.action == "downgraded" and decision.model_sent is not None:
+                changes[named.where] = decision.model_sent
+                downgrades.append((named.model, decision.model_sent, decision.notice))
+            else:
+                session.transcription_downgrades.pop(named.model, None)  # asked for as it is
+        if refused is None and changes:
+            try:
+                rewrite = functools.partial(
+                    openai_realtime_mints.update_with_models, update=update, changes=changes
+                )
+                message.content = await self._off_loop(rewrite, data)
+            except ValueError as exc:
+                named = next(n for n in update.models.models if n.where in changes)
+                refused = (
+                    named,
+                    enforcer.refuse_model(record.provider, record.environment, named.model, str(exc)),
+                )
+        if refused is not None:
+            named, decision = refused
+            assert decision.refusal is not None
+            message.drop()
+            status = decision.refusal.status_code
+            error = json.loads(decision.refusal.content or b"{}").get("error") or {}
+            why = decision.message or str(error.get("message"))
+            event = openai_realtime.error_event(
+                str(error.get("code") or "model_not_allowed"),
+                str(error.get("message") or why),
+                f"event_tokometer_{secrets.token_hex(8)}",
+                param=named.param,
+                client_event_id=update.event_id,
+            )
+            ctx.master.commands.call("inject.websocket", flow, True, event, True)
+            self._meter._submit(session.refused_transcription(time.time(), named.model, status, why))
+            log.warning("tokometer: a Realtime session.update refused: %s", why)
+            return
+        for asked, sent, notice in downgrades:
+            session.downgraded_transcription(asked, sent)
+            log.info("tokometer: Realtime session.update %s", notice)
 
     async def _responses_message(
         self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage

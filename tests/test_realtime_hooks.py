@@ -404,3 +404,151 @@ async def test_a_websocket_the_proxy_does_not_meter_is_named_in_the_log(
     with caplog.at_level("WARNING", logger="tokometer"):
         meter.websocket_start(flow)
     assert len([r for r in caplog.records if "unmetered" in r.getMessage()]) == 1
+
+
+# ---------------------------------------------------------------- the transcription model
+
+TRANSCRIBING = """\
+environments:
+  development:
+    models:
+      allow: [gpt-realtime, gpt-4o-mini-transcribe]
+      on_disallowed: downgrade
+      downgrade: {gpt-4o-transcribe: gpt-4o-mini-transcribe}
+"""
+
+
+@pytest.fixture
+def injected(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The events the proxy injects to the client (decoded); closing the socket fails the test."""
+    sent: list[dict[str, Any]] = []
+
+    def call(command: str, flow: http.HTTPFlow, to_client: bool, payload: bytes, is_text: bool) -> None:
+        assert (command, to_client, is_text) == ("inject.websocket", True, True)
+        sent.append(json.loads(payload))
+
+    monkeypatch.setattr(meter_module.ctx.master.commands, "call", call)
+    monkeypatch.setattr(meter, "_close_websocket", lambda *a: pytest.fail("the socket must stay open"))
+    return sent
+
+
+def ga_update(model: str, instructions: str = "Sé breve.") -> dict[str, Any]:
+    """A GA ``session.update`` turning on input transcription with ``model``."""
+    return {
+        "type": "session.update",
+        "event_id": "evt_client_1",
+        "session": {
+            "type": "realtime",
+            "instructions": instructions,
+            "audio": {"input": {"transcription": {"model": model, "language": "es"}}},
+        },
+    }
+
+
+async def test_a_disallowed_transcription_model_is_downgraded_in_the_session_update(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake()
+    await open_session(meter, flow)
+    sent = json.dumps(ga_update("gpt-4o-transcribe"), separators=(",", ":"), ensure_ascii=False).encode()
+    update = await client_says(meter, flow, sent)
+    # Only the model's value changed: every other byte as the client sent it.
+    assert not update.dropped and update.content == sent.replace(
+        b"gpt-4o-transcribe", b"gpt-4o-mini-transcribe"
+    )
+    await server_says(meter, flow, session_event("session.updated", "gpt-realtime", "gpt-4o-mini-transcribe"))
+    await server_says(meter, flow, transcription_completed("item_1", TRANSCRIPTION_USAGE))
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == (
+        "downgraded",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+    )
+    assert injected == []
+    # One past mitmproxy's 4,000-byte fragments with non-ASCII text: written out again as ASCII.
+    long = ga_update("gpt-4o-transcribe", "Sé breve. " * 500)
+    update = await client_says(meter, flow, long)
+    assert update.content.isascii() and len(update.content) > 4000
+    long["session"]["audio"]["input"]["transcription"]["model"] = "gpt-4o-mini-transcribe"
+    assert json.loads(update.content) == long
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {  # beta realtime session
+            "type": "session.update",
+            "session": {"modalities": ["text"], "input_audio_transcription": {"model": "gpt-4o-transcribe"}},
+        },
+        {  # beta transcription session
+            "type": "transcription_session.update",
+            "session": {"input_audio_transcription": {"model": "gpt-4o-transcribe", "prompt": ""}},
+        },
+        {  # GA transcription session
+            "type": "session.update",
+            "session": {
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+            },
+        },
+    ],
+)
+async def test_beta_and_transcription_session_updates_are_checked_too(
+    meter: Meter, injected: list[dict[str, Any]], event: dict[str, Any]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake()
+    await open_session(meter, flow)
+    update = await client_says(meter, flow, event)
+    assert not update.dropped
+    assert update.content == dumps(event).replace(b"gpt-4o-transcribe", b"gpt-4o-mini-transcribe")
+
+
+async def test_a_blocked_transcription_model_is_refused_with_an_error_event_and_a_row(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake()
+    await open_session(meter, flow)
+    update = await client_says(meter, flow, ga_update("whisper-1"))
+    assert update.dropped  # never goes upstream
+    [event] = injected
+    assert event["type"] == "error" and event["event_id"].startswith("event_tokometer_")
+    assert event["error"] == {
+        "type": "invalid_request_error",
+        "code": "model_not_allowed",
+        "message": "tokometer: model whisper-1 is not allowed in environment development "
+        "(allowed there: gpt-realtime, gpt-4o-mini-transcribe; see policies.yaml)",
+        "param": "session.audio.input.transcription.model",
+        "event_id": "evt_client_1",
+    }
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.status_code) == (
+        "blocked",
+        "whisper-1",
+        None,
+        403,
+    )
+    assert (row.path, row.api_flavor, row.cost_usd, row.price_status) == (
+        "/v1/realtime",
+        "realtime",
+        Decimal(0),
+        "not_billed",
+    )
+    assert (row.environment, row.team) == ("development", "voice")
+    assert row.key_fingerprint == key_fingerprint(KEY)
+    assert row.error == event["error"]["message"].removeprefix("tokometer: ")
+    # The session keeps working.
+    assert not (await client_says(meter, flow, {"type": "response.create"})).dropped
+    allowed = await client_says(meter, flow, ga_update("gpt-4o-mini-transcribe"))
+    assert not allowed.dropped and allowed.content == dumps(ga_update("gpt-4o-mini-transcribe"))
+    assert len(injected) == 1 and len(records(meter)) == 1
+
+
+async def test_nothing_is_checked_without_policies(meter: Meter, injected: list[dict[str, Any]]) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    update = await client_says(meter, flow, ga_update("whisper-1"))
+    assert not update.dropped and update.content == dumps(ga_update("whisper-1"))
+    assert injected == [] and records(meter) == []

@@ -279,15 +279,23 @@ def asks_for_work(data: bytes) -> bool:
 
 def budget_error_event(message: str, event_id: str) -> bytes:
     """The ``error`` event a capped session's client gets instead of its request's answer."""
+    return error_event("budget_exceeded", message, event_id)
+
+
+def error_event(
+    code: str, message: str, event_id: str, *, param: str | None = None, client_event_id: str | None = None
+) -> bytes:
+    """An ``error`` event as the Realtime API sends one: ``error.event_id`` names the client event
+    that caused it, ``param`` the parameter at fault."""
     event = {
         "type": "error",
         "event_id": event_id,
         "error": {
             "type": "invalid_request_error",
-            "code": "budget_exceeded",
+            "code": code,
             "message": message,
-            "param": None,
-            "event_id": None,
+            "param": param,
+            "event_id": client_event_id,
         },
     }
     return json.dumps(event, separators=(",", ":")).encode()
