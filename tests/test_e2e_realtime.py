@@ -34,9 +34,9 @@ environments:
   development: {}
   restricted:
     models:
-      allow: [gpt-realtime-mini]
+      allow: [gpt-realtime-mini, gpt-4o-mini-transcribe]
       on_disallowed: downgrade
-      downgrade: {gpt-realtime: gpt-realtime-mini}
+      downgrade: {gpt-realtime: gpt-realtime-mini, gpt-4o-transcribe: gpt-4o-mini-transcribe}
   capped:
     budget: {usd: 0.0001, period: day}
 """
@@ -271,6 +271,80 @@ def test_spent_budget_caps_the_session(rproxy: ProxyProcess, realtime: FakeRealt
         429,
         Decimal(0),
     )
+
+
+def test_a_disallowed_transcription_model_is_downgraded_in_the_session_update(
+    rproxy: ProxyProcess, realtime: FakeRealtime
+) -> None:
+    t = tag()
+    steps = ("transcribe:gpt-4o-transcribe", "speak")
+    code, lines = connect(rproxy, *steps, env="restricted", t=t, model="gpt-realtime-mini")
+    assert code == 0 and lines[-1] == {"event": "done", "notice": None}
+    [session] = realtime.sessions_for(t)
+    session.ended.wait(5)
+    update = session.received[0]
+    assert update["type"] == "session.update"
+    # What OpenAI received: the model rewritten, the rest of the update as the SDK sent it.
+    assert update["session"] == {
+        "type": "realtime",
+        "instructions": SECRET_PROMPT,
+        "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+    }
+    [row] = rows_for(rproxy, t, 1)
+    assert (row["action"], row["model_requested"], row["model_sent"]) == (
+        "downgraded",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+    )
+    assert (row["status_code"], row["price_status"]) == (101, "priced")
+    assert row["cost_usd"] == price_of("gpt-4o-mini-transcribe", TRANSCRIPTION_COUNTS)
+
+
+def test_a_blocked_transcription_model_is_refused_and_the_session_goes_on(
+    rproxy: ProxyProcess, realtime: FakeRealtime
+) -> None:
+    t = tag()
+    code, lines = connect(
+        rproxy, "transcribe:whisper-1", "respond", env="restricted", t=t, model="gpt-realtime-mini"
+    )
+    assert code == 0 and lines[-1] == {"event": "done", "notice": None}
+    [session] = realtime.sessions_for(t)
+    session.ended.wait(5)
+    assert session.received_types() == ["response.create"]  # the update never went upstream
+    got = received(lines)
+    error = got[1]["data"]  # after session.created
+    assert (error["type"], error["error"]["type"], error["error"]["code"]) == (
+        "error",
+        "invalid_request_error",
+        "model_not_allowed",
+    )
+    assert error["error"]["param"] == "session.audio.input.transcription.model"
+    assert error["error"]["message"] == (
+        "tokometer: model whisper-1 is not allowed in environment restricted "
+        "(allowed there: gpt-realtime-mini, gpt-4o-mini-transcribe; see policies.yaml)"
+    )
+    assert got[-1]["type"] == "response.done"  # the session went on
+    refused, response = rows_for(rproxy, t, 2)
+    assert (refused["action"], refused["status_code"], refused["model_requested"], refused["model_sent"]) == (
+        "blocked",
+        403,
+        "whisper-1",
+        None,
+    )
+    assert (refused["path"], refused["api_flavor"], refused["cost_usd"], refused["price_status"]) == (
+        "/v1/realtime",
+        "realtime",
+        Decimal(0),
+        "not_billed",
+    )
+    assert refused["key_fingerprint"] == key_fingerprint(OPENAI_KEY)
+    assert refused["error"] == error["error"]["message"].removeprefix("tokometer: ")
+    assert (response["action"], response["model_sent"], response["status_code"]) == (
+        "allowed",
+        "gpt-realtime-mini",
+        101,
+    )
+    assert response["cost_usd"] == price_of("gpt-realtime-mini", RESPONSE_COUNTS)
 
 
 def test_the_proxy_logged_no_traceback(rproxy: ProxyProcess) -> None:

@@ -2,7 +2,8 @@
 
 ``AsyncOpenAI().realtime.connect(model=...)`` over WSS, then the steps given, in order:
 
-- ``transcribe:MODEL``: a ``session.update`` turning on input transcription, until ``session.updated``;
+- ``transcribe:MODEL``: a ``session.update`` turning on input transcription, until ``session.updated``
+  (or an ``error`` event: the update was refused, the session goes on);
 - ``speak``: two ``input_audio_buffer.append`` (64 KB of base64 each) and a commit, until the
   transcription's ``completed`` event;
 - ``respond``: a ``response.create``, until its ``response.done``;
@@ -89,7 +90,7 @@ async def run(args: argparse.Namespace) -> int:
                         "audio": {"input": {"transcription": {"model": value}}},
                     }
                 )
-                ok = await receive_until(connection, "session.updated")
+                ok = await receive_until(connection, "session.updated", "error")  # refused: go on
             elif name == "speak":
                 audio = base64.b64encode(bytes(range(256)) * 192).decode()  # 64 KB of base64
                 await connection.input_audio_buffer.append(audio=audio)
