@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_openai_media import form
 
+from addon.providers import Registry, custom_provider
 from addon.providers.openai_realtime_mints import (
     ACCEPT,
     AZURE,
@@ -121,3 +122,20 @@ def test_readers_of_bytes_never_raise(data: bytes, body: Any) -> None:
     read_session_update(data)
     update = read_session_update(json.dumps({"type": "session.update", "session": body}).encode())
     assert update is not None
+
+
+def test_registry_serves_mints_on_openai_and_azure_only() -> None:
+    registry = Registry(
+        custom=(custom_provider("gateway", "llm.internal.example", 443, "openai"),),
+        azure_deployments={"rt-big": "gpt-realtime"},
+    )
+    openai = registry.for_host("api.openai.com")
+    azure = registry.for_host("myres.openai.azure.com")
+    assert openai is not None and openai.realtime_mints is OPENAI
+    assert azure is not None and azure.realtime_mints is not None
+    assert azure.realtime_mints.deployments == {"rt-big": "gpt-realtime"}
+    assert azure.realtime_mints.written_as("gpt-realtime") == "rt-big"
+    assert azure.realtime_mints.written_as("gpt-realtime-mini") == "gpt-realtime-mini"
+    for host in ("llm.internal.example", "api.groq.com", "api.anthropic.com"):
+        found = registry.for_host(host, 443)
+        assert found is not None and found.realtime_mints is None, host

@@ -62,6 +62,8 @@ class Mints:
 
     def kind(self, path: str) -> str | None:
         """The kind of mint a request path (query allowed) is, or None."""
+        if "realtime" not in path:  # every POST to the provider is asked: most are not mints
+            return None
         path = _SLASHES.sub("/", bare_path(path))
         found = self.paths.get(path)
         if found is not None:
