@@ -367,8 +367,8 @@ def known(tmp_path: Path) -> tuple[Path, Path]:
     return db, policies
 
 
-def frame_text(renderable: Any) -> str:
-    console = Console(record=True, width=100, file=io.StringIO())
+def frame_text(renderable: Any, width: int = 100) -> str:
+    console = Console(record=True, width=width, file=io.StringIO())
     console.print(renderable)
     return console.export_text()
 
@@ -481,7 +481,9 @@ def test_watch_prefers_the_running_proxy_session(known: tuple[Path, Path]) -> No
 
 def test_watch_without_a_database_or_with_a_busy_one(tmp_path: Path, known: tuple[Path, Path]) -> None:
     missing = tmp_path / "none" / "spend.duckdb"
-    text = frame_text(Watcher(missing, tmp_path / "no-policies.yaml").frame(NOW))
+    # Wide enough for any temporary folder's path (macOS's are long): the message, not its wrapping.
+    frame = Watcher(missing, tmp_path / "no-policies.yaml").frame(NOW)
+    text = frame_text(frame, width=100 + len(str(missing)))
     assert f"no database yet at {missing}" in text
     assert "Session  no calls yet" in text
     db, policies_path = known
