@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,6 +44,7 @@ from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
 from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
+from addon.output_history import OutputHistory
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
 from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
@@ -86,7 +87,8 @@ PASS_ON_FROM = 1024 * 1024
 PROCESS_LOOKUP_TIMEOUT = 2.0
 NOTICE_HEADER = "X-Tokometer-Notice"
 # A budget reservation counts a request's bytes / 4 as input tokens (JSON makes that generous)
-# and its max-tokens setting, else this many, as output.
+# and its max-tokens setting as output; without one, the p90 of the model's recent outputs here
+# (addon.output_history), never under this many.
 BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
@@ -366,6 +368,8 @@ class Meter:
         self.call_lines = TerminalLines(log)  # attached to mitmproxy's terminal at `running`
         self.call_log = CallLog(self.call_lines, color=use_color(sys.stdout))
         self.notifier = Notifier(NotificationSettings())
+        # What each model writes here: the output a call without an output cap reserves.
+        self.outputs = OutputHistory(RESERVED_OUTPUT_TOKENS)
         self.live: LiveState | None = None
         self.policies_path = default_policies_path()
         self.policy_file: PolicyFile | None = None
@@ -610,6 +614,7 @@ class Meter:
 
             def load(con: duckdb.DuckDBPyConnection) -> None:
                 self.enforcer.budgets.load(con)
+                self._load_outputs(con)
                 live.load_baseline(today_baseline(con, now), now.date())
                 # A crashed session's calls the start could not store yet (another process held
                 # the file): stored later by the writer, they count against budgets now.
@@ -643,6 +648,7 @@ class Meter:
         """Writer thread, the database readable at last: the budgets' spend from it, plus the
         calls counted already but not stored yet (``queued``) and a crashed session's calls."""
         self.enforcer.budgets.load(con)
+        self._load_outputs(con, queued)
         unstored = store.unstored_replay(con)
         for record in unstored:
             self._price(record)
@@ -652,11 +658,25 @@ class Meter:
             self.live.set_budgets(self.enforcer.budgets.status(datetime.now(UTC)))
         log.info("tokometer: spend for budgets loaded from %s", self.db_path)
 
+    def _load_outputs(self, con: duckdb.DuckDBPyConnection, queued: Sequence[CallRecord] = ()) -> None:
+        """The recent outputs of each model from the database (then ``queued``, priced and not
+        stored yet); a problem only means no history: uncapped calls reserve the fallback."""
+        try:
+            self.outputs.load(con)
+            self.outputs.record(queued)
+        except Exception as exc:
+            log.warning("tokometer: no history of output tokens from %s (%s)", self.db_path, exc)
+
     def _on_finished(self, records: list[CallRecord]) -> None:
-        """Writer thread, right after pricing: budgets, their alerts, the live-state file."""
+        """Writer thread, right after pricing: budgets, their alerts, the models' output history,
+        the live-state file."""
         alerts = self.enforcer.record_spend(records)
         now = datetime.now(UTC)
         self._raise_alerts(alerts, now)
+        try:
+            self.outputs.record(records)
+        except Exception:
+            log.exception("tokometer: could not add calls to the output history")
         if self.live is not None:
             self.live.record(records)
             self.live.set_budgets(self.enforcer.budgets.status(now))
@@ -1501,7 +1521,8 @@ class Meter:
         image_request: Mapping[str, Any] | None = None,
     ) -> Callable[[str | None], Decimal]:
         """What a call may cost, for its budget reservation: input from the body's size, output
-        from its max-tokens setting (or a default), at the price where the path says it runs. An
+        from its max-tokens setting (else the p90 of what the model wrote in its recent calls here,
+        never under ``RESERVED_OUTPUT_TOKENS``), at the price where the path says it runs. An
         image request (``image_request``: its JSON body or form fields) reserves the image tokens it
         asks for at the image output rate of the model sent, where OpenAI documents them.
         Only evaluated when a budget applies."""
@@ -1511,7 +1532,7 @@ class Meter:
             images = reserved_image_tokens(model, image_request) if image_request is not None else None
             if images is not None:
                 return self.pricer.estimate(provider, model, tokens, images, geo, output_image_tokens=images)
-            output = _max_output_tokens(body) or RESERVED_OUTPUT_TOKENS
+            output = _max_output_tokens(body) or self.outputs.reserved(provider, model)
             return self.pricer.estimate(provider, model, tokens, output, geo)
 
         return estimate

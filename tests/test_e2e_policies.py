@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 from conftest import MITMDUMP, ProxyProcess
 from fakeprovider import DEFAULT_USAGE, FakeProvider
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 from test_e2e import anthropic_usage, chat_usage, curl, curl_openai_chat, fake_headers, run_client, tag
+
+from addon.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,6 +283,98 @@ def test_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) ->
     assert sorted(r["action"] for r in rows).count("over_budget") == 19
     spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)
     assert spent == Decimal("0.0015")  # the cap plus at most one call's $0.00075
+
+
+def seed_outputs(db_path: Path, model: str, outputs: list[int], ts: datetime) -> None:
+    """A database made with the project's migrations, holding earlier calls of ``model`` with
+    these output tokens (reported usage), as an earlier proxy session would have left them."""
+    con = duckdb.connect(str(db_path))
+    try:
+        migrate(con)
+        for i, output in enumerate(outputs):
+            con.execute(
+                "INSERT INTO calls (id, ts, session_id, environment, provider, host, path, api_flavor, "
+                "model_requested, model_sent, action, status_code, streamed, aborted, input_tokens, "
+                "output_tokens, reasoning_tokens, usage_source, cost_usd, price_status) VALUES "
+                "(?, ?, 'earlier', 'development', 'openai', 'api.openai.com', '/v1/chat/completions', "
+                "'chat', ?, ?, 'allowed', 200, false, false, 1000, ?, ?, 'reported', ?, 'priced')",
+                [f"earlier-{i}", ts.replace(tzinfo=None), model, model, output, output // 2,
+                 Decimal(1000 * 2 + output * 8) / 1_000_000],
+            )  # fmt: skip
+    finally:
+        con.close()
+
+
+def test_budget_holds_under_concurrency_for_uncapped_reasoning_calls(
+    tmp_path: Path, fake_provider: FakeProvider
+) -> None:
+    """o3 called without max_tokens writes ~5,000 output tokens a call here (the database says so):
+    20 such calls started together against a nearly spent cap each reserve the p90 of o3's recent
+    outputs (5,300), not 1,000, so the cap is overshot by at most one call's cost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    history = [4000 + 50 * i for i in range(30)]  # 4,000 .. 5,450: p90 5,300 (yesterday and before)
+    proxy = ProxyProcess(
+        tmp_path / "p",
+        fake_provider.port,
+        policies="default_environment: development\nenvironments:\n  development:\n"
+        "    budget: {usd: 0.1, period: day}\n",
+    )
+    seed_outputs(proxy.db_path, "o3", history, datetime.now(UTC) - timedelta(days=2))
+    proxy.start()
+    try:
+        usage = json.dumps(chat_usage(1000, 5000, reasoning=4000))
+        one_call = Decimal("0.042")  # o3: 1,000 in at $2/M + 5,000 out at $8/M
+        cap = Decimal("0.1")
+        # $0.042 spent today by gpt-4o (1,000 in at $2.50/M, 3,950 out at $10/M): o3's history is
+        # only what the database held at start
+        spending = {"model": "gpt-4o", "messages": [{"role": "user", "content": "first"}]}
+        first = curl(
+            proxy,
+            "https://api.openai.com/v1/chat/completions",
+            spending,
+            [
+                "Authorization: Bearer sk-x",
+                f"X-Test-Tag: first-{tag()}",
+                "X-Fake-Usage: " + json.dumps(chat_usage(1000, 3950)),
+            ],
+        )
+        assert first.returncode == 0, first.stderr
+        proxy.wait_rows(31)
+        time.sleep(0.3)  # priced and counted by the writer thread right after it is journaled
+        gate_name = f"gate-{tag()}"
+        gate = fake_provider.gate(gate_name)
+
+        def one(i: int) -> subprocess.CompletedProcess[str]:
+            body = {"model": "o3", "messages": [{"role": "user", "content": f"n{i}"}], "stream": True}
+            headers = [
+                "Authorization: Bearer sk-x",
+                f"X-Test-Tag: conc-{i}-{gate_name}",
+                f"X-Fake-Usage: {usage}",
+                f"X-Fake-Gate: {gate_name}",
+            ]
+            return curl(proxy, "https://api.openai.com/v1/chat/completions", body, headers)
+
+        try:
+            with ThreadPoolExecutor(max_workers=20) as pool:
+                futures = [pool.submit(one, i) for i in range(20)]
+                # the refusals come back at once, while the admitted calls wait at the gate
+                deadline = time.monotonic() + 15
+                while sum(f.done() for f in futures) < 18 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                gate.set()
+                results = [f.result() for f in futures]
+        finally:
+            gate.set()
+        proxy.terminate()
+        rows = proxy.rows("SELECT action, cost_usd FROM calls WHERE session_id <> 'earlier' ORDER BY ts")
+        spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)
+        admitted = sum(r.returncode == 0 for r in results)
+        assert (admitted, spent) == (2, Decimal("0.126")), f"{admitted=} {spent=} of {cap}"
+        assert sorted(r["action"] for r in rows).count("over_budget") == 18
+        assert spent - cap <= one_call  # the cap overshot by at most one call's cost
+    finally:
+        proxy.cleanup()
 
 
 def test_image_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:

@@ -17,12 +17,13 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
 from addon.api_keys import key_fingerprint
-from addon.budgets import Scope
+from addon.budgets import Event, Scope
 from addon.interception import Interception
 from addon.meter import Meter, _with_usage_requested
 from addon.policies import parse_policies
 from addon.record import CallRecord
 from addon.token_estimate import estimate_input
+from addon.usage import Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPENAI_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123"
@@ -35,12 +36,16 @@ class CollectingStore:
     def __init__(self) -> None:
         self.records: list[CallRecord] = []
         self.journaled: list[str] = []
+        self.events: list[Event] = []
 
     def journal(self, record: CallRecord) -> None:
         self.journaled.append(record.id)
 
     def submit(self, record: CallRecord) -> None:
         self.records.append(record)
+
+    def submit_event(self, event: Event) -> None:
+        self.events.append(event)
 
     def close(self) -> None:
         pass
@@ -651,3 +656,56 @@ async def test_a_codex_compaction_is_metered(meter: Meter) -> None:
         4_000,
         1_000,
     )
+
+
+def finished_call(meter: Meter, i: int, model: str, output: int, **kw) -> CallRecord:
+    """A finished call with reported usage, as the store's writer hands it to the listeners."""
+    record = CallRecord(
+        id=f"done-{model}-{i}",
+        ts=datetime.now(UTC),
+        session_id=meter.session_id,
+        environment=kw.pop("environment", "development"),
+        provider="openai",
+        host="api.openai.com",
+        path="/v1/chat/completions",
+        api_flavor="chat",
+        model_requested=model,
+        model_sent=model,
+        status_code=200,
+    )
+    record.set_usage(Usage(input_tokens=100, output_tokens=output, reasoning_tokens=output // 2))
+    for name, value in kw.items():
+        setattr(record, name, value)
+    meter._price(record)
+    return record
+
+
+async def test_an_uncapped_call_reserves_its_models_recent_p90_and_a_capped_one_its_cap(meter: Meter) -> None:
+    """o3 wrote 4,000 .. 6,000 output tokens in its last 21 calls here (fed as the store's writer
+    feeds the budgets): a call with no output cap reserves their 90th percentile, 5,800, not
+    1,000; a call with a cap reserves its cap, lower or higher."""
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 100, period: day}\n"))
+    meter._on_finished([finished_call(meter, i, "o3", 4000 + 100 * i) for i in range(21)])
+    dev = Scope("environment", "development")
+    prompt = [{"role": "user", "content": "think hard"}]
+
+    async def reserved(body: dict) -> Decimal:
+        flow = make_flow(CHAT_URL, body)
+        await run_request(meter, flow)
+        assert flow.response is None
+        amount = meter.enforcer.budgets.reserved()[dev]
+        meter.enforcer.budgets.settle(meter.call_state(flow).record.id)
+        return amount
+
+    def input_usd(body: dict, per_million: str) -> Decimal:
+        return Decimal(len(json.dumps(body)) // 4) * Decimal(per_million) / 1_000_000
+
+    uncapped = {"model": "o3", "messages": prompt}  # o3: $2 in, $8 out per 1M
+    assert await reserved(uncapped) == input_usd(uncapped, "2") + Decimal("0.0464")  # 5,800 out
+    below = {**uncapped, "max_completion_tokens": 2000}
+    assert await reserved(below) == input_usd(below, "2") + Decimal("0.016")  # its cap: 2,000 out
+    above = {**uncapped, "max_output_tokens": 50_000}  # a cap is an upper bound: never lowered
+    assert await reserved(above) == input_usd(above, "2") + Decimal("0.4")  # 50,000 out
+    other = {"model": "o4-mini", "messages": prompt}  # no history: 1,000 out at $4.40/M
+    assert await reserved(other) == input_usd(other, "1.1") + Decimal("0.0044")
+    assert meter.enforcer.budgets.reserved() == {}
