@@ -25,7 +25,8 @@ from addon.policies import PERIODS, Budget, Policies, normalize_environment
 SCOPE_KINDS = ("environment", "key", "user")
 _SCOPE_COLUMNS = {"environment": "environment", "key": "key_name", "user": "user_name"}
 ALERT_KINDS = ("budget_alert", "budget_exhausted")
-EVENT_KINDS = ("budget_alert", "budget_exhausted", "policy_reloaded", "policy_invalid")
+UNPRICED_KIND = "budget_unpriced"
+EVENT_KINDS = ("budget_alert", "budget_exhausted", UNPRICED_KIND, "policy_reloaded", "policy_invalid")
 EVENT_COLUMNS = (
     "id",
     "ts",
@@ -180,6 +181,31 @@ class BudgetAlert:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class UnpricedCall:
+    """A call with usage to a model no price list knows, in a scope with a budget: it counts $0
+    against the budget, which its model's calls can therefore spend past (said once per run)."""
+
+    scope: Scope
+    budget: Budget
+    provider: str
+    model: str
+
+    @property
+    def kind(self) -> str:
+        """The event kind."""
+        return UNPRICED_KIND
+
+    def message(self) -> str:
+        """One line for the log and the ``events`` table: the model, the budget, the fix."""
+        return (
+            f"{self.model} ({self.provider}) has no price: its calls count $0 against the "
+            f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period}, "
+            f"which they can spend past; price it under prices: in policies.yaml "
+            f"(scripts/spend unpriced lists such calls)"
+        )
+
+
 # -- events -------------------------------------------------------------------------------------
 
 
@@ -239,6 +265,28 @@ def alert_event(alert: BudgetAlert, session_id: str, now: datetime) -> Event:
         period_start=_utc(alert.period_start),
         data=json.dumps(data, sort_keys=True),
         message=alert.message(),
+    )
+
+
+def unpriced_event(unpriced: UnpricedCall, session_id: str, now: datetime) -> Event:
+    """The ``events`` row of an unpriced model escaping a budget (one per proxy run)."""
+    scope = unpriced.scope
+    data = {
+        "provider": unpriced.provider,
+        "model": unpriced.model,
+        "period": unpriced.budget.period,
+        "usd": str(unpriced.budget.usd),
+    }
+    return Event(
+        id=f"unpriced:{session_id}:{scope.kind}:{scope.name}:{unpriced.provider}:{unpriced.model}",
+        ts=_utc(now),
+        session_id=session_id,
+        kind=UNPRICED_KIND,
+        scope_kind=scope.kind,
+        scope_name=scope.name,
+        period_start=None,
+        data=json.dumps(data, sort_keys=True),
+        message=unpriced.message(),
     )
 
 
@@ -320,6 +368,7 @@ class BudgetTracker:
         self._holds: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
         self._held: dict[Scope, Decimal] = {}
         self._period_starts: tuple[date, dict[str, datetime]] | None = None  # for ``record``
+        self._unpriced_said: set[tuple[Scope, str, str]] = set()  # (scope, provider, model)
 
     def set_policies(self, policies: Policies) -> None:
         """Use new budgets; the spend already counted is kept."""
@@ -475,6 +524,20 @@ class BudgetTracker:
         and let through calls the cap has no room for.
         """
         return self._record(scopes, cost, ts, settling=call_id)
+
+    def unpriced(self, scopes: Iterable[Scope], provider: str, model: str) -> list[UnpricedCall]:
+        """The budgets of ``scopes`` that a call to ``model``, which has no price, escapes and that
+        were not reported for this model yet: each (scope, provider, model) once per tracker."""
+        found: list[UnpricedCall] = []
+        with self._lock:
+            for scope in scopes:
+                budget = self._budgets.get(scope)
+                mark = (scope, provider, model)
+                if budget is None or mark in self._unpriced_said:
+                    continue
+                self._unpriced_said.add(mark)
+                found.append(UnpricedCall(scope, budget, provider, model))
+        return found
 
     def reserved(self) -> dict[Scope, Decimal]:
         """What calls in flight hold, per scope."""

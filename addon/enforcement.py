@@ -17,8 +17,9 @@ from decimal import Decimal
 
 from mitmproxy import http
 
-from addon.budgets import BudgetAlert, BudgetTracker, Scope, scopes_for
+from addon.budgets import BudgetAlert, BudgetTracker, Scope, UnpricedCall, scopes_for
 from addon.policies import Policies
+from addon.pricing import UNKNOWN_MODEL
 from addon.rate_limits import RateLimiter, limits_for, retry_after_seconds
 from addon.record import CallRecord
 from addon.refusals import (
@@ -186,6 +187,21 @@ class Enforcer:
             scopes = scopes_for(record.environment, record.key_name, record.user_name)
             alerts.extend(self.budgets.finish(record.id, scopes, record.cost_usd, record.ts))
         return alerts
+
+    def unpriced(self, records: list[CallRecord]) -> list[UnpricedCall]:
+        """Finished calls with usage to a model no price list knows, in a scope with a budget:
+        they count $0 against it. Each (scope, provider, model) is returned once (the store's
+        writer thread calls this, after ``record_spend``)."""
+        if not self.budgets.has_budgets:
+            return []
+        found: list[UnpricedCall] = []
+        for record in records:
+            if record.price_status != UNKNOWN_MODEL or record.cost_usd is not None or record.usage is None:
+                continue
+            model = record.model_reported or record.model_sent or record.model_requested or "(unknown)"
+            scopes = scopes_for(record.environment, record.key_name, record.user_name)
+            found.extend(self.budgets.unpriced(scopes, record.provider, model))
+        return found
 
     def withdraw(self, decision: Decision, call_id: str | None) -> None:
         """Take back what ``decide`` counted for a call the proxy then refuses itself (its model

@@ -38,7 +38,7 @@ from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
 from addon.background_responses import BATCH_INPUTS_FOLDER, PendingResponses
 from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
-from addon.budgets import BudgetAlert, alert_event, policy_event
+from addon.budgets import BudgetAlert, UnpricedCall, alert_event, policy_event, unpriced_event
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
@@ -668,11 +668,15 @@ class Meter:
             log.warning("tokometer: no history of output tokens from %s (%s)", self.db_path, exc)
 
     def _on_finished(self, records: list[CallRecord]) -> None:
-        """Writer thread, right after pricing: budgets, their alerts, the models' output history,
-        the live-state file."""
+        """Writer thread, right after pricing: budgets, their alerts, models with no price escaping
+        a budget, the models' output history, the live-state file."""
         alerts = self.enforcer.record_spend(records)
         now = datetime.now(UTC)
         self._raise_alerts(alerts, now)
+        try:
+            self._say_unpriced(self.enforcer.unpriced(records), now)
+        except Exception:
+            log.exception("tokometer: could not look for unpriced calls escaping a budget")
         try:
             self.outputs.record(records)
         except Exception:
@@ -689,6 +693,15 @@ class Meter:
             self.notifier.notify_alert(alert)
             if self.store is not None:
                 self.store.submit_event(alert_event(alert, self.session_id, now))
+
+    def _say_unpriced(self, found: list[UnpricedCall], now: datetime) -> None:
+        """Log, notify and store (an event row each) the budgets that calls to a model with no
+        price escape: once per (scope, provider, model) for the proxy's run."""
+        for unpriced in found:
+            log.warning("tokometer: %s", unpriced.message())
+            self.notifier.notify_unpriced(unpriced)
+            if self.store is not None:
+                self.store.submit_event(unpriced_event(unpriced, self.session_id, now))
 
     def _policy_event(self, kind: str, message: str) -> None:
         if self.store is not None:

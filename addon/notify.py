@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from addon.policies import NotificationSettings
 
 if TYPE_CHECKING:
-    from addon.budgets import BudgetAlert
+    from addon.budgets import BudgetAlert, UnpricedCall
 
 log = logging.getLogger("tokometer")
 
@@ -123,6 +123,20 @@ def alert_notification(alert: BudgetAlert) -> tuple[str, str, str, dict[str, Any
     return title, alert.message(), alert.kind, data
 
 
+def unpriced_notification(unpriced: UnpricedCall) -> tuple[str, str, str, dict[str, Any]]:
+    """``(title, message, kind, data)`` for a model with no price escaping a budget."""
+    title = f"tokometer: {unpriced.model} is not counted against the {unpriced.scope.label} budget"
+    data = {
+        "scope_kind": unpriced.scope.kind,
+        "scope_name": unpriced.scope.name,
+        "provider": unpriced.provider,
+        "model": unpriced.model,
+        "period": unpriced.budget.period,
+        "usd": str(unpriced.budget.usd),
+    }
+    return title, unpriced.message(), unpriced.kind, data
+
+
 @dataclass(frozen=True, slots=True)
 class _Message:
     title: str
@@ -185,6 +199,11 @@ class Notifier:
     def notify_alert(self, alert: BudgetAlert) -> None:
         """Queue the notification of a ``BudgetAlert``."""
         title, message, kind, data = alert_notification(alert)
+        self.notify(title, message, kind=kind, data=data)
+
+    def notify_unpriced(self, unpriced: UnpricedCall) -> None:
+        """Queue the notification of a model with no price escaping a budget."""
+        title, message, kind, data = unpriced_notification(unpriced)
         self.notify(title, message, kind=kind, data=data)
 
     def wait_idle(self, timeout: float = 5.0) -> bool:

@@ -136,3 +136,37 @@ def test_withdraw_gives_back_the_reservation_and_the_rate_limit_hit() -> None:
     for i in range(3):  # the environment's 3 a minute are all there again
         assert decide(e, key_name=None, user_name=None, call_id=f"b{i}").refusal is None
     assert decide(e, key_name=None, user_name=None, call_id="b3").action == "rate_limited"
+
+
+def test_unpriced_calls_escaping_a_budget_are_reported_once_per_scope_and_model() -> None:
+    e = Enforcer(POLICIES)
+
+    def call(model: str, env: str = "development", user: str | None = None, **kw) -> CallRecord:
+        record = CallRecord(
+            id="c", ts=datetime.fromtimestamp(NOW, UTC), session_id="s", environment=env,
+            provider="openai", host="api.openai.com", path="/v1/chat/completions", api_flavor="chat",
+            model_requested=model, model_sent=model, user_name=user, input_tokens=10, output_tokens=5,
+            usage_source="reported", price_status="unknown_model",
+        )  # fmt: skip
+        for name, value in kw.items():
+            setattr(record, name, value)
+        return record
+
+    first = e.unpriced([call("new-model", user="build-bot"), call("new-model", user="build-bot")])
+    assert [(u.scope.kind, u.scope.name, u.provider, u.model) for u in first] == [
+        ("environment", "development", "openai", "new-model"),
+        ("user", "build-bot", "openai", "new-model"),
+    ]
+    assert first[0].message() == (
+        "new-model (openai) has no price: its calls count $0 against the development budget of "
+        "$1.00 per day, which they can spend past; price it under prices: in policies.yaml "
+        "(scripts/spend unpriced lists such calls)"
+    )
+    assert e.unpriced([call("new-model", user="build-bot")]) == []  # said already
+    e.set_policies(POLICIES)  # a reload: still once per run
+    assert e.unpriced([call("new-model")]) == []
+    assert e.unpriced([call("new-model", env="staging")]) == []  # staging has no budget
+    assert e.unpriced([call("other", input_tokens=None, output_tokens=None)]) == []  # no usage
+    assert e.unpriced([call("other", price_status="priced", cost_usd=Decimal("0.1"))]) == []
+    assert e.unpriced([call("other", model_reported="other-2026-11-01")])[0].model == "other-2026-11-01"
+    assert Enforcer(parse_policies("default_environment: development\n")).unpriced([call("x")]) == []

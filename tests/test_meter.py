@@ -6,6 +6,7 @@ import asyncio
 import gc
 import gzip
 import json
+import logging
 import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -709,3 +710,60 @@ async def test_an_uncapped_call_reserves_its_models_recent_p90_and_a_capped_one_
     other = {"model": "o4-mini", "messages": prompt}  # no history: 1,000 out at $4.40/M
     assert await reserved(other) == input_usd(other, "1.1") + Decimal("0.0044")
     assert meter.enforcer.budgets.reserved() == {}
+
+
+def test_an_unpriced_model_escaping_a_budget_is_said_once_per_scope_and_model(
+    meter: Meter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model no price list knows costs $0 against the budgets: the first such call with usage
+    in a budgeted scope is logged, notified and stored as an event, once per (scope, provider,
+    model) for the proxy's run; never for a scope without a budget, a priced call or one without
+    usage."""
+    from addon.notify import Notifier
+
+    sent: list[list[str]] = []
+    meter.notifier = Notifier(
+        runner=lambda argv, timeout: sent.append(list(argv)) or 0,
+        platform="linux",
+        environ={"DISPLAY": ":0"},
+        which=lambda name: f"/usr/bin/{name}",
+    )
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n    budget: {usd: 100, period: day}\n"
+            "users:\n  build-bot: {budget: {usd: 5, period: week}}\n"
+        )
+    )
+    caplog.set_level(logging.INFO, logger="tokometer")
+    new = "brand-new-model-x"
+    for i in range(3):  # three batches from the writer, two unpriced calls each
+        batch = [finished_call(meter, 10 * i + j, new, 500, user_name="build-bot") for j in range(2)]
+        assert all((r.price_status, r.cost_usd) == ("unknown_model", None) for r in batch)
+        meter._on_finished(batch)
+    meter._on_finished(
+        [
+            finished_call(meter, 40, new, 500, environment="production"),  # production has no budget
+            finished_call(meter, 41, "gpt-4o-mini", 500),  # priced
+            finished_call(meter, 42, "another-new-model", 0, input_tokens=None, output_tokens=None),
+        ]
+    )
+    meter._on_finished([finished_call(meter, 50, "another-new-model", 80)])
+    assert meter.notifier.wait_idle(5.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    development, bot, another = warnings
+    assert development.startswith(f"tokometer: {new} (openai) has no price: its calls count $0 against the ")
+    assert "development budget of $100.00 per day" in development
+    assert "user build-bot budget of $5.00 per week" in bot and new in bot
+    assert "development budget" in another and "another-new-model" in another
+    for warning in warnings:
+        assert "prices:" in warning and "policies.yaml" in warning and "scripts/spend unpriced" in warning
+    events = meter.store.events  # type: ignore[attr-defined]
+    assert [(e.kind, e.scope_kind, e.scope_name) for e in events] == [
+        ("budget_unpriced", "environment", "development"),
+        ("budget_unpriced", "user", "build-bot"),
+        ("budget_unpriced", "environment", "development"),
+    ]
+    assert [json.loads(e.data)["model"] for e in events] == [new, new, "another-new-model"]
+    assert [e.message for e in events] == [w.removeprefix("tokometer: ") for w in warnings]
+    assert len(sent) == 3 and all(new in argv[-1] for argv in sent[:2]) and "another-new-model" in sent[2][-1]
