@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
@@ -710,6 +711,21 @@ async def test_an_uncapped_call_reserves_its_models_recent_p90_and_a_capped_one_
     other = {"model": "o4-mini", "messages": prompt}  # no history: 1,000 out at $4.40/M
     assert await reserved(other) == input_usd(other, "1.1") + Decimal("0.0044")
     assert meter.enforcer.budgets.reserved() == {}
+
+
+def test_a_database_that_cannot_give_the_history_only_means_none(
+    meter: Meter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start's load never fails over the history: a problem is one warning, and uncapped
+    calls reserve what was seen (here nothing: the fallback)."""
+    con = duckdb.connect(str(tmp_path / "no-calls.duckdb"))  # no calls table
+    try:
+        meter._load_outputs(con)
+    finally:
+        con.close()
+    assert meter.outputs.reserved("openai", "o3") == 1000
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("tokometer: no history of output tokens from ")
 
 
 def test_an_unpriced_model_escaping_a_budget_is_said_once_per_scope_and_model(
