@@ -1127,18 +1127,10 @@ class Meter:
         if record.api_flavor == "images":
             image_request = form.fields if form is not None else body
 
-        decision = self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=record.model_requested,
-            call_id=record.id,
-            estimate=self._cost_estimate(
-                record.provider, state.request_size, body, record.inference_geo, image_request
-            ),
-            budgeted=not state.subscription,
+        estimate = self._cost_estimate(
+            record.provider, state.request_size, body, record.inference_geo, image_request
         )
+        decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
             decision = self._unknown_model(record, decision) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
@@ -1194,14 +1186,7 @@ class Meter:
         record = state.record
         path, _, query = flow.request.path.partition("?")
         record.model_requested = record.model_sent = handshake.model(query)
-        decision = self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=record.model_requested,
-            budgeted=not state.subscription,
-        )
+        decision = self._decide(state, record.model_requested)
         if decision.refusal is None and record.model_requested is None and not handshake.is_sideband(query):
             decision = self._unknown_model(record, decision) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
@@ -1226,15 +1211,7 @@ class Meter:
         here; nothing is reserved. ``counted=False``: a rate limit refuses it when reached, but
         the handshake is not one of its requests (each create is)."""
         await self._attribute(state)  # drops the key
-        record = state.record
-        decision = self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=None,
-            budgeted=not state.subscription,
-        )
+        decision = self._decide(state, None)
         if not counted:
             self.enforcer.withdraw(decision, None)
         self._answer_if_refused(flow, state, decision)
@@ -1269,14 +1246,7 @@ class Meter:
             found = openai_realtime_mints.read_mint(kind, body, mints.deployments)
         primary = found.models[0] if found.models else None
         record.model_requested = record.model_sent = primary.model if primary is not None else None
-        decision = self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=record.model_requested,
-            budgeted=not state.subscription,
-        )
+        decision = self._decide(state, record.model_requested)
         if decision.refusal is None and found.error is not None:
             reason = f"{found.error}, so its models cannot all be checked against the allowlist"
             decision = self._unknown_model(record, decision, reason) or decision
@@ -1328,6 +1298,24 @@ class Meter:
         self._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
         state.record.cost_usd, state.record.price_status = Decimal(0), NOT_BILLED
         self._submit(state.record)
+
+    def _decide(
+        self, state: CallState, model: str | None, estimate: Callable[[str | None], Decimal] | None = None
+    ) -> Decision:
+        """The policies' decision on a call being started, as its row is attributed: allowlist,
+        budgets (its ``estimate`` reserved under its id; without one, nothing is reserved: a
+        handshake, a mint) and rate limits. A flat-fee plan's call is held to no dollar budget."""
+        record = state.record
+        return self.enforcer.decide(
+            provider=record.provider,
+            environment=record.environment,
+            key_name=record.key_name,
+            user_name=record.user_name,
+            model=model,
+            call_id=record.id if estimate is not None else None,
+            estimate=estimate,
+            budgeted=not state.subscription,
+        )
 
     def _refuse_instead(self, decision: Decision, record: CallRecord, model: str, reason: str) -> Decision:
         """A decision that cannot stand (a model that cannot be rewritten or read): its slot and
@@ -1502,16 +1490,7 @@ class Meter:
             tokens = found.size // BYTES_PER_TOKEN
             return self.pricer.estimate(record.provider, model, tokens, output, service_tier=batches.TIER)
 
-        decision = self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=model,
-            call_id=record.id,
-            estimate=estimate,
-            budgeted=not state.subscription,
-        )
+        decision = self._decide(state, model, estimate)
         if refused is not None and decision.action in ("blocked", "downgraded"):
             # Say where the model comes from; a downgrade cannot be made: the file is uploaded.
             if inline:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -237,10 +240,31 @@ def test_no_policies_file_meters_only(tmp_path: Path, fake_provider: FakeProvide
         proxy.cleanup()
 
 
+def started_together(
+    one: Callable[[int], subprocess.CompletedProcess[str]],
+    gate: threading.Event,
+    *,
+    refused: int,
+    calls: int = 20,
+    wait: float = 15,
+) -> list[subprocess.CompletedProcess[str]]:
+    """``one(i)`` for ``calls`` calls started at once, their answers held at the fake's ``gate``:
+    the refusals come back at once, then the gate opens for the admitted ones (if more than
+    expected were admitted, they are let through at the deadline, before curl gives up)."""
+    try:
+        with ThreadPoolExecutor(max_workers=calls) as pool:
+            futures = [pool.submit(one, i) for i in range(calls)]
+            deadline = time.monotonic() + wait
+            while sum(f.done() for f in futures) < refused and time.monotonic() < deadline:
+                time.sleep(0.05)
+            gate.set()
+            return [f.result() for f in futures]
+    finally:
+        gate.set()
+
+
 def test_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:
     """20 calls started together against a nearly spent cap overshoot it by at most one call."""
-    from concurrent.futures import ThreadPoolExecutor
-
     proxy = proxies(
         "default_environment: development\nenvironments:\n  development:\n"
         "    budget: {usd: 0.001, period: day}\n"
@@ -266,17 +290,7 @@ def test_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) ->
         ]
         return curl(proxy, "https://api.openai.com/v1/chat/completions", {**body, "stream": True}, headers)
 
-    try:
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            futures = [pool.submit(one, i) for i in range(20)]
-            # the refusals come back at once, while the admitted call waits at the gate
-            deadline = time.monotonic() + 30
-            while sum(f.done() for f in futures) < 19 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            gate.set()
-            results = [f.result() for f in futures]
-    finally:
-        gate.set()
+    results = started_together(one, gate, refused=19, wait=30)
     assert sum(r.returncode == 0 for r in results) == 1
     proxy.terminate()
     rows = proxy.rows("SELECT action, cost_usd FROM calls ORDER BY ts")
@@ -311,8 +325,6 @@ def test_budget_holds_under_concurrency_for_uncapped_reasoning_calls(
     """o3 called without max_tokens writes ~5,000 output tokens a call here (the database says so):
     20 such calls started together against a nearly spent cap each reserve the p90 of o3's recent
     outputs (5,300), not 1,000, so the cap is overshot by at most one call's cost."""
-    from concurrent.futures import ThreadPoolExecutor
-
     history = [4000 + 50 * i for i in range(30)]  # 4,000 .. 5,450: p90 5,300 (yesterday and before)
     proxy = ProxyProcess(
         tmp_path / "p",
@@ -355,17 +367,7 @@ def test_budget_holds_under_concurrency_for_uncapped_reasoning_calls(
             ]
             return curl(proxy, "https://api.openai.com/v1/chat/completions", body, headers)
 
-        try:
-            with ThreadPoolExecutor(max_workers=20) as pool:
-                futures = [pool.submit(one, i) for i in range(20)]
-                # the refusals come back at once, while the admitted calls wait at the gate
-                deadline = time.monotonic() + 15
-                while sum(f.done() for f in futures) < 18 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                gate.set()
-                results = [f.result() for f in futures]
-        finally:
-            gate.set()
+        results = started_together(one, gate, refused=18)
         proxy.terminate()
         rows = proxy.rows("SELECT action, cost_usd FROM calls WHERE session_id <> 'earlier' ORDER BY ts")
         spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)
@@ -380,8 +382,6 @@ def test_budget_holds_under_concurrency_for_uncapped_reasoning_calls(
 def test_image_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:
     """20 high-quality gpt-image-1 images started together against a nearly spent cap: each reserves
     its image's 4160 output tokens at $40/M (not 1,000 text tokens), so one goes through."""
-    from concurrent.futures import ThreadPoolExecutor
-
     usage = DEFAULT_USAGE["images"]  # 50 input (10 image), 4160 output: one 1024x1024 high image
     one_call = calc_price(
         GPUsage(input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160),
@@ -404,18 +404,7 @@ def test_image_budget_holds_under_concurrency(proxies, fake_provider: FakeProvid
         tagged = [*headers, f"X-Test-Tag: image-{i}-{gate_name}", f"X-Fake-Gate: {gate_name}"]
         return curl(proxy, url, {**image, "prompt": f"cat {i}", "stream": True}, tagged)
 
-    try:
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            futures = [pool.submit(one, i) for i in range(20)]
-            # the refusals come back at once, while the admitted image waits at the gate (if more
-            # than one were admitted, they are let through at the deadline, before curl's)
-            deadline = time.monotonic() + 15
-            while sum(f.done() for f in futures) < 19 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            gate.set()
-            results = [f.result() for f in futures]
-    finally:
-        gate.set()
+    results = started_together(one, gate, refused=19)
     proxy.terminate()
     rows = proxy.rows("SELECT action, cost_usd FROM calls ORDER BY ts")
     spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)

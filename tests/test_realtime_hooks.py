@@ -26,6 +26,7 @@ from websocket_hooks import (
     CollectingStore,
     client_says,
     handshake_flow,
+    injected_events,
     metered,
     open_session,
     records,
@@ -420,16 +421,7 @@ environments:
 
 @pytest.fixture
 def injected(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The events the proxy injects to the client (decoded); closing the socket fails the test."""
-    sent: list[dict[str, Any]] = []
-
-    def call(command: str, flow: http.HTTPFlow, to_client: bool, payload: bytes, is_text: bool) -> None:
-        assert (command, to_client, is_text) == ("inject.websocket", True, True)
-        sent.append(json.loads(payload))
-
-    monkeypatch.setattr(meter_module.ctx.master.commands, "call", call)
-    monkeypatch.setattr(meter, "_close_websocket", lambda *a: pytest.fail("the socket must stay open"))
-    return sent
+    return injected_events(meter, monkeypatch)
 
 
 def ga_update(model: str, instructions: str = "Sé breve.") -> dict[str, Any]:

@@ -27,13 +27,13 @@ from websocket_hooks import (
     CollectingStore,
     client_says,
     handshake_flow,
+    injected_events,
     metered,
     open_session,
     records,
     server_says,
 )
 
-import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
 from addon.budgets import Scope
 from addon.meter import Meter
@@ -64,16 +64,7 @@ def meter(tmp_path: Path) -> Iterator[Meter]:
 
 @pytest.fixture
 def injected(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The events the proxy injects to the client (decoded); closing a socket fails the test."""
-    sent: list[dict[str, Any]] = []
-
-    def call(command: str, flow: http.HTTPFlow, to_client: bool, payload: bytes, is_text: bool) -> None:
-        assert (command, to_client, is_text) == ("inject.websocket", True, True)
-        sent.append(json.loads(payload))
-
-    monkeypatch.setattr(meter_module.ctx.master.commands, "call", call)
-    monkeypatch.setattr(meter, "_close_websocket", lambda *a: pytest.fail("the socket must stay open"))
-    return sent
+    return injected_events(meter, monkeypatch)
 
 
 def handshake(path: str = "/v1/responses") -> http.HTTPFlow:

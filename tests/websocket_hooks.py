@@ -3,16 +3,19 @@ handshake flows, opening a session through the hooks, and messages said on it.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fake_websocket import dumps
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
+import addon.meter as meter_module
 from addon.meter import Meter
 from addon.record import CallRecord
 
@@ -40,6 +43,20 @@ def metered(tmp_path: Path) -> Iterator[Meter]:
         tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
         addon.store = CollectingStore()  # type: ignore[assignment]
         yield addon
+
+
+def injected_events(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """For an ``injected`` fixture: the events the proxy injects to the client (decoded), the
+    socket kept open (closing it fails the test)."""
+    sent: list[dict[str, Any]] = []
+
+    def call(command: str, flow: http.HTTPFlow, to_client: bool, payload: bytes, is_text: bool) -> None:
+        assert (command, to_client, is_text) == ("inject.websocket", True, True)
+        sent.append(json.loads(payload))
+
+    monkeypatch.setattr(meter_module.ctx.master.commands, "call", call)
+    monkeypatch.setattr(meter, "_close_websocket", lambda *a: pytest.fail("the socket must stay open"))
+    return sent
 
 
 def records(meter: Meter) -> list[CallRecord]:
