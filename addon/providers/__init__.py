@@ -24,6 +24,7 @@ from addon.providers import (
     gemini_interactions,
     gemini_live,
     openai_api,
+    openai_live,
     openai_media,
     openai_realtime,
     openai_realtime_mints,
@@ -137,6 +138,9 @@ class Provider:
     responses_ws: openai_responses_ws.Endpoint | None = None
     # Realtime sessions minted over HTTP (client secrets, WebRTC calls, SIP accepts). None: none here.
     realtime_mints: openai_realtime_mints.Mints | None = None
+    # OpenAI Live's primary WebSocket (``session.start`` names the model; billed by the second).
+    # None: none here. (``live`` above is Gemini Live's.)
+    openai_live: openai_live.Endpoint | None = None
 
     @property
     def price_provider(self) -> str:
@@ -370,6 +374,7 @@ BUILTIN: tuple[Provider, ...] = (
         realtime_mints=openai_realtime_mints.OPENAI,
         batch_api="openai",
         responses_ws=openai_responses_ws.OPENAI,
+        openai_live=openai_live.OPENAI,
         # images, transcriptions and batches too (a custom host with `api: openai` takes these as well)
         flavor_for_path=_openai_flavor,
         parse_response=_openai_parse,
@@ -468,6 +473,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         realtime_mints=None,
         live=None,
         responses_ws=None,
+        openai_live=None,
     )
 
 

@@ -149,8 +149,13 @@ def might_matter(data: bytes) -> bool:
 def read_server_event(data: bytes) -> ServerEvent | None:
     """The event in one server message if it is one the meter reads, else None. Never raises."""
     obj = loads(data)
-    if not isinstance(obj, dict):
-        return None
+    return event_of(obj, data) if isinstance(obj, dict) else None
+
+
+def event_of(obj: dict[str, Any], raw: bytes) -> ServerEvent | None:
+    """The event one decoded Responses event is, if the meter reads it (``raw``: the JSON text it
+    came in, for a cost the provider reports). Also read nested in OpenAI Live's ``response.event``.
+    Never raises."""
     kind = obj.get("type")
     lane = _lane(obj.get("stream_id"))
     if kind == "error":
@@ -166,7 +171,7 @@ def read_server_event(data: bytes) -> ServerEvent | None:
         return Started(_str(response.get("id")), lane)
     if not isinstance(kind, str) or kind not in TERMINAL:
         return None
-    metered = openai_api.response_metered(kind, response, data)
+    metered = openai_api.response_metered(kind, response, raw)
     if metered.usage is None and metered.error is None:
         metered = replace(metered, error=f"no usage in {kind}")
     status = metered.response_status

@@ -1,0 +1,205 @@
+"""OpenAI Live (GPT-Live, ``wss://api.openai.com/v1/live/sessions``): its start, and the events that bill.
+
+Pure functions over bytes; no mitmproxy. A session is one primary WebSocket (the openai SDK's
+``client.live.connect()``): its first client event is ``session.start``, which names the model in
+``session.model`` (never in the URL), answered with ``session.started`` (the resolved session).
+A session is billed by its duration, per second (genai-prices' ``audio_hours`` price of the model):
+``session.usage.updated`` reports ``usage.seconds``, the session's CUMULATIVE billed seconds so far
+(not an increment: never summed), and the terminal ``session.closed`` the final total with the
+close ``reason``. The Responses calls a session delegates to (``delegation.type: responses``) are
+billed apart, by tokens at their model's prices; their usage comes nested in ``response.event``
+events, as a Responses stream reports it (``response.completed`` and the other terminal events).
+
+Not primary sessions (other paths): a sideband ``/v1/live/sessions/{id}/attach`` observes a session
+that is billed on its own transport, a fork ``/v1/live/sessions/{id}/fork`` starts from a stored one.
+
+Speed: audio travels as base64 in JSON events of KBs, many a second, both ways. A server message is
+decoded only if a C-speed look says it may matter: a ``*.delta`` type in its first bytes says it
+does not; otherwise only one holding the type of a start, a usage report, the close or a terminal
+Responses event. A client message is decoded only as the session's first (its start) or, once a
+budget is spent, to let a ``session.close`` through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from addon.providers import openai_responses_ws
+from addon.providers.values import loads, rewritten_value
+from addon.providers.values import text as _str
+from addon.usage import Metered
+
+FLAVOR = "live"  # a Live session's seconds (Gemini Live's rows say "live" too, under provider google)
+DELEGATED_FLAVOR = openai_responses_ws.FLAVOR  # a delegated Responses call: the Responses API's prices
+ROW_PATH = "/v1/live/sessions"
+CLOSE_EVENT = b'{"type":"session.close"}'  # what the proxy sends upstream to end a capped session
+_HEAD = 256  # how far into a server message its type is looked for
+_DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
+_START = b'"session.start"'
+_CLOSE = b'"session.close"'
+_NEEDLES = (
+    b'session.started"',
+    b'session.usage.updated"',
+    b'session.closed"',
+    *(f'{kind}"'.encode() for kind in sorted(openai_responses_ws.TERMINAL)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a provider serves Live's primary WebSocket (the handshake: ``GET`` with an upgrade)."""
+
+    paths: frozenset[str]
+
+    def matches(self, path: str) -> bool:
+        """Is ``path`` (without its query, doubled slashes merged) this endpoint's?"""
+        return path.rstrip("/") in self.paths
+
+
+OPENAI = Endpoint(frozenset({ROW_PATH}))
+
+
+# --- client events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """A ``session.start``: the model it names (None: none readable), and its ``event_id``."""
+
+    model: str | None
+    event_id: str | None = None
+
+
+def may_start(data: bytes) -> bool:
+    """Cheap test: may this client message be a ``session.start``?"""
+    return _START in data
+
+
+def read_session_start(data: bytes) -> SessionStart | None:
+    """The ``session.start`` in a client message, else None. Never raises."""
+    obj = loads(data)
+    if not isinstance(obj, dict) or obj.get("type") != "session.start":
+        return None
+    session = obj.get("session")
+    model = session.get("model") if isinstance(session, dict) else None
+    model = model.strip() if isinstance(model, str) else None
+    return SessionStart(model or None, _str(obj.get("event_id")))
+
+
+def with_model(data: bytes, model: str) -> bytes:
+    """The ``session.start`` ``data`` asking for ``model`` instead; ValueError when it names none.
+
+    Only the model's value changes when ``"model": <value>`` is found exactly once; otherwise (the
+    delegation naming the same model, a writer that escapes differently, non-ASCII text past one
+    4,000-byte fragment) the event is written out again as ASCII JSON (``values.rewritten_value``).
+    """
+    obj = loads(data)
+    session = obj.get("session") if isinstance(obj, dict) and obj.get("type") == "session.start" else None
+    old = session.get("model") if isinstance(session, dict) else None
+    if not isinstance(old, str) or not old.strip():
+        raise ValueError("the session.start names no model to rewrite")
+    if not model.strip():
+        raise ValueError("empty model name")
+    wanted = {**obj, "session": {**session, "model": model}}  # type: ignore[dict-item]
+    return rewritten_value(data, "model", old, model, wanted)
+
+
+def is_session_close(data: bytes) -> bool:
+    """Is this client message a ``session.close`` (which ends the session, so ends its billing)?
+
+    Decoded whole: called only once a budget is spent, never per audio frame.
+    """
+    if _CLOSE not in data:
+        return False
+    obj = loads(data)
+    return isinstance(obj, dict) and obj.get("type") == "session.close"
+
+
+def error_event(
+    code: str, message: str, event_id: str, *, param: str | None = None, client_event_id: str | None = None
+) -> bytes:
+    """An ``error`` event as the Live API reports an invalid client command (the SDK's
+    ``ErrorEvent``): ``client_event_id`` names the command at fault, ``param`` the parameter."""
+    error: dict[str, Any] = {"type": "invalid_request_error", "code": code, "message": message}
+    if param is not None:
+        error["param"] = param
+    event: dict[str, Any] = {"type": "error", "event_id": event_id}
+    if client_event_id is not None:
+        error["client_event_id"] = event["client_event_id"] = client_event_id
+    event["error"] = error
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+# --- server events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """``session.started``: the resolved model, and the session's id."""
+
+    model: str | None
+    session_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """``session.usage.updated`` (or, ``final``, ``session.closed`` with its ``reason``): the
+    session's cumulative billed seconds so far (None: not readable)."""
+
+    seconds: float | None
+    final: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delegated:
+    """A delegated Responses call ended (a terminal event nested in ``response.event``): its usage,
+    model, tier and status, read as a Responses stream's final event is."""
+
+    response_id: str | None
+    metered: Metered
+
+
+ServerEvent = Started | UsageReport | Delegated
+
+
+def might_matter(data: bytes) -> bool:
+    """Cheap test (C speed): may this server message be one ``read_server_event`` reads?"""
+    if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
+        return False
+    return any(needle in data for needle in _NEEDLES)
+
+
+def read_server_event(data: bytes) -> ServerEvent | None:
+    """The event in one server message if it is one the meter reads, else None. Never raises."""
+    obj = loads(data)
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("type")
+    if kind == "session.started":
+        session = obj.get("session")
+        session = session if isinstance(session, dict) else {}
+        return Started(_str(session.get("model")), _str(session.get("id")))
+    if kind == "session.usage.updated":
+        seconds = _seconds(obj.get("usage"))
+        return UsageReport(seconds) if seconds is not None else None
+    if kind == "session.closed":
+        return UsageReport(_seconds(obj.get("usage")), final=True, reason=_str(obj.get("reason")))
+    if kind == "response.event":
+        nested = obj.get("event")
+        found = openai_responses_ws.event_of(nested, data) if isinstance(nested, dict) else None
+        if isinstance(found, openai_responses_ws.Ended):
+            return Delegated(found.response_id, found.metered)
+    return None
+
+
+def _seconds(usage: Any) -> float | None:
+    """``usage.seconds``: a finite, non-negative number of seconds, else None."""
+    value = usage.get("seconds") if isinstance(usage, dict) else None
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
