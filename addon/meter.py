@@ -54,6 +54,7 @@ from addon.providers import (
     batches,
     gemini_live,
     keys_in_query,
+    openai_live,
     openai_realtime,
     openai_realtime_mints,
     openai_responses_ws,
@@ -202,11 +203,12 @@ class CallState:
     results: ResultsTap | None = None  # reading that download (set at its response headers)
     responses_ws: bool = False  # an OpenAI Responses WebSocket handshake
     mint: str | None = None  # a Realtime session minted over HTTP: its kind (openai_realtime_mints)
+    openai_live: bool = False  # an OpenAI Live WebSocket handshake (primary: session.start names the model)
 
     @property
     def opens_socket(self) -> bool:
-        """A WebSocket handshake the meter follows (Realtime, Gemini Live, Responses)."""
-        return self.handshake is not None or self.live is not None or self.responses_ws
+        """A WebSocket handshake the meter follows (Realtime, Gemini Live, Responses, OpenAI Live)."""
+        return self.handshake is not None or self.live is not None or self.responses_ws or self.openai_live
 
 
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -722,7 +724,10 @@ class Meter:
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
         if (
-            provider.realtime is not None or provider.live is not None or provider.responses_ws is not None
+            provider.realtime is not None
+            or provider.live is not None
+            or provider.responses_ws is not None
+            or provider.openai_live is not None
         ) and flow.request.method == "GET":
             # Spelled as servers read it: doubled slashes merged, "websocket" among the protocols.
             path = _SLASHES.sub("/", flow.request.path.partition("?")[0])
@@ -735,6 +740,9 @@ class Meter:
                     return
                 if provider.responses_ws is not None and provider.responses_ws.matches(path):
                     self._start_handshake(flow, provider, host, tags_header, responses_ws=True)
+                    return
+                if provider.openai_live is not None and provider.openai_live.matches(path):
+                    self._start_handshake(flow, provider, host, tags_header, openai_live_ws=True)
                     return
         if (self._background or self._earlier_background) and (
             flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
@@ -819,10 +827,11 @@ class Meter:
         live: gemini_live.Endpoint | None = None,
         *,
         responses_ws: bool = False,
+        openai_live_ws: bool = False,
     ) -> None:
-        """A WebSocket handshake, OpenAI Realtime's, (``live``) Gemini Live's or (``responses_ws``)
-        OpenAI Responses': a call being started (attributed, checked); its work is metered as the
-        session runs (see websocket_message)."""
+        """A WebSocket handshake, OpenAI Realtime's, (``live``) Gemini Live's, (``responses_ws``)
+        OpenAI Responses' or (``openai_live_ws``) OpenAI Live's: a call being started (attributed,
+        checked); its work is metered as the session runs (see websocket_message)."""
         path, _, query = flow.request.path.partition("?")
         headers = flow.request.headers
         if live is None:
@@ -832,6 +841,8 @@ class Meter:
             flavor, row_path = openai_realtime.FLAVOR, _SLASHES.sub("/", path).rstrip("/")
             if responses_ws:
                 flavor, row_path = openai_responses_ws.FLAVOR, openai_responses_ws.ROW_PATH
+            elif openai_live_ws:
+                flavor, row_path = openai_live.FLAVOR, openai_live.ROW_PATH
         else:
             key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
@@ -844,9 +855,10 @@ class Meter:
             key,
             key_problem,
             tags_header,
-            handshake=provider.realtime if live is None and not responses_ws else None,
+            handshake=provider.realtime if live is None and not (responses_ws or openai_live_ws) else None,
             live=live,
             responses_ws=responses_ws,
+            openai_live=openai_live_ws,
         )
 
     def _start_mint(
@@ -1099,10 +1111,11 @@ class Meter:
         if state.handshake is not None:
             await self._handshake_request(flow, state, state.handshake)
             return
-        if state.live is not None or state.responses_ws:
-            # Live names its model in its first message, Responses in each response.create; a
-            # rate limit counts each of those, not the socket.
-            await self._unnamed_model_handshake_request(flow, state, counted=state.live is not None)
+        if state.live is not None or state.responses_ws or state.openai_live:
+            # Live (Gemini's, OpenAI's) names its model in its first message, Responses in each
+            # response.create; a rate limit counts each session, and each create, not the socket.
+            counted = state.live is not None or state.openai_live
+            await self._unnamed_model_handshake_request(flow, state, counted=counted)
             return
         if state.mint is not None:
             await self._mint_request(flow, state, state.mint)
@@ -1205,8 +1218,9 @@ class Meter:
     async def _unnamed_model_handshake_request(
         self, flow: http.HTTPFlow, state: CallState, *, counted: bool
     ) -> None:
-        """Check a handshake like any call, but for its model: a Gemini Live session names it in
-        its first message (checked then, see _live_setup), a Responses WebSocket in each
+        """Check a handshake like any call, but for its model: a Gemini Live or OpenAI Live session
+        names it in its first message (checked then, see SocketMeter._check_session_model), a
+        Responses WebSocket in each
         ``response.create`` (see _responses_create). A spent budget or a rate limit refuses it
         here; nothing is reserved. ``counted=False``: a rate limit refuses it when reached, but
         the handshake is not one of its requests (each create is)."""

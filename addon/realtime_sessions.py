@@ -2,9 +2,11 @@
 
 An OpenAI Realtime session bills one row per response and per input transcription; a Gemini Live
 session one row per turn (each ``usageMetadata``); a Responses WebSocket one row per response
-(each ``response.create`` is a call, checked and reserved as it goes up). No mitmproxy here: the
-addon hands in what ``addon.providers.openai_realtime``, ``gemini_live`` and ``openai_responses_ws``
-read from the messages, and gets back finished rows to price and store. Per session it keeps the
+(each ``response.create`` is a call, checked and reserved as it goes up); an OpenAI Live session one
+row per increase of its cumulative billed seconds (and one per delegated Responses call). No
+mitmproxy here: the addon hands in what ``addon.providers.openai_realtime``, ``gemini_live``,
+``openai_responses_ws`` and ``openai_live`` read from the messages, and gets back finished rows to
+price and store. Per session it keeps the
 handshake's row (attribution, models) and the work in flight: a few fields per response, whatever
 the session's length (mitmproxy keeps the messages; a Responses session also keeps each create
 event until its response ends, bounded, for an offline estimate if it is cut short).
@@ -22,7 +24,7 @@ from decimal import Decimal
 from addon.budgets import Scope, scopes_for
 from addon.client_process import ClientProcess
 from addon.pricing import NOT_BILLED
-from addon.providers import openai_responses_ws
+from addon.providers import openai_live, openai_responses_ws
 from addon.providers.gemini_live import TurnUsage
 from addon.providers.openai_realtime import (
     ResponseDone,
@@ -32,6 +34,7 @@ from addon.providers.openai_realtime import (
     TranscriptionDone,
 )
 from addon.record import CallRecord
+from addon.usage import Metered, Usage
 
 # Responses in flight remembered at most (a session runs one or a few at a time).
 MAX_IN_FLIGHT = 64
@@ -216,6 +219,74 @@ class LiveSession(SocketSession):
         row = self._row(started, now, None)
         row.aborted = True
         row.error = _join(row.error, reason)
+        return [RealtimeRow(row)]
+
+
+@dataclass(slots=True)
+class OpenAILiveSession(SocketSession):
+    """The rows of one OpenAI Live WebSocket: one per increase of its billed seconds.
+
+    Live reports the session's CUMULATIVE billed seconds (``session.usage.updated``, and the final
+    total in ``session.closed``): each report that raises the total is a row of the increase, from
+    the previous report (or the session's start) to this one, so the rows add up to the bill and a
+    finished stretch is stored as soon as it is reported (a session can last an hour). The model is
+    named by ``session.start`` (the handshake's row gets it then), the resolved one by
+    ``session.started``. A session that started and whose socket closed before ``session.closed``
+    is one more row, aborted without usage: the seconds after its last report are unknown. Each
+    delegated Responses call is a row of its own (billed apart, by tokens).
+    """
+
+    start_seen: bool = False  # the first client message went by (checked, rewritten or refused)
+    started: bool = False  # session.started came: the session bills from here
+    closed: bool = False  # session.closed came: its final total is billed
+    model_reported: str | None = None
+    billed_seconds: float = 0.0  # the cumulative total billed so far
+    last_report: float = 0.0  # when the billed total was last reported (or the session started)
+    reports: int = 0  # rows of seconds so far
+    cap_reason: str | None = None  # capped: why (the close the proxy sends once the session closed)
+
+    def __post_init__(self) -> None:
+        SocketSession.__post_init__(self)
+        self.last_report = self.last_report or self.opened_at
+
+    def began(self, event: openai_live.Started, now: float) -> None:
+        """``session.started``: the session runs (and bills) from now."""
+        self.model_reported = event.model or self.model_reported
+        if not self.started:
+            self.started, self.last_report = True, now
+
+    def take(self, report: openai_live.UsageReport, now: float) -> RealtimeRow | None:
+        """One usage report: a row of the seconds it adds to the billed total (None: it adds none)."""
+        if report.final:
+            self.closed = True
+        if report.seconds is None or report.seconds <= self.billed_seconds:
+            return None
+        row = self._row(self.last_report, now, self.model_reported)
+        row.set_usage(Usage(audio_seconds=report.seconds - self.billed_seconds))
+        if report.final and report.reason not in (None, "close_requested"):
+            row.error = _join(row.error, f"the session closed: {report.reason}")
+        self.billed_seconds, self.last_report = report.seconds, now
+        self.reports += 1
+        return RealtimeRow(row)
+
+    def delegated(self, metered: Metered, now: float) -> RealtimeRow:
+        """A delegated Responses call ended: its row, priced by the model that served it."""
+        row = self._row(now, None, metered.model, model=None, action="allowed")
+        row.api_flavor = openai_live.DELEGATED_FLAVOR
+        row.service_tier = metered.service_tier
+        row.set_usage(metered.usage)
+        row.error = _join(row.error, metered.error)
+        return RealtimeRow(row)
+
+    def end(self, now: float, reason: str) -> list[RealtimeRow]:
+        """The socket closed: a session that started and never reported its close is an aborted
+        row without usage (what it billed after its last report is unknown)."""
+        if not self.started or self.closed:
+            return []
+        self.closed = True
+        row = self._row(self.last_report, now, self.model_reported)
+        row.aborted = True
+        row.error = _join(row.error, f"{reason}: the seconds after the last usage report are unknown")
         return [RealtimeRow(row)]
 
 

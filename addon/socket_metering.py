@@ -1,4 +1,4 @@
-"""WebSocket sessions the proxy meters: OpenAI Realtime, Gemini Live, OpenAI Responses.
+"""WebSocket sessions the proxy meters: OpenAI Realtime, Gemini Live, OpenAI Responses, OpenAI Live.
 
 A session opens when its handshake (a call the Meter follows from request to answer) is upgraded;
 from then on each message passes through here: the rows of the work it bills are stored while the
@@ -31,10 +31,17 @@ from addon.client_process import ClientProcess
 from addon.enforcement import Decision, Enforcer
 from addon.policies import Policies
 from addon.pricing import NOT_BILLED
-from addon.providers import gemini_live, openai_realtime, openai_realtime_mints, openai_responses_ws
+from addon.providers import (
+    gemini_live,
+    openai_live,
+    openai_realtime,
+    openai_realtime_mints,
+    openai_responses_ws,
+)
 from addon.realtime_sessions import (
     UPGRADED,
     LiveSession,
+    OpenAILiveSession,
     RealtimeRow,
     RealtimeSession,
     ResponsesSession,
@@ -55,6 +62,11 @@ log = logging.getLogger("tokometer")
 # serve (1008, policy violation), a quota spent (1011).
 LIVE_REFUSED = 1008
 LIVE_OVER_BUDGET = 1011
+# An OpenAI Live session the proxy refuses or caps gets a Live ``error`` event, then a close 1008
+# (policy violation; the openai SDK does not reconnect after it). A capped session is first asked
+# to close upstream (its time is what bills, and its session.closed reports the final total); if
+# that close has not come after this many seconds, the proxy closes the socket itself.
+LIVE_CLOSE_GRACE = 5.0
 
 # WebSocket sessions (Realtime, Live) open when mitmproxy reloaded the script, for the new Meter's
 # SocketMeter to go on with: this module is imported once per process (the script is what
@@ -126,6 +138,10 @@ class SocketMeter:
         # OpenAI Realtime and Gemini Live WebSockets being metered (see message).
         self.sessions: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
         self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
+        # Capped OpenAI Live sessions waiting for their session.closed: the close if it never comes.
+        self._graces: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def take_over(self) -> None:
         """A script reload: go on with the sessions the Meter before it left open."""
@@ -164,6 +180,10 @@ class SocketMeter:
                     opened_at=time.time(),
                     tags_header=state.tags_header,
                     process=_process_of(state),
+                )
+            elif state.openai_live:
+                session = OpenAILiveSession(
+                    handshake=record, next_id=self._meter._next_call_id, opened_at=time.time()
                 )
             elif state.responses_ws:
                 session = ResponsesSession(
@@ -209,6 +229,9 @@ class SocketMeter:
             return
         if isinstance(session, ResponsesSession):
             await self._responses_message(flow, session, message)
+            return
+        if isinstance(session, OpenAILiveSession):
+            await self._openai_live_message(flow, session, message)
             return
         if not isinstance(session, RealtimeSession):
             return
@@ -408,40 +431,68 @@ class SocketMeter:
         if setup is not None and setup.location is not None:
             record.inference_geo = setup.location.lower()
         model = setup.model if setup is not None else None
+        checked = self._check_session_model(session, message, model, gemini_live.with_model, "Gemini Live")
+        if checked is None:
+            return
+        decision, spent = checked
+        if decision.message is not None and decision.action in ("blocked", "over_budget"):
+            code = LIVE_OVER_BUDGET if spent else LIVE_REFUSED
+            self._refuse_session(flow, session, message, decision.message, code, "Gemini Live")
+
+    def _check_session_model(
+        self,
+        session: SocketSession,
+        message: WebSocketMessage,
+        model: str | None,
+        with_model: Callable[[bytes, str], bytes],
+        family: str,
+    ) -> tuple[Decision, bool] | None:
+        """The model a session's first message names (Gemini Live's setup, OpenAI Live's
+        session.start), checked as a call's is: the handshake's row gets it, and a disallowed one is
+        downgraded by rewriting the message (``with_model``; a message it cannot rewrite is refused).
+        A model that cannot be read is refused where models are restricted, and a spent budget
+        refuses the session too. The decision (the caller refuses a ``blocked`` or ``over_budget``
+        one), and whether it is a spent budget's; None when no policy is enforced."""
+        record = session.handshake
         record.model_requested = record.model_sent = model
         if not self._meter.policies.enforcing:
-            return
-        decision = self._meter.enforcer.decide_model(record.provider, record.environment, model)
+            return None
+        enforcer = self._meter.enforcer
+        decision = enforcer.decide_model(record.provider, record.environment, model)
         if decision.refusal is None and model is None:
             decision = self._meter._unknown_model(record, decision) or decision
-        code = LIVE_REFUSED
-        if (
-            decision.refusal is None
-            and (spent := self._meter.enforcer.spent_budget(session.scopes)) is not None
-        ):
-            decision, code = Decision("over_budget", decision.model_sent, message=spent), LIVE_OVER_BUDGET
+        over_budget = False
+        if decision.refusal is None and (spent := enforcer.spent_budget(session.scopes)) is not None:
+            decision, over_budget = Decision("over_budget", decision.model_sent, message=spent), True
         if decision.action == "downgraded" and decision.model_sent is not None:
             try:
-                message.content = gemini_live.with_model(data, decision.model_sent)
+                message.content = with_model(message.content, decision.model_sent)
             except ValueError as exc:
-                decision = self._meter.enforcer.refuse_model(
-                    record.provider, record.environment, model or "?", str(exc)
-                )
+                decision = enforcer.refuse_model(record.provider, record.environment, model or "?", str(exc))
             else:
                 record.model_sent = decision.model_sent
-                log.info("tokometer: Gemini Live session %s", decision.notice)
+                log.info("tokometer: %s session %s", family, decision.notice)
         record.action = decision.action
-        if decision.message is not None and decision.action in ("blocked", "over_budget"):
-            self._refuse_live(flow, session, message, decision.message, code)
+        return decision, over_budget
 
-    def _refuse_live(
-        self, flow: http.HTTPFlow, session: LiveSession, message: WebSocketMessage, why: str, code: int
+    def _refuse_session(
+        self,
+        flow: http.HTTPFlow,
+        session: SocketSession,
+        message: WebSocketMessage,
+        why: str,
+        code: int,
+        family: str,
+        event: Callable[[str], bytes] | None = None,
     ) -> None:
-        """Refuse a Live session at its setup: the message is dropped, the session's row says why
-        (the handshake's, not billed) and the client gets a close ``code`` with the reason."""
+        """Refuse a session at its first message: the message is dropped, the session's row says why
+        (the handshake's, not billed) and the client gets a close ``code`` with the reason (after
+        ``event(reason)``, an error event, when the API reports one first)."""
         message.drop()
         session.capped = True
         reason = why if why.startswith("tokometer: ") else f"tokometer: {why}"
+        if event is not None:
+            ctx.master.commands.call("inject.websocket", flow, True, event(reason), True)
         record = session.handshake
         record.model_sent = None  # nothing was sent
         record.status_code = UPGRADED
@@ -449,9 +500,102 @@ class SocketMeter:
         record.error = "; ".join(filter(None, (record.error, f"{why} (closed {code})")))[:1000]
         record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
         self._meter._submit(dataclasses.replace(record))
-        log.warning("tokometer: Gemini Live session refused at its setup: %s", why)
+        log.warning("tokometer: %s session refused at its first message: %s", family, why)
         if not self.close_websocket(flow, code, reason):
-            log.error("tokometer: could not close a refused Gemini Live session; its messages are dropped")
+            log.error("tokometer: could not close a refused %s session; its messages are dropped", family)
+
+    async def _openai_live_message(
+        self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage
+    ) -> None:
+        """An OpenAI Live message: audio both ways costs a substring test or two; the start, the
+        usage reports, the close and delegated calls' terminal events are decoded."""
+        if message.from_client:
+            if message.injected:
+                return  # the proxy's own session.close, ending a capped session
+            if session.capped:
+                message.drop()  # the session is closing: nothing more goes upstream
+            elif not session.start_seen:
+                await self._openai_live_start(flow, session, message)
+            elif self._meter.policies.enforcing and self._meter.enforcer.budgets.has_budgets:
+                self._cap_if_spent(flow, session, message)
+            return
+        data = message.content
+        if message.injected or not openai_live.might_matter(data):
+            return
+        event = await self._off_loop(openai_live.read_server_event, data)
+        now = time.time()
+        if isinstance(event, openai_live.Started):
+            session.began(event, now)
+        elif isinstance(event, openai_live.UsageReport):
+            row = session.take(event, now)
+            if row is not None:
+                self._record_realtime(row)
+            if event.final and session.cap_reason is not None:
+                self._close_capped_live(flow)  # its final total is in: the proxy closes it now
+        elif isinstance(event, openai_live.Delegated):
+            self._record_realtime(session.delegated(event.metered, now))
+
+    async def _openai_live_start(
+        self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage
+    ) -> None:
+        """An OpenAI Live session's first client message, its ``session.start``: the model it names
+        is the session's, checked now (see _check_session_model). A refused start never goes
+        upstream: the client gets Live's ``error`` event (``param`` ``session.model``, or
+        ``budget_exceeded``) and a close 1008 with the reason; the refusal is a row."""
+        session.start_seen = True
+        data = message.content
+        start = (
+            await self._off_loop(openai_live.read_session_start, data)
+            if openai_live.may_start(data)
+            else None
+        )
+        model = start.model if start is not None else None
+        checked = self._check_session_model(session, message, model, openai_live.with_model, "OpenAI Live")
+        if checked is None:
+            return
+        decision, spent = checked
+        if decision.message is None or decision.action not in ("blocked", "over_budget"):
+            return
+        event = functools.partial(
+            openai_live.error_event,
+            "budget_exceeded" if spent else "model_not_allowed",
+            event_id=f"event_tokometer_{secrets.token_hex(8)}",
+            param=None if spent else "session.model",
+            client_event_id=start.event_id if start is not None else None,
+        )
+        self._refuse_session(flow, session, message, decision.message, LIVE_REFUSED, "OpenAI Live", event)
+
+    def _cap_openai_live(
+        self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage, reason: str
+    ) -> None:
+        """A capped OpenAI Live session: the client's event is dropped and the client gets Live's
+        ``error`` event (``budget_exceeded``); upstream gets a ``session.close``, so its
+        ``session.closed`` reports the final total (metered, then the proxy closes the socket, 1008).
+        If it does not come within ``LIVE_CLOSE_GRACE`` seconds, the socket is closed anyway."""
+        message.drop()
+        session.capped, session.cap_reason = True, reason
+        event = openai_live.error_event("budget_exceeded", reason, f"event_tokometer_{secrets.token_hex(8)}")
+        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        ctx.master.commands.call("inject.websocket", flow, False, openai_live.CLOSE_EVENT, True)
+        self._graces[flow] = asyncio.get_running_loop().call_later(
+            LIVE_CLOSE_GRACE, self._close_capped_live, flow
+        )
+        log.warning("tokometer: OpenAI Live session capped: %s", reason)
+
+    def _close_capped_live(self, flow: http.HTTPFlow) -> None:
+        """Close a capped OpenAI Live session (once): its session.closed came, or its grace ran out."""
+        grace = self._graces.pop(flow, None)
+        if grace is None:
+            return
+        grace.cancel()
+        session = self.sessions.get(flow)
+        if not isinstance(session, OpenAILiveSession) or session.cap_reason is None:
+            return
+        try:
+            if not self.close_websocket(flow, LIVE_REFUSED, session.cap_reason):
+                log.error("tokometer: could not close a capped OpenAI Live session; its requests are dropped")
+        except Exception:
+            log.exception("tokometer: closing a capped OpenAI Live session failed")
 
     def _attribute_to_project(self, session: LiveSession, project: str) -> None:
         """A Vertex setup names its project: ``vertex:{project}`` is the session's credential,
@@ -492,6 +636,9 @@ class SocketMeter:
         if isinstance(session, ResponsesSession):  # it says before what
             self.end_session(flow, session, closed)
             return
+        if isinstance(session, OpenAILiveSession):
+            self.end_session(flow, session, f"{closed} before session.closed")
+            return
         before = "the turn's usage" if isinstance(session, LiveSession) else "response.done"
         self.end_session(flow, session, f"{closed} before {before}: usage unknown")
 
@@ -501,6 +648,9 @@ class SocketMeter:
         """The session is over: work still in flight gets its aborted rows (``now``: at shutdown,
         an offline estimate is made in the hook, not in a thread)."""
         self.sessions.pop(flow, None)
+        grace = self._graces.pop(flow, None)
+        if grace is not None:
+            grace.cancel()
         for row in session.end(time.time(), reason):
             self._record_realtime(row, now=now)
 
@@ -560,13 +710,20 @@ class SocketMeter:
         if spent is None:
             return
         live = isinstance(session, LiveSession)
-        if not live and not openai_realtime.asks_for_work(message.content):
+        openai_live_session = isinstance(session, OpenAILiveSession)
+        if openai_live_session:
+            if openai_live.is_session_close(message.content):
+                return  # the client ends the session (and its billing) itself
+        elif not live and not openai_realtime.asks_for_work(message.content):
             return
-        message.drop()
-        session.capped = True
         provider = session.handshake.provider
         text = error_body(provider, budget_refusal_status(provider), spent, "over_budget")
         reason = str(text["error"]["message"])  # type: ignore[index]
+        if isinstance(session, OpenAILiveSession):
+            self._cap_openai_live(flow, session, message, reason)
+            return
+        message.drop()
+        session.capped = True
         if live:
             log.warning("tokometer: Gemini Live session capped and closed: %s", spent)
             if not self.close_websocket(flow, LIVE_OVER_BUDGET, reason):

@@ -1,0 +1,486 @@
+"""The addon's OpenAI Live hooks with mitmproxy.test.taddons and tflow (no network, no process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai_live import (
+    DELEGATE_MODEL,
+    DELEGATED_USAGE,
+    PATH,
+    audio_append,
+    delegated,
+    output_audio,
+    session_closed,
+    session_start,
+    session_started,
+    transcript_delta,
+    usage_updated,
+)
+from fake_websocket import dumps
+from mitmproxy import http
+from websocket_hooks import (
+    CollectingStore,
+    client_says,
+    handshake_flow,
+    metered,
+    open_session,
+    records,
+    server_says,
+)
+
+import addon.meter as meter_module
+import addon.socket_metering as socket_metering
+from addon.api_keys import key_fingerprint
+from addon.budgets import scopes_for
+from addon.meter import Meter
+from addon.policies import parse_policies
+from addon.providers import openai_live
+from addon.usage import Usage
+
+KEY = "sk-proj-liveTESTkey0000111122223333"
+HOST = "api.openai.com"
+RESTRICTED = """\
+environments:
+  development:
+    models:
+      allow: [gpt-live-1]
+      on_disallowed: downgrade
+      downgrade: {gpt-live-1.1: gpt-live-1}
+"""
+BUDGETED = "environments:\n  development:\n    budget: {usd: 0.001, period: day}\n"  # 1.2 s of gpt-live-1
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    yield from metered(tmp_path)
+
+
+@pytest.fixture
+def closes(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The closes the addon asked for: (flow, code, reason)."""
+    found: list[tuple[Any, ...]] = []
+
+    def close(flow: http.HTTPFlow, code: int | None = None, reason: str | None = None) -> bool:
+        found.append((flow, code, reason))
+        return True
+
+    monkeypatch.setattr(meter, "_close_websocket", close)
+    return found
+
+
+@pytest.fixture
+def injected(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, dict[str, Any]]]:
+    """The events the proxy injects: (to the client?, the event decoded)."""
+    sent: list[tuple[bool, dict[str, Any]]] = []
+
+    def call(command: str, flow: http.HTTPFlow, to_client: bool, payload: bytes, is_text: bool) -> None:
+        assert (command, is_text) == ("inject.websocket", True)
+        if payload:  # an empty message only wakes the layer up after a close (close_websocket)
+            sent.append((to_client, json.loads(payload)))
+
+    monkeypatch.setattr(meter_module.ctx.master.commands, "call", call)
+    return sent
+
+
+def handshake(path: str = PATH, key: str | None = KEY) -> http.HTTPFlow:
+    """A WebSocket flow as it is at requestheaders: the GET, no answer yet."""
+    ours = {"upgrade": "websocket", "x-metering-tags": json.dumps({"env": "development", "team": "voice"})}
+    if key is not None:
+        ours["authorization"] = f"Bearer {key}"
+    return handshake_flow(HOST, path, ours, None, time.time())
+
+
+async def started(meter: Meter, model: str = "gpt-live-1") -> http.HTTPFlow:
+    """A session opened, started and acknowledged."""
+    flow = handshake()
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, session_start(model))
+    assert not start.dropped
+    await server_says(meter, flow, session_started(model))
+    return flow
+
+
+async def speak(meter: Meter, flow: http.HTTPFlow, total: float, n: int = 1) -> None:
+    """Two audio appends, the model's audio and transcript, then a usage report of ``total``."""
+    for i in range(2):
+        await client_says(meter, flow, audio_append(i))
+    await server_says(meter, flow, output_audio(n))
+    await server_says(meter, flow, transcript_delta())
+    await server_says(meter, flow, usage_updated(total, n))
+
+
+async def test_each_increase_of_the_total_is_a_row_stored_inside_its_hook(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    assert records(meter) == [] and meter.call_state(flow) is None  # the key went with the state
+    start = await client_says(meter, flow, session_start())
+    assert not start.dropped and start.content == dumps(session_start())
+    before = time.time()
+    await server_says(meter, flow, session_started())
+    for i in range(2):
+        await client_says(meter, flow, audio_append(i))
+    await server_says(meter, flow, output_audio(1))
+    assert records(meter) == []
+    report = await server_says(meter, flow, usage_updated(3, 1))
+    # Stored within the hook: before mitmproxy forwards the report to the client.
+    [first] = records(meter)
+    assert not report.dropped and report.content == dumps(usage_updated(3, 1))
+    assert (first.provider, first.host, first.path, first.api_flavor, first.status_code) == (
+        "openai",
+        HOST,
+        PATH,
+        "live",
+        101,
+    )
+    assert (first.environment, first.environment_source, first.team) == ("development", "header", "voice")
+    assert first.key_fingerprint == key_fingerprint(KEY) and KEY not in first.to_json()
+    assert (first.model_requested, first.model_sent, first.model_reported) == ("gpt-live-1",) * 3
+    assert first.usage == Usage(audio_seconds=3) and first.audio_seconds == 3
+    assert (first.input_tokens, first.output_tokens) == (0, 0)
+    assert (first.streamed, first.aborted, first.action, first.usage_source, first.error) == (
+        True,
+        False,
+        "allowed",
+        "reported",
+        None,
+    )
+    assert before <= first.ts.timestamp() and first.duration_ms is not None and first.duration_ms >= 0
+    await speak(meter, flow, 3, 2)  # the same total again: nothing more to bill
+    assert len(records(meter)) == 1
+    await speak(meter, flow, 8.5, 3)
+    second = records(meter)[1]
+    assert second.audio_seconds == 5.5  # the increase, never the total
+    assert second.ts.timestamp() >= first.ts.timestamp() + (first.duration_ms or 0) / 1000 - 0.001
+    closed = await server_says(meter, flow, session_closed(11))
+    assert not closed.dropped
+    third = records(meter)[2]
+    assert (third.audio_seconds, third.error, third.aborted) == (2.5, None, False)
+    # The rows of a session add up to its final total.
+    assert sum(r.audio_seconds or 0 for r in records(meter)) == 11
+    flow.websocket.close_code = 1000  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 3  # session.closed came: nothing unknown
+
+
+async def test_a_close_for_another_reason_says_why(meter: Meter) -> None:
+    flow = await started(meter)
+    await speak(meter, flow, 4)
+    await server_says(meter, flow, session_closed(7, reason="expired"))
+    _, last = records(meter)
+    assert (last.audio_seconds, last.error) == (3, "the session closed: expired")
+
+
+async def test_audio_passes_unread_and_unchanged(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    read: list[bytes] = []
+    original_event, original_start = openai_live.read_server_event, openai_live.read_session_start
+
+    def counting_event(data: bytes) -> Any:
+        read.append(data)
+        return original_event(data)
+
+    def counting_start(data: bytes) -> Any:
+        read.append(data)
+        return original_start(data)
+
+    monkeypatch.setattr(openai_live, "read_server_event", counting_event)
+    monkeypatch.setattr(openai_live, "read_session_start", counting_start)
+    start = dumps(session_start())
+    await client_says(meter, flow, start)
+    assert read == [start]
+    for i in range(3):
+        message = await client_says(meter, flow, audio_append(i, size=40_000))
+        assert not message.dropped and message.content == dumps(audio_append(i, size=40_000))
+    sent = [
+        dumps(output_audio(1, size=40_000)),
+        dumps(transcript_delta()),
+        b"\x00\x01 not json",
+        b'{"type": "session.usage.updated", "usage": {"seconds": 1',  # truncated
+        b"",
+    ]
+    for data in sent:
+        message = await server_says(meter, flow, data)
+        assert message.content == data and not message.dropped
+    assert read == [start, sent[3]]  # audio both ways and deltas are never decoded
+    assert records(meter) == []
+
+
+async def test_a_session_cut_before_its_close_is_an_aborted_row(meter: Meter) -> None:
+    flow = await started(meter)
+    await speak(meter, flow, 2)
+    flow.websocket.close_code = 1006  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    first, cut = records(meter)
+    assert first.audio_seconds == 2
+    assert (cut.aborted, cut.usage, cut.usage_source, cut.cost_usd) == (True, None, "none", None)
+    assert (cut.model_sent, cut.api_flavor, cut.status_code) == ("gpt-live-1", "live", 101)
+    assert cut.error == (
+        "the WebSocket closed (1006) before session.closed: "
+        "the seconds after the last usage report are unknown"
+    )
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 2
+
+
+async def test_a_session_that_never_started_has_no_row(meter: Meter) -> None:
+    """The server answered the start with an error and hung up: no session, nothing billed."""
+    flow = handshake()
+    await open_session(meter, flow)
+    await client_says(meter, flow, session_start("gpt-live-9"))
+    await server_says(meter, flow, {"type": "error", "error": {"code": "model_not_found", "message": "no"}})
+    flow.websocket.close_code = 1008  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    assert records(meter) == []
+
+
+async def test_downgrade_rewrites_the_start(meter: Meter, closes: list[tuple[Any, ...]]) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    assert flow.websocket is not None  # the handshake names no model: nothing to check yet
+    original = dumps(session_start("gpt-live-1.1", delegate_to=DELEGATE_MODEL))
+    start = await client_says(meter, flow, original)
+    assert not start.dropped and closes == []
+    assert start.content == original.replace(b'"gpt-live-1.1"', b'"gpt-live-1"')
+    await server_says(meter, flow, session_started("gpt-live-1"))
+    await speak(meter, flow, 5)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.model_reported) == (
+        "downgraded",
+        "gpt-live-1.1",
+        "gpt-live-1",
+        "gpt-live-1",
+    )
+
+
+async def test_a_blocked_model_is_refused_at_the_start(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    meter._apply(parse_policies(RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    flow = handshake()
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, session_start("gpt-live-1.1"))
+    assert start.dropped
+    [(to_client, event)] = injected
+    assert to_client and event["type"] == "error" and event["client_event_id"] == "event_start"
+    error = event["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "model_not_allowed",
+        "session.model",
+    )
+    assert error["message"].startswith(
+        "tokometer: model gpt-live-1.1 is not allowed in environment development"
+    )
+    [(closed, code, reason)] = closes
+    assert (closed, code) == (flow, 1008)
+    assert reason.startswith("tokometer: model gpt-live-1.1 is not allowed in environment development")
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent) == (
+        "blocked",
+        101,
+        "gpt-live-1.1",
+        None,
+    )
+    assert (row.cost_usd, row.price_status, row.api_flavor) == (Decimal(0), "not_billed", "live")
+    assert "is not allowed" in (row.error or "") and "closed 1008" in (row.error or "")
+    # What the client sends while the socket closes goes nowhere; the close adds no row.
+    assert (await client_says(meter, flow, audio_append())).dropped
+    flow.websocket.close_code = 1008  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 1
+
+
+async def test_a_start_without_a_model_is_refused_where_models_are_restricted(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    open_flow = handshake()
+    await open_session(meter, open_flow)
+    nameless = b'{"type": "session.start", "session": {}}'
+    assert not (await client_says(meter, open_flow, nameless)).dropped  # nothing restricted
+    meter._apply(parse_policies(RESTRICTED))
+    for first in (nameless, dumps(audio_append()), b"\x00garbage"):
+        flow = handshake()
+        await open_session(meter, flow)
+        assert (await client_says(meter, flow, first)).dropped
+    assert [code for _, code, _ in closes] == [1008] * 3
+    assert all("could not be read" in (row.error or "") for row in records(meter))
+    assert [event["error"]["param"] for _, event in injected] == ["session.model"] * 3
+
+
+async def test_a_spent_budget_refuses_the_handshake(meter: Meter) -> None:
+    meter._apply(parse_policies(BUDGETED))
+    meter.enforcer.budgets.hold("earlier", scopes_for("development"), Decimal(1))
+    flow = handshake()
+    await open_session(meter, flow)
+    assert flow.response.status_code == 429 and flow.websocket is None  # type: ignore[union-attr]
+    error = json.loads(flow.response.content)["error"]  # type: ignore[union-attr]
+    assert error["code"] == "budget_exceeded"
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.api_flavor, row.path, row.cost_usd) == (
+        "over_budget",
+        429,
+        "live",
+        PATH,
+        Decimal(0),
+    )
+
+
+async def test_a_budget_spent_after_the_handshake_refuses_the_start(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    meter._apply(parse_policies(BUDGETED))
+    flow = handshake()
+    await open_session(meter, flow)
+    meter.enforcer.budgets.hold("elsewhere", scopes_for("development"), Decimal(1))
+    assert (await client_says(meter, flow, session_start())).dropped
+    [(_, code, reason)] = closes
+    assert code == 1008 and reason.startswith("tokometer: development budget of $0.001 per day is spent")
+    [(to_client, event)] = injected
+    assert to_client and event["error"]["code"] == "budget_exceeded"
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.price_status) == (
+        "over_budget",
+        "gpt-live-1",
+        None,
+        "not_billed",
+    )
+
+
+async def test_a_spent_budget_caps_the_session_and_collects_its_final_usage(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    """Once a row spends the budget, the next client event is dropped: the client gets an error
+    event, upstream a session.close (the session's time is what bills); its session.closed, with
+    the final total, is metered, reaches the client, and the proxy closes the socket."""
+    meter._apply(parse_policies(BUDGETED))
+    flow = await started(meter)
+    await speak(meter, flow, 3)
+    [row] = records(meter)
+    # Priced at once, and its cost counts against the budget before the store gets to it.
+    assert (row.price_status, row.cost_usd) == ("priced", Decimal("0.0025"))
+    assert closes == [] and injected == []
+    audio = await client_says(meter, flow, audio_append())
+    assert audio.dropped
+    (to_client, error), (upstream, close) = injected
+    assert to_client and error["type"] == "error" and error["error"]["code"] == "budget_exceeded"
+    assert error["error"]["message"].startswith("tokometer: development budget of $0.001 per day is spent")
+    assert not upstream and close == {"type": "session.close"}
+    assert closes == []  # upstream is asked to close first: its final usage is still to come
+    assert (await client_says(meter, flow, audio_append(1))).dropped
+    assert (await client_says(meter, flow, b'{"type": "session.close"}')).dropped  # sent already
+    assert len(injected) == 2
+    final = await server_says(meter, flow, session_closed(4.5))
+    assert not final.dropped
+    _, last = records(meter)
+    assert last.audio_seconds == 1.5 and last.error is None
+    [(_, code, reason)] = closes
+    assert code == 1008 and reason.startswith("tokometer: development budget of $0.001 per day is spent")
+    flow.websocket.close_code = 1008  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 2
+
+
+async def test_a_capped_session_whose_close_never_comes_is_closed_after_a_grace(
+    meter: Meter,
+    closes: list[tuple[Any, ...]],
+    injected: list[tuple[bool, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
+    meter._apply(parse_policies(BUDGETED))
+    flow = await started(meter)
+    await speak(meter, flow, 3)
+    assert (await client_says(meter, flow, audio_append())).dropped
+    assert closes == []
+    await asyncio.sleep(0.2)
+    [(_, code, _)] = closes
+    assert code == 1008
+    flow.websocket.close_code = 1008  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    _, cut = records(meter)
+    assert cut.aborted and cut.usage is None
+    assert "the seconds after the last usage report are unknown" in (cut.error or "")
+
+
+async def test_the_clients_own_close_passes_once_the_budget_is_spent(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    meter._apply(parse_policies(BUDGETED))
+    flow = await started(meter)
+    await speak(meter, flow, 3)
+    close = await client_says(meter, flow, b'{"type": "session.close", "event_id": "bye"}')
+    assert not close.dropped and injected == [] and closes == []
+    await server_says(meter, flow, session_closed(3))
+    assert len(records(meter)) == 1 and closes == []
+
+
+async def test_delegated_responses_calls_are_rows_of_their_own(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    await client_says(meter, flow, session_start(delegate_to=DELEGATE_MODEL))
+    await server_says(meter, flow, session_started())
+    await server_says(meter, flow, delegated("response.created", "in_progress", None))
+    assert records(meter) == []
+    done = await server_says(meter, flow, delegated("response.completed", "completed", DELEGATED_USAGE))
+    assert not done.dropped
+    await speak(meter, flow, 2)
+    call, seconds = records(meter)
+    assert (call.api_flavor, call.path, call.status_code, call.action) == ("responses", PATH, 101, "allowed")
+    assert (call.model_requested, call.model_sent, call.model_reported) == (None, None, DELEGATE_MODEL)
+    assert call.usage == Usage(
+        input_tokens=900, cache_read_tokens=100, output_tokens=250, reasoning_tokens=50
+    )
+    assert (call.audio_seconds, call.service_tier, call.environment) == (None, "default", "development")
+    assert (seconds.api_flavor, seconds.audio_seconds) == ("live", 2)
+
+
+async def test_a_rate_limit_refuses_the_handshake(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    rate_limit: {requests_per_minute: 1}\n"))
+    first, second = handshake(), handshake()
+    await open_session(meter, first)
+    await open_session(meter, second)
+    assert first.websocket is not None and second.websocket is None
+    assert second.response.status_code == 429  # type: ignore[union-attr]
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.api_flavor) == ("rate_limited", 429, "live")
+
+
+async def test_other_paths_are_not_sessions(meter: Meter) -> None:
+    for path in ("/v1/live/sessions/live_1/attach", "/v1/live/sessions/live_1/fork"):
+        flow = handshake(path)
+        await open_session(meter, flow)
+        assert meter.call_state(flow) is None and meter.sockets.session(flow) is None
+    assert records(meter) == []
+
+
+async def test_a_session_open_when_the_script_reloads_is_finished_by_the_new_addon(meter: Meter) -> None:
+    flow = await started(meter)
+    await speak(meter, flow, 2)
+    meter.done()  # mitmproxy reloads the script: it is not shutting down
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    await server_says(new, flow, usage_updated(5, 2))
+    [row] = records(new)
+    assert (row.model_sent, row.audio_seconds, row.aborted) == ("gpt-live-1", 3, False)
+
+
+async def test_a_session_open_at_shutdown_is_an_aborted_row(meter: Meter) -> None:
+    flow = await started(meter)
+    await speak(meter, flow, 2)
+    meter_module.ctx.master.should_exit.set()  # SIGTERM: done runs before the flows end
+    meter.done()
+    _, cut = records(meter)
+    assert (cut.aborted, cut.usage) == (True, None)
+    assert cut.error == "proxy shut down mid-session: the seconds after the last usage report are unknown"
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 2
