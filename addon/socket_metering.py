@@ -50,7 +50,7 @@ from addon.realtime_sessions import (
 from addon.record import CallRecord
 from addon.refusals import budget_refusal_status, error_body
 from addon.usage import Metered
-from addon.websocket_close import close_websocket
+from addon.websocket_close import close_websocket, websocket_layer
 
 if TYPE_CHECKING:
     from addon.meter import CallState
@@ -75,6 +75,9 @@ _SESSIONS_HANDED_OVER: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] =
 # WebSockets the proxy closed itself (with a close code): whatever still passes through them is
 # dropped, by this instance or the next (a script reload).
 _DROPPING: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+# Closes with a code the proxy asked for, queued when the empty message it injected behind the
+# events it injected before (an error event) reaches the hook: (code, reason).
+_PENDING_CLOSES: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[int, str]] = weakref.WeakKeyDictionary()
 
 
 class MeterSide(Protocol):
@@ -218,12 +221,15 @@ class SocketMeter:
         """One WebSocket message: a server event that bills makes a row, stored before the client
         gets it; a client message asking for work once a budget is spent caps the session; a Gemini
         Live session's first client message (its setup) is checked against the model rules."""
+        message = flow.websocket.messages[-1]  # type: ignore[union-attr]
+        if _PENDING_CLOSES and message.injected and not message.content and flow in _PENDING_CLOSES:
+            self._close_now(flow, message)
+            return
         session = self.sessions.get(flow) if not _SESSIONS_HANDED_OVER else self.session(flow)
         if session is None:
             if _DROPPING and flow in _DROPPING:  # closed by the proxy: nothing more passes
-                flow.websocket.messages[-1].drop()  # type: ignore[union-attr]
+                message.drop()
             return
-        message = flow.websocket.messages[-1]  # type: ignore[union-attr]
         if isinstance(session, LiveSession):
             await self._live_message(flow, session, message)
             return
@@ -510,8 +516,6 @@ class SocketMeter:
         """An OpenAI Live message: audio both ways costs a substring test or two; the start, the
         usage reports, the close and delegated calls' terminal events are decoded."""
         if message.from_client:
-            if message.injected:
-                return  # the proxy's own session.close, ending a capped session
             if session.capped:
                 message.drop()  # the session is closing: nothing more goes upstream
             elif not session.start_seen:
@@ -530,8 +534,6 @@ class SocketMeter:
             row = session.take(event, now)
             if row is not None:
                 self._record_realtime(row)
-            if event.final and session.cap_reason is not None:
-                self._close_capped_live(flow)  # its final total is in: the proxy closes it now
         elif isinstance(event, openai_live.Delegated):
             self._record_realtime(session.delegated(event.metered, now))
 
@@ -568,22 +570,23 @@ class SocketMeter:
     def _cap_openai_live(
         self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage, reason: str
     ) -> None:
-        """A capped OpenAI Live session: the client's event is dropped and the client gets Live's
-        ``error`` event (``budget_exceeded``); upstream gets a ``session.close``, so its
-        ``session.closed`` reports the final total (metered, then the proxy closes the socket, 1008).
-        If it does not come within ``LIVE_CLOSE_GRACE`` seconds, the socket is closed anyway."""
-        message.drop()
+        """A capped OpenAI Live session: the client's event goes upstream as a ``session.close``
+        instead (rewritten, not injected: a message injected toward upstream while the client's next
+        audio event is half received would be spliced into it), so upstream's ``session.closed``
+        reports the final total (metered and passed on) and it closes the socket; the client gets
+        Live's ``error`` event (``budget_exceeded``) and its later events are dropped. If the socket
+        is still open ``LIVE_CLOSE_GRACE`` seconds later, the proxy closes it (1008)."""
+        message.content = openai_live.CLOSE_EVENT
         session.capped, session.cap_reason = True, reason
         event = openai_live.error_event("budget_exceeded", reason, f"event_tokometer_{secrets.token_hex(8)}")
         ctx.master.commands.call("inject.websocket", flow, True, event, True)
-        ctx.master.commands.call("inject.websocket", flow, False, openai_live.CLOSE_EVENT, True)
         self._graces[flow] = asyncio.get_running_loop().call_later(
             LIVE_CLOSE_GRACE, self._close_capped_live, flow
         )
         log.warning("tokometer: OpenAI Live session capped: %s", reason)
 
     def _close_capped_live(self, flow: http.HTTPFlow) -> None:
-        """Close a capped OpenAI Live session (once): its session.closed came, or its grace ran out."""
+        """Close a capped OpenAI Live session still open when its grace ran out (once)."""
         grace = self._graces.pop(flow, None)
         if grace is None:
             return
@@ -743,26 +746,48 @@ class SocketMeter:
         mitmproxy 12 has no command for it (mitmproxy issue #4773; ``flow.kill()`` does not reach
         its WebSocket layer). With a ``code``, both sides get a close frame with that code and
         ``reason``, as if upstream had sent it (see addon.websocket_close); whatever still passes
-        is dropped. Without one, or if that cannot be done, the upstream side is reported closed to
-        the flow's connection handler, as when the provider hangs up: the layer sends the client
-        a close frame (1000) and closes both connections. Events are handled in order, so an
-        injected error goes first.
+        is dropped. The close is queued when an empty message injected now reaches the hook
+        (_close_now): injected events are handled in order, so one injected before it (an error
+        event) reaches the client first. Without a code, or if that cannot be done, the upstream
+        side is reported closed to the flow's connection handler, as when the provider hangs up:
+        the layer sends the client a close frame (1000) and closes both connections, also in order.
         """
-        server = ctx.master.addons.get("proxyserver")
-        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+        handler = self._handler(flow)
         if handler is None or flow.server_conn is None:
             return False
-        if code is not None:
-            try:
-                closed = close_websocket(handler, flow, code, reason or "")
-            except Exception:
-                log.exception("tokometer: could not send a close frame; closing the connections instead")
-                closed = False
-            if closed:
-                _DROPPING.add(flow)
-                ctx.master.commands.call("inject.websocket", flow, True, b"", False)  # see close_websocket
-                return True
+        if code is not None and websocket_layer(handler, flow) is not None:
+            _PENDING_CLOSES[flow] = (code, reason or "")
+            ctx.master.commands.call("inject.websocket", flow, True, b"", False)
+            return True
+        self._report_upstream_closed(handler, flow)
+        return True
+
+    @staticmethod
+    def _handler(flow: http.HTTPFlow) -> Any:
+        """The connection handler relaying ``flow`` (mitmproxy's proxyserver), or None."""
+        server = ctx.master.addons.get("proxyserver")
+        return getattr(server, "connections", {}).get(flow.client_conn.id)
+
+    def _report_upstream_closed(self, handler: Any, flow: http.HTTPFlow) -> None:
         task = asyncio.ensure_future(handler.server_event(proxy_events.ConnectionClosed(flow.server_conn)))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-        return True
+
+    def _close_now(self, flow: http.HTTPFlow, message: WebSocketMessage) -> None:
+        """The empty message close_websocket injected reached the hook, after every event injected
+        before it: the close frame is queued now, read by the layer right after this message
+        (dropped); whatever passes after it is dropped too."""
+        code, reason = _PENDING_CLOSES.pop(flow)
+        message.drop()
+        handler = self._handler(flow)
+        if handler is None or flow.server_conn is None:
+            return
+        try:
+            closed = close_websocket(handler, flow, code, reason)
+        except Exception:
+            log.exception("tokometer: could not send a close frame; closing the connections instead")
+            closed = False
+        if closed:
+            _DROPPING.add(flow)
+        else:
+            self._report_upstream_closed(handler, flow)

@@ -2,10 +2,11 @@
 
 mitmproxy relays a WebSocket in a ``WebsocketLayer`` of the client connection's layer tree, with
 one wsproto connection per side. A close frame is sent by queueing a ``CloseConnection`` event on
-the server side's wsproto connection, as if upstream had sent it: the next event the layer reads
-from that side (the caller injects an empty message to make one) processes it first, so both
-sides get a close frame with that code and reason and both connections close, in order after what
-was already sent. The layer then keeps reading that event's messages: the caller drops them.
+the server side's wsproto connection, as if upstream had sent it: the layer reads it with the next
+event from that side, so both sides get a close frame with that code and reason and both
+connections close. The caller queues it while the hook of a message it injected to the client runs
+(so every message injected before that one has gone out first): the layer reads the close right
+after that message. The layer then keeps reading that event's messages: the caller drops them.
 
 This reaches into mitmproxy's and wsproto's internals (``_events``, the layer tree): where they
 are not as expected nothing is queued and False is returned, for the caller to close otherwise.
@@ -57,8 +58,9 @@ def websocket_layer(handler: Any, flow: http.HTTPFlow) -> WebsocketLayer | None:
 
 def close_websocket(handler: Any, flow: http.HTTPFlow, code: int, reason: str) -> bool:
     """Queue a close (``code``, ``reason``: cut to 123 bytes by wsproto) of ``flow``'s WebSocket as
-    if upstream sent it. True if queued: the caller must then make the layer read an event from
-    upstream's side (inject an empty message to the client) and drop every message after it."""
+    if upstream sent it. True if queued: the layer reads it with the next event from upstream's side
+    (queued in the hook of a message injected to the client: right after it); the caller drops
+    every message after it."""
     layer = websocket_layer(handler, flow)
     server_ws = getattr(layer, "server_ws", None)
     events = getattr(server_ws, "_events", None)
