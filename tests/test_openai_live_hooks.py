@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -454,11 +455,19 @@ async def test_a_rate_limit_refuses_the_handshake(meter: Meter) -> None:
     assert (row.action, row.status_code, row.api_flavor) == ("rate_limited", 429, "live")
 
 
-async def test_other_paths_are_not_sessions(meter: Meter) -> None:
+async def test_other_paths_are_not_sessions(meter: Meter, caplog: pytest.LogCaptureFixture) -> None:
+    """A sideband or a fork passes unmetered, and the log says so; a primary session is metered."""
+    caplog.set_level(logging.WARNING, "tokometer")
+    flow = handshake()
+    await open_session(meter, flow)
+    meter.websocket_start(flow)
+    assert "passes unmetered" not in caplog.text
     for path in ("/v1/live/sessions/live_1/attach", "/v1/live/sessions/live_1/fork"):
         flow = handshake(path)
         await open_session(meter, flow)
         assert meter.call_state(flow) is None and meter.sockets.session(flow) is None
+        meter.websocket_start(flow)
+        assert f"a WebSocket to {HOST}{path} passes unmetered" in caplog.text
     assert records(meter) == []
 
 
