@@ -180,12 +180,19 @@ class CustomProvider:
 
 @dataclass(frozen=True, slots=True)
 class PriceOverride:
-    """A price from ``prices:``, in USD per million tokens (self-hosted models, negotiated rates)."""
+    """A price from ``prices:`` (self-hosted models, negotiated rates, models genai-prices lacks):
+    tokens in USD per million (``input`` and ``output``, both or neither), and/or audio billed by
+    its duration in USD per hour (``usd_per_hour``: OpenAI Live, whisper)."""
 
-    input: Decimal
-    output: Decimal
+    input: Decimal | None
+    output: Decimal | None
     cached_input: Decimal | None = None  # default: the input price
     cache_write: Decimal | None = None  # default: the input price
+    usd_per_hour: Decimal | None = None
+
+    @property
+    def prices_tokens(self) -> bool:
+        return self.input is not None and self.output is not None
 
 
 def _empty() -> Mapping[str, Any]:
@@ -329,7 +336,7 @@ _TOP_KEYS = (
     "prices",
 )
 _PROVIDER_KEYS = ("url", "api", "pricing_provider")
-_PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
+_PRICE_KEYS = ("input", "output", "cached_input", "cache_write", "usd_per_hour")
 API_FAMILIES = ("openai", "anthropic")
 _ENV_KEYS = ("models", "budget", "rate_limit", "allow_header_claims")
 _MODELS_KEYS = ("allow", "on_disallowed", "downgrade")
@@ -930,15 +937,22 @@ class _Validator:
             path = f"prices.{_show(pattern)}"
             entry_line = _line_of(value, pattern, line)
             data = self.mapping(entry, entry_line, path, _PRICE_KEYS)
-            amounts: dict[str, Decimal | None] = {}
-            for key in _PRICE_KEYS:
-                if data.get(key) is None:
-                    if key in ("input", "output"):
-                        self.error(entry_line, f"{path}.{key}", "is required (USD per million tokens)")
-                    amounts[key] = None
-                    continue
-                amounts[key] = self.decimal(data[key], _line_of(data, key, entry_line), f"{path}.{key}")
-            if amounts["input"] is None or amounts["output"] is None:
+            given = {key for key in _PRICE_KEYS if data.get(key) is not None}
+            tokens = given & {"input", "output"}
+            if not tokens and "usd_per_hour" not in given:
+                why = "needs input and output (USD per million tokens) or usd_per_hour"
+                self.error(entry_line, path, why + " (USD per hour of audio)")
+                continue
+            if tokens or given & {"cached_input", "cache_write"}:  # a token price needs both
+                for key in {"input", "output"} - tokens:
+                    self.error(entry_line, f"{path}.{key}", "is required (USD per million tokens)")
+            amounts = {
+                key: self.decimal(data[key], _line_of(data, key, entry_line), f"{path}.{key}")
+                if key in given
+                else None
+                for key in _PRICE_KEYS
+            }
+            if None in (amounts[key] for key in given) or (tokens and len(tokens) < 2):
                 continue
             found.append(
                 (
@@ -948,6 +962,7 @@ class _Validator:
                         output=amounts["output"],
                         cached_input=amounts["cached_input"],
                         cache_write=amounts["cache_write"],
+                        usd_per_hour=amounts["usd_per_hour"],
                     ),
                 )
             )

@@ -42,6 +42,7 @@ _MAX_MISSES = 10_000
 
 
 PER_MILLION = Decimal(1_000_000)
+SECONDS_PER_HOUR = Decimal(3600)
 # A provider's own pricing by place: (model, inference_geo) -> (factor, price_source note), or None.
 GeoSurcharge = Callable[[str | None, str | None], tuple[Decimal, str] | None]
 
@@ -407,18 +408,32 @@ def _say_why_unpriced(record: CallRecord) -> None:
 # --- policies.yaml `prices:` and provider-specific names -----------------------------------------
 
 
+def override_prices(override: PriceOverride, usage: Usage) -> bool:
+    """Can this ``prices:`` entry price this usage: its tokens (if any) and its audio seconds (if any)?"""
+    has_tokens = bool(usage.input_tokens or usage.output_tokens)
+    if usage.audio_seconds:
+        return override.usd_per_hour is not None and (not has_tokens or override.prices_tokens)
+    return override.prices_tokens
+
+
 def override_cost(override: PriceOverride, usage: Usage) -> Decimal:
-    """Each bucket priced once: uncached input, cache reads, cache writes, output."""
-    uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
-    cached = override.input if override.cached_input is None else override.cached_input
-    write = override.input if override.cache_write is None else override.cache_write
-    total = (
-        uncached * override.input
-        + usage.cache_read_tokens * cached
-        + usage.cache_write_tokens * write
-        + usage.output_tokens * override.output
-    )
-    return total / PER_MILLION
+    """Each bucket priced once: uncached input, cache reads, cache writes, output; and audio billed
+    by its duration at the hourly price. Only for usage the entry can price (``override_prices``)."""
+    total = Decimal(0)
+    if override.input is not None and override.output is not None:
+        uncached = max(0, usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens)
+        cached = override.input if override.cached_input is None else override.cached_input
+        write = override.input if override.cache_write is None else override.cache_write
+        tokens = (
+            uncached * override.input
+            + usage.cache_read_tokens * cached
+            + usage.cache_write_tokens * write
+            + usage.output_tokens * override.output
+        )
+        total += tokens / PER_MILLION
+    if usage.audio_seconds and override.usd_per_hour is not None:
+        total += Decimal(str(usage.audio_seconds)) * override.usd_per_hour / SECONDS_PER_HOUR
+    return total
 
 
 OVERRIDE_SOURCE = "policies.yaml prices"
@@ -550,10 +565,12 @@ class Pricer:
             # The row's geo is where the provider ran it (Vertex: the endpoint's location), not
             # Anthropic's inference_geo: only the provider's own rule applies.
             surcharge, inference_geo = own_geo(first, place), None
-        if usage is not None and not usage.audio_seconds:  # an entry prices tokens, not seconds
+        if usage is not None:
             for candidate in dict.fromkeys(m for m in models if m):
                 found = self._override_match(provider, candidate)
-                if found is not None:
+                # An entry without the price this usage needs (tokens, or seconds: usd_per_hour)
+                # leaves it to genai-prices.
+                if found is not None and override_prices(found[1], usage):
                     priced_as, override = found
                     cost, notes = override_cost(override, usage), []
                     if surcharge is not None and surcharge[0] != 1:

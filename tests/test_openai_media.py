@@ -473,6 +473,29 @@ def test_a_prices_entry_prices_tokens_never_seconds() -> None:
     assert record.cost_usd == Decimal("0.006") and record.price_source == "genai-prices 0.2.3"
 
 
+def test_a_prices_entry_with_an_hourly_price_prices_seconds() -> None:
+    """A model billed by the second that genai-prices does not know (gpt-live-1.1 in 0.2.3) gets its
+    price from ``usd_per_hour``; an entry with only that price leaves token calls to genai-prices."""
+    pricer = Pricer(
+        parse_policies(
+            "prices:\n"
+            '  "gpt-live-1.1": {usd_per_hour: 3.60}\n'
+            '  "whisper-*": {input: 1, output: 2, usd_per_hour: 0.72}\n'
+            '  "gpt-4o-mini-transcribe": {usd_per_hour: 0.5}\n'
+        ).prices
+    )
+    live = row("live", "gpt-live-1.1", Usage(audio_seconds=12.5))
+    pricer(live)
+    assert (live.cost_usd, live.price_status) == (Decimal("12.5") * Decimal("3.60") / 3600, "priced")
+    assert (live.price_source, live.price_model) == ("policies.yaml prices", "gpt-live-1.1")
+    whisper = row("transcription", "whisper-1", Usage(audio_seconds=60))
+    pricer(whisper)
+    assert whisper.cost_usd == Decimal("0.012")  # the entry's $0.72 an hour, not genai-prices' $0.36
+    tokens = row("transcription", "gpt-4o-mini-transcribe", Usage(input_tokens=1000, output_tokens=100))
+    pricer(tokens)  # the entry has no token prices: genai-prices prices the tokens
+    assert tokens.price_source == "genai-prices 0.2.3" and tokens.cost_usd is not None
+
+
 @pytest.mark.parametrize(
     ("flavor", "model", "source"),
     [

@@ -344,6 +344,19 @@ def test_every_problem_of_a_file_with_its_line() -> None:
             "policies.yaml:2: keys.ci: needs fingerprint or last4",
         ),
         (
+            "prices:\n  gpt-x: {input: 1}\n",
+            "policies.yaml:2: prices.gpt-x.output: is required (USD per million tokens)",
+        ),
+        (
+            "prices:\n  gpt-x: {cached_input: 1}\n",
+            "policies.yaml:2: prices.gpt-x: needs input and output (USD per million tokens) or "
+            "usd_per_hour (USD per hour of audio)",
+        ),
+        (
+            "prices:\n  gpt-live-x: {usd_per_hour: -3}\n",
+            "policies.yaml:2: prices.gpt-live-x.usd_per_hour: must not be negative (got -3)",
+        ),
+        (
             "premium_usd_per_mtok: -1\n",
             "policies.yaml:1: premium_usd_per_mtok: must not be negative (got -1)",
         ),
