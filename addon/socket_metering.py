@@ -244,12 +244,12 @@ class SocketMeter:
         if message.from_client:
             if session.capped:
                 message.drop()  # the socket is closing: nothing more goes upstream
-            elif not self._meter.policies.enforcing:
-                pass
-            elif message.is_text and openai_realtime_mints.may_update_session(message.content):
-                await self._realtime_session_update(flow, session, message)
-            elif self._meter.enforcer.budgets.has_budgets:
-                self._cap_if_spent(flow, session, message)
+            elif self._meter.policies.enforcing:
+                if message.is_text and openai_realtime_mints.may_update_session(message.content):
+                    await self._realtime_session_update(flow, session, message)
+                # A message the test took that is no session update may still ask for work.
+                if not message.dropped and self._meter.enforcer.budgets.has_budgets:
+                    self._cap_if_spent(flow, session, message)
             return
         data = message.content
         if message.injected or not message.is_text or not openai_realtime.might_bill(data):

@@ -544,3 +544,47 @@ async def test_nothing_is_checked_without_policies(meter: Meter, injected: list[
     update = await client_says(meter, flow, ga_update("whisper-1"))
     assert not update.dropped and update.content == dumps(ga_update("whisper-1"))
     assert injected == [] and records(meter) == []
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        # Any JSON parser reads these as a session.update naming whisper-1: escapes spell the same
+        # type or key (the Python SDK's json.dumps escapes non-ASCII text as \uXXXX too).
+        b'{"type":"session.upd\\u0061te","event_id":"evt_client_1","session":{"type":"realtime",'
+        b'"audio":{"input":{"transcription":{"model":"whisper-1"}}}}}',
+        b'{"type":"session.update","event_id":"evt_client_1","session":{"type":"realtime",'
+        b'"audio":{"input":{"transcription":{"mod\\u0065l":"whisper-1"}}}}}',
+    ],
+)
+async def test_a_session_update_spelled_with_escapes_is_checked_too(
+    meter: Meter, injected: list[dict[str, Any]], sent: bytes
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake()
+    await open_session(meter, flow)
+    assert json.loads(sent)["type"] == "session.update"
+    update = await client_says(meter, flow, sent)
+    assert update.dropped  # whisper-1 is not allowed: it never goes upstream
+    [event] = injected
+    assert event["error"]["code"] == "model_not_allowed"
+    [row] = records(meter)
+    assert (row.action, row.model_requested) == ("blocked", "whisper-1")
+
+
+async def test_a_spent_budget_caps_a_response_create_that_mentions_session_update(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client message holding ``session.update"`` and ``"model"`` that is not a session update
+    (here a response.create whose metadata has such keys) is still capped once the budget is spent."""
+    meter._apply(parse_policies(BUDGETED))
+    closed: list[http.HTTPFlow] = []
+    monkeypatch.setattr(meter_module.ctx.master.commands, "call", lambda *a: None)
+    monkeypatch.setattr(meter, "_close_websocket", lambda flow: closed.append(flow) or True)
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, response_done("resp_1", RESPONSE_USAGE))
+    assert meter.enforcer.spent_budget(meter._sessions[flow].scopes) is not None
+    create = {"type": "response.create", "response": {"metadata": {"session.update": "1", "model": "x"}}}
+    second = await client_says(meter, flow, create)
+    assert second.dropped and closed == [flow]

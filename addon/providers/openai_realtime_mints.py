@@ -48,9 +48,10 @@ _BETA_TRANSCRIPTION: Where = ("input_audio_transcription", "model")
 MAX_MODEL = 256
 MAX_SESSION_PART = 1024 * 1024  # a WebRTC offer's session field read at most (instructions, tools)
 _SLASHES = re.compile(r"/{2,}")
-# The cheap test of a client message (C speed): base64 audio has no quotes.
+# The cheap test of a client message (C speed): base64 audio has no quotes, nor backslashes.
 _UPDATE = b'session.update"'
 _NAMES_MODEL = b'"model"'
+_ESCAPE = b"\\u"  # a \uXXXX escape can spell the type or the key as any JSON parser reads them
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +238,9 @@ def _replaced(obj: Any, where: Where, value: str) -> Any:
 
 
 def may_update_session(data: bytes) -> bool:
-    """Cheap test: may this client message be a session update naming a model?"""
-    return _UPDATE in data and _NAMES_MODEL in data
+    """Cheap test: may this client message be a session update naming a model? One with a ``\\u``
+    escape may be, however its bytes read (``"session.upd\\u0061te"``, ``"mod\\u0065l"``)."""
+    return (_UPDATE in data and _NAMES_MODEL in data) or _ESCAPE in data
 
 
 def read_session_update(data: bytes) -> SessionUpdate | None:
