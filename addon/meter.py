@@ -211,6 +211,20 @@ class CallState:
         return self.handshake is not None or self.live is not None or self.responses_ws or self.openai_live
 
 
+def _bare_sdp_offer(headers: http.Headers, kind: str) -> bool:
+    """A WebRTC offer (a mint of kind ``call``) sent as bare SDP, not as a form naming its session."""
+    content_type = headers.get("content-type", "")
+    return kind == openai_realtime_mints.CALL and content_type.lstrip().lower().startswith("application/sdp")
+
+
+def _standard_key(headers: http.Headers) -> bool:
+    """Does a request carry a standard API key (OpenAI's ``sk-...``, Azure's ``api-key`` header),
+    not an ephemeral one (``ek_...``) whose session was configured when it was minted?"""
+    if any(value.strip() for value in headers.get_all("api-key")):
+        return True
+    return any((key_of_header(value) or "").startswith("sk-") for value in headers.get_all("authorization"))
+
+
 def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
     """Metering never breaks traffic: log a hook's failure and let the flow pass."""
     if inspect.iscoroutinefunction(hook):
@@ -872,10 +886,10 @@ class Meter:
         tags_header: str | None,
     ) -> None:
         """A Realtime session minted over HTTP: a call being started (attributed, checked in
-        _mint_request). A WebRTC offer of bare SDP passes unfollowed: its model was fixed when its
-        ephemeral key was minted."""
-        content_type = flow.request.headers.get("content-type", "")
-        if kind == openai_realtime_mints.CALL and content_type.lstrip().lower().startswith("application/sdp"):
+        _mint_request). A WebRTC offer of bare SDP with an ephemeral key passes unfollowed: its
+        model was fixed when the key was minted. With a standard key (the openai SDK sends bare SDP
+        whenever no session is given) it opens the default session: a mint naming no model."""
+        if _bare_sdp_offer(flow.request.headers, kind) and not _standard_key(flow.request.headers):
             return
         key, key_problem = self._api_key(provider, flow.request.headers, query)
         path = mints.row_path(flow.request.path)
@@ -1243,7 +1257,11 @@ class Meter:
         assert mints is not None
         content_type = flow.request.headers.get("content-type", "")
         body: dict[str, Any] | None = None
-        if kind == openai_realtime_mints.CALL and is_form(content_type):
+        if _bare_sdp_offer(flow.request.headers, kind):  # with a standard key (see _start_mint)
+            found = openai_realtime_mints.NamedModels(
+                error="the offer is bare SDP with a standard API key: its session is the default one"
+            )
+        elif kind == openai_realtime_mints.CALL and is_form(content_type):
             try:
                 content = flow.request.get_content() or b""
             except ValueError as exc:

@@ -232,9 +232,48 @@ async def test_an_allowed_webrtc_offer_passes_and_a_bare_sdp_offer_is_not_follow
     await answer(meter, flow, 201, b"v=0\r\n")
     assert records(meter) == []
     # With an ephemeral key the offer is bare SDP: its model was fixed when the key was minted.
-    flow = mint(f"{OPENAI}/v1/realtime/calls", SDP, {"content-type": "application/sdp"})
+    ephemeral = {"content-type": "application/sdp", "authorization": "Bearer ek_68af296e8e408191a1120ab6"}
+    flow = mint(f"{OPENAI}/v1/realtime/calls", SDP, ephemeral)
     await run_request(meter, flow)
     assert meter.call_state(flow) is None and flow.response is None
+
+
+async def test_a_bare_sdp_offer_with_a_standard_key_is_checked(meter: Meter) -> None:
+    """The openai SDK sends bare SDP whenever no session is given (``client.realtime.calls.create(
+    sdp=offer)``), with whatever key it has: with a standard key the session is the default one,
+    whose model no request names. That offer is a mint like any other: refused where models are
+    restricted, and held to budgets and rate limits."""
+    sdp = {"content-type": "application/sdp"}
+    flow = mint(f"{OPENAI}/v1/realtime/calls", SDP, sdp)  # Bearer sk-...
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "(unreadable) is not allowed" in refusal(flow)["message"]
+    assert flow.request.content == SDP
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.path, row.action, row.status_code, row.price_status) == (
+        "/v1/realtime/calls",
+        "blocked",
+        403,
+        "not_billed",
+    )
+    # Azure's standard key, in its api-key header.
+    azure = {**sdp, "api-key": "0123456789abcdef0123456789abcdef", "authorization": ""}
+    flow = mint("https://myres.openai.azure.com/openai/v1/realtime/calls", SDP, azure)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    await answer(meter, flow)
+    # Unrestricted, a spent budget still refuses it; with room, it passes as sent, with no row.
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 0.01, period: day}\n"))
+    flow = mint(f"{OPENAI}/v1/realtime/calls", SDP, sdp)
+    await run_request(meter, flow)
+    assert flow.response is None and flow.request.content == SDP
+    await answer(meter, flow, 201, b"v=0\r\n")
+    assert len(records(meter)) == 2
+    meter.enforcer.budgets.record(scopes_for("development", None, None), Decimal("0.02"), datetime.now(UTC))
+    flow = mint(f"{OPENAI}/v1/realtime/calls", SDP, sdp)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 429
 
 
 async def test_a_mint_naming_no_model_fails_closed_where_models_are_restricted(meter: Meter) -> None:
