@@ -139,3 +139,32 @@ def test_registry_serves_mints_on_openai_and_azure_only() -> None:
     for host in ("llm.internal.example", "api.groq.com", "api.anthropic.com"):
         found = registry.for_host(host, 443)
         assert found is not None and found.realtime_mints is None, host
+
+
+def test_a_webrtc_offer_walked_only_in_part_names_no_model() -> None:
+    """A session field read before the walk stopped short (a part's headers past what it reads, a
+    form with no closing delimiter) may not be the only one: a server reading on may take a later
+    session field (a form's last value, as Starlette's does), with another model."""
+    allowed = json.dumps({"type": "realtime", "model": "gpt-realtime-mini"}).encode()
+    blocked = json.dumps({"type": "realtime", "model": "gpt-realtime"}).encode()
+    boundary = "b0undary-xyz"
+    long_headers = b"X-Pad: " + b"a" * 9000 + b"\r\n"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="session"\r\n\r\n'.encode()
+        + allowed
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n'.encode()
+        + long_headers
+        + b"\r\nx"
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="session"\r\n\r\n'.encode()
+        + blocked
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    found = read_call_form(body, f"multipart/form-data; boundary={boundary}")
+    assert found.error is not None and "cut short or malformed" in found.error
+    whole, ctype = form([("sdp", b"v=0\r\n", None), ("session", allowed, None)])
+    # No closing delimiter: a lenient parser reads the last part to the end of the body.
+    cut = whole[: whole.rindex(b"--b0undary-xyz--")] + (
+        b'--b0undary-xyz\r\nContent-Disposition: form-data; name="session"\r\n\r\n' + blocked
+    )
+    found = read_call_form(cut, ctype)
+    assert found.error is not None and "cut short or malformed" in found.error

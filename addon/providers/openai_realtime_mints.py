@@ -209,6 +209,8 @@ def read_call_form(
     if not sessions:
         cut = "" if walk.complete else " (the form is cut short or malformed)"
         return NamedModels(error=f"the offer has no session field, so it names no model{cut}")
+    if not walk.complete:  # a server reading on may find another session field (its last wins)
+        return NamedModels(error="the offer's form is cut short or malformed: its model cannot be read")
     part = sessions[0]
     if part.end - part.start > MAX_SESSION_PART:
         return NamedModels(error="the offer's session field is too large to read")
