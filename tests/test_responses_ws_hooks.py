@@ -169,6 +169,26 @@ async def test_downgrade_rewrites_the_model_in_the_create(
     assert injected == []
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b'{"type":"response.cr\\u0065ate","model":"gpt-5","input":"x","stream_id":"a"}',
+        b'{"type":"response\\u002ecreate","model":"gpt-5","input":"x","stream_id":"a"}',
+    ],
+)
+async def test_a_create_spelled_with_escapes_is_checked_too(
+    meter: Meter, injected: list[dict[str, Any]], sent: bytes
+) -> None:
+    """Any JSON parser reads ``"response.cr\\u0065ate"`` as ``response.create``: the server would
+    run it, so the proxy must check it (the cheap byte test let it pass unread)."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    message = await client_says(meter, flow, sent)
+    assert json.loads(message.content)["model"] == "gpt-5-mini" and not message.dropped
+    assert injected == []
+
+
 async def test_a_non_ascii_create_over_4000_bytes_is_downgraded_intact(meter: Meter) -> None:
     meter._apply(parse_policies(RESTRICTED))
     flow = handshake()

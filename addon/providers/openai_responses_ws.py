@@ -12,7 +12,7 @@ Speed: deltas are most of the messages. A server message is decoded only if a C-
 bytes says it may matter: a ``*.delta`` type in its first bytes says it does not; otherwise only
 one that holds ``"usage"`` (every response object has it), ``"error"`` or the type of
 ``response.created`` or of a terminal event. A client message is decoded only if it holds
-``"response.create"``.
+``"response.create"`` or a ``\\u`` escape (which can spell that type too).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ ROW_PATH = "/v1/responses"
 _HEAD = 256  # how far into a server message its type is looked for
 _DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
 _CREATE = b'"response.create"'
+_ESCAPE = b"\\u"  # a \uXXXX escape can spell the type as any JSON parser reads it
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "response.cancelled"})
 _MAX_ERROR = 300
 # What a message the meter reads holds: its type (a response object always has "usage" too).
@@ -66,8 +67,9 @@ class Create:
 
 
 def may_be_create(data: bytes) -> bool:
-    """Cheap test: may this client message be a ``response.create``?"""
-    return _CREATE in data
+    """Cheap test: may this client message be a ``response.create``? One with a ``\\u`` escape may
+    be, however its bytes read (``"response.cr\\u0065ate"`` is one to any JSON parser)."""
+    return _CREATE in data or _ESCAPE in data
 
 
 def read_create(data: bytes) -> Create | None:
