@@ -52,10 +52,11 @@ RESTRICTED = """\
 environments:
   development:
     models:
-      allow: [gpt-live-1]
+      allow: [gpt-live-1, gpt-5.5, gpt-5-mini]
       on_disallowed: downgrade
-      downgrade: {gpt-live-1.1: gpt-live-1}
+      downgrade: {gpt-live-1.1: gpt-live-1, gpt-5: gpt-5-mini}
 """
+BLOCKING = RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")
 BUDGETED = "environments:\n  development:\n    budget: {usd: 0.001, period: day}\n"  # 1.2 s of gpt-live-1
 
 
@@ -266,7 +267,7 @@ async def test_downgrade_rewrites_the_start(meter: Meter, closes: list[tuple[Any
 async def test_a_blocked_model_is_refused_at_the_start(
     meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
 ) -> None:
-    meter._apply(parse_policies(RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    meter._apply(parse_policies(BLOCKING))
     flow = handshake()
     await open_session(meter, flow)
     start = await client_says(meter, flow, session_start("gpt-live-1.1"))
@@ -299,6 +300,106 @@ async def test_a_blocked_model_is_refused_at_the_start(
     flow.websocket.close_code = 1008  # type: ignore[union-attr]
     meter.websocket_end(flow)
     assert len(records(meter)) == 1
+
+
+async def test_a_disallowed_delegation_model_is_downgraded_in_the_start(
+    meter: Meter, closes: list[tuple[Any, ...]]
+) -> None:
+    """Only the delegation's model changes (the session's is allowed); both at once when both are
+    disallowed; a start naming the same model twice is written out again, as ASCII-escaped JSON."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    original = dumps(session_start("gpt-live-1", delegate_to="gpt-5"))
+    start = await client_says(meter, flow, original)
+    assert not start.dropped and closes == []
+    assert start.content == original.replace(b'"gpt-5"', b'"gpt-5-mini"')
+    await server_says(meter, flow, session_started("gpt-live-1"))
+    await speak(meter, flow, 5)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == ("downgraded", "gpt-live-1", "gpt-live-1")
+    both = session_start("gpt-live-1.1", delegate_to="gpt-5", instructions="Sé breve. " * 500)
+    flow = handshake()
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, both)
+    wanted = json.loads(dumps(both))
+    wanted["session"]["model"] = "gpt-live-1"
+    wanted["session"]["delegation"]["responses"]["model"] = "gpt-5-mini"
+    assert start.content.isascii() and json.loads(start.content) == wanted
+    twice = session_start("gpt-live-1.1", delegate_to="gpt-live-1.1")
+    flow = handshake()
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, twice)
+    assert not start.dropped and closes == []
+    got = json.loads(start.content)
+    assert (got["session"]["model"], got["session"]["delegation"]["responses"]["model"]) == ("gpt-live-1",) * 2
+
+
+async def test_a_blocked_delegation_model_refuses_the_session(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    meter._apply(parse_policies(BLOCKING))
+    flow = handshake()
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, session_start("gpt-live-1", delegate_to="gpt-5"))
+    assert start.dropped
+    [(to_client, event)] = injected
+    assert to_client and event["client_event_id"] == "event_start"
+    error = event["error"]
+    assert (error["code"], error["param"]) == ("model_not_allowed", "session.delegation.responses.model")
+    assert error["message"].startswith("tokometer: model gpt-5 is not allowed in environment development")
+    [(closed, code, reason)] = closes
+    assert (closed, code) == (flow, 1008) and reason == error["message"]
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent) == ("blocked", 101, "gpt-5", None)
+    assert (row.cost_usd, row.price_status, row.api_flavor) == (Decimal(0), "not_billed", "live")
+    # A Responses delegation naming no model cannot be checked: refused where models are restricted.
+    nameless = session_start()
+    nameless["session"]["delegation"] = {"type": "responses", "responses": {"instructions": "Look it up."}}
+    flow = handshake()
+    await open_session(meter, flow)
+    assert (await client_says(meter, flow, nameless)).dropped
+    assert injected[-1][1]["error"]["param"] == "session.delegation.responses.model"
+    assert "could not be read" in (records(meter)[-1].error or "")
+
+
+async def test_a_session_update_naming_a_delegation_model_is_checked(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    """``session.update`` may change the delegation's model for later delegated calls: a disallowed
+    one is downgraded in the message, or the update is refused (the session goes on as it was)."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = await started(meter)
+    update = {
+        "type": "session.update",
+        "event_id": "event_upd",
+        "session": {"delegation": {"type": "responses", "responses": {"model": "gpt-5", "tools": []}}},
+    }
+    sent = await client_says(meter, flow, update)
+    assert not sent.dropped and sent.content == dumps(update).replace(b'"gpt-5"', b'"gpt-5-mini"')
+    allowed = await client_says(meter, flow, dumps(update).replace(b'"gpt-5"', b'"gpt-5.5"'))
+    assert not allowed.dropped and allowed.content == dumps(update).replace(b'"gpt-5"', b'"gpt-5.5"')
+    meter._apply(parse_policies(BLOCKING))
+    refused = await client_says(meter, flow, update)
+    assert refused.dropped and closes == []
+    [(to_client, event)] = injected
+    assert to_client and event["client_event_id"] == "event_upd"
+    assert (event["error"]["code"], event["error"]["param"]) == (
+        "model_not_allowed",
+        "session.delegation.responses.model",
+    )
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent, row.api_flavor) == (
+        "blocked",
+        403,
+        "gpt-5",
+        None,
+        "live",
+    )
+    assert (row.cost_usd, row.price_status) == (Decimal(0), "not_billed")
+    assert not (await client_says(meter, flow, audio_append())).dropped  # the session goes on
+    await speak(meter, flow, 2)
+    assert records(meter)[-1].audio_seconds == 2
 
 
 async def test_a_start_without_a_model_is_refused_where_models_are_restricted(

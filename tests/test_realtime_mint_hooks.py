@@ -364,3 +364,180 @@ async def test_azure_mints_name_deployments(meter: Meter) -> None:
         "/openai/v1/realtime/calls/rtc_1/accept",
         "rt-huge",
     )
+
+
+# --- OpenAI Live sessions set up over HTTP (WebRTC, SIP) -----------------------------------------
+
+LIVE_SESSIONS = f"{OPENAI}/v1/live/sessions"
+LIVE_RESTRICTED = """\
+environments:
+  development:
+    models:
+      allow: [gpt-live-1, gpt-5-mini, decide-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-live-1.1: gpt-live-1, gpt-5: gpt-5-mini, decide-big: decide-mini}
+"""
+
+
+def live_session(
+    model: str | None = "gpt-live-1", delegate: str | None = None, kind: str = "responses"
+) -> dict[str, Any]:
+    """A Live session's startup configuration as ``client.live.create``/``sessions.accept`` send it."""
+    session: dict[str, Any] = {"instructions": "Be brief, señor.", "audio": {"output": {"voice": "marin"}}}
+    if model is not None:
+        session["model"] = model
+    if delegate is not None:
+        session["delegation"] = {"type": kind, kind: {"model": delegate, "instructions": "Look it up."}}
+    return session
+
+
+def webrtc(session: dict[str, Any]) -> dict[str, Any]:
+    return {"session": session, "transport": {"type": "webrtc", "sdp": SDP.decode()}}
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "wanted"),
+    [
+        (  # WebRTC: client.live.create(session=..., transport=...)
+            LIVE_SESSIONS,
+            webrtc(live_session("gpt-live-1.1", "gpt-5")),
+            webrtc(
+                {**live_session("gpt-live-1"), "delegation": live_session("x", "gpt-5-mini")["delegation"]}
+            ),
+        ),
+        (  # SIP: client.live.sessions.accept(session_id, session=...)
+            f"{LIVE_SESSIONS}/live_sip_8f2/accept",
+            {"session": {"type": "live", **live_session("gpt-live-1", "gpt-5")}},
+            {"session": {"type": "live", **live_session("gpt-live-1", "gpt-5-mini")}},
+        ),
+        (  # a Decisions backend names its model too
+            LIVE_SESSIONS,
+            webrtc(live_session("gpt-live-1", "decide-big", "decisions")),
+            webrtc(live_session("gpt-live-1", "decide-mini", "decisions")),
+        ),
+    ],
+)
+async def test_a_live_setup_is_downgraded_by_rewriting_its_models_and_makes_no_row(
+    meter: Meter, url: str, body: dict[str, Any], wanted: dict[str, Any]
+) -> None:
+    meter._apply(parse_policies(LIVE_RESTRICTED))
+    flow = mint(url, body)
+    await run_request(meter, flow)
+    assert flow.response is None  # sent upstream
+    assert json.loads(flow.request.content or b"") == wanted  # only the models changed
+    await answer(meter, flow, 201, b"v=0\r\n")
+    assert flow.response is not None and flow.response.headers[NOTICE_HEADER].startswith("downgraded ")
+    assert "is not allowed in development" in flow.response.headers[NOTICE_HEADER]
+    assert records(meter) == [] and meter.call_state(flow) is None
+
+
+async def test_a_live_setup_allowed_as_it_is_passes_byte_for_byte(meter: Meter) -> None:
+    meter._apply(parse_policies(LIVE_RESTRICTED))
+    flow = mint(LIVE_SESSIONS, webrtc(live_session("gpt-live-1", "gpt-5-mini")))
+    sent = flow.request.content
+    await run_request(meter, flow)
+    assert flow.response is None and flow.request.content == sent
+    await answer(meter, flow, 201, b"v=0\r\n")
+    assert NOTICE_HEADER not in flow.response.headers and records(meter) == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "refused"),
+    [
+        (LIVE_SESSIONS, webrtc(live_session("gpt-live-1.1")), "gpt-live-1.1"),
+        (LIVE_SESSIONS, webrtc(live_session("gpt-live-1", "gpt-5")), "gpt-5"),
+        (
+            f"{LIVE_SESSIONS}/live_sip_8f2/accept",
+            {"session": {"type": "live", **live_session("gpt-live-1", "gpt-5")}},
+            "gpt-5",
+        ),
+    ],
+)
+async def test_a_blocked_live_model_or_delegation_model_refuses_the_setup_with_a_row(
+    meter: Meter, url: str, body: dict[str, Any], refused: str
+) -> None:
+    meter._apply(parse_policies(LIVE_RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    flow = mint(url, body)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403  # upstream never contacted
+    assert flow.response.headers[REFUSED_HEADER] == "blocked"
+    error = refusal(flow)
+    assert (error["type"], error["code"]) == ("permission_error", "model_not_allowed")
+    assert error["message"].startswith(f"tokometer: model {refused} is not allowed in environment development")
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.provider, row.path, row.api_flavor, row.status_code) == (
+        "openai",
+        url.removeprefix(OPENAI),
+        "live",
+        403,
+    )
+    assert (row.action, row.model_requested, row.model_sent) == ("blocked", refused, None)
+    assert (row.cost_usd, row.price_status, row.usage) == (Decimal(0), "not_billed", None)
+    assert (row.environment, row.team) == ("development", "voice")
+    assert row.key_fingerprint == key_fingerprint(OPENAI_KEY) and OPENAI_KEY not in row.to_json()
+
+
+async def test_a_live_setup_naming_no_readable_model_fails_closed(meter: Meter) -> None:
+    meter._apply(parse_policies(LIVE_RESTRICTED))
+    for body in (
+        webrtc(live_session(None)),
+        {"transport": {"type": "webrtc", "sdp": "v=0"}},
+        webrtc({**live_session(), "delegation": {"type": "responses", "responses": {"tools": []}}}),
+        webrtc({**live_session(), "delegation": {"type": "decisions", "decisions": {"model": 5}}}),
+    ):
+        flow = mint(LIVE_SESSIONS, body)
+        await run_request(meter, flow)
+        assert flow.response is not None and flow.response.status_code == 403, body
+        await answer(meter, flow)
+    assert [r.action for r in records(meter)] == ["blocked"] * 4
+    # Client delegation, or none, names no backend model: nothing more to check.
+    for delegation in ({"type": "client"}, None):
+        flow = mint(LIVE_SESSIONS, webrtc({**live_session(), "delegation": delegation}))
+        await run_request(meter, flow)
+        assert flow.response is None
+
+
+async def test_a_spent_budget_or_a_rate_limit_refuses_a_live_setup(meter: Meter) -> None:
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n    budget: {usd: 0.01, period: day}\n"
+            "  staging:\n    rate_limit: {requests_per_minute: 1}\n"
+        )
+    )
+    meter.enforcer.budgets.record(scopes_for("development", None, None), Decimal("0.02"), datetime.now(UTC))
+    flow = mint(LIVE_SESSIONS, webrtc(live_session()))
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 429
+    assert refusal(flow)["code"] == "budget_exceeded"
+    await answer(meter, flow)
+    staging = {"x-metering-tags": json.dumps({"env": "staging"})}
+    statuses = []
+    for _ in range(2):
+        flow = mint(f"{LIVE_SESSIONS}/live_sip_1/accept", {"session": live_session()}, staging)
+        await run_request(meter, flow)
+        statuses.append(flow.response.status_code if flow.response is not None else None)
+        await answer(meter, flow, 200, b"")
+    assert statuses == [None, 429]
+    assert [(r.environment, r.api_flavor, r.action, r.status_code, r.price_status) for r in records(meter)] == [
+        ("development", "live", "over_budget", 429, "not_billed"),
+        ("staging", "live", "rate_limited", 429, "not_billed"),
+    ]
+
+
+async def test_other_live_requests_are_not_setups(meter: Meter) -> None:
+    """A fork, a hangup, a refer, a reject, a recording, a sideband or a primary WebSocket: none is a
+    set-up checked as one (the primary WebSocket is a handshake, its model checked in session.start)."""
+    meter._apply(parse_policies(LIVE_RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    for path in ("fork", "hangup", "refer", "reject", "attach", "accept/x", "content"):
+        flow = mint(f"{LIVE_SESSIONS}/live_1/{path}", webrtc(live_session("gpt-live-1.1", "gpt-5")))
+        await run_request(meter, flow)
+        assert meter.call_state(flow) is None and flow.response is None, path
+    flow = mint(f"{LIVE_SESSIONS}/accept", {"session": live_session("gpt-live-1.1")})
+    await run_request(meter, flow)
+    assert meter.call_state(flow) is None and flow.response is None
+    flow = make_flow(LIVE_SESSIONS, b"", method="GET", headers={**TAGS, "upgrade": "websocket"})
+    meter.requestheaders(flow)
+    state = meter.call_state(flow)
+    assert state is not None and state.openai_live and state.mint is None
+    assert records(meter) == []
