@@ -885,15 +885,17 @@ class Meter:
         query: str,
         tags_header: str | None,
     ) -> None:
-        """A Realtime session minted over HTTP: a call being started (attributed, checked in
-        _mint_request). A WebRTC offer of bare SDP with an ephemeral key passes unfollowed: its
-        model was fixed when the key was minted. With a standard key (the openai SDK sends bare SDP
-        whenever no session is given) it opens the default session: a mint naming no model."""
+        """A Realtime or OpenAI Live session set up over HTTP (a mint): a call being started
+        (attributed, checked in _mint_request). A WebRTC offer of bare SDP with an ephemeral key
+        passes unfollowed: its model was fixed when the key was minted. With a standard key (the
+        openai SDK sends bare SDP whenever no session is given) it opens the default session: a
+        mint naming no model."""
         if _bare_sdp_offer(flow.request.headers, kind) and not _standard_key(flow.request.headers):
             return
         key, key_problem = self._api_key(provider, flow.request.headers, query)
         path = mints.row_path(flow.request.path)
-        flavor = openai_realtime.FLAVOR
+        live = kind in openai_realtime_mints.LIVE_KINDS
+        flavor = openai_live.FLAVOR if live else openai_realtime.FLAVOR
         self._open_call(flow, provider, host, path, flavor, key, key_problem, tags_header, mint=kind)
 
     @staticmethod
@@ -1246,8 +1248,9 @@ class Meter:
 
     async def _mint_request(self, flow: http.HTTPFlow, state: CallState, kind: str) -> None:
         """Check a Realtime session minted over HTTP (a client secret, a beta session, a WebRTC offer,
-        a SIP accept) like any call: its media go to the provider directly, so every model it names
-        (its model, its transcription model) is checked now. A disallowed one is downgraded by
+        a SIP accept), or an OpenAI Live one (WebRTC, SIP accept), like any call: its media go to the
+        provider directly, so every model it names (its model, its transcription model, a Live
+        session's delegation model) is checked now. A disallowed one is downgraded by
         rewriting it in the JSON body (every other member kept), or refused; a WebRTC offer's form
         is never rewritten. A spent budget or a rate limit refuses it too. Nothing is reserved:
         the mint is not billed (see _end_mint)."""
@@ -1315,7 +1318,7 @@ class Meter:
             size = len(flow.request.raw_content or b"")
             flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
             record.model_sent, state.notice = primary_sent, decision.notice
-            log.info("tokometer: Realtime session minted at %s: %s", record.path, decision.notice)
+            log.info("tokometer: session set up at %s: %s", record.path, decision.notice)
 
     def _end_mint(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
         """A mint is answered. Minted (2xx, 3xx): no row, as an upgraded Realtime handshake has none:

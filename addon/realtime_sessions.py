@@ -78,6 +78,15 @@ class SocketSession:
         """The socket closed: the rows of the work cut short (none by default)."""
         return []
 
+    def refused_update(self, now: float, model: str, status: int, message: str) -> CallRecord:
+        """A session.update the proxy refused for a ``model`` it names (a Realtime transcription model,
+        an OpenAI Live delegation model; dropped, the client got an error event): its row, not billed."""
+        row = self._row(now, now, None, model=model, action="blocked")
+        row.model_sent, row.status_code = None, status
+        row.error = _join(row.error, message)
+        row.cost_usd, row.price_status = Decimal(0), NOT_BILLED
+        return row
+
     def _row(
         self,
         started: float,
@@ -158,15 +167,6 @@ class RealtimeSession(SocketSession):
         """A session.update asked for transcription model ``asked``; the proxy sent ``sent``."""
         if len(self.transcription_downgrades) < MAX_IN_FLIGHT:
             self.transcription_downgrades[sent] = asked
-
-    def refused_transcription(self, now: float, model: str, status: int, message: str) -> CallRecord:
-        """A session.update the proxy refused for its transcription ``model`` (dropped; the client got
-        an error event): its row, not billed."""
-        row = self._row(now, now, None, model=model, action="blocked")
-        row.model_sent, row.status_code = None, status
-        row.error = _join(row.error, message)
-        row.cost_usd, row.price_status = Decimal(0), NOT_BILLED
-        return row
 
     def end(self, now: float, reason: str) -> list[RealtimeRow]:
         """The socket closed: an aborted row, without usage, for each response still in flight."""

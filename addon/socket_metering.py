@@ -103,7 +103,9 @@ class MeterSide(Protocol):
         self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
     ) -> Callable[[str | None], Decimal]: ...
 
-    def _unknown_model(self, record: CallRecord, decision: Decision) -> Decision | None: ...
+    def _unknown_model(
+        self, record: CallRecord, decision: Decision, reason: str = ...
+    ) -> Decision | None: ...
 
     @staticmethod
     def _fill_record(
@@ -314,7 +316,7 @@ class SocketMeter:
                 client_event_id=update.event_id,
             )
             ctx.master.commands.call("inject.websocket", flow, True, event, True)
-            self._meter._submit(session.refused_transcription(time.time(), named.model, status, why))
+            self._meter._submit(session.refused_update(time.time(), named.model, status, why))
             log.warning("tokometer: a Realtime session.update refused: %s", why)
             return
         for asked, sent, notice in downgrades:
@@ -520,8 +522,11 @@ class SocketMeter:
                 message.drop()  # the session is closing: nothing more goes upstream
             elif not session.start_seen:
                 await self._openai_live_start(flow, session, message)
-            elif self._meter.policies.enforcing and self._meter.enforcer.budgets.has_budgets:
-                self._cap_if_spent(flow, session, message)
+            elif self._meter.policies.enforcing:
+                if message.is_text and openai_live.may_update(message.content):
+                    await self._openai_live_update(flow, session, message)
+                if not message.dropped and self._meter.enforcer.budgets.has_budgets:
+                    self._cap_if_spent(flow, session, message)
             return
         data = message.content
         if message.injected or not openai_live.might_matter(data):
@@ -556,16 +561,108 @@ class SocketMeter:
         if checked is None:
             return
         decision, spent = checked
+        param = "session.model"
+        if decision.action not in ("blocked", "over_budget") and start is not None:
+            refused = await self._check_delegation(session, message, start)
+            if refused is not None:
+                decision, param = refused
         if decision.message is None or decision.action not in ("blocked", "over_budget"):
             return
         event = functools.partial(
             openai_live.error_event,
             "budget_exceeded" if spent else "model_not_allowed",
             event_id=f"event_tokometer_{secrets.token_hex(8)}",
-            param=None if spent else "session.model",
+            param=None if spent else param,
             client_event_id=start.event_id if start is not None else None,
         )
         self._refuse_session(flow, session, message, decision.message, LIVE_REFUSED, "OpenAI Live", event)
+
+    async def _check_delegation(
+        self, session: OpenAILiveSession, message: WebSocketMessage, start: openai_live.SessionStart
+    ) -> tuple[Decision, str] | None:
+        """The delegation's model a ``session.start`` names (the Responses or Decisions backend the
+        session delegates tasks to, billed apart), checked against the allowlist once the session's
+        own model passed: a disallowed one is downgraded by rewriting it in the message (ASCII JSON
+        where the value alone cannot be replaced), else the whole session is refused, as for its
+        model; one that cannot be read is refused where models are restricted. The refusal and the
+        parameter at fault, else None."""
+        record = session.handshake
+        enforcer = self._meter.enforcer
+        found = start.delegation
+        changes: dict[openai_realtime_mints.Where, str] = {}
+        notices: list[str] = []
+        for named in found.models:
+            ruled = enforcer.decide_model(record.provider, record.environment, named.model)
+            if ruled.refusal is not None:
+                record.model_requested, record.action = named.model, ruled.action
+                return ruled, named.param
+            if ruled.action == "downgraded" and ruled.model_sent is not None:
+                changes[named.where] = ruled.model_sent
+                notices.append(ruled.notice or "")
+        if found.error is not None:
+            reason = f"{found.error}, so the delegation's model cannot be checked against the allowlist"
+            unknown = self._meter._unknown_model(record, Decision("allowed", None), reason)
+            if unknown is not None:
+                record.action = unknown.action
+                return unknown, start.delegation_param or "session.delegation"
+        if not changes:
+            return None
+        try:
+            rewrite = functools.partial(openai_live.with_models, changes=changes)
+            message.content = await self._off_loop(rewrite, message.content)
+        except ValueError as exc:
+            named = next(n for n in found.models if n.where in changes)
+            refused = enforcer.refuse_model(record.provider, record.environment, named.model, str(exc))
+            record.model_requested, record.action = named.model, refused.action
+            return refused, named.param
+        record.action = "downgraded"
+        for notice in notices:
+            log.info("tokometer: OpenAI Live session's delegation %s", notice)
+        return None
+
+    async def _openai_live_update(
+        self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage
+    ) -> None:
+        """A client ``session.update`` naming the delegation's model (the backend model of later
+        delegated calls): checked against the allowlist of the session's environment. A disallowed
+        one is downgraded by rewriting it in the message, or refused: the message never goes
+        upstream, the client gets Live's ``error`` event (the session goes on as it was) and the
+        refusal is a row, not billed. One that is not a name is left to the server to refuse."""
+        update = await self._off_loop(openai_live.read_session_update, message.content)
+        if update is None or not update.models.models:
+            return
+        record = session.handshake
+        enforcer = self._meter.enforcer
+        [named] = update.models.models  # an update names at most the delegation's model
+        decision = enforcer.decide_model(record.provider, record.environment, named.model)
+        if decision.action == "downgraded" and decision.model_sent is not None:
+            try:
+                rewrite = functools.partial(
+                    openai_realtime_mints.message_with_models,
+                    body=update.body,
+                    changes={named.where: decision.model_sent},
+                )
+                message.content = await self._off_loop(rewrite, message.content)
+            except ValueError as exc:
+                decision = enforcer.refuse_model(record.provider, record.environment, named.model, str(exc))
+            else:
+                log.info("tokometer: OpenAI Live session.update %s", decision.notice)
+                return
+        if decision.refusal is None or decision.message is None:
+            return
+        message.drop()
+        why = decision.message
+        event = openai_live.error_event(
+            "model_not_allowed",
+            why,
+            f"event_tokometer_{secrets.token_hex(8)}",
+            param=named.param,
+            client_event_id=update.event_id,
+        )
+        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        row = session.refused_update(time.time(), named.model, decision.refusal.status_code, why)
+        self._meter._submit(row)
+        log.warning("tokometer: an OpenAI Live session.update refused: %s", why)
 
     def _cap_openai_live(
         self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage, reason: str

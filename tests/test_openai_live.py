@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addon.providers import Registry, openai_live
+from addon.providers.openai_realtime_mints import NamedModels
 from addon.usage import Usage
 
 # ---------------------------------------------------------------- the handshake
@@ -68,7 +69,74 @@ def test_reads_the_model_a_session_start_names() -> None:
     data = dumps(session_start("gpt-live-1", delegate_to="gpt-5.5"))
     assert openai_live.may_start(data)
     start = openai_live.read_session_start(data)
-    assert start == openai_live.SessionStart("gpt-live-1", "event_start")
+    assert start is not None and (start.model, start.event_id) == ("gpt-live-1", "event_start")
+    [named] = start.delegation.models  # the Responses backend it delegates to: checked too
+    assert (named.param, named.model, start.delegation.error) == (
+        "session.delegation.responses.model",
+        "gpt-5.5",
+        None,
+    )
+    assert start.delegation_param == named.param and start.body == json.loads(data)
+    plain = openai_live.read_session_start(dumps(session_start("gpt-live-1")))
+    assert plain is not None and plain.delegation == NamedModels() and plain.delegation_param is None
+
+
+@pytest.mark.parametrize(
+    ("delegation", "param", "model", "error"),
+    [
+        ({"type": "decisions", "decisions": {"model": "d-1", "questions": []}}, "decisions", "d-1", None),
+        ({"type": "client"}, None, None, None),
+        ({"type": "responses", "responses": {"tools": []}}, "responses", None, "names no"),
+        ({"type": "responses", "responses": {"model": ["x"]}}, "responses", None, "is not a model name"),
+        ({"type": "responses", "responses": "gpt-5"}, "responses", None, "is not a model name"),
+    ],
+)
+def test_reads_a_delegations_model(
+    delegation: Any, param: str | None, model: str | None, error: str | None
+) -> None:
+    event = session_start()
+    event["session"]["delegation"] = delegation
+    start = openai_live.read_session_start(dumps(event))
+    assert start is not None and start.model == "gpt-live-1"
+    assert start.delegation_param == (f"session.delegation.{param}.model" if param else None)
+    assert [n.model for n in start.delegation.models] == ([model] if model else [])
+    assert (error is None) == (start.delegation.error is None)
+    assert error is None or error in (start.delegation.error or "")
+
+
+def test_reads_a_session_update_naming_a_delegation_model() -> None:
+    update = {
+        "type": "session.update",
+        "event_id": "e1",
+        "session": {"delegation": {"type": "responses", "responses": {"model": "gpt-5"}}},
+    }
+    data = dumps(update)
+    assert openai_live.may_update(data)
+    found = openai_live.read_session_update(data)
+    assert found is not None and found.event_id == "e1" and found.body == update
+    assert [(n.param, n.model) for n in found.models.models] == [
+        ("session.delegation.responses.model", "gpt-5")
+    ]
+    # An update that names no model (instructions, tools, triggers) is none of the proxy's business.
+    for other in (
+        {"type": "session.update", "session": {"delegation": {"type": "responses", "responses": {}}}},
+        {"type": "session.update", "session": {"triggers": [], "model": "x"}},
+        {"type": "session.start", "session": {"delegation": update["session"]["delegation"]}},
+    ):
+        assert openai_live.read_session_update(dumps(other)) is None
+    for junk in (b"", b"{", b"[1]", b'{"type": "session.update", "session": 5}', b"\xff\xfe"):
+        assert openai_live.read_session_update(junk) is None
+    assert not openai_live.may_update(dumps(audio_append()))
+
+
+def test_with_models_rewrites_only_the_values() -> None:
+    data = dumps(session_start("gpt-live-1", delegate_to="gpt-5"))
+    where = ("session", "delegation", "responses", "model")
+    assert openai_live.with_models(data, {where: "gpt-5-mini"}) == data.replace(b'"gpt-5"', b'"gpt-5-mini"')
+    with pytest.raises(ValueError):
+        openai_live.with_models(dumps(session_start()), {where: "gpt-5-mini"})
+    with pytest.raises(ValueError):
+        openai_live.with_models(b"[]", {where: "gpt-5-mini"})
 
 
 @pytest.mark.parametrize(
@@ -258,6 +326,10 @@ _SAMPLES = [
     for e in (
         session_start(),
         session_start("gpt-live-1.1", delegate_to="gpt-5.5"),
+        {
+            "type": "session.update",
+            "session": {"delegation": {"type": "responses", "responses": {"model": "g"}}},
+        },
         session_started(),
         usage_updated(7.0),
         session_closed(9, reason="content"),
@@ -292,6 +364,8 @@ def _mutated(draw: st.DrawFn) -> bytes:
 def test_live_messages_never_raise(data: bytes, model: str) -> None:
     openai_live.may_start(data)
     openai_live.read_session_start(data)
+    openai_live.may_update(data)
+    openai_live.read_session_update(data)
     openai_live.is_session_close(data)
     if not openai_live.might_matter(data):
         assert openai_live.read_server_event(data) is None  # the fast path never loses an event

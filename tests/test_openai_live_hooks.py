@@ -332,7 +332,9 @@ async def test_a_disallowed_delegation_model_is_downgraded_in_the_start(
     start = await client_says(meter, flow, twice)
     assert not start.dropped and closes == []
     got = json.loads(start.content)
-    assert (got["session"]["model"], got["session"]["delegation"]["responses"]["model"]) == ("gpt-live-1",) * 2
+    assert (got["session"]["model"], got["session"]["delegation"]["responses"]["model"]) == (
+        "gpt-live-1",
+    ) * 2
 
 
 async def test_a_blocked_delegation_model_refuses_the_session(
@@ -351,7 +353,12 @@ async def test_a_blocked_delegation_model_refuses_the_session(
     [(closed, code, reason)] = closes
     assert (closed, code) == (flow, 1008) and reason == error["message"]
     [row] = records(meter)
-    assert (row.action, row.status_code, row.model_requested, row.model_sent) == ("blocked", 101, "gpt-5", None)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent) == (
+        "blocked",
+        101,
+        "gpt-5",
+        None,
+    )
     assert (row.cost_usd, row.price_status, row.api_flavor) == (Decimal(0), "not_billed", "live")
     # A Responses delegation naming no model cannot be checked: refused where models are restricted.
     nameless = session_start()
@@ -360,7 +367,7 @@ async def test_a_blocked_delegation_model_refuses_the_session(
     await open_session(meter, flow)
     assert (await client_says(meter, flow, nameless)).dropped
     assert injected[-1][1]["error"]["param"] == "session.delegation.responses.model"
-    assert "could not be read" in (records(meter)[-1].error or "")
+    assert "names no session.delegation.responses.model" in (records(meter)[-1].error or "")
 
 
 async def test_a_session_update_naming_a_delegation_model_is_checked(

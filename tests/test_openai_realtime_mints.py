@@ -16,6 +16,8 @@ from addon.providers.openai_realtime_mints import (
     AZURE,
     CALL,
     CLIENT_SECRET,
+    LIVE,
+    LIVE_ACCEPT,
     OPENAI,
     SESSION,
     TRANSCRIPTION_SESSION,
@@ -27,8 +29,13 @@ from addon.providers.openai_realtime_mints import (
 
 # JSON made of the keys the readers look for: nested objects of every shape, valid or not.
 KEYS = ["session", "model", "type", "audio", "input", "transcription", "input_audio_transcription"]
+KEYS += ["delegation", "responses", "decisions"]
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["transcription"]),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=8)
+    | st.sampled_from(["transcription", "responses", "decisions"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
     max_leaves=12,
 )
@@ -51,6 +58,16 @@ JSON = st.recursive(
         (AZURE, "/openai/v1/realtime/calls/rtc_1/accept", ACCEPT),
         (AZURE, "/openai/realtimeapi/sessions?api-version=2025-04-01-preview", SESSION),
         (AZURE, "/v1/realtime/client_secrets", None),
+        (OPENAI, "/v1/live/sessions", LIVE),
+        (OPENAI, "//v1/live/sessions/?x=1", LIVE),
+        (OPENAI, "/v1/live/sessions/live_sip_1/accept", LIVE_ACCEPT),
+        (OPENAI, "/v1/live/sessions//accept", None),
+        (OPENAI, "/v1/live/sessions/live_1/fork", None),
+        (OPENAI, "/v1/live/sessions/live_1/attach", None),
+        (OPENAI, "/v1/live/sessions/live_1/hangup", None),
+        (OPENAI, "/v1/live/sessions/live_1/accept/more", None),
+        (OPENAI, "/v1/live", None),
+        (AZURE, "/openai/v1/live/sessions", None),
     ],
 )
 def test_kind_of_path(mints: Any, path: str, kind: str | None) -> None:
@@ -108,7 +125,10 @@ def test_a_session_update_names_only_its_transcription_models() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    kind=st.sampled_from([CLIENT_SECRET, CALL, ACCEPT, SESSION, TRANSCRIPTION_SESSION, "other"]), body=JSON
+    kind=st.sampled_from(
+        [CLIENT_SECRET, CALL, ACCEPT, SESSION, TRANSCRIPTION_SESSION, LIVE, LIVE_ACCEPT, "other"]
+    ),
+    body=JSON,
 )
 def test_read_mint_never_raises(kind: str, body: Any) -> None:
     found = read_mint(kind, body, {"a": "b"})

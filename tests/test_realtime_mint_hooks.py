@@ -463,7 +463,9 @@ async def test_a_blocked_live_model_or_delegation_model_refuses_the_setup_with_a
     assert flow.response.headers[REFUSED_HEADER] == "blocked"
     error = refusal(flow)
     assert (error["type"], error["code"]) == ("permission_error", "model_not_allowed")
-    assert error["message"].startswith(f"tokometer: model {refused} is not allowed in environment development")
+    assert error["message"].startswith(
+        f"tokometer: model {refused} is not allowed in environment development"
+    )
     await answer(meter, flow)
     [row] = records(meter)
     assert (row.provider, row.path, row.api_flavor, row.status_code) == (
@@ -519,7 +521,9 @@ async def test_a_spent_budget_or_a_rate_limit_refuses_a_live_setup(meter: Meter)
         statuses.append(flow.response.status_code if flow.response is not None else None)
         await answer(meter, flow, 200, b"")
     assert statuses == [None, 429]
-    assert [(r.environment, r.api_flavor, r.action, r.status_code, r.price_status) for r in records(meter)] == [
+    assert [
+        (r.environment, r.api_flavor, r.action, r.status_code, r.price_status) for r in records(meter)
+    ] == [
         ("development", "live", "over_budget", 429, "not_billed"),
         ("staging", "live", "rate_limited", 429, "not_billed"),
     ]

@@ -3,6 +3,10 @@
 Pure functions over bytes; no mitmproxy. A session is one primary WebSocket (the openai SDK's
 ``client.live.connect()``): its first client event is ``session.start``, which names the model in
 ``session.model`` (never in the URL), answered with ``session.started`` (the resolved session).
+It may also name the model the session delegates tasks to (``session.delegation``: ``{"type":
+"responses", "responses": {"model": ...}}``, or ``decisions`` with ``decisions.model``), which a
+later client ``session.update`` may change (``session.delegation.responses.model``: "the Responses
+backend model to use for subsequent delegated requests"; the session's own model is immutable).
 A session is billed by its duration, per second (genai-prices' ``audio_hours`` price of the model):
 ``session.usage.updated`` reports ``usage.seconds``, the session's CUMULATIVE billed seconds so far
 (not an increment: never summed), and the terminal ``session.closed`` the final total with the
@@ -16,8 +20,9 @@ that is billed on its own transport, a fork ``/v1/live/sessions/{id}/fork`` star
 Speed: audio travels as base64 in JSON events of KBs, many a second, both ways. A server message is
 decoded only if a C-speed look says it may matter: a ``*.delta`` type in its first bytes says it
 does not; otherwise only one holding the type of a start, a usage report, the close or a terminal
-Responses event. A client message is decoded only as the session's first (its start) or, once a
-budget is spent, to let a ``session.close`` through.
+Responses event. A client message is decoded only as the session's first (its start), if it holds
+``session.update"`` and ``"model"`` (where policies are enforced), or, once a budget is spent, to
+let a ``session.close`` through.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from addon.providers import openai_responses_ws
+from addon.providers import openai_realtime_mints, openai_responses_ws
+from addon.providers.openai_realtime_mints import NamedModels, live_places, read_models
 from addon.providers.values import loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
@@ -68,10 +74,25 @@ OPENAI = Endpoint(frozenset({ROW_PATH}))
 
 @dataclass(frozen=True, slots=True)
 class SessionStart:
-    """A ``session.start``: the model it names (None: none readable), and its ``event_id``."""
+    """A ``session.start``: the model it names (None: none readable), its ``event_id``, the
+    delegation's model (``delegation.models``, where and what; its ``error``: one that cannot be
+    read) and the event itself (``body``, for a rewrite)."""
 
     model: str | None
     event_id: str | None = None
+    delegation: NamedModels = field(default_factory=NamedModels)
+    delegation_param: str | None = None  # where the delegation names its model, e.g. for an error
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate:
+    """A client ``session.update`` naming a delegation model (``models``), its ``event_id``, the
+    event (``body``)."""
+
+    models: NamedModels
+    event_id: str | None
+    body: dict[str, Any]
 
 
 def may_start(data: bytes) -> bool:
@@ -87,7 +108,38 @@ def read_session_start(data: bytes) -> SessionStart | None:
     session = obj.get("session")
     model = session.get("model") if isinstance(session, dict) else None
     model = model.strip() if isinstance(model, str) else None
-    return SessionStart(model or None, _str(obj.get("event_id")))
+    places = live_places(session, ("session",))[1:]
+    delegation = read_models(obj, places, {}, "the session.start")
+    param = ".".join(places[0][0]) if places else None
+    return SessionStart(model or None, _str(obj.get("event_id")), delegation, param, obj)
+
+
+def with_models(data: bytes, changes: dict[openai_realtime_mints.Where, str]) -> bytes:
+    """The client event ``data`` with the models at ``changes`` replaced (only the values where that
+    can be done exactly, else ASCII JSON: ``openai_realtime_mints.message_with_models``). ValueError
+    when one is not there."""
+    obj = loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("the message is not a JSON object")
+    return openai_realtime_mints.message_with_models(data, obj, changes)
+
+
+def may_update(data: bytes) -> bool:
+    """Cheap test (C speed): may this client message be a ``session.update`` naming a model?"""
+    return openai_realtime_mints.may_update_session(data)
+
+
+def read_session_update(data: bytes) -> SessionUpdate | None:
+    """The ``session.update`` in a client message if it names a delegation model (or one that is
+    not a name, ``models.error``), else None. Never raises."""
+    obj = loads(data)
+    if not isinstance(obj, dict) or obj.get("type") != "session.update":
+        return None
+    places = live_places(obj.get("session"), ("session",), update=True)
+    found = read_models(obj, places, {}, "the session.update")
+    if not found.models and found.error is None:
+        return None
+    return SessionUpdate(found, _str(obj.get("event_id")), obj)
 
 
 def with_model(data: bytes, model: str) -> bytes:

@@ -1,4 +1,5 @@
-"""The models a Realtime session is configured with over HTTP (a mint), or in a ``session.update``.
+"""The models a Realtime or OpenAI Live session is configured with over HTTP (a mint), or in a
+``session.update``.
 
 Pure functions over bytes and decoded JSON; no mitmproxy; nothing here raises on what a client
 sends. A server mints a session for a browser or a phone, whose media and events then go to the
@@ -17,7 +18,14 @@ how-to pages for WebRTC and SIP):
   ``/v1/realtime/transcription_sessions`` (beta): ``{"input_audio_transcription": {"model": T}}``;
 - Azure OpenAI: ``/openai/v1/realtime/client_secrets``, ``/openai/v1/realtime/calls`` and its
   ``/accept``, and the preview API's ``/openai/realtimeapi/sessions`` (beta shape); a model there
-  is a deployment's name.
+  is a deployment's name;
+- OpenAI Live (openai 3.x, ``client.live.create``): ``POST /v1/live/sessions`` (WebRTC)
+  ``{"session": LIVE, "transport": {"type": "webrtc", "sdp": ...}}``, and ``client.live.sessions.accept``:
+  ``POST /v1/live/sessions/{session_id}/accept`` (SIP) ``{"session": LIVE}``, LIVE ``{"model": M,
+  "delegation": {"type": "responses", "responses": {"model": R, ...}}}`` (the Responses model the
+  session delegates tasks to, billed by tokens; ``"type": "decisions"``: ``decisions.model``;
+  ``"type": "client"`` or none: no backend model). A GET of ``/v1/live/sessions`` is the primary
+  WebSocket (``openai_live``), not a mint; ``/{id}/fork``, ``/attach``, ``/hangup``... are not mints.
 
 Inside a Realtime WebSocket, a client ``session.update`` names the transcription model as SESSION
 does (GA) or as ``session.input_audio_transcription.model`` (beta), and a beta
@@ -39,12 +47,17 @@ SESSION = "session"  # beta
 TRANSCRIPTION_SESSION = "transcription_session"  # beta
 CALL = "call"  # a WebRTC offer
 ACCEPT = "accept"  # a SIP call accepted
+LIVE = "live"  # an OpenAI Live WebRTC session
+LIVE_ACCEPT = "live_accept"  # an OpenAI Live SIP call accepted
+LIVE_KINDS = frozenset({LIVE, LIVE_ACCEPT})
+_ACCEPTS = {CALL: ACCEPT, LIVE: LIVE_ACCEPT}  # the kind whose path + /{id}/accept accepts a SIP call
 
 Where = tuple[str, ...]  # the keys from a JSON object's root to a model's value
 
 _MODEL: Where = ("model",)
 _GA_TRANSCRIPTION: Where = ("audio", "input", "transcription", "model")
 _BETA_TRANSCRIPTION: Where = ("input_audio_transcription", "model")
+_DELEGATES = ("responses", "decisions")  # Live delegation types naming a backend model (not client)
 MAX_MODEL = 256
 MAX_SESSION_PART = 1024 * 1024  # a WebRTC offer's session field read at most (instructions, tools)
 _SLASHES = re.compile(r"/{2,}")
@@ -63,15 +76,15 @@ class Mints:
 
     def kind(self, path: str) -> str | None:
         """The kind of mint a request path (query allowed) is, or None."""
-        if "realtime" not in path:  # every POST to the provider is asked: most are not mints
+        if "realtime" not in path and "live" not in path:  # every POST is asked: most are not mints
             return None
         path = _SLASHES.sub("/", bare_path(path))
         found = self.paths.get(path)
         if found is not None:
             return found
         head, _, call_id = path.removesuffix("/accept").rpartition("/")
-        if path.endswith("/accept") and call_id and self.paths.get(head) == CALL:
-            return ACCEPT
+        if path.endswith("/accept") and call_id:
+            return _ACCEPTS.get(self.paths.get(head, ""))
         return None
 
     def row_path(self, path: str) -> str:
@@ -89,6 +102,7 @@ OPENAI = Mints(
         "/v1/realtime/calls": CALL,
         "/v1/realtime/sessions": SESSION,
         "/v1/realtime/transcription_sessions": TRANSCRIPTION_SESSION,
+        "/v1/live/sessions": LIVE,
     }
 )
 AZURE = Mints(
@@ -148,11 +162,11 @@ def _value_at(obj: Any, where: Where) -> Any:
     return _ABSENT if obj is None else obj
 
 
-def _read(
+def read_models(
     obj: Any, places: list[tuple[Where, bool]], deployments: Mapping[str, str], what: str
 ) -> NamedModels:
-    """The models at ``places`` ((where, required)); a required one absent, or any one that is not
-    a name, is an error (the models read are still given)."""
+    """The models at ``places`` ((where, required)) of ``obj``; a required one absent, or any one
+    that is not a name, is an error (the models read are still given). Never raises."""
     found: list[NamedModel] = []
     problems: list[str] = []
     for where, required in places:
@@ -178,20 +192,34 @@ def _ga_places(session: Any, prefix: Where) -> list[tuple[Where, bool]]:
     return [(prefix + _MODEL, True), transcription]
 
 
+def live_places(session: Any, prefix: Where, *, update: bool = False) -> list[tuple[Where, bool]]:
+    """An OpenAI Live session's models: its own (none in an ``update``, which cannot change it) and
+    its delegation's backend model, required at startup (a ``session.update`` may leave it)."""
+    places = [] if update else [(prefix + _MODEL, True)]
+    delegation = _value_at(session, ("delegation",))
+    kind = delegation.get("type") if isinstance(delegation, dict) else None
+    if kind in _DELEGATES:
+        places.append(((*prefix, "delegation", kind, "model"), not update))
+    return places
+
+
 def read_mint(kind: str, body: Any, deployments: Mapping[str, str] | None = None) -> NamedModels:
     """The models a JSON mint of ``kind`` names (``body``: its decoded JSON). Never raises."""
     deployments = deployments or {}
     if not isinstance(body, dict):
         return NamedModels(error="the request body is not a JSON object")
     if kind in (CLIENT_SECRET, CALL):  # a call sent as JSON: read as a client secret's
-        return _read(body, _ga_places(body.get("session"), ("session",)), deployments, "the request")
+        return read_models(body, _ga_places(body.get("session"), ("session",)), deployments, "the request")
     if kind == ACCEPT:
-        return _read(body, _ga_places(body, ()), deployments, "the request")
+        return read_models(body, _ga_places(body, ()), deployments, "the request")
     if kind == SESSION:
         places = [(_MODEL, True), (_BETA_TRANSCRIPTION, False)]
-        return _read(body, places, deployments, "the request")
+        return read_models(body, places, deployments, "the request")
     if kind == TRANSCRIPTION_SESSION:
-        return _read(body, [(_BETA_TRANSCRIPTION, True)], deployments, "the request")
+        return read_models(body, [(_BETA_TRANSCRIPTION, True)], deployments, "the request")
+    if kind in LIVE_KINDS:  # a WebRTC session and a SIP accept alike: {"session": LIVE, ...}
+        places = live_places(body.get("session"), ("session",))
+        return read_models(body, places, deployments, "the request")
     return NamedModels(error=f"unknown kind of mint {kind}")
 
 
@@ -217,7 +245,7 @@ def read_call_form(
     session = loads(body[part.start : part.end])
     if not isinstance(session, dict):
         return NamedModels(error="the offer's session field is not a JSON object")
-    return _read(session, _ga_places(session, ()), deployments or {}, "the offer's session")
+    return read_models(session, _ga_places(session, ()), deployments or {}, "the offer's session")
 
 
 def with_models(body: dict[str, Any], changes: Mapping[Where, str]) -> dict[str, Any]:
@@ -255,19 +283,25 @@ def read_session_update(data: bytes) -> SessionUpdate | None:
     if obj["type"] == "session.update":
         places.insert(0, (("session", *_GA_TRANSCRIPTION), False))
     event_id = obj.get("event_id")
-    found = _read(obj, places, {}, "the update")
+    found = read_models(obj, places, {}, "the update")
     return SessionUpdate(found, event_id if isinstance(event_id, str) else None, obj)
 
 
 def update_with_models(data: bytes, update: SessionUpdate, changes: Mapping[Where, str]) -> bytes:
-    """The update ``data`` with the models at ``changes`` replaced: only each value changes where
-    that can be done exactly, else the event is written out again as ASCII JSON (see
-    ``values.rewritten_value``: mitmproxy sends a changed message in 4,000-byte pieces)."""
-    obj: Any = update.body
+    """The update ``data`` with the models at ``changes`` replaced (see ``message_with_models``)."""
+    return message_with_models(data, update.body, changes)
+
+
+def message_with_models(data: bytes, body: Any, changes: Mapping[Where, str]) -> bytes:
+    """The WebSocket message ``data`` (``body``: it decoded) with the models at ``changes``
+    replaced: only each value changes where that can be done exactly, else the event is written out
+    again as ASCII JSON (see ``values.rewritten_value``: mitmproxy sends a changed message in
+    4,000-byte pieces). ValueError when a place holds no model."""
+    obj: Any = body
     for where, new in changes.items():
         old = _value_at(obj, where)
         if not isinstance(old, str):
-            raise ValueError(f"the update has no {'.'.join(where)} to rewrite")
+            raise ValueError(f"the message has no {'.'.join(where)} to rewrite")
         obj = _replaced(obj, where, new)
         data = rewritten_value(data, where[-1], old, new, obj)
     return data
