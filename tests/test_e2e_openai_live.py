@@ -31,9 +31,9 @@ environments:
   development: {}
   restricted:
     models:
-      allow: [gpt-live-1]
+      allow: [gpt-live-1, gpt-5-mini]
       on_disallowed: downgrade
-      downgrade: {gpt-live-1.1: gpt-live-1}
+      downgrade: {gpt-live-1.1: gpt-live-1, gpt-5: gpt-5-mini}
   blocked:
     models: {allow: [gpt-live-1], on_disallowed: block}
   capped:
@@ -179,6 +179,52 @@ def test_blocked_model_is_refused_at_the_start(oproxy: ProxyProcess, live: FakeO
     [row] = rows_for(oproxy, t, 1)
     assert (row["action"], row["status_code"], row["api_flavor"]) == ("blocked", 101, "live")
     assert (row["model_requested"], row["model_sent"]) == ("gpt-live-1.1", None)
+    assert (row["cost_usd"], row["price_status"]) == (Decimal(0), "not_billed")
+
+
+def test_a_disallowed_delegation_model_is_downgraded_in_the_start(
+    oproxy: ProxyProcess, live: FakeOpenAILive
+) -> None:
+    """The Responses model the session delegates to is checked too: upstream gets it rewritten
+    (only that value), the session runs and is metered as downgraded."""
+    t = tag()
+    code, lines = connect(oproxy, "audio", "close", env="restricted", t=t, delegate="gpt-5")
+    assert code == 0 and lines[-1] == {"event": "done"}
+    session = session_of(live, t)
+    start = session.received[0]["session"]
+    assert (start["model"], start["delegation"]) == (
+        "gpt-live-1",
+        {"type": "responses", "responses": {"model": "gpt-5-mini"}},
+    )
+    assert start["instructions"] == SECRET_INSTRUCTIONS
+    first, last = rows_for(oproxy, t, 2)
+    for row in (first, last):
+        assert (row["environment"], row["action"], row["model_sent"]) == (
+            "restricted",
+            "downgraded",
+            "gpt-live-1",
+        )
+
+
+def test_a_blocked_delegation_model_refuses_the_session(oproxy: ProxyProcess, live: FakeOpenAILive) -> None:
+    """The session's own model is allowed, its delegation's is not: refused as a disallowed model is
+    (Live's error event naming the delegation's parameter, a close 1008, a row not billed)."""
+    t = tag()
+    code, lines = connect(oproxy, "audio", env="blocked", t=t, delegate="gpt-5")
+    assert code == 0
+    error, closed = lines[0], lines[1]
+    assert error.get("type") == "error", lines
+    assert (error["data"]["error"]["code"], error["data"]["error"]["param"]) == (
+        "model_not_allowed",
+        "session.delegation.responses.model",
+    )
+    assert error["data"]["error"]["message"].startswith("tokometer: model gpt-5 is not allowed")
+    assert (closed["event"], closed["code"]) == ("closed", 1008)
+    session = session_of(live, t)
+    assert session.received == [] and session.close is not None and session.close[0] == 1008
+    [row] = rows_for(oproxy, t, 1)
+    assert (row["action"], row["status_code"], row["api_flavor"]) == ("blocked", 101, "live")
+    assert (row["model_requested"], row["model_sent"]) == ("gpt-5", None)
     assert (row["cost_usd"], row["price_status"]) == (Decimal(0), "not_billed")
 
 

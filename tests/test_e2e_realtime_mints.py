@@ -34,6 +34,13 @@ environments:
       downgrade: {gpt-realtime: gpt-realtime-mini, gpt-4o-transcribe: gpt-4o-mini-transcribe}
   capped:
     budget: {usd: 0, period: day}
+  live-restricted:
+    models:
+      allow: [gpt-live-1, gpt-5-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-live-1.1: gpt-live-1, gpt-5: gpt-5-mini}
+  live-blocked:
+    models: {allow: [gpt-live-1, gpt-5-mini], on_disallowed: block}
 """
 # The session a server mints for a browser: a prompt (never stored) and input transcription.
 INSTRUCTIONS = "tokometer-secret-prompt-5b1c: you are the front desk of Hotel Ñandú"
@@ -171,6 +178,72 @@ def test_a_spent_budget_refuses_a_beta_session(mproxy: ProxyProcess, fake_provid
         Decimal(0),
         "not_billed",
     )
+
+
+def live_session(model: str, delegate: str) -> dict[str, Any]:
+    """An OpenAI Live session's startup configuration delegating tasks to a Responses model."""
+    return {
+        "model": model,
+        "instructions": INSTRUCTIONS,
+        "audio": {"output": {"voice": "marin"}},
+        "delegation": {"type": "responses", "responses": {"model": delegate, "instructions": INSTRUCTIONS}},
+    }
+
+
+def test_a_live_webrtc_session_is_downgraded_upstream_and_makes_no_row(
+    mproxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """client.live.create: the Live model and the delegation's Responses model both rewritten."""
+    t = tag()
+    got = mint(mproxy, "live-session", live_session("gpt-live-1.1", "gpt-5"), env="live-restricted", t=t)
+    assert got == {
+        "event": "minted",
+        "status": 200,
+        "notice": "downgraded gpt-live-1.1 -> gpt-live-1: gpt-live-1.1 is not allowed in live-restricted "
+        "(policies.yaml); downgraded gpt-5 -> gpt-5-mini: gpt-5 is not allowed in live-restricted "
+        "(policies.yaml)",
+    }
+    [sent] = fake_provider.requests_for(t)
+    assert (sent.method, sent.path) == ("POST", "/v1/live/sessions")
+    assert sent.json["session"] == live_session("gpt-live-1", "gpt-5-mini")
+    assert sent.json["transport"]["type"] == "webrtc" and sent.json["transport"]["sdp"].startswith("v=0\r\n")
+    assert no_rows(mproxy, t)
+
+
+def test_a_live_sip_accept_with_a_blocked_delegation_model_is_refused_with_a_row(
+    mproxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    t = tag()
+    config = {"type": "live", **live_session("gpt-live-1", "gpt-5")}
+    got = mint(mproxy, "live-accept", config, env="live-blocked", t=t)
+    assert (got["event"], got["status"]) == ("refused", 403)
+    error = json.loads(got["body"])["error"]
+    assert (error["type"], error["code"]) == ("permission_error", "model_not_allowed")
+    assert error["message"].startswith("tokometer: model gpt-5 is not allowed in environment live-blocked")
+    assert fake_provider.requests_for(t) == []  # never contacted
+    [row] = rows_for(mproxy, t, 1)
+    assert (row["provider"], row["path"], row["api_flavor"], row["status_code"]) == (
+        "openai",
+        "/v1/live/sessions/live_sip_e2e/accept",
+        "live",
+        403,
+    )
+    assert (row["environment"], row["action"], row["model_requested"], row["model_sent"]) == (
+        "live-blocked",
+        "blocked",
+        "gpt-5",
+        None,
+    )
+    assert (row["cost_usd"], row["price_status"]) == (Decimal(0), "not_billed")
+    assert row["key_fingerprint"] == key_fingerprint(OPENAI_KEY)
+    # Allowed as it is: it passes byte for byte, and has no row.
+    t = tag()
+    config = {"type": "live", **live_session("gpt-live-1", "gpt-5-mini")}
+    got = mint(mproxy, "live-accept", config, env="live-blocked", t=t)
+    assert got == {"event": "minted", "status": 200, "notice": None}
+    [sent] = fake_provider.requests_for(t)
+    assert sent.path == "/v1/live/sessions/live_sip_e2e/accept" and sent.json == {"session": config}
+    assert no_rows(mproxy, t)
 
 
 def test_reports_count_no_mint_as_spend(mproxy: ProxyProcess) -> None:

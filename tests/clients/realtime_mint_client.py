@@ -4,7 +4,10 @@ through HTTPS_PROXY): one mint as the arguments say, its answer printed as one J
 - ``client-secret SESSION``: ``client.realtime.client_secrets.create(session=SESSION)``;
 - ``call SESSION``: ``client.realtime.calls.create(sdp=..., session=SESSION)``, the WebRTC offer
   (multipart/form-data with ``sdp`` and ``session``);
-- ``beta-session BODY``: ``client.beta.realtime.sessions.create(**BODY)``.
+- ``beta-session BODY``: ``client.beta.realtime.sessions.create(**BODY)``;
+- ``live-session SESSION``: ``client.live.create(session=SESSION, transport=...)``, an OpenAI Live
+  WebRTC session (JSON: ``session`` and a ``webrtc`` transport with the SDP offer);
+- ``live-accept SESSION``: ``client.live.sessions.accept("live_sip_e2e", session=SESSION)`` (SIP).
 
 Prints ``{"event": "minted", "status": N, "notice": ...}`` or, on an API error,
 ``{"event": "refused", "status": N, "body": ...}`` (exit code 3).
@@ -31,7 +34,7 @@ def emit(obj: dict[str, Any]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["client-secret", "call", "beta-session"])
+    ap.add_argument("mode", choices=["client-secret", "call", "beta-session", "live-session", "live-accept"])
     ap.add_argument("config", help="the session (JSON object), or the beta session's parameters")
     ap.add_argument("--header", action="append", default=[], help="NAME=VALUE extra request header")
     args = ap.parse_args()
@@ -46,6 +49,14 @@ def main() -> int:
         elif args.mode == "call":
             raw = client.realtime.calls.with_raw_response.create(
                 sdp=SDP, session=config, extra_headers=headers
+            )
+        elif args.mode == "live-session":
+            raw = client.live.with_raw_response.create(
+                session=config, transport={"type": "webrtc", "sdp": SDP}, extra_headers=headers
+            )
+        elif args.mode == "live-accept":
+            raw = client.live.sessions.with_raw_response.accept(
+                "live_sip_e2e", session=config, extra_headers=headers
             )
         else:
             raw = client.beta.realtime.sessions.with_raw_response.create(**config, extra_headers=headers)
