@@ -78,6 +78,9 @@ _DROPPING: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 # Closes with a code the proxy asked for, queued when the empty message it injected behind the
 # events it injected before (an error event) reaches the hook: (code, reason).
 _PENDING_CLOSES: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[int, str]] = weakref.WeakKeyDictionary()
+# What the proxy injected to a client and the hook has not seen yet, in order (see _unsplice).
+_INJECTED: weakref.WeakKeyDictionary[http.HTTPFlow, list[bytes]] = weakref.WeakKeyDictionary()
+MAX_INJECTED = 64  # injected messages remembered per WebSocket at most
 
 
 class MeterSide(Protocol):
@@ -224,6 +227,8 @@ class SocketMeter:
         gets it; a client message asking for work once a budget is spent caps the session; a Gemini
         Live session's first client message (its setup) is checked against the model rules."""
         message = flow.websocket.messages[-1]  # type: ignore[union-attr]
+        if _INJECTED and message.injected and not message.from_client and flow in _INJECTED:
+            self._unsplice(flow, message)
         if _PENDING_CLOSES and message.injected and not message.content and flow in _PENDING_CLOSES:
             self._close_now(flow, message)
             return
@@ -315,7 +320,7 @@ class SocketMeter:
                 param=named.param,
                 client_event_id=update.event_id,
             )
-            ctx.master.commands.call("inject.websocket", flow, True, event, True)
+            self._inject(flow, event)
             self._meter._submit(session.refused_update(time.time(), named.model, status, why))
             log.warning("tokometer: a Realtime session.update refused: %s", why)
             return
@@ -386,7 +391,7 @@ class SocketMeter:
             error = json.loads(decision.refusal.content or b"{}").get("error") or {}
             why = decision.message or str(error.get("message"))
             event = openai_responses_ws.error_event(error, status, create.stream_id)
-            ctx.master.commands.call("inject.websocket", flow, True, event, True)
+            self._inject(flow, event)
             self._meter._submit(session.refused(record, status, why))
             log.warning("tokometer: response.create refused on a Responses WebSocket: %s", why)
             return
@@ -500,7 +505,7 @@ class SocketMeter:
         session.capped = True
         reason = why if why.startswith("tokometer: ") else f"tokometer: {why}"
         if event is not None:
-            ctx.master.commands.call("inject.websocket", flow, True, event(reason), True)
+            self._inject(flow, event(reason))
         record = session.handshake
         record.model_sent = None  # nothing was sent
         record.status_code = UPGRADED
@@ -659,7 +664,7 @@ class SocketMeter:
             param=named.param,
             client_event_id=update.event_id,
         )
-        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        self._inject(flow, event)
         row = session.refused_update(time.time(), named.model, decision.refusal.status_code, why)
         self._meter._submit(row)
         log.warning("tokometer: an OpenAI Live session.update refused: %s", why)
@@ -676,7 +681,7 @@ class SocketMeter:
         message.content = openai_live.CLOSE_EVENT
         session.capped, session.cap_reason = True, reason
         event = openai_live.error_event("budget_exceeded", reason, f"event_tokometer_{secrets.token_hex(8)}")
-        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        self._inject(flow, event)
         self._graces[flow] = asyncio.get_running_loop().call_later(
             LIVE_CLOSE_GRACE, self._close_capped_live, flow
         )
@@ -830,7 +835,7 @@ class SocketMeter:
                 log.error("tokometer: could not close a capped Gemini Live session; its messages are dropped")
             return
         event = openai_realtime.budget_error_event(reason, f"event_tokometer_{secrets.token_hex(8)}")
-        ctx.master.commands.call("inject.websocket", flow, True, event, True)
+        self._inject(flow, event)
         log.warning("tokometer: Realtime session capped and closed: %s", spent)
         if not self.close_websocket(flow):
             log.error("tokometer: could not close a capped Realtime session; its requests are dropped")
@@ -854,10 +859,42 @@ class SocketMeter:
             return False
         if code is not None and websocket_layer(handler, flow) is not None:
             _PENDING_CLOSES[flow] = (code, reason or "")
-            ctx.master.commands.call("inject.websocket", flow, True, b"", False)
+            self._inject(flow, b"", is_text=False)
             return True
         self._report_upstream_closed(handler, flow)
         return True
+
+    def _inject(self, flow: http.HTTPFlow, data: bytes, *, is_text: bool = True) -> None:
+        """Send the client a message of the proxy's own (remembered until its hook: _unsplice)."""
+        injected = _INJECTED.setdefault(flow, [])
+        if len(injected) < MAX_INJECTED:
+            injected.append(data)
+        ctx.master.commands.call("inject.websocket", flow, True, data, is_text)
+
+    def _unsplice(self, flow: http.HTTPFlow, message: WebSocketMessage) -> None:
+        """A message the proxy injected to the client reached the hook. mitmproxy adds an injected
+        message's data to the frames of a message upstream has half sent (the layer's ``frame_buf``):
+        the two would reach the client as one, cut and glued, and the rest of upstream's as another
+        (and an empty message queueing a close would no longer be empty). The client gets ours as it
+        was injected, and upstream's first half goes back where the layer waits for its rest."""
+        injected = _INJECTED[flow]
+        ours = injected[0]
+        content = message.content
+        if not content.endswith(ours):
+            return  # not ours (another addon's)
+        del injected[0]
+        if not injected:
+            del _INJECTED[flow]
+        if len(content) == len(ours):
+            return
+        message.content = ours
+        handler = self._handler(flow)
+        layer = websocket_layer(handler, flow) if handler is not None else None
+        server_ws = getattr(layer, "server_ws", None)
+        if getattr(server_ws, "frame_buf", None) == [b""]:
+            server_ws.frame_buf = [content[: len(content) - len(ours)]]  # type: ignore[union-attr]
+        else:
+            log.error("tokometer: a message injected to a WebSocket client was joined to upstream's")
 
     @staticmethod
     def _handler(flow: http.HTTPFlow) -> Any:

@@ -19,6 +19,10 @@ Tests steer a session with handshake headers (they pass through the proxy):
   call and reports it as the Live API does, nested in ``response.event`` events
   (``response.created``, then ``response.completed`` with ``DELEGATED_USAGE``);
 - ``X-Fake-Hold: 1``: a ``session.close`` is never answered;
+- ``X-Fake-Split: usage``: after its first usage report, the server sends the first half of a
+  40 KB output audio delta (one frame written raw, as a network delivers it in pieces) and the
+  rest only when the next client event comes; ``X-Fake-Split: close``: a ``session.close`` is
+  answered with the first half of such a delta and nothing more (the server stalls mid-message);
 - ``X-Test-Tag``: a label to find the session again.
 
 Every handshake is recorded, and for each session the client's events (parsed) and the exact bytes
@@ -214,6 +218,8 @@ class FakeOpenAILive(FakeWebSocketServer):
         final = float(headers.get("x-fake-final-seconds", FINAL_SECONDS))
         delegate = headers.get("x-fake-delegate") == "1"
         hold = headers.get("x-fake-hold") == "1"
+        split = headers.get("x-fake-split")
+        rest: bytes | None = None  # the second half of a message sent in part
         appends = reports = 0
         model = MODEL
 
@@ -222,11 +228,24 @@ class FakeOpenAILive(FakeWebSocketServer):
             session.sent.append(data)
             await ws.send(data.decode())
 
+        def send_half(event: dict[str, Any]) -> bytes:
+            """Write the first half of ``event``'s frame (a text frame, unmasked, uncompressed) past
+            websockets; the rest, to write later."""
+            data = dumps(event)
+            session.sent.append(data)
+            assert 125 < len(data) < 65536
+            frame = b"\x81\x7e" + len(data).to_bytes(2, "big") + data
+            ws.transport.write(frame[: len(frame) // 2])
+            return frame[len(frame) // 2 :]
+
         try:
             async for raw in ws:
                 event = json.loads(raw)
                 session.received.append(event)
                 kind = event.get("type")
+                if rest is not None:
+                    ws.transport.write(rest)
+                    rest = None
                 if kind == "session.start":
                     model = str(event.get("session", {}).get("model") or MODEL)
                     await send(session_started(model, event.get("event_id")))
@@ -241,6 +260,10 @@ class FakeOpenAILive(FakeWebSocketServer):
                         await send(delegated("response.completed", "completed", DELEGATED_USAGE))
                     await send(usage_updated(totals[min(reports, len(totals) - 1)], reports + 1))
                     reports += 1
+                    if split == "usage" and reports == 1:
+                        rest = send_half(output_audio(1000 + appends, 40000))
+                elif kind == "session.close" and split == "close":
+                    send_half(output_audio(2000 + appends, 40000))  # and nothing more
                 elif kind == "session.close" and not hold:
                     await send(session_closed(final, model=model))
                     await ws.close(1000)

@@ -38,6 +38,10 @@ environments:
     models: {allow: [gpt-live-1], on_disallowed: block}
   capped:
     budget: {usd: 0.001, period: day}
+  capped_mid:
+    budget: {usd: 0.001, period: day}
+  capped_stall:
+    budget: {usd: 0.001, period: day}
 """
 STORED = Decimal("1E-10")  # calls.cost_usd is DECIMAL(18,10)
 
@@ -292,3 +296,42 @@ def test_the_proxy_logged_no_traceback(oproxy: ProxyProcess) -> None:
     """Nothing above left the proxy in a bad state: it still runs and logged no traceback."""
     assert oproxy.alive()
     assert "Traceback" not in oproxy.log_text()
+
+
+def test_the_caps_error_event_is_not_spliced_into_a_half_received_message(
+    oproxy: ProxyProcess, live: FakeOpenAILive
+) -> None:
+    """The budget runs out while upstream's next 40 KB audio delta has half arrived: the error event
+    the proxy injects reaches the client whole and on its own, and so does the delta once its rest
+    comes (mitmproxy appended an injected message to the half-received one: the client got both
+    cut and glued together)."""
+    t = tag()
+    code, lines = connect(oproxy, "audio", "audio", env="capped_mid", t=t, fake={"X-Fake-Split": "usage"})
+    assert code == 0
+    session = session_of(live, t)
+    got = received(lines)
+    [error] = [line for line in got if line["type"] == "error"]
+    assert error["data"]["error"]["code"] == "budget_exceeded"
+    upstream = [line["sha256"] for line in got if line is not error]
+    assert upstream == [hashlib.sha256(d).hexdigest() for d in session.sent]
+    assert got[-1]["type"] == "session.closed"
+
+
+def test_the_graces_close_is_not_lost_in_a_half_received_message(
+    oproxy: ProxyProcess, live: FakeOpenAILive
+) -> None:
+    """A capped session whose upstream stalls mid-message after the session.close: the proxy's close
+    after the grace still reaches the client (the empty message it injects to queue the close was
+    appended to the half-received one: the client got a cut message and no close)."""
+    t = tag()
+    code, lines = connect(oproxy, "audio", "audio", env="capped_stall", t=t, fake={"X-Fake-Split": "close"})
+    assert code == 0
+    session = session_of(live, t)
+    got = received(lines)
+    assert [line["type"] for line in got][-1] == "error"
+    assert [line["sha256"] for line in got[:-1]] == [hashlib.sha256(d).hexdigest() for d in session.sent[:-1]]
+    closed = lines[-2]
+    assert (closed["event"], closed["code"]) == ("closed", 1008)
+    assert closed["reason"].startswith("tokometer: capped_stall budget of $0.001 per day is spent")
+    first, cut = rows_for(oproxy, t, 2)
+    assert (first["audio_seconds"], cut["aborted"]) == (3, True)
