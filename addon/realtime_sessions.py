@@ -258,6 +258,9 @@ class OpenAILiveSession(SocketSession):
     def take(self, report: openai_live.UsageReport, now: float) -> RealtimeRow | None:
         """One usage report: a row of the seconds it adds to the billed total (None: it adds none)."""
         if report.final:
+            if report.seconds is None and self.started and not self.closed:
+                self.closed = True
+                return self._cut(now, "session.closed without usage")
             self.closed = True
         if report.seconds is None or report.seconds <= self.billed_seconds:
             return None
@@ -284,10 +287,14 @@ class OpenAILiveSession(SocketSession):
         if not self.started or self.closed:
             return []
         self.closed = True
+        return [self._cut(now, reason)]
+
+    def _cut(self, now: float, reason: str) -> RealtimeRow:
+        """The aborted row, without usage, of the seconds after the last report."""
         row = self._row(self.last_report, now, self.model_reported)
         row.aborted = True
         row.error = _join(row.error, f"{reason}: the seconds after the last usage report are unknown")
-        return [RealtimeRow(row)]
+        return RealtimeRow(row)
 
 
 @dataclass(slots=True)

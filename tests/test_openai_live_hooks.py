@@ -233,6 +233,21 @@ async def test_a_session_cut_before_its_close_is_an_aborted_row(meter: Meter) ->
     assert len(records(meter)) == 2
 
 
+async def test_a_close_without_usage_is_an_aborted_row(meter: Meter) -> None:
+    """A session.closed whose usage cannot be read: what the session billed after its last report is
+    unknown, said by an aborted row (it went unsaid: the close had come, so the end added none)."""
+    flow = await started(meter)
+    await speak(meter, flow, 2)
+    closed = await server_says(meter, flow, {"type": "session.closed", "reason": "close_requested"})
+    assert not closed.dropped
+    flow.websocket.close_code = 1000  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    first, cut = records(meter)
+    assert first.audio_seconds == 2
+    assert (cut.aborted, cut.usage, cut.model_sent) == (True, None, "gpt-live-1")
+    assert cut.error == "session.closed without usage: the seconds after the last usage report are unknown"
+
+
 async def test_a_session_that_never_started_has_no_row(meter: Meter) -> None:
     """The server answered the start with an error and hung up: no session, nothing billed."""
     flow = handshake()
