@@ -525,7 +525,7 @@ class SocketMeter:
         if message.from_client:
             if session.capped:
                 message.drop()  # the session is closing: nothing more goes upstream
-            elif not session.start_seen:
+            elif not session.start_seen or (not session.started and openai_live.may_start(message.content)):
                 await self._openai_live_start(flow, session, message)
             elif self._meter.policies.enforcing:
                 if message.is_text and openai_live.may_update(message.content):
@@ -553,14 +553,17 @@ class SocketMeter:
         """An OpenAI Live session's first client message, its ``session.start``: the model it names
         is the session's, checked now (see _check_session_model). A refused start never goes
         upstream: the client gets Live's ``error`` event (``param`` ``session.model``, or
-        ``budget_exceeded``) and a close 1008 with the reason; the refusal is a row."""
-        session.start_seen = True
+        ``budget_exceeded``) and a close 1008 with the reason; the refusal is a row. A start sent
+        again before ``session.started`` (the server refused the first) is checked the same way."""
+        again, session.start_seen = session.start_seen, True
         data = message.content
         start = (
             await self._off_loop(openai_live.read_session_start, data)
             if openai_live.may_start(data)
             else None
         )
+        if again and start is None:
+            return  # not a start: a message naming one
         model = start.model if start is not None else None
         checked = self._check_session_model(session, message, model, openai_live.with_model, "OpenAI Live")
         if checked is None:

@@ -279,6 +279,27 @@ async def test_downgrade_rewrites_the_start(meter: Meter, closes: list[tuple[Any
     )
 
 
+async def test_a_start_after_a_start_the_server_refused_is_checked_too(
+    meter: Meter, closes: list[tuple[Any, ...]]
+) -> None:
+    """The server answered the first start with an error (the socket stays open): a second start
+    naming another model is checked as the first was (it went upstream unchanged). Once the session
+    started, the client's messages are not looked at for a start."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    assert not (await client_says(meter, flow, session_start("gpt-live-1"))).dropped
+    await server_says(meter, flow, {"type": "error", "error": {"code": "invalid_value", "message": "no"}})
+    original = dumps(session_start("gpt-live-1.1"))
+    again = await client_says(meter, flow, original)
+    assert not again.dropped and closes == []
+    assert again.content == original.replace(b'"gpt-live-1.1"', b'"gpt-live-1"')
+    await server_says(meter, flow, session_started("gpt-live-1"))
+    await speak(meter, flow, 2)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == ("downgraded", "gpt-live-1.1", "gpt-live-1")
+
+
 async def test_a_blocked_model_is_refused_at_the_start(
     meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
 ) -> None:
