@@ -78,6 +78,8 @@ _DROPPING: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 # Closes with a code the proxy asked for, queued when the empty message it injected behind the
 # events it injected before (an error event) reaches the hook: (code, reason).
 _PENDING_CLOSES: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[int, str]] = weakref.WeakKeyDictionary()
+# Capped OpenAI Live sessions' graces (see SocketMeter._graces).
+_GRACES: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = weakref.WeakKeyDictionary()
 # What the proxy injected to a client and the hook has not seen yet, in order (see _unsplice).
 _INJECTED: weakref.WeakKeyDictionary[http.HTTPFlow, list[bytes]] = weakref.WeakKeyDictionary()
 MAX_INJECTED = 64  # injected messages remembered per WebSocket at most
@@ -146,10 +148,9 @@ class SocketMeter:
         # OpenAI Realtime and Gemini Live WebSockets being metered (see message).
         self.sessions: weakref.WeakKeyDictionary[http.HTTPFlow, SocketSession] = weakref.WeakKeyDictionary()
         self._closing: set[asyncio.Future[None]] = set()  # capped sessions' closes (kept referenced)
-        # Capped OpenAI Live sessions waiting for their session.closed: the close if it never comes.
-        self._graces: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Capped OpenAI Live sessions waiting for their session.closed: the close if it never comes
+        # (shared with the instance after a script reload, which may end the session).
+        self._graces = _GRACES
 
     def take_over(self) -> None:
         """A script reload: go on with the sessions the Meter before it left open."""
@@ -686,18 +687,18 @@ class SocketMeter:
         event = openai_live.error_event("budget_exceeded", reason, f"event_tokometer_{secrets.token_hex(8)}")
         self._inject(flow, event)
         self._graces[flow] = asyncio.get_running_loop().call_later(
-            LIVE_CLOSE_GRACE, self._close_capped_live, flow
+            LIVE_CLOSE_GRACE, self._close_capped_live, flow, session
         )
         log.warning("tokometer: OpenAI Live session capped: %s", reason)
 
-    def _close_capped_live(self, flow: http.HTTPFlow) -> None:
-        """Close a capped OpenAI Live session still open when its grace ran out (once)."""
+    def _close_capped_live(self, flow: http.HTTPFlow, session: OpenAILiveSession) -> None:
+        """Close a capped OpenAI Live session still open when its grace ran out (once; the session
+        itself, not looked up: after a script reload the next instance follows it)."""
         grace = self._graces.pop(flow, None)
         if grace is None:
             return
         grace.cancel()
-        session = self.sessions.get(flow)
-        if not isinstance(session, OpenAILiveSession) or session.cap_reason is None:
+        if session.cap_reason is None:
             return
         try:
             if not self.close_websocket(flow, LIVE_REFUSED, session.cap_reason):

@@ -626,6 +626,50 @@ async def test_a_session_open_when_the_script_reloads_is_finished_by_the_new_add
     assert (row.model_sent, row.audio_seconds, row.aborted) == ("gpt-live-1", 3, False)
 
 
+async def test_a_capped_sessions_grace_outlives_a_script_reload(
+    meter: Meter,
+    closes: list[tuple[Any, ...]],
+    injected: list[tuple[bool, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The script is reloaded while a capped session waits for upstream's close: if it never comes,
+    the session is still closed after the grace (the timer looked for the session in the old
+    addon's sessions, handed over to the new one, and gave up)."""
+    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
+    meter._apply(parse_policies(BUDGETED))
+    flow = await started(meter)
+    await speak(meter, flow, 3)
+    assert (await client_says(meter, flow, audio_append())).content == openai_live.CLOSE_EVENT
+    meter.done()  # mitmproxy reloads the script: it is not shutting down
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    assert (await client_says(new, flow, audio_append(1))).dropped  # still capped
+    await asyncio.sleep(0.2)
+    [(closed, code, reason)] = closes
+    assert (closed, code) == (flow, 1008) and reason.startswith("tokometer: development budget")
+
+
+async def test_a_grace_is_called_off_when_the_session_ends_after_a_reload(
+    meter: Meter,
+    closes: list[tuple[Any, ...]],
+    injected: list[tuple[bool, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
+    meter._apply(parse_policies(BUDGETED))
+    flow = await started(meter)
+    await speak(meter, flow, 3)
+    await client_says(meter, flow, audio_append())
+    meter.done()
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    await server_says(new, flow, session_closed(4))
+    flow.websocket.close_code = 1000  # type: ignore[union-attr]
+    new.websocket_end(flow)
+    await asyncio.sleep(0.2)
+    assert closes == []
+
+
 async def test_a_session_open_at_shutdown_is_an_aborted_row(meter: Meter) -> None:
     flow = await started(meter)
     await speak(meter, flow, 2)
