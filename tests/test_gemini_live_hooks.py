@@ -246,6 +246,28 @@ async def test_downgrade_rewrites_the_setup_model(meter: Meter, closes: list[tup
     )
 
 
+async def test_a_setup_spelled_with_escapes_is_read(meter: Meter, closes: list[tuple[Any, ...]]) -> None:
+    """Any JSON parser reads ``{"s\\u0065tup": ...}`` as the setup: its model must be read (a
+    disallowed one downgraded, not the session refused for naming none; an unrestricted session's
+    rows priced by it, not left without a model)."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    original = dumps(setup_message("models/gemini-3.1-flash-live-preview")).replace(
+        b'"setup"', b'"s\\u0065tup"'
+    )
+    setup = await client_says(meter, flow, original)
+    assert not setup.dropped and closes == []
+    assert json.loads(setup.content)["setup"]["model"] == "models/gemini-live-2.5-flash-preview"
+    await turn(meter, flow, TURN_USAGES[0])
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == (
+        "downgraded",
+        "gemini-3.1-flash-live-preview",
+        "gemini-live-2.5-flash-preview",
+    )
+
+
 async def test_a_blocked_model_is_refused_at_the_setup(meter: Meter, closes: list[tuple[Any, ...]]) -> None:
     meter._apply(parse_policies(RESTRICTED))
     flow = handshake()

@@ -279,6 +279,23 @@ async def test_downgrade_rewrites_the_start(meter: Meter, closes: list[tuple[Any
     )
 
 
+async def test_a_start_spelled_with_escapes_is_read(meter: Meter, closes: list[tuple[Any, ...]]) -> None:
+    """Any JSON parser reads ``"session.st\\u0061rt"`` as a start: its model is read and
+    downgraded, not the session refused for naming none."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake()
+    await open_session(meter, flow)
+    original = dumps(session_start("gpt-live-1.1", delegate_to=DELEGATE_MODEL))
+    escaped = original.replace(b'"session.start"', b'"session.st\\u0061rt"')
+    start = await client_says(meter, flow, escaped)
+    assert not start.dropped and closes == []
+    assert json.loads(start.content)["session"]["model"] == "gpt-live-1"
+    await server_says(meter, flow, session_started("gpt-live-1"))
+    await speak(meter, flow, 5)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == ("downgraded", "gpt-live-1.1", "gpt-live-1")
+
+
 async def test_a_start_after_a_start_the_server_refused_is_checked_too(
     meter: Meter, closes: list[tuple[Any, ...]]
 ) -> None:

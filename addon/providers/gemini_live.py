@@ -108,8 +108,9 @@ class Setup:
 
 
 def is_setup(data: bytes) -> bool:
-    """Cheap test: may this client message be a setup?"""
-    return b'"setup"' in data
+    """Cheap test: may this client message be a setup? One with a ``\\u`` escape may be, however
+    its bytes read (``"s\\u0065tup"`` is ``"setup"`` to any JSON parser)."""
+    return b'"setup"' in data or b"\\u" in data
 
 
 def read_setup(data: bytes) -> Setup | None:

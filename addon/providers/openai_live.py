@@ -96,8 +96,9 @@ class SessionUpdate:
 
 
 def may_start(data: bytes) -> bool:
-    """Cheap test: may this client message be a ``session.start``?"""
-    return _START in data
+    """Cheap test: may this client message be a ``session.start``? One with a ``\\u`` escape may
+    be, however its bytes read (``"session.st\\u0061rt"`` is one to any JSON parser)."""
+    return _START in data or b"\\u" in data
 
 
 def read_session_start(data: bytes) -> SessionStart | None:
