@@ -56,15 +56,7 @@ def meter(tmp_path: Path) -> Iterator[Meter]:
 
 @pytest.fixture
 def closes(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """The closes the addon asked for: (flow, code, reason)."""
-    found: list[tuple[Any, ...]] = []
-
-    def close(flow: http.HTTPFlow, code: int | None = None, reason: str | None = None) -> bool:
-        found.append((flow, code, reason))
-        return True
-
-    monkeypatch.setattr(meter, "_close_websocket", close)
-    return found
+    return websocket_hooks.closes_asked(meter, monkeypatch)
 
 
 def handshake(

@@ -59,6 +59,18 @@ def injected_events(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[dict[
     return sent
 
 
+def closes_asked(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """For a ``closes`` fixture: the closes the addon asks for, (flow, code, reason); none is made."""
+    found: list[tuple[Any, ...]] = []
+
+    def close(flow: http.HTTPFlow, code: int | None = None, reason: str | None = None) -> bool:
+        found.append((flow, code, reason))
+        return True
+
+    monkeypatch.setattr(meter, "_close_websocket", close)
+    return found
+
+
 def records(meter: Meter) -> list[CallRecord]:
     return meter.store.records  # type: ignore[union-attr]
 

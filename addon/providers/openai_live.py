@@ -35,7 +35,7 @@ from typing import Any
 
 from addon.providers import openai_realtime_mints, openai_responses_ws
 from addon.providers.openai_realtime_mints import NamedModels, live_places, read_models
-from addon.providers.values import loads, rewritten_value
+from addon.providers.values import SocketPaths, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
@@ -55,15 +55,7 @@ _NEEDLES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a provider serves Live's primary WebSocket (the handshake: ``GET`` with an upgrade)."""
-
-    paths: frozenset[str]
-
-    def matches(self, path: str) -> bool:
-        """Is ``path`` (without its query, doubled slashes merged) this endpoint's?"""
-        return path.rstrip("/") in self.paths
+Endpoint = SocketPaths  # where a provider serves Live's primary WebSocket
 
 
 OPENAI = Endpoint(frozenset({ROW_PATH}))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from addon.providers import openai_api
-from addon.providers.values import loads, rewritten_value
+from addon.providers.values import SocketPaths, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
@@ -39,15 +39,7 @@ _MAX_ERROR = 300
 _NEEDLES = (b'"usage"', b'"error"', b'response.created"', *(f'{kind}"'.encode() for kind in sorted(TERMINAL)))
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a provider serves Responses over WebSocket (the handshake: ``GET`` with an upgrade)."""
-
-    paths: frozenset[str]
-
-    def matches(self, path: str) -> bool:
-        """Is ``path`` (without its query) this endpoint's?"""
-        return path.rstrip("/") in self.paths
+Endpoint = SocketPaths  # where a provider serves Responses over WebSocket
 
 
 OPENAI = Endpoint(frozenset({ROW_PATH}))

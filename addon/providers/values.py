@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -65,3 +66,15 @@ def flavor_by_suffix(path: str, suffixes: Iterable[tuple[str, str]]) -> str | No
     """The flavor of the first ``(suffix, flavor)`` the bare ``path`` ends with, else None."""
     path = bare_path(path)
     return next((flavor for suffix, flavor in suffixes if path.endswith(suffix)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketPaths:
+    """Where a provider serves a WebSocket API at fixed paths (the handshake: ``GET`` with an
+    upgrade): OpenAI's Responses over WebSocket, OpenAI Live."""
+
+    paths: frozenset[str]
+
+    def matches(self, path: str) -> bool:
+        """Is ``path`` (without its query, doubled slashes merged) one of them?"""
+        return path.rstrip("/") in self.paths
