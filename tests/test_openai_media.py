@@ -575,3 +575,27 @@ def test_a_part_with_two_content_dispositions_makes_the_form_unreadable() -> Non
     ).encode()
     fields = read_form(body, f"multipart/form-data; boundary={b}")
     assert fields.model is None and fields.error is not None and "Content-Disposition" in fields.error
+
+
+def test_an_upload_walked_only_in_part_names_no_model() -> None:
+    """A model field read before the walk stopped short (a part's headers past what it reads, a
+    form with no closing delimiter) may not be the only one: a server reading on may take a later
+    model field (a form's last value, as Starlette's does). The WebRTC offer's reader already says
+    so; an image or transcription upload trusted the first."""
+    boundary = "b0undary-xyz"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1-mini'.encode()
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n'.encode()
+        + b"X-Pad: " + b"a" * 9000 + b"\r\n"
+        + b"\r\nx"
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1'.encode()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )  # fmt: skip
+    found = read_form(body, f"multipart/form-data; boundary={boundary}")
+    assert found.model is None and found.error is not None and "cut short or malformed" in found.error
+    whole, ctype = form([("model", b"gpt-image-1-mini", None), ("prompt", b"a cat", None)])
+    cut = whole[: whole.rindex(b"--b0undary-xyz--")] + (
+        b'--b0undary-xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1'
+    )
+    found = read_form(cut, ctype)
+    assert found.model is None and found.error is not None and "cut short or malformed" in found.error

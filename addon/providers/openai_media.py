@@ -463,7 +463,9 @@ def read_form(body: bytes, content_type: str) -> FormFields:
         return FormFields(text_bytes=text_bytes, error=walk.error, fields=fields)
     model, error = None, None
     distinct = list(dict.fromkeys(models))
-    if len(distinct) == 1 and 0 < len(distinct[0]) <= MAX_MODEL and "\ufffd" not in distinct[0]:
+    if models and not walk.complete:  # a server reading on may find another model field (its last wins)
+        error = "multipart body cut short or malformed: its model cannot be read"
+    elif len(distinct) == 1 and 0 < len(distinct[0]) <= MAX_MODEL and "\ufffd" not in distinct[0]:
         model = distinct[0]
     elif len(distinct) > 1:
         error = f"{len(distinct)} different model fields in the form: its model cannot be read"
