@@ -204,6 +204,7 @@ class CallState:
     responses_ws: bool = False  # an OpenAI Responses WebSocket handshake
     mint: str | None = None  # a Realtime session minted over HTTP: its kind (openai_realtime_mints)
     openai_live: bool = False  # an OpenAI Live WebSocket handshake (primary: session.start names the model)
+    live_sideband: str | None = None  # an OpenAI Live sideband's handshake: the session id it attaches to
 
     @property
     def opens_socket(self) -> bool:
@@ -758,6 +759,11 @@ class Meter:
                 if provider.openai_live is not None and provider.openai_live.matches(path):
                     self._start_handshake(flow, provider, host, tags_header, openai_live_ws=True)
                     return
+                if provider.openai_live is not None and (side := openai_live.sideband_session(path)):
+                    self._start_handshake(
+                        flow, provider, host, tags_header, openai_live_ws=True, sideband=side
+                    )
+                    return
         if (self._background or self._earlier_background) and (
             flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
         ):
@@ -842,10 +848,12 @@ class Meter:
         *,
         responses_ws: bool = False,
         openai_live_ws: bool = False,
+        sideband: str | None = None,
     ) -> None:
         """A WebSocket handshake, OpenAI Realtime's, (``live``) Gemini Live's, (``responses_ws``)
-        OpenAI Responses' or (``openai_live_ws``) OpenAI Live's: a call being started (attributed,
-        checked); its work is metered as the session runs (see websocket_message)."""
+        OpenAI Responses' or (``openai_live_ws``) OpenAI Live's (``sideband``: a sideband attached to
+        that session id, its row path the attach path): a call being started (attributed, checked);
+        its work is metered as the session runs (see websocket_message)."""
         path, _, query = flow.request.path.partition("?")
         headers = flow.request.headers
         if live is None:
@@ -856,7 +864,8 @@ class Meter:
             if responses_ws:
                 flavor, row_path = openai_responses_ws.FLAVOR, openai_responses_ws.ROW_PATH
             elif openai_live_ws:
-                flavor, row_path = openai_live.FLAVOR, openai_live.ROW_PATH
+                flavor = openai_live.FLAVOR
+                row_path = row_path if sideband is not None else openai_live.ROW_PATH
         else:
             key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
@@ -873,6 +882,7 @@ class Meter:
             live=live,
             responses_ws=responses_ws,
             openai_live=openai_live_ws,
+            live_sideband=sideband,
         )
 
     def _start_mint(
@@ -1129,8 +1139,9 @@ class Meter:
             return
         if state.live is not None or state.responses_ws or state.openai_live:
             # Live (Gemini's, OpenAI's) names its model in its first message, Responses in each
-            # response.create; a rate limit counts each session, and each create, not the socket.
-            counted = state.live is not None or state.openai_live
+            # response.create; a rate limit counts each session, and each create, not the socket
+            # (an OpenAI Live sideband's session was counted where it was set up).
+            counted = state.live is not None or (state.openai_live and state.live_sideband is None)
             await self._unnamed_model_handshake_request(flow, state, counted=counted)
             return
         if state.mint is not None:

@@ -234,6 +234,10 @@ class OpenAILiveSession(SocketSession):
     ``session.started``. A session that started and whose socket closed before ``session.closed``
     is one more row, aborted without usage: the seconds after its last report are unknown. Each
     delegated Responses call is a row of its own (billed apart, by tokens).
+
+    A sideband (``sideband``) joins a session running elsewhere: it sends no start, and runs from
+    its upgrade; its reports carry the session's whole total (the seconds before it attached too).
+    One attached to a session this proxy meters already (``bills`` False) bills nothing again.
     """
 
     start_seen: bool = False  # the first client message went by (checked, rewritten or refused)
@@ -244,19 +248,30 @@ class OpenAILiveSession(SocketSession):
     last_report: float = 0.0  # when the billed total was last reported (or the session started)
     reports: int = 0  # rows of seconds so far
     cap_reason: str | None = None  # capped: why (the close the proxy sends once the session closed)
+    session_id: str | None = None  # the Live session's id (session.started's; a sideband's path's)
+    sideband: bool = False  # a sideband (/attach): no start of its own, the session runs elsewhere
+    bills: bool = True  # False: a sideband of a session metered here already (never billed twice)
 
     def __post_init__(self) -> None:
         SocketSession.__post_init__(self)
         self.last_report = self.last_report or self.opened_at
+        if self.sideband:
+            self.start_seen = self.started = True  # it runs already: never a start to check
 
     def began(self, event: openai_live.Started, now: float) -> None:
-        """``session.started``: the session runs (and bills) from now."""
+        """``session.started``: the session runs (and bills) from now (``session.updated``: only
+        its model is read)."""
         self.model_reported = event.model or self.model_reported
-        if not self.started:
+        self.session_id = self.session_id or event.session_id
+        if not self.started and not event.updated:
             self.started, self.last_report = True, now
 
     def take(self, report: openai_live.UsageReport, now: float) -> RealtimeRow | None:
         """One usage report: a row of the seconds it adds to the billed total (None: it adds none)."""
+        self.model_reported = self.model_reported or report.model
+        if not self.bills:
+            self.closed = self.closed or report.final
+            return None
         if report.final:
             if report.seconds is None and self.started and not self.closed:
                 self.closed = True
@@ -272,8 +287,11 @@ class OpenAILiveSession(SocketSession):
         self.reports += 1
         return RealtimeRow(row)
 
-    def delegated(self, metered: Metered, now: float) -> RealtimeRow:
-        """A delegated Responses call ended: its row, priced by the model that served it."""
+    def delegated(self, metered: Metered, now: float) -> RealtimeRow | None:
+        """A delegated Responses call ended: its row, priced by the model that served it (None: a
+        sideband's of a session billed here already)."""
+        if not self.bills:
+            return None
         row = self._row(now, None, metered.model, model=None, action="allowed")
         row.api_flavor = openai_live.DELEGATED_FLAVOR
         row.service_tier = metered.service_tier
@@ -284,7 +302,7 @@ class OpenAILiveSession(SocketSession):
     def end(self, now: float, reason: str) -> list[RealtimeRow]:
         """The socket closed: a session that started and never reported its close is an aborted
         row without usage (what it billed after its last report is unknown)."""
-        if not self.started or self.closed:
+        if not self.started or self.closed or not self.bills:
             return []
         self.closed = True
         return [self._cut(now, reason)]

@@ -83,6 +83,11 @@ _GRACES: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = weakref
 # What the proxy injected to a client and the hook has not seen yet, in order (see _unsplice).
 _INJECTED: weakref.WeakKeyDictionary[http.HTTPFlow, list[bytes]] = weakref.WeakKeyDictionary()
 MAX_INJECTED = 64  # injected messages remembered per WebSocket at most
+# OpenAI Live sessions this proxy meters, by session id: the WebSocket that bills them (a primary,
+# from its session.started; or a sideband, when it is the only place the session is seen). A
+# sideband attached to one of them bills nothing again. Bounded (the oldest forgotten first).
+_LIVE_METERED: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
+MAX_LIVE_METERED = 1024
 
 
 class MeterSide(Protocol):
@@ -192,8 +197,14 @@ class SocketMeter:
                 )
             elif state.openai_live:
                 session = OpenAILiveSession(
-                    handshake=record, next_id=self._meter._next_call_id, opened_at=time.time()
+                    handshake=record,
+                    next_id=self._meter._next_call_id,
+                    opened_at=time.time(),
+                    session_id=state.live_sideband,
+                    sideband=state.live_sideband is not None,
                 )
+                if session.sideband:
+                    session.bills = self._bills_live(flow, state.live_sideband)
             elif state.responses_ws:
                 session = ResponsesSession(
                     handshake=record,
@@ -213,6 +224,21 @@ class SocketMeter:
             record.error += f"answered {flow.response.status_code} without upgrading to a WebSocket"
         record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
         self._meter._submit(record)
+
+    @staticmethod
+    def _bills_live(flow: http.HTTPFlow, session_id: str | None) -> bool:
+        """Does ``flow`` bill the OpenAI Live session ``session_id``? Not if another WebSocket this
+        proxy follows does already; otherwise it does from now on (remembered)."""
+        if session_id is None:
+            return False
+        billing = _LIVE_METERED.get(session_id)
+        if billing is not None and billing is not flow:
+            return False
+        if billing is None:
+            while len(_LIVE_METERED) >= MAX_LIVE_METERED:
+                _LIVE_METERED.pop(next(iter(_LIVE_METERED)), None)
+            _LIVE_METERED[session_id] = flow
+        return True
 
     def session(self, flow: http.HTTPFlow) -> SocketSession | None:
         """``flow``'s session, taking over one the Meter before a script reload left open."""
@@ -539,14 +565,17 @@ class SocketMeter:
             return
         event = await self._off_loop(openai_live.read_server_event, data)
         now = time.time()
+        row = None
         if isinstance(event, openai_live.Started):
             session.began(event, now)
+            if not session.sideband and session.session_id is not None and not event.updated:
+                self._bills_live(flow, session.session_id)  # its sidebands bill nothing again
         elif isinstance(event, openai_live.UsageReport):
             row = session.take(event, now)
-            if row is not None:
-                self._record_realtime(row)
         elif isinstance(event, openai_live.Delegated):
-            self._record_realtime(session.delegated(event.metered, now))
+            row = session.delegated(event.metered, now)
+        if row is not None:
+            self._record_realtime(row)
 
     async def _openai_live_start(
         self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage
@@ -760,6 +789,9 @@ class SocketMeter:
         grace = self._graces.pop(flow, None)
         if grace is not None:
             grace.cancel()
+        live_id = session.session_id if isinstance(session, OpenAILiveSession) else None
+        if live_id is not None and _LIVE_METERED.get(live_id) is flow:
+            del _LIVE_METERED[live_id]
         for row in session.end(time.time(), reason):
             self._record_realtime(row, now=now)
 

@@ -25,6 +25,13 @@ Tests steer a session with handshake headers (they pass through the proxy):
   answered with the first half of such a delta and nothing more (the server stalls mid-message);
 - ``X-Test-Tag``: a label to find the session again.
 
+A sideband, ``/v1/live/sessions/{id}/attach`` (the SDK's ``client.live.sideband.connect()``),
+stands for a server attached to a WebRTC or SIP session whose media never reach this server: a
+client ``session.update`` is answered with ``session.updated`` (the resolved session, its model
+``MODEL`` and the delegation as updated); the first time, the session's usage reports follow, one
+per total in ``X-Fake-Seconds`` (the media running elsewhere); a ``session.close`` is answered with
+``session.closed`` (``X-Fake-Final-Seconds``) and the close (1000).
+
 Every handshake is recorded, and for each session the client's events (parsed) and the exact bytes
 of every message sent to it.
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +51,7 @@ from fake_websocket import FakeWebSocketServer, dumps, lower_headers
 from websockets.asyncio.server import ServerConnection
 
 PATH = "/v1/live/sessions"
+ATTACH = re.compile(r"^/v1/live/sessions/([^/?]+)/attach(?:\?.*)?$")
 MODEL = "gpt-live-1"
 REPORT_EVERY = 2  # client audio appends per usage report
 # Cumulative billed seconds, one total per report: the second report says the same total again.
@@ -95,15 +104,42 @@ def session_resource(model: str = MODEL, session_id: str = "live_fake123") -> di
     }
 
 
-def session_started(model: str = MODEL, client_event_id: str | None = "event_start") -> dict[str, Any]:
+def session_started(
+    model: str = MODEL, client_event_id: str | None = "event_start", session_id: str = "live_fake123"
+) -> dict[str, Any]:
     event: dict[str, Any] = {
         "type": "session.started",
         "event_id": "event_s1",
-        "session": session_resource(model),
+        "session": session_resource(model, session_id),
     }
     if client_event_id is not None:
         event["client_event_id"] = client_event_id
     return event
+
+
+def session_updated(
+    model: str = MODEL,
+    session_id: str = "live_fake123",
+    client_event_id: str | None = None,
+    delegation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``session.updated``: an update accepted, with the resolved session."""
+    session = session_resource(model, session_id)
+    if delegation is not None:
+        session["delegation"] = delegation
+    event: dict[str, Any] = {"type": "session.updated", "event_id": "event_su1", "session": session}
+    if client_event_id is not None:
+        event["client_event_id"] = client_event_id
+    return event
+
+
+def delegation_update(model: str, event_id: str = "event_upd") -> dict[str, Any]:
+    """A client ``session.update`` changing the delegation's Responses model."""
+    return {
+        "type": "session.update",
+        "event_id": event_id,
+        "session": {"delegation": {"type": "responses", "responses": {"model": model}}},
+    }
 
 
 def usage_updated(seconds: float, n: int = 1) -> dict[str, Any]:
@@ -116,13 +152,15 @@ def usage_updated(seconds: float, n: int = 1) -> dict[str, Any]:
     }
 
 
-def session_closed(seconds: float, reason: str = "close_requested", model: str = MODEL) -> dict[str, Any]:
+def session_closed(
+    seconds: float, reason: str = "close_requested", model: str = MODEL, session_id: str = "live_fake123"
+) -> dict[str, Any]:
     """The terminal ``session.closed``: the close reason and the final cumulative usage."""
     return {
         "type": "session.closed",
         "event_id": "event_closed",
         "reason": reason,
-        "session": session_resource(model),
+        "session": session_resource(model, session_id),
         "usage": {"seconds": seconds},
     }
 
@@ -238,11 +276,25 @@ class FakeOpenAILive(FakeWebSocketServer):
             ws.transport.write(frame[: len(frame) // 2])
             return frame[len(frame) // 2 :]
 
+        attached = ATTACH.match(ws.request.path)
         try:
             async for raw in ws:
                 event = json.loads(raw)
                 session.received.append(event)
                 kind = event.get("type")
+                if attached is not None:  # a sideband of a session whose media run elsewhere
+                    session_id = attached.group(1)
+                    if kind == "session.update":
+                        delegation = (event.get("session") or {}).get("delegation")
+                        await send(session_updated(MODEL, session_id, event.get("event_id"), delegation))
+                        for total in totals if reports == 0 else []:
+                            reports += 1
+                            await send(usage_updated(total, reports))
+                    elif kind == "session.close":
+                        await send(session_closed(final, session_id=session_id))
+                        await ws.close(1000)
+                        break
+                    continue
                 if rest is not None:
                     ws.transport.write(rest)
                     rest = None

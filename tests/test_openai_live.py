@@ -18,6 +18,7 @@ from fake_openai_live import (
     session_closed,
     session_start,
     session_started,
+    session_updated,
     transcript_delta,
     usage_updated,
 )
@@ -40,7 +41,7 @@ def test_the_primary_websocket_path(path: str) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1/live/sessions/live_123/attach",  # a sideband: the same session's events, observed
+        "/v1/live/sessions/live_123/attach",  # a sideband (see sideband_session)
         "/v1/live/sessions/live_123/fork",
         "/v1/realtime",
         "/v1/live",
@@ -50,6 +51,25 @@ def test_the_primary_websocket_path(path: str) -> None:
 )
 def test_other_paths_are_not_primary_sessions(path: str) -> None:
     assert not openai_live.OPENAI.matches(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "session_id"),
+    [
+        ("/v1/live/sessions/live_123/attach", "live_123"),
+        ("/v1/live/sessions/live_123/attach/", "live_123"),
+        ("/v1/live/sessions/live%5F123/attach", "live_123"),  # as the server reads it
+        ("/v1/live/sessions/live_123/fork", None),
+        ("/v1/live/sessions/attach", None),
+        ("/v1/live/sessions//attach", None),
+        ("/v1/live/sessions/a%2Fb/attach", None),
+        (f"/v1/live/sessions/{'x' * 300}/attach", None),
+        ("/v1/live/sessions/live_123/attach/more", None),
+        (PATH, None),
+    ],
+)
+def test_a_sidebands_path_names_its_session(path: str, session_id: str | None) -> None:
+    assert openai_live.sideband_session(path) == session_id
 
 
 def test_the_registry_serves_live_on_openai_only() -> None:
@@ -245,7 +265,16 @@ def test_a_usage_report_is_the_cumulative_total() -> None:
 def test_session_closed_carries_the_final_total_and_the_reason() -> None:
     data = dumps(session_closed(61, reason="expired"))
     assert openai_live.might_matter(data)
-    assert openai_live.read_server_event(data) == openai_live.UsageReport(61.0, final=True, reason="expired")
+    assert openai_live.read_server_event(data) == openai_live.UsageReport(
+        61.0, final=True, reason="expired", model="gpt-live-1"
+    )
+
+
+def test_session_updated_names_the_model() -> None:
+    """A sideband may see no session.started: session.updated's resolved session names the model."""
+    data = dumps(session_updated("gpt-live-1", "live_rtc"))
+    assert openai_live.might_matter(data)
+    assert openai_live.read_server_event(data) == openai_live.Started("gpt-live-1", "live_rtc", updated=True)
 
 
 @pytest.mark.parametrize(

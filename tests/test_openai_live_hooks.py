@@ -18,10 +18,12 @@ from fake_openai_live import (
     PATH,
     audio_append,
     delegated,
+    delegation_update,
     output_audio,
     session_closed,
     session_start,
     session_started,
+    session_updated,
     transcript_delta,
     usage_updated,
 )
@@ -609,20 +611,173 @@ async def test_a_rate_limit_refuses_the_handshake(meter: Meter) -> None:
     assert (row.action, row.status_code, row.api_flavor) == ("rate_limited", 429, "live")
 
 
-async def test_other_paths_are_not_sessions(meter: Meter, caplog: pytest.LogCaptureFixture) -> None:
-    """A sideband or a fork passes unmetered, and the log says so; a primary session is metered."""
+async def test_a_fork_is_not_a_session(meter: Meter, caplog: pytest.LogCaptureFixture) -> None:
+    """A fork passes unmetered, and the log says so; a primary session or a sideband is followed."""
     caplog.set_level(logging.WARNING, "tokometer")
-    flow = handshake()
-    await open_session(meter, flow)
-    meter.websocket_start(flow)
-    assert "passes unmetered" not in caplog.text
-    for path in ("/v1/live/sessions/live_1/attach", "/v1/live/sessions/live_1/fork"):
+    for path in (PATH, sideband_path("live_1")):
         flow = handshake(path)
         await open_session(meter, flow)
-        assert meter.call_state(flow) is None and meter.sockets.session(flow) is None
+        assert meter.sockets.session(flow) is not None
         meter.websocket_start(flow)
-        assert f"a WebSocket to {HOST}{path} passes unmetered" in caplog.text
+    assert "passes unmetered" not in caplog.text
+    path = "/v1/live/sessions/live_1/fork"
+    flow = handshake(path)
+    await open_session(meter, flow)
+    assert meter.call_state(flow) is None and meter.sockets.session(flow) is None
+    meter.websocket_start(flow)
+    assert f"a WebSocket to {HOST}{path} passes unmetered" in caplog.text
     assert records(meter) == []
+
+
+def sideband_path(session_id: str) -> str:
+    return f"/v1/live/sessions/{session_id}/attach"
+
+
+async def attached(meter: Meter, session_id: str) -> http.HTTPFlow:
+    """A sideband opened (upgraded) to the session ``session_id``."""
+    flow = handshake(sideband_path(session_id))
+    await open_session(meter, flow)
+    assert flow.websocket is not None and meter.sockets.session(flow) is not None
+    return flow
+
+
+async def test_a_sideband_update_naming_a_disallowed_delegation_model_is_downgraded_or_refused(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    """A server attached to a session may change its delegation's model: checked against the
+    allowlist of the sideband's environment, as a primary's session.update is."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = await attached(meter, "live_side_upd")
+    sent = await client_says(meter, flow, delegation_update("gpt-5"))
+    assert not sent.dropped
+    assert sent.content == dumps(delegation_update("gpt-5")).replace(b'"gpt-5"', b'"gpt-5-mini"')
+    meter._apply(parse_policies(BLOCKING))
+    refused = await client_says(meter, flow, delegation_update("gpt-5"))
+    assert refused.dropped and closes == []
+    [(to_client, event)] = injected
+    assert to_client and event["client_event_id"] == "event_upd"
+    assert (event["error"]["code"], event["error"]["param"]) == (
+        "model_not_allowed",
+        "session.delegation.responses.model",
+    )
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.model_requested, row.model_sent) == (
+        "blocked",
+        403,
+        "gpt-5",
+        None,
+    )
+    assert (row.api_flavor, row.path, row.environment) == (
+        "live",
+        sideband_path("live_side_upd"),
+        "development",
+    )
+    assert (row.cost_usd, row.price_status) == (Decimal(0), "not_billed")
+    assert not (await client_says(meter, flow, {"type": "response.create"})).dropped  # it goes on
+
+
+async def test_a_sideband_of_a_session_not_seen_here_is_metered(meter: Meter) -> None:
+    """A WebRTC or SIP session's media never pass the proxy: its sideband's usage reports are the
+    only place its seconds are seen, metered as a primary's are (one row per increase)."""
+    flow = await attached(meter, "live_webrtc1")
+    await server_says(meter, flow, session_updated("gpt-live-1", "live_webrtc1"))
+    for n, total in enumerate((3, 3, 8), 1):
+        report = await server_says(meter, flow, usage_updated(total, n))
+        assert not report.dropped and report.content == dumps(usage_updated(total, n))
+    closed = await server_says(meter, flow, session_closed(11, session_id="live_webrtc1"))
+    assert not closed.dropped
+    rows = records(meter)
+    assert [row.audio_seconds for row in rows] == [3, 5, 3]
+    for row in rows:
+        assert (row.api_flavor, row.path, row.status_code, row.model_reported) == (
+            "live",
+            sideband_path("live_webrtc1"),
+            101,
+            "gpt-live-1",
+        )
+        assert (row.environment, row.team, row.aborted) == ("development", "voice", False)
+        assert row.key_fingerprint == key_fingerprint(KEY)
+    flow.websocket.close_code = 1000  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    assert len(records(meter)) == 3
+    # A sideband that leaves before session.closed: the seconds after its last report are unknown.
+    flow = await attached(meter, "live_webrtc2")
+    await server_says(meter, flow, usage_updated(4))
+    flow.websocket.close_code = 1000  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    first, cut = records(meter)[3:]
+    assert (first.audio_seconds, cut.aborted, cut.usage) == (4, True, None)
+
+
+async def test_a_sideband_of_a_session_metered_here_is_not_billed_again(meter: Meter) -> None:
+    """The primary WebSocket of the session passes this proxy (its session.started named the id):
+    the sideband's reports of the same seconds are not billed twice, nor its delegated calls; after
+    a script reload too. A second sideband of a session metered by a first one is not billed either."""
+    primary = await started(meter)  # session.started: live_fake123
+    side = await attached(meter, "live_fake123")
+    await server_says(meter, side, usage_updated(3))
+    await server_says(meter, side, delegated("response.completed", "completed", DELEGATED_USAGE))
+    assert records(meter) == []
+    await speak(meter, primary, 3)
+    [row] = records(meter)
+    assert (row.path, row.audio_seconds) == (PATH, 3)
+    meter.done()  # mitmproxy reloads the script
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    late = await attached(new, "live_fake123")
+    await server_says(new, late, usage_updated(5, 2))
+    await server_says(new, side, session_closed(6))
+    side.websocket.close_code = late.websocket.close_code = 1000  # type: ignore[union-attr]
+    new.websocket_end(side)
+    new.websocket_end(late)
+    assert records(new) == []
+    first = await attached(new, "live_webrtc3")
+    second = await attached(new, "live_webrtc3")
+    await server_says(new, first, usage_updated(2))
+    await server_says(new, second, usage_updated(2))
+    assert [row.audio_seconds for row in records(new)] == [2]
+
+
+async def test_a_spent_budget_refuses_a_sideband_and_caps_one_attached(
+    meter: Meter, closes: list[tuple[Any, ...]], injected: list[tuple[bool, dict[str, Any]]]
+) -> None:
+    """A sideband may ask for billed work (response.create, decision.create): once a budget of its
+    environment is spent, its next event goes upstream as a session.close, as a primary's does; a
+    new sideband is refused at its handshake (429)."""
+    meter._apply(parse_policies(BUDGETED))
+    flow = await attached(meter, "live_webrtc4")
+    await server_says(meter, flow, session_updated("gpt-live-1", "live_webrtc4"))
+    await server_says(meter, flow, usage_updated(3))
+    [row] = records(meter)
+    assert (row.price_status, row.cost_usd) == ("priced", Decimal("0.0025"))
+    create = await client_says(meter, flow, {"type": "response.create", "event_id": "event_rc"})
+    assert json.loads(create.content) == {"type": "session.close"}
+    [(to_client, error)] = injected
+    assert to_client and error["error"]["code"] == "budget_exceeded"
+    assert (await client_says(meter, flow, {"type": "response.create"})).dropped
+    refused = handshake(sideband_path("live_webrtc4"))
+    await open_session(meter, refused)
+    assert refused.response.status_code == 429 and refused.websocket is None  # type: ignore[union-attr]
+    assert json.loads(refused.response.content)["error"]["code"] == "budget_exceeded"  # type: ignore[union-attr]
+    last = records(meter)[-1]
+    assert (last.action, last.status_code, last.path) == ("over_budget", 429, sideband_path("live_webrtc4"))
+
+
+async def test_a_rate_limit_refuses_a_sideband_without_counting_it(meter: Meter) -> None:
+    """A sideband's session was counted where it was set up: a sideband is refused once the limit
+    is reached, but is not one of its requests."""
+    meter._apply(parse_policies("environments:\n  development:\n    rate_limit: {requests_per_minute: 1}\n"))
+    first, second = handshake(sideband_path("live_rl")), handshake(sideband_path("live_rl"))
+    await open_session(meter, first)
+    await open_session(meter, second)
+    assert first.websocket is not None and second.websocket is not None and records(meter) == []
+    primary, side = handshake(), handshake(sideband_path("live_rl"))
+    await open_session(meter, primary)
+    await open_session(meter, side)
+    assert primary.websocket is not None and side.websocket is None
+    assert side.response.status_code == 429  # type: ignore[union-attr]
+    [row] = records(meter)
+    assert (row.action, row.status_code, row.path) == ("rate_limited", 429, sideband_path("live_rl"))
 
 
 async def test_a_session_open_when_the_script_reloads_is_finished_by_the_new_addon(meter: Meter) -> None:

@@ -14,8 +14,13 @@ close ``reason``. The Responses calls a session delegates to (``delegation.type:
 billed apart, by tokens at their model's prices; their usage comes nested in ``response.event``
 events, as a Responses stream reports it (``response.completed`` and the other terminal events).
 
-Not primary sessions (other paths): a sideband ``/v1/live/sessions/{id}/attach`` observes a session
-that is billed on its own transport, a fork ``/v1/live/sessions/{id}/fork`` starts from a stored one.
+A sideband, ``/v1/live/sessions/{id}/attach`` (the SDK's ``client.live.sideband.connect()``), is a
+server's WebSocket to a session running on another transport (the primary WebSocket, WebRTC, SIP):
+it never sends ``session.start``, but may send ``session.update`` (the delegation's model),
+``response.create``, ``decision.create``, ``session.close``...; it receives the session's events,
+``session.usage.updated`` and ``session.closed`` included (the SDK's ``ConnectClientEvent`` and
+``ConnectServerEvent``). Not a session here: a fork ``/v1/live/sessions/{id}/fork`` starts from a
+stored one.
 
 Speed: audio travels as base64 in JSON events of KBs, many a second, both ways. A server message is
 decoded only if a C-speed look says it may matter: a ``*.delta`` type in its first bytes says it
@@ -32,6 +37,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from addon.providers import openai_realtime_mints, openai_responses_ws
 from addon.providers.openai_realtime_mints import NamedModels, live_places, read_models
@@ -49,6 +55,7 @@ _START = b'"session.start"'
 _CLOSE = b'"session.close"'
 _NEEDLES = (
     b'session.started"',
+    b'session.updated"',
     b'session.usage.updated"',
     b'session.closed"',
     *(f'{kind}"'.encode() for kind in sorted(openai_responses_ws.TERMINAL)),
@@ -59,6 +66,18 @@ Endpoint = SocketPaths  # where a provider serves Live's primary WebSocket
 
 
 OPENAI = Endpoint(frozenset({ROW_PATH}))
+_ATTACH = re.compile(r"/v1/live/sessions/([^/]+)/attach/?")
+MAX_SESSION_ID = 256  # characters: a longer id is no session's (its sideband passes unfollowed)
+
+
+def sideband_session(path: str) -> str | None:
+    """The session id a sideband's path names (``/v1/live/sessions/{id}/attach``, without its query,
+    doubled slashes merged; percent-decoded, as the server reads it), else None. Never raises."""
+    found = _ATTACH.fullmatch(path)
+    if found is None:
+        return None
+    session_id = unquote(found.group(1))
+    return session_id if 0 < len(session_id) <= MAX_SESSION_ID and "/" not in session_id else None
 
 
 # --- client events -------------------------------------------------------------------------------
@@ -184,10 +203,12 @@ def error_event(
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """``session.started``: the resolved model, and the session's id."""
+    """``session.started`` (``updated``: ``session.updated``, an update accepted): the resolved
+    model, and the session's id."""
 
     model: str | None
     session_id: str | None
+    updated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +219,7 @@ class UsageReport:
     seconds: float | None
     final: bool = False
     reason: str | None = None
+    model: str | None = None  # the final one's resolved session's model
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,15 +247,18 @@ def read_server_event(data: bytes) -> ServerEvent | None:
     if not isinstance(obj, dict):
         return None
     kind = obj.get("type")
-    if kind == "session.started":
-        session = obj.get("session")
-        session = session if isinstance(session, dict) else {}
-        return Started(_str(session.get("model")), _str(session.get("id")))
+    session = obj.get("session")
+    session = session if isinstance(session, dict) else {}
+    if kind in ("session.started", "session.updated"):
+        return Started(_str(session.get("model")), _str(session.get("id")), kind == "session.updated")
     if kind == "session.usage.updated":
         seconds = _seconds(obj.get("usage"))
         return UsageReport(seconds) if seconds is not None else None
     if kind == "session.closed":
-        return UsageReport(_seconds(obj.get("usage")), final=True, reason=_str(obj.get("reason")))
+        seconds = _seconds(obj.get("usage"))
+        return UsageReport(
+            seconds, final=True, reason=_str(obj.get("reason")), model=_str(session.get("model"))
+        )
     if kind == "response.event":
         nested = obj.get("event")
         found = openai_responses_ws.event_of(nested, data) if isinstance(nested, dict) else None
