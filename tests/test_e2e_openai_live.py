@@ -292,6 +292,80 @@ def test_delegated_responses_calls_are_billed_apart(oproxy: ProxyProcess, live: 
     assert sorted(r["audio_seconds"] for r in rows if r["api_flavor"] == "live") == [3, 8]
 
 
+def attach(proxy: ProxyProcess, session_id: str, *steps: str, env: str, t: str) -> list[dict[str, Any]]:
+    """Run the SDK's sideband (``client.live.sideband.connect()``) through the proxy; its JSON lines."""
+    headers = {"Authorization": f"Bearer {KEY}", **tagged_headers(env, t)}
+    code, lines = run_json_client(
+        proxy,
+        "openai_live_sideband_client.py",
+        "--session-id",
+        session_id,
+        "--headers",
+        json.dumps(headers),
+        *steps,
+    )
+    assert code == 0 and lines[-1] == {"event": "done"}, lines
+    return lines
+
+
+def test_a_sideband_of_a_session_not_seen_here_is_checked_and_metered(
+    oproxy: ProxyProcess, live: FakeOpenAILive
+) -> None:
+    """A server attached to a WebRTC session (its media never pass the proxy): its session.update
+    naming a disallowed delegation model goes upstream downgraded, and the session's usage reports,
+    seen only on the sideband, are metered as a primary's (3, 5, then 3 s at the close), priced by
+    the model session.updated names; every message reaches it byte for byte."""
+    t = tag()
+    session_id = f"live_rtc_{t}"
+    lines = attach(oproxy, session_id, "update:gpt-5", "listen:3", "close", env="restricted", t=t)
+    session = session_of(live, t)
+    assert session.path == f"{PATH}/{session_id}/attach"
+    assert [e["type"] for e in session.received] == ["session.update", "session.close"]
+    assert session.received[0]["session"]["delegation"]["responses"]["model"] == "gpt-5-mini"
+    got = received(lines)
+    assert [line["sha256"] for line in got] == [hashlib.sha256(d).hexdigest() for d in session.sent]
+    rows = rows_for(oproxy, t, 3)
+    for row in rows:
+        assert (row["api_flavor"], row["path"], row["status_code"]) == ("live", session.path, 101)
+        assert (row["environment"], row["model_reported"], row["price_status"]) == (
+            "restricted",
+            "gpt-live-1",
+            "priced",
+        )
+        assert row["key_fingerprint"] == key_fingerprint(KEY) and row["aborted"] is False
+    assert [row["audio_seconds"] for row in rows] == [3, 5, 3]
+    assert [row["cost_usd"] for row in rows] == [seconds_cost(3), seconds_cost(5), seconds_cost(3)]
+
+
+def test_a_sidebands_blocked_update_is_refused(oproxy: ProxyProcess, live: FakeOpenAILive) -> None:
+    """The update never goes upstream: the sideband gets Live's error event, a row not billed; the
+    session goes on, and its final total (session.closed, naming the model) is metered."""
+    t = tag()
+    lines = attach(oproxy, f"live_rtc_{t}", "update:gpt-5", "close", env="blocked", t=t)
+    session = session_of(live, t)
+    assert [e["type"] for e in session.received] == ["session.close"]
+    error = received(lines)[0]
+    assert error["type"] == "error" and error["data"]["client_event_id"] == "event_upd"
+    assert (error["data"]["error"]["code"], error["data"]["error"]["param"]) == (
+        "model_not_allowed",
+        "session.delegation.responses.model",
+    )
+    rows = rows_for(oproxy, t, 2)  # the seconds' row starts at the attach, before the refusal
+    [refused] = [row for row in rows if row["action"] == "blocked"]
+    [seconds] = [row for row in rows if row["action"] == "allowed"]
+    assert (refused["action"], refused["status_code"], refused["model_requested"]) == (
+        "blocked",
+        403,
+        "gpt-5",
+    )
+    assert (refused["cost_usd"], refused["price_status"]) == (Decimal(0), "not_billed")
+    assert (seconds["audio_seconds"], seconds["model_reported"], seconds["cost_usd"]) == (
+        11,
+        "gpt-live-1",
+        seconds_cost(11),
+    )
+
+
 def test_the_proxy_logged_no_traceback(oproxy: ProxyProcess) -> None:
     """Nothing above left the proxy in a bad state: it still runs and logged no traceback."""
     assert oproxy.alive()
