@@ -568,7 +568,7 @@ class SocketMeter:
         row = None
         if isinstance(event, openai_live.Started):
             session.began(event, now)
-            if not session.sideband and session.session_id is not None and not event.updated:
+            if not session.sideband and session.session_id is not None:
                 self._bills_live(flow, session.session_id)  # its sidebands bill nothing again
         elif isinstance(event, openai_live.UsageReport):
             row = session.take(event, now)
