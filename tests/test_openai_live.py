@@ -405,3 +405,56 @@ def test_live_messages_never_raise(data: bytes, model: str) -> None:
         return
     start = openai_live.read_session_start(rewritten)
     assert start is not None and start.model == (model.strip() or None)
+
+
+# --- the answer to a Live set-up over HTTP (WebRTC, SIP) ------------------------------------------
+
+WEBRTC_ANSWER = {"session": {"id": "live_rtc_42"}, "transport": {"type": "webrtc", "sdp": "v=0\r\n"}}
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "wanted"),
+    [
+        (PATH, dumps(WEBRTC_ANSWER), openai_live.SetUp("live_rtc_42")),  # the SDK's LiveCreateResponse
+        ("/v1/live/sessions?x=1", dumps(WEBRTC_ANSWER), openai_live.SetUp("live_rtc_42")),
+        (  # an answer naming the resolved model too (the SDK's has none): read
+            PATH,
+            dumps({"session": {"id": "live_rtc_42", "model": "gpt-live-1"}, "transport": {}}),
+            openai_live.SetUp("live_rtc_42", "gpt-live-1"),
+        ),
+        ("/v1/live/sessions/live_sip_7/accept", b"", openai_live.SetUp("live_sip_7")),  # answered empty
+        ("/v1/live/sessions/live%5Fsip_7/accept/", b"", openai_live.SetUp("live_sip_7")),
+        ("/v1/live/sessions/a%2Fb/accept", b"", None),
+        (f"/v1/live/sessions/{'x' * 300}/accept", b"", None),
+        (PATH, dumps({"session": {"id": "x" * 300}}), None),
+        (PATH, dumps({"session": {"id": 7}}), None),
+        (PATH, dumps({"session": {"id": ""}}), None),
+        (PATH, dumps({"session": "live_rtc_42"}), None),
+        (PATH, dumps({"id": "live_rtc_42"}), None),
+        (PATH, b"", None),
+        (PATH, b"\xff not json", None),
+        (PATH, dumps({"session": {"id": "live_rtc_42", "model": "m" * 300}}), openai_live.SetUp("live_rtc_42")),
+        ("/v1/live/sessions/live_1/fork", dumps(WEBRTC_ANSWER), None),
+    ],
+)
+def test_a_live_setups_answer_names_its_session(
+    path: str, answer: bytes, wanted: openai_live.SetUp | None
+) -> None:
+    assert openai_live.read_setup_answer(path, answer) == wanted
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([PATH, "/v1/live/sessions/live_sip_7/accept"]),
+    st.one_of(
+        st.binary(max_size=64),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+            max_leaves=8,
+        ).map(lambda value: json.dumps({"session": value}).encode()),
+    ),
+)
+def test_reading_a_setups_answer_never_raises(path: str, answer: bytes) -> None:
+    found = openai_live.read_setup_answer(path, answer)
+    assert found is None or (0 < len(found.session_id) <= openai_live.MAX_SESSION_ID)

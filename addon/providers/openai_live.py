@@ -40,8 +40,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from addon.providers import openai_realtime_mints, openai_responses_ws
-from addon.providers.openai_realtime_mints import NamedModels, live_places, read_models
-from addon.providers.values import SocketPaths, loads, rewritten_value
+from addon.providers.openai_realtime_mints import MAX_MODEL, NamedModels, live_places, read_models
+from addon.providers.values import SocketPaths, bare_path, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
@@ -76,8 +76,46 @@ def sideband_session(path: str) -> str | None:
     found = _ATTACH.fullmatch(path)
     if found is None:
         return None
-    session_id = unquote(found.group(1))
-    return session_id if 0 < len(session_id) <= MAX_SESSION_ID and "/" not in session_id else None
+    return _session_id(unquote(found.group(1)))
+
+
+_ACCEPT = re.compile(r"/v1/live/sessions/([^/]+)/accept/?")
+
+
+@dataclass(frozen=True, slots=True)
+class SetUp:
+    """A Live session set up over HTTP (WebRTC, SIP) and answered 2xx: its id, and the model the
+    answer names (None: none; the SDK's answer names none, the set-up's request does)."""
+
+    session_id: str
+    model: str | None = None
+
+
+def _session_id(value: object) -> str | None:
+    """A session id as a path or an answer gives it: 1 to MAX_SESSION_ID characters, no slash."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SESSION_ID or "/" in value:
+        return None
+    return value
+
+
+def read_setup_answer(path: str, data: bytes) -> SetUp | None:
+    """The session a Live set-up's 2xx answer opened: a SIP accept's is its path's
+    (``/v1/live/sessions/{id}/accept``, answered with no body); a WebRTC one's
+    (``POST /v1/live/sessions``) is its answer's ``session.id`` (the SDK's ``LiveCreateResponse``:
+    ``{"session": {"id": ...}, "transport": {"type": "webrtc", "sdp": ...}}``). A ``session.model``
+    in the answer is read too. None: no session named. Never raises."""
+    path = bare_path(path)
+    accepted = _ACCEPT.fullmatch(path)
+    if accepted is None and path != ROW_PATH:
+        return None
+    obj = loads(data) if data else None
+    session = obj.get("session") if isinstance(obj, dict) else None
+    session = session if isinstance(session, dict) else {}
+    found = _session_id(unquote(accepted.group(1)) if accepted is not None else session.get("id"))
+    if found is None:
+        return None
+    model = _str(session.get("model"))
+    return SetUp(found, model if model is not None and len(model) <= MAX_MODEL else None)
 
 
 # --- client events -------------------------------------------------------------------------------
