@@ -72,7 +72,7 @@ from addon.providers.openai_media import (
 )
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
-from addon.socket_metering import SocketMeter
+from addon.socket_metering import SocketMeter, remember_live_setup
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_usage
@@ -205,6 +205,7 @@ class CallState:
     mint: str | None = None  # a Realtime session minted over HTTP: its kind (openai_realtime_mints)
     openai_live: bool = False  # an OpenAI Live WebSocket handshake (primary: session.start names the model)
     live_sideband: str | None = None  # an OpenAI Live sideband's handshake: the session id it attaches to
+    live_setup_model: str | None = None  # an OpenAI Live set-up (a mint): the session's model as sent
 
     @property
     def opens_socket(self) -> bool:
@@ -351,6 +352,9 @@ def _asks_for_websocket(headers: http.Headers) -> bool:
         for value in headers.get_all("upgrade")
         for token in value.split(",")
     )
+
+
+_LIVE_MODEL = ("session", "model")  # where a Live set-up names its session's model
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:
@@ -1325,11 +1329,29 @@ class Meter:
                 decision = dataclasses.replace(decision, action="downgraded", notice=notice)
         if self._answer_if_refused(flow, state, decision):
             return
+        if kind in openai_realtime_mints.LIVE_KINDS and primary is not None and primary.where == _LIVE_MODEL:
+            state.live_setup_model = primary_sent  # its sidebands' rows are priced by it (_end_mint)
         if new_body is not body and new_body is not None:
             size = len(flow.request.raw_content or b"")
             flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
             record.model_sent, state.notice = primary_sent, decision.notice
             log.info("tokometer: session set up at %s: %s", record.path, decision.notice)
+
+    async def _remember_live_setup(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """An OpenAI Live set-up answered 2xx: the session it opened (its answer's id, or an accept's
+        path's) is remembered with its model (the answer's, else the one this proxy sent), so that a
+        sideband attached to it prices its usage before the server names the model there."""
+        response = flow.response
+        if state.refusal is not None or response is None or not 200 <= response.status_code < 300:
+            return
+        try:
+            content = response.get_content() or b""
+        except ValueError:
+            content = b""  # an accept's id is in its path; a WebRTC answer's is not read
+        read = functools.partial(openai_live.read_setup_answer, state.record.path)
+        found = await _off_loop_if_large(read, content)
+        if found is not None:
+            remember_live_setup(found.session_id, found.model or state.live_setup_model)
 
     def _end_mint(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
         """A mint is answered. Minted (2xx, 3xx): no row, as an upgraded Realtime handshake has none:
@@ -1681,6 +1703,8 @@ class Meter:
             self.sockets.end_handshake(flow, state, aborted=False)
             return
         if state.mint is not None:
+            if state.live_setup_model is not None:
+                await self._remember_live_setup(flow, state)
             self._end_mint(flow, state, aborted=False)
             return
         if state.results is not None:

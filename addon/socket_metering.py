@@ -88,6 +88,22 @@ MAX_INJECTED = 64  # injected messages remembered per WebSocket at most
 # sideband attached to one of them bills nothing again. Bounded (the oldest forgotten first).
 _LIVE_METERED: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
 MAX_LIVE_METERED = 1024
+# OpenAI Live sessions set up over HTTP here (WebRTC, SIP: their media never pass the proxy), by
+# session id: the model the set-up's answer named, else the one it sent. A sideband attached to one
+# prices its rows by it (model_sent) until the server names the model there. Bounded (the oldest
+# forgotten first).
+_LIVE_SET_UP: dict[str, str] = {}
+MAX_LIVE_SET_UP = 1024
+
+
+def remember_live_setup(session_id: str, model: str | None) -> None:
+    """An OpenAI Live session set up over HTTP, and its model (None: nothing to remember)."""
+    if model is None:
+        return
+    _LIVE_SET_UP.pop(session_id, None)
+    while len(_LIVE_SET_UP) >= MAX_LIVE_SET_UP:
+        _LIVE_SET_UP.pop(next(iter(_LIVE_SET_UP)), None)
+    _LIVE_SET_UP[session_id] = model
 
 
 class MeterSide(Protocol):
@@ -196,6 +212,8 @@ class SocketMeter:
                     process=_process_of(state),
                 )
             elif state.openai_live:
+                if state.live_sideband is not None and record.model_sent is None:
+                    record.model_sent = _LIVE_SET_UP.get(state.live_sideband)  # set up here: its model
                 session = OpenAILiveSession(
                     handshake=record,
                     next_id=self._meter._next_call_id,

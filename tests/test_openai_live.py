@@ -433,7 +433,11 @@ WEBRTC_ANSWER = {"session": {"id": "live_rtc_42"}, "transport": {"type": "webrtc
         (PATH, dumps({"id": "live_rtc_42"}), None),
         (PATH, b"", None),
         (PATH, b"\xff not json", None),
-        (PATH, dumps({"session": {"id": "live_rtc_42", "model": "m" * 300}}), openai_live.SetUp("live_rtc_42")),
+        (  # a model too long to be one: not read
+            PATH,
+            dumps({"session": {"id": "live_rtc_42", "model": "m" * 300}}),
+            openai_live.SetUp("live_rtc_42"),
+        ),
         ("/v1/live/sessions/live_1/fork", dumps(WEBRTC_ANSWER), None),
     ],
 )
@@ -450,7 +454,9 @@ def test_a_live_setups_answer_names_its_session(
         st.binary(max_size=64),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+            ),
             max_leaves=8,
         ).map(lambda value: json.dumps({"session": value}).encode()),
     ),

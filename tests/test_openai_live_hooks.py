@@ -29,6 +29,8 @@ from fake_openai_live import (
 )
 from fake_websocket import dumps
 from mitmproxy import http
+from test_meter import run_request
+from test_realtime_mint_hooks import answer, live_session, mint, webrtc
 from websocket_hooks import (
     CollectingStore,
     client_says,
@@ -845,3 +847,46 @@ async def test_a_session_open_at_shutdown_is_an_aborted_row(meter: Meter) -> Non
     assert cut.error == "proxy shut down mid-session: the seconds after the last usage report are unknown"
     meter.websocket_end(flow)
     assert len(records(meter)) == 2
+
+
+async def test_a_sideband_of_a_session_set_up_here_is_priced_from_its_first_report(meter: Meter) -> None:
+    """A WebRTC or SIP session set up through the proxy: its answer names the session's id (an
+    accept's path does), and the set-up the model this proxy sent (after a downgrade). A sideband
+    attached to it prices its reports by that model (``model_sent``) before the server names one,
+    after a script reload too; the model the server names is the authority once it comes. A sideband
+    of a session not set up here stays unpriced until its model is named."""
+    meter._apply(parse_policies(RESTRICTED + "    budget: {usd: 100, period: day}\n"))
+    created = mint(f"https://{HOST}{PATH}", webrtc(live_session("gpt-live-1.1")))
+    await run_request(meter, created)
+    body = {"session": {"id": "live_rtc_set"}, "transport": {"type": "webrtc", "sdp": "v=0\r\n"}}
+    await answer(meter, created, body=json.dumps(body).encode())
+    accepted = mint(f"https://{HOST}{PATH}/live_sip_set/accept", {"session": live_session("gpt-live-1")})
+    await run_request(meter, accepted)
+    await answer(meter, accepted, body=b"")
+    refused = mint(f"https://{HOST}{PATH}/live_sip_no/accept", {"session": live_session("gpt-live-1")})
+    await run_request(meter, refused)
+    await answer(meter, refused, 404, b'{"error": {"message": "no such call"}}')
+    assert [row.path for row in records(meter)] == [f"{PATH}/live_sip_no/accept"]  # set-ups bill nothing
+    meter.store.records.clear()  # type: ignore[union-attr]
+    flow = await attached(meter, "live_rtc_set")
+    await server_says(meter, flow, usage_updated(3))
+    [row] = records(meter)
+    assert (row.model_sent, row.model_reported, row.audio_seconds) == ("gpt-live-1", None, 3)
+    assert (row.price_status, row.cost_usd) == ("priced", Decimal("0.0025"))
+    await server_says(meter, flow, session_updated("gpt-live-1.1", "live_rtc_set"))  # the server's word
+    await server_says(meter, flow, usage_updated(6, 2))
+    last = records(meter)[-1]
+    assert (last.model_sent, last.model_reported) == ("gpt-live-1", "gpt-live-1.1")
+    assert last.price_status != "priced"  # priced by the server's model, which has no price here
+    meter.done()  # mitmproxy reloads the script
+    new = Meter()
+    new.store = CollectingStore()  # type: ignore[assignment]
+    new._apply(parse_policies(RESTRICTED + "    budget: {usd: 100, period: day}\n"))
+    for session_id, wanted in (("live_sip_set", "priced"), ("live_sip_no", "no_model")):
+        side = await attached(new, session_id)
+        await server_says(new, side, usage_updated(3))
+        last = records(new)[-1]
+        assert (last.path, last.price_status) == (sideband_path(session_id), wanted)
+    await server_says(new, side, session_updated("gpt-live-1", "live_sip_no"))
+    await server_says(new, side, usage_updated(6, 2))
+    assert (records(new)[-1].price_status, records(new)[-1].cost_usd) == ("priced", Decimal("0.0025"))
