@@ -25,7 +25,7 @@ from fake_gemini_live import (
 )
 from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
-from websocket_hooks import CollectingStore, handshake_flow, metered, open_session, records
+from websocket_hooks import CollectingStore, handshake_flow, metered, open_session, reads_of, records
 
 import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
@@ -155,19 +155,7 @@ async def test_each_turn_is_a_row_stored_inside_its_hook(meter: Meter) -> None:
 async def test_audio_frames_pass_unread_and_unchanged(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
     flow = handshake()
     await open_session(meter, flow)
-    read: list[bytes] = []
-    original_usage, original_setup = gemini_live.read_usage, gemini_live.read_setup
-
-    def counting_usage(data: bytes) -> Any:
-        read.append(data)
-        return original_usage(data)
-
-    def counting_setup(data: bytes) -> Any:
-        read.append(data)
-        return original_setup(data)
-
-    monkeypatch.setattr(gemini_live, "read_usage", counting_usage)
-    monkeypatch.setattr(gemini_live, "read_setup", counting_setup)
+    read = reads_of(monkeypatch, gemini_live, "read_usage", "read_setup")
     setup = dumps(setup_message(f"models/{NATIVE}"))
     await client_says(meter, flow, setup)
     assert read == [setup]

@@ -38,6 +38,7 @@ from websocket_hooks import (
     handshake_flow,
     metered,
     open_session,
+    reads_of,
     records,
     server_says,
 )
@@ -116,6 +117,17 @@ async def speak(meter: Meter, flow: http.HTTPFlow, total: float, n: int = 1) -> 
     await server_says(meter, flow, usage_updated(total, n))
 
 
+async def capped(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> http.HTTPFlow:
+    """A session that spent its budget (3 s against $0.001) and was capped at its next client
+    event (sent upstream as session.close), with a grace of 0.05 s before the proxy's own close."""
+    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
+    meter._apply(parse_policies(BUDGETED))
+    flow = await started(meter)
+    await speak(meter, flow, 3)
+    assert (await client_says(meter, flow, audio_append())).content == openai_live.CLOSE_EVENT
+    return flow
+
+
 async def test_each_increase_of_the_total_is_a_row_stored_inside_its_hook(meter: Meter) -> None:
     flow = handshake()
     await open_session(meter, flow)
@@ -180,19 +192,7 @@ async def test_a_close_for_another_reason_says_why(meter: Meter) -> None:
 async def test_audio_passes_unread_and_unchanged(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
     flow = handshake()
     await open_session(meter, flow)
-    read: list[bytes] = []
-    original_event, original_start = openai_live.read_server_event, openai_live.read_session_start
-
-    def counting_event(data: bytes) -> Any:
-        read.append(data)
-        return original_event(data)
-
-    def counting_start(data: bytes) -> Any:
-        read.append(data)
-        return original_start(data)
-
-    monkeypatch.setattr(openai_live, "read_server_event", counting_event)
-    monkeypatch.setattr(openai_live, "read_session_start", counting_start)
+    read = reads_of(monkeypatch, openai_live, "read_server_event", "read_session_start")
     start = dumps(session_start())
     await client_says(meter, flow, start)
     assert read == [start]
@@ -554,11 +554,7 @@ async def test_a_capped_session_whose_close_never_comes_is_closed_after_a_grace(
     injected: list[tuple[bool, dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
-    meter._apply(parse_policies(BUDGETED))
-    flow = await started(meter)
-    await speak(meter, flow, 3)
-    assert (await client_says(meter, flow, audio_append())).content == openai_live.CLOSE_EVENT
+    flow = await capped(meter, monkeypatch)
     assert closes == []
     await asyncio.sleep(0.2)
     [(_, code, _)] = closes
@@ -802,11 +798,7 @@ async def test_a_capped_sessions_grace_outlives_a_script_reload(
     """The script is reloaded while a capped session waits for upstream's close: if it never comes,
     the session is still closed after the grace (the timer looked for the session in the old
     addon's sessions, handed over to the new one, and gave up)."""
-    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
-    meter._apply(parse_policies(BUDGETED))
-    flow = await started(meter)
-    await speak(meter, flow, 3)
-    assert (await client_says(meter, flow, audio_append())).content == openai_live.CLOSE_EVENT
+    flow = await capped(meter, monkeypatch)
     meter.done()  # mitmproxy reloads the script: it is not shutting down
     new = Meter()
     new.store = CollectingStore()  # type: ignore[assignment]
@@ -822,11 +814,7 @@ async def test_a_grace_is_called_off_when_the_session_ends_after_a_reload(
     injected: list[tuple[bool, dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(socket_metering, "LIVE_CLOSE_GRACE", 0.05)
-    meter._apply(parse_policies(BUDGETED))
-    flow = await started(meter)
-    await speak(meter, flow, 3)
-    await client_says(meter, flow, audio_append())
+    flow = await capped(meter, monkeypatch)
     meter.done()
     new = Meter()
     new.store = CollectingStore()  # type: ignore[assignment]

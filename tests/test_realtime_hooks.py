@@ -29,6 +29,7 @@ from websocket_hooks import (
     injected_events,
     metered,
     open_session,
+    reads_of,
     records,
     server_says,
 )
@@ -104,14 +105,7 @@ async def test_audio_deltas_and_odd_messages_pass_unread_and_unchanged(
 ) -> None:
     flow = handshake()
     await open_session(meter, flow)
-    read: list[bytes] = []
-    original = openai_realtime.read_server_event
-
-    def counting(data: bytes) -> Any:
-        read.append(data)
-        return original(data)
-
-    monkeypatch.setattr(openai_realtime, "read_server_event", counting)
+    read = reads_of(monkeypatch, openai_realtime, "read_server_event")
     sent = [
         dumps(audio_delta("resp_1", 0)),
         dumps({"type": "response.output_text.delta", "delta": "x"}),

@@ -30,6 +30,7 @@ from websocket_hooks import (
     injected_events,
     metered,
     open_session,
+    reads_of,
     records,
     server_says,
 )
@@ -134,14 +135,7 @@ async def test_deltas_and_client_chatter_are_never_decoded(
 ) -> None:
     flow = handshake()
     await open_session(meter, flow)
-    read: list[bytes] = []
-    original = openai_responses_ws.read_server_event
-
-    def counting(data: bytes) -> Any:
-        read.append(data)
-        return original(data)
-
-    monkeypatch.setattr(openai_responses_ws, "read_server_event", counting)
+    read = reads_of(monkeypatch, openai_responses_ws, "read_server_event")
     for data in (dumps(text_delta("r", 0, text='say "usage" and "error"')), b"\x00 junk", b""):
         message = await server_says(meter, flow, data)
         assert message.content == data and not message.dropped

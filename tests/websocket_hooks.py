@@ -71,6 +71,21 @@ def closes_asked(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[An
     return found
 
 
+def reads_of(monkeypatch: pytest.MonkeyPatch, module: Any, *names: str) -> list[bytes]:
+    """The messages ``module``'s readers ``names`` are given from now on (each still reads them):
+    what the hooks decode, for tests that audio passes unread."""
+    read: list[bytes] = []
+    for name in names:
+        original = getattr(module, name)
+
+        def counting(data: bytes, original: Any = original) -> Any:
+            read.append(data)
+            return original(data)
+
+        monkeypatch.setattr(module, name, counting)
+    return read
+
+
 def records(meter: Meter) -> list[CallRecord]:
     return meter.store.records  # type: ignore[union-attr]
 

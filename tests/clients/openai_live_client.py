@@ -88,17 +88,16 @@ async def run(args: argparse.Namespace) -> int:
                     else:
                         raise SystemExit(f"unknown step {step}")
     except InvalidStatus as exc:
-        response = exc.response
-        emit(
-            {
-                "event": "refused",
-                "status": response.status_code,
-                "body": response.body.decode(errors="replace"),
-            }
-        )
-        return 3
+        return refused(exc)
     emit({"event": "done"})
     return 0
+
+
+def refused(exc: InvalidStatus) -> int:
+    """Say that the handshake was answered without an upgrade (its status and body); exit code 3."""
+    response = exc.response
+    emit({"event": "refused", "status": response.status_code, "body": response.body.decode(errors="replace")})
+    return 3
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import json
 import sys
 
 import openai
-from openai_live_client import emit, receive_until
+from openai_live_client import emit, receive_until, refused
 from websockets.exceptions import InvalidStatus
 
 
@@ -56,15 +56,7 @@ async def run(args: argparse.Namespace) -> int:
                 else:
                     raise SystemExit(f"unknown step {step}")
     except InvalidStatus as exc:
-        response = exc.response
-        emit(
-            {
-                "event": "refused",
-                "status": response.status_code,
-                "body": response.body.decode(errors="replace"),
-            }
-        )
-        return 3
+        return refused(exc)
     emit({"event": "done"})
     return 0
 
