@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 from mitmproxy import ctx, exceptions, http
@@ -70,6 +71,7 @@ from addon.providers.openai_media import (
     read_form,
     reserved_image_tokens,
 )
+from addon.providers.values import normal_path
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
 from addon.socket_metering import SocketMeter, remember_live_setup
@@ -206,6 +208,7 @@ class CallState:
     openai_live: bool = False  # an OpenAI Live WebSocket handshake (primary: session.start names the model)
     live_sideband: str | None = None  # an OpenAI Live sideband's handshake: the session id it attaches to
     live_setup_model: str | None = None  # an OpenAI Live set-up (a mint): the session's model as sent
+    route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
 
     @property
     def opens_socket(self) -> bool:
@@ -405,6 +408,7 @@ class Meter:
             self, off_loop=_off_loop_if_large, billable=_billable, with_tags=_with_tags
         )
         self._unmetered_sockets: set[str] = set()  # host + path of WebSockets named in the log
+        self._odd_routes: set[tuple[str, str]] = set()  # paths read otherwise than sent, logged
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
@@ -742,6 +746,7 @@ class Meter:
             return
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
+        route = self._route_as_read(flow, provider, host)
         if (
             provider.realtime is not None
             or provider.live is not None
@@ -780,11 +785,18 @@ class Meter:
         if mints is not None and (kind := mints.kind(path)) is not None:
             self._start_mint(flow, provider, host, mints, kind, query, tags_header)
             return
-        flavor = provider.flavor_for_path(flow.request.path)
+        flavor = provider.flavor_for_path(route)
+        if flavor is None and "%" in route:
+            # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing
+            # calls an API here. Read it so, never rewritten (another server reads it as sent).
+            decoded = unquote(route.partition("?")[0])
+            if (flavor := provider.flavor_for_path(decoded)) is not None:
+                route = self._route_read_as(flow, host, decoded)
         if flavor is None:
             if provider.batch_api == "openai" and batches.is_upload_path(path):
                 self._uploads[flow] = None  # maybe a batch's input file: read in `request`
             return
+        path = route.partition("?")[0]
         facts = provider.path_facts(path) if provider.path_facts is not None else None
         # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
         stand_in = facts.credential if facts is not None else None
@@ -800,7 +812,36 @@ class Meter:
             tags_header,
             geo=facts.geo if facts is not None else None,
             path_tags=facts.tags if facts is not None and facts.tags else None,
+            route=route if route is not flow.request.path else None,
         )
+
+    def _route_as_read(self, flow: http.HTTPFlow, provider: Provider, host: str) -> str:
+        """The request's path as servers read it (``values.normal_path``: ``/v1/./chat/%63ompletions``
+        is ``/v1/chat/completions``), so that a path spelled otherwise is metered and checked
+        like any other. The request is rewritten to it (the same resource, by RFC 3986), unless
+        it is signed over its path: then it is only read so. Returns ``flow.request.path`` itself
+        when that is the path as read."""
+        sent = flow.request.path
+        normal = normal_path(sent)
+        if normal is sent:
+            return sent
+        if provider.with_model is not None:
+            flow.request.path = normal
+            self._log_route_once(host, sent, normal, "sent as")
+            return normal
+        return self._route_read_as(flow, host, normal)
+
+    def _route_read_as(self, flow: http.HTTPFlow, host: str, route: str) -> str:
+        """``route``, the path the proxy reads ``flow``'s as (it goes upstream as sent)."""
+        self._log_route_once(host, flow.request.path, route, "read as")
+        return route
+
+    def _log_route_once(self, host: str, sent: str, route: str, how: str) -> None:
+        where = (host, sent.partition("?")[0])
+        if where in self._odd_routes or len(self._odd_routes) >= MAX_REMEMBERED_HOSTS:
+            return
+        self._odd_routes.add(where)
+        log.info("tokometer: %s%s %s %s", host, where[1], how, route.partition("?")[0])
 
     def _open_call(
         self,
@@ -1163,7 +1204,8 @@ class Meter:
             body = await self._request_json(flow, state)
             state.request_body = body  # in memory only: an offline estimate if no usage comes back
         provider = state.provider
-        model = form.model if form is not None else provider.request_model(flow.request.path, body)
+        route = state.route or flow.request.path  # the path as read
+        model = form.model if form is not None else provider.request_model(route, body)
         record.model_requested = record.model_sent = model
         if body is not None:
             record.streamed = body.get("stream") is True
@@ -1178,7 +1220,7 @@ class Meter:
         if decision.refusal is None and record.model_requested is None:
             decision = self._unknown_model(record, decision) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
-        new_path, new_body = flow.request.path, body
+        new_path, new_body = route, body
         if downgrade:
             try:
                 if provider.with_model is None:
@@ -1188,7 +1230,7 @@ class Meter:
                     )
                 if form is not None:
                     raise ValueError(FORM_NOT_REWRITTEN)
-                new_path, new_body = provider.with_model(flow.request.path, body, downgrade)
+                new_path, new_body = provider.with_model(route, body, downgrade)
             except ValueError as exc:
                 decision = self._refuse_instead(decision, record, record.model_requested or "?", str(exc))
         if self._answer_if_refused(flow, state, decision):
@@ -1213,7 +1255,7 @@ class Meter:
         elif new_body is not body and new_body is not None:
             size = len(flow.request.raw_content or b"")
             flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
-        if new_path != flow.request.path:
+        if new_path != route:  # the model is in the path (Gemini, Vertex, Azure)
             flow.request.path = new_path
         if downgrade:
             record.model_sent, state.notice = downgrade, decision.notice
@@ -1663,7 +1705,7 @@ class Meter:
         if state.notice:
             response.headers[NOTICE_HEADER] = state.notice
         content_type = response.headers.get("content-type", "")
-        framing = state.provider.stream_framing(flow.request.path, content_type)
+        framing = state.provider.stream_framing(state.route or flow.request.path, content_type)
         if framing is None or response.status_code >= 400:
             if response.status_code >= 400 and _is_stream(response):
                 response.stream = True  # an error answered as a stream: nothing to meter, never held back

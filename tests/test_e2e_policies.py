@@ -142,6 +142,31 @@ def test_blocked_model_gets_403_and_upstream_sees_nothing(proxies, fake_provider
     assert all("not allowed" in r["error"] for r in rows)
 
 
+def test_a_path_spelled_otherwise_is_checked_and_metered_as_servers_read_it(
+    proxies, fake_provider: FakeProvider
+) -> None:
+    """curl --path-as-is sends ``/v1/./chat/%63ompletions`` as typed: the same API to a server."""
+    proxy = proxies(DEV_POLICY)
+    t = tag()
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    headers = [
+        "Authorization: Bearer sk-test-path-as-is-0123456789abcdef",
+        f"X-Test-Tag: {t}",
+        "X-Fake-Usage: " + json.dumps(chat_usage(1000, 100), separators=(",", ":")),
+    ]
+    url = "https://api.openai.com/v1/./chat/%63ompletions"
+    res = curl(proxy, url, body, headers, ["--path-as-is", "-D", "-"])
+    assert res.returncode == 0, res.stderr
+    assert headers_of(res.stdout)["x-tokometer-notice"].startswith("downgraded gpt-4o -> gpt-4o-mini")
+    [upstream] = fake_provider.requests_for(t)
+    assert (upstream.path, upstream.json["model"]) == ("/v1/chat/completions", "gpt-4o-mini")
+    proxy.terminate()
+    [row] = proxy.rows()
+    assert (row["path"], row["api_flavor"], row["action"]) == ("/v1/chat/completions", "chat", "downgraded")
+    assert (row["input_tokens"], row["output_tokens"]) == (1000, 100)
+    assert row["cost_usd"] == Decimal("0.00021")  # gpt-4o-mini: 1000 x 0.15 + 100 x 0.60 per 1M
+
+
 def test_budget_is_a_hard_cap(proxies, fake_provider: FakeProvider) -> None:
     policy = """
 default_environment: development

@@ -57,6 +57,45 @@ def rewritten_value(data: bytes, key: str, old: str, new: str, wanted: Any) -> b
     return json.dumps(wanted).encode()
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unreserved_decoded(escape: re.Match[str]) -> str:
+    char = chr(int(escape[1], 16))
+    return char if char in _UNRESERVED else escape[0]
+
+
+def _without_dot_segments(route: str) -> str:
+    """RFC 3986 5.2.4: ``.`` and ``..`` segments resolved (``..`` never climbs above the root)."""
+    segments = route.split("/")
+    kept: list[str] = []
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        if segment in (".", ".."):
+            if segment == ".." and len(kept) > 1:
+                kept.pop()
+            if i == last:
+                kept.append("")  # "/a/b/." and "/a/b/.." end with a slash
+            continue
+        kept.append(segment)
+    return "/".join(kept)
+
+
+def normal_path(path: str) -> str:
+    """``path`` as any server reads it (RFC 3986 6.2.2): unreserved characters percent-encoded in
+    its route decoded (``%63hat`` is ``chat``), ``.`` and ``..`` segments resolved. The query is
+    untouched. Returns ``path`` itself (the same object) when there is nothing to normalise, so
+    ``normal_path(p) is p`` says the path was sent as servers read it."""
+    route, mark, query = path.partition("?")
+    if "%" not in route and "/." not in route:
+        return path
+    normal = _ESCAPE.sub(_unreserved_decoded, route) if "%" in route else route
+    if "/." in normal:
+        normal = _without_dot_segments(normal)
+    return path if normal == route else normal + mark + query
+
+
 def bare_path(path: str) -> str:
     """A request path without its query string, fragment or trailing slashes."""
     return path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
