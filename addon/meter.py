@@ -209,6 +209,7 @@ class CallState:
     live_sideband: str | None = None  # an OpenAI Live sideband's handshake: the session id it attaches to
     live_setup_model: str | None = None  # an OpenAI Live set-up (a mint): the session's model as sent
     route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
+    transcription_unnamed: bool = False  # a Realtime transcription session, models restricted: none named yet
 
     @property
     def opens_socket(self) -> bool:
@@ -1274,7 +1275,10 @@ class Meter:
         record.model_requested = record.model_sent = handshake.model(query)
         decision = self._decide(state, record.model_requested)
         if decision.refusal is None and record.model_requested is None and not handshake.is_sideband(query):
-            decision = self._unknown_model(record, decision) or decision
+            if handshake.is_transcription(query):  # its model is checked in the session (SocketMeter)
+                state.transcription_unnamed = self.models_restricted(record.environment)
+            else:
+                decision = self._unknown_model(record, decision) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_query = query
         if downgrade:
@@ -1452,10 +1456,13 @@ class Meter:
         reason: str = "the request's model could not be read, so it cannot be checked against the allowlist",
     ) -> Decision | None:
         """Fail closed: a call whose model cannot be read is refused where models are restricted."""
-        rules = self.policies.environment(record.environment).models
-        if not self.policies.enforcing or "*" in rules.allow:
+        if not self.models_restricted(record.environment):
             return None
         return self._refuse_instead(decision, record, "(unreadable)", reason)
+
+    def models_restricted(self, environment: str) -> bool:
+        """Does ``environment`` allow only some models (policies enforced, no ``*``)?"""
+        return self.policies.enforcing and "*" not in self.policies.environment(environment).models.allow
 
     # -- batch jobs (OpenAI's Batch API, Anthropic's Message Batches) ------------
 

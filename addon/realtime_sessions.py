@@ -123,6 +123,10 @@ class RealtimeSession(SocketSession):
     transcriptions: int = 0
     # Transcription models the proxy downgraded in a session.update: the one sent -> the one asked for.
     transcription_downgrades: dict[str, str] = field(default_factory=dict)
+    # A transcription session (``?intent=transcription``) where models are restricted, until it names
+    # an allowed transcription model: what the client sends is held back (see SocketMeter).
+    transcription_unnamed: bool = False
+    held: int = 0  # client messages held back meanwhile
 
     def __post_init__(self) -> None:
         SocketSession.__post_init__(self)

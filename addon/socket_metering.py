@@ -83,6 +83,10 @@ _GRACES: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = weakref
 # What the proxy injected to a client and the hook has not seen yet, in order (see _unsplice).
 _INJECTED: weakref.WeakKeyDictionary[http.HTTPFlow, list[bytes]] = weakref.WeakKeyDictionary()
 MAX_INJECTED = 64  # injected messages remembered per WebSocket at most
+# A transcription session held back until it names its model: an error event for the first held
+# message and every this many after (audio comes ten times a second), and the row's model.
+HELD_ERROR_EVERY = 100
+UNNAMED_MODEL = "(unnamed)"
 # OpenAI Live sessions this proxy meters, by session id: the WebSocket that bills them (a primary,
 # from its session.started; or a sideband, when it is the only place the session is seen). A
 # sideband attached to one of them bills nothing again. Bounded (the oldest forgotten first).
@@ -232,7 +236,10 @@ class SocketMeter:
                 )
             else:
                 session = RealtimeSession(
-                    handshake=record, next_id=self._meter._next_call_id, opened_at=time.time()
+                    handshake=record,
+                    next_id=self._meter._next_call_id,
+                    opened_at=time.time(),
+                    transcription_unnamed=state.transcription_unnamed,
                 )
             self.sessions[flow] = session
             return
@@ -299,6 +306,8 @@ class SocketMeter:
             elif self._meter.policies.enforcing:
                 if message.is_text and openai_realtime_mints.may_update_session(message.content):
                     await self._realtime_session_update(flow, session, message)
+                elif session.transcription_unnamed:
+                    self._hold_until_model_named(flow, session, message)
                 # A message the test took that is no session update may still ask for work.
                 if not message.dropped and self._meter.enforcer.budgets.has_budgets:
                     self._cap_if_spent(flow, session, message)
@@ -339,6 +348,8 @@ class SocketMeter:
                 downgrades.append((named.model, decision.model_sent, decision.notice))
             else:
                 session.transcription_downgrades.pop(named.model, None)  # asked for as it is
+        if refused is None:
+            session.transcription_unnamed = False
         if refused is None and changes:
             try:
                 rewrite = functools.partial(
@@ -372,6 +383,36 @@ class SocketMeter:
         for asked, sent, notice in downgrades:
             session.downgraded_transcription(asked, sent)
             log.info("tokometer: Realtime session.update %s", notice)
+
+    def _hold_until_model_named(
+        self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage
+    ) -> None:
+        """A transcription session that has named no transcription model yet (the server would use
+        its default, unchecked) where models are restricted: fail closed. The client's message is
+        held back (dropped); the first, and every ``HELD_ERROR_EVERY``-th, gets an ``error`` event
+        saying what to send, and the first a row, not billed."""
+        record = session.handshake
+        if not self._meter.models_restricted(record.environment):  # the policies changed
+            session.transcription_unnamed = False
+            return
+        message.drop()
+        session.held += 1
+        if session.held % HELD_ERROR_EVERY != 1:
+            return
+        allowed = ", ".join(self._meter.policies.environment(record.environment).models.allow)
+        why = (
+            f"this transcription session has not named its transcription model, so it cannot be checked "
+            f"against the allowlist of environment {record.environment} (allowed there: {allowed}; "
+            "see policies.yaml): send session.update with session.audio.input.transcription.model first"
+        )
+        event = openai_realtime.error_event(
+            "model_not_named", f"tokometer: {why}", f"event_tokometer_{secrets.token_hex(8)}",
+            param="session.audio.input.transcription.model",
+        )  # fmt: skip
+        self._inject(flow, event)
+        if session.held == 1:
+            self._meter._submit(session.refused_update(time.time(), UNNAMED_MODEL, 403, why))
+            log.warning("tokometer: a Realtime transcription session held back: %s", why)
 
     async def _responses_message(
         self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage

@@ -347,6 +347,30 @@ def test_a_blocked_transcription_model_is_refused_and_the_session_goes_on(
     assert response["cost_usd"] == price_of("gpt-realtime-mini", RESPONSE_COUNTS)
 
 
+def test_a_transcription_session_where_models_are_restricted_is_checked_in_its_update(
+    rproxy: ProxyProcess, realtime: FakeRealtime
+) -> None:
+    """OpenAI's guide: ``?intent=transcription``, no model in the URL, the model in a session.update."""
+    t = tag()
+    code, lines = connect(
+        rproxy, "transcribe-only:gpt-4o-transcribe", "speak", env="restricted", t=t, model="",
+        query={"intent": "transcription"},
+    )  # fmt: skip
+    assert code == 0 and lines[-1] == {"event": "done", "notice": None}
+    [session] = realtime.sessions_for(t)
+    session.ended.wait(5)
+    assert parse_qs(urlsplit(session.path).query) == {"intent": ["transcription"]}
+    update = session.received[0]
+    assert update["session"]["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+    [row] = rows_for(rproxy, t, 1)
+    assert (row["action"], row["model_requested"], row["model_sent"]) == (
+        "downgraded",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+    )
+    assert row["cost_usd"] == price_of("gpt-4o-mini-transcribe", TRANSCRIPTION_COUNTS)
+
+
 def test_the_proxy_logged_no_traceback(rproxy: ProxyProcess) -> None:
     """Nothing above left the proxy in a bad state: it still runs and logged no traceback."""
     assert rproxy.alive()

@@ -187,7 +187,7 @@ async def test_refused_handshakes_get_their_row(meter: Meter) -> None:
     await open_session(meter, blocked)
     assert blocked.response.status_code == 403
     assert json.loads(blocked.response.content)["error"]["code"] == "model_not_allowed"
-    nameless = handshake("intent=transcription")  # no model: it cannot be checked
+    nameless = handshake("voice=alloy")  # no model: it cannot be checked
     await open_session(meter, nameless)
     assert nameless.response.status_code == 403
     row, unread = records(meter)
@@ -582,3 +582,85 @@ async def test_a_spent_budget_caps_a_response_create_that_mentions_session_updat
     create = {"type": "response.create", "response": {"metadata": {"session.update": "1", "model": "x"}}}
     second = await client_says(meter, flow, create)
     assert second.dropped and closed == [flow]
+
+
+APPEND = {"type": "input_audio_buffer.append", "audio": "AAAA" * 1200}
+
+
+def transcription_update(model: str) -> dict[str, Any]:
+    """The GA ``session.update`` a transcription session starts with (as OpenAI's guide has it)."""
+    return {
+        "type": "session.update",
+        "session": {"type": "transcription", "audio": {"input": {"transcription": {"model": model}}}},
+    }
+
+
+async def test_a_transcription_session_is_let_in_and_held_back_until_it_names_an_allowed_model(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake("intent=transcription")  # OpenAI's guide: no model in the URL
+    await open_session(meter, flow)
+    assert flow.response.status_code == 101 and records(meter) == []
+    # Audio before any transcription model: the server's default would transcribe it, unchecked.
+    held = [await client_says(meter, flow, APPEND) for _ in range(3)]
+    assert all(m.dropped for m in held)
+    [event] = injected  # one error event for the first, not one per audio chunk
+    assert (event["type"], event["error"]["code"]) == ("error", "model_not_named")
+    assert event["error"]["param"] == "session.audio.input.transcription.model"
+    assert (
+        "send session.update with session.audio.input.transcription.model first" in event["error"]["message"]
+    )
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.status_code, row.cost_usd) == (
+        "blocked",
+        "(unnamed)",
+        403,
+        0,
+    )
+    # A disallowed model is downgraded; from then on the session runs as any other.
+    update = await client_says(meter, flow, transcription_update("gpt-4o-transcribe"))
+    assert not update.dropped and b"gpt-4o-mini-transcribe" in update.content
+    assert not (await client_says(meter, flow, APPEND)).dropped
+    await server_says(meter, flow, session_event("session.updated", None, "gpt-4o-mini-transcribe"))
+    await server_says(meter, flow, transcription_completed("item_1", TRANSCRIPTION_USAGE))
+    _, transcribed = records(meter)
+    assert (transcribed.action, transcribed.model_requested, transcribed.model_sent) == (
+        "downgraded",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+    )
+    assert len(injected) == 1
+
+
+async def test_a_transcription_session_naming_a_blocked_model_stays_held_back(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake("intent=transcription")
+    await open_session(meter, flow)
+    assert (await client_says(meter, flow, transcription_update("whisper-1"))).dropped
+    assert (await client_says(meter, flow, APPEND)).dropped
+    assert [e["error"]["code"] for e in injected] == ["model_not_allowed", "model_not_named"]
+    for _ in range(99):
+        assert (await client_says(meter, flow, APPEND)).dropped
+    assert len(injected) == 2
+    assert (await client_says(meter, flow, APPEND)).dropped
+    assert len(injected) == 3  # the 101st held message is told again
+    assert not (await client_says(meter, flow, transcription_update("gpt-4o-mini-transcribe"))).dropped
+    assert not (await client_says(meter, flow, APPEND)).dropped
+
+
+async def test_a_transcription_session_is_not_held_back_where_every_model_is_allowed(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    flow = handshake("intent=transcription")
+    await open_session(meter, flow)
+    assert not (await client_says(meter, flow, APPEND)).dropped
+    meter._apply(parse_policies(TRANSCRIBING))
+    held = handshake("intent=transcription")
+    await open_session(meter, held)
+    assert (await client_says(meter, held, APPEND)).dropped
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n"))
+    assert not (await client_says(meter, held, APPEND)).dropped  # the policies changed: let go
+    assert [e["error"]["code"] for e in injected] == ["model_not_named"]

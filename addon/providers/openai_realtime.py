@@ -74,6 +74,17 @@ class Handshake:
         model was chosen when the call was set up, outside the proxy."""
         return _param_values(query, ("call_id",)) is not None and _param_values(query, ("model",)) is None
 
+    @staticmethod
+    def is_transcription(query: str) -> bool:
+        """A transcription session (``?intent=transcription``, no model): it names its transcription
+        model in its first ``session.update``, where the proxy checks it."""
+        intent = _param_values(query, ("intent",))
+        return (
+            intent is not None
+            and set(intent[1]) == {"transcription"}
+            and _param_values(query, ("model",)) is None
+        )
+
     def with_model(self, query: str, model: str) -> str:
         """``query`` asking for ``model`` instead: every occurrence of the model's parameter gets
         the new value, every other byte stays. ValueError when it cannot be said (no parameter,

@@ -4,6 +4,8 @@
 
 - ``transcribe:MODEL``: a ``session.update`` turning on input transcription, until ``session.updated``
   (or an ``error`` event: the update was refused, the session goes on);
+- ``transcribe-only:MODEL``: the ``session.update`` of a transcription session (``--model ""`` and
+  ``--query '{"intent": "transcription"}'``) naming its transcription model, until ``session.updated``;
 - ``speak``: two ``input_audio_buffer.append`` (64 KB of base64 each) and a commit, until the
   transcription's ``completed`` event;
 - ``respond``: a ``response.create``, until its ``response.done``;
@@ -64,7 +66,8 @@ async def run(args: argparse.Namespace) -> int:
     query = json.loads(args.query)
     client = openai.AsyncOpenAI(max_retries=0, timeout=30.0)
     try:
-        manager = client.realtime.connect(model=args.model, extra_headers=headers, extra_query=query)
+        model = args.model or openai.omit  # "": none in the URL (a transcription session)
+        manager = client.realtime.connect(model=model, extra_headers=headers, extra_query=query)
         connection = await manager.enter()
     except InvalidStatus as exc:
         response = exc.response
@@ -91,6 +94,11 @@ async def run(args: argparse.Namespace) -> int:
                     }
                 )
                 ok = await receive_until(connection, "session.updated", "error")  # refused: go on
+            elif name == "transcribe-only":  # a transcription session's configuration
+                await connection.session.update(
+                    session={"type": "transcription", "audio": {"input": {"transcription": {"model": value}}}}
+                )
+                ok = await receive_until(connection, "session.updated", "error")
             elif name == "speak":
                 audio = base64.b64encode(bytes(range(256)) * 192).decode()  # 64 KB of base64
                 await connection.input_audio_buffer.append(audio=audio)
