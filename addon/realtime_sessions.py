@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -126,6 +126,7 @@ class RealtimeSession(SocketSession):
     # A transcription session (``?intent=transcription``) where models are restricted, until it names
     # an allowed transcription model: what the client sends is held back (see SocketMeter).
     transcription_unnamed: bool = False
+    deployments: Mapping[str, str] = field(default_factory=dict)  # Azure: deployment -> its model
     held: int = 0  # client messages held back meanwhile
 
     def __post_init__(self) -> None:
@@ -136,7 +137,8 @@ class RealtimeSession(SocketSession):
         """Follow one server event; the rows it finishes (none for most)."""
         if isinstance(event, SessionConfig):
             self.model_reported = event.model or self.model_reported
-            self.transcription_model = event.transcription_model
+            named = event.transcription_model  # on Azure, a deployment
+            self.transcription_model = self.deployments.get(named, named) if named is not None else None
             return []
         if isinstance(event, ResponseStarted):
             if len(self.in_flight) >= MAX_IN_FLIGHT:

@@ -240,6 +240,7 @@ class SocketMeter:
                     next_id=self._meter._next_call_id,
                     opened_at=time.time(),
                     transcription_unnamed=state.transcription_unnamed,
+                    deployments=state.handshake.deployments if state.handshake is not None else {},
                 )
             self.sessions[flow] = session
             return
@@ -330,7 +331,8 @@ class SocketMeter:
         client gets an ``error`` event (the session goes on as it was configured) and the refusal
         is a row, not billed. A message that cannot be rewritten is refused too."""
         data = message.content
-        update = await self._off_loop(openai_realtime_mints.read_session_update, data)
+        read = functools.partial(openai_realtime_mints.read_session_update, deployments=session.deployments)
+        update = await self._off_loop(read, data)
         if update is None or not update.models.models:
             return
         record = session.handshake
@@ -344,7 +346,9 @@ class SocketMeter:
                 refused = named, decision
                 break
             if decision.action == "downgraded" and decision.model_sent is not None:
-                changes[named.where] = decision.model_sent
+                changes[named.where] = openai_realtime_mints.written_as(
+                    session.deployments, decision.model_sent
+                )
                 downgrades.append((named.model, decision.model_sent, decision.notice))
             else:
                 session.transcription_downgrades.pop(named.model, None)  # asked for as it is

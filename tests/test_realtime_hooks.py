@@ -664,3 +664,30 @@ async def test_a_transcription_session_is_not_held_back_where_every_model_is_all
     meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n"))
     assert not (await client_says(meter, held, APPEND)).dropped  # the policies changed: let go
     assert [e["error"]["code"] for e in injected] == ["model_not_named"]
+
+
+async def test_an_azure_transcription_model_is_a_deployment_read_and_downgraded_as_one(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    """Azure's session.update names a deployment, not a model (its Realtime reference says so)."""
+    deployments = "azure_deployments:\n  rt: gpt-realtime\n  tr-big: gpt-4o-transcribe\n"
+    deployments += "  tr-small: gpt-4o-mini-transcribe\n"
+    meter._apply(parse_policies(TRANSCRIBING + deployments))
+    flow = handshake()
+    flow.request.host = flow.request.headers["host"] = "myres.openai.azure.com"
+    flow.request.path = "/openai/v1/realtime?model=rt"
+    await open_session(meter, flow)
+    allowed = await client_says(meter, flow, transcription_update("tr-small"))
+    assert not allowed.dropped and allowed.content == dumps(transcription_update("tr-small"))
+    downgraded = await client_says(meter, flow, transcription_update("tr-big"))
+    assert downgraded.content == dumps(transcription_update("tr-small"))  # the deployment serving it
+    await server_says(meter, flow, session_event("session.updated", "rt", "tr-small"))
+    await server_says(meter, flow, transcription_completed("item_1", TRANSCRIPTION_USAGE))
+    [row] = records(meter)
+    assert (row.provider, row.action, row.model_requested, row.model_sent) == (
+        "azure",
+        "downgraded",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+    )
+    assert injected == []

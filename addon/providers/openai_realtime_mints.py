@@ -93,7 +93,13 @@ class Mints:
 
     def written_as(self, model: str) -> str:
         """The name a request gives ``model``: the Azure deployment serving it, if one does."""
-        return next((name for name, served in self.deployments.items() if served == model), model)
+        return written_as(self.deployments, model)
+
+
+def written_as(deployments: Mapping[str, str], model: str) -> str:
+    """The name a request gives ``model``: the Azure deployment (of ``deployments``) serving it, if
+    one does, else the model's own name."""
+    return next((name for name, served in deployments.items() if served == model), model)
 
 
 OPENAI = Mints(
@@ -273,9 +279,10 @@ def may_update_session(data: bytes) -> bool:
     return (_UPDATE in data and _NAMES_MODEL in data) or _ESCAPE in data
 
 
-def read_session_update(data: bytes) -> SessionUpdate | None:
+def read_session_update(data: bytes, deployments: Mapping[str, str] | None = None) -> SessionUpdate | None:
     """The transcription models a client ``session.update`` / ``transcription_session.update``
-    names, else None. A model that is not a name is left to the server to refuse. Never raises."""
+    names, else None; on Azure each is a deployment (``deployments``: the model it serves). A model
+    that is not a name is left to the server to refuse. Never raises."""
     obj = loads(data)
     if not isinstance(obj, dict) or obj.get("type") not in ("session.update", "transcription_session.update"):
         return None
@@ -283,7 +290,7 @@ def read_session_update(data: bytes) -> SessionUpdate | None:
     if obj["type"] == "session.update":
         places.insert(0, (("session", *_GA_TRANSCRIPTION), False))
     event_id = obj.get("event_id")
-    found = read_models(obj, places, {}, "the update")
+    found = read_models(obj, places, deployments or {}, "the update")
     return SessionUpdate(found, event_id if isinstance(event_id, str) else None, obj)
 
 
