@@ -346,9 +346,17 @@ class SocketMeter:
                 refused = named, decision
                 break
             if decision.action == "downgraded" and decision.model_sent is not None:
-                changes[named.where] = openai_realtime_mints.written_as(
-                    session.deployments, decision.model_sent
-                )
+                written = openai_realtime_mints.written_as(session.deployments, decision.model_sent)
+                if record.provider == "azure" and written not in session.deployments:
+                    why = (
+                        f"no Azure deployment serves {decision.model_sent} (policies.yaml azure_deployments)"
+                    )
+                    refused = (
+                        named,
+                        enforcer.refuse_model(record.provider, record.environment, named.model, why),
+                    )
+                    break
+                changes[named.where] = written
                 downgrades.append((named.model, decision.model_sent, decision.notice))
             else:
                 session.transcription_downgrades.pop(named.model, None)  # asked for as it is

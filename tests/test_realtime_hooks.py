@@ -691,3 +691,12 @@ async def test_an_azure_transcription_model_is_a_deployment_read_and_downgraded_
         "gpt-4o-mini-transcribe",
     )
     assert injected == []
+    unserved = deployments.replace("  tr-small: gpt-4o-mini-transcribe\n", "")
+    meter._apply(parse_policies(TRANSCRIBING + unserved))
+    flow = handshake()
+    flow.request.host = flow.request.headers["host"] = "myres.openai.azure.com"
+    flow.request.path = "/openai/v1/realtime?model=rt"
+    await open_session(meter, flow)
+    assert (await client_says(meter, flow, transcription_update("tr-big"))).dropped  # nothing serves mini
+    [event] = injected
+    assert "no Azure deployment serves gpt-4o-mini-transcribe" in event["error"]["message"]
