@@ -71,7 +71,7 @@ from addon.providers.openai_media import (
     read_form,
     reserved_image_tokens,
 )
-from addon.providers.values import normal_path
+from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
 from addon.socket_metering import SocketMeter, remember_live_setup
@@ -347,6 +347,15 @@ def _maybe_large(response: http.Response) -> bool:
 
 
 _SLASHES = re.compile(r"/{2,}")
+
+
+def _fully_decoded(route: str) -> str | None:
+    """``route`` (a path as read, and its query) with every escape in its path decoded once (then
+    dot segments resolved, doubled slashes merged); None when its path has no escape."""
+    path, mark, query = route.partition("?")
+    if "%" not in path:
+        return None
+    return _SLASHES.sub("/", without_dot_segments(unquote(path))) + mark + query
 
 
 def _asks_for_websocket(headers: http.Headers) -> bool:
@@ -748,56 +757,61 @@ class Meter:
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
         route = self._route_as_read(flow, provider, host)
+        if self._follow(flow, provider, host, tags_header, route):
+            return
+        # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing calls an
+        # API here. Read it so, never rewritten (another server reads it as sent).
+        decoded = _fully_decoded(route)
+        if decoded is not None and self._follow(flow, provider, host, tags_header, decoded):
+            self._log_route_once(host, flow.request.path, decoded, "read as")
+
+    def _follow(
+        self, flow: http.HTTPFlow, provider: Provider, host: str, tags_header: str | None, route: str
+    ) -> bool:
+        """Start following ``flow`` if ``route`` (its path and query as read) is an API the proxy
+        meters: a call, a WebSocket handshake, a session set-up, a background retrieval. False
+        when it is none of them."""
         if (
             provider.realtime is not None
             or provider.live is not None
             or provider.responses_ws is not None
             or provider.openai_live is not None
         ) and flow.request.method == "GET":
-            # Spelled as servers read it: doubled slashes merged, "websocket" among the protocols.
-            path = _SLASHES.sub("/", flow.request.path.partition("?")[0])
-            if _asks_for_websocket(flow.request.headers):
+            path = route.partition("?")[0]
+            if _asks_for_websocket(flow.request.headers):  # "websocket" among others, in any case
                 if provider.realtime is not None and provider.realtime.matches(path):
-                    self._start_handshake(flow, provider, host, tags_header)
-                    return
+                    self._start_handshake(flow, provider, host, tags_header, route)
+                    return True
                 if provider.live is not None and provider.live.matches(path):
-                    self._start_handshake(flow, provider, host, tags_header, provider.live)
-                    return
+                    self._start_handshake(flow, provider, host, tags_header, route, provider.live)
+                    return True
                 if provider.responses_ws is not None and provider.responses_ws.matches(path):
-                    self._start_handshake(flow, provider, host, tags_header, responses_ws=True)
-                    return
+                    self._start_handshake(flow, provider, host, tags_header, route, responses_ws=True)
+                    return True
                 if provider.openai_live is not None and provider.openai_live.matches(path):
-                    self._start_handshake(flow, provider, host, tags_header, openai_live_ws=True)
-                    return
+                    self._start_handshake(flow, provider, host, tags_header, route, openai_live_ws=True)
+                    return True
                 if provider.openai_live is not None and (side := openai_live.sideband_session(path)):
                     self._start_handshake(
-                        flow, provider, host, tags_header, openai_live_ws=True, sideband=side
+                        flow, provider, host, tags_header, route, openai_live_ws=True, sideband=side
                     )
-                    return
-        if (self._background or self._earlier_background) and (
-            flow.request.method == "GET" or flow.request.path.partition("?")[0].endswith(_CANCEL)
-        ):
-            self._start_retrieval(flow, provider, host)
-            return
+                    return True
+        retrieval = flow.request.method == "GET" or route.partition("?")[0].endswith(_CANCEL)
+        pending = self._background or self._earlier_background
+        if retrieval and pending and self._start_retrieval(flow, provider, host, route):
+            return True
         if flow.request.method != "POST":
-            return
-        path, _, query = flow.request.path.partition("?")
+            return False
+        path, _, query = route.partition("?")
         mints = provider.realtime_mints
         if mints is not None and (kind := mints.kind(path)) is not None:
-            self._start_mint(flow, provider, host, mints, kind, query, tags_header)
-            return
+            self._start_mint(flow, provider, host, mints, kind, route, tags_header)
+            return True
         flavor = provider.flavor_for_path(route)
-        if flavor is None and "%" in route:
-            # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing
-            # calls an API here. Read it so, never rewritten (another server reads it as sent).
-            decoded = unquote(route.partition("?")[0])
-            if (flavor := provider.flavor_for_path(decoded)) is not None:
-                route = self._route_read_as(flow, host, decoded)
         if flavor is None:
             if provider.batch_api == "openai" and batches.is_upload_path(path):
                 self._uploads[flow] = None  # maybe a batch's input file: read in `request`
-            return
-        path = route.partition("?")[0]
+            return False
         facts = provider.path_facts(path) if provider.path_facts is not None else None
         # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
         stand_in = facts.credential if facts is not None else None
@@ -813,29 +827,27 @@ class Meter:
             tags_header,
             geo=facts.geo if facts is not None else None,
             path_tags=facts.tags if facts is not None and facts.tags else None,
-            route=route if route is not flow.request.path else None,
+            route=route if route != flow.request.path else None,
         )
+        return True
 
     def _route_as_read(self, flow: http.HTTPFlow, provider: Provider, host: str) -> str:
-        """The request's path as servers read it (``values.normal_path``: ``/v1/./chat/%63ompletions``
-        is ``/v1/chat/completions``), so that a path spelled otherwise is metered and checked
-        like any other. The request is rewritten to it (the same resource, by RFC 3986), unless
-        it is signed over its path: then it is only read so. Returns ``flow.request.path`` itself
-        when that is the path as read."""
+        """The request's path and query as servers read them, so that a path spelled otherwise is
+        metered and checked like any other: ``values.normal_path`` (``/v1/./chat/%63ompletions`` is
+        ``/v1/chat/completions``), to which the request is rewritten (the same resource, by RFC
+        3986) unless it is signed over its path, and doubled slashes merged (only read so: many
+        servers merge them, as nginx does)."""
         sent = flow.request.path
         normal = normal_path(sent)
-        if normal is sent:
-            return sent
-        if provider.with_model is not None:
+        if normal is not sent and provider.with_model is not None:
             flow.request.path = normal
             self._log_route_once(host, sent, normal, "sent as")
-            return normal
-        return self._route_read_as(flow, host, normal)
-
-    def _route_read_as(self, flow: http.HTTPFlow, host: str, route: str) -> str:
-        """``route``, the path the proxy reads ``flow``'s as (it goes upstream as sent)."""
-        self._log_route_once(host, flow.request.path, route, "read as")
-        return route
+            sent = normal
+        path, mark, query = normal.partition("?")
+        read = _SLASHES.sub("/", path) + mark + query if "//" in path else normal
+        if read != sent:
+            self._log_route_once(host, sent, read, "read as")
+        return read
 
     def _log_route_once(self, host: str, sent: str, route: str, how: str) -> None:
         where = (host, sent.partition("?")[0])
@@ -890,6 +902,7 @@ class Meter:
         provider: Provider,
         host: str,
         tags_header: str | None,
+        route: str,
         live: gemini_live.Endpoint | None = None,
         *,
         responses_ws: bool = False,
@@ -899,8 +912,9 @@ class Meter:
         """A WebSocket handshake, OpenAI Realtime's, (``live``) Gemini Live's, (``responses_ws``)
         OpenAI Responses' or (``openai_live_ws``) OpenAI Live's (``sideband``: a sideband attached to
         that session id, its row path the attach path): a call being started (attributed, checked);
-        its work is metered as the session runs (see websocket_message)."""
-        path, _, query = flow.request.path.partition("?")
+        its work is metered as the session runs (see websocket_message). ``route``: its path and
+        query as read."""
+        path, _, query = route.partition("?")
         headers = flow.request.headers
         if live is None:
             key, key_problem = self._api_key(provider, headers, query)
@@ -938,7 +952,7 @@ class Meter:
         host: str,
         mints: openai_realtime_mints.Mints,
         kind: str,
-        query: str,
+        route: str,
         tags_header: str | None,
     ) -> None:
         """A Realtime or OpenAI Live session set up over HTTP (a mint): a call being started
@@ -948,8 +962,9 @@ class Meter:
         mint naming no model."""
         if _bare_sdp_offer(flow.request.headers, kind) and not _standard_key(flow.request.headers):
             return
+        path, _, query = route.partition("?")
         key, key_problem = self._api_key(provider, flow.request.headers, query)
-        path = mints.row_path(flow.request.path)
+        path = mints.row_path(path)
         live = kind in openai_realtime_mints.LIVE_KINDS
         flavor = openai_live.FLAVOR if live else openai_realtime.FLAVOR
         self._open_call(flow, provider, host, path, flavor, key, key_problem, tags_header, mint=kind)
@@ -965,10 +980,11 @@ class Meter:
             found += [k for raw in headers.get_all("authorization") if (k := read(raw))]
         return found + list(reversed(keys_in_query(query, live.key_query)))
 
-    def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str) -> None:
+    def _start_retrieval(self, flow: http.HTTPFlow, provider: Provider, host: str, route: str) -> bool:
         """A GET of a background response this proxy saw start, or its cancel (a POST answered
-        with the response as it stands): meter it, as its call's."""
-        path = flow.request.path.partition("?")[0]
+        with the response as it stands): meter it, as its call's. False when ``route`` (its path
+        as read) is none of them."""
+        path = route.partition("?")[0]
         get = flow.request.method == "GET"
         target = path if get else path.removesuffix(_CANCEL)
         results = get and provider.batch_api == "anthropic" and path.endswith(_RESULTS)
@@ -978,14 +994,16 @@ class Meter:
         if found is None:
             if get and provider.batch_api == "openai" and batches.flavor_for_path(path):
                 self._batch_lists[flow] = (provider, host)  # a page of batches: read in `response`
-            return
+                return True
+            return False
         flavor = provider.flavor_for_path(target.rsplit("/", 1)[0])
         if flavor is None or flavor not in _BACKGROUND_FLAVORS:
-            return
+            return False
         state = self._retrieval(flow, provider, host, flavor, found.group(1))
         if state is not None:
             state.batch_results = results
             self._calls[flow] = state
+        return True
 
     def _retrieval(
         self, flow: http.HTTPFlow, provider: Provider, host: str, flavor: str, response_id: str

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import taddons
-from test_meter import FIXTURES, HAIKU, SONNET, CollectingStore, make_flow, run_request
+from test_meter import FIXTURES, HAIKU, SONNET, CollectingStore, make_flow, run_request, stream_response
 
 from addon.meter import Meter
 from addon.policies import parse_policies
@@ -151,3 +151,68 @@ async def test_a_realtime_handshake_spelled_otherwise_is_checked(meter: Meter) -
     )
     await run_request(meter, flow)
     assert flow.response is not None and flow.response.status_code == 403
+
+
+WEBSOCKET = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13"}
+GEMINI = "https://generativelanguage.googleapis.com"
+GEMINI_KEY = "AIzaSyTESTKEYabcdefghijklmnopqrstuvwx"
+
+
+def refused(flow: http.HTTPFlow) -> bool:
+    return flow.response is not None and flow.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "method", "headers"),
+    [
+        ("https://api.openai.com/v1%2Frealtime?model=gpt-realtime", b"", "GET", WEBSOCKET),
+        (
+            "https://api.openai.com/v1/realtime%2F./client_secrets",
+            {"session": {"model": "gpt-realtime"}},
+            "POST",
+            {},
+        ),
+        ("https://api.openai.com/v1/chat%2F.%2Fcompletions", {"model": "o3"}, "POST", {}),
+        ("https://api.openai.com/v1/chat//completions", {"model": "o3"}, "POST", {}),
+        (BEDROCK + f"//model/{SONNET}/converse", {}, "POST", {"authorization": BEDROCK_SIGNATURE}),
+    ],
+)
+async def test_every_kind_of_call_is_read_past_escaped_slashes_and_doubled_ones(
+    meter: Meter, url: str, body: dict | bytes, method: str, headers: dict
+) -> None:
+    flow = make_flow(url, body, method=method, headers=headers)
+    sent = flow.request.path
+    await run_request(meter, flow)
+    assert refused(flow), url  # each names a model the environment does not allow
+    assert flow.request.path == sent  # read so, sent as it came
+
+
+async def test_a_path_read_as_sent_leaves_the_call_no_route_of_its_own(meter: Meter) -> None:
+    flow = make_flow("https://api.openai.com/v1/chat/completions", {"model": "gpt-4o-mini", "messages": []})
+    meter.requestheaders(flow)
+    assert meter.call_state(flow).route is None  # type: ignore[union-attr]
+
+
+async def test_a_gemini_downgrade_read_past_an_escaped_slash_keeps_the_query(meter: Meter) -> None:
+    flow = make_flow(
+        f"{GEMINI}/v1beta/models%2Fgemini-2.5-pro:streamGenerateContent?alt=sse&key={GEMINI_KEY}",
+        {"contents": []},
+        headers={"authorization": ""},
+    )
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert flow.request.path == (
+        f"/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key={GEMINI_KEY}"
+    )
+    stream_response(flow, meter)
+    assert callable(flow.response.stream)  # alt=sse: read as the stream it is
+
+
+async def test_a_doubled_slash_in_a_gemini_path_is_checked(meter: Meter) -> None:
+    flow = make_flow(
+        f"{GEMINI}/v1beta/models//gemini-2.5-pro:generateContent",
+        {"contents": []},
+        headers={"x-goog-api-key": GEMINI_KEY},
+    )
+    await run_request(meter, flow)
+    assert flow.response is None and "gemini-2.0-flash" in flow.request.path

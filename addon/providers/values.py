@@ -66,7 +66,7 @@ def _unreserved_decoded(escape: re.Match[str]) -> str:
     return char if char in _UNRESERVED else escape[0]
 
 
-def _without_dot_segments(route: str) -> str:
+def without_dot_segments(route: str) -> str:
     """RFC 3986 5.2.4: ``.`` and ``..`` segments resolved (``..`` never climbs above the root)."""
     segments = route.split("/")
     kept: list[str] = []
@@ -92,7 +92,7 @@ def normal_path(path: str) -> str:
         return path
     normal = _ESCAPE.sub(_unreserved_decoded, route) if "%" in route else route
     if "/." in normal:
-        normal = _without_dot_segments(normal)
+        normal = without_dot_segments(normal)
     return path if normal == route else normal + mark + query
 
 
