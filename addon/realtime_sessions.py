@@ -126,6 +126,7 @@ class RealtimeSession(SocketSession):
     # A transcription session (``?intent=transcription``) where models are restricted, until it names
     # an allowed transcription model: what the client sends is held back (see SocketMeter).
     transcription_unnamed: bool = False
+    transcription_pending: bool = False  # let go on a checked update, the server's answer awaited
     deployments: Mapping[str, str] = field(default_factory=dict)  # Azure: deployment -> its model
     held: int = 0  # client messages held back meanwhile
 

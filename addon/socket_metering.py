@@ -305,36 +305,66 @@ class SocketMeter:
             if session.capped:
                 message.drop()  # the socket is closing: nothing more goes upstream
             elif self._meter.policies.enforcing:
+                update = False
                 if message.is_text and openai_realtime_mints.may_update_session(message.content):
-                    await self._realtime_session_update(flow, session, message)
-                elif session.transcription_unnamed:
+                    update = await self._realtime_session_update(flow, session, message)
+                if session.transcription_unnamed and not update:
                     self._hold_until_model_named(flow, session, message)
                 # A message the test took that is no session update may still ask for work.
                 if not message.dropped and self._meter.enforcer.budgets.has_budgets:
                     self._cap_if_spent(flow, session, message)
             return
         data = message.content
-        if message.injected or not message.is_text or not openai_realtime.might_bill(data):
+        if message.injected or not message.is_text:
+            return
+        if session.transcription_pending and openai_realtime.is_error_event(data):
+            # Most likely the server refusing the update just let through: its default model
+            # may transcribe, so the session is held back again until one is confirmed.
+            session.transcription_pending, session.transcription_unnamed = False, True
+            return
+        if not openai_realtime.might_bill(data):
             return
         event = await self._off_loop(openai_realtime.read_server_event, data)
         if event is None:
             return
         for row in session.take(event, time.time()):
             self._record_realtime(row)
+        if isinstance(event, openai_realtime.SessionConfig) and (
+            session.transcription_unnamed or session.transcription_pending
+        ):
+            self._confirm_transcription(session)
+
+    def _confirm_transcription(self, session: RealtimeSession) -> None:
+        """The server says which transcription model the session runs (``session.created`` or
+        ``.updated``): an allowed one lets a held-back transcription session go; anything else after
+        an update the proxy let through holds it back again."""
+        record, model = session.handshake, session.transcription_model
+        ruled = (
+            None
+            if model is None
+            else self._meter.enforcer.decide_model(record.provider, record.environment, model)
+        )
+        if ruled is not None and ruled.action == "allowed":
+            session.transcription_unnamed = session.transcription_pending = False
+        elif session.transcription_pending:
+            session.transcription_pending, session.transcription_unnamed = False, True
 
     async def _realtime_session_update(
         self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage
-    ) -> None:
+    ) -> bool:
         """A client ``session.update`` (``transcription_session.update``): each transcription model
         it names is checked against the allowlist of the session's environment. A disallowed one is
         downgraded by rewriting it in the message, or refused: the message never goes upstream, the
         client gets an ``error`` event (the session goes on as it was configured) and the refusal
-        is a row, not billed. A message that cannot be rewritten is refused too."""
+        is a row, not billed. A message that cannot be rewritten is refused too. False when the
+        message is no session update."""
         data = message.content
         read = functools.partial(openai_realtime_mints.read_session_update, deployments=session.deployments)
         update = await self._off_loop(read, data)
-        if update is None or not update.models.models:
-            return
+        if update is None:
+            return False
+        if not update.models.models:
+            return True
         record = session.handshake
         enforcer = self._meter.enforcer
         changes: dict[openai_realtime_mints.Where, str] = {}
@@ -360,8 +390,6 @@ class SocketMeter:
                 downgrades.append((named.model, decision.model_sent, decision.notice))
             else:
                 session.transcription_downgrades.pop(named.model, None)  # asked for as it is
-        if refused is None:
-            session.transcription_unnamed = False
         if refused is None and changes:
             try:
                 rewrite = functools.partial(
@@ -391,10 +419,13 @@ class SocketMeter:
             self._inject(flow, event)
             self._meter._submit(session.refused_update(time.time(), named.model, status, why))
             log.warning("tokometer: a Realtime session.update refused: %s", why)
-            return
+            return True
         for asked, sent, notice in downgrades:
             session.downgraded_transcription(asked, sent)
             log.info("tokometer: Realtime session.update %s", notice)
+        if session.transcription_unnamed:  # let go, until the server says otherwise
+            session.transcription_unnamed, session.transcription_pending = False, True
+        return True
 
     def _hold_until_model_named(
         self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage

@@ -1149,6 +1149,7 @@ def test_realtime_messages_never_raise(data: bytes) -> None:
     """Any bytes a socket carries: the cheap test, the reader and the client check never raise,
     and what they read is well formed."""
     assert isinstance(openai_realtime.might_bill(data), bool)
+    assert isinstance(openai_realtime.is_error_event(data), bool)
     event = openai_realtime.read_server_event(data)
     assert event is None or isinstance(
         event,

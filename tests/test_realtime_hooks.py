@@ -700,3 +700,58 @@ async def test_an_azure_transcription_model_is_a_deployment_read_and_downgraded_
     assert (await client_says(meter, flow, transcription_update("tr-big"))).dropped  # nothing serves mini
     [event] = injected
     assert "no Azure deployment serves gpt-4o-mini-transcribe" in event["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        b'{"type":"input_audio_buffer.\\u0061ppend","audio":"AAAA"}',  # any JSON parser reads an append
+        b'{"type":"input_audio_buffer.commit","note":"caf\\u00e9"}',  # json.dumps(ensure_ascii=True)
+    ],
+)
+async def test_a_held_back_transcription_session_holds_messages_spelled_with_escapes_too(
+    meter: Meter, injected: list[dict[str, Any]], held: bytes
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake("intent=transcription")
+    await open_session(meter, flow)
+    assert (await client_says(meter, flow, held)).dropped
+    assert [e["error"]["code"] for e in injected] == ["model_not_named"]
+
+
+async def test_a_transcription_session_is_held_back_again_when_the_server_refuses_its_update(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake("intent=transcription")
+    await open_session(meter, flow)
+    await server_says(meter, flow, session_event("session.created", None, None))
+    # Let go at once (audio right behind an update is not lost) ...
+    assert not (await client_says(meter, flow, transcription_update("gpt-4o-mini-transcribe"))).dropped
+    assert not (await client_says(meter, flow, APPEND)).dropped
+    # ... but the server refused it: its default would transcribe, so held back again.
+    error = {"type": "error", "event_id": "e1", "error": {"type": "invalid_request_error", "message": "no"}}
+    await server_says(meter, flow, error)
+    assert (await client_says(meter, flow, APPEND)).dropped
+    # Confirmed by the server this time: let go for good, even after an unrelated error.
+    assert not (await client_says(meter, flow, transcription_update("gpt-4o-mini-transcribe"))).dropped
+    await server_says(meter, flow, session_event("session.updated", None, "gpt-4o-mini-transcribe"))
+    await server_says(meter, flow, error)
+    assert not (await client_says(meter, flow, APPEND)).dropped
+
+
+async def test_a_server_default_transcription_model_decides_the_hold(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    meter._apply(parse_policies(TRANSCRIBING))
+    allowed = handshake("intent=transcription")
+    await open_session(meter, allowed)
+    await server_says(meter, allowed, session_event("session.created", None, "gpt-4o-mini-transcribe"))
+    assert not (await client_says(meter, allowed, APPEND)).dropped  # the default is allowed: no hold
+    other = handshake("intent=transcription")
+    await open_session(meter, other)
+    await server_says(meter, other, session_event("session.created", None, "whisper-1"))
+    assert (await client_says(meter, other, APPEND)).dropped
+    assert not (await client_says(meter, other, transcription_update("gpt-4o-mini-transcribe"))).dropped
+    await server_says(meter, other, session_event("session.updated", None, "whisper-1"))  # not applied
+    assert (await client_says(meter, other, APPEND)).dropped

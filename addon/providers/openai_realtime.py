@@ -193,6 +193,15 @@ def might_bill(data: bytes) -> bool:
     return b'"usage"' in data or b"session." in data or b'transcription.completed"' in data
 
 
+def is_error_event(data: bytes) -> bool:
+    """Is this server message an ``error`` event? Decoded only if ``"error"`` is in its first bytes
+    (the type comes first). Never raises."""
+    if b'"error"' not in data[:_HEAD]:
+        return False
+    obj = loads(data)
+    return isinstance(obj, dict) and obj.get("type") == "error"
+
+
 def read_server_event(data: bytes) -> ServerEvent | None:
     """The event in one server message if it is one the meter reads, else None. Never raises."""
     obj = loads(data)
