@@ -67,9 +67,11 @@ from addon.providers.openai_media import (
     FORM_NOT_REWRITTEN,
     MEDIA_FLAVORS,
     FormFields,
+    input_images,
     is_form,
     read_form,
     reserved_image_tokens,
+    reserved_input_image_tokens,
 )
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
@@ -1229,11 +1231,13 @@ class Meter:
         if body is not None:
             record.streamed = body.get("stream") is True
         image_request = None  # what an image call asks for: its reservation's output
+        edited = 0  # an edit's input images: its reservation's image input
         if record.api_flavor == "images":
             image_request = form.fields if form is not None else body
+            edited = input_images(flow.request.path, body, form)
 
         estimate = self._cost_estimate(
-            record.provider, state.request_size, body, record.inference_geo, image_request
+            record.provider, state.request_size, body, record.inference_geo, image_request, edited
         )
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
@@ -1646,19 +1650,29 @@ class Meter:
         body: dict[str, Any] | None,
         geo: str | None = None,
         image_request: Mapping[str, Any] | None = None,
+        edited: int = 0,
     ) -> Callable[[str | None], Decimal]:
         """What a call may cost, for its budget reservation: input from the body's size, output
         from its max-tokens setting (else the p90 of what the model wrote in its recent calls here,
         never under ``RESERVED_OUTPUT_TOKENS``), at the price where the path says it runs. An
         image request (``image_request``: its JSON body or form fields) reserves the image tokens it
-        asks for at the image output rate of the model sent, where OpenAI documents them.
-        Only evaluated when a budget applies."""
+        asks for at the image output rate of the model sent, and an edit's ``edited`` input images
+        at its image input rate, where OpenAI documents them. Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
             tokens = size // BYTES_PER_TOKEN
             images = reserved_image_tokens(model, image_request) if image_request is not None else None
             if images is not None:
-                return self.pricer.estimate(provider, model, tokens, images, geo, output_image_tokens=images)
+                seen = reserved_input_image_tokens(model, image_request, edited)
+                return self.pricer.estimate(
+                    provider,
+                    model,
+                    tokens + seen,
+                    images,
+                    geo,
+                    output_image_tokens=images,
+                    input_image_tokens=seen,
+                )
             output = _max_output_tokens(body) or self.outputs.reserved(provider, model)
             return self.pricer.estimate(provider, model, tokens, output, geo)
 

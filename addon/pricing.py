@@ -467,6 +467,7 @@ class Pricer:
         geo: str | None = None,
         service_tier: str | None = None,
         output_image_tokens: int = 0,
+        input_image_tokens: int = 0,
     ) -> Decimal:
         """A quick cost estimate (a budget reservation): the list price of these tokens.
 
@@ -474,13 +475,17 @@ class Pricer:
         microseconds once the model's linear price is known, a full calculation past its first
         tier. ``geo`` is where the path says the call runs: a provider's own geo premium
         (Vertex's regional endpoints) applies to the reservation as it will to the bill; so does
-        ``service_tier`` (a batch job's price). ``output_image_tokens``, a part of the output, are
-        priced at the model's image output rate, as a GPT image model's reported usage is.
+        ``service_tier`` (a batch job's price). ``output_image_tokens``, a part of the output, and
+        ``input_image_tokens``, a part of the input, are priced at the model's image rates, as a GPT
+        image model's reported usage is.
         """
         if not model:
             return Decimal(0)
         usage = Usage(
-            input_tokens=input_tokens, output_tokens=output_tokens, output_image_tokens=output_image_tokens
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            input_image_tokens=input_image_tokens,
+            output_image_tokens=output_image_tokens,
         )
         price = self.price_usage(provider, (model,), usage, datetime.now(UTC), service_tier=service_tier)
         cost = price.cost_usd or Decimal(0)

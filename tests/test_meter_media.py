@@ -41,10 +41,15 @@ DEVELOPMENT = Scope("environment", "development")
 BUDGET = "environments:\n  development:\n    budget: {usd: 100, period: day}\n"
 
 
-def image_bill(model: str, input_tokens: int, image_tokens: int) -> Decimal:
+def image_bill(model: str, input_tokens: int, image_tokens: int, input_image_tokens: int = 0) -> Decimal:
     """What genai-prices says a GPT image call costs, its usage read as OpenAI reports it (every
-    output token an image token)."""
-    usage = GPUsage(input_tokens=input_tokens, output_tokens=image_tokens, output_image_tokens=image_tokens)
+    output token an image token; ``input_image_tokens`` a part of ``input_tokens``)."""
+    usage = GPUsage(
+        input_tokens=input_tokens,
+        input_image_tokens=input_image_tokens,
+        output_tokens=image_tokens,
+        output_image_tokens=image_tokens,
+    )
     return calc_price(usage, model, provider_id="openai").total_price
 
 
@@ -102,10 +107,11 @@ async def test_an_upload_is_metered_by_its_form_model_without_an_estimate(
     monkeypatch.undo()
     assert flow.response is None
     assert [f.func.__name__ for f in threads if isinstance(f, functools.partial)].count("read_form") == 1
-    # its budget reservation counts the text fields (bytes / 4 tokens), not the image's bytes, and
-    # the image it asks for: no quality or size given, so the largest (high, 1024x1536: 6240 tokens)
+    # its budget reservation counts the text fields (bytes / 4 tokens), not the image's bytes, its
+    # input image at the most one can cost (581 image tokens), and the image it asks for: no quality
+    # or size given, so the largest (high, 1024x1536: 6240 tokens)
     assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
-        "gpt-image-1", len(b"a hatgpt-image-1") // 4, 6240
+        "gpt-image-1", len(b"a hatgpt-image-1") // 4 + 581, 6240, 581
     )
     await answer(meter, flow, b'{"created":1}')
     [rec] = meter.store.records  # type: ignore[union-attr]
@@ -285,7 +291,49 @@ async def test_an_image_edit_upload_reserves_the_images_its_form_asks_for(meter:
     assert flow.response is None
     text_bytes = len(b"a hat") + sum(len(value) for _, value in fields)
     assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
-        "gpt-image-1-mini", text_bytes // 4, 2 * 1056
+        "gpt-image-1-mini", text_bytes // 4 + 581, 2 * 1056, 581
+    )
+
+
+@pytest.mark.parametrize("fidelity", [b"low", b"high"])
+async def test_an_image_edit_reserves_its_input_images(meter: Meter, fidelity: bytes) -> None:
+    """Each input image is billed as image input tokens (at $10/M for gpt-image-1): 581 at most
+    for one image, 6,240 more with input_fidelity high. Three high-fidelity images cost more than
+    the low-quality image they are edited into: the old reservation (the output only) fell short."""
+    meter._apply(parse_policies(BUDGET))
+    fields = [("model", b"gpt-image-1"), ("quality", b"low"), ("size", b"1024x1024")]
+    flow = upload(
+        EDITS,
+        [("image[]", os.urandom(20_000), f"{i}.png") for i in range(3)]
+        + [("mask", os.urandom(5_000), "mask.png"), ("prompt", b"a hat", None)]
+        + [(name, value, None) for name, value in [*fields, ("input_fidelity", fidelity)]],
+    )
+    await run_request(meter, flow)
+    assert flow.response is None
+    text_bytes = len(b"a hat" + fidelity) + sum(len(value) for _, value in fields)
+    seen = 3 * (581 + (6240 if fidelity == b"high" else 0))
+    reserved = meter.enforcer.budgets.reserved()[DEVELOPMENT]
+    assert reserved == image_bill("gpt-image-1", text_bytes // 4 + seen, 272, seen)
+    if fidelity == b"high":
+        assert reserved > Decimal("0.2")  # 20,463 image input tokens at $10/M, 272 out at $40/M
+
+
+async def test_a_json_image_edit_reserves_its_input_images(meter: Meter) -> None:
+    meter._apply(parse_policies(BUDGET))
+    images = [{"file_id": f"file-{i}"} for i in range(2)]
+    body = {
+        "model": "gpt-image-1.5",
+        "prompt": "a hat",
+        "images": images,
+        "quality": "low",
+        "size": "1024x1024",
+    }
+    flow = make_flow(EDITS, {**body, "input_fidelity": "high"})
+    prompt_tokens = len(flow.request.content) // 4
+    await run_request(meter, flow)
+    seen = 2 * (581 + 6240)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
+        "gpt-image-1.5", prompt_tokens + seen, 272, seen
     )
 
 

@@ -23,9 +23,11 @@ from addon.providers.openai_media import (
     PLAIN_TEXT,
     StreamParser,
     flavor_for_path,
+    input_images,
     parse_response,
     read_form,
     reserved_image_tokens,
+    reserved_input_image_tokens,
 )
 from addon.record import CallRecord
 from addon.sse import SSEDecoder
@@ -403,6 +405,60 @@ def test_an_image_forms_reservation_fields_are_read_as_often_as_given() -> None:
 )
 def test_reserved_image_tokens(model: str | None, request_fields: Any, tokens: int | None) -> None:
     assert reserved_image_tokens(model, request_fields) == tokens
+
+
+# An input image of a GPT image model before gpt-image-2 (the images and vision guide, "GPT Image 1"):
+# 65 + 129 per 512px tile once scaled to fit 2048x2048 and its shortest side to 512px, so 4 tiles
+# (581 tokens) at most; input_fidelity high adds 4,160 (square) or 6,240 (other): 6,240 reserved.
+@pytest.mark.parametrize(
+    ("model", "request_fields", "images", "tokens"),
+    [
+        ("gpt-image-1", {}, 1, 581),
+        ("gpt-image-1", {"input_fidelity": "low"}, 3, 3 * 581),
+        ("gpt-image-1", {"input_fidelity": "high"}, 1, 581 + 6240),
+        ("gpt-image-1.5-2025-12-16", {"input_fidelity": ("low", " High ")}, 2, 2 * (581 + 6240)),
+        ("gpt-image-1-mini", {"input_fidelity": "high"}, 2, 2 * 581),  # mini does not take it
+        ("gpt-image-1", {"input_fidelity": "high"}, 40, 16 * (581 + 6240)),  # 16 images at most
+        ("gpt-image-1", {"input_fidelity": ["high"]}, 1, 581),  # not a value the API takes
+        ("gpt-image-1", None, 2, 2 * 581),
+        ("gpt-image-1", {}, 0, 0),  # a generation: no input image
+        ("gpt-image-1", {}, -3, 0),
+        ("gpt-image-1", {}, True, 0),
+        ("gpt-image-2", {"input_fidelity": "high"}, 1, 0),  # another formula
+        ("dall-e-2", {}, 1, 0),
+        (None, {}, 1, 0),
+    ],
+)
+def test_reserved_input_image_tokens(
+    model: str | None, request_fields: Any, images: Any, tokens: int
+) -> None:
+    assert reserved_input_image_tokens(model, request_fields, images) == tokens
+
+
+def test_an_edits_input_images_are_counted_from_its_form_or_its_json() -> None:
+    """A form's image files (``image`` or ``image[]``; not its mask, nor a text field so named),
+    a JSON edit's ``images``; at least one for an edit, none for a generation."""
+    body, ctype = form(
+        [
+            ("image[]", b"\x89PNG" * 100, "a.png"),
+            ("image[]", b"\x89PNG" * 100, "b.png"),
+            ("mask", b"\x89PNG" * 100, "mask.png"),
+            ("image", b"not a file", None),
+            ("input_fidelity", b"high", None),
+            ("model", b"gpt-image-1", None),
+        ]
+    )
+    fields = read_form(body, ctype)
+    assert (fields.image_files, fields.fields["input_fidelity"]) == (2, ("high",))
+    edits = "/v1/images/edits"
+    assert input_images(edits, None, fields) == 2
+    assert input_images(edits + "?x=1", None, read_form(*form([("model", b"gpt-image-1", None)]))) == 1
+    images = [{"image_url": "https://example.com/a.png"}, {"file_id": "file-1"}, {"file_id": "file-2"}]
+    assert input_images(edits, {"model": "gpt-image-1", "images": images}, None) == 3
+    assert input_images(edits, {"image": "data:image/png;base64,iVBO"}, None) == 1
+    assert input_images(edits, {"images": "nonsense"}, None) == 1
+    assert input_images(edits, None, None) == 1
+    assert input_images("/v1/images/generations", {"images": images}, None) == 0
 
 
 # ---------------------------------------------------------------- prices and rows

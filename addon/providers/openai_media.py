@@ -21,7 +21,9 @@ fields (``model``, and ``n``, ``quality``, ``size``...) by walking the part boun
 decoding the files.
 
 A budget reservation of an image call counts the image output tokens its request asks for
-(``reserved_image_tokens``: quality, size, n, streamed partial images), from OpenAI's table.
+(``reserved_image_tokens``: quality, size, n, streamed partial images), from OpenAI's table, and
+an edit's input images (``reserved_input_image_tokens``: the most one image can cost, its pixels
+never read; more with ``input_fidelity: high``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from addon.model_rules import base_model
 from addon.providers.openai_api import error_message
-from addon.providers.values import flavor_by_suffix, loads
+from addon.providers.values import bare_path, flavor_by_suffix, loads
 from addon.providers.values import token_count as _int
 from addon.sse import SSEEvent
 from addon.usage import Metered, Usage
@@ -288,7 +290,7 @@ PARTIAL_IMAGE_TOKENS = 100  # each partial image of a stream ("Partial images co
 MAX_IMAGES = 10  # n: 1 to 10 (the API reference)
 MAX_PARTIAL_IMAGES = 3  # partial_images: 0 to 3
 # The fields of an image request (JSON or form) its reservation reads.
-RESERVATION_FIELDS = frozenset({"n", "quality", "size", "stream", "partial_images"})
+RESERVATION_FIELDS = frozenset({"n", "quality", "size", "stream", "partial_images", "input_fidelity"})
 _MAX_RESERVATION_FIELD = 64  # bytes of such a form field read (longer: not a value the API takes)
 
 
@@ -338,6 +340,56 @@ def reserved_image_tokens(model: str | None, request: Mapping[str, Any] | None) 
     return images * per_image
 
 
+# Image input tokens of one input image of a GPT image model before gpt-image-2 (the images and vision
+# guide, "GPT Image 1": developers.openai.com/api/docs/guides/images-vision#gpt-image-1): scaled to fit
+# 2048x2048, then down so its shortest side is 512px; 65 tokens, and 129 for each 512px tile. Its
+# shortest side is then at most 512 and its longest at most 2048: 4 tiles at most, 581 tokens, what a
+# reservation counts for each image without reading its pixels. ``input_fidelity: high`` adds 4,160
+# tokens for a square image and 6,240 for any other: 6,240 reserved (gpt-image-1-mini does not take it).
+INPUT_IMAGE_BASE_TOKENS = 65
+INPUT_IMAGE_TILE_TOKENS = 129
+MAX_INPUT_IMAGE_TILES = 4
+HIGH_FIDELITY_TOKENS = 6240  # the larger of the two (square: 4,160)
+HIGH_FIDELITY_MODELS = TABLED_IMAGE_MODELS - {"gpt-image-1-mini"}
+MAX_INPUT_IMAGES = 16  # an edit takes up to 16 images (the API reference)
+_EDITS = "/images/edits"
+_IMAGE_PARTS = frozenset({b"image", b"image[]"})  # an edit's image files in a form (one, or a list)
+
+
+def reserved_input_image_tokens(model: str | None, request: Mapping[str, Any] | None, images: int) -> int:
+    """The image input tokens ``images`` input images of an edit may be billed for: the most one
+    image can cost (581), plus 6,240 each with ``input_fidelity: high``; at most 16 images. 0 for a
+    model without a documented formula (DALL·E, gpt-image-2...). Never raises."""
+    if type(images) is not int or images <= 0 or not model:
+        return 0
+    base = base_model(model)
+    if base not in TABLED_IMAGE_MODELS:
+        return 0
+    per_image = INPUT_IMAGE_BASE_TOKENS + MAX_INPUT_IMAGE_TILES * INPUT_IMAGE_TILE_TOKENS
+    fidelity = request.get("input_fidelity") if isinstance(request, Mapping) else None
+    if base in HIGH_FIDELITY_MODELS and any(
+        isinstance(v, str) and v.strip().lower() == "high" for v in _values(fidelity)
+    ):
+        per_image += HIGH_FIDELITY_TOKENS
+    return min(images, MAX_INPUT_IMAGES) * per_image
+
+
+def input_images(path: str, body: Mapping[str, Any] | None, form: FormFields | None) -> int:
+    """How many images an image request sends to be edited: an edit's image files (``image`` or
+    ``image[]`` parts of its form), or the entries of its JSON ``images`` (``image``), at least
+    one; 0 for any other image request (a generation). Never raises."""
+    if not bare_path(path).endswith(_EDITS):
+        return 0
+    if form is not None:
+        return max(1, form.image_files)
+    found = 0
+    if isinstance(body, Mapping):
+        for name in ("images", "image"):
+            value = body.get(name)
+            found = max(found, len(value) if isinstance(value, list) else int(value is not None))
+    return max(1, found)
+
+
 # --- multipart/form-data uploads -----------------------------------------------------------
 
 
@@ -350,6 +402,7 @@ class FormFields:
     error: str | None = None  # why the model could not be read
     # The values of its RESERVATION_FIELDS (n, quality, size...), each as often as it is given.
     fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    image_files: int = 0  # its ``image`` (``image[]``) file parts: an edit's input images
 
 
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;,"]{1,200}))', re.IGNORECASE)
@@ -448,8 +501,10 @@ def read_form(body: bytes, content_type: str) -> FormFields:
     models: list[str] = []
     fields: dict[str, tuple[str, ...]] = {}
     text_bytes = 0
+    image_files = 0
     for part in walk.parts:
         if part.is_file:
+            image_files += part.name in _IMAGE_PARTS
             continue
         size = part.end - part.start
         text_bytes += size
@@ -460,7 +515,7 @@ def read_form(body: bytes, content_type: str) -> FormFields:
             value = body[part.start : part.end].decode("utf-8", "replace").strip()
             fields[name] = (*fields.get(name, ()), value)
     if walk.error is not None:
-        return FormFields(text_bytes=text_bytes, error=walk.error, fields=fields)
+        return FormFields(text_bytes=text_bytes, error=walk.error, fields=fields, image_files=image_files)
     model, error = None, None
     distinct = list(dict.fromkeys(models))
     if models and not walk.complete:  # a server reading on may find another model field (its last wins)
@@ -475,4 +530,10 @@ def read_form(body: bytes, content_type: str) -> FormFields:
         error = "multipart body cut short or malformed: no model field found"
     else:
         error = "no model field in the form"
-    return FormFields(model=model, text_bytes=text_bytes, error=None if model else error, fields=fields)
+    return FormFields(
+        model=model,
+        text_bytes=text_bytes,
+        error=None if model else error,
+        fields=fields,
+        image_files=image_files,
+    )
