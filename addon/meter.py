@@ -67,6 +67,7 @@ from addon.providers.openai_media import (
     FORM_NOT_REWRITTEN,
     MEDIA_FLAVORS,
     FormFields,
+    image_tool_tokens,
     input_images,
     is_form,
     read_form,
@@ -1657,7 +1658,9 @@ class Meter:
         never under ``RESERVED_OUTPUT_TOKENS``), at the price where the path says it runs. An
         image request (``image_request``: its JSON body or form fields) reserves the image tokens it
         asks for at the image output rate of the model sent, and an edit's ``edited`` input images
-        at its image input rate, where OpenAI documents them. Only evaluated when a budget applies."""
+        at its image input rate, where OpenAI documents them; a Responses request with the
+        ``image_generation`` tool, the images it may write at its image model's image output rate.
+        Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
             tokens = size // BYTES_PER_TOKEN
@@ -1674,7 +1677,14 @@ class Meter:
                     input_image_tokens=seen,
                 )
             output = _max_output_tokens(body) or self.outputs.reserved(provider, model)
-            return self.pricer.estimate(provider, model, tokens, output, geo)
+            cost = self.pricer.estimate(provider, model, tokens, output, geo)
+            tool = image_tool_tokens(body)
+            if tool is not None:  # billed apart from the text model's usage, at the image model's rate
+                image_model, image_tokens = tool
+                cost += self.pricer.estimate(
+                    provider, image_model, 0, image_tokens, output_image_tokens=image_tokens
+                )
+            return cost
 
         return estimate
 

@@ -437,3 +437,59 @@ def test_image_budget_holds_under_concurrency(proxies, fake_provider: FakeProvid
     assert sorted(r["action"] for r in rows).count("over_budget") == 19
     assert spent == 2 * one_call == Decimal("0.3334")
     assert spent - cap <= one_call  # the cap overshot by at most one call's cost
+
+
+def test_image_tool_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:
+    """20 Responses calls with the image_generation tool (a high 1024x1024 gpt-image-1 image each,
+    billed at $40/M apart from the text model's usage) started together against a nearly spent cap:
+    each reserves its image's 4,160 tokens with its text (not the text alone), so one goes through."""
+    spent_image = calc_price(
+        GPUsage(input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160),
+        "gpt-image-1",
+        provider_id="openai",
+    ).total_price
+    tool_image = calc_price(
+        GPUsage(output_tokens=4160, output_image_tokens=4160), "gpt-image-1", provider_id="openai"
+    ).total_price  # $0.1664: the tool's image, which the response's usage does not report
+    usage = {
+        "input_tokens": 300,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 100,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 400,
+    }
+    text = calc_price(GPUsage(input_tokens=300, output_tokens=100), "gpt-4o-mini", provider_id="openai")
+    one_call = text.total_price + tool_image  # what OpenAI bills one call
+    cap = Decimal("0.30")  # one image spent: $0.1333 left, less than one call
+    budget = f"    budget: {{usd: {cap}, period: day}}\n"
+    proxy = proxies("default_environment: development\nenvironments:\n  development:\n" + budget)
+    image = {"model": "gpt-image-1", "prompt": "a cat", "quality": "high", "size": "1024x1024"}
+    spend = ["Authorization: Bearer sk-x", f"X-Test-Tag: spent-{tag()}"]
+    assert curl(proxy, "https://api.openai.com/v1/images/generations", image, spend).returncode == 0
+    proxy.wait_rows(1)
+    time.sleep(0.3)  # priced and counted by the writer thread right after it is journaled
+    gate_name = f"gate-{tag()}"
+    gate = fake_provider.gate(gate_name)
+    tool = {"type": "image_generation", "quality": "high", "size": "1024x1024"}
+
+    def one(i: int) -> subprocess.CompletedProcess[str]:
+        body = {"model": "gpt-4o-mini", "input": f"draw cat {i}", "tools": [tool], "stream": True}
+        headers = [
+            "Authorization: Bearer sk-x",
+            f"X-Test-Tag: tool-{i}-{gate_name}",
+            "X-Fake-Usage: " + json.dumps(usage),
+            f"X-Fake-Gate: {gate_name}",
+        ]
+        return curl(proxy, "https://api.openai.com/v1/responses", body, headers)
+
+    results = started_together(one, gate, refused=19)
+    proxy.terminate()
+    rows = proxy.rows("SELECT action, cost_usd FROM calls ORDER BY ts")
+    spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)  # the rows: each call's reported usage
+    admitted = sum(r.returncode == 0 for r in results)
+    billed = spent + admitted * tool_image  # and each admitted call's image, which its usage leaves out
+    assert (admitted, spent) == (1, spent_image + text.total_price), (
+        f"{admitted=} {spent=} {billed=} of {cap}"
+    )
+    assert sorted(r["action"] for r in rows).count("over_budget") == 19
+    assert billed - cap <= one_call  # the cap overshot by at most one call's cost

@@ -26,6 +26,7 @@ from addon.policies import parse_policies
 from addon.providers.openai_media import FORM_NOT_REWRITTEN, NO_IMAGE_USAGE, PLAIN_TEXT
 
 GENERATIONS = "https://api.openai.com/v1/images/generations"
+RESPONSES = "https://api.openai.com/v1/responses"
 EDITS = "https://api.openai.com/v1/images/edits"
 TRANSCRIPTIONS = "https://api.openai.com/v1/audio/transcriptions"
 RESTRICTED = """
@@ -346,3 +347,46 @@ async def test_a_downgraded_image_request_reserves_at_the_model_sent(meter: Mete
     assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
         "gpt-image-1-mini", prompt_tokens, 2 * 6240
     )
+
+
+def text_bill(model: str, input_tokens: int, output_tokens: int) -> Decimal:
+    usage = GPUsage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return calc_price(usage, model, provider_id="openai").total_price
+
+
+@pytest.mark.parametrize(
+    ("tool", "extra", "image_model", "image_tokens", "output_tokens"),
+    [
+        ({"quality": "high", "size": "1024x1024"}, {}, "gpt-image-1", 4160, 1000),
+        ({}, {"max_output_tokens": 300}, "gpt-image-1", 6240, 300),  # auto: the largest image
+        (
+            {"model": "gpt-image-1-mini", "quality": "low", "size": "1024x1024", "partial_images": 2},
+            {"max_tool_calls": 3, "stream": True},
+            "gpt-image-1-mini",
+            3 * (272 + 200),
+            1000,
+        ),
+        ({"quality": "high"}, {"tool_choice": "none"}, None, 0, 1000),  # the tool cannot be called
+    ],
+)
+async def test_a_responses_call_with_the_image_tool_reserves_its_images(
+    meter: Meter,
+    tool: dict[str, Any],
+    extra: dict[str, Any],
+    image_model: str | None,
+    image_tokens: int,
+    output_tokens: int,
+) -> None:
+    """The image_generation tool's images are billed at its image model's image output rate, apart
+    from the text model's tokens: gpt-4o-mini's reservation (bytes / 4 in, its cap or 1,000 out) and
+    the images the tool may write (one a tool call, as many calls as max_tool_calls allows)."""
+    meter._apply(parse_policies(BUDGET))
+    body = {"model": "gpt-4o-mini", "input": "draw a cat", "tools": [{"type": "image_generation", **tool}]}
+    flow = make_flow(RESPONSES, {**body, **extra})
+    prompt_tokens = len(flow.request.content) // 4
+    await run_request(meter, flow)
+    assert flow.response is None
+    expected = text_bill("gpt-4o-mini", prompt_tokens, output_tokens)
+    if image_model is not None:
+        expected += image_bill(image_model, 0, image_tokens)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == expected

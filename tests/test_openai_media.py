@@ -23,6 +23,7 @@ from addon.providers.openai_media import (
     PLAIN_TEXT,
     StreamParser,
     flavor_for_path,
+    image_tool_tokens,
     input_images,
     parse_response,
     read_form,
@@ -433,6 +434,62 @@ def test_reserved_input_image_tokens(
     model: str | None, request_fields: Any, images: Any, tokens: int
 ) -> None:
     assert reserved_input_image_tokens(model, request_fields, images) == tokens
+
+
+# A Responses request's image_generation tool: one image of its quality and size (gpt-image-1 when
+# it names no model; the largest when auto or absent), 100 per partial image, times max_tool_calls.
+@pytest.mark.parametrize(
+    ("body", "reserved"),
+    [
+        (
+            {"tools": [{"type": "image_generation", "quality": "high", "size": "1024x1024"}]},
+            ("gpt-image-1", 4160),
+        ),
+        ({"tools": [{"type": "image_generation"}]}, ("gpt-image-1", 6240)),
+        ({"tools": [{"type": "image_generation", "model": " "}]}, ("gpt-image-1", 6240)),
+        (
+            {
+                "tools": [
+                    {"type": "web_search"},
+                    {
+                        "type": "image_generation",
+                        "model": "gpt-image-1-mini",
+                        "quality": "low",
+                        "size": "1024x1024",
+                        "partial_images": 2,
+                    },
+                ],
+                "max_tool_calls": 3,
+            },
+            ("gpt-image-1-mini", 3 * (272 + 200)),
+        ),
+        (
+            {
+                "tools": [{"type": "image_generation", "model": "gpt-image-1.5", "quality": "medium"}],
+                "max_tool_calls": 0,
+                "tool_choice": {"type": "image_generation"},
+            },
+            ("gpt-image-1.5", 1584),
+        ),
+        (
+            {
+                "tools": [{"type": "image_generation", "quality": "low", "size": "1024x1024"}],
+                "max_tool_calls": True,
+            },
+            ("gpt-image-1", 272),
+        ),
+        ({"tools": [{"type": "image_generation"}], "tool_choice": "none"}, None),
+        ({"tools": [{"type": "image_generation", "model": "gpt-image-2"}]}, None),  # another formula
+        ({"tools": [{"type": "function", "name": "image_generation"}]}, None),
+        ({"tools": {"type": "image_generation"}}, None),
+        ({"tools": ["image_generation", None, 3]}, None),
+        ({"model": "gpt-4o-mini", "input": "hi"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_image_tool_tokens(body: Any, reserved: tuple[str, int] | None) -> None:
+    assert image_tool_tokens(body) == reserved
 
 
 def test_an_edits_input_images_are_counted_from_its_form_or_its_json() -> None:

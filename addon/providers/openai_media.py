@@ -23,7 +23,8 @@ decoding the files.
 A budget reservation of an image call counts the image output tokens its request asks for
 (``reserved_image_tokens``: quality, size, n, streamed partial images), from OpenAI's table, and
 an edit's input images (``reserved_input_image_tokens``: the most one image can cost, its pixels
-never read; more with ``input_fidelity: high``).
+never read; more with ``input_fidelity: high``). A Responses request with the ``image_generation``
+tool reserves the images the tool may write the same way (``image_tool_tokens``).
 """
 
 from __future__ import annotations
@@ -372,6 +373,46 @@ def reserved_input_image_tokens(model: str | None, request: Mapping[str, Any] | 
     ):
         per_image += HIGH_FIDELITY_TOKENS
     return min(images, MAX_INPUT_IMAGES) * per_image
+
+
+# The Responses API's image_generation tool: its image model when it names none (the API reference:
+# "Default: gpt-image-1"). Its images are billed at that model's image output rate; the response's
+# usage reports only the text model's tokens.
+IMAGE_TOOL = "image_generation"
+DEFAULT_IMAGE_TOOL_MODEL = "gpt-image-1"
+
+
+def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
+    """(image model, image output tokens) a Responses request's ``image_generation`` tool may be
+    billed for: an image of the tool's quality and size (the largest when ``auto`` or absent) and
+    100 per partial image it asks for, for each built-in tool call ``max_tool_calls`` allows (one
+    when it sets none: a response may call the tool again, which nothing else bounds). None
+    without the tool (or with ``tool_choice: none``), or for an image model without a documented
+    table (gpt-image-2...). Never raises."""
+    tools = body.get("tools") if isinstance(body, Mapping) else None
+    if not isinstance(tools, list) or body.get("tool_choice") == "none":  # type: ignore[union-attr]
+        return None
+    found: tuple[str, int] | None = None
+    for tool in tools:
+        if not isinstance(tool, dict) or tool.get("type") != IMAGE_TOOL:
+            continue
+        model = tool.get("model")
+        model = model.strip() if isinstance(model, str) and model.strip() else DEFAULT_IMAGE_TOOL_MODEL
+        # Partial images come only in a stream (HTTP or WebSocket): counted whenever asked for.
+        asked = {
+            "quality": tool.get("quality"),
+            "size": tool.get("size"),
+            "stream": True,
+            "partial_images": tool.get("partial_images"),
+        }
+        tokens = reserved_image_tokens(model, asked)
+        if tokens is not None and (found is None or tokens > found[1]):
+            found = (model, tokens)
+    if found is None:
+        return None
+    calls = body.get("max_tool_calls")  # type: ignore[union-attr]
+    images = calls if type(calls) is int and calls > 0 else 1
+    return found[0], found[1] * images
 
 
 def input_images(path: str, body: Mapping[str, Any] | None, form: FormFields | None) -> int:
