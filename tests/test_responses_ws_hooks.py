@@ -288,6 +288,22 @@ async def test_budget_reserved_at_the_create_settled_at_its_end_and_refused_once
     assert not steer.dropped and len(injected) == 2
 
 
+async def test_a_create_with_the_image_tool_reserves_its_image_too(meter: Meter) -> None:
+    """A response.create with the image_generation tool reserves, with its text, the image the
+    tool may write (gpt-image-1, low 1024x1024: 272 tokens, 100 per partial image, at $40/M)."""
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 10, period: day}\n"))
+    flow = handshake()
+    await open_session(meter, flow)
+    tool = {"type": "image_generation", "quality": "low", "size": "1024x1024", "partial_images": 1}
+    create = create_event("gpt-5", "a", max_output_tokens=400, tools=[tool])
+    await client_says(meter, flow, create)
+    text = meter.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 400, None)
+    image = calc_price(
+        GPUsage(output_tokens=372, output_image_tokens=372), "gpt-image-1", provider_id="openai"
+    )
+    assert meter.enforcer.budgets.reserved() == {DEV: text + image.total_price}
+
+
 async def test_rate_limits_count_each_create_not_the_handshake(
     meter: Meter, injected: list[dict[str, Any]]
 ) -> None:
