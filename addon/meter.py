@@ -1626,7 +1626,10 @@ class Meter:
         def estimate(model: str | None) -> Decimal:
             if found is None:
                 return Decimal(0)
-            output = found.output_tokens(RESERVED_OUTPUT_TOKENS)
+            # A line without an output cap reserves what its model writes here, as a call does.
+            output = found.output_tokens(
+                RESERVED_OUTPUT_TOKENS, functools.partial(self.outputs.reserved, record.provider)
+            )
             tokens = found.size // BYTES_PER_TOKEN
             return self.pricer.estimate(record.provider, model, tokens, output, service_tier=batches.TIER)
 

@@ -22,7 +22,7 @@ from mitmproxy import http
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 from test_batches import CTYPE, form, line, result_line
-from test_meter import CollectingStore, feed, make_flow, run_request
+from test_meter import CollectingStore, feed, finished_call, make_flow, run_request
 
 import addon.meter
 from addon.budgets import Scope
@@ -293,6 +293,21 @@ async def test_the_creation_reserves_the_batch_estimate(meter: Meter) -> None:
     flow = await create(meter, answered=False)
     assert flow.response is not None and flow.response.status_code == 429
     assert json.loads(flow.response.content)["error"]["message"].startswith("tokometer: staging budget")
+
+
+async def test_a_line_without_a_cap_reserves_what_its_model_writes_here(meter: Meter) -> None:
+    """o3 wrote 4,000 .. 6,000 output tokens in its last 21 calls here: each of a batch's lines to
+    o3 that sets no cap reserves their p90 (5,800), as an uncapped call would, not 1,000."""
+    meter._apply(parse_policies("environments:\n  staging:\n    budget: {usd: 100, period: day}\n"))
+    meter._on_finished([finished_call(meter, i, "o3", 4000 + 100 * i) for i in range(21)])
+    jsonl = requests_of("o3", n=2, max_tokens=300) + requests_of("o3", n=3, max_tokens=None)
+    await upload(meter, jsonl)
+    await create(meter, answered=False)
+    reserved = meter.enforcer.budgets.reserved()[Scope("environment", "staging")]
+    expected = meter.pricer.estimate(
+        "openai", "o3", len(jsonl) // 4, 2 * 300 + 3 * 5800, service_tier="batch"
+    )
+    assert reserved == expected and expected > 0
 
 
 async def test_a_batch_pending_at_a_restart_is_billed_by_the_next_proxy_once(tmp_path: Path) -> None:

@@ -66,9 +66,41 @@ def test_the_models_lines_size_and_output_caps_of_an_input_file() -> None:
     )
     found = scan_input(data + b"\n")
     models = ("gpt-4o", "gpt-4o-mini")
-    assert found == BatchInput(models, lines=4, size=len(data) + 1, output_caps=357, uncapped=1, unreadable=0)
+    assert found == BatchInput(
+        models,
+        lines=4,
+        size=len(data) + 1,
+        output_caps=357,
+        uncapped=1,
+        unreadable=0,
+        uncapped_by_model=(("gpt-4o-mini", 1),),
+    )
     assert found.output_tokens(1000) == 1357
     assert found.error is None
+
+
+def test_a_line_without_a_cap_reserves_what_its_model_writes() -> None:
+    """Each uncapped line reserves what an uncapped call to its model reserves (the p90 of its
+    recent outputs here), never under the fallback; a line whose model cannot be read, the most
+    any of the batch's models reserves."""
+    data = b"\n".join(
+        [
+            line("o3", max_tokens=None),
+            line("o3", max_tokens=None),
+            line("o3", max_tokens=500),
+            line("gpt-4o-mini", max_tokens=None),
+            line(None, max_tokens=None),
+        ]
+    )
+    found = scan_input(data)
+    assert (found.uncapped, found.uncapped_by_model) == (4, (("gpt-4o-mini", 1), ("o3", 2)))
+    p90 = {"o3": 5300, "gpt-4o-mini": 400}
+    assert found.output_tokens(1000, p90.__getitem__) == 500 + 2 * 5300 + 1000 + 5300
+    assert found.output_tokens(1000) == 500 + 4 * 1000  # no history given: the fallback a line
+    # remembered before the models' lines were kept: every uncapped line, the most reserved
+    old = BatchInput.from_entry({k: v for k, v in found.to_entry().items() if k != "uncapped_by_model"})
+    assert old is not None and old.uncapped_by_model == ()
+    assert old.output_tokens(1000, p90.__getitem__) == 500 + 4 * 5300
 
 
 def test_a_model_named_inside_a_prompt_or_a_nested_object_is_not_the_requests_model() -> None:
@@ -110,6 +142,10 @@ def test_crlf_lines_and_a_last_line_without_newline() -> None:
 def test_an_entry_round_trips_and_a_bad_one_is_refused() -> None:
     found = scan_input(line("gpt-4o-mini") + b"\n" + line(None))
     assert BatchInput.from_entry(json.loads(json.dumps(found.to_entry()))) == found
+    uncapped = scan_input(line("gpt-4o-mini", max_tokens=None) + b"\n" + line("o3", max_tokens=None))
+    assert BatchInput.from_entry(json.loads(json.dumps(uncapped.to_entry()))) == uncapped
+    odd = {**uncapped.to_entry(), "uncapped_by_model": {"o3": -1, "gpt-4o-mini": True, "o1": 3}}
+    assert BatchInput.from_entry(odd).uncapped_by_model == ()  # type: ignore[union-attr]
     for bad in ({}, {"models": "gpt-4o"}, {"models": [1], "lines": 1}, [], None, {"models": [], "lines": -1}):
         assert BatchInput.from_entry(bad) is None
 
@@ -430,6 +466,7 @@ def test_the_requests_of_a_message_batch_are_read_one_by_one() -> None:
         output_caps=2048 + 500,
         uncapped=2,
         unreadable=2,
+        uncapped_by_model=(("claude-haiku-4-5", 1),),
     )
 
 

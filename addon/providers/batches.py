@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,10 +70,26 @@ class BatchInput:
     uncapped: int = 0  # lines without one
     unreadable: int = 0  # lines whose model could not be read
     error: str | None = None
+    # (model, lines of that model without a cap), by model: a part of ``uncapped`` (the rest:
+    # lines whose model could not be read, or a file remembered before this was kept)
+    uncapped_by_model: tuple[tuple[str, int], ...] = ()
 
-    def output_tokens(self, per_uncapped_line: int) -> int:
-        """What the batch may write at most: its lines' caps, ``per_uncapped_line`` for the others."""
-        return self.output_caps + self.uncapped * per_uncapped_line
+    def output_tokens(self, per_uncapped_line: int, reserved: Callable[[str], int] | None = None) -> int:
+        """What the batch may write: its lines' caps, and for each line without one what an
+        uncapped call to its model reserves (``reserved(model)``: the p90 of its recent outputs),
+        never under ``per_uncapped_line``; a line whose model is not known, the most any of the
+        batch's models reserves. Without ``reserved``, ``per_uncapped_line`` a line."""
+        if reserved is None or not self.uncapped:
+            return self.output_caps + self.uncapped * per_uncapped_line
+        total, counted = self.output_caps, 0
+        for model, lines in self.uncapped_by_model:
+            total += lines * max(per_uncapped_line, reserved(model))
+            counted += lines
+        rest = max(0, self.uncapped - counted)
+        if rest:
+            most = max((reserved(model) for model in self.models), default=per_uncapped_line)
+            total += rest * max(per_uncapped_line, most)
+        return total
 
     def to_entry(self) -> dict[str, Any]:
         """A JSON object to remember it by (no content of the file)."""
@@ -84,6 +101,7 @@ class BatchInput:
             "uncapped": self.uncapped,
             "unreadable": self.unreadable,
             "error": self.error,
+            "uncapped_by_model": dict(self.uncapped_by_model),
         }
 
     @classmethod
@@ -98,7 +116,20 @@ class BatchInput:
         if not all(type(n) is int and n >= 0 for n in counts) or "lines" not in entry:
             return None
         error = entry.get("error")
-        return cls(tuple(models), *counts, error=error if isinstance(error, str) else None)
+        by_model = entry.get("uncapped_by_model")  # absent in an entry kept before it was
+        known = tuple(
+            sorted(
+                (model, lines)
+                for model, lines in (by_model.items() if isinstance(by_model, dict) else ())
+                if model in models and type(lines) is int and lines > 0
+            )
+        )
+        return cls(
+            tuple(models),
+            *counts,
+            error=error if isinstance(error, str) else None,
+            uncapped_by_model=known,
+        )
 
 
 def flavor_for_path(path: str) -> str | None:
@@ -132,6 +163,7 @@ class _Requests:
     uncapped: int = 0
     unreadable: int = 0
     error: str | None = None
+    uncapped_by_model: dict[str, int] = field(default_factory=dict)
 
     def add(self, model: Any, cap: int | None) -> None:
         """Count one request asking for ``model`` (unreadable unless a plain, short string)."""
@@ -142,12 +174,15 @@ class _Requests:
             self.uncapped += 1
         if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL:
             self.unreadable += 1
-        elif model not in self.models:
+            return
+        if model not in self.models:
             if len(self.models) >= MAX_MODELS:
                 self.unreadable += 1
                 self.error = f"more than {MAX_MODELS} different models in the {self.where}"
-            else:
-                self.models[model] = None
+                return
+            self.models[model] = None
+        if not cap:
+            self.uncapped_by_model[model] = self.uncapped_by_model.get(model, 0) + 1
 
     def result(self, size: int, error: str | None = None) -> BatchInput:
         return BatchInput(
@@ -158,6 +193,7 @@ class _Requests:
             uncapped=self.uncapped,
             unreadable=self.unreadable,
             error=error or self.error,
+            uncapped_by_model=tuple(sorted(self.uncapped_by_model.items())),
         )
 
 
