@@ -1245,6 +1245,36 @@ def test_reading_any_form_never_raises(body: bytes, content_type: str) -> None:
 def test_an_image_requests_reservation_never_raises(request: dict[str, Any]) -> None:
     tokens = openai_media.reserved_image_tokens("gpt-image-1.5", request)
     assert tokens is not None and 272 <= tokens <= 10 * (6240 + 300)
+    assert 0 <= openai_media.reserved_input_image_tokens("gpt-image-1", request, 3) <= 3 * (581 + 6240)
+    sent = {"images": request.get("n"), "image": request.get("size")}  # any JSON values
+    edits = openai_media.input_images("/v1/images/edits", sent, None)
+    assert edits >= 1 and openai_media.input_images("/v1/images/generations", request, None) == 0
+
+
+_IMAGE_TOOL_KEYS = ["type", "model", "quality", "size", "partial_images", "n"]
+
+
+@FUZZ
+@given(
+    tools=st.one_of(
+        JSON_VALUES,
+        st.lists(
+            st.one_of(
+                JSON_VALUES,
+                st.dictionaries(st.sampled_from(_IMAGE_TOOL_KEYS), JSON_VALUES).map(
+                    lambda tool: {"type": "image_generation", **tool}
+                ),
+            ),
+            max_size=4,
+        ),
+    ),
+    extra=st.dictionaries(st.sampled_from(["max_tool_calls", "tool_choice", "stream"]), JSON_VALUES),
+)
+def test_an_image_tools_reservation_never_raises(tools: Any, extra: dict[str, Any]) -> None:
+    found = openai_media.image_tool_tokens({"model": "gpt-4o-mini", "tools": tools, **extra})
+    if found is not None:
+        model, tokens = found
+        assert isinstance(model, str) and model and tokens >= 272
 
 
 # ---------------------------------------------------------------- Gemini Live (WebSocket messages)
