@@ -213,6 +213,7 @@ class CallState:
     live_setup_model: str | None = None  # an OpenAI Live set-up (a mint): the session's model as sent
     route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
     transcription_unnamed: bool = False  # a Realtime transcription session, models restricted: none named yet
+    translation: bool = False  # an OpenAI Realtime translation WebSocket handshake (``handshake`` set)
 
     @property
     def opens_socket(self) -> bool:
@@ -779,11 +780,16 @@ class Meter:
             or provider.live is not None
             or provider.responses_ws is not None
             or provider.openai_live is not None
+            or provider.realtime_translation is not None
         ) and flow.request.method == "GET":
             path = route.partition("?")[0]
             if _asks_for_websocket(flow.request.headers):  # "websocket" among others, in any case
                 if provider.realtime is not None and provider.realtime.matches(path):
                     self._start_handshake(flow, provider, host, tags_header, route)
+                    return True
+                translation = provider.realtime_translation
+                if translation is not None and translation.matches(path):
+                    self._start_handshake(flow, provider, host, tags_header, route, translation=True)
                     return True
                 if provider.live is not None and provider.live.matches(path):
                     self._start_handshake(flow, provider, host, tags_header, route, provider.live)
@@ -911,12 +917,13 @@ class Meter:
         responses_ws: bool = False,
         openai_live_ws: bool = False,
         sideband: str | None = None,
+        translation: bool = False,
     ) -> None:
-        """A WebSocket handshake, OpenAI Realtime's, (``live``) Gemini Live's, (``responses_ws``)
-        OpenAI Responses' or (``openai_live_ws``) OpenAI Live's (``sideband``: a sideband attached to
-        that session id, its row path the attach path): a call being started (attributed, checked);
-        its work is metered as the session runs (see websocket_message). ``route``: its path and
-        query as read."""
+        """A WebSocket handshake, OpenAI Realtime's (``translation``: a Realtime translation
+        session's), (``live``) Gemini Live's, (``responses_ws``) OpenAI Responses' or
+        (``openai_live_ws``) OpenAI Live's (``sideband``: a sideband attached to that session id, its
+        row path the attach path): a call being started (attributed, checked); its work is metered
+        as the session runs (see websocket_message). ``route``: its path and query as read."""
         path, _, query = route.partition("?")
         headers = flow.request.headers
         if live is None:
@@ -932,6 +939,9 @@ class Meter:
         else:
             key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
+        handshake = None
+        if live is None and not (responses_ws or openai_live_ws):
+            handshake = provider.realtime_translation if translation else provider.realtime
         self._open_call(
             flow,
             provider,
@@ -941,11 +951,12 @@ class Meter:
             key,
             key_problem,
             tags_header,
-            handshake=provider.realtime if live is None and not (responses_ws or openai_live_ws) else None,
+            handshake=handshake,
             live=live,
             responses_ws=responses_ws,
             openai_live=openai_live_ws,
             live_sideband=sideband,
+            translation=translation,
         )
 
     def _start_mint(
@@ -1288,16 +1299,17 @@ class Meter:
     async def _handshake_request(
         self, flow: http.HTTPFlow, state: CallState, handshake: openai_realtime.Handshake
     ) -> None:
-        """Check a Realtime handshake like any call: its model is the query's ``model`` (Azure: the
-        deployment). A downgrade rewrites that parameter; a refusal answers the handshake here.
-        Nothing is reserved against the budgets: the handshake is not billed, its responses are
-        (each counts as it ends, and a spent budget caps the session)."""
+        """Check a Realtime (or Realtime translation) handshake like any call: its model is the
+        query's ``model`` (Azure: the deployment). A downgrade rewrites that parameter; a refusal
+        answers the handshake here. Nothing is reserved against the budgets: the handshake is not
+        billed, its responses are (each counts as it ends, and a spent budget caps the session)."""
         await self._attribute(state)  # drops the key
         record = state.record
         path, _, query = flow.request.path.partition("?")
         record.model_requested = record.model_sent = handshake.model(query)
         decision = self._decide(state, record.model_requested)
-        if decision.refusal is None and record.model_requested is None and not handshake.is_sideband(query):
+        sideband = handshake.has_sidebands and handshake.is_sideband(query)
+        if decision.refusal is None and record.model_requested is None and not sideband:
             if handshake.is_transcription(query):  # its model is checked in the session (SocketMeter)
                 state.transcription_unnamed = self.models_restricted(record.environment)
             else:

@@ -3,10 +3,11 @@
 An OpenAI Realtime session bills one row per response and per input transcription; a Gemini Live
 session one row per turn (each ``usageMetadata``); a Responses WebSocket one row per response
 (each ``response.create`` is a call, checked and reserved as it goes up); an OpenAI Live session one
-row per increase of its cumulative billed seconds (and one per delegated Responses call). No
-mitmproxy here: the addon hands in what ``addon.providers.openai_realtime``, ``gemini_live``,
-``openai_responses_ws`` and ``openai_live`` read from the messages, and gets back finished rows to
-price and store. Per session it keeps the
+row per increase of its cumulative billed seconds (and one per delegated Responses call); a Realtime
+translation session one row per minute of the audio its client sends (an estimate: it reports no
+usage). No mitmproxy here: the addon hands in what ``addon.providers.openai_realtime``,
+``gemini_live``, ``openai_responses_ws``, ``openai_live`` and ``openai_realtime_translation`` read
+from the messages, and gets back finished rows to price and store. Per session it keeps the
 handshake's row (attribution, models) and the work in flight: a few fields per response, whatever
 the session's length (mitmproxy keeps the messages; a Responses session also keeps each create
 event until its response ends, bounded, for an offline estimate if it is cut short).
@@ -24,7 +25,7 @@ from decimal import Decimal
 from addon.budgets import Scope, scopes_for
 from addon.client_process import ClientProcess
 from addon.pricing import NOT_BILLED
-from addon.providers import openai_live, openai_responses_ws
+from addon.providers import openai_live, openai_realtime_translation, openai_responses_ws
 from addon.providers.gemini_live import TurnUsage
 from addon.providers.openai_realtime import (
     ResponseDone,
@@ -319,6 +320,74 @@ class OpenAILiveSession(SocketSession):
         row = self._row(self.last_report, now, self.model_reported)
         row.aborted = True
         row.error = _join(row.error, f"{reason}: the seconds after the last usage report are unknown")
+        return RealtimeRow(row)
+
+
+# A Realtime translation session's audio per row (bytes of 24 kHz PCM16: 60 seconds): its spend
+# counts against the budgets minute by minute, not only when the session ends.
+TRANSLATION_ROW_BYTES = 60 * openai_realtime_translation.BYTES_PER_SECOND
+
+
+@dataclass(slots=True)
+class TranslationSession(SocketSession):
+    """The rows of one OpenAI Realtime translation WebSocket: its audio, by the minute.
+
+    The server reports no usage; OpenAI bills the audio's duration. What the proxy sees is the
+    audio the client appends (24 kHz mono PCM16: 48,000 bytes a second), so each row is the
+    seconds of that audio (``usage_source = 'estimated'``): one row per ``TRANSLATION_ROW_BYTES``
+    sent, from the previous row (or the socket's opening) to the append that completes it, and one
+    for the rest when the session closes (``session.closed``), or an aborted one when the socket
+    closes first. The model is the handshake's; ``session.created`` names the one the server runs
+    (``model_reported``).
+    """
+
+    model_reported: str | None = None
+    unbilled: int = 0  # bytes of audio appended since the last row
+    last_row: float = 0.0  # when the last row ended (or the socket opened)
+    rows: int = 0  # rows of audio so far
+    closed: bool = False  # session.closed came: the rest is billed
+
+    def __post_init__(self) -> None:
+        SocketSession.__post_init__(self)
+        self.last_row = self.last_row or self.opened_at
+
+    def configured(self, event: openai_realtime_translation.Configured) -> None:
+        """``session.created`` / ``session.updated``: the model the server runs."""
+        self.model_reported = event.model or self.model_reported
+
+    def appended(self, size: int, now: float) -> RealtimeRow | None:
+        """The client appended ``size`` bytes of audio: a row once a minute of it is unbilled."""
+        if size <= 0 or self.closed:
+            return None
+        self.unbilled += size
+        if self.unbilled < TRANSLATION_ROW_BYTES:
+            return None
+        return self._audio_row(now)
+
+    def server_closed(self, now: float) -> RealtimeRow | None:
+        """``session.closed``: the row of the audio not billed yet (None: none)."""
+        if self.closed:
+            return None
+        self.closed = True
+        return self._audio_row(now) if self.unbilled else None
+
+    def end(self, now: float, reason: str) -> list[RealtimeRow]:
+        """The socket closed before ``session.closed``: the audio not billed yet is an aborted row."""
+        if self.closed or not self.unbilled:
+            return []
+        self.closed = True
+        row = self._audio_row(now)
+        row.record.aborted = True
+        row.record.error = _join(row.record.error, reason)
+        return [row]
+
+    def _audio_row(self, now: float) -> RealtimeRow:
+        """A row of the unbilled audio's seconds, from the last row to ``now``."""
+        row = self._row(self.last_row, now, self.model_reported)
+        seconds = self.unbilled / openai_realtime_translation.BYTES_PER_SECOND
+        row.set_usage(Usage(audio_seconds=seconds), source="estimated")
+        self.unbilled, self.last_row = 0, now
+        self.rows += 1
         return RealtimeRow(row)
 
 

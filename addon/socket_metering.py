@@ -1,4 +1,5 @@
-"""WebSocket sessions the proxy meters: OpenAI Realtime, Gemini Live, OpenAI Responses, OpenAI Live.
+"""WebSocket sessions the proxy meters: OpenAI Realtime (and its translation sessions), Gemini Live,
+OpenAI Responses, OpenAI Live (primaries, sidebands).
 
 A session opens when its handshake (a call the Meter follows from request to answer) is upgraded;
 from then on each message passes through here: the rows of the work it bills are stored while the
@@ -36,6 +37,7 @@ from addon.providers import (
     openai_live,
     openai_realtime,
     openai_realtime_mints,
+    openai_realtime_translation,
     openai_responses_ws,
 )
 from addon.realtime_sessions import (
@@ -46,6 +48,7 @@ from addon.realtime_sessions import (
     RealtimeSession,
     ResponsesSession,
     SocketSession,
+    TranslationSession,
 )
 from addon.record import CallRecord
 from addon.refusals import budget_refusal_status, error_body
@@ -227,6 +230,10 @@ class SocketMeter:
                 )
                 if session.sideband:
                     session.bills = self._bills_live(flow, state.live_sideband)
+            elif state.translation:
+                session = TranslationSession(
+                    handshake=record, next_id=self._meter._next_call_id, opened_at=time.time()
+                )
             elif state.responses_ws:
                 session = ResponsesSession(
                     handshake=record,
@@ -299,6 +306,9 @@ class SocketMeter:
         if isinstance(session, OpenAILiveSession):
             await self._openai_live_message(flow, session, message)
             return
+        if isinstance(session, TranslationSession):
+            await self._translation_message(flow, session, message)
+            return
         if not isinstance(session, RealtimeSession):
             return
         if message.from_client:
@@ -349,17 +359,54 @@ class SocketMeter:
         elif session.transcription_pending:
             session.transcription_pending, session.transcription_unnamed = False, True
 
+    async def _translation_message(
+        self, flow: http.HTTPFlow, session: TranslationSession, message: WebSocketMessage
+    ) -> None:
+        """A Realtime translation message: a client's ``session.update`` naming a transcription
+        model is checked as a Realtime session's is; an append, once a budget is spent, caps the
+        session, else its audio is counted (a row per minute of it). Server deltas cost a look at
+        their first bytes; ``session.created``/``updated`` (the model) and ``session.closed`` (the
+        rest of the audio billed) are decoded."""
+        data = message.content
+        if message.from_client:
+            if session.capped:
+                message.drop()  # the socket is closing: nothing more goes upstream
+                return
+            if self._meter.policies.enforcing:
+                if message.is_text and openai_realtime_mints.may_update_session(data):
+                    await self._realtime_session_update(flow, session, message)
+                if not message.dropped and self._meter.enforcer.budgets.has_budgets:
+                    self._cap_if_spent(flow, session, message)
+            if message.dropped or not message.is_text:
+                return
+            size = await self._off_loop(openai_realtime_translation.appended_audio_bytes, data)
+            row = session.appended(size, time.time())
+            if row is not None:
+                self._record_realtime(row)
+            return
+        if message.injected or not message.is_text or not openai_realtime_translation.might_matter(data):
+            return
+        event = await self._off_loop(openai_realtime_translation.read_server_event, data)
+        if isinstance(event, openai_realtime_translation.Configured):
+            session.configured(event)
+        elif isinstance(event, openai_realtime_translation.Closed):
+            row = session.server_closed(time.time())
+            if row is not None:
+                self._record_realtime(row)
+
     async def _realtime_session_update(
-        self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage
+        self, flow: http.HTTPFlow, session: RealtimeSession | TranslationSession, message: WebSocketMessage
     ) -> bool:
-        """A client ``session.update`` (``transcription_session.update``): each transcription model
-        it names is checked against the allowlist of the session's environment. A disallowed one is
+        """A client ``session.update`` (``transcription_session.update``; a Realtime translation
+        session's names its source transcription model as a GA session does): each transcription
+        model it names is checked against the allowlist of the session's environment. A disallowed one is
         downgraded by rewriting it in the message, or refused: the message never goes upstream, the
         client gets an ``error`` event (the session goes on as it was configured) and the refusal
         is a row, not billed. A message that cannot be rewritten is refused too. False when the
         message is no session update."""
         data = message.content
-        read = functools.partial(openai_realtime_mints.read_session_update, deployments=session.deployments)
+        deployments = session.deployments if isinstance(session, RealtimeSession) else {}
+        read = functools.partial(openai_realtime_mints.read_session_update, deployments=deployments)
         update = await self._off_loop(read, data)
         if update is None:
             return False
@@ -376,8 +423,8 @@ class SocketMeter:
                 refused = named, decision
                 break
             if decision.action == "downgraded" and decision.model_sent is not None:
-                written = openai_realtime_mints.written_as(session.deployments, decision.model_sent)
-                if record.provider == "azure" and written not in session.deployments:
+                written = openai_realtime_mints.written_as(deployments, decision.model_sent)
+                if record.provider == "azure" and written not in deployments:
                     why = (
                         f"no Azure deployment serves {decision.model_sent} (policies.yaml azure_deployments)"
                     )
@@ -388,7 +435,7 @@ class SocketMeter:
                     break
                 changes[named.where] = written
                 downgrades.append((named.model, decision.model_sent, decision.notice))
-            else:
+            elif isinstance(session, RealtimeSession):
                 session.transcription_downgrades.pop(named.model, None)  # asked for as it is
         if refused is None and changes:
             try:
@@ -421,10 +468,11 @@ class SocketMeter:
             log.warning("tokometer: a Realtime session.update refused: %s", why)
             return True
         for asked, sent, notice in downgrades:
-            session.downgraded_transcription(asked, sent)
+            if isinstance(session, RealtimeSession):  # a translation's transcriptions have no rows
+                session.downgraded_transcription(asked, sent)
             log.info("tokometer: Realtime session.update %s", notice)
-        if session.transcription_unnamed:  # let go, until the server says otherwise
-            session.transcription_unnamed, session.transcription_pending = False, True
+        if isinstance(session, RealtimeSession) and session.transcription_unnamed:
+            session.transcription_unnamed, session.transcription_pending = False, True  # till the server says
         return True
 
     def _hold_until_model_named(
@@ -876,7 +924,7 @@ class SocketMeter:
         if isinstance(session, ResponsesSession):  # it says before what
             self.end_session(flow, session, closed)
             return
-        if isinstance(session, OpenAILiveSession):
+        if isinstance(session, OpenAILiveSession | TranslationSession):
             self.end_session(flow, session, f"{closed} before session.closed")
             return
         before = "the turn's usage" if isinstance(session, LiveSession) else "response.done"
@@ -957,6 +1005,9 @@ class SocketMeter:
         if openai_live_session:
             if openai_live.is_session_close(message.content):
                 return  # the client ends the session (and its billing) itself
+        elif isinstance(session, TranslationSession):
+            if not openai_realtime_translation.asks_for_work(message.content):
+                return  # a session.update, a session.close: no audio to bill
         elif not live and not openai_realtime.asks_for_work(message.content):
             return
         provider = session.handshake.provider

@@ -34,6 +34,7 @@ from typing import Any
 import brotli
 import fake_gemini_live
 import fake_realtime
+import fake_realtime_translation
 import fake_responses_ws
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -53,6 +54,7 @@ from addon.providers import (
     openai_api,
     openai_media,
     openai_realtime,
+    openai_realtime_translation,
     openai_responses_ws,
 )
 from addon.sse import SSEDecoder, SSEEvent
@@ -1182,6 +1184,93 @@ def test_realtime_handshake_queries_never_raise(query: str, model: str) -> None:
     # Only the model's parameter changed.
     keep = [p for p in query.split("&") if p.partition("=")[0] != "model"]
     assert [p for p in rewritten.split("&") if p.partition("=")[0] != "model"] == keep
+
+
+# ---------------------------------------------------------------- OpenAI Realtime translation
+
+TRANSLATION_SEEDS: tuple[bytes, ...] = tuple(
+    fake_realtime_translation.dumps(event)
+    for event in (
+        fake_realtime_translation.session_created(),
+        fake_realtime_translation.session_updated(transcription="gpt-realtime-whisper"),
+        fake_realtime_translation.session_closed(),
+        fake_realtime_translation.translation_update("fr", "gpt-realtime-whisper"),
+        fake_realtime_translation.audio_append(1, size=150),
+        fake_realtime_translation.output_audio(1, size=150),
+        fake_realtime_translation.output_transcript(),
+        {"type": "session.close"},
+    )
+)
+TRANSLATION_TYPES = st.sampled_from(
+    [
+        "session.input_audio_buffer.append",
+        "session.update",
+        "session.close",
+        "session.created",
+        "session.updated",
+        "session.closed",
+        "session.output_audio.delta",
+        "error",
+    ]
+)
+TRANSLATION_VALUES = st.recursive(
+    st.one_of(SCALARS, st.sampled_from(["QUJD", "QUI=", "QQ==", "", "gpt-realtime-translate"])),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["type", "audio", "session", "model", "id", "delta"]), children, max_size=5
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+@st.composite
+def translation_messages(draw: st.DrawFn) -> bytes:
+    """A client or server message: a real one, random bytes or JSON shaped like events, mutated."""
+    base = draw(
+        st.one_of(
+            st.sampled_from(TRANSLATION_SEEDS),
+            st.binary(max_size=300),
+            st.builds(
+                lambda kind, rest: dumps({"type": kind, **rest}),
+                TRANSLATION_TYPES,
+                st.dictionaries(st.sampled_from(["audio", "session", "event_id"]), TRANSLATION_VALUES),
+            ),
+        )
+    )
+    return draw(mutated(base))
+
+
+def _appended_as_decoded(data: bytes) -> int:
+    """What an append's audio decodes to, decoding it (the reader only measures it)."""
+    try:
+        obj = json.loads(data)
+        if not isinstance(obj, dict) or obj.get("type") != openai_realtime_translation.APPEND:
+            return 0
+        return len(base64.b64decode(obj["audio"], validate=True))
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return -1  # not base64: the reader's count is not checked
+
+
+@FUZZ
+@given(data=translation_messages())
+@example(data=b'{"type":"session.input_audio_buffer.\\u0061ppend","audio":"QUJDRA=="}')
+def test_translation_messages_never_raise(data: bytes) -> None:
+    """Any bytes a translation socket carries: the readers never raise; an append's size is what
+    its audio decodes to; the cheap test lets no event the reader reads pass unread."""
+    size = openai_realtime_translation.appended_audio_bytes(data)
+    assert isinstance(size, int) and size >= 0
+    decoded = _appended_as_decoded(data)
+    assert decoded == -1 or size == decoded
+    assert isinstance(openai_realtime_translation.asks_for_work(data), bool)
+    assert size == 0 or openai_realtime_translation.asks_for_work(data)
+    event = openai_realtime_translation.read_server_event(data)
+    assert event is None or isinstance(
+        event, openai_realtime_translation.Configured | openai_realtime_translation.Closed
+    )
+    if not openai_realtime_translation.might_matter(data):
+        assert event is None
 
 
 # ---------------------------------------------------------------- multipart uploads (images, audio)

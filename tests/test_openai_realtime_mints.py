@@ -21,6 +21,7 @@ from addon.providers.openai_realtime_mints import (
     OPENAI,
     SESSION,
     TRANSCRIPTION_SESSION,
+    TRANSLATION_SECRET,
     NamedModel,
     read_call_form,
     read_mint,
@@ -52,7 +53,10 @@ JSON = st.recursive(
         (OPENAI, "/v1/realtime/calls//accept", None),
         (OPENAI, "/v1/realtime/sessions", SESSION),
         (OPENAI, "/v1/realtime/transcription_sessions", TRANSCRIPTION_SESSION),
-        (OPENAI, "/v1/realtime/translations/client_secrets", None),
+        (OPENAI, "/v1/realtime/translations/client_secrets", TRANSLATION_SECRET),
+        (OPENAI, "/v1/realtime/translations/client_secrets/", TRANSLATION_SECRET),
+        (OPENAI, "/v1/realtime/translations", None),  # the WebSocket's path (a GET)
+        (AZURE, "/openai/v1/realtime/translations/client_secrets", TRANSLATION_SECRET),
         (OPENAI, "/v1/realtime", None),
         (AZURE, "/openai/v1/realtime/client_secrets", CLIENT_SECRET),
         (AZURE, "/openai/v1/realtime/calls/rtc_1/accept", ACCEPT),
@@ -123,10 +127,41 @@ def test_a_session_update_names_only_its_transcription_models() -> None:
     assert read_session_update(b'{"type":"response.create","model":"x"}') is None
 
 
+def test_a_translation_client_secret_names_its_model_and_its_transcription_model() -> None:
+    body = {
+        "expires_after": {"anchor": "created_at", "seconds": 600},
+        "session": {
+            "model": "gpt-realtime-translate",
+            "audio": {
+                "input": {"transcription": {"model": "gpt-realtime-whisper"}},
+                "output": {"language": "es"},
+            },
+        },
+    }
+    found = read_mint(TRANSLATION_SECRET, body)
+    assert found.error is None
+    assert [(m.param, m.model) for m in found.models] == [
+        ("session.model", "gpt-realtime-translate"),
+        ("session.audio.input.transcription.model", "gpt-realtime-whisper"),
+    ]
+    unnamed = read_mint(TRANSLATION_SECRET, {"session": {"audio": {"output": {"language": "es"}}}})
+    assert (unnamed.models, unnamed.error) == ((), "the request names no session.model")
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     kind=st.sampled_from(
-        [CLIENT_SECRET, CALL, ACCEPT, SESSION, TRANSCRIPTION_SESSION, LIVE, LIVE_ACCEPT, "other"]
+        [
+            CLIENT_SECRET,
+            CALL,
+            ACCEPT,
+            SESSION,
+            TRANSCRIPTION_SESSION,
+            LIVE,
+            LIVE_ACCEPT,
+            TRANSLATION_SECRET,
+            "other",
+        ]
     ),
     body=JSON,
 )

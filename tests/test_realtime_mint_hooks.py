@@ -545,3 +545,67 @@ async def test_other_live_requests_are_not_setups(meter: Meter) -> None:
     state = meter.call_state(flow)
     assert state is not None and state.openai_live and state.mint is None
     assert records(meter) == []
+
+
+# ---------------------------------------------------------------- Realtime translation client secrets
+
+TRANSLATION_SECRETS = f"{OPENAI}/v1/realtime/translations/client_secrets"
+TRANSLATION_RESTRICTED = """\
+environments:
+  development:
+    models:
+      allow: [gpt-realtime-translate, gpt-realtime-whisper]
+      on_disallowed: downgrade
+      downgrade:
+        gpt-realtime-translate-large: gpt-realtime-translate
+        gpt-4o-transcribe: gpt-realtime-whisper
+"""
+
+
+def translation_secret(
+    model: str | None = "gpt-realtime-translate", transcription: str | None = None
+) -> dict[str, Any]:
+    """``client.realtime.translations.client_secrets.create(session=..., expires_after=...)``'s body."""
+    session: dict[str, Any] = {"audio": {"output": {"language": "es"}}}
+    if model is not None:
+        session["model"] = model
+    if transcription is not None:
+        session["audio"]["input"] = {"transcription": {"model": transcription}}
+    return {"expires_after": {"anchor": "created_at", "seconds": 600}, "session": session}
+
+
+async def test_a_translation_client_secret_is_downgraded_by_rewriting_both_models(meter: Meter) -> None:
+    meter._apply(parse_policies(TRANSLATION_RESTRICTED))
+    flow = mint(TRANSLATION_SECRETS, translation_secret("gpt-realtime-translate-large", "gpt-4o-transcribe"))
+    await run_request(meter, flow)
+    assert flow.response is None  # sent upstream
+    assert json.loads(flow.request.content or b"") == translation_secret(
+        "gpt-realtime-translate", "gpt-realtime-whisper"
+    )
+    await answer(meter, flow, body=b'{"value": "ek_1", "expires_at": 1, "session": {}}')
+    assert flow.response is not None and flow.response.headers[NOTICE_HEADER].startswith(
+        "downgraded gpt-realtime-translate-large -> gpt-realtime-translate"
+    )
+    assert records(meter) == [] and meter.call_state(flow) is None
+
+
+async def test_a_blocked_or_unnamed_translation_model_refuses_the_client_secret(meter: Meter) -> None:
+    meter._apply(
+        parse_policies(TRANSLATION_RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block"))
+    )
+    for body, refused in (
+        (translation_secret("gpt-realtime-translate-large"), "gpt-realtime-translate-large"),
+        (translation_secret("gpt-realtime-translate", "gpt-4o-transcribe"), "gpt-4o-transcribe"),
+        (translation_secret(None), "the request names no session.model"),
+    ):
+        flow = mint(TRANSLATION_SECRETS, body)
+        await run_request(meter, flow)
+        assert flow.response is not None and flow.response.status_code == 403, body
+        assert refused in refusal(flow)["message"]
+        await answer(meter, flow)
+    rows = records(meter)
+    assert [(r.path, r.api_flavor, r.status_code, r.action) for r in rows] == [
+        ("/v1/realtime/translations/client_secrets", "realtime", 403, "blocked")
+    ] * 3
+    assert [r.model_requested for r in rows] == ["gpt-realtime-translate-large", "gpt-4o-transcribe", None]
+    assert all((r.cost_usd, r.price_status) == (Decimal(0), "not_billed") for r in rows)

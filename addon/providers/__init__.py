@@ -28,6 +28,7 @@ from addon.providers import (
     openai_media,
     openai_realtime,
     openai_realtime_mints,
+    openai_realtime_translation,
     openai_responses_ws,
     vertex_api,
 )
@@ -141,6 +142,9 @@ class Provider:
     # OpenAI Live's primary WebSocket (``session.start`` names the model; billed by the second).
     # None: none here. (``live`` above is Gemini Live's.)
     openai_live: openai_live.Endpoint | None = None
+    # OpenAI Realtime translation over WebSocket (the handshake's ``model``; no usage reported).
+    # None: none here.
+    realtime_translation: openai_realtime.Handshake | None = None
 
     @property
     def price_provider(self) -> str:
@@ -375,6 +379,7 @@ BUILTIN: tuple[Provider, ...] = (
         batch_api="openai",
         responses_ws=openai_responses_ws.OPENAI,
         openai_live=openai_live.OPENAI,
+        realtime_translation=openai_realtime_translation.OPENAI,
         # images, transcriptions and batches too (a custom host with `api: openai` takes these as well)
         flavor_for_path=_openai_flavor,
         parse_response=_openai_parse,
@@ -474,6 +479,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         live=None,
         responses_ws=None,
         openai_live=None,
+        realtime_translation=None,
     )
 
 

@@ -54,6 +54,9 @@ class Handshake:
     paths: frozenset[str]
     model_params: tuple[str, ...] = ("model",)
     deployments: Mapping[str, str] = field(default_factory=dict)
+    # Whether a handshake without a model may be a sideband (``?call_id=``): not on an API
+    # that has none (Realtime translation), where one naming no model names none.
+    has_sidebands: bool = True
 
     def matches(self, path: str) -> bool:
         """Is ``path`` (without its query) a Realtime handshake's?"""

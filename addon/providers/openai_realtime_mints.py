@@ -25,7 +25,11 @@ how-to pages for WebRTC and SIP):
   "delegation": {"type": "responses", "responses": {"model": R, ...}}}`` (the Responses model the
   session delegates tasks to, billed by tokens; ``"type": "decisions"``: ``decisions.model``;
   ``"type": "client"`` or none: no backend model). A GET of ``/v1/live/sessions`` is the primary
-  WebSocket (``openai_live``), not a mint; ``/{id}/fork``, ``/attach``, ``/hangup``... are not mints.
+  WebSocket (``openai_live``), not a mint; ``/{id}/fork``, ``/attach``, ``/hangup``... are not mints;
+- Realtime translation (``client.realtime.translations.client_secrets.create``):
+  ``POST /v1/realtime/translations/client_secrets`` ``{"expires_after": ..., "session": {"model": M,
+  "audio": {"input": {"transcription": {"model": T}}, "output": {"language": ...}}}}``; on Azure
+  (Microsoft Foundry's REST reference) ``/openai/v1/realtime/translations/client_secrets``.
 
 Inside a Realtime WebSocket, a client ``session.update`` names the transcription model as SESSION
 does (GA) or as ``session.input_audio_transcription.model`` (beta), and a beta
@@ -50,6 +54,7 @@ ACCEPT = "accept"  # a SIP call accepted
 LIVE = "live"  # an OpenAI Live WebRTC session
 LIVE_ACCEPT = "live_accept"  # an OpenAI Live SIP call accepted
 LIVE_KINDS = frozenset({LIVE, LIVE_ACCEPT})
+TRANSLATION_SECRET = "translation_client_secret"  # a Realtime translation session's client secret
 _ACCEPTS = {CALL: ACCEPT, LIVE: LIVE_ACCEPT}  # the kind whose path + /{id}/accept accepts a SIP call
 
 Where = tuple[str, ...]  # the keys from a JSON object's root to a model's value
@@ -109,11 +114,13 @@ OPENAI = Mints(
         "/v1/realtime/sessions": SESSION,
         "/v1/realtime/transcription_sessions": TRANSCRIPTION_SESSION,
         "/v1/live/sessions": LIVE,
+        "/v1/realtime/translations/client_secrets": TRANSLATION_SECRET,
     }
 )
 AZURE = Mints(
     {
         "/openai/v1/realtime/client_secrets": CLIENT_SECRET,
+        "/openai/v1/realtime/translations/client_secrets": TRANSLATION_SECRET,
         "/openai/v1/realtime/calls": CALL,
         "/openai/realtimeapi/sessions": SESSION,
     }
@@ -225,6 +232,9 @@ def read_mint(kind: str, body: Any, deployments: Mapping[str, str] | None = None
         return read_models(body, [(_BETA_TRANSCRIPTION, True)], deployments, "the request")
     if kind in LIVE_KINDS:  # a WebRTC session and a SIP accept alike: {"session": LIVE, ...}
         places = live_places(body.get("session"), ("session",))
+        return read_models(body, places, deployments, "the request")
+    if kind == TRANSLATION_SECRET:  # its model, and the model transcribing its source audio
+        places = [(("session", *_MODEL), True), (("session", *_GA_TRANSCRIPTION), False)]
         return read_models(body, places, deployments, "the request")
     return NamedModels(error=f"unknown kind of mint {kind}")
 
