@@ -77,7 +77,7 @@ from addon.providers.openai_media import (
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
-from addon.socket_metering import SocketMeter, remember_live_setup
+from addon.socket_metering import SocketMeter, remember_live_setup, remembered_live_setup
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_usage
@@ -214,6 +214,7 @@ class CallState:
     route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
     transcription_unnamed: bool = False  # a Realtime transcription session, models restricted: none named yet
     translation: bool = False  # an OpenAI Realtime translation WebSocket handshake (``handshake`` set)
+    live_fork: str | None = None  # an OpenAI Live fork's handshake: the stored session it forks
 
     @property
     def opens_socket(self) -> bool:
@@ -805,6 +806,11 @@ class Meter:
                         flow, provider, host, tags_header, route, openai_live_ws=True, sideband=side
                     )
                     return True
+                if provider.openai_live is not None and (forked := openai_live.fork_session(path)):
+                    self._start_handshake(
+                        flow, provider, host, tags_header, route, openai_live_ws=True, fork=forked
+                    )
+                    return True
         retrieval = flow.request.method == "GET" or route.partition("?")[0].endswith(_CANCEL)
         pending = self._background or self._earlier_background
         if retrieval and pending and self._start_retrieval(flow, provider, host, route):
@@ -917,13 +923,15 @@ class Meter:
         responses_ws: bool = False,
         openai_live_ws: bool = False,
         sideband: str | None = None,
+        fork: str | None = None,
         translation: bool = False,
     ) -> None:
         """A WebSocket handshake, OpenAI Realtime's (``translation``: a Realtime translation
         session's), (``live``) Gemini Live's, (``responses_ws``) OpenAI Responses' or
-        (``openai_live_ws``) OpenAI Live's (``sideband``: a sideband attached to that session id, its
-        row path the attach path): a call being started (attributed, checked); its work is metered
-        as the session runs (see websocket_message). ``route``: its path and query as read."""
+        (``openai_live_ws``) OpenAI Live's (``sideband``: a sideband attached to that session id;
+        ``fork``: a fork of that stored session; either's row path its own path): a call being
+        started (attributed, checked); its work is metered as the session runs (see
+        websocket_message). ``route``: its path and query as read."""
         path, _, query = route.partition("?")
         headers = flow.request.headers
         if live is None:
@@ -935,7 +943,7 @@ class Meter:
                 flavor, row_path = openai_responses_ws.FLAVOR, openai_responses_ws.ROW_PATH
             elif openai_live_ws:
                 flavor = openai_live.FLAVOR
-                row_path = row_path if sideband is not None else openai_live.ROW_PATH
+                row_path = row_path if sideband is not None or fork is not None else openai_live.ROW_PATH
         else:
             key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
@@ -956,6 +964,7 @@ class Meter:
             responses_ws=responses_ws,
             openai_live=openai_live_ws,
             live_sideband=sideband,
+            live_fork=fork,
             translation=translation,
         )
 
@@ -1246,7 +1255,7 @@ class Meter:
         edited = 0  # an edit's input images: its reservation's image input
         if record.api_flavor == "images":
             image_request = form.fields if form is not None else body
-            edited = input_images(flow.request.path, body, form)
+            edited = input_images(route, body, form)
 
         estimate = self._cost_estimate(
             record.provider, state.request_size, body, record.inference_geo, image_request, edited
@@ -1420,7 +1429,8 @@ class Meter:
 
     async def _remember_live_setup(self, flow: http.HTTPFlow, state: CallState) -> None:
         """An OpenAI Live set-up answered 2xx: the session it opened (its answer's id, or an accept's
-        path's) is remembered with its model (the answer's, else the one this proxy sent), so that a
+        path's) is remembered with its model (the answer's, else the one this proxy sent; a fork's,
+        which inherits its model, that of the stored session if it was set up here), so that a
         sideband attached to it prices its usage before the server names the model there."""
         response = flow.response
         if state.refusal is not None or response is None or not 200 <= response.status_code < 300:
@@ -1431,8 +1441,13 @@ class Meter:
             content = b""  # an accept's id is in its path; a WebRTC answer's is not read
         read = functools.partial(openai_live.read_setup_answer, state.record.path)
         found = await _off_loop_if_large(read, content)
-        if found is not None:
-            remember_live_setup(found.session_id, found.model or state.live_setup_model)
+        if found is None:
+            return
+        model = found.model or state.live_setup_model
+        forked = openai_live.fork_session(state.record.path)
+        if model is None and forked is not None:
+            model = remembered_live_setup(forked)
+        remember_live_setup(found.session_id, model)
 
     def _end_mint(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
         """A mint is answered. Minted (2xx, 3xx): no row, as an upgraded Realtime handshake has none:
@@ -1809,7 +1824,7 @@ class Meter:
             self.sockets.end_handshake(flow, state, aborted=False)
             return
         if state.mint is not None:
-            if state.live_setup_model is not None:
+            if state.live_setup_model is not None or state.mint == openai_realtime_mints.LIVE_FORK:
                 await self._remember_live_setup(flow, state)
             self._end_mint(flow, state, aborted=False)
             return

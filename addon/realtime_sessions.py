@@ -246,6 +246,8 @@ class OpenAILiveSession(SocketSession):
     A sideband (``sideband``) joins a session running elsewhere: it sends no start, and runs from
     its upgrade; its reports carry the session's whole total (the seconds before it attached too).
     One attached to a session this proxy meters already (``bills`` False) bills nothing again.
+    A fork (``fork``) is a new session continuing a stored one: it runs and bills as a primary, but
+    its start names no model (it inherits it; ``session.started`` names it, and prices its rows).
     """
 
     start_seen: bool = False  # the first client message went by (checked, rewritten or refused)
@@ -259,6 +261,7 @@ class OpenAILiveSession(SocketSession):
     session_id: str | None = None  # the Live session's id (session.started's; a sideband's path's)
     sideband: bool = False  # a sideband (/attach): no start of its own, the session runs elsewhere
     bills: bool = True  # False: a sideband of a session metered here already (never billed twice)
+    fork: bool = False  # a fork (/fork) of a stored session: its start names no model, it inherits one
 
     def __post_init__(self) -> None:
         SocketSession.__post_init__(self)

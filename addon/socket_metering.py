@@ -1,5 +1,5 @@
 """WebSocket sessions the proxy meters: OpenAI Realtime (and its translation sessions), Gemini Live,
-OpenAI Responses, OpenAI Live (primaries, sidebands).
+OpenAI Responses, OpenAI Live (primaries, sidebands, forks).
 
 A session opens when its handshake (a call the Meter follows from request to answer) is upgraded;
 from then on each message passes through here: the rows of the work it bills are stored while the
@@ -101,6 +101,11 @@ MAX_LIVE_METERED = 1024
 # forgotten first).
 _LIVE_SET_UP: dict[str, str] = {}
 MAX_LIVE_SET_UP = 1024
+
+
+def remembered_live_setup(session_id: str) -> str | None:
+    """The model of an OpenAI Live session set up over HTTP here (remember_live_setup), or None."""
+    return _LIVE_SET_UP.get(session_id)
 
 
 def remember_live_setup(session_id: str, model: str | None) -> None:
@@ -227,6 +232,7 @@ class SocketMeter:
                     opened_at=time.time(),
                     session_id=state.live_sideband,
                     sideband=state.live_sideband is not None,
+                    fork=state.live_fork is not None,
                 )
                 if session.sideband:
                     session.bills = self._bills_live(flow, state.live_sideband)
@@ -636,11 +642,14 @@ class SocketMeter:
         model: str | None,
         with_model: Callable[[bytes, str], bytes],
         family: str,
+        *,
+        inherited: bool = False,
     ) -> tuple[Decision, bool] | None:
         """The model a session's first message names (Gemini Live's setup, OpenAI Live's
         session.start), checked as a call's is: the handshake's row gets it, and a disallowed one is
         downgraded by rewriting the message (``with_model``; a message it cannot rewrite is refused).
-        A model that cannot be read is refused where models are restricted, and a spent budget
+        A model that cannot be read is refused where models are restricted (unless the session
+        inherits one, ``inherited``: an OpenAI Live fork's start names none), and a spent budget
         refuses the session too. The decision (the caller refuses a ``blocked`` or ``over_budget``
         one), and whether it is a spent budget's; None when no policy is enforced."""
         record = session.handshake
@@ -649,7 +658,7 @@ class SocketMeter:
             return None
         enforcer = self._meter.enforcer
         decision = enforcer.decide_model(record.provider, record.environment, model)
-        if decision.refusal is None and model is None:
+        if decision.refusal is None and model is None and not inherited:
             decision = self._meter._unknown_model(record, decision) or decision
         over_budget = False
         if decision.refusal is None and (spent := enforcer.spent_budget(session.scopes)) is not None:
@@ -674,10 +683,12 @@ class SocketMeter:
         code: int,
         family: str,
         event: Callable[[str], bytes] | None = None,
+        when: str = "at its first message",
     ) -> None:
-        """Refuse a session at its first message: the message is dropped, the session's row says why
-        (the handshake's, not billed) and the client gets a close ``code`` with the reason (after
-        ``event(reason)``, an error event, when the API reports one first)."""
+        """Refuse a session at its first message (``when``: or at another, an OpenAI Live fork's
+        ``session.started``): the message is dropped, the session's row says why (the handshake's,
+        not billed) and the client gets a close ``code`` with the reason (after ``event(reason)``,
+        an error event, when the API reports one first)."""
         message.drop()
         session.capped = True
         reason = why if why.startswith("tokometer: ") else f"tokometer: {why}"
@@ -690,7 +701,7 @@ class SocketMeter:
         record.error = "; ".join(filter(None, (record.error, f"{why} (closed {code})")))[:1000]
         record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
         self._meter._submit(dataclasses.replace(record))
-        log.warning("tokometer: %s session refused at its first message: %s", family, why)
+        log.warning("tokometer: %s session refused %s: %s", family, when, why)
         if not self.close_websocket(flow, code, reason):
             log.error("tokometer: could not close a refused %s session; its messages are dropped", family)
 
@@ -717,9 +728,12 @@ class SocketMeter:
         now = time.time()
         row = None
         if isinstance(event, openai_live.Started):
+            inherits = session.fork and not session.started and not event.updated
             session.began(event, now)
             if not session.sideband and session.session_id is not None:
                 self._bills_live(flow, session.session_id)  # its sidebands bill nothing again
+            if inherits:  # a fork ran upstream from here: refused or not, what it bills is metered
+                self._refuse_inherited_model(flow, session, message, event.model)
         elif isinstance(event, openai_live.UsageReport):
             row = session.take(event, now)
         elif isinstance(event, openai_live.Delegated):
@@ -734,18 +748,21 @@ class SocketMeter:
         is the session's, checked now (see _check_session_model). A refused start never goes
         upstream: the client gets Live's ``error`` event (``param`` ``session.model``, or
         ``budget_exceeded``) and a close 1008 with the reason; the refusal is a row. A start sent
-        again before ``session.started`` (the server refused the first) is checked the same way."""
+        again before ``session.started`` (the server refused the first) is checked the same way.
+        A fork's start names no model (it inherits the stored session's): only a model it does
+        name, and its delegation's, are checked."""
         again, session.start_seen = session.start_seen, True
         data = message.content
-        start = (
-            await self._off_loop(openai_live.read_session_start, data)
-            if openai_live.may_start(data)
-            else None
-        )
+        read = openai_live.read_session_start
+        if session.fork:
+            read = functools.partial(openai_live.read_session_start, fork=True)
+        start = await self._off_loop(read, data) if openai_live.may_start(data) else None
         if again and start is None:
             return  # not a start: a message naming one
         model = start.model if start is not None else None
-        checked = self._check_session_model(session, message, model, openai_live.with_model, "OpenAI Live")
+        checked = self._check_session_model(
+            session, message, model, openai_live.with_model, "OpenAI Live", inherited=session.fork
+        )
         if checked is None:
             return
         decision, spent = checked
@@ -764,6 +781,42 @@ class SocketMeter:
             client_event_id=start.event_id if start is not None else None,
         )
         self._refuse_session(flow, session, message, decision.message, LIVE_REFUSED, "OpenAI Live", event)
+
+    def _refuse_inherited_model(
+        self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage, model: str | None
+    ) -> None:
+        """A fork's ``session.started``: the model it inherited from the stored session (named
+        nowhere before) is checked against the allowlist of the fork's environment. It cannot be
+        rewritten, so one the rules would downgrade is refused too, as is one not named where models
+        are restricted: the event never reaches the client, which gets Live's ``error`` event
+        (``param`` ``session.model``) and, with upstream, a close 1008; the refusal is the
+        handshake's row. The session ran upstream until the close: a usage report still coming is
+        metered, and the seconds after it are an aborted row, as a session cut short is."""
+        if not self._meter.policies.enforcing:
+            return
+        record = session.handshake
+        enforcer = self._meter.enforcer
+        decision = enforcer.decide_model(record.provider, record.environment, model)
+        if model is None:
+            reason = (
+                "the fork's session.started names no model, so it cannot be checked against the allowlist"
+            )
+            decision = self._meter._unknown_model(record, decision, reason) or decision
+        elif decision.action == "downgraded":
+            why = "a fork inherits its stored session's model, which cannot be rewritten"
+            decision = enforcer.refuse_model(record.provider, record.environment, model, why)
+        if decision.refusal is None or decision.message is None:
+            return
+        record.model_requested, record.action = model, decision.action
+        event = functools.partial(
+            openai_live.error_event,
+            "model_not_allowed",
+            event_id=f"event_tokometer_{secrets.token_hex(8)}",
+            param="session.model",
+        )
+        self._refuse_session(
+            flow, session, message, decision.message, LIVE_REFUSED, "OpenAI Live fork", event, "as it started"
+        )
 
     async def _check_delegation(
         self, session: OpenAILiveSession, message: WebSocketMessage, start: openai_live.SessionStart

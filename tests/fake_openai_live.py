@@ -25,6 +25,11 @@ Tests steer a session with handshake headers (they pass through the proxy):
   answered with the first half of such a delta and nothing more (the server stalls mid-message);
 - ``X-Test-Tag``: a label to find the session again.
 
+A fork, ``/v1/live/sessions/{id}/fork`` (the SDK's ``client.live.forks.connect()``), runs as the
+primary does, but its ``session.start`` carries overrides only: its ``session.started`` names the
+stored session's model (inherited: ``X-Fake-Stored-Model``, default ``MODEL``) and a new session
+id, ``live_fork_of_{id}``.
+
 A sideband, ``/v1/live/sessions/{id}/attach`` (the SDK's ``client.live.sideband.connect()``),
 stands for a server attached to a WebRTC or SIP session whose media never reach this server: a
 client ``session.update`` is answered with ``session.updated`` (the resolved session, its model
@@ -52,6 +57,7 @@ from websockets.asyncio.server import ServerConnection
 
 PATH = "/v1/live/sessions"
 ATTACH = re.compile(r"^/v1/live/sessions/([^/?]+)/attach(?:\?.*)?$")
+FORK = re.compile(r"^/v1/live/sessions/([^/?]+)/fork(?:\?.*)?$")
 MODEL = "gpt-live-1"
 REPORT_EVERY = 2  # client audio appends per usage report
 # Cumulative billed seconds, one total per report: the second report says the same total again.
@@ -85,6 +91,17 @@ def session_start(
         "instructions": instructions,
         "audio": {"format": {"type": "audio/pcm", "rate": 24000}, "output": {"voice": "marin"}},
     }
+    if delegate_to is not None:
+        session["delegation"] = {"type": "responses", "responses": {"model": delegate_to}}
+    event: dict[str, Any] = {"type": "session.start", "session": session}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+def fork_start(delegate_to: str | None = None, event_id: str | None = "event_fork") -> dict[str, Any]:
+    """A fork's ``session.start`` as the SDK sends it: overrides only (no model: it is inherited)."""
+    session: dict[str, Any] = {}
     if delegate_to is not None:
         session["delegation"] = {"type": "responses", "responses": {"model": delegate_to}}
     event: dict[str, Any] = {"type": "session.start", "session": session}
@@ -277,6 +294,9 @@ class FakeOpenAILive(FakeWebSocketServer):
             return frame[len(frame) // 2 :]
 
         attached = ATTACH.match(ws.request.path)
+        forked = FORK.match(ws.request.path)
+        session_id = f"live_fork_of_{forked.group(1)}" if forked is not None else "live_fake123"
+        stored_model = headers.get("x-fake-stored-model", MODEL)  # what a fork inherits
         try:
             async for raw in ws:
                 event = json.loads(raw)
@@ -298,9 +318,9 @@ class FakeOpenAILive(FakeWebSocketServer):
                 if rest is not None:
                     ws.transport.write(rest)
                     rest = None
-                if kind == "session.start":
-                    model = str(event.get("session", {}).get("model") or MODEL)
-                    await send(session_started(model, event.get("event_id")))
+                if kind == "session.start":  # a fork's names no model: it inherits the stored one's
+                    model = str(event.get("session", {}).get("model") or (stored_model if forked else MODEL))
+                    await send(session_started(model, event.get("event_id"), session_id))
                 elif kind == "session.input_audio.append":
                     appends += 1
                     if appends % REPORT_EVERY:
@@ -317,7 +337,7 @@ class FakeOpenAILive(FakeWebSocketServer):
                 elif kind == "session.close" and split == "close":
                     send_half(output_audio(2000 + appends, 40000))  # and nothing more
                 elif kind == "session.close" and not hold:
-                    await send(session_closed(final, model=model))
+                    await send(session_closed(final, model=model, session_id=session_id))
                     await ws.close(1000)
                     break
         except Exception:  # the proxy or the client hung up: what was received stays recorded

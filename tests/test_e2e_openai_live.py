@@ -76,8 +76,10 @@ def connect(
     model: str = "gpt-live-1",
     fake: dict[str, str] | None = None,
     delegate: str | None = None,
+    fork: str | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Run the SDK client through the proxy; its exit code and JSON lines."""
+    """Run the SDK client through the proxy (``fork``: forking that stored session); its exit code
+    and JSON lines."""
     headers = {"Authorization": f"Bearer {KEY}", **tagged_headers(env, t, fake)}
     return run_json_client(
         proxy,
@@ -89,6 +91,7 @@ def connect(
         "--instructions",
         SECRET_INSTRUCTIONS,
         *(["--delegate", delegate] if delegate else []),
+        *(["--fork", fork] if fork else []),
         *steps,
         codes=(0, 3),
     )
@@ -363,6 +366,63 @@ def test_a_sidebands_blocked_update_is_refused(oproxy: ProxyProcess, live: FakeO
         11,
         "gpt-live-1",
         seconds_cost(11),
+    )
+
+
+def test_a_fork_is_checked_and_metered_as_a_session(oproxy: ProxyProcess, live: FakeOpenAILive) -> None:
+    """A fork over WebSocket (``client.live.forks.connect()``): its start names no model (inherited)
+    and a delegation model the environment downgrades, rewritten upstream; its usage reports are
+    metered as a primary's, on the fork's path, priced by the model its session.started names."""
+    t = tag()
+    stored = f"live_stored_{t}"
+    code, lines = connect(oproxy, "audio", "close", env="restricted", t=t, delegate="gpt-5", fork=stored)
+    assert code == 0 and lines[-1] == {"event": "done"}, lines
+    session = session_of(live, t)
+    assert session.path == f"{PATH}/{stored}/fork"
+    start = session.received[0]
+    assert start["type"] == "session.start" and "model" not in start["session"]
+    assert start["session"]["delegation"] == {"type": "responses", "responses": {"model": "gpt-5-mini"}}
+    got = received(lines)
+    assert [line["sha256"] for line in got] == [hashlib.sha256(d).hexdigest() for d in session.sent]
+    first, last = rows_for(oproxy, t, 2)
+    for row in (first, last):
+        assert (row["path"], row["api_flavor"], row["status_code"]) == (session.path, "live", 101)
+        assert (row["environment"], row["action"], row["model_requested"], row["model_reported"]) == (
+            "restricted",
+            "downgraded",
+            None,
+            "gpt-live-1",
+        )
+        assert (row["price_status"], row["price_model"]) == ("priced", "gpt-live-1")
+    assert (first["audio_seconds"], last["audio_seconds"]) == (3, 8)
+    assert first["cost_usd"] + last["cost_usd"] == seconds_cost(11)
+
+
+def test_a_fork_inheriting_a_blocked_model_is_refused_as_it_starts(
+    oproxy: ProxyProcess, live: FakeOpenAILive
+) -> None:
+    """The stored session ran gpt-live-1.1, which the environment does not allow: the fork's
+    session.started never reaches the client, which gets Live's error event and the proxy's close
+    1008 (upstream too)."""
+    t = tag()
+    fake = {"X-Fake-Stored-Model": "gpt-live-1.1"}
+    code, lines = connect(oproxy, "audio", env="blocked", t=t, fake=fake, fork=f"live_stored_{t}")
+    assert code == 0
+    error, closed = lines[0], lines[1]
+    assert error.get("type") == "error", lines
+    assert (error["data"]["error"]["code"], error["data"]["error"]["param"]) == (
+        "model_not_allowed",
+        "session.model",
+    )
+    assert (closed["event"], closed["code"]) == ("closed", 1008)
+    assert closed["reason"].startswith("tokometer: model gpt-live-1.1 is not allowed")
+    session = session_of(live, t)
+    assert session.close is not None and session.close[0] == 1008
+    refused = rows_for(oproxy, t, 2)[0]
+    assert (refused["action"], refused["model_requested"], refused["cost_usd"]) == (
+        "blocked",
+        "gpt-live-1.1",
+        Decimal(0),
     )
 
 

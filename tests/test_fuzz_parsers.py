@@ -52,6 +52,7 @@ from addon.providers import (
     gemini_interactions,
     gemini_live,
     openai_api,
+    openai_live,
     openai_media,
     openai_realtime,
     openai_realtime_translation,
@@ -1271,6 +1272,17 @@ def test_translation_messages_never_raise(data: bytes) -> None:
     )
     if not openai_realtime_translation.might_matter(data):
         assert event is None
+
+
+@FUZZ_SMALL
+@given(
+    path=st.one_of(st.text(max_size=60), st.sampled_from(["/v1/live/sessions/live_1/fork"])), data=st.binary()
+)
+def test_live_fork_paths_and_answers_never_raise(path: str, data: bytes) -> None:
+    found = openai_live.fork_session(path)
+    assert found is None or (isinstance(found, str) and found and "/" not in found)
+    answer = openai_live.read_setup_answer(path, data)
+    assert answer is None or isinstance(answer, openai_live.SetUp)
 
 
 # ---------------------------------------------------------------- multipart uploads (images, audio)

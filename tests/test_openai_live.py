@@ -59,7 +59,7 @@ def test_other_paths_are_not_primary_sessions(path: str) -> None:
         ("/v1/live/sessions/live_123/attach", "live_123"),
         ("/v1/live/sessions/live_123/attach/", "live_123"),
         ("/v1/live/sessions/live%5F123/attach", "live_123"),  # as the server reads it
-        ("/v1/live/sessions/live_123/fork", None),
+        ("/v1/live/sessions/live_123/fork", None),  # a fork (see fork_session)
         ("/v1/live/sessions/attach", None),
         ("/v1/live/sessions//attach", None),
         ("/v1/live/sessions/a%2Fb/attach", None),
@@ -70,6 +70,45 @@ def test_other_paths_are_not_primary_sessions(path: str) -> None:
 )
 def test_a_sidebands_path_names_its_session(path: str, session_id: str | None) -> None:
     assert openai_live.sideband_session(path) == session_id
+
+
+@pytest.mark.parametrize(
+    ("path", "session_id"),
+    [
+        ("/v1/live/sessions/live_123/fork", "live_123"),
+        ("/v1/live/sessions/live_123/fork/", "live_123"),
+        ("/v1/live/sessions/live%5F123/fork", "live_123"),  # as the server reads it
+        ("/v1/live/sessions/live_123/attach", None),
+        ("/v1/live/sessions/fork", None),
+        ("/v1/live/sessions/a%2Fb/fork", None),
+        (f"/v1/live/sessions/{'x' * 300}/fork", None),
+        ("/v1/live/sessions/live_123/fork/more", None),
+        (PATH, None),
+    ],
+)
+def test_a_forks_path_names_the_stored_session(path: str, session_id: str | None) -> None:
+    assert openai_live.fork_session(path) == session_id
+
+
+def test_a_forks_start_names_only_what_it_overrides() -> None:
+    """A fork's session.start inherits the model (none named is none read, and no error); the
+    delegation's model it overrides is read, and one it leaves is no error, as in an update."""
+    empty = openai_live.read_session_start(dumps({"type": "session.start", "session": {}}), fork=True)
+    assert empty is not None and (empty.model, empty.delegation) == (None, NamedModels())
+    kept = {"type": "session.start", "session": {"delegation": {"type": "responses", "store": True}}}
+    found = openai_live.read_session_start(dumps(kept), fork=True)
+    assert found is not None and found.delegation == NamedModels()
+    # A primary's start must name its delegation's model.
+    primary = openai_live.read_session_start(dumps(kept))
+    assert primary is not None and primary.delegation.error is not None
+    override = {"type": "responses", "responses": {"model": "gpt-5"}}
+    event = {"type": "session.start", "event_id": "e1", "session": {"delegation": override}}
+    found = openai_live.read_session_start(dumps(event), fork=True)
+    assert found is not None and (found.model, found.event_id) == (None, "e1")
+    assert [(m.param, m.model) for m in found.delegation.models] == [
+        ("session.delegation.responses.model", "gpt-5")
+    ]
+    assert found.delegation_param == "session.delegation.responses.model"
 
 
 def test_the_registry_serves_live_on_openai_only() -> None:
@@ -438,7 +477,9 @@ WEBRTC_ANSWER = {"session": {"id": "live_rtc_42"}, "transport": {"type": "webrtc
             dumps({"session": {"id": "live_rtc_42", "model": "m" * 300}}),
             openai_live.SetUp("live_rtc_42"),
         ),
-        ("/v1/live/sessions/live_1/fork", dumps(WEBRTC_ANSWER), None),
+        # A fork over WebRTC: a new session, its id in the answer.
+        ("/v1/live/sessions/live_1/fork", dumps(WEBRTC_ANSWER), openai_live.SetUp("live_rtc_42")),
+        ("/v1/live/sessions/live_1/fork", b"", None),
     ],
 )
 def test_a_live_setups_answer_names_its_session(

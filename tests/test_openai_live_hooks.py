@@ -19,6 +19,7 @@ from fake_openai_live import (
     audio_append,
     delegated,
     delegation_update,
+    fork_start,
     output_audio,
     session_closed,
     session_start,
@@ -609,22 +610,213 @@ async def test_a_rate_limit_refuses_the_handshake(meter: Meter) -> None:
     assert (row.action, row.status_code, row.api_flavor) == ("rate_limited", 429, "live")
 
 
-async def test_a_fork_is_not_a_session(meter: Meter, caplog: pytest.LogCaptureFixture) -> None:
-    """A fork passes unmetered, and the log says so; a primary session or a sideband is followed."""
-    caplog.set_level(logging.WARNING, "tokometer")
-    for path in (PATH, sideband_path("live_1")):
-        flow = handshake(path)
-        await open_session(meter, flow)
-        assert meter.sockets.session(flow) is not None
-        meter.websocket_start(flow)
-    assert "passes unmetered" not in caplog.text
-    path = "/v1/live/sessions/live_1/fork"
-    flow = handshake(path)
+def fork_path(stored: str = "live_stored_1") -> str:
+    return f"/v1/live/sessions/{stored}/fork"
+
+
+async def forked(
+    meter: Meter, stored: str = "live_stored_1", delegate_to: str | None = None
+) -> http.HTTPFlow:
+    """A fork opened over WebSocket, started (its start names no model) and acknowledged (the new
+    session's id, the inherited model)."""
+    flow = handshake(fork_path(stored))
     await open_session(meter, flow)
-    assert meter.call_state(flow) is None and meter.sockets.session(flow) is None
+    assert flow.websocket is not None and meter.sockets.session(flow) is not None
+    start = await client_says(meter, flow, fork_start(delegate_to))
+    assert not start.dropped
+    await server_says(meter, flow, session_started("gpt-live-1", "event_fork", f"live_fork_of_{stored}"))
+    return flow
+
+
+async def test_a_fork_is_metered_as_a_primary_session(meter: Meter, caplog: pytest.LogCaptureFixture) -> None:
+    """A fork over WebSocket (a stored session continued as a new one): each increase of its total
+    is a row, on the fork's path, priced by the model session.started names (its start names none:
+    the model is inherited); the proxy's log no longer calls it unmetered."""
+    caplog.set_level(logging.WARNING, "tokometer")
+    flow = await forked(meter)
     meter.websocket_start(flow)
-    assert f"a WebSocket to {HOST}{path} passes unmetered" in caplog.text
-    assert records(meter) == []
+    assert "passes unmetered" not in caplog.text
+    await speak(meter, flow, 3)
+    await speak(meter, flow, 8, 2)
+    await server_says(meter, flow, session_closed(11, session_id="live_fork_of_live_stored_1"))
+    rows = records(meter)
+    assert [r.audio_seconds for r in rows] == [3, 5, 3]
+    for row in rows:
+        assert (row.path, row.api_flavor, row.status_code, row.action) == (
+            fork_path(),
+            "live",
+            101,
+            "allowed",
+        )
+        assert (row.model_requested, row.model_sent, row.model_reported) == (None, None, "gpt-live-1")
+        assert (row.environment, row.team, row.key_fingerprint) == (
+            "development",
+            "voice",
+            key_fingerprint(KEY),
+        )
+        assert row.aborted is False and row.usage_source == "reported"
+    meter._price(rows[0])
+    assert (rows[0].cost_usd, rows[0].price_status, rows[0].price_model) == (
+        Decimal("0.0025"),
+        "priced",
+        "gpt-live-1",
+    )
+
+
+async def test_a_sideband_of_a_fork_metered_here_bills_nothing_again(meter: Meter) -> None:
+    fork = await forked(meter)
+    side = await attached(meter, "live_fork_of_live_stored_1")
+    await speak(meter, fork, 3)
+    await server_says(meter, side, usage_updated(3))
+    assert [r.path for r in records(meter)] == [fork_path()]
+
+
+async def test_a_forks_start_naming_no_model_is_not_refused_where_models_are_restricted(
+    meter: Meter, closes: list[tuple[Any, ...]]
+) -> None:
+    """The model is inherited: a fork's start naming none passes unchanged, where a primary's
+    start naming none is refused (its model cannot be read)."""
+    meter._apply(parse_policies(BLOCKING))
+    flow = handshake(fork_path())
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, fork_start())
+    assert not start.dropped and start.content == dumps(fork_start()) and closes == []
+    await server_says(meter, flow, session_started("gpt-live-1", "event_fork", "live_fork_of_live_stored_1"))
+    await speak(meter, flow, 2)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_reported, row.audio_seconds) == (
+        "allowed",
+        None,
+        "gpt-live-1",
+        2,
+    )
+
+
+async def test_a_forks_delegation_model_is_downgraded_in_its_start(
+    meter: Meter, closes: list[tuple[Any, ...]]
+) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = handshake(fork_path())
+    await open_session(meter, flow)
+    original = dumps(fork_start("gpt-5"))
+    start = await client_says(meter, flow, original)
+    assert not start.dropped and closes == []
+    assert start.content == original.replace(b'"gpt-5"', b'"gpt-5-mini"')  # only its value changed
+    await server_says(meter, flow, session_started("gpt-live-1", "event_fork", "live_fork_of_live_stored_1"))
+    await speak(meter, flow, 2)
+    [row] = records(meter)
+    assert (row.action, row.model_sent, row.model_reported) == ("downgraded", None, "gpt-live-1")
+
+
+@pytest.mark.parametrize(
+    ("event", "refused", "param"),
+    [
+        (fork_start("gpt-5"), "gpt-5", "session.delegation.responses.model"),
+        (  # a model a fork should not name (it is inherited): checked if it does
+            {"type": "session.start", "event_id": "event_fork", "session": {"model": "gpt-live-1.1"}},
+            "gpt-live-1.1",
+            "session.model",
+        ),
+    ],
+)
+async def test_a_blocked_model_a_fork_names_refuses_it_at_its_start(
+    meter: Meter,
+    closes: list[tuple[Any, ...]],
+    injected: list[tuple[bool, dict[str, Any]]],
+    event: dict[str, Any],
+    refused: str,
+    param: str,
+) -> None:
+    meter._apply(parse_policies(BLOCKING))
+    flow = handshake(fork_path())
+    await open_session(meter, flow)
+    start = await client_says(meter, flow, event)
+    assert start.dropped
+    [(to_client, error)] = injected
+    assert to_client and error["client_event_id"] == "event_fork"
+    assert (error["error"]["code"], error["error"]["param"]) == ("model_not_allowed", param)
+    [(closed, code, reason)] = closes
+    assert (closed, code) == (flow, 1008) and reason.startswith(f"tokometer: model {refused} is not allowed")
+    [row] = records(meter)
+    assert (row.path, row.action, row.model_requested, row.model_sent) == (
+        fork_path(),
+        "blocked",
+        refused,
+        None,
+    )
+    assert (row.cost_usd, row.price_status) == (Decimal(0), "not_billed")
+
+
+@pytest.mark.parametrize("policies", [BLOCKING, RESTRICTED])
+async def test_a_disallowed_model_a_fork_inherits_refuses_it_as_it_starts(
+    meter: Meter,
+    closes: list[tuple[Any, ...]],
+    injected: list[tuple[bool, dict[str, Any]]],
+    policies: str,
+) -> None:
+    """The stored session ran a model this environment does not allow: named by nothing before
+    session.started, and not to be rewritten (a fork inherits it), it is refused then, whether the
+    rules block it or would downgrade it. The client never gets the start; it gets Live's error
+    event and, with upstream, a close 1008; the row is the handshake's, not billed."""
+    meter._apply(parse_policies(policies))
+    flow = handshake(fork_path())
+    await open_session(meter, flow)
+    assert not (await client_says(meter, flow, fork_start())).dropped
+    started = await server_says(
+        meter, flow, session_started("gpt-live-1.1", "event_fork", "live_fork_of_live_stored_1")
+    )
+    assert started.dropped
+    [(to_client, error)] = injected
+    assert to_client and (error["error"]["code"], error["error"]["param"]) == (
+        "model_not_allowed",
+        "session.model",
+    )
+    assert error["error"]["message"].startswith("tokometer: model gpt-live-1.1 is not allowed")
+    [(closed, code, _)] = closes
+    assert (closed, code) == (flow, 1008)
+    [row] = records(meter)
+    assert (row.path, row.action, row.model_requested, row.model_sent) == (
+        fork_path(),
+        "blocked",
+        "gpt-live-1.1",
+        None,
+    )
+    assert (row.cost_usd, row.price_status) == (Decimal(0), "not_billed")
+    if policies is RESTRICTED:
+        assert "cannot be rewritten" in (row.error or "")
+    # The session ran upstream until the close: a report still coming bills, the rest is unknown.
+    await server_says(meter, flow, usage_updated(1))
+    flow.websocket.close_code = 1008  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    _, second, cut = records(meter)
+    assert (second.audio_seconds, second.model_reported, second.aborted) == (1, "gpt-live-1.1", False)
+    assert (cut.aborted, cut.usage, cut.action) == (True, None, "blocked")
+
+
+async def test_an_allowed_inherited_model_is_not_refused(meter: Meter, closes: list[tuple[Any, ...]]) -> None:
+    meter._apply(parse_policies(BLOCKING))
+    flow = await forked(meter)
+    assert closes == []
+    await speak(meter, flow, 2)
+    [row] = records(meter)
+    assert (row.action, row.model_reported, row.audio_seconds) == ("allowed", "gpt-live-1", 2)
+
+
+async def test_a_spent_budget_or_a_rate_limit_refuses_a_forks_handshake(meter: Meter) -> None:
+    """A fork is a new session: counted by a rate limit as a primary is, refused when a budget is spent."""
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n    rate_limit: {requests_per_minute: 1}\n"
+            "  staging:\n    budget: {usd: 0.001, period: day}\n"
+        )
+    )
+    first, second = handshake(fork_path()), handshake(fork_path())
+    await open_session(meter, first)
+    await open_session(meter, second)
+    assert first.websocket is not None and second.websocket is None
+    assert second.response is not None and second.response.status_code == 429
+    [row] = records(meter)
+    assert (row.path, row.action, row.status_code) == (fork_path(), "rate_limited", 429)
 
 
 def sideband_path(session_id: str) -> str:

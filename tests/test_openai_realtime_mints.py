@@ -18,6 +18,7 @@ from addon.providers.openai_realtime_mints import (
     CLIENT_SECRET,
     LIVE,
     LIVE_ACCEPT,
+    LIVE_FORK,
     OPENAI,
     SESSION,
     TRANSCRIPTION_SESSION,
@@ -66,7 +67,12 @@ JSON = st.recursive(
         (OPENAI, "//v1/live/sessions/?x=1", LIVE),
         (OPENAI, "/v1/live/sessions/live_sip_1/accept", LIVE_ACCEPT),
         (OPENAI, "/v1/live/sessions//accept", None),
-        (OPENAI, "/v1/live/sessions/live_1/fork", None),
+        (OPENAI, "/v1/live/sessions/live_1/fork", LIVE_FORK),
+        (OPENAI, "//v1/live/sessions/live_1/fork/?x=1", LIVE_FORK),
+        (OPENAI, "/v1/live/sessions//fork", None),
+        (OPENAI, "/v1/live/sessions/live_1/fork/more", None),
+        (OPENAI, "/v1/realtime/calls/rtc_1/fork", None),
+        (AZURE, "/openai/v1/live/sessions/live_1/fork", None),
         (OPENAI, "/v1/live/sessions/live_1/attach", None),
         (OPENAI, "/v1/live/sessions/live_1/hangup", None),
         (OPENAI, "/v1/live/sessions/live_1/accept/more", None),
@@ -148,6 +154,29 @@ def test_a_translation_client_secret_names_its_model_and_its_transcription_model
     assert (unnamed.models, unnamed.error) == ((), "the request names no session.model")
 
 
+def test_a_fork_names_only_the_models_it_overrides() -> None:
+    """A fork inherits its stored session's model: naming none is no error; the delegation's model
+    it overrides is read, and a session.model it should not send is read too (and checked)."""
+    transport = {"type": "webrtc", "sdp": "v=0\r\n"}
+    assert read_mint(LIVE_FORK, {"transport": transport}) == read_mint(LIVE_FORK, {"session": {}})
+    assert read_mint(LIVE_FORK, {"transport": transport}).models == ()
+    assert read_mint(LIVE_FORK, {"transport": transport}).error is None
+    delegation = {"type": "responses", "responses": {"model": "gpt-5"}}
+    found = read_mint(LIVE_FORK, {"transport": transport, "session": {"delegation": delegation}})
+    assert (found.error, [(m.param, m.model) for m in found.models]) == (
+        None,
+        [("session.delegation.responses.model", "gpt-5")],
+    )
+    kept = read_mint(
+        LIVE_FORK, {"session": {"delegation": {"type": "responses", "acknowledgement_delay_ms": 9}}}
+    )
+    assert (kept.models, kept.error) == ((), None)
+    named = read_mint(LIVE_FORK, {"session": {"model": "gpt-live-1.1", "delegation": delegation}})
+    assert [m.param for m in named.models] == ["session.model", "session.delegation.responses.model"]
+    bad = read_mint(LIVE_FORK, {"session": {"delegation": {"type": "responses", "responses": {"model": 3}}}})
+    assert bad.error == "the request's session.delegation.responses.model is not a model name"
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     kind=st.sampled_from(
@@ -159,6 +188,7 @@ def test_a_translation_client_secret_names_its_model_and_its_transcription_model
             TRANSCRIPTION_SESSION,
             LIVE,
             LIVE_ACCEPT,
+            LIVE_FORK,
             TRANSLATION_SECRET,
             "other",
         ]
@@ -167,7 +197,7 @@ def test_a_translation_client_secret_names_its_model_and_its_transcription_model
 )
 def test_read_mint_never_raises(kind: str, body: Any) -> None:
     found = read_mint(kind, body, {"a": "b"})
-    assert found.models or found.error
+    assert found.models or found.error or kind == LIVE_FORK  # a fork may name nothing: it inherits
 
 
 @settings(max_examples=300, deadline=None)

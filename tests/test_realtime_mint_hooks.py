@@ -530,10 +530,10 @@ async def test_a_spent_budget_or_a_rate_limit_refuses_a_live_setup(meter: Meter)
 
 
 async def test_other_live_requests_are_not_setups(meter: Meter) -> None:
-    """A fork, a hangup, a refer, a reject, a recording, a sideband or a primary WebSocket: none is a
-    set-up checked as one (the primary WebSocket is a handshake, its model checked in session.start)."""
+    """A hangup, a refer, a reject, a recording, a sideband or a primary WebSocket: none is a set-up
+    checked as one (the primary WebSocket is a handshake, its model checked in session.start)."""
     meter._apply(parse_policies(LIVE_RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
-    for path in ("fork", "hangup", "refer", "reject", "attach", "accept/x", "content"):
+    for path in ("hangup", "refer", "reject", "attach", "accept/x", "fork/x", "content"):
         flow = mint(f"{LIVE_SESSIONS}/live_1/{path}", webrtc(live_session("gpt-live-1.1", "gpt-5")))
         await run_request(meter, flow)
         assert meter.call_state(flow) is None and flow.response is None, path
@@ -545,6 +545,129 @@ async def test_other_live_requests_are_not_setups(meter: Meter) -> None:
     state = meter.call_state(flow)
     assert state is not None and state.openai_live and state.mint is None
     assert records(meter) == []
+
+
+# ---------------------------------------------------------------- OpenAI Live forks over HTTP (WebRTC)
+
+
+def fork(session: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fork's body as ``client.live.sessions.fork(session_id, transport=..., session=...)`` sends it."""
+    body: dict[str, Any] = {"transport": {"type": "webrtc", "sdp": SDP.decode()}}
+    if session is not None:
+        body["session"] = session
+    return body
+
+
+FORK = f"{LIVE_SESSIONS}/live_stored_1/fork"
+DELEGATION_TO_GPT_5 = {"type": "responses", "responses": {"model": "gpt-5", "instructions": "Look it up."}}
+
+
+async def test_a_forks_delegation_model_is_downgraded_by_rewriting_it(meter: Meter) -> None:
+    """A fork names no model of its own (it inherits the stored session's): its delegation's model
+    is checked, and a disallowed one downgraded in the body (every other byte's value kept); it
+    makes no row, as a set-up does not."""
+    meter._apply(parse_policies(LIVE_RESTRICTED))
+    body = fork({"delegation": DELEGATION_TO_GPT_5, "store": True})
+    flow = mint(FORK, body)
+    await run_request(meter, flow)
+    assert flow.response is None  # sent upstream
+    wanted = json.loads(json.dumps(body))
+    wanted["session"]["delegation"]["responses"]["model"] = "gpt-5-mini"
+    assert json.loads(flow.request.content or b"") == wanted
+    await answer(meter, flow, 200, json.dumps({"session": {"id": "live_fork_2"}, "transport": {}}).encode())
+    assert flow.response is not None
+    assert flow.response.headers[NOTICE_HEADER] == (
+        "downgraded gpt-5 -> gpt-5-mini: gpt-5 is not allowed in development (policies.yaml)"
+    )
+    assert records(meter) == [] and meter.call_state(flow) is None
+
+
+async def test_a_fork_that_names_no_model_is_not_refused_for_it(meter: Meter) -> None:
+    """Inheriting its model, a fork that overrides nothing passes unchanged where models are
+    restricted (a Live set-up naming none is refused: it would open the default session)."""
+    meter._apply(parse_policies(LIVE_RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    for body in (
+        fork(),
+        fork({}),
+        fork({"delegation": {"type": "responses", "acknowledgement_delay_ms": 0}}),
+    ):
+        flow = mint(FORK, body)
+        sent = flow.request.content
+        await run_request(meter, flow)
+        assert flow.response is None and flow.request.content == sent, body
+        await answer(meter, flow, 200, b'{"session": {"id": "live_fork_3"}}')
+    assert records(meter) == []
+
+
+@pytest.mark.parametrize(
+    ("session", "refused", "param"),
+    [
+        ({"delegation": DELEGATION_TO_GPT_5}, "gpt-5", "session.delegation.responses.model"),
+        ({"model": "gpt-live-1.1"}, "gpt-live-1.1", "session.model"),  # not to be sent: checked if it is
+    ],
+)
+async def test_a_fork_naming_a_blocked_model_is_refused_with_a_row(
+    meter: Meter, session: dict[str, Any], refused: str, param: str
+) -> None:
+    meter._apply(parse_policies(LIVE_RESTRICTED.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    flow = mint(FORK, fork(session))
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403  # upstream never contacted
+    assert refusal(flow)["message"].startswith(f"tokometer: model {refused} is not allowed in environment")
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.path, row.api_flavor, row.status_code, row.action) == (
+        "/v1/live/sessions/live_stored_1/fork",
+        "live",
+        403,
+        "blocked",
+    )
+    assert (row.model_requested, row.model_sent, row.cost_usd, row.price_status) == (
+        refused,
+        None,
+        Decimal(0),
+        "not_billed",
+    )
+
+
+async def test_a_spent_budget_refuses_a_fork(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 0.01, period: day}\n"))
+    meter.enforcer.budgets.record(scopes_for("development", None, None), Decimal("0.02"), datetime.now(UTC))
+    flow = mint(FORK, fork())
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 429
+    assert refusal(flow)["code"] == "budget_exceeded"
+    await answer(meter, flow)
+    [row] = records(meter)
+    assert (row.action, row.api_flavor, row.path) == (
+        "over_budget",
+        "live",
+        "/v1/live/sessions/live_stored_1/fork",
+    )
+
+
+async def test_a_forks_new_session_is_priced_by_the_stored_sessions_model_if_set_up_here(
+    meter: Meter,
+) -> None:
+    """The session a WebRTC fork opens (its answer's id) is remembered as a set-up's is, with the
+    model of the stored session when that one was set up through this proxy (a fork inherits it):
+    its sideband's rows are priced from the first."""
+    from addon.socket_metering import remembered_live_setup
+
+    meter._apply(parse_policies(LIVE_RESTRICTED))
+    flow = mint(LIVE_SESSIONS, webrtc(live_session("gpt-live-1.1")))  # downgraded to gpt-live-1
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, b'{"session": {"id": "live_parent_9"}, "transport": {}}')
+    assert remembered_live_setup("live_parent_9") == "gpt-live-1"
+    flow = mint(f"{LIVE_SESSIONS}/live_parent_9/fork", fork())
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, b'{"session": {"id": "live_child_9"}, "transport": {}}')
+    assert remembered_live_setup("live_child_9") == "gpt-live-1"
+    # A fork of a session set up elsewhere: its model is unknown here, nothing is remembered.
+    flow = mint(f"{LIVE_SESSIONS}/live_elsewhere/fork", fork())
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, b'{"session": {"id": "live_child_10"}, "transport": {}}')
+    assert remembered_live_setup("live_child_10") is None
 
 
 # ---------------------------------------------------------------- Realtime translation client secrets

@@ -19,8 +19,16 @@ server's WebSocket to a session running on another transport (the primary WebSoc
 it never sends ``session.start``, but may send ``session.update`` (the delegation's model),
 ``response.create``, ``decision.create``, ``session.close``...; it receives the session's events,
 ``session.usage.updated`` and ``session.closed`` included (the SDK's ``ConnectClientEvent`` and
-``ConnectServerEvent``). Not a session here: a fork ``/v1/live/sessions/{id}/fork`` starts from a
-stored one.
+``ConnectServerEvent``).
+
+A fork, ``/v1/live/sessions/{id}/fork``, continues a stored session (its model, voice, instructions
+and conversation) as a new session. Over WebSocket (the SDK's ``client.live.forks.connect()``) it
+runs as a primary does, but its ``session.start`` carries only overrides (``ForkSessionConfig``):
+no model ("the model is inherited"; ``session.started`` names it), maybe the Responses delegation's
+model (``delegation.responses.model``; the delegation's type cannot change), ``store``, the audio
+format. Over HTTP (``POST .../fork``, ``client.live.sessions.fork()``, a WebRTC offer) its JSON body
+is ``{"transport": {"type": "webrtc", "sdp": ...}, "session": {"delegation": ..., ...}}``, answered
+with the new session's id (``openai_realtime_mints`` reads it as a set-up).
 
 Speed: audio travels as base64 in JSON events of KBs, many a second, both ways. A server message is
 decoded only if a C-speed look says it may matter: a ``*.delta`` type in its first bytes says it
@@ -79,6 +87,18 @@ def sideband_session(path: str) -> str | None:
     return _session_id(unquote(found.group(1)))
 
 
+_FORK = re.compile(r"/v1/live/sessions/([^/]+)/fork/?")
+
+
+def fork_session(path: str) -> str | None:
+    """The stored session a fork's path names (``/v1/live/sessions/{id}/fork``, without its query,
+    doubled slashes merged; percent-decoded), else None. Never raises."""
+    found = _FORK.fullmatch(path)
+    if found is None:
+        return None
+    return _session_id(unquote(found.group(1)))
+
+
 _ACCEPT = re.compile(r"/v1/live/sessions/([^/]+)/accept/?")
 
 
@@ -101,12 +121,13 @@ def _session_id(value: object) -> str | None:
 def read_setup_answer(path: str, data: bytes) -> SetUp | None:
     """The session a Live set-up's 2xx answer opened: a SIP accept's is its path's
     (``/v1/live/sessions/{id}/accept``, answered with no body); a WebRTC one's
-    (``POST /v1/live/sessions``) is its answer's ``session.id`` (the SDK's ``LiveCreateResponse``:
+    (``POST /v1/live/sessions``, or a fork's ``POST /v1/live/sessions/{id}/fork``: a new session) is
+    its answer's ``session.id`` (the SDK's ``LiveCreateResponse`` and ``SessionForkResponse``:
     ``{"session": {"id": ...}, "transport": {"type": "webrtc", "sdp": ...}}``). A ``session.model``
     in the answer is read too. None: no session named. Never raises."""
     path = bare_path(path)
     accepted = _ACCEPT.fullmatch(path)
-    if accepted is None and path != ROW_PATH:
+    if accepted is None and path != ROW_PATH and _FORK.fullmatch(path) is None:
         return None
     obj = loads(data) if data else None
     session = obj.get("session") if isinstance(obj, dict) else None
@@ -150,15 +171,17 @@ def may_start(data: bytes) -> bool:
     return _START in data or b"\\u" in data
 
 
-def read_session_start(data: bytes) -> SessionStart | None:
-    """The ``session.start`` in a client message, else None. Never raises."""
+def read_session_start(data: bytes, *, fork: bool = False) -> SessionStart | None:
+    """The ``session.start`` in a client message, else None. A fork's (``fork``) carries overrides
+    only: its delegation may leave the model as stored, as an update may. Never raises."""
     obj = loads(data)
     if not isinstance(obj, dict) or obj.get("type") != "session.start":
         return None
     session = obj.get("session")
     model = session.get("model") if isinstance(session, dict) else None
     model = model.strip() if isinstance(model, str) else None
-    places = live_places(session, ("session",))[1:]
+    places = live_places(session, ("session",), update=fork)
+    places = places if fork else places[1:]
     delegation = read_models(obj, places, {}, "the session.start")
     param = ".".join(places[0][0]) if places else None
     return SessionStart(model or None, _str(obj.get("event_id")), delegation, param, obj)

@@ -25,7 +25,11 @@ how-to pages for WebRTC and SIP):
   "delegation": {"type": "responses", "responses": {"model": R, ...}}}`` (the Responses model the
   session delegates tasks to, billed by tokens; ``"type": "decisions"``: ``decisions.model``;
   ``"type": "client"`` or none: no backend model). A GET of ``/v1/live/sessions`` is the primary
-  WebSocket (``openai_live``), not a mint; ``/{id}/fork``, ``/attach``, ``/hangup``... are not mints;
+  WebSocket (``openai_live``), not a mint; ``/attach``, ``/hangup``... are not mints;
+- OpenAI Live forks (``client.live.sessions.fork``): ``POST /v1/live/sessions/{session_id}/fork``
+  (WebRTC) ``{"transport": {...}, "session": FORK}``, FORK overrides of a stored session that
+  inherits its model (``session.model`` is not to be sent, and is checked if it is):
+  ``{"delegation": {"type": "responses", "responses": {"model": R}}}``, either optional;
 - Realtime translation (``client.realtime.translations.client_secrets.create``):
   ``POST /v1/realtime/translations/client_secrets`` ``{"expires_after": ..., "session": {"model": M,
   "audio": {"input": {"transcription": {"model": T}}, "output": {"language": ...}}}}``; on Azure
@@ -53,9 +57,11 @@ CALL = "call"  # a WebRTC offer
 ACCEPT = "accept"  # a SIP call accepted
 LIVE = "live"  # an OpenAI Live WebRTC session
 LIVE_ACCEPT = "live_accept"  # an OpenAI Live SIP call accepted
-LIVE_KINDS = frozenset({LIVE, LIVE_ACCEPT})
+LIVE_FORK = "live_fork"  # a stored OpenAI Live session forked onto a new WebRTC connection
+LIVE_KINDS = frozenset({LIVE, LIVE_ACCEPT, LIVE_FORK})
 TRANSLATION_SECRET = "translation_client_secret"  # a Realtime translation session's client secret
-_ACCEPTS = {CALL: ACCEPT, LIVE: LIVE_ACCEPT}  # the kind whose path + /{id}/accept accepts a SIP call
+# The kind at path + /{id}/<suffix>: a SIP call accepted, a Live session forked.
+_SUFFIXED = {("accept", CALL): ACCEPT, ("accept", LIVE): LIVE_ACCEPT, ("fork", LIVE): LIVE_FORK}
 
 Where = tuple[str, ...]  # the keys from a JSON object's root to a model's value
 
@@ -87,10 +93,11 @@ class Mints:
         found = self.paths.get(path)
         if found is not None:
             return found
-        head, _, call_id = path.removesuffix("/accept").rpartition("/")
-        if path.endswith("/accept") and call_id:
-            return _ACCEPTS.get(self.paths.get(head, ""))
-        return None
+        rest, _, suffix = path.rpartition("/")
+        head, _, name = rest.rpartition("/")
+        if not name:
+            return None
+        return _SUFFIXED.get((suffix, self.paths.get(head, "")))
 
     def row_path(self, path: str) -> str:
         """The path a mint's row records (no query, slashes merged)."""
@@ -230,6 +237,10 @@ def read_mint(kind: str, body: Any, deployments: Mapping[str, str] | None = None
         return read_models(body, places, deployments, "the request")
     if kind == TRANSCRIPTION_SESSION:
         return read_models(body, [(_BETA_TRANSCRIPTION, True)], deployments, "the request")
+    if kind == LIVE_FORK:  # overrides only: the model is inherited, the delegation's may be kept
+        session = body.get("session")
+        places = [(("session", *_MODEL), False), *live_places(session, ("session",), update=True)]
+        return read_models(body, places, deployments, "the request")
     if kind in LIVE_KINDS:  # a WebRTC session and a SIP accept alike: {"session": LIVE, ...}
         places = live_places(body.get("session"), ("session",))
         return read_models(body, places, deployments, "the request")

@@ -2,7 +2,9 @@
 
 ``AsyncOpenAI().live.connect()`` over WSS; ``session.start`` (``--model``, ``--instructions``,
 ``--delegate``: a Responses backend), until ``session.started`` (or an ``error`` event and the
-close: the start was refused); then the steps given, in order:
+close: the start was refused). With ``--fork SESSION_ID``: ``live.forks.connect(session_id=...)``
+instead, whose ``session.start`` carries overrides only (``--delegate``; the model is inherited).
+Then the steps given, in order:
 
 - ``audio``: two ``session.input_audio.append`` events (32 KB of base64 each), until the next
   ``session.usage.updated`` (or the close);
@@ -63,12 +65,21 @@ async def receive_until(connection: Any, *ends: str) -> bool:
 
 async def run(args: argparse.Namespace) -> int:
     client = openai.AsyncOpenAI(max_retries=0, timeout=30.0)
-    session: dict[str, Any] = {"model": args.model, "instructions": args.instructions}
-    session["audio"] = {"format": {"type": "audio/pcm", "rate": 24000}}
+    session: dict[str, Any] = {}
+    if not args.fork:
+        session = {"model": args.model, "instructions": args.instructions}
+        session["audio"] = {"format": {"type": "audio/pcm", "rate": 24000}}
     if args.delegate:
         session["delegation"] = {"type": "responses", "responses": {"model": args.delegate}}
+    headers = json.loads(args.headers)
+    if args.fork:
+        connecting: Any = client.live.forks.connect(
+            session_id=args.fork, extra_headers=headers, max_retries=0
+        )
+    else:
+        connecting = client.live.connect(extra_headers=headers)
     try:
-        async with client.live.connect(extra_headers=json.loads(args.headers)) as connection:
+        async with connecting as connection:
             await connection.send({"type": "session.start", "event_id": "event_start", "session": session})
             if await receive_until(connection, "session.started"):
                 for step in args.steps:
@@ -106,6 +117,7 @@ def main() -> int:
     ap.add_argument("--headers", default="{}", help="extra handshake headers (JSON object)")
     ap.add_argument("--instructions", default="Be brief.")
     ap.add_argument("--delegate", default=None, help="a Responses backend model to delegate to")
+    ap.add_argument("--fork", default=None, help="fork this stored session instead of starting one")
     ap.add_argument("steps", nargs="*")
     return asyncio.run(run(ap.parse_args()))
 
