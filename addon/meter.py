@@ -68,6 +68,7 @@ from addon.providers.openai_media import (
     MEDIA_FLAVORS,
     FormFields,
     image_tool_tokens,
+    inline_image_bytes,
     input_images,
     is_form,
     read_form,
@@ -1257,8 +1258,9 @@ class Meter:
             image_request = form.fields if form is not None else body
             edited = input_images(route, body, form)
 
+        text_size = state.request_size - (inline_image_bytes(body) if edited and form is None else 0)
         estimate = self._cost_estimate(
-            record.provider, state.request_size, body, record.inference_geo, image_request, edited
+            record.provider, text_size, body, record.inference_geo, image_request, edited
         )
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
@@ -1716,7 +1718,21 @@ class Meter:
                 )
             return cost
 
-        return estimate
+        def estimate_or_text(model: str | None) -> Decimal:
+            """Never raises: the policy decision it is part of must stand (a failure here used to
+            let the call pass unchecked). Failing, the call reserves its text alone."""
+            try:
+                return estimate(model)
+            except Exception:
+                log.exception("tokometer: a call's reservation failed; it reserves its text alone")
+            try:
+                tokens = size // BYTES_PER_TOKEN
+                return self.pricer.estimate(provider, model, tokens, RESERVED_OUTPUT_TOKENS, geo)
+            except Exception:
+                log.exception("tokometer: a call's reservation failed; it reserves nothing")
+                return Decimal(0)
+
+        return estimate_or_text
 
     @staticmethod
     async def _request_json(flow: http.HTTPFlow, state: CallState) -> dict[str, Any] | None:

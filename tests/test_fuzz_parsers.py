@@ -1350,6 +1350,7 @@ def test_an_image_requests_reservation_never_raises(request: dict[str, Any]) -> 
     sent = {"images": request.get("n"), "image": request.get("size")}  # any JSON values
     edits = openai_media.input_images("/v1/images/edits", sent, None)
     assert edits >= 1 and openai_media.input_images("/v1/images/generations", request, None) == 0
+    assert openai_media.inline_image_bytes(sent) >= 0 and openai_media.inline_image_bytes(request) >= 0
 
 
 _IMAGE_TOOL_KEYS = ["type", "model", "quality", "size", "partial_images", "n"]
@@ -1375,7 +1376,7 @@ def test_an_image_tools_reservation_never_raises(tools: Any, extra: dict[str, An
     found = openai_media.image_tool_tokens({"model": "gpt-4o-mini", "tools": tools, **extra})
     if found is not None:
         model, tokens = found
-        assert isinstance(model, str) and model and tokens >= 272
+        assert isinstance(model, str) and model and 272 <= tokens <= 10 * (6240 + 300)
 
 
 # ---------------------------------------------------------------- Gemini Live (WebSocket messages)

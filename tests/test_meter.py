@@ -783,3 +783,30 @@ def test_an_unpriced_model_escaping_a_budget_is_said_once_per_scope_and_model(
     assert [json.loads(e.data)["model"] for e in events] == [new, new, "another-new-model"]
     assert [e.message for e in events] == [w.removeprefix("tokometer: ") for w in warnings]
     assert len(sent) == 3 and all(new in argv[-1] for argv in sent[:2]) and "another-new-model" in sent[2][-1]
+
+
+async def test_a_failing_reservation_leaves_the_policy_decision_standing(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An estimate that raises (a bug, an input nobody foresaw) used to fail the whole hook: the call
+    then passed unchecked, neither downgraded nor rate limited. It reserves its text alone instead."""
+    import addon.meter as meter_module
+
+    def broken(body: object) -> None:
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+    monkeypatch.setattr(meter_module, "image_tool_tokens", broken)
+    meter._apply(
+        parse_policies(
+            LIMITED.replace("    rate_limit:", "    budget: {usd: 100, period: day}\n    rate_limit:")
+        )
+    )
+    first = make_flow(CHAT_URL, {"model": "gpt-4o", "messages": []})
+    with caplog.at_level(logging.ERROR, logger="tokometer"):
+        await run_request(meter, first)
+    assert first.response is None and json.loads(first.request.content)["model"] == "gpt-4o-mini"
+    assert "reservation failed; it reserves its text alone" in caplog.text
+    assert sum(meter.enforcer.budgets.reserved().values()) > 0  # its text, reserved
+    second = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "messages": []})
+    await run_request(meter, second)
+    assert second.response is not None and second.response.status_code == 429  # the minute's one call

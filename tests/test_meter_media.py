@@ -338,6 +338,27 @@ async def test_a_json_image_edit_reserves_its_input_images(meter: Meter) -> None
     )
 
 
+async def test_a_json_image_edit_sending_its_images_inline_reserves_them_as_images_not_text(
+    meter: Meter,
+) -> None:
+    meter._apply(parse_policies(BUDGET))
+    inline = "data:image/png;base64," + "A" * 1_000_000  # 750 KB of image: 250,000 "tokens" as text
+    body = {
+        "model": "gpt-image-1.5",
+        "prompt": "a hat",
+        "images": [{"image_url": inline}, {"image_url": {"url": inline}}],
+        "quality": "low",
+        "size": "1024x1024",
+    }
+    flow = make_flow(EDITS, body)
+    prompt_tokens = (len(flow.request.content) - 2 * len(inline)) // 4
+    await run_request(meter, flow)
+    seen = 2 * 581
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == image_bill(
+        "gpt-image-1.5", prompt_tokens + seen, 272, seen
+    )
+
+
 async def test_a_downgraded_image_request_reserves_at_the_model_sent(meter: Meter) -> None:
     meter._apply(parse_policies(RESTRICTED + "    budget: {usd: 100, period: day}\n"))
     flow = make_flow(GENERATIONS, {"model": "gpt-image-1", "prompt": "a cat", "quality": "high", "n": 2})

@@ -380,7 +380,15 @@ def test_an_image_forms_reservation_fields_are_read_as_often_as_given() -> None:
         ("gpt-image-1-mini-2025-10-06", {"quality": "medium", "size": "1024x1024"}, 1056),
         ("gpt-image-1", {"n": 0}, 6240),  # an n the API refuses: one image
         ("gpt-image-1", {"n": 50, "quality": "low", "size": "1024x1024"}, 10 * 272),  # at most 10
-        ("gpt-image-1", {"n": True, "quality": ["low"], "size": 1024}, 6240),  # not values: the largest
+        ("gpt-image-1", {"n": True, "quality": ["low"], "size": 1024}, 10 * 6240),  # not values: the most
+        ("gpt-image-1", {"n": "+3", "quality": "low", "size": "1024x1024"}, 10 * 272),  # a server may read 3
+        ("gpt-image-1", {"n": 3.0, "quality": "low", "size": "1024x1024"}, 10 * 272),
+        ("gpt-image-1", {"n": "0" * 5000 + "3", "quality": "low", "size": "1024x1024"}, 10 * 272),
+        (
+            "gpt-image-1.5",
+            {"stream": True, "partial_images": "2.0", "quality": "low", "size": "1024x1024"},
+            272 + 300,
+        ),
         ("gpt-image-1", {"n": "2", "quality": "hd", "size": "1792x1024"}, 2 * 6240),
         (
             "gpt-image-1.5",
@@ -392,13 +400,18 @@ def test_an_image_forms_reservation_fields_are_read_as_often_as_given() -> None:
         ("gpt-image-1.5", {"stream": True, "partial_images": -5, "quality": "low", "size": "1024x1024"}, 272),
         (
             "gpt-image-1.5",
-            {"n": ("1", "4", "x"), "quality": ("low", "high"), "size": ("1024x1024",)},
+            {"n": ("1", "4"), "quality": ("low", "high"), "size": ("1024x1024",)},
             4 * 4160,
         ),
+        (
+            "gpt-image-1.5",
+            {"n": ("1", "4", "x"), "quality": ("low", "high"), "size": ("1024x1024",)},
+            10 * 4160,
+        ),
         ("dall-e-3", {"quality": "hd"}, None),  # billed per image: genai-prices has no price
-        ("gpt-image-2", {"quality": "high", "size": "1024x1024"}, None),  # another formula
+        ("gpt-image-2", {"quality": "low", "size": "1024x1024", "n": 2}, 2 * 6240),  # no table: the largest
         ("chatgpt-image-latest", {}, None),
-        ("gpt-image-10", {}, None),
+        ("gpt-image-10", {}, 6240),
         (None, {}, None),
         ("gpt-image-1", None, None),
         ("gpt-image-1", [], None),
@@ -479,7 +492,18 @@ def test_reserved_input_image_tokens(
             ("gpt-image-1", 272),
         ),
         ({"tools": [{"type": "image_generation"}], "tool_choice": "none"}, None),
-        ({"tools": [{"type": "image_generation", "model": "gpt-image-2"}]}, None),  # another formula
+        ({"tools": [{"type": "image_generation", "model": "gpt-image-2"}]}, ("gpt-image-2", 6240)),
+        (  # a model unknown here (an Azure deployment): the largest image at gpt-image-1's rate
+            {"tools": [{"type": "image_generation", "model": "my-images", "quality": "low"}]},
+            ("gpt-image-1", 6240),
+        ),
+        (
+            {
+                "tools": [{"type": "image_generation", "quality": "low", "size": "1024x1024"}],
+                "max_tool_calls": 10**9,
+            },
+            ("gpt-image-1", 10 * 272),
+        ),
         ({"tools": [{"type": "function", "name": "image_generation"}]}, None),
         ({"tools": {"type": "image_generation"}}, None),
         ({"tools": ["image_generation", None, 3]}, None),

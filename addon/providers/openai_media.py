@@ -287,6 +287,8 @@ IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
 TABLED_IMAGE_MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"})
+MAX_TABLED_IMAGE_TOKENS = max(tokens for sizes in IMAGE_OUTPUT_TOKENS.values() for tokens in sizes.values())
+_LATER_IMAGE_MODELS = "gpt-image-"  # a GPT image model without a table (gpt-image-2...)
 PARTIAL_IMAGE_TOKENS = 100  # each partial image of a stream ("Partial images cost", the same guide)
 MAX_IMAGES = 10  # n: 1 to 10 (the API reference)
 MAX_PARTIAL_IMAGES = 3  # partial_images: 0 to 3
@@ -300,13 +302,29 @@ def _values(value: Any) -> tuple[Any, ...]:
     return value if isinstance(value, tuple) else (value,)
 
 
+_MAX_DIGITS = 6  # a count longer than this is no count the API takes (and int() caps digits)
+
+
 def _count(value: Any) -> int | None:
     """A whole number from JSON (not a bool) or from a form field's digits, else None."""
     if type(value) is int:
         return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        digits = value.strip()
+        if digits.isascii() and digits.isdigit() and len(digits) <= _MAX_DIGITS:
+            return int(digits)
     return None
+
+
+def _most(value: Any, absent: int, most: int) -> int:
+    """The largest of a field's counts, at most ``most``: ``absent`` when it is not given, and
+    ``most`` when one cannot be read (``"+3"``, ``3.0``: a server may read them as 3)."""
+    if value is None:
+        return absent
+    counts = [_count(one) for one in _values(value)]
+    if any(count is None for count in counts):
+        return most
+    return min(max(absent, *counts), most)  # type: ignore[type-var]
 
 
 def _choices(value: Any, known: Mapping[str, Any]) -> set[str]:
@@ -323,21 +341,27 @@ def _choices(value: Any, known: Mapping[str, Any]) -> set[str]:
 def reserved_image_tokens(model: str | None, request: Mapping[str, Any] | None) -> int | None:
     """The image output tokens an image request may be billed for: ``n`` images of its quality and
     size (the largest when ``auto`` or absent: a reservation must not fall short), plus 100 for each
-    partial image of a stream. ``request`` is its JSON body or its form's fields. None for a model
-    without a documented table (DALL·E, gpt-image-2...). Never raises."""
-    if not model or not isinstance(request, Mapping) or base_model(model) not in TABLED_IMAGE_MODELS:
+    partial image of a stream. ``request`` is its JSON body or its form's fields. A count that cannot
+    be read (``"+3"``) counts as the most the API takes. A GPT image model without a documented table
+    (gpt-image-2...) reserves the table's largest image for each; None for other models (DALL·E).
+    Never raises."""
+    if not model or not isinstance(request, Mapping):
         return None
-    qualities = _choices(request.get("quality"), IMAGE_OUTPUT_TOKENS)
-    sizes = _choices(request.get("size"), IMAGE_OUTPUT_TOKENS["high"])
-    per_image = max(IMAGE_OUTPUT_TOKENS[quality][size] for quality in qualities for size in sizes)
-    counts = [_count(value) for value in _values(request.get("n"))]
-    images = min(max((n for n in counts if n is not None and n > 0), default=1), MAX_IMAGES)
+    base = base_model(model)
+    if base in TABLED_IMAGE_MODELS:
+        qualities = _choices(request.get("quality"), IMAGE_OUTPUT_TOKENS)
+        sizes = _choices(request.get("size"), IMAGE_OUTPUT_TOKENS["high"])
+        per_image = max(IMAGE_OUTPUT_TOKENS[quality][size] for quality in qualities for size in sizes)
+    elif base.startswith(_LATER_IMAGE_MODELS):  # gpt-image-2...: no table; its largest, at least
+        per_image = MAX_TABLED_IMAGE_TOKENS
+    else:
+        return None
+    images = _most(request.get("n"), 1, MAX_IMAGES)
     streamed = any(
         v is True or (isinstance(v, str) and v.lower() == "true") for v in _values(request.get("stream"))
     )
     if streamed:
-        partials = [_count(value) or 0 for value in _values(request.get("partial_images"))]
-        per_image += min(max(0, *partials), MAX_PARTIAL_IMAGES) * PARTIAL_IMAGE_TOKENS
+        per_image += _most(request.get("partial_images"), 0, MAX_PARTIAL_IMAGES) * PARTIAL_IMAGE_TOKENS
     return images * per_image
 
 
@@ -386,9 +410,10 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
     """(image model, image output tokens) a Responses request's ``image_generation`` tool may be
     billed for: an image of the tool's quality and size (the largest when ``auto`` or absent) and
     100 per partial image it asks for, for each built-in tool call ``max_tool_calls`` allows (one
-    when it sets none: a response may call the tool again, which nothing else bounds). None
-    without the tool (or with ``tool_choice: none``), or for an image model without a documented
-    table (gpt-image-2...). Never raises."""
+    when it sets none: a response may call the tool again, which nothing else bounds; at most
+    ``MAX_IMAGES``). An image model without a table reserves the largest image (gpt-image-2 at its
+    own rate; one unknown here, such as an Azure deployment, at gpt-image-1's). None without the
+    tool (or with ``tool_choice: none``). Never raises."""
     tools = body.get("tools") if isinstance(body, Mapping) else None
     if not isinstance(tools, list) or body.get("tool_choice") == "none":  # type: ignore[union-attr]
         return None
@@ -406,12 +431,15 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
             "partial_images": tool.get("partial_images"),
         }
         tokens = reserved_image_tokens(model, asked)
+        if tokens is None:  # a model without a table or price here (an Azure deployment...)
+            model = DEFAULT_IMAGE_TOOL_MODEL  # its rate, for the largest image
+            tokens = reserved_image_tokens(model, {**asked, "quality": None, "size": None})
         if tokens is not None and (found is None or tokens > found[1]):
             found = (model, tokens)
     if found is None:
         return None
     calls = body.get("max_tool_calls")  # type: ignore[union-attr]
-    images = calls if type(calls) is int and calls > 0 else 1
+    images = min(calls, MAX_IMAGES) if type(calls) is int and calls > 0 else 1  # a bound for all tools
     return found[0], found[1] * images
 
 
@@ -429,6 +457,23 @@ def input_images(path: str, body: Mapping[str, Any] | None, form: FormFields | N
             value = body.get(name)
             found = max(found, len(value) if isinstance(value, list) else int(value is not None))
     return max(1, found)
+
+
+def inline_image_bytes(body: Mapping[str, Any] | None) -> int:
+    """Bytes of the images a JSON edit sends inline (``data:`` URLs in its ``images``/``image``):
+    counted as its input images, not as its prompt's text. Never raises."""
+    if not isinstance(body, Mapping):
+        return 0
+    found = 0
+    for name in ("images", "image"):
+        value = body.get(name)
+        for entry in value if isinstance(value, list) else [value]:
+            url = entry.get("image_url") if isinstance(entry, dict) else entry
+            if isinstance(url, dict):
+                url = url.get("url")
+            if isinstance(url, str) and url[:5].lower() == "data:":
+                found += len(url)
+    return found
 
 
 # --- multipart/form-data uploads -----------------------------------------------------------
