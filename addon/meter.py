@@ -1321,7 +1321,7 @@ class Meter:
         decision = self._decide(state, record.model_requested)
         sideband = handshake.has_sidebands and handshake.is_sideband(query)
         if decision.refusal is None and record.model_requested is None and not sideband:
-            if handshake.is_transcription(query):  # its model is checked in the session (SocketMeter)
+            if not state.translation and handshake.is_transcription(query):  # checked in the session
                 state.transcription_unnamed = self.models_restricted(record.environment)
             else:
                 decision = self._unknown_model(record, decision) or decision
@@ -1408,6 +1408,8 @@ class Meter:
                 changes[named.where] = mints.written_as(ruled.model_sent)
                 downgraded.append((named.model, ruled.notice))
                 primary_sent = ruled.model_sent if named is primary else primary_sent
+        if kind == openai_realtime_mints.LIVE_FORK and decision.refusal is None and primary is None:
+            decision = self._check_inherited_model(record, decision)
         new_body = body
         if decision.refusal is None and changes:
             try:
@@ -1450,6 +1452,23 @@ class Meter:
         if model is None and forked is not None:
             model = remembered_live_setup(forked)
         remember_live_setup(found.session_id, model)
+
+    def _check_inherited_model(self, record: CallRecord, decision: Decision) -> Decision:
+        """An OpenAI Live fork set up over HTTP naming no model runs its stored session's, and its
+        media never pass the proxy: that model is checked now if the stored session was set up here
+        (it cannot be rewritten: one the rules would downgrade is refused). A fork of a session set
+        up elsewhere passes: its model cannot be known (refusing it would refuse every fork after a
+        restart of the proxy)."""
+        stored = openai_live.fork_session(record.path)
+        inherited = remembered_live_setup(stored) if stored is not None else None
+        if inherited is None:  # set up elsewhere (or before a restart): not known here
+            return decision
+        ruled = self.enforcer.decide_model(record.provider, record.environment, inherited)
+        if ruled.refusal is None and ruled.action != "downgraded":
+            return decision
+        record.model_requested = inherited
+        why = "a fork inherits its stored session's model, which cannot be rewritten"
+        return self._refuse_instead(decision, record, inherited, why)
 
     def _end_mint(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
         """A mint is answered. Minted (2xx, 3xx): no row, as an upgraded Realtime handshake has none:

@@ -733,7 +733,7 @@ class SocketMeter:
             if not session.sideband and session.session_id is not None:
                 self._bills_live(flow, session.session_id)  # its sidebands bill nothing again
             if inherits:  # a fork ran upstream from here: refused or not, what it bills is metered
-                self._refuse_inherited_model(flow, session, message, event.model)
+                self._refuse_inherited_model(flow, session, message, event.model, event.delegation_model)
         elif isinstance(event, openai_live.UsageReport):
             row = session.take(event, now)
         elif isinstance(event, openai_live.Delegated):
@@ -783,15 +783,21 @@ class SocketMeter:
         self._refuse_session(flow, session, message, decision.message, LIVE_REFUSED, "OpenAI Live", event)
 
     def _refuse_inherited_model(
-        self, flow: http.HTTPFlow, session: OpenAILiveSession, message: WebSocketMessage, model: str | None
+        self,
+        flow: http.HTTPFlow,
+        session: OpenAILiveSession,
+        message: WebSocketMessage,
+        model: str | None,
+        delegation: str | None = None,
     ) -> None:
         """A fork's ``session.started``: the model it inherited from the stored session (named
         nowhere before) is checked against the allowlist of the fork's environment. It cannot be
         rewritten, so one the rules would downgrade is refused too, as is one not named where models
         are restricted: the event never reaches the client, which gets Live's ``error`` event
         (``param`` ``session.model``) and, with upstream, a close 1008; the refusal is the
-        handshake's row. The session ran upstream until the close: a usage report still coming is
-        metered, and the seconds after it are an aborted row, as a session cut short is."""
+        handshake's row. The delegation's model it inherited (``delegation``) is checked the same
+        way. The session ran upstream until the close: a usage report still coming is metered, and
+        the seconds after it are an aborted row, as a session cut short is."""
         if not self._meter.policies.enforcing:
             return
         record = session.handshake
@@ -805,14 +811,24 @@ class SocketMeter:
         elif decision.action == "downgraded":
             why = "a fork inherits its stored session's model, which cannot be rewritten"
             decision = enforcer.refuse_model(record.provider, record.environment, model, why)
+        param = "session.model"
+        if decision.refusal is None and delegation is not None:
+            ruled = enforcer.decide_model(record.provider, record.environment, delegation)
+            if ruled.action == "downgraded":
+                why = "a fork inherits its stored session's delegation model, which cannot be rewritten"
+                ruled = enforcer.refuse_model(record.provider, record.environment, delegation, why)
+            if ruled.refusal is not None:
+                decision, param = ruled, "session.delegation.model"
         if decision.refusal is None or decision.message is None:
             return
-        record.model_requested, record.action = model, decision.action
+        if param == "session.model":
+            record.model_requested = model
+        record.action = decision.action
         event = functools.partial(
             openai_live.error_event,
             "model_not_allowed",
             event_id=f"event_tokometer_{secrets.token_hex(8)}",
-            param="session.model",
+            param=param,
         )
         self._refuse_session(
             flow, session, message, decision.message, LIVE_REFUSED, "OpenAI Live fork", event, "as it started"

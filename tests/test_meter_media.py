@@ -411,3 +411,20 @@ async def test_a_responses_call_with_the_image_tool_reserves_its_images(
     if image_model is not None:
         expected += image_bill(image_model, 0, image_tokens)
     assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == expected
+
+
+@pytest.mark.parametrize("path", ["/v1/images//edits", "/v1/images%2Fedits", "/v1/./images/%65dits"])
+async def test_an_edit_spelled_otherwise_reserves_its_input_images(meter: Meter, path: str) -> None:
+    meter._apply(parse_policies(BUDGET))
+    body = {
+        "model": "gpt-image-1.5",
+        "prompt": "a hat",
+        "images": [{"file_id": "f-1"}, {"file_id": "f-2"}],
+        "quality": "low",
+        "size": "1024x1024",
+        "input_fidelity": "high",
+    }
+    await run_request(meter, make_flow(EDITS, body))
+    plain = meter.enforcer.budgets.reserved()[DEVELOPMENT]
+    await run_request(meter, make_flow(EDITS.replace("/v1/images/edits", path), body))
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == 2 * plain

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -817,6 +818,13 @@ async def test_a_spent_budget_or_a_rate_limit_refuses_a_forks_handshake(meter: M
     assert second.response is not None and second.response.status_code == 429
     [row] = records(meter)
     assert (row.path, row.action, row.status_code) == (fork_path(), "rate_limited", 429)
+    # A spent budget (the development environment's own: staging's above never applied).
+    meter._apply(parse_policies(BUDGETED))
+    meter.enforcer.budgets.record(scopes_for("development", None, None), Decimal("0.01"), datetime.now(UTC))
+    spent = handshake(fork_path())
+    await open_session(meter, spent)
+    assert spent.websocket is None and spent.response is not None and spent.response.status_code == 429
+    assert records(meter)[-1].action == "over_budget"
 
 
 def sideband_path(session_id: str) -> str:
@@ -1070,3 +1078,35 @@ async def test_a_sideband_of_a_session_set_up_here_is_priced_from_its_first_repo
     await server_says(new, side, session_updated("gpt-live-1", "live_sip_no"))
     await server_says(new, side, usage_updated(6, 2))
     assert (records(new)[-1].price_status, records(new)[-1].cost_usd) == ("priced", Decimal("0.0025"))
+
+
+@pytest.mark.parametrize("policies", [RESTRICTED, BLOCKING])
+async def test_a_disallowed_delegation_model_a_fork_inherits_refuses_it_as_it_starts(
+    meter: Meter,
+    closes: list[tuple[Any, ...]],
+    injected: list[tuple[bool, dict[str, Any]]],
+    policies: str,
+) -> None:
+    """The stored session delegated to a model this environment does not allow: the fork inherits
+    it (its start names none), so session.started is where it is checked, and it cannot be rewritten."""
+    meter._apply(parse_policies(policies))
+    flow = handshake(fork_path())
+    await open_session(meter, flow)
+    assert not (await client_says(meter, flow, fork_start())).dropped
+    started = session_started("gpt-live-1", "event_fork", "live_fork_of_live_stored_1")
+    started["session"]["delegation"] = {"type": "responses", "responses": {"model": "gpt-5"}}
+    assert (await server_says(meter, flow, started)).dropped
+    [(to_client, error)] = injected
+    assert to_client and error["error"]["param"] == "session.delegation.model"
+    assert error["error"]["message"].startswith("tokometer: model gpt-5 is not allowed")
+    [(closed, code, _)] = closes
+    assert (closed, code) == (flow, 1008)
+    [row] = records(meter)
+    assert (row.action, row.model_sent) == ("blocked", None)
+    # An allowed inherited delegation passes.
+    other = handshake(fork_path())
+    await open_session(meter, other)
+    await client_says(meter, other, fork_start())
+    fine = session_started("gpt-live-1", "event_fork", "live_fork_of_live_stored_2")
+    fine["session"]["delegation"] = {"type": "responses", "responses": {"model": "gpt-5-mini"}}
+    assert not (await server_says(meter, other, fine)).dropped

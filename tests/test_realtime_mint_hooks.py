@@ -732,3 +732,25 @@ async def test_a_blocked_or_unnamed_translation_model_refuses_the_client_secret(
     ] * 3
     assert [r.model_requested for r in rows] == ["gpt-realtime-translate-large", "gpt-4o-transcribe", None]
     assert all((r.cost_usd, r.price_status) == (Decimal(0), "not_billed") for r in rows)
+
+
+@pytest.mark.parametrize("on_disallowed", ["downgrade", "block"])
+async def test_a_fork_of_a_session_set_up_here_has_the_model_it_inherits_checked(
+    meter: Meter, on_disallowed: str
+) -> None:
+    """The stored session was set up through this proxy in an environment that allows its model;
+    a fork of it from one that does not is refused (the inherited model cannot be rewritten)."""
+    meter._apply(parse_policies("environments:\n  staging:\n    models: {allow: ['*']}\n"))
+    flow = mint(LIVE_SESSIONS, webrtc(live_session("gpt-live-1.1")))
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, b'{"session": {"id": "live_staged_1"}, "transport": {}}')
+    meter._apply(
+        parse_policies(LIVE_RESTRICTED.replace("on_disallowed: downgrade", f"on_disallowed: {on_disallowed}"))
+    )
+    forked = mint(f"{LIVE_SESSIONS}/live_staged_1/fork", fork())
+    await run_request(meter, forked)
+    assert forked.response is not None and forked.response.status_code == 403
+    assert "inherits its stored session's model, which cannot be rewritten" in refusal(forked)["message"]
+    await answer(meter, forked)
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent) == ("blocked", "gpt-live-1.1", None)

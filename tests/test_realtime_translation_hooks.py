@@ -223,8 +223,11 @@ async def test_a_blocked_or_unnamed_model_refuses_the_handshake_with_a_row(meter
     nameless = handshake("call_id=rtc_123")
     await open_session(meter, nameless)
     assert nameless.response is not None and nameless.response.status_code == 403
+    transcribing = handshake("intent=transcription")  # not a transcription session here: no model
+    await open_session(meter, transcribing)
+    assert transcribing.response is not None and transcribing.response.status_code == 403
     assert blocked.websocket is None and nameless.websocket is None
-    row, unread = records(meter)
+    row, unread, _ = records(meter)
     assert (row.path, row.api_flavor, row.action, row.status_code) == (PATH, "realtime", "blocked", 403)
     assert (row.model_requested, row.model_sent, row.cost_usd, row.price_status) == (
         "gpt-realtime-translate-large",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from addon.providers import gemini_api
-from addon.providers.values import loads, rewritten_value
+from addon.providers.values import has_escape, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.usage import Usage
@@ -110,7 +110,7 @@ class Setup:
 def is_setup(data: bytes) -> bool:
     """Cheap test: may this client message be a setup? One with a ``\\u`` escape may be, however
     its bytes read (``"s\\u0065tup"`` is ``"setup"`` to any JSON parser)."""
-    return b'"setup"' in data or b"\\u" in data
+    return b'"setup"' in data or has_escape(data)
 
 
 def read_setup(data: bytes) -> Setup | None:

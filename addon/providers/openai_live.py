@@ -49,7 +49,7 @@ from urllib.parse import unquote
 
 from addon.providers import openai_realtime_mints, openai_responses_ws
 from addon.providers.openai_realtime_mints import MAX_MODEL, NamedModels, live_places, read_models
-from addon.providers.values import SocketPaths, bare_path, loads, rewritten_value
+from addon.providers.values import SocketPaths, bare_path, has_escape, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
@@ -168,7 +168,7 @@ class SessionUpdate:
 def may_start(data: bytes) -> bool:
     """Cheap test: may this client message be a ``session.start``? One with a ``\\u`` escape may
     be, however its bytes read (``"session.st\\u0061rt"`` is one to any JSON parser)."""
-    return _START in data or b"\\u" in data
+    return _START in data or has_escape(data)
 
 
 def read_session_start(data: bytes, *, fork: bool = False) -> SessionStart | None:
@@ -270,6 +270,7 @@ class Started:
     model: str | None
     session_id: str | None
     updated: bool = False
+    delegation_model: str | None = None  # its delegation's backend model (a fork inherits it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +312,13 @@ def read_server_event(data: bytes) -> ServerEvent | None:
     session = obj.get("session")
     session = session if isinstance(session, dict) else {}
     if kind in ("session.started", "session.updated"):
-        return Started(_str(session.get("model")), _str(session.get("id")), kind == "session.updated")
+        delegation = None
+        for where, _ in openai_realtime_mints.live_places(session, (), update=True):
+            found = openai_realtime_mints.value_at(session, where)
+            delegation = _str(found) if isinstance(found, str) else None
+        return Started(
+            _str(session.get("model")), _str(session.get("id")), kind == "session.updated", delegation
+        )
     if kind == "session.usage.updated":
         seconds = _seconds(obj.get("usage"))
         return UsageReport(seconds) if seconds is not None else None

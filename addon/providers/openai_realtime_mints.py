@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addon.providers.openai_media import form_parts
-from addon.providers.values import bare_path, loads, rewritten_value
+from addon.providers.values import bare_path, has_escape, loads, rewritten_value
 
 CLIENT_SECRET = "client_secret"
 SESSION = "session"  # beta
@@ -75,7 +75,6 @@ _SLASHES = re.compile(r"/{2,}")
 # The cheap test of a client message (C speed): base64 audio has no quotes, nor backslashes.
 _UPDATE = b'session.update"'
 _NAMES_MODEL = b'"model"'
-_ESCAPE = b"\\u"  # a \uXXXX escape can spell the type or the key as any JSON parser reads them
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +169,7 @@ _ABSENT = object()
 _UNREADABLE = object()
 
 
-def _value_at(obj: Any, where: Where) -> Any:
+def value_at(obj: Any, where: Where) -> Any:
     """The value at ``where``: ``_ABSENT`` when a key on the way is missing or null,
     ``_UNREADABLE`` when something on the way is not an object."""
     for key in where:
@@ -190,7 +189,7 @@ def read_models(
     found: list[NamedModel] = []
     problems: list[str] = []
     for where, required in places:
-        value = _value_at(obj, where)
+        value = value_at(obj, where)
         if value is _ABSENT:
             if required:
                 problems.append(f"{what} names no {'.'.join(where)}")
@@ -216,7 +215,7 @@ def live_places(session: Any, prefix: Where, *, update: bool = False) -> list[tu
     """An OpenAI Live session's models: its own (none in an ``update``, which cannot change it) and
     its delegation's backend model, required at startup (a ``session.update`` may leave it)."""
     places = [] if update else [(prefix + _MODEL, True)]
-    delegation = _value_at(session, ("delegation",))
+    delegation = value_at(session, ("delegation",))
     kind = delegation.get("type") if isinstance(delegation, dict) else None
     if kind in _DELEGATES:
         places.append(((*prefix, "delegation", kind, "model"), not update))
@@ -297,7 +296,7 @@ def _replaced(obj: Any, where: Where, value: str) -> Any:
 def may_update_session(data: bytes) -> bool:
     """Cheap test: may this client message be a session update naming a model? One with a ``\\u``
     escape may be, however its bytes read (``"session.upd\\u0061te"``, ``"mod\\u0065l"``)."""
-    return (_UPDATE in data and _NAMES_MODEL in data) or _ESCAPE in data
+    return (_UPDATE in data and _NAMES_MODEL in data) or has_escape(data)
 
 
 def read_session_update(data: bytes, deployments: Mapping[str, str] | None = None) -> SessionUpdate | None:
@@ -327,7 +326,7 @@ def message_with_models(data: bytes, body: Any, changes: Mapping[Where, str]) ->
     4,000-byte pieces). ValueError when a place holds no model."""
     obj: Any = body
     for where, new in changes.items():
-        old = _value_at(obj, where)
+        old = value_at(obj, where)
         if not isinstance(old, str):
             raise ValueError(f"the message has no {'.'.join(where)} to rewrite")
         obj = _replaced(obj, where, new)

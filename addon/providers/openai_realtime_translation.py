@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from addon.providers.openai_realtime import Handshake
-from addon.providers.values import loads
+from addon.providers.values import has_escape, loads
 from addon.providers.values import text as _str
 
 PATH = "/v1/realtime/translations"
@@ -42,7 +42,7 @@ def appended_audio_bytes(data: bytes) -> int:
     """The bytes of audio a client message appends (a ``session.input_audio_buffer.append``'s
     ``audio``: the length it base64-decodes to, not decoded), else 0; as a JSON parser reads the
     message. Never raises."""
-    if _APPEND_NEEDLE not in data and b"\\u" not in data:  # an escape may spell the type
+    if _APPEND_NEEDLE not in data and not has_escape(data):  # an escape may spell the type
         return 0
     obj = loads(data)
     if not isinstance(obj, dict) or obj.get("type") != APPEND:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from addon.providers import openai_api
-from addon.providers.values import SocketPaths, loads, rewritten_value
+from addon.providers.values import SocketPaths, has_escape, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
@@ -32,7 +32,6 @@ ROW_PATH = "/v1/responses"
 _HEAD = 256  # how far into a server message its type is looked for
 _DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
 _CREATE = b'"response.create"'
-_ESCAPE = b"\\u"  # a \uXXXX escape can spell the type as any JSON parser reads it
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "response.cancelled"})
 _MAX_ERROR = 300
 # What a message the meter reads holds: its type (a response object always has "usage" too).
@@ -61,7 +60,7 @@ class Create:
 def may_be_create(data: bytes) -> bool:
     """Cheap test: may this client message be a ``response.create``? One with a ``\\u`` escape may
     be, however its bytes read (``"response.cr\\u0065ate"`` is one to any JSON parser)."""
-    return _CREATE in data or _ESCAPE in data
+    return _CREATE in data or has_escape(data)
 
 
 def read_create(data: bytes) -> Create | None:

@@ -96,6 +96,12 @@ def normal_path(path: str) -> str:
     return path if normal == route else normal + mark + query
 
 
+def has_escape(data: bytes) -> bool:
+    """Does this JSON text hold a ``\\u`` escape (which can spell any key or type)? A one-byte search
+    first: base64 audio has no backslash, and ``b"\\u" in data`` alone costs ~18 µs on 12 KB."""
+    return b"\\" in data and b"\\u" in data
+
+
 def bare_path(path: str) -> str:
     """A request path without its query string, fragment or trailing slashes."""
     return path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
