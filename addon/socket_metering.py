@@ -322,7 +322,7 @@ class SocketMeter:
                 message.drop()  # the socket is closing: nothing more goes upstream
             elif self._meter.policies.enforcing:
                 update = False
-                if message.is_text and openai_realtime_mints.may_update_session(message.content):
+                if openai_realtime_mints.may_update_session(message.content):  # text or binary frame
                     update = await self._realtime_session_update(flow, session, message)
                 if session.transcription_unnamed and not update:
                     self._hold_until_model_named(flow, session, message)
@@ -379,11 +379,11 @@ class SocketMeter:
                 message.drop()  # the socket is closing: nothing more goes upstream
                 return
             if self._meter.policies.enforcing:
-                if message.is_text and openai_realtime_mints.may_update_session(data):
+                if openai_realtime_mints.may_update_session(data):  # text or binary frame
                     await self._realtime_session_update(flow, session, message)
                 if not message.dropped and self._meter.enforcer.budgets.has_budgets:
                     self._cap_if_spent(flow, session, message)
-            if message.dropped or not message.is_text:
+            if message.dropped:  # audio in a binary frame counts as in a text one
                 return
             size = await self._off_loop(openai_realtime_translation.appended_audio_bytes, data)
             row = session.appended(size, time.time())
@@ -716,7 +716,7 @@ class SocketMeter:
             elif not session.start_seen or (not session.started and openai_live.may_start(message.content)):
                 await self._openai_live_start(flow, session, message)
             elif self._meter.policies.enforcing:
-                if message.is_text and openai_live.may_update(message.content):
+                if openai_live.may_update(message.content):  # text or binary frame
                     await self._openai_live_update(flow, session, message)
                 if not message.dropped and self._meter.enforcer.budgets.has_budgets:
                     self._cap_if_spent(flow, session, message)

@@ -755,3 +755,17 @@ async def test_a_server_default_transcription_model_decides_the_hold(
     assert not (await client_says(meter, other, transcription_update("gpt-4o-mini-transcribe"))).dropped
     await server_says(meter, other, session_event("session.updated", None, "whisper-1"))  # not applied
     assert (await client_says(meter, other, APPEND)).dropped
+
+
+async def test_a_session_update_in_a_binary_frame_is_checked_as_a_text_one(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    from websocket_hooks import say
+
+    meter._apply(parse_policies(TRANSCRIBING))
+    flow = handshake()
+    await open_session(meter, flow)
+    blocked = await say(meter, flow, dumps(ga_update("whisper-1")), client=True, text=False)
+    assert blocked.dropped and [e["error"]["code"] for e in injected] == ["model_not_allowed"]
+    downgraded = await say(meter, flow, dumps(ga_update("gpt-4o-transcribe")), client=True, text=False)
+    assert not downgraded.dropped and b"gpt-4o-mini-transcribe" in downgraded.content

@@ -345,3 +345,16 @@ async def test_a_translation_socket_is_not_logged_as_unmetered(
     await open_session(meter, flow)
     meter.websocket_start(flow)
     assert "passes unmetered" not in caplog.text
+
+
+async def test_audio_appended_in_binary_frames_is_counted_as_in_text_ones(meter: Meter) -> None:
+    from websocket_hooks import say
+
+    flow = handshake()
+    await open_session(meter, flow)
+    await server_says(meter, flow, session_created())
+    for n in range(60):
+        message = await say(meter, flow, dumps(audio_append(n, SECOND)), client=True, text=False)
+        assert not message.dropped
+    [minute] = records(meter)
+    assert minute.audio_seconds == 60
