@@ -43,6 +43,7 @@ from addon.budgets import BudgetAlert, UnpricedCall, alert_event, policy_event, 
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
+from addon.image_tool import ImageToolCall, rule_image_tools, tool_row
 from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.output_history import OutputHistory
@@ -68,12 +69,14 @@ from addon.providers.openai_media import (
     MEDIA_FLAVORS,
     FormFields,
     image_tool_tokens,
+    image_tools,
     inline_image_bytes,
     input_images,
     is_form,
     read_form,
     reserved_image_tokens,
     reserved_input_image_tokens,
+    with_image_tool_models,
 )
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
@@ -216,6 +219,8 @@ class CallState:
     transcription_unnamed: bool = False  # a Realtime transcription session, models restricted: none named yet
     translation: bool = False  # an OpenAI Realtime translation WebSocket handshake (``handshake`` set)
     live_fork: str | None = None  # an OpenAI Live fork's handshake: the stored session it forks
+    image_tool: ImageToolCall | None = None  # a Responses call's image_generation tool, as let through
+    tool_row_id: str | None = None  # the id of the row of its images (journaled ahead, then submitted)
 
     @property
     def opens_socket(self) -> bool:
@@ -293,6 +298,18 @@ def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def _runs_in_background(state: CallState, metered: Metered) -> bool:
+    """Does the call run on upstream in the background (billed later, on its retrieval's row)?"""
+    return (
+        metered.response_id is not None
+        and metered.response_status in RUNNING
+        and state.retrieval is None
+        # A stream cut short runs on upstream only if it was asked for in the background (an
+        # Interactions stream says so only in its request).
+        and (state.request_body is None or state.request_body.get("background") is True)
+    )
 
 
 def _billable(record: CallRecord) -> bool:
@@ -1259,15 +1276,29 @@ class Meter:
             edited = input_images(route, body, form)
 
         text_size = state.request_size - (inline_image_bytes(body) if edited and form is None else 0)
+        # The image_generation tool's model is held to the allowlist too (its images reserved at
+        # the model it will run).
+        tools = image_tools(body) if record.api_flavor == "responses" else ()
+        rules = None
+        if tools:
+            restricted = self.models_restricted(record.environment)
+            rules = rule_image_tools(self.enforcer, record.provider, record.environment, tools, restricted)
+        tool_models = rules.changes if rules is not None else {}
+        reserved_body = body
+        if body is not None and tool_models:
+            reserved_body = with_image_tool_models(body, tool_models)
         estimate = self._cost_estimate(
-            record.provider, text_size, body, record.inference_geo, image_request, edited
+            record.provider, text_size, reserved_body, record.inference_geo, image_request, edited
         )
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
             decision = self._unknown_model(record, decision) or decision
+        if decision.refusal is None and rules is not None and rules.refusal is not None:
+            self.enforcer.withdraw(decision, record.id)
+            decision, record.model_requested = rules.refusal, rules.refused_model
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_path, new_body = route, body
-        if downgrade:
+        if downgrade or (tool_models and decision.refusal is None):
             try:
                 if provider.with_model is None:
                     raise ValueError(
@@ -1276,25 +1307,32 @@ class Meter:
                     )
                 if form is not None:
                     raise ValueError(FORM_NOT_REWRITTEN)
-                new_path, new_body = provider.with_model(route, body, downgrade)
+                if downgrade:
+                    new_path, new_body = provider.with_model(route, body, downgrade)
+                if tool_models and new_body is not None:
+                    new_body = with_image_tool_models(new_body, tool_models)
             except ValueError as exc:
-                decision = self._refuse_instead(decision, record, record.model_requested or "?", str(exc))
+                refused = record.model_requested
+                if not downgrade:  # the tool's model it was to be rewritten from
+                    refused = next((t.runs for t in tools if t.index in tool_models), None)
+                decision = self._refuse_instead(decision, record, refused or "?", str(exc))
         if self._answer_if_refused(flow, state, decision):
             return
+        state.image_tool = rules.call if rules is not None else None
         inject = record.streamed and record.api_flavor in provider.usage_opt_in_flavors and body is not None
         if inject:
             options = body.get("stream_options")  # type: ignore[union-attr]
             inject = options is None or (
                 isinstance(options, dict) and options.get("include_usage") is not True
             )
-        if not (downgrade or inject):
+        if not (downgrade or inject or tool_models):
             return
         if inject and new_body is not None:
             options = {**(new_body.get("stream_options") or {}), "include_usage": True}
             new_body = {**new_body, "stream_options": options}
         # Only once the new request is in place does the row (and the client's notice) say so.
         spliced = None
-        if inject and not downgrade and "stream_options" not in body:  # type: ignore[operator]
+        if inject and not (downgrade or tool_models) and "stream_options" not in body:  # type: ignore[operator]
             spliced = _with_usage_requested(flow.request.get_content() or b"")
         if spliced is not None:
             flow.request.content = spliced
@@ -1303,8 +1341,13 @@ class Meter:
             flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
         if new_path != route:  # the model is in the path (Gemini, Vertex, Azure)
             flow.request.path = new_path
+        notices = [decision.notice] if downgrade and decision.notice else []
         if downgrade:
-            record.model_sent, state.notice = downgrade, decision.notice
+            record.model_sent = downgrade
+        if tool_models and rules is not None:
+            notices += rules.notices
+            log.info("tokometer: %s", "; ".join(rules.notices))
+        state.notice = "; ".join(notices) or None
         state.injected_usage = inject
 
     async def _handshake_request(
@@ -1954,19 +1997,15 @@ class Meter:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
         if state.retrieval is not None and not self._claim(state, metered):
             return  # still running, ended unbilled, or billed by another GET: no row
-        background = (
-            metered.response_id is not None
-            and metered.response_status in RUNNING
-            and state.retrieval is None
-            # A stream cut short runs on upstream only if it was asked for in the background (an
-            # Interactions stream says so only in its request).
-            and (state.request_body is None or state.request_body.get("background") is True)
-        )
+        background = _runs_in_background(state, metered)
         if background and metered.usage is not None:
             # A running total so far (a Gemini interaction): the retrieval's row bills it all.
             metered = dataclasses.replace(metered, usage=None)
         self._fill_record(flow, state, metered, state.errors, aborted=aborted)
         record = state.record
+        # The tool's images: a row of their own, submitted before the call's row gives back its
+        # reservation (which holds them too), so no budget check in between misses them.
+        images = None if background else self._tool_image_row(state, metered)
         if background:
             # Background mode: billed when it finishes, on the row of its retrieval.
             assert metered.response_id is not None
@@ -1976,6 +2015,8 @@ class Meter:
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store
+        if images is not None:
+            self._submit(images, store)
         counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
         if metered.usage is None and counted and _billable(record) and body is not None:
             # No usage reported, yet the provider likely billed: count the tokens ourselves.
@@ -2060,8 +2101,21 @@ class Meter:
         if state.retrieval is not None and not self._claim(state, metered):
             return  # no row for this GET: nothing to journal
         self._fill_record(flow, state, metered, [*state.errors], aborted=False)
+        images = None if _runs_in_background(state, metered) else self._tool_image_row(state, metered)
+        if images is not None:
+            self.store.journal(images)
         if self.store.journal(state.record):
             state.journaled_in = self.store
+
+    def _tool_image_row(self, state: CallState, metered: Metered) -> CallRecord | None:
+        """The row of the images the call's image_generation tool wrote, if it wrote any OpenAI
+        bills (addon.image_tool). Its id is made once: journaled ahead, it is then submitted."""
+        found = metered.tool_images
+        if found is None or not found.billed:
+            return None
+        if state.tool_row_id is None:
+            state.tool_row_id = self._next_call_id()
+        return tool_row(state.record, found, state.image_tool, state.tool_row_id)
 
     def _submit(self, record: CallRecord, store: Store | None = None) -> None:
         """Hand the call to ``store`` (the one that journaled it, else the one in use now)."""

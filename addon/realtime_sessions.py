@@ -2,8 +2,9 @@
 
 An OpenAI Realtime session bills one row per response and per input transcription; a Gemini Live
 session one row per turn (each ``usageMetadata``); a Responses WebSocket one row per response
-(each ``response.create`` is a call, checked and reserved as it goes up); an OpenAI Live session one
-row per increase of its cumulative billed seconds (and one per delegated Responses call); a Realtime
+(each ``response.create`` is a call, checked and reserved as it goes up), and one more for the
+images its ``image_generation`` tool wrote (addon.image_tool); an OpenAI Live session one row per
+increase of its cumulative billed seconds (and one per delegated Responses call); a Realtime
 translation session one row per minute of the audio its client sends (an estimate: it reports no
 usage). No mitmproxy here: the addon hands in what ``addon.providers.openai_realtime``,
 ``gemini_live``, ``openai_responses_ws``, ``openai_live`` and ``openai_realtime_translation`` read
@@ -24,9 +25,11 @@ from decimal import Decimal
 
 from addon.budgets import Scope, scopes_for
 from addon.client_process import ClientProcess
+from addon.image_tool import ImageToolCall, tool_row
 from addon.pricing import NOT_BILLED
 from addon.providers import openai_live, openai_realtime_translation, openai_responses_ws
 from addon.providers.gemini_live import TurnUsage
+from addon.providers.openai_api import ImageEvents
 from addon.providers.openai_realtime import (
     ResponseDone,
     ResponseStarted,
@@ -35,7 +38,7 @@ from addon.providers.openai_realtime import (
     TranscriptionDone,
 )
 from addon.record import CallRecord
-from addon.usage import Metered, Usage
+from addon.usage import Metered, ToolImages, Usage
 
 # Responses in flight remembered at most (a session runs one or a few at a time).
 MAX_IN_FLIGHT = 64
@@ -397,11 +400,14 @@ class TranslationSession(SocketSession):
 @dataclass(slots=True)
 class ResponseCall:
     """One response asked for on a Responses WebSocket: its row (id = its budget reservation's),
-    the create's bytes while it runs (an estimate if it is cut short), when it started."""
+    the create's bytes while it runs (an estimate if it is cut short), when it started, its lane,
+    and its image_generation tool as let through (its images' row is priced by its model)."""
 
     record: CallRecord
     create: bytes | None = None
     started: float | None = None
+    lane: str | None = None
+    image_tool: ImageToolCall | None = None
 
 
 @dataclass(slots=True)
@@ -419,8 +425,11 @@ class ResponsesSession(SocketSession):
     waiting: dict[str | None, deque[ResponseCall]] = field(default_factory=dict)  # per lane
     in_flight: dict[str, ResponseCall] = field(default_factory=dict)  # response id -> its call
     latest: dict[str | None, CallRecord] = field(default_factory=dict)  # per lane: its latest create's row
+    latest_tool: dict[str | None, ImageToolCall] = field(default_factory=dict)  # and its image tool
     kept_bytes: int = 0  # of the create events kept (MAX_KEPT_BYTES)
     responses: int = 0  # rows billed so far
+    # Per lane: the image call events of its running response (partial images, completions).
+    image_events: dict[str | None, ImageEvents] = field(default_factory=dict)
 
     def call(self, now: float, model: str | None) -> CallRecord:
         """The row of a new ``response.create`` asking for ``model`` (a new id: its reservation's)."""
@@ -435,7 +444,13 @@ class ResponsesSession(SocketSession):
         record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
         return record
 
-    def sent(self, record: CallRecord, stream_id: str | None, create: bytes) -> list[RealtimeRow]:
+    def sent(
+        self,
+        record: CallRecord,
+        stream_id: str | None,
+        create: bytes,
+        image_tool: ImageToolCall | None = None,
+    ) -> list[RealtimeRow]:
         """A create went upstream: it waits for its response on its lane. The rows of the calls no
         longer followed to make room (none normally)."""
         kept = None
@@ -448,17 +463,31 @@ class ResponsesSession(SocketSession):
                 oldest = next(iter(self.waiting))
                 dropped.extend(self.waiting.pop(oldest))
                 self.latest.pop(oldest, None)
+                self.latest_tool.pop(oldest, None)
             lane = self.waiting[stream_id] = deque()
         if len(lane) >= MAX_IN_FLIGHT:
             dropped.append(lane.popleft())
-        lane.append(ResponseCall(record, kept))
+        lane.append(ResponseCall(record, kept, lane=stream_id, image_tool=image_tool))
         self.latest[stream_id] = record
+        self.latest_tool.pop(stream_id, None)
+        if image_tool is not None:
+            self.latest_tool[stream_id] = image_tool
         return [self._forget(c, record.ts.timestamp()) for c in dropped]
+
+    def image_event(self, event: openai_responses_ws.ImageEvent, data: bytes) -> None:
+        """An image call event of a lane's running response (its partial images are billed)."""
+        events = self.image_events.get(event.stream_id)
+        if events is None:
+            if len(self.image_events) >= MAX_LANES:
+                return
+            events = self.image_events[event.stream_id] = ImageEvents()
+        events.feed(event.kind, data)
 
     def take(self, event: openai_responses_ws.ServerEvent, now: float) -> list[RealtimeRow]:
         """Follow one server event; the rows it finishes."""
         if isinstance(event, openai_responses_ws.Started):
             call = self._next_waiting(event.stream_id) or self._successor(event.stream_id, now)
+            self.image_events.pop(event.stream_id, None)  # a lane runs one response at a time
             call.started = now
             call.record.ts = datetime.fromtimestamp(now, UTC)
             rows = []
@@ -479,7 +508,9 @@ class ResponsesSession(SocketSession):
             row.set_usage(metered.usage)
             row.error = _join(row.error, metered.error)
             self.responses += 1
-            return [RealtimeRow(row)]
+            images = self._images_row(call, event.stream_id, metered.tool_images)
+            # The images first: counted before the call's row gives back its reservation (text and images).
+            return [*images, RealtimeRow(row)]
         if isinstance(event, openai_responses_ws.Rejected):
             call = self._next_waiting(event.stream_id)
             if call is None:
@@ -503,6 +534,7 @@ class ResponsesSession(SocketSession):
             row.duration_ms = round((now - started) * 1000, 3)
             row.aborted = True
             row.error = _join(row.error, f"{reason} before the response ended: usage unknown")
+            rows.extend(self._images_row(call, call.lane, None, ended=False))
             rows.append(RealtimeRow(row, call.create))
         for lane in self.waiting.values():
             for call in lane:
@@ -513,8 +545,22 @@ class ResponsesSession(SocketSession):
                 rows.append(RealtimeRow(row))
         self.in_flight.clear()
         self.waiting.clear()
+        self.image_events.clear()
         self.kept_bytes = 0
         return rows
+
+    def _images_row(
+        self, call: ResponseCall, lane: str | None, final: ToolImages | None, *, ended: bool = True
+    ) -> list[RealtimeRow]:
+        """The row of the images a response's image_generation tool wrote (addon.image_tool): from
+        its terminal event (``final``; ``ended`` False: it never came) and its lane's image events;
+        none if it wrote none."""
+        events = self.image_events.pop(lane, None)
+        found = events.merged(final, ended) if events is not None else final
+        if found is None or not found.billed:
+            return []
+        row = tool_row(call.record, found, call.image_tool, self.next_id())
+        return [RealtimeRow(row)] if row is not None else []
 
     def _next_waiting(self, stream_id: str | None) -> ResponseCall | None:
         lane = self.waiting.get(stream_id)
@@ -529,7 +575,7 @@ class ResponsesSession(SocketSession):
             row.action = latest.action
         else:
             row.model_requested = row.model_sent = None
-        return ResponseCall(row, None, now)
+        return ResponseCall(row, None, now, lane=stream_id, image_tool=self.latest_tool.get(stream_id))
 
     def _release(self, call: ResponseCall) -> None:
         if call.create is not None:

@@ -30,6 +30,7 @@ from addon.api_keys import recent_key_fingerprint
 from addon.attribution import attribute
 from addon.client_process import ClientProcess
 from addon.enforcement import Decision, Enforcer
+from addon.image_tool import rule_image_tools
 from addon.policies import Policies
 from addon.pricing import NOT_BILLED
 from addon.providers import (
@@ -40,6 +41,7 @@ from addon.providers import (
     openai_realtime_translation,
     openai_responses_ws,
 )
+from addon.providers.openai_media import image_tools, with_image_tool_models
 from addon.realtime_sessions import (
     UPGRADED,
     LiveSession,
@@ -144,6 +146,8 @@ class MeterSide(Protocol):
     def _unknown_model(
         self, record: CallRecord, decision: Decision, reason: str = ...
     ) -> Decision | None: ...
+
+    def models_restricted(self, environment: str) -> bool: ...
 
     @staticmethod
     def _fill_record(
@@ -523,7 +527,13 @@ class SocketMeter:
             if openai_responses_ws.may_be_create(data):
                 await self._responses_create(flow, session, message, data)
             return  # a response.steer adds input to a running response: no call, never refused
-        if message.injected or not openai_responses_ws.might_matter(data):
+        if message.injected:
+            return
+        image = openai_responses_ws.read_image_event(data)  # a partial image: counted, never decoded
+        if image is not None:
+            session.image_event(image, data)
+            return
+        if not openai_responses_ws.might_matter(data):
             return
         event = await self._off_loop(openai_responses_ws.read_server_event, data)
         if event is None:
@@ -542,30 +552,47 @@ class SocketMeter:
         if create is None:
             return
         record = session.call(time.time(), create.model)
-        decision = self._meter.enforcer.decide(
+        enforcer = self._meter.enforcer
+        # Its image_generation tool's model is held to the allowlist too (addon.image_tool).
+        tools = image_tools(create.body)
+        rules = None
+        if tools:
+            restricted = self._meter.models_restricted(record.environment)
+            rules = rule_image_tools(enforcer, record.provider, record.environment, tools, restricted)
+        tool_models = rules.changes if rules is not None else {}
+        reserved = with_image_tool_models(create.body, tool_models) if tool_models else create.body
+        decision = enforcer.decide(
             provider=record.provider,
             environment=record.environment,
             key_name=record.key_name,
             user_name=record.user_name,
             model=create.model,
             call_id=record.id,
-            estimate=self._meter._cost_estimate(
-                record.provider, len(data), create.body, record.inference_geo
-            ),
+            estimate=self._meter._cost_estimate(record.provider, len(data), reserved, record.inference_geo),
             budgeted=not session.subscription,
         )
         if decision.refusal is None and create.model is None:
             decision = self._meter._unknown_model(record, decision) or decision
+        if decision.refusal is None and rules is not None and rules.refusal is not None:
+            enforcer.withdraw(decision, record.id)
+            decision, record.model_requested = rules.refusal, rules.refused_model
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         rewritten = data
-        if downgrade:
+        if downgrade or (tool_models and decision.refusal is None):
             try:
-                rewrite = functools.partial(openai_responses_ws.with_model, model=downgrade)
-                rewritten = await self._off_loop(rewrite, data)
+                if downgrade:
+                    rewrite = functools.partial(openai_responses_ws.with_model, model=downgrade)
+                    rewritten = await self._off_loop(rewrite, data)
+                if tool_models:
+                    rewrite = functools.partial(openai_responses_ws.with_tool_models, models=tool_models)
+                    rewritten = await self._off_loop(rewrite, rewritten)
             except ValueError as exc:
-                self._meter.enforcer.withdraw(decision, record.id)
-                decision = self._meter.enforcer.refuse_model(
-                    record.provider, record.environment, create.model or "?", str(exc)
+                enforcer.withdraw(decision, record.id)
+                refused = create.model
+                if not downgrade:  # the tool's model it was to be rewritten from
+                    refused = next((t.runs for t in tools if t.index in tool_models), None)
+                decision = enforcer.refuse_model(
+                    record.provider, record.environment, refused or "?", str(exc)
                 )
         record.action = decision.action
         if decision.refusal is not None:
@@ -578,11 +605,15 @@ class SocketMeter:
             self._meter._submit(session.refused(record, status, why))
             log.warning("tokometer: response.create refused on a Responses WebSocket: %s", why)
             return
-        if downgrade:
+        if rewritten is not data:
             message.content = rewritten
+        if downgrade:
             record.model_sent = downgrade
             log.info("tokometer: Responses WebSocket %s", decision.notice)
-        for row in session.sent(record, create.stream_id, data):
+        if tool_models and rules is not None:
+            log.info("tokometer: Responses WebSocket %s", "; ".join(rules.notices))
+        image_tool = rules.call if rules is not None else None
+        for row in session.sent(record, create.stream_id, data, image_tool):
             self._record_realtime(row)
 
     async def _live_message(

@@ -50,6 +50,33 @@ class Usage:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ToolImages:
+    """What a Responses answer says of the images its ``image_generation`` tool wrote: billed by
+    OpenAI apart from the text model's ``usage``, at the image model's rates (never the images).
+
+    ``usage`` is the answer's ``tool_usage.image_gen`` (newer API versions report it; its cache
+    reads, ``cached_tokens``, are a part of its input); without it the images are counted from
+    ``images``, the quality and size each image call says it used, and ``partial_images``, the
+    partial images a stream sent. ``model`` is the tool's model as the answer echoes its
+    ``tools``. ``from_events``: read from a stream's image events, its final event never seen.
+    """
+
+    images: tuple[tuple[str | None, str | None], ...] = ()
+    failed: int = 0  # image calls that ended without an image
+    partial_images: int = 0
+    usage: Usage | None = None
+    cached_tokens: int = 0
+    model: str | None = None
+    from_events: bool = False
+
+    @property
+    def billed(self) -> bool:
+        """Anything here that OpenAI bills: an image, a partial image, or tokens reported."""
+        reported = self.usage is not None and bool(self.usage.input_tokens or self.usage.output_tokens)
+        return bool(self.images or self.partial_images or reported)
+
+
 @dataclass(slots=True)
 class Metered:
     """What a parser learned from a response: usage, the reported model, problems."""
@@ -70,3 +97,5 @@ class Metered:
     # The completion text seen, kept in memory only (never stored), for an offline token
     # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
     output_text: str | None = field(default=None, compare=False)
+    # A Responses answer's image_generation tool calls (their images are billed apart), if any.
+    tool_images: ToolImages | None = field(default=None, compare=False)

@@ -22,6 +22,12 @@ Images and audio (``/v1/images/generations``, ``/v1/images/edits``, ``/v1/audio/
 transcription answers in its ``response_format`` (``text``, ``srt``, ``vtt`` as plain text) or
 streams ``transcript.text.delta`` events, then ``transcript.text.done``.
 
+A Responses call with the ``image_generation`` tool (unless ``tool_choice`` is ``none``) has it
+write one image first: an ``image_generation_call`` item of the tool's quality and size (``auto`` or
+none: high, 1024x1024) with ``X-Fake-Image-Bytes`` of base64, its ``tools`` echoed as sent, and
+``X-Fake-Tool-Usage`` (JSON) as its ``tool_usage`` if given; a stream sends the tool's image call
+events before the text, one ``partial_image`` per the tool's ``partial_images``.
+
 Batch jobs (OpenAI's Batch API): ``POST /v1/files`` (multipart, any purpose) keeps the file and
 answers its id; ``POST /v1/batches`` answers ``validating`` (404 for a file it does not have), its
 usage from ``X-Fake-Usage`` (Responses shape) and its model the first line's ``body.model``;
@@ -500,6 +506,8 @@ class _ProviderHandler(_BaseHandler):
                 "responses": _responses_body,
                 "messages": _messages_body,
             }[flavor](model, text, usage)
+            if flavor == "responses":
+                body = _with_image_tool(body, req, rec)
             self._send_body(rec, 200, _dumps(body), extra=_ok_headers(flavor == "messages"))
             return
         events = {
@@ -949,6 +957,26 @@ def _responses_events(
     ids = {"item_id": "msg_fake0001", "output_index": 0, "content_index": 0}
     yield ev("response.created", response=_response_obj(model, "in_progress", None, None))
     yield ev("response.in_progress", response=_response_obj(model, "in_progress", None, None))
+    tool = _image_tool(req)
+    if tool is not None:  # the image_generation tool is called first, then the message is written
+        call = _image_call(tool, rec)
+        at = {"output_index": 0, "item_id": call["id"]}
+        started = {**call, "status": "in_progress", "result": None}
+        yield ev("response.output_item.added", output_index=0, item=started)
+        yield ev("response.image_generation_call.in_progress", **at)
+        yield ev("response.image_generation_call.generating", **at)
+        said = {k: call[k] for k in ("background", "output_format", "quality", "size")}
+        for i in range(_count(tool.get("partial_images"))):
+            b64 = _fake_b64(_image_bytes(rec))  # base64 of megabytes with X-Fake-Image-Bytes
+            yield ev(
+                "response.image_generation_call.partial_image",
+                **at,
+                partial_image_index=i,
+                partial_image_b64=b64,
+                **said,
+            )
+        yield ev("response.image_generation_call.completed", **at)
+        yield ev("response.output_item.done", output_index=0, item=call)
     yield ev("response.output_item.added", output_index=0, item=item)
     yield ev(
         "response.content_part.added",
@@ -967,7 +995,57 @@ def _responses_events(
     yield ev("response.content_part.done", **ids, part=part)
     done_item = {**item, "status": "completed", "content": [part]}
     yield ev("response.output_item.done", output_index=0, item=done_item)
-    yield ev("response.completed", response=_response_obj(model, "completed", text, usage))
+    done = _with_image_tool(_response_obj(model, "completed", text, usage), req, rec)
+    yield ev("response.completed", response=done)
+
+
+_TOOL_QUALITIES = ("low", "medium", "high")
+_TOOL_SIZES = ("1024x1024", "1024x1536", "1536x1024")
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
+def _image_bytes(rec: RecordedRequest) -> int:
+    return int(rec.headers.get("x-fake-image-bytes") or 2000)
+
+
+def _image_tool(req: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's image_generation tool, if the response calls it (never with tool_choice none)."""
+    tools = req.get("tools")
+    if req.get("tool_choice") == "none" or not isinstance(tools, list):
+        return None
+    return next((t for t in tools if isinstance(t, dict) and t.get("type") == "image_generation"), None)
+
+
+def _image_call(tool: dict[str, Any], rec: RecordedRequest) -> dict[str, Any]:
+    """The tool's completed call: the quality and size it used (``auto`` or none: high, 1024x1024)."""
+    quality = tool.get("quality") if tool.get("quality") in _TOOL_QUALITIES else "high"
+    size = tool.get("size") if tool.get("size") in _TOOL_SIZES else "1024x1024"
+    return {
+        "id": "ig_fake0001",
+        "type": "image_generation_call",
+        "status": "completed",
+        "background": "opaque",
+        "output_format": "png",
+        "quality": quality,
+        "size": size,
+        "revised_prompt": "a cat, drawn",
+        "result": _fake_b64(_image_bytes(rec)),
+    }
+
+
+def _with_image_tool(body: dict[str, Any], req: dict[str, Any], rec: RecordedRequest) -> dict[str, Any]:
+    """A finished response with the image its image_generation tool wrote (first in its output), its
+    ``tools`` echoed as sent, and ``X-Fake-Tool-Usage`` as its ``tool_usage`` if given."""
+    tool = _image_tool(req)
+    if tool is None:
+        return body
+    body = {**body, "output": [_image_call(tool, rec), *body["output"]], "tools": req["tools"]}
+    if "x-fake-tool-usage" in rec.headers:
+        body["tool_usage"] = json.loads(rec.headers["x-fake-tool-usage"])
+    return body
 
 
 def _embeddings_body(req: dict[str, Any], model: str, usage: dict[str, Any]) -> dict[str, Any]:

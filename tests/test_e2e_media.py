@@ -29,7 +29,8 @@ default_environment: development
 environments:
   development:
     models:
-      allow: [gpt-image-1-mini, gpt-image-1.5, gpt-4o-transcribe, gpt-4o-mini-transcribe, whisper-1]
+      allow: [gpt-image-1-mini, gpt-image-1.5, gpt-4o-transcribe, gpt-4o-mini-transcribe, whisper-1,
+              gpt-4o-mini]
       downgrade: {gpt-image-1: gpt-image-1-mini}
 """
 IMAGE_USAGE = DEFAULT_USAGE["images"]  # 50 input (10 image), 4160 output
@@ -217,3 +218,74 @@ def test_transcriptions_by_tokens_by_seconds_as_text_and_streamed(
         rows[2]["price_source"]
         == "genai-prices 0.2.3: no usage reported (audio calls are never estimated offline)"
     )
+
+
+def test_a_responses_calls_image_tool_is_checked_and_its_images_billed(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """The openai SDK's responses.create with the image_generation tool. Its gpt-image-1 is not allowed
+    here: the proxy writes gpt-image-1-mini in (only that value). The image it wrote, which OpenAI
+    bills apart from the response's usage, is a row of its own priced at -mini's rates: counted from
+    OpenAI's table (low 1024x1536: 408 tokens, 100 per partial image streamed), or as tool_usage
+    reports it. Before, the tool ran gpt-image-1 unchecked and no row counted its image."""
+    label = tag()
+    tool = {"model": "gpt-image-1", "quality": "low", "size": "1024x1536", "partial_images": 2}
+    respond = ("respond", "--model", "gpt-4o-mini", "--tool", json.dumps(tool))
+    code, events = sdk(proxy, label, *respond)
+    assert code == 0 and [i["quality"] for i in events[-1]["images"]] == ["low"]
+    code, items = sdk(proxy, label, *respond, "--stream", image_bytes=LARGE_IMAGE)
+    assert (
+        code == 0
+        and [e["type"] for e in items[:-1]].count("response.image_generation_call.partial_image") == 2
+    )
+    details = {"image_tokens": 0, "text_tokens": 60}
+    tool_usage = {"image_gen": {"input_tokens": 60, "input_tokens_details": details, "output_tokens": 408}}
+    assert sdk(proxy, label, *respond, tool_usage=json.dumps(tool_usage))[0] == 0
+    sent = fake_provider.requests_for(label)
+    for request in sent:  # upstream ran -mini: only the tool's model was rewritten
+        assert request.json["model"] == "gpt-4o-mini"
+        assert request.json["tools"] == [{"type": "image_generation", **tool, "model": "gpt-image-1-mini"}]
+    rows = rows_of(proxy, label)
+    texts = [r for r in rows if r["api_flavor"] == "responses"]
+    images = [r for r in rows if r["api_flavor"] == "images"]
+    assert len(texts) == len(images) == 3
+    text_bill = billed("gpt-4o-mini", input_tokens=100, output_tokens=20)  # the fake's default usage
+    for r in texts:
+        assert (r["model_sent"], r["action"], r["input_tokens"], r["output_tokens"]) == (
+            "gpt-4o-mini",
+            "allowed",
+            100,
+            20,
+        )
+        assert r["cost_usd"] == text_bill and r["error"] is None
+    for r in images:
+        assert (r["path"], r["model_requested"], r["model_sent"], r["model_reported"], r["action"]) == (
+            "/v1/responses",
+            "gpt-image-1",
+            "gpt-image-1-mini",
+            "gpt-image-1-mini",  # the answer echoes its tools as upstream got them
+            "downgraded",
+        )
+        assert r["price_model"] == "gpt-image-1-mini" and r["price_status"] == "priced"
+    plain, reported, streamed = sorted(images, key=lambda r: (r["streamed"], r["usage_source"] == "reported"))
+    assert (plain["streamed"], plain["input_tokens"], plain["output_image_tokens"]) == (False, 0, 408)
+    assert plain["usage_source"] == "estimated"
+    assert plain["cost_usd"] == billed("gpt-image-1-mini", output_tokens=408, output_image_tokens=408)
+    assert plain["cost_usd"] == Decimal("0.003264")  # 408 tokens at $8 per 1M
+    assert (streamed["streamed"], streamed["output_image_tokens"], streamed["usage_source"]) == (
+        True,
+        608,
+        "estimated",
+    )
+    assert streamed["cost_usd"] == billed("gpt-image-1-mini", output_tokens=608, output_image_tokens=608)
+    assert (reported["input_tokens"], reported["output_tokens"], reported["usage_source"]) == (
+        60,
+        408,
+        "reported",
+    )
+    assert reported["cost_usd"] == billed(
+        "gpt-image-1-mini", input_tokens=60, output_tokens=408, output_image_tokens=408
+    )
+    for r in (plain, streamed):
+        assert "counted from OpenAI's per-image table" in r["error"]
+    assert "tool_usage.image_gen" in reported["error"]

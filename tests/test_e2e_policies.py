@@ -442,7 +442,8 @@ def test_image_budget_holds_under_concurrency(proxies, fake_provider: FakeProvid
 def test_image_tool_budget_holds_under_concurrency(proxies, fake_provider: FakeProvider) -> None:
     """20 Responses calls with the image_generation tool (a high 1024x1024 gpt-image-1 image each,
     billed at $40/M apart from the text model's usage) started together against a nearly spent cap:
-    each reserves its image's 4,160 tokens with its text (not the text alone), so one goes through."""
+    each reserves its image's 4,160 tokens with its text (not the text alone), so one goes through.
+    The image it wrote is a row of its own (the rows count what OpenAI bills: before, its text alone)."""
     spent_image = calc_price(
         GPUsage(input_tokens=50, input_image_tokens=10, output_tokens=4160, output_image_tokens=4160),
         "gpt-image-1",
@@ -484,12 +485,26 @@ def test_image_tool_budget_holds_under_concurrency(proxies, fake_provider: FakeP
 
     results = started_together(one, gate, refused=19)
     proxy.terminate()
-    rows = proxy.rows("SELECT action, cost_usd FROM calls ORDER BY ts")
-    spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)  # the rows: each call's reported usage
+    rows = proxy.rows("SELECT * FROM calls ORDER BY ts")
+    spent = sum((r["cost_usd"] or Decimal(0)) for r in rows)  # what the rows count
     admitted = sum(r.returncode == 0 for r in results)
-    billed = spent + admitted * tool_image  # and each admitted call's image, which its usage leaves out
-    assert (admitted, spent) == (1, spent_image + text.total_price), (
-        f"{admitted=} {spent=} {billed=} of {cap}"
+    assert (admitted, spent) == (1, spent_image + text.total_price + tool_image), (
+        f"{admitted=} {spent=} of {cap}"
     )
     assert sorted(r["action"] for r in rows).count("over_budget") == 19
-    assert billed - cap <= one_call  # the cap overshot by at most one call's cost
+    assert spent - cap <= one_call  # the cap overshot by at most one call's cost
+    [call] = [
+        r
+        for r in rows
+        if r["path"] == "/v1/responses" and r["api_flavor"] == "responses" and r["input_tokens"]
+    ]
+    [image] = [r for r in rows if r["path"] == "/v1/responses" and r["api_flavor"] == "images"]
+    assert (call["model_sent"], call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (
+        "gpt-4o-mini", 300, 100, text.total_price,
+    )  # fmt: skip
+    counts = (image["input_tokens"], image["output_tokens"], image["output_image_tokens"])
+    assert (image["model_sent"], *counts) == ("gpt-image-1", 0, 4160, 4160)
+    assert (image["cost_usd"], image["price_model"], image["usage_source"]) == (
+        tool_image, "gpt-image-1", "estimated",
+    )  # fmt: skip
+    assert tool_image == Decimal("0.1664") and (image["team"], image["tags"]) == (call["team"], call["tags"])

@@ -60,7 +60,7 @@ from addon.providers import (
 )
 from addon.sse import SSEDecoder, SSEEvent
 from addon.stream_tap import StreamTap
-from addon.usage import Metered, Usage
+from addon.usage import Metered, ToolImages, Usage
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REGISTRY = Registry()
@@ -203,12 +203,60 @@ CHAT_SEEDS = tuple(
         "perplexity_stream.sse",
     )
 )
+
+
+def _sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **data}).encode() + b"\n\n"
+
+
+_IMAGE_AT = {"item_id": "ig_1", "output_index": 0}
+_IMAGE_CALL = {"type": "image_generation_call", "id": "ig_1", "status": "completed", "quality": "high",
+               "size": "1024x1024", "result": "iVBORw0KGgo" * 40}  # fmt: skip
+# A Responses stream whose image_generation tool writes an image: its image call events (a partial
+# image, nameless, then named), and the final event with the image call, tool_usage and tools.
+RESPONSES_IMAGE_TOOL_STREAM = b"".join(
+    [
+        _sse("response.created", {"response": {"model": "gpt-4o-mini", "status": "in_progress"}}),
+        _sse("response.image_generation_call.in_progress", _IMAGE_AT),
+        b"data: "
+        + json.dumps(
+            {
+                "type": "response.image_generation_call.partial_image",
+                **_IMAGE_AT,
+                "partial_image_b64": "QUJD" * 200,
+                "quality": "high",
+            }
+        ).encode()
+        + b"\n\n",
+        _sse(
+            "response.image_generation_call.partial_image", {**_IMAGE_AT, "partial_image_b64": "QUJD" * 200}
+        ),
+        _sse("response.image_generation_call.completed", _IMAGE_AT),
+        _sse("response.output_text.delta", {"delta": "Here."}),
+        _sse(
+            "response.completed",
+            {
+                "response": {
+                    "object": "response",
+                    "status": "completed",
+                    "model": "gpt-4o-mini",
+                    "output": [_IMAGE_CALL],
+                    "tools": [{"type": "image_generation", "model": "gpt-image-1"}],
+                    "usage": {"input_tokens": 300, "output_tokens": 100},
+                    "tool_usage": {"image_gen": {"input_tokens": 49, "output_tokens": 4160}},
+                }
+            },
+        ),
+    ]
+)
 STREAM_CASES: tuple[StreamCase, ...] = (
     StreamCase("openai", "chat", "sse", CHAT_SEEDS),
     StreamCase("groq", "chat", "sse", (fixture("groq_stream.sse"),)),
     StreamCase("openrouter", "chat", "sse", (fixture("openrouter_stream.sse"),)),
     StreamCase("perplexity", "chat", "sse", (fixture("perplexity_stream.sse"),)),
-    StreamCase("openai", "responses", "sse", (fixture("openai_responses_stream.sse"),)),
+    StreamCase(
+        "openai", "responses", "sse", (fixture("openai_responses_stream.sse"), RESPONSES_IMAGE_TOOL_STREAM)
+    ),
     StreamCase("openai", "images", "sse", (fixture("openai_image_stream.sse"),)),
     StreamCase("openai", "transcription", "sse", (fixture("openai_transcription_stream.sse"),)),
     StreamCase("azure", "chat", "sse", (fixture("azure_chat_stream.sse"),)),
@@ -345,6 +393,14 @@ JSON_KEYS = (
     "image_tokens",
     "audio_tokens",
     "b64_json",
+    "tool_usage",
+    "image_gen",
+    "tools",
+    "quality",
+    "size",
+    "result",
+    "item_id",
+    "cached_tokens",
 )
 SCALARS = st.one_of(
     st.none(),
@@ -366,6 +422,12 @@ SCALARS = st.one_of(
             "transcript.text.done",
             "tokens",
             "duration",
+            "image_generation_call",
+            "image_generation",
+            "completed",
+            "high",
+            "1024x1024",
+            "gpt-image-1",
         ]
     ),
 )
@@ -510,10 +572,28 @@ def check_metered(m: Metered) -> None:
     assert m.model is None or isinstance(m.model, str)
     assert m.error is None or isinstance(m.error, str)
     assert m.output_text is None or isinstance(m.output_text, str)
+    if m.tool_images is not None:
+        check_tool_images(m.tool_images)
+
+
+def check_tool_images(found: ToolImages) -> None:
+    """What ``addon.image_tool.tool_row`` relies on: strings or None, counts, a Usage, and the
+    billed images counted at some usage (or said not to be), never raising."""
+    assert isinstance(found, ToolImages)
+    assert all(q is None or isinstance(q, str) for pair in found.images for q in pair)
+    assert len(found.images) + found.failed <= openai_api.MAX_IMAGE_CALLS
+    assert type(found.partial_images) is int and found.partial_images >= 0
+    assert type(found.cached_tokens) is int and found.cached_tokens >= 0
+    assert found.usage is None or isinstance(found.usage, Usage)
+    assert found.model is None or (isinstance(found.model, str) and found.model.strip())
+    for model in ("gpt-image-1", "gpt-image-2"):
+        usage, source, note = openai_media.image_tool_usage(found, model, None)
+        assert source in ("reported", "estimated", "none") and isinstance(note, str)
+        assert (usage is None) == (source == "none")
 
 
 def summary(m: Metered) -> tuple[Any, ...]:
-    return (m.usage, m.model, m.error, m.provider_cost, m.output_text)
+    return (m.usage, m.model, m.error, m.provider_cost, m.output_text, m.tool_images)
 
 
 def meter_stream(case: StreamCase, chunks: list[bytes], encoding: str | None = None) -> Metered:
@@ -717,6 +797,8 @@ def sse_events(draw: st.DrawFn) -> SSEEvent:
                     "response.output_text.delta",
                     "response.created",
                     "response.failed",
+                    "response.image_generation_call.partial_image",
+                    "response.image_generation_call.completed",
                     "image_generation.partial_image",
                     "image_generation.completed",
                     "image_edit.completed",
@@ -1379,6 +1461,67 @@ def test_an_image_tools_reservation_never_raises(tools: Any, extra: dict[str, An
         assert isinstance(model, str) and model and 272 <= tokens <= 10 * (6240 + 300)
 
 
+_IMAGE_CALL_KEYS = ["type", "status", "quality", "size", "result", "id", "error"]
+IMAGE_CALLS = st.one_of(
+    JSON_VALUES,
+    st.dictionaries(st.sampled_from(_IMAGE_CALL_KEYS), JSON_VALUES).map(
+        lambda item: {"type": "image_generation_call", **item}
+    ),
+)
+
+
+@FUZZ
+@given(
+    output=st.one_of(JSON_VALUES, st.lists(IMAGE_CALLS, max_size=70)),
+    tool_usage=st.one_of(JSON_VALUES, st.dictionaries(st.just("image_gen"), JSON_VALUES)),
+    tools=st.one_of(
+        JSON_VALUES,
+        st.lists(
+            st.dictionaries(st.sampled_from(_IMAGE_TOOL_KEYS), JSON_VALUES).map(
+                lambda tool: {"type": "image_generation", **tool}
+            ),
+            max_size=3,
+        ),
+    ),
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["partial_image", "completed", "in_progress", "x"]),
+            st.one_of(st.binary(max_size=80), JSON_VALUES.map(dumps)),
+        ),
+        max_size=8,
+    ),
+    ended=st.booleans(),
+)
+def test_the_image_tools_readers_never_raise(
+    output: Any, tool_usage: Any, tools: Any, events: list, ended: bool
+) -> None:
+    """An answer's image calls, tool_usage and echoed tools; a stream's image events; a request's
+    image tools and their rewrite; the images' usage as counted: never raising, always well formed."""
+    answer = {"object": "response", "output": output, "tool_usage": tool_usage, "tools": tools}
+    found = openai_api.tool_images_of(answer)
+    if found is not None:
+        check_tool_images(found)
+    assert openai_api.parse_response("responses", dumps(answer)).tool_images == found
+    seen = openai_api.ImageEvents()
+    for kind, data in events:
+        assert openai_api.image_event_type(data) is None or b"response.image_generation_call." in data
+        seen.feed(openai_api.IMAGE_EVENT + kind, data)
+    merged = seen.merged(found, ended)
+    if merged is not None:
+        check_tool_images(merged)
+    body = {"model": "gpt-4o-mini", "tools": tools}
+    asked = openai_media.image_tools(body)
+    for tool in asked:
+        assert tool.runs is None or (isinstance(tool.runs, str) and tool.runs.strip())
+        if merged is not None:
+            openai_media.image_tool_usage(merged, tool.runs or "gpt-image-1", tool)
+    if asked:
+        changes = {tool.index: "gpt-image-1-mini" for tool in asked}
+        rewritten = openai_media.with_image_tool_models(body, changes)
+        assert [rewritten["tools"][i]["model"] for i in changes] == ["gpt-image-1-mini"] * len(changes)
+        assert {**rewritten, "tools": None} == {**body, "tools": None}
+
+
 # ---------------------------------------------------------------- Gemini Live (WebSocket messages)
 
 _LIVE_CHUNK = fake_gemini_live.audio_chunk(1, 0, size=200)
@@ -1506,6 +1649,18 @@ RESPONSES_WS_SEEDS: tuple[bytes, ...] = tuple(
             "resp_1", "gpt-5", None, status="failed", output=[fake_responses_ws.web_search_call(1)]
         ),
         fake_responses_ws.request_error("nope", "b"),
+        fake_responses_ws.create_event(
+            "gpt-5", "a", tools=[{"type": "image_generation", "model": "gpt-image-1", "partial_images": 1}]
+        ),
+        fake_responses_ws.create_event("gpt-5", tools=[{"type": "function"}, {"type": "image_generation"}]),
+        {
+            "type": "response.image_generation_call.partial_image",
+            "item_id": "ig_1",
+            "partial_image_b64": "QUJD" * 300,
+            "stream_id": "a",
+            "quality": "low",
+        },
+        {"type": "response.image_generation_call.completed", "item_id": "ig_1", "stream_id": "a"},
     )
 )
 RESPONSES_WS_TYPES = st.sampled_from(
@@ -1518,6 +1673,9 @@ RESPONSES_WS_TYPES = st.sampled_from(
         "response.failed",
         "response.cancelled",
         "response.output_text.delta",
+        "response.image_generation_call.partial_image",
+        "response.image_generation_call.completed",
+        "image_generation",
         "error",
     ]
 )
@@ -1540,6 +1698,10 @@ RESPONSES_WS_KEYS = st.sampled_from(
         "reason",
         "id",
         "service_tier",
+        "tools",
+        "item_id",
+        "quality",
+        "size",
     ]
 )
 RESPONSES_WS_VALUES = st.recursive(
@@ -1588,9 +1750,21 @@ def test_responses_ws_messages_never_raise(data: bytes, model: str, pad: str) ->
         assert event.metered.usage is not None or event.metered.error
     if event is not None and openai_responses_ws._DELTA_TYPE.search(data, 0, 256) is None:
         assert openai_responses_ws.might_matter(data)  # what the cheap test lets pass unread is nothing
+    image = openai_responses_ws.read_image_event(data)
+    if image is not None:
+        assert image.kind.startswith(openai_api.IMAGE_EVENT)
+        assert image.stream_id is None or isinstance(image.stream_id, str)
+        openai_api.ImageEvents().feed(image.kind, data)
     create = openai_responses_ws.read_create(data)
     if create is None:
         return
+    tools = openai_media.image_tools(create.body)
+    if tools:  # its image tools' models written in: only they change
+        changes = {tool.index: model or "m" for tool in tools}
+        rewritten_tools = openai_responses_ws.with_tool_models(data, changes)
+        wanted = openai_media.with_image_tool_models(create.body, changes)
+        assert json.loads(rewritten_tools) == wanted
+        assert len(rewritten_tools) <= 4000 or rewritten_tools.isascii()
     assert openai_responses_ws.may_be_create(data)
     assert create.model is None or (isinstance(create.model, str) and create.model.strip())
     if pad and isinstance(create.body.get("input"), str | None):  # a large non-ASCII create

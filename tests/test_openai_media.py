@@ -16,7 +16,7 @@ from genai_prices import calc_price
 
 from addon.policies import parse_policies
 from addon.pricing import Pricer, price_record
-from addon.providers import DEFAULT_REGISTRY, openai_media, registry_for
+from addon.providers import DEFAULT_REGISTRY, openai_api, openai_media, registry_for
 from addon.providers.openai_media import (
     FROM_DURATION,
     NO_IMAGE_USAGE,
@@ -33,7 +33,7 @@ from addon.providers.openai_media import (
 from addon.record import CallRecord
 from addon.sse import SSEDecoder
 from addon.token_estimate import estimate_usage
-from addon.usage import Usage
+from addon.usage import ToolImages, Usage
 
 WHEN = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 IMAGE_USAGE = {
@@ -736,3 +736,225 @@ def test_an_upload_walked_only_in_part_names_no_model() -> None:
     )
     found = read_form(cut, ctype)
     assert found.model is None and found.error is not None and "cut short or malformed" in found.error
+
+
+# --- the Responses image_generation tool's images: read from the answer, counted as OpenAI bills ---
+
+TOOL_USAGE = {
+    "image_gen": {
+        "input_tokens": 49,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": 49},
+        "output_tokens": 272,
+        "output_tokens_details": {"image_tokens": 272, "text_tokens": 0},
+        "total_tokens": 321,
+        "cached_tokens": 9,
+    },
+    "web_search": {"num_requests": 0},
+}
+
+
+def image_call(
+    status: str = "completed", quality: Any = "high", size: Any = "1024x1024", **more: Any
+) -> dict:
+    return {
+        "id": f"ig_{status}",
+        "type": "image_generation_call",
+        "status": status,
+        "quality": quality,
+        "size": size,
+        "result": b64(300) if status == "completed" else None,
+        **more,
+    }
+
+
+def tool_response(output: list[dict], **more: Any) -> dict[str, Any]:
+    text = {"type": "message", "id": "msg_1", "role": "assistant", "content": [{"type": "output_text"}]}
+    usage = {"input_tokens": 300, "output_tokens": 100}
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o-mini"}
+    return {**answer, "output": [*output, text], "usage": usage, **more}
+
+
+def test_an_answers_image_calls_are_read_with_the_quality_and_size_each_used() -> None:
+    """Each image_generation_call that wrote an image (completed, or carrying its image while it
+    says "generating", as answers have been seen to) with the quality and size it says it used; a
+    failed one (a moderation block) wrote none; the tool's model as the answer echoes its tools."""
+    answer = tool_response(
+        [
+            image_call(),
+            image_call("generating", "low", "1536x1024", result=b64(100)),
+            image_call("failed", error={"code": "moderation_blocked"}),
+        ],
+        tools=[{"type": "web_search"}, {"type": "image_generation", "model": "gpt-image-1-mini"}],
+    )
+    found = openai_api.tool_images_of(answer)
+    assert found == ToolImages(
+        images=(("high", "1024x1024"), ("low", "1536x1024")), failed=1, model="gpt-image-1-mini"
+    )
+    assert found.billed
+    metered = openai_api.parse_response("responses", dumps(answer))
+    assert metered.tool_images == found and metered.usage == Usage(input_tokens=300, output_tokens=100)
+    # tool_usage.image_gen (newer API versions): the tokens the tool was billed, as reported
+    reported = openai_api.tool_images_of(tool_response([image_call()], tool_usage=TOOL_USAGE))
+    assert reported is not None and reported.usage == Usage(
+        input_tokens=49, output_tokens=272, output_image_tokens=272
+    )
+    assert reported.cached_tokens == 9 and reported.model is None
+    # nothing of the tool: none; only failed calls: read, but nothing billed
+    assert openai_api.tool_images_of(tool_response([])) is None
+    assert openai_api.parse_response("chat", dumps({"choices": [], "usage": {}})).tool_images is None
+    failed = openai_api.tool_images_of(tool_response([image_call("failed")]))
+    assert failed is not None and failed.failed == 1 and not failed.billed
+
+
+def sse_of(events: list[tuple[str, dict]], named: bool = True) -> bytes:
+    return b"".join(
+        (f"event: {kind}\n".encode() if named else b"") + b"data: " + dumps({"type": kind, **data}) + b"\n\n"
+        for kind, data in events
+    )
+
+
+def image_tool_stream(partials: int, *, final: bool = True, size: int = 2000) -> list[tuple[str, dict]]:
+    at = {"item_id": "ig_1", "output_index": 0}
+    said = {"quality": "medium", "size": "1536x1024", "output_format": "png"}
+    events: list[tuple[str, dict]] = [("response.created", {"response": {"model": "gpt-4o-mini"}})]
+    events += [("response.image_generation_call.in_progress", at)]
+    events += [
+        ("response.image_generation_call.partial_image", {**at, "partial_image_b64": b64(size), **said})
+        for _ in range(partials)
+    ]
+    events += [("response.image_generation_call.completed", at)]
+    events += [("response.output_text.delta", {"delta": "Here it is."})]
+    if final:
+        answer = tool_response([image_call(quality="medium", size="1536x1024")])
+        events += [("response.completed", {"response": answer})]
+    return events
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_streams_partial_images_are_counted_and_never_decoded(
+    named: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = sse_of(image_tool_stream(2, size=300_000), named)
+    decoded: list[int] = []
+    real = openai_api.loads
+    monkeypatch.setattr(openai_api, "loads", lambda data: decoded.append(len(data)) or real(data))
+    parser, decoder = openai_api.StreamParser("responses"), SSEDecoder()
+    for piece in (body[i : i + 7919] for i in range(0, len(body), 7919)):  # split anywhere
+        for event in decoder.feed(piece):
+            parser.feed(event)
+    found = parser.result().tool_images
+    assert found == ToolImages(images=(("medium", "1536x1024"),), partial_images=2)
+    assert max(decoded) < 300_000  # the partial images' events were never decoded
+
+
+def test_a_stream_cut_before_its_final_event_counts_the_images_that_completed() -> None:
+    """The client hung up after the image was written: its completion went by, the answer never will."""
+    decoder = SSEDecoder()
+    parser = openai_api.StreamParser("responses")
+    for event in decoder.feed(sse_of(image_tool_stream(1, final=False))):
+        parser.feed(event)
+    found = parser.result().tool_images
+    assert found == ToolImages(images=(("medium", "1536x1024"),), partial_images=1, from_events=True)
+
+
+TOOL = openai_media.ImageTool(0, None, quality="low", size="auto")
+
+
+@pytest.mark.parametrize(
+    ("found", "model", "tool", "usage", "source", "note"),
+    [
+        (  # reported: taken as it is, whatever the model
+            ToolImages(
+                images=(("high", "1024x1024"),),
+                usage=Usage(input_tokens=49, output_tokens=272, output_image_tokens=272),
+                cached_tokens=9,
+            ),
+            "gpt-image-2",
+            None,
+            Usage(input_tokens=49, output_tokens=272, output_image_tokens=272),
+            "reported",
+            "usage as the response's tool_usage.image_gen reports it (9 cached input tokens counted at "
+            "the uncached rate)",
+        ),
+        (  # the table: the quality and size each call used, 100 per partial image
+            ToolImages(images=(("high", "1024x1024"), ("medium", "1536x1024")), partial_images=2),
+            "gpt-image-1",
+            TOOL,
+            Usage(output_tokens=4160 + 1568 + 200, output_image_tokens=4160 + 1568 + 200),
+            "estimated",
+            "2 image(s), 2 partial image(s) (high 1024x1024, medium 1536x1024) counted from OpenAI's "
+            "per-image table, 100 tokens per partial image; the response reports no tool_usage, so the "
+            "image model's input tokens are not counted",
+        ),
+        (  # not said by the call: the tool's quality (low), then the largest size (1024x1536)
+            ToolImages(images=((None, "auto"),), usage=Usage(), from_events=True),
+            "gpt-image-1-mini-2025-10-06",
+            TOOL,
+            Usage(output_tokens=408, output_image_tokens=408),
+            "estimated",
+            "1 image(s) (low 1024x1536) counted from OpenAI's per-image table: a quality or size not "
+            "said, the largest counted; the response reports no tool_usage, so the image model's input "
+            "tokens are not counted; read from the stream's image events (it ended before its final event)",
+        ),
+        (  # a model without OpenAI's table: not counted, and said
+            ToolImages(images=(("high", "1024x1024"),)),
+            "gpt-image-2",
+            None,
+            None,
+            "none",
+            "1 image(s) of gpt-image-2, which OpenAI bills by a formula this proxy does not have, and the "
+            "response reports no tool_usage: not counted",
+        ),
+    ],
+)
+def test_the_tools_images_are_counted_as_openai_bills_them(
+    found: ToolImages,
+    model: str,
+    tool: openai_media.ImageTool | None,
+    usage: Usage | None,
+    source: str,
+    note: str,
+) -> None:
+    assert openai_media.image_tool_usage(found, model, tool) == (usage, source, note)
+
+
+def test_a_requests_image_tools_and_their_rewrite() -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "tools": [
+            {"type": "function", "name": "f", "model": "x"},
+            {"type": "image_generation", "model": " gpt-image-1 ", "quality": "high"},
+            {"type": "image_generation"},
+            {"type": "image_generation", "model": 42},
+            {"type": "image_generation", "model": ""},
+        ],
+    }
+    tools = openai_media.image_tools(body)
+    assert [(t.index, t.model, t.readable, t.runs) for t in tools] == [
+        (1, "gpt-image-1", True, "gpt-image-1"),
+        (2, None, True, "gpt-image-1"),  # none named: its default
+        (3, None, False, None),
+        (4, None, False, None),
+    ]
+    assert tools[0].quality == "high" and openai_media.image_tools({"tools": "x"}) == ()
+    rewritten = openai_media.with_image_tool_models(body, {1: "gpt-image-1-mini", 2: "gpt-image-1-mini"})
+    assert rewritten["tools"][1] == {
+        "type": "image_generation",
+        "model": "gpt-image-1-mini",
+        "quality": "high",
+    }
+    assert rewritten["tools"][2] == {"type": "image_generation", "model": "gpt-image-1-mini"}
+    assert rewritten["tools"][0] == body["tools"][0] and body["tools"][2] == {"type": "image_generation"}
+    with pytest.raises(ValueError):
+        openai_media.with_image_tool_models(body, {0: "x", 9: "y"})
+
+
+def test_a_tool_images_row_costs_what_openai_bills() -> None:
+    """1 high 1024x1024 image of gpt-image-1 and 2 partial images: 4,360 image output tokens at $40
+    per 1M, $0.1744; the row is priced at the tool's model, not the call's text model."""
+    usage, _, _ = openai_media.image_tool_usage(
+        ToolImages(images=(("high", "1024x1024"),), partial_images=2), "gpt-image-1", None
+    )
+    record = row("images", "gpt-image-1", usage)
+    Pricer()(record)
+    assert (record.cost_usd, record.price_model) == (Decimal("0.1744"), "gpt-image-1")

@@ -16,6 +16,7 @@ from fake_responses_ws import (
     dumps,
     request_error,
     response_created,
+    response_object,
     response_terminal,
     text_delta,
     web_search_call,
@@ -422,3 +423,130 @@ async def test_a_session_open_when_the_script_reloads_is_finished_by_the_new_add
     await server_says(new, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, "a"))
     [row] = records(new)
     assert (row.model_sent, row.input_tokens, row.key_fingerprint) == ("gpt-5", 1200, key_fingerprint(KEY))
+
+
+TOOL_POLICY = """\
+environments:
+  development:
+    models:
+      allow: [gpt-5, gpt-image-1-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-image-1: gpt-image-1-mini}
+"""
+
+
+def image_event(kind: str, lane: str | None, **fields: Any) -> dict[str, Any]:
+    event = {"type": f"response.image_generation_call.{kind}", "item_id": "ig_1", "output_index": 0, **fields}
+    return {**event, "stream_id": lane} if lane is not None else event
+
+
+IMAGE_CALL = {
+    "type": "image_generation_call",
+    "id": "ig_1",
+    "status": "completed",
+    "quality": "low",
+    "size": "1024x1024",
+    "result": "iVBORw0KGgo" * 100,
+}
+
+
+async def test_a_tool_image_on_a_socket_is_a_row_of_its_own(meter: Meter) -> None:
+    """Before, the response's row counted gpt-5's usage alone: the image its tool wrote (billed apart,
+    at gpt-image-1's rate) was in no row. Its partial images are counted, never decoded."""
+    flow = handshake()
+    await open_session(meter, flow)
+    tool = {"type": "image_generation", "quality": "low", "partial_images": 2}
+    await client_says(meter, flow, create_event("gpt-5", "a", tools=[tool]))
+    await server_says(meter, flow, response_created("resp_a", "gpt-5", "a"))
+    for _ in range(2):
+        partial = image_event("partial_image", "a", partial_image_b64="QUJD" * 50_000, quality="low")
+        await server_says(meter, flow, partial)
+    await server_says(meter, flow, image_event("completed", "a"))
+    output = [IMAGE_CALL, *response_object("resp_a", "completed", "gpt-5", None)["output"]]
+    await server_says(meter, flow, response_terminal("resp_a", "gpt-5", RESPONSE_USAGE, "a", output=output))
+    images, text = records(meter)  # the images first, stored within the hook too
+    for row in (images, text):
+        meter._price(row)
+    assert (text.api_flavor, text.model_sent, text.input_tokens, text.cost_usd) == (
+        "responses",
+        "gpt-5",
+        1200,
+        GPT5_COST,
+    )
+    assert (images.api_flavor, images.model_sent, images.status_code, images.team) == (
+        "images",
+        "gpt-image-1",
+        101,
+        "agents",
+    )
+    # low 1024x1024: 272 tokens, and 100 for each partial image, at gpt-image-1's $40/M
+    assert (images.output_tokens, images.output_image_tokens, images.usage_source) == (472, 472, "estimated")
+    assert (
+        images.cost_usd
+        == calc_price(
+            GPUsage(output_tokens=472, output_image_tokens=472), "gpt-image-1", provider_id="openai"
+        ).total_price
+    )
+    assert images.error is not None and images.error.startswith(
+        f"the image_generation tool's images of call {text.id}: "
+        "1 image(s), 2 partial image(s) (low 1024x1024)"
+    )
+
+
+async def test_a_tool_model_is_downgraded_in_the_create_only_its_value_changed(meter: Meter) -> None:
+    meter._apply(parse_policies(TOOL_POLICY))
+    flow = handshake()
+    await open_session(meter, flow)
+    sent = b'{"type":"response.create","model":"gpt-5",'
+    sent += b'"tools":[{"type":"image_generation","model":"gpt-image-1"}]}'
+    message = await client_says(meter, flow, sent)
+    assert message.content == sent.replace(b'"gpt-image-1"', b'"gpt-image-1-mini"') and not message.dropped
+    await server_says(meter, flow, response_created("resp_1", "gpt-5"))
+    output = [IMAGE_CALL]
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, output=output))
+    images, text = records(meter)
+    assert (text.action, text.model_sent) == ("allowed", "gpt-5")
+    assert (images.action, images.model_requested, images.model_sent) == (
+        "downgraded",
+        "gpt-image-1",
+        "gpt-image-1-mini",
+    )
+    # a tool naming no model runs gpt-image-1: the target is written in
+    await client_says(meter, flow, create_event("gpt-5", "b", tools=[{"type": "image_generation"}]))
+    assert json.loads(flow.websocket.messages[-1].content)["tools"] == [  # type: ignore[union-attr]
+        {"type": "image_generation", "model": "gpt-image-1-mini"}
+    ]
+
+
+async def test_a_refused_tool_model_drops_the_create(meter: Meter, injected: list[dict[str, Any]]) -> None:
+    meter._apply(parse_policies(TOOL_POLICY.replace("on_disallowed: downgrade", "on_disallowed: block")))
+    flow = handshake()
+    await open_session(meter, flow)
+    tool = {"type": "image_generation", "model": "gpt-image-1"}
+    refused = await client_says(meter, flow, create_event("gpt-5", "a", tools=[tool]))
+    assert refused.dropped
+    [event] = injected
+    assert (event["status"], event["stream_id"]) == (403, "a")
+    assert "(the image_generation tool's model)" in event["error"]["message"]
+    [row] = records(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.cost_usd) == (
+        "blocked",
+        "gpt-image-1",
+        None,
+        0,
+    )
+
+
+async def test_a_socket_closed_after_the_image_still_bills_it(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    tool = {"type": "image_generation", "model": "gpt-image-1-mini", "size": "1536x1024", "quality": "high"}
+    await client_says(meter, flow, create_event("gpt-5", tools=[tool]))
+    await server_says(meter, flow, response_created("resp_1", "gpt-5"))
+    await server_says(meter, flow, image_event("completed", None))
+    flow.websocket.close_code = 1006  # type: ignore[union-attr]
+    meter.websocket_end(flow)
+    await asyncio.gather(*meter._estimates)
+    images, cut = sorted(records(meter), key=lambda r: r.api_flavor)
+    assert cut.aborted and cut.api_flavor == "responses"
+    assert (images.aborted, images.model_sent, images.output_image_tokens) == (True, "gpt-image-1-mini", 6208)

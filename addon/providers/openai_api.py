@@ -8,6 +8,10 @@ Pure functions over bytes; no mitmproxy. Stream parsing is cheap per chunk: a ch
 JSON-decoded while streaming only to learn the model (first chunks) or an error; the
 chunk(s) carrying usage are remembered and decoded once, in ``result()``; the completion
 text is extracted from the remembered chunks only when no usage came at all.
+
+A Responses answer's ``image_generation`` tool calls are read beside its usage (``tool_images_of``:
+OpenAI bills their images apart, at the image model's rates); a stream's image call events are
+counted by their type, a partial image (megabytes of base64) never decoded (``ImageEvents``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from addon.providers.values import flavor_by_suffix, loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.sse import SSEDecoder, SSEEvent
-from addon.usage import Metered, Usage
+from addon.usage import Metered, ToolImages, Usage
 
 FLAVORS: tuple[str, ...] = ("chat", "responses", "embeddings")
 
@@ -111,6 +115,149 @@ def extract_usage(usage: Any) -> Usage | None:
             input_image_tokens=_int(details_in.get("image_tokens")),
         )
     return None
+
+
+def image_usage(usage: Any) -> Usage | None:
+    """Normalise a GPT image model's ``usage`` (image tokens as subsets of input and output)."""
+    if not isinstance(usage, dict) or not ("input_tokens" in usage or "output_tokens" in usage):
+        return None
+    details_in = usage.get("input_tokens_details")
+    details_out = usage.get("output_tokens_details")
+    input_tokens = _int(usage.get("input_tokens"))
+    output_tokens = _int(usage.get("output_tokens"))
+    image_in = _int(details_in.get("image_tokens")) if isinstance(details_in, dict) else 0
+    # Without a breakdown, every output token is an image token: these models write images only
+    # (priced at the image output rate where the model has one, e.g. gpt-image-1.5's $32/M).
+    image_out = _int(details_out.get("image_tokens")) if isinstance(details_out, dict) else output_tokens
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_image_tokens=max(0, min(image_in, input_tokens)),
+        output_image_tokens=max(0, min(image_out, output_tokens)),
+    )
+
+
+# --- the image_generation tool's images (billed apart from the text model's usage) ----------------
+
+IMAGE_CALL = "image_generation_call"  # an output item: one call of the tool
+IMAGE_TOOL = "image_generation"
+IMAGE_EVENT = "response.image_generation_call."  # the prefix of a stream's image call events
+MAX_IMAGE_CALLS = 64  # image calls of one response followed at most (each writes one image)
+
+
+def _wrote_image(item: dict[str, Any]) -> bool:
+    """Did this ``image_generation_call`` item write an image (billed)? It did when it says it
+    completed or carries its image (``result``: an answer has been seen saying "generating" with
+    its image); one that failed (a moderation block) or never ended wrote none."""
+    status = item.get("status")
+    if status == "failed":
+        return False
+    return status == "completed" or bool(_str(item.get("result")))
+
+
+def _echoed_tool_model(tools: Any) -> str | None:
+    """The model of the ``image_generation`` tool a response object echoes in its ``tools``."""
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("type") == IMAGE_TOOL:
+            model = tool.get("model")
+            if isinstance(model, str) and model.strip():
+                return model.strip()
+    return None
+
+
+def tool_images_of(response: Any) -> ToolImages | None:
+    """What a Responses object says of its ``image_generation`` tool's work: each image call of its
+    ``output`` (the quality and size it used, or that it failed), its ``tool_usage.image_gen`` (the
+    tokens the tool was billed, newer API versions) and the tool's model its ``tools`` echo. None
+    when it holds neither an image call nor such usage. Never raises."""
+    if not isinstance(response, dict):
+        return None
+    images: list[tuple[str | None, str | None]] = []
+    failed = 0
+    output = response.get("output")
+    if isinstance(output, list):
+        for item in output:
+            if not isinstance(item, dict) or item.get("type") != IMAGE_CALL:
+                continue
+            if len(images) + failed >= MAX_IMAGE_CALLS:
+                break
+            if _wrote_image(item):
+                images.append((_str(item.get("quality")), _str(item.get("size"))))
+            else:
+                failed += 1
+    tool_usage = response.get("tool_usage")
+    raw = tool_usage.get("image_gen") if isinstance(tool_usage, dict) else None
+    usage = image_usage(raw)
+    if not images and not failed and usage is None:
+        return None
+    cached = _int(raw.get("cached_tokens")) if isinstance(raw, dict) else 0
+    return ToolImages(
+        images=tuple(images),
+        failed=failed,
+        usage=usage,
+        cached_tokens=max(0, min(cached, usage.input_tokens)) if usage is not None else 0,
+        model=_echoed_tool_model(response.get("tools")),
+    )
+
+
+_ITEM_ID = re.compile(rb'"item_id"\s*:\s*"([^"\\]{1,200})"')
+_QUALITY = re.compile(rb'"quality"\s*:\s*"([a-z]{1,20})"')
+_SIZE = re.compile(rb'"size"\s*:\s*"([0-9a-z]{1,20})"')
+_IMAGE_EVENT_TYPE = re.compile(rb'"type"\s*:\s*"(response\.image_generation_call\.[a-z_]{1,40})"')
+_EVENT_HEAD = 256  # bytes of a nameless event searched for an image call event's type
+
+
+def image_event_type(data: bytes) -> str | None:
+    """The type of an image call event (``response.image_generation_call.*``) in a nameless event
+    or a WebSocket message, looked for in its first bytes; None for any other. Never raises."""
+    found = _IMAGE_EVENT_TYPE.search(data, 0, _EVENT_HEAD)
+    return found.group(1).decode("ascii") if found is not None else None
+
+
+def _found(pattern: re.Pattern[bytes], data: bytes) -> str | None:
+    match = pattern.search(data)
+    return match.group(1).decode("ascii", "replace") if match is not None else None
+
+
+class ImageEvents:
+    """A stream's image call events (``response.image_generation_call.*``), read without decoding a
+    partial image (base64 of megabytes: its few members are found by their key, which base64 and
+    JSON strings cannot spell): the partial images sent and, for a stream cut before its final
+    event, the image calls that completed with the quality and size their partial images said."""
+
+    __slots__ = ("_completed", "_seen", "partial_images")
+
+    def __init__(self) -> None:
+        self.partial_images = 0
+        self._seen: dict[str, tuple[str | None, str | None]] = {}  # item id -> (quality, size)
+        self._completed: list[str] = []
+
+    def feed(self, kind: str, data: bytes) -> None:
+        """One image call event (its type ``kind``); only partial images and completions count."""
+        if kind == IMAGE_EVENT + "partial_image":
+            self.partial_images += 1
+            item = _found(_ITEM_ID, data)
+            if item is not None and (item in self._seen or len(self._seen) < MAX_IMAGE_CALLS):
+                self._seen[item] = (_found(_QUALITY, data), _found(_SIZE, data))
+        elif kind == IMAGE_EVENT + "completed" and len(self._completed) < MAX_IMAGE_CALLS:
+            item = _found(_ITEM_ID, data) or f"#{len(self._completed)}"
+            if item not in self._completed:
+                self._completed.append(item)
+
+    def merged(self, final: ToolImages | None, ended: bool = True) -> ToolImages | None:
+        """The tool's work: the final event's (``final``) with the partial images counted here; a
+        final event without image calls (``ended``), the partial images alone; a stream cut before
+        its final event, the image calls whose completion went by (None: nothing billed seen)."""
+        if final is not None:
+            return replace(final, partial_images=final.partial_images + self.partial_images)
+        if ended:
+            return ToolImages(partial_images=self.partial_images) if self.partial_images else None
+        if not (self._completed or self.partial_images):
+            return None
+        images = tuple(self._seen.get(item, (None, None)) for item in self._completed)
+        return ToolImages(images=images, partial_images=self.partial_images, from_events=True)
 
 
 def with_web_searches(usage: Usage | None, output: Any) -> Usage | None:
@@ -244,6 +391,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         service_tier=_str(tier),
         response_id=_str(obj.get("id")) if status is not None and obj.get("background") is True else None,
         response_status=status,
+        tool_images=tool_images_of(obj),
     )
 
 
@@ -351,6 +499,7 @@ class StreamParser:
         "_cost",
         "_done",
         "_error",
+        "_images",
         "_lazy",
         "_model",
         "_model_tries",
@@ -359,6 +508,7 @@ class StreamParser:
         "_status",
         "_text",
         "_tier",
+        "_tool_images",
         "_usage",
         "_usage_data",
         "flavor",
@@ -381,6 +531,8 @@ class StreamParser:
         self._status: str | None = None  # the Responses object's status (its last event's)
         self._response_id: str | None = None  # a background response's id (followed if cut short)
         self._text = TextCollector(_delta_texts if flavor == "responses" else _chat_texts)
+        self._images: ImageEvents | None = None  # Responses: image call events, once one is seen
+        self._tool_images: ToolImages | None = None  # the final event's image calls
 
     @property
     def done(self) -> bool:
@@ -433,6 +585,9 @@ class StreamParser:
             else:
                 error = "no usage in stream"
         text = self._text.text() if usage is None else None
+        tool_images = self._tool_images
+        if self._images is not None:
+            tool_images = self._images.merged(tool_images, ended=self._done)
         return Metered(
             usage=usage,
             model=model,
@@ -442,6 +597,7 @@ class StreamParser:
             service_tier=tier,
             response_id=self._response_id,
             response_status=self._status,
+            tool_images=tool_images,
         )
 
     def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int, str | None]:
@@ -494,6 +650,14 @@ class StreamParser:
         if (name is None or name == "message") and _delta_type(data):  # a gateway dropped "event:"
             self._text.add(data)
             return
+        image_kind = name if name is not None and name.startswith(IMAGE_EVENT) else None
+        if image_kind is None and (name is None or name == "message"):
+            image_kind = image_event_type(data)
+        if image_kind is not None:  # a partial image is megabytes of base64: never decoded
+            if self._images is None:
+                self._images = ImageEvents()
+            self._images.feed(image_kind, data)
+            return
         if not (
             name in _RESPONSES_FINAL
             or name == "error"
@@ -522,6 +686,8 @@ class StreamParser:
             self._response_id = _str(response.get("id")) or self._response_id
         if found.usage is not None:
             self._usage, self._cost = found.usage, found.provider_cost
+        if found.tool_images is not None:
+            self._tool_images = found.tool_images
         if kind in _RESPONSES_FINAL:
             self._done = True
         if found.error is not None:
@@ -532,7 +698,8 @@ def response_metered(kind: str, response: dict[str, Any], raw: bytes) -> Metered
     """What one Responses event's ``response`` object says (a stream's ``response.created`` or its
     final event; the WebSocket mode's events): its model, service tier and status, its usage with
     the hosted web and file searches of its ``output``, the provider's cost (read from ``raw``,
-    the event's JSON) and, for a failed response, why. ``error`` is None when nothing failed."""
+    the event's JSON), its image_generation tool's work (``tool_images_of``) and, for a failed
+    response, why. ``error`` is None when nothing failed."""
     usage = with_web_searches(extract_usage(response.get("usage")), response.get("output"))
     error = None
     if kind == "response.failed" or response.get("status") == "failed":
@@ -544,6 +711,7 @@ def response_metered(kind: str, response: dict[str, Any], raw: bytes) -> Metered
         provider_cost=extract_cost(response.get("usage"), raw) if usage is not None else None,
         service_tier=_str(response.get("service_tier")),
         response_status=_str(response.get("status")),
+        tool_images=tool_images_of(response),
     )
 
 

@@ -24,7 +24,9 @@ A budget reservation of an image call counts the image output tokens its request
 (``reserved_image_tokens``: quality, size, n, streamed partial images), from OpenAI's table, and
 an edit's input images (``reserved_input_image_tokens``: the most one image can cost, its pixels
 never read; more with ``input_fidelity: high``). A Responses request with the ``image_generation``
-tool reserves the images the tool may write the same way (``image_tool_tokens``).
+tool reserves the images the tool may write the same way (``image_tool_tokens``); its tools are read
+for the allowlist (``image_tools``, rewritten by ``with_image_tool_models``), and the images it wrote
+counted as OpenAI bills them (``image_tool_usage``: the answer's ``tool_usage``, else the table).
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addon.model_rules import base_model
-from addon.providers.openai_api import error_message
+from addon.providers.openai_api import IMAGE_TOOL, error_message, image_usage
 from addon.providers.values import bare_path, flavor_by_suffix, loads
 from addon.providers.values import token_count as _int
 from addon.sse import SSEEvent
-from addon.usage import Metered, Usage
+from addon.usage import Metered, ToolImages, Usage
 
 FLAVORS: tuple[str, ...] = ("images", "transcription")
 MEDIA_FLAVORS = frozenset(FLAVORS)
@@ -89,26 +91,6 @@ def unpriced_reason(flavor: str, model: str | None) -> str:
 
 
 # --- usage objects ---------------------------------------------------------------------------
-
-
-def image_usage(usage: Any) -> Usage | None:
-    """Normalise a GPT image model's ``usage`` (image tokens as subsets of input and output)."""
-    if not isinstance(usage, dict) or not ("input_tokens" in usage or "output_tokens" in usage):
-        return None
-    details_in = usage.get("input_tokens_details")
-    details_out = usage.get("output_tokens_details")
-    input_tokens = _int(usage.get("input_tokens"))
-    output_tokens = _int(usage.get("output_tokens"))
-    image_in = _int(details_in.get("image_tokens")) if isinstance(details_in, dict) else 0
-    # Without a breakdown, every output token is an image token: these models write images only
-    # (priced at the image output rate where the model has one, e.g. gpt-image-1.5's $32/M).
-    image_out = _int(details_out.get("image_tokens")) if isinstance(details_out, dict) else output_tokens
-    return Usage(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        input_image_tokens=max(0, min(image_in, input_tokens)),
-        output_image_tokens=max(0, min(image_out, output_tokens)),
-    )
 
 
 def _seconds(value: Any) -> float | int | None:
@@ -399,10 +381,9 @@ def reserved_input_image_tokens(model: str | None, request: Mapping[str, Any] | 
     return min(images, MAX_INPUT_IMAGES) * per_image
 
 
-# The Responses API's image_generation tool: its image model when it names none (the API reference:
-# "Default: gpt-image-1"). Its images are billed at that model's image output rate; the response's
-# usage reports only the text model's tokens.
-IMAGE_TOOL = "image_generation"
+# The Responses API's image_generation tool (IMAGE_TOOL): its image model when it names none (the API
+# reference: "Default: gpt-image-1"). Its images are billed at that model's image rates, apart from
+# the response's usage, which reports only the text model's tokens.
 DEFAULT_IMAGE_TOOL_MODEL = "gpt-image-1"
 
 
@@ -441,6 +422,116 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
     calls = body.get("max_tool_calls")  # type: ignore[union-attr]
     images = min(calls, MAX_IMAGES) if type(calls) is int and calls > 0 else 1  # a bound for all tools
     return found[0], found[1] * images
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTool:
+    """One ``image_generation`` tool of a Responses request: its place in ``tools``, the model it
+    names (None: none, so the tool's default), whether that can be read (a ``model`` that is not a
+    non-empty string cannot), and the quality and size it asks for (any JSON)."""
+
+    index: int
+    model: str | None
+    readable: bool = True
+    quality: Any = None
+    size: Any = None
+
+    @property
+    def runs(self) -> str | None:
+        """The model the tool runs: the one it names, else the default (None: unreadable)."""
+        if not self.readable:
+            return None
+        return self.model if self.model is not None else DEFAULT_IMAGE_TOOL_MODEL
+
+
+def image_tools(body: Mapping[str, Any] | None) -> tuple[ImageTool, ...]:
+    """The ``image_generation`` tools of a Responses request body (whatever its ``tool_choice``:
+    each is checked against the allowlist). Never raises."""
+    tools = body.get("tools") if isinstance(body, Mapping) else None
+    if not isinstance(tools, list):
+        return ()
+    found = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != IMAGE_TOOL:
+            continue
+        model = tool.get("model")
+        readable = model is None or (isinstance(model, str) and bool(model.strip()))
+        named = model.strip() if isinstance(model, str) and readable else None
+        found.append(ImageTool(index, named, readable, tool.get("quality"), tool.get("size")))
+    return tuple(found)
+
+
+def with_image_tool_models(body: dict[str, Any], models: Mapping[int, str]) -> dict[str, Any]:
+    """``body`` with each ``tools[i].model`` set to ``models[i]`` (written in where the tool named
+    none); every other member as it was. ValueError if ``i`` is no tool object of the body."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        raise ValueError("the request has no tools to rewrite")
+    changed = list(tools)
+    for index, model in models.items():
+        if not 0 <= index < len(changed) or not isinstance(changed[index], dict):
+            raise ValueError(f"tools[{index}] is not a tool")
+        changed[index] = {**changed[index], "model": model}
+    return {**body, "tools": changed}
+
+
+def _table_choice(said: Any, asked: Any, known: Mapping[str, Any]) -> tuple[set[str], bool]:
+    """The table keys an image counts at: the one its call said it used, else the one its tool
+    asked for, else all of them (the largest is counted); and whether it was named."""
+    for value in (said, asked):
+        if isinstance(value, str) and value in known:
+            return {value}, True
+    return set(known), False
+
+
+def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> tuple[Usage | None, str, str]:
+    """(usage, usage source, note) of what an ``image_generation`` tool was billed for, at ``model``.
+
+    The answer's ``tool_usage.image_gen``, when it reports tokens ("reported"). Otherwise, for a
+    model with OpenAI's table (gpt-image-1, -1-mini, -1.5), each image the tool wrote at the table's
+    tokens for the quality and size its call says it used (else the tool's, else the largest), and
+    100 per partial image sent: OpenAI's billing rule for the images, "estimated" because the image
+    model's input tokens (the prompt the text model wrote for it) are not known, so not counted.
+    Another model: no usage. ``note`` says which, for the row. Never raises."""
+    reported = found.usage
+    if reported is not None and (reported.input_tokens or reported.output_tokens):
+        note = "usage as the response's tool_usage.image_gen reports it"
+        if found.cached_tokens:
+            note += f" ({found.cached_tokens} cached input tokens counted at the uncached rate)"
+        return reported, "reported", note
+    images = len(found.images)
+    partials = found.partial_images
+    what = f"{images} image(s)" + (f", {partials} partial image(s)" if partials else "")
+    where = ""
+    if found.from_events:
+        where = "; read from the stream's image events (it ended before its final event)"
+    if base_model(model) not in TABLED_IMAGE_MODELS:
+        note = (
+            f"{what} of {model}, which OpenAI bills by a formula this proxy does not have, and the "
+            f"response reports no tool_usage: not counted{where}"
+        )
+        return None, "none", note
+    tokens = partials * PARTIAL_IMAGE_TOKENS
+    counted: list[str] = []
+    largest = False
+    for said_quality, said_size in found.images:
+        qualities, named_quality = _table_choice(said_quality, tool and tool.quality, IMAGE_OUTPUT_TOKENS)
+        sizes, named_size = _table_choice(said_size, tool and tool.size, IMAGE_OUTPUT_TOKENS["high"])
+        quality, size = max(
+            ((q, z) for q in qualities for z in sizes), key=lambda qz: IMAGE_OUTPUT_TOKENS[qz[0]][qz[1]]
+        )
+        tokens += IMAGE_OUTPUT_TOKENS[quality][size]
+        counted.append(f"{quality} {size}")
+        largest = largest or not (named_quality and named_size)
+    table = f" ({', '.join(counted)})" if counted else ""
+    note = (
+        f"{what}{table} counted from OpenAI's per-image table"
+        + (", 100 tokens per partial image" if partials else "")
+        + (": a quality or size not said, the largest counted" if largest else "")
+        + "; the response reports no tool_usage, so the image model's input tokens are not counted"
+        + where
+    )
+    return Usage(output_tokens=tokens, output_image_tokens=tokens), "estimated", note
 
 
 def input_images(path: str, body: Mapping[str, Any] | None, form: FormFields | None) -> int:

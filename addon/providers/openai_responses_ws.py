@@ -6,7 +6,9 @@ response (a call: its ``model`` is checked, and rewritten to downgrade it); the 
 with ``response.created`` and, at its end, ``response.completed``, ``.incomplete`` or ``.failed``,
 each carrying the whole response with its ``usage`` (read by ``openai_api``, as an HTTP stream's
 final event). A request the server rejects before it starts gets an ``error`` event instead.
-A ``response.steer`` adds input to a running response: no call of its own.
+A ``response.steer`` adds input to a running response: no call of its own. A response's
+``image_generation`` tool sends image call events (``response.image_generation_call.*``): its
+partial images are counted (billed apart, as the images, by the image model), never decoded.
 
 Speed: deltas are most of the messages. A server message is decoded only if a C-speed look at its
 bytes says it may matter: a ``*.delta`` type in its first bytes says it does not; otherwise only
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from addon.providers import openai_api
+from addon.providers.openai_media import with_image_tool_models
 from addon.providers.values import SocketPaths, has_escape, loads, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
@@ -89,6 +93,25 @@ def with_model(data: bytes, model: str) -> bytes:
     return rewritten_value(data, "model", old, model, {**obj, "model": model})  # type: ignore[dict-item]
 
 
+def with_tool_models(data: bytes, models: Mapping[int, str]) -> bytes:
+    """The ``response.create`` ``data`` with each ``tools[i].model`` set to ``models[i]`` (written
+    in where the tool names none); ValueError when it is no object with those tools.
+
+    Only that value changes when one named model is rewritten and found exactly once; otherwise
+    the event is written out again as ASCII JSON (see ``values.rewritten_value``).
+    """
+    obj = loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("the response.create is not a JSON object")
+    wanted = with_image_tool_models(obj, models)
+    if len(models) == 1:
+        [(index, model)] = models.items()
+        old = obj["tools"][index].get("model")
+        if isinstance(old, str) and old.strip():
+            return rewritten_value(data, "model", old, model, wanted)
+    return json.dumps(wanted).encode()
+
+
 def error_event(error: dict[str, Any], status: int, stream_id: str | None) -> bytes:
     """The ``error`` event a refused ``response.create``'s client gets: the Responses WebSocket
     shape (the SDK's ``ResponseWsError``: ``error``, the HTTP ``status``, the lane's ``stream_id``,
@@ -130,6 +153,27 @@ class Rejected:
 
 
 ServerEvent = Started | Ended | Rejected
+
+_STREAM_ID = re.compile(rb'"stream_id"\s*:\s*"([^"\\]{1,200})"')
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEvent:
+    """An image call event (``response.image_generation_call.*``: a partial image, a completion) of
+    lane ``stream_id``, for ``openai_api.ImageEvents`` to count."""
+
+    kind: str
+    stream_id: str | None
+
+
+def read_image_event(data: bytes) -> ImageEvent | None:
+    """The image call event a server message is (its type in its first bytes, its lane found by its
+    key: base64 and JSON strings cannot spell one), else None. Never raises."""
+    kind = openai_api.image_event_type(data)
+    if kind is None:
+        return None
+    lane = _STREAM_ID.search(data)
+    return ImageEvent(kind, lane.group(1).decode("utf-8", "replace") if lane is not None else None)
 
 
 def might_matter(data: bytes) -> bool:

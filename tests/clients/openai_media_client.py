@@ -26,13 +26,14 @@ def emit(obj: dict[str, Any]) -> None:
 def main() -> int:
     """Run one call as the arguments say."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["generate", "edit", "transcribe"])
+    ap.add_argument("mode", choices=["generate", "edit", "transcribe", "respond"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--file", help="edit: the image; transcribe: the audio")
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--partial-images", type=int, default=0)
     ap.add_argument("--response-format", default=None)
     ap.add_argument("--raw", action="store_true", help="a stream's raw bytes (hashed), not its events")
+    ap.add_argument("--tool", default=None, help="respond: the image_generation tool (JSON)")
     ap.add_argument("--header", action="append", default=[], help="NAME=VALUE extra request header")
     args = ap.parse_args()
 
@@ -50,6 +51,18 @@ def main() -> int:
         elif args.mode == "edit":
             with open(args.file, "rb") as image:
                 result = client.images.edit(image=image, prompt="add a red hat", **kwargs)
+        elif args.mode == "respond":  # a Responses call with the image_generation tool
+            tool = {"type": "image_generation", **json.loads(args.tool or "{}")}
+            result = client.responses.create(input="draw a lighthouse", tools=[tool], **kwargs)
+            if not args.stream:
+                images = [
+                    o.model_dump(exclude={"result"})
+                    for o in result.output
+                    if o.type == "image_generation_call"
+                ]
+                usage = result.usage.model_dump(exclude_none=True) if result.usage else None
+                emit({"event": "result", "usage": usage, "images": images})
+                return 0
         else:
             if args.response_format:
                 kwargs["response_format"] = args.response_format

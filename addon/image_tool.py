@@ -1,0 +1,160 @@
+"""The Responses API's ``image_generation`` tool: its model checked as any model is, and the images
+it wrote billed on a row of their own.
+
+The tool names its image model in the request (``tools[i].model``; gpt-image-1 when it names none).
+It is held to the environment's allowlist like the call's own model: allowed, downgraded by writing
+the target in as ``tools[i].model`` (only that value changes), or the call refused.
+
+OpenAI bills the tool's images apart from the response's ``usage`` (the text model's tokens), at the
+image model's rates. A response whose tool wrote images is therefore two rows: the call's own (its
+text model's usage) and one for the images, ``api_flavor`` ``images``, priced at the tool's model,
+with the call's attribution: the response's ``tool_usage.image_gen`` when it reports one, else
+OpenAI's per-image table (``openai_media.image_tool_usage``). Each model's spend is then at its own
+rates in every report, and the budgets count the images as they are billed. Pure: no mitmproxy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from addon.enforcement import Decision, Enforcer
+from addon.pricing import SUBSCRIPTION
+from addon.providers.openai_media import (
+    DEFAULT_IMAGE_TOOL_MODEL,
+    ImageTool,
+    image_tool_usage,
+)
+from addon.record import CallRecord
+from addon.usage import ToolImages
+
+FLAVOR = "images"  # the tool's images are billed as an image model's (its rates, its name)
+UNREADABLE = (
+    "the image_generation tool's model could not be read, so it cannot be checked against the allowlist"
+)
+# Every count a row keeps: a tool's row starts with none of its call's.
+_COUNTS = {
+    name: None
+    for name in (
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "cache_write_1h_tokens",
+        "web_searches",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
+        "cache_audio_read_tokens",
+        "file_searches",
+        "audio_seconds",
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageToolCall:
+    """What the proxy let a request's (first) image tool run: the model it asked for (the default
+    when it named none), the one sent upstream, the decision (allowed, downgraded), the tool."""
+
+    requested: str
+    sent: str
+    action: str
+    tool: ImageTool
+
+
+@dataclass(slots=True)
+class ToolRules:
+    """The allowlist applied to a request's image tools: the models to write in (index in ``tools``
+    -> model), the call of its first image tool, the downgrade notices, a refusal if one is refused."""
+
+    changes: dict[int, str] = field(default_factory=dict)
+    call: ImageToolCall | None = None
+    notices: list[str] = field(default_factory=list)
+    refusal: Decision | None = None
+    refused_model: str | None = None  # the model the refusal names
+
+
+def rule_image_tools(
+    enforcer: Enforcer, provider: str, environment: str, tools: Sequence[ImageTool], restricted: bool
+) -> ToolRules:
+    """Each image tool's model through the allowlist (``Enforcer.decide_model``: no budget, no rate
+    limit: the call's own decision counts those). A tool naming none is checked as its default
+    model; one whose model cannot be read is refused where models are ``restricted`` (fail closed).
+    A disallowed model is downgraded (its target written in) or refused, saying it is the tool's."""
+    rules = ToolRules()
+    for tool in tools:
+        model = tool.runs
+        if model is None:
+            if restricted:
+                rules.refusal = enforcer.refuse_model(provider, environment, "(unreadable)", UNREADABLE)
+                rules.refused_model = "(unreadable)"
+                return rules
+            continue
+        decision = enforcer.decide_model(provider, environment, model)
+        if decision.refusal is not None:
+            why = "the image_generation tool's model"
+            if tool.model is None:
+                why += f": the tool names none, and {model} is its default"
+            rules.refusal = enforcer.refuse_model(provider, environment, model, why)
+            rules.refused_model = model
+            return rules
+        sent = model
+        if decision.action == "downgraded" and decision.model_sent:
+            sent = decision.model_sent
+            rules.changes[tool.index] = sent
+            if decision.notice:
+                rules.notices.append(f"image_generation tool: {decision.notice}")
+        if rules.call is None:
+            action = "downgraded" if sent != model else "allowed"
+            rules.call = ImageToolCall(model, sent, action, tool)
+    return rules
+
+
+def tool_row(
+    parent: CallRecord, found: ToolImages | None, call: ImageToolCall | None, row_id: str
+) -> CallRecord | None:
+    """The row of the images the call ``parent`` had its image tool write (None when it wrote none
+    OpenAI bills): the call's attribution, status and timing, ``api_flavor`` images, the tool's
+    model (as the response echoes it, else as sent, else the default), the tool's usage (reported,
+    or counted from OpenAI's table: its ``error`` says which, and names the call). Unpriced: the
+    store's pricer prices it, at the image model's rates."""
+    if found is None or not found.billed:
+        return None
+    sent = call.sent if call is not None else None
+    model = found.model or sent or DEFAULT_IMAGE_TOOL_MODEL
+    usage, source, note = image_tool_usage(found, model, call.tool if call is not None else None)
+    notes = [f"the image_generation tool's images of call {parent.id}: {note}"]
+    if found.model is None and sent is None:
+        notes.append(f"the request names no image_generation tool: priced as {model}, the tool's default")
+    elif found.model is None and call is not None and call.tool.model is None:
+        notes.append(f"the tool names no model: priced as {model}, its documented default")
+    if found.failed:
+        notes.append(f"{found.failed} image call(s) wrote no image: not billed")
+    row = dataclasses.replace(
+        parent,
+        id=row_id,
+        api_flavor=FLAVOR,
+        model_requested=call.requested if call is not None else model,
+        model_sent=sent or model,
+        model_reported=found.model,
+        action=call.action if call is not None else "allowed",
+        ttft_ms=None,
+        service_tier=None,
+        inference_geo=None,
+        cost_usd=None,
+        price_status=None,
+        price_source=None,
+        price_model=None,
+        usage_source="none",
+        error="; ".join(notes)[:1000],
+        **_COUNTS,  # type: ignore[arg-type]
+    )
+    row.set_usage(usage, source)
+    if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its images too
+        row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
+    return row

@@ -1,0 +1,311 @@
+"""The addon's hooks on Responses calls with the image_generation tool (taddons and tflow, no network):
+the tool's model held to the allowlist, and the images it wrote a row of their own at its rates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price
+from mitmproxy import http
+from mitmproxy.test import taddons
+from test_meter import CollectingStore, feed, make_flow, run_request, stream_response
+from test_openai_media import TOOL_USAGE, image_call, image_tool_stream, sse_of, tool_response
+
+from addon.budgets import Scope
+from addon.meter import NOTICE_HEADER, Meter
+from addon.policies import parse_policies
+from addon.record import CallRecord
+
+RESPONSES = "https://api.openai.com/v1/responses"
+DEVELOPMENT = Scope("environment", "development")
+BUDGET = "    budget: {usd: 100, period: day}\n"
+ONLY_MINI = """\
+environments:
+  development:
+    models:
+      allow: [gpt-4o-mini, gpt-image-1-mini]
+      on_disallowed: downgrade
+      downgrade: {gpt-image-1: gpt-image-1-mini}
+"""
+BLOCKING = ONLY_MINI.replace("on_disallowed: downgrade", "on_disallowed: block")
+NO_TARGET = ONLY_MINI.replace("      downgrade: {gpt-image-1: gpt-image-1-mini}\n", "")
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
+
+
+def records(meter: Meter) -> list[CallRecord]:
+    return meter.store.records  # type: ignore[union-attr]
+
+
+def call_body(tool: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "input": "draw a cat",
+        "tools": [{"type": "image_generation", **tool}],
+        **extra,
+    }
+
+
+def bill(model: str, **counts: int) -> Decimal:
+    return calc_price(GPUsage(**counts), model, provider_id="openai").total_price
+
+
+async def answer(meter: Meter, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
+    flow.response = http.Response.make(200, json.dumps(body).encode(), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+def priced(meter: Meter) -> list[CallRecord]:
+    """The rows submitted, priced as the store's writer prices them."""
+    rows = records(meter)
+    for row in rows:
+        meter._price(row)
+    return rows
+
+
+async def test_the_tools_image_is_a_row_of_its_own_at_the_image_models_rate(meter: Meter) -> None:
+    """Before, the row counted gpt-4o-mini's usage alone: the image, which OpenAI bills apart at
+    gpt-image-1's $40/M (4,160 tokens for high 1024x1024: $0.1664), was in no row."""
+    flow = make_flow(RESPONSES, call_body({"quality": "high", "size": "1024x1024"}))
+    await run_request(meter, flow)
+    assert flow.response is None
+    await answer(meter, flow, tool_response([image_call()]))
+    images, text = priced(meter)  # the images first: counted before the call gives back its reservation
+    assert (text.api_flavor, text.model_sent, text.input_tokens, text.output_tokens, text.error) == (
+        "responses",
+        "gpt-4o-mini",
+        300,
+        100,
+        None,
+    )
+    assert text.cost_usd == bill("gpt-4o-mini", input_tokens=300, output_tokens=100)
+    assert (images.api_flavor, images.path, images.provider, images.status_code) == (
+        "images",
+        "/v1/responses",
+        "openai",
+        200,
+    )
+    assert (images.model_requested, images.model_sent, images.model_reported, images.action) == (
+        "gpt-image-1",  # the tool names none: its default
+        "gpt-image-1",
+        None,
+        "allowed",
+    )
+    assert (images.input_tokens, images.output_tokens, images.output_image_tokens) == (0, 4160, 4160)
+    assert (images.usage_source, images.price_model, images.cost_usd) == (
+        "estimated",
+        "gpt-image-1",
+        Decimal("0.1664"),
+    )
+    assert images.error == (
+        f"the image_generation tool's images of call {text.id}: 1 image(s) (high 1024x1024) counted "
+        "from OpenAI's per-image table; the response reports no tool_usage, so the image model's input "
+        "tokens are not counted; the tool names no model: priced as gpt-image-1, its documented default"
+    )
+    assert images.id != text.id and (images.environment, images.ts) == (text.environment, text.ts)
+
+
+async def test_the_tools_usage_is_taken_as_reported_when_the_answer_has_it(meter: Meter) -> None:
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1-mini", "quality": "low"}))
+    await run_request(meter, flow)
+    echo = [{"type": "image_generation", "model": "gpt-image-1-mini", "quality": "low"}]
+    await answer(meter, flow, tool_response([image_call(quality="low")], tool_usage=TOOL_USAGE, tools=echo))
+    images, _ = priced(meter)
+    assert (images.model_sent, images.model_reported, images.usage_source) == (
+        "gpt-image-1-mini",
+        "gpt-image-1-mini",
+        "reported",
+    )
+    assert (images.input_tokens, images.input_image_tokens, images.output_tokens) == (49, None, 272)
+    assert images.cost_usd == bill(
+        "gpt-image-1-mini", input_tokens=49, output_tokens=272, output_image_tokens=272
+    )
+    assert images.error is not None and "9 cached input tokens counted at the uncached rate" in images.error
+
+
+async def test_a_streamed_answer_counts_its_partial_images_and_journals_both_rows_ahead(meter: Meter) -> None:
+    flow = make_flow(RESPONSES, call_body({"partial_images": 2}, stream=True))
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    data = sse_of(image_tool_stream(2, size=200_000))
+    assert feed(flow, data, 16384) == data  # passed on byte for byte
+    await meter.response(flow)
+    images, text = priced(meter)
+    assert text.streamed and not text.aborted and text.input_tokens == 300
+    # medium 1536x1024 as the call says it used: 1,568 tokens, and 100 per partial image
+    assert (images.output_tokens, images.output_image_tokens, images.streamed) == (1768, 1768, True)
+    assert images.cost_usd == bill("gpt-image-1", output_tokens=1768, output_image_tokens=1768)
+    # journaled at the final event (a kill -9 after it keeps both), then submitted under the same ids
+    assert meter.store.journaled == [images.id, text.id]  # type: ignore[union-attr]
+
+
+async def test_a_stream_cut_after_its_image_still_counts_the_image(meter: Meter) -> None:
+    flow = make_flow(RESPONSES, call_body({"partial_images": 1}, stream=True))
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    stream = flow.response.stream  # type: ignore[union-attr]
+    stream(sse_of(image_tool_stream(1, final=False)))  # type: ignore[operator]
+    meter.error(flow)  # the client hung up before the final event
+    await asyncio.gather(*meter._estimates)
+    images, text = priced(meter)
+    assert text.aborted and text.usage_source == "estimated"
+    assert (images.aborted, images.output_tokens, images.usage_source) == (True, 1568 + 100, "estimated")
+    assert images.error is not None and images.error.endswith(
+        "read from the stream's image events (it ended before its final event); the tool names no model: "
+        "priced as gpt-image-1, its documented default"
+    )
+
+
+async def test_no_image_written_no_images_row(meter: Meter) -> None:
+    flow = make_flow(RESPONSES, call_body({}))
+    await run_request(meter, flow)
+    await answer(meter, flow, tool_response([image_call("failed")]))
+    [text] = records(meter)
+    assert text.api_flavor == "responses"
+
+
+async def test_without_policies_the_tools_own_model_prices_its_images(meter: Meter) -> None:
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1.5", "quality": "high", "size": "1024x1536"}))
+    await run_request(meter, flow)
+    await answer(meter, flow, tool_response([image_call(quality="high", size="1024x1536")]))
+    images, _ = priced(meter)
+    assert (images.model_sent, images.output_image_tokens, images.price_model) == (
+        "gpt-image-1.5",
+        6240,
+        "gpt-image-1.5",
+    )
+    assert images.cost_usd == bill("gpt-image-1.5", output_tokens=6240, output_image_tokens=6240)
+
+
+@pytest.mark.parametrize("named", [True, False])
+async def test_a_disallowed_tool_model_is_downgraded_by_rewriting_only_it(meter: Meter, named: bool) -> None:
+    """Before, the tool's model went upstream unchecked: gpt-image-1 ran where only -mini is allowed.
+    A tool naming none runs gpt-image-1 too: the target is written in."""
+    meter._apply(parse_policies(ONLY_MINI + BUDGET))
+    tool = {"quality": "high", "size": "1024x1024", **({"model": "gpt-image-1"} if named else {})}
+    sent = call_body(tool, max_output_tokens=200)
+    flow = make_flow(RESPONSES, sent)
+    prompt_tokens = len(flow.request.content) // 4
+    await run_request(meter, flow)
+    assert flow.response is None
+    upstream = json.loads(flow.request.content)
+    assert upstream == {**sent, "tools": [{**sent["tools"][0], "model": "gpt-image-1-mini"}]}
+    # reserved at the model that will run: -mini's $8/M for the image
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == bill(
+        "gpt-4o-mini", input_tokens=prompt_tokens, output_tokens=200
+    ) + bill("gpt-image-1-mini", output_tokens=4160, output_image_tokens=4160)
+    echo = [{"type": "image_generation", "model": "gpt-image-1-mini"}]
+    await answer(meter, flow, tool_response([image_call()], tools=echo))
+    assert flow.response.headers[NOTICE_HEADER] == (  # type: ignore[union-attr]
+        "image_generation tool: downgraded gpt-image-1 -> gpt-image-1-mini: gpt-image-1 is not allowed "
+        "in development (policies.yaml)"
+    )
+    images, text = priced(meter)
+    assert (text.action, text.model_requested, text.model_sent) == ("allowed", "gpt-4o-mini", "gpt-4o-mini")
+    assert (images.action, images.model_requested, images.model_sent, images.price_model) == (
+        "downgraded",
+        "gpt-image-1",
+        "gpt-image-1-mini",
+        "gpt-image-1-mini",
+    )
+    assert images.cost_usd == bill("gpt-image-1-mini", output_tokens=4160, output_image_tokens=4160)
+
+
+async def test_a_downgraded_call_and_tool_both_rewritten(meter: Meter) -> None:
+    meter._apply(parse_policies(ONLY_MINI.replace("{gpt-image-1:", "{gpt-4o: gpt-4o-mini, gpt-image-1:")))
+    sent = call_body({"model": "gpt-image-1"}) | {"model": "gpt-4o"}
+    flow = make_flow(RESPONSES, sent)
+    await run_request(meter, flow)
+    upstream = json.loads(flow.request.content)
+    assert (upstream["model"], upstream["tools"][0]["model"]) == ("gpt-4o-mini", "gpt-image-1-mini")
+    await answer(meter, flow, tool_response([image_call()]))
+    notice = flow.response.headers[NOTICE_HEADER]  # type: ignore[union-attr]
+    assert notice.startswith("downgraded gpt-4o -> gpt-4o-mini") and "; image_generation tool: " in notice
+    images, text = records(meter)
+    assert (text.action, text.model_requested, text.model_sent) == ("downgraded", "gpt-4o", "gpt-4o-mini")
+    assert (images.action, images.model_sent) == ("downgraded", "gpt-image-1-mini")
+
+
+@pytest.mark.parametrize(
+    ("policy", "tool", "refused", "why"),
+    [
+        (BLOCKING, {"model": "gpt-image-1"}, "gpt-image-1", "(the image_generation tool's model)"),
+        (
+            NO_TARGET,  # a downgrade with no target for it: refused
+            {},
+            "gpt-image-1",
+            "(the image_generation tool's model: the tool names none, and gpt-image-1 is its default)",
+        ),
+        (ONLY_MINI, {"model": 42}, "(unreadable)", "could not be read"),  # fail closed
+        (ONLY_MINI, {"model": " "}, "(unreadable)", "could not be read"),
+    ],
+)
+async def test_a_tool_model_that_cannot_run_refuses_the_call(
+    meter: Meter, policy: str, tool: dict[str, Any], refused: str, why: str
+) -> None:
+    meter._apply(parse_policies(policy + BUDGET))
+    flow = make_flow(RESPONSES, call_body(tool))
+    sent = flow.request.content
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403  # upstream never contacted
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert message.startswith(f"tokometer: model {refused} is not allowed in environment development")
+    assert why in message and flow.request.content == sent
+    assert meter.enforcer.budgets.reserved() == {}  # its reservation withdrawn
+    await meter.response(flow)
+    [row] = priced(meter)
+    assert (row.action, row.model_requested, row.model_sent, row.status_code, row.cost_usd) == (
+        "blocked",
+        refused,
+        None,
+        403,
+        Decimal(0),
+    )
+
+
+async def test_an_unreadable_tool_model_passes_where_every_model_is_allowed(meter: Meter) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n"))
+    flow = make_flow(RESPONSES, call_body({"model": 42}))
+    await run_request(meter, flow)
+    assert flow.response is None
+
+
+async def test_a_background_responses_images_are_billed_by_the_retrieval_that_bills_it(meter: Meter) -> None:
+    post = make_flow(RESPONSES, call_body({"model": "gpt-image-1-mini"}, background=True))
+    await run_request(meter, post)
+    queued = {"id": "resp_bg", "object": "response", "status": "queued", "background": True, "output": []}
+    await answer(meter, post, queued | {"model": "gpt-4o-mini", "usage": None})
+    [started] = records(meter)  # queued: billed later, and no image yet
+    done = tool_response([image_call()], tools=[{"type": "image_generation", "model": "gpt-image-1-mini"}])
+    for _ in range(2):  # the second retrieval bills nothing again
+        get = make_flow(f"{RESPONSES}/resp_bg", b"", method="GET")
+        await run_request(meter, get)
+        await answer(meter, get, done | {"id": "resp_bg", "background": True})
+    _, images, billed = priced(meter)
+    assert (billed.input_tokens, billed.path, images.path) == (
+        300,
+        "/v1/responses/resp_bg",
+        "/v1/responses/resp_bg",
+    )
+    assert (images.api_flavor, images.model_sent, images.output_image_tokens) == (
+        "images",
+        "gpt-image-1-mini",
+        4160,
+    )
+    assert images.cost_usd == bill("gpt-image-1-mini", output_tokens=4160, output_image_tokens=4160)
+    assert started.price_status == "background"
