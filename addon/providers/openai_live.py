@@ -49,7 +49,7 @@ from urllib.parse import unquote
 
 from addon.providers import openai_realtime_mints, openai_responses_ws
 from addon.providers.openai_realtime_mints import MAX_MODEL, NamedModels, live_places, read_models
-from addon.providers.values import SocketPaths, bare_path, has_escape, loads, rewritten_value
+from addon.providers.values import SocketPaths, bare_path, has_escape, loads, may_hold, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
@@ -57,8 +57,6 @@ FLAVOR = "live"  # a Live session's seconds (Gemini Live's rows say "live" too, 
 DELEGATED_FLAVOR = openai_responses_ws.FLAVOR  # a delegated Responses call: the Responses API's prices
 ROW_PATH = "/v1/live/sessions"
 CLOSE_EVENT = b'{"type":"session.close"}'  # what the proxy sends upstream to end a capped session
-_HEAD = 256  # how far into a server message its type is looked for
-_DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
 _START = b'"session.start"'
 _CLOSE = b'"session.close"'
 _NEEDLES = (
@@ -298,9 +296,7 @@ ServerEvent = Started | UsageReport | Delegated
 
 def might_matter(data: bytes) -> bool:
     """Cheap test (C speed): may this server message be one ``read_server_event`` reads?"""
-    if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
-        return False
-    return any(needle in data for needle in _NEEDLES)
+    return may_hold(data, _NEEDLES)
 
 
 def read_server_event(data: bytes) -> ServerEvent | None:

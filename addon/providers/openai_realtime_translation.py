@@ -21,19 +21,16 @@ a substring test or two; a server message, a look at its first bytes (its ``*.de
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from addon.providers.openai_realtime import Handshake
-from addon.providers.values import has_escape, loads
+from addon.providers.values import has_escape, loads, may_hold
 from addon.providers.values import text as _str
 
 PATH = "/v1/realtime/translations"
 OPENAI = Handshake(frozenset({PATH}), has_sidebands=False)
 BYTES_PER_SECOND = 48_000  # 24 kHz, 16-bit, mono
 APPEND = "session.input_audio_buffer.append"
-_HEAD = 256  # how far into a server message its type is looked for
-_DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
 _APPEND_NEEDLE = b'input_audio_buffer.append"'
 _NEEDLES = (b'session.created"', b'session.updated"', b'session.closed"')
 
@@ -83,9 +80,7 @@ ServerEvent = Configured | Closed
 
 def might_matter(data: bytes) -> bool:
     """Cheap test (C speed): may this server message be one ``read_server_event`` reads?"""
-    if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
-        return False
-    return any(needle in data for needle in _NEEDLES)
+    return may_hold(data, _NEEDLES)
 
 
 def read_server_event(data: bytes) -> ServerEvent | None:

@@ -27,14 +27,12 @@ from typing import Any
 
 from addon.providers import openai_api
 from addon.providers.openai_media import with_image_tool_models
-from addon.providers.values import SocketPaths, has_escape, loads, rewritten_value
+from addon.providers.values import SocketPaths, has_escape, loads, may_hold, rewritten_value
 from addon.providers.values import text as _str
 from addon.usage import Metered
 
 FLAVOR = "responses"  # the same API as POST /v1/responses, billed the same: the rows say so
 ROW_PATH = "/v1/responses"
-_HEAD = 256  # how far into a server message its type is looked for
-_DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
 _CREATE = b'"response.create"'
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "response.cancelled"})
 _MAX_ERROR = 300
@@ -178,9 +176,7 @@ def read_image_event(data: bytes) -> ImageEvent | None:
 
 def might_matter(data: bytes) -> bool:
     """Cheap test (C speed): may this server message be one ``read_server_event`` reads?"""
-    if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
-        return False
-    return any(needle in data for needle in _NEEDLES)
+    return may_hold(data, _NEEDLES)
 
 
 def read_server_event(data: bytes) -> ServerEvent | None:

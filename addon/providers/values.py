@@ -96,6 +96,22 @@ def normal_path(path: str) -> str:
     return path if normal == route else normal + mark + query
 
 
+# A WebSocket server event of a ``*.delta`` type (audio, text: most of a session's bytes), told by
+# its type in the message's first bytes.
+_DELTA_TYPE = re.compile(rb'"type"\s*:\s*"[\w.]*\.delta"')
+_TYPE_HEAD = 256  # how far into a message its type is looked for
+
+
+def is_delta(data: bytes) -> bool:
+    """Is this server message a ``*.delta`` event (by its type, in its first bytes)?"""
+    return _DELTA_TYPE.search(data, 0, _TYPE_HEAD) is not None
+
+
+def may_hold(data: bytes, needles: Iterable[bytes]) -> bool:
+    """Cheap test (C speed) of a server message: no delta, and one of ``needles`` in it."""
+    return not is_delta(data) and any(needle in data for needle in needles)
+
+
 def has_escape(data: bytes) -> bool:
     """Does this JSON text hold a ``\\u`` escape (which can spell any key or type)? A one-byte search
     first: base64 audio has no backslash, and ``b"\\u" in data`` alone costs ~18 µs on 12 KB."""
