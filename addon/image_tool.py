@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from addon.enforcement import Decision, Enforcer
+from addon.model_rules import base_model
 from addon.pricing import SUBSCRIPTION
 from addon.providers.openai_media import (
     DEFAULT_IMAGE_TOOL_MODEL,
@@ -34,6 +35,8 @@ FLAVOR = "images"  # the tool's images are billed as an image model's (its rates
 UNREADABLE = (
     "the image_generation tool's model could not be read, so it cannot be checked against the allowlist"
 )
+# The names of image models (GPT image models, ChatGPT's): the only downgrade targets a tool can run.
+IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image")
 # Every count a row keeps: a tool's row starts with none of its call's.
 _COUNTS = {
     name: None
@@ -54,6 +57,11 @@ _COUNTS = {
         "audio_seconds",
     )
 }
+
+
+def is_image_model(model: str) -> bool:
+    """Is ``model`` an image model a tool can run (``gpt-image-*``, ``chatgpt-image-*``)?"""
+    return base_model(model).startswith(IMAGE_MODEL_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +93,8 @@ def rule_image_tools(
     """Each image tool's model through the allowlist (``Enforcer.decide_model``: no budget, no rate
     limit: the call's own decision counts those). A tool naming none is checked as its default
     model; one whose model cannot be read is refused where models are ``restricted`` (fail closed).
-    A disallowed model is downgraded (its target written in) or refused, saying it is the tool's."""
+    A disallowed model is downgraded (its target written in) or refused, saying it is the tool's;
+    a target that is no image model (a catch-all's text model) counts as none: refused."""
     rules = ToolRules()
     for tool in tools:
         model = tool.runs
@@ -100,6 +109,12 @@ def rule_image_tools(
             why = "the image_generation tool's model"
             if tool.model is None:
                 why += f": the tool names none, and {model} is its default"
+            rules.refusal = enforcer.refuse_model(provider, environment, model, why)
+            rules.refused_model = model
+            return rules
+        target = decision.model_sent if decision.action == "downgraded" else None
+        if target and not is_image_model(target):  # a catch-all's text model: the tool cannot run it
+            why = f"the image_generation tool's model: its downgrade target {target} is not an image model"
             rules.refusal = enforcer.refuse_model(provider, environment, model, why)
             rules.refused_model = model
             return rules

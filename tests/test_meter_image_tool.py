@@ -309,3 +309,41 @@ async def test_a_background_responses_images_are_billed_by_the_retrieval_that_bi
     )
     assert images.cost_usd == bill("gpt-image-1-mini", output_tokens=4160, output_image_tokens=4160)
     assert started.price_status == "background"
+
+
+CATCH_ALL = """\
+environments:
+  development:
+    models:
+      allow: [gpt-4o-mini]
+      on_disallowed: downgrade
+      downgrade: {'*': gpt-4o-mini}
+"""
+
+
+async def test_a_text_model_target_is_never_written_into_the_image_tool(meter: Meter) -> None:
+    """Before, a catch-all's target (a text model) was written in as tools[0].model: upstream rejects
+    a tool told to run gpt-4o-mini. A target that is no image model counts as none: refused."""
+    meter._apply(parse_policies(CATCH_ALL))
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1.5"}) | {"model": "gpt-4o"})
+    sent = flow.request.content
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert message.startswith("tokometer: model gpt-image-1.5 is not allowed in environment development")
+    assert "its downgrade target gpt-4o-mini is not an image model" in message
+    assert flow.request.content == sent
+
+
+async def test_an_image_model_target_of_a_catch_all_is_written_in(meter: Meter) -> None:
+    meter._apply(
+        parse_policies(
+            CATCH_ALL.replace("[gpt-4o-mini]", "[gpt-4o-mini, gpt-image-1-mini]").replace(
+                "{'*': gpt-4o-mini}", "{'gpt-image-*': gpt-image-1-mini, '*': gpt-4o-mini}"
+            )
+        )
+    )
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1.5"}) | {"model": "gpt-4o"})
+    await run_request(meter, flow)
+    upstream = json.loads(flow.request.content)
+    assert (upstream["model"], upstream["tools"][0]["model"]) == ("gpt-4o-mini", "gpt-image-1-mini")
