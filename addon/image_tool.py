@@ -1,9 +1,10 @@
 """The Responses API's ``image_generation`` tool: its model checked as any model is, and the images
 it wrote billed on a row of their own.
 
-The tool names its image model in the request (``tools[i].model``; gpt-image-1 when it names none).
-It is held to the environment's allowlist like the call's own model: allowed, downgraded by writing
-the target in as ``tools[i].model`` (only that value changes), or the call refused.
+The tool names its image model in the request (``tools[i].model``; the server's default when it
+names none, ``DEFAULT_IMAGE_TOOL_MODEL``). It is held to the environment's allowlist like the call's
+own model: allowed, downgraded by writing an image model in as ``tools[i].model`` (only that value
+changes), or the call refused; a tool naming none is refused where models are restricted.
 
 OpenAI bills the tool's images apart from the response's ``usage`` (the text model's tokens), at the
 image model's rates. A response whose tool wrote images is therefore two rows: the call's own (its
@@ -34,6 +35,11 @@ from addon.usage import ToolImages
 FLAVOR = "images"  # the tool's images are billed as an image model's (its rates, its name)
 UNREADABLE = (
     "the image_generation tool's model could not be read, so it cannot be checked against the allowlist"
+)
+UNNAMED_MODEL = "(unnamed)"
+UNNAMED = (
+    "the image_generation tool names no model, so the server's default would run, which the proxy "
+    "cannot check against the allowlist: name the tool's model (tools[i].model)"
 )
 # The names of image models (GPT image models, ChatGPT's): the only downgrade targets a tool can run.
 IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image")
@@ -91,13 +97,18 @@ def rule_image_tools(
     enforcer: Enforcer, provider: str, environment: str, tools: Sequence[ImageTool], restricted: bool
 ) -> ToolRules:
     """Each image tool's model through the allowlist (``Enforcer.decide_model``: no budget, no rate
-    limit: the call's own decision counts those). A tool naming none is checked as its default
-    model; one whose model cannot be read is refused where models are ``restricted`` (fail closed).
+    limit: the call's own decision counts those). A tool naming none, or whose model cannot be
+    read, is refused where models are ``restricted`` (fail closed: the server picks the default,
+    and may change it); elsewhere it runs as its default.
     A disallowed model is downgraded (its target written in) or refused, saying it is the tool's;
     a target that is no image model (a catch-all's text model) counts as none: refused."""
     rules = ToolRules()
     for tool in tools:
         model = tool.runs
+        if tool.model is None and tool.readable and restricted:  # the server's default: not ours to know
+            rules.refusal = enforcer.refuse_model(provider, environment, UNNAMED_MODEL, UNNAMED)
+            rules.refused_model = UNNAMED_MODEL
+            return rules
         if model is None:
             if restricted:
                 rules.refusal = enforcer.refuse_model(provider, environment, "(unreadable)", UNREADABLE)
@@ -147,7 +158,8 @@ def tool_row(
     if found.model is None and sent is None:
         notes.append(f"the request names no image_generation tool: priced as {model}, the tool's default")
     elif found.model is None and call is not None and call.tool.model is None:
-        notes.append(f"the tool names no model: priced as {model}, its documented default")
+        unpriced = " (genai-prices has no price for it)" if model == DEFAULT_IMAGE_TOOL_MODEL else ""
+        notes.append(f"the tool names no model: priced as {model}, its default{unpriced}")
     if found.failed:
         notes.append(f"{found.failed} image call(s) wrote no image: not billed")
     row = dataclasses.replace(

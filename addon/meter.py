@@ -67,6 +67,7 @@ from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import (
     FORM_NOT_REWRITTEN,
     MEDIA_FLAVORS,
+    RESERVATION_IMAGE_MODEL,
     FormFields,
     image_tool_tokens,
     image_tools,
@@ -1775,9 +1776,14 @@ class Meter:
             tool = image_tool_tokens(body)
             if tool is not None:  # billed apart from the text model's usage, at the image model's rate
                 image_model, image_tokens = tool
-                cost += self.pricer.estimate(
+                images = self.pricer.estimate(
                     provider, image_model, 0, image_tokens, output_image_tokens=image_tokens
                 )
+                if not images:  # a model without a price (the tool's default): a known image rate
+                    images = self.pricer.estimate(
+                        provider, RESERVATION_IMAGE_MODEL, 0, image_tokens, output_image_tokens=image_tokens
+                    )
+                cost += images
             return cost
 
         def estimate_or_text(model: str | None) -> Decimal:

@@ -471,7 +471,7 @@ def test_image_tool_budget_holds_under_concurrency(proxies, fake_provider: FakeP
     time.sleep(0.3)  # priced and counted by the writer thread right after it is journaled
     gate_name = f"gate-{tag()}"
     gate = fake_provider.gate(gate_name)
-    tool = {"type": "image_generation", "quality": "high", "size": "1024x1024"}
+    tool = {"type": "image_generation", "model": "gpt-image-1", "quality": "high", "size": "1024x1024"}
 
     def one(i: int) -> subprocess.CompletedProcess[str]:
         body = {"model": "gpt-4o-mini", "input": f"draw cat {i}", "tools": [tool], "stream": True}

@@ -81,7 +81,7 @@ def priced(meter: Meter) -> list[CallRecord]:
 async def test_the_tools_image_is_a_row_of_its_own_at_the_image_models_rate(meter: Meter) -> None:
     """Before, the row counted gpt-4o-mini's usage alone: the image, which OpenAI bills apart at
     gpt-image-1's $40/M (4,160 tokens for high 1024x1024: $0.1664), was in no row."""
-    flow = make_flow(RESPONSES, call_body({"quality": "high", "size": "1024x1024"}))
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1", "quality": "high", "size": "1024x1024"}))
     await run_request(meter, flow)
     assert flow.response is None
     await answer(meter, flow, tool_response([image_call()]))
@@ -101,7 +101,7 @@ async def test_the_tools_image_is_a_row_of_its_own_at_the_image_models_rate(mete
         200,
     )
     assert (images.model_requested, images.model_sent, images.model_reported, images.action) == (
-        "gpt-image-1",  # the tool names none: its default
+        "gpt-image-1",
         "gpt-image-1",
         None,
         "allowed",
@@ -115,7 +115,7 @@ async def test_the_tools_image_is_a_row_of_its_own_at_the_image_models_rate(mete
     assert images.error == (
         f"the image_generation tool's images of call {text.id}: 1 image(s) (high 1024x1024) counted "
         "from OpenAI's per-image table; the response reports no tool_usage, so the image model's input "
-        "tokens are not counted; the tool names no model: priced as gpt-image-1, its documented default"
+        "tokens are not counted"
     )
     assert images.id != text.id and (images.environment, images.ts) == (text.environment, text.ts)
 
@@ -139,7 +139,7 @@ async def test_the_tools_usage_is_taken_as_reported_when_the_answer_has_it(meter
 
 
 async def test_a_streamed_answer_counts_its_partial_images_and_journals_both_rows_ahead(meter: Meter) -> None:
-    flow = make_flow(RESPONSES, call_body({"partial_images": 2}, stream=True))
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1", "partial_images": 2}, stream=True))
     await run_request(meter, flow)
     stream_response(flow, meter)
     data = sse_of(image_tool_stream(2, size=200_000))
@@ -155,7 +155,7 @@ async def test_a_streamed_answer_counts_its_partial_images_and_journals_both_row
 
 
 async def test_a_stream_cut_after_its_image_still_counts_the_image(meter: Meter) -> None:
-    flow = make_flow(RESPONSES, call_body({"partial_images": 1}, stream=True))
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1", "partial_images": 1}, stream=True))
     await run_request(meter, flow)
     stream_response(flow, meter)
     stream = flow.response.stream  # type: ignore[union-attr]
@@ -166,8 +166,7 @@ async def test_a_stream_cut_after_its_image_still_counts_the_image(meter: Meter)
     assert text.aborted and text.usage_source == "estimated"
     assert (images.aborted, images.output_tokens, images.usage_source) == (True, 1568 + 100, "estimated")
     assert images.error is not None and images.error.endswith(
-        "read from the stream's image events (it ended before its final event); the tool names no model: "
-        "priced as gpt-image-1, its documented default"
+        "read from the stream's image events (it ended before its final event)"
     )
 
 
@@ -192,12 +191,10 @@ async def test_without_policies_the_tools_own_model_prices_its_images(meter: Met
     assert images.cost_usd == bill("gpt-image-1.5", output_tokens=6240, output_image_tokens=6240)
 
 
-@pytest.mark.parametrize("named", [True, False])
-async def test_a_disallowed_tool_model_is_downgraded_by_rewriting_only_it(meter: Meter, named: bool) -> None:
-    """Before, the tool's model went upstream unchecked: gpt-image-1 ran where only -mini is allowed.
-    A tool naming none runs gpt-image-1 too: the target is written in."""
+async def test_a_disallowed_tool_model_is_downgraded_by_rewriting_only_it(meter: Meter) -> None:
+    """Before, the tool's model went upstream unchecked: gpt-image-1 ran where only -mini is allowed."""
     meter._apply(parse_policies(ONLY_MINI + BUDGET))
-    tool = {"quality": "high", "size": "1024x1024", **({"model": "gpt-image-1"} if named else {})}
+    tool = {"quality": "high", "size": "1024x1024", "model": "gpt-image-1"}
     sent = call_body(tool, max_output_tokens=200)
     flow = make_flow(RESPONSES, sent)
     prompt_tokens = len(flow.request.content) // 4
@@ -245,11 +242,13 @@ async def test_a_downgraded_call_and_tool_both_rewritten(meter: Meter) -> None:
     ("policy", "tool", "refused", "why"),
     [
         (BLOCKING, {"model": "gpt-image-1"}, "gpt-image-1", "(the image_generation tool's model)"),
-        (
-            NO_TARGET,  # a downgrade with no target for it: refused
+        (NO_TARGET, {"model": "gpt-image-1"}, "gpt-image-1", "(the image_generation tool's model)"),
+        (  # the server's default, which it may change: fail closed (before, checked as gpt-image-1)
+            ONLY_MINI,
             {},
-            "gpt-image-1",
-            "(the image_generation tool's model: the tool names none, and gpt-image-1 is its default)",
+            "(unnamed)",
+            "(the image_generation tool names no model, so the server's default would run, which the "
+            "proxy cannot check against the allowlist: name the tool's model (tools[i].model))",
         ),
         (ONLY_MINI, {"model": 42}, "(unreadable)", "could not be read"),  # fail closed
         (ONLY_MINI, {"model": " "}, "(unreadable)", "could not be read"),
@@ -347,3 +346,29 @@ async def test_an_image_model_target_of_a_catch_all_is_written_in(meter: Meter) 
     await run_request(meter, flow)
     upstream = json.loads(flow.request.content)
     assert (upstream["model"], upstream["tools"][0]["model"]) == ("gpt-4o-mini", "gpt-image-1-mini")
+
+
+async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model_is_allowed(
+    meter: Meter,
+) -> None:
+    """Unrestricted, nothing is refused: the images are priced at the default the openai SDK 3.57
+    types name, which genai-prices has no price for (the row says so); reserved at gpt-image-1's rate."""
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n" + BUDGET))
+    flow = make_flow(RESPONSES, call_body({}, max_output_tokens=200))
+    prompt_tokens = len(flow.request.content) // 4
+    await run_request(meter, flow)
+    assert flow.response is None and "model" not in json.loads(flow.request.content)["tools"][0]
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == bill(
+        "gpt-4o-mini", input_tokens=prompt_tokens, output_tokens=200
+    ) + bill("gpt-image-1", output_tokens=6240, output_image_tokens=6240)
+    await answer(meter, flow, tool_response([image_call()]))
+    images, _ = priced(meter)
+    assert (images.model_requested, images.model_sent, images.price_status) == (
+        "gpt-image-2.6-sunburst",
+        "gpt-image-2.6-sunburst",
+        "no_usage",  # no table for it: not counted (yet)
+    )
+    assert images.error is not None and images.error.endswith(
+        "the tool names no model: priced as gpt-image-2.6-sunburst, its default "
+        "(genai-prices has no price for it)"
+    )

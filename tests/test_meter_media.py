@@ -378,8 +378,10 @@ def text_bill(model: str, input_tokens: int, output_tokens: int) -> Decimal:
 @pytest.mark.parametrize(
     ("tool", "extra", "image_model", "image_tokens", "output_tokens"),
     [
-        ({"quality": "high", "size": "1024x1024"}, {}, "gpt-image-1", 4160, 1000),
-        ({}, {"max_output_tokens": 300}, "gpt-image-1", 6240, 300),  # auto: the largest image
+        ({"model": "gpt-image-1", "quality": "high", "size": "1024x1024"}, {}, "gpt-image-1", 4160, 1000),
+        # none named: the default (gpt-image-2.6-sunburst), no table, no price: the largest image at
+        # gpt-image-1's rate
+        ({"quality": "high", "size": "1024x1024"}, {"max_output_tokens": 300}, "gpt-image-1", 6240, 300),
         (
             {"model": "gpt-image-1-mini", "quality": "low", "size": "1024x1024", "partial_images": 2},
             {"max_tool_calls": 3, "stream": True},

@@ -449,17 +449,27 @@ def test_reserved_input_image_tokens(
     assert reserved_input_image_tokens(model, request_fields, images) == tokens
 
 
-# A Responses request's image_generation tool: one image of its quality and size (gpt-image-1 when
-# it names no model; the largest when auto or absent), 100 per partial image, times max_tool_calls.
+# A Responses request's image_generation tool: one image of its quality and size (the largest when auto
+# or absent, or for a model without a table: the default, gpt-image-2.6-sunburst, when it names none),
+# 100 per partial image, times max_tool_calls.
 @pytest.mark.parametrize(
     ("body", "reserved"),
     [
         (
-            {"tools": [{"type": "image_generation", "quality": "high", "size": "1024x1024"}]},
+            {
+                "tools": [
+                    {
+                        "type": "image_generation",
+                        "model": "gpt-image-1",
+                        "quality": "high",
+                        "size": "1024x1024",
+                    }
+                ]
+            },
             ("gpt-image-1", 4160),
         ),
-        ({"tools": [{"type": "image_generation"}]}, ("gpt-image-1", 6240)),
-        ({"tools": [{"type": "image_generation", "model": " "}]}, ("gpt-image-1", 6240)),
+        ({"tools": [{"type": "image_generation"}]}, ("gpt-image-2.6-sunburst", 6240)),
+        ({"tools": [{"type": "image_generation", "model": " "}]}, ("gpt-image-2.6-sunburst", 6240)),
         (
             {
                 "tools": [
@@ -486,7 +496,14 @@ def test_reserved_input_image_tokens(
         ),
         (
             {
-                "tools": [{"type": "image_generation", "quality": "low", "size": "1024x1024"}],
+                "tools": [
+                    {
+                        "type": "image_generation",
+                        "model": "gpt-image-1",
+                        "quality": "low",
+                        "size": "1024x1024",
+                    }
+                ],
                 "max_tool_calls": True,
             },
             ("gpt-image-1", 272),
@@ -499,7 +516,14 @@ def test_reserved_input_image_tokens(
         ),
         (
             {
-                "tools": [{"type": "image_generation", "quality": "low", "size": "1024x1024"}],
+                "tools": [
+                    {
+                        "type": "image_generation",
+                        "model": "gpt-image-1",
+                        "quality": "low",
+                        "size": "1024x1024",
+                    }
+                ],
                 "max_tool_calls": 10**9,
             },
             ("gpt-image-1", 10 * 272),
@@ -932,7 +956,7 @@ def test_a_requests_image_tools_and_their_rewrite() -> None:
     tools = openai_media.image_tools(body)
     assert [(t.index, t.model, t.readable, t.runs) for t in tools] == [
         (1, "gpt-image-1", True, "gpt-image-1"),
-        (2, None, True, "gpt-image-1"),  # none named: its default
+        (2, None, True, "gpt-image-2.6-sunburst"),  # none named: its default (openai SDK 3.57's types)
         (3, None, False, None),
         (4, None, False, None),
     ]

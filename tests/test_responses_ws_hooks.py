@@ -295,7 +295,8 @@ async def test_a_create_with_the_image_tool_reserves_its_image_too(meter: Meter)
     meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 10, period: day}\n"))
     flow = handshake()
     await open_session(meter, flow)
-    tool = {"type": "image_generation", "quality": "low", "size": "1024x1024", "partial_images": 1}
+    tool = {"type": "image_generation", "model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
+    tool["partial_images"] = 1
     create = create_event("gpt-5", "a", max_output_tokens=400, tools=[tool])
     await client_says(meter, flow, create)
     text = meter.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 400, None)
@@ -455,7 +456,7 @@ async def test_a_tool_image_on_a_socket_is_a_row_of_its_own(meter: Meter) -> Non
     at gpt-image-1's rate) was in no row. Its partial images are counted, never decoded."""
     flow = handshake()
     await open_session(meter, flow)
-    tool = {"type": "image_generation", "quality": "low", "partial_images": 2}
+    tool = {"type": "image_generation", "model": "gpt-image-1", "quality": "low", "partial_images": 2}
     await client_says(meter, flow, create_event("gpt-5", "a", tools=[tool]))
     await server_says(meter, flow, response_created("resp_a", "gpt-5", "a"))
     for _ in range(2):
@@ -493,7 +494,9 @@ async def test_a_tool_image_on_a_socket_is_a_row_of_its_own(meter: Meter) -> Non
     )
 
 
-async def test_a_tool_model_is_downgraded_in_the_create_only_its_value_changed(meter: Meter) -> None:
+async def test_a_tool_model_is_downgraded_in_the_create_only_its_value_changed(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
     meter._apply(parse_policies(TOOL_POLICY))
     flow = handshake()
     await open_session(meter, flow)
@@ -511,11 +514,12 @@ async def test_a_tool_model_is_downgraded_in_the_create_only_its_value_changed(m
         "gpt-image-1",
         "gpt-image-1-mini",
     )
-    # a tool naming no model runs gpt-image-1: the target is written in
-    await client_says(meter, flow, create_event("gpt-5", "b", tools=[{"type": "image_generation"}]))
-    assert json.loads(flow.websocket.messages[-1].content)["tools"] == [  # type: ignore[union-attr]
-        {"type": "image_generation", "model": "gpt-image-1-mini"}
-    ]
+    # a tool naming no model runs the server's default, which the proxy cannot check: refused
+    # (before, checked as gpt-image-1 and the target written in, though another default runs)
+    unnamed = await client_says(meter, flow, create_event("gpt-5", "b", tools=[{"type": "image_generation"}]))
+    assert unnamed.dropped
+    [event] = injected
+    assert "the image_generation tool names no model" in event["error"]["message"]
 
 
 async def test_a_refused_tool_model_drops_the_create(meter: Meter, injected: list[dict[str, Any]]) -> None:

@@ -381,10 +381,17 @@ def reserved_input_image_tokens(model: str | None, request: Mapping[str, Any] | 
     return min(images, MAX_INPUT_IMAGES) * per_image
 
 
-# The Responses API's image_generation tool (IMAGE_TOOL): its image model when it names none (the API
-# reference: "Default: gpt-image-1"). Its images are billed at that model's image rates, apart from
-# the response's usage, which reports only the text model's tokens.
-DEFAULT_IMAGE_TOOL_MODEL = "gpt-image-1"
+# The Responses API's image_generation tool (IMAGE_TOOL): its image model when it names none, as the
+# openai SDK 3.57's types say (openai/types/responses/tool.py: "Default: gpt-image-2.6-sunburst";
+# gpt-image-1, the earlier default, was shut down on 2026-10-23). The server picks it and may change
+# it, so a tool naming none is refused where models are restricted (addon.image_tool); elsewhere its
+# images are priced at this model, which genai-prices 0.2.3 has no price for (an ``unknown_model``
+# row, unless a policies.yaml ``prices:`` entry gives one). Its images are billed at the image
+# model's rates, apart from the response's usage, which reports only the text model's tokens.
+DEFAULT_IMAGE_TOOL_MODEL = "gpt-image-2.6-sunburst"
+# The model whose rates reserve the images of an image model without a price here (the tool's
+# default, an Azure deployment's name): gpt-image-1's $40/M, the highest GPT image output rate known.
+RESERVATION_IMAGE_MODEL = "gpt-image-1"
 
 
 def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
@@ -393,7 +400,8 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
     100 per partial image it asks for, for each built-in tool call ``max_tool_calls`` allows (one
     when it sets none: a response may call the tool again, which nothing else bounds; at most
     ``MAX_IMAGES``). An image model without a table reserves the largest image (gpt-image-2 at its
-    own rate; one unknown here, such as an Azure deployment, at gpt-image-1's). None without the
+    own rate; one unknown here, such as an Azure deployment, at ``RESERVATION_IMAGE_MODEL``'s; one
+    without a price, the proxy reserves at that model's rate too). None without the
     tool (or with ``tool_choice: none``). Never raises."""
     tools = body.get("tools") if isinstance(body, Mapping) else None
     if not isinstance(tools, list) or body.get("tool_choice") == "none":  # type: ignore[union-attr]
@@ -413,7 +421,7 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
         }
         tokens = reserved_image_tokens(model, asked)
         if tokens is None:  # a model without a table or price here (an Azure deployment...)
-            model = DEFAULT_IMAGE_TOOL_MODEL  # its rate, for the largest image
+            model = RESERVATION_IMAGE_MODEL  # its rate, for the largest image
             tokens = reserved_image_tokens(model, {**asked, "quality": None, "size": None})
         if tokens is not None and (found is None or tokens > found[1]):
             found = (model, tokens)
