@@ -87,6 +87,7 @@ class ToolRules:
     -> model), the call of its first image tool, the downgrade notices, a refusal if one is refused."""
 
     changes: dict[int, str] = field(default_factory=dict)
+    svg_changes: dict[int, str] = field(default_factory=dict)  # index -> SVG author model to write in
     call: ImageToolCall | None = None
     notices: list[str] = field(default_factory=list)
     refusal: Decision | None = None
@@ -108,6 +109,8 @@ def rule_image_tools(
         if tool.model is None and tool.readable and restricted:  # the server's default: not ours to know
             rules.refusal = enforcer.refuse_model(provider, environment, UNNAMED_MODEL, UNNAMED)
             rules.refused_model = UNNAMED_MODEL
+            return rules
+        if not _rule_svg_author(enforcer, provider, environment, tool, restricted, rules):
             return rules
         if model is None:
             if restricted:
@@ -139,6 +142,43 @@ def rule_image_tools(
             action = "downgraded" if sent != model else "allowed"
             rules.call = ImageToolCall(model, sent, action, tool)
     return rules
+
+
+SVG_UNREADABLE = (
+    "the image_generation tool's SVG author model (tools[i].svg.model) could not be read, so it "
+    "cannot be checked against the allowlist"
+)
+
+
+def _rule_svg_author(
+    enforcer: Enforcer, provider: str, environment: str, tool: ImageTool, restricted: bool, rules: ToolRules
+) -> bool:
+    """The tool's SVG author model (``svg.model``, a text model writing the SVG) through the
+    allowlist: allowed, downgraded (its target, if no image model, written in as ``svg.model``), or
+    refused (``rules.refusal`` set: False). One that cannot be read is refused where ``restricted``."""
+    if not tool.svg_readable:
+        if restricted:
+            rules.refusal = enforcer.refuse_model(provider, environment, "(unreadable)", SVG_UNREADABLE)
+            rules.refused_model = "(unreadable)"
+            return False
+        return True
+    model = tool.svg_model
+    if model is None:
+        return True
+    decision = enforcer.decide_model(provider, environment, model)
+    target = decision.model_sent if decision.action == "downgraded" else None
+    why = "the image_generation tool's SVG author model (tools[i].svg.model)"
+    if target and is_image_model(target):
+        why += f": its downgrade target {target} is an image model, not an SVG author"
+    elif decision.refusal is None:
+        if target and target != model:
+            rules.svg_changes[tool.index] = target
+            if decision.notice:
+                rules.notices.append(f"image_generation tool's SVG author: {decision.notice}")
+        return True
+    rules.refusal = enforcer.refuse_model(provider, environment, model, why)
+    rules.refused_model = model
+    return False
 
 
 def tool_row(

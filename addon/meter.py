@@ -1285,6 +1285,8 @@ class Meter:
             restricted = self.models_restricted(record.environment)
             rules = rule_image_tools(self.enforcer, record.provider, record.environment, tools, restricted)
         tool_models = rules.changes if rules is not None else {}
+        svg_models = rules.svg_changes if rules is not None else {}
+        rewrites_tools = bool(tool_models or svg_models)
         reserved_body = body
         if body is not None and tool_models:
             reserved_body = with_image_tool_models(body, tool_models)
@@ -1299,7 +1301,7 @@ class Meter:
             decision, record.model_requested = rules.refusal, rules.refused_model
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_path, new_body = route, body
-        if downgrade or (tool_models and decision.refusal is None):
+        if downgrade or (rewrites_tools and decision.refusal is None):
             try:
                 if provider.with_model is None:
                     raise ValueError(
@@ -1310,12 +1312,13 @@ class Meter:
                     raise ValueError(FORM_NOT_REWRITTEN)
                 if downgrade:
                     new_path, new_body = provider.with_model(route, body, downgrade)
-                if tool_models and new_body is not None:
-                    new_body = with_image_tool_models(new_body, tool_models)
+                if rewrites_tools and new_body is not None:
+                    new_body = with_image_tool_models(new_body, tool_models, svg_models)
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from
                     refused = next((t.runs for t in tools if t.index in tool_models), None)
+                    refused = refused or next((t.svg_model for t in tools if t.index in svg_models), None)
                 decision = self._refuse_instead(decision, record, refused or "?", str(exc))
         if self._answer_if_refused(flow, state, decision):
             return
@@ -1326,14 +1329,14 @@ class Meter:
             inject = options is None or (
                 isinstance(options, dict) and options.get("include_usage") is not True
             )
-        if not (downgrade or inject or tool_models):
+        if not (downgrade or inject or rewrites_tools):
             return
         if inject and new_body is not None:
             options = {**(new_body.get("stream_options") or {}), "include_usage": True}
             new_body = {**new_body, "stream_options": options}
         # Only once the new request is in place does the row (and the client's notice) say so.
         spliced = None
-        if inject and not (downgrade or tool_models) and "stream_options" not in body:  # type: ignore[operator]
+        if inject and not (downgrade or rewrites_tools) and "stream_options" not in body:  # type: ignore[operator]
             spliced = _with_usage_requested(flow.request.get_content() or b"")
         if spliced is not None:
             flow.request.content = spliced
@@ -1345,7 +1348,7 @@ class Meter:
         notices = [decision.notice] if downgrade and decision.notice else []
         if downgrade:
             record.model_sent = downgrade
-        if tool_models and rules is not None:
+        if rewrites_tools and rules is not None:
             notices += rules.notices
             log.info("tokometer: %s", "; ".join(rules.notices))
         state.notice = "; ".join(notices) or None

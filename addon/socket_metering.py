@@ -560,6 +560,8 @@ class SocketMeter:
             restricted = self._meter.models_restricted(record.environment)
             rules = rule_image_tools(enforcer, record.provider, record.environment, tools, restricted)
         tool_models = rules.changes if rules is not None else {}
+        svg_models = rules.svg_changes if rules is not None else {}
+        rewrites_tools = bool(tool_models or svg_models)
         reserved = with_image_tool_models(create.body, tool_models) if tool_models else create.body
         decision = enforcer.decide(
             provider=record.provider,
@@ -578,19 +580,22 @@ class SocketMeter:
             decision, record.model_requested = rules.refusal, rules.refused_model
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         rewritten = data
-        if downgrade or (tool_models and decision.refusal is None):
+        if downgrade or (rewrites_tools and decision.refusal is None):
             try:
                 if downgrade:
                     rewrite = functools.partial(openai_responses_ws.with_model, model=downgrade)
                     rewritten = await self._off_loop(rewrite, data)
-                if tool_models:
-                    rewrite = functools.partial(openai_responses_ws.with_tool_models, models=tool_models)
+                if rewrites_tools:
+                    rewrite = functools.partial(
+                        openai_responses_ws.with_tool_models, models=tool_models, svg_models=svg_models
+                    )
                     rewritten = await self._off_loop(rewrite, rewritten)
             except ValueError as exc:
                 enforcer.withdraw(decision, record.id)
                 refused = create.model
                 if not downgrade:  # the tool's model it was to be rewritten from
                     refused = next((t.runs for t in tools if t.index in tool_models), None)
+                    refused = refused or next((t.svg_model for t in tools if t.index in svg_models), None)
                 decision = enforcer.refuse_model(
                     record.provider, record.environment, refused or "?", str(exc)
                 )
@@ -610,7 +615,7 @@ class SocketMeter:
         if downgrade:
             record.model_sent = downgrade
             log.info("tokometer: Responses WebSocket %s", decision.notice)
-        if tool_models and rules is not None:
+        if rewrites_tools and rules is not None:
             log.info("tokometer: Responses WebSocket %s", "; ".join(rules.notices))
         image_tool = rules.call if rules is not None else None
         for row in session.sent(record, create.stream_id, data, image_tool):

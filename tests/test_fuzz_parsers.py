@@ -1436,7 +1436,11 @@ def test_an_image_requests_reservation_never_raises(request: dict[str, Any]) -> 
     assert openai_media.inline_image_bytes(sent) >= 0 and openai_media.inline_image_bytes(request) >= 0
 
 
-_IMAGE_TOOL_KEYS = ["type", "model", "quality", "size", "partial_images", "n"]
+_IMAGE_TOOL_KEYS = ["type", "model", "quality", "size", "partial_images", "n", "svg"]
+# A tool's SVG author settings: an object naming a model (any JSON), or any JSON.
+SVG_TOOLS = st.dictionaries(st.sampled_from(["model", "reasoning"]), JSON_VALUES).map(
+    lambda svg: {"type": "image_generation", "output_format": "svg", "svg": svg}
+)
 
 
 @FUZZ
@@ -1478,8 +1482,11 @@ IMAGE_CALLS = st.one_of(
     tools=st.one_of(
         JSON_VALUES,
         st.lists(
-            st.dictionaries(st.sampled_from(_IMAGE_TOOL_KEYS), JSON_VALUES).map(
-                lambda tool: {"type": "image_generation", **tool}
+            st.one_of(
+                st.dictionaries(st.sampled_from(_IMAGE_TOOL_KEYS), JSON_VALUES).map(
+                    lambda tool: {"type": "image_generation", **tool}
+                ),
+                SVG_TOOLS,
             ),
             max_size=3,
         ),
@@ -1514,6 +1521,8 @@ def test_the_image_tools_readers_never_raise(
     asked = openai_media.image_tools(body)
     for tool in asked:
         assert tool.runs is None or (isinstance(tool.runs, str) and tool.runs.strip())
+        assert tool.svg_model is None or (isinstance(tool.svg_model, str) and tool.svg_model.strip())
+        assert tool.svg_readable or tool.svg_model is None
         if merged is not None:
             openai_media.image_tool_usage(merged, tool.runs or "gpt-image-1", tool)
     if asked:
@@ -1521,6 +1530,9 @@ def test_the_image_tools_readers_never_raise(
         rewritten = openai_media.with_image_tool_models(body, changes)
         assert [rewritten["tools"][i]["model"] for i in changes] == ["gpt-image-1-mini"] * len(changes)
         assert {**rewritten, "tools": None} == {**body, "tools": None}
+        svg = {tool.index: "o3" for tool in asked if isinstance(body["tools"][tool.index].get("svg"), dict)}
+        authored = openai_media.with_image_tool_models(body, {}, svg)
+        assert [authored["tools"][i]["svg"]["model"] for i in svg] == ["o3"] * len(svg)
 
 
 # ---------------------------------------------------------------- Gemini Live (WebSocket messages)

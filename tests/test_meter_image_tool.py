@@ -372,3 +372,62 @@ async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model
         "the tool names no model: priced as gpt-image-2.6-sunburst, its default "
         "(genai-prices has no price for it)"
     )
+
+
+def svg_tool(author: Any) -> dict[str, Any]:
+    return {"model": "gpt-image-1-mini", "output_format": "svg", "svg": author}
+
+
+@pytest.mark.parametrize(
+    ("policy", "author", "refused", "why"),
+    [
+        (BLOCKING, {"model": "o3-pro"}, "o3-pro", "(the image_generation tool's SVG author model"),
+        (ONLY_MINI, {"model": "o3-pro"}, "o3-pro", "(the image_generation tool's SVG author model"),
+        (  # a target that is an image model cannot author SVG
+            ONLY_MINI.replace("{gpt-image-1:", "{o3-pro: gpt-image-1-mini, gpt-image-1:"),
+            {"model": "o3-pro"},
+            "o3-pro",
+            "its downgrade target gpt-image-1-mini is an image model, not an SVG author",
+        ),
+        (ONLY_MINI, {"model": 42}, "(unreadable)", "svg.model) could not be read"),  # fail closed
+        (ONLY_MINI, "o3-pro", "(unreadable)", "svg.model) could not be read"),
+    ],
+)
+async def test_the_svg_author_model_is_held_to_the_allowlist(
+    meter: Meter, policy: str, author: Any, refused: str, why: str
+) -> None:
+    """Before, tools[i].svg.model (the text model writing an SVG) went upstream unchecked."""
+    meter._apply(parse_policies(policy))
+    flow = make_flow(RESPONSES, call_body(svg_tool(author)))
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert message.startswith(f"tokometer: model {refused} is not allowed in environment development")
+    assert why in message
+
+
+async def test_the_svg_author_model_is_downgraded_by_rewriting_only_it(meter: Meter) -> None:
+    policy = ONLY_MINI.replace("{gpt-image-1:", "{o3-pro: gpt-4o-mini, gpt-image-1:")
+    meter._apply(parse_policies(policy))
+    sent = call_body(svg_tool({"model": "o3-pro", "reasoning": {"effort": "low"}}))
+    flow = make_flow(RESPONSES, sent)
+    await run_request(meter, flow)
+    assert flow.response is None
+    upstream = json.loads(flow.request.content)
+    tool = sent["tools"][0]
+    assert upstream == {**sent, "tools": [{**tool, "svg": {**tool["svg"], "model": "gpt-4o-mini"}}]}
+    await answer(meter, flow, tool_response([]))
+    assert (
+        "image_generation tool's SVG author: downgraded o3-pro -> gpt-4o-mini"
+        in (
+            flow.response.headers[NOTICE_HEADER]  # type: ignore[union-attr]
+        )
+    )
+
+
+async def test_an_allowed_svg_author_passes_as_sent(meter: Meter) -> None:
+    meter._apply(parse_policies(ONLY_MINI))
+    flow = make_flow(RESPONSES, call_body(svg_tool({"model": "gpt-4o-mini"})))
+    sent = flow.request.content
+    await run_request(meter, flow)
+    assert flow.response is None and flow.request.content == sent

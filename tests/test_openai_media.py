@@ -961,6 +961,23 @@ def test_a_requests_image_tools_and_their_rewrite() -> None:
         (4, None, False, None),
     ]
     assert tools[0].quality == "high" and openai_media.image_tools({"tools": "x"}) == ()
+    # the SVG author model (tools[i].svg.model): read, or unreadable (not an object, not a name)
+    svg = {"type": "image_generation", "output_format": "svg"}
+    authors = openai_media.image_tools(
+        {"tools": [svg | {"svg": {"model": " o3 "}}, svg | {"svg": []}, svg | {"svg": {"model": 1}}, svg]}
+    )
+    assert [(t.svg_model, t.svg_readable) for t in authors] == [
+        ("o3", True),
+        (None, False),
+        (None, False),
+        (None, True),
+    ]
+    authored = openai_media.with_image_tool_models(
+        {"tools": [svg | {"svg": {"model": "o3", "x": 1}}]}, {}, {0: "o4"}
+    )
+    assert authored["tools"][0] == svg | {"svg": {"model": "o4", "x": 1}}
+    with pytest.raises(ValueError):
+        openai_media.with_image_tool_models({"tools": [svg]}, {}, {0: "o4"})
     rewritten = openai_media.with_image_tool_models(body, {1: "gpt-image-1-mini", 2: "gpt-image-1-mini"})
     assert rewritten["tools"][1] == {
         "type": "image_generation",

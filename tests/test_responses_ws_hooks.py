@@ -554,3 +554,22 @@ async def test_a_socket_closed_after_the_image_still_bills_it(meter: Meter) -> N
     images, cut = sorted(records(meter), key=lambda r: r.api_flavor)
     assert cut.aborted and cut.api_flavor == "responses"
     assert (images.aborted, images.model_sent, images.output_image_tokens) == (True, "gpt-image-1-mini", 6208)
+
+
+async def test_an_svg_author_model_is_downgraded_in_the_create_only_its_value_changed(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    """Before, tools[i].svg.model went upstream unchecked on a socket too."""
+    meter._apply(parse_policies(TOOL_POLICY.replace("{gpt-image-1:", "{o3-pro: gpt-5, gpt-image-1:")))
+    flow = handshake()
+    await open_session(meter, flow)
+    sent = b'{"type":"response.create","model":"gpt-5","tools":[{"type":"image_generation",'
+    sent += b'"model":"gpt-image-1-mini","output_format":"svg","svg":{"model":"o3-pro"}}]}'
+    message = await client_says(meter, flow, sent)
+    assert message.content == sent.replace(b'"o3-pro"', b'"gpt-5"') and not message.dropped
+    blocked = TOOL_POLICY.replace("on_disallowed: downgrade", "on_disallowed: block")
+    meter._apply(parse_policies(blocked))
+    refused = await client_says(meter, flow, sent.replace(b'"gpt-5",', b'"gpt-5","x":1,', 1))
+    assert refused.dropped
+    [event] = injected
+    assert "SVG author model" in event["error"]["message"]

@@ -443,6 +443,8 @@ class ImageTool:
     readable: bool = True
     quality: Any = None
     size: Any = None
+    svg_model: str | None = None  # the SVG author model it names (``svg.model``), if any
+    svg_readable: bool = True  # False: ``svg`` or ``svg.model`` is there but no object / name
 
     @property
     def runs(self) -> str | None:
@@ -465,13 +467,35 @@ def image_tools(body: Mapping[str, Any] | None) -> tuple[ImageTool, ...]:
         model = tool.get("model")
         readable = model is None or (isinstance(model, str) and bool(model.strip()))
         named = model.strip() if isinstance(model, str) and readable else None
-        found.append(ImageTool(index, named, readable, tool.get("quality"), tool.get("size")))
+        svg_model, svg_readable = _svg_model(tool.get("svg"))
+        found.append(
+            ImageTool(index, named, readable, tool.get("quality"), tool.get("size"), svg_model, svg_readable)
+        )
     return tuple(found)
 
 
-def with_image_tool_models(body: dict[str, Any], models: Mapping[int, str]) -> dict[str, Any]:
+def _svg_model(svg: Any) -> tuple[str | None, bool]:
+    """(the SVG author model a tool's ``svg`` names, whether it can be read): (None, True) when it
+    names none (absent, null, or no ``model``); (None, False) when ``svg`` is no object or its
+    ``model`` no non-empty string."""
+    if svg is None:
+        return None, True
+    if not isinstance(svg, dict):
+        return None, False
+    model = svg.get("model")
+    if model is None:
+        return None, True
+    if isinstance(model, str) and model.strip():
+        return model.strip(), True
+    return None, False
+
+
+def with_image_tool_models(
+    body: dict[str, Any], models: Mapping[int, str], svg_models: Mapping[int, str] | None = None
+) -> dict[str, Any]:
     """``body`` with each ``tools[i].model`` set to ``models[i]`` (written in where the tool named
-    none); every other member as it was. ValueError if ``i`` is no tool object of the body."""
+    none) and each ``tools[i].svg.model`` to ``svg_models[i]``; every other member as it was.
+    ValueError if ``i`` is no tool object of the body (or, for ``svg_models``, has no ``svg`` object)."""
     tools = body.get("tools")
     if not isinstance(tools, list):
         raise ValueError("the request has no tools to rewrite")
@@ -480,6 +504,13 @@ def with_image_tool_models(body: dict[str, Any], models: Mapping[int, str]) -> d
         if not 0 <= index < len(changed) or not isinstance(changed[index], dict):
             raise ValueError(f"tools[{index}] is not a tool")
         changed[index] = {**changed[index], "model": model}
+    for index, model in (svg_models or {}).items():
+        if not 0 <= index < len(changed) or not isinstance(changed[index], dict):
+            raise ValueError(f"tools[{index}] is not a tool")
+        svg = changed[index].get("svg")
+        if not isinstance(svg, dict):
+            raise ValueError(f"tools[{index}].svg is not an object")
+        changed[index] = {**changed[index], "svg": {**svg, "model": model}}
     return {**body, "tools": changed}
 
 

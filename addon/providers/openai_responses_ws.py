@@ -91,9 +91,12 @@ def with_model(data: bytes, model: str) -> bytes:
     return rewritten_value(data, "model", old, model, {**obj, "model": model})  # type: ignore[dict-item]
 
 
-def with_tool_models(data: bytes, models: Mapping[int, str]) -> bytes:
+def with_tool_models(
+    data: bytes, models: Mapping[int, str], svg_models: Mapping[int, str] | None = None
+) -> bytes:
     """The ``response.create`` ``data`` with each ``tools[i].model`` set to ``models[i]`` (written
-    in where the tool names none); ValueError when it is no object with those tools.
+    in where the tool names none) and each ``tools[i].svg.model`` to ``svg_models[i]``; ValueError
+    when it is no object with those tools.
 
     Only that value changes when one named model is rewritten and found exactly once; otherwise
     the event is written out again as ASCII JSON (see ``values.rewritten_value``).
@@ -101,8 +104,13 @@ def with_tool_models(data: bytes, models: Mapping[int, str]) -> bytes:
     obj = loads(data)
     if not isinstance(obj, dict):
         raise ValueError("the response.create is not a JSON object")
-    wanted = with_image_tool_models(obj, models)
-    if len(models) == 1:
+    wanted = with_image_tool_models(obj, models, svg_models)
+    if svg_models and not models and len(svg_models) == 1:
+        [(index, model)] = svg_models.items()
+        old = obj["tools"][index]["svg"].get("model")
+        if isinstance(old, str) and old.strip():
+            return rewritten_value(data, "model", old, model, wanted)
+    if len(models) == 1 and not svg_models:
         [(index, model)] = models.items()
         old = obj["tools"][index].get("model")
         if isinstance(old, str) and old.strip():
