@@ -366,8 +366,9 @@ async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model
     assert (images.model_requested, images.model_sent, images.price_status) == (
         "gpt-image-2.6-sunburst",
         "gpt-image-2.6-sunburst",
-        "no_usage",  # no table for it: not counted (yet)
+        "unknown_model",  # counted as the largest tabled image, at a rate genai-prices lacks
     )
+    assert (images.output_image_tokens, images.usage_source) == (6240, "estimated")
     assert images.error is not None and images.error.endswith(
         "the tool names no model: priced as gpt-image-2.6-sunburst, its default "
         "(genai-prices has no price for it)"
@@ -431,3 +432,19 @@ async def test_an_allowed_svg_author_passes_as_sent(meter: Meter) -> None:
     sent = flow.request.content
     await run_request(meter, flow)
     assert flow.response is None and flow.request.content == sent
+
+
+async def test_an_untabled_models_images_cost_what_their_reservation_counts(meter: Meter) -> None:
+    """Before, gpt-image-2's images without tool_usage had no usage: reserved as the largest image,
+    then billed $0, so a hard cap never saw them. Each now counts as that largest image at its rate."""
+    tools = [{"type": "image_generation", "model": "gpt-image-2"}]
+    flow = make_flow(RESPONSES, call_body(tools[0] | {"type": "image_generation"}))
+    await run_request(meter, flow)
+    await answer(meter, flow, tool_response([image_call(), image_call()], tools=tools))
+    images, _ = priced(meter)
+    assert (images.model_sent, images.output_image_tokens, images.usage_source) == (
+        "gpt-image-2",
+        12480,
+        "estimated",
+    )
+    assert images.cost_usd == bill("gpt-image-2", output_tokens=12480, output_image_tokens=12480) > 0

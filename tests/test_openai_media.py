@@ -920,14 +920,16 @@ TOOL = openai_media.ImageTool(0, None, quality="low", size="auto")
             "said, the largest counted; the response reports no tool_usage, so the image model's input "
             "tokens are not counted; read from the stream's image events (it ended before its final event)",
         ),
-        (  # a model without OpenAI's table: not counted, and said
-            ToolImages(images=(("high", "1024x1024"),)),
+        (  # a model without OpenAI's table: each image as the largest tabled one (before: $0, uncounted)
+            ToolImages(images=(("high", "1024x1024"), ("low", None)), partial_images=1),
             "gpt-image-2",
             None,
-            None,
-            "none",
-            "1 image(s) of gpt-image-2, which OpenAI bills by a formula this proxy does not have, and the "
-            "response reports no tool_usage: not counted",
+            Usage(output_tokens=2 * 6240 + 100, output_image_tokens=2 * 6240 + 100),
+            "estimated",
+            "2 image(s), 1 partial image(s) of gpt-image-2, which OpenAI bills by a formula this proxy "
+            "does not have, and the response reports no tool_usage: each image counted as the largest in "
+            "OpenAI's table (6240 tokens) at gpt-image-2's rate, 100 tokens per partial image, as its "
+            "reservation does: a floor, not its bill",
         ),
     ],
 )

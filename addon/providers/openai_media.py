@@ -531,7 +531,9 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     tokens for the quality and size its call says it used (else the tool's, else the largest), and
     100 per partial image sent: OpenAI's billing rule for the images, "estimated" because the image
     model's input tokens (the prompt the text model wrote for it) are not known, so not counted.
-    Another model: no usage. ``note`` says which, for the row. Never raises."""
+    Another model (gpt-image-2 and later, an Azure deployment's name): each image as the largest
+    tabled image (``MAX_TABLED_IMAGE_TOKENS``, what its reservation counts), "estimated", so budgets
+    see it. ``note`` says which, for the row. Never raises."""
     reported = found.usage
     if reported is not None and (reported.input_tokens or reported.output_tokens):
         note = "usage as the response's tool_usage.image_gen reports it"
@@ -544,13 +546,18 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     where = ""
     if found.from_events:
         where = "; read from the stream's image events (it ended before its final event)"
-    if base_model(model) not in TABLED_IMAGE_MODELS:
+    tokens = partials * PARTIAL_IMAGE_TOKENS
+    if base_model(model) not in TABLED_IMAGE_MODELS:  # counted as reserved: the largest tabled image
+        tokens += images * MAX_TABLED_IMAGE_TOKENS
         note = (
             f"{what} of {model}, which OpenAI bills by a formula this proxy does not have, and the "
-            f"response reports no tool_usage: not counted{where}"
+            f"response reports no tool_usage: each image counted as the largest in OpenAI's table "
+            f"({MAX_TABLED_IMAGE_TOKENS} tokens) at {model}'s rate"
+            + (", 100 tokens per partial image" if partials else "")
+            + ", as its reservation does: a floor, not its bill"
+            + where
         )
-        return None, "none", note
-    tokens = partials * PARTIAL_IMAGE_TOKENS
+        return Usage(output_tokens=tokens, output_image_tokens=tokens), "estimated", note
     counted: list[str] = []
     largest = False
     for said_quality, said_size in found.images:
