@@ -887,7 +887,31 @@ TOOL = openai_media.ImageTool(0, None, quality="low", size="auto")
 @pytest.mark.parametrize(
     ("found", "model", "tool", "usage", "source", "note"),
     [
-        (  # reported: taken as it is, whatever the model
+        (  # reported fewer output tokens than the table counts (a call's record skipped): the count
+            ToolImages(
+                images=(("high", "1024x1024"), ("low", "1024x1024")),
+                usage=Usage(input_tokens=49, output_tokens=272, output_image_tokens=272),
+            ),
+            "gpt-image-1.5",
+            None,
+            Usage(input_tokens=49, output_tokens=4432, output_image_tokens=4432),
+            "estimated",
+            "the response's tool_usage.image_gen reports 272 output tokens, fewer than its images count "
+            "(4432), as the API may skip a call's usage record: 2 image(s) (high 1024x1024, low 1024x1024) "
+            "counted from OpenAI's per-image table; its input tokens as reported",
+        ),
+        (  # as many as the table or more: as reported
+            ToolImages(
+                images=(("low", "1024x1024"),),
+                usage=Usage(input_tokens=49, output_tokens=300, output_image_tokens=280),
+            ),
+            "gpt-image-1-mini",
+            None,
+            Usage(input_tokens=49, output_tokens=300, output_image_tokens=280),
+            "reported",
+            "usage as the response's tool_usage.image_gen reports it",
+        ),
+        (  # reported, for a model without a table: taken as it is (the largest image is no bill)
             ToolImages(
                 images=(("high", "1024x1024"),),
                 usage=Usage(input_tokens=49, output_tokens=272, output_image_tokens=272),

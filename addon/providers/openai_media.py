@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from addon.model_rules import base_model
@@ -526,20 +526,16 @@ def _table_choice(said: Any, asked: Any, known: Mapping[str, Any]) -> tuple[set[
 def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> tuple[Usage | None, str, str]:
     """(usage, usage source, note) of what an ``image_generation`` tool was billed for, at ``model``.
 
-    The answer's ``tool_usage.image_gen``, when it reports tokens ("reported"). Otherwise, for a
-    model with OpenAI's table (gpt-image-1, -1-mini, -1.5), each image the tool wrote at the table's
-    tokens for the quality and size its call says it used (else the tool's, else the largest), and
-    100 per partial image sent: OpenAI's billing rule for the images, "estimated" because the image
-    model's input tokens (the prompt the text model wrote for it) are not known, so not counted.
-    Another model (gpt-image-2 and later, an Azure deployment's name): each image as the largest
-    tabled image (``MAX_TABLED_IMAGE_TOKENS``, what its reservation counts), "estimated", so budgets
-    see it. ``note`` says which, for the row. Never raises."""
-    reported = found.usage
-    if reported is not None and (reported.input_tokens or reported.output_tokens):
-        note = "usage as the response's tool_usage.image_gen reports it"
-        if found.cached_tokens:
-            note += f" ({found.cached_tokens} cached input tokens counted at the uncached rate)"
-        return reported, "reported", note
+    The images are counted from their items: for a model with OpenAI's table (gpt-image-1, -1-mini,
+    -1.5), each image the tool wrote at the table's tokens for the quality and size its call says it
+    used (else the tool's, else the largest), and 100 per partial image sent: OpenAI's billing rule
+    for the images. Another model (gpt-image-2 and later, an Azure deployment's name): each image as
+    the largest tabled image (``MAX_TABLED_IMAGE_TOKENS``, what its reservation counts), so budgets
+    see it. The answer's ``tool_usage.image_gen``, when it reports tokens, is taken ("reported")
+    unless, for a tabled model, its output tokens are fewer than the table's count (the API says it
+    may skip a call's record): then the count is, with the reported input ("estimated"). Without
+    it, the count, "estimated" because the image model's input tokens (the prompt the text model
+    wrote for it) are not known, so not counted. ``note`` says which, for the row. Never raises."""
     images = len(found.images)
     partials = found.partial_images
     what = f"{images} image(s)" + (f", {partials} partial image(s)" if partials else "")
@@ -549,35 +545,62 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     tokens = partials * PARTIAL_IMAGE_TOKENS
     if base_model(model) not in TABLED_IMAGE_MODELS:  # counted as reserved: the largest tabled image
         tokens += images * MAX_TABLED_IMAGE_TOKENS
-        note = (
-            f"{what} of {model}, which OpenAI bills by a formula this proxy does not have, and the "
-            f"response reports no tool_usage: each image counted as the largest in OpenAI's table "
+        how = (
+            f"{what} of {model}, which OpenAI bills by a formula this proxy does not have"
+            f"{{reports}}: each image counted as the largest in OpenAI's table "
             f"({MAX_TABLED_IMAGE_TOKENS} tokens) at {model}'s rate"
             + (", 100 tokens per partial image" if partials else "")
             + ", as its reservation does: a floor, not its bill"
-            + where
         )
-        return Usage(output_tokens=tokens, output_image_tokens=tokens), "estimated", note
-    counted: list[str] = []
-    largest = False
-    for said_quality, said_size in found.images:
-        qualities, named_quality = _table_choice(said_quality, tool and tool.quality, IMAGE_OUTPUT_TOKENS)
-        sizes, named_size = _table_choice(said_size, tool and tool.size, IMAGE_OUTPUT_TOKENS["high"])
-        quality, size = max(
-            ((q, z) for q in qualities for z in sizes), key=lambda qz: IMAGE_OUTPUT_TOKENS[qz[0]][qz[1]]
+    else:
+        counted: list[str] = []
+        largest = False
+        for said_quality, said_size in found.images:
+            qualities, named_quality = _table_choice(said_quality, tool and tool.quality, IMAGE_OUTPUT_TOKENS)
+            sizes, named_size = _table_choice(said_size, tool and tool.size, IMAGE_OUTPUT_TOKENS["high"])
+            quality, size = max(
+                ((q, z) for q in qualities for z in sizes), key=lambda qz: IMAGE_OUTPUT_TOKENS[qz[0]][qz[1]]
+            )
+            tokens += IMAGE_OUTPUT_TOKENS[quality][size]
+            counted.append(f"{quality} {size}")
+            largest = largest or not (named_quality and named_size)
+        table = f" ({', '.join(counted)})" if counted else ""
+        how = (
+            f"{what}{table} counted from OpenAI's per-image table"
+            + (", 100 tokens per partial image" if partials else "")
+            + (": a quality or size not said, the largest counted" if largest else "")
+            + "{reports}"
         )
-        tokens += IMAGE_OUTPUT_TOKENS[quality][size]
-        counted.append(f"{quality} {size}")
-        largest = largest or not (named_quality and named_size)
-    table = f" ({', '.join(counted)})" if counted else ""
-    note = (
-        f"{what}{table} counted from OpenAI's per-image table"
-        + (", 100 tokens per partial image" if partials else "")
-        + (": a quality or size not said, the largest counted" if largest else "")
-        + "; the response reports no tool_usage, so the image model's input tokens are not counted"
-        + where
+    reported = found.usage
+    if reported is not None and (reported.input_tokens or reported.output_tokens):
+        cached = ""
+        if found.cached_tokens:
+            cached = f" ({found.cached_tokens} cached input tokens counted at the uncached rate)"
+        # Only a table's count is a bill to compare with: the largest image is a floor for a model
+        # without one (its real images may cost less), so such a model's report is taken as it is.
+        if reported.output_tokens >= tokens or base_model(model) not in TABLED_IMAGE_MODELS:
+            return reported, "reported", "usage as the response's tool_usage.image_gen reports it" + cached
+        raised = replace(
+            reported,
+            output_tokens=tokens,
+            output_image_tokens=reported.output_image_tokens + tokens - reported.output_tokens,
+        )
+        note = (
+            f"the response's tool_usage.image_gen reports {reported.output_tokens} output tokens, fewer "
+            f"than its images count ({tokens}), as the API may skip a call's usage record: "
+            + how.replace("{reports}", "")
+            + f"; its input tokens as reported{cached}{where}"
+        )
+        return raised, "estimated", note
+    reports = "" if base_model(model) in TABLED_IMAGE_MODELS else ", and the response reports no tool_usage"
+    tail = "; the response reports no tool_usage, so the image model's input tokens are not counted"
+    if base_model(model) not in TABLED_IMAGE_MODELS:
+        tail = ""
+    return (
+        Usage(output_tokens=tokens, output_image_tokens=tokens),
+        "estimated",
+        how.replace("{reports}", reports) + tail + where,
     )
-    return Usage(output_tokens=tokens, output_image_tokens=tokens), "estimated", note
 
 
 def input_images(path: str, body: Mapping[str, Any] | None, form: FormFields | None) -> int:
