@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from addon.enforcement import Decision, Enforcer
 from addon.model_rules import base_model
@@ -79,6 +80,44 @@ class ImageToolCall:
     sent: str
     action: str
     tool: ImageTool
+
+
+_MAX_KEPT = 64  # characters of a model name, quality or size kept with a background response
+
+
+def _short(value: Any) -> str | None:
+    """``value`` if it is a string of at most ``_MAX_KEPT`` characters, else None."""
+    return value if isinstance(value, str) and len(value) <= _MAX_KEPT else None
+
+
+def call_to_json(call: ImageToolCall) -> dict[str, Any]:
+    """What a background response's pending entry keeps of its image tool call (``call_from_json``
+    reads it back): short strings and the tool's index, never a prompt or an image."""
+    tool = call.tool
+    return {
+        "requested": call.requested,
+        "sent": call.sent,
+        "action": call.action,
+        "index": tool.index,
+        "model": tool.model,
+        "quality": _short(tool.quality),
+        "size": _short(tool.size),
+    }
+
+
+def call_from_json(value: Any) -> ImageToolCall | None:
+    """The image tool call ``call_to_json`` kept (another version may have written it): None when
+    it is not one. Never raises."""
+    if not isinstance(value, dict):
+        return None
+    requested, sent, action = (_short(value.get(name)) for name in ("requested", "sent", "action"))
+    index, model = value.get("index"), value.get("model")
+    if not (requested and sent and action in ("allowed", "downgraded")) or type(index) is not int:
+        return None
+    if model is not None and not _short(model):
+        return None
+    tool = ImageTool(index, model, True, _short(value.get("quality")), _short(value.get("size")))
+    return ImageToolCall(requested, sent, action, tool)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ from addon.budgets import BudgetAlert, UnpricedCall, alert_event, policy_event, 
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
-from addon.image_tool import ImageToolCall, rule_image_tools, tool_row
+from addon.image_tool import ImageToolCall, call_from_json, call_to_json, rule_image_tools, tool_row
 from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.output_history import OutputHistory
@@ -126,6 +126,8 @@ INLINE_BATCH_NOT_REWRITTEN = (
 )
 _RESULTS = "/results"  # GET .../messages/batches/{id}/results: a Message Batch's results (Anthropic)
 # What a background response's retrieval row takes from the row of the call that started it.
+# The image_generation tool call a background response's entry keeps (addon.image_tool).
+_IMAGE_TOOL_KEY = "image_tool"
 _STARTED_BY = (
     "environment",
     "environment_source",
@@ -1074,7 +1076,9 @@ class Meter:
                 | {name: started[name] for name in _STARTED_BY if name in started}
             ),
         )
-        return CallState(provider=provider, record=record, retrieval=response_id, pending_in=pending_in)
+        state = CallState(provider=provider, record=record, retrieval=response_id, pending_in=pending_in)
+        state.image_tool = call_from_json(started.get(_IMAGE_TOOL_KEY))
+        return state
 
     async def _bill_listed_batches(self, flow: http.HTTPFlow) -> None:
         """``GET /v1/batches``: each batch of the page that is pending and has ended is billed on a
@@ -2019,7 +2023,10 @@ class Meter:
             # Background mode: billed when it finishes, on the row of its retrieval.
             assert metered.response_id is not None
             record.cost_usd, record.price_status, record.price_source = Decimal(0), BACKGROUND, None
-            self._background.add(metered.response_id, {name: getattr(record, name) for name in _STARTED_BY})
+            started = {name: getattr(record, name) for name in _STARTED_BY}
+            if state.image_tool is not None:  # its images' row: the tool's model as let through
+                started[_IMAGE_TOOL_KEY] = call_to_json(state.image_tool)
+            self._background.add(metered.response_id, started)
         body, state.request_body = state.request_body, None
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.

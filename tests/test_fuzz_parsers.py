@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 
 from addon.aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from addon.content_decoding import DecodeError, StreamDecoder, zstd
+from addon.image_tool import call_from_json, call_to_json
 from addon.json_stream import JSONArrayDecoder
 from addon.providers import (
     Provider,
@@ -1533,6 +1534,36 @@ def test_the_image_tools_readers_never_raise(
         svg = {tool.index: "o3" for tool in asked if isinstance(body["tools"][tool.index].get("svg"), dict)}
         authored = openai_media.with_image_tool_models(body, {}, svg)
         assert [authored["tools"][i]["svg"]["model"] for i in svg] == ["o3"] * len(svg)
+
+
+_KEPT_CALL_KEYS = ["requested", "sent", "action", "index", "model", "quality", "size"]
+
+
+@FUZZ
+@given(
+    kept=st.one_of(
+        JSON_VALUES,
+        st.dictionaries(st.sampled_from(_KEPT_CALL_KEYS), JSON_VALUES),
+        st.fixed_dictionaries(
+            {
+                "requested": st.text(max_size=80),
+                "sent": st.text(max_size=80),
+                "action": st.sampled_from(["allowed", "downgraded", "blocked"]),
+                "index": st.integers(-2, 5),
+            },
+            optional={"model": JSON_VALUES, "quality": JSON_VALUES, "size": JSON_VALUES},
+        ),
+    )
+)
+def test_a_kept_image_tool_call_is_read_back_or_none(kept: Any) -> None:
+    """A background response's entry (another version may have written it): its image tool call,
+    or None; never raising, only short strings kept, and written back as read."""
+    call = call_from_json(kept)
+    if call is not None:
+        assert call.action in ("allowed", "downgraded") and call.requested and call.sent
+        for value in (call.tool.quality, call.tool.size, call.tool.model):
+            assert value is None or (isinstance(value, str) and len(value) <= 64)
+        assert call_from_json(json.loads(json.dumps(call_to_json(call)))) == call
 
 
 # ---------------------------------------------------------------- Gemini Live (WebSocket messages)

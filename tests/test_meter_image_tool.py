@@ -448,3 +448,24 @@ async def test_an_untabled_models_images_cost_what_their_reservation_counts(mete
         "estimated",
     )
     assert images.cost_usd == bill("gpt-image-2", output_tokens=12480, output_image_tokens=12480) > 0
+
+
+async def test_a_background_responses_images_keep_the_tools_downgrade(meter: Meter) -> None:
+    """Before, the retrieval that bills the images knew nothing of the tool's downgrade (made on the
+    POST): its row said allowed, at the default model, when the response did not echo its tools."""
+    meter._apply(parse_policies(ONLY_MINI))
+    post = make_flow(RESPONSES, call_body({"model": "gpt-image-1"}, background=True))
+    await run_request(meter, post)
+    assert json.loads(post.request.content)["tools"][0]["model"] == "gpt-image-1-mini"
+    queued = {"id": "resp_dg", "object": "response", "status": "queued", "background": True, "output": []}
+    await answer(meter, post, queued | {"model": "gpt-4o-mini", "usage": None})
+    get = make_flow(f"{RESPONSES}/resp_dg", b"", method="GET")
+    await run_request(meter, get)
+    await answer(meter, get, tool_response([image_call()]) | {"id": "resp_dg", "background": True})
+    _, images, _ = priced(meter)
+    assert (images.action, images.model_requested, images.model_sent) == (
+        "downgraded",
+        "gpt-image-1",
+        "gpt-image-1-mini",
+    )
+    assert images.cost_usd == bill("gpt-image-1-mini", output_tokens=4160, output_image_tokens=4160)
