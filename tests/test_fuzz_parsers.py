@@ -1524,6 +1524,8 @@ def test_the_image_tools_readers_never_raise(
         assert tool.runs is None or (isinstance(tool.runs, str) and tool.runs.strip())
         assert tool.svg_model is None or (isinstance(tool.svg_model, str) and tool.svg_model.strip())
         assert tool.svg_readable or tool.svg_model is None
+        for kept in (tool.quality, tool.size):  # kept while a response runs: short strings only
+            assert kept is None or (isinstance(kept, str) and len(kept) <= 32)
         if merged is not None:
             openai_media.image_tool_usage(merged, tool.runs or "gpt-image-1", tool)
     if asked:

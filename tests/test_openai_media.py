@@ -987,6 +987,11 @@ def test_a_requests_image_tools_and_their_rewrite() -> None:
         (4, None, False, None),
     ]
     assert tools[0].quality == "high" and openai_media.image_tools({"tools": "x"}) == ()
+    # quality and size kept as short strings only: a waiting WebSocket response holds them (before,
+    # any JSON, a megabyte list included, outside MAX_KEPT_BYTES)
+    big = {"type": "image_generation", "quality": ["x" * 1000] * 1000, "size": "9" * 100_000}
+    [kept] = openai_media.image_tools({"tools": [big]})
+    assert (kept.quality, kept.size) == (None, None)
     # the SVG author model (tools[i].svg.model): read, or unreadable (not an object, not a name)
     svg = {"type": "image_generation", "output_format": "svg"}
     authors = openai_media.image_tools(

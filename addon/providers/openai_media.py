@@ -436,13 +436,14 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
 class ImageTool:
     """One ``image_generation`` tool of a Responses request: its place in ``tools``, the model it
     names (None: none, so the tool's default), whether that can be read (a ``model`` that is not a
-    non-empty string cannot), and the quality and size it asks for (any JSON)."""
+    non-empty string cannot), and the quality and size it asks for (short strings only, else None:
+    a waiting response keeps them, outside what a WebSocket's ``MAX_KEPT_BYTES`` bounds)."""
 
     index: int
     model: str | None
     readable: bool = True
-    quality: Any = None
-    size: Any = None
+    quality: str | None = None
+    size: str | None = None
     svg_model: str | None = None  # the SVG author model it names (``svg.model``), if any
     svg_readable: bool = True  # False: ``svg`` or ``svg.model`` is there but no object / name
 
@@ -468,10 +469,18 @@ def image_tools(body: Mapping[str, Any] | None) -> tuple[ImageTool, ...]:
         readable = model is None or (isinstance(model, str) and bool(model.strip()))
         named = model.strip() if isinstance(model, str) and readable else None
         svg_model, svg_readable = _svg_model(tool.get("svg"))
-        found.append(
-            ImageTool(index, named, readable, tool.get("quality"), tool.get("size"), svg_model, svg_readable)
-        )
+        quality, size = _kept(tool.get("quality")), _kept(tool.get("size"))
+        found.append(ImageTool(index, named, readable, quality, size, svg_model, svg_readable))
     return tuple(found)
+
+
+_MAX_KEPT_VALUE = 32  # characters of a tool's quality or size kept: longer, no table key
+
+
+def _kept(value: Any) -> str | None:
+    """A tool's quality or size as kept while its response runs (a WebSocket lane may wait long):
+    a short string, else None (no table key: the largest is counted, as for none)."""
+    return value if isinstance(value, str) and len(value) <= _MAX_KEPT_VALUE else None
 
 
 def _svg_model(svg: Any) -> tuple[str | None, bool]:
