@@ -228,7 +228,7 @@ def tool_row(
     model (as the response echoes it, else as sent, else the default), the tool's usage (reported,
     or counted from OpenAI's table: its ``error`` says which, and names the call). Unpriced: the
     store's pricer prices it, at the image model's rates."""
-    if found is None or not found.billed:
+    if found is None or not found.images_billed:
         return None
     sent = call.sent if call is not None else None
     model = found.model or sent or DEFAULT_IMAGE_TOOL_MODEL
@@ -264,3 +264,41 @@ def tool_row(
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its images too
         row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
     return row
+
+
+SVG_FLAVOR = "responses"  # the SVG author is a text model: its tokens are a Responses call's
+
+
+def svg_rows(parent: CallRecord, found: ToolImages | None, row_ids: Sequence[str]) -> list[CallRecord]:
+    """The rows of the tokens the tool's SVG author model(s) spent (each image call's
+    ``svg_usage``, summed per model, one row each, ids from ``row_ids``): the call's attribution,
+    status and timing, that model's name, its reported tokens. Unpriced: the store's pricer prices
+    them at that model's (text) rates."""
+    if found is None:
+        return []
+    rows = []
+    for (model, usage), row_id in zip(found.svg, row_ids, strict=False):
+        row = dataclasses.replace(
+            parent,
+            id=row_id,
+            api_flavor=SVG_FLAVOR,
+            model_requested=model,
+            model_sent=model,
+            model_reported=model,
+            action="allowed",
+            ttft_ms=None,
+            service_tier=None,
+            inference_geo=None,
+            cost_usd=None,
+            price_status=None,
+            price_source=None,
+            price_model=None,
+            usage_source="none",
+            error=f"the image_generation tool's SVG author tokens (svg_usage) of call {parent.id}"[:1000],
+            **_COUNTS,  # type: ignore[arg-type]
+        )
+        row.set_usage(usage, "reported")
+        if parent.price_status == SUBSCRIPTION:
+            row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
+        rows.append(row)
+    return rows

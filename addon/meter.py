@@ -43,7 +43,14 @@ from addon.budgets import BudgetAlert, UnpricedCall, alert_event, policy_event, 
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
-from addon.image_tool import ImageToolCall, call_from_json, call_to_json, rule_image_tools, tool_row
+from addon.image_tool import (
+    ImageToolCall,
+    call_from_json,
+    call_to_json,
+    rule_image_tools,
+    svg_rows,
+    tool_row,
+)
 from addon.live_state import LiveState, live_path, today_baseline
 from addon.notify import Notifier
 from addon.output_history import OutputHistory
@@ -224,6 +231,7 @@ class CallState:
     live_fork: str | None = None  # an OpenAI Live fork's handshake: the stored session it forks
     image_tool: ImageToolCall | None = None  # a Responses call's image_generation tool, as let through
     tool_row_id: str | None = None  # the id of the row of its images (journaled ahead, then submitted)
+    svg_row_ids: list[str] = field(default_factory=list)  # and of its SVG author's rows
 
     @property
     def opens_socket(self) -> bool:
@@ -2018,7 +2026,7 @@ class Meter:
         record = state.record
         # The tool's images: a row of their own, submitted before the call's row gives back its
         # reservation (which holds them too), so no budget check in between misses them.
-        images = None if background else self._tool_image_row(state, metered)
+        images = [] if background else self._tool_rows(state, metered)
         if background:
             # Background mode: billed when it finishes, on the row of its retrieval.
             assert metered.response_id is not None
@@ -2031,8 +2039,8 @@ class Meter:
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store
-        if images is not None:
-            self._submit(images, store)
+        for row in images:
+            self._submit(row, store)
         counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
         if metered.usage is None and counted and _billable(record) and body is not None:
             # No usage reported, yet the provider likely billed: count the tokens ourselves.
@@ -2117,21 +2125,25 @@ class Meter:
         if state.retrieval is not None and not self._claim(state, metered):
             return  # no row for this GET: nothing to journal
         self._fill_record(flow, state, metered, [*state.errors], aborted=False)
-        images = None if _runs_in_background(state, metered) else self._tool_image_row(state, metered)
-        if images is not None:
-            self.store.journal(images)
+        images = [] if _runs_in_background(state, metered) else self._tool_rows(state, metered)
+        for row in images:
+            self.store.journal(row)
         if self.store.journal(state.record):
             state.journaled_in = self.store
 
-    def _tool_image_row(self, state: CallState, metered: Metered) -> CallRecord | None:
-        """The row of the images the call's image_generation tool wrote, if it wrote any OpenAI
-        bills (addon.image_tool). Its id is made once: journaled ahead, it is then submitted."""
+    def _tool_rows(self, state: CallState, metered: Metered) -> list[CallRecord]:
+        """The rows of what the call's image_generation tool spent that OpenAI bills apart: its
+        images, and its SVG author's tokens (addon.image_tool). Their ids are made once: journaled
+        ahead, they are then submitted."""
         found = metered.tool_images
         if found is None or not found.billed:
-            return None
+            return []
         if state.tool_row_id is None:
             state.tool_row_id = self._next_call_id()
-        return tool_row(state.record, found, state.image_tool, state.tool_row_id)
+        while len(state.svg_row_ids) < len(found.svg):
+            state.svg_row_ids.append(self._next_call_id())
+        images = tool_row(state.record, found, state.image_tool, state.tool_row_id)
+        return ([images] if images is not None else []) + svg_rows(state.record, found, state.svg_row_ids)
 
     def _submit(self, record: CallRecord, store: Store | None = None) -> None:
         """Hand the call to ``store`` (the one that journaled it, else the one in use now)."""

@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from addon.budgets import Scope, scopes_for
 from addon.client_process import ClientProcess
-from addon.image_tool import ImageToolCall, tool_row
+from addon.image_tool import ImageToolCall, svg_rows, tool_row
 from addon.pricing import NOT_BILLED
 from addon.providers import openai_live, openai_realtime_translation, openai_responses_ws
 from addon.providers.gemini_live import TurnUsage
@@ -559,8 +559,9 @@ class ResponsesSession(SocketSession):
         found = events.merged(final, ended) if events is not None else final
         if found is None or not found.billed:
             return []
-        row = tool_row(call.record, found, call.image_tool, self.next_id())
-        return [RealtimeRow(row)] if row is not None else []
+        row = tool_row(call.record, found, call.image_tool, self.next_id()) if found.images_billed else None
+        authored = svg_rows(call.record, found, [self.next_id() for _ in found.svg])
+        return [RealtimeRow(one) for one in ([row] if row is not None else []) + authored]
 
     def _next_waiting(self, stream_id: str | None) -> ResponseCall | None:
         lane = self.waiting.get(stream_id)

@@ -69,12 +69,20 @@ class ToolImages:
     cached_tokens: int = 0
     model: str | None = None
     from_events: bool = False
+    # The SVG author model's tokens (each image call's ``svg_usage``), summed per model: billed at
+    # that (text) model's rates, on a row of their own.
+    svg: tuple[tuple[str, Usage], ...] = ()
+
+    @property
+    def images_billed(self) -> bool:
+        """Images that OpenAI bills: an image, a partial image, or image tokens reported."""
+        reported = self.usage is not None and bool(self.usage.input_tokens or self.usage.output_tokens)
+        return bool(self.images or self.partial_images or reported)
 
     @property
     def billed(self) -> bool:
-        """Anything here that OpenAI bills: an image, a partial image, or tokens reported."""
-        reported = self.usage is not None and bool(self.usage.input_tokens or self.usage.output_tokens)
-        return bool(self.images or self.partial_images or reported)
+        """Anything here that OpenAI bills: images (``images_billed``) or SVG author tokens."""
+        return self.images_billed or bool(self.svg)
 
 
 @dataclass(slots=True)

@@ -592,6 +592,11 @@ def check_tool_images(found: ToolImages) -> None:
         usage, source, note = openai_media.image_tool_usage(found, model, None)
         assert source in ("reported", "estimated", "none") and isinstance(note, str)
         assert (usage is None) == (source == "none")
+    assert len(found.svg) <= openai_api.MAX_SVG_MODELS
+    for model, usage in found.svg:  # the SVG author's tokens: a name and counts, some billed
+        assert isinstance(model, str) and model and isinstance(usage, Usage)
+        assert usage.input_tokens or usage.output_tokens
+        assert 0 <= usage.reasoning_tokens <= usage.output_tokens
 
 
 def summary(m: Metered) -> tuple[Any, ...]:
@@ -1467,12 +1472,17 @@ def test_an_image_tools_reservation_never_raises(tools: Any, extra: dict[str, An
         assert isinstance(model, str) and model and 272 <= tokens <= 10 * (6240 + 300)
 
 
-_IMAGE_CALL_KEYS = ["type", "status", "quality", "size", "result", "id", "error"]
+_IMAGE_CALL_KEYS = ["type", "status", "quality", "size", "result", "id", "error", "svg_usage"]
+_SVG_USAGE_KEYS = ["model", "input_tokens", "output_tokens", "reasoning_tokens", "total_tokens"]
 IMAGE_CALLS = st.one_of(
     JSON_VALUES,
     st.dictionaries(st.sampled_from(_IMAGE_CALL_KEYS), JSON_VALUES).map(
         lambda item: {"type": "image_generation_call", **item}
     ),
+    st.dictionaries(
+        st.sampled_from(_SVG_USAGE_KEYS),
+        st.one_of(JSON_VALUES, st.integers(-5, 10**6), st.sampled_from(["o3", "x"])),
+    ).map(lambda svg: {"type": "image_generation_call", "status": "completed", "svg_usage": svg}),
 )
 
 

@@ -469,3 +469,30 @@ async def test_a_background_responses_images_keep_the_tools_downgrade(meter: Met
         "gpt-image-1-mini",
     )
     assert images.cost_usd == bill("gpt-image-1-mini", output_tokens=4160, output_image_tokens=4160)
+
+
+async def test_the_svg_authors_tokens_are_a_row_at_its_own_rates(meter: Meter) -> None:
+    """Before, an image call's svg_usage (the SVG author model's tokens) was in no row."""
+    flow = make_flow(RESPONSES, call_body(svg_tool({"model": "o3"})))
+    await run_request(meter, flow)
+    author = {
+        "model": "o3",
+        "input_tokens": 100,
+        "output_tokens": 500,
+        "reasoning_tokens": 300,
+        "total_tokens": 600,
+    }
+    echo = [{"type": "image_generation", "model": "gpt-image-1-mini"}]
+    await answer(meter, flow, tool_response([image_call(svg_usage=author)], tools=echo))
+    images, svg, text = priced(meter)
+    assert (images.api_flavor, images.model_sent) == ("images", "gpt-image-1-mini")
+    assert (svg.api_flavor, svg.model_sent, svg.input_tokens, svg.output_tokens, svg.reasoning_tokens) == (
+        "responses",
+        "o3",
+        100,
+        500,
+        300,
+    )
+    assert svg.usage_source == "reported" and svg.id not in (images.id, text.id)
+    assert svg.cost_usd == bill("o3", input_tokens=100, output_tokens=500)
+    assert svg.error == f"the image_generation tool's SVG author tokens (svg_usage) of call {text.id}"

@@ -1030,3 +1030,36 @@ def test_a_tool_images_row_costs_what_openai_bills() -> None:
     record = row("images", "gpt-image-1", usage)
     Pricer()(record)
     assert (record.cost_usd, record.price_model) == (Decimal("0.1744"), "gpt-image-1")
+
+
+def test_an_answers_svg_author_tokens_are_read_per_model() -> None:
+    """Each image call's svg_usage (its SVG author model's tokens), summed per model; reasoning
+    added to the output only when total_tokens says it was counted beside it. Before: not read."""
+    usage = {
+        "model": "o3",
+        "input_tokens": 100,
+        "output_tokens": 500,
+        "reasoning_tokens": 300,
+        "total_tokens": 600,
+    }
+    beside = {
+        "model": "gpt-5",
+        "input_tokens": 10,
+        "output_tokens": 20,
+        "reasoning_tokens": 5,
+        "total_tokens": 35,
+    }
+    answer = tool_response(
+        [
+            image_call(svg_usage=usage),
+            image_call(svg_usage=usage | {"input_tokens": 1}),
+            image_call(svg_usage=beside),
+            image_call(svg_usage={"model": 3, "input_tokens": 9}),
+            image_call(svg_usage=[]),
+        ]
+    )
+    found = openai_api.tool_images_of(answer)
+    assert found is not None and found.svg == (
+        ("o3", Usage(input_tokens=101, output_tokens=1000, reasoning_tokens=600)),
+        ("gpt-5", Usage(input_tokens=10, output_tokens=25, reasoning_tokens=5)),
+    )

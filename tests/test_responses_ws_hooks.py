@@ -573,3 +573,34 @@ async def test_an_svg_author_model_is_downgraded_in_the_create_only_its_value_ch
     assert refused.dropped
     [event] = injected
     assert "SVG author model" in event["error"]["message"]
+
+
+async def test_an_svg_authors_tokens_on_a_socket_are_a_row_of_their_own(meter: Meter) -> None:
+    flow = handshake()
+    await open_session(meter, flow)
+    tool = {
+        "type": "image_generation",
+        "model": "gpt-image-1",
+        "output_format": "svg",
+        "svg": {"model": "o3"},
+    }
+    await client_says(meter, flow, create_event("gpt-5", tools=[tool]))
+    await server_says(meter, flow, response_created("resp_1", "gpt-5"))
+    author = {
+        "model": "o3",
+        "input_tokens": 100,
+        "output_tokens": 500,
+        "reasoning_tokens": 300,
+        "total_tokens": 600,
+    }
+    output = [IMAGE_CALL | {"svg_usage": author}]
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, output=output))
+    rows = records(meter)
+    [svg] = [row for row in rows if row.model_sent == "o3"]
+    assert (svg.api_flavor, svg.input_tokens, svg.output_tokens, svg.usage_source) == (
+        "responses",
+        100,
+        500,
+        "reported",
+    )
+    assert sorted(row.model_sent for row in rows) == ["gpt-5", "gpt-image-1", "o3"]

@@ -176,6 +176,7 @@ def tool_images_of(response: Any) -> ToolImages | None:
         return None
     images: list[tuple[str | None, str | None]] = []
     failed = 0
+    svg: dict[str, Usage] = {}
     output = response.get("output")
     if isinstance(output, list):
         for item in output:
@@ -183,6 +184,7 @@ def tool_images_of(response: Any) -> ToolImages | None:
                 continue
             if len(images) + failed >= MAX_IMAGE_CALLS:
                 break
+            _add_svg_usage(svg, item.get("svg_usage"))
             if _wrote_image(item):
                 images.append((_str(item.get("quality")), _str(item.get("size"))))
             else:
@@ -190,7 +192,7 @@ def tool_images_of(response: Any) -> ToolImages | None:
     tool_usage = response.get("tool_usage")
     raw = tool_usage.get("image_gen") if isinstance(tool_usage, dict) else None
     usage = image_usage(raw)
-    if not images and not failed and usage is None:
+    if not images and not failed and usage is None and not svg:
         return None
     cached = _int(raw.get("cached_tokens")) if isinstance(raw, dict) else 0
     return ToolImages(
@@ -199,6 +201,35 @@ def tool_images_of(response: Any) -> ToolImages | None:
         usage=usage,
         cached_tokens=max(0, min(cached, usage.input_tokens)) if usage is not None else 0,
         model=_echoed_tool_model(response.get("tools")),
+        svg=tuple(svg.items()),
+    )
+
+
+MAX_SVG_MODELS = 4  # SVG author models of one response billed (each its own row)
+_MAX_MODEL_NAME = 200
+
+
+def _add_svg_usage(found: dict[str, Usage], svg_usage: Any) -> None:
+    """Add an image call's ``svg_usage`` (its SVG author model's tokens) to ``found``, per model.
+    Its reasoning tokens are a part of its output tokens, unless ``total_tokens`` says they were
+    counted beside them (then added). Anything else is skipped."""
+    if not isinstance(svg_usage, dict):
+        return
+    model = _str(svg_usage.get("model"))
+    if not model or len(model) > _MAX_MODEL_NAME or (model not in found and len(found) >= MAX_SVG_MODELS):
+        return
+    given, output = _int(svg_usage.get("input_tokens")), _int(svg_usage.get("output_tokens"))
+    reasoning = _int(svg_usage.get("reasoning_tokens"))
+    total = svg_usage.get("total_tokens")
+    if reasoning and type(total) is int and total == given + output + reasoning:
+        output += reasoning
+    if not (given or output):
+        return
+    seen = found.get(model, Usage())
+    found[model] = Usage(
+        input_tokens=seen.input_tokens + given,
+        output_tokens=seen.output_tokens + output,
+        reasoning_tokens=seen.reasoning_tokens + min(reasoning, output),
     )
 
 
