@@ -1511,6 +1511,24 @@ IMAGE_CALLS = st.one_of(
     ),
     ended=st.booleans(),
 )
+@example(  # a negative count kept once made reasoning_tokens negative: the invariant failed at random
+    output=[
+        {
+            "type": "image_generation_call",
+            "status": "completed",
+            "svg_usage": {"model": "o3", "input_tokens": 1, "output_tokens": 3, "reasoning_tokens": -5},
+        },
+        {
+            "type": "image_generation_call",
+            "status": "completed",
+            "svg_usage": {"model": "x", "input_tokens": -4, "output_tokens": 2},
+        },
+    ],
+    tool_usage=None,
+    tools=None,
+    events=[],
+    ended=True,
+)
 def test_the_image_tools_readers_never_raise(
     output: Any, tool_usage: Any, tools: Any, events: list, ended: bool
 ) -> None:

@@ -212,14 +212,15 @@ _MAX_MODEL_NAME = 200
 def _add_svg_usage(found: dict[str, Usage], svg_usage: Any) -> None:
     """Add an image call's ``svg_usage`` (its SVG author model's tokens) to ``found``, per model.
     Its reasoning tokens are a part of its output tokens, unless ``total_tokens`` says they were
-    counted beside them (then added). Anything else is skipped."""
+    counted beside them (then added). A negative count is taken as 0. Anything else is skipped."""
     if not isinstance(svg_usage, dict):
         return
     model = _str(svg_usage.get("model"))
     if not model or len(model) > _MAX_MODEL_NAME or (model not in found and len(found) >= MAX_SVG_MODELS):
         return
-    given, output = _int(svg_usage.get("input_tokens")), _int(svg_usage.get("output_tokens"))
-    reasoning = _int(svg_usage.get("reasoning_tokens"))
+    given, output, reasoning = (  # a negative count is none
+        max(0, _int(svg_usage.get(name))) for name in ("input_tokens", "output_tokens", "reasoning_tokens")
+    )
     total = svg_usage.get("total_tokens")
     if reasoning and type(total) is int and total == given + output + reasoning:
         output += reasoning
