@@ -4,7 +4,8 @@ it wrote billed on a row of their own.
 The tool names its image model in the request (``tools[i].model``; the server's default when it
 names none, ``DEFAULT_IMAGE_TOOL_MODEL``). It is held to the environment's allowlist like the call's
 own model: allowed, downgraded by writing an image model in as ``tools[i].model`` (only that value
-changes), or the call refused; a tool naming none is refused where models are restricted.
+changes), or the call refused. Where models are restricted, a tool naming none has its default
+checked and written in (or its downgrade target), so the server never picks a model unchecked.
 
 OpenAI bills the tool's images apart from the response's ``usage`` (the text model's tokens), at the
 image model's rates. A response whose tool wrote images is therefore two rows: the call's own (its
@@ -36,11 +37,6 @@ from addon.usage import ToolImages
 FLAVOR = "images"  # the tool's images are billed as an image model's (its rates, its name)
 UNREADABLE = (
     "the image_generation tool's model could not be read, so it cannot be checked against the allowlist"
-)
-UNNAMED_MODEL = "(unnamed)"
-UNNAMED = (
-    "the image_generation tool names no model, so the server's default would run, which the proxy "
-    "cannot check against the allowlist: name the tool's model (tools[i].model)"
 )
 # The names of image models (GPT image models, ChatGPT's): the only downgrade targets a tool can run.
 IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image")
@@ -134,23 +130,30 @@ class ToolRules:
 
 
 def rule_image_tools(
-    enforcer: Enforcer, provider: str, environment: str, tools: Sequence[ImageTool], restricted: bool
+    enforcer: Enforcer,
+    provider: str,
+    environment: str,
+    tools: Sequence[ImageTool],
+    restricted: bool,
+    tool_choice_none: bool = False,
 ) -> ToolRules:
     """Each image tool's model through the allowlist (``Enforcer.decide_model``: no budget, no rate
-    limit: the call's own decision counts those). A tool naming none, or whose model cannot be
-    read, is refused where models are ``restricted`` (fail closed: the server picks the default,
-    and may change it); elsewhere it runs as its default.
+    limit: the call's own decision counts those). One whose model cannot be read is refused where
+    models are ``restricted`` (fail closed). A tool naming none runs the server's default
+    (``DEFAULT_IMAGE_TOOL_MODEL``), which the server may change: where models are ``restricted``
+    that default is checked and written in as ``tools[i].model`` when allowed (the target when
+    downgraded), so the server never runs a model the proxy did not check; elsewhere it runs as it
+    is. Under ``tool_choice_none`` (the request's ``tool_choice: "none"``) a tool naming none cannot
+    run: neither refused nor rewritten.
     A disallowed model is downgraded (its target written in) or refused, saying it is the tool's;
     a target that is no image model (a catch-all's text model) counts as none: refused."""
     rules = ToolRules()
     for tool in tools:
         model = tool.runs
-        if tool.model is None and tool.readable and restricted:  # the server's default: not ours to know
-            rules.refusal = enforcer.refuse_model(provider, environment, UNNAMED_MODEL, UNNAMED)
-            rules.refused_model = UNNAMED_MODEL
-            return rules
         if not _rule_svg_author(enforcer, provider, environment, tool, restricted, rules):
             return rules
+        if tool.model is None and tool.readable and tool_choice_none:  # it cannot run: left as it is
+            continue
         if model is None:
             if restricted:
                 rules.refusal = enforcer.refuse_model(provider, environment, "(unreadable)", UNREADABLE)
@@ -177,6 +180,8 @@ def rule_image_tools(
             rules.changes[tool.index] = sent
             if decision.notice:
                 rules.notices.append(f"image_generation tool: {decision.notice}")
+        elif tool.model is None and restricted:  # the default as checked, pinned: never another one
+            rules.changes[tool.index] = model
         if rules.call is None:
             action = "downgraded" if sent != model else "allowed"
             rules.call = ImageToolCall(model, sent, action, tool)

@@ -84,6 +84,7 @@ from addon.providers.openai_media import (
     read_form,
     reserved_image_tokens,
     reserved_input_image_tokens,
+    tool_choice_none,
     with_image_tool_models,
 )
 from addon.providers.values import normal_path, without_dot_segments
@@ -1295,7 +1296,14 @@ class Meter:
         rules = None
         if tools:
             restricted = self.models_restricted(record.environment)
-            rules = rule_image_tools(self.enforcer, record.provider, record.environment, tools, restricted)
+            rules = rule_image_tools(
+                self.enforcer,
+                record.provider,
+                record.environment,
+                tools,
+                restricted,
+                tool_choice_none(body),
+            )
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models)

@@ -41,7 +41,7 @@ from addon.providers import (
     openai_realtime_translation,
     openai_responses_ws,
 )
-from addon.providers.openai_media import image_tools, with_image_tool_models
+from addon.providers.openai_media import image_tools, tool_choice_none, with_image_tool_models
 from addon.realtime_sessions import (
     UPGRADED,
     LiveSession,
@@ -558,7 +558,8 @@ class SocketMeter:
         rules = None
         if tools:
             restricted = self._meter.models_restricted(record.environment)
-            rules = rule_image_tools(enforcer, record.provider, record.environment, tools, restricted)
+            off = tool_choice_none(create.body)
+            rules = rule_image_tools(enforcer, record.provider, record.environment, tools, restricted, off)
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models)

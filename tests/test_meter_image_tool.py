@@ -243,12 +243,12 @@ async def test_a_downgraded_call_and_tool_both_rewritten(meter: Meter) -> None:
     [
         (BLOCKING, {"model": "gpt-image-1"}, "gpt-image-1", "(the image_generation tool's model)"),
         (NO_TARGET, {"model": "gpt-image-1"}, "gpt-image-1", "(the image_generation tool's model)"),
-        (  # the server's default, which it may change: fail closed (before, checked as gpt-image-1)
+        (  # the server's default, checked as it and not allowed
             ONLY_MINI,
             {},
-            "(unnamed)",
-            "(the image_generation tool names no model, so the server's default would run, which the "
-            "proxy cannot check against the allowlist: name the tool's model (tools[i].model))",
+            "gpt-image-2.6-sunburst",
+            "(the image_generation tool's model: the tool names none, and gpt-image-2.6-sunburst is "
+            "its default)",
         ),
         (ONLY_MINI, {"model": 42}, "(unreadable)", "could not be read"),  # fail closed
         (ONLY_MINI, {"model": " "}, "(unreadable)", "could not be read"),
@@ -275,6 +275,41 @@ async def test_a_tool_model_that_cannot_run_refuses_the_call(
         403,
         Decimal(0),
     )
+
+
+IMAGE_GLOB = ONLY_MINI.replace("gpt-image-1-mini]", "'gpt-image-*']")
+DEFAULT_DOWNGRADED = ONLY_MINI.replace("{gpt-image-1:", "{'gpt-image-2*': gpt-image-1-mini, gpt-image-1:")
+
+
+@pytest.mark.parametrize(
+    ("policy", "written"),
+    [
+        (IMAGE_GLOB, "gpt-image-2.6-sunburst"),  # every image model allowed: the default, pinned
+        (DEFAULT_DOWNGRADED, "gpt-image-1-mini"),  # the default downgraded: its image target
+    ],
+)
+async def test_a_tool_naming_no_model_runs_its_checked_default_written_in(
+    meter: Meter, policy: str, written: str
+) -> None:
+    """Before, a tool naming no model (the SDK's usual call) was refused wherever models were
+    restricted, even where its default is allowed or downgraded to an allowed image model."""
+    meter._apply(parse_policies(policy))
+    flow = make_flow(RESPONSES, call_body({}))
+    await run_request(meter, flow)
+    assert flow.response is None, json.loads(flow.response.content)["error"]["message"]
+    assert json.loads(flow.request.content)["tools"][0]["model"] == written  # never an unchecked default
+    await answer(meter, flow, tool_response([image_call()]))
+    images, _ = records(meter)
+    assert (images.model_requested, images.model_sent) == ("gpt-image-2.6-sunburst", written)
+
+
+async def test_a_tool_naming_no_model_under_tool_choice_none_is_left_as_it_is(meter: Meter) -> None:
+    """tool_choice none: the tool cannot run, so its default is not refused (before, the call was)."""
+    meter._apply(parse_policies(ONLY_MINI))
+    flow = make_flow(RESPONSES, call_body({}, tool_choice="none"))
+    sent = flow.request.content
+    await run_request(meter, flow)
+    assert flow.response is None and flow.request.content == sent
 
 
 async def test_an_unreadable_tool_model_passes_where_every_model_is_allowed(meter: Meter) -> None:

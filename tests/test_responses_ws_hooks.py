@@ -514,12 +514,29 @@ async def test_a_tool_model_is_downgraded_in_the_create_only_its_value_changed(
         "gpt-image-1",
         "gpt-image-1-mini",
     )
-    # a tool naming no model runs the server's default, which the proxy cannot check: refused
-    # (before, checked as gpt-image-1 and the target written in, though another default runs)
+    # a tool naming no model runs the server's default: checked as it, refused when not allowed
     unnamed = await client_says(meter, flow, create_event("gpt-5", "b", tools=[{"type": "image_generation"}]))
     assert unnamed.dropped
     [event] = injected
-    assert "the image_generation tool names no model" in event["error"]["message"]
+    assert "the tool names none, and gpt-image-2.6-sunburst is its default" in event["error"]["message"]
+
+
+async def test_a_tool_naming_no_model_has_its_checked_default_written_in(
+    meter: Meter, injected: list[dict[str, Any]]
+) -> None:
+    """Before, a tool naming no model was refused wherever models were restricted, even with every
+    image model allowed; under tool_choice none (it cannot run) too."""
+    meter._apply(parse_policies(TOOL_POLICY.replace("gpt-image-1-mini]", "'gpt-image-*']")))
+    flow = handshake()
+    await open_session(meter, flow)
+    message = await client_says(meter, flow, create_event("gpt-5", "a", tools=[{"type": "image_generation"}]))
+    assert not message.dropped and not injected
+    assert json.loads(message.content)["tools"][0]["model"] == "gpt-image-2.6-sunburst"
+    meter._apply(parse_policies(TOOL_POLICY))  # the default not allowed, but the tool cannot run
+    sent = create_event("gpt-5", "b", tools=[{"type": "image_generation"}], tool_choice="none")
+    message = await client_says(meter, flow, sent)
+    assert not message.dropped and not injected
+    assert "model" not in json.loads(message.content)["tools"][0]
 
 
 async def test_a_refused_tool_model_drops_the_create(meter: Meter, injected: list[dict[str, Any]]) -> None:

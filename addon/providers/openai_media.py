@@ -384,10 +384,11 @@ def reserved_input_image_tokens(model: str | None, request: Mapping[str, Any] | 
 # The Responses API's image_generation tool (IMAGE_TOOL): its image model when it names none, as the
 # openai SDK 3.57's types say (openai/types/responses/tool.py: "Default: gpt-image-2.6-sunburst";
 # gpt-image-1, the earlier default, was shut down on 2026-10-23). The server picks it and may change
-# it, so a tool naming none is refused where models are restricted (addon.image_tool); elsewhere its
-# images are priced at this model, which genai-prices 0.2.3 has no price for (an ``unknown_model``
-# row, unless a policies.yaml ``prices:`` entry gives one). Its images are billed at the image
-# model's rates, apart from the response's usage, which reports only the text model's tokens.
+# it, so where models are restricted a tool naming none has it checked and written in
+# (addon.image_tool). Its images are priced at this model, which genai-prices 0.2.3 has no price
+# for (an ``unknown_model`` row, unless a policies.yaml ``prices:`` entry gives one). Its images are
+# billed at the image model's rates, apart from the response's usage, which reports only the text
+# model's tokens.
 DEFAULT_IMAGE_TOOL_MODEL = "gpt-image-2.6-sunburst"
 # The model whose rates reserve the images of an image model without a price here (the tool's
 # default, an Azure deployment's name): gpt-image-1's $40/M, the highest GPT image output rate known.
@@ -404,7 +405,7 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
     without a price, the proxy reserves at that model's rate too). None without the
     tool (or with ``tool_choice: none``). Never raises."""
     tools = body.get("tools") if isinstance(body, Mapping) else None
-    if not isinstance(tools, list) or body.get("tool_choice") == "none":  # type: ignore[union-attr]
+    if not isinstance(tools, list) or tool_choice_none(body):
         return None
     found: tuple[str, int] | None = None
     for tool in tools:
@@ -497,6 +498,11 @@ def _svg_model(svg: Any) -> tuple[str | None, bool]:
     if isinstance(model, str) and model.strip():
         return model.strip(), True
     return None, False
+
+
+def tool_choice_none(body: Mapping[str, Any] | None) -> bool:
+    """Does a Responses request say ``tool_choice: "none"`` (no tool may run)? Never raises."""
+    return isinstance(body, Mapping) and body.get("tool_choice") == "none"
 
 
 def with_image_tool_models(
