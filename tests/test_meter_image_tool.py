@@ -277,6 +277,27 @@ async def test_a_tool_model_that_cannot_run_refuses_the_call(
     )
 
 
+@pytest.mark.parametrize(
+    ("said", "asked"),
+    [
+        ({"quality": "auto", "size": "auto"}, {}),  # the SDK's types allow auto in the item
+        ({"quality": None, "size": None}, {}),  # neither the item nor the tool says
+        ({"quality": "auto", "size": "1024x1024"}, {"size": "1024x1024"}),  # the quality not said
+    ],
+)
+async def test_a_tool_usage_is_taken_when_the_images_quality_or_size_is_not_named(
+    meter: Meter, said: dict[str, Any], asked: dict[str, Any]
+) -> None:
+    """The images counted at the largest quality or size are an upper bound, no bill: before, a
+    correct tool_usage (272 output tokens, low 1024x1024) was replaced by the largest (6,240)."""
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1-mini", **asked}))
+    await run_request(meter, flow)
+    echo = [{"type": "image_generation", "model": "gpt-image-1-mini"}]
+    await answer(meter, flow, tool_response([image_call(**said)], tool_usage=TOOL_USAGE, tools=echo))
+    images, _ = priced(meter)
+    assert (images.output_tokens, images.usage_source) == (272, "reported")
+
+
 IMAGE_GLOB = ONLY_MINI.replace("gpt-image-1-mini]", "'gpt-image-*']")
 DEFAULT_DOWNGRADED = ONLY_MINI.replace("{gpt-image-1:", "{'gpt-image-2*': gpt-image-1-mini, gpt-image-1:")
 

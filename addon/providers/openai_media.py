@@ -547,8 +547,9 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     for the images. Another model (gpt-image-2 and later, an Azure deployment's name): each image as
     the largest tabled image (``MAX_TABLED_IMAGE_TOKENS``, what its reservation counts), so budgets
     see it. The answer's ``tool_usage.image_gen``, when it reports tokens, is taken ("reported")
-    unless, for a tabled model, its output tokens are fewer than the table's count (the API says it
-    may skip a call's record): then the count is, with the reported input ("estimated"). Without
+    unless, for a tabled model whose every image's quality and size are named, its output tokens
+    are fewer than the table's count (the API says it may skip a call's record): then the count is,
+    with the reported input ("estimated"). Without
     it, the count, "estimated" because the image model's input tokens (the prompt the text model
     wrote for it) are not known, so not counted. ``note`` says which, for the row. Never raises."""
     images = len(found.images)
@@ -558,6 +559,7 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     if found.from_events:
         where = "; read from the stream's image events (it ended before its final event)"
     tokens = partials * PARTIAL_IMAGE_TOKENS
+    largest = False  # an image counted as the largest its quality or size may be: an upper bound
     if base_model(model) not in TABLED_IMAGE_MODELS:  # counted as reserved: the largest tabled image
         tokens += images * MAX_TABLED_IMAGE_TOKENS
         how = (
@@ -569,7 +571,6 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
         )
     else:
         counted: list[str] = []
-        largest = False
         for said_quality, said_size in found.images:
             qualities, named_quality = _table_choice(said_quality, tool and tool.quality, IMAGE_OUTPUT_TOKENS)
             sizes, named_size = _table_choice(said_size, tool and tool.size, IMAGE_OUTPUT_TOKENS["high"])
@@ -591,9 +592,10 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
         cached = ""
         if found.cached_tokens:
             cached = f" ({found.cached_tokens} cached input tokens counted at the uncached rate)"
-        # Only a table's count is a bill to compare with: the largest image is a floor for a model
-        # without one (its real images may cost less), so such a model's report is taken as it is.
-        if reported.output_tokens >= tokens or base_model(model) not in TABLED_IMAGE_MODELS:
+        # Only a table's count of images whose quality and size are all named is a bill to compare
+        # with: the largest image (a model without a table, a quality or size auto or not said) is
+        # an upper bound (its real images may cost less), so the report is then taken as it is.
+        if reported.output_tokens >= tokens or base_model(model) not in TABLED_IMAGE_MODELS or largest:
             return reported, "reported", "usage as the response's tool_usage.image_gen reports it" + cached
         raised = replace(
             reported,
