@@ -298,6 +298,41 @@ async def test_a_tool_usage_is_taken_when_the_images_quality_or_size_is_not_name
     assert (images.output_tokens, images.usage_source) == (272, "reported")
 
 
+@pytest.mark.parametrize(
+    ("model", "said", "output"),
+    [
+        ("gpt-image-2", {}, 0),  # no table: a skipped record's 0 output tokens
+        ("gpt-image-2", {}, 543),  # below 272 per image written
+        ("gpt-image-1-mini", {"quality": "auto", "size": "auto"}, 0),  # the table's count an upper bound
+    ],
+)
+async def test_a_skipped_tool_usage_record_is_not_taken_when_the_count_is_an_upper_bound(
+    meter: Meter, model: str, said: dict[str, Any], output: int
+) -> None:
+    """Two images written, tool_usage reporting no (or too few) output tokens: before, a model
+    without a per-image table took it as it was (the images ~$0). The largest-image count is taken."""
+    tools = [{"type": "image_generation", "model": model}]
+    flow = make_flow(RESPONSES, call_body(tools[0]))
+    await run_request(meter, flow)
+    usage = {"image_gen": {"input_tokens": 50, "output_tokens": output, "total_tokens": 50 + output}}
+    await answer(
+        meter, flow, tool_response([image_call(**said), image_call(**said)], tools=tools, tool_usage=usage)
+    )
+    images, _ = priced(meter)
+    assert (images.input_tokens, images.output_tokens, images.usage_source) == (50, 2 * 6240, "estimated")
+    assert f"reports {output} output tokens, fewer than" in (images.error or "")
+
+
+async def test_an_untabled_models_tool_usage_above_the_least_an_image_costs_is_taken(meter: Meter) -> None:
+    tools = [{"type": "image_generation", "model": "gpt-image-2"}]
+    flow = make_flow(RESPONSES, call_body(tools[0]))
+    await run_request(meter, flow)
+    usage = {"image_gen": {"input_tokens": 50, "output_tokens": 600, "total_tokens": 650}}
+    await answer(meter, flow, tool_response([image_call(), image_call()], tools=tools, tool_usage=usage))
+    images, _ = priced(meter)
+    assert (images.output_tokens, images.usage_source) == (600, "reported")
+
+
 IMAGE_GLOB = ONLY_MINI.replace("gpt-image-1-mini]", "'gpt-image-*']")
 DEFAULT_DOWNGRADED = ONLY_MINI.replace("{gpt-image-1:", "{'gpt-image-2*': gpt-image-1-mini, gpt-image-1:")
 

@@ -270,6 +270,9 @@ IMAGE_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
 }
 TABLED_IMAGE_MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"})
 MAX_TABLED_IMAGE_TOKENS = max(tokens for sizes in IMAGE_OUTPUT_TOKENS.values() for tokens in sizes.values())
+# The fewest output tokens an image is taken to cost (the smallest in the table, low 1024x1024): a
+# tool_usage reporting fewer for the images written has skipped a record (the API says it may).
+MIN_TABLED_IMAGE_TOKENS = min(tokens for sizes in IMAGE_OUTPUT_TOKENS.values() for tokens in sizes.values())
 _LATER_IMAGE_MODELS = "gpt-image-"  # a GPT image model without a table (gpt-image-2...)
 PARTIAL_IMAGE_TOKENS = 100  # each partial image of a stream ("Partial images cost", the same guide)
 MAX_IMAGES = 10  # n: 1 to 10 (the API reference)
@@ -549,7 +552,9 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     see it. The answer's ``tool_usage.image_gen``, when it reports tokens, is taken ("reported")
     unless, for a tabled model whose every image's quality and size are named, its output tokens
     are fewer than the table's count (the API says it may skip a call's record): then the count is,
-    with the reported input ("estimated"). Without
+    with the reported input ("estimated"); otherwise (the count an upper bound) the report is
+    taken unless its output tokens are fewer than ``MIN_TABLED_IMAGE_TOKENS`` per image written (a
+    skipped record), when the count is too. Without
     it, the count, "estimated" because the image model's input tokens (the prompt the text model
     wrote for it) are not known, so not counted. ``note`` says which, for the row. Never raises."""
     images = len(found.images)
@@ -594,17 +599,23 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
             cached = f" ({found.cached_tokens} cached input tokens counted at the uncached rate)"
         # Only a table's count of images whose quality and size are all named is a bill to compare
         # with: the largest image (a model without a table, a quality or size auto or not said) is
-        # an upper bound (its real images may cost less), so the report is then taken as it is.
-        if reported.output_tokens >= tokens or base_model(model) not in TABLED_IMAGE_MODELS or largest:
+        # an upper bound (its real images may cost less), so the report is then taken unless it is
+        # below the smallest image for each image written (a skipped record: 0 output tokens...).
+        billed = base_model(model) in TABLED_IMAGE_MODELS and not largest
+        least = tokens if billed else images * MIN_TABLED_IMAGE_TOKENS
+        if reported.output_tokens >= least:
             return reported, "reported", "usage as the response's tool_usage.image_gen reports it" + cached
         raised = replace(
             reported,
             output_tokens=tokens,
             output_image_tokens=reported.output_image_tokens + tokens - reported.output_tokens,
         )
+        fewer = f"its images count ({tokens})"
+        if not billed:
+            fewer = f"the least its {images} image(s) cost ({MIN_TABLED_IMAGE_TOKENS} each)"
         note = (
             f"the response's tool_usage.image_gen reports {reported.output_tokens} output tokens, fewer "
-            f"than its images count ({tokens}), as the API may skip a call's usage record: "
+            f"than {fewer}, as the API may skip a call's usage record: "
             + how.replace("{reports}", "")
             + f"; its input tokens as reported{cached}{where}"
         )
