@@ -84,6 +84,7 @@ from addon.providers.openai_media import (
     read_form,
     reserved_image_tokens,
     reserved_input_image_tokens,
+    svg_authors,
     tool_choice_none,
     with_image_tool_models,
 )
@@ -1308,8 +1309,8 @@ class Meter:
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models)
         reserved_body = body
-        if body is not None and tool_models:
-            reserved_body = with_image_tool_models(body, tool_models)
+        if body is not None and rewrites_tools:  # reserved at the models sent
+            reserved_body = with_image_tool_models(body, tool_models, svg_models)
         estimate = self._cost_estimate(
             record.provider, text_size, reserved_body, record.inference_geo, image_request, edited
         )
@@ -1777,7 +1778,9 @@ class Meter:
         image request (``image_request``: its JSON body or form fields) reserves the image tokens it
         asks for at the image output rate of the model sent, and an edit's ``edited`` input images
         at its image input rate, where OpenAI documents them; a Responses request with the
-        ``image_generation`` tool, the images it may write at its image model's image output rate.
+        ``image_generation`` tool, the images it may write at its image model's image output rate,
+        and for each such tool naming an SVG author model (``svg.model``), the output that model may
+        write (the request's cap, else its p90) at its text rate, for each call the tool may make.
         Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
@@ -1807,6 +1810,10 @@ class Meter:
                         provider, RESERVATION_IMAGE_MODEL, 0, image_tokens, output_image_tokens=image_tokens
                     )
                 cost += images
+            authors, calls = svg_authors(body)
+            for author in authors:  # the SVG author's tokens: a row of their own, at its text rates
+                written = _max_output_tokens(body) or self.outputs.reserved(provider, author)
+                cost += self.pricer.estimate(provider, author, 0, written * calls, geo)
             return cost
 
         def estimate_or_text(model: str | None) -> Decimal:

@@ -563,7 +563,9 @@ class SocketMeter:
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models)
-        reserved = with_image_tool_models(create.body, tool_models) if tool_models else create.body
+        reserved = (
+            with_image_tool_models(create.body, tool_models, svg_models) if rewrites_tools else create.body
+        )
         decision = enforcer.decide(
             provider=record.provider,
             environment=record.environment,

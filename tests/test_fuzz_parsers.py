@@ -1556,6 +1556,9 @@ def test_the_image_tools_readers_never_raise(
             assert kept is None or (isinstance(kept, str) and len(kept) <= 32)
         if merged is not None:
             openai_media.image_tool_usage(merged, tool.runs or "gpt-image-1", tool)
+    authors, calls = openai_media.svg_authors(body)  # the SVG authors reserved
+    assert authors == tuple(tool.svg_model for tool in asked if tool.svg_model is not None)
+    assert 0 < calls <= openai_media.MAX_IMAGES if authors else calls == 0
     if asked:
         changes = {tool.index: "gpt-image-1-mini" for tool in asked}
         rewritten = openai_media.with_image_tool_models(body, changes)

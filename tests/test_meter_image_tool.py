@@ -439,6 +439,35 @@ async def test_an_image_model_target_of_a_catch_all_is_written_in(meter: Meter) 
     assert (upstream["model"], upstream["tools"][0]["model"]) == ("gpt-4o-mini", "gpt-image-1-mini")
 
 
+@pytest.mark.parametrize(
+    ("policy", "author", "reserved_as"),
+    [
+        ("environments:\n  development:\n    models: {allow: ['*']}\n", "o3-pro", "o3-pro"),
+        (  # downgraded: reserved at the model sent
+            ONLY_MINI.replace("{gpt-image-1:", "{o3-pro: gpt-4o-mini, gpt-image-1:"),
+            "o3-pro",
+            "gpt-4o-mini",
+        ),
+    ],
+)
+async def test_the_svg_authors_output_is_reserved_at_its_text_rate(
+    meter: Meter, policy: str, author: str, reserved_as: str
+) -> None:
+    """Before, the SVG author's tokens (billed on a row of their own) were in no reservation."""
+    meter._apply(parse_policies(policy + BUDGET))
+    sent = call_body(svg_tool({"model": author}), max_output_tokens=200, max_tool_calls=2)
+    flow = make_flow(RESPONSES, sent)
+    size = len(flow.request.content)
+    await run_request(meter, flow)
+    assert flow.response is None
+    reserved = meter.enforcer.budgets.reserved()[DEVELOPMENT]
+    text_and_images = meter._cost_estimate(
+        "openai", size, {**sent, "tools": [{"type": "image_generation", **svg_tool(None)}]}
+    )("gpt-4o-mini")
+    # the request's cap (200), for each of the 2 image calls the tool may make, at the author's rate
+    assert reserved - text_and_images == bill(reserved_as, output_tokens=400) > 0
+
+
 async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model_is_allowed(
     meter: Meter,
 ) -> None:

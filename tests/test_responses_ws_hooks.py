@@ -306,6 +306,23 @@ async def test_a_create_with_the_image_tool_reserves_its_image_too(meter: Meter)
     assert meter.enforcer.budgets.reserved() == {DEV: text + image.total_price}
 
 
+async def test_a_create_reserves_its_svg_authors_output(meter: Meter) -> None:
+    """Before, the SVG author's tokens (billed on a row of their own) were in no reservation."""
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 10, period: day}\n"))
+    flow = handshake()
+    await open_session(meter, flow)
+    tool = {"type": "image_generation", "model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
+    tool |= {"output_format": "svg", "svg": {"model": "o3-pro"}}
+    create = create_event("gpt-5", "a", max_output_tokens=400, tools=[tool])
+    await client_says(meter, flow, create)
+    text = meter.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 400, None)
+    image = calc_price(
+        GPUsage(output_tokens=272, output_image_tokens=272), "gpt-image-1", provider_id="openai"
+    )
+    author = meter.pricer.estimate("openai", "o3-pro", 0, 400, None)
+    assert author > 0 and meter.enforcer.budgets.reserved() == {DEV: text + image.total_price + author}
+
+
 async def test_rate_limits_count_each_create_not_the_handshake(
     meter: Meter, injected: list[dict[str, Any]]
 ) -> None:

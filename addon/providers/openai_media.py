@@ -431,9 +431,24 @@ def image_tool_tokens(body: Mapping[str, Any] | None) -> tuple[str, int] | None:
             found = (model, tokens)
     if found is None:
         return None
-    calls = body.get("max_tool_calls")  # type: ignore[union-attr]
-    images = min(calls, MAX_IMAGES) if type(calls) is int and calls > 0 else 1  # a bound for all tools
-    return found[0], found[1] * images
+    return found[0], found[1] * _tool_calls(body)  # type: ignore[arg-type]
+
+
+def _tool_calls(body: Mapping[str, Any]) -> int:
+    """How many built-in tool calls a Responses request may make, for its reservation: its
+    ``max_tool_calls`` (at most ``MAX_IMAGES``), else one (nothing else bounds it)."""
+    calls = body.get("max_tool_calls")
+    return min(calls, MAX_IMAGES) if type(calls) is int and calls > 0 else 1
+
+
+def svg_authors(body: Mapping[str, Any] | None) -> tuple[tuple[str, ...], int]:
+    """(the SVG author model each ``image_generation`` tool of a Responses request names
+    (``tools[i].svg.model``), the image calls each may author for: ``max_tool_calls`` or one),
+    for its reservation: none with ``tool_choice: none``. Never raises."""
+    if not isinstance(body, Mapping) or tool_choice_none(body):
+        return (), 0
+    authors = tuple(tool.svg_model for tool in image_tools(body) if tool.svg_model is not None)
+    return authors, _tool_calls(body) if authors else 0
 
 
 @dataclass(frozen=True, slots=True)
