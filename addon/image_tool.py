@@ -70,12 +70,15 @@ def is_image_model(model: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class ImageToolCall:
     """What the proxy let a request's (first) image tool run: the model it asked for (the default
-    when it named none), the one sent upstream, the decision (allowed, downgraded), the tool."""
+    when it named none), the one sent upstream, the decision (allowed, downgraded), the tool, and
+    the same of its SVG author model."""
 
     requested: str
     sent: str
     action: str
     tool: ImageTool
+    # Its SVG author (``svg.model``) as let through, if it names one: (requested, sent, action).
+    svg: tuple[str, str, str] | None = None
 
 
 _MAX_KEPT = 64  # characters of a model name, quality or size kept with a background response
@@ -98,6 +101,7 @@ def call_to_json(call: ImageToolCall) -> dict[str, Any]:
         "model": tool.model,
         "quality": _short(tool.quality),
         "size": _short(tool.size),
+        "svg": list(call.svg) if call.svg is not None else None,
     }
 
 
@@ -113,7 +117,17 @@ def call_from_json(value: Any) -> ImageToolCall | None:
     if model is not None and not _short(model):
         return None
     tool = ImageTool(index, model, True, _short(value.get("quality")), _short(value.get("size")))
-    return ImageToolCall(requested, sent, action, tool)  # type: ignore[arg-type]
+    return ImageToolCall(requested, sent, action, tool, _svg_from_json(value.get("svg")))  # type: ignore[arg-type]
+
+
+def _svg_from_json(value: Any) -> tuple[str, str, str] | None:
+    """The SVG author decision ``call_to_json`` kept, else None (its row then says what it reports)."""
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    requested, sent, action = (_short(one) for one in value)
+    if not (requested and sent and action in ("allowed", "downgraded")):
+        return None
+    return requested, sent, action
 
 
 @dataclass(slots=True)
@@ -127,6 +141,7 @@ class ToolRules:
     notices: list[str] = field(default_factory=list)
     refusal: Decision | None = None
     refused_model: str | None = None  # the model the refusal names
+    svg_calls: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # index -> SVG author's
 
 
 def rule_image_tools(
@@ -184,7 +199,7 @@ def rule_image_tools(
             rules.changes[tool.index] = model
         if rules.call is None:
             action = "downgraded" if sent != model else "allowed"
-            rules.call = ImageToolCall(model, sent, action, tool)
+            rules.call = ImageToolCall(model, sent, action, tool, rules.svg_calls.get(tool.index))
     return rules
 
 
@@ -215,8 +230,10 @@ def _rule_svg_author(
     if target and is_image_model(target):
         why += f": its downgrade target {target} is an image model, not an SVG author"
     elif decision.refusal is None:
+        rules.svg_calls[tool.index] = (model, model, "allowed")
         if target and target != model:
             rules.svg_changes[tool.index] = target
+            rules.svg_calls[tool.index] = (model, target, "downgraded")
             if decision.notice:
                 rules.notices.append(f"image_generation tool's SVG author: {decision.notice}")
         return True
@@ -274,23 +291,30 @@ def tool_row(
 SVG_FLAVOR = "responses"  # the SVG author is a text model: its tokens are a Responses call's
 
 
-def svg_rows(parent: CallRecord, found: ToolImages | None, row_ids: Sequence[str]) -> list[CallRecord]:
+def svg_rows(
+    parent: CallRecord, found: ToolImages | None, row_ids: Sequence[str], call: ImageToolCall | None = None
+) -> list[CallRecord]:
     """The rows of the tokens the tool's SVG author model(s) spent (each image call's
     ``svg_usage``, summed per model, one row each, ids from ``row_ids``): the call's attribution,
-    status and timing, that model's name, its reported tokens. Unpriced: the store's pricer prices
-    them at that model's (text) rates."""
+    status and timing, that model's name, its reported tokens. The row of the model ``call``'s SVG
+    author was sent as (its undated name) says the model requested and the decision (a downgrade);
+    another, the model reported, allowed. Unpriced: the store's pricer prices them at that model's
+    (text) rates."""
     if found is None:
         return []
     rows = []
     for (model, usage), row_id in zip(found.svg, row_ids, strict=False):
+        requested, sent, action = model, model, "allowed"
+        if call is not None and call.svg is not None and base_model(model) == base_model(call.svg[1]):
+            requested, sent, action = call.svg
         row = dataclasses.replace(
             parent,
             id=row_id,
             api_flavor=SVG_FLAVOR,
-            model_requested=model,
-            model_sent=model,
+            model_requested=requested,
+            model_sent=sent,
             model_reported=model,
-            action="allowed",
+            action=action,
             ttft_ms=None,
             service_tier=None,
             inference_geo=None,

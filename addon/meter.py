@@ -2158,7 +2158,9 @@ class Meter:
         while len(state.svg_row_ids) < len(found.svg):
             state.svg_row_ids.append(self._next_call_id())
         images = tool_row(state.record, found, state.image_tool, state.tool_row_id)
-        return ([images] if images is not None else []) + svg_rows(state.record, found, state.svg_row_ids)
+        return ([images] if images is not None else []) + svg_rows(
+            state.record, found, state.svg_row_ids, state.image_tool
+        )
 
     def _submit(self, record: CallRecord, store: Store | None = None) -> None:
         """Hand the call to ``store`` (the one that journaled it, else the one in use now)."""

@@ -560,7 +560,7 @@ class ResponsesSession(SocketSession):
         if found is None or not found.billed:
             return []
         row = tool_row(call.record, found, call.image_tool, self.next_id()) if found.images_billed else None
-        authored = svg_rows(call.record, found, [self.next_id() for _ in found.svg])
+        authored = svg_rows(call.record, found, [self.next_id() for _ in found.svg], call.image_tool)
         return [RealtimeRow(one) for one in ([row] if row is not None else []) + authored]
 
     def _next_waiting(self, stream_id: str | None) -> ResponseCall | None:

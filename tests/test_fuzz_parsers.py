@@ -1569,7 +1569,7 @@ def test_the_image_tools_readers_never_raise(
         assert [authored["tools"][i]["svg"]["model"] for i in svg] == ["o3"] * len(svg)
 
 
-_KEPT_CALL_KEYS = ["requested", "sent", "action", "index", "model", "quality", "size"]
+_KEPT_CALL_KEYS = ["requested", "sent", "action", "index", "model", "quality", "size", "svg"]
 
 
 @FUZZ
@@ -1584,7 +1584,18 @@ _KEPT_CALL_KEYS = ["requested", "sent", "action", "index", "model", "quality", "
                 "action": st.sampled_from(["allowed", "downgraded", "blocked"]),
                 "index": st.integers(-2, 5),
             },
-            optional={"model": JSON_VALUES, "quality": JSON_VALUES, "size": JSON_VALUES},
+            optional={
+                "model": JSON_VALUES,
+                "quality": JSON_VALUES,
+                "size": JSON_VALUES,
+                "svg": st.one_of(
+                    JSON_VALUES,
+                    st.lists(
+                        st.one_of(st.text(max_size=80), st.sampled_from(["allowed", "downgraded"])),
+                        max_size=4,
+                    ),
+                ),
+            },
         ),
     )
 )
@@ -1594,8 +1605,9 @@ def test_a_kept_image_tool_call_is_read_back_or_none(kept: Any) -> None:
     call = call_from_json(kept)
     if call is not None:
         assert call.action in ("allowed", "downgraded") and call.requested and call.sent
-        for value in (call.tool.quality, call.tool.size, call.tool.model):
+        for value in (call.tool.quality, call.tool.size, call.tool.model, *(call.svg or ())):
             assert value is None or (isinstance(value, str) and len(value) <= 64)
+        assert call.svg is None or (call.svg[0] and call.svg[1] and call.svg[2] in ("allowed", "downgraded"))
         assert call_from_json(json.loads(json.dumps(call_to_json(call)))) == call
 
 

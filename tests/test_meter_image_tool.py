@@ -546,6 +546,31 @@ async def test_the_svg_author_model_is_downgraded_by_rewriting_only_it(meter: Me
     )
 
 
+SVG_DOWNGRADE = ONLY_MINI.replace("{gpt-image-1:", "{o3-pro: gpt-4o-mini, gpt-image-1:")
+AUTHOR_USAGE = {"input_tokens": 10, "output_tokens": 50, "reasoning_tokens": 0, "total_tokens": 60}
+
+
+@pytest.mark.parametrize("background", [False, True])
+async def test_a_downgraded_svg_authors_row_says_so(meter: Meter, background: bool) -> None:
+    """Before, the SVG author's row said allowed and named the model sent as requested; a background
+    response's retrieval (which bills it) knew nothing of the downgrade made on the POST."""
+    meter._apply(parse_policies(SVG_DOWNGRADE))
+    post = make_flow(RESPONSES, call_body(svg_tool({"model": "o3-pro"}), background=background))
+    await run_request(meter, post)
+    author = AUTHOR_USAGE | {"model": "gpt-4o-mini-2024-07-18"}  # the dated name it reports
+    done = tool_response([image_call(svg_usage=author)])
+    flow = post
+    if background:
+        queued = {"id": "resp_sv", "object": "response", "status": "queued", "background": True, "output": []}
+        await answer(meter, post, queued | {"model": "gpt-4o-mini", "usage": None})
+        flow = make_flow(f"{RESPONSES}/resp_sv", b"", method="GET")
+        await run_request(meter, flow)
+        done |= {"id": "resp_sv", "background": True}
+    await answer(meter, flow, done)
+    [svg] = [row for row in priced(meter) if row.model_reported == "gpt-4o-mini-2024-07-18"]
+    assert (svg.action, svg.model_requested, svg.model_sent) == ("downgraded", "o3-pro", "gpt-4o-mini")
+
+
 async def test_an_allowed_svg_author_passes_as_sent(meter: Meter) -> None:
     meter._apply(parse_policies(ONLY_MINI))
     flow = make_flow(RESPONSES, call_body(svg_tool({"model": "gpt-4o-mini"})))

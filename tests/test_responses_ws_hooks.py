@@ -601,6 +601,13 @@ async def test_an_svg_author_model_is_downgraded_in_the_create_only_its_value_ch
     sent += b'"model":"gpt-image-1-mini","output_format":"svg","svg":{"model":"o3-pro"}}]}'
     message = await client_says(meter, flow, sent)
     assert message.content == sent.replace(b'"o3-pro"', b'"gpt-5"') and not message.dropped
+    # its row says so (before: allowed, the model sent named as requested)
+    await server_says(meter, flow, response_created("resp_1", "gpt-5"))
+    author = {"model": "gpt-5", "input_tokens": 10, "output_tokens": 50}
+    output = [IMAGE_CALL | {"svg_usage": author}]
+    await server_says(meter, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, output=output))
+    [svg] = [row for row in records(meter) if row.api_flavor == "responses" and row.output_tokens == 50]
+    assert (svg.action, svg.model_requested, svg.model_sent) == ("downgraded", "o3-pro", "gpt-5")
     blocked = TOOL_POLICY.replace("on_disallowed: downgrade", "on_disallowed: block")
     meter._apply(parse_policies(blocked))
     refused = await client_says(meter, flow, sent.replace(b'"gpt-5",', b'"gpt-5","x":1,', 1))
