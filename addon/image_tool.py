@@ -26,6 +26,7 @@ from typing import Any
 from addon.enforcement import Decision, Enforcer
 from addon.model_rules import base_model
 from addon.pricing import SUBSCRIPTION
+from addon.providers.openai_api import MAX_TOOL_MODEL_NAME
 from addon.providers.openai_media import (
     DEFAULT_IMAGE_TOOL_MODEL,
     ImageTool,
@@ -81,7 +82,9 @@ class ImageToolCall:
     svg: tuple[str, str, str] | None = None
 
 
-_MAX_KEPT = 64  # characters of a model name, quality or size kept with a background response
+# Characters of a model name (the tool's bound on one read: longer is unreadable), quality or size
+# kept with a background response: call_to_json shortens to it, call_from_json rejects beyond it.
+_MAX_KEPT = MAX_TOOL_MODEL_NAME
 
 
 def _short(value: Any) -> str | None:
@@ -89,19 +92,25 @@ def _short(value: Any) -> str | None:
     return value if isinstance(value, str) and len(value) <= _MAX_KEPT else None
 
 
+def _cut(value: str | None) -> str | None:
+    """``value`` shortened to ``_MAX_KEPT`` characters: what ``_short`` reads back (a policy's
+    downgrade target is not bounded by what the tool named)."""
+    return value[:_MAX_KEPT] if value is not None else None
+
+
 def call_to_json(call: ImageToolCall) -> dict[str, Any]:
     """What a background response's pending entry keeps of its image tool call (``call_from_json``
     reads it back): short strings and the tool's index, never a prompt or an image."""
     tool = call.tool
     return {
-        "requested": call.requested,
-        "sent": call.sent,
+        "requested": _cut(call.requested),
+        "sent": _cut(call.sent),
         "action": call.action,
         "index": tool.index,
-        "model": tool.model,
+        "model": _cut(tool.model),
         "quality": _short(tool.quality),
         "size": _short(tool.size),
-        "svg": list(call.svg) if call.svg is not None else None,
+        "svg": [_cut(one) for one in call.svg] if call.svg is not None else None,
     }
 
 

@@ -1551,6 +1551,8 @@ def test_the_image_tools_readers_never_raise(
     for tool in asked:
         assert tool.runs is None or (isinstance(tool.runs, str) and tool.runs.strip())
         assert tool.svg_model is None or (isinstance(tool.svg_model, str) and tool.svg_model.strip())
+        for name in (tool.model, tool.svg_model):  # kept while a response runs: bounded
+            assert name is None or len(name) <= openai_api.MAX_TOOL_MODEL_NAME
         assert tool.svg_readable or tool.svg_model is None
         for kept in (tool.quality, tool.size):  # kept while a response runs: short strings only
             assert kept is None or (isinstance(kept, str) and len(kept) <= 32)
@@ -1606,7 +1608,7 @@ def test_a_kept_image_tool_call_is_read_back_or_none(kept: Any) -> None:
     if call is not None:
         assert call.action in ("allowed", "downgraded") and call.requested and call.sent
         for value in (call.tool.quality, call.tool.size, call.tool.model, *(call.svg or ())):
-            assert value is None or (isinstance(value, str) and len(value) <= 64)
+            assert value is None or (isinstance(value, str) and len(value) <= openai_api.MAX_TOOL_MODEL_NAME)
         assert call.svg is None or (call.svg[0] and call.svg[1] and call.svg[2] in ("allowed", "downgraded"))
         assert call_from_json(json.loads(json.dumps(call_to_json(call)))) == call
 

@@ -19,8 +19,10 @@ from test_meter import CollectingStore, feed, make_flow, run_request, stream_res
 from test_openai_media import TOOL_USAGE, image_call, image_tool_stream, sse_of, tool_response
 
 from addon.budgets import Scope
+from addon.image_tool import ImageToolCall, call_from_json, call_to_json
 from addon.meter import NOTICE_HEADER, Meter
 from addon.policies import parse_policies
+from addon.providers.openai_media import ImageTool
 from addon.record import CallRecord
 
 RESPONSES = "https://api.openai.com/v1/responses"
@@ -252,6 +254,7 @@ async def test_a_downgraded_call_and_tool_both_rewritten(meter: Meter) -> None:
         ),
         (ONLY_MINI, {"model": 42}, "(unreadable)", "could not be read"),  # fail closed
         (ONLY_MINI, {"model": " "}, "(unreadable)", "could not be read"),
+        (ONLY_MINI, {"model": "gpt-image-1-mini" + "x" * 190}, "(unreadable)", "could not be read"),  # > 200
     ],
 )
 async def test_a_tool_model_that_cannot_run_refuses_the_call(
@@ -544,6 +547,21 @@ async def test_the_svg_author_model_is_downgraded_by_rewriting_only_it(meter: Me
             flow.response.headers[NOTICE_HEADER]  # type: ignore[union-attr]
         )
     )
+
+
+def test_a_kept_image_tool_call_keeps_a_long_downgrade() -> None:
+    """Before, a model name over 64 characters (read up to any length, or a policy's target) was
+    written with a background response but not read back: the downgrade silently lost. Both now
+    keep MAX_TOOL_MODEL_NAME (200) characters, the bound a tool's model is read to."""
+    long = "gpt-image-1-" + "x" * 100
+    tool = ImageTool(0, long, True, "high", "auto")  # its svg_model kept in call.svg
+    call = ImageToolCall(
+        long, "gpt-image-1-mini", "downgraded", tool, ("o3-" + "y" * 100, "gpt-4o-mini", "downgraded")
+    )
+    assert call_from_json(json.loads(json.dumps(call_to_json(call)))) == call
+    target = "z" * 300  # longer than any name a tool is read with: shortened, both ways the same
+    kept = call_from_json(call_to_json(ImageToolCall(long, target, "downgraded", tool)))
+    assert kept is not None and (kept.requested, kept.sent, kept.action) == (long, "z" * 200, "downgraded")
 
 
 SVG_DOWNGRADE = ONLY_MINI.replace("{gpt-image-1:", "{o3-pro: gpt-4o-mini, gpt-image-1:")

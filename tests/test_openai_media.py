@@ -1032,6 +1032,26 @@ def test_a_tool_images_row_costs_what_openai_bills() -> None:
     assert (record.cost_usd, record.price_model) == (Decimal("0.1744"), "gpt-image-1")
 
 
+def test_a_tools_model_name_over_200_characters_is_unreadable() -> None:
+    """Before, a tool's model or svg.model of any length was read (and kept while its response ran)."""
+    long = "gpt-image-1" + "x" * 190
+    tools = [
+        {"type": "image_generation", "model": long, "svg": {"model": "o3" + "x" * 199}},
+        {"type": "image_generation", "model": long[:200], "svg": {"model": "o3" + "x" * 198}},
+    ]
+    over, at_bound = openai_media.image_tools({"tools": tools})
+    assert (over.model, over.readable, over.runs, over.svg_model, over.svg_readable) == (
+        None,
+        False,
+        None,
+        None,
+        False,
+    )
+    assert (at_bound.model, at_bound.svg_model) == (long[:200], "o3" + "x" * 198)
+    echoed = {"object": "response", "output": [image_call()], "tools": [tools[0]]}
+    assert openai_api.tool_images_of(echoed).model is None  # type: ignore[union-attr]
+
+
 def test_an_answers_svg_author_tokens_are_read_per_model() -> None:
     """Each image call's svg_usage (its SVG author model's tokens), summed per model; reasoning
     added to the output only when total_tokens says it was counted beside it. Before: not read."""

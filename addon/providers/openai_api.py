@@ -155,6 +155,12 @@ def _wrote_image(item: dict[str, Any]) -> bool:
     return status == "completed" or bool(_str(item.get("result")))
 
 
+# Characters of a model name read from an image tool (``tools[i].model``, ``svg.model``, echoed or
+# in ``svg_usage``): a longer one is no model's name, so it counts as unreadable (refused where models
+# are restricted), and nothing longer is kept while a response runs or with a background response.
+MAX_TOOL_MODEL_NAME = 200
+
+
 def _echoed_tool_model(tools: Any) -> str | None:
     """The model of the ``image_generation`` tool a response object echoes in its ``tools``."""
     if not isinstance(tools, list):
@@ -162,7 +168,7 @@ def _echoed_tool_model(tools: Any) -> str | None:
     for tool in tools:
         if isinstance(tool, dict) and tool.get("type") == IMAGE_TOOL:
             model = tool.get("model")
-            if isinstance(model, str) and model.strip():
+            if isinstance(model, str) and 0 < len(model.strip()) <= MAX_TOOL_MODEL_NAME:
                 return model.strip()
     return None
 
@@ -206,7 +212,6 @@ def tool_images_of(response: Any) -> ToolImages | None:
 
 
 MAX_SVG_MODELS = 4  # SVG author models of one response billed (each its own row)
-_MAX_MODEL_NAME = 200
 
 
 def _add_svg_usage(found: dict[str, Usage], svg_usage: Any) -> None:
@@ -216,7 +221,7 @@ def _add_svg_usage(found: dict[str, Usage], svg_usage: Any) -> None:
     if not isinstance(svg_usage, dict):
         return
     model = _str(svg_usage.get("model"))
-    if not model or len(model) > _MAX_MODEL_NAME or (model not in found and len(found) >= MAX_SVG_MODELS):
+    if not model or len(model) > MAX_TOOL_MODEL_NAME or (model not in found and len(found) >= MAX_SVG_MODELS):
         return
     given, output, reasoning = (  # a negative count is none
         max(0, _int(svg_usage.get(name))) for name in ("input_tokens", "output_tokens", "reasoning_tokens")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from addon.model_rules import base_model
-from addon.providers.openai_api import IMAGE_TOOL, error_message, image_usage
+from addon.providers.openai_api import IMAGE_TOOL, MAX_TOOL_MODEL_NAME, error_message, image_usage
 from addon.providers.values import bare_path, flavor_by_suffix, loads
 from addon.providers.values import token_count as _int
 from addon.sse import SSEEvent
@@ -455,8 +455,9 @@ def svg_authors(body: Mapping[str, Any] | None) -> tuple[tuple[str, ...], int]:
 class ImageTool:
     """One ``image_generation`` tool of a Responses request: its place in ``tools``, the model it
     names (None: none, so the tool's default), whether that can be read (a ``model`` that is not a
-    non-empty string cannot), and the quality and size it asks for (short strings only, else None:
-    a waiting response keeps them, outside what a WebSocket's ``MAX_KEPT_BYTES`` bounds)."""
+    non-empty string of at most ``MAX_TOOL_MODEL_NAME`` characters cannot), and the quality and
+    size it asks for (short strings only, else None: a waiting response keeps them, outside what a
+    WebSocket's ``MAX_KEPT_BYTES`` bounds)."""
 
     index: int
     model: str | None
@@ -485,8 +486,8 @@ def image_tools(body: Mapping[str, Any] | None) -> tuple[ImageTool, ...]:
         if not isinstance(tool, dict) or tool.get("type") != IMAGE_TOOL:
             continue
         model = tool.get("model")
-        readable = model is None or (isinstance(model, str) and bool(model.strip()))
-        named = model.strip() if isinstance(model, str) and readable else None
+        readable = model is None or _model_name(model) is not None
+        named = _model_name(model)
         svg_model, svg_readable = _svg_model(tool.get("svg"))
         quality, size = _kept(tool.get("quality")), _kept(tool.get("size"))
         found.append(ImageTool(index, named, readable, quality, size, svg_model, svg_readable))
@@ -513,9 +514,17 @@ def _svg_model(svg: Any) -> tuple[str | None, bool]:
     model = svg.get("model")
     if model is None:
         return None, True
-    if isinstance(model, str) and model.strip():
-        return model.strip(), True
-    return None, False
+    named = _model_name(model)
+    return named, named is not None
+
+
+def _model_name(value: Any) -> str | None:
+    """A model name a tool gives: a non-empty string of at most ``MAX_TOOL_MODEL_NAME`` characters
+    (stripped), else None (unreadable: a longer one is no model's name, and is never kept)."""
+    if not isinstance(value, str):
+        return None
+    name = value.strip()
+    return name if 0 < len(name) <= MAX_TOOL_MODEL_NAME else None
 
 
 def tool_choice_none(body: Mapping[str, Any] | None) -> bool:
