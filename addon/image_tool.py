@@ -25,10 +25,11 @@ from typing import Any
 
 from addon.enforcement import Decision, Enforcer
 from addon.model_rules import base_model
-from addon.pricing import SUBSCRIPTION
+from addon.pricing import PRICED, SUBSCRIPTION, UNKNOWN_MODEL, Pricer
 from addon.providers.openai_api import MAX_TOOL_MODEL_NAME
 from addon.providers.openai_media import (
     DEFAULT_IMAGE_TOOL_MODEL,
+    RESERVATION_IMAGE_MODEL,
     ImageTool,
     image_tool_usage,
 )
@@ -39,6 +40,7 @@ FLAVOR = "images"  # the tool's images are billed as an image model's (its rates
 UNREADABLE = (
     "the image_generation tool's model could not be read, so it cannot be checked against the allowlist"
 )
+ROW_NOTE = "the image_generation tool's images of call"  # how a tool's images row's error starts
 # The names of image models (GPT image models, ChatGPT's): the only downgrade targets a tool can run.
 IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image")
 # Every count a row keeps: a tool's row starts with none of its call's.
@@ -264,7 +266,7 @@ def tool_row(
     sent = call.sent if call is not None else None
     model = found.model or sent or DEFAULT_IMAGE_TOOL_MODEL
     usage, source, note = image_tool_usage(found, model, call.tool if call is not None else None)
-    notes = [f"the image_generation tool's images of call {parent.id}: {note}"]
+    notes = [f"{ROW_NOTE} {parent.id}: {note}"]
     if found.model is None and sent is None:
         notes.append(f"the request names no image_generation tool: priced as {model}, the tool's default")
     elif found.model is None and call is not None and call.tool.model is None:
@@ -295,6 +297,38 @@ def tool_row(
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its images too
         row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
     return row
+
+
+def price_unpriced_images(record: CallRecord, pricer: Pricer) -> None:
+    """A tool's images row (``tool_row``'s) that ``pricer`` left ``unknown_model`` (the tool's
+    default, which genai-prices has no price for, or another image model without a price): priced
+    at ``RESERVATION_IMAGE_MODEL``'s rates, as its reservation was, so budgets do not count it $0.
+    Its ``usage_source`` is then ``estimated`` and its ``error`` says so. Any other row: untouched."""
+    if record.api_flavor != FLAVOR or record.price_status != UNKNOWN_MODEL:
+        return
+    if not (record.error or "").startswith(ROW_NOTE):
+        return
+    p = pricer.price_usage(
+        record.provider,
+        (RESERVATION_IMAGE_MODEL,),
+        record.usage,
+        record.ts,
+        record.status_code,
+        record.service_tier,
+        record.inference_geo,
+    )
+    if p.status != PRICED:
+        return
+    unpriced = record.model_reported or record.model_sent
+    record.cost_usd, record.price_status, record.price_source, record.price_model = (
+        p.cost_usd,
+        p.status,
+        p.source,
+        p.model,
+    )
+    record.usage_source = "estimated"
+    why = f"no price for {unpriced}: priced at {RESERVATION_IMAGE_MODEL}'s rates, as reserved (an estimate)"
+    record.error = f"{record.error}; {why}"[:1000]
 
 
 SVG_FLAVOR = "responses"  # the SVG author is a text model: its tokens are a Responses call's

@@ -47,6 +47,7 @@ from addon.image_tool import (
     ImageToolCall,
     call_from_json,
     call_to_json,
+    price_unpriced_images,
     rule_image_tools,
     svg_rows,
     tool_row,
@@ -642,8 +643,11 @@ class Meter:
             self.on_providers_changed()
 
     def _price(self, record: CallRecord) -> None:
-        """The store's pricer (writer thread): whatever prices are in force now."""
-        self.pricer(record)
+        """The store's pricer (writer thread): whatever prices are in force now. An image tool's
+        images at a model without a price: at the rates that reserved them (addon.image_tool)."""
+        pricer = self.pricer
+        pricer(record)
+        price_unpriced_images(record, pricer)
 
     async def _watch_policies(self) -> None:
         """Pick up edits of policies.yaml; an invalid edit leaves the last good policy in force."""

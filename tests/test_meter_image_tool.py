@@ -4,6 +4,7 @@ the tool's model held to the allowlist, and the images it wrote a row of their o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -474,8 +475,9 @@ async def test_the_svg_authors_output_is_reserved_at_its_text_rate(
 async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model_is_allowed(
     meter: Meter,
 ) -> None:
-    """Unrestricted, nothing is refused: the images are priced at the default the openai SDK 3.57
-    types name, which genai-prices has no price for (the row says so); reserved at gpt-image-1's rate."""
+    """Unrestricted, nothing is refused: the images are billed as the default the openai SDK 3.57
+    types name, which genai-prices has no price for, so priced at gpt-image-1's rate, as reserved
+    (the row says so). Before, the row was unknown_model: $0 to every budget."""
     meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n" + BUDGET))
     flow = make_flow(RESPONSES, call_body({}, max_output_tokens=200))
     prompt_tokens = len(flow.request.content) // 4
@@ -486,16 +488,41 @@ async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model
     ) + bill("gpt-image-1", output_tokens=6240, output_image_tokens=6240)
     await answer(meter, flow, tool_response([image_call()]))
     images, _ = priced(meter)
-    assert (images.model_requested, images.model_sent, images.price_status) == (
+    assert (images.model_requested, images.model_sent, images.price_status, images.price_model) == (
         "gpt-image-2.6-sunburst",
         "gpt-image-2.6-sunburst",
-        "unknown_model",  # counted as the largest tabled image, at a rate genai-prices lacks
+        "priced",  # counted as the largest tabled image, at gpt-image-1's rate
+        "gpt-image-1",
     )
     assert (images.output_image_tokens, images.usage_source) == (6240, "estimated")
+    assert images.cost_usd == bill("gpt-image-1", output_tokens=6240, output_image_tokens=6240)
     assert images.error is not None and images.error.endswith(
         "the tool names no model: priced as gpt-image-2.6-sunburst, its default "
-        "(genai-prices has no price for it)"
+        "(genai-prices has no price for it); no price for gpt-image-2.6-sunburst: priced at "
+        "gpt-image-1's rates, as reserved (an estimate)"
     )
+
+
+async def test_a_reported_tool_usage_of_a_model_without_a_price_is_priced_at_the_reservations_rate(
+    meter: Meter,
+) -> None:
+    """Before, the default's reported tokens were unknown_model, $0 to budgets."""
+    flow = make_flow(RESPONSES, call_body({}))
+    await run_request(meter, flow)
+    echo = [{"type": "image_generation", "model": "gpt-image-2.6-sunburst"}]
+    await answer(meter, flow, tool_response([image_call()], tool_usage=TOOL_USAGE, tools=echo))
+    images, _ = priced(meter)
+    assert (images.model_reported, images.price_status, images.usage_source) == (
+        "gpt-image-2.6-sunburst",
+        "priced",
+        "estimated",
+    )
+    assert images.cost_usd == bill("gpt-image-1", input_tokens=49, output_tokens=272, output_image_tokens=272)
+    # only a tool's images row: an Images API call's at a model without a price is as it was
+    unpriced = {"cost_usd": None, "price_status": None, "price_source": None, "price_model": None}
+    other = dataclasses.replace(images, path="/v1/images/generations", error=None, **unpriced)
+    meter._price(other)
+    assert (other.price_status, other.cost_usd) == ("unknown_model", None)
 
 
 def svg_tool(author: Any) -> dict[str, Any]:

@@ -388,8 +388,9 @@ def reserved_input_image_tokens(model: str | None, request: Mapping[str, Any] | 
 # openai SDK 3.57's types say (openai/types/responses/tool.py: "Default: gpt-image-2.6-sunburst";
 # gpt-image-1, the earlier default, was shut down on 2026-10-23). The server picks it and may change
 # it, so where models are restricted a tool naming none has it checked and written in
-# (addon.image_tool). Its images are priced at this model, which genai-prices 0.2.3 has no price
-# for (an ``unknown_model`` row, unless a policies.yaml ``prices:`` entry gives one). Its images are
+# (addon.image_tool). Its images are billed as this model, which genai-prices 0.2.3 has no price
+# for: unless a policies.yaml ``prices:`` entry gives one, the row is priced at
+# ``RESERVATION_IMAGE_MODEL``'s rates (addon.image_tool.price_unpriced_images). Its images are
 # billed at the image model's rates, apart from the response's usage, which reports only the text
 # model's tokens.
 DEFAULT_IMAGE_TOOL_MODEL = "gpt-image-2.6-sunburst"
