@@ -253,6 +253,41 @@ def _rule_svg_author(
     return False
 
 
+def _child_row(
+    parent: CallRecord,
+    row_id: str,
+    flavor: str,
+    *,
+    requested: str | None,
+    sent: str | None,
+    reported: str | None,
+    action: str,
+    note: str,
+) -> CallRecord:
+    """A row of the call ``parent`` billed apart (its tool's images, its SVG author's tokens): the
+    call's attribution, status and timing; its own flavor, models and decision; no usage or price
+    yet; ``note`` as its error."""
+    return dataclasses.replace(
+        parent,
+        id=row_id,
+        api_flavor=flavor,
+        model_requested=requested,
+        model_sent=sent,
+        model_reported=reported,
+        action=action,
+        ttft_ms=None,
+        service_tier=None,
+        inference_geo=None,
+        cost_usd=None,
+        price_status=None,
+        price_source=None,
+        price_model=None,
+        usage_source="none",
+        error=note[:1000],
+        **_COUNTS,  # type: ignore[arg-type]
+    )
+
+
 def tool_row(
     parent: CallRecord, found: ToolImages | None, call: ImageToolCall | None, row_id: str
 ) -> CallRecord | None:
@@ -274,24 +309,15 @@ def tool_row(
         notes.append(f"the tool names no model: priced as {model}, its default{unpriced}")
     if found.failed:
         notes.append(f"{found.failed} image call(s) wrote no image: not billed")
-    row = dataclasses.replace(
+    row = _child_row(
         parent,
-        id=row_id,
-        api_flavor=FLAVOR,
-        model_requested=call.requested if call is not None else model,
-        model_sent=sent or model,
-        model_reported=found.model,
+        row_id,
+        FLAVOR,
+        requested=call.requested if call is not None else model,
+        sent=sent or model,
+        reported=found.model,
         action=call.action if call is not None else "allowed",
-        ttft_ms=None,
-        service_tier=None,
-        inference_geo=None,
-        cost_usd=None,
-        price_status=None,
-        price_source=None,
-        price_model=None,
-        usage_source="none",
-        error="; ".join(notes)[:1000],
-        **_COUNTS,  # type: ignore[arg-type]
+        note="; ".join(notes),
     )
     row.set_usage(usage, source)
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its images too
@@ -350,24 +376,15 @@ def svg_rows(
         requested, sent, action = model, model, "allowed"
         if call is not None and call.svg is not None and base_model(model) == base_model(call.svg[1]):
             requested, sent, action = call.svg
-        row = dataclasses.replace(
+        row = _child_row(
             parent,
-            id=row_id,
-            api_flavor=SVG_FLAVOR,
-            model_requested=requested,
-            model_sent=sent,
-            model_reported=model,
+            row_id,
+            SVG_FLAVOR,
+            requested=requested,
+            sent=sent,
+            reported=model,
             action=action,
-            ttft_ms=None,
-            service_tier=None,
-            inference_geo=None,
-            cost_usd=None,
-            price_status=None,
-            price_source=None,
-            price_model=None,
-            usage_source="none",
-            error=f"the image_generation tool's SVG author tokens (svg_usage) of call {parent.id}"[:1000],
-            **_COUNTS,  # type: ignore[arg-type]
+            note=f"the image_generation tool's SVG author tokens (svg_usage) of call {parent.id}",
         )
         row.set_usage(usage, "reported")
         if parent.price_status == SUBSCRIPTION:
