@@ -155,6 +155,9 @@ class ToolRules:
     svg_calls: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # index -> SVG author's
 
 
+DEFAULT_MODEL_PROVIDER = "openai"  # whose default DEFAULT_IMAGE_TOOL_MODEL is
+
+
 def rule_image_tools(
     enforcer: Enforcer,
     provider: str,
@@ -171,6 +174,8 @@ def rule_image_tools(
     downgraded), so the server never runs a model the proxy did not check; elsewhere it runs as it
     is. Under ``tool_choice_none`` (the request's ``tool_choice: "none"``) a tool naming none cannot
     run: neither refused nor rewritten.
+    Elsewhere than OpenAI (Azure runs the deployment a header names) the default is unknown here:
+    a tool naming none is refused where models are ``restricted``.
     A disallowed model is downgraded (its target written in) or refused, saying it is the tool's;
     a target that is no image model (a catch-all's text model) counts as none: refused."""
     rules = ToolRules()
@@ -180,6 +185,12 @@ def rule_image_tools(
             return rules
         if tool.model is None and tool.readable and tool_choice_none:  # it cannot run: left as it is
             continue
+        if tool.model is None and tool.readable and restricted and provider != DEFAULT_MODEL_PROVIDER:
+            # Azure runs the deployment its header names, another API its own: nothing to check here.
+            why = f"the image_generation tool names no model, and on {provider} the one it runs is not known"
+            rules.refusal = enforcer.refuse_model(provider, environment, "(unnamed)", f"{why}: name it")
+            rules.refused_model = "(unnamed)"
+            return rules
         if model is None:
             if restricted:
                 rules.refusal = enforcer.refuse_model(provider, environment, "(unreadable)", UNREADABLE)
@@ -332,8 +343,8 @@ def price_unpriced_images(record: CallRecord, pricer: Pricer) -> None:
     Its ``usage_source`` is then ``estimated`` and its ``error`` says so. Any other row: untouched."""
     if record.api_flavor != FLAVOR or record.price_status != UNKNOWN_MODEL:
         return
-    if not (record.error or "").startswith(ROW_NOTE):
-        return
+    if not (record.error or "").startswith(ROW_NOTE) or "/responses" not in record.path:
+        return  # an Images API row (its error is upstream's words): never this
     p = pricer.price_usage(
         record.provider,
         (RESERVATION_IMAGE_MODEL,),

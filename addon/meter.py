@@ -1784,7 +1784,8 @@ class Meter:
         at its image input rate, where OpenAI documents them; a Responses request with the
         ``image_generation`` tool, the images it may write at its image model's image output rate,
         and for each such tool naming an SVG author model (``svg.model``), the output that model may
-        write (the request's cap, else its p90) at its text rate, for each call the tool may make.
+        write (its p90 here: the request's cap is its text model's) at its text rate, for each call
+        the tool may make.
         Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
@@ -1816,7 +1817,7 @@ class Meter:
                 cost += images
             authors, calls = svg_authors(body)
             for author in authors:  # the SVG author's tokens: a row of their own, at its text rates
-                written = _max_output_tokens(body) or self.outputs.reserved(provider, author)
+                written = self.outputs.reserved(provider, author)  # the call's cap is its text model's
                 cost += self.pricer.estimate(provider, author, 0, written * calls, geo)
             return cost
 

@@ -306,7 +306,6 @@ async def test_a_tool_usage_is_taken_when_the_images_quality_or_size_is_not_name
     ("model", "said", "output"),
     [
         ("gpt-image-2", {}, 0),  # no table: a skipped record's 0 output tokens
-        ("gpt-image-2", {}, 543),  # below 272 per image written
         ("gpt-image-1-mini", {"quality": "auto", "size": "auto"}, 0),  # the table's count an upper bound
     ],
 )
@@ -327,14 +326,19 @@ async def test_a_skipped_tool_usage_record_is_not_taken_when_the_count_is_an_upp
     assert f"reports {output} output tokens, fewer than" in (images.error or "")
 
 
-async def test_an_untabled_models_tool_usage_above_the_least_an_image_costs_is_taken(meter: Meter) -> None:
+@pytest.mark.parametrize("output", [600, 250])
+async def test_an_untabled_models_tool_usage_above_the_least_an_image_costs_is_taken(
+    meter: Meter, output: int
+) -> None:
+    """Without a table nothing says what its image costs: any output reported is taken (250 for two
+    images was billed as 12,480 when gpt-image-1's smallest image was taken as a floor)."""
     tools = [{"type": "image_generation", "model": "gpt-image-2"}]
     flow = make_flow(RESPONSES, call_body(tools[0]))
     await run_request(meter, flow)
-    usage = {"image_gen": {"input_tokens": 50, "output_tokens": 600, "total_tokens": 650}}
+    usage = {"image_gen": {"input_tokens": 50, "output_tokens": output, "total_tokens": 50 + output}}
     await answer(meter, flow, tool_response([image_call(), image_call()], tools=tools, tool_usage=usage))
     images, _ = priced(meter)
-    assert (images.output_tokens, images.usage_source) == (600, "reported")
+    assert (images.output_tokens, images.usage_source) == (output, "reported")
 
 
 IMAGE_GLOB = ONLY_MINI.replace("gpt-image-1-mini]", "'gpt-image-*']")
@@ -468,8 +472,9 @@ async def test_the_svg_authors_output_is_reserved_at_its_text_rate(
     text_and_images = meter._cost_estimate(
         "openai", size, {**sent, "tools": [{"type": "image_generation", **svg_tool(None)}]}
     )("gpt-4o-mini")
-    # the request's cap (200), for each of the 2 image calls the tool may make, at the author's rate
-    assert reserved - text_and_images == bill(reserved_as, output_tokens=400) > 0
+    # its p90 here (none yet: 1,000), for each of the 2 image calls the tool may make, at its rate;
+    # never the request's cap (200), which is the text model's
+    assert reserved - text_and_images == bill(reserved_as, output_tokens=2000) > 0
 
 
 async def test_a_tool_naming_no_model_runs_the_servers_default_where_every_model_is_allowed(
@@ -686,3 +691,34 @@ async def test_the_svg_authors_tokens_are_a_row_at_its_own_rates(meter: Meter) -
     assert svg.usage_source == "reported" and svg.id not in (images.id, text.id)
     assert svg.cost_usd == bill("o3", input_tokens=100, output_tokens=500)
     assert svg.error == f"the image_generation tool's SVG author tokens (svg_usage) of call {text.id}"
+
+
+async def test_an_azure_tool_naming_no_model_is_refused_where_models_are_restricted(meter: Meter) -> None:
+    """Azure runs the deployment its x-ms-oai-image-generation-deployment header names, not OpenAI's
+    default: checking (and writing in) that default let an unchecked deployment run."""
+    meter._apply(parse_policies(IMAGE_GLOB.replace("gpt-4o-mini,", "gpt-4o-mini, gpt-4.1,")))
+    body = {"model": "gpt-4.1", "input": "draw", "tools": [{"type": "image_generation"}]}
+    headers = {"api-key": "k", "x-ms-oai-image-generation-deployment": "my-images"}
+    flow = make_flow("https://myres.openai.azure.com/openai/v1/responses", body, headers=headers)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert (
+        "on azure the one it runs is not known: name it"
+        in json.loads(flow.response.content)["error"]["message"]
+    )
+
+
+async def test_an_images_api_row_is_never_priced_as_a_tools_images(meter: Meter) -> None:
+    """An Images API row's error is upstream's words: one starting as a tool's images row does was
+    priced at gpt-image-1's rates instead of staying unknown_model."""
+    from addon.image_tool import ROW_NOTE
+
+    flow = make_flow("https://api.openai.com/v1/images/generations", {"model": "gpt-image-9", "prompt": "x"})
+    await run_request(meter, flow)
+    usage = {"input_tokens": 10, "output_tokens": 1000, "total_tokens": 1010}
+    body = {"error": {"message": ROW_NOTE + " spoofed"}, "usage": usage}
+    flow.response = http.Response.make(200, json.dumps(body).encode(), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [row] = priced(meter)
+    assert (row.api_flavor, row.price_status, row.cost_usd) == ("images", "unknown_model", None)

@@ -579,7 +579,7 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
     are fewer than the table's count (the API says it may skip a call's record): then the count is,
     with the reported input ("estimated"); otherwise (the count an upper bound) the report is
     taken unless its output tokens are fewer than ``MIN_TABLED_IMAGE_TOKENS`` per image written (a
-    skipped record), when the count is too. Without
+    skipped record; for a model without a table, none at all), when the count is too. Without
     it, the count, "estimated" because the image model's input tokens (the prompt the text model
     wrote for it) are not known, so not counted. ``note`` says which, for the row. Never raises."""
     images = len(found.images)
@@ -626,8 +626,10 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
         # with: the largest image (a model without a table, a quality or size auto or not said) is
         # an upper bound (its real images may cost less), so the report is then taken unless it is
         # below the smallest image for each image written (a skipped record: 0 output tokens...).
-        billed = base_model(model) in TABLED_IMAGE_MODELS and not largest
-        least = tokens if billed else images * MIN_TABLED_IMAGE_TOKENS
+        tabled = base_model(model) in TABLED_IMAGE_MODELS
+        billed = tabled and not largest
+        # Without a table nothing says what an image costs: only no output at all is a skipped record.
+        least = tokens if billed else images * MIN_TABLED_IMAGE_TOKENS if tabled else 1
         if reported.output_tokens >= least:
             return reported, "reported", "usage as the response's tool_usage.image_gen reports it" + cached
         raised = replace(
@@ -637,7 +639,7 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
         )
         fewer = f"its images count ({tokens})"
         if not billed:
-            fewer = f"the least its {images} image(s) cost ({MIN_TABLED_IMAGE_TOKENS} each)"
+            fewer = f"the least its {images} image(s) cost ({least // images} each)"
         note = (
             f"the response's tool_usage.image_gen reports {reported.output_tokens} output tokens, fewer "
             f"than {fewer}, as the API may skip a call's usage record: "
