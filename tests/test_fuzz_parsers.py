@@ -1867,3 +1867,16 @@ def test_responses_ws_messages_never_raise(data: bytes, model: str, pad: str) ->
     # Only the model changed, and a rewritten message past one fragment is ASCII.
     assert json.loads(rewritten) == {**json.loads(data), "model": model}
     assert len(rewritten) <= 4000 or rewritten == data or rewritten.isascii()
+
+
+@FUZZ
+@given(obj=st.dictionaries(st.sampled_from(["result", "x", "output"]), JSON_VALUES), spaced=st.booleans())
+def test_cutting_a_final_events_images_keeps_its_json(obj: dict[str, Any], spaced: bool) -> None:
+    """Whatever the event holds, what is left decodes, with the same keys, every value but a long
+    "result" string as it was."""
+    event = {"pad": "p" * openai_api.CUT_RESULTS_FROM, **obj}
+    data = json.dumps(event, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    cut = json.loads(openai_api.without_image_results(data))
+    assert cut.keys() == event.keys() and cut["pad"] == event["pad"]
+    for key in ("x", "output"):
+        assert cut.get(key) == event.get(key) or "result" in json.dumps(event.get(key))
