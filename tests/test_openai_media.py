@@ -24,6 +24,7 @@ from addon.providers.openai_media import (
     StreamParser,
     flavor_for_path,
     image_tool_tokens,
+    image_tool_usage,
     input_images,
     parse_response,
     read_form,
@@ -1083,3 +1084,11 @@ def test_an_answers_svg_author_tokens_are_read_per_model() -> None:
         ("o3", Usage(input_tokens=101, output_tokens=1000, reasoning_tokens=600)),
         ("gpt-5", Usage(input_tokens=10, output_tokens=25, reasoning_tokens=5)),
     )
+
+
+def test_a_reported_zero_with_partial_images_only_never_raises() -> None:
+    """No finished image, two partial ones, a model without a table, tool_usage reporting no output:
+    its note divided by the number of images (0)."""
+    found = ToolImages(images=(), partial_images=2, usage=Usage(input_tokens=5, output_tokens=0))
+    usage, source, note = image_tool_usage(found, "gpt-image-2", None)
+    assert (usage.output_tokens, source) == (200, "estimated") and "any output for its 0 image(s)" in note

@@ -639,7 +639,9 @@ def image_tool_usage(found: ToolImages, model: str, tool: ImageTool | None) -> t
         )
         fewer = f"its images count ({tokens})"
         if not billed:
-            fewer = f"the least its {images} image(s) cost ({least // images} each)"
+            fewer = f"the least its {images} image(s) cost ({MIN_TABLED_IMAGE_TOKENS} each)"
+            if not tabled:
+                fewer = f"any output for its {images} image(s)"
         note = (
             f"the response's tool_usage.image_gen reports {reported.output_tokens} output tokens, fewer "
             f"than {fewer}, as the API may skip a call's usage record: "
