@@ -181,6 +181,8 @@ def without_image_results(data: bytes) -> bytes:
         return data
     parts.append(data[kept:])
     return b"".join(parts)
+
+
 MAX_IMAGE_CALLS = 64  # image calls of one response followed at most (each writes one image)
 
 
