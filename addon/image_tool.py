@@ -6,6 +6,9 @@ names none, ``DEFAULT_IMAGE_TOOL_MODEL``). It is held to the environment's allow
 own model: allowed, downgraded by writing an image model in as ``tools[i].model`` (only that value
 changes), or the call refused. Where models are restricted, a tool naming none has its default
 checked and written in (or its downgrade target), so the server never picks a model unchecked.
+On Azure the tool's ``model`` (or, when it names none, the ``x-ms-oai-image-generation-deployment``
+header) names a deployment: checked as the model policies.yaml ``azure_deployments`` maps it to, a
+downgrade writing the deployment serving its target where the deployment was named.
 
 OpenAI bills the tool's images apart from the response's ``usage`` (the text model's tokens), at the
 image model's rates. A response whose tool wrote images is therefore two rows: the call's own (its
@@ -18,7 +21,7 @@ rates in every report, and the budgets count the images as they are billed. Pure
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -32,6 +35,7 @@ from addon.providers.openai_media import (
     RESERVATION_IMAGE_MODEL,
     ImageTool,
     image_tool_usage,
+    model_name,
 )
 from addon.record import CallRecord
 from addon.usage import ToolImages
@@ -82,6 +86,9 @@ class ImageToolCall:
     tool: ImageTool
     # Its SVG author (``svg.model``) as let through, if it names one: (requested, sent, action).
     svg: tuple[str, str, str] | None = None
+    # Azure: the deployment sent (in ``tools[i].model`` or the image deployment header), serving
+    # ``sent`` (``requested``/``sent`` are then the models the deployments serve).
+    deployment: str | None = None
 
 
 # Characters of a model name (the tool's bound on one read: longer is unreadable), quality or size
@@ -113,6 +120,7 @@ def call_to_json(call: ImageToolCall) -> dict[str, Any]:
         "quality": _short(tool.quality),
         "size": _short(tool.size),
         "svg": [_cut(one) for one in call.svg] if call.svg is not None else None,
+        "deployment": _cut(call.deployment),
     }
 
 
@@ -128,7 +136,8 @@ def call_from_json(value: Any) -> ImageToolCall | None:
     if model is not None and not _short(model):
         return None
     tool = ImageTool(index, model, True, _short(value.get("quality")), _short(value.get("size")))
-    return ImageToolCall(requested, sent, action, tool, _svg_from_json(value.get("svg")))  # type: ignore[arg-type]
+    svg, deployment = _svg_from_json(value.get("svg")), (_short(value.get("deployment")) or None)
+    return ImageToolCall(requested, sent, action, tool, svg, deployment)  # type: ignore[arg-type]
 
 
 def _svg_from_json(value: Any) -> tuple[str, str, str] | None:
@@ -153,9 +162,16 @@ class ToolRules:
     refusal: Decision | None = None
     refused_model: str | None = None  # the model the refusal names
     svg_calls: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # index -> SVG author's
+    # Azure: the deployment to write into the image deployment header (a downgrade of the one it named)
+    header: str | None = None
+    # Azure: index -> the model the tool's deployment serves (as sent), for its reservation only
+    reserved: dict[int, str] = field(default_factory=dict)
 
 
 DEFAULT_MODEL_PROVIDER = "openai"  # whose default DEFAULT_IMAGE_TOOL_MODEL is
+AZURE = "azure"  # whose tools[i].model names a deployment, as its image deployment header does
+# Azure's request header naming the deployment a tool naming no model runs.
+DEPLOYMENT_HEADER = "x-ms-oai-image-generation-deployment"
 
 
 def rule_image_tools(
@@ -165,6 +181,8 @@ def rule_image_tools(
     tools: Sequence[ImageTool],
     restricted: bool,
     tool_choice_none: bool = False,
+    deployments: Mapping[str, str] | None = None,
+    header: str | None = None,
 ) -> ToolRules:
     """Each image tool's model through the allowlist (``Enforcer.decide_model``: no budget, no rate
     limit: the call's own decision counts those). One whose model cannot be read is refused where
@@ -174,8 +192,12 @@ def rule_image_tools(
     downgraded), so the server never runs a model the proxy did not check; elsewhere it runs as it
     is. Under ``tool_choice_none`` (the request's ``tool_choice: "none"``) a tool naming none cannot
     run: neither refused nor rewritten.
-    Elsewhere than OpenAI (Azure runs the deployment a header names) the default is unknown here:
-    a tool naming none is refused where models are ``restricted``.
+    Elsewhere than OpenAI the default is unknown here: a tool naming none is refused where models
+    are ``restricted``, save on Azure when the request's ``DEPLOYMENT_HEADER`` (``header``) names
+    the deployment it runs. On Azure ``tools[i].model`` and that header name deployments: each is
+    checked as the model ``deployments`` (policies.yaml ``azure_deployments``) maps it to (an
+    unmapped name as itself), and a downgrade writes the deployment serving its target where the
+    deployment was named (``changes``, or ``header``), refused when no deployment serves it.
     A disallowed model is downgraded (its target written in) or refused, saying it is the tool's;
     a target that is no image model (a catch-all's text model) counts as none: refused."""
     rules = ToolRules()
@@ -185,8 +207,23 @@ def rule_image_tools(
             return rules
         if tool.model is None and tool.readable and tool_choice_none:  # it cannot run: left as it is
             continue
+        if provider == AZURE and tool.readable and (tool.model is not None or header is not None):
+            in_header = tool.model is None
+            deployment = tool.model if tool.model is not None else model_name(header)
+            if deployment is None:  # a header that is no deployment's name
+                if restricted:
+                    why = f"the {DEPLOYMENT_HEADER} header could not be read as a deployment's name"
+                    rules.refusal = enforcer.refuse_model(provider, environment, "(unreadable)", why)
+                    rules.refused_model = "(unreadable)"
+                    return rules
+                continue
+            if not _rule_azure_tool(
+                enforcer, environment, tool, deployment, in_header, deployments or {}, rules
+            ):
+                return rules
+            continue
         if tool.model is None and tool.readable and restricted and provider != DEFAULT_MODEL_PROVIDER:
-            # Azure runs the deployment its header names, another API its own: nothing to check here.
+            # Azure without its image deployment header, another API: its own default, unknown here.
             why = f"the image_generation tool names no model, and on {provider} the one it runs is not known"
             rules.refusal = enforcer.refuse_model(provider, environment, "(unnamed)", f"{why}: name it")
             rules.refused_model = "(unnamed)"
@@ -223,6 +260,55 @@ def rule_image_tools(
             action = "downgraded" if sent != model else "allowed"
             rules.call = ImageToolCall(model, sent, action, tool, rules.svg_calls.get(tool.index))
     return rules
+
+
+def _rule_azure_tool(
+    enforcer: Enforcer,
+    environment: str,
+    tool: ImageTool,
+    deployment: str,
+    in_header: bool,
+    deployments: Mapping[str, str],
+    rules: ToolRules,
+) -> bool:
+    """An Azure tool's ``deployment`` (named in ``tools[i].model``, or in the image deployment
+    header when ``in_header``) checked as the model ``deployments`` maps it to (an unmapped name as
+    itself): allowed; downgraded by writing the deployment serving the target where it was named
+    (refused when none does, or the target is no image model); or refused (False)."""
+    model = deployments.get(deployment, deployment)
+    where = f"the {DEPLOYMENT_HEADER} header's deployment" if in_header else "the tool's deployment"
+    why = f"the image_generation tool's model ({where} {deployment}"
+    why += f", serving {model})" if model != deployment else ")"
+    decision = enforcer.decide_model(AZURE, environment, model)
+    target = decision.model_sent if decision.action == "downgraded" else None
+    written = None
+    if decision.refusal is None and target and target != model:
+        if not is_image_model(target):  # a catch-all's text model: the tool cannot run it
+            why += f": its downgrade target {target} is not an image model"
+        else:
+            written = next((name for name, served in deployments.items() if served == target), None)
+            if written is None:
+                why += f": no Azure deployment serves its downgrade target {target}"
+                why += " (policies.yaml azure_deployments)"
+    if decision.refusal is not None or (target and target != model and written is None):
+        rules.refusal = enforcer.refuse_model(AZURE, environment, model, why)
+        rules.refused_model = model
+        return False
+    sent, sent_deployment = model, deployment
+    if written is not None and target is not None:
+        sent, sent_deployment = target, written
+        if in_header:
+            rules.header = written
+        else:
+            rules.changes[tool.index] = written
+        if decision.notice:
+            rules.notices.append(f"image_generation tool: {decision.notice} (deployment {written})")
+    rules.reserved[tool.index] = sent
+    if rules.call is None:
+        action = "downgraded" if sent != model else "allowed"
+        svg = rules.svg_calls.get(tool.index)
+        rules.call = ImageToolCall(model, sent, action, tool, svg, sent_deployment)
+    return True
 
 
 SVG_UNREADABLE = (
@@ -311,10 +397,15 @@ def tool_row(
         return None
     sent = call.sent if call is not None else None
     model = found.model or sent or DEFAULT_IMAGE_TOOL_MODEL
+    deployment = call.deployment if call is not None else None
+    if deployment is not None and found.model in (None, deployment):  # Azure: the model it serves
+        model = sent or model
     usage, source, note = image_tool_usage(found, model, call.tool if call is not None else None)
     notes = [f"{ROW_NOTE} {parent.id}: {note}"]
     if found.model is None and sent is None:
         notes.append(f"the request names no image_generation tool: priced as {model}, the tool's default")
+    elif deployment is not None:
+        notes.append(f"priced as {model}, the model Azure deployment {deployment} serves")
     elif found.model is None and call is not None and call.tool.model is None:
         unpriced = " (genai-prices has no price for it)" if model == DEFAULT_IMAGE_TOOL_MODEL else ""
         notes.append(f"the tool names no model: priced as {model}, its default{unpriced}")
@@ -326,7 +417,7 @@ def tool_row(
         FLAVOR,
         requested=call.requested if call is not None else model,
         sent=sent or model,
-        reported=found.model,
+        reported=model if deployment is not None and found.model == deployment else found.model,
         action=call.action if call is not None else "allowed",
         note="; ".join(notes),
     )

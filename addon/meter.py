@@ -44,6 +44,7 @@ from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import (
+    DEPLOYMENT_HEADER,
     ImageToolCall,
     call_from_json,
     call_to_json,
@@ -1308,13 +1309,17 @@ class Meter:
                 tools,
                 restricted,
                 tool_choice_none(body),
+                provider.deployments,
+                flow.request.headers.get(DEPLOYMENT_HEADER),
             )
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models)
+        header_deployment = rules.header if rules is not None else None  # Azure: a downgraded header
+        reserved_models = {**tool_models, **rules.reserved} if rules is not None else {}
         reserved_body = body
-        if body is not None and rewrites_tools:  # reserved at the models sent
-            reserved_body = with_image_tool_models(body, tool_models, svg_models)
+        if body is not None and (reserved_models or svg_models):  # reserved at the models sent
+            reserved_body = with_image_tool_models(body, reserved_models, svg_models)
         estimate = self._cost_estimate(
             record.provider, text_size, reserved_body, record.inference_geo, image_request, edited
         )
@@ -1354,7 +1359,9 @@ class Meter:
             inject = options is None or (
                 isinstance(options, dict) and options.get("include_usage") is not True
             )
-        if not (downgrade or inject or rewrites_tools):
+        if header_deployment is not None:  # Azure: the image deployment header's downgrade
+            flow.request.headers[DEPLOYMENT_HEADER] = header_deployment
+        if not (downgrade or inject or rewrites_tools or header_deployment):
             return
         if inject and new_body is not None:
             options = {**(new_body.get("stream_options") or {}), "include_usage": True}
@@ -1373,7 +1380,7 @@ class Meter:
         notices = [decision.notice] if downgrade and decision.notice else []
         if downgrade:
             record.model_sent = downgrade
-        if rewrites_tools and rules is not None:
+        if (rewrites_tools or header_deployment) and rules is not None:
             notices += rules.notices
             log.info("tokometer: %s", "; ".join(rules.notices))
         state.notice = "; ".join(notices) or None

@@ -591,6 +591,8 @@ def test_a_kept_image_tool_call_keeps_a_long_downgrade() -> None:
         long, "gpt-image-1-mini", "downgraded", tool, ("o3-" + "y" * 100, "gpt-4o-mini", "downgraded")
     )
     assert call_from_json(json.loads(json.dumps(call_to_json(call)))) == call
+    azure = dataclasses.replace(call, deployment="img-" + "d" * 100)  # Azure: the deployment sent
+    assert call_from_json(json.loads(json.dumps(call_to_json(azure)))) == azure
     target = "z" * 300  # longer than any name a tool is read with: shortened, both ways the same
     kept = call_from_json(call_to_json(ImageToolCall(long, target, "downgraded", tool)))
     assert kept is not None and (kept.requested, kept.sent, kept.action) == (long, "z" * 200, "downgraded")
@@ -693,19 +695,100 @@ async def test_the_svg_authors_tokens_are_a_row_at_its_own_rates(meter: Meter) -
     assert svg.error == f"the image_generation tool's SVG author tokens (svg_usage) of call {text.id}"
 
 
+AZURE_RESPONSES = "https://myres.openai.azure.com/openai/v1/responses"
+DEPLOYMENT_HEADER = "x-ms-oai-image-generation-deployment"
+# Azure: img-small serves the allowed gpt-image-1-mini, img-big gpt-image-1 (downgraded to -mini).
+AZURE_IMAGES = ONLY_MINI + "azure_deployments:\n  img-small: gpt-image-1-mini\n  img-big: gpt-image-1\n"
+
+
 async def test_an_azure_tool_naming_no_model_is_refused_where_models_are_restricted(meter: Meter) -> None:
     """Azure runs the deployment its x-ms-oai-image-generation-deployment header names, not OpenAI's
-    default: checking (and writing in) that default let an unchecked deployment run."""
+    default: checking (and writing in) that default let an unchecked deployment run. Without the
+    header nothing says which deployment runs: refused."""
     meter._apply(parse_policies(IMAGE_GLOB.replace("gpt-4o-mini,", "gpt-4o-mini, gpt-4.1,")))
     body = {"model": "gpt-4.1", "input": "draw", "tools": [{"type": "image_generation"}]}
-    headers = {"api-key": "k", "x-ms-oai-image-generation-deployment": "my-images"}
-    flow = make_flow("https://myres.openai.azure.com/openai/v1/responses", body, headers=headers)
+    flow = make_flow(AZURE_RESPONSES, body, headers={"api-key": "k"})  # no image deployment header
     await run_request(meter, flow)
     assert flow.response is not None and flow.response.status_code == 403
     assert (
         "on azure the one it runs is not known: name it"
         in json.loads(flow.response.content)["error"]["message"]
     )
+
+
+@pytest.mark.parametrize(("named", "sent"), [("img-small", "img-small"), ("img-big", "img-small")])
+async def test_an_azure_tools_model_is_a_deployment_checked_as_the_model_it_serves(
+    meter: Meter, named: str, sent: str
+) -> None:
+    """Azure's tools[i].model names a deployment: img-small (serving the allowed gpt-image-1-mini)
+    was refused as a model not allowed, and img-big downgraded had gpt-image-1-mini written in,
+    which is no deployment. Its images row is priced at the model the deployment sent serves."""
+    meter._apply(parse_policies(AZURE_IMAGES))
+    flow = make_flow(AZURE_RESPONSES, call_body({"model": named}), headers={"api-key": "k"})
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert json.loads(flow.request.content)["tools"][0]["model"] == sent
+    await answer(
+        meter, flow, tool_response([image_call()], tools=[{"type": "image_generation", "model": sent}])
+    )
+    [images] = [row for row in priced(meter) if row.api_flavor == "images"]
+    requested = "gpt-image-1" if named == "img-big" else "gpt-image-1-mini"
+    assert (images.model_requested, images.model_sent, images.price_model) == (
+        requested,
+        "gpt-image-1-mini",
+        "gpt-image-1-mini",
+    )
+    assert images.cost_usd == bill("gpt-image-1-mini", output_tokens=4160)  # high 1024x1024
+    assert "the model Azure deployment img-small serves" in (images.error or "")
+
+
+async def test_an_azure_tools_downgrade_no_deployment_serves_is_refused(meter: Meter) -> None:
+    meter._apply(parse_policies(ONLY_MINI + "azure_deployments:\n  img-big: gpt-image-1\n"))
+    flow = make_flow(AZURE_RESPONSES, call_body({"model": "img-big"}), headers={"api-key": "k"})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "no Azure deployment serves its downgrade target gpt-image-1-mini" in message
+
+
+@pytest.mark.parametrize(
+    ("header", "written"),
+    [("img-small", "img-small"), ("img-big", "img-small"), ("gpt-image-1-mini", "gpt-image-1-mini")],
+)
+async def test_an_azure_tool_naming_no_model_runs_the_header_deployment_as_checked(
+    meter: Meter, header: str, written: str
+) -> None:
+    """A tool naming no model runs the deployment the header names: checked as the model it serves
+    (an unmapped name as itself), not refused; a downgrade rewrites the header, not the tool."""
+    meter._apply(parse_policies(AZURE_IMAGES))
+    headers = {"api-key": "k", DEPLOYMENT_HEADER: header}
+    flow = make_flow(AZURE_RESPONSES, call_body({}), headers=headers)
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert flow.request.headers[DEPLOYMENT_HEADER] == written
+    assert "model" not in json.loads(flow.request.content)["tools"][0]
+
+
+async def test_an_azure_header_deployment_not_allowed_is_refused(meter: Meter) -> None:
+    """The header's deployment is checked as the model it serves (it was refused as naming none,
+    whatever the header said: where models are unrestricted, it ran unchecked)."""
+    meter._apply(parse_policies(BLOCKING + "azure_deployments:\n  img-big: gpt-image-1.5\n"))
+    headers = {"api-key": "k", DEPLOYMENT_HEADER: "img-big"}
+    flow = make_flow(AZURE_RESPONSES, call_body({}), headers=headers)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert (
+        "x-ms-oai-image-generation-deployment header's deployment img-big, serving gpt-image-1.5" in message
+    )
+
+
+async def test_an_openai_tool_ignores_the_azure_header(meter: Meter) -> None:
+    meter._apply(parse_policies(IMAGE_GLOB))
+    flow = make_flow(RESPONSES, call_body({}), headers={DEPLOYMENT_HEADER: "img-big"})
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert json.loads(flow.request.content)["tools"][0]["model"] == "gpt-image-2.6-sunburst"
 
 
 async def test_an_images_api_row_is_never_priced_as_a_tools_images(meter: Meter) -> None:

@@ -487,8 +487,8 @@ def image_tools(body: Mapping[str, Any] | None) -> tuple[ImageTool, ...]:
         if not isinstance(tool, dict) or tool.get("type") != IMAGE_TOOL:
             continue
         model = tool.get("model")
-        readable = model is None or _model_name(model) is not None
-        named = _model_name(model)
+        readable = model is None or model_name(model) is not None
+        named = model_name(model)
         svg_model, svg_readable = _svg_model(tool.get("svg"))
         quality, size = _kept(tool.get("quality")), _kept(tool.get("size"))
         found.append(ImageTool(index, named, readable, quality, size, svg_model, svg_readable))
@@ -515,11 +515,11 @@ def _svg_model(svg: Any) -> tuple[str | None, bool]:
     model = svg.get("model")
     if model is None:
         return None, True
-    named = _model_name(model)
+    named = model_name(model)
     return named, named is not None
 
 
-def _model_name(value: Any) -> str | None:
+def model_name(value: Any) -> str | None:
     """A model name a tool gives: a non-empty string of at most ``MAX_TOOL_MODEL_NAME`` characters
     (stripped), else None (unreadable: a longer one is no model's name, and is never kept)."""
     if not isinstance(value, str):
