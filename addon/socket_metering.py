@@ -180,6 +180,14 @@ class SocketMeter:
     ) -> None:
         self._meter = meter
         self._off_loop = off_loop  # runs a parse in a worker thread when its input is large
+        # Each family's messages, by its session's type.
+        self._handlers: dict[type, Callable[..., Awaitable[None]]] = {
+            LiveSession: self._live_message,
+            ResponsesSession: self._responses_message,
+            OpenAILiveSession: self._openai_live_message,
+            TranslationSession: self._translation_message,
+            RealtimeSession: self._realtime_message,
+        }
         self._billable = billable
         self._with_tags = with_tags
         # OpenAI Realtime and Gemini Live WebSockets being metered (see message).
@@ -307,20 +315,15 @@ class SocketMeter:
             if _DROPPING and flow in _DROPPING:  # closed by the proxy: nothing more passes
                 message.drop()
             return
-        if isinstance(session, LiveSession):
-            await self._live_message(flow, session, message)
-            return
-        if isinstance(session, ResponsesSession):
-            await self._responses_message(flow, session, message)
-            return
-        if isinstance(session, OpenAILiveSession):
-            await self._openai_live_message(flow, session, message)
-            return
-        if isinstance(session, TranslationSession):
-            await self._translation_message(flow, session, message)
-            return
-        if not isinstance(session, RealtimeSession):
-            return
+        handler = self._handlers.get(type(session))
+        if handler is not None:
+            await handler(flow, session, message)
+
+    async def _realtime_message(
+        self, flow: http.HTTPFlow, session: RealtimeSession, message: WebSocketMessage
+    ) -> None:
+        """An OpenAI Realtime message: a client's session.update is checked (and a transcription
+        session held back until its model is); server events that can bill are decoded."""
         if message.from_client:
             if session.capped:
                 message.drop()  # the socket is closing: nothing more goes upstream
