@@ -655,7 +655,7 @@ class Meter:
         while True:
             await asyncio.sleep(POLICY_CHECK_INTERVAL)
             policy_file = self.policy_file
-            if policy_file is None:
+            if policy_file is None or not policy_file.may_have_changed():  # one stat, here
                 continue
             try:
                 policies, problem = await asyncio.to_thread(policy_file.check)

@@ -64,12 +64,16 @@ MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
 # is shared by this many calls (~5 us each), and the queue stays bounded.
 FLUSH_AT_QUEUED = 2_000
 MAX_ROWS_PER_FLUSH = 5_000  # rows per transaction (a burst is written in several)
-# How often the writer prices new calls and hands them to the listeners (budgets, live file, log).
-# submit() does not wake it: a wake-up per call (futex + GIL handoff) cost the event loop ~0.5 ms,
-# and waking every 0.1 s instead of 0.5 s cost it ~40-80 us a call at 400 calls/s
-# (scripts/bench-overhead). Budgets stay exact meanwhile: a call in flight holds a reservation
-# until its price is counted. Readers asking for a flush ring the doorbell: no wait for this.
+# How often, while calls keep coming, the writer prices new calls and hands them to the listeners
+# (budgets, live file, log). submit() does not wake it then: a wake-up per call (futex + GIL
+# handoff) cost the event loop ~0.5 ms, and waking every 0.1 s instead of 0.5 s cost it ~40-80 us
+# a call at 400 calls/s (scripts/bench-overhead). Budgets stay exact meanwhile: a call in flight
+# holds a reservation until its price is counted. Readers asking for a flush ring the doorbell.
 PRICE_INTERVAL = 0.5
+# With nothing to price or store the writer sleeps until rung (the first call after a quiet spell,
+# a reader, close) instead of every PRICE_INTERVAL: an idle proxy's store wakes no CPU (a laptop's
+# battery; here each wake of an idle thread cost ~1 ms of CPU). This long only as a safety net.
+IDLE_WAIT = 30.0
 # Past this size the journal is rewritten with only the calls still queued after a flush.
 JOURNAL_COMPACT_BYTES = 1 << 20
 BUSY_LOG_AFTER = 10.0  # seconds the file may stay locked by others before we say so
@@ -506,6 +510,7 @@ class Store:
         self._session_recorded = False
         self._problems: set[str] = set()
         self._started = False
+        self._sleeping = False  # the writer waits for a ring: the next submit rings (under _lock)
         self._busy_since: float | None = None
         self._busy_logged = False
         self._instance: duckdb.DuckDBPyConnection | None = None  # see _ALIAS; under _flush_lock
@@ -561,7 +566,11 @@ class Store:
                 if text is not None:
                     self._lines[record.id] = text
                 self._unpriced.append(record)
-            # No wake-up: the writer prices new calls every PRICE_INTERVAL and stores them in batches.
+                # The writer prices new calls every PRICE_INTERVAL while they keep coming, and
+                # stores them in batches; only the first call after a quiet spell wakes it.
+                wake, self._sleeping = self._sleeping, False
+            if wake:
+                self._wake()
         except Exception:
             log.exception("tokometer: could not queue call %s", getattr(record, "id", "?"))
 
@@ -829,13 +838,17 @@ class Store:
     def _write_until_stopped(self, doorbell: _Doorbell) -> None:
         attempt = 0
         next_flush = time.monotonic() + self.flush_interval
+        priced = True  # calls came in the last round: look again after PRICE_INTERVAL
         while not self._stopping:
-            doorbell.wait(min(PRICE_INTERVAL, max(0.0, next_flush - time.monotonic())))
+            doorbell.wait(self._sleep_for(next_flush - time.monotonic(), priced, doorbell))
+            with self._lock:
+                self._sleeping = False
             if self._stopping:
                 break
             try:
-                self._price_pending()
+                priced = self._price_pending()
             except Exception:
+                priced = True
                 log.exception("tokometer: store pricing error")
             with self._lock:
                 full = len(self._queue) >= FLUSH_AT_QUEUED
@@ -858,6 +871,28 @@ class Store:
             else:
                 attempt += 1
                 next_flush = time.monotonic() + _backoff(attempt, cap=self.flush_interval)
+
+    def _sleep_for(self, until_flush: float, priced: bool, doorbell: _Doorbell) -> float:
+        """How long the writer may sleep: PRICE_INTERVAL while calls keep coming; else until the
+        next flush is due, or (nothing held) IDLE_WAIT, a submit ringing it awake meanwhile."""
+        until_flush = max(0.0, until_flush)
+        if priced:
+            return min(PRICE_INTERVAL, until_flush)
+        with self._lock:
+            if self._unpriced:
+                return 0.0
+            holding = bool(
+                self._queue
+                or self._events
+                or self._inflight
+                or self._after_write
+                or self._adopted
+                or not (self._migrated and self._session_recorded)
+            )
+            self._sleeping = True
+        wait = until_flush if holding else IDLE_WAIT
+        # Without a FIFO readers cannot ring: their flush requests are looked for as before.
+        return wait if doorbell.path is not None else min(wait, PRICE_INTERVAL)
 
     def _close_doorbell(self) -> None:
         """Close the doorbell once, from close() or from the writer thread as it ends."""
@@ -902,12 +937,13 @@ class Store:
             except OSError as exc:
                 log.debug("tokometer: cannot answer a flush request: %s", exc)
 
-    def _price_pending(self) -> None:
-        """Price the calls submitted since last time and hand them to the listeners (once each)."""
+    def _price_pending(self) -> bool:
+        """Price the calls submitted since last time and hand them to the listeners (once each);
+        False when there were none."""
         with self._lock:
             batch, self._unpriced = self._unpriced, []
         if not batch:
-            return
+            return False
         for record in batch:
             try:
                 self.pricer(record)
@@ -918,6 +954,7 @@ class Store:
                 fn(batch)
             except Exception:
                 log.exception("tokometer: store listener %r failed", fn)
+        return True
 
     def _flush_until(self, deadline: float, *, ending: bool) -> bool:
         attempt = 0

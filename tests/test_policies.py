@@ -577,3 +577,49 @@ def test_policy_file_load_errors_and_missing(tmp_path: Path) -> None:
     path.write_bytes(b"default_environment: \xff\n")
     os.utime(path, ns=(1, 1))
     assert watched.check() == (None, "policies.yaml:1: (file): not UTF-8 text (invalid start byte)")
+
+
+def test_may_have_changed_is_false_only_when_check_has_nothing_to_do(tmp_path: Path) -> None:
+    """The watcher stats on the event loop and reads in a thread only when this says so: it must
+    never hide an edit, a removal, or the second look a removal needs."""
+    path = tmp_path / "policies.yaml"
+    clock = Clock()
+    clock.write(path, GOOD)
+    watched = PolicyFile(path)
+    watched.load()
+
+    def look() -> tuple[Policies | None, str | None]:
+        if not watched.may_have_changed():
+            state = (watched.policies, watched._signature, watched._missing_once, watched._present)
+            assert watched.check() == (None, None)
+            assert state == (watched.policies, watched._signature, watched._missing_once, watched._present)
+            return None, None
+        return watched.check()
+
+    assert not watched.may_have_changed()
+    clock.write(path, GOOD2)
+    assert watched.may_have_changed()
+    new, error = look()
+    assert error is None and new is not None and new.environment("development").models.allow[-1] == "gpt-4o"
+    assert not watched.may_have_changed()
+    clock.write(path, BAD)
+    assert look()[1] is not None
+    assert not watched.may_have_changed()  # reported once
+    path.unlink()
+    assert watched.may_have_changed()
+    assert look() == (None, None)  # missing once
+    assert watched.may_have_changed()  # the second look still to come
+    gone, message = look()
+    assert gone is not None and not gone.enforcing and message is not None
+    assert not watched.may_have_changed()  # still missing: nothing to say
+    clock.write(path, GOOD)
+    assert watched.may_have_changed()
+    back, error = look()
+    assert error is None and back is not None and back.enforcing
+    path.unlink()
+    assert look() == (None, None)  # missing once, then back before the second look
+    clock.write(path, GOOD2)
+    assert watched.may_have_changed()
+    edited, error = look()
+    assert error is None and edited is not None
+    assert edited.environment("development").models.allow[-1] == "gpt-4o"

@@ -1007,3 +1007,81 @@ async def test_a_crashed_journal_counts_each_call_once_and_raises_its_alerts(tmp
             ]
         finally:
             meter.done()
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[float]:
+    """Record the time of each call of ``cls.name`` (the real one still runs)."""
+    seen: list[float] = []
+    original = getattr(cls, name)
+
+    def counted(self: object, *args: object) -> object:
+        seen.append(time.monotonic())
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, name, counted)
+    return seen
+
+
+def test_an_idle_writer_sleeps_until_a_call_rings_it(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing held: the writer no longer wakes every PRICE_INTERVAL (an idle proxy costs no CPU);
+    the first call after a quiet spell wakes it, and is priced at once."""
+    import addon.store
+
+    monkeypatch.setattr("addon.store.PRICE_INTERVAL", 0.05)
+    monkeypatch.setattr("addon.store.IDLE_WAIT", 60.0)
+    waits = _count_calls(monkeypatch, addon.store._Doorbell, "wait")
+    priced: list[list[CallRecord]] = []
+    store = Store(db, "s1", flush_interval=0.1)
+    store.add_listener(priced.append)
+    store.start()
+    try:
+        store.submit(make_record(0))
+        wait_for(lambda: store.stats.stored == 1)
+        time.sleep(0.3)  # stored: from here on it holds nothing
+        quiet_from = len(waits)
+        time.sleep(1.0)  # at 0.05 s a round that was 20 wake-ups
+        assert len(waits) - quiet_from <= 1
+        rung = time.monotonic()
+        store.submit(make_record(1))
+        wait_for(lambda: len(priced) == 2, timeout=2.0)
+        assert time.monotonic() - rung < 1.0
+        wait_for(lambda: store.stats.stored == 2)
+    finally:
+        store.close()
+    assert [r.id for batch in priced for r in batch] == ["s1-0000", "s1-0001"]
+
+
+def test_calls_coming_in_a_stream_ring_the_writer_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the call that ends a quiet spell rings: the writer then prices every PRICE_INTERVAL
+    (a wake-up per call cost the event loop ~0.5 ms)."""
+    import addon.store
+
+    monkeypatch.setattr("addon.store.PRICE_INTERVAL", 0.2)
+    rings = _count_calls(monkeypatch, addon.store._Doorbell, "ring")
+    store = Store(db, "s1", flush_interval=3600)
+    store.start()
+    try:
+        store.submit(make_record(1000))  # prices loaded (the first price reads them: a pause)
+        assert request_flush(db, timeout=5.0)
+        time.sleep(0.5)  # asleep, holding nothing
+        before = len(rings)
+        for i in range(200):
+            store.submit(make_record(i))
+        assert len(rings) - before == 1
+        assert request_flush(db, timeout=5.0)
+        assert rows(db, "SELECT count(*) FROM calls") == [(201,)]
+    finally:
+        store.close()
+
+
+def test_a_writer_holding_calls_still_flushes_when_due(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asleep with calls queued (priced, not stored), it wakes when the flush is due, unrung."""
+    monkeypatch.setattr("addon.store.PRICE_INTERVAL", 0.05)
+    store = Store(db, "s1", flush_interval=0.6)
+    store.start()
+    try:
+        time.sleep(0.2)
+        store.submit(make_record(0))
+        wait_for(lambda: store.stats.stored == 1, timeout=3.0)
+    finally:
+        store.close()
