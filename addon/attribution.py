@@ -90,13 +90,17 @@ class Attribution:
 
 
 def _first_var(process: ClientProcess | None, names: tuple[str, ...]) -> str | None:
-    if process is None:
-        return None
-    for name in names:
-        value = process.env.get(name, "").strip()
-        if value:
-            return value
-    return None
+    return _first_named_var(process, names)[1]
+
+
+def _first_named_var(process: ClientProcess | None, names: tuple[str, ...]) -> tuple[str, str | None]:
+    """The first of ``names`` set (not blank) in the calling process's environment, and its value."""
+    if process is not None:
+        for name in names:
+            value = process.env.get(name, "").strip()
+            if value:
+                return name, value
+    return "", None
 
 
 def attribute(
@@ -116,7 +120,14 @@ def attribute(
     if tags.problem:
         problems.append(tags.problem)
     key = policies.key_for(fingerprint, api_key)
-    process_env = _first_var(process, settings.environment_vars)
+    variable, process_env = _first_named_var(process, settings.environment_vars)
+    if process_env and not policies.declares(process_env):
+        # As much in the caller's hands as the header: held to the same rule (see below).
+        problems.append(
+            f"{variable}={process_env!r} of the calling process ignored: policies.yaml declares no "
+            f"such environment ({', '.join(sorted(policies.environments))})"
+        )
+        process_env = None
 
     claimed = tags.environment
     if claimed and key is not None and key.environment and claimed != key.environment:

@@ -129,3 +129,24 @@ def test_environments_can_forbid_header_claims() -> None:
     ]
     allowed = attribute(policies=policies, header='{"env": "staging"}')
     assert (allowed.environment, allowed.environment_source, allowed.problems) == ("staging", "header", [])
+
+
+def test_process_env_naming_an_undeclared_environment_is_ignored_like_a_header() -> None:
+    """APP_ENV is as much in the caller's hands as the header: an environment policies.yaml does
+    not declare has no allowlist, budget or rate limit, so it is not entered that way either."""
+    declared = parse_policies(
+        "default_environment: development\nenvironments:\n  development: {}\n  production: {}\n"
+        "attribution:\n  hosts:\n    ci-*: production\n"
+    )
+    got = attribute(policies=declared, process=proc(APP_ENV="sandbox"), hostname="laptop")
+    assert (got.environment, got.environment_source) == ("development", "default")
+    assert got.problems == [
+        "APP_ENV='sandbox' of the calling process ignored: policies.yaml declares no such environment "
+        "(development, production)"
+    ]
+    on_ci = attribute(policies=declared, process=proc(APP_ENV="sandbox"), hostname="ci-7")
+    assert (on_ci.environment, on_ci.environment_source) == ("production", "host")
+    named = attribute(policies=declared, process=proc(APP_ENV="Prod"))
+    assert (named.environment, named.environment_source, named.problems) == ("production", "process", [])
+    unenforced = attribute(policies=Policies(), process=proc(APP_ENV="sandbox"))
+    assert (unenforced.environment, unenforced.environment_source) == ("sandbox", "process")

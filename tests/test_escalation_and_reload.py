@@ -226,3 +226,22 @@ async def test_a_request_with_many_keys_is_looked_up_for_a_few(meter: Meter) -> 
     assert key == "AIzaREAL0000000000000000000000000000"
     assert problem == "100001 different API keys in one request (the first 8 looked at)"
     assert google.keys_in_query("key=A%2Bb&keys=no&x=1&key=c") == ["A+b", "c"]
+
+
+async def test_app_env_of_an_undeclared_environment_does_not_escape_the_allowlist(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpt-4o, blocked in development, was let through when the client ran with APP_ENV=sandbox."""
+
+    def lookup(ip: str, port: int, names: frozenset[str], server: object = None) -> ClientProcess:
+        return ClientProcess(pid=1, env={"APP_ENV": "sandbox"})
+
+    monkeypatch.setattr(meter_module, "lookup_client_process", lookup)
+    meter._apply(parse_policies(DEV_BLOCK))
+    flow = chat(model="gpt-4o")
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None and flow.response is not None and flow.response.status_code == 403
+    assert (state.record.environment, state.record.environment_source) == ("development", "default")
+    assert any("APP_ENV='sandbox' of the calling process ignored" in e for e in state.errors), state.errors
