@@ -10,6 +10,8 @@ attribution of the call that started it, so a script reload, a restart or anothe
 same database still bills the retrieval. Adding one is a write and a rename; taking one (the
 retrieval that bills it) is an unlink, which exactly one caller wins: constant work, no lock,
 and no space needed. When a file cannot be written (a full disk), the entry is kept in memory.
+A background response's entry also remembers the budget reservation its call keeps while it runs
+(``HOLD_S`` at most), so that the next proxy to start on the database holds it again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ log = logging.getLogger("tokometer")
 
 FOLDER_NAME = "background-responses"
 BATCH_INPUTS_FOLDER = "batch-input-files"
+# How long a background response's reservation holds its budgets at most, unless a retrieval
+# bills it or sees it end first. OpenAI documents no bound on how long one may run (deep research
+# and pro models take minutes to about an hour): past this, one never retrieved is let go.
+HOLD_S = 3 * 3600
 MAX_AGE_S = 30 * 24 * 3600  # a response not retrieved within 30 days is forgotten (at start)
 MAX_IN_MEMORY = 10_000  # entries kept in memory when their file could not be written
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # a file name: anything else is kept in memory
@@ -116,6 +122,28 @@ class PendingResponses:
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime < oldest:
                     os.unlink(entry.path)
+
+    def recent(self, max_age_s: float, now: float | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The entries (id, entry) of the folder written less than ``max_age_s`` ago (at start)."""
+        if self.folder is None:
+            return []
+        newest = (time.time() if now is None else now) - max_age_s
+        found: list[tuple[str, dict[str, Any]]] = []
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError:
+            return []
+        for entry in entries:
+            response_id = entry.name.removesuffix(".json")
+            if entry.name.startswith(".") or response_id == entry.name:
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < newest:
+                    continue
+            started = self.get(response_id)
+            if started is not None:
+                found.append((response_id, started))
+        return found
 
     def _path(self, response_id: str) -> Path | None:
         if self.folder is None or not _SAFE_ID.fullmatch(response_id):

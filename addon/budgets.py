@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -136,12 +137,17 @@ class BudgetRefusal:
     period_start: datetime
     period_end: datetime
     retry_after: int  # whole seconds until the period ends
+    reserved: Decimal = _ZERO  # held besides by calls in flight and background responses running
 
     def message(self) -> str:
-        """One line naming the budget, its cap, the spend, the period and when it resets."""
+        """One line naming the budget, its cap, the spend (and what is reserved besides), the period
+        and when it resets."""
+        reserved = (
+            f", {format_usd(self.reserved)} more reserved by calls in flight" if self.reserved > 0 else ""
+        )
         return (
             f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} is spent: "
-            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC); "
+            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){reserved}; "
             f"resets in {format_duration(self.retry_after)}"
         )
 
@@ -363,6 +369,11 @@ class BudgetTracker:
         # so calls started together cannot all slip under a nearly spent cap.
         self._reservations: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
         self._reserved: dict[Scope, Decimal] = {}
+        # A background response keeps its call's reservation under a key of its own while it runs
+        # upstream (``keep``), until the retrieval that bills it, its unbilled end, or the time
+        # (epoch seconds) given here, whichever comes first: a response never retrieved is let go.
+        self._kept_until: dict[str, float] = {}
+        self._next_end = math.inf  # the earliest of them
         # Calls priced as they ended (Realtime responses) hold their exact cost the same way until
         # recorded: spent already, so a refusal counts it as used.
         self._holds: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
@@ -464,6 +475,7 @@ class BudgetTracker:
         """
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
         with self._lock:
+            self._expire(now.timestamp())
             budgeted: list[Scope] = []
             for scope in scopes:
                 budget = self._budgets.get(scope)
@@ -472,9 +484,10 @@ class BudgetTracker:
                 budgeted.append(scope)
                 start, end = self._current(budget.period, now)
                 spent = self._spent_in(scope, budget.period, start) + self._held.get(scope, _ZERO)
-                if spent + self._reserved.get(scope, _ZERO) >= budget.usd:
+                reserved = self._reserved.get(scope, _ZERO)
+                if spent + reserved >= budget.usd:
                     retry_after = max(1, math.ceil((end - now).total_seconds()))
-                    return BudgetRefusal(scope, budget, spent, start, end, retry_after)
+                    return BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved)
             if reserve is not None and budgeted:
                 call_id, estimate = reserve
                 amount = max(_ZERO, estimate())
@@ -497,12 +510,62 @@ class BudgetTracker:
                 self._held[scope] = self._held.get(scope, _ZERO) + amount
 
     def settle(self, call_id: str) -> None:
-        """Release the reservation of a call that was not sent after all (see also ``finish``)."""
+        """Release the reservation of a call that was not sent after all (see also ``finish``), or
+        the one a background response kept (``keep``) when it ended unbilled."""
         with self._lock:
             self._settle(call_id)
 
+    def keep(self, call_id: str, key: str, until: float) -> Decimal | None:
+        """Keep ``call_id``'s reservation past its row, under ``key``: a background response runs
+        on upstream, billed when retrieved. It holds until ``hand_over`` or ``settle`` of ``key``,
+        or the time ``until`` (epoch seconds). The amount kept; None if the call reserved nothing."""
+        with self._lock:
+            found = self._reservations.pop(call_id, None)
+            if found is None:
+                return None
+            self._settle(key)  # a key kept again: counted once
+            self._reservations[key] = found
+            self._kept_until[key] = until
+            self._next_end = min(self._next_end, until)
+            return found[1]
+
+    def keep_reserved(self, key: str, scopes: Sequence[Scope], amount: Decimal, until: float) -> None:
+        """Hold ``amount`` in the budgeted ``scopes`` under ``key`` as ``keep`` does, unless ``key``
+        holds already: a background response's reservation held again after a restart."""
+        with self._lock:
+            budgeted = tuple(scope for scope in scopes if scope in self._budgets)
+            if key in self._reservations or not budgeted or amount <= 0:
+                return
+            self._reservations[key] = (budgeted, amount)
+            for scope in budgeted:
+                self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
+            self._kept_until[key] = until
+            self._next_end = min(self._next_end, until)
+
+    def hand_over(self, key: str, call_id: str) -> None:
+        """The reservation kept under ``key`` becomes ``call_id``'s, the retrieval that bills the
+        background response: its row's ``finish`` swaps it for the cost in one step. Once: a second
+        retrieval finds nothing under ``key``."""
+        with self._lock:
+            found = self._reservations.pop(key, None)
+            self._kept_until.pop(key, None)
+            if found is None:
+                return
+            self._settle(call_id)  # a retrieval reserves nothing of its own: never counted twice
+            self._reservations[call_id] = found
+
+    def _expire(self, now: float) -> None:
+        """Release the kept reservations whose time is up (lock held; a compare when none is)."""
+        if now < self._next_end:
+            return
+        for key, until in list(self._kept_until.items()):
+            if until <= now:
+                self._settle(key)
+        self._next_end = min(self._kept_until.values(), default=math.inf)
+
     def _settle(self, call_id: str) -> None:
         """Release ``call_id``'s reservation or hold (lock held)."""
+        self._kept_until.pop(call_id, None)
         for calls, totals in ((self._reservations, self._reserved), (self._holds, self._held)):
             found = calls.pop(call_id, None)
             if found is None:
@@ -539,9 +602,11 @@ class BudgetTracker:
                 found.append(UnpricedCall(scope, budget, provider, model))
         return found
 
-    def reserved(self) -> dict[Scope, Decimal]:
-        """What calls in flight hold, per scope."""
+    def reserved(self, now: float | None = None) -> dict[Scope, Decimal]:
+        """What calls in flight (and background responses running) hold, per scope, at ``now``
+        (epoch seconds; the time now by default)."""
         with self._lock:
+            self._expire(time.time() if now is None else now)
             return dict(self._reserved)
 
     def record(self, scopes: Iterable[Scope], cost: Decimal | None, ts: datetime) -> list[BudgetAlert]:

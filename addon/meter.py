@@ -37,9 +37,16 @@ from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
-from addon.background_responses import BATCH_INPUTS_FOLDER, PendingResponses
+from addon.background_responses import BATCH_INPUTS_FOLDER, HOLD_S, PendingResponses
 from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
-from addon.budgets import BudgetAlert, UnpricedCall, alert_event, policy_event, unpriced_event
+from addon.budgets import (
+    BudgetAlert,
+    UnpricedCall,
+    alert_event,
+    policy_event,
+    scopes_for,
+    unpriced_event,
+)
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
@@ -123,6 +130,11 @@ _RESPONSE_PATH = re.compile(r"/(?:responses|interactions|batches)/([^/]+)$")
 _CANCEL = "/cancel"
 # The flavors of the calls such a GET retrieves (the flavor of the path it was POSTed to).
 _BACKGROUND_FLAVORS = frozenset({"responses", "interactions", batches.FLAVOR})
+# Those whose call's budget reservation stays held while they run (a batch's is released at its
+# creation's row), and which a DELETE of the response (the interaction) ends.
+_HELD_FLAVORS = frozenset({"responses", "interactions"})
+# A pending entry's field: the reservation its call keeps, {"usd": "0.08", "until": epoch seconds}.
+_HOLD_FIELD = "hold"
 # A call still running upstream (a background response, a batch job): billed later.
 RUNNING = RESPONSE_RUNNING | batches.RUNNING
 # Why a batch whose input file names a disallowed model is refused rather than downgraded.
@@ -214,6 +226,7 @@ class CallState:
     refusal: str | None = None  # why the proxy answered the call itself
     retrieval: str | None = None  # a GET of this background response (its usage is billed here)
     claimed: bool = False  # this retrieval took the response off the pending list: it bills it
+    deletion: bool = False  # a DELETE of this background response: it ends it unbilled
     pending_in: PendingResponses | None = None  # the list the retrieval's response was found in
     subscription: bool = False  # a flat-fee plan's key: $0 per call, outside the budgets
     tap: StreamTap | None = None
@@ -325,6 +338,11 @@ def _runs_in_background(state: CallState, metered: Metered) -> bool:
         # Interactions stream says so only in its request).
         and (state.request_body is None or state.request_body.get("background") is True)
     )
+
+
+def _hold_key(response_id: str) -> str:
+    """The key a background response's kept reservation is held under (BudgetTracker.keep)."""
+    return f"background:{response_id}"
 
 
 def _billable(record: CallRecord) -> bool:
@@ -680,6 +698,10 @@ class Meter:
         self._earlier_background = [self._background, *self._earlier_background][:4]
         self._background = PendingResponses(journal_dir_of(self.db_path) / BACKGROUND_FOLDER)
         self._background.forget_old()
+        try:
+            self._hold_pending(self._background)
+        except Exception:
+            log.exception("tokometer: could not hold the reservations of background responses again")
         self._earlier_batch_inputs = [self._batch_inputs, *self._earlier_batch_inputs][:4]
         self._batch_inputs = PendingResponses(journal_dir_of(self.db_path) / BATCH_INPUTS_FOLDER)
         self._batch_inputs.forget_old()
@@ -847,7 +869,8 @@ class Meter:
                         flow, provider, host, tags_header, route, openai_live_ws=True, fork=forked
                     )
                     return True
-        retrieval = flow.request.method == "GET" or route.partition("?")[0].endswith(_CANCEL)
+        method = flow.request.method
+        retrieval = method in ("GET", "DELETE") or route.partition("?")[0].endswith(_CANCEL)
         pending = self._background or self._earlier_background
         if retrieval and pending and self._start_retrieval(flow, provider, host, route):
             return True
@@ -1058,10 +1081,16 @@ class Meter:
         flavor = provider.flavor_for_path(target.rsplit("/", 1)[0])
         if flavor is None or flavor not in _BACKGROUND_FLAVORS:
             return False
+        deletion = flow.request.method == "DELETE"
+        if deletion and flavor not in _HELD_FLAVORS:
+            return False
         state = self._retrieval(flow, provider, host, flavor, found.group(1))
         if state is not None:
             state.batch_results = results
+            state.deletion = deletion
             self._calls[flow] = state
+        elif flavor in _HELD_FLAVORS:  # settled already (by another proxy on the database)
+            self.enforcer.budgets.settle(_hold_key(found.group(1)))
         return True
 
     def _retrieval(
@@ -1130,11 +1159,53 @@ class Meter:
             elif outcome == "drop":
                 pending.claim(state.retrieval)
         elif not state.claimed and metered.response_status not in RUNNING:
+            budgets, key = self.enforcer.budgets, _hold_key(state.retrieval)
             if metered.usage is not None:
                 state.claimed = pending.claim(state.retrieval)
+                if state.claimed:  # its reservation gives way to this row's cost, in one step
+                    budgets.hand_over(key, state.record.id)
             elif metered.response_status is not None:
                 pending.claim(state.retrieval)
+                budgets.settle(key)  # ended unbilled: what it held is let go
         return state.claimed
+
+    def _end_deleted(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """A background response (interaction) deleted: it can no longer be retrieved, so it is
+        taken off the pending list without a row and its reservation let go."""
+        assert state.retrieval is not None
+        response = flow.response
+        if response is None or response.status_code >= 300:
+            return  # not deleted: still pending
+        (state.pending_in or self._background).claim(state.retrieval)
+        self.enforcer.budgets.settle(_hold_key(state.retrieval))
+
+    def _keep_reservation(self, record: CallRecord, response_id: str) -> dict[str, Any] | None:
+        """A background response starts running: its call's reservation stays held until it is
+        billed or ends (``HOLD_S`` at most). What the pending entry remembers of it, if anything."""
+        if record.api_flavor not in _HELD_FLAVORS:
+            return None
+        until = time.time() + HOLD_S
+        kept = self.enforcer.budgets.keep(record.id, _hold_key(response_id), until)
+        return None if kept is None else {"usd": str(kept), "until": until}
+
+    def _hold_pending(self, pending: PendingResponses) -> None:
+        """At start: hold again the reservations of the background responses still running, as
+        their entries remember them (a restart, a script reload, another database)."""
+        if not self.enforcer.budgets.has_budgets:
+            return
+        now = time.time()
+        for response_id, started in pending.recent(HOLD_S, now):
+            hold = started.get(_HOLD_FIELD)
+            try:
+                amount, until = Decimal(str(hold["usd"])), float(hold["until"])  # type: ignore[index]
+            except (TypeError, KeyError, ValueError, ArithmeticError):
+                continue  # none kept, or written by another version
+            if not (now < until and amount.is_finite()):  # its end passed (NaN too)
+                continue
+            until = min(until, now + HOLD_S)
+            environment = started.get("environment") or self.policies.default_environment
+            scopes = scopes_for(environment, started.get("key_name"), started.get("user_name"))
+            self.enforcer.budgets.keep_reserved(_hold_key(response_id), scopes, amount, until)
 
     def _pretty_host(self, request: http.Request) -> str:
         """``request.pretty_host``, remembered: parsing the Host header (regex, validation) costs
@@ -2043,6 +2114,9 @@ class Meter:
         state.finished = True
         if state.tap is not None:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
+        if state.deletion:
+            self._end_deleted(flow, state)
+            return
         if state.retrieval is not None and not self._claim(state, metered):
             return  # still running, ended unbilled, or billed by another GET: no row
         background = _runs_in_background(state, metered)
@@ -2061,6 +2135,11 @@ class Meter:
             started = {name: getattr(record, name) for name in _STARTED_BY}
             if state.image_tool is not None:  # its images' row: the tool's model as let through
                 started[_IMAGE_TOOL_KEY] = call_to_json(state.image_tool)
+            # Its reservation stays held while it runs (kept before the row goes to the store,
+            # whose writer would release it): no budget check in between misses it.
+            hold = self._keep_reservation(record, metered.response_id)
+            if hold is not None:
+                started[_HOLD_FIELD] = hold
             self._background.add(metered.response_id, started)
         body, state.request_body = state.request_body, None
         # The store that journaled the call ahead (its stream's final event) keeps it: a
@@ -2146,7 +2225,7 @@ class Meter:
         client that stops reading at ``[DONE]`` leaves open for as long as upstream holds the
         body, then still leaves the call, its usage included, in the journal for replay.
         """
-        if state.finished or self.store is None or state.tap is None:
+        if state.finished or self.store is None or state.tap is None or state.deletion:
             return
         metered = state.tap.result()
         if state.retrieval is not None and not self._claim(state, metered):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -13,9 +16,15 @@ from mitmproxy import http
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
-from addon.background_responses import PendingResponses
+from addon.background_responses import HOLD_S, PendingResponses
+from addon.budgets import Scope
 from addon.meter import Meter
+from addon.policies import parse_policies
+from addon.record import CallRecord
+from tests import test_meter
 from tests.test_meter import CollectingStore, make_flow, run_request, stream_response
+
+meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 RESPONSES_URL = "https://api.openai.com/v1/responses"
 QUEUED = {
@@ -324,3 +333,239 @@ async def test_a_cancelled_background_response_is_settled_by_its_cancel(tmp_path
                 )
                 addon._price(billed)
                 assert billed.cost_usd is not None and billed.cost_usd > Decimal("1")  # $80 per 1M output
+
+
+# -- budgets: a background response holds its call's reservation while it runs -------------------
+
+DEV = Scope("environment", "development")
+DAY_CAP = "environments:\n  development:\n    budget: {usd: %s, period: day}\n"
+
+
+def now_flow(url: str, body: dict | bytes, **kw: Any) -> http.HTTPFlow:
+    """A flow started now: its row's spend falls in the budgets' current period."""
+    flow = make_flow(url, body, **kw)
+    flow.request.timestamp_start = time.time()
+    return flow
+
+
+async def start_budgeted(meter: Meter, response_id: str = "resp_bg", **extra: Any) -> http.HTTPFlow:
+    """A background o3-pro POST, answered queued, its $0 row recorded as the store's writer does."""
+    body = {"model": "o3-pro", "input": "Write a long report.", "background": True, **extra}
+    post = now_flow(RESPONSES_URL, body)
+    await run_request(meter, post)
+    if post.response is None:
+        await answer(meter, post, QUEUED | {"id": response_id})
+        meter._on_finished([meter.store.records[-1]])  # type: ignore[union-attr]
+    return post
+
+
+async def retrieve(meter: Meter, body: dict, path: str = "/resp_bg", method: str = "GET") -> list[CallRecord]:
+    """A retrieval (a GET, a cancel, a DELETE) answered ``body``; its rows priced and recorded."""
+    rows = len(meter.store.records)  # type: ignore[union-attr]
+    flow = now_flow(RESPONSES_URL + path, b"", method=method)
+    await run_request(meter, flow)
+    await answer(meter, flow, body)
+    new = meter.store.records[rows:]  # type: ignore[union-attr]
+    for row in new:
+        meter._price(row)
+    meter._on_finished(new)
+    return new
+
+
+def held(meter: Meter) -> Decimal:
+    return meter.enforcer.budgets.reserved().get(DEV, Decimal(0))
+
+
+async def test_background_calls_started_one_after_another_are_not_all_let_through(meter: Meter) -> None:
+    """Each background POST reserves its estimate, and the reservation stays held while the
+    response runs upstream (its POST a $0 row), so a cap with room for about one call's
+    reservation does not let any number of them start."""
+    meter._apply(parse_policies(DAY_CAP % "0.15"))
+    allowed = 0
+    for i in range(10):
+        post = await start_budgeted(meter, f"resp_bg{i}")
+        if post.response is not None and post.response.status_code == 429:
+            continue
+        allowed += 1
+    # o3-pro reserves >= 1,000 output tokens at $80/M ($0.08): at most 2 fit under $0.15.
+    assert allowed <= 2, f"{allowed} background o3-pro calls started under a $0.15 cap"
+    assert allowed >= 1
+
+
+async def test_the_hold_gives_way_to_the_retrieval_that_bills_it_once(meter: Meter) -> None:
+    """Held while it runs (reserved, not spent: the live status shows no spend), the hold is
+    settled by the row of the retrieval that bills it, in one step; a second retrieval neither
+    bills nor settles again."""
+    meter._apply(parse_policies(DAY_CAP % "100"))
+    await start_budgeted(meter)
+    estimate = held(meter)
+    assert estimate >= Decimal("0.08")  # o3-pro: 1,000 output tokens at $80 per 1M at least
+    [status] = meter.enforcer.budgets.status(datetime.now(UTC))
+    assert status["spent"] == 0  # the live state's budgets: a hold is no spend
+    assert await retrieve(meter, QUEUED | {"status": "in_progress"}) == []  # still running: held
+    assert held(meter) == estimate
+    [billed] = await retrieve(meter, DONE)
+    assert held(meter) == 0
+    [status] = meter.enforcer.budgets.status(datetime.now(UTC))
+    assert billed.cost_usd is not None and status["spent"] == billed.cost_usd > Decimal("1")
+    other = await start_budgeted(meter, "resp_other")  # another one: held apart
+    assert other.response is not None and other.response.status_code == 200  # let through
+    other_estimate = held(meter)  # (o3-pro wrote 30,000 tokens here: it reserves as much now)
+    assert other_estimate > estimate
+    assert await retrieve(meter, DONE) == []  # read again: billed already, its hold long gone
+    assert held(meter) == other_estimate  # the other response's hold is untouched
+    [status] = meter.enforcer.budgets.status(datetime.now(UTC))
+    assert status["spent"] == billed.cost_usd
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body"),
+    [
+        ("/resp_bg", "GET", QUEUED | {"status": "failed", "error": {"message": "boom"}}),
+        ("/resp_bg", "GET", QUEUED | {"status": "incomplete"}),  # no usage reported
+        ("/resp_bg/cancel", "POST", QUEUED | {"status": "cancelled"}),
+        ("/resp_bg", "DELETE", {"id": "resp_bg", "object": "response.deleted", "deleted": True}),
+    ],
+)
+async def test_a_response_that_ends_unbilled_releases_its_hold(
+    meter: Meter, path: str, method: str, body: dict
+) -> None:
+    meter._apply(parse_policies(DAY_CAP % "100"))
+    await start_budgeted(meter)
+    assert held(meter) > 0
+    assert await retrieve(meter, body, path, method) == []
+    assert held(meter) == 0 and meter._background.get("resp_bg") is None
+    assert await retrieve(meter, DONE) == []  # gone: a later read bills nothing
+
+
+async def test_a_cancel_with_usage_bills_and_settles_the_hold(meter: Meter) -> None:
+    meter._apply(parse_policies(DAY_CAP % "100"))
+    await start_budgeted(meter)
+    [billed] = await retrieve(meter, DONE | {"status": "cancelled"}, "/resp_bg/cancel", "POST")
+    assert billed.output_tokens == 30_000 and held(meter) == 0
+
+
+async def test_a_failed_delete_keeps_the_hold(meter: Meter) -> None:
+    meter._apply(parse_policies(DAY_CAP % "100"))
+    await start_budgeted(meter)
+    estimate = held(meter)
+    flow = now_flow(RESPONSES_URL + "/resp_bg", b"", method="DELETE")
+    await run_request(meter, flow)
+    flow.response = http.Response.make(404, b'{"error": {"message": "no such response"}}')
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    assert held(meter) == estimate and meter._background.get("resp_bg") is not None
+
+
+async def test_a_hold_nobody_settles_is_released_after_a_bound(meter: Meter) -> None:
+    """A response never retrieved does not hold the budget for ever: its hold ends HOLD_S after it
+    started (its pending entry stays: a retrieval still bills it)."""
+    meter._apply(parse_policies(DAY_CAP % "0.15"))
+    await start_budgeted(meter)
+    assert held(meter) > 0
+    budgets = meter.enforcer.budgets
+    assert budgets.check((DEV,), datetime.now(UTC) + timedelta(seconds=HOLD_S - 60)) is None
+    assert held(meter) > 0
+    assert budgets.check((DEV,), datetime.now(UTC) + timedelta(seconds=HOLD_S + 1)) is None
+    assert held(meter) == 0
+    [billed] = await retrieve(meter, DONE)
+    assert billed.output_tokens == 30_000 and held(meter) == 0
+
+
+async def test_a_background_stream_the_client_left_keeps_its_hold(meter: Meter) -> None:
+    meter._apply(parse_policies(DAY_CAP % "100"))
+    body = {"model": "o3-pro", "input": "A long report.", "background": True, "stream": True}
+    post = now_flow(RESPONSES_URL, body)
+    await run_request(meter, post)
+    estimate = held(meter)
+    stream_response(post, meter)
+    created = {"type": "response.created", "sequence_number": 0, "response": QUEUED}
+    post.response.stream(f"event: response.created\ndata: {json.dumps(created)}\n\n".encode())  # type: ignore[operator,union-attr]
+    post.error = Error("client disconnected")
+    meter.error(post)
+    meter._on_finished([meter.store.records[-1]])  # type: ignore[union-attr]
+    assert estimate > 0 and held(meter) == estimate
+    rows = len(meter.store.records)  # type: ignore[union-attr]
+    await stream_retrieval(meter, "stream=true&starting_after=0", "response.completed", DONE)
+    [billed] = meter.store.records[rows:]  # type: ignore[union-attr]
+    meter._price(billed)
+    meter._on_finished([billed])
+    assert held(meter) == 0
+
+
+async def test_a_background_stream_read_to_its_end_is_billed_at_once(meter: Meter) -> None:
+    """background with stream, read to response.completed: billed on the POST's row, nothing held."""
+    meter._apply(parse_policies(DAY_CAP % "100"))
+    body = {"model": "o3-pro", "input": "A long report.", "background": True, "stream": True}
+    post = now_flow(RESPONSES_URL, body)
+    await run_request(meter, post)
+    stream_response(post, meter)
+    event = {"type": "response.completed", "sequence_number": 5, "response": DONE}
+    post.response.stream(f"event: response.completed\ndata: {json.dumps(event)}\n\n".encode())  # type: ignore[operator,union-attr]
+    post.response.stream(b"")  # type: ignore[operator,union-attr]
+    await meter.response(post)
+    [row] = meter.store.records  # type: ignore[union-attr]
+    meter._price(row)
+    meter._on_finished([row])
+    assert row.output_tokens == 30_000 and held(meter) == 0 and not meter._background
+
+
+async def test_a_hold_is_held_again_after_a_restart(tmp_path: Path) -> None:
+    """The pending entry remembers the hold (amount, end): the next proxy on the database holds
+    it again at start, until the retrieval that bills it, or its end; an entry past its end is not."""
+    db = tmp_path / "a.duckdb"
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(DAY_CAP % "100")
+    first = Meter()
+    with taddons.context(first) as tctx:
+        tctx.configure(first, tokometer_db=str(db), tokometer_policies=str(policies))
+        first.running()
+        try:
+            for response_id in ("resp_bg", "resp_old"):
+                post = now_flow(RESPONSES_URL, {"model": "o3-pro", "input": "x", "background": True})
+                await run_request(first, post)
+                await answer(first, post, QUEUED | {"id": response_id})
+            estimate = held(first) / 2  # each
+        finally:
+            first.done()
+    folder = db.with_name("a.duckdb.journal") / "background-responses"
+    entry = json.loads((folder / "resp_old.json").read_text())
+    entry["hold"]["until"] = time.time() - 1  # its bound passed while the proxy was down
+    (folder / "resp_old.json").write_text(json.dumps(entry))
+    assert estimate > 0
+    second = Meter()
+    with taddons.context(second) as tctx:
+        tctx.configure(second, tokometer_db=str(db), tokometer_policies=str(policies))
+        second.running()
+        try:
+            assert held(second) == estimate  # resp_bg's, not resp_old's
+            await poll(second, DONE)
+            second.store.flush()  # type: ignore[union-attr]
+            assert held(second) == 0
+        finally:
+            second.done()
+
+
+async def test_a_hold_held_again_by_another_proxy_ends_when_it_finds_the_response_billed(
+    tmp_path: Path,
+) -> None:
+    """Two proxies on one database: the one started later holds the other's pending response too;
+    once the first bills it, a GET through the second finds it settled and lets its hold go."""
+    folder = tmp_path / "background-responses"
+    first, second = Meter(), Meter()
+    with taddons.context(first) as tctx:
+        meter_with_store(tmp_path / "1", tctx, first)
+        first._apply(parse_policies(DAY_CAP % "100"))
+        first._background = PendingResponses(folder)
+        await start_budgeted(first)
+        estimate = held(first)
+    with taddons.context(second) as tctx:
+        meter_with_store(tmp_path / "2", tctx, second)
+        second._apply(parse_policies(DAY_CAP % "100"))
+        second._background = PendingResponses(folder)
+        second._hold_pending(second._background)  # as at its start
+        assert held(second) == estimate > 0
+        with taddons.context(first):
+            [billed] = await retrieve(first, DONE)
+        assert billed.output_tokens == 30_000 and held(first) == 0
+        assert await retrieve(second, DONE) == [] and held(second) == 0

@@ -463,3 +463,42 @@ def test_a_held_cost_counts_as_spent_until_the_call_is_recorded_once() -> None:
     tracker.hold("r3", scopes_for("staging"), Decimal("5"))  # no budget there: nothing held
     tracker.hold("r4", scopes, Decimal(0))
     assert tracker.check(scopes_for("staging"), now) is None
+
+
+def test_a_kept_reservation_outlives_its_call_until_handed_over_settled_or_expired() -> None:
+    """A background response keeps its call's reservation under a key of its own: the call's row
+    settles nothing; the retrieval that bills it takes it over (settled with its row, in one step);
+    an unbilled end settles it; past ``until`` it is released; kept once, whatever the retries."""
+    tracker = BudgetTracker(
+        parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n")
+    )
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    clock = now.timestamp()
+    scopes = scopes_for("development")
+    assert tracker.check(scopes, now, reserve=("post", lambda: Decimal("0.50"))) is None
+    assert tracker.keep("post", "bg:1", clock + 60) == Decimal("0.50")
+    assert tracker.keep("post", "bg:1", clock + 60) is None  # nothing left under the call's id
+    tracker.finish("post", scopes, Decimal(0), now)  # the POST's $0 row
+    assert tracker.reserved(clock) == {DEV: Decimal("0.50")}
+    assert tracker.check(scopes, now, reserve=("post2", lambda: Decimal("0.50"))) is None
+    tracker.keep("post2", "bg:2", clock + 60)
+    refusal = tracker.check(scopes, now, reserve=("post3", lambda: Decimal("0.50")))
+    assert refusal is not None and (refusal.spent, refusal.reserved) == (0, Decimal("1.00"))
+    assert "$0.00 used since 2026-11-28 (UTC), $1.00 more reserved by calls in flight;" in refusal.message()
+    tracker.hand_over("bg:1", "get")  # the retrieval that bills it
+    tracker.hand_over("bg:1", "get-again")  # a second one: nothing left to take
+    assert tracker.reserved(clock) == {DEV: Decimal("1.00")}
+    tracker.finish("get-again", scopes, Decimal(0), now)
+    assert tracker.reserved(clock) == {DEV: Decimal("1.00")}
+    tracker.finish("get", scopes, Decimal("0.65"), now)
+    assert tracker.reserved(clock) == {DEV: Decimal("0.50")}
+    tracker.keep_reserved("bg:2", scopes, Decimal("0.50"), clock + 60)  # held already: not twice
+    assert tracker.reserved(clock) == {DEV: Decimal("0.50")}
+    assert tracker.check(scopes, now + timedelta(seconds=59)) is not None  # 0.65 spent + 0.50 held
+    assert tracker.check(scopes, now + timedelta(seconds=61)) is None  # bg:2's hold ended
+    assert tracker.reserved(clock) == {}
+    tracker.keep_reserved("bg:3", scopes, Decimal("0.30"), clock + 120)  # held again (a restart)
+    tracker.keep_reserved("bg:4", scopes_for("staging"), Decimal("0.30"), clock + 120)  # no budget
+    assert tracker.reserved(clock) == {DEV: Decimal("0.30")}
+    tracker.settle("bg:3")  # ended unbilled
+    assert tracker.reserved(clock) == {}

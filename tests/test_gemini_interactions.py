@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +21,9 @@ from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
 from addon import pricing
+from addon.budgets import Scope
 from addon.meter import Meter
+from addon.policies import parse_policies
 from addon.providers import Registry
 from addon.providers.gemini_interactions import (
     StreamParser,
@@ -721,3 +724,35 @@ async def test_a_cancelled_background_interaction_is_settled_by_its_cancel(tmp_p
             store.records[1].output_tokens
             == extract_usage(COMPLETED["usage"], "gemini-2.5-flash").output_tokens
         )
+
+
+async def test_a_background_interaction_holds_its_reservation_until_billed(tmp_path: Path) -> None:
+    """As an OpenAI background response: the POST's reservation stays held while the interaction
+    runs (a running total seen by a GET settles nothing), until the GET that sees it finished bills it."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        store = _meter(tmp_path, tctx, addon)
+        addon._apply(parse_policies("environments:\n  development:\n    budget: {usd: 100, period: day}\n"))
+        dev = Scope("environment", "development")
+        headers = {"x-goog-api-key": "AIza-bg-key"}
+        post = make_flow(URL, {"model": "gemini-2.5-pro", "input": "x", "background": True}, headers=headers)
+        post.request.timestamp_start = time.time()
+        await run_request(addon, post)
+        running = {"id": ID, "object": "interaction", "model": "gemini-2.5-pro", "status": "in_progress"}
+        await _answer(addon, post, running)
+        addon._on_finished(store.records)
+        estimate = addon.enforcer.budgets.reserved().get(dev)
+        assert estimate is not None and estimate > 0
+        for body in (running | {"usage": COMPLETED["usage"]}, COMPLETED):  # a running total, then done
+            get = make_flow(f"{URL}/{ID}", b"", method="GET", headers=headers)
+            get.request.timestamp_start = time.time()
+            await run_request(addon, get)
+            await _answer(addon, get, body)
+            if body is not COMPLETED:
+                assert len(store.records) == 1 and addon.enforcer.budgets.reserved() == {dev: estimate}
+        _, billed = store.records
+        addon._price(billed)
+        addon._on_finished([billed])
+        assert addon.enforcer.budgets.reserved() == {}
+        [status] = addon.enforcer.budgets.status(datetime.now(UTC))
+        assert status["spent"] == billed.cost_usd > 0
