@@ -5,8 +5,9 @@ records which rule decided (``environment_source``):
 
 1. ``header``: the X-Metering-Tags request header, a JSON object such as
    ``{"env": "development", "team": "backend", "feature": "search"}``, unless
-   the API key is mapped to another environment or the claimed environment
-   forbids header claims (``allow_header_claims: false``): no escalation by header;
+   the API key is mapped to another environment, or the claimed environment or the one the
+   call has without the header forbids header claims (``allow_header_claims: false``): no
+   escalation by header;
 2. ``key``: the API key's entry in policies.yaml ``keys:``;
 3. ``process``: the calling process's APP_ENV (names configurable);
 4. ``forced`` (the proxy's own TOKOMETER_ENVIRONMENT) or ``host`` (a
@@ -129,6 +130,19 @@ def attribute(
         )
         process_env = None
 
+    # Where the call lands without the header: the header may move it only when both this
+    # environment and the one it claims allow header claims.
+    if key is not None and key.environment:
+        fallback, fallback_source = key.environment, "key"
+    elif process_env:
+        fallback, fallback_source = normalize_environment(process_env), "process"
+    elif forced_environment:
+        fallback, fallback_source = normalize_environment(forced_environment), "forced"
+    elif host_env := policies.host_environment(hostname):
+        fallback, fallback_source = host_env, "host"
+    else:
+        fallback, fallback_source = policies.default_environment, "default"
+
     claimed = tags.environment
     if claimed and key is not None and key.environment and claimed != key.environment:
         problems.append(
@@ -141,6 +155,12 @@ def attribute(
             f"{TAGS_HEADER} env {claimed!r} ignored: {claimed} does not allow header claims (policies.yaml)"
         )
         claimed = None
+    elif claimed and claimed != fallback and not policies.environment(fallback).allow_header_claims:
+        problems.append(
+            f"{TAGS_HEADER} env {claimed!r} ignored: the call is {fallback}'s ({fallback_source}), "
+            f"which does not allow header claims (policies.yaml)"
+        )
+        claimed = None
     elif claimed and not policies.declares(claimed):
         # An environment policies.yaml does not name has no rules at all: claiming one would
         # leave the caller's own environment's allowlist, budget and rate limit behind.
@@ -150,18 +170,7 @@ def attribute(
         )
         claimed = None
 
-    if claimed:
-        environment, source = claimed, "header"
-    elif key is not None and key.environment:
-        environment, source = key.environment, "key"
-    elif process_env:
-        environment, source = normalize_environment(process_env), "process"
-    elif forced_environment:
-        environment, source = normalize_environment(forced_environment), "forced"
-    elif host_env := policies.host_environment(hostname):
-        environment, source = host_env, "host"
-    else:
-        environment, source = policies.default_environment, "default"
+    environment, source = (claimed, "header") if claimed else (fallback, fallback_source)
 
     team = tags.team or (key.team if key else None) or _first_var(process, settings.team_vars)
     feature = tags.feature or (key.feature if key else None) or _first_var(process, settings.feature_vars)

@@ -150,3 +150,24 @@ def test_process_env_naming_an_undeclared_environment_is_ignored_like_a_header()
     assert (named.environment, named.environment_source, named.problems) == ("production", "process", [])
     unenforced = attribute(policies=Policies(), process=proc(APP_ENV="sandbox"))
     assert (unenforced.environment, unenforced.environment_source) == ("sandbox", "process")
+
+
+def test_an_environment_forbidding_header_claims_keeps_its_calls_too() -> None:
+    """``allow_header_claims: false`` forbids header claims altogether (issue 8): a header can no
+    more move a call out of such an environment than into it, whichever rule put the call there."""
+    policies = parse_policies(
+        "default_environment: development\nenvironments:\n  development:\n    allow_header_claims: false\n"
+        "  staging: {}\n  production: {}\n"
+    )
+    kept = attribute(policies=policies, header='{"env": "production", "team": "web"}', hostname="laptop")
+    assert (kept.environment, kept.environment_source, kept.team) == ("development", "default", "web")
+    assert kept.problems == [
+        "X-Metering-Tags env 'production' ignored: the call is development's (default), which does not "
+        "allow header claims (policies.yaml)"
+    ]
+    by_process = attribute(policies=policies, header='{"env": "staging"}', process=proc(APP_ENV="dev"))
+    assert (by_process.environment, by_process.environment_source) == ("development", "process")
+    same = attribute(policies=policies, header='{"env": "development"}')  # its own: nothing moves
+    assert (same.environment, same.environment_source) == ("development", "default")
+    from_staging = attribute(policies=policies, header='{"env": "production"}', process=proc(APP_ENV="stg"))
+    assert (from_staging.environment, from_staging.environment_source) == ("production", "header")
