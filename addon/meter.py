@@ -116,8 +116,8 @@ PASS_ON_FROM = 1024 * 1024
 PROCESS_LOOKUP_TIMEOUT = 2.0
 NOTICE_HEADER = "X-Tokometer-Notice"
 # A budget reservation counts a request's bytes / 4 as input tokens (JSON makes that generous)
-# and its max-tokens setting as output; without one, the p90 of the model's recent outputs here
-# (addon.output_history), never under this many.
+# and its max-tokens setting as output, for each answer it asks for (_answers); without one, the
+# p90 of the model's recent outputs here (addon.output_history), never under this many.
 BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
@@ -312,7 +312,8 @@ def _with_tags(tags: str | None, extra: Mapping[str, str]) -> str:
 
 
 def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
-    """The output cap a request sets, in any provider's spelling."""
+    """The output cap a request sets on each answer, in any provider's spelling (Gemini's in its
+    JSON name or its proto field's, which Google's parsers take too)."""
     if not body:
         return None
     for holder, name in (
@@ -320,12 +321,56 @@ def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
         (body, "max_tokens"),
         (body, "max_output_tokens"),
         (body.get("generationConfig"), "maxOutputTokens"),
+        (body.get("generation_config"), "max_output_tokens"),
         (body.get("inferenceConfig"), "maxTokens"),
     ):
         value = holder.get(name) if isinstance(holder, dict) else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+# How many answers a call may write, each up to its output cap (the input is billed once):
+# OpenAI's ``n`` (1 to 128, the API reference) in the chat shape on every provider that serves it
+# (one that takes no n refuses the call or writes one answer: reserving n is the safe side), a
+# legacy completion's ``best_of`` (up to 20, each written and billed, ``n`` of them returned), and
+# on Bedrock's InvokeModel, where the body is the model's own (AI21 Jamba's ``n``); Gemini's
+# ``generationConfig.candidateCount`` (1 to 8; Vertex's Gemini the same). Anthropic's Messages,
+# Bedrock's Converse, OpenAI's Responses and Gemini's Interactions write one answer.
+MAX_CHOICES = 128
+MAX_BEST_OF = 20
+MAX_CANDIDATES = 8
+_CHOICE_FLAVORS = frozenset({"chat", "completions", "invoke", "invoke_stream"})
+_CANDIDATE_FLAVORS = frozenset({"generate", "stream"})  # Gemini's generateContent (and Vertex's)
+
+
+def _answer_count(value: Any, most: int) -> int:
+    """One field's count of answers: 1 when absent (null), an integer at most ``most`` (at least
+    1: the API refuses less), else ``most`` (``"8"``, ``8.0``: a server may read them as 8)."""
+    if value is None:
+        return 1
+    if type(value) is int:
+        return min(max(value, 1), most)
+    return most
+
+
+def _answers(flavor: str | None, body: Mapping[str, Any] | None) -> int:
+    """How many answers a request of ``flavor`` asks for, for its reservation (see MAX_CHOICES)."""
+    if not isinstance(body, Mapping):
+        return 1
+    if flavor in _CHOICE_FLAVORS:
+        return max(_answer_count(body.get("n"), MAX_CHOICES), _answer_count(body.get("best_of"), MAX_BEST_OF))
+    if flavor in _CANDIDATE_FLAVORS:
+        counts = [
+            _answer_count(config.get(name), MAX_CANDIDATES)
+            for config, name in (
+                (body.get("generationConfig"), "candidateCount"),
+                (body.get("generation_config"), "candidate_count"),
+            )
+            if isinstance(config, Mapping)
+        ]
+        return max(counts, default=1)
+    return 1
 
 
 def _runs_in_background(state: CallState, metered: Metered) -> bool:
@@ -1392,7 +1437,13 @@ class Meter:
         if body is not None and (reserved_models or svg_models):  # reserved at the models sent
             reserved_body = with_image_tool_models(body, reserved_models, svg_models)
         estimate = self._cost_estimate(
-            record.provider, text_size, reserved_body, record.inference_geo, image_request, edited
+            record.provider,
+            text_size,
+            reserved_body,
+            record.inference_geo,
+            image_request,
+            edited,
+            flavor=record.api_flavor,
         )
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
@@ -1853,10 +1904,13 @@ class Meter:
         geo: str | None = None,
         image_request: Mapping[str, Any] | None = None,
         edited: int = 0,
+        flavor: str | None = None,
     ) -> Callable[[str | None], Decimal]:
         """What a call may cost, for its budget reservation: input from the body's size, output
         from its max-tokens setting (else the p90 of what the model wrote in its recent calls here,
-        never under ``RESERVED_OUTPUT_TOKENS``), at the price where the path says it runs. An
+        never under ``RESERVED_OUTPUT_TOKENS``) for each answer a request of ``flavor`` asks for
+        (``_answers``: OpenAI's ``n``, Gemini's ``candidateCount``), at the price where the path
+        says it runs. An
         image request (``image_request``: its JSON body or form fields) reserves the image tokens it
         asks for at the image output rate of the model sent, and an edit's ``edited`` input images
         at its image input rate, where OpenAI documents them; a Responses request with the
@@ -1880,8 +1934,9 @@ class Meter:
                     output_image_tokens=images,
                     input_image_tokens=seen,
                 )
+            # Each answer up to the cap; without one, what the model's answers here usually are.
             output = _max_output_tokens(body) or self.outputs.reserved(provider, model)
-            cost = self.pricer.estimate(provider, model, tokens, output, geo)
+            cost = self.pricer.estimate(provider, model, tokens, output * _answers(flavor, body), geo)
             tool = image_tool_tokens(body)
             if tool is not None:  # billed apart from the text model's usage, at the image model's rate
                 image_model, image_tokens = tool

@@ -713,6 +713,143 @@ async def test_an_uncapped_call_reserves_its_models_recent_p90_and_a_capped_one_
     assert meter.enforcer.budgets.reserved() == {}
 
 
+DAY_BUDGET = "environments:\n  development:\n    budget: {usd: 100, period: day}\n"
+GEMINI_PRO = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro"
+VERTEX_PRO = (
+    "https://aiplatform.googleapis.com/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-pro"
+)
+
+
+async def reserved_for(meter: Meter, url: str, body: dict, headers: dict | None = None) -> Decimal:
+    """What one call, let through now, reserves against development's budget (then given back)."""
+    flow = make_flow(url, body, headers=headers)
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()
+    await run_request(meter, flow)
+    assert flow.response is None
+    amount = meter.enforcer.budgets.reserved()[Scope("environment", "development")]
+    meter.enforcer.budgets.settle(meter.call_state(flow).record.id)  # type: ignore[union-attr]
+    return amount
+
+
+def output_usd(tokens: int, per_million: str) -> Decimal:
+    return Decimal(tokens) * Decimal(per_million) / 1_000_000
+
+
+async def test_n_choices_are_reserved_n_times(meter: Meter) -> None:
+    """max_tokens bounds EACH choice: n=8, max_tokens=4000 may write 32,000 output tokens. The
+    reservation counted 4,000 (a review's finding)."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    prompt = [{"role": "user", "content": "hi"}]
+    body = {"model": "gpt-4o", "n": 8, "max_tokens": 4000, "messages": prompt}
+    one = {**body, "n": 1}
+    eight = await reserved_for(meter, CHAT_URL, body)
+    assert eight >= output_usd(8 * 4000, "10")  # gpt-4o: $10 per 1M output
+    # the prompt is billed once: only the output is counted n times
+    assert eight - await reserved_for(meter, CHAT_URL, one) == output_usd(7 * 4000, "10")
+
+
+async def test_twenty_simultaneous_n_calls_overshoot_by_at_most_one_call(meter: Meter) -> None:
+    """The promise: 20 simultaneous calls against a nearly spent budget overshoot it by at most one
+    call's cost. $0.30 left, each call may cost $0.32 (8 x 4,000 gpt-4o output tokens): only the
+    first passes. Reserving one choice ($0.04), eight passed (up to ~$2.56)."""
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 1, period: day}\n"))
+    dev = Scope("environment", "development")
+    meter.enforcer.budgets.record((dev,), Decimal("0.70"), datetime.now(UTC))
+    body = {"model": "gpt-4o", "n": 8, "max_tokens": 4000, "messages": [{"role": "user", "content": "hi"}]}
+    flows = [make_flow(CHAT_URL, body) for _ in range(20)]
+    for flow in flows:
+        flow.request.timestamp_start = datetime.now(UTC).timestamp()
+        await run_request(meter, flow)
+    allowed = sum(1 for flow in flows if flow.response is None)
+    assert allowed == 1, f"{allowed} of 20 calls allowed with $0.30 left, each up to $0.32"
+
+
+@pytest.mark.parametrize(
+    ("url", "config"),
+    [
+        (f"{GEMINI_PRO}:generateContent", "generationConfig"),
+        (f"{GEMINI_PRO}:streamGenerateContent?alt=sse", "generationConfig"),
+        # the proto field's own name, which Google's JSON parsers take too
+        (f"{GEMINI_PRO}:generateContent", "generation_config"),
+        (f"{VERTEX_PRO}:generateContent", "generationConfig"),
+        (f"{VERTEX_PRO}:streamGenerateContent", "generation_config"),
+    ],
+)
+async def test_gemini_candidate_count_is_reserved(meter: Meter, url: str, config: str) -> None:
+    """candidateCount answers, each up to maxOutputTokens, on Gemini and Vertex, streamed or not."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    headers = {"x-goog-api-key": "AIza-test-0123456789"}
+    count = "candidateCount" if config == "generationConfig" else "candidate_count"
+    cap = "maxOutputTokens" if config == "generationConfig" else "max_output_tokens"
+    one = {"contents": [], config: {cap: 8000, count: 1}}
+    eight = {"contents": [], config: {cap: 8000, count: 8}}
+    reserved = await reserved_for(meter, url, eight, headers)
+    assert reserved >= output_usd(8 * 8000, "10")  # gemini-2.5-pro: $10 per 1M output
+    assert reserved - await reserved_for(meter, url, one, headers) == output_usd(7 * 8000, "10")
+
+
+async def test_an_uncapped_call_reserves_its_models_p90_for_each_answer(meter: Meter) -> None:
+    """The history is of answers (most calls ask for one): n answers without a cap reserve n p90s."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    meter._on_finished([finished_call(meter, i, "o3", 4000 + 100 * i) for i in range(21)])  # p90: 5,800
+    body = {"model": "o3", "messages": [{"role": "user", "content": "think hard"}]}
+    three = await reserved_for(meter, CHAT_URL, {**body, "n": 3})
+    assert three - await reserved_for(meter, CHAT_URL, {**body, "n": 1}) == output_usd(2 * 5800, "8")
+
+
+@pytest.mark.parametrize(
+    ("flavor", "body", "answers"),
+    [
+        ("chat", {"n": 8}, 8),
+        ("chat", {"n": 10**9}, 128),  # OpenAI's n: 1 to 128 (the API reference)
+        ("chat", {"n": "8"}, 128),  # not a count: the most the API takes
+        ("chat", {"n": 8.0}, 128),
+        ("chat", {"n": True}, 128),
+        ("chat", {"n": 0}, 1),  # a count the API refuses: one answer
+        ("chat", {"n": None}, 1),
+        ("chat", {}, 1),
+        ("completions", {"n": 2, "best_of": 5}, 5),  # best_of written (and billed), n returned
+        ("completions", {"best_of": 10**6}, 20),  # best_of: at most 20
+        ("invoke", {"n": 4}, 4),  # Bedrock InvokeModel: the model's own body (AI21 Jamba's n)
+        ("generate", {"generationConfig": {"candidateCount": 8}}, 8),
+        ("stream", {"generationConfig": {"candidateCount": 10**9}}, 8),  # Gemini: 1 to 8
+        ("stream", {"generation_config": {"candidate_count": 3}}, 3),  # the proto field's own name
+        ("generate", {"generationConfig": {"candidateCount": "3"}}, 8),
+        (
+            "generate",
+            {"generationConfig": {"candidateCount": 2}, "generation_config": {"candidate_count": 5}},
+            5,
+        ),
+        ("generate", {"generationConfig": "8"}, 1),
+        # no such field: one answer (Anthropic's Messages, Bedrock's Converse, OpenAI's Responses...)
+        ("messages", {"n": 8}, 1),
+        ("converse", {"n": 8, "inferenceConfig": {"n": 8}}, 1),
+        ("responses", {"n": 8}, 1),
+        ("interactions", {"n": 8, "generation_config": {"candidate_count": 8}}, 1),
+        ("generate", {"n": 8}, 1),
+        ("chat", {"generationConfig": {"candidateCount": 8}}, 1),
+        (None, {"n": 8}, 1),
+        ("chat", None, 1),
+    ],
+)
+def test_answer_counts_are_bounded_and_read_where_the_api_takes_them(
+    flavor: str | None, body: dict | None, answers: int
+) -> None:
+    from addon.meter import _answers
+
+    assert _answers(flavor, body) == answers
+
+
+async def test_an_anthropic_call_is_one_answer_whatever_it_says(meter: Meter) -> None:
+    """Messages has no n (the API refuses it): a body naming one reserves what it would without."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    url, headers = "https://api.anthropic.com/v1/messages", {"x-api-key": "sk-ant-test-0123456789"}
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 1000, "messages": [], "n": 9}
+    same_size = {**body, "n": 8}
+    assert await reserved_for(meter, url, body, headers) == await reserved_for(meter, url, same_size, headers)
+    assert await reserved_for(meter, url, body, headers) < output_usd(2000, "15")
+
+
 def test_a_database_that_cannot_give_the_history_only_means_none(
     meter: Meter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
