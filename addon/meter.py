@@ -97,6 +97,7 @@ from addon.providers.openai_media import (
     tool_choice_none,
     with_image_tool_models,
 )
+from addon.providers.openrouter import Fallbacks, with_fallback_models
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
@@ -254,6 +255,29 @@ class CallState:
     def opens_socket(self) -> bool:
         """A WebSocket handshake the meter follows (Realtime, Gemini Live, Responses, OpenAI Live)."""
         return self.handshake is not None or self.live is not None or self.responses_ws or self.openai_live
+
+
+@dataclass(slots=True)
+class FallbackRules:
+    """What the allowlist makes of a request's fallback models (OpenRouter's ``models``)."""
+
+    sent: list[str] = field(default_factory=list)  # the list as it goes upstream
+    changed: bool = False  # an entry was downgraded: the list is rewritten
+    notices: list[str] = field(default_factory=list)  # the downgrades, for X-Tokometer-Notice
+    refused: str | None = None  # an entry no rule lets run: the call is refused
+    why: str = ""  # and why, for its refusal
+    unreadable: str | None = None  # why the list cannot be checked whole (refused where restricted)
+
+
+def _dearest(
+    estimate: Callable[[str | None], Decimal], others: Sequence[str]
+) -> Callable[[str | None], Decimal]:
+    """``estimate`` at the dearest of the model sent and ``others`` (a call may run on any)."""
+
+    def dearest(model: str | None) -> Decimal:
+        return max(estimate(one) for one in dict.fromkeys((model, *others)))
+
+    return dearest
 
 
 def _bare_sdp_offer(headers: http.Headers, kind: str) -> bool:
@@ -1402,6 +1426,9 @@ class Meter:
         provider = state.provider
         route = state.route or flow.request.path  # the path as read
         model = form.model if form is not None else provider.request_model(route, body)
+        fallbacks = provider.fallback_models(body) if provider.fallback_models is not None else None
+        if model is None and fallbacks is not None and fallbacks.models:
+            model = fallbacks.models[0]  # OpenRouter starts with the list's first entry
         record.model_requested = record.model_sent = model
         if body is not None:
             record.streamed = body.get("stream") is True
@@ -1445,15 +1472,25 @@ class Meter:
             edited,
             flavor=record.api_flavor,
         )
+        # OpenRouter's fallback models: each held to the allowlist; the call reserved at the dearest.
+        ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
+        if ruled is not None and ruled.sent:
+            estimate = _dearest(estimate, ruled.sent)
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
             decision = self._unknown_model(record, decision) or decision
         if decision.refusal is None and rules is not None and rules.refusal is not None:
             self.enforcer.withdraw(decision, record.id)
             decision, record.model_requested = rules.refusal, rules.refused_model
+        if decision.refusal is None and ruled is not None and ruled.refused is not None:
+            decision = self._refuse_instead(decision, record, ruled.refused, ruled.why)
+            record.model_requested = ruled.refused
+        elif decision.refusal is None and ruled is not None and ruled.unreadable is not None:
+            decision = self._unknown_model(record, decision, ruled.unreadable) or decision
+        rewrites_fallbacks = ruled is not None and ruled.changed and decision.refusal is None
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_path, new_body = route, body
-        if downgrade or (rewrites_tools and decision.refusal is None):
+        if downgrade or ((rewrites_tools or rewrites_fallbacks) and decision.refusal is None):
             try:
                 if provider.with_model is None:
                     raise ValueError(
@@ -1466,6 +1503,8 @@ class Meter:
                     new_path, new_body = provider.with_model(route, body, downgrade)
                 if rewrites_tools and new_body is not None:
                     new_body = with_image_tool_models(new_body, tool_models, svg_models)
+                if rewrites_fallbacks and ruled is not None and new_body is not None:
+                    new_body = with_fallback_models(new_body, ruled.sent)
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from
@@ -1483,14 +1522,15 @@ class Meter:
             )
         if header_deployment is not None:  # Azure: the image deployment header's downgrade
             flow.request.headers[DEPLOYMENT_HEADER] = header_deployment
-        if not (downgrade or inject or rewrites_tools or header_deployment):
+        if not (downgrade or inject or rewrites_tools or header_deployment or rewrites_fallbacks):
             return
         if inject and new_body is not None:
             options = {**(new_body.get("stream_options") or {}), "include_usage": True}
             new_body = {**new_body, "stream_options": options}
         # Only once the new request is in place does the row (and the client's notice) say so.
         spliced = None
-        if inject and not (downgrade or rewrites_tools) and "stream_options" not in body:  # type: ignore[operator]
+        rewritten = downgrade or rewrites_tools or rewrites_fallbacks
+        if inject and not rewritten and "stream_options" not in body:  # type: ignore[operator]
             spliced = _with_usage_requested(flow.request.get_content() or b"")
         if spliced is not None:
             flow.request.content = spliced
@@ -1505,6 +1545,10 @@ class Meter:
         if (rewrites_tools or header_deployment) and rules is not None:
             notices += rules.notices
             log.info("tokometer: %s", "; ".join(rules.notices))
+        if rewrites_fallbacks and ruled is not None:
+            record.action = "downgraded"  # the request as sent is not the one asked for
+            notices += ruled.notices
+            log.info("tokometer: %s", "; ".join(ruled.notices))
         state.notice = "; ".join(notices) or None
         state.injected_usage = inject
 
@@ -1684,6 +1728,28 @@ class Meter:
         self._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
         state.record.cost_usd, state.record.price_status = Decimal(0), NOT_BILLED
         self._submit(state.record)
+
+    def _rule_fallbacks(self, record: CallRecord, found: Fallbacks) -> FallbackRules:
+        """Each entry of a request's fallback list (OpenRouter's ``models``) held to the rules of
+        its environment as its model is: a disallowed one rewritten to its downgrade target, else
+        the call refused; a list that cannot be read whole refuses it where models are restricted."""
+        ruled = FallbackRules()
+        for entry in found.models:
+            decision = self.enforcer.decide_model(record.provider, record.environment, entry)
+            if decision.refusal is not None:
+                ruled.refused = entry
+                ruled.why = f"it is in the request's models list, which {record.provider} may run instead"
+                return ruled
+            sent = decision.model_sent or entry
+            ruled.sent.append(sent)
+            if sent != entry:
+                ruled.changed = True
+                ruled.notices.append(f"models fallback list: {decision.notice or entry + ' -> ' + sent}")
+        if found.error is not None and self.models_restricted(record.environment):
+            ruled.unreadable = (
+                f"{found.error}, so the models it may run cannot all be checked against the allowlist"
+            )
+        return ruled
 
     def _decide(
         self, state: CallState, model: str | None, estimate: Callable[[str | None], Decimal] | None = None

@@ -947,3 +947,123 @@ async def test_a_failing_reservation_leaves_the_policy_decision_standing(
     second = make_flow(CHAT_URL, {"model": "gpt-4o-mini", "messages": []})
     await run_request(meter, second)
     assert second.response is not None and second.response.status_code == 429  # the minute's one call
+
+
+# -- OpenRouter's `models` fallback list: every entry is held to the allowlist --------------------
+
+OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
+OPUS = "anthropic/claude-opus-4.1"
+ONLY_MINI = """
+environments:
+  development:
+    models: {{allow: ["*-mini"], on_disallowed: {rule}, downgrade: {{"anthropic/*": openai/gpt-4o-mini}}}}
+"""
+
+
+def sent_body(flow: http.HTTPFlow) -> dict:
+    return json.loads(flow.request.get_content() or b"{}")
+
+
+async def test_openrouter_fallback_models_are_held_to_the_allowlist(meter: Meter) -> None:
+    """OpenRouter runs the `models` list's next entry when the one before fails (an over-long
+    prompt, a provider error, moderation): only `model` was checked, so claude-opus ran in an
+    environment whose allowlist is `*-mini` (a review's finding). Blocked: the call is refused."""
+    meter._apply(parse_policies(ONLY_MINI.format(rule="block") + "    budget: {usd: 100, period: day}\n"))
+    body = {"model": "openai/gpt-4o-mini", "models": ["openai/gpt-4o-mini", OPUS], "messages": []}
+    flow = make_flow(OPENROUTER_CHAT, body)
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert flow.response.headers["x-tokometer-refused"] == "blocked"
+    assert OPUS in flow.response.text and "models" in flow.response.text
+    record = meter.call_state(flow).record  # type: ignore[union-attr]
+    assert (record.action, record.model_requested, record.model_sent) == ("blocked", OPUS, None)
+    assert meter.enforcer.budgets.reserved() == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        (OPENROUTER_CHAT, {"model": "openai/gpt-4o-mini"}),
+        (OPENROUTER_CHAT, {"model": "openai/gpt-4o-mini", "route": "fallback"}),
+        ("https://openrouter.ai/api/v1/responses", {"model": "openai/gpt-4o-mini", "input": "hi"}),
+    ],
+)
+async def test_a_disallowed_fallback_model_is_downgraded_like_the_model(
+    meter: Meter, url: str, extra: dict
+) -> None:
+    meter._apply(parse_policies(ONLY_MINI.format(rule="downgrade")))
+    body = {**extra, "models": ["openai/gpt-4o-mini", OPUS, "openai/o4-mini"], "messages": []}
+    flow = make_flow(url, body)
+    await run_request(meter, flow)
+    assert flow.response is None
+    sent = sent_body(flow)
+    assert sent == {**body, "models": ["openai/gpt-4o-mini", "openai/gpt-4o-mini", "openai/o4-mini"]}
+    record = meter.call_state(flow).record  # type: ignore[union-attr]
+    assert (record.action, record.model_requested, record.model_sent) == (
+        "downgraded",
+        "openai/gpt-4o-mini",
+        "openai/gpt-4o-mini",
+    )
+    notice = meter.call_state(flow).notice  # type: ignore[union-attr]
+    assert notice is not None and OPUS in notice and "models" in notice
+
+
+async def test_a_models_list_without_model_runs_from_its_first_entry(meter: Meter) -> None:
+    """Without `model`, OpenRouter starts with the list's first entry: it is the model requested."""
+    meter._apply(parse_policies(ONLY_MINI.format(rule="downgrade")))
+    flow = make_flow(OPENROUTER_CHAT, {"models": [OPUS, "openai/o4-mini"], "messages": []})
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert sent_body(flow)["models"] == ["openai/gpt-4o-mini", "openai/o4-mini"]
+    record = meter.call_state(flow).record  # type: ignore[union-attr]
+    assert (record.action, record.model_requested, record.model_sent) == (
+        "downgraded",
+        OPUS,
+        "openai/gpt-4o-mini",
+    )
+
+
+@pytest.mark.parametrize(
+    "models",
+    [
+        OPUS,
+        ["openai/gpt-4o-mini", 7],
+        ["openai/gpt-4o-mini", ""],
+        {"first": OPUS},
+        ["openai/gpt-4o-mini"] * 65,
+    ],
+)
+async def test_a_fallback_list_that_cannot_be_read_is_refused_where_models_are_restricted(
+    meter: Meter, models: object
+) -> None:
+    body = {"model": "openai/gpt-4o-mini", "models": models, "messages": []}
+    meter._apply(parse_policies(ONLY_MINI.format(rule="downgrade")))
+    flow = make_flow(OPENROUTER_CHAT, body)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "models" in flow.response.text
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n"))
+    unrestricted = make_flow(OPENROUTER_CHAT, body)
+    await run_request(meter, unrestricted)
+    assert unrestricted.response is None and sent_body(unrestricted) == body
+
+
+async def test_a_call_with_fallbacks_reserves_its_most_expensive_model(meter: Meter) -> None:
+    """It may run on any entry: its reservation is priced at the dearest (as sent, after downgrades)."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    url = OPENROUTER_CHAT
+    plain = {
+        "model": "openai/gpt-4o-mini",
+        "max_tokens": 1000,
+        "messages": [],
+        "models": ["openai/gpt-4o-mini"],
+    }
+    opus = {**plain, "models": ["openai/gpt-4o-mini", OPUS]}
+    cheap, dear = await reserved_for(meter, url, plain), await reserved_for(meter, url, opus)
+    size = len(json.dumps(opus)) // 4
+    assert dear == meter.pricer.estimate("openrouter", OPUS, size, 1000) > cheap
+    meter._apply(parse_policies(ONLY_MINI.format(rule="downgrade") + "    budget: {usd: 100, period: day}\n"))
+    assert await reserved_for(meter, url, opus) == meter.pricer.estimate(
+        "openrouter", "openai/gpt-4o-mini", size, 1000
+    )

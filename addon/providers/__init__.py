@@ -30,6 +30,7 @@ from addon.providers import (
     openai_realtime_mints,
     openai_realtime_translation,
     openai_responses_ws,
+    openrouter,
     vertex_api,
 )
 from addon.providers.vertex_api import PathFacts
@@ -145,6 +146,9 @@ class Provider:
     # OpenAI Realtime translation over WebSocket (the handshake's ``model``; no usage reported).
     # None: none here.
     realtime_translation: openai_realtime.Handshake | None = None
+    # Other models a request names that the provider may run instead (OpenRouter's ``models``
+    # fallback list): each held to the allowlist as the model is. None: none here.
+    fallback_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
 
     @property
     def price_provider(self) -> str:
@@ -453,7 +457,7 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible("deepseek", "api.deepseek.com"),
     _openai_compatible("mistral", "api.mistral.ai"),
     _openai_compatible("groq", "api.groq.com"),
-    _openai_compatible("openrouter", "openrouter.ai"),
+    _openai_compatible("openrouter", "openrouter.ai", fallback_models=openrouter.fallback_models),
     _openai_compatible("x-ai", "api.x.ai"),
     _openai_compatible("together", "api.together.xyz", "api.together.ai"),
     _openai_compatible("fireworks", "api.fireworks.ai"),
