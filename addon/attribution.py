@@ -17,16 +17,27 @@ records which rule decided (``environment_source``):
 Team and feature come from the header, else the key entry, else the calling
 process's TEAM and FEATURE. Everything here is pure: the process lookup
 itself lives in ``addon.client_process``.
+
+A request may carry several different API keys (see ``Meter._api_key``): the
+proxy cannot tell which one the provider reads, and a ``last4`` match is
+four characters anyone can write. A key matched by fingerprint (a secret)
+decides; else each key stands for the environment it would be attributed to
+alone (its entry's, or rules 3-5 for an unmapped one). When they all agree,
+that is the call's; when they do not, no key binds it (``key_conflict``): it
+gets rules 3-5, header claims ignored, and the proxy refuses it where
+policies.yaml is in force.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from addon.api_keys import recent_key_fingerprint
 from addon.client_process import ClientProcess
-from addon.policies import Policies, normalize_environment
+from addon.policies import KeyPolicy, Policies, normalize_environment
 
 TAGS_HEADER = "X-Metering-Tags"
 FORCE_ENV_VAR = "TOKOMETER_ENVIRONMENT"
@@ -88,6 +99,45 @@ class Attribution:
     tags: str | None = None  # JSON of the header's other keys
     key_name: str | None = None
     problems: list[str] = field(default_factory=list)
+    key_conflict: str | None = None  # why none of the request's several keys decides its environment
+
+
+def _key_of_several(
+    policies: Policies,
+    fingerprint: str | None,
+    api_key: str | None,
+    other_keys: Sequence[str],
+    unbound: str,
+    unweighed: bool,
+) -> tuple[KeyPolicy | None, str | None]:
+    """The ``keys:`` entry that binds a call carrying ``api_key`` and ``other_keys`` (all
+    different), and a conflict when none may: whichever order they come in.
+
+    Fingerprint matches (a secret the caller holds) decide if there are any, the rest ignored;
+    else every key counts, an unmapped one for ``unbound`` (where the call lands with no key
+    entry). All of them naming one environment, the first entry naming it binds the call; else
+    the first naming ``unbound``, where the call lands anyway, still names the key (its team,
+    feature, budget and rate limit: no way out of anything). ``unweighed``: the request carried
+    more keys than these, and any of them may be the one the provider reads: a conflict, unless
+    one of these is matched by fingerprint."""
+    prints = [(fingerprint, api_key), *((recent_key_fingerprint(k), k) for k in other_keys)]
+    strong = [entry for fp, _ in prints if (entry := policies.key_for(fp, None)) is not None]
+    pool: list[KeyPolicy | None] = strong or [policies.key_for(None, k) for _, k in prints]
+    environments = {(entry.environment if entry and entry.environment else unbound) for entry in pool}
+    unweighed = unweighed and not strong
+    if len(environments) == 1 and not unweighed:
+        return next((entry for entry in pool if entry is not None), None), None
+    agreeing = next((e for e in pool if e is not None and (e.environment or unbound) == unbound), None)
+    if unweighed:
+        return (
+            agreeing,
+            f"more different API keys than the {len(prints)} weighed: no key decides the environment",
+        )
+    how = "by fingerprint" if strong else "by last4 or not at all"
+    return agreeing, (
+        f"{len(prints)} different API keys, matched {how}, bound to different environments "
+        f"({', '.join(sorted(environments))}): no key decides the environment"
+    )
 
 
 def _first_var(process: ClientProcess | None, names: tuple[str, ...]) -> str | None:
@@ -104,6 +154,19 @@ def _first_named_var(process: ClientProcess | None, names: tuple[str, ...]) -> t
     return "", None
 
 
+def _unbound(
+    policies: Policies, process_env: str | None, forced_environment: str | None, hostname: str
+) -> tuple[str, str]:
+    """The environment of a call no header or key entry binds, and its source (rules 3-5)."""
+    if process_env:
+        return normalize_environment(process_env), "process"
+    if forced_environment:
+        return normalize_environment(forced_environment), "forced"
+    if host_env := policies.host_environment(hostname):
+        return host_env, "host"
+    return policies.default_environment, "default"
+
+
 def attribute(
     *,
     policies: Policies,
@@ -113,14 +176,18 @@ def attribute(
     process: ClientProcess | None = None,
     hostname: str = "",
     forced_environment: str | None = None,
+    other_keys: Sequence[str] = (),
+    keys_unweighed: bool = False,
 ) -> Attribution:
-    """Decide environment, team and feature of a call (first rule that answers wins)."""
+    """Decide environment, team and feature of a call (first rule that answers wins).
+
+    ``other_keys``: the request's other API keys, different from ``api_key``; ``keys_unweighed``:
+    it carried more, not looked at (see the module's docstring)."""
     settings = policies.attribution
     problems: list[str] = []
     tags = parse_tags_header(header) if header is not None else HeaderTags()
     if tags.problem:
         problems.append(tags.problem)
-    key = policies.key_for(fingerprint, api_key)
     variable, process_env = _first_named_var(process, settings.environment_vars)
     if process_env and not policies.declares(process_env):
         # As much in the caller's hands as the header: held to the same rule (see below).
@@ -129,22 +196,29 @@ def attribute(
             f"such environment ({', '.join(sorted(policies.environments))})"
         )
         process_env = None
+    unbound = _unbound(policies, process_env, forced_environment, hostname)  # rules 3-5
+    conflict = None
+    if other_keys:
+        key, conflict = _key_of_several(
+            policies, fingerprint, api_key, other_keys, unbound[0], keys_unweighed
+        )
+    else:
+        key = policies.key_for(fingerprint, api_key)
 
     # Where the call lands without the header: the header may move it only when both this
     # environment and the one it claims allow header claims.
-    if key is not None and key.environment:
+    if key is not None and key.environment and conflict is None:
         fallback, fallback_source = key.environment, "key"
-    elif process_env:
-        fallback, fallback_source = normalize_environment(process_env), "process"
-    elif forced_environment:
-        fallback, fallback_source = normalize_environment(forced_environment), "forced"
-    elif host_env := policies.host_environment(hostname):
-        fallback, fallback_source = host_env, "host"
     else:
-        fallback, fallback_source = policies.default_environment, "default"
+        fallback, fallback_source = unbound
 
     claimed = tags.environment
-    if claimed and key is not None and key.environment and claimed != key.environment:
+    if conflict is not None:
+        problems.append(conflict)
+        if claimed:
+            problems.append(f"{TAGS_HEADER} env {claimed!r} ignored: the request's API keys disagree")
+            claimed = None
+    elif claimed and key is not None and key.environment and claimed != key.environment:
         problems.append(
             f"{TAGS_HEADER} env {claimed!r} ignored: the API key {key.name!r} belongs to "
             f"{key.environment} (policies.yaml)"
@@ -182,4 +256,5 @@ def attribute(
         tags=json.dumps(tags.extra, sort_keys=True, ensure_ascii=False) if tags.extra else None,
         key_name=key.name if key else None,
         problems=problems,
+        key_conflict=conflict,
     )

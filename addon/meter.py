@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import duckdb
@@ -101,6 +101,7 @@ from addon.providers.openrouter import Fallbacks, with_fallback_models
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
+from addon.refusals import refusal_response, several_keys_message
 from addon.socket_metering import SocketMeter, remember_live_setup, remembered_live_setup
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
@@ -206,6 +207,15 @@ def new_session_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
+class Credentials(NamedTuple):
+    """The API keys of a request, as Meter._pick_key reads them."""
+
+    key: str | None  # the one whose fingerprint the row keeps
+    others: tuple[str, ...] = ()  # the other different ones, weighed by attribute()
+    problem: str | None = None  # several different keys: the row says so
+    unweighed: bool = False  # more different keys than MAX_KEYS_EXAMINED: some not weighed
+
+
 @dataclass(slots=True)
 class CallState:
     """What the addon knows about one LLM call in flight.
@@ -217,6 +227,9 @@ class CallState:
     provider: Provider
     record: CallRecord
     api_key: str | None = None
+    other_keys: tuple[str, ...] = ()  # the request's other API keys, until attributed
+    keys_unweighed: bool = False  # it carried more different keys than were weighed
+    key_conflict: str | None = None  # its keys disagree about its environment: refused if enforced
     tags_header: str | None = None
     process: asyncio.Future[ClientProcess] | None = None
     errors: list[str] = field(default_factory=list)
@@ -958,15 +971,14 @@ class Meter:
         facts = provider.path_facts(path) if provider.path_facts is not None else None
         # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
         stand_in = facts.credential if facts is not None else None
-        key, key_problem = self._api_key(provider, flow.request.headers, query, stand_in)
+        credentials = self._api_key(provider, flow.request.headers, query, stand_in)
         self._open_call(
             flow,
             provider,
             host,
             path,  # never the query string: Gemini may carry the key there
             flavor,
-            key,
-            key_problem,
+            credentials,
             tags_header,
             geo=facts.geo if facts is not None else None,
             path_tags=facts.tags if facts is not None and facts.tags else None,
@@ -1006,8 +1018,7 @@ class Meter:
         host: str,
         path: str,
         flavor: str,
-        key: str | None,
-        key_problem: str | None,
+        credentials: Credentials,
         tags_header: str | None,
         *,
         geo: str | None = None,
@@ -1015,6 +1026,7 @@ class Meter:
     ) -> None:
         """Start following ``flow`` as a call: its row (what the request line and key say) and
         its state (``state``: the fields a kind of call adds)."""
+        key = credentials.key
         record = CallRecord(
             id=self._next_call_id(),
             ts=datetime.fromtimestamp(flow.request.timestamp_start, UTC),
@@ -1031,9 +1043,11 @@ class Meter:
             provider=provider,
             record=record,
             api_key=key,
+            other_keys=credentials.others,
+            keys_unweighed=credentials.unweighed,
             tags_header=tags_header,
             process=self._client_process(flow),
-            errors=[key_problem] if key_problem else [],
+            errors=[credentials.problem] if credentials.problem else [],
             subscription=bool(key and provider.subscription_key_prefixes)
             and key.startswith(provider.subscription_key_prefixes),  # type: ignore[union-attr]
             **state,
@@ -1063,9 +1077,10 @@ class Meter:
         path, _, query = route.partition("?")
         headers = flow.request.headers
         if live is None:
-            key, key_problem = self._api_key(provider, headers, query)
-            if key is None:  # a browser's key rides in the subprotocols
-                key = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
+            credentials = self._api_key(provider, headers, query)
+            if credentials.key is None:  # a browser's key rides in the subprotocols
+                browser = openai_realtime.key_in_subprotocols(headers.get("sec-websocket-protocol"))
+                credentials = credentials._replace(key=browser)
             flavor, row_path = openai_realtime.FLAVOR, _SLASHES.sub("/", path).rstrip("/")
             if responses_ws:
                 flavor, row_path = openai_responses_ws.FLAVOR, openai_responses_ws.ROW_PATH
@@ -1073,7 +1088,7 @@ class Meter:
                 flavor = openai_live.FLAVOR
                 row_path = row_path if sideband is not None or fork is not None else openai_live.ROW_PATH
         else:
-            key, key_problem = self._pick_key(self._live_credentials(live, headers, query))
+            credentials = self._pick_key(self._live_credentials(live, headers, query))
             flavor, row_path = gemini_live.FLAVOR, gemini_live.row_path(path)
         handshake = None
         if live is None and not (responses_ws or openai_live_ws):
@@ -1084,8 +1099,7 @@ class Meter:
             host,
             row_path,  # never the query string: it may hold the key
             flavor,
-            key,
-            key_problem,
+            credentials,
             tags_header,
             handshake=handshake,
             live=live,
@@ -1114,11 +1128,11 @@ class Meter:
         if _bare_sdp_offer(flow.request.headers, kind) and not _standard_key(flow.request.headers):
             return
         path, _, query = route.partition("?")
-        key, key_problem = self._api_key(provider, flow.request.headers, query)
+        credentials = self._api_key(provider, flow.request.headers, query)
         path = mints.row_path(path)
         live = kind in openai_realtime_mints.LIVE_KINDS
         flavor = openai_live.FLAVOR if live else openai_realtime.FLAVOR
-        self._open_call(flow, provider, host, path, flavor, key, key_problem, tags_header, mint=kind)
+        self._open_call(flow, provider, host, path, flavor, credentials, tags_header, mint=kind)
 
     @staticmethod
     def _live_credentials(live: gemini_live.Endpoint, headers: http.Headers, query: str) -> list[str]:
@@ -1293,14 +1307,14 @@ class Meter:
 
     def _api_key(
         self, provider: Provider, headers: http.Headers, query: str, stand_in: str | None = None
-    ) -> tuple[str | None, str | None]:
-        """The caller's API key (or, for signed requests, its stable key id), and a problem.
+    ) -> Credentials:
+        """The caller's API key (or, for signed requests, its stable key id) and the request's
+        other keys (see _pick_key).
 
-        A request that carries several different keys (repeated headers, a header and ``?key=``)
-        is attributed to the one policies.yaml maps, if any: whichever the provider reads, the
-        call cannot leave the environment its key is bound to that way. ``stand_in`` (Vertex's
-        ``vertex:{project}``) is one more of them: an API key added to a call cannot unbind its
-        project.
+        A request may carry several different keys (repeated headers, a header and ``?key=``):
+        whichever the provider reads, the call cannot leave the environment its key is bound to
+        that way (attribute() weighs them all). ``stand_in`` (Vertex's ``vertex:{project}``) is
+        one more of them: an API key added to a call cannot unbind its project.
         """
         if provider.key_from_header is not None:
             found = [
@@ -1319,24 +1333,27 @@ class Meter:
             found.append(stand_in)
         return self._pick_key(found)
 
-    def _pick_key(self, found: list[str]) -> tuple[str | None, str | None]:
-        """The credential that attributes a request carrying ``found`` (in the order read), and a
-        problem when they differ: the one policies.yaml maps, else the first."""
+    def _pick_key(self, found: list[str]) -> Credentials:
+        """The credential whose fingerprint the row keeps, the other different ones (the first
+        MAX_KEYS_EXAMINED in all: with more, only a fingerprint match decides), and a problem
+        when there are several.
+
+        The row's key: one policies.yaml maps by fingerprint, else by last4, else the first. It
+        does not decide alone: attribute() weighs every key, never their order; a last4 match is
+        four characters anyone can write beside a key of their own."""
         if len(found) <= 1 or len(keys := list(dict.fromkeys(found))) == 1:
-            return (found[0] if found else None), None
+            return Credentials(found[0] if found else None)
         problem = f"{len(keys)} different API keys in one request"
-        if len(keys) > MAX_KEYS_EXAMINED:
+        unweighed = len(keys) > MAX_KEYS_EXAMINED
+        if unweighed:
             problem += f" (the first {MAX_KEYS_EXAMINED} looked at)"
             keys = keys[:MAX_KEYS_EXAMINED]
-        # A fingerprint match takes the whole key, a secret; anyone can write a key ending in
-        # some entry's last four characters: the first kind wins.
         policies = self.policies
-        prints = [(key, recent_key_fingerprint(key)) for key in keys]
-        mapped = next((k for k, fp in prints if policies.key_for(fp, None) is not None), None)
-        mapped = mapped or next((k for k in keys if policies.key_for(None, k) is not None), None)
-        if mapped is not None:
-            return mapped, f"{problem}: attributed by the one policies.yaml knows"
-        return keys[0], problem
+        chosen = next(
+            (k for k in keys if policies.key_for(recent_key_fingerprint(k), None) is not None), None
+        )
+        chosen = chosen or next((k for k in keys if policies.key_for(None, k) is not None), keys[0])
+        return Credentials(chosen, tuple(k for k in keys if k != chosen), problem, unweighed)
 
     def _client_process(self, flow: http.HTTPFlow) -> asyncio.Future[ClientProcess] | None:
         """Start (once per client connection) the lookup of the calling process, off the loop."""
@@ -1376,8 +1393,11 @@ class Meter:
             process=process,
             hostname=self.hostname,
             forced_environment=self.forced_environment,
+            other_keys=state.other_keys,
+            keys_unweighed=state.keys_unweighed,
         )
-        state.api_key = None  # not needed any more: keep it in memory no longer than that
+        state.api_key, state.other_keys = None, ()  # keep keys in memory no longer than needed
+        state.key_conflict = decided.key_conflict
         record = state.record
         record.environment = decided.environment
         record.environment_source = decided.environment_source
@@ -1756,8 +1776,18 @@ class Meter:
     ) -> Decision:
         """The policies' decision on a call being started, as its row is attributed: allowlist,
         budgets (its ``estimate`` reserved under its id; without one, nothing is reserved: a
-        handshake, a mint) and rate limits. A flat-fee plan's call is held to no dollar budget."""
+        handshake, a mint) and rate limits. A flat-fee plan's call is held to no dollar budget.
+        Where policies are enforced, a call whose API keys disagree about its environment is
+        refused: the proxy cannot tell which one the provider reads."""
         record = state.record
+        if state.key_conflict is not None and self.policies.enforcing:
+            message = several_keys_message(state.key_conflict)
+            return Decision(
+                "blocked",
+                model,
+                refusal=refusal_response(record.provider, 403, message, kind="blocked"),
+                message=message,
+            )
         return self.enforcer.decide(
             provider=record.provider,
             environment=record.environment,

@@ -106,6 +106,11 @@ def blocked_message(environment: str, model: str, allowed_patterns: Sequence[str
     )
 
 
+def several_keys_message(conflict: str) -> str:
+    """Why a call carrying API keys that disagree about its environment was refused."""
+    return f"{_clean(conflict, 300)}; send one API key (policies.yaml)"
+
+
 def downgrade_notice(environment: str, requested: str, sent: str) -> str:
     """The ``X-Tokometer-Notice`` header of a downgraded call: one ASCII line."""
     requested, sent = _clean(requested), _clean(sent)

@@ -222,9 +222,10 @@ async def test_a_request_with_many_keys_is_looked_up_for_a_few(meter: Meter) -> 
     assert google is not None
     query = "alt=sse&" + "&".join(f"key=AIza{i:030d}" for i in range(100_000))
     headers = http.Headers([(b"x-goog-api-key", b"AIzaREAL0000000000000000000000000000")])
-    key, problem = meter._api_key(google, headers, query)
-    assert key == "AIzaREAL0000000000000000000000000000"
-    assert problem == "100001 different API keys in one request (the first 8 looked at)"
+    picked = meter._api_key(google, headers, query)
+    assert picked.key == "AIzaREAL0000000000000000000000000000"
+    assert picked.problem == "100001 different API keys in one request (the first 8 looked at)"
+    assert (len(picked.others), picked.unweighed) == (7, True)
     assert google.keys_in_query("key=A%2Bb&keys=no&x=1&key=c") == ["A+b", "c"]
 
 
@@ -245,3 +246,186 @@ async def test_app_env_of_an_undeclared_environment_does_not_escape_the_allowlis
     assert state is not None and flow.response is not None and flow.response.status_code == 403
     assert (state.record.environment, state.record.environment_source) == ("development", "default")
     assert any("APP_ENV='sandbox' of the calling process ignored" in e for e in state.errors), state.errors
+
+
+# -- several different API keys: a last4 match (four characters, no secret) decides nothing alone --
+
+TWO_ENVS = """
+default_environment: development
+environments:
+  development:
+    models: {allow: ["*-mini", "gemini-*-flash*"], on_disallowed: block}
+  staging: {}
+  production:
+    allow_header_claims: false
+"""
+GEMINI = "https://generativelanguage.googleapis.com/v1beta/models"
+
+
+def _refused(flow: http.HTTPFlow) -> bool:
+    return flow.response is not None and flow.response.status_code == 403
+
+
+@pytest.mark.parametrize("order", ["real first", "forged first"])
+async def test_a_forged_second_key_cannot_pull_a_call_into_a_last4_mapped_environment(
+    meter: Meter, order: str
+) -> None:
+    """The client's own key is unmapped; it adds a second ?key= ending in the last four characters
+    of an entry bound to production. Whichever of the two the provider reads (the client can put
+    its real key there), the forged one used to decide: production. The keys disagree, so neither
+    binds the call, and where policies are enforced it is refused."""
+    meter._apply(parse_policies(TWO_ENVS + 'keys:\n  prod-batch: {last4: "WXYZ", environment: production}\n'))
+    real, forged = "AIzaREALKEY00000000000000000000000001", "AIzaNOTAKEY000000000000000000000WXYZ"
+    keys = [real, forged] if order == "real first" else [forged, real]
+    url = f"{GEMINI}/gemini-2.5-flash:generateContent?key={keys[0]}&key={keys[1]}"
+    flow = tflow.tflow(
+        req=http.Request.make("POST", url, b'{"contents": []}', {"content-type": "application/json"})
+    )
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    record = state.record
+    assert (record.environment, record.environment_source, record.key_name) == (
+        "development",
+        "default",
+        None,
+    )
+    assert any("bound to different environments" in e for e in state.errors), state.errors
+    assert _refused(flow) and record.action == "blocked"
+    assert b"one API key" in (flow.response.content or b"")  # type: ignore[union-attr]
+
+
+async def test_more_keys_than_are_weighed_bind_a_call_to_none_of_them(meter: Meter) -> None:
+    """Eight forged keys all agree on production; the real one, unmapped, comes after the eight
+    the proxy looks at."""
+    meter._apply(parse_policies(TWO_ENVS + 'keys:\n  prod-batch: {last4: "WXYZ", environment: production}\n'))
+    forged = [f"AIzaNOTAKEY{i:021d}WXYZ" for i in range(8)]
+    query = "&".join(
+        f"key={k}" for k in ["AIzaREALKEY00000000000000000000000001", *forged]
+    )  # read last first
+    url = f"{GEMINI}/gemini-2.5-flash:generateContent?{query}"
+    flow = tflow.tflow(
+        req=http.Request.make("POST", url, b'{"contents": []}', {"content-type": "application/json"})
+    )
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    assert (state.record.environment, state.record.key_name) == ("development", None)
+    assert _refused(flow), state.errors
+
+
+@pytest.mark.parametrize("forged_first", [True, False])
+async def test_a_last4_bound_key_cannot_leave_its_environment_with_a_forged_second_key(
+    meter: Meter, forged_first: bool
+) -> None:
+    """The promise of meter._api_key: "whichever the provider reads, the call cannot leave the
+    environment its key is bound to". Both keys match a last4 entry: the first read used to win,
+    so a forged production key put first moved the laptop's call to production."""
+    meter._apply(
+        parse_policies(
+            TWO_ENVS
+            + "keys:\n"
+            + '  laptop: {last4: "0123", environment: development}\n'  # OPENAI_KEY ends in 0123
+            + '  prod-batch: {last4: "WXYZ", environment: production}\n'
+        )
+    )
+    pair = [(b"authorization", b"Bearer sk-forged-WXYZ"), (b"authorization", f"Bearer {OPENAI_KEY}".encode())]
+    flow = chat(
+        http.Headers([(b"content-type", b"application/json"), *(pair if forged_first else pair[::-1])])
+    )
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    assert (state.record.environment, state.record.key_name) == ("development", "laptop")
+    assert _refused(flow), state.record.action  # production or development: the proxy cannot tell
+
+
+async def test_a_last4_bound_key_cannot_fall_out_of_its_environment_with_an_unmapped_second_key(
+    meter: Meter,
+) -> None:
+    """A key bound by last4 to staging, plus any other key: were the other one read as unmapped,
+    the call would land in development (the default) and its header claim would count."""
+    meter._apply(parse_policies(TWO_ENVS + 'keys:\n  ci: {last4: "0123", environment: staging}\n'))
+    flow = chat(
+        http.Headers(
+            [
+                (b"content-type", b"application/json"),
+                (b"authorization", b"Bearer sk-any-other-key-9999"),
+                (b"authorization", f"Bearer {OPENAI_KEY}".encode()),
+                (b"x-metering-tags", b'{"env":"staging"}'),
+            ]
+        )
+    )
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    assert (state.record.environment, state.record.environment_source) == ("development", "default")
+    assert _refused(flow)
+    assert any("X-Metering-Tags env 'staging' ignored" in e for e in state.errors), state.errors
+
+
+@pytest.mark.parametrize("forged_first", [True, False])
+async def test_a_fingerprinted_key_beside_a_forged_last4_key_keeps_its_environment(
+    meter: Meter, forged_first: bool
+) -> None:
+    """The whole key is a secret the caller holds: a forged last4 key beside it changes nothing,
+    in either order, and the call is not refused."""
+    from addon.api_keys import key_fingerprint
+
+    meter._apply(
+        parse_policies(
+            TWO_ENVS
+            + f"keys:\n  laptop: {{fingerprint: '{key_fingerprint(OPENAI_KEY)}', environment: development}}\n"
+            + '  prod-batch: {last4: "WXYZ", environment: production}\n'
+        )
+    )
+    pair = [(b"authorization", b"Bearer sk-forged-WXYZ"), (b"authorization", f"Bearer {OPENAI_KEY}".encode())]
+    flow = chat(
+        http.Headers([(b"content-type", b"application/json"), *(pair if forged_first else pair[::-1])])
+    )
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    assert (state.record.environment, state.record.key_name, flow.response) == ("development", "laptop", None)
+
+
+async def test_a_key_repeated_as_is_is_one_key(meter: Meter) -> None:
+    meter._apply(parse_policies(TWO_ENVS + 'keys:\n  ci: {last4: "0123", environment: staging}\n'))
+    auth = (b"authorization", f"Bearer {OPENAI_KEY}".encode())
+    flow = chat(http.Headers([(b"content-type", b"application/json"), auth, auth]))
+    await run(meter, flow)
+    state = meter.call_state(flow)
+    assert state is not None
+    assert (state.record.environment, state.record.key_name, flow.response, state.errors) == (
+        "staging",
+        "ci",
+        None,
+        [],
+    )
+
+
+def test_keys_that_disagree_bind_a_call_to_none_of_them() -> None:
+    """attribute() alone: the candidates' environments are weighed, never their order."""
+    policies = parse_policies(
+        TWO_ENVS
+        + 'keys:\n  ci: {last4: "0123", environment: staging}\n'
+        + '  prod-batch: {last4: "WXYZ", environment: production}\n'
+    )
+    for api_key, others in (("sk-a-0123", ("sk-b-WXYZ",)), ("sk-b-WXYZ", ("sk-a-0123",))):
+        decided = attribute(
+            policies=policies, api_key=api_key, other_keys=others, header='{"env": "staging"}'
+        )
+        assert (decided.environment, decided.environment_source, decided.key_name) == (
+            "development",
+            "default",
+            None,
+        )
+        assert decided.key_conflict is not None
+    # agreeing with where the call lands anyway, a weak match may name the key
+    decided = attribute(
+        policies=policies,
+        api_key="sk-a-0123",
+        other_keys=("sk-c-9999",),
+        process=ClientProcess(pid=1, env={"APP_ENV": "staging"}),
+    )
+    assert (decided.environment, decided.key_name, decided.key_conflict) == ("staging", "ci", None)

@@ -482,3 +482,20 @@ async def test_a_downgraded_setup_in_non_ascii_text_reaches_upstream_intact(
     got = json.loads(sent)
     assert got["setup"]["model"] == "models/gemini-live-2.5-flash"
     assert got["setup"]["systemInstruction"]["parts"][0]["text"] == instruction
+
+
+async def test_a_forged_last4_key_in_the_query_refuses_the_handshake(meter: Meter) -> None:
+    """The session's own key is unmapped; a second ?key= ends in production's last4: the keys
+    disagree about the environment, so the handshake is refused, not let into production."""
+    meter._apply(
+        parse_policies(
+            "environments: {development: {}, production: {}}\n"
+            'keys: {prod: {last4: "WXYZ", environment: production}}\n'
+        )
+    )
+    flow = handshake(f"{DEV_PATH}?key=AIzaForged000000000000000000000WXYZ")
+    await open_session(meter, flow)
+    assert flow.response.status_code == 403 and flow.websocket is None  # type: ignore[union-attr]
+    [row] = records(meter)
+    assert (row.action, row.environment, row.key_name) == ("blocked", "development", None)
+    assert "bound to different environments (development, production)" in (row.error or "")
