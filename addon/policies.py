@@ -557,7 +557,17 @@ class _Validator:
         data = self.mapping(value, line, path, _MODELS_KEYS)
         allow: tuple[str, ...] = ("*",)
         if "allow" in data:
-            found = self.string_list(data["allow"], _line_of(data, "allow", line), f"{path}.allow")
+            allow_line = _line_of(data, "allow", line)
+            found = self.string_list(data["allow"], allow_line, f"{path}.allow")
+            listed = [p for p in found or () if "," in p]
+            if listed:  # `allow: a, b` is one string in YAML: a pattern no model name matches
+                self.error(
+                    allow_line,
+                    f"{path}.allow",
+                    f"{listed[0]!r} is one pattern with commas, which no model name has: write a list, "
+                    f"[{', '.join(p.strip() for p in listed[0].split(',') if p.strip())}]",
+                )
+                found = None
             allow = found if found is not None else allow
         on_disallowed = "downgrade"
         if "on_disallowed" in data:
@@ -987,6 +997,16 @@ class _Validator:
             )
             default_env = found or default_env
         environments = self.environments(data.get("environments"), _line_of(data, "environments", 1))
+        if environments and default_env not in environments:
+            # Legal (an environment without rules), but a name this close to a declared one is a
+            # typo that would quietly lift every rule from the calls nothing else attributes.
+            close = difflib.get_close_matches(default_env, list(environments), n=1, cutoff=0.8)
+            if close:
+                self.error(
+                    _line_of(data, "default_environment", 1),
+                    "default_environment",
+                    f"{default_env} is declared nowhere under environments: did you mean {close[0]}?",
+                )
         keys = self.keys(data.get("keys"), _line_of(data, "keys", 1))
         users = self.users(data.get("users"), _line_of(data, "users", 1))
         attribution = self.attribution(data.get("attribution"), _line_of(data, "attribution", 1))

@@ -623,3 +623,27 @@ def test_may_have_changed_is_false_only_when_check_has_nothing_to_do(tmp_path: P
     edited, error = look()
     assert error is None and edited is not None
     assert edited.environment("development").models.allow[-1] == "gpt-4o"
+
+
+@pytest.mark.parametrize("allow", ['"gpt-4o-mini, claude-haiku-4-5"', '["gpt-4o-mini,claude-haiku-4-5"]'])
+def test_an_allow_pattern_with_commas_is_an_error(allow: str) -> None:
+    """`allow: a, b` is one YAML string: a pattern no model matches, so every call was refused."""
+    text = f"environments:\n  demo:\n    models:\n      allow: {allow}\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policies(text)
+    assert "policies.yaml:4: environments.demo.models.allow: " in str(caught.value)
+    assert "write a list, [gpt-4o-mini, claude-haiku-4-5]" in str(caught.value)
+
+
+def test_a_default_environment_one_typo_from_a_declared_one_is_an_error() -> None:
+    """`developmnet` was taken as an environment without rules: calls nothing else attributes
+    escaped development's allowlist, budget and rate limit."""
+    declared = "environments:\n  development: {budget: {usd: 5, period: day}}\n  production: {}\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policies("default_environment: developmnet\n" + declared)
+    assert str(caught.value).endswith(
+        "policies.yaml:1: default_environment: developmnet is declared nowhere under environments: "
+        "did you mean development?"
+    )
+    assert parse_policies("default_environment: sandbox\n" + declared).default_environment == "sandbox"
+    assert parse_policies("default_environment: dev\n" + declared).default_environment == "development"
