@@ -330,6 +330,17 @@ def _never_raises(hook: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+# mitmproxy's connection handler logs each client and server connect and disconnect, and each
+# streamed response, at INFO: four to five lines around every call's one (README: one line per
+# call). Its warnings (a client that does not trust the CA) and errors still show.
+_CONNECTION_LOGGER = "mitmproxy.proxy.server"
+
+
+def _quiet_connection_lines(quiet: bool) -> None:
+    """Hide (``quiet``) or show again mitmproxy's per-connection INFO lines; ``debug`` shows them."""
+    logging.getLogger(_CONNECTION_LOGGER).setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
 def _parse_body(provider: Provider, flavor: str, headers: Mapping[str, str], body: bytes) -> Metered:
     return provider.parse_response(flavor, body, headers)
 
@@ -639,6 +650,7 @@ class Meter:
     def configure(self, updated: set[str]) -> None:
         if "tokometer_log" in updated:
             self.call_log.level = ctx.options.tokometer_log
+            _quiet_connection_lines(ctx.options.tokometer_log != "debug")
         if "tokometer_policies" in updated:
             path = resolve_policies_path(ctx.options.tokometer_policies)
             policy_file = PolicyFile(path)
@@ -723,6 +735,7 @@ class Meter:
         if self.live is not None:
             self.live.close()
         self.notifier.close(2.0)
+        _quiet_connection_lines(False)  # a reloaded script's configure hides them again
 
     def _apply(self, policies: Policies) -> None:
         """Put policies in force: rules, provider hosts, Azure deployments and prices."""

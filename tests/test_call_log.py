@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -362,3 +363,25 @@ def test_terminal_lines_look_as_mitmproxys_formatter_makes_each_one(monkeypatch:
             for line in batch
         )
         assert terminal.file.getvalue() == expected  # type: ignore[attr-defined]
+
+
+def test_mitmproxys_connection_lines_show_only_at_debug(tmp_path: Path) -> None:
+    """One line per call (README): mitmproxy's INFO lines for each connect, disconnect and
+    streamed response are hidden, except with tokometer_log=debug; its warnings always show."""
+    import logging
+
+    from mitmproxy.test import taddons
+
+    from addon.meter import Meter
+
+    server = logging.getLogger("mitmproxy.proxy.server")
+    meter = Meter()
+    with taddons.context(meter) as tctx:
+        tctx.configure(meter, tokometer_db=str(tmp_path / "spend.duckdb"))
+        assert not server.isEnabledFor(logging.INFO) and server.isEnabledFor(logging.WARNING)
+        tctx.configure(meter, tokometer_log="debug")
+        assert server.level == logging.NOTSET  # as mitmdump's own verbosity says
+        tctx.configure(meter, tokometer_log="quiet")
+        assert not server.isEnabledFor(logging.INFO)
+        meter.done()
+    assert server.level == logging.NOTSET

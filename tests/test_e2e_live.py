@@ -115,6 +115,8 @@ notifications: {{desktop: false, webhook: "{url}"}}
     )
     assert re.fullmatch(rf"{TIME} development  openai o3  BLOCKED 403  session \$0\.002235  .+", calls[4])
     assert "\x1b[" not in "".join(calls)  # no colour: the log is not a terminal
+    # one line per call: mitmproxy's connect, disconnect and streaming lines are not shown
+    assert not re.search(r"client connect|server connect|client disconnect|Streaming response", log), log
     # one message per threshold crossed, not per call: the 50% alert, then the cap
     assert [(m["kind"], m["scope_name"]) for m in webhook] == [
         ("budget_alert", "development"),
