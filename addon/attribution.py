@@ -141,17 +141,30 @@ def _key_of_several(
 
 
 def _first_var(process: ClientProcess | None, names: tuple[str, ...]) -> str | None:
-    return _first_named_var(process, names)[1]
+    if process is None:
+        return None
+    for name in names:
+        value = process.env.get(name, "").strip()
+        if value:
+            return value
+    return None
 
 
-def _first_named_var(process: ClientProcess | None, names: tuple[str, ...]) -> tuple[str, str | None]:
-    """The first of ``names`` set (not blank) in the calling process's environment, and its value."""
+def _declared_process_env(
+    policies: Policies, process: ClientProcess | None, names: tuple[str, ...]
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """The first of ``names`` set in the calling process's environment to an environment
+    policies.yaml declares (``Policies.declares``), and the (name, value) pairs passed over."""
+    passed_over: list[tuple[str, str]] = []
     if process is not None:
         for name in names:
             value = process.env.get(name, "").strip()
-            if value:
-                return name, value
-    return "", None
+            if not value:
+                continue
+            if policies.declares(value):
+                return value, passed_over
+            passed_over.append((name, value))
+    return None, passed_over
 
 
 def _unbound(
@@ -188,14 +201,9 @@ def attribute(
     tags = parse_tags_header(header) if header is not None else HeaderTags()
     if tags.problem:
         problems.append(tags.problem)
-    variable, process_env = _first_named_var(process, settings.environment_vars)
-    if process_env and not policies.declares(process_env):
-        # As much in the caller's hands as the header: held to the same rule (see below).
-        problems.append(
-            f"{variable}={process_env!r} of the calling process ignored: policies.yaml declares no "
-            f"such environment ({', '.join(sorted(policies.environments))})"
-        )
-        process_env = None
+    # As much in the caller's hands as the header, held to the same rule (see below): a
+    # variable naming an environment policies.yaml does not declare is passed over.
+    process_env, passed_over = _declared_process_env(policies, process, settings.environment_vars)
     unbound = _unbound(policies, process_env, forced_environment, hostname)  # rules 3-5
     conflict = None
     if other_keys:
@@ -245,6 +253,16 @@ def attribute(
         claimed = None
 
     environment, source = (claimed, "header") if claimed else (fallback, fallback_source)
+    if source not in ("header", "key"):  # the variables passed over would have decided
+        ignored = [
+            f"{name}={value!r}" for name, value in passed_over if normalize_environment(value) != environment
+        ]
+        if ignored:
+            declared = sorted({*policies.environments, policies.default_environment})
+            problems.append(
+                f"{', '.join(ignored)} of the calling process ignored: policies.yaml declares no such "
+                f"environment ({', '.join(declared)})"
+            )
 
     team = tags.team or (key.team if key else None) or _first_var(process, settings.team_vars)
     feature = tags.feature or (key.feature if key else None) or _first_var(process, settings.feature_vars)

@@ -368,14 +368,30 @@ def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
         (body, "max_completion_tokens"),
         (body, "max_tokens"),
         (body, "max_output_tokens"),
-        (body.get("generationConfig"), "maxOutputTokens"),
-        (body.get("generation_config"), "max_output_tokens"),
         (body.get("inferenceConfig"), "maxTokens"),
     ):
         value = holder.get(name) if isinstance(holder, dict) else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return None
+    caps = [  # Gemini: either name of the field in either name of its holder (the largest)
+        value
+        for value in _gemini_config_values(body, "maxOutputTokens", "max_output_tokens")
+        if type(value) is int and value > 0
+    ]
+    return max(caps, default=None)
+
+
+def _gemini_config_values(body: Mapping[str, Any], camel: str, snake: str) -> list[Any]:
+    """The values of a Gemini generation config field, in every spelling Google's parsers take:
+    either name of the field (JSON's ``camel``, the proto's ``snake``) in either name of the
+    config (``generationConfig``, ``generation_config``)."""
+    return [
+        config[name]
+        for config in (body.get("generationConfig"), body.get("generation_config"))
+        if isinstance(config, Mapping)
+        for name in (camel, snake)
+        if config.get(name) is not None
+    ]
 
 
 # How many answers a call may write, each up to its output cap (the input is billed once):
@@ -386,6 +402,7 @@ def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
 # ``generationConfig.candidateCount`` (1 to 8; Vertex's Gemini the same). Anthropic's Messages,
 # Bedrock's Converse, OpenAI's Responses and Gemini's Interactions write one answer.
 MAX_CHOICES = 128
+MAX_ANSWER_COUNTS = 10_000  # calls in flight whose answer count is remembered (see _answers_of)
 MAX_BEST_OF = 20
 MAX_CANDIDATES = 8
 _CHOICE_FLAVORS = frozenset({"chat", "completions", "invoke", "invoke_stream"})
@@ -409,15 +426,8 @@ def _answers(flavor: str | None, body: Mapping[str, Any] | None) -> int:
     if flavor in _CHOICE_FLAVORS:
         return max(_answer_count(body.get("n"), MAX_CHOICES), _answer_count(body.get("best_of"), MAX_BEST_OF))
     if flavor in _CANDIDATE_FLAVORS:
-        counts = [
-            _answer_count(config.get(name), MAX_CANDIDATES)
-            for config, name in (
-                (body.get("generationConfig"), "candidateCount"),
-                (body.get("generation_config"), "candidate_count"),
-            )
-            if isinstance(config, Mapping)
-        ]
-        return max(counts, default=1)
+        counts = _gemini_config_values(body, "candidateCount", "candidate_count")
+        return max((_answer_count(count, MAX_CANDIDATES) for count in counts), default=1)
     return 1
 
 
@@ -553,6 +563,9 @@ class Meter:
         self.notifier = Notifier(NotificationSettings())
         # What each model writes here: the output a call without an output cap reserves.
         self.outputs = OutputHistory(RESERVED_OUTPUT_TOKENS)
+        # Calls asking for several answers (``_answers``), by id, until their output is recorded:
+        # the history is of one answer's output, which a reservation multiplies again.
+        self._answers_of: dict[str, int] = {}
         self.live: LiveState | None = None
         self.policies_path = default_policies_path()
         self.policy_file: PolicyFile | None = None
@@ -871,7 +884,9 @@ class Meter:
         except Exception:
             log.exception("tokometer: could not look for unpriced calls escaping a budget")
         try:
-            self.outputs.record(records)
+            self.outputs.record(
+                records, {r.id: n for r in records if (n := self._answers_of.pop(r.id, 1)) > 1}
+            )
         except Exception:
             log.exception("tokometer: could not add calls to the output history")
         if self.live is not None:
@@ -1505,6 +1520,8 @@ class Meter:
             edited,
             flavor=record.api_flavor,
         )
+        if (answers := _answers(record.api_flavor, body)) > 1 and len(self._answers_of) < MAX_ANSWER_COUNTS:
+            self._answers_of[record.id] = answers
         # OpenRouter's fallback models: each held to the allowlist; the call reserved at the dearest.
         ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
         if ruled is not None and ruled.sent:

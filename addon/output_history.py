@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -109,10 +109,16 @@ class OutputHistory:
         with self._lock:
             return list(self._outputs)
 
-    def record(self, records: Iterable[CallRecord]) -> None:
-        """Add the outputs of finished calls (those ``tells_output`` accepts)."""
+    def record(self, records: Iterable[CallRecord], answers: Mapping[str, int] | None = None) -> None:
+        """Add the outputs of finished calls (those ``tells_output`` accepts), each one answer's:
+        a call that asked for several (``answers``, by id) counts its output divided by them."""
+        answers = answers or {}
         self._add(
-            [(r.provider, r.model_sent or "", r.output_tokens or 0) for r in records if tells_output(r)]
+            [
+                (r.provider, r.model_sent or "", (r.output_tokens or 0) // max(1, answers.get(r.id, 1)))
+                for r in records
+                if tells_output(r)
+            ]
         )
 
     def load(self, con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> int:

@@ -462,7 +462,8 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible("together", "api.together.xyz", "api.together.ai"),
     _openai_compatible("fireworks", "api.fireworks.ai"),
     _openai_compatible("cerebras", "api.cerebras.ai"),
-    _openai_compatible("perplexity", "api.perplexity.ai"),
+    # Perplexity's Agent API takes a `models` list too (up to 5), which wins over `model`.
+    _openai_compatible("perplexity", "api.perplexity.ai", fallback_models=openrouter.fallback_models),
 )
 
 

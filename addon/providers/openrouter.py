@@ -5,7 +5,9 @@ runs fails (its providers are down or rate limited, the prompt is too long for i
 refuses it), OpenRouter moves on to the list's next entry; without ``model``, it starts with the
 first. The legacy ``route: "fallback"`` says the same of the list. Any entry may therefore run,
 so each is held to the allowlist as ``model`` is (addon.meter), on every endpoint that takes the
-field (chat completions, Responses). Pure functions of the decoded JSON body.
+field (chat completions, Responses). Perplexity's Agent API (``/v1/responses``) takes the same
+list, of up to five, tried in order and ahead of ``model``: read the same way. Pure functions of
+the decoded JSON body.
 """
 
 from __future__ import annotations
