@@ -427,6 +427,20 @@ def _chat(t: _Tally, body: dict[str, Any]) -> None:
     _openai_schema(t, body.get("response_format"))
 
 
+def _completions(t: _Tally, body: dict[str, Any]) -> None:
+    """Legacy completions: ``prompt`` (a string, a list of strings, or token ids: one token each
+    and a list of such lists) and ``suffix`` as they are; no message overhead."""
+    prompt = body.get("prompt")
+    for part in prompt if isinstance(prompt, list) else [prompt]:
+        if isinstance(part, str):
+            t.text(part)
+        elif isinstance(part, int) and not isinstance(part, bool):
+            t.add(1)
+        elif isinstance(part, list):
+            t.add(sum(1 for token in part if isinstance(token, int) and not isinstance(token, bool)))
+    t.text(body.get("suffix"))
+
+
 def _responses(t: _Tally, body: dict[str, Any]) -> None:
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -578,7 +592,7 @@ _INTERACTION_TURNS = frozenset({"user_input", "model_output"})
 
 _FLAVORS: dict[str, Callable[[_Tally, dict[str, Any]], None]] = {
     "chat": _chat,
-    "completions": _chat,
+    "completions": _completions,
     "responses": _responses,
     "embeddings": _embeddings,
     "messages": _anthropic,
@@ -621,10 +635,10 @@ def _detect(body: dict[str, Any]) -> Callable[[_Tally, dict[str, Any]], None]:
 def estimate_input(flavor: str, body: dict[str, Any], model: str | None) -> int:
     """Estimated input tokens of a request ``body`` of API ``flavor``.
 
-    Flavors: ``chat``, ``responses``, ``embeddings``, ``messages`` (Anthropic), ``gemini``
-    (also ``generate``/``generateContent``...), ``interactions`` (Gemini's Interactions API),
-    ``converse`` (Bedrock); any other flavor is
-    recognised from the body's shape. ``model`` (else ``body["model"]``) picks the encoding.
+    Flavors: ``chat``, ``completions`` (legacy), ``responses``, ``embeddings``, ``messages``
+    (Anthropic), ``gemini`` (also ``generate``/``generateContent``...), ``interactions`` (Gemini's
+    Interactions API), ``converse`` (Bedrock); any other flavor is recognised from the body's
+    shape. ``model`` (else ``body["model"]``) picks the encoding.
     """
     if not isinstance(body, dict):
         return 0

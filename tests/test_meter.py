@@ -433,10 +433,10 @@ async def test_the_remembered_host_follows_each_requests_host_header(meter: Mete
 @pytest.mark.parametrize(
     ("method", "url", "body"),
     [
-        (
+        (  # an Assistants run: no model named, not metered
             "POST",
-            "https://api.openai.com/v1/completions",
-            {"model": "gpt-3.5-turbo-instruct", "stream": True},
+            "https://api.openai.com/v1/threads/thread_1/runs",
+            {"assistant_id": "asst_1", "stream": True},
         ),
         ("GET", "https://api.openai.com/v1/responses/resp_1?stream=true", b""),
     ],
@@ -1067,3 +1067,89 @@ async def test_a_call_with_fallbacks_reserves_its_most_expensive_model(meter: Me
     assert await reserved_for(meter, url, opus) == meter.pricer.estimate(
         "openrouter", "openai/gpt-4o-mini", size, 1000
     )
+
+
+# -- legacy completions (/v1/completions): a call like chat ---------------------------------------
+
+COMPLETIONS_URL = "https://api.openai.com/v1/completions"
+COMPLETION = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 1764321600,
+    "model": "gpt-3.5-turbo-instruct",
+    "choices": [{"text": "Hello", "index": 0, "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+}
+
+
+async def test_a_legacy_completion_is_metered_and_priced(meter: Meter) -> None:
+    flow = make_flow(COMPLETIONS_URL, {"model": "gpt-3.5-turbo-instruct", "prompt": "Say hello"})
+    await run_request(meter, flow)
+    assert meter.call_state(flow) is not None
+    flow.response = http.Response.make(200, json.dumps(COMPLETION), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.provider, rec.api_flavor, rec.path) == ("openai", "completions", "/v1/completions")
+    assert rec.model_requested == rec.model_sent == rec.model_reported == "gpt-3.5-turbo-instruct"
+    assert (rec.input_tokens, rec.output_tokens, rec.usage_source) == (5, 2, "reported")
+    assert rec.error is None
+    meter._price(rec)  # as the store's writer does
+    assert rec.cost_usd == Decimal("0.0000115")  # $1.50 / $2 per 1M
+
+
+@pytest.mark.parametrize("piece", [1, 10_000])
+async def test_a_legacy_completion_stream_gets_usage_injected_and_client_never_sees_it(
+    meter: Meter, piece: int
+) -> None:
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say hello", "stream": True}
+    flow = make_flow(COMPLETIONS_URL, body)
+    await run_request(meter, flow)
+    assert json.loads(flow.request.content)["stream_options"] == {"include_usage": True}
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "openai_completions_stream.sse").read_bytes()
+    client_bytes = feed(flow, upstream, piece)
+    await meter.response(flow)
+    usage_only = [e for e in upstream.split(b"\n\n") if b'"choices":[]' in e]
+    assert len(usage_only) == 1 and client_bytes == upstream.replace(usage_only[0] + b"\n\n", b"")
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.api_flavor, rec.input_tokens, rec.output_tokens) == ("completions", 5, 7)
+    assert rec.streamed is True and rec.usage_source == "reported"
+    assert rec.model_reported == "gpt-3.5-turbo-instruct:20230824-v2"
+
+
+async def test_a_compatible_servers_completion_stream_is_metered_without_injection(meter: Meter) -> None:
+    """Together (as vLLM and Fireworks) sends usage in its last chunk; the proxy asks nothing of
+    an API whose stream_options it does not know."""
+    body = {"model": "meta-llama/Llama-3.3-70B-Instruct-Turbo", "prompt": "hi", "stream": True}
+    flow = make_flow("https://api.together.xyz/v1/completions", body)
+    original = flow.request.content
+    await run_request(meter, flow)
+    assert flow.request.content == original
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "openai_completions_stream.sse").read_bytes()
+    assert feed(flow, upstream, 64) == upstream
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.provider, rec.api_flavor) == ("together", "completions")
+    assert (rec.input_tokens, rec.output_tokens) == (5, 7)
+
+
+async def test_a_legacy_completion_is_held_to_the_allowlist_and_reserved(meter: Meter) -> None:
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n"
+            "    models: {allow: [gpt-4o-mini], downgrade: {gpt-3.5-turbo-instruct: gpt-4o-mini}}\n"
+            "    budget: {usd: 100, period: day}\n"
+        )
+    )
+    flow = make_flow(COMPLETIONS_URL, {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 500})
+    await run_request(meter, flow)
+    assert flow.response is None and json.loads(flow.request.content)["model"] == "gpt-4o-mini"
+    state = meter.call_state(flow)
+    assert state is not None and state.record.action == "downgraded"
+    assert meter.enforcer.budgets.reserved()[Scope("environment", "development")] > 0
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['gpt-4o-mini']}\n"))
+    blocked = make_flow(COMPLETIONS_URL, {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"})
+    await run_request(meter, blocked)
+    assert blocked.response is not None and blocked.response.status_code == 403

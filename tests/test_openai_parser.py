@@ -46,6 +46,11 @@ STREAMS: dict[str, tuple[str, Metered]] = {
             None,
         ),
     ),
+    # legacy completions (gpt-3.5-turbo-instruct) with stream_options.include_usage
+    "openai_completions_stream.sse": (
+        "completions",
+        Metered(Usage(input_tokens=5, output_tokens=7), "gpt-3.5-turbo-instruct:20230824-v2", None),
+    ),
     "openai_responses_stream.sse": (
         "responses",
         Metered(
@@ -110,7 +115,11 @@ def run(flavor: str, pieces: Iterable[bytes], encoding: str | None = None) -> tu
         ("/v1/responses/resp_123/cancel", None),
         ("/v1/chat/completions/chatcmpl-123", None),
         ("/v1/files", None),
-        ("/v1/completions", None),
+        ("/v1/completions", "completions"),  # legacy completions (and vLLM, Together, Fireworks...)
+        ("/v1/completions?api-version=2024-10-21", "completions"),
+        ("/openai/deployments/instruct/completions", "completions"),
+        ("/inference/v1/completions", "completions"),
+        ("/v1/completions/cmpl-123", None),
         ("/", None),
         ("", None),
     ],
@@ -332,6 +341,35 @@ def test_chat_stream_without_include_usage() -> None:
         parser.feed(event)
     assert parser.done is True
     assert parser.result() == Metered(None, "gpt-4o-mini-2024-07-18", "stream ended without usage")
+
+
+def test_completions_body_is_metered_like_chat() -> None:
+    body = json.dumps(
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "model": "gpt-3.5-turbo-instruct",
+            "choices": [{"text": "Hello", "index": 0, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
+    ).encode()
+    assert parse_response("completions", body) == Metered(
+        Usage(input_tokens=5, output_tokens=2), "gpt-3.5-turbo-instruct", None
+    )
+
+
+def test_completions_stream_without_usage_keeps_its_text_for_an_estimate() -> None:
+    """Without include_usage (a server that ignores it) the stream's ``choices[].text`` is kept."""
+    data = b"".join(
+        e.raw for e in events_of(fixture("openai_completions_stream.sse")) if b'"choices":[]' not in e.data
+    )
+    parser = StreamParser("completions")
+    for event in events_of(data):
+        parser.feed(event)
+    result = parser.result()
+    assert parser.done is True and result.usage is None
+    assert result.error == "stream ended without usage"
+    assert result.output_text == '\n\nHello, "usage": 3 world \u2713'
 
 
 def test_chat_stream_error_event() -> None:

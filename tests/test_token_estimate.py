@@ -616,3 +616,12 @@ def test_works_with_no_network_in_a_fresh_interpreter(tmp_path: Path) -> None:
     assert out["cache"] == []  # nothing downloaded, nothing cached
     assert out["control"] == "ConnectionError"  # the block works: tiktoken's own load would download
     assert out["load_o200k"] < 5.0
+
+
+def test_a_legacy_completion_prompt_is_estimated() -> None:
+    """Its prompt (a string, or a list of them) is its input, as a chat's messages are."""
+    model = "gpt-3.5-turbo-instruct"
+    one = te.estimate_input("completions", {"model": model, "prompt": "hello " * 100}, None)
+    two = te.estimate_input("completions", {"model": model, "prompt": ["hello " * 100] * 2}, None)
+    ids = te.estimate_input("completions", {"model": model, "prompt": [[1, 2, 3], [4, 5]]}, None)
+    assert 100 <= one < 110 and two == 2 * one and ids == 5

@@ -377,7 +377,7 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible(
         "openai",
         "api.openai.com",
-        usage_opt_in_flavors=frozenset({"chat"}),
+        usage_opt_in_flavors=frozenset({"chat", "completions"}),  # both take stream_options
         realtime=OPENAI_REALTIME,
         realtime_mints=openai_realtime_mints.OPENAI,
         batch_api="openai",

@@ -1,4 +1,5 @@
-"""OpenAI API responses -> normalised usage: chat completions, Responses API, embeddings.
+"""OpenAI API responses -> normalised usage: chat completions, Responses API, embeddings, and
+legacy completions (``/v1/completions``: chat's usage and stream shape, ``choices[].text``).
 
 Also the OpenAI-compatible dialects (DeepSeek, Groq, OpenRouter, Mistral, xAI, Together,
 Fireworks, Cerebras, Perplexity, Azure OpenAI): ``extract_usage`` is the one place that
@@ -28,12 +29,17 @@ from addon.providers.values import token_count as _int
 from addon.sse import SSEDecoder, SSEEvent
 from addon.usage import Metered, ToolImages, Usage
 
-FLAVORS: tuple[str, ...] = ("chat", "responses", "embeddings")
+FLAVORS: tuple[str, ...] = ("chat", "completions", "responses", "embeddings")
+# Flavors read as chat is: the same usage object, streamed as chunks of ``choices`` with the usage
+# in a final chunk (``stream_options.include_usage``); legacy completions' choices hold ``text``.
+CHAT_LIKE = frozenset({"chat", "completions"})
 
 # Matched on the END of the path, so prefixed routes work too ("/openai/v1/chat/completions",
 # Azure's "/openai/deployments/{name}/chat/completions", Gemini's "/v1beta/openai/chat/completions").
 _PATH_SUFFIXES: tuple[tuple[str, str], ...] = (
+    # Before "/completions", which it also ends with: the first suffix matched wins.
     ("/chat/completions", "chat"),
+    ("/completions", "completions"),  # legacy completions (vLLM, Together, Fireworks... serve it too)
     ("/responses", "responses"),
     # Codex CLI's /compact and auto-compaction: the model reads the whole history (a Responses usage).
     ("/responses/compact", "responses"),
@@ -621,7 +627,7 @@ class StreamParser:
         """Take a block of whole events that can only carry completion text (kept raw for a later
         estimate): no usage, no ``[DONE]``, no error, the model known. False (nothing taken) when
         the block may carry more: it is then fed event by event."""
-        if self.flavor != "chat" or (self._model is None and self._model_tries < _MODEL_TRIES):
+        if self.flavor not in CHAT_LIKE or (self._model is None and self._model_tries < _MODEL_TRIES):
             return False
         if b'"error"' in block or b"[DONE]" in block or has_usage(block):
             return False
@@ -656,7 +662,7 @@ class StreamParser:
                 tier = lazy_tier or tier
         error = self._error
         if usage is None and error is None:
-            if self._done and self.flavor == "chat":
+            if self._done and self.flavor in CHAT_LIKE:
                 error = "stream ended without usage"
             elif bad:
                 error = f"no usage in stream ({bad} event(s) not JSON)"
