@@ -106,6 +106,8 @@ from addon.socket_metering import SocketMeter, remember_live_setup, remembered_l
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_usage
+from addon.unmetered_models import FLAVOR as UNMETERED
+from addon.unmetered_models import NamedModel, body_model, runs_no_model
 from addon.usage import Metered, Usage
 
 log = logging.getLogger("tokometer")
@@ -263,6 +265,7 @@ class CallState:
     image_tool: ImageToolCall | None = None  # a Responses call's image_generation tool, as let through
     tool_row_id: str | None = None  # the id of the row of its images (journaled ahead, then submitted)
     svg_row_ids: list[str] = field(default_factory=list)  # and of its SVG author's rows
+    unmetered: bool = False  # a POST the proxy does not meter, models restricted: checked, maybe refused
 
     @property
     def opens_socket(self) -> bool:
@@ -527,6 +530,11 @@ def _asks_for_websocket(headers: http.Headers) -> bool:
 
 
 _LIVE_MODEL = ("session", "model")  # where a Live set-up names its session's model
+
+
+def _decoded_content(request: http.Request) -> bytes:
+    """The request body, its content encoding undone (raises ValueError if it cannot be)."""
+    return request.get_content() or b""
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:
@@ -937,6 +945,9 @@ class Meter:
         decoded = _fully_decoded(route)
         if decoded is not None and self._follow(flow, provider, host, tags_header, decoded):
             self._log_route_once(host, flow.request.path, decoded, "read as")
+            return
+        if flow.request.method == "POST" and self.policies.restricts_models and flow not in self._uploads:
+            self._hold_unmetered(flow, provider, host, tags_header, route, decoded)
 
     def _follow(
         self, flow: http.HTTPFlow, provider: Provider, host: str, tags_header: str | None, route: str
@@ -986,7 +997,7 @@ class Meter:
             return True
         if flow.request.method != "POST":
             return False
-        path, _, query = route.partition("?")
+        path = route.partition("?")[0]
         mints = provider.realtime_mints
         if mints is not None and (kind := mints.kind(path)) is not None:
             self._start_mint(flow, provider, host, mints, kind, route, tags_header)
@@ -996,6 +1007,22 @@ class Meter:
             if provider.batch_api == "openai" and batches.is_upload_path(path):
                 self._uploads[flow] = None  # maybe a batch's input file: read in `request`
             return False
+        self._open_path_call(flow, provider, host, tags_header, route, flavor)
+        return True
+
+    def _open_path_call(
+        self,
+        flow: http.HTTPFlow,
+        provider: Provider,
+        host: str,
+        tags_header: str | None,
+        route: str,
+        flavor: str,
+        **state: Any,
+    ) -> CallState:
+        """Start following ``flow`` as a call to ``route`` (its path and query as read): its key,
+        and what its path says besides (Vertex: its project and location)."""
+        path, _, query = route.partition("?")
         facts = provider.path_facts(path) if provider.path_facts is not None else None
         # Vertex: the project stands for an OAuth token that rotates, beside any API key sent.
         stand_in = facts.credential if facts is not None else None
@@ -1011,8 +1038,32 @@ class Meter:
             geo=facts.geo if facts is not None else None,
             path_tags=facts.tags if facts is not None and facts.tags else None,
             route=route if route != flow.request.path else None,
+            **state,
         )
-        return True
+        return self._calls[flow]
+
+    def _hold_unmetered(
+        self,
+        flow: http.HTTPFlow,
+        provider: Provider,
+        host: str,
+        tags_header: str | None,
+        route: str,
+        decoded: str | None,
+    ) -> None:
+        """A POST to a provider's path the proxy does not meter, where some environment restricts
+        models: followed until ``request`` has read the model it names (its path's, read here, or
+        its JSON body's) and checked it (``_unmetered_request``). Token counting, OpenAI's
+        moderation and file uploads, which run no billed model, are left alone."""
+        if runs_no_model(provider.name, route) or (
+            decoded is not None and runs_no_model(provider.name, decoded)
+        ):
+            return
+        model = provider.request_model(route, None)
+        if model is None and decoded is not None:  # a server that decodes its whole path first
+            model = provider.request_model(decoded, None)
+        state = self._open_path_call(flow, provider, host, tags_header, route, UNMETERED, unmetered=True)
+        state.record.model_requested = model
 
     def _route_as_read(self, flow: http.HTTPFlow, provider: Provider, host: str) -> str:
         """The request's path and query as servers read them, so that a path spelled otherwise is
@@ -1460,6 +1511,9 @@ class Meter:
         if state.mint is not None:
             await self._mint_request(flow, state, state.mint)
             return
+        if state.unmetered:
+            await self._unmetered_request(flow, state)
+            return
         await self._attribute(state)
         record = state.record
         if record.api_flavor == batches.FLAVOR:
@@ -1747,6 +1801,58 @@ class Meter:
         if model is None and forked is not None:
             model = remembered_live_setup(forked)
         remember_live_setup(found.session_id, model)
+
+    async def _unmetered_request(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """Fail closed on a model-running request the proxy does not meter (a video, a batch, a
+        fine-tuning job): the model its path or JSON body names is checked against the allowlist
+        of its environment, where that restricts models. A disallowed one is refused (a row says
+        so), never downgraded: rewriting a request of an API the proxy does not understand is not
+        safe. Anything else passes as it came, unfollowed (no row): an allowed model, a request
+        naming none (an upload, a vector store), an environment without model rules. No budget
+        is reserved, no rate limit counted: what such a call costs is not known here."""
+        record = state.record
+        named = NamedModel(model=record.model_requested)
+        if named.model is None:
+            named = await self._unmetered_body_model(flow)
+        if named.model is None and named.problem is None:
+            self._calls.pop(flow, None)
+            return
+        await self._attribute(state)  # drops the key
+        if not self.models_restricted(record.environment):
+            self._calls.pop(flow, None)
+            return
+        what = f"{record.path[:120]} is not metered by the proxy"
+        if named.model is None:
+            reason = f"its model could not be read ({named.problem}); {what}"
+            decision = self.enforcer.refuse_model(record.provider, record.environment, "(unreadable)", reason)
+        else:
+            decision = self.enforcer.decide_model(record.provider, record.environment, named.model)
+            if decision.action == "allowed":
+                self._calls.pop(flow, None)
+                return
+            reason = what
+            if decision.action == "downgraded":
+                reason += ", which cannot safely rewrite its model: refused instead of downgraded"
+            decision = self.enforcer.refuse_model(record.provider, record.environment, named.model, reason)
+        record.model_requested = named.model
+        self._answer_if_refused(flow, state, decision)
+
+    @staticmethod
+    async def _unmetered_body_model(flow: http.HTTPFlow) -> NamedModel:
+        """The model a JSON body names (``unmetered_models.body_model``), read off the event loop
+        when large. A multipart upload, a body that is no JSON object (a file's bytes), one that
+        cannot be decoded: none named (nothing parsed)."""
+        request = flow.request
+        raw = request.raw_content or b""
+        if not raw or is_form(request.headers.get("content-type", "")):
+            return NamedModel()
+        if "content-encoding" not in request.headers:
+            return await _off_loop_if_large(body_model, raw)
+        try:
+            content = await _off_loop_if_large(_decoded_content, request, len(raw))
+        except ValueError:
+            return NamedModel()  # an encoding the provider cannot read either
+        return await _off_loop_if_large(body_model, content)
 
     def _check_inherited_model(self, record: CallRecord, decision: Decision) -> Decision:
         """An OpenAI Live fork set up over HTTP naming no model runs its stored session's, and its
@@ -2235,6 +2341,9 @@ class Meter:
             return
         state = self._state(flow)
         if state is None or state.finished:
+            return
+        if state.unmetered and state.refusal is None:  # not checked yet: no row, as before
+            self._calls.pop(flow, None)
             return
         if state.opens_socket or state.mint is not None:
             if flow.error is not None:

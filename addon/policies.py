@@ -225,6 +225,11 @@ class Policies:
             for entry in entries
         )
 
+    @property
+    def restricts_models(self) -> bool:
+        """Does any environment allow only some models (policies enforced, no ``*``)?"""
+        return self.enforcing and any("*" not in env.models.allow for env in self.environments.values())
+
     def declares(self, name: str) -> bool:
         """May ``name`` be claimed? Any name when nothing is enforced or no environment is
         declared; else one declared in policies.yaml, or the default environment."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from mitmproxy import flow as mitmflow
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
@@ -25,6 +26,7 @@ from addon.meter import Meter, _with_usage_requested
 from addon.policies import parse_policies
 from addon.record import CallRecord
 from addon.token_estimate import estimate_input
+from addon.unmetered_models import body_model
 from addon.usage import Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -1153,3 +1155,176 @@ async def test_a_legacy_completion_is_held_to_the_allowlist_and_reserved(meter: 
     blocked = make_flow(COMPLETIONS_URL, {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"})
     await run_request(meter, blocked)
     assert blocked.response is not None and blocked.response.status_code == 403
+
+
+# -- model-running endpoints the proxy does not meter: held to the allowlist (fail closed) --------
+# (from the review of the security promises, issue 8, finding 4: these went upstream unchecked)
+
+RESTRICTED = """
+default_environment: development
+environments:
+  development:
+    models: {allow: ["*-mini", "gemini-*-flash*"], on_disallowed: block}
+  production:
+    allow_header_claims: false
+"""
+GEMINI = "https://generativelanguage.googleapis.com/v1beta/models"
+GEMINI_KEY = {"x-goog-api-key": "AIza-test-0123456789"}
+VERTEX = "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1"
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "refused"),
+    [
+        # Gemini Batch API: a forbidden model, half price but still that model
+        (f"{GEMINI}/gemini-2.5-pro:batchGenerateContent", {"batch": {"input_config": {}}}, "gemini-2.5-pro"),
+        # Veo video generation (dollars per second of video)
+        (f"{GEMINI}/veo-3.0-generate-001:predictLongRunning", {"instances": [{"prompt": "a cat"}]},
+         "veo-3.0-generate-001"),
+        # Imagen on Vertex AI
+        (f"{VERTEX}/publishers/google/models/imagen-4.0-generate-001:predict", {"instances": []},
+         "imagen-4.0-generate-001"),
+        # Sora 2 video generation
+        ("https://api.openai.com/v1/videos", {"model": "sora-2-pro", "prompt": "a cat", "seconds": "12"},
+         "sora-2-pro"),
+        ("https://api.openai.com/v1/fine_tuning/jobs", {"model": "gpt-4.1", "training_file": "f"}, "gpt-4.1"),
+        # a Vertex batch job names its model as a resource
+        (f"{VERTEX}/batchPredictionJobs", {"model": "publishers/google/models/gemini-2.5-pro"},
+         "gemini-2.5-pro"),
+        # Bedrock's asynchronous invocation (Nova Reel video): `modelId`
+        ("https://bedrock-runtime.us-east-1.amazonaws.com/async-invoke", {"modelId": "amazon.nova-reel-v1:1"},
+         "amazon.nova-reel-v1:1"),
+    ],
+)  # fmt: skip
+async def test_unmetered_model_endpoints_are_held_to_the_allowlist(
+    meter: Meter, url: str, body: dict, refused: str
+) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(url, body, headers=GEMINI_KEY)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403, "passed upstream unchecked"
+    assert flow.response.headers["X-Tokometer-Refused"] == "blocked"
+    answer = json.loads(flow.response.content)
+    message = answer["message"] if "__type" in answer else answer["error"]["message"]  # Bedrock's shape
+    assert "not metered" in message and refused in message
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert (rec.action, rec.model_requested, rec.model_sent) == ("blocked", refused, None)
+    assert rec.api_flavor == "unmetered" and rec.environment == "development"
+    assert rec.status_code == 403 and not rec.cost_usd
+
+
+async def test_an_unmetered_endpoint_is_refused_not_downgraded(meter: Meter) -> None:
+    """A downgrade would rewrite a request of an API the proxy does not understand: refused instead."""
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n    models: {allow: [sora-2], downgrade: {sora-2-pro: sora-2}}\n"
+        )
+    )
+    body = {"model": "sora-2-pro", "prompt": "a cat"}
+    flow = make_flow("https://api.openai.com/v1/videos", body)
+    original = flow.request.content
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert flow.request.content == original
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "refused instead of downgraded" in message and message.startswith("tokometer: ")
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "headers"),
+    [
+        # an allowed model passes unchanged
+        ("https://api.openai.com/v1/videos", {"model": "sora-2-mini", "prompt": "a cat"}, {}),
+        (f"{GEMINI}/gemini-2.5-flash:batchGenerateContent", {"batch": {}}, GEMINI_KEY),
+        # naming no model: as before
+        ("https://api.openai.com/v1/vector_stores", {"name": "docs"}, {}),
+        ("https://api.openai.com/v1/threads/thread_1/runs", {"assistant_id": "asst_1"}, {}),
+        ("https://api.openai.com/v1/uploads", {"purpose": "batch", "filename": "b.jsonl", "bytes": 9}, {}),
+        # token counting runs no model
+        ("https://api.anthropic.com/v1/messages/count_tokens", {"model": "claude-opus-4-1"}, {}),
+        ("https://api.openai.com/v1/responses/input_tokens", {"model": "o3", "input": "hi"}, {}),
+        (f"{GEMINI}/gemini-2.5-pro:countTokens", {"contents": []}, GEMINI_KEY),
+        (f"{VERTEX}/publishers/anthropic/models/count-tokens:rawPredict", {"model": "claude-opus-4-1"}, {}),
+        # a file's bytes, uploaded: whatever it says
+        ("https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id=u1",
+         {"model": "gemini-2.5-pro"}, {**GEMINI_KEY, "x-goog-upload-command": "upload, finalize"}),
+        # OpenAI's moderation is free
+        ("https://api.openai.com/v1/moderations", {"model": "omni-moderation-latest", "input": "hi"}, {}),
+        # a multipart upload is never parsed
+        ("https://api.openai.com/v1/files",
+         b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n--b--\r\n',
+         {"content-type": "multipart/form-data; boundary=b"}),
+    ],
+)  # fmt: skip
+async def test_unmetered_requests_naming_no_disallowed_model_pass_as_before(
+    meter: Meter, url: str, body: dict | bytes, headers: dict
+) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(url, body, headers=headers)
+    original = (flow.request.path, flow.request.content)
+    await run_request(meter, flow)
+    assert flow.response is None and (flow.request.path, flow.request.content) == original
+    assert meter.call_state(flow) is None  # nothing followed: no row, streams pass as they come
+    flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    assert meter.store.records == []  # type: ignore[union-attr]
+
+
+async def test_unmetered_endpoints_pass_where_models_are_not_restricted(meter: Meter) -> None:
+    """An environment without model rules (or a proxy without policies) checks nothing here."""
+    body = {"model": "sora-2-pro", "prompt": "a cat"}
+    for policies in ("environments:\n  development:\n    budget: {usd: 1, period: day}\n", None):
+        if policies is not None:
+            meter._apply(parse_policies(policies))
+        flow = make_flow("https://api.openai.com/v1/videos", body)
+        await run_request(meter, flow)
+        assert flow.response is None and meter.call_state(flow) is None
+    meter._apply(parse_policies(RESTRICTED + "  staging: {}\n"))
+    tags = {"X-Metering-Tags": json.dumps({"env": "staging"})}
+    flow = make_flow("https://api.openai.com/v1/videos", body, headers=tags)
+    await run_request(meter, flow)
+    assert flow.response is None and meter.call_state(flow) is None  # staging has no model rules
+
+
+async def test_an_unmetered_model_spelled_with_escapes_or_unreadable_is_still_checked(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    escaped = make_flow("https://api.openai.com/v1/videos", b'{"\\u006dodel": "sora-2-pro", "prompt": "x"}')
+    await run_request(meter, escaped)
+    assert escaped.response is not None and escaped.response.status_code == 403
+    odd = make_flow("https://api.openai.com/v1/videos", {"model": {"name": "sora-2-pro"}, "prompt": "x"})
+    await run_request(meter, odd)
+    assert odd.response is not None and odd.response.status_code == 403
+    assert "could not be read" in json.loads(odd.response.content)["error"]["message"]
+
+
+async def test_a_large_unmetered_body_is_read_off_the_event_loop(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import addon.meter as meter_module
+
+    threads: list[object] = []
+    real = asyncio.to_thread
+
+    async def to_thread(func: object, *args: object) -> object:
+        threads.append(func)
+        return await real(func, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(meter_module.asyncio, "to_thread", to_thread)
+    meter._apply(parse_policies(RESTRICTED))
+    body = {"prompt": "x" * (meter_module.INLINE_PARSE_LIMIT + 1), "model": "sora-2-pro"}
+    flow = make_flow("https://api.openai.com/v1/videos", body)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert body_model in threads, "a large body was parsed on the event loop"
+
+
+async def test_an_unmetered_request_cut_before_it_was_checked_leaves_no_row(meter: Meter) -> None:
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow("https://api.openai.com/v1/videos", {"model": "sora-2-pro", "prompt": "a cat"})
+    meter.requestheaders(flow)
+    flow.error = mitmflow.Error("client disconnected")
+    meter.error(flow)
+    assert meter.call_state(flow) is None and meter.store.records == []  # type: ignore[union-attr]

@@ -1,0 +1,82 @@
+"""Model-running requests the proxy does not meter (video, batch, fine-tuning...): the model they
+name, so that an environment restricting models can hold them to its allowlist (fail closed).
+
+Pure functions over paths and bytes; no mitmproxy. The model is named in the path (Gemini and
+Vertex AI's ``models/{model}:{method}``, Azure's deployment: each provider's ``request_model``
+reads it) or by a JSON body's top-level ``model`` (Bedrock's asynchronous invocation:
+``modelId``). Token counting, OpenAI's moderation and file uploads run no billed model: never
+checked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from addon.providers.values import bare_path, loads
+
+FLAVOR = "unmetered"  # the api_flavor of the row of such a request refused
+MODEL_KEYS = ("model", "modelId")
+MAX_MODEL_NAME = 200  # a longer "model" is no model's name: unreadable
+# Free: token counting (Anthropic's /v1/messages/count_tokens, OpenAI's /v1/responses/input_tokens,
+# Bedrock's count-tokens, Gemini and Vertex AI's :countTokens / :computeTokens, Claude on Vertex
+# AI's count-tokens:rawPredict).
+_FREE_SUFFIXES = ("/count_tokens", "/count-tokens", "/input_tokens")
+_FREE_METHOD = re.compile(r"(?::|%3[aA])(?:countTokens|computeTokens)$")
+_FREE_MODEL = re.compile(r"/models/count-tokens(?::|%3[aA])")
+_OPENAI_FREE_SUFFIXES = ("/moderations",)  # free on OpenAI's own API (Mistral bills its own)
+# File uploads: their bytes are a file's, whatever it says (a JSON file naming a "model").
+# Google's upload endpoints (/upload/v1beta/files), OpenAI's /v1/files and /v1/uploads/{id}/parts.
+_UPLOAD_PREFIX = "/upload/"
+_UPLOAD_SUFFIXES = ("/files", "/parts")
+_JSON_OBJECT = re.compile(rb"\s*\{")  # anchored by match(): only the leading whitespace is read
+_RESOURCE = "models/"  # "publishers/google/models/gemini-2.5-pro", "models/gemini-2.5-flash"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedModel:
+    """What a request body says of its model: ``model``, or ``problem`` when it cannot be read."""
+
+    model: str | None = None
+    problem: str | None = None
+
+
+def runs_no_model(provider: str, path: str) -> bool:
+    """Does ``path`` (query allowed) run no billed model: token counting, OpenAI's moderation, a
+    file upload?"""
+    bare = bare_path(path)
+    if bare.endswith(_FREE_SUFFIXES) or _FREE_METHOD.search(bare) or _FREE_MODEL.search(bare):
+        return True
+    if bare.startswith(_UPLOAD_PREFIX) or bare.endswith(_UPLOAD_SUFFIXES):
+        return True
+    return provider == "openai" and bare.endswith(_OPENAI_FREE_SUFFIXES)
+
+
+def may_name_a_model(content: bytes) -> bool:
+    """Cheap test: can this body be a JSON object naming a model? (A key spelled with escapes,
+    ``"\\u006dodel"``, counts: JSON reads it as ``model``.) Never decodes it."""
+    return _JSON_OBJECT.match(content) is not None and (b'"model' in content or b"\\u" in content)
+
+
+def resource_model(name: str) -> str:
+    """A model named as a resource, ``publishers/google/models/gemini-2.5-pro``, by its own name."""
+    return name.rsplit(_RESOURCE, 1)[1] if _RESOURCE in name else name
+
+
+def body_model(content: bytes) -> NamedModel:
+    """The model a request body's JSON object names at its top level (``model``, else
+    ``modelId``). None when it names none (not JSON, no such member, ``null``); a ``problem``
+    when that member is no model's name. Never raises."""
+    if not may_name_a_model(content):
+        return NamedModel()
+    obj = loads(content)
+    if not isinstance(obj, dict):
+        return NamedModel()
+    for key in MODEL_KEYS:
+        value = obj.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str) and 0 < len(value.strip()) <= MAX_MODEL_NAME:
+            return NamedModel(model=resource_model(value.strip()))
+        return NamedModel(problem=f"its {key} is not a model's name")
+    return NamedModel()
