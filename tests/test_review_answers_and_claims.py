@@ -184,3 +184,12 @@ def test_a_key_bound_call_gets_no_error_about_an_app_env_that_played_no_part() -
     )
     assert (got.environment, got.environment_source) == ("staging", "key")
     assert got.problems == []
+
+
+async def test_a_legacy_completions_best_of_is_reserved_whole(meter: Meter) -> None:
+    """README: a legacy completion's best_of (at most 20) is written and billed whole. The endpoint
+    was not metered when this was written: nothing was reserved or checked."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "best_of": 20, "n": 1, "max_tokens": 4000}
+    reserved = await reserved_for(meter, "https://api.openai.com/v1/completions", body)
+    assert reserved >= output_usd(20 * 4000, "2")  # gpt-3.5-turbo-instruct: $2 per 1M output
