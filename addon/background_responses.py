@@ -11,7 +11,8 @@ same database still bills the retrieval. Adding one is a write and a rename; tak
 retrieval that bills it) is an unlink, which exactly one caller wins: constant work, no lock,
 and no space needed. When a file cannot be written (a full disk), the entry is kept in memory.
 A background response's entry also remembers the budget reservation its call keeps while it runs
-(``HOLD_S`` at most), so that the next proxy to start on the database holds it again.
+(``HOLD_S`` at most), so that the next proxy to start on the database holds it again; a proxy
+holding one lets it go when it sees the entry gone (``has``: billed or ended through another proxy).
 """
 
 from __future__ import annotations
@@ -87,6 +88,21 @@ class PendingResponses:
             log.warning("tokometer: cannot read %s: %s", path, exc)
             return None
         return started if isinstance(started, dict) else None
+
+    def has(self, response_id: str) -> bool:
+        """Is ``response_id`` still pending (not taken by any proxy on the folder)? One stat."""
+        if response_id in self._memory:
+            return True
+        path = self._path(response_id)
+        if path is None:
+            return False
+        try:
+            path.stat()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # cannot tell (the folder unreadable): still pending, as far as is known
+        return True
 
     def claim(self, response_id: str) -> bool:
         """Take a pending response: True for the one caller that took it (it bills)."""

@@ -81,6 +81,12 @@ def format_usd(amount: Decimal) -> str:
     return f"${amount.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
 
 
+def _format_reserved(amount: Decimal) -> str:
+    """A positive amount as ``format_usd`` writes it, ``<$0.000001`` where that reads ``$0.00``."""
+    text = format_usd(amount)
+    return "<$0.000001" if amount > 0 and text == "$0.00" else text
+
+
 def format_duration(seconds: int) -> str:
     """``3d 4h``, ``2h 5m``, ``7m 3s`` or ``42s``."""
     seconds = max(0, int(seconds))
@@ -142,9 +148,9 @@ class BudgetRefusal:
     def message(self) -> str:
         """One line naming the budget, its cap, the spend (and what is reserved besides), the period
         and when it resets."""
-        reserved = (
-            f", {format_usd(self.reserved)} more reserved by calls in flight" if self.reserved > 0 else ""
-        )
+        reserved = ""
+        if self.reserved > 0:
+            reserved = f", {_format_reserved(self.reserved)} more reserved by calls in flight"
         return (
             f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} is spent: "
             f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){reserved}; "
@@ -533,14 +539,36 @@ class BudgetTracker:
         """Hold ``amount`` in the budgeted ``scopes`` under ``key`` as ``keep`` does, unless ``key``
         holds already: a background response's reservation held again after a restart."""
         with self._lock:
-            budgeted = tuple(scope for scope in scopes if scope in self._budgets)
-            if key in self._reservations or not budgeted or amount <= 0:
-                return
-            self._reservations[key] = (budgeted, amount)
-            for scope in budgeted:
-                self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
-            self._kept_until[key] = until
-            self._next_end = min(self._next_end, until)
+            if self._reserve(key, scopes, amount):
+                self._kept_until[key] = until
+                self._next_end = min(self._next_end, until)
+
+    def reserve(self, call_id: str, scopes: Sequence[Scope], amount: Decimal) -> None:
+        """Reserve ``amount`` for ``call_id`` in its budgeted ``scopes``, without a check, unless it
+        has a reservation already: a call in flight taken over at a script reload (``reservation``
+        of the tracker before it)."""
+        with self._lock:
+            self._reserve(call_id, scopes, amount)
+
+    def reservation(self, call_id: str) -> tuple[tuple[Scope, ...], Decimal] | None:
+        """The scopes and amount ``call_id`` has reserved, if it has."""
+        with self._lock:
+            return self._reservations.get(call_id)
+
+    def kept(self) -> list[str]:
+        """The keys of the reservations kept past their call (``keep``, ``keep_reserved``)."""
+        with self._lock:
+            return list(self._kept_until)
+
+    def _reserve(self, key: str, scopes: Sequence[Scope], amount: Decimal) -> bool:
+        """Add a reservation under ``key`` unless it has one (lock held): was it added?"""
+        budgeted = tuple(scope for scope in scopes if scope in self._budgets)
+        if key in self._reservations or not budgeted or amount <= 0:
+            return False
+        self._reservations[key] = (budgeted, amount)
+        for scope in budgeted:
+            self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
+        return True
 
     def hand_over(self, key: str, call_id: str) -> None:
         """The reservation kept under ``key`` becomes ``call_id``'s, the retrieval that bills the

@@ -41,6 +41,7 @@ from addon.background_responses import BATCH_INPUTS_FOLDER, HOLD_S, PendingRespo
 from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
 from addon.budgets import (
     BudgetAlert,
+    Scope,
     UnpricedCall,
     alert_event,
     policy_event,
@@ -125,6 +126,9 @@ NOTICE_HEADER = "X-Tokometer-Notice"
 BYTES_PER_TOKEN = 4
 RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
+# How often (seconds) the policy watch looks whether the background responses this proxy holds are
+# still pending: one billed or ended through another proxy on the database lets its hold go then.
+HOLD_CHECK_INTERVAL = 30.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
 # A GET of an OpenAI background response (answered "queued"), of a Gemini background
 # interaction (answered "in_progress") or of an OpenAI batch job: its usage comes with one of these.
@@ -139,6 +143,7 @@ _BACKGROUND_FLAVORS = frozenset({"responses", "interactions", batches.FLAVOR})
 _HELD_FLAVORS = frozenset({"responses", "interactions"})
 # A pending entry's field: the reservation its call keeps, {"usd": "0.08", "until": epoch seconds}.
 _HOLD_FIELD = "hold"
+_HOLD_PREFIX = "background:"  # of the key a background response's reservation is held under
 # A call still running upstream (a background response, a batch job): billed later.
 RUNNING = RESPONSE_RUNNING | batches.RUNNING
 # Why a batch whose input file names a disallowed model is refused rather than downgraded.
@@ -259,6 +264,8 @@ class CallState:
     live_sideband: str | None = None  # an OpenAI Live sideband's handshake: the session id it attaches to
     live_setup_model: str | None = None  # an OpenAI Live set-up (a mint): the session's model as sent
     route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
+    # Its budget reservation (scopes, amount), kept when a script reload hands it over (see done)
+    reservation: tuple[tuple[Scope, ...], Decimal] | None = None
     transcription_unnamed: bool = False  # a Realtime transcription session, models restricted: none named yet
     translation: bool = False  # an OpenAI Realtime translation WebSocket handshake (``handshake`` set)
     live_fork: str | None = None  # an OpenAI Live fork's handshake: the stored session it forks
@@ -448,7 +455,7 @@ def _runs_in_background(state: CallState, metered: Metered) -> bool:
 
 def _hold_key(response_id: str) -> str:
     """The key a background response's kept reservation is held under (BudgetTracker.keep)."""
-    return f"background:{response_id}"
+    return f"{_HOLD_PREFIX}{response_id}"
 
 
 def _billable(record: CallRecord) -> bool:
@@ -637,8 +644,13 @@ class Meter:
 
     def _take_over(self, flow: http.HTTPFlow, state: CallState) -> None:
         """Finish a call the instance before a script reload left in flight (its stream's final
-        event now journaled by this instance's store)."""
+        event now journaled by this instance's store), its budget reservation held again."""
         self._calls[flow] = state
+        # This instance's budgets never had its reservation: reserved again, unless its row goes to
+        # the store before the reload (journaled there ahead), whose rows these budgets never see.
+        if state.reservation is not None and state.journaled_in is None:
+            scopes, amount = state.reservation
+            self.enforcer.budgets.reserve(state.record.id, scopes, amount)
         tap = state.tap
         if tap is not None and tap.on_final_event is not None:
             tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
@@ -736,8 +748,10 @@ class Meter:
         if not _shutting_down():
             # mitmproxy reloads the script (its file changed): the calls in flight go on, and
             # the new instance's hooks finish them (see _state).
+            budgets = self.enforcer.budgets
             for flow, state in list(self._calls.items()):
                 if not state.finished:
+                    state.reservation = budgets.reservation(state.record.id)  # for the next one's
                     _HANDED_OVER[flow] = state
             self._calls.clear()
             self.sockets.hand_over()
@@ -785,9 +799,18 @@ class Meter:
         price_unpriced_images(record, pricer)
 
     async def _watch_policies(self) -> None:
-        """Pick up edits of policies.yaml; an invalid edit leaves the last good policy in force."""
+        """Pick up edits of policies.yaml; an invalid edit leaves the last good policy in force.
+        Every ``HOLD_CHECK_INTERVAL`` too, let go of the holds of background responses ended
+        elsewhere (``_release_ended_holds``)."""
+        next_hold_check = time.monotonic() + HOLD_CHECK_INTERVAL
         while True:
             await asyncio.sleep(POLICY_CHECK_INTERVAL)
+            if time.monotonic() >= next_hold_check:
+                next_hold_check = time.monotonic() + HOLD_CHECK_INTERVAL
+                try:
+                    self._release_ended_holds()
+                except Exception:
+                    log.exception("tokometer: could not look for background responses ended elsewhere")
             policy_file = self.policy_file
             if policy_file is None or not policy_file.may_have_changed():  # one stat, here
                 continue
@@ -1326,6 +1349,8 @@ class Meter:
                 state.claimed = pending.claim(state.retrieval)
                 if state.claimed:  # its reservation gives way to this row's cost, in one step
                     budgets.hand_over(key, state.record.id)
+                else:  # billed already (by another proxy on the database): a hold here lets go
+                    budgets.settle(key)
             elif metered.response_status is not None:
                 pending.claim(state.retrieval)
                 budgets.settle(key)  # ended unbilled: what it held is let go
@@ -1349,6 +1374,19 @@ class Meter:
         until = time.time() + HOLD_S
         kept = self.enforcer.budgets.keep(record.id, _hold_key(response_id), until)
         return None if kept is None else {"usd": str(kept), "until": until}
+
+    def _release_ended_holds(self) -> None:
+        """Let go of the holds of background responses no longer pending: billed, ended or deleted
+        through another proxy on the database, which this one never hears of. A stat per hold;
+        nothing at all without one."""
+        kept = self.enforcer.budgets.kept()
+        if not kept:
+            return
+        lists = (self._background, *self._earlier_background)
+        for key in kept:
+            response_id = key.removeprefix(_HOLD_PREFIX)
+            if response_id != key and not any(pending.has(response_id) for pending in lists):
+                self.enforcer.budgets.settle(key)
 
     def _hold_pending(self, pending: PendingResponses) -> None:
         """At start: hold again the reservations of the background responses still running, as
