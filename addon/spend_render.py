@@ -340,7 +340,12 @@ def render_sessions(report: Mapping[str, Any]) -> str:
     sessions = report["sessions"]
     if not sessions:
         return f"database: {report['db']}\nNo sessions recorded yet.\n"
-    costs = money_column([s["cost_usd"] for s in sessions])
+    costs = [
+        cost + "*" if s.get("unpriced_calls") and s["cost_usd"] is not None else cost
+        for s, cost in zip(sessions, money_column([s["cost_usd"] for s in sessions]), strict=True)
+    ]
+    if any(cost.endswith("*") for cost in costs):  # keep the decimals aligned
+        costs = [cost if cost.endswith("*") else cost + " " for cost in costs]
 
     def when(ts: str | None) -> str:
         return "-" if ts is None else ts[:16].replace("T", " ")
@@ -356,7 +361,10 @@ def render_sessions(report: Mapping[str, Any]) -> str:
         Column("calls"),
         Column("cost $"),
     ]
-    return "\n".join([f"database: {report['db']}", "", *table(columns, rows)]) + "\n"
+    notes = []
+    if any(cost.endswith("*") for cost in costs):
+        notes = ["", "* calls with no known price are not in the cost (scripts/spend unpriced)"]
+    return "\n".join([f"database: {report['db']}", "", *table(columns, rows), *notes]) + "\n"
 
 
 def csv_sessions(report: Mapping[str, Any]) -> str:
@@ -371,6 +379,7 @@ def csv_sessions(report: Mapping[str, Any]) -> str:
         "version",
         "calls",
         "cost_usd",
+        "unpriced_calls",
     ]
     return csv_text(keys, [[s[k] for k in keys] for s in report["sessions"]])
 
@@ -605,7 +614,12 @@ def render_models(report: Mapping[str, Any]) -> str:
     rows_in = report["rows"]
     if not rows_in:
         return "\n".join([*head, "No calls in this range."]) + "\n"
-    costs = money_column([r["cost_usd"] for r in rows_in])
+    costs = [
+        cost + "*" if r.get("unpriced_calls") and r["cost_usd"] is not None else cost
+        for r, cost in zip(rows_in, money_column([r["cost_usd"] for r in rows_in]), strict=True)
+    ]
+    if any(cost.endswith("*") for cost in costs):  # keep the decimals aligned
+        costs = [cost if cost.endswith("*") else cost + " " for cost in costs]
     rows = [
         [name(r["environment"]), name(r["user"]), r["model"], count(r["calls"]), cost, _reasons(r)]
         for r, cost in zip(rows_in, costs, strict=True)
@@ -636,6 +650,8 @@ def render_models(report: Mapping[str, Any]) -> str:
         ]
     else:
         tail.append("no premium calls outside production")
+    if any(cost.endswith("*") for cost in costs):
+        tail.append("* calls with no known price are not in the cost (scripts/spend unpriced)")
     return "\n".join([*head, "", *body, *tail]) + "\n"
 
 
@@ -650,6 +666,7 @@ _MODEL_KEYS = (
     "input_tokens",
     "output_tokens",
     "cost_usd",
+    "unpriced_calls",
     "output_usd_per_mtok",
     "premium",
     "premium_reasons",

@@ -320,17 +320,19 @@ def session_report(con: duckdb.DuckDBPyConnection, db: Path, session_id: str | N
 _SESSIONS_SQL = """
 WITH per AS (
     SELECT session_id, count(*) AS calls, sum(cost_usd) AS cost_usd, min(ts) AS first_ts,
-           max(ts) AS last_ts
+           max(ts) AS last_ts,
+           count(*) FILTER (WHERE cost_usd IS NULL AND {has_usage}) AS unpriced_calls
     FROM calls GROUP BY session_id
 )
 SELECT coalesce(s.session_id, per.session_id) AS session_id,
        coalesce(s.started_at, per.first_ts) AS started_at, s.ended_at, s.hostname, s.pid, s.version,
        coalesce(per.calls, 0) AS calls,
-       CASE WHEN per.calls IS NULL THEN 0 ELSE per.cost_usd END AS cost_usd, per.last_ts
+       CASE WHEN per.calls IS NULL THEN 0 ELSE per.cost_usd END AS cost_usd, per.last_ts,
+       coalesce(per.unpriced_calls, 0) AS unpriced_calls
 FROM sessions AS s FULL OUTER JOIN per ON per.session_id = s.session_id
 ORDER BY started_at DESC NULLS LAST, session_id DESC
 LIMIT ?
-"""
+""".format(has_usage=_HAS_USAGE_SQL)
 
 
 def sessions_report(con: duckdb.DuckDBPyConnection, db: Path, limit: int) -> dict[str, Any]:
@@ -350,6 +352,7 @@ def sessions_report(con: duckdb.DuckDBPyConnection, db: Path, limit: int) -> dic
                 "version": row["version"],
                 "calls": row["calls"],
                 "cost_usd": decimal_str(row["cost_usd"]),
+                "unpriced_calls": row["unpriced_calls"],
             }
         )
     return report
@@ -522,7 +525,7 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
         nonprod, prod = row["nonprod"], row["prod"]
         ratio = _ratio(nonprod, prod)
         flagged = nonprod > 0 and (prod == 0 or nonprod / prod > RATIO_FLAG_ABOVE)
-        one_to = None if nonprod == 0 else round(float(prod / nonprod), 2)
+        one_to = None if ratio is None or nonprod == 0 else round(float(prod / nonprod), 2)  # no ratio: none
         month_x = month_number(row["month"])
         previous = ratio_by_month.get(month_x - 1)  # None: no calls or no production cost then
         change = None if ratio is None or previous is None else round(ratio - previous, 4)
@@ -603,7 +606,8 @@ def models_report(
         SELECT strftime(date_trunc('week', ts), '%Y-%m-%d') AS week, environment, user_name,
                provider, model, count(*) AS calls, count(*) FILTER (WHERE {_REFUSED_SQL}) AS refused_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens,
-               coalesce(sum(output_tokens), 0) AS output_tokens, sum(cost_usd) AS cost_usd
+               coalesce(sum(output_tokens), 0) AS output_tokens, sum(cost_usd) AS cost_usd,
+               count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls
         FROM c GROUP BY ALL
         ORDER BY week DESC, environment, user_name NULLS LAST, cost_usd DESC NULLS LAST, calls DESC, model
     """
@@ -644,6 +648,7 @@ def models_report(
                     "input_tokens": row["input_tokens"],
                     "output_tokens": row["output_tokens"],
                     "cost_usd": decimal_str(row["cost_usd"]),
+                    "unpriced_calls": row["unpriced_calls"],
                     "output_usd_per_mtok": decimal_str(out_price),
                     "premium": bool(reasons),
                     "premium_reasons": reasons,

@@ -359,7 +359,7 @@ def test_sessions(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert set(data["sessions"][0]) == {
         "session_id", "started_at", "ended_at", "last_call_at", "hostname", "pid", "version", "calls",
-        "cost_usd",
+        "cost_usd", "unpriced_calls",
     }  # fmt: skip
     assert data["sessions"][0]["last_call_at"] == "2026-11-01T12:00:07+00:00"
     assert [
@@ -369,8 +369,11 @@ def test_sessions(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[2].split() == ["session", "started", "(UTC)", "ended", "(UTC)", "calls", "cost", "$"]
-    assert lines[3].startswith("new ") and lines[3].endswith("     7  0.050200")
-    assert lines[4].startswith("old ") and lines[4].endswith("     1  0.007250")
+    # "new" holds a call with no known price: its cost is marked, as in every other report
+    assert lines[3].startswith("new ") and lines[3].endswith("     7  0.050200*"), lines[3]
+    assert lines[4].startswith("old ") and lines[4].rstrip().endswith("     1  0.007250"), lines[4]
+    assert data["sessions"][0]["unpriced_calls"] == 1 and data["sessions"][1]["unpriced_calls"] == 0
+    assert lines[-1] == "* calls with no known price are not in the cost (scripts/spend unpriced)"
 
 
 def test_a_session_without_calls_cost_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -826,7 +829,9 @@ def test_ratio_without_production_is_flagged(tmp_path: Path, capsys: pytest.Capt
     path = tmp_path / "dev-only.duckdb"
     write(path, [call(1, "d", "gpt-4o-mini", U_MINI)])
     (month,) = report(capsys, "--db", str(path), "ratio")["months"]
-    assert (month["ratio"], month["one_to"], month["flagged"]) == (None, 0.0, True)
+    assert (month["ratio"], month["one_to"], month["flagged"]) == (None, None, True)  # no ratio: no 1:x
+    code, out, _ = run(capsys, "--db", str(path), "ratio")
+    assert code == 0 and "1:0.0" not in out
 
 
 def test_ratio_trend_and_change_count_calendar_months(
@@ -1742,3 +1747,23 @@ def test_reprice_keeps_every_per_call_amount_of_the_calls() -> None:
     searches = [Usage(input_tokens=1_000, output_tokens=100, file_searches=n) for n in (1, 2, 4)]
     each = sum(pricer.price_usage("openai", ("gpt-4.1",), u, when).cost_usd for u in searches)
     assert _reprice(pricer, "openai", "gpt-4.1", 3, [3_000, 0, 0, 300, 0, 0, 7], when) == each
+
+
+def test_models_marks_a_cost_that_leaves_unpriced_calls_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row of priced and unpriced calls (one model, one week) showed its partial sum unmarked."""
+    path = tmp_path / "mixed.duckdb"
+    monday = T0 + timedelta(days=2)
+    priced = call(1, "s", "gpt-4o", Usage(input_tokens=1000, output_tokens=500), ts=monday)
+    unpriced = call(2, "s", "gpt-4o", Usage(input_tokens=1000, output_tokens=500), ts=monday)
+    unpriced.cost_usd, unpriced.price_status = None, "unknown_model"
+    write(path, [priced, unpriced])
+    args = ("--db", str(path), "models", "--week", "--now", "2026-11-05T12:00")
+    data = report(capsys, *args)
+    assert [(r["model"], r["calls"], r["unpriced_calls"]) for r in data["rows"]] == [("gpt-4o", 2, 1)]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    (row,) = [line for line in out.splitlines() if " gpt-4o " in line]
+    assert "0.007500*" in row, row  # gpt-4o: 1,000 in, 500 out
+    assert out.splitlines()[-1] == "* calls with no known price are not in the cost (scripts/spend unpriced)"
