@@ -106,7 +106,7 @@ from addon.refusals import refusal_response, several_keys_message
 from addon.socket_metering import SocketMeter, remember_live_setup, remembered_live_setup
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
-from addon.token_estimate import estimate_usage
+from addon.token_estimate import estimate_output, estimate_usage
 from addon.unmetered_models import FLAVOR as UNMETERED
 from addon.unmetered_models import NamedModel, body_model, runs_no_model
 from addon.usage import Metered, Usage
@@ -130,6 +130,9 @@ POLICY_CHECK_INTERVAL = 1.0
 # still pending: one billed or ended through another proxy on the database lets its hold go then.
 HOLD_CHECK_INTERVAL = 30.0
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
+# The row's error when a stream ended before its final usage (Metered.output_partial): the input
+# counts are the provider's, the output counted offline from the text seen.
+PARTIAL_USAGE_NOTE = "output tokens estimated: the stream ended before its final usage"
 # A GET of an OpenAI background response (answered "queued"), of a Gemini background
 # interaction (answered "in_progress") or of an OpenAI batch job: its usage comes with one of these.
 _RESPONSE_PATH = re.compile(r"/(?:responses|interactions|batches)/([^/]+)$")
@@ -2476,16 +2479,19 @@ class Meter:
         for row in images:
             self._submit(row, store)
         counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
-        if metered.usage is None and counted and _billable(record) and body is not None:
-            # No usage reported, yet the provider likely billed: count the tokens ourselves.
+        # A stream cut before its final usage: the input counts reported stand, the output is not known.
+        partial = metered.usage if metered.usage is not None and metered.output_partial else None
+        missing = metered.usage is None and body is not None
+        if (missing or partial is not None) and counted and _billable(record):
+            # No (final) usage reported, yet the provider likely billed: count the tokens ourselves.
             if now:
-                self._estimate(record, body, metered.output_text)
+                self._estimate(record, body, metered.output_text, partial)
                 self._submit(record, store)
             else:
                 if store is not None:
                     store.journal(record)  # kept even if the proxy dies during the estimate
                 task = asyncio.ensure_future(
-                    self._estimate_then_submit(record, body, metered.output_text, store)
+                    self._estimate_then_submit(record, body, metered.output_text, store, partial)
                 )
                 self._estimates.add(task)
                 task.add_done_callback(self._estimates.discard)
@@ -2596,19 +2602,36 @@ class Meter:
         store.submit(record)  # after close() this goes to a journal for the next start
 
     async def _estimate_then_submit(
-        self, record: CallRecord, body: dict[str, Any], text: str | None, store: Store | None
+        self,
+        record: CallRecord,
+        body: dict[str, Any] | None,
+        text: str | None,
+        store: Store | None,
+        partial: Usage | None = None,
     ) -> None:
         try:
-            await asyncio.to_thread(self._estimate, record, body, text)
+            await asyncio.to_thread(self._estimate, record, body, text, partial)
         finally:
             self._submit(record, store)
 
     @staticmethod
-    def _estimate(record: CallRecord, body: dict[str, Any], text: str | None) -> None:
-        """Fill the row's usage with tiktoken counts (usage_source 'estimated'); never raises."""
+    def _estimate(
+        record: CallRecord, body: dict[str, Any] | None, text: str | None, partial: Usage | None = None
+    ) -> None:
+        """Fill the row's usage with tiktoken counts (usage_source 'estimated'); never raises.
+
+        ``partial``: the usage a stream reported before its end, without its final count (the
+        output a placeholder or running count): its input and cache counts are kept, only the
+        output is counted from ``text`` (at least as reported), and the row's error says so.
+        """
         try:
-            usage = estimate_usage(record.api_flavor, body, text, record.model_sent)
+            if partial is not None:
+                usage = estimate_output(partial, text, record.model_sent)
+            else:
+                usage = estimate_usage(record.api_flavor, body, text, record.model_sent)
         except Exception as exc:
             log.debug("tokometer: no estimate for call %s: %s", record.id, exc)
             return
         record.set_usage(usage, source="estimated")
+        if partial is not None:
+            record.error = "; ".join(filter(None, (record.error, PARTIAL_USAGE_NOTE)))[:1000]

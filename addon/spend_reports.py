@@ -317,11 +317,11 @@ def session_report(con: duckdb.DuckDBPyConnection, db: Path, session_id: str | N
     return report
 
 
-_SESSIONS_SQL = """
+_SESSIONS_SQL = f"""
 WITH per AS (
     SELECT session_id, count(*) AS calls, sum(cost_usd) AS cost_usd, min(ts) AS first_ts,
            max(ts) AS last_ts,
-           count(*) FILTER (WHERE cost_usd IS NULL AND {has_usage}) AS unpriced_calls
+           count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls
     FROM calls GROUP BY session_id
 )
 SELECT coalesce(s.session_id, per.session_id) AS session_id,
@@ -332,7 +332,7 @@ SELECT coalesce(s.session_id, per.session_id) AS session_id,
 FROM sessions AS s FULL OUTER JOIN per ON per.session_id = s.session_id
 ORDER BY started_at DESC NULLS LAST, session_id DESC
 LIMIT ?
-""".format(has_usage=_HAS_USAGE_SQL)
+"""
 
 
 def sessions_report(con: duckdb.DuckDBPyConnection, db: Path, limit: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import importlib.util
 import json
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -665,3 +665,14 @@ def estimate_usage(
         model = request_body["model"]
     input_tokens = estimate_input(flavor, request_body, model) if isinstance(request_body, dict) else 0
     return Usage(input_tokens=input_tokens, output_tokens=count_text(output_text or "", model))
+
+
+def estimate_output(reported: Usage, output_text: str | None, model: str | None) -> Usage:
+    """``reported`` (counted before the end of a stream that never sent its final usage) with its
+    output estimated: the tokens of ``output_text``, or the count reported so far where that is
+    more (a running count, thinking the text never showed included). Input, cache and reasoning
+    counts stay as reported. Raises ``TokenEstimateError`` as ``count_text`` does."""
+    counted = count_text(output_text or "", model)
+    if counted <= reported.output_tokens:
+        return reported
+    return replace(reported, output_tokens=counted)

@@ -105,5 +105,10 @@ class Metered:
     # The completion text seen, kept in memory only (never stored), for an offline token
     # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
     output_text: str | None = field(default=None, compare=False)
+    # ``usage`` was reported before the end of a stream that never sent its final count (Anthropic's
+    # message_start, whose output_tokens is a placeholder; a running count): its input and cache
+    # counts stand, its output is a floor. ``output_text`` then holds the text seen, for an
+    # offline count of the output (the row is marked estimated).
+    output_partial: bool = field(default=False, compare=False)
     # A Responses answer's image_generation tool calls (their images are billed apart), if any.
     tool_images: ToolImages | None = field(default=None, compare=False)

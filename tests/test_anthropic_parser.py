@@ -17,7 +17,7 @@ from genai_prices import calc_price
 
 from addon.content_decoding import StreamDecoder
 from addon.pricing import Pricer, price
-from addon.providers import values
+from addon.providers import values, vertex_api
 from addon.providers.anthropic_api import StreamParser, extract_usage, flavor_for_path, parse_response
 from addon.record import CallRecord
 from addon.sse import SSEDecoder, SSEEvent
@@ -444,3 +444,79 @@ def test_us_only_inference_costs_1_1x_on_the_tokens() -> None:
     assert price(
         "anthropic", "claude-opus-4-6", metered.usage, WHEN, inference_geo="global"
     ).cost_usd == Decimal("0.095")
+
+
+# --- a stream cut before its final usage ---------------------------------------------------------
+
+
+def content_delta(delta: dict[str, Any], index: int = 0) -> bytes:
+    return sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def test_a_stream_cut_before_its_final_usage_has_its_output_unknown() -> None:
+    """message_start's output_tokens is a placeholder (1): only a message_delta's count is the
+    output. Cut before one, the input and cache counts stand, the output is left to an estimate
+    from every delta seen: text, thinking and tool input."""
+    data = (
+        message_start({"input_tokens": 100, "cache_read_input_tokens": 2000, "output_tokens": 1})
+        + sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {}})
+        + content_delta({"type": "thinking_delta", "thinking": "Think. "})
+        + content_delta({"type": "text_delta", "text": "Hello world. "}, 1)
+        + content_delta({"type": "input_json_delta", "partial_json": '{"city": "Par'}, 2)
+    )
+    result, _ = run([data])
+    assert result.usage == Usage(input_tokens=2100, cache_read_tokens=2000, output_tokens=1)
+    assert result.output_partial is True
+    assert result.output_text == 'Think. Hello world. {"city": "Par'
+    assert result.error is None
+
+
+def test_plain_blocks_taken_whole_count_toward_a_cut_streams_output() -> None:
+    parser = StreamParser()
+    for event in events_of(message_start({"input_tokens": 7, "output_tokens": 1})):
+        parser.feed(event)
+    assert parser.take_plain(content_delta({"type": "text_delta", "text": "one "}) + sse("ping", {}))
+    assert parser.take_plain(content_delta({"type": "text_delta", "text": "two"}))
+    result = parser.result()
+    assert (result.output_partial, result.output_text) == (True, "one two")
+
+
+@pytest.mark.parametrize("cut_at", [b"event: message_delta", b'"usage":{"output_tokens":91}'])
+def test_cut_before_the_first_message_delta_only_is_partial(cut_at: bytes) -> None:
+    """Past a message_delta, its cumulative output count is the provider's own: a floor no longer
+    estimated (the later delta, cut inside, is not JSON)."""
+    result, _ = run([STREAM[: STREAM.index(cut_at) + (10 if cut_at.startswith(b'"') else 0)]])
+    first = cut_at == b"event: message_delta"
+    assert result.output_partial is first
+    assert result.usage is not None and result.usage.output_tokens == (1 if first else 38)
+    assert (result.output_text is not None) is first
+
+
+def test_a_whole_stream_is_not_partial() -> None:
+    result, _ = run([STREAM])
+    assert result.output_partial is False and result.output_text is None
+
+
+def test_an_error_event_before_the_final_usage_leaves_the_output_to_an_estimate() -> None:
+    data = (
+        message_start({"input_tokens": 40, "output_tokens": 1})
+        + content_delta({"type": "text_delta", "text": "So far"})
+        + sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    )
+    result, _ = run([data])
+    assert result.usage == Usage(input_tokens=40, output_tokens=1)
+    assert result.error == "overloaded_error: Overloaded"
+    assert (result.output_partial, result.output_text) == (True, "So far")
+
+
+def test_vertex_claude_streams_are_read_the_same_way() -> None:
+    parser = vertex_api.stream_parser("messages")
+    data = message_start({"input_tokens": 9, "output_tokens": 1}) + content_delta({"text": "Hi"})
+    for event in events_of(data):
+        parser.feed(event)
+    result = parser.result()
+    assert (result.usage, result.output_partial, result.output_text) == (
+        Usage(input_tokens=9, output_tokens=1),
+        True,
+        "Hi",
+    )

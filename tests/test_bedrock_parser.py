@@ -489,10 +489,21 @@ def test_stream_cut_before_usage_gives_the_text() -> None:
     assert run("invoke_stream", [b"".join(chunk(e) for e in events)]) == Metered(
         None, None, "no usage in stream", output_text="Hello from Bedrock."
     )
-    # with message_start seen, the input (and output 1 so far) is known even if cut
-    assert run("invoke_stream", [INVOKE_STREAM[:cut]]).usage == Usage(
-        input_tokens=1045, cache_read_tokens=1024, output_tokens=1
-    )
+    # with message_start seen, the input is known even if cut; its output 1 is a placeholder, the
+    # output left to an estimate from the text seen
+    cut_short = run("invoke_stream", [INVOKE_STREAM[:cut]])
+    assert cut_short.usage == Usage(input_tokens=1045, cache_read_tokens=1024, output_tokens=1)
+    assert (cut_short.output_partial, cut_short.output_text) == (True, "Hello from Bedrock.")
+
+
+def test_an_anthropic_invoke_stream_is_final_from_its_message_delta_on() -> None:
+    """Past the message_delta (its output count is the call's) or with the metrics, not partial."""
+    past_delta = INVOKE_STREAM.index(chunk(ANTHROPIC_EVENTS[6]))
+    for data in (INVOKE_STREAM[:past_delta], INVOKE_STREAM):
+        result = run("invoke_stream", [data])
+        assert result.usage is not None and result.usage.output_tokens == 9
+        assert (result.output_partial, result.output_text) == (False, None)
+    assert run("converse_stream", [CONVERSE_STREAM]).output_partial is False
 
 
 def test_exception_event_mid_stream() -> None:

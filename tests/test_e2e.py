@@ -22,6 +22,8 @@ import pytest
 from conftest import ANTHROPIC_KEY, CLIENTS, OPENAI_KEY, ProxyProcess
 from fakeprovider import FakeProvider, OtherSite, RecordedRequest
 
+from addon.token_estimate import count_text
+
 CLIENT_TIMEOUT_S = 60
 
 # ---------------------------------------------------------------- helpers
@@ -710,12 +712,48 @@ def test_client_abort_is_recorded(proxy: ProxyProcess, fake_provider: FakeProvid
     assert row["aborted"] is True
     assert row["status_code"] == 200
     assert row["ttft_ms"] is not None
-    # Usage seen so far: message_start's input and cache counts, its output_tokens of 1.
-    assert_tokens(row, 1200, 1000, 0, 1, 0)
-    assert row["usage_source"] == "reported"
+    # message_start's input and cache counts stand; its output_tokens (1) is a placeholder: the
+    # output is counted from the text that went by.
+    out = count_text("w0 w1 ", "claude-haiku-4-5")
+    assert out > 1
+    assert_tokens(row, 1200, 1000, 0, out, 0)
+    assert row["usage_source"] == "estimated"
     assert row["price_status"] == "priced"
-    # 200 * 1 + 1000 * 0.10 + 1 * 5, per 1M
-    assert money(row["cost_usd"]) == Decimal("0.000305")
+    assert "output tokens estimated: the stream ended before its final usage" in row["error"]
+    # 200 * 1 + 1000 * 0.10 + out * 5, per 1M
+    assert money(row["cost_usd"]) == (Decimal(300) + out * 5) / 1_000_000
+
+
+def test_a_long_answer_cancelled_is_not_metered_at_one_output_token(
+    proxy: ProxyProcess, fake_provider: FakeProvider
+) -> None:
+    """The user's report: 400 of 1000 deltas arrive, the stream hangs, the client gives up. The row
+    said 1 output token (message_start's placeholder), about $0; the output is now estimated."""
+    t = tag()
+    gate_name = f"gate-{t}"
+    gate = fake_provider.gate(gate_name)
+    usage = anthropic_usage(inp=100, cache_write=0, cache_read=0, out=1000)
+    try:
+        # message_start, content_block_start, (ping: dropped by the SDK), 400 deltas; then it hangs.
+        rc, events = run_client(
+            proxy,
+            "anthropic_client.py",
+            "--stream",
+            "--abort-after",
+            "402",
+            headers=fake_headers(t, usage, gate=gate_name, gate_after="400", chunks="1000"),
+        )
+        assert rc == 0 and events[-1] == {"event": "aborted", "after": 402}
+        rows = proxy.wait_rows(1)
+    finally:
+        gate.set()
+    assert len(rows) == 1
+    [row] = settle(proxy, 1)
+    assert (row["aborted"], row["usage_source"]) == (True, "estimated")
+    out = count_text("".join(f"w{i} " for i in range(400)), "claude-haiku-4-5")
+    assert 700 < out < 900
+    assert_tokens(row, 100, 0, 0, out, 0)
+    assert money(row["cost_usd"]) == (Decimal(100) + out * 5) / 1_000_000
 
 
 # ---------------------------------------------------------------- 9. upstream error

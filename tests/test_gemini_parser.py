@@ -304,10 +304,37 @@ def test_usage_is_the_last_chunks_not_a_sum(data: bytes, framing: str) -> None:
 def test_stream_cut_inside_the_last_chunk_keeps_the_one_before() -> None:
     cut = ARRAY_STREAM.rindex(b'"candidatesTokenCount": 22')
     result, _ = run([ARRAY_STREAM[:cut]], "json_array")
-    # the cut chunk is not JSON; the second chunk's usage stands, and nothing is added up
+    # the cut chunk is not JSON; the second chunk's usage stands, and nothing is added up. It is a
+    # running count, not the call's: a floor, the output left to an estimate from the text seen.
+    seen = "".join(t for c in JSONArrayDecoder().feed(ARRAY_STREAM)[:2] for t in _texts(c))
     assert result == Metered(
-        Usage(input_tokens=27, output_tokens=127, reasoning_tokens=118), "gemini-2.5-flash-lite", None
+        Usage(input_tokens=27, output_tokens=127, reasoning_tokens=118),
+        "gemini-2.5-flash-lite",
+        None,
+        output_text=seen,
+        output_partial=True,
     )
+
+
+def _texts(chunk: bytes) -> list[str]:
+    return [p["text"] for c in json.loads(chunk)["candidates"] for p in c["content"]["parts"] if "text" in p]
+
+
+@pytest.mark.parametrize(("data", "framing"), [(SSE_STREAM, "sse"), (ARRAY_STREAM, "json_array")])
+def test_only_a_stream_that_finished_has_its_output_count_final(data: bytes, framing: str) -> None:
+    """Each chunk's usageMetadata is a running count; the one with the finishReason is the call's."""
+    parser = StreamParser("stream")
+    if framing == "sse":
+        sse = SSEDecoder()
+        chunks: list[Any] = sse.feed(data) + sse.close()
+    else:
+        array = JSONArrayDecoder()
+        chunks = array.feed(data) + array.close()
+    for i, chunk in enumerate(chunks):
+        parser.feed(chunk)
+        result = parser.result()
+        last = i == len(chunks) - 1
+        assert (result.output_partial, result.output_text is None) == (not last, last), i
 
 
 def test_stream_cut_inside_the_first_chunk() -> None:
@@ -336,6 +363,8 @@ def test_error_chunk_mid_stream() -> None:
         Usage(input_tokens=27, output_tokens=118, reasoning_tokens=118),
         "gemini-2.5-flash-lite",
         "UNAVAILABLE: The model is overloaded.",
+        output_text="Why did the proxy",  # the first chunk's count is a running one: a floor
+        output_partial=True,
     )
 
 
@@ -510,3 +539,11 @@ def test_service_tier_is_read_and_flex_costs_half() -> None:
     assert results["FLEX"] == ("flex", standard / 2, "genai-prices 0.2.3 x0.5 (flex)")
     assert results["priority"] == ("priority", standard, "genai-prices 0.2.3 (priority tier: standard rate)")
     assert results["SERVICE_TIER_FLEX"] == results["FLEX"]  # the API's enum spelling
+
+
+def test_a_stream_body_read_whole_without_a_finish_reason_is_not_partial() -> None:
+    """A body read whole ended where the server ended it: its last running count is the call's."""
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}
+    chunk = {"candidates": [{"content": {"parts": [{"text": "Hi"}]}}], "usageMetadata": usage}
+    result = parse_response("generate", b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+    assert result == Metered(Usage(input_tokens=10, output_tokens=5), None, None)

@@ -19,13 +19,14 @@ from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
+import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
 from addon.budgets import Event, Scope
 from addon.interception import Interception
-from addon.meter import Meter, _with_usage_requested
+from addon.meter import PARTIAL_USAGE_NOTE, Meter, _with_usage_requested
 from addon.policies import parse_policies
 from addon.record import CallRecord
-from addon.token_estimate import estimate_input
+from addon.token_estimate import count_text, estimate_input
 from addon.unmetered_models import body_model
 from addon.usage import Usage
 
@@ -195,7 +196,19 @@ async def test_gzip_stream_without_injection_passes_raw_bytes(meter: Meter) -> N
     assert rec.key_fingerprint == key_fingerprint("sk-ant-xyz")
 
 
+async def submitted(meter: Meter) -> list[CallRecord]:
+    """The rows submitted, once the estimate running in a worker thread (if any) is done."""
+    records = meter.store.records  # type: ignore[union-attr]
+    for _ in range(300):
+        if records:
+            break
+        await asyncio.sleep(0.01)
+    return records
+
+
 async def test_client_abort_records_usage_so_far(meter: Meter) -> None:
+    """Cut before its first message_delta: message_start's input and cache counts are the
+    provider's, its output_tokens (1) a placeholder. The output is counted from the text seen."""
     flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
     await run_request(meter, flow)
     stream_response(flow, meter)
@@ -204,10 +217,41 @@ async def test_client_abort_records_usage_so_far(meter: Meter) -> None:
     flow.response.stream(half)
     flow.error = tflow.terr("Client disconnected.")
     meter.error(flow)
-    [rec] = meter.store.records  # type: ignore[union-attr]
+    [rec] = await submitted(meter)
+    assert meter.store.journaled == [rec.id]  # type: ignore[union-attr]  # journaled before the estimate
     assert rec.aborted is True and rec.streamed is True
-    assert rec.input_tokens is not None and rec.input_tokens > 0
-    assert "Client disconnected." in (rec.error or "")
+    assert (rec.input_tokens, rec.cache_read_tokens, rec.cache_write_tokens) == (5925, 4800, 1100)
+    seen = "Let me look that up for you \u2014 one moment."
+    assert rec.output_tokens == count_text(seen, "claude-haiku-4-5") > 1
+    assert rec.usage_source == "estimated" and rec.price_status is None  # priced by the store
+    assert rec.error == f"Client disconnected.; {PARTIAL_USAGE_NOTE}"
+    assert PARTIAL_USAGE_NOTE == "output tokens estimated: the stream ended before its final usage"
+
+
+async def test_a_cut_stream_past_its_final_usage_is_reported(meter: Meter) -> None:
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "anthropic_stream.sse").read_bytes()
+    flow.response.stream(upstream[: upstream.index(b"event: message_stop")])
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)
+    [rec] = meter.store.records  # type: ignore[union-attr]  # no estimate: submitted at once
+    assert (rec.output_tokens, rec.usage_source, rec.error) == (91, "reported", "Client disconnected.")
+
+
+async def test_a_cut_stream_is_estimated_at_shutdown_too(meter: Meter) -> None:
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    upstream = (FIXTURES / "anthropic_stream.sse").read_bytes()
+    flow.response.stream(upstream[: upstream.index(b"event: message_delta")])
+    meter_module.ctx.master.should_exit.set()  # SIGTERM: done runs before the flows end
+    meter.done()
+    [rec] = meter.store.records  # type: ignore[union-attr]
+    assert rec.usage_source == "estimated" and rec.aborted is True
+    assert rec.output_tokens == count_text("Let me look that up for you \u2014 one moment.", None)
+    assert rec.input_tokens == 5925
 
 
 async def test_a_stream_abandoned_before_its_final_event_leaves_nothing_behind(meter: Meter) -> None:
@@ -219,7 +263,8 @@ async def test_a_stream_abandoned_before_its_final_event_leaves_nothing_behind(m
     flow.response.stream(upstream[: upstream.index(b"event: message_delta")])
     flow.error = tflow.terr("Client disconnected.")
     meter.error(flow)
-    assert meter.store.journaled == []  # type: ignore[union-attr]  # the final event never came
+    [rec] = await submitted(meter)  # its output estimated (the final usage never came)
+    assert meter.store.journaled == [rec.id]  # type: ignore[union-attr]  # ahead of the estimate only
     gone = weakref.ref(flow)
     del flow
     gc.collect()

@@ -332,6 +332,30 @@ def test_chat_stream_cut_before_done_keeps_the_usage() -> None:
     assert result == expected
 
 
+def chat_chunk(text: str | None, usage: dict[str, int] | None, finish: str | None = None) -> bytes:
+    choices = [] if text is None else [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]
+    obj = {"id": "c1", "object": "chat.completion.chunk", "model": "m-1", "choices": choices, "usage": usage}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_a_running_usage_on_every_chat_chunk_is_a_floor_until_the_last() -> None:
+    """Some OpenAI-compatible servers (vLLM's continuous usage stats) count on every chunk: cut
+    short, the last count is not the call's, its output left to an estimate from the text."""
+    running = chat_chunk("Hello", {"prompt_tokens": 10, "completion_tokens": 1}) + chat_chunk(
+        " there", {"prompt_tokens": 10, "completion_tokens": 2}
+    )
+    result, _ = run("chat", [running])
+    assert result.usage == Usage(input_tokens=10, output_tokens=2)
+    assert (result.output_partial, result.output_text) == (True, "Hello there")
+    for end in (
+        chat_chunk("!", {"prompt_tokens": 10, "completion_tokens": 3}, "stop"),  # with the finish_reason
+        chat_chunk(None, {"prompt_tokens": 10, "completion_tokens": 3}),  # include_usage's own chunk
+        chat_chunk("!", None) + b"data: [DONE]\n\n",  # the stream's end
+    ):
+        result, _ = run("chat", [running + end])
+        assert (result.output_partial, result.output_text) == (False, None)
+
+
 def test_chat_stream_without_include_usage() -> None:
     data = b"".join(
         e.raw for e in events_of(fixture("openai_chat_stream.sse")) if b'"choices":[]' not in e.data

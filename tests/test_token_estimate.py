@@ -625,3 +625,19 @@ def test_a_legacy_completion_prompt_is_estimated() -> None:
     two = te.estimate_input("completions", {"model": model, "prompt": ["hello " * 100] * 2}, None)
     ids = te.estimate_input("completions", {"model": model, "prompt": [[1, 2, 3], [4, 5]]}, None)
     assert 100 <= one < 110 and two == 2 * one and ids == 5
+
+
+def test_an_output_reported_before_the_end_of_a_stream_is_a_floor_under_the_texts_count() -> None:
+    """A stream cut before its final usage: the reported input and cache counts stand, the output is
+    the text's count, or the count reported so far where that is more (a running count that has
+    the thinking the text never showed)."""
+    text = "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 " * 4
+    counted = te.count_text(text, "claude-haiku-4-5")
+    placeholder = Usage(input_tokens=2100, cache_read_tokens=2000, cache_write_tokens=50, output_tokens=1)
+    assert te.estimate_output(placeholder, text, "claude-haiku-4-5") == Usage(
+        input_tokens=2100, cache_read_tokens=2000, cache_write_tokens=50, output_tokens=counted
+    )
+    assert counted > 40
+    running = Usage(input_tokens=27, output_tokens=127, reasoning_tokens=118)
+    assert te.estimate_output(running, "Why did", "gemini-2.5-flash") == running
+    assert te.estimate_output(placeholder, None, None) == placeholder

@@ -4,8 +4,10 @@ Pure functions over bytes; no mitmproxy. Anthropic's ``input_tokens`` EXCLUDES c
 reads and writes, so normalised input is the sum of the three. In streams,
 ``message_start`` carries input and cache counts, and every ``message_delta`` carries
 CUMULATIVE counts: each count present overwrites the previous one, never adds.
+``message_start``'s ``output_tokens`` is a placeholder (1): a stream cut before its first
+``message_delta`` with usage has its output unknown (``Metered.output_partial``).
 The completion text (``content_block_delta`` events) is kept raw and decoded only when
-no usage came (``Metered.output_text``, for an offline estimate).
+no usage came, or no final output count (``Metered.output_text``, for an offline estimate).
 """
 
 from __future__ import annotations
@@ -127,12 +129,25 @@ def parse_response(flavor: str, body: bytes) -> Metered:
 class StreamParser:
     """Feed the SSE events of one streamed Messages response; ``result()`` at any time."""
 
-    __slots__ = ("_bad", "_counts", "_done", "_error", "_geo", "_model", "_seen", "_text", "_tier", "flavor")
+    __slots__ = (
+        "_bad",
+        "_counts",
+        "_done",
+        "_error",
+        "_final",
+        "_geo",
+        "_model",
+        "_seen",
+        "_text",
+        "_tier",
+        "flavor",
+    )
 
     def __init__(self, flavor: str = "messages") -> None:
         self.flavor = flavor
         self._counts: dict[str, int] = {}
         self._seen = False  # a usage object was seen
+        self._final = False  # a message_delta's usage was seen: its output count is the call's
         self._model: str | None = None
         self._error: str | None = None
         self._done = False
@@ -187,24 +202,32 @@ class StreamParser:
                     self._model = model
                 self._take_usage(message.get("usage"))
             return
-        self._take_usage(obj.get("usage"))
+        taken = self._take_usage(obj.get("usage"))
+        self._final |= taken and kind == "message_delta"
 
-    def _take_usage(self, usage: Any) -> None:
-        self._seen |= merge_usage(self._counts, usage)
+    def _take_usage(self, usage: Any) -> bool:
+        """Merge a usage object's counts; whether it was one."""
+        taken = merge_usage(self._counts, usage)
+        self._seen |= taken
         tier = service_tier_of(usage)
         if tier is not None and self._tier != "fast":  # fast mode, once said, is the price
             self._tier = tier
         self._geo = inference_geo_of(usage) or self._geo
+        return taken
 
     def result(self) -> Metered:
-        """Usage seen so far (None if none), the reported model, and an error if any."""
+        """Usage seen so far (None if none), the reported model, and an error if any.
+
+        Before a ``message_delta`` with usage the output count is message_start's placeholder:
+        ``output_partial``, with the text seen for an estimate."""
         usage = usage_from_counts(self._counts) if self._seen else None
+        partial = usage is not None and not self._final
         error = self._error
         if usage is None and error is None:
             error = (
                 f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
             )
-        text = self._text.text() if usage is None else None
+        text = self._text.text() if usage is None or partial else None
         return Metered(
             usage=usage,
             model=self._model,
@@ -212,6 +235,7 @@ class StreamParser:
             output_text=text,
             service_tier=self._tier,
             inference_geo=self._geo,
+            output_partial=partial,
         )
 
 

@@ -399,6 +399,7 @@ class StreamParser:
         "_counts",
         "_done",
         "_error",
+        "_final",
         "_metrics",
         "_native",
         "_seen",
@@ -415,6 +416,7 @@ class StreamParser:
         self._metrics: Usage | None = None  # from amazon-bedrock-invocationMetrics
         self._counts: dict[str, int] = {}  # Anthropic native counts (a fallback)
         self._seen = False
+        self._final = False  # an Anthropic message_delta's usage: the output count is the call's
         self._native: Usage | None = None  # another native event's usage (Nova, OpenAI shapes; a fallback)
         self._error: str | None = None
         self._done = False
@@ -450,10 +452,13 @@ class StreamParser:
             self._done = True
 
     def result(self) -> Metered:
-        """Usage seen so far (None if none) and an error if any; the text only when no usage."""
+        """Usage seen so far (None if none) and an error if any; the text only when no usage, or
+        when the output count is Anthropic's message_start placeholder (``output_partial``)."""
         usage = self._usage or self._metrics
+        partial = False
         if usage is None and self._seen:
             usage = anthropic_api.usage_from_counts(self._counts)
+            partial = not self._final
         if usage is None:
             usage = self._native
         error = self._error
@@ -461,8 +466,10 @@ class StreamParser:
             error = (
                 f"no usage in stream ({self._bad} event(s) not JSON)" if self._bad else "no usage in stream"
             )
-        text = self._text.text() if usage is None else None
-        return Metered(usage=usage, error=error, output_text=text, service_tier=self._tier)
+        text = self._text.text() if usage is None or partial else None
+        return Metered(
+            usage=usage, error=error, output_text=text, service_tier=self._tier, output_partial=partial
+        )
 
     def _feed_chunk(self, payload: bytes) -> None:
         m = _BYTES.search(payload)
@@ -491,7 +498,9 @@ class StreamParser:
         if kind == "message_start" and isinstance(obj.get("message"), dict):
             self._seen |= anthropic_api.merge_usage(self._counts, obj["message"].get("usage"))
         elif kind == "message_delta":
-            self._seen |= anthropic_api.merge_usage(self._counts, obj.get("usage"))
+            taken = anthropic_api.merge_usage(self._counts, obj.get("usage"))
+            self._seen |= taken
+            self._final |= taken
         elif kind == "error":
             self._error = anthropic_api.error_message(obj.get("error") or obj) or "error event"
         else:

@@ -207,7 +207,8 @@ def with_grounding(usage: Usage | None, queries: set[str] | None, model: str | N
 def parse_response(flavor: str, body: bytes) -> Metered:
     """Usage, model and error of a complete, content-decoded body. Never raises.
 
-    A stream body read whole (a JSON array, or SSE text) is parsed as the stream it is.
+    A stream body read whole (a JSON array, or SSE text) is parsed as the stream it is; it ended as
+    the server ended it, so its last usage is the call's (never ``output_partial``).
     """
     head = body.lstrip()[:6]
     if not head:
@@ -222,7 +223,10 @@ def parse_response(flavor: str, body: bytes) -> Metered:
             sse = SSEDecoder()
             for event in sse.feed(body) + sse.close():
                 parser.feed(event)
-        return parser.result()
+        result = parser.result()
+        if result.output_partial:
+            result.output_partial, result.output_text = False, None
+        return result
     obj = loads(body)
     if obj is None:
         return Metered(error="response body is not JSON")
@@ -293,7 +297,7 @@ class StreamParser:
         self.flavor = flavor
         self._last: bytes | None = None  # the last chunk holding a usageMetadata
         self._prev: bytes | None = None  # the one before (used if the last is cut)
-        self._lazy: tuple[Usage | None, str | None, int, str | None] | None = None
+        self._lazy: tuple[Usage | None, str | None, int, str | None, bool] | None = None
         self._model: str | None = None
         self._error: str | None = None
         self._done = False
@@ -332,22 +336,28 @@ class StreamParser:
                 self._error = error
 
     def result(self) -> Metered:
-        """Usage of the last chunk that had one (None if none), the model, an error if any."""
+        """Usage of the last chunk that had one (None if none), the model, an error if any.
+
+        Each chunk's usage is a running count: before the one with a ``finishReason`` it is not the
+        call's (``output_partial``, with the text seen for an estimate)."""
         if self._lazy is None:
             self._lazy = self._resolve()
-        usage, model, bad, tier = self._lazy
+        usage, model, bad, tier, last = self._lazy
         bad += self._bad
-        text = self._text.text() if usage is None else None
+        partial = usage is not None and not (self._done and last)
+        text = self._text.text() if usage is None or partial else None
         error = self._error
         if usage is None and error is None:
             error = f"no usage in stream ({bad} event(s) not JSON)" if bad else "no usage in stream"
         model = model or self._model
         usage = with_grounding(usage, self._queries, model)
-        return Metered(usage=usage, model=model, error=error, output_text=text, service_tier=tier)
+        return Metered(
+            usage=usage, model=model, error=error, output_text=text, service_tier=tier, output_partial=partial
+        )
 
-    def _resolve(self) -> tuple[Usage | None, str | None, int, str | None]:
+    def _resolve(self) -> tuple[Usage | None, str | None, int, str | None, bool]:
         """Decode the last usage chunk (or, if it is cut, the one before): overwrite, never add.
-        (usage, model, chunks not JSON, service tier)."""
+        (usage, model, chunks not JSON, service tier, whether it is the last usage chunk's)."""
         bad = 0
         for data in (self._last, self._prev):
             if data is None:
@@ -359,8 +369,8 @@ class StreamParser:
             meta = obj.get("usageMetadata")
             usage = extract_usage(meta)
             if usage is not None:
-                return usage, _str(obj.get("modelVersion")), bad, service_tier_of(meta)
-        return None, None, bad, None
+                return usage, _str(obj.get("modelVersion")), bad, service_tier_of(meta), data is self._last
+        return None, None, bad, None, False
 
     def _chunk_texts(self, data: bytes) -> list[str]:
         """The text of one chunk (noting its ``modelVersion``)."""

@@ -610,7 +610,7 @@ class StreamParser:
         # chat: the last two chunks that carry usage, decoded in result() (last valid one wins)
         self._usage_data: bytes | None = None
         self._prev_usage_data: bytes | None = None
-        self._lazy: tuple[Usage | None, str | None, Decimal | None, int, str | None] | None = None
+        self._lazy: tuple[Usage | None, str | None, Decimal | None, int, str | None, bool] | None = None
         self._tier: str | None = None  # the service tier (Responses: from the final event)
         self._status: str | None = None  # the Responses object's status (its last event's)
         self._response_id: str | None = None  # a background response's id (followed if cut short)
@@ -648,18 +648,22 @@ class StreamParser:
     def result(self) -> Metered:
         """Usage seen so far (None if none), the reported model, the provider's cost, an error if any.
 
-        ``output_text`` is filled only when there is no usage.
+        ``output_text`` is filled only when there is no usage, or when a chat stream cut short
+        had a running count on its content chunks (no usage-only or finishing chunk, no
+        ``[DONE]``): that count is then not the call's (``output_partial``).
         """
         usage, model, cost, bad, tier = self._usage, self._model, self._cost, self._bad, self._tier
+        partial = False
         if self._usage_data is not None:
             if self._lazy is None:
                 self._lazy = self._resolve()
-            lazy_usage, lazy_model, lazy_cost, lazy_bad, lazy_tier = self._lazy
+            lazy_usage, lazy_model, lazy_cost, lazy_bad, lazy_tier, final = self._lazy
             bad += lazy_bad
             if lazy_usage is not None:
                 usage, cost = lazy_usage, lazy_cost
                 model = lazy_model or model
                 tier = lazy_tier or tier
+                partial = not (final or self._done)
         error = self._error
         if usage is None and error is None:
             if self._done and self.flavor in CHAT_LIKE:
@@ -668,7 +672,7 @@ class StreamParser:
                 error = f"no usage in stream ({bad} event(s) not JSON)"
             else:
                 error = "no usage in stream"
-        text = self._text.text() if usage is None else None
+        text = self._text.text() if usage is None or partial else None
         tool_images = self._tool_images
         if self._images is not None:
             tool_images = self._images.merged(tool_images, ended=self._done)
@@ -682,10 +686,13 @@ class StreamParser:
             response_id=self._response_id,
             response_status=self._status,
             tool_images=tool_images,
+            output_partial=partial,
         )
 
-    def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int, str | None]:
-        """Decode the remembered usage chunk(s): the last one that holds usage wins."""
+    def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int, str | None, bool]:
+        """Decode the remembered usage chunk(s): the last one that holds usage wins. (usage, model,
+        cost, chunks not JSON, service tier, whether that chunk ends the answer: usage-only, or
+        with a ``finish_reason``)."""
         bad = 0
         for data in (self._usage_data, self._prev_usage_data):
             if data is None:
@@ -698,8 +705,9 @@ class StreamParser:
             usage = extract_usage(raw_usage)
             if usage is not None:
                 tier = _str(obj.get("service_tier"))
-                return usage, _str(obj.get("model")), extract_cost(raw_usage, data), bad, tier
-        return None, None, None, bad, None
+                cost = extract_cost(raw_usage, data)
+                return usage, _str(obj.get("model")), cost, bad, tier, _ends_answer(obj.get("choices"))
+        return None, None, None, bad, None, True
 
     def _feed_chat(self, data: bytes) -> None:
         if data == b"[DONE]":
@@ -777,6 +785,14 @@ class StreamParser:
             self._done = True
         if found.error is not None:
             self._error = found.error
+
+
+def _ends_answer(choices: Any) -> bool:
+    """Does a chat chunk with usage end the answer: no choices (``include_usage``'s own chunk) or a
+    choice with its ``finish_reason``? A content chunk without one carries a running count."""
+    if not isinstance(choices, list) or not choices:
+        return True
+    return any(isinstance(c, dict) and c.get("finish_reason") is not None for c in choices)
 
 
 def response_metered(kind: str, response: dict[str, Any], raw: bytes) -> Metered:
