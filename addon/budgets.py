@@ -355,6 +355,140 @@ def _as_decimal(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
+_Sums = dict[tuple[Scope, str], tuple[datetime, Decimal]]
+
+
+def _add_sum(sums: _Sums, scope: Scope, period: str, start: datetime, amount: Decimal) -> None:
+    previous = sums.get((scope, period), (start, _ZERO))[1]
+    sums[(scope, period)] = (start, previous + amount)
+
+
+def _scope_of(kind: str, name: Any) -> Scope | None:
+    if name is None or name == "":
+        return None
+    return Scope(kind, normalize_environment(str(name)) if kind == "environment" else str(name))
+
+
+def _period_sums(
+    con: duckdb.DuckDBPyConnection, now: datetime, session_id: str | None, *, own: bool = True
+) -> tuple[_Sums, _Sums]:
+    """Spend per (scope, period) in ``calls`` for the periods containing ``now``: (rows of
+    ``session_id``, rows of other sessions); without ``session_id`` every row is the first's.
+    ``own=False`` leaves this session's rows out of the query. One grouped scan of the rows since
+    the earliest period's start (GROUPING SETS over the three scope columns)."""
+    bounds = {period: period_bounds(period, now) for period in PERIODS}
+    earliest = _naive(min(start for start, _ in bounds.values()))
+    filters = ", ".join("coalesce(sum(cost_usd) FILTER (WHERE ts >= ? AND ts < ?), 0)" for _ in PERIODS)
+    params: list[Any] = [_naive(t) for period in PERIODS for t in bounds[period]]
+    mine_sql = "coalesce(session_id = ?, false)" if session_id is not None else "true"
+    where = "ts >= ?" if own or session_id is None else "ts >= ? AND coalesce(session_id <> ?, true)"
+    inner_params: list[Any] = [] if session_id is None else [session_id]
+    inner_params.append(earliest)
+    if not (own or session_id is None):
+        inner_params.append(session_id)
+    sql = (
+        f"SELECT grouping(environment, key_name, user_name), mine, environment, key_name, user_name, "
+        f"{filters} FROM (SELECT *, {mine_sql} AS mine FROM calls WHERE {where}) "
+        "GROUP BY GROUPING SETS ((mine, environment), (mine, key_name), (mine, user_name))"
+    )
+    mine: _Sums = {}
+    others: _Sums = {}
+    try:
+        rows = con.execute(sql, [*params, *inner_params]).fetchall()
+    except (duckdb.CatalogException, duckdb.BinderException):
+        return _period_sums_by_column(con, bounds, earliest), others  # a database from before
+    kinds = {3: "environment", 5: "key", 6: "user"}  # the grouping bits of the two others' columns
+    for grouping, is_mine, env, key, user, *sums in rows:
+        kind = kinds.get(grouping)
+        if kind is None:
+            continue
+        scope = _scope_of(kind, {"environment": env, "key": key, "user": user}[kind])
+        if scope is None:
+            continue
+        target = mine if is_mine else others
+        for period, total in zip(PERIODS, sums, strict=True):
+            _add_sum(target, scope, period, bounds[period][0], _as_decimal(total))
+    return mine, others
+
+
+def _period_sums_by_column(
+    con: duckdb.DuckDBPyConnection, bounds: dict[str, tuple[datetime, datetime]], earliest: datetime
+) -> _Sums:
+    """``_period_sums`` for a database lacking some columns (session_id, key_name...): a query per
+    scope column it has, every row counted as this session's."""
+    spent: _Sums = {}
+    filters = ", ".join("coalesce(sum(cost_usd) FILTER (WHERE ts >= ? AND ts < ?), 0)" for _ in PERIODS)
+    params: list[Any] = [_naive(t) for period in PERIODS for t in bounds[period]]
+    for kind, column in _SCOPE_COLUMNS.items():
+        sql = (
+            f"SELECT {column}, {filters} FROM calls "
+            f"WHERE ts >= ? AND {column} IS NOT NULL AND {column} <> '' GROUP BY {column}"
+        )
+        try:
+            rows = con.execute(sql, [*params, earliest]).fetchall()
+        except (duckdb.CatalogException, duckdb.BinderException):
+            continue  # no calls table, or a database from before the column existed
+        for name, *sums in rows:
+            scope = _scope_of(kind, name)
+            if scope is None:
+                continue
+            for period, total in zip(PERIODS, sums, strict=True):
+                _add_sum(spent, scope, period, bounds[period][0], _as_decimal(total))
+    return spent
+
+
+def _add_calls(
+    sums: _Sums, calls: Iterable[tuple[Sequence[Scope], Decimal | None, datetime]], now: datetime
+) -> None:
+    """Add calls ((scopes, cost, ts)) to ``sums``: each to the periods (containing ``now``) its
+    ``ts`` falls in."""
+    bounds = {period: period_bounds(period, now) for period in PERIODS}
+    for scopes, cost, ts in calls:
+        ts = _utc(ts)
+        for period, (start, end) in bounds.items():
+            if start <= ts < end:
+                for scope in scopes:
+                    _add_sum(sums, scope, period, start, _as_decimal(cost))
+
+
+def _fired_alerts(
+    con: duckdb.DuckDBPyConnection, now: datetime
+) -> set[tuple[Scope, str, datetime, float, Decimal]]:
+    """The alerts stored in ``events`` (by any session) for the periods containing ``now``."""
+    bounds = {period: period_bounds(period, now) for period in PERIODS}
+    earliest = min(start for start, _ in bounds.values())
+    fired: set[tuple[Scope, str, datetime, float, Decimal]] = set()
+    try:
+        rows = con.execute(
+            "SELECT scope_kind, scope_name, period_start, data FROM events "
+            "WHERE kind IN (?, ?) AND period_start >= ?",
+            [*ALERT_KINDS, _naive(earliest)],
+        ).fetchall()
+    except (duckdb.CatalogException, duckdb.BinderException):
+        rows = []
+    for scope_kind, scope_name, period_start, data in rows:
+        try:
+            info = json.loads(data or "{}")
+            period, fraction = str(info["period"]), float(info["fraction"])
+            usd = Decimal(str(info["usd"]))
+        except (ValueError, KeyError, TypeError, ArithmeticError):
+            continue
+        if period in bounds and period_start is not None and _utc(period_start) == bounds[period][0]:
+            fired.add((Scope(scope_kind, scope_name), period, bounds[period][0], fraction, usd))
+    return fired
+
+
+def claim_event(con: duckdb.DuckDBPyConnection, event: Event) -> bool:
+    """Store ``event`` unless its id is stored already; True when this call stored it.
+
+    With the database attached read-write no other process can write it meanwhile, so of the
+    proxies that see the same alert crossed, exactly one claims it (and announces it)."""
+    if con.execute("SELECT 1 FROM events WHERE id = ?", [event.id]).fetchone() is not None:
+        return False
+    insert_events(con, [event])
+    return True
+
+
 class BudgetTracker:
     """Spend per scope and period, with budget checks and alerts. Thread-safe.
 
@@ -366,8 +500,12 @@ class BudgetTracker:
     def __init__(self, policies: Policies) -> None:
         self._lock = threading.Lock()
         self._budgets = _budgets_of(policies)
-        # (scope, period) -> (start of the period the sum belongs to, sum)
+        # (scope, period) -> (start of the period the sum belongs to, sum): this proxy's calls
+        # (and those of its session stored before the last ``load``)
         self._spent: dict[tuple[Scope, str], tuple[datetime, Decimal]] = {}
+        # The same, for the calls of OTHER sessions (other proxies writing the database): replaced
+        # whole by each ``load`` and ``refresh_others``, never added to.
+        self._others: dict[tuple[Scope, str], tuple[datetime, Decimal]] = {}
         # (scope, period, period start, fraction, cap) of alerts already fired
         self._fired: set[tuple[Scope, str, datetime, float, Decimal]] = set()
         self._bounds: dict[str, tuple[datetime, datetime]] = {}
@@ -403,54 +541,57 @@ class BudgetTracker:
         with self._lock:
             return dict(self._budgets)
 
-    def load(self, con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> None:
+    def load(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        now: datetime | None = None,
+        *,
+        session_id: str | None = None,
+        others: Iterable[tuple[Sequence[Scope], Decimal | None, datetime]] = (),
+    ) -> None:
         """Replace the in-memory spend with the current periods' totals from ``calls``.
 
-        Also reads the alerts already fired this period from ``events``. Run it before
-        ``record`` starts being fed (at start), or from the store's writer thread.
+        With ``session_id``, this session's rows count as its own (fed on by ``record``) and
+        the other sessions' rows, plus ``others`` ((scopes, cost, ts) of calls counted as another
+        session's: a dead session's replayed calls not stored yet), as the others' figure that
+        ``refresh_others`` replaces. Also reads the alerts already fired this period from
+        ``events``. Run it before ``record`` starts being fed (at start), or from the store's
+        writer thread.
         """
         now = _utc(now or datetime.now(UTC))
-        bounds = {period: period_bounds(period, now) for period in PERIODS}
-        earliest = min(start for start, _ in bounds.values())
-        spent: dict[tuple[Scope, str], tuple[datetime, Decimal]] = {}
-        filters = ", ".join("coalesce(sum(cost_usd) FILTER (WHERE ts >= ? AND ts < ?), 0)" for _ in PERIODS)
-        params: list[Any] = [_naive(t) for period in PERIODS for t in bounds[period]]
-        for kind, column in _SCOPE_COLUMNS.items():
-            sql = (
-                f"SELECT {column}, {filters} FROM calls "
-                f"WHERE ts >= ? AND {column} IS NOT NULL AND {column} <> '' GROUP BY {column}"
-            )
-            try:
-                rows = con.execute(sql, [*params, _naive(earliest)]).fetchall()
-            except (duckdb.CatalogException, duckdb.BinderException):
-                continue  # no calls table, or a database from before the column existed
-            for name, *sums in rows:
-                scope = Scope(kind, normalize_environment(name) if kind == "environment" else name)
-                for period, total in zip(PERIODS, sums, strict=True):
-                    start = bounds[period][0]
-                    previous = spent.get((scope, period), (start, _ZERO))[1]
-                    spent[(scope, period)] = (start, previous + _as_decimal(total))
-        fired: set[tuple[Scope, str, datetime, float, Decimal]] = set()
-        try:
-            rows = con.execute(
-                "SELECT scope_kind, scope_name, period_start, data FROM events "
-                "WHERE kind IN (?, ?) AND period_start >= ?",
-                [*ALERT_KINDS, _naive(earliest)],
-            ).fetchall()
-        except (duckdb.CatalogException, duckdb.BinderException):
-            rows = []
-        for scope_kind, scope_name, period_start, data in rows:
-            try:
-                info = json.loads(data or "{}")
-                period, fraction = str(info["period"]), float(info["fraction"])
-                usd = Decimal(str(info["usd"]))
-            except (ValueError, KeyError, TypeError, ArithmeticError):
-                continue
-            if period in bounds and period_start is not None and _utc(period_start) == bounds[period][0]:
-                fired.add((Scope(scope_kind, scope_name), period, bounds[period][0], fraction, usd))
+        own, other = _period_sums(con, now, session_id)
+        _add_calls(other, others, now)
+        fired = _fired_alerts(con, now)
         with self._lock:
-            self._spent = spent
+            self._spent = own
+            self._others = other
             self._fired |= fired
+
+    def refresh_others(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        session_id: str,
+        now: datetime | None = None,
+        others: Iterable[tuple[Sequence[Scope], Decimal | None, datetime]] = (),
+    ) -> list[BudgetAlert]:
+        """Replace the other sessions' spend with their rows in ``con`` now (plus ``others``, as
+        in ``load``); this session's own spend is left as counted. One grouped query for the
+        spend, one for the alerts fired (by any proxy) this period, which are not fired again.
+
+        Returns the alerts the other proxies' spend makes newly crossed: the caller claims each
+        in ``events`` before announcing it (``claim_event``), so that one proxy announces it.
+        """
+        now = _utc(now or datetime.now(UTC))
+        _, other = _period_sums(con, now, session_id, own=False)
+        _add_calls(other, others, now)
+        fired = _fired_alerts(con, now)
+        alerts: list[BudgetAlert] = []
+        with self._lock:
+            self._others = other
+            self._fired |= fired
+            for scope, budget in self._budgets.items():
+                alerts.extend(self._crossed(scope, budget, self._current(budget.period, now)[0]))
+        return alerts
 
     def _current(self, period: str, now: datetime) -> tuple[datetime, datetime]:
         """Bounds of the period containing ``now``, cached until it ends (lock held)."""
@@ -462,8 +603,13 @@ class BudgetTracker:
         return cached
 
     def _spent_in(self, scope: Scope, period: str, start: datetime) -> Decimal:
-        found = self._spent.get((scope, period))
-        return found[1] if found is not None and found[0] == start else _ZERO
+        """This proxy's spend plus the other proxies' (lock held)."""
+        total = _ZERO
+        for spent in (self._spent, self._others):
+            found = spent.get((scope, period))
+            if found is not None and found[0] == start:
+                total += found[1]
+        return total
 
     def check(
         self,

@@ -44,6 +44,7 @@ from addon.budgets import (
     Scope,
     UnpricedCall,
     alert_event,
+    claim_event,
     policy_event,
     scopes_for,
     unpriced_event,
@@ -849,19 +850,17 @@ class Meter:
         self._batch_inputs.forget_old()
         live = LiveState(live_path(self.db_path), self.session_id)
         now = datetime.now(UTC)
-        alerts: list[BudgetAlert] = []
         try:  # spend so far in each budget's period: loaded once, then kept up by the listener
 
             def load(con: duckdb.DuckDBPyConnection) -> None:
-                self.enforcer.budgets.load(con)
+                # A crashed session's calls the start could not store yet (another process held
+                # the file): stored later by the writer, they count against budgets now, as the
+                # other sessions' spend (theirs once stored).
+                self.enforcer.budgets.load(
+                    con, session_id=self.session_id, others=self._unstored_spend(store, con)
+                )
                 self._load_outputs(con)
                 live.load_baseline(today_baseline(con, now), now.date())
-                # A crashed session's calls the start could not store yet (another process held
-                # the file): stored later by the writer, they count against budgets now.
-                unstored = store.unstored_replay(con)
-                for record in unstored:
-                    self._price(record)
-                alerts.extend(self.enforcer.record_spend(unstored))
 
             # The start could not write: the file is held, and waiting another 5 s for it here
             # would hold mitmproxy's event loop with it.
@@ -879,24 +878,57 @@ class Meter:
         self.live = live
         store.add_listener(self._on_finished)
         store.add_listener(self.call_log)
+        # Other proxies writing this database spend from the same budgets: their stored calls are
+        # read again after each flush and when one of them stored calls (addon.store).
+        budgets = self.enforcer.budgets
+        store.set_refresher(functools.partial(self._refresh_budgets, store), lambda: budgets.has_budgets)
         self.store = store
-        self._raise_alerts(alerts)
 
     def _load_budgets_late(
         self, store: Store, con: duckdb.DuckDBPyConnection, queued: list[CallRecord]
     ) -> None:
         """Writer thread, the database readable at last: the budgets' spend from it, plus the
         calls counted already but not stored yet (``queued``) and a crashed session's calls."""
-        self.enforcer.budgets.load(con)
+        others = self._unstored_spend(store, con)
+        self.enforcer.budgets.load(con, session_id=self.session_id, others=others)
         self._load_outputs(con, queued)
-        unstored = store.unstored_replay(con)
-        for record in unstored:
-            self._price(record)
-        alerts = self.enforcer.record_spend([*queued, *unstored])
+        alerts = self.enforcer.record_spend(queued)
         self._raise_alerts(alerts)
         if self.live is not None:
             self.live.set_budgets(self.enforcer.budgets.status(datetime.now(UTC)))
         log.info("tokometer: spend for budgets loaded from %s", self.db_path)
+
+    def _unstored_spend(
+        self, store: Store, con: duckdb.DuckDBPyConnection
+    ) -> list[tuple[tuple[Scope, ...], Decimal | None, datetime]]:
+        """(scopes, cost, ts) of the dead sessions' calls ``store`` replays and has not stored yet:
+        the other sessions' spend, like their stored calls (``BudgetTracker.load``)."""
+        found = []
+        for record in store.unstored_replay(con):
+            self._price(record)
+            found.append(
+                (
+                    scopes_for(record.environment, record.key_name, record.user_name),
+                    record.cost_usd,
+                    record.ts,
+                )
+            )
+        return found
+
+    def _refresh_budgets(self, store: Store, con: duckdb.DuckDBPyConnection) -> None:
+        """Writer thread, the database attached read-write: the other proxies' spend read again.
+
+        An alert their spend makes crossed is announced by the one proxy that stores its event
+        first (``claim_event``); the others find it stored and stay quiet."""
+        now = datetime.now(UTC)
+        budgets = self.enforcer.budgets
+        alerts = budgets.refresh_others(con, self.session_id, now, self._unstored_spend(store, con))
+        for alert in alerts:
+            if claim_event(con, alert_event(alert, self.session_id, now)):
+                log.warning("tokometer: %s", alert.message())
+                self.notifier.notify_alert(alert)
+        if self.live is not None:
+            self.live.set_budgets(budgets.status(now))
 
     def _load_outputs(self, con: duckdb.DuckDBPyConnection, queued: Sequence[CallRecord] = ()) -> None:
         """The recent outputs of each model from the database (then ``queued``, priced and not

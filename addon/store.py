@@ -17,6 +17,13 @@ writer looks at the size whenever it wakes, and when it grew, stores everything 
 writes the size it saw to ``<session_id>.flushed`` (and to the answer of each dead session's
 journal it is replaying). The reader waits until every live journal's answer reaches its ticket.
 Sizes only grow, so no clock is involved.
+
+Several proxies may write one database. Budgets are shared through it: after each flush that
+stored calls, a writer that sees other live writers (their doorbells) appends one byte to
+``<db>.journal/stored`` and rings their doorbells once the file is detached. A writer with a
+``refresher`` (``set_refresher``: the proxy's budgets) runs it on the database, attached
+read-write, after each of its own flushes and whenever it wakes to find that file grown: the
+other proxies' spend is re-read there, one grouped query.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from addon.record import COLUMNS, CallRecord
 log = logging.getLogger("tokometer")
 
 Listener = Callable[[list[CallRecord]], None]
+Refresher = Callable[[duckdb.DuckDBPyConnection], None]
 
 # Seconds a finished call may wait in memory (and the journal) before it is written to DuckDB,
 # unless a reader asks for it sooner (request_flush) or FLUSH_AT_QUEUED calls are queued.
@@ -57,6 +65,7 @@ FLUSH_INTERVAL = 5.0
 FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended per request
 FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
 DOORBELL_SUFFIX = ".wake"  # <session>.wake: a FIFO; a byte written to it wakes that writer
+STORED_SIGNAL = "stored"  # in the journal folder; one byte appended per flush seen by other writers
 UNREADABLE_SUFFIX = ".unreadable"  # <session>.unreadable: replayed lines this version could not read
 REQUESTED_FLUSH_TIMEOUT = 2.0  # seconds a writer keeps trying to store everything for a reader
 MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
@@ -519,6 +528,12 @@ class Store:
         self._replayed = 0
         self._flush_request = self.journal_dir / FLUSH_REQUEST
         self._served_request = 0  # the request file's size at the last flush done for readers
+        self._stored_signal = self.journal_dir / STORED_SIGNAL
+        self._stored_seen = 0  # the signal file's size when the refresher last read the database
+        self._refresher: Refresher | None = None
+        self._refresh_wanted: Callable[[], bool] = lambda: False
+        self._refresh_failed = False  # logged once
+        self._ring_others = False  # set by a flush that signalled: ring them once detached
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -526,6 +541,7 @@ class Store:
         """Create the folders, own and replay journals, create/migrate the db, start the writer."""
         self._started = True
         self._started_at = _now()
+        self._stored_seen = self._stored_signal_size()
         self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._open_journal()
         self._adopt_dead_journals()
@@ -606,6 +622,15 @@ class Store:
         That is right after ``submit``, before they reach DuckDB (which happens in batches).
         """
         self._listeners.append(fn)
+
+    def set_refresher(self, fn: Refresher, wanted: Callable[[], bool]) -> None:
+        """Run ``fn(con)`` in the writer thread, the database attached read-write, after each flush
+        and when another proxy stored calls (see the module docstring), while ``wanted()``.
+
+        ``con`` may be written to (``addon.budgets.claim_event``); nothing else of this process
+        writes meanwhile. Exceptions are logged (once) and ignored.
+        """
+        self._refresher, self._refresh_wanted = fn, wanted
 
     @property
     def stats(self) -> StoreStats:
@@ -852,6 +877,7 @@ class Store:
                 log.exception("tokometer: store pricing error")
             with self._lock:
                 full = len(self._queue) >= FLUSH_AT_QUEUED
+            self._refresh_if_others_stored()
             requested = self._new_flush_request()  # before the flush takes the queue
             if not (full or requested) and time.monotonic() < next_flush:
                 continue
@@ -891,6 +917,8 @@ class Store:
             )
             self._sleeping = True
         wait = until_flush if holding else IDLE_WAIT
+        if self._refresher is not None and self._stored_signal_size() > self._stored_seen:
+            wait = min(wait, PRICE_INTERVAL)  # a refresh the file's lock put off: soon again
         # Without a FIFO readers cannot ring: their flush requests are looked for as before.
         return wait if doorbell.path is not None else min(wait, PRICE_INTERVAL)
 
@@ -936,6 +964,79 @@ class Store:
                 os.replace(temporary, answer)
             except OSError as exc:
                 log.debug("tokometer: cannot answer a flush request: %s", exc)
+
+    # -- other proxies on the same database -----------------------------------------------------
+
+    def _stored_signal_size(self) -> int:
+        try:
+            return os.stat(self._stored_signal).st_size
+        except OSError:
+            return 0
+
+    def _other_doorbells(self) -> list[Path]:
+        """The doorbells of the other live writers of this database (dead ones' are removed)."""
+        own = self.journal_path.with_suffix(DOORBELL_SUFFIX)
+        try:
+            return [path for path in self.journal_dir.glob("*" + DOORBELL_SUFFIX) if path != own]
+        except OSError:
+            return []
+
+    def _after_stored(self, con: duckdb.DuckDBPyConnection, *, stored: bool) -> None:
+        """After a flush, the file still attached (caller holds ``_flush_lock``): tell the other
+        writers when calls were stored, then run the refresher."""
+        if stored and self._other_doorbells():
+            try:
+                fd = os.open(
+                    self._stored_signal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+                try:
+                    os.write(fd, b".")
+                    size = os.lseek(fd, 0, os.SEEK_CUR)
+                finally:
+                    os.close(fd)
+                # Appends before ours came from flushes committed before we attached: the refresh
+                # below reads them; only later ones are news.
+                self._stored_seen = max(self._stored_seen, size)
+                self._ring_others = True
+            except OSError as exc:
+                log.debug("tokometer: cannot signal stored calls: %s", exc)
+        self._refresh(con)
+
+    def _ring_other_writers(self) -> None:
+        for doorbell in self._other_doorbells():
+            _ring(doorbell)
+
+    def _refresh(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Run the refresher on ``con`` if one is set and wanted (caller holds ``_flush_lock``)."""
+        refresher = self._refresher
+        if refresher is None or not self._refresh_wanted():
+            return
+        try:
+            refresher(con)
+            self._refresh_failed = False
+        except Exception:
+            if not self._refresh_failed:
+                self._refresh_failed = True
+                log.exception("tokometer: reading the other proxies' spend from %s failed", self.db_path)
+
+    def _refresh_if_others_stored(self) -> None:
+        """Writer thread: another proxy stored calls since the last refresh: refresh now (one stat
+        when none did)."""
+        if self._refresher is None:
+            return
+        size = self._stored_signal_size()
+        if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
+            self._stored_seen = 0
+        if size <= self._stored_seen or not self._refresh_wanted():
+            return
+        try:
+            with self._flush_lock, self._attached() as con:
+                if not self._migrated:  # a new file: the next flush migrates and refreshes
+                    return
+                self._stored_seen = size
+                self._refresh(con)
+        except duckdb.Error as exc:  # held by another process: on the next wake (or flush)
+            self._note_problem(exc, "cannot read the other proxies' spend from")
 
     def _price_pending(self) -> bool:
         """Price the calls submitted since last time and hand them to the listeners (once each);
@@ -1007,7 +1108,12 @@ class Store:
                 except Exception as exc:  # never lose the batch over a price
                     self._note_problem(exc, "pricing failed for", f"call {record.id}")
             try:
-                failed = self._write([*replay, *batch], ending, events, lines)
+                try:
+                    failed = self._write([*replay, *batch], ending, events, lines)
+                finally:
+                    if self._ring_others:  # the file is detached now: they can read it at once
+                        self._ring_others = False
+                        self._ring_other_writers()
             except Exception as exc:
                 with self._lock:
                     self._queue[:0] = batch
@@ -1180,8 +1286,11 @@ class Store:
                 # (a full disk): row by row, that costs ~7 ms a call, whatever the timeout.
                 if is_busy_error(exc) or not records or _cannot_write(exc):
                     raise
-                return self._write_one_by_one(con, records, ending, events)
+                failed = self._write_one_by_one(con, records, ending, events)
+                self._after_stored(con, stored=len(failed) < len(records))
+                return failed
             self._session_recorded = True
+            self._after_stored(con, stored=bool(records))
             return set()
 
     def _transaction(

@@ -17,6 +17,7 @@ from addon.budgets import (
     BudgetTracker,
     Scope,
     alert_event,
+    claim_event,
     format_duration,
     format_usd,
     insert_events,
@@ -502,3 +503,58 @@ def test_a_kept_reservation_outlives_its_call_until_handed_over_settled_or_expir
     assert tracker.reserved(clock) == {DEV: Decimal("0.30")}
     tracker.settle("bg:3")  # ended unbilled
     assert tracker.reserved(clock) == {}
+
+
+def _insert_call(
+    con: duckdb.DuckDBPyConnection, call_id: str, session_id: str, env: str, cost: str, ts: datetime = NOW
+) -> None:
+    con.execute(
+        "INSERT INTO calls (id, ts, session_id, environment, provider, host, path, api_flavor, cost_usd) "
+        "VALUES (?, ?, ?, ?, 'openai', 'api.openai.com', '/v1/chat/completions', 'chat', ?)",
+        [call_id, ts.replace(tzinfo=None), session_id, env, Decimal(cost)],
+    )
+
+
+STAGING_ONLY = parse_policies("environments:\n  staging:\n    budget: {usd: 10, period: day}\n")
+
+
+def test_other_sessions_spend_is_refreshed_in_place_never_added_twice(tmp_path: Path) -> None:
+    """Two proxies on one database: each counts its own calls as they are priced and the other
+    sessions' stored calls as one figure that each refresh replaces."""
+    con = make_db(tmp_path / "t.duckdb")  # s1 (another proxy) spent 4.5 of staging today
+    _insert_call(con, "mine-0", "me", "staging", "1")  # stored by this session before a reload
+    tracker = BudgetTracker(STAGING_ONLY)
+    tracker.load(con, now=NOW, session_id="me")
+    assert tracker.check([STAGING], NOW) is None
+    assert tracker.status(NOW)[0]["spent"] == Decimal("5.5")
+    tracker.record([STAGING], Decimal("2"), NOW)  # this proxy's call, not stored yet
+    _insert_call(con, "other-1", "s1", "staging", "1.5")  # the other proxy stores a call
+    assert tracker.refresh_others(con, "me", NOW) == []
+    assert tracker.refresh_others(con, "me", NOW) == []  # again: replaced, not added
+    assert tracker.status(NOW)[0]["spent"] == Decimal("9")  # 4.5 + 1.5 others, 1 + 2 own
+    _insert_call(con, "mine-1", "me", "staging", "2")  # own call stored: still counted once
+    tracker.refresh_others(con, "me", NOW)
+    assert tracker.status(NOW)[0]["spent"] == Decimal("9")
+    # a dead session's call replayed by this proxy and not stored yet counts as the others'
+    tracker.refresh_others(con, "me", NOW, others=[((STAGING,), Decimal("0.5"), NOW)])
+    assert tracker.status(NOW)[0]["spent"] == Decimal("9.5")
+    _insert_call(con, "other-2", "s1", "staging", "1")
+    [alert] = tracker.refresh_others(con, "me", NOW)  # the others' spend crosses the cap
+    assert (alert.scope, alert.fraction, alert.spent) == (STAGING, 1.0, Decimal("10"))
+    refusal = tracker.check([STAGING], NOW)
+    assert refusal is not None and refusal.spent == Decimal("10")
+    con.close()
+
+
+def test_an_alert_another_proxy_stored_is_not_fired_again(tmp_path: Path) -> None:
+    con = make_db(tmp_path / "t.duckdb")
+    tracker = BudgetTracker(STAGING_ONLY)
+    tracker.load(con, now=NOW, session_id="me")
+    _insert_call(con, "other-1", "s1", "staging", "6")  # 10.5 of 10
+    staging = Budget(usd=Decimal("10"), period="day")
+    stored = alert_event(BudgetAlert(STAGING, staging, 1.0, Decimal("10.5"), utc(2026, 11, 26)), "s1", NOW)
+    assert claim_event(con, stored) is True  # the other proxy announced it
+    assert claim_event(con, stored) is False  # stored once
+    assert tracker.refresh_others(con, "me", NOW) == []
+    assert tracker.record([STAGING], Decimal("1"), NOW) == []
+    con.close()

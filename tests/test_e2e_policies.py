@@ -541,3 +541,40 @@ def test_image_tool_budget_holds_under_concurrency(proxies, fake_provider: FakeP
         tool_image, "gpt-image-1", "estimated",
     )  # fmt: skip
     assert tool_image == Decimal("0.1664") and (image["team"], image["tags"]) == (call["team"], call["tags"])
+
+
+def test_two_proxies_on_one_database_share_a_budget(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    """Two mitmdump processes (two sessions) writing one database hold one budget: B counts the
+    calls A stored. The user's test: room for 2.67 calls, two through A, then B: one passes, the
+    next is refused. Before, B counted only its own calls and the spend loaded at its start."""
+    policy = """
+default_environment: development
+environments:
+  development:
+    budget: {usd: 0.002, period: day}
+"""
+    a = ProxyProcess(tmp_path / "a", fake_provider.port, policies=policy)
+    b = ProxyProcess(tmp_path / "b", fake_provider.port, policies=policy)
+    b.db_path = a.db_path
+    try:
+        a.start()
+        b.start()
+        for _ in range(2):  # gpt-4o-mini, 1000 in + 1000 out: $0.00075 each
+            assert curl_openai_chat(a, tag(), chat_usage(1000, 1000)).returncode == 0
+        a.wait_rows(2)  # stored: A's flush rang B, whose writer read them
+        time.sleep(1.0)
+        assert curl_openai_chat(b, tag(), chat_usage(1000, 1000)).returncode == 0  # $0.0015 spent
+        res = curl_openai_chat(b, tag(), chat_usage(1000, 1000), extra=["-D", "-"])
+        assert split_response(res.stdout)[0] == 429, res.stdout
+        b.wait_rows(4)
+        time.sleep(1.0)
+        res = curl_openai_chat(a, tag(), chat_usage(10, 10), extra=["-D", "-"])
+        assert split_response(res.stdout)[0] == 429, res.stdout  # and A counts B's call
+    finally:
+        b.cleanup()
+        a.cleanup()
+    rows = a.rows("SELECT session_id, action FROM calls ORDER BY ts")
+    assert [r["action"] for r in rows] == ["allowed", "allowed", "allowed", "over_budget", "over_budget"]
+    assert len({r["session_id"] for r in rows}) == 2
+    kinds = [e["kind"] for e in a.rows("SELECT kind FROM events WHERE kind LIKE 'budget_%'")]
+    assert kinds == ["budget_exhausted"]  # announced once, by one of the two

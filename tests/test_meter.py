@@ -1373,3 +1373,75 @@ async def test_an_unmetered_request_cut_before_it_was_checked_leaves_no_row(mete
     flow.error = mitmflow.Error("client disconnected")
     meter.error(flow)
     assert meter.call_state(flow) is None and meter.store.records == []  # type: ignore[union-attr]
+
+
+async def _call_through(meter: Meter) -> int | None:
+    """One gpt-4o call (1,000 in, 100 out: $0.0035) through ``meter``; the refusal's status, or
+    None once it passed and its cost was counted."""
+    flow = make_flow(CHAT_URL, {"model": "gpt-4o", "max_tokens": 100, "messages": []})
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()  # today's budget
+    await run_request(meter, flow)
+    if flow.response is not None:
+        return flow.response.status_code
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+    answer = {"model": "gpt-4o", "choices": [], "usage": usage}
+    flow.response = http.Response.make(200, json.dumps(answer), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    assert meter.store is not None
+    assert await asyncio.to_thread(meter.store.flush)  # priced (budgets counted), stored
+    return None
+
+
+def _spent(meter: Meter) -> Decimal:
+    [budget] = meter.enforcer.budgets.status(datetime.now(UTC))
+    return budget["spent"]
+
+
+async def test_two_proxies_on_one_database_share_their_budgets(tmp_path: Path) -> None:
+    """The user's test: a budget with room for three calls, two through proxy A, then proxy B.
+    B counts what A stored (read again when A's flush rings it), so its second call is refused;
+    before, B counted only the spend loaded at its start plus its own calls, and passed three.
+    An alert crossed is announced once, by one of the two proxies."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        "environments:\n  development:\n    budget: {usd: 0.01, period: day, alert_at: [0.5]}\n"
+    )
+    db = tmp_path / "spend.duckdb"
+    a, b = Meter(), Meter()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tokometer_db=str(db), tokometer_policies=str(policies))
+        a.running()
+        b.db_path = db  # a second proxy: its own store (own DuckDB instance, journal, session)
+        b._apply(a.policies)
+        b._open_store()
+        try:
+            assert await _call_through(a) is None
+            assert await _call_through(a) is None
+            want = Decimal("0.007")
+            deadline = asyncio.get_running_loop().time() + 5
+            while _spent(b) < want:  # A's flush rang B's writer, which read A's calls
+                assert asyncio.get_running_loop().time() < deadline, _spent(b)
+                await asyncio.sleep(0.02)
+            assert _spent(b) == want
+            assert await _call_through(b) is None  # $0.007 of $0.01: passes
+            assert _spent(b) == Decimal("0.0105")
+            assert await _call_through(b) == 429
+            deadline = asyncio.get_running_loop().time() + 5
+            while _spent(a) < Decimal("0.0105"):  # and A sees B's call
+                assert asyncio.get_running_loop().time() < deadline, _spent(a)
+                await asyncio.sleep(0.02)
+            assert await _call_through(a) == 429
+        finally:
+            b.done()
+            a.done()
+    with duckdb.connect(str(db), read_only=True) as con:
+        events = con.execute(
+            "SELECT kind, data FROM events WHERE kind LIKE 'budget_%' ORDER BY id"
+        ).fetchall()
+        calls = con.execute("SELECT count(*), sum(cost_usd) FROM calls WHERE action = 'allowed'").fetchall()
+    assert [(kind, json.loads(data)["fraction"]) for kind, data in events] == [
+        ("budget_alert", 0.5),
+        ("budget_exhausted", 1.0),
+    ]
+    assert calls == [(3, Decimal("0.0105"))]

@@ -1085,3 +1085,38 @@ def test_a_writer_holding_calls_still_flushes_when_due(db: Path, monkeypatch: py
         wait_for(lambda: store.stats.stored == 1, timeout=3.0)
     finally:
         store.close()
+
+
+def test_a_writer_refreshes_when_another_proxy_stores_calls(db: Path) -> None:
+    """Two proxies on one database: when one stores calls, the other's refresher (its budgets'
+    view of the other proxies' spend) runs soon after, without waiting for its own flush."""
+    seen: list[int] = []
+
+    def refresher(con: duckdb.DuckDBPyConnection) -> None:
+        [(count,)] = con.execute("SELECT count(*) FROM calls WHERE session_id = 'b'").fetchall()
+        seen.append(count)
+
+    a = Store(db, "a", flush_interval=3600)  # never flushes on its own during the test
+    a.start()
+    a.set_refresher(refresher, lambda: True)
+    b = Store(db, "b", flush_interval=3600)
+    b.start()
+    try:
+        b.submit(make_record(1, "b"))
+        assert b.flush()
+        wait_for(lambda: 1 in seen)
+        before = len(seen)
+        a.submit(make_record(1, "a"))
+        assert a.flush()  # its own flush refreshes too
+        assert len(seen) > before
+        unwanted = Store(db, "c", flush_interval=3600)
+        calls: list[int] = []
+        unwanted.set_refresher(lambda con: calls.append(1), lambda: False)  # no budgets: no read
+        unwanted.start()
+        unwanted.submit(make_record(1, "c"))
+        assert unwanted.flush()
+        unwanted.close()
+        assert calls == []
+    finally:
+        b.close()
+        a.close()
