@@ -1,10 +1,13 @@
-"""A small JSON file next to the database that says what the running proxy has metered.
+"""Small JSON files next to the database that say what the running proxies have metered.
 
-``scripts/spend statusline`` reads it instead of DuckDB, so a shell prompt never waits for
-the database (nor locks it). The proxy keeps a ``LiveState``: fed every priced call
-(``record``, a store listener) and the budgets' status (``set_budgets``), it rewrites
-``<db>.live.json`` atomically (temp file + ``os.replace``, mode 0600) at most every
-``min_interval`` seconds, from a daemon thread, and once more at ``close``.
+``scripts/spend statusline`` reads them instead of DuckDB, so a shell prompt never waits for
+the database (nor locks it). Each proxy keeps a ``LiveState``: fed every priced call
+(``record``, a store listener) and the budgets' status (``set_budgets``), it rewrites its own
+file, ``<db>.live/<session_id>.json`` (``session_live_path``), atomically (temp file +
+``os.replace``, mode 0600) at most every ``min_interval`` seconds, from a daemon thread, and
+once more at ``close``. Several proxies may write one database: ``read_combined`` reads every
+file (and ``<db>.live.json``, the single file proxies before this layout wrote) and
+``combine`` makes one document of the running proxies' (see there).
 
 The JSON (``"version": 1``; fields are only ever added)::
 
@@ -28,13 +31,17 @@ The JSON (``"version": 1``; fields are only ever added)::
                    "period_end": "2026-12-01T00:00:00+00:00",
                    "spent_usd": "93.1", "fraction": 0.6207, "alert_at": [0.5, 0.8],
                    "exhausted": false}],
-      "budgets_updated_at": "..." | null
-    }
+      "budgets_updated_at": "..." | null,
+      "today_unstored": {"development": {"calls": 2, "refused_calls": 0,   # of "today": this
+                         "unpriced_calls": 0, "cost_usd": "0.02"}}        # proxy's calls not in
+    }                                                                     # the database yet
 
-Money is an exact decimal string. ``today`` counts the calls of the UTC day (from the
-database at start, via ``load_baseline``, then every call metered); a reader should treat a
-``today.date`` other than its own UTC date as nothing spent yet today. Readers: ``read``,
-``proxy_alive``. This module's readers import only the standard library.
+Money is an exact decimal string. ``today`` counts the calls of the UTC day: the database's
+(at start, via ``load_baseline``, and again after each of the proxy's flushes and when another
+proxy stored calls, via ``rebase``) plus this proxy's calls not stored yet, which
+``today_unstored`` repeats; a reader should treat a ``today.date`` other than its own UTC date
+as nothing spent yet today. Readers: ``read``, ``read_combined``, ``combine``, ``proxy_alive``.
+This module's readers import only the standard library.
 """
 
 from __future__ import annotations
@@ -60,7 +67,9 @@ if TYPE_CHECKING:
     from addon.record import CallRecord
 
 VERSION = 1
-SUFFIX = ".live.json"
+SUFFIX = ".live.json"  # the single file of proxies before one file per proxy (still read)
+DIR_SUFFIX = ".live"  # <db>.live/<session_id>.json: one file per proxy
+_COUNTS = ("cost_usd", "calls", "refused_calls", "unpriced_calls")
 REFUSED_ACTIONS = ("blocked", "over_budget", "rate_limited")
 
 
@@ -71,9 +80,22 @@ def _log() -> Any:
 
 
 def live_path(db_path: Path | str) -> Path:
-    """``<db>.live.json`` next to the database file."""
+    """``<db>.live.json`` next to the database file: the one file proxies before one file per
+    proxy wrote (``read_combined`` still reads it; ``--live PATH`` reads any one file)."""
     db_path = Path(db_path)
     return db_path.with_name(db_path.name + SUFFIX)
+
+
+def live_dir(db_path: Path | str) -> Path:
+    """``<db>.live/``: the folder of the running proxies' live files."""
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + DIR_SUFFIX)
+
+
+def session_live_path(db_path: Path | str, session_id: str) -> Path:
+    """``<db>.live/<session_id>.json``, the live file of one proxy (its session id made safe)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in session_id)
+    return live_dir(db_path) / f"{safe or '_'}.json"
 
 
 def process_start(pid: int) -> int | None:
@@ -122,6 +144,142 @@ def read(path: Path | str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("version"), int):
         return None
     return data
+
+
+def read_all(db_path: Path | str) -> list[dict[str, Any]]:
+    """Every live file of ``db_path`` that can be read: one per proxy, and the older single file."""
+    paths = [live_path(db_path)]
+    with contextlib.suppress(OSError):
+        paths += sorted(live_dir(db_path).glob("*.json"))
+    return [state for path in paths if (state := read(path)) is not None]
+
+
+def remove_dead(db_path: Path | str) -> None:
+    """Delete the per-proxy live files whose proxy is gone (a proxy starting does this)."""
+    with contextlib.suppress(OSError):
+        for path in live_dir(db_path).glob("*.json"):
+            state = read(path)
+            if state is None or not proxy_alive(state):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def _dec(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:
+        return Decimal(0)
+
+
+def _env_counts(entries: Any) -> dict[str, dict[str, Decimal]]:
+    found: dict[str, dict[str, Decimal]] = {}
+    if isinstance(entries, Mapping):
+        for env, entry in entries.items():
+            if isinstance(entry, Mapping):
+                found[str(env)] = {name: _dec(entry.get(name, 0)) for name in _COUNTS}
+    return found
+
+
+def _combined_today(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Today's spend per environment of several running proxies, exact.
+
+    Each file's ``today`` is the database's figure when that proxy last read it plus its own calls
+    not stored yet (``today_unstored``). The database's figure only grows during a day, so the
+    largest of the files' is the latest: that, plus every proxy's unstored calls. (Summing the
+    files would count the stored calls once per proxy.) A file without ``today_unstored`` (an
+    older proxy) counts as a database figure.
+    """
+    day = max(str((s.get("today") or {}).get("date") or "") for s in states)
+    stored: dict[str, dict[str, Decimal]] = {}
+    unstored: dict[str, dict[str, Decimal]] = {}
+    for state in states:
+        today = state.get("today") or {}
+        if today.get("date") != day:
+            continue
+        mine = _env_counts(state.get("today_unstored"))
+        for env, counts in _env_counts(today.get("environments")).items():
+            extra = mine.get(env, {})
+            best = stored.setdefault(env, dict.fromkeys(_COUNTS, Decimal(0)))
+            own = unstored.setdefault(env, dict.fromkeys(_COUNTS, Decimal(0)))
+            for name in _COUNTS:
+                best[name] = max(best[name], counts[name] - extra.get(name, Decimal(0)))
+                own[name] += extra.get(name, Decimal(0))
+    environments = {
+        env: {
+            name: str(stored[env][name] + unstored[env][name])
+            if name == "cost_usd"
+            else int(stored[env][name] + unstored[env][name])
+            for name in ("calls", "refused_calls", "unpriced_calls", "cost_usd")
+        }
+        for env in sorted(stored)
+    }
+    return {"date": day, "environments": environments}
+
+
+def _combined_budgets(states: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each budget (scope, period start) once: the entry of the proxy that counts the most spent
+    (each counts its own calls and the others' stored ones)."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for state in states:
+        for item in state.get("budgets") or ():
+            if not isinstance(item, Mapping):
+                continue
+            key = (
+                item.get("scope_kind"),
+                item.get("scope_name"),
+                item.get("period"),
+                item.get("period_start"),
+            )
+            found = best.get(key)
+            if found is None or _dec(item.get("spent_usd", 0)) > _dec(found.get("spent_usd", 0)):
+                best[key] = dict(item)
+    return list(best.values())
+
+
+def combine(states: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """One live document for the proxies of ``states`` that still run (``proxy_alive``).
+
+    None without any state. When none runs: the one updated last (readers see it is not running).
+    One running: its own. Several: the newest's document (its pid, session), with ``today`` (see
+    ``_combined_today``) and ``budgets`` of them all, ``last_call_at`` / ``updated_at`` the
+    latest, ``today_unstored`` summed, and ``proxies`` / ``session_ids`` naming them.
+    """
+    if not states:
+        return None
+    alive = [state for state in states if proxy_alive(state)]
+    if not alive:
+        return dict(max(states, key=lambda state: str(state.get("updated_at") or "")))
+    newest = max(alive, key=lambda state: str(state.get("started_at") or ""))
+    if len(alive) == 1:
+        return dict(newest) | {"proxies": 1, "session_ids": [newest.get("session_id")]}
+    unstored: dict[str, dict[str, Decimal]] = {}
+    for state in alive:
+        for env, counts in _env_counts(state.get("today_unstored")).items():
+            total = unstored.setdefault(env, dict.fromkeys(_COUNTS, Decimal(0)))
+            for name in _COUNTS:
+                total[name] += counts[name]
+
+    def latest(field: str) -> Any:
+        return max((str(s.get(field)) for s in alive if s.get(field)), default=None)
+
+    return dict(newest) | {
+        "today": _combined_today(alive),
+        "today_unstored": {
+            env: {name: str(v) if name == "cost_usd" else int(v) for name, v in counts.items()}
+            for env, counts in sorted(unstored.items())
+        },
+        "budgets": _combined_budgets(alive),
+        "budgets_updated_at": latest("budgets_updated_at"),
+        "last_call_at": latest("last_call_at"),
+        "updated_at": latest("updated_at"),
+        "proxies": len(alive),
+        "session_ids": sorted(str(s.get("session_id")) for s in alive),
+    }
+
+
+def read_combined(db_path: Path | str) -> dict[str, Any] | None:
+    """The live state of every proxy running on ``db_path`` as one document (``combine``)."""
+    return combine(read_all(db_path))
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -191,7 +349,10 @@ class LiveState:
         self._tokens = {"input_tokens": 0, "cache_read_tokens": 0, "output_tokens": 0}
         self._last_call: datetime | None = None
         self._day: date = self._started_at.astimezone(UTC).date()
-        self._today: dict[str, list[Any]] = {}  # env -> [cost, calls, refused]
+        # env -> [cost, calls, refused, unpriced] of the UTC day: the database's figure when last
+        # read, and this proxy's calls counted since that are not in it (``today`` is their sum)
+        self._stored: dict[str, list[Any]] = {}
+        self._unstored: dict[str, list[Any]] = {}
         self._budgets: list[dict[str, Any]] = []
         self._budgets_at: datetime | None = None
         self._running = True
@@ -208,15 +369,40 @@ class LiveState:
 
         Replaces what was counted for that day; call it at start, before calls are recorded.
         """
+        self.rebase(today, day)
+
+    def rebase(
+        self, today: Mapping[str, Sequence[Any]], day: date, unstored: Iterable[CallRecord] = ()
+    ) -> None:
+        """The database's figure for UTC ``day`` read again (``today_baseline``), and this proxy's
+        calls counted already that are not in it yet (``unstored``): they replace what was counted.
+
+        The store's writer calls this after a flush (nothing is priced meanwhile), so a reader
+        combining several proxies' files counts each stored call once (``combine``).
+        """
         with self._lock:
             self._day = day
-            self._today = {}
+            self._stored, self._unstored = {}, {}
             for env, values in today.items():
                 cost, calls, *rest = values
                 refused, unpriced = (*(int(n) for n in rest), 0, 0)[:2]
-                self._today[env] = [Decimal(cost), int(calls), refused, unpriced]
+                self._stored[env] = [Decimal(cost), int(calls), refused, unpriced]
+            for record in unstored:
+                if _utc(record.ts).date() == day:
+                    self._count_today(record)
             self._dirty = True
             self._wake.notify()
+
+    def _count_today(self, record: CallRecord) -> None:
+        """Add a call of ``self._day`` to this proxy's unstored calls (lock held)."""
+        refused = record.action in REFUSED_ACTIONS
+        cost = record.cost_usd
+        unpriced = cost is None and not refused and record.usage is not None
+        entry = self._unstored.setdefault(record.environment or "", [Decimal(0), 0, 0, 0])
+        entry[0] += cost or 0
+        entry[1] += 1
+        entry[2] += refused
+        entry[3] += unpriced
 
     def record(self, records: Iterable[CallRecord]) -> None:
         """Count priced calls (a store listener: ``store.add_listener(live.record)``)."""
@@ -238,13 +424,9 @@ class LiveState:
                     self._last_call = ts
                 day = ts.date()
                 if day > self._day:  # a new UTC day: yesterday's spend no longer counts as today's
-                    self._day, self._today = day, {}
+                    self._day, self._stored, self._unstored = day, {}, {}
                 if day == self._day:
-                    entry = self._today.setdefault(record.environment or "", [Decimal(0), 0, 0, 0])
-                    entry[0] += cost or 0
-                    entry[1] += 1
-                    entry[2] += refused
-                    entry[3] += unpriced
+                    self._count_today(record)
             self._dirty = True
             self._wake.notify()
 
@@ -281,6 +463,12 @@ class LiveState:
             return self._snapshot()
 
     def _snapshot(self) -> dict[str, Any]:
+        today: dict[str, list[Any]] = {}
+        for counts in (self._stored, self._unstored):
+            for env, values in counts.items():
+                entry = today.setdefault(env, [Decimal(0), 0, 0, 0])
+                for i, value in enumerate(values):
+                    entry[i] += value
         return {
             "version": VERSION,
             "running": self._running,
@@ -306,11 +494,20 @@ class LiveState:
                         "unpriced_calls": unpriced,
                         "cost_usd": str(cost),
                     }
-                    for env, (cost, calls, refused, unpriced) in sorted(self._today.items())
+                    for env, (cost, calls, refused, unpriced) in sorted(today.items())
                 },
             },
             "budgets": [dict(b) for b in self._budgets],
             "budgets_updated_at": _iso(self._budgets_at),
+            "today_unstored": {
+                env: {
+                    "calls": calls,
+                    "refused_calls": refused,
+                    "unpriced_calls": unpriced,
+                    "cost_usd": str(cost),
+                }
+                for env, (cost, calls, refused, unpriced) in sorted(self._unstored.items())
+            },
         }
 
     def flush(self, min_interval: float | None = None) -> bool:

@@ -62,7 +62,7 @@ from addon.image_tool import (
     svg_rows,
     tool_row,
 )
-from addon.live_state import LiveState, live_path, today_baseline
+from addon.live_state import LiveState, remove_dead, session_live_path, today_baseline
 from addon.notify import Notifier
 from addon.output_history import OutputHistory
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
@@ -848,7 +848,8 @@ class Meter:
         self._earlier_batch_inputs = [self._batch_inputs, *self._earlier_batch_inputs][:4]
         self._batch_inputs = PendingResponses(journal_dir_of(self.db_path) / BATCH_INPUTS_FOLDER)
         self._batch_inputs.forget_old()
-        live = LiveState(live_path(self.db_path), self.session_id)
+        remove_dead(self.db_path)  # the live files of proxies gone
+        live = LiveState(session_live_path(self.db_path, self.session_id), self.session_id)
         now = datetime.now(UTC)
         try:  # spend so far in each budget's period: loaded once, then kept up by the listener
 
@@ -879,9 +880,10 @@ class Meter:
         store.add_listener(self._on_finished)
         store.add_listener(self.call_log)
         # Other proxies writing this database spend from the same budgets: their stored calls are
-        # read again after each flush and when one of them stored calls (addon.store).
+        # read again after each flush and when one of them stored calls (addon.store); so is
+        # today's spend in the live file, while other proxies run.
         budgets = self.enforcer.budgets
-        store.set_refresher(functools.partial(self._refresh_budgets, store), lambda: budgets.has_budgets)
+        store.set_refresher(functools.partial(self._refresh_shared, store, live), lambda: budgets.has_budgets)
         self.store = store
 
     def _load_budgets_late(
@@ -915,20 +917,25 @@ class Meter:
             )
         return found
 
-    def _refresh_budgets(self, store: Store, con: duckdb.DuckDBPyConnection) -> None:
-        """Writer thread, the database attached read-write: the other proxies' spend read again.
+    def _refresh_shared(
+        self, store: Store, live: LiveState, con: duckdb.DuckDBPyConnection, queued: list[CallRecord]
+    ) -> None:
+        """Writer thread, the database attached read-write: the other proxies' spend read again
+        (with a budget in force), and today's spend for the live file (the database's, plus
+        ``queued``: this proxy's calls counted and not stored yet).
 
-        An alert their spend makes crossed is announced by the one proxy that stores its event
-        first (``claim_event``); the others find it stored and stay quiet."""
+        An alert the others' spend makes crossed is announced by the one proxy that stores its
+        event first (``claim_event``); the others find it stored and stay quiet."""
         now = datetime.now(UTC)
         budgets = self.enforcer.budgets
-        alerts = budgets.refresh_others(con, self.session_id, now, self._unstored_spend(store, con))
-        for alert in alerts:
-            if claim_event(con, alert_event(alert, self.session_id, now)):
-                log.warning("tokometer: %s", alert.message())
-                self.notifier.notify_alert(alert)
-        if self.live is not None:
-            self.live.set_budgets(budgets.status(now))
+        if budgets.has_budgets:
+            alerts = budgets.refresh_others(con, self.session_id, now, self._unstored_spend(store, con))
+            for alert in alerts:
+                if claim_event(con, alert_event(alert, self.session_id, now)):
+                    log.warning("tokometer: %s", alert.message())
+                    self.notifier.notify_alert(alert)
+        live.rebase(today_baseline(con, now), now.date(), queued)
+        live.set_budgets(budgets.status(now))
 
     def _load_outputs(self, con: duckdb.DuckDBPyConnection, queued: Sequence[CallRecord] = ()) -> None:
         """The recent outputs of each model from the database (then ``queued``, priced and not

@@ -1,15 +1,16 @@
 """``scripts/spend statusline`` and ``scripts/spend watch``: spend as it happens.
 
 statusline
-    One short line for a shell prompt, tmux or an editor's status bar, from the proxy's
-    live-state file (``<db>.live.json``, see ``addon.live_state``) only: no DuckDB, and
+    One short line for a shell prompt, tmux or an editor's status bar, from the proxies'
+    live-state files (``<db>.live/<session>.json``, one per running proxy, combined, see
+    ``addon.live_state.combine``; ``<db>.live.json`` of older proxies too) only: no DuckDB, and
     nothing but the standard library is imported, so it runs on every prompt::
 
         dev · $0.42 today · 18 calls · 62% of budget
 
     The environment is ``--env NAME``, else ``$APP_ENV``, else the one with the most calls
     today (UTC). ``development`` and ``production`` are shortened to ``dev`` and ``prod``.
-    Without a live file, or when the proxy that wrote it is gone: ``tokometer: off`` (exit 0).
+    Without a live file, or when every proxy that wrote one is gone: ``tokometer: off`` (exit 0).
     ``--format json`` prints ``{"schema": 1, "status": "on" | "off", "text": LINE, ...}``
     (see ``statusline_json``). Colour (the budget part: green, yellow from the first
     alert_at, red when spent) only on a terminal; ``--color`` forces it, ``--no-color``
@@ -36,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
-from addon.live_state import live_path, proxy_alive
+from addon.live_state import proxy_alive, read_combined
 from addon.live_state import read as read_live
 from addon.paths import resolve_db_path, resolve_policies_path
 
@@ -134,7 +135,8 @@ def statusline_json(
     "today": "YYYY-MM-DD", "today_usd": str, "calls": int, "refused_calls": int,
     "unpriced_calls": int (calls with usage but no known price: ``today_usd`` leaves them out),
     "budget": null | {"period", "cap_usd", "spent_usd", "fraction", "exhausted",
-    "alert_at"}, "session_id", "session_usd", "session_calls", "updated_at", "text": LINE}``.
+    "alert_at"}, "session_id", "session_usd", "session_calls", "updated_at", "proxies": int
+    (how many run on the database; the session is the newest one's), "text": LINE}``.
     ``alive`` overrides the pid check (tests).
     """
     now = now or _utcnow()
@@ -167,6 +169,7 @@ def statusline_json(
         "session_usd": str(session.get("cost_usd", "0")),
         "session_calls": int(session.get("calls", 0)),
         "updated_at": state.get("updated_at"),
+        "proxies": int(state.get("proxies") or 1),  # running on this database (read_combined)
     }
     budget = _env_budget(state, env, now) if env else None
     if budget is not None:
@@ -267,8 +270,8 @@ def with_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> argpars
 
 def run_statusline(args: argparse.Namespace) -> int:
     """Print the status line; always exit 0."""
-    path = Path(args.live) if args.live else live_path(resolve_db_path(args.db))
-    data = statusline_json(read_live(path), env=args.env)
+    state = read_live(Path(args.live)) if args.live else read_combined(resolve_db_path(args.db))
+    data = statusline_json(state, env=args.env)
     if args.format == "json":
         sys.stdout.write(json.dumps(data) + "\n")
     else:
@@ -676,7 +679,7 @@ class Watcher:
             self.policy_problem = f"policies: {problem.splitlines()[0]}"
         elif new is not None:
             self.policy_problem = None
-        state = read_live(live_path(self.db))
+        state = read_combined(self.db)  # several proxies: the newest one's session
         session_id = state.get("session_id") if state and proxy_alive(state) else None
         problem_text = self.policy_problem
         # Ask the proxy to store what it holds at most once a second, whatever --interval is:

@@ -18,12 +18,13 @@ writes the size it saw to ``<session_id>.flushed`` (and to the answer of each de
 journal it is replaying). The reader waits until every live journal's answer reaches its ticket.
 Sizes only grow, so no clock is involved.
 
-Several proxies may write one database. Budgets are shared through it: after each flush that
-stored calls, a writer that sees other live writers (their doorbells) appends one byte to
-``<db>.journal/stored`` and rings their doorbells once the file is detached. A writer with a
-``refresher`` (``set_refresher``: the proxy's budgets) runs it on the database, attached
-read-write, after each of its own flushes and whenever it wakes to find that file grown: the
-other proxies' spend is re-read there, one grouped query.
+Several proxies may write one database. Budgets (and the live files' figure of today) are
+shared through it: after each flush that stored calls, and once as it starts, a writer that sees
+other live writers (their doorbells) appends one byte to ``<db>.journal/stored`` and rings their
+doorbells once the file is detached. A writer's ``refresher`` (``set_refresher``) runs on the
+database, attached read-write, after each of its own flushes (while it is wanted: a budget is
+in force, or other writers run) and whenever it wakes to find that file grown: the other
+proxies' spend is re-read there.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from addon.record import COLUMNS, CallRecord
 log = logging.getLogger("tokometer")
 
 Listener = Callable[[list[CallRecord]], None]
-Refresher = Callable[[duckdb.DuckDBPyConnection], None]
+Refresher = Callable[[duckdb.DuckDBPyConnection, list[CallRecord]], None]
 
 # Seconds a finished call may wait in memory (and the journal) before it is written to DuckDB,
 # unless a reader asks for it sooner (request_flush) or FLUSH_AT_QUEUED calls are queued.
@@ -555,6 +556,10 @@ class Store:
         self._doorbell = _Doorbell()
         if self._fd is not None:  # a journal of ours: readers see us as live and may ring
             self._doorbell.open_fifo(self.journal_path.with_suffix(DOORBELL_SUFFIX))
+        others = self._other_doorbells()
+        if others and self._signal_stored():  # a writer more: the others read the database again
+            for doorbell in others:
+                _ring(doorbell)
         self._thread = threading.Thread(target=self._run, name="tokometer-store", daemon=True)
         self._thread.start()
 
@@ -624,11 +629,13 @@ class Store:
         self._listeners.append(fn)
 
     def set_refresher(self, fn: Refresher, wanted: Callable[[], bool]) -> None:
-        """Run ``fn(con)`` in the writer thread, the database attached read-write, after each flush
-        and when another proxy stored calls (see the module docstring), while ``wanted()``.
+        """Run ``fn(con, queued)`` in the writer thread, the database attached read-write: after
+        each flush while ``wanted()`` or other writers run, and when another writer stored calls or
+        started (see the module docstring). ``queued``: this session's calls priced (shown to the
+        listeners) and not in the database yet.
 
         ``con`` may be written to (``addon.budgets.claim_event``); nothing else of this process
-        writes meanwhile. Exceptions are logged (once) and ignored.
+        writes or prices meanwhile. Exceptions are logged (once) and ignored.
         """
         self._refresher, self._refresh_wanted = fn, wanted
 
@@ -981,38 +988,50 @@ class Store:
         except OSError:
             return []
 
-    def _after_stored(self, con: duckdb.DuckDBPyConnection, *, stored: bool) -> None:
-        """After a flush, the file still attached (caller holds ``_flush_lock``): tell the other
-        writers when calls were stored, then run the refresher."""
-        if stored and self._other_doorbells():
+    def _signal_stored(self) -> bool:
+        """Append a byte to the signal file; True when done. Appends before ours were made by
+        flushes (or starts) whose data the refresh that follows ours reads: only later ones are news."""
+        try:
+            fd = os.open(self._stored_signal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                fd = os.open(
-                    self._stored_signal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-                )
-                try:
-                    os.write(fd, b".")
-                    size = os.lseek(fd, 0, os.SEEK_CUR)
-                finally:
-                    os.close(fd)
-                # Appends before ours came from flushes committed before we attached: the refresh
-                # below reads them; only later ones are news.
-                self._stored_seen = max(self._stored_seen, size)
-                self._ring_others = True
-            except OSError as exc:
-                log.debug("tokometer: cannot signal stored calls: %s", exc)
-        self._refresh(con)
+                os.write(fd, b".")
+                size = os.lseek(fd, 0, os.SEEK_CUR)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("tokometer: cannot signal stored calls: %s", exc)
+            return False
+        self._stored_seen = max(self._stored_seen, size)
+        return True
+
+    def _queued_priced(self, failed: Sequence[CallRecord] = ()) -> list[CallRecord]:
+        """This session's calls shown to the listeners and not stored: queued and priced, and
+        ``failed`` (rejected by this flush, queued again after it)."""
+        with self._lock:
+            unpriced = {id(r) for r in self._unpriced}
+            queued = [r for r in self._queue if id(r) not in unpriced]
+        return [*queued, *(r for r in failed if r.session_id == self.session_id)]
+
+    def _after_stored(self, con: duckdb.DuckDBPyConnection, stored: bool, failed: list[CallRecord]) -> None:
+        """After a flush, the file still attached (caller holds ``_flush_lock``): tell the other
+        writers when calls were stored, then run the refresher (wanted, or other writers run)."""
+        others = bool(self._other_doorbells())
+        if stored and others and self._signal_stored():
+            self._ring_others = True
+        if others or self._refresh_wanted():
+            self._refresh(con, self._queued_priced(failed))
 
     def _ring_other_writers(self) -> None:
         for doorbell in self._other_doorbells():
             _ring(doorbell)
 
-    def _refresh(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Run the refresher on ``con`` if one is set and wanted (caller holds ``_flush_lock``)."""
+    def _refresh(self, con: duckdb.DuckDBPyConnection, queued: list[CallRecord]) -> None:
+        """Run the refresher on ``con`` if one is set (caller holds ``_flush_lock``)."""
         refresher = self._refresher
-        if refresher is None or not self._refresh_wanted():
+        if refresher is None:
             return
         try:
-            refresher(con)
+            refresher(con, queued)
             self._refresh_failed = False
         except Exception:
             if not self._refresh_failed:
@@ -1027,14 +1046,14 @@ class Store:
         size = self._stored_signal_size()
         if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
             self._stored_seen = 0
-        if size <= self._stored_seen or not self._refresh_wanted():
+        if size <= self._stored_seen:
             return
         try:
             with self._flush_lock, self._attached() as con:
                 if not self._migrated:  # a new file: the next flush migrates and refreshes
                     return
                 self._stored_seen = size
-                self._refresh(con)
+                self._refresh(con, self._queued_priced())
         except duckdb.Error as exc:  # held by another process: on the next wake (or flush)
             self._note_problem(exc, "cannot read the other proxies' spend from")
 
@@ -1287,10 +1306,10 @@ class Store:
                 if is_busy_error(exc) or not records or _cannot_write(exc):
                     raise
                 failed = self._write_one_by_one(con, records, ending, events)
-                self._after_stored(con, stored=len(failed) < len(records))
+                self._after_stored(con, len(failed) < len(records), [r for r in records if r.id in failed])
                 return failed
             self._session_recorded = True
-            self._after_stored(con, stored=bool(records))
+            self._after_stored(con, bool(records), [])
             return set()
 
     def _transaction(

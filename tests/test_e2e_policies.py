@@ -570,6 +570,29 @@ environments:
         time.sleep(1.0)
         res = curl_openai_chat(a, tag(), chat_usage(10, 10), extra=["-D", "-"])
         assert split_response(res.stdout)[0] == 429, res.stdout  # and A counts B's call
+        # Each proxy has its own live file; the status line combines them, and with A stopped it
+        # still reads B's (before, the one shared file said 'off' until B handled a call).
+        assert len(list(a.db_path.with_name("spend.duckdb.live").glob("*.json"))) == 2
+        a.terminate()
+        statusline = [
+            str(ROOT / "scripts" / "spend"),
+            "statusline",
+            "--db",
+            str(a.db_path),
+            "--format",
+            "json",
+        ]
+        deadline = time.monotonic() + 5
+        while True:
+            line = json.loads(subprocess.run(statusline, capture_output=True, text=True, timeout=30).stdout)
+            if (line["status"], line["calls"]) == ("on", 5) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (line["status"], line["calls"], line["refused_calls"]) == ("on", 5, 2), line
+        assert Decimal(line["today_usd"]) == 3 * Decimal("0.00075") + 0  # refusals cost nothing
+        b.terminate()
+        line = json.loads(subprocess.run(statusline, capture_output=True, text=True, timeout=30).stdout)
+        assert line["status"] == "off"
     finally:
         b.cleanup()
         a.cleanup()

@@ -16,7 +16,17 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from addon.live_state import LiveState, live_path, process_start, proxy_alive, read, today_baseline
+from addon.live_state import (
+    LiveState,
+    combine,
+    live_path,
+    process_start,
+    proxy_alive,
+    read,
+    read_combined,
+    session_live_path,
+    today_baseline,
+)
 from addon.migrations import migrate
 from addon.record import COLUMNS, CallRecord
 from addon.usage import Usage
@@ -285,4 +295,68 @@ def test_the_file_is_valid_json_with_the_documented_keys(tmp_path: Path) -> None
         "today",
         "budgets",
         "budgets_updated_at",
+        "today_unstored",
     ]
+
+
+def _alive(live: LiveState) -> dict:
+    return live.snapshot() | {"pid_start": process_start(os.getpid())}
+
+
+def test_each_proxy_has_its_own_file_and_readers_combine_the_running_ones_exactly(tmp_path: Path) -> None:
+    """Two proxies on one database: $1 stored when A starts; A's $0.5 call is stored (A's flush
+    reads the database again), then B starts (its baseline: $1.5), B spends $0.25 and A $0.1,
+    neither stored yet. Today is $1.85: the latest database figure plus each one's unstored calls
+    (summing the files would say $3.35; the last file written, $1.6 or $1.75)."""
+    db = tmp_path / "spend.duckdb"
+    a = LiveState(session_live_path(db, "sess-a"), "sess-a", clock=lambda: NOW)
+    a.load_baseline({"development": (Decimal("1"), 4)}, NOW.date())
+    a.record([rec(1, cost="0.5")])
+    a.rebase({"development": (Decimal("1.5"), 5)}, NOW.date())  # after A's flush
+    b = LiveState(session_live_path(db, "sess-b"), "sess-b", clock=lambda: NOW + timedelta(seconds=1))
+    b.load_baseline({"development": (Decimal("1.5"), 5)}, NOW.date())
+    b.record([rec(2, cost="0.25")])
+    a.record([rec(3, cost="0.1")])
+    assert a.snapshot()["today_unstored"] == {
+        "development": {"calls": 1, "refused_calls": 0, "unpriced_calls": 0, "cost_usd": "0.1"}
+    }
+    a.flush(0)
+    b.flush(0)
+    assert sorted(p.name for p in (tmp_path / "spend.duckdb.live").iterdir()) == [
+        "sess-a.json",
+        "sess-b.json",
+    ]
+    both = read_combined(db)
+    assert both is not None and both["proxies"] == 2 and both["session_ids"] == ["sess-a", "sess-b"]
+    assert both["today"]["environments"]["development"] == {
+        "calls": 7,
+        "refused_calls": 0,
+        "unpriced_calls": 0,
+        "cost_usd": "1.85",
+    }
+    assert both["session_id"] == "sess-b" and proxy_alive(both)  # the newest proxy's
+    # a rebase with the unstored calls still queued keeps them apart (the store passes those)
+    a.rebase({"development": (Decimal("1.75"), 6)}, NOW.date(), [rec(3, cost="0.1")])
+    a.flush(0)
+    assert read_combined(db)["today"]["environments"]["development"]["cost_usd"] == "2.10"  # type: ignore[index]
+    # A stops: B alone is the state; both stopped: off
+    a.close()
+    alone = read_combined(db)
+    assert alone is not None and alone["session_id"] == "sess-b" and proxy_alive(alone)
+    b.close()
+    off = read_combined(db)
+    assert off is not None and not proxy_alive(off)
+
+
+def test_combine_takes_each_budget_once_at_its_largest_spend(tmp_path: Path) -> None:
+    budget = {
+        "scope_kind": "environment",
+        "scope_name": "staging",
+        "period": "day",
+        "period_start": "2026-11-28T00:00:00+00:00",
+    }
+    first = _alive(state(tmp_path)) | {"budgets": [budget | {"spent_usd": "0.00108"}]}
+    second = _alive(state(tmp_path)) | {"budgets": [budget | {"spent_usd": "0.00144"}], "session_id": "s2"}
+    both = combine([first, second])
+    assert both is not None and [b["spent_usd"] for b in both["budgets"]] == ["0.00144"]
+    assert combine([]) is None

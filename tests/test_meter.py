@@ -8,6 +8,7 @@ import gzip
 import json
 import logging
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -1445,3 +1446,50 @@ async def test_two_proxies_on_one_database_share_their_budgets(tmp_path: Path) -
         ("budget_exhausted", 1.0),
     ]
     assert calls == [(3, Decimal("0.0105"))]
+
+
+async def _settled(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_two_proxies_each_write_a_live_file_and_the_status_line_combines_them(tmp_path: Path) -> None:
+    """Two proxies on one database, no budget: each writes <db>.live/<session>.json; the status
+    line's figure for today is the database's plus each one's unstored calls, exact (3 calls,
+    $0.0105), not the sum of the files nor whichever was written last. When A stops the line still
+    reads B's (before, one shared file said 'off' until B handled a call); off once both stop."""
+    from addon.live_state import read_combined
+    from addon.spend_watch import statusline_json
+
+    db = tmp_path / "spend.duckdb"
+    a, b = Meter(), Meter()
+
+    def today() -> Decimal | None:
+        state = read_combined(db)
+        return Decimal(statusline_json(state, env="development")["today_usd"]) if state else None
+
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tokometer_db=str(db))
+        a.running()
+        stopped: list[Meter] = []
+        try:
+            assert await _call_through(a) is None
+            b.db_path = db
+            b._open_store()  # B starts: its baseline has A's call, and A reads the database again
+            assert await _call_through(a) is None
+            assert await _call_through(b) is None
+            assert len(list((tmp_path / "spend.duckdb.live").glob("*.json"))) == 2
+            await _settled(lambda: today() == Decimal("0.0105"))
+            a.done()
+            stopped.append(a)
+            assert statusline_json(read_combined(db))["status"] == "on"  # B still runs
+            await _settled(lambda: today() == Decimal("0.0105"))  # B's file (written every 0.5 s)
+            b.done()
+            stopped.append(b)
+            assert statusline_json(read_combined(db))["status"] == "off"
+        finally:
+            for meter in (a, b):
+                if meter not in stopped:
+                    meter.done()

@@ -16,7 +16,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons
 
-from addon.live_state import live_path
+from addon.live_state import session_live_path
 from addon.meter import Meter
 from addon.store import journal_dir_of
 from tests.test_meter import CHAT_URL, make_flow, run_request
@@ -36,8 +36,8 @@ async def test_a_new_database_closes_the_old_live_file(tmp_path: Path) -> None:
         addon.running()
         try:
             tctx.configure(addon, tokometer_db=str(tmp_path / "b.duckdb"))
-            old = json.loads(live_path(tmp_path / "a.duckdb").read_text())
-            new = json.loads(live_path(tmp_path / "b.duckdb").read_text())
+            old = json.loads(session_live_path(tmp_path / "a.duckdb", addon.session_id).read_text())
+            new = json.loads(session_live_path(tmp_path / "b.duckdb", addon.session_id).read_text())
             assert (old["running"], new["running"]) == (False, True)
             assert len([t for t in threading.enumerate() if t.name == "tokometer-live"]) == 1
         finally:

@@ -327,15 +327,16 @@ def test_files_are_owner_only(tmp_path: Path, fake_provider: FakeProvider, umask
         proxy.wait_rows(3)
         data = proxy.data_dir
         journal_dir = data / "spend.duckdb.journal"
-        live = data / "spend.duckdb.live.json"
+        live_dir = data / "spend.duckdb.live"  # one live file per proxy
         deadline = time.monotonic() + 10
-        while not live.exists() and time.monotonic() < deadline:
+        while not list(live_dir.glob("*.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
+        [live] = live_dir.glob("*.json")
         names = set(_modes(data))
-        assert {".", "spend.duckdb", "spend.duckdb.journal", "spend.duckdb.live.json"} <= names, names
+        assert {".", "spend.duckdb", "spend.duckdb.journal", "spend.duckdb.live"} <= names, names
         assert any(n.startswith("spend.duckdb.journal/") and n.endswith(".jsonl") for n in names), names
         assert _not_private(data) == {}, _modes(data)
-        assert _mode(data) == 0o700 and _mode(journal_dir) == 0o700
+        assert _mode(data) == 0o700 and _mode(journal_dir) == 0o700 and _mode(live_dir) == 0o700
         assert _mode(proxy.db_path) == 0o600 and _mode(live) == 0o600
 
         # After kill -9 the journal (maybe still holding calls) is owner-only, and so is

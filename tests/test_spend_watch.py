@@ -126,6 +126,7 @@ def test_statusline_from_a_known_state() -> None:
         "session_usd": "1.234",
         "session_calls": 25,
         "updated_at": "2026-11-28T11:59:00+00:00",
+        "proxies": 1,
         "text": "dev \u00b7 $0.42 today \u00b7 18 calls \u00b7 62% of budget",
     }
     # 62% is past the first alert_at (0.5): yellow

@@ -1088,35 +1088,44 @@ def test_a_writer_holding_calls_still_flushes_when_due(db: Path, monkeypatch: py
 
 
 def test_a_writer_refreshes_when_another_proxy_stores_calls(db: Path) -> None:
-    """Two proxies on one database: when one stores calls, the other's refresher (its budgets'
-    view of the other proxies' spend) runs soon after, without waiting for its own flush."""
+    """Two proxies on one database: when one stores calls (or starts), the other's refresher (its
+    budgets' and live file's view of the other proxies' spend) runs soon after, without waiting
+    for its own flush; a writer alone refreshes only while wanted (a budget is in force)."""
     seen: list[int] = []
 
-    def refresher(con: duckdb.DuckDBPyConnection) -> None:
+    def refresher(con: duckdb.DuckDBPyConnection, queued: list[CallRecord]) -> None:
         [(count,)] = con.execute("SELECT count(*) FROM calls WHERE session_id = 'b'").fetchall()
         seen.append(count)
 
     a = Store(db, "a", flush_interval=3600)  # never flushes on its own during the test
     a.start()
-    a.set_refresher(refresher, lambda: True)
+    a.set_refresher(refresher, lambda: False)
     b = Store(db, "b", flush_interval=3600)
     b.start()
     try:
+        wait_for(lambda: 0 in seen)  # B started: A read the database again
         b.submit(make_record(1, "b"))
         assert b.flush()
         wait_for(lambda: 1 in seen)
         before = len(seen)
         a.submit(make_record(1, "a"))
-        assert a.flush()  # its own flush refreshes too
+        assert a.flush()  # its own flush refreshes too (another writer runs)
         assert len(seen) > before
-        unwanted = Store(db, "c", flush_interval=3600)
-        calls: list[int] = []
-        unwanted.set_refresher(lambda con: calls.append(1), lambda: False)  # no budgets: no read
-        unwanted.start()
-        unwanted.submit(make_record(1, "c"))
-        assert unwanted.flush()
-        unwanted.close()
-        assert calls == []
     finally:
         b.close()
         a.close()
+    alone: list[list[CallRecord]] = []
+    wanted = False
+    c = Store(db, "c", flush_interval=3600)
+    c.set_refresher(lambda con, queued: alone.append(queued), lambda: wanted)
+    c.start()
+    try:
+        c.submit(make_record(1, "c"))
+        assert c.flush()
+        assert alone == []  # alone and no budget: no read
+        wanted = True
+        c.submit(make_record(2, "c"))
+        assert c.flush()
+        assert alone == [[]]  # everything it counted is stored
+    finally:
+        c.close()
