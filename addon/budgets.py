@@ -147,12 +147,16 @@ class BudgetRefusal:
 
     def message(self) -> str:
         """One line naming the budget, its cap, the spend (and what is reserved besides), the period
-        and when it resets."""
+        and when it resets. "is spent" only when the spend alone reached the cap; a budget that
+        the reservations of calls in flight fill up "has no room left" (until they finish)."""
+        spent = self.spent >= self.budget.usd or self.reserved <= 0
         reserved = ""
         if self.reserved > 0:
             reserved = f", {_format_reserved(self.reserved)} more reserved by calls in flight"
+            reserved += "" if spent else " (given back as they finish)"
         return (
-            f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} is spent: "
+            f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} "
+            f"{'is spent' if spent else 'has no room left'}: "
             f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){reserved}; "
             f"resets in {format_duration(self.retry_after)}"
         )
@@ -518,8 +522,9 @@ class BudgetTracker:
         # (epoch seconds) given here, whichever comes first: a response never retrieved is let go.
         self._kept_until: dict[str, float] = {}
         self._next_end = math.inf  # the earliest of them
-        # Calls priced as they ended (Realtime responses) hold their exact cost the same way until
-        # recorded: spent already, so a refusal counts it as used.
+        # Calls priced as they ended (Realtime responses; an HTTP call that held a reservation,
+        # ``give_way``) hold their exact cost the same way until recorded: spent already, so a
+        # refusal counts it as used.
         self._holds: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
         self._held: dict[Scope, Decimal] = {}
         self._period_starts: tuple[date, dict[str, datetime]] | None = None  # for ``record``
@@ -654,12 +659,33 @@ class BudgetTracker:
         response) counts at once, not only when the store's writer gets to it."""
         with self._lock:
             self._settle(call_id)
-            budgeted = tuple(scope for scope in scopes if scope in self._budgets)
-            if not budgeted or amount <= 0:
-                return
-            self._holds[call_id] = (budgeted, amount)
-            for scope in budgeted:
-                self._held[scope] = self._held.get(scope, _ZERO) + amount
+            self._hold(call_id, scopes, amount)
+
+    def give_way(self, call_id: str, scopes: Sequence[Scope], cost: Decimal | None) -> bool:
+        """A call just finished and priced: its reservation gives way to its cost (None counts 0)
+        in one step, held as ``hold`` holds it until ``finish`` records it (which then counts it
+        once and releases nothing else). False, changing nothing, when ``call_id`` holds no
+        reservation (none was taken, or it was settled, kept or recorded already)."""
+        with self._lock:
+            if call_id not in self._reservations:
+                return False
+            self._settle(call_id)
+            self._hold(call_id, scopes, _as_decimal(cost))
+            return True
+
+    def reserves(self, call_id: str) -> bool:
+        """Does ``call_id`` hold a reservation (a budget applied to it as it started)?"""
+        with self._lock:
+            return call_id in self._reservations
+
+    def _hold(self, call_id: str, scopes: Sequence[Scope], amount: Decimal) -> None:
+        """Hold ``amount`` in the budgeted ``scopes`` under ``call_id`` (lock held, nothing there)."""
+        budgeted = tuple(scope for scope in scopes if scope in self._budgets)
+        if not budgeted or amount <= 0:
+            return
+        self._holds[call_id] = (budgeted, amount)
+        for scope in budgeted:
+            self._held[scope] = self._held.get(scope, _ZERO) + amount
 
     def settle(self, call_id: str) -> None:
         """Release the reservation of a call that was not sent after all (see also ``finish``), or

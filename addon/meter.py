@@ -2515,6 +2515,11 @@ class Meter:
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store
+        if images and self.enforcer.budgets.reserves(record.id):
+            # Held at once: the call's reservation, which holds them too, gives way to the call's
+            # own row's cost alone (_submit), so no budget check in between misses them.
+            for row in images:
+                self._price_now(row, settle=False)
         for row in images:
             self._submit(row, store)
         counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
@@ -2638,7 +2643,28 @@ class Meter:
                 self.enforcer.budgets.settle(record.id)
                 log.exception("tokometer: could not count call %s against its budgets", record.id)
             return
+        if self.enforcer.budgets.reserves(record.id):
+            self._price_now(record)
         store.submit(record)  # after close() this goes to a journal for the next start
+
+    def _price_now(self, record: CallRecord, *, settle: bool = True) -> None:
+        """Price a finished call here, on the event loop, and count its cost against its budgets at
+        once: its reservation gives way to it (``settle``; else the cost is held besides, a tool's
+        images row), held until the store's writer records it, so the next call is decided on it,
+        not on a reservation left until the writer's next round (PRICE_INTERVAL). Only for calls
+        that hold a reservation: the rest are priced off the loop (see PRICE_INTERVAL in
+        addon.store). The writer's pricer then leaves the row as it is (it prices a row once) and
+        its listener counts the spend, alerts, history and live file once. Never raises: on a
+        failure the reservation stays until the writer counts the call."""
+        try:
+            self._price(record)
+            scopes = scopes_for(record.environment, record.key_name, record.user_name)
+            if settle:
+                self.enforcer.budgets.give_way(record.id, scopes, record.cost_usd)
+            elif record.cost_usd is not None:
+                self.enforcer.budgets.hold(record.id, scopes, record.cost_usd)
+        except Exception:
+            log.debug("tokometer: call %s left to the store's writer to price", record.id, exc_info=True)
 
     async def _estimate_then_submit(
         self,

@@ -78,7 +78,9 @@ MAX_ROWS_PER_FLUSH = 5_000  # rows per transaction (a burst is written in severa
 # (budgets, live file, log). submit() does not wake it then: a wake-up per call (futex + GIL
 # handoff) cost the event loop ~0.5 ms, and waking every 0.1 s instead of 0.5 s cost it ~40-80 us
 # a call at 400 calls/s (scripts/bench-overhead). Budgets stay exact meanwhile: a call in flight
-# holds a reservation until its price is counted. Readers asking for a flush ring the doorbell.
+# holds a reservation until its price is counted, and a call that holds one is priced as it
+# finishes, on the loop, its cost held until the writer records it (Meter._price_now): only those.
+# Readers asking for a flush ring the doorbell.
 PRICE_INTERVAL = 0.5
 # With nothing to price or store the writer sleeps until rung (the first call after a quiet spell,
 # a reader, close) instead of every PRICE_INTERVAL: an idle proxy's store wakes no CPU (a laptop's

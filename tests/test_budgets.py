@@ -466,6 +466,87 @@ def test_a_held_cost_counts_as_spent_until_the_call_is_recorded_once() -> None:
     assert tracker.check(scopes_for("staging"), now) is None
 
 
+def test_a_finished_calls_reservation_gives_way_to_its_cost_before_the_writer_records_it() -> None:
+    """give_way (the event loop, as a call finishes): the reservation becomes the call's cost, held
+    and counted as used; finish (the writer, later) swaps the hold for the spend: counted once,
+    nothing else released. A call that holds no reservation is left alone. The refusal says "is
+    spent" only when the spend reached the cap; reservations filling it leave "no room"."""
+    tracker = BudgetTracker(parse_policies("environments:\n  qa:\n    budget: {usd: 0.001, period: day}\n"))
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    scopes = scopes_for("qa", "ci-key")
+    qa = Scope("environment", "qa")
+    estimate, cost = Decimal("0.0006"), Decimal("0.000009")
+    for i in range(5):  # back to back: each finished before the next starts
+        assert tracker.check(scopes, now, reserve=(f"c{i}", lambda: estimate)) is None
+        assert tracker.reserves(f"c{i}") and tracker.reserved() == {qa: estimate}
+        assert tracker.give_way(f"c{i}", scopes, cost)
+        assert not tracker.reserves(f"c{i}") and tracker.reserved() == {}
+        assert tracker._held == {qa: (i + 1) * cost}
+    assert not tracker.give_way("c0", scopes, cost)  # given way once
+    assert not tracker.give_way("never-reserved", scopes, cost)
+    assert tracker._held == {qa: 5 * cost}
+    # another call in flight while the writer records the five
+    assert tracker.check(scopes, now, reserve=("next", lambda: estimate)) is None
+    for i in range(5):
+        tracker.finish(f"c{i}", scopes, cost, now)
+        tracker.finish(f"c{i}", scopes, Decimal(0), now)  # a stray second finish: $0, nothing released
+    assert tracker.status(now)[0]["spent"] == 5 * cost
+    assert tracker._held == {} and tracker.reserved() == {qa: estimate}
+    # the cap filled by reservations, not by spend: no "is spent"
+    assert tracker.check(scopes, now, reserve=("big", lambda: Decimal("0.0004"))) is None
+    refusal = tracker.check(scopes, now, reserve=("late", lambda: estimate))
+    assert refusal is not None and (refusal.spent, refusal.reserved) == (5 * cost, Decimal("0.001"))
+    assert refusal.message() == (
+        "qa budget of $0.001 per day has no room left: $0.000045 used since 2026-11-28 (UTC), "
+        "$0.001 more reserved by calls in flight (given back as they finish); resets in 12h 0m"
+    )
+    tracker.give_way("next", scopes, None)  # unpriced: counts $0
+    tracker.give_way("big", scopes, Decimal("0.002"))  # cost more than it reserved: spent
+    refusal = tracker.check(scopes, now)
+    assert refusal is not None and (refusal.spent, refusal.reserved) == (Decimal("0.002045"), 0)
+    assert refusal.message().startswith("qa budget of $0.001 per day is spent: $0.002045 used since")
+
+
+def test_give_way_and_finish_from_two_threads_count_each_call_once() -> None:
+    """The loop gives way while the writer records the calls given way before: totals stay exact."""
+    tracker = BudgetTracker(parse_policies("environments:\n  qa:\n    budget: {usd: 1000, period: day}\n"))
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    scopes = scopes_for("qa")
+    done: list[str] = []
+    lock = threading.Lock()
+    ended = threading.Event()
+
+    def loop() -> None:
+        try:
+            for i in range(2000):
+                assert tracker.check(scopes, now, reserve=(f"c{i}", lambda: Decimal("0.5"))) is None
+                assert tracker.give_way(f"c{i}", scopes, Decimal("0.01"))
+                with lock:
+                    done.append(f"c{i}")
+        finally:
+            ended.set()
+
+    def writer() -> None:
+        recorded = 0
+        while True:
+            last = ended.is_set()
+            with lock:
+                batch = done[recorded:]
+            for call_id in batch:
+                tracker.finish(call_id, scopes, Decimal("0.01"), now)
+            recorded += len(batch)
+            if last and not batch:
+                return
+
+    threads = [threading.Thread(target=loop), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 2000 and tracker.status(now)[0]["spent"] == Decimal("20.00")
+    assert tracker._held == {} and tracker.reserved() == {}
+
+
 def test_a_kept_reservation_outlives_its_call_until_handed_over_settled_or_expired() -> None:
     """A background response keeps its call's reservation under a key of its own: the call's row
     settles nothing; the retrieval that bills it takes it over (settled with its row, in one step);
@@ -485,7 +566,11 @@ def test_a_kept_reservation_outlives_its_call_until_handed_over_settled_or_expir
     tracker.keep("post2", "bg:2", clock + 60)
     refusal = tracker.check(scopes, now, reserve=("post3", lambda: Decimal("0.50")))
     assert refusal is not None and (refusal.spent, refusal.reserved) == (0, Decimal("1.00"))
-    assert "$0.00 used since 2026-11-28 (UTC), $1.00 more reserved by calls in flight;" in refusal.message()
+    assert refusal.message().startswith("development budget of $1.00 per day has no room left: ")
+    assert (
+        "$0.00 used since 2026-11-28 (UTC), $1.00 more reserved by calls in flight "
+        "(given back as they finish);" in refusal.message()
+    )
     tracker.hand_over("bg:1", "get")  # the retrieval that bills it
     tracker.hand_over("bg:1", "get-again")  # a second one: nothing left to take
     assert tracker.reserved(clock) == {DEV: Decimal("1.00")}

@@ -230,6 +230,22 @@ environments:
     assert kinds == ["budget_alert", "budget_exhausted"]  # the 50% alert and the cap, once each
 
 
+def test_back_to_back_calls_well_under_a_cap_all_pass(proxies, fake_provider: FakeProvider) -> None:
+    """A user's test: 5 gpt-4o-mini calls one after another without max_tokens (each reserves
+    1,000 output tokens, ~$0.0006; each costs $0.000009) under a $0.001 cap. Calls 4 and 5 got
+    "budget is spent" 429s at $0.000027 used: a finished call's reservation lingered until the
+    store's writer priced it (up to 0.5 s later). Each now gives way to its cost as it finishes."""
+    proxy = proxies("environments:\n  qa:\n    budget: {usd: 0.001, period: day}\n")
+    tags = [tag() for _ in range(5)]
+    for t in tags:
+        res = curl_openai_chat(proxy, t, chat_usage(20, 10), more_headers=['X-Metering-Tags: {"env":"qa"}'])
+        assert res.returncode == 0, res.stdout + res.stderr
+    proxy.terminate()
+    rows = proxy.rows()
+    assert [(r["environment"], r["action"], r["status_code"]) for r in rows] == [("qa", "allowed", 200)] * 5
+    assert sum(r["cost_usd"] for r in rows) == Decimal("0.000045")
+
+
 def test_rate_limit_answers_429(proxies, fake_provider: FakeProvider) -> None:
     policy = """
 default_environment: development

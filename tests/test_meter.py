@@ -1493,3 +1493,162 @@ async def test_two_proxies_each_write_a_live_file_and_the_status_line_combines_t
             for meter in (a, b):
                 if meter not in stopped:
                     meter.done()
+
+
+QA_BUDGET = "environments:\n  qa:\n    budget: {usd: 0.001, period: day}\n"
+QA = Scope("environment", "qa")
+# gpt-4o-mini: $0.15 per 1M input, $0.60 per 1M output: 20 in + 10 out cost $0.000009
+MINI_USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
+MINI_COST = Decimal("0.000009")
+
+
+def writer_round(meter: Meter, records: list[CallRecord]) -> None:
+    """What the store's writer does with calls submitted since its last round: price them, then
+    hand them to the listeners (Meter._on_finished among them)."""
+    for record in records:
+        meter._price(record)
+    meter._on_finished(records)
+
+
+async def finish_qa_call(meter: Meter, *, stream: bool = False, usage: bool = True) -> http.HTTPFlow:
+    """One gpt-4o-mini call without max_tokens, tagged qa: sent (unless refused) and answered."""
+    body: dict = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body["stream"] = True
+    flow = make_flow(CHAT_URL, body, headers={"x-metering-tags": '{"env":"qa"}'})
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()  # today's budget
+    await run_request(meter, flow)
+    if flow.response is not None:
+        return flow  # refused
+    if stream:
+        stream_response(flow, meter)
+        chunk = {"id": "c", "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+        last = {"id": "c", "model": "gpt-4o-mini", "choices": [], "usage": MINI_USAGE}
+        data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in (chunk, last)) + b"data: [DONE]\n\n"
+        feed(flow, data, 10_000)
+    else:
+        answer = {"id": "c", "model": "gpt-4o-mini", "choices": []} | ({"usage": MINI_USAGE} if usage else {})
+        flow.response = http.Response.make(200, json.dumps(answer), {"content-type": "application/json"})
+        meter.responseheaders(flow)
+    await meter.response(flow)
+    await asyncio.gather(*meter._estimates)  # a call without usage: estimated in a thread first
+    return flow
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_back_to_back_calls_under_a_cap_pass_their_reservations_settled_as_they_finish(
+    meter: Meter, stream: bool
+) -> None:
+    """A user's test: 5 gpt-4o-mini calls one after another, no max_tokens (each reserves 1,000
+    output tokens, ~$0.0006, and costs $0.000009), under a $0.001 cap. A finished call's reservation
+    lingered until the store's writer priced it (up to PRICE_INTERVAL later), so calls 3.. got
+    "budget is spent" 429s at $0.000027 used. Each call's reservation now gives way to its cost as
+    it finishes, before the next is decided; the writer then counts that cost once."""
+    meter._apply(parse_policies(QA_BUDGET))
+    tracker = meter.enforcer.budgets
+    answers: list[tuple[int, str]] = []
+    reserved: list[dict[Scope, Decimal]] = []
+    held: list[dict[Scope, Decimal]] = []
+    for _ in range(5):
+        flow = await finish_qa_call(meter, stream=stream)
+        assert flow.response is not None
+        answers.append((flow.response.status_code, flow.response.text[:200]))
+        reserved.append(tracker.reserved())
+        held.append(dict(tracker._held))
+    assert [status for status, _ in answers] == [200] * 5, answers
+    assert reserved == [{}] * 5  # no writer round yet: each reservation gave way all the same
+    assert held == [{QA: i * MINI_COST} for i in range(1, 6)]  # counted as spent meanwhile
+    records = meter.store.records  # type: ignore[union-attr]
+    assert len(records) == 5 and all(r.environment == "qa" and r.cost_usd == MINI_COST for r in records)
+    writer_round(meter, records)
+    [budget] = tracker.status(datetime.now(UTC))
+    assert budget["spent"] == 5 * MINI_COST  # counted once: the hold gave way to the spend
+    assert tracker._held == {} and tracker.reserved() == {}
+
+
+async def test_a_call_estimated_offline_settles_at_its_estimated_cost(meter: Meter) -> None:
+    """No usage in the answer: the row is estimated in a thread, then priced and settled on the
+    loop as it is submitted (its reservation held until then)."""
+    meter._apply(parse_policies(QA_BUDGET))
+    tracker = meter.enforcer.budgets
+    flow = await finish_qa_call(meter, usage=False)
+    assert flow.response is not None and flow.response.status_code == 200
+    [record] = meter.store.records  # type: ignore[union-attr]
+    assert record.usage_source == "estimated" and record.cost_usd is not None and record.cost_usd > 0
+    assert tracker.reserved() == {} and tracker._held == {QA: record.cost_usd}
+    writer_round(meter, [record])
+    [budget] = tracker.status(datetime.now(UTC))
+    assert budget["spent"] == record.cost_usd and tracker._held == {}
+
+
+async def test_spend_alerts_and_history_are_counted_once_when_the_writer_runs(meter: Meter) -> None:
+    """The call was priced and settled on the loop; the writer's listener still counts its spend,
+    its alerts, the live state and the output history exactly once, and releases nothing twice."""
+    meter._apply(
+        parse_policies("environments:\n  qa:\n    budget: {usd: 0.00002, period: day, alert_at: [0.25]}\n")
+    )
+    tracker = meter.enforcer.budgets
+    flow = await finish_qa_call(meter)
+    assert flow.response is not None and flow.response.status_code == 200
+    [record] = meter.store.records  # type: ignore[union-attr]
+    # another call, let through before the writer's round: its reservation must stay whole
+    other = Decimal("0.0001")
+    assert tracker.check((QA,), datetime.now(UTC), reserve=("other", lambda: other)) is None
+    recorded: list[list[str]] = []
+    meter.outputs.record = lambda records, *_: recorded.append([r.id for r in records])  # type: ignore[method-assign]
+    writer_round(meter, [record])
+    [budget] = tracker.status(datetime.now(UTC))
+    assert budget["spent"] == MINI_COST and tracker._held == {} and tracker.reserved() == {QA: other}
+    assert recorded == [[record.id]]
+    events = meter.store.events  # type: ignore[union-attr]
+    assert [e.kind for e in events] == ["budget_alert"]  # 25% of $0.00002: once
+    writer_round(meter, [])  # a later round with nothing new: nothing more
+    assert tracker.status(datetime.now(UTC))[0]["spent"] == MINI_COST and len(events) == 1
+
+
+async def test_a_call_without_budgets_is_not_priced_on_the_event_loop(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pricing stays off the loop (PRICE_INTERVAL in addon.store) for every call that holds no
+    reservation: no budget in force, or none for the call's scopes."""
+    priced: list[str] = []
+    price = meter._price
+    monkeypatch.setattr(meter, "_price", lambda record: priced.append(record.id) or price(record))
+    for policies in ("", "environments:\n  production:\n    budget: {usd: 1, period: day}\n"):
+        meter._apply(parse_policies(policies))
+        flow = await finish_qa_call(meter)
+        assert flow.response is not None and flow.response.status_code == 200
+    records = meter.store.records  # type: ignore[union-attr]
+    assert len(records) == 2 and all(r.price_status is None for r in records)
+    assert priced == []  # left to the writer
+    meter._apply(parse_policies(QA_BUDGET))
+    await finish_qa_call(meter)
+    assert priced == [records[-1].id]  # a call that holds a reservation: priced as it finishes
+
+
+async def test_back_to_back_calls_pass_with_the_stores_writer_running(tmp_path: Path) -> None:
+    """The user's test with the real store: its writer prices and counts calls in rounds of its
+    own (PRICE_INTERVAL) while the next calls are decided; all 5 pass, each counted once."""
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        policies = tmp_path / "policies.yaml"
+        policies.write_text(QA_BUDGET)
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"), tokometer_policies=str(policies))
+        addon.running()
+        try:
+            for _ in range(5):
+                flow = await finish_qa_call(addon)
+                assert flow.response is not None and flow.response.status_code == 200, flow.response.text
+                assert addon.enforcer.budgets.reserved() == {}
+            assert addon.store is not None and addon.store.flush()
+            [budget] = addon.enforcer.budgets.status(datetime.now(UTC))
+            assert budget["spent"] == 5 * MINI_COST
+            assert addon.enforcer.budgets._held == {} and addon.enforcer.budgets.reserved() == {}
+            stored = addon.store.read(
+                lambda con: con.execute(
+                    "SELECT count(*), sum(cost_usd) FROM calls WHERE environment = 'qa'"
+                ).fetchone()
+            )
+            assert stored == (5, 5 * MINI_COST)
+        finally:
+            addon.done()

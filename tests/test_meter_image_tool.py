@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -805,3 +806,24 @@ async def test_an_images_api_row_is_never_priced_as_a_tools_images(meter: Meter)
     await meter.response(flow)
     [row] = priced(meter)
     assert (row.api_flavor, row.price_status, row.cost_usd) == ("images", "unknown_model", None)
+
+
+async def test_the_tools_images_are_held_as_the_calls_reservation_gives_way(meter: Meter) -> None:
+    """The call's reservation, which holds its tool's images too, gives way to its own row's cost as
+    it finishes (on the event loop, before the store's writer prices anything): its images row is
+    priced and held then too, so no check in between misses them; the writer counts both once."""
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: ['*']}\n" + BUDGET))
+    flow = make_flow(RESPONSES, call_body({"model": "gpt-image-1", "quality": "high", "size": "1024x1024"}))
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()  # today's budget
+    await run_request(meter, flow)
+    assert flow.response is None and meter.enforcer.budgets.reserved()
+    await answer(meter, flow, tool_response([image_call()]))
+    images, text = records(meter)
+    assert images.cost_usd == Decimal("0.1664") and text.cost_usd is not None  # priced as they finished
+    tracker = meter.enforcer.budgets
+    assert tracker.reserved() == {} and tracker._held == {DEVELOPMENT: images.cost_usd + text.cost_usd}
+    priced(meter)  # the writer's round: its pricer leaves both rows as they are
+    meter._on_finished([images, text])
+    [budget] = tracker.status(datetime.now(UTC))
+    assert budget["spent"] == images.cost_usd + text.cost_usd
+    assert tracker._held == {} and tracker.reserved() == {}
