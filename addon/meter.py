@@ -81,6 +81,7 @@ from addon.providers import (
     registry_for,
 )
 from addon.providers.batches import BatchInput
+from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import (
     FORM_NOT_REWRITTEN,
@@ -1673,6 +1674,11 @@ class Meter:
             decision = self._unknown_model(record, decision, ruled.unreadable) or decision
         rewrites_fallbacks = ruled is not None and ruled.changed and decision.refusal is None
         downgrade = decision.model_sent if decision.action == "downgraded" else None
+        legacy = record.api_flavor == "completions" and provider.name in CHAT_ONLY_PROVIDERS
+        if downgrade and legacy and not serves_legacy_completions(downgrade):  # a rule written for chat
+            why = f"its downgrade target {downgrade} does not serve legacy completions (/v1/completions)"
+            decision = self._refuse_instead(decision, record, record.model_requested or "?", why)
+            downgrade = None
         new_path, new_body = route, body
         if downgrade or ((rewrites_tools or rewrites_fallbacks) and decision.refusal is None):
             try:
@@ -1894,6 +1900,9 @@ class Meter:
         named = NamedModel(model=record.model_requested)
         if named.model is None:
             named = await self._unmetered_body_model(flow)
+            deployments = state.provider.deployments  # Azure: a body's model is a deployment
+            if named.model is not None and named.model in deployments:
+                named = NamedModel(model=deployments[named.model])
         if named.model is None and named.problem is None:
             self._calls.pop(flow, None)
             return

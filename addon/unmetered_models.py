@@ -20,9 +20,10 @@ MODEL_KEYS = ("model", "modelId")
 MAX_MODEL_NAME = 200  # a longer "model" is no model's name: unreadable
 # Free: token counting (Anthropic's /v1/messages/count_tokens, OpenAI's /v1/responses/input_tokens,
 # Bedrock's count-tokens, Gemini and Vertex AI's :countTokens / :computeTokens, Claude on Vertex
-# AI's count-tokens:rawPredict).
+# AI's count-tokens:rawPredict); Vertex AI's :fetchPredictOperation, the status poll of a
+# long-running prediction (Veo's: google-genai's operations.get()).
 _FREE_SUFFIXES = ("/count_tokens", "/count-tokens", "/input_tokens")
-_FREE_METHOD = re.compile(r"(?::|%3[aA])(?:countTokens|computeTokens)$")
+_FREE_METHOD = re.compile(r"(?::|%3[aA])(?:countTokens|computeTokens|fetchPredictOperation)$")
 _FREE_MODEL = re.compile(r"/models/count-tokens(?::|%3[aA])")
 _OPENAI_FREE_SUFFIXES = ("/moderations",)  # free on OpenAI's own API (Mistral bills its own)
 # File uploads: their bytes are a file's, whatever it says (a JSON file naming a "model").
@@ -31,6 +32,10 @@ _UPLOAD_PREFIX = "/upload/"
 _UPLOAD_SUFFIXES = ("/files", "/parts")
 _JSON_OBJECT = re.compile(rb"\s*\{")  # anchored by match(): only the leading whitespace is read
 _RESOURCE = "models/"  # "publishers/google/models/gemini-2.5-pro", "models/gemini-2.5-flash"
+# What comes before a model's resource name: nothing ("models/..."), or a publisher. Anything
+# else ("projects/p/locations/l/models/1234567890") is a Vertex AI Model Registry model (AutoML,
+# custom-trained: no LLM an allowlist governs).
+_PUBLISHER = re.compile(r"(?:^|/)publishers/[^/]+/$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +63,20 @@ def may_name_a_model(content: bytes) -> bool:
     return _JSON_OBJECT.match(content) is not None and (b'"model' in content or b"\\u" in content)
 
 
-def resource_model(name: str) -> str:
-    """A model named as a resource, ``publishers/google/models/gemini-2.5-pro``, by its own name."""
-    return name.rsplit(_RESOURCE, 1)[1] if _RESOURCE in name else name
+def resource_model(name: str) -> str | None:
+    """A model named as a resource, ``publishers/google/models/gemini-2.5-pro``, by its own name;
+    None for a Model Registry model (``projects/.../models/{id}``), which is no LLM."""
+    if _RESOURCE not in name:
+        return name
+    head, model = name.rsplit(_RESOURCE, 1)
+    return model if not head or _PUBLISHER.search(head) else None
 
 
 def body_model(content: bytes) -> NamedModel:
     """The model a request body's JSON object names at its top level (``model``, else
-    ``modelId``). None when it names none (not JSON, no such member, ``null``); a ``problem``
-    when that member is no model's name. Never raises."""
+    ``modelId``). None when it names none (not JSON, no such member, ``null``, no string: Vertex
+    AI's ``models:upload`` describes the model it registers in an object; a Model Registry
+    model); a ``problem`` when that string is no model's name. Never raises."""
     if not may_name_a_model(content):
         return NamedModel()
     obj = loads(content)
@@ -74,9 +84,9 @@ def body_model(content: bytes) -> NamedModel:
         return NamedModel()
     for key in MODEL_KEYS:
         value = obj.get(key)
-        if value is None:
+        if not isinstance(value, str):
             continue
-        if isinstance(value, str) and 0 < len(value.strip()) <= MAX_MODEL_NAME:
-            return NamedModel(model=resource_model(value.strip()))
-        return NamedModel(problem=f"its {key} is not a model's name")
+        if not 0 < len(value.strip()) <= MAX_MODEL_NAME:
+            return NamedModel(problem=f"its {key} is not a model's name")
+        return NamedModel(model=resource_model(value.strip()))
     return NamedModel()

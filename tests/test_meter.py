@@ -1187,13 +1187,13 @@ async def test_a_legacy_completion_is_held_to_the_allowlist_and_reserved(meter: 
     meter._apply(
         parse_policies(
             "environments:\n  development:\n"
-            "    models: {allow: [gpt-4o-mini], downgrade: {gpt-3.5-turbo-instruct: gpt-4o-mini}}\n"
+            "    models: {allow: [davinci-002], downgrade: {gpt-3.5-turbo-instruct: davinci-002}}\n"
             "    budget: {usd: 100, period: day}\n"
         )
     )
     flow = make_flow(COMPLETIONS_URL, {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 500})
     await run_request(meter, flow)
-    assert flow.response is None and json.loads(flow.request.content)["model"] == "gpt-4o-mini"
+    assert flow.response is None and json.loads(flow.request.content)["model"] == "davinci-002"
     state = meter.call_state(flow)
     assert state is not None and state.record.action == "downgraded"
     assert meter.enforcer.budgets.reserved()[Scope("environment", "development")] > 0
@@ -1340,7 +1340,7 @@ async def test_an_unmetered_model_spelled_with_escapes_or_unreadable_is_still_ch
     escaped = make_flow("https://api.openai.com/v1/videos", b'{"\\u006dodel": "sora-2-pro", "prompt": "x"}')
     await run_request(meter, escaped)
     assert escaped.response is not None and escaped.response.status_code == 403
-    odd = make_flow("https://api.openai.com/v1/videos", {"model": {"name": "sora-2-pro"}, "prompt": "x"})
+    odd = make_flow("https://api.openai.com/v1/videos", {"model": "sora-2-pro" * 30, "prompt": "x"})
     await run_request(meter, odd)
     assert odd.response is not None and odd.response.status_code == 403
     assert "could not be read" in json.loads(odd.response.content)["error"]["message"]
@@ -1652,3 +1652,199 @@ async def test_back_to_back_calls_pass_with_the_stores_writer_running(tmp_path: 
             assert stored == (5, 5 * MINI_COST)
         finally:
             addon.done()
+
+
+# -- review of the fail-closed check and legacy completions (tests/review_unm_reference) --------
+
+
+def _refused(flow: http.HTTPFlow) -> bool:
+    return flow.response is not None and flow.response.status_code == 403
+
+
+def _message(flow: http.HTTPFlow) -> str:
+    return json.loads(flow.response.content)["error"]["message"] if flow.response is not None else ""
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/agents/completions", {"agent_id": "ag_0123", "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/fim/completions", {"model": "codestral-latest", "prompt": "def f(", "suffix": ")"}),
+    ],
+    ids=["agents", "fim"],
+)
+async def test_mistral_agents_completions_is_not_refused(meter: Meter, path: str, body: dict) -> None:
+    """Mistral's Agents API (an agent, no model) and FIM are no legacy completions: the
+    '/completions' suffix read them so and refused them (their model unreadable, or disallowed
+    as a completion). Agents pass as before; FIM is metered as Mistral meters it (chat's usage)."""
+    meter._apply(parse_policies(RESTRICTED.replace('"gemini-*-flash*"', '"gemini-*-flash*", "codestral-*"')))
+    flow = make_flow(f"https://api.mistral.ai{path}", body)
+    await run_request(meter, flow)
+    assert flow.response is None, _message(flow)
+
+
+async def test_vertex_batch_prediction_of_a_registry_model_is_not_refused(meter: Meter) -> None:
+    """A Model Registry model (``projects/.../models/{numeric id}``: AutoML, XGBoost...) is no LLM
+    an allowlist governs: it was read as the model "1234567890" and refused everywhere."""
+    meter._apply(parse_policies(RESTRICTED))
+    body = {
+        "displayName": "churn-scores",
+        "model": "projects/p1/locations/us-central1/models/1234567890",
+        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": ["gs://b/in.jsonl"]}},
+    }
+    flow = make_flow(f"{VERTEX}/batchPredictionJobs", body)
+    await run_request(meter, flow)
+    assert flow.response is None, _message(flow)
+
+
+async def test_vertex_model_registry_upload_is_not_refused(meter: Meter) -> None:
+    """``models:upload`` carries ``model`` as an object (the model registered): it names no model."""
+    meter._apply(parse_policies(RESTRICTED))
+    body = {
+        "model": {"displayName": "churn", "artifactUri": "gs://b/model/", "containerSpec": {"imageUri": "x"}}
+    }
+    flow = make_flow(f"{VERTEX}/models:upload", body)
+    await run_request(meter, flow)
+    assert flow.response is None, _message(flow)
+
+
+async def test_azure_assistant_naming_a_mapped_deployment_is_not_refused(meter: Meter) -> None:
+    """On Azure the Assistants API's ``model`` is a deployment: azure_deployments says what it
+    serves. One serving an allowed model passes; one serving a disallowed model is refused."""
+    meter._apply(
+        parse_policies(RESTRICTED + "azure_deployments:\n  team-4o-small: gpt-4o-mini\n  team-big: gpt-4.1\n")
+    )
+    url = "https://myres.openai.azure.com/openai/assistants?api-version=2024-05-01-preview"
+    azure_key = {"api-key": "0123456789abcdef0123456789abcdef"}
+    flow = make_flow(url, {"model": "team-4o-small", "instructions": "be brief"}, headers=azure_key)
+    await run_request(meter, flow)
+    assert flow.response is None, _message(flow)
+    big = make_flow(url, {"model": "team-big", "instructions": "be brief"}, headers=azure_key)
+    await run_request(meter, big)
+    assert _refused(big) and "gpt-4.1" in _message(big)
+
+
+async def test_vertex_fetch_predict_operation_poll_is_not_refused(meter: Meter) -> None:
+    """``:fetchPredictOperation`` (google-genai's operations.get() on Vertex) reads an operation's
+    status: it runs no model."""
+    meter._apply(parse_policies(RESTRICTED))
+    url = f"{VERTEX}/publishers/google/models/veo-3.0-generate-001:fetchPredictOperation"
+    op = "projects/p1/locations/us-central1/publishers/google/models/veo-3.0-generate-001/operations/1"
+    flow = make_flow(url, {"operationName": op})
+    await run_request(meter, flow)
+    assert flow.response is None, "a free status poll was refused"
+
+
+async def test_a_legacy_completion_is_not_downgraded_to_a_chat_only_model(meter: Meter) -> None:
+    """A downgrade written for chat (``gpt-*: gpt-4o-mini``) must not send a legacy completion to
+    a chat-only model (OpenAI answers 404): refused, saying why. A target serving legacy
+    completions is still a downgrade."""
+    meter._apply(
+        parse_policies(
+            "environments:\n  development:\n"
+            "    models: {allow: ['*-mini', '*-instruct'],\n"
+            "             downgrade: {'gpt-*': gpt-4o-mini, 'davinci-*': x-instruct}}\n"
+        )
+    )
+    flow = make_flow(COMPLETIONS_URL, {"model": "gpt-4-base", "prompt": "hi"})
+    await run_request(meter, flow)
+    assert _refused(flow) and json.loads(flow.request.content)["model"] == "gpt-4-base"
+    assert "legacy completions" in _message(flow)
+    ok = make_flow(COMPLETIONS_URL, {"model": "davinci-002", "prompt": "hi"})
+    await run_request(meter, ok)
+    assert ok.response is None and json.loads(ok.request.content)["model"] == "x-instruct"
+
+
+async def test_sdk_videos_create_multipart_is_checked(meter: Meter) -> None:
+    """openai-python's client.videos.create() always sends multipart/form-data (captured from
+    openai 3.57): its ``model`` field is read like a JSON body's."""
+    meter._apply(parse_policies(RESTRICTED))
+    b = b"9748b138aecc3b238764d1efd61a7523"
+    body = (
+        b"--" + b + b'\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na cat\r\n'
+        b"--" + b + b'\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2-pro\r\n'
+        b"--" + b + b"--\r\n"
+    )
+    headers = {"content-type": "multipart/form-data; boundary=" + b.decode()}
+    flow = make_flow("https://api.openai.com/v1/videos", body, headers=headers)
+    await run_request(meter, flow)
+    assert _refused(flow) and "sora-2-pro" in _message(flow)
+    allowed = make_flow(
+        "https://api.openai.com/v1/videos", body.replace(b"sora-2-pro", b"sora-2-mini"), headers=headers
+    )
+    await run_request(meter, allowed)
+    assert allowed.response is None
+
+
+async def test_a_video_naming_no_model_runs_the_default_and_is_checked(meter: Meter) -> None:
+    """POST /v1/videos naming no model runs sora-2 (openai-python: "Defaults to sora-2")."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow("https://api.openai.com/v1/videos", {"prompt": "a cat", "seconds": "12"})
+    await run_request(meter, flow)
+    assert _refused(flow) and "sora-2" in _message(flow)
+    meter._apply(parse_policies(RESTRICTED.replace('"*-mini"', '"*-mini", "sora-2"')))
+    allowed = make_flow("https://api.openai.com/v1/videos", {"prompt": "a cat", "seconds": "12"})
+    await run_request(meter, allowed)
+    assert allowed.response is None
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        (f"{VERTEX}/tuningJobs",
+         {"baseModel": "gemini-2.5-pro", "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/t.jsonl"}}),
+        ("https://generativelanguage.googleapis.com/v1beta/tunedModels",
+         {"baseModel": "models/gemini-2.5-pro", "tuningTask": {"trainingData": {}}}),
+        ("https://api.example-tuning.invalid/v1/tunedModels", {"base_model": "gemini-2.5-pro"}),
+    ],
+    ids=["vertex-tuningJobs", "gemini-tunedModels", "snake-case"],
+)  # fmt: skip
+async def test_tuning_job_base_model_is_checked(meter: Meter, url: str, body: dict) -> None:
+    """A tuning job names its model ``baseModel`` (Vertex tuningJobs, Gemini tunedModels)."""
+    if "invalid" in url:
+        url = "https://generativelanguage.googleapis.com/v1beta/tunedModels"
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(url, body, headers=GEMINI_KEY)
+    await run_request(meter, flow)
+    assert _refused(flow) and "gemini-2.5-pro" in _message(flow)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answers"),
+    [
+        ([f"q{i}" for i in range(20)], 20),
+        ([[1, 2, 3], [4, 5]], 2),  # lists of token ids: one prompt each
+        ([1, 2, 3], 1),  # a flat list of token ids is one prompt
+        ("one", 1),
+    ],
+    ids=["strings", "token-lists", "flat-tokens", "string"],
+)
+async def test_a_batched_prompt_list_is_reserved_per_prompt(
+    meter: Meter, prompt: object, answers: int
+) -> None:
+    """A legacy completion's ``prompt`` list: each prompt gets its own answers, each up to
+    max_tokens, all billed."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "max_tokens": 4000}
+    reserved = await reserved_for(meter, COMPLETIONS_URL, body)
+    assert reserved >= output_usd(answers * 4000, "2"), f"reserved {reserved} for {answers} answers"
+    assert reserved < output_usd((answers + 1) * 4000, "2")
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # a UTF-8 byte order mark
+        lambda text: text.encode("utf-16-le"),  # json.loads(bytes) reads UTF-16/32 too
+        lambda text: text.encode("utf-16"),  # with its BOM
+    ],
+    ids=["utf8-bom", "utf16-le", "utf16-bom"],
+)
+async def test_an_unmetered_body_the_metered_path_would_read_is_checked(meter: Meter, encode) -> None:
+    """A body with a BOM, or in UTF-16, which json.loads(bytes) (and so a provider) reads, is checked."""
+    meter._apply(parse_policies(RESTRICTED))
+    text = json.dumps({"model": "sora-2-pro", "prompt": "a cat"})
+    assert json.loads(encode(text))["model"] == "sora-2-pro"
+    flow = make_flow("https://api.openai.com/v1/videos", encode(text))
+    await run_request(meter, flow)
+    assert _refused(flow) and "sora-2-pro" in _message(flow)

@@ -23,6 +23,7 @@ from addon.unmetered_models import NamedModel, body_model, resource_model, runs_
         ("google", "/upload/v1beta/files?upload_id=x", True),  # a JSON file's bytes name no call's model
         ("openai", "/v1/uploads/upload_1/parts", True),
         ("openai", "/v1/files", True),
+        ("vertex", "/v1/projects/p/locations/l/publishers/google/models/veo-3.0:fetchPredictOperation", True),
         ("openai", "/v1/videos", False),
         ("google", "/v1beta/models/gemini-2.5-pro:batchGenerateContent", False),
     ],
@@ -47,7 +48,9 @@ def test_what_runs_no_billed_model(provider: str, path: str, free: bool) -> None
         (b'{"model": "x"', NamedModel()),  # not JSON: the provider cannot read it either
         (b'\x89PNG"model"', NamedModel()),  # a file's bytes are never decoded
         (b"", NamedModel()),
-        (json.dumps({"model": 4}).encode(), NamedModel(problem="its model is not a model's name")),
+        (json.dumps({"model": 4}).encode(), NamedModel()),  # no string: names no model
+        (json.dumps({"model": {"displayName": "churn"}}).encode(), NamedModel()),  # Vertex models:upload
+        (json.dumps({"model": "projects/p/locations/l/models/1234567890"}).encode(), NamedModel()),
         (json.dumps({"model": "  "}).encode(), NamedModel(problem="its model is not a model's name")),
         (json.dumps({"model": "m" * 201}).encode(), NamedModel(problem="its model is not a model's name")),
     ],
@@ -60,3 +63,4 @@ def test_a_resource_name_is_read_as_its_model() -> None:
     assert resource_model("models/gemini-2.5-flash") == "gemini-2.5-flash"
     assert resource_model("projects/p/locations/l/publishers/google/models/x-1") == "x-1"
     assert resource_model("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
+    assert resource_model("projects/p/locations/l/models/1234567890") is None  # Model Registry: no LLM

@@ -23,7 +23,8 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from addon.providers.values import flavor_by_suffix, loads
+from addon.model_rules import base_model
+from addon.providers.values import bare_path, flavor_by_suffix, loads
 from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
 from addon.sse import SSEDecoder, SSEEvent
@@ -39,11 +40,19 @@ CHAT_LIKE = frozenset({"chat", "completions"})
 _PATH_SUFFIXES: tuple[tuple[str, str], ...] = (
     # Before "/completions", which it also ends with: the first suffix matched wins.
     ("/chat/completions", "chat"),
-    ("/completions", "completions"),  # legacy completions (vLLM, Together, Fireworks... serve it too)
+    # Legacy completions (vLLM, Together, Fireworks... serve it too), where they live only:
+    # _LEGACY_COMPLETIONS (Mistral's /v1/agents/completions names an agent, no model).
+    ("/completions", "completions"),
     ("/responses", "responses"),
     # Codex CLI's /compact and auto-compaction: the model reads the whole history (a Responses usage).
     ("/responses/compact", "responses"),
     ("/embeddings", "embeddings"),
+)
+# Legacy completions right after a version segment (/v1/, /v1beta/...), an OpenAI-compatible
+# prefix (Gemini's /v1beta/openai/), an Azure deployment, or at the root; and Mistral's
+# fill-in-the-middle (/v1/fim/completions: a prompt and suffix in, chat's usage out).
+_LEGACY_COMPLETIONS = re.compile(
+    r"(?:.*/(?:v\d+[a-z0-9]*|openai|deployments/[^/]+|fim))?/completions", re.IGNORECASE
 )
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # A background response still running: its usage comes with a later GET /v1/responses/{id}.
@@ -62,7 +71,24 @@ USD_TICKS_EXPONENT = 10  # xAI's usage.cost_in_usd_ticks: 1 USD = 10^10 ticks
 
 def flavor_for_path(path: str) -> str | None:
     """The API flavor of a request path (query string allowed), or None if not metered."""
-    return flavor_by_suffix(path, _PATH_SUFFIXES)
+    flavor = flavor_by_suffix(path, _PATH_SUFFIXES)
+    if flavor == "completions" and _LEGACY_COMPLETIONS.fullmatch(bare_path(path)) is None:
+        return None  # "/v1/agents/completions" and the like: another API
+    return flavor
+
+
+# Where /v1/completions serves a few models only (OpenAI's own API, Azure OpenAI): a downgrade to a
+# chat model would be answered "This is a chat model and not supported in the v1/completions
+# endpoint". OpenAI-compatible servers (vLLM, Together...) serve any of theirs there.
+CHAT_ONLY_PROVIDERS = frozenset({"openai", "azure"})
+LEGACY_COMPLETION_MODELS = frozenset({"gpt-3.5-turbo-instruct", "davinci-002", "babbage-002"})
+
+
+def serves_legacy_completions(model: str) -> bool:
+    """Can ``model`` answer a legacy completion on OpenAI's API: one of the few that do, or an
+    instruct model by its name (``gpt-35-turbo-instruct`` on Azure)?"""
+    base = base_model(model).lower()
+    return base in LEGACY_COMPLETION_MODELS or "instruct" in base
 
 
 def extract_usage(usage: Any) -> Usage | None:
