@@ -110,7 +110,7 @@ from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_output, estimate_usage
 from addon.unmetered_models import FLAVOR as UNMETERED
-from addon.unmetered_models import NamedModel, body_model, runs_no_model
+from addon.unmetered_models import NamedModel, body_model, default_model, form_reader, runs_no_model
 from addon.usage import Metered, Usage
 
 log = logging.getLogger("tokometer")
@@ -420,6 +420,7 @@ MAX_CHOICES = 128
 MAX_ANSWER_COUNTS = 10_000  # calls in flight whose answer count is remembered (see _answers_of)
 MAX_BEST_OF = 20
 MAX_CANDIDATES = 8
+MAX_PROMPTS = 2048  # a legacy completion's prompts counted at most (each gets its own answers)
 _CHOICE_FLAVORS = frozenset({"chat", "completions", "invoke", "invoke_stream"})
 _CANDIDATE_FLAVORS = frozenset({"generate", "stream"})  # Gemini's generateContent (and Vertex's)
 
@@ -439,10 +440,20 @@ def _answers(flavor: str | None, body: Mapping[str, Any] | None) -> int:
     if not isinstance(body, Mapping):
         return 1
     if flavor in _CHOICE_FLAVORS:
-        return max(_answer_count(body.get("n"), MAX_CHOICES), _answer_count(body.get("best_of"), MAX_BEST_OF))
+        each = max(_answer_count(body.get("n"), MAX_CHOICES), _answer_count(body.get("best_of"), MAX_BEST_OF))
+        return each * (_prompts(body.get("prompt")) if flavor == "completions" else 1)
     if flavor in _CANDIDATE_FLAVORS:
         counts = _gemini_config_values(body, "candidateCount", "candidate_count")
         return max((_answer_count(count, MAX_CANDIDATES) for count in counts), default=1)
+    return 1
+
+
+def _prompts(prompt: Any) -> int:
+    """How many prompts a legacy completion's ``prompt`` holds, each answered on its own (at most
+    MAX_PROMPTS): a list of strings or of token-id lists, one each; anything else (a string, a
+    flat list of token ids) is one."""
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        return min(len(prompt), MAX_PROMPTS)
     return 1
 
 
@@ -1903,6 +1914,8 @@ class Meter:
             deployments = state.provider.deployments  # Azure: a body's model is a deployment
             if named.model is not None and named.model in deployments:
                 named = NamedModel(model=deployments[named.model])
+        if named.model is None and named.problem is None:  # a path that runs a default model
+            named = NamedModel(model=default_model(record.provider, state.route or flow.request.path))
         if named.model is None and named.problem is None:
             self._calls.pop(flow, None)
             return
@@ -1928,20 +1941,23 @@ class Meter:
 
     @staticmethod
     async def _unmetered_body_model(flow: http.HTTPFlow) -> NamedModel:
-        """The model a JSON body names (``unmetered_models.body_model``), read off the event loop
-        when large. A multipart upload, a body that is no JSON object (a file's bytes), one that
-        cannot be decoded: none named (nothing parsed)."""
+        """The model a JSON body names (``unmetered_models.body_model``), or a multipart form's
+        ``model`` field (``form_model``: its files never decoded), read off the event loop when
+        large. A body that is no JSON object (a file's bytes), one that cannot be decoded: none
+        named."""
         request = flow.request
         raw = request.raw_content or b""
-        if not raw or is_form(request.headers.get("content-type", "")):
+        if not raw:
             return NamedModel()
+        content_type = request.headers.get("content-type", "")
+        read = form_reader(content_type) if is_form(content_type) else body_model
         if "content-encoding" not in request.headers:
-            return await _off_loop_if_large(body_model, raw)
+            return await _off_loop_if_large(read, raw)
         try:
             content = await _off_loop_if_large(_decoded_content, request, len(raw))
         except ValueError:
             return NamedModel()  # an encoding the provider cannot read either
-        return await _off_loop_if_large(body_model, content)
+        return await _off_loop_if_large(read, content)
 
     def _check_inherited_model(self, record: CallRecord, decision: Decision) -> Decision:
         """An OpenAI Live fork set up over HTTP naming no model runs its stored session's, and its

@@ -4,19 +4,28 @@ name, so that an environment restricting models can hold them to its allowlist (
 Pure functions over paths and bytes; no mitmproxy. The model is named in the path (Gemini and
 Vertex AI's ``models/{model}:{method}``, Azure's deployment: each provider's ``request_model``
 reads it) or by a JSON body's top-level ``model`` (Bedrock's asynchronous invocation:
-``modelId``). Token counting, OpenAI's moderation and file uploads run no billed model: never
-checked.
+``modelId``; a tuning job's ``baseModel``), or a multipart form's ``model`` field (openai-python
+sends every Sora request as a form). A path that runs a default model when none is named
+(``DEFAULT_MODELS``) is checked as naming it. Token counting, OpenAI's moderation and file
+uploads run no billed model: never checked.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass
 
-from addon.providers.values import bare_path, loads
+from addon.providers.openai_media import read_form
+from addon.providers.values import bare_path
 
 FLAVOR = "unmetered"  # the api_flavor of the row of such a request refused
-MODEL_KEYS = ("model", "modelId")
+# Tuning jobs name their model baseModel (Vertex AI tuningJobs, Gemini tunedModels) or base_model.
+MODEL_KEYS = ("model", "modelId", "baseModel", "base_model")
+# (provider, bare path) -> the model the provider runs when the request names none:
+# POST /v1/videos runs sora-2 (openai-python: "Defaults to sora-2").
+DEFAULT_MODELS: dict[tuple[str, str], str] = {("openai", "/v1/videos"): "sora-2"}
 MAX_MODEL_NAME = 200  # a longer "model" is no model's name: unreadable
 # Free: token counting (Anthropic's /v1/messages/count_tokens, OpenAI's /v1/responses/input_tokens,
 # Bedrock's count-tokens, Gemini and Vertex AI's :countTokens / :computeTokens, Claude on Vertex
@@ -31,6 +40,12 @@ _OPENAI_FREE_SUFFIXES = ("/moderations",)  # free on OpenAI's own API (Mistral b
 _UPLOAD_PREFIX = "/upload/"
 _UPLOAD_SUFFIXES = ("/files", "/parts")
 _JSON_OBJECT = re.compile(rb"\s*\{")  # anchored by match(): only the leading whitespace is read
+_JSON_OBJECT_TEXT = re.compile(r"\s*\{")
+_UTF8_BOM = b"\xef\xbb\xbf"
+_NAMES_NO_MODEL = (
+    "no model field in the form",
+    "multipart body cut short or malformed: no model field found",
+)
 _RESOURCE = "models/"  # "publishers/google/models/gemini-2.5-pro", "models/gemini-2.5-flash"
 # What comes before a model's resource name: nothing ("models/..."), or a publisher. Anything
 # else ("projects/p/locations/l/models/1234567890") is a Vertex AI Model Registry model (AutoML,
@@ -57,10 +72,18 @@ def runs_no_model(provider: str, path: str) -> bool:
     return provider == "openai" and bare.endswith(_OPENAI_FREE_SUFFIXES)
 
 
-def may_name_a_model(content: bytes) -> bool:
-    """Cheap test: can this body be a JSON object naming a model? (A key spelled with escapes,
-    ``"\\u006dodel"``, counts: JSON reads it as ``model``.) Never decodes it."""
-    return _JSON_OBJECT.match(content) is not None and (b'"model' in content or b"\\u" in content)
+def may_name_a_model(content: bytes | str) -> bool:
+    """Cheap test: can this JSON text be an object naming a model (``model``, ``modelId``,
+    ``baseModel``, ``base_model``)? A key spelled with escapes, ``"\\u006dodel"``, counts: JSON
+    reads it as ``model``. Never decodes it."""
+    if isinstance(content, str):
+        return _JSON_OBJECT_TEXT.match(content) is not None and ("odel" in content or "\\u" in content)
+    return _JSON_OBJECT.match(content) is not None and (b"odel" in content or b"\\u" in content)
+
+
+def default_model(provider: str, path: str) -> str | None:
+    """The model ``path`` (query allowed) runs when its request names none, if known."""
+    return DEFAULT_MODELS.get((provider, bare_path(path)))
 
 
 def resource_model(name: str) -> str | None:
@@ -77,9 +100,13 @@ def body_model(content: bytes) -> NamedModel:
     ``modelId``). None when it names none (not JSON, no such member, ``null``, no string: Vertex
     AI's ``models:upload`` describes the model it registers in an object; a Model Registry
     model); a ``problem`` when that string is no model's name. Never raises."""
-    if not may_name_a_model(content):
+    text = _json_text(content)
+    if text is None or not may_name_a_model(text):
         return NamedModel()
-    obj = loads(content)
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return NamedModel()  # not JSON: the provider cannot read it either
     if not isinstance(obj, dict):
         return NamedModel()
     for key in MODEL_KEYS:
@@ -90,3 +117,33 @@ def body_model(content: bytes) -> NamedModel:
             return NamedModel(problem=f"its {key} is not a model's name")
         return NamedModel(model=resource_model(value.strip()))
     return NamedModel()
+
+
+def _json_text(content: bytes) -> bytes | str | None:
+    """``content`` as ``json.loads(bytes)`` reads it (as servers do): UTF-8 bytes without their
+    byte order mark, or UTF-16 / UTF-32 (told by its first bytes) decoded. None if undecodable."""
+    encoding = json.detect_encoding(content)
+    if encoding.startswith("utf-8"):
+        return content[len(_UTF8_BOM) :] if content.startswith(_UTF8_BOM) else content
+    try:
+        return content.decode(encoding).removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return None
+
+
+def form_model(content: bytes, content_type: str) -> NamedModel:
+    """The model a multipart/form-data body's ``model`` field names (``openai_media.read_form``:
+    its files are never decoded). None when it has no such field; a ``problem`` when that field
+    cannot be read (several, empty, a form cut short). Never raises."""
+    fields = read_form(content, content_type)
+    if fields.model is not None:
+        return NamedModel(model=resource_model(fields.model))
+    error = fields.error
+    if error is None or error in _NAMES_NO_MODEL or b"model" not in content:
+        return NamedModel()
+    return NamedModel(problem=error)
+
+
+def form_reader(content_type: str) -> functools.partial[NamedModel]:
+    """``form_model`` for bodies of ``content_type`` (one argument: to run in a worker thread)."""
+    return functools.partial(form_model, content_type=content_type)

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from addon.unmetered_models import NamedModel, body_model, resource_model, runs_no_model
+from addon.unmetered_models import (
+    NamedModel,
+    body_model,
+    default_model,
+    form_model,
+    resource_model,
+    runs_no_model,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +56,12 @@ def test_what_runs_no_billed_model(provider: str, path: str, free: bool) -> None
         (b'\x89PNG"model"', NamedModel()),  # a file's bytes are never decoded
         (b"", NamedModel()),
         (json.dumps({"model": 4}).encode(), NamedModel()),  # no string: names no model
+        (json.dumps({"baseModel": "models/gemini-2.5-pro"}).encode(), NamedModel("gemini-2.5-pro")),
+        (json.dumps({"base_model": "gpt-4.1"}).encode(), NamedModel("gpt-4.1")),
+        (b'\xef\xbb\xbf{"model": "sora-2-pro"}', NamedModel("sora-2-pro")),  # a UTF-8 byte order mark
+        ('{"model": "sora-2-pro"}'.encode("utf-16"), NamedModel("sora-2-pro")),
+        ('{"model": "sora-2-pro"}'.encode("utf-32-le"), NamedModel("sora-2-pro")),
+        (b"\x00\x00\x00\x10binary-event-stream", NamedModel()),
         (json.dumps({"model": {"displayName": "churn"}}).encode(), NamedModel()),  # Vertex models:upload
         (json.dumps({"model": "projects/p/locations/l/models/1234567890"}).encode(), NamedModel()),
         (json.dumps({"model": "  "}).encode(), NamedModel(problem="its model is not a model's name")),
@@ -64,3 +77,29 @@ def test_a_resource_name_is_read_as_its_model() -> None:
     assert resource_model("projects/p/locations/l/publishers/google/models/x-1") == "x-1"
     assert resource_model("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
     assert resource_model("projects/p/locations/l/models/1234567890") is None  # Model Registry: no LLM
+
+
+FORM = "multipart/form-data; boundary=b"
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2-pro\r\n--b--\r\n',
+         NamedModel("sora-2-pro")),
+        (b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na model ship\r\n--b--\r\n',
+         NamedModel()),
+        (b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2\r\n'
+         b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2-pro\r\n--b--\r\n',
+         NamedModel(problem="2 different model fields in the form: its model cannot be read")),
+    ],
+    ids=["model", "none", "two"],
+)  # fmt: skip
+def test_the_model_a_form_names(content: bytes, named: NamedModel) -> None:
+    assert form_model(content, FORM) == named
+
+
+def test_a_path_running_a_default_model() -> None:
+    assert default_model("openai", "/v1/videos?x=1") == "sora-2"
+    assert default_model("openai", "/v1/videos/video_1/remix") is None
+    assert default_model("mistral", "/v1/videos") is None
