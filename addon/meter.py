@@ -110,7 +110,14 @@ from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
 from addon.token_estimate import estimate_output, estimate_usage
 from addon.unmetered_models import FLAVOR as UNMETERED
-from addon.unmetered_models import NamedModel, body_model, default_model, form_reader, runs_no_model
+from addon.unmetered_models import (
+    NamedModel,
+    body_model,
+    default_model,
+    form_reader,
+    path_model,
+    runs_no_model,
+)
 from addon.usage import Metered, Usage
 
 log = logging.getLogger("tokometer")
@@ -1136,9 +1143,9 @@ class Meter:
             decoded is not None and runs_no_model(provider.name, decoded)
         ):
             return
-        model = provider.request_model(route, None)
+        model = provider.request_model(route, None) or path_model(provider.name, route)
         if model is None and decoded is not None:  # a server that decodes its whole path first
-            model = provider.request_model(decoded, None)
+            model = provider.request_model(decoded, None) or path_model(provider.name, decoded)
         state = self._open_path_call(flow, provider, host, tags_header, route, UNMETERED, unmetered=True)
         state.record.model_requested = model
 

@@ -16,6 +16,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from addon.providers.openai_media import read_form
 from addon.providers.values import bare_path
@@ -25,6 +26,9 @@ FLAVOR = "unmetered"  # the api_flavor of the row of such a request refused
 MODEL_KEYS = ("model", "modelId", "baseModel", "base_model")
 # (provider, bare path) -> the model the provider runs when the request names none:
 # POST /v1/videos runs sora-2 (openai-python: "Defaults to sora-2").
+# Objects a body's model may be named in when its top level names none: an OpenAI eval run
+# (POST /v1/evals/{id}/runs) samples from data_source.model.
+NESTED_MODEL_OBJECTS = ("data_source",)
 DEFAULT_MODELS: dict[tuple[str, str], str] = {("openai", "/v1/videos"): "sora-2"}
 MAX_MODEL_NAME = 200  # a longer "model" is no model's name: unreadable
 # Free: token counting (Anthropic's /v1/messages/count_tokens, OpenAI's /v1/responses/input_tokens,
@@ -46,6 +50,7 @@ _NAMES_NO_MODEL = (
     "no model field in the form",
     "multipart body cut short or malformed: no model field found",
 )
+_BEDROCK_BIDIRECTIONAL = re.compile(r"/model/(?P<id>[^?#]+?)/invoke-with-bidirectional-stream")
 _RESOURCE = "models/"  # "publishers/google/models/gemini-2.5-pro", "models/gemini-2.5-flash"
 # What comes before a model's resource name: nothing ("models/..."), or a publisher. Anything
 # else ("projects/p/locations/l/models/1234567890") is a Vertex AI Model Registry model (AutoML,
@@ -81,6 +86,16 @@ def may_name_a_model(content: bytes | str) -> bool:
     return _JSON_OBJECT.match(content) is not None and (b"odel" in content or b"\\u" in content)
 
 
+def path_model(provider: str, path: str) -> str | None:
+    """The model a path names that its provider's ``request_model`` does not read (it reads the
+    metered operations only): Bedrock's ``/model/{id}/invoke-with-bidirectional-stream`` (Nova
+    Sonic), URL-decoded."""
+    if provider != "aws":
+        return None
+    m = _BEDROCK_BIDIRECTIONAL.fullmatch(bare_path(path))
+    return unquote(m["id"]) if m is not None else None
+
+
 def default_model(provider: str, path: str) -> str | None:
     """The model ``path`` (query allowed) runs when its request names none, if known."""
     return DEFAULT_MODELS.get((provider, bare_path(path)))
@@ -97,9 +112,11 @@ def resource_model(name: str) -> str | None:
 
 def body_model(content: bytes) -> NamedModel:
     """The model a request body's JSON object names at its top level (``model``, else
-    ``modelId``). None when it names none (not JSON, no such member, ``null``, no string: Vertex
-    AI's ``models:upload`` describes the model it registers in an object; a Model Registry
-    model); a ``problem`` when that string is no model's name. Never raises."""
+    ``modelId``, ``baseModel``, ``base_model``), else in an object of ``NESTED_MODEL_OBJECTS``
+    (an OpenAI eval run's ``data_source.model``, the model it samples). None when it names none
+    (not JSON, no such member, ``null``, no string: Vertex AI's ``models:upload`` describes the
+    model it registers in an object; a Model Registry model); a ``problem`` when that string is
+    no model's name. Never raises."""
     text = _json_text(content)
     if text is None or not may_name_a_model(text):
         return NamedModel()
@@ -109,6 +126,17 @@ def body_model(content: bytes) -> NamedModel:
         return NamedModel()  # not JSON: the provider cannot read it either
     if not isinstance(obj, dict):
         return NamedModel()
+    named = _object_model(obj)
+    for member in NESTED_MODEL_OBJECTS:
+        if named.model is not None or named.problem is not None:
+            break
+        if isinstance(nested := obj.get(member), dict):
+            named = _object_model(nested)
+    return named
+
+
+def _object_model(obj: dict[str, object]) -> NamedModel:
+    """The model one JSON object names by one of MODEL_KEYS (see ``body_model``)."""
     for key in MODEL_KEYS:
         value = obj.get(key)
         if not isinstance(value, str):

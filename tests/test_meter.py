@@ -1848,3 +1848,34 @@ async def test_an_unmetered_body_the_metered_path_would_read_is_checked(meter: M
     flow = make_flow("https://api.openai.com/v1/videos", encode(text))
     await run_request(meter, flow)
     assert _refused(flow) and "sora-2-pro" in _message(flow)
+
+
+async def test_bedrock_bidirectional_stream_path_model_is_checked(meter: Meter) -> None:
+    """InvokeModelWithBidirectionalStream (Nova Sonic) names its model in the path; its body (an
+    event stream) names none."""
+    meter._apply(parse_policies(RESTRICTED))
+    flow = make_flow(
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.nova-sonic-v1:0/invoke-with-bidirectional-stream",
+        b"\x00\x00\x00\x10binary-event-stream",
+        headers={"content-type": "application/vnd.amazon.eventstream"},
+    )
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "amazon.nova-sonic-v1:0" in json.loads(flow.response.content)["message"]
+
+
+async def test_eval_run_naming_its_sampling_model_is_checked(meter: Meter) -> None:
+    """An OpenAI eval run samples from ``data_source.model`` (billed at that model's rates)."""
+    meter._apply(parse_policies(RESTRICTED))
+    source = {"type": "completions", "model": "o3", "source": {"type": "file_id", "id": "file_1"}}
+    flow = make_flow("https://api.openai.com/v1/evals/eval_1/runs", {"name": "r", "data_source": source})
+    await run_request(meter, flow)
+    assert _refused(flow) and "o3" in _message(flow)
+    mini = make_flow(
+        "https://api.openai.com/v1/evals/eval_1/runs", {"data_source": {**source, "model": "o4-mini"}}
+    )
+    await run_request(meter, mini)
+    assert mini.response is None
+    jsonl = make_flow("https://api.openai.com/v1/evals/eval_1/runs", {"data_source": {"type": "jsonl"}})
+    await run_request(meter, jsonl)
+    assert jsonl.response is None  # samples nothing: names no model

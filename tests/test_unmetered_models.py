@@ -11,6 +11,7 @@ from addon.unmetered_models import (
     body_model,
     default_model,
     form_model,
+    path_model,
     resource_model,
     runs_no_model,
 )
@@ -62,6 +63,9 @@ def test_what_runs_no_billed_model(provider: str, path: str, free: bool) -> None
         ('{"model": "sora-2-pro"}'.encode("utf-16"), NamedModel("sora-2-pro")),
         ('{"model": "sora-2-pro"}'.encode("utf-32-le"), NamedModel("sora-2-pro")),
         (b"\x00\x00\x00\x10binary-event-stream", NamedModel()),
+        (json.dumps({"data_source": {"type": "responses", "model": "o3"}}).encode(), NamedModel("o3")),
+        (json.dumps({"model": "gpt-4.1", "data_source": {"model": "o3"}}).encode(), NamedModel("gpt-4.1")),
+        (json.dumps({"data_source": {"type": "jsonl"}}).encode(), NamedModel()),
         (json.dumps({"model": {"displayName": "churn"}}).encode(), NamedModel()),  # Vertex models:upload
         (json.dumps({"model": "projects/p/locations/l/models/1234567890"}).encode(), NamedModel()),
         (json.dumps({"model": "  "}).encode(), NamedModel(problem="its model is not a model's name")),
@@ -103,3 +107,10 @@ def test_a_path_running_a_default_model() -> None:
     assert default_model("openai", "/v1/videos?x=1") == "sora-2"
     assert default_model("openai", "/v1/videos/video_1/remix") is None
     assert default_model("mistral", "/v1/videos") is None
+
+
+def test_a_model_named_in_a_path_no_metered_operation_reads() -> None:
+    path = "/model/amazon.nova-sonic-v1%3A0/invoke-with-bidirectional-stream"
+    assert path_model("aws", path) == "amazon.nova-sonic-v1:0"
+    assert path_model("aws", "/model/amazon.nova-sonic-v1:0/invoke") is None  # read by request_model
+    assert path_model("openai", path) is None
