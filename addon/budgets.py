@@ -8,6 +8,7 @@ lookup and a compare, safe to run on mitmproxy's event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -39,6 +40,8 @@ EVENT_COLUMNS = (
     "data",
     "message",
 )
+# Seconds a client refused because calls in flight fill a budget (not its spend) waits to retry.
+NO_ROOM_RETRY_S = 5
 _ZERO = Decimal(0)
 
 
@@ -145,20 +148,26 @@ class BudgetRefusal:
     retry_after: int  # whole seconds until the period ends
     reserved: Decimal = _ZERO  # held besides by calls in flight and background responses running
 
+    @property
+    def spent_out(self) -> bool:
+        """Did the spend alone reach the cap (else calls in flight fill it, and give room back as
+        they finish: the refusal is then a short wait, ``NO_ROOM_RETRY_S``, not the period's end)?"""
+        return self.spent >= self.budget.usd or self.reserved <= 0
+
     def message(self) -> str:
         """One line naming the budget, its cap, the spend (and what is reserved besides), the period
         and when it resets. "is spent" only when the spend alone reached the cap; a budget that
         the reservations of calls in flight fill up "has no room left" (until they finish)."""
-        spent = self.spent >= self.budget.usd or self.reserved <= 0
+        spent = self.spent_out
         reserved = ""
         if self.reserved > 0:
             reserved = f", {_format_reserved(self.reserved)} more reserved by calls in flight"
             reserved += "" if spent else " (given back as they finish)"
+        wait = f"resets in {format_duration(self.retry_after)}" if spent else f"retry in {self.retry_after} s"
         return (
             f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} "
             f"{'is spent' if spent else 'has no room left'}: "
-            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){reserved}; "
-            f"resets in {format_duration(self.retry_after)}"
+            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){reserved}; {wait}"
         )
 
 
@@ -644,7 +653,10 @@ class BudgetTracker:
                 reserved = self._reserved.get(scope, _ZERO)
                 if spent + reserved >= budget.usd:
                     retry_after = max(1, math.ceil((end - now).total_seconds()))
-                    return BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved)
+                    refusal = BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved)
+                    if not refusal.spent_out:  # calls in flight fill it: room comes back as they end
+                        refusal = dataclasses.replace(refusal, retry_after=min(retry_after, NO_ROOM_RETRY_S))
+                    return refusal
             if reserve is not None and budgeted:
                 call_id, estimate = reserve
                 amount = max(_ZERO, estimate())

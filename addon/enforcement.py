@@ -98,10 +98,11 @@ class Enforcer:
                 decision.model_sent,
                 refusal=refusal_response(
                     provider,
-                    budget_refusal_status(provider),
+                    budget_refusal_status(provider, final=refusal.spent_out),
                     message,
                     kind="over_budget",
                     retry_after=refusal.retry_after,
+                    final=refusal.spent_out,
                 ),
                 message=message,
             )

@@ -2646,6 +2646,11 @@ class Meter:
             self.store.journal(row)
         if self.store.journal(state.record):
             state.journaled_in = self.store
+        if not images and self.enforcer.budgets.reserves(state.record.id):
+            # The client has its answer: the next call it makes is decided on this one's cost,
+            # not on its reservation until upstream ends the body (a tool's images give way in
+            # _finish, where they are held first).
+            self._price_now(state.record)
 
     def _tool_rows(self, state: CallState, metered: Metered) -> list[CallRecord]:
         """The rows of what the call's image_generation tool spent that OpenAI bills apart: its
@@ -2675,7 +2680,12 @@ class Meter:
                 self.enforcer.budgets.settle(record.id)
                 log.exception("tokometer: could not count call %s against its budgets", record.id)
             return
-        if self.enforcer.budgets.reserves(record.id):
+        if store is not self.store:
+            # A store closed or switched away (tokometer_db changed): the row goes to its journal,
+            # counted by that database's next start; no writer here ever counts it, so nothing
+            # may stay held or reserved for it.
+            self.enforcer.budgets.settle(record.id)
+        elif self.enforcer.budgets.reserves(record.id):
             self._price_now(record)
         store.submit(record)  # after close() this goes to a journal for the next start
 

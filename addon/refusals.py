@@ -68,28 +68,36 @@ def error_body(provider: str, status: int, message: str, kind: str) -> dict[str,
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
-def budget_refusal_status(provider: str) -> int:
-    """The status a spent budget is answered with: 429, or 403 for Bedrock (see ``_AWS_CODES``)."""
-    return 403 if provider == "aws" else 429
+def budget_refusal_status(provider: str, *, final: bool = True) -> int:
+    """The status a spent budget is answered with: 429, or 403 for Bedrock (see ``_AWS_CODES``);
+    a budget only filled by calls in flight (``final`` False) 429 everywhere, a throttle."""
+    return 403 if provider == "aws" and final else 429
 
 
 def refusal_response(
-    provider: str, status: int, message: str, *, kind: str, retry_after: int | None = None
+    provider: str,
+    status: int,
+    message: str,
+    *,
+    kind: str,
+    retry_after: int | None = None,
+    final: bool = True,
 ) -> http.Response:
     """A complete response refusing the call (``kind``: blocked | over_budget | rate_limited).
 
     Headers: JSON content type, ``X-Tokometer-Refused: <kind>``, ``Retry-After`` when
     given, and ``x-should-retry: false`` for blocked and over-budget calls so the SDKs do
     not retry something that cannot succeed before the period ends (Bedrock's error code
-    does that for boto3).
+    does that for boto3). Not ``final``: an over-budget refusal that calls in flight cause (room
+    comes back as they finish) lets the SDKs retry, and is a throttle on Bedrock.
     """
     body = json.dumps(error_body(provider, status, message, kind)).encode()
     headers = {"content-type": "application/json", REFUSED_HEADER: kind}
     if provider == "aws":
-        headers["x-amzn-ErrorType"] = _AWS_CODES[kind]
+        headers["x-amzn-ErrorType"] = _AWS_CODES[kind] if final else _AWS_CODES["rate_limited"]
     if retry_after is not None:
         headers["retry-after"] = str(max(0, int(retry_after)))
-    if kind in ("blocked", "over_budget"):
+    if kind in ("blocked", "over_budget") and final:
         headers["x-should-retry"] = "false"
     return http.Response.make(status, body, headers)
 

@@ -496,9 +496,10 @@ def test_a_finished_calls_reservation_gives_way_to_its_cost_before_the_writer_re
     assert tracker.check(scopes, now, reserve=("big", lambda: Decimal("0.0004"))) is None
     refusal = tracker.check(scopes, now, reserve=("late", lambda: estimate))
     assert refusal is not None and (refusal.spent, refusal.reserved) == (5 * cost, Decimal("0.001"))
+    assert refusal.retry_after == 5  # room comes back as calls finish: not the period's end
     assert refusal.message() == (
         "qa budget of $0.001 per day has no room left: $0.000045 used since 2026-11-28 (UTC), "
-        "$0.001 more reserved by calls in flight (given back as they finish); resets in 12h 0m"
+        "$0.001 more reserved by calls in flight (given back as they finish); retry in 5 s"
     )
     tracker.give_way("next", scopes, None)  # unpriced: counts $0
     tracker.give_way("big", scopes, Decimal("0.002"))  # cost more than it reserved: spent
