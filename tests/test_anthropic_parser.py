@@ -482,14 +482,46 @@ def test_plain_blocks_taken_whole_count_toward_a_cut_streams_output() -> None:
 
 
 @pytest.mark.parametrize("cut_at", [b"event: message_delta", b'"usage":{"output_tokens":91}'])
-def test_cut_before_the_first_message_delta_only_is_partial(cut_at: bytes) -> None:
-    """Past a message_delta, its cumulative output count is the provider's own: a floor no longer
-    estimated (the later delta, cut inside, is not JSON)."""
+def test_cut_before_the_final_message_delta_is_partial(cut_at: bytes) -> None:
+    """Before the first message_delta the output is message_start's placeholder; past the first
+    (``stop_reason`` null: a server-tool turn's mid-turn delta, 38) it is a running count, not the
+    call's (the final delta, cut inside, is not JSON). Both are floors, left to an estimate."""
     result, _ = run([STREAM[: STREAM.index(cut_at) + (10 if cut_at.startswith(b'"') else 0)]])
     first = cut_at == b"event: message_delta"
-    assert result.output_partial is first
+    assert result.output_partial is True
     assert result.usage is not None and result.usage.output_tokens == (1 if first else 38)
-    assert (result.output_text is not None) is first
+    assert result.output_text is not None
+
+
+def test_past_the_final_message_delta_or_at_message_stop_is_not_partial() -> None:
+    """The message_delta with a stop reason carries the call's count; message_stop ends the turn."""
+    result, _ = run([STREAM[: STREAM.index(b"event: message_stop")]])
+    assert (result.output_partial, result.usage.output_tokens) == (False, 91)  # type: ignore[union-attr]
+    no_reason = STREAM.replace(b'"stop_reason":"end_turn"', b'"stop_reason":null')
+    assert no_reason != STREAM
+    result, _ = run([no_reason])  # message_stop still ends it
+    assert (result.output_partial, result.usage.output_tokens) == (False, 91)  # type: ignore[union-attr]
+
+
+def anthropic_cut_in_second_block(n: int = 400) -> bytes:
+    """The fixture (a server-tool turn: a message_delta with stop_reason null and a running output
+    count of 38, then a second text block, then the final message_delta with 91), with a long
+    second block, cut before the final message_delta."""
+    data = STREAM[: STREAM.rindex(b"event: content_block_stop")]
+    delta = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,'
+        b'"delta":{"type":"text_delta","text":" and then some more words"}}\n\n'
+    )
+    return data + delta * n
+
+
+def test_intermediate_message_delta_is_not_the_final_count() -> None:
+    """Review: a message_delta with ``stop_reason: null`` (mid-turn, output 38) was taken as final,
+    so a stream cut after it was 'reported' at 38 however long the rest of the answer was."""
+    result, _ = run([anthropic_cut_in_second_block()])
+    assert result.usage is not None and result.usage.output_tokens == 38
+    assert result.output_partial is True
+    assert result.output_text is not None and result.output_text.count("some more words") == 400
 
 
 def test_a_whole_stream_is_not_partial() -> None:

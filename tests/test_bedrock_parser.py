@@ -506,6 +506,28 @@ def test_an_anthropic_invoke_stream_is_final_from_its_message_delta_on() -> None
     assert run("converse_stream", [CONVERSE_STREAM]).output_partial is False
 
 
+def test_an_intermediate_message_delta_is_not_the_final_count() -> None:
+    """Review: the mid-turn message_delta (``stop_reason`` null, running output 38) was taken as
+    final (``_final |= taken``): a stream cut after it stayed 'reported' at 38."""
+    from tests.test_anthropic_parser import anthropic_cut_in_second_block, events_of
+
+    events = events_of(anthropic_cut_in_second_block(5))
+    result = run("invoke_stream", [b"".join(chunk(json.loads(e.data)) for e in events)])
+    assert result.usage is not None and result.usage.output_tokens == 38
+    assert result.output_partial is True and result.output_text is not None
+
+
+def test_a_bare_message_stop_ends_an_anthropic_invoke_stream() -> None:
+    """message_stop (without Bedrock's metrics) ends the turn: the last message_delta's count stands."""
+    events = [dict(e) for e in ANTHROPIC_EVENTS]
+    events[5]["delta"] = {"stop_reason": None, "stop_sequence": None}
+    events[6] = {"type": "message_stop"}
+    result = run("invoke_stream", [b"".join(chunk(e) for e in events[:6])])
+    assert (result.output_partial, result.usage.output_tokens) == (True, 9)  # type: ignore[union-attr]
+    result = run("invoke_stream", [b"".join(chunk(e) for e in events)])
+    assert (result.output_partial, result.usage.output_tokens) == (False, 9)  # type: ignore[union-attr]
+
+
 def test_exception_event_mid_stream() -> None:
     data = b"".join(
         [

@@ -241,6 +241,23 @@ async def test_a_cut_stream_past_its_final_usage_is_reported(meter: Meter) -> No
     assert (rec.output_tokens, rec.usage_source, rec.error) == (91, "reported", "Client disconnected.")
 
 
+async def test_a_cut_after_an_intermediate_message_delta_is_estimated(meter: Meter) -> None:
+    """Review: 400 deltas after a server-tool turn's mid-turn message_delta (stop_reason null,
+    output 38), then the client hangs up: the row said 38 output tokens, 'reported'."""
+    from tests.test_anthropic_parser import anthropic_cut_in_second_block
+
+    flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    flow.response.stream(anthropic_cut_in_second_block())
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)
+    [rec] = await submitted(meter)
+    assert rec.output_tokens > 38 * 10, (rec.output_tokens, rec.usage_source, rec.error)
+    assert rec.usage_source == "estimated" and rec.aborted is True
+    assert rec.error == f"Client disconnected.; {PARTIAL_USAGE_NOTE}"
+
+
 async def test_a_cut_stream_is_estimated_at_shutdown_too(meter: Meter) -> None:
     flow = make_flow("https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5", "stream": True})
     await run_request(meter, flow)

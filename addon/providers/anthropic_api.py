@@ -4,8 +4,10 @@ Pure functions over bytes; no mitmproxy. Anthropic's ``input_tokens`` EXCLUDES c
 reads and writes, so normalised input is the sum of the three. In streams,
 ``message_start`` carries input and cache counts, and every ``message_delta`` carries
 CUMULATIVE counts: each count present overwrites the previous one, never adds.
-``message_start``'s ``output_tokens`` is a placeholder (1): a stream cut before its first
-``message_delta`` with usage has its output unknown (``Metered.output_partial``).
+``message_start``'s ``output_tokens`` is a placeholder (1), and a ``message_delta`` whose
+``delta.stop_reason`` is null (sent mid-turn around server tools: web search, code execution)
+carries a running count: a stream cut before the final ``message_delta`` (a stop reason) or
+``message_stop`` has its output unknown (``Metered.output_partial``).
 The completion text (``content_block_delta`` events) is kept raw and decoded only when
 no usage came, or no final output count (``Metered.output_text``, for an offline estimate).
 """
@@ -126,6 +128,14 @@ def parse_response(flavor: str, body: bytes) -> Metered:
     )
 
 
+def is_final_delta(obj: dict[str, Any]) -> bool:
+    """Is a ``message_delta`` the turn's last: not one with ``delta.stop_reason`` null, which
+    Anthropic sends mid-turn (server tools) with a running output count? (One without a ``delta``
+    or its ``stop_reason`` key, from a look-alike server, is taken as final.)"""
+    delta = obj.get("delta")
+    return not (isinstance(delta, dict) and "stop_reason" in delta and delta["stop_reason"] is None)
+
+
 class StreamParser:
     """Feed the SSE events of one streamed Messages response; ``result()`` at any time."""
 
@@ -147,7 +157,7 @@ class StreamParser:
         self.flavor = flavor
         self._counts: dict[str, int] = {}
         self._seen = False  # a usage object was seen
-        self._final = False  # a message_delta's usage was seen: its output count is the call's
+        self._final = False  # the final message_delta's usage was seen: its output count is the call's
         self._model: str | None = None
         self._error: str | None = None
         self._done = False
@@ -203,7 +213,7 @@ class StreamParser:
                 self._take_usage(message.get("usage"))
             return
         taken = self._take_usage(obj.get("usage"))
-        self._final |= taken and kind == "message_delta"
+        self._final |= taken and kind == "message_delta" and is_final_delta(obj)
 
     def _take_usage(self, usage: Any) -> bool:
         """Merge a usage object's counts; whether it was one."""
@@ -218,10 +228,11 @@ class StreamParser:
     def result(self) -> Metered:
         """Usage seen so far (None if none), the reported model, and an error if any.
 
-        Before a ``message_delta`` with usage the output count is message_start's placeholder:
-        ``output_partial``, with the text seen for an estimate."""
+        Before the final ``message_delta`` (or ``message_stop``) the output count is
+        message_start's placeholder or a running count: ``output_partial``, with the text seen for
+        an estimate."""
         usage = usage_from_counts(self._counts) if self._seen else None
-        partial = usage is not None and not self._final
+        partial = usage is not None and not (self._final or self._done)
         error = self._error
         if usage is None and error is None:
             error = (

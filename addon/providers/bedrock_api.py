@@ -416,7 +416,7 @@ class StreamParser:
         self._metrics: Usage | None = None  # from amazon-bedrock-invocationMetrics
         self._counts: dict[str, int] = {}  # Anthropic native counts (a fallback)
         self._seen = False
-        self._final = False  # an Anthropic message_delta's usage: the output count is the call's
+        self._final = False  # Anthropic's final message_delta or message_stop: the output count is the call's
         self._native: Usage | None = None  # another native event's usage (Nova, OpenAI shapes; a fallback)
         self._error: str | None = None
         self._done = False
@@ -453,7 +453,8 @@ class StreamParser:
 
     def result(self) -> Metered:
         """Usage seen so far (None if none) and an error if any; the text only when no usage, or
-        when the output count is Anthropic's message_start placeholder (``output_partial``)."""
+        when the output count is Anthropic's message_start placeholder or a running count (before
+        the final ``message_delta`` or ``message_stop``: ``output_partial``)."""
         usage = self._usage or self._metrics
         partial = False
         if usage is None and self._seen:
@@ -483,6 +484,9 @@ class StreamParser:
             return
         has_metrics = _METRICS in inner
         if not (has_metrics or b'"usage"' in inner or b'"error"' in inner):
+            if b'"message_stop"' in inner and _event_type(inner) == "message_stop":
+                self._final = True  # Anthropic's turn ended: the last message_delta's count stands
+                return
             self._text.add(inner)
             return
         obj = loads(inner)
@@ -500,7 +504,9 @@ class StreamParser:
         elif kind == "message_delta":
             taken = anthropic_api.merge_usage(self._counts, obj.get("usage"))
             self._seen |= taken
-            self._final |= taken
+            self._final |= taken and anthropic_api.is_final_delta(obj)
+        elif kind == "message_stop":
+            self._final = True
         elif kind == "error":
             self._error = anthropic_api.error_message(obj.get("error") or obj) or "error event"
         else:
@@ -509,6 +515,13 @@ class StreamParser:
             if native is not None:
                 self._native = native
             self._text.add(inner)
+
+
+def _event_type(data: bytes) -> str | None:
+    """The ``type`` of a JSON event (None if not a JSON object)."""
+    obj = loads(data)
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _stream_error(message: EventMessage) -> str:
