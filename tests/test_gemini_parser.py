@@ -337,6 +337,89 @@ def test_only_a_stream_that_finished_has_its_output_count_final(data: bytes, fra
         assert (result.output_partial, result.output_text is None) == (not last, last), i
 
 
+def feed_chunks(chunks: list[dict[str, Any]], framing: str = "sse") -> StreamParser:
+    """A parser fed ``chunks`` framed as ``alt=sse`` events or a JSON array."""
+    parser = StreamParser("stream")
+    if framing == "sse":
+        sse = SSEDecoder()
+        data = b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks)
+        for event in sse.feed(data) + sse.close():
+            parser.feed(event)
+    else:
+        array = JSONArrayDecoder()
+        data = b"[" + b",\r\n".join(json.dumps(c).encode() for c in chunks) + b"]"
+        for element in array.feed(data) + array.close():
+            parser.feed(element)
+    return parser
+
+
+BLOCKED = {
+    "promptFeedback": {"blockReason": "SAFETY"},
+    "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+    "modelVersion": "gemini-2.5-flash",
+}
+
+
+@pytest.mark.parametrize("framing", ["sse", "json_array"])
+def test_a_blocked_prompt_stream_is_complete_not_partial(framing: str) -> None:
+    """Review: a blocked prompt streams one chunk (blockReason, the usage, no candidates and so no
+    finishReason). That is the whole answer, yet it was called a running count."""
+    parser = feed_chunks([BLOCKED], framing)
+    result = parser.result()
+    assert result.usage is not None and result.usage.input_tokens == 8
+    assert (result.output_partial, result.output_text, parser.done) == (False, None, True)
+
+
+def candidates_chunk(parts: list[tuple[int, str, str | None]], usage: dict[str, int]) -> dict[str, Any]:
+    """A chunk of several candidates: (index, text, finishReason or None) each."""
+    candidates = []
+    for index, text, finish in parts:
+        cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": index}
+        if finish:
+            cand["finishReason"] = finish
+        candidates.append(cand)
+    return {"candidates": candidates, "usageMetadata": usage, "modelVersion": "gemini-2.5-flash"}
+
+
+def test_two_candidates_cut_after_the_first_finishes_is_partial() -> None:
+    """Review: candidateCount=2, candidate 0 finishes while 1 still streams. The first finishReason
+    made every later running count final: a stream cut then was reported at the count so far."""
+    usage = {"promptTokenCount": 10}
+    chunks = [
+        candidates_chunk([(0, "a " * 5, None), (1, "b " * 5, None)], {**usage, "candidatesTokenCount": 10}),
+        candidates_chunk([(0, "a.", "STOP"), (1, "b " * 5, None)], {**usage, "candidatesTokenCount": 16}),
+        candidates_chunk([(1, "b " * 50, None)], {**usage, "candidatesTokenCount": 66}),  # cut after it
+    ]
+    parser = feed_chunks(chunks)
+    result = parser.result()
+    assert result.usage is not None and result.usage.output_tokens == 66
+    assert (result.output_partial, parser.done) == (True, False)  # candidate 1 never finished
+    chunks.append(candidates_chunk([(1, "b.", "MAX_TOKENS")], {**usage, "candidatesTokenCount": 68}))
+    parser = feed_chunks(chunks)
+    result = parser.result()
+    assert (result.output_partial, parser.done, result.usage.output_tokens) == (False, True, 68)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("data", "framing"), [(ARRAY_STREAM, "json_array"), (SSE_STREAM, "sse")])
+def test_cut_inside_the_finishing_chunk_before_its_usage_is_partial(data: bytes, framing: str) -> None:
+    """Review: upstream closes inside the last chunk, past its ``"finishReason": "STOP"`` but before
+    its usageMetadata. The substring in that unparseable fragment made the chunk before's running
+    count (9 of 22 answer tokens) final, and the tap's final event seen (not even aborted)."""
+    cut = data.rindex(b'"finishReason"') + len(b'"finishReason": "STOP"') + 2
+    parser = StreamParser("stream")
+    if framing == "sse":
+        sse = SSEDecoder()
+        pieces: list[Any] = sse.feed(data[:cut]) + sse.close()
+    else:
+        array = JSONArrayDecoder()
+        pieces = array.feed(data[:cut]) + array.close()
+    for piece in pieces:
+        parser.feed(piece)
+    result = parser.result()
+    assert result.usage is not None and result.usage.output_tokens == 118 + 9  # the second chunk's
+    assert (result.output_partial, parser.done) == (True, False)
+
+
 def test_stream_cut_inside_the_first_chunk() -> None:
     first = ARRAY_STREAM.index(b'"usageMetadata"')
     result, _ = run([ARRAY_STREAM[:first]], "json_array")

@@ -689,6 +689,46 @@ async def test_a_whole_gemini_answer_sent_as_sse_is_buffered_and_metered(meter: 
     assert (record.api_flavor, record.input_tokens, record.output_tokens) == ("generate", 10, 5)
 
 
+async def test_a_blocked_gemini_prompt_stream_stays_reported(meter: Meter) -> None:
+    """Review: a complete Gemini stream (a blocked prompt: one chunk, blockReason and the usage, no
+    candidates; the body ends normally) was marked estimated with the partial-usage note."""
+    from tests.test_gemini_parser import BLOCKED
+
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    flow = make_flow(url, body, headers={"x-goog-api-key": "AIza-test-0123456789"})
+    del flow.request.headers["authorization"]  # Gemini's key only
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    flow.response.stream(b"data: " + json.dumps(BLOCKED).encode() + b"\r\n\r\n")
+    flow.response.stream(b"")
+    await meter.response(flow)
+    [rec] = await submitted(meter)
+    assert (rec.input_tokens, rec.output_tokens, rec.aborted) == (8, 0, False)
+    assert (rec.usage_source, rec.error) == ("reported", None)
+
+
+async def test_a_gemini_stream_ended_inside_its_finishing_chunk_is_estimated(meter: Meter) -> None:
+    """Review: a body that ends inside the finishing chunk, past its "finishReason" but before its
+    usage: the unparseable fragment's text made the chunk before's running count final ('reported',
+    no note, the final event seen). The output is now estimated from the text seen."""
+    from tests.test_gemini_parser import SSE_STREAM
+
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    flow = make_flow(url, body, headers={"x-goog-api-key": "AIza-test-0123456789"})
+    del flow.request.headers["authorization"]
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    cut = SSE_STREAM.rindex(b'"finishReason"') + len(b'"finishReason": "STOP"') + 2
+    flow.response.stream(SSE_STREAM[:cut])
+    flow.response.stream(b"")
+    await meter.response(flow)
+    [rec] = await submitted(meter)
+    assert (rec.usage_source, rec.error) == ("estimated", PARTIAL_USAGE_NOTE)
+    assert rec.input_tokens == 27 and rec.output_tokens >= 118 + 9
+
+
 async def test_a_codex_compaction_is_metered(meter: Meter) -> None:
     """POST /v1/responses/compact (Codex CLI's /compact and auto-compaction) runs the model over the
     whole history and answers with a Responses usage."""

@@ -282,13 +282,19 @@ class StreamParser:
 
     __slots__ = (
         "_bad",
+        "_blocked",
+        "_decoded",
         "_done",
         "_error",
+        "_finished",
         "_last",
+        "_last_final",
         "_lazy",
         "_model",
         "_prev",
+        "_prev_final",
         "_queries",
+        "_seen",
         "_text",
         "flavor",
     )
@@ -297,17 +303,26 @@ class StreamParser:
         self.flavor = flavor
         self._last: bytes | None = None  # the last chunk holding a usageMetadata
         self._prev: bytes | None = None  # the one before (used if the last is cut)
+        # Whether the answer had ended at those chunks (their usage is then the call's).
+        self._last_final = False
+        self._prev_final = False
         self._lazy: tuple[Usage | None, str | None, int, str | None, bool] | None = None
         self._model: str | None = None
         self._error: str | None = None
         self._done = False
+        self._seen: set[int] = set()  # candidate indexes seen in the chunks decoded
+        self._finished: set[int] = set()  # those with a finishReason
+        self._blocked = False  # promptFeedback.blockReason: the prompt was refused, no answer
+        self._decoded: tuple[bytes, Any] | None = None  # a usage chunk decoded in feed (not twice)
         self._bad = 0
         self._queries: set[str] | None = None  # Google Search queries of grounded chunks
         self._text = TextCollector(self._chunk_texts)
 
     @property
     def done(self) -> bool:
-        """A chunk with a ``finishReason`` was seen."""
+        """The answer ended, as said by chunks that parsed: every candidate seen has its
+        ``finishReason`` (each ``candidateCount`` answer its own), or the prompt was blocked
+        (``promptFeedback.blockReason``, no candidates)."""
         return self._done
 
     def feed(self, event: SSEEvent | bytes) -> None:
@@ -316,18 +331,26 @@ class StreamParser:
         if not data or data.isspace():
             return
         self._text.add(data)
+        obj: Any = None
+        # Rare (once per candidate, or a blocked prompt): decoded at once. A chunk cut short (the
+        # body ended inside it) is not JSON and ends nothing.
+        if b'"finishReason"' in data or b'"blockReason"' in data:
+            obj = loads(data)
+            if isinstance(obj, dict):
+                self._take_ending(obj)
         if b'"usageMetadata"' in data:
             self._prev, self._last = self._last, data
+            self._prev_final, self._last_final = self._last_final, self._done
             self._lazy = None
-        if b'"finishReason"' in data:
-            self._done = True
+            if obj is not None:
+                self._decoded = (data, obj)
         if b'"groundingMetadata"' in data:  # rare: decoded at once, its queries kept
-            obj = loads(data)
+            obj = loads(data) if obj is None else obj
             if isinstance(obj, dict):
                 self._queries = grounding_queries(obj, self._queries)
                 self._model = _str(obj.get("modelVersion")) or self._model
         if b'"error"' in data:
-            obj = loads(data)
+            obj = loads(data) if obj is None else obj
             if not isinstance(obj, dict):
                 self._bad += 1
                 return
@@ -335,16 +358,34 @@ class StreamParser:
             if error is not None:
                 self._error = error
 
+    def _take_ending(self, obj: dict[str, Any]) -> None:
+        """Note a parsed chunk's candidates (by ``index``) and which have finished, or its
+        ``blockReason``; ``_done`` once every candidate seen has finished."""
+        feedback = obj.get("promptFeedback")
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            self._blocked = True
+        candidates = obj.get("candidates")
+        for candidate in candidates if isinstance(candidates, list) else ():
+            if not isinstance(candidate, dict):
+                continue
+            index = candidate.get("index", 0)
+            index = index if isinstance(index, int) else 0
+            self._seen.add(index)
+            if candidate.get("finishReason"):
+                self._finished.add(index)
+        self._done = self._blocked or (bool(self._seen) and self._seen <= self._finished)
+
     def result(self) -> Metered:
         """Usage of the last chunk that had one (None if none), the model, an error if any.
 
-        Each chunk's usage is a running count: before the one with a ``finishReason`` it is not the
-        call's (``output_partial``, with the text seen for an estimate)."""
+        Each chunk's usage is a running count: unless the chunk it came from ended the answer
+        (the ``finishReason`` of the last candidate still going, a ``blockReason``) or came after
+        that, it is not the call's (``output_partial``, with the text seen for an estimate)."""
         if self._lazy is None:
             self._lazy = self._resolve()
-        usage, model, bad, tier, last = self._lazy
+        usage, model, bad, tier, final = self._lazy
         bad += self._bad
-        partial = usage is not None and not (self._done and last)
+        partial = usage is not None and not final
         text = self._text.text() if usage is None or partial else None
         error = self._error
         if usage is None and error is None:
@@ -357,19 +398,21 @@ class StreamParser:
 
     def _resolve(self) -> tuple[Usage | None, str | None, int, str | None, bool]:
         """Decode the last usage chunk (or, if it is cut, the one before): overwrite, never add.
-        (usage, model, chunks not JSON, service tier, whether it is the last usage chunk's)."""
+        (usage, model, chunks not JSON, service tier, whether that chunk came as the answer ended)."""
         bad = 0
         for data in (self._last, self._prev):
             if data is None:
                 continue
-            obj = loads(data)
+            decoded = self._decoded
+            obj = decoded[1] if decoded is not None and decoded[0] is data else loads(data)
             if not isinstance(obj, dict):
                 bad += 1
                 continue
             meta = obj.get("usageMetadata")
             usage = extract_usage(meta)
             if usage is not None:
-                return usage, _str(obj.get("modelVersion")), bad, service_tier_of(meta), data is self._last
+                final = self._last_final if data is self._last else self._prev_final
+                return usage, _str(obj.get("modelVersion")), bad, service_tier_of(meta), final
         return None, None, bad, None, False
 
     def _chunk_texts(self, data: bytes) -> list[str]:
