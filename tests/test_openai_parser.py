@@ -356,6 +356,44 @@ def test_a_running_usage_on_every_chat_chunk_is_a_floor_until_the_last() -> None
         assert (result.output_partial, result.output_text) == (False, None)
 
 
+def test_a_single_trailing_usage_chunk_is_not_a_running_count() -> None:
+    """Review: OpenRouter's usage chunk comes after the finishing chunk, with ``choices: [{delta:
+    {content: ""}, finish_reason: null}]``, the stream's only usage. Ended without [DONE] it was
+    called partial and its exact counts estimated."""
+    data = fixture("openrouter_stream.sse")
+    result, _ = run("chat", [data[: data.index(b"data: [DONE]")]])
+    assert result.usage is not None and result.usage.output_tokens == 9
+    assert (result.output_partial, result.output_text) == (False, None)
+    # the same chunk carrying content is a count mid-answer: partial until the stream's end
+    content = chat_chunk("Hello", {"prompt_tokens": 10, "completion_tokens": 1})
+    assert run("chat", [content])[0].output_partial is True
+
+
+def two_choices(parts: list[tuple[int, str, str | None]], completion: int) -> bytes:
+    """A chat chunk of several choices (index, text, finish_reason) with a running usage."""
+    choices = [{"index": i, "delta": {"content": t}, "finish_reason": f} for i, t, f in parts]
+    usage = {"prompt_tokens": 10, "completion_tokens": completion}
+    obj = {"id": "c1", "object": "chat.completion.chunk", "model": "m-1", "choices": choices, "usage": usage}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_n_choices_with_a_running_count_end_when_all_have_finished() -> None:
+    """Review: with n > 1, any one choice's finish_reason made the running count final. Every
+    choice seen must have finished."""
+    first = two_choices([(0, "a", None), (1, "b", None)], 2)
+    one_done = two_choices([(0, ".", "stop"), (1, "b", None)], 4)
+    result, _ = run("chat", [first + one_done])
+    assert (result.output_partial, result.usage.output_tokens) == (True, 4)  # type: ignore[union-attr]
+    # choice 1 finishes in its own chunk first, choice 0's finishing chunk comes last: final
+    one_then_zero = two_choices([(1, ".", "length")], 4) + two_choices([(0, ".", "stop")], 5)
+    result, _ = run("chat", [first + one_then_zero])
+    assert (result.output_partial, result.usage.output_tokens) == (False, 5)  # type: ignore[union-attr]
+    # choice 0 finished, choice 1 still going in the last chunk: partial
+    zero_then_one = two_choices([(0, ".", "stop")], 4) + two_choices([(1, "bb", None)], 6)
+    result, _ = run("chat", [first + zero_then_one])
+    assert (result.output_partial, result.usage.output_tokens) == (True, 6)  # type: ignore[union-attr]
+
+
 def test_chat_stream_without_include_usage() -> None:
     data = b"".join(
         e.raw for e in events_of(fixture("openai_chat_stream.sse")) if b'"choices":[]' not in e.data

@@ -609,6 +609,7 @@ class StreamParser:
         "_cost",
         "_done",
         "_error",
+        "_finish_data",
         "_images",
         "_lazy",
         "_model",
@@ -620,6 +621,7 @@ class StreamParser:
         "_tier",
         "_tool_images",
         "_usage",
+        "_usage_chunks",
         "_usage_data",
         "flavor",
     )
@@ -636,6 +638,8 @@ class StreamParser:
         # chat: the last two chunks that carry usage, decoded in result() (last valid one wins)
         self._usage_data: bytes | None = None
         self._prev_usage_data: bytes | None = None
+        self._usage_chunks = 0  # chat: how many chunks carried usage (two or more: a running count)
+        self._finish_data: list[bytes] = []  # chat: chunks with a finish_reason (one per choice)
         self._lazy: tuple[Usage | None, str | None, Decimal | None, int, str | None, bool] | None = None
         self._tier: str | None = None  # the service tier (Responses: from the final event)
         self._status: str | None = None  # the Responses object's status (its last event's)
@@ -675,8 +679,9 @@ class StreamParser:
         """Usage seen so far (None if none), the reported model, the provider's cost, an error if any.
 
         ``output_text`` is filled only when there is no usage, or when a chat stream cut short
-        had a running count on its content chunks (no usage-only or finishing chunk, no
-        ``[DONE]``): that count is then not the call's (``output_partial``).
+        had a running count on its content chunks (two or more chunks with usage, or usage on a
+        chunk with content; not a usage-only chunk, no ``[DONE]``, choices seen not all finished):
+        that count is then not the call's (``output_partial``).
         """
         usage, model, cost, bad, tier = self._usage, self._model, self._cost, self._bad, self._tier
         partial = False
@@ -717,8 +722,8 @@ class StreamParser:
 
     def _resolve(self) -> tuple[Usage | None, str | None, Decimal | None, int, str | None, bool]:
         """Decode the remembered usage chunk(s): the last one that holds usage wins. (usage, model,
-        cost, chunks not JSON, service tier, whether that chunk ends the answer: usage-only, or
-        with a ``finish_reason``)."""
+        cost, chunks not JSON, service tier, whether that chunk's count is the call's:
+        ``_ends_answer``)."""
         bad = 0
         for data in (self._usage_data, self._prev_usage_data):
             if data is None:
@@ -732,8 +737,26 @@ class StreamParser:
             if usage is not None:
                 tier = _str(obj.get("service_tier"))
                 cost = extract_cost(raw_usage, data)
-                return usage, _str(obj.get("model")), cost, bad, tier, _ends_answer(obj.get("choices"))
+                return usage, _str(obj.get("model")), cost, bad, tier, self._ends_answer(data, obj)
         return None, None, None, bad, None, True
+
+    def _ends_answer(self, data: bytes, obj: dict[str, Any]) -> bool:
+        """Is the count of this chat chunk with usage the call's? Yes for a chunk without choices
+        (``include_usage``'s own), and where nothing shows a running count: the stream's only
+        chunk with usage, its delta without content (OpenRouter's trailing usage chunk, with
+        ``finish_reason`` null). Else only once every choice seen (in the chunks with a
+        ``finish_reason`` and this one) has finished."""
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return True
+        if self._usage_chunks < 2 and not _choice_texts(choices, streamed=True):
+            return True
+        seen: set[Any] = set()
+        finished: set[Any] = set()
+        for raw in self._finish_data:
+            _note_choices(obj if raw is data else loads(raw), seen, finished)
+        _note_choices(obj, seen, finished)
+        return seen <= finished
 
     def _feed_chat(self, data: bytes) -> None:
         if data == b"[DONE]":
@@ -742,6 +765,10 @@ class StreamParser:
         self._text.add(data)
         if has_usage(data):
             self._prev_usage_data, self._usage_data = self._usage_data, data
+            self._usage_chunks += 1
+            self._lazy = None
+        if _FINISHED.search(data) is not None and len(self._finish_data) < _MAX_FINISHED:
+            self._finish_data.append(data)  # decoded only if a running count needs it
             self._lazy = None
         want_model = self._model is None and self._model_tries < _MODEL_TRIES
         if not (want_model or b'"error"' in data):
@@ -813,12 +840,21 @@ class StreamParser:
             self._error = found.error
 
 
-def _ends_answer(choices: Any) -> bool:
-    """Does a chat chunk with usage end the answer: no choices (``include_usage``'s own chunk) or a
-    choice with its ``finish_reason``? A content chunk without one carries a running count."""
-    if not isinstance(choices, list) or not choices:
-        return True
-    return any(isinstance(c, dict) and c.get("finish_reason") is not None for c in choices)
+# A chat chunk with a finish_reason that is not null (a JSON string escapes its quotes: text never matches).
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_MAX_FINISHED = 128  # finishing chunks kept (one per choice; OpenAI's n is at most 128)
+
+
+def _note_choices(obj: Any, seen: set[Any], finished: set[Any]) -> None:
+    """Add a chat chunk's choice indexes to ``seen``, those with a ``finish_reason`` to ``finished``."""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            index = choice.get("index", 0)
+            index = index if isinstance(index, int | str) else repr(index)
+            seen.add(index)
+            if choice.get("finish_reason") is not None:
+                finished.add(index)
 
 
 def response_metered(kind: str, response: dict[str, Any], raw: bytes) -> Metered:
