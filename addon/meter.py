@@ -142,6 +142,10 @@ MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_ho
 # The row's error when a stream ended before its final usage (Metered.output_partial): the input
 # counts are the provider's, the output counted offline from the text seen.
 PARTIAL_USAGE_NOTE = "output tokens estimated: the stream ended before its final usage"
+# Added when that stream's cost is the provider's own running one (xAI's cost_in_usd_ticks): kept as
+# the row's cost, a lower bound (the count it was for is one).
+PARTIAL_COST_NOTE = "cost: the provider's so far, a lower bound"
+PROVIDER_REPORTED = "provider_reported"
 # A GET of an OpenAI background response (answered "queued"), of a Gemini background
 # interaction (answered "in_progress") or of an OpenAI batch job: its usage comes with one of these.
 _RESPONSE_PATH = re.compile(r"/(?:responses|interactions|batches)/([^/]+)$")
@@ -2556,9 +2560,14 @@ class Meter:
             self._submit(row, store)
         counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
         # A stream cut before its final usage: the input counts reported stand, the output is not known.
+        # Its tokens are estimated even when the provider said its cost so far (xAI's running cost,
+        # kept as the row's cost: a lower bound).
         partial = metered.usage if metered.usage is not None and metered.output_partial else None
         missing = metered.usage is None and body is not None
-        if (missing or partial is not None) and counted and _billable(record):
+        wanted = (missing and counted) or (
+            partial is not None and (counted or record.price_status == PROVIDER_REPORTED)
+        )
+        if wanted and _billable(record):
             # No (final) usage reported, yet the provider likely billed: count the tokens ourselves.
             if now:
                 self._estimate(record, body, metered.output_text, partial)
@@ -2616,7 +2625,7 @@ class Meter:
         record.set_usage(metered.usage)
         if metered.provider_cost is not None and metered.usage is not None:
             # The provider said what it charged (OpenRouter): that beats any price list.
-            record.cost_usd, record.price_status = metered.provider_cost, "provider_reported"
+            record.cost_usd, record.price_status = metered.provider_cost, PROVIDER_REPORTED
             record.price_source = f"{record.provider} usage.cost"
         if metered.error:
             errors.append(metered.error)
@@ -2729,7 +2738,8 @@ class Meter:
 
         ``partial``: the usage a stream reported before its end, without its final count (the
         output a placeholder or running count): its input and cache counts are kept, only the
-        output is counted from ``text`` (at least as reported), and the row's error says so.
+        output is counted from ``text`` (at least as reported), and the row's error says so (and
+        that a provider's own cost, kept, is a lower bound).
         """
         try:
             if partial is not None:
@@ -2741,4 +2751,7 @@ class Meter:
             return
         record.set_usage(usage, source="estimated")
         if partial is not None:
-            record.error = "; ".join(filter(None, (record.error, PARTIAL_USAGE_NOTE)))[:1000]
+            notes = [PARTIAL_USAGE_NOTE]
+            if record.price_status == PROVIDER_REPORTED:
+                notes.append(PARTIAL_COST_NOTE)
+            record.error = "; ".join(filter(None, (record.error, *notes)))[:1000]

@@ -24,7 +24,7 @@ import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
 from addon.budgets import Event, Scope
 from addon.interception import Interception
-from addon.meter import PARTIAL_USAGE_NOTE, Meter, _with_usage_requested
+from addon.meter import PARTIAL_COST_NOTE, PARTIAL_USAGE_NOTE, Meter, _with_usage_requested
 from addon.policies import parse_policies
 from addon.record import CallRecord
 from addon.token_estimate import count_text, estimate_input
@@ -256,6 +256,38 @@ async def test_a_cut_after_an_intermediate_message_delta_is_estimated(meter: Met
     assert rec.output_tokens > 38 * 10, (rec.output_tokens, rec.usage_source, rec.error)
     assert rec.usage_source == "estimated" and rec.aborted is True
     assert rec.error == f"Client disconnected.; {PARTIAL_USAGE_NOTE}"
+
+
+def xai_chunk(text: str, completion: int, ticks: int) -> bytes:
+    """An xAI chat chunk: a running usage and running cost (cost_in_usd_ticks) on every chunk."""
+    choices = [{"index": 0, "delta": {"content": text, "role": "assistant"}}]
+    usage = {
+        "prompt_tokens": 640,
+        "completion_tokens": completion,
+        "total_tokens": 640 + completion,
+        "cost_in_usd_ticks": ticks,
+    }
+    obj = {"id": "x1", "object": "chat.completion.chunk", "model": "grok-4-0709", "choices": choices}
+    return b"data: " + json.dumps({**obj, "usage": usage}).encode() + b"\n\n"
+
+
+async def test_a_cut_stream_with_a_running_provider_cost_is_estimated(meter: Meter) -> None:
+    """Review: xAI's running cost made the row 'provider_reported', so a cut stream was never
+    estimated ('reported' at the count so far, no note). Its output is now estimated; the provider's
+    cost so far stays the row's cost, a lower bound, and the error says both."""
+    body = {"model": "grok-4", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    flow = make_flow("https://api.x.ai/v1/chat/completions", body)
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    flow.response.stream(xai_chunk("Coca", 1, 1000) + xai_chunk(" word" * 50, 51, 51000))
+    flow.error = tflow.terr("Client disconnected.")
+    meter.error(flow)
+    [rec] = await submitted(meter)
+    assert rec.provider == "x-ai"
+    assert (rec.usage_source, rec.input_tokens) == ("estimated", 640)
+    assert rec.output_tokens >= 51
+    assert (rec.price_status, rec.cost_usd) == ("provider_reported", Decimal("0.0000051"))
+    assert rec.error == f"Client disconnected.; {PARTIAL_USAGE_NOTE}; {PARTIAL_COST_NOTE}"
 
 
 async def test_a_cut_stream_is_estimated_at_shutdown_too(meter: Meter) -> None:
