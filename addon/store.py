@@ -536,6 +536,11 @@ class Store:
         self._refresher: Refresher | None = None
         self._refresh_wanted: Callable[[], bool] = lambda: False
         self._refresh_failed = False  # logged once
+        # A refresh that failed (the file held by a reader, an OSError) is tried again after a
+        # back-off (``_refresh_backoff``), sooner only when the signal file changes again.
+        self._refresh_attempt = 0
+        self._refresh_due = 0.0  # time.monotonic() before which it is not tried again
+        self._refresh_failed_at: int | None = None  # the signal file's size when it failed
         self._ring_others = False  # set by a flush that signalled: ring them once detached
 
     # -- public API ---------------------------------------------------------------------------
@@ -886,7 +891,7 @@ class Store:
                 log.exception("tokometer: store pricing error")
             with self._lock:
                 full = len(self._queue) >= FLUSH_AT_QUEUED
-            self._refresh_if_others_stored()
+            self._refresh_if_others_stored()  # never raises
             requested = self._new_flush_request()  # before the flush takes the queue
             if not (full or requested) and time.monotonic() < next_flush:
                 continue
@@ -927,7 +932,8 @@ class Store:
             self._sleeping = True
         wait = until_flush if holding else IDLE_WAIT
         if self._refresher is not None and self._stored_signal_size() > self._stored_seen:
-            wait = min(wait, PRICE_INTERVAL)  # a refresh the file's lock put off: soon again
+            # A refresh put off (the file held, an error): when its back-off ends.
+            wait = min(wait, max(0.01, self._refresh_due - time.monotonic()))
         # Without a FIFO readers cannot ring: their flush requests are looked for as before.
         return wait if doorbell.path is not None else min(wait, PRICE_INTERVAL)
 
@@ -1042,7 +1048,8 @@ class Store:
 
     def _refresh_if_others_stored(self) -> None:
         """Writer thread: another proxy stored calls since the last refresh: refresh now (one stat
-        when none did)."""
+        when none did). Never raises: a failure (the file held, an OSError) is logged once and
+        tried again after a back-off, or as soon as the signal file changes again."""
         if self._refresher is None:
             return
         size = self._stored_signal_size()
@@ -1050,14 +1057,32 @@ class Store:
             self._stored_seen = 0
         if size <= self._stored_seen:
             return
+        if size == self._refresh_failed_at and time.monotonic() < self._refresh_due:
+            return
         try:
             with self._flush_lock, self._attached() as con:
                 if not self._migrated:  # a new file: the next flush migrates and refreshes
+                    self._refresh_put_off(size)
                     return
                 self._stored_seen = size
                 self._refresh(con, self._queued_priced())
-        except duckdb.Error as exc:  # held by another process: on the next wake (or flush)
+        except Exception as exc:  # held by another process, an OSError: after a back-off
+            self._refresh_put_off(size)
             self._note_problem(exc, "cannot read the other proxies' spend from")
+            return
+        self._refresh_attempt, self._refresh_failed_at = 0, None
+
+    def _refresh_put_off(self, size: int) -> None:
+        """A refresh could not run: try again after a back-off that doubles up to flush_interval
+        (an idle proxy does not poll a file a reader holds for hours)."""
+        self._refresh_attempt += 1
+        self._refresh_failed_at = size
+        self._refresh_due = time.monotonic() + self._refresh_backoff(self._refresh_attempt)
+
+    def _refresh_backoff(self, attempt: int) -> float:
+        """``_backoff`` capped at flush_interval, and at least half its current ceiling."""
+        ceiling = min(self.flush_interval, 0.02 * 2 ** min(attempt, 10))
+        return max(_backoff(attempt, cap=self.flush_interval), ceiling / 2)
 
     def _price_pending(self) -> bool:
         """Price the calls submitted since last time and hand them to the listeners (once each);

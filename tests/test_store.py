@@ -1129,3 +1129,63 @@ def test_a_writer_refreshes_when_another_proxy_stores_calls(db: Path) -> None:
         assert alone == [[]]  # everything it counted is stored
     finally:
         c.close()
+
+
+def test_an_oserror_in_a_refresh_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """_refresh_if_others_stored runs in the writer's loop outside its try (only duckdb.Error is
+    caught there), unlike the flush it sits next to: an OSError while attaching (Path.exists on
+    EACCES/EIO, say) ends the writer thread, and every later call is only journaled, never
+    stored, for the rest of the proxy's run."""
+    db = tmp_path / "spend.duckdb"
+    a = Store(db, "a", flush_interval=0.2)
+    a.start()
+    a.set_refresher(lambda con, queued: None, lambda: True)
+    original = a._attached
+    failures = [PermissionError(13, "Permission denied")]
+
+    def failing_once(**kwargs):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return original(**kwargs)
+
+    a._attached = failing_once  # type: ignore[method-assign]
+    try:
+        with open(a._stored_signal, "ab") as f:  # another proxy stored calls and rang A
+            f.write(b".")
+        a._wake()
+        wait_for(lambda: not failures)
+        a.submit(make_record(1, "a"))
+        wait_for(lambda: a.stats.stored == 1, timeout=3.0)  # before the fix: the writer is dead
+    finally:
+        a._attached = original  # type: ignore[method-assign]
+        a.close()
+
+
+def test_an_idle_writer_backs_off_while_a_reader_holds_the_file(tmp_path: Path) -> None:
+    """Another proxy stored calls (the signal file grew) while a notebook / duckdb shell holds the
+    file read-only. The idle proxy's writer, which otherwise sleeps until rung, now wakes every
+    PRICE_INTERVAL (0.5 s) and tries ATTACH read-write, with no backoff, for as long as the reader
+    holds the file (hours). Its own flushes back off to flush_interval; this should too."""
+    db = tmp_path / "spend.duckdb"
+    a = Store(db, "a", flush_interval=5.0)
+    a.start()
+    a.set_refresher(lambda con, queued: None, lambda: True)
+    attempts: list[float] = []
+    original = a._attached
+
+    def counting(**kwargs):  # type: ignore[no-untyped-def]
+        attempts.append(time.monotonic())
+        return original(**kwargs)
+
+    a._attached = counting  # type: ignore[method-assign]
+    try:
+        with reader_process(db):
+            with open(a._stored_signal, "ab") as f:  # another proxy stored calls and rang A
+                f.write(b".")
+            a._wake()
+            start = time.monotonic()
+            time.sleep(8.0)
+        late = [t for t in attempts if t >= start + 3.0]  # seconds 3 to 8 of the reader's hold
+        assert len(late) <= 2, f"{len(late)} ATTACH attempts in 5 s by an idle proxy"
+    finally:
+        a.close()
