@@ -673,6 +673,8 @@ class Meter:
         """Finish a call the instance before a script reload left in flight (its stream's final
         event now journaled by this instance's store), its budget reservation held again."""
         self._calls[flow] = state
+        if state.journaled_in is None:  # its row is this instance's: counted as its own spend
+            state.record.session_id = self.session_id
         # This instance's budgets never had its reservation: reserved again, unless its row goes to
         # the store before the reload (journaled there ahead), whose rows these budgets never see.
         if state.reservation is not None and state.journaled_in is None:
@@ -2694,8 +2696,13 @@ class Meter:
             # counted by that database's next start; no writer here ever counts it, so nothing
             # may stay held or reserved for it.
             self.enforcer.budgets.settle(record.id)
-        elif self.enforcer.budgets.reserves(record.id):
-            self._price_now(record)
+        else:
+            # A row this instance's budgets count as its own carries its session id: a call taken
+            # over at a script reload would otherwise be stored under the earlier instance's,
+            # and counted again as another proxy's spend (``BudgetTracker.refresh_others``).
+            record.session_id = self.session_id
+            if self.enforcer.budgets.reserves(record.id):
+                self._price_now(record)
         store.submit(record)  # after close() this goes to a journal for the next start
 
     def _price_now(self, record: CallRecord, *, settle: bool = True) -> None:

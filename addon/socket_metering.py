@@ -125,6 +125,7 @@ class MeterSide(Protocol):
     and the store change while the proxy runs)."""
 
     enforcer: Enforcer
+    session_id: str
     hostname: str
     forced_environment: str | None
     _calls: weakref.WeakKeyDictionary[http.HTTPFlow, CallState]  # the calls being followed
@@ -201,6 +202,8 @@ class SocketMeter:
         """A script reload: go on with the sessions the Meter before it left open."""
         for flow, session in list(_SESSIONS_HANDED_OVER.items()):
             if _SESSIONS_HANDED_OVER.pop(flow, None) is not None:
+                # Its rows are this instance's (its session id; see Meter._submit).
+                session.handshake.session_id = self._meter.session_id
                 self.sessions[flow] = session
 
     def hand_over(self) -> None:

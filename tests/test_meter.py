@@ -1968,3 +1968,46 @@ async def test_eval_run_naming_its_sampling_model_is_checked(meter: Meter) -> No
     jsonl = make_flow("https://api.openai.com/v1/evals/eval_1/runs", {"data_source": {"type": "jsonl"}})
     await run_request(meter, jsonl)
     assert jsonl.response is None  # samples nothing: names no model
+
+
+DEV_BUDGET = "environments:\n  development:\n    budget: {usd: %s, period: day}\n"
+
+
+async def test_a_call_taken_over_at_a_script_reload_is_counted_once(tmp_path: Path) -> None:
+    """mitmproxy reloads the script while a call is in flight: the new instance (a new session id)
+    finishes it. Its row keeps the old instance's session id, so the new tracker counts it as its
+    own (the listener) AND, once stored, as another session's (refresh_others): $0.0035 counted
+    as $0.007 for the rest of the period (a Realtime session taken over the same way: every
+    response after the reload)."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(DEV_BUDGET % "1")
+    db = tmp_path / "spend.duckdb"
+    a, b = Meter(), Meter()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tokometer_db=str(db), tokometer_policies=str(policies))
+        a.running()
+        flow = make_flow(CHAT_URL, {"model": "gpt-4o", "max_tokens": 100, "messages": []})
+        flow.request.timestamp_start = datetime.now(UTC).timestamp()
+        await run_request(a, flow)
+        assert flow.response is None  # allowed, in flight
+        a.done()  # a script reload (mitmproxy not exiting): the call is handed over
+        b.db_path = db
+        b._apply(a.policies)
+        b.running()  # the reloaded script's instance takes the call over
+        try:
+            assert b.session_id != a.session_id
+            usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+            answer = {"model": "gpt-4o", "choices": [], "usage": usage}
+            flow.response = http.Response.make(200, json.dumps(answer), {"content-type": "application/json"})
+            b.responseheaders(flow)
+            await b.response(flow)
+            assert b.store is not None
+            assert await asyncio.to_thread(b.store.flush)
+            with duckdb.connect(":memory:") as con:  # the database says $0.0035, once
+                con.execute(f"ATTACH '{db}' AS d (READ_ONLY)")
+                stored = con.execute("SELECT count(*), sum(cost_usd) FROM d.calls").fetchall()
+                con.execute("DETACH d")
+            assert stored == [(1, Decimal("0.0035"))]
+            assert _spent(b) == Decimal("0.0035")  # before the fix: 0.0070 (own + others)
+        finally:
+            b.done()
