@@ -904,11 +904,10 @@ class Meter:
         self.live = live
         store.add_listener(self._on_finished)
         store.add_listener(self.call_log)
-        # Other proxies writing this database spend from the same budgets: their stored calls are
-        # read again after each flush and when one of them stored calls (addon.store); so is
-        # today's spend in the live file, while other proxies run.
-        budgets = self.enforcer.budgets
-        store.set_refresher(functools.partial(self._refresh_shared, store, live), lambda: budgets.has_budgets)
+        # Other proxies writing this database spend from the same budgets: while they run, their
+        # stored calls are read again after each flush and when one of them stored calls
+        # (addon.store); so is today's spend in the live file.
+        store.set_refresher(functools.partial(self._refresh_shared, store, live))
         self.store = store
 
     def _load_budgets_late(

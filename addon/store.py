@@ -22,9 +22,10 @@ Several proxies may write one database. Budgets (and the live files' figure of t
 shared through it: after each flush that stored calls, and once as it starts, a writer that sees
 other live writers (their doorbells) appends one byte to ``<db>.journal/stored`` and rings their
 doorbells once the file is detached. A writer's ``refresher`` (``set_refresher``) runs on the
-database, attached read-write, after each of its own flushes (while it is wanted: a budget is
-in force, or other writers run) and whenever it wakes to find that file grown: the other
-proxies' spend is re-read there.
+database, attached read-write, after each of its own flushes while other writers run, and
+whenever it wakes to find that file grown: the other proxies' spend is re-read there. A writer
+alone reads nothing back (its own calls are counted as they finish): a proxy of a version
+without doorbells is not seen running, its calls read only when another writer signals.
 """
 
 from __future__ import annotations
@@ -534,7 +535,6 @@ class Store:
         self._stored_signal = self.journal_dir / STORED_SIGNAL
         self._stored_seen = 0  # the signal file's size when the refresher last read the database
         self._refresher: Refresher | None = None
-        self._refresh_wanted: Callable[[], bool] = lambda: False
         self._refresh_failed = False  # logged once
         # A refresh that failed (the file held by a reader, an OSError) is tried again after a
         # back-off (``_refresh_backoff``), sooner only when the signal file changes again.
@@ -635,16 +635,16 @@ class Store:
         """
         self._listeners.append(fn)
 
-    def set_refresher(self, fn: Refresher, wanted: Callable[[], bool]) -> None:
+    def set_refresher(self, fn: Refresher) -> None:
         """Run ``fn(con, queued)`` in the writer thread, the database attached read-write: after
-        each flush while ``wanted()`` or other writers run, and when another writer stored calls or
-        started (see the module docstring). ``queued``: this session's calls priced (shown to the
-        listeners) and not in the database yet.
+        each flush while other writers run, and when another writer stored calls or started (see
+        the module docstring). ``queued``: this session's calls priced (shown to the listeners)
+        and not in the database yet.
 
         ``con`` may be written to (``addon.budgets.claim_event``); nothing else of this process
         writes or prices meanwhile. Exceptions are logged (once) and ignored.
         """
-        self._refresher, self._refresh_wanted = fn, wanted
+        self._refresher = fn
 
     @property
     def stats(self) -> StoreStats:
@@ -1020,13 +1020,25 @@ class Store:
             queued = [r for r in self._queue if id(r) not in unpriced]
         return [*queued, *(r for r in failed if r.session_id == self.session_id)]
 
-    def _after_stored(self, con: duckdb.DuckDBPyConnection, stored: bool, failed: list[CallRecord]) -> None:
+    def _after_stored(
+        self, con: duckdb.DuckDBPyConnection, stored: bool, failed: list[CallRecord], replayed: bool = False
+    ) -> None:
         """After a flush, the file still attached (caller holds ``_flush_lock``): tell the other
-        writers when calls were stored, then run the refresher (wanted, or other writers run)."""
+        writers when calls were stored, then run the refresher when other writers run, one
+        signalled since the last refresh, or this flush stored dead sessions' calls (``replayed``).
+        A proxy alone reads nothing back else: its own calls are counted as they finish (a version
+        without doorbells is not seen running)."""
         others = bool(self._other_doorbells())
         if stored and others and self._signal_stored():
             self._ring_others = True
-        if others or self._refresh_wanted():
+        if self._refresher is None:
+            return
+        size = self._stored_signal_size()
+        if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
+            self._stored_seen = 0
+        if others or replayed or size > self._stored_seen:
+            self._stored_seen = size
+            self._refresh_attempt, self._refresh_failed_at = 0, None
             self._refresh(con, self._queued_priced(failed))
 
     def _ring_other_writers(self) -> None:
@@ -1155,7 +1167,7 @@ class Store:
                     self._note_problem(exc, "pricing failed for", f"call {record.id}")
             try:
                 try:
-                    failed = self._write([*replay, *batch], ending, events, lines)
+                    failed = self._write([*replay, *batch], ending, events, lines, replayed=bool(replay))
                 finally:
                     if self._ring_others:  # the file is detached now: they can read it at once
                         self._ring_others = False
@@ -1311,8 +1323,11 @@ class Store:
         ending: bool,
         events: Sequence[Event] = (),
         lines: Mapping[str, str] | None = None,
+        *,
+        replayed: bool = False,
     ) -> set[str]:
         """Write in one transaction; if it fails, row by row. Returns the ids that would not go in.
+        ``replayed``: ``records`` hold dead sessions' calls (the other sessions' spend).
 
         ``lines`` are the calls' journal lines by id (see ``_insert``); row by row binds each
         value from the record instead, so a line DuckDB cannot read never loses its call.
@@ -1333,10 +1348,12 @@ class Store:
                 if is_busy_error(exc) or not records or _cannot_write(exc):
                     raise
                 failed = self._write_one_by_one(con, records, ending, events)
-                self._after_stored(con, len(failed) < len(records), [r for r in records if r.id in failed])
+                self._after_stored(
+                    con, len(failed) < len(records), [r for r in records if r.id in failed], replayed
+                )
                 return failed
             self._session_recorded = True
-            self._after_stored(con, bool(records), [])
+            self._after_stored(con, bool(records), [], replayed)
             return set()
 
     def _transaction(

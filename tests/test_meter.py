@@ -2011,3 +2011,33 @@ async def test_a_call_taken_over_at_a_script_reload_is_counted_once(tmp_path: Pa
             assert _spent(b) == Decimal("0.0035")  # before the fix: 0.0070 (own + others)
         finally:
             b.done()
+
+
+async def test_a_lone_proxy_does_not_re_read_other_proxies_spend_after_each_flush(tmp_path: Path) -> None:
+    """The common case: one proxy, a budget. No other writer runs and none signalled, yet every
+    flush runs refresh_others (a GROUPING SETS scan of the month's rows plus the events query),
+    today_baseline (another scan) and a live-file rewrite, with the file attached read-write
+    (readers wait meanwhile): new per-flush work that can only find what the proxy already knows."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(DEV_BUDGET % "1")
+    db = tmp_path / "spend.duckdb"
+    a = Meter()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tokometer_db=str(db), tokometer_policies=str(policies))
+        a.running()
+        try:
+            budgets = a.enforcer.budgets
+            refreshed: list[int] = []
+            original = budgets.refresh_others
+
+            def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+                refreshed.append(1)
+                return original(*args, **kwargs)
+
+            budgets.refresh_others = counting  # type: ignore[method-assign]
+            for _ in range(3):
+                assert await _call_through(a) is None
+            assert not list((db.parent / (db.name + ".journal")).glob("*.wake"))[1:]  # alone
+            assert refreshed == []  # before the fix: one refresh per flush, [1, 1, 1]
+        finally:
+            a.done()
