@@ -804,7 +804,12 @@ class Meter:
     def _apply(self, policies: Policies) -> None:
         """Put policies in force: rules, provider hosts, Azure deployments and prices."""
         names_before = self._process_env_names()
+        had_budgets = self.enforcer.budgets.has_budgets
         self.enforcer.set_policies(policies)
+        if self.store is not None and self.enforcer.budgets.has_budgets and not had_budgets:
+            # Without a budget the other proxies' spend was not read again: read it now, in the
+            # store's writer thread (never on the event loop).
+            self.store.request_refresh()
         if self._process_env_names() != names_before:
             # Each connection's calling process was read for the variable names then in force:
             # look again (at each connection's next request) for the new ones.

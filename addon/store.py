@@ -541,6 +541,7 @@ class Store:
         self._refresh_attempt = 0
         self._refresh_due = 0.0  # time.monotonic() before which it is not tried again
         self._refresh_failed_at: int | None = None  # the signal file's size when it failed
+        self._refresh_requested = False  # request_refresh: refresh at the writer's next wake
         self._ring_others = False  # set by a flush that signalled: ring them once detached
 
     # -- public API ---------------------------------------------------------------------------
@@ -645,6 +646,13 @@ class Store:
         writes or prices meanwhile. Exceptions are logged (once) and ignored.
         """
         self._refresher = fn
+
+    def request_refresh(self) -> None:
+        """Run the refresher soon, in the writer thread, whether or not another writer signalled
+        (a policy reload added budgets: the other proxies' spend was not read meanwhile). Any thread."""
+        self._refresh_requested = True
+        self._refresh_due = 0.0
+        self._wake()
 
     @property
     def stats(self) -> StoreStats:
@@ -931,7 +939,9 @@ class Store:
             )
             self._sleeping = True
         wait = until_flush if holding else IDLE_WAIT
-        if self._refresher is not None and self._stored_signal_size() > self._stored_seen:
+        if self._refresher is not None and (
+            self._refresh_requested or self._stored_signal_size() > self._stored_seen
+        ):
             # A refresh put off (the file held, an error): when its back-off ends.
             wait = min(wait, max(0.01, self._refresh_due - time.monotonic()))
         # Without a FIFO readers cannot ring: their flush requests are looked for as before.
@@ -1036,8 +1046,8 @@ class Store:
         size = self._stored_signal_size()
         if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
             self._stored_seen = 0
-        if others or replayed or size > self._stored_seen:
-            self._stored_seen = size
+        if others or replayed or self._refresh_requested or size > self._stored_seen:
+            self._stored_seen, self._refresh_requested = size, False
             self._refresh_attempt, self._refresh_failed_at = 0, None
             self._refresh(con, self._queued_priced(failed))
 
@@ -1067,7 +1077,7 @@ class Store:
         size = self._stored_signal_size()
         if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
             self._stored_seen = 0
-        if size <= self._stored_seen:
+        if size <= self._stored_seen and not self._refresh_requested:
             return
         if size == self._refresh_failed_at and time.monotonic() < self._refresh_due:
             return
@@ -1076,7 +1086,7 @@ class Store:
                 if not self._migrated:  # a new file: the next flush migrates and refreshes
                     self._refresh_put_off(size)
                     return
-                self._stored_seen = size
+                self._stored_seen, self._refresh_requested = size, False
                 self._refresh(con, self._queued_priced())
         except Exception as exc:  # held by another process, an OSError: after a back-off
             self._refresh_put_off(size)

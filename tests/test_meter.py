@@ -53,6 +53,9 @@ class CollectingStore:
     def submit_event(self, event: Event) -> None:
         self.events.append(event)
 
+    def request_refresh(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -2011,6 +2014,38 @@ async def test_a_call_taken_over_at_a_script_reload_is_counted_once(tmp_path: Pa
             assert _spent(b) == Decimal("0.0035")  # before the fix: 0.0070 (own + others)
         finally:
             b.done()
+
+
+async def test_a_budget_added_by_a_reload_counts_what_other_proxies_stored(tmp_path: Path) -> None:
+    """Two proxies, no budget yet. A spends $0.007 and stores it (B is rung and reads the
+    database again, but only for its live file: refresh_others is skipped without a budget, and
+    the signal is consumed). policies.yaml then gets a $0.005 budget: B still counts the others'
+    spend of its start ($0), so its next call passes a cap spent already by stored calls. README:
+    a shared budget holds "to within the calls another proxy has not stored yet"."""
+    db = tmp_path / "spend.duckdb"
+    a, b = Meter(), Meter()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tokometer_db=str(db))
+        a.running()
+        b.db_path = db
+        b._open_store()
+        try:
+            assert await _call_through(a) is None
+            assert await _call_through(a) is None
+            assert b.live is not None
+
+            def b_read_it() -> bool:
+                env = b.live.snapshot()["today"]["environments"].get("development", {})  # type: ignore[union-attr]
+                return Decimal(env.get("cost_usd", "0")) == Decimal("0.007")
+
+            await _settled(b_read_it)  # B was rung and read A's calls
+            b._apply(parse_policies(DEV_BUDGET % "0.005"))  # the reload adds a budget
+            # B's writer reads the others' spend again at once (before the fix: never, $0)
+            await _settled(lambda: _spent(b) == Decimal("0.007"))
+            assert await _call_through(b) == 429
+        finally:
+            b.done()
+            a.done()
 
 
 async def test_a_lone_proxy_does_not_re_read_other_proxies_spend_after_each_flush(tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ class CollectingStore:
     def submit(self, record: CallRecord) -> None:
         self.records.append(record)
 
+    def request_refresh(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
