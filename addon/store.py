@@ -238,6 +238,20 @@ def _owner_alive(journal: Path) -> bool:
     return False
 
 
+def _has_reader(doorbell: Path) -> bool:
+    """Does a process read the FIFO ``doorbell``? (A writing open without one fails: ENXIO.)"""
+    try:
+        fd = os.open(doorbell, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _ring(doorbell: Path) -> None:
     """Wake the writer sleeping on ``doorbell`` (a FIFO); nothing if there is none or nobody reads."""
     try:
@@ -999,12 +1013,21 @@ class Store:
             return 0
 
     def _other_doorbells(self) -> list[Path]:
-        """The doorbells of the other live writers of this database (dead ones' are removed)."""
+        """The doorbells of the other live writers of this database: those a writer reads. A
+        killed proxy's FIFO (no reader, its journal's flock free) is removed."""
         own = self.journal_path.with_suffix(DOORBELL_SUFFIX)
         try:
-            return [path for path in self.journal_dir.glob("*" + DOORBELL_SUFFIX) if path != own]
+            paths = [path for path in self.journal_dir.glob("*" + DOORBELL_SUFFIX) if path != own]
         except OSError:
             return []
+        live = []
+        for path in paths:
+            if _has_reader(path):
+                live.append(path)
+            elif not _owner_alive(path.with_suffix(".jsonl")):  # not one starting: its FIFO not open yet
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return live
 
     def _signal_stored(self) -> bool:
         """Append a byte to the signal file; True when done. Appends before ours were made by

@@ -1157,6 +1157,32 @@ def test_an_oserror_in_a_refresh_does_not_stop_the_writer(tmp_path: Path) -> Non
         a.close()
 
 
+def test_a_dead_proxys_doorbell_is_not_taken_for_a_running_writer(tmp_path: Path) -> None:
+    """B is killed (its FIFO stays: only a proxy STARTING adopts its journal and removes it). A,
+    alone and with no budget, takes the dead FIFO for a running writer (_other_doorbells globs
+    *.wake): every flush of A for the rest of its run appends to the signal file, rings the dead
+    FIFO and runs the refresher (today_baseline + a live-file rewrite, the file attached
+    read-write), which a lone proxy without a budget otherwise never does."""
+    db = tmp_path / "spend.duckdb"
+    a = Store(db, "a", flush_interval=3600)
+    a.start()
+    refreshed: list[int] = []
+    a.set_refresher(lambda con, queued: refreshed.append(1))
+    b = Store(db, "b", flush_interval=3600)
+    b.start()
+    crash(b)  # killed: its journal's lock is released, its FIFO left behind
+    time.sleep(0.5)  # A read the database once when B started: that is right
+    refreshed.clear()
+    try:
+        for i in range(3):
+            a.submit(make_record(i, "a"))
+            assert a.flush()
+        assert refreshed == [], "a lone proxy re-read the database after each of its flushes"
+        assert not b.journal_path.with_suffix(DOORBELL_SUFFIX).exists()  # removed: nobody answers it
+    finally:
+        a.close()
+
+
 def test_an_idle_writer_backs_off_while_a_reader_holds_the_file(tmp_path: Path) -> None:
     """Another proxy stored calls (the signal file grew) while a notebook / duckdb shell holds the
     file read-only. The idle proxy's writer, which otherwise sleeps until rung, now wakes every
