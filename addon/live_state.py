@@ -216,22 +216,29 @@ def _combined_today(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"date": day, "environments": environments}
 
 
+def _period_start(item: Mapping[str, Any]) -> datetime:
+    """A budget entry's period start (the earliest possible when it cannot be read)."""
+    try:
+        return _utc(datetime.fromisoformat(str(item.get("period_start"))))
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+
+
 def _combined_budgets(states: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each budget (scope, period start) once: the entry of the proxy that counts the most spent
+    """Each budget (scope, period) once: the entry of the latest period start (an idle proxy's
+    file may still hold a period that is over), of the proxy that counts the most spent in it
     (each counts its own calls and the others' stored ones)."""
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
     for state in states:
         for item in state.get("budgets") or ():
             if not isinstance(item, Mapping):
                 continue
-            key = (
-                item.get("scope_kind"),
-                item.get("scope_name"),
-                item.get("period"),
-                item.get("period_start"),
-            )
+            key = (item.get("scope_kind"), item.get("scope_name"), item.get("period"))
             found = best.get(key)
-            if found is None or _dec(item.get("spent_usd", 0)) > _dec(found.get("spent_usd", 0)):
+            if found is None or (_period_start(item), _dec(item.get("spent_usd", 0))) > (
+                _period_start(found),
+                _dec(found.get("spent_usd", 0)),
+            ):
                 best[key] = dict(item)
     return list(best.values())
 

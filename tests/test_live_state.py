@@ -29,6 +29,7 @@ from addon.live_state import (
 )
 from addon.migrations import migrate
 from addon.record import COLUMNS, CallRecord
+from addon.spend_watch import statusline_json
 from addon.usage import Usage
 
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
@@ -360,3 +361,38 @@ def test_combine_takes_each_budget_once_at_its_largest_spend(tmp_path: Path) -> 
     both = combine([first, second])
     assert both is not None and [b["spent_usd"] for b in both["budgets"]] == ["0.00144"]
     assert combine([]) is None
+
+
+def test_the_status_line_shows_the_current_periods_budget_of_the_running_proxies(tmp_path: Path) -> None:
+    """B (older, idle) last wrote its budgets yesterday ($9 of $10); A wrote today's ($5 of $10).
+    _combined_budgets keys entries by period_start, so both are kept, B's first (files are read in
+    session order); _env_budget takes the first and, its period over, shows 0%. The line should
+    say 50%."""
+    db = tmp_path / "spend.duckdb"
+    now = datetime(2026, 11, 28, 0, 0, 2, tzinfo=UTC)
+    yesterday, today = now - timedelta(days=1), now
+
+    def entry(start: datetime, spent: str) -> dict:
+        return {
+            "scope_kind": "environment",
+            "scope_name": "development",
+            "cap_usd": "10",
+            "period": "day",
+            "period_start": start.replace(hour=0, minute=0, second=0).isoformat(),
+            "period_end": (start.replace(hour=0, minute=0, second=0) + timedelta(days=1)).isoformat(),
+            "spent_usd": spent,
+            "fraction": float(Decimal(spent) / 10),
+            "alert_at": [0.5, 0.8],
+            "exhausted": False,
+        }
+
+    def alive(session: str, started: datetime, budget: dict) -> dict:
+        live = LiveState(session_live_path(db, session), session, clock=lambda: started)
+        return live.snapshot() | {"pid_start": process_start(os.getpid()), "budgets": [budget]}
+
+    older = alive("20261127T100000Z-bbbb", yesterday, entry(yesterday, "9"))
+    newer = alive("20261127T110000Z-aaaa", today, entry(today, "5"))
+    line = statusline_json(combine([older, newer]), env="development", now=now)
+    assert line["status"] == "on"
+    assert line["budget"] is not None
+    assert line["budget"]["spent_usd"] == "5", line["budget"]  # before the fix: "0" (B's, zeroed)
