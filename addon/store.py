@@ -20,10 +20,11 @@ Sizes only grow, so no clock is involved.
 
 Several proxies may write one database. Budgets (and the live files' figure of today) are
 shared through it: after each flush that stored calls, and once as it starts, a writer that sees
-other live writers (their doorbells) appends one byte to ``<db>.journal/stored`` and rings their
+other live writers (their doorbells) appends one byte to ``<db>.journal/stored`` (cut back to
+one byte past STORED_SIGNAL_MAX_BYTES: readers look for any change, not growth) and rings their
 doorbells once the file is detached. A writer's ``refresher`` (``set_refresher``) runs on the
 database, attached read-write, after each of its own flushes while other writers run, and
-whenever it wakes to find that file grown: the other proxies' spend is re-read there. A writer
+whenever it wakes to find that file changed: the other proxies' spend is re-read there. A writer
 alone reads nothing back (its own calls are counted as they finish): a proxy of a version
 without doorbells is not seen running, its calls read only when another writer signals.
 """
@@ -68,6 +69,9 @@ FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended pe
 FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
 DOORBELL_SUFFIX = ".wake"  # <session>.wake: a FIFO; a byte written to it wakes that writer
 STORED_SIGNAL = "stored"  # in the journal folder; one byte appended per flush seen by other writers
+# Past this size the writer appending to the signal file cuts it back to one byte: readers look for
+# any change of it (``_signal_key``), not for growth, so a signal is never lost to the cut.
+STORED_SIGNAL_MAX_BYTES = 16
 UNREADABLE_SUFFIX = ".unreadable"  # <session>.unreadable: replayed lines this version could not read
 REQUESTED_FLUSH_TIMEOUT = 2.0  # seconds a writer keeps trying to store everything for a reader
 MAX_ROWS_PER_INSERT = 500  # rows per INSERT statement
@@ -236,6 +240,14 @@ def _owner_alive(journal: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+# The signal file as seen by one stat: (st_dev, st_ino, st_size, st_mtime_ns); None: no file.
+_SignalKey = tuple[int, int, int, int] | None
+
+
+def _signal_key_of(st: os.stat_result) -> _SignalKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _has_reader(doorbell: Path) -> bool:
@@ -547,14 +559,14 @@ class Store:
         self._flush_request = self.journal_dir / FLUSH_REQUEST
         self._served_request = 0  # the request file's size at the last flush done for readers
         self._stored_signal = self.journal_dir / STORED_SIGNAL
-        self._stored_seen = 0  # the signal file's size when the refresher last read the database
+        self._stored_seen: _SignalKey = None  # the signal file as it was when the refresher last ran
         self._refresher: Refresher | None = None
         self._refresh_failed = False  # logged once
         # A refresh that failed (the file held by a reader, an OSError) is tried again after a
         # back-off (``_refresh_backoff``), sooner only when the signal file changes again.
         self._refresh_attempt = 0
         self._refresh_due = 0.0  # time.monotonic() before which it is not tried again
-        self._refresh_failed_at: int | None = None  # the signal file's size when it failed
+        self._refresh_failed_at: _SignalKey = None  # the signal file as it was when it failed
         self._refresh_requested = False  # request_refresh: refresh at the writer's next wake
         self._ring_others = False  # set by a flush that signalled: ring them once detached
 
@@ -564,7 +576,7 @@ class Store:
         """Create the folders, own and replay journals, create/migrate the db, start the writer."""
         self._started = True
         self._started_at = _now()
-        self._stored_seen = self._stored_signal_size()
+        self._stored_seen = self._signal_key()
         self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._open_journal()
         self._adopt_dead_journals()
@@ -953,9 +965,7 @@ class Store:
             )
             self._sleeping = True
         wait = until_flush if holding else IDLE_WAIT
-        if self._refresher is not None and (
-            self._refresh_requested or self._stored_signal_size() > self._stored_seen
-        ):
+        if self._refresher is not None and (self._refresh_requested or self._signal_news(self._signal_key())):
             # A refresh put off (the file held, an error): when its back-off ends.
             wait = min(wait, max(0.01, self._refresh_due - time.monotonic()))
         # Without a FIFO readers cannot ring: their flush requests are looked for as before.
@@ -1006,11 +1016,20 @@ class Store:
 
     # -- other proxies on the same database -----------------------------------------------------
 
-    def _stored_signal_size(self) -> int:
+    def _signal_key(self) -> _SignalKey:
+        """The signal file as it is now (None: there is none); one stat."""
         try:
-            return os.stat(self._stored_signal).st_size
+            return _signal_key_of(os.stat(self._stored_signal))
         except OSError:
-            return 0
+            return None
+
+    def _signal_news(self, key: _SignalKey) -> bool:
+        """Did the signal file change since the refresher last ran (another writer stored calls)?
+
+        Any change is news: it grows by a byte a signal, is cut back past STORED_SIGNAL_MAX_BYTES,
+        or is made again (its folder deleted). Its modification time tells a file cut back and
+        grown to the same size apart."""
+        return key is not None and key != self._stored_seen
 
     def _other_doorbells(self) -> list[Path]:
         """The doorbells of the other live writers of this database: those a writer reads. A
@@ -1030,19 +1049,24 @@ class Store:
         return live
 
     def _signal_stored(self) -> bool:
-        """Append a byte to the signal file; True when done. Appends before ours were made by
-        flushes (or starts) whose data the refresh that follows ours reads: only later ones are news."""
+        """Append a byte to the signal file (cut back to one past STORED_SIGNAL_MAX_BYTES); True
+        when done. Changes before ours were made by flushes (or starts) whose data the refresh that
+        follows ours reads: only later ones are news. (Flushes signal with the database attached
+        read-write, so no other flush signals between our append and our look at the file.)"""
         try:
             fd = os.open(self._stored_signal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, b".")
-                size = os.lseek(fd, 0, os.SEEK_CUR)
+                if os.lseek(fd, 0, os.SEEK_CUR) > STORED_SIGNAL_MAX_BYTES:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, b".")  # a shrink, not an empty file: an earlier version sees news
+                key = _signal_key_of(os.fstat(fd))
             finally:
                 os.close(fd)
         except OSError as exc:
             log.debug("tokometer: cannot signal stored calls: %s", exc)
             return False
-        self._stored_seen = max(self._stored_seen, size)
+        self._stored_seen = key
         return True
 
     def _queued_priced(self, failed: Sequence[CallRecord] = ()) -> list[CallRecord]:
@@ -1066,12 +1090,10 @@ class Store:
             self._ring_others = True
         if self._refresher is None:
             return
-        size = self._stored_signal_size()
-        if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
-            self._stored_seen = 0
-        if others or replayed or self._refresh_requested or size > self._stored_seen:
-            self._stored_seen, self._refresh_requested = size, False
-            self._refresh_attempt, self._refresh_failed_at = 0, None
+        key = self._signal_key()
+        if others or replayed or self._refresh_requested or self._signal_news(key):
+            self._stored_seen, self._refresh_requested = key, False
+            self._refresh_attempt, self._refresh_failed_at, self._refresh_due = 0, None, 0.0
             self._refresh(con, self._queued_priced(failed))
 
     def _ring_other_writers(self) -> None:
@@ -1097,31 +1119,29 @@ class Store:
         tried again after a back-off, or as soon as the signal file changes again."""
         if self._refresher is None:
             return
-        size = self._stored_signal_size()
-        if size < self._stored_seen:  # made again (its folder deleted): its sizes start over
-            self._stored_seen = 0
-        if size <= self._stored_seen and not self._refresh_requested:
+        key = self._signal_key()
+        if not (self._refresh_requested or self._signal_news(key)):
             return
-        if size == self._refresh_failed_at and time.monotonic() < self._refresh_due:
+        if key == self._refresh_failed_at and time.monotonic() < self._refresh_due:
             return
         try:
             with self._flush_lock, self._attached() as con:
                 if not self._migrated:  # a new file: the next flush migrates and refreshes
-                    self._refresh_put_off(size)
+                    self._refresh_put_off(key)
                     return
-                self._stored_seen, self._refresh_requested = size, False
+                self._stored_seen, self._refresh_requested = key, False
                 self._refresh(con, self._queued_priced())
         except Exception as exc:  # held by another process, an OSError: after a back-off
-            self._refresh_put_off(size)
+            self._refresh_put_off(key)
             self._note_problem(exc, "cannot read the other proxies' spend from")
             return
-        self._refresh_attempt, self._refresh_failed_at = 0, None
+        self._refresh_attempt, self._refresh_failed_at, self._refresh_due = 0, None, 0.0
 
-    def _refresh_put_off(self, size: int) -> None:
+    def _refresh_put_off(self, key: _SignalKey) -> None:
         """A refresh could not run: try again after a back-off that doubles up to flush_interval
         (an idle proxy does not poll a file a reader holds for hours)."""
         self._refresh_attempt += 1
-        self._refresh_failed_at = size
+        self._refresh_failed_at = key
         self._refresh_due = time.monotonic() + self._refresh_backoff(self._refresh_attempt)
 
     def _refresh_backoff(self, attempt: int) -> float:

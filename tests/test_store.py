@@ -1211,3 +1211,31 @@ def test_an_idle_writer_backs_off_while_a_reader_holds_the_file(tmp_path: Path) 
         assert len(late) <= 2, f"{len(late)} ATTACH attempts in 5 s by an idle proxy"
     finally:
         a.close()
+
+
+def test_the_stored_signal_file_does_not_grow_without_bound(tmp_path: Path) -> None:
+    """Every flush that stores calls while another writer runs appends a byte to
+    <db>.journal/stored, and nothing ever truncates it (readers only compare sizes): two busy
+    proxies flushing every 5 s add ~35 KB a day each, for ever. Here 60 flushes: 60+ bytes."""
+    db = tmp_path / "spend.duckdb"
+    a = Store(db, "a", flush_interval=3600)
+    a.start()
+    b = Store(db, "b", flush_interval=3600)
+    b.start()
+    seen: list[int] = []
+
+    def refresher(con: duckdb.DuckDBPyConnection, queued: list[CallRecord]) -> None:
+        [(count,)] = con.execute("SELECT count(*) FROM calls WHERE session_id = 'a'").fetchall()
+        seen.append(count)
+
+    b.set_refresher(refresher)
+    try:
+        for i in range(60):
+            a.submit(make_record(i, "a"))
+            assert a.flush()
+            wait_for(lambda i=i: seen[-1:] == [i + 1])  # B read it: no signal lost to a cut
+        size = os.stat(a._stored_signal).st_size
+        assert size < 60, f"{size} bytes after 60 flushes; never truncated"
+    finally:
+        b.close()
+        a.close()
