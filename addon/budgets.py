@@ -147,27 +147,37 @@ class BudgetRefusal:
     period_end: datetime
     retry_after: int  # whole seconds until the period ends
     reserved: Decimal = _ZERO  # held besides by calls in flight and background responses running
+    kept: Decimal = _ZERO  # of ``reserved``, background responses' (held for hours, not seconds)
 
     @property
     def spent_out(self) -> bool:
-        """Did the spend alone reach the cap (else calls in flight fill it, and give room back as
-        they finish: the refusal is then a short wait, ``NO_ROOM_RETRY_S``, not the period's end)?"""
-        return self.spent >= self.budget.usd or self.reserved <= 0
+        """Does the refusal stand for long: the spend, or the background responses held (for hours,
+        until retrieved), fill the cap? Else calls in flight fill it and give room back as they
+        finish: a short wait, ``NO_ROOM_RETRY_S``."""
+        return self.spent + self.kept >= self.budget.usd or self.reserved <= self.kept
 
     def message(self) -> str:
-        """One line naming the budget, its cap, the spend (and what is reserved besides), the period
-        and when it resets. "is spent" only when the spend alone reached the cap; a budget that
-        the reservations of calls in flight fill up "has no room left" (until they finish)."""
-        spent = self.spent_out
-        reserved = ""
-        if self.reserved > 0:
-            reserved = f", {_format_reserved(self.reserved)} more reserved by calls in flight"
-            reserved += "" if spent else " (given back as they finish)"
-        wait = f"resets in {format_duration(self.retry_after)}" if spent else f"retry in {self.retry_after} s"
+        """One line naming the budget, its cap, the spend (and what is held besides), the period
+        and when to retry. "is spent" only when the spend alone reached the cap; a budget that
+        reservations fill up "has no room left" (until calls finish, or background responses end)."""
+        spent = self.spent >= self.budget.usd or self.reserved <= 0
+        held = ""
+        if self.kept > 0:
+            held += f", {_format_reserved(self.kept)} held by background responses running"
+        in_flight = self.reserved - self.kept
+        if in_flight > 0:
+            held += f", {_format_reserved(in_flight)} more reserved by calls in flight"
+            held += "" if spent else " (given back as they finish)"
+        if spent:
+            wait = f"resets in {format_duration(self.retry_after)}"
+        elif self.spent_out:
+            wait = f"retry in {format_duration(self.retry_after)}"
+        else:
+            wait = f"retry in {self.retry_after} s"
         return (
             f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} "
             f"{'is spent' if spent else 'has no room left'}: "
-            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){reserved}; {wait}"
+            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){held}; {wait}"
         )
 
 
@@ -653,9 +663,19 @@ class BudgetTracker:
                 reserved = self._reserved.get(scope, _ZERO)
                 if spent + reserved >= budget.usd:
                     retry_after = max(1, math.ceil((end - now).total_seconds()))
-                    refusal = BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved)
+                    held = [
+                        (found[1], until)
+                        for key, until in self._kept_until.items()
+                        if (found := self._reservations.get(key)) is not None and scope in found[0]
+                    ]
+                    kept = sum((amount for amount, _ in held), _ZERO)
+                    refusal = BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved, kept)
                     if not refusal.spent_out:  # calls in flight fill it: room comes back as they end
                         refusal = dataclasses.replace(refusal, retry_after=min(retry_after, NO_ROOM_RETRY_S))
+                    elif spent < budget.usd and reserved > 0 and held:
+                        # background responses fill it: room at the latest when the first hold ends
+                        first = max(1, math.ceil(min(until for _, until in held) - now.timestamp()))
+                        refusal = dataclasses.replace(refusal, retry_after=min(retry_after, first))
                     return refusal
             if reserve is not None and budgeted:
                 call_id, estimate = reserve

@@ -154,14 +154,20 @@ class Enforcer:
             )
         return Decision("downgraded", target, notice=downgrade_notice(environment, model, target))
 
-    def spent_budget(self, scopes: tuple[Scope, ...], now: float | None = None) -> str | None:
+    def spent_budget(
+        self, scopes: tuple[Scope, ...], now: float | None = None, *, spent_only: bool = False
+    ) -> str | None:
         """The message of an over-budget refusal if a budget of ``scopes`` is spent (what is in
-        flight counted), else None. Reserves nothing; microseconds. None when nothing is enforced."""
+        flight counted), else None. ``spent_only``: only when the spend itself reached the cap, not
+        when calls in flight fill it (a session is not closed for what gives room back in seconds).
+        Reserves nothing; microseconds. None when nothing is enforced."""
         if not (self.policies.enforcing and self.budgets.has_budgets):
             return None
         when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         refusal = self.budgets.check(scopes, when)
-        return None if refusal is None else refusal.message()
+        if refusal is None or (spent_only and not refusal.spent_out):
+            return None
+        return refusal.message()
 
     def hold(self, record: CallRecord) -> None:
         """Count a priced call against its budgets now, until the store records it (see

@@ -428,6 +428,9 @@ def _gemini_config_values(body: Mapping[str, Any], camel: str, snake: str) -> li
 # ``generationConfig.candidateCount`` (1 to 8; Vertex's Gemini the same). Anthropic's Messages,
 # Bedrock's Converse, OpenAI's Responses and Gemini's Interactions write one answer.
 MAX_CHOICES = 128
+# A legacy completion without max_tokens writes at most this many tokens an answer on OpenAI's own
+# API and Azure's (the API reference: "Defaults to 16"); other servers' defaults vary.
+LEGACY_COMPLETION_MAX_TOKENS = 16
 MAX_ANSWER_COUNTS = 10_000  # calls in flight whose answer count is remembered (see _answers_of)
 MAX_BEST_OF = 20
 MAX_CANDIDATES = 8
@@ -2289,7 +2292,10 @@ class Meter:
                     input_image_tokens=seen,
                 )
             # Each answer up to the cap; without one, what the model's answers here usually are.
-            output = _max_output_tokens(body) or self.outputs.reserved(provider, model)
+            output = _max_output_tokens(body)
+            if output is None and flavor == "completions" and provider in CHAT_ONLY_PROVIDERS:
+                output = LEGACY_COMPLETION_MAX_TOKENS  # OpenAI's default cap there
+            output = output or self.outputs.reserved(provider, model)
             cost = self.pricer.estimate(provider, model, tokens, output * _answers(flavor, body), geo)
             tool = image_tool_tokens(body)
             if tool is not None:  # billed apart from the text model's usage, at the image model's rate
@@ -2661,11 +2667,6 @@ class Meter:
             self.store.journal(row)
         if self.store.journal(state.record):
             state.journaled_in = self.store
-        if not images and self.enforcer.budgets.reserves(state.record.id):
-            # The client has its answer: the next call it makes is decided on this one's cost,
-            # not on its reservation until upstream ends the body (a tool's images give way in
-            # _finish, where they are held first).
-            self._price_now(state.record)
 
     def _tool_rows(self, state: CallState, metered: Metered) -> list[CallRecord]:
         """The rows of what the call's image_generation tool spent that OpenAI bills apart: its

@@ -50,8 +50,11 @@ def _clean(text: str, limit: int = _MAX_NAME) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
-def error_body(provider: str, status: int, message: str, kind: str) -> dict[str, object]:
-    """The JSON error object a ``provider`` would send (anything OpenAI-compatible gets OpenAI's)."""
+def error_body(
+    provider: str, status: int, message: str, kind: str, *, final: bool = True
+) -> dict[str, object]:
+    """The JSON error object a ``provider`` would send (anything OpenAI-compatible gets OpenAI's);
+    not ``final``: a wait (Bedrock names the throttle, as its header does)."""
     if kind not in REFUSAL_KINDS:
         raise ValueError(f"unknown refusal kind {kind!r}")
     if not message.startswith(_PREFIX):
@@ -59,7 +62,7 @@ def error_body(provider: str, status: int, message: str, kind: str) -> dict[str,
     if provider == "anthropic":
         return {"type": "error", "error": {"type": _ANTHROPIC_TYPES[kind], "message": message}}
     if provider == "aws":  # Bedrock (restJson): botocore takes the message from ``message``
-        return {"__type": _AWS_CODES[kind], "message": message}
+        return {"__type": _AWS_CODES[kind] if final else _AWS_CODES["rate_limited"], "message": message}
     if provider in ("gemini", "google", "vertex"):
         return {
             "error": {"code": status, "message": message, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}
@@ -91,7 +94,7 @@ def refusal_response(
     does that for boto3). Not ``final``: an over-budget refusal that calls in flight cause (room
     comes back as they finish) lets the SDKs retry, and is a throttle on Bedrock.
     """
-    body = json.dumps(error_body(provider, status, message, kind)).encode()
+    body = json.dumps(error_body(provider, status, message, kind, final=final)).encode()
     headers = {"content-type": "application/json", REFUSED_HEADER: kind}
     if provider == "aws":
         headers["x-amzn-ErrorType"] = _AWS_CODES[kind] if final else _AWS_CODES["rate_limited"]

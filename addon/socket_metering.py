@@ -1111,7 +1111,7 @@ class SocketMeter:
         message); a Gemini Live client a close 1011 with that message, as Google closes a session
         over its quota (every Live message after the setup asks for work: audio, text, a tool's
         answer)."""
-        spent = self._meter.enforcer.spent_budget(session.scopes)
+        spent = self._meter.enforcer.spent_budget(session.scopes, spent_only=True)
         if spent is None:
             return
         live = isinstance(session, LiveSession)

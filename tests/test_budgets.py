@@ -568,10 +568,11 @@ def test_a_kept_reservation_outlives_its_call_until_handed_over_settled_or_expir
     refusal = tracker.check(scopes, now, reserve=("post3", lambda: Decimal("0.50")))
     assert refusal is not None and (refusal.spent, refusal.reserved) == (0, Decimal("1.00"))
     assert refusal.message().startswith("development budget of $1.00 per day has no room left: ")
-    assert (
-        "$0.00 used since 2026-11-28 (UTC), $1.00 more reserved by calls in flight "
-        "(given back as they finish);" in refusal.message()
+    # held for hours, not seconds: named as such, and the wait is until the first hold ends
+    assert refusal.message().endswith(
+        "$0.00 used since 2026-11-28 (UTC), $1.00 held by background responses running; retry in 1m 0s"
     )
+    assert (refusal.retry_after, refusal.spent_out) == (60, True)
     tracker.hand_over("bg:1", "get")  # the retrieval that bills it
     tracker.hand_over("bg:1", "get-again")  # a second one: nothing left to take
     assert tracker.reserved(clock) == {DEV: Decimal("1.00")}

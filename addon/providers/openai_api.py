@@ -40,20 +40,18 @@ CHAT_LIKE = frozenset({"chat", "completions"})
 _PATH_SUFFIXES: tuple[tuple[str, str], ...] = (
     # Before "/completions", which it also ends with: the first suffix matched wins.
     ("/chat/completions", "chat"),
-    # Legacy completions (vLLM, Together, Fireworks... serve it too), where they live only:
-    # _LEGACY_COMPLETIONS (Mistral's /v1/agents/completions names an agent, no model).
+    # Legacy completions (vLLM, Together, Fireworks... serve it too), but not another API's
+    # (_NOT_LEGACY_COMPLETIONS: Mistral's /v1/agents/completions names an agent, no model).
     ("/completions", "completions"),
     ("/responses", "responses"),
     # Codex CLI's /compact and auto-compaction: the model reads the whole history (a Responses usage).
     ("/responses/compact", "responses"),
     ("/embeddings", "embeddings"),
 )
-# Legacy completions right after a version segment (/v1/, /v1beta/...), an OpenAI-compatible
-# prefix (Gemini's /v1beta/openai/), an Azure deployment, or at the root; and Mistral's
-# fill-in-the-middle (/v1/fim/completions: a prompt and suffix in, chat's usage out).
-_LEGACY_COMPLETIONS = re.compile(
-    r"(?:.*/(?:v\d+[a-z0-9]*|openai|deployments/[^/]+|fim))?/completions", re.IGNORECASE
-)
+# "/completions" under any prefix is a legacy completion (a version segment, an Azure deployment,
+# DeepSeek's /beta/ FIM, Mistral's /v1/fim/, a gateway's base path such as Databricks'
+# /serving-endpoints/) except under these, another API's: Mistral's agents name an agent, no model.
+_NOT_LEGACY_COMPLETIONS = re.compile(r".*/agents/completions", re.IGNORECASE)
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # A background response still running: its usage comes with a later GET /v1/responses/{id}.
 RUNNING = frozenset({"queued", "in_progress"})
@@ -72,8 +70,8 @@ USD_TICKS_EXPONENT = 10  # xAI's usage.cost_in_usd_ticks: 1 USD = 10^10 ticks
 def flavor_for_path(path: str) -> str | None:
     """The API flavor of a request path (query string allowed), or None if not metered."""
     flavor = flavor_by_suffix(path, _PATH_SUFFIXES)
-    if flavor == "completions" and _LEGACY_COMPLETIONS.fullmatch(bare_path(path)) is None:
-        return None  # "/v1/agents/completions" and the like: another API
+    if flavor == "completions" and _NOT_LEGACY_COMPLETIONS.fullmatch(bare_path(path)) is not None:
+        return None  # "/v1/agents/completions": another API
     return flavor
 
 
