@@ -412,12 +412,17 @@ def _usd(value: Decimal | str | None) -> str:
 
 
 def _cap(value: str | None) -> str:
-    """A budget cap: ``$150`` when whole, else ``$12.50``."""
+    """A budget cap: ``$150`` when whole, ``$12.50``, and a cap under a cent as it is
+    (``$0.0012``: rounded to cents it read ``$0.00`` beside its percentage)."""
     try:
         number = float(value or 0)
     except ValueError:
         return "$?"
-    return f"${number:,.0f}" if number == int(number) else f"${number:,.2f}"
+    if number == int(number):
+        return f"${number:,.0f}"
+    if abs(number) < 0.01:
+        return _usd(value)
+    return f"${number:,.2f}"
 
 
 def _duration(seconds: float) -> str:

@@ -616,3 +616,16 @@ def test_amounts_under_a_hundredth_of_a_cent_are_not_shown_as_nothing() -> None:
         "-$2.50",
         "$0.00",
     ]
+
+
+def test_a_cap_under_a_cent_is_shown_as_it_is() -> None:
+    """A $0.0012 cap read "$0.00/month" beside its 180% (a user walkthrough)."""
+    from addon.spend_watch import _cap
+
+    assert [_cap(v) for v in ("0.0012", "150", "12.5", "1500.25", None)] == [
+        "$0.0012",
+        "$150",
+        "$12.50",
+        "$1,500.25",
+        "$0",
+    ]
