@@ -673,9 +673,15 @@ class BudgetTracker:
                     if not refusal.spent_out:  # calls in flight fill it: room comes back as they end
                         refusal = dataclasses.replace(refusal, retry_after=min(retry_after, NO_ROOM_RETRY_S))
                     elif spent < budget.usd and reserved > 0 and held:
-                        # background responses fill it: room at the latest when the first hold ends
-                        first = max(1, math.ceil(min(until for _, until in held) - now.timestamp()))
-                        refusal = dataclasses.replace(refusal, retry_after=min(retry_after, first))
+                        # background responses fill it: room comes back when enough holds have
+                        # ended (calls in flight give theirs back in seconds); else at the period's end
+                        remaining = kept
+                        for amount, until in sorted(held, key=lambda pair: pair[1]):
+                            remaining -= amount
+                            if amount > 0 and spent + remaining < budget.usd:
+                                room = max(1, math.ceil(until - now.timestamp()))
+                                refusal = dataclasses.replace(refusal, retry_after=min(retry_after, room))
+                                break
                     return refusal
             if reserve is not None and budgeted:
                 call_id, estimate = reserve

@@ -165,7 +165,7 @@ class Enforcer:
             return None
         when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         refusal = self.budgets.check(scopes, when)
-        if refusal is None or (spent_only and not refusal.spent_out):
+        if refusal is None or (spent_only and refusal.spent < refusal.budget.usd):
             return None
         return refusal.message()
 

@@ -361,6 +361,8 @@ class LiveState:
         self._stored: dict[str, list[Any]] = {}
         self._unstored: dict[str, list[Any]] = {}
         self._budgets: list[dict[str, Any]] = []
+        # What a caller may name as its environment (see set_claimable): None, any name.
+        self._claimable: dict[str, Any] | None = None
         self._budgets_at: datetime | None = None
         self._running = True
         self._dirty = True
@@ -437,6 +439,18 @@ class LiveState:
             self._dirty = True
             self._wake.notify()
 
+    def set_claimable(self, declared: Sequence[str] | None, default: str) -> None:
+        """The environments a caller's APP_ENV may name (``declared``; None: any, nothing being
+        declared) and the one it gets otherwise: the status line books a shell's calls as the proxy
+        does (addon.attribution)."""
+        with self._lock:
+            self._claimable = {
+                "declared": None if declared is None else sorted(declared),
+                "default_environment": default,
+            }
+            self._dirty = True
+            self._wake.notify()
+
     def set_budgets(self, status: Sequence[Mapping[str, Any]]) -> None:
         """The budgets in force and their spend (``BudgetTracker.status(now)``)."""
         budgets = []
@@ -506,6 +520,7 @@ class LiveState:
             },
             "budgets": [dict(b) for b in self._budgets],
             "budgets_updated_at": _iso(self._budgets_at),
+            "claimable_environments": self._claimable,
             "today_unstored": {
                 env: {
                     "calls": calls,

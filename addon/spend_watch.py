@@ -147,12 +147,19 @@ def statusline_json(
     today = state.get("today") or {}
     day = now.astimezone(UTC).date().isoformat()
     environments: Mapping[str, Any] = (today.get("environments") or {}) if today.get("date") == day else {}
-    if env is None and os.environ.get("APP_ENV", "").strip():
+    from_app_env = env is None and bool(os.environ.get("APP_ENV", "").strip())
+    if from_app_env:
         env = os.environ["APP_ENV"]
     if env is not None:
         env = normalize_environment(env)
     elif environments:
         env = max(sorted(environments), key=lambda name: environments[name].get("calls", 0))
+    claimable = state.get("claimable_environments")
+    if from_app_env and isinstance(claimable, Mapping) and isinstance(claimable.get("declared"), list):
+        # As the proxy books it: an APP_ENV naming no declared environment is passed over.
+        default = str(claimable.get("default_environment") or env)
+        if env not in claimable["declared"] and env != default:
+            env = default
     entry = environments.get(env or "", {})
     session = state.get("session") or {}
     result: dict[str, Any] = {

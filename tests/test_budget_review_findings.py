@@ -6,12 +6,14 @@ Found by an independent review of the on-loop settle and shared-budget fixes; ea
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 from mitmproxy.test import taddons
 
-from addon.budgets import Scope
+from addon.budgets import BudgetTracker, Scope, scopes_for
+from addon.enforcement import Enforcer
 from addon.meter import Meter
 from addon.policies import parse_policies
 from tests.test_meter import CollectingStore, make_flow, run_request, stream_response
@@ -204,3 +206,40 @@ def test_a_budget_filled_by_a_running_background_response_is_not_a_five_second_w
     refusal = tracker.check([QA], datetime.now(UTC))
     assert refusal is not None
     assert refusal.retry_after > 5, refusal.message()
+
+
+DEV_DAY_1 = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+def test_a_session_is_not_closed_when_only_background_holds_fill_the_cap() -> None:
+    """spent_budget(spent_only=True) (SocketMeter._cap_if_spent) promises 'only when the spend
+    itself reached the cap'; the commit says a session is 'closed only when the spend reached the
+    cap'. A cap that a background response's reservation (an estimate, released on retrieval or
+    after 3 h) fills with $0 spent closes every Realtime/Live session of the scope for good."""
+    e = Enforcer(parse_policies(DEV_DAY_1))
+    scopes = scopes_for("development")
+    clock = NOW.timestamp()
+    assert e.budgets.check(scopes, NOW, reserve=("bg", lambda: Decimal("1.00"))) is None
+    assert e.budgets.keep("bg", "hold:resp_1", clock + 3 * 3600) is not None
+    assert e.spent_budget(scopes, clock, spent_only=True) is None
+
+
+def test_the_wait_for_background_holds_is_when_room_comes_back_not_the_first_holds_end() -> None:
+    """check() sets retry_after to the end of the first hold ('room at the latest when the first
+    hold ends'). $0.50 spent, $0.20 kept until +60 s and $0.50 kept until +3 h under a $1 cap: when
+    the first hold ends, $0.50 + $0.50 still fill the cap. The final refusal says 'retry in 1m 0s';
+    the client's retry then is refused again (now for 2h59m)."""
+    tracker = BudgetTracker(parse_policies(DEV_DAY_1))
+    scopes = scopes_for("development")
+    clock = NOW.timestamp()
+    assert tracker.check(scopes, NOW, reserve=("s", lambda: Decimal("0.50"))) is None
+    tracker.finish("s", scopes, Decimal("0.50"), NOW)
+    assert tracker.check(scopes, NOW, reserve=("a", lambda: Decimal("0.20"))) is None
+    tracker.keep("a", "hold:a", clock + 60)
+    assert tracker.check(scopes, NOW, reserve=("b", lambda: Decimal("0.50"))) is None
+    tracker.keep("b", "hold:b", clock + 3 * 3600)
+    refusal = tracker.check(scopes, NOW)
+    assert refusal is not None
+    later = datetime.fromtimestamp(clock + refusal.retry_after, UTC)
+    assert tracker.check(scopes, later) is None, (refusal.retry_after, refusal.message())

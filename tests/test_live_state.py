@@ -296,6 +296,7 @@ def test_the_file_is_valid_json_with_the_documented_keys(tmp_path: Path) -> None
         "today",
         "budgets",
         "budgets_updated_at",
+        "claimable_environments",
         "today_unstored",
     ]
 
@@ -396,3 +397,15 @@ def test_the_status_line_shows_the_current_periods_budget_of_the_running_proxies
     assert line["status"] == "on"
     assert line["budget"] is not None
     assert line["budget"]["spent_usd"] == "5", line["budget"]  # before the fix: "0" (B's, zeroed)
+
+
+def test_the_live_file_says_which_environments_a_caller_may_name(tmp_path: Path) -> None:
+    """The status line books an undeclared APP_ENV to the default, as the proxy does: it needs to
+    know what policies.yaml declares."""
+    live = LiveState(tmp_path / "x.live.json", "s1")
+    assert live.snapshot()["claimable_environments"] is None
+    live.set_claimable(["production", "development"], "development")
+    assert live.snapshot()["claimable_environments"] == {
+        "declared": ["development", "production"],
+        "default_environment": "development",
+    }

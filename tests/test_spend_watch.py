@@ -629,3 +629,43 @@ def test_a_cap_under_a_cent_is_shown_as_it_is() -> None:
         "$1,500.25",
         "$0",
     ]
+
+
+def test_the_status_line_books_an_undeclared_app_env_where_the_proxy_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`scripts/shell-env --env test` sets APP_ENV=test; the proxy books an environment policies.yaml
+    does not declare to the default (addon.attribution), so the line showed "test: 0 calls" while
+    the shell's calls piled up in development (a review's finding)."""
+    from datetime import UTC, datetime
+
+    from addon.spend_watch import statusline_json
+
+    now = datetime.now(UTC)
+    state = {
+        "today": {
+            "date": now.date().isoformat(),
+            "environments": {"development": {"calls": 3, "cost_usd": "0.42"}},
+        },
+        "session": {},
+        "claimable_environments": {
+            "declared": ["development", "production"],
+            "default_environment": "development",
+        },
+    }
+    monkeypatch.setenv("APP_ENV", "test")
+    shown = statusline_json(state, now=now, alive=True)
+    assert (shown["environment"], shown["calls"]) == ("development", 3)
+    monkeypatch.setenv("APP_ENV", "prod")  # declared (an alias): shown as named
+    assert statusline_json(state, now=now, alive=True)["environment"] == "production"
+    assert statusline_json(state, env="test", now=now, alive=True)["environment"] == "test"  # asked for
+    monkeypatch.setenv("APP_ENV", "test")
+    unrestricted = {
+        **state,
+        "claimable_environments": {"declared": None, "default_environment": "development"},
+    }
+    assert statusline_json(unrestricted, now=now, alive=True)["environment"] == "test"
+    assert (
+        statusline_json({**state, "claimable_environments": None}, now=now, alive=True)["environment"]
+        == "test"
+    )
