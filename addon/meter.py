@@ -367,13 +367,6 @@ def _quiet_connection_lines(quiet: bool) -> None:
     logging.getLogger(_CONNECTION_LOGGER).setLevel(logging.WARNING if quiet else logging.NOTSET)
 
 
-def _claimable(policies: Policies) -> tuple[list[str] | None, str]:
-    """The environments a caller may name (None: any, nothing declared or enforced) and the
-    default, for the live file's status line (``Policies.declares``)."""
-    declared = sorted(policies.environments) if policies.enforcing and policies.environments else None
-    return declared, policies.default_environment
-
-
 def _parse_body(provider: Provider, flavor: str, headers: Mapping[str, str], body: bytes) -> Metered:
     return provider.parse_response(flavor, body, headers)
 
@@ -826,7 +819,7 @@ class Meter:
             self._processes.clear()
         if self.live is not None:  # the status line shows the new caps now, not at the next call
             self.live.set_budgets(self.enforcer.budgets.status(datetime.now(UTC)))
-            self.live.set_claimable(*_claimable(policies))
+            self.live.set_claimable(policies.claimable(), policies.default_environment)
         self.notifier.set_settings(policies.notifications)
         registry = registry_for(policies)
         self.registry = registry
@@ -916,7 +909,7 @@ class Meter:
             )
             store.after_next_write(functools.partial(self._load_budgets_late, store))
         live.set_budgets(self.enforcer.budgets.status(now))
-        live.set_claimable(*_claimable(self.policies))
+        live.set_claimable(self.policies.claimable(), self.policies.default_environment)
         live.start()
         self.live = live
         store.add_listener(self._on_finished)

@@ -238,6 +238,13 @@ class Policies:
         name = normalize_environment(name)
         return name in self.environments or name == self.default_environment
 
+    def claimable(self) -> list[str] | None:
+        """The declared environments a caller may name besides the default (``declares``); None
+        when any name may be."""
+        if not self.enforcing or not self.environments:
+            return None
+        return sorted(self.environments)
+
     def environment(self, name: str) -> EnvironmentPolicy:
         """The declared policy of ``name`` (aliases resolved), else an unrestricted one."""
         name = normalize_environment(name)

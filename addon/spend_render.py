@@ -46,6 +46,21 @@ def money_column(values: Sequence[Decimal | str | None]) -> list[str]:
     return ["?" if a is None else f"{a.quantize(places, rounding=ROUND_HALF_UP):,}" for a in amounts]
 
 
+UNPRICED_NOTE = "* calls with no known price are not in the cost (scripts/spend unpriced)"
+
+
+def marked_money_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``cost_usd`` of ``rows`` as ``money_column`` cells, a cost that leaves out calls with
+    no known price (``unpriced_calls``) marked ``*``, the others padded to keep decimals aligned."""
+    cells = [
+        cell + "*" if row.get("unpriced_calls") and row["cost_usd"] is not None else cell
+        for row, cell in zip(rows, money_column([row["cost_usd"] for row in rows]), strict=True)
+    ]
+    if any(cell.endswith("*") for cell in cells):
+        cells = [cell if cell.endswith("*") else cell + " " for cell in cells]
+    return cells
+
+
 def count(value: int | float | None) -> str:
     """``1,234,567`` when it fits 7 characters, else ``12.3M`` / ``1.23B``; '-' when unknown."""
     if value is None:
@@ -340,12 +355,7 @@ def render_sessions(report: Mapping[str, Any]) -> str:
     sessions = report["sessions"]
     if not sessions:
         return f"database: {report['db']}\nNo sessions recorded yet.\n"
-    costs = [
-        cost + "*" if s.get("unpriced_calls") and s["cost_usd"] is not None else cost
-        for s, cost in zip(sessions, money_column([s["cost_usd"] for s in sessions]), strict=True)
-    ]
-    if any(cost.endswith("*") for cost in costs):  # keep the decimals aligned
-        costs = [cost if cost.endswith("*") else cost + " " for cost in costs]
+    costs = marked_money_column(sessions)
 
     def when(ts: str | None) -> str:
         return "-" if ts is None else ts[:16].replace("T", " ")
@@ -361,9 +371,7 @@ def render_sessions(report: Mapping[str, Any]) -> str:
         Column("calls"),
         Column("cost $"),
     ]
-    notes = []
-    if any(cost.endswith("*") for cost in costs):
-        notes = ["", "* calls with no known price are not in the cost (scripts/spend unpriced)"]
+    notes = ["", UNPRICED_NOTE] if any(cost.endswith("*") for cost in costs) else []
     return "\n".join([f"database: {report['db']}", "", *table(columns, rows), *notes]) + "\n"
 
 
@@ -614,12 +622,7 @@ def render_models(report: Mapping[str, Any]) -> str:
     rows_in = report["rows"]
     if not rows_in:
         return "\n".join([*head, "No calls in this range."]) + "\n"
-    costs = [
-        cost + "*" if r.get("unpriced_calls") and r["cost_usd"] is not None else cost
-        for r, cost in zip(rows_in, money_column([r["cost_usd"] for r in rows_in]), strict=True)
-    ]
-    if any(cost.endswith("*") for cost in costs):  # keep the decimals aligned
-        costs = [cost if cost.endswith("*") else cost + " " for cost in costs]
+    costs = marked_money_column(rows_in)
     rows = [
         [name(r["environment"]), name(r["user"]), r["model"], count(r["calls"]), cost, _reasons(r)]
         for r, cost in zip(rows_in, costs, strict=True)
@@ -651,7 +654,7 @@ def render_models(report: Mapping[str, Any]) -> str:
     else:
         tail.append("no premium calls outside production")
     if any(cost.endswith("*") for cost in costs):
-        tail.append("* calls with no known price are not in the cost (scripts/spend unpriced)")
+        tail.append(UNPRICED_NOTE)
     return "\n".join([*head, "", *body, *tail]) + "\n"
 
 
