@@ -24,11 +24,11 @@ from addon.providers.values import bare_path
 FLAVOR = "unmetered"  # the api_flavor of the row of such a request refused
 # Tuning jobs name their model baseModel (Vertex AI tuningJobs, Gemini tunedModels) or base_model.
 MODEL_KEYS = ("model", "modelId", "baseModel", "base_model")
-# (provider, bare path) -> the model the provider runs when the request names none:
-# POST /v1/videos runs sora-2 (openai-python: "Defaults to sora-2").
 # Objects a body's model may be named in when its top level names none: an OpenAI eval run
 # (POST /v1/evals/{id}/runs) samples from data_source.model.
 NESTED_MODEL_OBJECTS = ("data_source",)
+# (provider, bare path) -> the model the provider runs when the request names none:
+# POST /v1/videos runs sora-2 (openai-python: "Defaults to sora-2").
 DEFAULT_MODELS: dict[tuple[str, str], str] = {("openai", "/v1/videos"): "sora-2"}
 MAX_MODEL_NAME = 200  # a longer "model" is no model's name: unreadable
 # Free: token counting (Anthropic's /v1/messages/count_tokens, OpenAI's /v1/responses/input_tokens,
