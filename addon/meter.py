@@ -50,6 +50,7 @@ from addon.budgets import (
     unpriced_event,
 )
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
+from addon.carried_context import CarriedContexts
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import (
@@ -608,6 +609,8 @@ class Meter:
         self.notifier = Notifier(NotificationSettings())
         # What each model writes here: the output a call without an output cap reserves.
         self.outputs = OutputHistory(RESERVED_OUTPUT_TOKENS)
+        # The history a stateful call continues (previous_response_id...): reserved as input.
+        self.contexts = CarriedContexts()
         # Calls asking for several answers (``_answers``), by id, until their output is recorded:
         # the history is of one answer's output, which a reservation multiplies again.
         self._answers_of: dict[str, int] = {}
@@ -2280,7 +2283,7 @@ class Meter:
         Only evaluated when a budget applies."""
 
         def estimate(model: str | None) -> Decimal:
-            tokens = size // BYTES_PER_TOKEN
+            tokens = size // BYTES_PER_TOKEN + self.contexts.carried(body)
             images = reserved_image_tokens(model, image_request) if image_request is not None else None
             if images is not None:
                 seen = reserved_input_image_tokens(model, image_request, edited)
@@ -2562,6 +2565,8 @@ class Meter:
                 started[_HOLD_FIELD] = hold
             self._background.add(metered.response_id, started)
         body, state.request_body = state.request_body, None
+        if metered.usage is not None and not metered.output_partial and not background:
+            self.contexts.remember(metered.context_id, body, metered.usage)
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store

@@ -544,6 +544,8 @@ class SocketMeter:
         event = await self._off_loop(openai_responses_ws.read_server_event, data)
         if event is None:
             return
+        if isinstance(event, openai_responses_ws.Ended):  # a later create may continue it
+            self._meter.contexts.remember(event.response_id, None, event.metered.usage)
         for row in session.take(event, time.time()):
             self._record_realtime(row)
 

@@ -102,6 +102,9 @@ class Metered:
     # POST answers "queued", the usage comes with a later GET of that id).
     response_id: str | None = field(default=None, compare=False)
     response_status: str | None = field(default=None, compare=False)
+    # The id of a stored answer a later request may continue (an OpenAI Responses object's, a
+    # Gemini interaction's), in any mode: its history is billed again as that request's input.
+    context_id: str | None = field(default=None, compare=False)
     # The completion text seen, kept in memory only (never stored), for an offline token
     # estimate when the provider reports no usage (an aborted stream, say). None if not collected.
     output_text: str | None = field(default=None, compare=False)

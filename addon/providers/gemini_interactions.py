@@ -213,6 +213,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         service_tier=normalise_tier(obj.get("service_tier")),
         response_id=_str(obj.get("id")) if running else None,
         response_status=status,
+        context_id=_str(obj.get("id")),
         output_text=text,
     )
 
@@ -319,6 +320,7 @@ class StreamParser:
             # usage so far is a running total; the interaction is billed when it is seen finished.
             response_id=self._id if self._status in RUNNING and not self._done else None,
             response_status=self._status,
+            context_id=self._id,
             output_text=self._text.text() if usage is None else None,
         )
 

@@ -499,6 +499,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         service_tier=_str(tier),
         response_id=_str(obj.get("id")) if status is not None and obj.get("background") is True else None,
         response_status=status,
+        context_id=_str(obj.get("id")) if status is not None else None,
         tool_images=tool_images_of(obj),
     )
 
@@ -604,6 +605,7 @@ class StreamParser:
 
     __slots__ = (
         "_bad",
+        "_context_id",
         "_cost",
         "_done",
         "_error",
@@ -642,6 +644,7 @@ class StreamParser:
         self._tier: str | None = None  # the service tier (Responses: from the final event)
         self._status: str | None = None  # the Responses object's status (its last event's)
         self._response_id: str | None = None  # a background response's id (followed if cut short)
+        self._context_id: str | None = None  # the Responses object's id, in any mode
         self._text = TextCollector(_delta_texts if flavor == "responses" else _chat_texts)
         self._images: ImageEvents | None = None  # Responses: image call events, once one is seen
         self._tool_images: ToolImages | None = None  # the final event's image calls
@@ -714,6 +717,7 @@ class StreamParser:
             service_tier=tier,
             response_id=self._response_id,
             response_status=self._status,
+            context_id=self._context_id,
             tool_images=tool_images,
             output_partial=partial,
         )
@@ -826,6 +830,7 @@ class StreamParser:
         self._model = found.model or self._model
         self._tier = found.service_tier or self._tier
         self._status = found.response_status or self._status
+        self._context_id = _str(response.get("id")) or self._context_id
         if response.get("background") is True:
             self._response_id = _str(response.get("id")) or self._response_id
         if found.usage is not None:

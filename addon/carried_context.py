@@ -1,0 +1,80 @@
+"""The context a stateful call carries from earlier ones, for its budget reservation.
+
+An OpenAI Responses request naming ``previous_response_id`` (or a ``conversation``), or a Gemini
+Interactions request naming ``previous_interaction_id``, is billed for the whole history the
+provider keeps for it, as input, though its own body holds only the new turn. Reserved at the
+body's size alone, such a call reserved a few tokens of a bill of thousands, so many of them in
+flight together overshot a budget by far more than one call's cost.
+
+Each such answer metered here is remembered (in memory, the most recent ``MAX_CONTEXTS``) by its
+id with the tokens a continuation of it carries: its input (cached tokens included) and its
+visible output. Reasoning tokens are left out: providers drop them from the next turn's context.
+A request continuing a remembered answer reserves that many input tokens more. An answer not seen
+here (another proxy's, one before a restart) adds nothing: the reservation is then the body's.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from addon.usage import Usage
+
+MAX_CONTEXTS = 10_000  # remembered ids; the oldest is forgotten first (~1 MB at most)
+
+# The request fields naming the stored history a call continues, per API.
+_CONTINUES = ("previous_response_id", "previous_interaction_id")
+
+
+def _conversation_id(body: dict[str, Any]) -> str | None:
+    """The Conversations API id a Responses request adds to: a string, or ``{"id": ...}``."""
+    conversation = body.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    return conversation if isinstance(conversation, str) and conversation else None
+
+
+def carried_tokens(usage: Usage) -> int:
+    """What a continuation of an answer with ``usage`` carries as input: all of its input and the
+    output the model wrote, less its reasoning (not sent back)."""
+    return max(0, usage.input_tokens) + max(0, usage.output_tokens - usage.reasoning_tokens)
+
+
+class CarriedContexts:
+    """Tokens of history per stored answer (and conversation) id, most recent ``MAX_CONTEXTS``."""
+
+    def __init__(self, limit: int = MAX_CONTEXTS) -> None:
+        self.limit = limit
+        self._tokens: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def remember(self, answer_id: str | None, body: dict[str, Any] | None, usage: Usage | None) -> None:
+        """An answer metered with ``usage``: a call continuing it (its id, or the conversation its
+        request added to) carries that history."""
+        if usage is None:
+            return
+        tokens = carried_tokens(usage)
+        if answer_id:
+            self._put(answer_id, tokens)
+        if body is not None and (conversation := _conversation_id(body)) is not None:
+            self._put(conversation, tokens)
+
+    def carried(self, body: dict[str, Any] | None) -> int:
+        """Input tokens a request carries from history remembered here (0 when none is known)."""
+        if not body:
+            return 0
+        found = 0
+        for name in _CONTINUES:
+            if isinstance(answer_id := body.get(name), str) and answer_id in self._tokens:
+                found = max(found, self._tokens[answer_id])
+        if (conversation := _conversation_id(body)) is not None and conversation in self._tokens:
+            found = max(found, self._tokens[conversation])
+        return found
+
+    def _put(self, key: str, tokens: int) -> None:
+        self._tokens[key] = tokens
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self.limit:
+            self._tokens.popitem(last=False)
