@@ -1730,7 +1730,7 @@ class Meter:
                 if rewrites_tools and new_body is not None:
                     new_body = with_image_tool_models(new_body, tool_models, svg_models)
                 if rewrites_fallbacks and ruled is not None and new_body is not None:
-                    new_body = with_fallback_models(new_body, ruled.sent)
+                    new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from
@@ -2020,17 +2020,19 @@ class Meter:
         its environment as its model is: a disallowed one rewritten to its downgrade target, else
         the call refused; a list that cannot be read whole refuses it where models are restricted."""
         ruled = FallbackRules()
-        for entry in found.models:
+        first_object = len(found.models) - found.in_objects  # OpenRouter's `fallbacks` objects from here
+        for i, entry in enumerate(found.models):
+            listed = "fallbacks" if i >= first_object else "models fallback"
             decision = self.enforcer.decide_model(record.provider, record.environment, entry)
             if decision.refusal is not None:
                 ruled.refused = entry
-                ruled.why = f"it is in the request's models list, which {record.provider} may run instead"
+                ruled.why = f"it is in the request's {listed} list, which {record.provider} may run instead"
                 return ruled
             sent = decision.model_sent or entry
             ruled.sent.append(sent)
             if sent != entry:
                 ruled.changed = True
-                ruled.notices.append(f"models fallback list: {decision.notice or entry + ' -> ' + sent}")
+                ruled.notices.append(f"{listed} list: {decision.notice or entry + ' -> ' + sent}")
         if found.error is not None and self.models_restricted(record.environment):
             ruled.unreadable = (
                 f"{found.error}, so the models it may run cannot all be checked against the allowlist"

@@ -147,7 +147,8 @@ class Provider:
     # None: none here.
     realtime_translation: openai_realtime.Handshake | None = None
     # Other models a request names that the provider may run instead (OpenRouter's ``models``
-    # fallback list): each held to the allowlist as the model is. None: none here.
+    # fallback list and ``fallbacks`` objects): each held to the allowlist as the model is. None:
+    # none here.
     fallback_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
 
     @property
@@ -332,6 +333,25 @@ def _anthropic_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Me
     return anthropic_api.parse_response(flavor, body)
 
 
+# --- OpenRouter: OpenAI-compatible, and Anthropic's Messages API at /api/v1/messages ----------
+
+
+def _openrouter_flavor(path: str) -> str | None:
+    return anthropic_api.flavor_for_path(path) or openai_api.flavor_for_path(path)
+
+
+def _openrouter_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
+    if flavor in anthropic_api.FLAVORS:
+        return anthropic_api.parse_response(flavor, body)
+    return openai_api.parse_response(flavor, body)
+
+
+def _openrouter_stream_parser(flavor: str) -> StreamParser:
+    if flavor in anthropic_api.FLAVORS:
+        return anthropic_api.StreamParser(flavor)
+    return openai_api.StreamParser(flavor)
+
+
 # --- Azure OpenAI: the deployment in the path stands for a model -------------------------------
 
 _AZURE_DEPLOYMENT = re.compile(r"^(?P<prefix>/openai/deployments/)(?P<name>[^/?#]+)(?P<rest>.*)$")
@@ -457,7 +477,16 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible("deepseek", "api.deepseek.com"),
     _openai_compatible("mistral", "api.mistral.ai"),
     _openai_compatible("groq", "api.groq.com"),
-    _openai_compatible("openrouter", "openrouter.ai", fallback_models=openrouter.fallback_models),
+    # Its Anthropic-compatible /api/v1/messages too (Claude Code with ANTHROPIC_BASE_URL pointed at
+    # it); every path's fallback lists (`models`, the Messages API's `fallbacks`) are checked.
+    _openai_compatible(
+        "openrouter",
+        "openrouter.ai",
+        flavor_for_path=_openrouter_flavor,
+        parse_response=_openrouter_parse,
+        stream_parser=_openrouter_stream_parser,
+        fallback_models=openrouter.openrouter_fallbacks,
+    ),
     _openai_compatible("x-ai", "api.x.ai"),
     _openai_compatible("together", "api.together.xyz", "api.together.ai"),
     _openai_compatible("fireworks", "api.fireworks.ai"),

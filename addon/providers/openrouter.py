@@ -5,8 +5,12 @@ runs fails (its providers are down or rate limited, the prompt is too long for i
 refuses it), OpenRouter moves on to the list's next entry; without ``model``, it starts with the
 first. The legacy ``route: "fallback"`` says the same of the list. Any entry may therefore run,
 so each is held to the allowlist as ``model`` is (addon.meter), on every endpoint that takes the
-field (chat completions, Responses). Perplexity's Agent API (``/v1/responses``) takes the same
-list, of up to five, tried in order and ahead of ``model``: read the same way. Pure functions of
+field (chat completions, Responses, the Anthropic-compatible ``/api/v1/messages``). That last one
+also takes ``fallbacks``, the shape Anthropic's SDKs send: a list of ``{"model": ...}`` objects (at
+most 3, only ``model`` in each), mapped to the same routing; it is read after ``models``
+(``openrouter_fallbacks``) on every OpenRouter path, so that no list OpenRouter may run from goes
+unchecked. Perplexity's Agent API (``/v1/responses``) takes the ``models`` list, of up to five,
+tried in order and ahead of ``model``: read the same way (``fallback_models``). Pure functions of
 the decoded JSON body.
 """
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FIELD = "models"
+OBJECTS_FIELD = "fallbacks"  # OpenRouter's Messages endpoint: [{"model": ...}, ...]
 MAX_FALLBACK_MODELS = 64  # entries read (a longer list cannot be checked whole)
 MAX_MODEL_NAME = 256  # characters of one entry (a longer one is no model id)
 
@@ -27,6 +32,8 @@ class Fallbacks:
 
     models: tuple[str, ...] = ()
     error: str | None = None
+    # How many of ``models`` (the last ones) come from the ``fallbacks`` objects, not ``models``.
+    in_objects: int = 0
 
 
 def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -49,6 +56,44 @@ def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
     return Fallbacks(tuple(found))
 
 
-def with_fallback_models(body: dict[str, Any], models: list[str]) -> dict[str, Any]:
-    """A new body whose ``models`` list is ``models`` (every other member kept)."""
-    return {**body, FIELD: list(models)}
+def openrouter_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
+    """Every model a request's fallback lists name, in order: the ``models`` list's, then the
+    ``fallbacks`` objects' (``{"model": ...}``), or None when it names neither. Never raises."""
+    listed = fallback_models(body)
+    objects = body.get(OBJECTS_FIELD) if isinstance(body, dict) else None
+    if objects is None or (listed is not None and listed.error is not None):
+        return listed
+    found = list(listed.models) if listed is not None else []
+    room = MAX_FALLBACK_MODELS - len(found)
+    if not isinstance(objects, list):
+        return Fallbacks(tuple(found), f"its {OBJECTS_FIELD} list is not a list")
+    for i, entry in enumerate(objects):
+        if i >= room:
+            return Fallbacks(
+                tuple(found),
+                f"its {FIELD} and {OBJECTS_FIELD} lists have more than {MAX_FALLBACK_MODELS} entries",
+                i,
+            )
+        model = entry.get("model") if isinstance(entry, dict) else None
+        if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
+            return Fallbacks(tuple(found), f"entry {i + 1} of its {OBJECTS_FIELD} list names no model", i)
+        found.append(model)
+    return Fallbacks(tuple(found), None, len(objects))
+
+
+def with_fallback_models(
+    body: dict[str, Any], models: list[str], found: Fallbacks | None = None
+) -> dict[str, Any]:
+    """A new body whose fallback lists name ``models`` (as read into ``found``: its last
+    ``in_objects`` go to the ``fallbacks`` objects, each keeping its other members; the rest to
+    the ``models`` list). Every other member kept."""
+    objects = found.in_objects if found is not None else 0
+    head, tail = models[: len(models) - objects], models[len(models) - objects :]
+    new = dict(body)
+    if body.get(FIELD) is not None or not objects:
+        new[FIELD] = list(head)
+    if objects:
+        new[OBJECTS_FIELD] = [
+            {**entry, "model": model} for entry, model in zip(body[OBJECTS_FIELD], tail, strict=False)
+        ] + list(body[OBJECTS_FIELD][objects:])
+    return new
