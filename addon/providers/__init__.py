@@ -360,23 +360,28 @@ _AZURE_DEPLOYMENT = re.compile(r"^(?P<prefix>/openai/deployments/)(?P<name>[^/?#
 def _azure_request_model(
     deployments: Mapping[str, str],
 ) -> Callable[[str, dict[str, Any] | None], str | None]:
+    """The model a call runs: its deployment's (in the path, or the v1 API's body ``model``, a
+    deployment's name too) as ``deployments`` maps it; an unmapped deployment is read as its name."""
+
     def request_model(path: str, body: dict[str, Any] | None) -> str | None:
         m = _AZURE_DEPLOYMENT.match(path)
-        if m is None:  # the v1 API carries the model in the body
-            return _body_model(path, body)
-        return deployments.get(m["name"], m["name"])
+        name = _body_model(path, body) if m is None else m["name"]
+        return deployments.get(name, name) if name is not None else None
 
     return request_model
 
 
 def _azure_with_model(deployments: Mapping[str, str]) -> WithModel:
+    """A downgrade names the deployment that serves ``model`` where the call names one: in the path,
+    or the v1 API's body ``model``. With none serving it, the call cannot be rewritten."""
+
     def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
         m = _AZURE_DEPLOYMENT.match(path)
-        if m is None:
-            return _with_body_model(path, body, model)
         target = next((name for name, served in deployments.items() if served == model), None)
         if target is None:
             raise ValueError(f"no Azure deployment serves {model} (policies.yaml azure_deployments)")
+        if m is None:  # the v1 API: the deployment is the body's model
+            return _with_body_model(path, body, target)
         return f"{m['prefix']}{target}{m['rest']}", body
 
     return with_model
