@@ -27,6 +27,9 @@ database, attached read-write, after each of its own flushes while other writers
 whenever it wakes to find that file changed: the other proxies' spend is re-read there. A writer
 alone reads nothing back (its own calls are counted as they finish): a proxy of a version
 without doorbells is not seen running, its calls read only when another writer signals.
+A writer whose FIFO cannot be made (a filesystem without FIFOs, EACCES) says it runs with a
+regular file, ``<session_id>.no-doorbell``, counted by the others while its journal is locked:
+they signal for it, and it, which cannot be rung, looks at the signal file every PRICE_INTERVAL.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ FLUSH_INTERVAL = 5.0
 FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended per request
 FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
 DOORBELL_SUFFIX = ".wake"  # <session>.wake: a FIFO; a byte written to it wakes that writer
+# <session>.no-doorbell: a writer whose FIFO could not be made runs (while its journal is locked).
+NO_DOORBELL_SUFFIX = ".no-doorbell"
 STORED_SIGNAL = "stored"  # in the journal folder; one byte appended per flush seen by other writers
 # Past this size the writer appending to the signal file cuts it back to one byte: readers look for
 # any change of it (``_signal_key``), not for growth, so a signal is never lost to the cut.
@@ -540,6 +545,7 @@ class Store:
         self._after_write: list[Callable[[duckdb.DuckDBPyConnection, list[CallRecord]], None]] = []
         self.started_stored = True  # False: the start could not write (another process held the file)
         self._doorbell: _Doorbell | None = None  # from start() to close()
+        self._no_doorbell: Path | None = None  # the file saying we run without one, if we made it
         self._closing = False  # close() has begun
         self._stopping = False
         self._closed = False
@@ -590,8 +596,11 @@ class Store:
         self._doorbell = _Doorbell()
         if self._fd is not None:  # a journal of ours: readers see us as live and may ring
             self._doorbell.open_fifo(self.journal_path.with_suffix(DOORBELL_SUFFIX))
+            if self._doorbell.path is None:  # no FIFO: the other writers are told we run otherwise
+                self._say_running_without_doorbell()
         others = self._other_doorbells()
-        if others and self._signal_stored():  # a writer more: the others read the database again
+        running = bool(others) or self._doorbell_less_writers_run()
+        if running and self._signal_stored():  # a writer more: the others read the database again
             for doorbell in others:
                 _ring(doorbell)
         self._thread = threading.Thread(target=self._run, name="tokometer-store", daemon=True)
@@ -718,6 +727,10 @@ class Store:
             self._closed = True
             left = len(self._queue) + self._inflight + len(self._journaled_only)
             fd, self._fd = self._fd, None
+        if self._no_doorbell is not None:
+            with contextlib.suppress(OSError):
+                self._no_doorbell.unlink()
+            self._no_doorbell = None
         if fd is not None:
             with contextlib.suppress(OSError):
                 self.journal_path.with_suffix(FLUSHED_SUFFIX).unlink()
@@ -886,8 +899,9 @@ class Store:
             except OSError:  # owner alive (lock held) or unreadable
                 os.close(fd)
                 continue
-            with contextlib.suppress(OSError):
-                path.with_suffix(DOORBELL_SUFFIX).unlink()  # its owner is gone: nobody answers it
+            for left in (DOORBELL_SUFFIX, NO_DOORBELL_SUFFIX):  # its owner is gone: nobody answers
+                with contextlib.suppress(OSError):
+                    path.with_suffix(left).unlink()
             unreadable: list[bytes] = []
             records = parse_journal(data, path, unreadable)
             if unreadable:
@@ -1048,6 +1062,45 @@ class Store:
                     path.unlink()
         return live
 
+    def _say_running_without_doorbell(self) -> None:
+        """Our FIFO could not be made: a regular file beside our journal tells the other writers
+        we run (``_doorbell_less_writers_run``), so that they signal what they store; we cannot be
+        rung and look at the signal file every PRICE_INTERVAL instead (``_sleep_for``)."""
+        path = self.journal_path.with_suffix(NO_DOORBELL_SUFFIX)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        except OSError as exc:
+            log.warning(
+                "tokometer: no doorbell and no %s (%s): other proxies on %s do not see this one running,"
+                " and it learns their spend only when one signals for another",
+                path,
+                exc,
+                self.db_path,
+            )
+            return
+        self._no_doorbell = path
+        log.info(
+            "tokometer: no doorbell could be made in %s: this proxy looks for the other proxies' stored"
+            " calls every %.1f s",
+            self.journal_dir,
+            PRICE_INTERVAL,
+        )
+
+    def _doorbell_less_writers_run(self) -> bool:
+        """Does another writer without a doorbell run (its ``.no-doorbell`` file beside its journal,
+        locked)? A dead one's file (its journal's flock free) is removed."""
+        own = self.journal_path.with_suffix(NO_DOORBELL_SUFFIX)
+        try:
+            paths = [path for path in self.journal_dir.glob("*" + NO_DOORBELL_SUFFIX) if path != own]
+        except OSError:
+            return False
+        for path in paths:
+            if _owner_alive(path.with_suffix(".jsonl")):
+                return True
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return False
+
     def _signal_stored(self) -> bool:
         """Append a byte to the signal file (cut back to one past STORED_SIGNAL_MAX_BYTES); True
         when done. Changes before ours were made by flushes (or starts) whose data the refresh that
@@ -1084,8 +1137,9 @@ class Store:
         writers when calls were stored, then run the refresher when other writers run, one
         signalled since the last refresh, or this flush stored dead sessions' calls (``replayed``).
         A proxy alone reads nothing back else: its own calls are counted as they finish (a version
-        without doorbells is not seen running)."""
-        others = bool(self._other_doorbells())
+        without doorbells is not seen running; a writer whose FIFO could not be made is, by its
+        ``.no-doorbell`` file)."""
+        others = bool(self._other_doorbells()) or self._doorbell_less_writers_run()
         if stored and others and self._signal_stored():
             self._ring_others = True
         if self._refresher is None:

@@ -1239,3 +1239,83 @@ def test_the_stored_signal_file_does_not_grow_without_bound(tmp_path: Path) -> N
     finally:
         b.close()
         a.close()
+
+
+# -- a proxy whose doorbell FIFO cannot be made (a filesystem without FIFOs, EACCES) -----------------
+
+
+def _without_fifos(path: object, mode: int = 0o666) -> None:
+    raise PermissionError(13, "Permission denied", str(path))
+
+
+def _doorbell_less(db: Path, session: str, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A store started where mkfifo fails: it runs without a doorbell, so it cannot be rung."""
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "mkfifo", _without_fifos)
+        store = Store(db, session, flush_interval=3600)
+        store.start()
+    assert store._doorbell is not None and store._doorbell.path is None
+    return store
+
+
+def test_a_proxy_without_a_doorbell_still_learns_what_the_others_store(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's FIFO could not be made. The others took only doorbells with a reader for running writers,
+    so A, storing calls, neither signalled (B alone) nor re-read after its own flushes: B never saw
+    A's spend (a budget shared by both was only A's to B) until another proxy started or signalled.
+    Now B says it runs (a file beside its journal) and polls the signal file, as it cannot be rung."""
+    a = Store(db, "a", flush_interval=3600)
+    a.start()
+    a_refreshed: list[int] = []
+    a.set_refresher(lambda con, queued: a_refreshed.append(1))
+    b = _doorbell_less(db, "b", monkeypatch)
+    seen: list[int] = []
+
+    def refresher(con: duckdb.DuckDBPyConnection, queued: list[CallRecord]) -> None:
+        [(count,)] = con.execute("SELECT count(*) FROM calls WHERE session_id = 'a'").fetchall()
+        seen.append(count)
+
+    b.set_refresher(refresher)
+    try:
+        time.sleep(0.3)  # B's start rang A (B sees A's doorbell): A read the database once
+        a_refreshed.clear()
+        a.submit(make_record(1, "a"))
+        assert a.flush()
+        assert a_refreshed, "A did not count B as a running writer"
+        wait_for(lambda: 1 in seen, timeout=3.0)  # B polls the signal A appended to
+        a.submit(make_record(2, "a"))
+        assert a.flush()
+        wait_for(lambda: 2 in seen, timeout=3.0)
+    finally:
+        b.close()
+        a.close()
+    assert list(journal_dir_of(db).glob("b.*")) == []  # its marker went with it
+
+
+def test_a_killed_doorbell_less_proxy_is_not_taken_for_a_running_writer(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its journal's flock went with it: its marker is no running writer (and is removed)."""
+    a = Store(db, "a", flush_interval=3600)
+    a.start()
+    refreshed: list[int] = []
+    a.set_refresher(lambda con, queued: refreshed.append(1))
+    b = _doorbell_less(db, "b", monkeypatch)
+    b._stopping = True  # killed: the thread gone, the journal's flock released, no close()
+    b._wake()
+    assert b._thread is not None
+    b._thread.join(5)
+    assert b._fd is not None
+    os.close(b._fd)
+    b._fd, b._closed = None, True
+    time.sleep(0.3)  # A read the database once when B started: that is right
+    refreshed.clear()
+    try:
+        for i in range(2):
+            a.submit(make_record(i, "a"))
+            assert a.flush()
+        assert refreshed == [], "a lone proxy re-read the database after each of its flushes"
+        assert [p.name for p in journal_dir_of(db).glob("b.*") if not p.name.endswith(".jsonl")] == []
+    finally:
+        a.close()
