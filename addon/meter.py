@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import functools
 import gc
@@ -270,6 +271,9 @@ class CallState:
     tap: StreamTap | None = None
     finished: bool = False
     journaled_in: Store | None = None  # the store that journaled it ahead (see _finish)
+    # Its reservation gave way at its stream's final event (_give_way_early): its finished row's
+    # cost replaces what was held then (_submit), whatever came after.
+    gave_way: bool = False
     path_tags: Mapping[str, str] | None = None  # what the path says of the call (Vertex's project)
     handshake: openai_realtime.Handshake | None = None  # an OpenAI Realtime WebSocket handshake
     live: gemini_live.Endpoint | None = None  # a Gemini Live WebSocket handshake
@@ -487,6 +491,24 @@ def _runs_in_background(state: CallState, metered: Metered) -> bool:
 def _hold_key(response_id: str) -> str:
     """The key a background response's kept reservation is held under (BudgetTracker.keep)."""
     return f"{_HOLD_PREFIX}{response_id}"
+
+
+def _estimate_wanted(
+    record: CallRecord, metered: Metered, body: dict[str, Any] | None
+) -> tuple[bool, Usage | None]:
+    """Are the call's tokens to be counted offline (no final usage reported, yet the provider likely
+    billed), and the usage a stream reported before its end without its final output count (else
+    None)? The finished row's rule (_finish), which the give-way at a stream's final event follows."""
+    counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
+    # A stream cut before its final usage: the input counts reported stand, the output is not known.
+    # Its tokens are estimated even when the provider said its cost so far (xAI's running cost,
+    # kept as the row's cost: a lower bound).
+    partial = metered.usage if metered.usage is not None and metered.output_partial else None
+    missing = metered.usage is None and body is not None
+    wanted = (missing and counted) or (
+        partial is not None and (counted or record.price_status == PROVIDER_REPORTED)
+    )
+    return wanted and _billable(record), partial
 
 
 def _billable(record: CallRecord) -> bool:
@@ -2539,6 +2561,7 @@ class Meter:
         state.finished = True
         if state.tap is not None:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
+        again = state.gave_way  # what was held at the final event gives way to the row's cost
         if state.deletion:
             self._end_deleted(flow, state)
             return
@@ -2572,37 +2595,29 @@ class Meter:
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store
-        if images and self.enforcer.budgets.reserves(record.id):
+        if images and (again or self.enforcer.budgets.reserves(record.id)):
             # Held at once: the call's reservation, which holds them too, gives way to the call's
             # own row's cost alone (_submit), so no budget check in between misses them.
             for row in images:
                 self._price_now(row, settle=False)
         for row in images:
             self._submit(row, store)
-        counted = record.price_status is None or record.price_status == SUBSCRIPTION  # a plan's: tokens too
-        # A stream cut before its final usage: the input counts reported stand, the output is not known.
-        # Its tokens are estimated even when the provider said its cost so far (xAI's running cost,
-        # kept as the row's cost: a lower bound).
-        partial = metered.usage if metered.usage is not None and metered.output_partial else None
-        missing = metered.usage is None and body is not None
-        wanted = (missing and counted) or (
-            partial is not None and (counted or record.price_status == PROVIDER_REPORTED)
-        )
-        if wanted and _billable(record):
+        wanted, partial = _estimate_wanted(record, metered, body)
+        if wanted:
             # No (final) usage reported, yet the provider likely billed: count the tokens ourselves.
             if now:
                 self._estimate(record, body, metered.output_text, partial)
-                self._submit(record, store)
+                self._submit(record, store, again=again)
             else:
                 if store is not None:
                     store.journal(record)  # kept even if the proxy dies during the estimate
                 task = asyncio.ensure_future(
-                    self._estimate_then_submit(record, body, metered.output_text, store, partial)
+                    self._estimate_then_submit(record, body, metered.output_text, store, partial, again=again)
                 )
                 self._estimates.add(task)
                 task.add_done_callback(self._estimates.discard)
             return
-        self._submit(record, store)
+        self._submit(record, store, again=again)
 
     @staticmethod
     def _fill_record(
@@ -2676,6 +2691,48 @@ class Meter:
             self.store.journal(row)
         if self.store.journal(state.record):
             state.journaled_in = self.store
+        if not images and not _runs_in_background(state, metered):
+            # The client has its answer: its next call is decided on this one's cost, not on its
+            # reservation until upstream ends the body (a tool's images give way in _finish, where
+            # they are held first; a background response keeps its reservation while it runs).
+            self._give_way_early(state, metered)
+
+    def _give_way_early(self, state: CallState, metered: Metered) -> None:
+        """The call's reservation gives way to its cost as known at its stream's final event: a copy
+        of its row priced, with the tokens counted offline as the finished row's are when no usage
+        was reported (in a thread: the give-way then follows). The row itself is priced when it
+        finishes (a usage after the final event counts), and its cost then replaces this one in the
+        budgets (_submit), so they count the stored row's cost, once."""
+        record = state.record
+        if not self.enforcer.budgets.reserves(record.id):
+            return
+        priced = copy.copy(record)
+        body = state.request_body
+        wanted, partial = _estimate_wanted(priced, metered, body)
+        if not wanted:
+            state.gave_way = self._price_now(priced)
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a test driving the stream by hand): counted here
+            self._estimate(priced, body, metered.output_text, partial)
+            state.gave_way = self._price_now(priced)
+            return
+        task = asyncio.ensure_future(self._estimate_then_give_way(state, priced, body, metered, partial))
+        self._estimates.add(task)
+        task.add_done_callback(self._estimates.discard)
+
+    async def _estimate_then_give_way(
+        self,
+        state: CallState,
+        priced: CallRecord,
+        body: dict[str, Any] | None,
+        metered: Metered,
+        partial: Usage | None,
+    ) -> None:
+        await asyncio.to_thread(self._estimate, priced, body, metered.output_text, partial)
+        if not state.finished:  # else the finished row gives way itself: this count is moot
+            state.gave_way = self._price_now(priced)
 
     def _tool_rows(self, state: CallState, metered: Metered) -> list[CallRecord]:
         """The rows of what the call's image_generation tool spent that OpenAI bills apart: its
@@ -2693,8 +2750,11 @@ class Meter:
             state.record, found, state.svg_row_ids, state.image_tool
         )
 
-    def _submit(self, record: CallRecord, store: Store | None = None) -> None:
-        """Hand the call to ``store`` (the one that journaled it, else the one in use now)."""
+    def _submit(self, record: CallRecord, store: Store | None = None, *, again: bool = False) -> None:
+        """Hand the call to ``store`` (the one that journaled it, else the one in use now).
+
+        ``again``: its reservation gave way at its stream's final event (_give_way_early); the cost
+        held since is replaced by this row's, which the store's writer then records once."""
         store = store or self.store
         if store is None:
             log.error("tokometer: no store; call %s not recorded", record.id)
@@ -2715,28 +2775,35 @@ class Meter:
             # over at a script reload would otherwise be stored under the earlier instance's,
             # and counted again as another proxy's spend (``BudgetTracker.refresh_others``).
             record.session_id = self.session_id
-            if self.enforcer.budgets.reserves(record.id):
-                self._price_now(record)
+            if again or self.enforcer.budgets.reserves(record.id):
+                self._price_now(record, again=again)
         store.submit(record)  # after close() this goes to a journal for the next start
 
-    def _price_now(self, record: CallRecord, *, settle: bool = True) -> None:
+    def _price_now(self, record: CallRecord, *, settle: bool = True, again: bool = False) -> bool:
         """Price a finished call here, on the event loop, and count its cost against its budgets at
         once: its reservation gives way to it (``settle``; else the cost is held besides, a tool's
         images row), held until the store's writer records it, so the next call is decided on it,
         not on a reservation left until the writer's next round (PRICE_INTERVAL). Only for calls
         that hold a reservation: the rest are priced off the loop (see PRICE_INTERVAL in
         addon.store). The writer's pricer then leaves the row as it is (it prices a row once) and
-        its listener counts the spend, alerts, history and live file once. Never raises: on a
-        failure the reservation stays until the writer counts the call."""
+        its listener counts the spend, alerts, history and live file once. ``again``: the call gave
+        way already (at its stream's final event): the cost held since is replaced by this one.
+        Did the call's reservation give way? Never raises: on a failure the reservation (or what
+        was held) stays until the writer counts the call."""
         try:
             self._price(record)
             scopes = scopes_for(record.environment, record.key_name, record.user_name)
+            budgets = self.enforcer.budgets
             if settle:
-                self.enforcer.budgets.give_way(record.id, scopes, record.cost_usd)
+                if budgets.give_way(record.id, scopes, record.cost_usd):
+                    return True
+                if again:
+                    budgets.hold(record.id, scopes, record.cost_usd or Decimal(0))
             elif record.cost_usd is not None:
-                self.enforcer.budgets.hold(record.id, scopes, record.cost_usd)
+                budgets.hold(record.id, scopes, record.cost_usd)
         except Exception:
             log.debug("tokometer: call %s left to the store's writer to price", record.id, exc_info=True)
+        return False
 
     async def _estimate_then_submit(
         self,
@@ -2745,11 +2812,13 @@ class Meter:
         text: str | None,
         store: Store | None,
         partial: Usage | None = None,
+        *,
+        again: bool = False,
     ) -> None:
         try:
             await asyncio.to_thread(self._estimate, record, body, text, partial)
         finally:
-            self._submit(record, store)
+            self._submit(record, store, again=again)
 
     @staticmethod
     def _estimate(
