@@ -20,15 +20,16 @@ from typing import Any
 
 from addon.usage import Usage
 
-MAX_CONTEXTS = 10_000  # remembered ids; the oldest is forgotten first (~1 MB at most)
+MAX_CONTEXTS = 10_000  # remembered ids; the oldest is forgotten first (~2 MB at most)
+MAX_ID_LENGTH = 128  # longer "ids" are no provider's (theirs are ~50 characters): never kept
 
 # The request fields naming the stored history a call continues, per API.
 _CONTINUES = ("previous_response_id", "previous_interaction_id")
 
 
-def _conversation_id(body: dict[str, Any]) -> str | None:
+def conversation_of(body: dict[str, Any] | None) -> str | None:
     """The Conversations API id a Responses request adds to: a string, or ``{"id": ...}``."""
-    conversation = body.get("conversation")
+    conversation = body.get("conversation") if body else None
     if isinstance(conversation, dict):
         conversation = conversation.get("id")
     return conversation if isinstance(conversation, str) and conversation else None
@@ -50,16 +51,15 @@ class CarriedContexts:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def remember(self, answer_id: str | None, body: dict[str, Any] | None, usage: Usage | None) -> None:
+    def remember(self, answer_id: str | None, conversation: str | None, usage: Usage | None) -> None:
         """An answer metered with ``usage``: a call continuing it (its id, or the conversation its
-        request added to) carries that history."""
+        request added to, ``conversation_of`` a Responses request) carries that history."""
         if usage is None:
             return
         tokens = carried_tokens(usage)
-        if answer_id:
-            self._put(answer_id, tokens)
-        if body is not None and (conversation := _conversation_id(body)) is not None:
-            self._put(conversation, tokens)
+        for key in (answer_id, conversation):
+            if key and len(key) <= MAX_ID_LENGTH:
+                self._put(key, tokens)
 
     def carried(self, body: dict[str, Any] | None) -> int:
         """Input tokens a request carries from history remembered here (0 when none is known)."""
@@ -69,7 +69,7 @@ class CarriedContexts:
         for name in _CONTINUES:
             if isinstance(answer_id := body.get(name), str) and answer_id in self._tokens:
                 found = max(found, self._tokens[answer_id])
-        if (conversation := _conversation_id(body)) is not None and conversation in self._tokens:
+        if (conversation := conversation_of(body)) is not None and conversation in self._tokens:
             found = max(found, self._tokens[conversation])
         return found
 

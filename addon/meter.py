@@ -51,7 +51,7 @@ from addon.budgets import (
     unpriced_event,
 )
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
-from addon.carried_context import CarriedContexts
+from addon.carried_context import CarriedContexts, conversation_of
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import (
@@ -2591,7 +2591,8 @@ class Meter:
             self._background.add(metered.response_id, started)
         body, state.request_body = state.request_body, None
         if metered.usage is not None and not metered.output_partial and not background:
-            self.contexts.remember(metered.context_id, body, metered.usage)
+            conversation = conversation_of(body) if record.api_flavor == "responses" else None
+            self.contexts.remember(metered.context_id, conversation, metered.usage)
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store

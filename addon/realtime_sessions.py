@@ -58,6 +58,8 @@ class RealtimeRow:
     # A response cut short: the create event that asked for it, for an offline estimate of its
     # input (None: not kept, or nothing to estimate). Never stored.
     estimate_from: bytes | None = None
+    # A Responses create's conversation (the Conversations API id it added to), if it named one.
+    conversation: str | None = None
 
 
 @dataclass(slots=True)
@@ -408,6 +410,7 @@ class ResponseCall:
     started: float | None = None
     lane: str | None = None
     image_tool: ImageToolCall | None = None
+    conversation: str | None = None  # the conversation its create added to, if any
 
 
 @dataclass(slots=True)
@@ -450,6 +453,7 @@ class ResponsesSession(SocketSession):
         stream_id: str | None,
         create: bytes,
         image_tool: ImageToolCall | None = None,
+        conversation: str | None = None,
     ) -> list[RealtimeRow]:
         """A create went upstream: it waits for its response on its lane. The rows of the calls no
         longer followed to make room (none normally)."""
@@ -467,7 +471,9 @@ class ResponsesSession(SocketSession):
             lane = self.waiting[stream_id] = deque()
         if len(lane) >= MAX_IN_FLIGHT:
             dropped.append(lane.popleft())
-        lane.append(ResponseCall(record, kept, lane=stream_id, image_tool=image_tool))
+        lane.append(
+            ResponseCall(record, kept, lane=stream_id, image_tool=image_tool, conversation=conversation)
+        )
         self.latest[stream_id] = record
         self.latest_tool.pop(stream_id, None)
         if image_tool is not None:
@@ -510,7 +516,7 @@ class ResponsesSession(SocketSession):
             self.responses += 1
             images = self._images_row(call, event.stream_id, metered.tool_images)
             # The images first: counted before the call's row gives back its reservation (text and images).
-            return [*images, RealtimeRow(row)]
+            return [*images, RealtimeRow(row, conversation=call.conversation)]
         if isinstance(event, openai_responses_ws.Rejected):
             call = self._next_waiting(event.stream_id)
             if call is None:

@@ -28,6 +28,7 @@ from mitmproxy.websocket import WebSocketMessage
 
 from addon.api_keys import recent_key_fingerprint
 from addon.attribution import attribute
+from addon.carried_context import conversation_of
 from addon.client_process import ClientProcess
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import rule_image_tools
@@ -544,9 +545,11 @@ class SocketMeter:
         event = await self._off_loop(openai_responses_ws.read_server_event, data)
         if event is None:
             return
+        rows = session.take(event, time.time())
         if isinstance(event, openai_responses_ws.Ended):  # a later create may continue it
-            self._meter.contexts.remember(event.response_id, None, event.metered.usage)
-        for row in session.take(event, time.time()):
+            conversation = next((row.conversation for row in rows if row.conversation), None)
+            self._meter.contexts.remember(event.response_id, conversation, event.metered.usage)
+        for row in rows:
             self._record_realtime(row)
 
     async def _responses_create(
@@ -629,7 +632,7 @@ class SocketMeter:
         if rewrites_tools and rules is not None:
             log.info("tokometer: Responses WebSocket %s", "; ".join(rules.notices))
         image_tool = rules.call if rules is not None else None
-        for row in session.sent(record, create.stream_id, data, image_tool):
+        for row in session.sent(record, create.stream_id, data, image_tool, conversation_of(create.body)):
             self._record_realtime(row)
 
     async def _live_message(

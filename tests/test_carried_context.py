@@ -15,7 +15,7 @@ from mitmproxy import http
 from websocket_hooks import client_says, metered, open_session, server_says
 
 from addon.budgets import Scope
-from addon.carried_context import CarriedContexts, carried_tokens
+from addon.carried_context import MAX_ID_LENGTH, CarriedContexts, carried_tokens, conversation_of
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import gemini_interactions, openai_api
@@ -78,7 +78,7 @@ def test_carried_tokens_are_input_and_visible_output() -> None:
 def test_a_continuation_carries_what_its_answer_or_conversation_held() -> None:
     contexts = CarriedContexts()
     usage = Usage(input_tokens=700, output_tokens=300)
-    contexts.remember("resp_1", {"conversation": {"id": "conv_9"}}, usage)
+    contexts.remember("resp_1", conversation_of({"conversation": {"id": "conv_9"}}), usage)
     assert contexts.carried({"previous_response_id": "resp_1"}) == 1000
     assert contexts.carried({"conversation": "conv_9"}) == 1000
     assert contexts.carried({"conversation": {"id": "conv_9"}}) == 1000
@@ -242,3 +242,59 @@ async def test_a_websocket_create_continuing_a_response_reserves_its_history(tmp
         carried = budgets.reserved()[Scope("environment", "development")] - alone
         # 1,200 input and 300 output, 100 of them reasoning: 1,400 tokens at gpt-5's $1.25 per 1M
         assert carried == output_usd(1_400, "1.25"), carried
+
+
+def test_an_id_too_long_for_any_provider_is_never_kept() -> None:
+    contexts = CarriedContexts()
+    contexts.remember("r" * (MAX_ID_LENGTH + 1), "c" * 100_000, Usage(input_tokens=5))
+    assert len(contexts) == 0
+
+
+# -- found by the review of the change (failed before their fix) ---------------------------------
+
+
+async def test_a_websocket_create_in_a_conversation_reserves_its_history(tmp_path: Path) -> None:
+    """Responses over WebSocket with the Conversations API: each response.create names the same
+    ``conversation``, which OpenAI bills again as input. Over HTTP the conversation's last answer
+    is remembered and reserved; over WebSocket only the response id is (the socket path passes no
+    request body to ``remember``), so every create of a WebSocket conversation reserves its own
+    few tokens, however long the conversation: the overshoot the commit fixes, back again."""
+    for m in metered(tmp_path):
+        m._apply(parse_policies(DAY_BUDGET))
+        flow = handshake()
+        await open_session(m, flow)
+        await client_says(m, flow, create_event("gpt-5", "a", conversation="conv_7"))
+        await server_says(m, flow, response_created("resp_1", "gpt-5", "a"))
+        await server_says(m, flow, response_terminal("resp_1", "gpt-5", RESPONSE_USAGE, "a"))
+        assert m.enforcer.budgets.reserved() == {}
+        create = create_event("gpt-5", "a", max_output_tokens=10, conversation="conv_7")
+        await client_says(m, flow, create)
+        alone = m.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 10, None)
+        carried = m.enforcer.budgets.reserved()[Scope("environment", "development")] - alone
+        # 1,200 input and 300 output, 100 of them reasoning: 1,400 tokens at gpt-5's $1.25 per 1M
+        assert carried == output_usd(1_400, "1.25"), carried
+
+
+async def test_a_chat_completion_conversation_field_is_not_kept_in_memory(meter: Meter) -> None:
+    """The memory of carried contexts is said to hold ~1 MB at most (10,000 ids). But it keeps
+    the ``conversation`` member of ANY metered request body that got usage back, whatever its API
+    and size: a chat completion to OpenRouter (which ignores unknown members) carrying a 100 kB
+    ``conversation`` value is kept, 10,000 such calls ~1 GB of proxy memory, and a chat completion
+    continues no stored history anyway."""
+    body = {"model": "openai/gpt-4o-mini", "messages": [], "conversation": "x" * 100_000}
+    flow = make_flow("https://openrouter.ai/api/v1/chat/completions", body)
+    await run_request(meter, flow)
+    assert flow.response is None
+    chat = {
+        "id": "gen-1",
+        "object": "chat.completion",
+        "model": "openai/gpt-4o-mini",
+        "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    flow.response = http.Response.make(200, json.dumps(chat).encode(), {"content-type": "application/json"})
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    assert len(meter.store.records) == 1  # type: ignore[union-attr]
+    kept = sum(len(key) for key in meter.contexts._tokens)
+    assert kept < 1_000, f"{kept} characters of request text kept for a chat completion"
