@@ -546,6 +546,9 @@ class BudgetTracker:
         # refusal counts it as used.
         self._holds: dict[str, tuple[tuple[Scope, ...], Decimal]] = {}
         self._held: dict[Scope, Decimal] = {}
+        # When each held call ran (its row's ts, the period ``finish`` records it in), for holds
+        # given one: a cost held since before a period's end is not that of the period after.
+        self._held_at: dict[str, datetime] = {}
         self._period_starts: tuple[date, dict[str, datetime]] | None = None  # for ``record``
         self._unpriced_said: set[tuple[Scope, str, str]] = set()  # (scope, provider, model)
 
@@ -659,7 +662,7 @@ class BudgetTracker:
                     continue
                 budgeted.append(scope)
                 start, end = self._current(budget.period, now)
-                spent = self._spent_in(scope, budget.period, start) + self._held.get(scope, _ZERO)
+                spent = self._spent_in(scope, budget.period, start) + self._held_in(scope, start)
                 reserved = self._reserved.get(scope, _ZERO)
                 if spent + reserved >= budget.usd:
                     retry_after = max(1, math.ceil((end - now).total_seconds()))
@@ -691,15 +694,20 @@ class BudgetTracker:
                     self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
         return None
 
-    def hold(self, call_id: str, scopes: Sequence[Scope], amount: Decimal) -> None:
+    def hold(
+        self, call_id: str, scopes: Sequence[Scope], amount: Decimal, at: datetime | None = None
+    ) -> None:
         """Count ``amount``, a call's known cost, against its budgeted scopes until ``finish``
         records it (in one step, as for a reservation): a call priced as it ends (a Realtime
-        response) counts at once, not only when the store's writer gets to it."""
+        response) counts at once, not only when the store's writer gets to it. ``at``: when the
+        call ran (its row's ts): the hold counts in that period only (None: in any)."""
         with self._lock:
             self._settle(call_id)
-            self._hold(call_id, scopes, amount)
+            self._hold(call_id, scopes, amount, at)
 
-    def give_way(self, call_id: str, scopes: Sequence[Scope], cost: Decimal | None) -> bool:
+    def give_way(
+        self, call_id: str, scopes: Sequence[Scope], cost: Decimal | None, at: datetime | None = None
+    ) -> bool:
         """A call just finished and priced: its reservation gives way to its cost (None counts 0)
         in one step, held as ``hold`` holds it until ``finish`` records it (which then counts it
         once and releases nothing else). False, changing nothing, when ``call_id`` holds no
@@ -708,22 +716,45 @@ class BudgetTracker:
             if call_id not in self._reservations:
                 return False
             self._settle(call_id)
-            self._hold(call_id, scopes, _as_decimal(cost))
+            self._hold(call_id, scopes, _as_decimal(cost), at)
             return True
+
+    def holding(self, call_id: str) -> tuple[tuple[Scope, ...], Decimal, datetime | None] | None:
+        """The scopes, amount and time of the cost ``call_id`` holds (``hold``, ``give_way``), if any."""
+        with self._lock:
+            found = self._holds.get(call_id)
+            return None if found is None else (*found, self._held_at.get(call_id))
 
     def reserves(self, call_id: str) -> bool:
         """Does ``call_id`` hold a reservation (a budget applied to it as it started)?"""
         with self._lock:
             return call_id in self._reservations
 
-    def _hold(self, call_id: str, scopes: Sequence[Scope], amount: Decimal) -> None:
+    def _hold(
+        self, call_id: str, scopes: Sequence[Scope], amount: Decimal, at: datetime | None = None
+    ) -> None:
         """Hold ``amount`` in the budgeted ``scopes`` under ``call_id`` (lock held, nothing there)."""
         budgeted = tuple(scope for scope in scopes if scope in self._budgets)
         if not budgeted or amount <= 0:
             return
         self._holds[call_id] = (budgeted, amount)
+        if at is not None:
+            self._held_at[call_id] = at.replace(tzinfo=UTC) if at.tzinfo is None else at
         for scope in budgeted:
             self._held[scope] = self._held.get(scope, _ZERO) + amount
+
+    def _held_in(self, scope: Scope, start: datetime) -> Decimal:
+        """What the holds of ``scope`` count in the period starting at ``start`` (lock held): all of
+        them, but those of calls that ran before it (a stream whose final event came before
+        midnight and whose body ended after), which its ``finish`` records in their own period."""
+        held = self._held.get(scope, _ZERO)
+        if not held or not self._held_at or min(self._held_at.values()) >= start:
+            return held
+        for call_id, at in self._held_at.items():
+            found = self._holds.get(call_id)
+            if at < start and found is not None and scope in found[0]:
+                held -= found[1]
+        return max(held, _ZERO)
 
     def settle(self, call_id: str) -> None:
         """Release the reservation of a call that was not sent after all (see also ``finish``), or
@@ -804,6 +835,7 @@ class BudgetTracker:
     def _settle(self, call_id: str) -> None:
         """Release ``call_id``'s reservation or hold (lock held)."""
         self._kept_until.pop(call_id, None)
+        self._held_at.pop(call_id, None)
         for calls, totals in ((self._reservations, self._reserved), (self._holds, self._held)):
             found = calls.pop(call_id, None)
             if found is None:

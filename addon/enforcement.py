@@ -174,7 +174,7 @@ class Enforcer:
         ``BudgetTracker.hold``)."""
         if record.cost_usd is not None and self.budgets.has_budgets:
             scopes = scopes_for(record.environment, record.key_name, record.user_name)
-            self.budgets.hold(record.id, scopes, record.cost_usd)
+            self.budgets.hold(record.id, scopes, record.cost_usd, record.ts)
 
     def refuse_model(self, provider: str, environment: str, model: str, reason: str) -> Decision:
         """A model that would be downgraded but cannot be rewritten: refused, saying why."""

@@ -287,6 +287,8 @@ class CallState:
     route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
     # Its budget reservation (scopes, amount), kept when a script reload hands it over (see done)
     reservation: tuple[tuple[Scope, ...], Decimal] | None = None
+    # Or the cost it holds instead, having given way at its stream's final event (scopes, amount, ts)
+    held: tuple[tuple[Scope, ...], Decimal, datetime | None] | None = None
     transcription_unnamed: bool = False  # a Realtime transcription session, models restricted: none named yet
     translation: bool = False  # an OpenAI Realtime translation WebSocket handshake (``handshake`` set)
     live_fork: str | None = None  # an OpenAI Live fork's handshake: the stored session it forks
@@ -708,6 +710,9 @@ class Meter:
         if state.reservation is not None and state.journaled_in is None:
             scopes, amount = state.reservation
             self.enforcer.budgets.reserve(state.record.id, scopes, amount)
+        elif state.held is not None and state.journaled_in is None:  # gave way at its final event
+            scopes, amount, at = state.held
+            self.enforcer.budgets.hold(state.record.id, scopes, amount, at)
         tap = state.tap
         if tap is not None and tap.on_final_event is not None:
             tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
@@ -809,6 +814,7 @@ class Meter:
             for flow, state in list(self._calls.items()):
                 if not state.finished:
                     state.reservation = budgets.reservation(state.record.id)  # for the next one's
+                    state.held = budgets.holding(state.record.id)
                     _HANDED_OVER[flow] = state
             self._calls.clear()
             self.sockets.hand_over()
@@ -2796,12 +2802,12 @@ class Meter:
             scopes = scopes_for(record.environment, record.key_name, record.user_name)
             budgets = self.enforcer.budgets
             if settle:
-                if budgets.give_way(record.id, scopes, record.cost_usd):
+                if budgets.give_way(record.id, scopes, record.cost_usd, record.ts):
                     return True
                 if again:
-                    budgets.hold(record.id, scopes, record.cost_usd or Decimal(0))
+                    budgets.hold(record.id, scopes, record.cost_usd or Decimal(0), record.ts)
             elif record.cost_usd is not None:
-                budgets.hold(record.id, scopes, record.cost_usd)
+                budgets.hold(record.id, scopes, record.cost_usd, record.ts)
         except Exception:
             log.debug("tokometer: call %s left to the store's writer to price", record.id, exc_info=True)
         return False
