@@ -311,3 +311,30 @@ def test_a_call_submitted_while_the_listeners_run_is_not_counted_twice_by_a_late
     finally:
         store._stopping = False
         store.close()
+
+
+def test_a_late_load_keeps_the_queued_calls_output_per_answer(tmp_path: Path) -> None:
+    """_load_budgets_late (the database held at start, read after the next write) reloads the
+    output history from the database and adds ``queued`` (calls priced, not stored yet) with
+    OutputHistory.record(queued): without their answer counts, which _on_finished popped already.
+    An n=8 call's 24,000 output tokens, 3,000 an answer a moment before, now count as one
+    answer: its model's uncapped calls reserve 8 times what they write."""
+    import duckdb
+
+    from addon.meter import Meter
+    from addon.migrations import migrate
+    from tests.test_meter import finished_call
+
+    meter = Meter()
+    meter._apply(parse_policies("environments:\n  development:\n    budget: {usd: 100, period: day}\n"))
+    record = finished_call(meter, 0, "o3", 8 * 3000)
+    meter._answers_of[record.id] = 8  # as the request hook remembers an n=8 call
+    meter._on_finished([record])
+    assert meter.outputs.reserved("openai", "o3") == 3000
+    con = duckdb.connect(str(tmp_path / "spend.duckdb"))
+    try:
+        migrate(con)  # the call is not stored yet: it is queued
+        meter._load_outputs(con, [record])
+    finally:
+        con.close()
+    assert meter.outputs.reserved("openai", "o3") == 3000
