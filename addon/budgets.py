@@ -145,9 +145,13 @@ class BudgetRefusal:
     spent: Decimal
     period_start: datetime
     period_end: datetime
-    retry_after: int  # whole seconds until the period ends
+    retry_after: int  # whole seconds until the call may pass: the period's end, or see below
     reserved: Decimal = _ZERO  # held besides by calls in flight and background responses running
     kept: Decimal = _ZERO  # of ``reserved``, background responses' (held for hours, not seconds)
+    # whole seconds until the period ends, when that is not ``retry_after``: calls in flight or
+    # background responses fill the cap (room comes back sooner), or background responses still
+    # fill it once the spend has reset (room comes back later)
+    resets_after: int | None = None
 
     @property
     def spent_out(self) -> bool:
@@ -168,7 +172,12 @@ class BudgetRefusal:
         if in_flight > 0:
             held += f", {_format_reserved(in_flight)} more reserved by calls in flight"
             held += "" if spent else " (given back as they finish)"
-        if spent:
+        if spent and self.resets_after is not None and self.resets_after < self.retry_after:
+            wait = (
+                f"resets in {format_duration(self.resets_after)}, background responses holding "
+                f"its room past that; retry in {format_duration(self.retry_after)}"
+            )
+        elif spent:
             wait = f"resets in {format_duration(self.retry_after)}"
         elif self.spent_out:
             wait = f"retry in {format_duration(self.retry_after)}"
@@ -179,6 +188,32 @@ class BudgetRefusal:
             f"{'is spent' if spent else 'has no room left'}: "
             f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){held}; {wait}"
         )
+
+
+def _weight(refusal: BudgetRefusal) -> tuple[bool, bool]:
+    """Orders the refusals of one call's budgets: spent first, then held for long (background
+    responses), then filled by calls in flight."""
+    return (refusal.spent >= refusal.budget.usd, refusal.spent_out)
+
+
+def _room_after_holds(
+    spent: Decimal, held: Sequence[tuple[Decimal, float]], usd: Decimal, now: float, end: float
+) -> int:
+    """Whole seconds from ``now`` until a cap of ``usd`` has room again, with ``spent`` used until
+    the period ``end`` (nothing after it: the spend resets) and background holds ((amount, until),
+    epoch seconds; each let go at its ``until``) on top. Calls in flight are left out: they give
+    their room back in seconds."""
+    remaining = sum((amount for amount, _ in held), _ZERO)
+    ends = sorted(held, key=lambda pair: pair[1])
+    moments = sorted({until for _, until in ends} | {end})
+    i = 0
+    for moment in moments:
+        while i < len(ends) and ends[i][1] <= moment:
+            remaining -= ends[i][0]
+            i += 1
+        if (spent if moment < end else _ZERO) + remaining < usd:
+            return max(1, math.ceil(moment - now))
+    return max(1, math.ceil(end - now))  # a cap of $0: never room; said as the period's end
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,47 +680,33 @@ class BudgetTracker:
         *,
         reserve: tuple[str, Callable[[], Decimal]] | None = None,
     ) -> BudgetRefusal | None:
-        """The first budget of ``scopes`` whose spend this period has reached its cap, else None.
+        """The budget of ``scopes`` that refuses the call, else None.
 
         Spend counts the reservations of calls still in flight. With ``reserve`` =
         (call id, estimated cost), an allowed call reserves its estimate in every
         budgeted scope until ``settle`` (atomically with the check): of calls started
         together against a nearly spent cap, only as many pass as the cap leaves room for.
+
+        Every scope is looked at: of several refusing, a budget whose spend reached its cap wins
+        (the call waits for its reset, whatever fills the others), then one that background
+        responses fill (hours), then one that calls in flight fill (seconds); among equals, the
+        first of ``scopes``.
         """
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
         with self._lock:
             self._expire(now.timestamp())
             budgeted: list[Scope] = []
+            worst: BudgetRefusal | None = None
             for scope in scopes:
                 budget = self._budgets.get(scope)
                 if budget is None:
                     continue
                 budgeted.append(scope)
-                start, end = self._current(budget.period, now)
-                spent = self._spent_in(scope, budget.period, start) + self._held_in(scope, start)
-                reserved = self._reserved.get(scope, _ZERO)
-                if spent + reserved >= budget.usd:
-                    retry_after = max(1, math.ceil((end - now).total_seconds()))
-                    held = [
-                        (found[1], until)
-                        for key, until in self._kept_until.items()
-                        if (found := self._reservations.get(key)) is not None and scope in found[0]
-                    ]
-                    kept = sum((amount for amount, _ in held), _ZERO)
-                    refusal = BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved, kept)
-                    if not refusal.spent_out:  # calls in flight fill it: room comes back as they end
-                        refusal = dataclasses.replace(refusal, retry_after=min(retry_after, NO_ROOM_RETRY_S))
-                    elif spent < budget.usd and reserved > 0 and held:
-                        # background responses fill it: room comes back when enough holds have
-                        # ended (calls in flight give theirs back in seconds); else at the period's end
-                        remaining = kept
-                        for amount, until in sorted(held, key=lambda pair: pair[1]):
-                            remaining -= amount
-                            if amount > 0 and spent + remaining < budget.usd:
-                                room = max(1, math.ceil(until - now.timestamp()))
-                                refusal = dataclasses.replace(refusal, retry_after=min(retry_after, room))
-                                break
-                    return refusal
+                refusal = self._refusal(scope, budget, now)
+                if refusal is not None and (worst is None or _weight(refusal) > _weight(worst)):
+                    worst = refusal
+            if worst is not None:
+                return worst
             if reserve is not None and budgeted:
                 call_id, estimate = reserve
                 amount = max(_ZERO, estimate())
@@ -693,6 +714,34 @@ class BudgetTracker:
                 for scope in budgeted:
                     self._reserved[scope] = self._reserved.get(scope, _ZERO) + amount
         return None
+
+    def _refusal(self, scope: Scope, budget: Budget, now: datetime) -> BudgetRefusal | None:
+        """How ``budget`` of ``scope`` refuses a call at ``now``, if it does (lock held)."""
+        start, end = self._current(budget.period, now)
+        spent = self._spent_in(scope, budget.period, start) + self._held_in(scope, start)
+        reserved = self._reserved.get(scope, _ZERO)
+        if spent + reserved < budget.usd:
+            return None
+        retry_after = max(1, math.ceil((end - now).total_seconds()))
+        held = [
+            (found[1], until)
+            for key, until in self._kept_until.items()
+            if (found := self._reservations.get(key)) is not None and scope in found[0]
+        ]
+        kept = sum((amount for amount, _ in held), _ZERO)
+        refusal = BudgetRefusal(scope, budget, spent, start, end, retry_after, reserved, kept)
+        if not refusal.spent_out:  # calls in flight fill it: room comes back as they end
+            if retry_after <= NO_ROOM_RETRY_S:
+                return refusal
+            return dataclasses.replace(refusal, retry_after=NO_ROOM_RETRY_S, resets_after=retry_after)
+        if held:
+            # background responses fill it, or still will after the spend resets at the period's
+            # end (holds outlive it): room comes back when enough holds have ended (calls in
+            # flight give theirs back in seconds) or the period has, whichever makes room first
+            wait = _room_after_holds(spent, held, budget.usd, now.timestamp(), end.timestamp())
+            if wait != retry_after:
+                return dataclasses.replace(refusal, retry_after=wait, resets_after=retry_after)
+        return refusal
 
     def hold(
         self, call_id: str, scopes: Sequence[Scope], amount: Decimal, at: datetime | None = None

@@ -645,3 +645,55 @@ def test_an_alert_another_proxy_stored_is_not_fired_again(tmp_path: Path) -> Non
     assert tracker.refresh_others(con, "me", NOW) == []
     assert tracker.record([STAGING], Decimal("1"), NOW) == []
     con.close()
+
+
+def test_a_spent_cap_whose_holds_outlive_its_reset_is_retried_when_they_end() -> None:
+    """$1 spent of $1 a day at 23:00 and a background response holding $1.20 until 02:00: the
+    spend resets at midnight, the hold does not; the wait is until 02:00 and the message says
+    both (it is spent, it resets, the holds keep it full past that)."""
+    tracker = BudgetTracker(parse_policies("environments:\n  qa:\n    budget: {usd: 1, period: day}\n"))
+    start = utc(2026, 11, 28, 23)
+    scopes = scopes_for("qa")
+    assert tracker.check(scopes, start, reserve=("post", lambda: Decimal("1.20"))) is None
+    tracker.keep("post", "bg:resp_1", start.timestamp() + 3 * 3600)
+    tracker.record(scopes, Decimal("1"), start)
+    refusal = tracker.check(scopes, start)
+    assert refusal is not None and refusal.spent_out
+    assert (refusal.retry_after, refusal.resets_after) == (3 * 3600, 3600)
+    assert refusal.message() == (
+        "qa budget of $1.00 per day is spent: $1.00 used since 2026-11-28 (UTC), $1.20 held by "
+        "background responses running; resets in 1h 0m, background responses holding its room "
+        "past that; retry in 3h 0m"
+    )
+    assert tracker.check(scopes, utc(2026, 11, 29, 0, 30)) is not None  # reset, still held
+    assert tracker.check(scopes, utc(2026, 11, 29, 2)) is None
+
+
+def test_a_spent_cap_whose_holds_end_before_its_reset_waits_for_the_reset() -> None:
+    """$1 spent of $1 a day at 12:00 and a hold until 13:00: the reset (midnight) is the wait."""
+    tracker = BudgetTracker(parse_policies("environments:\n  qa:\n    budget: {usd: 1, period: day}\n"))
+    scopes = scopes_for("qa")
+    assert tracker.check(scopes, NOW, reserve=("post", lambda: Decimal("0.50"))) is None
+    tracker.keep("post", "bg:resp_1", NOW.timestamp() + 3600)
+    tracker.record(scopes, Decimal("1"), NOW)
+    refusal = tracker.check(scopes, NOW)
+    assert refusal is not None and (refusal.retry_after, refusal.resets_after) == (12 * 3600, None)
+    assert refusal.message().endswith("; resets in 12h 0m")
+
+
+def test_a_budget_background_responses_fill_wins_over_one_calls_in_flight_fill() -> None:
+    """Key ci's room is held by a background response for an hour, the environment's by a call in
+    flight: the call waits for the hold (final, the hour), not 5 seconds; whichever comes first."""
+    policies = parse_policies(
+        "environments:\n  qa:\n    budget: {usd: 10, period: day}\n"
+        "keys:\n  ci: {fingerprint: 3f9a0c11b2de, budget: {usd: 1, period: day}}\n"
+    )
+    tracker = BudgetTracker(policies)
+    clock = NOW.timestamp()
+    assert tracker.check(scopes_for("qa", "ci"), NOW, reserve=("bg", lambda: Decimal("1"))) is None
+    tracker.keep("bg", "bg:resp_1", clock + 3600)
+    assert tracker.check(scopes_for("qa"), NOW, reserve=("flight", lambda: Decimal("9"))) is None
+    refusal = tracker.check(scopes_for("qa", "ci"), NOW)
+    assert refusal is not None and refusal.scope == CI
+    assert (refusal.spent_out, refusal.retry_after) == (True, 3600)
+    assert tracker.check(scopes_for("qa"), NOW).retry_after == 5  # the environment alone: a short wait
