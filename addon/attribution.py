@@ -180,6 +180,13 @@ def _unbound(
     return policies.default_environment, "default"
 
 
+def fallback_environment(policies: Policies, forced_environment: str | None, hostname: str) -> str:
+    """Where this proxy books a call no header, key entry or calling process's variable decides
+    (rules 4-5): its ``TOKOMETER_ENVIRONMENT``, else an ``attribution.hosts`` rule, else the
+    default. The live file says it, for the status line."""
+    return _unbound(policies, None, forced_environment, hostname)[0]
+
+
 def attribute(
     *,
     policies: Policies,

@@ -361,7 +361,7 @@ class LiveState:
         self._stored: dict[str, list[Any]] = {}
         self._unstored: dict[str, list[Any]] = {}
         self._budgets: list[dict[str, Any]] = []
-        # What a caller may name as its environment (see set_claimable): None, any name.
+        # How a calling shell's variables book its calls (see set_claimable); None: not said.
         self._claimable: dict[str, Any] | None = None
         self._budgets_at: datetime | None = None
         self._running = True
@@ -439,14 +439,25 @@ class LiveState:
             self._dirty = True
             self._wake.notify()
 
-    def set_claimable(self, declared: Sequence[str] | None, default: str) -> None:
-        """The environments a caller's APP_ENV may name (``declared``; None: any, nothing being
-        declared) and the one it gets otherwise: the status line books a shell's calls as the proxy
-        does (addon.attribution)."""
+    def set_claimable(
+        self,
+        declared: Sequence[str] | None,
+        default: str,
+        *,
+        variables: Sequence[str] = ("APP_ENV",),
+        fallback: str | None = None,
+    ) -> None:
+        """How the proxy books a calling shell by its variables (addon.attribution), for the status
+        line to do the same: the ``variables`` it reads (in order; none: the lookup is off), the
+        environments they may name (``declared``; None: any, nothing being declared; the
+        ``default`` too), and the environment it books a call to when none of them names one of
+        those (``fallback``: the proxy's TOKOMETER_ENVIRONMENT or hosts rule, else ``default``)."""
         with self._lock:
             self._claimable = {
                 "declared": None if declared is None else sorted(declared),
                 "default_environment": default,
+                "variables": list(variables),
+                "fallback_environment": default if fallback is None else fallback,
             }
             self._dirty = True
             self._wake.notify()

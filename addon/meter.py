@@ -37,7 +37,7 @@ import duckdb
 from mitmproxy import ctx, exceptions, http
 
 from addon.api_keys import key_of_header, recent_key_fingerprint
-from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute
+from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute, fallback_environment
 from addon.background_responses import BATCH_INPUTS_FOLDER, HOLD_S, PendingResponses
 from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
 from addon.budgets import (
@@ -683,6 +683,17 @@ class Meter:
         """The policies in force."""
         return self.enforcer.policies
 
+    def _tell_claimable(self, live: LiveState, policies: Policies) -> None:
+        """Tell the live file how a calling shell's variables book its calls here (the status
+        line books a shell the same way): the variables read, the environments they may name,
+        and where a call goes when they name none of those (rules 4-5 of addon.attribution)."""
+        live.set_claimable(
+            policies.claimable(),
+            policies.default_environment,
+            variables=policies.attribution.environment_vars,
+            fallback=fallback_environment(policies, self.forced_environment, self.hostname),
+        )
+
     def _next_call_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
 
@@ -850,7 +861,7 @@ class Meter:
             self._processes.clear()
         if self.live is not None:  # the status line shows the new caps now, not at the next call
             self.live.set_budgets(self.enforcer.budgets.status(datetime.now(UTC)))
-            self.live.set_claimable(policies.claimable(), policies.default_environment)
+            self._tell_claimable(self.live, policies)
         self.notifier.set_settings(policies.notifications)
         registry = registry_for(policies)
         self.registry = registry
@@ -940,7 +951,7 @@ class Meter:
             )
             store.after_next_write(functools.partial(self._load_budgets_late, store))
         live.set_budgets(self.enforcer.budgets.status(now))
-        live.set_claimable(self.policies.claimable(), self.policies.default_environment)
+        self._tell_claimable(live, self.policies)
         live.start()
         self.live = live
         store.add_listener(self._on_finished)

@@ -8,8 +8,9 @@ statusline
 
         dev · $0.42 today · 18 calls · 62% of budget
 
-    The environment is ``--env NAME``, else ``$APP_ENV``, else the one with the most calls
-    today (UTC). ``development`` and ``production`` are shortened to ``dev`` and ``prod``.
+    The environment is ``--env NAME``, else where the proxy books this shell's calls by its
+    ``$APP_ENV`` (the variables the proxy reads, as its live file says), else the one with the most
+    calls today (UTC). ``development`` and ``production`` are shortened to ``dev`` and ``prod``.
     Without a live file, or when every proxy that wrote one is gone: ``tokometer: off`` (exit 0).
     ``--format json`` prints ``{"schema": 1, "status": "on" | "off", "text": LINE, ...}``
     (see ``statusline_json``). Colour (the budget part: green, yellow from the first
@@ -121,6 +122,35 @@ def _env_budget(state: Mapping[str, Any], env: str, now: datetime) -> dict[str, 
     return None
 
 
+def _shell_environment(lookup: Any) -> str | None:
+    """Where the proxy books this shell's calls by its variables, as the live file says the proxy
+    reads them (``LiveState.set_claimable``; addon.attribution, rules 3-5): the first variable the
+    proxy reads that is set and names an environment a caller may name; with some set and none
+    such, or when the proxy reads none (the lookup off: every shell's calls go there), the proxy's
+    fallback (its TOKOMETER_ENVIRONMENT or hosts rule, else the default environment). None when
+    none of them is set. A file that does not say (older proxies): APP_ENV, and the default for
+    one naming no declared environment."""
+    lookup = lookup if isinstance(lookup, Mapping) else {}
+    variables = lookup.get("variables")
+    if not (isinstance(variables, list) and all(isinstance(name, str) for name in variables)):
+        variables = ["APP_ENV"]
+    declared = lookup.get("declared")
+    default = lookup.get("default_environment")
+    fallback = lookup.get("fallback_environment") or default
+    if not variables and fallback:  # the lookup is off: every shell's calls go there
+        return normalize_environment(str(fallback))
+    named = [value for name in variables if (value := os.environ.get(name, "").strip())]
+    if not named:
+        return None
+    if not isinstance(declared, list):  # any name may be claimed (or the file does not say)
+        return normalize_environment(named[0])
+    for value in named:
+        env = normalize_environment(value)
+        if env in declared or env == default:
+            return env
+    return normalize_environment(str(fallback)) if fallback else normalize_environment(named[0])
+
+
 def statusline_json(
     state: Mapping[str, Any] | None,
     *,
@@ -147,19 +177,12 @@ def statusline_json(
     today = state.get("today") or {}
     day = now.astimezone(UTC).date().isoformat()
     environments: Mapping[str, Any] = (today.get("environments") or {}) if today.get("date") == day else {}
-    from_app_env = env is None and bool(os.environ.get("APP_ENV", "").strip())
-    if from_app_env:
-        env = os.environ["APP_ENV"]
     if env is not None:
         env = normalize_environment(env)
-    elif environments:
+    else:
+        env = _shell_environment(state.get("claimable_environments"))
+    if env is None and environments:
         env = max(sorted(environments), key=lambda name: environments[name].get("calls", 0))
-    claimable = state.get("claimable_environments")
-    if from_app_env and isinstance(claimable, Mapping) and isinstance(claimable.get("declared"), list):
-        # As the proxy books it: an APP_ENV naming no declared environment is passed over.
-        default = str(claimable.get("default_environment") or env)
-        if env not in claimable["declared"] and env != default:
-            env = default
     entry = environments.get(env or "", {})
     session = state.get("session") or {}
     result: dict[str, Any] = {

@@ -408,4 +408,14 @@ def test_the_live_file_says_which_environments_a_caller_may_name(tmp_path: Path)
     assert live.snapshot()["claimable_environments"] == {
         "declared": ["development", "production"],
         "default_environment": "development",
+        "variables": ["APP_ENV"],
+        "fallback_environment": "development",
+    }
+    # what the proxy reads, and where it books a call they name nothing claimable for
+    live.set_claimable(None, "development", variables=["NODE_ENV", "APP_ENV"], fallback="staging")
+    assert live.snapshot()["claimable_environments"] == {
+        "declared": None,
+        "default_environment": "development",
+        "variables": ["NODE_ENV", "APP_ENV"],
+        "fallback_environment": "staging",
     }

@@ -669,3 +669,82 @@ def test_the_status_line_books_an_undeclared_app_env_where_the_proxy_does(
         statusline_json({**state, "claimable_environments": None}, now=now, alive=True)["environment"]
         == "test"
     )
+
+
+def test_the_status_line_reads_the_variables_the_proxy_reads_and_books_the_rest_to_its_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live file names the variables the proxy reads (attribution.process_env.environment, in
+    order) and where it books a call they name nothing claimable for (its TOKOMETER_ENVIRONMENT or
+    hosts rule, else the default): the status line books the shell the same way."""
+    from datetime import UTC, datetime
+
+    from addon.spend_watch import statusline_json
+
+    now = datetime.now(UTC)
+    state = {
+        "today": {
+            "date": now.date().isoformat(),
+            "environments": {
+                "development": {"calls": 5, "cost_usd": "0.50"},
+                "staging": {"calls": 3, "cost_usd": "0.42"},
+                "production": {"calls": 1, "cost_usd": "0.10"},
+            },
+        },
+        "session": {},
+        "claimable_environments": {
+            "declared": ["development", "production", "staging"],
+            "default_environment": "development",
+            "variables": ["NODE_ENV", "APP_ENV"],
+            "fallback_environment": "staging",
+        },
+    }
+
+    def shown() -> str | None:
+        return statusline_json(state, now=now, alive=True)["environment"]
+
+    monkeypatch.delenv("NODE_ENV", raising=False)
+    assert shown() == "development"  # nothing set: the most calls today
+    monkeypatch.setenv("APP_ENV", "prod")
+    assert shown() == "production"
+    monkeypatch.setenv("NODE_ENV", "test")  # read first, names nothing declared: passed over
+    assert shown() == "production"
+    monkeypatch.setenv("APP_ENV", "qa")  # nothing claimable named: the proxy's fallback
+    assert shown() == "staging"
+    state["claimable_environments"]["variables"] = []  # the lookup off: nothing is read
+    monkeypatch.setenv("APP_ENV", "production")
+    assert shown() == "staging"  # every shell's calls go to the proxy's fallback
+    monkeypatch.delenv("APP_ENV")
+    assert shown() == "staging"
+    assert statusline_json(state, env="prod", now=now, alive=True)["environment"] == "production"
+
+
+def test_the_proxy_tells_the_live_file_its_variables_and_its_hosts_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy on a machine an attribution.hosts rule sends to staging, reading NODE_ENV then
+    APP_ENV: its live file says so, and a reload saying otherwise is told at once."""
+    from addon.live_state import LiveState
+    from addon.meter import Meter
+    from addon.policies import parse_policies
+
+    monkeypatch.delenv("TOKOMETER_ENVIRONMENT", raising=False)
+    meter = Meter()
+    meter.hostname = "ci-runner-7"
+    meter.live = LiveState(tmp_path / "spend.duckdb.live" / "s1.json", "s1")
+    declared = "environments:\n  development: {}\n  staging: {}\n"
+    meter._apply(
+        parse_policies(
+            declared + "attribution:\n  process_env:\n    environment: [NODE_ENV, APP_ENV]\n"
+            '  hosts:\n    "ci-*": staging\n'
+        )
+    )
+    assert meter.live.snapshot()["claimable_environments"] == {
+        "declared": ["development", "staging"],
+        "default_environment": "development",
+        "variables": ["NODE_ENV", "APP_ENV"],
+        "fallback_environment": "staging",
+    }
+    meter._apply(parse_policies(declared))
+    lookup = meter.live.snapshot()["claimable_environments"]
+    assert (lookup["variables"], lookup["fallback_environment"]) == (["APP_ENV"], "development")
