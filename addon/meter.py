@@ -1032,10 +1032,11 @@ class Meter:
             self._say_unpriced(self.enforcer.unpriced(records), now)
         except Exception:
             log.exception("tokometer: could not look for unpriced calls escaping a budget")
+        for record in records:  # on the record too: a late load adds ``queued`` records again
+            if (n := self._answers_of.pop(record.id, 1)) > 1 and not record.answers:
+                record.answers = n
         try:
-            self.outputs.record(
-                records, {r.id: n for r in records if (n := self._answers_of.pop(r.id, 1)) > 1}
-            )
+            self.outputs.record(records)
         except Exception:
             log.exception("tokometer: could not add calls to the output history")
         if self.live is not None:
@@ -1730,8 +1731,10 @@ class Meter:
             edited,
             flavor=record.api_flavor,
         )
-        if (answers := _answers(record.api_flavor, body)) > 1 and len(self._answers_of) < MAX_ANSWER_COUNTS:
-            self._answers_of[record.id] = answers
+        if (answers := _answers(record.api_flavor, body)) > 1:
+            record.answers = answers  # stored: the history read back at a restart divides by it
+            if len(self._answers_of) < MAX_ANSWER_COUNTS:
+                self._answers_of[record.id] = answers
         # OpenRouter's fallback models: each held to the allowlist; the call reserved at the dearest.
         ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
         if ruled is not None and ruled.sent:

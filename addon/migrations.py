@@ -154,6 +154,13 @@ def m008_audio_seconds(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN audio_seconds DOUBLE")
 
 
+@migration
+def m009_answers(con: duckdb.DuckDBPyConnection) -> None:
+    """How many answers a call asked for (n, candidateCount; NULL: one), its output being theirs
+    together: the output history a restart reads back is of one answer's."""
+    con.execute("ALTER TABLE calls ADD COLUMN answers INTEGER")
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

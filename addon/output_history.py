@@ -51,10 +51,12 @@ def tells_output(record: CallRecord) -> bool:
 
 
 # The last ``WINDOW`` outputs of the ``MAX_MODELS`` models most recently used in the last
-# ``SEED_DAYS`` days, oldest first (the order they are fed in). One bounded query.
+# ``SEED_DAYS`` days, oldest first (the order they are fed in), each one answer's: a row's output
+# divided by the answers its call asked for (column ``answers``, NULL for one). One bounded query.
 _SEED_SQL = f"""
 WITH recent AS (
-    SELECT provider, model_sent, output_tokens, ts FROM calls
+    SELECT provider, model_sent, output_tokens // greatest(coalesce({{answers}}, 1), 1) AS output_tokens,
+        ts FROM calls
     WHERE ts >= ? AND usage_source = 'reported' AND output_tokens IS NOT NULL
       AND model_sent IS NOT NULL AND model_sent <> '' AND provider IS NOT NULL
       AND NOT coalesce(aborted, false) AND coalesce(api_flavor, '') <> '{BATCH_FLAVOR}'
@@ -111,11 +113,16 @@ class OutputHistory:
 
     def record(self, records: Iterable[CallRecord], answers: Mapping[str, int] | None = None) -> None:
         """Add the outputs of finished calls (those ``tells_output`` accepts), each one answer's:
-        a call that asked for several (``answers``, by id) counts its output divided by them."""
+        a call that asked for several (its ``answers``, or ``answers`` by id) counts its output
+        divided by them."""
         answers = answers or {}
         self._add(
             [
-                (r.provider, r.model_sent or "", (r.output_tokens or 0) // max(1, answers.get(r.id, 1)))
+                (
+                    r.provider,
+                    r.model_sent or "",
+                    (r.output_tokens or 0) // max(1, answers.get(r.id) or r.answers or 1),
+                )
                 for r in records
                 if tells_output(r)
             ]
@@ -123,10 +130,16 @@ class OutputHistory:
 
     def load(self, con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> int:
         """Replace the history with the recent calls stored in ``con`` (one bounded query over the
-        last ``SEED_DAYS`` days); the number of outputs read. Raises what DuckDB raises."""
+        last ``SEED_DAYS`` days); the number of outputs read. Raises what DuckDB raises. A database
+        not migrated yet (no column ``answers``: another process held it) is read as one answer
+        a row."""
         now = now or datetime.now(UTC)
         since = (now.astimezone(UTC) if now.tzinfo else now).replace(tzinfo=None) - timedelta(days=SEED_DAYS)
-        rows = con.execute(_SEED_SQL, [since, self.max_models, self.window]).fetchall()
+        params = [since, self.max_models, self.window]
+        try:
+            rows = con.execute(_SEED_SQL.format(answers="answers"), params).fetchall()
+        except duckdb.BinderException:  # a database from before the column
+            rows = con.execute(_SEED_SQL.format(answers="NULL"), params).fetchall()
         with self._lock:
             self._outputs.clear()
             self._reserved = {}

@@ -78,6 +78,9 @@ class CallRecord:
     inference_geo: str | None = None
     # audio billed by its duration (migration m008): whisper-1's transcriptions, in seconds
     audio_seconds: float | None = None
+    # answers the call asked for (migration m009): OpenAI's n (a legacy completion's best_of, its
+    # prompts), Gemini's candidateCount; NULL for one. The output history is of one answer's.
+    answers: int | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""

@@ -937,6 +937,16 @@ async def test_an_uncapped_call_reserves_its_models_p90_for_each_answer(meter: M
     assert three - await reserved_for(meter, CHAT_URL, {**body, "n": 1}) == output_usd(2 * 5800, "8")
 
 
+async def test_a_call_of_several_answers_says_so_on_its_row(meter: Meter) -> None:
+    """The row carries the answers a call asked for (column ``answers``, NULL for one), written at
+    the request: the history read back from the database at a restart divides by it."""
+    body = {"model": "o3", "messages": [{"role": "user", "content": "takes"}]}
+    for extra, answers in (({"n": 8}, 8), ({"n": 1}, None), ({}, None)):
+        flow = make_flow(CHAT_URL, {**body, **extra})
+        await run_request(meter, flow)
+        assert meter.call_state(flow).record.answers == answers  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("flavor", "body", "answers"),
     [

@@ -175,3 +175,44 @@ def test_written_in_one_thread_read_in_another() -> None:
         reader.join()
     assert set(seen) <= {1000, *range(2000, 2007)}
     assert history.reserved("openai", "o3") == 2006
+
+
+def test_a_stored_call_of_several_answers_is_read_back_one_answers_output(tmp_path: Path) -> None:
+    """A row's ``answers`` (n, candidateCount) divides its output as ``record`` does: the history a
+    restart reads back is the one the proxy kept while running. A database not migrated yet (no
+    column: another process held it at start) is read as one answer a row."""
+    from addon.migrations import MIGRATIONS
+
+    con = duckdb.connect(str(tmp_path / "spend.duckdb"))
+    migrate(con)
+    day = datetime(2026, 11, 25, 0, 0)
+    insert(
+        con,
+        [
+            (day, "openai", "o3", 8 * 3000, "reported", False, "chat"),  # c0: n=8
+            (day + timedelta(minutes=1), "openai", "o3", 4000, "reported", False, "chat"),
+        ],
+    )
+    con.execute("UPDATE calls SET answers = 8 WHERE id = 'c0'")
+    running = OutputHistory(1000, min_observations=1)
+    running.record([call(8 * 3000, answers=8), call(4000)])
+    history = OutputHistory(1000, min_observations=1)
+    assert history.load(con, now=NOW) == 2
+    assert history.observations("openai", "o3") == running.observations("openai", "o3") == [3000, 4000]
+    con.close()
+
+    old = duckdb.connect(str(tmp_path / "old.duckdb"))
+    for fn in MIGRATIONS:
+        if fn.__name__ == "m009_answers":
+            break
+        fn(old)
+    insert(old, [(day, "openai", "o3", 8 * 3000, "reported", False, "chat")])
+    assert history.load(old, now=NOW) == 1
+    assert history.observations("openai", "o3") == [24_000]
+    old.close()
+
+
+def test_record_takes_the_answers_from_the_record_or_by_id() -> None:
+    history = OutputHistory(1000, min_observations=1)
+    history.record([call(6000, id="a", answers=3), call(6000, id="b"), call(6000, id="c")], {"c": 2})
+    assert history.observations("openai", "o3") == [2000, 6000, 3000]

@@ -223,6 +223,7 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "file_searches",
                 "inference_geo",
                 "audio_seconds",
+                "answers",
             )
         ),
     }
@@ -851,6 +852,7 @@ def _every_field_record(call_id: str) -> CallRecord:
             "output_image_tokens": 19,
             "cache_audio_read_tokens": 23,
             "audio_seconds": 61.25,
+            "answers": 8,
             "tags": '{"a": "b\\"c", "é": "😀"}',
             "error": 'a "quoted", \\ back\nslash \x00 nul \u2028 line',
         }.get(f.name, f'{f.name} ✓ "x"')
@@ -1319,3 +1321,26 @@ def test_a_killed_doorbell_less_proxy_is_not_taken_for_a_running_writer(
         assert [p.name for p in journal_dir_of(db).glob("b.*") if not p.name.endswith(".jsonl")] == []
     finally:
         a.close()
+
+
+def test_a_journal_of_a_version_before_the_answers_column_replays(db: Path) -> None:
+    """Lines journaled before ``answers`` existed (one value short) replay with it NULL (one
+    answer); a line of this version stores the answers its call asked for."""
+    import json as _json
+
+    journal_dir = db.with_name(db.name + ".journal")
+    journal_dir.mkdir(parents=True)
+    old = _json.loads(make_record(1, "gone").to_json())
+    assert len(old) == len(COLUMNS) and COLUMNS[-1] == "answers"
+    eight = make_record(2, "gone", answers=8)
+    lines = [_json.dumps(old[:-1]), eight.to_json()]
+    (journal_dir / "gone.jsonl").write_text("\n".join(lines) + "\n")
+    store = Store(db, "s1", flush_interval=0.05)
+    store.start()
+    store.submit(make_record(3, answers=2))
+    store.close()
+    assert rows(db, "SELECT id, answers FROM calls ORDER BY id") == [
+        ("gone-0001", None),
+        ("gone-0002", 8),
+        ("s1-0003", 2),
+    ]
