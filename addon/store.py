@@ -153,6 +153,28 @@ _INSERT_COLUMNS: str | None = None
 _INSERT_LINES: str | None = None
 
 
+def _take_shown(
+    queue: list[CallRecord], unshown: Sequence[CallRecord], limit: int
+) -> tuple[list[CallRecord], list[CallRecord]]:
+    """(the batch a flush stores, the queue left): the first ``limit`` queued calls that are not
+    ``unshown`` (submitted and not priced nor shown to the listeners yet, say while the listeners
+    of this very flush ran). Those stay queued for the next round, so what a flush stores and what
+    it passes on as queued-but-shown (``queued``, counted by the listeners already) never overlap:
+    a call stored now yet counted by the listeners only later would be counted twice (once in the
+    database's figure, once as it is shown)."""
+    if not unshown:
+        return queue[:limit], queue[limit:]
+    waiting = {id(r) for r in unshown}
+    batch: list[CallRecord] = []
+    left: list[CallRecord] = []
+    for record in queue:
+        if id(record) in waiting or len(batch) >= limit:
+            left.append(record)
+        else:
+            batch.append(record)
+    return batch, left
+
+
 def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     global _COLUMN_TYPES
     if _COLUMN_TYPES is None:
@@ -1250,7 +1272,7 @@ class Store:
             with self._lock:
                 self._check_journal()
                 # A bounded batch: one transaction holds DuckDB's lock, and readers wait for it.
-                batch, self._queue = self._queue[:MAX_ROWS_PER_FLUSH], self._queue[MAX_ROWS_PER_FLUSH:]
+                batch, self._queue = _take_shown(self._queue, self._unpriced, MAX_ROWS_PER_FLUSH)
                 lines = {r.id: line for r in batch if (line := self._lines.pop(r.id, None)) is not None}
                 events, self._events = self._events, []
                 self._inflight = len(batch)
@@ -1266,7 +1288,8 @@ class Store:
                 if record.id not in lines:
                     with contextlib.suppress(Exception):  # without a line it is bound value by value
                         lines[record.id] = record.to_json()
-            # Calls submitted since ``_price_pending`` above (and replayed ones) are not priced yet.
+            # Replayed calls are not priced yet, nor a call whose pricing failed (tried again), nor
+            # one this session's crashed process left in its journal.
             for record in (*replay, *(r for r in batch if r.price_status is None)):
                 try:
                     self.pricer(record)

@@ -1344,3 +1344,45 @@ def test_a_journal_of_a_version_before_the_answers_column_replays(db: Path) -> N
         ("gone-0002", 8),
         ("s1-0003", 2),
     ]
+
+
+def test_a_flush_stores_only_the_calls_its_listeners_were_shown(db: Path) -> None:
+    """A call submitted while the listeners of a flush run is neither stored by that flush nor
+    passed on as queued: it stays queued, is shown to the listeners in the next round, then stored;
+    so no one counts it both from the database and as it is shown."""
+    store = Store(db, "s1", flush_interval=3600)
+    store._stopping = True  # no writer thread: the rounds below are the writer's
+    store.start()
+    shown: list[str] = []
+    passed_on: list[list[str]] = []
+
+    def listener(records: list[CallRecord]) -> None:
+        shown.extend(r.id for r in records)
+        if any(r.id == "s1-0001" for r in records):
+            store.submit(make_record(2))  # the event loop, meanwhile
+
+    store.add_listener(listener)
+    store.after_next_write(lambda con, queued: passed_on.append([r.id for r in queued]))
+    try:
+        store.submit(make_record(1))
+        assert store._flush_once(ending=False)
+        assert rows(db, "SELECT id FROM calls") == [("s1-0001",)]
+        assert passed_on == [[]] and [r.id for r in store._queue] == ["s1-0002"]
+        assert store._flush_once(ending=False)
+        assert rows(db, "SELECT id FROM calls ORDER BY id") == [("s1-0001",), ("s1-0002",)]
+        assert shown == ["s1-0001", "s1-0002"] and store.stats.pending == 0
+    finally:
+        store._stopping = False
+        store.close()
+
+
+def test_the_batch_skips_unshown_calls_and_keeps_the_queue_in_order() -> None:
+    from addon.store import _take_shown
+
+    queue = [make_record(i) for i in range(6)]
+    unshown = [queue[1], queue[4]]
+    batch, left = _take_shown(queue, unshown, 3)
+    assert [r.id for r in batch] == ["s1-0000", "s1-0002", "s1-0003"]
+    assert [r.id for r in left] == ["s1-0001", "s1-0004", "s1-0005"]
+    batch, left = _take_shown(queue, [], 4)
+    assert (batch, left) == (queue[:4], queue[4:])
