@@ -185,11 +185,23 @@ def keys_in_query(query: str, names: tuple[str, ...]) -> list[str]:
     return found
 
 
+# Where an OpenAI-compatible host other than OpenAI takes its key: the Authorization bearer, and
+# x-api-key, which the Anthropic SDK (and Claude Code) sends to the Anthropic-compatible endpoints
+# many of them serve beside their OpenAI ones (OpenRouter's /api/v1/messages, and any path there;
+# DeepSeek's /anthropic; xAI's /v1/messages). A header a host ignores costs nothing: a key read
+# there only counts when policies.yaml maps it (see Meter._pick_key).
+COMPATIBLE_KEY_HEADERS: tuple[str, ...] = ("authorization", "x-api-key")
+# A policies.yaml host (a gateway in front of several APIs, LiteLLM's): every header one of the
+# APIs the proxy knows takes a key in, whichever `api:` it speaks.
+CUSTOM_KEY_HEADERS: tuple[str, ...] = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
 def _openai_compatible(name: str, *hosts: str, **kw: Any) -> Provider:
     readers: dict[str, Any] = {
         "flavor_for_path": openai_api.flavor_for_path,
         "parse_response": _ignore_headers(openai_api.parse_response),
         "stream_parser": openai_api.StreamParser,
+        "key_headers": COMPATIBLE_KEY_HEADERS,
     }
     return Provider(
         name=name, hosts=hosts, is_usage_only_chunk=openai_api.is_usage_only_chunk, **(readers | kw)
@@ -402,6 +414,7 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible(
         "openai",
         "api.openai.com",
+        key_headers=("authorization",),  # its only one
         usage_opt_in_flavors=frozenset({"chat", "completions"}),  # both take stream_options
         realtime=OPENAI_REALTIME,
         realtime_mints=openai_realtime_mints.OPENAI,
@@ -511,6 +524,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         host_pattern=None,
         port=port,
         pricing_id=pricing_id or name,
+        key_headers=CUSTOM_KEY_HEADERS,  # a gateway: whatever API its clients speak
         usage_opt_in_flavors=frozenset(),  # never add stream_options to an API we do not know
         subscription_key_prefixes=(),  # a plan's token means a plan on the provider's own host only
         realtime=None,  # Realtime and Live are metered on the providers that serve them only
