@@ -73,6 +73,7 @@ from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOU
 from addon.providers import (
     Provider,
     Registry,
+    azure_path_deployment,
     batches,
     gemini_live,
     keys_in_query,
@@ -330,6 +331,27 @@ def _bare_sdp_offer(headers: http.Headers, kind: str) -> bool:
     """A WebRTC offer (a mint of kind ``call``) sent as bare SDP, not as a form naming its session."""
     content_type = headers.get("content-type", "")
     return kind == openai_realtime_mints.CALL and content_type.lstrip().lower().startswith("application/sdp")
+
+
+def _azure_disagreement(
+    provider: Provider, route: str, body: dict[str, Any] | None
+) -> tuple[str, tuple[str, str]] | None:
+    """Why an Azure call on the v1 path /openai/v1/deployments/{name}/... names no model it can be
+    held to (``Provider.request_model`` read none: its body names a deployment serving another
+    model), and the two models it may run; None for any other call."""
+    in_path = azure_path_deployment(route) if provider.name == "azure" else None
+    named = body.get("model") if body is not None else None
+    if in_path is None or not in_path[1] or not isinstance(named, str):
+        return None
+    deployments = provider.deployments
+    models = (deployments.get(in_path[0], in_path[0]), deployments.get(named, named))
+    if models[0] == models[1]:
+        return None
+    why = (
+        f"its path names deployment {in_path[0]!r} and its body {named!r}, serving another model: "
+        "which one Azure runs is not known, so the call cannot be checked against the allowlist"
+    )
+    return why, models
 
 
 def _standard_key(headers: http.Headers) -> bool:
@@ -1739,9 +1761,18 @@ class Meter:
         ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
         if ruled is not None and ruled.sent:
             estimate = _dearest(estimate, ruled.sent)
+        # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
+        disagreement = _azure_disagreement(provider, route, body) if model is None else None
+        if disagreement is not None:
+            estimate = _dearest(estimate, disagreement[1])
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
-            decision = self._unknown_model(record, decision) or decision
+            unknown = (
+                self._unknown_model(record, decision, disagreement[0])
+                if disagreement is not None
+                else self._unknown_model(record, decision)
+            )
+            decision = unknown or decision
         if decision.refusal is None and rules is not None and rules.refusal is not None:
             self.enforcer.withdraw(decision, record.id)
             decision, record.model_requested = rules.refusal, rules.refused_model
@@ -1976,11 +2007,21 @@ class Meter:
         is reserved, no rate limit counted: what such a call costs is not known here."""
         record = state.record
         named = NamedModel(model=record.model_requested)
-        if named.model is None:
-            named = await self._unmetered_body_model(flow)
-            deployments = state.provider.deployments  # Azure: a body's model is a deployment
-            if named.model is not None and named.model in deployments:
-                named = NamedModel(model=deployments[named.model])
+        deployments = state.provider.deployments  # Azure: a body's model is a deployment
+        azure = state.provider.name == "azure"
+        in_path = azure_path_deployment(state.route or flow.request.path) if azure else None
+        # The v1 path /openai/v1/deployments/{name}/...: its body names a deployment too.
+        if named.model is None or (in_path is not None and in_path[1]):
+            in_body = await self._unmetered_body_model(flow)
+            if in_body.model is not None and in_body.model in deployments:
+                in_body = NamedModel(model=deployments[in_body.model])
+            if named.model is None:
+                named = in_body
+            elif in_body.model is not None and in_body.model != named.model and in_path is not None:
+                named = NamedModel(
+                    problem=f"its path names deployment {in_path[0]!r} ({named.model}) and its body "
+                    f"one serving {in_body.model}: which one Azure runs is not known"
+                )
         if named.model is None and named.problem is None:  # a path that runs a default model
             named = NamedModel(model=default_model(record.provider, state.route or flow.request.path))
         if named.model is None and named.problem is None:

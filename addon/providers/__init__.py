@@ -366,26 +366,42 @@ def _openrouter_stream_parser(flavor: str) -> StreamParser:
 
 # --- Azure OpenAI: the deployment in the path stands for a model -------------------------------
 
-_AZURE_DEPLOYMENT = re.compile(r"^(?P<prefix>/openai/deployments/)(?P<name>[^/?#]+)(?P<rest>.*)$")
+# The classic API's /openai/deployments/{name}/..., and the v1 API's /openai/v1/deployments/{name}/...,
+# where openai-python's AzureOpenAI, given a base URL ending in /openai/v1/, puts the body's model for
+# chat, legacy completions, embeddings, images and audio (its Responses go to /openai/v1/responses).
+_AZURE_DEPLOYMENT = re.compile(r"^(?P<prefix>/openai/(?P<v1>v1/)?deployments/)(?P<name>[^/?#]+)(?P<rest>.*)$")
+
+
+def azure_path_deployment(path: str) -> tuple[str, bool] | None:
+    """The deployment an Azure OpenAI path names, and whether it is the v1 API's path (where the
+    body names a deployment too), or None when it names none."""
+    m = _AZURE_DEPLOYMENT.match(path)
+    return (m["name"], m["v1"] is not None) if m is not None else None
 
 
 def _azure_request_model(
     deployments: Mapping[str, str],
 ) -> Callable[[str, dict[str, Any] | None], str | None]:
     """The model a call runs: its deployment's (in the path, or the v1 API's body ``model``, a
-    deployment's name too) as ``deployments`` maps it; an unmapped deployment is read as its name."""
+    deployment's name too) as ``deployments`` maps it; an unmapped deployment is read as its name.
+    A v1 path naming one deployment and its body another, serving another model, names none that
+    can be trusted (which of them Azure runs is not known): None, refused where models are
+    restricted."""
 
     def request_model(path: str, body: dict[str, Any] | None) -> str | None:
         m = _AZURE_DEPLOYMENT.match(path)
         name = _body_model(path, body) if m is None else m["name"]
-        return deployments.get(name, name) if name is not None else None
+        model = deployments.get(name, name) if name is not None else None
+        named = _body_model(path, body) if m is not None and m["v1"] is not None else None
+        return None if named is not None and deployments.get(named, named) != model else model
 
     return request_model
 
 
 def _azure_with_model(deployments: Mapping[str, str]) -> WithModel:
-    """A downgrade names the deployment that serves ``model`` where the call names one: in the path,
-    or the v1 API's body ``model``. With none serving it, the call cannot be rewritten."""
+    """A downgrade names the deployment that serves ``model`` wherever the call names one: in the
+    path, the v1 API's body ``model``, or both (the v1 path /openai/v1/deployments/{name}/...). With
+    none serving it, the call cannot be rewritten."""
 
     def with_model(path: str, body: dict[str, Any] | None, model: str) -> tuple[str, dict[str, Any] | None]:
         m = _AZURE_DEPLOYMENT.match(path)
@@ -394,6 +410,8 @@ def _azure_with_model(deployments: Mapping[str, str]) -> WithModel:
             raise ValueError(f"no Azure deployment serves {model} (policies.yaml azure_deployments)")
         if m is None:  # the v1 API: the deployment is the body's model
             return _with_body_model(path, body, target)
+        if m["v1"] is not None and _body_model(path, body) is not None:  # in the body too
+            body = _with_body_model(path, body, target)[1]
         return f"{m['prefix']}{target}{m['rest']}", body
 
     return with_model
