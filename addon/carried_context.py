@@ -8,7 +8,9 @@ flight together overshot a budget by far more than one call's cost.
 
 Each such answer metered here is remembered (in memory, the most recent ``MAX_CONTEXTS``) by its
 id with the tokens a continuation of it carries: its input (cached tokens included) and its
-visible output. Reasoning tokens are left out: providers drop them from the next turn's context.
+output, its reasoning included: OpenAI passes a response's reasoning items on to a request
+continuing it with a tool's output (an agent's loop, where these chains are common), and drops
+them only after a new user message, so counting them errs on the side of the cap.
 A request continuing a remembered answer reserves that many input tokens more. An answer not seen
 here (another proxy's, one before a restart) adds nothing: the reservation is then the body's.
 """
@@ -37,8 +39,8 @@ def conversation_of(body: dict[str, Any] | None) -> str | None:
 
 def carried_tokens(usage: Usage) -> int:
     """What a continuation of an answer with ``usage`` carries as input: all of its input and the
-    output the model wrote, less its reasoning (not sent back)."""
-    return max(0, usage.input_tokens) + max(0, usage.output_tokens - usage.reasoning_tokens)
+    output the model wrote, reasoning included (kept between a tool call and its output)."""
+    return max(0, usage.input_tokens) + max(0, usage.output_tokens)
 
 
 class CarriedContexts:

@@ -72,7 +72,7 @@ async def _answer(meter: Meter, body: dict[str, Any], answer: dict[str, Any]) ->
 
 def test_carried_tokens_are_input_and_visible_output() -> None:
     usage = Usage(input_tokens=10_000, cache_read_tokens=8_000, output_tokens=900, reasoning_tokens=400)
-    assert carried_tokens(usage) == 10_000 + 500
+    assert carried_tokens(usage) == 10_000 + 900
 
 
 def test_a_continuation_carries_what_its_answer_or_conversation_held() -> None:
@@ -135,15 +135,15 @@ def test_an_interaction_names_itself() -> None:
 
 async def test_a_continuation_reserves_the_history_it_carries(meter: Meter) -> None:
     """An agent loop on gpt-4o: turn one read 50,000 tokens and wrote 2,000 (500 of them
-    reasoning). Turn two, naming previous_response_id, is billed those 51,500 tokens again as
-    input; it reserved only its own body's few tokens."""
+    reasoning, passed on with a tool's output). Turn two, naming previous_response_id, is billed
+    those 52,000 tokens again as input; it reserved only its own body's few tokens."""
     meter._apply(parse_policies(DAY_BUDGET))
     await _answer(meter, {"model": "gpt-4o", "input": "start"}, _response("resp_turn1", 50_000, 2_000, 500))
     plain = {"model": "gpt-4o", "input": "next", "max_output_tokens": 100}
     alone = await reserved_for(meter, RESPONSES, plain)
     continued = await reserved_for(meter, RESPONSES, {**plain, "previous_response_id": "resp_turn1"})
-    # a few bytes longer body aside, the difference is 51,500 input tokens at $2.50 per 1M
-    carried = output_usd(51_500, "2.50")
+    # a few bytes longer body aside, the difference is 52,000 input tokens at $2.50 per 1M
+    carried = output_usd(52_000, "2.50")
     assert carried <= continued - alone < carried + Decimal("0.0001"), f"{continued - alone}"
     # an answer never seen here adds nothing
     unknown = await reserved_for(meter, RESPONSES, {**plain, "previous_response_id": "resp_elsewhere"})
@@ -240,8 +240,8 @@ async def test_a_websocket_create_continuing_a_response_reserves_its_history(tmp
         await client_says(meter, flow, create)
         alone = meter.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 10, None)
         carried = budgets.reserved()[Scope("environment", "development")] - alone
-        # 1,200 input and 300 output, 100 of them reasoning: 1,400 tokens at gpt-5's $1.25 per 1M
-        assert carried == output_usd(1_400, "1.25"), carried
+        # 1,200 input and 300 output (100 of them reasoning): 1,500 tokens at gpt-5's $1.25 per 1M
+        assert carried == output_usd(1_500, "1.25"), carried
 
 
 def test_an_id_too_long_for_any_provider_is_never_kept() -> None:
@@ -271,8 +271,8 @@ async def test_a_websocket_create_in_a_conversation_reserves_its_history(tmp_pat
         await client_says(m, flow, create)
         alone = m.pricer.estimate("openai", "gpt-5", len(dumps(create)) // 4, 10, None)
         carried = m.enforcer.budgets.reserved()[Scope("environment", "development")] - alone
-        # 1,200 input and 300 output, 100 of them reasoning: 1,400 tokens at gpt-5's $1.25 per 1M
-        assert carried == output_usd(1_400, "1.25"), carried
+        # 1,200 input and 300 output (100 of them reasoning): 1,500 tokens at gpt-5's $1.25 per 1M
+        assert carried == output_usd(1_500, "1.25"), carried
 
 
 async def test_a_chat_completion_conversation_field_is_not_kept_in_memory(meter: Meter) -> None:
