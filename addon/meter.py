@@ -2651,9 +2651,8 @@ class Meter:
                 started[_HOLD_FIELD] = hold
             self._background.add(metered.response_id, started)
         body, state.request_body = state.request_body, None
-        if metered.usage is not None and not metered.output_partial and not background:
-            conversation = conversation_of(body) if record.api_flavor == "responses" else None
-            self.contexts.remember(metered.context_id, conversation, metered.usage)
+        if not background:
+            self._remember_context(record, body, metered)
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
         store = state.journaled_in or self.store
@@ -2735,6 +2734,12 @@ class Meter:
             record.price_source = SUBSCRIPTION_SOURCE
         record.error = "; ".join(errors)[:1000] if errors else None
 
+    def _remember_context(self, record: CallRecord, body: dict[str, Any] | None, metered: Metered) -> None:
+        """An answer with its final usage: what a request continuing it carries (CarriedContexts)."""
+        if metered.usage is not None and not metered.output_partial:
+            conversation = conversation_of(body) if record.api_flavor == "responses" else None
+            self.contexts.remember(metered.context_id, conversation, metered.usage)
+
     def _journal_stream_end(self, flow: http.HTTPFlow, state: CallState) -> None:
         """A stream's final event is about to reach the client: journal the call as it stands.
 
@@ -2747,6 +2752,8 @@ class Meter:
         metered = state.tap.result()
         if state.retrieval is not None and not self._claim(state, metered):
             return  # no row for this GET: nothing to journal
+        if not _runs_in_background(state, metered):  # an agent may continue it before the body ends
+            self._remember_context(state.record, state.request_body, metered)
         self._fill_record(flow, state, metered, [*state.errors], aborted=False)
         images = [] if _runs_in_background(state, metered) else self._tool_rows(state, metered)
         for row in images:

@@ -298,3 +298,20 @@ async def test_a_chat_completion_conversation_field_is_not_kept_in_memory(meter:
     assert len(meter.store.records) == 1  # type: ignore[union-attr]
     kept = sum(len(key) for key in meter.contexts._tokens)
     assert kept < 1_000, f"{kept} characters of request text kept for a chat completion"
+
+
+async def test_a_stream_is_remembered_at_its_final_event(meter: Meter) -> None:
+    """An agent continues a response as soon as response.completed reaches it, while upstream may
+    still hold the body open: the continuation must already see the history it carries."""
+    meter._apply(parse_policies(DAY_BUDGET))
+    flow = make_flow(RESPONSES, {"model": "gpt-4o", "input": "start", "stream": True})
+    flow.request.timestamp_start = datetime.now(UTC).timestamp()
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    completed = {"type": "response.completed", "response": _response("resp_early", 30_000, 1_000)}
+    upstream = f"event: response.completed\ndata: {json.dumps(completed)}\n\n".encode()
+    flow.response.stream(upstream)  # the final event is through; the body has not ended
+    plain = {"model": "gpt-4o", "input": "next", "max_output_tokens": 100}
+    alone = await reserved_for(meter, RESPONSES, plain)
+    continued = await reserved_for(meter, RESPONSES, {**plain, "previous_response_id": "resp_early"})
+    assert continued - alone >= output_usd(31_000, "2.50")
