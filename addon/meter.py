@@ -36,6 +36,7 @@ from urllib.parse import unquote
 import duckdb
 from mitmproxy import ctx, exceptions, http
 
+from addon import anthropic_models
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute, fallback_environment
 from addon.background_responses import BATCH_INPUTS_FOLDER, HOLD_S, PendingResponses
@@ -297,6 +298,9 @@ class CallState:
     tool_row_id: str | None = None  # the id of the row of its images (journaled ahead, then submitted)
     svg_row_ids: list[str] = field(default_factory=list)  # and of its SVG author's rows
     unmetered: bool = False  # a POST the proxy does not meter, models restricted: checked, maybe refused
+    # An Anthropic call's advisor tool models as let through: base name -> (requested, sent, action)
+    advisor_sent: dict[str, tuple[str, str, str]] | None = None
+    iteration_row_ids: list[str] = field(default_factory=list)  # its advisors' and declined hops' rows
 
     @property
     def opens_socket(self) -> bool:
@@ -2716,6 +2720,8 @@ class Meter:
             record.streamed = False if response is not None and not aborted else record.streamed
             record.aborted = aborted
         record.model_reported = metered.model
+        if metered.iterations is not None and metered.iterations.served_by is not None:
+            record.model_reported = metered.iterations.served_by  # a fallback served it: its rates
         record.service_tier = metered.service_tier
         # Where the path said it runs (Vertex's location) stands; else where the answer says.
         record.inference_geo = record.inference_geo or metered.inference_geo
@@ -2805,18 +2811,33 @@ class Meter:
 
     def _tool_rows(self, state: CallState, metered: Metered) -> list[CallRecord]:
         """The rows of what the call's image_generation tool spent that OpenAI bills apart: its
-        images, and its SVG author's tokens (addon.image_tool). Their ids are made once: journaled
+        images, and its SVG author's tokens (addon.image_tool); and of what an Anthropic answer's
+        ``usage.iterations`` bill apart (``_iteration_rows``). Their ids are made once: journaled
         ahead, they are then submitted."""
+        rows = self._iteration_rows(state, metered)
         found = metered.tool_images
         if found is None or not found.billed:
-            return []
+            return rows
         if state.tool_row_id is None:
             state.tool_row_id = self._next_call_id()
         while len(state.svg_row_ids) < len(found.svg):
             state.svg_row_ids.append(self._next_call_id())
         images = tool_row(state.record, found, state.image_tool, state.tool_row_id)
-        return ([images] if images is not None else []) + svg_rows(
-            state.record, found, state.svg_row_ids, state.image_tool
+        return (
+            ([images] if images is not None else [])
+            + svg_rows(state.record, found, state.svg_row_ids, state.image_tool)
+            + rows
+        )
+
+    def _iteration_rows(self, state: CallState, metered: Metered) -> list[CallRecord]:
+        """The rows of what an Anthropic answer's ``usage.iterations`` bill apart from its top-level
+        usage: its advisor models' tokens, its declined hops' (addon.anthropic_models). Their ids
+        are made once: journaled ahead, they are then submitted."""
+        wanted = anthropic_models.row_count(metered.iterations)
+        while len(state.iteration_row_ids) < wanted:
+            state.iteration_row_ids.append(self._next_call_id())
+        return anthropic_models.iteration_rows(
+            state.record, metered.iterations, state.iteration_row_ids, state.advisor_sent
         )
 
     def _submit(self, record: CallRecord, store: Store | None = None, *, again: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 
@@ -48,6 +48,36 @@ class Usage:
             or self.output_image_tokens
             or self.cache_audio_read_tokens
         )
+
+
+def add_usages(first: Usage, second: Usage) -> Usage:
+    """The counts of ``first`` and ``second`` summed, bucket by bucket."""
+    return Usage(**{f.name: getattr(first, f.name) + getattr(second, f.name) for f in fields(Usage)})
+
+
+def subtract_usage(whole: Usage, part: Usage) -> Usage:
+    """The counts of ``whole`` less those of ``part`` (a part of it), never under zero."""
+    return Usage(**{f.name: max(getattr(whole, f.name) - getattr(part, f.name), 0) for f in fields(Usage)})
+
+
+@dataclass(frozen=True, slots=True)
+class Iterations:
+    """What an Anthropic answer's ``usage.iterations`` say beyond its top-level usage.
+
+    ``served_by``: the model of its ``fallback_message`` entry, the fallback model that served the
+    answer (server-side fallback), whose rates price the call. ``advisors``: the tokens of its
+    ``advisor_message`` entries, summed per advisor model (None: an entry naming none), which the
+    top-level usage leaves out and Anthropic bills at that model's rates: a row of their own each.
+    ``declined``: the tokens of the hops that declined before the serving one (``message`` entries
+    naming another model), summed per model, when the top-level usage is the sum of every hop's
+    (then split off it, each priced at its own model's rates). ``compaction``: the tokens of its
+    ``compaction`` entries, which the top-level usage leaves out too (already added to the call's).
+    """
+
+    served_by: str | None = None
+    advisors: tuple[tuple[str | None, Usage], ...] = ()
+    declined: tuple[tuple[str, Usage], ...] = ()
+    compaction: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +145,6 @@ class Metered:
     output_partial: bool = field(default=False, compare=False)
     # A Responses answer's image_generation tool calls (their images are billed apart), if any.
     tool_images: ToolImages | None = field(default=None, compare=False)
+    # An Anthropic answer's usage.iterations: the models besides the call's that it ran (an
+    # advisor, a fallback), if any entry says more than the top-level usage.
+    iterations: Iterations | None = field(default=None, compare=False)

@@ -10,6 +10,16 @@ carries a running count: a stream cut before the final ``message_delta`` (a stop
 ``message_stop`` has its output unknown (``Metered.output_partial``).
 The completion text (``content_block_delta`` events) is kept raw and decoded only when
 no usage came, or no final output count (``Metered.output_text``, for an offline estimate).
+
+``usage.iterations`` (in a stream, on the final ``message_delta``) breaks the call down by
+sampling iteration, each entry typed (``read_iterations``): ``message`` (the call's own model, the
+turns of a server-side tool loop; the top-level usage is their sum), ``compaction`` (the context
+compaction's own request: NOT in the top-level usage, per Anthropic's SDK, so added to it here, at
+the call's model), ``advisor_message`` (the advisor tool's sub-inference, ``model`` the advisor:
+left out of the top-level usage and billed at that model's rates, so metered on a row of its own)
+and ``fallback_message`` (server-side fallback: the fallback model that served the answer, ``model``
+it, whose rates then price the call; the hops that declined before it are ``message`` entries
+naming their model). Unknown types are ignored, never guessed at.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from addon.providers.openai_api import TextCollector
 from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.sse import SSEEvent
-from addon.usage import Metered, Usage
+from addon.usage import Iterations, Metered, Usage, add_usages, subtract_usage
 
 FLAVORS: tuple[str, ...] = ("messages",)
 
@@ -29,6 +39,9 @@ _PARSED = frozenset({"message_start", "message_delta", "error"})
 _IGNORED = frozenset({"ping", "content_block_start", "content_block_stop"})
 _COUNT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 _MAX_ERROR = 300
+MAX_ITERATIONS = 10_000  # usage.iterations entries read (a server-side tool loop's turns, each one)
+# What a hop of the call (not a compaction, not an advisor) is, in usage.iterations.
+_HOPS = frozenset({"message", "fallback_message"})
 
 
 def flavor_for_path(path: str) -> str | None:
@@ -103,6 +116,66 @@ def extract_usage(usage: Any) -> Usage | None:
     return usage_from_counts(counts) if merge_usage(counts, usage) else None
 
 
+def read_iterations(usage: Any, top: Usage | None) -> tuple[Usage | None, Iterations | None]:
+    """The call's usage, ``top`` (its top-level usage, read from ``usage``), with what the entries
+    of ``usage.iterations`` say besides: a ``compaction`` entry's tokens added (the top-level usage
+    leaves them out); ``advisor_message`` entries summed per advisor model and a ``fallback_message``
+    entry's model, the model that served the answer, returned apart (``Iterations``); and, when a
+    fallback served it and the top-level usage is the sum of every hop's, the hops that declined
+    before it (``message`` entries naming another model) taken off it, per model, to be priced at
+    their own model's rates. None for the iterations when they say nothing more. Never raises."""
+    entries = usage.get("iterations") if isinstance(usage, dict) else None
+    if top is None or not isinstance(entries, list) or not entries:
+        return top, None
+    served_by: str | None = None
+    advisors: dict[str | None, Usage] = {}
+    compaction: Usage | None = None
+    hops: list[tuple[str | None, str, Usage]] = []
+    for entry in entries[:MAX_ITERATIONS]:
+        counts = extract_usage(entry)
+        if counts is None:
+            continue
+        kind = entry.get("type")
+        model = _str(entry.get("model"))
+        if kind == "compaction":
+            compaction = counts if compaction is None else add_usages(compaction, counts)
+        elif kind == "advisor_message":
+            advisors[model] = add_usages(advisors[model], counts) if model in advisors else counts
+        elif kind in _HOPS:
+            hops.append((model, kind, counts))
+            if kind == "fallback_message" and model is not None:
+                served_by = model
+    declined: dict[str, Usage] = {}
+    if served_by is not None and hops and _same_counts(_total(u for _, _, u in hops), top):
+        for model, kind, counts in hops:
+            if kind == "message" and model is not None and model != served_by:
+                declined[model] = add_usages(declined[model], counts) if model in declined else counts
+        for counts in declined.values():
+            top = subtract_usage(top, counts)
+    if compaction is not None:
+        top = add_usages(top, compaction)
+    if served_by is None and not advisors and compaction is None:
+        return top, None
+    return top, Iterations(served_by, tuple(advisors.items()), tuple(declined.items()), compaction)
+
+
+def _total(usages: Any) -> Usage:
+    total = Usage()
+    for usage in usages:
+        total = add_usages(total, usage)
+    return total
+
+
+def _same_counts(one: Usage, other: Usage) -> bool:
+    """The same input, cache read, cache write and output counts."""
+    return (one.input_tokens, one.cache_read_tokens, one.cache_write_tokens, one.output_tokens) == (
+        other.input_tokens,
+        other.cache_read_tokens,
+        other.cache_write_tokens,
+        other.output_tokens,
+    )
+
+
 def parse_response(flavor: str, body: bytes) -> Metered:
     """Usage, model and error of a complete, content-decoded JSON response body. Never raises."""
     if not body.strip():
@@ -112,7 +185,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
         return Metered(error="response body is not a JSON object")
-    usage = extract_usage(obj.get("usage"))
+    usage, iterations = read_iterations(obj.get("usage"), extract_usage(obj.get("usage")))
     error = error_message(obj.get("error"))
     if usage is None and error is None:
         error = "no usage in response"
@@ -125,6 +198,7 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         output_text=text,
         service_tier=tier,
         inference_geo=inference_geo_of(obj.get("usage")),
+        iterations=iterations,
     )
 
 
@@ -146,6 +220,7 @@ class StreamParser:
         "_error",
         "_final",
         "_geo",
+        "_iterations",
         "_model",
         "_seen",
         "_text",
@@ -164,6 +239,7 @@ class StreamParser:
         self._bad = 0
         self._tier: str | None = None
         self._geo: str | None = None  # usage.inference_geo
+        self._iterations: Any = None  # the last usage.iterations list seen (the final message_delta's)
         self._text = TextCollector(_delta_texts, keep=_is_delta)
 
     @property
@@ -223,6 +299,8 @@ class StreamParser:
         if tier is not None and self._tier != "fast":  # fast mode, once said, is the price
             self._tier = tier
         self._geo = inference_geo_of(usage) or self._geo
+        if taken and isinstance(usage.get("iterations"), list):
+            self._iterations = usage  # the whole list each time: the last one stands
         return taken
 
     def result(self) -> Metered:
@@ -232,6 +310,7 @@ class StreamParser:
         message_start's placeholder or a running count: ``output_partial``, with the text seen for
         an estimate."""
         usage = usage_from_counts(self._counts) if self._seen else None
+        usage, iterations = read_iterations(self._iterations, usage)
         partial = usage is not None and not (self._final or self._done)
         error = self._error
         if usage is None and error is None:
@@ -247,6 +326,7 @@ class StreamParser:
             service_tier=self._tier,
             inference_geo=self._geo,
             output_partial=partial,
+            iterations=iterations,
         )
 
 
