@@ -66,6 +66,7 @@ from addon.image_tool import (
     tool_row,
 )
 from addon.live_state import LiveState, remove_dead, session_live_path, today_baseline
+from addon.model_rules import base_model
 from addon.notify import Notifier
 from addon.output_history import OutputHistory
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
@@ -84,6 +85,7 @@ from addon.providers import (
     openai_responses_ws,
     registry_for,
 )
+from addon.providers.anthropic_api import fallback_max_tokens
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
@@ -321,12 +323,17 @@ class FallbackRules:
 
 
 def _dearest(
-    estimate: Callable[[str | None], Decimal], others: Sequence[str]
+    estimate: Callable[[str | None], Decimal],
+    others: Sequence[str],
+    capped: Mapping[int, Callable[[str | None], Decimal]] | None = None,
 ) -> Callable[[str | None], Decimal]:
-    """``estimate`` at the dearest of the model sent and ``others`` (a call may run on any)."""
+    """``estimate`` at the dearest of the model sent and ``others`` (a call may run on any); the
+    ``others`` entry at index ``i`` by ``capped[i]`` where given (its own output cap)."""
 
     def dearest(model: str | None) -> Decimal:
-        return max(estimate(one) for one in dict.fromkeys((model, *others)))
+        costs = [estimate(model)]
+        costs += [(capped or {}).get(i, estimate)(one) for i, one in enumerate(others)]
+        return max(costs)
 
     return dearest
 
@@ -1740,6 +1747,21 @@ class Meter:
                 provider.deployments,
                 flow.request.headers.get(DEPLOYMENT_HEADER),
             )
+        # The Anthropic advisor tool's model too: it runs within the call, at its own rates.
+        advisors = None
+        if provider.name == "anthropic" and record.api_flavor == "messages":
+            advisors = anthropic_models.advisor_tools(body)
+        advised = None
+        if advisors is not None and (advisors.tools or advisors.error is not None):
+            found_advisors = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
+            advised = self._rule_fallbacks(record, found_advisors, advisor=True)
+        advisor_models: dict[int, str] = {}
+        if advised is not None and advisors is not None and advised.refused is None:
+            advisor_models = {
+                tool.index: sent
+                for tool, sent in zip(advisors.tools, advised.sent, strict=False)
+                if sent != tool.model
+            }
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models)
@@ -1748,6 +1770,8 @@ class Meter:
         reserved_body = body
         if body is not None and (reserved_models or svg_models):  # reserved at the models sent
             reserved_body = with_image_tool_models(body, reserved_models, svg_models)
+        if reserved_body is not None and advisor_models:  # reserved at the advisor models sent
+            reserved_body = anthropic_models.with_advisor_models(reserved_body, advisor_models)
         estimate = self._cost_estimate(
             record.provider,
             text_size,
@@ -1761,10 +1785,24 @@ class Meter:
             record.answers = answers  # stored: the history read back at a restart divides by it
             if len(self._answers_of) < MAX_ANSWER_COUNTS:
                 self._answers_of[record.id] = answers
-        # OpenRouter's fallback models: each held to the allowlist; the call reserved at the dearest.
+        # OpenRouter's fallback models, Anthropic's server-side fallbacks: each held to the
+        # allowlist; the call reserved at the dearest.
         ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
         if ruled is not None and ruled.sent:
-            estimate = _dearest(estimate, ruled.sent)
+            # An Anthropic fallbacks entry may set its attempt's own max_tokens: its estimate's cap.
+            caps = fallback_max_tokens(body) if provider.name == "anthropic" else {}
+            capped = {
+                i: self._cost_estimate(
+                    record.provider,
+                    text_size,
+                    {**reserved_body, "max_tokens": cap},
+                    record.inference_geo,
+                    flavor=record.api_flavor,
+                )
+                for i, cap in caps.items()
+                if reserved_body is not None
+            }
+            estimate = _dearest(estimate, ruled.sent, capped)
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
         disagreement = _azure_disagreement(provider, route, body) if model is None else None
         if disagreement is not None:
@@ -1785,7 +1823,13 @@ class Meter:
             record.model_requested = ruled.refused
         elif decision.refusal is None and ruled is not None and ruled.unreadable is not None:
             decision = self._unknown_model(record, decision, ruled.unreadable) or decision
+        if decision.refusal is None and advised is not None and advised.refused is not None:
+            decision = self._refuse_instead(decision, record, advised.refused, advised.why)
+            record.model_requested = advised.refused
+        elif decision.refusal is None and advised is not None and advised.unreadable is not None:
+            decision = self._unknown_model(record, decision, advised.unreadable) or decision
         rewrites_fallbacks = ruled is not None and ruled.changed and decision.refusal is None
+        rewrites_advisors = bool(advisor_models) and decision.refusal is None
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         legacy = record.api_flavor == "completions" and provider.name in CHAT_ONLY_PROVIDERS
         if downgrade and legacy and not serves_legacy_completions(downgrade):  # a rule written for chat
@@ -1793,7 +1837,9 @@ class Meter:
             decision = self._refuse_instead(decision, record, record.model_requested or "?", why)
             downgrade = None
         new_path, new_body = route, body
-        if downgrade or ((rewrites_tools or rewrites_fallbacks) and decision.refusal is None):
+        if downgrade or (
+            (rewrites_tools or rewrites_fallbacks or rewrites_advisors) and decision.refusal is None
+        ):
             try:
                 if provider.with_model is None:
                     raise ValueError(
@@ -1808,6 +1854,8 @@ class Meter:
                     new_body = with_image_tool_models(new_body, tool_models, svg_models)
                 if rewrites_fallbacks and ruled is not None and new_body is not None:
                     new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
+                if rewrites_advisors and new_body is not None:
+                    new_body = anthropic_models.with_advisor_models(new_body, advisor_models)
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from
@@ -1817,6 +1865,15 @@ class Meter:
         if self._answer_if_refused(flow, state, decision):
             return
         state.image_tool = rules.call if rules is not None else None
+        if advisors is not None and advisors.tools:
+            state.advisor_sent = {
+                base_model(sent): (tool.model, sent, "downgraded" if sent != tool.model else "allowed")
+                for tool, sent in zip(
+                    advisors.tools,
+                    [advisor_models.get(t.index, t.model) for t in advisors.tools],
+                    strict=True,
+                )
+            }
         inject = record.streamed and record.api_flavor in provider.usage_opt_in_flavors and body is not None
         if inject:
             options = body.get("stream_options")  # type: ignore[union-attr]
@@ -1825,14 +1882,21 @@ class Meter:
             )
         if header_deployment is not None:  # Azure: the image deployment header's downgrade
             flow.request.headers[DEPLOYMENT_HEADER] = header_deployment
-        if not (downgrade or inject or rewrites_tools or header_deployment or rewrites_fallbacks):
+        if not (
+            downgrade
+            or inject
+            or rewrites_tools
+            or header_deployment
+            or rewrites_fallbacks
+            or rewrites_advisors
+        ):
             return
         if inject and new_body is not None:
             options = {**(new_body.get("stream_options") or {}), "include_usage": True}
             new_body = {**new_body, "stream_options": options}
         # Only once the new request is in place does the row (and the client's notice) say so.
         spliced = None
-        rewritten = downgrade or rewrites_tools or rewrites_fallbacks
+        rewritten = downgrade or rewrites_tools or rewrites_fallbacks or rewrites_advisors
         if inject and not rewritten and "stream_options" not in body:  # type: ignore[operator]
             spliced = _with_usage_requested(flow.request.get_content() or b"")
         if spliced is not None:
@@ -1852,6 +1916,9 @@ class Meter:
             record.action = "downgraded"  # the request as sent is not the one asked for
             notices += ruled.notices
             log.info("tokometer: %s", "; ".join(ruled.notices))
+        if rewrites_advisors and advised is not None:  # the advisor's own row says its downgrade
+            notices += advised.notices
+            log.info("tokometer: %s", "; ".join(advised.notices))
         state.notice = "; ".join(notices) or None
         state.injected_usage = inject
 
@@ -2102,10 +2169,14 @@ class Meter:
         state.record.cost_usd, state.record.price_status = Decimal(0), NOT_BILLED
         self._submit(state.record)
 
-    def _rule_fallbacks(self, record: CallRecord, found: Fallbacks) -> FallbackRules:
-        """Each entry of a request's fallback list (OpenRouter's ``models``) held to the rules of
-        its environment as its model is: a disallowed one rewritten to its downgrade target, else
-        the call refused; a list that cannot be read whole refuses it where models are restricted."""
+    def _rule_fallbacks(
+        self, record: CallRecord, found: Fallbacks, *, advisor: bool = False
+    ) -> FallbackRules:
+        """Each entry of a request's fallback list (OpenRouter's ``models``, Anthropic's
+        ``fallbacks``; with ``advisor``, the models of its Anthropic advisor tools) held to the
+        rules of its environment as its model is: a disallowed one rewritten to its downgrade
+        target, else the call refused; a list that cannot be read whole refuses it where models
+        are restricted."""
         ruled = FallbackRules()
         first_object = len(found.models) - found.in_objects  # OpenRouter's `fallbacks` objects from here
         for i, entry in enumerate(found.models):
@@ -2113,13 +2184,19 @@ class Meter:
             decision = self.enforcer.decide_model(record.provider, record.environment, entry)
             if decision.refusal is not None:
                 ruled.refused = entry
-                ruled.why = f"it is in the request's {listed} list, which {record.provider} may run instead"
+                ruled.why = (
+                    f"it is the model of the request's advisor tool, which {record.provider} runs "
+                    "within the call"
+                    if advisor
+                    else f"it is in the request's {listed} list, which {record.provider} may run instead"
+                )
                 return ruled
             sent = decision.model_sent or entry
             ruled.sent.append(sent)
             if sent != entry:
                 ruled.changed = True
-                ruled.notices.append(f"{listed} list: {decision.notice or entry + ' -> ' + sent}")
+                where = "advisor tool" if advisor else f"{listed} list"
+                ruled.notices.append(f"{where}: {decision.notice or entry + ' -> ' + sent}")
         if found.error is not None and self.models_restricted(record.environment):
             ruled.unreadable = (
                 f"{found.error}, so the models it may run cannot all be checked against the allowlist"
@@ -2406,6 +2483,13 @@ class Meter:
             for author in authors:  # the SVG author's tokens: a row of their own, at its text rates
                 written = self.outputs.reserved(provider, author)  # the call's cap is its text model's
                 cost += self.pricer.estimate(provider, author, 0, written * calls, geo)
+            if provider == "anthropic" and flavor == "messages":
+                # Each consultation of an advisor tool reads the transcript and writes up to its
+                # max_tokens (else its model's p90 here), at the advisor's rates: a row of its own.
+                for advisor in anthropic_models.advisor_tools(body).tools:
+                    written = advisor.max_tokens or self.outputs.reserved(provider, advisor.model)
+                    uses = anthropic_models.reserved_uses(advisor)
+                    cost += self.pricer.estimate(provider, advisor.model, tokens, written, geo) * uses
             return cost
 
         def estimate_or_text(model: str | None) -> Decimal:

@@ -454,6 +454,8 @@ BUILTIN: tuple[Provider, ...] = (
             stream_parser=anthropic_api.StreamParser,
             key_headers=("x-api-key", "authorization"),
             batch_api="anthropic",
+            # Server-side fallback's `fallbacks` (models Anthropic may run instead): each checked.
+            fallback_models=anthropic_api.fallback_models,
             # Claude Code logged in to a Pro/Max plan (`claude setup-token`, CLAUDE_CODE_OAUTH_TOKEN)
             # sends `Authorization: Bearer sk-ant-oat01-...`: the plan's quota, not API credits.
             subscription_key_prefixes=("sk-ant-oat",),

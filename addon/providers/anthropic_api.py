@@ -28,6 +28,7 @@ import json
 from typing import Any
 
 from addon.providers.openai_api import TextCollector
+from addon.providers.openrouter import MAX_FALLBACK_MODELS, MAX_MODEL_NAME, Fallbacks
 from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.sse import SSEEvent
@@ -51,6 +52,53 @@ def flavor_for_path(path: str) -> str | None:
     """
     path = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
     return "messages" if path.endswith("/v1/messages") else None
+
+
+FALLBACKS = "fallbacks"  # server-side fallback's list of {"model": ...} objects, or "default"
+DEFAULT_FALLBACKS = "default"
+
+
+def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
+    """The models a Messages request's server-side ``fallbacks`` may run (beta
+    ``server-side-fallback-2026-07-01``): a declined answer is retried on each entry's ``model`` in
+    order, billed at its rates. None when the request names none (absent, null). ``"default"``
+    (Anthropic's recommended fallback for the refusal's category, chosen server-side) names no
+    model the proxy can check: read as a list that cannot be read whole, as is a list that is not
+    one, an entry naming no model, or more than ``MAX_FALLBACK_MODELS`` entries. Never raises."""
+    listed = body.get(FALLBACKS) if isinstance(body, dict) else None
+    if listed is None:
+        return None
+    if listed == DEFAULT_FALLBACKS:
+        return Fallbacks(
+            error=f'its {FALLBACKS} is "{DEFAULT_FALLBACKS}" (the fallback models Anthropic picks, '
+            "server-side)"
+        )
+    if not isinstance(listed, list):
+        return Fallbacks(error=f"its {FALLBACKS} list is not a list")
+    found: list[str] = []
+    for i, entry in enumerate(listed):
+        if i >= MAX_FALLBACK_MODELS:
+            return Fallbacks(
+                tuple(found), f"its {FALLBACKS} list has more than {MAX_FALLBACK_MODELS} entries", i
+            )
+        model = entry.get("model") if isinstance(entry, dict) else None
+        if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
+            return Fallbacks(tuple(found), f"entry {i + 1} of its {FALLBACKS} list names no model", i)
+        found.append(model)
+    return Fallbacks(tuple(found), None, len(found))
+
+
+def fallback_max_tokens(body: dict[str, Any] | None) -> dict[int, int]:
+    """The ``max_tokens`` each ``fallbacks`` entry sets for its attempt (by index; an entry without
+    one uses the request's)."""
+    listed = body.get(FALLBACKS) if isinstance(body, dict) else None
+    if not isinstance(listed, list):
+        return {}
+    return {
+        i: entry["max_tokens"]
+        for i, entry in enumerate(listed[:MAX_FALLBACK_MODELS])
+        if isinstance(entry, dict) and type(entry.get("max_tokens")) is int and entry["max_tokens"] > 0
+    }
 
 
 def merge_usage(counts: dict[str, int], usage: Any) -> bool:
