@@ -34,4 +34,6 @@ def key_of_header(value: str) -> str | None:
     value = value.strip()
     if value[:7].lower() == "bearer ":
         value = value[7:].strip()
+    elif value.lower() == "bearer":  # the scheme with no token (an SDK given an empty one)
+        return None
     return value or None

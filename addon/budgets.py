@@ -190,10 +190,12 @@ class BudgetRefusal:
         )
 
 
-def _weight(refusal: BudgetRefusal) -> tuple[bool, bool]:
-    """Orders the refusals of one call's budgets: spent first, then held for long (background
-    responses), then filled by calls in flight."""
-    return (refusal.spent >= refusal.budget.usd, refusal.spent_out)
+def _weight(refusal: BudgetRefusal) -> tuple[bool, int]:
+    """Orders the refusals of one call's budgets: those that stand for long (spent, or held by
+    background responses) before those filled by calls in flight, and of these the one the call
+    must wait for longest (its ``retry_after``: the call passes only once every budget has room;
+    ties go to the first in order)."""
+    return (refusal.spent_out, refusal.retry_after)
 
 
 def _room_after_holds(

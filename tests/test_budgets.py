@@ -159,7 +159,7 @@ def test_spend_exactly_at_the_cap_is_refused_and_retry_after_rounds_up() -> None
     assert tracker.check([STAGING], utc(2026, 11, 29)) is None
 
 
-def test_the_first_exhausted_scope_in_order_is_reported() -> None:
+def test_the_exhausted_scope_the_call_waits_longest_for_is_reported() -> None:
     tracker = BudgetTracker(POLICIES)
     ts = utc(2026, 11, 26, 10)
     scopes = scopes_for("development", "ci", "bob")
@@ -170,7 +170,10 @@ def test_the_first_exhausted_scope_in_order_is_reported() -> None:
         "user bob budget of $5.00 per week is spent: $5.00 used since 2026-11-23 (UTC); resets in 3d 14h"
     )
     tracker.record(scopes, Decimal("15"), ts)  # key ci: 20 of 20
-    assert tracker.check(scopes, ts).scope == CI
+    # Both spent: the call passes only when both have room, so the later reset (bob's week, not
+    # ci's day) is the one it is told; alone, ci's is.
+    assert tracker.check(scopes, ts).scope == BOB
+    assert tracker.check(scopes_for("development", "ci"), ts).scope == CI
     assert tracker.check([PROD], ts) is None  # no budget: never refused
     assert tracker.check([], ts) is None
 
