@@ -604,6 +604,7 @@ def _maybe_large(response: http.Response) -> bool:
 
 
 _SLASHES = re.compile(r"/{2,}")
+_ESCAPED_SEPARATOR = re.compile(r"%2[fFeE]|%5[cC]")  # "/", ".", "\\" escaped in a path
 
 
 def _fully_decoded(route: str) -> str | None:
@@ -1113,12 +1114,28 @@ class Meter:
         # Our header never goes upstream, whatever the path.
         tags_header = flow.request.headers.pop(TAGS_HEADER, None)
         route = self._route_as_read(flow, provider, host)
+        # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing calls an
+        # API here. Read it so, never rewritten (another server reads it as sent). An Azure path
+        # with an escaped slash or dot is read decoded first: no deployment name holds either, so
+        # "/openai/v1/deployments%2Fteam-big/chat/completions" names team-big, not its body's model.
+        decoded = _fully_decoded(route)
+        first = (
+            decoded
+            if decoded is not None
+            and provider.name == "azure"
+            and _ESCAPED_SEPARATOR.search(route.partition("?")[0])
+            else None
+        )
+        if first is not None and self._follow(flow, provider, host, tags_header, first):
+            self._log_route_once(host, flow.request.path, first, "read as")
+            return
         if self._follow(flow, provider, host, tags_header, route):
             return
-        # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing calls an
-        # API here. Read it so, never rewritten (another server reads it as sent).
-        decoded = _fully_decoded(route)
-        if decoded is not None and self._follow(flow, provider, host, tags_header, decoded):
+        if (
+            decoded is not None
+            and decoded != first
+            and self._follow(flow, provider, host, tags_header, decoded)
+        ):
             self._log_route_once(host, flow.request.path, decoded, "read as")
             return
         if flow.request.method == "POST" and self.policies.restricts_models and flow not in self._uploads:

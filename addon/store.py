@@ -507,6 +507,17 @@ def _keep_unreadable(journal: Path, lines: list[bytes]) -> None:
         log.warning("tokometer: could not keep the unreadable lines of %s: %s", journal, exc)
 
 
+def _readable_line(line: bytes) -> bool:
+    """Can this version read ``line`` as a call (quietly: no log)?"""
+    if not line.strip():
+        return False
+    try:
+        CallRecord.from_json(line)
+    except Exception:
+        return False
+    return True
+
+
 def _read_fd(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     chunks: list[bytes] = []
@@ -930,6 +941,42 @@ class Store:
                 _keep_unreadable(path, unreadable)
             log.info("tokometer: replaying %d call(s) from %s", len(records), path)
             self._adopted.append(_Adopted(path, fd, records))
+            with self._lock:
+                self._replayed += len(records)
+        self._adopt_set_aside()
+
+    def _adopt_set_aside(self) -> None:
+        """Take the lines another version set aside (``<session>.unreadable``: a proxy of another
+        version replayed a journal of this one, during an upgrade or a downgrade) that this version
+        reads: stored as a dead journal's are. The lines it cannot read either stay set aside."""
+        try:
+            paths = sorted(self.journal_dir.glob(f"*{UNREADABLE_SUFFIX}"))
+        except OSError:
+            return
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another proxy taking them: theirs
+                data = _read_fd(fd)
+                if not any(_readable_line(line) for line in data.split(b"\n")):
+                    raise FileNotFoundError(path)  # none for this version: left for the one that wrote them
+                # Taken under a name of ours, locked, then read (an older proxy appending from now
+                # on makes a new file at the old name); if this proxy dies before storing them,
+                # the next start takes them.
+                taken = path.with_name(f"{path.stem}.taken-{self.session_id}{UNREADABLE_SUFFIX}")
+                os.rename(path, taken)
+                unreadable: list[bytes] = []
+                records = parse_journal(_read_fd(fd), taken, unreadable)
+            except OSError:
+                os.close(fd)
+                continue
+            if unreadable:
+                _keep_unreadable(path, unreadable)  # still set aside, at the old name
+            log.info("tokometer: storing %d call(s) set aside in %s", len(records), path)
+            self._adopted.append(_Adopted(taken, fd, records))
             with self._lock:
                 self._replayed += len(records)
 
