@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from addon.model_rules import first_mapping, is_pattern, matches_any
+from addon.model_rules import first_mapping, in_form_of, is_pattern, matches_any
 
 ENVIRONMENT_NAME_HINT = "a short name such as development, staging or production"
 ENVIRONMENT_ALIASES: Mapping[str, str] = MappingProxyType(
@@ -92,8 +92,13 @@ class ModelRules:
         return "*" in self.allow or matches_any(self.allow, model)
 
     def downgrade_target(self, model: str) -> str | None:
-        """The mapped target of the first ``downgrade`` pattern matching ``model``, or None."""
-        return first_mapping(self.downgrade, model)
+        """The mapped target of the first ``downgrade`` pattern matching ``model``, written in the
+        form of ``model``'s id (``openai/gpt-4o`` -> ``openai/gpt-4o-mini``), or None: no pattern
+        matches, or the target cannot be written in that form (a Bedrock id) or would not be
+        allowed as written."""
+        target = first_mapping(self.downgrade, model)
+        sent = in_form_of(model, target) if target is not None else None
+        return sent if sent is not None and self.is_allowed(sent) else None
 
     def resolve(self, model: str) -> tuple[str, str | None]:
         """``("allowed", model)``, ``("downgraded", target)`` or ``("blocked", None)``."""
@@ -953,11 +958,30 @@ class _Validator:
                 found[str(name)] = text
         return found
 
-    def prices(self, value: Any, line: int) -> tuple[tuple[str, PriceOverride], ...]:
+    def prices(
+        self, value: Any, line: int, custom: tuple[CustomProvider, ...] = ()
+    ) -> tuple[tuple[str, PriceOverride], ...]:
+        from addon.providers import BUILTIN  # here: the registry reads these policies' types
+
+        builtin, declared = [p.name for p in BUILTIN], [p.name for p in custom]
+        providers = builtin + declared
         found: list[tuple[str, PriceOverride]] = []
         for pattern, entry in self.named_entries(value, line, "prices").items():
             path = f"prices.{_show(pattern)}"
             entry_line = _line_of(value, pattern, line)
+            scope, slash, _ = str(pattern).partition("/")
+            if slash and scope != "models" and scope not in providers:
+                # provider/model: a scope no call is recorded under would never match, silently;
+                # most often it is OpenRouter's vendor/model id written as the model alone.
+                self.error(
+                    entry_line,
+                    path,
+                    f"a key with a slash is provider/model, and {_show(scope)[:40]} is no provider "
+                    f"(built in: {', '.join(builtin)}; under providers: {', '.join(declared) or 'none'}), "
+                    "so it would never match: declare it under providers:, or, for OpenRouter's "
+                    f"model id {_show(str(pattern))[:80]}, write openrouter/{_show(str(pattern))[:80]}",
+                )
+                continue
             data = self.mapping(entry, entry_line, path, _PRICE_KEYS)
             given = {key for key in _PRICE_KEYS if data.get(key) is not None}
             tokens = given & {"input", "output"}
@@ -1029,7 +1053,7 @@ class _Validator:
         deployments = self.azure_deployments(
             data.get("azure_deployments"), _line_of(data, "azure_deployments", 1)
         )
-        prices = self.prices(data.get("prices"), _line_of(data, "prices", 1))
+        prices = self.prices(data.get("prices"), _line_of(data, "prices", 1), providers)
         premium = None
         if data.get("premium_usd_per_mtok") is not None:
             premium = self.decimal(

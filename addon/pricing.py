@@ -514,7 +514,7 @@ class Pricer:
                 scope, _, model_pattern = pattern.partition("/")
                 if scope != provider:
                     continue
-            if model_matches(model_pattern, model):
+            if model_matches(model_pattern, model, as_written=True):  # a price is for the id as written
                 priced_as = base_model(model) if is_pattern(model_pattern) else strip_prefix(model_pattern)
                 return priced_as, override
         return None

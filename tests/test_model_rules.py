@@ -95,3 +95,149 @@ def test_block_ignores_the_downgrade_map_and_empty_allow_blocks_all() -> None:
     nothing = ModelRules(allow=())
     assert nothing.is_allowed("gpt-4o-mini") is False
     assert ModelRules().is_allowed("whatever") is True
+
+
+# --- a provider's id of a model (vendor prefix, OpenRouter variant, Bedrock) -----------------
+
+HAIKU_RULES = ModelRules(
+    allow=("*-mini", "claude-haiku-*", "claude-haiku-4-5", "gemini-*-flash*"),
+    downgrade=(("gpt-4o", "gpt-4o-mini"), ("claude-sonnet-*", "claude-haiku-4-5")),
+)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "anthropic/claude-haiku-4.5",  # OpenRouter
+        "anthropic/claude-haiku-4.5:nitro",
+        "anthropic/claude-haiku-4.5:free",
+        "openai/gpt-4o-mini",
+        "google/gemini-2.5-flash",
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",  # Bedrock, a cross-region profile
+        "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "anthropic.claude-haiku-4-5-20251001-v1:0",  # Bedrock, the foundation model
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+    ],
+)
+def test_a_rule_for_a_model_name_matches_the_providers_ids_of_it(model: str) -> None:
+    assert HAIKU_RULES.is_allowed(model)
+
+
+def test_openrouter_writes_anthropic_versions_with_dots_and_a_rule_with_dashes_matches_them() -> None:
+    assert model_matches("claude-haiku-4-5", "anthropic/claude-haiku-4.5")
+    assert model_matches("claude-sonnet-4-5", "anthropic/claude-sonnet-4.5")
+    assert not model_matches("claude-sonnet-4-5", "anthropic/claude-sonnet-4.6")
+    assert not model_matches("gpt-4-1", "openai/gpt-4.1")  # only Anthropic's versions are spelled two ways
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "Anthropic/claude-haiku-4.5",  # a vendor in capitals: no provider writes it so
+        "anthropic/Claude-haiku-4.5",
+        "anthropic//claude-haiku-4.5",
+        "anthropic/../claude-haiku-4.5",
+        "x/anthropic/claude-haiku-4.5",
+        "/claude-haiku-4.5",
+        "anthropic/claude-haiku-4.5:unknown-variant",
+        "anthropic/claude-haiku-4.5 ",
+        "anthropic/claude-haiku-4.5\n",
+        " anthropic/claude-haiku-4.5",
+        "anthropic\u2215claude-haiku-4.5",  # DIVISION SLASH
+        "anthropic/\u0441laude-haiku-4.5",  # a Cyrillic es
+        "\u0430nthropic/claude-haiku-4.5",  # a Cyrillic a in the vendor
+        "anthropic/claude-haiku-\uff14.\uff15",  # full-width digits
+        "claude-opus-4.1/claude-haiku-4.5",  # a "vendor" with a dot is a model id, not a vendor
+        "xx.anthropic.claude-haiku-4-5-20251001-v1:0",  # no such Bedrock geography
+        "us.us.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "us.anthropic.claude-haiku-4-5-20251001",  # no Bedrock version
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123",
+        "arn:aws:bedrock:us-east-1:123456789012:custom-model/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+    ],
+)
+def test_other_spellings_match_only_as_written(model: str) -> None:
+    """Nothing a provider would not write is read as a cheap model's id: refused, as before."""
+    assert not HAIKU_RULES.is_allowed(model)
+    assert HAIKU_RULES.downgrade_target(model) is None
+
+
+def test_a_rule_written_with_a_prefix_matches_only_that_prefix() -> None:
+    rules = ModelRules(allow=("openai/*", "us.anthropic.claude-haiku-*"))
+    assert rules.is_allowed("openai/gpt-4o")
+    assert not rules.is_allowed("gpt-4o")
+    assert not rules.is_allowed("anthropic/gpt-4o")
+    assert not rules.is_allowed("openai.gpt-4o")
+    assert rules.is_allowed("us.anthropic.claude-haiku-4-5-20251001-v1:0")
+    assert not rules.is_allowed("eu.anthropic.claude-haiku-4-5-20251001-v1:0")
+    assert not rules.is_allowed("anthropic/claude-haiku-4.5")
+    assert not rules.is_allowed("claude-haiku-4-5")
+
+
+@pytest.mark.parametrize(
+    ("requested", "sent"),
+    [
+        ("gpt-4o", "gpt-4o-mini"),
+        ("openai/gpt-4o", "openai/gpt-4o-mini"),  # OpenRouter: the same form
+        ("openai/gpt-4o-2024-08-06", "openai/gpt-4o-mini"),
+        ("openai/gpt-4o:nitro", "openai/gpt-4o-mini:nitro"),  # a routing variant applies to any model
+        ("openai/gpt-4o:extended", "openai/gpt-4o-mini"),  # a model's own variant does not
+        ("anthropic/claude-sonnet-4.5", "anthropic/claude-haiku-4.5"),  # OpenRouter's spelling
+        ("anthropic/claude-sonnet-4-5", "anthropic/claude-haiku-4-5"),  # a gateway's
+        ("claude-sonnet-4-5-20250929", "claude-haiku-4-5"),
+        # Bedrock: the target's id (date, version) is not knowable from its name: refused
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", None),
+    ],
+)
+def test_a_downgrade_writes_the_target_in_the_form_of_the_requested_id(
+    requested: str, sent: str | None
+) -> None:
+    assert HAIKU_RULES.downgrade_target(requested) == sent
+    assert HAIKU_RULES.resolve(requested) == (("downgraded", sent) if sent else ("blocked", None))
+
+
+def test_a_target_written_in_a_providers_form_is_sent_as_written() -> None:
+    rules = ModelRules(
+        allow=("claude-haiku-*", "openai/gpt-4o-mini"),
+        downgrade=(
+            ("claude-sonnet-*", "us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            ("gpt-4o", "openai/gpt-4o-mini"),
+        ),
+    )
+    assert rules.downgrade_target("us.anthropic.claude-sonnet-4-5-20250929-v1:0") == (
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+    )
+    assert rules.downgrade_target("gpt-4o") == "openai/gpt-4o-mini"
+
+
+def test_a_target_that_would_not_be_allowed_as_written_is_no_downgrade() -> None:
+    """A prefixed allowlist allows the target by its prefix only: written for another vendor's
+    id it would not be allowed, so the call is refused, not sent to an unchecked model."""
+    rules = ModelRules(allow=("openai/gpt-4o-mini",), downgrade=(("*gpt-4o", "openai/gpt-4o-mini"),))
+    assert rules.downgrade_target("openai/gpt-4o") == "openai/gpt-4o-mini"
+    plain = ModelRules(allow=("gpt-4o-mini",), downgrade=(("*", "gpt-4o-mini"),))
+    assert plain.downgrade_target("Anthropic/claude-opus-4.1") == "gpt-4o-mini"  # as before
+
+
+@pytest.mark.parametrize(
+    ("requested", "target", "sent"),
+    [
+        ("anthropic/claude-opus-4.1", "gpt-4o-mini", "openai/gpt-4o-mini"),  # the target's own vendor
+        ("openai/gpt-4o", "claude-haiku-4-5", "anthropic/claude-haiku-4.5"),  # OpenRouter's spelling
+        ("openai/gpt-4o", "gemini-2.5-flash", "google/gemini-2.5-flash"),
+        ("meta-llama/llama-3.3-70b-instruct", "llama-3.1-8b-instruct", "meta-llama/llama-3.1-8b-instruct"),
+        ("openai/gpt-4o", "my-local-model", None),  # whose is it? not knowable: refused
+    ],
+)
+def test_a_cross_vendor_downgrade_goes_under_the_targets_vendor(
+    requested: str, target: str, sent: str | None
+) -> None:
+    rules = ModelRules(
+        allow=("*-mini", "claude-haiku-*", "*flash*", "*8b*", "my-*"), downgrade=(("*", target),)
+    )
+    assert rules.downgrade_target(requested) == sent
+
+
+def test_prices_still_match_the_id_as_written() -> None:
+    """A price is for the id it names: gpt-4o's negotiated rate is not OpenRouter's openai/gpt-4o."""
+    assert not model_matches("gpt-4o", "openai/gpt-4o", as_written=True)
+    assert model_matches("gpt-4o", "gpt-4o-2024-08-06", as_written=True)

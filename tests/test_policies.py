@@ -647,3 +647,27 @@ def test_a_default_environment_one_typo_from_a_declared_one_is_an_error() -> Non
     )
     assert parse_policies("default_environment: sandbox\n" + declared).default_environment == "sandbox"
     assert parse_policies("default_environment: dev\n" + declared).default_environment == "development"
+
+
+def test_a_price_key_scoped_to_no_provider_is_refused_naming_the_openrouter_spelling() -> None:
+    """`"somevendor/other-*"` (a model as OpenRouter shows it) was read as provider somevendor
+    and model other-*, and silently never matched any call: now refused at load."""
+    with pytest.raises(PolicyError) as err:
+        parse_policies('prices:\n  "somevendor/other-*": {input: 1, output: 2}\n')
+    message = str(err.value)
+    assert "policies.yaml:2: prices.somevendor/other-*:" in message
+    assert "somevendor is no provider" in message and "openrouter/somevendor/other-*" in message
+    with pytest.raises(PolicyError, match=r"ollama is no provider .*declare it under providers:"):
+        parse_policies('prices:\n  "ollama/*": {input: 0, output: 0}\n')  # the provider left out
+    ok = parse_policies(
+        "providers:\n  ollama: {url: 'http://localhost:11434'}\nprices:\n"
+        '  "openrouter/somevendor/other-*": {input: 1, output: 2}\n'
+        '  "ollama/*": {input: 0, output: 0}\n  "models/gemini-x": {input: 1, output: 2}\n'
+        '  "openai/gpt-4o": {input: 1, output: 2}\n'
+    )
+    assert [key for key, _ in ok.prices] == [
+        "openrouter/somevendor/other-*",
+        "ollama/*",
+        "models/gemini-x",
+        "openai/gpt-4o",
+    ]

@@ -83,6 +83,8 @@ def record(provider: str, model: str, usage: Usage) -> CallRecord:
 def test_prices_from_policies_come_first_and_price_each_bucket_once() -> None:
     policies = parse_policies(
         """
+providers:
+  ollama: {url: "http://localhost:11434", api: openai}
 prices:
   "ollama/*": {input: 0, output: 0}
   gpt-4o: {input: 2, cached_input: 1, cache_write: 3, output: 8}

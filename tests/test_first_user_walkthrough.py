@@ -1,0 +1,74 @@
+"""Defects a first-time user found following README.md (29 Nov 2026); each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from addon.meter import Meter
+from addon.model_rules import matches_any
+from addon.policies import parse_policies
+from tests import test_meter
+from tests.test_meter import make_flow, run_request, sent_body
+
+meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
+SHIPPED = Path(__file__).parents[1] / "policies.yaml"
+
+
+def test_the_shipped_development_allowlist_treats_prefixed_model_ids_alike() -> None:
+    """With the checkout's policies.yaml, in development through OpenRouter:
+    `openai/gpt-4o-mini` is allowed (`*-mini` matches across the slash) but
+    `anthropic/claude-haiku-4.5`, the cheap model the same allowlist means by `claude-haiku-*`, is
+    refused 403, and `openai/gpt-4o` is refused instead of downgraded by `gpt-4o: gpt-4o-mini`.
+    Bedrock's `us.anthropic.claude-haiku-4-5-20251001-v1:0` is refused the same way. README says
+    only a trailing date and Gemini's `models/` are stripped, and nowhere how to allow a vendor-
+    prefixed id, so a first-time user on OpenRouter or Bedrock gets their cheap Claude blocked."""
+    policies = parse_policies(SHIPPED.read_text())
+    allow = policies.environments["development"].models.allow
+    assert matches_any(allow, "openai/gpt-4o-mini")  # passes today
+    assert matches_any(allow, "anthropic/claude-haiku-4.5"), "OpenRouter's Claude Haiku 4.5 is refused"
+    assert matches_any(allow, "us.anthropic.claude-haiku-4-5-20251001-v1:0"), "Bedrock's is refused"
+    assert not matches_any(allow, "anthropic/claude-opus-4.1")
+    assert not matches_any(allow, "us.anthropic.claude-opus-4-1-20250805-v1:0")
+
+
+async def test_openrouter_calls_are_downgraded_in_openrouters_form_by_the_shipped_rules(meter: Meter) -> None:
+    """`openai/gpt-4o` through OpenRouter in development: downgraded to `openai/gpt-4o-mini` (the
+    id OpenRouter knows, not the bare `gpt-4o-mini`); `anthropic/claude-sonnet-4.5` to
+    `anthropic/claude-haiku-4.5`; `anthropic/claude-haiku-4.5` sent as asked."""
+    meter._apply(parse_policies(SHIPPED.read_text()))
+    url = "https://openrouter.ai/api/v1/chat/completions"
+    for asked, sent in [
+        ("openai/gpt-4o", "openai/gpt-4o-mini"),
+        ("anthropic/claude-sonnet-4.5", "anthropic/claude-haiku-4.5"),
+        ("anthropic/claude-haiku-4.5", "anthropic/claude-haiku-4.5"),
+    ]:
+        flow = make_flow(url, {"model": asked, "messages": [{"role": "user", "content": "hi"}]})
+        await run_request(meter, flow)
+        assert flow.response is None, flow.response and flow.response.get_text()
+        assert sent_body(flow)["model"] == sent
+        record = meter.call_state(flow).record  # type: ignore[union-attr]
+        assert (record.model_requested, record.model_sent) == (asked, sent)
+        assert record.action == ("allowed" if asked == sent else "downgraded")
+
+
+async def test_a_bedrock_call_to_an_allowed_model_passes_and_another_is_refused(meter: Meter) -> None:
+    """Bedrock's id of Claude Haiku passes the shipped allowlist; Sonnet's would be downgraded, but
+    a Bedrock request is signed (and the target's Bedrock id unknown): refused, 403."""
+    meter._apply(parse_policies(SHIPPED.read_text()))
+    host = "https://bedrock-runtime.us-east-1.amazonaws.com"
+    body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    auth = {
+        "authorization": "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261129/us-east-1/bedrock/aws4_request"
+    }
+    haiku = make_flow(
+        f"{host}/model/us.anthropic.claude-haiku-4-5-20251001-v1:0/converse", body, headers=auth
+    )
+    await run_request(meter, haiku)
+    assert haiku.response is None
+    sonnet = make_flow(
+        f"{host}/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/converse", body, headers=auth
+    )
+    await run_request(meter, sonnet)
+    assert sonnet.response is not None and sonnet.response.status_code == 403
+    assert "not allowed" in json.loads(sonnet.response.get_content() or b"{}")["message"]
