@@ -4,13 +4,15 @@
 notification where one is available (``notify-send`` on Linux with a graphical session,
 ``osascript`` on macOS; silently skipped elsewhere) and, if policies.yaml names one, a JSON
 POST to the webhook: ``{"text": MESSAGE, "kind": KIND, "title": TITLE, ...data}`` (``text``
-makes it a Slack incoming-webhook message). A failing destination is logged once, then not
+makes it a Slack incoming-webhook message; credentials in the URL, ``https://user:pass@host/``,
+are sent as basic auth). A failing destination is logged once, then not
 again until a send to it succeeds. The Notifier does not deduplicate: the once-per-threshold
 logic lives in ``BudgetTracker``, so every ``notify`` is one message.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -275,12 +278,15 @@ class Notifier:
 
     def _post(self, url: str, timeout: float, item: _Message) -> None:
         body = json.dumps(webhook_payload(item.title, item.message, item.kind, item.data), default=str)
+        url, authorization = webhook_target(url)
         request = urllib.request.Request(
             url,
             data=body.encode(),
             headers={"Content-Type": "application/json", "User-Agent": APP_NAME},
             method="POST",
         )
+        if authorization is not None:  # unredirected: never sent on to where a redirect points
+            request.add_unredirected_header("Authorization", authorization)
         with self._opener.open(request, timeout=timeout) as response:
             response.read()
 
@@ -306,6 +312,20 @@ class Notifier:
         if destination in self._failing:
             self._failing.discard(destination)
             log.info("tokometer: %s notifications work again", destination)
+
+
+def webhook_target(url: str) -> tuple[str, str | None]:
+    """The URL to POST to and the ``Authorization`` header its credentials ask for: a URL with
+    ``user:password@`` before its host (a self-hosted receiver, ntfy) is sent without them, with
+    basic auth instead (urllib would read ``user:password@host`` as the host name)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), authorization
 
 
 def _describe(exc: BaseException) -> str:

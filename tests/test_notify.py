@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from addon.budgets import BudgetTracker, scopes_for
-from addon.notify import Notifier, alert_notification, desktop_command, webhook_payload
+from addon.notify import Notifier, alert_notification, desktop_command, webhook_payload, webhook_target
 from addon.policies import NotificationSettings, PolicyError, parse_policies
 
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
@@ -377,3 +378,65 @@ def test_the_checkout_policies_yaml_documents_notifications() -> None:
     assert parse_policies(example).notifications == NotificationSettings(
         desktop=True, webhook="https://hooks.slack.com/services/T000/B000/XXXXXXXX", timeout_s=5.0
     )
+
+
+# -- a webhook URL with credentials (user:password@host) -----------------------------------------
+
+
+def test_a_webhook_url_with_credentials_is_sent_with_basic_auth(hook: Hook) -> None:
+    """Before, urllib read `user:pass@127.0.0.1:port` as the host: nothing was ever delivered and the
+    log said `Name or service not known`. Now the credentials go as basic auth, not in the URL."""
+    url = hook.url.replace("http://", "http://alerts:s3%40cret%3A@")
+    notifier = Notifier(NotificationSettings(webhook=url, timeout_s=2), **no_desktop())
+    notifier.notify("t", "over budget", kind="budget_exhausted")
+    assert notifier.close(5) is True
+    assert [m["text"] for m in hook.received] == ["over budget"]
+    assert hook.paths == ["/services/T0/B0/secretpath"]
+    assert hook.headers[0]["Authorization"] == "Basic " + base64.b64encode(b"alerts:s3@cret:").decode()
+    assert webhook_target("https://u@h.example/x?q=1") == ("https://h.example/x?q=1", "Basic dTo=")
+    assert webhook_target(hook.url) == (hook.url, None)
+
+
+def test_a_failing_webhook_with_credentials_never_logs_them(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tokometer")
+    dead = closed_port_url().replace("http://", "http://alerts:s3cret@")
+    notifier = Notifier(NotificationSettings(webhook=dead, timeout_s=1), **no_desktop())
+    notifier.notify("t", "lost", kind="budget_alert")
+    assert notifier.close(10) is True
+    [failure] = [r.getMessage() for r in caplog.records if "notification failed" in r.getMessage()]
+    assert "Connection refused" in failure
+    assert "s3cret" not in caplog.text and "alerts" not in caplog.text
+
+
+def test_webhook_credentials_are_not_sent_on_where_a_redirect_points() -> None:
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the redirected request (a 302 turns the POST into a GET)
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://alerts:s3cret@127.0.0.1:{server.server_address[1]}/hook"
+        notifier = Notifier(NotificationSettings(webhook=url, timeout_s=2), **no_desktop())
+        notifier.notify("t", "m", kind="budget_alert")
+        assert notifier.close(5) is True
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["Basic " + base64.b64encode(b"alerts:s3cret").decode(), None]
