@@ -499,6 +499,9 @@ def render(
     return Group(*parts)
 
 
+RECENT_WINDOW_S = 15 * 60  # the recent burn rate's window (cost_last_15m)
+
+
 def _session_text(session: Mapping[str, Any] | None, now: datetime) -> Any:
     from rich.text import Text
 
@@ -511,7 +514,10 @@ def _session_text(session: Mapping[str, Any] | None, now: datetime) -> Any:
     hours = max(elapsed, 60.0) / 3600  # at least a minute: no absurd rate after one call
     cost = session["cost"]
     rate = float(cost) / hours if cost else 0.0
-    recent_rate = float(session["cost_last_15m"] or 0) * 4 if ended is None else None
+    # The last 15 minutes, or as much of them as the session has run (at least a minute, as above):
+    # two minutes into a session, its spend is spread over two minutes, not fifteen.
+    recent_hours = min(RECENT_WINDOW_S, max(elapsed, 60.0)) / 3600
+    recent_rate = float(session["cost_last_15m"] or 0) / recent_hours if ended is None else None
     calls = session["calls"]
     text = Text.assemble(
         ("Session ", "bold"),

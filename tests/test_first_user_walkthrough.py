@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from addon.meter import Meter
 from addon.model_rules import matches_any
 from addon.notify import Notifier
 from addon.policies import PolicyError, parse_policies
+from addon.spend_watch import _session_text
 from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
@@ -133,3 +136,23 @@ def test_a_webhook_url_with_credentials_is_either_rejected_or_delivered(hook: _H
     notifier.notify("tokometer: test", "development budget: 80% reached", kind="budget_alert", data={})
     notifier.close(5)
     assert hook.arrived.wait(2), f"the webhook never received the POST (sent: {notifier.sent})"
+
+
+def test_watch_recent_burn_rate_is_not_diluted_in_a_young_session() -> None:
+    """`spend watch` two minutes into a session that spent $1.00 shows
+    `burn $30.00/h (last 15 min $4.00/h)`: the "last 15 minutes" rate divides by 15 minutes
+    although the session (and the proxy) ran 2 of them, so it reads as if spending slowed
+    7.5 times when every dollar was spent within those 15 minutes."""
+    now = datetime(2026, 11, 29, 14, 0, tzinfo=UTC)
+    session = {
+        "session_id": "20261129T135800Z-abcd",
+        "started_at": now - timedelta(minutes=2),
+        "ended_at": None,
+        "calls": 10,
+        "refused_calls": 0,
+        "cost": Decimal("1.00"),
+        "cost_last_15m": Decimal("1.00"),
+    }
+    text = _session_text(session, now).plain
+    assert "burn $30.00/h" in text, text
+    assert "last 15 min $4.00/h" not in text, text

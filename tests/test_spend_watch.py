@@ -27,6 +27,7 @@ from addon.pricing import price_record
 from addon.record import COLUMNS, CallRecord
 from addon.spend_watch import (
     Watcher,
+    _session_text,
     build_parser,
     collect,
     fast_statusline_args,
@@ -748,3 +749,28 @@ def test_the_proxy_tells_the_live_file_its_variables_and_its_hosts_rule(
     meter._apply(parse_policies(declared))
     lookup = meter.live.snapshot()["claimable_environments"]
     assert (lookup["variables"], lookup["fallback_environment"]) == (["APP_ENV"], "development")
+
+
+@pytest.mark.parametrize(
+    ("minutes", "recent", "shown"),
+    [
+        (0.5, "1.00", "burn $60.00/h (last 15 min $60.00/h)"),  # under a minute: counted as one
+        (2, "1.00", "burn $30.00/h (last 15 min $30.00/h)"),  # before: last 15 min $4.00/h
+        (10, "0.50", "burn $6.00/h (last 15 min $3.00/h)"),
+        (15, "1.00", "burn $4.00/h (last 15 min $4.00/h)"),
+        (60, "1.00", "burn $1.00/h (last 15 min $4.00/h)"),
+    ],
+)
+def test_the_recent_burn_rate_spreads_over_the_time_the_session_ran(
+    minutes: float, recent: str, shown: str
+) -> None:
+    session = {
+        "session_id": "s",
+        "started_at": NOW - timedelta(minutes=minutes),
+        "ended_at": None,
+        "calls": 3,
+        "refused_calls": 0,
+        "cost": Decimal("1.00"),
+        "cost_last_15m": Decimal(recent),
+    }
+    assert _session_text(session, NOW).plain.endswith(shown)
