@@ -75,19 +75,38 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
     raise ValueError(f"unknown budget period {period!r} (day, week or month)")
 
 
-def format_usd(amount: Decimal) -> str:
-    """``$150.02``; amounts under a cent keep up to six decimals (``$0.0004``)."""
+def cap_places(usd: Decimal) -> int:
+    """The decimals a cap is written with: at least 2 (cents), at most 6 (``0.015``: 3)."""
+    exponent = usd.normalize().as_tuple().exponent
+    return min(6, max(2, -exponent if isinstance(exponent, int) else 2))
+
+
+def format_cap(usd: Decimal) -> str:
+    """A cap as policies.yaml gives it, to the cent at least: ``$150.00``, ``$0.015``, ``$0.0101``
+    (rounded to cents, $0.015 read $0.02 beside a spend shown exactly by the reports)."""
+    return f"${usd.quantize(Decimal(1).scaleb(-cap_places(usd)), ROUND_HALF_UP):,f}"
+
+
+def format_usd(amount: Decimal, places: int = 2) -> str:
+    """``$150.02``; under a dollar up to four decimals (``$0.0123``, as the call log and
+    ``spend watch`` write amounts), under a cent up to six (``$0.0004``); from a cent on, trailing
+    zeros dropped down to ``places`` decimals (a cap's, ``cap_places``: beside a $0.015 cap,
+    ``$0.010`` and ``$0.0151``)."""
     if amount != 0 and abs(amount) < Decimal("0.01"):
         small = amount.quantize(Decimal("0.000001"), ROUND_HALF_UP)
         if small != 0:
             return f"${small.normalize():f}"
-    return f"${amount.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
+    most = max(places, 4 if abs(amount) < 1 else 2)
+    text = f"{amount.quantize(Decimal(1).scaleb(-most), ROUND_HALF_UP):,f}"
+    while text.endswith("0") and len(text.partition(".")[2]) > places:
+        text = text[:-1]
+    return f"${text}"
 
 
-def _format_reserved(amount: Decimal) -> str:
+def _format_reserved(amount: Decimal, places: int = 2) -> str:
     """A positive amount as ``format_usd`` writes it, ``<$0.000001`` where that reads ``$0.00``."""
-    text = format_usd(amount)
-    return "<$0.000001" if amount > 0 and text == "$0.00" else text
+    text = format_usd(amount, places)
+    return "<$0.000001" if amount > 0 and Decimal(text.lstrip("$").replace(",", "")) == 0 else text
 
 
 def format_duration(seconds: int) -> str:
@@ -165,12 +184,13 @@ class BudgetRefusal:
         and when to retry. "is spent" only when the spend alone reached the cap; a budget that
         reservations fill up "has no room left" (until calls finish, or background responses end)."""
         spent = self.spent >= self.budget.usd or self.reserved <= 0
+        places = cap_places(self.budget.usd)
         held = ""
         if self.kept > 0:
-            held += f", {_format_reserved(self.kept)} held by background responses running"
+            held += f", {_format_reserved(self.kept, places)} held by background responses running"
         in_flight = self.reserved - self.kept
         if in_flight > 0:
-            held += f", {_format_reserved(in_flight)} more reserved by calls in flight"
+            held += f", {_format_reserved(in_flight, places)} more reserved by calls in flight"
             held += "" if spent else " (given back as they finish)"
         if spent and self.resets_after is not None and self.resets_after < self.retry_after:
             wait = (
@@ -184,9 +204,9 @@ class BudgetRefusal:
         else:
             wait = f"retry in {self.retry_after} s"
         return (
-            f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period} "
+            f"{self.scope.label} budget of {format_cap(self.budget.usd)} per {self.budget.period} "
             f"{'is spent' if spent else 'has no room left'}: "
-            f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC){held}; {wait}"
+            f"{format_usd(self.spent, places)} used since {self.period_start:%Y-%m-%d} (UTC){held}; {wait}"
         )
 
 
@@ -240,8 +260,9 @@ class BudgetAlert:
 
     def message(self) -> str:
         """One line for the log and the ``events`` table."""
-        cap = format_usd(self.budget.usd)
-        since = f"{format_usd(self.spent)} used since {self.period_start:%Y-%m-%d} (UTC)"
+        cap = format_cap(self.budget.usd)
+        spent = format_usd(self.spent, cap_places(self.budget.usd))
+        since = f"{spent} used since {self.period_start:%Y-%m-%d} (UTC)"
         if self.fraction >= 1:
             return (
                 f"{self.scope.label} budget of {cap} per {self.budget.period} is spent: {since}; "
@@ -272,7 +293,7 @@ class UnpricedCall:
         """One line for the log and the ``events`` table: the model, the budget, the fix."""
         return (
             f"{self.model} ({self.provider}) has no price: its calls count $0 against the "
-            f"{self.scope.label} budget of {format_usd(self.budget.usd)} per {self.budget.period}, "
+            f"{self.scope.label} budget of {format_cap(self.budget.usd)} per {self.budget.period}, "
             f"which they can spend past; price it under prices: in policies.yaml "
             f"(scripts/spend unpriced lists such calls)"
         )

@@ -442,17 +442,21 @@ def _usd(value: Decimal | str | None) -> str:
 
 
 def _cap(value: str | None) -> str:
-    """A budget cap: ``$150`` when whole, ``$12.50``, and a cap under a cent as it is
-    (``$0.0012``: rounded to cents it read ``$0.00`` beside its percentage)."""
+    """A budget cap as policies.yaml gives it: ``$150`` when whole, ``$12.50``, ``$0.015``,
+    ``$0.0012`` (rounded to cents, they read ``$0.02`` and ``$0.00`` beside their percentage)."""
+    from decimal import Decimal, InvalidOperation
+
+    from addon.budgets import format_cap
+
     try:
-        number = float(value or 0)
-    except ValueError:
+        number = Decimal(str(value or 0))
+    except (InvalidOperation, ValueError):
         return "$?"
-    if number == int(number):
+    if not number.is_finite():
+        return "$?"
+    if number == number.to_integral_value():
         return f"${number:,.0f}"
-    if abs(number) < 0.01:
-        return _usd(value)
-    return f"${number:,.2f}"
+    return format_cap(number)
 
 
 def _duration(seconds: float) -> str:

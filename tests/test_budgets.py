@@ -700,3 +700,36 @@ def test_a_budget_background_responses_fill_wins_over_one_calls_in_flight_fill()
     assert refusal is not None and refusal.scope == CI
     assert (refusal.spent_out, refusal.retry_after) == (True, 3600)
     assert tracker.check(scopes_for("qa"), NOW).retry_after == 5  # the environment alone: a short wait
+
+
+@pytest.mark.parametrize(
+    ("usd", "cap"),
+    [("150", "$150.00"), ("12.5", "$12.50"), ("0.015", "$0.015"), ("0.0101", "$0.0101"), ("0.006", "$0.006")],
+)
+def test_budget_messages_name_the_cap_as_the_file_gives_it(usd: str, cap: str) -> None:
+    """Before, a cap of a cent or more was rounded to cents: $0.015 read $0.02, $0.0101 $0.01."""
+    budget = Budget(usd=Decimal(usd), period="day", alert_at=(0.5,))
+    scope = Scope("environment", "development")
+    start = datetime(2026, 11, 29, tzinfo=UTC)
+    alert = BudgetAlert(scope=scope, budget=budget, fraction=0.5, spent=Decimal(usd) / 2, period_start=start)
+    assert f"50% of {cap} per day reached" in alert.message()
+    spent = BudgetAlert(scope=scope, budget=budget, fraction=1.0, spent=Decimal(usd), period_start=start)
+    assert f"budget of {cap} per day is spent: {cap} used" in spent.message()
+
+
+@pytest.mark.parametrize(
+    ("amount", "places", "shown"),
+    [
+        ("8", 2, "$8.00"),
+        ("0.42", 2, "$0.42"),
+        ("0.0123", 2, "$0.0123"),  # before: $0.01
+        ("0.0354", 2, "$0.0354"),  # before: $0.04
+        ("0.0081", 3, "$0.0081"),
+        ("0.01", 3, "$0.010"),  # as many decimals as the cap beside it
+        ("1234.567", 2, "$1,234.57"),
+        ("0.0004", 2, "$0.0004"),
+        ("0", 2, "$0.00"),
+    ],
+)
+def test_budget_amounts_keep_the_precision_they_need(amount: str, places: int, shown: str) -> None:
+    assert format_usd(Decimal(amount), places) == shown

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from addon.budgets import BudgetAlert, Scope
 from addon.meter import Meter
 from addon.model_rules import matches_any
 from addon.notify import Notifier
-from addon.policies import PolicyError, parse_policies
+from addon.policies import Budget, PolicyError, parse_policies
 from addon.spend_watch import _session_text
 from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
@@ -156,3 +157,19 @@ def test_watch_recent_burn_rate_is_not_diluted_in_a_young_session() -> None:
     text = _session_text(session, now).plain
     assert "burn $30.00/h" in text, text
     assert "last 15 min $4.00/h" not in text, text
+
+
+def test_a_budget_alert_names_the_cap_the_file_gives() -> None:
+    """With `budget: {usd: 0.015, period: day, alert_at: [0.5]}` the proxy logs (and notifies)
+    `development budget: 50% of $0.02 per day reached: $0.01 used ...`: the cap is rounded to
+    cents once it is a cent or more (under a cent it is kept exact, `$0.006`), so the message names
+    a cap the file does not have, and `spend budgets` / `spend watch` show `0.015/day` beside it."""
+    alert = BudgetAlert(
+        scope=Scope("environment", "development"),
+        budget=Budget(usd=Decimal("0.015"), period="day", alert_at=(0.5,)),
+        fraction=0.5,
+        spent=Decimal("0.0081"),
+        period_start=datetime(2026, 11, 29, tzinfo=UTC),
+    )
+    message = alert.message()
+    assert "$0.015 per day" in message, message

@@ -242,7 +242,7 @@ async def test_spent_budget_caps_the_session(meter: Meter, monkeypatch: pytest.M
         "invalid_request_error",
     )
     assert event["error"]["message"].startswith(
-        "tokometer: development budget of $0.01 per day is spent: $0.04 used since"
+        "tokometer: development budget of $0.01 per day is spent: $0.0354 used since"
     )
     # Anything else the client sends while the socket closes goes nowhere.
     assert (await client_says(meter, flow, {"type": "session.update"})).dropped

@@ -774,3 +774,17 @@ def test_the_recent_burn_rate_spreads_over_the_time_the_session_ran(
         "cost_last_15m": Decimal(recent),
     }
     assert _session_text(session, NOW).plain.endswith(shown)
+
+
+def test_watch_shows_a_cap_as_the_file_gives_it() -> None:
+    """Before, a cap of a cent or more was rounded to cents ($0.015 read $0.02)."""
+    from addon.spend_watch import _cap
+
+    assert [_cap(v) for v in ("150", "12.5", "0.015", "0.0101", "0.0012", "x")] == [
+        "$150",
+        "$12.50",
+        "$0.015",
+        "$0.0101",
+        "$0.0012",
+        "$?",
+    ]
