@@ -76,7 +76,15 @@ METRICS_SQL = f"""
     sum(cost_usd) AS cost_usd
 """
 
-# `spend by DIMENSION`: the SQL of each grouping key (time keys are ISO date strings).
+# Each key fingerprint's current name: the name its newest named row has (a key named in keys:
+# after its first calls has rows with only its fingerprint before).
+_KEY_NAMES_SQL = """
+SELECT key_fingerprint AS fingerprint, arg_max(key_name, ts) AS name FROM calls
+WHERE key_fingerprint IS NOT NULL AND key_name IS NOT NULL GROUP BY key_fingerprint
+"""
+
+# `spend by DIMENSION`: the SQL of each grouping key (time keys are ISO date strings; `key` is
+# read by fingerprint, under its current name: `_KEY_NAMES_SQL`).
 DIMENSIONS: Mapping[str, str] = {
     "env": "environment",
     "model": MODEL_SQL,
@@ -133,9 +141,14 @@ class Selection:
                 parts.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params.extend(values)
         if self.keys:
+            # A key's rows from before it was named in keys: carry its fingerprint only.
             marks = ", ".join("?" * len(self.keys))
-            parts.append(f"(key_name IN ({marks}) OR key_fingerprint IN ({marks}))")
-            params.extend([*self.keys, *self.keys])
+            parts.append(
+                f"(key_name IN ({marks}) OR key_fingerprint IN ({marks}) OR key_fingerprint IN "
+                f"(SELECT key_fingerprint FROM calls WHERE key_name IN ({marks}) "
+                "AND key_fingerprint IS NOT NULL))"
+            )
+            params.extend([*self.keys, *self.keys, *self.keys])
         if self.models:
             ors = []
             for pattern in self.models:
@@ -371,9 +384,15 @@ def by_report(
         return report
     base, params = _base(selection)
     order = "key" if dimension in TIME_DIMENSIONS else "cost_usd DESC NULLS LAST, calls DESC, key"
+    source = f"(SELECT *, {key_sql} AS key FROM c)"
+    if dimension == "key":  # by fingerprint, under its current name
+        source = (
+            "(SELECT c.*, coalesce(n.name, c.key_name, c.key_fingerprint) AS key FROM c "
+            f"LEFT JOIN ({_KEY_NAMES_SQL}) AS n ON n.fingerprint = c.key_fingerprint)"
+        )
     sql = f"""{base}
         SELECT grouping(key) = 1 AS is_total, key, {METRICS_SQL}
-        FROM (SELECT *, {key_sql} AS key FROM c)
+        FROM {source}
         GROUP BY GROUPING SETS ((key), ())
         ORDER BY is_total, {order} NULLS LAST
     """

@@ -1767,3 +1767,33 @@ def test_models_marks_a_cost_that_leaves_unpriced_calls_out(
     (row,) = [line for line in out.splitlines() if " gpt-4o " in line]
     assert "0.007500*" in row, row  # gpt-4o: 1,000 in, 500 out
     assert out.splitlines()[-1] == "* calls with no known price are not in the cost (scripts/spend unpriced)"
+
+
+def test_by_key_reads_a_keys_history_under_its_current_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key named in keys: after its first calls: before, `spend by key` showed its earlier rows
+    under the fingerprint and its later ones under the name, and `--key NAME` left the earlier out."""
+    path = tmp_path / "spend.duckdb"
+    fp, other = "3f9a0c11b2de", "0123456789ab"
+    write(
+        path,
+        [
+            call(1, "k", "gpt-4o-mini", U_MINI, key_fingerprint=fp),  # before it was named
+            call(2, "k", "gpt-4o-mini", U_MINI, key_fingerprint=fp),
+            call(3, "k", "gpt-4o-mini", U_MINI, key_fingerprint=fp, key_name="ci-openai"),
+            call(4, "k", "gpt-4o-mini", U_MINI, key_fingerprint=other),  # never named
+            call(5, "k", "gpt-4o-mini", U_MINI),  # no key seen
+        ],
+    )
+
+    def keyed(*args: str) -> list[tuple[Any, int]]:
+        data = report(capsys, "--db", str(path), "by", "key", *args)
+        return [(r["key"], r["calls"]) for r in data["rows"]]
+
+    assert keyed() == [("ci-openai", 3), (other, 1), (None, 1)]
+    assert keyed("--key", "ci-openai") == [("ci-openai", 3)]
+    assert keyed("--key", fp) == [("ci-openai", 3)]
+    assert keyed("--key", other) == [(other, 1)]
+    # a range that holds only the unnamed rows still shows the key's current name
+    assert keyed("--to", (T0 + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S")) == [("ci-openai", 2)]

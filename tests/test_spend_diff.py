@@ -228,8 +228,15 @@ def ratio(part: Any, whole: Any) -> float | None:
     return round(float(Decimal(part) / Decimal(whole)), 4)
 
 
-def key_of(dim: str, r: CallRecord) -> Any:
-    """The row of ``spend by DIM`` the call belongs to."""
+def current_key_name(rows: Sequence[CallRecord], fingerprint: str | None) -> str | None:
+    """The name of the newest named row with ``fingerprint``, in the whole database."""
+    named = [r for r in rows if fingerprint is not None and r.key_fingerprint == fingerprint and r.key_name]
+    return max(named, key=lambda r: r.ts).key_name if named else None
+
+
+def key_of(dim: str, r: CallRecord, rows: Sequence[CallRecord] = ()) -> Any:
+    """The row of ``spend by DIM`` the call belongs to (``rows``: every call in the database, for
+    a key's current name)."""
     ts = r.ts
     return {
         "env": lambda: r.environment,
@@ -237,7 +244,7 @@ def key_of(dim: str, r: CallRecord) -> Any:
         "provider": lambda: r.provider,
         "team": lambda: r.team,
         "user": lambda: r.user_name,
-        "key": lambda: r.key_name or r.key_fingerprint,
+        "key": lambda: current_key_name(rows, r.key_fingerprint) or r.key_name or r.key_fingerprint,
         "day": lambda: ts.strftime("%Y-%m-%d"),
         "week": lambda: (ts - timedelta(days=ts.weekday())).strftime("%Y-%m-%d"),
         "month": lambda: ts.strftime("%Y-%m"),
@@ -282,7 +289,7 @@ def test_by_matches_python(
     assert got["total"] == expected_total
     groups: dict[Any, list[CallRecord]] = defaultdict(list)
     for r in selected:
-        groups[key_of(dim, r)].append(r)
+        groups[key_of(dim, r, rows)].append(r)
     got_rows = {row["key"]: row for row in got["rows"]}
     assert set(got_rows) == set(groups)
     for key, group in groups.items():
