@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from addon.paths import data_dir
+from addon.paths import data_dir, resolve_policies_path
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
@@ -239,6 +239,35 @@ def unset_lines() -> list[str]:
     return [*lines, f"unset {OURS_VAR}", legacy]
 
 
+def environment_warning(name: str, policies_path: Path | None = None) -> str | None:
+    """Why ``APP_ENV=name`` would not put calls in that environment, or None: the policy file
+    (the proxy's default: ``$TOKOMETER_POLICIES``, else the checkout's) declares environments and
+    not this one (the proxy books such calls under its default environment), or the proxy does not
+    read APP_ENV at all. A missing or invalid file: None (nothing to check against)."""
+    from addon.policies import PolicyError, load_policies, normalize_environment
+
+    path = policies_path or resolve_policies_path()
+    try:
+        policies = load_policies(path)
+    except PolicyError:
+        return None
+    if ENV_VAR not in policies.attribution.environment_vars:
+        read = ", ".join(policies.attribution.environment_vars) or "none"
+        return (
+            f"shell-env: --env {name}: {path} does not read {ENV_VAR} (attribution.process_env."
+            f"environment: {read}), so it does not set these calls' environment."
+        )
+    if policies.declares(name):
+        return None
+    declared = ", ".join(policies.claimable() or ())
+    return (
+        f"shell-env: --env {name}: {path} declares no environment {normalize_environment(name)} "
+        f"(declared: {declared}; default: {policies.default_environment}), so the proxy books these "
+        f"calls under {policies.default_environment}. Declare it under environments: (an empty entry "
+        f"will do: {normalize_environment(name)}: {{}}), or name a declared one."
+    )
+
+
 def proxy_listening(host: str, port: int) -> bool:
     """True if something accepts connections on host:port."""
     try:
@@ -350,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             "Anthropic Node SDKs) reach providers directly, unmetered.",
             file=sys.stderr,
         )
+    if args.env:
+        warning = environment_warning(args.env)
+        if warning is not None:
+            print(warning, file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
     proxy_url = f"http://{host}:{args.port}"  # an IPv6 address goes in brackets in a URL
     if args.exec_ and command:

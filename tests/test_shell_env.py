@@ -16,6 +16,7 @@ from addon.shell_env import (
     NO_PROXY_VARS,
     OPT_IN_VARS,
     PROXY_VARS,
+    environment_warning,
     export_lines,
     proxy_variables,
     split_command,
@@ -385,3 +386,42 @@ def test_a_hanging_node_shim_does_not_stall_the_eval(tmp_path: Path) -> None:
     start = time.monotonic()
     assert node_without_proxy_support(str(tmp_path)) is None
     assert time.monotonic() - start < 1.5
+
+
+def test_an_env_no_policy_declares_is_warned_about(setup: tuple[Path, dict[str, str], int]) -> None:
+    """Before, `--env qa` exported APP_ENV=qa silently although policies.yaml declares no qa: the
+    proxy booked those calls under the default environment, under its rules and budget."""
+    confdir, env, port = setup
+    args = [sys.executable, "-m", "addon.shell_env", "--confdir", str(confdir), "--port", str(port)]
+    proc = run([*args, "--env", "qa"], env)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "export APP_ENV=qa" in out  # still set: a warning only
+    assert (
+        f"shell-env: --env qa: {ROOT / 'policies.yaml'} declares no environment qa (declared: "
+        "development, production, staging; default: development), so the proxy books these calls "
+        "under development." in err
+    )
+    for declared in ("staging", "dev", "PRODUCTION"):
+        proc = run([*args, "--env", declared], env)
+        _, err = proc.communicate(timeout=30)
+        assert "declares no environment" not in err, declared
+
+
+def test_environment_warning_reads_the_policy_file_the_proxy_would(tmp_path: Path) -> None:
+    path = tmp_path / "policies.yaml"
+    assert environment_warning("qa", path) is None  # no file: nothing enforced, any name goes
+    path.write_text("default_environment: development\n")
+    assert environment_warning("qa", path) is None  # no environment declared: any name goes
+    path.write_text("environments:\n  ci: {}\n")
+    assert "declares no environment qa (declared: ci; default: development)" in (
+        environment_warning("qa", path) or ""
+    )
+    assert environment_warning("ci", path) is None
+    assert environment_warning("development", path) is None  # the default
+    path.write_text("environments:\n  ci: {}\nattribution:\n  process_env:\n    environment: [DEPLOY_ENV]\n")
+    assert "does not read APP_ENV (attribution.process_env.environment: DEPLOY_ENV)" in (
+        environment_warning("ci", path) or ""
+    )
+    path.write_text("environments: [\n")  # invalid: the proxy would not start on it anyway
+    assert environment_warning("qa", path) is None
