@@ -287,3 +287,24 @@ async def test_a_split_off_hop_leaves_the_served_rows_hour_long_cache_writes_wit
     )
     meter.pricer(served)
     assert served.cost_usd is not None, served.price_status
+
+
+OPENROUTER_HAIKU_ONLY = (
+    'environments:\n  development:\n    models: {allow: ["anthropic/claude-haiku-*"], on_disallowed: block}\n'
+)
+
+
+async def test_openrouters_advisor_server_tool_is_held_to_the_allowlist(meter: Meter) -> None:
+    """The same kind of tool elsewhere: OpenRouter's ``openrouter:advisor`` server tool
+    (``{"type": "openrouter:advisor", "parameters": {"model": ...}}``, OpenRouter's "Advisor"
+    guide) has the executor consult another model mid-generation, billed at its rates. 4002a9a
+    reads advisor tools on Anthropic's host only, so a haiku-only environment (blocked) lets an
+    OpenRouter haiku call consult claude-fable-5 ($10 / $50), unchecked."""
+    meter._apply(parse_policies(OPENROUTER_HAIKU_ONLY))
+    tool = {"type": "openrouter:advisor", "parameters": {"model": "anthropic/claude-fable-5"}}
+    body = {"model": "anthropic/claude-haiku-4.5", "messages": [], "tools": [tool]}
+    flow = make_flow("https://openrouter.ai/api/v1/chat/completions", body)
+    await run_request(meter, flow)
+    if flow.response is None:  # let through: then the advisor must be an allowed model
+        [sent] = sent_body(flow)["tools"]
+        assert str(sent["parameters"].get("model", "")).startswith("anthropic/claude-haiku-"), sent
