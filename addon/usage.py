@@ -60,6 +60,32 @@ def subtract_usage(whole: Usage, part: Usage) -> Usage:
     return Usage(**{f.name: max(getattr(whole, f.name) - getattr(part, f.name), 0) for f in fields(Usage)})
 
 
+def consistent(usage: Usage) -> Usage:
+    """``usage`` with every subset held within its total (cache reads and writes within input,
+    hour-long writes within writes, reasoning and output audio or image tokens within output,
+    input audio or image tokens within input, cached audio within cache reads): counts split from
+    another call's (``subtract_usage``) may come apart, and a price list refuses such a usage."""
+    inp, out = usage.input_tokens, usage.output_tokens
+    read = min(usage.cache_read_tokens, inp)
+    write = min(usage.cache_write_tokens, inp - read)
+    return Usage(
+        input_tokens=inp,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        output_tokens=out,
+        reasoning_tokens=min(usage.reasoning_tokens, out),
+        cache_write_1h_tokens=min(usage.cache_write_1h_tokens, write),
+        web_searches=usage.web_searches,
+        input_audio_tokens=min(usage.input_audio_tokens, inp),
+        output_audio_tokens=min(usage.output_audio_tokens, out),
+        input_image_tokens=min(usage.input_image_tokens, inp),
+        output_image_tokens=min(usage.output_image_tokens, out),
+        cache_audio_read_tokens=min(usage.cache_audio_read_tokens, read),
+        file_searches=usage.file_searches,
+        audio_seconds=usage.audio_seconds,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Iterations:
     """What an Anthropic answer's ``usage.iterations`` say beyond its top-level usage.

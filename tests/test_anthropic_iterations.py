@@ -245,3 +245,73 @@ async def test_a_compaction_is_billed_on_the_calls_row(meter: Meter) -> None:
     usage = {"input_tokens": 100, "output_tokens": 40, "iterations": [entry("compaction", None, 3000, 400)]}
     [row] = await answered(meter, message(usage))
     assert (row.input_tokens, row.output_tokens) == (3100, 440)
+
+
+# -- split invariants, batch results (after the review of 57fa514) ------------------------------
+
+
+def test_hour_long_writes_follow_each_hops_own_breakdown_or_are_shared_by_writes() -> None:
+    """An entry with a ``cache_creation`` breakdown keeps its own hour-long writes; the rest of the
+    top-level usage's are shared among entries without one in proportion to their writes: every
+    part within its writes, the parts summing to the whole."""
+    with_breakdown = {
+        **entry("message", FABLE, 10, 1, write=600),
+        "cache_creation": {"ephemeral_1h_input_tokens": 100, "ephemeral_5m_input_tokens": 500},
+    }
+    usage = {
+        "input_tokens": 20,
+        "output_tokens": 301,
+        "cache_creation_input_tokens": 1000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 400, "ephemeral_5m_input_tokens": 600},
+        "iterations": [with_breakdown, entry("fallback_message", FALLBACK, 10, 300, write=400)],
+    }
+    metered = parse_response("messages", message(usage, model=FABLE))
+    assert metered.usage is not None and metered.iterations is not None
+    [(_, declined)] = metered.iterations.declined
+    assert (declined.cache_write_tokens, declined.cache_write_1h_tokens) == (600, 100)
+    assert (metered.usage.cache_write_tokens, metered.usage.cache_write_1h_tokens) == (400, 300)
+
+
+def test_a_streamed_chain_whose_every_hop_declined_splits_at_the_model_echoed() -> None:
+    hops = [entry("message", FABLE, 100, 5), entry("message", FALLBACK, 100, 400)]
+    start = {
+        "type": "message_start",
+        "message": {"model": FABLE, "usage": {"input_tokens": 200, "output_tokens": 1}},
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "refusal"},
+        "usage": {"input_tokens": 200, "output_tokens": 405, "iterations": hops},
+    }
+    raw = "".join(
+        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in (start, delta, {"type": "message_stop"})
+    )
+    parser = StreamParser("messages")
+    for event in SSEDecoder().feed(raw.encode()):
+        parser.feed(event)
+    metered = parser.result()
+    assert metered.usage is not None and metered.iterations is not None
+    assert (metered.usage.input_tokens, metered.usage.output_tokens) == (100, 5)
+    assert dict(metered.iterations.declined)[FALLBACK] == Usage(input_tokens=100, output_tokens=400)
+
+
+def test_batch_results_meter_advisors_and_declined_hops_at_their_models() -> None:
+    from addon.providers import batches
+
+    usage = {
+        "input_tokens": 200,
+        "output_tokens": 305,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "iterations": [
+            entry("message", FABLE, 100, 5),
+            entry("advisor_message", ADVISOR, 800, 500),
+            entry("fallback_message", FALLBACK, 100, 300),
+        ],
+    }
+    result = {"type": "succeeded", "message": json.loads(message(usage, model=FABLE))}
+    reader = batches.ResultsReader()
+    reader.feed(json.dumps({"custom_id": "q0", "result": result}).encode() + b"\n")
+    reader.close()
+    found = {model: (u.input_tokens, u.output_tokens) for (model, _), u in reader.usage_by_model().items()}
+    assert found == {FALLBACK: (100, 300), ADVISOR: (800, 500), FABLE: (100, 5)}

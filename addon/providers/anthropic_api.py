@@ -25,14 +25,16 @@ naming their model). Unknown types are ignored, never guessed at.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
+from addon.model_rules import base_model
 from addon.providers.openai_api import TextCollector
 from addon.providers.openrouter import MAX_FALLBACK_MODELS, MAX_MODEL_NAME, Fallbacks
 from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.sse import SSEEvent
-from addon.usage import Iterations, Metered, Usage, add_usages, subtract_usage
+from addon.usage import Iterations, Metered, Usage, add_usages, consistent, subtract_usage
 
 FLAVORS: tuple[str, ...] = ("messages",)
 
@@ -164,47 +166,85 @@ def extract_usage(usage: Any) -> Usage | None:
     return usage_from_counts(counts) if merge_usage(counts, usage) else None
 
 
-def read_iterations(usage: Any, top: Usage | None) -> tuple[Usage | None, Iterations | None]:
-    """The call's usage, ``top`` (its top-level usage, read from ``usage``), with what the entries
-    of ``usage.iterations`` say besides: a ``compaction`` entry's tokens added (the top-level usage
-    leaves them out); ``advisor_message`` entries summed per advisor model and a ``fallback_message``
-    entry's model, the model that served the answer, returned apart (``Iterations``); and, when a
-    fallback served it and the top-level usage is the sum of every hop's, the hops that declined
-    before it (``message`` entries naming another model) taken off it, per model, to be priced at
-    their own model's rates. None for the iterations when they say nothing more. Never raises."""
+def read_iterations(
+    usage: Any, top: Usage | None, model: str | None = None
+) -> tuple[Usage | None, Iterations | None]:
+    """The call's usage, ``top`` (its top-level usage, read from ``usage``; ``model`` the model its
+    answer echoes), with what the entries of ``usage.iterations`` say besides: a ``compaction``
+    entry's tokens added (the top-level usage leaves them out); ``advisor_message`` entries summed
+    per advisor model and a ``fallback_message`` entry's model, the model that served the answer,
+    returned apart (``Iterations``); and, when the top-level usage is the sum of every hop's, the
+    hops of another model than the one whose answer it is (the fallback that served it, else, every
+    hop having declined, the model echoed) taken off it, per model, to be priced at their own
+    model's rates. Every part keeps its subsets within their totals (``_hour_writes``,
+    ``consistent``). None for the iterations when they say nothing more. Never raises."""
     entries = usage.get("iterations") if isinstance(usage, dict) else None
     if top is None or not isinstance(entries, list) or not entries:
         return top, None
     served_by: str | None = None
     advisors: dict[str | None, Usage] = {}
     compaction: Usage | None = None
-    hops: list[tuple[str | None, str, Usage]] = []
+    hops: list[tuple[str | None, str, Usage, bool]] = []  # model, type, counts, 1-hour writes known
     for entry in entries[:MAX_ITERATIONS]:
         counts = extract_usage(entry)
         if counts is None:
             continue
         kind = entry.get("type")
-        model = _str(entry.get("model"))
+        named = _str(entry.get("model"))
         if kind == "compaction":
             compaction = counts if compaction is None else add_usages(compaction, counts)
         elif kind == "advisor_message":
-            advisors[model] = add_usages(advisors[model], counts) if model in advisors else counts
+            advisors[named] = add_usages(advisors[named], counts) if named in advisors else counts
         elif kind in _HOPS:
-            hops.append((model, kind, counts))
-            if kind == "fallback_message" and model is not None:
-                served_by = model
+            hops.append((named, kind, counts, isinstance(entry.get("cache_creation"), dict)))
+            if kind == "fallback_message" and named is not None:
+                served_by = named
     declined: dict[str, Usage] = {}
-    if served_by is not None and hops and _same_counts(_total(u for _, _, u in hops), top):
-        for model, kind, counts in hops:
-            if kind == "message" and model is not None and model != served_by:
-                declined[model] = add_usages(declined[model], counts) if model in declined else counts
+    serving = served_by or model  # whose answer it is: the fallback's, else the model echoed
+    if serving is not None and hops and _same_counts(_total(h[2] for h in hops), top):
+        hour = _hour_writes(
+            top.cache_write_1h_tokens,
+            [(h[2].cache_write_tokens, h[2].cache_write_1h_tokens if h[3] else None) for h in hops],
+        )
+        for (named, kind, counts, _known), hour_writes in zip(hops, hour, strict=True):
+            if kind == "message" and named is not None and not _same_model(named, serving):
+                counts = replace(counts, cache_write_1h_tokens=hour_writes)
+                declined[named] = add_usages(declined[named], counts) if named in declined else counts
+        declined = {named: consistent(counts) for named, counts in declined.items()}
         for counts in declined.values():
             top = subtract_usage(top, counts)
+        top = consistent(top)
     if compaction is not None:
         top = add_usages(top, compaction)
-    if served_by is None and not advisors and compaction is None:
+    if served_by is None and not advisors and compaction is None and not declined:
         return top, None
     return top, Iterations(served_by, tuple(advisors.items()), tuple(declined.items()), compaction)
+
+
+def _same_model(one: str, other: str) -> bool:
+    """The same model, dated or not (``claude-opus-4-8`` and ``claude-opus-4-8-20260505``)."""
+    return one == other or base_model(one) == base_model(other)
+
+
+def _hour_writes(total: int, hops: list[tuple[int, int | None]]) -> list[int]:
+    """The hour-long cache writes of each hop ((its cache writes, its hour-long ones or None when
+    its entry has no ``cache_creation`` breakdown)), so that they sum to ``total`` (the top-level
+    usage's) where they can and none exceeds its hop's writes: a hop's own breakdown stands; what is
+    left of ``total`` is shared among the others in proportion to their writes."""
+    shares = [min(known, writes) if known is not None else 0 for writes, known in hops]
+    unknown = [i for i, (_, known) in enumerate(hops) if known is None]
+    left = max(total - sum(shares), 0)
+    room = sum(hops[i][0] for i in unknown)
+    if not unknown or not left or not room:
+        return shares
+    for i in unknown:
+        shares[i] = min(hops[i][0], left * hops[i][0] // room)
+    rest = left - sum(shares[i] for i in unknown)
+    for i in unknown:  # the rounding's remainder, where there is room
+        more = min(rest, hops[i][0] - shares[i])
+        shares[i] += more
+        rest -= more
+    return shares
 
 
 def _total(usages: Any) -> Usage:
@@ -233,7 +273,9 @@ def parse_response(flavor: str, body: bytes) -> Metered:
         return Metered(error="response body is not JSON")
     if not isinstance(obj, dict):
         return Metered(error="response body is not a JSON object")
-    usage, iterations = read_iterations(obj.get("usage"), extract_usage(obj.get("usage")))
+    usage, iterations = read_iterations(
+        obj.get("usage"), extract_usage(obj.get("usage")), _str(obj.get("model"))
+    )
     error = error_message(obj.get("error"))
     if usage is None and error is None:
         error = "no usage in response"
@@ -358,7 +400,7 @@ class StreamParser:
         message_start's placeholder or a running count: ``output_partial``, with the text seen for
         an estimate."""
         usage = usage_from_counts(self._counts) if self._seen else None
-        usage, iterations = read_iterations(self._iterations, usage)
+        usage, iterations = read_iterations(self._iterations, usage, self._model)
         partial = usage is not None and not (self._final or self._done)
         error = self._error
         if usage is None and error is None:

@@ -32,7 +32,7 @@ from addon.providers.openai_api import error_message, extract_usage
 from addon.providers.openai_media import form_parts, is_form
 from addon.providers.values import bare_path, loads
 from addon.providers.values import text as _str
-from addon.usage import Metered, Usage
+from addon.usage import Metered, Usage, add_usages
 
 FLAVOR = "batch"
 # The service tier of a batch's rows: priced at the batch price (genai-prices' own, else half).
@@ -424,12 +424,14 @@ class ResultsReader:
     usage object is found from its end and decoded alone; a line that quick reading cannot
     settle is decoded whole."""
 
-    __slots__ = ("_counts", "_partial", "_skipping", "lines", "succeeded", "unreadable")
+    __slots__ = ("_counts", "_partial", "_skipping", "_usages", "lines", "succeeded", "unreadable")
 
     def __init__(self) -> None:
         self._partial = bytearray()
         self._skipping = False  # inside a line longer than MAX_LINE
         self._counts: dict[tuple[str, str | None], dict[str, int]] = {}
+        # What requests with usage.iterations spent, normalised per line (their models may differ).
+        self._usages: dict[tuple[str, str | None], Usage] = {}
         self.lines = 0
         self.succeeded = 0
         self.unreadable = 0
@@ -501,7 +503,11 @@ class ResultsReader:
             self.unreadable += 1
             return
         self.succeeded += 1
-        key = (model[:MAX_MODEL], anthropic_api.inference_geo_of(usage))
+        geo = anthropic_api.inference_geo_of(usage)
+        key = (model[:MAX_MODEL], geo)
+        if isinstance(usage.get("iterations"), list) and usage["iterations"]:
+            self._iterations_line(usage, counts, model, geo)
+            return
         total = self._counts.get(key)
         if total is None:
             self._counts[key] = counts
@@ -509,6 +515,28 @@ class ResultsReader:
             for name, value in counts.items():
                 total[name] = total.get(name, 0) + value
 
+    def _iterations_line(
+        self, usage: dict[str, Any], counts: dict[str, int], model: str, geo: str | None
+    ) -> None:
+        """A succeeded request whose ``usage.iterations`` say more than its top-level usage (a
+        compaction's tokens, left out of it; an advisor's, billed at the advisor's rates; the hops of
+        a server-side fallback chain, each at its own model's): each model's tokens counted under
+        it, as a plain Messages call's rows are (``anthropic_api.read_iterations``)."""
+        top, found = anthropic_api.read_iterations(usage, anthropic_api.usage_from_counts(counts), model)
+        served = found.served_by if found is not None and found.served_by else model
+        parts: list[tuple[str, Usage]] = [(served, top)] if top is not None else []
+        if found is not None:
+            parts += [(advisor or model, tokens) for advisor, tokens in found.advisors]
+            parts += list(found.declined)
+        for named, tokens in parts:
+            key = (named[:MAX_MODEL], geo)
+            known = self._usages.get(key)
+            self._usages[key] = tokens if known is None else add_usages(known, tokens)
+
     def usage_by_model(self) -> dict[tuple[str, str | None], Usage]:
-        """(model, inference geo) -> the summed usage of its succeeded requests."""
-        return {key: anthropic_api.usage_from_counts(counts) for key, counts in self._counts.items()}
+        """(model, inference geo) -> the summed usage of its succeeded requests (and of the
+        advisors and declined hops their ``usage.iterations`` name)."""
+        found = {key: anthropic_api.usage_from_counts(counts) for key, counts in self._counts.items()}
+        for key, usage in self._usages.items():
+            found[key] = add_usages(found[key], usage) if key in found else usage
+        return found
