@@ -7,9 +7,9 @@ consult the advisor model mid-request, server-side: each consultation reads the 
 and writes up to the tool's ``max_tokens``, at most ``max_uses`` times. Its tokens are reported in
 ``usage.iterations`` (``advisor_message`` entries naming the advisor), left out of the top-level
 usage, and billed at the advisor's rates. So the tool's model is held to the allowlist as the call's
-is (``advisor_tools``; a downgrade writes the target in as ``tools[i].model``, ``with_advisor_models``),
-its consultations reserved at its rates (``reserved_uses``), and its tokens metered on a row of their
-own (``iteration_rows``), as the Responses ``image_generation`` tool's images are (addon.image_tool).
+is and its consultations reserved at its rates (the request's side: addon.providers.advisors), and
+its tokens metered on a row of their own (``iteration_rows``), as the Responses
+``image_generation`` tool's images are (addon.image_tool).
 
 A fallback-served answer (``fallbacks``, beta ``server-side-fallback-2026-07-01``; read as a
 fallback list by ``addon.providers.anthropic_api.fallback_models``) is priced at the model that
@@ -21,21 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from addon.model_rules import base_model
 from addon.pricing import SUBSCRIPTION
 from addon.record import CallRecord
 from addon.usage import Iterations, Usage
 
-ADVISOR_TYPE = "advisor_"  # how the advisor tool's versioned type starts (advisor_20260301)
-MAX_ADVISOR_TOOLS = 64  # advisor tools read in one request (more: the tools cannot all be checked)
-MAX_MODEL_NAME = 256  # characters of one model name (a longer one is no model id)
-# Consultations reserved for an advisor tool that sets no max_uses: a bound, not a cap (Anthropic
-# documents none); with max_uses set, that many.
-ADVISOR_USES_RESERVED = 3
 FLAVOR = "messages"  # an advisor's or a declined hop's tokens are a Messages inference's
 ADVISOR_NOTE = "the advisor tool's tokens (usage.iterations advisor_message) of call"
 DECLINED_NOTE = "the tokens of a hop that declined (server-side fallback, usage.iterations) of call"
@@ -55,63 +47,6 @@ _COUNTS = (
     "file_searches",
     "audio_seconds",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AdvisorTool:
-    """One advisor tool of a request: its index in ``tools``, its model, its caps (None: unset)."""
-
-    index: int
-    model: str
-    max_tokens: int | None = None
-    max_uses: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AdvisorTools:
-    """A request's advisor tools, and why they cannot all be read, if they cannot."""
-
-    tools: tuple[AdvisorTool, ...] = ()
-    error: str | None = None
-
-
-def advisor_tools(body: Any) -> AdvisorTools:
-    """The advisor tools of a Messages request body (``tools`` entries whose ``type`` starts with
-    ``advisor_``). A tool naming no model (or not a string) makes the list unreadable. Never raises."""
-    tools = body.get("tools") if isinstance(body, dict) else None
-    if not isinstance(tools, list):
-        return AdvisorTools()
-    found: list[AdvisorTool] = []
-    for index, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            continue
-        kind = tool.get("type")
-        if not (isinstance(kind, str) and kind.startswith(ADVISOR_TYPE)):
-            continue
-        if len(found) >= MAX_ADVISOR_TOOLS:
-            return AdvisorTools(tuple(found), f"it has more than {MAX_ADVISOR_TOOLS} advisor tools")
-        model = tool.get("model")
-        if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
-            return AdvisorTools(tuple(found), f"tool {index + 1} ({kind}) names no model")
-        found.append(AdvisorTool(index, model, _cap(tool.get("max_tokens")), _cap(tool.get("max_uses"))))
-    return AdvisorTools(tuple(found))
-
-
-def with_advisor_models(body: dict[str, Any], models: Mapping[int, str]) -> dict[str, Any]:
-    """A new body whose advisor tools at the indices of ``models`` name those models (every other
-    member, and every other tool, kept)."""
-    if not models:
-        return body
-    tools = list(body["tools"])
-    for index, model in models.items():
-        tools[index] = {**tools[index], "model": model}
-    return {**body, "tools": tools}
-
-
-def reserved_uses(tool: AdvisorTool) -> int:
-    """The consultations an advisor tool's reservation counts: its ``max_uses``, else
-    ``ADVISOR_USES_RESERVED``."""
-    return tool.max_uses if tool.max_uses is not None else ADVISOR_USES_RESERVED
 
 
 def iteration_rows(
@@ -182,7 +117,3 @@ def _child_row(
         row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
     return row
 
-
-def _cap(value: Any) -> int | None:
-    """A positive integer cap, or None (unset, null, not one)."""
-    return value if type(value) is int and value > 0 else None

@@ -85,6 +85,7 @@ from addon.providers import (
     openai_responses_ws,
     registry_for,
 )
+from addon.providers.advisors import reserved_uses, with_advisor_models
 from addon.providers.anthropic_api import fallback_max_tokens
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
@@ -1764,10 +1765,11 @@ class Meter:
                 provider.deployments,
                 flow.request.headers.get(DEPLOYMENT_HEADER),
             )
-        # The Anthropic advisor tool's model too: it runs within the call, at its own rates.
+        # An advisor tool's model too (Anthropic's, OpenRouter's): it runs within the call, at its
+        # own rates.
         advisors = None
-        if provider.name == "anthropic" and record.api_flavor == "messages":
-            advisors = anthropic_models.advisor_tools(body)
+        if provider.advisor_tools is not None and body is not None:
+            advisors = provider.advisor_tools(record.api_flavor, body)
         advised = None
         if advisors is not None and (advisors.tools or advisors.error is not None):
             found_advisors = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
@@ -1788,7 +1790,7 @@ class Meter:
         if body is not None and (reserved_models or svg_models):  # reserved at the models sent
             reserved_body = with_image_tool_models(body, reserved_models, svg_models)
         if reserved_body is not None and advisor_models:  # reserved at the advisor models sent
-            reserved_body = anthropic_models.with_advisor_models(reserved_body, advisor_models)
+            reserved_body = with_advisor_models(reserved_body, advisor_models)
         estimate = self._cost_estimate(
             record.provider,
             text_size,
@@ -1872,7 +1874,7 @@ class Meter:
                 if rewrites_fallbacks and ruled is not None and new_body is not None:
                     new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
                 if rewrites_advisors and new_body is not None:
-                    new_body = anthropic_models.with_advisor_models(new_body, advisor_models)
+                    new_body = with_advisor_models(new_body, advisor_models)
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from
@@ -2404,14 +2406,23 @@ class Meter:
             )
             if found.error:
                 problem += f" ({found.error})"
+        # A Message Batch request's advisor tool and server-side fallbacks run other models too.
+        also = found.also_runs if found is not None else ()
+        if problem is None and found is not None and found.also_unreadable is not None:
+            problem = (
+                f"{found.also_unreadable}, so the models it may run cannot all be checked against "
+                "the allowlist"
+            )
         models = found.models if found is not None else ()
         if len(models) > 1:
             what = "its requests ask" if inline else "its input file asks"
             state.errors.append(f"{what} for {len(models)} models: {', '.join(models)}")
+        if also:
+            state.errors.append(f"its requests' advisor tools or fallbacks name {', '.join(also)}")
         rules = self.policies.environment(record.environment).models
         refused = None
         if self.policies.enforcing:
-            refused = next((m for m in models if not rules.is_allowed(m)), None)
+            refused = next((m for m in (*models, *also) if not rules.is_allowed(m)), None)
         model = refused or (models[0] if models else None)
         record.model_requested = record.model_sent = model
         if problem is not None:
@@ -2425,12 +2436,21 @@ class Meter:
                 RESERVED_OUTPUT_TOKENS, functools.partial(self.outputs.reserved, record.provider)
             )
             tokens = found.size // BYTES_PER_TOKEN
-            return self.pricer.estimate(record.provider, model, tokens, output, service_tier=batches.TIER)
+            # At the dearest model its requests may run (an advisor's, a fallback's): a bound.
+            return max(
+                self.pricer.estimate(record.provider, one, tokens, output, service_tier=batches.TIER)
+                for one in dict.fromkeys((model, *also))
+            )
 
         decision = self._decide(state, model, estimate)
         if refused is not None and decision.action in ("blocked", "downgraded"):
             # Say where the model comes from; a downgrade cannot be made: the file is uploaded.
-            if inline:
+            if inline and refused not in models:
+                why = (
+                    "a request of the batch runs it as its advisor tool's or fallbacks' model, and "
+                    "a batch's requests are never rewritten"
+                )
+            elif inline:
                 why = INLINE_BATCH_NOT_REWRITTEN
             elif decision.action == "downgraded":
                 why = BATCH_NOT_REWRITTEN
@@ -2464,6 +2484,7 @@ class Meter:
         write (its p90 here: the request's cap is its text model's) at its text rate, for each call
         the tool may make.
         Only evaluated when a budget applies."""
+        reads_advisors = self.registry.by_name(provider)
 
         def estimate(model: str | None) -> Decimal:
             tokens = size // BYTES_PER_TOKEN + self.contexts.carried(body)
@@ -2500,12 +2521,12 @@ class Meter:
             for author in authors:  # the SVG author's tokens: a row of their own, at its text rates
                 written = self.outputs.reserved(provider, author)  # the call's cap is its text model's
                 cost += self.pricer.estimate(provider, author, 0, written * calls, geo)
-            if provider == "anthropic" and flavor == "messages":
+            if reads_advisors is not None and reads_advisors.advisor_tools is not None:
                 # Each consultation of an advisor tool reads the transcript and writes up to its
                 # max_tokens (else its model's p90 here), at the advisor's rates: a row of its own.
-                for advisor in anthropic_models.advisor_tools(body).tools:
+                for advisor in reads_advisors.advisor_tools(flavor or "", body).tools:
                     written = advisor.max_tokens or self.outputs.reserved(provider, advisor.model)
-                    uses = anthropic_models.reserved_uses(advisor)
+                    uses = reserved_uses(advisor)
                     cost += self.pricer.estimate(provider, advisor.model, tokens, written, geo) * uses
             return cost
 

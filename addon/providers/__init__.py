@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
 from addon.providers import (
+    advisors,
     anthropic_api,
     batches,
     bedrock_api,
@@ -150,6 +151,10 @@ class Provider:
     # fallback list and ``fallbacks`` objects): each held to the allowlist as the model is. None:
     # none here.
     fallback_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
+    # The advisor tools of a request of a flavor (another model the call runs within itself, at
+    # its rates: Anthropic's advisor tool, OpenRouter's openrouter:advisor), each held to the
+    # allowlist as the model is. None: none read here.
+    advisor_tools: Callable[[str, dict[str, Any] | None], advisors.AdvisorTools] | None = None
 
     @property
     def price_provider(self) -> str:
@@ -345,6 +350,18 @@ def _anthropic_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Me
     return anthropic_api.parse_response(flavor, body)
 
 
+def _anthropic_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.AdvisorTools:
+    return advisors.advisor_tools(body) if flavor in anthropic_api.FLAVORS else advisors.AdvisorTools()
+
+
+def _gateway_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.AdvisorTools:
+    return advisors.advisor_tools(body)
+
+
+def _openrouter_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.AdvisorTools:
+    return advisors.advisor_tools(body, openrouter=True)
+
+
 # --- OpenRouter: OpenAI-compatible, and Anthropic's Messages API at /api/v1/messages ----------
 
 
@@ -456,6 +473,8 @@ BUILTIN: tuple[Provider, ...] = (
             batch_api="anthropic",
             # Server-side fallback's `fallbacks` (models Anthropic may run instead): each checked.
             fallback_models=anthropic_api.fallback_models,
+            # The advisor tool (Messages only; not on Bedrock or Vertex AI, per Anthropic).
+            advisor_tools=_anthropic_advisors,
             # Claude Code logged in to a Pro/Max plan (`claude setup-token`, CLAUDE_CODE_OAUTH_TOKEN)
             # sends `Authorization: Bearer sk-ant-oat01-...`: the plan's quota, not API credits.
             subscription_key_prefixes=("sk-ant-oat",),
@@ -524,6 +543,8 @@ BUILTIN: tuple[Provider, ...] = (
         parse_response=_openrouter_parse,
         stream_parser=_openrouter_stream_parser,
         fallback_models=openrouter.openrouter_fallbacks,
+        # openrouter:advisor (chat, Responses) and Anthropic's shape (/api/v1/messages): any model.
+        advisor_tools=_openrouter_advisors,
     ),
     _openai_compatible("x-ai", "api.x.ai"),
     _openai_compatible("together", "api.together.xyz", "api.together.ai"),
@@ -553,6 +574,8 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         responses_ws=None,
         openai_live=None,
         realtime_translation=None,
+        # A gateway (LiteLLM's) passes Anthropic's advisor tool on whichever API it is sent in.
+        advisor_tools=_gateway_advisors,
     )
 
 

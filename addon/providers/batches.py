@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from addon.providers import anthropic_api
+from addon.providers import advisors, anthropic_api
 from addon.providers.openai_api import error_message, extract_usage
 from addon.providers.openai_media import form_parts, is_form
 from addon.providers.values import bare_path, loads
@@ -73,6 +73,10 @@ class BatchInput:
     # (model, lines of that model without a cap), by model: a part of ``uncapped`` (the rest:
     # lines whose model could not be read, or a file remembered before this was kept)
     uncapped_by_model: tuple[tuple[str, int], ...] = ()
+    # Models its requests run besides their own (a Message Batch request's advisor tool and
+    # server-side fallbacks), sorted, distinct; and why they cannot all be read, if they cannot.
+    also_runs: tuple[str, ...] = ()
+    also_unreadable: str | None = None
 
     def output_tokens(self, per_uncapped_line: int, reserved: Callable[[str], int] | None = None) -> int:
         """What the batch may write: its lines' caps, and for each line without one what an
@@ -164,6 +168,28 @@ class _Requests:
     unreadable: int = 0
     error: str | None = None
     uncapped_by_model: dict[str, int] = field(default_factory=dict)
+    also_runs: dict[str, None] = field(default_factory=dict)
+    also_unreadable: str | None = None
+
+    def also(self, params: Any) -> None:
+        """Note the models a Message Batch request's ``params`` run besides its ``model``: its
+        advisor tools' and its server-side ``fallbacks``' (the first reason one cannot be read kept)."""
+        if not isinstance(params, dict):
+            return
+        found = advisors.advisor_tools(params)
+        listed = anthropic_api.fallback_models(params)
+        models = [tool.model for tool in found.tools] + list(listed.models if listed is not None else ())
+        problem = found.error or (listed.error if listed is not None else None)
+        if problem is not None and self.also_unreadable is None:
+            self.also_unreadable = f"request {self.lines} of the batch: {problem}"
+        for model in models:
+            if model not in self.also_runs:
+                if len(self.also_runs) >= MAX_MODELS:
+                    self.also_unreadable = self.also_unreadable or (
+                        f"its requests' advisor tools and fallbacks name more than {MAX_MODELS} models"
+                    )
+                    return
+                self.also_runs[model] = None
 
     def add(self, model: Any, cap: int | None) -> None:
         """Count one request asking for ``model`` (unreadable unless a plain, short string)."""
@@ -194,6 +220,8 @@ class _Requests:
             unreadable=self.unreadable,
             error=error or self.error,
             uncapped_by_model=tuple(sorted(self.uncapped_by_model.items())),
+            also_runs=tuple(sorted(self.also_runs)),
+            also_unreadable=self.also_unreadable,
         )
 
 
@@ -382,6 +410,7 @@ def read_inline(body: bytes) -> BatchInput:
                     item, pos = _DECODER.raw_decode(text, pos)
                     params = item.get("params") if isinstance(item, dict) else None
                     requests.add(params.get("model") if isinstance(params, dict) else None, _cap(params))
+                    requests.also(params)
                     pos = _skip(text, pos)
                     if text[pos] == ",":
                         pos = _skip(text, pos + 1)

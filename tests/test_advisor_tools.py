@@ -1,0 +1,125 @@
+"""Advisor tools wherever they run (after the review of 4002a9a:
+tests/test_review_anthropic_iterations.py).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from mitmproxy import http
+
+from addon.meter import Meter
+from addon.policies import parse_policies
+from tests import test_meter
+from tests.test_meter import make_flow, run_request, sent_body
+
+meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
+
+MESSAGES = "https://api.anthropic.com/v1/messages"
+MESSAGE_BATCHES = "https://api.anthropic.com/v1/messages/batches"
+OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
+OPENROUTER_RESPONSES = "https://openrouter.ai/api/v1/responses"
+OPENROUTER_MESSAGES = "https://openrouter.ai/api/v1/messages"
+HEADERS = {"x-api-key": "sk-ant-api03-" + "a" * 40, "anthropic-version": "2023-06-01"}
+HAIKU_ONLY = 'environments:\n  development:\n    models: {allow: ["claude-haiku-*"], on_disallowed: block}\n'
+OPENROUTER_HAIKU_ONLY = (
+    'environments:\n  development:\n    models: {allow: ["anthropic/claude-haiku-*"], on_disallowed: block}\n'
+)
+BUDGET_ONLY = "environments:\n  development:\n    budget: {usd: 100, period: day}\n"
+
+
+def advisor(model: str = "claude-opus-4-8", **caps: int) -> dict:
+    return {"type": "advisor_20260301", "name": "advisor", "model": model, **caps}
+
+
+def anthropic_flow(url: str, body: dict) -> http.HTTPFlow:
+    flow = make_flow(url, body, headers=HEADERS)
+    del flow.request.headers["authorization"]
+    return flow
+
+
+# -- where advisors are read ----------------------------------------------------------------
+
+
+async def test_openrouters_advisor_naming_no_model_is_refused_where_models_are_restricted(
+    meter: Meter,
+) -> None:
+    """Without parameters.model the executor picks the advisor per consultation: unknowable."""
+    meter._apply(parse_policies(OPENROUTER_HAIKU_ONLY))
+    body = {"model": "anthropic/claude-haiku-4.5", "input": "hi", "tools": [{"type": "openrouter:advisor"}]}
+    flow = make_flow(OPENROUTER_RESPONSES, body)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert b"executor picks the advisor" in (flow.response.content or b"")
+
+
+async def test_an_allowed_openrouter_advisor_passes_unchanged(meter: Meter) -> None:
+    meter._apply(parse_policies(OPENROUTER_HAIKU_ONLY))
+    tool = {"type": "openrouter:advisor", "parameters": {"model": "anthropic/claude-haiku-4.5"}}
+    body = {"model": "anthropic/claude-haiku-4.5", "messages": [], "tools": [tool]}
+    flow = make_flow(OPENROUTER_CHAT, body)
+    await run_request(meter, flow)
+    assert flow.response is None and sent_body(flow)["tools"] == [tool]
+
+
+async def test_the_anthropic_shape_on_openrouters_messages_api_is_held_to_the_allowlist(meter: Meter) -> None:
+    meter._apply(parse_policies(OPENROUTER_HAIKU_ONLY))
+    body = {
+        "model": "anthropic/claude-haiku-4.5",
+        "max_tokens": 10,
+        "messages": [],
+        "tools": [advisor("anthropic/claude-opus-4.8")],
+    }
+    flow = make_flow(OPENROUTER_MESSAGES, body)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+
+
+async def test_an_openrouter_advisor_is_reserved_at_its_rates(meter: Meter) -> None:
+    meter._apply(parse_policies(BUDGET_ONLY))
+    body = {"model": "anthropic/claude-haiku-4.5", "max_tokens": 10, "messages": []}
+    alone = await test_meter.reserved_for(meter, OPENROUTER_CHAT, body)
+    parameters = {"model": "anthropic/claude-opus-4.6", "max_completion_tokens": 4000}
+    advised = {**body, "tools": [{"type": "openrouter:advisor", "parameters": parameters}]}
+    reserved = await test_meter.reserved_for(meter, OPENROUTER_CHAT, advised)
+    # Three consultations (no max_uses on OpenRouter's tool), each up to 4,000 tokens at Opus's $25.
+    assert reserved - alone >= Decimal(3 * 4000 * 25) / 1_000_000
+
+
+async def test_bedrock_and_vertex_bodies_are_not_read_for_advisors() -> None:
+    """Anthropic's advisor tool is not available on Bedrock or Vertex AI (Claude Code's advisor
+    page): those providers read none (their request is answered 400 upstream, nothing billed)."""
+    from addon.providers import Registry
+
+    registry = Registry()
+    for name in ("aws", "vertex"):
+        provider = registry.by_name(name)
+        assert provider is not None and provider.advisor_tools is None
+
+
+# -- Message Batches ---------------------------------------------------------------------------
+
+
+async def test_a_batch_request_whose_advisor_names_no_model_is_refused_where_models_are_restricted(
+    meter: Meter,
+) -> None:
+    meter._apply(parse_policies(HAIKU_ONLY))
+    tool = {"type": "advisor_20260301", "name": "advisor"}
+    params = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [], "tools": [tool]}
+    flow = anthropic_flow(MESSAGE_BATCHES, {"requests": [{"custom_id": "a", "params": params}]})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+
+
+async def test_a_batch_request_falling_back_to_a_disallowed_model_is_refused_naming_it(meter: Meter) -> None:
+    meter._apply(parse_policies(HAIKU_ONLY))
+    params = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 10,
+        "messages": [],
+        "fallbacks": [{"model": "claude-opus-4-8"}],
+    }
+    flow = anthropic_flow(MESSAGE_BATCHES, {"requests": [{"custom_id": "a", "params": params}]})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert b"claude-opus-4-8" in (flow.response.content or b"")
