@@ -85,8 +85,15 @@ from addon.providers import (
     openai_responses_ws,
     registry_for,
 )
-from addon.providers.advisors import reserved_uses, with_advisor_models
-from addon.providers.anthropic_api import fallback_max_tokens
+from addon.providers.advisors import (
+    AdvisorTools,
+    pair_known_invalid,
+    pair_known_valid,
+    reserved_uses,
+    with_advisor_models,
+)
+from addon.providers.anthropic_api import fallback_max_tokens, repeated_fallbacks, without_fallback_entries
+from addon.providers.anthropic_api import fallback_models as anthropic_fallback_models
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
@@ -1807,9 +1814,11 @@ class Meter:
         # OpenRouter's fallback models, Anthropic's server-side fallbacks: each held to the
         # allowlist; the call reserved at the dearest.
         ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
+        # Anthropic's server-side fallbacks (OpenRouter's lists read the same way are not one).
+        chain = provider.fallback_models is anthropic_fallback_models
         if ruled is not None and ruled.sent:
             # An Anthropic fallbacks entry may set its attempt's own max_tokens: its estimate's cap.
-            caps = fallback_max_tokens(body) if provider.name == "anthropic" else {}
+            caps = fallback_max_tokens(body) if chain else {}
             capped = {
                 i: self._cost_estimate(
                     record.provider,
@@ -1855,6 +1864,17 @@ class Meter:
             why = f"its downgrade target {downgrade} does not serve legacy completions (/v1/completions)"
             decision = self._refuse_instead(decision, record, record.model_requested or "?", why)
             downgrade = None
+        # Never send an executor/advisor pair Anthropic rejects, one the proxy made by rewriting.
+        paired = self._unpaired_advisor(provider, advisors, advisor_models, downgrade or model, model)
+        if decision.refusal is None and (downgrade or rewrites_advisors) and paired is not None:
+            decision = self._refuse_instead(decision, record, paired[0], paired[1])
+            record.model_requested = paired[0]
+            downgrade, rewrites_advisors = None, False
+        # Nor a fallbacks list naming the model the call now runs, or an entry twice, by rewriting.
+        dropped: list[int] = []
+        rewriting = bool(downgrade or rewrites_fallbacks) and decision.refusal is None and chain
+        if rewriting and fallbacks is not None and ruled is not None and fallbacks.error is None:
+            dropped = repeated_fallbacks(model, downgrade or model, fallbacks.models, ruled.sent)
         new_path, new_body = route, body
         if downgrade or (
             (rewrites_tools or rewrites_fallbacks or rewrites_advisors) and decision.refusal is None
@@ -1875,6 +1895,8 @@ class Meter:
                     new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
                 if rewrites_advisors and new_body is not None:
                     new_body = with_advisor_models(new_body, advisor_models)
+                if dropped and new_body is not None:
+                    new_body = without_fallback_entries(new_body, dropped)
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from
@@ -1938,6 +1960,15 @@ class Meter:
         if rewrites_advisors and advised is not None:  # the advisor's own row says its downgrade
             notices += advised.notices
             log.info("tokometer: %s", "; ".join(advised.notices))
+        if dropped and ruled is not None:
+            names = ", ".join(dict.fromkeys(ruled.sent[i] for i in dropped))
+            said = (
+                f"fallbacks list: {names} dropped (the call now runs it, or an entry before it "
+                "names it: a fallback to the model that just declined would only repeat it)"
+            )
+            record.action = "downgraded"
+            notices.append(said)
+            log.info("tokometer: %s", said)
         state.notice = "; ".join(notices) or None
         state.injected_usage = inject
 
@@ -2249,6 +2280,40 @@ class Meter:
             estimate=estimate,
             budgeted=not state.subscription,
         )
+
+    @staticmethod
+    def _unpaired_advisor(
+        provider: Provider,
+        advisors: AdvisorTools | None,
+        rewritten: Mapping[int, str],
+        executor: str | None,
+        requested: str | None = None,
+    ) -> tuple[str, str] | None:
+        """(the model to refuse, why) when the request as it would be sent pairs its executor
+        (``executor``, the model sent) with an Anthropic advisor it rejects: an advisor the proxy
+        rewrote (``rewritten``: index -> target) must be known valid for it by Anthropic's rule (the
+        advisor at least as capable as the executor, from its compatibility table); one sent as
+        the client asked must not be known invalid (a downgraded executor). None: nothing to say."""
+        if not provider.advisor_pairs or advisors is None or executor is None:
+            return None
+        for tool in advisors.tools:
+            if tool.openrouter:
+                continue
+            sent = rewritten.get(tool.index, tool.model)
+            if tool.index in rewritten and not pair_known_valid(executor, sent):
+                return tool.model, (
+                    f"its advisor tool's downgrade target {sent} is not known to be an advisor of "
+                    f"{executor}, the model the call runs (Anthropic takes an advisor only at least as "
+                    "capable as the executor, per its advisor tool's compatibility table, and answers "
+                    "400 otherwise): refused instead of downgraded"
+                )
+            if tool.index not in rewritten and pair_known_invalid(executor, sent):
+                return requested or executor, (
+                    f"the call's downgrade target {executor} cannot be advised by its advisor tool's "
+                    f"{sent} (Anthropic takes an advisor only at least as capable as the executor, and "
+                    "answers 400 otherwise): refused instead of downgraded"
+                )
+        return None
 
     def _refuse_instead(self, decision: Decision, record: CallRecord, model: str, reason: str) -> Decision:
         """A decision that cannot stand (a model that cannot be rewritten or read): its slot and

@@ -1,5 +1,5 @@
-"""Advisor tools wherever they run (after the review of 4002a9a:
-tests/test_review_anthropic_iterations.py).
+"""Advisor tools wherever they run, executor/advisor pairs, and fallbacks lists a rewrite would
+make repeat a model (after the review of 4002a9a: tests/test_review_anthropic_iterations.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from mitmproxy import http
 
 from addon.meter import Meter
 from addon.policies import parse_policies
+from addon.providers import advisors
+from addon.providers.anthropic_api import repeated_fallbacks
 from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
@@ -123,3 +125,100 @@ async def test_a_batch_request_falling_back_to_a_disallowed_model_is_refused_nam
     await run_request(meter, flow)
     assert flow.response is not None and flow.response.status_code == 403
     assert b"claude-opus-4-8" in (flow.response.content or b"")
+
+
+# -- executor/advisor pairs --------------------------------------------------------------------
+
+
+def test_pairs_follow_anthropics_rule() -> None:
+    assert advisors.pair_known_valid("claude-haiku-4-5", "claude-opus-4-8")
+    assert advisors.pair_known_valid("claude-sonnet-4-6", "claude-opus-4-7-20260401")
+    assert advisors.pair_known_valid("claude-opus-4-8", "claude-fable-5")
+    assert not advisors.pair_known_valid("claude-haiku-4-5", "claude-sonnet-4-5")
+    assert not advisors.pair_known_valid("claude-opus-4-8", "claude-opus-4-7")
+    assert not advisors.pair_known_valid("claude-fable-5", "claude-opus-5")
+    assert advisors.pair_known_invalid("claude-sonnet-4-6", "claude-haiku-4-5")
+    assert advisors.pair_known_invalid("claude-fable-5", "claude-opus-4-8")
+    assert not advisors.pair_known_invalid("claude-haiku-4-5", "claude-sonnet-4-5")  # not known either way
+    assert not advisors.pair_known_invalid("claude-haiku-4-5", "some-gateway-alias")
+
+
+EXECUTOR_DOWNGRADED = """
+environments:
+  development:
+    models:
+      allow: ["claude-haiku-*", "claude-opus-4-7"]
+      on_disallowed: downgrade
+      downgrade: {"claude-opus-4-8": claude-opus-4-7}
+"""
+
+
+async def test_an_executor_rewritten_above_its_advisor_is_refused(meter: Meter) -> None:
+    """The advisor is sent as asked (allowed), but the call's rule writes in an executor more
+    capable than it: claude-opus-4-8 advised by claude-opus-4-7, a pair Anthropic rejects."""
+    policy = (
+        "environments:\n  development:\n    models:\n"
+        '      allow: ["claude-opus-4-8", "claude-opus-4-7"]\n      on_disallowed: downgrade\n'
+        '      downgrade: {"claude-haiku-*": claude-opus-4-8}\n'
+    )
+    meter._apply(parse_policies(policy))
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 10,
+        "messages": [],
+        "tools": [advisor("claude-opus-4-7")],
+    }
+    flow = anthropic_flow(MESSAGES, body)
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert b"cannot be advised" in (flow.response.content or b"")
+
+
+async def test_an_executor_downgrade_keeping_a_valid_advisor_goes_through(meter: Meter) -> None:
+    meter._apply(parse_policies(EXECUTOR_DOWNGRADED))
+    body = {
+        "model": "claude-opus-4-8",
+        "max_tokens": 10,
+        "messages": [],
+        "tools": [advisor("claude-opus-4-7")],
+    }
+    flow = anthropic_flow(MESSAGES, body)
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert sent_body(flow)["model"] == "claude-opus-4-7"
+
+
+# -- fallbacks a rewrite would make repeat ------------------------------------------------------
+
+
+def test_only_the_repeats_a_rewrite_makes_are_dropped() -> None:
+    fable, opus, sonnet = "claude-fable-5", "claude-opus-4-8", "claude-sonnet-5"
+    # The call downgraded to opus: the entry naming opus goes; sonnet stays.
+    assert repeated_fallbacks(fable, opus, (opus, sonnet), [opus, sonnet]) == [0]
+    # Two entries rewritten to the same target: the second goes.
+    assert repeated_fallbacks(fable, fable, ("claude-opus-4-6", "claude-opus-4-7"), [opus, opus]) == [1]
+    # What the client wrote itself stays (its list, its answer).
+    assert repeated_fallbacks(fable, fable, (fable,), [fable]) == []
+    assert repeated_fallbacks(fable, opus, (opus, opus), [opus, opus]) == [0, 1]
+
+
+async def test_a_fallbacks_list_left_empty_by_dropping_is_removed(meter: Meter) -> None:
+    policy = (
+        "environments:\n  development:\n    models:\n"
+        '      allow: ["claude-opus-*"]\n      on_disallowed: downgrade\n'
+        '      downgrade: {"claude-fable-*": claude-opus-4-8}\n'
+    )
+    meter._apply(parse_policies(policy))
+    body = {
+        "model": "claude-fable-5",
+        "max_tokens": 10,
+        "messages": [],
+        "fallbacks": [{"model": "claude-opus-4-8"}],
+    }
+    flow = anthropic_flow(MESSAGES, body)
+    await run_request(meter, flow)
+    assert flow.response is None
+    sent = sent_body(flow)
+    assert sent["model"] == "claude-opus-4-8" and "fallbacks" not in sent
+    state = meter.call_state(flow)
+    assert state is not None and state.notice is not None and "dropped" in state.notice

@@ -105,11 +105,26 @@ async def test_a_blocked_advisor_is_refused_naming_it(meter: Meter) -> None:
     assert b"claude-opus-4-6" in flow.response.content and b"advisor" in flow.response.content
 
 
+# A downgrade target that can advise haiku (Anthropic's advisor tool compatibility table: Opus 4.8
+# and 4.7 advise Haiku 4.5). This test first downgraded to claude-sonnet-4-5, a pair Anthropic
+# rejects (the review of 4002a9a): such a target now refuses the call instead (see
+# tests/test_review_anthropic_iterations.py).
+ADVISOR_DOWNGRADE = """
+environments:
+  development:
+    budget: {usd: 100, period: day}
+    models:
+      allow: ["claude-haiku-*", "claude-sonnet-*", "claude-opus-4-8"]
+      on_disallowed: downgrade
+      downgrade: {"claude-opus-4-6": claude-opus-4-8}
+"""
+
+
 async def test_a_disallowed_advisor_is_downgraded_in_place(meter: Meter) -> None:
     """Only the tool's ``model`` changes; the call's model, the tool's other members and the other
     tools are sent as they came; the client is told (X-Tokometer-Notice); the advisor's tokens then
     bill at the model it ran, on a row saying it was downgraded from the one asked for."""
-    meter._apply(parse_policies(DOWNGRADE))
+    meter._apply(parse_policies(ADVISOR_DOWNGRADE))
     weather = {"name": "weather", "input_schema": {"type": "object"}}
     body = {
         "model": "claude-haiku-4-5",
@@ -122,7 +137,7 @@ async def test_a_disallowed_advisor_is_downgraded_in_place(meter: Meter) -> None
     assert flow.response is None
     sent = sent_body(flow)
     assert sent["model"] == "claude-haiku-4-5"
-    assert sent["tools"] == [weather, {**advisor(max_uses=2), "model": "claude-sonnet-4-5"}]
+    assert sent["tools"] == [weather, {**advisor(max_uses=2), "model": "claude-opus-4-8"}]
     state = meter.call_state(flow)
     assert state is not None and state.notice is not None and "advisor tool" in state.notice
     usage = {
@@ -131,7 +146,7 @@ async def test_a_disallowed_advisor_is_downgraded_in_place(meter: Meter) -> None
         "iterations": [
             {
                 "type": "advisor_message",
-                "model": "claude-sonnet-4-5-20250929",
+                "model": "claude-opus-4-8-20260505",
                 "input_tokens": 50,
                 "output_tokens": 9,
             }
@@ -144,7 +159,7 @@ async def test_a_disallowed_advisor_is_downgraded_in_place(meter: Meter) -> None
     [row] = [r for r in meter.store.records if r.model_reported != "claude-haiku-4-5"]  # type: ignore[union-attr]
     assert (row.model_requested, row.model_sent, row.action) == (
         "claude-opus-4-6",
-        "claude-sonnet-4-5",
+        "claude-opus-4-8",
         "downgraded",
     )
 

@@ -155,6 +155,9 @@ class Provider:
     # its rates: Anthropic's advisor tool, OpenRouter's openrouter:advisor), each held to the
     # allowlist as the model is. None: none read here.
     advisor_tools: Callable[[str, dict[str, Any] | None], advisors.AdvisorTools] | None = None
+    # Anthropic runs the advisor tool here (or behind this gateway): its executor/advisor pair rule
+    # applies to a pair the proxy makes by rewriting either.
+    advisor_pairs: bool = False
 
     @property
     def price_provider(self) -> str:
@@ -475,6 +478,7 @@ BUILTIN: tuple[Provider, ...] = (
             fallback_models=anthropic_api.fallback_models,
             # The advisor tool (Messages only; not on Bedrock or Vertex AI, per Anthropic).
             advisor_tools=_anthropic_advisors,
+            advisor_pairs=True,
             # Claude Code logged in to a Pro/Max plan (`claude setup-token`, CLAUDE_CODE_OAUTH_TOKEN)
             # sends `Authorization: Bearer sk-ant-oat01-...`: the plan's quota, not API credits.
             subscription_key_prefixes=("sk-ant-oat",),

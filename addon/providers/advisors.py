@@ -12,14 +12,20 @@ in ``tools``, on Chat Completions and Responses): ``parameters.model`` is the ad
 the executor picks one per consultation (the tool call's ``model`` argument), else the request's
 model, so which model runs cannot be known from the request.
 
-Pure: no mitmproxy.
+Anthropic accepts an executor/advisor pair only when the advisor is at least as capable as the
+executor (its advisor-tool page's compatibility table): ``pair_known_valid`` and
+``pair_known_invalid`` read that rule from the models' names, for a pair the proxy would make by
+rewriting one of them. OpenRouter's advisor may be any model. Pure: no mitmproxy.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from addon.model_rules import base_model
 
 ANTHROPIC_TYPE = "advisor_"  # how Anthropic's advisor tool's versioned type starts (advisor_20260301)
 OPENROUTER_TYPE = "openrouter:advisor"
@@ -107,28 +113,54 @@ def with_advisor_models(body: dict[str, Any], models: Mapping[int, str]) -> dict
     return {**body, "tools": tools}
 
 
-def without_advisor_tools(body: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``body`` without its advisor tools (a fallback attempt's reservation: the advisor's uses are
-    the request's, reserved once)."""
-    tools = body.get("tools") if isinstance(body, dict) else None
-    if body is None or not isinstance(tools, list):
-        return body
-    kept = [
-        t
-        for t in tools
-        if not (
-            isinstance(t, dict)
-            and isinstance(t.get("type"), str)
-            and (t["type"].startswith(ANTHROPIC_TYPE) or t["type"] == OPENROUTER_TYPE)
-        )
-    ]
-    return body if len(kept) == len(tools) else {**body, "tools": kept}
-
-
 def reserved_uses(tool: AdvisorTool) -> int:
     """The consultations an advisor tool's reservation counts: its ``max_uses``, else
     ``ADVISOR_USES_RESERVED``."""
     return tool.max_uses if tool.max_uses is not None else ADVISOR_USES_RESERVED
+
+
+# -- Anthropic's executor/advisor pairs ------------------------------------------------------------
+
+# Capability by family, as Anthropic ranks them (Mythos shares Fable's specs).
+_FAMILY_RANK = {"haiku": 0, "sonnet": 1, "opus": 2, "fable": 3, "mythos": 3}
+# The advisor models Anthropic's compatibility table names (read November 2026): Opus from 4.7,
+# Fable, Mythos. A Sonnet advisor is not known valid, nor an older Opus; Haiku never advises.
+_ADVISOR_FAMILIES = frozenset({"opus", "fable", "mythos"})
+_MIN_OPUS_ADVISOR = (4, 7)
+_CLAUDE = re.compile(r"^claude-(haiku|sonnet|opus|fable|mythos)-(\d{1,2})(?:[-.](\d{1,2}))?$")
+
+
+def capability(model: str) -> tuple[str, int, tuple[int, int]] | None:
+    """(family, rank, version) of a Claude model's name (``claude-opus-4-8``, dated, Vertex's
+    ``@date``, OpenRouter's ``anthropic/`` prefix and dots too), or None when the name is not read."""
+    name = base_model(model.rsplit("/", 1)[-1].split("@", 1)[0]).lower()
+    m = _CLAUDE.match(name)
+    if m is None:
+        return None
+    family = m[1]
+    return family, _FAMILY_RANK[family], (int(m[2]), int(m[3] or 0))
+
+
+def pair_known_invalid(executor: str, advisor: str) -> bool:
+    """Anthropic rejects this pair, by its rule (the advisor at least as capable as the executor):
+    a Haiku advisor, or one of a lower family, or of the same family and an older version."""
+    theirs, ours = capability(advisor), capability(executor)
+    if theirs is None:
+        return False
+    if theirs[0] == "haiku":
+        return True
+    return ours is not None and (theirs[1], theirs[2]) < (ours[1], ours[2])
+
+
+def pair_known_valid(executor: str, advisor: str) -> bool:
+    """Anthropic's compatibility table accepts this pair: an advisor of its advisor families (Opus
+    from 4.7, Fable, Mythos) at least as capable as the executor, both names read."""
+    theirs, ours = capability(advisor), capability(executor)
+    if theirs is None or ours is None or theirs[0] not in _ADVISOR_FAMILIES:
+        return False
+    if theirs[0] == "opus" and theirs[2] < _MIN_OPUS_ADVISOR:
+        return False
+    return (theirs[1], theirs[2]) >= (ours[1], ours[2])
 
 
 def _cap(value: Any) -> int | None:

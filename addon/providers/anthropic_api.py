@@ -478,3 +478,37 @@ def _count(value: Any) -> int | None:
     if type(value) is float and value == value and abs(value) != float("inf"):
         return int(value)
     return None
+
+
+def repeated_fallbacks(
+    model: str | None, sent: str | None, listed: tuple[str, ...], rewritten: list[str]
+) -> list[int]:
+    """The indices of the ``fallbacks`` entries that rewriting made name the model the call now
+    runs (``sent``, asked as ``model``) or an entry before them (``listed`` as asked, ``rewritten``
+    as they would be sent): a fallback to the model that just declined is none (it repeats the
+    refusal, and a list Anthropic does not take is a 400). Entries the client wrote so stay."""
+    dropped: list[int] = []
+    kept: list[str] = []
+    for i, (asked, now) in enumerate(zip(listed, rewritten, strict=False)):
+        itself = sent is not None and _same_model(now, sent)
+        was_itself = model is not None and _same_model(asked, model)
+        repeat = any(_same_model(now, other) for other in kept)
+        was_repeat = any(_same_model(asked, other) for other in listed[:i])
+        if (itself and not was_itself) or (repeat and not was_repeat):
+            dropped.append(i)
+        else:
+            kept.append(now)
+    return dropped
+
+
+def without_fallback_entries(body: dict[str, Any], dropped: list[int]) -> dict[str, Any]:
+    """A new body whose ``fallbacks`` list lacks the entries at ``dropped``; with none left, no
+    ``fallbacks`` at all (the call runs its model alone)."""
+    listed = body.get(FALLBACKS)
+    if not isinstance(listed, list) or not dropped:
+        return body
+    kept = [entry for i, entry in enumerate(listed) if i not in set(dropped)]
+    new = {key: value for key, value in body.items() if key != FALLBACKS}
+    if kept:
+        new[FALLBACKS] = kept
+    return new
