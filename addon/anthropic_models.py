@@ -116,4 +116,3 @@ def _child_row(
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its advisor too
         row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
     return row
-

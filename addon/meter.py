@@ -91,6 +91,7 @@ from addon.providers.advisors import (
     pair_known_valid,
     reserved_uses,
     with_advisor_models,
+    without_advisor_tools,
 )
 from addon.providers.anthropic_api import fallback_max_tokens, repeated_fallbacks, without_fallback_entries
 from addon.providers.anthropic_api import fallback_models as anthropic_fallback_models
@@ -328,6 +329,23 @@ class FallbackRules:
     refused: str | None = None  # an entry no rule lets run: the call is refused
     why: str = ""  # and why, for its refusal
     unreadable: str | None = None  # why the list cannot be checked whole (refused where restricted)
+
+
+def _chain(
+    first: Callable[[str | None], Decimal],
+    others: Sequence[str],
+    hop: Callable[[str | None], Decimal],
+    capped: Mapping[int, Callable[[str | None], Decimal]],
+) -> Callable[[str | None], Decimal]:
+    """A server-side fallback chain's reservation: the model sent (``first``) and every entry of
+    ``others`` after it (``hop``, or ``capped[i]`` where the entry sets its own output cap), each of
+    which may be billed (a hop declines after writing, the next runs). An upper bound: at most
+    ``MAX_FALLBACK_MODELS`` entries are read."""
+
+    def chained(model: str | None) -> Decimal:
+        return first(model) + sum((capped.get(i, hop)(one) for i, one in enumerate(others)), Decimal(0))
+
+    return chained
 
 
 def _dearest(
@@ -1814,23 +1832,29 @@ class Meter:
         # OpenRouter's fallback models, Anthropic's server-side fallbacks: each held to the
         # allowlist; the call reserved at the dearest.
         ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
-        # Anthropic's server-side fallbacks (OpenRouter's lists read the same way are not one).
+        # Anthropic's server-side fallbacks: a chain whose every hop may be billed (a declined hop
+        # that wrote output, then the next); OpenRouter's lists bill the one model that answers.
         chain = provider.fallback_models is anthropic_fallback_models
-        if ruled is not None and ruled.sent:
-            # An Anthropic fallbacks entry may set its attempt's own max_tokens: its estimate's cap.
-            caps = fallback_max_tokens(body) if chain else {}
+        if ruled is not None and ruled.sent and chain and reserved_body is not None:
+            # Each hop reads the request and writes up to its own max_tokens (an entry's, else the
+            # request's); the advisor's consultations are the request's, reserved once.
+            hop_body = without_advisor_tools(reserved_body) or reserved_body
+            hop = self._cost_estimate(
+                record.provider, text_size, hop_body, record.inference_geo, flavor=record.api_flavor
+            )
             capped = {
                 i: self._cost_estimate(
                     record.provider,
                     text_size,
-                    {**reserved_body, "max_tokens": cap},
+                    {**hop_body, "max_tokens": cap},
                     record.inference_geo,
                     flavor=record.api_flavor,
                 )
-                for i, cap in caps.items()
-                if reserved_body is not None
+                for i, cap in fallback_max_tokens(body).items()
             }
-            estimate = _dearest(estimate, ruled.sent, capped)
+            estimate = _chain(estimate, ruled.sent, hop, capped)
+        elif ruled is not None and ruled.sent:
+            estimate = _dearest(estimate, ruled.sent)
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
         disagreement = _azure_disagreement(provider, route, body) if model is None else None
         if disagreement is not None:

@@ -222,3 +222,15 @@ async def test_a_fallbacks_list_left_empty_by_dropping_is_removed(meter: Meter) 
     assert sent["model"] == "claude-opus-4-8" and "fallbacks" not in sent
     state = meter.call_state(flow)
     assert state is not None and state.notice is not None and "dropped" in state.notice
+
+
+async def test_a_chain_reserves_each_hop_once_and_the_advisor_once(meter: Meter) -> None:
+    meter._apply(parse_policies(BUDGET_ONLY))
+    body = {"model": "claude-haiku-4-5", "max_tokens": 1000, "messages": []}
+    alone = await test_meter.reserved_for(meter, MESSAGES, body, HEADERS)
+    advised = {**body, "tools": [advisor(max_tokens=1000, max_uses=1)]}
+    with_advisor = await test_meter.reserved_for(meter, MESSAGES, advised, HEADERS)
+    chained = {**advised, "fallbacks": [{"model": "claude-haiku-4-5"}]}
+    both = await test_meter.reserved_for(meter, MESSAGES, chained, HEADERS)
+    # The fallback hop adds one more haiku call (its body a few bytes longer), no second advisor.
+    assert alone <= both - with_advisor < alone * Decimal("1.1"), (alone, with_advisor, both)

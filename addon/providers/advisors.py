@@ -113,6 +113,24 @@ def with_advisor_models(body: dict[str, Any], models: Mapping[int, str]) -> dict
     return {**body, "tools": tools}
 
 
+def without_advisor_tools(body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``body`` without its advisor tools (a fallback attempt's reservation: the advisor's uses are
+    the request's, reserved once)."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    if body is None or not isinstance(tools, list):
+        return body
+    kept = [
+        t
+        for t in tools
+        if not (
+            isinstance(t, dict)
+            and isinstance(t.get("type"), str)
+            and (t["type"].startswith(ANTHROPIC_TYPE) or t["type"] == OPENROUTER_TYPE)
+        )
+    ]
+    return body if len(kept) == len(tools) else {**body, "tools": kept}
+
+
 def reserved_uses(tool: AdvisorTool) -> int:
     """The consultations an advisor tool's reservation counts: its ``max_uses``, else
     ``ADVISOR_USES_RESERVED``."""
