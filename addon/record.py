@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import json.encoder
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -179,4 +181,32 @@ _TEXT_FIELDS: tuple[str, ...] = tuple(
 )
 _TS = COLUMNS.index("ts")
 _COST = COLUMNS.index("cost_usd")
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _unserializable(value: object) -> object:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[list[object]], str]:
+    """``json.JSONEncoder(separators=(",", ":")).encode`` for a journal line's flat list of
+    scalars, calling the C encoder directly: ``encode`` builds one for every call through
+    ``iterencode``. Without the circular-reference check, which a row's values (strings,
+    numbers, booleans, None) never need: the output is the same. ~2 us less a line (5.7 -> 3.7)."""
+    encoder = getattr(json.encoder, "c_make_encoder", None)
+    if encoder is None:  # a Python without the C accelerator
+        return json.JSONEncoder(separators=(",", ":")).encode
+    iterencode = encoder(
+        None,  # markers: no circular-reference check
+        _unserializable,
+        json.encoder.encode_basestring_ascii,  # ensure_ascii, as JSONEncoder's default
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan
+    )
+    return lambda values: "".join(iterencode(values, 0))
+
+
+_encode = _make_encoder()

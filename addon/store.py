@@ -679,8 +679,10 @@ class Store:
         False when it was not journaled (closed, no journal): the later ``submit`` keeps it.
         """
         try:
-            record.make_storable()
-            text = record.to_json()
+            text = record.to_json()  # ASCII only (JSON escapes)
+            if "\\ud" in text:  # a surrogate escape: maybe a lone one (as in submit)
+                record.make_storable()
+                text = record.to_json()
             with self._lock:
                 if self._closed or self._fd is None:
                     return False  # submit() will keep it (after close: in a journal for the next start)
