@@ -55,6 +55,7 @@ from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines
 from addon.carried_context import CarriedContexts, conversation_of
 from addon.client_process import ClientProcess, lookup_client_process
 from addon.enforcement import Decision, Enforcer
+from addon.header_fields import content_of, header, header_all, host_header, pop_header, set_content
 from addon.image_tool import (
     DEPLOYMENT_HEADER,
     ImageToolCall,
@@ -609,18 +610,19 @@ def _with_usage_requested(raw: bytes) -> bytes | None:
     return head + comma + _INCLUDE_USAGE + raw[end - 1 :]
 
 
+_TAGS_HEADER = TAGS_HEADER.lower().encode()
 _STREAM_TYPES = ("text/event-stream", "application/vnd.amazon.eventstream", "application/x-ndjson")
 
 
 def _is_stream(response: http.Response) -> bool:
     """A response whose body is a stream of events by its content type."""
-    content_type = response.headers.get("content-type", "").lower()
+    content_type = (header(response.headers, b"content-type") or "").lower()
     return content_type.startswith(_STREAM_TYPES)
 
 
 def _maybe_large(response: http.Response) -> bool:
     """A body of unknown size (chunked) or over ``PASS_ON_FROM`` bytes: not one to hold whole."""
-    length = response.headers.get("content-length")
+    length = header(response.headers, b"content-length")
     if length is None:
         return True
     try:
@@ -1138,7 +1140,7 @@ class Meter:
         if provider is None:
             return
         # Our header never goes upstream, whatever the path.
-        tags_header = flow.request.headers.pop(TAGS_HEADER, None)
+        tags_header = pop_header(flow.request.headers, _TAGS_HEADER)
         route = self._route_as_read(flow, provider, host)
         # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing calls an
         # API here. Read it so, never rewritten (another server reads it as sent). An Azure path
@@ -1605,7 +1607,7 @@ class Meter:
     def _pretty_host(self, request: http.Request) -> str:
         """``request.pretty_host``, remembered: parsing the Host header (regex, validation) costs
         ~20 µs inside the proxy, and a connection's requests all carry the same one."""
-        key = (request.host_header, request.host)
+        key = (host_header(request), request.host)
         host = self._pretty_hosts.get(key)
         if host is None:
             host = request.pretty_host
@@ -1630,13 +1632,15 @@ class Meter:
         """
         if provider.key_from_header is not None:
             found = [
-                k for raw in headers.get_all("authorization") if raw and (k := provider.key_from_header(raw))
+                k
+                for raw in header_all(headers, b"authorization")
+                if raw and (k := provider.key_from_header(raw))
             ]
         else:
             found = [
                 k
                 for name in provider.key_headers
-                for raw in headers.get_all(name)
+                for raw in header_all(headers, name.lower().encode())
                 if (k := key_of_header(raw))
             ]
             if provider.key_query:
@@ -1963,9 +1967,9 @@ class Meter:
         spliced = None
         rewritten = downgrade or rewrites_tools or rewrites_fallbacks or rewrites_advisors
         if inject and not rewritten and "stream_options" not in body:  # type: ignore[operator]
-            spliced = _with_usage_requested(flow.request.get_content() or b"")
+            spliced = _with_usage_requested(content_of(flow.request) or b"")
         if spliced is not None:
-            flow.request.content = spliced
+            set_content(flow.request, spliced)
         elif new_body is not body and new_body is not None:
             size = len(flow.request.raw_content or b"")
             flow.request.content = await _off_loop_if_large(_dump_json, new_body, size)
@@ -2640,7 +2644,7 @@ class Meter:
         """The request's JSON object, or None (with the reason on the row)."""
         state.request_size = len(flow.request.raw_content or b"")  # if it cannot be decoded
         try:
-            content = flow.request.get_content()
+            content = content_of(flow.request)
             state.request_size = len(content or b"")  # decoded: a gzip body's prompt is its cost
             body = await _off_loop_if_large(json.loads, content or b"")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -2700,7 +2704,7 @@ class Meter:
             return
         if state.notice:
             response.headers[NOTICE_HEADER] = state.notice
-        content_type = response.headers.get("content-type", "")
+        content_type = header(response.headers, b"content-type") or ""
         framing = state.provider.stream_framing(state.route or flow.request.path, content_type)
         if framing is None or response.status_code >= 400:
             if response.status_code >= 400 and _is_stream(response):
@@ -2708,7 +2712,7 @@ class Meter:
             # A whole body, buffered by mitmproxy and parsed in `response`: JSON, or SSE a parser
             # reads whole (Gemini's :generateContent?alt=sse).
             return
-        encoding = response.headers.get("content-encoding")
+        encoding = header(response.headers, b"content-encoding")
         try:
             tap = StreamTap(
                 state.provider, state.record.api_flavor, encoding, state.injected_usage, framing=framing
@@ -2719,8 +2723,8 @@ class Meter:
             return
         if state.injected_usage:
             # Events are regrouped (minus the injected usage chunk): forward them decoded.
-            response.headers.pop("content-encoding", None)
-            response.headers.pop("content-length", None)
+            pop_header(response.headers, b"content-encoding")
+            pop_header(response.headers, b"content-length")
         if self.store is not None:
             tap.on_final_event = functools.partial(self._journal_stream_end, flow, state)
         state.tap = tap
@@ -2756,7 +2760,7 @@ class Meter:
             metered = state.tap.result()
         elif response is not None and response.status_code < 400:
             try:
-                content = response.get_content()
+                content = content_of(response)
             except ValueError as exc:
                 metered = Metered(error=f"response body not decodable: {exc}")
             else:
