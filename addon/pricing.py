@@ -506,6 +506,8 @@ class Pricer:
         That model is the entry's own name (a dated snapshot folds into it, as genai-prices'
         calls do), or the model's base name when the entry is a glob.
         """
+        if not self.overrides:  # most policies have none: no import statement on every call
+            return None
         from addon.model_rules import base_model, is_pattern, model_matches, strip_prefix
 
         for pattern, override in self.overrides:
