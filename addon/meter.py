@@ -644,6 +644,18 @@ def _fully_decoded(route: str) -> str | None:
     return _SLASHES.sub("/", without_dot_segments(unquote(path))) + mark + query
 
 
+def _azure_decoded(route: str) -> str | None:
+    """An Azure path with an escaped slash, dot or backslash, or a bare backslash, read as a front
+    end that decodes its whole path and takes a backslash for a slash (IIS) would: decoded once,
+    each backslash a slash, dot segments resolved, doubled slashes merged. None for another path.
+    No deployment name holds any of them, so such a path names the deployment it spells."""
+    path, mark, query = route.partition("?")
+    if not (_ESCAPED_SEPARATOR.search(path) or "\\" in path):
+        return None
+    path = unquote(path).replace("\\", "/")
+    return _SLASHES.sub("/", without_dot_segments(path)) + mark + query
+
+
 def _asks_for_websocket(headers: http.Headers) -> bool:
     """Does the request offer an upgrade to WebSocket (among other protocols, in any case)?"""
     return any(
@@ -1144,16 +1156,12 @@ class Meter:
         route = self._route_as_read(flow, provider, host)
         # "/v1/chat%2Fcompletions": a server that decodes its whole path before routing calls an
         # API here. Read it so, never rewritten (another server reads it as sent). An Azure path
-        # with an escaped slash or dot is read decoded first: no deployment name holds either, so
-        # "/openai/v1/deployments%2Fteam-big/chat/completions" names team-big, not its body's model.
+        # with an escaped slash, dot or backslash (or a bare backslash) is read decoded first, a
+        # backslash as a slash (as IIS reads it): no deployment name holds any of them, so
+        # "/openai/v1/deployments%2Fteam-big/chat/completions" and ".../deployments%5Cteam-big/..."
+        # name team-big, not the body's model.
         decoded = _fully_decoded(route)
-        first = (
-            decoded
-            if decoded is not None
-            and provider.name == "azure"
-            and _ESCAPED_SEPARATOR.search(route.partition("?")[0])
-            else None
-        )
+        first = _azure_decoded(route) if provider.name == "azure" else None
         if first is not None and self._follow(flow, provider, host, tags_header, first):
             self._log_route_once(host, flow.request.path, first, "read as")
             return

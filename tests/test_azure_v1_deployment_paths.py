@@ -282,3 +282,31 @@ async def test_a_disagreement_is_reserved_at_the_dearer_model(meter: Meter) -> N
     reserved = await reserved_for(meter, url, body, headers=AZURE_KEY)
     size = len(json.dumps(body)) // 4
     assert reserved == meter.pricer.estimate("azure", "gpt-4o", size, 100) > 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/v1/deployments%5cteam-big/chat/completions?api-version=preview",
+        "/openai/v1/deployments/team-small/..%5Cteam-big/chat/completions?api-version=preview",
+        "/openai/deployments%5Cteam-big/chat/completions?api-version=2024-10-21",
+        "/openai/v1/deployments\\team-big/chat/completions?api-version=preview",
+        "/openai/deployments\\team-big/chat/completions?api-version=2024-10-21",
+        "/openai/deployments/team-big\\chat/completions?api-version=2024-10-21",
+    ],
+)
+async def test_a_backslash_escaped_or_not_is_read_as_a_slash_in_an_azure_path(
+    meter: Meter, path: str
+) -> None:
+    """A front end that takes a backslash for a slash (IIS) runs team-big for each of these paths:
+    they are read so, and the call is downgraded (nothing left naming team-big) or refused. Before,
+    `%5C` made the path be read decoded but kept the backslash, and a bare one was not read at all:
+    the body's team-small was checked and team-big ran."""
+    meter._apply(parse_policies(AZURE_POLICIES))
+    body = {"model": "team-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    flow = make_flow(RESOURCE + path, body, headers=AZURE_KEY)
+    await run_request(meter, flow)
+    if flow.response is None:
+        assert "team-big" not in flow.request.path, flow.request.path
+    else:
+        assert flow.response.status_code == 403
