@@ -962,6 +962,10 @@ class Store:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another proxy taking them: theirs
+                if os.fstat(fd).st_nlink == 0 or not os.path.samestat(os.fstat(fd), os.stat(path)):
+                    # Taken and stored (removed), or taken under another name, by another proxy
+                    # meanwhile: what is at the old name now is a new file, for the next start.
+                    raise FileNotFoundError(path)
                 data = _read_fd(fd)
                 if not any(_readable_line(line) for line in data.split(b"\n")):
                     raise FileNotFoundError(path)  # none for this version: left for the one that wrote them

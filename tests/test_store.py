@@ -1386,3 +1386,55 @@ def test_the_batch_skips_unshown_calls_and_keeps_the_queue_in_order() -> None:
     assert [r.id for r in left] == ["s1-0001", "s1-0004", "s1-0005"]
     batch, left = _take_shown(queue, [], 4)
     assert (batch, left) == (queue[:4], queue[4:])
+
+
+def test_set_aside_lines_another_proxy_took_meanwhile_are_not_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two proxies starting together open the same ``<session>.unreadable``; the first takes its
+    lock, stores its lines and removes it, and an older proxy then writes a new file at that name.
+    The second, locking the removed file only then, must not take it: it used to read the removed
+    file's lines (stored already) and rename the NEW file under its own name, then delete it once
+    it had stored the old lines, so the new file's calls were never stored. Dead journals were
+    guarded so (``st_nlink == 0`` after the lock); set-aside files were not."""
+    import fcntl as real_fcntl
+
+    import addon.store as store_module
+
+    db = tmp_path / "data" / "spend.duckdb"
+    journal_dir = db.with_name(db.name + ".journal")
+    journal_dir.mkdir(parents=True)
+    aside = journal_dir / "older.unreadable"
+    aside.write_text(make_record(1, "taken").to_json() + "\n")
+    late = make_record(2, "late").to_json() + "\n"
+
+    class RacedFcntl:
+        LOCK_EX, LOCK_NB, LOCK_UN, LOCK_SH = (
+            real_fcntl.LOCK_EX,
+            real_fcntl.LOCK_NB,
+            real_fcntl.LOCK_UN,
+            real_fcntl.LOCK_SH,
+        )
+        raced = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real_fcntl, name)
+
+        def flock(self, fd: int, op: int) -> None:
+            if not self.raced and os.fstat(fd).st_ino == aside.stat().st_ino:
+                self.raced = True  # the other proxy took, stored and removed it; a new one came
+                aside.unlink()
+                aside.write_text(late)
+            real_fcntl.flock(fd, op)
+
+    monkeypatch.setattr(store_module, "fcntl", RacedFcntl())
+    store = Store(db, "s4", flush_interval=0.05)
+    store.start()
+    store.close()
+    monkeypatch.undo()
+    assert aside.read_text() == late  # left where it was, for the next start
+    assert rows(db, "SELECT id FROM calls") == []  # the removed file's lines: the other proxy's
+    store = Store(db, "s5", flush_interval=0.05)
+    store.start()
+    store.close()
+    assert rows(db, "SELECT id FROM calls") == [("late-0002",)]
