@@ -143,7 +143,8 @@ class Enforcer:
         rules = self.policies.environment(environment).models
         if rules.is_allowed(model):
             return Decision("allowed", model)
-        target = rules.downgrade_target(model) if rules.on_disallowed == "downgrade" else None
+        downgrading = rules.on_disallowed == "downgrade"
+        target = rules.downgrade_target(model, self.policies.id_host(provider)) if downgrading else None
         if target is None:
             message = blocked_message(environment, model, list(rules.allow))
             return Decision(

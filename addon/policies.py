@@ -91,21 +91,23 @@ class ModelRules:
         """Does ``model`` match an ``allow`` pattern (dated names match their base)?"""
         return "*" in self.allow or matches_any(self.allow, model)
 
-    def downgrade_target(self, model: str) -> str | None:
-        """The mapped target of the first ``downgrade`` pattern matching ``model``, written in the
-        form of ``model``'s id (``openai/gpt-4o`` -> ``openai/gpt-4o-mini``), or None: no pattern
-        matches, or the target cannot be written in that form (a Bedrock id) or would not be
-        allowed as written."""
+    def downgrade_target(self, model: str, host: str | None = None) -> str | None:
+        """The mapped target of the first ``downgrade`` pattern matching ``model``, written as
+        ``host`` names it (the built-in provider the call goes to: OpenRouter's ``openai/gpt-4o`` ->
+        ``openai/gpt-4o-mini``; None or a host that takes names as written: the target as the rule
+        writes it; see ``in_form_of``), or None: no pattern matches, or the target cannot be written
+        in that form (a Bedrock id) or would not be allowed as written."""
         target = first_mapping(self.downgrade, model)
-        sent = in_form_of(model, target) if target is not None else None
+        sent = in_form_of(model, target, host) if target is not None else None
         return sent if sent is not None and self.is_allowed(sent) else None
 
-    def resolve(self, model: str) -> tuple[str, str | None]:
-        """``("allowed", model)``, ``("downgraded", target)`` or ``("blocked", None)``."""
+    def resolve(self, model: str, host: str | None = None) -> tuple[str, str | None]:
+        """``("allowed", model)``, ``("downgraded", target)`` or ``("blocked", None)``; a target
+        written as ``host`` names it (``downgrade_target``)."""
         if self.is_allowed(model):
             return "allowed", model
         if self.on_disallowed == "downgrade":
-            target = self.downgrade_target(model)
+            target = self.downgrade_target(model, host)
             if target is not None:
                 return "downgraded", target
         return "blocked", None
@@ -234,6 +236,12 @@ class Policies:
     def restricts_models(self) -> bool:
         """Does any environment allow only some models (policies enforced, no ``*``)?"""
         return self.enforcing and any("*" not in env.models.allow for env in self.environments.values())
+
+    def id_host(self, provider: str) -> str | None:
+        """The built-in provider whose way of writing model ids a downgrade target of a call
+        recorded under ``provider`` is written in (``in_form_of``), or None for a ``providers:``
+        host, which is sent the target as written (even one named like a built-in provider)."""
+        return None if any(custom.name == provider for custom in self.providers) else provider
 
     def declares(self, name: str) -> bool:
         """May ``name`` be claimed? Any name when nothing is enforced or no environment is

@@ -827,7 +827,10 @@ def savings_report(
         env_name = row["environment"]
         rules = policies.environment(env_name or policies.default_environment).models
         model, provider = row["model"], row["provider"] or ""
-        outcome, target = ("keep", None) if model == "(unknown)" else rules.resolve(model)
+        if model == "(unknown)":
+            outcome, target = "keep", None
+        else:  # the target as the proxy sends it to that host
+            outcome, target = rules.resolve(model, policies.id_host(provider))
         outcome = {"allowed": "keep", "downgraded": "downgrade", "blocked": "block"}.get(outcome, outcome)
         # A group is all priced or all unpriced (cost_usd IS NULL is a grouping key): only
         # priced calls are re-priced; the unpriced ones are counted and left out of the sums.

@@ -2086,3 +2086,43 @@ async def test_a_lone_proxy_does_not_re_read_other_proxies_spend_after_each_flus
             assert refreshed == []  # before the fix: one refresh per flush, [1, 1, 1]
         finally:
             a.done()
+
+
+GATEWAY_DOWNGRADE = """
+default_environment: development
+environments:
+  development:
+    models:
+      allow: ["*-mini", claude-haiku-*]
+      downgrade:
+        gpt-4o: gpt-4o-mini
+        claude-sonnet-*: claude-haiku-4-5
+providers:
+  openrouter: {url: "http://localhost:4000", api: openai}
+"""
+
+
+async def test_a_downgrade_target_is_written_as_the_host_names_it(meter: Meter) -> None:
+    """The form of a plain target is the host's: OpenRouter's own ids (dotted, vendor-prefixed),
+    and the target as written on any other host, here Together and a providers: gateway (even
+    one named like OpenRouter): their prefixed ids say nothing of how they name the target."""
+    meter._apply(parse_policies(GATEWAY_DOWNGRADE.replace("openrouter:", "litellm:")))
+    cases = (
+        (
+            "https://openrouter.ai/api/v1/chat/completions",
+            "anthropic/claude-sonnet-4",
+            "anthropic/claude-haiku-4.5",
+        ),
+        ("https://openrouter.ai/api/v1/chat/completions", "openai/gpt-4o", "openai/gpt-4o-mini"),
+        ("https://api.together.xyz/v1/chat/completions", "openai/gpt-4o", "gpt-4o-mini"),
+        ("http://localhost:4000/v1/chat/completions", "anthropic/claude-sonnet-4.5", "claude-haiku-4-5"),
+    )
+    for url, asked, sent in cases:
+        flow = make_flow(url, {"model": asked, "messages": [{"role": "user", "content": "hi"}]})
+        await run_request(meter, flow)
+        assert flow.response is None, (url, flow.response and flow.response.get_text())
+        assert sent_body(flow)["model"] == sent, url
+    meter._apply(parse_policies(GATEWAY_DOWNGRADE))  # the gateway named openrouter
+    flow = make_flow("http://localhost:4000/v1/chat/completions", {"model": "openai/gpt-4o", "messages": []})
+    await run_request(meter, flow)
+    assert flow.response is None and sent_body(flow)["model"] == "gpt-4o-mini"

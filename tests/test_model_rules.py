@@ -177,22 +177,54 @@ def test_a_rule_written_with_a_prefix_matches_only_that_prefix() -> None:
     ("requested", "sent"),
     [
         ("gpt-4o", "gpt-4o-mini"),
-        ("openai/gpt-4o", "openai/gpt-4o-mini"),  # OpenRouter: the same form
+        ("openai/gpt-4o", "openai/gpt-4o-mini"),  # OpenRouter: its form
         ("openai/gpt-4o-2024-08-06", "openai/gpt-4o-mini"),
         ("openai/gpt-4o:nitro", "openai/gpt-4o-mini:nitro"),  # a routing variant applies to any model
         ("openai/gpt-4o:extended", "openai/gpt-4o-mini"),  # a model's own variant does not
         ("anthropic/claude-sonnet-4.5", "anthropic/claude-haiku-4.5"),  # OpenRouter's spelling
-        ("anthropic/claude-sonnet-4-5", "anthropic/claude-haiku-4-5"),  # a gateway's
+        ("anthropic/claude-sonnet-4", "anthropic/claude-haiku-4.5"),  # no minor version: still dotted
+        ("anthropic/claude-opus-4", None),  # no rule maps it here
+        ("anthropic/claude-sonnet-4-5", "anthropic/claude-haiku-4.5"),  # OpenRouter knows the dotted id only
         ("claude-sonnet-4-5-20250929", "claude-haiku-4-5"),
-        # Bedrock: the target's id (date, version) is not knowable from its name: refused
-        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", None),
     ],
 )
-def test_a_downgrade_writes_the_target_in_the_form_of_the_requested_id(
+def test_on_openrouter_a_downgrade_writes_the_target_as_openrouter_names_it(
     requested: str, sent: str | None
 ) -> None:
-    assert HAIKU_RULES.downgrade_target(requested) == sent
-    assert HAIKU_RULES.resolve(requested) == (("downgraded", sent) if sent else ("blocked", None))
+    assert HAIKU_RULES.downgrade_target(requested, "openrouter") == sent
+    assert HAIKU_RULES.resolve(requested, "openrouter") == (
+        ("downgraded", sent) if sent else ("blocked", None)
+    )
+
+
+@pytest.mark.parametrize("host", [None, "groq", "together", "openai", "azure", "my-gateway"])
+@pytest.mark.parametrize(
+    ("requested", "sent"),
+    [
+        ("gpt-4o", "gpt-4o-mini"),
+        ("openai/gpt-4o", "gpt-4o-mini"),
+        ("anthropic/claude-sonnet-4.5", "claude-haiku-4-5"),
+        ("claude-sonnet-4-5-20250929", "claude-haiku-4-5"),
+    ],
+)
+def test_on_other_hosts_a_downgrade_sends_the_target_as_the_rule_writes_it(
+    host: str | None, requested: str, sent: str
+) -> None:
+    """Groq serves openai/gpt-oss-120b beside llama-3.1-8b-instant: a host's prefixed ids say
+    nothing of how it names the target, so the target the rule writes is what it is sent."""
+    assert HAIKU_RULES.downgrade_target(requested, host) == sent
+
+
+def test_groq_prefixed_ids_downgrade_to_the_plain_target() -> None:
+    rules = ModelRules(allow=("llama-3.1-8b-instant",), downgrade=(("*", "llama-3.1-8b-instant"),))
+    for requested in ("openai/gpt-oss-120b", "meta-llama/llama-4-scout-17b-16e-instruct"):
+        assert rules.downgrade_target(requested, "groq") == "llama-3.1-8b-instant"
+
+
+def test_bedrock_ids_are_downgraded_on_bedrock_only_to_a_target_written_as_a_bedrock_id() -> None:
+    """Bedrock: the target's id (date, version) is not knowable from its name: refused."""
+    assert HAIKU_RULES.downgrade_target("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "aws") is None
+    assert HAIKU_RULES.resolve("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "aws") == ("blocked", None)
 
 
 def test_a_target_written_in_a_providers_form_is_sent_as_written() -> None:
@@ -203,38 +235,86 @@ def test_a_target_written_in_a_providers_form_is_sent_as_written() -> None:
             ("gpt-4o", "openai/gpt-4o-mini"),
         ),
     )
-    assert rules.downgrade_target("us.anthropic.claude-sonnet-4-5-20250929-v1:0") == (
-        "us.anthropic.claude-haiku-4-5-20251001-v1:0"
-    )
-    assert rules.downgrade_target("gpt-4o") == "openai/gpt-4o-mini"
+    for host in (None, "aws", "openrouter", "groq"):
+        assert rules.downgrade_target("us.anthropic.claude-sonnet-4-5-20250929-v1:0", host) == (
+            "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+        )
+        assert rules.downgrade_target("gpt-4o", host) == "openai/gpt-4o-mini"
 
 
 def test_a_target_that_would_not_be_allowed_as_written_is_no_downgrade() -> None:
     """A prefixed allowlist allows the target by its prefix only: written for another vendor's
     id it would not be allowed, so the call is refused, not sent to an unchecked model."""
     rules = ModelRules(allow=("openai/gpt-4o-mini",), downgrade=(("*gpt-4o", "openai/gpt-4o-mini"),))
-    assert rules.downgrade_target("openai/gpt-4o") == "openai/gpt-4o-mini"
+    assert rules.downgrade_target("openai/gpt-4o", "openrouter") == "openai/gpt-4o-mini"
     plain = ModelRules(allow=("gpt-4o-mini",), downgrade=(("*", "gpt-4o-mini"),))
-    assert plain.downgrade_target("Anthropic/claude-opus-4.1") == "gpt-4o-mini"  # as before
+    assert plain.downgrade_target("Anthropic/claude-opus-4.1", "openrouter") == "gpt-4o-mini"  # as before
+    # OpenRouter's ids are undated: a target allowed only dated is refused there, not sent undated
+    dated = ModelRules(allow=("claude-haiku-4-5-20251001",), downgrade=(("*", "claude-haiku-4-5-20251001"),))
+    assert dated.downgrade_target("anthropic/claude-sonnet-4.5", "openrouter") is None
 
 
 @pytest.mark.parametrize(
-    ("requested", "target", "sent"),
+    ("host", "requested", "target", "sent"),
     [
-        ("anthropic/claude-opus-4.1", "gpt-4o-mini", "openai/gpt-4o-mini"),  # the target's own vendor
-        ("openai/gpt-4o", "claude-haiku-4-5", "anthropic/claude-haiku-4.5"),  # OpenRouter's spelling
-        ("openai/gpt-4o", "gemini-2.5-flash", "google/gemini-2.5-flash"),
-        ("meta-llama/llama-3.3-70b-instruct", "llama-3.1-8b-instruct", "meta-llama/llama-3.1-8b-instruct"),
-        ("openai/gpt-4o", "my-local-model", None),  # whose is it? not knowable: refused
+        ("openrouter", "anthropic/claude-opus-4.1", "gpt-4o-mini", "openai/gpt-4o-mini"),  # its vendor
+        ("openrouter", "openai/gpt-4o", "claude-haiku-4-5", "anthropic/claude-haiku-4.5"),
+        ("openrouter", "openai/gpt-4o", "claude-haiku-4.5", "anthropic/claude-haiku-4.5"),
+        # OpenRouter's Anthropic ids are undated: the date is dropped, not sent as -4.5-20251001
+        ("openrouter", "openai/gpt-4o", "claude-haiku-4-5-20251001", "anthropic/claude-haiku-4.5"),
+        ("openrouter", "openai/gpt-4o", "claude-3-5-haiku-20241022", "anthropic/claude-3.5-haiku"),
+        ("openrouter", "openai/gpt-4o", "gemini-2.5-flash", "google/gemini-2.5-flash"),
+        ("openrouter", "openai/gpt-4o", "grok-3-mini", "x-ai/grok-3-mini"),
+        ("openrouter", "openai/gpt-4o", "mistral-small-latest", "mistralai/mistral-small-latest"),
+        (
+            "openrouter",
+            "meta-llama/llama-3.3-70b-instruct",
+            "llama-3.1-8b-instruct",
+            "meta-llama/llama-3.1-8b-instruct",
+        ),
+        ("openrouter", "openai/gpt-4o", "my-local-model", None),  # whose is it? not knowable: refused
+        # Perplexity's Agent API: vendor/name with Anthropic's own dashes, xai/ for Grok
+        ("perplexity", "openai/gpt-5.1", "claude-haiku-4-5", "anthropic/claude-haiku-4-5"),
+        ("perplexity", "openai/gpt-5.1", "claude-haiku-4.5", "anthropic/claude-haiku-4-5"),
+        ("perplexity", "openai/gpt-5.1", "claude-haiku-4-5-20251001", "anthropic/claude-haiku-4-5"),
+        ("perplexity", "anthropic/claude-opus-4-6", "gpt-5-mini", "openai/gpt-5-mini"),
+        ("perplexity", "openai/gpt-5.1", "grok-4-1-fast-mini", "xai/grok-4-1-fast-mini"),
+        ("perplexity", "openai/gpt-5.1", "sonar", "perplexity/sonar"),
+        ("perplexity", "openai/gpt-5.1", "deepseek-chat-mini", None),  # a vendor it does not serve
+        ("perplexity", "sonar-pro", "sonar", "sonar"),  # its Sonar API's plain ids: as written
     ],
 )
-def test_a_cross_vendor_downgrade_goes_under_the_targets_vendor(
-    requested: str, target: str, sent: str | None
+def test_a_cross_vendor_downgrade_goes_under_the_targets_vendor_as_the_host_names_it(
+    host: str, requested: str, target: str, sent: str | None
 ) -> None:
     rules = ModelRules(
-        allow=("*-mini", "claude-haiku-*", "*flash*", "*8b*", "my-*"), downgrade=(("*", target),)
+        allow=(
+            "*-mini",
+            "claude-haiku-*",
+            "claude-3-5-haiku*",
+            "*flash*",
+            "*8b*",
+            "my-*",
+            "*-latest",
+            "sonar",
+        ),
+        downgrade=(("*", target),),
     )
-    assert rules.downgrade_target(requested) == sent
+    assert rules.downgrade_target(requested, host) == sent
+
+
+def test_the_shipped_claude_3_5_haiku_rule_matches_openrouters_id() -> None:
+    """OpenRouter names Claude 3.5 Haiku anthropic/claude-3.5-haiku (undated): the shipped
+    development allowlist allows it as it allows claude-3-5-haiku-20241022."""
+    from pathlib import Path
+
+    from addon.policies import parse_policies
+
+    shipped = Path(__file__).parents[1] / "policies.yaml"
+    rules = parse_policies(shipped.read_text()).environment("development").models
+    for model in ("anthropic/claude-3.5-haiku", "claude-3-5-haiku-20241022", "claude-3-5-haiku-latest"):
+        assert rules.is_allowed(model), model
+    assert not rules.is_allowed("claude-3-5-sonnet-20241022")
 
 
 def test_prices_still_match_the_id_as_written() -> None:
