@@ -88,6 +88,7 @@ from addon.providers import (
 )
 from addon.providers.advisors import (
     AdvisorTools,
+    advisors_by_tool,
     pair_known_invalid,
     pair_known_valid,
     reserved_uses,
@@ -337,14 +338,23 @@ def _chain(
     others: Sequence[str],
     hop: Callable[[str | None], Decimal],
     capped: Mapping[int, Callable[[str | None], Decimal]],
+    dropped: Callable[[str | None], Sequence[int]] = lambda sent: (),
+    unread: bool = False,
 ) -> Callable[[str | None], Decimal]:
     """A server-side fallback chain's reservation: the model sent (``first``) and every entry of
     ``others`` after it (``hop``, or ``capped[i]`` where the entry sets its own output cap), each of
-    which may be billed (a hop declines after writing, the next runs). An upper bound: at most
-    ``MAX_FALLBACK_MODELS`` entries are read."""
+    which may be billed (a hop declines after writing, the next runs), but those the rewrite drops
+    for the model sent (``dropped(sent)``: they are not sent). With ``unread`` (``"default"``, a
+    list not read whole), one hop more at the dearest of the model sent and the entries read: the
+    model Anthropic picks is not known. An upper bound: at most ``MAX_FALLBACK_MODELS`` entries
+    are read."""
 
     def chained(model: str | None) -> Decimal:
-        return first(model) + sum((capped.get(i, hop)(one) for i, one in enumerate(others)), Decimal(0))
+        gone = set(dropped(model))
+        hops = [capped.get(i, hop)(one) for i, one in enumerate(others) if i not in gone]
+        if unread:
+            hops.append(max([hop(model), *(hop(one) for i, one in enumerate(others) if i not in gone)]))
+        return first(model) + sum(hops, Decimal(0))
 
     return chained
 
@@ -1811,10 +1821,10 @@ class Meter:
         if advisors is not None and (advisors.tools or advisors.error is not None):
             found_advisors = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
             advised = self._rule_fallbacks(record, found_advisors, advisor=True)
-        advisor_models: dict[int, str] = {}
+        advisor_models: dict[tuple[int, int | None], str] = {}
         if advised is not None and advisors is not None and advised.refused is None:
             advisor_models = {
-                tool.index: sent
+                tool.where: sent
                 for tool, sent in zip(advisors.tools, advised.sent, strict=False)
                 if sent != tool.model
             }
@@ -1847,7 +1857,8 @@ class Meter:
         # Anthropic's server-side fallbacks: a chain whose every hop may be billed (a declined hop
         # that wrote output, then the next); OpenRouter's lists bill the one model that answers.
         chain = provider.fallback_models is anthropic_fallback_models
-        if ruled is not None and ruled.sent and chain and reserved_body is not None:
+        unread = chain and fallbacks is not None and fallbacks.error is not None
+        if ruled is not None and (ruled.sent or unread) and chain and reserved_body is not None:
             # Each hop reads the request and writes up to its own max_tokens (an entry's, else the
             # request's); the advisor's consultations are the request's, reserved once.
             hop_body = without_advisor_tools(reserved_body) or reserved_body
@@ -1864,7 +1875,15 @@ class Meter:
                 )
                 for i, cap in fallback_max_tokens(body).items()
             }
-            estimate = _chain(estimate, ruled.sent, hop, capped)
+            listed, sent_list, changed = fallbacks.models if fallbacks else (), ruled.sent, ruled.changed
+
+            def dropped_for(sent: str | None, asked: str | None = model) -> list[int]:
+                """The entries the rewrite drops when the call runs ``sent`` (as it does below)."""
+                if not (sent != asked or changed) or unread:
+                    return []
+                return repeated_fallbacks(asked, sent, listed, sent_list)
+
+            estimate = _chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
         elif ruled is not None and ruled.sent:
             estimate = _dearest(estimate, ruled.sent)
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
@@ -1947,7 +1966,7 @@ class Meter:
                 base_model(sent): (tool.model, sent, "downgraded" if sent != tool.model else "allowed")
                 for tool, sent in zip(
                     advisors.tools,
-                    [advisor_models.get(t.index, t.model) for t in advisors.tools],
+                    [advisor_models.get(t.where, t.model) for t in advisors.tools],
                     strict=True,
                 )
             }
@@ -2282,7 +2301,9 @@ class Meter:
             if sent != entry:
                 ruled.changed = True
                 where = "advisor tool" if advisor else f"{listed} list"
-                ruled.notices.append(f"{where}: {decision.notice or entry + ' -> ' + sent}")
+                said = f"{where}: {decision.notice or entry + ' -> ' + sent}"
+                if said not in ruled.notices:  # an advisor's profiles may name one model twice
+                    ruled.notices.append(said)
         if found.error is not None and self.models_restricted(record.environment):
             ruled.unreadable = (
                 f"{found.error}, so the models it may run cannot all be checked against the allowlist"
@@ -2321,13 +2342,13 @@ class Meter:
     def _unpaired_advisor(
         provider: Provider,
         advisors: AdvisorTools | None,
-        rewritten: Mapping[int, str],
+        rewritten: Mapping[tuple[int, int | None], str],
         executor: str | None,
         requested: str | None = None,
     ) -> tuple[str, str] | None:
         """(the model to refuse, why) when the request as it would be sent pairs its executor
         (``executor``, the model sent) with an Anthropic advisor it rejects: an advisor the proxy
-        rewrote (``rewritten``: index -> target) must be known valid for it by Anthropic's rule (the
+        rewrote (``rewritten``: its place -> target) must be known valid for it by Anthropic's rule (the
         advisor at least as capable as the executor, from its compatibility table); one sent as
         the client asked must not be known invalid (a downgraded executor). None: nothing to say."""
         if not provider.advisor_pairs or advisors is None or executor is None:
@@ -2335,15 +2356,15 @@ class Meter:
         for tool in advisors.tools:
             if tool.openrouter:
                 continue
-            sent = rewritten.get(tool.index, tool.model)
-            if tool.index in rewritten and not pair_known_valid(executor, sent):
+            sent = rewritten.get(tool.where, tool.model)
+            if tool.where in rewritten and not pair_known_valid(executor, sent):
                 return tool.model, (
                     f"its advisor tool's downgrade target {sent} is not known to be an advisor of "
                     f"{executor}, the model the call runs (Anthropic takes an advisor only at least as "
                     "capable as the executor, per its advisor tool's compatibility table, and answers "
                     "400 otherwise): refused instead of downgraded"
                 )
-            if tool.index not in rewritten and pair_known_invalid(executor, sent):
+            if tool.where not in rewritten and pair_known_invalid(executor, sent):
                 return requested or executor, (
                     f"the call's downgrade target {executor} cannot be advised by its advisor tool's "
                     f"{sent} (Anthropic takes an advisor only at least as capable as the executor, and "
@@ -2537,11 +2558,16 @@ class Meter:
                 RESERVED_OUTPUT_TOKENS, functools.partial(self.outputs.reserved, record.provider)
             )
             tokens = found.size // BYTES_PER_TOKEN
-            # At the dearest model its requests may run (an advisor's, a fallback's): a bound.
-            return max(
-                self.pricer.estimate(record.provider, one, tokens, output, service_tier=batches.TIER)
-                for one in dict.fromkeys((model, *also))
-            )
+            cost = self.pricer.estimate(record.provider, model, tokens, output, service_tier=batches.TIER)
+            # Its requests' advisor consultations and fallback hops, as a plain call reserves them
+            # (each reads its request and writes up to its cap, else what its model usually writes
+            # here), at the batch price.
+            for one, size, capped, uncapped in found.also_billed:
+                written = capped + uncapped * self.outputs.reserved(record.provider, one)
+                cost += self.pricer.estimate(
+                    record.provider, one, size // BYTES_PER_TOKEN, written, service_tier=batches.TIER
+                )
+            return cost
 
         decision = self._decide(state, model, estimate)
         if refused is not None and decision.action in ("blocked", "downgraded"):
@@ -2625,10 +2651,20 @@ class Meter:
             if reads_advisors is not None and reads_advisors.advisor_tools is not None:
                 # Each consultation of an advisor tool reads the transcript and writes up to its
                 # max_tokens (else its model's p90 here), at the advisor's rates: a row of its own.
-                for advisor in reads_advisors.advisor_tools(flavor or "", body).tools:
-                    written = advisor.max_tokens or self.outputs.reserved(provider, advisor.model)
-                    uses = reserved_uses(advisor)
-                    cost += self.pricer.estimate(provider, advisor.model, tokens, written, geo) * uses
+                # An openrouter:advisor tool's named profiles share its consultations: the dearest.
+                found = reads_advisors.advisor_tools(flavor or "", body)
+                for advisors_of in advisors_by_tool(found).values():
+                    cost += max(
+                        self.pricer.estimate(
+                            provider,
+                            advisor.model,
+                            tokens,
+                            advisor.max_tokens or self.outputs.reserved(provider, advisor.model),
+                            geo,
+                        )
+                        * reserved_uses(advisor)
+                        for advisor in advisors_of
+                    )
             return cost
 
         def estimate_or_text(model: str | None) -> Decimal:

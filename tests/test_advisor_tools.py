@@ -234,3 +234,69 @@ async def test_a_chain_reserves_each_hop_once_and_the_advisor_once(meter: Meter)
     both = await test_meter.reserved_for(meter, MESSAGES, chained, HEADERS)
     # The fallback hop adds one more haiku call (its body a few bytes longer), no second advisor.
     assert alone <= both - with_advisor < alone * Decimal("1.1"), (alone, with_advisor, both)
+
+
+# -- after review round 7 (tests/test_review_round7.py) ---------------------------------------
+
+OPENROUTER_FABLE_TO_OPUS = (
+    "environments:\n  development:\n    models:\n"
+    '      allow: ["anthropic/claude-haiku-*", "anthropic/claude-opus-*"]\n'
+    "      on_disallowed: downgrade\n"
+    '      downgrade: {"anthropic/claude-fable-*": anthropic/claude-opus-4.8}\n'
+)
+
+
+async def test_a_named_advisor_profile_is_downgraded_in_place(meter: Meter) -> None:
+    """Only the profile's model is rewritten; the tool's own model and the profile's other
+    members go as they came."""
+    meter._apply(parse_policies(OPENROUTER_FABLE_TO_OPUS))
+    profile = {"name": "architect", "model": "anthropic/claude-fable-5", "instructions": "be brief"}
+    tool = {
+        "type": "openrouter:advisor",
+        "parameters": {"model": "anthropic/claude-haiku-4.5", "advisors": [profile]},
+    }
+    body = {"model": "anthropic/claude-haiku-4.5", "messages": [], "tools": [tool]}
+    flow = make_flow(OPENROUTER_CHAT, body)
+    await run_request(meter, flow)
+    assert flow.response is None
+    params = sent_body(flow)["tools"][0]["parameters"]
+    assert params["model"] == "anthropic/claude-haiku-4.5"
+    assert params["advisors"] == [{**profile, "model": "anthropic/claude-opus-4.8"}]
+
+
+def test_profiles_inherit_the_tools_model_and_an_unreadable_roster_is_unreadable() -> None:
+    tool = {
+        "type": "openrouter:advisor",
+        "parameters": {"model": "m-top", "max_completion_tokens": 50, "advisors": [{"name": "a"}]},
+    }
+    found = advisors.advisor_tools({"tools": [tool]}, openrouter=True)
+    assert found.error is None
+    assert [(t.model, t.max_tokens, t.profile) for t in found.tools] == [
+        ("m-top", 50, None),
+        ("m-top", 50, 0),
+    ]
+    bad = {"type": "openrouter:advisor", "parameters": {"model": "m-top", "advisors": {"name": "a"}}}
+    assert advisors.advisor_tools({"tools": [bad]}, openrouter=True).error is not None
+    nameless = {"type": "openrouter:advisor", "parameters": {"advisors": [{"name": "a", "model": 5}]}}
+    assert advisors.advisor_tools({"tools": [nameless]}, openrouter=True).error is not None
+
+
+async def test_default_fallbacks_reserve_one_more_hop_where_models_are_not_restricted(meter: Meter) -> None:
+    """'default' names no model: the hop Anthropic picks is reserved at the model sent."""
+    meter._apply(parse_policies(BUDGET_ONLY))
+    plain = {"model": "claude-opus-4-8", "max_tokens": 4000, "messages": []}
+    alone = await test_meter.reserved_for(meter, MESSAGES, plain, HEADERS)
+    chained = await test_meter.reserved_for(meter, MESSAGES, {**plain, "fallbacks": "default"}, HEADERS)
+    assert 2 * alone <= chained < Decimal("2.01") * alone, (alone, chained)  # the body is longer
+
+
+async def test_a_batch_requests_fallback_hops_are_reserved(meter: Meter) -> None:
+    meter._apply(parse_policies(BUDGET_ONLY))
+    params = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": []}
+    alone = await test_meter.reserved_for(
+        meter, MESSAGE_BATCHES, {"requests": [{"custom_id": "a", "params": params}]}, HEADERS
+    )
+    chained = {**params, "fallbacks": [{"model": "claude-opus-4-8", "max_tokens": 4000}]}
+    body = {"requests": [{"custom_id": "a", "params": chained}]}
+    reserved = await test_meter.reserved_for(meter, MESSAGE_BATCHES, body, HEADERS)
+    assert reserved - alone >= Decimal(4000 * 25) / 1_000_000 / 2, (alone, reserved)

@@ -358,11 +358,14 @@ def _anthropic_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.Ad
 
 
 def _gateway_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.AdvisorTools:
-    return advisors.advisor_tools(body)
+    # A gateway passes the tools on as they came: Anthropic's shape, and OpenRouter's when it
+    # fronts OpenRouter (LiteLLM, a corporate router).
+    return advisors.advisor_tools(body, openrouter=True)
 
 
 def _openrouter_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.AdvisorTools:
-    return advisors.advisor_tools(body, openrouter=True)
+    # On /api/v1/messages Anthropic's shape carries its model only: its caps are not OpenRouter's.
+    return advisors.advisor_tools(body, openrouter=True, anthropic_caps=False)
 
 
 # --- OpenRouter: OpenAI-compatible, and Anthropic's Messages API at /api/v1/messages ----------
@@ -578,8 +581,9 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         responses_ws=None,
         openai_live=None,
         realtime_translation=None,
-        # A gateway (LiteLLM's) passes Anthropic's advisor tool on whichever API it is sent in.
-        advisor_tools=_gateway_advisors,
+        # A gateway (LiteLLM's) passes an advisor tool on whichever API it is sent in; in front of
+        # OpenRouter (priced as it), the Anthropic shape's caps are OpenRouter's to ignore.
+        advisor_tools=_openrouter_advisors if pricing_id == "openrouter" else _gateway_advisors,
     )
 
 

@@ -10,7 +10,11 @@ Amazon Bedrock, Google Vertex AI or Microsoft Foundry. OpenRouter's ``openrouter
 tool (``{"type": "openrouter:advisor", "parameters": {"model"?, "max_completion_tokens"?, ...}}``
 in ``tools``, on Chat Completions and Responses): ``parameters.model`` is the advisor; without it
 the executor picks one per consultation (the tool call's ``model`` argument), else the request's
-model, so which model runs cannot be known from the request.
+model, so which model runs cannot be known from the request. Its ``parameters.advisors`` is a
+roster of named profiles (``{"name", "model"?, "max_completion_tokens"?, ...}``), one of which the
+executor selects per consultation, the selected profile's settings winning over the tool's: each
+profile's model may run. OpenRouter also takes Anthropic's shape on ``/api/v1/messages``, where
+"the model is the only setting it carries": its ``max_tokens`` and ``max_uses`` are not caps there.
 
 Anthropic accepts an executor/advisor pair only when the advisor is at least as capable as the
 executor (its advisor-tool page's compatibility table): ``pair_known_valid`` and
@@ -38,14 +42,21 @@ ADVISOR_USES_RESERVED = 3
 
 @dataclass(frozen=True, slots=True)
 class AdvisorTool:
-    """One advisor tool of a request: its index in ``tools``, its model, its caps (None: unset),
-    and whether it is OpenRouter's (its model in ``parameters.model``)."""
+    """One advisor of a request: its tool's index in ``tools`` (and, for a named profile of an
+    ``openrouter:advisor`` tool's ``parameters.advisors``, its index there), its model, its caps
+    (None: unset or not trusted), and whether it is OpenRouter's (its model in ``parameters``)."""
 
     index: int
     model: str
     max_tokens: int | None = None
     max_uses: int | None = None
     openrouter: bool = False
+    profile: int | None = None
+
+    @property
+    def where(self) -> tuple[int, int | None]:
+        """Where its model is written: (tool index, profile index or None)."""
+        return self.index, self.profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +67,13 @@ class AdvisorTools:
     error: str | None = None
 
 
-def advisor_tools(body: Any, *, openrouter: bool = False) -> AdvisorTools:
+def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool = True) -> AdvisorTools:
     """The advisor tools of a request body: Anthropic's (``tools`` entries whose ``type`` starts
-    with ``advisor_``), and with ``openrouter`` OpenRouter's (``type`` ``openrouter:advisor``). A
-    tool naming no model (or not a string) makes the list unreadable. Never raises."""
+    with ``advisor_``), and with ``openrouter`` OpenRouter's (``type`` ``openrouter:advisor``, and
+    each named profile of its ``parameters.advisors``, whose model is its own or else the tool's).
+    A tool or profile naming no model (or not a string) makes the list unreadable. Without
+    ``anthropic_caps`` an Anthropic-shaped tool's ``max_tokens``/``max_uses`` are not read
+    (OpenRouter's ``/api/v1/messages`` takes its model only). Never raises."""
     tools = body.get("tools") if isinstance(body, dict) else None
     if not isinstance(tools, list):
         return AdvisorTools()
@@ -71,45 +85,81 @@ def advisor_tools(body: Any, *, openrouter: bool = False) -> AdvisorTools:
         if not isinstance(kind, str):
             continue
         if kind.startswith(ANTHROPIC_TYPE):
-            settings: Any = tool
             model = tool.get("model")
-            cap = _cap(tool.get("max_tokens"))
-            nested = False
+            if len(found) >= MAX_ADVISOR_TOOLS:
+                return AdvisorTools(tuple(found), f"it has more than {MAX_ADVISOR_TOOLS} advisor tools")
+            if not _model_name(model):
+                return AdvisorTools(tuple(found), f"tool {index + 1} ({kind}) names no model")
+            cap = _cap(tool.get("max_tokens")) if anthropic_caps else None
+            uses = _cap(tool.get("max_uses")) if anthropic_caps else None
+            found.append(AdvisorTool(index, model, cap, uses))
         elif openrouter and kind == OPENROUTER_TYPE:
-            settings = tool.get("parameters")
-            settings = settings if isinstance(settings, dict) else {}
-            model = settings.get("model")
-            cap = _cap(settings.get("max_completion_tokens"))
-            nested = True
-        else:
-            continue
-        if len(found) >= MAX_ADVISOR_TOOLS:
-            return AdvisorTools(tuple(found), f"it has more than {MAX_ADVISOR_TOOLS} advisor tools")
-        if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
-            why = (
-                " (its parameters.model is unset: the executor picks the advisor per consultation)"
-                if nested
-                else ""
-            )
-            return AdvisorTools(tuple(found), f"tool {index + 1} ({kind}) names no model{why}")
-        uses = None if nested else _cap(settings.get("max_uses"))
-        found.append(AdvisorTool(index, model, cap, uses, nested))
+            error = _openrouter_advisors(index, tool.get("parameters"), found)
+            if error is not None:
+                return AdvisorTools(tuple(found), error)
     return AdvisorTools(tuple(found))
 
 
-def with_advisor_models(body: dict[str, Any], models: Mapping[int, str]) -> dict[str, Any]:
-    """A new body whose advisor tools at the indices of ``models`` name those models (in
-    ``model``, or an ``openrouter:advisor`` tool's ``parameters.model``; every other member, and
-    every other tool, kept)."""
+def _openrouter_advisors(index: int, settings: Any, found: list[AdvisorTool]) -> str | None:
+    """Add an ``openrouter:advisor`` tool's advisors to ``found``: ``parameters.model`` (the
+    advisor of a consultation naming no profile) and each named profile of ``parameters.advisors``
+    (a selected profile's settings win over the tool's: its own model and
+    ``max_completion_tokens``, else the tool's). Why they cannot all be read, if they cannot."""
+    kind = OPENROUTER_TYPE
+    settings = settings if isinstance(settings, dict) else {}
+    model = settings.get("model")
+    cap = _cap(settings.get("max_completion_tokens"))
+    if len(found) >= MAX_ADVISOR_TOOLS:
+        return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools"
+    if not _model_name(model):
+        return (
+            f"tool {index + 1} ({kind}) names no model (its parameters.model is unset: the executor "
+            "picks the advisor per consultation)"
+        )
+    found.append(AdvisorTool(index, model, cap, None, True))
+    roster = settings.get("advisors")
+    if roster is None:
+        return None
+    if not isinstance(roster, list):
+        return f"tool {index + 1} ({kind}): its parameters.advisors is not a list"
+    for i, profile in enumerate(roster):
+        if not isinstance(profile, dict):
+            return f"tool {index + 1} ({kind}): profile {i + 1} of its parameters.advisors is not an object"
+        own = profile.get("model")
+        if own is not None and not _model_name(own):
+            return f"tool {index + 1} ({kind}): profile {i + 1} of its parameters.advisors names no model"
+        if len(found) >= MAX_ADVISOR_TOOLS:
+            return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools and profiles"
+        profile_cap = _cap(profile.get("max_completion_tokens")) or cap
+        found.append(AdvisorTool(index, own if own is not None else model, profile_cap, None, True, i))
+    return None
+
+
+def _model_name(model: Any) -> bool:
+    return isinstance(model, str) and bool(model.strip()) and len(model) <= MAX_MODEL_NAME
+
+
+def with_advisor_models(body: dict[str, Any], models: Mapping[tuple[int, int | None], str]) -> dict[str, Any]:
+    """A new body whose advisors at the places of ``models`` ((tool index, profile index or None),
+    as ``AdvisorTool.where``) name those models (in ``model``, an ``openrouter:advisor`` tool's
+    ``parameters.model``, or a profile's ``model`` in its ``parameters.advisors``; every other
+    member, and every other tool, kept)."""
     if not models:
         return body
     tools = list(body["tools"])
-    for index, model in models.items():
+    for (index, profile), model in models.items():
         tool = tools[index]
-        if tool.get("type") == OPENROUTER_TYPE:
-            tools[index] = {**tool, "parameters": {**(tool.get("parameters") or {}), "model": model}}
-        else:
+        if tool.get("type") != OPENROUTER_TYPE:
             tools[index] = {**tool, "model": model}
+            continue
+        settings = dict(tool.get("parameters") or {})
+        if profile is None:
+            settings["model"] = model
+        else:
+            roster = list(settings["advisors"])
+            roster[profile] = {**roster[profile], "model": model}
+            settings["advisors"] = roster
+        tools[index] = {**tool, "parameters": settings}
     return {**body, "tools": tools}
 
 
@@ -135,6 +185,15 @@ def reserved_uses(tool: AdvisorTool) -> int:
     """The consultations an advisor tool's reservation counts: its ``max_uses``, else
     ``ADVISOR_USES_RESERVED``."""
     return tool.max_uses if tool.max_uses is not None else ADVISOR_USES_RESERVED
+
+
+def advisors_by_tool(found: AdvisorTools) -> dict[int, list[AdvisorTool]]:
+    """The advisors of each tool (by index): an ``openrouter:advisor`` tool's profiles share its
+    consultations (each consultation runs one of them), so its reservation is at the dearest."""
+    grouped: dict[int, list[AdvisorTool]] = {}
+    for tool in found.tools:
+        grouped.setdefault(tool.index, []).append(tool)
+    return grouped
 
 
 # -- Anthropic's executor/advisor pairs ------------------------------------------------------------

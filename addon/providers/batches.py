@@ -77,6 +77,10 @@ class BatchInput:
     # server-side fallbacks), sorted, distinct; and why they cannot all be read, if they cannot.
     also_runs: tuple[str, ...] = ()
     also_unreadable: str | None = None
+    # What those runs may bill, by model, as a plain call reserves them: (model, bytes of request
+    # read (each consultation and each fallback hop reads its request again), output tokens of
+    # their caps, runs without a cap (each what the model usually writes)), sorted by model.
+    also_billed: tuple[tuple[str, int, int, int], ...] = ()
 
     def output_tokens(self, per_uncapped_line: int, reserved: Callable[[str], int] | None = None) -> int:
         """What the batch may write: its lines' caps, and for each line without one what an
@@ -170,10 +174,28 @@ class _Requests:
     uncapped_by_model: dict[str, int] = field(default_factory=dict)
     also_runs: dict[str, None] = field(default_factory=dict)
     also_unreadable: str | None = None
+    also_billed: dict[str, list[int]] = field(default_factory=dict)
 
-    def also(self, params: Any) -> None:
-        """Note the models a Message Batch request's ``params`` run besides its ``model``: its
-        advisor tools' and its server-side ``fallbacks``' (the first reason one cannot be read kept)."""
+    def _bill(self, model: str, size: int, cap: int | None, runs: int = 1) -> None:
+        """Count ``runs`` runs of ``model``, each reading ``size`` and writing up to ``cap``."""
+        counts = self.also_billed.get(model)
+        if counts is None:
+            if len(self.also_billed) > MAX_MODELS:  # not all read then: refused where restricted
+                return
+            counts = self.also_billed[model] = [0, 0, 0]
+        counts[0] += size * runs
+        if cap:
+            counts[1] += cap * runs
+        else:
+            counts[2] += runs
+
+    def also(self, params: Any, size: int = 0) -> None:
+        """Note the models a Message Batch request's ``params`` (``size`` characters) run besides
+        its ``model``: its advisor tools' and its server-side ``fallbacks``' (the first reason one
+        cannot be read kept), and what they may bill, as a plain call reserves it: each
+        consultation (its ``max_uses``, else ``ADVISOR_USES_RESERVED``) and each fallback hop reads
+        the request and writes up to its cap; a ``fallbacks`` not read whole (``"default"``) one hop
+        more at the request's model."""
         if not isinstance(params, dict):
             return
         found = advisors.advisor_tools(params)
@@ -182,6 +204,15 @@ class _Requests:
         problem = found.error or (listed.error if listed is not None else None)
         if problem is not None and self.also_unreadable is None:
             self.also_unreadable = f"request {self.lines} of the batch: {problem}"
+        for tool in found.tools:
+            self._bill(tool.model, size, tool.max_tokens, advisors.reserved_uses(tool))
+        if listed is not None:
+            caps = anthropic_api.fallback_max_tokens(params)
+            for i, model in enumerate(listed.models):
+                self._bill(model, size, caps.get(i) or _cap(params))
+            own = params.get("model")
+            if listed.error is not None and isinstance(own, str) and own in self.models:
+                self._bill(own, size, _cap(params))
         for model in models:
             if model not in self.also_runs:
                 if len(self.also_runs) >= MAX_MODELS:
@@ -222,6 +253,7 @@ class _Requests:
             uncapped_by_model=tuple(sorted(self.uncapped_by_model.items())),
             also_runs=tuple(sorted(self.also_runs)),
             also_unreadable=self.also_unreadable,
+            also_billed=tuple(sorted((model, c[0], c[1], c[2]) for model, c in self.also_billed.items())),
         )
 
 
@@ -407,10 +439,11 @@ def read_inline(body: bytes) -> BatchInput:
                     raise ValueError("requests is not a list")
                 pos = _skip(text, pos + 1)
                 while text[pos] != "]":
+                    start = pos
                     item, pos = _DECODER.raw_decode(text, pos)
                     params = item.get("params") if isinstance(item, dict) else None
                     requests.add(params.get("model") if isinstance(params, dict) else None, _cap(params))
-                    requests.also(params)
+                    requests.also(params, pos - start)
                     pos = _skip(text, pos)
                     if text[pos] == ",":
                         pos = _skip(text, pos + 1)
