@@ -88,6 +88,7 @@ from addon.providers import (
 )
 from addon.providers.advisors import (
     AdvisorTools,
+    Where,
     advisors_by_tool,
     pair_known_invalid,
     pair_known_valid,
@@ -1821,7 +1822,7 @@ class Meter:
         if advisors is not None and (advisors.tools or advisors.error is not None):
             found_advisors = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
             advised = self._rule_fallbacks(record, found_advisors, advisor=True)
-        advisor_models: dict[tuple[int, int | None], str] = {}
+        advisor_models: dict[Where, str] = {}
         if advised is not None and advisors is not None and advised.refused is None:
             advisor_models = {
                 tool.where: sent
@@ -2342,7 +2343,7 @@ class Meter:
     def _unpaired_advisor(
         provider: Provider,
         advisors: AdvisorTools | None,
-        rewritten: Mapping[tuple[int, int | None], str],
+        rewritten: Mapping[Where, str],
         executor: str | None,
         requested: str | None = None,
     ) -> tuple[str, str] | None:
@@ -2554,11 +2555,37 @@ class Meter:
             if found is None:
                 return Decimal(0)
             # A line without an output cap reserves what its model writes here, as a call does.
-            output = found.output_tokens(
-                RESERVED_OUTPUT_TOKENS, functools.partial(self.outputs.reserved, record.provider)
+            reserved = functools.partial(self.outputs.reserved, record.provider)
+
+            def priced(one: str | None, size: int, output: int) -> Decimal:
+                tokens = size // BYTES_PER_TOKEN
+                return self.pricer.estimate(record.provider, one, tokens, output, service_tier=batches.TIER)
+
+            # Each model's requests at that model's price (a haiku request beside opus ones never
+            # prices them as haiku); what no model's requests account for (unreadable lines, the
+            # body around the requests, an entry kept before it was counted by model) added to the
+            # dearest of the batch's models.
+            own: dict[str | None, tuple[int, int]] = {}  # model -> (bytes, output tokens)
+            size, caps, uncapped = found.size, found.output_caps, found.uncapped
+            for one, one_size, one_caps, one_uncapped in found.by_model:
+                own[one] = (one_size, one_caps + one_uncapped * max(RESERVED_OUTPUT_TOKENS, reserved(one)))
+                size, caps, uncapped = size - one_size, caps - one_caps, uncapped - one_uncapped
+            rest = BatchInput(
+                found.models,
+                size=max(0, size),
+                output_caps=max(0, caps),
+                uncapped=max(0, uncapped),
+                uncapped_by_model=() if found.by_model else found.uncapped_by_model,
             )
-            tokens = found.size // BYTES_PER_TOKEN
-            cost = self.pricer.estimate(record.provider, model, tokens, output, service_tier=batches.TIER)
+            rest_output = rest.output_tokens(RESERVED_OUTPUT_TOKENS, reserved)
+            cost = sum((priced(one, *counts) for one, counts in own.items()), Decimal(0))
+            if rest.size or rest_output:
+                extra = Decimal(0)
+                for one in found.models or (model,):
+                    one_size, one_output = own.get(one, (0, 0))
+                    with_rest = priced(one, one_size + rest.size, one_output + rest_output)
+                    extra = max(extra, with_rest - (priced(one, one_size, one_output) if one in own else 0))
+                cost += extra
             # Its requests' advisor consultations and fallback hops, as a plain call reserves them
             # (each reads its request and writes up to its cap, else what its model usually writes
             # here), at the batch price.

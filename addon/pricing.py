@@ -15,6 +15,7 @@ from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices
 
+from addon.model_rules import provider_id
 from addon.policies import Policies, PriceOverride
 from addon.providers.openai_media import MEDIA_FLAVORS, unpriced_reason
 from addon.record import CallRecord
@@ -150,6 +151,25 @@ class Price:
 def _utc(when: datetime) -> datetime:
     """A timezone-aware UTC datetime (naive input is taken as UTC)."""
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+OPENROUTER = "openrouter"
+# OpenRouter's variants that run the model itself at its price: routing (:nitro the fastest
+# providers, :floor the cheapest, :exacto the most accurate; :online adds its web search plugin,
+# billed apart per result: a reservation at the model's price is a floor), :thinking and
+# :extended (where genai-prices lists no price of their own), :beta (self-moderated). Never
+# :free, which OpenRouter serves at $0 (genai-prices lists those it knows, at $0): an unlisted
+# one stays unpriced rather than priced as the paid model.
+_OPENROUTER_SAME_PRICE = frozenset({"nitro", "floor", "online", "exacto", "thinking", "extended", "beta"})
+
+
+def openrouter_priced_as(model: str) -> str | None:
+    """The id an OpenRouter variant ``model`` is priced as when genai-prices does not list it
+    (``anthropic/claude-opus-4.1:nitro`` -> ``anthropic/claude-opus-4.1``), or None."""
+    found = provider_id(model)
+    if found is None or found.form != "vendor" or found.variant not in _OPENROUTER_SAME_PRICE:
+        return None
+    return model.strip().removeprefix("models/")[: -len(found.variant) - 1]
 
 
 def _model_ref(model: str) -> str:
@@ -593,4 +613,13 @@ class Pricer:
         model = models[0] if models else None
         if model and to_name is not None:
             model = to_name(model)
-        return price(price_id, model, usage, when, status_code, service_tier, inference_geo, surcharge)
+        found = price(price_id, model, usage, when, status_code, service_tier, inference_geo, surcharge)
+        if found.status == UNKNOWN_MODEL and price_id == OPENROUTER and model:
+            # OpenRouter's variants (anthropic/claude-opus-4.1:nitro) are listed where their price
+            # differs (gpt-4o:extended, the $0 :free ones); another runs the model at its price.
+            plain = openrouter_priced_as(model)
+            if plain is not None:
+                return price(
+                    price_id, plain, usage, when, status_code, service_tier, inference_geo, surcharge
+                )
+        return found

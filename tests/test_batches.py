@@ -74,7 +74,14 @@ def test_the_models_lines_size_and_output_caps_of_an_input_file() -> None:
         uncapped=1,
         unreadable=0,
         uncapped_by_model=(("gpt-4o-mini", 1),),
+        by_model=found.by_model,
     )
+    # Each model's requests: their bytes (the lines), caps and uncapped lines.
+    assert [(m, caps, uncapped) for m, _, caps, uncapped in found.by_model] == [
+        ("gpt-4o", 7, 0),
+        ("gpt-4o-mini", 350, 1),
+    ]
+    assert sum(size for _, size, _, _ in found.by_model) == len(data) - 4  # the lines, less newlines
     assert found.output_tokens(1000) == 1357
     assert found.error is None
 
@@ -467,7 +474,13 @@ def test_the_requests_of_a_message_batch_are_read_one_by_one() -> None:
         uncapped=2,
         unreadable=2,
         uncapped_by_model=(("claude-haiku-4-5", 1),),
+        by_model=found.by_model,
     )
+    assert [(m, caps, uncapped) for m, _, caps, uncapped in found.by_model] == [
+        ("claude-haiku-4-5", 1024, 1),
+        ("claude-sonnet-4-5", 500, 0),
+    ]
+    assert BatchInput.from_entry(found.to_entry()).by_model == found.by_model  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

@@ -584,6 +584,16 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         # A gateway (LiteLLM's) passes an advisor tool on whichever API it is sent in; in front of
         # OpenRouter (priced as it), the Anthropic shape's caps are OpenRouter's to ignore.
         advisor_tools=_openrouter_advisors if pricing_id == "openrouter" else _gateway_advisors,
+        # Fallback lists the gateway or the host behind it may run: in front of OpenRouter, its
+        # `models` list and `fallbacks`; LiteLLM's client-side `fallbacks` on the OpenAI API
+        # (on the Anthropic API, `fallbacks` is read as Anthropic's server-side fallback chain).
+        fallback_models=(
+            openrouter.gateway_fallbacks
+            if pricing_id == "openrouter"
+            else openrouter.gateway_client_fallbacks
+            if api == "openai"
+            else base.fallback_models
+        ),
     )
 
 

@@ -38,6 +38,12 @@ MAX_MODEL_NAME = 256  # characters of one model name (a longer one is no model i
 # Consultations reserved for an advisor tool that sets no max_uses: a bound, not a cap (Anthropic
 # documents none; OpenRouter's tool has no such setting); with max_uses set, that many.
 ADVISOR_USES_RESERVED = 3
+# How deep openrouter:advisor tools nested in an advisor's own ``parameters.tools`` are read (a
+# sub-agent's advisor, its advisor's...): deeper, the request cannot be checked whole.
+MAX_ADVISOR_NESTING = 4
+# Where an advisor's model is written: (tool index, then the index in each nested
+# ``parameters.tools`` list down to its tool, then its profile index or None).
+Where = tuple[int | None, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +58,14 @@ class AdvisorTool:
     max_uses: int | None = None
     openrouter: bool = False
     profile: int | None = None
+    # An openrouter:advisor tool nested in another's ``parameters.tools`` (the advisor's sub-agent
+    # may consult it): its index in each nested list, from the tool at ``index`` down.
+    nest: tuple[int, ...] = ()
 
     @property
-    def where(self) -> tuple[int, int | None]:
-        """Where its model is written: (tool index, profile index or None)."""
-        return self.index, self.profile
+    def where(self) -> Where:
+        """Where its model is written: (tool index, nested indices..., profile index or None)."""
+        return self.index, *self.nest, self.profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +109,18 @@ def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool =
     return AdvisorTools(tuple(found))
 
 
-def _openrouter_advisors(index: int, settings: Any, found: list[AdvisorTool]) -> str | None:
+def _openrouter_advisors(
+    index: int, settings: Any, found: list[AdvisorTool], nest: tuple[int, ...] = ()
+) -> str | None:
     """Add an ``openrouter:advisor`` tool's advisors to ``found``: ``parameters.model`` (the
-    advisor of a consultation naming no profile) and each named profile of ``parameters.advisors``
+    advisor of a consultation naming no profile), each named profile of ``parameters.advisors``
     (a selected profile's settings win over the tool's: its own model and
-    ``max_completion_tokens``, else the tool's). Why they cannot all be read, if they cannot."""
+    ``max_completion_tokens``, else the tool's), and the advisors of the ``openrouter:advisor``
+    tools in its own ``parameters.tools`` (the server tools its sub-agent may use), down to
+    ``MAX_ADVISOR_NESTING``. Why they cannot all be read, if they cannot."""
     kind = OPENROUTER_TYPE
+    if nest:  # tool 1 (openrouter:advisor > parameters.tools 2)
+        kind += "".join(f" > parameters.tools {i + 1}" for i in nest)
     settings = settings if isinstance(settings, dict) else {}
     model = settings.get("model")
     cap = _cap(settings.get("max_completion_tokens"))
@@ -116,10 +131,37 @@ def _openrouter_advisors(index: int, settings: Any, found: list[AdvisorTool]) ->
             f"tool {index + 1} ({kind}) names no model (its parameters.model is unset: the executor "
             "picks the advisor per consultation)"
         )
-    found.append(AdvisorTool(index, model, cap, None, True))
+    found.append(AdvisorTool(index, model, cap, None, True, None, nest))
     roster = settings.get("advisors")
-    if roster is None:
+    error = _roster(index, kind, model, cap, roster, found, nest) if roster is not None else None
+    if error is not None:
+        return error
+    inner = settings.get("tools")
+    if inner is None:
         return None
+    if not isinstance(inner, list):
+        return f"tool {index + 1} ({kind}): its parameters.tools is not a list"
+    for i, tool in enumerate(inner):
+        if not isinstance(tool, dict) or tool.get("type") != OPENROUTER_TYPE:
+            continue
+        if len(nest) >= MAX_ADVISOR_NESTING:
+            return f"tool {index + 1} ({kind}) nests advisors more than {MAX_ADVISOR_NESTING} deep"
+        error = _openrouter_advisors(index, tool.get("parameters"), found, (*nest, i))
+        if error is not None:
+            return error
+    return None
+
+
+def _roster(
+    index: int,
+    kind: str,
+    model: str,
+    cap: int | None,
+    roster: Any,
+    found: list[AdvisorTool],
+    nest: tuple[int, ...],
+) -> str | None:
+    """Add the named profiles of an ``openrouter:advisor`` tool's ``parameters.advisors``."""
     if not isinstance(roster, list):
         return f"tool {index + 1} ({kind}): its parameters.advisors is not a list"
     for i, profile in enumerate(roster):
@@ -131,7 +173,7 @@ def _openrouter_advisors(index: int, settings: Any, found: list[AdvisorTool]) ->
         if len(found) >= MAX_ADVISOR_TOOLS:
             return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools and profiles"
         profile_cap = _cap(profile.get("max_completion_tokens")) or cap
-        found.append(AdvisorTool(index, own if own is not None else model, profile_cap, None, True, i))
+        found.append(AdvisorTool(index, own if own is not None else model, profile_cap, None, True, i, nest))
     return None
 
 
@@ -139,28 +181,36 @@ def _model_name(model: Any) -> bool:
     return isinstance(model, str) and bool(model.strip()) and len(model) <= MAX_MODEL_NAME
 
 
-def with_advisor_models(body: dict[str, Any], models: Mapping[tuple[int, int | None], str]) -> dict[str, Any]:
-    """A new body whose advisors at the places of ``models`` ((tool index, profile index or None),
-    as ``AdvisorTool.where``) name those models (in ``model``, an ``openrouter:advisor`` tool's
-    ``parameters.model``, or a profile's ``model`` in its ``parameters.advisors``; every other
-    member, and every other tool, kept)."""
+def with_advisor_models(body: dict[str, Any], models: Mapping[Where, str]) -> dict[str, Any]:
+    """A new body whose advisors at the places of ``models`` (as ``AdvisorTool.where``) name those
+    models (in ``model``, an ``openrouter:advisor`` tool's ``parameters.model``, a profile's
+    ``model`` in its ``parameters.advisors``, or so in a tool nested in its ``parameters.tools``;
+    every other member, and every other tool, kept)."""
     if not models:
         return body
     tools = list(body["tools"])
-    for (index, profile), model in models.items():
-        tool = tools[index]
-        if tool.get("type") != OPENROUTER_TYPE:
-            tools[index] = {**tool, "model": model}
-            continue
-        settings = dict(tool.get("parameters") or {})
-        if profile is None:
-            settings["model"] = model
-        else:
-            roster = list(settings["advisors"])
-            roster[profile] = {**roster[profile], "model": model}
-            settings["advisors"] = roster
-        tools[index] = {**tool, "parameters": settings}
+    for where, model in models.items():
+        index, nest, profile = where[0], where[1:-1], where[-1]
+        assert index is not None
+        tools[index] = _with_model(tools[index], [i for i in nest if i is not None], profile, model)
     return {**body, "tools": tools}
+
+
+def _with_model(tool: dict[str, Any], nest: list[int], profile: int | None, model: str) -> dict[str, Any]:
+    if tool.get("type") != OPENROUTER_TYPE:
+        return {**tool, "model": model}
+    settings = dict(tool.get("parameters") or {})
+    if nest:
+        inner = list(settings["tools"])
+        inner[nest[0]] = _with_model(inner[nest[0]], nest[1:], profile, model)
+        settings["tools"] = inner
+    elif profile is None:
+        settings["model"] = model
+    else:
+        roster = list(settings["advisors"])
+        roster[profile] = {**roster[profile], "model": model}
+        settings["advisors"] = roster
+    return {**tool, "parameters": settings}
 
 
 def without_advisor_tools(body: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -187,12 +237,14 @@ def reserved_uses(tool: AdvisorTool) -> int:
     return tool.max_uses if tool.max_uses is not None else ADVISOR_USES_RESERVED
 
 
-def advisors_by_tool(found: AdvisorTools) -> dict[int, list[AdvisorTool]]:
-    """The advisors of each tool (by index): an ``openrouter:advisor`` tool's profiles share its
-    consultations (each consultation runs one of them), so its reservation is at the dearest."""
-    grouped: dict[int, list[AdvisorTool]] = {}
+def advisors_by_tool(found: AdvisorTools) -> dict[tuple[int, ...], list[AdvisorTool]]:
+    """The advisors of each tool (by index, and nested indices for a tool in an advisor's
+    ``parameters.tools``): an ``openrouter:advisor`` tool's profiles share its consultations (each
+    consultation runs one of them), so its reservation is at the dearest; a nested tool's
+    consultations are its own, reserved besides."""
+    grouped: dict[tuple[int, ...], list[AdvisorTool]] = {}
     for tool in found.tools:
-        grouped.setdefault(tool.index, []).append(tool)
+        grouped.setdefault((tool.index, *tool.nest), []).append(tool)
     return grouped
 
 

@@ -81,6 +81,10 @@ class BatchInput:
     # read (each consultation and each fallback hop reads its request again), output tokens of
     # their caps, runs without a cap (each what the model usually writes)), sorted by model.
     also_billed: tuple[tuple[str, int, int, int], ...] = ()
+    # The requests of each model: (model, bytes of its requests, output tokens of their caps,
+    # requests without a cap), sorted by model, so that each is reserved at its own model's price;
+    # empty in an entry kept before it was (the batch then reserved at its dearest model).
+    by_model: tuple[tuple[str, int, int, int], ...] = ()
 
     def output_tokens(self, per_uncapped_line: int, reserved: Callable[[str], int] | None = None) -> int:
         """What the batch may write: its lines' caps, and for each line without one what an
@@ -110,6 +114,7 @@ class BatchInput:
             "unreadable": self.unreadable,
             "error": self.error,
             "uncapped_by_model": dict(self.uncapped_by_model),
+            "by_model": {model: [size, caps, uncapped] for model, size, caps, uncapped in self.by_model},
         }
 
     @classmethod
@@ -132,11 +137,23 @@ class BatchInput:
                 if model in models and type(lines) is int and lines > 0
             )
         )
+        sized = entry.get("by_model")  # absent in an entry kept before it was
+        by_model = tuple(
+            sorted(
+                (model, *counts)
+                for model, counts in (sized.items() if isinstance(sized, dict) else ())
+                if model in models
+                and isinstance(counts, list)
+                and len(counts) == 3
+                and all(type(n) is int and n >= 0 for n in counts)
+            )
+        )
         return cls(
             tuple(models),
             *counts,
             error=error if isinstance(error, str) else None,
             uncapped_by_model=known,
+            by_model=by_model,
         )
 
 
@@ -175,6 +192,7 @@ class _Requests:
     also_runs: dict[str, None] = field(default_factory=dict)
     also_unreadable: str | None = None
     also_billed: dict[str, list[int]] = field(default_factory=dict)
+    by_model: dict[str, list[int]] = field(default_factory=dict)  # model -> [bytes, caps, uncapped]
 
     def _bill(self, model: str, size: int, cap: int | None, runs: int = 1) -> None:
         """Count ``runs`` runs of ``model``, each reading ``size`` and writing up to ``cap``."""
@@ -222,8 +240,9 @@ class _Requests:
                     return
                 self.also_runs[model] = None
 
-    def add(self, model: Any, cap: int | None) -> None:
-        """Count one request asking for ``model`` (unreadable unless a plain, short string)."""
+    def add(self, model: Any, cap: int | None, size: int = 0) -> None:
+        """Count one request (``size`` bytes) asking for ``model`` (unreadable unless a plain, short
+        string)."""
         self.lines += 1
         if cap:
             self.caps += cap
@@ -240,6 +259,12 @@ class _Requests:
             self.models[model] = None
         if not cap:
             self.uncapped_by_model[model] = self.uncapped_by_model.get(model, 0) + 1
+        counts = self.by_model.setdefault(model, [0, 0, 0])
+        counts[0] += size
+        if cap:
+            counts[1] += cap
+        else:
+            counts[2] += 1
 
     def result(self, size: int, error: str | None = None) -> BatchInput:
         return BatchInput(
@@ -254,6 +279,7 @@ class _Requests:
             also_runs=tuple(sorted(self.also_runs)),
             also_unreadable=self.also_unreadable,
             also_billed=tuple(sorted((model, c[0], c[1], c[2]) for model, c in self.also_billed.items())),
+            by_model=tuple(sorted((model, c[0], c[1], c[2]) for model, c in self.by_model.items())),
         )
 
 
@@ -290,7 +316,7 @@ def scan_input(data: bytes, start: int = 0, end: int | None = None) -> BatchInpu
             cap = _cap(body)
         if isinstance(model, str) and "\ufffd" in model:  # not UTF-8: not the name OpenAI reads
             model = None
-        requests.add(model, cap)
+        requests.add(model, cap, stop - a)
     return requests.result(end - start)
 
 
@@ -442,7 +468,8 @@ def read_inline(body: bytes) -> BatchInput:
                     start = pos
                     item, pos = _DECODER.raw_decode(text, pos)
                     params = item.get("params") if isinstance(item, dict) else None
-                    requests.add(params.get("model") if isinstance(params, dict) else None, _cap(params))
+                    model = params.get("model") if isinstance(params, dict) else None
+                    requests.add(model, _cap(params), pos - start)  # characters: about its bytes
                     requests.also(params, pos - start)
                     pos = _skip(text, pos)
                     if text[pos] == ",":

@@ -56,10 +56,14 @@ def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
     return Fallbacks(tuple(found))
 
 
-def openrouter_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
+def openrouter_fallbacks(
+    body: dict[str, Any] | None, *, names: bool = False, models_list: bool = True
+) -> Fallbacks | None:
     """Every model a request's fallback lists name, in order: the ``models`` list's, then the
-    ``fallbacks`` objects' (``{"model": ...}``), or None when it names neither. Never raises."""
-    listed = fallback_models(body)
+    ``fallbacks`` objects' (``{"model": ...}``; with ``names``, a plain model name too, as
+    LiteLLM's client-side fallbacks take them), or None when it names neither. Without
+    ``models_list`` the ``models`` list is not read. Never raises."""
+    listed = fallback_models(body) if models_list else None
     objects = body.get(OBJECTS_FIELD) if isinstance(body, dict) else None
     if objects is None or (listed is not None and listed.error is not None):
         return listed
@@ -74,11 +78,27 @@ def openrouter_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
                 f"its {FIELD} and {OBJECTS_FIELD} lists have more than {MAX_FALLBACK_MODELS} entries",
                 i,
             )
-        model = entry.get("model") if isinstance(entry, dict) else None
+        model = entry.get("model") if isinstance(entry, dict) else entry if names else None
         if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
             return Fallbacks(tuple(found), f"entry {i + 1} of its {OBJECTS_FIELD} list names no model", i)
         found.append(model)
     return Fallbacks(tuple(found), None, len(objects))
+
+
+def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
+    """A ``providers:`` gateway in front of OpenRouter (priced as it), which passes the body on:
+    OpenRouter's ``models`` list and ``fallbacks`` objects, and the ``fallbacks`` model names a
+    LiteLLM proxy takes (``gateway_client_fallbacks``). Never raises."""
+    return openrouter_fallbacks(body, names=True)
+
+
+def gateway_client_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
+    """LiteLLM's client-side fallbacks on a ``providers:`` gateway speaking OpenAI's API: the
+    body's ``fallbacks``, a list of model names (``["gpt-4o"]``) or of objects naming one
+    (``[{"model": "gpt-4o", "messages": [...]}]``), which the gateway tries in order when the
+    request's model fails (a rate limit, a timeout); only the one that answers bills. Never
+    raises."""
+    return openrouter_fallbacks(body, names=True, models_list=False)
 
 
 def with_fallback_models(
@@ -94,6 +114,7 @@ def with_fallback_models(
         new[FIELD] = list(head)
     if objects:
         new[OBJECTS_FIELD] = [
-            {**entry, "model": model} for entry, model in zip(body[OBJECTS_FIELD], tail, strict=False)
+            model if isinstance(entry, str) else {**entry, "model": model}
+            for entry, model in zip(body[OBJECTS_FIELD], tail, strict=False)
         ] + list(body[OBJECTS_FIELD][objects:])
     return new
