@@ -26,27 +26,11 @@ from decimal import Decimal
 from addon.model_rules import base_model
 from addon.pricing import SUBSCRIPTION
 from addon.record import CallRecord
-from addon.usage import Iterations, Usage
+from addon.usage import USAGE_COUNTS, Iterations, Usage
 
 FLAVOR = "messages"  # an advisor's or a declined hop's tokens are a Messages inference's
 ADVISOR_NOTE = "the advisor tool's tokens (usage.iterations advisor_message) of call"
 DECLINED_NOTE = "the tokens of a hop that declined (server-side fallback, usage.iterations) of call"
-_COUNTS = (
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cache_write_1h_tokens",
-    "web_searches",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "input_image_tokens",
-    "output_image_tokens",
-    "cache_audio_read_tokens",
-    "file_searches",
-    "audio_seconds",
-)
 
 
 def iteration_rows(
@@ -110,7 +94,7 @@ def _child_row(
         price_model=None,
         usage_source="none",
         error=note[:1000],
-        **dict.fromkeys(_COUNTS),  # type: ignore[arg-type]
+        **dict.fromkeys(USAGE_COUNTS),  # type: ignore[arg-type]
     )
     row.set_usage(usage, "reported")
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its advisor too

@@ -38,7 +38,7 @@ from addon.providers.openai_media import (
     model_name,
 )
 from addon.record import CallRecord
-from addon.usage import ToolImages
+from addon.usage import USAGE_COUNTS, ToolImages
 
 FLAVOR = "images"  # the tool's images are billed as an image model's (its rates, its name)
 UNREADABLE = (
@@ -48,25 +48,7 @@ ROW_NOTE = "the image_generation tool's images of call"  # how a tool's images r
 # The names of image models (GPT image models, ChatGPT's): the only downgrade targets a tool can run.
 IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image")
 # Every count a row keeps: a tool's row starts with none of its call's.
-_COUNTS = {
-    name: None
-    for name in (
-        "input_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-        "cache_write_1h_tokens",
-        "web_searches",
-        "input_audio_tokens",
-        "output_audio_tokens",
-        "input_image_tokens",
-        "output_image_tokens",
-        "cache_audio_read_tokens",
-        "file_searches",
-        "audio_seconds",
-    )
-}
+_COUNTS = dict.fromkeys(USAGE_COUNTS)
 
 
 def is_image_model(model: str) -> bool:

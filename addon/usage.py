@@ -50,6 +50,10 @@ class Usage:
         )
 
 
+# The names of every count, in Usage's field order: a row's usage columns bear the same names.
+USAGE_COUNTS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+
+
 def add_usages(first: Usage, second: Usage) -> Usage:
     """The counts of ``first`` and ``second`` summed, bucket by bucket."""
     return Usage(**{f.name: getattr(first, f.name) + getattr(second, f.name) for f in fields(Usage)})
