@@ -19,14 +19,13 @@ usage counts them, get a row each at their own model's rates. Pure: no mitmproxy
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 from addon.model_rules import base_model
 from addon.pricing import SUBSCRIPTION
-from addon.record import CallRecord
-from addon.usage import USAGE_COUNTS, Iterations, Usage
+from addon.record import CallRecord, billed_apart
+from addon.usage import Iterations, Usage
 
 FLAVOR = "messages"  # an advisor's or a declined hop's tokens are a Messages inference's
 ADVISOR_NOTE = "the advisor tool's tokens (usage.iterations advisor_message) of call"
@@ -78,23 +77,16 @@ def _child_row(
     action: str,
     note: str,
 ) -> CallRecord:
-    row = dataclasses.replace(
+    row = billed_apart(
         parent,
-        id=row_id,
-        api_flavor=FLAVOR,
-        model_requested=requested,
-        model_sent=sent,
-        model_reported=reported,
+        row_id,
+        FLAVOR,
+        requested=requested,
+        sent=sent,
+        reported=reported,
         action=action,
-        ttft_ms=None,
-        service_tier=None,
-        cost_usd=None,
-        price_status=None,
-        price_source=None,
-        price_model=None,
-        usage_source="none",
-        error=note[:1000],
-        **dict.fromkeys(USAGE_COUNTS),  # type: ignore[arg-type]
+        note=note,
+        inference_geo=parent.inference_geo,  # run where the call ran
     )
     row.set_usage(usage, "reported")
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its advisor too

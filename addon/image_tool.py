@@ -20,7 +20,6 @@ rates in every report, and the budgets count the images as they are billed. Pure
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,8 +36,8 @@ from addon.providers.openai_media import (
     image_tool_usage,
     model_name,
 )
-from addon.record import CallRecord
-from addon.usage import USAGE_COUNTS, ToolImages
+from addon.record import CallRecord, billed_apart
+from addon.usage import ToolImages
 
 FLAVOR = "images"  # the tool's images are billed as an image model's (its rates, its name)
 UNREADABLE = (
@@ -47,8 +46,6 @@ UNREADABLE = (
 ROW_NOTE = "the image_generation tool's images of call"  # how a tool's images row's error starts
 # The names of image models (GPT image models, ChatGPT's): the only downgrade targets a tool can run.
 IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image")
-# Every count a row keeps: a tool's row starts with none of its call's.
-_COUNTS = dict.fromkeys(USAGE_COUNTS)
 
 
 def is_image_model(model: str) -> bool:
@@ -332,41 +329,6 @@ def _rule_svg_author(
     return False
 
 
-def _child_row(
-    parent: CallRecord,
-    row_id: str,
-    flavor: str,
-    *,
-    requested: str | None,
-    sent: str | None,
-    reported: str | None,
-    action: str,
-    note: str,
-) -> CallRecord:
-    """A row of the call ``parent`` billed apart (its tool's images, its SVG author's tokens): the
-    call's attribution, status and timing; its own flavor, models and decision; no usage or price
-    yet; ``note`` as its error."""
-    return dataclasses.replace(
-        parent,
-        id=row_id,
-        api_flavor=flavor,
-        model_requested=requested,
-        model_sent=sent,
-        model_reported=reported,
-        action=action,
-        ttft_ms=None,
-        service_tier=None,
-        inference_geo=None,
-        cost_usd=None,
-        price_status=None,
-        price_source=None,
-        price_model=None,
-        usage_source="none",
-        error=note[:1000],
-        **_COUNTS,  # type: ignore[arg-type]
-    )
-
-
 def tool_row(
     parent: CallRecord, found: ToolImages | None, call: ImageToolCall | None, row_id: str
 ) -> CallRecord | None:
@@ -393,7 +355,7 @@ def tool_row(
         notes.append(f"the tool names no model: priced as {model}, its default{unpriced}")
     if found.failed:
         notes.append(f"{found.failed} image call(s) wrote no image: not billed")
-    row = _child_row(
+    row = billed_apart(
         parent,
         row_id,
         FLAVOR,
@@ -402,6 +364,7 @@ def tool_row(
         reported=model if deployment is not None and found.model == deployment else found.model,
         action=call.action if call is not None else "allowed",
         note="; ".join(notes),
+        inference_geo=None,
     )
     row.set_usage(usage, source)
     if parent.price_status == SUBSCRIPTION:  # a flat-fee plan's call: its images too
@@ -460,7 +423,7 @@ def svg_rows(
         requested, sent, action = model, model, "allowed"
         if call is not None and call.svg is not None and base_model(model) == base_model(call.svg[1]):
             requested, sent, action = call.svg
-        row = _child_row(
+        row = billed_apart(
             parent,
             row_id,
             SVG_FLAVOR,
@@ -469,6 +432,7 @@ def svg_rows(
             reported=model,
             action=action,
             note=f"the image_generation tool's SVG author tokens (svg_usage) of call {parent.id}",
+            inference_geo=None,
         )
         row.set_usage(usage, "reported")
         if parent.price_status == SUBSCRIPTION:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from addon.usage import Usage
+from addon.usage import USAGE_COUNTS, Usage
 
 
 @dataclass(slots=True)
@@ -231,3 +231,40 @@ def _make_encoder() -> Callable[[list[object]], str]:
 
 
 _encode = _make_encoder()
+
+
+def billed_apart(
+    parent: CallRecord,
+    row_id: str,
+    flavor: str,
+    *,
+    requested: str | None,
+    sent: str | None,
+    reported: str | None,
+    action: str,
+    note: str,
+    inference_geo: str | None,
+) -> CallRecord:
+    """A row of what the call ``parent`` spent that is billed apart (a tool's images, an SVG
+    author's or an advisor's tokens, a declined hop's): the call's attribution, status and timing;
+    its own flavor, models, decision and ``inference_geo``; no usage or price yet; ``note`` as its
+    error."""
+    return dataclasses.replace(
+        parent,
+        id=row_id,
+        api_flavor=flavor,
+        model_requested=requested,
+        model_sent=sent,
+        model_reported=reported,
+        action=action,
+        ttft_ms=None,
+        service_tier=None,
+        inference_geo=inference_geo,
+        cost_usd=None,
+        price_status=None,
+        price_source=None,
+        price_model=None,
+        usage_source="none",
+        error=note[:1000],
+        **dict.fromkeys(USAGE_COUNTS),  # type: ignore[arg-type]
+    )
