@@ -1886,7 +1886,26 @@ class Meter:
 
             estimate = _chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
         elif ruled is not None and ruled.sent:
-            estimate = _dearest(estimate, ruled.sent)
+            # A LiteLLM fallback object's own output cap is its attempt's (its members override
+            # the request's): that entry is reserved at it.
+            hop_capped = {
+                i: self._cost_estimate(
+                    record.provider,
+                    text_size,
+                    {**reserved_body, **dict(own)},
+                    record.inference_geo,
+                    flavor=record.api_flavor,
+                )
+                for i, own in (fallbacks.hop_caps if fallbacks is not None else ())
+                if reserved_body is not None
+            }
+            estimate = _dearest(estimate, ruled.sent, hop_capped)
+        # OpenRouter's `models` list beside Anthropic's chain (an api: anthropic gateway in front of
+        # OpenRouter): the call, chain included, may start on any of its entries.
+        routing = provider.routing_models(body) if provider.routing_models is not None else None
+        routed = self._rule_fallbacks(record, routing) if routing is not None else None
+        if routed is not None and routed.sent:
+            estimate = _dearest(estimate, routed.sent)
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
         disagreement = _azure_disagreement(provider, route, body) if model is None else None
         if disagreement is not None:
@@ -1907,12 +1926,18 @@ class Meter:
             record.model_requested = ruled.refused
         elif decision.refusal is None and ruled is not None and ruled.unreadable is not None:
             decision = self._unknown_model(record, decision, ruled.unreadable) or decision
+        if decision.refusal is None and routed is not None and routed.refused is not None:
+            decision = self._refuse_instead(decision, record, routed.refused, routed.why)
+            record.model_requested = routed.refused
+        elif decision.refusal is None and routed is not None and routed.unreadable is not None:
+            decision = self._unknown_model(record, decision, routed.unreadable) or decision
         if decision.refusal is None and advised is not None and advised.refused is not None:
             decision = self._refuse_instead(decision, record, advised.refused, advised.why)
             record.model_requested = advised.refused
         elif decision.refusal is None and advised is not None and advised.unreadable is not None:
             decision = self._unknown_model(record, decision, advised.unreadable) or decision
         rewrites_fallbacks = ruled is not None and ruled.changed and decision.refusal is None
+        rewrites_routing = routed is not None and routed.changed and decision.refusal is None
         rewrites_advisors = bool(advisor_models) and decision.refusal is None
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         legacy = record.api_flavor == "completions" and provider.name in CHAT_ONLY_PROVIDERS
@@ -1933,7 +1958,8 @@ class Meter:
             dropped = repeated_fallbacks(model, downgrade or model, fallbacks.models, ruled.sent)
         new_path, new_body = route, body
         if downgrade or (
-            (rewrites_tools or rewrites_fallbacks or rewrites_advisors) and decision.refusal is None
+            (rewrites_tools or rewrites_fallbacks or rewrites_advisors or rewrites_routing)
+            and decision.refusal is None
         ):
             try:
                 if provider.with_model is None:
@@ -1951,6 +1977,8 @@ class Meter:
                     new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
                 if rewrites_advisors and new_body is not None:
                     new_body = with_advisor_models(new_body, advisor_models)
+                if rewrites_routing and routed is not None and new_body is not None:
+                    new_body = with_fallback_models(new_body, routed.sent, routing)
                 if dropped and new_body is not None:
                     new_body = without_fallback_entries(new_body, dropped)
             except ValueError as exc:
@@ -1986,6 +2014,7 @@ class Meter:
             or header_deployment
             or rewrites_fallbacks
             or rewrites_advisors
+            or rewrites_routing
         ):
             return
         if inject and new_body is not None:
@@ -1993,7 +2022,7 @@ class Meter:
             new_body = {**new_body, "stream_options": options}
         # Only once the new request is in place does the row (and the client's notice) say so.
         spliced = None
-        rewritten = downgrade or rewrites_tools or rewrites_fallbacks or rewrites_advisors
+        rewritten = downgrade or rewrites_tools or rewrites_fallbacks or rewrites_advisors or rewrites_routing
         if inject and not rewritten and "stream_options" not in body:  # type: ignore[operator]
             spliced = _with_usage_requested(content_of(flow.request) or b"")
         if spliced is not None:
@@ -2013,6 +2042,10 @@ class Meter:
             record.action = "downgraded"  # the request as sent is not the one asked for
             notices += ruled.notices
             log.info("tokometer: %s", "; ".join(ruled.notices))
+        if rewrites_routing and routed is not None:
+            record.action = "downgraded"
+            notices += routed.notices
+            log.info("tokometer: %s", "; ".join(routed.notices))
         if rewrites_advisors and advised is not None:  # the advisor's own row says its downgrade
             notices += advised.notices
             log.info("tokometer: %s", "; ".join(advised.notices))
@@ -2287,6 +2320,8 @@ class Meter:
         first_object = len(found.models) - found.in_objects  # OpenRouter's `fallbacks` objects from here
         for i, entry in enumerate(found.models):
             listed = "fallbacks" if i >= first_object else "models fallback"
+            if i < len(found.places) and found.places[i][0] != "models":  # LiteLLM's lists, by name
+                listed = str(found.places[i][0])
             decision = self.enforcer.decide_model(record.provider, record.environment, entry)
             if decision.refusal is not None:
                 ruled.refused = entry

@@ -249,9 +249,16 @@ def test_a_target_that_would_not_be_allowed_as_written_is_no_downgrade() -> None
     assert rules.downgrade_target("openai/gpt-4o", "openrouter") == "openai/gpt-4o-mini"
     plain = ModelRules(allow=("gpt-4o-mini",), downgrade=(("*", "gpt-4o-mini"),))
     assert plain.downgrade_target("Anthropic/claude-opus-4.1", "openrouter") == "gpt-4o-mini"  # as before
-    # OpenRouter's ids are undated: a target allowed only dated is refused there, not sent undated
+    # OpenRouter's ids are undated: a target allowed only dated is sent undated where that snapshot
+    # is the model's one (anthropic/claude-haiku-4.5 is claude-haiku-4-5-20251001), refused there
+    # where the model has several (anthropic/claude-3.5-sonnet may be either of two)
     dated = ModelRules(allow=("claude-haiku-4-5-20251001",), downgrade=(("*", "claude-haiku-4-5-20251001"),))
-    assert dated.downgrade_target("anthropic/claude-sonnet-4.5", "openrouter") is None
+    assert dated.downgrade_target("anthropic/claude-sonnet-4.5", "openrouter") == "anthropic/claude-haiku-4.5"
+    several = ModelRules(
+        allow=("claude-3-5-sonnet-20241022",), downgrade=(("*", "claude-3-5-sonnet-20241022"),)
+    )
+    assert several.downgrade_target("anthropic/claude-opus-4.1", "openrouter") is None
+    assert not ModelRules(allow=("claude-haiku-4-5-20251001",)).is_allowed("anthropic/claude-sonnet-4.5")
 
 
 @pytest.mark.parametrize(

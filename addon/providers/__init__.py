@@ -151,6 +151,10 @@ class Provider:
     # fallback list and ``fallbacks`` objects): each held to the allowlist as the model is. None:
     # none here.
     fallback_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
+    # OpenRouter's ``models`` list where ``fallback_models`` reads Anthropic's server-side chain
+    # (an api: anthropic gateway in front of OpenRouter): held to the allowlist too, the call
+    # reserved at the dearest of its entries. None: none here.
+    routing_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
     # The advisor tools of a request of a flavor (another model the call runs within itself, at
     # its rates: Anthropic's advisor tool, OpenRouter's openrouter:advisor), each held to the
     # allowlist as the model is. None: none read here.
@@ -584,16 +588,20 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         # A gateway (LiteLLM's) passes an advisor tool on whichever API it is sent in; in front of
         # OpenRouter (priced as it), the Anthropic shape's caps are OpenRouter's to ignore.
         advisor_tools=_openrouter_advisors if pricing_id == "openrouter" else _gateway_advisors,
-        # Fallback lists the gateway or the host behind it may run: in front of OpenRouter, its
-        # `models` list and `fallbacks`; LiteLLM's client-side `fallbacks` on the OpenAI API
-        # (on the Anthropic API, `fallbacks` is read as Anthropic's server-side fallback chain).
+        # Fallback lists the gateway or the host behind it may run: on the Anthropic API,
+        # `fallbacks` is Anthropic's server-side fallback chain (each hop may bill, at its own
+        # max_tokens), whatever it is priced as; on the OpenAI API LiteLLM's fallback lists, and
+        # in front of OpenRouter its `models` list too.
         fallback_models=(
-            openrouter.gateway_fallbacks
+            base.fallback_models
+            if api == "anthropic"
+            else openrouter.gateway_fallbacks
             if pricing_id == "openrouter"
             else openrouter.gateway_client_fallbacks
-            if api == "openai"
-            else base.fallback_models
         ),
+        routing_models=openrouter.fallback_models
+        if api == "anthropic" and pricing_id == "openrouter"
+        else None,
     )
 
 

@@ -33,6 +33,11 @@ from addon.model_rules import base_model
 
 ANTHROPIC_TYPE = "advisor_"  # how Anthropic's advisor tool's versioned type starts (advisor_20260301)
 OPENROUTER_TYPE = "openrouter:advisor"
+# OpenRouter's sub-agent server tool (beta): the executor hands tasks to ``parameters.model``, a
+# worker billed as normal token usage on the parent request, which may carry its own tools
+# (``parameters.tools``). Held to the allowlist and reserved as an advisor is.
+SUBAGENT_TYPE = "openrouter:subagent"
+OPENROUTER_TYPES = (OPENROUTER_TYPE, SUBAGENT_TYPE)
 MAX_ADVISOR_TOOLS = 64  # advisor tools read in one request (more: the tools cannot all be checked)
 MAX_MODEL_NAME = 256  # characters of one model name (a longer one is no model id)
 # Consultations reserved for an advisor tool that sets no max_uses: a bound, not a cap (Anthropic
@@ -102,31 +107,37 @@ def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool =
             cap = _cap(tool.get("max_tokens")) if anthropic_caps else None
             uses = _cap(tool.get("max_uses")) if anthropic_caps else None
             found.append(AdvisorTool(index, model, cap, uses))
-        elif openrouter and kind == OPENROUTER_TYPE:
-            error = _openrouter_advisors(index, tool.get("parameters"), found)
+        elif openrouter and kind in OPENROUTER_TYPES:
+            error = _openrouter_advisors(index, tool.get("parameters"), found, (), kind)
             if error is not None:
                 return AdvisorTools(tuple(found), error)
     return AdvisorTools(tuple(found))
 
 
 def _openrouter_advisors(
-    index: int, settings: Any, found: list[AdvisorTool], nest: tuple[int, ...] = ()
+    index: int,
+    settings: Any,
+    found: list[AdvisorTool],
+    nest: tuple[int, ...] = (),
+    kind: str = OPENROUTER_TYPE,
 ) -> str | None:
     """Add an ``openrouter:advisor`` tool's advisors to ``found``: ``parameters.model`` (the
     advisor of a consultation naming no profile), each named profile of ``parameters.advisors``
     (a selected profile's settings win over the tool's: its own model and
-    ``max_completion_tokens``, else the tool's), and the advisors of the ``openrouter:advisor``
-    tools in its own ``parameters.tools`` (the server tools its sub-agent may use), down to
-    ``MAX_ADVISOR_NESTING``. Why they cannot all be read, if they cannot."""
-    kind = OPENROUTER_TYPE
-    if nest:  # tool 1 (openrouter:advisor > parameters.tools 2)
-        kind += "".join(f" > parameters.tools {i + 1}" for i in nest)
+    ``max_completion_tokens``, else the tool's), and the advisors and sub-agent workers of the
+    ``openrouter:advisor`` and ``openrouter:subagent`` tools in its own ``parameters.tools`` (the
+    server tools its sub-agent may use), down to ``MAX_ADVISOR_NESTING``; an
+    ``openrouter:subagent`` tool's the same way (``kind``: the tool's label, ``openrouter:advisor >
+    parameters.tools 2 (openrouter:subagent)`` for a nested one). Why they cannot all be read, if
+    they cannot."""
     settings = settings if isinstance(settings, dict) else {}
     model = settings.get("model")
     cap = _cap(settings.get("max_completion_tokens"))
     if len(found) >= MAX_ADVISOR_TOOLS:
         return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools"
     if not _model_name(model):
+        if kind.rstrip(")").endswith(SUBAGENT_TYPE):
+            return f"tool {index + 1} ({kind}) names no worker model (its parameters.model is unset)"
         return (
             f"tool {index + 1} ({kind}) names no model (its parameters.model is unset: the executor "
             "picks the advisor per consultation)"
@@ -142,11 +153,12 @@ def _openrouter_advisors(
     if not isinstance(inner, list):
         return f"tool {index + 1} ({kind}): its parameters.tools is not a list"
     for i, tool in enumerate(inner):
-        if not isinstance(tool, dict) or tool.get("type") != OPENROUTER_TYPE:
+        if not isinstance(tool, dict) or tool.get("type") not in OPENROUTER_TYPES:
             continue
         if len(nest) >= MAX_ADVISOR_NESTING:
             return f"tool {index + 1} ({kind}) nests advisors more than {MAX_ADVISOR_NESTING} deep"
-        error = _openrouter_advisors(index, tool.get("parameters"), found, (*nest, i))
+        label = f"{kind} > parameters.tools {i + 1} ({tool['type']})"
+        error = _openrouter_advisors(index, tool.get("parameters"), found, (*nest, i), label)
         if error is not None:
             return error
     return None
@@ -197,7 +209,7 @@ def with_advisor_models(body: dict[str, Any], models: Mapping[Where, str]) -> di
 
 
 def _with_model(tool: dict[str, Any], nest: list[int], profile: int | None, model: str) -> dict[str, Any]:
-    if tool.get("type") != OPENROUTER_TYPE:
+    if tool.get("type") not in OPENROUTER_TYPES:
         return {**tool, "model": model}
     settings = dict(tool.get("parameters") or {})
     if nest:
@@ -225,7 +237,7 @@ def without_advisor_tools(body: dict[str, Any] | None) -> dict[str, Any] | None:
         if not (
             isinstance(t, dict)
             and isinstance(t.get("type"), str)
-            and (t["type"].startswith(ANTHROPIC_TYPE) or t["type"] == OPENROUTER_TYPE)
+            and (t["type"].startswith(ANTHROPIC_TYPE) or t["type"] in OPENROUTER_TYPES)
         )
     ]
     return body if len(kept) == len(tools) else {**body, "tools": kept}

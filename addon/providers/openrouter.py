@@ -10,8 +10,10 @@ also takes ``fallbacks``, the shape Anthropic's SDKs send: a list of ``{"model":
 most 3, only ``model`` in each), mapped to the same routing; it is read after ``models``
 (``openrouter_fallbacks``) on every OpenRouter path, so that no list OpenRouter may run from goes
 unchecked. Perplexity's Agent API (``/v1/responses``) takes the ``models`` list, of up to five,
-tried in order and ahead of ``model``: read the same way (``fallback_models``). Pure functions of
-the decoded JSON body.
+tried in order and ahead of ``model``: read the same way (``fallback_models``). A LiteLLM gateway
+(a ``providers:`` host on the OpenAI API) reads its own fallback lists from the body
+(``litellm_fallbacks``: names, objects whose members override the request's, router-format
+mappings, nested lists). Pure functions of the decoded JSON body.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ class Fallbacks:
     error: str | None = None
     # How many of ``models`` (the last ones) come from the ``fallbacks`` objects, not ``models``.
     in_objects: int = 0
+    # Where each of ``models`` is written, as a path of keys and indices from the body (a
+    # LiteLLM gateway's lists, read by ``litellm_fallbacks``); empty: as ``in_objects`` says.
+    places: tuple[tuple[str | int, ...], ...] = ()
+    # The output caps each of ``models`` runs with where its fallback object sets its own
+    # (LiteLLM copies an object's members over the request's), by index: ((index, ((field,
+    # cap), ...)), ...).
+    hop_caps: tuple[tuple[int, tuple[tuple[str, int], ...]], ...] = ()
 
 
 def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -85,20 +94,103 @@ def openrouter_fallbacks(
     return Fallbacks(tuple(found), None, len(objects))
 
 
+# LiteLLM's fallback lists in a request body (its router reads each: async_function_with_fallbacks).
+LITELLM_FIELDS = (OBJECTS_FIELD, "context_window_fallbacks", "content_policy_fallbacks")
+# How deep fallback objects naming more fallbacks (``{"model": ..., "fallbacks": [...]}``, run by
+# LiteLLM as a new call that reads them in turn) are read: deeper, the lists cannot be read whole.
+MAX_FALLBACK_NESTING = 4
+CAP_FIELDS = ("max_tokens", "max_completion_tokens")  # an object's own output cap for its hop
+
+
 def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
     """A ``providers:`` gateway in front of OpenRouter (priced as it), which passes the body on:
-    OpenRouter's ``models`` list and ``fallbacks`` objects, and the ``fallbacks`` model names a
-    LiteLLM proxy takes (``gateway_client_fallbacks``). Never raises."""
-    return openrouter_fallbacks(body, names=True)
+    OpenRouter's ``models`` list, then LiteLLM's fallback lists (``litellm_fallbacks``: its
+    ``fallbacks`` are OpenRouter's objects too). Never raises."""
+    return litellm_fallbacks(body, models_list=True)
 
 
 def gateway_client_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
-    """LiteLLM's client-side fallbacks on a ``providers:`` gateway speaking OpenAI's API: the
-    body's ``fallbacks``, a list of model names (``["gpt-4o"]``) or of objects naming one
-    (``[{"model": "gpt-4o", "messages": [...]}]``), which the gateway tries in order when the
-    request's model fails (a rate limit, a timeout); only the one that answers bills. Never
-    raises."""
-    return openrouter_fallbacks(body, names=True, models_list=False)
+    """LiteLLM's fallbacks on a ``providers:`` gateway speaking OpenAI's API (``litellm_fallbacks``).
+    Never raises."""
+    return litellm_fallbacks(body)
+
+
+def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False) -> Fallbacks | None:
+    """Every model LiteLLM's fallback lists in a request name, which the gateway tries when the
+    request's model fails (a rate limit, a timeout, a prompt too long for it, a content policy);
+    only the one that answers bills. Its ``fallbacks``, ``context_window_fallbacks`` and
+    ``content_policy_fallbacks`` each take model names (``["gpt-4o"]``), objects naming one whose
+    other members override the request's for that attempt (``[{"model": "gpt-4o", "max_tokens":
+    ...}]``; an object's own fallback lists are read too, down to ``MAX_FALLBACK_NESTING``), or its
+    router's mappings of a model group to the groups it falls back to (``[{"gpt-4o-mini":
+    ["gpt-4o"]}]``: each listed group may run). With ``models_list``, OpenRouter's ``models`` list
+    first. Where each name is written is kept (``Fallbacks.places``), and the output cap an object
+    sets for its attempt (``Fallbacks.hop_caps``). None when it names no list. Never raises."""
+    if not isinstance(body, dict):
+        return None
+    listed = fallback_models(body) if models_list else None
+    if listed is not None and listed.error is not None:
+        return listed
+    if all(body.get(name) is None for name in LITELLM_FIELDS):
+        return listed
+    found: list[str] = list(listed.models) if listed is not None else []
+    places: list[tuple[str | int, ...]] = [(FIELD, i) for i in range(len(found))]
+    caps: list[tuple[int, tuple[tuple[str, int], ...]]] = []
+    first = len(found)
+    error = _litellm_lists(body, (), (), 0, found, places, caps)
+    return Fallbacks(tuple(found), error, len(found) - first, tuple(places), tuple(caps))
+
+
+def _litellm_lists(
+    body: dict[str, Any],
+    path: tuple[str | int, ...],
+    inherited: tuple[tuple[str, int], ...],
+    depth: int,
+    found: list[str],
+    places: list[tuple[str | int, ...]],
+    caps: list[tuple[int, tuple[tuple[str, int], ...]]],
+) -> str | None:
+    """Add the models of ``body``'s LiteLLM fallback lists (``body`` at ``path``); why they cannot
+    all be read, if they cannot."""
+
+    def add(model: Any, where: tuple[str | int, ...], own: tuple[tuple[str, int], ...]) -> str | None:
+        if len(found) >= MAX_FALLBACK_MODELS:
+            return f"its fallback lists have more than {MAX_FALLBACK_MODELS} entries"
+        if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
+            return f"its {_written(where)} is not a model name"
+        if own:
+            caps.append((len(found), own))
+        found.append(model)
+        places.append(where)
+        return None
+
+    for name in LITELLM_FIELDS:
+        listed = body.get(name)
+        if listed is None:
+            continue
+        if not isinstance(listed, list):
+            return f"its {name} list is not a list"
+        for i, entry in enumerate(listed):
+            where = (*path, name, i)
+            error = None
+            if isinstance(entry, dict) and isinstance(entry.get("model"), str):  # an object
+                set_here = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
+                own = tuple({**dict(inherited), **set_here}.items())
+                error = add(entry["model"], (*where, "model"), own)
+                if error is None and any(entry.get(inner) is not None for inner in LITELLM_FIELDS):
+                    if depth + 1 >= MAX_FALLBACK_NESTING:
+                        return f"its fallback objects nest fallbacks more than {MAX_FALLBACK_NESTING} deep"
+                    error = _litellm_lists(entry, where, own, depth + 1, found, places, caps)
+            elif isinstance(entry, dict) and entry and all(isinstance(v, list) for v in entry.values()):
+                # The router's {model group: [fallback groups]}: the group that fails is the key.
+                for group, groups in entry.items():
+                    for j, model in enumerate(groups):
+                        error = error or add(model, (*where, group, j), inherited)
+            else:
+                error = add(entry, where, inherited)
+            if error is not None:
+                return error
+    return None
 
 
 def with_fallback_models(
@@ -107,6 +199,11 @@ def with_fallback_models(
     """A new body whose fallback lists name ``models`` (as read into ``found``: its last
     ``in_objects`` go to the ``fallbacks`` objects, each keeping its other members; the rest to
     the ``models`` list). Every other member kept."""
+    if found is not None and found.places:
+        new_body: dict[str, Any] = body
+        for place, model in zip(found.places, models, strict=False):
+            new_body = _with_at(new_body, place, model)
+        return new_body
     objects = found.in_objects if found is not None else 0
     head, tail = models[: len(models) - objects], models[len(models) - objects :]
     new = dict(body)
@@ -118,3 +215,25 @@ def with_fallback_models(
             for entry, model in zip(body[OBJECTS_FIELD], tail, strict=False)
         ] + list(body[OBJECTS_FIELD][objects:])
     return new
+
+
+def _with_at(value: Any, place: tuple[str | int, ...], model: str) -> Any:
+    """A copy of ``value`` with ``model`` at ``place`` (keys and indices), the rest shared."""
+    if not place:
+        return model
+    key, rest = place[0], place[1:]
+    if isinstance(value, list) and isinstance(key, int):
+        if value[key] == model and not rest:
+            return value
+        copied = list(value)
+        copied[key] = _with_at(value[key], rest, model)
+        return copied
+    assert isinstance(value, dict)
+    return {**value, key: _with_at(value[key], rest, model)}
+
+
+def _written(place: tuple[str | int, ...]) -> str:
+    """``place`` as a client would write it: ``fallbacks[0].fallbacks[1]``."""
+    return "".join(
+        f"[{key}]" if isinstance(key, int) else f".{key}" if i else key for i, key in enumerate(place)
+    )
