@@ -99,6 +99,7 @@ from addon.providers.advisors import (
 from addon.providers.anthropic_api import fallback_max_tokens, repeated_fallbacks, without_fallback_entries
 from addon.providers.anthropic_api import fallback_models as anthropic_fallback_models
 from addon.providers.batches import BatchInput
+from addon.providers.fallback_lists import Fallbacks, with_fallback_models
 from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import (
@@ -118,7 +119,6 @@ from addon.providers.openai_media import (
     tool_choice_none,
     with_image_tool_models,
 )
-from addon.providers.openrouter import Fallbacks, with_fallback_models
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord

@@ -21,7 +21,7 @@ from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 
 from addon import pricing
-from addon.providers import openai_api, openrouter, values
+from addon.providers import fallback_lists, openai_api, values
 from addon.providers.openai_api import (
     StreamParser,
     extract_cost,
@@ -574,40 +574,40 @@ def test_xai_ticks_are_exact_and_only_whole_numbers(ticks: object, cost: Decimal
     [
         ({"model": "openai/gpt-4o"}, None),  # no fallback list
         ({"models": None}, None),
-        ({"models": []}, openrouter.Fallbacks(())),
+        ({"models": []}, fallback_lists.Fallbacks(())),
         (
             {"models": ["openai/gpt-4o", "anthropic/claude-opus-4.1"]},
-            openrouter.Fallbacks(("openai/gpt-4o", "anthropic/claude-opus-4.1")),
+            fallback_lists.Fallbacks(("openai/gpt-4o", "anthropic/claude-opus-4.1")),
         ),
-        ({"models": "openai/gpt-4o"}, openrouter.Fallbacks((), "its models fallback list is not a list")),
+        ({"models": "openai/gpt-4o"}, fallback_lists.Fallbacks((), "its models fallback list is not a list")),
         (
             {"models": ["openai/gpt-4o", None]},
-            openrouter.Fallbacks(
+            fallback_lists.Fallbacks(
                 ("openai/gpt-4o",), "entry 2 of its models fallback list is not a model name"
             ),
         ),
         (
             {"models": [" "]},
-            openrouter.Fallbacks((), "entry 1 of its models fallback list is not a model name"),
+            fallback_lists.Fallbacks((), "entry 1 of its models fallback list is not a model name"),
         ),
         (
             {"models": ["x" * 257]},
-            openrouter.Fallbacks((), "entry 1 of its models fallback list is not a model name"),
+            fallback_lists.Fallbacks((), "entry 1 of its models fallback list is not a model name"),
         ),
         (
             {"models": ["a"] * 65},
-            openrouter.Fallbacks(("a",) * 64, "its models fallback list has more than 64 entries"),
+            fallback_lists.Fallbacks(("a",) * 64, "its models fallback list has more than 64 entries"),
         ),
         (None, None),
     ],
 )
-def test_openrouter_fallback_models_are_read(body: Any, found: openrouter.Fallbacks | None) -> None:
-    assert openrouter.fallback_models(body) == found
+def test_openrouter_fallback_models_are_read(body: Any, found: fallback_lists.Fallbacks | None) -> None:
+    assert fallback_lists.fallback_models(body) == found
 
 
 def test_openrouter_fallback_models_are_rewritten_in_place() -> None:
     body = {"model": "a", "models": ["a", "b"], "route": "fallback"}
-    assert openrouter.with_fallback_models(body, ["a", "c"]) == {
+    assert fallback_lists.with_fallback_models(body, ["a", "c"]) == {
         "model": "a",
         "models": ["a", "c"],
         "route": "fallback",

@@ -17,7 +17,7 @@ from mitmproxy import http
 
 from addon.meter import Meter
 from addon.policies import parse_policies
-from addon.providers import openrouter
+from addon.providers import fallback_lists
 from tests import test_meter
 from tests.test_meter import (
     DAY_BUDGET,
@@ -164,19 +164,19 @@ async def test_a_call_with_fallbacks_reserves_its_most_expensive_model(meter: Me
 
 def test_the_fallbacks_list_is_read_and_rewritten() -> None:
     body = {"model": "a", "fallbacks": [{"model": "b"}, {"model": "c"}]}
-    found = openrouter.openrouter_fallbacks(body)
+    found = fallback_lists.openrouter_fallbacks(body)
     assert found is not None and found.models == ("b", "c") and found.error is None
-    assert openrouter.with_fallback_models(body, ["b", "a"], found) == {
+    assert fallback_lists.with_fallback_models(body, ["b", "a"], found) == {
         "model": "a",
         "fallbacks": [{"model": "b"}, {"model": "a"}],
     }
     assert body["fallbacks"] == [{"model": "b"}, {"model": "c"}]  # the client's body is not changed
     both = {"models": ["a", "b"], "fallbacks": [{"model": "c"}]}
-    found = openrouter.openrouter_fallbacks(both)
+    found = fallback_lists.openrouter_fallbacks(both)
     assert found is not None and found.models == ("a", "b", "c")
-    assert openrouter.with_fallback_models(both, ["a", "x", "y"], found) == {
+    assert fallback_lists.with_fallback_models(both, ["a", "x", "y"], found) == {
         "models": ["a", "x"],
         "fallbacks": [{"model": "y"}],
     }
-    assert openrouter.openrouter_fallbacks({"model": "a"}) is None
-    assert openrouter.fallback_models({"fallbacks": [{"model": "c"}]}) is None  # Perplexity: models only
+    assert fallback_lists.openrouter_fallbacks({"model": "a"}) is None
+    assert fallback_lists.fallback_models({"fallbacks": [{"model": "c"}]}) is None  # Perplexity: models only

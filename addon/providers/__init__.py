@@ -21,6 +21,7 @@ from addon.providers import (
     anthropic_api,
     batches,
     bedrock_api,
+    fallback_lists,
     gemini_api,
     gemini_interactions,
     gemini_live,
@@ -31,7 +32,6 @@ from addon.providers import (
     openai_realtime_mints,
     openai_realtime_translation,
     openai_responses_ws,
-    openrouter,
     vertex_api,
 )
 from addon.providers.vertex_api import PathFacts
@@ -150,11 +150,11 @@ class Provider:
     # Other models a request names that the provider may run instead (OpenRouter's ``models``
     # fallback list and ``fallbacks`` objects): each held to the allowlist as the model is. None:
     # none here.
-    fallback_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
+    fallback_models: Callable[[dict[str, Any] | None], fallback_lists.Fallbacks | None] | None = None
     # OpenRouter's ``models`` list where ``fallback_models`` reads Anthropic's server-side chain
     # (an api: anthropic gateway in front of OpenRouter): held to the allowlist too, the call
     # reserved at the dearest of its entries. None: none here.
-    routing_models: Callable[[dict[str, Any] | None], openrouter.Fallbacks | None] | None = None
+    routing_models: Callable[[dict[str, Any] | None], fallback_lists.Fallbacks | None] | None = None
     # The advisor tools of a request of a flavor (another model the call runs within itself, at
     # its rates: Anthropic's advisor tool, OpenRouter's openrouter:advisor), each held to the
     # allowlist as the model is. None: none read here.
@@ -553,7 +553,7 @@ BUILTIN: tuple[Provider, ...] = (
         flavor_for_path=_openrouter_flavor,
         parse_response=_openrouter_parse,
         stream_parser=_openrouter_stream_parser,
-        fallback_models=openrouter.openrouter_fallbacks,
+        fallback_models=fallback_lists.openrouter_fallbacks,
         # openrouter:advisor (chat, Responses) and Anthropic's shape (/api/v1/messages): any model.
         advisor_tools=_openrouter_advisors,
     ),
@@ -562,7 +562,7 @@ BUILTIN: tuple[Provider, ...] = (
     _openai_compatible("fireworks", "api.fireworks.ai"),
     _openai_compatible("cerebras", "api.cerebras.ai"),
     # Perplexity's Agent API takes a `models` list too (up to 5), which wins over `model`.
-    _openai_compatible("perplexity", "api.perplexity.ai", fallback_models=openrouter.fallback_models),
+    _openai_compatible("perplexity", "api.perplexity.ai", fallback_models=fallback_lists.fallback_models),
 )
 
 
@@ -595,11 +595,11 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         fallback_models=(
             base.fallback_models
             if api == "anthropic"
-            else openrouter.gateway_fallbacks
+            else fallback_lists.gateway_fallbacks
             if pricing_id == "openrouter"
-            else openrouter.gateway_client_fallbacks
+            else fallback_lists.gateway_client_fallbacks
         ),
-        routing_models=openrouter.fallback_models
+        routing_models=fallback_lists.fallback_models
         if api == "anthropic" and pricing_id == "openrouter"
         else None,
     )

@@ -29,8 +29,8 @@ from dataclasses import replace
 from typing import Any
 
 from addon.model_rules import base_model
+from addon.providers.fallback_lists import MAX_FALLBACK_MODELS, MAX_MODEL_NAME, Fallbacks
 from addon.providers.openai_api import TextCollector
-from addon.providers.openrouter import MAX_FALLBACK_MODELS, MAX_MODEL_NAME, Fallbacks
 from addon.providers.values import loads
 from addon.providers.values import text as _str
 from addon.sse import SSEEvent

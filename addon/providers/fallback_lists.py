@@ -1,4 +1,6 @@
-"""OpenRouter's model fallbacks: the ``models`` list of a request, which OpenRouter may run.
+"""Fallback model lists a request may name, each entry a model the provider (or gateway) may run.
+
+OpenRouter's ``models`` list first of all (the module's origin), and the others read the same way.
 
 A request may name, besides (or instead of) its ``model``, a ``models`` list: when the model it
 runs fails (its providers are down or rate limited, the prompt is too long for it, moderation
