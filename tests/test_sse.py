@@ -183,10 +183,10 @@ def test_long_line_in_many_chunks_is_linear() -> None:
     line = b"data: " + b"x" * (4 << 20) + b"\n\n"
     decoder = SSEDecoder()
     events: list[SSEEvent] = []
-    start = time.perf_counter()
+    start = time.thread_time()  # this thread's CPU: a loaded machine does not count
     for i in range(0, len(line), 4096):
         events += decoder.feed(line[i : i + 4096])
-    elapsed = time.perf_counter() - start
+    elapsed = time.thread_time() - start
     assert len(events) == 1
     assert len(events[0].data) == 4 << 20
     assert elapsed < 1.5
@@ -199,12 +199,15 @@ def test_a_large_event_costs_the_same_per_byte_however_finely_it_arrives() -> No
     event = b"event: image_generation.partial_image\ndata: " + b"QUJD" * (2 << 20) + b"\n\n"
 
     def seconds(piece: int) -> float:
+        # This thread's CPU time, not the wall clock: other processes on a loaded machine (CI, a
+        # suite beside it) must not make a linear decoder look quadratic.
         best = float("inf")
         for _ in range(2):
-            decoder, start = SSEDecoder(), time.perf_counter()
+            decoder, start = SSEDecoder(), time.thread_time()
             events = [e for i in range(0, len(event), piece) for e in decoder.feed(event[i : i + piece])]
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.thread_time() - start)
             assert [e.raw for e in events] == [event]
         return best
 
-    assert seconds(4096) < 3 * seconds(1 << 20) + 0.03
+    # Quadratic, the 4 KiB pieces cost ~14 times the 1 MiB ones; linear, about the same.
+    assert seconds(4096) < 5 * seconds(1 << 20) + 0.03
