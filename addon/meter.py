@@ -1859,6 +1859,22 @@ class Meter:
         # that wrote output, then the next); OpenRouter's lists bill the one model that answers.
         chain = provider.fallback_models is anthropic_fallback_models
         unread = chain and fallbacks is not None and fallbacks.error is not None
+
+        def hop_capped(found: Fallbacks | None) -> dict[int, Callable[[str | None], Decimal]]:
+            """A LiteLLM fallback object's own output caps and ``n`` are its attempt's (its members
+            override the request's): that entry is reserved at them."""
+            return {
+                i: self._cost_estimate(
+                    record.provider,
+                    text_size,
+                    {**reserved_body, **dict(own)},
+                    record.inference_geo,
+                    flavor=record.api_flavor,
+                )
+                for i, own in (found.hop_caps if found is not None else ())
+                if reserved_body is not None
+            }
+
         if ruled is not None and (ruled.sent or unread) and chain and reserved_body is not None:
             # Each hop reads the request and writes up to its own max_tokens (an entry's, else the
             # request's); the advisor's consultations are the request's, reserved once.
@@ -1886,26 +1902,14 @@ class Meter:
 
             estimate = _chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
         elif ruled is not None and ruled.sent:
-            # A LiteLLM fallback object's own output cap is its attempt's (its members override
-            # the request's): that entry is reserved at it.
-            hop_capped = {
-                i: self._cost_estimate(
-                    record.provider,
-                    text_size,
-                    {**reserved_body, **dict(own)},
-                    record.inference_geo,
-                    flavor=record.api_flavor,
-                )
-                for i, own in (fallbacks.hop_caps if fallbacks is not None else ())
-                if reserved_body is not None
-            }
-            estimate = _dearest(estimate, ruled.sent, hop_capped)
-        # OpenRouter's `models` list beside Anthropic's chain (an api: anthropic gateway in front of
-        # OpenRouter): the call, chain included, may start on any of its entries.
+            estimate = _dearest(estimate, ruled.sent, hop_capped(fallbacks))
+        # Beside Anthropic's chain on an api: anthropic gateway, LiteLLM's other lists and what the
+        # chain's objects name of their own (in front of OpenRouter, its `models` list too): the
+        # call, chain included, may start on or move to any of their entries.
         routing = provider.routing_models(body) if provider.routing_models is not None else None
         routed = self._rule_fallbacks(record, routing) if routing is not None else None
         if routed is not None and routed.sent:
-            estimate = _dearest(estimate, routed.sent)
+            estimate = _dearest(estimate, routed.sent, hop_capped(routing))
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
         disagreement = _azure_disagreement(provider, route, body) if model is None else None
         if disagreement is not None:

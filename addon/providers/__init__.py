@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -599,8 +600,11 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
             if pricing_id == "openrouter"
             else fallback_lists.gateway_client_fallbacks
         ),
-        routing_models=fallback_lists.fallback_models
-        if api == "anthropic" and pricing_id == "openrouter"
+        # Beside Anthropic's chain, the lists a LiteLLM router reads too (context_window_fallbacks,
+        # content_policy_fallbacks, what a `fallbacks` object names of its own) and, in front of
+        # OpenRouter, its `models` list: the call may start on, or move to, any of their entries.
+        routing_models=partial(fallback_lists.beside_anthropic_chain, models_list=pricing_id == "openrouter")
+        if api == "anthropic"
         else None,
     )
 

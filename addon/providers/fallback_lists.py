@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from addon.providers import advisors
+
 FIELD = "models"
 OBJECTS_FIELD = "fallbacks"  # OpenRouter's Messages endpoint: [{"model": ...}, ...]
 MAX_FALLBACK_MODELS = 64  # entries read (a longer list cannot be checked whole)
@@ -101,13 +103,16 @@ LITELLM_FIELDS = (OBJECTS_FIELD, "context_window_fallbacks", "content_policy_fal
 # How deep fallback objects naming more fallbacks (``{"model": ..., "fallbacks": [...]}``, run by
 # LiteLLM as a new call that reads them in turn) are read: deeper, the lists cannot be read whole.
 MAX_FALLBACK_NESTING = 4
-CAP_FIELDS = ("max_tokens", "max_completion_tokens")  # an object's own output cap for its hop
+# An object's own members that change what its hop costs (LiteLLM copies them over the call's):
+# its output caps and its number of choices, each reserved for that hop.
+CAP_FIELDS = ("max_tokens", "max_completion_tokens", "n")
 
 
 def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
     """A ``providers:`` gateway in front of OpenRouter (priced as it), which passes the body on:
     OpenRouter's ``models`` list, then LiteLLM's fallback lists (``litellm_fallbacks``: its
-    ``fallbacks`` are OpenRouter's objects too). Never raises."""
+    ``fallbacks`` are OpenRouter's objects too, and an object's own ``models`` list is read as
+    the request's is). Never raises."""
     return litellm_fallbacks(body, models_list=True)
 
 
@@ -123,11 +128,12 @@ def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False)
     only the one that answers bills. Its ``fallbacks``, ``context_window_fallbacks`` and
     ``content_policy_fallbacks`` each take model names (``["gpt-4o"]``), objects naming one whose
     other members override the request's for that attempt (``[{"model": "gpt-4o", "max_tokens":
-    ...}]``; an object's own fallback lists are read too, down to ``MAX_FALLBACK_NESTING``), or its
-    router's mappings of a model group to the groups it falls back to (``[{"gpt-4o-mini":
-    ["gpt-4o"]}]``: each listed group may run). With ``models_list``, OpenRouter's ``models`` list
-    first. Where each name is written is kept (``Fallbacks.places``), and the output cap an object
-    sets for its attempt (``Fallbacks.hop_caps``). None when it names no list. Never raises."""
+    ...}]``: each object is read as a request of its own, ``_object_members``), or its router's
+    mappings of a model group to the groups it falls back to (``[{"gpt-4o-mini": ["gpt-4o"]}]``:
+    each listed group may run). With ``models_list``, OpenRouter's ``models`` list first (and an
+    object's own). Where each name is written is kept (``Fallbacks.places``), and the output caps
+    and ``n`` an object sets for its attempt (``Fallbacks.hop_caps``). None when it names no
+    list. Never raises."""
     if not isinstance(body, dict):
         return None
     listed = fallback_models(body) if models_list else None
@@ -135,64 +141,145 @@ def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False)
         return listed
     if all(body.get(name) is None for name in LITELLM_FIELDS):
         return listed
+    return _read(body, listed, LITELLM_FIELDS, models_list, chain=False)
+
+
+def beside_anthropic_chain(body: dict[str, Any] | None, *, models_list: bool = False) -> Fallbacks | None:
+    """On a ``providers:`` gateway speaking Anthropic's API, whose ``fallbacks`` is Anthropic's
+    server-side chain (``anthropic_api.fallback_models``): the other lists the gateway's router
+    reads (LiteLLM's ``context_window_fallbacks`` and ``content_policy_fallbacks``), and what each
+    ``fallbacks`` object names of its own (nested lists, advisor tools, with ``models_list``
+    OpenRouter's ``models``), read as ``litellm_fallbacks`` reads them; with ``models_list``,
+    OpenRouter's ``models`` list first. None when it names none of them. Never raises."""
+    if not isinstance(body, dict):
+        return None
+    listed = fallback_models(body) if models_list else None
+    if listed is not None and listed.error is not None:
+        return listed
+    fields = LITELLM_FIELDS[1:]
+    if all(body.get(name) is None for name in fields) and not isinstance(body.get(OBJECTS_FIELD), list):
+        return listed
+    read = _read(body, listed, fields, models_list, chain=True)
+    return read if read.models or read.error is not None or listed is not None else None
+
+
+def _read(
+    body: dict[str, Any], listed: Fallbacks | None, fields: tuple[str, ...], models_list: bool, *, chain: bool
+) -> Fallbacks:
     found: list[str] = list(listed.models) if listed is not None else []
     places: list[tuple[str | int, ...]] = [(FIELD, i) for i in range(len(found))]
     caps: list[tuple[int, tuple[tuple[str, int], ...]]] = []
     first = len(found)
-    error = _litellm_lists(body, (), (), 0, found, places, caps)
+    reader = _Reader(models_list, found, places, caps)
+    error = reader.lists(body, (), (), 0, fields)
+    if error is None and chain:  # Anthropic's chain objects: their own members only
+        for i, entry in enumerate(body.get(OBJECTS_FIELD) or ()):
+            if isinstance(entry, dict):
+                error = error or reader.members(entry, (OBJECTS_FIELD, i), _own(entry, ()), 1)
     return Fallbacks(tuple(found), error, len(found) - first, tuple(places), tuple(caps))
 
 
-def _litellm_lists(
-    body: dict[str, Any],
-    path: tuple[str | int, ...],
-    inherited: tuple[tuple[str, int], ...],
-    depth: int,
-    found: list[str],
-    places: list[tuple[str | int, ...]],
-    caps: list[tuple[int, tuple[tuple[str, int], ...]]],
-) -> str | None:
-    """Add the models of ``body``'s LiteLLM fallback lists (``body`` at ``path``); why they cannot
-    all be read, if they cannot."""
+def _own(entry: dict[str, Any], inherited: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """The cost-changing members a fallback object's hop runs with: its own, else inherited."""
+    set_here = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
+    return tuple({**dict(inherited), **set_here}.items())
 
-    def add(model: Any, where: tuple[str | int, ...], own: tuple[tuple[str, int], ...]) -> str | None:
-        if len(found) >= MAX_FALLBACK_MODELS:
+
+@dataclass(slots=True)
+class _Reader:
+    """Reads LiteLLM's fallback lists into ``found`` (with ``places`` and ``caps``)."""
+
+    models_list: bool
+    found: list[str]
+    places: list[tuple[str | int, ...]]
+    caps: list[tuple[int, tuple[tuple[str, int], ...]]]
+
+    def add(self, model: Any, where: tuple[str | int, ...], own: tuple[tuple[str, int], ...]) -> str | None:
+        if len(self.found) >= MAX_FALLBACK_MODELS:
             return f"its fallback lists have more than {MAX_FALLBACK_MODELS} entries"
         if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
             return f"its {_written(where)} is not a model name"
         if own:
-            caps.append((len(found), own))
-        found.append(model)
-        places.append(where)
+            self.caps.append((len(self.found), own))
+        self.found.append(model)
+        self.places.append(where)
         return None
 
-    for name in LITELLM_FIELDS:
-        listed = body.get(name)
-        if listed is None:
-            continue
-        if not isinstance(listed, list):
-            return f"its {name} list is not a list"
-        for i, entry in enumerate(listed):
-            where = (*path, name, i)
-            error = None
-            if isinstance(entry, dict) and isinstance(entry.get("model"), str):  # an object
-                set_here = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
-                own = tuple({**dict(inherited), **set_here}.items())
-                error = add(entry["model"], (*where, "model"), own)
-                if error is None and any(entry.get(inner) is not None for inner in LITELLM_FIELDS):
-                    if depth + 1 >= MAX_FALLBACK_NESTING:
-                        return f"its fallback objects nest fallbacks more than {MAX_FALLBACK_NESTING} deep"
-                    error = _litellm_lists(entry, where, own, depth + 1, found, places, caps)
-            elif isinstance(entry, dict) and entry and all(isinstance(v, list) for v in entry.values()):
-                # The router's {model group: [fallback groups]}: the group that fails is the key.
-                for group, groups in entry.items():
-                    for j, model in enumerate(groups):
-                        error = error or add(model, (*where, group, j), inherited)
-            else:
-                error = add(entry, where, inherited)
-            if error is not None:
+    def lists(
+        self,
+        body: dict[str, Any],
+        path: tuple[str | int, ...],
+        inherited: tuple[tuple[str, int], ...],
+        depth: int,
+        fields: tuple[str, ...] = LITELLM_FIELDS,
+    ) -> str | None:
+        """Add the models of ``body``'s LiteLLM fallback lists (``body`` at ``path``); why they
+        cannot all be read, if they cannot."""
+        for name in fields:
+            listed = body.get(name)
+            if listed is None:
+                continue
+            if not isinstance(listed, list):
+                return f"its {_written((*path, name))} list is not a list"
+            for i, entry in enumerate(listed):
+                where = (*path, name, i)
+                error = None
+                if isinstance(entry, dict) and isinstance(entry.get("model"), str):  # an object
+                    own = _own(entry, inherited)
+                    error = self.add(entry["model"], (*where, "model"), own)
+                    error = error or self.members(entry, where, own, depth + 1)
+                elif isinstance(entry, dict) and entry and all(isinstance(v, list) for v in entry.values()):
+                    # The router's {model group: [fallback groups]}: the group that fails is the key.
+                    for group, groups in entry.items():
+                        for j, model in enumerate(groups):
+                            error = error or self.add(model, (*where, group, j), inherited)
+                else:
+                    error = self.add(entry, where, inherited)
+                if error is not None:
+                    return error
+        return None
+
+    def members(
+        self,
+        entry: dict[str, Any],
+        where: tuple[str | int, ...],
+        own: tuple[tuple[str, int], ...],
+        depth: int,
+    ) -> str | None:
+        """Add what a fallback object (at ``where``) names of its own, its members being copied
+        over the call for its attempt, so read as a request's body is: OpenRouter's ``models``
+        list (with ``models_list``), its advisor and sub-agent tools, its own fallback lists."""
+        if self.models_list and entry.get(FIELD) is not None:
+            listed = fallback_models(entry)
+            assert listed is not None
+            if listed.error is not None:
+                return f"its {_written(where)}: {listed.error}"
+            for j, model in enumerate(listed.models):
+                if (error := self.add(model, (*where, FIELD, j), own)) is not None:
+                    return error
+        tools = advisors.advisor_tools(entry, openrouter=True)
+        if tools.error is not None:
+            return f"its {_written(where)}: {tools.error}"
+        for tool in tools.tools:
+            if (error := self.add(tool.model, (*where, *_advisor_place(tool)), own)) is not None:
                 return error
-    return None
+        if any(entry.get(inner) is not None for inner in LITELLM_FIELDS):
+            if depth >= MAX_FALLBACK_NESTING:
+                return f"its fallback objects nest fallbacks more than {MAX_FALLBACK_NESTING} deep"
+            return self.lists(entry, where, own, depth)
+        return None
+
+
+def _advisor_place(tool: advisors.AdvisorTool) -> tuple[str | int, ...]:
+    """Where an advisor tool's model is written in its body (as ``advisors.with_advisor_models``)."""
+    place: tuple[str | int, ...] = ("tools", tool.index)
+    for i in tool.nest:
+        place = (*place, "parameters", "tools", i)
+    if not tool.openrouter:
+        return (*place, "model")
+    if tool.profile is None:
+        return (*place, "parameters", "model")
+    return (*place, "parameters", "advisors", tool.profile, "model")
 
 
 def with_fallback_models(
@@ -231,7 +318,7 @@ def _with_at(value: Any, place: tuple[str | int, ...], model: str) -> Any:
         copied[key] = _with_at(value[key], rest, model)
         return copied
     assert isinstance(value, dict)
-    return {**value, key: _with_at(value[key], rest, model)}
+    return {**value, key: _with_at(value.get(key), rest, model)}
 
 
 def _written(place: tuple[str | int, ...]) -> str:
