@@ -147,3 +147,32 @@ async def test_litellms_other_fallback_lists_on_an_anthropic_gateway_are_held_to
         )
         await test_meter.run_request(meter, flow)
         assert flow.response is not None and flow.response.status_code == 403, extra
+
+
+MINI_DOWNGRADE = (
+    "environments:\n  development:\n    models:\n"
+    '      allow: ["*-mini"]\n      on_disallowed: downgrade\n      downgrade: {"*": gpt-4o-mini}\n'
+)
+
+
+async def test_a_fallback_objects_own_lists_and_tools_are_downgraded_where_they_are_written(
+    meter: Meter,
+) -> None:
+    """Where models are downgraded, what a fallback object names is rewritten in its place: its
+    own OpenRouter models list and its advisor tool's model, the rest of the body as sent. A
+    gateway gets the target as the rule writes it (README: "How model ids match")."""
+    meter._apply(parse_policies(LITELLM_TO_OPENROUTER + MINI_DOWNGRADE))
+    tool = {"type": "openrouter:advisor", "parameters": {"model": "openai/gpt-4o"}}
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "fallbacks": [{"model": "openai/gpt-4o-mini", "models": ["openai/gpt-4o"], "tools": [tool], "n": 2}],
+    }
+    flow = test_meter.make_flow(GATEWAY_CHAT, body)
+    await test_meter.run_request(meter, flow)
+    assert flow.response is None
+    sent = test_meter.sent_body(flow)
+    [entry] = sent["fallbacks"]
+    assert entry["models"] == ["gpt-4o-mini"]
+    assert entry["tools"][0]["parameters"]["model"] == "gpt-4o-mini"
+    assert (entry["model"], entry["n"], sent["messages"]) == ("openai/gpt-4o-mini", 2, body["messages"])
