@@ -46,7 +46,7 @@ class Fallbacks:
     # The output caps each of ``models`` runs with where its fallback object sets its own
     # (LiteLLM copies an object's members over the request's), by index: ((index, ((field,
     # cap), ...)), ...).
-    hop_caps: tuple[tuple[int, tuple[tuple[str, int], ...]], ...] = ()
+    hop_caps: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
 
 
 def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -105,7 +105,10 @@ LITELLM_FIELDS = (OBJECTS_FIELD, "context_window_fallbacks", "content_policy_fal
 MAX_FALLBACK_NESTING = 4
 # An object's own members that change what its hop costs (LiteLLM copies them over the call's):
 # its output caps and its number of choices, each reserved for that hop.
-CAP_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+CAP_FIELDS = ("max_tokens", "max_completion_tokens")  # an object's own output cap for its hop
+# The answers an object's attempt asks for, read as the request's are (meter._answers: a count
+# that is not a whole number reserves the most the API takes), so kept as written.
+ANSWER_FIELDS = ("n", "best_of")
 
 
 def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -132,7 +135,7 @@ def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False)
     mappings of a model group to the groups it falls back to (``[{"gpt-4o-mini": ["gpt-4o"]}]``:
     each listed group may run). With ``models_list``, OpenRouter's ``models`` list first (and an
     object's own). Where each name is written is kept (``Fallbacks.places``), and the output caps
-    and ``n`` an object sets for its attempt (``Fallbacks.hop_caps``). None when it names no
+    and ``n`` or ``best_of`` an object sets for its attempt (``Fallbacks.hop_caps``). None when it names no
     list. Never raises."""
     if not isinstance(body, dict):
         return None
@@ -168,7 +171,7 @@ def _read(
 ) -> Fallbacks:
     found: list[str] = list(listed.models) if listed is not None else []
     places: list[tuple[str | int, ...]] = [(FIELD, i) for i in range(len(found))]
-    caps: list[tuple[int, tuple[tuple[str, int], ...]]] = []
+    caps: list[tuple[int, tuple[tuple[str, Any], ...]]] = []
     first = len(found)
     reader = _Reader(models_list, found, places, caps)
     error = reader.lists(body, (), (), 0, fields)
@@ -179,9 +182,10 @@ def _read(
     return Fallbacks(tuple(found), error, len(found) - first, tuple(places), tuple(caps))
 
 
-def _own(entry: dict[str, Any], inherited: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+def _own(entry: dict[str, Any], inherited: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
     """The cost-changing members a fallback object's hop runs with: its own, else inherited."""
-    set_here = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
+    set_here: dict[str, Any] = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
+    set_here.update((f, entry[f]) for f in ANSWER_FIELDS if entry.get(f) is not None)
     return tuple({**dict(inherited), **set_here}.items())
 
 
@@ -192,9 +196,9 @@ class _Reader:
     models_list: bool
     found: list[str]
     places: list[tuple[str | int, ...]]
-    caps: list[tuple[int, tuple[tuple[str, int], ...]]]
+    caps: list[tuple[int, tuple[tuple[str, Any], ...]]]
 
-    def add(self, model: Any, where: tuple[str | int, ...], own: tuple[tuple[str, int], ...]) -> str | None:
+    def add(self, model: Any, where: tuple[str | int, ...], own: tuple[tuple[str, Any], ...]) -> str | None:
         if len(self.found) >= MAX_FALLBACK_MODELS:
             return f"its fallback lists have more than {MAX_FALLBACK_MODELS} entries"
         if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
@@ -209,7 +213,7 @@ class _Reader:
         self,
         body: dict[str, Any],
         path: tuple[str | int, ...],
-        inherited: tuple[tuple[str, int], ...],
+        inherited: tuple[tuple[str, Any], ...],
         depth: int,
         fields: tuple[str, ...] = LITELLM_FIELDS,
     ) -> str | None:
@@ -243,7 +247,7 @@ class _Reader:
         self,
         entry: dict[str, Any],
         where: tuple[str | int, ...],
-        own: tuple[tuple[str, int], ...],
+        own: tuple[tuple[str, Any], ...],
         depth: int,
     ) -> str | None:
         """Add what a fallback object (at ``where``) names of its own, its members being copied
