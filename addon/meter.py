@@ -1861,8 +1861,9 @@ class Meter:
         unread = chain and fallbacks is not None and fallbacks.error is not None
 
         def hop_capped(found: Fallbacks | None) -> dict[int, Callable[[str | None], Decimal]]:
-            """A LiteLLM fallback object's own output caps and ``n`` are its attempt's (its members
-            override the request's): that entry is reserved at them."""
+            """A LiteLLM fallback object's own output caps, ``n`` / ``best_of`` and ``tools`` are its
+            attempt's (its members override the request's): that entry is reserved at them, its
+            advisor and sub-agent tools on top of its hop at their own caps, as the request's."""
             return {
                 i: self._cost_estimate(
                     record.provider,

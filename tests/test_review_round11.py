@@ -1,8 +1,7 @@
 """Review round 11: tests for 2e9d594 (a LiteLLM fallback object read as a request of its own,
 `n` joining its hop's caps) and 916ef8f (a non-Anthropic -latest downgrade target refused on
-OpenRouter/Perplexity); each failed before its fix. Two more findings (a sub-agent inside a
-fallback object is reserved at the hop's cap, not on top of it at its own) are left open, in the
-session note."""
+OpenRouter/Perplexity); each failed before its fix, the two about a sub-agent inside a fallback
+object (reserved at the hop's cap, not on top of it at its own) included."""
 
 from __future__ import annotations
 
@@ -80,3 +79,61 @@ async def test_a_litellm_fallback_objects_own_best_of_is_reserved(meter: Meter) 
         },
     )
     assert on_object >= on_request * Decimal("0.9"), (on_request, on_object)
+
+
+async def test_a_sub_agent_inside_a_litellm_fallback_object_is_reserved_on_top_of_its_hop(
+    meter: Meter,
+) -> None:
+    """An object's members replace the call's for its attempt, its `tools` too, so its hop runs
+    the object's model and the sub-agent's consultations, as a request with that tool does (the
+    same gpt-4o call with an openrouter:subagent gpt-4o tool on the request reserves both, ~0.070
+    USD); but fallbacks [{"model": "gpt-4o", "tools": [subagent gpt-4o]}] is reserved at the
+    dearer of the two only (~0.040, as gpt-4o alone), so under a budget cap each failed mini call
+    overshoots by the sub-agent's share nobody reserved."""
+    meter._apply(parse_policies(LITELLM_GATEWAY + BUDGET_ONLY))
+    messages = [{"role": "user", "content": "hi"}]
+    tool = {"type": "openrouter:subagent", "parameters": {"model": "gpt-4o"}}
+    on_request = await test_meter.reserved_for(
+        meter, GATEWAY_CHAT, {"model": "gpt-4o", "max_tokens": 4000, "messages": messages, "tools": [tool]}
+    )
+    on_object = await test_meter.reserved_for(
+        meter,
+        GATEWAY_CHAT,
+        {
+            "model": "gpt-4o-mini",
+            "max_tokens": 4000,
+            "messages": messages,
+            "fallbacks": [{"model": "gpt-4o", "tools": [tool]}],
+        },
+    )
+    assert on_object >= on_request * Decimal("0.9"), (on_request, on_object)
+
+
+async def test_a_sub_agent_inside_a_litellm_fallback_object_is_reserved_at_its_own_output_cap(
+    meter: Meter,
+) -> None:
+    """A sub-agent's consultations write up to its own parameters.max_completion_tokens, not the
+    call's max_tokens: on the request, gpt-4o-mini (max_tokens 100) with an openrouter:subagent
+    gpt-4o tool capped at 16000 reserves ~0.48 USD; the same tool in a LiteLLM fallback object
+    (fallbacks [{"model": "gpt-4o-mini", "tools": [that tool]}]) is reserved as gpt-4o writing
+    the hop's 100 tokens (~0.001), so when the first attempt fails the sub-agent runs ~400x past
+    what was reserved and a budget hard cap is overshot."""
+    meter._apply(parse_policies(LITELLM_GATEWAY + BUDGET_ONLY))
+    messages = [{"role": "user", "content": "hi"}]
+    tool = {"type": "openrouter:subagent", "parameters": {"model": "gpt-4o", "max_completion_tokens": 16000}}
+    on_request = await test_meter.reserved_for(
+        meter,
+        GATEWAY_CHAT,
+        {"model": "gpt-4o-mini", "max_tokens": 100, "messages": messages, "tools": [tool]},
+    )
+    on_object = await test_meter.reserved_for(
+        meter,
+        GATEWAY_CHAT,
+        {
+            "model": "gpt-4o-mini",
+            "max_tokens": 100,
+            "messages": messages,
+            "fallbacks": [{"model": "gpt-4o-mini", "tools": [tool]}],
+        },
+    )
+    assert on_object >= on_request * Decimal("0.5"), (on_request, on_object)

@@ -43,9 +43,9 @@ class Fallbacks:
     # Where each of ``models`` is written, as a path of keys and indices from the body (a
     # LiteLLM gateway's lists, read by ``litellm_fallbacks``); empty: as ``in_objects`` says.
     places: tuple[tuple[str | int, ...], ...] = ()
-    # The output caps each of ``models`` runs with where its fallback object sets its own
-    # (LiteLLM copies an object's members over the request's), by index: ((index, ((field,
-    # cap), ...)), ...).
+    # The output caps, answer counts and tools each of ``models`` runs with where its fallback
+    # object sets its own (LiteLLM copies an object's members over the request's), by index:
+    # ((index, ((field, value), ...)), ...).
     hop_caps: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
 
 
@@ -109,6 +109,9 @@ CAP_FIELDS = ("max_tokens", "max_completion_tokens")  # an object's own output c
 # The answers an object's attempt asks for, read as the request's are (meter._answers: a count
 # that is not a whole number reserves the most the API takes), so kept as written.
 ANSWER_FIELDS = ("n", "best_of")
+# An object's own tools replace the call's for its attempt: its advisor and sub-agent tools run
+# within that hop (reserved on top of it, at their own caps, as the request's are), kept as written.
+TOOL_FIELDS = ("tools",)
 
 
 def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -135,8 +138,8 @@ def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False)
     mappings of a model group to the groups it falls back to (``[{"gpt-4o-mini": ["gpt-4o"]}]``:
     each listed group may run). With ``models_list``, OpenRouter's ``models`` list first (and an
     object's own). Where each name is written is kept (``Fallbacks.places``), and the output caps
-    and ``n`` or ``best_of`` an object sets for its attempt (``Fallbacks.hop_caps``). None when it names no
-    list. Never raises."""
+    and ``n`` or ``best_of`` and ``tools`` an object sets for its attempt (``Fallbacks.hop_caps``). None
+    when it names no list. Never raises."""
     if not isinstance(body, dict):
         return None
     listed = fallback_models(body) if models_list else None
@@ -185,7 +188,7 @@ def _read(
 def _own(entry: dict[str, Any], inherited: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
     """The cost-changing members a fallback object's hop runs with: its own, else inherited."""
     set_here: dict[str, Any] = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
-    set_here.update((f, entry[f]) for f in ANSWER_FIELDS if entry.get(f) is not None)
+    set_here.update((f, entry[f]) for f in (*ANSWER_FIELDS, *TOOL_FIELDS) if entry.get(f) is not None)
     return tuple({**dict(inherited), **set_here}.items())
 
 
