@@ -21,6 +21,13 @@ Where the counts are:
   native events; the last one adds ``amazon-bedrock-invocationMetrics``
   ``{inputTokenCount, outputTokenCount, cacheReadInputTokenCount, cacheWriteInputTokenCount}``.
 
+An Anthropic model's InvokeModel body is the Messages body as it is, ``usage.iterations`` included
+(in a stream, on the final ``message_delta``): read by ``anthropic_api.read_iterations``, as the
+Anthropic API's are. AWS documents compaction there (InvokeModel only, not Converse), whose tokens
+the top-level usage leaves out; advisor and fallback entries are read the same way if sent. When
+the iterations say more than the top-level usage, the body's counts plus theirs stand, not the
+headers' or the invocation metrics' (which AWS does not say include them).
+
 No response names the model the way the request did (an Anthropic body says
 ``claude-3-5-haiku-20241022``, losing the ``us.``/``global.`` profile that sets the
 price), so ``Metered.model`` is None: price with ``pricing_model(request_model(path))``.
@@ -41,8 +48,9 @@ from addon.aws_eventstream import EventMessage, EventStreamDecoder, EventStreamE
 from addon.providers import anthropic_api, openai_api
 from addon.providers.openai_api import TextCollector
 from addon.providers.values import loads
+from addon.providers.values import text as _str
 from addon.providers.values import token_count as _int
-from addon.usage import Metered, Usage
+from addon.usage import Iterations, Metered, Usage
 
 FLAVORS: tuple[str, ...] = ("converse", "converse_stream", "invoke", "invoke_stream")
 STREAM_FLAVORS = frozenset({"converse_stream", "invoke_stream"})
@@ -266,6 +274,11 @@ def parse_response(flavor: str, body: bytes, headers: Mapping[str, str] | None =
         return Metered(
             error="response body is not JSON" if obj is None else "response body is not a JSON object"
         )
+    iterations = None
+    if flavor in ("invoke", "invoke_stream"):
+        with_iterations, iterations = anthropic_iterations(obj.get("usage"), None, _str(obj.get("model")))
+        if iterations is not None:
+            usage = with_iterations  # the body's breakdown beats the headers' counts
     if usage is None:
         usage = converse_usage(obj.get("usage")) if flavor.startswith("converse") else native_usage(obj)
     error = None
@@ -273,7 +286,26 @@ def parse_response(flavor: str, body: bytes, headers: Mapping[str, str] | None =
         error = _error_of(obj, headers) or "no usage in response"
     text = None if usage is not None else "".join(_body_texts(obj)) or None
     tier = service_tier_of(obj) or (_header(headers, "x-amzn-bedrock-service-tier") or "").lower() or None
-    return Metered(usage=usage, error=error, output_text=text, service_tier=tier)
+    return Metered(usage=usage, error=error, output_text=text, service_tier=tier, iterations=iterations)
+
+
+def anthropic_iterations(
+    usage: Any, counts: dict[str, int] | None, model: str | None
+) -> tuple[Usage | None, Iterations | None]:
+    """An Anthropic ``usage`` object's ``usage.iterations`` read (``anthropic_api.read_iterations``):
+    the call's usage with them, and what they say besides; (None, None) when there are none, or
+    they say nothing more than the top-level usage. ``counts``: the stream's merged Anthropic counts
+    (else the top-level usage is read from ``usage``). Never raises."""
+    if not isinstance(usage, dict) or not isinstance(usage.get("iterations"), list):
+        return None, None
+    if counts is None and not ("input_tokens" in usage or "output_tokens" in usage):
+        return None, None  # not Anthropic's shape
+    if counts is not None:
+        top: Usage | None = anthropic_api.usage_from_counts(counts)
+    else:
+        top = anthropic_api.extract_usage(usage)
+    found, iterations = anthropic_api.read_iterations(usage, top, model)
+    return (found, iterations) if iterations is not None else (None, None)
 
 
 def service_tier_of(obj: dict[str, Any]) -> str | None:
@@ -400,7 +432,9 @@ class StreamParser:
         "_done",
         "_error",
         "_final",
+        "_iterations",
         "_metrics",
+        "_model",
         "_native",
         "_seen",
         "_text",
@@ -418,6 +452,8 @@ class StreamParser:
         self._seen = False
         self._final = False  # Anthropic's final message_delta or message_stop: the output count is the call's
         self._native: Usage | None = None  # another native event's usage (Nova, OpenAI shapes; a fallback)
+        self._iterations: Any = None  # the last Anthropic usage with usage.iterations (final message_delta)
+        self._model: str | None = None  # the model Anthropic's message_start echoes
         self._error: str | None = None
         self._done = False
         self._bad = 0
@@ -457,6 +493,11 @@ class StreamParser:
         the final ``message_delta`` or ``message_stop``: ``output_partial``)."""
         usage = self._usage or self._metrics
         partial = False
+        with_iterations, iterations = (
+            anthropic_iterations(self._iterations, self._counts, self._model) if self._seen else (None, None)
+        )
+        if iterations is not None:  # the iterations say more than the metrics: the counts and theirs
+            usage, partial = with_iterations, not self._final
         if usage is None and self._seen:
             usage = anthropic_api.usage_from_counts(self._counts)
             partial = not self._final
@@ -469,7 +510,12 @@ class StreamParser:
             )
         text = self._text.text() if usage is None or partial else None
         return Metered(
-            usage=usage, error=error, output_text=text, service_tier=self._tier, output_partial=partial
+            usage=usage,
+            error=error,
+            output_text=text,
+            service_tier=self._tier,
+            output_partial=partial,
+            iterations=iterations,
         )
 
     def _feed_chunk(self, payload: bytes) -> None:
@@ -501,9 +547,12 @@ class StreamParser:
         kind = obj.get("type")
         if kind == "message_start" and isinstance(obj.get("message"), dict):
             self._seen |= anthropic_api.merge_usage(self._counts, obj["message"].get("usage"))
+            self._model = _str(obj["message"].get("model")) or self._model
         elif kind == "message_delta":
             taken = anthropic_api.merge_usage(self._counts, obj.get("usage"))
             self._seen |= taken
+            if taken and isinstance(obj["usage"].get("iterations"), list):
+                self._iterations = obj["usage"]  # the whole list each time: the last one stands
             self._final |= taken and anthropic_api.is_final_delta(obj)
         elif kind == "message_stop":
             self._final = True
