@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from mitmproxy import http
 
+from addon.model_rules import unmatched_reason
+
 REFUSAL_KINDS = ("blocked", "over_budget", "rate_limited")
 REFUSED_HEADER = "X-Tokometer-Refused"
 NOTICE_HEADER = "X-Tokometer-Notice"
@@ -111,9 +113,10 @@ def blocked_message(environment: str, model: str, allowed_patterns: Sequence[str
     if len(allowed_patterns) > 20:
         allowed += f", ... ({len(allowed_patterns)} patterns)"
     what = f"allowed there: {allowed}" if allowed_patterns else "no model is allowed there"
+    why = unmatched_reason(model)  # an OpenRouter alias or preset: why no rule matched, what to do
     return (
         f"model {_clean(model)} is not allowed in environment {_clean(environment, 60)} "
-        f"({what}; see policies.yaml)"
+        f"({what}; see policies.yaml)" + (f" ({_clean(why, 600)})" if why else "")
     )
 
 

@@ -554,7 +554,7 @@ BUILTIN: tuple[Provider, ...] = (
         flavor_for_path=_openrouter_flavor,
         parse_response=_openrouter_parse,
         stream_parser=_openrouter_stream_parser,
-        fallback_models=fallback_lists.openrouter_fallbacks,
+        fallback_models=fallback_lists.openrouter_lists,  # and its `preset` field
         # openrouter:advisor (chat, Responses) and Anthropic's shape (/api/v1/messages): any model.
         advisor_tools=_openrouter_advisors,
     ),

@@ -15,7 +15,9 @@ unchecked. Perplexity's Agent API (``/v1/responses``) takes the ``models`` list,
 tried in order and ahead of ``model``: read the same way (``fallback_models``). A LiteLLM gateway
 (a ``providers:`` host on the OpenAI API) reads its own fallback lists from the body
 (``litellm_fallbacks``: names, objects whose members override the request's, router-format
-mappings, nested lists). Pure functions of the decoded JSON body.
+mappings, nested lists). An OpenRouter ``preset`` field (a preset's settings shallow-merged under
+the request's: its fallback models and tools among them) makes a list that cannot be read whole
+(``with_preset``). Pure functions of the decoded JSON body.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from addon.model_rules import preset_reason
 from addon.providers import advisors
 
 FIELD = "models"
+PRESET_FIELD = "preset"  # OpenRouter's preset beside the request's model: {"model": ..., "preset": slug}
 OBJECTS_FIELD = "fallbacks"  # OpenRouter's Messages endpoint: [{"model": ...}, ...]
 MAX_FALLBACK_MODELS = 64  # entries read (a longer list cannot be checked whole)
 MAX_MODEL_NAME = 256  # characters of one entry (a longer one is no model id)
@@ -98,6 +102,25 @@ def openrouter_fallbacks(
     return Fallbacks(tuple(found), None, len(objects))
 
 
+def with_preset(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbacks | None:
+    """``found`` (a request's fallback lists as read), unreadable when the request names an
+    OpenRouter preset in its ``preset`` field: the preset's settings are merged under the request's,
+    so its fallback ``models`` and its tools (advisors, sub-agents) run models the request does not
+    show. Never raises."""
+    preset = body.get(PRESET_FIELD) if isinstance(body, dict) else None
+    if preset is None or (found is not None and found.error is not None):
+        return found
+    error = preset_reason(str(preset), f"its {PRESET_FIELD} field", said_unchecked=False)
+    if found is None:
+        return Fallbacks(error=error)
+    return Fallbacks(found.models, error, found.in_objects, found.places, found.hop_caps)
+
+
+def openrouter_lists(body: dict[str, Any] | None) -> Fallbacks | None:
+    """OpenRouter's fallback lists (``openrouter_fallbacks``), and its ``preset`` field (``with_preset``)."""
+    return with_preset(openrouter_fallbacks(body), body)
+
+
 # LiteLLM's fallback lists in a request body (its router reads each: async_function_with_fallbacks).
 LITELLM_FIELDS = (OBJECTS_FIELD, "context_window_fallbacks", "content_policy_fallbacks")
 # How deep fallback objects naming more fallbacks (``{"model": ..., "fallbacks": [...]}``, run by
@@ -118,8 +141,8 @@ def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
     """A ``providers:`` gateway in front of OpenRouter (priced as it), which passes the body on:
     OpenRouter's ``models`` list, then LiteLLM's fallback lists (``litellm_fallbacks``: its
     ``fallbacks`` are OpenRouter's objects too, and an object's own ``models`` list is read as
-    the request's is). Never raises."""
-    return litellm_fallbacks(body, models_list=True)
+    the request's is), and OpenRouter's ``preset`` field (``with_preset``). Never raises."""
+    return with_preset(litellm_fallbacks(body, models_list=True), body)
 
 
 def gateway_client_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
