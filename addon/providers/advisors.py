@@ -16,6 +16,17 @@ executor selects per consultation, the selected profile's settings winning over 
 profile's model may run. OpenRouter also takes Anthropic's shape on ``/api/v1/messages``, where
 "the model is the only setting it carries": its ``max_tokens`` and ``max_uses`` are not caps there.
 
+OpenRouter's ``openrouter:fusion`` server tool (beta; ``{"type": "openrouter:fusion", "parameters":
+{"analysis_models"?, "model"?, "max_completion_tokens"?, "max_tool_calls"?, ...}}``): when the
+executor invokes it, every model of its panel (``parameters.analysis_models``, 1 to 8) answers the
+prompt in parallel (with web search and fetch) and a judge (``parameters.model``; unset, the model
+handling the request) compares their answers, ``max_completion_tokens`` capping each inner call;
+OpenRouter bills the call as the sum of those completions. So each panel model and the judge are
+held to the allowlist and reserved as an advisor is, each its own (all run at every invocation):
+``fusion_members``. A tool without ``analysis_models`` runs OpenRouter's default panel (its
+"Quality" preset, aliases of the newest models of families) and one with a ``preset`` and no
+``model`` its preset's judge, which the request does not name: unreadable.
+
 Anthropic accepts an executor/advisor pair only when the advisor is at least as capable as the
 executor (its advisor-tool page's compatibility table): ``pair_known_valid`` and
 ``pair_known_invalid`` read that rule from the models' names, for a pair the proxy would make by
@@ -38,6 +49,7 @@ OPENROUTER_TYPE = "openrouter:advisor"
 # (``parameters.tools``). Held to the allowlist and reserved as an advisor is.
 SUBAGENT_TYPE = "openrouter:subagent"
 OPENROUTER_TYPES = (OPENROUTER_TYPE, SUBAGENT_TYPE)
+FUSION_TYPE = "openrouter:fusion"  # a panel of models and a judge, within the call
 MAX_ADVISOR_TOOLS = 64  # advisor tools read in one request (more: the tools cannot all be checked)
 MAX_MODEL_NAME = 256  # characters of one model name (a longer one is no model id)
 # Consultations reserved for an advisor tool that sets no max_uses: a bound, not a cap (Anthropic
@@ -66,6 +78,9 @@ class AdvisorTool:
     # An openrouter:advisor tool nested in another's ``parameters.tools`` (the advisor's sub-agent
     # may consult it): its index in each nested list, from the tool at ``index`` down.
     nest: tuple[int, ...] = ()
+    # A member of an openrouter:fusion tool: ``profile`` is then its index in
+    # ``parameters.analysis_models``, None for the judge (``parameters.model``).
+    fusion: bool = False
 
     @property
     def where(self) -> Where:
@@ -111,7 +126,50 @@ def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool =
             error = _openrouter_advisors(index, tool.get("parameters"), found, (), kind)
             if error is not None:
                 return AdvisorTools(tuple(found), error)
+        elif openrouter and kind == FUSION_TYPE:
+            error = fusion_members(index, tool.get("parameters"), found, body.get("model"))
+            if error is not None:
+                return AdvisorTools(tuple(found), error)
     return AdvisorTools(tuple(found))
+
+
+def fusion_members(
+    index: int, settings: Any, found: list[AdvisorTool], executor: Any, nest: tuple[int, ...] = ()
+) -> str | None:
+    """Add an ``openrouter:fusion`` tool's panel (``parameters.analysis_models``, each at its
+    index) and its judge (``parameters.model``; unset, ``executor``, the model handling the
+    request, when it names one) to ``found``, ``max_completion_tokens`` their cap. Why they cannot
+    all be read, if they cannot."""
+    settings = settings if isinstance(settings, dict) else {}
+    label = f"tool {index + 1} ({FUSION_TYPE})"
+    panel = settings.get("analysis_models")
+    if panel is None:
+        return (
+            f"{label} names no panel (its parameters.analysis_models is unset: OpenRouter runs its "
+            "default panel, which the request does not name; list the panel's models there)"
+        )
+    if not isinstance(panel, list):
+        return f"{label}: its parameters.analysis_models is not a list"
+    cap = _cap(settings.get("max_completion_tokens"))
+    for i, model in enumerate(panel):
+        if not _model_name(model):
+            return f"{label}: entry {i + 1} of its parameters.analysis_models names no model"
+        if len(found) >= MAX_ADVISOR_TOOLS:
+            return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools and panel models"
+        found.append(AdvisorTool(index, model, cap, None, True, i, nest, fusion=True))
+    judge = settings.get("model")
+    if judge is None and settings.get("preset") is not None:
+        return f"{label} names no judge (its parameters.model is unset: its parameters.preset's judge runs)"
+    if judge is None:
+        judge = executor  # "defaults to the same model handling your request"
+        if not _model_name(judge):
+            return None  # a request naming no model (OpenRouter's models list): its entries are checked
+    elif not _model_name(judge):
+        return f"{label}: its parameters.model names no model"
+    if len(found) >= MAX_ADVISOR_TOOLS:
+        return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools and panel models"
+    found.append(AdvisorTool(index, judge, cap, None, True, None, nest, fusion=True))
+    return None
 
 
 def _openrouter_advisors(
@@ -153,6 +211,11 @@ def _openrouter_advisors(
     if not isinstance(inner, list):
         return f"tool {index + 1} ({kind}): its parameters.tools is not a list"
     for i, tool in enumerate(inner):
+        if isinstance(tool, dict) and tool.get("type") == FUSION_TYPE:  # its judge defaults to model
+            error = fusion_members(index, tool.get("parameters"), found, model, (*nest, i))
+            if error is not None:
+                return f"{kind} > parameters.tools {i + 1}: {error}"
+            continue
         if not isinstance(tool, dict) or tool.get("type") not in OPENROUTER_TYPES:
             continue
         if len(nest) >= MAX_ADVISOR_NESTING:
@@ -209,10 +272,14 @@ def with_advisor_models(body: dict[str, Any], models: Mapping[Where, str]) -> di
 
 
 def _with_model(tool: dict[str, Any], nest: list[int], profile: int | None, model: str) -> dict[str, Any]:
-    if tool.get("type") not in OPENROUTER_TYPES:
+    if tool.get("type") not in (*OPENROUTER_TYPES, FUSION_TYPE):
         return {**tool, "model": model}
     settings = dict(tool.get("parameters") or {})
-    if nest:
+    if tool.get("type") == FUSION_TYPE and profile is not None:  # a panel model
+        panel = list(settings["analysis_models"])
+        panel[profile] = model
+        settings["analysis_models"] = panel
+    elif nest:
         inner = list(settings["tools"])
         inner[nest[0]] = _with_model(inner[nest[0]], nest[1:], profile, model)
         settings["tools"] = inner
@@ -237,7 +304,7 @@ def without_advisor_tools(body: dict[str, Any] | None) -> dict[str, Any] | None:
         if not (
             isinstance(t, dict)
             and isinstance(t.get("type"), str)
-            and (t["type"].startswith(ANTHROPIC_TYPE) or t["type"] in OPENROUTER_TYPES)
+            and (t["type"].startswith(ANTHROPIC_TYPE) or t["type"] in (*OPENROUTER_TYPES, FUSION_TYPE))
         )
     ]
     return body if len(kept) == len(tools) else {**body, "tools": kept}
@@ -252,11 +319,12 @@ def reserved_uses(tool: AdvisorTool) -> int:
 def advisors_by_tool(found: AdvisorTools) -> dict[tuple[int, ...], list[AdvisorTool]]:
     """The advisors of each tool (by index, and nested indices for a tool in an advisor's
     ``parameters.tools``): an ``openrouter:advisor`` tool's profiles share its consultations (each
-    consultation runs one of them), so its reservation is at the dearest; a nested tool's
-    consultations are its own, reserved besides."""
+    consultations are its own, reserved besides; so is each member of an ``openrouter:fusion``
+    tool's panel and its judge (every one runs at each invocation)."""
     grouped: dict[tuple[int, ...], list[AdvisorTool]] = {}
     for tool in found.tools:
-        grouped.setdefault((tool.index, *tool.nest), []).append(tool)
+        member = () if not tool.fusion else (-1,) if tool.profile is None else (-2 - tool.profile,)
+        grouped.setdefault((tool.index, *tool.nest, *member), []).append(tool)
     return grouped
 
 

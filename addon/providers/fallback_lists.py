@@ -116,9 +116,34 @@ def with_preset(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbac
     return Fallbacks(found.models, error, found.in_objects, found.places, found.hop_caps)
 
 
+PLUGINS_FIELD = "plugins"
+FUSION_PLUGIN = "fusion"  # {"id": "fusion", "analysis_models"?, "model"?, "preset"?}
+
+
+def with_fusion_plugin(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbacks | None:
+    """``found``, unreadable when the request's ``plugins`` has OpenRouter's ``fusion`` plugin: it
+    adds the ``openrouter:fusion`` tool, whose panel and judge (its defaults OpenRouter's) run
+    within the call; written as that tool in ``tools`` they are checked (addon.providers.advisors).
+    Never raises."""
+    plugins = body.get(PLUGINS_FIELD) if isinstance(body, dict) else None
+    if not isinstance(plugins, list) or (found is not None and found.error is not None):
+        return found
+    if not any(isinstance(p, dict) and p.get("id") == FUSION_PLUGIN for p in plugins):
+        return found
+    error = (
+        f"its {PLUGINS_FIELD} list has OpenRouter's {FUSION_PLUGIN} plugin, which runs a panel of "
+        f"models and a judge within the call (write it as the openrouter:{FUSION_PLUGIN} tool in "
+        "tools, naming its parameters.analysis_models and parameters.model)"
+    )
+    if found is None:
+        return Fallbacks(error=error)
+    return Fallbacks(found.models, error, found.in_objects, found.places, found.hop_caps)
+
+
 def openrouter_lists(body: dict[str, Any] | None) -> Fallbacks | None:
-    """OpenRouter's fallback lists (``openrouter_fallbacks``), and its ``preset`` field (``with_preset``)."""
-    return with_preset(openrouter_fallbacks(body), body)
+    """OpenRouter's fallback lists (``openrouter_fallbacks``), its ``preset`` field
+    (``with_preset``) and its ``fusion`` plugin (``with_fusion_plugin``)."""
+    return with_fusion_plugin(with_preset(openrouter_fallbacks(body), body), body)
 
 
 # LiteLLM's fallback lists in a request body (its router reads each: async_function_with_fallbacks).
@@ -141,8 +166,9 @@ def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
     """A ``providers:`` gateway in front of OpenRouter (priced as it), which passes the body on:
     OpenRouter's ``models`` list, then LiteLLM's fallback lists (``litellm_fallbacks``: its
     ``fallbacks`` are OpenRouter's objects too, and an object's own ``models`` list is read as
-    the request's is), and OpenRouter's ``preset`` field (``with_preset``). Never raises."""
-    return with_preset(litellm_fallbacks(body, models_list=True), body)
+    the request's is), and OpenRouter's ``preset`` field and ``fusion`` plugin (``with_preset``,
+    ``with_fusion_plugin``). Never raises."""
+    return with_fusion_plugin(with_preset(litellm_fallbacks(body, models_list=True), body), body)
 
 
 def gateway_client_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -307,6 +333,8 @@ def _advisor_place(tool: advisors.AdvisorTool) -> tuple[str | int, ...]:
         place = (*place, "parameters", "tools", i)
     if not tool.openrouter:
         return (*place, "model")
+    if tool.fusion and tool.profile is not None:  # an openrouter:fusion tool's panel model
+        return (*place, "parameters", "analysis_models", tool.profile)
     if tool.profile is None:
         return (*place, "parameters", "model")
     return (*place, "parameters", "advisors", tool.profile, "model")
