@@ -274,6 +274,13 @@ def test_a_target_that_would_not_be_allowed_as_written_is_no_downgrade() -> None
         ("openrouter", "openai/gpt-4o", "grok-3-mini", "x-ai/grok-3-mini"),
         # Mistral's -latest alias: OpenRouter lists no -latest id, and which id it is is not knowable
         ("openrouter", "openai/gpt-4o", "mistral-small-latest", None),
+        # OpenAI's -latest names: only those OpenRouter lists as they are (genai-prices' table);
+        # gpt-5-chat-latest (OpenRouter: openai/gpt-5-chat) went out as openai/gpt-5-chat-latest
+        ("openrouter", "openai/gpt-4o", "chatgpt-4o-latest", "openai/chatgpt-4o-latest"),
+        ("openrouter", "openai/gpt-4o:nitro", "gpt-chat-latest", "openai/gpt-chat-latest:nitro"),
+        ("openrouter", "openai/gpt-4o", "gpt-5-chat-latest", None),
+        ("openrouter", "openai/gpt-4o", "gpt-5.1-chat-latest", None),
+        ("openrouter", "openai/gpt-4o", "codex-mini-latest", None),
         (
             "openrouter",
             "meta-llama/llama-3.3-70b-instruct",
@@ -289,6 +296,7 @@ def test_a_target_that_would_not_be_allowed_as_written_is_no_downgrade() -> None
         ("perplexity", "openai/gpt-5.1", "grok-4-1-fast-mini", "xai/grok-4-1-fast-mini"),
         ("perplexity", "openai/gpt-5.1", "sonar", "perplexity/sonar"),
         ("perplexity", "openai/gpt-5.1", "deepseek-chat-mini", None),  # a vendor it does not serve
+        ("perplexity", "openai/gpt-5.1", "chatgpt-4o-latest", None),  # a -latest id it is not known to list
         ("perplexity", "sonar-pro", "sonar", "sonar"),  # its Sonar API's plain ids: as written
     ],
 )
