@@ -23,18 +23,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from addon.enforcement import Decision, Enforcer
+from addon.enforcement import Decision
 from addon.model_rules import base_model
 from addon.pricing import PRICED, SUBSCRIPTION, UNKNOWN_MODEL, Pricer
+from addon.providers.fallback_lists import object_at, with_at, written
 from addon.providers.openai_api import MAX_TOOL_MODEL_NAME
 from addon.providers.openai_media import (
     DEFAULT_IMAGE_TOOL_MODEL,
     RESERVATION_IMAGE_MODEL,
     ImageTool,
     image_tool_usage,
+    image_tools,
     model_name,
+    with_image_tool_models,
 )
 from addon.record import CallRecord, billed_apart
 from addon.usage import ToolImages
@@ -145,6 +148,17 @@ class ToolRules:
     header: str | None = None
     # Azure: index -> the model the tool's deployment serves (as sent), for its reservation only
     reserved: dict[int, str] = field(default_factory=dict)
+    # A LiteLLM fallback object's ``tools`` with its image tools' downgrades written in, by where
+    # the object is (``Fallbacks.tool_objects``): ``with_tool_rules`` writes them into the body.
+    objects: dict[tuple[str | int, ...], list[Any]] = field(default_factory=dict)
+
+
+class ModelDecider(Protocol):
+    """What the tool rules ask of the enforcer (``addon.enforcement.Enforcer``)."""
+
+    def decide_model(self, provider: str, environment: str, model: str | None) -> Decision: ...
+
+    def refuse_model(self, provider: str, environment: str, model: str, reason: str) -> Decision: ...
 
 
 DEFAULT_MODEL_PROVIDER = "openai"  # whose default DEFAULT_IMAGE_TOOL_MODEL is
@@ -154,7 +168,7 @@ DEPLOYMENT_HEADER = "x-ms-oai-image-generation-deployment"
 
 
 def rule_image_tools(
-    enforcer: Enforcer,
+    enforcer: ModelDecider,
     provider: str,
     environment: str,
     tools: Sequence[ImageTool],
@@ -242,7 +256,7 @@ def rule_image_tools(
 
 
 def _rule_azure_tool(
-    enforcer: Enforcer,
+    enforcer: ModelDecider,
     environment: str,
     tool: ImageTool,
     deployment: str,
@@ -297,7 +311,12 @@ SVG_UNREADABLE = (
 
 
 def _rule_svg_author(
-    enforcer: Enforcer, provider: str, environment: str, tool: ImageTool, restricted: bool, rules: ToolRules
+    enforcer: ModelDecider,
+    provider: str,
+    environment: str,
+    tool: ImageTool,
+    restricted: bool,
+    rules: ToolRules,
 ) -> bool:
     """The tool's SVG author model (``svg.model``, a text model writing the SVG) through the
     allowlist: allowed, downgraded (its target, if no image model, written in as ``svg.model``), or
@@ -439,3 +458,70 @@ def svg_rows(
             row.cost_usd, row.price_status, row.price_source = Decimal(0), SUBSCRIPTION, parent.price_source
         rows.append(row)
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _InFallbackObject:
+    """The enforcer, its refusals saying the tool is in the fallback object written at ``place``."""
+
+    enforcer: ModelDecider
+    place: str
+
+    def decide_model(self, provider: str, environment: str, model: str | None) -> Decision:
+        return self.enforcer.decide_model(provider, environment, model)
+
+    def refuse_model(self, provider: str, environment: str, model: str, reason: str) -> Decision:
+        return self.enforcer.refuse_model(
+            provider, environment, model, f"{reason}, in its {self.place} object"
+        )
+
+
+def rule_fallback_object_tools(
+    rules: ToolRules,
+    enforcer: ModelDecider,
+    provider: str,
+    environment: str,
+    body: Mapping[str, Any] | None,
+    places: Sequence[tuple[str | int, ...]],
+    restricted: bool,
+    deployments: Mapping[str, str] | None = None,
+) -> ToolRules:
+    """``rules`` (the request's own image tools') with the image tools of the LiteLLM fallback
+    objects written at ``places`` (``Fallbacks.tool_objects``) held to the allowlist as well: an
+    object's ``tools`` replace the call's for its attempt (and the list's later ones), so each is
+    ruled as the request's are (``rule_image_tools``), save that ``tool_choice: "none"`` is not
+    trusted to keep a tool naming no model from running (the attempt may run with another
+    object's ``tool_choice``), nor is an Azure image deployment header. A downgrade is written
+    into the object (``rules.objects``, with a notice); a refusal refuses the call. Unchanged once
+    ``rules`` refuses."""
+    for place in places:
+        if rules.refusal is not None:
+            return rules
+        holder = object_at(body, place)
+        tools = image_tools(holder) if isinstance(holder, dict) else ()
+        if not tools:
+            continue
+        where = written(place)
+        found = rule_image_tools(
+            _InFallbackObject(enforcer, where), provider, environment, tools, restricted, False, deployments
+        )
+        if found.refusal is not None:
+            rules.refusal, rules.refused_model = found.refusal, found.refused_model
+            return rules
+        if found.changes or found.svg_changes:
+            assert isinstance(holder, dict)
+            rules.objects[place] = with_image_tool_models(holder, found.changes, found.svg_changes)["tools"]
+            rules.notices += [f"{where}: {notice}" for notice in found.notices]
+    return rules
+
+
+def with_tool_rules(body: dict[str, Any], rules: ToolRules) -> dict[str, Any]:
+    """``body`` with the image tool models ``rules`` writes in: the request's own tools'
+    (``with_image_tool_models``), then each fallback object's ``tools`` (``rules.objects``).
+    ValueError where the request's tools are not as read."""
+    new_body = body
+    if rules.changes or rules.svg_changes:
+        new_body = with_image_tool_models(new_body, rules.changes, rules.svg_changes)
+    for place, tools in rules.objects.items():
+        new_body = with_at(new_body, (*place, "tools"), tools)
+    return new_body

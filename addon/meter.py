@@ -62,9 +62,11 @@ from addon.image_tool import (
     call_from_json,
     call_to_json,
     price_unpriced_images,
+    rule_fallback_object_tools,
     rule_image_tools,
     svg_rows,
     tool_row,
+    with_tool_rules,
 )
 from addon.live_state import LiveState, remove_dead, session_live_path, today_baseline
 from addon.model_rules import base_model
@@ -1800,8 +1802,9 @@ class Meter:
         # The image_generation tool's model is held to the allowlist too (its images reserved at
         # the model it will run).
         tools = image_tools(body) if record.api_flavor == "responses" else ()
+        in_objects = fallbacks.tool_objects if fallbacks and record.api_flavor == "responses" else ()
         rules = None
-        if tools:
+        if tools or in_objects:  # a LiteLLM fallback object's image tools too
             restricted = self.models_restricted(record.environment)
             rules = rule_image_tools(
                 self.enforcer,
@@ -1812,6 +1815,9 @@ class Meter:
                 tool_choice_none(body),
                 provider.deployments,
                 flow.request.headers.get(DEPLOYMENT_HEADER),
+            )
+            rules = rule_fallback_object_tools(
+                rules, self.enforcer, record.provider, record.environment, body, in_objects, restricted
             )
         # An advisor tool's model too (Anthropic's, OpenRouter's): it runs within the call, at its
         # own rates.
@@ -1831,7 +1837,7 @@ class Meter:
             }
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
-        rewrites_tools = bool(tool_models or svg_models)
+        rewrites_tools = bool(tool_models or svg_models or (rules is not None and rules.objects))
         header_deployment = rules.header if rules is not None else None  # Azure: a downgraded header
         reserved_models = {**tool_models, **rules.reserved} if rules is not None else {}
         reserved_body = body
@@ -1976,8 +1982,8 @@ class Meter:
                     raise ValueError(FORM_NOT_REWRITTEN)
                 if downgrade:
                     new_path, new_body = provider.with_model(route, body, downgrade)
-                if rewrites_tools and new_body is not None:
-                    new_body = with_image_tool_models(new_body, tool_models, svg_models)
+                if rewrites_tools and new_body is not None and rules is not None:
+                    new_body = with_tool_rules(new_body, rules)
                 if rewrites_fallbacks and ruled is not None and new_body is not None:
                     new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
                 if rewrites_advisors and new_body is not None:

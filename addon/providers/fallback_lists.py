@@ -48,9 +48,13 @@ class Fallbacks:
     # LiteLLM gateway's lists, read by ``litellm_fallbacks``); empty: as ``in_objects`` says.
     places: tuple[tuple[str | int, ...], ...] = ()
     # The output caps, answer counts and tools each of ``models`` runs with where its fallback
-    # object sets its own (LiteLLM copies an object's members over the request's), by index:
-    # ((index, ((field, value), ...)), ...).
+    # object, or one before it in its list, sets its own (LiteLLM copies an object's members over
+    # the call's, and they stay for the list's later entries), by index:
+    # ((index, ((field, value), ...)), ...). A cap of None: uncapped.
     hop_caps: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
+    # Where each fallback object that sets its own ``tools`` is written (a path of keys and
+    # indices from the body): its image tools are held to the allowlist as the request's are.
+    tool_objects: tuple[tuple[str | int, ...], ...] = ()
 
 
 def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -151,9 +155,11 @@ LITELLM_FIELDS = (OBJECTS_FIELD, "context_window_fallbacks", "content_policy_fal
 # How deep fallback objects naming more fallbacks (``{"model": ..., "fallbacks": [...]}``, run by
 # LiteLLM as a new call that reads them in turn) are read: deeper, the lists cannot be read whole.
 MAX_FALLBACK_NESTING = 4
-# An object's own members that change what its hop costs (LiteLLM copies them over the call's):
-# its output caps and its number of choices, each reserved for that hop.
-CAP_FIELDS = ("max_tokens", "max_completion_tokens")  # an object's own output cap for its hop
+# An object's own members that change what its hop costs (LiteLLM copies them over the call's,
+# and they stay set for the later entries of its list): its output caps (chat's two, Responses'
+# one) and its number of choices, each reserved for that hop. A cap written as null, or as
+# anything but a positive whole number, leaves the hop uncapped (it replaces the request's).
+CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # The answers an object's attempt asks for, read as the request's are (meter._answers: a count
 # that is not a whole number reserves the most the API takes), so kept as written.
 ANSWER_FIELDS = ("n", "best_of")
@@ -187,8 +193,10 @@ def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False)
     mappings of a model group to the groups it falls back to (``[{"gpt-4o-mini": ["gpt-4o"]}]``:
     each listed group may run). With ``models_list``, OpenRouter's ``models`` list first (and an
     object's own). Where each name is written is kept (``Fallbacks.places``), and the output caps
-    and ``n`` or ``best_of`` and ``tools`` an object sets for its attempt (``Fallbacks.hop_caps``). None
-    when it names no list. Never raises."""
+    and ``n`` or ``best_of`` and ``tools`` an object sets for its attempt and the list's later
+    entries (``Fallbacks.hop_caps``: LiteLLM's ``run_async_fallback`` copies each object over the
+    one set of arguments it loops with), and where the objects setting ``tools`` are
+    (``Fallbacks.tool_objects``). None when it names no list. Never raises."""
     if not isinstance(body, dict):
         return None
     listed = fallback_models(body) if models_list else None
@@ -225,36 +233,45 @@ def _read(
     places: list[tuple[str | int, ...]] = [(FIELD, i) for i in range(len(found))]
     caps: list[tuple[int, tuple[tuple[str, Any], ...]]] = []
     first = len(found)
-    reader = _Reader(models_list, found, places, caps)
+    reader = _Reader(models_list, found, places, caps, [])
     error = reader.lists(body, (), (), 0, fields)
     if error is None and chain:  # Anthropic's chain objects: their own members only
         for i, entry in enumerate(body.get(OBJECTS_FIELD) or ()):
             if isinstance(entry, dict):
                 error = error or reader.members(entry, (OBJECTS_FIELD, i), _own(entry, ()), 1)
-    return Fallbacks(tuple(found), error, len(found) - first, tuple(places), tuple(caps))
+    tools_at = tuple(reader.tool_objects)
+    return Fallbacks(tuple(found), error, len(found) - first, tuple(places), tuple(caps), tools_at)
 
 
 def _own(entry: dict[str, Any], inherited: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-    """The cost-changing members a fallback object's hop runs with: its own, else inherited."""
-    set_here: dict[str, Any] = {f: entry[f] for f in CAP_FIELDS if type(entry.get(f)) is int and entry[f] > 0}
+    """The cost-changing members a fallback object's hop runs with: its own, else inherited. A
+    cap it writes (null included) is its hop's: None, uncapped, unless a positive whole number."""
+    set_here: dict[str, Any] = {f: _cap(entry[f]) for f in CAP_FIELDS if f in entry}
     set_here.update((f, entry[f]) for f in (*ANSWER_FIELDS, *TOOL_FIELDS) if entry.get(f) is not None)
     return tuple({**dict(inherited), **set_here}.items())
 
 
+def _cap(value: Any) -> int | None:
+    """An object's output cap as its hop runs with it: a positive whole number, else None (none)."""
+    return value if type(value) is int and value > 0 else None
+
+
 @dataclass(slots=True)
 class _Reader:
-    """Reads LiteLLM's fallback lists into ``found`` (with ``places`` and ``caps``)."""
+    """Reads LiteLLM's fallback lists into ``found`` (with ``places``, ``caps`` and
+    ``tool_objects``)."""
 
     models_list: bool
     found: list[str]
     places: list[tuple[str | int, ...]]
     caps: list[tuple[int, tuple[tuple[str, Any], ...]]]
+    tool_objects: list[tuple[str | int, ...]]
 
     def add(self, model: Any, where: tuple[str | int, ...], own: tuple[tuple[str, Any], ...]) -> str | None:
         if len(self.found) >= MAX_FALLBACK_MODELS:
             return f"its fallback lists have more than {MAX_FALLBACK_MODELS} entries"
         if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
-            return f"its {_written(where)} is not a model name"
+            return f"its {written(where)} is not a model name"
         if own:
             self.caps.append((len(self.found), own))
         self.found.append(model)
@@ -270,27 +287,32 @@ class _Reader:
         fields: tuple[str, ...] = LITELLM_FIELDS,
     ) -> str | None:
         """Add the models of ``body``'s LiteLLM fallback lists (``body`` at ``path``); why they
-        cannot all be read, if they cannot."""
+        cannot all be read, if they cannot. An object's members stay set for the entries after it
+        in its list (LiteLLM updates the one set of arguments it loops with), on top of
+        ``inherited``."""
         for name in fields:
             listed = body.get(name)
             if listed is None:
                 continue
             if not isinstance(listed, list):
-                return f"its {_written((*path, name))} list is not a list"
+                return f"its {written((*path, name))} list is not a list"
+            carried = inherited  # what the objects so far in this list set, over ``inherited``
             for i, entry in enumerate(listed):
                 where = (*path, name, i)
                 error = None
                 if isinstance(entry, dict) and isinstance(entry.get("model"), str):  # an object
-                    own = _own(entry, inherited)
-                    error = self.add(entry["model"], (*where, "model"), own)
-                    error = error or self.members(entry, where, own, depth + 1)
+                    carried = _own(entry, carried)
+                    if entry.get("tools") is not None:
+                        self.tool_objects.append(where)
+                    error = self.add(entry["model"], (*where, "model"), carried)
+                    error = error or self.members(entry, where, carried, depth + 1)
                 elif isinstance(entry, dict) and entry and all(isinstance(v, list) for v in entry.values()):
                     # The router's {model group: [fallback groups]}: the group that fails is the key.
                     for group, groups in entry.items():
                         for j, model in enumerate(groups):
-                            error = error or self.add(model, (*where, group, j), inherited)
+                            error = error or self.add(model, (*where, group, j), carried)
                 else:
-                    error = self.add(entry, where, inherited)
+                    error = self.add(entry, where, carried)
                 if error is not None:
                     return error
         return None
@@ -309,13 +331,13 @@ class _Reader:
             listed = fallback_models(entry)
             assert listed is not None
             if listed.error is not None:
-                return f"its {_written(where)}: {listed.error}"
+                return f"its {written(where)}: {listed.error}"
             for j, model in enumerate(listed.models):
                 if (error := self.add(model, (*where, FIELD, j), own)) is not None:
                     return error
         tools = advisors.advisor_tools(entry, openrouter=True)
         if tools.error is not None:
-            return f"its {_written(where)}: {tools.error}"
+            return f"its {written(where)}: {tools.error}"
         for tool in tools.tools:
             if (error := self.add(tool.model, (*where, *_advisor_place(tool)), own)) is not None:
                 return error
@@ -364,7 +386,26 @@ def with_fallback_models(
     return new
 
 
-def _with_at(value: Any, place: tuple[str | int, ...], model: str) -> Any:
+def object_at(body: Any, place: tuple[str | int, ...]) -> Any:
+    """What ``body`` holds at ``place`` (keys and indices), or None where nothing is."""
+    for key in place:
+        if isinstance(body, list) and isinstance(key, int) and 0 <= key < len(body):
+            body = body[key]
+        elif isinstance(body, dict) and isinstance(key, str):
+            body = body.get(key)
+        else:
+            return None
+    return body
+
+
+def with_at(body: dict[str, Any], place: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """A new body with ``value`` at ``place`` (keys and indices, as ``Fallbacks.places``), the
+    rest shared."""
+    new_body: dict[str, Any] = _with_at(body, place, value)
+    return new_body
+
+
+def _with_at(value: Any, place: tuple[str | int, ...], model: Any) -> Any:
     """A copy of ``value`` with ``model`` at ``place`` (keys and indices), the rest shared."""
     if not place:
         return model
@@ -379,7 +420,7 @@ def _with_at(value: Any, place: tuple[str | int, ...], model: str) -> Any:
     return {**value, key: _with_at(value.get(key), rest, model)}
 
 
-def _written(place: tuple[str | int, ...]) -> str:
+def written(place: tuple[str | int, ...]) -> str:
     """``place`` as a client would write it: ``fallbacks[0].fallbacks[1]``."""
     return "".join(
         f"[{key}]" if isinstance(key, int) else f".{key}" if i else key for i, key in enumerate(place)
