@@ -11,12 +11,24 @@ A flush costs about 10 ms of CPU whatever its size (attach, insert, commit, the 
 detach), so the writer batches: every ``FLUSH_INTERVAL`` seconds, or sooner when
 ``FLUSH_AT_QUEUED`` calls are queued. A reader that wants every finished call asks for a flush
 first (``request_flush``, which ``reading(fresh=True)`` does): it appends one byte to
-``<db>.journal/flush-requested``, and the file's size after its append is its ticket. It then
-rings each live writer's doorbell (``<session_id>.wake``, a FIFO the writer sleeps on). The
-writer looks at the size whenever it wakes, and when it grew, stores everything queued and
-writes the size it saw to ``<session_id>.flushed`` (and to the answer of each dead session's
-journal it is replaying). The reader waits until every live journal's answer reaches its ticket.
-Sizes only grow, so no clock is involved.
+``<db>.journal/flush-requested``, and its ticket is (the file's generation, its size after the
+append): the generation is the number in ``<db>.journal/flush-generation`` (0 without one), read
+under a shared flock of the request file taken for the append. It then rings each live writer's
+doorbell (``<session_id>.wake``, a FIFO the writer sleeps on). The writer looks at (generation,
+size) whenever it wakes, and when it grew, stores everything queued and writes what it saw to
+``<session_id>.served`` (``"<generation> <size>"``) and the size alone to ``<session_id>.flushed``
+(what readers of versions before generations read), for each dead session's journal it is
+replaying too. The reader waits until every live journal's answer reaches its ticket. Tickets
+only grow (a generation's sizes, then the next generation), so no clock is involved.
+The file stays small: once it is FLUSH_REQUEST_MAX_BYTES long and every live journal's answer
+covers all of it, and still does FLUSH_REQUEST_EMPTY_AFTER seconds later, a writer, holding its
+exclusive flock, writes the next generation and empties it. A reader still waiting then holds a
+ticket of the older generation, which every answer is past. A live writer of a version before
+generations (a ``.flushed`` answer and no ``.served``) keeps the file from being emptied while it
+runs: readers wait for it on its plain size, as before. A reader of such a version (no flock,
+sizes only) is answered as before unless its byte lands in the microseconds between the last
+check and the cut, or it had not looked at its answers for those 0.25 s: then it reads what is
+stored after its timeout (one second for scripts/spend).
 
 Several proxies may write one database. Budgets (and the live files' figure of today) are
 shared through it: after each flush that stored calls, and once as it starts, a writer that sees
@@ -70,6 +82,12 @@ Refresher = Callable[[duckdb.DuckDBPyConnection, list[CallRecord]], None]
 FLUSH_INTERVAL = 5.0
 FLUSH_REQUEST = "flush-requested"  # in the journal folder; one byte appended per request
 FLUSHED_SUFFIX = ".flushed"  # <session>.flushed: the request file's size when the writer last flushed
+SERVED_SUFFIX = ".served"  # <session>.served: "<generation> <size>" of the request file, likewise
+FLUSH_GENERATION = "flush-generation"  # in the journal folder: how many times the request file was emptied
+# A writer empties the request file past this size, once every live writer served all of it and
+# still has FLUSH_REQUEST_EMPTY_AFTER seconds later (a reader waiting looks every 10 ms).
+FLUSH_REQUEST_MAX_BYTES = 4096
+FLUSH_REQUEST_EMPTY_AFTER = 0.25
 DOORBELL_SUFFIX = ".wake"  # <session>.wake: a FIFO; a byte written to it wakes that writer
 # <session>.no-doorbell: a writer whose FIFO could not be made runs (while its journal is locked).
 NO_DOORBELL_SUFFIX = ".no-doorbell"
@@ -373,17 +391,68 @@ class _Doorbell:
                 self.path.unlink()
 
 
-def _served(journal: Path, stamp: int, size_now: int) -> bool:
-    """Has the journal's writer served the request that made the request file ``stamp`` bytes long?
+# A flush request's place in the request file: (generation, size after its byte was appended).
+Ticket = tuple[int, int]
 
-    Its answer is the request file's size when it flushed. An answer larger than the file is now
-    is about an older request file (the folder was deleted and the file made again): not ours.
-    """
+
+def _read_number(path: Path) -> int | None:
+    """The whole number a small file holds; None when it is missing or holds something else."""
     try:
-        served = int(journal.with_suffix(FLUSHED_SUFFIX).read_text() or 0)
+        return int(path.read_text() or 0)
     except (OSError, ValueError):
-        return False
-    return stamp <= served <= size_now
+        return None
+
+
+def _request_position(journal_dir: Path) -> Ticket | None:
+    """(generation, size) of the request file, seen together: under its shared flock, which a
+    writer emptying it holds exclusively. None: there is no request file."""
+    try:
+        fd = os.open(journal_dir / FLUSH_REQUEST, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with contextlib.suppress(OSError):  # a filesystem without flock: seen as it is
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        return (_read_number(journal_dir / FLUSH_GENERATION) or 0, os.fstat(fd).st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _answer_of(journal: Path) -> Ticket | None:
+    """The writer's answer in ``<session>.served``: the (generation, size) it last flushed for."""
+    try:
+        generation, size = journal.with_suffix(SERVED_SUFFIX).read_text().split()
+        return (int(generation), int(size))
+    except (OSError, ValueError):
+        return None
+
+
+def _served(journal: Path, ticket: Ticket, now: Ticket) -> bool:
+    """Has the journal's writer served the request holding ``ticket``, the request file being at
+    ``now``?
+
+    An answer past ``now`` is about an older request file (the folder was deleted and the file made
+    again): not ours. A writer of a version before generations answers with a size only: within
+    the ticket's generation (it keeps the file from being emptied while it runs).
+    """
+    answer = _answer_of(journal)
+    if answer is not None:
+        return ticket <= answer <= now
+    served = _read_number(journal.with_suffix(FLUSHED_SUFFIX))
+    return served is not None and ticket[0] == now[0] and ticket[1] <= served <= now[1]
+
+
+def _write_replacing(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at once (a temporary file renamed over it): readers see all or nothing."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
@@ -401,8 +470,11 @@ def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
             journal_dir / FLUSH_REQUEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
+            with contextlib.suppress(OSError):  # not emptied between our append and our look
+                fcntl.flock(fd, fcntl.LOCK_SH)
             os.write(fd, b".")
-            stamp = os.lseek(fd, 0, os.SEEK_CUR)  # our append's end: no later request has a smaller one
+            # our append's end: no later request of this generation has a smaller one
+            ticket = (_read_number(journal_dir / FLUSH_GENERATION) or 0, os.lseek(fd, 0, os.SEEK_CUR))
         finally:
             os.close(fd)
     except OSError:
@@ -411,11 +483,8 @@ def request_flush(db_path: Path, timeout: float = 1.0) -> bool:
         _ring(path.with_suffix(DOORBELL_SUFFIX))
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            size_now = os.stat(journal_dir / FLUSH_REQUEST).st_size
-        except OSError:
-            size_now = stamp
-        live = [path for path in live if not _served(path, stamp, size_now) and path.exists()]
+        now = _request_position(journal_dir) or ticket
+        live = [path for path in live if not _served(path, ticket, now) and path.exists()]
         if not live:
             return True
         if time.monotonic() >= deadline:
@@ -596,7 +665,11 @@ class Store:
         self._stored = 0
         self._replayed = 0
         self._flush_request = self.journal_dir / FLUSH_REQUEST
-        self._served_request = 0  # the request file's size at the last flush done for readers
+        self._served_request: Ticket = (0, 0)  # the request file's place at the last flush for readers
+        # The request file's place every live answer covered, and when that was first seen
+        # (time.monotonic()): it is emptied if nothing changed FLUSH_REQUEST_EMPTY_AFTER later.
+        self._all_served: tuple[Ticket, float] | None = None
+        self._empty_due: float | None = None  # when to look again (time.monotonic())
         self._stored_signal = self.journal_dir / STORED_SIGNAL
         self._stored_seen: _SignalKey = None  # the signal file as it was when the refresher last ran
         self._refresher: Refresher | None = None
@@ -767,8 +840,9 @@ class Store:
                 self._no_doorbell.unlink()
             self._no_doorbell = None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                self.journal_path.with_suffix(FLUSHED_SUFFIX).unlink()
+            for answer in (FLUSHED_SUFFIX, SERVED_SUFFIX):  # in this order: see _answer_flush_request
+                with contextlib.suppress(OSError):
+                    self.journal_path.with_suffix(answer).unlink()
             if left == 0:
                 with contextlib.suppress(OSError):
                     self.journal_path.unlink()
@@ -1015,6 +1089,8 @@ class Store:
             with self._lock:
                 full = len(self._queue) >= FLUSH_AT_QUEUED
             self._refresh_if_others_stored()  # never raises
+            if self._empty_due is not None and time.monotonic() >= self._empty_due:
+                self._empty_request_file()
             requested = self._new_flush_request()  # before the flush takes the queue
             if not (full or requested) and time.monotonic() < next_flush:
                 continue
@@ -1038,6 +1114,8 @@ class Store:
     def _sleep_for(self, until_flush: float, priced: bool, doorbell: _Doorbell) -> float:
         """How long the writer may sleep: PRICE_INTERVAL while calls keep coming; else until the
         next flush is due, or (nothing held) IDLE_WAIT, a submit ringing it awake meanwhile."""
+        if self._empty_due is not None:  # the request file may be emptied then (_empty_request_file)
+            until_flush = min(until_flush, self._empty_due - time.monotonic())
         until_flush = max(0.0, until_flush)
         if priced:
             return min(PRICE_INTERVAL, until_flush)
@@ -1057,6 +1135,8 @@ class Store:
         if self._refresher is not None and (self._refresh_requested or self._signal_news(self._signal_key())):
             # A refresh put off (the file held, an error): when its back-off ends.
             wait = min(wait, max(0.01, self._refresh_due - time.monotonic()))
+        if self._empty_due is not None:
+            wait = min(wait, max(0.0, self._empty_due - time.monotonic()))
         # Without a FIFO readers cannot ring: their flush requests are looked for as before.
         return wait if doorbell.path is not None else min(wait, PRICE_INTERVAL)
 
@@ -1073,35 +1153,77 @@ class Store:
         if doorbell is not None:
             doorbell.ring()
 
-    def _new_flush_request(self) -> int:
-        """The request file's size when readers asked for a flush since the last one, else 0 (one stat)."""
-        try:
-            size = os.stat(self._flush_request).st_size
-        except OSError:
-            return 0
-        if size < self._served_request:  # made again (its folder deleted): its sizes start over
-            self._served_request = 0
-        return size if size > self._served_request else 0
+    def _new_flush_request(self) -> Ticket | None:
+        """Where the request file is when readers asked for a flush since the last one, else None."""
+        position = _request_position(self.journal_dir)
+        if position is None:
+            return None
+        if position < self._served_request:  # made again (its folder deleted): its tickets start over
+            self._served_request = (position[0], 0)
+        return position if position > self._served_request and position[1] > 0 else None
 
-    def _answer_flush_request(self, size: int) -> None:
-        """Tell the readers waiting in ``request_flush`` that what was queued at ``size`` is stored.
+    def _answer_flush_request(self, position: Ticket) -> None:
+        """Tell the readers waiting in ``request_flush`` that what was queued at ``position`` is stored.
 
         Also for each dead session's journal this store holds locked (replaying it): readers
         see those as live, and a call DuckDB refuses keeps one locked for the proxy's life.
+        ``<session>.served`` first: a ``.flushed`` alone is the answer of an older version.
         """
-        self._served_request = size
+        self._served_request = position
         for journal in (self.journal_path, *(a.path for a in list(self._adopted))):
-            answer = journal.with_suffix(FLUSHED_SUFFIX)
-            temporary = answer.with_name(answer.name + ".tmp")
             try:
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                try:
-                    os.write(fd, str(size).encode())
-                finally:
-                    os.close(fd)
-                os.replace(temporary, answer)
+                _write_replacing(journal.with_suffix(SERVED_SUFFIX), f"{position[0]} {position[1]}")
+                _write_replacing(journal.with_suffix(FLUSHED_SUFFIX), str(position[1]))
             except OSError as exc:
                 log.debug("tokometer: cannot answer a flush request: %s", exc)
+        if position[1] >= FLUSH_REQUEST_MAX_BYTES:
+            self._empty_request_file()
+
+    def _empty_request_file(self) -> None:
+        """Empty the request file and start its next generation once every live journal's answer
+        covers all of it and still does FLUSH_REQUEST_EMPTY_AFTER seconds later: the tickets of
+        the generation ending are all served, and their readers (an older version's too, which
+        compares sizes) have looked at their answers meanwhile. Else look again then.
+
+        Under its exclusive flock: a reader appends and reads the generation under a shared one.
+        Not while a writer of a version before generations runs (it answers sizes only)."""
+        self._empty_due = None
+        try:
+            fd = os.open(self._flush_request, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a reader appending: at a later answer
+            if not os.path.samestat(os.fstat(fd), os.stat(self._flush_request)):
+                return  # replaced meanwhile (its folder deleted)
+            position = (_read_number(self.journal_dir / FLUSH_GENERATION) or 0, os.fstat(fd).st_size)
+            if position[1] < FLUSH_REQUEST_MAX_BYTES or not self._every_answer_covers(position):
+                self._all_served = None
+                return
+            now = time.monotonic()
+            if self._all_served is None or self._all_served[0] != position:
+                self._all_served = (position, now)
+                self._empty_due = now + FLUSH_REQUEST_EMPTY_AFTER
+                return
+            if now - self._all_served[1] < FLUSH_REQUEST_EMPTY_AFTER:
+                self._empty_due = self._all_served[1] + FLUSH_REQUEST_EMPTY_AFTER
+                return
+            self._all_served = None
+            _write_replacing(self.journal_dir / FLUSH_GENERATION, str(position[0] + 1))
+            os.ftruncate(fd, 0)
+        except OSError as exc:
+            log.debug("tokometer: cannot empty %s: %s", self._flush_request, exc)
+        finally:
+            os.close(fd)
+
+    def _every_answer_covers(self, position: Ticket) -> bool:
+        """Has every live journal's writer answered ``position`` or later (in ``.served``)?"""
+        for journal in self.journal_dir.glob("*.jsonl"):
+            if _owner_alive(journal):
+                answer = _answer_of(journal)
+                if answer is None or answer < position:
+                    return False
+        return True
 
     # -- other proxies on the same database -----------------------------------------------------
 
@@ -1370,8 +1492,9 @@ class Store:
                 if not a.records:
                     with contextlib.suppress(OSError):
                         a.path.unlink()
-                    with contextlib.suppress(OSError):
-                        a.path.with_suffix(FLUSHED_SUFFIX).unlink()
+                    for answer in (FLUSHED_SUFFIX, SERVED_SUFFIX):
+                        with contextlib.suppress(OSError):
+                            a.path.with_suffix(answer).unlink()
                     os.close(a.fd)
                     self._adopted.remove(a)
             with self._lock:
