@@ -15,8 +15,12 @@ records which rule decided (``environment_source``):
 5. ``default``: policies.yaml ``default_environment``.
 
 Team and feature come from the header, else the key entry, else the calling
-process's TEAM and FEATURE. Everything here is pure: the process lookup
-itself lives in ``addon.client_process``.
+process's TEAM and FEATURE. The user is the calling process's OS user; when it
+cannot be identified (a client in a container or on another host, /proc not
+readable, a lookup that timed out), policies.yaml ``attribution.unidentified_user``
+if set, else none: where users have budgets or rate limits such a call is then
+refused (``Enforcer.decide``), not let past them. Everything here is
+pure: the process lookup itself lives in ``addon.client_process``.
 
 A request may carry several different API keys (see ``Meter._api_key``): the
 proxy cannot tell which one the provider reads, and a ``last4`` match is
@@ -100,6 +104,7 @@ class Attribution:
     key_name: str | None = None
     problems: list[str] = field(default_factory=list)
     key_conflict: str | None = None  # why none of the request's several keys decides its environment
+    user: str | None = None  # the calling process's OS user, else attribution.unidentified_user
 
 
 def _key_of_several(
@@ -178,6 +183,14 @@ def _unbound(
     if host_env := policies.host_environment(hostname):
         return host_env, "host"
     return policies.default_environment, "default"
+
+
+def user_of(policies: Policies, process: ClientProcess | None) -> str | None:
+    """The user a call counts for: its calling process's OS user, else (not identified) the
+    policies' ``attribution.unidentified_user``, else None."""
+    if process is not None and process.user:
+        return process.user
+    return policies.attribution.unidentified_user
 
 
 def fallback_environment(policies: Policies, forced_environment: str | None, hostname: str) -> str:
@@ -282,4 +295,5 @@ def attribute(
         key_name=key.name if key else None,
         problems=problems,
         key_conflict=conflict,
+        user=user_of(policies, process),
     )

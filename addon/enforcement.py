@@ -28,6 +28,7 @@ from addon.refusals import (
     downgrade_notice,
     rate_limit_message,
     refusal_response,
+    unidentified_user_message,
 )
 
 
@@ -70,11 +71,14 @@ class Enforcer:
         call_id: str | None = None,
         estimate: Callable[[str | None], Decimal] | None = None,
         budgeted: bool = True,
+        user_identified: bool = True,
     ) -> Decision:
         """Allow, downgrade or refuse one call (microseconds: dict lookups and compares).
 
         ``budgeted=False``: a call that costs nothing per token (a flat-fee plan's key) is
         held to the model rules and rate limits, not to the dollar budgets.
+        ``user_identified=False``: no user could be told (nor ``attribution.unidentified_user``
+        named one): refused where a user's budget or rate limit would apply to it.
         """
         if not self.policies.enforcing:
             return Decision("allowed", model)
@@ -82,6 +86,14 @@ class Enforcer:
         decision = self.decide_model(provider, environment, model)
         if decision.refusal is not None:
             return decision
+        if not user_identified and self.policies.limits_users(budgets=budgeted):
+            message = unidentified_user_message()
+            return Decision(
+                "blocked",
+                decision.model_sent,
+                refusal=refusal_response(provider, 403, message, kind="blocked"),
+                message=message,
+            )
 
         refusal = None
         if budgeted and self.budgets.has_budgets:

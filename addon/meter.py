@@ -452,7 +452,7 @@ def _parse_body(provider: Provider, flavor: str, headers: Mapping[str, str], bod
 
 
 def _describe_client(record: CallRecord, process: ClientProcess) -> None:
-    record.user_name = process.user
+    record.user_name = process.user or record.user_name  # not identified: attribution.unidentified_user
     record.client_pid = process.pid
     record.client_process = process.name
     record.client_cwd = process.cwd
@@ -1746,6 +1746,7 @@ class Meter:
         state.errors.extend(decided.problems)
         if process is not None:
             _describe_client(record, process)
+        record.user_name = decided.user
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -2383,6 +2384,7 @@ class Meter:
             call_id=record.id if estimate is not None else None,
             estimate=estimate,
             budgeted=not state.subscription,
+            user_identified=record.user_name is not None,
         )
 
     @staticmethod

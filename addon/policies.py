@@ -155,6 +155,8 @@ class AttributionSettings:
     team_vars: tuple[str, ...] = ("TEAM",)
     feature_vars: tuple[str, ...] = ("FEATURE",)
     host_rules: tuple[tuple[str, str], ...] = ()  # (hostname glob, environment), first match wins
+    # The user a call is attributed to when its calling process's user cannot be identified.
+    unidentified_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,13 @@ class Policies:
             entry.rate_limit is not None
             for entries in (self.environments.values(), self.keys, self.users.values())
             for entry in entries
+        )
+
+    def limits_users(self, *, budgets: bool = True) -> bool:
+        """Is any user held to a rate limit, or (``budgets``) a budget (policies enforced)?"""
+        return self.enforcing and any(
+            (budgets and user.budget is not None) or user.rate_limit is not None
+            for user in self.users.values()
         )
 
     @property
@@ -369,7 +378,7 @@ _BUDGET_KEYS = ("usd", "period", "alert_at")
 _RATE_KEYS = ("requests_per_minute",)
 _KEY_KEYS = ("fingerprint", "last4", "environment", "team", "feature", "budget", "rate_limit")
 _USER_KEYS = ("budget", "rate_limit")
-_ATTRIBUTION_KEYS = ("process_env", "hosts")
+_ATTRIBUTION_KEYS = ("process_env", "hosts", "unidentified_user")
 _PROCESS_ENV_KEYS = ("environment", "team", "feature")
 _NOTIFICATION_KEYS = ("desktop", "webhook", "timeout_s")
 MAX_NOTIFY_TIMEOUT_S = 60
@@ -856,11 +865,23 @@ class _Validator:
                 name = self.environment_name(env, entry_line, path)
                 if name is not None:
                     rules.append((pattern.strip(), name))
+        unidentified_user = None
+        if "unidentified_user" in data:
+            raw = data["unidentified_user"]
+            if isinstance(raw, str) and raw.strip():
+                unidentified_user = raw.strip()
+            else:
+                self.error(
+                    _line_of(data, "unidentified_user", line),
+                    "attribution.unidentified_user",
+                    f"must be a user name (a string), not {_kind(raw)}",
+                )
         return AttributionSettings(
             environment_vars=found["environment"],
             team_vars=found["team"],
             feature_vars=found["feature"],
             host_rules=tuple(rules),
+            unidentified_user=unidentified_user,
         )
 
     def notifications(self, value: Any, line: int) -> NotificationSettings:

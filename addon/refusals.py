@@ -125,6 +125,15 @@ def several_keys_message(conflict: str) -> str:
     return f"{_clean(conflict, 300)}; send one API key (policies.yaml)"
 
 
+def unidentified_user_message() -> str:
+    """Why a call whose user cannot be identified was refused where users have limits."""
+    return (
+        f"{_PREFIX}the calling process's user could not be identified (a client in a container or "
+        "on another host, or not visible to the proxy) and policies.yaml limits users; set "
+        "attribution.unidentified_user to the user such calls count as"
+    )
+
+
 def downgrade_notice(environment: str, requested: str, sent: str) -> str:
     """The ``X-Tokometer-Notice`` header of a downgraded call: one ASCII line."""
     requested, sent = _clean(requested), _clean(sent)
