@@ -91,10 +91,8 @@ from addon.providers import (
 from addon.providers.advisors import (
     AdvisorTools,
     Where,
-    advisors_by_tool,
     pair_known_invalid,
     pair_known_valid,
-    reserved_uses,
     with_advisor_models,
     without_advisor_tools,
 )
@@ -107,17 +105,12 @@ from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import (
     FORM_NOT_REWRITTEN,
     MEDIA_FLAVORS,
-    RESERVATION_IMAGE_MODEL,
     FormFields,
-    image_tool_tokens,
     image_tools,
     inline_image_bytes,
     input_images,
     is_form,
     read_form,
-    reserved_image_tokens,
-    reserved_input_image_tokens,
-    svg_authors,
     tool_choice_none,
     with_image_tool_models,
 )
@@ -125,6 +118,14 @@ from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
 from addon.refusals import refusal_response, several_keys_message
+from addon.reservation import (
+    BYTES_PER_TOKEN,
+    RESERVED_OUTPUT_TOKENS,
+    answers_asked,
+    cost_estimate,
+    dearest,
+    fallback_chain,
+)
 from addon.socket_metering import SocketMeter, remember_live_setup, remembered_live_setup
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
@@ -149,11 +150,6 @@ PASS_ON_FROM = 1024 * 1024
 # How long a request may wait for the lookup of its calling process (normally 3-15 ms).
 PROCESS_LOOKUP_TIMEOUT = 2.0
 NOTICE_HEADER = "X-Tokometer-Notice"
-# A budget reservation counts a request's bytes / 4 as input tokens (JSON makes that generous)
-# and its max-tokens setting as output, for each answer it asks for (_answers); without one, the
-# p90 of the model's recent outputs here (addon.output_history), never under this many.
-BYTES_PER_TOKEN = 4
-RESERVED_OUTPUT_TOKENS = 1000
 POLICY_CHECK_INTERVAL = 1.0
 # How often (seconds) the policy watch looks whether the background responses this proxy holds are
 # still pending: one billed or ended through another proxy on the database lets its hold go then.
@@ -336,48 +332,6 @@ class FallbackRules:
     unreadable: str | None = None  # why the list cannot be checked whole (refused where restricted)
 
 
-def _chain(
-    first: Callable[[str | None], Decimal],
-    others: Sequence[str],
-    hop: Callable[[str | None], Decimal],
-    capped: Mapping[int, Callable[[str | None], Decimal]],
-    dropped: Callable[[str | None], Sequence[int]] = lambda sent: (),
-    unread: bool = False,
-) -> Callable[[str | None], Decimal]:
-    """A server-side fallback chain's reservation: the model sent (``first``) and every entry of
-    ``others`` after it (``hop``, or ``capped[i]`` where the entry sets its own output cap), each of
-    which may be billed (a hop declines after writing, the next runs), but those the rewrite drops
-    for the model sent (``dropped(sent)``: they are not sent). With ``unread`` (``"default"``, a
-    list not read whole), one hop more at the dearest of the model sent and the entries read: the
-    model Anthropic picks is not known. An upper bound: at most ``MAX_FALLBACK_MODELS`` entries
-    are read."""
-
-    def chained(model: str | None) -> Decimal:
-        gone = set(dropped(model))
-        hops = [capped.get(i, hop)(one) for i, one in enumerate(others) if i not in gone]
-        if unread:
-            hops.append(max([hop(model), *(hop(one) for i, one in enumerate(others) if i not in gone)]))
-        return first(model) + sum(hops, Decimal(0))
-
-    return chained
-
-
-def _dearest(
-    estimate: Callable[[str | None], Decimal],
-    others: Sequence[str],
-    capped: Mapping[int, Callable[[str | None], Decimal]] | None = None,
-) -> Callable[[str | None], Decimal]:
-    """``estimate`` at the dearest of the model sent and ``others`` (a call may run on any); the
-    ``others`` entry at index ``i`` by ``capped[i]`` where given (its own output cap)."""
-
-    def dearest(model: str | None) -> Decimal:
-        costs = [estimate(model)]
-        costs += [(capped or {}).get(i, estimate)(one) for i, one in enumerate(others)]
-        return max(costs)
-
-    return dearest
-
-
 def _bare_sdp_offer(headers: http.Headers, kind: str) -> bool:
     """A WebRTC offer (a mint of kind ``call``) sent as bare SDP, not as a form naming its session."""
     content_type = headers.get("content-type", "")
@@ -465,90 +419,7 @@ def _with_tags(tags: str | None, extra: Mapping[str, str]) -> str:
     return json.dumps({**(json.loads(tags) if tags else {}), **extra}, sort_keys=True, ensure_ascii=False)
 
 
-def _max_output_tokens(body: dict[str, Any] | None) -> int | None:
-    """The output cap a request sets on each answer, in any provider's spelling (Gemini's in its
-    JSON name or its proto field's, which Google's parsers take too)."""
-    if not body:
-        return None
-    for holder, name in (
-        (body, "max_completion_tokens"),
-        (body, "max_tokens"),
-        (body, "max_output_tokens"),
-        (body.get("inferenceConfig"), "maxTokens"),
-    ):
-        value = holder.get(name) if isinstance(holder, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    caps = [  # Gemini: either name of the field in either name of its holder (the largest)
-        value
-        for value in _gemini_config_values(body, "maxOutputTokens", "max_output_tokens")
-        if type(value) is int and value > 0
-    ]
-    return max(caps, default=None)
-
-
-def _gemini_config_values(body: Mapping[str, Any], camel: str, snake: str) -> list[Any]:
-    """The values of a Gemini generation config field, in every spelling Google's parsers take:
-    either name of the field (JSON's ``camel``, the proto's ``snake``) in either name of the
-    config (``generationConfig``, ``generation_config``)."""
-    return [
-        config[name]
-        for config in (body.get("generationConfig"), body.get("generation_config"))
-        if isinstance(config, Mapping)
-        for name in (camel, snake)
-        if config.get(name) is not None
-    ]
-
-
-# How many answers a call may write, each up to its output cap (the input is billed once):
-# OpenAI's ``n`` (1 to 128, the API reference) in the chat shape on every provider that serves it
-# (one that takes no n refuses the call or writes one answer: reserving n is the safe side), a
-# legacy completion's ``best_of`` (up to 20, each written and billed, ``n`` of them returned), and
-# on Bedrock's InvokeModel, where the body is the model's own (AI21 Jamba's ``n``); Gemini's
-# ``generationConfig.candidateCount`` (1 to 8; Vertex's Gemini the same). Anthropic's Messages,
-# Bedrock's Converse, OpenAI's Responses and Gemini's Interactions write one answer.
-MAX_CHOICES = 128
-# A legacy completion without max_tokens writes at most this many tokens an answer on OpenAI's own
-# API and Azure's (the API reference: "Defaults to 16"); other servers' defaults vary.
-LEGACY_COMPLETION_MAX_TOKENS = 16
 MAX_ANSWER_COUNTS = 10_000  # calls in flight whose answer count is remembered (see _answers_of)
-MAX_BEST_OF = 20
-MAX_CANDIDATES = 8
-MAX_PROMPTS = 2048  # a legacy completion's prompts counted at most (each gets its own answers)
-_CHOICE_FLAVORS = frozenset({"chat", "completions", "invoke", "invoke_stream"})
-_CANDIDATE_FLAVORS = frozenset({"generate", "stream"})  # Gemini's generateContent (and Vertex's)
-
-
-def _answer_count(value: Any, most: int) -> int:
-    """One field's count of answers: 1 when absent (null), an integer at most ``most`` (at least
-    1: the API refuses less), else ``most`` (``"8"``, ``8.0``: a server may read them as 8)."""
-    if value is None:
-        return 1
-    if type(value) is int:
-        return min(max(value, 1), most)
-    return most
-
-
-def _answers(flavor: str | None, body: Mapping[str, Any] | None) -> int:
-    """How many answers a request of ``flavor`` asks for, for its reservation (see MAX_CHOICES)."""
-    if not isinstance(body, Mapping):
-        return 1
-    if flavor in _CHOICE_FLAVORS:
-        each = max(_answer_count(body.get("n"), MAX_CHOICES), _answer_count(body.get("best_of"), MAX_BEST_OF))
-        return each * (_prompts(body.get("prompt")) if flavor == "completions" else 1)
-    if flavor in _CANDIDATE_FLAVORS:
-        counts = _gemini_config_values(body, "candidateCount", "candidate_count")
-        return max((_answer_count(count, MAX_CANDIDATES) for count in counts), default=1)
-    return 1
-
-
-def _prompts(prompt: Any) -> int:
-    """How many prompts a legacy completion's ``prompt`` holds, each answered on its own (at most
-    MAX_PROMPTS): a list of strings or of token-id lists, one each; anything else (a string, a
-    flat list of token ids) is one."""
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
-        return min(len(prompt), MAX_PROMPTS)
-    return 1
 
 
 def _runs_in_background(state: CallState, metered: Metered) -> bool:
@@ -722,8 +593,8 @@ class Meter:
         self.outputs = OutputHistory(RESERVED_OUTPUT_TOKENS)
         # The history a stateful call continues (previous_response_id...): reserved as input.
         self.contexts = CarriedContexts()
-        # Calls asking for several answers (``_answers``), by id, until their output is recorded:
-        # the history is of one answer's output, which a reservation multiplies again.
+        # Calls asking for several answers (``reservation.answers_asked``), by id, until their output
+        # is recorded: the history is of one answer's output, which a reservation multiplies again.
         self._answers_of: dict[str, int] = {}
         self.live: LiveState | None = None
         self.policies_path = default_policies_path()
@@ -1855,7 +1726,7 @@ class Meter:
             edited,
             flavor=record.api_flavor,
         )
-        if (answers := _answers(record.api_flavor, body)) > 1:
+        if (answers := answers_asked(record.api_flavor, body)) > 1:
             record.answers = answers  # stored: the history read back at a restart divides by it
             if len(self._answers_of) < MAX_ANSWER_COUNTS:
                 self._answers_of[record.id] = answers
@@ -1908,20 +1779,20 @@ class Meter:
                     return []
                 return repeated_fallbacks(asked, sent, listed, sent_list)
 
-            estimate = _chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
+            estimate = fallback_chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
         elif ruled is not None and ruled.sent:
-            estimate = _dearest(estimate, ruled.sent, hop_capped(fallbacks))
+            estimate = dearest(estimate, ruled.sent, hop_capped(fallbacks))
         # Beside Anthropic's chain on an api: anthropic gateway, LiteLLM's other lists and what the
         # chain's objects name of their own (in front of OpenRouter, its `models` list too): the
         # call, chain included, may start on or move to any of their entries.
         routing = provider.routing_models(body) if provider.routing_models is not None else None
         routed = self._rule_fallbacks(record, routing) if routing is not None else None
         if routed is not None and routed.sent:
-            estimate = _dearest(estimate, routed.sent, hop_capped(routing))
+            estimate = dearest(estimate, routed.sent, hop_capped(routing))
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
         disagreement = _azure_disagreement(provider, route, body) if model is None else None
         if disagreement is not None:
-            estimate = _dearest(estimate, disagreement[1])
+            estimate = dearest(estimate, disagreement[1])
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
             unknown = (
@@ -2673,90 +2544,20 @@ class Meter:
         edited: int = 0,
         flavor: str | None = None,
     ) -> Callable[[str | None], Decimal]:
-        """What a call may cost, for its budget reservation: input from the body's size, output
-        from its max-tokens setting (else the p90 of what the model wrote in its recent calls here,
-        never under ``RESERVED_OUTPUT_TOKENS``) for each answer a request of ``flavor`` asks for
-        (``_answers``: OpenAI's ``n``, Gemini's ``candidateCount``), at the price where the path
-        says it runs. An
-        image request (``image_request``: its JSON body or form fields) reserves the image tokens it
-        asks for at the image output rate of the model sent, and an edit's ``edited`` input images
-        at its image input rate, where OpenAI documents them; a Responses request with the
-        ``image_generation`` tool, the images it may write at its image model's image output rate,
-        and for each such tool naming an SVG author model (``svg.model``), the output that model may
-        write (its p90 here: the request's cap is its text model's) at its text rate, for each call
-        the tool may make.
-        Only evaluated when a budget applies."""
-        reads_advisors = self.registry.by_name(provider)
-
-        def estimate(model: str | None) -> Decimal:
-            tokens = size // BYTES_PER_TOKEN + self.contexts.carried(body)
-            images = reserved_image_tokens(model, image_request) if image_request is not None else None
-            if images is not None:
-                seen = reserved_input_image_tokens(model, image_request, edited)
-                return self.pricer.estimate(
-                    provider,
-                    model,
-                    tokens + seen,
-                    images,
-                    geo,
-                    output_image_tokens=images,
-                    input_image_tokens=seen,
-                )
-            # Each answer up to the cap; without one, what the model's answers here usually are.
-            output = _max_output_tokens(body)
-            if output is None and flavor == "completions" and provider in CHAT_ONLY_PROVIDERS:
-                output = LEGACY_COMPLETION_MAX_TOKENS  # OpenAI's default cap there
-            output = output or self.outputs.reserved(provider, model)
-            cost = self.pricer.estimate(provider, model, tokens, output * _answers(flavor, body), geo)
-            tool = image_tool_tokens(body)
-            if tool is not None:  # billed apart from the text model's usage, at the image model's rate
-                image_model, image_tokens = tool
-                images = self.pricer.estimate(
-                    provider, image_model, 0, image_tokens, output_image_tokens=image_tokens
-                )
-                if not images:  # a model without a price (the tool's default): a known image rate
-                    images = self.pricer.estimate(
-                        provider, RESERVATION_IMAGE_MODEL, 0, image_tokens, output_image_tokens=image_tokens
-                    )
-                cost += images
-            authors, calls = svg_authors(body)
-            for author in authors:  # the SVG author's tokens: a row of their own, at its text rates
-                written = self.outputs.reserved(provider, author)  # the call's cap is its text model's
-                cost += self.pricer.estimate(provider, author, 0, written * calls, geo)
-            if reads_advisors is not None and reads_advisors.advisor_tools is not None:
-                # Each consultation of an advisor tool reads the transcript and writes up to its
-                # max_tokens (else its model's p90 here), at the advisor's rates: a row of its own.
-                # An openrouter:advisor tool's named profiles share its consultations: the dearest.
-                found = reads_advisors.advisor_tools(flavor or "", body)
-                for advisors_of in advisors_by_tool(found).values():
-                    cost += max(
-                        self.pricer.estimate(
-                            provider,
-                            advisor.model,
-                            tokens,
-                            advisor.max_tokens or self.outputs.reserved(provider, advisor.model),
-                            geo,
-                        )
-                        * reserved_uses(advisor)
-                        for advisor in advisors_of
-                    )
-            return cost
-
-        def estimate_or_text(model: str | None) -> Decimal:
-            """Never raises: the policy decision it is part of must stand (a failure here used to
-            let the call pass unchecked). Failing, the call reserves its text alone."""
-            try:
-                return estimate(model)
-            except Exception:
-                log.exception("tokometer: a call's reservation failed; it reserves its text alone")
-            try:
-                tokens = size // BYTES_PER_TOKEN
-                return self.pricer.estimate(provider, model, tokens, RESERVED_OUTPUT_TOKENS, geo)
-            except Exception:
-                log.exception("tokometer: a call's reservation failed; it reserves nothing")
-                return Decimal(0)
-
-        return estimate_or_text
+        """``reservation.cost_estimate`` at the prices, output history and carried contexts in force."""
+        return cost_estimate(
+            self.pricer,
+            self.outputs,
+            self.contexts,
+            self.registry.by_name(provider),
+            provider,
+            size,
+            body,
+            geo,
+            image_request,
+            edited,
+            flavor,
+        )
 
     @staticmethod
     async def _request_json(flow: http.HTTPFlow, state: CallState) -> dict[str, Any] | None:

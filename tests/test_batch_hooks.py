@@ -26,9 +26,10 @@ from test_meter import CollectingStore, feed, finished_call, make_flow, run_requ
 
 import addon.meter
 from addon.budgets import Scope
-from addon.meter import INLINE_PARSE_LIMIT, RESERVED_OUTPUT_TOKENS, Meter
+from addon.meter import INLINE_PARSE_LIMIT, Meter
 from addon.policies import parse_policies
 from addon.providers import batches
+from addon.reservation import RESERVED_OUTPUT_TOKENS
 
 FILES = "https://api.openai.com/v1/files"
 BATCHES = "https://api.openai.com/v1/batches"

@@ -985,9 +985,9 @@ async def test_a_call_of_several_answers_says_so_on_its_row(meter: Meter) -> Non
 def test_answer_counts_are_bounded_and_read_where_the_api_takes_them(
     flavor: str | None, body: dict | None, answers: int
 ) -> None:
-    from addon.meter import _answers
+    from addon.reservation import answers_asked
 
-    assert _answers(flavor, body) == answers
+    assert answers_asked(flavor, body) == answers
 
 
 async def test_an_anthropic_call_is_one_answer_whatever_it_says(meter: Meter) -> None:
@@ -1077,12 +1077,12 @@ async def test_a_failing_reservation_leaves_the_policy_decision_standing(
 ) -> None:
     """An estimate that raises (a bug, an input nobody foresaw) used to fail the whole hook: the call
     then passed unchecked, neither downgraded nor rate limited. It reserves its text alone instead."""
-    import addon.meter as meter_module
+    import addon.reservation as reservation_module
 
     def broken(body: object) -> None:
         raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
 
-    monkeypatch.setattr(meter_module, "image_tool_tokens", broken)
+    monkeypatch.setattr(reservation_module, "image_tool_tokens", broken)
     meter._apply(
         parse_policies(
             LIMITED.replace("    rate_limit:", "    budget: {usd: 100, period: day}\n    rate_limit:")

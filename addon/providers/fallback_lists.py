@@ -160,8 +160,8 @@ MAX_FALLBACK_NESTING = 4
 # one) and its number of choices, each reserved for that hop. A cap written as null, or as
 # anything but a positive whole number, leaves the hop uncapped (it replaces the request's).
 CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-# The answers an object's attempt asks for, read as the request's are (meter._answers: a count
-# that is not a whole number reserves the most the API takes), so kept as written.
+# The answers an object's attempt asks for, read as the request's are (reservation.answers_asked:
+# a count that is not a whole number reserves the most the API takes), so kept as written.
 ANSWER_FIELDS = ("n", "best_of")
 # An object's own tools replace the call's for its attempt: its advisor and sub-agent tools run
 # within that hop (reserved on top of it, at their own caps, as the request's are), kept as written.
