@@ -89,10 +89,7 @@ from addon.providers import (
     registry_for,
 )
 from addon.providers.advisors import (
-    AdvisorTools,
     Where,
-    pair_known_invalid,
-    pair_known_valid,
     with_advisor_models,
     without_advisor_tools,
 )
@@ -117,7 +114,7 @@ from addon.providers.openai_media import (
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
-from addon.refusals import refusal_response, several_keys_message
+from addon.request_decision import RequestDecider, unpaired_advisor
 from addon.reservation import (
     BYTES_PER_TOKEN,
     RESERVED_OUTPUT_TOKENS,
@@ -318,18 +315,6 @@ class CallState:
     def opens_socket(self) -> bool:
         """A WebSocket handshake the meter follows (Realtime, Gemini Live, Responses, OpenAI Live)."""
         return self.handshake is not None or self.live is not None or self.responses_ws or self.openai_live
-
-
-@dataclass(slots=True)
-class FallbackRules:
-    """What the allowlist makes of a request's fallback models (OpenRouter's ``models``)."""
-
-    sent: list[str] = field(default_factory=list)  # the list as it goes upstream
-    changed: bool = False  # an entry was downgraded: the list is rewritten
-    notices: list[str] = field(default_factory=list)  # the downgrades, for X-Tokometer-Notice
-    refused: str | None = None  # an entry no rule lets run: the call is refused
-    why: str = ""  # and why, for its refusal
-    unreadable: str | None = None  # why the list cannot be checked whole (refused where restricted)
 
 
 def _bare_sdp_offer(headers: http.Headers, kind: str) -> bool:
@@ -581,6 +566,7 @@ class Meter:
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
         self.enforcer = Enforcer(Policies())
+        self.decider = RequestDecider(self.enforcer)  # the allowlist's decisions, by its rules
         self.registry = Registry()
         self.pricer = Pricer(
             price_provider=self.registry.price_provider, geo_surcharge=self.registry.geo_surcharge
@@ -1677,7 +1663,7 @@ class Meter:
         in_objects = fallbacks.tool_objects if fallbacks and record.api_flavor == "responses" else ()
         rules = None
         if tools or in_objects:  # a LiteLLM fallback object's image tools too
-            restricted = self.models_restricted(record.environment)
+            restricted = self.decider.models_restricted(record.environment)
             rules = rule_image_tools(
                 self.enforcer,
                 record.provider,
@@ -1699,7 +1685,7 @@ class Meter:
         advised = None
         if advisors is not None and (advisors.tools or advisors.error is not None):
             found_advisors = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
-            advised = self._rule_fallbacks(record, found_advisors, advisor=True)
+            advised = self.decider.rule_fallbacks(record, found_advisors, advisor=True)
         advisor_models: dict[Where, str] = {}
         if advised is not None and advisors is not None and advised.refused is None:
             advisor_models = {
@@ -1732,7 +1718,7 @@ class Meter:
                 self._answers_of[record.id] = answers
         # OpenRouter's fallback models, Anthropic's server-side fallbacks: each held to the
         # allowlist; the call reserved at the dearest.
-        ruled = self._rule_fallbacks(record, fallbacks) if fallbacks is not None else None
+        ruled = self.decider.rule_fallbacks(record, fallbacks) if fallbacks is not None else None
         # Anthropic's server-side fallbacks: a chain whose every hop may be billed (a declined hop
         # that wrote output, then the next); OpenRouter's lists bill the one model that answers.
         chain = provider.fallback_models is anthropic_fallback_models
@@ -1786,7 +1772,7 @@ class Meter:
         # chain's objects name of their own (in front of OpenRouter, its `models` list too): the
         # call, chain included, may start on or move to any of their entries.
         routing = provider.routing_models(body) if provider.routing_models is not None else None
-        routed = self._rule_fallbacks(record, routing) if routing is not None else None
+        routed = self.decider.rule_fallbacks(record, routing) if routing is not None else None
         if routed is not None and routed.sent:
             estimate = dearest(estimate, routed.sent, hop_capped(routing))
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
@@ -1796,29 +1782,29 @@ class Meter:
         decision = self._decide(state, record.model_requested, estimate)
         if decision.refusal is None and record.model_requested is None:
             unknown = (
-                self._unknown_model(record, decision, disagreement[0])
+                self.decider.unknown_model(record, decision, disagreement[0])
                 if disagreement is not None
-                else self._unknown_model(record, decision)
+                else self.decider.unknown_model(record, decision)
             )
             decision = unknown or decision
         if decision.refusal is None and rules is not None and rules.refusal is not None:
             self.enforcer.withdraw(decision, record.id)
             decision, record.model_requested = rules.refusal, rules.refused_model
         if decision.refusal is None and ruled is not None and ruled.refused is not None:
-            decision = self._refuse_instead(decision, record, ruled.refused, ruled.why)
+            decision = self.decider.refuse_instead(decision, record, ruled.refused, ruled.why)
             record.model_requested = ruled.refused
         elif decision.refusal is None and ruled is not None and ruled.unreadable is not None:
-            decision = self._unknown_model(record, decision, ruled.unreadable) or decision
+            decision = self.decider.unknown_model(record, decision, ruled.unreadable) or decision
         if decision.refusal is None and routed is not None and routed.refused is not None:
-            decision = self._refuse_instead(decision, record, routed.refused, routed.why)
+            decision = self.decider.refuse_instead(decision, record, routed.refused, routed.why)
             record.model_requested = routed.refused
         elif decision.refusal is None and routed is not None and routed.unreadable is not None:
-            decision = self._unknown_model(record, decision, routed.unreadable) or decision
+            decision = self.decider.unknown_model(record, decision, routed.unreadable) or decision
         if decision.refusal is None and advised is not None and advised.refused is not None:
-            decision = self._refuse_instead(decision, record, advised.refused, advised.why)
+            decision = self.decider.refuse_instead(decision, record, advised.refused, advised.why)
             record.model_requested = advised.refused
         elif decision.refusal is None and advised is not None and advised.unreadable is not None:
-            decision = self._unknown_model(record, decision, advised.unreadable) or decision
+            decision = self.decider.unknown_model(record, decision, advised.unreadable) or decision
         rewrites_fallbacks = ruled is not None and ruled.changed and decision.refusal is None
         rewrites_routing = routed is not None and routed.changed and decision.refusal is None
         rewrites_advisors = bool(advisor_models) and decision.refusal is None
@@ -1826,12 +1812,12 @@ class Meter:
         legacy = record.api_flavor == "completions" and provider.name in CHAT_ONLY_PROVIDERS
         if downgrade and legacy and not serves_legacy_completions(downgrade):  # a rule written for chat
             why = f"its downgrade target {downgrade} does not serve legacy completions (/v1/completions)"
-            decision = self._refuse_instead(decision, record, record.model_requested or "?", why)
+            decision = self.decider.refuse_instead(decision, record, record.model_requested or "?", why)
             downgrade = None
         # Never send an executor/advisor pair Anthropic rejects, one the proxy made by rewriting.
-        paired = self._unpaired_advisor(provider, advisors, advisor_models, downgrade or model, model)
+        paired = unpaired_advisor(provider, advisors, advisor_models, downgrade or model, model)
         if decision.refusal is None and (downgrade or rewrites_advisors) and paired is not None:
-            decision = self._refuse_instead(decision, record, paired[0], paired[1])
+            decision = self.decider.refuse_instead(decision, record, paired[0], paired[1])
             record.model_requested = paired[0]
             downgrade, rewrites_advisors = None, False
         # Nor a fallbacks list naming the model the call now runs, or an entry twice, by rewriting.
@@ -1869,7 +1855,7 @@ class Meter:
                 if not downgrade:  # the tool's model it was to be rewritten from
                     refused = next((t.runs for t in tools if t.index in tool_models), None)
                     refused = refused or next((t.svg_model for t in tools if t.index in svg_models), None)
-                decision = self._refuse_instead(decision, record, refused or "?", str(exc))
+                decision = self.decider.refuse_instead(decision, record, refused or "?", str(exc))
         if self._answer_if_refused(flow, state, decision):
             return
         state.image_tool = rules.call if rules is not None else None
@@ -1959,16 +1945,18 @@ class Meter:
         sideband = handshake.has_sidebands and handshake.is_sideband(query)
         if decision.refusal is None and record.model_requested is None and not sideband:
             if not state.translation and handshake.is_transcription(query):  # checked in the session
-                state.transcription_unnamed = self.models_restricted(record.environment)
+                state.transcription_unnamed = self.decider.models_restricted(record.environment)
             else:
-                decision = self._unknown_model(record, decision) or decision
+                decision = self.decider.unknown_model(record, decision) or decision
         downgrade = decision.model_sent if decision.action == "downgraded" else None
         new_query = query
         if downgrade:
             try:
                 new_query = handshake.with_model(query, downgrade)
             except ValueError as exc:
-                decision = self._refuse_instead(decision, record, record.model_requested or "?", str(exc))
+                decision = self.decider.refuse_instead(
+                    decision, record, record.model_requested or "?", str(exc)
+                )
         if self._answer_if_refused(flow, state, decision):
             return
         if downgrade:
@@ -2028,7 +2016,7 @@ class Meter:
         decision = self._decide(state, record.model_requested)
         if decision.refusal is None and found.error is not None:
             reason = f"{found.error}, so its models cannot all be checked against the allowlist"
-            decision = self._unknown_model(record, decision, reason) or decision
+            decision = self.decider.unknown_model(record, decision, reason) or decision
         changes: dict[openai_realtime_mints.Where, str] = {}  # place -> the name written there
         downgraded: list[tuple[str, str | None]] = []  # (model asked for, notice)
         primary_sent = record.model_sent
@@ -2046,7 +2034,7 @@ class Meter:
                 downgraded.append((named.model, ruled.notice))
                 primary_sent = ruled.model_sent if named is primary else primary_sent
         if kind == openai_realtime_mints.LIVE_FORK and decision.refusal is None and primary is None:
-            decision = self._check_inherited_model(record, decision)
+            decision = self.decider.check_inherited_model(record, decision)
         new_body = body
         if decision.refusal is None and changes:
             try:
@@ -2054,7 +2042,7 @@ class Meter:
                     raise ValueError(FORM_NOT_REWRITTEN)
                 new_body = openai_realtime_mints.with_models(body, changes)
             except ValueError as exc:
-                decision = self._refuse_instead(decision, record, downgraded[0][0], str(exc))
+                decision = self.decider.refuse_instead(decision, record, downgraded[0][0], str(exc))
             else:
                 notice = "; ".join(n for _, n in downgraded if n)
                 decision = dataclasses.replace(decision, action="downgraded", notice=notice)
@@ -2121,7 +2109,7 @@ class Meter:
             self._calls.pop(flow, None)
             return
         await self._attribute(state)  # drops the key
-        if not self.models_restricted(record.environment):
+        if not self.decider.models_restricted(record.environment):
             self._calls.pop(flow, None)
             return
         what = f"{record.path[:120]} is not metered by the proxy"
@@ -2160,23 +2148,6 @@ class Meter:
             return NamedModel()  # an encoding the provider cannot read either
         return await _off_loop_if_large(read, content)
 
-    def _check_inherited_model(self, record: CallRecord, decision: Decision) -> Decision:
-        """An OpenAI Live fork set up over HTTP naming no model runs its stored session's, and its
-        media never pass the proxy: that model is checked now if the stored session was set up here
-        (it cannot be rewritten: one the rules would downgrade is refused). A fork of a session set
-        up elsewhere passes: its model cannot be known (refusing it would refuse every fork after a
-        restart of the proxy)."""
-        stored = openai_live.fork_session(record.path)
-        inherited = remembered_live_setup(stored) if stored is not None else None
-        if inherited is None:  # set up elsewhere (or before a restart): not known here
-            return decision
-        ruled = self.enforcer.decide_model(record.provider, record.environment, inherited)
-        if ruled.refusal is None and ruled.action != "downgraded":
-            return decision
-        record.model_requested = inherited
-        why = "a fork inherits its stored session's model, which cannot be rewritten"
-        return self._refuse_instead(decision, record, inherited, why)
-
     def _end_mint(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
         """A mint is answered. Minted (2xx, 3xx): no row, as an upgraded Realtime handshake has none:
         the mint is not billed, and the session it opens goes to the provider over WebRTC or SIP,
@@ -2191,112 +2162,13 @@ class Meter:
         state.record.cost_usd, state.record.price_status = Decimal(0), NOT_BILLED
         self._submit(state.record)
 
-    def _rule_fallbacks(
-        self, record: CallRecord, found: Fallbacks, *, advisor: bool = False
-    ) -> FallbackRules:
-        """Each entry of a request's fallback list (OpenRouter's ``models``, Anthropic's
-        ``fallbacks``; with ``advisor``, the models of its Anthropic advisor tools) held to the
-        rules of its environment as its model is: a disallowed one rewritten to its downgrade
-        target, else the call refused; a list that cannot be read whole refuses it where models
-        are restricted."""
-        ruled = FallbackRules()
-        first_object = len(found.models) - found.in_objects  # OpenRouter's `fallbacks` objects from here
-        for i, entry in enumerate(found.models):
-            listed = "fallbacks" if i >= first_object else "models fallback"
-            if i < len(found.places) and found.places[i][0] != "models":  # LiteLLM's lists, by name
-                listed = str(found.places[i][0])
-            decision = self.enforcer.decide_model(record.provider, record.environment, entry)
-            if decision.refusal is not None:
-                ruled.refused = entry
-                ruled.why = (
-                    f"it is the model of the request's advisor tool, which {record.provider} runs "
-                    "within the call"
-                    if advisor
-                    else f"it is in the request's {listed} list, which {record.provider} may run instead"
-                )
-                return ruled
-            sent = decision.model_sent or entry
-            ruled.sent.append(sent)
-            if sent != entry:
-                ruled.changed = True
-                where = "advisor tool" if advisor else f"{listed} list"
-                said = f"{where}: {decision.notice or entry + ' -> ' + sent}"
-                if said not in ruled.notices:  # an advisor's profiles may name one model twice
-                    ruled.notices.append(said)
-        if found.error is not None and self.models_restricted(record.environment):
-            ruled.unreadable = (
-                f"{found.error}, so the models it may run cannot all be checked against the allowlist"
-            )
-        return ruled
-
     def _decide(
         self, state: CallState, model: str | None, estimate: Callable[[str | None], Decimal] | None = None
     ) -> Decision:
-        """The policies' decision on a call being started, as its row is attributed: allowlist,
-        budgets (its ``estimate`` reserved under its id; without one, nothing is reserved: a
-        handshake, a mint) and rate limits. A flat-fee plan's call is held to no dollar budget.
-        Where policies are enforced, a call whose API keys disagree about its environment is
-        refused: the proxy cannot tell which one the provider reads."""
-        record = state.record
-        if state.key_conflict is not None and self.policies.enforcing:
-            message = several_keys_message(state.key_conflict)
-            return Decision(
-                "blocked",
-                model,
-                refusal=refusal_response(record.provider, 403, message, kind="blocked"),
-                message=message,
-            )
-        return self.enforcer.decide(
-            provider=record.provider,
-            environment=record.environment,
-            key_name=record.key_name,
-            user_name=record.user_name,
-            model=model,
-            call_id=record.id if estimate is not None else None,
-            estimate=estimate,
-            budgeted=not state.subscription,
-            user_identified=record.user_name is not None,
+        """``RequestDecider.decide`` on the call ``state`` follows (its row, key conflict and plan)."""
+        return self.decider.decide(
+            state.record, model, estimate, key_conflict=state.key_conflict, subscription=state.subscription
         )
-
-    @staticmethod
-    def _unpaired_advisor(
-        provider: Provider,
-        advisors: AdvisorTools | None,
-        rewritten: Mapping[Where, str],
-        executor: str | None,
-        requested: str | None = None,
-    ) -> tuple[str, str] | None:
-        """(the model to refuse, why) when the request as it would be sent pairs its executor
-        (``executor``, the model sent) with an Anthropic advisor it rejects: an advisor the proxy
-        rewrote (``rewritten``: its place -> target) must be known valid for it by Anthropic's rule (the
-        advisor at least as capable as the executor, from its compatibility table); one sent as
-        the client asked must not be known invalid (a downgraded executor). None: nothing to say."""
-        if not provider.advisor_pairs or advisors is None or executor is None:
-            return None
-        for tool in advisors.tools:
-            if tool.openrouter:
-                continue
-            sent = rewritten.get(tool.where, tool.model)
-            if tool.where in rewritten and not pair_known_valid(executor, sent):
-                return tool.model, (
-                    f"its advisor tool's downgrade target {sent} is not known to be an advisor of "
-                    f"{executor}, the model the call runs (Anthropic takes an advisor only at least as "
-                    "capable as the executor, per its advisor tool's compatibility table, and answers "
-                    "400 otherwise): refused instead of downgraded"
-                )
-            if tool.where not in rewritten and pair_known_invalid(executor, sent):
-                return requested or executor, (
-                    f"the call's downgrade target {executor} cannot be advised by its advisor tool's "
-                    f"{sent} (Anthropic takes an advisor only at least as capable as the executor, and "
-                    "answers 400 otherwise): refused instead of downgraded"
-                )
-        return None
-
-    def _refuse_instead(self, decision: Decision, record: CallRecord, model: str, reason: str) -> Decision:
-        """A decision that cannot stand (a model that cannot be rewritten or read): its slot and
-        reservation withdrawn, a refusal of ``model`` saying why instead."""
-        self.enforcer.withdraw(decision, record.id)
-        return self.enforcer.refuse_model(record.provider, record.environment, model, reason)
 
     @staticmethod
     def _answer_if_refused(flow: http.HTTPFlow, state: CallState, decision: Decision) -> bool:
@@ -2310,20 +2182,9 @@ class Meter:
         state.record.model_sent = None
         return True
 
-    def _unknown_model(
-        self,
-        record: CallRecord,
-        decision: Decision,
-        reason: str = "the request's model could not be read, so it cannot be checked against the allowlist",
-    ) -> Decision | None:
-        """Fail closed: a call whose model cannot be read is refused where models are restricted."""
-        if not self.models_restricted(record.environment):
-            return None
-        return self._refuse_instead(decision, record, "(unreadable)", reason)
-
     def models_restricted(self, environment: str) -> bool:
         """Does ``environment`` allow only some models (policies enforced, no ``*``)?"""
-        return self.policies.enforcing and "*" not in self.policies.environment(environment).models.allow
+        return self.decider.models_restricted(environment)
 
     # -- batch jobs (OpenAI's Batch API, Anthropic's Message Batches) ------------
 
@@ -2529,9 +2390,9 @@ class Meter:
                 why = BATCH_NOT_REWRITTEN
             else:
                 why = f"its input file {file_id} asks for it"
-            decision = self._refuse_instead(decision, record, refused, why)
+            decision = self.decider.refuse_instead(decision, record, refused, why)
         elif decision.refusal is None and problem is not None:
-            decision = self._unknown_model(record, decision, problem) or decision
+            decision = self.decider.unknown_model(record, decision, problem) or decision
         self._answer_if_refused(flow, state, decision)
 
     def _cost_estimate(

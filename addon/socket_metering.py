@@ -60,6 +60,7 @@ from addon.websocket_close import close_websocket, websocket_layer
 
 if TYPE_CHECKING:
     from addon.meter import CallState
+    from addon.request_decision import RequestDecider
     from addon.store import Store
 
 log = logging.getLogger("tokometer")
@@ -126,6 +127,7 @@ class MeterSide(Protocol):
     and the store change while the proxy runs)."""
 
     enforcer: Enforcer
+    decider: RequestDecider  # the allowlist's decisions (addon.request_decision)
     session_id: str
     hostname: str
     forced_environment: str | None
@@ -144,10 +146,6 @@ class MeterSide(Protocol):
     def _cost_estimate(
         self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
     ) -> Callable[[str | None], Decimal]: ...
-
-    def _unknown_model(
-        self, record: CallRecord, decision: Decision, reason: str = ...
-    ) -> Decision | None: ...
 
     def models_restricted(self, environment: str) -> bool: ...
 
@@ -588,7 +586,7 @@ class SocketMeter:
             budgeted=not session.subscription,
         )
         if decision.refusal is None and create.model is None:
-            decision = self._meter._unknown_model(record, decision) or decision
+            decision = self._meter.decider.unknown_model(record, decision) or decision
         if decision.refusal is None and rules is not None and rules.refusal is not None:
             enforcer.withdraw(decision, record.id)
             decision, record.model_requested = rules.refusal, rules.refused_model
@@ -709,7 +707,7 @@ class SocketMeter:
         enforcer = self._meter.enforcer
         decision = enforcer.decide_model(record.provider, record.environment, model)
         if decision.refusal is None and model is None and not inherited:
-            decision = self._meter._unknown_model(record, decision) or decision
+            decision = self._meter.decider.unknown_model(record, decision) or decision
         over_budget = False
         if decision.refusal is None and (spent := enforcer.spent_budget(session.scopes)) is not None:
             decision, over_budget = Decision("over_budget", decision.model_sent, message=spent), True
@@ -857,7 +855,7 @@ class SocketMeter:
             reason = (
                 "the fork's session.started names no model, so it cannot be checked against the allowlist"
             )
-            decision = self._meter._unknown_model(record, decision, reason) or decision
+            decision = self._meter.decider.unknown_model(record, decision, reason) or decision
         elif decision.action == "downgraded":
             why = "a fork inherits its stored session's model, which cannot be rewritten"
             decision = enforcer.refuse_model(record.provider, record.environment, model, why)
@@ -908,7 +906,7 @@ class SocketMeter:
                 notices.append(ruled.notice or "")
         if found.error is not None:
             reason = f"{found.error}, so the delegation's model cannot be checked against the allowlist"
-            unknown = self._meter._unknown_model(record, Decision("allowed", None), reason)
+            unknown = self._meter.decider.unknown_model(record, Decision("allowed", None), reason)
             if unknown is not None:
                 record.action = unknown.action
                 return unknown, start.delegation_param or "session.delegation"
