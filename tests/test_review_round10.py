@@ -149,6 +149,29 @@ async def test_litellms_other_fallback_lists_on_an_anthropic_gateway_are_held_to
         assert flow.response is not None and flow.response.status_code == 403, extra
 
 
+async def test_litellms_other_fallback_lists_on_an_anthropic_gateway_are_reserved_at_their_dearest(
+    meter: Meter,
+) -> None:
+    """Their entries may run instead of the model sent (the router moves the call to them), so the
+    call reserves at the dearest of them: claude-haiku-4-5 with content_policy_fallbacks
+    ["claude-opus-4-1"] reserves what Opus would ($0.0754: 1,000 output tokens at $75/M, 15x
+    Haiku's call), not Haiku's ($0.0050). Written when the reservation moved to addon/reservation.py: no test
+    failed when this list was left out of it."""
+    meter._apply(parse_policies(ANTHROPIC_GATEWAY + BUDGET_ONLY))
+    url = "https://llm.internal.example/v1/messages"
+    messages = [{"role": "user", "content": "hi"}]
+
+    def body(model: str, **extra: object) -> dict[str, object]:
+        return {"model": model, "max_tokens": 1000, "messages": messages, **extra}
+
+    haiku = await test_meter.reserved_for(meter, url, body("claude-haiku-4-5"), ANTHROPIC_HEADERS)
+    opus = await test_meter.reserved_for(meter, url, body("claude-opus-4-1"), ANTHROPIC_HEADERS)
+    listed = body("claude-haiku-4-5", content_policy_fallbacks=["claude-opus-4-1"])
+    with_list = await test_meter.reserved_for(meter, url, listed, ANTHROPIC_HEADERS)
+    assert opus > 10 * haiku > 0
+    assert opus <= with_list <= opus * Decimal("1.1"), (haiku, opus, with_list)
+
+
 MINI_DOWNGRADE = (
     "environments:\n  development:\n    models:\n"
     '      allow: ["*-mini"]\n      on_disallowed: downgrade\n      downgrade: {"*": gpt-4o-mini}\n'
