@@ -66,7 +66,6 @@ from addon.image_tool import (
     rule_image_tools,
     svg_rows,
     tool_row,
-    with_tool_rules,
 )
 from addon.live_state import LiveState, remove_dead, session_live_path, today_baseline
 from addon.model_rules import base_model
@@ -88,16 +87,9 @@ from addon.providers import (
     openai_responses_ws,
     registry_for,
 )
-from addon.providers.advisors import (
-    Where,
-    with_advisor_models,
-    without_advisor_tools,
-)
-from addon.providers.anthropic_api import fallback_max_tokens, repeated_fallbacks, without_fallback_entries
 from addon.providers.anthropic_api import fallback_models as anthropic_fallback_models
+from addon.providers.anthropic_api import repeated_fallbacks
 from addon.providers.batches import BatchInput
-from addon.providers.fallback_lists import Fallbacks, with_fallback_models
-from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
 from addon.providers.openai_media import (
     FORM_NOT_REWRITTEN,
@@ -109,19 +101,18 @@ from addon.providers.openai_media import (
     is_form,
     read_form,
     tool_choice_none,
-    with_image_tool_models,
 )
 from addon.providers.values import normal_path, without_dot_segments
 from addon.realtime_sessions import SocketSession
 from addon.record import CallRecord
-from addon.request_decision import RequestDecider, unpaired_advisor
+from addon.request_decision import UNREADABLE_MODEL, RequestDecider, rewritten_request
 from addon.reservation import (
     BYTES_PER_TOKEN,
     RESERVED_OUTPUT_TOKENS,
     answers_asked,
     cost_estimate,
-    dearest,
-    fallback_chain,
+    reserved_body,
+    with_fallback_lists,
 )
 from addon.socket_metering import SocketMeter, remember_live_setup, remembered_live_setup
 from addon.store import Store, journal_dir_of
@@ -1682,31 +1673,16 @@ class Meter:
         advisors = None
         if provider.advisor_tools is not None and body is not None:
             advisors = provider.advisor_tools(record.api_flavor, body)
-        advised = None
-        if advisors is not None and (advisors.tools or advisors.error is not None):
-            found_advisors = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
-            advised = self.decider.rule_fallbacks(record, found_advisors, advisor=True)
-        advisor_models: dict[Where, str] = {}
-        if advised is not None and advisors is not None and advised.refused is None:
-            advisor_models = {
-                tool.where: sent
-                for tool, sent in zip(advisors.tools, advised.sent, strict=False)
-                if sent != tool.model
-            }
+        advised, advisor_models = self.decider.rule_advisors(record, advisors)
         tool_models = rules.changes if rules is not None else {}
         svg_models = rules.svg_changes if rules is not None else {}
         rewrites_tools = bool(tool_models or svg_models or (rules is not None and rules.objects))
         header_deployment = rules.header if rules is not None else None  # Azure: a downgraded header
-        reserved_models = {**tool_models, **rules.reserved} if rules is not None else {}
-        reserved_body = body
-        if body is not None and (reserved_models or svg_models):  # reserved at the models sent
-            reserved_body = with_image_tool_models(body, reserved_models, svg_models)
-        if reserved_body is not None and advisor_models:  # reserved at the advisor models sent
-            reserved_body = with_advisor_models(reserved_body, advisor_models)
+        priced_body = reserved_body(body, rules, advisor_models)  # at the tool models sent
         estimate = self._cost_estimate(
             record.provider,
             text_size,
-            reserved_body,
+            priced_body,
             record.inference_geo,
             image_request,
             edited,
@@ -1717,109 +1693,48 @@ class Meter:
             if len(self._answers_of) < MAX_ANSWER_COUNTS:
                 self._answers_of[record.id] = answers
         # OpenRouter's fallback models, Anthropic's server-side fallbacks: each held to the
-        # allowlist; the call reserved at the dearest.
+        # allowlist; the call reserved at the dearest (Anthropic's chain: at each hop it may bill).
         ruled = self.decider.rule_fallbacks(record, fallbacks) if fallbacks is not None else None
-        # Anthropic's server-side fallbacks: a chain whose every hop may be billed (a declined hop
-        # that wrote output, then the next); OpenRouter's lists bill the one model that answers.
         chain = provider.fallback_models is anthropic_fallback_models
-        unread = chain and fallbacks is not None and fallbacks.error is not None
-
-        def hop_capped(found: Fallbacks | None) -> dict[int, Callable[[str | None], Decimal]]:
-            """A LiteLLM fallback object's own output caps, ``n`` / ``best_of`` and ``tools`` are its
-            attempt's (its members override the request's): that entry is reserved at them, its
-            advisor and sub-agent tools on top of its hop at their own caps, as the request's."""
-            return {
-                i: self._cost_estimate(
-                    record.provider,
-                    text_size,
-                    {**reserved_body, **dict(own)},
-                    record.inference_geo,
-                    flavor=record.api_flavor,
-                )
-                for i, own in (found.hop_caps if found is not None else ())
-                if reserved_body is not None
-            }
-
-        if ruled is not None and (ruled.sent or unread) and chain and reserved_body is not None:
-            # Each hop reads the request and writes up to its own max_tokens (an entry's, else the
-            # request's); the advisor's consultations are the request's, reserved once.
-            hop_body = without_advisor_tools(reserved_body) or reserved_body
-            hop = self._cost_estimate(
-                record.provider, text_size, hop_body, record.inference_geo, flavor=record.api_flavor
-            )
-            capped = {
-                i: self._cost_estimate(
-                    record.provider,
-                    text_size,
-                    {**hop_body, "max_tokens": cap},
-                    record.inference_geo,
-                    flavor=record.api_flavor,
-                )
-                for i, cap in fallback_max_tokens(body).items()
-            }
-            listed, sent_list, changed = fallbacks.models if fallbacks else (), ruled.sent, ruled.changed
-
-            def dropped_for(sent: str | None, asked: str | None = model) -> list[int]:
-                """The entries the rewrite drops when the call runs ``sent`` (as it does below)."""
-                if not (sent != asked or changed) or unread:
-                    return []
-                return repeated_fallbacks(asked, sent, listed, sent_list)
-
-            estimate = fallback_chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
-        elif ruled is not None and ruled.sent:
-            estimate = dearest(estimate, ruled.sent, hop_capped(fallbacks))
-        # Beside Anthropic's chain on an api: anthropic gateway, LiteLLM's other lists and what the
-        # chain's objects name of their own (in front of OpenRouter, its `models` list too): the
-        # call, chain included, may start on or move to any of their entries.
+        # Beside Anthropic's chain: LiteLLM's other lists, what the chain's objects name of their own.
         routing = provider.routing_models(body) if provider.routing_models is not None else None
         routed = self.decider.rule_fallbacks(record, routing) if routing is not None else None
-        if routed is not None and routed.sent:
-            estimate = dearest(estimate, routed.sent, hop_capped(routing))
         # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
         disagreement = _azure_disagreement(provider, route, body) if model is None else None
-        if disagreement is not None:
-            estimate = dearest(estimate, disagreement[1])
-        decision = self._decide(state, record.model_requested, estimate)
-        if decision.refusal is None and record.model_requested is None:
-            unknown = (
-                self.decider.unknown_model(record, decision, disagreement[0])
-                if disagreement is not None
-                else self.decider.unknown_model(record, decision)
+        if ruled is not None or routed is not None or disagreement is not None:
+            estimate = with_fallback_lists(
+                estimate,
+                # a hop's body at the text rates (no image request), at the call's geo and flavor
+                functools.partial(
+                    self._cost_estimate,
+                    record.provider,
+                    text_size,
+                    geo=record.inference_geo,
+                    flavor=record.api_flavor,
+                ),
+                body,
+                priced_body,
+                model,
+                chain=chain,
+                fallbacks=fallbacks,
+                ruled=ruled,
+                routing=routing,
+                routed=routed,
+                also=disagreement[1] if disagreement is not None else (),
             )
-            decision = unknown or decision
-        if decision.refusal is None and rules is not None and rules.refusal is not None:
-            self.enforcer.withdraw(decision, record.id)
-            decision, record.model_requested = rules.refusal, rules.refused_model
-        if decision.refusal is None and ruled is not None and ruled.refused is not None:
-            decision = self.decider.refuse_instead(decision, record, ruled.refused, ruled.why)
-            record.model_requested = ruled.refused
-        elif decision.refusal is None and ruled is not None and ruled.unreadable is not None:
-            decision = self.decider.unknown_model(record, decision, ruled.unreadable) or decision
-        if decision.refusal is None and routed is not None and routed.refused is not None:
-            decision = self.decider.refuse_instead(decision, record, routed.refused, routed.why)
-            record.model_requested = routed.refused
-        elif decision.refusal is None and routed is not None and routed.unreadable is not None:
-            decision = self.decider.unknown_model(record, decision, routed.unreadable) or decision
-        if decision.refusal is None and advised is not None and advised.refused is not None:
-            decision = self.decider.refuse_instead(decision, record, advised.refused, advised.why)
-            record.model_requested = advised.refused
-        elif decision.refusal is None and advised is not None and advised.unreadable is not None:
-            decision = self.decider.unknown_model(record, decision, advised.unreadable) or decision
+        decision = self._decide(state, record.model_requested, estimate)
+        decision = self.decider.hold_to_lists(
+            decision,
+            record,
+            unreadable=disagreement[0] if disagreement is not None else UNREADABLE_MODEL,
+            tools=rules,
+            lists=(ruled, routed, advised),
+        )
+        decision = self.decider.refuse_unsendable(decision, record, provider, model, advisors, advisor_models)
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
         rewrites_fallbacks = ruled is not None and ruled.changed and decision.refusal is None
         rewrites_routing = routed is not None and routed.changed and decision.refusal is None
         rewrites_advisors = bool(advisor_models) and decision.refusal is None
-        downgrade = decision.model_sent if decision.action == "downgraded" else None
-        legacy = record.api_flavor == "completions" and provider.name in CHAT_ONLY_PROVIDERS
-        if downgrade and legacy and not serves_legacy_completions(downgrade):  # a rule written for chat
-            why = f"its downgrade target {downgrade} does not serve legacy completions (/v1/completions)"
-            decision = self.decider.refuse_instead(decision, record, record.model_requested or "?", why)
-            downgrade = None
-        # Never send an executor/advisor pair Anthropic rejects, one the proxy made by rewriting.
-        paired = unpaired_advisor(provider, advisors, advisor_models, downgrade or model, model)
-        if decision.refusal is None and (downgrade or rewrites_advisors) and paired is not None:
-            decision = self.decider.refuse_instead(decision, record, paired[0], paired[1])
-            record.model_requested = paired[0]
-            downgrade, rewrites_advisors = None, False
         # Nor a fallbacks list naming the model the call now runs, or an entry twice, by rewriting.
         dropped: list[int] = []
         rewriting = bool(downgrade or rewrites_fallbacks) and decision.refusal is None and chain
@@ -1831,25 +1746,18 @@ class Meter:
             and decision.refusal is None
         ):
             try:
-                if provider.with_model is None:
-                    raise ValueError(
-                        f"{provider.name} requests are signed over their path and body, so the proxy "
-                        "cannot rewrite the model: refused instead of downgraded"
-                    )
-                if form is not None:
-                    raise ValueError(FORM_NOT_REWRITTEN)
-                if downgrade:
-                    new_path, new_body = provider.with_model(route, body, downgrade)
-                if rewrites_tools and new_body is not None and rules is not None:
-                    new_body = with_tool_rules(new_body, rules)
-                if rewrites_fallbacks and ruled is not None and new_body is not None:
-                    new_body = with_fallback_models(new_body, ruled.sent, fallbacks)
-                if rewrites_advisors and new_body is not None:
-                    new_body = with_advisor_models(new_body, advisor_models)
-                if rewrites_routing and routed is not None and new_body is not None:
-                    new_body = with_fallback_models(new_body, routed.sent, routing)
-                if dropped and new_body is not None:
-                    new_body = without_fallback_entries(new_body, dropped)
+                new_path, new_body = rewritten_request(
+                    provider,
+                    route,
+                    body,
+                    form=form is not None,
+                    downgrade=downgrade,
+                    tool_rules=rules if rewrites_tools else None,
+                    fallbacks=(ruled.sent, fallbacks) if rewrites_fallbacks and ruled is not None else None,
+                    advisor_models=advisor_models if rewrites_advisors else None,
+                    routing=(routed.sent, routing) if rewrites_routing and routed is not None else None,
+                    dropped=dropped,
+                )
             except ValueError as exc:
                 refused = record.model_requested
                 if not downgrade:  # the tool's model it was to be rewritten from

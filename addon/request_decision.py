@@ -9,15 +9,26 @@ read from the body), so the decision reads nothing else of the Meter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from addon.enforcement import Decision, Enforcer
+from addon.image_tool import ToolRules, with_tool_rules
 from addon.policies import Policies
 from addon.providers import Provider, openai_live
-from addon.providers.advisors import AdvisorTools, Where, pair_known_invalid, pair_known_valid
-from addon.providers.fallback_lists import Fallbacks
+from addon.providers.advisors import (
+    AdvisorTools,
+    Where,
+    pair_known_invalid,
+    pair_known_valid,
+    with_advisor_models,
+)
+from addon.providers.anthropic_api import without_fallback_entries
+from addon.providers.fallback_lists import Fallbacks, with_fallback_models
+from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
+from addon.providers.openai_media import FORM_NOT_REWRITTEN
 from addon.record import CallRecord
 from addon.refusals import refusal_response, several_keys_message
 from addon.socket_metering import remembered_live_setup
@@ -140,6 +151,76 @@ class RequestDecider:
             return None
         return self.refuse_instead(decision, record, "(unreadable)", reason)
 
+    def rule_advisors(
+        self, record: CallRecord, advisors: AdvisorTools | None
+    ) -> tuple[FallbackRules | None, dict[Where, str]]:
+        """The allowlist on a request's advisor tools (Anthropic's, OpenRouter's: each runs within
+        the call, at its own rates): how it ruled them (None: the request has none) and the model
+        to write at the place of each advisor it downgrades (none where one is refused)."""
+        if advisors is None or not (advisors.tools or advisors.error is not None):
+            return None, {}
+        found = Fallbacks(tuple(tool.model for tool in advisors.tools), advisors.error)
+        advised = self.rule_fallbacks(record, found, advisor=True)
+        if advised.refused is not None:
+            return advised, {}
+        return advised, {
+            tool.where: sent
+            for tool, sent in zip(advisors.tools, advised.sent, strict=False)
+            if sent != tool.model
+        }
+
+    def hold_to_lists(
+        self,
+        decision: Decision,
+        record: CallRecord,
+        *,
+        unreadable: str = UNREADABLE_MODEL,
+        tools: ToolRules | None = None,
+        lists: Sequence[FallbackRules | None] = (),
+    ) -> Decision:
+        """The call's ``decision`` once what else it names is held to the allowlist: its model, when
+        none could be read (refused where models are restricted, saying ``unreadable``), its image
+        tools (``tools``), then each of ``lists`` (its fallbacks, routing lists and advisor tools,
+        in that order): the first refused entry refuses the call (the row names it), a list that
+        could not be read whole refuses it where models are restricted."""
+        if decision.refusal is None and record.model_requested is None:
+            decision = self.unknown_model(record, decision, unreadable) or decision
+        if decision.refusal is None and tools is not None and tools.refusal is not None:
+            self.enforcer.withdraw(decision, record.id)
+            decision, record.model_requested = tools.refusal, tools.refused_model
+        for ruled in lists:
+            if decision.refusal is None and ruled is not None and ruled.refused is not None:
+                decision = self.refuse_instead(decision, record, ruled.refused, ruled.why)
+                record.model_requested = ruled.refused
+            elif decision.refusal is None and ruled is not None and ruled.unreadable is not None:
+                decision = self.unknown_model(record, decision, ruled.unreadable) or decision
+        return decision
+
+    def refuse_unsendable(
+        self,
+        decision: Decision,
+        record: CallRecord,
+        provider: Provider,
+        model: str | None,
+        advisors: AdvisorTools | None,
+        advisor_models: Mapping[Where, str],
+    ) -> Decision:
+        """``decision``, unless the request it would send (``model`` downgraded, its advisors
+        rewritten to ``advisor_models``) cannot run: a downgrade target that serves no legacy
+        completion on a provider whose rules are written for chat, or an executor/advisor pair
+        Anthropic rejects made by rewriting. Refused instead."""
+        downgrade = decision.model_sent if decision.action == "downgraded" else None
+        legacy = record.api_flavor == "completions" and provider.name in CHAT_ONLY_PROVIDERS
+        if downgrade and legacy and not serves_legacy_completions(downgrade):  # a rule written for chat
+            why = f"its downgrade target {downgrade} does not serve legacy completions (/v1/completions)"
+            return self.refuse_instead(decision, record, record.model_requested or "?", why)
+        # Never send an executor/advisor pair Anthropic rejects, one the proxy made by rewriting.
+        paired = unpaired_advisor(provider, advisors, advisor_models, downgrade or model, model)
+        if decision.refusal is None and (downgrade or advisor_models) and paired is not None:
+            decision = self.refuse_instead(decision, record, paired[0], paired[1])
+            record.model_requested = paired[0]
+        return decision
+
     def check_inherited_model(self, record: CallRecord, decision: Decision) -> Decision:
         """An OpenAI Live fork set up over HTTP naming no model runs its stored session's, and its
         media never pass the proxy: that model is checked now if the stored session was set up here
@@ -190,3 +271,45 @@ def unpaired_advisor(
                 "answers 400 otherwise): refused instead of downgraded"
             )
     return None
+
+
+def rewritten_request(
+    provider: Provider,
+    route: str,
+    body: dict[str, Any] | None,
+    *,
+    form: bool = False,
+    downgrade: str | None = None,
+    tool_rules: ToolRules | None = None,
+    fallbacks: tuple[list[str], Fallbacks | None] | None = None,
+    advisor_models: Mapping[Where, str] | None = None,
+    routing: tuple[list[str], Fallbacks | None] | None = None,
+    dropped: list[int] | None = None,
+) -> tuple[str, dict[str, Any] | None]:
+    """The path and body a request goes upstream with, the allowlist's rewrites made: its model
+    (``downgrade``), its image tools' and SVG authors' models and those of its fallback objects
+    (``tool_rules``), its fallback list (``fallbacks``:
+    the entries to send, the list read), its advisor tools' models, its routing lists, and the
+    fallback entries ``dropped``. Raises ValueError where the request cannot be rewritten (a
+    signed request, a multipart ``form``, a body a rewrite cannot take)."""
+    if provider.with_model is None:
+        raise ValueError(
+            f"{provider.name} requests are signed over their path and body, so the proxy "
+            "cannot rewrite the model: refused instead of downgraded"
+        )
+    if form:
+        raise ValueError(FORM_NOT_REWRITTEN)
+    new_path, new_body = route, body
+    if downgrade:
+        new_path, new_body = provider.with_model(route, body, downgrade)
+    if tool_rules is not None and new_body is not None:
+        new_body = with_tool_rules(new_body, tool_rules)
+    if fallbacks is not None and new_body is not None:
+        new_body = with_fallback_models(new_body, fallbacks[0], fallbacks[1])
+    if advisor_models and new_body is not None:
+        new_body = with_advisor_models(new_body, advisor_models)
+    if routing is not None and new_body is not None:
+        new_body = with_fallback_models(new_body, routing[0], routing[1])
+    if dropped and new_body is not None:
+        new_body = without_fallback_entries(new_body, dropped)
+    return new_path, new_body

@@ -12,13 +12,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from addon.carried_context import CarriedContexts
 from addon.output_history import OutputHistory
 from addon.pricing import Pricer
 from addon.providers import Provider
-from addon.providers.advisors import advisors_by_tool, reserved_uses
+from addon.providers.advisors import (
+    Where,
+    advisors_by_tool,
+    reserved_uses,
+    with_advisor_models,
+    without_advisor_tools,
+)
+from addon.providers.anthropic_api import fallback_max_tokens, repeated_fallbacks
+from addon.providers.fallback_lists import Fallbacks
 from addon.providers.openai_api import CHAT_ONLY_PROVIDERS
 from addon.providers.openai_media import (
     RESERVATION_IMAGE_MODEL,
@@ -26,9 +34,16 @@ from addon.providers.openai_media import (
     reserved_image_tokens,
     reserved_input_image_tokens,
     svg_authors,
+    with_image_tool_models,
 )
 
+if TYPE_CHECKING:
+    from addon.image_tool import ToolRules
+    from addon.request_decision import FallbackRules
+
 log = logging.getLogger("tokometer")
+
+Estimate = Callable[[str | None], Decimal]  # a call's reservation at the model it runs
 
 # A budget reservation counts a request's bytes / 4 as input tokens (JSON makes that generous)
 # and its max-tokens setting as output, for each answer it asks for (answers_asked); without one, the
@@ -259,3 +274,80 @@ def cost_estimate(
             return Decimal(0)
 
     return estimate_or_text
+
+
+def reserved_body(
+    body: dict[str, Any] | None, tools: ToolRules | None, advisor_models: Mapping[Where, str]
+) -> dict[str, Any] | None:
+    """The body a call's reservation prices: its image tools', SVG authors' and advisor tools'
+    models as the allowlist sends them (``tools``; ``advisor_models``: place -> model written);
+    ``body`` itself where none changes."""
+    tool_models = tools.changes if tools is not None else {}
+    svg_models = tools.svg_changes if tools is not None else {}
+    reserved_models = {**tool_models, **tools.reserved} if tools is not None else {}
+    priced = body
+    if body is not None and (reserved_models or svg_models):  # reserved at the models sent
+        priced = with_image_tool_models(body, reserved_models, svg_models)
+    if priced is not None and advisor_models:  # reserved at the advisor models sent
+        priced = with_advisor_models(priced, advisor_models)
+    return priced
+
+
+def with_fallback_lists(
+    estimate: Estimate,
+    priced: Callable[[dict[str, Any]], Estimate],
+    body: dict[str, Any] | None,
+    reserved_body: dict[str, Any] | None,
+    model: str | None,
+    *,
+    chain: bool,
+    fallbacks: Fallbacks | None,
+    ruled: FallbackRules | None,
+    routing: Fallbacks | None,
+    routed: FallbackRules | None,
+    also: Sequence[str] = (),
+) -> Estimate:
+    """The request's reservation (``estimate``, of its ``reserved_body``: at the tool and advisor
+    models sent) with its fallback lists: Anthropic's server-side chain (``chain``: ``fallbacks``
+    as the allowlist made them, ``ruled``) whose every hop may be billed, else OpenRouter's list at
+    its dearest; then the lists beside it (``routing``, ruled ``routed``) and ``also`` (an Azure
+    call's two models), at the dearest. ``priced(body)`` is the text estimate of a body (a hop)."""
+    # Anthropic's server-side fallbacks: a chain whose every hop may be billed (a declined hop
+    # that wrote output, then the next); OpenRouter's lists bill the one model that answers.
+    unread = chain and fallbacks is not None and fallbacks.error is not None
+
+    def hop_capped(found: Fallbacks | None) -> dict[int, Estimate]:
+        """A LiteLLM fallback object's own output caps, ``n`` / ``best_of`` and ``tools`` are its
+        attempt's (its members override the request's): that entry is reserved at them, its
+        advisor and sub-agent tools on top of its hop at their own caps, as the request's."""
+        return {
+            i: priced({**reserved_body, **dict(own)})
+            for i, own in (found.hop_caps if found is not None else ())
+            if reserved_body is not None
+        }
+
+    if ruled is not None and (ruled.sent or unread) and chain and reserved_body is not None:
+        # Each hop reads the request and writes up to its own max_tokens (an entry's, else the
+        # request's); the advisor's consultations are the request's, reserved once.
+        hop_body = without_advisor_tools(reserved_body) or reserved_body
+        hop = priced(hop_body)
+        capped = {i: priced({**hop_body, "max_tokens": cap}) for i, cap in fallback_max_tokens(body).items()}
+        listed, sent_list, changed = fallbacks.models if fallbacks else (), ruled.sent, ruled.changed
+
+        def dropped_for(sent: str | None, asked: str | None = model) -> list[int]:
+            """The entries the rewrite drops when the call runs ``sent`` (as it does)."""
+            if not (sent != asked or changed) or unread:
+                return []
+            return repeated_fallbacks(asked, sent, listed, sent_list)
+
+        estimate = fallback_chain(estimate, ruled.sent, hop, capped, dropped_for, unread)
+    elif ruled is not None and ruled.sent:
+        estimate = dearest(estimate, ruled.sent, hop_capped(fallbacks))
+    # Beside Anthropic's chain on an api: anthropic gateway, LiteLLM's other lists and what the
+    # chain's objects name of their own (in front of OpenRouter, its `models` list too): the
+    # call, chain included, may start on or move to any of their entries.
+    if routed is not None and routed.sent:
+        estimate = dearest(estimate, routed.sent, hop_capped(routing))
+    if also:  # Azure's v1 path naming one deployment and its body another: reserved at the dearer.
+        estimate = dearest(estimate, also)
+    return estimate
