@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices
 
-from addon.model_rules import provider_id
+from addon.model_rules import (
+    FUSION_DEFAULT_JUDGE,
+    FUSION_DEFAULT_PANEL,
+    OPENROUTER_FUSION,
+    preset_model,
+    provider_id,
+)
 from addon.policies import Policies, PriceOverride
 from addon.providers.openai_media import MEDIA_FLAVORS, unpriced_reason
 from addon.record import CallRecord
@@ -161,6 +168,38 @@ OPENROUTER = "openrouter"
 # :free, which OpenRouter serves at $0 (genai-prices lists those it knows, at $0): an unlisted
 # one stays unpriced rather than priced as the paid model.
 _OPENROUTER_SAME_PRICE = frozenset({"nitro", "floor", "online", "exacto", "thinking", "extended", "beta"})
+
+
+# The invocations of the Fusion tool a reservation counts (as an advisor's consultations:
+# advisors.ADVISOR_USES_RESERVED, a bound, not a cap).
+FUSION_INVOCATIONS_RESERVED = 3
+# A bare ``@preset/slug`` (its model set at OpenRouter, unknown here) reserves as the dearest of
+# these many models of OpenRouter's price list, by output and by input rate (a ceiling).
+_CEILING_CANDIDATES = 3
+
+
+@functools.cache
+def openrouter_ceiling_models() -> tuple[str, ...]:
+    """The models of genai-prices' OpenRouter list with the highest output and input rates (a
+    bare preset's reservation is the dearest of them at its tokens). Read once."""
+    rates: list[tuple[Decimal, Decimal, str]] = []
+    provider = get_snapshot().find_provider(None, OPENROUTER, None)
+    for model in provider.models if provider is not None else ():
+        listed = model.prices if isinstance(model.prices, list) else [model.prices]
+        for prices in listed:  # conditional prices (by date, by time of day): each
+            prices = getattr(prices, "prices", prices)
+            if isinstance(prices, ModelPrice):
+                rates.append((_rate(prices.output_mtok), _rate(prices.input_mtok), model.id))
+    by_output = sorted(rates, reverse=True)[:_CEILING_CANDIDATES]
+    by_input = sorted(rates, key=lambda r: (r[1], r[0]), reverse=True)[:_CEILING_CANDIDATES]
+    return tuple(dict.fromkeys(r[2] for r in (*by_output, *by_input)))
+
+
+def _rate(value: object) -> Decimal:
+    """A per-1M-token rate as listed (a tiered one: its base rate), 0 when none."""
+    if isinstance(value, TieredPrices):
+        value = value.base
+    return Decimal(str(value)) if isinstance(value, int | float | Decimal) else Decimal(0)
 
 
 def openrouter_priced_as(model: str) -> str | None:
@@ -501,6 +540,9 @@ class Pricer:
         """
         if not model:
             return Decimal(0)
+        stand_in = self._openrouter_stand_in(provider, model, input_tokens, output_tokens, geo, service_tier)
+        if stand_in is not None:
+            return stand_in
         usage = Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -515,6 +557,40 @@ class Pricer:
             if surcharge is not None and surcharge[0] != 1:
                 cost *= surcharge[0]
         return cost
+
+    def _openrouter_stand_in(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        geo: str | None,
+        service_tier: str | None,
+    ) -> Decimal | None:
+        """The reservation of an OpenRouter id no price list has, where the provider is priced as
+        OpenRouter: ``m@preset/slug`` at ``m``; a bare ``@preset/slug`` (its model OpenRouter's
+        preset's, unknown here) at the dearest model OpenRouter lists (``openrouter_ceiling_models``:
+        a ceiling, so a budget holds whatever the preset runs); ``openrouter/fusion`` as its default
+        judge writing the answer plus, at each of ``FUSION_INVOCATIONS_RESERVED`` invocations, its
+        default panel and judge. None for any other id (or provider)."""
+        named = preset_model(model)
+        if named is None and model != OPENROUTER_FUSION:
+            return None
+        if self._override_match(provider, model) is not None:
+            return None  # a `prices:` entry for the id as written wins
+        price_id = self._price_provider(provider, model)[0] if self._price_provider is not None else provider
+        if price_id != OPENROUTER:
+            return None
+
+        def at(one: str) -> Decimal:
+            return self.estimate(provider, one, input_tokens, output_tokens, geo, service_tier)
+
+        if named:
+            return at(named)
+        if named is not None:  # "@preset/slug"
+            return max((at(one) for one in openrouter_ceiling_models()), default=Decimal(0))
+        panel = sum((at(one) for one in (*FUSION_DEFAULT_PANEL, FUSION_DEFAULT_JUDGE)), Decimal(0))
+        return at(FUSION_DEFAULT_JUDGE) + FUSION_INVOCATIONS_RESERVED * panel
 
     def override_for(self, provider: str, model: str) -> PriceOverride | None:
         found = self._override_match(provider, model)

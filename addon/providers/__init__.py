@@ -370,7 +370,17 @@ def _gateway_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.Advi
 
 def _openrouter_advisors(flavor: str, body: dict[str, Any] | None) -> advisors.AdvisorTools:
     # On /api/v1/messages Anthropic's shape carries its model only: its caps are not OpenRouter's.
-    return advisors.advisor_tools(body, openrouter=True, anthropic_caps=False)
+    # The fusion plugin's panel and judge are reserved (its refusal: fallback_lists.with_fusion_plugin).
+    found = advisors.advisor_tools(body, openrouter=True, anthropic_caps=False)
+    return advisors.with_fusion_plugin_reserved(found, body)
+
+
+def _openrouter_beside_anthropic_chain(body: dict[str, Any] | None) -> fallback_lists.Fallbacks | None:
+    """Beside Anthropic's chain on an ``api: anthropic`` gateway priced as OpenRouter (in front of
+    its ``/api/v1/messages``): LiteLLM's other lists and OpenRouter's ``models`` list, and its
+    ``preset`` field and ``fusion`` plugin, which make them unreadable as on OpenRouter itself."""
+    found = fallback_lists.beside_anthropic_chain(body, models_list=True)
+    return fallback_lists.with_fusion_plugin(fallback_lists.with_preset(found, body), body)
 
 
 # --- OpenRouter: OpenAI-compatible, and Anthropic's Messages API at /api/v1/messages ----------
@@ -603,7 +613,13 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         # Beside Anthropic's chain, the lists a LiteLLM router reads too (context_window_fallbacks,
         # content_policy_fallbacks, what a `fallbacks` object names of its own) and, in front of
         # OpenRouter, its `models` list: the call may start on, or move to, any of their entries.
-        routing_models=partial(fallback_lists.beside_anthropic_chain, models_list=pricing_id == "openrouter")
+        # In front of OpenRouter, its `preset` field and `fusion` plugin are checked there too (its
+        # `fallback_models` stays Anthropic's chain, read as one: meter's `chain`).
+        routing_models=(
+            _openrouter_beside_anthropic_chain
+            if pricing_id == "openrouter"
+            else partial(fallback_lists.beside_anthropic_chain, models_list=False)
+        )
         if api == "anthropic"
         else None,
     )

@@ -25,7 +25,9 @@ OpenRouter bills the call as the sum of those completions. So each panel model a
 held to the allowlist and reserved as an advisor is, each its own (all run at every invocation):
 ``fusion_members``. A tool without ``analysis_models`` runs OpenRouter's default panel (its
 "Quality" preset, aliases of the newest models of families) and one with a ``preset`` and no
-``model`` its preset's judge, which the request does not name: unreadable.
+``model`` its preset's judge, which the request does not name: unreadable (refused where models
+are restricted), and reserved at OpenRouter's defaults (``AdvisorTools.reserved_only``), as is the
+``fusion`` plugin's panel and judge (``with_fusion_plugin_reserved``).
 
 Anthropic accepts an executor/advisor pair only when the advisor is at least as capable as the
 executor (its advisor-tool page's compatibility table): ``pair_known_valid`` and
@@ -40,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from addon.model_rules import base_model
+from addon.model_rules import FUSION_DEFAULT_JUDGE, FUSION_DEFAULT_PANEL, base_model
 
 ANTHROPIC_TYPE = "advisor_"  # how Anthropic's advisor tool's versioned type starts (advisor_20260301)
 OPENROUTER_TYPE = "openrouter:advisor"
@@ -50,6 +52,8 @@ OPENROUTER_TYPE = "openrouter:advisor"
 SUBAGENT_TYPE = "openrouter:subagent"
 OPENROUTER_TYPES = (OPENROUTER_TYPE, SUBAGENT_TYPE)
 FUSION_TYPE = "openrouter:fusion"  # a panel of models and a judge, within the call
+PLUGINS_FIELD = "plugins"
+FUSION_PLUGIN = "fusion"  # {"id": "fusion", "analysis_models"?, "model"?, "preset"?}: adds the tool
 MAX_ADVISOR_TOOLS = 64  # advisor tools read in one request (more: the tools cannot all be checked)
 MAX_MODEL_NAME = 256  # characters of one model name (a longer one is no model id)
 # Consultations reserved for an advisor tool that sets no max_uses: a bound, not a cap (Anthropic
@@ -94,6 +98,10 @@ class AdvisorTools:
 
     tools: tuple[AdvisorTool, ...] = ()
     error: str | None = None
+    # Members the request runs but does not name (an openrouter:fusion tool's or the fusion
+    # plugin's default panel and judge, OpenRouter's): reserved, never checked or rewritten (where
+    # models are restricted such a request is refused as unreadable).
+    reserved_only: tuple[AdvisorTool, ...] = ()
 
 
 def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool = True) -> AdvisorTools:
@@ -107,6 +115,7 @@ def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool =
     if not isinstance(tools, list):
         return AdvisorTools()
     found: list[AdvisorTool] = []
+    unnamed: list[AdvisorTool] = []
     for index, tool in enumerate(tools):
         if not isinstance(tool, dict):
             continue
@@ -116,52 +125,67 @@ def advisor_tools(body: Any, *, openrouter: bool = False, anthropic_caps: bool =
         if kind.startswith(ANTHROPIC_TYPE):
             model = tool.get("model")
             if len(found) >= MAX_ADVISOR_TOOLS:
-                return AdvisorTools(tuple(found), f"it has more than {MAX_ADVISOR_TOOLS} advisor tools")
+                error = f"it has more than {MAX_ADVISOR_TOOLS} advisor tools"
+                return AdvisorTools(tuple(found), error, tuple(unnamed))
             if not _model_name(model):
-                return AdvisorTools(tuple(found), f"tool {index + 1} ({kind}) names no model")
+                return AdvisorTools(tuple(found), f"tool {index + 1} ({kind}) names no model", tuple(unnamed))
             cap = _cap(tool.get("max_tokens")) if anthropic_caps else None
             uses = _cap(tool.get("max_uses")) if anthropic_caps else None
             found.append(AdvisorTool(index, model, cap, uses))
         elif openrouter and kind in OPENROUTER_TYPES:
-            error = _openrouter_advisors(index, tool.get("parameters"), found, (), kind)
+            error = _openrouter_advisors(index, tool.get("parameters"), found, (), kind, unnamed)
             if error is not None:
-                return AdvisorTools(tuple(found), error)
+                return AdvisorTools(tuple(found), error, tuple(unnamed))
         elif openrouter and kind == FUSION_TYPE:
-            error = fusion_members(index, tool.get("parameters"), found, body.get("model"))
+            error = fusion_members(index, tool.get("parameters"), found, body.get("model"), (), unnamed)
             if error is not None:
-                return AdvisorTools(tuple(found), error)
-    return AdvisorTools(tuple(found))
+                return AdvisorTools(tuple(found), error, tuple(unnamed))
+    return AdvisorTools(tuple(found), None, tuple(unnamed))
 
 
 def fusion_members(
-    index: int, settings: Any, found: list[AdvisorTool], executor: Any, nest: tuple[int, ...] = ()
+    index: int,
+    settings: Any,
+    found: list[AdvisorTool],
+    executor: Any,
+    nest: tuple[int, ...] = (),
+    unnamed: list[AdvisorTool] | None = None,
 ) -> str | None:
     """Add an ``openrouter:fusion`` tool's panel (``parameters.analysis_models``, each at its
     index) and its judge (``parameters.model``; unset, ``executor``, the model handling the
     request, when it names one) to ``found``, ``max_completion_tokens`` their cap. Why they cannot
-    all be read, if they cannot."""
+    all be read, if they cannot. What runs unnamed goes to ``unnamed``, for its reservation: without
+    ``analysis_models`` OpenRouter's default panel (and the judge), with a ``preset`` and no
+    ``model`` its default judge (the preset's own is not knowable)."""
     settings = settings if isinstance(settings, dict) else {}
+    unnamed = unnamed if unnamed is not None else []
     label = f"tool {index + 1} ({FUSION_TYPE})"
     panel = settings.get("analysis_models")
+    cap = _cap(settings.get("max_completion_tokens"))
+    judge = settings.get("model")
+    if judge is None and settings.get("preset") is None:
+        judge = executor  # "defaults to the same model handling your request"
     if panel is None:
+        for i, model in enumerate(FUSION_DEFAULT_PANEL):
+            unnamed.append(AdvisorTool(index, model, cap, None, True, i, nest, fusion=True))
+        judge = judge if _model_name(judge) else FUSION_DEFAULT_JUDGE
+        unnamed.append(AdvisorTool(index, judge, cap, None, True, None, nest, fusion=True))
         return (
             f"{label} names no panel (its parameters.analysis_models is unset: OpenRouter runs its "
             "default panel, which the request does not name; list the panel's models there)"
         )
     if not isinstance(panel, list):
         return f"{label}: its parameters.analysis_models is not a list"
-    cap = _cap(settings.get("max_completion_tokens"))
     for i, model in enumerate(panel):
         if not _model_name(model):
             return f"{label}: entry {i + 1} of its parameters.analysis_models names no model"
         if len(found) >= MAX_ADVISOR_TOOLS:
             return f"it has more than {MAX_ADVISOR_TOOLS} advisor tools and panel models"
         found.append(AdvisorTool(index, model, cap, None, True, i, nest, fusion=True))
-    judge = settings.get("model")
-    if judge is None and settings.get("preset") is not None:
+    if settings.get("model") is None and settings.get("preset") is not None:
+        unnamed.append(AdvisorTool(index, FUSION_DEFAULT_JUDGE, cap, None, True, None, nest, fusion=True))
         return f"{label} names no judge (its parameters.model is unset: its parameters.preset's judge runs)"
-    if judge is None:
-        judge = executor  # "defaults to the same model handling your request"
+    if settings.get("model") is None:
         if not _model_name(judge):
             return None  # a request naming no model (OpenRouter's models list): its entries are checked
     elif not _model_name(judge):
@@ -172,12 +196,43 @@ def fusion_members(
     return None
 
 
+def fusion_plugin(body: Any) -> dict[str, Any] | None:
+    """The ``fusion`` plugin of a request's ``plugins`` (OpenRouter's: it adds the
+    ``openrouter:fusion`` tool), or None."""
+    plugins = body.get(PLUGINS_FIELD) if isinstance(body, dict) else None
+    if not isinstance(plugins, list):
+        return None
+    return next((p for p in plugins if isinstance(p, dict) and p.get("id") == FUSION_PLUGIN), None)
+
+
+def with_fusion_plugin_reserved(found: AdvisorTools, body: Any) -> AdvisorTools:
+    """``found`` with, reserved only, the panel and judge the request's ``fusion`` plugin runs
+    (its ``analysis_models``, else OpenRouter's default panel; its ``model``, else the default
+    judge, the panel's first), each at every invocation: the plugin is refused where models are
+    restricted (``fallback_lists.with_fusion_plugin``), and reserved where they are not."""
+    plugin = fusion_plugin(body)
+    if plugin is None:
+        return found
+    panel = plugin.get("analysis_models")
+    named = [m for m in panel if _model_name(m)] if isinstance(panel, list) else []
+    judge = plugin.get("model") if _model_name(plugin.get("model")) else FUSION_DEFAULT_JUDGE
+    cap = _cap(plugin.get("max_completion_tokens"))
+    # Not a tool of ``tools``: index -1 keeps its members apart from theirs in ``advisors_by_tool``.
+    members = [
+        AdvisorTool(-1, model, cap, None, True, i, fusion=True)
+        for i, model in enumerate(named or FUSION_DEFAULT_PANEL)
+    ]
+    members.append(AdvisorTool(-1, judge, cap, None, True, None, fusion=True))
+    return AdvisorTools(found.tools, found.error, (*found.reserved_only, *members))
+
+
 def _openrouter_advisors(
     index: int,
     settings: Any,
     found: list[AdvisorTool],
     nest: tuple[int, ...] = (),
     kind: str = OPENROUTER_TYPE,
+    unnamed: list[AdvisorTool] | None = None,
 ) -> str | None:
     """Add an ``openrouter:advisor`` tool's advisors to ``found``: ``parameters.model`` (the
     advisor of a consultation naming no profile), each named profile of ``parameters.advisors``
@@ -212,7 +267,7 @@ def _openrouter_advisors(
         return f"tool {index + 1} ({kind}): its parameters.tools is not a list"
     for i, tool in enumerate(inner):
         if isinstance(tool, dict) and tool.get("type") == FUSION_TYPE:  # its judge defaults to model
-            error = fusion_members(index, tool.get("parameters"), found, model, (*nest, i))
+            error = fusion_members(index, tool.get("parameters"), found, model, (*nest, i), unnamed)
             if error is not None:
                 return f"{kind} > parameters.tools {i + 1}: {error}"
             continue
@@ -221,7 +276,7 @@ def _openrouter_advisors(
         if len(nest) >= MAX_ADVISOR_NESTING:
             return f"tool {index + 1} ({kind}) nests advisors more than {MAX_ADVISOR_NESTING} deep"
         label = f"{kind} > parameters.tools {i + 1} ({tool['type']})"
-        error = _openrouter_advisors(index, tool.get("parameters"), found, (*nest, i), label)
+        error = _openrouter_advisors(index, tool.get("parameters"), found, (*nest, i), label, unnamed)
         if error is not None:
             return error
     return None
@@ -322,7 +377,7 @@ def advisors_by_tool(found: AdvisorTools) -> dict[tuple[int, ...], list[AdvisorT
     consultations are its own, reserved besides; so is each member of an ``openrouter:fusion``
     tool's panel and its judge (every one runs at each invocation)."""
     grouped: dict[tuple[int, ...], list[AdvisorTool]] = {}
-    for tool in found.tools:
+    for tool in (*found.tools, *found.reserved_only):
         member = () if not tool.fusion else (-1,) if tool.profile is None else (-2 - tool.profile,)
         grouped.setdefault((tool.index, *tool.nest, *member), []).append(tool)
     return grouped

@@ -22,7 +22,7 @@ the request's: its fallback models and tools among them) makes a list that canno
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from addon.model_rules import preset_reason
@@ -111,17 +111,27 @@ def with_preset(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbac
     OpenRouter preset in its ``preset`` field: the preset's settings are merged under the request's,
     so its fallback ``models`` and its tools (advisors, sub-agents) run models the request does not
     show. Never raises."""
+    return _unreadable(found, preset_error(body))
+
+
+def preset_error(body: Any) -> str | None:
+    """Why ``body`` (a request, or a fallback object copied over it) cannot be read whole when its
+    ``preset`` field names an OpenRouter preset; None when it names none."""
     preset = body.get(PRESET_FIELD) if isinstance(body, dict) else None
-    if preset is None or (found is not None and found.error is not None):
+    if preset is None:
+        return None
+    return preset_reason(str(preset), f"its {PRESET_FIELD} field", said_unchecked=False)
+
+
+def _unreadable(found: Fallbacks | None, error: str | None) -> Fallbacks | None:
+    """``found`` with ``error`` (why it cannot be read whole), unless it has one or ``error`` is None."""
+    if error is None or (found is not None and found.error is not None):
         return found
-    error = preset_reason(str(preset), f"its {PRESET_FIELD} field", said_unchecked=False)
-    if found is None:
-        return Fallbacks(error=error)
-    return Fallbacks(found.models, error, found.in_objects, found.places, found.hop_caps)
+    return Fallbacks(error=error) if found is None else replace(found, error=error)
 
 
-PLUGINS_FIELD = "plugins"
-FUSION_PLUGIN = "fusion"  # {"id": "fusion", "analysis_models"?, "model"?, "preset"?}
+PLUGINS_FIELD = advisors.PLUGINS_FIELD
+FUSION_PLUGIN = advisors.FUSION_PLUGIN
 
 
 def with_fusion_plugin(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbacks | None:
@@ -129,19 +139,19 @@ def with_fusion_plugin(found: Fallbacks | None, body: dict[str, Any] | None) -> 
     adds the ``openrouter:fusion`` tool, whose panel and judge (its defaults OpenRouter's) run
     within the call; written as that tool in ``tools`` they are checked (addon.providers.advisors).
     Never raises."""
-    plugins = body.get(PLUGINS_FIELD) if isinstance(body, dict) else None
-    if not isinstance(plugins, list) or (found is not None and found.error is not None):
-        return found
-    if not any(isinstance(p, dict) and p.get("id") == FUSION_PLUGIN for p in plugins):
-        return found
-    error = (
+    return _unreadable(found, fusion_plugin_error(body))
+
+
+def fusion_plugin_error(body: Any) -> str | None:
+    """Why ``body`` (a request, or a fallback object copied over it) cannot be read whole when its
+    ``plugins`` has OpenRouter's ``fusion`` plugin; None when it has not."""
+    if advisors.fusion_plugin(body) is None:
+        return None
+    return (
         f"its {PLUGINS_FIELD} list has OpenRouter's {FUSION_PLUGIN} plugin, which runs a panel of "
         f"models and a judge within the call (write it as the openrouter:{FUSION_PLUGIN} tool in "
         "tools, naming its parameters.analysis_models and parameters.model)"
     )
-    if found is None:
-        return Fallbacks(error=error)
-    return Fallbacks(found.models, error, found.in_objects, found.places, found.hop_caps)
 
 
 def openrouter_lists(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -166,6 +176,9 @@ ANSWER_FIELDS = ("n", "best_of")
 # An object's own tools replace the call's for its attempt: its advisor and sub-agent tools run
 # within that hop (reserved on top of it, at their own caps, as the request's are), kept as written.
 TOOL_FIELDS = ("tools",)
+# Its own ``plugins`` likewise: OpenRouter's fusion plugin there (behind a gateway priced as it) runs
+# a panel and judge within that hop, reserved on top of it (advisors.with_fusion_plugin_reserved).
+PLUGIN_FIELDS = (PLUGINS_FIELD,)
 
 
 def gateway_fallbacks(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -247,7 +260,8 @@ def _own(entry: dict[str, Any], inherited: tuple[tuple[str, Any], ...]) -> tuple
     """The cost-changing members a fallback object's hop runs with: its own, else inherited. A
     cap it writes (null included) is its hop's: None, uncapped, unless a positive whole number."""
     set_here: dict[str, Any] = {f: _cap(entry[f]) for f in CAP_FIELDS if f in entry}
-    set_here.update((f, entry[f]) for f in (*ANSWER_FIELDS, *TOOL_FIELDS) if entry.get(f) is not None)
+    carried = (*ANSWER_FIELDS, *TOOL_FIELDS, *PLUGIN_FIELDS)
+    set_here.update((f, entry[f]) for f in carried if entry.get(f) is not None)
     return tuple({**dict(inherited), **set_here}.items())
 
 
@@ -326,7 +340,11 @@ class _Reader:
     ) -> str | None:
         """Add what a fallback object (at ``where``) names of its own, its members being copied
         over the call for its attempt, so read as a request's body is: OpenRouter's ``models``
-        list (with ``models_list``), its advisor and sub-agent tools, its own fallback lists."""
+        list (with ``models_list``), its advisor and sub-agent tools, its own fallback lists; in
+        front of OpenRouter (``models_list``) its ``preset`` field and ``fusion`` plugin make the
+        lists unreadable, as the request's own do (``with_preset``, ``with_fusion_plugin``)."""
+        if self.models_list and (error := preset_error(entry) or fusion_plugin_error(entry)) is not None:
+            return f"its {written(where)}: {error}"
         if self.models_list and entry.get(FIELD) is not None:
             listed = fallback_models(entry)
             assert listed is not None
