@@ -19,7 +19,8 @@ process's TEAM and FEATURE. The user is the calling process's OS user; when it
 cannot be identified (a client in a container or on another host, /proc not
 readable, a lookup that timed out), policies.yaml ``attribution.unidentified_user``
 if set, else none: where users have budgets or rate limits such a call is then
-refused (``Enforcer.decide``), not let past them. Everything here is
+refused (``Enforcer.decide``: 403 saying why the lookup failed, or a retryable 503 when it
+only had no answer in time), not let past them. Everything here is
 pure: the process lookup itself lives in ``addon.client_process``.
 
 A request may carry several different API keys (see ``Meter._api_key``): the
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addon.api_keys import recent_key_fingerprint
-from addon.client_process import ClientProcess
+from addon.client_process import NOT_IN_TIME, ClientProcess
 from addon.policies import KeyPolicy, Policies, normalize_environment
 
 TAGS_HEADER = "X-Metering-Tags"
@@ -92,6 +93,14 @@ def parse_tags_header(value: str) -> HeaderTags:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class UnknownUser:
+    """Why a call has no user (and no ``attribution.unidentified_user`` stands in)."""
+
+    why: str  # the lookup's own account, e.g. "no /proc and psutil is not installed"
+    late: bool = False  # the lookup had not answered in time: a retry can find the user
+
+
 @dataclass(slots=True)
 class Attribution:
     """The attribution of one call, ready to copy onto its row."""
@@ -105,6 +114,7 @@ class Attribution:
     problems: list[str] = field(default_factory=list)
     key_conflict: str | None = None  # why none of the request's several keys decides its environment
     user: str | None = None  # the calling process's OS user, else attribution.unidentified_user
+    unknown_user: UnknownUser | None = None  # no user: why not
 
 
 def _key_of_several(
@@ -193,6 +203,20 @@ def user_of(policies: Policies, process: ClientProcess | None) -> str | None:
     return policies.attribution.unidentified_user
 
 
+def unknown_user(
+    policies: Policies, process: ClientProcess | None, lookup_problem: str | None = None
+) -> UnknownUser | None:
+    """Why a call has no user (see ``user_of``), from its lookup's problem (``lookup_problem``:
+    it timed out or failed; else the found process's ``problem``); None when it has one."""
+    if user_of(policies, process) is not None:
+        return None
+    if lookup_problem is not None:
+        return UnknownUser(lookup_problem, late=lookup_problem == NOT_IN_TIME)
+    if process is None:
+        return UnknownUser("the client connection has no address")
+    return UnknownUser(process.problem or "the calling process's owner is unknown")
+
+
 def fallback_environment(policies: Policies, forced_environment: str | None, hostname: str) -> str:
     """Where this proxy books a call no header, key entry or calling process's variable decides
     (rules 4-5): its ``TOKOMETER_ENVIRONMENT``, else an ``attribution.hosts`` rule, else the
@@ -211,11 +235,13 @@ def attribute(
     forced_environment: str | None = None,
     other_keys: Sequence[str] = (),
     keys_unweighed: bool = False,
+    lookup_problem: str | None = None,
 ) -> Attribution:
     """Decide environment, team and feature of a call (first rule that answers wins).
 
     ``other_keys``: the request's other API keys, different from ``api_key``; ``keys_unweighed``:
-    it carried more, not looked at (see the module's docstring)."""
+    it carried more, not looked at (see the module's docstring). ``lookup_problem``: why the
+    calling process lookup gave no ``process`` (``client_process.wait_for_process``)."""
     settings = policies.attribution
     problems: list[str] = []
     tags = parse_tags_header(header) if header is not None else HeaderTags()
@@ -296,4 +322,5 @@ def attribute(
         problems=problems,
         key_conflict=conflict,
         user=user_of(policies, process),
+        unknown_user=unknown_user(policies, process, lookup_problem),
     )

@@ -7,11 +7,15 @@ many connections). Then /proc/*/fd is scanned for the process holding that socke
 run it once per client connection, in a worker thread (see ``addon.attribution``). Where
 /proc is missing (macOS), psutil is used if it is installed. A process that opens several
 connections (an SDK's pool) is described once every ``DESCRIBED_FOR`` seconds, not per connection.
+Lookups run in their own small thread pool (``start_lookup``), so token estimates and upload reads
+in the default executor cannot hold them up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import pwd
@@ -20,6 +24,8 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +35,11 @@ PROC = Path("/proc")
 # git checkout within these seconds is not seen.
 DESCRIBED_FOR = 5.0
 _DESCRIBED_MAX = 256
+# How long, in all, a call waits for its calling process when the answer decides whether it
+# passes (users have budgets or rate limits): a lookup is 3-15 ms, but a loaded host can be slow.
+DECIDING_LOOKUP_TIMEOUT = 12.0
+NOT_IN_TIME = "calling process not identified in time"
+LOOKUP_THREADS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,3 +420,52 @@ def _lookup_with_psutil(peer_ip: str, peer_port: int, env_names: frozenset[str])
     except Exception as exc:  # psutil raises AccessDenied and more on some systems
         return ClientProcess(problem=f"psutil lookup failed: {exc}")
     return ClientProcess(problem="connection not found by psutil")
+
+
+@functools.cache
+def _lookup_pool() -> ThreadPoolExecutor:
+    """The lookups' own threads (made at the first lookup)."""
+    return ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="tokometer-lookup")
+
+
+def start_lookup(lookup: Callable[[], ClientProcess]) -> asyncio.Future[ClientProcess]:
+    """Run ``lookup`` (a ``lookup_client_process`` call) in the lookups' own thread pool."""
+    return asyncio.get_running_loop().run_in_executor(_lookup_pool(), lookup)
+
+
+async def wait_for_process(
+    lookup: asyncio.Future[ClientProcess] | None, timeout: float, *, deciding: bool = False
+) -> tuple[ClientProcess | None, str | None]:
+    """The calling process a connection's ``lookup`` found, waited for ``timeout`` seconds, or
+    ``DECIDING_LOOKUP_TIMEOUT`` in all when its answer ``deciding`` whether the call passes (it
+    runs off the event loop: waiting costs the call time, not the proxy). Else (None, why not):
+    ``NOT_IN_TIME`` or the failure. Never raises (the lookup is shielded, never cancelled)."""
+    if lookup is None:
+        return None, None
+    try:
+        if lookup.done():  # the connection's lookup is over: no wait_for/shield
+            return lookup.result(), None
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(lookup), timeout), None
+        except TimeoutError:
+            longer = DECIDING_LOOKUP_TIMEOUT - (time.monotonic() - started)
+            if not deciding or longer <= 0:
+                raise
+        return await asyncio.wait_for(asyncio.shield(lookup), longer), None
+    except TimeoutError:
+        return None, NOT_IN_TIME
+    except Exception as exc:
+        return None, f"calling process lookup failed: {exc}"
+
+
+def identification_problem(proc: Path = PROC) -> str | None:
+    """Why this host cannot look up the process of a client connection (no /proc and no psutil:
+    macOS without psutil), else None."""
+    if (proc / "net").exists():
+        return None
+    try:
+        import psutil  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return "no /proc and psutil is not installed"
+    return None

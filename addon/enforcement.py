@@ -9,6 +9,7 @@ error in the provider's own format.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from decimal import Decimal
 
 from mitmproxy import http
 
+from addon import client_process
+from addon.attribution import UnknownUser
 from addon.budgets import BudgetAlert, BudgetTracker, Scope, UnpricedCall, scopes_for
 from addon.policies import Policies
 from addon.pricing import UNKNOWN_MODEL
@@ -26,10 +29,17 @@ from addon.refusals import (
     blocked_message,
     budget_refusal_status,
     downgrade_notice,
+    not_identified_in_time_message,
+    not_identified_in_time_response,
     rate_limit_message,
     refusal_response,
     unidentified_user_message,
 )
+
+log = logging.getLogger("tokometer")
+# The Retry-After of a call refused because its calling process was not identified in time: the
+# connection's lookup goes on, and a retry on it has the answer at once.
+NOT_IDENTIFIED_RETRY_AFTER = 2
 
 
 @dataclass(slots=True)
@@ -44,6 +54,41 @@ class Decision:
     counted: tuple[tuple[str, ...], float] | None = None  # rate-limit scopes it was counted in, and when
 
 
+def _unidentified_refusal(provider: str, model: str | None, unknown: UnknownUser | None) -> Decision:
+    """A call refused because its user is unknown where users have limits: 503 + Retry-After when
+    its lookup was only late (a retry finds the user), else 403 with the lookup's reason."""
+    if unknown is not None and unknown.late:
+        message = not_identified_in_time_message(NOT_IDENTIFIED_RETRY_AFTER)
+        refusal = not_identified_in_time_response(provider, message, NOT_IDENTIFIED_RETRY_AFTER)
+    else:
+        message = unidentified_user_message(unknown.why if unknown is not None else None)
+        refusal = refusal_response(provider, 403, message, kind="blocked")
+    return Decision("blocked", model, refusal=refusal, message=message)
+
+
+def _warn_if_users_unidentifiable(policies: Policies) -> None:
+    """Warn (as policies are put in force) when users have limits but this host cannot identify
+    a calling process (macOS without psutil): every call would count as attribution.unidentified_user,
+    or be refused."""
+    if not policies.limits_users():
+        return
+    problem = client_process.identification_problem()
+    if problem is None:
+        return
+    fallback = policies.attribution.unidentified_user
+    outcome = (
+        f"every call counts as user {fallback}"
+        if fallback
+        else "every call is refused (403) while any user has a budget or rate limit"
+    )
+    log.warning(
+        "tokometer: policies.yaml limits users but this host cannot identify the calling process "
+        "(%s): %s; install psutil, or set attribution.unidentified_user",
+        problem,
+        outcome,
+    )
+
+
 class Enforcer:
     """Holds the policies in force, the spend per budget and the request windows."""
 
@@ -52,12 +97,14 @@ class Enforcer:
         self.budgets = BudgetTracker(policies)
         self.rates = RateLimiter()
         self._rate_limited = policies.has_rate_limits
+        _warn_if_users_unidentifiable(policies)
 
     def set_policies(self, policies: Policies) -> None:
         """Put new policies in force, keeping the spend and windows counted so far."""
         self.policies = policies
         self.budgets.set_policies(policies)
         self._rate_limited = policies.has_rate_limits
+        _warn_if_users_unidentifiable(policies)
 
     def decide(
         self,
@@ -72,13 +119,15 @@ class Enforcer:
         estimate: Callable[[str | None], Decimal] | None = None,
         budgeted: bool = True,
         user_identified: bool = True,
+        unknown_user: UnknownUser | None = None,
     ) -> Decision:
         """Allow, downgrade or refuse one call (microseconds: dict lookups and compares).
 
         ``budgeted=False``: a call that costs nothing per token (a flat-fee plan's key) is
         held to the model rules and rate limits, not to the dollar budgets.
         ``user_identified=False``: no user could be told (nor ``attribution.unidentified_user``
-        named one): refused where a user's budget or rate limit would apply to it.
+        named one): refused where a user's budget or rate limit would apply to it, 403 saying why
+        (``unknown_user``), or 503 with ``Retry-After`` when the lookup only had no answer in time.
         """
         if not self.policies.enforcing:
             return Decision("allowed", model)
@@ -87,13 +136,7 @@ class Enforcer:
         if decision.refusal is not None:
             return decision
         if not user_identified and self.policies.limits_users(budgets=budgeted):
-            message = unidentified_user_message()
-            return Decision(
-                "blocked",
-                decision.model_sent,
-                refusal=refusal_response(provider, 403, message, kind="blocked"),
-                message=message,
-            )
+            return _unidentified_refusal(provider, decision.model_sent, unknown_user)
 
         refusal = None
         if budgeted and self.budgets.has_budgets:

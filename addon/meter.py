@@ -38,7 +38,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon import anthropic_models
 from addon.api_keys import key_of_header, recent_key_fingerprint
-from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, attribute, fallback_environment
+from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, UnknownUser, attribute, fallback_environment
 from addon.background_responses import BATCH_INPUTS_FOLDER, HOLD_S, PendingResponses
 from addon.background_responses import FOLDER_NAME as BACKGROUND_FOLDER
 from addon.budgets import (
@@ -53,7 +53,7 @@ from addon.budgets import (
 )
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.carried_context import CarriedContexts, conversation_of
-from addon.client_process import ClientProcess, lookup_client_process
+from addon.client_process import ClientProcess, lookup_client_process, start_lookup, wait_for_process
 from addon.enforcement import Decision, Enforcer
 from addon.header_fields import content_of, header, header_all, host_header, pop_header, set_content
 from addon.image_tool import (
@@ -259,6 +259,7 @@ class CallState:
     key_conflict: str | None = None  # its keys disagree about its environment: refused if enforced
     tags_header: str | None = None
     process: asyncio.Future[ClientProcess] | None = None
+    unknown_user: UnknownUser | None = None  # why it has no user (its refusal says)
     errors: list[str] = field(default_factory=list)
     request_body: dict[str, Any] | None = None
     request_size: int = 0  # bytes of the request body, decoded (its budget reservation's input)
@@ -382,7 +383,6 @@ def _parse_body(provider: Provider, flavor: str, headers: Mapping[str, str], bod
 
 
 def _describe_client(record: CallRecord, process: ClientProcess) -> None:
-    record.user_name = process.user or record.user_name  # not identified: attribution.unidentified_user
     record.client_pid = process.pid
     record.client_process = process.name
     record.client_cwd = process.cwd
@@ -1549,7 +1549,7 @@ class Meter:
             names = frozenset(self._process_env_names())
             server = (client.sockname[0], client.sockname[1]) if client.sockname else None
             lookup = functools.partial(lookup_client_process, ip, port, names, server=server)
-            future = asyncio.ensure_future(asyncio.to_thread(lookup))
+            future = start_lookup(lookup)
             self._processes[client.id] = future
         return future
 
@@ -1559,17 +1559,12 @@ class Meter:
 
     async def _attribute(self, state: CallState) -> None:
         """Fill the row's environment, team, feature, user and process fields."""
-        process: ClientProcess | None = None
-        if state.process is not None:
-            try:
-                if state.process.done():  # the connection's lookup is over: no wait_for/shield
-                    process = state.process.result()
-                else:
-                    process = await asyncio.wait_for(asyncio.shield(state.process), PROCESS_LOOKUP_TIMEOUT)
-            except TimeoutError:
-                state.errors.append("calling process not identified in time")
-            except Exception as exc:
-                state.errors.append(f"calling process lookup failed: {exc}")
+        deciding = self.policies.limits_users(budgets=not state.subscription)  # waited for longer
+        process, lookup_problem = await wait_for_process(
+            state.process, PROCESS_LOOKUP_TIMEOUT, deciding=deciding
+        )
+        if lookup_problem is not None:
+            state.errors.append(lookup_problem)
         decided = attribute(
             policies=self.policies,
             header=state.tags_header,
@@ -1580,6 +1575,7 @@ class Meter:
             forced_environment=self.forced_environment,
             other_keys=state.other_keys,
             keys_unweighed=state.keys_unweighed,
+            lookup_problem=lookup_problem,
         )
         state.api_key, state.other_keys = None, ()  # keep keys in memory no longer than needed
         state.key_conflict = decided.key_conflict
@@ -1594,7 +1590,8 @@ class Meter:
         state.errors.extend(decided.problems)
         if process is not None:
             _describe_client(record, process)
-        record.user_name = decided.user
+        record.user_name = decided.user  # what it is decided and charged as: a late lookup keeps it
+        state.unknown_user = decided.unknown_user
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -2073,9 +2070,15 @@ class Meter:
     def _decide(
         self, state: CallState, model: str | None, estimate: Callable[[str | None], Decimal] | None = None
     ) -> Decision:
-        """``RequestDecider.decide`` on the call ``state`` follows (its row, key conflict and plan)."""
+        """``RequestDecider.decide`` on the call ``state`` follows (its row, key conflict, plan and
+        why its user is unknown)."""
         return self.decider.decide(
-            state.record, model, estimate, key_conflict=state.key_conflict, subscription=state.subscription
+            state.record,
+            model,
+            estimate,
+            key_conflict=state.key_conflict,
+            subscription=state.subscription,
+            unknown_user=state.unknown_user,
         )
 
     @staticmethod

@@ -125,13 +125,55 @@ def several_keys_message(conflict: str) -> str:
     return f"{_clean(conflict, 300)}; send one API key (policies.yaml)"
 
 
-def unidentified_user_message() -> str:
-    """Why a call whose user cannot be identified was refused where users have limits."""
-    return (
-        f"{_PREFIX}the calling process's user could not be identified (a client in a container or "
-        "on another host, or not visible to the proxy) and policies.yaml limits users; set "
-        "attribution.unidentified_user to the user such calls count as"
+def unidentified_user_message(why: str | None = None) -> str:
+    """Why a call whose user cannot be identified was refused where users have limits; ``why``:
+    the lookup's own account (``ClientProcess.problem``: "no /proc and psutil is not installed")."""
+    cause = (
+        _clean(why, 200) if why else "a client in a container or on another host, or not visible to the proxy"
     )
+    return (
+        f"{_PREFIX}the calling process's user could not be identified ({cause}) and policies.yaml "
+        "limits users; set attribution.unidentified_user to the user such calls count as"
+    )
+
+
+def not_identified_in_time_message(retry_after: int) -> str:
+    """Why a call was answered 503: its calling process's lookup had not answered in time."""
+    return (
+        f"{_PREFIX}the calling process was not identified in time (its lookup is slow: a loaded "
+        f"host?) and policies.yaml limits users; retry in {retry_after} s"
+    )
+
+
+def not_identified_in_time_response(provider: str, message: str, retry_after: int) -> http.Response:
+    """A 503 with ``Retry-After``: the call may be retried (the SDKs retry a 503), unlike a 403.
+    The provider's own format for an unavailable service; ``X-Tokometer-Refused: blocked``."""
+    if not message.startswith(_PREFIX):
+        message = _PREFIX + message
+    headers = {
+        "content-type": "application/json",
+        REFUSED_HEADER: "blocked",
+        "retry-after": str(max(0, int(retry_after))),
+        "x-should-retry": "true",
+    }
+    body: dict[str, object]
+    if provider == "anthropic":
+        body = {"type": "error", "error": {"type": "api_error", "message": message}}
+    elif provider == "aws":
+        body = {"__type": "ServiceUnavailableException", "message": message}
+        headers["x-amzn-ErrorType"] = "ServiceUnavailableException"
+    elif provider in ("gemini", "google", "vertex"):
+        body = {"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}}
+    else:
+        body = {
+            "error": {
+                "message": message,
+                "type": "server_error",
+                "param": None,
+                "code": "user_not_identified",
+            }
+        }
+    return http.Response.make(503, json.dumps(body).encode(), headers)
 
 
 def downgrade_notice(environment: str, requested: str, sent: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from addon.attribution import UnknownUser
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import ToolRules, with_tool_rules
 from addon.policies import Policies
@@ -74,13 +75,15 @@ class RequestDecider:
         *,
         key_conflict: str | None = None,
         subscription: bool = False,
+        unknown_user: UnknownUser | None = None,
     ) -> Decision:
         """The policies' decision on a call being started, as its row is attributed: allowlist,
         budgets (its ``estimate`` reserved under its id; without one, nothing is reserved: a
         handshake, a mint) and rate limits. A flat-fee plan's call (``subscription``) is held to
         no dollar budget. Where policies are enforced, a call whose API keys disagree about its
         environment (``key_conflict``) is refused: the proxy cannot tell which one the provider
-        reads."""
+        reads. A call with no user (``unknown_user`` says why) is held to the user limits as
+        ``Enforcer.decide`` says."""
         if key_conflict is not None and self.enforcer.policies.enforcing:
             message = several_keys_message(key_conflict)
             return Decision(
@@ -99,6 +102,7 @@ class RequestDecider:
             estimate=estimate,
             budgeted=not subscription,
             user_identified=record.user_name is not None,
+            unknown_user=unknown_user,
         )
 
     def rule_fallbacks(self, record: CallRecord, found: Fallbacks, *, advisor: bool = False) -> FallbackRules:
