@@ -584,6 +584,7 @@ class SocketMeter:
             call_id=record.id,
             estimate=self._meter._cost_estimate(record.provider, len(data), reserved, record.inference_geo),
             budgeted=not session.subscription,
+            user_identified=record.user_name is not None,
         )
         if decision.refusal is None and create.model is None:
             decision = self._meter.decider.unknown_model(record, decision) or decision

@@ -38,6 +38,7 @@ from websocket_hooks import (
 
 from addon.api_keys import key_fingerprint
 from addon.budgets import Scope
+from addon.client_process import ClientProcess
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import openai_responses_ws
@@ -237,6 +238,28 @@ async def test_a_refused_create_gets_an_error_event_and_the_socket_stays_open(
     assert nameless.dropped and "stream_id" not in injected[-1]
     assert "could not be read" in injected[-1]["error"]["message"]
     assert records(meter)[-1].action == "blocked"
+
+
+async def test_a_create_whose_user_is_unknown_is_refused_once_users_have_limits(
+    meter: Meter, injected: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket opened with no user identified (a container's client) and no user limits; then
+    policies.yaml gives alice a budget: its next create is refused (403 blocked, as an HTTP call
+    of that client is), not let past the user limits. Before: it went upstream (the create path
+    did not tell the enforcer the user was unknown)."""
+    not_found = ClientProcess(problem="connection not found in /proc/net (not a local client?)")
+    monkeypatch.setattr("addon.meter.lookup_client_process", lambda *args, **kwargs: not_found)
+    flow = handshake()
+    await open_session(meter, flow)
+    assert flow.websocket is not None
+    assert not (await client_says(meter, flow, create_event("gpt-5-mini", "a"))).dropped
+    meter._apply(parse_policies("users:\n  alice: {budget: {usd: 100, period: day}}\n"))
+    refused = await client_says(meter, flow, create_event("gpt-5-mini", "b"))
+    assert refused.dropped
+    [event] = injected
+    assert (event["type"], event["status"], event["error"]["type"]) == ("error", 403, "permission_error")
+    assert "user could not be identified" in event["error"]["message"]
+    assert (records(meter)[-1].action, records(meter)[-1].user_name) == ("blocked", None)
 
 
 async def test_unrestricted_a_nameless_create_passes(meter: Meter, injected: list[dict[str, Any]]) -> None:
