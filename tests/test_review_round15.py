@@ -146,3 +146,36 @@ async def test_a_sockets_create_is_not_refused_as_unidentified_once_its_lookup_h
         meter._apply(parse_policies(ALICE_BUDGET))
         sent = await client_says(meter, flow, create_event("gpt-5-mini", "a"))
         assert not sent.dropped, injected[0]["error"]["message"] if injected else None
+
+
+# The preset allowed by name, both ways a rule can name it (5fc6e30: a preset matches only a rule
+# spelling @preset/).
+PRESET_ALLOWED = (
+    "environments:\n  development:\n    models:\n      allow: [openai/gpt-4o-mini, "
+    "'@preset/email-copywriter', 'openai/gpt-4o-mini@preset/email-copywriter']\n"
+    "      on_disallowed: block\n"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "openai/gpt-4o-mini", "preset": "email-copywriter"},
+        {"preset": "email-copywriter"},
+    ],
+    ids=["model-and-preset-field", "preset-field"],
+)
+async def test_a_preset_the_allowlist_names_is_allowed_in_the_preset_field_too(
+    meter: Meter, body: dict
+) -> None:
+    """policies.yaml allows @preset/email-copywriter and openai/gpt-4o-mini@preset/email-copywriter
+    by name. OpenRouter documents three ways to use a preset: as the model (@preset/slug, passes
+    here), combined (m@preset/slug, passes), and its preset field ({"model": m, "preset": slug}, or
+    the field alone). The field forms, the same call, are refused 403 "model (unreadable) is not
+    allowed ... (allowed there: ..., @preset/email-copywriter, ...; ...) (send the model itself,
+    without the preset)": the refusal lists the very preset it refuses. Expected: passes (no
+    response from the proxy); actual: 403."""
+    meter._apply(parse_policies(PRESET_ALLOWED))
+    flow = make_flow(OPENROUTER_CHAT, {**body, "messages": [{"role": "user", "content": "hi"}]})
+    await run_request(meter, flow)
+    assert flow.response is None, refusal(flow)
