@@ -54,12 +54,20 @@ RESERVED_OUTPUT_TOKENS = 1000
 
 def max_output_tokens(body: dict[str, Any] | None) -> int | None:
     """The output cap a request sets on each answer, in any provider's spelling (Gemini's in its
-    JSON name or its proto field's, which Google's parsers take too)."""
+    JSON name or its proto field's, which Google's parsers take too). A body with both of chat's
+    caps (``max_completion_tokens`` and the older ``max_tokens``: a LiteLLM fallback object's
+    overlaid on the request's) is read at the larger: OpenAI refuses the pair (400
+    invalid_parameter_combination), but a server behind a gateway may obey either."""
     if not body:
         return None
+    chat_caps = [
+        value
+        for value in (body.get("max_completion_tokens"), body.get("max_tokens"))
+        if type(value) is int and value > 0
+    ]
+    if chat_caps:
+        return max(chat_caps)
     for holder, name in (
-        (body, "max_completion_tokens"),
-        (body, "max_tokens"),
         (body, "max_output_tokens"),
         (body.get("inferenceConfig"), "maxTokens"),
     ):
