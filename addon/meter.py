@@ -1557,9 +1557,11 @@ class Meter:
         settings = self.policies.attribution
         return (*settings.environment_vars, *settings.team_vars, *settings.feature_vars)
 
-    async def _attribute(self, state: CallState) -> None:
-        """Fill the row's environment, team, feature, user and process fields."""
-        deciding = self.policies.limits_users(budgets=not state.subscription)  # waited for longer
+    async def _attribute(self, state: CallState, *, users_checked: bool = True) -> None:
+        """Fill the row's environment, team, feature, user and process fields. The calling
+        process is waited for longer where users have limits, unless the call is not held to them
+        (``users_checked`` False: an unmetered request, checked against the allowlist alone)."""
+        deciding = users_checked and self.policies.limits_users(budgets=not state.subscription)
         process, lookup_problem = await wait_for_process(
             state.process, PROCESS_LOOKUP_TIMEOUT, deciding=deciding
         )
@@ -2013,7 +2015,8 @@ class Meter:
         if named.model is None and named.problem is None:
             self._calls.pop(flow, None)
             return
-        await self._attribute(state)  # drops the key
+        # drops the key; no user's limits apply here: the ordinary wait for the process
+        await self._attribute(state, users_checked=False)
         if not self.decider.models_restricted(record.environment):
             self._calls.pop(flow, None)
             return

@@ -4,12 +4,16 @@ user it is not checked against."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
+
+import pytest
 
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.reservation import max_output_tokens
 from tests import test_meter
+from tests.test_review_round14 import ALICE, ALICE_BUDGET, slow
 
 meter = test_meter.meter  # the fixture
 
@@ -51,3 +55,23 @@ async def test_a_fallback_objects_max_tokens_over_the_requests_max_completion_to
     )
     assert reserved >= test_meter.output_usd(16000, "10"), reserved
     assert reserved < Decimal("0.17"), reserved
+
+
+@pytest.mark.parametrize(("model", "status"), [("sora-2-mini", None), ("sora-2-pro", 403)])
+async def test_an_unmetered_request_does_not_wait_longer_for_a_user_it_is_not_checked_against(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch, model: str, status: int | None
+) -> None:
+    """alice has a budget (user limits in force) and her lookup answers at 0.6 s, past the
+    ordinary wait (0.05 s here) but within the deciding one (2 s here). A video request is
+    checked against the allowlist alone, never a user's limits: it goes on (or is refused) after
+    the ordinary wait. Before, it waited for the lookup (0.6 s; up to 12 s by default)."""
+    meter._apply(parse_policies(test_meter.RESTRICTED + ALICE_BUDGET))
+    monkeypatch.setattr("addon.meter.PROCESS_LOOKUP_TIMEOUT", 0.05)
+    monkeypatch.setattr("addon.client_process.DECIDING_LOOKUP_TIMEOUT", 2.0)
+    monkeypatch.setattr("addon.meter.lookup_client_process", slow(ALICE, 0.6))
+    flow = test_meter.make_flow("https://api.openai.com/v1/videos", {"model": model, "prompt": "a cat"})
+    started = time.monotonic()
+    await test_meter.run_request(meter, flow)
+    waited = time.monotonic() - started
+    assert waited < 0.4, waited
+    assert (flow.response.status_code if flow.response is not None else None) == status
