@@ -87,7 +87,6 @@ from addon.providers import (
     openai_responses_ws,
     registry_for,
 )
-from addon.providers.anthropic_api import fallback_models as anthropic_fallback_models
 from addon.providers.anthropic_api import repeated_fallbacks
 from addon.providers.batches import BatchInput
 from addon.providers.openai_api import RUNNING as RESPONSE_RUNNING
@@ -1694,7 +1693,7 @@ class Meter:
         # OpenRouter's fallback models, Anthropic's server-side fallbacks: each held to the
         # allowlist; the call reserved at the dearest (Anthropic's chain: at each hop it may bill).
         ruled = self.decider.rule_fallbacks(record, fallbacks) if fallbacks is not None else None
-        chain = provider.fallback_models is anthropic_fallback_models
+        chain = fallbacks is not None and fallbacks.chain  # Anthropic's: as its reader says
         # Beside Anthropic's chain: LiteLLM's other lists, what the chain's objects name of their own.
         routing = provider.routing_models(body) if provider.routing_models is not None else None
         routed = self.decider.rule_fallbacks(record, routing) if routing is not None else None

@@ -4,6 +4,7 @@ user it is not checked against."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from decimal import Decimal
 
@@ -11,6 +12,8 @@ import pytest
 
 from addon.meter import Meter
 from addon.policies import parse_policies
+from addon.providers.anthropic_api import fallback_models as anthropic_fallback_models
+from addon.providers.fallback_lists import beside_anthropic_chain, litellm_fallbacks
 from addon.reservation import max_output_tokens
 from tests import test_meter
 from tests.test_review_round14 import ALICE, ALICE_BUDGET, slow
@@ -75,3 +78,52 @@ async def test_an_unmetered_request_does_not_wait_longer_for_a_user_it_is_not_ch
     waited = time.monotonic() - started
     assert waited < 0.4, waited
     assert (flow.response.status_code if flow.response is not None else None) == status
+
+
+ANTHROPIC_MESSAGES = "https://api.anthropic.com/v1/messages"
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+
+
+def test_anthropics_fallbacks_say_they_run_as_a_chain_and_litellms_do_not() -> None:
+    """The chain is a property of the list read, not of which function read it."""
+    listed = anthropic_fallback_models({"fallbacks": [{"model": "claude-opus-4-6"}]})
+    assert listed is not None and (listed.models, listed.chain) == (("claude-opus-4-6",), True)
+    unread = anthropic_fallback_models({"fallbacks": "default"})
+    assert unread is not None and unread.error is not None and unread.chain
+    assert anthropic_fallback_models({"fallbacks": [{"max_tokens": 10}]}).chain  # type: ignore[union-attr]
+    litellm = litellm_fallbacks({"fallbacks": ["gpt-4o"]})
+    assert litellm is not None and not litellm.chain
+    beside = beside_anthropic_chain({"fallbacks": [{"model": "a", "context_window_fallbacks": ["b"]}]})
+    assert beside is not None and beside.models == ("b",) and not beside.chain
+
+
+async def test_a_wrapped_anthropic_fallback_reader_is_still_reserved_as_a_chain(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """haiku (100 output tokens) falling back to opus 4.6 then sonnet 4.5 at 4,000 each: every hop
+    may bill, 4,000 x $25 + 4,000 x $15 per 1M = $0.16 and haiku's own ($0.160905). Before, a
+    provider whose fallback reader wrapped anthropic_api.fallback_models (not the function itself,
+    which meter.py recognised by identity) was reserved as OpenRouter's list, at the dearest entry
+    and the request's 100 output tokens: $0.002725."""
+    meter._apply(parse_policies(BUDGET_ONLY))
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": [],
+        "fallbacks": [
+            {"model": "claude-opus-4-6", "max_tokens": 4000},
+            {"model": "claude-sonnet-4-5", "max_tokens": 4000},
+        ],
+    }
+    as_is = await test_meter.reserved_for(meter, ANTHROPIC_MESSAGES, body, ANTHROPIC_HEADERS)
+    chained = test_meter.output_usd(4000, "25") + test_meter.output_usd(4000, "15")
+    assert chained <= as_is < chained + Decimal("0.01"), as_is
+    registry = meter.registry
+    provider = registry.for_host("api.anthropic.com")
+    assert provider is not None and provider.fallback_models is not None
+    read = provider.fallback_models
+    wrapped = dataclasses.replace(provider, fallback_models=lambda sent: read(sent))
+    monkeypatch.setattr(
+        registry, "for_host", lambda host, port=None: wrapped if "anthropic" in host else None
+    )
+    assert await test_meter.reserved_for(meter, ANTHROPIC_MESSAGES, body, ANTHROPIC_HEADERS) == as_is

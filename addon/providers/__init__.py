@@ -614,7 +614,7 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         # content_policy_fallbacks, what a `fallbacks` object names of its own) and, in front of
         # OpenRouter, its `models` list: the call may start on, or move to, any of their entries.
         # In front of OpenRouter, its `preset` field and `fusion` plugin are checked there too (its
-        # `fallback_models` stays Anthropic's chain, read as one: meter's `chain`).
+        # `fallback_models` stays Anthropic's chain, read as one: its Fallbacks.chain).
         routing_models=(
             _openrouter_beside_anthropic_chain
             if pricing_id == "openrouter"

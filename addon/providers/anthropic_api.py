@@ -66,28 +66,35 @@ def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
     order, billed at its rates. None when the request names none (absent, null). ``"default"``
     (Anthropic's recommended fallback for the refusal's category, chosen server-side) names no
     model the proxy can check: read as a list that cannot be read whole, as is a list that is not
-    one, an entry naming no model, or more than ``MAX_FALLBACK_MODELS`` entries. Never raises."""
+    one, an entry naming no model, or more than ``MAX_FALLBACK_MODELS`` entries. Read as a chain
+    (``Fallbacks.chain``: each hop may bill). Never raises."""
     listed = body.get(FALLBACKS) if isinstance(body, dict) else None
     if listed is None:
         return None
     if listed == DEFAULT_FALLBACKS:
         return Fallbacks(
             error=f'its {FALLBACKS} is "{DEFAULT_FALLBACKS}" (the fallback models Anthropic picks, '
-            "server-side)"
+            "server-side)",
+            chain=True,
         )
     if not isinstance(listed, list):
-        return Fallbacks(error=f"its {FALLBACKS} list is not a list")
+        return Fallbacks(error=f"its {FALLBACKS} list is not a list", chain=True)
     found: list[str] = []
     for i, entry in enumerate(listed):
         if i >= MAX_FALLBACK_MODELS:
             return Fallbacks(
-                tuple(found), f"its {FALLBACKS} list has more than {MAX_FALLBACK_MODELS} entries", i
+                tuple(found),
+                f"its {FALLBACKS} list has more than {MAX_FALLBACK_MODELS} entries",
+                i,
+                chain=True,
             )
         model = entry.get("model") if isinstance(entry, dict) else None
         if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
-            return Fallbacks(tuple(found), f"entry {i + 1} of its {FALLBACKS} list names no model", i)
+            return Fallbacks(
+                tuple(found), f"entry {i + 1} of its {FALLBACKS} list names no model", i, chain=True
+            )
         found.append(model)
-    return Fallbacks(tuple(found), None, len(found))
+    return Fallbacks(tuple(found), None, len(found), chain=True)
 
 
 def fallback_max_tokens(body: dict[str, Any] | None) -> dict[int, int]:

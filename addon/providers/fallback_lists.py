@@ -55,6 +55,10 @@ class Fallbacks:
     # Where each fallback object that sets its own ``tools`` is written (a path of keys and
     # indices from the body): its image tools are held to the allowlist as the request's are.
     tool_objects: tuple[tuple[str | int, ...], ...] = ()
+    # Whether ``models`` run one after another as hops of one call, each of which may bill
+    # (Anthropic's server-side chain: ``anthropic_api.fallback_models``), not as a list of which
+    # one model answers (OpenRouter's, LiteLLM's). Set by the reader of the list.
+    chain: bool = False
 
 
 def fallback_models(body: dict[str, Any] | None) -> Fallbacks | None:
@@ -217,7 +221,7 @@ def litellm_fallbacks(body: dict[str, Any] | None, *, models_list: bool = False)
         return listed
     if all(body.get(name) is None for name in LITELLM_FIELDS):
         return listed
-    return _read(body, listed, LITELLM_FIELDS, models_list, chain=False)
+    return _read(body, listed, LITELLM_FIELDS, models_list, beside_chain=False)
 
 
 def beside_anthropic_chain(body: dict[str, Any] | None, *, models_list: bool = False) -> Fallbacks | None:
@@ -235,12 +239,17 @@ def beside_anthropic_chain(body: dict[str, Any] | None, *, models_list: bool = F
     fields = LITELLM_FIELDS[1:]
     if all(body.get(name) is None for name in fields) and not isinstance(body.get(OBJECTS_FIELD), list):
         return listed
-    read = _read(body, listed, fields, models_list, chain=True)
+    read = _read(body, listed, fields, models_list, beside_chain=True)
     return read if read.models or read.error is not None or listed is not None else None
 
 
 def _read(
-    body: dict[str, Any], listed: Fallbacks | None, fields: tuple[str, ...], models_list: bool, *, chain: bool
+    body: dict[str, Any],
+    listed: Fallbacks | None,
+    fields: tuple[str, ...],
+    models_list: bool,
+    *,
+    beside_chain: bool,
 ) -> Fallbacks:
     found: list[str] = list(listed.models) if listed is not None else []
     places: list[tuple[str | int, ...]] = [(FIELD, i) for i in range(len(found))]
@@ -248,7 +257,7 @@ def _read(
     first = len(found)
     reader = _Reader(models_list, found, places, caps, [])
     error = reader.lists(body, (), (), 0, fields)
-    if error is None and chain:  # Anthropic's chain objects: their own members only
+    if error is None and beside_chain:  # Anthropic's chain objects: their own members only
         for i, entry in enumerate(body.get(OBJECTS_FIELD) or ()):
             if isinstance(entry, dict):
                 error = error or reader.members(entry, (OBJECTS_FIELD, i), _own(entry, ()), 1)
