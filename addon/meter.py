@@ -109,10 +109,10 @@ from addon.reservation import (
     BYTES_PER_TOKEN,
     RESERVED_OUTPUT_TOKENS,
     answers_asked,
-    cost_estimate,
     reserved_body,
     with_fallback_lists,
 )
+from addon.reservation import cost_estimate as reservation_cost_estimate
 from addon.socket_metering import SocketMeter, remember_live_setup, remembered_live_setup
 from addon.store import Store, journal_dir_of
 from addon.stream_tap import ResultsTap, StreamTap
@@ -1677,7 +1677,7 @@ class Meter:
         rewrites_tools = bool(tool_models or svg_models or (rules is not None and rules.objects))
         header_deployment = rules.header if rules is not None else None  # Azure: a downgraded header
         priced_body = reserved_body(body, rules, advisor_models)  # at the tool models sent
-        estimate = self._cost_estimate(
+        estimate = self.cost_estimate(
             record.provider,
             text_size,
             priced_body,
@@ -1704,7 +1704,7 @@ class Meter:
                 estimate,
                 # a hop's body at the text rates (no image request), at the call's geo and flavor
                 functools.partial(
-                    self._cost_estimate,
+                    self.cost_estimate,
                     record.provider,
                     text_size,
                     geo=record.inference_geo,
@@ -2308,7 +2308,7 @@ class Meter:
             decision = self.decider.unknown_model(record, decision, problem) or decision
         self._answer_if_refused(flow, state, decision)
 
-    def _cost_estimate(
+    def cost_estimate(
         self,
         provider: str,
         size: int,
@@ -2318,8 +2318,10 @@ class Meter:
         edited: int = 0,
         flavor: str | None = None,
     ) -> Callable[[str | None], Decimal]:
-        """``reservation.cost_estimate`` at the prices, output history and carried contexts in force."""
-        return cost_estimate(
+        """What a call may cost at the model it runs, for its budget reservation:
+        ``reservation.cost_estimate`` at the prices, output history and carried contexts in force
+        (public: the SocketMeter reserves a Responses WebSocket's creates with it)."""
+        return reservation_cost_estimate(
             self.pricer,
             self.outputs,
             self.contexts,

@@ -4,7 +4,7 @@ Input is counted from the request's size, output from its cap (else the model's 
 for each answer it asks for, at the price where its path says it runs; image tools, SVG authors and
 advisor tools add their own. A server-side fallback list reserves its entries too (``fallback_chain``
 where each hop may be billed, ``dearest`` where one model answers). Pure functions of explicit inputs:
-the Meter binds its pricer, output history and carried contexts (``Meter._cost_estimate``).
+the Meter binds its pricer, output history and carried contexts (``Meter.cost_estimate``).
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class MeterSide(Protocol):
 
     def _price(self, record: CallRecord) -> None: ...
 
-    def _cost_estimate(
+    def cost_estimate(
         self, provider: str, size: int, body: dict[str, Any] | None, geo: str | None = None
     ) -> Callable[[str | None], Decimal]: ...
 
@@ -582,7 +582,7 @@ class SocketMeter:
             user_name=record.user_name,
             model=create.model,
             call_id=record.id,
-            estimate=self._meter._cost_estimate(record.provider, len(data), reserved, record.inference_geo),
+            estimate=self._meter.cost_estimate(record.provider, len(data), reserved, record.inference_geo),
             budgeted=not session.subscription,
             user_identified=record.user_name is not None,
         )

@@ -470,7 +470,7 @@ async def test_the_svg_authors_output_is_reserved_at_its_text_rate(
     await run_request(meter, flow)
     assert flow.response is None
     reserved = meter.enforcer.budgets.reserved()[DEVELOPMENT]
-    text_and_images = meter._cost_estimate(
+    text_and_images = meter.cost_estimate(
         "openai", size, {**sent, "tools": [{"type": "image_generation", **svg_tool(None)}]}
     )("gpt-4o-mini")
     # its p90 here (none yet: 1,000), for each of the 2 image calls the tool may make, at its rate;
