@@ -556,7 +556,7 @@ class Meter:
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
         self.enforcer = Enforcer(Policies())
-        self.decider = RequestDecider(self.enforcer)  # the allowlist's decisions, by its rules
+        self.decider = RequestDecider(self.enforcer)  # by its rules: never reassign self.enforcer
         self.registry = Registry()
         self.pricer = Pricer(
             price_provider=self.registry.price_provider, geo_surcharge=self.registry.geo_surcharge
@@ -2320,7 +2320,9 @@ class Meter:
     ) -> Callable[[str | None], Decimal]:
         """What a call may cost at the model it runs, for its budget reservation:
         ``reservation.cost_estimate`` at the prices, output history and carried contexts in force
-        (public: the SocketMeter reserves a Responses WebSocket's creates with it)."""
+        (public: the SocketMeter reserves a Responses WebSocket's creates with it). The estimate
+        keeps the prices it was made with: it is run at once, inside ``Enforcer.decide``, before
+        anything is awaited (a policies reload replaces ``self.pricer`` only between calls)."""
         return reservation_cost_estimate(
             self.pricer,
             self.outputs,

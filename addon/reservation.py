@@ -305,7 +305,7 @@ def with_fallback_lists(
     estimate: Estimate,
     priced: Callable[[dict[str, Any]], Estimate],
     body: dict[str, Any] | None,
-    reserved_body: dict[str, Any] | None,
+    priced_body: dict[str, Any] | None,
     model: str | None,
     *,
     chain: bool,
@@ -315,7 +315,7 @@ def with_fallback_lists(
     routed: FallbackRules | None,
     also: Sequence[str] = (),
 ) -> Estimate:
-    """The request's reservation (``estimate``, of its ``reserved_body``: at the tool and advisor
+    """The request's reservation (``estimate``, of its ``priced_body``: at the tool and advisor
     models sent) with its fallback lists: Anthropic's server-side chain (``chain``: ``fallbacks``
     as the allowlist made them, ``ruled``) whose every hop may be billed, else OpenRouter's list at
     its dearest; then the lists beside it (``routing``, ruled ``routed``) and ``also`` (an Azure
@@ -329,15 +329,15 @@ def with_fallback_lists(
         attempt's (its members override the request's): that entry is reserved at them, its
         advisor and sub-agent tools on top of its hop at their own caps, as the request's."""
         return {
-            i: priced({**reserved_body, **dict(own)})
+            i: priced({**priced_body, **dict(own)})
             for i, own in (found.hop_caps if found is not None else ())
-            if reserved_body is not None
+            if priced_body is not None
         }
 
-    if ruled is not None and (ruled.sent or unread) and chain and reserved_body is not None:
+    if ruled is not None and (ruled.sent or unread) and chain and priced_body is not None:
         # Each hop reads the request and writes up to its own max_tokens (an entry's, else the
         # request's); the advisor's consultations are the request's, reserved once.
-        hop_body = without_advisor_tools(reserved_body) or reserved_body
+        hop_body = without_advisor_tools(priced_body) or priced_body
         hop = priced(hop_body)
         capped = {i: priced({**hop_body, "max_tokens": cap}) for i, cap in fallback_max_tokens(body).items()}
         listed, sent_list, changed = fallbacks.models if fallbacks else (), ruled.sent, ruled.changed
