@@ -161,6 +161,39 @@ def m009_answers(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN answers INTEGER")
 
 
+@migration
+def m010_parent_id(con: duckdb.DuckDBPyConnection) -> None:
+    """The call a row is a part of (``addon.record.billed_apart``: an advisor's, a declined hop's,
+    an image_generation tool's or its SVG author's tokens, billed apart on a row of their own);
+    NULL for a call's own row. Reports count a call once: ``coalesce(parent_id, id)``.
+
+    Rows stored before it named their call only in ``error`` (``"... of call ID"`` then ``:`` or
+    the end): those are filled in when the call named is in the table."""
+    con.execute("ALTER TABLE calls ADD COLUMN parent_id VARCHAR")
+    con.execute(
+        """
+        UPDATE calls SET parent_id = linked.parent
+        FROM (
+            SELECT id AS child, regexp_extract(error, $note, 2) AS parent FROM calls
+            WHERE regexp_matches(error, $note)
+        ) AS linked
+        WHERE calls.id = linked.child AND linked.parent <> linked.child
+            AND linked.parent IN (SELECT id FROM calls)
+        """,
+        {"note": _BILLED_APART_NOTE},
+    )
+
+
+# How a billed-apart row's ``error`` began before m010 (addon.anthropic_models ADVISOR_NOTE and
+# DECLINED_NOTE, addon.image_tool ROW_NOTE and the SVG author's), group 2 the call's id.
+_BILLED_APART_NOTE = (
+    r"^(the advisor tool's tokens \(usage\.iterations advisor_message\)"
+    r"|the tokens of a hop that declined \(server-side fallback, usage\.iterations\)"
+    r"|the image_generation tool's images"
+    r"|the image_generation tool's SVG author tokens \(svg_usage\)) of call ([^\s:;]+)(:|;|$)"
+)
+
+
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the migrations already applied (empty for a new database)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -83,6 +83,9 @@ class CallRecord:
     # answers the call asked for (migration m009): OpenAI's n (a legacy completion's best_of, its
     # prompts), Gemini's candidateCount; NULL for one. The output history is of one answer's.
     answers: int | None = None
+    # the call this row is a part of (migration m010): set by ``billed_apart``, NULL for a call's
+    # own row. Reports count a call once, ``coalesce(parent_id, id)``
+    parent_id: str | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:
         """Copy normalised usage onto the row (``None`` leaves the counts empty)."""
@@ -248,7 +251,7 @@ def billed_apart(
     """A row of what the call ``parent`` spent that is billed apart (a tool's images, an SVG
     author's or an advisor's tokens, a declined hop's): the call's attribution, status and timing;
     its own flavor, models, decision and ``inference_geo``; no usage or price yet; ``note`` as its
-    error."""
+    error; ``parent_id`` the call's id (reports count the two rows as one call)."""
     return dataclasses.replace(
         parent,
         id=row_id,
@@ -266,5 +269,6 @@ def billed_apart(
         price_model=None,
         usage_source="none",
         error=note[:1000],
+        parent_id=parent.parent_id or parent.id,
         **dict.fromkeys(USAGE_COUNTS),  # type: ignore[arg-type]
     )

@@ -9,6 +9,10 @@ Conventions shared by all reports:
   (``price_model``), else the model the provider reported, else the one sent, else the one
   requested. Dated snapshots priced as their base model fold into it (``gpt-4o-2024-08-06``
   and ``gpt-4o`` are one row, ``gpt-4o``); an unpriced call keeps the name it was called by.
+- A call is counted once: the rows billed apart from it (an advisor's, a declined hop's, an
+  image_generation tool's or its SVG author's tokens: ``parent_id`` names the call) are parts of
+  it, and a background response's or batch's $0 creation row (``price_status = 'background'``)
+  is not a call (the row that bills it is). Sums of tokens and money take every row.
 - Refused calls (``action`` blocked, over_budget or rate_limited) count in ``calls`` and in
   ``refused_calls``; they have no usage and cost 0.
 - Money is ``Decimal`` here, an exact string in JSON. A sum of costs ignores calls whose price
@@ -44,6 +48,25 @@ MODEL_SQL = "coalesce(price_model, model_reported, model_sent, model_requested, 
 _REFUSED_SQL = "coalesce(action, 'allowed') IN ('blocked', 'over_budget', 'rate_limited')"
 _HAS_USAGE_SQL = "(input_tokens IS NOT NULL OR output_tokens IS NOT NULL)"
 _PRODUCTION_SQL = "lower(coalesce(environment, '')) IN ('production', 'prod')"
+CALL_ID_SQL = "coalesce(parent_id, id)"  # the call a row is (a part of)
+_CALL_ROW_SQL = "coalesce(price_status, '') <> 'background'"  # a creation row, billed on another
+
+
+def count_calls(condition: str = "TRUE") -> str:
+    """SQL counting the calls (not rows) of a group whose rows meet ``condition``."""
+    return f"count(DISTINCT {CALL_ID_SQL}) FILTER (WHERE {_CALL_ROW_SQL} AND ({condition}))"
+
+
+_UNPRICED_CALLS_SQL = count_calls(f"cost_usd IS NULL AND {_HAS_USAGE_SQL}")
+_NO_USAGE_CALLS_SQL = count_calls(
+    f"NOT {_HAS_USAGE_SQL} AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription') "
+    f"AND NOT {_REFUSED_SQL}"
+)
+# Calls with usage and a known price, a subscription plan's $0 calls aside.
+_API_PRICED_CALLS_SQL = count_calls(
+    f"{_HAS_USAGE_SQL} AND cost_usd IS NOT NULL AND coalesce(price_status, '') <> 'subscription'"
+)
+
 
 TOTAL_KEYS = (
     "calls",
@@ -60,19 +83,15 @@ TOTAL_KEYS = (
 
 # The TOTALS columns, in TOTAL_KEYS order, over whatever rows the query groups.
 METRICS_SQL = f"""
-    count(*) AS calls,
-    count(*) FILTER (WHERE {_REFUSED_SQL}) AS refused_calls,
+    {count_calls()} AS calls,
+    {count_calls(_REFUSED_SQL)} AS refused_calls,
     coalesce(sum(input_tokens), 0) AS input_tokens,
     coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
     coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
     coalesce(sum(output_tokens), 0) AS output_tokens,
     coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-    count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls,
-    count(*) FILTER (
-        WHERE NOT {_HAS_USAGE_SQL}
-            AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription', 'background')
-            AND NOT {_REFUSED_SQL}
-    ) AS no_usage_calls,
+    {_UNPRICED_CALLS_SQL} AS unpriced_calls,
+    {_NO_USAGE_CALLS_SQL} AS no_usage_calls,
     sum(cost_usd) AS cost_usd
 """
 
@@ -210,11 +229,44 @@ def _call_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 def tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
-    """True once the proxy has created the tables (a new file may have none yet)."""
+    """True once the proxy has created the tables (a new file may have none yet).
+
+    A file an older proxy wrote lacks the columns later migrations added (a report opens it
+    read-only: it is not migrated): ``calls`` is then read through a temporary view that adds
+    them, NULL (``_complete_calls``), so every report runs on it.
+    """
     found = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name IN ('calls', 'sessions')"
     ).fetchone()
-    return bool(found and found[0] == 2)
+    exists = bool(found and found[0] == 2)
+    if exists:
+        _complete_calls(con)
+    return exists
+
+
+def _column_types() -> dict[str, str]:
+    """The SQL type of each column of ``calls`` (``addon.record.CallRecord``'s fields)."""
+    import dataclasses
+
+    from addon.record import CallRecord
+
+    types = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN"}
+    types |= {"Decimal": "DECIMAL(18, 10)", "datetime": "TIMESTAMP"}
+    return {f.name: types[str(f.type).split(" |")[0]] for f in dataclasses.fields(CallRecord)}
+
+
+def _complete_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Shadow a ``calls`` table that lacks some of ``CallRecord``'s columns with a temporary view
+    of it adding them, NULL, for this connection only (the file is left as it is)."""
+    present = _call_columns(con)
+    missing = [name for name in _column_types() if name not in present]
+    if not missing:
+        return
+    catalog = con.execute("SELECT current_database()").fetchone()
+    assert catalog is not None
+    table = '"' + str(catalog[0]).replace('"', '""') + '".main.calls'
+    added = ", ".join(f"NULL::{_column_types()[name]} AS {name}" for name in missing)
+    con.execute(f"CREATE OR REPLACE TEMPORARY VIEW calls AS SELECT *, {added} FROM {table}")
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -332,9 +384,9 @@ def session_report(con: duckdb.DuckDBPyConnection, db: Path, session_id: str | N
 
 _SESSIONS_SQL = f"""
 WITH per AS (
-    SELECT session_id, count(*) AS calls, sum(cost_usd) AS cost_usd, min(ts) AS first_ts,
+    SELECT session_id, {count_calls()} AS calls, sum(cost_usd) AS cost_usd, min(ts) AS first_ts,
            max(ts) AS last_ts,
-           count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls
+           {_UNPRICED_CALLS_SQL} AS unpriced_calls
     FROM calls GROUP BY session_id
 )
 SELECT coalesce(s.session_id, per.session_id) AS session_id,
@@ -428,10 +480,8 @@ def spend_by_period_and_environment(
 # -- summary --------------------------------------------------------------------------------------
 
 _SUMMARY_EXTRA_SQL = f"""
-    count(*) FILTER (WHERE {_HAS_USAGE_SQL}) AS usage_calls,
-    count(*) FILTER (
-        WHERE {_HAS_USAGE_SQL} AND cost_usd IS NOT NULL AND coalesce(price_status, '') <> 'subscription'
-    ) AS api_priced_calls,  -- a subscription plan's $0 calls aside
+    {count_calls(_HAS_USAGE_SQL)} AS usage_calls,
+    {_API_PRICED_CALLS_SQL} AS api_priced_calls,
     sum(input_tokens) AS usage_input,
     sum(output_tokens) AS usage_output
 """
@@ -460,7 +510,7 @@ def summary_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selectio
     mix_rows = _rows(
         con.execute(
             f"""{base}
-            SELECT grouping(environment) = 1 AS is_total, environment, model, count(*) AS calls,
+            SELECT grouping(environment) = 1 AS is_total, environment, model, {count_calls()} AS calls,
                    sum(cost_usd) AS cost_usd
             FROM c GROUP BY GROUPING SETS ((environment, model), (model))
             ORDER BY calls DESC, cost_usd DESC NULLS LAST, model
@@ -534,8 +584,8 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
         SELECT strftime(date_trunc('month', ts), '%Y-%m') AS month,
                coalesce(sum(cost_usd) FILTER (WHERE NOT {_PRODUCTION_SQL}), 0) AS nonprod,
                coalesce(sum(cost_usd) FILTER (WHERE {_PRODUCTION_SQL}), 0) AS prod,
-               count(*) FILTER (WHERE NOT {_PRODUCTION_SQL}) AS nonprod_calls,
-               count(*) FILTER (WHERE {_PRODUCTION_SQL}) AS prod_calls
+               {count_calls(f"NOT {_PRODUCTION_SQL}")} AS nonprod_calls,
+               {count_calls(_PRODUCTION_SQL)} AS prod_calls
         FROM calls WHERE {where}
         GROUP BY month ORDER BY month
     """
@@ -623,10 +673,10 @@ def models_report(
     base, params = _base(selection)
     sql = f"""{base}
         SELECT strftime(date_trunc('week', ts), '%Y-%m-%d') AS week, environment, user_name,
-               provider, model, count(*) AS calls, count(*) FILTER (WHERE {_REFUSED_SQL}) AS refused_calls,
+               provider, model, {count_calls()} AS calls, {count_calls(_REFUSED_SQL)} AS refused_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens,
                coalesce(sum(output_tokens), 0) AS output_tokens, sum(cost_usd) AS cost_usd,
-               count(*) FILTER (WHERE cost_usd IS NULL AND {_HAS_USAGE_SQL}) AS unpriced_calls
+               {_UNPRICED_CALLS_SQL} AS unpriced_calls
         FROM c GROUP BY ALL
         ORDER BY week DESC, environment, user_name NULLS LAST, cost_usd DESC NULLS LAST, calls DESC, model
     """
@@ -966,7 +1016,7 @@ def budgets_report(
         parts, params = [], []
         for i, ((kind, name, _), (start, end)) in enumerate(zip(budgets, bounds, strict=True)):
             parts.append(
-                f"SELECT {i} AS i, coalesce(sum(cost_usd), 0) AS spent, count(*) AS calls FROM calls "
+                f"SELECT {i} AS i, coalesce(sum(cost_usd), 0) AS spent, {count_calls()} AS calls FROM calls "
                 f"WHERE {_SCOPE_COLUMNS[kind]} = ? AND ts >= ? AND ts < ?"
             )
             params.extend([name, start, min(end, now)])  # as of now

@@ -384,7 +384,7 @@ def collect(
             f"""
             SELECT (SELECT started_at FROM sessions WHERE session_id = $sid),
                    (SELECT ended_at FROM sessions WHERE session_id = $sid),
-                   min(ts), max(ts), count(*), count(*) FILTER (WHERE {_REFUSED_SQL}),
+                   min(ts), max(ts), {reports.count_calls()}, {reports.count_calls(_REFUSED_SQL)},
                    coalesce(sum(cost_usd), 0),
                    coalesce(sum(cost_usd) FILTER (WHERE ts >= $recent), 0)
             FROM calls WHERE session_id = $sid AND ts < $end
@@ -407,7 +407,8 @@ def collect(
     day_start = end.replace(hour=0, minute=0, second=0, microsecond=0)
     rows = con.execute(
         f"""
-        SELECT environment, count(*), count(*) FILTER (WHERE {_REFUSED_SQL}), coalesce(sum(cost_usd), 0)
+        SELECT environment, {reports.count_calls()}, {reports.count_calls(_REFUSED_SQL)},
+               coalesce(sum(cost_usd), 0)
         FROM calls WHERE ts >= ? AND ts < ? GROUP BY environment
         """,
         [day_start, end],

@@ -2,7 +2,8 @@
 
 Random rows (hypothesis, derandomized: the same examples every run, no example database) of
 every kind the proxy stores: priced, estimated, provider-reported, unpriced, refused, without
-usage, subscription, background, errors; timestamps bunched at day, week, month and year edges.
+usage, subscription, background, errors, rows billed apart from a call (``parent_id``);
+timestamps bunched at day, week, month and year edges.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -58,6 +59,7 @@ KINDS = [
     "background",
     "error",
     "provider",
+    "part",
 ]
 DIMENSIONS = ["env", "model", "provider", "team", "user", "key", "day", "week", "month"]
 # The same examples every run (derandomize), no deadline (DuckDB's first query in a process is slow).
@@ -134,6 +136,10 @@ def row_st(draw: Any, n: int) -> CallRecord:
         r.cost_usd, r.price_status = Decimal(0), "background"
     elif kind == "error":
         r.status_code, r.cost_usd, r.price_status = 500, Decimal(0), "not_billed"
+    elif kind == "part" and n:  # a row billed apart from an earlier call (an advisor's tokens)
+        usage()
+        r.parent_id = f"c{draw(st.integers(0, n - 1))}"
+        r.cost_usd, r.price_status, r.price_model = cost, "priced", model
     return r
 
 
@@ -199,23 +205,30 @@ def decimal_text(value: Decimal | None) -> str | None:
     return "0" if text in ("-0", "") else text
 
 
+def calls_of(rows: Iterable[CallRecord]) -> int:
+    """How many calls ``rows`` are: a row billed apart is a part of its call (``parent_id``), a
+    background creation row ($0, billed on another) is none."""
+    return len({r.parent_id or r.id for r in rows if r.price_status != "background"})
+
+
 def totals(rows: Sequence[CallRecord]) -> dict[str, Any]:
     """TOTALS (see addon.spend) of ``rows``."""
     costs = [r.cost_usd for r in rows if r.cost_usd is not None]
     return {
-        "calls": len(rows),
-        "refused_calls": sum(r.action in REFUSED for r in rows),
+        "calls": calls_of(rows),
+        "refused_calls": calls_of(r for r in rows if r.action in REFUSED),
         "input_tokens": sum(r.input_tokens or 0 for r in rows),
         "cache_read_tokens": sum(r.cache_read_tokens or 0 for r in rows),
         "cache_write_tokens": sum(r.cache_write_tokens or 0 for r in rows),
         "output_tokens": sum(r.output_tokens or 0 for r in rows),
         "reasoning_tokens": sum(r.reasoning_tokens or 0 for r in rows),
-        "unpriced_calls": sum(r.cost_usd is None and has_usage(r) for r in rows),
-        "no_usage_calls": sum(
-            not has_usage(r)
-            and r.price_status not in ("not_billed", "subscription", "background")
-            and r.action not in REFUSED
+        "unpriced_calls": calls_of(r for r in rows if r.cost_usd is None and has_usage(r)),
+        "no_usage_calls": calls_of(
+            r
             for r in rows
+            if not has_usage(r)
+            and r.price_status not in ("not_billed", "subscription")
+            and r.action not in REFUSED
         ),
         "cost_usd": decimal_text(sum(costs, Decimal(0))) if costs else None,
     }
@@ -323,21 +336,27 @@ def test_summary_matches_python(empty_db: Path, rows: tuple[CallRecord, ...], rn
         for key, value in expected.items():
             assert entry[key] == value, (env, key)
         usage = [r for r in group if has_usage(r)]
-        assert entry["usage_calls"] == len(usage)
+        assert entry["usage_calls"] == calls_of(usage)
         if usage:
-            avg_input = round(sum(r.input_tokens or 0 for r in usage) / len(usage), 1)
-            avg_output = round(sum(r.output_tokens or 0 for r in usage) / len(usage), 1)
+            avg_input = round(sum(r.input_tokens or 0 for r in usage) / calls_of(usage), 1)
+            avg_output = round(sum(r.output_tokens or 0 for r in usage) / calls_of(usage), 1)
             assert (entry["avg_input_tokens"], entry["avg_output_tokens"]) == (avg_input, avg_output)
         assert entry["cache_hit_rate"] == ratio(expected["cache_read_tokens"], expected["input_tokens"])
-        assert sum(m["calls"] for m in entry["models"]) == len(group)
-        if group:
-            assert abs(sum(m["share"] for m in entry["models"]) - 1) < 1e-3
+        # a call whose parts ran on other models counts in each model's share
+        by_model: dict[str, list[CallRecord]] = defaultdict(list)
+        for r in group:
+            by_model[model_of(r)].append(r)
+        assert {m["model"]: m["calls"] for m in entry["models"]} == {
+            model: calls_of(part) for model, part in by_model.items()
+        }
+        for m in entry["models"]:
+            assert m["share"] == ratio(m["calls"], expected["calls"])
         # cost per call: cost / calls with usage and a known price, a subscription plan's calls aside
         api_priced = [r for r in usage if r.cost_usd is not None and r.price_status != "subscription"]
         per_call = None
         if api_priced and expected["cost_usd"] is not None:
             per_call = decimal_text(
-                (Decimal(expected["cost_usd"]) / len(api_priced)).quantize(Decimal("1e-10"))
+                (Decimal(expected["cost_usd"]) / calls_of(api_priced)).quantize(Decimal("1e-10"))
             )
         assert entry["cost_per_call_usd"] == per_call
 
@@ -375,7 +394,7 @@ def test_ratio_sessions_unpriced_match_python(empty_db: Path, rows: tuple[CallRe
             decimal_text(prod_cost),
             decimal_text(nonprod_cost),
         )
-        assert (m["prod_calls"], m["nonprod_calls"]) == (len(prod), len(nonprod))
+        assert (m["prod_calls"], m["nonprod_calls"]) == (calls_of(prod), calls_of(nonprod))
         month_ratio = ratio(nonprod_cost, prod_cost)
         assert m["ratio"] == month_ratio
         flagged = nonprod_cost > 0 and (prod_cost == 0 or nonprod_cost / prod_cost > Decimal("0.5"))
@@ -397,9 +416,12 @@ def test_ratio_sessions_unpriced_match_python(empty_db: Path, rows: tuple[CallRe
             assert trend["direction"] == direction
     for s in got_sessions:
         group = sessions[s["session_id"]]
-        assert (s["calls"], s["cost_usd"]) == (len(group), totals(group)["cost_usd"])
+        assert (s["calls"], s["cost_usd"]) == (calls_of(group), totals(group)["cost_usd"])
         assert got_session[s["session_id"]]["total"] == totals(group)
-    assert sum(row["calls"] for row in got_unpriced["rows"]) == totals(rows)["unpriced_calls"]
+    # per model: each row without a price (a part billed apart on its own model's row counts there)
+    assert sum(row["calls"] for row in got_unpriced["rows"]) == sum(
+        r.cost_usd is None and has_usage(r) for r in rows
+    )
 
 
 SAVINGS_POLICY = """\

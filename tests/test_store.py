@@ -224,6 +224,7 @@ def test_submit_then_close_stores_each_call_once_with_its_price(db: Path) -> Non
                 "inference_geo",
                 "audio_seconds",
                 "answers",
+                "parent_id",
             )
         ),
     }
@@ -1331,9 +1332,9 @@ def test_a_journal_of_a_version_before_the_answers_column_replays(db: Path) -> N
     journal_dir = db.with_name(db.name + ".journal")
     journal_dir.mkdir(parents=True)
     old = _json.loads(make_record(1, "gone").to_json())
-    assert len(old) == len(COLUMNS) and COLUMNS[-1] == "answers"
+    answers = COLUMNS.index("answers")  # the last column then (parent_id came after it)
     eight = make_record(2, "gone", answers=8)
-    lines = [_json.dumps(old[:-1]), eight.to_json()]
+    lines = [_json.dumps(old[:answers]), eight.to_json()]
     (journal_dir / "gone.jsonl").write_text("\n".join(lines) + "\n")
     store = Store(db, "s1", flush_interval=0.05)
     store.start()
@@ -1343,6 +1344,43 @@ def test_a_journal_of_a_version_before_the_answers_column_replays(db: Path) -> N
         ("gone-0001", None),
         ("gone-0002", 8),
         ("s1-0003", 2),
+    ]
+
+
+def test_a_journal_of_a_version_before_the_parent_id_column_replays(db: Path) -> None:
+    """Lines journaled before ``parent_id`` existed (one value short) replay with it NULL; a
+    billed-apart row of this version stores the id of the call it is a part of."""
+    import json as _json
+
+    from addon.record import billed_apart
+
+    journal_dir = db.with_name(db.name + ".journal")
+    journal_dir.mkdir(parents=True)
+    old = _json.loads(make_record(1, "gone").to_json())
+    assert COLUMNS[-1] == "parent_id"
+    parent = make_record(3)
+    child = billed_apart(
+        parent,
+        "s1-0004",
+        "messages",
+        requested="claude-opus-4-1",
+        sent="claude-opus-4-1",
+        reported="claude-opus-4-1",
+        action="allowed",
+        note="the advisor tool's tokens of call s1-0003",
+        inference_geo=None,
+    )
+    assert child.parent_id == "s1-0003"
+    (journal_dir / "gone.jsonl").write_text(_json.dumps(old[:-1]) + "\n")
+    store = Store(db, "s1", flush_interval=0.05)
+    store.start()
+    store.submit(parent)
+    store.submit(child)
+    store.close()
+    assert rows(db, "SELECT id, parent_id FROM calls ORDER BY id") == [
+        ("gone-0001", None),
+        ("s1-0003", None),
+        ("s1-0004", "s1-0003"),
     ]
 
 
