@@ -48,6 +48,10 @@ MODEL_SQL = "coalesce(price_model, model_reported, model_sent, model_requested, 
 _REFUSED_SQL = "coalesce(action, 'allowed') IN ('blocked', 'over_budget', 'rate_limited')"
 _HAS_USAGE_SQL = "(input_tokens IS NOT NULL OR output_tokens IS NOT NULL)"
 _PRODUCTION_SQL = "lower(coalesce(environment, '')) IN ('production', 'prod')"
+# The name the proxy decided on (its allowlist matched it): the model sent, else the one requested.
+# Rules are matched against it, not the report model (price_model spells a Bedrock call
+# "regional.anthropic.claude-...", which no rule names).
+DECIDED_SQL = "coalesce(model_sent, model_requested)"
 CALL_ID_SQL = "coalesce(parent_id, id)"  # the call a row is (a part of)
 _CALL_ROW_SQL = "coalesce(price_status, '') <> 'background'"  # a creation row, billed on another
 
@@ -676,7 +680,8 @@ def models_report(
                provider, model, {count_calls()} AS calls, {count_calls(_REFUSED_SQL)} AS refused_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens,
                coalesce(sum(output_tokens), 0) AS output_tokens, sum(cost_usd) AS cost_usd,
-               {_UNPRICED_CALLS_SQL} AS unpriced_calls
+               {_UNPRICED_CALLS_SQL} AS unpriced_calls,
+               list(DISTINCT {DECIDED_SQL}) FILTER (WHERE {DECIDED_SQL} IS NOT NULL) AS decided
         FROM c GROUP BY ALL
         ORDER BY week DESC, environment, user_name NULLS LAST, cost_usd DESC NULLS LAST, calls DESC, model
     """
@@ -692,7 +697,8 @@ def models_report(
         reasons: list[str] = []
         out_price: Decimal | None = None
         if model != "(unknown)":
-            if not policies.environment(env or policies.default_environment).models.is_allowed(model):
+            rules = policies.environment(env or policies.default_environment).models
+            if not all(rules.is_allowed(name) for name in row["decided"] or [model]):
                 reasons.append("not_allowed")
             if (provider, model) not in prices:
                 prices[provider, model] = output_usd_per_mtok(pricer, provider, model, now)
@@ -858,7 +864,7 @@ def savings_report(
         name if name in present else f"NULL AS {name}" for name in ("service_tier", "inference_geo")
     )
     sql = f"""{base}
-        SELECT environment, provider, model, date_trunc('month', ts) AS month,
+        SELECT environment, provider, model, {DECIDED_SQL} AS decided, date_trunc('month', ts) AS month,
                input_tokens > 200000 AS large, {keys}, count(*) AS calls,
                coalesce(sum(input_tokens), 0) AS input_tokens,
                coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
@@ -879,8 +885,8 @@ def savings_report(
         model, provider = row["model"], row["provider"] or ""
         if model == "(unknown)":
             outcome, target = "keep", None
-        else:  # the target as the proxy sends it to that host
-            outcome, target = rules.resolve(model, policies.id_host(provider))
+        else:  # the rules on the name the proxy decided on; the target as it sends it to that host
+            outcome, target = rules.resolve(row["decided"] or model, policies.id_host(provider))
         outcome = {"allowed": "keep", "downgraded": "downgrade", "blocked": "block"}.get(outcome, outcome)
         # A group is all priced or all unpriced (cost_usd IS NULL is a grouping key): only
         # priced calls are re-priced; the unpriced ones are counted and left out of the sums.
