@@ -752,8 +752,23 @@ def models_report(
 
 
 # Per-call amounts summed for a re-price, besides the token buckets: they are billed whatever the
-# model (a search costs its fee on the target too), so a downgrade keeps paying them.
-_REPRICE_EXTRAS = ("cache_write_1h_tokens", "web_searches", "file_searches")
+# model (a search costs its fee on the target too), so a downgrade keeps paying them; then the
+# audio and image parts of the counts, re-priced at the target's audio and image rates.
+_REPRICE_EXTRAS = (
+    "cache_write_1h_tokens",
+    "web_searches",
+    "file_searches",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "cache_audio_read_tokens",
+)
+# The buckets ``_reprice`` prices (uncached input, cache reads, 5-minute writes, output, 1-hour
+# writes, web searches, file searches, input audio, output audio, input images, output images,
+# cached audio), and what one more of each adds to the others: an audio or image token is one of
+# the input or output tokens, a cached audio token one of the cache reads and input audio tokens.
+_WITHIN = {7: (0,), 8: (3,), 9: (0,), 10: (3,), 11: (7, 1)}
 
 
 def _reprice(
@@ -767,9 +782,8 @@ def _reprice(
     inference_geo: str | None = None,
 ) -> Decimal | None:
     """The price of ``calls`` calls that total ``sums`` (input, cache read, cache write, output,
-    then one-hour cache writes, web searches, file searches: zeros if not given), as the proxy
-    would price them (policies.yaml ``prices:`` first, the provider's price id, the call's
-    service tier and inference geo).
+    then ``_REPRICE_EXTRAS``: zeros if not given), as the proxy would price them (policies.yaml
+    ``prices:`` first, the provider's price id, the call's service tier and inference geo).
 
     Priced as ``calls`` calls of the average size, so a per-call tier (>200k input) applies as
     it would to the average call, plus what is left over by the integer average at that
@@ -777,12 +791,19 @@ def _reprice(
     """
     from addon.usage import Usage
 
-    totals = [*sums, 0, 0, 0][:7]
+    totals = [*sums, *[0] * 12][:12]
     read, write, one_hour = totals[1], totals[2], min(totals[4], totals[2])
-    # Disjoint buckets: uncached input, read, 5-minute writes, output, 1-hour writes, searches.
-    buckets = (totals[0] - read - write, read, write - one_hour, totals[3], one_hour, totals[5], totals[6])
+    # Uncached input, read, 5-minute writes, output, 1-hour writes, searches; then the audio and
+    # image parts (each within its input or output bucket, see _WITHIN).
+    buckets = (totals[0] - read - write, read, write - one_hour, totals[3], one_hour, *totals[5:])
     base = [total // calls for total in buckets]
     left = [total - b * calls for b, total in zip(base, buckets, strict=True)]
+    # What is left over as steps of one more token of each bucket (a step of audio also takes one
+    # of input): the steps of a part come off the leftover of the bucket it is within.
+    steps = list(left)
+    for part in sorted(_WITHIN, reverse=True):  # cached audio (11) before input audio (7)
+        for whole in _WITHIN[part]:
+            steps[whole] -= steps[part]
 
     def cost(b: Sequence[int]) -> Decimal | None:
         usage = Usage(
@@ -793,18 +814,30 @@ def _reprice(
             cache_write_1h_tokens=b[4],
             web_searches=b[5],
             file_searches=b[6],
+            input_audio_tokens=b[7],
+            output_audio_tokens=b[8],
+            input_image_tokens=b[9],
+            output_image_tokens=b[10],
+            cache_audio_read_tokens=b[11],
         )
         return pricer.price_usage(
             provider, (model,), usage, when, service_tier=service_tier, inference_geo=inference_geo
         ).cost_usd
 
+    def step(i: int) -> list[int]:
+        """``base`` plus one token of bucket ``i`` (and of the buckets it is within)."""
+        more = list(base)
+        for j in (i, *_WITHIN.get(i, ())):
+            more[j] += 1
+        return more
+
     typical = cost(base)
     if typical is None:
         return None
     total = typical * calls
-    for i, amount in enumerate(left):
+    for i, amount in enumerate(steps):
         if amount:
-            one_more = cost([b + (1 if j == i else 0) for j, b in enumerate(base)])
+            one_more = cost(step(i))
             if one_more is None:
                 return None
             total += (one_more - typical) * amount

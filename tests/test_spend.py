@@ -1797,3 +1797,33 @@ def test_by_key_reads_a_keys_history_under_its_current_name(
     assert keyed("--key", other) == [(other, 1)]
     # a range that holds only the unnamed rows still shows the key's current name
     assert keyed("--to", (T0 + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S")) == [("ci-openai", 2)]
+
+
+def test_reprice_keeps_the_audio_and_image_parts_of_the_calls() -> None:
+    """Re-pricing N calls from their sums equals pricing each call when the counts have audio
+    and image parts (cached audio among them), leftovers of the integer average included. Before:
+    the parts were dropped and every token re-priced as text."""
+    pricer = Pricer([])
+    when = datetime(2026, 11, 3, 12, tzinfo=UTC)
+    calls = [
+        Usage(input_tokens=10_001, cache_read_tokens=3_001, output_tokens=5_003, input_audio_tokens=6_007,
+              cache_audio_read_tokens=2_003, output_audio_tokens=4_001),
+        Usage(input_tokens=7_000, cache_read_tokens=1_000, output_tokens=2_000, input_audio_tokens=5_000,
+              cache_audio_read_tokens=1_000, output_audio_tokens=1_999),
+        Usage(input_tokens=4_002, output_tokens=100, input_audio_tokens=4_002, output_audio_tokens=100),
+    ]  # fmt: skip
+    each = sum(pricer.price_usage("openai", ("gpt-audio",), u, when).cost_usd for u in calls)
+    names = (
+        "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+        "cache_write_1h_tokens", "web_searches", "file_searches", "input_audio_tokens",
+        "output_audio_tokens", "input_image_tokens", "output_image_tokens", "cache_audio_read_tokens",
+    )  # fmt: skip
+    sums = [sum(getattr(u, name) for u in calls) for name in names]
+    assert _reprice(pricer, "openai", "gpt-audio", 3, sums, when) == each
+    images = [
+        Usage(input_tokens=1_001, output_tokens=4_161, input_image_tokens=501, output_image_tokens=4_160),
+        Usage(input_tokens=300, output_tokens=1_057, input_image_tokens=0, output_image_tokens=1_056),
+    ]
+    each = sum(pricer.price_usage("openai", ("gpt-image-1",), u, when).cost_usd for u in images)
+    sums = [sum(getattr(u, name) for u in images) for name in names]
+    assert _reprice(pricer, "openai", "gpt-image-1", 2, sums, when) == each
