@@ -12,6 +12,7 @@ Usage::
                                     (--flagged: only premium use outside production)
     spend savings [RANGE]           what-if: the calls re-priced with the downgrade targets
     spend budgets                   each budget: cap, spent, used, end-of-period projection
+    spend unpriced [RANGE]          calls no price list knows, by provider and model
     spend watch [--once]            live full-screen view: session, burn rate, budgets, last calls
     spend statusline [--env NAME]   one short line for a prompt, from the proxy's live file
                                     (no DuckDB; see addon.spend_watch)
@@ -36,7 +37,9 @@ TOTALS is ``{"calls", "refused_calls", "input_tokens", "cache_read_tokens",
 and writes included), ``output_tokens`` all output (reasoning included); ``cost_usd`` sums the
 calls whose price is known (null when none is); ``unpriced_calls`` have usage but no known
 price; ``no_usage_calls`` have no usage (aborted, unreadable), errors and refusals aside;
-``refused_calls`` were blocked, over budget or rate limited (cost 0).
+``refused_calls`` were blocked, over budget or rate limited (cost 0). A call is counted once:
+the rows billed apart from it (``parent_id``) are parts of it, and a background creation row
+(``price_status = 'background'``, billed on another) is not a call; tokens and cost sum all rows.
 
 The model of a call is the genai-prices id it was priced under (``price_model``: dated
 snapshots such as ``gpt-4o-2024-08-06`` fold into ``gpt-4o``), else the reported model, else
@@ -47,7 +50,7 @@ the one sent, else the one requested, else ``"(unknown)"``. Production is the en
   "version"}, "total": TOTALS, "by_model": [{"model", ...TOTALS}], "by_environment":
   [{"environment", ...TOTALS}]}``; by_model by cost then calls, descending.
 - sessions: ``{"sessions": [{"session_id", "started_at", "ended_at", "last_call_at",
-  "hostname", "pid", "version", "calls", "cost_usd"}]}``, newest first.
+  "hostname", "pid", "version", "calls", "cost_usd", "unpriced_calls"}]}``, newest first.
 - by: ``{"dimension": str, "rows": [{"key": str|null, ...TOTALS, "share": float|null}],
   "total": TOTALS}``; ``share`` is the row's part of the total cost; rows by cost (time
   dimensions: chronological, keys ``YYYY-MM-DD`` or ``YYYY-MM`` for months; weeks start Monday).
@@ -58,7 +61,8 @@ the one sent, else the one requested, else ``"(unknown)"``. Production is the en
   subscription plan paid aside), ``"models": [{"model", "calls", "share" (of the calls),
   "cost_usd"}]``; environments in the order development, ..., staging, others, production.
 - ratio: ``{"production": [names], "flag_above": 0.5, "months": [{"month": "YYYY-MM",
-  "nonprod_cost_usd", "prod_cost_usd", "nonprod_calls", "prod_calls", "ratio" (non-prod /
+  "nonprod_cost_usd", "prod_cost_usd", "nonprod_calls", "prod_calls", "nonprod_unpriced_calls",
+  "prod_unpriced_calls", "unpriced_calls" (calls with no known price, not in the costs), "ratio" (non-prod /
   prod cost, null without production cost), "one_to" (x of 1:x, null without non-prod cost),
   "flagged" (worse than 1:2), "change" (ratio minus the previous calendar month's, null when
   that month has no ratio)}], "trend": {"direction": "improving"|"worsening"|"steady"|null,
@@ -66,18 +70,23 @@ the one sent, else the one requested, else ``"(unknown)"``. Production is the en
   ratio (a month without calls or without production cost is a gap, not a step).
 - models: ``{"premium_usd_per_mtok": str|null, "rows": [{"week", "environment", "user",
   "provider", "model", "calls", "refused_calls", "input_tokens", "output_tokens",
-  "cost_usd", "output_usd_per_mtok", "premium": bool, "premium_reasons": ["not_allowed",
+  "cost_usd", "unpriced_calls", "output_usd_per_mtok", "premium": bool, "premium_reasons": ["not_allowed",
   "price"], "flagged": bool (premium outside production)}], "flagged": {"calls",
   "cost_usd", "by_user": [{"user", "calls", "cost_usd"}]}}``.
 - savings: ``{"environments": [{"environment", ...SAVING, "models": [{"model", "provider",
   "outcome": "keep"|"downgrade"|"block", "target", "calls", "cost_usd", "whatif_cost_usd",
-  "savings_usd", "unpriced_calls"}]}], "total": SAVING}`` where SAVING is ``{"calls",
+  "savings_usd", "unpriced_calls", "target_unpriced": bool (no price for the target: no saving
+  counted)}]}], "total": SAVING}`` where SAVING is ``{"calls",
   "cost_usd", "whatif_cost_usd", "savings_usd", "savings_share", "downgraded_calls",
   "blocked_calls", "blocked_cost_usd", "unpriced_calls"}`` (calls with usage and a price).
 - budgets: ``{"policies": PATH|null, "now": TIME, "budgets": [{"scope":
   "environment"|"key"|"user", "name", "usd", "period", "period_start", "period_end",
   "calls", "spent_usd", "used", "projected_usd", "projected_used", "alert_at": [float],
-  "status": "ok"|"alert"|"projected_over"|"over"}]}``.
+  "status": "ok"|"alert"|"projected_over"|"over", "unpriced_calls" (calls with no known price:
+  they count nothing in ``spent_usd``)}]}``.
+- unpriced: ``{"rows": [{"provider", "model", "price_status", "calls", "input_tokens",
+  "output_tokens", "first_at", "last_at"}]}``: rows with usage and no known price, by provider,
+  model (reported, else sent, else requested) and status, the most first.
 
 CSV: the report's rows with a header line and no total line (session: one line per model
 and per environment with a ``group`` column).

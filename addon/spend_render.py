@@ -49,6 +49,21 @@ def money_column(values: Sequence[Decimal | str | None]) -> list[str]:
 UNPRICED_NOTE = "* calls with no known price are not in the cost (scripts/spend unpriced)"
 
 
+def marked_cells(cells: Sequence[str], unpriced: Sequence[int]) -> list[str]:
+    """``cells`` with each whose amount leaves out calls with no known price (``unpriced`` > 0)
+    marked ``*``, the others padded to keep decimals aligned."""
+    if not any(unpriced):
+        return list(cells)
+    return [cell + ("*" if n else " ") for cell, n in zip(cells, unpriced, strict=True)]
+
+
+def unpriced_note(calls: int, what: str = "are not in the cost") -> list[str]:
+    """The note under a table some of whose amounts are marked ``*`` (none when ``calls`` is 0)."""
+    if not calls:
+        return []
+    return [f"* {calls:,} call(s) with no known price {what} (scripts/spend unpriced)"]
+
+
 def marked_money_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The ``cost_usd`` of ``rows`` as ``money_column`` cells, a cost that leaves out calls with
     no known price (``unpriced_calls``) marked ``*``, the others padded to keep decimals aligned."""
@@ -558,8 +573,13 @@ def render_ratio(report: Mapping[str, Any]) -> str:
     months = report["months"]
     if not months:
         return "\n".join([*head, "No calls in this range."]) + "\n"
-    nonprod = money_column([m["nonprod_cost_usd"] for m in months])
-    prod = money_column([m["prod_cost_usd"] for m in months])
+    nonprod = marked_cells(
+        money_column([m["nonprod_cost_usd"] for m in months]),
+        [m.get("nonprod_unpriced_calls", 0) for m in months],
+    )
+    prod = marked_cells(
+        money_column([m["prod_cost_usd"] for m in months]), [m.get("prod_unpriced_calls", 0) for m in months]
+    )
     rows = []
     for m, a, b in zip(months, nonprod, prod, strict=True):
         change = "" if m["change"] is None else f"{m['change']:+.2f}"
@@ -573,7 +593,7 @@ def render_ratio(report: Mapping[str, Any]) -> str:
         Column("", right=False),
     ]
     trend = report["trend"]
-    tail = []
+    tail = unpriced_note(sum(m.get("unpriced_calls", 0) for m in months))
     if trend["direction"] is not None:
         tail.append(
             f"trend: {trend['direction']} ({trend['slope_per_month']:+.3f} non-prod $ per prod $ per month)"
@@ -593,6 +613,9 @@ def csv_ratio(report: Mapping[str, Any]) -> str:
         "one_to",
         "flagged",
         "change",
+        "nonprod_unpriced_calls",
+        "prod_unpriced_calls",
+        "unpriced_calls",
     ]
     return csv_text(keys, [[m[k] for k in keys] for m in report["months"]])
 
@@ -775,7 +798,8 @@ def render_budgets(report: Mapping[str, Any]) -> str:
     budgets = report["budgets"]
     if not budgets:
         return "\n".join([*head, "No budgets are set."]) + "\n"
-    spent = money_column([b["spent_usd"] for b in budgets])
+    unpriced = [b.get("unpriced_calls", 0) for b in budgets]
+    spent = marked_cells(money_column([b["spent_usd"] for b in budgets]), unpriced)
     projected = money_column([b["projected_usd"] for b in budgets])
     rows = [
         [
@@ -800,7 +824,14 @@ def render_budgets(report: Mapping[str, Any]) -> str:
         Column("proj."),
         Column("status", right=False),
     ]
-    return "\n".join([*head, "", *table(columns, rows)]) + "\n"
+    notes = [
+        f"* {row[0]} {row[1]}: {n:,} call(s) with no known price count nothing"
+        for row, n in zip(rows, unpriced, strict=True)
+        if n
+    ]
+    if notes:
+        notes = ["", *notes, "  (scripts/spend unpriced lists them; policies.yaml prices: gives a price)"]
+    return "\n".join([*head, "", *table(columns, rows), *notes]) + "\n"
 
 
 _BUDGET_KEYS = (
@@ -817,6 +848,7 @@ _BUDGET_KEYS = (
     "projected_used",
     "alert_at",
     "status",
+    "unpriced_calls",
 )
 
 

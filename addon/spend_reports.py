@@ -61,7 +61,8 @@ def count_calls(condition: str = "TRUE") -> str:
     return f"count(DISTINCT {CALL_ID_SQL}) FILTER (WHERE {_CALL_ROW_SQL} AND ({condition}))"
 
 
-_UNPRICED_CALLS_SQL = count_calls(f"cost_usd IS NULL AND {_HAS_USAGE_SQL}")
+_UNPRICED_SQL = f"(cost_usd IS NULL AND {_HAS_USAGE_SQL})"  # a row with usage but no known price
+_UNPRICED_CALLS_SQL = count_calls(_UNPRICED_SQL)
 _NO_USAGE_CALLS_SQL = count_calls(
     f"NOT {_HAS_USAGE_SQL} AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription') "
     f"AND NOT {_REFUSED_SQL}"
@@ -589,7 +590,10 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
                coalesce(sum(cost_usd) FILTER (WHERE NOT {_PRODUCTION_SQL}), 0) AS nonprod,
                coalesce(sum(cost_usd) FILTER (WHERE {_PRODUCTION_SQL}), 0) AS prod,
                {count_calls(f"NOT {_PRODUCTION_SQL}")} AS nonprod_calls,
-               {count_calls(_PRODUCTION_SQL)} AS prod_calls
+               {count_calls(_PRODUCTION_SQL)} AS prod_calls,
+               {count_calls(f"NOT {_PRODUCTION_SQL} AND {_UNPRICED_SQL}")} AS nonprod_unpriced_calls,
+               {count_calls(f"{_PRODUCTION_SQL} AND {_UNPRICED_SQL}")} AS prod_unpriced_calls,
+               {_UNPRICED_CALLS_SQL} AS unpriced_calls
         FROM calls WHERE {where}
         GROUP BY month ORDER BY month
     """
@@ -609,6 +613,10 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
                 "prod_cost_usd": decimal_str(prod),
                 "nonprod_calls": row["nonprod_calls"],
                 "prod_calls": row["prod_calls"],
+                # calls with no known price: not in the costs (either side's, or the month's)
+                "nonprod_unpriced_calls": row["nonprod_unpriced_calls"],
+                "prod_unpriced_calls": row["prod_unpriced_calls"],
+                "unpriced_calls": row["unpriced_calls"],
                 "ratio": ratio,
                 "one_to": one_to,
                 "flagged": flagged,
@@ -1050,19 +1058,24 @@ def budgets_report(
     for _, _, budget in budgets:
         start, end = period_bounds(budget.period, now.replace(tzinfo=UTC))
         bounds.append((_naive(start), _naive(end)))
-    spent: list[tuple[Decimal, int]] = [(Decimal(0), 0)] * len(budgets)
+    spent: list[tuple[Decimal, int, int]] = [(Decimal(0), 0, 0)] * len(budgets)
     if tables_exist(con):
         parts, params = [], []
         for i, ((kind, name, _), (start, end)) in enumerate(zip(budgets, bounds, strict=True)):
             parts.append(
-                f"SELECT {i} AS i, coalesce(sum(cost_usd), 0) AS spent, {count_calls()} AS calls FROM calls "
+                f"SELECT {i} AS i, coalesce(sum(cost_usd), 0) AS spent, {count_calls()} AS calls, "
+                f"{_UNPRICED_CALLS_SQL} AS unpriced_calls FROM calls "
                 f"WHERE {_SCOPE_COLUMNS[kind]} = ? AND ts >= ? AND ts < ?"
             )
             params.extend([name, start, min(end, now)])  # as of now
-        for i, total, calls in con.execute(" UNION ALL ".join(parts), params).fetchall():
-            spent[i] = (total, calls)
-    for (kind, name, budget), (start, end), (total, calls) in zip(budgets, bounds, spent, strict=True):
-        report["budgets"].append(_budget_entry(kind, name, budget, start, end, total, calls, now))
+        for i, total, calls, unpriced in con.execute(" UNION ALL ".join(parts), params).fetchall():
+            spent[i] = (total, calls, unpriced)
+    for (kind, name, budget), (start, end), (total, calls, unpriced) in zip(
+        budgets, bounds, spent, strict=True
+    ):
+        entry = _budget_entry(kind, name, budget, start, end, total, calls, now)
+        entry["unpriced_calls"] = unpriced  # calls with no known price: they count nothing here
+        report["budgets"].append(entry)
     return report
 
 

@@ -329,6 +329,9 @@ SELECT session_id FROM (
 ) ORDER BY t DESC NULLS LAST, session_id DESC LIMIT 1
 """
 _REFUSED_SQL = "coalesce(action, 'allowed') IN ('blocked', 'over_budget', 'rate_limited')"
+_UNPRICED_SQL = "cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)"
+# Marks an amount that leaves out calls with no known price (a floor), as the status line does.
+UNPRICED_MARK = "+?"
 _RECENT_COLUMNS = (
     "ts",
     "environment",
@@ -386,13 +389,14 @@ def collect(
                    (SELECT ended_at FROM sessions WHERE session_id = $sid),
                    min(ts), max(ts), {reports.count_calls()}, {reports.count_calls(_REFUSED_SQL)},
                    coalesce(sum(cost_usd), 0),
-                   coalesce(sum(cost_usd) FILTER (WHERE ts >= $recent), 0)
+                   coalesce(sum(cost_usd) FILTER (WHERE ts >= $recent), 0),
+                   {reports.count_calls(_UNPRICED_SQL)}
             FROM calls WHERE session_id = $sid AND ts < $end
             """,
             {"sid": session_id, "recent": end - timedelta(minutes=15), "end": end},
         ).fetchone()
         assert row is not None
-        started, ended, first, last, calls, refused, cost, recent_cost = row
+        started, ended, first, last, calls, refused, cost, recent_cost, unpriced = row
         started = started or first
         data["session"] = {
             "session_id": session_id,
@@ -403,20 +407,27 @@ def collect(
             "refused_calls": refused,
             "cost": cost,
             "cost_last_15m": recent_cost,
+            "unpriced_calls": unpriced,  # not in ``cost``
         }
     day_start = end.replace(hour=0, minute=0, second=0, microsecond=0)
     rows = con.execute(
         f"""
         SELECT environment, {reports.count_calls()}, {reports.count_calls(_REFUSED_SQL)},
-               coalesce(sum(cost_usd), 0)
+               coalesce(sum(cost_usd), 0), {reports.count_calls(_UNPRICED_SQL)}
         FROM calls WHERE ts >= ? AND ts < ? GROUP BY environment
         """,
         [day_start, end],
     ).fetchall()
     data["today"] = sorted(
         (
-            {"environment": env, "calls": calls, "refused_calls": refused, "cost": cost}
-            for env, calls, refused, cost in rows
+            {
+                "environment": env,
+                "calls": calls,
+                "refused_calls": refused,
+                "cost": cost,
+                "unpriced_calls": unpriced,
+            }
+            for env, calls, refused, cost, unpriced in rows
         ),
         key=lambda item: reports.env_sort_key(item["environment"]),
     )
@@ -528,7 +539,7 @@ def _session_text(session: Mapping[str, Any] | None, now: datetime) -> Any:
         ("Session ", "bold"),
         (session["session_id"], "cyan"),
         f"  {'ended' if ended else 'running'} {_duration(elapsed)}  ",
-        (_usd(cost), "bold green"),
+        (_usd(cost) + (UNPRICED_MARK if session.get("unpriced_calls") else ""), "bold green"),
         f"  {calls} call{'s' if calls != 1 else ''}",
         f" ({session['refused_calls']} refused)" if session["refused_calls"] else "",
         "  burn ",
@@ -571,7 +582,9 @@ def _spend_table(data: Mapping[str, Any]) -> Any:
         table.add_row(Text("no calls today", style="dim"), "", "", "", "", "")
     for label, spent, budget in rows:
         cost = (
-            _money(spent["cost"]) if spent else ("$0" if budget and budget["scope"] == "environment" else "-")
+            _money(spent["cost"]) + (UNPRICED_MARK if spent.get("unpriced_calls") else "")
+            if spent
+            else ("$0" if budget and budget["scope"] == "environment" else "-")
         )
         calls = str(spent["calls"]) if spent else ("0" if cost == "$0" else "-")
         if budget is None:
@@ -586,7 +599,7 @@ def _spend_table(data: Mapping[str, Any]) -> Any:
             cost,
             calls,
             f"{_cap(budget['usd'])}/{budget['period']}",
-            _money(budget["spent_usd"]),
+            _money(budget["spent_usd"]) + (UNPRICED_MARK if budget.get("unpriced_calls") else ""),
             # The share first: a narrow terminal cuts the bar, never the number.
             Text.assemble(f"{pct:>4} ", (bar(used), style), (status, style)),
         )

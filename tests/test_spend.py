@@ -775,6 +775,9 @@ def test_ratio(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "prod_cost_usd": "4",
             "nonprod_calls": 1,
             "prod_calls": 1,
+            "nonprod_unpriced_calls": 0,
+            "prod_unpriced_calls": 0,
+            "unpriced_calls": 0,
             "ratio": 0.25,
             "one_to": 4.0,
             "flagged": False,
@@ -786,6 +789,9 @@ def test_ratio(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "prod_cost_usd": "2",
             "nonprod_calls": 1,
             "prod_calls": 1,
+            "nonprod_unpriced_calls": 0,
+            "prod_unpriced_calls": 0,
+            "unpriced_calls": 0,
             "ratio": 0.75,
             "one_to": 1.33,
             "flagged": True,
@@ -797,6 +803,9 @@ def test_ratio(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "prod_cost_usd": "0.1415",
             "nonprod_calls": 6,
             "prod_calls": 3,
+            "nonprod_unpriced_calls": 1,  # not in its $0.1132
+            "prod_unpriced_calls": 0,
+            "unpriced_calls": 1,
             "ratio": 0.8,
             "one_to": 1.25,
             "flagged": True,
@@ -813,10 +822,11 @@ def test_ratio(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "healthy teams run 1:3 to 1:5; ! marks months worse than 1:2",
         "",
         "month    non-prod $  prod $  ratio  change",
-        "2026-09      1.0000  4.0000  1:4.0",
-        "2026-10      1.5000  2.0000  1:1.3   +0.50  ! worse than 1:2",
-        "2026-11      0.1132  0.1415  1:1.2   +0.05  ! worse than 1:2",
+        "2026-09     1.0000   4.0000  1:4.0",
+        "2026-10     1.5000   2.0000  1:1.3   +0.50  ! worse than 1:2",
+        "2026-11     0.1132*  0.1415  1:1.2   +0.05  ! worse than 1:2",
         "",
+        "* 1 call(s) with no known price are not in the cost (scripts/spend unpriced)",
         "trend: worsening (+0.275 non-prod $ per prod $ per month)",
     ]
     # a team's own ratio: only September's and October's rows have no team
@@ -1176,6 +1186,7 @@ def test_budgets(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "projected_used": 0.9258,
             "alert_at": [0.1, 0.5],
             "status": "alert",
+            "unpriced_calls": 1,  # counts nothing in the 0.1111
         },
         {
             "scope": "key",
@@ -1191,6 +1202,7 @@ def test_budgets(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "projected_used": 1.05,
             "alert_at": [],
             "status": "projected_over",
+            "unpriced_calls": 0,
         },
         {
             "scope": "user",
@@ -1206,6 +1218,7 @@ def test_budgets(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
             "projected_used": 3.06,
             "alert_at": [],
             "status": "over",
+            "unpriced_calls": 0,
         },
     ]
     code, out, _ = run(capsys, *args)
@@ -1214,10 +1227,13 @@ def test_budgets(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
         "budgets at 2026-11-05 12:00 UTC",
         f"policies: {policies}",
         "",
-        "      name         cap $       spent $  used  projected $  proj.  status",
-        "env   development  0.8/month  0.111100   14%     0.740667    93%  alert",
-        "key   ci-openai    0.004/day  0.002100   53%     0.004200   105%  will exceed",
-        "user  bob          0.05/week  0.076500  153%     0.153000   306%  ! spent",
+        "      name         cap $        spent $  used  projected $  proj.  status",
+        "env   development  0.8/month  0.111100*   14%     0.740667    93%  alert",
+        "key   ci-openai    0.004/day  0.002100    53%     0.004200   105%  will exceed",
+        "user  bob          0.05/week  0.076500   153%     0.153000   306%  ! spent",
+        "",
+        "* env development: 1 call(s) with no known price count nothing",
+        "  (scripts/spend unpriced lists them; policies.yaml prices: gives a price)",
     ]
 
     code, out, _ = run(capsys, *args, "--format", "csv")

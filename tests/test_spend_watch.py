@@ -388,25 +388,28 @@ def test_watch_frame_from_a_known_database(known: tuple[Path, Path]) -> None:
         "refused_calls": 1,
         "cost": Decimal("0.74"),
         "cost_last_15m": Decimal("0"),
+        "unpriced_calls": 1,  # my-model's call: not in the $0.74, which is marked +?
     }
     lines = [line.rstrip() for line in frame_text(render(data, tz=UTC)).splitlines()]
     assert lines[0] == "tokometer watch  2026-11-28 12:00:00"
     where = f"db {db}"
     assert lines[1] == (where if len(where) <= 100 else where[:99] + "\u2026")  # cut, never wrapped
-    # $0.74 over 2 hours: $0.37 an hour; nothing in the last 15 minutes (the refusal costs nothing)
+    # $0.74 over 2 hours: $0.37 an hour; nothing in the last 15 minutes (the refusal costs nothing).
+    # "+?": the call to my-model has no known price, so $0.74 is a floor (the status line's mark)
     assert lines[3] == (
-        "Session s1  running 2h 00m  $0.74  5 calls (1 refused)  burn $0.37/h (last 15 min $0.00/h)"
+        "Session s1  running 2h 00m  $0.74+?  5 calls (1 refused)  burn $0.37/h (last 15 min $0.00/h)"
     )
     table = lines[lines.index("Today (UTC) and budgets") :]
-    assert table[3] == " " + "\u2500" * 73  # under the widest row ("... 35% alert")
+    assert table[3] == " " + "\u2500" * 77  # under the widest row ("... 35% alert")
     assert table[1:3] + table[4:7] == [
         "",
-        " Scope        Today  Calls      Budget   Spent  Used",
-        # month: $35 yesterday + $0.39 today = $35.39 of $150: 23.6%, 4 of 15 cells
-        " development  $0.39      4  $150/month  $35.39   24% " + "\u2588" * 4 + "\u2591" * 11,
+        " Scope          Today  Calls      Budget     Spent  Used",
+        # month: $35 yesterday + $0.39 today = $35.39 of $150: 23.6%, 4 of 15 cells; "+?": without
+        # the call to my-model (no known price)
+        " development  $0.39+?      4  $150/month  $35.39+?   24% " + "\u2588" * 4 + "\u2591" * 11,
         # $0.35 of $1 a day: past alert_at 0.3
-        " staging      $0.35      1      $1/day   $0.35   35% " + "\u2588" * 5 + "\u2591" * 10 + " alert",
-        " user alice       -      -      $1/day   $0.35   35% " + "\u2588" * 5 + "\u2591" * 10,
+        " staging        $0.35      1      $1/day     $0.35   35% " + "\u2588" * 5 + "\u2591" * 10 + " alert",
+        " user alice         -      -      $1/day     $0.35   35% " + "\u2588" * 5 + "\u2591" * 10,
     ]
     recent = lines[lines.index("Last calls (newest first)") :]
     assert recent[2].split() == ["Time", "Env", "Model", "Tokens", "in/cached/out", "Cost"]
@@ -434,7 +437,7 @@ def test_watch_in_an_80_column_terminal_cuts_names_never_amounts(known: tuple[Pa
     assert max(len(line) for line in lines) <= 80
     table = lines[lines.index("Today (UTC) and budgets") :]
     assert [line.split()[:6] for line in table[4:6]] == [
-        ["development", "$0.39", "4", "$150/month", "$35.39", "24%"],
+        ["development", "$0.39+?", "4", "$150/month", "$35.39+?", "24%"],
         ["staging", "$0.35", "1", "$1/day", "$0.35", "35%"],
     ]
     assert table[6].split()[-5:-1] == ["-", "$1/day", "$0.35", "35%"]
@@ -467,7 +470,7 @@ def test_watch_once_cli_and_the_database_is_not_held(known: tuple[Path, Path]) -
     )
     assert run_watch(args, console=console) == 0
     text = console.export_text()
-    assert "Session s1  running 2h 00m  $0.74  5 calls (1 refused)" in text
+    assert "Session s1  running 2h 00m  $0.74+?  5 calls (1 refused)" in text
     assert "  35% " + "\u2588" * 5 + "\u2591" * 10 + " alert" in text
     con = duckdb.connect(str(db))  # a writer gets in at once: the view closed its connection
     con.close()
