@@ -39,11 +39,23 @@ def money(value: Decimal | str | None) -> str:
 
 
 def money_column(values: Sequence[Decimal | str | None]) -> list[str]:
-    """Amounts with one number of decimals: 2 when the largest is >= 100, 4 when >= 1, else 6."""
+    """Amounts with one number of decimals: 2 when the largest is >= 100, 4 when >= 1, else 6;
+    a non-zero amount those round to zero gets the decimals it needs to read non-zero (a paid
+    call never reads as free beside a larger one)."""
     amounts = [None if v is None else Decimal(v) for v in values]
     largest = max((abs(a) for a in amounts if a is not None), default=Decimal(0))
     places = Decimal("0.01") if largest >= 100 else Decimal("0.0001") if largest >= 1 else Decimal("0.000001")
-    return ["?" if a is None else f"{a.quantize(places, rounding=ROUND_HALF_UP):,}" for a in amounts]
+    return ["?" if a is None else _nonzero(a, places) for a in amounts]
+
+
+def _nonzero(amount: Decimal, places: Decimal) -> str:
+    """``amount`` to ``places``, or to as many more decimals (up to 10, the stored scale) as it
+    takes not to read zero when it is not: 0.000027 beside 1.05 reads 0.000027, not 0.0000."""
+    rounded = amount.quantize(places, rounding=ROUND_HALF_UP)
+    while not rounded and amount and places > Decimal("1e-10"):
+        places = places / 10
+        rounded = amount.quantize(places, rounding=ROUND_HALF_UP)
+    return f"{rounded:,f}"
 
 
 UNPRICED_NOTE = "* calls with no known price are not in the cost (scripts/spend unpriced)"

@@ -1843,3 +1843,11 @@ def test_reprice_keeps_the_audio_and_image_parts_of_the_calls() -> None:
     each = sum(pricer.price_usage("openai", ("gpt-image-1",), u, when).cost_usd for u in images)
     sums = [sum(getattr(u, name) for u in images) for name in names]
     assert _reprice(pricer, "openai", "gpt-image-1", 2, sums, when) == each
+
+
+def test_money_column_never_shows_a_non_zero_amount_as_zero() -> None:
+    """One number of decimals per column, but an amount that rounds to zero there gets the
+    decimals it needs (before: "0.0000" beside "1.0500" for a $0.000027 call)."""
+    assert money_column(["0.000027", "1.05", "0", None]) == ["0.00003", "1.0500", "0.0000", "?"]
+    assert money_column(["0.0000000001", "150"]) == ["0.0000000001", "150.00"]
+    assert money_column(["0.000027", "0.5"]) == ["0.000027", "0.500000"]
