@@ -37,9 +37,10 @@ TOTALS is ``{"calls", "refused_calls", "input_tokens", "cache_read_tokens",
 and writes included), ``output_tokens`` all output (reasoning included); ``cost_usd`` sums the
 calls whose price is known (null when none is); ``unpriced_calls`` have usage but no known
 price; ``no_usage_calls`` have no usage (aborted, unreadable), errors and refusals aside;
-``refused_calls`` were blocked, over budget or rate limited (cost 0). A call is counted once:
-the rows billed apart from it (``parent_id``) are parts of it, and a background creation row
-(``price_status = 'background'``, billed on another) is not a call; tokens and cost sum all rows.
+``refused_calls`` were blocked, over budget or rate limited (cost 0). A call is counted once,
+by its own row: the rows billed apart from it (``parent_id``) are parts of it, in no ``calls``,
+and a background creation row (``price_status = 'background'``, billed on another) is not a
+call; tokens and cost sum all rows; ``unpriced_calls`` counts rows (a part without a price too).
 
 The model of a call is the genai-prices id it was priced under (``price_model``: dated
 snapshots such as ``gpt-4o-2024-08-06`` fold into ``gpt-4o``), else the reported model, else

@@ -390,7 +390,7 @@ def collect(
                    min(ts), max(ts), {reports.count_calls()}, {reports.count_calls(_REFUSED_SQL)},
                    coalesce(sum(cost_usd), 0),
                    coalesce(sum(cost_usd) FILTER (WHERE ts >= $recent), 0),
-                   {reports.count_calls(_UNPRICED_SQL)}
+                   count(*) FILTER (WHERE {_UNPRICED_SQL})
             FROM calls WHERE session_id = $sid AND ts < $end
             """,
             {"sid": session_id, "recent": end - timedelta(minutes=15), "end": end},
@@ -413,7 +413,7 @@ def collect(
     rows = con.execute(
         f"""
         SELECT environment, {reports.count_calls()}, {reports.count_calls(_REFUSED_SQL)},
-               coalesce(sum(cost_usd), 0), {reports.count_calls(_UNPRICED_SQL)}
+               coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE {_UNPRICED_SQL})
         FROM calls WHERE ts >= ? AND ts < ? GROUP BY environment
         """,
         [day_start, end],

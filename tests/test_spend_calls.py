@@ -1,5 +1,5 @@
 """Reports count calls, not rows: a row billed apart from its call (``parent_id``) is a part of it,
-and a background response's $0 creation row is not a call; the m010 migration links the rows an
+not a call, and a background response's $0 creation row is not a call; the m010 migration links the rows an
 older proxy wrote; a database an older proxy wrote (fewer columns) still reports."""
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def test_session_by_and_summary_count_two_calls_in_four_rows(
     """Before: session 4 calls (3 with the background row's exclusion alone), by user 4."""
     session = report(capsys, "--db", str(calls_db), "session", "s1")
     assert session["total"]["calls"] == 2
-    assert {m["model"]: m["calls"] for m in session["by_model"]} == {"gpt-4o": 2, "gpt-image-1": 1}
+    # the images are a part of c1, a call to gpt-4o: their row has their tokens and cost, no call
+    assert {m["model"]: m["calls"] for m in session["by_model"]} == {"gpt-4o": 2, "gpt-image-1": 0}
     assert session["total"]["input_tokens"] == 3100  # sums take every row
     by_user = report(capsys, "--db", str(calls_db), "by", "user", *NOV)
     assert by_user["rows"][0]["calls"] == 2
