@@ -172,7 +172,9 @@ async def test_unrestricted_it_is_priced_at_the_model_the_response_names(meter: 
     """1,000 input and 200 output tokens of claude-haiku-4.5 ($1 / $5 per 1M): $0.002."""
     meter._apply(parse_policies(BUDGET_ONLY))
     row = await answered(meter, body, completion({"prompt_tokens": 1000, "completion_tokens": 200}))
-    assert (row.model_requested, row.model_reported) == (body["model"], "anthropic/claude-haiku-4.5")
+    # The preset field is read as OpenRouter runs it: {"model": m, "preset": s} is m@preset/s.
+    requested = body["model"] + (f"@preset/{body['preset']}" if "preset" in body else "")
+    assert (row.model_requested, row.model_reported) == (requested, "anthropic/claude-haiku-4.5")
     assert row.cost_usd == Decimal("0.002") and row.price_status == "priced"
 
 

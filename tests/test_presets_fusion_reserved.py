@@ -172,10 +172,11 @@ async def test_a_preset_in_an_anthropic_gateways_chain_object_is_checked(meter: 
 
 def test_a_preset_keeps_the_lists_other_readings() -> None:
     """with_preset kept the models, places and caps but dropped ``tool_objects`` (where fallback
-    objects set their own tools): now only the error is added."""
+    objects set their own tools): now only the error is added. (A preset field that reads as a slug is
+    folded into the model instead, m@preset/slug: this one, with an @, cannot be.)"""
     body = {
         "model": "openai/gpt-4o-mini",
-        "preset": "x",
+        "preset": "x@y",
         "fallbacks": [{"model": "openai/gpt-4o-mini", "tools": [{"type": "image_generation"}]}],
     }
     found = fallback_lists.gateway_fallbacks(body)

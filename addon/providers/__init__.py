@@ -71,6 +71,24 @@ def _with_body_model(path: str, body: dict[str, Any] | None, model: str) -> tupl
     return path, {**body, "model": model}
 
 
+def _openrouter_request_model(path: str, body: dict[str, Any] | None) -> str | None:
+    """OpenRouter's model, its ``preset`` field folded in (``fallback_lists.model_with_preset``):
+    ``{"model": m, "preset": s}`` is checked and reserved as ``m@preset/s``, ``{"preset": s}`` as
+    ``@preset/s``, as OpenRouter runs them."""
+    return fallback_lists.model_with_preset(body)
+
+
+def _openrouter_with_model(
+    path: str, body: dict[str, Any] | None, model: str
+) -> tuple[str, dict[str, Any] | None]:
+    """A downgrade on OpenRouter: the body names ``model`` and no preset any more (the preset's
+    model, fallbacks and tools would otherwise still run)."""
+    path, body = _with_body_model(path, body, model)
+    if body is not None and fallback_lists.PRESET_FIELD in body:
+        body = {name: value for name, value in body.items() if name != fallback_lists.PRESET_FIELD}
+    return path, body
+
+
 def _sse_only(path: str, content_type: str) -> str | None:
     return "sse" if "text/event-stream" in content_type.lower() else None
 
@@ -565,6 +583,8 @@ BUILTIN: tuple[Provider, ...] = (
         parse_response=_openrouter_parse,
         stream_parser=_openrouter_stream_parser,
         fallback_models=fallback_lists.openrouter_lists,  # and its `preset` field
+        request_model=_openrouter_request_model,  # its `preset` field folded into the model
+        with_model=_openrouter_with_model,
         # openrouter:advisor (chat, Responses) and Anthropic's shape (/api/v1/messages): any model.
         advisor_tools=_openrouter_advisors,
     ),
@@ -599,6 +619,9 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         # A gateway (LiteLLM's) passes an advisor tool on whichever API it is sent in; in front of
         # OpenRouter (priced as it), the Anthropic shape's caps are OpenRouter's to ignore.
         advisor_tools=_openrouter_advisors if pricing_id == "openrouter" else _gateway_advisors,
+        # In front of OpenRouter, its `preset` field is read as OpenRouter reads it (m@preset/slug).
+        request_model=_openrouter_request_model if pricing_id == "openrouter" else base.request_model,
+        with_model=_openrouter_with_model if pricing_id == "openrouter" else base.with_model,
         # Fallback lists the gateway or the host behind it may run: on the Anthropic API,
         # `fallbacks` is Anthropic's server-side fallback chain (each hop may bill, at its own
         # max_tokens), whatever it is priced as; on the OpenAI API LiteLLM's fallback lists, and

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from addon.model_rules import preset_reason
+from addon.model_rules import PRESET_MARK, preset_reason
 from addon.providers import advisors
 
 FIELD = "models"
@@ -111,11 +111,33 @@ def openrouter_fallbacks(
 
 
 def with_preset(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbacks | None:
-    """``found`` (a request's fallback lists as read), unreadable when the request names an
-    OpenRouter preset in its ``preset`` field: the preset's settings are merged under the request's,
-    so its fallback ``models`` and its tools (advisors, sub-agents) run models the request does not
-    show. Never raises."""
+    """``found`` (a request's fallback lists as read), unreadable when the request's ``preset``
+    field cannot be read as the model it stands for (``model_with_preset``: a slug OpenRouter would
+    merge under the request's settings, its fallback ``models`` and tools among them). A readable
+    one is checked and reserved as the model ``m@preset/slug`` (or ``@preset/slug``). Never raises."""
+    if isinstance(body, dict) and model_with_preset(body) is not None:
+        return found
     return _unreadable(found, preset_error(body))
+
+
+def model_with_preset(body: Any) -> str | None:
+    """The model an OpenRouter request runs, its ``preset`` field folded in as OpenRouter documents
+    it: ``{"model": m, "preset": s}`` is ``m@preset/s``, ``{"preset": s}`` (model is optional) is
+    ``@preset/s``; without a preset, its ``model``. None when neither names one, or the preset is no
+    slug (not a string, or one with ``@`` or ``/``) or comes beside a model naming a preset already.
+    Never raises."""
+    if not isinstance(body, dict):
+        return None
+    model, preset = body.get("model"), body.get(PRESET_FIELD)
+    if preset is None:
+        return model if isinstance(model, str) else None
+    if not isinstance(preset, str) or not preset.strip() or "@" in preset or "/" in preset:
+        return None
+    if len(preset) > MAX_MODEL_NAME or (model is not None and not isinstance(model, str)):
+        return None
+    if model is not None and PRESET_MARK in model:
+        return None
+    return f"{model or ''}{PRESET_MARK}{preset}"
 
 
 def preset_error(body: Any) -> str | None:
