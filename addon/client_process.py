@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -428,31 +429,67 @@ def _lookup_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="tokometer-lookup")
 
 
+@dataclass(slots=True)
+class _Running:
+    """When a lookup left the pool's queue and started running (set from its thread)."""
+
+    started: asyncio.Future[None]  # done when it starts
+    since: float | None = None  # time.monotonic() then
+
+
+# Each lookup's _Running (start_lookup), by its future: the deciding wait counts its running time.
+_RUNNING: weakref.WeakKeyDictionary[asyncio.Future[ClientProcess], _Running] = weakref.WeakKeyDictionary()
+
+
 def start_lookup(lookup: Callable[[], ClientProcess]) -> asyncio.Future[ClientProcess]:
     """Run ``lookup`` (a ``lookup_client_process`` call) in the lookups' own thread pool."""
-    return asyncio.get_running_loop().run_in_executor(_lookup_pool(), lookup)
+    loop = asyncio.get_running_loop()
+    running = _Running(loop.create_future())
+
+    def started() -> None:
+        if not running.started.done():
+            running.started.set_result(None)
+
+    def run() -> ClientProcess:
+        running.since = time.monotonic()
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(started)
+        return lookup()
+
+    future = loop.run_in_executor(_lookup_pool(), run)
+    _RUNNING[future] = running
+    return future
 
 
 async def wait_for_process(
     lookup: asyncio.Future[ClientProcess] | None, timeout: float, *, deciding: bool = False
 ) -> tuple[ClientProcess | None, str | None]:
-    """The calling process a connection's ``lookup`` found, waited for ``timeout`` seconds, or
-    ``DECIDING_LOOKUP_TIMEOUT`` in all when its answer ``deciding`` whether the call passes (it
-    runs off the event loop: waiting costs the call time, not the proxy). Else (None, why not):
+    """The calling process a connection's ``lookup`` found, waited for ``timeout`` seconds, or,
+    when its answer is ``deciding`` whether the call passes, until ``DECIDING_LOOKUP_TIMEOUT``
+    after the lookup started running (time queued behind other lookups in the pool not counted;
+    ``2 * DECIDING_LOOKUP_TIMEOUT`` in all at most, so hung lookups filling the pool wedge nothing).
+    It runs off the event loop: waiting costs the call time, not the proxy. Else (None, why not):
     ``NOT_IN_TIME`` or the failure. Never raises (the lookup is shielded, never cancelled)."""
     if lookup is None:
         return None, None
     try:
         if lookup.done():  # the connection's lookup is over: no wait_for/shield
             return lookup.result(), None
-        started = time.monotonic()
+        began = time.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(lookup), timeout), None
         except TimeoutError:
-            longer = DECIDING_LOOKUP_TIMEOUT - (time.monotonic() - started)
-            if not deciding or longer <= 0:
+            if not deciding:
                 raise
-        return await asyncio.wait_for(asyncio.shield(lookup), longer), None
+        in_all = began + 2 * DECIDING_LOOKUP_TIMEOUT
+        running = _RUNNING.get(lookup)
+        if running is not None and running.since is None:  # still queued: wait for it to start
+            await asyncio.wait((running.started, lookup), timeout=max(0.0, in_all - time.monotonic()))
+        since = running.since if running is not None and running.since is not None else began
+        longer = min(since + DECIDING_LOOKUP_TIMEOUT, in_all) - time.monotonic()
+        if longer <= 0 and not lookup.done():
+            raise TimeoutError
+        return await asyncio.wait_for(asyncio.shield(lookup), max(longer, 0.0)), None
     except TimeoutError:
         return None, NOT_IN_TIME
     except Exception as exc:
