@@ -259,6 +259,7 @@ class CallState:
     tags_header: str | None = None
     process: asyncio.Future[ClientProcess] | None = None
     unknown_user: UnknownUser | None = None  # why it has no user (its refusal says)
+    user_decided: bool = False  # users had limits when it was attributed: a late lookup keeps its user
     errors: list[str] = field(default_factory=list)
     request_body: dict[str, Any] | None = None
     request_size: int = 0  # bytes of the request body, decoded (its budget reservation's input)
@@ -381,7 +382,11 @@ def _parse_body(provider: Provider, flavor: str, headers: Mapping[str, str], bod
     return provider.parse_response(flavor, body, headers)
 
 
-def _describe_client(record: CallRecord, process: ClientProcess) -> None:
+def _describe_client(record: CallRecord, process: ClientProcess, *, user: bool = False) -> None:
+    """Fill the row's process fields from ``process``, and with ``user`` its user_name (a late
+    lookup where no user limit decided the call: else the row keeps the user it was charged as)."""
+    if user:
+        record.user_name = process.user or record.user_name  # not identified: unidentified_user
     record.client_pid = process.pid
     record.client_process = process.name
     record.client_cwd = process.cwd
@@ -1592,7 +1597,7 @@ class Meter:
         if process is not None:
             _describe_client(record, process)
         record.user_name = decided.user  # what it is decided and charged as: a late lookup keeps it
-        state.unknown_user = decided.unknown_user
+        state.unknown_user, state.user_decided = decided.unknown_user, deciding
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -2611,7 +2616,7 @@ class Meter:
         lookup = state.process
         if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
             with contextlib.suppress(Exception):  # late at request time: describe the caller now
-                _describe_client(record, lookup.result())
+                _describe_client(record, lookup.result(), user=not state.user_decided)
         start = flow.request.timestamp_start
         record.duration_ms = round((time.time() - start) * 1000, 3)
         response = flow.response

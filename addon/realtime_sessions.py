@@ -16,6 +16,7 @@ event until its response ends, bounded, for an offline estimate if it is cut sho
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -425,6 +426,8 @@ class ResponsesSession(SocketSession):
     """
 
     subscription: bool = False  # a flat-fee plan's key: no budget reservations
+    # Its connection's process lookup: a session opened before it answered gets its user at a create.
+    lookup: asyncio.Future[ClientProcess] | None = None
     waiting: dict[str | None, deque[ResponseCall]] = field(default_factory=dict)  # per lane
     in_flight: dict[str, ResponseCall] = field(default_factory=dict)  # response id -> its call
     latest: dict[str | None, CallRecord] = field(default_factory=dict)  # per lane: its latest create's row

@@ -27,9 +27,9 @@ from mitmproxy.proxy import events as proxy_events
 from mitmproxy.websocket import WebSocketMessage
 
 from addon.api_keys import recent_key_fingerprint
-from addon.attribution import attribute
+from addon.attribution import UnknownUser, attribute, unknown_user, user_of
 from addon.carried_context import conversation_of
-from addon.client_process import ClientProcess
+from addon.client_process import NOT_IN_TIME, ClientProcess
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import rule_image_tools
 from addon.policies import Policies
@@ -160,7 +160,11 @@ class MeterSide(Protocol):
 
 def _process_of(state: CallState) -> ClientProcess | None:
     """The calling process of a call, if its lookup is over (it was awaited when attributed)."""
-    lookup = state.process
+    return _found_process(state.process)
+
+
+def _found_process(lookup: asyncio.Future[ClientProcess] | None) -> ClientProcess | None:
+    """The process a finished lookup found; None while it runs, or if it failed."""
     if lookup is None or not lookup.done() or lookup.cancelled() or lookup.exception() is not None:
         return None
     return lookup.result()
@@ -260,6 +264,7 @@ class SocketMeter:
                     next_id=self._meter._next_call_id,
                     opened_at=time.time(),
                     subscription=state.subscription,
+                    lookup=state.process,
                 )
             else:
                 session = RealtimeSession(
@@ -550,6 +555,29 @@ class SocketMeter:
         for row in rows:
             self._record_realtime(row)
 
+    def _identify_late(self, session: ResponsesSession) -> UnknownUser | None:
+        """A Responses session with no user (opened while no user had a limit, its lookup late):
+        once the lookup has answered, its user (and process) from it, for the rows and budget
+        scopes of its creates from now on; else why it has none (a lookup still running: late, so
+        a create refused for it is told to retry, not blamed on a container)."""
+        handshake = session.handshake
+        if handshake.user_name is not None:
+            return None
+        lookup = session.lookup
+        if lookup is not None and not lookup.done():
+            return UnknownUser(NOT_IN_TIME, late=True)
+        process = _found_process(lookup)
+        problem = None if lookup is None or process is not None else "calling process lookup failed"
+        handshake.user_name = user_of(self._meter.policies, process)
+        if process is not None and handshake.client_pid is None:
+            handshake.client_pid, handshake.client_process = process.pid, process.name
+            handshake.client_cwd, handshake.repo = process.cwd, process.repo
+            handshake.git_branch = process.git_branch
+        if handshake.user_name is not None:
+            session.attributed()  # its budget scopes now name the user
+            return None
+        return unknown_user(self._meter.policies, process, problem)
+
     async def _responses_create(
         self, flow: http.HTTPFlow, session: ResponsesSession, message: WebSocketMessage, data: bytes
     ) -> None:
@@ -560,6 +588,7 @@ class SocketMeter:
         create = await self._off_loop(openai_responses_ws.read_create, data)
         if create is None:
             return
+        unknown = self._identify_late(session)
         record = session.call(time.time(), create.model)
         enforcer = self._meter.enforcer
         # Its image_generation tool's model is held to the allowlist too (addon.image_tool).
@@ -585,6 +614,7 @@ class SocketMeter:
             estimate=self._meter.cost_estimate(record.provider, len(data), reserved, record.inference_geo),
             budgeted=not session.subscription,
             user_identified=record.user_name is not None,
+            unknown_user=unknown,
         )
         if decision.refusal is None and create.model is None:
             decision = self._meter.decider.unknown_model(record, decision) or decision
