@@ -265,6 +265,7 @@ class SocketMeter:
                     opened_at=time.time(),
                     subscription=state.subscription,
                     lookup=state.process,
+                    user_decided=state.user_decided,
                 )
             else:
                 session = RealtimeSession(
@@ -556,25 +557,31 @@ class SocketMeter:
             self._record_realtime(row)
 
     def _identify_late(self, session: ResponsesSession) -> UnknownUser | None:
-        """A Responses session with no user (opened while no user had a limit, its lookup late):
-        once the lookup has answered, its user (and process) from it, for the rows and budget
-        scopes of its creates from now on; else why it has none (a lookup still running: late, so
-        a create refused for it is told to retry, not blamed on a container)."""
+        """A Responses session opened before its lookup answered, where no user limit decided its
+        user (none, or only ``attribution.unidentified_user`` standing in): once the lookup has
+        answered, its user (and process) from it, for the rows and budget scopes of its creates
+        from now on; else why it has none (a lookup still running: late, so a create refused for it
+        is told to retry, not blamed on a container). A user decided with user limits stays."""
         handshake = session.handshake
-        if handshake.user_name is not None:
+        if handshake.user_name is not None and (session.user_decided or session.lookup_read):
             return None
         lookup = session.lookup
         if lookup is not None and not lookup.done():
-            return UnknownUser(NOT_IN_TIME, late=True)
+            # The stand-in user meanwhile (its creates are its); none: not identified in time.
+            return None if handshake.user_name is not None else UnknownUser(NOT_IN_TIME, late=True)
         process = _found_process(lookup)
         problem = None if lookup is None or process is not None else "calling process lookup failed"
-        handshake.user_name = user_of(self._meter.policies, process)
+        session.lookup_read = True
+        user = user_of(self._meter.policies, process)
+        changed = user != handshake.user_name
+        handshake.user_name = user
         if process is not None and handshake.client_pid is None:
             handshake.client_pid, handshake.client_process = process.pid, process.name
             handshake.client_cwd, handshake.repo = process.cwd, process.repo
             handshake.git_branch = process.git_branch
-        if handshake.user_name is not None:
-            session.attributed()  # its budget scopes now name the user
+        if user is not None:
+            if changed:
+                session.attributed()  # its budget scopes now name the user
             return None
         return unknown_user(self._meter.policies, process, problem)
 
