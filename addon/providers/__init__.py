@@ -72,10 +72,11 @@ def _with_body_model(path: str, body: dict[str, Any] | None, model: str) -> tupl
 
 
 def _openrouter_request_model(path: str, body: dict[str, Any] | None) -> str | None:
-    """OpenRouter's model, its ``preset`` field folded in (``fallback_lists.model_with_preset``):
+    """OpenRouter's model, its ``preset`` field folded in (``fallback_lists.requested_model``):
     ``{"model": m, "preset": s}`` is checked and reserved as ``m@preset/s``, ``{"preset": s}`` as
-    ``@preset/s``, as OpenRouter runs them."""
-    return fallback_lists.model_with_preset(body)
+    ``@preset/s``, as OpenRouter runs them; a field that cannot be folded in cleanly still names a
+    preset (matched only by a rule naming presets, reserved at a bare preset's ceiling)."""
+    return fallback_lists.requested_model(body)
 
 
 def _openrouter_with_model(

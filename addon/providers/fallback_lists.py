@@ -123,9 +123,10 @@ def with_preset(found: Fallbacks | None, body: dict[str, Any] | None) -> Fallbac
 def model_with_preset(body: Any) -> str | None:
     """The model an OpenRouter request runs, its ``preset`` field folded in as OpenRouter documents
     it: ``{"model": m, "preset": s}`` is ``m@preset/s``, ``{"preset": s}`` (model is optional) is
-    ``@preset/s``; without a preset, its ``model``. None when neither names one, or the preset is no
-    slug (not a string, or one with ``@`` or ``/``) or comes beside a model naming a preset already.
-    Never raises."""
+    ``@preset/s``; without a preset, its ``model``. None when neither names one, or the fold cannot
+    be made cleanly: the preset is no slug (not a string, or one with ``@`` or ``/``), or comes
+    beside a model with ``@`` in it (naming a preset already, or reading as one no more once
+    folded: ``m@x@preset/s``). Never raises."""
     if not isinstance(body, dict):
         return None
     model, preset = body.get("model"), body.get(PRESET_FIELD)
@@ -135,9 +136,24 @@ def model_with_preset(body: Any) -> str | None:
         return None
     if len(preset) > MAX_MODEL_NAME or (model is not None and not isinstance(model, str)):
         return None
-    if model is not None and PRESET_MARK in model:
+    if model is not None and "@" in model:
         return None
     return f"{model or ''}{PRESET_MARK}{preset}"
+
+
+def requested_model(body: Any) -> str | None:
+    """The model an OpenRouter request asks for, as recorded and reserved: ``model_with_preset``;
+    where a ``preset`` field cannot be folded in cleanly, the preset as written after the model
+    (``m@preset/a@preset/b``, ``m@preset/team/b``, ``m@x@preset/s``; a preset that is no text,
+    blank or too long as ``m@preset/``): an id naming a preset that reads as no clean one, so it is
+    matched only by a rule naming presets and reserved at the ceiling of a bare ``@preset/slug``
+    (``model_rules.preset_model``); its lists are unreadable (``with_preset``). Never raises."""
+    folded = model_with_preset(body)
+    if folded is not None or not isinstance(body, dict) or body.get(PRESET_FIELD) is None:
+        return folded
+    model, preset = body.get("model"), body[PRESET_FIELD]
+    written = isinstance(preset, str) and bool(preset.strip()) and len(preset) <= MAX_MODEL_NAME
+    return f"{model if isinstance(model, str) else ''}{PRESET_MARK}{preset if written else ''}"
 
 
 def preset_error(body: Any) -> str | None:
