@@ -5,6 +5,7 @@ tests for the defects found."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy import http
 from mitmproxy.test import taddons
 
 from addon.budgets import Scope
 from addon.meter import Meter
 from addon.policies import parse_policies
+from addon.pricing import Pricer
 from addon.reservation import max_output_tokens
-from tests.test_meter import CollectingStore, make_flow, run_request
+from tests.test_meter import CollectingStore, make_flow, run_request, submitted
 
 OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
 ONE_DOLLAR = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
@@ -91,3 +94,51 @@ async def test_a_responses_call_through_a_gateway_is_not_reserved_at_a_stray_cha
     body = {"model": "gpt-4o", "input": "hi", "max_output_tokens": 4000, "max_tokens": 1}
     allowed = await _let_through(meter, GATEWAY_RESPONSES, body)
     assert allowed <= 2, f"{allowed} of 20 let through with $0.05 left (max_output_tokens alone: 2 of 20)"
+
+
+# OpenRouter's preset API (docs: API Reference, Presets): POST /api/v1/presets/{slug}/chat/completions
+# (and /responses, /messages) saves the inference body's config as a preset version and answers
+# the preset object; nothing is run, nothing billed.
+PRESET_SAVED = {
+    "data": {
+        "created_at": "2026-04-20T10:00:00Z",
+        "description": None,
+        "designated_version": {
+            "config": {"max_tokens": 1024, "model": "openai/gpt-4o"},
+            "created_at": "2026-04-20T10:00:00Z",
+            "id": "550e8400-e29b-41d4-a716-446655440000",
+        },
+        "slug": "my-preset",
+    }
+}
+
+
+async def test_saving_an_openrouter_preset_is_not_recorded_as_a_billed_call(meter: Meter) -> None:
+    """A client saves a preset: POST https://openrouter.ai/api/v1/presets/my-preset/chat/completions
+    with {"model": "openai/gpt-4o", "max_tokens": 1024, messages: a 200-sentence system prompt}.
+    OpenRouter stores the config and answers the preset object (no usage: nothing ran). The path
+    ends in /chat/completions, so the proxy reads it as a chat call: reserved, checked against
+    the allowlist and budget (refused 403/402 where gpt-4o is not allowed or the budget is spent),
+    and recorded as an openrouter chat row for openai/gpt-4o, usage estimated (1,214 input
+    tokens), priced $0.003035, counted in spend and budgets. Expected no billed row; actual one
+    row of $0.003035."""
+    meter._apply(parse_policies(""))
+    system = "You are a helpful assistant. " * 200
+    body = {
+        "model": "openai/gpt-4o",
+        "max_tokens": 1024,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hello!"}],
+    }
+    flow = make_flow("https://openrouter.ai/api/v1/presets/my-preset/chat/completions", body)
+    await run_request(meter, flow)
+    flow.response = http.Response.make(
+        200, json.dumps(PRESET_SAVED).encode(), {"content-type": "application/json"}
+    )
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    rows = await submitted(meter)
+    pricer = Pricer.for_policies(meter.policies)
+    for row in rows:
+        pricer(row)
+    billed = [(row.api_flavor, row.model_requested, row.cost_usd) for row in rows if row.cost_usd]
+    assert billed == [], f"saving a preset recorded as {billed}"
