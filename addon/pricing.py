@@ -568,11 +568,12 @@ class Pricer:
         service_tier: str | None,
     ) -> Decimal | None:
         """The reservation of an OpenRouter id no price list has, where the provider is priced as
-        OpenRouter: ``m@preset/slug`` at ``m``; a bare ``@preset/slug`` (its model OpenRouter's
-        preset's, unknown here) at the dearest model OpenRouter lists (``openrouter_ceiling_models``:
-        a ceiling, so a budget holds whatever the preset runs); ``openrouter/fusion`` as its default
-        judge writing the answer plus, at each of ``FUSION_INVOCATIONS_RESERVED`` invocations, its
-        default panel and judge. None for any other id (or provider)."""
+        OpenRouter: ``m@preset/slug`` at ``m``; a bare ``@preset/slug`` (or one whose ``m`` is
+        blank: its model OpenRouter's preset's, unknown here) at the dearest model OpenRouter lists
+        (``openrouter_ceiling_models``: a ceiling, so a budget holds whatever the preset runs);
+        ``openrouter/fusion`` as its default judge writing the answer plus, at each of
+        ``FUSION_INVOCATIONS_RESERVED`` invocations, its default panel and judge. None for any other
+        id (or provider)."""
         named = preset_model(model)
         if named is None and model != OPENROUTER_FUSION:
             return None
