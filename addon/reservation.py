@@ -54,32 +54,22 @@ RESERVED_OUTPUT_TOKENS = 1000
 
 def max_output_tokens(body: dict[str, Any] | None) -> int | None:
     """The output cap a request sets on each answer, in any provider's spelling (Gemini's in its
-    JSON name or its proto field's, which Google's parsers take too). A body with both of chat's
-    caps (``max_completion_tokens`` and the older ``max_tokens``: a LiteLLM fallback object's
-    overlaid on the request's) is read at the larger: OpenAI refuses the pair (400
-    invalid_parameter_combination), but a server behind a gateway may obey either."""
+    JSON name or its proto field's, which Google's parsers take too), read at the largest positive
+    whole number among them all: a body with two caps (chat's ``max_completion_tokens`` and older
+    ``max_tokens``, a LiteLLM fallback object's overlaid on the request's; or a chat cap beside
+    Responses' ``max_output_tokens``) may be obeyed at either by a server behind a gateway (OpenAI
+    refuses the chat pair, 400 invalid_parameter_combination; a Responses server ignores
+    ``max_tokens``, a field it does not define). None when no spelling holds one."""
     if not body:
         return None
-    chat_caps = [
-        value
-        for value in (body.get("max_completion_tokens"), body.get("max_tokens"))
-        if type(value) is int and value > 0
-    ]
-    if chat_caps:
-        return max(chat_caps)
-    for holder, name in (
-        (body, "max_output_tokens"),
-        (body.get("inferenceConfig"), "maxTokens"),
-    ):
-        value = holder.get(name) if isinstance(holder, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    caps = [  # Gemini: either name of the field in either name of its holder (the largest)
-        value
-        for value in gemini_config_values(body, "maxOutputTokens", "max_output_tokens")
-        if type(value) is int and value > 0
-    ]
-    return max(caps, default=None)
+    holders = ((body, "max_completion_tokens"), (body, "max_tokens"), (body, "max_output_tokens"))
+    values = [holder.get(name) for holder, name in holders]
+    inference_config = body.get("inferenceConfig")
+    if isinstance(inference_config, dict):
+        values.append(inference_config.get("maxTokens"))
+    # Gemini: either name of the field in either name of its holder
+    values += gemini_config_values(body, "maxOutputTokens", "max_output_tokens")
+    return max((value for value in values if type(value) is int and value > 0), default=None)
 
 
 def gemini_config_values(body: Mapping[str, Any], camel: str, snake: str) -> list[Any]:
