@@ -6,8 +6,8 @@ Vertex AI's ``models/{model}:{method}``, Azure's deployment: each provider's ``r
 reads it) or by a JSON body's top-level ``model`` (Bedrock's asynchronous invocation:
 ``modelId``; a tuning job's ``baseModel``), or a multipart form's ``model`` field (openai-python
 sends every Sora request as a form). A path that runs a default model when none is named
-(``DEFAULT_MODELS``) is checked as naming it. Token counting, OpenAI's moderation and file
-uploads run no billed model: never checked.
+(``DEFAULT_MODELS``) is checked as naming it. Token counting, OpenAI's moderation, file
+uploads and saving an OpenRouter preset run no billed model: never checked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from addon.providers.openai_media import read_form
-from addon.providers.values import bare_path
+from addon.providers.values import bare_path, saves_openrouter_preset
 
 FLAVOR = "unmetered"  # the api_flavor of the row of such a request refused
 # Tuning jobs name their model baseModel (Vertex AI tuningJobs, Gemini tunedModels) or base_model.
@@ -68,9 +68,11 @@ class NamedModel:
 
 def runs_no_model(provider: str, path: str) -> bool:
     """Does ``path`` (query allowed) run no billed model: token counting, OpenAI's moderation, a
-    file upload?"""
+    file upload, saving an OpenRouter preset?"""
     bare = bare_path(path)
     if bare.endswith(_FREE_SUFFIXES) or _FREE_METHOD.search(bare) or _FREE_MODEL.search(bare):
+        return True
+    if provider == "openrouter" and saves_openrouter_preset(bare):
         return True
     if bare.startswith(_UPLOAD_PREFIX) or bare.endswith(_UPLOAD_SUFFIXES):
         return True

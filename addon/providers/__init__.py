@@ -35,6 +35,7 @@ from addon.providers import (
     openai_responses_ws,
     vertex_api,
 )
+from addon.providers.values import saves_openrouter_preset
 from addon.providers.vertex_api import PathFacts
 from addon.usage import Metered
 
@@ -406,6 +407,10 @@ def _openrouter_beside_anthropic_chain(body: dict[str, Any] | None) -> fallback_
 
 
 def _openrouter_flavor(path: str) -> str | None:
+    """The API flavor of an OpenRouter path, or None if not metered: its preset API among them
+    (``values.saves_openrouter_preset``: /api/v1/presets/{slug}/chat/completions runs nothing)."""
+    if saves_openrouter_preset(path):
+        return None
     return anthropic_api.flavor_for_path(path) or openai_api.flavor_for_path(path)
 
 

@@ -123,6 +123,18 @@ def bare_path(path: str) -> str:
     return path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
 
 
+# OpenRouter's preset API: POST /api/v1/presets/{slug}/chat/completions (/responses, /messages) saves
+# an inference body's config as a preset version and answers the preset (OpenRouter's API reference,
+# Presets): nothing runs, nothing is billed.
+OPENROUTER_PRESETS_API = "/api/v1/presets/"
+
+
+def saves_openrouter_preset(path: str) -> bool:
+    """Is ``path`` (as read: dots resolved, slashes merged; query allowed) OpenRouter's preset API,
+    which runs no model?"""
+    return bare_path(path).startswith(OPENROUTER_PRESETS_API)
+
+
 def flavor_by_suffix(path: str, suffixes: Iterable[tuple[str, str]]) -> str | None:
     """The flavor of the first ``(suffix, flavor)`` the bare ``path`` ends with, else None."""
     path = bare_path(path)
