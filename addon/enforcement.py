@@ -26,6 +26,7 @@ from addon.pricing import UNKNOWN_MODEL
 from addon.rate_limits import RateLimiter, limits_for, retry_after_seconds
 from addon.record import CallRecord
 from addon.refusals import (
+    USER_NOT_IDENTIFIED,
     blocked_message,
     budget_refusal_status,
     downgrade_notice,
@@ -62,7 +63,7 @@ def _unidentified_refusal(provider: str, model: str | None, unknown: UnknownUser
         refusal = not_identified_in_time_response(provider, message, NOT_IDENTIFIED_RETRY_AFTER)
     else:
         message = unidentified_user_message(unknown.why if unknown is not None else None)
-        refusal = refusal_response(provider, 403, message, kind="blocked")
+        refusal = refusal_response(provider, 403, message, kind="blocked", code=USER_NOT_IDENTIFIED)
     return Decision("blocked", model, refusal=refusal, message=message)
 
 

@@ -27,6 +27,10 @@ _OPENAI_TYPES = {
     "over_budget": ("insufficient_quota", "budget_exceeded"),
     "rate_limited": ("rate_limit_exceeded", "rate_limit_exceeded"),
 }
+# OpenAI codes of blocked calls whose model may well be allowed: a program branching on
+# ``model_not_allowed`` must not be told to change a model that is not the problem.
+USER_NOT_IDENTIFIED = "user_not_identified"
+API_KEYS_DISAGREE = "api_keys_disagree"
 _ANTHROPIC_TYPES = {
     "blocked": "permission_error",
     "over_budget": "rate_limit_error",
@@ -53,10 +57,11 @@ def _clean(text: str, limit: int = _MAX_NAME) -> str:
 
 
 def error_body(
-    provider: str, status: int, message: str, kind: str, *, final: bool = True
+    provider: str, status: int, message: str, kind: str, *, final: bool = True, code: str | None = None
 ) -> dict[str, object]:
     """The JSON error object a ``provider`` would send (anything OpenAI-compatible gets OpenAI's);
-    not ``final``: a wait (Bedrock names the throttle, as its header does)."""
+    not ``final``: a wait (Bedrock names the throttle, as its header does). ``code``: OpenAI's
+    ``code`` for a refusal that is not about the model (a blocked call's is ``model_not_allowed``)."""
     if kind not in REFUSAL_KINDS:
         raise ValueError(f"unknown refusal kind {kind!r}")
     if not message.startswith(_PREFIX):
@@ -69,8 +74,8 @@ def error_body(
         return {
             "error": {"code": status, "message": message, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}
         }
-    error_type, code = _OPENAI_TYPES[kind]
-    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    error_type, kind_code = _OPENAI_TYPES[kind]
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code or kind_code}}
 
 
 def budget_refusal_status(provider: str, *, final: bool = True) -> int:
@@ -87,8 +92,10 @@ def refusal_response(
     kind: str,
     retry_after: int | None = None,
     final: bool = True,
+    code: str | None = None,
 ) -> http.Response:
-    """A complete response refusing the call (``kind``: blocked | over_budget | rate_limited).
+    """A complete response refusing the call (``kind``: blocked | over_budget | rate_limited;
+    ``code``: OpenAI's error code where the kind's own would mislead, see ``error_body``).
 
     Headers: JSON content type, ``X-Tokometer-Refused: <kind>``, ``Retry-After`` when
     given, and ``x-should-retry: false`` for blocked and over-budget calls so the SDKs do
@@ -96,7 +103,7 @@ def refusal_response(
     does that for boto3). Not ``final``: an over-budget refusal that calls in flight cause (room
     comes back as they finish) lets the SDKs retry, and is a throttle on Bedrock.
     """
-    body = json.dumps(error_body(provider, status, message, kind, final=final)).encode()
+    body = json.dumps(error_body(provider, status, message, kind, final=final, code=code)).encode()
     headers = {"content-type": "application/json", REFUSED_HEADER: kind}
     if provider == "aws":
         headers["x-amzn-ErrorType"] = _AWS_CODES[kind] if final else _AWS_CODES["rate_limited"]

@@ -31,7 +31,7 @@ from addon.providers.fallback_lists import Fallbacks, with_fallback_models
 from addon.providers.openai_api import CHAT_ONLY_PROVIDERS, serves_legacy_completions
 from addon.providers.openai_media import FORM_NOT_REWRITTEN
 from addon.record import CallRecord
-from addon.refusals import refusal_response, several_keys_message
+from addon.refusals import API_KEYS_DISAGREE, refusal_response, several_keys_message
 from addon.socket_metering import remembered_live_setup
 
 UNREADABLE_MODEL = "the request's model could not be read, so it cannot be checked against the allowlist"
@@ -89,7 +89,9 @@ class RequestDecider:
             return Decision(
                 "blocked",
                 model,
-                refusal=refusal_response(record.provider, 403, message, kind="blocked"),
+                refusal=refusal_response(
+                    record.provider, 403, message, kind="blocked", code=API_KEYS_DISAGREE
+                ),
                 message=message,
             )
         return self.enforcer.decide(

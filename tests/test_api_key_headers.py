@@ -8,6 +8,7 @@ one of their Anthropic-compatible endpoints sends its key in ``x-api-key``."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from mitmproxy import http
@@ -170,6 +171,9 @@ async def test_two_different_keys_in_two_headers_bound_apart_are_refused(meter: 
     assert any("2 different API keys" in e for e in state.errors), state.errors
     assert _refused(flow) and state.record.action == "blocked"
     assert b"one API key" in (flow.response.content or b"")  # type: ignore[union-attr]
+    # Its code says what is wrong: the model (gpt-4o-mini here) is not (before: model_not_allowed).
+    error = json.loads(flow.response.content or b"{}")["error"]  # type: ignore[union-attr]
+    assert error["code"] == "api_keys_disagree"
 
 
 async def test_a_last4_bound_key_in_x_api_key_cannot_be_left_with_a_second_key(meter: Meter) -> None:
