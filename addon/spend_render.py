@@ -249,11 +249,10 @@ def _notes(total: Mapping[str, Any]) -> list[str]:
 _HEADERS = ("calls", "input", "cached", "cache-w", "output", "reason", "cost $")
 
 
-def _cells(row: Mapping[str, Any]) -> list[str]:
-    cost = None if row["cost_usd"] is None else Decimal(row["cost_usd"])
-    text = money(cost)
-    if cost is not None and row["unpriced_calls"]:
-        text += "*"  # some calls of the group have no known price
+def _cells(row: Mapping[str, Any], cost: str) -> list[str]:
+    """A row's cells; ``cost`` its cell of the table's ``money_column`` (one number of decimals)."""
+    if row["cost_usd"] is not None and row["unpriced_calls"]:
+        cost += "*"  # some calls of the group have no known price
     return [
         f"{row['calls']:,}",
         f"{row['input_tokens']:,}",
@@ -261,8 +260,15 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
         f"{row['cache_write_tokens']:,}",
         f"{row['output_tokens']:,}",
         f"{row['reasoning_tokens']:,}",
-        text,
+        cost,
     ]
+
+
+def _table(rows: Sequence[Mapping[str, Any]], total: Mapping[str, Any]) -> list[list[str]]:
+    """The cells of ``rows`` then ``total``, their costs one ``money_column`` (a paid row of
+    $0.0000004 beside $0.0035 reads 0.0000004, not 0.000000)."""
+    costs = money_column([row["cost_usd"] for row in [*rows, total]])
+    return [_cells(row, cost) for row, cost in zip([*rows, total], costs, strict=True)]
 
 
 def _session_line(session: Mapping[str, Any]) -> str:
@@ -339,16 +345,20 @@ def render_session(report: Mapping[str, Any]) -> str:
         return "\n".join(lines) + "\n"
 
     lines.append("")
+    *cells, footer = _table(report["by_model"], total)
     lines += _session_block(
-        "model", [(row["model"], _cells(row)) for row in report["by_model"]], ("total", _cells(total))
+        "model",
+        [(row["model"], c) for row, c in zip(report["by_model"], cells, strict=True)],
+        ("total", footer),
     )
     environments = report.get("by_environment", [])
     if environments:
         lines.append("")
+        *cells, footer = _table(environments, total)
         lines += _session_block(
             "environment",
-            [(name(row["environment"]), _cells(row)) for row in environments],
-            ("total", _cells(total)),
+            [(name(row["environment"]), c) for row, c in zip(environments, cells, strict=True)],
+            ("total", footer),
         )
     if total["unpriced_calls"]:
         unknown = ", ".join(
