@@ -307,12 +307,14 @@ def today_baseline(con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, t
     """
     import duckdb
 
+    from addon.record import CALL_ROW_SQL  # not at the top: the status line imports this module
+
     start = _utc(now).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
     refused = ", ".join(f"'{a}'" for a in REFUSED_ACTIONS)
     try:
         rows = con.execute(
-            "SELECT environment, coalesce(sum(cost_usd), 0), count(*), "
-            f"count(*) FILTER (WHERE action IN ({refused})), "
+            f"SELECT environment, coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE {CALL_ROW_SQL}), "
+            f"count(*) FILTER (WHERE {CALL_ROW_SQL} AND action IN ({refused})), "
             f"count(*) FILTER (WHERE cost_usd IS NULL AND action NOT IN ({refused}) "
             "AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)) "
             "FROM calls WHERE ts >= ? GROUP BY environment",
@@ -408,19 +410,25 @@ class LiveState:
         cost = record.cost_usd
         unpriced = cost is None and not refused and record.usage is not None
         entry = self._unstored.setdefault(record.environment or "", [Decimal(0), 0, 0, 0])
+        from addon.record import is_call_row  # see today_baseline
+
+        call = is_call_row(record)  # a part of a call adds its cost, not a call
         entry[0] += cost or 0
-        entry[1] += 1
-        entry[2] += refused
+        entry[1] += call
+        entry[2] += refused and call
         entry[3] += unpriced
 
     def record(self, records: Iterable[CallRecord]) -> None:
         """Count priced calls (a store listener: ``store.add_listener(live.record)``)."""
+        from addon.record import is_call_row  # see today_baseline
+
         with self._lock:
             for record in records:
                 refused = record.action in REFUSED_ACTIONS
                 cost = record.cost_usd
-                self._calls += 1
-                self._refused += refused
+                call = is_call_row(record)  # a part of a call adds its cost, not a call
+                self._calls += call
+                self._refused += refused and call
                 unpriced = cost is None and not refused and record.usage is not None
                 if cost is not None:
                     self._cost += cost

@@ -179,6 +179,8 @@ _RESULTS = "/results"  # GET .../messages/batches/{id}/results: a Message Batch'
 # What a background response's retrieval row takes from the row of the call that started it.
 # The image_generation tool call a background response's entry keeps (addon.image_tool).
 _IMAGE_TOOL_KEY = "image_tool"
+# A background response's entry: the id of its creation row, the call its retrieval row is a part of.
+_CREATION_KEY = "call_id"
 _STARTED_BY = (
     "environment",
     "environment_source",
@@ -1375,6 +1377,9 @@ class Meter:
                 | {name: started[name] for name in _STARTED_BY if name in started}
             ),
         )
+        creation = started.get(_CREATION_KEY)
+        if isinstance(creation, str):  # the creation row is the call; this row bills it, a part
+            record.parent_id = creation
         state = CallState(provider=provider, record=record, retrieval=response_id, pending_in=pending_in)
         state.image_tool = call_from_json(started.get(_IMAGE_TOOL_KEY))
         return state
@@ -2564,6 +2569,7 @@ class Meter:
             assert metered.response_id is not None
             record.cost_usd, record.price_status, record.price_source = Decimal(0), BACKGROUND, None
             started = {name: getattr(record, name) for name in _STARTED_BY}
+            started[_CREATION_KEY] = record.parent_id or record.id
             if state.image_tool is not None:  # its images' row: the tool's model as let through
                 started[_IMAGE_TOOL_KEY] = call_to_json(state.image_tool)
             # Its reservation stays held while it runs (kept before the row goes to the store,

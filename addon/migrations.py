@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from addon.record import BILLED_APART_NOTE
+
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
 MIGRATIONS: list[Migration] = []
@@ -184,14 +186,8 @@ def m010_parent_id(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-# How a billed-apart row's ``error`` began before m010 (addon.anthropic_models ADVISOR_NOTE and
-# DECLINED_NOTE, addon.image_tool ROW_NOTE and the SVG author's), group 2 the call's id.
-_BILLED_APART_NOTE = (
-    r"^(the advisor tool's tokens \(usage\.iterations advisor_message\)"
-    r"|the tokens of a hop that declined \(server-side fallback, usage\.iterations\)"
-    r"|the image_generation tool's images"
-    r"|the image_generation tool's SVG author tokens \(svg_usage\)) of call ([^\s:;]+)(:|;|$)"
-)
+# How a billed-apart row's ``error`` began before m010, group 2 the call's id.
+_BILLED_APART_NOTE = BILLED_APART_NOTE
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> set[str]:

@@ -6,12 +6,38 @@ import dataclasses
 import json
 import json.encoder
 import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from addon.usage import USAGE_COUNTS, Usage
+
+# How a row billed apart names its call in ``error`` (addon.anthropic_models ADVISOR_NOTE and
+# DECLINED_NOTE, addon.image_tool ROW_NOTE and the SVG author's), group 2 the call's id: all a
+# row written without ``parent_id`` says (before m010; a previous version's journal line replayed
+# after it; an older proxy still inserting into a migrated file).
+BILLED_APART_NOTE = (
+    r"^(the advisor tool's tokens \(usage\.iterations advisor_message\)"
+    r"|the tokens of a hop that declined \(server-side fallback, usage\.iterations\)"
+    r"|the image_generation tool's images"
+    r"|the image_generation tool's SVG author tokens \(svg_usage\)) of call ([^\s:;]+)(:|;|$)"
+)
+_BILLED_APART = re.compile(BILLED_APART_NOTE)
+
+# A call's own row, the one that counts the call (``is_call_row`` in SQL): not a part of a call,
+# whether ``parent_id`` names it or, where nothing linked it, its ``error`` (``BILLED_APART_NOTE``).
+# A background response's creation row is the call; its retrieval row is a part of it.
+# A row billed apart from its call, by its ``error``: true for the parts ``billed_apart`` makes
+# (not for a background response's retrieval row, a part of its creation row).
+BILLED_APART_SQL = "coalesce(regexp_matches(error, '" + BILLED_APART_NOTE.replace("'", "''") + "'), false)"
+CALL_ROW_SQL = f"parent_id IS NULL AND NOT {BILLED_APART_SQL}"
+
+
+def is_call_row(record: CallRecord) -> bool:
+    """Is ``record`` a call's own row (``CALL_ROW_SQL``), not a part of a call?"""
+    return record.parent_id is None and not (record.error and _BILLED_APART.match(record.error))
 
 
 @dataclass(slots=True)
@@ -83,8 +109,8 @@ class CallRecord:
     # answers the call asked for (migration m009): OpenAI's n (a legacy completion's best_of, its
     # prompts), Gemini's candidateCount; NULL for one. The output history is of one answer's.
     answers: int | None = None
-    # the call this row is a part of (migration m010): set by ``billed_apart``, NULL for a call's
-    # own row. Reports count a call once, ``coalesce(parent_id, id)``
+    # the call this row is a part of (migration m010): set by ``billed_apart`` and on a background
+    # response's retrieval row; NULL for a call's own row (``is_call_row``, ``CALL_ROW_SQL``)
     parent_id: str | None = None
 
     def set_usage(self, usage: Usage | None, source: str = "reported") -> None:

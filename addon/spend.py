@@ -38,9 +38,10 @@ and writes included), ``output_tokens`` all output (reasoning included); ``cost_
 calls whose price is known (null when none is); ``unpriced_calls`` have usage but no known
 price; ``no_usage_calls`` have no usage (aborted, unreadable), errors and refusals aside;
 ``refused_calls`` were blocked, over budget or rate limited (cost 0). A call is counted once,
-by its own row: the rows billed apart from it (``parent_id``) are parts of it, in no ``calls``,
-and a background creation row (``price_status = 'background'``, billed on another) is not a
-call; tokens and cost sum all rows; ``unpriced_calls`` counts rows (a part without a price too).
+by its own row: the rows billed apart from it (``parent_id``, or their ``error`` where no
+``parent_id`` was written) are parts of it, in no ``calls``; a background creation row
+(``price_status = 'background'``) is the call, the retrieval row that bills it a part of it;
+tokens and cost sum all rows; ``unpriced_calls`` counts rows (a part without a price too).
 
 The model of a call is the genai-prices id it was priced under (``price_model``: dated
 snapshots such as ``gpt-4o-2024-08-06`` fold into ``gpt-4o``), else the reported model, else

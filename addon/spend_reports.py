@@ -9,12 +9,13 @@ Conventions shared by all reports:
   (``price_model``), else the model the provider reported, else the one sent, else the one
   requested. Dated snapshots priced as their base model fold into it (``gpt-4o-2024-08-06``
   and ``gpt-4o`` are one row, ``gpt-4o``); an unpriced call keeps the name it was called by.
-- A call is counted once, by its own row: the rows billed apart from it (an advisor's, a
-  declined hop's, an image_generation tool's or its SVG author's tokens: ``parent_id`` names the
-  call) are parts of it, counted in no ``calls`` (a model used only in such parts shows 0 calls
-  and its cost), and a background response's or batch's $0 creation row (``price_status =
-  'background'``) is not a call (the row that bills it is). Sums of tokens and money take every
-  row; ``unpriced_calls`` counts rows (a part without a price is one).
+- A call is counted once, by its own row (``addon.record.CALL_ROW_SQL``): the rows billed apart
+  from it (an advisor's, a declined hop's, an image_generation tool's or its SVG author's tokens:
+  ``parent_id`` names the call, or their ``error`` does where no ``parent_id`` was written) are
+  parts of it, counted in no ``calls`` (a model used only in such parts shows 0 calls and its
+  cost). A background response's or batch's $0 creation row (``price_status = 'background'``) is
+  the call, fetched or not; the retrieval row that bills it is a part of it. Sums of tokens and
+  money take every row; ``unpriced_calls`` counts rows (a part without a price is one).
 - Refused calls (``action`` blocked, over_budget or rate_limited) count in ``calls`` and in
   ``refused_calls``; they have no usage and cost 0.
 - Money is ``Decimal`` here, an exact string in JSON. A sum of costs ignores calls whose price
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+
+from addon.record import BILLED_APART_SQL, CALL_ROW_SQL
 
 if TYPE_CHECKING:
     from addon.policies import Budget, Policies
@@ -54,9 +57,8 @@ _PRODUCTION_SQL = "lower(coalesce(environment, '')) IN ('production', 'prod')"
 # Rules are matched against it, not the report model (price_model spells a Bedrock call
 # "regional.anthropic.claude-...", which no rule names).
 DECIDED_SQL = "coalesce(model_sent, model_requested)"
-# A call's own row: not a part billed apart from a call (``parent_id``), not a background
-# response's or batch's $0 creation row (billed on another row, which is the call's).
-_CALL_ROW_SQL = "parent_id IS NULL AND coalesce(price_status, '') <> 'background'"
+# A call's own row: not a part of a call (``parent_id``, or its ``error`` where nothing linked it).
+_CALL_ROW_SQL = CALL_ROW_SQL
 
 
 def count_calls(condition: str = "TRUE") -> str:
@@ -71,12 +73,21 @@ _UNPRICED_SQL = f"(cost_usd IS NULL AND {_HAS_USAGE_SQL})"  # a row with usage b
 # Rows, parts included: a part without a price leaves its amount out of the cost as a call would.
 _UNPRICED_CALLS_SQL = f"count(*) FILTER (WHERE {_UNPRICED_SQL})"
 _NO_USAGE_CALLS_SQL = count_calls(
-    f"NOT {_HAS_USAGE_SQL} AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription') "
-    f"AND NOT {_REFUSED_SQL}"
+    f"NOT {_HAS_USAGE_SQL} AND NOT {_REFUSED_SQL} "
+    "AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription', 'background')"
 )
+
+
+def count_calls_with_usage(condition: str = "TRUE") -> str:
+    """SQL counting the calls with usage of a group that meet ``condition``: the rows carrying a
+    call's usage, its own row or (a background response's, whose own row has none) the retrieval
+    row that bills it; not a part billed apart (``BILLED_APART_SQL``)."""
+    return f"count(*) FILTER (WHERE NOT {BILLED_APART_SQL} AND {_HAS_USAGE_SQL} AND ({condition}))"
+
+
 # Calls with usage and a known price, a subscription plan's $0 calls aside.
-_API_PRICED_CALLS_SQL = count_calls(
-    f"{_HAS_USAGE_SQL} AND cost_usd IS NOT NULL AND coalesce(price_status, '') <> 'subscription'"
+_API_PRICED_CALLS_SQL = count_calls_with_usage(
+    "cost_usd IS NOT NULL AND coalesce(price_status, '') <> 'subscription'"
 )
 
 
@@ -492,7 +503,7 @@ def spend_by_period_and_environment(
 # -- summary --------------------------------------------------------------------------------------
 
 _SUMMARY_EXTRA_SQL = f"""
-    {count_calls(_HAS_USAGE_SQL)} AS usage_calls,
+    {count_calls_with_usage()} AS usage_calls,
     {_API_PRICED_CALLS_SQL} AS api_priced_calls,
     sum(input_tokens) AS usage_input,
     sum(output_tokens) AS usage_output

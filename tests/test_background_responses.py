@@ -184,6 +184,39 @@ async def test_a_response_pending_at_a_restart_is_billed_by_the_next_proxy(tmp_p
         ("/v1/responses", "background", "staging", "research", None),
         ("/v1/responses/resp_bg", "priced", "staging", "research", 30_000),
     ]
+    # The creation row is the call; the retrieval row that bills it is a part of it (its parent_id).
+    with duckdb.connect(str(db), read_only=True) as con:
+        [(creation, linked)] = con.execute(
+            "SELECT a.id, b.parent_id FROM calls a JOIN calls b ON b.path = '/v1/responses/resp_bg' "
+            "WHERE a.path = '/v1/responses'"
+        ).fetchall()
+    assert linked == creation
+
+
+async def test_a_background_call_counts_once_whether_retrieved_or_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One call retrieved (two rows) and one never retrieved (its creation row alone): 2 calls,
+    1 of them with usage and a price (the retrieved one's usage is on its retrieval row)."""
+    from addon.spend import main
+
+    db = tmp_path / "a.duckdb"
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(db))
+        addon.running()
+        try:
+            await start(addon)
+            await poll(addon, DONE)
+            await start(addon)  # never retrieved through the proxy (a webhook, say)
+        finally:
+            addon.done()
+    capsys.readouterr()
+    assert main(["--db", str(db), "summary", "--from", "2000-01-01", "--format", "json"]) in (0, None)
+    [env] = json.loads(capsys.readouterr().out)["environments"]
+    assert (env["calls"], env["usage_calls"], env["no_usage_calls"]) == (2, 1, 0)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(parent_id) FROM calls").fetchone() == (3, 1)
 
 
 async def test_two_retrievals_in_flight_bill_the_response_once(tmp_path: Path) -> None:
@@ -272,6 +305,8 @@ async def test_an_entry_written_by_another_version_is_still_billed(tmp_path: Pat
             "development",
             30_000,
         )
+        # An entry without its creation row's id (an older version's): the retrieval is not linked.
+        assert retrieved.parent_id is None
 
 
 def test_a_response_whose_file_cannot_be_removed_is_billed_once_here(

@@ -1,6 +1,7 @@
 """Reports count calls, not rows: a row billed apart from its call (``parent_id``) is a part of it,
-not a call, and a background response's $0 creation row is not a call; the m010 migration links the rows an
-older proxy wrote; a database an older proxy wrote (fewer columns) still reports."""
+not a call, and a background response's retrieval row is a part of its $0 creation row, the call;
+the m010 migration links the rows an older proxy wrote; a database an older proxy wrote (fewer
+columns) still reports."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from addon.live_state import LiveState
 from addon.migrations import MIGRATIONS, applied, migrate
 from addon.record import CallRecord, billed_apart
 from addon.spend import main
@@ -78,13 +80,14 @@ def image_row(parent: CallRecord, row_id: str, usage: Usage) -> CallRecord:
 @pytest.fixture
 def calls_db(tmp_path: Path) -> Path:
     """Two calls in four rows: c1 (gpt-4o, 1,000 in / 100 out) with its image tool's row c1-img
-    (gpt-image-1, 100 in / 1,000 out); a background response's creation c2 ($0, 'background')
-    and the retrieval c3 that bills it (gpt-4o, 2,000 in / 200 out)."""
+    (gpt-image-1, 100 in / 1,000 out); a background response's creation c2 ($0, 'background'),
+    the call, and the retrieval c3 that bills it (gpt-4o, 2,000 in / 200 out), a part of c2."""
     first = row(1, "gpt-4o", Usage(input_tokens=1000, output_tokens=100))
     images = image_row(first, "c1-img", Usage(input_tokens=100, output_tokens=1000))
     creation = row(2, "gpt-4o", None)
     creation.cost_usd, creation.price_status = Decimal(0), "background"
     retrieval = row(3, "gpt-4o", Usage(input_tokens=2000, output_tokens=200))
+    retrieval.parent_id = "c2"  # as the meter writes it (its pending entry names the creation row)
     return store(tmp_path / "spend.duckdb", [first, images, creation, retrieval])
 
 
@@ -95,7 +98,7 @@ def test_billed_apart_names_the_call(calls_db: Path) -> None:
             ("c1", None),
             ("c1-img", "c1"),
             ("c2", None),
-            ("c3", None),
+            ("c3", "c2"),
         ]
     finally:
         con.close()
@@ -180,3 +183,17 @@ def test_reports_read_a_database_from_before_the_attribution_columns(
         assert "user_name" not in {r[0] for r in con.execute("DESCRIBE calls").fetchall()}
     finally:
         con.close()
+
+
+def test_the_status_line_counts_a_background_call_once_by_its_creation(tmp_path: Path) -> None:
+    """Its creation row ($0) is the call; the retrieval row that bills it adds its cost, no call."""
+    creation = row(1, "o3-pro", None)
+    creation.cost_usd, creation.price_status = Decimal(0), "background"
+    retrieval = row(2, "o3-pro", Usage(input_tokens=12, output_tokens=100), parent_id="c1")
+    retrieval.cost_usd, retrieval.price_status = Decimal("0.0080"), "priced"
+    live = LiveState(tmp_path / "live.json", "s1", clock=lambda: T0 + timedelta(minutes=1))
+    live.record([creation])
+    assert live.snapshot()["session"]["calls"] == 1
+    live.record([retrieval])
+    session = live.snapshot()["session"]
+    assert (session["calls"], Decimal(session["cost_usd"])) == (1, Decimal("0.008"))

@@ -2,7 +2,8 @@
 
 Random rows (hypothesis, derandomized: the same examples every run, no example database) of
 every kind the proxy stores: priced, estimated, provider-reported, unpriced, refused, without
-usage, subscription, background, errors, rows billed apart from a call (``parent_id``);
+usage, subscription, background creations and their retrievals, errors, rows billed apart from a
+call (``parent_id``, or only their ``error`` naming it: a row no ``parent_id`` was written for);
 timestamps bunched at day, week, month and year edges.
 """
 
@@ -60,7 +61,9 @@ KINDS = [
     "error",
     "provider",
     "part",
+    "retrieval",
 ]
+PART_NOTE = "the advisor tool's tokens (usage.iterations advisor_message)"  # as billed_apart writes it
 DIMENSIONS = ["env", "model", "provider", "team", "user", "key", "day", "week", "month"]
 # The same examples every run (derandomize), no deadline (DuckDB's first query in a process is slow).
 PROPERTY = settings(
@@ -138,6 +141,13 @@ def row_st(draw: Any, n: int) -> CallRecord:
         r.status_code, r.cost_usd, r.price_status = 500, Decimal(0), "not_billed"
     elif kind == "part" and n:  # a row billed apart from an earlier call (an advisor's tokens)
         usage()
+        call = f"c{draw(st.integers(0, n - 1))}"
+        r.error = f"{PART_NOTE} of call {call}: 12 advisor tokens"
+        if draw(st.booleans()):  # else written without parent_id (an older proxy's insert)
+            r.parent_id = call
+        r.cost_usd, r.price_status, r.price_model = cost, "priced", model
+    elif kind == "retrieval" and n:  # the row billing an earlier background creation row
+        usage()
         r.parent_id = f"c{draw(st.integers(0, n - 1))}"
         r.cost_usd, r.price_status, r.price_model = cost, "priced", model
     return r
@@ -205,10 +215,22 @@ def decimal_text(value: Decimal | None) -> str | None:
     return "0" if text in ("-0", "") else text
 
 
+def billed_apart(r: CallRecord) -> bool:
+    """Is ``r`` a row billed apart from its call (its ``error`` names the call)?"""
+    return (r.error or "").startswith(PART_NOTE)
+
+
 def calls_of(rows: Iterable[CallRecord]) -> int:
-    """How many calls ``rows`` are: a row billed apart is a part of its call (``parent_id``), not
-    a call; a background creation row ($0, billed on another) is none."""
-    return sum(r.parent_id is None and r.price_status != "background" for r in rows)
+    """How many calls ``rows`` are: a row billed apart is a part of its call (``parent_id``, or its
+    ``error`` where no parent_id was written), not a call; so is a background response's retrieval
+    row (its creation row, $0, is the call)."""
+    return sum(r.parent_id is None and not billed_apart(r) for r in rows)
+
+
+def usage_calls_of(rows: Iterable[CallRecord]) -> int:
+    """The calls with usage among ``rows``: the rows with usage that are not billed apart (a
+    background call's usage is on its retrieval row)."""
+    return sum(has_usage(r) and not billed_apart(r) for r in rows)
 
 
 def totals(rows: Sequence[CallRecord]) -> dict[str, Any]:
@@ -227,7 +249,7 @@ def totals(rows: Sequence[CallRecord]) -> dict[str, Any]:
             r
             for r in rows
             if not has_usage(r)
-            and r.price_status not in ("not_billed", "subscription")
+            and r.price_status not in ("not_billed", "subscription", "background")
             and r.action not in REFUSED
         ),
         "cost_usd": decimal_text(sum(costs, Decimal(0))) if costs else None,
@@ -336,10 +358,10 @@ def test_summary_matches_python(empty_db: Path, rows: tuple[CallRecord, ...], rn
         for key, value in expected.items():
             assert entry[key] == value, (env, key)
         usage = [r for r in group if has_usage(r)]
-        assert entry["usage_calls"] == calls_of(usage)
-        if calls_of(usage):  # parts alone: no call to average over
-            avg_input = round(sum(r.input_tokens or 0 for r in usage) / calls_of(usage), 1)
-            avg_output = round(sum(r.output_tokens or 0 for r in usage) / calls_of(usage), 1)
+        assert entry["usage_calls"] == usage_calls_of(usage)
+        if usage_calls_of(usage):  # parts alone: no call to average over
+            avg_input = round(sum(r.input_tokens or 0 for r in usage) / usage_calls_of(usage), 1)
+            avg_output = round(sum(r.output_tokens or 0 for r in usage) / usage_calls_of(usage), 1)
             assert (entry["avg_input_tokens"], entry["avg_output_tokens"]) == (avg_input, avg_output)
         assert entry["cache_hit_rate"] == ratio(expected["cache_read_tokens"], expected["input_tokens"])
         assert sum(m["calls"] for m in entry["models"]) == calls_of(group)
@@ -348,9 +370,9 @@ def test_summary_matches_python(empty_db: Path, rows: tuple[CallRecord, ...], rn
         # cost per call: cost / calls with usage and a known price, a subscription plan's calls aside
         api_priced = [r for r in usage if r.cost_usd is not None and r.price_status != "subscription"]
         per_call = None
-        if calls_of(api_priced) and expected["cost_usd"] is not None:
+        if usage_calls_of(api_priced) and expected["cost_usd"] is not None:
             per_call = decimal_text(
-                (Decimal(expected["cost_usd"]) / calls_of(api_priced)).quantize(Decimal("1e-10"))
+                (Decimal(expected["cost_usd"]) / usage_calls_of(api_priced)).quantize(Decimal("1e-10"))
             )
         assert entry["cost_per_call_usd"] == per_call
 
