@@ -931,7 +931,7 @@ def savings_report(
     )
     sql = f"""{base}
         SELECT environment, provider, model, min({DECIDED_SQL}) AS decided, date_trunc('month', ts) AS month,
-               input_tokens > 200000 AS large, {keys}, count(*) AS calls,
+               input_tokens > 200000 AS large, {keys}, count(*) AS row_count, {count_calls()} AS calls,
                coalesce(sum(input_tokens), 0) AS input_tokens,
                coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
@@ -955,13 +955,16 @@ def savings_report(
             outcome, target = rules.resolve(row["decided"] or model, policies.id_host(provider))
         outcome = {"allowed": "keep", "downgraded": "downgrade", "blocked": "block"}.get(outcome, outcome)
         # A group is all priced or all unpriced (cost_usd IS NULL is a grouping key): only
-        # priced calls are re-priced; the unpriced ones are counted and left out of the sums.
-        unpriced = row["calls"] if row["unpriced_group"] else 0
-        priced_calls = row["calls"] - unpriced
+        # priced rows are re-priced, as that many rows of the average size (a part billed apart
+        # is a row of its own); the unpriced rows are counted and left out of the sums. Calls
+        # are counted by their own rows (count_calls): a part is in no ``calls``.
+        unpriced = row["row_count"] if row["unpriced_group"] else 0
+        priced_rows = row["row_count"] - unpriced
+        priced_calls = 0 if row["unpriced_group"] else row["calls"]
         target_unpriced = False
         cost = row["cost_usd"] or Decimal(0)
         whatif = cost
-        if outcome == "downgrade" and target is not None and priced_calls:
+        if outcome == "downgrade" and target is not None and priced_rows:
             names = (
                 "input_tokens",
                 "cache_read_tokens",
@@ -973,7 +976,7 @@ def savings_report(
                 pricer,
                 provider,
                 target,
-                priced_calls,
+                priced_rows,
                 [row[k] for k in names],
                 row["first_ts"],
                 service_tier=row["service_tier"],

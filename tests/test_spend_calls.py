@@ -185,6 +185,35 @@ def test_reports_read_a_database_from_before_the_attribution_columns(
         con.close()
 
 
+def test_savings_counts_calls_and_reprices_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A gpt-4o call (1,000 in / 100 out) and a declined hop's row of it on gpt-4o (3,000 in / 300
+    out), downgraded to gpt-4o-mini: 1 call downgraded (before: 2), re-priced as its 2 rows:
+    4,000 x $0.15 + 400 x $0.60 per 1M = $0.00084."""
+    first = row(1, "gpt-4o", Usage(input_tokens=1000, output_tokens=100))
+    hop = billed_apart(
+        first,
+        "c1-hop",
+        "responses",
+        requested="gpt-4o",
+        sent="gpt-4o",
+        reported="gpt-4o",
+        action="allowed",
+        note="the tokens of a hop that declined (server-side fallback, usage.iterations) of call c1",
+        inference_geo=None,
+    )
+    hop.set_usage(Usage(input_tokens=3000, output_tokens=300))
+    db = store(tmp_path / "spend.duckdb", [first, hop])
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        "default_environment: development\nenvironments:\n  development:\n    models:\n"
+        "      allow: [gpt-4o-mini]\n      downgrade:\n        gpt-4o: gpt-4o-mini\n"
+    )
+    total = report(capsys, "--db", str(db), "savings", "--policies", str(policies), *NOV)["total"]
+    assert (total["calls"], total["downgraded_calls"], total["unpriced_calls"]) == (1, 1, 0)
+    assert Decimal(total["whatif_cost_usd"]) == Decimal("0.00084")
+    assert Decimal(total["cost_usd"]) == Decimal("0.014")  # 4,000 x $2.50 + 400 x $10 per 1M
+
+
 def test_the_status_line_counts_a_background_call_once_by_its_creation(tmp_path: Path) -> None:
     """Its creation row ($0) is the call; the retrieval row that bills it adds its cost, no call."""
     creation = row(1, "o3-pro", None)
