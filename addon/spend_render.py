@@ -583,7 +583,10 @@ def csv_summary(report: Mapping[str, Any]) -> str:
 def _one_to(month: Mapping[str, Any]) -> str:
     if month["one_to"] is None:
         return "-"
-    return f"1:{month['one_to']:.1f}"
+    one_to = month["one_to"]
+    if 0 < one_to < 0.1:  # a little production cost is not none: 1:0.002, not 1:0.0
+        return "1:" + f"{one_to:.4f}".rstrip("0")
+    return f"1:{one_to:.1f}"
 
 
 def render_ratio(report: Mapping[str, Any]) -> str:

@@ -620,7 +620,7 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
         nonprod, prod = row["nonprod"], row["prod"]
         ratio = _ratio(nonprod, prod)
         flagged = nonprod > 0 and (prod == 0 or nonprod / prod > RATIO_FLAG_ABOVE)
-        one_to = None if ratio is None or nonprod == 0 else round(float(prod / nonprod), 2)  # no ratio: none
+        one_to = None if ratio is None or nonprod == 0 else round(float(prod / nonprod), 4)  # no ratio: none
         month_x = month_number(row["month"])
         previous = ratio_by_month.get(month_x - 1)  # None: no calls or no production cost then
         change = None if ratio is None or previous is None else round(ratio - previous, 4)

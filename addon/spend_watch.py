@@ -88,7 +88,8 @@ def _parse_time(text: Any) -> datetime | None:
 
 
 def _money(text: Any) -> str:
-    """A decimal (string) as ``$0.42`` (``$0.0031`` under a cent, ``$1,234.50``), rounded half up."""
+    """A decimal (string) as ``$0.0031``, ``$0.0133``, ``$0.42`` (up to four decimals under a
+    dollar, at least two) or ``$1,234.50``, rounded half up."""
     from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
     try:
@@ -100,9 +101,14 @@ def _money(text: Any) -> str:
     if value == 0:
         return "$0.00"
     sign, value = ("-" if value < 0 else ""), abs(value)
-    if value < Decimal("0.01"):
+    if value < 1:  # up to four decimals under a dollar: $0.0133 is not $0.01
         small = value.quantize(Decimal("0.0001"), ROUND_HALF_UP)
-        return f"{sign}${small:f}".rstrip("0") if small else f"{sign}<$0.0001"
+        if not small:
+            return f"{sign}<$0.0001"
+        text = f"{small:f}"
+        while text.endswith("0") and len(text.split(".")[1]) > 2:
+            text = text[:-1]
+        return f"{sign}${text}"
     return f"{sign}${value.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
 
 

@@ -793,7 +793,7 @@ def test_ratio(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "prod_unpriced_calls": 0,
             "unpriced_calls": 0,
             "ratio": 0.75,
-            "one_to": 1.33,
+            "one_to": 1.3333,
             "flagged": True,
             "change": 0.5,
         },
