@@ -1,9 +1,9 @@
-"""Review round 19: failing tests for defects in counting a background response's call (c1b6c2a,
-249256e). No fix here.
+"""Review round 19: failing tests, no fix.
 
-Since c1b6c2a a background response's $0 creation row is its call and the retrieval row that bills
-it is a part of it (``parent_id``). The two rows differ in what the reports group and filter by, so
-the call and its cost land apart.
+Since c1b6c2a a background response's (or batch's) $0 creation row is its call and the retrieval
+row that bills it is a part of it (``parent_id``). The two rows differ in what the reports group
+and filter by, so the call and its cost land apart: by model (1), in savings (2), in the count of
+calls with usage (3) and of calls without usage (5). (4) is ba87f84's ratio fix at a larger scale.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from addon.record import CallRecord
 from addon.spend import main
 from addon.store import Store
 from addon.usage import Usage
+from tests import test_batch_hooks as batch_hooks
 from tests.test_background_responses import DONE, poll, start
 from tests.test_spend import call, run, write
 from tests.test_spend import report as spend_report
@@ -165,3 +166,31 @@ def test_a_month_with_a_little_production_cost_never_reads_as_none(
     code, out, _ = run(capsys, "--db", str(path), "ratio")
     [row] = [line for line in out.splitlines() if line.startswith("2026-11")]
     assert code == 0 and "1:0.0 " not in row + " "
+
+
+async def test_a_batch_billed_without_a_usage_figure_is_still_flagged_as_without_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OpenAI batch (3 gpt-4o-mini requests) that expired: the meter writes its $0 'background'
+    creation row and a retrieval row saying its cost is unknown (price_status 'no_usage', error
+    batches.NO_USAGE; README: "a row says it is missing"). Since c1b6c2a that retrieval row is a
+    part (parent_id), and no_usage_calls counts only a call's own row, 'background' ones aside:
+    `spend summary` reads 1 call, total cost $0.000000, no_usage_calls 0, and no longer prints
+    "1 call(s) without usage (aborted or unreadable), not in the cost" (fa31b2f: no_usage_calls 1
+    and that line). Expected: no_usage_calls 1 and the line, so a $0 is not read as a cost."""
+    db = tmp_path / "a.duckdb"
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(db))
+        addon.running()
+        try:
+            await batch_hooks.upload(addon, batch_hooks.requests_of("gpt-4o-mini"))
+            await batch_hooks.create(addon)
+            await batch_hooks.poll(addon, batch_hooks.batch_object("expired"))
+        finally:
+            addon.done()
+    total = report(capsys, db, "summary")["total"]
+    assert (total["calls"], total["cost_usd"], total["usage_calls"]) == (1, "0", 0)
+    assert total["no_usage_calls"] == 1
+    code, out, _ = run(capsys, "--db", str(db), "summary", "--from", "2000-01-01")
+    assert code == 0 and "1 call(s) without usage (aborted or unreadable), not in the cost" in out
