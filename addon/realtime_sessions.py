@@ -72,6 +72,13 @@ class SocketSession:
     opened_at: float  # when the socket opened (epoch seconds)
     capped: bool = False  # refused or over budget: client messages are dropped while the socket closes
     scopes: tuple[Scope, ...] = ()  # the budget scopes its rows count in (from the handshake's row)
+    # Its connection's process lookup: a session opened before it answered gets its user at its
+    # next billable point (a Responses create; a message or the close of any other session).
+    lookup: asyncio.Future[ClientProcess] | None = None
+    # Users had limits when the handshake was attributed: the user it was decided as stays (an
+    # HTTP call's CallState.user_decided); else a finished lookup names it.
+    user_decided: bool = False
+    lookup_read: bool = False  # the finished lookup's user and process are the handshake's
 
     def __post_init__(self) -> None:
         self.attributed()
@@ -426,12 +433,6 @@ class ResponsesSession(SocketSession):
     """
 
     subscription: bool = False  # a flat-fee plan's key: no budget reservations
-    # Its connection's process lookup: a session opened before it answered gets its user at a create.
-    lookup: asyncio.Future[ClientProcess] | None = None
-    # Users had limits when the handshake was attributed: the user it was decided as stays (an
-    # HTTP call's CallState.user_decided); else a finished lookup names it at the next create.
-    user_decided: bool = False
-    lookup_read: bool = False  # the finished lookup's user and process are the handshake's
     waiting: dict[str | None, deque[ResponseCall]] = field(default_factory=dict)  # per lane
     in_flight: dict[str, ResponseCall] = field(default_factory=dict)  # response id -> its call
     latest: dict[str | None, CallRecord] = field(default_factory=dict)  # per lane: its latest create's row

@@ -264,8 +264,6 @@ class SocketMeter:
                     next_id=self._meter._next_call_id,
                     opened_at=time.time(),
                     subscription=state.subscription,
-                    lookup=state.process,
-                    user_decided=state.user_decided,
                 )
             else:
                 session = RealtimeSession(
@@ -275,6 +273,7 @@ class SocketMeter:
                     transcription_unnamed=state.transcription_unnamed,
                     deployments=state.handshake.deployments if state.handshake is not None else {},
                 )
+            session.lookup, session.user_decided = state.process, state.user_decided
             self.sessions[flow] = session
             return
         self._meter._fill_record(flow, state, Metered(), state.errors, aborted=aborted)
@@ -323,6 +322,7 @@ class SocketMeter:
             if _DROPPING and flow in _DROPPING:  # closed by the proxy: nothing more passes
                 message.drop()
             return
+        self._identify_at_message(session)  # before it bills or is held to a budget
         handler = self._handlers.get(type(session))
         if handler is not None:
             await handler(flow, session, message)
@@ -556,12 +556,20 @@ class SocketMeter:
         for row in rows:
             self._record_realtime(row)
 
-    def _identify_late(self, session: ResponsesSession) -> UnknownUser | None:
-        """A Responses session opened before its lookup answered, where no user limit decided its
-        user (none, or only ``attribution.unidentified_user`` standing in): once the lookup has
-        answered, its user (and process) from it, for the rows and budget scopes of its creates
-        from now on; else why it has none (a lookup still running: late, so a create refused for it
-        is told to retry, not blamed on a container). A user decided with user limits stays."""
+    def _identify_at_message(self, session: SocketSession) -> None:
+        """A Realtime, translation or Live session, which may bill or be held to a budget at any
+        message (and its close), takes its user from a lookup that answered late (_identify_late)
+        until it has read it; a Responses session does so at each create instead."""
+        if not (session.user_decided or session.lookup_read or isinstance(session, ResponsesSession)):
+            self._identify_late(session)
+
+    def _identify_late(self, session: SocketSession) -> UnknownUser | None:
+        """A session opened before its lookup answered, where no user limit decided its user (none,
+        or only ``attribution.unidentified_user`` standing in): once the lookup has answered, its
+        user (and process) from it, for the rows and budget scopes of its work from now on (a
+        Responses create; a Realtime, translation or Live session's rows and budget checks); else
+        why it has none (a lookup still running: late, so a create refused for it is told to retry,
+        not blamed on a container). A user decided with user limits stays."""
         handshake = session.handshake
         if handshake.user_name is not None and (session.user_decided or session.lookup_read):
             return None
@@ -579,6 +587,8 @@ class SocketMeter:
             handshake.client_pid, handshake.client_process = process.pid, process.name
             handshake.client_cwd, handshake.repo = process.cwd, process.repo
             handshake.git_branch = process.git_branch
+        if isinstance(session, LiveSession) and session.process is None:
+            session.process = process  # a Vertex setup attributes the session again with it
         if user is not None:
             if changed:
                 session.attributed()  # its budget scopes now name the user
@@ -1097,6 +1107,7 @@ class SocketMeter:
         live_id = session.session_id if isinstance(session, OpenAILiveSession) else None
         if live_id is not None and _LIVE_METERED.get(live_id) is flow:
             del _LIVE_METERED[live_id]
+        self._identify_at_message(session)  # its rows cut short are the user's too
         for row in session.end(time.time(), reason):
             self._record_realtime(row, now=now)
 
