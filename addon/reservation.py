@@ -59,17 +59,32 @@ def max_output_tokens(body: dict[str, Any] | None) -> int | None:
     ``max_tokens``, a LiteLLM fallback object's overlaid on the request's; or a chat cap beside
     Responses' ``max_output_tokens``) may be obeyed at either by a server behind a gateway (OpenAI
     refuses the chat pair, 400 invalid_parameter_combination; a Responses server ignores
-    ``max_tokens``, a field it does not define). None when no spelling holds one."""
+    ``max_tokens``, a field it does not define). Bedrock's InvokeModel bodies are the models' own:
+    their caps are read too (``BEDROCK_NATIVE_CAPS``). None when no spelling holds one."""
     if not body:
         return None
-    holders = ((body, "max_completion_tokens"), (body, "max_tokens"), (body, "max_output_tokens"))
-    values = [holder.get(name) for holder, name in holders]
-    inference_config = body.get("inferenceConfig")
-    if isinstance(inference_config, dict):
-        values.append(inference_config.get("maxTokens"))
+    values = [body.get(name) for name in TOP_LEVEL_CAPS]
+    for holder, names in NESTED_CAPS:
+        config = body.get(holder)
+        if isinstance(config, dict):
+            values += [config.get(name) for name in names]
     # Gemini: either name of the field in either name of its holder
     values += gemini_config_values(body, "maxOutputTokens", "max_output_tokens")
     return max((value for value in values if type(value) is int and value > 0), default=None)
+
+
+# Bedrock InvokeModel's native caps (the Bedrock user guide's inference parameters of each family;
+# bedrock_api meters them all, by their bodies' usage or the X-Amzn-Bedrock-*-Token-Count headers):
+# Meta Llama's ``max_gen_len``, AI21 Jurassic-2's ``maxTokens``, Anthropic's Text Completions
+# (Claude v2, Instant) ``max_tokens_to_sample``; Amazon Nova's ``inferenceConfig.max_new_tokens``
+# and Titan Text's ``textGenerationConfig.maxTokenCount``. Mistral, Cohere, AI21 Jamba, DeepSeek,
+# Anthropic's Messages and the OpenAI-shaped ones spell it ``max_tokens``.
+BEDROCK_NATIVE_CAPS = ("max_gen_len", "maxTokens", "max_tokens_to_sample")
+TOP_LEVEL_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens", *BEDROCK_NATIVE_CAPS)
+NESTED_CAPS = (
+    ("inferenceConfig", ("maxTokens", "max_new_tokens")),  # Converse's; Nova's InvokeModel body's
+    ("textGenerationConfig", ("maxTokenCount",)),  # Titan Text
+)
 
 
 def gemini_config_values(body: Mapping[str, Any], camel: str, snake: str) -> list[Any]:

@@ -87,6 +87,14 @@ def test_a_blank_model_part_before_a_preset_is_the_bare_preset(model: str, named
         ({"max_tokens": 1, "max_output_tokens": True}, 1),
         ({"max_tokens": 0, "max_output_tokens": -5}, None),
         ({"inferenceConfig": "x", "max_output_tokens": 40}, 40),
+        # Bedrock InvokeModel's native spellings, read beside the others at the largest
+        ({"maxTokens": 1200}, 1200),  # AI21 Jurassic-2
+        ({"prompt": "\n\nHuman: hi\n\nAssistant:", "max_tokens_to_sample": 300}, 300),  # Claude v2
+        ({"max_gen_len": 512, "max_tokens": 64}, 512),  # Llama
+        ({"inferenceConfig": {"maxTokens": 50, "max_new_tokens": 5000}}, 5000),  # Nova
+        ({"textGenerationConfig": {"maxTokenCount": 700}, "max_tokens": 90}, 700),  # Titan
+        ({"textGenerationConfig": {"maxTokenCount": "70"}}, None),
+        ({"textGenerationConfig": [70], "inferenceConfig": {"max_new_tokens": 0}}, None),
         ({}, None),
         (None, None),
     ],
