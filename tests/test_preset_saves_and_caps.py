@@ -108,3 +108,34 @@ def test_only_openrouter_preset_api_runs_no_model() -> None:
     assert runs_no_model("openrouter", "/api/v1/presets/my-preset/chat/completions?x=1")
     assert not runs_no_model("openai", "/api/v1/presets/my-preset/chat/completions")
     assert not runs_no_model("openrouter", "/api/v1/preset/chat/completions")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/presets/my-preset/chat/completions",
+        "/api/v1/presets/my_preset.v2/responses?x=1",
+        "/api/v1/presets/A-1/messages/",
+    ],
+)
+def test_the_documented_preset_api_shape_runs_no_model(path: str) -> None:
+    assert runs_no_model("openrouter", path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/presets/x/..\\..\\chat/completions",  # /api/v1/chat/completions to a WHATWG parser
+        "/api/v1/presets/x\\..\\../chat/completions",
+        "/api/v1/presets/../chat/completions",  # dots alone are no slug (a path not read yet)
+        "/api/v1/presets/./chat/completions",
+        "/api/v1/presets/x/y/chat/completions",
+        "/api/v1/presets/x%2F..%2F..%2Fchat/completions",
+        "/api/v1/presets/x/completions",
+        "/api/v1/presets/x/embeddings",
+        "/api/v1/presets//chat/completions",
+        "/api/v1/presets/chat/completions",
+    ],
+)
+def test_another_path_under_presets_is_not_the_preset_api(path: str) -> None:
+    assert not runs_no_model("openrouter", path)

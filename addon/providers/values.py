@@ -125,14 +125,20 @@ def bare_path(path: str) -> str:
 
 # OpenRouter's preset API: POST /api/v1/presets/{slug}/chat/completions (/responses, /messages) saves
 # an inference body's config as a preset version and answers the preset (OpenRouter's API reference,
-# Presets): nothing runs, nothing is billed.
-OPENROUTER_PRESETS_API = "/api/v1/presets/"
+# Presets): nothing runs, nothing is billed. Only that shape: the slug "URL-safe" (the reference),
+# read strictly as one segment of letters, digits, "_", "." and "-" (not dots alone). Any other path
+# under /api/v1/presets/ is read as any path is: "/api/v1/presets/x/..\..\chat/completions" is
+# /api/v1/chat/completions to a WHATWG URL parser (a backslash is a slash in an https URL).
+OPENROUTER_PRESETS_API = re.compile(
+    r"/api/v1/presets/(?!\.+/)[A-Za-z0-9_.-]+/(?:chat/completions|responses|messages)", re.ASCII
+)
 
 
 def saves_openrouter_preset(path: str) -> bool:
     """Is ``path`` (as read: dots resolved, slashes merged; query allowed) OpenRouter's preset API,
-    which runs no model?"""
-    return bare_path(path).startswith(OPENROUTER_PRESETS_API)
+    which runs no model? Only its documented shape, ``/api/v1/presets/{slug}/chat/completions``
+    (``/responses``, ``/messages``)."""
+    return OPENROUTER_PRESETS_API.fullmatch(bare_path(path)) is not None
 
 
 def flavor_by_suffix(path: str, suffixes: Iterable[tuple[str, str]]) -> str | None:
