@@ -67,6 +67,12 @@ async def test_saving_a_preset_on_a_restricted_environment_passes_without_a_row(
         ("models/ @preset/x", ""),
         ("openai/gpt-4o@preset/x", "openai/gpt-4o"),
         ("@preset/x", ""),
+        # blank to JavaScript's trim() too: U+FEFF (ZWNBSP), alone or among other blanks
+        ("\ufeff@preset/x", ""),
+        ("\ufeff \ufeff\u00a0@preset/x", ""),
+        # not blank: U+200B is trimmed by neither; a model beside U+FEFF is that model as written
+        ("\u200b@preset/x", "\u200b"),
+        ("\ufeffopenai/gpt-4o@preset/x", "\ufeffopenai/gpt-4o"),
     ],
 )
 def test_a_blank_model_part_before_a_preset_is_the_bare_preset(model: str, named: str) -> None:
