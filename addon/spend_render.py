@@ -584,8 +584,8 @@ def _one_to(month: Mapping[str, Any]) -> str:
     if month["one_to"] is None:
         return "-"
     one_to = month["one_to"]
-    if 0 < one_to < 0.1:  # a little production cost is not none: 1:0.002, not 1:0.0
-        return "1:" + f"{one_to:.4f}".rstrip("0")
+    if 0 < one_to < 0.1:  # a little production cost is not none: 1:0.002, 1:0.000021, not 1:0.0
+        return "1:" + format(Decimal(repr(one_to)), "f")
     return f"1:{one_to:.1f}"
 
 

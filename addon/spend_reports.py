@@ -242,6 +242,14 @@ def _ratio(part: Decimal | int | None, whole: Decimal | int | None, places: int 
     return round(float(Decimal(part) / Decimal(whole)), places)
 
 
+def significant(value: float, places: int = 4, digits: int = 2) -> float:
+    """``value`` rounded to ``places`` places, or, below 0.1, to ``digits`` significant digits:
+    0.0000205 reads 2.1e-05, not 0.0 (a little is not none); 3.14159 reads 3.1416."""
+    if value == 0 or abs(value) >= 0.1:
+        return round(value, places)
+    return float(f"{value:.{digits}g}")
+
+
 def _call_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
     """The columns of ``calls`` in the database read."""
     rows = con.execute(
@@ -620,7 +628,8 @@ def ratio_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection)
         nonprod, prod = row["nonprod"], row["prod"]
         ratio = _ratio(nonprod, prod)
         flagged = nonprod > 0 and (prod == 0 or nonprod / prod > RATIO_FLAG_ABOVE)
-        one_to = None if ratio is None or nonprod == 0 else round(float(prod / nonprod), 4)  # no ratio: none
+        # no ratio: no one_to
+        one_to = None if ratio is None or nonprod == 0 else significant(float(prod / nonprod))
         month_x = month_number(row["month"])
         previous = ratio_by_month.get(month_x - 1)  # None: no calls or no production cost then
         change = None if ratio is None or previous is None else round(ratio - previous, 4)
