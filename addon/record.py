@@ -26,11 +26,13 @@ BILLED_APART_NOTE = (
 )
 _BILLED_APART = re.compile(BILLED_APART_NOTE)
 
-# A call's own row, the one that counts the call (``is_call_row`` in SQL): not a part of a call,
-# whether ``parent_id`` names it or, where nothing linked it, its ``error`` (``BILLED_APART_NOTE``).
-# A background response's creation row is the call; its retrieval row is a part of it.
-# A row billed apart from its call, by its ``error``: true for the parts ``billed_apart`` makes
-# (not for a background response's retrieval row, a part of its creation row).
+# A call's own row (``is_call_row`` in SQL): not a part of a call, whether ``parent_id`` names it
+# or, where nothing linked it, its ``error`` (``BILLED_APART_NOTE``). A background response's or
+# batch's creation row is its own row, its retrieval rows parts of it; the reports count such a
+# call on one representative row, a retrieval row once one is stored (addon.spend_reports
+# ``_shadow_calls``, ``is_call``), so that its call, usage, cost and model are one row's.
+# BILLED_APART_SQL: a row billed apart from its call, by its ``error``: true for the parts
+# ``billed_apart`` makes (not for a background response's retrieval row).
 BILLED_APART_SQL = "coalesce(regexp_matches(error, '" + BILLED_APART_NOTE.replace("'", "''") + "'), false)"
 CALL_ROW_SQL = f"parent_id IS NULL AND NOT {BILLED_APART_SQL}"
 

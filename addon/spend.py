@@ -39,8 +39,9 @@ calls whose price is known (null when none is); ``unpriced_calls`` have usage bu
 price; ``no_usage_calls`` have no usage (aborted, unreadable), errors and refusals aside;
 ``refused_calls`` were blocked, over budget or rate limited (cost 0). A call is counted once,
 by its own row: the rows billed apart from it (``parent_id``, or their ``error`` where no
-``parent_id`` was written) are parts of it, in no ``calls``; a background creation row
-(``price_status = 'background'``) is the call, the retrieval row that bills it a part of it;
+``parent_id`` was written) are parts of it, in no ``calls``; a background call (its $0
+creation row, ``price_status = 'background'``, and the retrieval rows that bill it) is counted
+on one row, a retrieval row once one is stored (``addon.spend_reports._shadow_calls``);
 tokens and cost sum all rows; ``unpriced_calls`` counts rows (a part without a price too).
 
 The model of a call is the genai-prices id it was priced under (``price_model``: dated

@@ -13,9 +13,12 @@ Conventions shared by all reports:
   from it (an advisor's, a declined hop's, an image_generation tool's or its SVG author's tokens:
   ``parent_id`` names the call, or their ``error`` does where no ``parent_id`` was written) are
   parts of it, counted in no ``calls`` (a model used only in such parts shows 0 calls and its
-  cost). A background response's or batch's $0 creation row (``price_status = 'background'``) is
-  the call, fetched or not; the retrieval row that bills it is a part of it. Sums of tokens and
-  money take every row; ``unpriced_calls`` counts rows (a part without a price is one).
+  cost). A background response's or batch's call (its $0 creation row, ``price_status =
+  'background'``, and the retrieval rows that bill it, ``parent_id`` naming it) is counted on one
+  row, its representative (``is_call``, see ``_shadow_calls``): the retrieval row (of several, one
+  with usage, the least id), else, never retrieved, the creation row; the creation row takes the
+  representative's model. Sums of tokens and money take every row; ``unpriced_calls`` counts rows
+  (a part without a price is one).
 - Refused calls (``action`` blocked, over_budget or rate_limited) count in ``calls`` and in
   ``refused_calls``; they have no usage and cost 0.
 - Money is ``Decimal`` here, an exact string in JSON. A sum of costs ignores calls whose price
@@ -57,16 +60,15 @@ _PRODUCTION_SQL = "lower(coalesce(environment, '')) IN ('production', 'prod')"
 # Rules are matched against it, not the report model (price_model spells a Bedrock call
 # "regional.anthropic.claude-...", which no rule names).
 DECIDED_SQL = "coalesce(model_sent, model_requested)"
-# A call's own row: not a part of a call (``parent_id``, or its ``error`` where nothing linked it).
-_CALL_ROW_SQL = CALL_ROW_SQL
 
 
 def count_calls(condition: str = "TRUE") -> str:
-    """SQL counting the calls (their own rows, not their parts) of a group that meet ``condition``.
+    """SQL counting the calls of a group that meet ``condition``, each on its representative row
+    (``is_call``, a column of the ``calls`` reports read: ``_shadow_calls``), never on a part.
 
     Not count(DISTINCT coalesce(parent_id, id)): that costs 200-900 ms a report on 1M rows (against
     10-90), and a part's row is in every group its call's row is in but a model's."""
-    return f"count(*) FILTER (WHERE {_CALL_ROW_SQL} AND ({condition}))"
+    return f"count(*) FILTER (WHERE is_call AND ({condition}))"
 
 
 _UNPRICED_SQL = f"(cost_usd IS NULL AND {_HAS_USAGE_SQL})"  # a row with usage but no known price
@@ -79,10 +81,10 @@ _NO_USAGE_CALLS_SQL = count_calls(
 
 
 def count_calls_with_usage(condition: str = "TRUE") -> str:
-    """SQL counting the calls with usage of a group that meet ``condition``: the rows carrying a
-    call's usage, its own row or (a background response's, whose own row has none) the retrieval
-    row that bills it; not a part billed apart (``BILLED_APART_SQL``)."""
-    return f"count(*) FILTER (WHERE NOT {BILLED_APART_SQL} AND {_HAS_USAGE_SQL} AND ({condition}))"
+    """SQL counting the calls with usage of a group that meet ``condition``: once per call, on its
+    representative row (a background call's is a retrieval row with usage if it has one), not
+    once per row carrying usage (a Message Batch of two models bills two)."""
+    return count_calls(f"{_HAS_USAGE_SQL} AND ({condition})")
 
 
 # Calls with usage and a known price, a subscription plan's $0 calls aside.
@@ -264,14 +266,14 @@ def tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
 
     A file an older proxy wrote lacks the columns later migrations added (a report opens it
     read-only: it is not migrated): ``calls`` is then read through a temporary view that adds
-    them, NULL (``_complete_calls``), so every report runs on it.
+    them, NULL (``_shadow_calls``), so every report runs on it.
     """
     found = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name IN ('calls', 'sessions')"
     ).fetchone()
     exists = bool(found and found[0] == 2)
     if exists:
-        _complete_calls(con)
+        _shadow_calls(con)
     return exists
 
 
@@ -286,18 +288,57 @@ def _column_types() -> dict[str, str]:
     return {f.name: types[str(f.type).split(" |")[0]] for f in dataclasses.fields(CallRecord)}
 
 
-def _complete_calls(con: duckdb.DuckDBPyConnection) -> None:
-    """Shadow a ``calls`` table that lacks some of ``CallRecord``'s columns with a temporary view
-    of it adding them, NULL, for this connection only (the file is left as it is)."""
+# A background response's or batch's creation row: the call, until a retrieval row bills it.
+_BACKGROUND_CALL_SQL = f"price_status = 'background' AND {CALL_ROW_SQL}"
+
+
+def _shadow_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Shadow ``calls`` with a temporary view of it, for this connection only (the file is left as
+    it is), that adds ``is_call`` (the row counts its call) and any of ``CallRecord``'s columns
+    the file lacks (NULL: a file an older proxy wrote, opened read-only, is not migrated).
+
+    ``is_call`` is ``CALL_ROW_SQL`` (a call's own row, not a part), save for a background call
+    (``_BACKGROUND_CALL_SQL``) whose retrieval rows (``parent_id`` names its creation row, not
+    billed apart) are stored: its
+    representative is one of them, one with usage if any, the least id, and its creation row is
+    not the call but takes the representative's report model (``MODEL_SQL``), so the call, its
+    usage and its cost are one model's. The representatives are found once per connection into a
+    small temporary table; a file without any keeps the view free of joins.
+    """
     present = _call_columns(con)
-    missing = [name for name in _column_types() if name not in present]
-    if not missing:
-        return
     catalog = con.execute("SELECT current_database()").fetchone()
     assert catalog is not None
     table = '"' + str(catalog[0]).replace('"', '""') + '".main.calls'
-    added = ", ".join(f"NULL::{_column_types()[name]} AS {name}" for name in missing)
-    con.execute(f"CREATE OR REPLACE TEMPORARY VIEW calls AS SELECT *, {added} FROM {table}")
+    missing = [name for name in _column_types() if name not in present]
+    added = "".join(f", NULL::{_column_types()[name]} AS {name}" for name in missing)
+    source = f"(SELECT *{added} FROM {table})"
+    represented = 0
+    if "parent_id" in present:
+        has_usage = _HAS_USAGE_SQL
+        # Per row of a background call: (its id, counts the call, the model it is filed under).
+        con.execute(
+            f"""CREATE OR REPLACE TEMPORARY TABLE call_representatives AS
+            WITH rep AS MATERIALIZED (
+                SELECT parent_id AS call_id,
+                       arg_min(id, (NOT {has_usage}, id)) AS row_id,
+                       arg_min({MODEL_SQL}, (NOT {has_usage}, id)) AS model
+                FROM {source}
+                WHERE parent_id IN (SELECT id FROM {source} WHERE {_BACKGROUND_CALL_SQL})
+                  AND NOT {BILLED_APART_SQL}
+                GROUP BY parent_id
+            )
+            SELECT call_id AS id, false AS is_call, model FROM rep
+            UNION ALL SELECT row_id AS id, true AS is_call, NULL AS model FROM rep"""
+        )
+        found = con.execute("SELECT count(*) FROM call_representatives").fetchone()
+        represented = found[0] if found else 0
+    if not represented:
+        view = f"SELECT *, {CALL_ROW_SQL} AS is_call FROM {source}"
+    else:  # one join, on a table of 2 rows per background call
+        view = f"""SELECT c.* REPLACE (coalesce(r.model, c.price_model) AS price_model),
+            coalesce(r.is_call, {CALL_ROW_SQL}) AS is_call
+            FROM {source} AS c LEFT JOIN call_representatives AS r ON r.id = c.id"""
+    con.execute(f"CREATE OR REPLACE TEMPORARY VIEW calls AS {view}")
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

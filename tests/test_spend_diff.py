@@ -169,6 +169,7 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextmanager
 def database(empty_db: Path, rows: Sequence[CallRecord]) -> Iterator[Path]:
     """A temporary copy of ``empty_db`` holding ``rows`` as they are (no pricing)."""
+    represent(rows)
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "spend.duckdb"
         shutil.copyfile(empty_db, db)
@@ -202,9 +203,32 @@ def has_usage(r: CallRecord) -> bool:
     return r.input_tokens is not None or r.output_tokens is not None
 
 
-def model_of(r: CallRecord) -> str:
-    """The model a report files the call under."""
+def own_model(r: CallRecord) -> str:
+    """The model a row names: its price model, else the one reported, sent, requested."""
     return r.price_model or r.model_reported or r.model_sent or r.model_requested or "(unknown)"
+
+
+# The background calls of the database being reported on (``represent``): each creation row's id,
+# the row that represents its call (of its retrieval rows, one with usage first, the least id).
+REPRESENTED: dict[str, CallRecord] = {}
+
+
+def represent(rows: Sequence[CallRecord]) -> None:
+    """Find the representative of each background call in ``rows`` (the whole database)."""
+    REPRESENTED.clear()
+    created = {
+        r.id for r in rows if r.price_status == "background" and r.parent_id is None and not billed_apart(r)
+    }
+    for r in rows:
+        if r.parent_id in created and not billed_apart(r):
+            best = REPRESENTED.get(r.parent_id)
+            if best is None or (not has_usage(r), r.id) < (not has_usage(best), best.id):
+                REPRESENTED[r.parent_id] = r
+
+
+def model_of(r: CallRecord) -> str:
+    """The model a report files the row under: a background creation row its call's."""
+    return own_model(REPRESENTED.get(r.id, r))
 
 
 def decimal_text(value: Decimal | None) -> str | None:
@@ -220,17 +244,25 @@ def billed_apart(r: CallRecord) -> bool:
     return (r.error or "").startswith(PART_NOTE)
 
 
+def is_call(r: CallRecord) -> bool:
+    """Does ``r`` count its call? A row billed apart is a part of its call (``parent_id``, or its
+    ``error`` where no parent_id was written), not a call; a background call counts on its
+    representative (``represent``), else on its $0 creation row; its other rows are parts."""
+    if r.id in REPRESENTED:
+        return False
+    if any(rep is r for rep in REPRESENTED.values()):
+        return True
+    return r.parent_id is None and not billed_apart(r)
+
+
 def calls_of(rows: Iterable[CallRecord]) -> int:
-    """How many calls ``rows`` are: a row billed apart is a part of its call (``parent_id``, or its
-    ``error`` where no parent_id was written), not a call; so is a background response's retrieval
-    row (its creation row, $0, is the call)."""
-    return sum(r.parent_id is None and not billed_apart(r) for r in rows)
+    """How many calls ``rows`` are (``is_call``)."""
+    return sum(is_call(r) for r in rows)
 
 
 def usage_calls_of(rows: Iterable[CallRecord]) -> int:
-    """The calls with usage among ``rows``: the rows with usage that are not billed apart (a
-    background call's usage is on its retrieval row)."""
-    return sum(has_usage(r) and not billed_apart(r) for r in rows)
+    """The calls with usage among ``rows``: once per call, on the row that counts it."""
+    return sum(has_usage(r) and is_call(r) for r in rows)
 
 
 def totals(rows: Sequence[CallRecord]) -> dict[str, Any]:
