@@ -21,6 +21,7 @@ from test_e2e import tag
 
 from addon.api_keys import key_fingerprint
 from addon.providers.openai_media import FORM_NOT_REWRITTEN
+from addon.record import CALL_ROW_SQL
 from addon.spend_reports import METRICS_SQL
 
 POLICIES = """\
@@ -249,7 +250,9 @@ def test_a_live_sip_accept_with_a_blocked_delegation_model_is_refused_with_a_row
 def test_reports_count_no_mint_as_spend(mproxy: ProxyProcess) -> None:
     """The report totals (scripts/spend) over the mints above: three refused calls at $0; none
     unpriced, none without usage, no allowed mint at all."""
-    [totals] = mproxy.rows(f"SELECT {METRICS_SQL} FROM calls WHERE path LIKE '/v1/realtime/%'")
+    # Read as the reports read ``calls``: with ``is_call`` (no background call here: a call's own row).
+    calls = f"(SELECT *, {CALL_ROW_SQL} AS is_call FROM calls)"
+    [totals] = mproxy.rows(f"SELECT {METRICS_SQL} FROM {calls} WHERE path LIKE '/v1/realtime/%'")
     assert (totals["calls"], totals["refused_calls"], totals["cost_usd"]) == (3, 3, Decimal(0))
     assert (totals["unpriced_calls"], totals["no_usage_calls"]) == (0, 0)
 
