@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,9 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from fakeprovider import FakeProvider, OtherSite, port_is_open  # noqa: E402
+
+if TYPE_CHECKING:
+    from addon.meter import Meter
 
 ROOT = TESTS_DIR.parent
 ADDON = ROOT / "addon" / "tokometer.py"
@@ -442,6 +445,21 @@ def process_umask_kept() -> Iterator[None]:
     os.umask(umask)
     yield
     os.umask(umask)
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[Meter]:
+    """The addon in a taddons context, its store a ``CollectingStore`` (unit tests of the hooks)."""
+    from meter_helpers import CollectingStore
+    from mitmproxy.test import taddons
+
+    from addon.meter import Meter
+
+    addon = Meter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
+        addon.store = CollectingStore()  # type: ignore[assignment]
+        yield addon
 
 
 @pytest.fixture(scope="session")

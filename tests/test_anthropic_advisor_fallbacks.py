@@ -18,10 +18,7 @@ from mitmproxy import http
 
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests import test_meter
 from tests.test_meter import make_flow, output_usd, reserved_for, run_request, sent_body
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 MESSAGES = "https://api.anthropic.com/v1/messages"
 KEY = "sk-ant-api03-" + "a" * 40

@@ -22,10 +22,7 @@ from addon.providers.anthropic_api import StreamParser, parse_response
 from addon.record import CallRecord
 from addon.sse import SSEDecoder
 from addon.usage import Usage
-from tests import test_meter
 from tests.test_meter import feed, make_flow, run_request, stream_response
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 MESSAGES = "https://api.anthropic.com/v1/messages"
 HEADERS = {"x-api-key": "sk-ant-api03-" + "a" * 40, "anthropic-version": "2023-06-01"}

@@ -15,10 +15,7 @@ from mitmproxy import http
 
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests import test_meter
 from tests.test_meter import OPUS, make_flow, run_request
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 OPENROUTER_KEY = "sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef"
 OTHER_KEY = "sk-or-v1-fedcba9876543210fedcba9876543210fedcba9876543210"

@@ -23,10 +23,7 @@ from mitmproxy import http
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import Registry
-from tests import test_meter
 from tests.test_meter import DAY_BUDGET, make_flow, reserved_for, run_request, sent_body
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 AZURE_KEY = {"api-key": "0123456789abcdef0123456789abcdef"}
 AZURE_POLICIES = """

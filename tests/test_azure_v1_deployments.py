@@ -18,10 +18,7 @@ import pytest
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import Registry
-from tests import test_meter
 from tests.test_meter import DAY_BUDGET, make_flow, reserved_for, run_request, sent_body
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 RESOURCE = "https://myres.openai.azure.com"
 CHAT = f"{RESOURCE}/openai/v1/chat/completions"

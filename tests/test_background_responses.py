@@ -23,10 +23,7 @@ from addon.budgets import Scope
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.record import CallRecord
-from tests import test_meter
 from tests.test_meter import CollectingStore, make_flow, run_request, stream_response
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 RESPONSES_URL = "https://api.openai.com/v1/responses"
 QUEUED = {

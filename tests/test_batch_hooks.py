@@ -10,7 +10,6 @@ import asyncio
 import functools
 import gzip
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +21,7 @@ from mitmproxy import http
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 from test_batches import CTYPE, form, line, result_line
-from test_meter import CollectingStore, feed, finished_call, make_flow, run_request
+from test_meter import feed, finished_call, make_flow, run_request
 
 import addon.meter
 from addon.budgets import Scope
@@ -61,15 +60,6 @@ def batch_object(status: str, usage: dict | None = None, batch_id: str = "batch_
         "model": "gpt-4o-mini-2024-07-18" if usage else None,
         "usage": usage,
     }
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def answer(meter: Meter, flow: http.HTTPFlow, body: dict, status: int = 200) -> None:

@@ -23,12 +23,9 @@ from addon.meter import Meter
 from addon.providers.bedrock_api import parse_response
 from addon.record import CallRecord
 from addon.usage import Usage
-from tests import test_meter
 from tests.test_anthropic_iterations import ADVISED, ADVISOR, FABLE, FALLBACK, entry
 from tests.test_bedrock_parser import chunk, run
 from tests.test_meter import make_flow, run_request
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 PROFILE = "us.anthropic.claude-haiku-4-5-20251001-v1:0"  # regional: $1.10 / $5.50 per 1M
 INVOKE = f"https://bedrock-runtime.us-east-1.amazonaws.com/model/{PROFILE}/invoke"

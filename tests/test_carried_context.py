@@ -21,7 +21,6 @@ from addon.policies import parse_policies
 from addon.providers import gemini_interactions, openai_api
 from addon.sse import SSEDecoder
 from addon.usage import Usage
-from tests import test_meter
 from tests.test_meter import (
     DAY_BUDGET,
     feed,
@@ -33,7 +32,6 @@ from tests.test_meter import (
 )
 from tests.test_responses_ws_hooks import handshake
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 RESPONSES = "https://api.openai.com/v1/responses"
 INTERACTIONS = "https://generativelanguage.googleapis.com/v1beta/interactions"
 GEMINI_HEADERS = {"x-goog-api-key": "AIza-test-0123456789"}

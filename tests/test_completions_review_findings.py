@@ -11,7 +11,7 @@ import json
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import openai_api
-from tests.test_meter import make_flow, meter, run_request  # noqa: F401  (fixture)
+from tests.test_meter import make_flow, run_request
 
 DEEPSEEK_FIM = "https://api.deepseek.com/beta/completions"  # DeepSeek's FIM completion (beta base_url)
 
@@ -23,7 +23,7 @@ def test_deepseek_fim_beta_completions_is_a_legacy_completion() -> None:
     assert openai_api.flavor_for_path("/beta/completions") == "completions"
 
 
-async def test_deepseek_fim_call_is_metered(meter: Meter) -> None:  # noqa: F811
+async def test_deepseek_fim_call_is_metered(meter: Meter) -> None:
     flow = make_flow(
         DEEPSEEK_FIM, {"model": "deepseek-chat", "prompt": "def fib(a):", "suffix": "    return"}
     )
@@ -32,7 +32,7 @@ async def test_deepseek_fim_call_is_metered(meter: Meter) -> None:  # noqa: F811
     assert state is not None and state.record.api_flavor == "completions"
 
 
-async def test_deepseek_fim_is_downgraded_not_refused_in_a_restricted_environment(meter: Meter) -> None:  # noqa: F811
+async def test_deepseek_fim_is_downgraded_not_refused_in_a_restricted_environment(meter: Meter) -> None:
     """With a model allowlist the same call is now held as 'unmetered': a downgrade rule no longer
     applies (unmetered calls are refused, never rewritten), so legitimate traffic is refused."""
     meter._apply(
@@ -58,7 +58,7 @@ def test_an_openai_compatible_gateway_prefix_is_still_a_legacy_completion() -> N
 
 
 async def test_a_prompt_list_without_max_tokens_is_not_reserved_at_1000_tokens_an_answer(
-    meter: Meter,  # noqa: F811
+    meter: Meter,
 ) -> None:
     """A legacy completion without max_tokens writes at most 16 tokens an answer (OpenAI, vLLM:
     'Defaults to 16'); 292de1b now multiplies the reservation by the prompts (up to 2048), each

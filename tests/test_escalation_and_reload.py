@@ -24,10 +24,7 @@ from addon.interception import Interception
 from addon.live_state import LiveState
 from addon.meter import Meter
 from addon.policies import PolicyFile, parse_policies
-from tests import test_meter
 from tests.test_meter import CHAT_URL, OPENAI_KEY
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 DEV_BLOCK = """
 environments:

@@ -11,8 +11,6 @@ from addon.policies import parse_policies
 from addon.providers.fallback_lists import litellm_fallbacks
 from tests import test_meter
 
-meter = test_meter.meter  # the fixture
-
 GATEWAY = (
     'providers:\n  litellm: {url: "https://llm.internal.example", api: openai, pricing_provider: openai}\n'
 )

@@ -19,10 +19,8 @@ from addon.model_rules import matches_any
 from addon.notify import Notifier
 from addon.policies import Budget, PolicyError, parse_policies
 from addon.spend_watch import _session_text
-from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 SHIPPED = Path(__file__).parents[1] / "policies.yaml"
 
 

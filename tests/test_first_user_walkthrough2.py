@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons
 from rich.console import Console
 
 from addon.client_process import ClientProcess
@@ -36,20 +35,11 @@ from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.spend_watch import render, statusline_text
 from addon.usage import Usage
-from tests.test_meter import CHAT_URL, CollectingStore, make_flow, run_request
+from tests.test_meter import CHAT_URL, make_flow, run_request
 from tests.test_spend import call, report, run, write
 
 # What lookup_client_process answered for the client in another network namespace.
 NOT_FOUND = ClientProcess(problem="connection not found in /proc/net (not a local client?)")
-
-
-@pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def test_an_unidentified_users_refusal_does_not_say_the_model_is_not_allowed(

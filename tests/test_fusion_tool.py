@@ -20,8 +20,6 @@ from addon.providers import advisors
 from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
-
 CHAT = "https://openrouter.ai/api/v1/chat/completions"
 RESPONSES = "https://openrouter.ai/api/v1/responses"
 MINI_ONLY = 'environments:\n  development:\n    models: {allow: ["*-mini"], on_disallowed: block}\n'

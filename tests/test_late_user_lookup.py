@@ -7,33 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fake_responses_ws import create_event
 from mitmproxy import http
-from mitmproxy.test import taddons
 from test_responses_ws_hooks import handshake
 from websocket_hooks import client_says, injected_events, metered, open_session
 
 from addon.meter import Meter
 from addon.policies import parse_policies
 from tests.test_background_responses import QUEUED, RESPONSES_URL
-from tests.test_meter import CollectingStore, make_flow, run_request
+from tests.test_meter import make_flow, run_request
 from tests.test_review_round14 import ALICE, ALICE_BUDGET, slow
 
 ENV_BUDGET = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def answer(meter: Meter, flow: http.HTTPFlow, body: dict) -> None:

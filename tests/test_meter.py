@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from meter_helpers import OPENAI_KEY, CollectingStore, make_flow, run_request  # noqa: F401  (re-exported)
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
@@ -22,7 +23,7 @@ from mitmproxy.test import taddons, tflow
 
 import addon.meter as meter_module
 from addon.api_keys import key_fingerprint
-from addon.budgets import Event, Scope
+from addon.budgets import Scope
 from addon.interception import Interception
 from addon.meter import PARTIAL_COST_NOTE, PARTIAL_USAGE_NOTE, Meter, _with_usage_requested
 from addon.policies import parse_policies
@@ -32,56 +33,7 @@ from addon.unmetered_models import body_model
 from addon.usage import Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
-OPENAI_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123"
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
-
-
-class CollectingStore:
-    """Stands in for addon.store.Store: keeps submitted records (and the ids journaled ahead)."""
-
-    def __init__(self) -> None:
-        self.records: list[CallRecord] = []
-        self.journaled: list[str] = []
-        self.events: list[Event] = []
-
-    def journal(self, record: CallRecord) -> None:
-        self.journaled.append(record.id)
-
-    def submit(self, record: CallRecord) -> None:
-        self.records.append(record)
-
-    def submit_event(self, event: Event) -> None:
-        self.events.append(event)
-
-    def request_refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
-
-
-def make_flow(
-    url: str, body: bytes | dict, *, method: str = "POST", headers: dict | None = None
-) -> http.HTTPFlow:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    hdrs = {"content-type": "application/json", "authorization": f"Bearer {OPENAI_KEY}", **(headers or {})}
-    flow = tflow.tflow(req=http.Request.make(method, url, content, hdrs))
-    flow.request.timestamp_start = 1_764_321_600.0
-    return flow
-
-
-async def run_request(meter: Meter, flow: http.HTTPFlow) -> None:
-    meter.requestheaders(flow)
-    await meter.request(flow)
 
 
 def stream_response(flow: http.HTTPFlow, meter: Meter, headers: dict | None = None) -> None:

@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 from mitmproxy import http
-from mitmproxy.test import taddons
-from test_meter import CollectingStore, feed, make_flow, run_request, stream_response
+from test_meter import feed, make_flow, run_request, stream_response
 from test_openai_media import TOOL_USAGE, image_call, image_tool_stream, sse_of, tool_response
 
 from addon.budgets import Scope
@@ -40,15 +37,6 @@ environments:
 """
 BLOCKING = ONLY_MINI.replace("on_disallowed: downgrade", "on_disallowed: block")
 NO_TARGET = ONLY_MINI.replace("      downgrade: {gpt-image-1: gpt-image-1-mini}\n", "")
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 def records(meter: Meter) -> list[CallRecord]:

@@ -6,17 +6,14 @@ import asyncio
 import functools
 import json
 import os
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 from mitmproxy import http
-from mitmproxy.test import taddons
-from test_meter import CollectingStore, feed, make_flow, run_request, stream_response
+from test_meter import feed, make_flow, run_request, stream_response
 from test_openai_media import IMAGE_USAGE, TOKENS_USAGE, form, image_stream
 
 import addon.meter
@@ -52,15 +49,6 @@ def image_bill(model: str, input_tokens: int, image_tokens: int, input_image_tok
         output_image_tokens=image_tokens,
     )
     return calc_price(usage, model, provider_id="openai").total_price
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 def upload(url: str, parts: list[tuple[str, bytes, str | None]]) -> http.HTTPFlow:

@@ -18,8 +18,6 @@ from addon.reservation import max_output_tokens
 from tests import test_meter
 from tests.test_review_round14 import ALICE, ALICE_BUDGET, slow
 
-meter = test_meter.meter  # the fixture
-
 LITELLM_GATEWAY = (
     'providers:\n  litellm: {url: "https://llm.internal.example", api: openai, pricing_provider: openai}\n'
 )

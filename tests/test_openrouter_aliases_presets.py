@@ -29,10 +29,7 @@ from addon.meter import Meter
 from addon.model_rules import in_form_of
 from addon.policies import parse_policies
 from addon.record import CallRecord
-from tests import test_meter
 from tests.test_meter import make_flow, run_request
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 CHAT = "https://openrouter.ai/api/v1/chat/completions"
 HAIKU_ONLY = 'environments:\n  development:\n    models: {allow: ["claude-haiku-*"], on_disallowed: block}\n'

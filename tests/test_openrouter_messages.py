@@ -18,7 +18,6 @@ from mitmproxy import http
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import fallback_lists
-from tests import test_meter
 from tests.test_meter import (
     DAY_BUDGET,
     FIXTURES,
@@ -31,8 +30,6 @@ from tests.test_meter import (
     sent_body,
     stream_response,
 )
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 MESSAGES = "https://openrouter.ai/api/v1/messages"
 MINI = "openai/gpt-4o-mini"

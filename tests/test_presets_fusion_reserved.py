@@ -20,8 +20,6 @@ from addon.providers import advisors, fallback_lists
 from tests import test_meter
 from tests.test_meter import make_flow, run_request
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
-
 CHAT = "https://openrouter.ai/api/v1/chat/completions"
 BUDGET_ONLY = "environments:\n  development:\n    budget: {usd: 100, period: day}\n"
 PROMPT = [{"role": "user", "content": "hi"}]

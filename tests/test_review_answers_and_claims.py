@@ -15,7 +15,6 @@ from addon.api_keys import key_fingerprint
 from addon.attribution import attribute
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests import test_meter
 from tests.test_attribution import proc
 from tests.test_meter import (
     CHAT_URL,
@@ -28,7 +27,6 @@ from tests.test_meter import (
     run_request,
 )
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 GEMINI_HEADERS = {"x-goog-api-key": "AIza-test-0123456789"}
 
 

@@ -16,8 +16,6 @@ from addon.providers.anthropic_api import parse_response
 from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
-
 MESSAGES = "https://api.anthropic.com/v1/messages"
 MESSAGE_BATCHES = "https://api.anthropic.com/v1/messages/batches"
 KEY = "sk-ant-api03-" + "a" * 40

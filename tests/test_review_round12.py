@@ -11,8 +11,6 @@ from addon.meter import Meter
 from addon.policies import parse_policies
 from tests import test_meter
 
-meter = test_meter.meter  # the fixture
-
 LITELLM_GATEWAY = (
     'providers:\n  litellm: {url: "https://llm.internal.example", api: openai, pricing_provider: openai}\n'
 )

@@ -17,8 +17,6 @@ from addon.policies import parse_policies
 from tests import test_meter
 from tests.test_meter import make_flow, run_request
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
-
 CHAT = "https://openrouter.ai/api/v1/chat/completions"
 GATEWAY_CHAT = "https://llm.internal.example/v1/chat/completions"
 GATEWAY = (

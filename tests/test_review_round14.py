@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons
 
 from addon import client_process
 from addon.budgets import Scope
@@ -27,7 +26,6 @@ from addon.policies import parse_policies
 from tests.test_meter import (
     CHAT_URL,
     MINI_USAGE,
-    CollectingStore,
     make_flow,
     run_request,
     writer_round,
@@ -36,15 +34,6 @@ from tests.test_meter import (
 ALICE = ClientProcess(pid=4242, name="python", user="alice")
 # alice, the laptop's only user, with a cap she is nowhere near ($0 of $100 spent today).
 ALICE_BUDGET = "users:\n  alice: {budget: {usd: 100, period: day}}\n"
-
-
-@pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def call(meter: Meter, answered_after: float = 0.0) -> http.HTTPFlow:

@@ -7,34 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from mitmproxy.test import taddons
 
 from addon import client_process
 from addon.budgets import Scope
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests.test_meter import CollectingStore, make_flow, run_request
+from tests.test_meter import make_flow, run_request
 from tests.test_review_round14 import ALICE, ALICE_BUDGET, call, refusal, slow
 
 # Models are restricted (an unmetered request is then followed and its model checked).
 OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
 ONE_DOLLAR = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
 RESTRICTED = "environments:\n  development:\n    models: {allow: [gpt-4o-mini, sora-2]}\n"
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def test_without_user_limits_a_late_lookup_still_names_the_rows_user(

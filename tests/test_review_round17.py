@@ -4,21 +4,19 @@ user lookups): failing tests for the defects found."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from fake_responses_ws import create_event
-from mitmproxy.test import taddons
 from test_responses_ws_hooks import handshake
 from websocket_hooks import client_says, metered, open_session
 
 from addon.budgets import Scope
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests.test_meter import CollectingStore, make_flow, run_request
+from tests.test_meter import make_flow, run_request
 from tests.test_review_round14 import ALICE, refusal, slow
 
 OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
@@ -28,15 +26,6 @@ OPENAI_GLOB = (
     "environments:\n  development:\n    models:\n      allow: ['openai/*']\n      on_disallowed: block\n"
 )
 ONE_DOLLAR = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini@x", "openai/gpt-4o-mini@"])

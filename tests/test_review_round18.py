@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons
 
 from addon.budgets import Scope
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.pricing import Pricer
 from addon.reservation import max_output_tokens
-from tests.test_meter import CollectingStore, make_flow, run_request, submitted
+from tests.test_meter import make_flow, run_request, submitted
 
 OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
 ONE_DOLLAR = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
@@ -29,15 +26,6 @@ GATEWAY = (
     'providers:\n  litellm: {url: "https://llm.internal.example", api: openai, pricing_provider: openai}\n'
 )
 GATEWAY_RESPONSES = "https://llm.internal.example/v1/responses"
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def _let_through(meter: Meter, url: str, body: dict[str, Any], calls: int = 20) -> int:

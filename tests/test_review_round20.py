@@ -3,31 +3,19 @@ preset API passes unmetered, 8dcd9e1 refusal codes): failing tests for the defec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy.test import taddons
 
 from addon.meter import Meter
 from addon.model_rules import preset_model
 from addon.policies import parse_policies
 from addon.reservation import max_output_tokens
-from tests.test_meter import CollectingStore, make_flow, run_request
+from tests.test_meter import make_flow, run_request
 from tests.test_review_round18 import ONE_DOLLAR, OPENROUTER_CHAT, _let_through
 
 BEDROCK_INVOKE = "https://bedrock-runtime.us-east-1.amazonaws.com/model/{model}/invoke"
 ONLY_MINI = "environments:\n  development:\n    models: {allow: [gpt-4o-mini]}\n"
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 @pytest.mark.parametrize(

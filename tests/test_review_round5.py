@@ -13,12 +13,9 @@ import pytest
 from addon.budgets import BudgetTracker, Scope, scopes_for
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests import test_meter
 from tests.test_azure_v1_deployment_paths import AZURE_KEY, AZURE_POLICIES
 from tests.test_azure_v1_deployment_paths import RESOURCE as AZURE_RESOURCE
 from tests.test_meter import make_flow, run_request
-
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 
 
 def utc(*args: int) -> datetime:

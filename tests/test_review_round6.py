@@ -7,10 +7,8 @@ from pathlib import Path
 
 from addon.meter import Meter
 from addon.policies import parse_policies
-from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
-meter = test_meter.meter  # the fixture: the addon in taddons, its store collecting records
 SHIPPED = Path(__file__).parents[1] / "policies.yaml"
 OPENROUTER = "https://openrouter.ai/api/v1/chat/completions"
 GROQ = "https://api.groq.com/openai/v1/chat/completions"

@@ -13,8 +13,6 @@ from addon.policies import parse_policies
 from tests import test_meter
 from tests.test_meter import make_flow, run_request, sent_body
 
-meter = test_meter.meter  # the fixture
-
 MESSAGES = "https://api.anthropic.com/v1/messages"
 OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
 HEADERS = {"x-api-key": "sk-ant-api03-" + "a" * 40, "anthropic-version": "2023-06-01"}

@@ -13,8 +13,6 @@ from addon.policies import parse_policies
 from tests import test_meter
 from tests.test_meter import make_flow, run_request
 
-meter = test_meter.meter  # the fixture
-
 MESSAGE_BATCHES = "https://api.anthropic.com/v1/messages/batches"
 HEADERS = {"x-api-key": "sk-ant-api03-" + "a" * 40, "anthropic-version": "2023-06-01"}
 BUDGET_ONLY = "environments:\n  development:\n    budget: {usd: 100, period: day}\n"

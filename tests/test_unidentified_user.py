@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons
 
 from addon.budgets import Scope
 from addon.client_process import ClientProcess
@@ -26,7 +24,6 @@ from tests.test_meter import (
     CHAT_URL,
     MINI_COST,
     MINI_USAGE,
-    CollectingStore,
     make_flow,
     run_request,
     writer_round,
@@ -37,15 +34,6 @@ NOT_FOUND = ClientProcess(problem="connection not found in /proc/net (not a loca
 ALICE = ClientProcess(pid=4242, name="python", user="alice")
 
 BOT_BUDGET = "users:\n  build-bot: {budget: {usd: 0.000015, period: day}}\n"
-
-
-@pytest.fixture
-def meter(tmp_path: Path):
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 def client_is(monkeypatch: pytest.MonkeyPatch, process: ClientProcess) -> None:

@@ -14,13 +14,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy.test import taddons
 
 from addon import client_process
 from addon.client_process import ClientProcess, identification_problem
@@ -28,19 +26,9 @@ from addon.enforcement import Enforcer
 from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.refusals import not_identified_in_time_response
-from tests.test_meter import CollectingStore
 from tests.test_review_round14 import ALICE, ALICE_BUDGET, call, refusal, slow, spent
 
 NOT_FOUND = ClientProcess(problem="connection not found in /proc/net (not a local client?)")
-
-
-@pytest.fixture
-def meter(tmp_path: Path) -> Iterator[Meter]:
-    addon = Meter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tokometer_db=str(tmp_path / "spend.duckdb"))
-        addon.store = CollectingStore()  # type: ignore[assignment]
-        yield addon
 
 
 async def test_a_lookup_with_no_answer_in_the_longer_wait_is_answered_503_to_retry(
