@@ -1237,6 +1237,7 @@ def realtime_messages(draw: st.DrawFn) -> bytes:
 @given(data=realtime_messages())
 @example(data=b'{"type":"response.done","response":{"usage":{"input_tokens":1e400}}}')
 @example(data=b'{"type":"conversation.item.input_audio_transcription.completed","usage":{"seconds":1e999}}')
+@example(data=b'{"type":"conversation.item.input_audio_transcription.completed","":{"type":".delta"}}')
 def test_realtime_messages_never_raise(data: bytes) -> None:
     """Any bytes a socket carries: the cheap test, the reader and the client check never raise,
     and what they read is well formed."""

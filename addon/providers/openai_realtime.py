@@ -188,9 +188,16 @@ def might_bill(data: bytes) -> bool:
     """Cheap test (C speed): may this server message be one ``read_server_event`` reads?
 
     A ``*.delta`` event (audio, text, transcript: most of a session's bytes) is told by its type
-    in the first bytes, without looking at the rest.
+    in the first bytes, without looking at the rest; not when the type of an event the reader reads
+    stands there too (a ``.delta`` type in an object nested in a transcription's).
     """
-    if _DELTA_TYPE.search(data, 0, _HEAD) is not None:
+    if (
+        _DELTA_TYPE.search(data, 0, _HEAD) is not None
+        and data.find(b'"response.done"', 0, _HEAD) < 0
+        and data.find(b'transcription.completed"', 0, _HEAD) < 0
+        and data.find(b'"session.', 0, _HEAD) < 0
+        and data.find(b'"transcription_session.', 0, _HEAD) < 0
+    ):
         return False
     # A transcription without usage (older beta servers) still gets its row, priced as unknown.
     return b'"usage"' in data or b"session." in data or b'transcription.completed"' in data
