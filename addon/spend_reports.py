@@ -309,8 +309,8 @@ def _shadow_calls(con: duckdb.DuckDBPyConnection) -> None:
     catalog = con.execute("SELECT current_database()").fetchone()
     assert catalog is not None
     table = '"' + str(catalog[0]).replace('"', '""') + '".main.calls'
-    missing = [name for name in _column_types() if name not in present]
-    added = "".join(f", NULL::{_column_types()[name]} AS {name}" for name in missing)
+    types = _column_types()
+    added = "".join(f", NULL::{kind} AS {name}" for name, kind in types.items() if name not in present)
     source = f"(SELECT *{added} FROM {table})"
     represented = 0
     if "parent_id" in present:
