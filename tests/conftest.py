@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Under CI (.ci/run sets CI) the property tests draw the same examples on every run, so CI's result
+# depends only on the commit; run by hand, they draw new ones each time.
+hypothesis_settings.register_profile("tokometer-ci", derandomize=True, database=None, deadline=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("tokometer-ci")
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
