@@ -104,18 +104,21 @@ def gemini_config_values(body: Mapping[str, Any], camel: str, snake: str) -> lis
 # OpenAI's ``n`` (1 to 128, the API reference) in the chat shape on every provider that serves it
 # (one that takes no n refuses the call or writes one answer: reserving n is the safe side), a
 # legacy completion's ``best_of`` (up to 20, each written and billed, ``n`` of them returned), and
-# on Bedrock's InvokeModel, where the body is the model's own (AI21 Jamba's ``n``); Gemini's
-# ``generationConfig.candidateCount`` (1 to 8; Vertex's Gemini the same). Anthropic's Messages,
-# Bedrock's Converse, OpenAI's Responses and Gemini's Interactions write one answer.
+# on Bedrock's InvokeModel, where the body is the model's own (AI21 Jamba's ``n``; Cohere Command's
+# ``num_generations``, 1 to 5, the Bedrock user guide's "Cohere Command models": Command R and R+
+# document none); Gemini's ``generationConfig.candidateCount`` (1 to 8; Vertex's Gemini the same).
+# Anthropic's Messages, Bedrock's Converse, OpenAI's Responses and Gemini's Interactions write one.
 MAX_CHOICES = 128
 # A legacy completion without max_tokens writes at most this many tokens an answer on OpenAI's own
 # API and Azure's (the API reference: "Defaults to 16"); other servers' defaults vary.
 LEGACY_COMPLETION_MAX_TOKENS = 16
 MAX_BEST_OF = 20
 MAX_CANDIDATES = 8
+MAX_GENERATIONS = 5  # Cohere Command's num_generations on Bedrock
 MAX_PROMPTS = 2048  # a legacy completion's prompts counted at most (each gets its own answers)
 CHOICE_FLAVORS = frozenset({"chat", "completions", "invoke", "invoke_stream"})
 CANDIDATE_FLAVORS = frozenset({"generate", "stream"})  # Gemini's generateContent (and Vertex's)
+INVOKE_FLAVORS = frozenset({"invoke", "invoke_stream"})  # Bedrock's InvokeModel: the model's own body
 
 
 def answer_count(value: Any, most: int) -> int:
@@ -134,6 +137,8 @@ def answers_asked(flavor: str | None, body: Mapping[str, Any] | None) -> int:
         return 1
     if flavor in CHOICE_FLAVORS:
         each = max(answer_count(body.get("n"), MAX_CHOICES), answer_count(body.get("best_of"), MAX_BEST_OF))
+        if flavor in INVOKE_FLAVORS:
+            each = max(each, answer_count(body.get("num_generations"), MAX_GENERATIONS))
         return each * (prompt_count(body.get("prompt")) if flavor == "completions" else 1)
     if flavor in CANDIDATE_FLAVORS:
         counts = gemini_config_values(body, "candidateCount", "candidate_count")
@@ -208,10 +213,10 @@ def cost_estimate(
     """What a call may cost, for its budget reservation: input from the body's size, output
     from its max-tokens setting (else the p90 of what the model wrote in its recent calls here,
     never under ``RESERVED_OUTPUT_TOKENS``) for each answer a request of ``flavor`` asks for
-    (``answers_asked``: OpenAI's ``n``, Gemini's ``candidateCount``), at the price where the path
-    says it runs. An
-    image request (``image_request``: its JSON body or form fields) reserves the image tokens it
-    asks for at the image output rate of the model sent, and an edit's ``edited`` input images
+    (``answers_asked``: OpenAI's ``n``, Gemini's ``candidateCount``, Cohere's ``num_generations``),
+    at the price where the path says it runs. An image request (``image_request``: its JSON body
+    or form fields) reserves the image tokens it asks for at the image output rate of the model
+    sent, and an edit's ``edited`` input images
     at its image input rate, where OpenAI documents them; a Responses request with the
     ``image_generation`` tool, the images it may write at its image model's image output rate,
     and for each such tool naming an SVG author model (``svg.model``), the output that model may

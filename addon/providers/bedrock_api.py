@@ -381,7 +381,8 @@ def _converse_content_texts(content: Any) -> list[str]:
 
 
 def _native_texts(obj: dict[str, Any]) -> list[str]:
-    """Text of a native body or native stream event (Anthropic, OpenAI, Llama, Titan, Mistral, Nova)."""
+    """Text of a native body or native stream event (Anthropic, OpenAI, Llama, Titan, Mistral, Nova,
+    Cohere: Command R's ``text``, Command's ``generations``, every one of them)."""
     out: list[str] = []
     kind = obj.get("type")
     if kind == "message":  # Anthropic body
@@ -396,7 +397,7 @@ def _native_texts(obj: dict[str, Any]) -> list[str]:
     for key in ("generation", "outputText", "completion", "text"):  # Llama, Titan, Claude v2, Cohere
         if isinstance(value := obj.get(key), str) and value:
             out.append(value)
-    for key in ("results", "outputs"):  # Titan, Mistral
+    for key in ("results", "outputs", "generations"):  # Titan, Mistral, Cohere Command (each one)
         items = obj.get(key)
         if isinstance(items, list):
             out.extend(t for item in items if (t := _text_at(item, "outputText") or _text_at(item, "text")))
