@@ -1150,8 +1150,9 @@ class Meter:
         models: followed until ``request`` has read the model it names (its path's, read here, or
         its JSON body's) and checked it (``_unmetered_request``). Token counting, OpenAI's
         moderation and file uploads, which run no billed model, are left alone."""
-        if runs_no_model(provider.name, route) or (
-            decoded is not None and runs_no_model(provider.name, decoded)
+        priced_as = provider.price_provider  # a gateway priced as OpenRouter: its preset API too
+        if runs_no_model(provider.name, route, priced_as) or (
+            decoded is not None and runs_no_model(provider.name, decoded, priced_as)
         ):
             return
         model = provider.request_model(route, None) or path_model(provider.name, route)

@@ -414,6 +414,16 @@ def _openrouter_flavor(path: str) -> str | None:
     return anthropic_api.flavor_for_path(path) or openai_api.flavor_for_path(path)
 
 
+def _without_openrouter_presets(flavor_for_path: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """A gateway's ``flavor_for_path`` in front of OpenRouter (priced as it): OpenRouter's preset
+    API, which the gateway forwards as it is, is not metered there either."""
+
+    def flavor(path: str) -> str | None:
+        return None if saves_openrouter_preset(path) else flavor_for_path(path)
+
+    return flavor
+
+
 def _openrouter_parse(flavor: str, body: bytes, headers: Mapping[str, str]) -> Metered:
     if flavor in anthropic_api.FLAVORS:
         return anthropic_api.parse_response(flavor, body)
@@ -625,7 +635,13 @@ def custom_provider(name: str, host: str, port: int, api: str, pricing_id: str |
         # A gateway (LiteLLM's) passes an advisor tool on whichever API it is sent in; in front of
         # OpenRouter (priced as it), the Anthropic shape's caps are OpenRouter's to ignore.
         advisor_tools=_openrouter_advisors if pricing_id == "openrouter" else _gateway_advisors,
-        # In front of OpenRouter, its `preset` field is read as OpenRouter reads it (m@preset/slug).
+        # In front of OpenRouter, its preset API (saving a preset runs nothing) is not metered, and
+        # its `preset` field is read as OpenRouter reads it (m@preset/slug).
+        flavor_for_path=(
+            _without_openrouter_presets(base.flavor_for_path)
+            if pricing_id == "openrouter"
+            else base.flavor_for_path
+        ),
         request_model=_openrouter_request_model if pricing_id == "openrouter" else base.request_model,
         with_model=_openrouter_with_model if pricing_id == "openrouter" else base.with_model,
         # Fallback lists the gateway or the host behind it may run: on the Anthropic API,
