@@ -40,6 +40,20 @@ _DESCRIBED_MAX = 256
 # passes (users have budgets or rate limits): a lookup is 3-15 ms, but a loaded host can be slow.
 DECIDING_LOOKUP_TIMEOUT = 12.0
 NOT_IN_TIME = "calling process not identified in time"
+# What a row says instead once a lookup that answered late names its process (and, where no user
+# limit decided the call, its user): the call was attributed without it (no variable of its read).
+IDENTIFIED_LATE = "calling process identified after the call was attributed"
+IDENTIFIED_LATE_USER_KEPT = f"{IDENTIFIED_LATE}: the row keeps the user it was decided as"
+
+
+def identified_late(notes: list[str], *, user_kept: bool) -> list[str]:
+    """A row's error notes once a lookup that answered late names its process: ``NOT_IN_TIME``
+    replaced by ``IDENTIFIED_LATE`` (``user_kept``, where a user limit decided the call: by
+    ``IDENTIFIED_LATE_USER_KEPT``); every other note as it was."""
+    late = IDENTIFIED_LATE_USER_KEPT if user_kept else IDENTIFIED_LATE
+    return [late if note == NOT_IN_TIME else note for note in notes]
+
+
 LOOKUP_THREADS = 4
 
 

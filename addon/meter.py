@@ -53,7 +53,13 @@ from addon.budgets import (
 )
 from addon.call_log import DEFAULT_LOG_LEVEL, LOG_LEVELS, CallLog, TerminalLines, use_color
 from addon.carried_context import CarriedContexts, conversation_of
-from addon.client_process import ClientProcess, lookup_client_process, start_lookup, wait_for_process
+from addon.client_process import (
+    ClientProcess,
+    identified_late,
+    lookup_client_process,
+    start_lookup,
+    wait_for_process,
+)
 from addon.enforcement import Decision, Enforcer
 from addon.header_fields import content_of, header, header_all, host_header, pop_header, set_content
 from addon.image_tool import (
@@ -2624,6 +2630,8 @@ class Meter:
         if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
             with contextlib.suppress(Exception):  # late at request time: describe the caller now
                 _describe_client(record, lookup.result(), user=not state.user_decided)
+                if record.client_pid is not None:  # named now: "not identified in time" is no more
+                    errors[:] = identified_late(errors, user_kept=state.user_decided)
         start = flow.request.timestamp_start
         record.duration_ms = round((time.time() - start) * 1000, 3)
         response = flow.response

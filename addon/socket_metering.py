@@ -29,7 +29,7 @@ from mitmproxy.websocket import WebSocketMessage
 from addon.api_keys import recent_key_fingerprint
 from addon.attribution import UnknownUser, attribute, unknown_user, user_of
 from addon.carried_context import conversation_of
-from addon.client_process import NOT_IN_TIME, ClientProcess
+from addon.client_process import NOT_IN_TIME, ClientProcess, identified_late
 from addon.enforcement import Decision, Enforcer
 from addon.image_tool import rule_image_tools
 from addon.policies import Policies
@@ -587,6 +587,8 @@ class SocketMeter:
             handshake.client_pid, handshake.client_process = process.pid, process.name
             handshake.client_cwd, handshake.repo = process.cwd, process.repo
             handshake.git_branch = process.git_branch
+            if handshake.client_pid is not None and handshake.error:  # its rows name it from now on
+                handshake.error = "; ".join(identified_late(handshake.error.split("; "), user_kept=False))
         if isinstance(session, LiveSession) and session.process is None:
             session.process = process  # a Vertex setup attributes the session again with it
         if user is not None:
