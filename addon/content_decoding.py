@@ -1,4 +1,5 @@
-"""Incremental HTTP content decoding (Content-Encoding) for streamed bodies."""
+"""Incremental HTTP content decoding (Content-Encoding) for streamed bodies, and what a failure to
+decode a whole body (mitmproxy's) is called on a row, a log line or a refusal."""
 
 from __future__ import annotations
 
@@ -18,6 +19,28 @@ except ImportError:  # pragma: no cover - depends on the interpreter
 
 class DecodeError(Exception):
     """Unsupported content-encoding, or corrupt compressed data."""
+
+
+class BodyNotDecodable(ValueError):
+    """A body whose Content-Encoding could not be undone. Its text is ``decode_failure``'s: the
+    encoding and the error's type, never a byte of the body."""
+
+
+_ENCODING_SHOWN = 40  # characters of a Content-Encoding named in a failure (a header: any length)
+
+
+def decode_failure(encoding: str | None, exc: BaseException) -> str:
+    """What a failure to undo ``encoding`` was, without content: "content-encoding 'utf-8' not
+    decodable (UnicodeDecodeError)". Never the exception's text: for a text codec (``ascii``,
+    ``utf-8``, ``utf-16``, ``idna``...) mitmproxy's ValueError quotes the repr of the
+    UnicodeDecodeError, which holds the whole body. For mitmproxy's ValueError the type named is
+    that of the error it wraps (raised while handling it); another (``rot13``'s TypeError, raised
+    after a lookup's KeyError) is named as it is."""
+    shown = encoding or ""
+    if len(shown) > _ENCODING_SHOWN:
+        shown = shown[:_ENCODING_SHOWN] + "..."
+    cause = exc.__context__ if type(exc) is ValueError and exc.__context__ is not None else exc
+    return f"content-encoding {shown!r} not decodable ({type(cause).__name__})"
 
 
 class _Decoder(Protocol):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from addon.content_decoding import BodyNotDecodable, decode_failure
+
 
 def _native(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")  # as mitmproxy.http._native
@@ -52,11 +54,17 @@ def host_header(request: http.Request) -> str | None:
 
 def content_of(message: http.Message) -> bytes | None:
     """``message.get_content()``: a body without a Content-Encoding is its raw bytes; one with
-    any is left to mitmproxy to decode (and raise ValueError on, as it does)."""
+    any is decoded by mitmproxy. Whatever that raises (ValueError, whose text may quote the whole
+    body; TypeError for a str-to-str codec such as ``rot13``) becomes ``BodyNotDecodable`` (a
+    ValueError), its text and traceback free of the body."""
     raw = message.raw_content
-    if raw is None or not header(message.headers, b"content-encoding"):
+    encoding = header(message.headers, b"content-encoding")
+    if raw is None or not encoding:
         return raw
-    return message.get_content()
+    try:
+        return message.get_content()
+    except Exception as exc:  # any codec's failure: the body cannot be read
+        raise BodyNotDecodable(decode_failure(encoding, exc)) from None
 
 
 def set_content(message: http.Message, value: bytes) -> None:

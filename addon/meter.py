@@ -60,6 +60,7 @@ from addon.client_process import (
     start_lookup,
     wait_for_process,
 )
+from addon.content_decoding import BodyNotDecodable
 from addon.enforcement import Decision, Enforcer
 from addon.header_fields import content_of, header, header_all, host_header, pop_header, set_content
 from addon.image_tool import (
@@ -541,8 +542,8 @@ _LIVE_MODEL = ("session", "model")  # where a Live set-up names its session's mo
 
 
 def _decoded_content(request: http.Request) -> bytes:
-    """The request body, its content encoding undone (raises ValueError if it cannot be)."""
-    return request.get_content() or b""
+    """The request body, its content encoding undone (raises BodyNotDecodable if it cannot be)."""
+    return content_of(request) or b""
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:
@@ -1399,8 +1400,8 @@ class Meter:
         if response is None or response.status_code >= 400:
             return
         try:
-            content = response.get_content() or b""
-        except ValueError:
+            content = content_of(response) or b""
+        except BodyNotDecodable:
             return
         for metered in await _off_loop_if_large(batches.parse_list, content):
             assert metered.response_id is not None
@@ -1921,9 +1922,9 @@ class Meter:
             )
         elif kind == openai_realtime_mints.CALL and is_form(content_type):
             try:
-                content = flow.request.get_content() or b""
-            except ValueError as exc:
-                found = openai_realtime_mints.NamedModels(error=f"the offer is not decodable: {exc}")
+                content = content_of(flow.request) or b""
+            except BodyNotDecodable as exc:  # its text names the encoding, never the offer's
+                found = openai_realtime_mints.NamedModels(error=f"the offer: {exc}")
             else:
                 read = functools.partial(
                     openai_realtime_mints.read_call_form,
@@ -1988,8 +1989,8 @@ class Meter:
         if state.refusal is not None or response is None or not 200 <= response.status_code < 300:
             return
         try:
-            content = response.get_content() or b""
-        except ValueError:
+            content = content_of(response) or b""
+        except BodyNotDecodable:
             content = b""  # an accept's id is in its path; a WebRTC answer's is not read
         read = functools.partial(openai_live.read_setup_answer, state.record.path)
         found = await _off_loop_if_large(read, content)
@@ -2068,7 +2069,7 @@ class Meter:
             return await _off_loop_if_large(read, raw)
         try:
             content = await _off_loop_if_large(_decoded_content, request, len(raw))
-        except ValueError:
+        except BodyNotDecodable:
             return NamedModel()  # an encoding the provider cannot read either
         return await _off_loop_if_large(read, content)
 
@@ -2122,9 +2123,9 @@ class Meter:
     async def _inline_batch(flow: http.HTTPFlow) -> BatchInput:
         """The requests of an Anthropic Message Batch's creation, read for their models."""
         try:
-            content = flow.request.get_content() or b""
-        except ValueError as exc:
-            return BatchInput(size=len(flow.request.raw_content or b""), error=f"body not decodable: {exc}")
+            content = content_of(flow.request) or b""
+        except BodyNotDecodable as exc:  # its text names the encoding, never the batch's prompts
+            return BatchInput(size=len(flow.request.raw_content or b""), error=f"body: {exc}")
         return await _off_loop_if_large(batches.read_inline, content)
 
     def _finish_results(self, flow: http.HTTPFlow, state: CallState) -> None:
@@ -2165,8 +2166,8 @@ class Meter:
         upload goes on (off the event loop when large); nothing of its content is kept."""
         content_type = flow.request.headers.get("content-type", "")
         try:
-            content = flow.request.get_content() or b""
-        except ValueError:
+            content = content_of(flow.request) or b""
+        except BodyNotDecodable:
             self._uploads.pop(flow, None)  # an encoding we cannot decode: its file stays unseen
             return
         read = functools.partial(batches.read_upload, content_type=content_type)
@@ -2185,8 +2186,8 @@ class Meter:
         if found is None or response is None or response.status_code >= 400:
             return
         try:
-            file_id = batches.uploaded_file_id(response.get_content() or b"")
-        except ValueError:
+            file_id = batches.uploaded_file_id(content_of(response) or b"")
+        except BodyNotDecodable:
             file_id = None
         if file_id is None:
             log.warning("tokometer: a batch input file's upload was answered without a file id")
@@ -2360,7 +2361,11 @@ class Meter:
         state.request_size = len(flow.request.raw_content or b"")  # if it cannot be decoded
         try:
             content = content_of(flow.request)
-            state.request_size = len(content or b"")  # decoded: a gzip body's prompt is its cost
+        except BodyNotDecodable as exc:  # whatever the codec raised; its text holds no body
+            state.errors.append(f"request body: {exc}")
+            return None
+        state.request_size = len(content or b"")  # decoded: a gzip body's prompt is its cost
+        try:
             body = await _off_loop_if_large(json.loads, content or b"")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             state.errors.append(f"request body is not JSON ({type(exc).__name__})")
@@ -2380,9 +2385,9 @@ class Meter:
         if not is_form(content_type):
             return await Meter._request_json(flow, state), None
         try:
-            content = flow.request.get_content() or b""
-        except ValueError as exc:
-            form = FormFields(error=f"upload not decodable: {exc}")
+            content = content_of(flow.request) or b""
+        except BodyNotDecodable as exc:  # its text names the encoding, never the form's fields
+            form = FormFields(error=f"upload: {exc}")
         else:
             form = await _off_loop_if_large(functools.partial(read_form, content_type=content_type), content)
         state.request_size = form.text_bytes  # its files are no tokens a size could tell
@@ -2476,8 +2481,8 @@ class Meter:
         elif response is not None and response.status_code < 400:
             try:
                 content = content_of(response)
-            except ValueError as exc:
-                metered = Metered(error=f"response body not decodable: {exc}")
+            except BodyNotDecodable as exc:  # its text names the encoding, never the completion
+                metered = Metered(error=f"response body: {exc}")
             else:
                 parse = functools.partial(
                     _parse_body, state.provider, state.record.api_flavor, response.headers

@@ -183,7 +183,15 @@ BAD_BODIES: list[tuple[str, str, str, bytes, dict[str, str], str]] = [
         "application/json",
         b"this is not gzip",
         {"content-encoding": "gzip"},
-        "request body is not JSON (ValueError)",
+        "request body: content-encoding 'gzip' not decodable (ValueError)",
+    ),
+    (  # mitmproxy raises TypeError for a str-to-str codec: the call still has its row
+        "rot13-labelled",
+        "/v1/chat/completions",
+        "application/json",
+        b'{"model":"gpt-4o-mini","messages":[]}',
+        {"content-encoding": "rot13"},
+        "request body: content-encoding 'rot13' not decodable (TypeError)",
     ),
     (
         "anthropic truncated JSON",
