@@ -16,7 +16,7 @@ the data folder), chained or not: what its clients verified before, the proxy ve
 ``python -m addon.upstream_proxy [MITMDUMP ARGS...]`` prints the arguments, one per line, then
 ``TOKOMETER_UPSTREAM_AUTH=user:password`` when there are credentials (nothing when there is no such
 proxy and no roots of the shell's own, or the arguments choose them already), and says on stderr
-what it chose.
+what it chose (a proxy URL it names, its password as ``***``).
 """
 
 from __future__ import annotations
@@ -114,6 +114,20 @@ def _is_itself(proxy_host: str, proxy_port: int, listen_host: str, listen_port: 
     return proxy_host.strip("[]") == listen_host.strip("[]")
 
 
+def shown_proxy(value: str) -> str:
+    """``value`` (a proxy URL as given, valid or not) fit to print: its userinfo's password, if it
+    has one, is ``***`` (``socks5h://alice:***@proxy:1080``). Read without a URL parser, which
+    rejects some values: the userinfo is everything before the last ``@`` (a password may hold an
+    unescaped ``@``, ``/`` or ``#``); the user, before its first ``:``, is kept."""
+    scheme, sep, rest = value.partition("://") if "://" in value else ("", "", value)
+    if "@" not in rest:
+        return value
+    userinfo, host = rest.rsplit("@", 1)
+    if ":" not in userinfo:
+        return value
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def upstream_from_env(environ: Mapping[str, str], args: Sequence[str] = ()) -> Upstream | None:
     """The proxy to chain to, or None: no proxy set, one we cannot chain to (SOCKS), or ourselves."""
     if _chooses_mode(args):
@@ -126,14 +140,19 @@ def upstream_from_env(environ: Mapping[str, str], args: Sequence[str] = ()) -> U
         value = environ.get(source, "").strip()
         if not value:
             continue
-        parts = urlsplit(value if "://" in value else f"http://{value}")
+        try:
+            parts = urlsplit(value if "://" in value else f"http://{value}")
+        except ValueError:  # "Invalid IPv6 URL": an unclosed "["
+            print(f"tokometer: {source}={shown_proxy(value)} is not a URL", file=sys.stderr)
+            continue
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            print(f"tokometer: {source}={value} is not an HTTP proxy mitmproxy can chain to", file=sys.stderr)
+            shown = shown_proxy(value)
+            print(f"tokometer: {source}={shown} is not an HTTP proxy mitmproxy can chain to", file=sys.stderr)
             continue
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:  # a port that is not one
-            print(f"tokometer: {source}={value} has no valid port", file=sys.stderr)
+            print(f"tokometer: {source}={shown_proxy(value)} has no valid port", file=sys.stderr)
             continue
         if _is_itself(parts.hostname, port, listen_host, listen_port):
             continue  # this proxy itself

@@ -20,7 +20,7 @@ from conftest import ROOT, ProxyProcess
 from fakeprovider import FakeProvider, OtherSite
 from test_e2e import chat_usage, curl, curl_openai_chat, tag
 
-from addon.upstream_proxy import UPSTREAM_AUTH_VAR, Upstream, upstream_from_env
+from addon.upstream_proxy import UPSTREAM_AUTH_VAR, Upstream, shown_proxy, upstream_from_env
 
 
 @pytest.mark.parametrize(
@@ -259,3 +259,29 @@ def test_the_roots_the_shell_trusts_are_the_proxys_for_providers(
     monkeypatch.setenv("TOKOMETER_SAVED_SSL_CERT_FILE", str(corp))
     assert upstream_proxy.main(["--set", "ssl_verify_upstream_trusted_ca=/mine.pem"]) == 0
     assert capsys.readouterr().out.splitlines() == ["--mode", "upstream:http://proxy.corp:3128"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("socks5h://alice:s3cret@proxy.corp:1080", "socks5h://alice:***@proxy.corp:1080"),
+        ("alice:s3cret@proxy.corp:3128", "alice:***@proxy.corp:3128"),  # no scheme
+        ("http://alice:s3c@r/t#x@proxy.corp:3128", "http://alice:***@proxy.corp:3128"),  # unescaped @ / #
+        ("http://alice:s3c://ret@proxy.corp", "http://alice:***@proxy.corp"),
+        ("http://alice:@proxy.corp", "http://alice:***@proxy.corp"),  # an empty one: still not shown
+        ("http://alice@proxy.corp:3128", "http://alice@proxy.corp:3128"),  # no password: as given
+        ("http://proxy.corp:3128", "http://proxy.corp:3128"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_a_proxy_url_is_shown_without_its_password(value: str, shown: str) -> None:
+    assert shown_proxy(value) == shown
+
+
+def test_a_proxy_url_no_parser_reads_is_reported_not_a_crash(capsys: pytest.CaptureFixture[str]) -> None:
+    """``urlsplit`` raises ValueError ("Invalid IPv6 URL") on an unclosed ``[``: the proxy said so
+    (without the password) and chained to none, where it raised out of scripts/proxy before."""
+    environ = {"HTTPS_PROXY": "http://alice:s3cret@[fd00::1:3128", "ALL_PROXY": "http://proxy.corp:3128"}
+    assert upstream_from_env(environ) == Upstream("upstream:http://proxy.corp:3128", None, "ALL_PROXY")
+    err = capsys.readouterr().err
+    assert err == "tokometer: HTTPS_PROXY=http://alice:***@[fd00::1:3128 is not a URL\n"
