@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from addon.aws_eventstream import EventStreamDecoder
-from addon.content_decoding import StreamDecoder
+from addon.content_decoding import DecodeError, StreamDecoder
 from addon.json_stream import JSONArrayDecoder
 from addon.providers import Provider, StreamParser
 from addon.providers.batches import ResultsReader
@@ -16,6 +17,20 @@ from addon.sse import SSEDecoder
 from addon.usage import Metered
 
 log = logging.getLogger("tokometer")
+
+
+def failure_shown(exc: BaseException) -> str:
+    """An unexpected failure as a row may show it: its type and where it was raised, never its
+    text, which may quote what was read (``int('...')`` does). A decoding failure's own message
+    (which names the encoding's fault, never the bytes) is kept."""
+    if isinstance(exc, DecodeError):
+        return f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__name__
+    return f"{type(exc).__name__} at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
 
 
 class Framer(Protocol):
@@ -161,7 +176,7 @@ class StreamTap:
             raise
 
     def _fail(self, exc: Exception, data: bytes) -> bytes:
-        self._failed = f"stream not metered: {type(exc).__name__}: {exc}"[:300]
+        self._failed = f"stream not metered: {failure_shown(exc)}"[:300]
         log.warning("tokometer: %s", self._failed)
         if self.on_final_event is not None and self._parser.done:  # what it read is complete
             self._final_event()
@@ -180,7 +195,7 @@ class StreamTap:
         try:
             metered = self._parser.result()
         except Exception as exc:
-            metered = Metered(error=f"stream parser failed: {exc}")
+            metered = Metered(error=f"stream parser failed: {failure_shown(exc)}")
         if self._failed is not None:
             metered.error = self._failed if metered.error is None else f"{metered.error}; {self._failed}"
         return metered

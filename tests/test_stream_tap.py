@@ -136,4 +136,44 @@ def test_a_failure_in_the_plain_lane_never_breaks_the_stream() -> None:
     tap._plain = broken
     assert tap(events[1]) == events[1]  # passed on as it came
     assert tap(events[2]) == events[2]
-    assert "stream not metered: RuntimeError: a bug" in (tap.result().error or "")
+    assert "stream not metered: RuntimeError at test_stream_tap.py:" in (tap.result().error or "")
+
+
+def test_a_parser_failure_puts_no_stream_text_on_the_row() -> None:
+    """An unexpected parser exception may quote what it read (``int('...')`` does): the row names
+    its type and where it was raised, never its text. A decoding failure keeps its own message."""
+    tap = StreamTap(DEFAULT_REGISTRY.by_name("openai"), "chat", None)  # type: ignore[arg-type]
+    events = openai_events(3, usage=True)
+    assert tap(events[0]) == events[0]
+
+    class Broken:
+        done = False
+
+        def feed(self, event: Any) -> None:
+            int("the user's secret prompt text")
+
+        def result(self) -> Any:
+            return tap_result
+
+    tap_result = tap._parser.result()
+    tap._parser = Broken()  # type: ignore[assignment]
+    tap._plain = None  # every event to the parser
+    assert tap(events[1]) == events[1]  # passed on as it came
+    error = tap.result().error or ""
+    assert "secret prompt" not in error
+    assert "stream not metered: ValueError at test_stream_tap.py:" in error
+
+
+def test_a_failing_result_puts_no_stream_text_on_the_row() -> None:
+    tap = StreamTap(DEFAULT_REGISTRY.by_name("openai"), "chat", None)  # type: ignore[arg-type]
+
+    class Broken:
+        done = False
+
+        def result(self) -> Any:
+            raise KeyError("the model's secret completion")
+
+    tap._parser = Broken()  # type: ignore[assignment]
+    error = tap.result().error or ""
+    assert "secret completion" not in error
+    assert "stream parser failed: KeyError at test_stream_tap.py:" in error
