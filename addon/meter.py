@@ -35,6 +35,7 @@ from urllib.parse import unquote
 
 import duckdb
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.flow import Error as FlowError
 
 from addon import anthropic_models
 from addon.api_keys import key_of_header, recent_key_fingerprint
@@ -156,6 +157,10 @@ PARTIAL_USAGE_NOTE = "output tokens estimated: the stream ended before its final
 # the row's cost, a lower bound (the count it was for is one).
 PARTIAL_COST_NOTE = "cost: the provider's so far, a lower bound"
 PROVIDER_REPORTED = "provider_reported"
+# The row's error when metering the call failed as it ended (a bug): it keeps what was known.
+METERING_FAILED_NOTE = "metering failed (see the proxy's log): the row keeps what was known"
+# The row's error when mitmproxy's server playback (--server-replay) answered the call from a recording.
+SERVER_REPLAY_NOTE = "answered by mitmproxy's server playback: the provider never saw it"
 # A GET of an OpenAI background response (answered "queued"), of a Gemini background
 # interaction (answered "in_progress") or of an OpenAI batch job: its usage comes with one of these.
 _RESPONSE_PATH = re.compile(r"/(?:responses|interactions|batches)/([^/]+)$")
@@ -251,6 +256,17 @@ class Credentials(NamedTuple):
     unweighed: bool = False  # more different keys than MAX_KEYS_EXAMINED: some not weighed
 
 
+class FinishedRow(NamedTuple):
+    """A finished call's row as filled, for ``Meter._hand_over`` to store."""
+
+    record: CallRecord
+    store: Store | None  # the one that journaled it ahead, else the one in use
+    images: list[CallRecord]  # the rows billed apart from it (its images, advisors...)
+    body: dict[str, Any] | None  # its request, for an offline count of its tokens
+    metered: Metered
+    again: bool  # its reservation gave way at its stream's final event (_give_way_early)
+
+
 @dataclass(slots=True)
 class CallState:
     """What the addon knows about one LLM call in flight.
@@ -297,6 +313,9 @@ class CallState:
     live_sideband: str | None = None  # an OpenAI Live sideband's handshake: the session id it attaches to
     live_setup_model: str | None = None  # an OpenAI Live set-up (a mint): the session's model as sent
     route: str | None = None  # the path as read, where it is not the one sent (signed; %2F...)
+    # The policies' decision that let it go (its rate-limit hits): taken back if it never reaches
+    # the provider (_take_back_if_unsent)
+    decision: Decision | None = None
     # Its budget reservation (scopes, amount), kept when a script reload hands it over (see done)
     reservation: tuple[tuple[Scope, ...], Decimal] | None = None
     # Or the cost it holds instead, having given way at its stream's final event (scopes, amount, ts)
@@ -452,14 +471,22 @@ def _billable(record: CallRecord) -> bool:
     return sent and (record.status_code is None or record.status_code < 400)
 
 
-def _reached_upstream(flow: http.HTTPFlow) -> bool:
-    """True once the request may have reached the provider (a connection to it was set up)."""
+def _never_sent(flow: http.HTTPFlow) -> bool:
+    """Did the call surely not reach the provider? Answered by mitmproxy's server playback
+    (``is_replay == "response"``); or, with no response, killed before it went out (a kill takes
+    effect as a hook returns, and before any response that is ``requestheaders`` or ``request``:
+    mitmproxy's ``block_list``, server playback's kill of an unmatched request), read from the
+    client only in part, or with no connection to upstream ever set up (a connect failure). A
+    kept-alive connection, set up for an earlier request, does not make a killed one sent."""
+    if flow.is_replay == "response":
+        return True
+    if flow.response is not None:
+        return False
+    error = flow.error
+    if error is not None and error.msg == FlowError.KILLED_MESSAGE:
+        return True
     server = flow.server_conn
-    return (
-        server is not None
-        and server.timestamp_tcp_setup is not None
-        and flow.request.timestamp_end is not None
-    )
+    return server is None or server.timestamp_tcp_setup is None or flow.request.timestamp_end is None
 
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
@@ -2101,17 +2128,29 @@ class Meter:
             unknown_user=state.unknown_user,
         )
 
-    @staticmethod
-    def _answer_if_refused(flow: http.HTTPFlow, state: CallState, decision: Decision) -> bool:
+    def _answer_if_refused(self, flow: http.HTTPFlow, state: CallState, decision: Decision) -> bool:
         """Put the decision on the row; a refusal is answered here (upstream is never contacted)
-        and nothing was sent. True when refused."""
+        and nothing was sent. True when refused. A call let through keeps its decision (its
+        rate-limit hits): one killed by an addon before this one (mitmproxy's ``block_list``) is
+        never sent, and takes back its hits and its reservation at once."""
         state.record.action = decision.action
         if decision.refusal is None:
+            state.decision = decision
+            if flow.error is not None:
+                self._take_back_if_unsent(flow, state)
             return False
         flow.response = decision.refusal
         state.refusal = decision.message
         state.record.model_sent = None
         return True
+
+    def _take_back_if_unsent(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """A call that never reached the provider (``_never_sent``) takes back its rate-limit hits
+        and its budget reservation, as a refusal does: the provider saw no request."""
+        decision = state.decision
+        if decision is not None and _never_sent(flow):
+            state.decision = None
+            self.enforcer.withdraw(decision, state.record.id)
 
     def models_restricted(self, environment: str) -> bool:
         """Does ``environment`` allow only some models (policies enforced, no ``*``)?"""
@@ -2414,6 +2453,8 @@ class Meter:
             if (_is_stream(response) or _maybe_large(response)) and self._is_provider_host(flow.request):
                 response.stream = True
             return
+        if flow.is_replay == "response":
+            return  # server playback's recording: not metered (see response), passed on whole
         if state.batch_results and response.status_code < 400:
             if response.status_code != 200:  # a part of them (206, a resumed download): never bills
                 response.stream = True
@@ -2453,6 +2494,10 @@ class Meter:
     @_never_raises
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
+        if flow.is_replay == "response":  # server playback answered from a recording
+            if state is not None and not state.finished:
+                self._end_replayed(flow, state)
+            return
         if state is None:
             if self._uploads and flow in self._uploads:
                 await self._remember_upload(flow)
@@ -2474,23 +2519,42 @@ class Meter:
             return
         response = flow.response
         metered: Metered
-        if state.tap is not None:
-            if not state.tap.finished:  # an empty body: mitmproxy never called the tap
-                state.tap(b"")
-            metered = state.tap.result()
-        elif response is not None and response.status_code < 400:
-            try:
-                content = content_of(response)
-            except BodyNotDecodable as exc:  # its text names the encoding, never the completion
-                metered = Metered(error=f"response body: {exc}")
+        try:
+            if state.tap is not None:
+                if not state.tap.finished:  # an empty body: mitmproxy never called the tap
+                    state.tap(b"")
+                metered = state.tap.result()
+            elif response is not None and response.status_code < 400:
+                try:
+                    content = content_of(response)
+                except BodyNotDecodable as exc:  # its text names the encoding, never the completion
+                    metered = Metered(error=f"response body: {exc}")
+                else:
+                    parse = functools.partial(
+                        _parse_body, state.provider, state.record.api_flavor, response.headers
+                    )
+                    metered = await _off_loop_if_large(parse, content or b"")
             else:
-                parse = functools.partial(
-                    _parse_body, state.provider, state.record.api_flavor, response.headers
-                )
-                metered = await _off_loop_if_large(parse, content or b"")
-        else:
-            metered = Metered()
+                metered = Metered()
+        except Exception:
+            # A bug reading the answer: the call is still finished (its tokens counted offline, at
+            # once, as for an answer without usage), its reservation given way to that count.
+            log.exception("tokometer: reading the answer of call %s failed", state.record.id)
+            self._finish(flow, state, Metered(error=METERING_FAILED_NOTE), aborted=False, now=True)
+            return
         self._finish(flow, state, metered, aborted=False)
+
+    def _end_replayed(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """A call mitmproxy's server playback answered from a recording: the provider never saw it.
+        Its rate-limit hits and reservation are taken back; a call's row is not billed, without
+        the recording's usage (_fill_record); a retrieval, a deletion, a mint or a handshake
+        claims, ends and stores nothing (what its recording says happened upstream is not news)."""
+        self._take_back_if_unsent(flow, state)
+        if state.opens_socket or state.mint is not None or state.retrieval is not None or state.deletion:
+            state.finished = True
+            self._calls.pop(flow, None)
+        else:
+            self._finish(flow, state, Metered(), aborted=False)
 
     @_never_raises
     def error(self, flow: http.HTTPFlow) -> None:
@@ -2502,6 +2566,7 @@ class Meter:
         if state.unmetered and state.refusal is None:  # not checked yet: no row, as before
             self._calls.pop(flow, None)
             return
+        self._take_back_if_unsent(flow, state)  # never sent: its rate-limit hits and reservation
         if state.opens_socket or state.mint is not None:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)
@@ -2510,9 +2575,13 @@ class Meter:
             else:
                 self.sockets.end_handshake(flow, state, aborted=True)
             return
-        metered = state.tap.result() if state.tap is not None else Metered()
         if flow.error is not None:
             state.errors.append(flow.error.msg)
+        try:
+            metered = state.tap.result() if state.tap is not None else Metered()
+        except Exception:  # a bug reading the stream so far: the call is still finished
+            log.exception("tokometer: reading the stream of call %s failed", state.record.id)
+            metered = Metered(error=METERING_FAILED_NOTE)
         self._finish(flow, state, metered, aborted=True)
 
     # -- WebSocket sessions: OpenAI Realtime, Gemini Live, Responses (addon.socket_metering) --
@@ -2558,15 +2627,44 @@ class Meter:
     def _finish(
         self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool, now: bool = False
     ) -> None:
+        """The call ended: its row filled and handed to the store (its tokens counted offline first
+        where none were reported). Whatever raises before the row is handed over, the row is still
+        stored, with what was known and an error saying metering failed, and its reservation gives
+        way to it, once: metering never loses a finished call nor leaves it reserved."""
         state.finished = True
+        try:
+            ready = self._finished_row(flow, state, metered, aborted=aborted)
+        except Exception:
+            log.exception("tokometer: metering call %s failed; its row is stored as is", state.record.id)
+            ready = self._row_despite_failure(flow, state, metered)
+        if ready is not None:
+            self._hand_over(ready, now=now)
+
+    def _row_despite_failure(self, flow: http.HTTPFlow, state: CallState, metered: Metered) -> FinishedRow:
+        """The row of a call whose metering raised as it finished: what was known (its status, the
+        usage read), its error saying metering failed; handed over as it stands (no offline count)."""
+        record = state.record
+        with contextlib.suppress(Exception):
+            if record.usage is None:
+                record.set_usage(metered.usage)
+            if record.status_code is None and flow.response is not None:
+                record.status_code = flow.response.status_code
+        record.error = "; ".join([*state.errors, METERING_FAILED_NOTE])[:1000]  # _fill_record's, if it ran
+        state.request_body = None
+        return FinishedRow(record, state.journaled_in or self.store, [], None, Metered(), state.gave_way)
+
+    def _finished_row(
+        self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool
+    ) -> FinishedRow | None:
+        """Fill a finished call's row, to be handed over (None: the call has no row)."""
         if state.tap is not None:
             state.tap.on_final_event = None  # it holds the flow: the weak map's entry must go
         again = state.gave_way  # what was held at the final event gives way to the row's cost
         if state.deletion:
             self._end_deleted(flow, state)
-            return
+            return None
         if state.retrieval is not None and not self._claim(state, metered):
-            return  # still running, ended unbilled, or billed by another GET: no row
+            return None  # still running, ended unbilled, or billed by another GET: no row
         background = _runs_in_background(state, metered)
         if background and metered.usage is not None:
             # A running total so far (a Gemini interaction): the retrieval's row bills it all.
@@ -2595,7 +2693,12 @@ class Meter:
             self._remember_context(record, body, metered)
         # The store that journaled the call ahead (its stream's final event) keeps it: a
         # tokometer_db switched meanwhile must not put it in two databases.
-        store = state.journaled_in or self.store
+        return FinishedRow(record, state.journaled_in or self.store, images, body, metered, again)
+
+    def _hand_over(self, ready: FinishedRow, *, now: bool = False) -> None:
+        """Hand a finished call's row (and its images' rows) to its store, its tokens counted
+        offline first where no usage was reported (in a thread, unless ``now``)."""
+        record, store, images, body, metered, again = ready
         if images and (again or self.enforcer.budgets.reserves(record.id)):
             # Held at once: the call's reservation, which holds them too, gives way to the call's
             # own row's cost alone (_submit), so no budget check in between misses them.
@@ -2670,9 +2773,12 @@ class Meter:
             record.price_source = f"{record.provider} usage.cost"
         if metered.error:
             errors.append(metered.error)
-        if response is None and metered.usage is None and not _reached_upstream(flow):
-            # The request never went out (no connection, refused connect): nothing was billed.
-            record.cost_usd, record.price_status = Decimal(0), "not_billed"
+        if metered.usage is None and _never_sent(flow):
+            # The request never went out (no connection, killed before it was sent) or server
+            # playback answered it: the provider billed nothing.
+            record.cost_usd, record.price_status = Decimal(0), NOT_BILLED
+            if flow.is_replay == "response":
+                errors.append(SERVER_REPLAY_NOTE)
         elif state.subscription:
             record.cost_usd, record.price_status = Decimal(0), SUBSCRIPTION
             record.price_source = SUBSCRIPTION_SOURCE
