@@ -81,7 +81,15 @@ from addon.notify import Notifier
 from addon.output_history import OutputHistory
 from addon.paths import default_policies_path, resolve_db_path, resolve_policies_path
 from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFile
-from addon.pricing import BACKGROUND, NOT_BILLED, SUBSCRIPTION, SUBSCRIPTION_SOURCE, Pricer
+from addon.pricing import (
+    BACKGROUND,
+    NOT_BILLED,
+    PRICED,
+    SUBSCRIPTION,
+    SUBSCRIPTION_SOURCE,
+    UNKNOWN_MODEL,
+    Pricer,
+)
 from addon.providers import (
     Provider,
     Registry,
@@ -94,6 +102,7 @@ from addon.providers import (
     openai_realtime_mints,
     openai_responses_ws,
     registry_for,
+    videos,
 )
 from addon.providers.anthropic_api import repeated_fallbacks
 from addon.providers.batches import BatchInput
@@ -327,6 +336,8 @@ class CallState:
     tool_row_id: str | None = None  # the id of the row of its images (journaled ahead, then submitted)
     svg_row_ids: list[str] = field(default_factory=list)  # and of its SVG author's rows
     unmetered: bool = False  # a POST the proxy does not meter, models restricted: checked, maybe refused
+    video: str | None = None  # a video generation request: its kind (addon.providers.videos)
+    video_job: videos.VideoJob | None = None  # what it asked for (its reservation, its bill)
     # An Anthropic call's advisor tool models as let through: base name -> (requested, sent, action)
     advisor_sent: dict[str, tuple[str, str, str]] | None = None
     iteration_row_ids: list[str] = field(default_factory=list)  # its advisors' and declined hops' rows
@@ -1133,6 +1144,11 @@ class Meter:
             return True
         flavor = provider.flavor_for_path(route)
         if flavor is None:
+            named = provider.request_model(route, None) if provider.name != "openai" else None
+            kind = videos.video_kind(provider.name, path, named)
+            if kind is not None:
+                self._open_path_call(flow, provider, host, tags_header, route, videos.FLAVOR, video=kind)
+                return True
             if provider.batch_api == "openai" and batches.is_upload_path(path):
                 self._uploads[flow] = None  # maybe a batch's input file: read in `request`
             return False
@@ -1664,6 +1680,9 @@ class Meter:
         if state.unmetered:
             await self._unmetered_request(flow, state)
             return
+        if state.video is not None:
+            await self._video_request(flow, state, state.video)
+            return
         await self._attribute(state)
         record = state.record
         if record.api_flavor == batches.FLAVOR:
@@ -2080,6 +2099,85 @@ class Meter:
         record.model_requested = named.model
         self._answer_if_refused(flow, state, decision)
 
+    async def _video_request(self, flow: http.HTTPFlow, state: CallState, kind: str) -> None:
+        """A video generation request (addon.providers.videos): what it asks for is read (a form's
+        small fields only, its files never decoded), its price reserved against the budgets and its
+        model held to the allowlist. A disallowed model is refused, never downgraded (a job is not
+        rewritten). A request that cannot be read passes, its row saying why (unless models are
+        restricted and its model is what cannot be read: refused, failing closed)."""
+        await self._attribute(state)
+        record = state.record
+        provider = state.provider
+        route = state.route or flow.request.path
+        if kind == videos.VEO:
+            body = await self._request_json(flow, state)
+            job = videos.read_veo(provider.request_model(route, None) or "", body)
+        else:
+            content_type = flow.request.headers.get("content-type", "")
+            try:
+                content = await _off_loop_if_large(
+                    _decoded_content, flow.request, len(flow.request.raw_content or b"")
+                )
+            except ValueError as exc:
+                job = videos.VideoJob(kind, problem=f"request body not decodable: {exc}")
+            else:
+                read = functools.partial(videos.read_openai, kind, content_type=content_type)
+                job = await _off_loop_if_large(read, content)
+        state.video_job = job
+        if job.problem is not None:
+            state.errors.append(f"video request: {job.problem}")
+        record.model_requested = record.model_sent = job.model
+        record.answers = job.count if job.count > 1 else None
+        reserved = videos.reservation(provider.name, job)
+        decision = self._decide(state, job.model, lambda _model: reserved)
+        what = f"{record.path[:120]} starts a video job"
+        if decision.refusal is None and job.model is None and kind in (videos.CREATE, videos.VEO):
+            reason = f"its model could not be read ({job.problem}); {what}"
+            decision = self.decider.unknown_model(record, decision, reason) or decision
+        elif decision.action == "downgraded" and job.model is not None:
+            reason = f"{what}, which is never rewritten: refused instead of downgraded"
+            decision = self.decider.refuse_instead(decision, record, job.model, reason)
+        self._answer_if_refused(flow, state, decision)
+
+    def _finish_video(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
+        """A video request is answered: a job accepted (2xx) is billed at once, at what the answer
+        says of it (OpenAI's job: model, seconds, size) over what the request asked; an error, a
+        refusal or a request that never went out is not billed (its reservation withdrawn). No
+        answer after the request went out: billed as asked (the job may have been accepted)."""
+        state.finished = True
+        record = state.record
+        errors = state.errors
+        self._fill_record(flow, state, Metered(), errors, aborted=aborted)
+        response = flow.response
+        job = state.video_job
+        if (
+            job is None
+            or state.refusal is not None
+            or record.price_status == NOT_BILLED  # never reached upstream
+            or (response is not None and response.status_code >= 400)
+        ):
+            record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
+        elif not state.subscription:
+            answered = None
+            if response is None:
+                errors.append("no answer (the job may have been accepted): billed as asked")
+            elif job.kind != videos.VEO:
+                try:
+                    answered = videos.read_openai_job(job.kind, content_of(response) or b"")
+                except ValueError:
+                    answered = None
+                if answered is None:
+                    errors.append("the answer is no video job: billed as asked")
+            billed = videos.settled(job, answered)
+            record.model_reported = answered.model if answered is not None else None
+            found = videos.price_job(record.provider, billed)
+            record.cost_usd = found.cost_usd
+            record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
+            record.price_source, record.price_model = found.note, found.priced_as
+            record.answers = billed.count if billed.count > 1 else None
+        record.error = "; ".join(errors)[:1000] if errors else None
+        self._submit(record)
+
     @staticmethod
     async def _unmetered_body_model(flow: http.HTTPFlow) -> NamedModel:
         """The model a JSON body names (``unmetered_models.body_model``), or a multipart form's
@@ -2465,6 +2563,10 @@ class Meter:
             return
         if state.notice:
             response.headers[NOTICE_HEADER] = state.notice
+        if state.video is not None:  # a job object or an operation: small, read whole
+            if _is_stream(response):
+                response.stream = True
+            return
         content_type = header(response.headers, b"content-type") or ""
         framing = state.provider.stream_framing(state.route or flow.request.path, content_type)
         if framing is None or response.status_code >= 400:
@@ -2517,6 +2619,9 @@ class Meter:
         if state.results is not None:
             self._finish_results(flow, state)
             return
+        if state.video is not None:
+            self._finish_video(flow, state, aborted=False)
+            return
         response = flow.response
         metered: Metered
         try:
@@ -2567,6 +2672,11 @@ class Meter:
             self._calls.pop(flow, None)
             return
         self._take_back_if_unsent(flow, state)  # never sent: its rate-limit hits and reservation
+        if state.video is not None:
+            if flow.error is not None:
+                state.errors.append(flow.error.msg)
+            self._finish_video(flow, state, aborted=True)
+            return
         if state.opens_socket or state.mint is not None:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)

@@ -1,4 +1,5 @@
-"""Model-running requests the proxy does not meter (video, batch, fine-tuning...): the model they
+"""Model-running requests the proxy does not meter (batch, fine-tuning...; video is metered:
+addon.providers.videos): the model they
 name, so that an environment restricting models can hold them to its allowlist (fail closed).
 
 Pure functions over paths and bytes; no mitmproxy. The model is named in the path (Gemini and

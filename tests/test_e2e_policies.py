@@ -167,12 +167,12 @@ def test_a_path_spelled_otherwise_is_checked_and_metered_as_servers_read_it(
     assert row["cost_usd"] == Decimal("0.00021")  # gpt-4o-mini: 1000 x 0.15 + 100 x 0.60 per 1M
 
 
-def test_a_model_running_request_the_proxy_does_not_meter_is_held_to_the_allowlist(
+def test_a_video_and_a_model_running_request_the_proxy_does_not_meter_are_held_to_the_allowlist(
     proxies, fake_provider: FakeProvider
 ) -> None:
-    """A Sora video asks for a model development does not allow: refused, never downgraded (the
-    proxy does not understand that API), upstream sees nothing, a row says so. A request naming
-    no model passes on as before, with no row."""
+    """A Sora video asks for a model development does not allow: refused, never downgraded (a video
+    job is never rewritten), upstream sees nothing, a row says so. A request to an API the proxy does
+    not meter naming no model passes on as before, with no row."""
     policy = DEV_POLICY.replace("gpt-4o-mini, claude", "gpt-4o-mini, sora-2, claude")
     proxy = proxies(policy.replace("gpt-4o: gpt-4o-mini", "gpt-4o: gpt-4o-mini\n        sora-2-pro: sora-2"))
     t = tag()
@@ -182,7 +182,8 @@ def test_a_model_running_request_the_proxy_does_not_meter_is_held_to_the_allowli
     status, answer_headers, answer = split_response(res.stdout)
     assert (status, answer_headers["x-tokometer-refused"]) == (403, "blocked")
     message = json.loads(answer)["error"]["message"]
-    assert "sora-2-pro" in message and "not metered" in message and "refused instead of downgraded" in message
+    assert "sora-2-pro" in message and "starts a video job" in message
+    assert "refused instead of downgraded" in message
     assert fake_provider.requests_for(t) == []
     passed = tag()
     headers = ["Authorization: Bearer sk-test-videos-0123456789abcdef", f"X-Test-Tag: {passed}"]
@@ -193,7 +194,7 @@ def test_a_model_running_request_the_proxy_does_not_meter_is_held_to_the_allowli
     [row] = proxy.rows()
     assert (row["path"], row["api_flavor"], row["action"], row["status_code"]) == (
         "/v1/videos",
-        "unmetered",
+        "video",
         "blocked",
         403,
     )

@@ -1278,15 +1278,10 @@ VERTEX = "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations
     [
         # Gemini Batch API: a forbidden model, half price but still that model
         (f"{GEMINI}/gemini-2.5-pro:batchGenerateContent", {"batch": {"input_config": {}}}, "gemini-2.5-pro"),
-        # Veo video generation (dollars per second of video)
-        (f"{GEMINI}/veo-3.0-generate-001:predictLongRunning", {"instances": [{"prompt": "a cat"}]},
-         "veo-3.0-generate-001"),
         # Imagen on Vertex AI
         (f"{VERTEX}/publishers/google/models/imagen-4.0-generate-001:predict", {"instances": []},
          "imagen-4.0-generate-001"),
-        # Sora 2 video generation
-        ("https://api.openai.com/v1/videos", {"model": "sora-2-pro", "prompt": "a cat", "seconds": "12"},
-         "sora-2-pro"),
+        # (video generation, Sora's and Veo's, is metered now: tests/test_videos.py)
         ("https://api.openai.com/v1/fine_tuning/jobs", {"model": "gpt-4.1", "training_file": "f"}, "gpt-4.1"),
         # a Vertex batch job names its model as a resource
         (f"{VERTEX}/batchPredictionJobs", {"model": "publishers/google/models/gemini-2.5-pro"},
@@ -1336,7 +1331,7 @@ async def test_an_unmetered_endpoint_is_refused_not_downgraded(meter: Meter) -> 
     ("url", "body", "headers"),
     [
         # an allowed model passes unchanged
-        ("https://api.openai.com/v1/videos", {"model": "sora-2-mini", "prompt": "a cat"}, {}),
+        ("https://api.openai.com/v1/fine_tuning/jobs", {"model": "gpt-4.1-mini", "training_file": "f"}, {}),
         (f"{GEMINI}/gemini-2.5-flash:batchGenerateContent", {"batch": {}}, GEMINI_KEY),
         # naming no model: as before
         ("https://api.openai.com/v1/vector_stores", {"name": "docs"}, {}),
@@ -1373,18 +1368,21 @@ async def test_unmetered_requests_naming_no_disallowed_model_pass_as_before(
     assert meter.store.records == []  # type: ignore[union-attr]
 
 
+FINE_TUNING = "https://api.openai.com/v1/fine_tuning/jobs"
+
+
 async def test_unmetered_endpoints_pass_where_models_are_not_restricted(meter: Meter) -> None:
     """An environment without model rules (or a proxy without policies) checks nothing here."""
-    body = {"model": "sora-2-pro", "prompt": "a cat"}
+    body = {"model": "gpt-4.1", "training_file": "f"}
     for policies in ("environments:\n  development:\n    budget: {usd: 1, period: day}\n", None):
         if policies is not None:
             meter._apply(parse_policies(policies))
-        flow = make_flow("https://api.openai.com/v1/videos", body)
+        flow = make_flow(FINE_TUNING, body)
         await run_request(meter, flow)
         assert flow.response is None and meter.call_state(flow) is None
     meter._apply(parse_policies(RESTRICTED + "  staging: {}\n"))
     tags = {"X-Metering-Tags": json.dumps({"env": "staging"})}
-    flow = make_flow("https://api.openai.com/v1/videos", body, headers=tags)
+    flow = make_flow(FINE_TUNING, body, headers=tags)
     await run_request(meter, flow)
     assert flow.response is None and meter.call_state(flow) is None  # staging has no model rules
 
@@ -1414,8 +1412,8 @@ async def test_a_large_unmetered_body_is_read_off_the_event_loop(
 
     monkeypatch.setattr(meter_module.asyncio, "to_thread", to_thread)
     meter._apply(parse_policies(RESTRICTED))
-    body = {"prompt": "x" * (meter_module.INLINE_PARSE_LIMIT + 1), "model": "sora-2-pro"}
-    flow = make_flow("https://api.openai.com/v1/videos", body)
+    body = {"suffix": "x" * (meter_module.INLINE_PARSE_LIMIT + 1), "model": "gpt-4.1"}
+    flow = make_flow(FINE_TUNING, body)
     await run_request(meter, flow)
     assert flow.response is not None and flow.response.status_code == 403
     assert body_model in threads, "a large body was parsed on the event loop"
@@ -1423,7 +1421,7 @@ async def test_a_large_unmetered_body_is_read_off_the_event_loop(
 
 async def test_an_unmetered_request_cut_before_it_was_checked_leaves_no_row(meter: Meter) -> None:
     meter._apply(parse_policies(RESTRICTED))
-    flow = make_flow("https://api.openai.com/v1/videos", {"model": "sora-2-pro", "prompt": "a cat"})
+    flow = make_flow(FINE_TUNING, {"model": "gpt-4.1", "training_file": "f"})
     meter.requestheaders(flow)
     flow.error = mitmflow.Error("client disconnected")
     meter.error(flow)

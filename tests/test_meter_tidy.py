@@ -58,19 +58,19 @@ async def test_a_fallback_objects_max_tokens_over_the_requests_max_completion_to
     assert reserved < Decimal("0.17"), reserved
 
 
-@pytest.mark.parametrize(("model", "status"), [("sora-2-mini", None), ("sora-2-pro", 403)])
+@pytest.mark.parametrize(("model", "status"), [("gpt-4.1-mini", None), ("gpt-4.1", 403)])
 async def test_an_unmetered_request_does_not_wait_longer_for_a_user_it_is_not_checked_against(
     meter: Meter, monkeypatch: pytest.MonkeyPatch, model: str, status: int | None
 ) -> None:
     """alice has a budget (user limits in force) and her lookup answers at 0.6 s, past the
-    ordinary wait (0.05 s here) but within the deciding one (2 s here). A video request is
+    ordinary wait (0.05 s here) but within the deciding one (2 s here). A fine-tuning job is
     checked against the allowlist alone, never a user's limits: it goes on (or is refused) after
     the ordinary wait. Before, it waited for the lookup (0.6 s; up to 12 s by default)."""
     meter._apply(parse_policies(test_meter.RESTRICTED + ALICE_BUDGET))
     monkeypatch.setattr("addon.meter.PROCESS_LOOKUP_TIMEOUT", 0.05)
     monkeypatch.setattr("addon.client_process.DECIDING_LOOKUP_TIMEOUT", 2.0)
     monkeypatch.setattr("addon.meter.lookup_client_process", slow(ALICE, 0.6))
-    flow = test_meter.make_flow("https://api.openai.com/v1/videos", {"model": model, "prompt": "a cat"})
+    flow = test_meter.make_flow(test_meter.FINE_TUNING, {"model": model, "training_file": "f"})
     started = time.monotonic()
     await test_meter.run_request(meter, flow)
     waited = time.monotonic() - started

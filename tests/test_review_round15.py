@@ -23,7 +23,7 @@ from tests.test_review_round14 import ALICE, ALICE_BUDGET, call, refusal, slow
 # Models are restricted (an unmetered request is then followed and its model checked).
 OPENROUTER_CHAT = "https://openrouter.ai/api/v1/chat/completions"
 ONE_DOLLAR = "environments:\n  development:\n    budget: {usd: 1, period: day}\n"
-RESTRICTED = "environments:\n  development:\n    models: {allow: [gpt-4o-mini, sora-2]}\n"
+RESTRICTED = "environments:\n  development:\n    models: {allow: [gpt-4o-mini, sora-2, gpt-4.1]}\n"
 
 
 async def test_without_user_limits_a_late_lookup_still_names_the_rows_user(
@@ -49,9 +49,10 @@ async def test_without_user_limits_a_late_lookup_still_names_the_rows_user(
 async def test_an_unmetered_request_is_not_held_for_the_deciding_wait(
     meter: Meter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """alice has a budget, development allows gpt-4o-mini and sora-2; a video request (POST
-    /v1/videos, sora-2, unmetered: no budget reserved, no user checked, only its model held to the
-    allowlist) whose lookup is slow. Its user decides nothing, so it should wait
+    """alice has a budget, development allows gpt-4o-mini, sora-2 and gpt-4.1; a fine-tuning job
+    (POST /v1/fine_tuning/jobs, gpt-4.1, unmetered: no budget reserved, no user checked, only its
+    model held to the allowlist; a video was the example before videos were metered) whose lookup
+    is slow. Its user decides nothing, so it should wait
     PROCESS_LOOKUP_TIMEOUT (2 s; here 0.05 s) as before 583bf6b; it waits DECIDING_LOOKUP_TIMEOUT
     (12 s; here 0.6 s), then passes anyway: 10 s added to each such request for nothing.
     Expected wait < 0.3 s; actual 0.60 s."""
@@ -59,7 +60,7 @@ async def test_an_unmetered_request_is_not_held_for_the_deciding_wait(
     monkeypatch.setattr("addon.meter.PROCESS_LOOKUP_TIMEOUT", 0.05)
     monkeypatch.setattr("addon.client_process.DECIDING_LOOKUP_TIMEOUT", 0.6)
     monkeypatch.setattr("addon.meter.lookup_client_process", slow(ALICE, 0.7))
-    flow = make_flow("https://api.openai.com/v1/videos", {"model": "sora-2", "prompt": "a cat"})
+    flow = make_flow("https://api.openai.com/v1/fine_tuning/jobs", {"model": "gpt-4.1", "training_file": "f"})
     flow.request.timestamp_start = datetime.now(UTC).timestamp()
     started = time.monotonic()
     await run_request(meter, flow)

@@ -1,0 +1,262 @@
+"""Video generation jobs (OpenAI's Sora, Google's Veo): what a job asks for and what it costs.
+
+Pure functions over paths and bytes; no mitmproxy. A video's price is known from its request
+(seconds x the rate of its model, size or resolution, and audio x the videos asked for), so the
+meter reserves it when the request arrives and bills it when the provider accepts the job.
+
+- OpenAI: ``POST /v1/videos`` (openai-python sends a multipart form, JSON works too): ``model``
+  (default ``sora-2``), ``seconds`` (``"4"``, ``"8"``, ``"12"``; default 4), ``size`` (default
+  ``720x1280``). ``POST /v1/videos/{id}/remix``, ``/v1/videos/edits`` and ``/v1/videos/extensions``
+  make a new video billed as one, whose model and size are its source's (unknown here: reserved at
+  the dearest rate); an extension says its ``seconds``. The answer is the job (``model``,
+  ``seconds``, ``size``, ``status``), which bills it when it says them.
+- Google: ``models/{veo-model}:predictLongRunning`` on the Gemini API and Vertex AI, JSON:
+  ``parameters.durationSeconds`` (default 8), ``generateAudio`` (Vertex AI; the Gemini API always
+  generates audio on Veo 3), ``resolution`` (default ``720p``), ``sampleCount`` (google-genai's
+  ``numberOfVideos``; default 1). The answer is an operation: the request's values bill it.
+
+A form's files (a reference image, a source video) are never decoded: only its small fields.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from addon.providers.openai_media import form_parts, is_form
+from addon.providers.values import bare_path, loads
+from addon.video_prices import SORA_CEILING, SOURCE, sora_rate, veo_rate
+
+FLAVOR = "video"
+CREATE, REMIX, EDIT, EXTEND, VEO = "create", "remix", "edit", "extend", "veo"
+DEFAULT_SORA_MODEL = "sora-2"
+DEFAULT_SORA_SECONDS = 4
+DEFAULT_SORA_SIZE = "720x1280"
+DEFAULT_VEO_SECONDS = 8
+DEFAULT_VEO_RESOLUTION = "720p"
+# A remix or edit runs on its source video, whose length is not in the request: reserved as the
+# longest OpenAI makes (an extension's allowed seconds go up to 20).
+MAX_SORA_SECONDS = 20
+MAX_VEO_VIDEOS = 4
+MAX_SECONDS = 600  # a larger duration is no value these APIs take: unreadable
+_REMIX = re.compile(r"/v1/videos/[^/]+/remix")
+_PREDICT = re.compile(r"(?::|%3[aA])predictLongRunning$")
+_FIELDS = (b"model", b"seconds", b"size")
+_MAX_FIELD = 256
+
+
+@dataclass(frozen=True, slots=True)
+class VideoJob:
+    """What a video request (or the job answering it) says: model, seconds, size (OpenAI) or
+    resolution (Veo), audio, how many videos; ``problem`` when something could not be read."""
+
+    kind: str
+    model: str | None = None
+    seconds: float | None = None
+    size: str | None = None
+    resolution: str | None = None
+    audio: bool = True
+    count: int = 1
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VideoCost:
+    """A video job's price: ``cost_usd`` None when unknown (``note`` says why)."""
+
+    cost_usd: Decimal | None
+    note: str
+    priced_as: str | None = None
+
+
+def video_kind(provider: str, path: str, model: str | None) -> str | None:
+    """Is ``path`` (query allowed) a video generation request? Its kind, else None. ``model`` is
+    the one the path names (Gemini, Vertex AI)."""
+    bare = bare_path(path)
+    if provider == "openai":
+        if bare == "/v1/videos":
+            return CREATE
+        if bare == "/v1/videos/edits":
+            return EDIT
+        if bare == "/v1/videos/extensions":
+            return EXTEND
+        return REMIX if _REMIX.fullmatch(bare) else None
+    if provider in ("google", "vertex") and _PREDICT.search(bare) and model:
+        return VEO if model.strip().lower().removeprefix("models/").startswith("veo-") else None
+    return None
+
+
+def _seconds(value: Any) -> float | None:
+    """A duration: a positive number or numeric string (``"8"``, ``"8s"``), else None."""
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("s").strip()
+        try:
+            value = float(text) if text else None
+        except ValueError:
+            return None
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return float(value) if 0 < value <= MAX_SECONDS else None
+    return None
+
+
+def _form_fields(content: bytes, content_type: str) -> tuple[dict[str, str], str | None]:
+    """The ``model``, ``seconds`` and ``size`` fields of a multipart form (its files never
+    decoded), and why the form could not be read whole."""
+    walk = form_parts(content, content_type)
+    found: dict[str, str] = {}
+    for part in walk.parts:
+        if part.is_file or part.name not in _FIELDS:
+            continue
+        name = part.name.decode("latin-1")
+        if name in found:
+            return found, f"{name} given twice in the form"
+        if part.end - part.start > _MAX_FIELD:
+            return found, f"the form's {name} field is too long"
+        found[name] = content[part.start : part.end].decode("utf-8", "replace").strip()
+    error = walk.error or (None if walk.complete else "multipart body cut short or malformed")
+    return found, error
+
+
+def read_openai(kind: str, content: bytes, content_type: str) -> VideoJob:
+    """What an OpenAI video request asks for (``kind`` from ``video_kind``). Never raises; a field
+    it cannot read leaves a ``problem`` (its value then reserved at the dearest)."""
+    problem: str | None = None
+    fields: dict[str, Any]
+    if is_form(content_type):
+        fields, problem = _form_fields(content, content_type)
+    elif content.strip():
+        obj = loads(content)
+        if not isinstance(obj, dict):
+            return VideoJob(kind, problem="request body is neither a form nor a JSON object")
+        fields = {k: obj.get(k) for k in ("model", "seconds", "size") if obj.get(k) is not None}
+    else:
+        fields = {}
+    model = fields.get("model")
+    if model is not None and not (isinstance(model, str) and 0 < len(model.strip()) <= _MAX_FIELD):
+        model, problem = None, "its model is not a model's name"
+    seconds = None
+    if "seconds" in fields:
+        seconds = _seconds(fields["seconds"])
+        if seconds is None:
+            problem = problem or f"seconds {str(fields['seconds'])[:20]!r} is not a duration"
+    size = fields.get("size")
+    if size is not None and not isinstance(size, str):
+        size, problem = None, problem or "its size is not a string"
+    if kind == CREATE:
+        model = model.strip() if isinstance(model, str) else (None if problem else DEFAULT_SORA_MODEL)
+        seconds = seconds or (None if "seconds" in fields else DEFAULT_SORA_SECONDS)
+        size = size or DEFAULT_SORA_SIZE
+    return VideoJob(kind, model=model, seconds=seconds, size=size, problem=problem)
+
+
+def read_openai_job(kind: str, body: bytes) -> VideoJob | None:
+    """The job an OpenAI video answer describes (``model``, ``seconds``, ``size``), or None when
+    the answer is no such object."""
+    obj = loads(body)
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), str):
+        return None
+    size = obj.get("size") if isinstance(obj.get("size"), str) else None
+    return VideoJob(kind, model=obj["model"], seconds=_seconds(obj.get("seconds")), size=size)
+
+
+def _count(parameters: dict[str, Any]) -> int | None:
+    for key in ("sampleCount", "numberOfVideos", "sample_count", "number_of_videos"):
+        value = parameters.get(key)
+        if value is None:
+            continue
+        return value if type(value) is int and 1 <= value <= MAX_VEO_VIDEOS else None
+    return 1
+
+
+def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
+    """What a Veo ``:predictLongRunning`` request asks for (its JSON body). Never raises."""
+    if body is None:
+        return VideoJob(VEO, model=model, problem="request body is not a JSON object")
+    parameters = body.get("parameters")
+    if parameters is None:
+        parameters = {}
+    if not isinstance(parameters, dict):
+        return VideoJob(VEO, model=model, problem="its parameters are not an object")
+    problem = None
+    raw = parameters.get("durationSeconds", parameters.get("duration_seconds"))
+    seconds = float(DEFAULT_VEO_SECONDS) if raw is None else _seconds(raw)
+    if seconds is None:
+        problem = f"durationSeconds {str(raw)[:20]!r} is not a duration"
+    resolution = parameters.get("resolution", DEFAULT_VEO_RESOLUTION)
+    if not isinstance(resolution, str):
+        resolution, problem = None, problem or "its resolution is not a string"
+    audio = parameters.get("generateAudio", parameters.get("generate_audio", True))
+    count = _count(parameters)
+    if count is None:
+        problem = problem or f"sampleCount is not a whole number from 1 to {MAX_VEO_VIDEOS}"
+    return VideoJob(
+        VEO,
+        model=model,
+        seconds=seconds,
+        resolution=resolution,
+        audio=audio is not False,
+        count=count or MAX_VEO_VIDEOS,
+        problem=problem,
+    )
+
+
+def _money(value: Decimal) -> str:
+    return f"${value.normalize():f}"
+
+
+def _length(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def price_job(place: str, job: VideoJob) -> VideoCost:
+    """A job's price at ``place`` (the provider: ``openai``, ``google``, ``vertex``): seconds x rate
+    x videos. Unknown (``cost_usd`` None) when its model, size or resolution has no listed rate or
+    its seconds are unknown."""
+    if job.model is None or job.seconds is None:
+        return VideoCost(None, f"{SOURCE}: the video's model or seconds are not known")
+    if place == "openai":
+        rate = sora_rate(job.model, job.size or "")
+        what = f"{job.model} at {job.size}"
+    else:
+        rate = veo_rate(place, job.model, job.resolution or "", job.audio)
+        what = f"{job.model} at {job.resolution}"
+    if rate is None:
+        return VideoCost(None, f"{SOURCE}: no price for {what}")
+    seconds = Decimal(str(job.seconds))
+    cost = seconds * rate.usd_per_second * job.count
+    times = f" x {job.count} videos" if job.count > 1 else ""
+    note = f"{SOURCE} ({rate.priced_as}: {_length(job.seconds)} x {_money(rate.usd_per_second)}/s{times})"
+    return VideoCost(cost, note, rate.priced_as)
+
+
+def reservation(place: str, job: VideoJob) -> Decimal:
+    """What a job may cost, for its budget reservation: its price where known; what the request
+    does not say (a remix's or edit's source video, an extension's model, a field it could not
+    read) at the dearest OpenAI rate and longest video. $0 only for a model no table prices (the
+    row then says unknown)."""
+    if place == "openai":
+        priced = price_job(place, job).cost_usd
+        if priced is not None:
+            return priced
+        known = sora_rate(job.model, job.size) if job.model and job.size else None
+        rate = known.usd_per_second if known is not None else SORA_CEILING
+        return rate * Decimal(str(job.seconds or MAX_SORA_SECONDS)) * job.count
+    return price_job(place, job).cost_usd or Decimal(0)
+
+
+def settled(asked: VideoJob, answered: VideoJob | None) -> VideoJob:
+    """The job as billed: what the answer says of it (model, seconds, size) over the request's."""
+    if answered is None:
+        return asked
+    return VideoJob(
+        asked.kind,
+        model=answered.model or asked.model,
+        seconds=answered.seconds or asked.seconds,
+        size=answered.size or asked.size,
+        resolution=asked.resolution,
+        audio=asked.audio,
+        count=asked.count,
+    )

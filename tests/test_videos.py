@@ -1,0 +1,260 @@
+"""Video generation (OpenAI's Sora, Google's Veo) is metered: priced from what the request asks
+for (seconds x rate x videos), reserved against budgets when it arrives, billed when the job is
+accepted. Before, it was only held to the allowlist: $0 in every report, no budget ever reached."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+import pytest
+from meter_helpers import CollectingStore, make_flow, run_request
+from mitmproxy import http
+
+from addon.budgets import Scope
+from addon.meter import Meter
+from addon.policies import parse_policies
+from addon.providers import videos
+from addon.providers.videos import VideoJob, price_job, read_openai, read_veo, reservation
+
+VIDEOS = "https://api.openai.com/v1/videos"
+GEMINI = "https://generativelanguage.googleapis.com/v1beta/models"
+VERTEX = "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1"
+GEMINI_KEY = {"x-goog-api-key": "AIza-test-0123456789"}
+DEVELOPMENT = Scope("environment", "development")
+ANY_MODEL = "environments:\n  development:\n    models: {allow: ['*']}\n"
+
+
+def form(fields: dict[str, str], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
+    """A multipart form as openai-python sends it, with a reference image file part."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    image = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="input_reference"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b'\x89PNG{"model": "sora-2", "seconds": "12"}\xff\xfe'
+        + b"\r\n"
+    )
+    body = b"".join(parts) + image + f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def job_answer(model: str, seconds: str, size: str) -> dict[str, object]:
+    return {"id": "video_1", "object": "video", "model": model, "seconds": seconds, "size": size,
+            "status": "queued", "progress": 0, "created_at": 1}  # fmt: skip
+
+
+async def answer(meter: Meter, flow: http.HTTPFlow, status: int, body: dict[str, object]) -> None:
+    flow.response = http.Response.make(
+        status, json.dumps(body).encode(), {"content-type": "application/json"}
+    )
+    meter.responseheaders(flow)
+    await meter.response(flow)
+
+
+def rows(meter: Meter) -> list:
+    store = meter.store
+    assert isinstance(store, CollectingStore)
+    return store.records
+
+
+# --- prices of each shape ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "cost"),
+    [
+        ({"prompt": "a cat"}, Decimal("0.40")),  # defaults: sora-2, 4 s, 720x1280 at $0.10/s
+        ({"prompt": "a cat", "model": "sora-2", "seconds": "12", "size": "1280x720"}, Decimal("1.20")),
+        ({"prompt": "a cat", "model": "sora-2-pro", "seconds": "8"}, Decimal("2.40")),  # 720x1280 $0.30
+        ({"prompt": "a cat", "model": "sora-2-pro", "seconds": "12", "size": "1792x1024"}, Decimal("6.00")),
+        ({"prompt": "a cat", "model": "sora-2-2025-12-08", "seconds": 8}, Decimal("0.80")),  # a snapshot
+    ],
+)
+def test_a_sora_request_is_priced_from_its_seconds_size_and_model(body: dict, cost: Decimal) -> None:
+    job = read_openai(videos.CREATE, json.dumps(body).encode(), "application/json")
+    assert job.problem is None
+    assert price_job("openai", job).cost_usd == cost
+    assert reservation("openai", job) == cost
+
+
+def test_a_forms_small_fields_are_read_and_its_file_never() -> None:
+    """The reference image's bytes hold a JSON "model" and "seconds": never read."""
+    body, headers = form({"prompt": "a cat", "model": "sora-2-pro", "seconds": "4", "size": "1024x1792"})
+    job = read_openai(videos.CREATE, body, headers["content-type"])
+    assert (job.model, job.seconds, job.size, job.problem) == ("sora-2-pro", 4.0, "1024x1792", None)
+    assert price_job("openai", job).cost_usd == Decimal("2.00")
+
+
+@pytest.mark.parametrize(
+    ("place", "model", "parameters", "cost"),
+    [
+        # Gemini API: default 8 s, 720p, audio, one video
+        ("google", "veo-3.0-generate-001", None, Decimal("3.20")),
+        ("google", "veo-3.1-fast-generate-preview", {"durationSeconds": 8, "resolution": "1080p",
+                                                     "sampleCount": 2}, Decimal("2.40")),
+        ("google", "veo-3.1-generate-preview", {"durationSeconds": 4, "resolution": "4k"}, Decimal("2.40")),
+        # the Gemini API always generates audio on Veo 3: generateAudio false changes nothing
+        ("google", "veo-3.0-fast-generate-001", {"durationSeconds": 6, "generateAudio": False},
+         Decimal("0.90")),
+        ("google", "veo-2.0-generate-001", {"durationSeconds": 5, "numberOfVideos": 2}, Decimal("3.50")),
+        # Vertex AI: video without audio at half the rate
+        ("vertex", "veo-3.0-generate-001", {"durationSeconds": 6, "generateAudio": False}, Decimal("1.20")),
+        ("vertex", "veo-3.1-generate-001", {"durationSeconds": "8", "resolution": "4k"}, Decimal("4.80")),
+        ("vertex", "veo-3.1-fast-generate-001", {"durationSeconds": 8, "resolution": "4k",
+                                                 "generateAudio": False, "sampleCount": 4}, Decimal("9.60")),
+        ("vertex", "veo-2.0-generate-001", {"durationSeconds": 8}, Decimal("4.00")),
+    ],
+)  # fmt: skip
+def test_a_veo_request_is_priced_from_its_parameters(
+    place: str, model: str, parameters: dict | None, cost: Decimal
+) -> None:
+    body = {"instances": [{"prompt": "a cat"}], **({"parameters": parameters} if parameters else {})}
+    job = read_veo(model, body)
+    assert job.problem is None
+    assert price_job(place, job).cost_usd == cost
+
+
+@pytest.mark.parametrize(
+    ("place", "job"),
+    [
+        ("openai", VideoJob(videos.CREATE, model="sora-2", seconds=4, size="1920x1080")),
+        ("openai", VideoJob(videos.CREATE, model="sora-3", seconds=4, size="720x1280")),
+        ("google", VideoJob(videos.VEO, model="veo-4.0-generate-preview", seconds=8, resolution="720p")),
+        ("vertex", VideoJob(videos.VEO, model="veo-3.0-generate-001", seconds=8, resolution="8k")),
+    ],
+)
+def test_an_unknown_video_model_or_size_has_no_price_never_zero(place: str, job: VideoJob) -> None:
+    found = price_job(place, job)
+    assert found.cost_usd is None and "no price for" in found.note
+
+
+def test_a_remix_reserves_the_dearest_longest_video_it_may_be() -> None:
+    """Its source video's model, size and seconds are not in the request: $0.50/s x 20 s."""
+    job = read_openai(videos.REMIX, json.dumps({"prompt": "more cats"}).encode(), "application/json")
+    assert (job.model, job.seconds, job.size) == (None, None, None)
+    assert reservation("openai", job) == Decimal("10.00")
+    extend, headers = form({"prompt": "more", "seconds": "8"})
+    assert reservation("openai", read_openai(videos.EXTEND, extend, headers["content-type"])) == Decimal(
+        "4.00"
+    )
+
+
+# --- the meter: reserved, billed, withdrawn -----------------------------------------------------
+
+
+async def test_an_accepted_sora_job_is_billed_at_what_the_answer_says(meter: Meter) -> None:
+    body, headers = form({"prompt": "a cat", "model": "sora-2"})
+    flow = make_flow(VIDEOS, body, headers=headers)
+    await run_request(meter, flow)
+    assert flow.response is None  # sent on, untouched
+    await answer(meter, flow, 200, job_answer("sora-2-pro", "8", "1280x720"))
+    [row] = rows(meter)
+    assert (row.api_flavor, row.model_requested, row.model_reported, row.status_code) == (
+        "video", "sora-2", "sora-2-pro", 200
+    )  # fmt: skip
+    # the answer's 8 s of sora-2-pro at 1280x720 ($0.30/s), not the request's 4 s of sora-2
+    assert (row.cost_usd, row.price_status) == (Decimal("2.40"), "priced")
+    assert row.price_source is not None and "8 s x $0.3/s" in row.price_source
+    assert row.error is None
+
+
+async def test_a_veo_job_on_the_gemini_api_is_billed_as_asked(meter: Meter) -> None:
+    url = f"{GEMINI}/veo-3.1-fast-generate-preview:predictLongRunning"
+    sent = {"instances": [{"prompt": "a cat"}], "parameters": {"durationSeconds": 6, "sampleCount": 2}}
+    flow = make_flow(url, sent, headers=GEMINI_KEY)
+    await run_request(meter, flow)
+    assert flow.response is None
+    await answer(meter, flow, 200, {"name": "models/veo-3.1-fast-generate-preview/operations/op1"})
+    [row] = rows(meter)
+    assert (row.api_flavor, row.provider, row.model_sent, row.answers) == (
+        "video", "google", "veo-3.1-fast-generate-preview", 2
+    )  # fmt: skip
+    assert (row.cost_usd, row.price_status) == (Decimal("1.80"), "priced")  # 6 s x $0.15 x 2
+
+
+async def test_a_veo_job_on_vertex_without_audio_is_billed_at_its_rate(meter: Meter) -> None:
+    url = f"{VERTEX}/publishers/google/models/veo-3.0-generate-001:predictLongRunning"
+    sent = {"instances": [{"prompt": "a cat"}], "parameters": {"durationSeconds": 8, "generateAudio": False}}
+    flow = make_flow(url, sent)
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, {"name": "projects/p1/locations/us-central1/operations/op1"})
+    [row] = rows(meter)
+    assert (row.provider, row.cost_usd, row.price_status) == ("vertex", Decimal("1.60"), "priced")
+
+
+async def test_twenty_simultaneous_videos_with_fifty_cents_left_let_through_at_most_one(
+    meter: Meter,
+) -> None:
+    """Each 8 s sora-2 video costs $0.80. Before, all 20 went through ($16 against $0.50). (A budget
+    admits a call while its spend and reservations are under the cap: the first one's $0.80 fills it.)"""
+    meter._apply(parse_policies(ANY_MODEL + "    budget: {usd: 0.5, period: day}\n"))
+    flows = [make_flow(VIDEOS, {"prompt": f"cat {i}", "seconds": "8"}) for i in range(20)]
+    await asyncio.gather(*(run_request(meter, flow) for flow in flows))
+    sent = [flow for flow in flows if flow.response is None]
+    assert len(sent) == 1
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("0.80")
+    refused = [flow for flow in flows if flow.response is not None]
+    assert {flow.response.status_code for flow in refused} == {429}  # type: ignore[union-attr]
+
+
+async def test_an_error_answer_is_not_billed_and_its_reservation_is_withdrawn(meter: Meter) -> None:
+    meter._apply(parse_policies(ANY_MODEL + "    budget: {usd: 100, period: day}\n"))
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "model": "sora-2-pro", "seconds": "12"})
+    await run_request(meter, flow)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("3.60")
+    await answer(meter, flow, 400, {"error": {"message": "moderation_blocked"}})
+    [row] = rows(meter)
+    assert (row.status_code, row.cost_usd, row.price_status) == (400, Decimal(0), "not_billed")
+    assert meter.enforcer.budgets.reserved() == {}
+
+
+async def test_an_accepted_job_holds_its_cost_in_place_of_its_reservation(meter: Meter) -> None:
+    meter._apply(parse_policies(ANY_MODEL + "    budget: {usd: 100, period: day}\n"))
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "model": "sora-2", "seconds": "12"})
+    await run_request(meter, flow)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("1.20")
+    await answer(meter, flow, 200, job_answer("sora-2", "12", "720x1280"))
+    assert meter.enforcer.budgets.reserved() == {}
+    assert meter.enforcer.budgets.holding(rows(meter)[0].id)[1] == Decimal("1.20")  # type: ignore[index]
+
+
+async def test_an_unknown_size_is_recorded_unpriced_saying_why(meter: Meter) -> None:
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "size": "1920x1080"})
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, job_answer("sora-2", "4", "1920x1080"))
+    [row] = rows(meter)
+    assert (row.cost_usd, row.price_status) == (None, "unknown_model")
+    assert row.price_source is not None and "no price for sora-2 at 1920x1080" in row.price_source
+
+
+async def test_an_unreadable_request_passes_with_a_row_saying_why(meter: Meter) -> None:
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "seconds": "a while"})
+    await run_request(meter, flow)
+    assert flow.response is None
+    await answer(meter, flow, 200, job_answer("sora-2", "4", "720x1280"))
+    [row] = rows(meter)
+    assert row.error is not None and "seconds 'a while' is not a duration" in row.error
+    assert (row.cost_usd, row.price_status) == (Decimal("0.40"), "priced")  # the answer's 4 s
+
+
+async def test_a_disallowed_video_model_is_refused_never_downgraded(meter: Meter) -> None:
+    policy = (
+        "environments:\n  development:\n    models:\n      allow: [sora-2]\n"
+        "      on_disallowed: downgrade\n      downgrade: {sora-2-pro: sora-2}\n"
+    )
+    meter._apply(parse_policies(policy))
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "model": "sora-2-pro"})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert json.loads(flow.request.content or b"")["model"] == "sora-2-pro"  # never rewritten
+    await meter.response(flow)
+    [row] = rows(meter)
+    assert (row.action, row.api_flavor, row.cost_usd, row.price_status) == (
+        "blocked", "video", Decimal(0), "not_billed"
+    )  # fmt: skip
