@@ -36,7 +36,8 @@ TOTALS is ``{"calls", "refused_calls", "input_tokens", "cache_read_tokens",
 "no_usage_calls": int, "cost_usd": str|null}``: ``input_tokens`` is all input (cache reads
 and writes included), ``output_tokens`` all output (reasoning included); ``cost_usd`` sums the
 calls whose price is known (null when none is); ``unpriced_calls`` have usage but no known
-price; ``no_usage_calls`` have no usage (aborted, unreadable), errors and refusals aside;
+price; ``no_usage_calls`` have no usage (aborted, unreadable) and no cost (a video job has one), errors
+and refusals aside;
 ``refused_calls`` were blocked, over budget or rate limited (cost 0). A call is counted once,
 by its own row: the rows billed apart from it (``parent_id``, or their ``error`` where no
 ``parent_id`` was written) are parts of it, in no ``calls``; a background call (its $0

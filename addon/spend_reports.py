@@ -71,11 +71,16 @@ def count_calls(condition: str = "TRUE") -> str:
     return f"count(*) FILTER (WHERE is_call AND ({condition}))"
 
 
-_UNPRICED_SQL = f"(cost_usd IS NULL AND {_HAS_USAGE_SQL})"  # a row with usage but no known price
+# A video job (no tokens: priced by its seconds) at a model or size no table prices is unpriced too.
+_VIDEO_UNPRICED_SQL = "coalesce(api_flavor = 'video' AND price_status = 'unknown_model', false)"
+# a row with usage (or a video job) but no known price
+_UNPRICED_SQL = f"(cost_usd IS NULL AND ({_HAS_USAGE_SQL} OR {_VIDEO_UNPRICED_SQL}))"
 # Rows, parts included: a part without a price leaves its amount out of the cost as a call would.
 _UNPRICED_CALLS_SQL = f"count(*) FILTER (WHERE {_UNPRICED_SQL})"
+# A row with a cost and no tokens (a video job, priced by its seconds) is in the cost, an unpriced
+# video job in unpriced_calls: neither is counted.
 _NO_USAGE_CALLS_SQL = count_calls(
-    f"NOT {_HAS_USAGE_SQL} AND NOT {_REFUSED_SQL} "
+    f"NOT {_HAS_USAGE_SQL} AND NOT {_REFUSED_SQL} AND cost_usd IS NULL AND NOT {_VIDEO_UNPRICED_SQL} "
     "AND coalesce(price_status, '') NOT IN ('not_billed', 'subscription', 'background')"
 )
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from meter_helpers import CollectingStore, make_flow, run_request
@@ -17,6 +19,8 @@ from addon.meter import Meter
 from addon.policies import parse_policies
 from addon.providers import videos
 from addon.providers.videos import VideoJob, price_job, read_openai, read_veo, reservation
+from addon.spend import main
+from addon.store import Store
 
 VIDEOS = "https://api.openai.com/v1/videos"
 GEMINI = "https://generativelanguage.googleapis.com/v1beta/models"
@@ -258,3 +262,48 @@ async def test_a_disallowed_video_model_is_refused_never_downgraded(meter: Meter
     assert (row.action, row.api_flavor, row.cost_usd, row.price_status) == (
         "blocked", "video", Decimal(0), "not_billed"
     )  # fmt: skip
+
+
+# --- the reports ---------------------------------------------------------------------------------
+
+
+def summary(stored: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    """``scripts/spend summary`` (JSON) of a database holding ``stored``: its totals."""
+    db = tmp_path / "report.duckdb"
+    writer = Store(db, "s1", flush_interval=3600, version="0.1.0")
+    writer.start()
+    for row in stored:
+        writer.submit(row)
+    writer.close()
+    day = stored[0].ts.strftime("%Y-%m-%d")
+    assert main(["--db", str(db), "summary", "--from", day, "--to", day, "--format", "json"]) in (0, None)
+    return json.loads(capsys.readouterr().out)["total"]
+
+
+async def test_scripts_spend_counts_a_video_in_the_cost_not_as_a_call_without_usage(
+    meter: Meter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A video row has a cost and no tokens: the summary's cost holds it, and it is no call "without
+    usage (aborted or unreadable), not in the cost"."""
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "model": "sora-2-pro", "seconds": "8"})
+    flow.request.timestamp_start = (datetime.now(UTC) - timedelta(minutes=5)).timestamp()
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, job_answer("sora-2-pro", "8", "720x1280"))
+    total = summary(rows(meter), tmp_path, capsys)
+    assert (total["calls"], Decimal(total["cost_usd"]), total["no_usage_calls"]) == (1, Decimal("2.40"), 0)
+
+
+async def test_scripts_spend_counts_a_video_without_a_price_as_unpriced(
+    meter: Meter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "size": "1920x1080"})
+    flow.request.timestamp_start = (datetime.now(UTC) - timedelta(minutes=5)).timestamp()
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, job_answer("sora-2", "4", "1920x1080"))
+    total = summary(rows(meter), tmp_path, capsys)
+    assert (total["calls"], total["cost_usd"], total["unpriced_calls"], total["no_usage_calls"]) == (
+        1,
+        None,
+        1,
+        0,
+    )
