@@ -75,6 +75,7 @@ import ssl
 import struct
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -475,6 +476,9 @@ class _ProviderHandler(_BaseHandler):
         if path in _MEDIA_PATHS:
             self._media(rec, path, req or {k: v.decode("utf-8", "replace") for k, v in rec.form.items()})
             return
+        if path == "/v1/videos":
+            self._send_body(rec, 200, _dumps(_video_job(rec, req)))
+            return
         flavor = {
             "/v1/chat/completions": "chat",
             "/v1/responses": "responses",
@@ -738,6 +742,29 @@ def _dumps(obj: Any) -> bytes:
 def _sse(obj: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+def _video_job(rec: RecordedRequest, req: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/videos answered as OpenAI does: the queued job, with the model, seconds and size it
+    runs (the request's, defaults sora-2, 4, 720x1280; ``X-Fake-Video-Seconds`` overrides the
+    seconds). Its fields from a JSON body or the form openai-python sends (its file never read)."""
+    fields = req or {k: v.decode("utf-8", "replace") for k, v in rec.form.items() if k != "input_reference"}
+    seconds = rec.headers.get("x-fake-video-seconds") or str(fields.get("seconds") or "4")
+    return {
+        "id": "video_" + uuid.uuid4().hex[:12],
+        "object": "video",
+        "model": fields.get("model") or "sora-2",
+        "seconds": seconds,
+        "size": fields.get("size") or "720x1280",
+        "status": "queued",
+        "progress": 0,
+        "created_at": int(time.time()),
+        "completed_at": None,
+        "expires_at": None,
+        "prompt": fields.get("prompt"),
+        "remixed_from_video_id": None,
+        "error": None,
+    }
 
 
 def _openai_error(status: int, message: str | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def emit(obj: dict[str, Any]) -> None:
 def main() -> int:
     """Run one call as the arguments say."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["generate", "edit", "transcribe", "respond"])
+    ap.add_argument("mode", choices=["generate", "edit", "transcribe", "respond", "video"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--file", help="edit: the image; transcribe: the audio")
     ap.add_argument("--stream", action="store_true")
@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--raw", action="store_true", help="a stream's raw bytes (hashed), not its events")
     ap.add_argument("--tool", default=None, help="respond: the image_generation tool (JSON)")
     ap.add_argument("--header", action="append", default=[], help="NAME=VALUE extra request header")
+    ap.add_argument("--seconds", default=None, help="video: its seconds")
+    ap.add_argument("--size", default=None, help="video: its size")
     args = ap.parse_args()
 
     headers = dict(h.split("=", 1) for h in args.header)
@@ -51,6 +53,20 @@ def main() -> int:
         elif args.mode == "edit":
             with open(args.file, "rb") as image:
                 result = client.images.edit(image=image, prompt="add a red hat", **kwargs)
+        elif args.mode == "video":  # client.videos.create: a multipart form, --file its input_reference
+            video: dict[str, Any] = {k: v for k, v in (("seconds", args.seconds), ("size", args.size)) if v}
+            if args.file:
+                with open(args.file, "rb") as reference:
+                    job = client.videos.create(prompt="a cat", input_reference=reference, **video, **kwargs)
+            else:
+                job = client.videos.create(prompt="a cat", **video, **kwargs)
+            emit(
+                {
+                    "event": "result",
+                    "job": job.model_dump(include={"id", "model", "seconds", "size", "status"}),
+                }
+            )
+            return 0
         elif args.mode == "respond":  # a Responses call with the image_generation tool
             tool = {"type": "image_generation", **json.loads(args.tool or "{}")}
             result = client.responses.create(input="draw a lighthouse", tools=[tool], **kwargs)
