@@ -158,6 +158,7 @@ POLICY_CHECK_INTERVAL = 1.0
 # How often (seconds) the policy watch looks whether the background responses this proxy holds are
 # still pending: one billed or ended through another proxy on the database lets its hold go then.
 HOLD_CHECK_INTERVAL = 30.0
+MAX_REMEMBERED_VIDEOS = 10_000  # video jobs whose model, seconds and size a remix reserves at
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
 # The row's error when a stream ended before its final usage (Metered.output_partial): the input
 # counts are the provider's, the output counted offline from the text seen.
@@ -639,6 +640,8 @@ class Meter:
         )
         self._unmetered_sockets: set[str] = set()  # host + path of WebSockets named in the log
         self._odd_routes: set[tuple[str, str]] = set()  # paths read otherwise than sent, logged
+        # Video jobs accepted here, by id (model, seconds, size): a remix of one reserves its price.
+        self._videos: dict[str, videos.VideoJob] = {}
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
@@ -2128,7 +2131,10 @@ class Meter:
             state.errors.append(f"video request: {job.problem}")
         record.model_requested = record.model_sent = job.model
         record.answers = job.count if job.count > 1 else None
-        reserved = videos.reservation(provider.name, job)
+        source = self._videos.get(videos.remixed_id(route) or "") if kind == videos.REMIX else None
+        reserved = videos.reservation(
+            provider.name, job if source is None else videos.with_source(job, source)
+        )
         decision = self._decide(state, job.model, lambda _model: reserved)
         what = f"{record.path[:120]} starts a video job"
         if decision.refusal is None and job.model is None and kind in (videos.CREATE, videos.VEO):
@@ -2170,6 +2176,10 @@ class Meter:
                     errors.append("the answer is no video job: billed as asked")
             billed = videos.settled(job, answered)
             record.model_reported = answered.model if answered is not None else None
+            if answered is not None and answered.video_id is not None:
+                if len(self._videos) >= MAX_REMEMBERED_VIDEOS:
+                    self._videos.pop(next(iter(self._videos)))  # the oldest
+                self._videos[answered.video_id] = billed
             found = videos.price_job(record.provider, billed)
             record.cost_usd = found.cost_usd
             record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL

@@ -307,3 +307,27 @@ async def test_scripts_spend_counts_a_video_without_a_price_as_unpriced(
         1,
         0,
     )
+
+
+def test_a_veo_request_whose_duration_cannot_be_read_reserves_the_longest_video() -> None:
+    """Before, its reservation was $0 (no seconds, no price)."""
+    job = read_veo("veo-3.0-generate-001", {"instances": [], "parameters": {"durationSeconds": "long"}})
+    assert job.problem is not None and job.seconds is None
+    assert reservation("google", job) == Decimal("3.20")  # 8 s (Veo's longest) x $0.40
+
+
+async def test_a_remix_of_a_video_seen_here_reserves_at_its_sources_price(meter: Meter) -> None:
+    """A remix's model, size and seconds are its source's: known once its creation passed here
+    ($1.20 for 12 s of sora-2), else the dearest, longest video ($10)."""
+    meter._apply(parse_policies(ANY_MODEL + "    budget: {usd: 100, period: day}\n"))
+    created = make_flow(VIDEOS, {"prompt": "a cat", "seconds": "12"})
+    await run_request(meter, created)
+    await answer(meter, created, 200, {**job_answer("sora-2", "12", "720x1280"), "id": "video_abc"})
+    remix = make_flow(f"{VIDEOS}/video_abc/remix", {"prompt": "a dog"})
+    await run_request(meter, remix)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("1.20")
+    await answer(meter, remix, 200, {**job_answer("sora-2", "12", "720x1280"), "id": "video_def"})
+    unknown = make_flow(f"{VIDEOS}/video_zzz/remix", {"prompt": "a dog"})
+    await run_request(meter, unknown)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("10.00")
+    assert [row.cost_usd for row in rows(meter)] == [Decimal("1.20"), Decimal("1.20")]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +35,7 @@ CREATE, REMIX, EDIT, EXTEND, VEO = "create", "remix", "edit", "extend", "veo"
 DEFAULT_SORA_MODEL = "sora-2"
 DEFAULT_SORA_SECONDS = 4
 DEFAULT_SORA_SIZE = "720x1280"
-DEFAULT_VEO_SECONDS = 8
+DEFAULT_VEO_SECONDS = 8  # also the longest Veo video: what an unreadable duration reserves
 DEFAULT_VEO_RESOLUTION = "720p"
 # A remix or edit runs on its source video, whose length is not in the request: reserved as the
 # longest OpenAI makes (an extension's allowed seconds go up to 20).
@@ -61,6 +61,7 @@ class VideoJob:
     audio: bool = True
     count: int = 1
     problem: str | None = None
+    video_id: str | None = None  # an answer's: the job's id
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,10 @@ def read_openai_job(kind: str, body: bytes) -> VideoJob | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), str):
         return None
     size = obj.get("size") if isinstance(obj.get("size"), str) else None
-    return VideoJob(kind, model=obj["model"], seconds=_seconds(obj.get("seconds")), size=size)
+    video_id = obj.get("id") if isinstance(obj.get("id"), str) and 0 < len(obj["id"]) <= _MAX_FIELD else None
+    return VideoJob(
+        kind, model=obj["model"], seconds=_seconds(obj.get("seconds")), size=size, video_id=video_id
+    )
 
 
 def _count(parameters: dict[str, Any]) -> int | None:
@@ -244,7 +248,26 @@ def reservation(place: str, job: VideoJob) -> Decimal:
         known = sora_rate(job.model, job.size) if job.model and job.size else None
         rate = known.usd_per_second if known is not None else SORA_CEILING
         return rate * Decimal(str(job.seconds or MAX_SORA_SECONDS)) * job.count
+    if job.seconds is None:
+        job = replace(job, seconds=float(DEFAULT_VEO_SECONDS))
     return price_job(place, job).cost_usd or Decimal(0)
+
+
+def remixed_id(path: str) -> str | None:
+    """The id of the video ``POST /v1/videos/{id}/remix`` remixes, else None."""
+    bare = bare_path(path)
+    return bare.split("/")[3] if _REMIX.fullmatch(bare) else None
+
+
+def with_source(job: VideoJob, source: VideoJob) -> VideoJob:
+    """A remix's job at its source video's model, seconds and size (what the request does not
+    say), for its reservation; the answer's job still bills it."""
+    return replace(
+        job,
+        model=job.model or source.model,
+        seconds=job.seconds or source.seconds,
+        size=job.size or source.size,
+    )
 
 
 def settled(asked: VideoJob, answered: VideoJob | None) -> VideoJob:
