@@ -331,3 +331,24 @@ async def test_a_remix_of_a_video_seen_here_reserves_at_its_sources_price(meter:
     await run_request(meter, unknown)
     assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("10.00")
     assert [row.cost_usd for row in rows(meter)] == [Decimal("1.20"), Decimal("1.20")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # two model fields: which one OpenAI runs is not known
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2-pro\r\n--b--\r\n',
+        # cut short after an allowed model: a server reading on may find another
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="input_reference"; filename="a.png"\r\n\r\n\x89PNG',
+    ],
+)
+async def test_a_form_whose_model_cannot_be_told_is_refused_where_models_are_restricted(
+    meter: Meter, body: bytes
+) -> None:
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: [sora-2]}\n"))
+    flow = make_flow(VIDEOS, body, headers={"content-type": "multipart/form-data; boundary=b"})
+    await run_request(meter, flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "could not be read" in json.loads(flow.response.content or b"")["error"]["message"]

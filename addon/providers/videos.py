@@ -28,6 +28,7 @@ from typing import Any
 
 from addon.providers.openai_media import form_parts, is_form
 from addon.providers.values import bare_path, loads
+from addon.unmetered_models import form_model
 from addon.video_prices import SORA_CEILING, SOURCE, sora_rate, veo_rate
 
 FLAVOR = "video"
@@ -44,7 +45,7 @@ MAX_VEO_VIDEOS = 4
 MAX_SECONDS = 600  # a larger duration is no value these APIs take: unreadable
 _REMIX = re.compile(r"/v1/videos/[^/]+/remix")
 _PREDICT = re.compile(r"(?::|%3[aA])predictLongRunning$")
-_FIELDS = (b"model", b"seconds", b"size")
+_FIELDS = (b"seconds", b"size")  # a form's model is read as the allowlist reads it (form_model)
 _MAX_FIELD = 256
 
 
@@ -104,8 +105,8 @@ def _seconds(value: Any) -> float | None:
 
 
 def _form_fields(content: bytes, content_type: str) -> tuple[dict[str, str], str | None]:
-    """The ``model``, ``seconds`` and ``size`` fields of a multipart form (its files never
-    decoded), and why the form could not be read whole."""
+    """The ``seconds`` and ``size`` fields of a multipart form (its files never decoded), and why
+    the form could not be read whole."""
     walk = form_parts(content, content_type)
     found: dict[str, str] = {}
     for part in walk.parts:
@@ -128,6 +129,13 @@ def read_openai(kind: str, content: bytes, content_type: str) -> VideoJob:
     fields: dict[str, Any]
     if is_form(content_type):
         fields, problem = _form_fields(content, content_type)
+        # As the allowlist reads it: several model fields, or a form cut short after one, name no
+        # model that can be told (refused where models are restricted); none at all, the default.
+        named = form_model(content, content_type)
+        if named.problem is not None:
+            return VideoJob(kind, problem=named.problem)
+        if named.model is not None:
+            fields["model"] = named.model
     elif content.strip():
         obj = loads(content)
         if not isinstance(obj, dict):
