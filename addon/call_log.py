@@ -97,7 +97,12 @@ def _paint(text: str, code: str, color: bool) -> str:
 
 def _tokens(record: CallRecord) -> str:
     """``1,200 in / 200 cached / 300 out`` (``~`` when estimated), ``61 s of audio`` (whisper-1's
-    transcriptions, billed by the second), or ``no usage``."""
+    transcriptions, billed by the second), a video job's seconds and rate (from its
+    ``price_source``: ``video sora-2 720x1280: 4 s x $0.1/s``), or ``no usage``."""
+    if record.api_flavor == "video":
+        source = record.price_source or ""
+        billed = source[source.rfind("(") + 1 : -1] if source.endswith(")") and "(" in source else ""
+        return f"video {billed}" if billed else "video"
     if record.input_tokens is None and record.output_tokens is None:
         return "no usage"
     if record.audio_seconds and not (record.input_tokens or record.output_tokens):

@@ -385,3 +385,17 @@ def test_mitmproxys_connection_lines_show_only_at_debug(tmp_path: Path) -> None:
         assert not server.isEnabledFor(logging.INFO)
         meter.done()
     assert server.level == logging.NOTSET
+
+
+def test_a_video_job_shows_what_it_was_billed_for() -> None:
+    """A video has no tokens: its line said "no usage" beside its cost."""
+    source = "tokometer video prices 2026-11-29 (sora-2-pro 1280x720: 8 s x $0.3/s)"
+    record = rec(
+        None, api_flavor="video", model_requested="sora-2-pro", cost_usd=Decimal("2.4"), price_source=source
+    )
+    assert line(record, color=False) == (
+        "15:25:00 development  openai sora-2-pro  video sora-2-pro 1280x720: 8 s x $0.3/s  $2.40  "
+        "session $1.23"
+    )
+    unpriced = rec(None, api_flavor="video", cost_usd=None, price_status="unknown_model", price_source="x")
+    assert "  video  $? (unknown_model)" in line(unpriced, color=False)
