@@ -1218,7 +1218,8 @@ def since_delta(text: str) -> timedelta:
 
 
 def unpriced_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selection) -> dict[str, Any]:
-    """Calls with usage but no known price, per provider and model: they are not in any cost."""
+    """Calls with usage (or video jobs) but no known price, per provider and model: they are not in
+    any cost."""
     report = _envelope("unpriced", db, selection) | {"rows": []}
     if not tables_exist(con):
         return report
@@ -1229,7 +1230,7 @@ def unpriced_report(con: duckdb.DuckDBPyConnection, db: Path, selection: Selecti
                sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
                min(ts) AS first_ts, max(ts) AS last_ts
         FROM calls
-        WHERE ({where}) AND cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)
+        WHERE ({where}) AND {_UNPRICED_SQL}
         GROUP BY ALL
         ORDER BY calls DESC, provider, model
     """

@@ -301,12 +301,16 @@ async def test_scripts_spend_counts_a_video_without_a_price_as_unpriced(
     await run_request(meter, flow)
     await answer(meter, flow, 200, job_answer("sora-2", "4", "1920x1080"))
     total = summary(rows(meter), tmp_path, capsys)
-    assert (total["calls"], total["cost_usd"], total["unpriced_calls"], total["no_usage_calls"]) == (
-        1,
-        None,
-        1,
-        0,
-    )
+    counts = (total["calls"], total["unpriced_calls"], total["no_usage_calls"])
+    assert (counts, total["cost_usd"]) == ((1, 1, 0), None)
+    # and `scripts/spend unpriced`, which the summary points to, lists it
+    day = rows(meter)[0].ts.strftime("%Y-%m-%d")
+    db = str(tmp_path / "report.duckdb")
+    assert main(["--db", db, "unpriced", "--from", day, "--to", day, "--format", "json"]) in (0, None)
+    [listed] = json.loads(capsys.readouterr().out)["rows"]
+    assert (listed["provider"], listed["model"], listed["price_status"], listed["calls"]) == (
+        "openai", "sora-2", "unknown_model", 1
+    )  # fmt: skip
 
 
 def test_a_veo_request_whose_duration_cannot_be_read_reserves_the_longest_video() -> None:
