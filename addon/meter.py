@@ -1147,8 +1147,10 @@ class Meter:
             return True
         flavor = provider.flavor_for_path(route)
         if flavor is None:
-            named = provider.request_model(route, None) if provider.name != "openai" else None
-            kind = videos.video_kind(provider.name, path, named)
+            kind = None
+            if provider.name in videos.PROVIDERS:  # only theirs: nothing read on other paths
+                named = provider.request_model(route, None) if provider.name in videos.VEO_PROVIDERS else None
+                kind = videos.video_kind(provider.name, path, named)
             if kind is not None:
                 self._open_path_call(flow, provider, host, tags_header, route, videos.FLAVOR, video=kind)
                 return True

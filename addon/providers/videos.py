@@ -32,6 +32,8 @@ from addon.unmetered_models import form_model
 from addon.video_prices import SORA_CEILING, SOURCE, sora_rate, veo_rate
 
 FLAVOR = "video"
+VEO_PROVIDERS = frozenset({"google", "vertex"})  # the Gemini API, Vertex AI
+PROVIDERS = VEO_PROVIDERS | {"openai"}
 CREATE, REMIX, EDIT, EXTEND, VEO = "create", "remix", "edit", "extend", "veo"
 DEFAULT_SORA_MODEL = "sora-2"
 DEFAULT_SORA_SECONDS = 4
@@ -86,7 +88,7 @@ def video_kind(provider: str, path: str, model: str | None) -> str | None:
         if bare == "/v1/videos/extensions":
             return EXTEND
         return REMIX if _REMIX.fullmatch(bare) else None
-    if provider in ("google", "vertex") and _PREDICT.search(bare) and model:
+    if provider in VEO_PROVIDERS and _PREDICT.search(bare) and model:
         return VEO if model.strip().lower().removeprefix("models/").startswith("veo-") else None
     return None
 
