@@ -37,7 +37,7 @@ import duckdb
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.flow import Error as FlowError
 
-from addon import anthropic_models
+from addon import anthropic_models, log_privacy
 from addon.api_keys import key_of_header, recent_key_fingerprint
 from addon.attribution import FORCE_ENV_VAR, TAGS_HEADER, UnknownUser, attribute, fallback_environment
 from addon.background_responses import BATCH_INPUTS_FOLDER, HOLD_S, PendingResponses
@@ -146,6 +146,7 @@ from addon.unmetered_models import (
 from addon.usage import Metered, Usage
 
 log = logging.getLogger("tokometer")
+log_privacy.install()  # a logged failure shows no request's or answer's text
 
 # Bodies larger than this are parsed in a worker thread, off mitmproxy's event loop.
 INLINE_PARSE_LIMIT = 128 * 1024
