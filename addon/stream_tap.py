@@ -216,7 +216,7 @@ class ResultsTap:
             self._decoder: StreamDecoder | None = StreamDecoder(content_encoding)
         except Exception as exc:
             self._decoder = None
-            self.failed = str(exc)
+            self.failed = failure_shown(exc)[:300]
 
     def __call__(self, data: bytes) -> bytes:
         if self.failed is None and self._decoder is not None:
@@ -227,8 +227,8 @@ class ResultsTap:
                     self.reader.feed(self._decoder.flush())
                     self.reader.close()
             except Exception as exc:  # corrupt encoding, a bug: stop reading, never the download
-                self.failed = str(exc)[:300]
-                log.debug("tokometer: batch results not read: %s", exc)
+                self.failed = failure_shown(exc)[:300]
+                log.debug("tokometer: batch results not read: %s", self.failed)
         if not data:
             self.finished = True
         return data
