@@ -2861,8 +2861,11 @@ class Meter:
         if record.client_pid is None and lookup is not None and lookup.done() and not lookup.cancelled():
             with contextlib.suppress(Exception):  # late at request time: describe the caller now
                 _describe_client(record, lookup.result(), user=not state.user_decided)
-                if record.client_pid is not None:  # named now: "not identified in time" is no more
-                    errors[:] = identified_late(errors, user_kept=state.user_decided)
+        if record.client_pid is not None:
+            # The row names its process (now, or in an earlier fill of it: a stream's journaled
+            # row): "not identified in time" is no more, in the call's notes and in this copy.
+            state.errors[:] = identified_late(state.errors, user_kept=state.user_decided)
+            errors[:] = identified_late(errors, user_kept=state.user_decided)
         start = flow.request.timestamp_start
         record.duration_ms = round((time.time() - start) * 1000, 3)
         response = flow.response
