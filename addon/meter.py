@@ -489,8 +489,14 @@ def _never_sent(flow: http.HTTPFlow) -> bool:
     (``is_replay == "response"``); or, with no response, killed before it went out (a kill takes
     effect as a hook returns, and before any response that is ``requestheaders`` or ``request``:
     mitmproxy's ``block_list``, server playback's kill of an unmatched request), read from the
-    client only in part, or with no connection to upstream ever set up (a connect failure). A
-    kept-alive connection, set up for an earlier request, does not make a killed one sent."""
+    client only in part, or with no connection to upstream to carry it (a connect failure). A
+    kept-alive connection, set up for an earlier request, does not make a killed one sent.
+
+    mitmproxy marks nothing on the flow when it writes the request upstream: it replaces
+    ``flow.server_conn`` only with a connection it got for this request, and writes the request
+    (or, streamed, its end) after the ``request`` hook, which follows ``request.timestamp_end``.
+    A failed reconnect on a kept-alive tunnel leaves the earlier connection there, closed before
+    this request was read: a connection closed before then did not carry it."""
     if flow.is_replay == "response":
         return True
     if flow.response is not None:
@@ -499,7 +505,10 @@ def _never_sent(flow: http.HTTPFlow) -> bool:
     if error is not None and error.msg == FlowError.KILLED_MESSAGE:
         return True
     server = flow.server_conn
-    return server is None or server.timestamp_tcp_setup is None or flow.request.timestamp_end is None
+    read_at = flow.request.timestamp_end
+    if server is None or server.timestamp_tcp_setup is None or read_at is None:
+        return True
+    return server.timestamp_end is not None and server.timestamp_end < read_at
 
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from meter_helpers import OPENAI_KEY, CollectingStore, make_flow, run_request  # noqa: F401  (re-exported)
+from meter_helpers import (  # noqa: F401  (re-exported)
+    OPENAI_KEY,
+    CollectingStore,
+    make_flow,
+    on_kept_alive_connection,
+    run_request,
+)
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
@@ -348,7 +354,7 @@ async def test_upstream_unreachable_is_recorded_not_billed(meter: Meter) -> None
 
 async def test_abort_after_the_request_went_out_is_estimated_not_called_free(meter: Meter) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Count the stars tonight."}]}
-    flow = make_flow("https://api.openai.com/v1/chat/completions", body)
+    flow = on_kept_alive_connection(make_flow("https://api.openai.com/v1/chat/completions", body))
     await run_request(meter, flow)
     assert flow.server_conn.timestamp_tcp_setup is not None and flow.request.timestamp_end is not None
     flow.error = tflow.terr("Client disconnected.")

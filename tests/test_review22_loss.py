@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from meter_helpers import make_flow, run_request
+from meter_helpers import make_flow, on_kept_alive_connection, run_request
 from mitmproxy import http
 from mitmproxy.test import tflow
 
@@ -38,10 +38,10 @@ MINI_ANSWER = {
 
 def qa_flow(body: dict) -> http.HTTPFlow:
     """A call tagged for environment qa, on a client connection whose server connection is up
-    (tflow's: a keep-alive connection's second request; the proxy connects lazily for the first)."""
+    (a keep-alive connection's second request; the proxy connects lazily for the first)."""
     flow = make_flow(CHAT_URL, body, headers=QA_TAGS)
     flow.request.timestamp_start = datetime.now(UTC).timestamp()
-    return flow
+    return on_kept_alive_connection(flow)
 
 
 async def rows_settled(meter: Meter) -> list:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from meter_helpers import make_flow, run_request
+from meter_helpers import make_flow, on_kept_alive_connection, run_request
 from mitmproxy import http
 from mitmproxy.test import tflow
 
@@ -47,10 +47,10 @@ MINI_RESERVED = Decimal("0.0006027")  # what a MINI_BODY call reserves in qa
 
 
 def qa_flow() -> http.HTTPFlow:
-    """A gpt-4o-mini call tagged for qa, on a connection whose server side is up (tflow's)."""
+    """A gpt-4o-mini call tagged for qa, on a kept-alive connection whose server side is up."""
     flow = make_flow(CHAT_URL, MINI_BODY, headers=QA_TAGS)
     flow.request.timestamp_start = datetime.now(UTC).timestamp()
-    return flow
+    return on_kept_alive_connection(flow)
 
 
 def answer(flow: http.HTTPFlow) -> None:
@@ -115,11 +115,49 @@ async def test_a_call_sent_on_a_kept_alive_connection_then_cut_is_still_billed_a
     meter._apply(parse_policies(QA_LIMITS))
     flow = qa_flow()
     await run_request(meter, flow)
+    flow.server_conn.timestamp_end = flow.request.timestamp_end + 0.5  # the cut, after the request
     flow.error = tflow.terr("Server disconnected.")
     meter.error(flow)
     [row] = await settled(meter)
     assert (row.usage_source, row.price_status) == ("estimated", "priced")
     assert row.cost_usd is not None and row.cost_usd > 0
+    assert await next_call_action(meter) == "rate_limited"
+
+
+async def test_a_reconnect_that_fails_after_a_slow_upload_is_not_billed_nor_counted(meter: Meter) -> None:
+    """The kept-alive connection closed while the request was still being read (a slow upload of
+    a long prompt: it started before the close), then the reconnect failed: the connection left on
+    the flow closed before the request was whole, so it never carried it (mitmproxy writes an
+    unstreamed request after its ``request`` hook). Not billed, its slot taken back."""
+    meter._apply(parse_policies(QA_LIMITS))
+    flow = qa_flow()
+    start = flow.request.timestamp_start
+    flow.request.timestamp_end = start + 30.0
+    flow.server_conn.timestamp_end = start + 10.0  # after the request started, before it was read
+    await run_request(meter, flow)
+    flow.error = tflow.terr("[Errno 111] Connect call failed ('162.159.140.245', 443)")
+    meter.error(flow)
+    [row] = await settled(meter)
+    assert (row.price_status, row.cost_usd, row.input_tokens) == ("not_billed", Decimal(0), None)
+    assert meter.enforcer.budgets.reserved() == {}
+    assert await next_call_action(meter) == "allowed"
+
+
+async def test_a_call_on_a_connection_made_for_it_then_cut_is_still_billed(meter: Meter) -> None:
+    """Control: a connection set up after the request started (made for it) and cut after the
+    request was read carried it: its input counted offline ($0.0000012), its slot kept."""
+    meter._apply(parse_policies(QA_LIMITS))
+    flow = qa_flow()
+    start = flow.request.timestamp_start
+    flow.request.timestamp_end = start + 0.001
+    server = flow.server_conn
+    server.timestamp_start, server.timestamp_tcp_setup = start + 0.002, start + 0.01
+    server.timestamp_tls_setup, server.timestamp_end = start + 0.03, start + 5.0
+    await run_request(meter, flow)
+    flow.error = tflow.terr("Server disconnected.")
+    meter.error(flow)
+    [row] = await settled(meter)
+    assert (row.usage_source, row.price_status, row.cost_usd) == ("estimated", "priced", Decimal("0.0000012"))
     assert await next_call_action(meter) == "rate_limited"
 
 
