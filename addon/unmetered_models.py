@@ -70,11 +70,14 @@ class NamedModel:
 def runs_no_model(provider: str, path: str, priced_as: str | None = None) -> bool:
     """Does ``path`` (query allowed) run no billed model: token counting, OpenAI's moderation, a
     file upload, saving an OpenRouter preset (on OpenRouter, or a gateway ``priced_as`` it, which
-    forwards its preset API as it is)?"""
+    forwards its preset API as it is, under its base path too)?"""
     bare = bare_path(path)
     if bare.endswith(_FREE_SUFFIXES) or _FREE_METHOD.search(bare) or _FREE_MODEL.search(bare):
         return True
-    if "openrouter" in (provider, priced_as) and saves_openrouter_preset(bare):
+    if "openrouter" in (provider, priced_as) and saves_openrouter_preset(
+        bare,
+        under_base_path=provider != "openrouter",  # a gateway's: under its base path too
+    ):
         return True
     if bare.startswith(_UPLOAD_PREFIX) or bare.endswith(_UPLOAD_SUFFIXES):
         return True

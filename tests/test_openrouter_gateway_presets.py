@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from addon.meter import Meter
 from addon.policies import parse_policies
-from addon.providers import custom_provider
+from addon.providers import BUILTIN, custom_provider
 from addon.unmetered_models import runs_no_model
 from tests.test_meter import submitted
 from tests.test_review_round18 import PRESET_SAVED
@@ -57,6 +57,44 @@ def test_an_openrouter_priced_gateway_does_not_meter_the_preset_api(api: str, pa
         assert runs_no_model("orgw", path, priced_as="openrouter")
     else:
         assert not runs_no_model("orgw", path, priced_as="openrouter")
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("path", "saves"),
+    [
+        ("/openrouter/api/v1/presets/my-preset/chat/completions", True),  # LiteLLM's pass-through
+        ("/v1/acct/gw/openrouter/api/v1/presets/my_preset.v2/responses?x=1", True),
+        ("/openrouter/api/v1/presets/A-1/messages/", True),
+        ("/openrouter/api/v1/presets/../chat/completions", False),  # the slug's shape stays strict
+        ("/openrouter/api/v1/presets/x/..\\..\\chat/completions", False),
+        ("/openrouter/api/v1/presets/x/y/chat/completions", False),
+        ("/openrouter/api/v1/presets/chat/completions", False),
+        ("/openrouter/xapi/v1/presets/x/chat/completions", False),  # not its segments
+        ("/openrouter/api/v1/chat/completions", False),
+    ],
+)
+def test_the_preset_api_under_a_gateways_base_path_is_not_metered(api: str, path: str, saves: bool) -> None:
+    """A gateway serving OpenRouter under a base path: the preset API is matched as its calls are
+    (by suffix), with the same strict slug. Before, a chat or Responses save there was metered as a
+    call, and a /messages one held for the allowlist as an unmetered request naming a model."""
+    priced_as_openrouter = custom_provider("orgw", "llm.internal.example", 443, api, "openrouter")
+    as_its_api_reads_it = custom_provider("gw", "llm.internal.example", 443, api, "openai").flavor_for_path(
+        path
+    )
+    expected = None if saves else as_its_api_reads_it
+    assert priced_as_openrouter.flavor_for_path(path) == expected
+    assert runs_no_model("orgw", path, priced_as="openrouter") is saves
+
+
+def test_openrouter_itself_reads_only_its_own_preset_path() -> None:
+    """On openrouter.ai the preset API is /api/v1/presets/... only: a path under another base is
+    read as any path is (metered as chat), as before."""
+    openrouter = next(p for p in BUILTIN if p.name == "openrouter")
+    path = "/openrouter/api/v1/presets/my-preset/chat/completions"
+    assert openrouter.flavor_for_path(path) == "chat"
+    assert not runs_no_model("openrouter", path, priced_as="openrouter")
+    assert openrouter.flavor_for_path("/api/v1/presets/my-preset/chat/completions") is None  # control
 
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])

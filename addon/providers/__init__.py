@@ -416,10 +416,11 @@ def _openrouter_flavor(path: str) -> str | None:
 
 def _without_openrouter_presets(flavor_for_path: Callable[[str], str | None]) -> Callable[[str], str | None]:
     """A gateway's ``flavor_for_path`` in front of OpenRouter (priced as it): OpenRouter's preset
-    API, which the gateway forwards as it is, is not metered there either."""
+    API, which the gateway forwards as it is, is not metered there either, under the gateway's
+    base path too (its calls are read by suffix)."""
 
     def flavor(path: str) -> str | None:
-        return None if saves_openrouter_preset(path) else flavor_for_path(path)
+        return None if saves_openrouter_preset(path, under_base_path=True) else flavor_for_path(path)
 
     return flavor
 

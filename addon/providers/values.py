@@ -132,13 +132,18 @@ def bare_path(path: str) -> str:
 OPENROUTER_PRESETS_API = re.compile(
     r"/api/v1/presets/(?!\.+/)[A-Za-z0-9_.-]+/(?:chat/completions|responses|messages)", re.ASCII
 )
+# The same behind a gateway that serves OpenRouter under a base path (LiteLLM's pass-through
+# /openrouter/..., an AI gateway's /v1/{account}/{gateway}/openrouter/...), as its chat calls are
+# read there (by suffix): whatever comes before, the path ends in those literal segments.
+_OPENROUTER_PRESETS_API_UNDER_BASE = re.compile(r".*?" + OPENROUTER_PRESETS_API.pattern, re.ASCII | re.DOTALL)
 
 
-def saves_openrouter_preset(path: str) -> bool:
+def saves_openrouter_preset(path: str, *, under_base_path: bool = False) -> bool:
     """Is ``path`` (as read: dots resolved, slashes merged; query allowed) OpenRouter's preset API,
     which runs no model? Only its documented shape, ``/api/v1/presets/{slug}/chat/completions``
-    (``/responses``, ``/messages``)."""
-    return OPENROUTER_PRESETS_API.fullmatch(bare_path(path)) is not None
+    (``/responses``, ``/messages``); ``under_base_path`` (a gateway's), after any base path."""
+    pattern = _OPENROUTER_PRESETS_API_UNDER_BASE if under_base_path else OPENROUTER_PRESETS_API
+    return pattern.fullmatch(bare_path(path)) is not None
 
 
 def flavor_by_suffix(path: str, suffixes: Iterable[tuple[str, str]]) -> str | None:
