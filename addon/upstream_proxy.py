@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -114,18 +115,24 @@ def _is_itself(proxy_host: str, proxy_port: int, listen_host: str, listen_port: 
     return proxy_host.strip("[]") == listen_host.strip("[]")
 
 
+# A URL's scheme and its "://" (RFC 3986: a letter, then letters, digits, "+", "-", ".").
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def shown_proxy(value: str) -> str:
     """``value`` (a proxy URL as given, valid or not) fit to print: its userinfo's password, if it
     has one, is ``***`` (``socks5h://alice:***@proxy:1080``). Read without a URL parser, which
     rejects some values: the userinfo is everything before the last ``@`` (a password may hold an
-    unescaped ``@``, ``/`` or ``#``); the user, before its first ``:``, is kept."""
-    scheme, sep, rest = value.partition("://") if "://" in value else ("", "", value)
-    if "@" not in rest:
+    unescaped ``@``, ``/``, ``#`` or ``://``) but a scheme that starts the value; the user, before
+    its first ``:``, is kept (``alice:s3cr://et@proxy`` has no scheme: ``alice:***@proxy``)."""
+    if "@" not in value:
         return value
-    userinfo, host = rest.rsplit("@", 1)
+    head, host = value.rsplit("@", 1)
+    scheme = _SCHEME.match(head)
+    userinfo = head[scheme.end() :] if scheme is not None else head
     if ":" not in userinfo:
         return value
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+    return f"{scheme.group() if scheme is not None else ''}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def upstream_from_env(environ: Mapping[str, str], args: Sequence[str] = ()) -> Upstream | None:

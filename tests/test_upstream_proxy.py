@@ -268,6 +268,9 @@ def test_the_roots_the_shell_trusts_are_the_proxys_for_providers(
         ("alice:s3cret@proxy.corp:3128", "alice:***@proxy.corp:3128"),  # no scheme
         ("http://alice:s3c@r/t#x@proxy.corp:3128", "http://alice:***@proxy.corp:3128"),  # unescaped @ / #
         ("http://alice:s3c://ret@proxy.corp", "http://alice:***@proxy.corp"),
+        ("alice:s3cr://et@proxy:8080", "alice:***@proxy:8080"),  # no scheme, "://" in the password
+        ("alice:s3cr://et:x@y@proxy:8080", "alice:***@proxy:8080"),
+        ("http://alice:a:b@proxy.corp", "http://alice:***@proxy.corp"),
         ("http://alice:@proxy.corp", "http://alice:***@proxy.corp"),  # an empty one: still not shown
         ("http://alice@proxy.corp:3128", "http://alice@proxy.corp:3128"),  # no password: as given
         ("http://proxy.corp:3128", "http://proxy.corp:3128"),
@@ -285,3 +288,13 @@ def test_a_proxy_url_no_parser_reads_is_reported_not_a_crash(capsys: pytest.Capt
     assert upstream_from_env(environ) == Upstream("upstream:http://proxy.corp:3128", None, "ALL_PROXY")
     err = capsys.readouterr().err
     assert err == "tokometer: HTTPS_PROXY=http://alice:***@[fd00::1:3128 is not a URL\n"
+
+
+def test_a_schemeless_proxy_whose_password_holds_a_scheme_mark_is_reported_without_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``alice:s3cr://et@proxy:8080``: read as the URL of scheme ``alice`` (not an HTTP proxy), and
+    its message printed the value whole, password included, taking ``alice:s3cr`` for a scheme."""
+    assert upstream_from_env({"HTTPS_PROXY": "alice:s3cr://et@proxy:8080"}) is None
+    err = capsys.readouterr().err
+    assert err == "tokometer: HTTPS_PROXY=alice:***@proxy:8080 is not an HTTP proxy mitmproxy can chain to\n"
