@@ -10,11 +10,13 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
-from meter_helpers import make_flow, on_kept_alive_connection, run_request
+from meter_helpers import CollectingStore, make_flow, on_kept_alive_connection, run_request
 from mitmproxy import http
-from mitmproxy.test import tflow
+from mitmproxy.addons.maplocal import MapLocal
+from mitmproxy.test import taddons, tflow
 
 import addon.meter
 from addon.budgets import Scope
@@ -295,3 +297,29 @@ async def test_a_replayed_retrieval_or_deletion_claims_nothing_pending(
     assert held(meter) == estimate > 0 and meter._background.get("resp_bg") is not None
     [billed] = await retrieve(meter, DONE)
     assert billed.output_tokens == 30_000 and held(meter) == 0
+
+
+async def test_an_answer_another_addon_makes_is_metered_as_the_providers(tmp_path: Path) -> None:
+    """README: what is detected as never sent is named (server playback, a kill, no connection);
+    an answer another addon sets after the meter's ``request`` hook is not told from the
+    provider's. mitmproxy's ``--map-local`` (MapLocal.request: ``Response.make``, no replay flag)
+    answering a qa call with a file holding MINI_ANSWER: billed its usage, 20 + 10 tokens of
+    gpt-4o-mini ($0.000009), held against qa, the rate-limit slot kept."""
+    answer_file = tmp_path / "answer.json"
+    answer_file.write_text(json.dumps(MINI_ANSWER))
+    meter, map_local = Meter(), MapLocal()
+    with taddons.context(meter, map_local) as tctx:
+        tctx.configure(meter, tokometer_db=str(tmp_path / "spend.duckdb"))
+        tctx.configure(map_local, map_local=[f"|api.openai.com/v1/chat/completions|{answer_file}"])
+        meter.store = CollectingStore()  # type: ignore[assignment]
+        meter._apply(parse_policies(QA_LIMITS))
+        flow = qa_flow()
+        await run_request(meter, flow)
+        map_local.request(flow)  # after the script's hook
+        assert flow.response is not None and flow.is_replay is None  # control: nothing marks it
+        meter.responseheaders(flow)
+        await meter.response(flow)
+        [row] = meter.store.records  # type: ignore[union-attr]
+        assert (row.input_tokens, row.output_tokens, row.cost_usd) == (20, 10, Decimal("0.000009"))
+        assert meter.enforcer.budgets._held.get(QA) == Decimal("0.000009")
+        assert await next_call_action(meter) == "rate_limited"
