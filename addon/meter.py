@@ -327,6 +327,9 @@ class CallState:
     # The policies' decision that let it go (its rate-limit hits): taken back if it never reaches
     # the provider (_take_back_if_unsent)
     decision: Decision | None = None
+    # When the meter's ``request`` hook let it go (after a slow lookup's wait): mitmproxy writes it
+    # upstream only after that, so a connection closed before then never carried it (_never_sent)
+    released_at: float | None = None
     # Its budget reservation (scopes, amount), kept when a script reload hands it over (see done)
     reservation: tuple[tuple[Scope, ...], Decimal] | None = None
     # Or the cost it holds instead, having given way at its stream's final event (scopes, amount, ts)
@@ -484,7 +487,7 @@ def _billable(record: CallRecord) -> bool:
     return sent and (record.status_code is None or record.status_code < 400)
 
 
-def _never_sent(flow: http.HTTPFlow) -> bool:
+def _never_sent(flow: http.HTTPFlow, released_at: float | None = None) -> bool:
     """Did the call surely not reach the provider? Answered by mitmproxy's server playback
     (``is_replay == "response"``); or, with no response, killed before it went out (a kill takes
     effect as a hook returns, and before any response that is ``requestheaders`` or ``request``:
@@ -496,7 +499,8 @@ def _never_sent(flow: http.HTTPFlow) -> bool:
     ``flow.server_conn`` only with a connection it got for this request, and writes the request
     (or, streamed, its end) after the ``request`` hook, which follows ``request.timestamp_end``.
     A failed reconnect on a kept-alive tunnel leaves the earlier connection there, closed before
-    this request was read: a connection closed before then did not carry it."""
+    this request was read, or before the meter let it go (``released_at``, after a slow lookup's
+    wait): a connection closed before then did not carry it."""
     if flow.is_replay == "response":
         return True
     if flow.response is not None:
@@ -508,7 +512,8 @@ def _never_sent(flow: http.HTTPFlow) -> bool:
     read_at = flow.request.timestamp_end
     if server is None or server.timestamp_tcp_setup is None or read_at is None:
         return True
-    return server.timestamp_end is not None and server.timestamp_end < read_at
+    let_go = read_at if released_at is None or released_at < read_at else released_at
+    return server.timestamp_end is not None and server.timestamp_end < let_go
 
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
@@ -1672,6 +1677,13 @@ class Meter:
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._request(flow)
+        finally:
+            if (state := self._calls.get(flow)) is not None:
+                state.released_at = time.time()
+
+    async def _request(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None:
             if self._uploads and flow in self._uploads and flow.response is None:
@@ -2268,7 +2280,7 @@ class Meter:
         """A call that never reached the provider (``_never_sent``) takes back its rate-limit hits
         and its budget reservation, as a refusal does: the provider saw no request."""
         decision = state.decision
-        if decision is not None and _never_sent(flow):
+        if decision is not None and _never_sent(flow, state.released_at):
             state.decision = None
             self.enforcer.withdraw(decision, state.record.id)
 
@@ -2908,7 +2920,7 @@ class Meter:
             record.price_source = f"{record.provider} usage.cost"
         if metered.error:
             errors.append(metered.error)
-        if metered.usage is None and _never_sent(flow):
+        if metered.usage is None and _never_sent(flow, state.released_at):
             # The request never went out (no connection, killed before it was sent) or server
             # playback answered it: the provider billed nothing.
             record.cost_usd, record.price_status = Decimal(0), NOT_BILLED

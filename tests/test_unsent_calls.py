@@ -323,3 +323,25 @@ async def test_an_answer_another_addon_makes_is_metered_as_the_providers(tmp_pat
         assert (row.input_tokens, row.output_tokens, row.cost_usd) == (20, 10, Decimal("0.000009"))
         assert meter.enforcer.budgets._held.get(QA) == Decimal("0.000009")
         assert await next_call_action(meter) == "rate_limited"
+
+
+async def test_a_connection_that_closed_while_the_meter_held_the_request_did_not_carry_it(
+    meter: Meter,
+) -> None:
+    """The kept-alive connection closed after the request was read but while the meter's own
+    ``request`` hook still held it (a slow process lookup waits up to 12 s), then the reconnect
+    failed: mitmproxy writes the request only after the hook, so the closed connection never
+    carried it. Not billed, its slot taken back (it was billed an estimate, the retry refused)."""
+    meter._apply(parse_policies(QA_LIMITS))
+    flow = qa_flow()
+    now = flow.request.timestamp_start
+    flow.request.timestamp_start, flow.request.timestamp_end = now - 20.1, now - 20.0
+    on_kept_alive_connection(flow)
+    flow.server_conn.timestamp_end = now - 5.0  # while the hook ran, before it let the request go
+    await run_request(meter, flow)
+    flow.error = tflow.terr("[Errno 111] Connect call failed ('162.159.140.245', 443)")
+    meter.error(flow)
+    [row] = await settled(meter)
+    assert (row.price_status, row.cost_usd, row.input_tokens) == ("not_billed", Decimal(0), None)
+    assert meter.enforcer.budgets.reserved() == {}
+    assert await next_call_action(meter) == "allowed"
