@@ -343,6 +343,7 @@ class CallState:
     unmetered: bool = False  # a POST the proxy does not meter, models restricted: checked, maybe refused
     video: str | None = None  # a video generation request: its kind (addon.providers.videos)
     video_job: videos.VideoJob | None = None  # what it asked for (its reservation, its bill)
+    video_source: videos.VideoJob | None = None  # the job of its source video, seen here earlier
     # An Anthropic call's advisor tool models as let through: base name -> (requested, sent, action)
     advisor_sent: dict[str, tuple[str, str, str]] | None = None
     iteration_row_ids: list[str] = field(default_factory=list)  # its advisors' and declined hops' rows
@@ -2150,15 +2151,18 @@ class Meter:
             else:
                 read = functools.partial(videos.read_openai, kind, content_type=content_type)
                 job = await _off_loop_if_large(read, content)
-        state.video_job = job
         if job.problem is not None:
             state.errors.append(f"video request: {job.problem}")
+        # A remix, an edit or an extension of a video created here runs on that video's model (held
+        # to the allowlist as if named) at its size: reserved at its price.
+        source_id = videos.remixed_id(route) if kind == videos.REMIX else job.source_id
+        source = self._videos.get(source_id) if source_id else None
+        if source is not None:
+            job = videos.with_source(job, source)
+        state.video_job, state.video_source = job, source
         record.model_requested = record.model_sent = job.model
         record.answers = job.count if job.count > 1 else None
-        source = self._videos.get(videos.remixed_id(route) or "") if kind == videos.REMIX else None
-        reserved = videos.reservation(
-            provider.name, job if source is None else videos.with_source(job, source)
-        )
+        reserved = videos.reservation(provider.name, job)
         decision = self._decide(state, job.model, lambda _model: reserved)
         what = f"{record.path[:120]} starts a video job"
         if decision.refusal is None and job.model is None and kind in (videos.CREATE, videos.VEO):
@@ -2170,11 +2174,18 @@ class Meter:
         self._answer_if_refused(flow, state, decision)
 
     def _finish_video(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
-        """A video request is answered: a job accepted (2xx) is billed at once, at what the answer
-        says of it (OpenAI's job: model, seconds, size) over what the request asked; an error, a
-        refusal or a request that never went out is not billed (its reservation withdrawn). No
-        answer after the request went out: billed as asked (the job may have been accepted)."""
-        state.finished = True
+        """A video request is answered: its row, stored as ``_finish`` stores a call's (whatever
+        raises, the row is still stored and its reservation settled, once)."""
+        self._finish(flow, state, Metered(), aborted=aborted, now=True, fill=self._video_row)
+
+    def _video_row(
+        self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool
+    ) -> FinishedRow:
+        """A video call's row: a job accepted (2xx) is billed at once, at what the answer says of
+        it (OpenAI's job: model, seconds, size; an extension's new segment) over what the request
+        asked; an error, a refusal or a request that never went out is not billed (its reservation
+        withdrawn). No answer after the request went out: billed as asked (the job may have been
+        accepted)."""
         record = state.record
         errors = state.errors
         self._fill_record(flow, state, Metered(), errors, aborted=aborted)
@@ -2198,19 +2209,23 @@ class Meter:
                     answered = None
                 if answered is None:
                     errors.append("the answer is no video job: billed as asked")
-            billed = videos.settled(job, answered)
+            billed = videos.settled(job, answered, state.video_source)
             record.model_reported = answered.model if answered is not None else None
             if answered is not None and answered.video_id is not None:
                 if len(self._videos) >= MAX_REMEMBERED_VIDEOS:
                     self._videos.pop(next(iter(self._videos)))  # the oldest
-                self._videos[answered.video_id] = billed
+                # Its whole length (an extension's stitched total), for what remixes or extends it.
+                self._videos[answered.video_id] = dataclasses.replace(
+                    billed, seconds=answered.seconds or billed.seconds
+                )
             found = videos.price_job(record.provider, billed)
             record.cost_usd = found.cost_usd
             record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
-            record.price_source, record.price_model = found.note, found.priced_as
+            record.price_source, record.price_model = found.note, found.price_model
             record.answers = billed.count if billed.count > 1 else None
         record.error = "; ".join(errors)[:1000] if errors else None
-        self._submit(record)
+        state.request_body = None
+        return FinishedRow(record, state.journaled_in or self.store, [], None, Metered(), state.gave_way)
 
     @staticmethod
     async def _unmetered_body_model(flow: http.HTTPFlow) -> NamedModel:
@@ -2769,15 +2784,23 @@ class Meter:
     # -- finishing -----------------------------------------------------------
 
     def _finish(
-        self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool, now: bool = False
+        self,
+        flow: http.HTTPFlow,
+        state: CallState,
+        metered: Metered,
+        *,
+        aborted: bool,
+        now: bool = False,
+        fill: Callable[..., FinishedRow | None] | None = None,
     ) -> None:
-        """The call ended: its row filled and handed to the store (its tokens counted offline first
-        where none were reported). Whatever raises before the row is handed over, the row is still
-        stored, with what was known and an error saying metering failed, and its reservation gives
-        way to it, once: metering never loses a finished call nor leaves it reserved."""
+        """The call ended: its row filled (by ``fill``, default ``_finished_row``) and handed to the
+        store (its tokens counted offline first where none were reported). Whatever raises before
+        the row is handed over, the row is still stored, with what was known and an error saying
+        metering failed, and its reservation gives way to it, once: metering never loses a finished
+        call nor leaves it reserved."""
         state.finished = True
         try:
-            ready = self._finished_row(flow, state, metered, aborted=aborted)
+            ready = (fill or self._finished_row)(flow, state, metered, aborted=aborted)
         except Exception:
             log.exception("tokometer: metering call %s failed; its row is stored as is", state.record.id)
             ready = self._row_despite_failure(flow, state, metered)

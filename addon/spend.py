@@ -80,9 +80,10 @@ the one sent, else the one requested, else ``"(unknown)"``. Production is the en
 - savings: ``{"environments": [{"environment", ...SAVING, "models": [{"model", "provider",
   "outcome": "keep"|"downgrade"|"block", "target", "calls", "cost_usd", "whatif_cost_usd",
   "savings_usd", "unpriced_calls", "target_unpriced": bool (no price for the target: no saving
-  counted)}]}], "total": SAVING}`` where SAVING is ``{"calls",
+  counted)}]}], "total": SAVING, "left_out"}`` where SAVING is ``{"calls",
   "cost_usd", "whatif_cost_usd", "savings_usd", "savings_share", "downgraded_calls",
-  "blocked_calls", "blocked_cost_usd", "unpriced_calls"}`` (calls with usage and a price).
+  "blocked_calls", "blocked_cost_usd", "unpriced_calls"}`` (calls with usage and a price), and
+  ``"left_out": {"video_jobs", "video_cost_usd"}`` (video jobs: token-priced calls only are summed).
 - budgets: ``{"policies": PATH|null, "now": TIME, "budgets": [{"scope":
   "environment"|"key"|"user", "name", "usd", "period", "period_start", "period_end",
   "calls", "spent_usd", "used", "projected_usd", "projected_used", "alert_at": [float],

@@ -736,10 +736,19 @@ def csv_models(report: Mapping[str, Any]) -> str:
 
 def render_savings(report: Mapping[str, Any]) -> str:
     """Per environment, then each model its rules change (indented): cost, what-if cost, saving."""
-    head = _head("what-if: the same calls with each environment's downgrade targets", report)
+    head = _head("what-if: the same token-priced calls with each environment's downgrade targets", report)
+    left_out = report.get("left_out") or {}
+    videos = (
+        [
+            f"token-priced calls only: {left_out['video_jobs']:,} video job(s) "
+            f"(${money(left_out['video_cost_usd'])}) are not in these totals"
+        ]
+        if left_out.get("video_jobs")
+        else []
+    )
     envs = report["environments"]
     if not envs:
-        return "\n".join([*head, "No calls with usage in this range."]) + "\n"
+        return "\n".join([*head, "No calls with usage in this range.", *videos]) + "\n"
     total = report["total"]
     entries: list[tuple[str, Mapping[str, Any]]] = []
     for e in envs:
@@ -782,6 +791,7 @@ def render_savings(report: Mapping[str, Any]) -> str:
         )
     if total["unpriced_calls"]:
         tail.append(f"{total['unpriced_calls']:,} call(s) without a known price are left out")
+    tail.extend(videos)
     tail.append("approximate: re-priced per month and model, tiered prices per average call")
     return "\n".join([*head, "", *table(columns, rows, footer), "", *tail]) + "\n"
 

@@ -969,14 +969,29 @@ def savings_report(
     Approximate: per-call tiered prices (>200k input) apply to the average call of a group, not
     to each call, and time-of-day prices to the group's first call. Models the rules would block (disallowed,
     no target) are not re-priced; their cost is in ``blocked_cost_usd``. Calls without usage
-    and calls whose own price is unknown are left out of the sums (``unpriced_calls``).
+    and calls whose own price is unknown are left out of the sums (``unpriced_calls``). Token-priced
+    calls only: video jobs (priced by their seconds, never re-priced by a downgrade) are counted
+    apart, in ``left_out``.
     """
-    report = _envelope("savings", db, selection) | {"environments": [], "total": _Saving().as_json()}
+    left_out = {"video_jobs": 0, "video_cost_usd": "0"}
+    report = _envelope("savings", db, selection) | {
+        "environments": [],
+        "total": _Saving().as_json(),
+        "left_out": left_out,
+    }
     if not tables_exist(con):
         return report
     base, params = _base(selection)
     # Columns later migrations added may be missing from a database an older proxy still writes.
     present = _call_columns(con)
+    if "api_flavor" in present:
+        video = f"api_flavor = 'video' AND NOT {_HAS_USAGE_SQL}"
+        jobs, video_cost = con.execute(
+            f"""{base} SELECT {count_calls(f"(cost_usd > 0 OR {_VIDEO_UNPRICED_SQL})")},
+                   coalesce(sum(cost_usd), 0) FROM c WHERE {video}""",
+            params,
+        ).fetchone() or (0, 0)
+        left_out.update(video_jobs=jobs, video_cost_usd=decimal_str(Decimal(video_cost)))
     extras = ", ".join(
         f"coalesce(sum({name}), 0) AS {name}" if name in present else f"0 AS {name}"
         for name in _REPRICE_EXTRAS

@@ -69,12 +69,19 @@ _VEO: dict[tuple[str, str, str, bool], Decimal] = {
 _RESOLUTIONS = {"720p": _HD, "1080p": _HD, "4k": _4K}
 
 
+def veo_ceiling(place: str) -> Decimal:
+    """The dearest second of Veo sold where it runs (``google``, ``vertex``): what a Veo job at a
+    model, resolution or audio the table lacks reserves per second (as ``SORA_CEILING``)."""
+    return max(rate for (where, *_), rate in _VEO.items() if where == place)
+
+
 @dataclass(frozen=True, slots=True)
 class VideoRate:
     """A price per second of video, and the family and class it is listed under."""
 
     usd_per_second: Decimal
     priced_as: str  # e.g. "sora-2-pro 1792x1024", "veo-3.1-fast 1080p with audio"
+    family: str  # the model it is listed under: "sora-2-pro", "veo-3.1-fast"
 
 
 def sora_family(model: str) -> str:
@@ -92,7 +99,7 @@ def sora_rate(model: str, size: str) -> VideoRate | None:
     """OpenAI's price per second of ``model`` at ``size`` (``1280x720``), or None if unlisted."""
     family = sora_family(model)
     rate = _SORA.get((family, size.strip().lower()))
-    return VideoRate(rate, f"{family} {size.strip().lower()}") if rate is not None else None
+    return VideoRate(rate, f"{family} {size.strip().lower()}", family) if rate is not None else None
 
 
 def veo_rate(place: str, model: str, resolution: str, audio: bool) -> VideoRate | None:
@@ -111,4 +118,4 @@ def veo_rate(place: str, model: str, resolution: str, audio: bool) -> VideoRate 
     if rate is None:
         return None
     sound = "with audio" if audio else "without audio"
-    return VideoRate(rate, f"{family} {resolution.strip().lower()} {sound}")
+    return VideoRate(rate, f"{family} {resolution.strip().lower()} {sound}", family)

@@ -1071,7 +1071,7 @@ def test_savings(known: Path, policies: Path, capsys: pytest.CaptureFixture[str]
     code, out, _ = run(capsys, "--db", str(known), "savings", "--policies", str(policies), *NOV)
     assert code == 0
     assert out.splitlines() == [
-        "what-if: the same calls with each environment's downgrade targets",
+        "what-if: the same token-priced calls with each environment's downgrade targets",
         "2026-11-01 .. 2026-11-07 UTC",
         "",
         "environment / model changed             calls   cost $ what-if $  saved $ saved",

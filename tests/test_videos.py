@@ -243,7 +243,7 @@ async def test_an_unreadable_request_passes_with_a_row_saying_why(meter: Meter) 
     assert flow.response is None
     await answer(meter, flow, 200, job_answer("sora-2", "4", "720x1280"))
     [row] = rows(meter)
-    assert row.error is not None and "seconds 'a while' is not a duration" in row.error
+    assert row.error is not None and "seconds could not be read" in row.error and "a while" not in row.error
     assert (row.cost_usd, row.price_status) == (Decimal("0.40"), "priced")  # the answer's 4 s
 
 
@@ -356,3 +356,129 @@ async def test_a_form_whose_model_cannot_be_told_is_refused_where_models_are_res
     await run_request(meter, flow)
     assert flow.response is not None and flow.response.status_code == 403
     assert "could not be read" in json.loads(flow.response.content or b"")["error"]["message"]
+
+
+# --- review 24, found without tests ------------------------------------------------------------------
+
+
+def stored_db(stored: list, tmp_path: Path) -> tuple[str, str]:
+    """A database holding ``stored``; its path and the day of its rows."""
+    db = tmp_path / "report.duckdb"
+    writer = Store(db, "s1", flush_interval=3600, version="0.1.0")
+    writer.start()
+    for row in stored:
+        writer.submit(row)
+    writer.close()
+    return str(db), stored[0].ts.strftime("%Y-%m-%d")
+
+
+async def test_a_video_rows_price_model_names_the_model_and_its_price_source_the_size(
+    meter: Meter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sora-2-pro jobs at two sizes ($2.40 + $4.00) are one model in ``spend by model``. Before,
+    price_model was the rate's label ("sora-2-pro 720x1280", "sora-2-pro 1792x1024"): two rows."""
+    for size, cost in (("720x1280", "2.40"), ("1792x1024", "4.00")):
+        flow = make_flow(VIDEOS, {"prompt": "a cat", "model": "sora-2-pro", "seconds": "8", "size": size})
+        flow.request.timestamp_start = (datetime.now(UTC) - timedelta(minutes=5)).timestamp()
+        await run_request(meter, flow)
+        await answer(meter, flow, 200, job_answer("sora-2-pro", "8", size))
+        row = rows(meter)[-1]
+        assert (row.price_model, row.cost_usd) == ("sora-2-pro", Decimal(cost))
+        assert row.price_source is not None and f"(sora-2-pro {size}: 8 s x $0." in row.price_source
+    db, day = stored_db(rows(meter), tmp_path)
+    assert main(["--db", db, "by", "model", "--from", day, "--to", day, "--format", "json"]) in (0, None)
+    by_model = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["key"], r["calls"], Decimal(r["cost_usd"])) for r in by_model] == [
+        ("sora-2-pro", 2, Decimal("6.40"))
+    ]
+
+
+async def test_scripts_spend_savings_says_its_totals_leave_out_video_jobs(
+    meter: Meter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``spend savings`` sums token-priced calls only: a $2.40 video job is in no total. Before, its
+    output said nothing of it (a total cost of $0, "No calls with usage"); now it says so, counts it
+    apart (1 job, $2.40) and proposes no downgrade for it."""
+    flow = make_flow(VIDEOS, {"prompt": "a cat", "model": "sora-2-pro", "seconds": "8"})
+    flow.request.timestamp_start = (datetime.now(UTC) - timedelta(minutes=5)).timestamp()
+    await run_request(meter, flow)
+    await answer(meter, flow, 200, job_answer("sora-2-pro", "8", "720x1280"))
+    db, day = stored_db(rows(meter), tmp_path)
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(ANY_MODEL)
+    common = ["--db", db, "savings", "--policies", str(policies), "--from", day, "--to", day]
+    assert main([*common, "--format", "json"]) in (0, None)
+    data = json.loads(capsys.readouterr().out)
+    assert (data["total"]["calls"], data["total"]["cost_usd"]) == (0, "0")
+    assert data["left_out"] == {"video_jobs": 1, "video_cost_usd": "2.4"}
+    assert main(common) in (0, None)
+    text = capsys.readouterr().out
+    assert "token-priced calls only: 1 video job(s) ($2.4000) are not in these totals" in text
+
+
+async def test_a_seconds_field_too_long_to_read_reserves_the_longest_video_unquoted(meter: Meter) -> None:
+    """A ``seconds`` form field of 300 bytes cannot be read: reserved as the longest video, 20 s x
+    $0.10 = $2.00 (before: the default 4 s, $0.40), its row's error saying so without its value."""
+    meter._apply(parse_policies(ANY_MODEL + "    budget: {usd: 100, period: day}\n"))
+    body, headers = form({"prompt": "a cat", "model": "sora-2", "seconds": "8" * 300})
+    flow = make_flow(VIDEOS, body, headers=headers)
+    await run_request(meter, flow)
+    assert flow.response is None
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("2.00")
+    await answer(meter, flow, 200, job_answer("sora-2", "8", "720x1280"))
+    [row] = rows(meter)
+    assert row.error is not None and "seconds" in row.error and "888" not in row.error
+    assert (row.cost_usd, row.price_status) == (Decimal("0.80"), "priced")  # the answer's 8 s
+
+
+def test_a_form_giving_size_twice_is_read_at_the_dearest_size() -> None:
+    """sora-2-pro at 720x1280 ($0.30/s) then 1792x1024 ($0.50/s): which one OpenAI reads is not
+    known, so 4 s reserve $2.00 (before: the first, $1.20)."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nsora-2-pro\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="size"\r\n\r\n720x1280\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="size"\r\n\r\n1792x1024\r\n--b--\r\n'
+    )
+    job = read_openai("create", body, "multipart/form-data; boundary=b")
+    assert (job.size, job.seconds, job.problem) == ("1792x1024", 4, "size given twice in the form")
+    assert reservation("openai", job) == Decimal("2.00")
+
+
+def test_veo_whole_numbers_given_as_strings_are_read() -> None:
+    """``"numberOfVideos": "3"``, ``"durationSeconds": "6"`` (int32 as strings, as Google's JSON
+    mapping allows): 6 s x $0.40 x 3 = $7.20 (before: 4 videos, unreadable, $9.60)."""
+    parameters = {"numberOfVideos": "3", "durationSeconds": "6"}
+    job = read_veo("veo-3.0-generate-001", {"instances": [], "parameters": parameters})
+    assert (job.count, job.seconds, job.problem) == (3, 6.0, None)
+    assert price_job("google", job).cost_usd == Decimal("7.20")
+
+
+async def test_an_extension_of_a_video_seen_here_runs_on_its_model_and_bills_its_segment(
+    meter: Meter,
+) -> None:
+    """An extension (a form naming its source as ``video[id]``, as openai-python sends it) of a
+    12 s sora-2 video created here reserves at sora-2's rate ($0.80 for 8 s, not $0.50/s: $4.00);
+    one whose seconds cannot be read is billed at the answer's stitched total (20 s) less its
+    source's 12 s: $0.80, not $2.00. Where only sora-2 is allowed, extending a sora-2-pro video is
+    refused 403."""
+    meter._apply(parse_policies(ANY_MODEL + "    budget: {usd: 100, period: day}\n"))
+    for model, video_id in (("sora-2", "video_a"), ("sora-2-pro", "video_p")):
+        created = make_flow(VIDEOS, {"prompt": "a cat", "model": model, "seconds": "12"})
+        await run_request(meter, created)
+        await answer(meter, created, 200, {**job_answer(model, "12", "720x1280"), "id": video_id})
+    body, headers = form({"prompt": "more", "seconds": "8", "video[id]": "video_a"})
+    extension = make_flow(f"{VIDEOS}/extensions", body, headers=headers)
+    await run_request(meter, extension)
+    assert meter.enforcer.budgets.reserved()[DEVELOPMENT] == Decimal("0.80")
+    await answer(meter, extension, 200, {**job_answer("sora-2", "20", "720x1280"), "id": "video_b"})
+    unreadable = make_flow(
+        f"{VIDEOS}/extensions", {"prompt": "more", "seconds": "long", "video": {"id": "video_a"}}
+    )
+    await run_request(meter, unreadable)
+    await answer(meter, unreadable, 200, {**job_answer("sora-2", "20", "720x1280"), "id": "video_c"})
+    assert [row.cost_usd for row in rows(meter)[2:]] == [Decimal("0.80"), Decimal("0.80")]
+    meter._apply(parse_policies("environments:\n  development:\n    models: {allow: [sora-2]}\n"))
+    body, headers = form({"prompt": "more", "seconds": "4", "video[id]": "video_p"})
+    refused = make_flow(f"{VIDEOS}/extensions", body, headers=headers)
+    await run_request(meter, refused)
+    assert refused.response is not None and refused.response.status_code == 403

@@ -29,7 +29,7 @@ from typing import Any
 from addon.providers.openai_media import form_parts, is_form
 from addon.providers.values import bare_path, loads
 from addon.unmetered_models import form_model
-from addon.video_prices import SORA_CEILING, SOURCE, sora_rate, veo_rate
+from addon.video_prices import SORA_CEILING, SOURCE, sora_rate, veo_ceiling, veo_rate
 
 FLAVOR = "video"
 VEO_PROVIDERS = frozenset({"google", "vertex"})  # the Gemini API, Vertex AI
@@ -47,8 +47,9 @@ MAX_VEO_VIDEOS = 4
 MAX_SECONDS = 600  # a larger duration is no value these APIs take: unreadable
 _REMIX = re.compile(r"/v1/videos/[^/]+/remix")
 _PREDICT = re.compile(r"(?::|%3[aA])predictLongRunning$")
-_FIELDS = (b"seconds", b"size")  # a form's model is read as the allowlist reads it (form_model)
+_FIELDS = (b"seconds", b"size", b"video[id]")  # a form's model is read as the allowlist reads it
 _MAX_FIELD = 256
+_WHOLE = re.compile(r"\s*\+?\d{1,9}\s*")  # an int32 as Google's JSON mapping also writes it: "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class VideoJob:
     count: int = 1
     problem: str | None = None
     video_id: str | None = None  # an answer's: the job's id
+    source_id: str | None = None  # a remix's, edit's or extension's source video, when named by id
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +74,8 @@ class VideoCost:
     """A video job's price: ``cost_usd`` None when unknown (``note`` says why)."""
 
     cost_usd: Decimal | None
-    note: str
-    priced_as: str | None = None
+    note: str  # the rate's size or resolution and the arithmetic (the row's price_source)
+    price_model: str | None = None  # the model the rate is listed under (the row's price_model)
 
 
 def video_kind(provider: str, path: str, model: str | None) -> str | None:
@@ -106,61 +108,98 @@ def _seconds(value: Any) -> float | None:
     return None
 
 
-def _form_fields(content: bytes, content_type: str) -> tuple[dict[str, str], str | None]:
-    """The ``seconds`` and ``size`` fields of a multipart form (its files never decoded), and why
-    the form could not be read whole."""
+def _form_fields(content: bytes, content_type: str) -> tuple[dict[str, list[str | None]], str | None]:
+    """The readings of the ``seconds``, ``size`` and ``video[id]`` fields of a multipart form (its
+    files never decoded; a field too long to read: None), and why the form could not be read whole."""
     walk = form_parts(content, content_type)
-    found: dict[str, str] = {}
+    found: dict[str, list[str | None]] = {}
+    problem: str | None = None
     for part in walk.parts:
         if part.is_file or part.name not in _FIELDS:
             continue
         name = part.name.decode("latin-1")
-        if name in found:
-            return found, f"{name} given twice in the form"
+        readings = found.setdefault(name, [])
+        if len(readings) == 1:
+            problem = problem or f"{name} given twice in the form"
         if part.end - part.start > _MAX_FIELD:
-            return found, f"the form's {name} field is too long"
-        found[name] = content[part.start : part.end].decode("utf-8", "replace").strip()
+            problem = problem or f"the form's {name} field is too long"
+            readings.append(None)
+        else:
+            readings.append(content[part.start : part.end].decode("utf-8", "replace").strip())
     error = walk.error or (None if walk.complete else "multipart body cut short or malformed")
-    return found, error
+    return found, problem or error
+
+
+def _longest(readings: list[Any]) -> float | None:
+    """The longest of a field's readings (given twice, either may be read), None if any cannot
+    be read (then reserved as the longest video)."""
+    durations = [_seconds(value) for value in readings]
+    return None if not durations or None in durations else max(d for d in durations if d is not None)
+
+
+def _dearest_size(model: str | None, sizes: list[Any]) -> str | None:
+    """The size of ``sizes`` with the dearest rate for ``model`` (given twice, either may be read);
+    None when one cannot be read or has no listed rate (then reserved at the dearest)."""
+    if any(not isinstance(size, str) for size in sizes):
+        return None
+    if len(set(sizes)) == 1:
+        return sizes[0]
+    rated = [(rate.usd_per_second, size) for size in sizes if model and (rate := sora_rate(model, size))]
+    return max(rated)[1] if len(rated) == len(sizes) else None
+
+
+def _source_id(value: Any) -> str | None:
+    """A source video's id (``{"id": ...}`` in JSON, the form's ``video[id]``), else None."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value.strip() if isinstance(value, str) and 0 < len(value.strip()) <= _MAX_FIELD else None
 
 
 def read_openai(kind: str, content: bytes, content_type: str) -> VideoJob:
     """What an OpenAI video request asks for (``kind`` from ``video_kind``). Never raises; a field
     it cannot read leaves a ``problem`` (its value then reserved at the dearest)."""
     problem: str | None = None
-    fields: dict[str, Any]
+    fields: dict[str, list[Any]]
     if is_form(content_type):
-        fields, problem = _form_fields(content, content_type)
+        readings, problem = _form_fields(content, content_type)
+        fields = {name: values for name, values in readings.items() if name != "video[id]"}
+        if len(readings.get("video[id]", [])) == 1:
+            fields["video"] = readings["video[id]"]
         # As the allowlist reads it: several model fields, or a form cut short after one, name no
         # model that can be told (refused where models are restricted); none at all, the default.
         named = form_model(content, content_type)
         if named.problem is not None:
             return VideoJob(kind, problem=named.problem)
         if named.model is not None:
-            fields["model"] = named.model
+            fields["model"] = [named.model]
     elif content.strip():
         obj = loads(content)
         if not isinstance(obj, dict):
             return VideoJob(kind, problem="request body is neither a form nor a JSON object")
-        fields = {k: obj.get(k) for k in ("model", "seconds", "size") if obj.get(k) is not None}
+        keys = ("model", "seconds", "size", "video")
+        fields = {k: [obj.get(k)] for k in keys if obj.get(k) is not None}
     else:
         fields = {}
-    model = fields.get("model")
+    model = fields.get("model", [None])[0]
     if model is not None and not (isinstance(model, str) and 0 < len(model.strip()) <= _MAX_FIELD):
         model, problem = None, "its model is not a model's name"
+    model = model.strip() if isinstance(model, str) else None
     seconds = None
     if "seconds" in fields:
-        seconds = _seconds(fields["seconds"])
+        seconds = _longest(fields["seconds"])
         if seconds is None:
-            problem = problem or f"seconds {str(fields['seconds'])[:20]!r} is not a duration"
-    size = fields.get("size")
-    if size is not None and not isinstance(size, str):
-        size, problem = None, problem or "its size is not a string"
+            problem = problem or "its seconds could not be read as a duration"
+    size = None
+    if "size" in fields:
+        size = _dearest_size(model or (DEFAULT_SORA_MODEL if kind == CREATE else None), fields["size"])
+        if size is None and any(not isinstance(value, str) for value in fields["size"]):
+            problem = problem or "its size could not be read"
     if kind == CREATE:
-        model = model.strip() if isinstance(model, str) else (None if problem else DEFAULT_SORA_MODEL)
+        model = model or (None if problem else DEFAULT_SORA_MODEL)
         seconds = seconds or (None if "seconds" in fields else DEFAULT_SORA_SECONDS)
-        size = size or DEFAULT_SORA_SIZE
-    return VideoJob(kind, model=model, seconds=seconds, size=size, problem=problem)
+        size = size or (None if "size" in fields else DEFAULT_SORA_SIZE)
+    source = _source_id(fields["video"][0]) if kind in (EDIT, EXTEND) and "video" in fields else None
+    return VideoJob(kind, model=model, seconds=seconds, size=size, problem=problem, source_id=source)
 
 
 def read_openai_job(kind: str, body: bytes) -> VideoJob | None:
@@ -176,12 +215,23 @@ def read_openai_job(kind: str, body: bytes) -> VideoJob | None:
     )
 
 
+def _whole(value: Any) -> int | None:
+    """A whole number as Google's JSON mapping writes an int32: a number (``2``, ``2.0``) or a
+    string of digits (``"2"``); else None."""
+    if isinstance(value, str) and _WHOLE.fullmatch(value):
+        return int(value)
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value if type(value) is int else None
+
+
 def _count(parameters: dict[str, Any]) -> int | None:
     for key in ("sampleCount", "numberOfVideos", "sample_count", "number_of_videos"):
         value = parameters.get(key)
         if value is None:
             continue
-        return value if type(value) is int and 1 <= value <= MAX_VEO_VIDEOS else None
+        count = _whole(value)
+        return count if count is not None and 1 <= count <= MAX_VEO_VIDEOS else None
     return 1
 
 
@@ -198,8 +248,10 @@ def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
     raw = parameters.get("durationSeconds", parameters.get("duration_seconds"))
     seconds = float(DEFAULT_VEO_SECONDS) if raw is None else _seconds(raw)
     if seconds is None:
-        problem = f"durationSeconds {str(raw)[:20]!r} is not a duration"
-    resolution = parameters.get("resolution", DEFAULT_VEO_RESOLUTION)
+        problem = "its durationSeconds could not be read as a duration"
+    resolution = parameters.get("resolution")
+    if resolution is None:  # not set (Google's JSON mapping: null is the field's default)
+        resolution = DEFAULT_VEO_RESOLUTION
     if not isinstance(resolution, str):
         resolution, problem = None, problem or "its resolution is not a string"
     audio = parameters.get("generateAudio", parameters.get("generate_audio", True))
@@ -243,14 +295,14 @@ def price_job(place: str, job: VideoJob) -> VideoCost:
     cost = seconds * rate.usd_per_second * job.count
     times = f" x {job.count} videos" if job.count > 1 else ""
     note = f"{SOURCE} ({rate.priced_as}: {_length(job.seconds)} x {_money(rate.usd_per_second)}/s{times})"
-    return VideoCost(cost, note, rate.priced_as)
+    return VideoCost(cost, note, price_model=rate.family)
 
 
 def reservation(place: str, job: VideoJob) -> Decimal:
     """What a job may cost, for its budget reservation: its price where known; what the request
     does not say (a remix's or edit's source video, an extension's model, a field it could not
-    read) at the dearest OpenAI rate and longest video. $0 only for a model no table prices (the
-    row then says unknown)."""
+    read) at the dearest OpenAI rate and longest video; a Veo model, resolution or audio the table
+    lacks at the dearest Veo rate where it runs (the row then says unknown: never $0)."""
     if place == "openai":
         priced = price_job(place, job).cost_usd
         if priced is not None:
@@ -260,7 +312,10 @@ def reservation(place: str, job: VideoJob) -> Decimal:
         return rate * Decimal(str(job.seconds or MAX_SORA_SECONDS)) * job.count
     if job.seconds is None:
         job = replace(job, seconds=float(DEFAULT_VEO_SECONDS))
-    return price_job(place, job).cost_usd or Decimal(0)
+    priced = price_job(place, job).cost_usd
+    if priced is not None:
+        return priced
+    return veo_ceiling(place) * Decimal(str(job.seconds)) * job.count
 
 
 def remixed_id(path: str) -> str | None:
@@ -270,24 +325,36 @@ def remixed_id(path: str) -> str | None:
 
 
 def with_source(job: VideoJob, source: VideoJob) -> VideoJob:
-    """A remix's job at its source video's model, seconds and size (what the request does not
-    say), for its reservation; the answer's job still bills it."""
+    """A remix's, edit's or extension's job at its source video's model and size (what the request
+    does not say) and, but for an extension (whose seconds are its new segment's), its seconds:
+    for its reservation and allowlist check; the answer's job still bills it."""
     return replace(
         job,
         model=job.model or source.model,
-        seconds=job.seconds or source.seconds,
+        seconds=job.seconds or (None if job.kind == EXTEND else source.seconds),
         size=job.size or source.size,
     )
 
 
-def settled(asked: VideoJob, answered: VideoJob | None) -> VideoJob:
-    """The job as billed: what the answer says of it (model, seconds, size) over the request's."""
+def settled(asked: VideoJob, answered: VideoJob | None, source: VideoJob | None = None) -> VideoJob:
+    """The job as billed: what the answer says of it (model, seconds, size) over the request's.
+    An extension's answer says the stitched total (openai-python 3.57, ``Video.seconds``: "For
+    extensions, this is the stitched total duration"): it is billed for its new segment, the
+    request's ``seconds``, else the total less its source video's when that is known, else the
+    total (at most that)."""
     if answered is None:
         return asked
+    seconds = answered.seconds or asked.seconds
+    if asked.kind == EXTEND:
+        before = source.seconds if source is not None else None
+        segment = (
+            answered.seconds - before if answered.seconds and before and answered.seconds > before else None
+        )
+        seconds = asked.seconds or segment or seconds
     return VideoJob(
         asked.kind,
         model=answered.model or asked.model,
-        seconds=answered.seconds or asked.seconds,
+        seconds=seconds,
         size=answered.size or asked.size,
         resolution=asked.resolution,
         audio=asked.audio,
