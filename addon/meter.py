@@ -501,7 +501,8 @@ def _never_sent(flow: http.HTTPFlow, released_at: float | None = None) -> bool:
     (or, streamed, its end) after the ``request`` hook, which follows ``request.timestamp_end``.
     A failed reconnect on a kept-alive tunnel leaves the earlier connection there, closed before
     this request was read, or before the meter let it go (``released_at``, after a slow lookup's
-    wait): a connection closed before then did not carry it."""
+    wait; a streamed request body went out as it was read): a connection closed before then did
+    not carry it."""
     if flow.is_replay == "response":
         return True
     if flow.response is not None:
@@ -513,7 +514,8 @@ def _never_sent(flow: http.HTTPFlow, released_at: float | None = None) -> bool:
     read_at = flow.request.timestamp_end
     if server is None or server.timestamp_tcp_setup is None or read_at is None:
         return True
-    let_go = read_at if released_at is None or released_at < read_at else released_at
+    # A streamed request body went out as it was read, before the request hook: read_at alone.
+    let_go = read_at if released_at is None or released_at < read_at or flow.request.stream else released_at
     return server.timestamp_end is not None and server.timestamp_end < let_go
 
 
@@ -1680,8 +1682,8 @@ class Meter:
     async def request(self, flow: http.HTTPFlow) -> None:
         try:
             await self._request(flow)
-        finally:
-            if (state := self._calls.get(flow)) is not None:
+        finally:  # handed over by a script reload while it waited: the new instance's now
+            if (state := self._calls.get(flow) or _HANDED_OVER.get(flow)) is not None:
                 state.released_at = time.time()
 
     async def _request(self, flow: http.HTTPFlow) -> None:
