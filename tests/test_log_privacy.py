@@ -83,3 +83,22 @@ async def test_a_hook_that_fails_on_a_body_logs_none_of_it(
         await meter.response(flow)
     assert "reading the answer" in caplog.text  # control: the failure was logged
     assert "SECRET ANSWER" not in caplog.text
+
+
+def test_an_exception_argument_is_named_by_its_type_unless_its_text_is_safe(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception given as a ``%`` argument: a ValueError's text withheld; the file system's
+    (a path) and the addon's own (a policies.yaml error) kept, since users need them."""
+    from addon.policies import PolicyError
+
+    log_privacy.install()
+    log = logging.getLogger("tokometer")
+    with caplog.at_level(logging.DEBUG, logger="tokometer"):
+        log.warning("tokometer: a: %s", ValueError(SECRET))
+        log.warning("tokometer: b: %s", FileNotFoundError(2, "No such file", "/tmp/x.duckdb"))
+        log.warning("tokometer: c: %s", PolicyError("budgets.usd must be a number"))
+    assert SECRET not in caplog.text
+    assert "tokometer: a: ValueError (its text is not shown" in caplog.text
+    assert "tokometer: b: FileNotFoundError: [Errno 2] No such file: '/tmp/x.duckdb'" in caplog.text
+    assert "tokometer: c: PolicyError: budgets.usd must be a number" in caplog.text
