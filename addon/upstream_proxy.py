@@ -115,23 +115,25 @@ def _is_itself(proxy_host: str, proxy_port: int, listen_host: str, listen_port: 
     return proxy_host.strip("[]") == listen_host.strip("[]")
 
 
-# A URL's scheme and its "://" (RFC 3986: a letter, then letters, digits, "+", "-", ".").
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# The schemes a proxy URL starts with (anything else before "://" is part of a userinfo).
+_SCHEME = re.compile(r"(?:https?|socks4a?|socks5h?)://", re.IGNORECASE)
 
 
 def shown_proxy(value: str) -> str:
     """``value`` (a proxy URL as given, valid or not) fit to print: its userinfo's password, if it
     has one, is ``***`` (``socks5h://alice:***@proxy:1080``). Read without a URL parser, which
     rejects some values: the userinfo is everything before the last ``@`` (a password may hold an
-    unescaped ``@``, ``/``, ``#`` or ``://``) but a scheme that starts the value; the user, before
-    its first ``:``, is kept (``alice:s3cr://et@proxy`` has no scheme: ``alice:***@proxy``)."""
+    unescaped ``@``, ``/``, ``#`` or ``://``) but a proxy scheme (http, https, socks...) that starts
+    the value; the user, before its first ``:``, is kept (``alice:s3cr://et@proxy`` and
+    ``alice://s3cret@proxy`` have no scheme: ``alice:***@proxy``). A userinfo with no ``:`` may be
+    a token used as the user: ``***``."""
     if "@" not in value:
         return value
     head, host = value.rsplit("@", 1)
     scheme = _SCHEME.match(head)
     userinfo = head[scheme.end() :] if scheme is not None else head
     if ":" not in userinfo:
-        return value
+        return f"{scheme.group() if scheme is not None else ''}***@{host}" if userinfo else value
     return f"{scheme.group() if scheme is not None else ''}{userinfo.split(':', 1)[0]}:***@{host}"
 
 

@@ -272,7 +272,7 @@ def test_the_roots_the_shell_trusts_are_the_proxys_for_providers(
         ("alice:s3cr://et:x@y@proxy:8080", "alice:***@proxy:8080"),
         ("http://alice:a:b@proxy.corp", "http://alice:***@proxy.corp"),
         ("http://alice:@proxy.corp", "http://alice:***@proxy.corp"),  # an empty one: still not shown
-        ("http://alice@proxy.corp:3128", "http://alice@proxy.corp:3128"),  # no password: as given
+        ("http://alice@proxy.corp:3128", "http://***@proxy.corp:3128"),  # a user alone may be a token
         ("http://proxy.corp:3128", "http://proxy.corp:3128"),
         ("not a url", "not a url"),
     ],
