@@ -2156,29 +2156,88 @@ class Meter:
         if job.problem is not None:
             state.errors.append(f"video request: {job.problem}")
         # A remix, an edit or an extension of a video created here runs on that video's model (held
-        # to the allowlist as if named) at its size: reserved at its price.
-        source_id = videos.remixed_id(route) if kind == videos.REMIX else job.source_id
-        source = self._videos.get(source_id) if source_id else None
-        if source is not None:
-            job = videos.with_source(job, source)
+        # to the allowlist as if named, and so is a model its body names) at its size: reserved at
+        # the dearest of its readings (a form naming two different source videos: either).
+        ids = job.source_ids
+        if kind == videos.REMIX:
+            remixed = videos.remixed_id(route)
+            ids = (remixed,) if remixed else ()
+        sources = [self._videos.get(video_id) for video_id in ids]
+        readings = videos.source_readings(job, sources)
+        priced = [(videos.reservation(provider.name, one), one, source) for one, source in readings]
+        reserved, job, source = max(priced, key=lambda reading: reading[0])  # ties: the first
         state.video_job, state.video_source = job, source
         record.model_requested = record.model_sent = job.model
         record.answers = job.count if job.count > 1 else None
-        reserved = videos.reservation(provider.name, job)
         decision = self._decide(state, job.model, lambda _model: reserved)
         what = f"{record.path[:120]} starts a video job"
-        if decision.refusal is None and job.model is None and kind in (videos.CREATE, videos.VEO):
+        unknown_source = len(ids) > 1 and None in sources
+        if decision.refusal is None and unknown_source:
+            reason = f"it names several source videos, not all made here, so its model cannot be told; {what}"
+            decision = self.decider.unknown_model(record, decision, reason) or decision
+        elif decision.refusal is None and job.model is None and kind in (videos.CREATE, videos.VEO):
             reason = f"its model could not be read ({job.problem}); {what}"
             decision = self.decider.unknown_model(record, decision, reason) or decision
         elif decision.action == "downgraded" and job.model is not None:
             reason = f"{what}, which is never rewritten: refused instead of downgraded"
             decision = self.decider.refuse_instead(decision, record, job.model, reason)
+        for other in dict.fromkeys(one.model for one, _ in readings if one.model not in (None, job.model)):
+            if decision.refusal is not None or other is None:
+                break
+            if self.enforcer.decide_model(record.provider, record.environment, other).action != "allowed":
+                reason = f"{what}, which may run on {other} (its source video's model or the one it names)"
+                decision = self.decider.refuse_instead(decision, record, other, reason)
+                record.model_requested = other
         self._answer_if_refused(flow, state, decision)
 
     def _finish_video(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
         """A video request is answered: its row, stored as ``_finish`` stores a call's (whatever
-        raises, the row is still stored and its reservation settled, once)."""
-        self._finish(flow, state, Metered(), aborted=aborted, now=True, fill=self._video_row)
+        raises, the row is still stored and its reservation settled, once: a job that may have
+        been accepted billed as asked)."""
+        self._finish(
+            flow,
+            state,
+            Metered(),
+            aborted=aborted,
+            now=True,
+            fill=self._video_row,
+            despite=self._video_row_despite_failure,
+        )
+
+    @staticmethod
+    def _video_billed_as_asked(flow: http.HTTPFlow, state: CallState) -> bool:
+        """Whether a video call whose row could not be built may have started a job the provider
+        bills: accepted (2xx), or sent and not answered; not refused, not on a flat-fee plan."""
+        response = flow.response
+        if state.video_job is None or state.refusal is not None or state.subscription:
+            return False
+        if response is not None:
+            return 200 <= response.status_code < 300
+        return not _never_sent(flow, state.released_at)
+
+    def _video_row_despite_failure(
+        self, flow: http.HTTPFlow, state: CallState, metered: Metered
+    ) -> FinishedRow:
+        """A video call's row when building it raised: as ``_row_despite_failure``, and a job that
+        may have been accepted billed as asked (the request's reading, as a job with no answer is),
+        never the $0 of a call without tokens; else not billed."""
+        ready = self._row_despite_failure(flow, state, metered)
+        record = ready.record
+        try:
+            job = state.video_job
+            if job is not None and self._video_billed_as_asked(flow, state):
+                found = videos.price_job(record.provider, job)
+                record.cost_usd = found.cost_usd
+                record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
+                record.price_source = found.note
+                record.answers = job.count if job.count > 1 else None
+            else:
+                record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
+            # The model it ran on, or was refused for: under its family, as a priced row's.
+            record.price_model = videos.model_family(record.provider, record.model_requested)
+        except Exception:
+            log.exception("tokometer: billing video call %s as asked failed", record.id)
+        return ready
 
     def _video_row(
         self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool
@@ -2200,6 +2259,8 @@ class Meter:
             or (response is not None and response.status_code >= 400)
         ):
             record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
+            # The model asked for (or refused): under its family, as a priced row's.
+            record.price_model = videos.model_family(record.provider, record.model_requested)
         elif not state.subscription:
             answered = None
             if response is None:
@@ -2223,7 +2284,9 @@ class Meter:
             found = videos.price_job(record.provider, billed)
             record.cost_usd = found.cost_usd
             record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
-            record.price_source, record.price_model = found.note, found.price_model
+            # Priced or not, under its family: a report shows one model once.
+            record.price_source = found.note
+            record.price_model = found.price_model or videos.model_family(record.provider, billed.model)
             record.answers = billed.count if billed.count > 1 else None
         record.error = "; ".join(errors)[:1000] if errors else None
         state.request_body = None
@@ -2794,18 +2857,19 @@ class Meter:
         aborted: bool,
         now: bool = False,
         fill: Callable[..., FinishedRow | None] | None = None,
+        despite: Callable[[http.HTTPFlow, CallState, Metered], FinishedRow] | None = None,
     ) -> None:
         """The call ended: its row filled (by ``fill``, default ``_finished_row``) and handed to the
         store (its tokens counted offline first where none were reported). Whatever raises before
         the row is handed over, the row is still stored, with what was known and an error saying
         metering failed, and its reservation gives way to it, once: metering never loses a finished
-        call nor leaves it reserved."""
+        call nor leaves it reserved. ``despite`` builds that row (default ``_row_despite_failure``)."""
         state.finished = True
         try:
             ready = (fill or self._finished_row)(flow, state, metered, aborted=aborted)
         except Exception:
             log.exception("tokometer: metering call %s failed; its row is stored as is", state.record.id)
-            ready = self._row_despite_failure(flow, state, metered)
+            ready = (despite or self._row_despite_failure)(flow, state, metered)
         if ready is not None:
             self._hand_over(ready, now=now)
 

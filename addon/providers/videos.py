@@ -29,7 +29,7 @@ from typing import Any
 from addon.providers.openai_media import form_parts, is_form
 from addon.providers.values import bare_path, loads
 from addon.unmetered_models import form_model
-from addon.video_prices import SORA_CEILING, SOURCE, sora_rate, veo_ceiling, veo_rate
+from addon.video_prices import SORA_CEILING, SOURCE, sora_family, sora_rate, veo_ceiling, veo_family, veo_rate
 
 FLAVOR = "video"
 VEO_PROVIDERS = frozenset({"google", "vertex"})  # the Gemini API, Vertex AI
@@ -66,7 +66,10 @@ class VideoJob:
     count: int = 1
     problem: str | None = None
     video_id: str | None = None  # an answer's: the job's id
-    source_id: str | None = None  # a remix's, edit's or extension's source video, when named by id
+    # A remix's, edit's or extension's source videos named by id: one, or several different ids
+    # (a form giving ``video[id]`` twice: which one the provider reads is not known).
+    source_ids: tuple[str, ...] = ()
+    seconds_ambiguous: bool = False  # given twice, different: ``seconds`` is the dearest reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +166,7 @@ def read_openai(kind: str, content: bytes, content_type: str) -> VideoJob:
     if is_form(content_type):
         readings, problem = _form_fields(content, content_type)
         fields = {name: values for name, values in readings.items() if name != "video[id]"}
-        if len(readings.get("video[id]", [])) == 1:
+        if readings.get("video[id]"):
             fields["video"] = readings["video[id]"]
         # As the allowlist reads it: several model fields, or a form cut short after one, name no
         # model that can be told (refused where models are restricted); none at all, the default.
@@ -185,8 +188,10 @@ def read_openai(kind: str, content: bytes, content_type: str) -> VideoJob:
         model, problem = None, "its model is not a model's name"
     model = model.strip() if isinstance(model, str) else None
     seconds = None
+    ambiguous = False
     if "seconds" in fields:
         seconds = _longest(fields["seconds"])
+        ambiguous = len({_seconds(value) for value in fields["seconds"]}) > 1
         if seconds is None:
             problem = problem or "its seconds could not be read as a duration"
     size = None
@@ -198,8 +203,22 @@ def read_openai(kind: str, content: bytes, content_type: str) -> VideoJob:
         model = model or (None if problem else DEFAULT_SORA_MODEL)
         seconds = seconds or (None if "seconds" in fields else DEFAULT_SORA_SECONDS)
         size = size or (None if "size" in fields else DEFAULT_SORA_SIZE)
-    source = _source_id(fields["video"][0]) if kind in (EDIT, EXTEND) and "video" in fields else None
-    return VideoJob(kind, model=model, seconds=seconds, size=size, problem=problem, source_id=source)
+    sources: tuple[str, ...] = ()
+    if kind in (EDIT, EXTEND) and "video" in fields:
+        ids = [_source_id(value) for value in fields["video"]]
+        if None in ids:  # one reading cannot be told: the source is not known
+            problem = problem or "its source video's id could not be read"
+        else:
+            sources = tuple(dict.fromkeys(i for i in ids if i is not None))  # the same id twice: once
+    return VideoJob(
+        kind,
+        model=model,
+        seconds=seconds,
+        size=size,
+        problem=problem,
+        source_ids=sources,
+        seconds_ambiguous=ambiguous,
+    )
 
 
 def read_openai_job(kind: str, body: bytes) -> VideoJob | None:
@@ -226,13 +245,19 @@ def _whole(value: Any) -> int | None:
 
 
 def _count(parameters: dict[str, Any]) -> int | None:
+    """How many videos: the largest of the count's spellings given (``sampleCount``,
+    google-genai's ``numberOfVideos``...: which one the server reads is not known); 1 when none is;
+    None when one cannot be read."""
+    counts = []
     for key in ("sampleCount", "numberOfVideos", "sample_count", "number_of_videos"):
         value = parameters.get(key)
         if value is None:
             continue
         count = _whole(value)
-        return count if count is not None and 1 <= count <= MAX_VEO_VIDEOS else None
-    return 1
+        if count is None or not 1 <= count <= MAX_VEO_VIDEOS:
+            return None
+        counts.append(count)
+    return max(counts, default=1)
 
 
 def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
@@ -325,23 +350,49 @@ def remixed_id(path: str) -> str | None:
 
 
 def with_source(job: VideoJob, source: VideoJob) -> VideoJob:
-    """A remix's, edit's or extension's job at its source video's model and size (what the request
-    does not say) and, but for an extension (whose seconds are its new segment's), its seconds:
-    for its reservation and allowlist check; the answer's job still bills it."""
+    """A remix's, edit's or extension's job at its source video's model (it runs on it, whatever
+    model the request names) and size (what the request does not say) and, but for an extension
+    (whose seconds are its new segment's), its seconds: for its reservation and allowlist check;
+    the answer's job still bills it."""
     return replace(
         job,
-        model=job.model or source.model,
+        model=source.model or job.model,
         seconds=job.seconds or (None if job.kind == EXTEND else source.seconds),
         size=job.size or source.size,
     )
+
+
+def source_readings(job: VideoJob, sources: list[VideoJob | None]) -> list[tuple[VideoJob, VideoJob | None]]:
+    """The jobs a remix, edit or extension may be, each with its source (None: not seen here): at
+    each source's model and, when the request names another model, at that one too (which one the
+    provider holds it to is not said: each is held to the allowlist, the dearest reserved). No
+    source: the job as asked."""
+    found: list[tuple[VideoJob, VideoJob | None]] = []
+    for source in sources or [None]:
+        if source is None:
+            found.append((job, None))
+            continue
+        found.append((with_source(job, source), source))
+        if job.model is not None and source.model is not None and job.model != source.model:
+            found.append((replace(with_source(job, source), model=job.model), source))
+    return found
+
+
+def model_family(place: str, model: str | None) -> str | None:
+    """The name a video model's rates are listed under (``veo-3.0-generate-001`` -> ``veo-3.0``):
+    its rows' ``price_model``, priced or not, so a report shows one model once."""
+    if model is None:
+        return None
+    return sora_family(model) if place == "openai" else veo_family(model)
 
 
 def settled(asked: VideoJob, answered: VideoJob | None, source: VideoJob | None = None) -> VideoJob:
     """The job as billed: what the answer says of it (model, seconds, size) over the request's.
     An extension's answer says the stitched total (openai-python 3.57, ``Video.seconds``: "For
     extensions, this is the stitched total duration"): it is billed for its new segment, the
-    request's ``seconds``, else the total less its source video's when that is known, else the
-    total (at most that)."""
+    request's ``seconds`` when it said one; when it did not, or gave two (the reservation took the
+    dearer), what the answer shows ran: the total less its source video's when that is known, else
+    the request's reading or the total, the smaller."""
     if answered is None:
         return asked
     seconds = answered.seconds or asked.seconds
@@ -350,7 +401,13 @@ def settled(asked: VideoJob, answered: VideoJob | None, source: VideoJob | None 
         segment = (
             answered.seconds - before if answered.seconds and before and answered.seconds > before else None
         )
-        seconds = asked.seconds or segment or seconds
+        if asked.seconds is not None and not asked.seconds_ambiguous:
+            seconds = asked.seconds
+        elif segment is not None:
+            seconds = segment
+        else:
+            told = [s for s in (asked.seconds, answered.seconds) if s is not None]
+            seconds = min(told) if told else None
     return VideoJob(
         asked.kind,
         model=answered.model or asked.model,
