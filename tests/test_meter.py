@@ -1072,6 +1072,26 @@ def sent_body(flow: http.HTTPFlow) -> dict:
     return json.loads(flow.request.get_content() or b"{}")
 
 
+async def test_an_openrouter_stream_grouped_by_its_server_is_reported_as_sent(meter: Meter) -> None:
+    """Review (hypothesis, plain lane): a junk ``{"usage": false}`` event, then the finishing chunk
+    in a block of text events the plain lane takes whole, then OpenRouter's trailing usage chunk, no
+    ``[DONE]``. The row was 'estimated' with two notes (output estimated, the provider's cost a lower
+    bound) though the usage is the call's; fed event by event it was 'reported'. Same tokens, cost."""
+    events = [e for e in (FIXTURES / "openrouter_stream.sse").read_bytes().split(b"\n\n") if e]
+    events = [e + b"\n\n" for e in events if not e.startswith((b":", b"data: [DONE]"))]
+    chunks = [b'data: {"usage":false}\n\n' + events[0], b"".join(events[1:4]), b": keep\n\n" + events[4]]
+    body = {"model": "openai/gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    flow = make_flow(OPENROUTER_CHAT, body)
+    await run_request(meter, flow)
+    stream_response(flow, meter)
+    for chunk in [*chunks, b""]:
+        flow.response.stream(chunk)  # type: ignore[operator]
+    await meter.response(flow)
+    [rec] = await submitted(meter)
+    assert (rec.input_tokens, rec.output_tokens, rec.usage_source, rec.error) == (31, 9, "reported", None)
+    assert (rec.price_status, rec.cost_usd) == ("provider_reported", Decimal("0.00001005"))
+
+
 async def test_openrouter_fallback_models_are_held_to_the_allowlist(meter: Meter) -> None:
     """OpenRouter runs the `models` list's next entry when the one before fails (an over-long
     prompt, a provider error, moderation): only `model` was checked, so claude-opus ran in an

@@ -550,6 +550,25 @@ def test_has_usage_substring_test() -> None:
     assert has_usage(b'{"delta":{"content":"\\"usage\\": 12"},"usage":null}') is False
     assert has_usage(b'{"usage":null,"x":{"usage":{"a":1}}}') is True
     assert has_usage(b"") is False
+    # a usage that is not an object is no usage (as null is): no chunk with usage to count
+    for value in (b"false", b"true", b"0", b"12", b'"x"', b"[]", b"[1]"):
+        assert has_usage(b'{"usage":' + value + b"}") is False, value
+        assert has_usage(b'{"usage" : ' + value + b', "x": 1}') is False, value
+
+
+def test_a_usage_that_is_not_an_object_is_not_a_running_count() -> None:
+    """Review (hypothesis, plain lane): a junk ``{"usage": false}`` event counted as a chunk with
+    usage, so OpenRouter's only real usage chunk (its trailing one, choices with an empty delta and
+    ``finish_reason`` null) looked like the second of a running count: cut before ``[DONE]`` (and
+    here without its finishing chunk) it was called partial (output re-estimated, a note on the
+    row) though, the stream's only usage, its counts are the call's."""
+    data = fixture("openrouter_stream.sse")
+    data = b"".join(e.raw for e in events_of(data) if b'"finish_reason":"stop"' not in e.data)
+    for junk in (b"false", b"0", b'"none"', b"[]"):
+        stream = b'data: {"usage":' + junk + b"}\n\n" + data[: data.index(b"data: [DONE]")]
+        result, _ = run("chat", [stream])
+        assert result.usage == Usage(input_tokens=31, output_tokens=9), junk
+        assert (result.output_partial, result.output_text, result.error) == (False, None, None), junk
 
 
 def test_large_embeddings_bodies_are_read_from_their_tail() -> None:

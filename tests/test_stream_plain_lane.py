@@ -199,13 +199,14 @@ def test_plain_lane_matches_the_event_path(data: st.DataObject) -> None:
     assert lane_final == ref_final and len(lane_calls) == len(ref_calls)
     assert lane_tap.final_event_seen == ref_tap.final_event_seen
     a, b = lane_tap.result(), ref_tap.result()
-    assert (a.usage, a.model, a.error, a.provider_cost, a.output_text, a.service_tier) == (
+    assert (a.usage, a.model, a.error, a.provider_cost, a.output_text, a.service_tier, a.output_partial) == (
         b.usage,
         b.model,
         b.error,
         b.provider_cost,
         b.output_text,
         b.service_tier,
+        b.output_partial,
     )
 
 
@@ -250,3 +251,47 @@ def test_anthropic_estimate_text_is_the_same_either_way() -> None:
     _, split = run("anthropic", "messages", bytewise(stream))
     assert lane.usage is None and split.usage is None
     assert lane.output_text == split.output_text
+
+
+def test_openrouter_junk_usage_event_then_a_grouped_finish_is_the_same_either_way() -> None:
+    """Hypothesis's example: a ``data: {"usage":false}`` event first, the OpenRouter stream without
+    ``[DONE]``, chunks [junk, role], [text, text, finish], [comment, usage]. The plain lane took
+    the middle block (no usage in it) and so never saw its ``finish_reason``; the junk counted as a
+    first chunk with usage, so the trailing usage chunk looked like a running count whose choice
+    had not finished: partial, output_text set. Event by event it was final."""
+    decoder = SSEDecoder()
+    events = [e.raw for e in decoder.feed(fixture("openrouter_stream.sse")) + decoder.close()]
+    events = [e for e in events if not e.startswith((b":", b"data: [DONE]"))]  # role, 2 texts, finish, usage
+    junk = b'data: {"usage":false}\n\n'
+    comment = b": OPENROUTER PROCESSING\n\n"
+    chunks = [junk + events[0], b"".join(events[1:4]), comment + events[4]]
+    for lane in (True, False):
+        tap, calls = _tap("openrouter", "chat", False, lane=lane)
+        _drive(tap, calls, chunks)
+        got = tap.result()
+        assert got.usage is not None and (got.usage.input_tokens, got.usage.output_tokens) == (31, 9)
+        assert (got.output_partial, got.output_text, got.error) == (False, None, None), lane
+
+
+def test_a_finishing_chunk_in_a_plain_block_still_ends_a_running_count() -> None:
+    """Without any junk: a running count (usage on a content chunk), then text and the finishing
+    chunk (no usage) in one block, then a trailing usage chunk whose choice has ``finish_reason``
+    null. Event by event the finish is seen and the last count is the call's; the plain lane took
+    the block whole and called it partial (its output then re-estimated)."""
+
+    def chunk(content: str, finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": content}, "finish_reason": finish}
+        body = {"id": "c", "model": "m-1", "choices": [choice], "usage": usage}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    chunks = [
+        chunk("Hi", usage={"prompt_tokens": 10, "completion_tokens": 1}),
+        chunk(" there") + chunk("", "stop"),
+        chunk("", usage={"prompt_tokens": 10, "completion_tokens": 3}),
+    ]
+    for lane in (True, False):
+        tap, calls = _tap("openai", "chat", False, lane=lane)
+        _drive(tap, calls, chunks)
+        got = tap.result()
+        assert got.usage is not None and (got.usage.input_tokens, got.usage.output_tokens) == (10, 3)
+        assert (got.output_partial, got.output_text) == (False, None), lane

@@ -519,14 +519,16 @@ def is_usage_only_chunk(event: SSEEvent) -> bool:
 
 
 def has_usage(data: bytes) -> bool:
-    """Cheap test: does this JSON text hold a ``"usage"`` key whose value is not null?
+    """Cheap test: does this JSON text hold a ``"usage"`` key whose value is an object?
 
-    One regex search (C): OpenAI sends ``"usage":null`` on every chunk of a stream.
+    One regex search (C): OpenAI sends ``"usage":null`` on every chunk of a stream. Any other
+    value that is not an object (``false``, a number, a string, a list) is no usage either: it
+    is not counted as a chunk with usage (which would make a later one look like a running count).
     """
-    return _USAGE_NOT_NULL.search(data) is not None
+    return _USAGE_OBJECT.search(data) is not None
 
 
-_USAGE_NOT_NULL = re.compile(rb'"usage"\s*:(?!\s*null)')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 class _SSEBlock(bytes):
@@ -656,11 +658,12 @@ class StreamParser:
 
     def take_plain(self, block: bytes) -> bool:
         """Take a block of whole events that can only carry completion text (kept raw for a later
-        estimate): no usage, no ``[DONE]``, no error, the model known. False (nothing taken) when
-        the block may carry more: it is then fed event by event."""
+        estimate): no usage, no ``finish_reason`` (``_ends_answer`` reads it), no ``[DONE]``, no
+        error, the model known. False (nothing taken) when the block may carry more: it is then
+        fed event by event, as ``feed`` would take it."""
         if self.flavor not in CHAT_LIKE or (self._model is None and self._model_tries < _MODEL_TRIES):
             return False
-        if b'"error"' in block or b"[DONE]" in block or has_usage(block):
+        if b'"error"' in block or b"[DONE]" in block or has_usage(block) or _FINISHED.search(block):
             return False
         if block.count(b"\ndata") != block.count(b"\n\ndata"):  # an event of several lines: joined first
             return False
