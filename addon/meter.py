@@ -1680,10 +1680,13 @@ class Meter:
 
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
+        # The call's state, held from the start: a script reload while the hook waits hands it to
+        # the new instance (whose ``running`` takes it over at once); the same object either way.
+        state = self._calls.get(flow) or _HANDED_OVER.get(flow)
         try:
             await self._request(flow)
-        finally:  # handed over by a script reload while it waited: the new instance's now
-            if (state := self._calls.get(flow) or _HANDED_OVER.get(flow)) is not None:
+        finally:
+            if state is not None or (state := self._calls.get(flow)) is not None:
                 state.released_at = time.time()
 
     async def _request(self, flow: http.HTTPFlow) -> None:

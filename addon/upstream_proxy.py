@@ -116,14 +116,14 @@ def _is_itself(proxy_host: str, proxy_port: int, listen_host: str, listen_port: 
 
 
 # The schemes a proxy URL starts with (anything else before "://" is part of a userinfo).
-_SCHEME = re.compile(r"(?:https?|socks4a?|socks5h?)://", re.IGNORECASE)
+_SCHEME = re.compile(r"(?:https?|socks(?:4a?|5h?)?)://", re.IGNORECASE)  # socks://: git's, GNOME's
 
 
 def shown_proxy(value: str) -> str:
     """``value`` (a proxy URL as given, valid or not) fit to print: its userinfo's password, if it
     has one, is ``***`` (``socks5h://alice:***@proxy:1080``). Read without a URL parser, which
     rejects some values: the userinfo is everything before the last ``@`` (a password may hold an
-    unescaped ``@``, ``/``, ``#`` or ``://``) but a proxy scheme (http, https, socks...) that starts
+    unescaped ``@``, ``/``, ``#`` or ``://``) but a proxy scheme (http, https, socks, socks5...) that starts
     the value; the user, before its first ``:``, is kept (``alice:s3cr://et@proxy`` and
     ``alice://s3cret@proxy`` have no scheme: ``alice:***@proxy``). A userinfo with no ``:`` may be
     a token used as the user: ``***``."""
