@@ -344,6 +344,9 @@ class CallState:
     video: str | None = None  # a video generation request: its kind (addon.providers.videos)
     video_job: videos.VideoJob | None = None  # what it asked for (its reservation, its bill)
     video_source: videos.VideoJob | None = None  # the job of its source video, seen here earlier
+    # All the source videos it names, when every one was seen here (an extension naming two: the
+    # answer's model tells which one it ran on)
+    video_sources: tuple[videos.VideoJob, ...] = ()
     # An Anthropic call's advisor tool models as let through: base name -> (requested, sent, action)
     advisor_sent: dict[str, tuple[str, str, str]] | None = None
     iteration_row_ids: list[str] = field(default_factory=list)  # its advisors' and declined hops' rows
@@ -2170,6 +2173,7 @@ class Meter:
         priced = [(videos.reservation(provider.name, one), one, source) for one, source in readings]
         reserved, job, source = max(priced, key=lambda reading: reading[0])  # ties: the first
         state.video_job, state.video_source = job, source
+        state.video_sources = tuple(one for one in sources if one is not None) if None not in sources else ()
         record.model_requested = record.model_sent = job.model
         record.answers = job.count if job.count > 1 else None
         decision = self._decide(state, job.model, lambda _model: reserved)
@@ -2223,17 +2227,24 @@ class Meter:
     ) -> FinishedRow:
         """A video call's row when building it raised: as ``_row_despite_failure``, and a job that
         may have been accepted billed as asked (the request's reading, as a job with no answer is),
-        never the $0 of a call without tokens; else not billed."""
+        never the $0 of a call without tokens, and remembered by the id its answer gives as
+        ``_video_row`` does; else not billed."""
         ready = self._row_despite_failure(flow, state, metered)
         record = ready.record
         try:
             job = state.video_job
             if job is not None and self._video_billed_as_asked(flow, state):
-                found = videos.price_job(record.provider, job)
+                asked = videos.settled(job, None)  # the videos billed (Veo: its sampleCount)
+                found = videos.price_job(record.provider, asked)
                 record.cost_usd = found.cost_usd
                 record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
                 record.price_source = found.note
-                record.answers = job.count if job.count > 1 else None
+                record.answers = asked.count if asked.count > 1 else None
+                # Billed as asked, but known by its id to what remixes or extends it, as any job.
+                answered = self._answered_video(flow, job)
+                self._remember_video(
+                    answered, videos.settled(job, answered, state.video_source, state.video_sources)
+                )
             else:
                 record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
             # The model it ran on, or was refused for: under its family, as a priced row's.
@@ -2241,6 +2252,30 @@ class Meter:
         except Exception:
             log.exception("tokometer: billing video call %s as asked failed", record.id)
         return ready
+
+    @staticmethod
+    def _answered_video(flow: http.HTTPFlow, job: videos.VideoJob) -> videos.VideoJob | None:
+        """The job an OpenAI video call's answer describes (``read_openai_job``); None without an
+        answer, for Veo (an operation), or when the answer is no video job."""
+        if flow.response is None or job.kind == videos.VEO:
+            return None
+        try:
+            return videos.read_openai_job(job.kind, content_of(flow.response) or b"")
+        except ValueError:
+            return None
+
+    def _remember_video(self, answered: videos.VideoJob | None, billed: videos.VideoJob) -> None:
+        """Remember a job by the id its answer gives (``billed``: its model and size; its whole
+        length, an extension's stitched total), so a remix, edit or extension of it reserves at its
+        price and is held to the allowlist as its model. The oldest is forgotten past
+        ``MAX_REMEMBERED_VIDEOS``."""
+        if answered is None or answered.video_id is None:
+            return
+        if len(self._videos) >= MAX_REMEMBERED_VIDEOS:
+            self._videos.pop(next(iter(self._videos)))  # the oldest
+        self._videos[answered.video_id] = dataclasses.replace(
+            billed, seconds=answered.seconds or billed.seconds
+        )
 
     def _video_row(
         self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool
@@ -2265,25 +2300,14 @@ class Meter:
             # The model asked for (or refused): under its family, as a priced row's.
             record.price_model = videos.model_family(record.provider, record.model_requested)
         elif not state.subscription:
-            answered = None
+            answered = self._answered_video(flow, job)
             if response is None:
                 errors.append("no answer (the job may have been accepted): billed as asked")
-            elif job.kind != videos.VEO:
-                try:
-                    answered = videos.read_openai_job(job.kind, content_of(response) or b"")
-                except ValueError:
-                    answered = None
-                if answered is None:
-                    errors.append("the answer is no video job: billed as asked")
-            billed = videos.settled(job, answered, state.video_source)
+            elif job.kind != videos.VEO and answered is None:
+                errors.append("the answer is no video job: billed as asked")
+            billed = videos.settled(job, answered, state.video_source, state.video_sources)
             record.model_reported = answered.model if answered is not None else None
-            if answered is not None and answered.video_id is not None:
-                if len(self._videos) >= MAX_REMEMBERED_VIDEOS:
-                    self._videos.pop(next(iter(self._videos)))  # the oldest
-                # Its whole length (an extension's stitched total), for what remixes or extends it.
-                self._videos[answered.video_id] = dataclasses.replace(
-                    billed, seconds=answered.seconds or billed.seconds
-                )
+            self._remember_video(answered, billed)
             found = videos.price_job(record.provider, billed)
             record.cost_usd = found.cost_usd
             record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL

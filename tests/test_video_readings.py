@@ -110,3 +110,43 @@ async def test_a_failure_finishing_a_refused_by_provider_video_bills_nothing(
 def test_a_veo_count_is_the_largest_of_its_spellings(parameters: dict[str, int], count: int | None) -> None:
     job = videos.read_veo("veo-3.0-generate-001", {"parameters": parameters})
     assert (job.count, job.problem is None) == ((count or videos.MAX_VEO_VIDEOS), count is not None)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "reserved", "billed"),
+    [
+        ({"sampleCount": 1, "numberOfVideos": 4}, 4, 1),  # the wire count billed, the larger reserved
+        ({"sampleCount": 3, "numberOfVideos": 2}, 3, 3),
+        ({"numberOfVideos": 3}, 3, 3),
+        ({"sample_count": 2, "number_of_videos": 4}, 4, 2),
+        ({}, 1, 1),
+    ],
+)
+def test_a_veo_count_bills_sample_count_when_given(
+    parameters: dict[str, int], reserved: int, billed: int
+) -> None:
+    job = videos.read_veo("veo-3.0-generate-001", {"parameters": parameters})
+    assert (job.count, videos.settled(job, None).count) == (reserved, billed)
+
+
+A = videos.VideoJob(videos.CREATE, model="sora-2", seconds=8.0, size="720x1280")
+B = videos.VideoJob(videos.CREATE, model="sora-2-pro", seconds=4.0, size="720x1280")
+
+
+@pytest.mark.parametrize(
+    ("sources", "model", "seconds"),
+    [
+        ((A, B), "sora-2-pro", 8.0),  # ran on B (4 s): 12 - 4
+        ((A, B), "sora-2-2025-12-08", 4.0),  # a dated snapshot of A's model: ran on A (8 s)
+        ((A, B), "sora-3", 4.0),  # neither's model: the source reserved at (A)
+        ((A, videos.VideoJob(videos.CREATE, model="sora-2", seconds=4.0)), "sora-2", 4.0),  # both: A
+    ],
+)
+def test_an_extension_of_two_sources_is_billed_past_the_source_of_its_answers_model(
+    sources: tuple[videos.VideoJob, ...], model: str, seconds: float
+) -> None:
+    asked = videos.VideoJob(
+        videos.EXTEND, model="sora-2", seconds=12.0, size="720x1280", seconds_ambiguous=True
+    )
+    answered = videos.VideoJob(videos.EXTEND, model=model, seconds=12.0, size="720x1280")
+    assert videos.settled(asked, answered, A, sources).seconds == seconds

@@ -12,8 +12,9 @@ meter reserves it when the request arrives and bills it when the provider accept
   ``seconds``, ``size``, ``status``), which bills it when it says them.
 - Google: ``models/{veo-model}:predictLongRunning`` on the Gemini API and Vertex AI, JSON:
   ``parameters.durationSeconds`` (default 8), ``generateAudio`` (Vertex AI; the Gemini API always
-  generates audio on Veo 3), ``resolution`` (default ``720p``), ``sampleCount`` (google-genai's
-  ``numberOfVideos``; default 1). The answer is an operation: the request's values bill it.
+  generates audio on Veo 3), ``resolution`` (default ``720p``), ``sampleCount`` (the REST field,
+  which google-genai sends its ``numberOfVideos`` as; default 1). The answer is an operation: the
+  request's values bill it.
 
 A form's files (a reference image, a source video) are never decoded: only its small fields.
 """
@@ -63,7 +64,10 @@ class VideoJob:
     size: str | None = None
     resolution: str | None = None
     audio: bool = True
-    count: int = 1
+    count: int = 1  # the videos reserved for (the largest of the count's spellings)
+    # The videos billed when they differ (Veo: ``sampleCount``, the field the server reads, where
+    # ``numberOfVideos`` asks more); None: ``count``.
+    billed_count: int | None = None
     problem: str | None = None
     video_id: str | None = None  # an answer's: the job's id
     # A remix's, edit's or extension's source videos named by id: one, or several different ids
@@ -244,20 +248,26 @@ def _whole(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
-def _count(parameters: dict[str, Any]) -> int | None:
-    """How many videos: the largest of the count's spellings given (``sampleCount``,
-    google-genai's ``numberOfVideos``...: which one the server reads is not known); 1 when none is;
-    None when one cannot be read."""
-    counts = []
-    for key in ("sampleCount", "numberOfVideos", "sample_count", "number_of_videos"):
+_WIRE_COUNTS = ("sampleCount", "sample_count")  # the REST field (google-genai sends numberOfVideos as it)
+_SDK_COUNTS = ("numberOfVideos", "number_of_videos")  # google-genai's name, not the REST field's
+
+
+def _count(parameters: dict[str, Any]) -> tuple[int, int] | None:
+    """How many videos: (reserved, billed). Reserved: the largest of the count's spellings given
+    (a server might read either); billed: ``sampleCount``, the REST field, when given, else
+    ``numberOfVideos``. 1 when none is; None when one cannot be read."""
+    counts: dict[str, int] = {}
+    for key in _WIRE_COUNTS + _SDK_COUNTS:
         value = parameters.get(key)
         if value is None:
             continue
         count = _whole(value)
         if count is None or not 1 <= count <= MAX_VEO_VIDEOS:
             return None
-        counts.append(count)
-    return max(counts, default=1)
+        counts[key] = count
+    wire = [counts[key] for key in _WIRE_COUNTS if key in counts]
+    billed = max(wire) if wire else max(counts.values(), default=1)
+    return max(counts.values(), default=1), billed
 
 
 def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
@@ -280,16 +290,18 @@ def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
     if not isinstance(resolution, str):
         resolution, problem = None, problem or "its resolution is not a string"
     audio = parameters.get("generateAudio", parameters.get("generate_audio", True))
-    count = _count(parameters)
-    if count is None:
+    counts = _count(parameters)
+    if counts is None:
         problem = problem or f"sampleCount is not a whole number from 1 to {MAX_VEO_VIDEOS}"
+    count, billed = counts or (MAX_VEO_VIDEOS, MAX_VEO_VIDEOS)
     return VideoJob(
         VEO,
         model=model,
         seconds=seconds,
         resolution=resolution,
         audio=audio is not False,
-        count=count or MAX_VEO_VIDEOS,
+        count=count,
+        billed_count=billed if billed != count else None,
         problem=problem,
     )
 
@@ -386,17 +398,39 @@ def model_family(place: str, model: str | None) -> str | None:
     return sora_family(model) if place == "openai" else veo_family(model)
 
 
-def settled(asked: VideoJob, answered: VideoJob | None, source: VideoJob | None = None) -> VideoJob:
-    """The job as billed: what the answer says of it (model, seconds, size) over the request's.
+def _ran_on(sources: tuple[VideoJob, ...], model: str | None) -> VideoJob | None:
+    """Of an extension's known sources, the one of ``model`` (the answer's: the model it ran on,
+    which is its source's), when exactly one is; else None."""
+    if model is None:
+        return None
+    ran_on = [
+        one for one in sources if one.model is not None and sora_family(one.model) == sora_family(model)
+    ]
+    return ran_on[0] if len(ran_on) == 1 else None
+
+
+def settled(
+    asked: VideoJob,
+    answered: VideoJob | None,
+    source: VideoJob | None = None,
+    sources: tuple[VideoJob, ...] = (),
+) -> VideoJob:
+    """The job as billed: what the answer says of it (model, seconds, size) over the request's,
+    for the videos billed (Veo: ``sampleCount`` when given, see ``_count``).
     An extension's answer says the stitched total (openai-python 3.57, ``Video.seconds``: "For
     extensions, this is the stitched total duration"): it is billed for its new segment, the
     request's ``seconds`` when it said one; when it did not, or gave two (the reservation took the
-    dearer), what the answer shows ran: the total less its source video's when that is known, else
-    the request's reading or the total, the smaller."""
+    dearer), what the answer shows ran: the total less its source video's when that is known (of
+    ``sources``, all an extension named and all seen here, the one of the answer's model when only
+    one is; else ``source``, its reservation's), else the request's reading or the total, the
+    smaller."""
+    if asked.billed_count is not None:
+        asked = replace(asked, count=asked.billed_count, billed_count=None)
     if answered is None:
         return asked
     seconds = answered.seconds or asked.seconds
     if asked.kind == EXTEND:
+        source = _ran_on(sources, answered.model) or source
         before = source.seconds if source is not None else None
         segment = (
             answered.seconds - before if answered.seconds and before and answered.seconds > before else None
