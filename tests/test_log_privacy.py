@@ -100,5 +100,19 @@ def test_an_exception_argument_is_named_by_its_type_unless_its_text_is_safe(
         log.warning("tokometer: c: %s", PolicyError("budgets.usd must be a number"))
     assert SECRET not in caplog.text
     assert "tokometer: a: ValueError (its text is not shown" in caplog.text
-    assert "tokometer: b: FileNotFoundError: [Errno 2] No such file: '/tmp/x.duckdb'" in caplog.text
-    assert "tokometer: c: PolicyError: budgets.usd must be a number" in caplog.text
+    assert "tokometer: b: [Errno 2] No such file: '/tmp/x.duckdb'" in caplog.text  # as it was
+    assert "tokometer: c: budgets.usd must be a number" in caplog.text
+
+
+def test_a_json_decoding_error_keeps_its_position(caplog: pytest.LogCaptureFixture) -> None:
+    """A JSON decoder's text names a position, never the text: kept (the journal's unreadable
+    lines are reported with it)."""
+    import json
+
+    log_privacy.install()
+    try:
+        json.loads('{"secret prompt": ')
+    except json.JSONDecodeError as exc:
+        with caplog.at_level(logging.DEBUG, logger="tokometer"):
+            logging.getLogger("tokometer").warning("tokometer: skipped line: %s", exc)
+    assert "tokometer: skipped line: Expecting value: line 1 column 19 (char 18)" in caplog.text
