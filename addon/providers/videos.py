@@ -252,22 +252,25 @@ _WIRE_COUNTS = ("sampleCount", "sample_count")  # the REST field (google-genai s
 _SDK_COUNTS = ("numberOfVideos", "number_of_videos")  # google-genai's name, not the REST field's
 
 
-def _count(parameters: dict[str, Any]) -> tuple[int, int] | None:
-    """How many videos: (reserved, billed). Reserved: the largest of the count's spellings given
-    (a server might read either); billed: ``sampleCount``, the REST field, when given, else
-    ``numberOfVideos``. 1 when none is; None when one cannot be read."""
+def _count(parameters: dict[str, Any]) -> tuple[int, int, bool]:
+    """How many videos: (reserved, billed, whether a spelling could not be read). Reserved: the
+    largest of the count's spellings given (a server might read either), ``MAX_VEO_VIDEOS`` when
+    one cannot be read; billed: ``sampleCount``, the REST field, when it is given and readable
+    (a server that took the job read it), else as reserved. 1 when none is given."""
     counts: dict[str, int] = {}
+    unreadable = False
     for key in _WIRE_COUNTS + _SDK_COUNTS:
         value = parameters.get(key)
         if value is None:
             continue
         count = _whole(value)
         if count is None or not 1 <= count <= MAX_VEO_VIDEOS:
-            return None
+            unreadable = True
+            continue
         counts[key] = count
+    reserved = MAX_VEO_VIDEOS if unreadable else max(counts.values(), default=1)
     wire = [counts[key] for key in _WIRE_COUNTS if key in counts]
-    billed = max(wire) if wire else max(counts.values(), default=1)
-    return max(counts.values(), default=1), billed
+    return reserved, max(wire) if wire else reserved, unreadable
 
 
 def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
@@ -290,10 +293,9 @@ def read_veo(model: str, body: dict[str, Any] | None) -> VideoJob:
     if not isinstance(resolution, str):
         resolution, problem = None, problem or "its resolution is not a string"
     audio = parameters.get("generateAudio", parameters.get("generate_audio", True))
-    counts = _count(parameters)
-    if counts is None:
-        problem = problem or f"sampleCount is not a whole number from 1 to {MAX_VEO_VIDEOS}"
-    count, billed = counts or (MAX_VEO_VIDEOS, MAX_VEO_VIDEOS)
+    count, billed, unreadable = _count(parameters)
+    if unreadable:
+        problem = problem or f"a video count (sampleCount, numberOfVideos) is not 1 to {MAX_VEO_VIDEOS}"
     return VideoJob(
         VEO,
         model=model,
@@ -398,14 +400,16 @@ def model_family(place: str, model: str | None) -> str | None:
     return sora_family(model) if place == "openai" else veo_family(model)
 
 
-def _ran_on(sources: tuple[VideoJob, ...], model: str | None) -> VideoJob | None:
-    """Of an extension's known sources, the one of ``model`` (the answer's: the model it ran on,
-    which is its source's), when exactly one is; else None."""
-    if model is None:
+def _ran_on(sources: tuple[VideoJob, ...], answered: VideoJob) -> VideoJob | None:
+    """Of an extension's known sources, the one the answer ran on: of its model (an extension's
+    is its source's) and, where several are, of its size (an extension keeps its source's), when
+    exactly one is; else None."""
+    if answered.model is None:
         return None
-    ran_on = [
-        one for one in sources if one.model is not None and sora_family(one.model) == sora_family(model)
-    ]
+    family = sora_family(answered.model)
+    ran_on = [one for one in sources if one.model is not None and sora_family(one.model) == family]
+    if len(ran_on) > 1 and answered.size is not None:
+        ran_on = [one for one in ran_on if one.size == answered.size]
     return ran_on[0] if len(ran_on) == 1 else None
 
 
@@ -421,8 +425,8 @@ def settled(
     extensions, this is the stitched total duration"): it is billed for its new segment, the
     request's ``seconds`` when it said one; when it did not, or gave two (the reservation took the
     dearer), what the answer shows ran: the total less its source video's when that is known (of
-    ``sources``, all an extension named and all seen here, the one of the answer's model when only
-    one is; else ``source``, its reservation's), else the request's reading or the total, the
+    ``sources``, all an extension named and all seen here, the one of the answer's model (and size)
+    when only one is; else ``source``, its reservation's), else the request's reading or the total, the
     smaller."""
     if asked.billed_count is not None:
         asked = replace(asked, count=asked.billed_count, billed_count=None)
@@ -430,7 +434,7 @@ def settled(
         return asked
     seconds = answered.seconds or asked.seconds
     if asked.kind == EXTEND:
-        source = _ran_on(sources, answered.model) or source
+        source = _ran_on(sources, answered) or source
         before = source.seconds if source is not None else None
         segment = (
             answered.seconds - before if answered.seconds and before and answered.seconds > before else None
