@@ -172,6 +172,10 @@ PROVIDER_REPORTED = "provider_reported"
 METERING_FAILED_NOTE = "metering failed (see the proxy's log): the row keeps what was known"
 # The row's error when mitmproxy's server playback (--server-replay) answered the call from a recording.
 SERVER_REPLAY_NOTE = "answered by mitmproxy's server playback: the provider never saw it"
+# An addon that runs before the meter (mitmproxy's block_list with a status) answered the call.
+ANSWERED_UNSENT_NOTE = (
+    "answered by mitmproxy before it was sent (an addon such as block_list): the provider never saw it"
+)
 # A GET of an OpenAI background response (answered "queued"), of a Gemini background
 # interaction (answered "in_progress") or of an OpenAI batch job: its usage comes with one of these.
 _RESPONSE_PATH = re.compile(r"/(?:responses|interactions|batches)/([^/]+)$")
@@ -330,6 +334,8 @@ class CallState:
     # When the meter's ``request`` hook let it go (after a slow lookup's wait): mitmproxy writes it
     # upstream only after that, so a connection closed before then never carried it (_never_sent)
     released_at: float | None = None
+    # An addon before the meter answered it (mitmproxy's block_list with a status): never sent
+    answered_unsent: bool = False
     # Its budget reservation (scopes, amount), kept when a script reload hands it over (see done)
     reservation: tuple[tuple[Scope, ...], Decimal] | None = None
     # Or the cost it holds instead, having given way at its stream's final event (scopes, amount, ts)
@@ -1681,6 +1687,19 @@ class Meter:
         record.user_name = decided.user  # what it is decided and charged as: a late lookup keeps it
         state.unknown_user, state.user_decided = decided.unknown_user, deciding
 
+    async def _attribute_unsent(self, flow: http.HTTPFlow, state: CallState) -> None:
+        """A call an addon before the meter answered in its ``request`` hook (mitmproxy's
+        ``block_list`` with a status): it is never sent. Its row is attributed and names the model
+        it asked for, as any row does; nothing is decided, reserved or counted, and it is not
+        billed (``_fill_record``)."""
+        state.answered_unsent = True
+        await self._attribute(state)
+        record = state.record
+        if record.api_flavor in MEDIA_FLAVORS or record.api_flavor == batches.FLAVOR:
+            return
+        body = await self._request_json(flow, state)
+        record.model_requested = state.provider.request_model(state.route or flow.request.path, body)
+
     @_never_raises
     async def request(self, flow: http.HTTPFlow) -> None:
         # The call's state, held from the start: a script reload while the hook waits hands it to
@@ -1698,8 +1717,12 @@ class Meter:
             if self._uploads and flow in self._uploads and flow.response is None:
                 await self._read_upload(flow)
             return
-        if flow.response is not None or state.retrieval is not None:
+        if state.retrieval is not None:
             return  # a retrieval was attributed when its response started, and is never refused
+        if flow.response is not None:  # answered by an addon that runs before the meter
+            if not (state.handshake or state.live or state.responses_ws or state.openai_live):
+                await self._attribute_unsent(flow, state)
+            return
         if state.handshake is not None:
             await self._handshake_request(flow, state, state.handshake)
             return
@@ -2737,7 +2760,8 @@ class Meter:
     @_never_raises
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if flow.is_replay == "response":  # server playback answered from a recording
+        if flow.is_replay == "response" or (state is not None and state.answered_unsent):
+            # Server playback answered from a recording, or an addon before the meter answered it
             if state is not None and not state.finished:
                 self._end_replayed(flow, state)
             return
@@ -3010,6 +3034,8 @@ class Meter:
             record.status_code = response.status_code
             if state.refusal is not None:
                 errors.append(state.refusal)
+            elif state.answered_unsent:
+                errors.append(ANSWERED_UNSENT_NOTE)
             elif response.status_code >= 400:
                 errors.append(f"upstream answered {response.status_code}")
         tap = state.tap
@@ -3036,7 +3062,7 @@ class Meter:
             record.price_source = f"{record.provider} usage.cost"
         if metered.error:
             errors.append(metered.error)
-        if metered.usage is None and _never_sent(flow, state.released_at):
+        if metered.usage is None and (state.answered_unsent or _never_sent(flow, state.released_at)):
             # The request never went out (no connection, killed before it was sent) or server
             # playback answered it: the provider billed nothing.
             record.cost_usd, record.price_status = Decimal(0), NOT_BILLED

@@ -212,16 +212,19 @@ def proxy_variables(proxy_url: str, bundle: Path, ca: Path, env_name: str | None
 
 def export_lines(proxy_url: str, bundle: Path, ca: Path, env_name: str | None) -> list[str]:
     """``export`` lines for bash and zsh. The first time shell-env sets a variable in a shell, the
-    value the shell had is kept aside (``TOKOMETER_SAVED_<NAME>``) for ``--unset``."""
+    value the shell had is kept aside (``TOKOMETER_SAVED_<NAME>``, by reference: never printed) for
+    ``--unset``."""
     values = proxy_variables(proxy_url, bundle, ca, env_name)
     ours = _ours()
-    saved = {
-        SAVED_PREFIX + name: current
+    # Kept aside by reference ("$HTTPS_PROXY", expanded by the shell before the new value is set):
+    # a company proxy's password in it is never printed.
+    saved = [
+        f'export {SAVED_PREFIX}{name}="${name}"'
         for name in values
-        if name not in ours and (current := os.environ.get(name)) is not None
-    }
+        if name not in ours and os.environ.get(name) is not None
+    ]
     marker = {OURS_VAR: ",".join(dict.fromkeys([*ours, *values]))}
-    return [f"export {name}={shlex.quote(value)}" for name, value in {**saved, **values, **marker}.items()]
+    return [*saved, *(f"export {name}={shlex.quote(value)}" for name, value in {**values, **marker}.items())]
 
 
 def unset_lines() -> list[str]:

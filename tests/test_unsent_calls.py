@@ -345,3 +345,30 @@ async def test_a_connection_that_closed_while_the_meter_held_the_request_did_not
     assert (row.price_status, row.cost_usd, row.input_tokens) == ("not_billed", Decimal(0), None)
     assert meter.enforcer.budgets.reserved() == {}
     assert await next_call_action(meter) == "allowed"
+
+
+@pytest.mark.parametrize("status", [403, 200])
+async def test_a_call_an_earlier_addon_answered_is_attributed_and_not_billed(meter: Meter, status: int) -> None:
+    """mitmproxy's block_list with a status answers in its own ``request`` hook, before the
+    script's: the request never goes out. Its row names the call as any row does (model, tags,
+    environment), is not billed (even a 200 with no usage: no offline estimate) and says mitmproxy
+    answered it, not "upstream answered 403"; nothing is reserved or counted (the next call passes)."""
+    meter._apply(parse_policies(QA_LIMITS))
+    flow = qa_flow()
+    meter.requestheaders(flow)
+    flow.response = http.Response.make(status, b"", {})  # what block_list sets
+    await meter.request(flow)
+    meter.responseheaders(flow)
+    await meter.response(flow)
+    [row] = await settled(meter)
+    assert (row.model_requested, row.environment, row.environment_source) == ("gpt-4o-mini", "qa", "header")
+    assert (row.price_status, row.cost_usd, row.input_tokens, row.status_code) == (
+        "not_billed",
+        Decimal(0),
+        None,
+        status,
+    )
+    assert "upstream answered" not in (row.error or "")
+    assert "answered by mitmproxy before it was sent" in (row.error or "")
+    assert meter.enforcer.budgets.reserved() == {}
+    assert await next_call_action(meter) == "allowed"
