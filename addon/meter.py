@@ -84,10 +84,8 @@ from addon.policies import NotificationSettings, Policies, PolicyError, PolicyFi
 from addon.pricing import (
     BACKGROUND,
     NOT_BILLED,
-    PRICED,
     SUBSCRIPTION,
     SUBSCRIPTION_SOURCE,
-    UNKNOWN_MODEL,
     Pricer,
 )
 from addon.providers import (
@@ -144,6 +142,7 @@ from addon.unmetered_models import (
     runs_no_model,
 )
 from addon.usage import Metered, Usage
+from addon.video_calls import VideoCalls
 
 log = logging.getLogger("tokometer")
 log_privacy.install()  # a logged failure shows no request's or answer's text
@@ -159,7 +158,6 @@ POLICY_CHECK_INTERVAL = 1.0
 # How often (seconds) the policy watch looks whether the background responses this proxy holds are
 # still pending: one billed or ended through another proxy on the database lets its hold go then.
 HOLD_CHECK_INTERVAL = 30.0
-MAX_REMEMBERED_VIDEOS = 10_000  # video jobs whose model, seconds and size a remix reserves at
 MAX_REMEMBERED_HOSTS = 256  # distinct (Host header, host) pairs whose pretty_host is kept
 # The row's error when a stream ended before its final usage (Metered.output_partial): the input
 # counts are the provider's, the output counted offline from the text seen.
@@ -667,8 +665,10 @@ class Meter:
         )
         self._unmetered_sockets: set[str] = set()  # host + path of WebSockets named in the log
         self._odd_routes: set[tuple[str, str]] = set()  # paths read otherwise than sent, logged
-        # Video jobs accepted here, by id (model, seconds, size): a remix of one reserves its price.
-        self._videos: dict[str, videos.VideoJob] = {}
+        # Video generation calls, and the jobs accepted here (addon.video_calls).
+        self.video_calls = VideoCalls(
+            self, off_loop=_off_loop_if_large, decoded_content=_decoded_content, never_sent=_never_sent
+        )
         # One process lookup per client connection, shared by its requests.
         self._processes: dict[str, asyncio.Future[ClientProcess]] = {}
         self._pretty_hosts: dict[tuple[str | None, str], str] = {}  # see _pretty_host
@@ -1740,7 +1740,7 @@ class Meter:
             await self._unmetered_request(flow, state)
             return
         if state.video is not None:
-            await self._video_request(flow, state, state.video)
+            await self.video_calls.request(flow, state, state.video)
             return
         await self._attribute(state)
         record = state.record
@@ -2157,190 +2157,6 @@ class Meter:
             decision = self.enforcer.refuse_model(record.provider, record.environment, named.model, reason)
         record.model_requested = named.model
         self._answer_if_refused(flow, state, decision)
-
-    async def _video_request(self, flow: http.HTTPFlow, state: CallState, kind: str) -> None:
-        """A video generation request (addon.providers.videos): what it asks for is read (a form's
-        small fields only, its files never decoded), its price reserved against the budgets and its
-        model held to the allowlist. A disallowed model is refused, never downgraded (a job is not
-        rewritten). A request that cannot be read passes, its row saying why (unless models are
-        restricted and its model is what cannot be read: refused, failing closed)."""
-        await self._attribute(state)
-        record = state.record
-        provider = state.provider
-        route = state.route or flow.request.path
-        if kind == videos.VEO:
-            body = await self._request_json(flow, state)
-            job = videos.read_veo(provider.request_model(route, None) or "", body)
-        else:
-            content_type = flow.request.headers.get("content-type", "")
-            try:
-                content = await _off_loop_if_large(
-                    _decoded_content, flow.request, len(flow.request.raw_content or b"")
-                )
-            except ValueError as exc:
-                job = videos.VideoJob(kind, problem=f"request body not decodable: {exc}")
-            else:
-                read = functools.partial(videos.read_openai, kind, content_type=content_type)
-                job = await _off_loop_if_large(read, content)
-        if job.problem is not None:
-            state.errors.append(f"video request: {job.problem}")
-        # A remix, an edit or an extension of a video created here runs on that video's model (held
-        # to the allowlist as if named, and so is a model its body names) at its size: reserved at
-        # the dearest of its readings (a form naming two different source videos: either).
-        ids = job.source_ids
-        if kind == videos.REMIX:
-            remixed = videos.remixed_id(route)
-            ids = (remixed,) if remixed else ()
-        sources = [self._videos.get(video_id) for video_id in ids]
-        readings = videos.source_readings(job, sources)
-        priced = [(videos.reservation(provider.name, one), one, source) for one, source in readings]
-        reserved, job, source = max(priced, key=lambda reading: reading[0])  # ties: the first
-        state.video_job, state.video_source = job, source
-        state.video_sources = tuple(one for one in sources if one is not None) if None not in sources else ()
-        record.model_requested = record.model_sent = job.model
-        record.answers = job.count if job.count > 1 else None
-        decision = self._decide(state, job.model, lambda _model: reserved)
-        what = f"{record.path[:120]} starts a video job"
-        unknown_source = len(ids) > 1 and None in sources
-        if decision.refusal is None and unknown_source:
-            reason = f"it names several source videos, not all made here, so its model cannot be told; {what}"
-            decision = self.decider.unknown_model(record, decision, reason) or decision
-        elif decision.refusal is None and job.model is None and kind in (videos.CREATE, videos.VEO):
-            reason = f"its model could not be read ({job.problem}); {what}"
-            decision = self.decider.unknown_model(record, decision, reason) or decision
-        elif decision.action == "downgraded" and job.model is not None:
-            reason = f"{what}, which is never rewritten: refused instead of downgraded"
-            decision = self.decider.refuse_instead(decision, record, job.model, reason)
-        for other in dict.fromkeys(one.model for one, _ in readings if one.model not in (None, job.model)):
-            if decision.refusal is not None or other is None:
-                break
-            if self.enforcer.decide_model(record.provider, record.environment, other).action != "allowed":
-                reason = f"{what}, which may run on {other} (its source video's model or the one it names)"
-                decision = self.decider.refuse_instead(decision, record, other, reason)
-                record.model_requested = other
-        self._answer_if_refused(flow, state, decision)
-
-    def _finish_video(self, flow: http.HTTPFlow, state: CallState, *, aborted: bool) -> None:
-        """A video request is answered: its row, stored as ``_finish`` stores a call's (whatever
-        raises, the row is still stored and its reservation settled, once: a job that may have
-        been accepted billed as asked)."""
-        self._finish(
-            flow,
-            state,
-            Metered(),
-            aborted=aborted,
-            now=True,
-            fill=self._video_row,
-            despite=self._video_row_despite_failure,
-        )
-
-    @staticmethod
-    def _video_billed_as_asked(flow: http.HTTPFlow, state: CallState) -> bool:
-        """Whether a video call whose row could not be built may have started a job the provider
-        bills: accepted (2xx), or sent and not answered; not refused, not on a flat-fee plan."""
-        response = flow.response
-        if state.video_job is None or state.refusal is not None or state.subscription:
-            return False
-        if response is not None:
-            return 200 <= response.status_code < 300
-        return not _never_sent(flow, state.released_at)
-
-    def _video_row_despite_failure(
-        self, flow: http.HTTPFlow, state: CallState, metered: Metered
-    ) -> FinishedRow:
-        """A video call's row when building it raised: as ``_row_despite_failure``, and a job that
-        may have been accepted billed as asked (the request's reading, as a job with no answer is),
-        never the $0 of a call without tokens, and remembered by the id its answer gives as
-        ``_video_row`` does; else not billed."""
-        ready = self._row_despite_failure(flow, state, metered)
-        record = ready.record
-        try:
-            job = state.video_job
-            if job is not None and self._video_billed_as_asked(flow, state):
-                asked = videos.settled(job, None)  # the videos billed (Veo: its sampleCount)
-                found = videos.price_job(record.provider, asked)
-                record.cost_usd = found.cost_usd
-                record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
-                record.price_source = found.note
-                record.answers = asked.count if asked.count > 1 else None
-                # Billed as asked, but known by its id to what remixes or extends it, as any job.
-                answered = self._answered_video(flow, job)
-                self._remember_video(
-                    answered, videos.settled(job, answered, state.video_source, state.video_sources)
-                )
-            else:
-                record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
-            # The model it ran on, or was refused for: under its family, as a priced row's.
-            record.price_model = videos.model_family(record.provider, record.model_requested)
-        except Exception:
-            log.exception("tokometer: billing video call %s as asked failed", record.id)
-        return ready
-
-    @staticmethod
-    def _answered_video(flow: http.HTTPFlow, job: videos.VideoJob) -> videos.VideoJob | None:
-        """The job an OpenAI video call's answer describes (``read_openai_job``); None without an
-        answer, for Veo (an operation), or when the answer is no video job."""
-        if flow.response is None or job.kind == videos.VEO:
-            return None
-        try:
-            return videos.read_openai_job(job.kind, content_of(flow.response) or b"")
-        except ValueError:
-            return None
-
-    def _remember_video(self, answered: videos.VideoJob | None, billed: videos.VideoJob) -> None:
-        """Remember a job by the id its answer gives (``billed``: its model and size; its whole
-        length, an extension's stitched total), so a remix, edit or extension of it reserves at its
-        price and is held to the allowlist as its model. The oldest is forgotten past
-        ``MAX_REMEMBERED_VIDEOS``."""
-        if answered is None or answered.video_id is None:
-            return
-        if len(self._videos) >= MAX_REMEMBERED_VIDEOS:
-            self._videos.pop(next(iter(self._videos)))  # the oldest
-        self._videos[answered.video_id] = dataclasses.replace(
-            billed, seconds=answered.seconds or billed.seconds
-        )
-
-    def _video_row(
-        self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool
-    ) -> FinishedRow:
-        """A video call's row: a job accepted (2xx) is billed at once, at what the answer says of
-        it (OpenAI's job: model, seconds, size; an extension's new segment) over what the request
-        asked; an error, a refusal or a request that never went out is not billed (its reservation
-        withdrawn). No answer after the request went out: billed as asked (the job may have been
-        accepted)."""
-        record = state.record
-        errors = state.errors
-        self._fill_record(flow, state, Metered(), errors, aborted=aborted)
-        response = flow.response
-        job = state.video_job
-        if (
-            job is None
-            or state.refusal is not None
-            or record.price_status == NOT_BILLED  # never reached upstream
-            or (response is not None and response.status_code >= 400)
-        ):
-            record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
-            # The model asked for (or refused): under its family, as a priced row's.
-            record.price_model = videos.model_family(record.provider, record.model_requested)
-        elif not state.subscription:
-            answered = self._answered_video(flow, job)
-            if response is None:
-                errors.append("no answer (the job may have been accepted): billed as asked")
-            elif job.kind != videos.VEO and answered is None:
-                errors.append("the answer is no video job: billed as asked")
-            billed = videos.settled(job, answered, state.video_source, state.video_sources)
-            record.model_reported = answered.model if answered is not None else None
-            self._remember_video(answered, billed)
-            found = videos.price_job(record.provider, billed)
-            record.cost_usd = found.cost_usd
-            record.price_status = PRICED if found.cost_usd is not None else UNKNOWN_MODEL
-            # Priced or not, under its family: a report shows one model once.
-            record.price_source = found.note
-            record.price_model = found.price_model or videos.model_family(record.provider, billed.model)
-            record.answers = billed.count if billed.count > 1 else None
-        record.error = "; ".join(errors)[:1000] if errors else None
-        state.request_body = None
-        return FinishedRow(record, state.journaled_in or self.store, [], None, Metered(), state.gave_way)
 
     @staticmethod
     async def _unmetered_body_model(flow: http.HTTPFlow) -> NamedModel:
@@ -2785,7 +2601,7 @@ class Meter:
             self._finish_results(flow, state)
             return
         if state.video is not None:
-            self._finish_video(flow, state, aborted=False)
+            self.video_calls.finish(flow, state, aborted=False)
             return
         response = flow.response
         metered: Metered
@@ -2840,7 +2656,7 @@ class Meter:
         if state.video is not None:
             if flow.error is not None:
                 state.errors.append(flow.error.msg)
-            self._finish_video(flow, state, aborted=True)
+            self.video_calls.finish(flow, state, aborted=True)
             return
         if state.opens_socket or state.mint is not None:
             if flow.error is not None:
@@ -2934,8 +2750,15 @@ class Meter:
             if record.status_code is None and flow.response is not None:
                 record.status_code = flow.response.status_code
         record.error = "; ".join([*state.errors, METERING_FAILED_NOTE])[:1000]  # _fill_record's, if it ran
+        return self._row_as_filled(state)
+
+    def _row_as_filled(self, state: CallState) -> FinishedRow:
+        """A call's row as it stands, handed over without images, body or usage (its request body
+        dropped), to the store that journaled it ahead, else the one in use."""
         state.request_body = None
-        return FinishedRow(record, state.journaled_in or self.store, [], None, Metered(), state.gave_way)
+        return FinishedRow(
+            state.record, state.journaled_in or self.store, [], None, Metered(), state.gave_way
+        )
 
     def _finished_row(
         self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool
