@@ -348,7 +348,9 @@ async def test_a_connection_that_closed_while_the_meter_held_the_request_did_not
 
 
 @pytest.mark.parametrize("status", [403, 200])
-async def test_a_call_an_earlier_addon_answered_is_attributed_and_not_billed(meter: Meter, status: int) -> None:
+async def test_a_call_an_earlier_addon_answered_is_attributed_and_not_billed(
+    meter: Meter, status: int
+) -> None:
     """mitmproxy's block_list with a status answers in its own ``request`` hook, before the
     script's: the request never goes out. Its row names the call as any row does (model, tags,
     environment), is not billed (even a 200 with no usage: no offline estimate) and says mitmproxy
