@@ -1695,7 +1695,9 @@ class Meter:
         state.answered_unsent = True
         await self._attribute(state)
         record = state.record
-        if record.api_flavor in MEDIA_FLAVORS or record.api_flavor == batches.FLAVOR:
+        if state.video is not None or state.unmetered or record.api_flavor in MEDIA_FLAVORS:
+            return  # a form, or a body read its own way: never read here as JSON
+        if record.api_flavor == batches.FLAVOR:
             return
         body = await self._request_json(flow, state)
         record.model_requested = state.provider.request_model(state.route or flow.request.path, body)
@@ -1720,7 +1722,7 @@ class Meter:
         if state.retrieval is not None:
             return  # a retrieval was attributed when its response started, and is never refused
         if flow.response is not None:  # answered by an addon that runs before the meter
-            if not (state.handshake or state.live or state.responses_ws or state.openai_live):
+            if not state.opens_socket:
                 await self._attribute_unsent(flow, state)
             return
         if state.handshake is not None:

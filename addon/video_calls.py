@@ -237,9 +237,9 @@ class VideoCalls:
     def _row(self, flow: http.HTTPFlow, state: CallState, metered: Metered, *, aborted: bool) -> FinishedRow:
         """A video call's row: a job accepted (2xx) is billed at once, at what the answer says of
         it (OpenAI's job: model, seconds, size; an extension's new segment) over what the request
-        asked; an error, a refusal or a request that never went out is not billed (its reservation
-        withdrawn). No answer after the request went out: billed as asked (the job may have been
-        accepted)."""
+        asked; any other answer (an error, a redirect), a refusal or a request that never went out
+        is not billed (its reservation withdrawn). No answer after the request went out: billed
+        as asked (the job may have been accepted)."""
         record = state.record
         errors = state.errors
         self._meter._fill_record(flow, state, Metered(), errors, aborted=aborted)
@@ -249,7 +249,7 @@ class VideoCalls:
             job is None
             or state.refusal is not None
             or record.price_status == NOT_BILLED  # never reached upstream
-            or (response is not None and response.status_code >= 400)
+            or (response is not None and not 200 <= response.status_code < 300)  # no job accepted
         ):
             record.cost_usd, record.price_status, record.price_source = Decimal(0), NOT_BILLED, None
             # The model asked for (or refused): under its family, as a priced row's.
