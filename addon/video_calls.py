@@ -115,7 +115,7 @@ class VideoCalls:
                     self._decoded_content, flow.request, len(flow.request.raw_content or b"")
                 )
             except ValueError as exc:
-                job = videos.VideoJob(kind, problem=f"request body not decodable: {exc}")
+                job = videos.VideoJob(kind, problem=f"request body: {exc}")
             else:
                 read = functools.partial(videos.read_openai, kind, content_type=content_type)
                 job = await self._off_loop(read, content)

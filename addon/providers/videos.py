@@ -7,8 +7,9 @@ meter reserves it when the request arrives and bills it when the provider accept
 - OpenAI: ``POST /v1/videos`` (openai-python sends a multipart form, JSON works too): ``model``
   (default ``sora-2``), ``seconds`` (``"4"``, ``"8"``, ``"12"``; default 4), ``size`` (default
   ``720x1280``). ``POST /v1/videos/{id}/remix``, ``/v1/videos/edits`` and ``/v1/videos/extensions``
-  make a new video billed as one, whose model and size are its source's (unknown here: reserved at
-  the dearest rate); an extension says its ``seconds``. The answer is the job (``model``,
+  make a new video billed as one, whose model and size are its source's (known when its creation
+  passed through this proxy, ``addon.video_calls``; else reserved at the dearest rate); an
+  extension says its ``seconds``. The answer is the job (``model``,
   ``seconds``, ``size``, ``status``), which bills it when it says them.
 - Google: ``models/{veo-model}:predictLongRunning`` on the Gemini API and Vertex AI, JSON:
   ``parameters.durationSeconds`` (default 8), ``generateAudio`` (Vertex AI; the Gemini API always
@@ -338,10 +339,11 @@ def price_job(place: str, job: VideoJob) -> VideoCost:
 
 
 def reservation(place: str, job: VideoJob) -> Decimal:
-    """What a job may cost, for its budget reservation: its price where known; what the request
-    does not say (a remix's or edit's source video, an extension's model, a field it could not
-    read) at the dearest OpenAI rate and longest video; a Veo model, resolution or audio the table
-    lacks at the dearest Veo rate where it runs (the row then says unknown: never $0)."""
+    """What a job may cost, for its budget reservation: its price where known; what neither the
+    request nor a remembered source video says (``with_source``: a remix's or edit's source, an
+    extension's model; a field it could not read) at the dearest OpenAI rate and longest video;
+    a Veo model, resolution or audio the table lacks at the dearest Veo rate where it runs (the
+    row then says unknown: never $0)."""
     if place == "openai":
         priced = price_job(place, job).cost_usd
         if priced is not None:
