@@ -1693,12 +1693,13 @@ class Meter:
         it asked for, as any row does; nothing is decided, reserved or counted, and it is not
         billed (``_fill_record``)."""
         state.answered_unsent = True
-        await self._attribute(state)
+        await self._attribute(state, users_checked=False)  # nothing decided: no long wait
         record = state.record
-        if state.video is not None or state.unmetered or record.api_flavor in MEDIA_FLAVORS:
-            return  # a form, or a body read its own way: never read here as JSON
-        if record.api_flavor == batches.FLAVOR:
+        if state.video is not None:  # a form or Veo's JSON, read as the video path reads it
+            record.model_requested = (await self.video_calls.read_job(flow, state, state.video)).model
             return
+        if state.unmetered or record.api_flavor in MEDIA_FLAVORS or record.api_flavor == batches.FLAVOR:
+            return  # a body read its own way: never read here as JSON
         body = await self._request_json(flow, state)
         record.model_requested = state.provider.request_model(state.route or flow.request.path, body)
 
@@ -1722,7 +1723,8 @@ class Meter:
         if state.retrieval is not None:
             return  # a retrieval was attributed when its response started, and is never refused
         if flow.response is not None:  # answered by an addon that runs before the meter
-            if not state.opens_socket:
+            # A streamed request body went upstream as it was read: the provider's answer follows.
+            if not (state.opens_socket or flow.request.stream):
                 await self._attribute_unsent(flow, state)
             return
         if state.handshake is not None:
@@ -2578,7 +2580,9 @@ class Meter:
     @_never_raises
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
-        if flow.is_replay == "response" or (state is not None and state.answered_unsent):
+        if flow.is_replay == "response" or (
+            state is not None and state.answered_unsent and state.mint is None
+        ):
             # Server playback answered from a recording, or an addon before the meter answered it
             if state is not None and not state.finished:
                 self._end_replayed(flow, state)

@@ -94,6 +94,23 @@ class VideoCalls:
         # Video jobs accepted here, by id (model, seconds, size): a remix of one reserves its price.
         self._videos: dict[str, videos.VideoJob] = {}
 
+    async def read_job(self, flow: http.HTTPFlow, state: CallState, kind: str) -> videos.VideoJob:
+        """What a video request asks for: Veo's JSON body, or OpenAI's form or JSON (its small
+        fields only, read off the event loop when large; its files never decoded)."""
+        if kind == videos.VEO:
+            body = await self._meter._request_json(flow, state)
+            route = state.route or flow.request.path
+            return videos.read_veo(state.provider.request_model(route, None) or "", body)
+        content_type = flow.request.headers.get("content-type", "")
+        try:
+            content = await self._off_loop(
+                self._decoded_content, flow.request, len(flow.request.raw_content or b"")
+            )
+        except ValueError as exc:
+            return videos.VideoJob(kind, problem=f"request body: {exc}")
+        read = functools.partial(videos.read_openai, kind, content_type=content_type)
+        return await self._off_loop(read, content)
+
     async def request(self, flow: http.HTTPFlow, state: CallState, kind: str) -> None:
         """A video generation request (addon.providers.videos): what it asks for is read (a form's
         small fields only, its files never decoded), its price reserved against the budgets and its
@@ -105,20 +122,7 @@ class VideoCalls:
         record = state.record
         provider = state.provider
         route = state.route or flow.request.path
-        if kind == videos.VEO:
-            body = await meter._request_json(flow, state)
-            job = videos.read_veo(provider.request_model(route, None) or "", body)
-        else:
-            content_type = flow.request.headers.get("content-type", "")
-            try:
-                content = await self._off_loop(
-                    self._decoded_content, flow.request, len(flow.request.raw_content or b"")
-                )
-            except ValueError as exc:
-                job = videos.VideoJob(kind, problem=f"request body: {exc}")
-            else:
-                read = functools.partial(videos.read_openai, kind, content_type=content_type)
-                job = await self._off_loop(read, content)
+        job = await self.read_job(flow, state, kind)
         if job.problem is not None:
             state.errors.append(f"video request: {job.problem}")
         # A remix, an edit or an extension of a video created here runs on that video's model (held
