@@ -495,9 +495,10 @@ def _billable(record: CallRecord) -> bool:
     return sent and (record.status_code is None or record.status_code < 400)
 
 
-def _never_sent(flow: http.HTTPFlow, released_at: float | None = None) -> bool:
+def _never_sent(flow: http.HTTPFlow, state: CallState) -> bool:
     """Did the call surely not reach the provider? Answered by mitmproxy's server playback
-    (``is_replay == "response"``); or, with no response, killed before it went out (a kill takes
+    (``is_replay == "response"``) or by an addon before the meter (``state.answered_unsent``:
+    ``block_list`` with a status); or, with no response, killed before it went out (a kill takes
     effect as a hook returns, and before any response that is ``requestheaders`` or ``request``:
     mitmproxy's ``block_list``, server playback's kill of an unmatched request), read from the
     client only in part, or with no connection to upstream to carry it (a connect failure). A
@@ -507,10 +508,10 @@ def _never_sent(flow: http.HTTPFlow, released_at: float | None = None) -> bool:
     ``flow.server_conn`` only with a connection it got for this request, and writes the request
     (or, streamed, its end) after the ``request`` hook, which follows ``request.timestamp_end``.
     A failed reconnect on a kept-alive tunnel leaves the earlier connection there, closed before
-    this request was read, or before the meter let it go (``released_at``, after a slow lookup's
+    this request was read, or before the meter let it go (``state.released_at``, after a slow lookup's
     wait; a streamed request body went out as it was read): a connection closed before then did
     not carry it."""
-    if flow.is_replay == "response":
+    if flow.is_replay == "response" or state.answered_unsent:
         return True
     if flow.response is not None:
         return False
@@ -522,7 +523,8 @@ def _never_sent(flow: http.HTTPFlow, released_at: float | None = None) -> bool:
     if server is None or server.timestamp_tcp_setup is None or read_at is None:
         return True
     # A streamed request body went out as it was read, before the request hook: read_at alone.
-    let_go = read_at if released_at is None or released_at < read_at or flow.request.stream else released_at
+    released_at = state.released_at
+    let_go = read_at if flow.request.stream or released_at is None else max(read_at, released_at)
     return server.timestamp_end is not None and server.timestamp_end < let_go
 
 
@@ -2230,7 +2232,7 @@ class Meter:
         """A call that never reached the provider (``_never_sent``) takes back its rate-limit hits
         and its budget reservation, as a refusal does: the provider saw no request."""
         decision = state.decision
-        if decision is not None and _never_sent(flow, state.released_at):
+        if decision is not None and _never_sent(flow, state):
             state.decision = None
             self.enforcer.withdraw(decision, state.record.id)
 
@@ -2891,7 +2893,7 @@ class Meter:
             record.price_source = f"{record.provider} usage.cost"
         if metered.error:
             errors.append(metered.error)
-        if metered.usage is None and (state.answered_unsent or _never_sent(flow, state.released_at)):
+        if metered.usage is None and _never_sent(flow, state):
             # The request never went out (no connection, killed before it was sent) or server
             # playback answered it: the provider billed nothing.
             record.cost_usd, record.price_status = Decimal(0), NOT_BILLED

@@ -85,7 +85,7 @@ class VideoCalls:
         *,
         off_loop: Callable[..., Awaitable[Any]],
         decoded_content: Callable[[http.Request], bytes],
-        never_sent: Callable[[http.HTTPFlow, float | None], bool],
+        never_sent: Callable[[http.HTTPFlow, CallState], bool],
     ) -> None:
         self._meter = meter
         self._off_loop = off_loop  # runs a read in a worker thread when its input is large
@@ -183,7 +183,7 @@ class VideoCalls:
             return False
         if response is not None:
             return 200 <= response.status_code < 300
-        return not self._never_sent(flow, state.released_at)
+        return not self._never_sent(flow, state)
 
     def _row_despite_failure(self, flow: http.HTTPFlow, state: CallState, metered: Metered) -> FinishedRow:
         """A video call's row when building it raised: as ``Meter._row_despite_failure``, and a job
